@@ -1,0 +1,36 @@
+"""neuralode: Neural Ordinary Differential Equations on PyTorch.
+
+``from neuralode import odeint`` is a drop-in replacement for ``from torchdiffeq import odeint``.
+"""
+
+from .solvers import (
+    METHODS,
+    AdaptiveOptions,
+    ButcherTableau,
+    FixedOptions,
+    Solution,
+    SolverError,
+    SolverStats,
+    get_tableau,
+    odeint,
+    odeint_adjoint,
+    solve,
+    solve_adjoint,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AdaptiveOptions",
+    "ButcherTableau",
+    "FixedOptions",
+    "Solution",
+    "SolverError",
+    "SolverStats",
+    "get_tableau",
+    "odeint",
+    "odeint_adjoint",
+    "solve",
+    "solve_adjoint",
+]

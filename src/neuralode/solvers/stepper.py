@@ -1,0 +1,112 @@
+"""One generic explicit Runge-Kutta step: the only place where stages are combined.
+
+For a tableau ``(c, a, b, b_err)`` with ``s`` stages, a step of size ``dt`` from ``(t0, y0)`` is::
+
+    k_1 = f(t0, y0)                                    (passed in as ``f0``)
+    k_i = f(t0 + c_i dt, y0 + dt * sum_{j<i} a_ij k_j)  for i = 2..s
+    y1  = y0 + dt * sum_i b_i k_i
+    err = dt * sum_i b_err_i k_i                       (b_err = b - b_hat; adaptive tableaus only)
+
+All tensors share the shape of ``y0``; ``t0`` and ``dt`` are Python floats (time is carried in
+float64 by the integration loop and only turned into a tensor when ``f`` is called).
+
+Stages are combined with a chain of ``torch.add(acc, k_j, alpha=dt * a_ij)``, skipping zero
+coefficients. For the state sizes Neural ODEs use, this is cheaper than stacking the stages and
+contracting them with the coefficient vector (a stack copies every stage once more), and it keeps
+backpropagation through the solver a plain autograd graph.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, NamedTuple
+
+import torch
+
+from .tableau import ButcherTableau
+
+Func = Callable[[float, torch.Tensor], torch.Tensor]
+
+
+class StepResult(NamedTuple):
+    """What one Runge-Kutta step returns; nothing else about the step is kept anywhere.
+
+    Attributes:
+        y1: the propagated solution at ``t0 + dt``, shape of ``y0``.
+        y_err: the local error estimate ``dt * sum_i b_err_i k_i`` (``None`` for fixed-step tableaus).
+        k: the ``s`` stage derivatives ``k_1 .. k_s``; for FSAL tableaus ``k_s = f(t0 + dt, y1)``.
+    """
+
+    y1: torch.Tensor
+    y_err: torch.Tensor | None
+    k: tuple[torch.Tensor, ...]
+
+
+class _Plan(NamedTuple):
+    rows: tuple[tuple[tuple[int, float], ...], ...]  # nonzero (j, a_ij) per stage i >= 1
+    b: tuple[tuple[int, float], ...]
+    b_err: tuple[tuple[int, float], ...] | None
+    fsal: bool
+
+
+@lru_cache(maxsize=None)
+def _plan(tableau: ButcherTableau) -> _Plan:
+    """Nonzero coefficients of a tableau, computed once per tableau."""
+
+    def nz(coeffs):
+        return tuple((j, float(x)) for j, x in enumerate(coeffs) if x != 0.0)
+
+    rows = tuple(nz(row) for row in tableau.a[1:])
+    b_err = nz(tableau.b_err) if tableau.b_err is not None else None
+    return _Plan(rows, nz(tableau.b), b_err, tableau.fsal)
+
+
+def combine(y: torch.Tensor, dt: float, coeffs, k) -> torch.Tensor:
+    """``y + dt * sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs given."""
+    out = y
+    for j, cj in coeffs:
+        out = torch.add(out, k[j], alpha=cj * dt)
+    return out
+
+
+def _weighted_sum(dt: float, coeffs, k) -> torch.Tensor:
+    """``dt * sum_j coeffs_j k_j`` (no base term)."""
+    (j0, c0), rest = coeffs[0], coeffs[1:]
+    out = k[j0] * (c0 * dt)
+    for j, cj in rest:
+        out = torch.add(out, k[j], alpha=cj * dt)
+    return out
+
+
+def rk_step(
+    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float, tableau: ButcherTableau
+) -> StepResult:
+    """Take one explicit Runge-Kutta step of size ``dt`` (negative to integrate backwards).
+
+    Args:
+        func: ``func(t, y) -> dy/dt`` with ``t`` a Python float (the caller adapts user functions).
+        t0: time at the start of the step.
+        y0: state at ``t0``, any shape.
+        f0: ``func(t0, y0)``, the first stage, computed by the caller so it can be reused (FSAL,
+            rejected steps, dense output).
+        dt: the step size.
+        tableau: the method.
+
+    Returns:
+        A :class:`StepResult` with ``y1``, the error estimate and the stages.
+    """
+    plan = _plan(tableau)
+    c = tableau.c
+    k = [f0]
+    y1 = None
+    last = len(plan.rows) - 1
+    for i, row in enumerate(plan.rows, start=1):
+        yi = combine(y0, dt, row, k)
+        if plan.fsal and i - 1 == last:
+            # FSAL: the last stage is evaluated at (t0 + dt, y1), so y1 is this stage's input.
+            y1 = yi
+        k.append(func(t0 + c[i] * dt, yi))
+    if y1 is None:
+        y1 = combine(y0, dt, plan.b, k)
+    y_err = _weighted_sum(dt, plan.b_err, k) if plan.b_err else None
+    return StepResult(y1, y_err, tuple(k))

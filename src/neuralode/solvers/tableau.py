@@ -1,0 +1,544 @@
+"""Explicit Runge-Kutta methods as data: the Butcher tableau and the named methods.
+
+An explicit ``s``-stage Runge-Kutta method advances ``dy/dt = f(t, y)`` from ``(t0, y0)`` by ``dt``::
+
+    k_i = f(t0 + c_i dt, y0 + dt * sum_{j<i} a_ij k_j)      i = 0 .. s-1
+    y1  = y0 + dt * sum_i b_i k_i
+
+An adaptive (embedded) method carries a second weight vector ``b_hat`` of a different order; the solver
+propagates ``y1`` (computed with ``b``) and estimates the local error as
+``y1 - y1_hat = dt * sum_i b_err_i k_i`` with ``b_err = b - b_hat``. A continuous extension ("dense output")
+replaces the constant weights by polynomials ``b_i(theta)`` with ``b_i(0) = 0`` and ``b_i(1) = b_i``, so that
+``y(t0 + theta dt) ~ y0 + dt * sum_i b_i(theta) k_i`` for ``0 <= theta <= 1``.
+
+A method is nothing but its coefficients (:class:`ButcherTableau`), checked when it is built; the one generic
+stepper in :mod:`neuralode.solvers.stepper` runs any of them. :data:`METHODS` names the built-in ones.
+
+Note for users migrating from torchdiffeq: torchdiffeq's ``rk4`` is Kutta's *3/8 rule*, not the classic
+fourth-order Runge-Kutta method. Here ``rk4`` is the classic method (``b = 1/6, 1/3, 1/3, 1/6``) and the 3/8 rule
+is ``rk4_38``; use ``method="rk4_38"`` to reproduce torchdiffeq's ``rk4`` numbers.
+
+References:
+    E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I: Nonstiff Problems",
+    2nd ed., Springer 1993, Sections II.1-II.6 (order conditions, embedded pairs, dense output).
+    J. C. Butcher, "Numerical Methods for Ordinary Differential Equations", 3rd ed., Wiley 2016.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from numbers import Real
+from typing import Sequence
+
+__all__ = ["METHODS", "ButcherTableau", "get_tableau"]
+
+# Absolute tolerance of the structural checks. Several published tableaus (Tsitouras 2011, Prince-Dormand
+# 1981) give irrational coefficients rounded to 16-20 digits or as rational approximations, so the rows of
+# ``a`` only sum to ``c`` up to rounding; 1e-10 accepts those and still rejects any real typo.
+_TOL = 1e-10
+
+
+def _floats(name: str, field: str, values: Sequence[Real]) -> tuple[float, ...]:
+    """Convert a sequence of real numbers (float, int, Fraction, NumPy scalars) to a tuple of finite floats."""
+    try:
+        items = tuple(values)
+    except TypeError:
+        raise TypeError(
+            f"ButcherTableau {name!r}: {field} must be a sequence of real numbers; got {type(values).__name__}"
+        ) from None
+    for v in items:
+        # numbers.Real admits int, float, Fraction and NumPy floats, and refuses strings, which float() would parse.
+        if not isinstance(v, Real):
+            raise TypeError(f"ButcherTableau {name!r}: {field} must contain real numbers; got {v!r}")
+    out = tuple(float(v) for v in items)
+    for v in out:
+        if not math.isfinite(v):
+            raise ValueError(f"ButcherTableau {name!r}: {field} contains {v}; all coefficients must be finite")
+    return out
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """The coefficients of an explicit Runge-Kutta method, validated on creation.
+
+    Attributes:
+        name: the method's name, as used in :data:`METHODS` and error messages.
+        c: ``(s,)`` nodes; stage ``i`` is evaluated at ``t0 + c[i] * dt``. ``c[0] == 0``.
+        a: ``s`` rows of the strictly lower-triangular stage matrix; row ``i`` has exactly ``i`` entries
+            (row 0 is ``()``), and ``sum(a[i]) == c[i]``.
+        b: ``(s,)`` weights of the propagated solution; ``sum(b) == 1``.
+        order: order of the propagated solution ``y1`` (local error ``O(dt**(order+1))``).
+        b_err: ``(s,)`` ``b - b_hat`` for embedded pairs, so the local error estimate is
+            ``dt * sum_i b_err[i] * k[i]``; sums to 0. ``None`` for fixed-step methods.
+        error_order: order of the embedded solution ``b_hat``; given exactly when ``b_err`` is.
+        dense: ``(s, m)`` continuous extension,
+            ``b_i(theta) = sum_j dense[i][j] * theta**(j+1)``, so
+            ``y(t0 + theta*dt) = y0 + dt * sum_i b_i(theta) k_i``; row sums equal ``b``. ``None`` when the
+            method has no continuous extension of its own (the solver then uses cubic Hermite interpolation).
+        dense_order: order of the continuous extension; given exactly when ``dense`` is.
+        description: one line naming the method and the reference for its coefficients.
+
+    All coefficients are stored as tuples of Python floats; exact ``Fraction`` or ``int`` inputs are converted.
+
+    Raises:
+        ValueError: naming the tableau and the failed condition, when the coefficients are inconsistent
+            (wrong shapes, rows of ``a`` not summing to ``c``, ``b`` not summing to 1, ``b_err`` not summing
+            to 0, ``dense`` not reproducing ``b`` at ``theta = 1``, orders missing or below 1, non-finite
+            values).
+        TypeError: when a coefficient is not a real number or an order is not an integer.
+    """
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+    b_err: tuple[float, ...] | None = None
+    error_order: int | None = None
+    dense: tuple[tuple[float, ...], ...] | None = None
+    dense_order: int | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"ButcherTableau name must be a non-empty string; got {name!r}")
+
+        def invalid(condition: str) -> ValueError:
+            return ValueError(f"ButcherTableau {name!r}: {condition}")
+
+        # Frozen dataclass: normalise the fields in place through object.__setattr__.
+        def put(field: str, value: object) -> None:
+            object.__setattr__(self, field, value)
+
+        c = _floats(name, "c", self.c)
+        b = _floats(name, "b", self.b)
+        s = len(b)
+        put("c", c)
+        put("b", b)
+        if s == 0:
+            raise invalid("b is empty; a method needs at least one stage")
+        if len(c) != s:
+            raise invalid(f"len(c) = {len(c)} but len(b) = {s}; c and b need one entry per stage")
+        rows = tuple(_floats(name, f"row {i} of a", row) for i, row in enumerate(self.a))
+        put("a", rows)
+        if len(rows) != s:
+            raise invalid(f"a has {len(rows)} rows but there are {s} stages; a needs one row per stage")
+        for i, row in enumerate(rows):
+            if len(row) != i:
+                raise invalid(
+                    f"row {i} of a has {len(row)} entries; row i of an explicit method has exactly i entries "
+                    "(strictly lower triangular, row 0 is empty)"
+                )
+        if c[0] != 0.0:
+            raise invalid(f"c[0] = {c[0]}; the first stage is evaluated at the start of the step, c[0] = 0")
+        for i, row in enumerate(rows[1:], start=1):
+            row_sum = math.fsum(row)
+            if abs(row_sum - c[i]) > _TOL:
+                raise invalid(f"row {i} of a sums to {row_sum} but c[{i}] = {c[i]}; rows of a must sum to c")
+        b_sum = math.fsum(b)
+        if abs(b_sum - 1.0) > _TOL:
+            raise invalid(f"b sums to {b_sum}; b must sum to 1")
+        _check_order(name, "order", self.order)
+
+        if (self.b_err is None) != (self.error_order is None):
+            given, missing = ("b_err", "error_order") if self.error_order is None else ("error_order", "b_err")
+            raise invalid(f"{given} is given but {missing} is None; give both for an embedded pair or neither")
+        if self.b_err is not None:
+            b_err = _floats(name, "b_err", self.b_err)
+            put("b_err", b_err)
+            if len(b_err) != s:
+                raise invalid(f"len(b_err) = {len(b_err)} but there are {s} stages; b_err needs one entry per stage")
+            err_sum = math.fsum(b_err)
+            if abs(err_sum) > _TOL:
+                raise invalid(f"b_err sums to {err_sum}; b_err = b - b_hat must sum to 0")
+            _check_order(name, "error_order", self.error_order)
+
+        if (self.dense is None) != (self.dense_order is None):
+            given, missing = ("dense", "dense_order") if self.dense_order is None else ("dense_order", "dense")
+            raise invalid(f"{given} is given but {missing} is None; give both for a continuous extension or neither")
+        if self.dense is not None:
+            dense = tuple(_floats(name, f"row {i} of dense", row) for i, row in enumerate(self.dense))
+            put("dense", dense)
+            if len(dense) != s:
+                raise invalid(f"dense has {len(dense)} rows but there are {s} stages; dense needs one row per stage")
+            m = len(dense[0])
+            if m == 0:
+                raise invalid("row 0 of dense is empty; dense needs at least one column (the theta term)")
+            for i, row in enumerate(dense):
+                if len(row) != m:
+                    raise invalid(
+                        f"row {i} of dense has {len(row)} entries but row 0 has {m}; dense must be an (s, m) matrix"
+                    )
+                row_sum = math.fsum(row)
+                if abs(row_sum - b[i]) > _TOL:
+                    raise invalid(
+                        f"row {i} of dense sums to {row_sum} but b[{i}] = {b[i]}; "
+                        "the continuous extension at theta = 1 must reproduce b"
+                    )
+            _check_order(name, "dense_order", self.dense_order)
+
+    @property
+    def stages(self) -> int:
+        """Number of stages ``s``, i.e. evaluations of ``f`` per step (``s - 1`` new ones when FSAL)."""
+        return len(self.b)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method carries an embedded error estimate (``b_err``) for step-size control."""
+        return self.b_err is not None
+
+    @property
+    def fsal(self) -> bool:
+        """First Same As Last: the last stage is ``f(t0 + dt, y1)`` and can be reused as the next first stage.
+
+        True when ``c[-1] == 1``, ``a[-1] == b[:-1]`` and ``b[-1] == 0``. The comparison is exact, not within a
+        tolerance: the reuse is only sound if the last stage is evaluated at exactly the propagated ``y1``.
+        """
+        return self.c[-1] == 1.0 and self.a[-1] == self.b[:-1] and self.b[-1] == 0.0
+
+
+def _check_order(name: str, field: str, value: object) -> None:
+    """An order is an int >= 1 (bool, although an int subclass, is refused)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"ButcherTableau {name!r}: {field} must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"ButcherTableau {name!r}: {field} = {value}; {field} must be >= 1")
+
+
+def _embedded(b: Sequence[Fraction], b_hat: Sequence[Fraction]) -> tuple[Fraction, ...]:
+    """``b_err = b - b_hat``, computed exactly before the conversion to floats."""
+    return tuple(Fraction(x) - Fraction(y) for x, y in zip(b, b_hat, strict=True))
+
+
+def _dec(*digits: str) -> tuple[Fraction, ...]:
+    """Exact rationals from decimal strings, so differences like ``b - b_hat`` are formed before rounding."""
+    return tuple(Fraction(d) for d in digits)
+
+
+F = Fraction
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixed-step methods
+# ---------------------------------------------------------------------------------------------------------------
+
+EULER = ButcherTableau(
+    name="euler",
+    c=(0,),
+    a=((),),
+    b=(1,),
+    order=1,
+    description="Forward Euler method (Euler 1768); one stage, order 1.",
+)
+
+MIDPOINT = ButcherTableau(
+    name="midpoint",
+    c=(0, F(1, 2)),
+    a=((), (F(1, 2),)),
+    b=(0, 1),
+    order=2,
+    description="Explicit midpoint rule (Runge 1895); Hairer-Norsett-Wanner I, Sec. II.1, order 2.",
+)
+
+HEUN2 = ButcherTableau(
+    name="heun2",
+    c=(0, 1),
+    a=((), (1,)),
+    b=(F(1, 2), F(1, 2)),
+    order=2,
+    description="Heun's second-order method / explicit trapezoidal rule (Heun 1900), order 2.",
+)
+
+HEUN3 = ButcherTableau(
+    name="heun3",
+    c=(0, F(1, 3), F(2, 3)),
+    a=((), (F(1, 3),), (0, F(2, 3))),
+    b=(F(1, 4), 0, F(3, 4)),
+    order=3,
+    description="Heun's third-order method (Heun 1900); Hairer-Norsett-Wanner I, Table II.1.1, order 3.",
+)
+
+RK4 = ButcherTableau(
+    name="rk4",
+    c=(0, F(1, 2), F(1, 2), 1),
+    a=((), (F(1, 2),), (0, F(1, 2)), (0, 0, 1)),
+    b=(F(1, 6), F(1, 3), F(1, 3), F(1, 6)),
+    order=4,
+    description="Classic fourth-order Runge-Kutta method (Kutta 1901); not torchdiffeq's rk4 (that is rk4_38).",
+)
+
+RK4_38 = ButcherTableau(
+    name="rk4_38",
+    c=(0, F(1, 3), F(2, 3), 1),
+    a=((), (F(1, 3),), (F(-1, 3), 1), (1, -1, 1)),
+    b=(F(1, 8), F(3, 8), F(3, 8), F(1, 8)),
+    order=4,
+    description="Kutta's 3/8 rule (Kutta 1901), order 4; torchdiffeq's 'rk4'.",
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adaptive (embedded) methods. All propagate the higher-order solution ("local extrapolation") except where noted.
+# ---------------------------------------------------------------------------------------------------------------
+
+ADAPTIVE_HEUN = ButcherTableau(
+    name="adaptive_heun",
+    c=(0, 1),
+    a=((), (1,)),
+    b=(F(1, 2), F(1, 2)),
+    order=2,
+    b_err=_embedded((F(1, 2), F(1, 2)), (1, 0)),
+    error_order=1,
+    description="Heun-Euler 2(1) pair: Heun's trapezoidal rule with embedded forward Euler, order 2(1).",
+)
+
+# Fehlberg's RKF1(2) (E. Fehlberg, "Low-order classical Runge-Kutta formulas with stepsize control and their
+# application to some heat transfer problems", NASA TR R-315, 1969). Fehlberg built it to propagate the
+# first-order solution b_hat = (1/256, 255/256, 0), for which the last stage is FSAL. torchdiffeq's 'fehlberg2'
+# instead propagates the second-order b = (1/512, 255/256, 1/512) (its c_sol, with c_error = b - b_hat), and
+# we follow torchdiffeq. Consequence: the last stage is f(t1, y1_hat), not f(t1, y1), so the method is *not*
+# FSAL here (torchdiffeq nevertheless reuses that stage as the next step's first one, which evaluates f at a
+# slightly different point than y1).
+_FEHLBERG2_B = (F(1, 512), F(255, 256), F(1, 512))
+FEHLBERG2 = ButcherTableau(
+    name="fehlberg2",
+    c=(0, F(1, 2), 1),
+    a=((), (F(1, 2),), (F(1, 256), F(255, 256))),
+    b=_FEHLBERG2_B,
+    order=2,
+    b_err=_embedded(_FEHLBERG2_B, (F(1, 256), F(255, 256), 0)),
+    error_order=1,
+    description="Fehlberg RKF1(2) (NASA TR R-315, 1969), propagating the order-2 solution as torchdiffeq does.",
+)
+
+# P. Bogacki, L. F. Shampine, "A 3(2) pair of Runge-Kutta formulas", Appl. Math. Lett. 2(4), 321-325, 1989.
+# The fourth stage is f(t1, y1): FSAL, so three new evaluations per accepted step.
+_BOSH3_B = (F(2, 9), F(1, 3), F(4, 9), 0)
+BOSH3 = ButcherTableau(
+    name="bosh3",
+    c=(0, F(1, 2), F(3, 4), 1),
+    a=((), (F(1, 2),), (0, F(3, 4)), _BOSH3_B[:3]),
+    b=_BOSH3_B,
+    order=3,
+    b_err=_embedded(_BOSH3_B, (F(7, 24), F(1, 4), F(1, 3), F(1, 8))),
+    error_order=2,
+    description="Bogacki-Shampine 3(2) pair (Bogacki & Shampine, Appl. Math. Lett. 2(4), 1989), FSAL.",
+)
+
+# J. R. Dormand, P. J. Prince, "A family of embedded Runge-Kutta formulae", J. Comput. Appl. Math. 6(1), 19-26,
+# 1980 (RK5(4)7M). The continuous extension is Shampine's order-4 interpolant (L. F. Shampine, "Some practical
+# Runge-Kutta formulas", Math. Comp. 46(173), 135-150, 1986), the same polynomial as the dense output of
+# Hairer's DOPRI5 code and scipy's RK45 (its matrix P); it needs no extra evaluation of f. The alternative
+# torchdiffeq uses (a quartic fitted through y0, y1, a midpoint value, f0 and f1) is also order 4 but is not a
+# tableau row, so it is not expressible here.
+_DOPRI5_B = (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0)
+DOPRI5 = ButcherTableau(
+    name="dopri5",
+    c=(0, F(1, 5), F(3, 10), F(4, 5), F(8, 9), 1, 1),
+    a=(
+        (),
+        (F(1, 5),),
+        (F(3, 40), F(9, 40)),
+        (F(44, 45), F(-56, 15), F(32, 9)),
+        (F(19372, 6561), F(-25360, 2187), F(64448, 6561), F(-212, 729)),
+        (F(9017, 3168), F(-355, 33), F(46732, 5247), F(49, 176), F(-5103, 18656)),
+        _DOPRI5_B[:6],
+    ),
+    b=_DOPRI5_B,
+    order=5,
+    b_err=_embedded(
+        _DOPRI5_B, (F(5179, 57600), 0, F(7571, 16695), F(393, 640), F(-92097, 339200), F(187, 2100), F(1, 40))
+    ),
+    error_order=4,
+    # Row i: coefficients of theta, theta^2, theta^3, theta^4 in b_i(theta).
+    dense=(
+        (1, F(-8048581381, 2820520608), F(8663915743, 2820520608), F(-12715105075, 11282082432)),
+        (0, 0, 0, 0),
+        (0, F(131558114200, 32700410799), F(-68118460800, 10900136933), F(87487479700, 32700410799)),
+        (0, F(-1754552775, 470086768), F(14199869525, 1410260304), F(-10690763975, 1880347072)),
+        (0, F(127303824393, 49829197408), F(-318862633887, 49829197408), F(701980252875, 199316789632)),
+        (0, F(-282668133, 205662961), F(2019193451, 616988883), F(-1453857185, 822651844)),
+        (0, F(40617522, 29380423), F(-110615467, 29380423), F(69997945, 29380423)),
+    ),
+    dense_order=4,
+    description=(
+        "Dormand-Prince 5(4) (J. Comput. Appl. Math. 6, 1980), FSAL, "
+        "with Shampine's order-4 dense output (Math. Comp. 46, 1986)."
+    ),
+)
+
+# Ch. Tsitouras, "Runge-Kutta pairs of order 5(4) satisfying only the first column simplifying assumption",
+# Comput. Math. Appl. 62(2), 770-775, 2011. Its coefficients are irrational; the paper prints them to about 16
+# digits, which satisfy the order conditions only to about 1e-15. We use the longer expansions distributed
+# with diffrax and OrdinaryDiffEq.jl, rounded to 30 digits, and read them as exact decimals so that
+# b_err = b - b_hat is formed before rounding to float64. The first column of a is derived from the row-sum
+# condition a_i1 = c_i - sum_{j>1} a_ij (as OrdinaryDiffEq.jl's generic tableau does); it agrees with the
+# published first column to all printed digits.
+_TSIT5_C = (0, F(161, 1000), F(327, 1000), F(9, 10), F("0.980025540904509685729810286287"), 1, 1)
+_TSIT5_A_TAIL = (
+    (),
+    (),
+    _dec("0.335480655492356988544426874250"),
+    _dec("-6.35944848997507484314815991238", "4.36229543286958141101772731819"),
+    _dec(
+        "-11.7488835640628278777471703398",
+        "7.49553934288983620830460478456",
+        "-0.0924950663617552492565020793321",
+    ),
+    _dec(
+        "-12.9209693178471092917061186818",
+        "8.15936789857615864318040079454",
+        "-0.0715849732814009972245305425258",
+        "-0.0282690503940683829090030572127",
+    ),
+)
+_TSIT5_B = (
+    *_dec("0.0964607668180652295181673131651"),
+    F(1, 100),
+    *_dec(
+        "0.479889650414499574775249532291",
+        "1.37900857410374189319227482186",
+        "-3.29006951543608067990104758571",
+        "2.32471052409977398241535591840",
+    ),
+    0,
+)
+_TSIT5_B_HAT = (
+    *_dec(
+        "0.0946807557658394580747887625576",
+        "0.00918356554034325309677636393665",
+        "0.487770528424761570785564259963",
+        "1.23429756693047898565510967388",
+        "-2.70771234998352545488110997506",
+        "1.86662841817058703575371939957",
+    ),
+    F(1, 66),
+)
+TSIT5 = ButcherTableau(
+    name="tsit5",
+    c=_TSIT5_C,
+    a=(
+        (),
+        *(((_TSIT5_C[i] - sum(tail),) + tail) for i, tail in enumerate(_TSIT5_A_TAIL[1:], start=1)),
+        _TSIT5_B[:6],
+    ),
+    b=_TSIT5_B,
+    order=5,
+    b_err=_embedded(_TSIT5_B, _TSIT5_B_HAT),
+    error_order=4,
+    # Tsitouras' interpolant: b_i(theta) are the quartics of the paper, expanded into monomial coefficients
+    # (columns: theta, theta^2, theta^3, theta^4) as in OrdinaryDiffEq.jl's Tsit5Interp. Only b_1 has a linear
+    # term (b_i'(0) = 1 for i = 1 and 0 otherwise, so the interpolant's slope at theta = 0 is f(t0, y0)).
+    dense=(
+        (1, -2.763706197274826, 2.9132554618219126, -1.0530884977290216),
+        (0, 0.13169999999999998, -0.2234, 0.1017),
+        (0, 3.9302962368947516, -5.941033872131505, 2.490627285651253),
+        (0, -12.411077166933676, 30.33818863028232, -16.548102889244902),
+        (0, 37.50931341651104, -88.1789048947664, 47.37952196281928),
+        (0, -27.896526289197286, 65.09189467479366, -34.87065786149661),
+        (0, F(3, 2), -4, F(5, 2)),
+    ),
+    dense_order=4,
+    description="Tsitouras 5(4) (Comput. Math. Appl. 62, 2011), FSAL, with the paper's order-4 dense output.",
+)
+
+# P. J. Prince, J. R. Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math. 7(1), 67-75,
+# 1981: RK8(7)13M, with the rational approximations of the paper (as in torchdiffeq's dopri8). Some nodes, e.g.
+# c[8] = 5490023248/9719169821, approximate irrational values, so the rows of a sum to c and the order
+# conditions hold only up to that rounding (tests/test_tableau.py checks them). b[12] = 1/4 != 0, so the method
+# is not FSAL; torchdiffeq appends a 14th stage f(t1, y1) with zero weight to reuse it, which costs the same 13
+# evaluations per step as computing f(t1, y1) at the start of the next step. It has no continuous extension of
+# its own; the solver interpolates with cubic Hermite polynomials (an order-7 dense output would need extra
+# stages).
+_DOPRI8_B = (
+    F(14005451, 335480064), 0, 0, 0, 0,
+    F(-59238493, 1068277825), F(181606767, 758867731), F(561292985, 797845732), F(-1041891430, 1371343529),
+    F(760417239, 1151165299), F(118820643, 751138087), F(-528747749, 2220607170), F(1, 4),
+)  # fmt: skip
+_DOPRI8_B_HAT = (
+    F(13451932, 455176623), 0, 0, 0, 0,
+    F(-808719846, 976000145), F(1757004468, 5645159321), F(656045339, 265891186), F(-3867574721, 1518517206),
+    F(465885868, 322736535), F(53011238, 667516719), F(2, 45), 0,
+)  # fmt: skip
+DOPRI8 = ButcherTableau(
+    name="dopri8",
+    c=(
+        0, F(1, 18), F(1, 12), F(1, 8), F(5, 16), F(3, 8), F(59, 400), F(93, 200),
+        F(5490023248, 9719169821), F(13, 20), F(1201146811, 1299019798), 1, 1,
+    ),  # fmt: skip
+    a=(
+        (),
+        (F(1, 18),),
+        (F(1, 48), F(1, 16)),
+        (F(1, 32), 0, F(3, 32)),
+        (F(5, 16), 0, F(-75, 64), F(75, 64)),
+        (F(3, 80), 0, 0, F(3, 16), F(3, 20)),
+        (F(29443841, 614563906), 0, 0, F(77736538, 692538347), F(-28693883, 1125000000), F(23124283, 1800000000)),
+        (
+            F(16016141, 946692911), 0, 0, F(61564180, 158732637), F(22789713, 633445777),
+            F(545815736, 2771057229), F(-180193667, 1043307555),
+        ),
+        (
+            F(39632708, 573591083), 0, 0, F(-433636366, 683701615), F(-421739975, 2616292301),
+            F(100302831, 723423059), F(790204164, 839813087), F(800635310, 3783071287),
+        ),
+        (
+            F(246121993, 1340847787), 0, 0, F(-37695042795, 15268766246), F(-309121744, 1061227803),
+            F(-12992083, 490766935), F(6005943493, 2108947869), F(393006217, 1396673457),
+            F(123872331, 1001029789),
+        ),
+        (
+            F(-1028468189, 846180014), 0, 0, F(8478235783, 508512852), F(1311729495, 1432422823),
+            F(-10304129995, 1701304382), F(-48777925059, 3047939560), F(15336726248, 1032824649),
+            F(-45442868181, 3398467696), F(3065993473, 597172653),
+        ),
+        (
+            F(185892177, 718116043), 0, 0, F(-3185094517, 667107341), F(-477755414, 1098053517),
+            F(-703635378, 230739211), F(5731566787, 1027545527), F(5232866602, 850066563),
+            F(-4093664535, 808688257), F(3962137247, 1805957418), F(65686358, 487910083),
+        ),
+        (
+            F(403863854, 491063109), 0, 0, F(-5068492393, 434740067), F(-411421997, 543043805),
+            F(652783627, 914296604), F(11173962825, 925320556), F(-13158990841, 6184727034),
+            F(3936647629, 1978049680), F(-160528059, 685178525), F(248638103, 1413531060), 0,
+        ),
+    ),  # fmt: skip
+    b=_DOPRI8_B,
+    order=8,
+    b_err=_embedded(_DOPRI8_B, _DOPRI8_B_HAT),
+    error_order=7,
+    description="Prince-Dormand RK8(7)13M (J. Comput. Appl. Math. 7, 1981), 13 stages, as torchdiffeq's dopri8.",
+)
+
+del F
+
+METHODS: dict[str, ButcherTableau] = {
+    t.name: t
+    for t in (
+        EULER, MIDPOINT, HEUN2, HEUN3, RK4, RK4_38,
+        ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8,
+    )
+}  # fmt: skip
+"""The built-in methods by name: fixed-step methods first, then embedded pairs in increasing order."""
+
+
+def get_tableau(method: str) -> ButcherTableau:
+    """Look up a built-in method by name.
+
+    Args:
+        method: one of the keys of :data:`METHODS` (``"euler"``, ..., ``"dopri5"``, ``"tsit5"``, ``"dopri8"``).
+
+    Returns:
+        The method's :class:`ButcherTableau`.
+
+    Raises:
+        TypeError: if ``method`` is not a string.
+        ValueError: if no method of that name exists; the message lists the valid names.
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
+    try:
+        return METHODS[method]
+    except KeyError:
+        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(METHODS)}.") from None
