@@ -27,10 +27,10 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
-from typing import Sequence
 
 __all__ = ["METHODS", "ButcherTableau", "get_tableau"]
 
