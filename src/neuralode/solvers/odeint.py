@@ -104,6 +104,9 @@ class AdaptiveOptions:
             like ``y0``, or a tuple for tuple states.
         safety, ifactor, dfactor: step-size controller parameters (see ``controller.py``).
         controller: ``"pi"`` (default) or ``"i"``.
+        checkpoint: backpropagate with gradient checkpointing: keep only each step's input
+            state for backward and recompute its stages then (memory ~ one state per step
+            instead of every stage's activations, for about one extra forward pass).
     """
 
     first_step: float | None = None
@@ -117,6 +120,7 @@ class AdaptiveOptions:
     ifactor: float = 10.0
     dfactor: float = 0.2
     controller: str = "pi"
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,12 +134,14 @@ class FixedOptions:
             ``t[0]`` to ``t[-1]``.
         interp: how output times between grid points are filled in: ``"linear"`` (default, as in
             torchdiffeq) or ``"cubic"`` (Hermite, one more evaluation of ``func`` per step).
+        checkpoint: gradient checkpointing per step, as for :class:`AdaptiveOptions`.
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
     step_size: float | None = None
     grid_constructor: Callable[..., torch.Tensor] | None = None
     interp: str = "linear"
+    checkpoint: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +276,8 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
                 f"Unknown option {key!r} for method {tableau.name!r}. Valid options: {', '.join(valid)}."
             )
     o = dict(options)
+    if not isinstance(o.get("checkpoint", False), bool):
+        raise TypeError(f"options['checkpoint'] must be True or False; got {o['checkpoint']!r}.")
     if kind is FixedOptions:
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])
@@ -419,19 +427,42 @@ class _ErrorNorm:
 # The loops.
 
 
-def _integrate_fixed(problem: _Problem, y0, f0, times, grid, tableau, interp, stats):
+def _stepper(problem: _Problem, tableau: ButcherTableau, checkpoint: bool):
+    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)``, evaluating ``f0`` first when it is None.
+
+    With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
+    under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
+    stages.
+    """
+
+    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        if f0 is None:
+            f0 = problem(t_f0, y)
+        return f0, rk_step(problem, t, y, f0, h, tableau)
+
+    if not (checkpoint and torch.is_grad_enabled()):
+        return take
+    from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+    def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        return run_checkpointed(take, t_f0, t, y, f0, h, use_reentrant=False)
+
+    return take_checkpointed
+
+
+def _integrate_fixed(problem: _Problem, y0, f0, times, grid, tableau, opts: FixedOptions, stats):
     direction = 1.0 if times[-1] > times[0] else -1.0
     n_out = len(times)
     ys = [y0]
     i_out = 1
     y = y0
     step_sizes = []
+    interp = opts.interp
+    take = _stepper(problem, tableau, opts.checkpoint)
     for n in range(len(grid) - 1):
         g0, g1 = grid[n], grid[n + 1]
         h = g1 - g0
-        if f0 is None:
-            f0 = problem(g0, y)
-        step = rk_step(problem, g0, y, f0, h, tableau)
+        f0, step = take(g0, g0, y, f0, h)
         stats.n_accepted += 1
         f1 = step.k[-1] if tableau.fsal else None
         while i_out < n_out and (times[i_out] - g1) * direction <= 0:
@@ -474,10 +505,9 @@ def _integrate_adaptive(problem: _Problem, y0, f0, times, tableau, opts: Adaptiv
     ys = [y0]
     i_out, i_stop = 1, 0
     prev_ratio, after_reject = 1.0, False
+    take = _stepper(problem, tableau, opts.checkpoint)
     while i_out < n_out:
         t_stop = stops[i_stop]
-        if f0 is None:
-            f0 = problem(t_f0, y)
         dt_abs = max(min(abs(dt), opts.max_step), opts.min_step)
         remaining = abs(t_stop - t)
         # Stretch a step by up to 10% to land on a stop rather than leave a sliver of a step
@@ -507,7 +537,7 @@ def _integrate_adaptive(problem: _Problem, y0, f0, times, tableau, opts: Adaptiv
                 f"Too many steps (max_num_steps={opts.max_num_steps})", t, h, stats.n_steps,
                 "Raise options['max_num_steps'] or loosen rtol/atol.",
             )
-        step = rk_step(problem, t, y, f0, h, tableau)
+        f0, step = take(t_f0, t, y, f0, h)
         ratio = error.ratio(step.y_err, y, step.y1)
         if not math.isfinite(ratio) and not bool(torch.isfinite(f0).all()):
             raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
@@ -649,7 +679,7 @@ def solve(
     if isinstance(opts, FixedOptions):
         grid = _fixed_grid(opts, times, func, y0, t)
         problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
-        ys, out_steps = _integrate_fixed(problem, y_solve, f0, times, grid, tableau, opts.interp, stats)
+        ys, out_steps = _integrate_fixed(problem, y_solve, f0, times, grid, tableau, opts, stats)
         stacked = torch.stack(ys)
         finite = torch.isfinite(stacked.reshape(len(times), -1)).all(dim=1)
         if not bool(finite.all()):
