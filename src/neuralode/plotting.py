@@ -1,0 +1,289 @@
+"""Pure functions from arrays to matplotlib figures, and an atomic ``save_figure``.
+
+Every ``plot_*`` function takes arrays (NumPy arrays, lists or CPU tensors) and returns a new
+``matplotlib.figure.Figure``; none of them solves, trains or writes anything.
+
+matplotlib is imported lazily, so ``import neuralode`` does not import it. Figures are built with
+``matplotlib.figure.Figure`` directly rather than through ``pyplot``: that needs no display and
+no backend (saving uses the Agg canvas), leaves a user's interactive backend alone, and keeps the
+figures out of pyplot's global registry, so nothing leaks when many are made. matplotlib's own
+docs recommend this for non-interactive use ("Embedding in a web application server").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
+    from matplotlib.figure import Figure
+
+# Colours of the "true" and "learned" curves, shared by every figure so they read alike.
+TRUE_COLOR = "#1f77b4"
+LEARNED_COLOR = "#d62728"
+
+
+def _new_figure(figsize: tuple[float, float], dpi: float) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=dpi, layout="constrained")
+
+
+def _as_array(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x, dtype=float)
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array; got shape {a.shape}.")
+    return a
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x``: the empirical order of a power law.
+
+    Args:
+        x, y: positive values of equal length (at least 2).
+
+    Returns:
+        The slope ``p`` of the best fit ``y ≈ C x**p``.
+
+    Raises:
+        ValueError: if the lengths differ, fewer than 2 points are given, or a value is not positive.
+    """
+    xa, ya = _as_array(x, "x", 1), _as_array(y, "y", 1)
+    if xa.shape != ya.shape or xa.size < 2:
+        raise ValueError(f"x and y must have the same length of at least 2; got {xa.size} and {ya.size}.")
+    if (xa <= 0).any() or (ya <= 0).any():
+        raise ValueError("x and y must be positive to fit a log-log slope.")
+    return float(np.polyfit(np.log(xa), np.log(ya), 1)[0])
+
+
+def plot_convergence(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str = "Error against cost",
+    dpi: float = 100,
+) -> "Figure":
+    """Log-log plot of error against function evaluations, one line per method, slopes annotated.
+
+    Args:
+        series: ``{method: (nfe, error)}``, two equally long sequences of positive numbers per
+            method (e.g. one point per step size or tolerance).
+        title: the axes title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure. Each method's fitted log-log slope (error ∝ NFE^slope) is written in the
+        legend and next to its line.
+    """
+    fig = _new_figure((6.4, 4.8), dpi)
+    ax = fig.add_subplot()
+    markers = "osD^vP*X"
+    for i, (name, (nfe, err)) in enumerate(series.items()):
+        x, y = _as_array(nfe, f"series[{name!r}] nfe", 1), _as_array(err, f"series[{name!r}] error", 1)
+        label = name
+        if x.size >= 2:
+            slope = loglog_slope(x, y)
+            label = f"{name} (slope {slope:.2f})"
+        (line,) = ax.loglog(x, y, marker=markers[i % len(markers)], label=label)
+        if x.size >= 2:
+            # Annotate at the geometric midpoint of the line's first segment, nudged off the line.
+            xm, ym = math.sqrt(x[0] * x[1]), math.sqrt(y[0] * y[1])
+            ax.annotate(
+                f"slope {slope:.1f}",
+                (xm, ym),
+                xytext=(6, 6),
+                textcoords="offset points",
+                color=line.get_color(),
+                fontsize=9,
+            )
+    ax.set_xlabel("function evaluations (NFE)")
+    ax.set_ylabel("max error vs closed form")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_trajectories(
+    t: Sequence[float],
+    y_true: Any,
+    y_pred: Any,
+    *,
+    names: Sequence[str] = ("x", "y"),
+    title: str = "Trajectories: true vs learned",
+    dpi: float = 100,
+) -> "Figure":
+    """Each state component against time, true (solid) and learned (dashed), one panel each.
+
+    Args:
+        t: times, shape ``(n,)``.
+        y_true, y_pred: states, shape ``(n, d)``.
+        names: one name per component (``d`` of them).
+        title: the figure title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure, ``d`` panels sharing the time axis.
+
+    Raises:
+        ValueError: if the shapes do not match.
+    """
+    ta = _as_array(t, "t", 1)
+    yt, yp = _as_array(y_true, "y_true", 2), _as_array(y_pred, "y_pred", 2)
+    if yt.shape != yp.shape or yt.shape[0] != ta.shape[0]:
+        raise ValueError(f"y_true {yt.shape} and y_pred {yp.shape} must both have shape (len(t)={ta.shape[0]}, d).")
+    if len(names) != yt.shape[1]:
+        raise ValueError(f"names must name each of the {yt.shape[1]} components; got {len(names)}.")
+    fig = _new_figure((7.5, 2.2 * yt.shape[1] + 0.6), dpi)
+    axes = fig.subplots(yt.shape[1], 1, sharex=True, squeeze=False)[:, 0]
+    for i, ax in enumerate(axes):
+        ax.plot(ta, yt[:, i], color=TRUE_COLOR, label="true")
+        ax.plot(ta, yp[:, i], color=LEARNED_COLOR, linestyle="--", label="learned")
+        ax.set_ylabel(names[i])
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="upper right")
+    axes[-1].set_xlabel("t")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_phase_portrait(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    names: tuple[str, str] = ("x", "y"),
+    title: str = "Phase portrait: true vs learned",
+    dpi: float = 100,
+) -> "Figure":
+    """True and learned trajectories in the plane, with the shared starting point marked.
+
+    Args:
+        y_true, y_pred: states, shape ``(n, 2)``.
+        names: axis labels.
+        title: the axes title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure, with equal axis scales.
+    """
+    yt, yp = _as_array(y_true, "y_true", 2), _as_array(y_pred, "y_pred", 2)
+    if yt.shape[1] != 2 or yp.shape[1] != 2:
+        raise ValueError(f"y_true and y_pred must have shape (n, 2); got {yt.shape} and {yp.shape}.")
+    fig = _new_figure((5.6, 5.2), dpi)
+    ax = fig.add_subplot()
+    ax.plot(yt[:, 0], yt[:, 1], color=TRUE_COLOR, label="true")
+    ax.plot(yp[:, 0], yp[:, 1], color=LEARNED_COLOR, linestyle="--", label="learned")
+    ax.plot(yt[0, 0], yt[0, 1], "ko", markersize=5, label="start")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    return fig
+
+
+def plot_vector_field(
+    x: Any,
+    y: Any,
+    u: Any,
+    v: Any,
+    *,
+    trajectory: Any | None = None,
+    names: tuple[str, str] = ("x", "y"),
+    title: str = "Learned vector field",
+    dpi: float = 100,
+) -> "Figure":
+    """Streamlines of a planar vector field coloured by speed, optionally with a trajectory on top.
+
+    Args:
+        x, y: 1-D, equally spaced grid coordinates, shapes ``(nx,)`` and ``(ny,)``.
+        u, v: the field's components on the grid, shape ``(ny, nx)`` (row ``j`` is ``y[j]``).
+        trajectory: optional states to overlay, shape ``(n, 2)`` (e.g. the true trajectory).
+        names: axis labels.
+        title: the axes title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure, with a colour bar of log10 speed.
+    """
+    xa, ya = _as_array(x, "x", 1), _as_array(y, "y", 1)
+    ua, va = _as_array(u, "u", 2), _as_array(v, "v", 2)
+    if ua.shape != (ya.size, xa.size) or va.shape != ua.shape:
+        raise ValueError(f"u and v must have shape (len(y), len(x)) = {(ya.size, xa.size)}; got {ua.shape} and {va.shape}.")
+    fig = _new_figure((6.2, 5.2), dpi)
+    ax = fig.add_subplot()
+    # Log speed: a cubic field's speed spans orders of magnitude across the grid.
+    speed = np.log10(np.hypot(ua, va) + 1e-12)
+    stream = ax.streamplot(xa, ya, ua, va, color=speed, cmap="viridis", density=1.3, linewidth=0.9, arrowsize=1.0)
+    fig.colorbar(stream.lines, ax=ax, label="log10 speed |f|")
+    if trajectory is not None:
+        tr = _as_array(trajectory, "trajectory", 2)
+        ax.plot(tr[:, 0], tr[:, 1], color="black", linewidth=1.4, label="true trajectory")
+        ax.legend(loc="upper right")
+    ax.set_xlim(xa[0], xa[-1])
+    ax.set_ylim(ya[0], ya[-1])
+    ax.set_aspect("equal")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(title)
+    return fig
+
+
+def save_figure(fig: "Figure", path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
+    """Write ``fig`` to ``path`` atomically and close it.
+
+    The image is written to a temporary file in the same directory and moved into place with
+    ``os.replace``, so a reader never sees a half-written file and an interrupted save leaves any
+    previous file intact. The format follows the suffix (``.png``, ``.pdf``, ``.svg``, ...).
+
+    Args:
+        fig: the figure.
+        path: destination; its directory must exist.
+        dpi: resolution; the figure's own by default.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ValueError: if ``path`` has no suffix to take the format from.
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"path must end in a format suffix such as .png; got {str(path)!r}.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else "figure")
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        _close(fig)
+    return path
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it and put it back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _close(fig: "Figure") -> None:
+    # Figures made here are not registered with pyplot; one the caller made with pyplot is.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
