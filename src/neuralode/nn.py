@@ -124,6 +124,8 @@ class ODEBlock(nn.Module):
         return getattr(self.func, "nfe_backward", 0)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.func, ODEFunc):
+            self.func.reset_nfe()  # the counters then describe this forward pass and its backward
         solver = odeint_adjoint if self.adjoint else odeint
         zs = solver(self.func, z, self.t, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         return zs[-1]

@@ -44,6 +44,7 @@ from .odeint import (
     TensorOrTuple,
     _check_state,
     _check_times,
+    _check_tolerance,
     _type_name,
     solve,
 )
@@ -145,6 +146,9 @@ class _AdjointSolve(torch.autograd.Function):
         t_grad = torch.zeros(n, dtype=ys.dtype, device=ys.device) if need_t else None
         a = grad_ys[-1]
         g_params = tuple(torch.zeros_like(p) for p in params)
+        # The step carried across output times is local to this backward call: a second backward
+        # on the same graph (retain_graph) must not start from the first one's last step.
+        next_step = math.nan
         token = _IN_BACKWARD.set(True)
         try:
             for i in range(n - 1, 0, -1):
@@ -153,11 +157,11 @@ class _AdjointSolve(torch.autograd.Function):
                     stats.nfe += 1
                 span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
                 options = cfg["adjoint_options"]
-                if adaptive and math.isfinite(stats.next_step) and options.get("first_step") is None:
+                if adaptive and math.isfinite(next_step) and options.get("first_step") is None:
                     # Carry the step size across output times instead of re-running the
                     # initial-step heuristic in every interval (torchdiffeq does the latter,
                     # which costs an evaluation and usually a too-small first step each time).
-                    options = {**options, "first_step": abs(stats.next_step)}
+                    options = {**options, "first_step": abs(next_step)}
                 sol = solve(
                     augmented, (ys[i], a, *g_params), span,
                     rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
@@ -167,7 +171,7 @@ class _AdjointSolve(torch.autograd.Function):
                 stats.n_accepted += sol.stats.n_accepted
                 stats.n_rejected += sol.stats.n_rejected
                 stats.last_step = sol.stats.last_step
-                stats.next_step = sol.stats.next_step
+                stats.next_step = next_step = sol.stats.next_step
                 a = sol.ys[1][-1] + grad_ys[i - 1]
                 g_params = tuple(g[-1] for g in sol.ys[2:])
             if need_t:
@@ -178,8 +182,12 @@ class _AdjointSolve(torch.autograd.Function):
         return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
 
 
-def _adjoint_tolerance(tol: Any, n_params: int):
+def _adjoint_tolerance(name: str, tol: Any, n_params: int, parts: tuple[torch.Tensor, ...], is_tuple: bool):
     """A forward tolerance carried over to the augmented state (y, a, *gθ)."""
+    if is_tuple and isinstance(tol, (tuple, list, torch.Tensor)):
+        # The backward solve sees a tuple state flattened into one vector: give it the
+        # tolerance in that layout (a float, or one flat tensor), checked as solve checks it.
+        tol = _check_tolerance(name, tol, parts, is_tuple)
     if isinstance(tol, (tuple, list)) or isinstance(tol, torch.Tensor):
         # Per-element tolerances of y apply to y and a alike; the quadratures get the loosest
         # value (the seminorm ignores them by default anyway).
@@ -192,7 +200,7 @@ def _adjoint_tolerance(tol: Any, n_params: int):
     return tol
 
 
-def _adjoint_options(options: dict | None, adjoint_options: dict | None) -> dict:
+def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptive: bool) -> dict:
     if adjoint_options is None:
         adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
     elif not isinstance(adjoint_options, dict):
@@ -200,7 +208,8 @@ def _adjoint_options(options: dict | None, adjoint_options: dict | None) -> dict
     out = dict(adjoint_options)
     norm = out.pop("norm", "seminorm")
     if norm == "seminorm":
-        out["norm"] = _seminorm
+        if adaptive:  # fixed-step methods control no error, so take no norm option
+            out["norm"] = _seminorm
     elif norm == "full":
         pass  # the solver's default norm over every tensor of the augmented state
     elif callable(norm):
@@ -276,6 +285,7 @@ def solve_adjoint(
     params = _adjoint_params(func, adjoint_params)
     flat = _Flat(parts, is_tuple)
     adjoint_stats = SolverStats()
+    adjoint_method = method if adjoint_method is None else adjoint_method
     cfg = {
         "func": func,
         "flat": flat,
@@ -284,10 +294,16 @@ def solve_adjoint(
         "atol": atol,
         "method": method,
         "options": options,
-        "adjoint_rtol": _adjoint_tolerance(rtol if adjoint_rtol is None else adjoint_rtol, len(params)),
-        "adjoint_atol": _adjoint_tolerance(atol if adjoint_atol is None else adjoint_atol, len(params)),
-        "adjoint_method": method if adjoint_method is None else adjoint_method,
-        "adjoint_options": _adjoint_options(options, adjoint_options),
+        "adjoint_rtol": _adjoint_tolerance(
+            "rtol" if adjoint_rtol is None else "adjoint_rtol",
+            rtol if adjoint_rtol is None else adjoint_rtol, len(params), parts, is_tuple,
+        ),
+        "adjoint_atol": _adjoint_tolerance(
+            "atol" if adjoint_atol is None else "adjoint_atol",
+            atol if adjoint_atol is None else adjoint_atol, len(params), parts, is_tuple,
+        ),
+        "adjoint_method": adjoint_method,
+        "adjoint_options": _adjoint_options(options, adjoint_options, get_tableau(adjoint_method).adaptive),
         "adjoint_stats": adjoint_stats,
     }
     y0_flat = flat.flatten(y0)

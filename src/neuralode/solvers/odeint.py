@@ -236,6 +236,8 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
         values = [one(tol, p, name) for p in parts]
     if all(isinstance(v, float) for v in values) and len(set(values)) == 1:
         return values[0]
+    if not is_tuple:
+        return values[0]  # already broadcast to the state's shape
     return torch.cat(
         [
             (v.reshape(-1) if isinstance(v, torch.Tensor) else torch.full((p.numel(),), v, dtype=p.dtype, device=p.device))

@@ -1,0 +1,613 @@
+"""Properties of the adjoint method: its gradients, its memory, its statistics and the seed claim.
+
+* Gradients by the adjoint (``odeint_adjoint``) agree with backpropagation through the solver
+  (``odeint``) at tight tolerances, for every parameter, ``y0`` and ``t``; ``t`` gradients also
+  agree with the closed form ``dL/dt_i = dL/dy(t_i) . f(t_i, y(t_i))``.
+* ``gradcheck`` (finite differences in float64) passes, including its check that backward is
+  deterministic when run twice on one graph.
+* The bytes autograd saves for backward do not grow with the number of steps under the adjoint,
+  and grow linearly with backprop.
+* The seminorm (on by default) saves backward evaluations without changing the gradients.
+* The weight-tied residual stack ``h <- h + f(h) / N`` *is* Euler's method with step ``1/N``, and
+  converges to the ODE solution at first order as ``N`` grows.
+
+Everything is float64 unless a test says otherwise; the networks are small so the file runs in
+seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neuralode import odeint, odeint_adjoint, solve, solve_adjoint
+from neuralode.nn import ConcatLinear, ODEBlock, ODEFunc
+
+F64 = torch.float64
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+class TimeMLP(ODEFunc):
+    """``f(t, y) = L2(tanh(L1([y, t])))``, non-autonomous so that ``t`` gradients are nontrivial."""
+
+    def __init__(self, dim: int = 3, hidden: int = 8, seed: int = 0, dtype=F64):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.l1 = ConcatLinear(dim, hidden)
+        self.l2 = ConcatLinear(hidden, dim)
+        self.to(dtype)
+
+    def forward(self, t, y):
+        return self.l2(t, torch.tanh(self.l1(t, y)))
+
+
+def mlp(dim: int, hidden: int, seed: int = 0, dtype=F64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim)).to(dtype)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """``|got - ref| / |ref|`` in the 2-norm over the whole tensor."""
+    got, ref = got.detach(), ref.detach()
+    return float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref))
+
+
+def weighted_square_loss(ys, weights):
+    """``sum_i w_i * y(t_i)^2`` over all outputs (tensor or tuple state)."""
+    if isinstance(ys, tuple):
+        return sum((w * y * y).sum() for w, y in zip(weights, ys))
+    return (weights * ys * ys).sum()
+
+
+def gradients(integrate, func, y0, t, weights, params):
+    """Loss and gradients to ``y0`` (each tensor of a tuple), ``t`` and ``params`` (fresh leaves)."""
+    parts = y0 if isinstance(y0, tuple) else (y0,)
+    parts = tuple(p.detach().clone().requires_grad_(True) for p in parts)
+    t = t.detach().clone().requires_grad_(True)
+    ys = integrate(func, parts if isinstance(y0, tuple) else parts[0], t)
+    loss = weighted_square_loss(ys, weights)
+    grads = torch.autograd.grad(loss, (*parts, t, *params))
+    n = len(parts)
+    return ys, grads[:n], grads[n], grads[n + 1:]
+
+
+def assert_close_rel(got, ref, tol, what):
+    err = rel_err(got, ref)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+def raises_exactly(exc_type, message):
+    """``pytest.raises`` for the exact type and the full text of the message."""
+    return pytest.raises(exc_type, match="^" + re.escape(message) + "$")
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Adjoint gradients against backpropagation through the solver, and the closed form for t.
+
+TIGHT = dict(rtol=1e-10, atol=1e-10)
+METHOD_OPTIONS = {
+    "dopri5": None,
+    "tsit5": None,
+    "bosh3": None,
+    # Fixed step: 100 steps of classic RK4 on [0.2, 1.2] are accurate to ~1e-10, so the adjoint
+    # of the ODE and the derivative of the discrete solver agree to far better than 1e-6.
+    "rk4": {"step_size": 0.01},
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OPTIONS))
+def test_adjoint_matches_backprop_and_exact_time_gradients(method):
+    func = TimeMLP(dim=3, hidden=8, seed=1)
+    params = tuple(func.parameters())
+    torch.manual_seed(2)
+    y0 = torch.randn(4, 3, dtype=F64)
+    t = torch.linspace(0.2, 1.2, 5, dtype=F64)
+    weights = torch.rand(5, 4, 3, dtype=F64)
+    kw = dict(method=method, options=METHOD_OPTIONS[method], **TIGHT)
+
+    ys_bp, (gy_bp,), gt_bp, gp_bp = gradients(lambda f, y, s: odeint(f, y, s, **kw), func, y0, t, weights, params)
+    ys_adj, (gy_adj,), gt_adj, gp_adj = gradients(
+        lambda f, y, s: odeint_adjoint(f, y, s, **kw), func, y0, t, weights, params
+    )
+
+    assert_close_rel(ys_adj, ys_bp, 1e-12, "forward values")
+    assert_close_rel(gy_adj, gy_bp, 1e-6, "dL/dy0")
+    assert_close_rel(gt_adj, gt_bp, 1e-6, "dL/dt")
+    for i, (a, b) in enumerate(zip(gp_adj, gp_bp)):
+        assert_close_rel(a, b, 1e-6, f"dL/dparam[{i}]")
+
+    # The closed form: g_i = dL/dy(t_i) directly = 2 w_i y_i;
+    # dL/dt_i = g_i . f(t_i, y_i) (i >= 1), dL/dt_0 = -(dL/dy0 - g_0) . f(t_0, y_0).
+    with torch.no_grad():
+        ys = ys_bp.detach()
+        g = 2 * weights * ys
+        f = torch.stack([func(t[i], ys[i]) for i in range(len(t))])
+        for name, gy, gt in (("backprop", gy_bp, gt_bp), ("adjoint", gy_adj, gt_adj)):
+            exact = (g * f).flatten(1).sum(1)
+            exact[0] = -((gy - g[0]) * f[0]).sum()
+            assert_close_rel(gt, exact, 1e-6, f"dL/dt ({name}) against the closed form")
+
+
+@pytest.mark.parametrize(
+    "forward, backward",
+    [
+        (dict(method="dopri5"), dict(adjoint_method="rk4", adjoint_options={"step_size": 0.01})),
+        (dict(method="rk4", options={"step_size": 0.01}), dict(adjoint_method="dopri5", adjoint_options={})),
+        (dict(method="rk4", options={"step_size": 0.01}), dict(adjoint_options={"norm": "seminorm", "step_size": 0.01})),
+    ],
+    ids=["dopri5-then-rk4", "rk4-then-dopri5", "rk4-explicit-seminorm"],
+)
+def test_adjoint_method_differs_from_forward(forward, backward):
+    # A fixed-step backward solve takes no norm: the default seminorm applies to adaptive ones only.
+    func = TimeMLP(dim=3, hidden=8, seed=21)
+    params = tuple(func.parameters())
+    y0 = torch.randn(2, 3, dtype=F64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    weights = torch.rand(3, 2, 3, dtype=F64)
+    _, (gy_bp,), gt_bp, gp_bp = gradients(lambda f, y, s: odeint(f, y, s, **TIGHT), func, y0, t, weights, params)
+    _, (gy_adj,), gt_adj, gp_adj = gradients(
+        lambda f, y, s: odeint_adjoint(f, y, s, **TIGHT, **forward, **backward), func, y0, t, weights, params
+    )
+    assert_close_rel(gy_adj, gy_bp, 1e-6, "dL/dy0")
+    assert_close_rel(gt_adj, gt_bp, 1e-6, "dL/dt")
+    for i, (a, b) in enumerate(zip(gp_adj, gp_bp)):
+        assert_close_rel(a, b, 1e-6, f"dL/dparam[{i}]")
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Finite differences.
+
+
+def test_gradcheck_through_odeint_adjoint():
+    torch.manual_seed(3)
+    W1 = (torch.randn(4, 2, dtype=F64) * 0.8).requires_grad_(True)
+    W2 = torch.randn(2, 4, dtype=F64) * 0.8
+    y0 = torch.randn(2, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+
+    def solve_with(y0, W1):
+        def func(tt, y):
+            return torch.tanh(y @ W1.T) @ W2.T + 0.1 * torch.sin(tt)
+
+        return odeint_adjoint(func, y0, t, rtol=1e-12, atol=1e-12, method="dopri5", adjoint_params=(W1,))
+
+    # Tolerances: at solver tolerance 1e-12 the adjoint's gradients and central differences
+    # (eps = 1e-6) differ by ~1e-9 (measured: 1.0e-9 for y0, 5e-10 for W1, entries of size ~1),
+    # from the solver error, and the step-size choices that change as inputs are perturbed.
+    # atol = 1e-7 leaves a margin of 100 and is 100 times tighter than gradcheck's default.
+    # nondet_tol stays 0: backward run twice on one graph (gradcheck does that) must give
+    # bitwise the same gradients.
+    assert torch.autograd.gradcheck(solve_with, (y0, W1), atol=1e-7, rtol=1e-6)
+
+
+def test_backward_twice_on_one_graph_is_deterministic():
+    # Running backward again (retain_graph) must not depend on the previous backward's last step.
+    func = TimeMLP(dim=3, hidden=8, seed=4)
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 4, dtype=F64)
+    ys = odeint_adjoint(func, y0, t, rtol=1e-8, atol=1e-8)
+    loss = (ys * ys).sum()
+    first = torch.autograd.grad(loss, (y0, *func.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, (y0, *func.parameters()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Memory: what autograd keeps for backward.
+
+
+class _Held:
+    """What the pack hook hands autograd: the saved tensor, in an object that can be weakly referenced."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def saved_bytes(run):
+    """Bytes of the tensors that the graph built by ``run()`` keeps for backward.
+
+    Every tensor autograd packs is wrapped; only wrappers still alive when ``run()`` has returned
+    are counted, so graphs built and dropped on the way (e.g. by input checks on a ``y0`` that
+    requires grad) do not count. Each tensor counts once per (data pointer, size): the same weight
+    saved by every evaluation of ``func`` counts once.
+    """
+    held: list[weakref.ref] = []
+
+    def pack(x):
+        h = _Held(x)
+        held.append(weakref.ref(h))
+        return h
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.tensor):
+        out = run()
+    alive = {}
+    for ref in held:
+        h = ref()
+        if h is not None:
+            nbytes = h.tensor.numel() * h.tensor.element_size()
+            alive[(h.tensor.data_ptr(), nbytes)] = nbytes
+    del out
+    return sum(alive.values())
+
+
+MEMORY_STEPS = (10, 100, 1000)
+
+
+def memory_profile(integrate):
+    # float32: memory is about growth, not precision, and halves what backprop allocates here.
+    net = mlp(16, 16, seed=5, dtype=torch.float32)
+    y0 = torch.randn(64, 16, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float32)
+    return {
+        n: saved_bytes(lambda: integrate(lambda s, y: net(y), y0, t, net, {"step_size": 1.0 / n}))
+        for n in MEMORY_STEPS
+    }
+
+
+def test_adjoint_memory_does_not_grow_with_steps_backprop_does():
+    adjoint = memory_profile(
+        lambda f, y0, t, net, opt: odeint_adjoint(f, y0, t, method="rk4", options=opt, adjoint_params=tuple(net.parameters()))
+    )
+    backprop = memory_profile(lambda f, y0, t, net, opt: odeint(f, y0, t, method="rk4", options=opt))
+    print(f"saved bytes, adjoint: {adjoint}; backprop: {backprop}")
+
+    # The adjoint keeps the outputs (2 x 64 x 16 float32) and t (2 float32), whatever the step count.
+    assert set(adjoint.values()) == {2 * 64 * 16 * 4 + 2 * 4}
+    # Backprop keeps every stage's activations: linear growth.
+    assert backprop[1000] / backprop[10] > 50
+    assert backprop[100] / backprop[10] > 5
+    assert backprop[10] > adjoint[10]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. States, parameters and buffers.
+
+
+class TupleFunc(nn.Module):
+    """Couples a (3, 2) and a (4,) state: ``dA = tanh(A M) + b[:3] c^T``, ``db = tanh(V b)/2 + sum(A) d``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.M = nn.Parameter(torch.randn(2, 2, dtype=F64) * 0.5)
+        self.c = nn.Parameter(torch.randn(2, dtype=F64) * 0.5)
+        self.V = nn.Parameter(torch.randn(4, 4, dtype=F64) * 0.5)
+        self.d = nn.Parameter(torch.randn(4, dtype=F64) * 0.2)
+
+    def forward(self, t, state):
+        A, b = state
+        dA = torch.tanh(A @ self.M) + torch.outer(b[:3], self.c) * torch.cos(t)
+        db = 0.5 * torch.tanh(self.V @ b) + A.sum() * self.d
+        return dA, db
+
+
+def test_tuple_state_adjoint_matches_backprop():
+    func = TupleFunc()
+    params = tuple(func.parameters())
+    torch.manual_seed(7)
+    y0 = (torch.randn(3, 2, dtype=F64), torch.randn(4, dtype=F64))
+    t = torch.linspace(0.0, 1.0, 4, dtype=F64)
+    weights = (torch.rand(4, 3, 2, dtype=F64), torch.rand(4, 4, dtype=F64))
+
+    ys_bp, gy_bp, gt_bp, gp_bp = gradients(lambda f, y, s: odeint(f, y, s, **TIGHT), func, y0, t, weights, params)
+    ys_adj, gy_adj, gt_adj, gp_adj = gradients(
+        lambda f, y, s: odeint_adjoint(f, y, s, **TIGHT), func, y0, t, weights, params
+    )
+    assert isinstance(ys_adj, tuple) and [y.shape for y in ys_adj] == [(4, 3, 2), (4, 4)]
+    for i in range(2):
+        assert_close_rel(ys_adj[i], ys_bp[i], 1e-12, f"ys[{i}]")
+        assert_close_rel(gy_adj[i], gy_bp[i], 1e-6, f"dL/dy0[{i}]")
+    assert_close_rel(gt_adj, gt_bp, 1e-6, "dL/dt")
+    for i, (a, b) in enumerate(zip(gp_adj, gp_bp)):
+        assert_close_rel(a, b, 1e-6, f"dL/dparam[{i}]")
+
+
+def test_per_tensor_tolerances_for_a_tuple_state():
+    # rtol/atol given per tensor of a tuple state (one entry per tensor, as solve accepts them).
+    func = TupleFunc()
+    params = tuple(func.parameters())
+    torch.manual_seed(22)
+    y0 = (torch.randn(3, 2, dtype=F64), torch.randn(4, dtype=F64))
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    weights = (torch.rand(3, 3, 2, dtype=F64), torch.rand(3, 4, dtype=F64))
+    tol = dict(rtol=(1e-10, 1e-11), atol=(torch.full((3, 2), 1e-10, dtype=F64), 1e-11))
+    _, gy_bp, gt_bp, gp_bp = gradients(lambda f, y, s: odeint(f, y, s, **TIGHT), func, y0, t, weights, params)
+    _, gy_adj, gt_adj, gp_adj = gradients(lambda f, y, s: odeint_adjoint(f, y, s, **tol), func, y0, t, weights, params)
+    for i in range(2):
+        assert_close_rel(gy_adj[i], gy_bp[i], 1e-6, f"dL/dy0[{i}]")
+    assert_close_rel(gt_adj, gt_bp, 1e-6, "dL/dt")
+    for i, (a, b) in enumerate(zip(gp_adj, gp_bp)):
+        assert_close_rel(a, b, 1e-6, f"dL/dparam[{i}]")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3,),
+        (4, 3),
+    ],
+    ids=["1d-state", "2d-state"],
+)
+def test_tensor_tolerance_for_a_tensor_state(shape):
+    func = TimeMLP(dim=3, hidden=8, seed=23)
+    params = tuple(func.parameters())
+    y0 = torch.randn(*shape, dtype=F64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    weights = torch.rand(3, *shape, dtype=F64)
+    atol = torch.tensor([1e-10, 1e-11, 1e-10], dtype=F64)  # broadcast over the batch
+    _, (gy_bp,), _, gp_bp = gradients(lambda f, y, s: odeint(f, y, s, **TIGHT), func, y0, t, weights, params)
+    _, (gy_adj,), _, gp_adj = gradients(
+        lambda f, y, s: odeint_adjoint(f, y, s, rtol=1e-10, atol=atol), func, y0, t, weights, params
+    )
+    assert_close_rel(gy_adj, gy_bp, 1e-6, "dL/dy0")
+    for i, (a, b) in enumerate(zip(gp_adj, gp_bp)):
+        assert_close_rel(a, b, 1e-6, f"dL/dparam[{i}]")
+
+
+def test_plain_function_with_adjoint_params():
+    k = torch.tensor([0.5, 1.0, -0.3], dtype=F64, requires_grad=True)
+
+    def func(t, y):  # closes over k
+        return -k * y + torch.sin(t) * torch.tanh(y)
+
+    y0 = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    t = torch.linspace(0.0, 2.0, 5, dtype=F64)
+    weights = torch.rand(5, 3, dtype=F64)
+    _, (gy_bp,), gt_bp, (gk_bp,) = gradients(lambda f, y, s: odeint(f, y, s, **TIGHT), func, y0, t, weights, (k,))
+    _, (gy_adj,), gt_adj, (gk_adj,) = gradients(
+        lambda f, y, s: odeint_adjoint(f, y, s, adjoint_params=(k,), **TIGHT), func, y0, t, weights, (k,)
+    )
+    assert_close_rel(gy_adj, gy_bp, 1e-6, "dL/dy0")
+    assert_close_rel(gt_adj, gt_bp, 1e-6, "dL/dt")
+    assert_close_rel(gk_adj, gk_bp, 1e-6, "dL/dk")
+
+
+def test_plain_function_without_adjoint_params_raises():
+    y0 = torch.ones(2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    message = (
+        "func is not a torch.nn.Module, so the parameters to differentiate cannot be found; "
+        "pass them as adjoint_params=(...) (an empty tuple if there are none)."
+    )
+    with raises_exactly(ValueError, message) as info:
+        odeint_adjoint(lambda s, y: -y, y0, t)
+    assert type(info.value) is ValueError
+
+
+def test_plain_function_with_empty_adjoint_params_differentiates_y0():
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    odeint_adjoint(lambda s, y: -y, y0, t, adjoint_params=(), **TIGHT)[-1].sum().backward()
+    torch.testing.assert_close(y0.grad, torch.full((2,), math.exp(-1.0), dtype=F64), rtol=1e-8, atol=0)
+
+
+class ExtrasFunc(nn.Module):
+    """An MLP with a buffer used in forward, an unused parameter and a frozen one."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp(3, 8, seed=8)
+        self.unused = nn.Parameter(torch.randn(5, dtype=F64))
+        self.frozen = nn.Parameter(torch.tensor([0.7, -0.2, 0.4], dtype=F64), requires_grad=False)
+        self.register_buffer("scale", torch.tensor([1.0, 0.5, -0.5], dtype=F64))
+
+    def forward(self, t, y):
+        return self.scale * self.net(y) + self.frozen * torch.cos(t)
+
+
+def test_unused_frozen_parameters_and_buffers():
+    torch.manual_seed(9)
+    y0 = torch.randn(4, 3, dtype=F64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+
+    grads = {}
+    for name, integrate in (("backprop", odeint), ("adjoint", odeint_adjoint)):
+        func = ExtrasFunc()
+        integrate(func, y0, t, **TIGHT).pow(2).sum().backward()
+        assert func.frozen.grad is None
+        assert func.scale.grad is None
+        grads[name] = func
+    adjoint, backprop = grads["adjoint"], grads["backprop"]
+    # Unused: zeros, not None (backprop through the solver leaves None, as autograd does).
+    assert backprop.unused.grad is None
+    assert adjoint.unused.grad is not None and torch.equal(adjoint.unused.grad, torch.zeros(5, dtype=F64))
+    for (name, a), b in zip(adjoint.net.named_parameters(), backprop.net.parameters()):
+        assert_close_rel(a.grad, b.grad, 1e-6, name)
+
+
+def test_shared_parameter_listed_twice_counts_once():
+    func = mlp(3, 8, seed=10)
+    y0 = torch.randn(2, 3, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    params = tuple(func.parameters())
+    odeint(lambda s, y: func(y), y0, t, **TIGHT).pow(2).sum().backward()
+    expected = [p.grad.clone() for p in params]
+    func.zero_grad(set_to_none=True)
+    odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_params=params + params, **TIGHT).pow(2).sum().backward()
+    for p, e in zip(params, expected):
+        assert_close_rel(p.grad, e, 1e-6, "shared parameter")
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. The seminorm.
+
+
+def backward_nfe_and_grads(adjoint_options):
+    func = TimeMLP(dim=4, hidden=16, seed=11)
+    torch.manual_seed(12)
+    y0 = torch.randn(8, 4, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 2.0, 3, dtype=F64)
+    sol = solve_adjoint(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options=adjoint_options)
+    grads = torch.autograd.grad(sol.ys.pow(2).sum(), (y0, *func.parameters()))
+    return sol.adjoint_stats.nfe, grads
+
+
+def test_seminorm_is_default_saves_evaluations_and_keeps_gradients():
+    nfe_default, g_default = backward_nfe_and_grads(None)
+    nfe_semi, g_semi = backward_nfe_and_grads({"norm": "seminorm"})
+    nfe_full, g_full = backward_nfe_and_grads({"norm": "full"})
+    print(f"backward NFE: seminorm (default) {nfe_default}, full {nfe_full}")
+
+    # torchdiffeq's spelling is the default itself.
+    assert nfe_semi == nfe_default
+    for a, b in zip(g_semi, g_default):
+        assert torch.equal(a, b)
+    assert nfe_default < nfe_full
+    for i, (a, b) in enumerate(zip(g_default, g_full)):
+        assert_close_rel(a, b, 1e-5, f"gradient {i}, seminorm against full norm")
+
+
+def test_bad_norm_raises():
+    func = mlp(2, 4)
+    y0 = torch.ones(2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    message = "adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got 'l2'."
+    with raises_exactly(ValueError, message) as info:
+        odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": "l2"})
+    assert type(info.value) is ValueError
+
+
+# ------------------------------------------------------------------------------------------------
+# 6-7. NFE counters and statistics.
+
+
+def test_odefunc_counts_forward_and_backward_evaluations_with_adjoint():
+    func = TimeMLP(dim=3, hidden=8, seed=13)
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64, requires_grad=True)
+    sol = solve_adjoint(func, y0, t, rtol=1e-8, atol=1e-8)
+    nfe_forward = func.nfe_forward
+    assert nfe_forward > 0 and func.nfe_backward == 0
+    assert nfe_forward == sol.stats.nfe
+
+    sol.ys.pow(2).sum().backward()
+    assert func.nfe_forward == nfe_forward
+    assert func.nfe_backward > 0
+    # One call of func per evaluation of the augmented dynamics, plus f(t_i, y_i) for dL/dt.
+    assert func.nfe_backward == sol.adjoint_stats.nfe
+
+    func.reset_nfe()
+    assert (func.nfe_forward, func.nfe_backward) == (0, 0)
+
+
+def test_odefunc_backprop_counts_nothing_in_backward():
+    func = TimeMLP(dim=3, hidden=8, seed=14)
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    ys = odeint(func, y0, t, rtol=1e-8, atol=1e-8)
+    nfe_forward = func.nfe_forward
+    assert nfe_forward > 0
+    ys.pow(2).sum().backward()
+    assert func.nfe_forward == nfe_forward
+    assert func.nfe_backward == 0
+
+
+def test_adjoint_stats_filled_after_backward():
+    func = TimeMLP(dim=3, hidden=8, seed=15)
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 4, dtype=F64)
+    sol = solve_adjoint(func, y0, t, rtol=1e-8, atol=1e-8)
+    assert sol.stats.nfe > 0 and sol.stats.n_accepted > 0
+    assert sol.adjoint_stats is not None
+    assert (sol.adjoint_stats.nfe, sol.adjoint_stats.n_accepted) == (0, 0)
+    sol.ys.pow(2).sum().backward()
+    stats = sol.adjoint_stats
+    assert stats.nfe > 0 and stats.n_accepted > 0
+    assert stats.n_steps == stats.n_accepted + stats.n_rejected
+    # Each accepted or rejected dopri5 step (FSAL) costs at least 5 new evaluations.
+    assert stats.nfe >= 5 * stats.n_steps
+    assert solve(func, y0, t).adjoint_stats is None
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. ODEBlock.
+
+
+def test_odeblock_adjoint_and_backprop_agree():
+    torch.manual_seed(16)
+    z = torch.randn(5, 3, dtype=F64)
+    results = {}
+    for adjoint in (True, False):
+        block = ODEBlock(TimeMLP(dim=3, hidden=8, seed=17), t=(0.0, 1.0), rtol=1e-10, atol=1e-10, adjoint=adjoint)
+        zi = z.clone().requires_grad_(True)
+        out = block(zi)
+        assert out.shape == z.shape
+        nfe_forward = block.nfe_forward
+        out.pow(2).sum().backward()
+        assert block.nfe_forward == nfe_forward > 0
+        if adjoint:
+            assert block.nfe_backward > 0
+        else:
+            assert block.nfe_backward == 0
+        results[adjoint] = (out.detach(), zi.grad, [p.grad for p in block.parameters()])
+    (out_a, gz_a, gp_a), (out_b, gz_b, gp_b) = results[True], results[False]
+    assert_close_rel(out_a, out_b, 1e-12, "ODEBlock output")
+    assert_close_rel(gz_a, gz_b, 1e-6, "ODEBlock dL/dz")
+    for i, (a, b) in enumerate(zip(gp_a, gp_b)):
+        assert_close_rel(a, b, 1e-6, f"ODEBlock dL/dparam[{i}]")
+
+
+def test_odeblock_nfe_without_odefunc_is_zero():
+    block = ODEBlock(nn.Sequential(), adjoint=False)  # no counters on func
+    assert (block.nfe_forward, block.nfe_backward) == (0, 0)
+
+
+def test_odeblock_nfe_counts_the_last_pass_as_documented():
+    block = ODEBlock(TimeMLP(dim=3, hidden=8, seed=18), adjoint=True)
+    z = torch.randn(2, 3, dtype=F64)
+    block(z)
+    once = block.nfe_forward
+    block(z)
+    assert block.nfe_forward == once
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. The seed claim: a residual network is Euler's method.
+
+
+def residual_stack(f, h, n_blocks: int):
+    """``n_blocks`` weight-tied residual blocks ``h <- h + (1/N) f(h)``."""
+    for _ in range(n_blocks):
+        h = h + f(h) / n_blocks
+    return h
+
+
+def test_residual_stack_is_euler_and_converges_at_first_order():
+    f = mlp(3, 16, seed=19)
+    torch.manual_seed(20)
+    h0 = torch.randn(8, 3, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with torch.no_grad():
+        # The same arithmetic, step by step: equal up to one rounding of 1/N per block.
+        for n in (1, 2, 7, 10, 64, 100):
+            euler = odeint(lambda s, y: f(y), h0, t, method="euler", options={"step_size": 1.0 / n})[-1]
+            res = residual_stack(f, h0, n)
+            assert float((euler - res).abs().max()) <= 1e-15 * max(1.0, float(res.abs().max())), n
+        # With the fused update the stepper uses (h + alpha * k) and a step 1/N that is exact in
+        # binary, the two are bitwise equal.
+        for n in (1, 4, 64):
+            h = h0
+            for _ in range(n):
+                h = torch.add(h, f(h), alpha=1.0 / n)
+            euler = odeint(lambda s, y: f(y), h0, t, method="euler", options={"step_size": 1.0 / n})[-1]
+            assert torch.equal(h, euler), n
+
+        # Deeper stacks approach the continuous layer: error ~ 1/N.
+        exact = odeint(lambda s, y: f(y), h0, t, method="dopri5", rtol=1e-12, atol=1e-12)[-1]
+        ns = [8, 16, 32, 64, 128, 256]
+        errors = [float((residual_stack(f, h0, n) - exact).abs().max()) for n in ns]
+    assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])), errors
+    slope = np.polyfit(np.log(ns), np.log(errors), 1)[0]
+    assert 0.8 <= -slope <= 1.2, (slope, errors)
