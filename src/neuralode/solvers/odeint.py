@@ -508,6 +508,16 @@ def _integrate_adaptive(problem: _Problem, y0, f0, times, tableau, opts: Adaptiv
     i_out, i_stop = 1, 0
     prev_ratio, after_reject = 1.0, False
     take = _stepper(problem, tableau, opts.checkpoint)
+
+    def take_before_jump(t_jump: float):
+        t_in = math.nextafter(t_jump, -direction * math.inf)
+
+        def before(s: float, x: torch.Tensor) -> torch.Tensor:
+            return problem(t_in if (s - t_in) * direction > 0 else s, x)
+
+        return _stepper(before, tableau, opts.checkpoint)
+
+    last_ratio = 0.0
     while i_out < n_out:
         t_stop = stops[i_stop]
         dt_abs = max(min(abs(dt), opts.max_step), opts.min_step)
@@ -529,6 +539,11 @@ def _integrate_adaptive(problem: _Problem, y0, f0, times, tableau, opts: Adaptiv
                     f0, t_f0 = None, math.nextafter(t, direction * math.inf)
                 i_stop += 1
                 continue
+            if not math.isfinite(last_ratio):
+                raise SolverError(
+                    "Non-finite state or derivative", t, h, stats.n_steps,
+                    "Every step tried from here produced NaN or inf; check func, or the solution blows up here.",
+                )
             raise SolverError(
                 "Step size underflow", t, h, stats.n_steps,
                 "The problem may be stiff, or the solution may blow up (non-finite values); "
@@ -539,8 +554,14 @@ def _integrate_adaptive(problem: _Problem, y0, f0, times, tableau, opts: Adaptiv
                 f"Too many steps (max_num_steps={opts.max_num_steps})", t, h, stats.n_steps,
                 "Raise options['max_num_steps'] or loosen rtol/atol.",
             )
-        f0, step = take(t_f0, t, y, f0, h)
+        if lands and t_stop in jumps:
+            # Stages with c_i = 1 would sit exactly on the discontinuity, where func may already
+            # return its value from after the jump: evaluate them just before it instead.
+            f0, step = take_before_jump(t_stop)(t_f0, t, y, f0, h)
+        else:
+            f0, step = take(t_f0, t, y, f0, h)
         ratio = error.ratio(step.y_err, y, step.y1)
+        last_ratio = ratio
         if not math.isfinite(ratio) and not bool(torch.isfinite(f0).all()):
             raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
         accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
