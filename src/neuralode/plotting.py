@@ -237,6 +237,71 @@ def plot_vector_field(
     return fig
 
 
+def plot_learning_curves(
+    epochs: Sequence[float],
+    train_loss: Sequence[float],
+    test_error: Sequence[float],
+    nfe_forward: Sequence[float] | None = None,
+    nfe_backward: Sequence[float] | None = None,
+    *,
+    title: str = "Learning curves",
+    dpi: float = 100,
+) -> "Figure":
+    """Training loss, test error and (for ODE models) function evaluations against epochs.
+
+    Args:
+        epochs: epoch numbers, shape ``(n,)``.
+        train_loss: mean training loss per epoch, shape ``(n,)``.
+        test_error: test error per epoch as a fraction in [0, 1], shape ``(n,)``; plotted in percent.
+        nfe_forward, nfe_backward: mean function evaluations per training batch in the forward
+            pass and in the adjoint backward pass, shape ``(n,)``. The third panel is drawn when
+            either is given and not all zero (a ResNet or MLP has none).
+        title: the figure title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure: two or three panels side by side sharing the epoch axis.
+
+    Raises:
+        ValueError: if the arrays differ in length or are empty.
+    """
+    ep = _as_array(epochs, "epochs", 1)
+    loss = _as_array(train_loss, "train_loss", 1)
+    err = _as_array(test_error, "test_error", 1)
+    nfes = {
+        label: _as_array(values, name, 1)
+        for label, name, values in (("forward", "nfe_forward", nfe_forward), ("backward", "nfe_backward", nfe_backward))
+        if values is not None
+    }
+    lengths = {ep.size, loss.size, err.size, *(a.size for a in nfes.values())}
+    if len(lengths) != 1 or ep.size == 0:
+        raise ValueError(f"epochs, train_loss, test_error and the NFE arrays must have one equal, non-zero length; got lengths {sorted(lengths)}.")
+    nfes = {label: a for label, a in nfes.items() if np.any(a > 0)}
+    panels = 3 if nfes else 2
+    fig = _new_figure((4.2 * panels, 3.6), dpi)
+    axes = fig.subplots(1, panels, sharex=True, squeeze=False)[0]
+    marker = "o" if ep.size <= 30 else None
+    axes[0].plot(ep, loss, marker=marker, color=TRUE_COLOR)
+    axes[0].set_ylabel("training loss (cross-entropy)")
+    if np.all(loss > 0) and loss.max() / loss.min() > 20:
+        axes[0].set_yscale("log")
+    axes[1].plot(ep, 100 * err, marker=marker, color=LEARNED_COLOR)
+    axes[1].set_ylabel("test error (%)")
+    if panels == 3:
+        for label, values in nfes.items():
+            axes[2].plot(ep, values, marker=marker, label=f"NFE-{label[0].upper()} ({label})")
+        axes[2].set_ylabel("function evaluations per batch")
+        axes[2].legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
 def save_figure(fig: "Figure", path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
     """Write ``fig`` to ``path`` atomically and close it.
 

@@ -429,7 +429,7 @@ class _ErrorNorm:
 # The loops.
 
 
-def _stepper(problem: _Problem, tableau: ButcherTableau, checkpoint: bool):
+def _stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool):
     """``take(t_f0, t, y, f0, h) -> (f0, StepResult)``, evaluating ``f0`` first when it is None.
 
     With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
