@@ -352,3 +352,176 @@ def _close(fig: "Figure") -> None:
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
         pyplot.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Continuous normalizing flows on 2-D data.
+
+
+def plot_point_clouds(
+    panels: Sequence[tuple[str, Any]],
+    *,
+    limits: tuple[float, float] = (-4.0, 4.0),
+    bins: int = 60,
+    suptitle: str | None = None,
+    panel_size: float = 3.0,
+    dpi: float = 100,
+) -> "Figure":
+    """A row of 2-D histograms, one per ``(title, points)`` panel, on shared square axes.
+
+    Used for target against model samples, and for the strip of samples flowing from the base
+    distribution to the data.
+
+    Args:
+        panels: ``(title, points)`` pairs; ``points`` of shape ``(n, 2)``.
+        limits: axis range, the same for x and y.
+        bins: histogram bins per axis.
+        suptitle: a title over the row.
+
+    Raises:
+        ValueError: no panels, or points not of shape ``(n, 2)``.
+    """
+    if not panels:
+        raise ValueError("panels must hold at least one (title, points) pair.")
+    fig = _new_figure((panel_size * len(panels), panel_size + (0.3 if suptitle else 0.0)), dpi)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, points) in zip(axes, panels):
+        p = _as_array(points, "points", 2)
+        if p.shape[1] != 2:
+            raise ValueError(f"points must have shape (n, 2); got {p.shape} in panel {title!r}.")
+        ax.hist2d(p[:, 0], p[:, 1], bins=bins, range=[limits, limits], cmap="viridis")
+        ax.set_title(title)
+        ax.set_xlim(limits)
+        ax.set_ylim(limits)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_density_grid(
+    density: Any,
+    *,
+    limits: tuple[float, float] = (-4.0, 4.0),
+    title: str = "learned density",
+    size: float = 3.5,
+    dpi: float = 100,
+) -> "Figure":
+    """A density evaluated on a square grid, as an image.
+
+    Args:
+        density: ``(ny, nx)`` values at the grid points; row ``i`` is the ``i``-th y value from
+            ``limits[0]`` up (``torch.meshgrid(..., indexing="xy")`` order).
+        limits: the grid's range, the same for x and y.
+        title: the axes title.
+
+    Raises:
+        ValueError: ``density`` is not 2-D.
+    """
+    d = _as_array(density, "density", 2)
+    fig = _new_figure((size, size), dpi)
+    ax = fig.subplots()
+    ax.imshow(d, origin="lower", extent=(*limits, *limits), cmap="viridis", interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Latent ODEs on the paper's spirals (section 5).
+
+
+def plot_latent_spirals(
+    panels: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Latent ODE: reconstruction and extrapolation",
+    dpi: float = 100,
+) -> "Figure":
+    """One panel per sample: the true spiral, the observed points, and the latent ODE's
+    reconstruction (over the observed window) and extrapolation forwards and backwards in time.
+
+    Args:
+        panels: one mapping per sample with ``(n, 2)`` arrays under the keys ``"true"`` (the
+            noiseless spiral), ``"observed"`` (noisy observations), ``"reconstruction"``,
+            ``"forward"`` (after the window) and ``"backward"`` (before it); any key may be
+            missing. An optional ``"label"`` string titles the panel.
+        title: the figure title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure.
+    """
+    if not panels:
+        raise ValueError("panels must hold at least one sample.")
+    n = len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = _new_figure((4.0 * cols, 3.8 * rows), dpi)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    styles = (
+        ("true", dict(color="0.6", linewidth=1.0, label="true spiral")),
+        ("reconstruction", dict(color=LEARNED_COLOR, linewidth=1.8, label="reconstruction")),
+        ("forward", dict(color="#ff7f0e", linewidth=1.8, linestyle="--", label="extrapolation (t > window)")),
+        ("backward", dict(color="#17becf", linewidth=1.8, linestyle="--", label="extrapolation (t < window)")),
+    )
+    for ax, panel in zip(axes, panels):
+        for key, style in styles:
+            if key in panel:
+                xy = _as_array(panel[key], key, 2)
+                ax.plot(xy[:, 0], xy[:, 1], **style)
+        if "observed" in panel:
+            xy = _as_array(panel["observed"], "observed", 2)
+            ax.scatter(xy[:, 0], xy[:, 1], s=8, color=TRUE_COLOR, zorder=3, label="observed")
+        ax.set_title(str(panel.get("label", "")))
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_latent_trajectories(
+    latents: Any,
+    clockwise: Any,
+    *,
+    title: str = "Latent trajectories by direction of rotation",
+    dpi: float = 100,
+) -> "Figure":
+    """Latent trajectories projected on their first two principal components, coloured by the
+    direction of rotation of their spiral.
+
+    Args:
+        latents: ``(N, T, L)`` latent states of ``N`` samples at ``T`` times (``L >= 2``).
+        clockwise: ``(N,)`` booleans.
+        title: the figure title.
+        dpi: figure resolution.
+
+    Returns:
+        The figure; each trajectory's start is marked with a dot.
+    """
+    z = _as_array(latents, "latents", 3)
+    cw = np.asarray(clockwise if not hasattr(clockwise, "detach") else clockwise.detach().cpu().numpy()).astype(bool)
+    if cw.shape != (z.shape[0],) or z.shape[2] < 2:
+        raise ValueError(f"latents must be (N, T, L >= 2) and clockwise (N,); got {z.shape} and {cw.shape}.")
+    flat = z.reshape(-1, z.shape[2])
+    centre = flat.mean(axis=0)
+    # PCA: the two directions of largest variance over all samples and times.
+    _, _, vt = np.linalg.svd(flat - centre, full_matrices=False)
+    p = (z - centre) @ vt[:2].T  # (N, T, 2)
+    fig = _new_figure((5.5, 5.0), dpi)
+    ax = fig.subplots()
+    for label, sel, color in (("clockwise", cw, LEARNED_COLOR), ("counter-clockwise", ~cw, TRUE_COLOR)):
+        for i, k in enumerate(np.flatnonzero(sel)):
+            ax.plot(p[k, :, 0], p[k, :, 1], color=color, alpha=0.5, linewidth=0.8, label=label if i == 0 else None)
+            ax.scatter(p[k, :1, 0], p[k, :1, 1], color=color, s=6)
+    ax.set_xlabel("latent PC 1")
+    ax.set_ylabel("latent PC 2")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(title)
+    return fig
