@@ -9,3 +9,11 @@ from .classifiers import (
 )
 
 __all__ = ["MODEL_NAMES", "ConvODEFunc", "ResBlock", "build_classifier", "count_parameters"]
+
+from .latent_ode import ELBOTerms, LatentODE, LatentODEFunc, RecognitionRNN, RNNBaseline
+
+__all__ += ["ELBOTerms", "LatentODE", "LatentODEFunc", "RecognitionRNN", "RNNBaseline"]
+
+from .cnf import CNF, CNFDynamics, ConcatMLP, HyperNetDynamics, build_cnf, standard_normal_logprob
+
+__all__ += ["CNF", "CNFDynamics", "ConcatMLP", "HyperNetDynamics", "build_cnf", "standard_normal_logprob"]
