@@ -33,7 +33,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 
+from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
 from .models.cnf import CNF, NOISE_TYPES, TRACE_ESTIMATORS, build_cnf
 from .progress import progress_bar
 from .toy2d import TOY_DATASETS, sample_toy
@@ -49,7 +49,6 @@ from .toy2d import TOY_DATASETS, sample_toy
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "neuralode.cnf-training-checkpoint"
 
 #: Offset added to the seed for the test set's generator (training batches use ``seed * 2**20 + i``).
 _TEST_SEED_OFFSET = 7_919
@@ -212,37 +211,14 @@ def evaluate_nll(model: CNF, x: torch.Tensor, *, batch_size: int = 5000) -> tupl
     return total / x.shape[0], nfe / batches
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints. training.py's save_checkpoint/load_checkpoint are tied to the MNIST format tag,
-# so this module keeps its own small atomic writer.
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_cnf_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a CNF checkpoint (CPU tensors). Raises FileNotFoundError / ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise ValueError(f"Checkpoint {path} cannot be read ({str(exc).splitlines()[0][:200]}); delete it and start over.") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a neuralode CNF training checkpoint.")
-    return state
+    """Read a CNF checkpoint (CPU tensors), checked as :func:`neuralode.checkpoints.load_checkpoint` does.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: (a ``ValueError``) unreadable, damaged, or not a CNF checkpoint.
+    """
+    return load_checkpoint(path, kind="cnf")
 
 
 class _Stop:
@@ -270,9 +246,7 @@ class _Stop:
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -331,11 +305,11 @@ def train_cnf(config: CNFTrainConfig) -> dict[str, Any]:
         start, seconds = int(checkpoint["iteration"]), float(checkpoint["seconds"])
         history = [r for r in _read_metrics(metrics_path) if "test_nll" not in r and r.get("iteration", 0) <= start]
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_NAME).write_text(json.dumps({"config": config.to_dict(), "torch": torch.__version__}, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_NAME, json.dumps({"config": config.to_dict(), "torch": torch.__version__}, indent=2) + "\n")
     _write_metrics(metrics_path, history)
 
     def save(iteration: int) -> None:
-        _save_checkpoint(
+        save_checkpoint(
             ckpt_path,
             {
                 "config": config.to_dict(),
@@ -345,6 +319,7 @@ def train_cnf(config: CNFTrainConfig) -> dict[str, Any]:
                 "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(),
             },
+            kind="cnf",
         )
 
     reg = config.regularize_kinetic > 0 or config.regularize_jacobian > 0

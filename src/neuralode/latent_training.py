@@ -9,7 +9,7 @@
                                a line with "eval": true and the test RMSEs; at the end a line with
                                "final": true, extrapolation_rmse, reconstruction_rmse,
                                rnn_extrapolation_rmse, rnn_reconstruction_rmse, wall_seconds
-    RUN_DIR/checkpoint.pt      the latest checkpoint (atomic; see neuralode.training.save_checkpoint)
+    RUN_DIR/checkpoint.pt      the latest checkpoint (atomic; see neuralode.checkpoints)
     RUN_DIR/spirals.png        test spirals: observations, truth, reconstruction, extrapolation
                                forwards and backwards in time
     RUN_DIR/latent.png         latent trajectories coloured by direction of rotation
@@ -52,14 +52,14 @@ from .progress import progress_bar
 from .spirals import OBSERVATION_COUNTS, SpiralDataset, make_spirals
 
 # The MNIST program's atomic, digest-checked checkpoints and its signal flag, reused as they are.
-from .training import CheckpointError, _StopFlag, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .training import _StopFlag
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 SPIRALS_FIGURE = "spirals.png"
 LATENT_FIGURE = "latent.png"
-PROGRAM = "neuralode.latent-spirals"
 
 # Fields that must match for --resume to continue a run (the rest, e.g. iterations, may change).
 _RESUME_FIXED = ("observations", "n_spirals", "n_test", "noise", "seed", "batch_size", "lr")
@@ -243,12 +243,6 @@ def _append(path: Path, record: Mapping[str, Any]) -> None:
         fh.flush()
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_latent_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of ``RUN_DIR/metrics.jsonl`` (an empty list if there is none)."""
     path = Path(run_dir) / METRICS_NAME
@@ -282,9 +276,7 @@ def train_latent(config: LatentTrainConfig) -> dict[str, Any]:
     rnn_opt = torch.optim.Adam(rnn.parameters(), lr=config.lr)
     start_iter = 0
     if config.resume:
-        state = load_checkpoint(ckpt_path)
-        if state.get("program") != PROGRAM:
-            raise CheckpointError(f"{ckpt_path} is not a latent-ODE spirals checkpoint.")
+        state = load_checkpoint(ckpt_path, kind="latent")
         saved = state["config"]
         for name in _RESUME_FIXED:
             if saved.get(name) != getattr(config, name):
@@ -298,20 +290,20 @@ def train_latent(config: LatentTrainConfig) -> dict[str, Any]:
         start_iter = int(state["iteration"])
         # Drop metrics written after the checkpoint: those iterations are about to be redone.
         kept = [r for r in read_latent_metrics(out) if r.get("iteration", 0) <= start_iter and not r.get("final")]
-        _atomic_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
     else:
         if ckpt_path.exists() or metrics_path.exists():
             raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue it or choose another --out.")
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(metrics_path, "")
-    _atomic_text(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(metrics_path, "")
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
 
     def checkpoint(iteration: int) -> None:
         save_checkpoint(ckpt_path, {
-            "program": PROGRAM, "config": config.to_dict(), "iteration": iteration,
+            "config": config.to_dict(), "iteration": iteration,
             "model": model.state_dict(), "rnn": rnn.state_dict(),
             "optimizer": opt.state_dict(), "rnn_optimizer": rnn_opt.state_dict(),
-        })
+        }, kind="latent")
 
     stop = _StopFlag()
     stop.install()

@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .checkpoints import atomic_write_bytes
 
 #: The two files of each split, without the ``.gz`` suffix.
 MNIST_FILES: dict[str, tuple[str, str]] = {
@@ -207,22 +208,6 @@ def _verify_payload(payload: bytes, name: str, split: str, source: str, verify: 
     return array
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fetch(url: str, timeout: float) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) mirrors only
         return response.read()
@@ -265,7 +250,7 @@ def _download_file(
                     break
                 target = folder / f"{name}.gz"
                 # Store exactly what verified, gzipped, whatever the mirror sent.
-                _atomic_write(target, raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw))
+                atomic_write_bytes(target, raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw))
                 return target
             if attempt < retries and backoff > 0:
                 time.sleep(backoff * 2 ** (attempt - 1))

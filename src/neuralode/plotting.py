@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+from .checkpoints import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     from matplotlib.figure import Figure
@@ -324,27 +325,11 @@ def save_figure(fig: "Figure", path: str | os.PathLike[str], *, dpi: float | Non
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
         raise ValueError(f"path must end in a format suffix such as .png; got {str(path)!r}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else "figure")
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else "figure"))
     finally:
         _close(fig)
     return path
-
-
-def _umask() -> int:
-    # The only portable way to read the umask is to set it and put it back.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _close(fig: "Figure") -> None:

@@ -39,15 +39,12 @@ losses, errors and NFE are all-reduced over the ranks first.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -60,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import CheckpointError, atomic_write_text, checkpoint_format, load_checkpoint, save_checkpoint
 from .mnist import MNISTDataset, mnist_dataset
 from .models import MODEL_NAMES, build_classifier, count_parameters
 from .progress import progress_bar
@@ -69,8 +67,7 @@ METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 CURVES_NAME = "learning_curves.png"
 
-CHECKPOINT_FORMAT = "neuralode.mnist-training-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_FORMAT = checkpoint_format("mnist")
 
 #: The batch size the learning rate refers to (the reference code's ``batch_denom``).
 LR_REFERENCE_BATCH = 128
@@ -84,10 +81,6 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable, corrupt, from another program, or from an incompatible run."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,110 +202,6 @@ _RESUME_MUST_MATCH = (
     "model", "batch_size", "lr", "momentum", "weight_decay", "lr_milestones", "lr_decay",
     "tol", "adjoint", "seed", "train_subset", "augment",
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints: atomic writes, a content digest, refusal of anything damaged.
-
-
-def _digest_into(h: "hashlib._Hash", obj: Any) -> None:
-    # A canonical walk over the checkpoint's contents. torch's zip container only notices
-    # truncation, not flipped bytes inside a tensor, so the digest is what catches silent damage.
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, Mapping):
-        h.update(f"D{len(obj)}".encode())
-        for key in sorted(obj, key=repr):
-            _digest_into(h, key)
-            _digest_into(h, obj[key])
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
-        for item in obj:
-            _digest_into(h, item)
-    elif isinstance(obj, bool) or obj is None:
-        h.update(f"B{obj}".encode())
-    elif isinstance(obj, int):
-        h.update(f"I{obj};".encode())
-    elif isinstance(obj, float):
-        h.update(f"F{obj.hex()};".encode())
-    elif isinstance(obj, str):
-        data = obj.encode()
-        h.update(f"S{len(data)}:".encode() + data)
-    else:
-        raise TypeError(f"cannot digest a {type(obj).__name__} in a checkpoint")
-
-
-def _digest(obj: Any) -> str:
-    h = hashlib.sha256()
-    _digest_into(h, obj)
-    return h.hexdigest()
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
-    """Write ``state`` (plus format tag and content digest) atomically to ``path``.
-
-    The file is a plain ``torch.save`` archive: ``torch.load(path, weights_only=True)`` opens it.
-    """
-    path = Path(path)
-    body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    body["sha256"] = _digest({k: v for k, v in body.items() if k != "sha256"})
-    buffer = io.BytesIO()
-    torch.save(body, buffer)
-    _atomic_bytes(path, buffer.getvalue())
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, on the CPU, and check its integrity.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        CheckpointError: if it cannot be read (truncated, not a torch file), is not a neuralode
-            training checkpoint, or its contents do not match the digest stored when it was written.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    remedy = "Delete it (and start the run over without --resume) or restore it from a copy."
-    try:
-        # weights_only: a checkpoint is data; loading one must not run arbitrary pickled code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = str(exc).split("\n")[0][:200] or type(exc).__name__
-        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}). {remedy}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a neuralode MNIST training checkpoint. {remedy}")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"Checkpoint {path} has format version {state.get('version')!r}; this neuralode reads version {CHECKPOINT_VERSION}."
-        )
-    stored = state.get("sha256")
-    try:
-        actual = _digest({k: v for k, v in state.items() if k != "sha256"})
-    except TypeError as exc:
-        raise CheckpointError(f"Checkpoint {path} holds unexpected contents ({exc}). {remedy}") from None
-    if stored != actual:
-        raise CheckpointError(
-            f"Checkpoint {path} is corrupt: its contents do not match the SHA-256 recorded when it was written. {remedy}"
-        )
-    return state
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,11 +410,11 @@ def evaluate_model(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    _atomic_bytes(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:

@@ -1,0 +1,179 @@
+"""Atomic file writes and integrity-checked checkpoints, shared by every training program.
+
+**Atomic writes.** :func:`atomic_write` writes into a temporary file in the destination's folder,
+flushes it to disk and moves it into place with ``os.replace``, which POSIX and Windows make atomic
+within one file system: a reader sees the old file or the new one, never half of one, and a run
+killed mid-write leaves the previous file intact. Files get the mode a plain ``open()`` would give
+them (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``.
+
+**Checkpoints.** :func:`save_checkpoint` stores a ``torch.save`` archive of plain data (tensors,
+dicts, lists, numbers, strings) tagged with its program (``kind``: ``"mnist"``, ``"cnf"``,
+``"latent"``), a format version and a SHA-256 digest of the contents. torch's zip container
+notices truncation but not a flipped byte inside a tensor; the digest does. :func:`load_checkpoint`
+opens it with ``weights_only=True`` (loading a checkpoint must not run pickled code) and refuses,
+with :class:`CheckpointError`, anything unreadable, damaged, of another program or another version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
+
+import torch
+
+CHECKPOINT_VERSION = 1
+
+#: The programs that write checkpoints, and how messages name them.
+CHECKPOINT_KINDS = {"mnist": "MNIST training", "cnf": "CNF training", "latent": "latent-ODE spirals training"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, corrupt, from another program, or from an incompatible run."""
+
+
+def checkpoint_format(kind: str) -> str:
+    """The format tag stored in a ``kind`` checkpoint, e.g. ``"neuralode.mnist-training-checkpoint"``."""
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"Unknown checkpoint kind {kind!r}. Valid kinds: {', '.join(CHECKPOINT_KINDS)}.")
+    return f"neuralode.{kind}-training-checkpoint"
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes.
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it and put it back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
+
+    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
+    Returns ``path`` as a ``Path``; its folder must exist.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def _digest_into(h: "hashlib._Hash", obj: Any) -> None:
+    # A canonical walk over the contents: type tags and lengths keep different structures with
+    # the same leaves apart (a list of two from a tuple of two, "1" from 1).
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _digest_into(h, key)
+            _digest_into(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for item in obj:
+            _digest_into(h, item)
+    elif isinstance(obj, bool) or obj is None:
+        h.update(f"B{obj}".encode())
+    elif isinstance(obj, int):
+        h.update(f"I{obj};".encode())
+    elif isinstance(obj, float):
+        h.update(f"F{obj.hex()};".encode())
+    elif isinstance(obj, str):
+        data = obj.encode()
+        h.update(f"S{len(data)}:".encode() + data)
+    else:
+        raise TypeError(f"cannot digest a {type(obj).__name__} in a checkpoint")
+
+
+def _digest(obj: Any) -> str:
+    h = hashlib.sha256()
+    _digest_into(h, obj)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], *, kind: str = "mnist") -> Path:
+    """Write ``state`` (plus format tag, version and content digest) atomically to ``path``.
+
+    The file is a plain ``torch.save`` archive: ``torch.load(path, weights_only=True)`` opens it.
+
+    Raises:
+        TypeError: if ``state`` holds something other than tensors, mappings, lists, tuples,
+            numbers, strings, booleans and ``None``.
+    """
+    body = {"format": checkpoint_format(kind), "version": CHECKPOINT_VERSION, **state}
+    body["sha256"] = _digest({k: v for k, v in body.items() if k != "sha256"})
+    buffer = io.BytesIO()
+    torch.save(body, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dict[str, Any]:
+    """Read a ``kind`` checkpoint written by :func:`save_checkpoint`, on the CPU, and check it.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        CheckpointError: if it cannot be read (truncated, not a torch file), is not a neuralode
+            checkpoint of this ``kind``, or its contents do not match the digest stored when it
+            was written.
+    """
+    path = Path(path)
+    expected = checkpoint_format(kind)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    remedy = "Delete it (and start the run over without --resume) or restore it from a copy."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        reason = str(exc).split("\n")[0][:200] or type(exc).__name__
+        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}). {remedy}") from None
+    if not isinstance(state, dict) or state.get("format") != expected:
+        found = state.get("format") if isinstance(state, dict) else None
+        other = next((k for k in CHECKPOINT_KINDS if found == checkpoint_format(k)), None)
+        what = f" (it is a neuralode {CHECKPOINT_KINDS[other]} checkpoint)" if other else ""
+        raise CheckpointError(f"{path} is not a neuralode {CHECKPOINT_KINDS[kind]} checkpoint{what}. {remedy}")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"Checkpoint {path} has format version {state.get('version')!r}; this neuralode reads version {CHECKPOINT_VERSION}."
+        )
+    try:
+        actual = _digest({k: v for k, v in state.items() if k != "sha256"})
+    except TypeError as exc:
+        raise CheckpointError(f"Checkpoint {path} holds unexpected contents ({exc}). {remedy}") from None
+    if state.get("sha256") != actual:
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt: its contents do not match the SHA-256 recorded when it was written. {remedy}"
+        )
+    return state
