@@ -140,6 +140,23 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], *, k
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def checkpoint_kind(path: str | os.PathLike[str]) -> str | None:
+    """Which program wrote the checkpoint at ``path`` (a key of :data:`CHECKPOINT_KINDS`), or ``None``.
+
+    ``None`` for a file that cannot be read or is not a neuralode checkpoint; :func:`load_checkpoint`
+    says what is wrong with it. Raises ``FileNotFoundError`` if there is no file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any damage: the caller's load_checkpoint explains it
+        return None
+    found = state.get("format") if isinstance(state, dict) else None
+    return next((k for k in CHECKPOINT_KINDS if found == checkpoint_format(k)), None)
+
+
 def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dict[str, Any]:
     """Read a ``kind`` checkpoint written by :func:`save_checkpoint`, on the CPU, and check it.
 

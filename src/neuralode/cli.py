@@ -421,15 +421,19 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "eval",
-        help="test error of a trained run's checkpoint",
-        description="Load RUN_DIR/checkpoint.pt and report its test error (by default on the run's own test subset).",
+        help="test metrics of a trained run's checkpoint (MNIST, CNF or latent ODE)",
+        description=(
+            "Load RUN_DIR/checkpoint.pt and report its test metrics: an MNIST run's test error (by default on "
+            "the run's own test subset), a CNF run's test NLL, a latent-ODE run's extrapolation and "
+            "reconstruction RMSE beside its RNN baseline's."
+        ),
         epilog="example: neuralode eval runs/odenet --full",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by 'neuralode train'")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help="MNIST folder (default: the run's)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to evaluate (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--test-subset", type=positive_int, default=None, metavar="N", help="the first N test samples")
+    group.add_argument("--test-subset", type=positive_int, default=None, metavar="N", help="the first N test samples (CNF: N fresh samples)")
     group.add_argument("--full", action="store_true", help="all 10,000 test samples, whatever the run used")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(handler=_run_eval, subparser=parser)
@@ -440,6 +444,7 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     import torch
 
+    from .checkpoints import checkpoint_kind
     from .mnist import DownloadError
     from .training import CheckpointError, evaluate
 
@@ -449,6 +454,10 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"argument --data-dir: {str(args.data_dir)!r} is not a directory")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: CUDA is not available on this machine; use --device cpu or auto")
+    checkpoint = args.run_dir / "checkpoint.pt"
+    kind = checkpoint_kind(checkpoint) if checkpoint.is_file() else None
+    if kind in ("cnf", "latent"):
+        return _run_eval_other(args, parser, kind)
     try:
         result = evaluate(args.run_dir, data_dir=args.data_dir, device=args.device, test_subset=args.test_subset, full_test_set=args.full)
     except (FileNotFoundError, CheckpointError) as exc:
@@ -464,6 +473,39 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"({round(result['test_error'] * result['test_samples'])}/{result['test_samples']} wrong), "
             f"test loss {result['test_loss']:.4f}, {result['params']:,} parameters"
         )
+    return 0
+
+
+def _run_eval_other(args: argparse.Namespace, parser: argparse.ArgumentParser, kind: str) -> int:
+    """``neuralode eval`` of a CNF run (test NLL) or a latent-ODE run (test RMSEs)."""
+    import json
+
+    from .checkpoints import CheckpointError
+
+    for flag, given in (("--data-dir", args.data_dir is not None), ("--full", args.full)):
+        if given:
+            parser.error(f"argument {flag}: applies to MNIST runs; {args.run_dir} is a {kind} run")
+    try:
+        if kind == "cnf":
+            from .cnf_training import evaluate as evaluate_cnf
+
+            result = evaluate_cnf(args.run_dir, test_samples=args.test_subset)
+            text = (f"CNF on {result['dataset']} after {result['iteration']} iterations: test NLL "
+                    f"{result['test_nll']:.4f} nats on {result['test_samples']:,} samples, "
+                    f"{result['test_nfe_forward']:.1f} evaluations per batch")
+        else:
+            if args.test_subset is not None:
+                parser.error(f"argument --test-subset: a latent-ODE run is evaluated on its own held-out spirals; {args.run_dir} is one")
+            from .latent_training import evaluate as evaluate_latent
+
+            result = evaluate_latent(args.run_dir)
+            text = (f"latent ODE, {result['observations']} observations, after {result['iteration']} iterations "
+                    f"({result['test_samples']} held-out spirals): extrapolation RMSE {result['extrapolation_rmse']:.4f} "
+                    f"(RNN {result['rnn_extrapolation_rmse']:.4f}), reconstruction RMSE "
+                    f"{result['reconstruction_rmse']:.4f} (RNN {result['rnn_reconstruction_rmse']:.4f})")
+    except (FileNotFoundError, CheckpointError) as exc:
+        parser.error(f"argument RUN_DIR: {exc}")
+    print(json.dumps(result) if args.json else text)
     return 0
 
 

@@ -204,6 +204,27 @@ def evaluate_latent(model: LatentODE, rnn: RNNBaseline, test: SpiralDataset) -> 
 
 
 @torch.no_grad()
+@torch.no_grad()
+def evaluate(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load ``RUN_DIR``'s checkpoint and measure both models on the run's held-out spirals.
+
+    Returns:
+        The four RMSEs of :func:`evaluate_latent`, ``iteration``, ``observations`` and ``test_samples``.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``run_dir``.
+        CheckpointError: the checkpoint is damaged or not a latent-ODE run's.
+    """
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, kind="latent")
+    config = LatentTrainConfig.from_dict(state["config"])
+    _, test = make_data(config)
+    model, rnn = build_models(config)
+    model.load_state_dict(state["model"])
+    rnn.load_state_dict(state["rnn"])
+    return {**evaluate_latent(model, rnn, test), "iteration": int(state["iteration"]),
+            "observations": config.observations, "test_samples": test.values.shape[0]}
+
+
 def make_figures(model: LatentODE, test: SpiralDataset, out: Path, *, n_panels: int = 6) -> list[Path]:
     """Write ``spirals.png`` and ``latent.png`` for the test set into ``out``."""
     model.eval()
