@@ -123,6 +123,13 @@ def write_table(path: Path, rows, defaults: LatentTrainConfig, iterations: int) 
     ]
     for n in (30, 50, 100):
         lines.append(f"| {n}/100 | {PAPER_TABLE2['latent_ode'][n]} | {PAPER_TABLE2['rnn'][n]} |")
+    lines += [
+        "",
+        "For scale on these machines (figures from the project's issue, not rerun here): the paper's reference "
+        "code trained for 3,000 iterations reaches latent-ODE extrapolation RMSE 0.52 with 100 observations "
+        "and 0.59 with 30, and a 25-unit RNN baseline with time gaps as input 1.36. The RNN here is a GRU, "
+        "a stronger baseline than that plain RNN.",
+    ]
     for n, s, _ in rows:
         if n == 100:
             ok = s["extrapolation_rmse"] <= GOAL_RMSE_100 and s["extrapolation_rmse"] < s["rnn_extrapolation_rmse"]

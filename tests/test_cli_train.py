@@ -106,6 +106,12 @@ def test_resume_from_the_command_line_takes_the_saved_settings(tmp_path, capsys)
         (["--epochs", "two"], "argument --epochs: expected a positive integer, got 'two'"),
         (["--lr", "-1"], "argument --lr: must be a positive finite number, got -1"),
         (["--tol", "nan"], "argument --tol: must be a positive finite number, got nan"),
+        (
+            ["--lr-milestones", "2", "0.5"],
+            "argument --lr-milestones: TrainConfig.lr_milestones must be increasing positive epoch counts "
+            "(fractions allowed); got [2.0, 0.5].",
+        ),
+        (["--lr-decay", "0"], "argument --lr-decay: must be a positive finite number, got 0"),
         (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
         (["--train-subset", "64"], "argument --train-subset: TrainConfig.train_subset=64 is smaller than batch_size=128"),

@@ -56,7 +56,7 @@ def one_thread():
 def quick(tmp: Path, **overrides) -> TrainConfig:
     settings = dict(
         model="mlp", epochs=2, train_subset=256, test_subset=128, batch_size=64, data_dir=DATA, out=tmp,
-        progress=False, plot=False, seed=1,
+        progress=False, plot=False, seed=1, lr_milestones=(0.5, 1.5),  # mid-epoch drops: resumes cross them
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -90,6 +90,18 @@ def test_config_defaults_are_the_papers():
     assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
 
 
+def test_the_rate_drops_at_each_milestone_step_whole_or_fractional_epochs():
+    paper = TrainConfig()
+    assert [paper.lr_at(s, 468) for s in (0, 60 * 468 - 1, 60 * 468, 100 * 468, 140 * 468)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.001, 0.0001]
+    )
+    c = TrainConfig(lr_milestones=[0.75, 2], lr_decay=0.5, batch_size=256)
+    assert c.lr_milestones == (0.75, 2)
+    # 10 steps per epoch: int(0.75 * 10) = step 7 is the first at half the rate, step 20 at a quarter.
+    assert [c.lr_at(s, 10) for s in (0, 6, 7, 19, 20, 99)] == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
 @pytest.mark.parametrize(
     ("settings", "field", "message"),
     [
@@ -99,6 +111,14 @@ def test_config_defaults_are_the_papers():
         ({"lr": -0.1}, "lr", "TrainConfig.lr must be a positive finite number; got -0.1."),
         ({"tol": float("nan")}, "tol", "TrainConfig.tol must be a positive finite number; got nan."),
         ({"device": "tpu"}, "device", "TrainConfig.device must be one of auto, cpu, cuda; got 'tpu'."),
+        (
+            {"lr_milestones": (100, 60)}, "lr_milestones",
+            "TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got (100, 60).",
+        ),
+        (
+            {"lr_milestones": [0, 1]}, "lr_milestones",
+            "TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got [0, 1].",
+        ),
         ({"test_subset": 0}, "test_subset", "TrainConfig.test_subset must be a positive integer or None; got 0."),
         (
             {"train_subset": 64},
@@ -168,6 +188,7 @@ def test_a_run_writes_config_metrics_checkpoint_and_curves(reference_runs):
         assert 0 <= r["test_error"] <= 1 and r["params"] == params and r["seconds"] > 0
         assert r["train_samples"] == 256 and r["test_samples"] == 128
         assert r["nfe_forward"] == 0 and r["nfe_backward"] == 0
+    assert [r["lr"] for r in records] == pytest.approx([0.05 * 0.1, 0.05 * 0.01])  # the rate of each epoch's last step
     assert records[1]["train_loss"] < records[0]["train_loss"]
     # evaluate() reloads the checkpoint and agrees with the last epoch's line.
     result = evaluate(out)

@@ -129,7 +129,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 # TrainConfig fields set by `train mnist` flags (dest names); with --resume, those not given on
 # the command line come from the run's saved config.json.
 _TRAIN_FLAGS = (
-    "model", "epochs", "batch_size", "lr", "momentum", "tol", "adjoint", "seed", "device",
+    "model", "epochs", "batch_size", "lr", "lr_milestones", "lr_decay", "momentum", "tol", "adjoint", "seed", "device",
     "train_subset", "test_subset", "data_dir", "out", "augment", "num_workers",
 )
 
@@ -190,6 +190,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--lr", type=positive_float, default=None,
         help=f"learning rate for a batch of 128, scaled linearly with --batch-size (default: {d.lr})",
     )
+    parser.add_argument(
+        "--lr-milestones", type=positive_float, nargs="+", default=None, metavar="EPOCH",
+        help="epochs after which the rate is multiplied by --lr-decay; fractions allowed, e.g. 0.75 for "
+        f"three quarters into the first epoch (default: {' '.join(map(str, d.lr_milestones))})",
+    )
+    parser.add_argument("--lr-decay", type=positive_float, default=None, help=f"the factor at each milestone (default: {d.lr_decay})")
     parser.add_argument("--momentum", type=nonnegative_float, default=None, help=f"SGD momentum (default: {d.momentum})")
     parser.add_argument("--tol", type=positive_float, default=None, help=f"ODE-Net's rtol = atol (default: {d.tol})")
     parser.add_argument(

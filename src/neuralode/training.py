@@ -47,7 +47,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -97,7 +96,10 @@ class TrainConfig:
         batch_size: samples per optimisation step, over all processes together.
         lr: learning rate for a batch of 128; the optimiser uses ``lr * batch_size / 128``.
         momentum, weight_decay: SGD's (the paper: 0.9 and none).
-        lr_milestones: epochs after which the rate is multiplied by ``lr_decay``.
+        lr_milestones: epochs after which the rate is multiplied by ``lr_decay``; fractions are
+            allowed (``(0.75,)`` decays three quarters into the first epoch). The rate is set per
+            step: it drops at step ``int(m * steps_per_epoch)``, as in the reference code's
+            ``learning_rate_with_decay``; for whole epochs that is the start of epoch ``m + 1``.
         lr_decay: that factor.
         tol: rtol = atol of the ODE-Net's dopri5 (ignored by the other models).
         adjoint: ODE-Net gradients by the adjoint method, else backpropagation through the solver.
@@ -122,7 +124,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    lr_milestones: tuple[int, ...] = (60, 100, 140)
+    lr_milestones: tuple[float, ...] = (60, 100, 140)
     lr_decay: float = 0.1
     tol: float = 1e-3
     adjoint: bool = True
@@ -144,7 +146,15 @@ class TrainConfig:
         object.__setattr__(self, "out", Path(self.out).expanduser())
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
-        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+        milestones = self.lr_milestones
+        if not isinstance(milestones, (tuple, list)) or not all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m > 0 for m in milestones
+        ) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ConfigError(
+                "lr_milestones",
+                f"TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got {milestones!r}.",
+            )
+        object.__setattr__(self, "lr_milestones", tuple(int(m) if float(m).is_integer() else float(m) for m in milestones))
         if self.model not in MODEL_NAMES:
             raise ConfigError("model", f"TrainConfig.model must be one of {', '.join(MODEL_NAMES)}; got {self.model!r}.")
         if self.device not in DEVICES:
@@ -178,6 +188,11 @@ class TrainConfig:
     def effective_lr(self) -> float:
         """The optimiser's initial learning rate, ``lr * batch_size / 128``."""
         return self.lr * self.batch_size / LR_REFERENCE_BATCH
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of optimisation step ``step`` (counted from 0 over the whole run)."""
+        drops = sum(step >= int(m * steps_per_epoch) for m in self.lr_milestones)
+        return self.effective_lr * self.lr_decay**drops
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as strings, tuples as lists."""
@@ -598,14 +613,12 @@ def _train(config: TrainConfig, ctx: _Dist, device: torch.device, on_batch_end: 
     model = build_classifier(config.model, tol=config.tol, adjoint=config.adjoint).to(device)
     params = count_parameters(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.lr_milestones), gamma=config.lr_decay)
     history: list[dict[str, Any]] = []
     start_epoch, start_batch = 0, 0
     partial = torch.zeros(7, dtype=torch.float64)  # loss, wrong, samples, nfe_f, nfe_b, batches, seconds
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
         _set_rng_state(checkpoint["rng"], device)
         history = list(checkpoint["history"])
         start_epoch, start_batch = checkpoint["position"]["epoch"], checkpoint["position"]["batch"]
@@ -645,7 +658,6 @@ def _train(config: TrainConfig, ctx: _Dist, device: torch.device, on_batch_end: 
             "config": config.to_dict(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "rng": _rng_state(device),
             # The data order and crops of an epoch are functions of (seed, epoch): nothing to store.
             "data_order": {"seed": config.seed, "epoch": epoch},
@@ -683,6 +695,8 @@ def _train(config: TrainConfig, ctx: _Dist, device: torch.device, on_batch_end: 
                     nfe_f = block.nfe_forward if block is not None else 0
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    for group in optimizer.param_groups:  # a pure function of the step: nothing to checkpoint
+                        group["lr"] = config.lr_at(epoch * len(batches) + b, len(batches))
                     nfe_b = block.nfe_backward if block is not None else 0
                     optimizer.step()
                     wrong = (logits.detach().argmax(1) != y).sum().item()
@@ -746,11 +760,6 @@ def _train(config: TrainConfig, ctx: _Dist, device: torch.device, on_batch_end: 
                 "world_size": ctx.world_size,
             }
             history.append(record)
-            with warnings.catch_warnings():
-                # Resumed exactly at an epoch's end, this process has not stepped the optimiser yet;
-                # the order is right, the scheduler just cannot tell.
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                scheduler.step()
             if ctx.is_main:
                 _append_metrics(metrics_path, record)
                 save_checkpoint(ckpt_path, state(epoch + 1, 0, None))
