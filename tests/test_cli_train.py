@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from neuralode.cli import main
 from neuralode.training import load_checkpoint, read_metrics
@@ -28,17 +27,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--train-subset", "256", "--test-subset", "128", "--data-dir", str(DATA), "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for the whole module, set before its shared runs so all runs match.
-
-    These tests check correctness; on a shared 2-core machine a second OpenMP thread per process
-    (beside the suite's other processes) makes small convolutions many times slower, not faster.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread for the module's training runs (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exit_error(argv: list[str], capsys) -> str:

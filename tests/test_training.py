@@ -40,17 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"seconds", "eval_seconds", "samples_per_second"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for the whole module, set before its shared runs so all runs match.
-
-    These tests check correctness; on a shared 2-core machine a second OpenMP thread per process
-    (beside the suite's other processes) makes small convolutions many times slower, not faster.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread for the module's training runs (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quick(tmp: Path, **overrides) -> TrainConfig:

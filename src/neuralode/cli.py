@@ -367,7 +367,7 @@ def _add_train_spirals(tasks: argparse._SubParsersAction) -> None:
             "with extrapolation_rmse, reconstruction_rmse and the RNN's), checkpoint.pt and spirals.png,\n"
             "latent.png into --out; --resume continues from the checkpoint."
         ),
-        epilog="example:\n  neuralode train spirals --observations 100 --iterations 2000 --out runs/spirals",
+        epilog="example:\n  neuralode train spirals --observations 100 --iterations 3000 --out runs/spirals",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

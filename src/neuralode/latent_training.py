@@ -106,7 +106,7 @@ class LatentTrainConfig:
     """
 
     observations: int = 100
-    iterations: int = 2000
+    iterations: int = 3000
     out: Path = Path("runs/spirals")
     lr: float = 0.01
     lr_decay: float = 1.0
