@@ -127,7 +127,8 @@ def compare_with_torchdiffeq(data_dir: Path, weights: Path | None, iterations: i
 
     return {
         "iterations": iterations,
-        "start_weights": str(weights) if weights is not None and weights.is_file() else "fresh initialisation",
+        "start_weights": (str(weights.resolve().relative_to(ROOT)) if weights.resolve().is_relative_to(ROOT) else str(weights))
+        if weights is not None and weights.is_file() else "fresh initialisation",
         "ours_s_per_iter": timing.ours_s,
         "torchdiffeq_s_per_iter": timing.peer_s,
         "ratio": timing.ratio,
