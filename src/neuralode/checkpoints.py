@@ -42,6 +42,12 @@ def checkpoint_format(kind: str) -> str:
     return f"neuralode.{kind}-training-checkpoint"
 
 
+def _kind_of(state: Any) -> str | None:
+    """The kind whose format tag ``state`` (a loaded checkpoint) carries, or ``None``."""
+    found = state.get("format") if isinstance(state, dict) else None
+    return next((k for k in CHECKPOINT_KINDS if found == checkpoint_format(k)), None)
+
+
 # --------------------------------------------------------------------------------------------
 # Atomic writes.
 
@@ -153,8 +159,7 @@ def checkpoint_kind(path: str | os.PathLike[str]) -> str | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any damage: the caller's load_checkpoint explains it
         return None
-    found = state.get("format") if isinstance(state, dict) else None
-    return next((k for k in CHECKPOINT_KINDS if found == checkpoint_format(k)), None)
+    return _kind_of(state)
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dict[str, Any]:
@@ -167,7 +172,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dic
             was written.
     """
     path = Path(path)
-    expected = checkpoint_format(kind)
+    checkpoint_format(kind)  # an unknown kind is the caller's error, before any file is read
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}.")
     remedy = "Delete it (and start the run over without --resume) or restore it from a copy."
@@ -176,10 +181,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dic
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         reason = str(exc).split("\n")[0][:200] or type(exc).__name__
         raise CheckpointError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}). {remedy}") from None
-    if not isinstance(state, dict) or state.get("format") != expected:
-        found = state.get("format") if isinstance(state, dict) else None
-        other = next((k for k in CHECKPOINT_KINDS if found == checkpoint_format(k)), None)
-        what = f" (it is a neuralode {CHECKPOINT_KINDS[other]} checkpoint)" if other else ""
+    found = _kind_of(state)
+    if found != kind:
+        what = f" (it is a neuralode {CHECKPOINT_KINDS[found]} checkpoint)" if found else ""
         raise CheckpointError(f"{path} is not a neuralode {CHECKPOINT_KINDS[kind]} checkpoint{what}. {remedy}")
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(

@@ -51,7 +51,7 @@ from .plotting import plot_latent_spirals, plot_latent_trajectories, save_figure
 from .progress import progress_bar
 from .spirals import OBSERVATION_COUNTS, SpiralDataset, make_spirals
 
-# The MNIST program's atomic, digest-checked checkpoints and its signal flag, reused as they are.
+# The shared atomic, digest-checked checkpoints, and the MNIST program's signal flag.
 from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .training import _StopFlag
 
@@ -204,7 +204,6 @@ def evaluate_latent(model: LatentODE, rnn: RNNBaseline, test: SpiralDataset) -> 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def evaluate(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Load ``RUN_DIR``'s checkpoint and measure both models on the run's held-out spirals.
 
@@ -225,6 +224,7 @@ def evaluate(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "observations": config.observations, "test_samples": test.values.shape[0]}
 
 
+@torch.no_grad()
 def make_figures(model: LatentODE, test: SpiralDataset, out: Path, *, n_panels: int = 6) -> list[Path]:
     """Write ``spirals.png`` and ``latent.png`` for the test set into ``out``."""
     model.eval()
