@@ -1,17 +1,22 @@
-"""The numerical core: tableaus, the stepper, step-size control, dense output and the loop.
+"""The numerical core: tableaus, the stepper, step-size control, dense output, events and the loop.
 
 Imports torch only; knows nothing of layers, models, data, plotting or the CLI.
 """
 
 from .adjoint import in_adjoint_backward, odeint_adjoint, solve_adjoint
+from .api import odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
-from .odeint import AdaptiveOptions, FixedOptions, Solution, SolverStats, odeint, solve
+from .events import Event
+from .options import AdaptiveOptions, FixedOptions
+from .solution import EventRecord, Solution, SolverStats
 from .tableau import METHODS, ButcherTableau, get_tableau
 
 __all__ = [
     "METHODS",
     "AdaptiveOptions",
     "ButcherTableau",
+    "Event",
+    "EventRecord",
     "FixedOptions",
     "Solution",
     "SolverError",
@@ -20,6 +25,8 @@ __all__ = [
     "in_adjoint_backward",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
+    "odeint_event",
     "solve",
     "solve_adjoint",
 ]

@@ -37,17 +37,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .api import solve
+from .options import _check_state, _check_times, _check_tolerance, _type_name
+from .solution import Solution, SolverStats, TensorOrTuple
 from .tableau import get_tableau
-from .odeint import (
-    Solution,
-    SolverStats,
-    TensorOrTuple,
-    _check_state,
-    _check_times,
-    _check_tolerance,
-    _type_name,
-    solve,
-)
 
 _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
 
@@ -259,7 +252,7 @@ def solve_adjoint(
     adjoint_options: dict | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
 ) -> Solution:
-    """Like :func:`~neuralode.solvers.odeint.solve`, differentiated by the adjoint method.
+    """Like :func:`~neuralode.solvers.api.solve`, differentiated by the adjoint method.
 
     Gradients flow to ``y0``, ``t`` and ``adjoint_params`` (default: ``func.parameters()``) by
     solving the adjoint ODE backwards; nothing per step is kept for backward. The returned

@@ -124,3 +124,16 @@ def initial_step(
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
     return min(100.0 * h0, h1)
+
+
+class ConstantController:
+    """The controller of fixed-step methods: every step is accepted and none is proposed.
+
+    It proposes an infinite step, so the loop's clipping rule alone decides where each step ends:
+    at the next point of the grid (the output times, ``step_size`` multiples or the user's
+    ``grid_constructor`` grid), exactly as the adaptive loop lands on ``step_t`` and the last
+    output time. One loop therefore serves both kinds of method.
+    """
+
+    def propose(self, dt: float, ratio: float, prev_ratio: float, after_reject: bool) -> tuple[bool, float]:
+        return True, math.inf

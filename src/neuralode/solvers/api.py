@@ -1,0 +1,356 @@
+"""The public solvers: ``solve`` returns a :class:`Solution`; ``odeint`` returns its tensor.
+
+``odeint(func, y0, t, rtol=1e-7, atol=1e-9, method="dopri5", options=None, event_fn=None)`` has
+torchdiffeq 0.2.5's signature and meaning, so ``from neuralode import odeint`` replaces
+``from torchdiffeq import odeint``; ``odeint_event`` and ``odeint_dense`` are torchdiffeq's too.
+Differences on purpose:
+
+* unknown options, methods and malformed inputs raise ``ValueError``/``TypeError`` naming the
+  argument (torchdiffeq asserts, or only warns about unknown options);
+* a failing solve raises :class:`SolverError` reporting ``t``, ``dt`` and the step count;
+* the adaptive loop never steps past the last output time (torchdiffeq steps past it and
+  interpolates back), so ``func`` is never evaluated outside ``[t[0], t[-1]]``;
+* the default step-size controller is PI rather than I (see ``controller.py``);
+* ``rk4`` is the classic Runge-Kutta method; torchdiffeq's ``rk4`` is Kutta's 3/8 rule,
+  available here as ``rk4_38``;
+* gradients with respect to ``t`` are the exact sensitivities of the ODE solution
+  (``dL/dt_i = dL/dy(t_i) . f(t_i, y(t_i))`` and, for ``t_0``, minus the total gradient with
+  respect to ``y0`` projected on ``f(t_0, y0)``), not the derivative of the discrete solver's
+  step-size choices;
+* ``odeint(..., event_fn=...)`` differentiates the event time itself (implicit function
+  theorem), which torchdiffeq leaves to ``odeint_event``; event roots are located to the time
+  resolution of the state's dtype, not to ``atol``; ``odeint_dense`` works for every method and
+  returns a :class:`Solution` that is called like torchdiffeq's dense-output function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .controller import ConstantController, StepSizeController, initial_step
+from .errors import SolverError
+from .events import Event, EventSet, check_events
+from .loop import InfiniteGrid, integrate
+from .options import (
+    AdaptiveOptions,
+    FixedOptions,
+    _check_state,
+    _check_times,
+    _check_tolerance,
+    _fixed_grid,
+    _parse_options,
+    _type_name,
+)
+from .problem import _ErrorNorm, _Problem
+from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
+from .tableau import ButcherTableau, get_tableau
+
+DEFAULT_METHOD = "dopri5"
+
+Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
+
+
+def _method(method: str | None) -> ButcherTableau:
+    return get_tableau(DEFAULT_METHOD if method is None else method)
+
+
+def _interp_kind(tableau: ButcherTableau, opts) -> str:
+    if isinstance(opts, FixedOptions):
+        return "linear" if opts.interp == "linear" else "hermite"
+    return "dense" if tableau.dense is not None else "hermite"
+
+
+def _run(
+    func: Func,
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    times: list[float],
+    *,
+    rtol,
+    atol,
+    tableau: ButcherTableau,
+    opts: AdaptiveOptions | FixedOptions,
+    events: tuple[Event, ...],
+) -> Solution:
+    """The solve behind every public entry point, on checked inputs. ``times`` are the output
+    times as floats; the last may be ``±inf`` (run until a terminal event)."""
+    is_tuple = isinstance(y0, tuple)
+    parts = _check_state(y0)
+    rtol_v = _check_tolerance("rtol", rtol, parts, is_tuple)
+    atol_v = _check_tolerance("atol", atol, parts, is_tuple)
+    stats = SolverStats()
+    if len(times) == 1:
+        ys = tuple(p.unsqueeze(0) for p in parts)
+        return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)
+
+    problem = _Problem(func, parts, is_tuple, stats)
+    t0, t_end = times[0], times[-1]
+    direction = 1.0 if t_end > t0 else -1.0
+    needs_t_grad = t.requires_grad
+    y_start = problem.flatten(parts)
+    if needs_t_grad:
+        # d y(t_i) / d t_0 = -J(t_i, t_0) f(t_0, y0): shifting y0 by -(t0 - t0.detach()) f0 makes
+        # autograd produce exactly that through the solve, while the value of y0 is unchanged.
+        with torch.no_grad():
+            f_start = problem.first_call(t0, y_start)
+        y_solve = y_start - (t[0] - t[0].detach()).to(y_start.dtype) * f_start
+        f0 = problem(t0, y_solve)
+    else:
+        y_solve = y_start
+        f0 = problem.first_call(t0, y_start)
+
+    if isinstance(opts, FixedOptions):
+        if math.isinf(t_end):
+            stops = InfiniteGrid(t0, direction, opts.step_size)
+        else:
+            grid = _fixed_grid(opts, times, func, y0, t)
+            problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
+            stops = grid[1:]
+        jumps: frozenset[float] = frozenset()
+        controller = ConstantController()
+        error = None
+        dt0 = math.inf
+    else:
+        def inside(s: float) -> bool:
+            return (s - t0) * direction > 0 and (t_end - s) * direction > 0
+
+        stops = sorted({s for s in opts.step_t + opts.jump_t if inside(s)}, key=lambda s: s * direction) + [t_end]
+        jumps = frozenset(opts.jump_t)
+        k = min(tableau.order, tableau.error_order) + 1
+        controller = StepSizeController(opts.controller, opts.safety, opts.ifactor, opts.dfactor, k)
+        error = _ErrorNorm(problem, rtol_v, atol_v, opts.norm)
+        if opts.first_step is not None:
+            dt0 = direction * opts.first_step
+        else:
+            dt0 = direction * initial_step(problem, t0, y_solve, f0, direction, tableau.order, error.scaled)
+
+    event_set = None
+    if events:
+        event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.dtype).eps)
+    dense = DenseOutput(direction, problem.unflatten, t0) if opts.dense else None
+    result = integrate(
+        problem, y_solve, f0, times, tableau=tableau, opts=opts, stops=stops, jumps=jumps,
+        controller=controller, dt0=dt0, error=error, stats=stats, interp_kind=_interp_kind(tableau, opts),
+        events=event_set, t_dtype=t.dtype, dense=dense,
+    )
+    n = len(result.ys)
+    stacked = torch.stack(result.ys)
+    if isinstance(opts, FixedOptions):
+        # Fixed steps control no error, so a blow-up shows only in the states: one check at the
+        # end rather than a host synchronisation per step.
+        finite = torch.isfinite(stacked.reshape(n, -1)).all(dim=1)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0])
+            h, n_steps = result.out_steps[i - 1]
+            raise SolverError(
+                "Non-finite state", times[i], h, n_steps,
+                "The solution blew up or func returned NaN/inf; try a smaller step_size or check func.",
+            )
+    if needs_t_grad:
+        # y(t_0) does not depend on t_0; d y(t_i) / d t_i = f(t_i, y(t_i)) for i >= 1.
+        if n > 1:
+            with torch.no_grad():
+                f_out = torch.stack([problem(ti, yi) for ti, yi in zip(times[1:n], result.ys[1:])])
+            dt_out = (t[1:n] - t[1:n].detach()).to(stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
+            stacked = torch.cat([y_start.unsqueeze(0), stacked[1:] + dt_out * f_out])
+        else:
+            stacked = y_start.unsqueeze(0)
+
+    if is_tuple:
+        ys_out = tuple(c.reshape(n, *s) for c, s in zip(torch.split(stacked, problem.sizes, dim=1), problem.shapes))
+    else:
+        ys_out = stacked
+    ts = t if n == len(times) else t[:n]
+    return Solution(ts, ys_out, stats, tableau.name, None, tuple(result.events), dense)
+
+
+def solve(
+    func: Func,
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = 1e-7,
+    atol: float | torch.Tensor | tuple = 1e-9,
+    method: str | None = DEFAULT_METHOD,
+    options: dict | None = None,
+    events: Sequence[Event] | Event | None = None,
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and report the solution at the times ``t``.
+
+    Args:
+        func: ``func(t, y) -> dy/dt``; ``t`` is a 0-dim tensor of the state's dtype, ``y`` and the
+            result have ``y0``'s shape (or are tuples like ``y0``). A ``torch.nn.Module`` works.
+            Methods ``callback_step``, ``callback_accept_step`` and ``callback_reject_step`` of
+            ``func``, if present, are called as torchdiffeq calls them: ``(t0, y0, dt)`` before
+            every step attempt and after every accepted / rejected adaptive step.
+        y0: initial state: a floating-point tensor of any shape, or a tuple of tensors sharing
+            dtype and device.
+        t: 1-D floating tensor of output times, strictly increasing or strictly decreasing
+            (decreasing integrates backwards). ``t[0]`` is the initial time.
+        rtol, atol: relative and absolute tolerances of adaptive methods: numbers, tensors
+            broadcastable to the state, or for tuple states a tuple with one entry per tensor.
+        method: a name in ``neuralode.METHODS`` (default ``"dopri5"``; ``None`` means the default).
+        options: method options; see :class:`AdaptiveOptions` and :class:`FixedOptions`.
+        events: :class:`~neuralode.solvers.events.Event` objects to watch. Located events are
+            listed in ``Solution.events``; a terminal one ends the solve and the output times
+            after it are left out (``Solution.ts`` is shortened to the times reached).
+
+    Returns:
+        A :class:`Solution` whose ``ys`` has shape ``(len(ts), *y0.shape)`` (a tuple for tuple
+        states) and whose ``stats`` count evaluations and steps.
+
+    Raises:
+        TypeError, ValueError: for malformed arguments; the message names the argument.
+        SolverError: when the solve fails (step size underflow, non-finite derivative, too many
+            steps), reporting ``t``, ``dt`` and the step count.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    _check_state(y0)
+    times = _check_times(t)
+    tableau = _method(method)
+    opts = _parse_options(options, tableau)
+    return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events))
+
+
+def _event_times(t: torch.Tensor, tableau: ButcherTableau, opts) -> list[float]:
+    """torchdiffeq's event-mode times: ``t = [t0, t_dir]`` gives the start and the direction."""
+    times = _check_times(t)
+    if len(times) != 2:
+        raise ValueError(
+            f"With event_fn, t must hold exactly two times [t0, t_dir] (the start, and any later or "
+            f"earlier time for the direction); got {len(times)} times. Use solve(..., events=[Event(...)]) "
+            "to watch events while filling many output times."
+        )
+    if isinstance(opts, FixedOptions) and opts.step_size is None:
+        raise ValueError(
+            f"Event handling with the fixed-step method {tableau.name!r} needs options['step_size'] "
+            "(there is no last time to build a grid to), as in torchdiffeq."
+        )
+    return [times[0], math.copysign(math.inf, times[1] - times[0])]
+
+
+def _event_result(sol: Solution, t: torch.Tensor, y0: TensorOrTuple):
+    """``(event_t, solution)`` as torchdiffeq's ``odeint(..., event_fn=...)`` returns them."""
+    record = sol.events[-1]
+    if isinstance(y0, tuple):
+        ys = tuple(torch.stack([y[0], e]) for y, e in zip(sol.ys, record.y))
+    else:
+        ys = torch.stack([sol.ys[0], record.y])
+    return record.t.to(t.dtype), ys
+
+
+def odeint(
+    func: Func,
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = 1e-7,
+    atol: float | torch.Tensor | tuple = 1e-9,
+    method: str | None = DEFAULT_METHOD,
+    options: dict | None = None,
+    event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor] | None = None,
+):
+    """Solve an ODE and return the states at the times ``t``: a drop-in for torchdiffeq's ``odeint``.
+
+    Same arguments, errors and defaults as :func:`solve`; returns ``solve(...).ys``, a tensor of
+    shape ``(len(t), *y0.shape)`` or a tuple of them. Differentiable with respect to ``y0``,
+    ``t`` and any parameters ``func`` uses, by backpropagation through the solver.
+
+    With ``event_fn`` (torchdiffeq's event mode): ``t = [t0, t_dir]`` gives the start and the
+    direction; the solve runs until the first sign change of any element of
+    ``event_fn(t, y)`` and returns ``(event_t, solution)``, ``solution`` holding the states at
+    ``t0`` and at ``event_t``. Both are differentiable (implicit function theorem), also with
+    respect to ``t0`` and parameters of ``event_fn``. A solve whose event never comes runs until
+    ``options['max_num_steps']``.
+    """
+    if event_fn is None:
+        return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
+    _check_state(y0)
+    tableau = _method(method)
+    opts = _parse_options(options, tableau)
+    times = _event_times(t, tableau, opts)
+    sol = _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
+               events=(Event(event_fn, terminal=True),))
+    return _event_result(sol, t, y0)
+
+
+def odeint_event(
+    func: Func,
+    y0: TensorOrTuple,
+    t0: torch.Tensor | float,
+    *,
+    event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor],
+    reverse_time: bool = False,
+    odeint_interface: Callable | None = None,
+    **kwargs,
+):
+    """Solve from ``t0`` until ``event_fn(t, y)`` changes sign: torchdiffeq's ``odeint_event``.
+
+    Args:
+        func, y0: as for :func:`odeint`.
+        t0: the start time (a tensor; may require grad).
+        event_fn: ``event_fn(t, y) -> tensor``; the first sign change of any element ends the solve.
+        reverse_time: integrate backwards from ``t0``.
+        odeint_interface: :func:`odeint` (default) or :func:`~neuralode.odeint_adjoint`.
+        **kwargs: passed on (``rtol``, ``atol``, ``method``, ``options``, adjoint arguments).
+
+    Returns:
+        ``(event_t, solution)``: the event time and the states at ``t0`` and ``event_t``, both
+        differentiable with respect to ``y0``, ``t0`` and the parameters.
+    """
+    if odeint_interface is None:
+        odeint_interface = odeint
+    if not isinstance(reverse_time, bool):
+        raise TypeError(f"reverse_time must be True or False; got {reverse_time!r}.")
+    if not isinstance(t0, torch.Tensor):
+        if isinstance(t0, bool) or not isinstance(t0, (int, float)):
+            raise TypeError(f"t0 must be a tensor or a number; got {_type_name(t0)}.")
+        t0 = torch.tensor(float(t0), dtype=torch.float64)
+    if t0.numel() != 1:
+        raise ValueError(f"t0 must hold one time; got shape {tuple(t0.shape)}.")
+    t0 = t0.reshape(-1)
+    step = -1.0 if reverse_time else 1.0
+    t = torch.cat([t0, t0.detach() + step])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+def odeint_dense(
+    func: Func,
+    y0: TensorOrTuple,
+    t0: torch.Tensor | float,
+    t1: torch.Tensor | float,
+    *,
+    rtol: float | torch.Tensor | tuple = 1e-7,
+    atol: float | torch.Tensor | tuple = 1e-9,
+    method: str | None = DEFAULT_METHOD,
+    options: dict | None = None,
+) -> Solution:
+    """Solve once over ``[t0, t1]`` and keep the dense output: torchdiffeq's ``odeint_dense``.
+
+    Returns a :class:`Solution` (``ys`` at ``t0`` and ``t1``) that, like torchdiffeq's returned
+    function, is called with times: ``sol(t)`` is ``sol.evaluate(t)``, the solution anywhere in
+    ``[t0, t1]`` from every step's interpolant (the method's own continuous extension where it
+    has one, cubic Hermite otherwise), at no further evaluation of ``func``.
+    """
+    def as_time(name: str, v) -> torch.Tensor:
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"{name} must hold one time; got shape {tuple(v.shape)}.")
+            return v.reshape(1).to(torch.float64) if not v.is_floating_point() else v.reshape(1)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a tensor or a number; got {_type_name(v)}.")
+        return torch.tensor([float(v)], dtype=torch.float64)
+
+    ta, tb = as_time("t0", t0), as_time("t1", t1)
+    t = torch.cat([ta, tb.to(ta.dtype)])
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None; got {_type_name(options)}.")
+    return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options={**(options or {}), "dense": True})

@@ -1,0 +1,356 @@
+"""The one integration loop, for fixed-step and adaptive methods, with events.
+
+Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/step pattern):
+
+* The loop carries one record, :class:`_State` (time, state, the stage reused by FSAL, the step
+  to try, the controller's memory, the next stop, the event functions' values), replaced as a
+  whole after every attempt rather than mutated piecemeal.
+* A step (:func:`~neuralode.solvers.stepper.rk_step`) returns values and never decides.
+* A controller decides: ``propose(h, ratio, prev_ratio, after_reject) -> (accept, next h)``.
+  Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
+  methods the :class:`~neuralode.solvers.controller.ConstantController`, which proposes an
+  infinite step. Landing on a stop is one clipping rule for both: the stops are ``step_t``,
+  ``jump_t`` and the last output time for adaptive methods, the grid points for fixed ones.
+* After an accepted step, in this order: events (sign changes over the step, located on the
+  step's interpolant; the step is cut at the first event that ends the solve or resets the
+  state), then every output time inside the (possibly cut) step from one interpolant, then the
+  dense-output record, then the next state.
+
+Time is a Python float (float64) throughout and becomes a tensor only where user code sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from .events import EventSet, attach_event_gradient
+from .interpolation import continuous_extension, hermite, linear
+from .problem import _ErrorNorm, _Problem
+from .solution import DenseOutput, EventRecord, SolverStats
+from .errors import SolverError
+from .stepper import StepResult, rk_step
+from .tableau import ButcherTableau
+
+_EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
+
+
+class _State(NamedTuple):
+    """What the loop carries from one step attempt to the next."""
+
+    t: float
+    y: torch.Tensor
+    f0: torch.Tensor | None  # f(t_f0, y), reused by the next step; None: evaluate it first
+    t_f0: float  # where f0 is evaluated: t, or just after t when t is a jump of func
+    dt: float  # the step to try next (signed)
+    prev_ratio: float  # error ratio of the last accepted step (PI control's memory)
+    after_reject: bool
+    i_stop: int  # index of the next stop
+    g: list[torch.Tensor] | None  # event functions at (t, y), as EventSet.start gives them
+    guard: float  # roots within this time of t are not searched (a step that starts on a root)
+
+
+class LoopResult(NamedTuple):
+    """What the loop hands back to :func:`~neuralode.solvers.api.solve`."""
+
+    ys: list[torch.Tensor]  # flat states at the output times reached, y0 first
+    out_steps: list[tuple[float, int]]  # (step size, accepted steps) that produced each output
+    events: list[EventRecord]
+    terminal: bool
+
+
+class InfiniteGrid:
+    """Grid points ``t0 + direction (i + 1) h`` for ``i = 0, 1, ...``: the stops of a fixed-step
+    solve that runs until an event (``odeint(..., event_fn=...)``), which has no last time."""
+
+    def __init__(self, t0: float, direction: float, h: float):
+        self.t0, self.direction, self.h = t0, direction, h
+
+    def __getitem__(self, i: int) -> float:
+        return self.t0 + self.direction * (i + 1) * self.h
+
+
+def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool):
+    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)``, evaluating ``f0`` first when it is None.
+
+    With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
+    under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
+    stages.
+    """
+
+    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        if f0 is None:
+            f0 = problem(t_f0, y)
+        return f0, rk_step(problem, t, y, f0, h, tableau)
+
+    if not (checkpoint and torch.is_grad_enabled()):
+        return take
+    from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+    def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        return run_checkpointed(take, t_f0, t, y, f0, h, use_reentrant=False)
+
+    return take_checkpointed
+
+
+class _Interpolant:
+    """The solution inside one accepted step, ``theta in [0, 1]``: ``y(t + theta h)``.
+
+    ``kind`` is ``"linear"``, ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``, evaluated on first
+    use unless FSAL already has it) or ``"dense"`` (the method's own continuous extension, from
+    the stages). Calling it with a list of ``theta`` returns the states in one pass.
+    """
+
+    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "h", "step", "f1", "t_f1")
+
+    def __init__(self, kind: str, problem: _Problem, tableau: ButcherTableau, y0, f0, h: float,
+                 step: StepResult, f1, t_f1: float):
+        self.kind, self.problem, self.tableau = kind, problem, tableau
+        self.y0, self.f0, self.h, self.step = y0, f0, h, step
+        self.f1, self.t_f1 = f1, t_f1
+
+    def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
+        y0, y1, h = self.y0, self.step.y1, self.h
+        out = []
+        for theta in thetas:
+            if theta == 1.0:
+                out.append(y1)
+            elif theta == 0.0:
+                out.append(y0)
+            elif self.kind == "dense":
+                out.append(continuous_extension(y0, self.step.k, h, self.tableau.dense, theta))
+            elif self.kind == "linear":
+                out.append(linear(y0, y1, theta))
+            else:
+                if self.f1 is None:
+                    self.f1 = self.problem(self.t_f1, y1)
+                out.append(hermite(y0, y1, self.f0, self.f1, h, theta))
+        return out
+
+
+def _unravel(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    out = []
+    for n in reversed(shape):
+        out.append(flat % n)
+        flat //= n
+    return tuple(reversed(out))
+
+
+def integrate(
+    problem: _Problem,
+    y0: torch.Tensor,
+    f0: torch.Tensor | None,
+    times: list[float],
+    *,
+    tableau: ButcherTableau,
+    opts: Any,
+    stops,
+    jumps: frozenset[float],
+    controller,
+    dt0: float,
+    error: _ErrorNorm | None,
+    stats: SolverStats,
+    interp_kind: str,
+    events: EventSet | None = None,
+    t_dtype: torch.dtype = torch.float64,
+    dense: DenseOutput | None = None,
+) -> LoopResult:
+    """Integrate from ``times[0]`` until the last output time or a terminal event.
+
+    Args:
+        problem: the adapted right-hand side (float time, flat state, counted).
+        y0, f0: the flat initial state and ``f(times[0], y0)`` (``None``: evaluate it).
+        times: output times as floats (``times[-1]`` may be ``±inf`` when only an event ends
+            the solve).
+        tableau: the method.
+        opts: :class:`~neuralode.solvers.options.AdaptiveOptions` or ``FixedOptions``.
+        stops: indexable sequence of the times steps must land on, ending with ``times[-1]``.
+        jumps: the stops at which ``func`` is discontinuous (no FSAL across them).
+        controller: step-size controller (``propose``).
+        dt0: the first step to try (signed; ``inf`` for fixed-step methods).
+        error: the error norm (adaptive methods), else ``None``.
+        stats: counters, updated in place.
+        interp_kind: how outputs between step ends are filled (see :class:`_Interpolant`).
+        events: the solve's events, if any.
+        t_dtype: dtype of event times as returned to the user.
+        dense: when given, every accepted step's interpolant is added to it.
+    """
+    t0, t_end = times[0], times[-1]
+    direction = 1.0 if t_end > t0 else -1.0
+    towards = direction * math.inf
+    n_out = len(times)
+    ys = [y0]
+    out_steps: list[tuple[float, int]] = []
+    records: list[EventRecord] = []
+    i_out = 1
+    take = stepper(problem, tableau, opts.checkpoint)
+    fsal = tableau.fsal
+    max_num_steps = getattr(opts, "max_num_steps", math.inf)
+    min_step = getattr(opts, "min_step", 0.0)
+    max_step = getattr(opts, "max_step", math.inf)
+    on_step, on_accept, on_reject = problem.callbacks
+
+    def take_before_jump(t_jump: float):
+        t_in = math.nextafter(t_jump, -towards)
+
+        def before(s: float, x: torch.Tensor) -> torch.Tensor:
+            return problem(t_in if (s - t_in) * direction > 0 else s, x)
+
+        return stepper(before, tableau, opts.checkpoint)
+
+    guard = 0.0
+    g0 = None
+    if events:
+        h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
+        g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
+    s = _State(t0, y0, f0, t0, dt0, 1.0, False, 0, g0, guard)
+    last_ratio = 0.0
+    terminal = False
+    while i_out < n_out:
+        t, y = s.t, s.y
+        t_stop = stops[s.i_stop]
+        dt_abs = max(min(abs(s.dt), max_step), min_step)
+        remaining = abs(t_stop - t)
+        # Stretch a step by up to 10% to land on a stop rather than leave a sliver of a step
+        # after it (Hairer's DOPRI5 allows 1%; the safety factor 0.9 leaves room for 10%).
+        lands = min(1.1 * dt_abs, max_step) >= remaining
+        if lands:
+            dt_abs = remaining
+        h = direction * dt_abs
+        if dt_abs <= 4 * _EPS * abs(t) or dt_abs == 0.0:
+            if lands:
+                # The stop is within rounding of t: arrive without a step.
+                while i_out < n_out and (times[i_out] - t_stop) * direction <= 0:
+                    ys.append(y)
+                    out_steps.append((h, stats.n_accepted))
+                    i_out += 1
+                if t_stop in jumps:
+                    s = s._replace(t=t_stop, f0=None, t_f0=math.nextafter(t_stop, towards), i_stop=s.i_stop + 1)
+                else:
+                    s = s._replace(t=t_stop, i_stop=s.i_stop + 1)
+                continue
+            if not math.isfinite(last_ratio):
+                raise SolverError(
+                    "Non-finite state or derivative", t, h, stats.n_steps,
+                    "Every step tried from here produced NaN or inf; check func, or the solution blows up here.",
+                )
+            raise SolverError(
+                "Step size underflow", t, h, stats.n_steps,
+                "The problem may be stiff, or the solution may blow up (non-finite values); "
+                "try a looser tolerance or check func.",
+            )
+        if stats.n_steps >= max_num_steps:
+            raise SolverError(
+                f"Too many steps (max_num_steps={max_num_steps})", t, h, stats.n_steps,
+                "Raise options['max_num_steps'] or loosen rtol/atol.",
+            )
+        if on_step is not None:
+            problem.call_back(on_step, t, y, h)
+        jump_here = lands and t_stop in jumps
+        # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
+        # already return its value from after the jump: evaluate them just before it instead.
+        f0, step = (take_before_jump(t_stop) if jump_here else take)(s.t_f0, t, y, s.f0, h)
+        if error is not None:
+            ratio = error.ratio(step.y_err, y, step.y1)
+            last_ratio = ratio
+            if not math.isfinite(ratio) and not bool(torch.isfinite(f0).all()):
+                raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
+        else:
+            ratio = 0.0
+        accept, dt_next = controller.propose(h, ratio, s.prev_ratio, s.after_reject)
+        if not accept:
+            stats.n_rejected += 1
+            if on_reject is not None:
+                problem.call_back(on_reject, t, y, h)
+            if min_step > 0 and dt_abs <= min_step and not lands:
+                raise SolverError(
+                    f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {ratio:.3g})",
+                    t, h, stats.n_steps, "Lower options['min_step'] or loosen rtol/atol.",
+                )
+            s = s._replace(f0=f0, dt=dt_next, after_reject=True)
+            continue
+        stats.n_accepted += 1
+        stats.last_step = h
+        if on_accept is not None:
+            problem.call_back(on_accept, t, y, h)
+        t1 = t_stop if lands else t + h
+        f1 = step.k[-1] if (fsal and not jump_here) else None
+        # Hermite needs f(t1, y1); at a jump take the limit from inside the step.
+        interp = _Interpolant(interp_kind, problem, tableau, y, f0, h, step, f1,
+                              math.nextafter(t1, -towards) if jump_here else t1)
+
+        # 1. Events: locate every crossing in the step; cut at the first that ends the solve
+        #    or resets the state (record-only events before it are kept).
+        cut = None
+        g1 = None
+        if events:
+            g1 = events.values(t1, step.y1)
+            for loc in events.locate(s.g, g1, t, h, interp, s.guard):
+                event = events.events[loc.index]
+                at_end = loc.theta == 1.0
+                t_e = t1 if at_end else t + loc.theta * h
+                y_e = step.y1 if at_end else interp([loc.theta])[0]
+                t_star, y_star = attach_event_gradient(
+                    event, problem.time, problem.unflatten, problem, t_e, y_e, loc.element, t_dtype
+                )
+                records.append(EventRecord(
+                    t_star, problem.unflatten(y_star), loc.index,
+                    _unravel(loc.element, events.shapes[loc.index]), event.terminal,
+                ))
+                stats.n_events += 1
+                if event.cuts:
+                    cut = (loc, t_e, t_star, y_star)
+                    break
+        t_piece = t1 if cut is None else cut[1]
+
+        # 2. Output times inside the step, from one interpolant.
+        thetas = []
+        while i_out < n_out and (times[i_out] - t_piece) * direction <= 0:
+            tau = times[i_out]
+            thetas.append(1.0 if tau == t1 else (tau - t) / h)
+            out_steps.append((h, stats.n_accepted))
+            i_out += 1
+        if thetas:
+            ys.extend(interp(thetas))
+        if dense is not None:
+            dense.add(t, h, interp, t_piece)
+
+        # 3. The next state.
+        if cut is None:
+            f_next = None if jump_here else interp.f1
+            t_f0 = math.nextafter(t1, towards) if jump_here else t1
+            guard = 0.0
+            if events:
+                def f_end(f=f_next, y1=step.y1, t_f0=t_f0):
+                    with torch.no_grad():
+                        return f.detach() if f is not None else problem(t_f0, y1)
+
+                g1, guard = events.start(t1, step.y1, f_end, direction, h, gs=g1)
+            s = _State(t1, step.y1, f_next, t_f0, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard)
+            continue
+        loc, t_e, t_star, y_star = cut
+        event = events.events[loc.index]
+        if event.terminal:
+            terminal = True
+            break
+        y_new = problem.check_like_state(event.reset(t_star, problem.unflatten(y_star)), f"events[{loc.index}].reset(t, y)")
+        at_end = loc.theta == 1.0
+        i_stop = s.i_stop + (1 if (lands and at_end) else 0)
+        t_f0 = math.nextafter(t_e, towards) if (jump_here and at_end) else t_e
+        with torch.no_grad():
+            f_new = problem(t_f0, y_new)
+        # The elements that fired sit on their root: they take the sign they have a moment
+        # later, so leaving the root (the ball rising from the floor) does not fire again.
+        g_new, guard = events.start(t_e, y_new, lambda: f_new, direction, h, fired=(loc.index, loc.fired))
+        if t_star.requires_grad:
+            # The solve restarts at t*, which depends on the parameters: y(t) after the event
+            # moves by -J f(t*, y_new) dt*, built in like the shift of y0 for d/dt0.
+            y_new = y_new - f_new * (t_star - t_star.detach()).to(y_new.dtype)
+        # FSAL restarts at the new state; f_new serves as the first stage unless the next step
+        # must differentiate through it.
+        f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new
+        s = _State(t_e, y_new, f0_next, t_f0, dt_next, ratio, False, i_stop, g_new, guard)
+    stats.next_step = s.dt
+    return LoopResult(ys, out_steps, records, terminal)

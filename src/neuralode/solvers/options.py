@@ -1,0 +1,287 @@
+"""Options and input checks at the public boundary of the solvers.
+
+Everything a user passes to :func:`~neuralode.solvers.api.solve` is checked here, once, before
+the loop starts: the state, the output times, tolerances and the method's options. Errors are
+``TypeError``/``ValueError`` naming the argument, the value received and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+
+from .controller import CONTROLLERS
+from .tableau import ButcherTableau
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """Options of adaptive methods, spelled as torchdiffeq spells them.
+
+    Attributes:
+        first_step: initial step size; by default chosen by Hairer's heuristic.
+        min_step: steps are never smaller; a step rejected at this size raises ``SolverError``.
+        max_step: steps are never larger.
+        max_num_steps: most steps (accepted and rejected) for the whole solve.
+        step_t: times to step exactly onto (e.g. where the dynamics change character).
+        jump_t: discontinuities of ``func`` in time: stepped onto, and ``func`` is evaluated
+            afresh just after them instead of reusing the last stage (FSAL).
+        norm: ``norm(scaled_error) -> scalar`` replacing the RMS norm; receives a tensor shaped
+            like ``y0``, or a tuple for tuple states.
+        safety, ifactor, dfactor: step-size controller parameters (see ``controller.py``).
+        controller: ``"pi"`` (default) or ``"i"``.
+        checkpoint: backpropagate with gradient checkpointing: keep only each step's input
+            state for backward and recompute its stages then (memory ~ one state per step
+            instead of every stage's activations, for about one extra forward pass).
+        dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives
+            the solution at any time of the solved span afterwards (memory ~ the stages of
+            every step).
+    """
+
+    first_step: float | None = None
+    min_step: float = 0.0
+    max_step: float = math.inf
+    max_num_steps: int = 2**31 - 1
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
+    norm: Callable[[Any], Any] | None = None
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    controller: str = "pi"
+    checkpoint: bool = False
+    dense: bool = False
+
+
+@dataclass(frozen=True)
+class FixedOptions:
+    """Options of fixed-step methods, spelled as torchdiffeq spells them.
+
+    Attributes:
+        step_size: the step; the grid runs from ``t[0]`` in steps of ``step_size`` and its last
+            step is shortened to end on ``t[-1]``.
+        grid_constructor: ``grid_constructor(func, y0, t) -> grid``, a 1-D tensor of times from
+            ``t[0]`` to ``t[-1]``.
+        interp: how output times between grid points are filled in: ``"linear"`` (default, as in
+            torchdiffeq) or ``"cubic"`` (Hermite, one more evaluation of ``func`` per step).
+        checkpoint: gradient checkpointing per step, as for :class:`AdaptiveOptions`.
+        dense: keep every step's interpolant for :meth:`Solution.evaluate`, as for
+            :class:`AdaptiveOptions`.
+        Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
+    """
+
+    step_size: float | None = None
+    grid_constructor: Callable[..., torch.Tensor] | None = None
+    interp: str = "linear"
+    checkpoint: bool = False
+    dense: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Checking input at the public boundary.
+
+
+def _type_name(x: Any) -> str:
+    return type(x).__name__
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
+    """Components of ``y0`` as a tuple, each checked to be a finite floating tensor."""
+    if isinstance(y0, torch.Tensor):
+        parts = (y0,)
+    elif isinstance(y0, tuple) and len(y0) > 0 and all(isinstance(p, torch.Tensor) for p in y0):
+        parts = y0
+    else:
+        raise TypeError(
+            f"y0 must be a floating-point torch.Tensor or a non-empty tuple of them; got {_type_name(y0)}."
+        )
+    for i, p in enumerate(parts):
+        name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
+        if not p.is_floating_point():
+            raise TypeError(
+                f"{name} must have a floating-point dtype (e.g. torch.float32 or torch.float64); got {p.dtype}. "
+                f"Convert it with {name}.float() or {name}.double()."
+            )
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"{name} contains NaN or infinite values; the initial state must be finite.")
+    if len(parts) > 1:
+        first = parts[0]
+        for i, p in enumerate(parts[1:], start=1):
+            if p.dtype != first.dtype or p.device != first.device:
+                raise TypeError(
+                    f"All tensors of a tuple y0 must share dtype and device; y0[0] is {first.dtype} on {first.device} "
+                    f"but y0[{i}] is {p.dtype} on {p.device}."
+                )
+    return parts
+
+
+def _check_times(t: Any) -> list[float]:
+    """Output times as Python floats, checked to be 1-D, finite and strictly monotonic."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a 1-D floating-point torch.Tensor of output times; got {_type_name(t)}.")
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64).")
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}.")
+    times = t.detach().to("cpu", torch.float64).tolist()
+    for i, ti in enumerate(times):
+        if not math.isfinite(ti):
+            raise ValueError(f"t must be finite; got t[{i}] = {ti}.")
+    if len(times) > 1:
+        increasing = times[1] > times[0]
+        for i in range(1, len(times)):
+            if (times[i] > times[i - 1]) != increasing or times[i] == times[i - 1]:
+                raise ValueError(
+                    "t must be strictly increasing or strictly decreasing; "
+                    f"got t[{i - 1}] = {times[i - 1]!r} followed by t[{i}] = {times[i]!r}."
+                )
+    return times
+
+
+def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tuple: bool):
+    """A tolerance as a float, or a flat tensor matching the flattened state."""
+
+    def one(value: Any, part: torch.Tensor, label: str):
+        if _is_number(value):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{label} must be a non-negative finite number; got {value!r}.")
+            return float(value)
+        if isinstance(value, torch.Tensor):
+            if not (bool(torch.isfinite(value).all()) and bool((value >= 0).all())):
+                raise ValueError(f"{label} must be non-negative and finite; got a tensor containing {value.min().item()!r}.")
+            try:
+                return torch.broadcast_to(value.to(part.dtype), part.shape).to(part.device)
+            except RuntimeError:
+                raise ValueError(
+                    f"{label} of shape {tuple(value.shape)} cannot be broadcast to the state's shape {tuple(part.shape)}."
+                ) from None
+        raise TypeError(f"{label} must be a float or a tensor; got {_type_name(value)}.")
+
+    if is_tuple and isinstance(tol, (tuple, list)):
+        if len(tol) != len(parts):
+            raise ValueError(f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(tol)}.")
+        values = [one(v, p, f"{name}[{i}]") for i, (v, p) in enumerate(zip(tol, parts))]
+    else:
+        values = [one(tol, p, name) for p in parts]
+    if all(isinstance(v, float) for v in values) and len(set(values)) == 1:
+        return values[0]
+    if not is_tuple:
+        return values[0]  # already broadcast to the state's shape
+    return torch.cat(
+        [
+            (v.reshape(-1) if isinstance(v, torch.Tensor) else torch.full((p.numel(),), v, dtype=p.dtype, device=p.device))
+            for v, p in zip(values, parts)
+        ]
+    )
+
+
+def _positive(name: str, value: Any, allow_inf: bool = False, allow_zero: bool = False) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    ok = _is_number(value) and (math.isfinite(value) or (allow_inf and value == math.inf))
+    ok = ok and (value > 0 or (allow_zero and value == 0))
+    if not ok:
+        what = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"options['{name}'] must be a {what} finite number; got {value!r}.")
+    return float(value)
+
+
+def _times_option(name: str, value: Any) -> tuple[float, ...]:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().reshape(-1).to("cpu", torch.float64).tolist()
+    if not isinstance(value, (list, tuple)) or not all(_is_number(v) and math.isfinite(v) for v in value):
+        raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of finite times; got {value!r}.")
+    return tuple(float(v) for v in value)
+
+
+def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | FixedOptions:
+    kind = AdaptiveOptions if tableau.adaptive else FixedOptions
+    if options is None:
+        return kind()
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None; got {_type_name(options)}.")
+    valid = [f.name for f in fields(kind)]
+    for key in options:
+        if key not in valid:
+            raise ValueError(
+                f"Unknown option {key!r} for method {tableau.name!r}. Valid options: {', '.join(valid)}."
+            )
+    o = dict(options)
+    for flag in ("checkpoint", "dense"):
+        if not isinstance(o.get(flag, False), bool):
+            raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
+    if kind is FixedOptions:
+        if o.get("step_size") is not None:
+            o["step_size"] = _positive("step_size", o["step_size"])
+        if o.get("grid_constructor") is not None:
+            if not callable(o["grid_constructor"]):
+                raise TypeError(f"options['grid_constructor'] must be callable; got {_type_name(o['grid_constructor'])}.")
+            if o.get("step_size") is not None:
+                raise ValueError("options 'step_size' and 'grid_constructor' are mutually exclusive; give one of them.")
+        interp = o.get("interp", "linear")
+        if interp not in ("linear", "cubic"):
+            raise ValueError(f"options['interp'] must be 'linear' or 'cubic'; got {interp!r}.")
+        return FixedOptions(**o)
+    if o.get("first_step") is not None:
+        o["first_step"] = _positive("first_step", o["first_step"])
+    if "min_step" in o:
+        o["min_step"] = _positive("min_step", o["min_step"], allow_zero=True)
+    if "max_step" in o:
+        o["max_step"] = _positive("max_step", o["max_step"], allow_inf=True)
+    if o.get("min_step", 0.0) > o.get("max_step", math.inf):
+        raise ValueError(f"options['min_step'] ({o['min_step']!r}) must not exceed options['max_step'] ({o['max_step']!r}).")
+    if "max_num_steps" in o:
+        m = o["max_num_steps"]
+        if not (isinstance(m, int) and not isinstance(m, bool) and m > 0):
+            raise ValueError(f"options['max_num_steps'] must be a positive integer; got {m!r}.")
+    for name in ("step_t", "jump_t"):
+        if o.get(name) is not None:
+            o[name] = _times_option(name, o[name])
+        else:
+            o.pop(name, None)
+    if o.get("norm") is not None and not callable(o["norm"]):
+        raise TypeError(f"options['norm'] must be callable (tensor -> scalar); got {_type_name(o['norm'])}.")
+    if "safety" in o and not (_is_number(o["safety"]) and 0 < o["safety"] <= 1):
+        raise ValueError(f"options['safety'] must be in (0, 1]; got {o['safety']!r}.")
+    if "ifactor" in o and not (_is_number(o["ifactor"]) and o["ifactor"] >= 1):
+        raise ValueError(f"options['ifactor'] must be a number >= 1; got {o['ifactor']!r}.")
+    if "dfactor" in o and not (_is_number(o["dfactor"]) and 0 < o["dfactor"] <= 1):
+        raise ValueError(f"options['dfactor'] must be in (0, 1]; got {o['dfactor']!r}.")
+    if o.get("controller", "pi") not in CONTROLLERS:
+        raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
+    return AdaptiveOptions(**o)
+
+
+
+def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[float]:
+    t0, t_end = times[0], times[-1]
+    direction = 1.0 if t_end > t0 else -1.0
+    if opts.step_size is not None:
+        ratio = abs(t_end - t0) / opts.step_size
+        n = round(ratio)
+        # A span that is a whole number of steps up to rounding gets exactly that many steps,
+        # rather than one extra step of length ~1e-16.
+        n = n if n >= 1 and abs(ratio - n) <= 1e-9 * max(ratio, 1.0) else math.ceil(ratio)
+        return [t0 + direction * i * opts.step_size for i in range(n)] + [t_end]
+    if opts.grid_constructor is not None:
+        grid = opts.grid_constructor(func, y0, t)
+        if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
+            raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least two times.")
+        g = grid.detach().to("cpu", torch.float64).tolist()
+        tol = 1e-12 * max(1.0, abs(t0), abs(t_end))
+        if abs(g[0] - t0) > tol or abs(g[-1] - t_end) > tol:
+            raise ValueError(
+                f"options['grid_constructor'] must return a grid from t[0] = {t0!r} to t[-1] = {t_end!r}; "
+                f"got one from {g[0]!r} to {g[-1]!r}."
+            )
+        g[0], g[-1] = t0, t_end
+        if any((b - a) * direction <= 0 for a, b in zip(g, g[1:])):
+            raise ValueError("options['grid_constructor'] must return a strictly monotonic grid in the direction of t.")
+        return g
+    return list(times)

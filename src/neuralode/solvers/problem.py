@@ -1,0 +1,136 @@
+"""The user's right-hand side as the loop sees it: float time in, one flat tensor, counted calls.
+
+:class:`_Problem` adapts ``func(t, y)`` once per solve: time is a Python float (float64) inside
+the loop and becomes a 0-dim tensor of the state's dtype only when ``func`` is called; tuple
+states are flattened into one vector, so the loop, the steppers, the interpolants and the event
+handling all see a single tensor. :class:`_ErrorNorm` turns an error estimate into the error
+ratio the controller needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .options import _type_name
+from .solution import SolverStats, TensorOrTuple
+
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
+
+
+class _Problem:
+    """Adapts a user ``func`` to the loop: float time in, counted evaluations, tuple flattening."""
+
+    def __init__(self, func: Callable, parts: tuple[torch.Tensor, ...], is_tuple: bool, stats: SolverStats):
+        self.func = func
+        self.parts = parts
+        self.is_tuple = is_tuple
+        self.stats = stats
+        self.dtype = parts[0].dtype
+        self.device = parts[0].device
+        self.shapes = [p.shape for p in parts]
+        self.sizes = [p.numel() for p in parts]
+        self.times: dict[float, torch.Tensor] = {}
+        # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
+        # callback_reject_step), each None when func has none.
+        self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES)
+
+    def cache_times(self, values: list[float]) -> None:
+        """Create the time tensors of known evaluation times at once (one tensor, unbound),
+        rather than one small tensor per evaluation; fixed grids know all their stage times."""
+        unique = list(dict.fromkeys(values))
+        self.times = dict(zip(unique, torch.tensor(unique, dtype=self.dtype, device=self.device).unbind()))
+
+    def flatten(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not self.is_tuple:
+            return parts[0]
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    def unflatten(self, y: torch.Tensor) -> TensorOrTuple:
+        if not self.is_tuple:
+            return y
+        return tuple(p.view(s) for p, s in zip(torch.split(y, self.sizes), self.shapes))
+
+    def time(self, t: float) -> torch.Tensor:
+        return torch.full((), t, dtype=self.dtype, device=self.device)
+
+    def call_back(self, callback: Callable, t: float, y: torch.Tensor, h: float) -> None:
+        """A step callback as torchdiffeq calls it: ``(t0, y0, dt)`` with tensors, ``dt = |h|``."""
+        callback(self.time(t), self.unflatten(y), self.time(abs(h)))
+
+    def check_like_state(self, out: object, name: str, what: str = "the new state", finite: bool = True) -> torch.Tensor:
+        """A user function's output that must look like the state (``func``'s derivative, an
+        event's reset), checked and flattened. ``name`` is the call (``"func(t, y)"``); ``what``
+        names the output in the messages."""
+        owner = name.removesuffix("(t, y)")
+        outs = out if self.is_tuple and isinstance(out, (tuple, list)) else (out,)
+        if self.is_tuple and not isinstance(out, (tuple, list)):
+            raise TypeError(f"{owner} must return a tuple of {len(self.parts)} tensors for a tuple y0; got {_type_name(out)}.")
+        if len(outs) != len(self.parts):
+            raise ValueError(f"{owner} must return {len(self.parts)} tensors, one per tensor of y0; got {len(outs)}.")
+        for i, (o, p) in enumerate(zip(outs, self.parts)):
+            label = name if not self.is_tuple else f"{name}[{i}]"
+            if not isinstance(o, torch.Tensor):
+                raise TypeError(f"{label} must return a torch.Tensor; got {_type_name(o)}.")
+            if o.shape != p.shape:
+                raise ValueError(
+                    f"{label} returned shape {tuple(o.shape)} but the state has shape {tuple(p.shape)}; "
+                    f"{what} must have the same shape as y."
+                )
+            if o.dtype != p.dtype:
+                raise TypeError(
+                    f"{label} returned dtype {o.dtype} but the state has dtype {p.dtype}; {what} must have the state's dtype."
+                )
+            if finite and not bool(torch.isfinite(o).all()):
+                raise ValueError(f"{label} returned NaN or infinite values; {what} must be finite.")
+        return self.flatten(outs)
+
+    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        self.stats.nfe += 1
+        tt = self.times.get(t)
+        if tt is None:
+            tt = torch.full((), t, dtype=self.dtype, device=self.device)
+        if self.is_tuple:
+            return torch.cat([o.reshape(-1) for o in self.func(tt, self.unflatten(y))])
+        return self.func(tt, y)
+
+    def first_call(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """The first evaluation, with the output checked against the state."""
+        self.stats.nfe += 1
+        out = self.func(self.time(t), self.unflatten(y))
+        return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
+
+
+class _ErrorNorm:
+    """``norm(err / (atol + rtol * max(|y0|, |y1|)))`` as a Python float.
+
+    The default norm is the root mean square (RMS); for tuple states, the largest RMS over the
+    tensors, so a small tensor is not drowned by a large one (torchdiffeq's choice too).
+    """
+
+    def __init__(self, problem: _Problem, rtol, atol, norm: Callable | None):
+        self.problem = problem
+        self.rtol = rtol
+        self.atol = atol
+        self.user_norm = norm
+        self.inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in problem.sizes]
+
+    def norm(self, x: torch.Tensor) -> float:
+        if self.user_norm is not None:
+            return float(self.user_norm(self.problem.unflatten(x)))
+        if not self.problem.is_tuple:
+            return float(torch.linalg.vector_norm(x)) * self.inv_sqrt_n[0]
+        rms = [torch.linalg.vector_norm(p) * s for p, s in zip(torch.split(x, self.problem.sizes), self.inv_sqrt_n)]
+        return float(torch.stack(rms).max())
+
+    def scaled(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        with torch.no_grad():
+            return self.norm(x / (y.abs() * self.rtol + self.atol))
+
+    def ratio(self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
+        with torch.no_grad():
+            scale = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
+            return self.norm(y_err / scale)

@@ -1,0 +1,168 @@
+"""What a solve returns: :class:`Solution`, its counters :class:`SolverStats`, event records and
+the dense output that :meth:`Solution.evaluate` reads."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import torch
+
+TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
+@dataclass
+class SolverStats:
+    """Counters of one solve.
+
+    Attributes:
+        nfe: evaluations of ``func`` (including the initial-step heuristic's one).
+        n_accepted: accepted steps.
+        n_rejected: rejected steps (always 0 for fixed-step methods).
+        last_step: the size of the last step taken (signed; ``nan`` if no step was taken).
+        next_step: the step the controller proposed after the last one (adaptive methods), a
+            good ``first_step`` for a solve that continues from the end of this one.
+        n_event_evals: evaluations of event functions (one per event per accepted step, plus
+            the root finder's).
+        n_events: events located (terminal and non-terminal).
+    """
+
+    nfe: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    last_step: float = math.nan
+    next_step: float = math.nan
+    n_event_evals: int = 0
+    n_events: int = 0
+
+    @property
+    def n_steps(self) -> int:
+        """Steps attempted: accepted plus rejected."""
+        return self.n_accepted + self.n_rejected
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One occurrence of an event during a solve.
+
+    Attributes:
+        t: the event time, a 0-dim tensor of the dtype of the output times ``t``;
+            differentiable (implicit function theorem) when the solve is.
+        y: the state at the event, before any reset (a tensor, or a tuple like ``y0``).
+        index: which event of the ``events`` list fired.
+        element: the index (a tuple, as ``numpy.unravel_index`` gives it) of the element of the
+            event function's output whose sign change was located.
+        terminal: whether the event ended the solve.
+    """
+
+    t: torch.Tensor
+    y: TensorOrTuple
+    index: int
+    element: tuple[int, ...]
+    terminal: bool
+
+
+class DenseOutput:
+    """The interpolants of every accepted step of a solve, in time order.
+
+    Each piece covers ``[t_start, t_start + h]`` and evaluates the step's interpolant
+    (``interp(thetas) -> list of flat states``). Pieces meet at step ends; at an event with a
+    reset the state jumps, and a time exactly at the event reads the state before the reset.
+    """
+
+    def __init__(self, direction: float, unflatten: Callable[[torch.Tensor], TensorOrTuple], t_start: float):
+        self.direction = direction
+        self.unflatten = unflatten
+        self.t_start = t_start
+        self.t_end = t_start
+        self._starts: list[float] = []  # direction * step start, increasing
+        self._pieces: list[tuple[float, float, Callable]] = []
+
+    def add(self, t0: float, h: float, interp: Callable[[list[float]], list[torch.Tensor]]) -> None:
+        self._starts.append(self.direction * t0)
+        self._pieces.append((t0, h, interp))
+        self.t_end = t0 + h
+
+    def __call__(self, t: torch.Tensor) -> TensorOrTuple:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() > 1:
+            raise TypeError(
+                "Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor of times; "
+                f"got {t!r}." if not isinstance(t, torch.Tensor) else
+                f"Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor; got dtype {t.dtype}, shape {tuple(t.shape)}."
+            )
+        times = t.detach().reshape(-1).to("cpu", torch.float64).tolist()
+        lo, hi = sorted((self.t_start, self.t_end))
+        out = []
+        for ti in times:
+            if not (lo <= ti <= hi) or not self._pieces:
+                raise ValueError(
+                    f"Solution.evaluate: t = {ti!r} lies outside the solved span [{self.t_start!r}, {self.t_end!r}]."
+                )
+            i = max(bisect.bisect_left(self._starts, self.direction * ti) - 1, 0)
+            t0, h, interp = self._pieces[i]
+            theta = 0.0 if h == 0 else (ti - t0) / h
+            out.append(interp([min(max(theta, 0.0), 1.0)])[0])
+        stacked = torch.stack(out)
+        if t.dim() == 0:
+            return self.unflatten(stacked[0])
+        if isinstance(self.unflatten(stacked[0]), tuple):
+            cols = [self.unflatten(row) for row in stacked]
+            return tuple(torch.stack(c) for c in zip(*cols))
+        return stacked
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The result of :func:`~neuralode.solvers.api.solve`.
+
+    Attributes:
+        ts: the output times reached: the ``t`` passed in, shortened to the times before a
+            terminal event when one ended the solve.
+        ys: the states at ``ts``: a tensor of shape ``(len(ts), *y0.shape)``, or a tuple of such
+            tensors when ``y0`` is a tuple. Times after an event with a reset show the reset
+            state.
+        stats: function evaluations and step counts.
+        method: the name of the method used.
+        adjoint_stats: for :func:`~neuralode.solvers.adjoint.solve_adjoint`, the counters of the
+            backward (adjoint) solves, filled in when gradients are computed; ``None`` otherwise.
+        events: the located events in time order (:class:`EventRecord`); empty without events.
+        dense: the kept interpolants when the solve ran with ``options={"dense": True}``.
+    """
+
+    ts: torch.Tensor
+    ys: TensorOrTuple
+    stats: SolverStats
+    method: str
+    adjoint_stats: SolverStats | None = None
+    events: tuple[EventRecord, ...] = field(default_factory=tuple)
+    dense: DenseOutput | None = field(default=None, repr=False)
+
+    @property
+    def terminated(self) -> bool:
+        """Whether a terminal event ended the solve."""
+        return bool(self.events) and self.events[-1].terminal
+
+    def evaluate(self, t: torch.Tensor) -> TensorOrTuple:
+        """The solution at any times of the solved span, from the kept dense output.
+
+        Args:
+            t: a 0-dim tensor (returns one state) or a 1-D tensor of times (returns states
+                stacked along a new first dimension).
+
+        Raises:
+            ValueError: when the solve did not keep its dense output (solve with
+                ``options={"dense": True}`` or use :func:`~neuralode.solvers.api.odeint_dense`),
+                or a time lies outside the solved span.
+        """
+        if self.dense is None:
+            raise ValueError(
+                "Solution.evaluate needs the dense output, which this solve did not keep; "
+                "pass options={'dense': True} to solve, or use neuralode.odeint_dense."
+            )
+        return self.dense(t)
+
+    def __call__(self, t: torch.Tensor) -> TensorOrTuple:
+        """``solution(t)`` is ``solution.evaluate(t)``: what torchdiffeq's ``odeint_dense`` returns."""
+        return self.evaluate(t)
