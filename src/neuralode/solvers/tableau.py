@@ -72,13 +72,34 @@ class ButcherTableau:
         order: order of the propagated solution ``y1`` (local error ``O(dt**(order+1))``).
         b_err: ``(s,)`` ``b - b_hat`` for embedded pairs, so the local error estimate is
             ``dt * sum_i b_err[i] * k[i]``; sums to 0. ``None`` for fixed-step methods.
-        error_order: order of the embedded solution ``b_hat``; given exactly when ``b_err`` is.
+        error_order: the order the step-size controller assumes for the error estimate (it uses the exponent
+            ``1 / (min(order, error_order) + 1)``); given exactly when ``b_err`` is. For an ordinary embedded pair
+            it is the order of ``b_hat``. For a method with a second estimate ``b_err_aux`` it is the order of
+            the combined estimate, which may exceed that of either ``b_hat`` (dopri8: 7, from estimates of
+            orders 5 and 3).
         dense: ``(s, m)`` continuous extension,
             ``b_i(theta) = sum_j dense[i][j] * theta**(j+1)``, so
             ``y(t0 + theta*dt) = y0 + dt * sum_i b_i(theta) k_i``; row sums equal ``b``. ``None`` when the
             method has no continuous extension of its own (the solver then uses cubic Hermite interpolation).
-        dense_order: order of the continuous extension; given exactly when ``dense`` is.
+        dense_order: order of the continuous extension; given exactly when ``dense`` or ``dense_extra`` is.
         description: one line naming the method and the reference for its coefficients.
+        b_err_aux: ``(s,)`` weights of a second, lower-order error estimate ``err_aux = dt * sum_i b_err_aux[i] k[i]``
+            (sums to 0), or ``None`` (every method but dopri8). When given, the loop measures both estimates with
+            the same scaled norm and controls the step with Hairer's DOP853 combination
+            ``ratio = |err|**2 / sqrt(|err|**2 + 0.01 * |err_aux|**2)`` (0 when both are 0), see
+            :func:`neuralode.solvers.stepper.combined_error_ratio`; needs ``b_err``.
+        c_extra: ``(e,)`` nodes of stages evaluated only for dense output, after the ``s`` stages of the step
+            (``None`` when the continuous extension needs none). Given together with ``a_extra`` and
+            ``dense_extra``.
+        a_extra: ``e`` rows; row ``j`` has ``s + j`` entries, the coefficients of ``k_0 .. k_{s+j-1}`` (the step's
+            stages, then the extra stages before it), and sums to ``c_extra[j]``. Extra stage ``j`` is
+            ``f(t0 + c_extra[j] dt, y0 + dt * sum_l a_extra[j][l] k_l)``
+            (:func:`neuralode.solvers.interpolation.dense_stages`).
+        dense_extra: ``(s + e, m)`` continuous extension over the step's ``s`` stages followed by the ``e`` extra
+            stages, in the same monomial form as ``dense``; its first ``s`` rows sum to ``b`` and the last ``e``
+            to 0. A method has at most one of ``dense`` and ``dense_extra``; ``dense_extra`` is the one whose
+            stages cost ``e`` more evaluations of ``f``, which the loop spends only on steps with output
+            times in them.
 
     All coefficients are stored as tuples of Python floats; exact ``Fraction`` or ``int`` inputs are converted.
 
@@ -100,6 +121,11 @@ class ButcherTableau:
     dense: tuple[tuple[float, ...], ...] | None = None
     dense_order: int | None = None
     description: str = ""
+    # Added after ``description`` so that existing positional constructions keep their meaning.
+    b_err_aux: tuple[float, ...] | None = None
+    c_extra: tuple[float, ...] | None = None
+    a_extra: tuple[tuple[float, ...], ...] | None = None
+    dense_extra: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -156,28 +182,83 @@ class ButcherTableau:
                 raise invalid(f"b_err sums to {err_sum}; b_err = b - b_hat must sum to 0")
             _check_order(name, "error_order", self.error_order)
 
-        if (self.dense is None) != (self.dense_order is None):
-            given, missing = ("dense", "dense_order") if self.dense_order is None else ("dense_order", "dense")
+        if self.b_err_aux is not None:
+            if self.b_err is None:
+                raise invalid("b_err_aux is given but b_err is None; a second error estimate needs the first")
+            b_err_aux = _floats(name, "b_err_aux", self.b_err_aux)
+            put("b_err_aux", b_err_aux)
+            if len(b_err_aux) != s:
+                raise invalid(
+                    f"len(b_err_aux) = {len(b_err_aux)} but there are {s} stages; b_err_aux needs one entry per stage"
+                )
+            aux_sum = math.fsum(b_err_aux)
+            if abs(aux_sum) > _TOL:
+                raise invalid(f"b_err_aux sums to {aux_sum}; an error estimate's weights must sum to 0")
+
+        extra = {"c_extra": self.c_extra, "a_extra": self.a_extra, "dense_extra": self.dense_extra}
+        if any(v is not None for v in extra.values()) and any(v is None for v in extra.values()):
+            given = ", ".join(k for k, v in extra.items() if v is not None)
+            missing = ", ".join(k for k, v in extra.items() if v is None)
+            raise invalid(f"{given} given but {missing} None; give c_extra, a_extra and dense_extra together or none")
+        if self.dense is not None and self.dense_extra is not None:
+            raise invalid("dense and dense_extra are both given; a method has one continuous extension")
+        has_dense = self.dense is not None or self.dense_extra is not None
+        if has_dense != (self.dense_order is not None):
+            kind = "dense" if self.dense is not None else "dense_extra"
+            given, missing = (kind, "dense_order") if self.dense_order is None else ("dense_order", "dense")
             raise invalid(f"{given} is given but {missing} is None; give both for a continuous extension or neither")
-        if self.dense is not None:
-            dense = tuple(_floats(name, f"row {i} of dense", row) for i, row in enumerate(self.dense))
-            put("dense", dense)
-            if len(dense) != s:
-                raise invalid(f"dense has {len(dense)} rows but there are {s} stages; dense needs one row per stage")
-            m = len(dense[0])
-            if m == 0:
-                raise invalid("row 0 of dense is empty; dense needs at least one column (the theta term)")
-            for i, row in enumerate(dense):
-                if len(row) != m:
+
+        n_extra = 0
+        if self.c_extra is not None:
+            c_extra = _floats(name, "c_extra", self.c_extra)
+            put("c_extra", c_extra)
+            n_extra = len(c_extra)
+            if n_extra == 0:
+                raise invalid("c_extra is empty; leave c_extra, a_extra and dense_extra None for no extra stages")
+            a_extra = tuple(_floats(name, f"row {j} of a_extra", row) for j, row in enumerate(self.a_extra))
+            put("a_extra", a_extra)
+            if len(a_extra) != n_extra:
+                raise invalid(f"a_extra has {len(a_extra)} rows but c_extra has {n_extra}; one row per extra stage")
+            for j, row in enumerate(a_extra):
+                if len(row) != s + j:
                     raise invalid(
-                        f"row {i} of dense has {len(row)} entries but row 0 has {m}; dense must be an (s, m) matrix"
+                        f"row {j} of a_extra has {len(row)} entries; extra stage {j} combines the {s} stages of the "
+                        f"step and the {j} extra stages before it, so it needs {s + j}"
                     )
                 row_sum = math.fsum(row)
-                if abs(row_sum - b[i]) > _TOL:
+                if abs(row_sum - c_extra[j]) > _TOL:
                     raise invalid(
-                        f"row {i} of dense sums to {row_sum} but b[{i}] = {b[i]}; "
+                        f"row {j} of a_extra sums to {row_sum} but c_extra[{j}] = {c_extra[j]}; rows must sum to c"
+                    )
+
+        for field in ("dense", "dense_extra"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            rows = tuple(_floats(name, f"row {i} of {field}", row) for i, row in enumerate(value))
+            put(field, rows)
+            n_rows = s + (n_extra if field == "dense_extra" else 0)
+            if len(rows) != n_rows:
+                needs = "one row per stage" if field == "dense" else "one row per stage and extra stage"
+                raise invalid(f"{field} has {len(rows)} rows but there are {n_rows} stages; {field} needs {needs}")
+            m = len(rows[0])
+            if m == 0:
+                raise invalid(f"row 0 of {field} is empty; {field} needs at least one column (the theta term)")
+            for i, row in enumerate(rows):
+                if len(row) != m:
+                    raise invalid(
+                        f"row {i} of {field} has {len(row)} entries but row 0 has {m}; "
+                        f"{field} must be an ({'s' if field == 'dense' else 's + e'}, m) matrix"
+                    )
+                row_sum = math.fsum(row)
+                target = b[i] if i < s else 0.0
+                if abs(row_sum - target) > _TOL:
+                    what = f"b[{i}] = {target}" if i < s else "0 (an extra stage has no weight in y1)"
+                    raise invalid(
+                        f"row {i} of {field} sums to {row_sum} but {what}; "
                         "the continuous extension at theta = 1 must reproduce b"
                     )
+        if has_dense:
             _check_order(name, "dense_order", self.dense_order)
 
     @property
@@ -198,6 +279,11 @@ class ButcherTableau:
         tolerance: the reuse is only sound if the last stage is evaluated at exactly the propagated ``y1``.
         """
         return self.c[-1] == 1.0 and self.a[-1] == self.b[:-1] and self.b[-1] == 0.0
+
+    @property
+    def extra_stages(self) -> int:
+        """Number ``e`` of stages evaluated only for dense output (``len(c_extra)``; 0 for most methods)."""
+        return 0 if self.c_extra is None else len(self.c_extra)
 
 
 def _check_order(name: str, field: str, value: object) -> None:
