@@ -165,7 +165,7 @@ DEFAULT_TOL = 1e-12
 TOL = {"tsit5": 1e-11}
 # A condition counts as failed when its residual is far above any rounding. The smallest genuine failure among
 # the registered methods is 8e-6 (dopri8_13m's b on order-9 trees; dopri8's b: 3e-5, its dense output on order-8
-# trees: 5e-5 or more at theta < 1); the next is 2e-4.
+# trees: 8e-5, the largest over theta < 1); the next is 2e-4.
 FAIL = 1e-6
 
 # Orders of the embedded solutions b - b_err and b - b_err_aux where error_order is not the former: dopri8's
@@ -405,6 +405,8 @@ def test_rounded_coefficients_are_accepted_but_typos_are_not():
 
 
 P = "ButcherTableau 'bad': "
+# A valid continuous extension with one extra stage (f at the midpoint of the step), to break field by field.
+EXTRA = dict(c_extra=(0.5,), a_extra=((0.25, 0.25),), dense_extra=((0,), (1,), (0,)), dense_order=1)
 BROKEN = [
     ({"c": (), "a": (), "b": ()}, P + "b is empty; a method needs at least one stage"),
     ({"c": (0, 0.5, 1)}, P + "len(c) = 3 but len(b) = 2; c and b need one entry per stage"),
@@ -453,7 +455,63 @@ BROKEN = [
         P + "row 1 of dense sums to 0.9 but b[1] = 1.0; the continuous extension at theta = 1 must reproduce b",
     ),
     ({"dense": ((0,), (1,)), "dense_order": 0}, P + "dense_order = 0; dense_order must be >= 1"),
+    ({"b_err_aux": (-1, 1)}, P + "b_err_aux is given but b_err is None; a second error estimate needs the first"),
+    (
+        {"b_err": (-1, 1), "error_order": 1, "b_err_aux": (1,)},
+        P + "len(b_err_aux) = 1 but there are 2 stages; b_err_aux needs one entry per stage",
+    ),
+    (
+        {"b_err": (-1, 1), "error_order": 1, "b_err_aux": (1, 1)},
+        P + "b_err_aux sums to 2.0; an error estimate's weights must sum to 0",
+    ),
+    (
+        {"c_extra": (0.5,), "dense_extra": ((0,), (1,), (0,)), "dense_order": 1},
+        P + "c_extra, dense_extra given but a_extra None; give c_extra, a_extra and dense_extra together or none",
+    ),
+    (
+        {**EXTRA, "dense": ((0,), (1,))},
+        P + "dense and dense_extra are both given; a method has one continuous extension",
+    ),
+    (
+        {**EXTRA, "dense_order": None},
+        P + "dense_extra is given but dense_order is None; give both for a continuous extension or neither",
+    ),
+    (
+        {**EXTRA, "c_extra": (), "a_extra": ()},
+        P + "c_extra is empty; leave c_extra, a_extra and dense_extra None for no extra stages",
+    ),
+    (
+        {**EXTRA, "a_extra": ()},
+        P + "a_extra has 0 rows but c_extra has 1; one row per extra stage",
+    ),
+    (
+        {**EXTRA, "a_extra": ((0.5,),)},
+        P + "row 0 of a_extra has 1 entries; extra stage 0 combines the 2 stages of the step and the 0 extra "
+        "stages before it, so it needs 2",
+    ),
+    (
+        {**EXTRA, "a_extra": ((0.5, 0.5),)},
+        P + "row 0 of a_extra sums to 1.0 but c_extra[0] = 0.5; rows must sum to c",
+    ),
+    (
+        {**EXTRA, "dense_extra": ((0,), (1,))},
+        P + "dense_extra has 2 rows but there are 3 stages; dense_extra needs one row per stage and extra stage",
+    ),
+    (
+        {**EXTRA, "dense_extra": ((0, 0), (1, 0), (0,))},
+        P + "row 2 of dense_extra has 1 entries but row 0 has 2; dense_extra must be an (s + e, m) matrix",
+    ),
+    (
+        {**EXTRA, "dense_extra": ((0,), (1,), (0.5,))},
+        P + "row 2 of dense_extra sums to 0.5 but 0 (an extra stage has no weight in y1); "
+        "the continuous extension at theta = 1 must reproduce b",
+    ),
 ]
+
+
+def test_valid_extra_stages():
+    tab = ButcherTableau(**{**GOOD, **EXTRA})
+    assert tab.extra_stages == 1 and tab.a_extra == ((0.25, 0.25),) and tab.dense is None
 
 
 @pytest.mark.parametrize("change, message", BROKEN, ids=[m.split("; ")[0][len(P) :] for _, m in BROKEN])
