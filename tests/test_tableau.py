@@ -300,6 +300,19 @@ def test_rk4_is_the_classic_method_and_rk4_38_is_torchdiffeqs():
     assert "torchdiffeq" in doc and "3/8" in doc and "rk4_38" in doc
 
 
+def test_dopri8_13m_has_torchdiffeqs_dopri8_coefficients():
+    # torchdiffeq stores the 13M method with a 14th zero-weight stage f(t1, y1) (alpha and c_sol have one entry
+    # more); its c_error is b - b_hat. Coefficients agree to float rounding of the rationals.
+    dopri8 = pytest.importorskip("torchdiffeq._impl.dopri8")
+    td = dopri8._DOPRI8_TABLEAU
+    tab = METHODS["dopri8_13m"]
+    np.testing.assert_allclose(td.alpha.numpy()[:12], tab.c[1:], rtol=0, atol=1e-16)
+    np.testing.assert_allclose(td.c_sol.numpy(), (*tab.b, 0.0), rtol=0, atol=1e-16)
+    np.testing.assert_allclose(td.c_error.numpy(), (*tab.b_err, 0.0), rtol=0, atol=1e-16)
+    for i, row in enumerate(td.beta[:12], start=1):
+        np.testing.assert_allclose(row.numpy(), tab.a[i], rtol=0, atol=1e-15)
+
+
 def test_fehlberg2_is_fsal_only_for_b_hat():
     # torchdiffeq's fehlberg2: c_sol = b = (1/512, 255/256, 1/512) is propagated (order 2) and
     # c_error = b - b_hat = (-1/512, 0, 1/512), so b_hat = (1/256, 255/256, 0) (order 1) equals the last row of a.
