@@ -5,7 +5,9 @@ it. The order of a method is checked through Butcher's theory: a Runge-Kutta met
 when ``sum_i b_i Phi_i(t) = 1 / gamma(t)`` for every rooted tree ``t`` with at most ``p`` vertices, where
 ``Phi(t)`` is the tree's elementary weight vector and ``gamma(t)`` its density (Hairer-Norsett-Wanner I,
 Sec. II.2, Theorem 2.13). A continuous extension ``b(theta)`` has order ``q`` when
-``sum_i b_i(theta) Phi_i(t) = theta**|t| / gamma(t)`` for all trees with ``|t| <= q`` (ibid., Sec. II.6).
+``sum_i b_i(theta) Phi_i(t) = theta**|t| / gamma(t)`` for all trees with ``|t| <= q`` (ibid., Sec. II.6); for a
+continuous extension with extra stages (``dense_extra``) the elementary weights are those of the extended method,
+the step's stages followed by the extra ones.
 """
 
 from __future__ import annotations
@@ -99,12 +101,16 @@ def test_trees_are_distinct_and_gamma_sigma_are_consistent():
 
 
 class Weights:
-    """Elementary weight vectors Phi(t) of one tableau, memoised per tree."""
+    """Elementary weight vectors Phi(t) of one tableau, memoised per tree.
 
-    def __init__(self, tab: ButcherTableau):
-        s = tab.stages
-        self.A = np.zeros((s, s))
-        for i, row in enumerate(tab.a):
+    ``extended``: over the ``s + e`` stages of the method extended by its extra dense-output stages.
+    """
+
+    def __init__(self, tab: ButcherTableau, extended: bool = False):
+        rows = tab.a + (tab.a_extra or ()) if extended else tab.a
+        n = len(rows)
+        self.A = np.zeros((n, n))
+        for i, row in enumerate(rows):
             self.A[i, :i] = row
         self._cache: dict[Tree, np.ndarray] = {}
 
@@ -118,9 +124,17 @@ class Weights:
         return self._cache[t]
 
 
+@lru_cache(maxsize=None)
+def weights_of(tab: ButcherTableau, extended: bool) -> Weights:
+    return Weights(tab, extended)
+
+
 def residuals(tab: ButcherTableau, weights: np.ndarray, order: int, theta: float = 1.0) -> list[float]:
-    """|weights . Phi(t) - theta**|t| / gamma(t)| for every tree of exactly ``order`` vertices."""
-    w = Weights(tab)
+    """|weights . Phi(t) - theta**|t| / gamma(t)| for every tree of exactly ``order`` vertices.
+
+    ``weights`` has one entry per stage, or per stage and extra stage (a ``dense_extra`` extension).
+    """
+    w = weights_of(tab, len(weights) > tab.stages)
     return [
         abs(float(weights @ w.phi(t)) - theta**order / gamma(t)) for t in trees_by_order(MAX_TREE_ORDER)[order - 1]
     ]
@@ -130,25 +144,39 @@ def b_hat(tab: ButcherTableau) -> np.ndarray:
     return np.array(tab.b) - np.array(tab.b_err)
 
 
+def dense_of(tab: ButcherTableau):
+    """The method's continuous extension: ``dense`` (s rows) or ``dense_extra`` (s + e rows)."""
+    return tab.dense if tab.dense is not None else tab.dense_extra
+
+
 def b_theta(tab: ButcherTableau, theta: float) -> np.ndarray:
-    """b_i(theta) = sum_j dense[i][j] * theta**(j+1)."""
-    dense = np.array(tab.dense)
+    """b_i(theta) = sum_j dense[i][j] * theta**(j+1), over the stages (and extra stages) of the extension."""
+    dense = np.array(dense_of(tab))
     powers = theta ** np.arange(1, dense.shape[1] + 1)
     return dense @ powers
 
 
 # Tolerance on |Phi . b - 1/gamma|. Exact-fraction methods meet the conditions to float rounding (worst seen:
-# 1e-15, dopri8). Tsitouras' coefficients are rounded decimals (worst seen: 2e-14, its 16-digit dense output);
-# a new method with coefficients printed to fewer digits gets its own entry here.
+# 1e-15, dopri8_13m). Tsitouras' coefficients are rounded decimals (worst seen: 2e-14, its 16-digit dense output);
+# a new method with coefficients printed to fewer digits gets its own entry here. DOP853's 30-digit decimals meet
+# them to rounding too, but its dense-output weights reach 545 in magnitude, so float64 rounding of the
+# residuals is larger (worst seen: 1e-13, its dense output at theta = 0.9).
 DEFAULT_TOL = 1e-12
 TOL = {"tsit5": 1e-11}
 # A condition counts as failed when its residual is far above any rounding. The smallest genuine failure among
-# the registered methods is 8e-6 (dopri8's b on order-9 trees); the next is 2e-4.
+# the registered methods is 8e-6 (dopri8_13m's b on order-9 trees; dopri8's b: 3e-5, its dense output on order-8
+# trees: 8e-5, the largest over theta < 1); the next is 2e-4.
 FAIL = 1e-6
+
+# Orders of the embedded solutions b - b_err and b - b_err_aux where error_order is not the former: dopri8's
+# error_order (7) is that of its combined estimate (see tableau.py); its embedded solutions have orders 5 and 3.
+EMBEDDED_ORDER = {"dopri8": 5}
+AUX_ORDER = {"dopri8": 3}
 
 names = pytest.mark.parametrize("name", list(METHODS))
 adaptive_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if t.adaptive])
-dense_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if t.dense is not None])
+aux_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if t.b_err_aux is not None])
+dense_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if dense_of(t) is not None])
 THETAS = (0.1, 0.25, 0.5, 0.7, 0.9, 1.0)
 
 
@@ -171,8 +199,11 @@ EXPECTED = {
     "bosh3": (4, 3, 2, None, True),
     "dopri5": (7, 5, 4, 4, True),
     "tsit5": (7, 5, 4, 4, True),
-    # 13 stages as published; b[12] = 1/4 != 0, so not FSAL.
-    "dopri8": (13, 8, 7, None, False),
+    # DOP853: 12 stages and f(t1, y1) as a 13th (FSAL, like dopri5); error_order 7 is that of the combined
+    # 5th/3rd-order estimate; dense output of order 7 with 3 extra stages.
+    "dopri8": (13, 8, 7, 7, True),
+    # Prince-Dormand 13M (torchdiffeq's dopri8): 13 stages as published; b[12] = 1/4 != 0, so not FSAL.
+    "dopri8_13m": (13, 8, 7, None, False),
 }
 
 
@@ -189,6 +220,8 @@ def test_registry_entry(name):
     assert get_tableau(name) is tab
     assert (tab.stages, tab.order, tab.error_order, tab.dense_order, tab.fsal) == EXPECTED[name]
     assert tab.adaptive == (tab.b_err is not None)
+    assert tab.extra_stages == (3 if name == "dopri8" else 0)
+    assert (tab.b_err_aux is not None) == (name in AUX_ORDER)
     assert tab.description and "\n" not in tab.description
 
 
@@ -196,9 +229,12 @@ def test_registry_entry(name):
 def test_fields_are_tuples_of_python_floats(name):
     tab = METHODS[name]
     vectors = [tab.c, tab.b, *tab.a] + ([tab.b_err] if tab.adaptive else []) + list(tab.dense or ())
+    vectors += [v for v in (tab.b_err_aux, tab.c_extra) if v is not None]
+    vectors += list(tab.a_extra or ()) + list(tab.dense_extra or ())
     for v in vectors:
         assert type(v) is tuple and all(type(x) is float for x in v)
-    assert type(tab.a) is tuple and (tab.dense is None or type(tab.dense) is tuple)
+    for matrix in (tab.a, tab.dense, tab.a_extra, tab.dense_extra):
+        assert matrix is None or type(matrix) is tuple
     hash(tab)  # usable as a cache key by the stepper
     with pytest.raises(dataclasses.FrozenInstanceError):
         tab.order = 99
@@ -218,6 +254,12 @@ def test_invariants(name):
         assert len(tab.b_err) == s
         assert math.fsum(tab.b_err) == pytest.approx(0.0, abs=1e-14)
         assert tab.error_order < tab.order  # every registered pair propagates the higher-order solution
+    if tab.b_err_aux is not None:
+        assert len(tab.b_err_aux) == s
+        assert math.fsum(tab.b_err_aux) == pytest.approx(0.0, abs=1e-14)
+    for j, row in enumerate(tab.a_extra or ()):
+        assert len(row) == s + j
+        assert math.fsum(row) == pytest.approx(tab.c_extra[j], abs=1e-14)
     if tab.fsal:
         assert tab.c[-1] == 1.0 and tab.a[-1] == tab.b[:-1] and tab.b[-1] == 0.0
 
@@ -225,22 +267,26 @@ def test_invariants(name):
 @dense_names
 def test_dense_output_endpoints(name):
     tab = METHODS[name]
-    assert len(tab.dense) == tab.stages
+    assert len(dense_of(tab)) == tab.stages + tab.extra_stages
     np.testing.assert_array_equal(b_theta(tab, 0.0), 0.0)
-    np.testing.assert_allclose(b_theta(tab, 1.0), tab.b, rtol=0, atol=1e-14)
+    # At theta = 1: b, and weight 0 on the extra stages (rounding of dopri8's weights, up to 545: 6e-14).
+    b_ext = np.concatenate([tab.b, np.zeros(tab.extra_stages)])
+    np.testing.assert_allclose(b_theta(tab, 1.0), b_ext, rtol=0, atol=1e-14 if tab.dense is not None else 2e-13)
     assert tab.dense_order <= tab.order
 
 
 @dense_names
 def test_dense_output_is_c1_across_steps(name):
-    # Both registered interpolants are FSAL-based Hermite-like: their derivative is f(t0, y0) at theta = 0 and
-    # f(t1, y1) = k_last at theta = 1, so the piecewise interpolant is continuously differentiable.
+    # All registered interpolants are FSAL-based Hermite-like: their derivative is f(t0, y0) at theta = 0 and
+    # f(t1, y1) = k_last (the last stage of the step, before any extra stage) at theta = 1, so the piecewise
+    # interpolant is continuously differentiable.
     tab = METHODS[name]
     assert tab.fsal
-    dense = np.array(tab.dense)
+    dense = np.array(dense_of(tab))
     d0 = dense[:, 0]
     d1 = dense @ np.arange(1, dense.shape[1] + 1)
-    e_first, e_last = np.eye(tab.stages)[0], np.eye(tab.stages)[-1]
+    unit = np.eye(tab.stages + tab.extra_stages)
+    e_first, e_last = unit[0], unit[tab.stages - 1]
     np.testing.assert_allclose(d0, e_first, rtol=0, atol=1e-12)
     np.testing.assert_allclose(d1, e_last, rtol=0, atol=1e-12)
 
@@ -252,6 +298,19 @@ def test_rk4_is_the_classic_method_and_rk4_38_is_torchdiffeqs():
     assert METHODS["rk4_38"].b == (1 / 8, 3 / 8, 3 / 8, 1 / 8)
     doc = tableau_module.__doc__
     assert "torchdiffeq" in doc and "3/8" in doc and "rk4_38" in doc
+
+
+def test_dopri8_13m_has_torchdiffeqs_dopri8_coefficients():
+    # torchdiffeq stores the 13M method with a 14th zero-weight stage f(t1, y1) (alpha and c_sol have one entry
+    # more); its c_error is b - b_hat. Coefficients agree to float rounding of the rationals.
+    dopri8 = pytest.importorskip("torchdiffeq._impl.dopri8")
+    td = dopri8._DOPRI8_TABLEAU
+    tab = METHODS["dopri8_13m"]
+    np.testing.assert_allclose(td.alpha.numpy()[:12], tab.c[1:], rtol=0, atol=1e-16)
+    np.testing.assert_allclose(td.c_sol.numpy(), (*tab.b, 0.0), rtol=0, atol=1e-16)
+    np.testing.assert_allclose(td.c_error.numpy(), (*tab.b_err, 0.0), rtol=0, atol=1e-16)
+    for i, row in enumerate(td.beta[:12], start=1):
+        np.testing.assert_allclose(row.numpy(), tab.a[i], rtol=0, atol=1e-15)
 
 
 def test_fehlberg2_is_fsal_only_for_b_hat():
@@ -286,9 +345,32 @@ def test_order_conditions_of_b_hat(name):
     tab = METHODS[name]
     tol = TOL.get(name, DEFAULT_TOL)
     bh = b_hat(tab)
-    for q in range(1, tab.error_order + 1):
+    order = EMBEDDED_ORDER.get(name, tab.error_order)
+    for q in range(1, order + 1):
         assert max(residuals(tab, bh, q)) < tol, f"{name}: embedded order condition of order {q} fails"
-    assert max(residuals(tab, bh, tab.error_order + 1)) > FAIL, f"{name}: b_hat is of order > {tab.error_order}"
+    assert max(residuals(tab, bh, order + 1)) > FAIL, f"{name}: b_hat is of order > {order}"
+
+
+@aux_names
+def test_order_conditions_of_second_embedded_solution(name):
+    tab = METHODS[name]
+    tol = TOL.get(name, DEFAULT_TOL)
+    bh = np.array(tab.b) - np.array(tab.b_err_aux)
+    order = AUX_ORDER[name]
+    for q in range(1, order + 1):
+        assert max(residuals(tab, bh, q)) < tol, f"{name}: order condition {q} of b - b_err_aux fails"
+    assert max(residuals(tab, bh, order + 1)) > FAIL, f"{name}: b - b_err_aux is of order > {order}"
+
+
+def test_dopri8_is_dop853_and_dopri8_13m_is_torchdiffeqs():
+    dop853, m13 = METHODS["dopri8"], METHODS["dopri8_13m"]
+    assert dop853.c[5:12] == (1 / 3, 1 / 4, 4 / 13, 127 / 195, 3 / 5, 6 / 7, 1.0)
+    assert dop853.c_extra == (0.1, 0.2, 7 / 9)
+    assert dop853.b[0] == pytest.approx(5.42937341165687622380535766363e-2, abs=1e-17)
+    assert m13.b[0] == 14005451 / 335480064 and m13.b[12] == 0.25
+    assert "DOP853" in dop853.description and "torchdiffeq" in m13.description
+    doc = tableau_module.__doc__
+    assert "DOP853" in doc and "dopri8_13m" in doc
 
 
 @dense_names
@@ -336,6 +418,8 @@ def test_rounded_coefficients_are_accepted_but_typos_are_not():
 
 
 P = "ButcherTableau 'bad': "
+# A valid continuous extension with one extra stage (f at the midpoint of the step), to break field by field.
+EXTRA = dict(c_extra=(0.5,), a_extra=((0.25, 0.25),), dense_extra=((0,), (1,), (0,)), dense_order=1)
 BROKEN = [
     ({"c": (), "a": (), "b": ()}, P + "b is empty; a method needs at least one stage"),
     ({"c": (0, 0.5, 1)}, P + "len(c) = 3 but len(b) = 2; c and b need one entry per stage"),
@@ -384,7 +468,63 @@ BROKEN = [
         P + "row 1 of dense sums to 0.9 but b[1] = 1.0; the continuous extension at theta = 1 must reproduce b",
     ),
     ({"dense": ((0,), (1,)), "dense_order": 0}, P + "dense_order = 0; dense_order must be >= 1"),
+    ({"b_err_aux": (-1, 1)}, P + "b_err_aux is given but b_err is None; a second error estimate needs the first"),
+    (
+        {"b_err": (-1, 1), "error_order": 1, "b_err_aux": (1,)},
+        P + "len(b_err_aux) = 1 but there are 2 stages; b_err_aux needs one entry per stage",
+    ),
+    (
+        {"b_err": (-1, 1), "error_order": 1, "b_err_aux": (1, 1)},
+        P + "b_err_aux sums to 2.0; an error estimate's weights must sum to 0",
+    ),
+    (
+        {"c_extra": (0.5,), "dense_extra": ((0,), (1,), (0,)), "dense_order": 1},
+        P + "c_extra, dense_extra given but a_extra None; give c_extra, a_extra and dense_extra together or none",
+    ),
+    (
+        {**EXTRA, "dense": ((0,), (1,))},
+        P + "dense and dense_extra are both given; a method has one continuous extension",
+    ),
+    (
+        {**EXTRA, "dense_order": None},
+        P + "dense_extra is given but dense_order is None; give both for a continuous extension or neither",
+    ),
+    (
+        {**EXTRA, "c_extra": (), "a_extra": ()},
+        P + "c_extra is empty; leave c_extra, a_extra and dense_extra None for no extra stages",
+    ),
+    (
+        {**EXTRA, "a_extra": ()},
+        P + "a_extra has 0 rows but c_extra has 1; one row per extra stage",
+    ),
+    (
+        {**EXTRA, "a_extra": ((0.5,),)},
+        P + "row 0 of a_extra has 1 entries; extra stage 0 combines the 2 stages of the step and the 0 extra "
+        "stages before it, so it needs 2",
+    ),
+    (
+        {**EXTRA, "a_extra": ((0.5, 0.5),)},
+        P + "row 0 of a_extra sums to 1.0 but c_extra[0] = 0.5; rows must sum to c",
+    ),
+    (
+        {**EXTRA, "dense_extra": ((0,), (1,))},
+        P + "dense_extra has 2 rows but there are 3 stages; dense_extra needs one row per stage and extra stage",
+    ),
+    (
+        {**EXTRA, "dense_extra": ((0, 0), (1, 0), (0,))},
+        P + "row 2 of dense_extra has 1 entries but row 0 has 2; dense_extra must be an (s + e, m) matrix",
+    ),
+    (
+        {**EXTRA, "dense_extra": ((0,), (1,), (0.5,))},
+        P + "row 2 of dense_extra sums to 0.5 but 0 (an extra stage has no weight in y1); "
+        "the continuous extension at theta = 1 must reproduce b",
+    ),
 ]
+
+
+def test_valid_extra_stages():
+    tab = ButcherTableau(**{**GOOD, **EXTRA})
+    assert tab.extra_stages == 1 and tab.a_extra == ((0.25, 0.25),) and tab.dense is None
 
 
 @pytest.mark.parametrize("change, message", BROKEN, ids=[m.split("; ")[0][len(P) :] for _, m in BROKEN])
@@ -432,7 +572,7 @@ def test_get_tableau_unknown_method():
         get_tableau("foo")
     assert str(info.value) == (
         "Unknown method 'foo'. Valid methods: euler, midpoint, heun2, heun3, rk4, rk4_38, "
-        "adaptive_heun, fehlberg2, bosh3, dopri5, tsit5, dopri8."
+        "adaptive_heun, fehlberg2, bosh3, dopri5, tsit5, dopri8, dopri8_13m."
     )
     with pytest.raises(ValueError, match=re.escape("Unknown method 'RK4'.")):
         get_tableau("RK4")

@@ -8,15 +8,25 @@ Three interpolants, chosen by the integration loop:
 * ``continuous_extension``: the method's own dense output ``y0 + dt sum_i b_i(theta) k_i`` with
   ``b_i(theta) = sum_j P_ij theta^(j+1)`` (dopri5: Hairer, Norsett, Wanner I, II.6; tsit5:
   Tsitouras 2011). It reuses the stages of the step, so it costs no function evaluation.
+  For a tableau with extra dense-output stages (``tableau.dense_extra``; dopri8 = DOP853, order 7)
+  the same function runs over the step's stages followed by the extra ones, which
+  :func:`dense_stages` evaluates; a loop calls it only for steps with output times in them::
+
+      k_full = step.k + dense_stages(func, t0, y0, step.k, dt, tableau)    # 13 + 3 = 16 stages
+      y_theta = continuous_extension(y0, k_full, dt, tableau.dense_extra, theta)
 
 Here ``theta = (t - t0) / dt`` lies in ``[0, 1]``.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Callable
+
 import torch
 
 from .stepper import combine
+from .tableau import ButcherTableau
 
 
 def linear(y0: torch.Tensor, y1: torch.Tensor, theta: float) -> torch.Tensor:
@@ -57,3 +67,51 @@ def continuous_extension(
         if bi != 0.0:
             coeffs.append((i, bi))
     return combine(y0, dt, coeffs, k)
+
+
+@lru_cache(maxsize=None)
+def _extra_rows(tableau: ButcherTableau) -> tuple[tuple[tuple[int, float], ...], ...]:
+    """Nonzero ``(l, a_extra_jl)`` pairs of each extra stage's row, computed once per tableau."""
+    return tuple(tuple((l, x) for l, x in enumerate(row) if x != 0.0) for row in tableau.a_extra or ())
+
+
+def dense_stages(
+    func: Callable[[float, torch.Tensor], torch.Tensor],
+    t0: float,
+    y0: torch.Tensor,
+    k: tuple[torch.Tensor, ...],
+    dt: float,
+    tableau: ButcherTableau,
+) -> tuple[torch.Tensor, ...]:
+    """The stages a tableau evaluates only for dense output (``tableau.extra_stages`` calls of ``func``).
+
+    Extra stage ``j`` is ``f(t0 + c_extra_j dt, y0 + dt * sum_l a_extra_jl k_l)``, where ``k_l`` runs over the
+    step's ``s`` stages and then the extra stages before ``j``.
+
+    Args:
+        func: ``func(t, y) -> dy/dt`` with ``t`` a Python float, the same function the step was taken with
+            (as for :func:`~neuralode.solvers.stepper.rk_step`).
+        t0, y0, dt: the start, state and size of the accepted step.
+        k: the step's ``s = tableau.stages`` stages, ``StepResult.k``. For dopri8 the last of them is
+            ``f(t0 + dt, y1)`` (the tableau is FSAL, so :func:`rk_step` computes it and the loop reuses it as
+            the next step's ``f0``); nothing has to be appended.
+        tableau: the method; a tableau without extra stages gives ``()``.
+
+    Returns:
+        The ``e = tableau.extra_stages`` extra stages, to be appended to ``k`` for
+        ``continuous_extension(y0, k + extra, dt, tableau.dense_extra, theta)``.
+
+    Raises:
+        ValueError: if ``len(k)`` is not ``tableau.stages``.
+    """
+    if len(k) != tableau.stages:
+        raise ValueError(
+            f"dense_stages: {tableau.name!r} has {tableau.stages} stages but {len(k)} were given; "
+            "pass the step's stages StepResult.k"
+        )
+    if tableau.c_extra is None:
+        return ()
+    stages = list(k)
+    for c_j, row in zip(tableau.c_extra, _extra_rows(tableau)):
+        stages.append(func(t0 + c_j * dt, combine(y0, dt, row, stages)))
+    return tuple(stages[len(k) :])

@@ -6,6 +6,7 @@ For a tableau ``(c, a, b, b_err)`` with ``s`` stages, a step of size ``dt`` from
     k_i = f(t0 + c_i dt, y0 + dt * sum_{j<i} a_ij k_j)  for i = 2..s
     y1  = y0 + dt * sum_i b_i k_i
     err = dt * sum_i b_err_i k_i                       (b_err = b - b_hat; adaptive tableaus only)
+    err_aux = dt * sum_i b_err_aux_i k_i               (tableaus with a second estimate only: dopri8)
 
 All tensors share the shape of ``y0``; ``t0`` and ``dt`` are Python floats (time is carried in
 float64 by the integration loop and only turned into a tensor when ``f`` is called).
@@ -18,6 +19,7 @@ backpropagation through the solver a plain autograd graph.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
@@ -35,11 +37,15 @@ class StepResult(NamedTuple):
         y1: the propagated solution at ``t0 + dt``, shape of ``y0``.
         y_err: the local error estimate ``dt * sum_i b_err_i k_i`` (``None`` for fixed-step tableaus).
         k: the ``s`` stage derivatives ``k_1 .. k_s``; for FSAL tableaus ``k_s = f(t0 + dt, y1)``.
+        y_err_aux: the second error estimate ``dt * sum_i b_err_aux_i k_i`` for tableaus with ``b_err_aux``
+            (dopri8), else ``None``; combine it with ``y_err`` by :func:`combined_error_ratio`. Last, with a
+            default, so that ``StepResult(y1, y_err, k)`` keeps working.
     """
 
     y1: torch.Tensor
     y_err: torch.Tensor | None
     k: tuple[torch.Tensor, ...]
+    y_err_aux: torch.Tensor | None = None
 
 
 class _Plan(NamedTuple):
@@ -47,6 +53,7 @@ class _Plan(NamedTuple):
     b: tuple[tuple[int, float], ...]
     b_err: tuple[tuple[int, float], ...] | None
     fsal: bool
+    b_err_aux: tuple[tuple[int, float], ...] | None = None
 
 
 @lru_cache(maxsize=None)
@@ -58,7 +65,8 @@ def _plan(tableau: ButcherTableau) -> _Plan:
 
     rows = tuple(nz(row) for row in tableau.a[1:])
     b_err = nz(tableau.b_err) if tableau.b_err is not None else None
-    return _Plan(rows, nz(tableau.b), b_err, tableau.fsal)
+    b_err_aux = nz(tableau.b_err_aux) if tableau.b_err_aux is not None else None
+    return _Plan(rows, nz(tableau.b), b_err, tableau.fsal, b_err_aux)
 
 
 def combine(y: torch.Tensor, dt: float, coeffs, k) -> torch.Tensor:
@@ -93,7 +101,7 @@ def rk_step(
         tableau: the method.
 
     Returns:
-        A :class:`StepResult` with ``y1``, the error estimate and the stages.
+        A :class:`StepResult` with ``y1``, the error estimate(s) and the stages.
     """
     plan = _plan(tableau)
     c = tableau.c
@@ -109,4 +117,36 @@ def rk_step(
     if y1 is None:
         y1 = combine(y0, dt, plan.b, k)
     y_err = _weighted_sum(dt, plan.b_err, k) if plan.b_err else None
-    return StepResult(y1, y_err, tuple(k))
+    y_err_aux = _weighted_sum(dt, plan.b_err_aux, k) if plan.b_err_aux else None
+    return StepResult(y1, y_err, tuple(k), y_err_aux)
+
+
+def combined_error_ratio(err, err_aux=None):
+    """The error ratio the step-size controller sees, from the scaled norms of one or two error estimates.
+
+    ``err`` is ``||y_err / scale||`` (the loop's norm, e.g. RMS, of the estimate divided by
+    ``atol + rtol * max(|y0|, |y1|)``); ``err_aux`` the same norm of ``y_err_aux``, or ``None`` for tableaus
+    without ``b_err_aux``, in which case ``err`` is returned unchanged. With both (dopri8 = DOP853), Hairer's
+    combination::
+
+        ratio = err**2 / sqrt(err**2 + 0.01 * err_aux**2)        (0 when both are 0)
+
+    For small steps ``err ~ dt^6`` and ``err_aux ~ dt^4``, so ``ratio ~ 10 err**2 / err_aux ~ dt^8``: the ratio
+    of an order-7 estimate, which is why dopri8 has ``error_order = 7``. With the RMS norm this is exactly
+    Hairer's DOP853 (and scipy's ``DOP853``) error norm. Works on Python floats and on tensors of per-sample
+    norms alike; if either norm is infinite the ratio is ``inf`` (a rejected step), if either is NaN it is NaN.
+    """
+    if err_aux is None:
+        return err
+    if isinstance(err, torch.Tensor) or isinstance(err_aux, torch.Tensor):
+        err, err_aux = torch.as_tensor(err), torch.as_tensor(err_aux)
+        e2 = err * err
+        deno = e2 + 0.01 * (err_aux * err_aux)
+        safe = torch.where(deno > 0, deno, torch.ones_like(deno))
+        out = torch.where(deno > 0, e2 / torch.sqrt(safe), torch.zeros_like(deno))
+        return torch.where(torch.isfinite(err) & torch.isfinite(err_aux), out, err + err_aux)
+    if not (math.isfinite(err) and math.isfinite(err_aux)):
+        return err + err_aux  # norms are >= 0: inf, or NaN if either is NaN
+    e2 = err * err
+    deno = e2 + 0.01 * err_aux * err_aux
+    return e2 / math.sqrt(deno) if deno > 0 else 0.0

@@ -14,13 +14,27 @@ replaces the constant weights by polynomials ``b_i(theta)`` with ``b_i(0) = 0`` 
 A method is nothing but its coefficients (:class:`ButcherTableau`), checked when it is built; the one generic
 stepper in :mod:`neuralode.solvers.stepper` runs any of them. :data:`METHODS` names the built-in ones.
 
-Note for users migrating from torchdiffeq: torchdiffeq's ``rk4`` is Kutta's *3/8 rule*, not the classic
-fourth-order Runge-Kutta method. Here ``rk4`` is the classic method (``b = 1/6, 1/3, 1/3, 1/6``) and the 3/8 rule
-is ``rk4_38``; use ``method="rk4_38"`` to reproduce torchdiffeq's ``rk4`` numbers.
+Some methods carry more than one weight vector for the error, or stages beyond those of the step:
+
+* ``b_err_aux``: a second error estimate (dopri8 = DOP853: estimates of orders 5 and 3, combined by Hairer's
+  formula into one that behaves like an order-8 local error; see :attr:`ButcherTableau.b_err_aux`).
+* ``c_extra``, ``a_extra``, ``dense_extra``: stages evaluated only when a step has output times in it, and the
+  continuous extension over the step's stages followed by those (dopri8: 3 extra stages, dense order 7).
+  The extra stage ``j`` is ``f(t0 + c_extra_j dt, y0 + dt * sum_l a_extra_jl k_l)`` over all stages before it.
+
+Notes for users migrating from torchdiffeq:
+
+* torchdiffeq's ``rk4`` is Kutta's *3/8 rule*, not the classic fourth-order Runge-Kutta method. Here ``rk4`` is
+  the classic method (``b = 1/6, 1/3, 1/3, 1/6``) and the 3/8 rule is ``rk4_38``; use ``method="rk4_38"`` to
+  reproduce torchdiffeq's ``rk4`` numbers.
+* torchdiffeq's ``dopri8`` is Prince and Dormand's RK8(7)13M, which has no dense output of its own. Here
+  ``dopri8`` is Hairer's DOP853 (the method of scipy's ``DOP853``), which has an order-7 dense output; the 13M
+  method is ``dopri8_13m``, use ``method="dopri8_13m"`` to reproduce torchdiffeq's ``dopri8`` numbers.
 
 References:
     E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I: Nonstiff Problems",
-    2nd ed., Springer 1993, Sections II.1-II.6 (order conditions, embedded pairs, dense output).
+    2nd ed., Springer 1993, Sections II.1-II.6 (order conditions, embedded pairs, dense output) and II.10
+    (DOP853), with Hairer's Fortran code DOP853.
     J. C. Butcher, "Numerical Methods for Ordinary Differential Equations", 3rd ed., Wiley 2016.
 """
 
@@ -72,13 +86,34 @@ class ButcherTableau:
         order: order of the propagated solution ``y1`` (local error ``O(dt**(order+1))``).
         b_err: ``(s,)`` ``b - b_hat`` for embedded pairs, so the local error estimate is
             ``dt * sum_i b_err[i] * k[i]``; sums to 0. ``None`` for fixed-step methods.
-        error_order: order of the embedded solution ``b_hat``; given exactly when ``b_err`` is.
+        error_order: the order the step-size controller assumes for the error estimate (it uses the exponent
+            ``1 / (min(order, error_order) + 1)``); given exactly when ``b_err`` is. For an ordinary embedded pair
+            it is the order of ``b_hat``. For a method with a second estimate ``b_err_aux`` it is the order of
+            the combined estimate, which may exceed that of either ``b_hat`` (dopri8: 7, from estimates of
+            orders 5 and 3).
         dense: ``(s, m)`` continuous extension,
             ``b_i(theta) = sum_j dense[i][j] * theta**(j+1)``, so
             ``y(t0 + theta*dt) = y0 + dt * sum_i b_i(theta) k_i``; row sums equal ``b``. ``None`` when the
             method has no continuous extension of its own (the solver then uses cubic Hermite interpolation).
-        dense_order: order of the continuous extension; given exactly when ``dense`` is.
+        dense_order: order of the continuous extension; given exactly when ``dense`` or ``dense_extra`` is.
         description: one line naming the method and the reference for its coefficients.
+        b_err_aux: ``(s,)`` weights of a second, lower-order error estimate ``err_aux = dt * sum_i b_err_aux[i] k[i]``
+            (sums to 0), or ``None`` (every method but dopri8). When given, the loop measures both estimates with
+            the same scaled norm and controls the step with Hairer's DOP853 combination
+            ``ratio = |err|**2 / sqrt(|err|**2 + 0.01 * |err_aux|**2)`` (0 when both are 0), see
+            :func:`neuralode.solvers.stepper.combined_error_ratio`; needs ``b_err``.
+        c_extra: ``(e,)`` nodes of stages evaluated only for dense output, after the ``s`` stages of the step
+            (``None`` when the continuous extension needs none). Given together with ``a_extra`` and
+            ``dense_extra``.
+        a_extra: ``e`` rows; row ``j`` has ``s + j`` entries, the coefficients of ``k_0 .. k_{s+j-1}`` (the step's
+            stages, then the extra stages before it), and sums to ``c_extra[j]``. Extra stage ``j`` is
+            ``f(t0 + c_extra[j] dt, y0 + dt * sum_l a_extra[j][l] k_l)``
+            (:func:`neuralode.solvers.interpolation.dense_stages`).
+        dense_extra: ``(s + e, m)`` continuous extension over the step's ``s`` stages followed by the ``e`` extra
+            stages, in the same monomial form as ``dense``; its first ``s`` rows sum to ``b`` and the last ``e``
+            to 0. A method has at most one of ``dense`` and ``dense_extra``; ``dense_extra`` is the one whose
+            stages cost ``e`` more evaluations of ``f``, which the loop spends only on steps with output
+            times in them.
 
     All coefficients are stored as tuples of Python floats; exact ``Fraction`` or ``int`` inputs are converted.
 
@@ -100,6 +135,11 @@ class ButcherTableau:
     dense: tuple[tuple[float, ...], ...] | None = None
     dense_order: int | None = None
     description: str = ""
+    # Added after ``description`` so that existing positional constructions keep their meaning.
+    b_err_aux: tuple[float, ...] | None = None
+    c_extra: tuple[float, ...] | None = None
+    a_extra: tuple[tuple[float, ...], ...] | None = None
+    dense_extra: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -156,28 +196,83 @@ class ButcherTableau:
                 raise invalid(f"b_err sums to {err_sum}; b_err = b - b_hat must sum to 0")
             _check_order(name, "error_order", self.error_order)
 
-        if (self.dense is None) != (self.dense_order is None):
-            given, missing = ("dense", "dense_order") if self.dense_order is None else ("dense_order", "dense")
+        if self.b_err_aux is not None:
+            if self.b_err is None:
+                raise invalid("b_err_aux is given but b_err is None; a second error estimate needs the first")
+            b_err_aux = _floats(name, "b_err_aux", self.b_err_aux)
+            put("b_err_aux", b_err_aux)
+            if len(b_err_aux) != s:
+                raise invalid(
+                    f"len(b_err_aux) = {len(b_err_aux)} but there are {s} stages; b_err_aux needs one entry per stage"
+                )
+            aux_sum = math.fsum(b_err_aux)
+            if abs(aux_sum) > _TOL:
+                raise invalid(f"b_err_aux sums to {aux_sum}; an error estimate's weights must sum to 0")
+
+        extra = {"c_extra": self.c_extra, "a_extra": self.a_extra, "dense_extra": self.dense_extra}
+        if any(v is not None for v in extra.values()) and any(v is None for v in extra.values()):
+            given = ", ".join(k for k, v in extra.items() if v is not None)
+            missing = ", ".join(k for k, v in extra.items() if v is None)
+            raise invalid(f"{given} given but {missing} None; give c_extra, a_extra and dense_extra together or none")
+        if self.dense is not None and self.dense_extra is not None:
+            raise invalid("dense and dense_extra are both given; a method has one continuous extension")
+        has_dense = self.dense is not None or self.dense_extra is not None
+        if has_dense != (self.dense_order is not None):
+            kind = "dense" if self.dense is not None else "dense_extra"
+            given, missing = (kind, "dense_order") if self.dense_order is None else ("dense_order", "dense")
             raise invalid(f"{given} is given but {missing} is None; give both for a continuous extension or neither")
-        if self.dense is not None:
-            dense = tuple(_floats(name, f"row {i} of dense", row) for i, row in enumerate(self.dense))
-            put("dense", dense)
-            if len(dense) != s:
-                raise invalid(f"dense has {len(dense)} rows but there are {s} stages; dense needs one row per stage")
-            m = len(dense[0])
-            if m == 0:
-                raise invalid("row 0 of dense is empty; dense needs at least one column (the theta term)")
-            for i, row in enumerate(dense):
-                if len(row) != m:
+
+        n_extra = 0
+        if self.c_extra is not None:
+            c_extra = _floats(name, "c_extra", self.c_extra)
+            put("c_extra", c_extra)
+            n_extra = len(c_extra)
+            if n_extra == 0:
+                raise invalid("c_extra is empty; leave c_extra, a_extra and dense_extra None for no extra stages")
+            a_extra = tuple(_floats(name, f"row {j} of a_extra", row) for j, row in enumerate(self.a_extra))
+            put("a_extra", a_extra)
+            if len(a_extra) != n_extra:
+                raise invalid(f"a_extra has {len(a_extra)} rows but c_extra has {n_extra}; one row per extra stage")
+            for j, row in enumerate(a_extra):
+                if len(row) != s + j:
                     raise invalid(
-                        f"row {i} of dense has {len(row)} entries but row 0 has {m}; dense must be an (s, m) matrix"
+                        f"row {j} of a_extra has {len(row)} entries; extra stage {j} combines the {s} stages of the "
+                        f"step and the {j} extra stages before it, so it needs {s + j}"
                     )
                 row_sum = math.fsum(row)
-                if abs(row_sum - b[i]) > _TOL:
+                if abs(row_sum - c_extra[j]) > _TOL:
                     raise invalid(
-                        f"row {i} of dense sums to {row_sum} but b[{i}] = {b[i]}; "
+                        f"row {j} of a_extra sums to {row_sum} but c_extra[{j}] = {c_extra[j]}; rows must sum to c"
+                    )
+
+        for field in ("dense", "dense_extra"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            rows = tuple(_floats(name, f"row {i} of {field}", row) for i, row in enumerate(value))
+            put(field, rows)
+            n_rows = s + (n_extra if field == "dense_extra" else 0)
+            if len(rows) != n_rows:
+                needs = "one row per stage" if field == "dense" else "one row per stage and extra stage"
+                raise invalid(f"{field} has {len(rows)} rows but there are {n_rows} stages; {field} needs {needs}")
+            m = len(rows[0])
+            if m == 0:
+                raise invalid(f"row 0 of {field} is empty; {field} needs at least one column (the theta term)")
+            for i, row in enumerate(rows):
+                if len(row) != m:
+                    raise invalid(
+                        f"row {i} of {field} has {len(row)} entries but row 0 has {m}; "
+                        f"{field} must be an ({'s' if field == 'dense' else 's + e'}, m) matrix"
+                    )
+                row_sum = math.fsum(row)
+                target = b[i] if i < s else 0.0
+                if abs(row_sum - target) > _TOL:
+                    what = f"b[{i}] = {target}" if i < s else "0 (an extra stage has no weight in y1)"
+                    raise invalid(
+                        f"row {i} of {field} sums to {row_sum} but {what}; "
                         "the continuous extension at theta = 1 must reproduce b"
                     )
+        if has_dense:
             _check_order(name, "dense_order", self.dense_order)
 
     @property
@@ -199,6 +294,11 @@ class ButcherTableau:
         """
         return self.c[-1] == 1.0 and self.a[-1] == self.b[:-1] and self.b[-1] == 0.0
 
+    @property
+    def extra_stages(self) -> int:
+        """Number ``e`` of stages evaluated only for dense output (``len(c_extra)``; 0 for most methods)."""
+        return 0 if self.c_extra is None else len(self.c_extra)
+
 
 def _check_order(name: str, field: str, value: object) -> None:
     """An order is an int >= 1 (bool, although an int subclass, is refused)."""
@@ -216,6 +316,57 @@ def _embedded(b: Sequence[Fraction], b_hat: Sequence[Fraction]) -> tuple[Fractio
 def _dec(*digits: str) -> tuple[Fraction, ...]:
     """Exact rationals from decimal strings, so differences like ``b - b_hat`` are formed before rounding."""
     return tuple(Fraction(d) for d in digits)
+
+
+def _nested_dense(
+    b: Sequence[Fraction], d: Sequence[Sequence[Fraction]], fsal_stage: int, stages: int
+) -> tuple[tuple[Fraction, ...], ...]:
+    """Monomial weights ``b_i(theta)`` of Hairer's nested dense output (DOP853's CONTD8), computed exactly.
+
+    Hairer writes the interpolant with ``s1 = 1 - theta`` as::
+
+        y(theta) = r1 + theta (r2 + s1 (r3 + theta (r4 + s1 (r5 + theta (r6 + s1 (r7 + theta r8)))))),
+        r1 = y0, r2 = y1 - y0, r3 = dt k_first - r2, r4 = r2 - dt f(t1, y1) - r3,
+        r_{5+j} = dt * sum_i d[j][i] k_i    (j = 0 .. len(d) - 1).
+
+    With ``r2 = dt sum_i b_i k_i`` every ``r`` is ``dt`` times a combination of the stages, so the interpolant is
+    ``y0 + dt sum_i b_i(theta) k_i`` with ``b_i(theta) = sum_n w_n[i] B_n(theta)`` over the nested basis
+    ``B_0 = theta``, ``B_n = B_{n-1} * (theta if n even else s1)``. Returns, per stage, the coefficients of
+    ``theta, theta^2, ..`` (the form of :attr:`ButcherTableau.dense`); ``fsal_stage`` is the index of the stage
+    ``f(t1, y1)``, ``stages`` the length of the stage list the ``d`` rows run over.
+    """
+
+    def unit(i: int) -> tuple[Fraction, ...]:
+        return tuple(Fraction(int(j == i)) for j in range(stages))
+
+    bb = tuple(Fraction(x) for x in b) + (Fraction(0),) * (stages - len(b))
+    first, last = unit(0), unit(fsal_stage)
+    weights = [
+        bb,  # r2
+        tuple(f - x for f, x in zip(first, bb)),  # r3 = dt k_0 - r2
+        tuple(2 * x - f - g for x, f, g in zip(bb, first, last)),  # r4 = r2 - dt f1 - r3
+        *(tuple(Fraction(x) for x in row) for row in d),
+    ]
+    # Basis polynomials as coefficient lists in powers theta^0, theta^1, ...
+    basis, poly = [], [Fraction(0), Fraction(1)]
+    for n in range(len(weights)):
+        if n > 0:
+            factor = (Fraction(0), Fraction(1)) if n % 2 == 0 else (Fraction(1), Fraction(-1))
+            poly = [
+                sum((poly[i] * factor[p - i] for i in range(len(poly)) if 0 <= p - i < 2), Fraction(0))
+                for p in range(len(poly) + 1)
+            ]
+        basis.append(poly)
+    degree = len(basis[-1]) - 1
+    rows = []
+    for i in range(stages):
+        coeffs = [Fraction(0)] * (degree + 1)
+        for w, bn in zip(weights, basis):
+            for p, x in enumerate(bn):
+                coeffs[p] += w[i] * x
+        assert coeffs[0] == 0  # every basis polynomial vanishes at theta = 0
+        rows.append(tuple(coeffs[1:]))
+    return tuple(rows)
 
 
 F = Fraction
@@ -444,25 +595,26 @@ TSIT5 = ButcherTableau(
 )
 
 # P. J. Prince, J. R. Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math. 7(1), 67-75,
-# 1981: RK8(7)13M, with the rational approximations of the paper (as in torchdiffeq's dopri8). Some nodes, e.g.
+# 1981: RK8(7)13M, with the rational approximations of the paper. These are torchdiffeq's 'dopri8'
+# coefficients; here the method is registered as 'dopri8_13m' (method="dopri8_13m" reproduces torchdiffeq's
+# dopri8), while 'dopri8' is Hairer's DOP853 (below), which has an order-7 dense output. Some nodes, e.g.
 # c[8] = 5490023248/9719169821, approximate irrational values, so the rows of a sum to c and the order
 # conditions hold only up to that rounding (tests/test_tableau.py checks them). b[12] = 1/4 != 0, so the method
 # is not FSAL; torchdiffeq appends a 14th stage f(t1, y1) with zero weight to reuse it, which costs the same 13
 # evaluations per step as computing f(t1, y1) at the start of the next step. It has no continuous extension of
-# its own; the solver interpolates with cubic Hermite polynomials (an order-7 dense output would need extra
-# stages).
-_DOPRI8_B = (
+# its own; the solver interpolates with cubic Hermite polynomials.
+_DOPRI8_13M_B = (
     F(14005451, 335480064), 0, 0, 0, 0,
     F(-59238493, 1068277825), F(181606767, 758867731), F(561292985, 797845732), F(-1041891430, 1371343529),
     F(760417239, 1151165299), F(118820643, 751138087), F(-528747749, 2220607170), F(1, 4),
 )  # fmt: skip
-_DOPRI8_B_HAT = (
+_DOPRI8_13M_B_HAT = (
     F(13451932, 455176623), 0, 0, 0, 0,
     F(-808719846, 976000145), F(1757004468, 5645159321), F(656045339, 265891186), F(-3867574721, 1518517206),
     F(465885868, 322736535), F(53011238, 667516719), F(2, 45), 0,
 )  # fmt: skip
-DOPRI8 = ButcherTableau(
-    name="dopri8",
+DOPRI8_13M = ButcherTableau(
+    name="dopri8_13m",
     c=(
         0, F(1, 18), F(1, 12), F(1, 8), F(5, 16), F(3, 8), F(59, 400), F(93, 200),
         F(5490023248, 9719169821), F(13, 20), F(1201146811, 1299019798), 1, 1,
@@ -504,11 +656,219 @@ DOPRI8 = ButcherTableau(
             F(3936647629, 1978049680), F(-160528059, 685178525), F(248638103, 1413531060), 0,
         ),
     ),  # fmt: skip
-    b=_DOPRI8_B,
+    b=_DOPRI8_13M_B,
     order=8,
-    b_err=_embedded(_DOPRI8_B, _DOPRI8_B_HAT),
+    b_err=_embedded(_DOPRI8_13M_B, _DOPRI8_13M_B_HAT),
     error_order=7,
-    description="Prince-Dormand RK8(7)13M (J. Comput. Appl. Math. 7, 1981), 13 stages, as torchdiffeq's dopri8.",
+    description="Prince-Dormand RK8(7)13M (J. Comput. Appl. Math. 7, 1981), 13 stages; torchdiffeq's 'dopri8'.",
+)
+
+# E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I", 2nd ed., Springer 1993,
+# Sec. II.10 (DOP853), and Hairer's Fortran code DOP853 (version of 2004, http://www.unige.ch/~hairer/software.html):
+# Dormand and Prince's 12-stage method of order 8 with Hairer's error estimators of orders 5 and 3 and his
+# dense output of order 7. The coefficients are those of the Fortran code, printed to about 30 digits (several
+# nodes involve sqrt(6)); the same values are the data of scipy's scipy/integrate/_ivp/dop853_coefficients.py,
+# whose 16-stage indexing (12 stages, f(t1, y1), 3 extra stages) we follow. They are read as exact decimals
+# so that differences (b - b_hat) and the dense-output conversion below are formed before rounding to float64.
+#
+# Stage 13 is f(t1, y1): its row of a is b, b_13 = 0 and c_13 = 1, so the method is FSAL exactly like dopri5
+# (12 new evaluations per step, as in Hairer's code, which evaluates f(t1, y1) before the error test).
+_DOP853_C = (
+    0, *_dec(
+        "0.526001519587677318785587544488e-01", "0.789002279381515978178381316732e-01",
+        "0.118350341907227396726757197510", "0.281649658092772603273242802490",
+    ),
+    F(1, 3), F(1, 4), F(4, 13), F(127, 195), F(3, 5), F(6, 7), 1, 1,
+)  # fmt: skip
+_DOP853_A = (
+    (),
+    _dec("5.26001519587677318785587544488e-2"),
+    _dec("1.97250569845378994544595329183e-2", "5.91751709536136983633785987549e-2"),
+    (*_dec("2.95875854768068491816892993775e-2"), 0, *_dec("8.87627564304205475450678981324e-2")),
+    (
+        *_dec("2.41365134159266685502369798665e-1"), 0,
+        *_dec("-8.84549479328286085344864962717e-1", "9.24834003261792003115737966543e-1"),
+    ),
+    (
+        *_dec("3.7037037037037037037037037037e-2"), 0, 0,
+        *_dec("1.70828608729473871279604482173e-1", "1.25467687566822425016691814123e-1"),
+    ),
+    (
+        *_dec("3.7109375e-2"), 0, 0,
+        *_dec("1.70252211019544039314978060272e-1", "6.02165389804559606850219397283e-2", "-1.7578125e-2"),
+    ),
+    (
+        *_dec("3.70920001185047927108779319836e-2"), 0, 0,
+        *_dec(
+            "1.70383925712239993810214054705e-1", "1.07262030446373284651809199168e-1",
+            "-1.53194377486244017527936158236e-2", "8.27378916381402288758473766002e-3",
+        ),
+    ),
+    (
+        *_dec("6.24110958716075717114429577812e-1"), 0, 0,
+        *_dec(
+            "-3.36089262944694129406857109825", "-8.68219346841726006818189891453e-1",
+            "2.75920996994467083049415600797e1", "2.01540675504778934086186788979e1",
+            "-4.34898841810699588477366255144e1",
+        ),
+    ),
+    (
+        *_dec("4.77662536438264365890433908527e-1"), 0, 0,
+        *_dec(
+            "-2.48811461997166764192642586468", "-5.90290826836842996371446475743e-1",
+            "2.12300514481811942347288949897e1", "1.52792336328824235832596922938e1",
+            "-3.32882109689848629194453265587e1", "-2.03312017085086261358222928593e-2",
+        ),
+    ),
+    (
+        *_dec("-9.3714243008598732571704021658e-1"), 0, 0,
+        *_dec(
+            "5.18637242884406370830023853209", "1.09143734899672957818500254654",
+            "-8.14978701074692612513997267357", "-1.85200656599969598641566180701e1",
+            "2.27394870993505042818970056734e1", "2.49360555267965238987089396762",
+            "-3.0467644718982195003823669022",
+        ),
+    ),
+    (
+        *_dec("2.27331014751653820792359768449"), 0, 0,
+        *_dec(
+            "-1.05344954667372501984066689879e1", "-2.00087205822486249909675718444",
+            "-1.79589318631187989172765950534e1", "2.79488845294199600508499808837e1",
+            "-2.85899827713502369474065508674", "-8.87285693353062954433549289258",
+            "1.23605671757943030647266201528e1", "6.43392746015763530355970484046e-1",
+        ),
+    ),
+)  # fmt: skip
+_DOP853_B = (
+    *_dec("5.42937341165687622380535766363e-2"), 0, 0, 0, 0,
+    *_dec(
+        "4.45031289275240888144113950566", "1.89151789931450038304281599044", "-5.8012039600105847814672114227",
+        "3.1116436695781989440891606237e-1", "-1.52160949662516078556178806805e-1",
+        "2.01365400804030348374776537501e-1", "4.47106157277725905176885569043e-2",
+    ),
+    0,
+)  # fmt: skip
+# Error estimators (Hairer's ER1..ER12 and BHH1..BHH3): err5 = dt * sum_i E5_i k_i is b minus a 5th-order
+# embedded solution; err3 = dt * sum_i (b_i - bhh_i) k_i with the 3rd-order bhh on k_1, k_9, k_12.
+_DOP853_E5 = (
+    *_dec("0.1312004499419488073250102996e-1"), 0, 0, 0, 0,
+    *_dec(
+        "-0.1225156446376204440720569753e+1", "-0.4957589496572501915214079952",
+        "0.1664377182454986536961530415e+1", "-0.3503288487499736816886487290",
+        "0.3341791187130174790297318841", "0.8192320648511571246570742613e-1",
+        "-0.2235530786388629525884427845e-1",
+    ),
+    0,
+)  # fmt: skip
+_DOP853_BHH = (
+    *_dec("0.244094488188976377952755905512"), 0, 0, 0, 0, 0, 0, 0,
+    *_dec("0.733846688281611857341361741547"), 0, 0, *_dec("0.220588235294117647058823529412e-1"), 0,
+)  # fmt: skip
+# The three stages evaluated only for dense output (stages 14-16; each row runs over all stages before it,
+# including stage 13, f(t1, y1)).
+_DOP853_C_EXTRA = (F(1, 10), F(1, 5), F(7, 9))
+_DOP853_A_EXTRA = (
+    (
+        *_dec("5.61675022830479523392909219681e-2"), 0, 0, 0, 0, 0,
+        *_dec(
+            "2.53500210216624811088794765333e-1", "-2.46239037470802489917441475441e-1",
+            "-1.24191423263816360469010140626e-1", "1.5329179827876569731206322685e-1",
+            "8.20105229563468988491666602057e-3", "7.56789766054569976138603589584e-3", "-8.298e-3",
+        ),
+    ),
+    (
+        *_dec("3.18346481635021405060768473261e-2"), 0, 0, 0, 0,
+        *_dec(
+            "2.83009096723667755288322961402e-2", "5.35419883074385676223797384372e-2",
+            "-5.49237485713909884646569340306e-2",
+        ),
+        0, 0,
+        *_dec(
+            "-1.08347328697249322858509316994e-4", "3.82571090835658412954920192323e-4",
+            "-3.40465008687404560802977114492e-4", "1.41312443674632500278074618366e-1",
+        ),
+    ),
+    (
+        *_dec("-4.28896301583791923408573538692e-1"), 0, 0, 0, 0,
+        *_dec(
+            "-4.69762141536116384314449447206", "7.68342119606259904184240953878",
+            "4.06898981839711007970213554331", "3.56727187455281109270669543021e-1",
+        ),
+        0, 0, 0,
+        *_dec(
+            "-1.39902416515901462129418009734e-3", "2.9475147891527723389556272149",
+            "-9.15095847217987001081870187138",
+        ),
+    ),
+)  # fmt: skip
+# Hairer's d-coefficients (D4xx .. D7xx), one row per power 4..7 of the nested form, over the 16 stages.
+_DOP853_D = (
+    (
+        *_dec("-0.84289382761090128651353491142e+1"), 0, 0, 0, 0,
+        *_dec(
+            "0.56671495351937776962531783590", "-0.30689499459498916912797304727e+1",
+            "0.23846676565120698287728149680e+1", "0.21170345824450282767155149946e+1",
+            "-0.87139158377797299206789907490", "0.22404374302607882758541771650e+1",
+            "0.63157877876946881815570249290", "-0.88990336451333310820698117400e-1",
+            "0.18148505520854727256656404962e+2", "-0.91946323924783554000451984436e+1",
+            "-0.44360363875948939664310572000e+1",
+        ),
+    ),
+    (
+        *_dec("0.10427508642579134603413151009e+2"), 0, 0, 0, 0,
+        *_dec(
+            "0.24228349177525818288430175319e+3", "0.16520045171727028198505394887e+3",
+            "-0.37454675472269020279518312152e+3", "-0.22113666853125306036270938578e+2",
+            "0.77334326684722638389603898808e+1", "-0.30674084731089398182061213626e+2",
+            "-0.93321305264302278729567221706e+1", "0.15697238121770843886131091075e+2",
+            "-0.31139403219565177677282850411e+2", "-0.93529243588444783865713862664e+1",
+            "0.35816841486394083752465898540e+2",
+        ),
+    ),
+    (
+        *_dec("0.19985053242002433820987653617e+2"), 0, 0, 0, 0,
+        *_dec(
+            "-0.38703730874935176555105901742e+3", "-0.18917813819516756882830838328e+3",
+            "0.52780815920542364900561016686e+3", "-0.11573902539959630126141871134e+2",
+            "0.68812326946963000169666922661e+1", "-0.10006050966910838403183860980e+1",
+            "0.77771377980534432092869265740", "-0.27782057523535084065932004339e+1",
+            "-0.60196695231264120758267380846e+2", "0.84320405506677161018159903784e+2",
+            "0.11992291136182789328035130030e+2",
+        ),
+    ),
+    (
+        *_dec("-0.25693933462703749003312586129e+2"), 0, 0, 0, 0,
+        *_dec(
+            "-0.15418974869023643374053993627e+3", "-0.23152937917604549567536039109e+3",
+            "0.35763911791061412378285349910e+3", "0.93405324183624310003907691704e+2",
+            "-0.37458323136451633156875139351e+2", "0.10409964950896230045147246184e+3",
+            "0.29840293426660503123344363579e+2", "-0.43533456590011143754432175058e+2",
+            "0.96324553959188282948394950600e+2", "-0.39177261675615439165231486172e+2",
+            "-0.14972683625798562581422125276e+3",
+        ),
+    ),
+)  # fmt: skip
+DOPRI8 = ButcherTableau(
+    name="dopri8",
+    c=_DOP853_C,
+    a=(*_DOP853_A, _DOP853_B[:12]),
+    b=_DOP853_B,
+    order=8,
+    b_err=_DOP853_E5,
+    # The controller's exponent is 1 / (min(order, error_order) + 1). The combined estimate
+    # |e5|^2 / sqrt(|e5|^2 + 0.01 |e3|^2) ~ dt^12 / dt^4 = dt^8 once e3 dominates, i.e. it behaves like the
+    # estimate of an order-7 embedded solution, so error_order = 7 gives Hairer's exponent 1/8. (b - b_err on
+    # its own is of order 5, and b - b_err_aux of order 3; tests/test_tableau.py checks both.)
+    error_order=7,
+    b_err_aux=_embedded(_DOP853_B, _DOP853_BHH),
+    c_extra=_DOP853_C_EXTRA,
+    a_extra=_DOP853_A_EXTRA,
+    dense_extra=_nested_dense(_DOP853_B, _DOP853_D, fsal_stage=12, stages=16),
+    dense_order=7,
+    description=(
+        "Dormand-Prince 8(5,3) as Hairer's DOP853 (Hairer-Norsett-Wanner I, Sec. II.10), FSAL, "
+        "with its order-7 dense output (3 extra stages)."
+    ),
 )
 
 del F
@@ -517,7 +877,7 @@ METHODS: dict[str, ButcherTableau] = {
     t.name: t
     for t in (
         EULER, MIDPOINT, HEUN2, HEUN3, RK4, RK4_38,
-        ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8,
+        ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8, DOPRI8_13M,
     )
 }  # fmt: skip
 """The built-in methods by name: fixed-step methods first, then embedded pairs in increasing order."""
@@ -527,7 +887,8 @@ def get_tableau(method: str) -> ButcherTableau:
     """Look up a built-in method by name.
 
     Args:
-        method: one of the keys of :data:`METHODS` (``"euler"``, ..., ``"dopri5"``, ``"tsit5"``, ``"dopri8"``).
+        method: one of the keys of :data:`METHODS` (``"euler"``, ..., ``"dopri5"``, ``"tsit5"``, ``"dopri8"``,
+            ``"dopri8_13m"``).
 
     Returns:
         The method's :class:`ButcherTableau`.
