@@ -113,13 +113,18 @@ def test_order_of_propagated_solution(method):
     assert abs(slope - tableau.order) <= 0.3, f"{method}: slope {slope:.3f}, order {tableau.order}; {pts}"
 
 
+# The order of the embedded solution b - b_err. For dopri8 (DOP853) that is the 5th-order E5
+# estimate; its error_order 7 is the order of the combined E5/E3 ratio the controller sees
+# (measured in tests/test_dense853.py).
+EMBEDDED_ORDER = {"dopri8": 5}
+
+
 @pytest.mark.parametrize("method", ADAPTIVE)
 def test_order_of_embedded_solution(method):
     tableau = get_tableau(method)
+    expected = EMBEDDED_ORDER.get(method, tableau.error_order)
     slope, pts = _slope(lambda n: _stepper_error(tableau, n, embedded=True))
-    assert abs(slope - tableau.error_order) <= 0.3, (
-        f"{method}: embedded slope {slope:.3f}, error_order {tableau.error_order}; {pts}"
-    )
+    assert abs(slope - expected) <= 0.3, f"{method}: embedded slope {slope:.3f}, expected {expected}; {pts}"
 
 
 @pytest.mark.parametrize("method", FIXED)
@@ -201,7 +206,7 @@ def test_agrees_with_reference_forward_and_backward(method, name):
 
 
 def test_hermite_interpolation_is_fourth_order_locally():
-    """Methods without a continuous extension (adaptive_heun, fehlberg2, bosh3, dopri8) fill in
+    """Methods without a continuous extension (adaptive_heun, fehlberg2, bosh3, dopri8_13m) fill in
     output times by cubic Hermite interpolation: its error inside a step of size h is O(h^4)."""
     from neuralode.solvers.interpolation import hermite
 
@@ -223,7 +228,9 @@ def test_hermite_interpolation_is_fourth_order_locally():
 DENSE_PROBLEMS = {"linear4": True, "rotexp": True, "vdp": False, "kepler": False}  # name -> also backwards
 
 
-@pytest.mark.parametrize("method", [m for m in ACCURATE if METHODS[m].dense is not None])
+@pytest.mark.parametrize(
+    "method", [m for m in ACCURATE if METHODS[m].dense is not None or METHODS[m].dense_extra is not None]
+)
 def test_dense_output_is_as_accurate_as_the_steps(method):
     """201 outputs, nearly all between steps: no more error than at the step ends, and no more work."""
     tol = TOLERANCES[method]
@@ -257,8 +264,10 @@ def test_output_times_never_shorten_steps(method):
     tableau = get_tableau(method)
     # Hermite interpolation needs f(t1, y1), which the next step reuses as its first stage; only
     # the last step's evaluation can be extra (if that step has outputs inside it), and only for
-    # methods with neither FSAL nor their own continuous extension.
+    # methods with neither FSAL nor their own continuous extension. A continuous extension with
+    # extra stages (dopri8) costs them in each step that has outputs inside it, and nowhere else.
     extra = 0 if (tableau.fsal or tableau.dense is not None) else 1
+    extra += tableau.extra_stages * few.stats.n_accepted
     assert few.stats.nfe <= many.stats.nfe <= few.stats.nfe + extra
     assert (many.stats.n_accepted, many.stats.n_rejected) == (few.stats.n_accepted, few.stats.n_rejected)
     assert many.stats.last_step == few.stats.last_step

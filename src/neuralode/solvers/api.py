@@ -60,7 +60,9 @@ def _method(method: str | None) -> ButcherTableau:
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
     if isinstance(opts, FixedOptions):
         return "linear" if opts.interp == "linear" else "hermite"
-    return "dense" if tableau.dense is not None else "hermite"
+    if tableau.dense is not None:
+        return "dense"
+    return "dense_extra" if tableau.dense_extra is not None else "hermite"
 
 
 def _run(

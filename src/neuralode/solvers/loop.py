@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .events import EventSet, attach_event_gradient
-from .interpolation import continuous_extension, hermite, linear
+from .interpolation import continuous_extension, dense_stages, hermite, linear
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
@@ -99,17 +99,21 @@ class _Interpolant:
     """The solution inside one accepted step, ``theta in [0, 1]``: ``y(t + theta h)``.
 
     ``kind`` is ``"linear"``, ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``, evaluated on first
-    use unless FSAL already has it) or ``"dense"`` (the method's own continuous extension, from
-    the stages). Calling it with a list of ``theta`` returns the states in one pass.
+    use unless FSAL already has it), ``"dense"`` (the method's own continuous extension, from
+    the stages) or ``"dense_extra"`` (a continuous extension that needs extra stages, dopri8's:
+    evaluated once, on first use, with the function the step was taken with). Calling it with a
+    list of ``theta`` returns the states in one pass.
     """
 
-    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "h", "step", "f1", "t_f1")
+    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "t", "h", "step", "f1", "t_f1", "stage_func", "k")
 
-    def __init__(self, kind: str, problem: _Problem, tableau: ButcherTableau, y0, f0, h: float,
-                 step: StepResult, f1, t_f1: float):
+    def __init__(self, kind: str, problem: _Problem, tableau: ButcherTableau, t: float, y0, f0, h: float,
+                 step: StepResult, f1, t_f1: float, stage_func: Callable):
         self.kind, self.problem, self.tableau = kind, problem, tableau
-        self.y0, self.f0, self.h, self.step = y0, f0, h, step
+        self.t, self.y0, self.f0, self.h, self.step = t, y0, f0, h, step
         self.f1, self.t_f1 = f1, t_f1
+        self.stage_func = stage_func
+        self.k = None
 
     def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
         y0, y1, h = self.y0, self.step.y1, self.h
@@ -121,6 +125,10 @@ class _Interpolant:
                 out.append(y0)
             elif self.kind == "dense":
                 out.append(continuous_extension(y0, self.step.k, h, self.tableau.dense, theta))
+            elif self.kind == "dense_extra":
+                if self.k is None:
+                    self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
+                out.append(continuous_extension(y0, self.k, h, self.tableau.dense_extra, theta))
             elif self.kind == "linear":
                 out.append(linear(y0, y1, theta))
             else:
@@ -192,13 +200,14 @@ def integrate(
     max_step = getattr(opts, "max_step", math.inf)
     on_step, on_accept, on_reject = problem.callbacks
 
-    def take_before_jump(t_jump: float):
+    def before_jump(t_jump: float):
+        """func evaluated at most up to just before the jump at ``t_jump``."""
         t_in = math.nextafter(t_jump, -towards)
 
         def before(s: float, x: torch.Tensor) -> torch.Tensor:
             return problem(t_in if (s - t_in) * direction > 0 else s, x)
 
-        return stepper(before, tableau, opts.checkpoint)
+        return before
 
     guard = 0.0
     g0 = None
@@ -251,9 +260,10 @@ def integrate(
         jump_here = lands and t_stop in jumps
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
-        f0, step = (take_before_jump(t_stop) if jump_here else take)(s.t_f0, t, y, s.f0, h)
+        stage_func = before_jump(t_stop) if jump_here else problem
+        f0, step = (stepper(stage_func, tableau, opts.checkpoint) if jump_here else take)(s.t_f0, t, y, s.f0, h)
         if error is not None:
-            ratio = error.ratio(step.y_err, y, step.y1)
+            ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio
             if not math.isfinite(ratio) and not bool(torch.isfinite(f0).all()):
                 raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
@@ -278,8 +288,8 @@ def integrate(
         t1 = t_stop if lands else t + h
         f1 = step.k[-1] if (fsal and not jump_here) else None
         # Hermite needs f(t1, y1); at a jump take the limit from inside the step.
-        interp = _Interpolant(interp_kind, problem, tableau, y, f0, h, step, f1,
-                              math.nextafter(t1, -towards) if jump_here else t1)
+        interp = _Interpolant(interp_kind, problem, tableau, t, y, f0, h, step, f1,
+                              math.nextafter(t1, -towards) if jump_here else t1, stage_func)
 
         # 1. Events: locate every crossing in the step; cut at the first that ends the solve
         #    or resets the state (record-only events before it are kept).

@@ -16,6 +16,7 @@ import torch
 
 from .options import _type_name
 from .solution import SolverStats, TensorOrTuple
+from .stepper import combined_error_ratio
 
 CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
@@ -130,7 +131,11 @@ class _ErrorNorm:
         with torch.no_grad():
             return self.norm(x / (y.abs() * self.rtol + self.atol))
 
-    def ratio(self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
+    def ratio(self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None) -> float:
+        """The error ratio of a step; with a second estimate (dopri8's E3), Hairer's combination
+        of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`)."""
         with torch.no_grad():
             scale = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
-            return self.norm(y_err / scale)
+            if y_err_aux is None:
+                return self.norm(y_err / scale)
+            return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
