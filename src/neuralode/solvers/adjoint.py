@@ -37,7 +37,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .api import solve
+from .api import _event_result, _event_times, _method, _run, solve
+from .events import Event, attach_event_gradient, check_events
+from .options import _parse_options
+from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
 from .options import _check_state, _check_times, _check_tolerance, _type_name
 from .solution import Solution, SolverStats, TensorOrTuple
 from .tableau import get_tableau
@@ -77,6 +80,12 @@ class _Flat:
             return y
         return tuple(p.view(s) for p, s in zip(torch.split(y, self.sizes), self.shapes))
 
+    def flatten_series(self, ys: TensorOrTuple) -> torch.Tensor:
+        """The user's structure with a leading time axis -> (n, N) (or the tensor itself)."""
+        if not self.is_tuple:
+            return ys
+        return torch.cat([c.reshape(c.shape[0], -1) for c in ys], dim=1)
+
     def unflatten_series(self, ys: torch.Tensor) -> TensorOrTuple:
         """(n, N) -> the user's structure with a leading time axis."""
         if not self.is_tuple:
@@ -91,15 +100,15 @@ class _AdjointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg: dict, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         flat: _Flat = cfg["flat"]
-        with torch.no_grad():
-            sol = solve(
-                cfg["func"], flat.unflatten(y0), t.detach(),
-                rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=cfg["options"],
-            )
-        cfg["forward_stats"] = sol.stats
-        ys = flat.flatten(sol.ys) if not flat.is_tuple else torch.cat(
-            [c.reshape(c.shape[0], -1) for c in sol.ys], dim=1
-        )
+        ys = cfg.pop("precomputed", None)
+        if ys is None:
+            with torch.no_grad():
+                sol = solve(
+                    cfg["func"], flat.unflatten(y0), t.detach(),
+                    rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=cfg["options"],
+                )
+            cfg["forward_stats"] = sol.stats
+            ys = flat.flatten_series(sol.ys)
         ctx.cfg = cfg
         ctx.save_for_backward(t, ys)
         return ys
@@ -129,6 +138,13 @@ class _AdjointSolve(torch.autograd.Function):
             )
             vjp_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
             return (f.detach(), vjp_y, *vjp_params)
+
+        # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
+        # backward solve as the forward callbacks are during the forward one.
+        for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
+            callback = getattr(func, adjoint_name, None)
+            if callback is not None:
+                setattr(augmented, name, callback)
 
         def f_at(i: int) -> torch.Tensor:
             with torch.no_grad():
@@ -244,13 +260,14 @@ def solve_adjoint(
     *,
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
-    method: str = "dopri5",
+    method: str | None = "dopri5",
     options: dict | None = None,
     adjoint_rtol: float | torch.Tensor | tuple | None = None,
     adjoint_atol: float | torch.Tensor | tuple | None = None,
     adjoint_method: str | None = None,
     adjoint_options: dict | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
+    events: Sequence[Event] | Event | None = None,
 ) -> Solution:
     """Like :func:`~neuralode.solvers.api.solve`, differentiated by the adjoint method.
 
@@ -258,8 +275,13 @@ def solve_adjoint(
     solving the adjoint ODE backwards; nothing per step is kept for backward. The returned
     ``Solution.adjoint_stats`` is filled in (summed over output intervals) when ``backward`` runs.
 
+    With ``events``, the forward solve locates them once; the solution is then differentiated
+    piecewise: one adjoint solve per stretch between events, joined at each event by the
+    implicit-function gradient of its time and by the reset, so memory grows with the number
+    of events, not of steps.
+
     Args:
-        func, y0, t, rtol, atol, method, options: as for :func:`solve`.
+        func, y0, t, rtol, atol, method, options, events: as for :func:`solve`.
         adjoint_rtol, adjoint_atol, adjoint_method: for the backward solve; default to the
             forward ones.
         adjoint_options: options of the backward solve; default to ``options`` without ``norm``.
@@ -268,13 +290,28 @@ def solve_adjoint(
             the augmented tuple ``(y, a, *param_grads)``.
         adjoint_params: tensors to differentiate with respect to; required when ``func`` is not
             an ``nn.Module``. Tensors that do not require grad are skipped; unused ones get zeros.
+            Parameters of event functions and resets get their gradients through autograd
+            directly and need not be listed.
 
     Raises:
         TypeError, ValueError: as :func:`solve`, plus the adjoint arguments above.
     """
+    _check_state(y0)
+    times = _check_times(t)
+    return _solve_adjoint(
+        func, y0, t, times, rtol=rtol, atol=atol, method=method, options=options,
+        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+        adjoint_options=adjoint_options, adjoint_params=adjoint_params, events=check_events(events),
+    )
+
+
+def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_rtol, adjoint_atol,
+                   adjoint_method, adjoint_options, adjoint_params, events) -> Solution:
+    """:func:`solve_adjoint` on checked ``times`` (the last may be ``±inf`` in event mode)."""
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)
-    _check_times(t)
+    tableau = _method(method)
+    method = tableau.name
     params = _adjoint_params(func, adjoint_params)
     flat = _Flat(parts, is_tuple)
     adjoint_stats = SolverStats()
@@ -300,8 +337,96 @@ def solve_adjoint(
         "adjoint_stats": adjoint_stats,
     }
     y0_flat = flat.flatten(y0)
-    ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
-    return Solution(t, flat.unflatten_series(ys), cfg["forward_stats"], cfg["method"], adjoint_stats)
+    if not events:
+        ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
+        return Solution(t, flat.unflatten_series(ys), cfg["forward_stats"], cfg["method"], adjoint_stats)
+    return _adjoint_with_events(cfg, y0_flat, t, times, tableau, options, events)
+
+
+def _adjoint_with_events(cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], tableau,
+                         options, events: tuple[Event, ...]) -> Solution:
+    """The adjoint of a solve with events, stretch by stretch.
+
+    The forward solve (no graph) fixes the event times and the states at the output times and
+    events. Each stretch ``[s_k, e_k]`` between events is then one adjoint solve from its
+    stored values (no second forward pass); at an event the implicit-function gradient is
+    attached (:func:`~neuralode.solvers.events.attach_event_gradient`) and the reset applied
+    with autograd, and the next stretch starts from the reset state, shifted as the solve
+    restart at ``t*`` requires. A non-cutting event ends a stretch too: the next one continues
+    from the same state, so only its record needs the event gradient.
+    """
+    flat: _Flat = cfg["flat"]
+    func, params = cfg["func"], cfg["params"]
+    opts = _parse_options(options, tableau)
+    with torch.no_grad():
+        fwd = _run(func, flat.unflatten(y0_flat.detach()), t.detach(), times, rtol=cfg["rtol"], atol=cfg["atol"],
+                   tableau=tableau, opts=opts, events=events)
+    stats = fwd.stats
+    fwd_ys = flat.flatten_series(fwd.ys)  # (n_reached, ...)
+    n_reached = fwd_ys.shape[0]
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    helper = _Problem(func, tuple(flat.unflatten(y0_flat.detach())) if flat.is_tuple else (y0_flat.detach(),),
+                      flat.is_tuple, stats)
+
+    records = []
+    outputs = [y0_flat]  # differentiable states at the output times reached
+    y_start = y0_flat
+    t_start = None  # None: the stretch starts at the user's t[0]
+    s_k = times[0]
+    i_out = 1
+    for record in list(fwd.events) + [None]:
+        if record is None:
+            if fwd.terminated or i_out >= n_reached:
+                break
+            end, end_state = times[n_reached - 1], None
+        else:
+            end, end_state = float(record.t), flat.flatten(record.y)
+        # Output times inside the stretch (an output at the event itself belongs to it).
+        j = i_out
+        while j < n_reached and (times[j] - end) * direction <= 0:
+            j += 1
+        pieces_t = [t[:1] if t_start is None else torch.tensor([s_k], dtype=t.dtype, device=t.device)]
+        rows = [y_start.detach()]
+        out_at_end = j > i_out and times[j - 1] == end
+        pieces_t.append(t[i_out:j])
+        rows.extend(fwd_ys[i_out:j].unbind(0))
+        if not out_at_end and end != s_k:
+            pieces_t.append(torch.tensor([end], dtype=t.dtype, device=t.device))
+            rows.append(end_state)
+        t_seg = torch.cat(pieces_t)
+        if t_seg.numel() >= 2:
+            seg_cfg = dict(cfg, precomputed=torch.stack(rows))
+            ys_seg = _AdjointSolve.apply(seg_cfg, y_start, t_seg, *params)
+        else:
+            ys_seg = y_start.unsqueeze(0)
+        outputs.extend(ys_seg[1 : 1 + (j - i_out)].unbind(0))
+        i_out = j
+        if record is None:
+            break
+        event = events[record.index]
+        y_e = ys_seg[-1]
+        g_shape = event.fn(helper.time(end), flat.unflatten(y_e.detach())).shape
+        element = 0
+        for i, n in zip(record.element, g_shape):
+            element = element * n + i
+        t_star, y_star = attach_event_gradient(event, helper.time, flat.unflatten, helper, end, y_e, element, t.dtype)
+        records.append(type(record)(t_star, flat.unflatten(y_star), record.index, record.element, record.terminal))
+        if record.terminal:
+            break
+        if event.reset is not None:
+            y_new = helper.check_like_state(event.reset(t_star, flat.unflatten(y_star)), f"events[{record.index}].reset(t, y)")
+            if t_star.requires_grad:
+                with torch.no_grad():
+                    f_new = helper(end, y_new)
+                y_new = y_new - f_new * (t_star - t_star.detach()).to(y_new.dtype)
+            y_start = y_new
+        else:
+            y_start = y_e
+        s_k, t_start = end, end
+
+    ys = torch.stack(outputs)
+    ts = t if len(outputs) == len(times) else t[: len(outputs)]
+    return Solution(ts, flat.unflatten_series(ys), stats, cfg["method"], cfg["adjoint_stats"], tuple(records))
 
 
 def odeint_adjoint(
@@ -311,8 +436,9 @@ def odeint_adjoint(
     *,
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
-    method: str = "dopri5",
+    method: str | None = "dopri5",
     options: dict | None = None,
+    event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor] | None = None,
     adjoint_rtol: float | torch.Tensor | tuple | None = None,
     adjoint_atol: float | torch.Tensor | tuple | None = None,
     adjoint_method: str | None = None,
@@ -321,11 +447,26 @@ def odeint_adjoint(
 ) -> TensorOrTuple:
     """Drop-in for torchdiffeq's ``odeint_adjoint``: :func:`solve_adjoint` returning only ``ys``.
 
+    With ``event_fn``, torchdiffeq's event mode as in :func:`~neuralode.solvers.api.odeint`:
+    returns ``(event_t, solution)``, differentiated by the adjoint up to the event and by the
+    implicit function theorem at it.
+
     Differences from torchdiffeq 0.2.5: the seminorm is on by default (torchdiffeq needs
     ``adjoint_options={"norm": "seminorm"}``); parameters that are unused get zero gradients.
     """
-    return solve_adjoint(
-        func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+    kw = dict(
+        rtol=rtol, atol=atol, method=method, options=options,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
         adjoint_options=adjoint_options, adjoint_params=adjoint_params,
-    ).ys
+    )
+    if event_fn is None:
+        return solve_adjoint(func, y0, t, **kw).ys
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
+    _check_state(y0)
+    tableau = _method(method)
+    times = _event_times(t, tableau, _parse_options(options, tableau))
+    sol = _solve_adjoint(func, y0, t, times, events=(Event(event_fn, terminal=True),), **kw)
+    return _event_result(sol, t, y0)

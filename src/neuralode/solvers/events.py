@@ -232,10 +232,16 @@ class EventSet:
         theta0 = min(guard / abs(h), 1.0)
         for i in range(len(self.events)):
             mask = self.crossed(i, g0[i], g1[i])
-            if bool(mask.any()):
+            # An event that cuts the step needs only its first root; one that is only recorded
+            # gets every element's crossing in the step, earliest first.
+            while bool(mask.any()):
                 loc = self._root(i, mask, g0[i], g1[i], t, h, interp, theta0)
-                if loc is not None:
-                    found.append(loc)
+                if loc is None:
+                    break
+                found.append(loc)
+                if self.events[i].cuts:
+                    break
+                mask = mask & ~loc.fired
         found.sort(key=lambda loc: loc.theta)
         return found
 

@@ -199,6 +199,8 @@ def integrate(
     min_step = getattr(opts, "min_step", 0.0)
     max_step = getattr(opts, "max_step", math.inf)
     on_step, on_accept, on_reject = problem.callbacks
+    if error is None:
+        on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
 
     def before_jump(t_jump: float):
         """func evaluated at most up to just before the jump at ``t_jump``."""

@@ -80,10 +80,12 @@ class DenseOutput:
         self._starts: list[float] = []  # direction * step start, increasing
         self._pieces: list[tuple[float, float, Callable]] = []
 
-    def add(self, t0: float, h: float, interp: Callable[[list[float]], list[torch.Tensor]]) -> None:
+    def add(self, t0: float, h: float, interp: Callable[[list[float]], list[torch.Tensor]], t_end: float) -> None:
+        """Add a step from ``t0`` of size ``h`` whose interpolant serves up to ``t_end`` (the
+        step's end, or the event it was cut at)."""
         self._starts.append(self.direction * t0)
         self._pieces.append((t0, h, interp))
-        self.t_end = t0 + h
+        self.t_end = t_end
 
     def __call__(self, t: torch.Tensor) -> TensorOrTuple:
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() > 1:

@@ -1,0 +1,445 @@
+"""Events: closed-form event times and their gradients, directions, resets, terminal and
+non-terminal events, backwards time, tuple states, dtypes, torchdiffeq's event interface, dense
+output, step callbacks, and the error messages for bad event input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+
+import neuralode
+from neuralode import Event, odeint, odeint_adjoint, odeint_dense, odeint_event, solve, solve_adjoint
+
+F64 = torch.float64
+G = 9.81
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+
+
+class Gravity(torch.nn.Module):
+    """A falling ball, state (height, velocity); ``g`` is a parameter."""
+
+    def __init__(self, g: float = G, dtype=F64):
+        super().__init__()
+        self.g = torch.nn.Parameter(torch.tensor(g, dtype=dtype))
+
+    def forward(self, t, y):
+        return torch.stack([y[..., 1], -self.g * torch.ones_like(y[..., 1])], dim=-1)
+
+
+def height(t, y):
+    return y[..., 0]
+
+
+def bounce(e):
+    """The reset of a bounce with restitution ``e``: the velocity reverses and shrinks."""
+    return lambda t, y: torch.stack([y[..., 0], -e * y[..., 1]], dim=-1)
+
+
+def bounce_times(h0: float, e: float, n: int, g: float = G) -> list[float]:
+    """t_1 = sqrt(2 h0 / g), t_{k+1} = t_k + 2 e^k v_1 / g with v_1 = sqrt(2 g h0)."""
+    v1 = math.sqrt(2 * g * h0)
+    out = [v1 / g]
+    for k in range(1, n):
+        out.append(out[-1] + 2 * e**k * v1 / g)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# torchdiffeq's interface: odeint(..., event_fn=...) and odeint_event.
+
+
+@pytest.mark.parametrize("interface", [odeint, odeint_adjoint])
+def test_free_fall_time_and_its_derivatives(interface):
+    f = Gravity()
+    h0 = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    y0 = torch.stack([h0, torch.zeros((), dtype=F64)])
+    t_star, sol = interface(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, **TIGHT)
+    assert sol.shape == (2, 2)
+    assert torch.equal(sol[0], y0.detach())
+    assert abs(t_star.item() - math.sqrt(2 * 2.0 / G)) < 1e-12
+    assert abs(sol[1, 0].item()) < 1e-12
+    dh, dg = torch.autograd.grad(t_star, (h0, f.g))
+    # t* = sqrt(2 h0 / g): dt*/dh0 = 1 / sqrt(2 g h0), dt*/dg = -t* / (2 g)
+    assert abs(dh.item() - 1 / math.sqrt(2 * G * 2.0)) < 1e-10
+    assert abs(dg.item() + math.sqrt(2 * 2.0 / G) / (2 * G)) < 1e-10
+    # The state at the event moves with the event time: v* = -sqrt(2 g h0).
+    t_star, sol = interface(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, **TIGHT)
+    (dv,) = torch.autograd.grad(sol[1, 1], h0)
+    assert abs(dv.item() + math.sqrt(G / (2 * 2.0))) < 1e-9
+
+
+@pytest.mark.parametrize("interface", [odeint, odeint_adjoint])
+def test_odeint_event_with_t0_gradient_and_reverse_time(interface):
+    f = Gravity()
+    kw = {"adjoint_params": tuple(f.parameters())} if interface is odeint_adjoint else {}
+    t0 = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t_star, sol = odeint_event(f, y0, t0, event_fn=height, odeint_interface=interface, **TIGHT, **kw)
+    assert abs(t_star.item() - (0.5 + math.sqrt(2 / G))) < 1e-12
+    (dt0,) = torch.autograd.grad(t_star, t0)
+    assert abs(dt0.item() - 1.0) < 1e-9  # an autonomous system: the event shifts with t0
+    # Backwards from the ground: y(t0) = (0, -v) reached from h = 1 at t0 - sqrt(2/G).
+    y_ground = torch.tensor([0.0, -math.sqrt(2 * G)], dtype=F64)
+    t_top, sol = odeint_event(f, y_ground, torch.tensor(3.0, dtype=F64), event_fn=lambda t, y: y[1],
+                              reverse_time=True, odeint_interface=interface, **TIGHT, **kw)
+    assert abs(t_top.item() - (3.0 - math.sqrt(2 / G))) < 1e-10
+    assert abs(sol[-1, 0].item() - 1.0) < 1e-9
+
+
+def test_matches_torchdiffeq_odeint_event():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+
+    def func(t, y):
+        return net(y) + torch.stack([torch.zeros_like(y[0]), -torch.ones_like(y[1])])
+
+    y0 = torch.tensor([1.0, 0.3], dtype=F64)
+    t0 = torch.tensor(0.0, dtype=F64)
+    results = []
+    for lib in (neuralode, torchdiffeq):
+        net.zero_grad()
+        t_star, sol = lib.odeint_event(func, y0, t0, event_fn=height, rtol=1e-10, atol=1e-12)
+        (t_star + sol[-1].sum()).backward()
+        results.append((t_star.item(), sol[-1].detach(), [p.grad.clone() for p in net.parameters()]))
+    (ta, ya, ga), (tb, yb, gb) = results
+    assert abs(ta - tb) < 1e-8
+    assert torch.allclose(ya, yb, atol=1e-8)
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_event_fn_tuple_state():
+    def func(t, y):
+        x, v = y
+        return v, -G * torch.ones_like(v)
+
+    y0 = (torch.tensor([1.0], dtype=F64), torch.tensor([0.0], dtype=F64))
+    t_star, (x, v) = odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=lambda t, y: y[0], **TIGHT)
+    assert x.shape == (2, 1) and v.shape == (2, 1)
+    assert abs(t_star.item() - math.sqrt(2 / G)) < 1e-12
+
+
+def test_fixed_step_event_needs_step_size_and_then_works():
+    f = Gravity()
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    with pytest.raises(ValueError, match=r"fixed-step method 'rk4' needs options\['step_size'\]"):
+        odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, method="rk4")
+    t_star, _ = odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, method="rk4",
+                       options={"step_size": 0.01})
+    # rk4 is exact on a quadratic, and the cubic Hermite/linear interpolant is what the root is
+    # located on: linear interpolation of a parabola over one step of 0.01.
+    assert abs(t_star.item() - math.sqrt(2 / G)) < 2e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# neuralode's events: directions, resets, terminal and non-terminal.
+
+
+@pytest.mark.parametrize("method,options", [("dopri5", None), ("tsit5", None), ("dopri8", None),
+                                            ("rk4", {"step_size": 0.01, "interp": "cubic"}), ("bosh3", None)])
+def test_bounce_times_match_closed_form(method, options):
+    e = 0.8
+    ev = Event(height, direction=-1, terminal=False, reset=bounce(e))
+    sol = solve(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.linspace(0, 3, 31, dtype=F64),
+                events=[ev], method=method, options=options, **TIGHT)
+    expected = bounce_times(1.0, e, len(sol.events))
+    assert len(sol.events) == len(bounce_times(1.0, e, 50)[: sum(t < 3 for t in bounce_times(1.0, e, 50))])
+    # rk4 integrates the parabola exactly, and cubic Hermite interpolation reproduces it.
+    tol = 1e-11 if options is None else 1e-10
+    assert max(abs(r.t.item() - x) for r, x in zip(sol.events, expected)) < tol
+    assert all(r.index == 0 and r.element == () and not r.terminal for r in sol.events)
+    # The ball never goes below the floor, and the outputs after each bounce show the reset state.
+    assert sol.ys[:, 0].min().item() > -1e-9
+    assert len(sol.ts) == 31
+
+
+def test_terminal_event_shortens_the_outputs():
+    t = torch.linspace(0, 1, 11, dtype=F64)
+    sol = solve(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), t, events=[Event(height)], **TIGHT)
+    t_star = math.sqrt(2 / G)
+    assert sol.terminated and len(sol.events) == 1
+    assert len(sol.ts) == sum(1 for x in t.tolist() if x <= t_star) == sol.ys.shape[0]
+    assert torch.equal(sol.ts, t[: len(sol.ts)])
+    assert sol.events[0].y[0].abs().item() < 1e-12
+
+
+def test_direction_selects_rising_falling_or_both():
+    def func(t, y):
+        return torch.cos(t) * torch.ones_like(y)  # y = sin(t): zeros at k pi
+
+    y0 = torch.tensor([0.0], dtype=F64)  # zero at t0: must not fire there
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    roots = {d: [r.t.item() for r in solve(func, y0, t, events=[Event(lambda t, y: y, direction=d, terminal=False)],
+                                            **TIGHT).events] for d in (-1, 0, 1)}
+    k_pi = [k * math.pi for k in range(1, 4)]
+    assert roots[0] == pytest.approx(k_pi, abs=1e-9)
+    assert roots[-1] == pytest.approx([math.pi, 3 * math.pi], abs=1e-9)  # sin falls through pi, 3pi
+    assert roots[1] == pytest.approx([2 * math.pi], abs=1e-9)
+
+
+def test_non_terminal_event_without_reset_does_not_change_the_solve():
+    f = Gravity()
+    y0 = torch.tensor([3.0, 2.0], dtype=F64)
+    t = torch.linspace(0, 1, 7, dtype=F64)
+    plain = solve(f, y0, t, **TIGHT)
+    ev = Event(lambda t, y: y[..., 0] - torch.tensor([3.1, 3.0], dtype=F64), terminal=False)
+    watched = solve(f, y0, t, events=[ev], **TIGHT)
+    assert torch.equal(plain.ys, watched.ys)
+    assert plain.stats.n_accepted == watched.stats.n_accepted
+    # Locating costs no evaluation of func; only the event-time gradient does, one per event.
+    assert watched.stats.nfe == plain.stats.nfe + len(watched.events)
+    with torch.no_grad():
+        assert solve(f, y0, t, events=[ev], **TIGHT).stats.nfe == plain.stats.nfe
+    # h(t) = 3 + 2t - G t^2 / 2 crosses 3.1 twice (up, down) and 3.0 once on the way down.
+    v, a = 2.0, G / 2
+
+    def roots(c):
+        d = math.sqrt(v * v - 4 * a * (c - 3.0))
+        return sorted(x for x in ((v - d) / (2 * a), (v + d) / (2 * a)) if 1e-12 < x <= 1)
+
+    expected = sorted([(x, (0,)) for x in roots(3.1)] + [(x, (1,)) for x in roots(3.0)])
+    got = [(r.t.item(), r.element) for r in watched.events]
+    assert [e for _, e in got] == [e for _, e in expected]
+    assert [x for x, _ in got] == pytest.approx([x for x, _ in expected], abs=1e-11)
+
+
+def test_several_events_in_time_order_and_the_first_terminal_wins():
+    f = Gravity()
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    half = Event(lambda t, y: y[0] - 0.5, terminal=False)
+    ground = Event(height)
+    late = Event(lambda t, y: t - 5.0)  # would fire after the ground: never reached
+    sol = solve(f, y0, torch.tensor([0.0, 10.0], dtype=F64), events=[late, ground, half], **TIGHT)
+    assert [r.index for r in sol.events] == [2, 1]
+    assert sol.events[0].t.item() == pytest.approx(math.sqrt(1.0 / G), abs=1e-11)
+    assert sol.events[1].terminal and len(sol.ts) == 1
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (F64, 1e-11)])
+def test_backwards_in_time_and_dtypes(dtype, tol):
+    f = Gravity(dtype=dtype)
+    # At t = 2 the ball is on the ground moving down at sqrt(2 G); integrating backwards, the
+    # height is zero again at t = 2 - 2 sqrt(2/G) (the launch), and the apex is half way.
+    v = math.sqrt(2 * G)
+    y_end = torch.tensor([0.0, -v], dtype=dtype)
+    t = torch.tensor([2.0, 0.0], dtype=dtype)
+    kw = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else TIGHT
+    sol = solve(f, y_end, t, events=[Event(height, direction=-1), Event(lambda t, y: y[1], terminal=False)], **kw)
+    apex, launch = sol.events
+    assert apex.index == 1 and launch.index == 0 and launch.terminal
+    assert apex.t.item() == pytest.approx(2.0 - math.sqrt(2 / G), abs=tol * 10)
+    assert launch.t.item() == pytest.approx(2.0 - 2 * math.sqrt(2 / G), abs=tol * 10)
+    assert apex.t.dtype == dtype
+
+
+def test_tuple_state_with_reset_and_per_element_crossings():
+    """Two balls in one batch: each element of the event function is watched on its own."""
+
+    def func(t, y):
+        x, v = y
+        return v, -G * torch.ones_like(v)
+
+    def reset(t, y):
+        x, v = y
+        return x, torch.where(x.abs() < 1e-6, -0.5 * v, v)
+
+    y0 = (torch.tensor([1.0, 2.0], dtype=F64), torch.zeros(2, dtype=F64))
+    ev = Event(lambda t, y: y[0], direction=-1, terminal=False, reset=reset)
+    sol = solve(func, y0, torch.tensor([0.0, 1.2], dtype=F64), events=[ev], **TIGHT)
+    got = [(round(r.t.item(), 9), r.element) for r in sol.events]
+    first = [(round(x, 9), (0,)) for x in bounce_times(1.0, 0.5, 10) if x < 1.2]
+    second = [(round(x, 9), (1,)) for x in bounce_times(2.0, 0.5, 10) if x < 1.2]
+    assert len(first) == 3 and len(second) == 1
+    assert got == sorted(first + second)
+    assert isinstance(sol.events[0].y, tuple) and sol.events[0].y[0].shape == (2,)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients through event times and resets: backprop, adjoint and finite differences agree.
+
+
+def _third_bounce(e: torch.Tensor, h0: torch.Tensor, solver=solve):
+    ev = Event(height, direction=-1, terminal=False, reset=bounce(e))
+    y0 = torch.stack([h0, torch.zeros((), dtype=F64)])
+    kw = {"adjoint_params": ()} if solver is solve_adjoint else {}
+    sol = solver(Gravity(), y0, torch.tensor([0.0, 2.5], dtype=F64), events=[ev], **TIGHT, **kw)
+    return sol.events[2].t, sol.ys[-1, 0]
+
+
+def test_bounce_time_gradients_backprop_adjoint_and_finite_differences():
+    e0, h00 = 0.7, 1.3
+    grads = {}
+    for solver in (solve, solve_adjoint):
+        e = torch.tensor(e0, dtype=F64, requires_grad=True)
+        h0 = torch.tensor(h00, dtype=F64, requires_grad=True)
+        t3, y_end = _third_bounce(e, h0, solver)
+        grads[solver.__name__] = [torch.autograd.grad(q, (e, h0), retain_graph=True) for q in (t3, y_end)]
+    # Closed form: t3 = (v1 / g)(1 + 2e + 2e^2), v1 = sqrt(2 g h0).
+    v1 = math.sqrt(2 * G * h00)
+    assert grads["solve"][0][0].item() == pytest.approx(v1 / G * (2 + 4 * e0), rel=1e-9)
+    assert grads["solve"][0][1].item() == pytest.approx(math.sqrt(2 * G) / (2 * math.sqrt(h00)) / G * (1 + 2 * e0 + 2 * e0**2), rel=1e-9)
+    eps = 1e-6
+    with torch.no_grad():
+        fd = []
+        for k in range(2):
+            for i in range(2):
+                args_p = [torch.tensor(e0, dtype=F64), torch.tensor(h00, dtype=F64)]
+                args_m = [a.clone() for a in args_p]
+                args_p[i] += eps
+                args_m[i] -= eps
+                fd.append((_third_bounce(*args_p)[k].item() - _third_bounce(*args_m)[k].item()) / (2 * eps))
+    for name, g in grads.items():
+        got = [g[k][i].item() for k in range(2) for i in range(2)]
+        assert got == pytest.approx(fd, rel=1e-5, abs=1e-7), name
+    assert [x.item() for pair in grads["solve"] for x in pair] == pytest.approx(
+        [x.item() for pair in grads["solve_adjoint"] for x in pair], rel=1e-7)
+
+
+def test_event_function_parameters_get_gradients():
+    level = torch.tensor(0.25, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t_star, _ = odeint(Gravity(), y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=lambda t, y: y[0] - level, **TIGHT)
+    (d,) = torch.autograd.grad(t_star, level)
+    # t* = sqrt(2 (1 - level) / g)
+    assert d.item() == pytest.approx(-1.0 / math.sqrt(2 * G * (1 - 0.25)), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense output: odeint_dense and Solution.evaluate.
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8", "bosh3", "rk4"])
+def test_odeint_dense_matches_solve_at_the_same_times(method):
+    def func(t, y):
+        return torch.stack([y[1], -y[0]])
+
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    opts = {"step_size": 0.05, "interp": "cubic"} if method == "rk4" else None
+    dense = odeint_dense(func, y0, 0.0, 3.0, method=method, options=opts, **TIGHT)
+    t = torch.linspace(0, 3, 17, dtype=F64)
+    direct = solve(func, y0, t, method=method, options=opts, **TIGHT)
+    if method != "rk4":  # rk4's fixed grid does not contain the output times of the direct solve
+        assert torch.allclose(dense(t), direct.ys, atol=1e-12, rtol=0)
+    exact = torch.stack([torch.cos(t), -torch.sin(t)], 1)
+    tol = 1e-4 if method == "rk4" else 1e-8
+    assert (dense.evaluate(t) - exact).abs().max().item() < tol
+    assert dense(t[5]).shape == (2,)
+    assert dense.ys.shape == (2, 2)
+
+
+def test_evaluate_errors():
+    def func(t, y):
+        return -y
+
+    sol = solve(func, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64))
+    with pytest.raises(ValueError, match=r"options=\{'dense': True\}"):
+        sol.evaluate(torch.tensor(0.5))
+    dense = odeint_dense(func, torch.ones(2, dtype=F64), 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"t = 1.5 lies outside the solved span \[0.0, 1.0\]"):
+        dense(torch.tensor([0.5, 1.5], dtype=F64))
+
+
+# ------------------------------------------------------------------------------------------------
+# Step callbacks, as torchdiffeq calls them.
+
+
+class Counting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = {name: 0 for name in ("step", "accept", "reject", "step_adjoint", "accept_adjoint", "reject_adjoint")}
+        self.w = torch.nn.Parameter(torch.tensor(-1.0, dtype=F64))
+
+    def forward(self, t, y):
+        return self.w * y + torch.sin(10 * t)
+
+    def callback_step(self, t0, y0, dt):
+        assert isinstance(t0, torch.Tensor) and isinstance(dt, torch.Tensor) and dt.item() > 0
+        self.calls["step"] += 1
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.calls["accept"] += 1
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.calls["reject"] += 1
+
+    def callback_step_adjoint(self, t0, y0, dt):
+        self.calls["step_adjoint"] += 1
+
+    def callback_accept_step_adjoint(self, t0, y0, dt):
+        self.calls["accept_adjoint"] += 1
+
+    def callback_reject_step_adjoint(self, t0, y0, dt):
+        self.calls["reject_adjoint"] += 1
+
+
+def test_step_callbacks_adaptive_fixed_and_adjoint():
+    f = Counting()
+    y0 = torch.ones(3, dtype=F64)
+    t = torch.linspace(0, 2, 5, dtype=F64)
+    sol = solve(f, y0, t, rtol=1e-3, atol=1e-3, options={"first_step": 1.0})
+    assert sol.stats.n_rejected > 0
+    assert f.calls["step"] == sol.stats.n_steps
+    assert (f.calls["accept"], f.calls["reject"]) == (sol.stats.n_accepted, sol.stats.n_rejected)
+
+    f = Counting()
+    sol = solve(f, y0, t, method="rk4", options={"step_size": 0.1})
+    assert f.calls["step"] == sol.stats.n_accepted == 20
+    assert f.calls["accept"] == f.calls["reject"] == 0  # torchdiffeq's fixed grids call only callback_step
+
+    f = Counting()
+    sol = solve_adjoint(f, y0, t, rtol=1e-6, atol=1e-6)
+    assert f.calls["step_adjoint"] == 0
+    sol.ys.sum().backward()
+    assert f.calls["step_adjoint"] == sol.adjoint_stats.n_steps > 0
+    assert f.calls["accept_adjoint"] == sol.adjoint_stats.n_accepted
+    assert f.calls["step"] == sol.stats.n_steps
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def _ball_solve(events, t=None):
+    return solve(Gravity(), torch.tensor([1.0, 0.0], dtype=F64),
+                 torch.tensor([0.0, 1.0], dtype=F64) if t is None else t, events=events)
+
+
+@pytest.mark.parametrize("make,exc,message", [
+    (lambda: Event(3.0), TypeError, "Event fn must be callable as fn(t, y) -> tensor; got float."),
+    (lambda: Event(height, direction=2), ValueError,
+     "Event direction must be -1 (falling), 0 (either) or +1 (rising); got 2."),
+    (lambda: Event(height, terminal="yes"), TypeError, "Event terminal must be True or False; got 'yes'."),
+    (lambda: Event(height, reset=1), TypeError, "Event reset must be callable as reset(t, y) -> y_new, or None; got int."),
+])
+def test_event_construction_errors(make, exc, message):
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("events,exc,message", [
+    ([height], TypeError, "events[0] must be a neuralode.Event (e.g. Event(fn, direction=-1)); got function."),
+    ("ground", TypeError, "events must be a list of neuralode.Event; got str."),
+    ([Event(lambda t, y: 1.0)], TypeError, "events[0].fn(t, y) must return a torch.Tensor; got float."),
+    ([Event(lambda t, y: y[0] / 0.0 * 0.0)], ValueError,
+     "events[0].fn(t, y) returned a non-finite value at t=0; an event function must be finite wherever the solution goes."),
+    ([Event(height, terminal=False, reset=lambda t, y: y[:1])], ValueError,
+     "events[0].reset(t, y) returned shape (1,) but the state has shape (2,); the new state must have the same shape as y."),
+    ([Event(height, terminal=False, reset=lambda t, y: y.float())], TypeError,
+     "events[0].reset(t, y) returned dtype torch.float32 but the state has dtype torch.float64; "
+     "the new state must have the state's dtype."),
+])
+def test_bad_event_input(events, exc, message):
+    with pytest.raises(exc) as info:
+        _ball_solve(events)
+    assert str(info.value) == message
+
+
+def test_event_fn_with_more_than_two_times_is_refused():
+    with pytest.raises(ValueError, match=r"With event_fn, t must hold exactly two times \[t0, t_dir\].*got 3 times"):
+        odeint(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=height)
+    with pytest.raises(TypeError, match="event_fn must be callable"):
+        odeint(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), event_fn=0)
