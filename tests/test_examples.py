@@ -1,0 +1,29 @@
+"""The runnable examples run end to end on a short budget, as a user would start them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=True)
+
+
+def test_bouncing_ball_fits_and_writes_its_figure(tmp_path):
+    out = tmp_path / "bb"
+    proc = run_example("bouncing_ball.py", "--iterations", "40", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "bouncing_ball.png").stat().st_size > 10_000
+    first, last = metrics["history"][0], metrics["history"][-1]
+    # 40 Adam steps from e = 0.75, h0 = 1.3 m already cut the bounce-time error several fold.
+    assert last["loss_s2"] < 0.2 * first["loss_s2"]
+    assert abs(last["e"] - 0.85) < abs(first["e"] - 0.85)
+    assert "fitted e =" in proc.stdout
