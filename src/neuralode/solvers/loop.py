@@ -252,7 +252,7 @@ def integrate(
                 "The problem may be stiff, or the solution may blow up (non-finite values); "
                 "try a looser tolerance or check func.",
             )
-        if stats.n_steps >= max_num_steps:
+        if stats.n_accepted + stats.n_rejected >= max_num_steps:
             raise SolverError(
                 f"Too many steps (max_num_steps={max_num_steps})", t, h, stats.n_steps,
                 "Raise options['max_num_steps'] or loosen rtol/atol.",
@@ -289,9 +289,15 @@ def integrate(
             problem.call_back(on_accept, t, y, h)
         t1 = t_stop if lands else t + h
         f1 = step.k[-1] if (fsal and not jump_here) else None
-        # Hermite needs f(t1, y1); at a jump take the limit from inside the step.
-        interp = _Interpolant(interp_kind, problem, tableau, t, y, f0, h, step, f1,
-                              math.nextafter(t1, -towards) if jump_here else t1, stage_func)
+        # Hermite needs f(t1, y1); at a jump take the limit from inside the step. Built only
+        # when something reads inside the step: a step that ends on its only output time (a
+        # fixed grid on the output times) needs none.
+        if events or dense is not None or (i_out < n_out and times[i_out] != t1
+                                           and (times[i_out] - t1) * direction < 0):
+            interp = _Interpolant(interp_kind, problem, tableau, t, y, f0, h, step, f1,
+                                  math.nextafter(t1, -towards) if jump_here else t1, stage_func)
+        else:
+            interp = None
 
         # 1. Events: locate every crossing in the step; cut at the first that ends the solve
         #    or resets the state (record-only events before it are kept).
@@ -318,20 +324,26 @@ def integrate(
         t_piece = t1 if cut is None else cut[1]
 
         # 2. Output times inside the step, from one interpolant.
-        thetas = []
-        while i_out < n_out and (times[i_out] - t_piece) * direction <= 0:
-            tau = times[i_out]
-            thetas.append(1.0 if tau == t1 else (tau - t) / h)
-            out_steps.append((h, stats.n_accepted))
-            i_out += 1
-        if thetas:
-            ys.extend(interp(thetas))
-        if dense is not None:
-            dense.add(t, h, interp, t_piece)
+        if interp is None:
+            if i_out < n_out and times[i_out] == t1:
+                ys.append(step.y1)
+                out_steps.append((h, stats.n_accepted))
+                i_out += 1
+        else:
+            thetas = []
+            while i_out < n_out and (times[i_out] - t_piece) * direction <= 0:
+                tau = times[i_out]
+                thetas.append(1.0 if tau == t1 else (tau - t) / h)
+                out_steps.append((h, stats.n_accepted))
+                i_out += 1
+            if thetas:
+                ys.extend(interp(thetas))
+            if dense is not None:
+                dense.add(t, h, interp, t_piece)
 
         # 3. The next state.
         if cut is None:
-            f_next = None if jump_here else interp.f1
+            f_next = None if jump_here else (f1 if interp is None else interp.f1)
             t_f0 = math.nextafter(t1, towards) if jump_here else t1
             guard = 0.0
             if events:

@@ -20,7 +20,6 @@ backpropagation through the solver a plain autograd graph.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import torch
@@ -56,8 +55,22 @@ class _Plan(NamedTuple):
     b_err_aux: tuple[tuple[int, float], ...] | None = None
 
 
-@lru_cache(maxsize=None)
+_PLANS: dict[int, tuple[ButcherTableau, _Plan]] = {}
+
+
 def _plan(tableau: ButcherTableau) -> _Plan:
+    """The tableau's plan, cached by identity: hashing a frozen tableau (every coefficient) on
+    each step would cost more than the rest of the step's bookkeeping. The cache holds the
+    tableau itself, so an id is never reused while its entry lives."""
+    hit = _PLANS.get(id(tableau))
+    if hit is not None and hit[0] is tableau:
+        return hit[1]
+    plan = _make_plan(tableau)
+    _PLANS[id(tableau)] = (tableau, plan)
+    return plan
+
+
+def _make_plan(tableau: ButcherTableau) -> _Plan:
     """Nonzero coefficients of a tableau, computed once per tableau."""
 
     def nz(coeffs):
