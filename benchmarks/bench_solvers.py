@@ -256,6 +256,7 @@ OURS_DOPRI5_I = Config("neuralode", "dopri5", "i")
 OURS_TSIT5 = Config("neuralode", "tsit5")
 MAIN_CONFIGS = [
     Config("neuralode", "bosh3"), OURS_DOPRI5, OURS_TSIT5, Config("neuralode", "dopri8"),
+    Config("neuralode", "dopri8_13m"),
     Config("torchdiffeq", "bosh3"), PEER_DOPRI5, Config("torchdiffeq", "dopri8"),
 ]
 LOW_ORDER = [Config("neuralode", "adaptive_heun"), Config("neuralode", "fehlberg2"), Config("torchdiffeq", "fehlberg2")]
