@@ -443,3 +443,54 @@ def test_event_fn_with_more_than_two_times_is_refused():
         odeint(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=height)
     with pytest.raises(TypeError, match="event_fn must be callable"):
         odeint(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), event_fn=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# A program written for torchdiffeq's event interface: one odeint_event per bounce, tuple states,
+# every initial condition an nn.Parameter (t0 included), restarts from the reset state.
+
+
+class TorchdiffeqStyleBall(torch.nn.Module):
+    def __init__(self, lib, adjoint: bool):
+        super().__init__()
+        self.lib = lib
+        self.gravity = torch.nn.Parameter(torch.tensor([9.8], dtype=F64))
+        self.log_radius = torch.nn.Parameter(torch.log(torch.tensor([0.2], dtype=F64)))
+        self.t0 = torch.nn.Parameter(torch.tensor([0.0], dtype=F64))
+        self.init_pos = torch.nn.Parameter(torch.tensor([10.0], dtype=F64))
+        self.init_vel = torch.nn.Parameter(torch.tensor([0.0], dtype=F64))
+        self.absorption = torch.nn.Parameter(torch.tensor([0.2], dtype=F64))
+        self.interface = lib.odeint_adjoint if adjoint else lib.odeint
+
+    def forward(self, t, state):
+        pos, vel, log_radius = state
+        return vel, -self.gravity, torch.zeros_like(log_radius)
+
+    def event_fn(self, t, state):
+        pos, _, log_radius = state
+        return pos - torch.exp(log_radius)
+
+    def collision_times(self, n: int):
+        t0, state = self.t0, (self.init_pos, self.init_vel, self.log_radius)
+        times = []
+        for _ in range(n):
+            t0, solution = self.lib.odeint_event(self, state, t0, event_fn=self.event_fn, reverse_time=False,
+                                                 atol=1e-8, rtol=1e-8, odeint_interface=self.interface)
+            times.append(t0)
+            pos, vel, log_radius = (s[-1] for s in solution)
+            state = (pos + 1e-7, -vel * (1 - self.absorption), log_radius)
+        return times
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_torchdiffeq_bouncing_ball_program_runs_unchanged(adjoint):
+    results = {}
+    for lib in (neuralode, torchdiffeq):
+        ball = TorchdiffeqStyleBall(lib, adjoint)
+        times = ball.collision_times(4)
+        times[-1].sum().backward()
+        results[lib.__name__] = ([x.item() for x in times], {n: p.grad.item() for n, p in ball.named_parameters()})
+    (ours_t, ours_g), (peer_t, peer_g) = results["neuralode"], results["torchdiffeq"]
+    assert ours_t == pytest.approx(peer_t, abs=1e-6)
+    for name in ours_g:
+        assert ours_g[name] == pytest.approx(peer_g[name], rel=1e-4, abs=1e-6), name
