@@ -8,6 +8,7 @@ from .api import odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events import Event
 from .options import AdaptiveOptions, FixedOptions
+from .problem import Perturb
 from .solution import EventRecord, Solution, SolverStats
 from .tableau import METHODS, ButcherTableau, get_tableau
 
@@ -15,6 +16,7 @@ __all__ = [
     "METHODS",
     "AdaptiveOptions",
     "ButcherTableau",
+    "Perturb",
     "Event",
     "EventRecord",
     "FixedOptions",

@@ -39,7 +39,7 @@ import torch
 
 from .api import _event_result, _event_times, _method, _run, solve
 from .events import Event, attach_event_gradient, check_events
-from .options import _parse_options
+from .options import _check_func, _parse_options
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
 from .options import _check_state, _check_times, _check_tolerance, _type_name
 from .solution import Solution, SolverStats, TensorOrTuple
@@ -132,7 +132,10 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.enable_grad():
                 y = y.detach().requires_grad_(True)
                 f = f_flat(tt, y)
-                vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
+                if f.requires_grad:
+                    vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
+                else:  # f depends on neither y nor any parameter (e.g. a forcing of t alone)
+                    vjps = (None,) * (1 + len(params))
             vjp_params = tuple(
                 torch.zeros_like(p) if g is None else g for g, p in zip(vjps[1:], params)
             )
@@ -239,6 +242,13 @@ def _adjoint_params(func: Any, adjoint_params: Sequence[torch.Tensor] | None) ->
             )
         adjoint_params = tuple(func.parameters())
     else:
+        if isinstance(adjoint_params, torch.Tensor) or not isinstance(adjoint_params, (tuple, list)) and not hasattr(
+            adjoint_params, "__iter__"
+        ):
+            raise TypeError(
+                "adjoint_params must be a sequence of tensors, e.g. adjoint_params=(w,) or "
+                f"adjoint_params=tuple(model.parameters()); got {_type_name(adjoint_params)}."
+            )
         adjoint_params = tuple(adjoint_params)
         for i, p in enumerate(adjoint_params):
             if not isinstance(p, torch.Tensor):
@@ -296,6 +306,7 @@ def solve_adjoint(
     Raises:
         TypeError, ValueError: as :func:`solve`, plus the adjoint arguments above.
     """
+    _check_func(func)
     _check_state(y0)
     times = _check_times(t)
     return _solve_adjoint(
@@ -461,8 +472,7 @@ def odeint_adjoint(
     )
     if event_fn is None:
         return solve_adjoint(func, y0, t, **kw).ys
-    if not callable(func):
-        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    _check_func(func)
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
     _check_state(y0)

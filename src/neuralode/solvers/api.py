@@ -36,10 +36,13 @@ from .events import Event, EventSet, check_events
 from .loop import InfiniteGrid, integrate
 from .options import (
     AdaptiveOptions,
+    _accepts_keyword,
     FixedOptions,
+    _check_func,
     _check_state,
     _check_times,
     _check_tolerance,
+    _check_tolerance_pair,
     _fixed_grid,
     _parse_options,
     _type_name,
@@ -83,6 +86,8 @@ def _run(
     parts = _check_state(y0)
     rtol_v = _check_tolerance("rtol", rtol, parts, is_tuple)
     atol_v = _check_tolerance("atol", atol, parts, is_tuple)
+    if tableau.adaptive:
+        _check_tolerance_pair(rtol_v, atol_v)
     stats = SolverStats()
     if len(times) == 1:
         ys = tuple(p.unsqueeze(0) for p in parts)
@@ -91,18 +96,21 @@ def _run(
     problem = _Problem(func, parts, is_tuple, stats)
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
+    problem.direction = direction
+    problem.pass_perturb = opts.perturb and _accepts_keyword(func, "perturb")
+    side0 = 1 if (opts.perturb and isinstance(opts, FixedOptions)) else 0
     needs_t_grad = t.requires_grad
     y_start = problem.flatten(parts)
     if needs_t_grad:
         # d y(t_i) / d t_0 = -J(t_i, t_0) f(t_0, y0): shifting y0 by -(t0 - t0.detach()) f0 makes
         # autograd produce exactly that through the solve, while the value of y0 is unchanged.
         with torch.no_grad():
-            f_start = problem.first_call(t0, y_start)
+            f_start = problem.first_call(t0, y_start, side0)
         y_solve = y_start - (t[0] - t[0].detach()).to(y_start.dtype) * f_start
-        f0 = problem(t0, y_solve)
+        f0 = problem(t0, y_solve, side0)
     else:
         y_solve = y_start
-        f0 = problem.first_call(t0, y_start)
+        f0 = problem.first_call(t0, y_start, side0)
 
     if isinstance(opts, FixedOptions):
         if math.isinf(t_end):
@@ -209,8 +217,7 @@ def solve(
         SolverError: when the solve fails (step size underflow, non-finite derivative, too many
             steps), reporting ``t``, ``dt`` and the step count.
     """
-    if not callable(func):
-        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    _check_func(func)
     _check_state(y0)
     times = _check_times(t)
     tableau = _method(method)
@@ -271,8 +278,7 @@ def odeint(
     """
     if event_fn is None:
         return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys
-    if not callable(func):
-        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    _check_func(func)
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
     _check_state(y0)

@@ -42,8 +42,8 @@ class _State(NamedTuple):
 
     t: float
     y: torch.Tensor
-    f0: torch.Tensor | None  # f(t_f0, y), reused by the next step; None: evaluate it first
-    t_f0: float  # where f0 is evaluated: t, or just after t when t is a jump of func
+    f0: torch.Tensor | None  # f(t, y), reused by the next step; None: evaluate it first
+    f0_side: int  # +1: f0 is taken just after t (t is a jump of func, or options['perturb']); else 0
     dt: float  # the step to try next (signed)
     prev_ratio: float  # error ratio of the last accepted step (PI control's memory)
     after_reject: bool
@@ -73,24 +73,31 @@ class InfiniteGrid:
 
 
 def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)``, evaluating ``f0`` first when it is None.
+    """``take(side, t, y, f0, h, stage) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)`` first
+    when it is None (just after ``t`` when ``side`` is +1), and the other stages with ``stage``
+    (default ``problem``)."""
+    return _take(problem, tableau, checkpoint)
+
+
+def _take(problem, tableau: ButcherTableau, checkpoint: bool):
+    """See :func:`stepper`.
 
     With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
     under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
     stages.
     """
 
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+    def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None):
         if f0 is None:
-            f0 = problem(t_f0, y)
-        return f0, rk_step(problem, t, y, f0, h, tableau)
+            f0 = problem(t, y, side)
+        return f0, rk_step(problem if stage is None else stage, t, y, f0, h, tableau)
 
     if not (checkpoint and torch.is_grad_enabled()):
         return take
     from torch.utils.checkpoint import checkpoint as run_checkpointed
 
-    def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
-        return run_checkpointed(take, t_f0, t, y, f0, h, use_reentrant=False)
+    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None):
+        return run_checkpointed(take, side, t, y, f0, h, stage, use_reentrant=False)
 
     return take_checkpointed
 
@@ -105,14 +112,14 @@ class _Interpolant:
     list of ``theta`` returns the states in one pass.
     """
 
-    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "t", "h", "step", "f1", "t_f1", "stage_func", "k")
+    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "t", "h", "step", "f1", "t1", "f1_side", "stage_func", "k")
 
     def __init__(self, kind: str, problem: _Problem, tableau: ButcherTableau, t: float, y0, f0, h: float,
-                 step: StepResult, f1, t_f1: float, stage_func: Callable):
+                 step: StepResult, f1, t1: float, f1_side: int, stage_func: Callable | None):
         self.kind, self.problem, self.tableau = kind, problem, tableau
         self.t, self.y0, self.f0, self.h, self.step = t, y0, f0, h, step
-        self.f1, self.t_f1 = f1, t_f1
-        self.stage_func = stage_func
+        self.f1, self.t1, self.f1_side = f1, t1, f1_side
+        self.stage_func = problem if stage_func is None else stage_func
         self.k = None
 
     def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
@@ -133,7 +140,7 @@ class _Interpolant:
                 out.append(linear(y0, y1, theta))
             else:
                 if self.f1 is None:
-                    self.f1 = self.problem(self.t_f1, y1)
+                    self.f1 = self.problem(self.t1, y1, self.f1_side)
                 out.append(hermite(y0, y1, self.f0, self.f1, h, theta))
         return out
 
@@ -199,29 +206,44 @@ def integrate(
     min_step = getattr(opts, "min_step", 0.0)
     max_step = getattr(opts, "max_step", math.inf)
     on_step, on_accept, on_reject = problem.callbacks
+    perturb = bool(getattr(opts, "perturb", False)) and error is None  # fixed grids: every step
     if error is None:
         on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
 
-    def before_jump(t_jump: float):
-        """func evaluated at most up to just before the jump at ``t_jump``."""
-        t_in = math.nextafter(t_jump, -towards)
+    def before(t_end: float):
+        """The stages of a step ending at ``t_end``, those at its end evaluated just before it
+        (one unit of the time dtype ``func`` receives, so it holds in float32 too): a step onto a
+        jump of ``func`` must see the side it comes from, and so must every step with
+        ``options['perturb']``, as in torchdiffeq."""
+        t_in = math.nextafter(t_end, -towards)  # catches t + h rounding to either side of t_end
 
-        def before(s: float, x: torch.Tensor) -> torch.Tensor:
-            return problem(t_in if (s - t_in) * direction > 0 else s, x)
+        def stage(s: float, x: torch.Tensor) -> torch.Tensor:
+            if (s - t_in) * direction >= 0:
+                return problem(t_end, x, -1)
+            return problem(s, x)
 
-        return before
+        return stage
 
     guard = 0.0
     g0 = None
     if events:
         h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
         g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
-    s = _State(t0, y0, f0, t0, dt0, 1.0, False, 0, g0, guard)
+    s = _State(t0, y0, f0, 1 if perturb else 0, dt0, 1.0, False, 0, g0, guard)
     last_ratio = 0.0
     terminal = False
     while i_out < n_out:
         t, y = s.t, s.y
         t_stop = stops[s.i_stop]
+        if error is not None and not math.isfinite(s.dt):
+            if s.f0 is not None and not bool(torch.isfinite(s.f0).all()):
+                raise SolverError("Non-finite derivative func(t, y)", t, s.dt, stats.n_accepted + stats.n_rejected,
+                                  "Check func for NaN or inf.")
+            raise SolverError(
+                "Non-finite step size", t, s.dt, stats.n_accepted + stats.n_rejected,
+                "The error estimate or the initial-step heuristic produced NaN or inf; check func for NaN/inf "
+                "and the tolerances.",
+            )
         dt_abs = max(min(abs(s.dt), max_step), min_step)
         remaining = abs(t_stop - t)
         # Stretch a step by up to 10% to land on a stop rather than leave a sliver of a step
@@ -238,7 +260,7 @@ def integrate(
                     out_steps.append((h, stats.n_accepted))
                     i_out += 1
                 if t_stop in jumps:
-                    s = s._replace(t=t_stop, f0=None, t_f0=math.nextafter(t_stop, towards), i_stop=s.i_stop + 1)
+                    s = s._replace(t=t_stop, f0=None, f0_side=1, i_stop=s.i_stop + 1)
                 else:
                     s = s._replace(t=t_stop, i_stop=s.i_stop + 1)
                 continue
@@ -260,10 +282,11 @@ def integrate(
         if on_step is not None:
             problem.call_back(on_step, t, y, h)
         jump_here = lands and t_stop in jumps
+        t1_planned = t_stop if lands else t + h
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
-        stage_func = before_jump(t_stop) if jump_here else problem
-        f0, step = (stepper(stage_func, tableau, opts.checkpoint) if jump_here else take)(s.t_f0, t, y, s.f0, h)
+        stage_func = before(t1_planned) if (jump_here or perturb) else None
+        f0, step = take(s.f0_side, t, y, s.f0, h, stage_func)
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio
@@ -295,7 +318,7 @@ def integrate(
         if events or dense is not None or (i_out < n_out and times[i_out] != t1
                                            and (times[i_out] - t1) * direction < 0):
             interp = _Interpolant(interp_kind, problem, tableau, t, y, f0, h, step, f1,
-                                  math.nextafter(t1, -towards) if jump_here else t1, stage_func)
+                                  t1, -1 if jump_here else 0, stage_func)
         else:
             interp = None
 
@@ -343,16 +366,16 @@ def integrate(
 
         # 3. The next state.
         if cut is None:
-            f_next = None if jump_here else (f1 if interp is None else interp.f1)
-            t_f0 = math.nextafter(t1, towards) if jump_here else t1
+            f_next = None if (jump_here or perturb) else (f1 if interp is None else interp.f1)
+            side = 1 if (jump_here or perturb) else 0
             guard = 0.0
             if events:
-                def f_end(f=f_next, y1=step.y1, t_f0=t_f0):
+                def f_end(f=f_next, y1=step.y1, side=side):
                     with torch.no_grad():
-                        return f.detach() if f is not None else problem(t_f0, y1)
+                        return f.detach() if f is not None else problem(t1, y1, side)
 
                 g1, guard = events.start(t1, step.y1, f_end, direction, h, gs=g1)
-            s = _State(t1, step.y1, f_next, t_f0, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard)
+            s = _State(t1, step.y1, f_next, side, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard)
             continue
         loc, t_e, t_star, y_star = cut
         event = events.events[loc.index]
@@ -362,9 +385,9 @@ def integrate(
         y_new = problem.check_like_state(event.reset(t_star, problem.unflatten(y_star)), f"events[{loc.index}].reset(t, y)")
         at_end = loc.theta == 1.0
         i_stop = s.i_stop + (1 if (lands and at_end) else 0)
-        t_f0 = math.nextafter(t_e, towards) if (jump_here and at_end) else t_e
+        side = 1 if ((jump_here and at_end) or perturb) else 0
         with torch.no_grad():
-            f_new = problem(t_f0, y_new)
+            f_new = problem(t_e, y_new, side)
         # The elements that fired sit on their root: they take the sign they have a moment
         # later, so leaving the root (the ball rising from the floor) does not fire again.
         g_new, guard = events.start(t_e, y_new, lambda: f_new, direction, h, fired=(loc.index, loc.fired))
@@ -375,6 +398,6 @@ def integrate(
         # FSAL restarts at the new state; f_new serves as the first stage unless the next step
         # must differentiate through it.
         f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new
-        s = _State(t_e, y_new, f0_next, t_f0, dt_next, ratio, False, i_stop, g_new, guard)
+        s = _State(t_e, y_new, f0_next, side, dt_next, ratio, False, i_stop, g_new, guard)
     stats.next_step = s.dt
     return LoopResult(ys, out_steps, records, terminal)

@@ -7,6 +7,7 @@ the loop starts: the state, the output times, tolerances and the method's option
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -38,6 +39,13 @@ class AdaptiveOptions:
         dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives
             the solution at any time of the solved span afterwards (memory ~ the stages of
             every step).
+        perturb: call ``func(t, y, perturb=neuralode.Perturb...)`` when ``func`` takes a
+            ``perturb`` keyword (torchdiffeq's option; at ``jump_t`` the stages are evaluated
+            on the side they belong to, with or without it).
+        dtype: the dtype time is carried in, as torchdiffeq's option (``torch.float32`` for
+            devices without float64, such as Apple's MPS). neuralode carries time as Python
+            floats on the host, so no float64 tensor reaches the device either way; this option
+            is checked and accepted for compatibility.
     """
 
     first_step: float | None = None
@@ -53,6 +61,8 @@ class AdaptiveOptions:
     controller: str = "pi"
     checkpoint: bool = False
     dense: bool = False
+    perturb: bool = False
+    dtype: torch.dtype | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,10 @@ class FixedOptions:
         checkpoint: gradient checkpointing per step, as for :class:`AdaptiveOptions`.
         dense: keep every step's interpolant for :meth:`Solution.evaluate`, as for
             :class:`AdaptiveOptions`.
+        perturb: as torchdiffeq's option: every step evaluates its first stage one unit of the
+            time dtype after its start and its stages at the end one unit before it, so a
+            ``func`` with a discontinuity at a grid point sees each side from its own step; a
+            ``func`` taking a ``perturb`` keyword is told which (``neuralode.Perturb``).
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
@@ -77,6 +91,7 @@ class FixedOptions:
     interp: str = "linear"
     checkpoint: bool = False
     dense: bool = False
+    perturb: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +100,65 @@ class FixedOptions:
 
 def _type_name(x: Any) -> str:
     return type(x).__name__
+
+
+def _accepts(fn: Callable, n: int) -> bool:
+    """Whether ``fn`` can be called with ``n`` positional arguments (True when it cannot be told)."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
+def _accepts_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes the keyword argument ``name`` (or ``**kwargs``)."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name and p.kind != p.VAR_POSITIONAL or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _check_func(func: Any) -> None:
+    """``func`` must be callable as ``func(t, y)``."""
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    if not _accepts(func, 2):
+        raise TypeError(
+            f"func must be callable as func(t, y) with the time first and the state second; got {_describe(func)}. "
+            "Wrap a function of the state alone as lambda t, y: f(y)."
+        )
+
+
+def _check_tolerance_pair(rtol: Any, atol: Any) -> None:
+    """Refuse tolerances that bound no error: rtol = atol = 0 (for some element) makes the
+    error scale zero wherever the solution is zero, and the step size collapses."""
+
+    def zero(v):
+        return (v == 0) if isinstance(v, torch.Tensor) else torch.tensor(v == 0)
+
+    both = zero(rtol) & zero(atol)
+    if bool(both.any()):
+        raise ValueError(
+            "rtol and atol are both 0" + ("" if both.dim() == 0 else " for some elements of the state")
+            + ", so no error can be bounded where the solution is 0 and the step size would collapse; "
+            "give a positive atol (e.g. atol=1e-9) or rtol."
+        )
+
+
+def _describe(fn: Callable) -> str:
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        return f"{getattr(target, '__qualname__', _type_name(fn))}{inspect.signature(target)}"
+    except (TypeError, ValueError):
+        return _type_name(fn)
 
 
 def _is_number(x: Any) -> bool:
@@ -129,6 +203,11 @@ def _check_times(t: Any) -> list[float]:
         raise TypeError(f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64).")
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}.")
+    if t.device.type == "meta":
+        raise ValueError(
+            "t is on the meta device, which holds no values; give the output times as a real tensor "
+            "(e.g. torch.linspace(0, 1, 10), on the CPU or the state's device)."
+        )
     times = t.detach().to("cpu", torch.float64).tolist()
     for i, ti in enumerate(times):
         if not math.isfinite(ti):
@@ -213,7 +292,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
                 f"Unknown option {key!r} for method {tableau.name!r}. Valid options: {', '.join(valid)}."
             )
     o = dict(options)
-    for flag in ("checkpoint", "dense"):
+    for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
     if kind is FixedOptions:
@@ -253,6 +332,8 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         raise ValueError(f"options['ifactor'] must be a number >= 1; got {o['ifactor']!r}.")
     if "dfactor" in o and not (_is_number(o["dfactor"]) and 0 < o["dfactor"] <= 1):
         raise ValueError(f"options['dfactor'] must be in (0, 1]; got {o['dfactor']!r}.")
+    if o.get("dtype") is not None and not (isinstance(o["dtype"], torch.dtype) and o["dtype"].is_floating_point):
+        raise TypeError(f"options['dtype'] must be a floating torch.dtype such as torch.float32; got {o['dtype']!r}.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     return AdaptiveOptions(**o)
@@ -270,6 +351,11 @@ def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[flo
         n = n if n >= 1 and abs(ratio - n) <= 1e-9 * max(ratio, 1.0) else math.ceil(ratio)
         return [t0 + direction * i * opts.step_size for i in range(n)] + [t_end]
     if opts.grid_constructor is not None:
+        if not _accepts(opts.grid_constructor, 3):
+            raise TypeError(
+                "options['grid_constructor'] must be callable as grid_constructor(func, y0, t) -> grid "
+                f"(three arguments, as in torchdiffeq); got {_describe(opts.grid_constructor)}."
+            )
         grid = opts.grid_constructor(func, y0, t)
         if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
             raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least two times.")

@@ -10,6 +10,7 @@ ratio the controller needs.
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Callable, Sequence
 
 import torch
@@ -17,6 +18,22 @@ import torch
 from .options import _type_name
 from .solution import SolverStats, TensorOrTuple
 from .stepper import combined_error_ratio
+
+class Perturb(Enum):
+    """Which side of ``t`` an evaluation of ``func`` is meant for (torchdiffeq's ``Perturb``).
+
+    With ``options={"perturb": True}``, a ``func`` that takes a ``perturb`` keyword receives one
+    of these on every call: ``NEXT`` for the first stage of a step (evaluated one unit of the time
+    dtype after its start), ``PREV`` for the stages at its end (one unit before), ``NONE``
+    otherwise, so a right-hand side with a discontinuity at a grid point can pick its side.
+    """
+
+    NONE = 0
+    PREV = 1
+    NEXT = 2
+
+
+_PERTURB = {0: Perturb.NONE, 1: Perturb.NEXT, -1: Perturb.PREV}
 
 CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
@@ -35,6 +52,9 @@ class _Problem:
         self.shapes = [p.shape for p in parts]
         self.sizes = [p.numel() for p in parts]
         self.times: dict[float, torch.Tensor] = {}
+        self.t_dtype = self.dtype  # the dtype of the time func receives
+        self.direction = 1.0  # of integration; set by the solver
+        self.pass_perturb = False  # call func(t, y, perturb=Perturb...) (options['perturb'])
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
         # callback_reject_step), each None when func has none.
         self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES)
@@ -54,9 +74,6 @@ class _Problem:
         if not self.is_tuple:
             return y
         return tuple(p.view(s) for p, s in zip(torch.split(y, self.sizes), self.shapes))
-
-    def time(self, t: float) -> torch.Tensor:
-        return torch.full((), t, dtype=self.dtype, device=self.device)
 
     def call_back(self, callback: Callable, t: float, y: torch.Tensor, h: float) -> None:
         """A step callback as torchdiffeq calls it: ``(t0, y0, dt)`` with tensors, ``dt = |h|``."""
@@ -89,19 +106,36 @@ class _Problem:
                 raise ValueError(f"{label} returned NaN or infinite values; {what} must be finite.")
         return self.flatten(outs)
 
-    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        self.stats.nfe += 1
-        tt = self.times.get(t)
+    def time(self, t: float, side: int = 0) -> torch.Tensor:
+        """``t`` as the 0-dim tensor ``func`` receives; ``side`` +1 / -1 moves it one unit of
+        that dtype forwards / backwards in the direction of integration."""
+        tt = self.times.get(t) if side == 0 else None
         if tt is None:
-            tt = torch.full((), t, dtype=self.dtype, device=self.device)
-        if self.is_tuple:
-            return torch.cat([o.reshape(-1) for o in self.func(tt, self.unflatten(y))])
-        return self.func(tt, y)
+            tt = torch.full((), t, dtype=self.t_dtype, device=self.device)
+            if side:
+                tt = torch.nextafter(tt, torch.full((), side * self.direction * math.inf, dtype=self.t_dtype, device=self.device))
+        return tt
 
-    def first_call(self, t: float, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
+        self.stats.nfe += 1
+        tt = self.times.get(t) if side == 0 else None
+        if tt is None:
+            tt = self.time(t, side)
+        if self.pass_perturb:
+            out = self.func(tt, self.unflatten(y), perturb=_PERTURB[side])
+        else:
+            out = self.func(tt, self.unflatten(y) if self.is_tuple else y)
+        if self.is_tuple:
+            return torch.cat([o.reshape(-1) for o in out])
+        return out
+
+    def first_call(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
         """The first evaluation, with the output checked against the state."""
         self.stats.nfe += 1
-        out = self.func(self.time(t), self.unflatten(y))
+        if self.pass_perturb:
+            out = self.func(self.time(t, side), self.unflatten(y), perturb=_PERTURB[side])
+        else:
+            out = self.func(self.time(t, side), self.unflatten(y))
         return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
 
 
