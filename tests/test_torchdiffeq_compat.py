@@ -147,3 +147,82 @@ def test_func_of_one_argument():
 def test_times_on_the_meta_device():
     with pytest.raises(ValueError, match="t is on the meta device"):
         odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0], device="meta"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Adams methods.
+
+
+def _oscillator(t, y):
+    return torch.stack([y[1], -y[0]]) * (1 + 0.5 * torch.sin(t))
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
+@pytest.mark.parametrize("options", [{"step_size": 0.05}, {"step_size": 0.05, "max_order": 5},
+                                     {"step_size": 0.05, "interp": "cubic", "max_iters": 2}, None])
+def test_adams_parity_with_torchdiffeq(method, options):
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.linspace(0, 4, 41, dtype=F64) if options is None else torch.linspace(0, 4, 9, dtype=F64)
+    with _no_warning_check():
+        ours = odeint(_oscillator, y0, t, method=method, options=options)
+        peer = torchdiffeq.odeint(_oscillator, y0, t, method=method, options=options)
+    # explicit_adams at order 11 is unstable at this step in both libraries (its stability region
+    # is tiny): compare relatively, so the same blow-up agrees too.
+    torch.testing.assert_close(ours, peer, rtol=1e-9, atol=1e-12)
+
+
+class _no_warning_check:
+    def __enter__(self):
+        import warnings
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+@pytest.mark.parametrize("method,max_order,order", [
+    ("explicit_adams", 4, 3.0),  # Adams-Bashforth of order 3 after the rk4_38 start
+    ("explicit_adams", 5, 4.0),
+    ("implicit_adams", 4, 4.0),  # AB3 predictor, AM4 corrector
+    ("implicit_adams", 2, 4.0),  # below the minimum order: rk4_38 throughout, as in torchdiffeq
+])
+def test_adams_measured_orders(method, max_order, order):
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    span = torch.tensor([0.0, 4.0], dtype=F64)
+    # (torchdiffeq's dopri8 is no reference here: it steps past t = 4 and interpolates back with
+    # its cubic, 6e-9 off at rtol = 1e-13.)
+    ref = odeint(_oscillator, y0, span, rtol=1e-14, atol=1e-14, method="dopri8")[-1]
+    errors = []
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # max_order below 4 reduces to rk4_38 (warned)
+        for n in (50, 100, 200):
+            y = odeint(_oscillator, y0, span, method=method, rtol=1e-10, atol=1e-12,
+                       options={"step_size": 4.0 / n, "max_order": max_order})[-1]
+            errors.append(float((y - ref).abs().max()))
+    slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+    assert all(abs(s - order) < 0.3 for s in slopes), (errors, slopes)
+
+
+def test_adams_options_are_checked():
+    f, y0, t = (lambda t, y: -y), torch.ones(2), torch.tensor([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"options\['max_order'\] must be an integer from 1 to 12; got 13"):
+        odeint(f, y0, t, method="implicit_adams", options={"max_order": 13})
+    with pytest.raises(ValueError, match=r"options\['max_iters'\] must be a positive integer; got 0"):
+        odeint(f, y0, t, method="implicit_adams", options={"max_iters": 0})
+    with pytest.warns(UserWarning, match="reduces to rk4_38"):
+        odeint(f, y0, t, method="explicit_adams", options={"max_order": 3})
+    with pytest.raises(ValueError, match=r"Unknown option 'max_order' for method 'dopri5'"):
+        odeint(f, y0, t, options={"max_order": 3})
+
+
+def test_adams_corrector_that_does_not_converge_warns_once():
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        odeint(_oscillator, torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 4.0], dtype=F64),
+               method="implicit_adams", rtol=1e-14, atol=1e-14, options={"step_size": 0.1, "max_iters": 1})
+    messages = {str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)}
+    assert len(messages) == 1 and "did not converge in max_iters=1" in messages.pop()

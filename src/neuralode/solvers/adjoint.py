@@ -43,7 +43,6 @@ from .options import _check_func, _parse_options
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
 from .options import _check_state, _check_times, _check_tolerance, _type_name
 from .solution import Solution, SolverStats, TensorOrTuple
-from .tableau import get_tableau
 
 _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
 
@@ -153,7 +152,7 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.no_grad():
                 return f_flat(torch.full((), times[i], dtype=ys.dtype, device=ys.device), ys[i])
 
-        adaptive = get_tableau(cfg["adjoint_method"]).adaptive
+        adaptive = _method(cfg["adjoint_method"]).adaptive
         need_t = ctx.needs_input_grad[2]
         t_grad = torch.zeros(n, dtype=ys.dtype, device=ys.device) if need_t else None
         a = grad_ys[-1]
@@ -344,7 +343,7 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
             atol if adjoint_atol is None else adjoint_atol, len(params), parts, is_tuple,
         ),
         "adjoint_method": adjoint_method,
-        "adjoint_options": _adjoint_options(options, adjoint_options, get_tableau(adjoint_method).adaptive),
+        "adjoint_options": _adjoint_options(options, adjoint_options, _method(adjoint_method).adaptive),
         "adjoint_stats": adjoint_stats,
     }
     y0_flat = flat.flatten(y0)

@@ -26,6 +26,7 @@ Differences on purpose:
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
@@ -35,6 +36,7 @@ from .errors import SolverError
 from .events import Event, EventSet, check_events
 from .loop import InfiniteGrid, integrate
 from .options import (
+    AdamsOptions,
     AdaptiveOptions,
     _accepts_keyword,
     FixedOptions,
@@ -49,15 +51,31 @@ from .options import (
 )
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
-from .tableau import ButcherTableau, get_tableau
+from .adams import ADAMS_METHODS
+from .tableau import METHODS, ButcherTableau, get_tableau
 
 DEFAULT_METHOD = "dopri5"
 
 Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
 
 
-def _method(method: str | None) -> ButcherTableau:
-    return get_tableau(DEFAULT_METHOD if method is None else method)
+def method_names() -> list[str]:
+    """Every method ``solve`` accepts: the Runge-Kutta tableaus, then the Adams methods."""
+    return [*METHODS, *ADAMS_METHODS]
+
+
+def _method(method: str | None):
+    """The method named ``method`` (``None``: the default): a :class:`ButcherTableau`, or an
+    :class:`~neuralode.solvers.adams.AdamsMethod`."""
+    if method is None:
+        method = DEFAULT_METHOD
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
+    if method in ADAMS_METHODS:
+        return ADAMS_METHODS[method]
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(method_names())}.")
+    return get_tableau(method)
 
 
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
@@ -141,10 +159,13 @@ def _run(
     if events:
         event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.dtype).eps)
     dense = DenseOutput(direction, problem.unflatten, t0) if opts.dense else None
+    config = None
+    if isinstance(opts, AdamsOptions):
+        config = SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol_v, atol=atol_v)
     result = integrate(
         problem, y_solve, f0, times, tableau=tableau, opts=opts, stops=stops, jumps=jumps,
         controller=controller, dt0=dt0, error=error, stats=stats, interp_kind=_interp_kind(tableau, opts),
-        events=event_set, t_dtype=t.dtype, dense=dense,
+        events=event_set, t_dtype=t.dtype, dense=dense, method_config=config,
     )
     n = len(result.ys)
     stacked = torch.stack(result.ys)

@@ -50,6 +50,7 @@ class _State(NamedTuple):
     i_stop: int  # index of the next stop
     g: list[torch.Tensor] | None  # event functions at (t, y), as EventSet.start gives them
     guard: float  # roots within this time of t are not searched (a step that starts on a root)
+    memory: tuple | None = None  # a multistep method's history (StepResult.memory)
 
 
 class LoopResult(NamedTuple):
@@ -72,32 +73,34 @@ class InfiniteGrid:
         return self.t0 + self.direction * (i + 1) * self.h
 
 
-def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool):
-    """``take(side, t, y, f0, h, stage) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)`` first
-    when it is None (just after ``t`` when ``side`` is +1), and the other stages with ``stage``
-    (default ``problem``)."""
-    return _take(problem, tableau, checkpoint)
-
-
-def _take(problem, tableau: ButcherTableau, checkpoint: bool):
-    """See :func:`stepper`.
+def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, checkpoint: bool, config=None):
+    """``take(side, t, y, f0, h, stage, memory) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)``
+    first when it is None (just after ``t`` when ``side`` is +1), and the other stages with
+    ``stage`` (default ``problem``). ``tableau`` is a :class:`ButcherTableau` (the generic
+    Runge-Kutta step) or a method with its own ``step`` (the Adams methods, which take the
+    history ``memory`` and their ``config``).
 
     With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
     under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
     stages.
     """
 
-    def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None):
+    own_step = None if isinstance(tableau, ButcherTableau) else tableau.step
+
+    def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None, memory=None):
         if f0 is None:
             f0 = problem(t, y, side)
-        return f0, rk_step(problem if stage is None else stage, t, y, f0, h, tableau)
+        func = problem if stage is None else stage
+        if own_step is not None:
+            return f0, own_step(func, t, y, f0, h, memory, config)
+        return f0, rk_step(func, t, y, f0, h, tableau)
 
     if not (checkpoint and torch.is_grad_enabled()):
         return take
     from torch.utils.checkpoint import checkpoint as run_checkpointed
 
-    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None):
-        return run_checkpointed(take, side, t, y, f0, h, stage, use_reentrant=False)
+    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None, memory=None):
+        return run_checkpointed(take, side, t, y, f0, h, stage, memory, use_reentrant=False)
 
     return take_checkpointed
 
@@ -171,6 +174,7 @@ def integrate(
     events: EventSet | None = None,
     t_dtype: torch.dtype = torch.float64,
     dense: DenseOutput | None = None,
+    method_config: Any = None,
 ) -> LoopResult:
     """Integrate from ``times[0]`` until the last output time or a terminal event.
 
@@ -191,6 +195,8 @@ def integrate(
         events: the solve's events, if any.
         t_dtype: dtype of event times as returned to the user.
         dense: when given, every accepted step's interpolant is added to it.
+        method_config: what a method with its own ``step`` needs besides the state (the Adams
+            methods' orders and corrector tolerances).
     """
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
@@ -200,7 +206,7 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    take = stepper(problem, tableau, opts.checkpoint)
+    take = stepper(problem, tableau, opts.checkpoint, method_config)
     fsal = tableau.fsal
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
@@ -286,7 +292,7 @@ def integrate(
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
         stage_func = before(t1_planned) if (jump_here or perturb) else None
-        f0, step = take(s.f0_side, t, y, s.f0, h, stage_func)
+        f0, step = take(s.f0_side, t, y, s.f0, h, stage_func, s.memory)
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio
@@ -375,7 +381,8 @@ def integrate(
                         return f.detach() if f is not None else problem(t1, y1, side)
 
                 g1, guard = events.start(t1, step.y1, f_end, direction, h, gs=g1)
-            s = _State(t1, step.y1, f_next, side, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard)
+            s = _State(t1, step.y1, f_next, side, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard,
+                       step.memory)
             continue
         loc, t_e, t_star, y_star = cut
         event = events.events[loc.index]

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
 
+from .adams import MAX_ITERS as ADAMS_MAX_ITERS
+from .adams import MAX_ORDER as ADAMS_MAX_ORDER
+from .adams import MIN_ORDER as ADAMS_MIN_ORDER
+from .adams import AdamsMethod
 from .controller import CONTROLLERS
 from .tableau import ButcherTableau
 
@@ -92,6 +97,20 @@ class FixedOptions:
     checkpoint: bool = False
     dense: bool = False
     perturb: bool = False
+
+
+@dataclass(frozen=True)
+class AdamsOptions(FixedOptions):
+    """Options of the Adams methods: those of fixed-step methods, plus torchdiffeq's
+
+    Attributes:
+        max_order: the history holds at most ``max_order - 1`` derivatives, so Adams–Bashforth
+            reaches order ``max_order - 1`` (default 12, the most torchdiffeq allows).
+        max_iters: corrector iterations per step of ``implicit_adams`` (default 4).
+    """
+
+    max_order: int = ADAMS_MAX_ORDER
+    max_iters: int = ADAMS_MAX_ITERS
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +299,10 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
 
 
 def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | FixedOptions:
-    kind = AdaptiveOptions if tableau.adaptive else FixedOptions
+    if isinstance(tableau, AdamsMethod):
+        kind = AdamsOptions
+    else:
+        kind = AdaptiveOptions if tableau.adaptive else FixedOptions
     if options is None:
         return kind()
     if not isinstance(options, dict):
@@ -295,7 +317,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
-    if kind is FixedOptions:
+    if issubclass(kind, FixedOptions):
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])
         if o.get("grid_constructor") is not None:
@@ -306,7 +328,19 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         interp = o.get("interp", "linear")
         if interp not in ("linear", "cubic"):
             raise ValueError(f"options['interp'] must be 'linear' or 'cubic'; got {interp!r}.")
-        return FixedOptions(**o)
+        if kind is AdamsOptions:
+            m = o.get("max_order", ADAMS_MAX_ORDER)
+            if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= ADAMS_MAX_ORDER:
+                raise ValueError(f"options['max_order'] must be an integer from 1 to {ADAMS_MAX_ORDER}; got {m!r}.")
+            if m < ADAMS_MIN_ORDER:
+                warnings.warn(
+                    f"options['max_order'] = {m} is below {ADAMS_MIN_ORDER}, so {tableau.name} reduces to rk4_38 "
+                    "(torchdiffeq's rk4), as in torchdiffeq.", UserWarning, stacklevel=4,
+                )
+            it = o.get("max_iters", ADAMS_MAX_ITERS)
+            if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+                raise ValueError(f"options['max_iters'] must be a positive integer; got {it!r}.")
+        return kind(**o)
     if o.get("first_step") is not None:
         o["first_step"] = _positive("first_step", o["first_step"])
     if "min_step" in o:

@@ -39,12 +39,15 @@ class StepResult(NamedTuple):
         y_err_aux: the second error estimate ``dt * sum_i b_err_aux_i k_i`` for tableaus with ``b_err_aux``
             (dopri8), else ``None``; combine it with ``y_err`` by :func:`combined_error_ratio`. Last, with a
             default, so that ``StepResult(y1, y_err, k)`` keeps working.
+        memory: what a multistep method hands to its next step (the Adams methods' derivative history,
+            newest first); ``None`` for one-step methods.
     """
 
     y1: torch.Tensor
     y_err: torch.Tensor | None
     k: tuple[torch.Tensor, ...]
     y_err_aux: torch.Tensor | None = None
+    memory: tuple[torch.Tensor, ...] | None = None
 
 
 class _Plan(NamedTuple):
