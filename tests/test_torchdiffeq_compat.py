@@ -226,3 +226,57 @@ def test_adams_corrector_that_does_not_converge_warns_once():
                method="implicit_adams", rtol=1e-14, atol=1e-14, options={"step_size": 0.1, "max_iters": 1})
     messages = {str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)}
     assert len(messages) == 1 and "did not converge in max_iters=1" in messages.pop()
+
+
+# ------------------------------------------------------------------------------------------------
+# method="scipy_solver".
+
+
+@pytest.mark.parametrize("solver", ["LSODA", "RK45", "RK23", "DOP853", "Radau", "BDF"])
+def test_scipy_solver_matches_torchdiffeq_and_keeps_shape_and_dtype(solver):
+    A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float32)
+    f = lambda t, y: y @ A  # noqa: E731
+    y0 = torch.tensor([[[1.0, 0.5]], [[0.2, -1.0]]])  # (2, 1, 2) float32
+    t = torch.linspace(0, 2, 5)
+    kw = dict(method="scipy_solver", rtol=1e-8, atol=1e-10, options={"solver": solver})
+    ours = odeint(f, y0, t, **kw)
+    peer = torchdiffeq.odeint(f, y0, t, **kw)
+    assert ours.shape == (5, 2, 1, 2) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, peer, rtol=0, atol=1e-6)
+    exact = odeint(lambda t, y: y @ A.double(), y0.double(), t.double(), rtol=1e-12, atol=1e-12)
+    assert (ours.double() - exact).abs().max() < 1e-5
+
+
+def test_scipy_solver_tuple_state_and_backwards_time():
+    f = lambda t, y: (y[1], -y[0])  # noqa: E731
+    y0 = (torch.tensor([1.0], dtype=F64), torch.tensor([0.0], dtype=F64))
+    t = torch.tensor([1.0, 0.5, 0.0], dtype=F64)
+    x, v = odeint(f, y0, t, method="scipy_solver", rtol=1e-10, atol=1e-12, options={"solver": "DOP853"})
+    assert x.shape == (3, 1)
+    # x(t) = cos(t - 1) starting at t = 1.
+    torch.testing.assert_close(x[:, 0], torch.cos(t - 1.0), rtol=0, atol=1e-8)
+
+
+def test_scipy_solver_refuses_gradients_clearly_but_works_under_the_adjoint():
+    w = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    f = lambda t, y: -w * y  # noqa: E731
+    y0 = torch.ones(2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    y1 = odeint(f, y0, t, method="scipy_solver", rtol=1e-10, atol=1e-12)[-1]
+    with pytest.raises(RuntimeError, match=r"method='scipy_solver' is forward only.*dopri5.*odeint_adjoint"):
+        y1.sum().backward()
+    with torch.no_grad():  # no gradient asked for: no error, plain tensors
+        assert odeint(f, y0, t, method="scipy_solver").grad_fn is None
+    y1 = odeint_adjoint(f, y0, t, method="scipy_solver", rtol=1e-10, atol=1e-12, adjoint_params=(w,))[-1]
+    (g,) = torch.autograd.grad(y1.sum(), w)
+    assert g.item() == pytest.approx(-2 * math.exp(-0.7), rel=1e-6)  # d/dw 2 e^{-w}
+
+
+def test_scipy_solver_bad_options():
+    f, y0, t = (lambda t, y: -y), torch.ones(2), torch.tensor([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"options\['solver'\] must be one of LSODA, RK45, RK23, DOP853, Radau, BDF; got 'rk4'"):
+        odeint(f, y0, t, method="scipy_solver", options={"solver": "rk4"})
+    with pytest.raises(ValueError, match=r"Unknown option 'step_size' for method 'scipy_solver'"):
+        odeint(f, y0, t, method="scipy_solver", options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="does not handle events"):
+        odeint(f, y0, t, method="scipy_solver", event_fn=lambda t, y: y[0] - 0.5)

@@ -40,6 +40,7 @@ import torch
 from .api import _event_result, _event_times, _method, _run, solve
 from .events import Event, attach_event_gradient, check_events
 from .options import _check_func, _parse_options
+from .scipy_solver import SCIPY_METHOD
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
 from .options import _check_state, _check_times, _check_tolerance, _type_name
 from .solution import Solution, SolverStats, TensorOrTuple
@@ -232,6 +233,12 @@ def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptiv
     return out
 
 
+def _takes_norm(method: str | None) -> bool:
+    """Whether the backward solve's method takes a ``norm`` option (adaptive neuralode methods)."""
+    m = _method(method)
+    return m.adaptive and m is not SCIPY_METHOD
+
+
 def _adjoint_params(func: Any, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
     if adjoint_params is None:
         if not isinstance(func, torch.nn.Module):
@@ -343,13 +350,15 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
             atol if adjoint_atol is None else adjoint_atol, len(params), parts, is_tuple,
         ),
         "adjoint_method": adjoint_method,
-        "adjoint_options": _adjoint_options(options, adjoint_options, _method(adjoint_method).adaptive),
+        "adjoint_options": _adjoint_options(options, adjoint_options, _takes_norm(adjoint_method)),
         "adjoint_stats": adjoint_stats,
     }
     y0_flat = flat.flatten(y0)
     if not events:
         ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
         return Solution(t, flat.unflatten_series(ys), cfg["forward_stats"], cfg["method"], adjoint_stats)
+    if tableau is SCIPY_METHOD:
+        raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
     return _adjoint_with_events(cfg, y0_flat, t, times, tableau, options, events)
 
 
@@ -476,6 +485,8 @@ def odeint_adjoint(
         raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
     _check_state(y0)
     tableau = _method(method)
+    if tableau is SCIPY_METHOD:
+        raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
     times = _event_times(t, tableau, _parse_options(options, tableau))
     sol = _solve_adjoint(func, y0, t, times, events=(Event(event_fn, terminal=True),), **kw)
     return _event_result(sol, t, y0)

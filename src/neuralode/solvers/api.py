@@ -52,6 +52,7 @@ from .options import (
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .adams import ADAMS_METHODS
+from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .tableau import METHODS, ButcherTableau, get_tableau
 
 DEFAULT_METHOD = "dopri5"
@@ -60,8 +61,8 @@ Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
 
 
 def method_names() -> list[str]:
-    """Every method ``solve`` accepts: the Runge-Kutta tableaus, then the Adams methods."""
-    return [*METHODS, *ADAMS_METHODS]
+    """Every method ``solve`` accepts: the Runge-Kutta tableaus, the Adams methods, scipy."""
+    return [*METHODS, *ADAMS_METHODS, SCIPY_METHOD.name]
 
 
 def _method(method: str | None):
@@ -73,6 +74,8 @@ def _method(method: str | None):
         raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
     if method in ADAMS_METHODS:
         return ADAMS_METHODS[method]
+    if method == SCIPY_METHOD.name:
+        return SCIPY_METHOD
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(method_names())}.")
     return get_tableau(method)
@@ -242,6 +245,10 @@ def solve(
     _check_state(y0)
     times = _check_times(t)
     tableau = _method(method)
+    if tableau is SCIPY_METHOD:
+        if check_events(events):
+            raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
+        return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
     opts = _parse_options(options, tableau)
     return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events))
 
@@ -304,6 +311,8 @@ def odeint(
         raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
     _check_state(y0)
     tableau = _method(method)
+    if tableau is SCIPY_METHOD:
+        raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
     opts = _parse_options(options, tableau)
     times = _event_times(t, tableau, opts)
     sol = _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
