@@ -53,10 +53,10 @@ CASES = [
     ("y0-tuple-of-non-tensors", call(y0=(Y0, 1.0)), TypeError,
      "y0 must be a floating-point torch.Tensor or a non-empty tuple of them; got tuple."),
     ("y0-int", call(y0=torch.tensor([1, 2])), TypeError,
-     "y0 must have a floating-point dtype (e.g. torch.float32 or torch.float64); got torch.int64. "
+     "y0 must have a floating-point or complex dtype (e.g. torch.float32 or torch.float64); got torch.int64. "
      "Convert it with y0.float() or y0.double()."),
     ("y0-tuple-int", call(func=decay_tuple, y0=(Y0, torch.tensor([1]))), TypeError,
-     "y0[1] must have a floating-point dtype (e.g. torch.float32 or torch.float64); got torch.int64. "
+     "y0[1] must have a floating-point or complex dtype (e.g. torch.float32 or torch.float64); got torch.int64. "
      "Convert it with y0[1].float() or y0[1].double()."),
     ("y0-nan", call(y0=torch.tensor([1.0, math.nan], dtype=F64)), ValueError,
      "y0 contains NaN or infinite values; the initial state must be finite."),

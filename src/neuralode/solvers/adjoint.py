@@ -39,7 +39,7 @@ import torch
 
 from .api import _event_result, _event_times, _method, _run, solve
 from .events import Event, attach_event_gradient, check_events
-from .options import _check_func, _parse_options
+from .options import _check_func, _parse_options, time_dtype
 from .scipy_solver import SCIPY_METHOD
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
 from .options import _check_state, _check_times, _check_tolerance, _type_name
@@ -121,6 +121,7 @@ class _AdjointSolve(torch.autograd.Function):
         func = cfg["func"]
         params: tuple[torch.Tensor, ...] = cfg["params"]
         stats: SolverStats = cfg["adjoint_stats"]
+        acc_dtype = ys.dtype
         times = t.detach().to("cpu", torch.float64).tolist()
         n = len(times)
 
@@ -136,8 +137,10 @@ class _AdjointSolve(torch.autograd.Function):
                     vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
                 else:  # f depends on neither y nor any parameter (e.g. a forcing of t alone)
                     vjps = (None,) * (1 + len(params))
+            # The quadratures are carried in the state's dtype (a tuple state has one dtype): a
+            # real parameter of a complex or lower-precision state is cast back at the end.
             vjp_params = tuple(
-                torch.zeros_like(p) if g is None else g for g, p in zip(vjps[1:], params)
+                torch.zeros_like(p, dtype=acc_dtype) if g is None else g.to(acc_dtype) for g, p in zip(vjps[1:], params)
             )
             vjp_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
             return (f.detach(), vjp_y, *vjp_params)
@@ -151,13 +154,13 @@ class _AdjointSolve(torch.autograd.Function):
 
         def f_at(i: int) -> torch.Tensor:
             with torch.no_grad():
-                return f_flat(torch.full((), times[i], dtype=ys.dtype, device=ys.device), ys[i])
+                return f_flat(torch.full((), times[i], dtype=time_dtype(ys.dtype), device=ys.device), ys[i])
 
         adaptive = _method(cfg["adjoint_method"]).adaptive
         need_t = ctx.needs_input_grad[2]
-        t_grad = torch.zeros(n, dtype=ys.dtype, device=ys.device) if need_t else None
+        t_grad = torch.zeros(n, dtype=t.dtype, device=ys.device) if need_t else None
         a = grad_ys[-1]
-        g_params = tuple(torch.zeros_like(p) for p in params)
+        g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
         # The step carried across output times is local to this backward call: a second backward
         # on the same graph (retain_graph) must not start from the first one's last step.
         next_step = math.nan
@@ -165,7 +168,7 @@ class _AdjointSolve(torch.autograd.Function):
         try:
             for i in range(n - 1, 0, -1):
                 if need_t:
-                    t_grad[i] = (grad_ys[i] * f_at(i)).sum()
+                    t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()  # Re <dL/dy, f>, complex states too
                     stats.nfe += 1
                 span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
                 options = cfg["adjoint_options"]
@@ -187,10 +190,13 @@ class _AdjointSolve(torch.autograd.Function):
                 a = sol.ys[1][-1] + grad_ys[i - 1]
                 g_params = tuple(g[-1] for g in sol.ys[2:])
             if need_t:
-                t_grad[0] = -((a - grad_ys[0]) * f_at(0)).sum()
+                t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
                 stats.nfe += 1
         finally:
             _IN_BACKWARD.reset(token)
+        g_params = tuple(
+            (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype) for g, p in zip(g_params, params)
+        )
         return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
 
 

@@ -45,6 +45,7 @@ from .options import (
     _check_times,
     _check_tolerance,
     _check_tolerance_pair,
+    check_half_tolerance,
     _fixed_grid,
     _parse_options,
     _type_name,
@@ -109,6 +110,7 @@ def _run(
     atol_v = _check_tolerance("atol", atol, parts, is_tuple)
     if tableau.adaptive:
         _check_tolerance_pair(rtol_v, atol_v)
+        check_half_tolerance(rtol_v, parts[0].dtype)
     stats = SolverStats()
     if len(times) == 1:
         ys = tuple(p.unsqueeze(0) for p in parts)
@@ -160,7 +162,7 @@ def _run(
 
     event_set = None
     if events:
-        event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.dtype).eps)
+        event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.t_dtype).eps)
     dense = DenseOutput(direction, problem.unflatten, t0) if opts.dense else None
     config = None
     if isinstance(opts, AdamsOptions):

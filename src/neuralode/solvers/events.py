@@ -338,7 +338,12 @@ def attach_event_gradient(
         yd = y_e.detach().requires_grad_(True)
         gd = event.fn(td, unflatten(yd)).reshape(-1)[element]
         dg_dt, dg_dy = torch.autograd.grad(gd, (td, yd), allow_unused=True)
-    gdot = (dg_dy * f_e).sum() if dg_dy is not None else torch.zeros((), dtype=y_e.dtype, device=y_e.device)
+    # d/dt g(t, y(t)) = ∂g/∂t + Re <∂g/∂y, f>: autograd's gradient with respect to a complex y is
+    # the conjugate Wirtinger one, so the real part of conj(grad) * f is the derivative along f.
+    if dg_dy is not None:
+        gdot = torch.real(dg_dy.conj() * f_e).sum()
+    else:
+        gdot = torch.zeros((), dtype=td.dtype, device=y_e.device)
     if dg_dt is not None:
         gdot = gdot + dg_dt
     gdot_v = float(gdot)

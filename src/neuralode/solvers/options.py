@@ -117,6 +117,43 @@ class AdamsOptions(FixedOptions):
 # Checking input at the public boundary.
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def time_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the time tensor ``func`` receives for a state of ``dtype``: the state's own
+    real dtype (as torchdiffeq), so that ``t * y`` stays in the state's dtype."""
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}.get(dtype, dtype)
+
+
+def error_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype error estimates and tolerances are computed in for a state of ``dtype``.
+
+    float16 and bfloat16 states are integrated in their own dtype, but their error ratio is
+    formed in float32: in float16, ``atol + rtol |y|`` underflows to 0 for the default
+    ``atol = 1e-9`` (the ratio becomes inf/NaN and the step size NaN), and bfloat16's 8 bits of
+    mantissa would turn the scaled error into noise, which then drives the step size. Complex
+    states use their real dtype: errors are measured on magnitudes.
+    """
+    if dtype in _HALF:
+        return torch.float32
+    return time_dtype(dtype)
+
+
+def check_half_tolerance(rtol: Any, dtype: torch.dtype) -> None:
+    """A half-precision state cannot be solved to a relative accuracy finer than its dtype
+    resolves: refuse such an ``rtol`` and say which one works."""
+    if dtype not in _HALF:
+        return
+    loosest = 4.0 * torch.finfo(dtype).eps
+    smallest = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+    if smallest < loosest:
+        raise ValueError(
+            f"rtol={smallest:g} is finer than a {dtype} state can resolve (its machine epsilon is "
+            f"{torch.finfo(dtype).eps:g}); use rtol >= {loosest:.3g} for {dtype}, or solve in float32."
+        )
+
+
 def _type_name(x: Any) -> str:
     return type(x).__name__
 
@@ -196,9 +233,9 @@ def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
         )
     for i, p in enumerate(parts):
         name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
-        if not p.is_floating_point():
+        if not (p.is_floating_point() or p.is_complex()):
             raise TypeError(
-                f"{name} must have a floating-point dtype (e.g. torch.float32 or torch.float64); got {p.dtype}. "
+                f"{name} must have a floating-point or complex dtype (e.g. torch.float32 or torch.float64); got {p.dtype}. "
                 f"Convert it with {name}.float() or {name}.double()."
             )
         if not bool(torch.isfinite(p).all()):
@@ -254,7 +291,7 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
             if not (bool(torch.isfinite(value).all()) and bool((value >= 0).all())):
                 raise ValueError(f"{label} must be non-negative and finite; got a tensor containing {value.min().item()!r}.")
             try:
-                return torch.broadcast_to(value.to(part.dtype), part.shape).to(part.device)
+                return torch.broadcast_to(value.to(error_dtype(part.dtype)), part.shape).to(part.device)
             except RuntimeError:
                 raise ValueError(
                     f"{label} of shape {tuple(value.shape)} cannot be broadcast to the state's shape {tuple(part.shape)}."
@@ -273,7 +310,8 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
         return values[0]  # already broadcast to the state's shape
     return torch.cat(
         [
-            (v.reshape(-1) if isinstance(v, torch.Tensor) else torch.full((p.numel(),), v, dtype=p.dtype, device=p.device))
+            (v.reshape(-1) if isinstance(v, torch.Tensor)
+             else torch.full((p.numel(),), v, dtype=error_dtype(p.dtype), device=p.device))
             for v, p in zip(values, parts)
         ]
     )

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .options import _type_name
+from .options import _type_name, error_dtype, time_dtype
 from .solution import SolverStats, TensorOrTuple
 from .stepper import combined_error_ratio
 
@@ -52,7 +52,7 @@ class _Problem:
         self.shapes = [p.shape for p in parts]
         self.sizes = [p.numel() for p in parts]
         self.times: dict[float, torch.Tensor] = {}
-        self.t_dtype = self.dtype  # the dtype of the time func receives
+        self.t_dtype = time_dtype(self.dtype)  # the dtype of the time func receives
         self.direction = 1.0  # of integration; set by the solver
         self.pass_perturb = False  # call func(t, y, perturb=Perturb...) (options['perturb'])
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
@@ -63,7 +63,7 @@ class _Problem:
         """Create the time tensors of known evaluation times at once (one tensor, unbound),
         rather than one small tensor per evaluation; fixed grids know all their stage times."""
         unique = list(dict.fromkeys(values))
-        self.times = dict(zip(unique, torch.tensor(unique, dtype=self.dtype, device=self.device).unbind()))
+        self.times = dict(zip(unique, torch.tensor(unique, dtype=self.t_dtype, device=self.device).unbind()))
 
     def flatten(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         if not self.is_tuple:
@@ -152,6 +152,8 @@ class _ErrorNorm:
         self.atol = atol
         self.user_norm = norm
         self.inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in problem.sizes]
+        # Half-precision states: the error ratio is formed in float32 (see options.error_dtype).
+        self.upcast = error_dtype(problem.dtype) if problem.dtype in (torch.float16, torch.bfloat16) else None
 
     def norm(self, x: torch.Tensor) -> float:
         if self.user_norm is not None:
@@ -163,12 +165,17 @@ class _ErrorNorm:
 
     def scaled(self, x: torch.Tensor, y: torch.Tensor) -> float:
         with torch.no_grad():
+            if self.upcast is not None:
+                x, y = x.to(self.upcast), y.to(self.upcast)
             return self.norm(x / (y.abs() * self.rtol + self.atol))
 
     def ratio(self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None) -> float:
         """The error ratio of a step; with a second estimate (dopri8's E3), Hairer's combination
         of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`)."""
         with torch.no_grad():
+            if self.upcast is not None:
+                y_err, y0, y1 = y_err.to(self.upcast), y0.to(self.upcast), y1.to(self.upcast)
+                y_err_aux = None if y_err_aux is None else y_err_aux.to(self.upcast)
             scale = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
             if y_err_aux is None:
                 return self.norm(y_err / scale)
