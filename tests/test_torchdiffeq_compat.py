@@ -368,3 +368,78 @@ def test_half_precision_refuses_tolerances_it_cannot_resolve(dtype):
         f"rtol=1e-07 is finer than a {dtype} state can resolve (its machine epsilon is {torch.finfo(dtype).eps:g}); "
         f"use rtol >= {loosest:.3g} for {dtype}, or solve in float32."
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The same programs on both libraries: tuple states, grid_constructor, step_t/jump_t, the adjoint
+# with adjoint_params. (Per-method parity is in test_solvers.py, events in test_events.py.)
+
+
+def _pendulum(t, state):
+    x, v = state
+    return v, -torch.sin(x) - 0.1 * v
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "rk4", "euler", "explicit_adams"])
+def test_tuple_state_program(method):
+    y0 = (torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 0.2], dtype=F64))
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    opts = {"step_size": 0.05} if method in ("rk4", "euler", "explicit_adams") else None
+    if method == "explicit_adams":
+        opts["max_order"] = 5  # order 11, the default, is unstable at this step in both libraries
+    ours_method = "rk4_38" if method == "rk4" else method
+    kw = dict(rtol=1e-9, atol=1e-10)
+    ours = odeint(_pendulum, y0, t, method=ours_method, options=opts, **kw)
+    peer = torchdiffeq.odeint(_pendulum, y0, t, method=method, options=opts, **kw)
+    # Fixed steps: the same arithmetic. Adaptive: different step-size controllers, both within
+    # their tolerance of the solution.
+    for a, b in zip(ours, peer):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 if opts is None else 1e-12)
+
+
+def test_grid_constructor_program():
+    def grid(func, y0, t):
+        return torch.linspace(float(t[0]), float(t[-1]), 37, dtype=t.dtype) ** 1.0
+
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.linspace(0, 2, 5, dtype=F64)
+    for method, ours_method in (("midpoint", "midpoint"), ("rk4", "rk4_38")):
+        ours = odeint(lambda t, y: torch.stack([y[1], -y[0]]), y0, t, method=ours_method, options={"grid_constructor": grid})
+        peer = torchdiffeq.odeint(lambda t, y: torch.stack([y[1], -y[0]]), y0, t, method=method,
+                                  options={"grid_constructor": grid})
+        torch.testing.assert_close(ours, peer, rtol=0, atol=1e-12)
+
+
+def test_step_t_and_jump_t_program():
+    def f(t, y):
+        return torch.where(t < 1.0, -y, -3 * y) + torch.where(t < 2.0, torch.zeros_like(y), torch.ones_like(y))
+
+    y0 = torch.ones(3, dtype=F64)
+    t = torch.linspace(0, 3, 4, dtype=F64)
+    opts = {"jump_t": torch.tensor([1.0, 2.0], dtype=F64), "step_t": torch.tensor([0.5], dtype=F64)}
+    ours = odeint(f, y0, t, rtol=1e-9, atol=1e-10, options=opts)
+    peer = torchdiffeq.odeint(f, y0, t, rtol=1e-9, atol=1e-10, options=opts)
+    torch.testing.assert_close(ours, peer, rtol=0, atol=1e-8)
+    # Closed form: e^{-1} at t = 1, e^{-1-3} at t = 2, then y' = -3y + 1.
+    y2 = math.exp(-4.0)
+    assert ours[-1, 0].item() == pytest.approx(1 / 3 + (y2 - 1 / 3) * math.exp(-3.0), abs=1e-8)
+
+
+def test_adjoint_with_adjoint_params_program():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    scale = torch.tensor(0.5, dtype=F64, requires_grad=True)
+
+    def func(t, y):
+        return scale * net(y)
+
+    y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    params = (scale, *net.parameters())
+    grads = {}
+    for lib in (neuralode, torchdiffeq):
+        ys = lib.odeint_adjoint(func, y0, t, rtol=1e-10, atol=1e-10, adjoint_params=params)
+        grads[lib.__name__] = torch.autograd.grad(ys.pow(2).sum(), (y0, *params))
+    for a, b in zip(grads["neuralode"], grads["torchdiffeq"]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
