@@ -494,3 +494,18 @@ def test_torchdiffeq_bouncing_ball_program_runs_unchanged(adjoint):
     assert ours_t == pytest.approx(peer_t, abs=1e-6)
     for name in ours_g:
         assert ours_g[name] == pytest.approx(peer_g[name], rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8", "bosh3"])
+def test_many_outputs_in_a_step_equal_one_at_a_time(method):
+    """Output times inside one step are evaluated in one contraction; Solution.evaluate takes
+    them one by one: the two agree to rounding."""
+    def vdp(t, y):
+        return torch.stack([y[1], 2 * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    t = torch.linspace(0, 10, 1001, dtype=F64)
+    many = solve(vdp, y0, t, method=method, rtol=1e-8, atol=1e-8)
+    assert many.stats.n_accepted < 400  # so most steps hold several output times
+    single = solve(vdp, y0, t[[0, -1]], method=method, rtol=1e-8, atol=1e-8, options={"dense": True})
+    assert (many.ys - single.evaluate(t)).abs().max().item() < 1e-13

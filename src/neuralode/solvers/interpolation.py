@@ -115,3 +115,45 @@ def dense_stages(
     for c_j, row in zip(tableau.c_extra, _extra_rows(tableau)):
         stages.append(func(t0 + c_j * dt, combine(y0, dt, row, stages)))
     return tuple(stages[len(k) :])
+
+
+def _weights(dense: tuple[tuple[float, ...], ...], theta: float) -> list[float]:
+    """``b_i(theta)`` of a continuous extension, for every stage."""
+    out = []
+    for row in dense:
+        bi = 0.0
+        for p in reversed(row):
+            bi = (bi + p) * theta
+        out.append(bi)
+    return out
+
+
+def continuous_extension_many(
+    y0: torch.Tensor, k: tuple[torch.Tensor, ...], dt: float, dense: tuple[tuple[float, ...], ...], thetas: list[float]
+) -> list[torch.Tensor]:
+    """:func:`continuous_extension` at several ``theta`` of one step, in one contraction.
+
+    ``y(theta_m) = y0 + dt * sum_i W_mi k_i`` with ``W_mi = b_i(theta_m)``: the stages are stacked
+    once and contracted with the ``(m, s)`` weight matrix, instead of ``s`` additions per output
+    time, so a step with many output times costs a few tensor operations rather than ``m * s``.
+    """
+    w = torch.tensor([_weights(dense, th) for th in thetas], dtype=y0.dtype if not y0.is_complex() else y0.real.dtype,
+                     device=y0.device)  # (m, s)
+    stages = torch.stack(k[: len(dense)])  # (s, *shape)
+    out = y0.unsqueeze(0) + dt * torch.tensordot(w.to(stages.dtype), stages, dims=1)  # (m, *shape)
+    return list(out.unbind(0))
+
+
+def hermite_many(
+    y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, dt: float, thetas: list[float]
+) -> list[torch.Tensor]:
+    """:func:`hermite` at several ``theta`` of one step, in one contraction."""
+    rows = []
+    for th in thetas:
+        t2 = th * th
+        t3 = t2 * th
+        rows.append((-2.0 * t3 + 3.0 * t2, (t3 - 2.0 * t2 + th) * dt, (t3 - t2) * dt))
+    w = torch.tensor(rows, dtype=y0.real.dtype if y0.is_complex() else y0.dtype, device=y0.device)  # (m, 3)
+    basis = torch.stack([y1 - y0, f0, f1])  # (3, *shape)
+    out = y0.unsqueeze(0) + torch.tensordot(w.to(basis.dtype), basis, dims=1)
+    return list(out.unbind(0))

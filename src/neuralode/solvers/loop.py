@@ -27,7 +27,14 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .events import EventSet, attach_event_gradient
-from .interpolation import continuous_extension, dense_stages, hermite, linear
+from .interpolation import (
+    continuous_extension,
+    continuous_extension_many,
+    dense_stages,
+    hermite,
+    hermite_many,
+    linear,
+)
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
@@ -127,6 +134,21 @@ class _Interpolant:
 
     def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
         y0, y1, h = self.y0, self.step.y1, self.h
+        inner = [th for th in thetas if 0.0 < th < 1.0]
+        if len(inner) >= 2 and self.kind != "linear":
+            # Several output times inside one step: one contraction for all of them.
+            if self.kind == "dense":
+                values = continuous_extension_many(y0, self.step.k, h, self.tableau.dense, inner)
+            elif self.kind == "dense_extra":
+                if self.k is None:
+                    self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
+                values = continuous_extension_many(y0, self.k, h, self.tableau.dense_extra, inner)
+            else:
+                if self.f1 is None:
+                    self.f1 = self.problem(self.t1, y1, self.f1_side)
+                values = hermite_many(y0, y1, self.f0, self.f1, h, inner)
+            it = iter(values)
+            return [y1 if th == 1.0 else y0 if th == 0.0 else next(it) for th in thetas]
         out = []
         for theta in thetas:
             if theta == 1.0:
