@@ -585,6 +585,38 @@ def _share(timing: PairTiming) -> str:
     return f"{s(timing.ratio):.0%} [{s(timing.ratio_q1):.0%}–{s(timing.ratio_q3):.0%}]"
 
 
+#: Issue 14's targets for neuralode / diffrax (same process, one thread); against torchdiffeq ≤ 0.5× everywhere.
+DIFFRAX_TARGETS = {"a": 4.0, "b": 1.0, "c": 1.0, "d": 0.5, "e": 2.0}
+TORCHDIFFEQ_TARGET = 0.5
+SHORT = {"a": "(a) MLP 2→16→2, midpoint, 200 steps", "b": "(b) MLP 32→128→128→32, dopri5, forward",
+         "c": "(c) same, tsit5, forward", "d": "(d) same as (b), forward + backward", "e": "(e) Van der Pol, batch 256"}
+
+
+def summary(workloads: list[Workload]) -> str:
+    """One row per neuralode variant and workload: its ratio to each peer, the targets, the bookkeeping share."""
+    rows = []
+    for w in workloads:
+        for variant in w.ours:
+            cells = []
+            for peer in ("diffrax", "torchode", "torchdiffeq"):
+                found = [(p, t) for (v, p), t in w.timings.items() if v == variant and p.startswith(peer)]
+                cells.append(" ".join(f"{t.ratio_text()}" + (f" ({p.split()[-1]})" if p != peer else "") for p, t in found) or "—")
+            target = DIFFRAX_TARGETS[w.key]
+            dfx = w.timings.get((variant, "diffrax"))
+            verdict = "—" if dfx is None else ("yes" if dfx.ratio <= target else "no")
+            share = _share(w.bookkeeping[variant]) if variant in w.bookkeeping else "—"
+            rows.append([SHORT[w.key] + ("" if variant == "neuralode" else f", {variant}"), *cells,
+                         f"≤ {target:g}×: {verdict}", share])
+    return (
+        "## Summary\n\n"
+        "neuralode's time / the peer's, median of alternating pairs [IQR]; < 1: neuralode is faster. Targets from "
+        f"issue 14 against diffrax (against torchdiffeq the target is ≤ {TORCHDIFFEQ_TARGET:g}× everywhere; the "
+        "forward + backward target ≤ 0.5× is meant for backprop). Bookkeeping: (solve − bare evaluations) / solve, "
+        "target < 10 % for (b).\n\n"
+        + markdown_table(["workload", "/ diffrax", "/ torchode", "/ torchdiffeq", "target vs diffrax", "bookkeeping"], rows)
+    )
+
+
 def report(workloads: list[Workload], pairs: int, total_s: float, quick: bool) -> list[str]:
     summary_rows = []
     for w in workloads:
@@ -592,6 +624,7 @@ def report(workloads: list[Workload], pairs: int, total_s: float, quick: bool) -
             ours = _ours_name(variant)
             summary_rows.append([w.title, f"{ours} / {peer}", timing.ratio_text(), fmt_ms(timing.ours_s), fmt_ms(timing.peer_s)])
     sections = [
+        summary(workloads),
         "## Time ratios\n\n"
         "Median of per-pair ratios neuralode / peer, interquartile range in brackets (< 1: neuralode is faster). "
         f"{pairs} alternating pairs per line. The millisecond columns are medians, for scale only.\n\n"
