@@ -109,7 +109,9 @@ class PairTiming:
         ratio_q1, ratio_q3: first and third quartiles of the per-pair ratios (the spread).
         ours_s, peer_s: median seconds per call of each side.
         pairs: number of pairs measured.
-        calls_per_sample: calls of each callable per timed sample (for fast callables).
+        calls_per_sample: calls of each callable per timed sample (for fast callables); of
+            ``ours`` only when ``peer_calls_per_sample`` differs.
+        peer_calls_per_sample: calls of ``peer`` per timed sample.
     """
 
     ratio: float
@@ -119,6 +121,7 @@ class PairTiming:
     peer_s: float
     pairs: int
     calls_per_sample: int
+    peer_calls_per_sample: int | None = None
 
     def ratio_text(self) -> str:
         """``0.42× [0.41–0.44]``: the median ratio and its interquartile range."""
@@ -139,6 +142,7 @@ def time_pair(
     pairs: int = 20,
     warmup: int = 3,
     min_sample_s: float = 0.02,
+    per_side: bool = False,
 ) -> PairTiming:
     """Time ``ours()`` against ``peer()`` alternately in this process.
 
@@ -147,13 +151,26 @@ def time_pair(
     resolution and per-call jitter matter for millisecond-sized calls). Pairs alternate which
     side runs first, and the garbage collector is off while timing (as ``timeit`` does).
 
+    ``number`` is set by the slower side, the same for both. With ``per_side=True`` each side
+    gets its own ``number`` (for sides whose times differ by orders of magnitude, e.g. a 1 ms
+    compiled solve against a 30 ms eager one, so that the fast side's samples are not single
+    calls at timer resolution); the ratio is then of per-call means.
+
     Returns:
         A :class:`PairTiming` with the median of the per-pair ratios ours/peer.
     """
-    warm = []
+    warm_ours, warm_peer = [], []
     for _ in range(warmup):
-        warm.append(max(_sample(ours, 1), _sample(peer, 1)))
-    number = max(1, math.ceil(min_sample_s / max(min(warm), 1e-9)))
+        warm_ours.append(_sample(ours, 1))
+        warm_peer.append(_sample(peer, 1))
+
+    def calls(warm: list[float]) -> int:
+        return max(1, math.ceil(min_sample_s / max(min(warm), 1e-9)))
+
+    if per_side:
+        n_ours, n_peer = calls(warm_ours), calls(warm_peer)
+    else:
+        n_ours = n_peer = calls([max(a, b) for a, b in zip(warm_ours, warm_peer)])
     ratios, t_ours, t_peer = [], [], []
     gc.collect()
     gc_was_enabled = gc.isenabled()
@@ -161,11 +178,11 @@ def time_pair(
     try:
         for i in range(pairs):
             if i % 2 == 0:
-                a = _sample(ours, number)
-                b = _sample(peer, number)
+                a = _sample(ours, n_ours)
+                b = _sample(peer, n_peer)
             else:
-                b = _sample(peer, number)
-                a = _sample(ours, number)
+                b = _sample(peer, n_peer)
+                a = _sample(ours, n_ours)
             t_ours.append(a)
             t_peer.append(b)
             ratios.append(a / b)
@@ -182,7 +199,8 @@ def time_pair(
         ours_s=statistics.median(t_ours),
         peer_s=statistics.median(t_peer),
         pairs=pairs,
-        calls_per_sample=number,
+        calls_per_sample=n_ours,
+        peer_calls_per_sample=n_peer,
     )
 
 
@@ -237,6 +255,25 @@ class MLPField(nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.net(y)
+
+
+class TorchdiffeqAdjointBlock(nn.Module):
+    """The paper's reference ODE block: ``torchdiffeq.odeint_adjoint(func, x, [0, 1], rtol=tol, atol=tol)[1]``.
+
+    ``t`` is a buffer, so the block follows ``.to(device)``. (``bench_mnist.TorchdiffeqBlock`` is
+    the same block; scripts that do not import the MNIST training code use this one.)
+    """
+
+    def __init__(self, func: nn.Module, tol: float) -> None:
+        super().__init__()
+        self.func = func
+        self.tol = tol
+        self.register_buffer("t", torch.tensor([0.0, 1.0]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchdiffeq import odeint_adjoint
+
+        return odeint_adjoint(self.func, x, self.t.to(x.dtype), rtol=self.tol, atol=self.tol, method="dopri5")[1]
 
 
 def zero_grads(module: nn.Module, *tensors: torch.Tensor) -> None:
