@@ -505,7 +505,8 @@ def test_many_outputs_in_a_step_equal_one_at_a_time(method):
 
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     t = torch.linspace(0, 10, 1001, dtype=F64)
-    many = solve(vdp, y0, t, method=method, rtol=1e-8, atol=1e-8)
+    tol = 1e-5 if method == "bosh3" else 1e-8
+    many = solve(vdp, y0, t, method=method, rtol=tol, atol=tol)
     assert many.stats.n_accepted < 400  # so most steps hold several output times
-    single = solve(vdp, y0, t[[0, -1]], method=method, rtol=1e-8, atol=1e-8, options={"dense": True})
+    single = solve(vdp, y0, t[[0, -1]], method=method, rtol=tol, atol=tol, options={"dense": True})
     assert (many.ys - single.evaluate(t)).abs().max().item() < 1e-13
