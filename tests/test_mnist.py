@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode import mnist
-from neuralode.mnist import (
+from neuralode.datasets import mnist
+from neuralode.datasets.mnist import (
     MNIST_SHA256,
     DownloadError,
     MNISTDataset,

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .data import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories, spiral_dynamics
+from .datasets.demo_spiral import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories, spiral_dynamics
 from .progress import progress_bar
 from .solvers import get_tableau, solve
 

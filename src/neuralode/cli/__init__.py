@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
+from .. import __version__
 
 # --------------------------------------------------------------------------------------------
 # Argument types: a bad value becomes "argument --flag: <message>" and exit status 2.
@@ -68,7 +68,7 @@ def nonnegative_int(text: str) -> int:
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
-    from .demo import DemoConfig  # imports torch; only when the parser is built
+    from ..demo import DemoConfig  # imports torch; only when the parser is built
 
     defaults = DemoConfig()
     quick = DemoConfig.quick()
@@ -106,7 +106,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .demo import DemoConfig, run_demo
+    from ..demo import DemoConfig, run_demo
 
     settings: dict = {"out": args.out, "seed": args.seed}
     if args.iterations is not None:
@@ -142,8 +142,8 @@ def _flag_for(parser: argparse.ArgumentParser, dest: str) -> str | None:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from .models import MODEL_NAMES
-    from .training import DEVICES, TrainConfig
+    from ..models import MODEL_NAMES
+    from ..training.mnist import DEVICES, TrainConfig
 
     d = TrainConfig()
     train = subparsers.add_parser(
@@ -224,8 +224,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train_mnist(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from .mnist import DownloadError
-    from .training import CheckpointError, ConfigError, TrainConfig, read_config, train
+    from ..datasets.mnist import DownloadError
+    from ..training.mnist import CheckpointError, ConfigError, TrainConfig, read_config, train
 
     explicit = {name: getattr(args, name) for name in _TRAIN_FLAGS if getattr(args, name) is not None}
     settings: dict = {}
@@ -280,8 +280,8 @@ def _run_train_mnist(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def _add_train_cnf(tasks: argparse._SubParsersAction) -> None:
-    from .cnf_training import CNFTrainConfig
-    from .toy2d import TOY_DATASETS
+    from ..training.cnf import CNFTrainConfig
+    from ..datasets.toy2d import TOY_DATASETS
 
     d = CNFTrainConfig()
     parser = tasks.add_parser(
@@ -323,7 +323,7 @@ def _add_train_cnf(tasks: argparse._SubParsersAction) -> None:
 
 
 def _run_train_cnf(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .cnf_training import CNFTrainConfig, train_cnf
+    from ..training.cnf import CNFTrainConfig, train_cnf
 
     try:
         config = CNFTrainConfig(
@@ -354,8 +354,8 @@ def _run_train_cnf(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _add_train_spirals(tasks: argparse._SubParsersAction) -> None:
-    from .latent_training import LatentTrainConfig
-    from .spirals import OBSERVATION_COUNTS
+    from ..training.latent import LatentTrainConfig
+    from ..datasets.spirals import OBSERVATION_COUNTS
 
     d = LatentTrainConfig()
     parser = tasks.add_parser(
@@ -389,7 +389,7 @@ def _add_train_spirals(tasks: argparse._SubParsersAction) -> None:
 
 
 def _run_train_spirals(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .latent_training import LatentConfigError, LatentTrainConfig, train_latent
+    from ..training.latent import LatentConfigError, LatentTrainConfig, train_latent
 
     try:
         config = LatentTrainConfig(
@@ -423,7 +423,7 @@ def _run_train_spirals(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
-    from .training import DEVICES
+    from ..training.mnist import DEVICES
 
     parser = subparsers.add_parser(
         "eval",
@@ -450,9 +450,9 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     import torch
 
-    from .checkpoints import checkpoint_kind
-    from .mnist import DownloadError
-    from .training import CheckpointError, evaluate
+    from ..checkpoints import checkpoint_kind
+    from ..datasets.mnist import DownloadError
+    from ..training.mnist import CheckpointError, evaluate
 
     if not args.run_dir.is_dir():
         parser.error(f"argument RUN_DIR: {str(args.run_dir)!r} is not a directory")
@@ -486,14 +486,14 @@ def _run_eval_other(args: argparse.Namespace, parser: argparse.ArgumentParser, k
     """``neuralode eval`` of a CNF run (test NLL) or a latent-ODE run (test RMSEs)."""
     import json
 
-    from .checkpoints import CheckpointError
+    from ..checkpoints import CheckpointError
 
     for flag, given in (("--data-dir", args.data_dir is not None), ("--full", args.full)):
         if given:
             parser.error(f"argument {flag}: applies to MNIST runs; {args.run_dir} is a {kind} run")
     try:
         if kind == "cnf":
-            from .cnf_training import evaluate as evaluate_cnf
+            from ..training.cnf import evaluate as evaluate_cnf
 
             result = evaluate_cnf(args.run_dir, test_samples=args.test_subset)
             text = (f"CNF on {result['dataset']} after {result['iteration']} iterations: test NLL "
@@ -502,7 +502,7 @@ def _run_eval_other(args: argparse.Namespace, parser: argparse.ArgumentParser, k
         else:
             if args.test_subset is not None:
                 parser.error(f"argument --test-subset: a latent-ODE run is evaluated on its own held-out spirals; {args.run_dir} is one")
-            from .latent_training import evaluate as evaluate_latent
+            from ..training.latent import evaluate as evaluate_latent
 
             result = evaluate_latent(args.run_dir)
             text = (f"latent ODE, {result['observations']} observations, after {result['iteration']} iterations "
@@ -528,7 +528,7 @@ def _add_plot(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .training import plot_run
+    from ..training.mnist import plot_run
 
     if not args.run_dir.is_dir():
         parser.error(f"argument RUN_DIR: {str(args.run_dir)!r} is not a directory")
