@@ -390,7 +390,7 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
         save(epoch + 1, 0)
         if config.progress and ctx.is_main:
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test error "
-                  f"{100 * record['test_error']:.2f}%, {_nfe_text(record)}, {record['seconds']:.1f} s", file=sys.stderr, flush=True)
+                  f"{100 * record['test_error']:.2f}%, {nfe_text(record)}, {record['seconds']:.1f} s", file=sys.stderr, flush=True)
 
     if ctx.is_main and config.plot and history:
         from .figures import plot_run
@@ -399,7 +399,7 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
     return _summary(config, ctx, run, params, history, None)
 
 
-def _nfe_text(record: dict[str, Any]) -> str:
+def nfe_text(record: dict[str, Any]) -> str:
     """``"NFE-F 26.0, NFE-B 32.0"`` for an ODE-Net, ``"no ODE"`` for the other models."""
     if not record["nfe_forward"]:
         return "no ODE solver (NFE 0)"
