@@ -146,7 +146,10 @@ class RunDir:
                 f"(a run stopped before its first checkpoint has nothing to resume)."
             )
         if self.writer:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # what check_out cannot foresee: /proc, a read-only mount, a full disk
+                raise ConfigError("out", f"cannot create the run folder {str(self.path)!r}: {exc.strerror}.") from None
             self._lock()
         if not config.resume:
             return None
