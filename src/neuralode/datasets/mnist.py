@@ -189,15 +189,18 @@ def _check_array(array: np.ndarray, name: str, split: str, source: str) -> None:
 
 def _verify_payload(payload: bytes, name: str, split: str, source: str, verify: bool) -> np.ndarray:
     """Parse ``payload`` as the MNIST file ``name`` and check it; returns the array."""
-    array = parse_idx(payload, source=source)
+    # The magic number first: a labels file read as images (or the reverse) would otherwise be
+    # parsed with the wrong number of dimensions and reported as truncated.
     expected_magic = _MAGIC_IMAGES if "images" in name else _MAGIC_LABELS
     magic = int.from_bytes(payload[:4], "big")
     if magic != expected_magic:
         kind = "images" if "images" in name else "labels"
+        other = {_MAGIC_IMAGES: " (it is an MNIST images file)", _MAGIC_LABELS: " (it is an MNIST labels file)"}.get(magic, "")
         raise ValueError(
-            f"{source}: wrong IDX magic number 0x{magic:08x} for MNIST {kind} (expected 0x{expected_magic:08x}); "
+            f"{source}: wrong IDX magic number 0x{magic:08x} for MNIST {kind} (expected 0x{expected_magic:08x}){other}; "
             f"is this the right file?"
         )
+    array = parse_idx(payload, source=source)
     _check_array(array, name, split, source)
     if verify:
         digest = hashlib.sha256(payload).hexdigest()
