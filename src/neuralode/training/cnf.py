@@ -248,9 +248,9 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
                 save(iteration)
             if signum:
                 run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("cnf", config.out, ctx))
-                return _summary(config, run, iteration, stop.name or "SIGTERM", history, seconds)
+                return _summary(config, ctx, run, iteration, stop.name or "SIGTERM", history, seconds)
 
-    summary = _summary(config, run, iteration, None, history, seconds)
+    summary = _summary(config, ctx, run, iteration, None, history, seconds)
     t1 = time.perf_counter()
     test_nll, test_nfe = evaluate_nll(model, test_set(config).to(ctx.device))
     final = {"iteration": iteration, "final": True, "test_nll": test_nll, "test_nfe_forward": test_nfe,
@@ -263,13 +263,13 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
     return summary
 
 
-def _summary(config: CNFTrainConfig, run: RunDir, iteration: int, interrupted: str | None, history: list, seconds: float) -> dict[str, Any]:
+def _summary(config: CNFTrainConfig, ctx: Dist, run: RunDir, iteration: int, interrupted: str | None, history: list, seconds: float) -> dict[str, Any]:
     def mean(key: str) -> float | None:
         values = [r[key] for r in history if r.get(key) is not None]
         return sum(values) / len(values) if values else None
 
     return {
-        "run_dir": str(run.path), "dataset": config.dataset, "iterations_completed": iteration, "interrupted": interrupted,
+        "run_dir": str(run.path), "rank": ctx.rank, "dataset": config.dataset, "iterations_completed": iteration, "interrupted": interrupted,
         "seconds": seconds, "nfe_forward": mean("nfe_forward"), "nfe_backward": mean("nfe_backward"), "final": None,
         "test_nll": None, "test_nfe_forward": None, "checkpoint": str(run.checkpoint_path), "figures": [],
     }

@@ -313,12 +313,12 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
                 save(iteration)
             if signum:
                 run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("spirals", config.out, ctx))
-                return {"iteration": iteration, "interrupted": stop.name or "SIGTERM", "run_dir": str(run.path)}
+                return {"iteration": iteration, "interrupted": stop.name or "SIGTERM", "run_dir": str(run.path), "rank": ctx.rank}
 
     scores = evaluate_latent(model, rnn, test)
     wall = round(time.monotonic() - started, 3)
     run.append({"iteration": iteration, "final": True, **scores, "wall_seconds": wall})
-    summary: dict[str, Any] = {"iteration": iteration, "interrupted": None, "run_dir": str(run.path), **scores, "wall_seconds": wall}
+    summary: dict[str, Any] = {"iteration": iteration, "interrupted": None, "run_dir": str(run.path), "rank": ctx.rank, **scores, "wall_seconds": wall}
     if config.plot and ctx.is_main:
         figures = make_figures(model.cpu(), cpu_test, run.path, rnn=rnn.cpu(), iteration=iteration, scores=scores)
         summary["figures"] = [str(p) for p in figures]
