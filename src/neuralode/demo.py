@@ -31,7 +31,7 @@ FIGURE_NAMES = ("convergence.png", "trajectories.png", "phase_portrait.png", "ve
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo can be told. Defaults give the full run (about ten seconds on 2 CPU cores).
+    """Everything the demo can be told. Defaults give the full run (19 s measured on a shared 2-core x86 CPU).
 
     Attributes:
         out: folder the figures are written to (created if missing).
