@@ -142,7 +142,7 @@ def _report_mnist(config: Any, summary: dict[str, Any]) -> str:
     if final is None:
         return f"{config.model}: nothing left to train ({summary['epochs_completed']} epoch(s) done); run folder {summary['run_dir']}"
     return (f"{config.model}: {summary['epochs_completed']} epoch(s), test error {100 * final['test_error']:.2f}% "
-            f"on {final['test_samples']} samples, {summary['params']:,} parameters, {nfe_text(final)} per batch, "
+            f"on {final['test_samples']} samples, {summary['params']:,} parameters, {nfe_text(final)}, "
             f"{final['seconds']:.1f} s/epoch; run folder {summary['run_dir']}")
 
 

@@ -306,7 +306,7 @@ def write_figures(
     return [
         save_figure(plot_point_clouds([("target samples", target), ("model samples", xs[-1])], limits=lim,
                                       suptitle=f"CNF on {where}{score}: {n_samples} samples each"), out / FIGURE_NAMES[0]),
-        save_figure(plot_density_grid(logp.exp().reshape(grid, grid), limits=lim, title=f"learned density p(x), {where}{score}"),
+        save_figure(plot_density_grid(logp.exp().reshape(grid, grid), limits=lim, title=f"learned density p(x)\n{where}{score}"),
                     out / FIGURE_NAMES[1]),
         save_figure(plot_point_clouds([(f"t = {t:.2f}", xs[k]) for k, t in enumerate(times)], limits=lim,
                                       suptitle=f"CNF on {where}: samples flowing from the base N(0, I) at t = T to the data at t = 0"),

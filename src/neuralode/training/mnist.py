@@ -372,17 +372,8 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
                     run.note_stopped(stop.name, f"epoch {epoch + 1}, batch {b + 1}/{steps_per_epoch}", resume_hint("mnist", config.out, ctx))
                     return _summary(config, ctx, run, params, history, stop.name or "SIGTERM")
         # The epoch's end: test, one epoch line, a checkpoint at (epoch + 1, 0).
-        totals = epoch_sums.totals(ctx)
-        t1 = time.perf_counter()
-        test = evaluate_model(model, test_set, batch_size=config.test_batch_size, _ctx=ctx)
-        record = {
-            "epoch": epoch + 1, "iteration": (epoch + 1) * steps_per_epoch, "model": config.model, **_rates(totals),
-            "test_loss": test["test_loss"], "test_error": test["test_error"], "test_nfe_forward": test["test_nfe_forward"],
-            "params": params, "seconds": seconds["epoch"], "eval_seconds": time.perf_counter() - t1,
-            "samples_per_second": totals["samples"] / seconds["epoch"] if seconds["epoch"] > 0 else None,
-            "lr": optimizer.param_groups[0]["lr"], "train_samples": int(totals["samples"]),
-            "test_samples": test["test_samples"], "world_size": ctx.world_size,
-        }
+        record = _epoch_record(config, ctx, model, test_set, epoch, steps_per_epoch, epoch_sums.totals(ctx), seconds["epoch"])
+        record.update(params=params, lr=optimizer.param_groups[0]["lr"])
         history.append(record)
         run.append(record)
         first, seconds["epoch"] = 0, 0.0
@@ -399,11 +390,25 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
     return _summary(config, ctx, run, params, history, None)
 
 
+def _epoch_record(config: TrainConfig, ctx: Dist, model: nn.Module, test_set: MNISTDataset, epoch: int, steps_per_epoch: int,
+                  totals: dict[str, float], seconds: float) -> dict[str, Any]:
+    """The metrics line of a finished epoch: its training sums, and the test set evaluated now."""
+    t1 = time.perf_counter()
+    test = evaluate_model(model, test_set, batch_size=config.test_batch_size, _ctx=ctx)
+    return {
+        "epoch": epoch + 1, "iteration": (epoch + 1) * steps_per_epoch, "model": config.model, **_rates(totals),
+        "test_loss": test["test_loss"], "test_error": test["test_error"], "test_nfe_forward": test["test_nfe_forward"],
+        "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
+        "samples_per_second": totals["samples"] / seconds if seconds > 0 else None,
+        "train_samples": int(totals["samples"]), "test_samples": test["test_samples"], "world_size": ctx.world_size,
+    }
+
+
 def nfe_text(record: dict[str, Any]) -> str:
-    """``"NFE-F 26.0, NFE-B 32.0"`` for an ODE-Net, ``"no ODE"`` for the other models."""
+    """``"NFE-F 26.0, NFE-B 32.0 per batch"`` for an ODE-Net; the other models solve no ODE."""
     if not record["nfe_forward"]:
         return "no ODE solver (NFE 0)"
-    return f"NFE-F {record['nfe_forward']:.1f}, NFE-B {record['nfe_backward']:.1f}"
+    return f"NFE-F {record['nfe_forward']:.1f}, NFE-B {record['nfe_backward']:.1f} per batch"
 
 
 def _summary(config: TrainConfig, ctx: Dist, run: RunDir, params: int, history: list, interrupted: str | None) -> dict[str, Any]:
