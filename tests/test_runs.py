@@ -225,6 +225,33 @@ def test_mnist_mlp_summary_says_no_ode_and_plot_draws_intervals(tmp_path, capfd)
     assert (out / "learning_curves.png").stat().st_size > 5000
 
 
+def test_ctrl_c_messages_start_their_own_lines_beside_the_progress_bar(tmp_path):
+    """A real SIGINT to `neuralode train spirals` with its progress bar on (stderr is not a TTY, so
+    tqdm draws with carriage returns): neither message may continue the bar's line."""
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "neuralode", "train", "spirals", *TINY_SPIRALS[2:], "--iterations", "100000", "--progress",
+            "--log-every", "1", "--out", str(out)]
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    segments = [seg.strip() for line in stderr.split("\n") for seg in line.split("\r")]
+    for start in ("SIGINT received: saving a checkpoint after this step", "Stopped by SIGINT at iteration "):
+        assert any(seg.startswith(start) for seg in segments), (start, stderr[-1500:])
+        assert not any(start in seg and not seg.startswith(start) for seg in segments), (start, stderr[-1500:])
+    assert f"Resume with: neuralode train spirals --out {out} --resume" in stderr
+
+
 # --------------------------------------------------------------------------------------------
 # SIGKILL at a checkpoint and between checkpoints: resuming loses and repeats no metrics line.
 

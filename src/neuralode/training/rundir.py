@@ -212,9 +212,15 @@ class RunDir:
         self._lock_fd = fd
 
     def note(self, message: str) -> None:
-        """A line on stderr from the writing process (resumed from where, stopped where)."""
+        """A line on stderr from the writing process (resumed from where, stopped where).
+
+        Written with ``tqdm.write``, which clears an open progress bar's line first, so a message
+        never continues the bar's line.
+        """
         if self.writer:
-            print(message, file=sys.stderr, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
 
     def note_stopped(self, signal_name: str | None, where: str, resume_hint: str) -> None:
         """What every task says when a signal stopped it."""
