@@ -308,3 +308,25 @@ def test_mnist_killed_at_a_checkpoint_or_between_resumes_with_each_line_once(tmp
     for what, n in (("save", 1), ("append", 3)):  # the mid-epoch checkpoint at step 2; the line of step 3 after it
         records = _kill_then_resume(tmp_path, argv, what, n)
         assert _without_timing(records) == _without_timing(straight), (what, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Startup: what `import neuralode` and `neuralode --help` import (their time is in the README).
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = code + "\nimport sys; print(' '.join(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(proc.stdout.split())
+
+
+def test_import_and_help_load_neither_plotting_nor_the_tasks():
+    heavy = {"matplotlib", "neuralode.plotting", "neuralode.training.mnist", "neuralode.training.cnf",
+             "neuralode.training.latent", "neuralode.datasets.mnist", "neuralode.models"}
+    assert not heavy & _modules_after("import neuralode")
+    after_help = _modules_after(
+        "import contextlib, io\nfrom neuralode.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    try: main(['--help'])\n    except SystemExit: pass"
+    )
+    assert "neuralode.cli.train" in after_help and not heavy & after_help

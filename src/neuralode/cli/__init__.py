@@ -19,8 +19,11 @@ from typing import Sequence
 from .. import __version__
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The ``neuralode`` argument parser with every subcommand registered."""
+def build_parser(prog: str | None = None, argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``neuralode`` argument parser with every subcommand registered.
+
+    With ``argv``, only the training task it names gets its flags (see :func:`.train.add_train`).
+    """
     from .demo import add_demo
     from .runs import add_eval, add_plot
     from .train import add_train
@@ -31,8 +34,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
-    for add in (add_demo, add_train, add_eval, add_plot):
-        add(subparsers)
+    add_demo(subparsers)
+    add_train(subparsers, argv)
+    add_eval(subparsers)
+    add_plot(subparsers)
     return parser
 
 
@@ -41,7 +46,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     Bad flags exit through ``SystemExit(2)`` with a message naming the flag, as argparse does.
     """
-    parser = build_parser(prog)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog, argv)
     args = parser.parse_args(argv)
     try:
         # The subcommand's own parser is passed on so its errors read "neuralode train cnf: error: ...".

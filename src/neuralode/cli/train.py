@@ -12,7 +12,7 @@ import importlib
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .flags import add_config_flags, flag_error, given_settings
 
@@ -62,17 +62,28 @@ TASKS = (
 )
 
 
-def add_train(subparsers: argparse._SubParsersAction) -> None:
+def requested_task(argv: Sequence[str] | None) -> str | None:
+    """The task ``argv`` trains (``"cnf"`` for ``train cnf ...``); ``""`` for none, ``None`` if unknown (all)."""
+    if argv is None:
+        return None
+    words = [w for w in argv if not w.startswith("-")]
+    return words[1] if len(words) > 1 and words[0] == "train" else ""
+
+
+def add_train(subparsers: argparse._SubParsersAction, argv: Sequence[str] | None = None) -> None:
+    """Register ``train TASK``. Only the task ``argv`` names gets its flags, so its config module
+    alone is imported (``neuralode --help`` imports none); with ``argv=None`` every task gets them."""
     train = subparsers.add_parser(
         "train", help="train a model (the paper's experiments)",
         description="Train one of the paper's models. Run 'neuralode train TASK --help' for a task's options.",
     )
     tasks = train.add_subparsers(title="tasks", dest="task", metavar="TASK", required=True)
+    wanted = requested_task(argv)
     for task in TASKS:
         parser = tasks.add_parser(task.name, help=task.help, description=task.description, epilog="examples:\n" + task.example,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        config_cls, _ = task.load()
-        add_config_flags(parser, config_cls)
+        if wanted is None or wanted == task.name:
+            add_config_flags(parser, task.load()[0])
         parser.set_defaults(handler=run_train, subparser=parser, task_spec=task)
 
 
