@@ -543,7 +543,7 @@ def plot_latent_trajectories(
         dpi: figure resolution.
 
     Returns:
-        The figure; each trajectory's start is marked with a dot.
+        The figure; each trajectory's start is marked with a dot (explained in the legend).
     """
     z = _as_array(latents, "latents", 3)
     cw = np.asarray(clockwise if not hasattr(clockwise, "detach") else clockwise.detach().cpu().numpy()).astype(bool)
@@ -559,7 +559,8 @@ def plot_latent_trajectories(
     for label, sel, color in (("clockwise", cw, LEARNED_COLOR), ("counter-clockwise", ~cw, TRUE_COLOR)):
         for i, k in enumerate(np.flatnonzero(sel)):
             ax.plot(p[k, :, 0], p[k, :, 1], color=color, alpha=0.5, linewidth=0.8, label=label if i == 0 else None)
-            ax.scatter(p[k, :1, 0], p[k, :1, 1], color=color, s=6, label="start of the window (t = 0)" if i == 0 and label == "clockwise" else None)
+            ax.scatter(p[k, :1, 0], p[k, :1, 1], color=color, s=6)
+    ax.scatter([], [], color="0.4", s=6, label="dot: z at the window's start (t = 0)")
     ax.set_xlabel("latent PC 1")
     ax.set_ylabel("latent PC 2")
     ax.grid(True, alpha=0.3)

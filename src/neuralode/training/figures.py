@@ -36,6 +36,12 @@ def _series(records: list[dict[str, Any]], x: str, y: str, scale: float = 1.0) -
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _nfe(lines: list[dict[str, Any]], x: str) -> list[tuple[str, list[float], list[float]]]:
+    """Forward and backward NFE curves, leaving out one that is all zero (no adjoint, no ODE)."""
+    curves = [(f"NFE-{tag} ({name})", *_series(lines, x, f"nfe_{name}")) for tag, name in (("F", "forward"), ("B", "backward"))]
+    return [c for c in curves if any(c[2])]
+
+
 def _mnist_panels(records: list[dict[str, Any]]) -> tuple[list, str, str]:
     lines = [r for r in records if "epoch" not in r]
     epochs = [r for r in records if "epoch" in r]
@@ -43,9 +49,7 @@ def _mnist_panels(records: list[dict[str, Any]]) -> tuple[list, str, str]:
         r.setdefault("epochs", r["epoch"])
     loss = [("training, per interval", *_series(lines, "epochs", "train_loss")), ("training, per epoch", *_series(epochs, "epochs", "train_loss"))]
     error = [("test", *_series(epochs, "epochs", "test_error", 100)), ("training, per interval", *_series(lines, "epochs", "train_error", 100))]
-    nfe = [(f"NFE-{tag} ({name})", *_series(lines or epochs, "epochs", f"nfe_{name}")) for tag, name in (("F", "forward"), ("B", "backward"))]
-    nfe = [c for c in nfe if any(c[2])]  # a ResNet or MLP solves no ODE: no panel
-    panels = [("cross-entropy loss", loss), ("error (%)", error), ("function evaluations per batch", nfe)]
+    panels = [("cross-entropy loss", loss), ("error (%)", error), ("function evaluations per batch", _nfe(lines or epochs, "epochs"))]
     last = records[-1]
     model = last.get("model") or (epochs[-1]["model"] if epochs else "")
     score = f", test error {100 * epochs[-1]['test_error']:.2f}% after epoch {epochs[-1]['epoch']}" if epochs else ""
@@ -58,8 +62,7 @@ def _cnf_panels(records: list[dict[str, Any]], dataset: str) -> tuple[list, str,
     panels = [
         ("nats per sample", [("training loss", *_series(lines, "iteration", "loss")), ("training NLL", *_series(lines, "iteration", "nll"))]),
         ("penalty", [(name, *_series(lines, "iteration", name)) for name in ("kinetic", "jacobian")]),
-        ("function evaluations per iteration", [("forward", *_series(lines, "iteration", "nfe_forward")),
-                                                ("backward", *_series(lines, "iteration", "nfe_backward"))]),
+        ("function evaluations per iteration", _nfe(lines, "iteration")),
     ]
     score = f", test NLL {final['test_nll']:.3f} nats" if final else ""
     return panels, "iteration", f"CNF on {dataset}: iteration {records[-1].get('iteration', '?')}{score}"
@@ -70,11 +73,10 @@ def _latent_panels(records: list[dict[str, Any]], observations: Any) -> tuple[li
     scored = [r for r in records if r.get("eval") or r.get("final")]
     panels = [
         ("ELBO per sequence", [("latent ODE", *_series(lines, "iteration", "elbo"))]),
-        ("RNN loss (MSE of next point)", [("RNN", *_series(lines, "iteration", "rnn_loss"))]),
+        ("RNN loss (MSE of one-step-ahead predictions)", [("RNN", *_series(lines, "iteration", "rnn_loss"))]),
         ("test extrapolation RMSE", [("latent ODE", *_series(scored, "iteration", "extrapolation_rmse")),
                                      ("RNN", *_series(scored, "iteration", "rnn_extrapolation_rmse"))]),
-        ("function evaluations per iteration", [("forward", *_series(lines, "iteration", "nfe_forward")),
-                                                ("backward", *_series(lines, "iteration", "nfe_backward"))]),
+        ("function evaluations per iteration", _nfe(lines, "iteration")),
     ]
     score = f", extrapolation RMSE {scored[-1]['extrapolation_rmse']:.3f} (RNN {scored[-1]['rnn_extrapolation_rmse']:.3f})" if scored else ""
     return panels, "iteration", f"Latent ODE, {observations} observations: iteration {records[-1].get('iteration', '?')}{score}"
