@@ -24,13 +24,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _both(tmp_path: Path, argv: list[str]) -> tuple[Path, Path]:
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neuralode",
-           *argv, "--device", "cpu", "--out", str(ddp)]
+def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neuralode", *argv]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run folder") == 1  # only rank 0 reports
+    return proc
+
+
+def _both(tmp_path: Path, argv: list[str]) -> tuple[Path, Path]:
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    _torchrun([*argv, "--device", "cpu", "--out", str(ddp)])
     assert main([*argv, "--device", "cpu", "--out", str(single)]) == 0
     assert not (ddp / ".lock").exists()
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
@@ -57,6 +61,12 @@ def test_two_process_cnf_matches_one_process(tmp_path):
     for x, y in zip(ddp_lines[:-1], single_lines[:-1]):
         assert x["nll"] == pytest.approx(y["nll"], rel=1e-4)
     assert ddp_lines[-1]["test_nll"] == pytest.approx(single_lines[-1]["test_nll"], rel=1e-4)
+    # Resuming under torchrun: rank 0 reads the checkpoint's settings and sums like a single process.
+    proc = _torchrun(["train", "cnf", "--out", str(ddp), "--resume", "--iterations", "6"])
+    assert proc.stderr.count(f"Resuming {ddp} with its saved settings, except iterations: 4 -> 6.") == 1
+    lines = read_jsonl(ddp / "metrics.jsonl")
+    assert [r["iteration"] for r in lines] == [2, 4, 6, 6] and [bool(r.get("final")) for r in lines] == [False, False, False, True]
+    assert load_checkpoint(ddp / "checkpoint.pt", kind="cnf")["iteration"] == 6
 
 
 def test_two_process_spirals_match_one_process(tmp_path):

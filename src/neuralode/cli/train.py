@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -103,10 +104,9 @@ def resolve_config(parser: argparse.ArgumentParser, config_cls: type, given: dic
         config, changes = merge_for_resume(config_cls, saved, given)
     except ConfigError as exc:
         flag_error(parser, exc)
-    if changes:
-        print(f"Resuming {config.out} with its saved settings, except {'; '.join(changes)}.", file=sys.stderr)
-    else:
-        print(f"Resuming {config.out} with its saved settings.", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, said once
+        except_ = f", except {'; '.join(changes)}" if changes else ""
+        print(f"Resuming {config.out} with its saved settings{except_}.", file=sys.stderr)
     return config
 
 
