@@ -330,3 +330,10 @@ def test_import_and_help_load_neither_plotting_nor_the_tasks():
         "with contextlib.redirect_stdout(io.StringIO()):\n    try: main(['--help'])\n    except SystemExit: pass"
     )
     assert "neuralode.cli.train" in after_help and not heavy & after_help
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("task, tiny", [("cnf", TINY_CNF), ("spirals", TINY_SPIRALS)])
+def test_device_cuda_without_cuda_names_the_flag(task, tiny, tmp_path, capfd):
+    err = _exit_error(["train", task, "--out", str(tmp_path / "run"), *tiny, "--device", "cuda"], capfd)
+    assert "argument --device: device is 'cuda' but CUDA is not available here; use 'cpu' or 'auto'." in err
