@@ -7,6 +7,7 @@ draws curves; the title names the task, how far the run got and its latest score
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,6 @@ CURVES_NAME = "learning_curves.png"
 
 def run_kind(run_dir: Path) -> str | None:
     """``"mnist"``, ``"cnf"`` or ``"latent"``: from ``config.json``, else from the checkpoint."""
-    import json
-
     try:
         task = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("run", {}).get("task")
     except (OSError, ValueError, AttributeError):
