@@ -34,9 +34,9 @@ import torch
 import torchdiffeq
 
 from benchmarks.common import RESULTS_DIR, markdown_table, setup, time_pair, write_markdown
-from neuralode.cnf_training import CNFTrainConfig, build_model, load_cnf_checkpoint, train_cnf
+from neuralode.training.cnf import CNFTrainConfig, build_model, load_cnf_checkpoint, train_cnf
 from neuralode.models.cnf import standard_normal_logprob
-from neuralode.toy2d import sample_toy
+from neuralode.datasets.toy2d import sample_toy
 
 NLL_GOAL = 2.95
 #: Regularisation weights of section 2 (λ_K, λ_J).
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     path = write_markdown(
         args.out / "cnf.md",
         "Continuous normalizing flows" + (" (quick)" if args.quick else ""),
-        "`python benchmarks/bench_cnf.py`: trains CNFs on the toy 2-D densities with `neuralode.cnf_training.train_cnf` "
+        "`python benchmarks/bench_cnf.py`: trains CNFs on the toy 2-D densities with `neuralode.training.cnf.train_cnf` "
         "(one intra-op thread) and reports test NLL, evaluations and wall time.",
         sections,
     )

@@ -2,7 +2,7 @@
 
 For each number of observations (100 first, then 30 and 50 unless ``--observations`` says
 otherwise) this trains one :class:`~neuralode.models.LatentODE` and the RNN baseline on the same
-minibatches with the default :class:`~neuralode.latent_training.LatentTrainConfig`, then writes
+minibatches with the default :class:`~neuralode.training.latent.LatentTrainConfig`, then writes
 ``latent.md`` beside the paper's Table 2, and copies the 100-observation run's figures next to it
 (``latent_spirals.png``, ``latent_trajectories.png``). Each run's folder (metrics, checkpoint,
 figures) is kept under ``runs/bench_latent/`` (git-ignored). The peer here is the RNN baseline, trained in the same process on the same data.
@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, setup  # noqa: E402
-from neuralode.latent_training import LatentTrainConfig, read_latent_metrics, train_latent  # noqa: E402
+from neuralode.training.latent import LatentTrainConfig, read_latent_metrics, train_latent  # noqa: E402
 
 #: The paper's Table 2 (predictive RMSE on the test set), by number of observations out of 100.
 PAPER_TABLE2 = {"rnn": {30: 0.3937, 50: 0.3202, 100: 0.1813}, "latent_ode": {30: 0.1642, 50: 0.1502, 100: 0.1346}}

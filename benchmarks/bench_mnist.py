@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, machine_markdown, markdown_table, time_pair  # noqa: E402
-from neuralode.mnist import mnist_dataset  # noqa: E402
+from neuralode.datasets.mnist import mnist_dataset  # noqa: E402
 from neuralode.models import MODEL_NAMES, build_classifier  # noqa: E402
 from neuralode.training import TrainConfig, epoch_batches, load_checkpoint, train  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts: setup, paired timing, NFE counting, memory, tables.
 
 Every benchmark compares neuralode with a peer (torchdiffeq) measured in the same process, and
-reports the ratio ours/peer (DESIGN.md: never a bare absolute time). :func:`time_pair` alternates
+reports the ratio ours/peer (the project's rule: never a bare absolute time). :func:`time_pair` alternates
 the two callables after warm-up and takes the median of the per-pair ratios, so slow drifts of
 the machine (frequency scaling, a neighbour's load) cancel within each pair.
 

@@ -92,16 +92,16 @@ def test_resume_from_the_command_line_takes_the_saved_settings(tmp_path, capsys)
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
-        (["--epochs", "two"], "argument --epochs: expected a positive integer, got 'two'"),
-        (["--lr", "-1"], "argument --lr: must be a positive finite number, got -1"),
-        (["--tol", "nan"], "argument --tol: must be a positive finite number, got nan"),
+        (["--batch-size", "0"], "argument --batch-size: TrainConfig.batch_size must be a positive integer; got 0."),
+        (["--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
+        (["--lr", "-1"], "argument --lr: TrainConfig.lr must be a positive finite number; got -1.0."),
+        (["--tol", "nan"], "argument --tol: expected a finite number, got nan"),
         (
             ["--lr-milestones", "2", "0.5"],
             "argument --lr-milestones: TrainConfig.lr_milestones must be increasing positive epoch counts "
-            "(fractions allowed); got [2.0, 0.5].",
+            "(fractions allowed); got (2.0, 0.5).",
         ),
-        (["--lr-decay", "0"], "argument --lr-decay: must be a positive finite number, got 0"),
+        (["--lr-decay", "0"], "argument --lr-decay: TrainConfig.lr_decay must be a positive finite number; got 0.0."),
         (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
         (["--train-subset", "64"], "argument --train-subset: TrainConfig.train_subset=64 is smaller than batch_size=128"),
@@ -156,7 +156,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
-    assert "SIGINT received: saving a checkpoint after this batch" in stderr
+    assert "SIGINT received: saving a checkpoint after this step" in stderr
     assert f"Resume with: neuralode train mnist --out {out} --resume" in stderr
     state = load_checkpoint(out / "checkpoint.pt")
     done = len(read_metrics(out))

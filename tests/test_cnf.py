@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from neuralode.cnf_training import CNFTrainConfig, evaluate, load_cnf_checkpoint, train_cnf
+from neuralode.checkpoints import CheckpointError
+from neuralode.training.cnf import CNFTrainConfig, evaluate, load_cnf_checkpoint, train_cnf
 from neuralode.models.cnf import CNF, CNFDynamics, ConcatMLP, HyperNetDynamics, build_cnf, standard_normal_logprob
-from neuralode.toy2d import TOY_DATASETS, sample_toy
+from neuralode.datasets.toy2d import TOY_DATASETS, sample_toy
 
 
 def _jacobians(net: nn.Module, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -243,12 +244,12 @@ def test_train_cnf_writes_metrics_checkpoint_figures_and_resumes(tmp_path):
     assert [r["iteration"] for r in lines[:-1]] == [3, 6, 9] and "test_nll" in lines[-1]
     result = evaluate(out, test_samples=100)
     assert result["iteration"] == 9 and math.isfinite(result["test_nll"])
-    with pytest.raises(ValueError, match="trained with trace='hutchinson'"):
+    with pytest.raises(CheckpointError, match=r"\(trace: saved 'hutchinson', now 'exact'\)"):
         train_cnf(_tiny(tmp_path, iterations=12, regularize_kinetic=0.01, regularize_jacobian=0.01, resume=True))
 
 
 def test_resume_mid_run_is_bitwise_identical(tmp_path, monkeypatch):
-    import neuralode.cnf_training as ct
+    import neuralode.training.cnf as ct
 
     kw = dict(trace="hutchinson", iterations=6, checkpoint_every=3)
     straight = _tiny(tmp_path / "a", **kw)
@@ -270,7 +271,7 @@ def test_resume_mid_run_is_bitwise_identical(tmp_path, monkeypatch):
         stop_holder["stop"] = self
         return self
 
-    monkeypatch.setattr(ct._Stop, "__enter__", enter)
+    monkeypatch.setattr(ct.StopFlag, "__enter__", enter)
     monkeypatch.setattr(ct, "sample_toy", counting_sample)
     cfg_b = _tiny(tmp_path / "b", **kw)
     summary = train_cnf(cfg_b)
@@ -287,7 +288,7 @@ def test_resume_mid_run_is_bitwise_identical(tmp_path, monkeypatch):
 def test_config_validates_fields():
     with pytest.raises(ValueError, match="CNFTrainConfig.dataset must be one of"):
         CNFTrainConfig(dataset="mnist")
-    with pytest.raises(ValueError, match="CNFTrainConfig.regularize_kinetic must be a non-negative number; got -1"):
+    with pytest.raises(ValueError, match="CNFTrainConfig.regularize_kinetic must be a non-negative finite number; got -1"):
         CNFTrainConfig(regularize_kinetic=-1)
     with pytest.raises(ValueError, match="CNFTrainConfig.batch_size must be a positive integer"):
         CNFTrainConfig(batch_size=0)

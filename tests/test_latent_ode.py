@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from neuralode.latent_training import (
+from neuralode.training.latent import (
     CHECKPOINT_NAME,
     LATENT_FIGURE,
     METRICS_NAME,
@@ -19,7 +19,7 @@ from neuralode.latent_training import (
     train_latent,
 )
 from neuralode.models import LatentODE, RNNBaseline
-from neuralode.spirals import make_spirals, spiral_curves
+from neuralode.datasets.spirals import make_spirals, spiral_curves
 
 # --------------------------------------------------------------------------------------------
 # Data.

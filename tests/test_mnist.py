@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode import mnist
-from neuralode.mnist import (
+from neuralode.datasets import mnist
+from neuralode.datasets.mnist import (
     MNIST_SHA256,
     DownloadError,
     MNISTDataset,
@@ -176,7 +176,20 @@ def test_wrong_magic_number_names_the_file(data_copy):
     with pytest.raises(ValueError) as info:
         load_mnist(data_copy, train=False)
     assert str(info.value) == (
-        f"{path}: wrong IDX magic number 0x00000801 for MNIST images (expected 0x00000803); is this the right file?"
+        f"{path}: wrong IDX magic number 0x00000801 for MNIST images (expected 0x00000803) (it is an MNIST labels "
+        f"file); is this the right file?"
+    )
+
+
+@needs_data
+def test_an_images_file_where_the_labels_belong_is_named_not_called_truncated(data_copy):
+    path = data_copy / f"{TEST_LABELS}.gz"
+    shutil.copy(data_copy / f"{TEST_IMAGES}.gz", path)
+    with pytest.raises(ValueError) as info:
+        load_mnist(data_copy, train=False)
+    assert str(info.value) == (
+        f"{path}: wrong IDX magic number 0x00000803 for MNIST labels (expected 0x00000801) (it is an MNIST images "
+        f"file); is this the right file?"
     )
 
 

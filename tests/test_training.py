@@ -108,7 +108,7 @@ def test_the_rate_drops_at_each_milestone_step_whole_or_fractional_epochs():
         ),
         (
             {"lr_milestones": [0, 1]}, "lr_milestones",
-            "TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got [0, 1].",
+            "TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got (0, 1).",
         ),
         ({"test_subset": 0}, "test_subset", "TrainConfig.test_subset must be a positive integer or None; got 0."),
         (
@@ -335,7 +335,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(checkpoint_file, m
     def failing_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(training.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space left on device"):
         save_checkpoint(checkpoint_file, {"model": {}})
     assert checkpoint_file.read_bytes() == before

@@ -303,6 +303,54 @@ def plot_learning_curves(
     return fig
 
 
+def plot_curves(
+    panels: Sequence[tuple[str, Sequence[tuple[str, Any, Any]]]],
+    *,
+    xlabel: str,
+    title: str,
+    dpi: float = 100,
+) -> "Figure":
+    """Panels of curves side by side sharing the x axis: any run's learning curves.
+
+    Args:
+        panels: ``(ylabel, curves)`` per panel; each curve is ``(label, x, y)`` with 1-D ``x`` and
+            ``y`` of one length. A panel whose curves are all empty is left out.
+        xlabel: the shared x axis' label, with its unit (``"iteration"``, ``"epoch"``).
+        title: the figure title (say which run, how far it got, and its score).
+
+    Raises:
+        ValueError: no panel has data, or a curve's ``x`` and ``y`` differ in length.
+    """
+    kept = []
+    for ylabel, curves in panels:
+        arrays = []
+        for label, x, y in curves:
+            xs, ys = _as_array(x, "x", 1), _as_array(y, "y", 1)
+            if xs.size != ys.size:
+                raise ValueError(f"curve {label!r} of panel {ylabel!r}: x has {xs.size} values, y {ys.size}.")
+            if xs.size:
+                arrays.append((label, xs, ys))
+        if arrays:
+            kept.append((ylabel, arrays))
+    if not kept:
+        raise ValueError("plot_curves needs at least one curve with data.")
+    fig = _new_figure((4.2 * len(kept), 3.6), dpi)
+    axes = fig.subplots(1, len(kept), sharex=True, squeeze=False)[0]
+    for ax, (ylabel, arrays) in zip(axes, kept):
+        for label, xs, ys in arrays:
+            ax.plot(xs, ys, marker="o" if xs.size <= 30 else None, markersize=3, label=label)
+        ys = np.concatenate([a[2] for a in arrays])
+        if np.all(ys > 0) and ys.max() / ys.min() > 20:
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        if len(arrays) > 1:
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
 def save_figure(fig: "Figure", path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
     """Write ``fig`` to ``path`` atomically and close it.
 
@@ -368,19 +416,21 @@ def plot_point_clouds(
     """
     if not panels:
         raise ValueError("panels must hold at least one (title, points) pair.")
-    fig = _new_figure((panel_size * len(panels), panel_size + (0.3 if suptitle else 0.0)), dpi)
+    fig = _new_figure((panel_size * len(panels) + 1.0, panel_size + (0.4 if suptitle else 0.0)), dpi)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, points) in zip(axes, panels):
         p = _as_array(points, "points", 2)
         if p.shape[1] != 2:
             raise ValueError(f"points must have shape (n, 2); got {p.shape} in panel {title!r}.")
-        ax.hist2d(p[:, 0], p[:, 1], bins=bins, range=[limits, limits], cmap="viridis")
+        *_, image = ax.hist2d(p[:, 0], p[:, 1], bins=bins, range=[limits, limits], cmap="viridis")
         ax.set_title(title)
         ax.set_xlim(limits)
         ax.set_ylim(limits)
         ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+    bin_width = (limits[1] - limits[0]) / bins
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label=f"samples per bin ({bin_width:.2g} x {bin_width:.2g})")
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -406,12 +456,13 @@ def plot_density_grid(
         ValueError: ``density`` is not 2-D.
     """
     d = _as_array(density, "density", 2)
-    fig = _new_figure((size, size), dpi)
+    fig = _new_figure((size + 1.0, size), dpi)
     ax = fig.subplots()
-    ax.imshow(d, origin="lower", extent=(*limits, *limits), cmap="viridis", interpolation="nearest")
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    image = ax.imshow(d, origin="lower", extent=(*limits, *limits), cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.85, label="density p(x)")
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
     return fig
 
 
@@ -431,8 +482,8 @@ def plot_latent_spirals(
     Args:
         panels: one mapping per sample with ``(n, 2)`` arrays under the keys ``"true"`` (the
             noiseless spiral), ``"observed"`` (noisy observations), ``"reconstruction"``,
-            ``"forward"`` (after the window) and ``"backward"`` (before it); any key may be
-            missing. An optional ``"label"`` string titles the panel.
+            ``"forward"`` (after the window), ``"backward"`` (before it) and ``"rnn_forward"``
+            (the RNN baseline's extrapolation after the window); any key may be missing. An optional ``"label"`` string titles the panel.
         title: the figure title.
         dpi: figure resolution.
 
@@ -451,6 +502,7 @@ def plot_latent_spirals(
         ("reconstruction", dict(color=LEARNED_COLOR, linewidth=1.8, label="reconstruction")),
         ("forward", dict(color="#ff7f0e", linewidth=1.8, linestyle="--", label="extrapolation (t > window)")),
         ("backward", dict(color="#17becf", linewidth=1.8, linestyle="--", label="extrapolation (t < window)")),
+        ("rnn_forward", dict(color="#9467bd", linewidth=1.4, linestyle=":", label="RNN extrapolation (t > window)")),
     )
     for ax, panel in zip(axes, panels):
         for key, style in styles:
@@ -460,12 +512,16 @@ def plot_latent_spirals(
         if "observed" in panel:
             xy = _as_array(panel["observed"], "observed", 2)
             ax.scatter(xy[:, 0], xy[:, 1], s=8, color=TRUE_COLOR, zorder=3, label="observed")
-        ax.set_title(str(panel.get("label", "")))
+        ax.set_title(str(panel.get("label", "")), fontsize="medium")
         ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
         ax.grid(True, alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
-    axes[0].legend(loc="best", fontsize="small")
+    # One legend for all panels, below them, where it hides no data.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize="small")
     fig.suptitle(title)
     return fig
 
@@ -487,7 +543,7 @@ def plot_latent_trajectories(
         dpi: figure resolution.
 
     Returns:
-        The figure; each trajectory's start is marked with a dot.
+        The figure; each trajectory's start is marked with a dot (explained in the legend).
     """
     z = _as_array(latents, "latents", 3)
     cw = np.asarray(clockwise if not hasattr(clockwise, "detach") else clockwise.detach().cpu().numpy()).astype(bool)
@@ -504,6 +560,7 @@ def plot_latent_trajectories(
         for i, k in enumerate(np.flatnonzero(sel)):
             ax.plot(p[k, :, 0], p[k, :, 1], color=color, alpha=0.5, linewidth=0.8, label=label if i == 0 else None)
             ax.scatter(p[k, :1, 0], p[k, :1, 1], color=color, s=6)
+    ax.scatter([], [], color="0.4", s=6, label="dot: z at the window's start (t = 0)")
     ax.set_xlabel("latent PC 1")
     ax.set_ylabel("latent PC 2")
     ax.grid(True, alpha=0.3)

@@ -294,6 +294,7 @@ class LatentODE(nn.Module):
         t0: torch.Tensor | float | None = None,
         sample: bool = True,
         generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> ELBOTerms:
         """The ELBO of each sample of a batch (one reparameterised sample of ``z_{t0}``).
 
@@ -302,6 +303,8 @@ class LatentODE(nn.Module):
             t0: the time of ``z_{t0}``: a number or ``(B,)``; default each sample's first observation.
             sample: draw ``z_{t0} = μ + σ ε``; ``False`` uses the mean (deterministic).
             generator: the source of ``ε``.
+            eps: ``ε`` itself, ``(B, latent_dim)`` (instead of drawing it): a data-parallel shard
+                takes its rows of the global batch's draw, so it matches a single process.
 
         Returns:
             :class:`ELBOTerms`; train by minimising ``-terms.elbo.mean()``.
@@ -311,7 +314,10 @@ class LatentODE(nn.Module):
         mean, logvar = self.encoder(values, times_b, mask_b, t0)
         z0 = mean
         if sample:
-            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            if eps is None:
+                eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            elif eps.shape != mean.shape:
+                raise ValueError(f"eps must have shape {tuple(mean.shape)} (batch, latent_dim); got {tuple(eps.shape)}.")
             z0 = mean + torch.exp(0.5 * logvar) * eps
         # Padded slots are solved at t0 so they add nothing to the union of times.
         query = torch.where(mask_b, times_b, t0[:, None].expand_as(times_b))
