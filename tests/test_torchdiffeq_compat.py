@@ -349,11 +349,13 @@ def test_complex_gradients_backprop_adjoint_and_finite_differences():
 # Half precision: right, or refused.
 
 
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_lands_within_resolution(dtype):
+def test_half_precision_lands_within_resolution(dtype, method):
     eps = torch.finfo(dtype).eps
     for rtol in (4 * eps, 0.05):
-        sol = solve(lambda t, y: -y, torch.ones(4, dtype=dtype), torch.tensor([0.0, 1.0]), rtol=rtol, atol=1e-4)
+        sol = solve(lambda t, y: -y, torch.ones(4, dtype=dtype), torch.tensor([0.0, 1.0]), rtol=rtol, atol=1e-4,
+                    method=method)
         assert sol.ys.dtype == dtype
         assert abs(sol.ys[-1, 0].float().item() - math.exp(-1)) <= 2 * eps
         assert sol.stats.nfe < 60
