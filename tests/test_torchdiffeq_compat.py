@@ -357,7 +357,10 @@ def test_half_precision_lands_within_resolution(dtype, method):
         sol = solve(lambda t, y: -y, torch.ones(4, dtype=dtype), torch.tensor([0.0, 1.0]), rtol=rtol, atol=1e-4,
                     method=method)
         assert sol.ys.dtype == dtype
-        assert abs(sol.ys[-1, 0].float().item() - math.exp(-1)) <= 2 * eps
+        # At the finest tolerance the dtype admits, within two units of its resolution; at a
+        # looser one, within the tolerance.
+        allowed = 2 * eps if rtol == 4 * eps else rtol * math.exp(-1)
+        assert abs(sol.ys[-1, 0].float().item() - math.exp(-1)) <= allowed
         assert sol.stats.nfe < 60
 
 

@@ -132,8 +132,12 @@ def rk_step(
         k.append(func(t0 + c[i] * dt, yi))
     if y1 is None:
         y1 = combine(y0, dt, plan.b, k)
-    y_err = _weighted_sum(dt, plan.b_err, k) if plan.b_err else None
-    y_err_aux = _weighted_sum(dt, plan.b_err_aux, k) if plan.b_err_aux else None
+    # The error estimate is a small difference of large stage sums: for float16/bfloat16 states
+    # it is formed in float32, or its rounding (an ulp of every stage) would be what the step-size
+    # controller sees.
+    ke = [x.float() for x in k] if y0.dtype in (torch.float16, torch.bfloat16) else k
+    y_err = _weighted_sum(dt, plan.b_err, ke) if plan.b_err else None
+    y_err_aux = _weighted_sum(dt, plan.b_err_aux, ke) if plan.b_err_aux else None
     return StepResult(y1, y_err, tuple(k), y_err_aux)
 
 
