@@ -243,7 +243,8 @@ def solve(
         SolverError: when the solve fails (step size underflow, non-finite derivative, too many
             steps), reporting ``t``, ``dt`` and the step count.
     """
-    _check_func(func)
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     _check_state(y0)
     times = _check_times(t)
     tableau = _method(method)

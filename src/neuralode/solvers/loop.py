@@ -92,21 +92,24 @@ def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, che
     stages.
     """
 
-    own_step = None if isinstance(tableau, ButcherTableau) else tableau.step
+    if isinstance(tableau, ButcherTableau):
+        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+            if f0 is None:
+                f0 = problem(t, y, side)
+            return f0, rk_step(stage, t, y, f0, h, tableau)
+    else:
+        own_step = tableau.step
 
-    def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None, memory=None):
-        if f0 is None:
-            f0 = problem(t, y, side)
-        func = problem if stage is None else stage
-        if own_step is not None:
-            return f0, own_step(func, t, y, f0, h, memory, config)
-        return f0, rk_step(func, t, y, f0, h, tableau)
+        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+            if f0 is None:
+                f0 = problem(t, y, side)
+            return f0, own_step(stage, t, y, f0, h, memory, config)
 
     if not (checkpoint and torch.is_grad_enabled()):
         return take
     from torch.utils.checkpoint import checkpoint as run_checkpointed
 
-    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage=None, memory=None):
+    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
         return run_checkpointed(take, side, t, y, f0, h, stage, memory, use_reentrant=False)
 
     return take_checkpointed
@@ -310,10 +313,9 @@ def integrate(
         if on_step is not None:
             problem.call_back(on_step, t, y, h)
         jump_here = lands and t_stop in jumps
-        t1_planned = t_stop if lands else t + h
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
-        stage_func = before(t1_planned) if (jump_here or perturb) else None
+        stage_func = before(t_stop if lands else t + h) if (jump_here or perturb) else problem
         f0, step = take(s.f0_side, t, y, s.f0, h, stage_func, s.memory)
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)

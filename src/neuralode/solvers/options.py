@@ -197,13 +197,17 @@ def _check_tolerance_pair(rtol: Any, atol: Any) -> None:
     """Refuse tolerances that bound no error: rtol = atol = 0 (for some element) makes the
     error scale zero wherever the solution is zero, and the step size collapses."""
 
-    def zero(v):
-        return (v == 0) if isinstance(v, torch.Tensor) else torch.tensor(v == 0)
+    if not isinstance(rtol, torch.Tensor) and not isinstance(atol, torch.Tensor):
+        both, any_both = None, rtol == 0 and atol == 0
+    else:
+        def zero(v):
+            return (v == 0) if isinstance(v, torch.Tensor) else torch.tensor(v == 0)
 
-    both = zero(rtol) & zero(atol)
-    if bool(both.any()):
+        both = zero(rtol) & zero(atol)
+        any_both = bool(both.any())
+    if any_both:
         raise ValueError(
-            "rtol and atol are both 0" + ("" if both.dim() == 0 else " for some elements of the state")
+            "rtol and atol are both 0" + ("" if both is None or both.dim() == 0 else " for some elements of the state")
             + ", so no error can be bounded where the solution is 0 and the step size would collapse; "
             "give a positive atol (e.g. atol=1e-9) or rtol."
         )

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .options import _type_name, error_dtype, time_dtype
+from .options import _check_func, _type_name, error_dtype, time_dtype
 from .solution import SolverStats, TensorOrTuple
 from .stepper import combined_error_ratio
 
@@ -55,6 +55,7 @@ class _Problem:
         self.t_dtype = time_dtype(self.dtype)  # the dtype of the time func receives
         self.direction = 1.0  # of integration; set by the solver
         self.pass_perturb = False  # call func(t, y, perturb=Perturb...) (options['perturb'])
+        self.plain = not is_tuple  # func(t, y) on the flat state as it is; set again by first_call
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
         # callback_reject_step), each None when func has none.
         self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES)
@@ -121,10 +122,12 @@ class _Problem:
         tt = self.times.get(t) if side == 0 else None
         if tt is None:
             tt = self.time(t, side)
+        if self.plain:  # the common case, kept to one call
+            return self.func(tt, y)
         if self.pass_perturb:
             out = self.func(tt, self.unflatten(y), perturb=_PERTURB[side])
         else:
-            out = self.func(tt, self.unflatten(y) if self.is_tuple else y)
+            out = self.func(tt, self.unflatten(y))
         if self.is_tuple:
             return torch.cat([o.reshape(-1) for o in out])
         return out
@@ -132,10 +135,16 @@ class _Problem:
     def first_call(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
         """The first evaluation, with the output checked against the state."""
         self.stats.nfe += 1
-        if self.pass_perturb:
-            out = self.func(self.time(t, side), self.unflatten(y), perturb=_PERTURB[side])
-        else:
-            out = self.func(self.time(t, side), self.unflatten(y))
+        self.plain = not (self.is_tuple or self.pass_perturb)
+        try:
+            if self.pass_perturb:
+                out = self.func(self.time(t, side), self.unflatten(y), perturb=_PERTURB[side])
+            else:
+                out = self.func(self.time(t, side), self.unflatten(y))
+        except TypeError:
+            # Inspect the signature only when the call failed: the check costs nothing otherwise.
+            _check_func(self.func)
+            raise
         return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
 
 
