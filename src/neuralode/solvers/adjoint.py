@@ -220,7 +220,9 @@ def _adjoint_tolerance(name: str, tol: Any, n_params: int, parts: tuple[torch.Te
 
 def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptive: bool) -> dict:
     if adjoint_options is None:
-        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+        # The backward solve's dynamics are a vector-Jacobian product, which torch.compile does
+        # not trace in one graph: a compiled forward keeps an eager backward unless asked.
+        adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "compile")}
     elif not isinstance(adjoint_options, dict):
         raise TypeError(f"adjoint_options must be a dict or None; got {_type_name(adjoint_options)}.")
     out = dict(adjoint_options)

@@ -231,7 +231,13 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    take = stepper(problem, tableau, opts.checkpoint, method_config)
+    if getattr(opts, "compile", False):
+        from .compiled import compiled_stepper
+
+        backend = "inductor" if opts.compile is True else opts.compile
+        take = compiled_stepper(problem, tableau, backend, stats)
+    else:
+        take = stepper(problem, tableau, opts.checkpoint, method_config)
     fsal = tableau.fsal
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)

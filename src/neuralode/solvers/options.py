@@ -47,6 +47,10 @@ class AdaptiveOptions:
         perturb: call ``func(t, y, perturb=neuralode.Perturb...)`` when ``func`` takes a
             ``perturb`` keyword (torchdiffeq's option; at ``jump_t`` the stages are evaluated
             on the side they belong to, with or without it).
+        compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default
+            when ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and
+            error estimate, as one ``torch.compile(fullgraph=True)`` graph (see
+            :mod:`neuralode.solvers.compiled` for when that pays).
         dtype: the dtype time is carried in, as torchdiffeq's option (``torch.float32`` for
             devices without float64, such as Apple's MPS). neuralode carries time as Python
             floats on the host, so no float64 tensor reaches the device either way; this option
@@ -68,6 +72,7 @@ class AdaptiveOptions:
     dense: bool = False
     perturb: bool = False
     dtype: torch.dtype | None = None
+    compile: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class FixedOptions:
             time dtype after its start and its stages at the end one unit before it, so a
             ``func`` with a discontinuity at a grid point sees each side from its own step; a
             ``func`` taking a ``perturb`` keyword is told which (``neuralode.Perturb``).
+        compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`.
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
@@ -97,6 +103,7 @@ class FixedOptions:
     checkpoint: bool = False
     dense: bool = False
     perturb: bool = False
+    compile: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -359,6 +366,18 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
+    if "compile" in o:
+        from .compiled import BACKENDS
+
+        comp = o["compile"]
+        if not (isinstance(comp, bool) or comp in BACKENDS):
+            raise ValueError(
+                f"options['compile'] must be True, False or a torch.compile backend ({', '.join(BACKENDS)}); got {comp!r}."
+            )
+        if comp and kind is AdamsOptions:
+            raise ValueError(f"options['compile'] compiles Runge-Kutta steps; {tableau.name!r} is a multistep method.")
+        if comp and o.get("checkpoint"):
+            raise ValueError("options['compile'] and options['checkpoint'] cannot be combined; choose one.")
     if issubclass(kind, FixedOptions):
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])

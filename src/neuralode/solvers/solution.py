@@ -27,6 +27,8 @@ class SolverStats:
         n_event_evals: evaluations of event functions (one per event per accepted step, plus
             the root finder's).
         n_events: events located (terminal and non-terminal).
+        compile_s: seconds the first call of a compiled step took (``options={"compile": ...}``),
+            compilation included; 0 when nothing was compiled in this solve.
     """
 
     nfe: int = 0
@@ -36,6 +38,7 @@ class SolverStats:
     next_step: float = math.nan
     n_event_evals: int = 0
     n_events: int = 0
+    compile_s: float = 0.0
 
     @property
     def n_steps(self) -> int:

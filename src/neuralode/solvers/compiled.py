@@ -1,0 +1,117 @@
+"""``options={"compile": True}``: the Runge-Kutta step under ``torch.compile(fullgraph=True)``.
+
+What is compiled is one whole step: every stage evaluation of ``func``, the stage combinations,
+the propagated solution and the error estimate, as one graph. Time and step size enter as 0-dim
+tensors, so a new step size reuses the compiled graph instead of recompiling (``torch.compile``
+would otherwise guard on every Python float it saw). The loop, the controller, output
+interpolation and events stay eager: they run once per step and decide, which is what Python is
+for.
+
+When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``): on a CPU,
+compilation removes the per-operation dispatch of a step whose operations are small (a Van der
+Pol batch), and gains nothing where one large matrix product dominates the step; the first call
+pays the compilation (seconds; reported in ``Solution.stats.compile_s``). Autograd works through
+the compiled step (``torch.compile`` traces the backward too), and so do the adjoint (its
+backward solve runs eagerly: its dynamics are a vector-Jacobian product, which ``fullgraph``
+tracing does not take) and events (located on the interpolants, outside the compiled step). ``func`` must be traceable by ``torch.compile``
+without graph breaks, since ``fullgraph=True`` turns a break into an error; steps that must see
+one side of a discontinuity (``jump_t``, ``perturb``) run eagerly.
+
+Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
+training loop that solves with the same module every iteration compiles once.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Callable
+
+import torch
+
+from .stepper import StepResult, _plan
+from .tableau import ButcherTableau
+
+_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
+    """A pure step ``(t0, dt, y0, f0) -> (y1, y_err, y_err_aux, k)`` with tensor ``t0``, ``dt``."""
+    plan = _plan(tableau)
+    c = tableau.c
+    last = len(plan.rows) - 1
+
+    def weighted(coeffs, k, dt):
+        (j0, c0), rest = coeffs[0], coeffs[1:]
+        out = k[j0] * (c0 * dt)
+        for j, cj in rest:
+            out = out + k[j] * (cj * dt)
+        return out
+
+    def step(t0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor):
+        k = [f0]
+        y1 = None
+        for i, row in enumerate(plan.rows, start=1):
+            yi = y0
+            for j, a in row:
+                yi = yi + k[j] * (a * dt).to(y0.dtype)
+            if plan.fsal and i - 1 == last:
+                y1 = yi
+            k.append(raw(t0 + c[i] * dt, yi))
+        if y1 is None:
+            y1 = y0
+            for j, b in plan.b:
+                y1 = y1 + k[j] * (b * dt).to(y0.dtype)
+        ke = [x.float() for x in k] if half else k
+        dte = dt.float() if half else dt.to(ke[0].real.dtype if ke[0].is_complex() else ke[0].dtype)
+        y_err = weighted(plan.b_err, ke, dte) if plan.b_err else None
+        y_err_aux = weighted(plan.b_err_aux, ke, dte) if plan.b_err_aux else None
+        return y1, y_err, y_err_aux, tuple(k)
+
+    return step
+
+
+def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
+    """``take(side, t, y, f0, h, stage, memory)`` like the loop's eager one, with the step compiled."""
+    from .stepper import rk_step
+
+    func = problem.func
+    if problem.is_tuple:
+        def raw(tt, y):
+            return problem.flatten(func(tt, problem.unflatten(y)))
+    else:
+        raw = func
+    half = problem.dtype in (torch.float16, torch.bfloat16)
+    key = (tableau.name, backend, problem.is_tuple, tuple(tuple(s) for s in problem.shapes), problem.dtype,
+           str(problem.device))
+    try:
+        per_func = _CACHE.setdefault(func, {})
+    except TypeError:  # not weak-referenceable (a builtin): compile for this solve only
+        per_func = {}
+    compiled = per_func.get(key)
+    if compiled is None:
+        compiled = per_func[key] = [torch.compile(_make_step(raw, tableau, half), fullgraph=True, dynamic=False,
+                                                  backend=backend), False]
+    n_new = tableau.stages - 1
+    t_dtype, device = problem.t_dtype, problem.device
+
+    def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+        if f0 is None:
+            f0 = problem(t, y, side)
+        if stage is not problem:  # a step that must see one side of a discontinuity: eager
+            return f0, rk_step(stage, t, y, f0, h, tableau)
+        t_t = torch.tensor(t, dtype=t_dtype, device=device)
+        h_t = torch.tensor(h, dtype=t_dtype, device=device)
+        if not compiled[1]:
+            start = time.perf_counter()
+            out = compiled[0](t_t, h_t, y, f0)
+            stats.compile_s = time.perf_counter() - start
+            compiled[1] = True
+        else:
+            out = compiled[0](t_t, h_t, y, f0)
+        stats.nfe += n_new
+        y1, y_err, y_err_aux, k = out
+        return f0, StepResult(y1, y_err, k, y_err_aux)
+
+    return take
