@@ -58,6 +58,8 @@ def _method(method: str | None) -> ButcherTableau:
 
 
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
+    if getattr(tableau, "interp_kind", None):  # implicit methods name their own dense output
+        return tableau.interp_kind
     if isinstance(opts, FixedOptions):
         return "linear" if opts.interp == "linear" else "hermite"
     if tableau.dense is not None:

@@ -29,6 +29,7 @@ import torch
 from .events import EventSet, attach_event_gradient
 from .interpolation import continuous_extension, dense_stages, hermite, linear
 from .problem import _ErrorNorm, _Problem
+from .rosenbrock import rosenbrock_dense
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
 from .stepper import StepResult, rk_step
@@ -72,13 +73,20 @@ class InfiniteGrid:
         return self.t0 + self.direction * (i + 1) * self.h
 
 
-def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool):
+def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool,
+            opts: Any = None, owner: _Problem | None = None):
     """``take(t_f0, t, y, f0, h) -> (f0, StepResult)``, evaluating ``f0`` first when it is None.
 
     With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
     under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
-    stages.
+    stages. Implicit methods (``tableau.implicit``) get their own step
+    (:func:`~neuralode.solvers.rosenbrock.make_stepper`), which needs ``opts`` (the Jacobian's
+    options) and ``owner``, the solve's problem (``problem`` may be a wrapper of it).
     """
+    if getattr(tableau, "implicit", False):
+        from .rosenbrock import make_stepper
+
+        return make_stepper(problem, tableau, checkpoint, opts, owner)
 
     def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
         if f0 is None:
@@ -129,6 +137,8 @@ class _Interpolant:
                 if self.k is None:
                     self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
                 out.append(continuous_extension(y0, self.k, h, self.tableau.dense_extra, theta))
+            elif self.kind == "rosenbrock":
+                out.append(rosenbrock_dense(y0, y1, self.step.k, self.tableau, theta))
             elif self.kind == "linear":
                 out.append(linear(y0, y1, theta))
             else:
@@ -193,7 +203,7 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    take = stepper(problem, tableau, opts.checkpoint)
+    take = stepper(problem, tableau, opts.checkpoint, opts, problem)
     fsal = tableau.fsal
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
@@ -261,7 +271,7 @@ def integrate(
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
         stage_func = before_jump(t_stop) if jump_here else problem
-        f0, step = (stepper(stage_func, tableau, opts.checkpoint) if jump_here else take)(s.t_f0, t, y, s.f0, h)
+        f0, step = (stepper(stage_func, tableau, opts.checkpoint, opts, problem) if jump_here else take)(s.t_f0, t, y, s.f0, h)
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio

@@ -201,7 +201,8 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
 
 
 def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | FixedOptions:
-    kind = AdaptiveOptions if tableau.adaptive else FixedOptions
+    # Implicit methods bring their own options type (implicit_options.ImplicitOptions adds the Jacobian's).
+    kind = getattr(tableau, "options_type", None) or (AdaptiveOptions if tableau.adaptive else FixedOptions)
     if options is None:
         return kind()
     if not isinstance(options, dict):
@@ -216,7 +217,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
     for flag in ("checkpoint", "dense"):
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
-    if kind is FixedOptions:
+    if issubclass(kind, FixedOptions):
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])
         if o.get("grid_constructor") is not None:
@@ -227,7 +228,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         interp = o.get("interp", "linear")
         if interp not in ("linear", "cubic"):
             raise ValueError(f"options['interp'] must be 'linear' or 'cubic'; got {interp!r}.")
-        return FixedOptions(**o)
+        return kind(**o)
     if o.get("first_step") is not None:
         o["first_step"] = _positive("first_step", o["first_step"])
     if "min_step" in o:
@@ -255,7 +256,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         raise ValueError(f"options['dfactor'] must be in (0, 1]; got {o['dfactor']!r}.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
-    return AdaptiveOptions(**o)
+    return kind(**o)
 
 
 

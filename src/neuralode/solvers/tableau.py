@@ -902,4 +902,10 @@ def get_tableau(method: str) -> ButcherTableau:
     try:
         return METHODS[method]
     except KeyError:
-        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(METHODS)}.") from None
+        pass
+    # The stiff (implicit) methods are a parallel registry of their own coefficient type (solvers/implicit.py).
+    from .implicit import IMPLICIT_METHODS
+
+    if method in IMPLICIT_METHODS:
+        return IMPLICIT_METHODS[method]
+    raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join([*METHODS, *IMPLICIT_METHODS])}.")
