@@ -118,17 +118,21 @@ class _AdjointSolve(torch.autograd.Function):
         def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return flat.flatten(func(tt, flat.unflatten(y)))
 
+        # An implicit backward method (adjoint_method="rodas5p") differentiates the augmented dynamics
+        # itself, for its Jacobian: then they are built with a graph (create_graph, nothing detached).
+        stiff_backward = getattr(get_tableau(cfg["adjoint_method"]), "implicit", False)
+
         def augmented(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             y, a = state[0], state[1]
             with torch.enable_grad():
-                y = y.detach().requires_grad_(True)
+                y = y if (stiff_backward and y.requires_grad) else y.detach().requires_grad_(True)
                 f = f_flat(tt, y)
-                vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
+                vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True, create_graph=stiff_backward)
             vjp_params = tuple(
                 torch.zeros_like(p) if g is None else g for g, p in zip(vjps[1:], params)
             )
             vjp_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
-            return (f.detach(), vjp_y, *vjp_params)
+            return (f if stiff_backward else f.detach(), vjp_y, *vjp_params)
 
         def f_at(i: int) -> torch.Tensor:
             with torch.no_grad():

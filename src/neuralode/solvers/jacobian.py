@@ -17,9 +17,11 @@ cotangent, 1 on sample 0's outputs only: if the samples are independent its grad
 every other sample; if not, the solve stops with an error that says to pass ``jacobian="dense"``
 (checked on the first Jacobian of every solve, at the cost of one extra cotangent).
 
-``df/dt`` (needed by non-autonomous problems) is a Jacobian-vector product in ``t``, computed by the
-double-backward trick (``d/dv [v . df/dt] = df/dt``); a ``func`` that does not depend on ``t`` yields
-``None`` (no term), detected from the graph at no extra evaluation.
+``df/dt`` (needed by non-autonomous problems) is a Jacobian-vector product in ``t``, computed by forward-mode
+AD in the same evaluation (``t`` a dual number; the double-backward trick ``d/dv [v . df/dt] = df/dt`` for
+functions without forward-mode derivatives); a ``func`` that does not depend on ``t`` yields ``None`` (no
+term) at no extra evaluation. A ``func`` that turns ``t`` into a Python number (``float(t)``) hides its
+time dependence from autograd: the Rosenbrock methods then lose order on non-autonomous problems.
 
 With autograd recording (backpropagation through the solve), the blocks are computed with
 ``create_graph=True``, so the gradient of the solution includes the dependence of ``J`` on the state and
@@ -47,14 +49,48 @@ def batch_shape(shape: torch.Size, batch_dims: int) -> tuple[int, int]:
     return math.prod(shape[:batch_dims]), math.prod(shape[batch_dims:])
 
 
-def _time_derivative(f: torch.Tensor, tt: torch.Tensor, create_graph: bool) -> torch.Tensor | None:
-    """``df/dt`` by the double-backward trick; ``None`` when ``f`` does not depend on ``tt``."""
+def _time_derivative(f: torch.Tensor, tt: torch.Tensor, y: torch.Tensor, create_graph: bool) -> torch.Tensor | None:
+    """``df/dt`` by the double-backward trick; ``None`` when ``f`` does not depend on ``tt``.
+
+    ``y`` (the state ``f`` was evaluated at) is passed as an input of both backward calls although its
+    gradient is not wanted: the autograd engine stops its graph search at inputs, and without it the search
+    would run through the state's whole history (every earlier step of a differentiable solve), which made
+    each Jacobian cost time proportional to the number of steps taken so far.
+    """
     v = torch.zeros_like(f, requires_grad=True)
-    (gt,) = torch.autograd.grad(f, tt, v, create_graph=True, allow_unused=True, retain_graph=True)
+    gt = torch.autograd.grad(f, (tt, y), v, create_graph=True, allow_unused=True, retain_graph=True)[0]
     if gt is None or not gt.requires_grad:
         return None
-    (f_t,) = torch.autograd.grad(gt, v, create_graph=create_graph, allow_unused=True)
+    f_t = torch.autograd.grad(gt, (v, y), create_graph=create_graph, allow_unused=True)[0]
     return None if f_t is None else f_t
+
+
+def _evaluate_with_time_tangent(func, tt: torch.Tensor, yv: torch.Tensor):
+    """``(f, df/dt)`` from one evaluation of ``func`` with ``t`` a forward-mode dual number (tangent 1).
+
+    Forward mode gives ``df/dt`` (``None`` when ``func`` ignores ``t``) in the same evaluation that the
+    Jacobian's backward uses, and unlike a reverse-mode derivative in ``t`` it never searches the state's
+    autograd history (in a differentiable solve that history is every earlier step, and a reverse pass to
+    ``t`` walks all of it: the cost of each Jacobian would grow with the step count). ``df/dt`` stays
+    differentiable with respect to the state and the parameters.
+
+    Returns ``(f, f_t, None)``, or, for a ``func`` using an operation without a forward-mode derivative,
+    ``(f, None, tv)`` with ``f`` evaluated at a time leaf ``tv`` that requires grad, for the double-backward
+    trick (:func:`_time_derivative`).
+    """
+    import torch.autograd.forward_ad as fwAD
+
+    try:
+        with fwAD.dual_level():
+            td = fwAD.make_dual(tt.detach(), torch.ones_like(tt))
+            out = func(td, yv)
+            if not isinstance(out, torch.Tensor):
+                return out, None, None
+            f, f_t = fwAD.unpack_dual(out)
+        return f, f_t, None
+    except (NotImplementedError, RuntimeError):
+        tv = tt.detach().requires_grad_(True)
+        return func(tv, yv), None, tv
 
 
 def autograd_linearisation(
@@ -85,8 +121,7 @@ def autograd_linearisation(
     B, n = batch_shape(y.shape, batch_dims)
     with torch.enable_grad():
         yv = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
-        tv = tt.detach().requires_grad_(True)
-        f = func(tv, yv)
+        f, f_t, tv = _evaluate_with_time_tangent(func, tt, yv)
         if not (isinstance(f, torch.Tensor) and f.requires_grad):
             raise TypeError(
                 "options['jacobian']: func(t, y) is not differentiable by autograd with respect to y, so its "
@@ -115,7 +150,8 @@ def autograd_linearisation(
                 "options['batch_dims'] to the number of leading dimensions that really are independent."
             )
         J = G[:n].permute(1, 0, 2)  # (B, n, n): J[b, j, k] = d f_bj / d y_bk
-        f_t = _time_derivative(f, tv, create_graph)
+        if tv is not None:
+            f_t = _time_derivative(f, tv, yv, create_graph)
     if not create_graph:
         J = J.detach()
         f_t = None if f_t is None else f_t.detach()
@@ -153,9 +189,10 @@ def callable_linearisation(
         # One evaluation with t and y traced: a func that autograd can follow gives df/dt (or shows that it
         # ignores t); one it cannot (its output needs no grad) gets a forward difference instead.
         tv = tt.detach().requires_grad_(True)
-        f = func(tv, y.detach().requires_grad_(True))
+        yd = y.detach().requires_grad_(True)
+        f = func(tv, yd)
         if f.requires_grad:
-            f_t = _time_derivative(f, tv, False)
+            f_t = _time_derivative(f, tv, yd, False)
             return Linearisation(J, None if f_t is None else f_t.detach())
     # func is opaque to autograd: forward difference in t with a step of sqrt(eps) relative to t and h.
     delta = math.sqrt(torch.finfo(y.dtype).eps) * max(abs(float(tt)), abs(h_scale), 1e-8)
