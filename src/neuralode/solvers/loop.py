@@ -30,6 +30,7 @@ from .events import EventSet, attach_event_gradient
 from .interpolation import continuous_extension, dense_stages, hermite, linear
 from .problem import _ErrorNorm, _Problem
 from .rosenbrock import rosenbrock_dense
+from .stiffness import StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
 from .stepper import StepResult, rk_step
@@ -209,6 +210,7 @@ def integrate(
     min_step = getattr(opts, "min_step", 0.0)
     max_step = getattr(opts, "max_step", math.inf)
     on_step, on_accept, on_reject = problem.callbacks
+    stiffness = StiffnessDetector.for_solve(tableau, opts)  # None: not watched (see stiffness.py)
 
     def before_jump(t_jump: float):
         """func evaluated at most up to just before the jump at ``t_jump``."""
@@ -293,6 +295,8 @@ def integrate(
             continue
         stats.n_accepted += 1
         stats.last_step = h
+        if stiffness is not None:
+            stiffness.check(t, h, step.k, stats.n_steps)
         if on_accept is not None:
             problem.call_back(on_accept, t, y, h)
         t1 = t_stop if lands else t + h

@@ -38,6 +38,10 @@ class AdaptiveOptions:
         dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives
             the solution at any time of the solved span afterwards (memory ~ the stages of
             every step).
+        stiffness: ``"error"`` (default): methods with two stages at ``c = 1`` (dopri5, tsit5,
+            dopri8) watch for stiffness at no cost in evaluations and raise ``SolverError`` naming
+            the stiff methods when the step is held at the stability limit (Hairer's test, see
+            ``stiffness.py``); ``"off"``: run on regardless.
     """
 
     first_step: float | None = None
@@ -53,6 +57,7 @@ class AdaptiveOptions:
     controller: str = "pi"
     checkpoint: bool = False
     dense: bool = False
+    stiffness: str = "error"
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,8 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         raise ValueError(f"options['ifactor'] must be a number >= 1; got {o['ifactor']!r}.")
     if "dfactor" in o and not (_is_number(o["dfactor"]) and 0 < o["dfactor"] <= 1):
         raise ValueError(f"options['dfactor'] must be in (0, 1]; got {o['dfactor']!r}.")
+    if o.get("stiffness", "error") not in ("error", "off"):
+        raise ValueError(f"options['stiffness'] must be 'error' or 'off'; got {o['stiffness']!r}.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     return kind(**o)

@@ -1,0 +1,83 @@
+"""Stiffness detection in the explicit adaptive methods: stiff problems stop with a SolverError naming the
+stiff methods; non-stiff solves are unchanged (same steps, same evaluations, same numbers)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from neuralode import AdaptiveOptions, SolverError, solve
+from neuralode.solvers.stiffness import STIFF_STEPS, StiffnessDetector, _stability_function, stability_boundary
+from neuralode.solvers.tableau import METHODS
+from tests.problems import PROBLEMS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+F64 = torch.float64
+WATCHED = [name for name, tab in METHODS.items() if StiffnessDetector.for_solve(tab, AdaptiveOptions()) is not None]
+
+
+def test_watched_methods():
+    assert WATCHED == ["dopri5", "tsit5", "dopri8", "dopri8_13m"]
+
+
+@pytest.mark.parametrize("name", WATCHED)
+def test_stability_boundary_is_where_R_leaves_the_unit_disc(name):
+    tab = METHODS[name]
+    x = stability_boundary(tab)
+    assert abs(_stability_function(tab, complex(-x, 0))) <= 1 + 1e-12
+    assert abs(_stability_function(tab, complex(-x - 2e-3, 0))) > 1
+    if name == "dopri5":
+        assert 3.30 < x < 3.31  # Hairer's DOPRI5 uses 3.25 (= 0.98 x)
+
+
+def _vdp(mu):
+    def f(t, y):
+        return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    return f
+
+
+@pytest.mark.parametrize("name", ["dopri5", "tsit5", "dopri8"])
+def test_stiff_problem_raises_naming_the_stiff_methods(name):
+    with pytest.raises(SolverError) as info:
+        solve(_vdp(1e4), torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 3e4], dtype=F64), method=name,
+              rtol=1e-6, atol=1e-8)
+    err = info.value
+    assert re.match(rf"The problem is stiff: {name}'s step is held at its stability limit \(\|h\| rho = [0-9.]+, "
+                    rf"boundary [0-9.]+\) for {STIFF_STEPS} steps at t=", str(err))
+    assert "Use a stiff method: method='rodas5p'" in str(err)
+    assert err.n_steps < 200  # found early, not after the user has waited for 1e8 steps
+
+
+def test_stiffness_off_runs_on():
+    sol = solve(_vdp(1e3), torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="dopri5",
+                rtol=1e-6, atol=1e-8, options={"stiffness": "off"})
+    assert sol.stats.n_accepted > 100
+    with pytest.raises(ValueError, match=re.escape("options['stiffness'] must be 'error' or 'off'; got 'warn'.")):
+        solve(_vdp(1.0), torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+              options={"stiffness": "warn"})
+
+
+@pytest.mark.parametrize("name", WATCHED)
+@pytest.mark.parametrize("problem", ["kepler", "vdp", "batched"])
+def test_non_stiff_solves_are_unchanged(name, problem):
+    """The check costs no evaluation of func and changes no step: same nfe, steps and numbers with it off."""
+    p = PROBLEMS[problem]
+    t = p.times(5)
+    calls = {"on": 0, "off": 0}
+
+    def counted(key):
+        def f(tt, y):
+            calls[key] += 1
+            return p.func(tt, y)
+
+        return f
+
+    on = solve(counted("on"), p.y0, t, method=name, rtol=1e-8, atol=1e-10)
+    off = solve(counted("off"), p.y0, t, method=name, rtol=1e-8, atol=1e-10, options={"stiffness": "off"})
+    assert calls["on"] == calls["off"] == on.stats.nfe == off.stats.nfe
+    assert on.stats.n_accepted == off.stats.n_accepted and on.stats.n_rejected == off.stats.n_rejected
+    assert torch.equal(on.ys, off.ys)
