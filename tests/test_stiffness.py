@@ -81,3 +81,69 @@ def test_non_stiff_solves_are_unchanged(name, problem):
     assert calls["on"] == calls["off"] == on.stats.nfe == off.stats.nfe
     assert on.stats.n_accepted == off.stats.n_accepted and on.stats.n_rejected == off.stats.n_rejected
     assert torch.equal(on.ys, off.ys)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# method="auto": tsit5 <-> rodas5p.
+
+
+@pytest.mark.parametrize("problem", ["kepler", "vdp", "lotka", "batched", "riccati"])
+def test_auto_is_tsit5_on_non_stiff_problems(problem):
+    p = PROBLEMS[problem]
+    t = p.times(7)
+    auto = solve(p.func, p.y0, t, method="auto", rtol=1e-8, atol=1e-10)
+    tsit5 = solve(p.func, p.y0, t, method="tsit5", rtol=1e-8, atol=1e-10)
+    assert auto.stats.nfe == tsit5.stats.nfe  # the issue allows 10% more; switching costs none here
+    assert auto.stats.n_jac_evals == 0
+    assert torch.equal(auto.ys, tsit5.ys)
+
+
+def _robertson(t, y):
+    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], dim=-1)
+
+
+def test_auto_switches_to_rodas5p_on_a_stiff_problem():
+    t = torch.tensor([0.0, 1e-3, 1.0, 1e2, 1e4], dtype=F64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    auto = solve(_robertson, y0, t, method="auto", rtol=1e-6, atol=1e-12)
+    ref = solve(_robertson, y0, t, method="rodas5p", rtol=1e-10, atol=1e-16)
+    st = auto.stats
+    assert 0 < st.n_jac_evals < st.n_accepted  # both methods took steps: tsit5 first, then rodas5p
+    assert st.n_accepted < 400  # tsit5 alone would stop with "The problem is stiff"
+    units = (auto.ys - ref.ys).abs() / (1e-12 + 1e-6 * ref.ys.abs())
+    assert float(units.max()) < 50
+
+
+def test_auto_switches_back_when_stiffness_goes_away():
+    """Van der Pol, mu = 1000: stiff on the slow branches, not in the fast jumps between them. A solve that
+    never switched back would form a Jacobian on every step after the first switch."""
+    mu = 1000.0
+
+    def vdp(t, y):
+        return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    t = torch.tensor([0.0, 1000.0, 2000.0], dtype=F64)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    auto = solve(vdp, y0, t, method="auto", rtol=1e-6, atol=1e-6)
+    ref = solve(vdp, y0, t, method="rodas5p", rtol=1e-9, atol=1e-9)
+    calls = {"explicit": 0}
+    from neuralode.solvers import auto as auto_module
+
+    original = auto_module.rk_step
+
+    def counting(*args, **kwargs):
+        calls["explicit"] += 1
+        return original(*args, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(auto_module, "rk_step", counting)
+    try:
+        again = solve(vdp, y0, t, method="auto", rtol=1e-6, atol=1e-6)
+    finally:
+        patch.undo()
+    assert torch.equal(again.ys, auto.ys)
+    first_switch = STIFF_STEPS  # at least this many tsit5 steps before the first switch
+    assert calls["explicit"] > first_switch + 30, calls  # tsit5 steps in the fast phases too
+    assert auto.stats.n_jac_evals > 0
+    assert float((auto.ys[:, 0] - ref.ys[:, 0]).abs().max()) < 1e-3

@@ -29,6 +29,7 @@ import torch
 from .events import EventSet, attach_event_gradient
 from .interpolation import continuous_extension, dense_stages, hermite, linear
 from .problem import _ErrorNorm, _Problem
+from .auto import auto_dense
 from .rosenbrock import rosenbrock_dense
 from .stiffness import StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
@@ -138,6 +139,8 @@ class _Interpolant:
                 if self.k is None:
                     self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
                 out.append(continuous_extension(y0, self.k, h, self.tableau.dense_extra, theta))
+            elif self.kind == "auto":
+                out.append(auto_dense(y0, y1, self.step.k, self.tableau, h, theta))
             elif self.kind == "rosenbrock":
                 out.append(rosenbrock_dense(y0, y1, self.step.k, self.tableau, theta))
             elif self.kind == "linear":

@@ -154,6 +154,10 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
     structure for the Jacobian.
     """
+    if getattr(tab, "interp_kind", None) == "auto":  # the composite tsit5/rodas5p method (auto.py)
+        from .auto import make_auto_stepper
+
+        return make_auto_stepper(func, tab, checkpoint, opts, problem)
     stats = problem.stats
     batch_dims = resolve_batch_dims(opts, problem)
     jac = opts.jacobian if callable(opts.jacobian) else None
@@ -190,6 +194,7 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
         lu = factor(lin.J, h, tab.gamma, t, stats, stats.n_steps)
         return f0, rosenbrock_step(func, t, y, f0, h, tab, lin, lu, stats)
 
+    take.memo = memo  # the last Jacobian, read by the auto method's switch back to tsit5
     if not (checkpoint and torch.is_grad_enabled()):
         return take
     from torch.utils.checkpoint import checkpoint as run_checkpointed
@@ -197,4 +202,5 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
         return run_checkpointed(take, t_f0, t, y, f0, h, use_reentrant=False)
 
+    take_checkpointed.memo = memo
     return take_checkpointed

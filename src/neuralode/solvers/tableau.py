@@ -908,4 +908,8 @@ def get_tableau(method: str) -> ButcherTableau:
 
     if method in IMPLICIT_METHODS:
         return IMPLICIT_METHODS[method]
-    raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join([*METHODS, *IMPLICIT_METHODS])}.")
+    if method == "auto":  # tsit5 switching to rodas5p and back (solvers/auto.py)
+        from .auto import AUTO
+
+        return AUTO
+    raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join([*METHODS, *IMPLICIT_METHODS, 'auto'])}.")
