@@ -21,6 +21,7 @@ from benchmarks.common import parse_args
 SCRIPTS = {
     "bench_solvers.py": ["solvers.md", "detest_work_precision.png"],
     "bench_adjoint.py": ["adjoint.md", "adjoint_memory.png"],
+    "bench_stiff.py": ["stiff.md"],
 }
 
 
