@@ -345,6 +345,11 @@ ROSENBROCK23 = RosenbrockTableau.from_standard(
 ROSENBROCK_METHODS: dict[str, RosenbrockTableau] = {t.name: t for t in (ROSENBROCK23, RODAS5P)}
 """The built-in Rosenbrock methods by name."""
 
-IMPLICIT_METHODS: dict[str, RosenbrockTableau] = dict(ROSENBROCK_METHODS)
+IMPLICIT_METHODS: dict = dict(ROSENBROCK_METHODS)
 """Every built-in implicit (stiff) method by name; :func:`~neuralode.solvers.tableau.get_tableau` looks here
 after the explicit :data:`~neuralode.solvers.tableau.METHODS`."""
+
+# The ESDIRK methods (solvers/esdirk.py: coefficients and their Newton iteration) join the registry.
+from .esdirk import ESDIRK_METHODS  # noqa: E402
+
+IMPLICIT_METHODS.update(ESDIRK_METHODS)

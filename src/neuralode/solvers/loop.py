@@ -76,19 +76,20 @@ class InfiniteGrid:
 
 
 def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau: ButcherTableau, checkpoint: bool,
-            opts: Any = None, owner: _Problem | None = None):
+            opts: Any = None, owner: _Problem | None = None, error: _ErrorNorm | None = None):
     """``take(t_f0, t, y, f0, h) -> (f0, StepResult)``, evaluating ``f0`` first when it is None.
 
     With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
     under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
     stages. Implicit methods (``tableau.implicit``) get their own step
     (:func:`~neuralode.solvers.rosenbrock.make_stepper`), which needs ``opts`` (the Jacobian's
-    options) and ``owner``, the solve's problem (``problem`` may be a wrapper of it).
+    options) and ``owner``, the solve's problem (``problem`` may be a wrapper of it); ``error``
+    (the error norm) sets the tolerance of the Newton iterations of ESDIRK methods.
     """
     if getattr(tableau, "implicit", False):
         from .rosenbrock import make_stepper
 
-        return make_stepper(problem, tableau, checkpoint, opts, owner)
+        return make_stepper(problem, tableau, checkpoint, opts, owner, error)
 
     def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
         if f0 is None:
@@ -207,7 +208,7 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    take = stepper(problem, tableau, opts.checkpoint, opts, problem)
+    take = stepper(problem, tableau, opts.checkpoint, opts, problem, error)
     fsal = tableau.fsal
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
@@ -276,7 +277,7 @@ def integrate(
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
         stage_func = before_jump(t_stop) if jump_here else problem
-        f0, step = (stepper(stage_func, tableau, opts.checkpoint, opts, problem) if jump_here else take)(s.t_f0, t, y, s.f0, h)
+        f0, step = (stepper(stage_func, tableau, opts.checkpoint, opts, problem, error) if jump_here else take)(s.t_f0, t, y, s.f0, h)
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio

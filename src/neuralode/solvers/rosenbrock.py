@@ -147,13 +147,17 @@ def resolve_batch_dims(opts, problem) -> int:
     return k
 
 
-def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem):
+def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
     """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop, like its explicit stepper.
 
     ``func`` evaluates the stages (the loop's problem, or its just-before-a-jump variant); ``problem``
     (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
     structure for the Jacobian.
     """
+    if getattr(tab, "newton", False):  # ESDIRK methods iterate (esdirk.py); Newton needs the error norm
+        from .esdirk import make_stepper as make_esdirk_stepper
+
+        return make_esdirk_stepper(func, tab, checkpoint, opts, problem, error)
     if getattr(tab, "interp_kind", None) == "auto":  # the composite tsit5/rodas5p method (auto.py)
         from .auto import make_auto_stepper
 
