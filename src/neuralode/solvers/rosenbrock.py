@@ -154,6 +154,10 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
     structure for the Jacobian.
     """
+    if getattr(tab, "fixed_newton", False):  # torchdiffeq's fixed-grid implicit methods (implicit_fixed.py)
+        from .implicit_fixed import make_stepper as make_fixed_stepper
+
+        return make_fixed_stepper(func, tab, checkpoint, opts, problem)
     if getattr(tab, "newton", False):  # ESDIRK methods iterate (esdirk.py); Newton needs the error norm
         from .esdirk import make_stepper as make_esdirk_stepper
 
