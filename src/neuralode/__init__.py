@@ -4,12 +4,14 @@
 """
 
 from .solvers import (
+    IMPLICIT_METHODS,
     METHODS,
     AdaptiveOptions,
     ButcherTableau,
     Event,
     EventRecord,
     FixedOptions,
+    ImplicitOptions,
     Solution,
     SolverError,
     SolverStats,
@@ -25,12 +27,14 @@ from .solvers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMPLICIT_METHODS",
     "METHODS",
     "AdaptiveOptions",
     "ButcherTableau",
     "Event",
     "EventRecord",
     "FixedOptions",
+    "ImplicitOptions",
     "Solution",
     "SolverError",
     "SolverStats",
