@@ -328,7 +328,7 @@ def _batched_robertson(k):
 
 
 def test_batch_of_independent_systems_equals_one_by_one():
-    B = 6
+    B = 4
     k = _rates(B)
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64).repeat(B, 1)
     t = torch.tensor([0.0, 1e-3, 1.0, 1e2], dtype=F64)
@@ -337,7 +337,7 @@ def test_batch_of_independent_systems_equals_one_by_one():
     for b in range(B):
         kb = tuple(float(x) for x in k[b])
         ref = _radau(lambda tt, y: _robertson_np(tt, y, kb), lambda tt, y: _robertson_jac_np(tt, y, kb),
-                     [1.0, 0.0, 0.0], t.tolist())
+                     [1.0, 0.0, 0.0], t.tolist(), rtol=1e-10, atol=1e-15)
         rel = np.abs(sol.ys[:, b].numpy() - ref) / (np.abs(ref) + 1e-12)
         assert rel.max() < 2e-5, (b, rel.max())
     # The batched Jacobian is one evaluation of func per Jacobian, however many samples.

@@ -53,7 +53,7 @@ def _central_differences(method, rtol, delta=1e-5):
     return torch.tensor(out, dtype=F64)
 
 
-@pytest.mark.parametrize("method,rtol,bound", [("rodas5p", 1e-9, 1e-5), ("rosenbrock23", 1e-6, 2e-3)])
+@pytest.mark.parametrize("method,rtol,bound", [("rodas5p", 1e-9, 1e-5), ("rosenbrock23", 1e-5, 5e-3)])
 def test_backprop_through_stiff_steps_matches_finite_differences(method, rtol, bound):
     model = Robertson()
     _loss(model, method, rtol).backward()

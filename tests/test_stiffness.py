@@ -112,10 +112,10 @@ def _robertson(t, y):
 
 
 def test_auto_switches_to_rodas5p_on_a_stiff_problem():
-    t = torch.tensor([0.0, 1e-3, 1.0, 1e2, 1e4], dtype=F64)
+    t = torch.tensor([0.0, 1e-3, 1.0, 1e2], dtype=F64)
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
     auto = solve(_robertson, y0, t, method="auto", rtol=1e-6, atol=1e-12)
-    ref = solve(_robertson, y0, t, method="rodas5p", rtol=1e-10, atol=1e-16)
+    ref = solve(_robertson, y0, t, method="rodas5p", rtol=1e-9, atol=1e-15)
     st = auto.stats
     assert 0 < st.n_jac_evals < st.n_accepted  # both methods took steps: tsit5 first, then rodas5p
     assert st.n_accepted < 400  # tsit5 alone would stop with "The problem is stiff"
@@ -131,29 +131,29 @@ def test_auto_switches_back_when_stiffness_goes_away():
     def vdp(t, y):
         return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
 
-    t = torch.tensor([0.0, 1000.0, 2000.0], dtype=F64)
+    t = torch.tensor([0.0, 500.0, 1000.0], dtype=F64)  # the first fast jump is near t = 807
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
-    auto = solve(vdp, y0, t, method="auto", rtol=1e-6, atol=1e-6)
-    ref = solve(vdp, y0, t, method="rodas5p", rtol=1e-9, atol=1e-9)
-    calls = {"explicit": 0}
+    ref = solve(vdp, y0, t, method="rodas5p", rtol=1e-8, atol=1e-8)
+    explicit_times = []  # the start of every tsit5 step attempt
     from neuralode.solvers import auto as auto_module
 
     original = auto_module.rk_step
 
-    def counting(*args, **kwargs):
-        calls["explicit"] += 1
-        return original(*args, **kwargs)
+    def counting(func, t0, *args, **kwargs):
+        explicit_times.append(t0)
+        return original(func, t0, *args, **kwargs)
 
     patch = pytest.MonkeyPatch()
     patch.setattr(auto_module, "rk_step", counting)
     try:
-        again = solve(vdp, y0, t, method="auto", rtol=1e-6, atol=1e-6)
+        auto = solve(vdp, y0, t, method="auto", rtol=1e-6, atol=1e-6)
     finally:
         patch.undo()
-    assert torch.equal(again.ys, auto.ys)
-    first_switch = STIFF_STEPS  # at least this many tsit5 steps before the first switch
-    assert calls["explicit"] > first_switch + 30, calls  # tsit5 steps in the fast phases too
-    assert auto.stats.n_jac_evals > 0
+    assert len(explicit_times) >= STIFF_STEPS  # tsit5 first, until the test finds the problem stiff
+    # rodas5p on the slow branch from t ~ 0 on; tsit5 again in the fast jump near t = 807:
+    assert any(t > 700.0 for t in explicit_times), max(explicit_times)
+    assert any(t < 1.0 for t in explicit_times)
+    assert 0 < auto.stats.n_jac_evals < auto.stats.n_accepted
     assert float((auto.ys[:, 0] - ref.ys[:, 0]).abs().max()) < 1e-3
 
 
