@@ -1,4 +1,4 @@
-"""Stiff problems: neuralode's rodas5p / rosenbrock23 against scipy's Radau, BDF and LSODA.
+"""Stiff problems: neuralode's rodas5p, kvaerno5, auto and rosenbrock23 against scipy's Radau, BDF and LSODA.
 
     python benchmarks/bench_stiff.py [--quick] [--out DIR]      (writes DIR/stiff.md)
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     setup()
     tols = [1e-4, 1e-6] if args.quick else [1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     lines = [
-        "# Stiff problems: neuralode rodas5p / rosenbrock23 against scipy Radau, BDF, LSODA",
+        "# Stiff problems: neuralode rodas5p, kvaerno5, auto, rosenbrock23 against scipy Radau, BDF, LSODA",
         "",
         "Written by `benchmarks/bench_stiff.py`" + (" --quick" if args.quick else "") + ". "
         "error: max over outputs and components of |y - ref| / (|ref| + scale), ref = scipy Radau at rtol 1e-13; "
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         machine_markdown(),
         "",
     ]
-    for method in ("rodas5p", "rosenbrock23"):  # warm-up: first calls pay for imports and allocations
+    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "auto"):  # warm-up: first calls pay for imports and allocations
         run_ours("OREGO", method, 1e-3)
     for name in PROBLEMS:
         ref = reference(name)
@@ -189,7 +189,9 @@ def main(argv=None) -> int:
         for rtol in tols:
             rows = []
             radau = run_scipy(name, "Radau", rtol)
-            runs = [("neuralode rodas5p", run_ours(name, "rodas5p", rtol))]
+            runs = [("neuralode rodas5p", run_ours(name, "rodas5p", rtol)),
+                    ("neuralode kvaerno5", run_ours(name, "kvaerno5", rtol)),
+                    ("neuralode auto", run_ours(name, "auto", rtol))]
             if rtol >= 1e-5:
                 runs.append(("neuralode rosenbrock23", run_ours(name, "rosenbrock23", rtol)))
             runs += [("scipy Radau", radau), ("scipy BDF", run_scipy(name, "BDF", rtol)),
