@@ -41,7 +41,7 @@ class AdaptiveOptions:
         stiffness: ``"error"`` (default): methods with two stages at ``c = 1`` (dopri5, tsit5,
             dopri8) watch for stiffness at no cost in evaluations and raise ``SolverError`` naming
             the stiff methods when the step is held at the stability limit (Hairer's test, see
-            ``stiffness.py``); ``"off"``: run on regardless.
+            ``stiffness.py``) and the solve has taken 500 steps; ``"off"``: run on regardless.
     """
 
     first_step: float | None = None
