@@ -22,6 +22,7 @@ SCRIPTS = {
     "bench_solvers.py": ["solvers.md", "detest_work_precision.png"],
     "bench_adjoint.py": ["adjoint.md", "adjoint_memory.png"],
     "bench_events.py": ["events.md"],
+    "bench_stiff.py": ["stiff.md"],
 }
 
 

@@ -71,5 +71,5 @@ def test_compile_option_errors():
         odeint(f, y0, t, options={"compile": "fast"})
     with pytest.raises(ValueError, match="cannot be combined"):
         odeint(f, y0, t, options={"compile": True, "checkpoint": True})
-    with pytest.raises(ValueError, match="multistep method"):
+    with pytest.raises(ValueError, match="a multistep or implicit method"):
         odeint(f, y0, t, method="implicit_adams", options={"compile": True})

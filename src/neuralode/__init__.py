@@ -4,6 +4,7 @@
 """
 
 from .solvers import (
+    IMPLICIT_METHODS,
     METHODS,
     AdaptiveOptions,
     ButcherTableau,
@@ -11,6 +12,7 @@ from .solvers import (
     EventRecord,
     FixedOptions,
     Perturb,
+    ImplicitOptions,
     Solution,
     SolverError,
     SolverStats,
@@ -26,6 +28,7 @@ from .solvers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMPLICIT_METHODS",
     "METHODS",
     "AdaptiveOptions",
     "ButcherTableau",
@@ -33,6 +36,7 @@ __all__ = [
     "EventRecord",
     "FixedOptions",
     "Perturb",
+    "ImplicitOptions",
     "Solution",
     "SolverError",
     "SolverStats",

@@ -7,12 +7,15 @@ from .adjoint import in_adjoint_backward, odeint_adjoint, solve_adjoint
 from .api import odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events import Event
+from .implicit import IMPLICIT_METHODS
+from .implicit_options import ImplicitOptions
 from .options import AdaptiveOptions, FixedOptions
 from .problem import Perturb
 from .solution import EventRecord, Solution, SolverStats
 from .tableau import METHODS, ButcherTableau, get_tableau
 
 __all__ = [
+    "IMPLICIT_METHODS",
     "METHODS",
     "AdaptiveOptions",
     "ButcherTableau",
@@ -20,6 +23,7 @@ __all__ = [
     "Event",
     "EventRecord",
     "FixedOptions",
+    "ImplicitOptions",
     "Solution",
     "SolverError",
     "SolverStats",

@@ -70,12 +70,13 @@ class AdamsMethod:
 
     Attributes:
         name: ``"explicit_adams"`` or ``"implicit_adams"`` (``"fixed_adams"`` is an alias).
-        implicit: whether the Moulton corrector runs.
+        corrector: whether the Moulton corrector runs (``implicit_adams``). Not called
+            ``implicit``: that attribute marks the stiff methods, which need a Jacobian.
         description: one line for listings.
     """
 
     name: str
-    implicit: bool
+    corrector: bool
     description: str
 
     # What the loop and the solver's set-up read of a method.
@@ -98,7 +99,7 @@ class AdamsMethod:
             return StepResult(step.y1, None, step.k, memory=prev_f)
         beta = _adams_coefficients(order, False)
         y1 = combine(y0, dt, tuple(enumerate(beta)), prev_f)
-        if self.implicit:
+        if self.corrector:
             gamma = _adams_coefficients(order + 1, True)
             # Everything of the corrector but its implicit term, as an increment.
             base = combine(y0, dt, tuple((j, g) for j, g in enumerate(gamma[1:])), prev_f)

@@ -128,13 +128,17 @@ class _AdjointSolve(torch.autograd.Function):
         def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return flat.flatten(func(tt, flat.unflatten(y)))
 
+        # An implicit backward method (adjoint_method="rodas5p") differentiates the augmented dynamics
+        # itself, for its Jacobian: then they are built with a graph (create_graph, nothing detached).
+        stiff_backward = getattr(_method(cfg["adjoint_method"]), "implicit", False)
+
         def augmented(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             y, a = state[0], state[1]
             with torch.enable_grad():
-                y = y.detach().requires_grad_(True)
+                y = y if (stiff_backward and y.requires_grad) else y.detach().requires_grad_(True)
                 f = f_flat(tt, y)
                 if f.requires_grad:
-                    vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
+                    vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True, create_graph=stiff_backward)
                 else:  # f depends on neither y nor any parameter (e.g. a forcing of t alone)
                     vjps = (None,) * (1 + len(params))
             # The quadratures are carried in the state's dtype (a tuple state has one dtype): a
@@ -143,7 +147,7 @@ class _AdjointSolve(torch.autograd.Function):
                 torch.zeros_like(p, dtype=acc_dtype) if g is None else g.to(acc_dtype) for g, p in zip(vjps[1:], params)
             )
             vjp_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
-            return (f.detach(), vjp_y, *vjp_params)
+            return (f if stiff_backward else f.detach(), vjp_y, *vjp_params)
 
         # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
         # backward solve as the forward callbacks are during the forward one.

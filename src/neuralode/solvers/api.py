@@ -62,8 +62,11 @@ Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
 
 
 def method_names() -> list[str]:
-    """Every method ``solve`` accepts: the Runge-Kutta tableaus, the Adams methods, scipy."""
-    return [*METHODS, *ADAMS_METHODS, SCIPY_METHOD.name]
+    """Every method ``solve`` accepts: the explicit Runge-Kutta tableaus, the implicit (stiff)
+    methods and ``auto``, the Adams methods, scipy."""
+    from .implicit import IMPLICIT_METHODS
+
+    return [*METHODS, *IMPLICIT_METHODS, "auto", *ADAMS_METHODS, SCIPY_METHOD.name]
 
 
 def _method(method: str | None):
@@ -77,12 +80,14 @@ def _method(method: str | None):
         return ADAMS_METHODS[method]
     if method == SCIPY_METHOD.name:
         return SCIPY_METHOD
-    if method not in METHODS:
+    if method not in method_names():
         raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(method_names())}.")
-    return get_tableau(method)
+    return get_tableau(method)  # explicit, implicit and auto
 
 
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
+    if getattr(tableau, "interp_kind", None):  # implicit methods name their own dense output
+        return tableau.interp_kind
     if isinstance(opts, FixedOptions):
         return "linear" if opts.interp == "linear" else "hermite"
     if tableau.dense is not None:

@@ -36,6 +36,9 @@ from .interpolation import (
     linear,
 )
 from .problem import _ErrorNorm, _Problem
+from .auto import auto_dense
+from .rosenbrock import rosenbrock_dense
+from .stiffness import StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
 from .stepper import StepResult, rk_step
@@ -80,17 +83,34 @@ class InfiniteGrid:
         return self.t0 + self.direction * (i + 1) * self.h
 
 
-def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, checkpoint: bool, config=None):
+def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, checkpoint: bool, config=None,
+            opts: Any = None, error: _ErrorNorm | None = None):
     """``take(side, t, y, f0, h, stage, memory) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)``
     first when it is None (just after ``t`` when ``side`` is +1), and the other stages with
     ``stage`` (default ``problem``). ``tableau`` is a :class:`ButcherTableau` (the generic
-    Runge-Kutta step) or a method with its own ``step`` (the Adams methods, which take the
-    history ``memory`` and their ``config``).
+    Runge-Kutta step), a method with its own ``step`` (the Adams methods, which take the
+    history ``memory`` and their ``config``), or an implicit method
+    (:func:`~neuralode.solvers.rosenbrock.make_stepper`, which needs ``opts``, the Jacobian's
+    options, and ``error``, the error norm that sets the Newton tolerance of ESDIRK methods).
 
     With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
     under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
     stages.
     """
+    if getattr(tableau, "implicit", False):
+        from .rosenbrock import make_stepper
+
+        implicit_take = make_stepper(problem, tableau, checkpoint, opts, problem, error)
+
+        def take_implicit(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+            if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
+                f0 = problem(t, y, side)
+            if stage is problem:
+                return implicit_take(t, t, y, f0, h)
+            # A step onto a jump of func: its stages see the side they come from.
+            return make_stepper(stage, tableau, checkpoint, opts, problem, error)(t, t, y, f0, h)
+
+        return take_implicit
 
     if isinstance(tableau, ButcherTableau):
         def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
@@ -138,7 +158,7 @@ class _Interpolant:
     def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
         y0, y1, h = self.y0, self.step.y1, self.h
         inner = [th for th in thetas if 0.0 < th < 1.0]
-        if len(inner) >= 2 and self.kind != "linear":
+        if len(inner) >= 2 and self.kind in ("dense", "dense_extra", "hermite"):
             # Several output times inside one step: one contraction for all of them.
             if self.kind == "dense":
                 values = continuous_extension_many(y0, self.step.k, h, self.tableau.dense, inner)
@@ -164,6 +184,10 @@ class _Interpolant:
                 if self.k is None:
                     self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
                 out.append(continuous_extension(y0, self.k, h, self.tableau.dense_extra, theta))
+            elif self.kind == "auto":
+                out.append(auto_dense(y0, y1, self.step.k, self.tableau, h, theta))
+            elif self.kind == "rosenbrock":
+                out.append(rosenbrock_dense(y0, y1, self.step.k, self.tableau, theta))
             elif self.kind == "linear":
                 out.append(linear(y0, y1, theta))
             else:
@@ -237,7 +261,7 @@ def integrate(
         backend = "inductor" if opts.compile is True else opts.compile
         take = compiled_stepper(problem, tableau, backend, stats)
     else:
-        take = stepper(problem, tableau, opts.checkpoint, method_config)
+        take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)
     fsal = tableau.fsal
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
@@ -246,6 +270,7 @@ def integrate(
     perturb = bool(getattr(opts, "perturb", False)) and error is None  # fixed grids: every step
     if error is None:
         on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
+    stiffness = StiffnessDetector.for_solve(tableau, opts)  # None: not watched (see stiffness.py)
 
     def before(t_end: float):
         """The stages of a step ending at ``t_end``, those at its end evaluated just before it
@@ -344,6 +369,8 @@ def integrate(
             continue
         stats.n_accepted += 1
         stats.last_step = h
+        if stiffness is not None:
+            stiffness.check(t, h, step.k, stats.n_steps)
         if on_accept is not None:
             problem.call_back(on_accept, t, y, h)
         t1 = t_stop if lands else t + h

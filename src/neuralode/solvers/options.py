@@ -55,6 +55,10 @@ class AdaptiveOptions:
             devices without float64, such as Apple's MPS). neuralode carries time as Python
             floats on the host, so no float64 tensor reaches the device either way; this option
             is checked and accepted for compatibility.
+        stiffness: ``"error"`` (default): methods with two stages at ``c = 1`` (dopri5, tsit5,
+            dopri8) watch for stiffness at no cost in evaluations and raise ``SolverError`` naming
+            the stiff methods when the step is held at the stability limit (Hairer's test, see
+            ``stiffness.py``) and the solve has taken 500 steps; ``"off"``: run on regardless.
     """
 
     first_step: float | None = None
@@ -73,6 +77,7 @@ class AdaptiveOptions:
     perturb: bool = False
     dtype: torch.dtype | None = None
     compile: bool | str = False
+    stiffness: str = "error"
 
 
 @dataclass(frozen=True)
@@ -348,10 +353,12 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
 
 
 def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | FixedOptions:
+    # Implicit methods bring their own options type (implicit_options.ImplicitOptions adds the
+    # Jacobian's); the Adams methods theirs.
     if isinstance(tableau, AdamsMethod):
         kind = AdamsOptions
     else:
-        kind = AdaptiveOptions if tableau.adaptive else FixedOptions
+        kind = getattr(tableau, "options_type", None) or (AdaptiveOptions if tableau.adaptive else FixedOptions)
     if options is None:
         return kind()
     if not isinstance(options, dict):
@@ -374,8 +381,11 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             raise ValueError(
                 f"options['compile'] must be True, False or a torch.compile backend ({', '.join(BACKENDS)}); got {comp!r}."
             )
-        if comp and kind is AdamsOptions:
-            raise ValueError(f"options['compile'] compiles Runge-Kutta steps; {tableau.name!r} is a multistep method.")
+        if comp and not isinstance(tableau, ButcherTableau):
+            raise ValueError(
+                f"options['compile'] compiles explicit Runge-Kutta steps; {tableau.name!r} is not one "
+                "(a multistep or implicit method)."
+            )
         if comp and o.get("checkpoint"):
             raise ValueError("options['compile'] and options['checkpoint'] cannot be combined; choose one.")
     if issubclass(kind, FixedOptions):
@@ -429,9 +439,11 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         raise ValueError(f"options['dfactor'] must be in (0, 1]; got {o['dfactor']!r}.")
     if o.get("dtype") is not None and not (isinstance(o["dtype"], torch.dtype) and o["dtype"].is_floating_point):
         raise TypeError(f"options['dtype'] must be a floating torch.dtype such as torch.float32; got {o['dtype']!r}.")
+    if o.get("stiffness", "error") not in ("error", "off"):
+        raise ValueError(f"options['stiffness'] must be 'error' or 'off'; got {o['stiffness']!r}.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
-    return AdaptiveOptions(**o)
+    return kind(**o)
 
 
 

@@ -29,6 +29,11 @@ class SolverStats:
         n_events: events located (terminal and non-terminal).
         compile_s: seconds the first call of a compiled step took (``options={"compile": ...}``),
             compilation included; 0 when nothing was compiled in this solve.
+        n_jac_evals: Jacobians ``df/dy`` formed (implicit methods; a batch of per-sample blocks
+            counts once). Each autograd Jacobian also counts one evaluation of ``func`` in ``nfe``.
+        n_factorizations: LU factorisations of the iteration matrix (one per step attempt of a
+            Rosenbrock method; a batch of blocks counts once).
+        n_linear_solves: linear solves with a factored iteration matrix (one per stage).
     """
 
     nfe: int = 0
@@ -39,6 +44,9 @@ class SolverStats:
     n_event_evals: int = 0
     n_events: int = 0
     compile_s: float = 0.0
+    n_jac_evals: int = 0
+    n_factorizations: int = 0
+    n_linear_solves: int = 0
 
     @property
     def n_steps(self) -> int:

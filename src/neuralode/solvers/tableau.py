@@ -902,4 +902,14 @@ def get_tableau(method: str) -> ButcherTableau:
     try:
         return METHODS[method]
     except KeyError:
-        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(METHODS)}.") from None
+        pass
+    # The stiff (implicit) methods are a parallel registry of their own coefficient type (solvers/implicit.py).
+    from .implicit import IMPLICIT_METHODS
+
+    if method in IMPLICIT_METHODS:
+        return IMPLICIT_METHODS[method]
+    if method == "auto":  # tsit5 switching to rodas5p and back (solvers/auto.py)
+        from .auto import AUTO
+
+        return AUTO
+    raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join([*METHODS, *IMPLICIT_METHODS, 'auto'])}.")

@@ -1,0 +1,253 @@
+"""ESDIRK methods (explicit first stage, singly diagonally implicit) with a simplified (chord) Newton iteration.
+
+A stage of an ESDIRK method with diagonal ``gamma`` solves, for ``Z_i`` (the stage value) and ``k_i = f(t_i, Z_i)``::
+
+    Z_i = y0 + h sum_{j<i} a_ij k_j + h gamma f(t0 + c_i h, Z_i)              (k_0 = f(t0, y0): explicit)
+    y1  = y0 + h sum_i b_i k_i,   err = h sum_i b_err_i k_i
+
+Every stage has the same Newton matrix ``I - h gamma J``, so one ``J`` and one LU factorisation per step size
+serve all stages (Hairer & Wanner II, IV.8, the simplified Newton iteration)::
+
+    (I / (h gamma) - J) dZ = -G(Z) / (h gamma),   G(Z) = Z - y0 - h sum_{j<i} a_ij k_j - h gamma f(t_i, Z)
+
+iterated from the predictor ``Z = y0 + h sum_{j<i} a_ij k_j + h gamma k_{i-1}`` until the displacement,
+measured in the solve's error norm (``atol + rtol |y|`` units), is small: with the contraction rate
+``theta = ||dZ_m|| / ||dZ_{m-1}||``, converged when ``theta / (1 - theta) ||dZ_m|| <= 0.05`` (or
+``||dZ|| <= 1e-3``), diverging when ``theta >= 1`` or after 10 iterations. Then ``k_i = (Z_i - base) /
+(h gamma)`` (no extra evaluation; for stiff problems this is more robust than ``f(Z_i)``).
+
+The Jacobian (and its factorisation, while ``h`` is unchanged) is kept across stages and steps while the
+iteration converges; when it does not, ``J`` is formed afresh at the step's start and the step retried;
+if it still fails the step is rejected (an infinite error estimate makes the controller shrink ``h``), and
+at the minimum step size the solve stops with a :class:`SolverError`.
+
+``kvaerno5``: A. Kværnø, "Singly diagonally implicit Runge-Kutta methods with an explicit first stage",
+BIT Numerical Mathematics 44, 489-502 (2004): 7 stages, order 5 with an embedded order-4 solution,
+L-stable, stiffly accurate (``b`` is the last row of ``a``, so the last stage is ``(t0 + h, y1)`` and is
+reused as the next step's first: FSAL). Dense output: cubic Hermite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .errors import SolverError
+from .jacobian import autograd_linearisation, callable_linearisation
+from .stepper import StepResult, combine
+
+_TOL = 1e-12
+NEWTON_MAX_ITER = 10
+NEWTON_KAPPA = 0.05
+
+
+@dataclass(frozen=True)
+class ESDIRKTableau:
+    """An ESDIRK method's coefficients, validated on creation.
+
+    Attributes:
+        name: the method's name.
+        gamma: the diagonal coefficient of stages 1 .. s-1 (stage 0 is explicit).
+        a: ``s`` rows; row ``i`` has ``i`` entries, the strictly lower part (the diagonal is ``gamma``).
+        b: ``(s,)`` weights; ``b_err``: ``(s,)`` ``b - b_hat``.
+        c: ``(s,)`` nodes, ``c_i = sum_j a_ij + gamma`` (``c_0 = 0``).
+        order, error_order: orders of ``y1`` and of ``y1_hat``.
+        description: the method and its source.
+    """
+
+    name: str
+    gamma: float
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_err: tuple[float, ...]
+    c: tuple[float, ...]
+    order: int
+    error_order: int
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        name = self.name
+        rows = tuple(tuple(float(x) for x in row) for row in self.a)
+        object.__setattr__(self, "a", rows)
+        for field in ("b", "b_err", "c"):
+            values = tuple(float(x) for x in getattr(self, field))
+            if len(values) != s or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"ESDIRKTableau {name!r}: {field} must have {s} finite entries; got {values}")
+            object.__setattr__(self, field, values)
+        if len(rows) != s or any(len(r) != i for i, r in enumerate(rows)):
+            raise ValueError(f"ESDIRKTableau {name!r}: a must have {s} rows, row i with i entries")
+        if self.c[0] != 0.0:
+            raise ValueError(f"ESDIRKTableau {name!r}: the first stage is explicit, so c[0] must be 0")
+        for i in range(1, s):
+            if abs(sum(rows[i]) + self.gamma - self.c[i]) > _TOL:
+                raise ValueError(f"ESDIRKTableau {name!r}: row {i} of a plus gamma sums to "
+                                 f"{sum(rows[i]) + self.gamma!r}, not c[{i}] = {self.c[i]!r}")
+        if abs(sum(self.b) - 1.0) > _TOL or abs(sum(self.b_err)) > _TOL:
+            raise ValueError(f"ESDIRKTableau {name!r}: b must sum to 1 and b_err to 0")
+
+    stages = property(lambda self: len(self.c))
+    adaptive = property(lambda self: True)
+    implicit = property(lambda self: True)
+    newton = property(lambda self: True)
+    interp_kind = property(lambda self: "hermite")
+
+    @property
+    def fsal(self) -> bool:
+        """Stiffly accurate: ``b`` is the last row (with ``gamma``), so the last stage is ``f(t0 + h, y1)``."""
+        return self.c[-1] == 1.0 and self.b == (*self.a[-1], self.gamma)
+
+    @property
+    def options_type(self) -> type:
+        from .implicit_options import ImplicitOptions
+
+        return ImplicitOptions
+
+    def full_a(self) -> list[list[float]]:
+        """The ``s x s`` stage matrix with ``gamma`` on the diagonal (0 for the explicit first stage)."""
+        s = self.stages
+        return [[(self.a[i][j] if j < i else (self.gamma if (i == j and i > 0) else 0.0)) for j in range(s)]
+                for i in range(s)]
+
+
+_G = 0.26
+_A = (
+    (),
+    (_G,),
+    (0.13, 0.84033320996790809),
+    (0.22371961478320505, 0.47675532319799699, -0.06470895363112615),
+    (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998),
+    (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676),
+    (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046, 0.62993304899016403,
+     0.06962479448202728),
+)  # fmt: skip
+
+KVAERNO5 = ESDIRKTableau(
+    name="kvaerno5",
+    gamma=_G,
+    a=_A,
+    b=(*_A[6], _G),
+    # b_hat is the sixth stage's row (stiffly accurate embedded solution): b - b_hat.
+    b_err=tuple(x - y for x, y in zip((*_A[6], _G), (*_A[5], _G, 0.0))),
+    c=(0.0, 0.52, 1.230333209967908, 0.8957659843500759, 0.43639360985864756, 1.0, 1.0),
+    order=5,
+    error_order=4,
+    description="Kvaerno 5(4) (BIT 2004): 7-stage L-stable stiffly accurate ESDIRK, FSAL, chord Newton.",
+)
+
+ESDIRK_METHODS: dict[str, ESDIRKTableau] = {KVAERNO5.name: KVAERNO5}
+
+
+def _nz(coeffs: Sequence[float]):
+    return tuple((j, float(x)) for j, x in enumerate(coeffs) if x != 0.0)
+
+
+def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, error):
+    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop (see the module docstring).
+
+    The Jacobian and the factorisation are the stepper's cache, reused while Newton converges; the step's
+    values do not depend on when they were formed beyond the iteration's tolerance.
+    """
+    from .rosenbrock import factor, resolve_batch_dims
+
+    stats = problem.stats
+    batch_dims = resolve_batch_dims(opts, problem)
+    jac = opts.jacobian if callable(opts.jacobian) else None
+    min_step = getattr(opts, "min_step", 0.0)
+    rows = [_nz(r) for r in tab.a]
+    b, b_err = _nz(tab.b), _nz(tab.b_err)
+    cache: dict = {}
+    user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
+
+    def f_tensor(tt, y):
+        stats.nfe += 1
+        if problem.is_tuple:
+            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
+        return problem.func(tt, y)
+
+    def fresh_jacobian(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
+        stats.n_jac_evals += 1
+        tt = problem.time(t)
+        if jac is not None:
+            lin = callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten, user_shape)
+        else:
+            create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
+            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling="J" not in cache,
+                                         create_graph=create_graph)
+        cache.update(J=lin.J, y=y, t=t, lu=None, h_lu=None)
+
+    def factors(t: float, h: float):
+        if cache.get("h_lu") != h:
+            cache["lu"] = factor(cache["J"], h, tab.gamma, t, stats, stats.n_steps)
+            cache["h_lu"] = h
+        return cache["lu"]
+
+    def scaled(dz: torch.Tensor, y: torch.Tensor) -> float:
+        return error.scaled(dz, y) if error is not None else float(dz.abs().max())
+
+    def solve_stage(t: float, ti: float, y0: torch.Tensor, base: torch.Tensor, guess_k: torch.Tensor, h: float):
+        """Z with Z = base + h gamma f(ti, Z), or None when the chord iteration does not converge."""
+        LU, piv = factors(t, h)
+        B, n = cache["J"].shape[0], cache["J"].shape[-1]
+        hg = h * tab.gamma
+        z = torch.add(base, guess_k, alpha=hg)
+        prev = None
+        for m in range(NEWTON_MAX_ITER):
+            g = z - base - hg * func(ti, z)
+            dz = -torch.linalg.lu_solve(LU, piv, (g / hg).reshape(B, n, 1)).reshape(z.shape)
+            stats.n_linear_solves += 1
+            z = z + dz
+            d = scaled(dz, y0)
+            if not math.isfinite(d):
+                return None
+            if d <= 1e-3 * NEWTON_KAPPA:
+                return z
+            if prev is not None:
+                theta = d / prev
+                if theta >= 1.0:
+                    return None
+                if theta / (1.0 - theta) * d <= NEWTON_KAPPA:
+                    return z
+            prev = d
+        return None
+
+    def attempt(t: float, y: torch.Tensor, f0: torch.Tensor, h: float):
+        k = [f0]
+        hg = h * tab.gamma
+        for i in range(1, tab.stages):
+            base = combine(y, h, rows[i], k)
+            z = solve_stage(t, t + tab.c[i] * h, y, base, k[-1], h)
+            if z is None:
+                return None
+            k.append((z - base) / hg)
+        y1 = z if tab.fsal else combine(y, h, b, k)
+        (j0, e0), *rest = b_err
+        y_err = k[j0] * (h * e0)
+        for j, e in rest:
+            y_err = torch.add(y_err, k[j], alpha=h * e)
+        return StepResult(y1, y_err, tuple(k))
+
+    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        if f0 is None:
+            f0 = func(t_f0, y)
+        if "J" not in cache:
+            fresh_jacobian(t, y, f0, h)
+        step = attempt(t, y, f0, h)
+        if step is None and not (cache["y"] is y and cache["t"] == t):
+            fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: refresh it and retry
+            step = attempt(t, y, f0, h)
+        if step is not None:
+            return f0, step
+        if abs(h) <= max(min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
+            raise SolverError(
+                "Newton iteration failed to converge at the minimum step size", t, h, stats.n_steps,
+                "func may be discontinuous or non-finite here, or options['jacobian'] wrong; loosen rtol/atol, "
+                "lower options['min_step'], or try method='rodas5p' (no iteration).",
+            )
+        inf = torch.full_like(y, math.inf)
+        return f0, StepResult(y, inf, (f0,) * tab.stages)
+
+    return take

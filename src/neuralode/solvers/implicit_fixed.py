@@ -1,0 +1,230 @@
+"""torchdiffeq's fixed-grid implicit methods, solved by Newton's method with the true Jacobian.
+
+An implicit Runge-Kutta method with ``s`` stages (full stage matrix ``A``) takes a step of size ``h`` by solving
+for the stage derivatives ``K = (k_1 .. k_s)``::
+
+    k_i = f(t0 + c_i h, y0 + h sum_j a_ij k_j),      y1 = y0 + h sum_i b_i k_i
+
+All stages are solved together by a simplified Newton iteration with the Jacobian ``J = df/dy(t0, y0)`` formed
+at the start of every step (by autograd, per sample for a batch; see :mod:`~neuralode.solvers.jacobian`)::
+
+    (I_{sn} - h A (x) J) dK = -(K - F(K)),   per sample: one (s n) x (s n) matrix, factored once per step
+
+from the predictor ``k_i = f(t0, y0)``, until ``|h dK| <= tol (1 + |y0|)`` (``tol = eps^(3/4)`` of the dtype:
+1.8e-12 in float64; or ``sqrt(eps)`` once the iteration stalls at rounding) or 20 iterations; if that fails,
+full Newton (``J`` at every stage value, refreshed every iteration) carries on from there. torchdiffeq (0.2.5) iterates Broyden's method from the identity on
+one dense Jacobian approximation of the whole batch; with the true Jacobian the iteration converges in a few
+steps on stiff problems, where an identity start needs many. A fixed step cannot be rejected, so an iteration
+that diverges or does not converge stops the solve with a :class:`SolverError` that says to take smaller
+steps.
+
+Methods (coefficients: Hairer & Wanner, *Solving ODEs II*, IV.5 (Radau IIA, Gauss), IV.6 (SDIRK); TR-BDF2:
+Bank et al. 1985 / Hosea & Shampine 1996, in its ESDIRK form):
+
+========================  ======  =====================================================================
+name                      order   method
+========================  ======  =====================================================================
+``implicit_euler``        1       backward Euler (Radau IIA, 1 stage)
+``implicit_midpoint``     2       Gauss-Legendre, 1 stage
+``trapezoid``             2       the trapezoidal rule (Lobatto IIIA, 2 stages, explicit first stage)
+``radauIIA3``             3       Radau IIA, 2 stages
+``radauIIA5``             5       Radau IIA, 3 stages
+``gl4``                   4       Gauss-Legendre, 2 stages
+``gl6``                   6       Gauss-Legendre, 3 stages
+``sdirk2``                2       Alexander's L-stable SDIRK, gamma = 1 - sqrt(2)/2
+``trbdf2``                2       TR-BDF2, gamma = 2 - sqrt(2)
+========================  ======  =====================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .errors import SolverError
+from .jacobian import autograd_linearisation, callable_linearisation
+from .options import FixedOptions
+
+NEWTON_MAX_ITER = 20
+
+
+@dataclass(frozen=True)
+class ImplicitFixedOptions(FixedOptions):
+    """:class:`FixedOptions` plus ``jacobian`` and ``batch_dims`` as for the adaptive implicit methods
+    (:class:`~neuralode.solvers.implicit_options.ImplicitOptions`)."""
+
+    jacobian: str | Callable[..., Any] = "batched"
+    batch_dims: int | None = None
+
+    def __post_init__(self) -> None:
+        from .implicit_options import ImplicitOptions
+
+        ImplicitOptions(jacobian=self.jacobian, batch_dims=self.batch_dims)  # the same checks
+
+
+@dataclass(frozen=True)
+class ImplicitRK:
+    """A fully implicit Runge-Kutta method: ``c`` (s,), ``A`` (s x s, full), ``b`` (s,), validated on creation."""
+
+    name: str
+    c: tuple[float, ...]
+    A: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+    description: str = ""
+    adaptive: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        A = tuple(tuple(float(x) for x in row) for row in self.A)
+        object.__setattr__(self, "A", A)
+        object.__setattr__(self, "c", tuple(float(x) for x in self.c))
+        object.__setattr__(self, "b", tuple(float(x) for x in self.b))
+        if len(A) != s or any(len(r) != s for r in A) or len(self.b) != s:
+            raise ValueError(f"ImplicitRK {self.name!r}: A must be {s} x {s} and b must have {s} entries")
+        for i, row in enumerate(A):
+            if abs(sum(row) - self.c[i]) > 1e-12:
+                raise ValueError(f"ImplicitRK {self.name!r}: row {i} of A sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}")
+        if abs(sum(self.b) - 1.0) > 1e-12:
+            raise ValueError(f"ImplicitRK {self.name!r}: b must sum to 1; got {sum(self.b)!r}")
+
+    stages = property(lambda self: len(self.c))
+    implicit = property(lambda self: True)
+    fixed_newton = property(lambda self: True)
+    fsal = property(lambda self: False)
+
+    @property
+    def options_type(self) -> type:
+        return ImplicitFixedOptions
+
+
+_S3, _S6, _S15 = math.sqrt(3.0), math.sqrt(6.0), math.sqrt(15.0)
+_SD = 1.0 - math.sqrt(2.0) / 2.0  # sdirk2's gamma
+_TG = 2.0 - math.sqrt(2.0)  # TR-BDF2's gamma: the trapezoidal stage ends at gamma h
+_TW = math.sqrt(2.0) / 4.0
+
+_METHODS = (
+    ImplicitRK("implicit_euler", (1.0,), ((1.0,),), (1.0,), 1, "backward Euler"),
+    ImplicitRK("implicit_midpoint", (0.5,), ((0.5,),), (1.0,), 2, "Gauss-Legendre, 1 stage"),
+    ImplicitRK("trapezoid", (0.0, 1.0), ((0.0, 0.0), (0.5, 0.5)), (0.5, 0.5), 2, "trapezoidal rule"),
+    ImplicitRK("radauIIA3", (1.0 / 3.0, 1.0), ((5.0 / 12.0, -1.0 / 12.0), (0.75, 0.25)), (0.75, 0.25), 3,
+               "Radau IIA, 2 stages"),
+    ImplicitRK(
+        "radauIIA5", ((4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0),
+        (((88.0 - 7.0 * _S6) / 360.0, (296.0 - 169.0 * _S6) / 1800.0, (-2.0 + 3.0 * _S6) / 225.0),
+         ((296.0 + 169.0 * _S6) / 1800.0, (88.0 + 7.0 * _S6) / 360.0, (-2.0 - 3.0 * _S6) / 225.0),
+         ((16.0 - _S6) / 36.0, (16.0 + _S6) / 36.0, 1.0 / 9.0)),
+        ((16.0 - _S6) / 36.0, (16.0 + _S6) / 36.0, 1.0 / 9.0), 5, "Radau IIA, 3 stages",
+    ),
+    ImplicitRK("gl4", (0.5 - _S3 / 6.0, 0.5 + _S3 / 6.0),
+               ((0.25, 0.25 - _S3 / 6.0), (0.25 + _S3 / 6.0, 0.25)), (0.5, 0.5), 4, "Gauss-Legendre, 2 stages"),
+    ImplicitRK(
+        "gl6", (0.5 - _S15 / 10.0, 0.5, 0.5 + _S15 / 10.0),
+        ((5.0 / 36.0, 2.0 / 9.0 - _S15 / 15.0, 5.0 / 36.0 - _S15 / 30.0),
+         (5.0 / 36.0 + _S15 / 24.0, 2.0 / 9.0, 5.0 / 36.0 - _S15 / 24.0),
+         (5.0 / 36.0 + _S15 / 30.0, 2.0 / 9.0 + _S15 / 15.0, 5.0 / 36.0)),
+        (5.0 / 18.0, 4.0 / 9.0, 5.0 / 18.0), 6, "Gauss-Legendre, 3 stages",
+    ),
+    ImplicitRK("sdirk2", (_SD, 1.0), ((_SD, 0.0), (1.0 - _SD, _SD)), (1.0 - _SD, _SD), 2, "Alexander's SDIRK2"),
+    ImplicitRK("trbdf2", (0.0, _TG, 1.0), ((0.0, 0.0, 0.0), (_TG / 2.0, _TG / 2.0, 0.0), (_TW, _TW, _TG / 2.0)),
+               (_TW, _TW, _TG / 2.0), 2, "TR-BDF2"),
+)
+IMPLICIT_FIXED_METHODS: dict[str, ImplicitRK] = {m.name: m for m in _METHODS}
+
+
+def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
+    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop's fixed-step mode."""
+    from .rosenbrock import resolve_batch_dims
+    from .stepper import StepResult
+
+    stats = problem.stats
+    batch_dims = resolve_batch_dims(opts, problem)
+    jac = opts.jacobian if callable(opts.jacobian) else None
+    user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
+    s = tab.stages
+    checked = {"done": False}
+
+    def f_tensor(tt, y):
+        stats.nfe += 1
+        if problem.is_tuple:
+            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
+        return problem.func(tt, y)
+
+    def jacobian(t: float, y: torch.Tensor, f: torch.Tensor, h: float) -> torch.Tensor:
+        stats.n_jac_evals += 1
+        tt = problem.time(t)
+        if jac is not None:
+            return callable_linearisation(jac, f_tensor, tt, y, f, batch_dims, h, problem.unflatten, user_shape).J
+        create_graph = torch.is_grad_enabled() and (y.requires_grad or f.requires_grad)
+        J = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not checked["done"],
+                                   create_graph=create_graph).J
+        checked["done"] = True
+        return J
+
+    def stages(t: float, y: torch.Tensor, f0: torch.Tensor, h: float, K):
+        Z = [y + h * sum(tab.A[i][j] * K[j] for j in range(s) if tab.A[i][j] != 0.0) if any(tab.A[i]) else y
+             for i in range(s)]
+        F = [f0 if not any(tab.A[i]) else func(t + tab.c[i] * h, Z[i]) for i in range(s)]
+        return Z, F
+
+    def factor(Js: torch.Tensor, h: float, t: float):
+        """LU of I - h [a_ij J_j] per sample; ``Js`` is (B, s, n, n), one Jacobian per stage."""
+        B, n = Js.shape[0], Js.shape[-1]
+        A = torch.tensor(tab.A, dtype=Js.dtype, device=Js.device)  # (s, s)
+        M = torch.eye(s * n, dtype=Js.dtype, device=Js.device) - h * torch.einsum("ij,bjkl->bikjl", A, Js).reshape(
+            B, s * n, s * n)  # (B, s n, s n), stage-major
+        LU, piv, info = torch.linalg.lu_factor_ex(M)
+        stats.n_factorizations += 1
+        if bool((info > 0).any()):
+            raise SolverError(f"Singular Newton matrix I - h A (x) J of {tab.name}", t, h, stats.n_steps,
+                              "Lower options['step_size'], or check options['jacobian'].")
+        return LU, piv
+
+    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        if f0 is None:
+            f0 = func(t_f0, y)
+        J0 = jacobian(t, y, f0, h)
+        B, n = J0.shape[0], J0.shape[-1]
+        tol = torch.finfo(y.dtype).eps ** 0.75
+        scale = 1.0 + float(y.detach().abs().max())
+        # First the simplified iteration (J at the step's start for every stage: one factorisation); if it
+        # does not converge, full Newton from where it stopped, with J at every stage value, refreshed on every
+        # iteration (the step is fixed, so it cannot be retried smaller).
+        K = [f0] * s
+        for full in (False, True):
+            LU = None if full else factor(J0.unsqueeze(1).expand(B, s, n, n), h, t)
+            prev = None
+            for m in range(NEWTON_MAX_ITER):
+                Z, F = stages(t, y, f0, h, K)
+                if full:
+                    Js = torch.stack([J0 if not any(tab.A[i]) else jacobian(t + tab.c[i] * h, Z[i], F[i], h)
+                                      for i in range(s)], dim=1)
+                    LU = factor(Js, h, t)
+                G = torch.stack([K[i] - F[i] for i in range(s)])  # (s, *shape)
+                rhs = G.reshape(s, B, n).permute(1, 0, 2).reshape(B, s * n, 1)
+                dK = -torch.linalg.lu_solve(*LU, rhs).reshape(B, s, n).permute(1, 0, 2).reshape(s, *y.shape)
+                stats.n_linear_solves += 1
+                K = [K[i] + dK[i] for i in range(s)]
+                d = abs(h) * float(dK.detach().abs().max())
+                if not math.isfinite(d):
+                    K = [f0] * s
+                    break
+                stalled = prev is not None and d >= 0.9 * prev
+                # Converged; or stalled at the rounding level of an ill-conditioned Newton matrix
+                # (within sqrt(eps) of the state's scale), which no further iteration improves.
+                if d <= tol * scale or (stalled and d <= torch.finfo(y.dtype).eps ** 0.5 * scale):
+                    y1 = y + h * sum(tab.b[i] * K[i] for i in range(s))
+                    return f0, StepResult(y1, None, tuple(K))
+                if stalled and m >= 3:
+                    break
+                prev = d
+        raise SolverError(
+            f"Newton iteration of {tab.name} did not converge", t, h, stats.n_steps,
+            "A fixed step cannot be retried smaller: lower options['step_size'] (or use an adaptive stiff method, "
+            "method='rodas5p'), or check func for non-finite values.",
+        )
+
+    return take

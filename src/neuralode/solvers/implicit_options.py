@@ -1,0 +1,49 @@
+"""Options of the implicit (stiff) methods: the adaptive options plus how the Jacobian is formed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .options import AdaptiveOptions
+
+JACOBIAN_KINDS = ("batched", "dense")
+
+
+@dataclass(frozen=True)
+class ImplicitOptions(AdaptiveOptions):
+    """Options of ``rodas5p``, ``rosenbrock23`` (and the other stiff methods): :class:`AdaptiveOptions` plus
+
+    Attributes:
+        jacobian: how ``J = df/dy`` is formed.
+
+            * ``"batched"`` (default): by autograd, one ``n x n`` block per sample, the leading
+              ``batch_dims`` dimensions of the state indexing independent systems. The first Jacobian of
+              every solve checks that the samples really are independent (one extra cotangent in the same
+              backward) and raises ``ValueError`` if func couples them.
+            * ``"dense"``: by autograd, the whole state is one coupled system (``batch_dims = 0``).
+            * a callable ``jac(t, y)``: the analytic Jacobian, a tensor of shape ``(B, n, n)`` (``(n, n)``
+              for one system), ``J[b, i, j] = d f_bi / d y_bj`` over the flattened event dimensions.
+        batch_dims: how many leading dimensions of the state index independent systems. Default (``None``):
+            1 for a tensor state with two or more dimensions (the ``(batch, features)`` convention of Neural
+            ODEs), 0 for a 1-D state or a tuple state. A state whose rows are coupled (one system laid out
+            as a matrix, a model with batch normalisation) needs ``jacobian="dense"`` or ``batch_dims=0``.
+    """
+
+    jacobian: str | Callable[..., Any] = "batched"
+    batch_dims: int | None = None
+
+    def __post_init__(self) -> None:
+        jac = self.jacobian
+        if not callable(jac) and not (isinstance(jac, str) and jac in JACOBIAN_KINDS):
+            raise ValueError(
+                f"options['jacobian'] must be 'batched', 'dense' or a callable jac(t, y); got {jac!r}."
+            )
+        k = self.batch_dims
+        if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+            raise ValueError(f"options['batch_dims'] must be a non-negative integer or None; got {k!r}.")
+        if isinstance(jac, str) and jac == "dense" and k not in (None, 0):
+            raise ValueError(
+                f"options['jacobian']='dense' treats the whole state as one system, so options['batch_dims'] "
+                f"must be 0 or left out; got {k!r}."
+            )

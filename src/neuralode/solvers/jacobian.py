@@ -1,0 +1,202 @@
+"""Jacobians ``df/dy`` (and ``df/dt``) for the implicit methods, per sample of a batch.
+
+A state of shape ``(*batch, *event)`` whose leading ``batch_dims`` dimensions index independent systems
+(the usual Neural-ODE batch: ``(B, n)`` with ``batch_dims = 1``) has a block-diagonal Jacobian. Only the
+blocks are computed and stored, as one tensor of shape ``(B, n, n)`` with ``B = prod(batch)`` and
+``n = prod(event)``; every linear solve is then ``B`` independent ``n x n`` solves
+(``torch.linalg.lu_factor`` / ``lu_solve`` on the stacked blocks), so cost and memory are linear in ``B``
+and no ``(B n) x (B n)`` matrix is ever formed. ``batch_dims = 0`` (``jacobian="dense"``) is the case
+``B = 1``: one coupled system of ``n = y.numel()`` unknowns.
+
+How the blocks come from autograd: with ``f = func(t, y)`` evaluated once, the ``n`` vector-Jacobian
+products with cotangents ``E_j`` that are 1 at event index ``j`` of *every* sample give, for independent
+samples, row ``j`` of every block at once: ``(E_j^T df/dy)[b, k] = df_{b j} / dy_{b k}``. The ``n`` products run
+as one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``, a vmap over the cotangents,
+not over the user's function, so any differentiable ``func`` works). The same backward carries one more
+cotangent, 1 on sample 0's outputs only: if the samples are independent its gradient vanishes exactly on
+every other sample; if not, the solve stops with an error that says to pass ``jacobian="dense"``
+(checked on the first Jacobian of every solve, at the cost of one extra cotangent).
+
+``df/dt`` (needed by non-autonomous problems) is a Jacobian-vector product in ``t``, computed by forward-mode
+AD in the same evaluation (``t`` a dual number; the double-backward trick ``d/dv [v . df/dt] = df/dt`` for
+functions without forward-mode derivatives); a ``func`` that does not depend on ``t`` yields ``None`` (no
+term) at no extra evaluation. A ``func`` that turns ``t`` into a Python number (``float(t)``) hides its
+time dependence from autograd: the Rosenbrock methods then lose order on non-autonomous problems.
+
+With autograd recording (backpropagation through the solve), the blocks are computed with
+``create_graph=True``, so the gradient of the solution includes the dependence of ``J`` on the state and
+the parameters (Rosenbrock methods use the exact ``J``; leaving it out would not be the derivative of the
+discrete solution).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+
+class Linearisation(NamedTuple):
+    """``J`` as ``(B, n, n)`` blocks and ``f_t`` shaped like the state (``None``: ``func`` ignores ``t``)."""
+
+    J: torch.Tensor
+    f_t: torch.Tensor | None
+
+
+def batch_shape(shape: torch.Size, batch_dims: int) -> tuple[int, int]:
+    """``(B, n)``: the number of independent systems and the unknowns of each."""
+    return math.prod(shape[:batch_dims]), math.prod(shape[batch_dims:])
+
+
+def _time_derivative(f: torch.Tensor, tt: torch.Tensor, y: torch.Tensor, create_graph: bool) -> torch.Tensor | None:
+    """``df/dt`` by the double-backward trick; ``None`` when ``f`` does not depend on ``tt``.
+
+    ``y`` (the state ``f`` was evaluated at) is passed as an input of both backward calls although its
+    gradient is not wanted: the autograd engine stops its graph search at inputs, and without it the search
+    would run through the state's whole history (every earlier step of a differentiable solve), which made
+    each Jacobian cost time proportional to the number of steps taken so far.
+    """
+    v = torch.zeros_like(f, requires_grad=True)
+    gt = torch.autograd.grad(f, (tt, y), v, create_graph=True, allow_unused=True, retain_graph=True)[0]
+    if gt is None or not gt.requires_grad:
+        return None
+    f_t = torch.autograd.grad(gt, (v, y), create_graph=create_graph, allow_unused=True)[0]
+    return None if f_t is None else f_t
+
+
+def _evaluate_with_time_tangent(func, tt: torch.Tensor, yv: torch.Tensor):
+    """``(f, df/dt)`` from one evaluation of ``func`` with ``t`` a forward-mode dual number (tangent 1).
+
+    Forward mode gives ``df/dt`` (``None`` when ``func`` ignores ``t``) in the same evaluation that the
+    Jacobian's backward uses, and unlike a reverse-mode derivative in ``t`` it never searches the state's
+    autograd history (in a differentiable solve that history is every earlier step, and a reverse pass to
+    ``t`` walks all of it: the cost of each Jacobian would grow with the step count). ``df/dt`` stays
+    differentiable with respect to the state and the parameters.
+
+    Returns ``(f, f_t, None)``, or, for a ``func`` using an operation without a forward-mode derivative,
+    ``(f, None, tv)`` with ``f`` evaluated at a time leaf ``tv`` that requires grad, for the double-backward
+    trick (:func:`_time_derivative`).
+    """
+    import torch.autograd.forward_ad as fwAD
+
+    try:
+        with fwAD.dual_level():
+            td = fwAD.make_dual(tt.detach(), torch.ones_like(tt))
+            out = func(td, yv)
+            if not isinstance(out, torch.Tensor):
+                return out, None, None
+            f, f_t = fwAD.unpack_dual(out)
+        return f, f_t, None
+    except (NotImplementedError, RuntimeError):
+        tv = tt.detach().requires_grad_(True)
+        return func(tv, yv), None, tv
+
+
+def autograd_linearisation(
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tt: torch.Tensor,
+    y: torch.Tensor,
+    batch_dims: int,
+    *,
+    check_coupling: bool,
+    create_graph: bool,
+) -> Linearisation:
+    """``df/dy`` blocks and ``df/dt`` at ``(tt, y)`` from one evaluation of ``func`` and one batched backward.
+
+    Args:
+        func: ``func(t, y)`` with ``t`` a 0-dim tensor and ``y`` shaped like the state; called once.
+        tt: the time, a 0-dim tensor of the state's dtype.
+        y: the state; the Jacobian is differentiable with respect to it (and to parameters of ``func``)
+            when autograd is recording.
+        batch_dims: leading dimensions of ``y`` that index independent systems.
+        check_coupling: verify that the samples are independent (see the module docstring).
+        create_graph: keep the Jacobian differentiable (the caller knows whether the state or the
+            parameters of ``func`` require gradients).
+
+    Raises:
+        TypeError: when ``func``'s output is not differentiable with respect to ``y``.
+        ValueError: when ``check_coupling`` finds samples that depend on each other.
+    """
+    B, n = batch_shape(y.shape, batch_dims)
+    with torch.enable_grad():
+        yv = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
+        f, f_t, tv = _evaluate_with_time_tangent(func, tt, yv)
+        if not (isinstance(f, torch.Tensor) and f.requires_grad):
+            raise TypeError(
+                "options['jacobian']: func(t, y) is not differentiable by autograd with respect to y, so its "
+                "Jacobian cannot be computed; pass options={'jacobian': jac} with jac(t, y) returning the "
+                "Jacobian, or make func use torch operations."
+            )
+        rows = n + (1 if check_coupling and B > 1 else 0)
+        eye = torch.eye(n, dtype=y.dtype, device=y.device)  # (n, n)
+        cot = eye.unsqueeze(1).expand(n, B, n)  # (n, B, n): row j is 1 at index j of every sample
+        if rows > n:
+            probe = torch.zeros(1, B, n, dtype=y.dtype, device=y.device)
+            probe[0, 0] = 1.0
+            cot = torch.cat([cot, probe])
+        (G,) = torch.autograd.grad(
+            f, yv, cot.reshape(rows, *y.shape), is_grads_batched=True, retain_graph=True,
+            create_graph=create_graph, allow_unused=True,
+        )
+        if G is None:
+            G = torch.zeros(rows, *y.shape, dtype=y.dtype, device=y.device)
+        G = G.reshape(rows, B, n)
+        if rows > n and bool((G[n, 1:] != 0).any()):
+            raise ValueError(
+                f"options['jacobian']='batched' treats the {B} samples along the first {batch_dims} dimension(s) "
+                "of the state as independent systems, but func couples them (sample 0's derivative depends on "
+                "other samples). Pass options={'jacobian': 'dense'} for one coupled system, or set "
+                "options['batch_dims'] to the number of leading dimensions that really are independent."
+            )
+        J = G[:n].permute(1, 0, 2)  # (B, n, n): J[b, j, k] = d f_bj / d y_bk
+        if tv is not None:
+            f_t = _time_derivative(f, tv, yv, create_graph)
+    if not create_graph:
+        J = J.detach()
+        f_t = None if f_t is None else f_t.detach()
+    return Linearisation(J, f_t)
+
+
+def callable_linearisation(
+    jac: Callable, func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tt: torch.Tensor,
+    y: torch.Tensor, f0: torch.Tensor, batch_dims: int, h_scale: float,
+    unflatten: Callable, user_shape: tuple[int, ...],
+) -> Linearisation:
+    """The user's ``jac(t, y)``, checked, as ``(B, n, n)`` blocks; ``df/dt`` by autograd where ``func`` allows
+    it (one evaluation of ``func``), else by a forward difference (two).
+
+    Raises:
+        TypeError, ValueError: when ``jac`` returns something other than a tensor of shape ``(B, n, n)``
+            (or ``(n, n)`` for one system) of the state's dtype.
+    """
+    B, n = batch_shape(y.shape, batch_dims)
+    J = jac(tt, unflatten(y))
+    if not isinstance(J, torch.Tensor):
+        raise TypeError(f"options['jacobian'] callable must return a torch.Tensor; got {type(J).__name__}.")
+    expected = [(B, n, n)] + ([(n, n)] if B == 1 else [])
+    if tuple(J.shape) not in expected:
+        want = " or ".join(str(e) for e in expected)
+        raise ValueError(
+            f"options['jacobian'] callable returned shape {tuple(J.shape)}; for a state of shape {user_shape} with "
+            f"batch_dims={batch_dims} it must return {want} (B = {B} independent systems of n = {n} unknowns, "
+            "J[b, i, j] = d f_bi / d y_bj)."
+        )
+    if J.dtype != y.dtype:
+        raise TypeError(f"options['jacobian'] callable returned dtype {J.dtype}; it must return the state's dtype {y.dtype}.")
+    J = J.reshape(B, n, n)
+    with torch.enable_grad():
+        # One evaluation with t and y traced: a func that autograd can follow gives df/dt (or shows that it
+        # ignores t); one it cannot (its output needs no grad) gets a forward difference instead.
+        tv = tt.detach().requires_grad_(True)
+        yd = y.detach().requires_grad_(True)
+        f = func(tv, yd)
+        if f.requires_grad:
+            f_t = _time_derivative(f, tv, yd, False)
+            return Linearisation(J, None if f_t is None else f_t.detach())
+    # func is opaque to autograd: forward difference in t with a step of sqrt(eps) relative to t and h.
+    delta = math.sqrt(torch.finfo(y.dtype).eps) * max(abs(float(tt)), abs(h_scale), 1e-8)
+    with torch.no_grad():
+        f1 = func(torch.full_like(tt, float(tt) + delta), y)
+        f_t = (f1 - f0) / delta
+    return Linearisation(J, None if not bool((f_t != 0).any()) else f_t)

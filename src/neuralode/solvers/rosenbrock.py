@@ -1,0 +1,214 @@
+"""The Rosenbrock step: one Jacobian, one LU factorisation per sample, ``s`` linear solves, no iteration.
+
+For a :class:`~neuralode.solvers.implicit.RosenbrockTableau` in transformed form (Hairer & Wanner,
+*Solving ODEs II*, IV.7, (7.25)) a step of size ``h`` from ``(t0, y0)`` with ``J = df/dy(t0, y0)`` and
+``f_t = df/dt(t0, y0)`` is::
+
+    W   = I / (h gamma) - J                                   (B, n, n), factored once: lu_factor
+    u_i = W^-1 [ f(t0 + c_i h, y0 + sum_{j<i} a_ij u_j) + sum_{j<i} (C_ij / h) u_j + h d_i f_t ]
+    y1  = y0 + sum_i m_i u_i,    err = sum_i m_err_i u_i
+
+with the state of shape ``(*batch, *event)`` seen as ``(B, n)`` for the solves (``B`` independent systems,
+see :mod:`~neuralode.solvers.jacobian`), so each stage is one batched ``lu_solve``. The first stage's
+``f`` is the ``f0`` the loop passes in; for FSAL methods (``rosenbrock23``) the last stage is
+``f(t0 + h, y1)`` and is returned as the last entry of ``StepResult.k``, after the ``u_i`` that the dense
+output (:func:`rosenbrock_dense`) needs.
+
+The step returns values only; whether it is accepted is the controller's decision. The Jacobian at
+``(t0, y0)`` is kept while the loop retries from the same point after a rejection (a rejected step changes
+``h``, so ``W`` is refactored but ``J`` is not recomputed), as every Rosenbrock code does.
+
+References:
+    E. Hairer, G. Wanner, "Solving Ordinary Differential Equations II: Stiff and Differential-Algebraic
+    Problems", 2nd ed., Springer 1996, Section IV.7.
+    L. F. Shampine, M. W. Reichelt, "The MATLAB ODE Suite", SIAM J. Sci. Comput. 18 (1997).
+    G. Steinebach, "Construction of Rosenbrock-Wanner method Rodas5P ...", BIT Numer. Math. 63, 27 (2023).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from .errors import SolverError
+from .implicit import RosenbrockTableau
+from .jacobian import Linearisation, autograd_linearisation, callable_linearisation
+from .stepper import StepResult, combine
+
+Func = Callable[[float, torch.Tensor], torch.Tensor]
+
+
+@lru_cache(maxsize=None)
+def _plan(tab: RosenbrockTableau):
+    def nz(coeffs):
+        return tuple((j, float(x)) for j, x in enumerate(coeffs) if x != 0.0)
+
+    return (tuple(nz(row) for row in tab.a), tuple(nz(row) for row in tab.C), nz(tab.m), nz(tab.m_err))
+
+
+def factor(J: torch.Tensor, h: float, gamma: float, t: float, stats, n_steps: int):
+    """LU factors of ``W = I / (h gamma) - J`` for every block; ``SolverError`` if one is singular."""
+    n = J.shape[-1]
+    W = torch.eye(n, dtype=J.dtype, device=J.device) * (1.0 / (h * gamma)) - J  # (B, n, n)
+    LU, pivots, info = torch.linalg.lu_factor_ex(W)
+    stats.n_factorizations += 1
+    if bool((info > 0).any()):
+        b = int((info > 0).nonzero()[0])
+        raise SolverError(
+            "Singular iteration matrix I/(gamma h) - J", t, h, n_steps,
+            f"gamma h = {gamma * h:.6g}: 1/(gamma h) is an eigenvalue of the Jacobian"
+            + (f" of sample {b}" if J.shape[0] > 1 else "")
+            + "; check options['jacobian'] (a wrong or non-finite Jacobian), or set options['max_step'] to avoid this step size.",
+        )
+    return LU, pivots
+
+
+def rosenbrock_step(
+    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, h: float, tab: RosenbrockTableau,
+    lin: Linearisation, lu, stats,
+) -> StepResult:
+    """One Rosenbrock step (see the module docstring); ``lu`` are the factors of ``I / (h gamma) - J``.
+
+    Shapes: ``y0``, ``f0``, ``lin.f_t`` and every ``u_i`` have the state's shape; ``lin.J`` is ``(B, n, n)``.
+    """
+    rows_a, rows_c, m, m_err = _plan(tab)
+    LU, pivots = lu
+    B, n = lin.J.shape[0], lin.J.shape[-1]
+    shape = y0.shape
+    f_t = lin.f_t
+    u: list[torch.Tensor] = []
+    fsal = tab.fsal
+    y1 = None
+    f_last = None
+    s = tab.stages
+    for i in range(s):
+        if i == 0:
+            fi = f0
+        else:
+            yi = combine(y0, 1.0, rows_a[i], u)
+            if fsal and i == s - 1:
+                y1 = yi
+            fi = func(t0 + tab.c[i] * h, yi)
+            if fsal and i == s - 1:
+                f_last = fi
+        rhs = combine(fi, 1.0 / h, rows_c[i], u)
+        if f_t is not None and tab.d[i] != 0.0:
+            rhs = torch.add(rhs, f_t, alpha=h * tab.d[i])
+        ui = torch.linalg.lu_solve(LU, pivots, rhs.reshape(B, n, 1)).reshape(shape)
+        stats.n_linear_solves += 1
+        u.append(ui)
+    if y1 is None:
+        y1 = combine(y0, 1.0, m, u)
+    (j0, e0), *rest = m_err
+    y_err = u[j0] * e0
+    for j, e in rest:
+        y_err = torch.add(y_err, u[j], alpha=e)
+    k = tuple(u) + ((f_last,) if fsal else ())
+    return StepResult(y1, y_err, k)
+
+
+def rosenbrock_dense(y0: torch.Tensor, y1: torch.Tensor, u, tab: RosenbrockTableau, theta: float) -> torch.Tensor:
+    """``(1 - theta) y0 + theta y1 + theta (1 - theta) sum_r theta^r sum_i dense[r][i] u_i``: the method's
+    own dense output from the step's ``u_i`` (no evaluation of ``f``)."""
+    out = torch.add(y0, y1 - y0, alpha=theta)
+    w = theta * (1.0 - theta)
+    for i in range(tab.stages):
+        coeff = 0.0
+        for r, row in enumerate(tab.dense):
+            coeff += row[i] * theta**r
+        if coeff != 0.0:
+            out = torch.add(out, u[i], alpha=w * coeff)
+    return out
+
+
+def resolve_batch_dims(opts, problem) -> int:
+    """The number of leading state dimensions that index independent systems (see ``ImplicitOptions``)."""
+    jac = opts.jacobian
+    k = opts.batch_dims
+    if isinstance(jac, str) and jac == "dense":
+        return 0
+    shape = problem.shapes[0]
+    if problem.is_tuple:
+        if k not in (None, 0):
+            raise ValueError(
+                f"options['batch_dims']={k} cannot be used with a tuple state (its tensors are flattened into one "
+                "vector, one system); use batch_dims=0, or stack the tensors into one (batch, n) tensor."
+            )
+        return 0
+    if k is None:
+        return 1 if len(shape) >= 2 else 0
+    if k > len(shape):
+        raise ValueError(
+            f"options['batch_dims']={k} exceeds the {len(shape)} dimension(s) of the state of shape {tuple(shape)}; "
+            f"use at most {len(shape)} (0 treats the whole state as one system)."
+        )
+    return k
+
+
+def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
+    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop, like its explicit stepper.
+
+    ``func`` evaluates the stages (the loop's problem, or its just-before-a-jump variant); ``problem``
+    (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
+    structure for the Jacobian.
+    """
+    if getattr(tab, "fixed_newton", False):  # torchdiffeq's fixed-grid implicit methods (implicit_fixed.py)
+        from .implicit_fixed import make_stepper as make_fixed_stepper
+
+        return make_fixed_stepper(func, tab, checkpoint, opts, problem)
+    if getattr(tab, "newton", False):  # ESDIRK methods iterate (esdirk.py); Newton needs the error norm
+        from .esdirk import make_stepper as make_esdirk_stepper
+
+        return make_esdirk_stepper(func, tab, checkpoint, opts, problem, error)
+    if getattr(tab, "interp_kind", None) == "auto":  # the composite tsit5/rodas5p method (auto.py)
+        from .auto import make_auto_stepper
+
+        return make_auto_stepper(func, tab, checkpoint, opts, problem)
+    stats = problem.stats
+    batch_dims = resolve_batch_dims(opts, problem)
+    jac = opts.jacobian if callable(opts.jacobian) else None
+
+    def f_tensor(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        stats.nfe += 1
+        if problem.is_tuple:
+            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
+        return problem.func(tt, y)
+
+    memo: dict = {}
+
+    def linearise(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> Linearisation:
+        # The Jacobian at (t, y) is reused while the loop retries from the same point (rejections).
+        if not checkpoint and memo.get("y") is y and memo.get("t") == t:
+            return memo["lin"]
+        stats.n_jac_evals += 1
+        tt = problem.time(t)
+        if jac is not None:
+            lin = callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten,
+                                         tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),))
+        else:
+            create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
+            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not memo.get("checked", False),
+                                         create_graph=create_graph)
+            memo["checked"] = True
+        memo.update(y=y, t=t, lin=lin)
+        return lin
+
+    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        if f0 is None:
+            f0 = func(t_f0, y)
+        lin = linearise(t, y, f0, h)
+        lu = factor(lin.J, h, tab.gamma, t, stats, stats.n_steps)
+        return f0, rosenbrock_step(func, t, y, f0, h, tab, lin, lu, stats)
+
+    take.memo = memo  # the last Jacobian, read by the auto method's switch back to tsit5
+    if not (checkpoint and torch.is_grad_enabled()):
+        return take
+    from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+    def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+        return run_checkpointed(take, t_f0, t, y, f0, h, use_reentrant=False)
+
+    take_checkpointed.memo = memo
+    return take_checkpointed
