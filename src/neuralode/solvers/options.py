@@ -38,6 +38,12 @@ class AdaptiveOptions:
         dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives
             the solution at any time of the solved span afterwards (memory ~ the stages of
             every step).
+        per_sample: ``True``: the first dimension of the state is a batch of independent
+            samples, each with its own time, step size and error control; ``t`` may be
+            ``(B, T)`` and ``func`` receives ``t`` of shape ``(B,)`` (see
+            :mod:`neuralode.solvers.per_sample`). ``"compact"``: the same, and finished samples
+            are dropped from the batch passed to ``func`` when fewer than half are active
+            (``func`` must then accept any batch size). ``False`` (default): one clock.
     """
 
     first_step: float | None = None
@@ -53,6 +59,7 @@ class AdaptiveOptions:
     controller: str = "pi"
     checkpoint: bool = False
     dense: bool = False
+    per_sample: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +260,8 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         raise ValueError(f"options['ifactor'] must be a number >= 1; got {o['ifactor']!r}.")
     if "dfactor" in o and not (_is_number(o["dfactor"]) and 0 < o["dfactor"] <= 1):
         raise ValueError(f"options['dfactor'] must be in (0, 1]; got {o['dfactor']!r}.")
+    if not (isinstance(o.get("per_sample", False), bool) or o.get("per_sample") == "compact"):
+        raise ValueError(f"options['per_sample'] must be False, True or 'compact'; got {o['per_sample']!r}.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     return AdaptiveOptions(**o)

@@ -1,0 +1,211 @@
+"""Per-sample step control (``options={"per_sample": True}``): every sample on its own clock.
+
+The reference for every property is the same: solving each sample alone with the joint loop.
+A per-sample solve must reproduce it (states within the tolerance, accepted steps within a few
+percent; with the same arithmetic they are usually identical), for shared ``(T,)`` and per-sample
+``(B, T)`` output times, tuple states, float32 and float64, and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralode import solve
+from neuralode.solvers.per_sample import PerSampleStats, VectorController
+from neuralode.solvers.controller import StepSizeController
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+F64 = torch.float64
+B = 6
+
+
+def vdp_batch(mu: torch.Tensor):
+    """Van der Pol ``x'' = mu (1 - x^2) x' - x`` with one ``mu`` per row, forced by ``sin t``."""
+
+    def f(t, y):
+        x, v = y[:, 0], y[:, 1]
+        return torch.stack([v, mu * (1 - x * x) * v - x + 0.1 * torch.sin(t)], -1)
+
+    return f
+
+
+def mus(dtype=F64):
+    return torch.logspace(math.log10(0.5), math.log10(8.0), B, dtype=dtype)
+
+
+def y0s(dtype=F64):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(B, 2, generator=g, dtype=F64) * 2 - 1).to(dtype)
+
+
+def solo(mu, y0, t, **kw):
+    """Each sample alone, by the joint loop: (states (T, B, ...), accepted steps per sample)."""
+    ys, steps = [], []
+    for i in range(y0.shape[0]):
+        ti = t if t.dim() == 1 else t[i]
+        sol = solve(vdp_batch(mu[i : i + 1]), y0[i : i + 1], ti, **kw)
+        ys.append(sol.ys[:, 0])
+        steps.append(sol.stats.n_accepted)
+    return torch.stack(ys, 1), torch.tensor(steps)
+
+
+@pytest.mark.parametrize("method, tol", [("dopri5", 1e-7), ("tsit5", 1e-7), ("dopri8", 1e-7), ("bosh3", 1e-5),
+                                         ("adaptive_heun", 1e-3)])
+def test_equals_each_sample_alone(method, tol):
+    # dense (dopri5, tsit5), dense with extra stages (dopri8), Hermite (bosh3: FSAL; adaptive_heun: not)
+    mu, y0 = mus(), y0s()
+    t = torch.linspace(0, 6, 13, dtype=F64)
+    kw = dict(rtol=tol, atol=0.1 * tol, method=method)
+    sol = solve(vdp_batch(mu), y0, t, options={"per_sample": True}, **kw)
+    ref, steps = solo(mu, y0, t, **kw)
+    assert sol.ys.shape == (13, B, 2) and sol.ts is t
+    assert isinstance(sol.stats, PerSampleStats) and sol.stats.n_accepted.shape == (B,)
+    assert float((sol.ys - ref).abs().max()) < 10 * tol
+    assert torch.all((sol.stats.n_accepted - steps).abs() <= (0.03 * steps).ceil())
+    # Stiffer samples need more steps: per-sample control gives each what it needs.
+    assert int(sol.stats.n_accepted[-1]) > int(sol.stats.n_accepted[0])
+    assert torch.all(sol.stats.nfe > sol.stats.n_accepted)
+
+
+def test_fewer_evaluations_than_joint_and_per_sample_error_control():
+    mu, y0 = mus(), y0s()
+    t = torch.linspace(0, 6, 13, dtype=F64)
+    per = solve(vdp_batch(mu), y0, t, rtol=1e-6, atol=1e-6, options={"per_sample": True})
+    joint = solve(vdp_batch(mu), y0, t, rtol=1e-6, atol=1e-6)
+    # The joint loop steps every sample as often as the hardest one needs.
+    assert int(per.stats.n_accepted.max()) <= joint.stats.n_accepted
+    assert float(per.stats.nfe.sum()) < 0.8 * joint.stats.nfe * B
+    assert 0.0 < per.stats.wasted_fraction < 1.0
+    assert per.stats.rows_evaluated == per.stats.calls * B
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_per_sample_times_with_different_spans(direction):
+    mu, y0 = mus(), y0s()
+    rows = [torch.linspace(0.2 * i, 2.0 + 0.7 * i, 5 + 0, dtype=F64) for i in range(B)]
+    t = direction * torch.stack(rows)
+    kw = dict(rtol=1e-8, atol=1e-9)
+    sol = solve(vdp_batch(mu), y0, t, options={"per_sample": True}, **kw)
+    ref, steps = solo(mu, y0, t, **kw)
+    assert sol.ys.shape == (5, B, 2)
+    assert torch.equal(sol.ys[0], y0)
+    assert float((sol.ys - ref).abs().max()) < 1e-7
+    assert torch.all((sol.stats.n_accepted - steps).abs() <= (0.03 * steps).ceil())
+    assert torch.all(torch.sign(sol.stats.last_step) == direction)
+
+
+def test_float32():
+    mu, y0 = mus(torch.float32), y0s(torch.float32)
+    t = torch.linspace(0, 4, 9)
+    seen = []
+
+    def f(tt, y):
+        seen.append((tt.shape, tt.dtype))
+        return vdp_batch(mu)(tt, y)
+
+    sol = solve(f, y0, t, rtol=1e-5, atol=1e-6, options={"per_sample": True})
+    alone, _ = solo(mu, y0, t, rtol=1e-5, atol=1e-6)
+    ref, _ = solo(mu.double(), y0.double(), t.double(), rtol=1e-10, atol=1e-10)
+    assert sol.ys.dtype == torch.float32
+    assert set(seen) == {(torch.Size([B]), torch.float32)}  # t is (B,), the state's dtype
+    assert float((sol.ys - alone).abs().max()) < 1e-4  # float32: the sums round in another order
+    assert float((sol.ys.double() - ref).abs().max()) < 1e-3
+
+
+def test_tuple_state_batch_along_first_dims():
+    # y = (x: (B,), v: (B, 1)): batch along each tensor's first dimension.
+    mu, y0 = mus(), y0s()
+
+    def f(t, y):
+        x, v = y
+        return v[:, 0], (mu * (1 - x * x) * v[:, 0] - x + 0.1 * torch.sin(t))[:, None]
+
+    t = torch.linspace(0, 5, 6, dtype=F64)
+    kw = dict(rtol=1e-8, atol=1e-9)
+    sol = solve(f, (y0[:, 0], y0[:, 1:]), t, options={"per_sample": True}, **kw)
+    x, v = sol.ys
+    assert x.shape == (6, B) and v.shape == (6, B, 1)
+    for i in range(B):  # alone, with the same tuple structure (so the same max-of-RMS norm)
+        def fi(tt, y, m=mu[i : i + 1]):
+            return y[1][:, 0], (m * (1 - y[0] ** 2) * y[1][:, 0] - y[0] + 0.1 * torch.sin(tt))[:, None]
+
+        xi, vi = solve(fi, (y0[i : i + 1, 0], y0[i : i + 1, 1:]), t, **kw).ys
+        assert float((x[:, i] - xi[:, 0]).abs().max()) < 1e-9 and float((v[:, i] - vi[:, 0]).abs().max()) < 1e-9
+
+
+def test_compact_batch_matches_and_evaluates_fewer_rows():
+    mu, y0 = mus(), y0s()
+    y0m = torch.cat([y0, mu[:, None]], 1)  # mu in the state, so func works on any sub-batch
+
+    def f(t, y):
+        return torch.cat([vdp_batch(y[:, 2])(t, y[:, :2]), torch.zeros_like(y[:, 2:])], 1)
+
+    t = torch.linspace(0, 6, 7, dtype=F64)
+    full = solve(f, y0m, t, rtol=1e-7, atol=1e-8, options={"per_sample": True})
+    compact = solve(f, y0m, t, rtol=1e-7, atol=1e-8, options={"per_sample": "compact"})
+    assert float((full.ys - compact.ys).abs().max()) < 1e-12
+    assert torch.equal(full.stats.n_accepted, compact.stats.n_accepted)
+    assert torch.equal(full.stats.nfe, compact.stats.nfe)
+    assert compact.stats.rows_evaluated < full.stats.rows_evaluated
+    assert compact.stats.wasted_fraction < full.stats.wasted_fraction
+
+
+def test_backprop_gradients_match_solo_solves():
+    mu, y0 = mus(), y0s()
+    t = torch.linspace(0, 3, 4, dtype=F64)
+    w = torch.randn(4, B, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    kw = dict(rtol=1e-9, atol=1e-10)
+    y0a, mua = y0.clone().requires_grad_(), mu.clone().requires_grad_()
+    (solve(vdp_batch(mua), y0a, t, options={"per_sample": True}, **kw).ys * w).sum().backward()
+    g_y0, g_mu = [], []
+    for i in range(B):
+        yi, mi = y0[i : i + 1].clone().requires_grad_(), mu[i : i + 1].clone().requires_grad_()
+        (solve(vdp_batch(mi), yi, t, **kw).ys[:, 0] * w[:, i]).sum().backward()
+        g_y0.append(yi.grad[0]), g_mu.append(mi.grad[0])
+    assert torch.allclose(y0a.grad, torch.stack(g_y0), rtol=1e-6, atol=1e-8)
+    assert torch.allclose(mua.grad, torch.stack(g_mu), rtol=1e-6, atol=1e-8)
+
+
+def test_vector_controller_is_the_scalar_one_elementwise():
+    scalar = StepSizeController("pi", 0.9, 10.0, 0.2, 5)
+    vec = VectorController("pi", 0.9, 10.0, 0.2, 5)
+    cases = [(0.1, 0.5, 0.8, False), (-0.1, 2.0, 0.5, False), (0.1, 0.0, 1.0, False), (0.1, math.inf, 1.0, False),
+             (0.1, math.nan, 1.0, True), (0.3, 1e-9, 1e-6, True), (0.3, 0.9, 1e-6, True), (0.2, 1.0, 3.0, False)]
+    dt, r, pr, ar = (torch.tensor(c, dtype=F64) for c in zip(*cases))
+    accept, nxt = vec.propose(dt, r, pr, torch.tensor([c[3] for c in cases]))
+    for i, c in enumerate(cases):
+        a, n = scalar.propose(*c)
+        assert bool(accept[i]) == a and math.isclose(float(nxt[i]), n, rel_tol=1e-12), c
+
+
+def test_bad_input_names_the_argument():
+    f = vdp_batch(mus())
+    y0, t = y0s(), torch.linspace(0, 1, 3, dtype=F64)
+    ps = {"per_sample": True}
+    with pytest.raises(ValueError, match=r"y0 must have at least one dimension .* got a 0-dim tensor"):
+        solve(lambda t, y: -y, torch.tensor(1.0, dtype=F64), t, options=ps)
+    with pytest.raises(ValueError, match=r"t of shape \(4, 3\) gives times for 4 samples but y0 has a batch of 6"):
+        solve(f, y0, torch.stack([t] * 4), options=ps)
+    mixed = torch.stack([t] * 5 + [-t])
+    with pytest.raises(ValueError, match="every row of t must run in the same direction"):
+        solve(f, y0, mixed, options=ps)
+    bad = torch.stack([t] * B).clone()
+    bad[2, 2] = 0.5 * bad[2, 1]
+    with pytest.raises(ValueError, match=r"strictly increasing or strictly decreasing; got t\[2, 1\] = 0.5 followed by t\[2, 2\] = 0.25"):
+        solve(f, y0, bad, options=ps)
+    with pytest.raises(ValueError, match=r"options\['per_sample'\] must be False, True or 'compact'; got 'yes'"):
+        solve(f, y0, t, options={"per_sample": "yes"})
+    with pytest.raises(ValueError, match="first dimensions"):
+        solve(lambda t, y: y, (torch.zeros(2, dtype=F64), torch.zeros(3, dtype=F64)), t, options=ps)
+    with pytest.raises(ValueError, match="does not support events"):
+        from neuralode import Event
+        solve(f, y0, t, options=ps, events=Event(lambda t, y: y[..., 0]))
+    with pytest.raises(ValueError, match="Unknown option 'per_sample' for method 'rk4'"):
+        solve(f, y0, t, method="rk4", options=ps)
+    with pytest.raises(ValueError, match=r"does not differentiate with respect to the output times t"):
+        solve(f, y0, t.clone().requires_grad_(), options=ps)
+
