@@ -211,10 +211,11 @@ def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout)
 
 
 class BatchFunc:
-    """``func`` adapted to ``(t: (B,) float64, y: (B, N)) -> (B, N)``, counting per sample.
+    """``func`` adapted to ``(t: (B,) float64, y: (B, N)) -> (B, N)``, counting its calls and rows.
 
-    ``rows`` maps the current (possibly compacted) batch to the original samples and ``active``
-    marks its unfinished rows; both are set by the loop. A call adds 1 to ``nfe[rows[active]]``.
+    ``rows`` maps the current (possibly compacted) batch to the original samples; while
+    ``active`` (a mask over the batch) is set, a call adds 1 to ``nfe[rows[active]]`` (the loop
+    clears it and counts each attempt's calls for its active samples itself).
     """
 
     def __init__(self, func: Callable, layout: _Layout, dtype: torch.dtype, stats: PerSampleStats):
@@ -226,7 +227,8 @@ class BatchFunc:
         stats = self.stats
         stats.calls += 1
         stats.rows_evaluated += y.shape[0]
-        stats.nfe.index_add_(0, self.rows, self.active.to(stats.nfe.dtype))
+        if self.active is not None:  # before the loop's first step: every sample is active
+            stats.nfe.index_add_(0, self.rows, self.active.to(stats.nfe.dtype))
         out = self.func(t.to(self.dtype), self.layout.unflatten(y))
         return self.layout.flatten(out)
 
@@ -350,48 +352,61 @@ def rk_step(fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.T
     return PerSampleStep(y1, y_err, tuple(k), y_err_aux)
 
 
-def _poly_weights(dense, theta: torch.Tensor, dtype) -> torch.Tensor:
-    """``b_i(θ) = sum_j P_ij θ^(j+1)`` for every sample: ``(B, s)``."""
-    P = torch.tensor(dense, dtype=torch.float64, device=theta.device)  # (s, m)
-    powers = torch.stack([theta ** (j + 1) for j in range(P.shape[1])], dim=1)  # (B, m)
+_POLY: dict[tuple[int, str, torch.device], tuple[ButcherTableau, torch.Tensor]] = {}
+
+
+def _poly(tableau: ButcherTableau, which: str, device) -> torch.Tensor:
+    """``tableau.dense`` (or ``dense_extra``) as a float64 ``(s, m)`` tensor, cached by identity."""
+    key = (id(tableau), which, device)
+    hit = _POLY.get(key)
+    if hit is None or hit[0] is not tableau:
+        hit = (tableau, torch.tensor(getattr(tableau, which), dtype=torch.float64, device=device))
+        _POLY[key] = hit
+    return hit[1]
+
+
+def _poly_weights(P: torch.Tensor, theta: torch.Tensor, dtype) -> torch.Tensor:
+    """``b_i(θ) = sum_j P_ij θ^(j+1)`` for every ``θ``: ``(K, s)``."""
+    powers = torch.cumprod(theta[:, None].expand(-1, P.shape[1]), dim=1)  # θ, θ², ... (K, m)
     return (powers @ P.T).to(dtype)
 
 
 class Interpolant:
-    """The solution inside one accepted step at per-sample ``θ (B,)``: ``y(t_i + θ_i h_i)``.
+    """The solution inside one accepted step: ``y_r(t_r + θ h_r)`` for pairs ``(r, θ)``.
 
     ``kind`` as in the joint loop: ``"dense"`` (the method's continuous extension
-    ``y0 + h ⊙ sum_i b_i(θ) k_i``), ``"dense_extra"`` (dopri8: three more stages, evaluated on
-    first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``).
+    ``y0 + h sum_i b_i(θ) k_i``), ``"dense_extra"`` (dopri8: three more stages over the batch,
+    evaluated on first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``). All the output
+    times of a step, of every sample, are evaluated in one pass over the gathered rows.
     """
 
     def __init__(self, kind, tableau, fb, t, y0, f0, h, step: PerSampleStep, f1):
         self.kind, self.tableau, self.fb = kind, tableau, fb
         self.t, self.y0, self.f0, self.h, self.step, self.f1 = t, y0, f0, h, step, f1
-        self.k = None
 
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        y0, y1 = self.y0, self.step.y1
-        hc = self.h.to(y0.dtype)[:, None]
-        if self.kind == "dense":
-            w = _poly_weights(self.tableau.dense, theta, y0.dtype)
-            k = self.step.k
-            out = y0 + hc * sum(w[:, i:i + 1] * k[i] for i in range(len(k)) if any(self.tableau.dense[i]))
-        elif self.kind == "dense_extra":
-            if self.k is None:
-                k = list(self.step.k)
-                for c_j, row in zip(self.tableau.c_extra, self.tableau.a_extra):
-                    coeffs = tuple((l, x) for l, x in enumerate(row) if x != 0.0)
-                    k.append(self.fb(self.t + c_j * self.h, y0 + hc * _lin(coeffs, k)))
-                self.k = k
-            w = _poly_weights(self.tableau.dense_extra, theta, y0.dtype)
-            out = y0 + hc * sum(w[:, i:i + 1] * self.k[i] for i in range(len(self.k)) if any(self.tableau.dense_extra[i]))
-        else:
+    def __call__(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """States ``(K, N)`` of rows ``rows (K,)`` of the batch at ``theta (K,)`` float64."""
+        y0, y1 = self.y0[rows], self.step.y1[rows]
+        hc = self.h[rows].to(y0.dtype)[:, None]
+        if self.kind == "hermite":
             if self.f1 is None:
-                self.f1 = self.fb(self.t + self.h, y1)
+                self.f1 = self.fb(self.t + self.h, self.step.y1)
             th = theta.to(y0.dtype)[:, None]
             t2, t3 = th * th, th * th * th
-            out = y0 + (-2.0 * t3 + 3.0 * t2) * (y1 - y0) + hc * ((t3 - 2.0 * t2 + th) * self.f0 + (t3 - t2) * self.f1)
+            out = y0 + (-2.0 * t3 + 3.0 * t2) * (y1 - y0) + hc * ((t3 - 2.0 * t2 + th) * self.f0[rows]
+                                                                 + (t3 - t2) * self.f1[rows])
+        else:
+            k = list(self.step.k)
+            if self.kind == "dense_extra":
+                hb = self.h.to(y0.dtype)[:, None]
+                for c_j, row in zip(self.tableau.c_extra, self.tableau.a_extra):
+                    coeffs = tuple((l, x) for l, x in enumerate(row) if x != 0.0)
+                    k.append(self.fb(self.t + c_j * self.h, self.y0 + hb * _lin(coeffs, k)))
+                self.kind, self.step = "dense_done", self.step._replace(k=tuple(k))
+            P = _poly(self.tableau, "dense" if self.kind == "dense" else "dense_extra", y0.device)
+            w = _poly_weights(P, theta, y0.dtype)  # (K, s)
+            stages = torch.stack(k, 1)[rows]  # (K, s, N)
+            out = y0 + hc * torch.einsum("ks,ksn->kn", w, stages)
         return torch.where((theta == 1.0)[:, None], y1, out)
 
 
@@ -472,14 +487,30 @@ def integrate(
     else:
         dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm)
     min_step, max_step = opts.min_step, opts.max_step
+    zeros_l = torch.zeros(B, dtype=torch.long, device=dev)
     prev_ratio = torch.ones(B, dtype=torch.float64, device=dev)
     after_reject = torch.zeros(B, dtype=torch.bool, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     i_out = torch.ones(B, dtype=torch.long, device=dev)
-    n_steps = torch.zeros(B, dtype=torch.long, device=dev)
+    # Counters of the current batch, written to ``stats`` (by original sample) when the batch is
+    # compacted and at the end, not on every step.
+    n_acc, n_rej, n_calls, last = zeros_l.clone(), zeros_l.clone(), zeros_l.clone(), stats.last_step[rows].clone()
+    stats_rows = rows
+
+    def flush():
+        stats.n_accepted.index_add_(0, stats_rows, n_acc)
+        stats.n_rejected.index_add_(0, stats_rows, n_rej)
+        stats.nfe.index_add_(0, stats_rows, n_calls)
+        stats.last_step.index_copy_(0, stats_rows, last)
+        next_dt.index_copy_(0, stats_rows, dt)
+
     next_dt = dt.clone()  # by original sample
     pieces_i, pieces_b, pieces_y = [torch.zeros(B, dtype=torch.long, device=dev)], [rows.clone()], [y0]
     first_attempt = True
+    # Output times reached by t1: a binary search in each row, increasing once times sign.
+    sign = 1.0 if direction > 0 else -1.0
+    ascending = (times * sign).contiguous()
+    fb.active = None  # counting per call is the loop's job from here (n_calls)
 
     while True:
         active = ~done
@@ -487,23 +518,30 @@ def integrate(
         if n_active == 0:
             break
         if compact and n_active < COMPACT_BELOW * active.numel():
+            flush()
             keep = active.nonzero().squeeze(1)
             rows, t, t_end, y, dt = rows[keep], t[keep], t_end[keep], y[keep], dt[keep]
             f0 = None if f0 is None else f0[keep]
-            times = times[keep]
-            prev_ratio, after_reject, i_out, n_steps = prev_ratio[keep], after_reject[keep], i_out[keep], n_steps[keep]
+            times, ascending = times[keep], ascending[keep]
+            prev_ratio, after_reject, i_out = prev_ratio[keep], after_reject[keep], i_out[keep]
+            n_acc, n_rej, n_calls, last = zeros_l[keep], zeros_l[keep], zeros_l[keep], last[keep]
+            stats_rows = rows
             done = done[keep]
             active = ~done
-        fb.rows, fb.active = rows, active
+        fb.rows = rows
         tol_rows = rows if compact else None
+        calls_before = stats.calls
 
         dt_abs = dt.abs().clamp(min=min_step, max=max_step)
         remaining = (t_end - t).abs()
         # Stretch a step by up to 10% to land on the last time (the joint loop's rule).
         lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
         dt_abs = torch.where(lands, remaining, dt_abs)
+        n_steps = n_acc + n_rej
         tiny = active & ((dt_abs <= 4 * _EPS * t.abs()) | (dt_abs == 0.0))
-        if bool(tiny.any()):
+        too_many = active & (n_steps >= opts.max_num_steps)
+        any_tiny, any_too_many = torch.stack([tiny.any(), too_many.any()]).tolist()
+        if any_tiny:
             arrive = tiny & lands
             if bool((tiny & ~lands).any()):
                 i = int((tiny & ~lands).nonzero()[0])
@@ -524,8 +562,8 @@ def integrate(
             done = done | arrive
             continue
         h = torch.where(active, direction * dt_abs, torch.zeros_like(dt_abs))
-        if bool((active & (n_steps >= opts.max_num_steps)).any()):
-            i = int((active & (n_steps >= opts.max_num_steps)).nonzero()[0])
+        if any_too_many:
+            i = int(too_many.nonzero()[0])
             raise SolverError(
                 f"Too many steps (max_num_steps={opts.max_num_steps}) for sample {int(rows[i])}", float(t[i]),
                 float(h[i]), int(n_steps[i]), "Raise options['max_num_steps'] or loosen rtol/atol.",
@@ -538,16 +576,24 @@ def integrate(
         step = rk_step(fb, t, y, f0, h, tableau)
         ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
         ratio = torch.where(active, ratio, torch.zeros_like(ratio))
-        if not bool(torch.isfinite(ratio).all()) and not bool(finite_f0):
-            i = int((~torch.isfinite(ratio)).nonzero()[0])
-            raise SolverError(f"Non-finite derivative func(t, y) (sample {int(rows[i])})", float(t[i]), float(h[i]),
-                              int(n_steps[i]), "Check func for NaN or inf.")
         accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
         accept = accept & active
         rejected = active & ~accept
-        n_steps = n_steps + active.long()
-        stats.n_accepted.index_add_(0, rows, accept.long())
-        stats.n_rejected.index_add_(0, rows, rejected.long())
+        t1 = torch.where(lands, t_end, t + h)
+        # Output times inside the accepted steps: rows i_out .. reached-1 of each sample.
+        reached = torch.searchsorted(ascending, (t1 * sign)[:, None], right=True).squeeze(1)
+        n_new = torch.where(accept, reached - i_out, zeros_l[: len(rows)]).clamp(min=0)
+        finite_ratio, k_new = torch.stack([torch.isfinite(ratio).all().long(), n_new.sum()]).tolist()
+        if not finite_ratio:
+            if not bool(finite_f0):
+                i = int((~torch.isfinite(ratio)).nonzero()[0])
+                raise SolverError(f"Non-finite derivative func(t, y) (sample {int(rows[i])})", float(t[i]),
+                                  float(h[i]), int(n_steps[i]), "Check func for NaN or inf.")
+            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * _EPS * t.abs())
+            if bool(stuck.any()):
+                i = int(stuck.nonzero()[0])
+                raise SolverError(f"Non-finite state or derivative (sample {int(rows[i])})", float(t[i]), float(h[i]),
+                                  int(n_steps[i]), "Every step tried from here produced NaN or inf; check func.")
         if min_step > 0 and bool((rejected & (dt_abs <= min_step) & ~lands).any()):
             i = int((rejected & (dt_abs <= min_step) & ~lands).nonzero()[0])
             raise SolverError(
@@ -555,39 +601,30 @@ def integrate(
                 f"sample {int(rows[i])})", float(t[i]), float(h[i]), int(n_steps[i]),
                 "Lower options['min_step'] or loosen rtol/atol.",
             )
-        if bool(rejected.any()) and not bool(torch.isfinite(ratio[rejected]).all()):
-            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * _EPS * t.abs())
-            if bool(stuck.any()):
-                i = int(stuck.nonzero()[0])
-                raise SolverError(f"Non-finite state or derivative (sample {int(rows[i])})", float(t[i]), float(h[i]),
-                                  int(n_steps[i]), "Every step tried from here produced NaN or inf; check func.")
-        t1 = torch.where(lands, t_end, t + h)
-
-        # Output times inside the accepted steps, each sample at its own θ.
-        interp = None
-        for _ in range(T):
-            has = accept & (i_out < T)
-            tau = times.gather(1, i_out.clamp(max=T - 1)[:, None]).squeeze(1)
-            m = has & ((tau - t1) * direction <= 0)
-            if not bool(m.any()):
-                break
-            theta = torch.where(m & (tau != t1), (tau - t) / torch.where(h == 0, torch.ones_like(h), h), torch.ones_like(h))
-            if bool((theta < 1.0).any()):
-                if interp is None:
-                    f1 = step.k[-1] if tableau.fsal else None
-                    interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
-                y_theta = interp(theta)
+        if k_new:
+            # Every output time of every sample inside this step, from one interpolant pass.
+            sel = torch.repeat_interleave(torch.arange(len(rows), device=dev), n_new)  # (K,)
+            first = torch.cumsum(n_new, 0) - n_new
+            j = i_out[sel] + torch.arange(k_new, device=dev) - first[sel]
+            tau = times[sel, j]
+            at_end = tau == t1[sel]
+            theta = torch.where(at_end, torch.ones_like(tau), (tau - t[sel]) / torch.where(at_end, torch.ones_like(tau), h[sel]))
+            if bool(at_end.all()):
+                y_out = step.y1[sel]
             else:
-                y_theta = step.y1
-            sel = m.nonzero().squeeze(1)
-            pieces_i.append(i_out[sel]), pieces_b.append(rows[sel]), pieces_y.append(y_theta[sel])
-            i_out = i_out + m.long()
+                f1 = step.k[-1] if tableau.fsal else None
+                y_out = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)(sel, theta)
+            pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
+            i_out = i_out + n_new
         if quad is not None:
             quad.end(accept, h, rows)
 
         # The next state: accepted samples move, the others keep theirs.
         acc = accept[:, None]
-        stats.last_step.index_copy_(0, rows, torch.where(accept, h, stats.last_step[rows]))
+        n_acc = n_acc + accept.long()
+        n_rej = n_rej + rejected.long()
+        n_calls = n_calls + active.long() * (stats.calls - calls_before)
+        last = torch.where(accept, h, last)
         y = torch.where(acc, step.y1, y)
         if not fresh_f0:
             f0 = torch.where(acc, step.k[-1], f0)
@@ -595,14 +632,14 @@ def integrate(
         prev_ratio = torch.where(accept, ratio, prev_ratio)
         after_reject = torch.where(active, ~accept, after_reject)
         dt = torch.where(active, dt_next, dt)
-        next_dt.index_copy_(0, rows, dt)
         done = done | (accept & lands)
+    flush()
 
     order = torch.cat(pieces_i) * B + torch.cat(pieces_b)
     values = torch.cat(pieces_y)
-    if order.numel() != T * B or bool((torch.sort(order).values != torch.arange(T * B, device=dev)).any()):
+    if order.numel() != T * B or int(torch.bincount(order, minlength=T * B).max()) != 1:
         raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
-    ys = values[torch.argsort(order)].reshape(T, B, -1)
+    ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
     return LoopOut(ys, next_dt)
 
 
