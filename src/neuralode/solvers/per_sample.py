@@ -446,6 +446,7 @@ def integrate(
     dt0: torch.Tensor | None = None,
     quad: Quadrature | None = None,
     f0: torch.Tensor | None = None,
+    on_land: Callable | None = None,
 ) -> LoopOut:
     """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
 
@@ -462,6 +463,11 @@ def integrate(
         dt0: ``(B,)`` signed first steps; by default Hairer's heuristic per sample.
         quad: the adjoint's quadrature hook (see :class:`Quadrature`).
         f0: ``f(times[:, 0], y0)`` when the caller has it (already counted), else evaluated.
+        on_land: ``on_land(mask, i_next, rows, y) -> y``: when given, every output time is a stop
+            that steps land on, and a sample that lands on one before its last has its state
+            replaced there (the adjoint's jump ``a += ∂L/∂y(t_j)``); ``mask`` marks the rows that
+            landed, ``i_next`` their next output index, ``rows`` the original samples. Needs
+            ``quad`` (every attempt evaluates its first stage afresh, so no stage is stale).
 
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
@@ -471,7 +477,7 @@ def integrate(
     rows = torch.arange(B, device=dev)  # original sample of each row of the current batch
     fb.rows, fb.active = rows, torch.ones(B, dtype=torch.bool, device=dev)
     t = times[:, 0].clone()
-    t_end = times[:, -1]
+    t_end = times[:, 1] if on_land is not None else times[:, -1]
     y = y0
     fresh_f0 = quad is not None or not tableau.fsal
     if f0 is None and (quad is None or dt0 is None):
@@ -550,7 +556,7 @@ def integrate(
                     int(n_steps[i]), "The problem may be stiff for this sample, or its solution may blow up "
                     "(non-finite values); try a looser tolerance or check func.",
                 )
-            # The last time is within rounding of t: arrive without a step.
+            # The stop is within rounding of t: arrive without a step.
             for _ in range(T):
                 m = arrive & (i_out < T)
                 if not bool(m.any()):
@@ -558,8 +564,12 @@ def integrate(
                 sel = m.nonzero().squeeze(1)
                 pieces_i.append(i_out[sel]), pieces_b.append(rows[sel]), pieces_y.append(y[sel])
                 i_out = i_out + m.long()
+                if on_land is not None:
+                    break  # one stop at a time
             t = torch.where(arrive, t_end, t)
-            done = done | arrive
+            if on_land is not None:
+                y, t_end = _next_stop(on_land, arrive, i_out, rows, y, times, t_end)
+            done = i_out >= T
             continue
         h = torch.where(active, direction * dt_abs, torch.zeros_like(dt_abs))
         if any_too_many:
@@ -618,6 +628,10 @@ def integrate(
             i_out = i_out + n_new
         if quad is not None:
             quad.end(accept, h, rows)
+        if on_land is not None:
+            y = torch.where(accept[:, None], step.y1, y)
+            y, t_end = _next_stop(on_land, accept & lands, i_out, rows, y, times, t_end)
+            step = step._replace(y1=y)
 
         # The next state: accepted samples move, the others keep theirs.
         acc = accept[:, None]
@@ -632,7 +646,7 @@ def integrate(
         prev_ratio = torch.where(accept, ratio, prev_ratio)
         after_reject = torch.where(active, ~accept, after_reject)
         dt = torch.where(active, dt_next, dt)
-        done = done | (accept & lands)
+        done = i_out >= T
     flush()
 
     order = torch.cat(pieces_i) * B + torch.cat(pieces_b)
@@ -641,6 +655,17 @@ def integrate(
         raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
     ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
     return LoopOut(ys, next_dt)
+
+
+def _next_stop(on_land, landed, i_out, rows, y, times, t_end):
+    """After landing: the state replaced by ``on_land`` for samples with stops left, and every
+    landed sample's next stop."""
+    T = times.shape[1]
+    jump = landed & (i_out < T)
+    if bool(jump.any()):
+        y = on_land(jump, i_out, rows, y)
+    t_next = times.gather(1, i_out.clamp(max=T - 1)[:, None]).squeeze(1)
+    return y, torch.where(landed, t_next, t_end)
 
 
 def interp_kind(tableau: ButcherTableau) -> str:

@@ -1,12 +1,15 @@
 """The adjoint method on per-sample clocks, with ONE parameter-gradient vector.
 
-Forward: :func:`~neuralode.solvers.per_sample.solve_per_sample` without a graph. Backward, for
-each output interval ``[t_{i,j-1}, t_{i,j}]`` (all samples at once, sample ``i`` on its own span and
-its own clock), the augmented state of each sample is ``(y_i, a_i)`` with (Chen et al. 2018)::
+Forward: :func:`~neuralode.solvers.per_sample.solve_per_sample` without a graph. Backward: one
+per-sample solve from each sample's last time to its first, sample ``i`` on its own clock, of the
+augmented state ``(y_i, a_i)`` (Chen et al. 2018)::
 
     dy_i/dt = f_i(t, y_i),        da_i/dt = -a_iᵀ ∂f_i/∂y_i,        dL/dθ = -∫ Σ_i a_iᵀ ∂f_i/∂θ dt
 
-integrated backwards from ``y_i(t_{i,j})`` (the stored forward value) and ``a_i + ∂L/∂y_i(t_{i,j})``.
+Every output time ``t_{i,j}`` is a stop of sample ``i``: its steps land there, ``y_i`` restarts from
+the stored forward value and ``a_i`` jumps by ``∂L/∂y_i(t_{i,j})``; a sample never waits for
+another at an output time (an interval-by-interval solve would make every interval as long as
+its slowest sample's).
 
 The parameter gradient is not part of the stepped state. A per-sample state would need ``B``
 copies of it (``B x p``, what torchode's per-sample adjoint carries); but it feeds nothing back,
@@ -116,16 +119,19 @@ class _PerSampleAdjoint(torch.autograd.Function):
         aug_layout = _Layout((ys[0].repeat(1, 2),), False)
         fb = BatchFunc(aug, aug_layout, dtype, stats)
         norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
-        a = grad_ys[-1]
-        dt = None
-        for j in range(T - 1, 0, -1):
-            span = times[:, [j, j - 1]]
-            z0 = torch.cat([ys[j], a], 1)
-            out = integrate(fb, z0, span, -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
-                            stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], dt0=dt, quad=quad)
-            a = out.ys[-1][:, N:] + grad_ys[j - 1]
-            dt = out.next_dt  # carried across output times (no initial-step heuristic per interval)
-        stats.next_step = dt
+        # One backward solve over every output time: each is a stop, landed on per sample, where
+        # y restarts from its stored forward value and a jumps by ∂L/∂y there. Samples do not
+        # wait for each other at output times.
+        def jump(mask, i_next, rows, z):
+            j = T - i_next  # landed on reversed index i_next - 1, forward index T - i_next
+            new = torch.cat([ys[j, rows], z[:, N:] + grad_ys[j, rows]], 1)
+            return torch.where(mask[:, None], new, z)
+
+        z0 = torch.cat([ys[-1], grad_ys[-1]], 1)
+        out = integrate(fb, z0, times.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
+                        stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad, on_land=jump)
+        a = out.ys[-1][:, N:] + grad_ys[0]
+        stats.next_step = out.next_dt
         return (None, a, *quad.grads)
 
 
