@@ -127,9 +127,16 @@ class _PerSampleAdjoint(torch.autograd.Function):
             new = torch.cat([ys[j, rows], z[:, N:] + grad_ys[j, rows]], 1)
             return torch.where(mask[:, None], new, z)
 
+        from .adjoint import _IN_BACKWARD
+
         z0 = torch.cat([ys[-1], grad_ys[-1]], 1)
-        out = integrate(fb, z0, times.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
-                        stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad, on_land=jump)
+        token = _IN_BACKWARD.set(True)  # func's evaluations here count as backward ones (in_adjoint_backward)
+        try:
+            out = integrate(fb, z0, times.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
+                            stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
+                            on_land=jump)
+        finally:
+            _IN_BACKWARD.reset(token)
         a = out.ys[-1][:, N:] + grad_ys[0]
         stats.next_step = out.next_dt
         return (None, a, *quad.grads)
