@@ -201,9 +201,9 @@ def test_bad_input_names_the_argument():
         solve(f, y0, t, options={"per_sample": "yes"})
     with pytest.raises(ValueError, match="first dimensions"):
         solve(lambda t, y: y, (torch.zeros(2, dtype=F64), torch.zeros(3, dtype=F64)), t, options=ps)
-    with pytest.raises(ValueError, match="does not support events"):
-        from neuralode import Event
-        solve(f, y0, t, options=ps, events=Event(lambda t, y: y[..., 0]))
+    from neuralode import Event
+    with pytest.raises(ValueError, match=r"events\[0\].fn\(t, y\) must return a tensor whose first dimension is the batch \(6\)"):
+        solve(f, y0, t, options=ps, events=Event(lambda t, y: y[0]))
     with pytest.raises(ValueError, match="Unknown option 'per_sample' for method 'rk4'"):
         solve(f, y0, t, method="rk4", options=ps)
     with pytest.raises(ValueError, match=r"does not differentiate with respect to the output times t"):
@@ -289,3 +289,74 @@ def test_adjoint_tuple_state_and_float32():
     assert torch.allclose(g[0], x0b.grad, rtol=1e-3, atol=1e-4)
     assert torch.allclose(g[1], v0b.grad, rtol=1e-3, atol=1e-4)
     assert torch.allclose(g[2], mu.grad, rtol=1e-3, atol=1e-4)
+
+
+G = 9.81
+
+
+def _balls():
+    """Four balls dropped from their own heights with their own restitution (no Zeno point before t = 3)."""
+    e = torch.tensor([0.9, 0.85, 0.9, 0.95], dtype=F64)
+    h0 = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=F64)
+
+    def fall(t, y):
+        return torch.stack([y[:, 1], -G * torch.ones_like(y[:, 1])], -1)
+
+    def bounce_times(i, t_max):
+        v1 = math.sqrt(2 * G * float(h0[i]))
+        out = [v1 / G]
+        while out[-1] + 2 * float(e[i]) ** len(out) * v1 / G <= t_max:
+            out.append(out[-1] + 2 * float(e[i]) ** len(out) * v1 / G)
+        return out
+
+    return e, torch.stack([h0, torch.zeros_like(h0)], -1), fall, bounce_times
+
+
+def test_events_per_sample_with_resets_match_the_closed_form():
+    from neuralode import Event
+
+    e, y0, fall, bounce_times = _balls()
+    floor = Event(lambda t, y: y[:, 0], direction=-1, terminal=False,
+                  reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1]], -1))
+    t = torch.linspace(0, 3, 31, dtype=F64)
+    sol = solve(fall, y0, t, rtol=1e-9, atol=1e-9, events=[floor], options={"per_sample": True})
+    assert torch.equal(sol.stats.n_events, torch.tensor([4, 3, 6, 3]))
+    for i in range(4):
+        mine = [r for r in sol.events if r.sample == i]
+        ref = bounce_times(i, 3.0)
+        assert len(mine) == len(ref)
+        assert max(abs(float(r.t) - tr) for r, tr in zip(mine, ref)) < 1e-12
+        assert all(r.index == 0 and r.element == () and not r.terminal and r.y.shape == (2,) for r in mine)
+        assert all(abs(float(r.y[0])) < 1e-9 for r in mine)  # on the floor
+    # Between bounces the height is the closed-form parabola: check every output time.
+    for i in range(4):
+        ref = bounce_times(i, 3.0)
+        v1 = math.sqrt(2 * G * float(y0[i, 0]))
+        for j, tj in enumerate(t.tolist()):
+            k = sum(1 for tb in ref if tb < tj)
+            if k == 0:
+                h = float(y0[i, 0]) - 0.5 * G * tj**2
+            else:
+                s = tj - ref[k - 1]
+                h = float(e[i]) ** k * v1 * s - 0.5 * G * s * s
+            assert abs(float(sol.ys[j, i, 0]) - h) < 1e-9
+
+
+def test_terminal_event_ends_its_sample_only():
+    from neuralode import Event
+
+    _, y0, fall, bounce_times = _balls()
+    t = torch.linspace(0, 1, 11, dtype=F64)
+    sol = solve(fall, y0, t, rtol=1e-9, atol=1e-9, events=Event(lambda t, y: y[:, 0], direction=-1),
+                options={"per_sample": True})
+    assert [r.sample for r in sol.events] == [0, 1, 2, 3] and all(r.terminal for r in sol.events)
+    free = solve(fall, y0, t, rtol=1e-9, atol=1e-9, options={"per_sample": True})
+    for i, r in enumerate(sol.events):
+        assert abs(float(r.t) - bounce_times(i, 1.0)[0]) < 1e-12
+        before = t <= float(r.t)
+        assert torch.allclose(sol.ys[before, i], free.ys[before, i], rtol=0, atol=1e-12)
+        assert bool(torch.isnan(sol.ys[~before, i]).all())  # after its terminal event: NaN
+    with pytest.raises(ValueError, match="events is not supported by the adjoint"):
+        from neuralode import solve_adjoint
+        solve_adjoint(fall, y0, t, options={"per_sample": True}, adjoint_params=(),
+                      events=Event(lambda t, y: y[:, 0]))

@@ -81,8 +81,8 @@ def _run(
     times as floats; the last may be ``±inf`` (run until a terminal event)."""
     if getattr(opts, "per_sample", False):
         raise ValueError(
-            "options['per_sample'] works with solve/odeint/odeint_adjoint on output times, not with event_fn "
-            "or events yet; drop per_sample or the events."
+            "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
+            "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)

@@ -26,7 +26,11 @@ spent on finished samples are counted (:attr:`PerSampleStats.wasted_fraction`). 
 ``per_sample="compact"`` the unfinished samples are index-selected into a smaller batch whenever
 fewer than half of the rows are active, so ``func`` must then accept any batch size and treat
 rows independently (a ``func`` closing over a per-sample tensor of size ``B`` cannot; put such
-constants in the state instead).
+constants in the state instead); so must event functions and resets.
+
+Events (:mod:`~neuralode.solvers.per_sample_events`) fire per sample: ``Solution.events`` holds
+:class:`~neuralode.solvers.per_sample_events.PerSampleEventRecord` s (with ``sample``), sorted
+by sample and time; a terminal event ends its sample only, whose later outputs are NaN.
 
 Time is float64 throughout, as in the joint loop.
 """
@@ -447,6 +451,9 @@ def integrate(
     quad: Quadrature | None = None,
     f0: torch.Tensor | None = None,
     on_land: Callable | None = None,
+    events=None,
+    records: list | None = None,
+    t_dtype: torch.dtype = torch.float64,
 ) -> LoopOut:
     """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
 
@@ -468,6 +475,9 @@ def integrate(
             replaced there (the adjoint's jump ``a += ∂L/∂y(t_j)``); ``mask`` marks the rows that
             landed, ``i_next`` their next output index, ``rows`` the original samples. Needs
             ``quad`` (every attempt evaluates its first stage afresh, so no stage is stale).
+        events, records, t_dtype: a :class:`~neuralode.solvers.per_sample_events.PerSampleEvents`,
+            the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
+            recorded times.
 
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
@@ -517,6 +527,8 @@ def integrate(
     sign = 1.0 if direction > 0 else -1.0
     ascending = (times * sign).contiguous()
     fb.active = None  # counting per call is the loop's job from here (n_calls)
+    g0 = events.values(t, y) if events is not None else None
+    guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
 
     while True:
         active = ~done
@@ -529,6 +541,8 @@ def integrate(
             rows, t, t_end, y, dt = rows[keep], t[keep], t_end[keep], y[keep], dt[keep]
             f0 = None if f0 is None else f0[keep]
             times, ascending = times[keep], ascending[keep]
+            if g0 is not None:
+                g0, guard = [g[keep] for g in g0], guard[keep]
             prev_ratio, after_reject, i_out = prev_ratio[keep], after_reject[keep], i_out[keep]
             n_acc, n_rej, n_calls, last = zeros_l[keep], zeros_l[keep], zeros_l[keep], last[keep]
             stats_rows = rows
@@ -590,6 +604,23 @@ def integrate(
         accept = accept & active
         rejected = active & ~accept
         t1 = torch.where(lands, t_end, t + h)
+        y_end = step.y1
+        interp = None
+        cut = None
+        if events is not None:
+            g1 = events.values(t1, step.y1)
+            cross = accept & events.any_crossed(g0, g1)
+            if bool(cross.any()):
+                # Each crossing sample's step is cut at its first event (located on its interpolant).
+                f1 = step.k[-1] if tableau.fsal else None
+                interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
+                theta_e, y_e, fired = events.locate(g0, cross, t, h, interp, step.y1,
+                                                    (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0))
+                inside = cross & (theta_e < 1.0)
+                t1 = torch.where(inside, t + theta_e * h, t1)
+                lands = lands & ~inside
+                y_end = torch.where(cross[:, None], y_e, step.y1)
+                cut = (cross, fired)
         # Output times inside the accepted steps: rows i_out .. reached-1 of each sample.
         reached = torch.searchsorted(ascending, (t1 * sign)[:, None], right=True).squeeze(1)
         n_new = torch.where(accept, reached - i_out, zeros_l[: len(rows)]).clamp(min=0)
@@ -620,18 +651,21 @@ def integrate(
             at_end = tau == t1[sel]
             theta = torch.where(at_end, torch.ones_like(tau), (tau - t[sel]) / torch.where(at_end, torch.ones_like(tau), h[sel]))
             if bool(at_end.all()):
-                y_out = step.y1[sel]
+                y_out = y_end[sel]
             else:
-                f1 = step.k[-1] if tableau.fsal else None
-                y_out = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)(sel, theta)
+                if interp is None:
+                    f1 = step.k[-1] if tableau.fsal else None
+                    interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
+                y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
             pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
             i_out = i_out + n_new
+        if cut is not None:
+            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype,
+                                         pieces_i, pieces_b, pieces_y)
         if quad is not None:
             quad.end(accept, h, rows)
         if on_land is not None:
-            y = torch.where(accept[:, None], step.y1, y)
-            y, t_end = _next_stop(on_land, accept & lands, i_out, rows, y, times, t_end)
-            step = step._replace(y1=y)
+            y_end, t_end = _next_stop(on_land, accept & lands, i_out, rows, y_end, times, t_end)
 
         # The next state: accepted samples move, the others keep theirs.
         acc = accept[:, None]
@@ -639,10 +673,31 @@ def integrate(
         n_rej = n_rej + rejected.long()
         n_calls = n_calls + active.long() * (stats.calls - calls_before)
         last = torch.where(accept, h, last)
-        y = torch.where(acc, step.y1, y)
+        y = torch.where(acc, y_end, y)
         if not fresh_f0:
             f0 = torch.where(acc, step.k[-1], f0)
         t = torch.where(accept, t1, t)
+        if events is not None:
+            if cut is None:
+                g0 = [torch.where(accept[:, None], b, a) for a, b in zip(g0, g1)]
+                guard = torch.where(accept, torch.zeros_like(guard), guard)
+            else:
+                # Cut samples restart at the event (after any reset): func and the event functions
+                # afresh there, and the elements that fired have no sign until the next step ends.
+                # The elements that fired take the sign they have a moment δ later (leaving the
+                # root), and roots within δ of the restart are not searched: the joint loop's rule
+                # (events.py), so a bounce is not re-fired but the next one in the same step is seen.
+                cross, fired = cut
+                f_new = fb(t, y)
+                if not fresh_f0:
+                    f0 = torch.where(cross[:, None], f_new, f0)
+                eps = torch.finfo(y.dtype).eps
+                delta = 1e3 * (4 * eps * t.abs() + eps * h.abs())
+                g_new = events.values(t, y)
+                g_later = events.values(t + direction * delta, y + (direction * delta).to(y.dtype)[:, None] * f_new)
+                g0 = [torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
+                      for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)]
+                guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
         prev_ratio = torch.where(accept, ratio, prev_ratio)
         after_reject = torch.where(active, ~accept, after_reject)
         dt = torch.where(active, dt_next, dt)
@@ -655,6 +710,51 @@ def integrate(
         raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
     ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
     return LoopOut(ys, next_dt)
+
+
+def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, pieces_i, pieces_b, pieces_y):
+    """Record each cut sample's event; end the samples whose event is terminal (their later
+    output times are NaN); apply resets. Returns the states to continue from and ``i_out``."""
+    from .per_sample_events import PerSampleEventRecord
+
+    cross, fired = cut
+    any_k = torch.stack([f.any(1) for f in fired], 1)  # (B, n_events)
+    which = torch.where(cross, torch.argmax(any_k.long(), 1), torch.full_like(i_out, -1))  # first event, by index
+    terminal = torch.tensor([e.terminal for e in events.events], device=which.device)
+    ends = cross & terminal[which.clamp(min=0)]
+    for i, k in zip(cross.nonzero().squeeze(1).tolist(), which[cross].tolist()):
+        element = int(torch.argmax(fired[k][i].long()))
+        index, shape = [], events.shapes[k]
+        for n in reversed(shape):
+            index.append(element % n)
+            element //= n
+        records.append(PerSampleEventRecord(
+            torch.tensor(float(t1[i]), dtype=t_dtype), _row(events.unflatten(y_end[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
+            int(rows[i])))
+    stats.n_events.index_add_(0, rows, cross.long())
+    n_left = torch.where(ends, T - i_out, torch.zeros_like(i_out))
+    k_left = int(n_left.sum())
+    if k_left:
+        sel = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), n_left)
+        first = torch.cumsum(n_left, 0) - n_left
+        pieces_i.append(i_out[sel] + torch.arange(k_left, device=rows.device) - first[sel])
+        pieces_b.append(rows[sel])
+        pieces_y.append(torch.full((k_left, y_end.shape[1]), float("nan"), dtype=y_end.dtype, device=y_end.device))
+        i_out = torch.where(ends, torch.full_like(i_out, T), i_out)
+    for k, e in enumerate(events.events):
+        m = cross & (which == k) & ~ends
+        if e.reset is not None and bool(m.any()):
+            y_new = events.flatten(e.reset(t1.to(events.dtype), events.unflatten(y_end)))
+            if y_new.shape != y_end.shape or y_new.dtype != y_end.dtype:
+                raise ValueError(f"events[{k}].reset(t, y) must return the state's shapes and dtype "
+                                 f"(batch first in per-sample mode).")
+            y_end = torch.where(m[:, None], y_new, y_end)
+    return y_end, i_out
+
+
+def _row(y):
+    """Sample ``i``'s state without its batch dimension, from a batch of one."""
+    return tuple(p[0] for p in y) if isinstance(y, tuple) else y[0]
 
 
 def _next_stop(on_land, landed, i_out, rows, y, times, t_end):
@@ -674,10 +774,8 @@ def interp_kind(tableau: ButcherTableau) -> str:
     return "dense_extra" if tableau.dense_extra is not None else "hermite"
 
 
-def check_options(opts, events) -> None:
+def check_options(opts) -> None:
     """What per-sample mode does not do yet, refused clearly."""
-    if events:
-        raise ValueError("options['per_sample'] does not support events yet; solve without per_sample to use events.")
     for name, bad in (("step_t", bool(opts.step_t)), ("jump_t", bool(opts.jump_t)), ("norm", opts.norm is not None),
                       ("dense", opts.dense), ("checkpoint", opts.checkpoint)):
         if bad:
@@ -698,7 +796,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
         A :class:`Solution` with ``ys`` of shape ``(T, B, ...)`` (``ys[j, i]`` is sample ``i`` at
         ``t[i, j]``), ``ts`` the ``t`` passed in and :class:`PerSampleStats` (``(B,)`` counters).
     """
-    check_options(opts, events)
+    check_options(opts)
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)
@@ -720,7 +818,14 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
     stats.nfe += 1
     stats.rows_evaluated, stats.calls = B, 1
     fb = BatchFunc(func, layout, parts[0].dtype, stats)
+    event_set, records = None, []
+    if events:
+        from .per_sample_events import PerSampleEvents
+
+        event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
     result = integrate(fb, layout.flatten(y0), times, direction, tableau=tableau, opts=opts, norm=norm, stats=stats,
-                       interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out))
+                       interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
+                       events=event_set, records=records, t_dtype=t.dtype)
     stats.next_step = result.next_dt
-    return Solution(t, layout.unflatten(result.ys), stats, tableau.name)
+    records.sort(key=lambda r: (r.sample, float(r.t) * direction))
+    return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records))

@@ -155,7 +155,10 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
 
     tableau = _method(method)
     opts = _parse_options(options, tableau)
-    check_options(opts, events)
+    check_options(opts)
+    if events:
+        raise ValueError("options['per_sample'] with events is not supported by the adjoint yet; "
+                         "differentiate by backprop (solve) or drop per_sample.")
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)
@@ -172,7 +175,7 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     adj_opts.pop("first_step", None)  # the forward solve's first step is no guide backwards
     adj_opts["per_sample"] = opts.per_sample
     adj_opts = _parse_options(adj_opts, adj_tableau)
-    check_options(adj_opts, ())
+    check_options(adj_opts)
 
     def aug_tol(name, tol):
         v = _tolerance(name, tol, parts, layout)
