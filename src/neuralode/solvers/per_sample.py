@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 
@@ -418,16 +418,14 @@ class Interpolant:
 # The loop.
 
 
-class Quadrature:
-    """Hook for the adjoint: ``begin()`` before each attempt, ``end(accept, h, step)`` after its
+class Quadrature(Protocol):
+    """Hook for the adjoint: ``begin()`` before each attempt, ``end(accept, h, rows)`` after its
     decision. Given to :func:`integrate` it also makes every attempt evaluate its first stage
     afresh (no FSAL), so the attempt's calls of ``func`` are exactly its stages."""
 
-    def begin(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def begin(self) -> None: ...
 
-    def end(self, accept: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def end(self, accept: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None: ...
 
 
 class LoopOut(NamedTuple):
@@ -827,5 +825,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
                        interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
                        events=event_set, records=records, t_dtype=t.dtype)
     stats.next_step = result.next_dt
+    if event_set is not None:
+        stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch
     records.sort(key=lambda r: (r.sample, float(r.t) * direction))
     return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records))

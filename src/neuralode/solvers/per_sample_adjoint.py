@@ -34,7 +34,6 @@ from .options import _parse_options
 from .per_sample import (
     BatchFunc,
     PerSampleStats,
-    Quadrature,
     RMSNorm,
     _Layout,
     _tolerance,
@@ -57,8 +56,9 @@ def _stats(B: int, device) -> PerSampleStats:
                           next_step=nan.clone(), n_event_evals=z.clone(), n_events=z.clone())
 
 
-class _ParamQuadrature(Quadrature):
-    """Accumulates ``dL/dθ`` over accepted steps: one VJP per step over the stage graphs."""
+class _ParamQuadrature:
+    """Accumulates ``dL/dθ`` over accepted steps: one VJP per step over the stage graphs
+    (a :class:`~neuralode.solvers.per_sample.Quadrature`)."""
 
     def __init__(self, params, b: tuple[float, ...]):
         self.params = params

@@ -48,10 +48,12 @@ class PerSampleEvents:
     def __init__(self, events: tuple[Event, ...], unflatten, flatten, dtype):
         self.events, self.unflatten, self.flatten, self.dtype = events, unflatten, flatten, dtype
         self.shapes: list[torch.Size] | None = None
+        self.calls = 0  # evaluations of the event functions (each on the whole batch)
 
     def values(self, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Each event's ``(B, E_k)`` values at ``(t (B,), y (B, N))``."""
         out = []
+        self.calls += 1
         tt = t.to(self.dtype)
         shapes = []
         for k, e in enumerate(self.events):
