@@ -362,3 +362,25 @@ def test_terminal_event_ends_its_sample_only():
         from neuralode import solve_adjoint
         solve_adjoint(fall, y0, t, options={"per_sample": True}, adjoint_params=(),
                       events=Event(lambda t, y: y[:, 0]))
+
+
+def test_torchdiffeq_entry_points_and_their_refusals():
+    from neuralode import odeint, odeint_adjoint
+
+    mu, y0 = mus(), y0s()
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    ys = odeint(vdp_batch(mu), y0, t, rtol=1e-8, atol=1e-9, options={"per_sample": True})
+    ref = solve(vdp_batch(mu), y0, t, rtol=1e-8, atol=1e-9, options={"per_sample": True}).ys
+    assert torch.equal(ys, ref)
+    f = _Field()
+    assert odeint_adjoint(f, y0, t, options={"per_sample": True}).shape == (3, B, 2)
+    with pytest.raises(ValueError, match="does not support torchdiffeq's event_fn interface"):
+        odeint(vdp_batch(mu), y0, t[:2], event_fn=lambda t, y: y[:, 0], options={"per_sample": True})
+    bad = torch.stack([t] * B).clone()
+    bad[3, 1] = math.inf
+    with pytest.raises(ValueError, match=r"t must be finite; got t\[3, 1\] = inf"):
+        solve(vdp_batch(mu), y0, bad, options={"per_sample": True})
+    with pytest.raises(ValueError, match=r"options\['dense'\] is not supported with options\['per_sample'\]"):
+        solve(vdp_batch(mu), y0, t, options={"per_sample": True, "dense": True})
+    one = solve(vdp_batch(mu), y0, t[:1], options={"per_sample": True})
+    assert torch.equal(one.ys, y0[None])
