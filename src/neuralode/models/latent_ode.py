@@ -21,9 +21,14 @@ sequences of different lengths are padded to ``T`` and masked.
 **Per-sample observation times.** Each sample's ``z_{t0}`` lives at its own ``t0`` (by default its
 first observed time). Because the latent dynamics are autonomous (``f`` does not read ``t``), a
 sample's trajectory depends only on the time elapsed since its ``t0``: every sample is put on its
-own clock ``τ = t − t0``, and the whole batch is solved *once* over the sorted union of the
-batch's ``τ`` (forwards for ``τ > 0``, and a second solve backwards for ``τ < 0``); each sample then
-gathers its own times from that grid. Since the solver's dense output gives the state at any
+own clock ``τ = t − t0``. When the samples' ``τ`` differ and the method is adaptive, the batch is
+solved with per-sample step control (``options={"per_sample": "compact"}``): each sample steps on
+its own clock to its own times only (forwards for ``τ > 0``, and a second solve backwards for
+``τ < 0``). Measured on the spirals (``benchmarks/results/per_sample.md``): as fast as the union
+scheme below when all times come from one shared grid of 100, 4-9x faster with continuous
+random times, where the union holds ``B x Q`` times. Otherwise (fixed-step methods, options
+per-sample mode lacks, or one shared clock) the whole batch is solved *once* over the sorted
+union of the batch's ``τ``; each sample then gathers its own times from that grid. Since the solver's dense output gives the state at any
 output time without stepping to it, the union adds no steps, only interpolations. The step sizes
 are chosen from the error of the whole batch, so a sample's values differ from solving it alone
 by no more than the solver tolerance (tested at tight tolerance). The alternatives: solving each
@@ -263,9 +268,12 @@ class LatentODE(nn.Module):
         """
         B = z0.shape[0]
         t0 = torch.as_tensor(t0, dtype=query_times.dtype, device=query_times.device)
+        per_sample_times = query_times.dim() == 2
         if query_times.dim() == 1:
             query_times = query_times.expand(B, -1)
         tau = query_times - (t0[:, None] if t0.dim() == 1 else t0)  # (B, Q): each sample on its own clock
+        if (per_sample_times or t0.dim() == 1) and B > 1 and self._per_sample_ok():
+            return self._per_sample_trajectory(z0, tau)
         # Time in float64 for the union, so nearly equal float32 times are not merged by accident.
         grid, inverse = torch.unique(tau.detach().to(torch.float64), sorted=True, return_inverse=True)  # (U,), (B, Q)
         solver = odeint_adjoint if self.adjoint else odeint
@@ -282,6 +290,49 @@ class LatentODE(nn.Module):
             parts.append(solver(self.func, z0, torch.cat([zero, pos]), **kw)[1:])  # (n_pos, B, L)
         zs = torch.cat(parts, dim=0).transpose(0, 1)  # (B, U, L)
         return zs.gather(1, inverse[..., None].expand(-1, -1, zs.shape[-1]))  # (B, Q, L)
+
+    def _per_sample_ok(self) -> bool:
+        """Per-sample step control needs an adaptive method and none of the options it lacks."""
+        from ..solvers import get_tableau
+
+        unsupported = {"step_t", "jump_t", "norm", "dense", "checkpoint", "per_sample"}
+        return get_tableau(self.method).adaptive and not (set(self.options or {}) & unsupported)
+
+    def _per_sample_trajectory(self, z0: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """``z`` at each sample's own ``τ`` (``(B, Q)``, any order, duplicates allowed), by
+        per-sample solves (``options={"per_sample": True}``): forwards over each row's ``τ >= 0``
+        and, if any ``τ < 0``, backwards over its ``τ <= 0``, each sample on its own clock.
+
+        A solve's rows must be strictly monotonic: each row ``[0, sorted τ]`` (entries of the other
+        direction clamped to 0) has its repeats moved apart by ``δ = 1e-13 max(1, |τ|)`` per position
+        (``s'_j = cummax(s_j - j δ) + j δ``); every query reads the state at the first entry of its
+        run of equal values (``z0`` itself for ``τ = 0``), whose time is its own to within ``Q δ``.
+        """
+        B, Q = tau.shape
+        tau64 = tau.detach().to(torch.float64)
+        kw = dict(rtol=self.rtol, atol=self.atol, method=self.method,
+                  options={**(self.options or {}), "per_sample": "compact"})
+        solver = odeint_adjoint if self.adjoint else odeint
+        out = z0.new_zeros(B, Q, z0.shape[-1])
+        for sign in (1.0, -1.0):
+            part = tau64 > 0 if sign > 0 else tau64 < 0
+            if sign < 0 and not bool(part.any()):
+                continue
+            s, perm = torch.sort((tau64 * sign).clamp(min=0.0), dim=1)  # (B, Q) ascending, >= 0
+            seq = torch.cat([torch.zeros_like(s[:, :1]), s], 1)  # (B, 1 + Q): the start, then the queries
+            j = torch.arange(Q + 1, dtype=torch.float64, device=s.device)
+            delta = 1e-13 * max(1.0, float(s.max()))
+            times = (torch.cummax(seq - j * delta, dim=1).values + j * delta) * sign  # strictly monotonic rows
+            # Each query reads the first entry of its run of equal values (the start for τ = 0).
+            new_run = seq[:, 1:] != seq[:, :-1]
+            idx = torch.arange(1, Q + 1, device=s.device).expand(B, -1)
+            first = torch.cummax(torch.where(new_run, idx, torch.zeros_like(idx)), dim=1).values  # (B, Q)
+            zs = solver(self.func, z0, times, **kw)  # (1 + Q, B, L)
+            zs = zs.transpose(0, 1).gather(1, first[..., None].expand(-1, -1, zs.shape[-1]))  # (B, Q, L), sorted order
+            unsorted = torch.empty_like(zs).scatter(1, perm[..., None].expand_as(zs), zs)
+            use = part if sign < 0 else ~(tau64 < 0)
+            out = torch.where(use[..., None], unsorted, out)
+        return out
 
     # -- the objective -----------------------------------------------------------------------
 

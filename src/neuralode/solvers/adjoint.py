@@ -326,6 +326,14 @@ def solve_adjoint(
     """
     _check_func(func)
     _check_state(y0)
+    if isinstance(options, dict) and options.get("per_sample", False) is not False:
+        from .per_sample_adjoint import solve_adjoint_per_sample
+
+        return solve_adjoint_per_sample(
+            func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
+            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method, adjoint_options=adjoint_options,
+            adjoint_params=adjoint_params, events=check_events(events),
+        )
     times = _check_times(t)
     return _solve_adjoint(
         func, y0, t, times, rtol=rtol, atol=atol, method=method, options=options,

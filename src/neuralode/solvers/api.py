@@ -109,6 +109,11 @@ def _run(
 ) -> Solution:
     """The solve behind every public entry point, on checked inputs. ``times`` are the output
     times as floats; the last may be ``±inf`` (run until a terminal event)."""
+    if getattr(opts, "per_sample", False):
+        raise ValueError(
+            "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
+            "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
+        )
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)
     rtol_v = _check_tolerance("rtol", rtol, parts, is_tuple)
@@ -230,7 +235,9 @@ def solve(
         y0: initial state: a floating-point tensor of any shape, or a tuple of tensors sharing
             dtype and device.
         t: 1-D floating tensor of output times, strictly increasing or strictly decreasing
-            (decreasing integrates backwards). ``t[0]`` is the initial time.
+            (decreasing integrates backwards). ``t[0]`` is the initial time. With
+            ``options={"per_sample": True}`` also ``(B, T)``: row ``i`` the times of sample ``i``
+            (see :mod:`neuralode.solvers.per_sample`; ``func`` then gets ``t`` of shape ``(B,)``).
         rtol, atol: relative and absolute tolerances of adaptive methods: numbers, tensors
             broadcastable to the state, or for tuple states a tuple with one entry per tensor.
         method: a name in ``neuralode.METHODS`` (default ``"dopri5"``; ``None`` means the default).
@@ -251,13 +258,19 @@ def solve(
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     _check_state(y0)
-    times = _check_times(t)
+    per_sample = isinstance(options, dict) and options.get("per_sample", False) is not False
+    times = None if per_sample else _check_times(t)  # per-sample mode takes (B, T) times too
     tableau = _method(method)
     if tableau is SCIPY_METHOD:
         if check_events(events):
             raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
         return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
     opts = _parse_options(options, tableau)
+    if per_sample:
+        from .per_sample import solve_per_sample
+
+        return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
+                                events=check_events(events))
     return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events))
 
 

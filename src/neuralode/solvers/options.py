@@ -59,6 +59,12 @@ class AdaptiveOptions:
             dopri8) watch for stiffness at no cost in evaluations and raise ``SolverError`` naming
             the stiff methods when the step is held at the stability limit (Hairer's test, see
             ``stiffness.py``) and the solve has taken 500 steps; ``"off"``: run on regardless.
+        per_sample: ``True``: the first dimension of the state is a batch of independent
+            samples, each with its own time, step size and error control; ``t`` may be
+            ``(B, T)`` and ``func`` receives ``t`` of shape ``(B,)`` (see
+            :mod:`neuralode.solvers.per_sample`). ``"compact"``: the same, and finished samples
+            are dropped from the batch passed to ``func`` when fewer than half are active
+            (``func`` must then accept any batch size). ``False`` (default): one clock.
     """
 
     first_step: float | None = None
@@ -78,6 +84,7 @@ class AdaptiveOptions:
     dtype: torch.dtype | None = None
     compile: bool | str = False
     stiffness: str = "error"
+    per_sample: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -441,6 +448,16 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         raise TypeError(f"options['dtype'] must be a floating torch.dtype such as torch.float32; got {o['dtype']!r}.")
     if o.get("stiffness", "error") not in ("error", "off"):
         raise ValueError(f"options['stiffness'] must be 'error' or 'off'; got {o['stiffness']!r}.")
+    if not (isinstance(o.get("per_sample", False), bool) or o.get("per_sample") == "compact"):
+        raise ValueError(f"options['per_sample'] must be False, True or 'compact'; got {o['per_sample']!r}.")
+    if o.get("per_sample", False) is not False:
+        if not isinstance(tableau, ButcherTableau):
+            raise ValueError(
+                f"options['per_sample'] works with the explicit adaptive methods (dopri5, tsit5, dopri8, bosh3, ...); "
+                f"{tableau.name!r} is not one. Solve with one clock, or pick an explicit method."
+            )
+        if o.get("compile", False):
+            raise ValueError("options['per_sample'] and options['compile'] cannot be combined yet; choose one.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     return kind(**o)

@@ -1,0 +1,831 @@
+"""Per-sample step control: every sample of a batch on its own clock.
+
+``solve(func, y0, t, options={"per_sample": True})`` treats the first dimension of the state (of
+every tensor of a tuple state) as a batch of ``B`` independent problems. Each sample ``i`` has its
+own time ``t_i``, step ``dt_i``, error ratio ``r_i``, accept/reject decision and counters; the
+arithmetic of the joint loop (:mod:`~neuralode.solvers.loop`) is repeated here with those
+quantities as tensors of shape ``(B,)`` (DESIGN.md, "The solver loop": the two clocks share every
+piece but the arithmetic):
+
+* the tableau and its nonzero-coefficient plan (:func:`~neuralode.solvers.stepper._plan`); a stage
+  is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` of shape ``(B, 1)`` broadcast over
+  each sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
+* the error ratio of sample ``i`` is the RMS over that sample's own elements of
+  ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors,
+  as in :class:`~neuralode.solvers.problem._ErrorNorm`);
+* the PI/I controller, Hairer's initial step and the 10% stretch onto the last time are the
+  formulas of :mod:`~neuralode.solvers.controller` and the joint loop, vectorised;
+* output times inside an accepted step are filled from the step's continuous extension evaluated
+  at each sample's own ``θ_i = (τ_i - t_i) / dt_i``.
+
+``func`` is called once per stage on the whole batch with ``t`` a tensor of shape ``(B,)`` in the
+state's dtype (row ``i`` of the state is at time ``t[i]``); a ``func`` that ignores ``t`` is
+unaffected. Samples that have reached their last time are held fixed (their step is 0, so their
+update is zero) and take no further decisions; the solve ends when all have finished. The rows
+spent on finished samples are counted (:attr:`PerSampleStats.wasted_fraction`). With
+``per_sample="compact"`` the unfinished samples are index-selected into a smaller batch whenever
+fewer than half of the rows are active, so ``func`` must then accept any batch size and treat
+rows independently (a ``func`` closing over a per-sample tensor of size ``B`` cannot; put such
+constants in the state instead); so must event functions and resets.
+
+Events (:mod:`~neuralode.solvers.per_sample_events`) fire per sample: ``Solution.events`` holds
+:class:`~neuralode.solvers.per_sample_events.PerSampleEventRecord` s (with ``sample``), sorted
+by sample and time; a terminal event ends its sample only, whose later outputs are NaN.
+
+Time is float64 throughout, as in the joint loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Protocol
+
+import torch
+
+from .errors import SolverError
+from .options import _type_name
+from .problem import _Problem
+from .solution import Solution, SolverStats, TensorOrTuple
+from .stepper import _plan, combined_error_ratio
+from .tableau import ButcherTableau
+
+_EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
+COMPACT_BELOW = 0.5  # compact the batch when fewer than this fraction of its rows are active
+
+
+@dataclass
+class PerSampleStats(SolverStats):
+    """:class:`SolverStats` of a per-sample solve: every counter is a tensor of shape ``(B,)``.
+
+    ``nfe[i]`` counts the evaluations of ``func`` made while sample ``i`` was unfinished (its own
+    work: accepted and rejected attempts, the initial-step heuristic); ``n_accepted``,
+    ``n_rejected``, ``last_step`` and ``next_step`` are sample ``i``'s own.
+
+    Attributes:
+        rows_evaluated: rows of the state passed to ``func`` in total (``sum`` of the batch size
+            over all calls), finished samples included.
+        calls: calls of ``func`` (each on the whole, possibly compacted, batch).
+    """
+
+    rows_evaluated: int = 0
+    calls: int = 0
+
+    @property
+    def wasted_fraction(self) -> float:
+        """Fraction of the rows evaluated by ``func`` that belonged to finished samples."""
+        if self.rows_evaluated == 0:
+            return 0.0
+        return 1.0 - float(self.nfe.sum()) / self.rows_evaluated
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and the (B, N) layout.
+
+
+class _Layout:
+    """A state (tensor or tuple of tensors sharing their first dimension ``B``) as ``(B, N)``."""
+
+    def __init__(self, parts: tuple[torch.Tensor, ...], is_tuple: bool):
+        self.is_tuple = is_tuple
+        self.tails = [p.shape[1:] for p in parts]
+        self.sizes = [math.prod(s) for s in self.tails]
+
+    def flatten(self, parts) -> torch.Tensor:
+        if not self.is_tuple:
+            parts = (parts,)
+        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1) if self.is_tuple \
+            else parts[0].reshape(parts[0].shape[0], -1)
+
+    def unflatten(self, y: torch.Tensor) -> TensorOrTuple:
+        """``(..., B, N)`` -> the user's structure with the same leading dimensions."""
+        lead = y.shape[:-1]
+        pieces = torch.split(y, self.sizes, dim=-1) if self.is_tuple else (y,)
+        out = tuple(p.reshape(*lead, *s) for p, s in zip(pieces, self.tails))
+        return out if self.is_tuple else out[0]
+
+
+def check_batch_state(parts: tuple[torch.Tensor, ...], is_tuple: bool) -> int:
+    """The batch size ``B`` of a per-sample state; every tensor needs a first dimension ``B``."""
+    for i, p in enumerate(parts):
+        name = f"y0[{i}]" if is_tuple else "y0"
+        if p.dim() == 0:
+            raise ValueError(
+                f"options['per_sample'] needs a batch dimension: {name} must have at least one dimension "
+                "(the first is the batch); got a 0-dim tensor. Use y0.reshape(1) for a single sample, or "
+                "drop per_sample."
+            )
+    sizes = [p.shape[0] for p in parts]
+    if len(set(sizes)) != 1:
+        raise ValueError(
+            "options['per_sample']: every tensor of a tuple y0 must share its first (batch) dimension; "
+            f"got first dimensions {sizes}."
+        )
+    if sizes[0] == 0:
+        raise ValueError("options['per_sample']: y0 has an empty batch (first dimension 0).")
+    return sizes[0]
+
+
+def check_batch_times(t, batch: int) -> tuple[torch.Tensor, float]:
+    """Output times ``(T,)`` or ``(B, T)`` as a float64 ``(B, T)`` tensor, and the direction.
+
+    Raises:
+        TypeError, ValueError: naming ``t``: not a floating tensor, wrong shape, ``B`` differing
+            from the state's, non-finite, a row not strictly monotonic, rows of different
+            directions.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a floating-point torch.Tensor of output times, (T,) or (B, T); got {_type_name(t)}.")
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64).")
+    if t.requires_grad:
+        raise ValueError(
+            "options['per_sample'] does not differentiate with respect to the output times t; pass t.detach() "
+            "(gradients with respect to y0 and func's parameters are unaffected)."
+        )
+    if t.dim() not in (1, 2) or t.numel() == 0 or t.shape[-1] == 0:
+        raise ValueError(
+            f"t must be a non-empty tensor of shape (T,) or (B, T) with options['per_sample']; got shape {tuple(t.shape)}."
+        )
+    if t.dim() == 2 and t.shape[0] != batch:
+        raise ValueError(
+            f"t of shape {tuple(t.shape)} gives times for {t.shape[0]} samples but y0 has a batch of {batch}; "
+            f"t must be (T,) (shared) or ({batch}, T)."
+        )
+    times = t.detach().to(torch.float64).reshape(-1, t.shape[-1])
+    if not bool(torch.isfinite(times).all()):
+        bad = (~torch.isfinite(times)).nonzero()[0].tolist()
+        raise ValueError(f"t must be finite; got t[{', '.join(map(str, bad if t.dim() == 2 else bad[1:]))}] = "
+                         f"{times[bad[0], bad[1]].item()}.")
+    if times.shape[1] > 1:
+        d = times[:, 1:] - times[:, :-1]
+        sign = torch.sign(d[:, :1])
+        if bool((sign == 0).any()) or not bool((sign == sign[0]).all()):
+            rows = torch.sign(d[:, 0]).tolist()
+            raise ValueError(
+                "With options['per_sample'] every row of t must run in the same direction (all increasing or "
+                f"all decreasing); got directions {rows[:8]}{' ...' if len(rows) > 8 else ''} (+1 increasing, "
+                "-1 decreasing, 0 repeated time). Solve forward and backward samples separately."
+            )
+        bad = (d * sign) <= 0
+        if bool(bad.any()):
+            b, j = bad.nonzero()[0].tolist()
+            where = f"t[{b}, {j}] = {times[b, j].item()!r} followed by t[{b}, {j + 1}] = {times[b, j + 1].item()!r}" \
+                if t.dim() == 2 else f"t[{j}] = {times[b, j].item()!r} followed by t[{j + 1}] = {times[b, j + 1].item()!r}"
+            raise ValueError(f"Every row of t must be strictly increasing or strictly decreasing; got {where}.")
+        direction = float(sign[0, 0])
+    else:
+        direction = 1.0
+    return times.expand(batch, -1).to(t.device), direction
+
+
+def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout):
+    """A tolerance as a float or a ``(B, N)`` tensor in the per-sample layout."""
+    values = tol if layout.is_tuple and isinstance(tol, (tuple, list)) else [tol] * len(parts)
+    if len(values) != len(parts):
+        raise ValueError(f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(values)}.")
+    out = []
+    for i, (v, p) in enumerate(zip(values, parts)):
+        label = f"{name}[{i}]" if layout.is_tuple and isinstance(tol, (tuple, list)) else name
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{label} must be a non-negative finite number; got {v!r}.")
+            out.append(float(v))
+        elif isinstance(v, torch.Tensor):
+            if not (bool(torch.isfinite(v).all()) and bool((v >= 0).all())):
+                raise ValueError(f"{label} must be non-negative and finite; got a tensor containing {v.min().item()!r}.")
+            try:
+                out.append(torch.broadcast_to(v.to(p.dtype).to(p.device), p.shape))
+            except RuntimeError:
+                raise ValueError(
+                    f"{label} of shape {tuple(v.shape)} cannot be broadcast to the state's shape {tuple(p.shape)}."
+                ) from None
+        else:
+            raise TypeError(f"{label} must be a float or a tensor; got {_type_name(v)}.")
+    if all(isinstance(v, float) for v in out) and len(set(out)) == 1:
+        return out[0]
+    full = [v if isinstance(v, torch.Tensor) else torch.full(p.shape, v, dtype=p.dtype, device=p.device)
+            for v, p in zip(out, parts)]
+    return layout.flatten(tuple(full) if layout.is_tuple else full[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces: batch function, norm, controller, step, interpolant. Each is the joint loop's
+# piece with (B,) tensors in place of floats.
+
+
+class BatchFunc:
+    """``func`` adapted to ``(t: (B,) float64, y: (B, N)) -> (B, N)``, counting its calls and rows.
+
+    ``rows`` maps the current (possibly compacted) batch to the original samples; while
+    ``active`` (a mask over the batch) is set, a call adds 1 to ``nfe[rows[active]]`` (the loop
+    clears it and counts each attempt's calls for its active samples itself).
+    """
+
+    def __init__(self, func: Callable, layout: _Layout, dtype: torch.dtype, stats: PerSampleStats):
+        self.func, self.layout, self.dtype, self.stats = func, layout, dtype, stats
+        self.rows: torch.Tensor | None = None
+        self.active: torch.Tensor | None = None
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        stats = self.stats
+        stats.calls += 1
+        stats.rows_evaluated += y.shape[0]
+        if self.active is not None:  # before the loop's first step: every sample is active
+            stats.nfe.index_add_(0, self.rows, self.active.to(stats.nfe.dtype))
+        out = self.func(t.to(self.dtype), self.layout.unflatten(y))
+        return self.layout.flatten(out)
+
+
+class RMSNorm:
+    """Per-sample error ratio: RMS over each sample's own elements (max over a tuple's tensors)."""
+
+    def __init__(self, sizes: list[int], rtol, atol):
+        self.sizes, self.rtol, self.atol = sizes, rtol, atol
+        self.inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
+
+    def _select(self, tol, rows):
+        return tol if (rows is None or not isinstance(tol, torch.Tensor)) else tol[rows]
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N) -> (B,)`` float64."""
+        if len(self.sizes) == 1:
+            return torch.linalg.vector_norm(x, dim=1).double() * self.inv_sqrt_n[0]
+        rms = [torch.linalg.vector_norm(p, dim=1).double() * s
+               for p, s in zip(torch.split(x, self.sizes, dim=1), self.inv_sqrt_n)]
+        return torch.stack(rms).amax(0)
+
+    def scaled(self, x: torch.Tensor, y: torch.Tensor, rows=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.norm(x / (y.abs() * self._select(self.rtol, rows) + self._select(self.atol, rows)))
+
+    def ratio(self, y_err, y0, y1, y_err_aux=None, rows=None) -> torch.Tensor:
+        with torch.no_grad():
+            scale = torch.maximum(y0.abs(), y1.abs()) * self._select(self.rtol, rows) + self._select(self.atol, rows)
+            if y_err_aux is None:
+                return self.norm(y_err / scale)
+            return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
+
+
+@dataclass(frozen=True)
+class VectorController:
+    """:meth:`StepSizeController.propose <neuralode.solvers.controller.StepSizeController.propose>`
+    on ``(B,)`` tensors: the same formulas (PI: ``safety r^(-0.85/k) max(r_prev, 1e-4)^(0.2/k)``
+    for accepted steps, I: ``safety r^(-1/k)`` otherwise; clipped to ``[dfactor, ifactor]``; no
+    growth on or right after a rejection; a non-finite ratio rejects with ``dfactor``)."""
+
+    kind: str
+    safety: float
+    ifactor: float
+    dfactor: float
+    order: int
+
+    def propose(self, dt, ratio, prev_ratio, after_reject):
+        finite = torch.isfinite(ratio)
+        accept = ratio <= 1.0  # False for NaN
+        k = self.order
+        safe = torch.where(finite & (ratio > 0), ratio, torch.ones_like(ratio))
+        factor_i = self.safety * safe ** (-1.0 / k)
+        if self.kind == "pi":
+            factor_pi = self.safety * safe ** (-0.85 / k) * prev_ratio.clamp(min=1e-4) ** (0.2 / k)
+            factor = torch.where(accept, factor_pi, factor_i)
+        else:
+            factor = factor_i
+        factor = torch.where(ratio == 0.0, torch.full_like(factor, self.ifactor), factor)
+        factor = factor.clamp(self.dfactor, self.ifactor)
+        factor = torch.where(~accept | after_reject, factor.clamp(max=1.0), factor)
+        factor = torch.where(finite, factor, torch.full_like(factor, self.dfactor))
+        return accept & finite, dt * factor
+
+
+def initial_step(fb, t0, y0, f0, direction: float, order: int, norm: RMSNorm, rows=None) -> torch.Tensor:
+    """Hairer's initial step (:func:`~neuralode.solvers.controller.initial_step`) per sample:
+    ``(B,)`` absolute steps, one evaluation of ``func`` on the batch."""
+    with torch.no_grad():
+        d0 = norm.scaled(y0, y0, rows)
+        d1 = norm.scaled(f0, y0, rows)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-300))
+    y1 = y0 + (direction * h0).to(y0.dtype)[:, None] * f0
+    f1 = fb(t0 + direction * h0, y1)
+    with torch.no_grad():
+        d2 = norm.scaled(f1 - f0, y0, rows) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / dmax.clamp(min=1e-300)) ** (1.0 / (order + 1)))
+    return torch.minimum(100.0 * h0, h1)
+
+
+class PerSampleStep(NamedTuple):
+    y1: torch.Tensor
+    y_err: torch.Tensor | None
+    k: tuple[torch.Tensor, ...]
+    y_err_aux: torch.Tensor | None = None
+
+
+def _lin(coeffs, k) -> torch.Tensor:
+    """``sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs."""
+    (j0, c0), rest = coeffs[0], coeffs[1:]
+    out = k[j0] * c0
+    for j, cj in rest:
+        out = torch.add(out, k[j], alpha=cj)
+    return out
+
+
+def rk_step(fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor,
+            tableau: ButcherTableau) -> PerSampleStep:
+    """One explicit RK step with a step per sample (:func:`~neuralode.solvers.stepper.rk_step`'s twin).
+
+    ``k_i = f(t0 + c_i h, y0 + h ⊙ sum_{j<i} a_ij k_j)``, ``y1 = y0 + h ⊙ sum_i b_i k_i``,
+    ``err = h ⊙ sum_i b_err_i k_i``, with ``t0, h: (B,)`` float64 and ``y0, f0, k_i: (B, N)``;
+    ``h`` is broadcast over each sample's elements. A sample with ``h = 0`` keeps ``y1 = y0``.
+    """
+    plan = _plan(tableau)
+    c = tableau.c
+    hc = h.to(y0.dtype)[:, None]
+    k = [f0]
+    y1 = None
+    last = len(plan.rows) - 1
+    for i, row in enumerate(plan.rows, start=1):
+        yi = y0 + hc * _lin(row, k)
+        if plan.fsal and i - 1 == last:
+            y1 = yi
+        k.append(fb(t0 + c[i] * h, yi))
+    if y1 is None:
+        y1 = y0 + hc * _lin(plan.b, k)
+    y_err = hc * _lin(plan.b_err, k) if plan.b_err else None
+    y_err_aux = hc * _lin(plan.b_err_aux, k) if plan.b_err_aux else None
+    return PerSampleStep(y1, y_err, tuple(k), y_err_aux)
+
+
+_POLY: dict[tuple[int, str, torch.device], tuple[ButcherTableau, torch.Tensor]] = {}
+
+
+def _poly(tableau: ButcherTableau, which: str, device) -> torch.Tensor:
+    """``tableau.dense`` (or ``dense_extra``) as a float64 ``(s, m)`` tensor, cached by identity."""
+    key = (id(tableau), which, device)
+    hit = _POLY.get(key)
+    if hit is None or hit[0] is not tableau:
+        hit = (tableau, torch.tensor(getattr(tableau, which), dtype=torch.float64, device=device))
+        _POLY[key] = hit
+    return hit[1]
+
+
+def _poly_weights(P: torch.Tensor, theta: torch.Tensor, dtype) -> torch.Tensor:
+    """``b_i(θ) = sum_j P_ij θ^(j+1)`` for every ``θ``: ``(K, s)``."""
+    powers = torch.cumprod(theta[:, None].expand(-1, P.shape[1]), dim=1)  # θ, θ², ... (K, m)
+    return (powers @ P.T).to(dtype)
+
+
+class Interpolant:
+    """The solution inside one accepted step: ``y_r(t_r + θ h_r)`` for pairs ``(r, θ)``.
+
+    ``kind`` as in the joint loop: ``"dense"`` (the method's continuous extension
+    ``y0 + h sum_i b_i(θ) k_i``), ``"dense_extra"`` (dopri8: three more stages over the batch,
+    evaluated on first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``). All the output
+    times of a step, of every sample, are evaluated in one pass over the gathered rows.
+    """
+
+    def __init__(self, kind, tableau, fb, t, y0, f0, h, step: PerSampleStep, f1):
+        self.kind, self.tableau, self.fb = kind, tableau, fb
+        self.t, self.y0, self.f0, self.h, self.step, self.f1 = t, y0, f0, h, step, f1
+
+    def __call__(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """States ``(K, N)`` of rows ``rows (K,)`` of the batch at ``theta (K,)`` float64."""
+        y0, y1 = self.y0[rows], self.step.y1[rows]
+        hc = self.h[rows].to(y0.dtype)[:, None]
+        if self.kind == "hermite":
+            if self.f1 is None:
+                self.f1 = self.fb(self.t + self.h, self.step.y1)
+            th = theta.to(y0.dtype)[:, None]
+            t2, t3 = th * th, th * th * th
+            out = y0 + (-2.0 * t3 + 3.0 * t2) * (y1 - y0) + hc * ((t3 - 2.0 * t2 + th) * self.f0[rows]
+                                                                 + (t3 - t2) * self.f1[rows])
+        else:
+            k = list(self.step.k)
+            if self.kind == "dense_extra":
+                hb = self.h.to(y0.dtype)[:, None]
+                for c_j, row in zip(self.tableau.c_extra, self.tableau.a_extra):
+                    coeffs = tuple((l, x) for l, x in enumerate(row) if x != 0.0)
+                    k.append(self.fb(self.t + c_j * self.h, self.y0 + hb * _lin(coeffs, k)))
+                self.kind, self.step = "dense_done", self.step._replace(k=tuple(k))
+            P = _poly(self.tableau, "dense" if self.kind == "dense" else "dense_extra", y0.device)
+            w = _poly_weights(P, theta, y0.dtype)  # (K, s)
+            stages = torch.stack(k, 1)[rows]  # (K, s, N)
+            out = y0 + hc * torch.einsum("ks,ksn->kn", w, stages)
+        return torch.where((theta == 1.0)[:, None], y1, out)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+
+
+class Quadrature(Protocol):
+    """Hook for the adjoint: ``begin()`` before each attempt, ``end(accept, h, rows)`` after its
+    decision. Given to :func:`integrate` it also makes every attempt evaluate its first stage
+    afresh (no FSAL), so the attempt's calls of ``func`` are exactly its stages."""
+
+    def begin(self) -> None: ...
+
+    def end(self, accept: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None: ...
+
+
+class LoopOut(NamedTuple):
+    ys: torch.Tensor  # (T, B, N)
+    next_dt: torch.Tensor  # (B,) signed
+
+
+def integrate(
+    fb: BatchFunc,
+    y0: torch.Tensor,
+    times: torch.Tensor,
+    direction: float,
+    *,
+    tableau: ButcherTableau,
+    opts,
+    norm: RMSNorm,
+    stats: PerSampleStats,
+    interp_kind: str,
+    compact: bool = False,
+    dt0: torch.Tensor | None = None,
+    quad: Quadrature | None = None,
+    f0: torch.Tensor | None = None,
+    on_land: Callable | None = None,
+    events=None,
+    records: list | None = None,
+    t_dtype: torch.dtype = torch.float64,
+) -> LoopOut:
+    """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
+
+    Args:
+        fb: the batch function (``(B,)`` times, ``(B, N)`` states).
+        y0: ``(B, N)`` initial states.
+        times: ``(B, T)`` float64 output times, every row strictly monotonic in ``direction``.
+        tableau, opts: the method and its :class:`~neuralode.solvers.options.AdaptiveOptions`.
+        norm: the per-sample error norm.
+        stats: per-sample counters, updated in place.
+        interp_kind: ``"dense"``, ``"dense_extra"`` or ``"hermite"``.
+        compact: index-select the unfinished samples into a smaller batch when fewer than
+            :data:`COMPACT_BELOW` of the rows are active.
+        dt0: ``(B,)`` signed first steps; by default Hairer's heuristic per sample.
+        quad: the adjoint's quadrature hook (see :class:`Quadrature`).
+        f0: ``f(times[:, 0], y0)`` when the caller has it (already counted), else evaluated.
+        on_land: ``on_land(mask, i_next, rows, y) -> y``: when given, every output time is a stop
+            that steps land on, and a sample that lands on one before its last has its state
+            replaced there (the adjoint's jump ``a += ∂L/∂y(t_j)``); ``mask`` marks the rows that
+            landed, ``i_next`` their next output index, ``rows`` the original samples. Needs
+            ``quad`` (every attempt evaluates its first stage afresh, so no stage is stale).
+        events, records, t_dtype: a :class:`~neuralode.solvers.per_sample_events.PerSampleEvents`,
+            the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
+            recorded times.
+
+    Returns:
+        The states at the output times ``(T, B, N)`` and each sample's proposed next step.
+    """
+    B, T = times.shape
+    dev = y0.device
+    rows = torch.arange(B, device=dev)  # original sample of each row of the current batch
+    fb.rows, fb.active = rows, torch.ones(B, dtype=torch.bool, device=dev)
+    t = times[:, 0].clone()
+    t_end = times[:, 1] if on_land is not None else times[:, -1]
+    y = y0
+    fresh_f0 = quad is not None or not tableau.fsal
+    if f0 is None and (quad is None or dt0 is None):
+        f0 = fb(t, y)
+    with torch.no_grad():
+        finite_f0 = f0 is None or torch.isfinite(f0).all()
+    controller = VectorController(opts.controller, opts.safety, opts.ifactor, opts.dfactor,
+                                  min(tableau.order, tableau.error_order) + 1)
+    if dt0 is not None:
+        dt = dt0.to(torch.float64).clone()
+    elif opts.first_step is not None:
+        dt = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=dev)
+    else:
+        dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm)
+    min_step, max_step = opts.min_step, opts.max_step
+    zeros_l = torch.zeros(B, dtype=torch.long, device=dev)
+    prev_ratio = torch.ones(B, dtype=torch.float64, device=dev)
+    after_reject = torch.zeros(B, dtype=torch.bool, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    i_out = torch.ones(B, dtype=torch.long, device=dev)
+    # Counters of the current batch, written to ``stats`` (by original sample) when the batch is
+    # compacted and at the end, not on every step.
+    n_acc, n_rej, n_calls, last = zeros_l.clone(), zeros_l.clone(), zeros_l.clone(), stats.last_step[rows].clone()
+    stats_rows = rows
+
+    def flush():
+        stats.n_accepted.index_add_(0, stats_rows, n_acc)
+        stats.n_rejected.index_add_(0, stats_rows, n_rej)
+        stats.nfe.index_add_(0, stats_rows, n_calls)
+        stats.last_step.index_copy_(0, stats_rows, last)
+        next_dt.index_copy_(0, stats_rows, dt)
+
+    next_dt = dt.clone()  # by original sample
+    pieces_i, pieces_b, pieces_y = [torch.zeros(B, dtype=torch.long, device=dev)], [rows.clone()], [y0]
+    first_attempt = True
+    # Output times reached by t1: a binary search in each row, increasing once times sign.
+    sign = 1.0 if direction > 0 else -1.0
+    ascending = (times * sign).contiguous()
+    fb.active = None  # counting per call is the loop's job from here (n_calls)
+    g0 = events.values(t, y) if events is not None else None
+    guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
+
+    while True:
+        active = ~done
+        n_active = int(active.sum())
+        if n_active == 0:
+            break
+        if compact and n_active < COMPACT_BELOW * active.numel():
+            flush()
+            keep = active.nonzero().squeeze(1)
+            rows, t, t_end, y, dt = rows[keep], t[keep], t_end[keep], y[keep], dt[keep]
+            f0 = None if f0 is None else f0[keep]
+            times, ascending = times[keep], ascending[keep]
+            if g0 is not None:
+                g0, guard = [g[keep] for g in g0], guard[keep]
+            prev_ratio, after_reject, i_out = prev_ratio[keep], after_reject[keep], i_out[keep]
+            n_acc, n_rej, n_calls, last = zeros_l[keep], zeros_l[keep], zeros_l[keep], last[keep]
+            stats_rows = rows
+            done = done[keep]
+            active = ~done
+        fb.rows = rows
+        tol_rows = rows if compact else None
+        calls_before = stats.calls
+
+        dt_abs = dt.abs().clamp(min=min_step, max=max_step)
+        remaining = (t_end - t).abs()
+        # Stretch a step by up to 10% to land on the last time (the joint loop's rule).
+        lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
+        dt_abs = torch.where(lands, remaining, dt_abs)
+        n_steps = n_acc + n_rej
+        tiny = active & ((dt_abs <= 4 * _EPS * t.abs()) | (dt_abs == 0.0))
+        too_many = active & (n_steps >= opts.max_num_steps)
+        any_tiny, any_too_many = torch.stack([tiny.any(), too_many.any()]).tolist()
+        if any_tiny:
+            arrive = tiny & lands
+            if bool((tiny & ~lands).any()):
+                i = int((tiny & ~lands).nonzero()[0])
+                raise SolverError(
+                    f"Step size underflow (sample {int(rows[i])})", float(t[i]), float(direction * dt_abs[i]),
+                    int(n_steps[i]), "The problem may be stiff for this sample, or its solution may blow up "
+                    "(non-finite values); try a looser tolerance or check func.",
+                )
+            # The stop is within rounding of t: arrive without a step.
+            for _ in range(T):
+                m = arrive & (i_out < T)
+                if not bool(m.any()):
+                    break
+                sel = m.nonzero().squeeze(1)
+                pieces_i.append(i_out[sel]), pieces_b.append(rows[sel]), pieces_y.append(y[sel])
+                i_out = i_out + m.long()
+                if on_land is not None:
+                    break  # one stop at a time
+            t = torch.where(arrive, t_end, t)
+            if on_land is not None:
+                y, t_end = _next_stop(on_land, arrive, i_out, rows, y, times, t_end)
+            done = i_out >= T
+            continue
+        h = torch.where(active, direction * dt_abs, torch.zeros_like(dt_abs))
+        if any_too_many:
+            i = int(too_many.nonzero()[0])
+            raise SolverError(
+                f"Too many steps (max_num_steps={opts.max_num_steps}) for sample {int(rows[i])}", float(t[i]),
+                float(h[i]), int(n_steps[i]), "Raise options['max_num_steps'] or loosen rtol/atol.",
+            )
+        if quad is not None:
+            quad.begin()
+        if quad is not None or (fresh_f0 and not first_attempt):
+            f0 = fb(t, y)  # with quad: after begin(), so the attempt's calls are its stages
+        first_attempt = False
+        step = rk_step(fb, t, y, f0, h, tableau)
+        ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
+        ratio = torch.where(active, ratio, torch.zeros_like(ratio))
+        accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
+        accept = accept & active
+        rejected = active & ~accept
+        t1 = torch.where(lands, t_end, t + h)
+        y_end = step.y1
+        interp = None
+        cut = None
+        if events is not None:
+            g1 = events.values(t1, step.y1)
+            cross = accept & events.any_crossed(g0, g1)
+            if bool(cross.any()):
+                # Each crossing sample's step is cut at its first event (located on its interpolant).
+                f1 = step.k[-1] if tableau.fsal else None
+                interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
+                theta_e, y_e, fired = events.locate(g0, cross, t, h, interp, step.y1,
+                                                    (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0))
+                inside = cross & (theta_e < 1.0)
+                t1 = torch.where(inside, t + theta_e * h, t1)
+                lands = lands & ~inside
+                y_end = torch.where(cross[:, None], y_e, step.y1)
+                cut = (cross, fired)
+        # Output times inside the accepted steps: rows i_out .. reached-1 of each sample.
+        reached = torch.searchsorted(ascending, (t1 * sign)[:, None], right=True).squeeze(1)
+        n_new = torch.where(accept, reached - i_out, zeros_l[: len(rows)]).clamp(min=0)
+        finite_ratio, k_new = torch.stack([torch.isfinite(ratio).all().long(), n_new.sum()]).tolist()
+        if not finite_ratio:
+            if not bool(finite_f0):
+                i = int((~torch.isfinite(ratio)).nonzero()[0])
+                raise SolverError(f"Non-finite derivative func(t, y) (sample {int(rows[i])})", float(t[i]),
+                                  float(h[i]), int(n_steps[i]), "Check func for NaN or inf.")
+            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * _EPS * t.abs())
+            if bool(stuck.any()):
+                i = int(stuck.nonzero()[0])
+                raise SolverError(f"Non-finite state or derivative (sample {int(rows[i])})", float(t[i]), float(h[i]),
+                                  int(n_steps[i]), "Every step tried from here produced NaN or inf; check func.")
+        if min_step > 0 and bool((rejected & (dt_abs <= min_step) & ~lands).any()):
+            i = int((rejected & (dt_abs <= min_step) & ~lands).nonzero()[0])
+            raise SolverError(
+                f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {float(ratio[i]):.3g}, "
+                f"sample {int(rows[i])})", float(t[i]), float(h[i]), int(n_steps[i]),
+                "Lower options['min_step'] or loosen rtol/atol.",
+            )
+        if k_new:
+            # Every output time of every sample inside this step, from one interpolant pass.
+            sel = torch.repeat_interleave(torch.arange(len(rows), device=dev), n_new)  # (K,)
+            first = torch.cumsum(n_new, 0) - n_new
+            j = i_out[sel] + torch.arange(k_new, device=dev) - first[sel]
+            tau = times[sel, j]
+            at_end = tau == t1[sel]
+            theta = torch.where(at_end, torch.ones_like(tau), (tau - t[sel]) / torch.where(at_end, torch.ones_like(tau), h[sel]))
+            if bool(at_end.all()):
+                y_out = y_end[sel]
+            else:
+                if interp is None:
+                    f1 = step.k[-1] if tableau.fsal else None
+                    interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
+                y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
+            pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
+            i_out = i_out + n_new
+        if cut is not None:
+            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype,
+                                         pieces_i, pieces_b, pieces_y)
+        if quad is not None:
+            quad.end(accept, h, rows)
+        if on_land is not None:
+            y_end, t_end = _next_stop(on_land, accept & lands, i_out, rows, y_end, times, t_end)
+
+        # The next state: accepted samples move, the others keep theirs.
+        acc = accept[:, None]
+        n_acc = n_acc + accept.long()
+        n_rej = n_rej + rejected.long()
+        n_calls = n_calls + active.long() * (stats.calls - calls_before)
+        last = torch.where(accept, h, last)
+        y = torch.where(acc, y_end, y)
+        if not fresh_f0:
+            f0 = torch.where(acc, step.k[-1], f0)
+        t = torch.where(accept, t1, t)
+        if events is not None:
+            if cut is None:
+                g0 = [torch.where(accept[:, None], b, a) for a, b in zip(g0, g1)]
+                guard = torch.where(accept, torch.zeros_like(guard), guard)
+            else:
+                # Cut samples restart at the event (after any reset): func and the event functions
+                # afresh there, and the elements that fired have no sign until the next step ends.
+                # The elements that fired take the sign they have a moment δ later (leaving the
+                # root), and roots within δ of the restart are not searched: the joint loop's rule
+                # (events.py), so a bounce is not re-fired but the next one in the same step is seen.
+                cross, fired = cut
+                f_new = fb(t, y)
+                if not fresh_f0:
+                    f0 = torch.where(cross[:, None], f_new, f0)
+                eps = torch.finfo(y.dtype).eps
+                delta = 1e3 * (4 * eps * t.abs() + eps * h.abs())
+                g_new = events.values(t, y)
+                g_later = events.values(t + direction * delta, y + (direction * delta).to(y.dtype)[:, None] * f_new)
+                g0 = [torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
+                      for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)]
+                guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
+        prev_ratio = torch.where(accept, ratio, prev_ratio)
+        after_reject = torch.where(active, ~accept, after_reject)
+        dt = torch.where(active, dt_next, dt)
+        done = i_out >= T
+    flush()
+
+    order = torch.cat(pieces_i) * B + torch.cat(pieces_b)
+    values = torch.cat(pieces_y)
+    if order.numel() != T * B or int(torch.bincount(order, minlength=T * B).max()) != 1:
+        raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
+    ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
+    return LoopOut(ys, next_dt)
+
+
+def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, pieces_i, pieces_b, pieces_y):
+    """Record each cut sample's event; end the samples whose event is terminal (their later
+    output times are NaN); apply resets. Returns the states to continue from and ``i_out``."""
+    from .per_sample_events import PerSampleEventRecord
+
+    cross, fired = cut
+    any_k = torch.stack([f.any(1) for f in fired], 1)  # (B, n_events)
+    which = torch.where(cross, torch.argmax(any_k.long(), 1), torch.full_like(i_out, -1))  # first event, by index
+    terminal = torch.tensor([e.terminal for e in events.events], device=which.device)
+    ends = cross & terminal[which.clamp(min=0)]
+    for i, k in zip(cross.nonzero().squeeze(1).tolist(), which[cross].tolist()):
+        element = int(torch.argmax(fired[k][i].long()))
+        index, shape = [], events.shapes[k]
+        for n in reversed(shape):
+            index.append(element % n)
+            element //= n
+        records.append(PerSampleEventRecord(
+            torch.tensor(float(t1[i]), dtype=t_dtype), _row(events.unflatten(y_end[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
+            int(rows[i])))
+    stats.n_events.index_add_(0, rows, cross.long())
+    n_left = torch.where(ends, T - i_out, torch.zeros_like(i_out))
+    k_left = int(n_left.sum())
+    if k_left:
+        sel = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), n_left)
+        first = torch.cumsum(n_left, 0) - n_left
+        pieces_i.append(i_out[sel] + torch.arange(k_left, device=rows.device) - first[sel])
+        pieces_b.append(rows[sel])
+        pieces_y.append(torch.full((k_left, y_end.shape[1]), float("nan"), dtype=y_end.dtype, device=y_end.device))
+        i_out = torch.where(ends, torch.full_like(i_out, T), i_out)
+    for k, e in enumerate(events.events):
+        m = cross & (which == k) & ~ends
+        if e.reset is not None and bool(m.any()):
+            y_new = events.flatten(e.reset(t1.to(events.dtype), events.unflatten(y_end)))
+            if y_new.shape != y_end.shape or y_new.dtype != y_end.dtype:
+                raise ValueError(f"events[{k}].reset(t, y) must return the state's shapes and dtype "
+                                 f"(batch first in per-sample mode).")
+            y_end = torch.where(m[:, None], y_new, y_end)
+    return y_end, i_out
+
+
+def _row(y):
+    """Sample ``i``'s state without its batch dimension, from a batch of one."""
+    return tuple(p[0] for p in y) if isinstance(y, tuple) else y[0]
+
+
+def _next_stop(on_land, landed, i_out, rows, y, times, t_end):
+    """After landing: the state replaced by ``on_land`` for samples with stops left, and every
+    landed sample's next stop."""
+    T = times.shape[1]
+    jump = landed & (i_out < T)
+    if bool(jump.any()):
+        y = on_land(jump, i_out, rows, y)
+    t_next = times.gather(1, i_out.clamp(max=T - 1)[:, None]).squeeze(1)
+    return y, torch.where(landed, t_next, t_end)
+
+
+def interp_kind(tableau: ButcherTableau) -> str:
+    if tableau.dense is not None:
+        return "dense"
+    return "dense_extra" if tableau.dense_extra is not None else "hermite"
+
+
+def check_options(opts) -> None:
+    """What per-sample mode does not do yet, refused clearly."""
+    for name, bad in (("step_t", bool(opts.step_t)), ("jump_t", bool(opts.jump_t)), ("norm", opts.norm is not None),
+                      ("dense", opts.dense), ("checkpoint", opts.checkpoint)):
+        if bad:
+            raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
+
+
+def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, tableau: ButcherTableau, opts,
+                     events=()) -> Solution:
+    """:func:`~neuralode.solvers.api.solve` with ``options={"per_sample": True}`` (or ``"compact"``).
+
+    Args:
+        func: ``func(t, y)`` with ``t`` of shape ``(B,)`` (the state's dtype) and ``y`` like ``y0``.
+        y0: ``(B, ...)`` tensor or tuple of tensors sharing the first dimension ``B``.
+        t: ``(T,)`` output times shared by all samples, or ``(B, T)``, row ``i`` the times of
+            sample ``i``; every row strictly monotonic, all in the same direction.
+
+    Returns:
+        A :class:`Solution` with ``ys`` of shape ``(T, B, ...)`` (``ys[j, i]`` is sample ``i`` at
+        ``t[i, j]``), ``ts`` the ``t`` passed in and :class:`PerSampleStats` (``(B,)`` counters).
+    """
+    check_options(opts)
+    is_tuple = isinstance(y0, tuple)
+    parts = y0 if is_tuple else (y0,)
+    B = check_batch_state(parts, is_tuple)
+    times, direction = check_batch_times(t, B)
+    layout = _Layout(parts, is_tuple)
+    dev = parts[0].device
+    z = torch.zeros(B, dtype=torch.long, device=dev)
+    nan = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+    stats = PerSampleStats(nfe=z.clone(), n_accepted=z.clone(), n_rejected=z.clone(), last_step=nan.clone(),
+                           next_step=nan.clone(), n_event_evals=z.clone(), n_events=z.clone())
+    if times.shape[1] == 1:
+        ys = tuple(p.unsqueeze(0) for p in parts)
+        return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)
+    # The first call, checked as the joint solve checks it (shape, dtype).
+    checker = _Problem(func, parts, is_tuple, SolverStats())
+    norm = RMSNorm(layout.sizes, _tolerance("rtol", rtol, parts, layout), _tolerance("atol", atol, parts, layout))
+    out = func(times[:, 0].to(parts[0].dtype), y0)
+    checker.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
+    stats.nfe += 1
+    stats.rows_evaluated, stats.calls = B, 1
+    fb = BatchFunc(func, layout, parts[0].dtype, stats)
+    event_set, records = None, []
+    if events:
+        from .per_sample_events import PerSampleEvents
+
+        event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
+    result = integrate(fb, layout.flatten(y0), times, direction, tableau=tableau, opts=opts, norm=norm, stats=stats,
+                       interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
+                       events=event_set, records=records, t_dtype=t.dtype)
+    stats.next_step = result.next_dt
+    if event_set is not None:
+        stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch
+    records.sort(key=lambda r: (r.sample, float(r.t) * direction))
+    return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records))
