@@ -38,7 +38,7 @@ from .interpolation import (
 from .problem import _ErrorNorm, _Problem
 from .auto import auto_dense
 from .rosenbrock import rosenbrock_dense
-from .stiffness import StiffnessDetector
+from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
 from .stepper import StepResult, rk_step
@@ -271,6 +271,10 @@ def integrate(
     if error is None:
         on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
     stiffness = StiffnessDetector.for_solve(tableau, opts)  # None: not watched (see stiffness.py)
+    # A solve is stopped as stiff only after MIN_STEPS_FOR_ERROR steps, STIFF_STEPS of them in a
+    # row at the stability limit, so the test (two norms and a host synchronisation) starts just
+    # before that: short solves, most Neural ODE solves, never pay for it.
+    watch_from = MIN_STEPS_FOR_ERROR - 2 * STIFF_STEPS
 
     def before(t_end: float):
         """The stages of a step ending at ``t_end``, those at its end evaluated just before it
@@ -369,7 +373,7 @@ def integrate(
             continue
         stats.n_accepted += 1
         stats.last_step = h
-        if stiffness is not None:
+        if stiffness is not None and stats.n_accepted + stats.n_rejected >= watch_from:
             stiffness.check(t, h, step.k, stats.n_steps)
         if on_accept is not None:
             problem.call_back(on_accept, t, y, h)
