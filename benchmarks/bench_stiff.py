@@ -13,7 +13,6 @@ batched solve against one system alone and against 256 scipy solves.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path

@@ -37,9 +37,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .api import _event_result, _event_times, _method, _run, solve
-from .events import Event, attach_event_gradient, check_events
-from .options import _check_func, _parse_options, time_dtype
+from .api import SCIPY_NO_EVENTS, _event_result, _method, _run, event_mode, solve
+from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
+from .options import _parse_options, time_dtype
 from .scipy_solver import SCIPY_METHOD
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
 from .options import _check_state, _check_times, _check_tolerance, _type_name
@@ -324,7 +324,8 @@ def solve_adjoint(
     Raises:
         TypeError, ValueError: as :func:`solve`, plus the adjoint arguments above.
     """
-    _check_func(func)
+    if not callable(func):  # its signature is checked by the forward solve's first call
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     _check_state(y0)
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
         from .per_sample_adjoint import solve_adjoint_per_sample
@@ -378,7 +379,7 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
         ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
         return Solution(t, flat.unflatten_series(ys), cfg["forward_stats"], cfg["method"], adjoint_stats)
     if tableau is SCIPY_METHOD:
-        raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
+        raise ValueError(SCIPY_NO_EVENTS)
     return _adjoint_with_events(cfg, y0_flat, t, times, tableau, options, events)
 
 
@@ -444,21 +445,13 @@ def _adjoint_with_events(cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, time
             break
         event = events[record.index]
         y_e = ys_seg[-1]
-        g_shape = event.fn(helper.time(end), flat.unflatten(y_e.detach())).shape
-        element = 0
-        for i, n in zip(record.element, g_shape):
-            element = element * n + i
+        element = ravel(record.element, event.fn(helper.time(end), flat.unflatten(y_e.detach())).shape)
         t_star, y_star = attach_event_gradient(event, helper.time, flat.unflatten, helper, end, y_e, element, t.dtype)
         records.append(type(record)(t_star, flat.unflatten(y_star), record.index, record.element, record.terminal))
         if record.terminal:
             break
         if event.reset is not None:
-            y_new = helper.check_like_state(event.reset(t_star, flat.unflatten(y_star)), f"events[{record.index}].reset(t, y)")
-            if t_star.requires_grad:
-                with torch.no_grad():
-                    f_new = helper(end, y_new)
-                y_new = y_new - f_new * (t_star - t_star.detach()).to(y_new.dtype)
-            y_start = y_new
+            y_start = apply_reset(helper, event, record.index, end, t_star, y_star)[0]
         else:
             y_start = y_e
         s_k, t_start = end, end
@@ -500,13 +493,6 @@ def odeint_adjoint(
     )
     if event_fn is None:
         return solve_adjoint(func, y0, t, **kw).ys
-    _check_func(func)
-    if not callable(event_fn):
-        raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
-    _check_state(y0)
-    tableau = _method(method)
-    if tableau is SCIPY_METHOD:
-        raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
-    times = _event_times(t, tableau, _parse_options(options, tableau))
-    sol = _solve_adjoint(func, y0, t, times, events=(Event(event_fn, terminal=True),), **kw)
+    _, _, times, events = event_mode(func, y0, t, method, options, event_fn)
+    sol = _solve_adjoint(func, y0, t, times, events=events, **kw)
     return _event_result(sol, t, y0)

@@ -40,7 +40,6 @@ from .options import (
     AdaptiveOptions,
     _accepts_keyword,
     FixedOptions,
-    _check_func,
     _check_state,
     _check_times,
     _check_tolerance,
@@ -263,7 +262,7 @@ def solve(
     tableau = _method(method)
     if tableau is SCIPY_METHOD:
         if check_events(events):
-            raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
+            raise ValueError(SCIPY_NO_EVENTS)
         return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
     opts = _parse_options(options, tableau)
     if per_sample:
@@ -272,6 +271,24 @@ def solve(
         return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
                                 events=check_events(events))
     return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events))
+
+
+SCIPY_NO_EVENTS = "method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5')."
+
+
+def event_mode(func, y0, t: torch.Tensor, method, options, event_fn):
+    """torchdiffeq's event mode checked once for ``odeint`` and ``odeint_adjoint``: the method,
+    its options, the times ``[t0, ±inf]`` and the one terminal event."""
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
+    _check_state(y0)
+    tableau = _method(method)
+    if tableau is SCIPY_METHOD:
+        raise ValueError(SCIPY_NO_EVENTS)
+    opts = _parse_options(options, tableau)
+    return tableau, opts, _event_times(t, tableau, opts), (Event(event_fn, terminal=True),)
 
 
 def _event_times(t: torch.Tensor, tableau: ButcherTableau, opts) -> list[float]:
@@ -327,17 +344,8 @@ def odeint(
     """
     if event_fn is None:
         return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys
-    _check_func(func)
-    if not callable(event_fn):
-        raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
-    _check_state(y0)
-    tableau = _method(method)
-    if tableau is SCIPY_METHOD:
-        raise ValueError("method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5').")
-    opts = _parse_options(options, tableau)
-    times = _event_times(t, tableau, opts)
-    sol = _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
-               events=(Event(event_fn, terminal=True),))
+    tableau, opts, times, events = event_mode(func, y0, t, method, options, event_fn)
+    sol = _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=events)
     return _event_result(sol, t, y0)
 
 

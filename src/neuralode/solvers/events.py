@@ -356,3 +356,39 @@ def attach_event_gradient(
     t_star = t_const + dt_e.to(t_dtype)
     y_star = y_e + f_e * dt_e.to(y_e.dtype)
     return t_star, y_star
+
+
+def unravel(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    """The index tuple of element ``flat`` of a tensor of ``shape`` (row-major)."""
+    out = []
+    for n in reversed(shape):
+        out.append(flat % n)
+        flat //= n
+    return tuple(reversed(out))
+
+
+def ravel(element: tuple[int, ...], shape: torch.Size) -> int:
+    """The flat (row-major) index of ``element`` in a tensor of ``shape``: :func:`unravel`'s inverse."""
+    flat = 0
+    for i, n in zip(element, shape):
+        flat = flat * n + i
+    return flat
+
+
+def apply_reset(problem, event: Event, index: int, t_e: float, t_star: torch.Tensor, y_star: torch.Tensor,
+                side: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state the solve restarts from after ``event``'s reset at ``t*``, and ``f`` there.
+
+    Returns ``(y_new, f_new)``: ``y_new = reset(t*, y*)`` checked like the state, and, when ``t*``
+    carries a gradient, shifted by ``-f(t*, y_new) (t* - t*.detach())`` (value unchanged), because
+    the solve restarts at a time that depends on the parameters: ``y(t)`` after the event moves by
+    ``-J f dt*``, as the shift of ``y0`` gives ``d/dt0``. ``f_new = f(t_e, y_new)`` (taken just after
+    ``t_e`` when ``side`` is +1) has no graph; it is the next step's first stage when nothing
+    differentiates through it.
+    """
+    y_new = problem.check_like_state(event.reset(t_star, problem.unflatten(y_star)), f"events[{index}].reset(t, y)")
+    with torch.no_grad():
+        f_new = problem(t_e, y_new, side)
+    if t_star.requires_grad:
+        y_new = y_new - f_new * (t_star - t_star.detach()).to(y_new.dtype)
+    return y_new, f_new

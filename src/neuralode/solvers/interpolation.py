@@ -44,29 +44,24 @@ def hermite(
     Written as ``y0 + h01 (y1 - y0) + dt (h10 f0 + h11 f1)`` so that it is exact on constants
     without rounding.
     """
+    h01, h10_dt, h11_dt = _hermite_weights(theta, dt)
+    out = torch.add(y0, y1 - y0, alpha=h01)
+    out = torch.add(out, f0, alpha=h10_dt)
+    return torch.add(out, f1, alpha=h11_dt)
+
+
+def _hermite_weights(theta: float, dt: float) -> tuple[float, float, float]:
+    """``(h01, dt h10, dt h11)`` of :func:`hermite` at ``theta``."""
     t2 = theta * theta
     t3 = t2 * theta
-    h10 = t3 - 2.0 * t2 + theta
-    h01 = -2.0 * t3 + 3.0 * t2
-    h11 = t3 - t2
-    out = torch.add(y0, y1 - y0, alpha=h01)
-    out = torch.add(out, f0, alpha=h10 * dt)
-    return torch.add(out, f1, alpha=h11 * dt)
+    return -2.0 * t3 + 3.0 * t2, (t3 - 2.0 * t2 + theta) * dt, (t3 - t2) * dt
 
 
 def continuous_extension(
     y0: torch.Tensor, k: tuple[torch.Tensor, ...], dt: float, dense: tuple[tuple[float, ...], ...], theta: float
 ) -> torch.Tensor:
     """A Runge-Kutta method's own dense output ``y0 + dt sum_i b_i(theta) k_i``."""
-    coeffs = []
-    for i, row in enumerate(dense):
-        # b_i(theta) = sum_j P_ij theta^(j+1), evaluated by Horner's rule.
-        bi = 0.0
-        for p in reversed(row):
-            bi = (bi + p) * theta
-        if bi != 0.0:
-            coeffs.append((i, bi))
-    return combine(y0, dt, coeffs, k)
+    return combine(y0, dt, [(i, bi) for i, bi in enumerate(_weights(dense, theta)) if bi != 0.0], k)
 
 
 @lru_cache(maxsize=None)
@@ -118,7 +113,8 @@ def dense_stages(
 
 
 def _weights(dense: tuple[tuple[float, ...], ...], theta: float) -> list[float]:
-    """``b_i(theta)`` of a continuous extension, for every stage."""
+    """``b_i(theta) = sum_j P_ij theta^(j+1)`` of a continuous extension for every stage, by
+    Horner's rule."""
     out = []
     for row in dense:
         bi = 0.0
@@ -149,11 +145,7 @@ def hermite_many(
     y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, dt: float, thetas: list[float]
 ) -> list[torch.Tensor]:
     """:func:`hermite` at several ``theta`` of one step, in one matrix product."""
-    rows = []
-    for th in thetas:
-        t2 = th * th
-        t3 = t2 * th
-        rows.extend((-2.0 * t3 + 3.0 * t2, (t3 - 2.0 * t2 + th) * dt, (t3 - t2) * dt))
+    rows = [x for th in thetas for x in _hermite_weights(th, dt)]
     w = torch.tensor(rows, dtype=y0.dtype, device=y0.device).view(len(thetas), 3)
     basis = torch.stack([y1 - y0, f0, f1]).reshape(3, -1)  # (3, N)
     out = torch.addmm(y0.reshape(1, -1), w, basis)

@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from .events import EventSet, attach_event_gradient
+from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .interpolation import (
     continuous_extension,
     continuous_extension_many,
@@ -195,14 +195,6 @@ class _Interpolant:
                     self.f1 = self.problem(self.t1, y1, self.f1_side)
                 out.append(hermite(y0, y1, self.f0, self.f1, h, theta))
         return out
-
-
-def _unravel(flat: int, shape: torch.Size) -> tuple[int, ...]:
-    out = []
-    for n in reversed(shape):
-        out.append(flat % n)
-        flat //= n
-    return tuple(reversed(out))
 
 
 def integrate(
@@ -405,7 +397,7 @@ def integrate(
                 )
                 records.append(EventRecord(
                     t_star, problem.unflatten(y_star), loc.index,
-                    _unravel(loc.element, events.shapes[loc.index]), event.terminal,
+                    unravel(loc.element, events.shapes[loc.index]), event.terminal,
                 ))
                 stats.n_events += 1
                 if event.cuts:
@@ -450,19 +442,13 @@ def integrate(
         if event.terminal:
             terminal = True
             break
-        y_new = problem.check_like_state(event.reset(t_star, problem.unflatten(y_star)), f"events[{loc.index}].reset(t, y)")
         at_end = loc.theta == 1.0
         i_stop = s.i_stop + (1 if (lands and at_end) else 0)
         side = 1 if ((jump_here and at_end) or perturb) else 0
-        with torch.no_grad():
-            f_new = problem(t_e, y_new, side)
+        y_new, f_new = apply_reset(problem, event, loc.index, t_e, t_star, y_star, side)
         # The elements that fired sit on their root: they take the sign they have a moment
         # later, so leaving the root (the ball rising from the floor) does not fire again.
         g_new, guard = events.start(t_e, y_new, lambda: f_new, direction, h, fired=(loc.index, loc.fired))
-        if t_star.requires_grad:
-            # The solve restarts at t*, which depends on the parameters: y(t) after the event
-            # moves by -J f(t*, y_new) dt*, built in like the shift of y0 for d/dt0.
-            y_new = y_new - f_new * (t_star - t_star.detach()).to(y_new.dtype)
         # FSAL restarts at the new state; f_new serves as the first stage unless the next step
         # must differentiate through it.
         f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new

@@ -45,7 +45,6 @@ from .per_sample import (
     solve_per_sample,
 )
 from .solution import Solution
-from .stepper import _plan
 from .tableau import get_tableau
 
 
