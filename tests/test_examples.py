@@ -27,3 +27,15 @@ def test_bouncing_ball_fits_and_writes_its_figure(tmp_path):
     assert last["loss_s2"] < 0.2 * first["loss_s2"]
     assert abs(last["e"] - 0.85) < abs(first["e"] - 0.85)
     assert "fitted e =" in proc.stdout
+
+
+def test_per_sample_vdp_takes_fewer_steps_per_sample_at_the_same_accuracy(tmp_path):
+    out = tmp_path / "ps"
+    run_example("per_sample_vdp.py", "--batch", "16", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "per_sample_steps.png").stat().st_size > 10_000
+    assert metrics["per_sample_steps_mean"] < 0.6 * metrics["joint_steps"]
+    assert metrics["per_sample_steps_max"] <= metrics["joint_steps"]
+    assert metrics["rows_evaluated_per_sample"] < metrics["rows_evaluated_joint"]
+    # Per-sample control keeps each sample as close to the truth as the joint solve does.
+    assert metrics["max_relative_error_per_sample"] < 3 * max(metrics["max_relative_error_joint"], 1e-5)

@@ -35,8 +35,8 @@ from ..datasets.toy2d import TOY_DATASETS, sample_toy
 from ..models.cnf import CNF, NOISE_TYPES, TRACE_ESTIMATORS, build_cnf
 from ..progress import progress_bar
 from .config import RunConfig, setting
-from .distributed import Dist, Sums, init_distributed, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir
+from .distributed import Dist, Sums, resume_hint
+from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, run_task
 from .seeding import rng_state, set_rng_state, step_generator
 from .signals import StopFlag
 
@@ -177,12 +177,7 @@ def train_cnf(config: CNFTrainConfig) -> dict[str, Any]:
         FileExistsError / FileNotFoundError / CheckpointError / RunLockedError: as
             :meth:`neuralode.training.rundir.RunDir.open` says.
     """
-    ctx = init_distributed(config.device)
-    try:
-        with RunDir(config.out, "cnf", writer=ctx.is_main) as run, StopFlag() as stop:
-            return _train(config, ctx, run, stop)
-    finally:
-        ctx.close()
+    return run_task(config, "cnf", _train)
 
 
 def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> dict[str, Any]:

@@ -41,8 +41,8 @@ from ..datasets.spirals import OBSERVATION_COUNTS, SpiralDataset, make_spirals
 from ..models.latent_ode import LatentODE, RNNBaseline
 from ..progress import progress_bar
 from .config import ConfigError, RunConfig, setting
-from .distributed import Dist, Sums, init_distributed, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, read_jsonl
+from .distributed import Dist, Sums, resume_hint
+from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, run_task, read_jsonl
 from .signals import StopFlag
 from .seeding import step_generator
 
@@ -239,12 +239,7 @@ def train_latent(config: LatentTrainConfig) -> dict[str, Any]:
         FileExistsError / FileNotFoundError / CheckpointError / RunLockedError: as
             :meth:`neuralode.training.rundir.RunDir.open` says.
     """
-    ctx = init_distributed(config.device)
-    try:
-        with RunDir(config.out, "latent", writer=ctx.is_main) as run, StopFlag() as stop:
-            return _train(config, ctx, run, stop)
-    finally:
-        ctx.close()
+    return run_task(config, "latent", _train)
 
 
 def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> dict[str, Any]:

@@ -41,8 +41,8 @@ from ..datasets.mnist import MNISTDataset, mnist_dataset
 from ..models import MODEL_NAMES, build_classifier, count_parameters
 from ..progress import progress_bar
 from .config import DEVICES, ConfigError, RunConfig, setting
-from .distributed import Dist, Sums, init_distributed, pick_device, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, read_jsonl, read_run_config
+from .distributed import Dist, Sums, pick_device, resume_hint
+from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, run_task, read_jsonl, read_run_config
 from .seeding import rng_state, seed_everything, set_rng_state
 from .signals import StopFlag
 
@@ -283,12 +283,7 @@ def train(config: TrainConfig, *, on_batch_end: Callable[[int, int], None] | Non
         RunLockedError: another process is training into ``out``.
         ValueError: the MNIST files are corrupt.
     """
-    ctx = init_distributed(config.device)
-    try:
-        with RunDir(config.out, "mnist", writer=ctx.is_main) as run, StopFlag() as stop:
-            return _train(config, ctx, run, stop, on_batch_end)
-    finally:
-        ctx.close()
+    return run_task(config, "mnist", _train, on_batch_end)
 
 
 def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch_end: Callable[[int, int], None] | None) -> dict[str, Any]:

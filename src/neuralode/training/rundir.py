@@ -258,3 +258,18 @@ class RunDir:
         """Write the checkpoint atomically: ``state`` plus the config it was trained with."""
         if self.writer:
             save_checkpoint(self.checkpoint_path, {"config": config.to_dict(), **state}, kind=self.kind)
+
+
+def run_task(config: RunConfig, kind: str, train, *args: Any):
+    """Run a task's training loop ``train(config, ctx, run, stop, *args)`` inside the shared machinery:
+    the process group (``torchrun`` or one process), the run folder of checkpoint ``kind`` (written by
+    rank 0 only, locked against a second writer) and the SIGINT/SIGTERM stop flag, all released on exit."""
+    from .distributed import init_distributed
+    from .signals import StopFlag
+
+    ctx = init_distributed(config.device)
+    try:
+        with RunDir(config.out, kind, writer=ctx.is_main) as run, StopFlag() as stop:
+            return train(config, ctx, run, stop, *args)
+    finally:
+        ctx.close()
