@@ -15,21 +15,13 @@ from neuralode.solvers.esdirk import ESDIRK_METHODS, ESDIRKTableau, make_stepper
 from neuralode.solvers.implicit_options import ImplicitOptions
 from neuralode.solvers.problem import _Problem
 from neuralode.solvers.solution import SolverStats
-from tests.test_stiff import ROB_T, _density, _exact, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
+from tests.test_stiff import ROB_T, _density, _exact, _phi_full, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 NAMES = list(ESDIRK_METHODS)
 
-
-def _phi(t, A, s):
-    """Butcher's elementary weights: every edge uses the full stage matrix A."""
-    out = [1.0] * s
-    for child in t:
-        v = _phi(child, A, s)
-        out = [out[j] * sum(A[j][k] * v[k] for k in range(s)) for j in range(s)]
-    return out
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -39,9 +31,9 @@ def test_order_conditions(name):
     b_hat = [bi - ei for bi, ei in zip(tab.b, tab.b_err)]
     for w, order in ((tab.b, tab.order), (b_hat, tab.error_order)):
         for p in range(1, order + 1):
-            res = [sum(wi * x for wi, x in zip(w, _phi(t, A, s))) - 1.0 / _density(t) for t in _trees(p)]
+            res = [sum(wi * x for wi, x in zip(w, _phi_full(t, A, s))) - 1.0 / _density(t) for t in _trees(p)]
             assert max(map(abs, res)) < 1e-10, (name, order, p)
-        res = [sum(wi * x for wi, x in zip(w, _phi(t, A, s))) - 1.0 / _density(t) for t in _trees(order + 1)]
+        res = [sum(wi * x for wi, x in zip(w, _phi_full(t, A, s))) - 1.0 / _density(t) for t in _trees(order + 1)]
         assert max(map(abs, res)) > 1e-5
     assert tab.fsal
 

@@ -12,7 +12,7 @@ import torch
 
 from neuralode import SolverError, solve
 from neuralode.solvers.implicit_fixed import IMPLICIT_FIXED_METHODS
-from tests.test_stiff import _density, _exact, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
+from tests.test_stiff import _density, _exact, _phi_full, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,19 +25,12 @@ def test_registry_has_torchdiffeqs_names():
                      "sdirk2", "trbdf2"]
 
 
-def _phi(t, A, s):
-    out = [1.0] * s
-    for child in t:
-        v = _phi(child, A, s)
-        out = [out[j] * sum(A[j][k] * v[k] for k in range(s)) for j in range(s)]
-    return out
-
 
 @pytest.mark.parametrize("name", NAMES)
 def test_order_conditions(name):
     tab = IMPLICIT_FIXED_METHODS[name]
     for p in range(1, tab.order + 2):
-        res = max(abs(sum(b * x for b, x in zip(tab.b, _phi(t, tab.A, tab.stages))) - 1.0 / _density(t))
+        res = max(abs(sum(b * x for b, x in zip(tab.b, _phi_full(t, tab.A, tab.stages))) - 1.0 / _density(t))
                   for t in _trees(p))
         if p <= tab.order:
             assert res < 1e-12, (name, p)

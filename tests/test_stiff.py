@@ -64,6 +64,16 @@ def _density(t) -> int:
     return _size(t) * math.prod(_density(c) for c in t)
 
 
+def _phi_full(t, A, s):
+    """Butcher's elementary weights of tree ``t`` for an implicit method: every edge uses the full
+    stage matrix ``A`` (ESDIRK and the fixed-grid implicit methods)."""
+    out = [1.0] * s
+    for child in t:
+        v = _phi_full(child, A, s)
+        out = [out[j] * sum(A[j][k] * v[k] for k in range(s)) for j in range(s)]
+    return out
+
+
 def _phi(t, alpha, beta, s):
     if not t:
         return [1.0] * s
