@@ -154,6 +154,28 @@ def test_compact_batch_matches_and_evaluates_fewer_rows():
     assert compact.stats.wasted_fraction < full.stats.wasted_fraction
 
 
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+def test_output_window_and_gathered_interpolation_agree(method, monkeypatch):
+    # A step's outputs are interpolated on a (B, m) window per sample, or (when the window would
+    # be mostly empty) on the gathered rows; both evaluate the same continuous extension. With
+    # (B, T) times of very different densities the samples have 0 to many outputs per step, and
+    # some outputs coincide with a step's end (the last time).
+    from neuralode.solvers import per_sample
+
+    mu, y0 = mus(), y0s()
+    t = torch.stack([torch.linspace(0, 0.3 + 1.2 * i, 15, dtype=F64) for i in range(B)])
+    kw = dict(rtol=1e-7, atol=1e-8, method=method, options={"per_sample": True})
+    window = solve(vdp_batch(mu), y0, t, **kw)
+    monkeypatch.setattr(per_sample, "DENSE_WINDOW", 0)
+    monkeypatch.setattr(per_sample, "DENSE_ELEMENTS", 0)
+    gathered = solve(vdp_batch(mu), y0, t, **kw)
+    assert torch.equal(window.stats.n_accepted, gathered.stats.n_accepted)
+    assert float((window.ys - gathered.ys).abs().max()) < 1e-12
+    assert torch.equal(window.ys[-1], gathered.ys[-1])  # the last time is a step's end: y1 exactly
+    ref, _ = solo(mu, y0, t, rtol=1e-7, atol=1e-8, method=method)
+    assert float((window.ys - ref).abs().max()) < 1e-6
+
+
 def test_backprop_gradients_match_solo_solves():
     mu, y0 = mus(), y0s()
     t = torch.linspace(0, 3, 4, dtype=F64)

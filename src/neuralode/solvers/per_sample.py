@@ -52,6 +52,12 @@ from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
 COMPACT_BELOW = 0.5  # compact the batch when fewer than this fraction of its rows are active
+# Outputs of a step are interpolated on a (B, m) window (m = most outputs of one sample in the
+# step) while B m is at most this many times the outputs K, or the window holds at most
+# DENSE_ELEMENTS numbers (then the wasted entries cost less than the gathers they replace);
+# otherwise on the K gathered rows.
+DENSE_WINDOW = 4
+DENSE_ELEMENTS = 1 << 16
 
 
 @dataclass
@@ -226,6 +232,7 @@ class BatchFunc:
         self.func, self.layout, self.dtype, self.stats = func, layout, dtype, stats
         self.rows: torch.Tensor | None = None
         self.active: torch.Tensor | None = None
+        self.plain = not layout.is_tuple and len(layout.tails[0]) == 1 and dtype == torch.float64
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         stats = self.stats
@@ -233,6 +240,11 @@ class BatchFunc:
         stats.rows_evaluated += y.shape[0]
         if self.active is not None:  # before the loop's first step: every sample is active
             stats.nfe.index_add_(0, self.rows, self.active.to(stats.nfe.dtype))
+        if self.plain:  # a (B, N) state of the time's dtype: no reshape, no cast (the common case)
+            out = self.func(t, y)
+            if out.dim() == 2:
+                return out
+            return self.layout.flatten(out)
         out = self.func(t.to(self.dtype), self.layout.unflatten(y))
         return self.layout.flatten(out)
 
@@ -250,7 +262,8 @@ class RMSNorm:
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N) -> (B,)`` float64."""
         if len(self.sizes) == 1:
-            return torch.linalg.vector_norm(x, dim=1).double() * self.inv_sqrt_n[0]
+            n = torch.linalg.vector_norm(x, dim=1)
+            return (n if n.dtype == torch.float64 else n.double()) * self.inv_sqrt_n[0]
         rms = [torch.linalg.vector_norm(p, dim=1).double() * s
                for p, s in zip(torch.split(x, self.sizes, dim=1), self.inv_sqrt_n)]
         return torch.stack(rms).amax(0)
@@ -281,21 +294,24 @@ class VectorController:
     order: int
 
     def propose(self, dt, ratio, prev_ratio, after_reject):
-        finite = torch.isfinite(ratio)
-        accept = ratio <= 1.0  # False for NaN
+        # factor = safety exp(-α log r + β log max(r_prev, 1e-4)), α = 0.85/k, β = 0.2/k (PI, accepted)
+        # or α = 1/k, β = 0 (rejected, or the I controller): the scalar controller's powers in log
+        # space, so both branches share one exp. The limits come out of the same formula:
+        # r = 0 gives exp(+inf) = inf, clamped to ifactor (the scalar rule "r = 0: grow by ifactor");
+        # r = inf gives 0, clamped to dfactor; a NaN ratio is mapped to dfactor. ``accept`` is
+        # False for NaN and inf (``r <= 1``), so no separate finiteness mask is needed.
+        accept = ratio <= 1.0
         k = self.order
-        safe = torch.where(finite & (ratio > 0), ratio, torch.ones_like(ratio))
-        factor_i = self.safety * safe ** (-1.0 / k)
+        log_r = ratio.log()
         if self.kind == "pi":
-            factor_pi = self.safety * safe ** (-0.85 / k) * prev_ratio.clamp(min=1e-4) ** (0.2 / k)
-            factor = torch.where(accept, factor_pi, factor_i)
+            log_pi = torch.add(prev_ratio.clamp(min=1e-4).log() * (0.2 / k), log_r, alpha=-0.85 / k)
+            expo = torch.where(accept, log_pi, log_r * (-1.0 / k))
         else:
-            factor = factor_i
-        factor = torch.where(ratio == 0.0, torch.full_like(factor, self.ifactor), factor)
-        factor = factor.clamp(self.dfactor, self.ifactor)
-        factor = torch.where(~accept | after_reject, factor.clamp(max=1.0), factor)
-        factor = torch.where(finite, factor, torch.full_like(factor, self.dfactor))
-        return accept & finite, dt * factor
+            expo = log_r * (-1.0 / k)
+        factor = torch.nan_to_num(expo.exp_().mul_(self.safety), nan=self.dfactor).clamp_(self.dfactor, self.ifactor)
+        # No growth on a rejection or on the step right after one.
+        factor = torch.where(accept & ~after_reject, factor, factor.clamp(max=1.0))
+        return accept, dt * factor
 
 
 def initial_step(fb, t0, y0, f0, direction: float, order: int, norm: RMSNorm, rows=None) -> torch.Tensor:
@@ -340,17 +356,17 @@ def rk_step(fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.T
     """
     plan = _plan(tableau)
     c = tableau.c
-    hc = h.to(y0.dtype)[:, None]
+    hc = h[:, None] if y0.dtype == h.dtype else h.to(y0.dtype)[:, None]
     k = [f0]
     y1 = None
     last = len(plan.rows) - 1
     for i, row in enumerate(plan.rows, start=1):
-        yi = y0 + hc * _lin(row, k)
+        yi = torch.addcmul(y0, hc, _lin(row, k))
         if plan.fsal and i - 1 == last:
             y1 = yi
-        k.append(fb(t0 + c[i] * h, yi))
+        k.append(fb(torch.add(t0, h, alpha=c[i]), yi))
     if y1 is None:
-        y1 = y0 + hc * _lin(plan.b, k)
+        y1 = torch.addcmul(y0, hc, _lin(plan.b, k))
     y_err = hc * _lin(plan.b_err, k) if plan.b_err else None
     y_err_aux = hc * _lin(plan.b_err_aux, k) if plan.b_err_aux else None
     return PerSampleStep(y1, y_err, tuple(k), y_err_aux)
@@ -364,7 +380,11 @@ def _poly(tableau: ButcherTableau, which: str, device) -> torch.Tensor:
     key = (id(tableau), which, device)
     hit = _POLY.get(key)
     if hit is None or hit[0] is not tableau:
-        hit = (tableau, torch.tensor(getattr(tableau, which), dtype=torch.float64, device=device))
+        if which == "dense_t":  # the transpose of ``dense``, contiguous
+            value = torch.tensor(tableau.dense, dtype=torch.float64, device=device).T.contiguous()
+        else:
+            value = torch.tensor(getattr(tableau, which), dtype=torch.float64, device=device)
+        hit = (tableau, value)
         _POLY[key] = hit
     return hit[1]
 
@@ -408,10 +428,55 @@ class Interpolant:
                     k.append(self.fb(self.t + c_j * self.h, self.y0 + hb * _lin(coeffs, k)))
                 self.kind, self.step = "dense_done", self.step._replace(k=tuple(k))
             P = _poly(self.tableau, "dense" if self.kind == "dense" else "dense_extra", y0.device)
-            w = _poly_weights(P, theta, y0.dtype)  # (K, s)
+            w = _poly_weights(P, theta, y0.dtype) * hc  # (K, s): h b_i(θ)
             stages = torch.stack(k, 1)[rows]  # (K, s, N)
-            out = y0 + hc * torch.einsum("ks,ksn->kn", w, stages)
+            out = torch.baddbmm(y0[:, None, :], w[:, None, :], stages).squeeze(1)  # y0 + h sum_i b_i(θ) k_i
         return torch.where((theta == 1.0)[:, None], y1, out)
+
+
+_ARANGE: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    key = (n, device)
+    hit = _ARANGE.get(key)
+    if hit is None:
+        hit = _ARANGE[key] = torch.arange(n, device=device)
+    return hit
+
+
+def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows):
+    """The output times inside one accepted step of every sample, for a ``"dense"`` tableau.
+
+    Sample ``i`` has outputs ``i_out[i] .. i_out[i] + n_new[i] - 1`` in its step ``[t_i, t1_i]``.
+    They are laid out as a ``(B, m)`` window (``m = max n_new``), so the whole batch is one
+    fixed-shape pass, with no per-output index arithmetic: the continuous extension
+    ``y0 + h sum_i b_i(θ) k_i`` with ``b_i(θ) = sum_j P_ij θ^(j+1)`` is regrouped per sample as
+    ``y0 + sum_j θ^(j+1) Q_j`` with ``Q = h Pᵀ K`` (``(B, m_P, N)``, one matrix product over the
+    stacked stages), then ``θ^(1..m_P)`` of every window entry times ``Q`` is one batched product
+    (``baddbmm``). An output that coincides with the step's end takes ``y_end`` exactly (the
+    scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
+
+    Returns: output indices ``(K,)``, original samples ``(K,)``, states ``(K, N)``.
+    """
+    T = times.shape[1]
+    ar = _arange(m, times.device)
+    j = i_out[:, None] + ar  # (B, m)
+    valid = ar < n_new[:, None]
+    tau = times.gather(1, j.clamp(max=T - 1))
+    at_end = tau == t1[:, None]
+    # Rows without outputs (h = 0 for finished samples) are masked out below: their θ is unused.
+    theta = torch.where(at_end, 1.0, (tau - t[:, None]) / h[:, None])
+    P = _poly(tableau, "dense", times.device)  # (s, m_P) float64
+    dtype = y0.dtype
+    PT = _poly(tableau, "dense_t", times.device) if dtype == torch.float64 else P.T.to(dtype)
+    hc = h[:, None, None] if dtype == torch.float64 else h.to(dtype)[:, None, None]
+    Q = torch.matmul(PT, torch.stack(k, 1)) * hc  # (B, m_P, N)
+    th = theta if dtype == torch.float64 else theta.to(dtype)
+    powers = torch.cumprod(th[:, :, None].expand(-1, -1, P.shape[1]), dim=2)  # (B, m, m_P)
+    ys = torch.baddbmm(y0[:, None, :], powers, Q)  # (B, m, N)
+    ys = torch.where(at_end[:, :, None], y_end[:, None, :], ys)
+    return j[valid], rows[:, None].expand(-1, m)[valid], ys[valid]
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,11 +594,11 @@ def integrate(
     guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
 
     while True:
-        active = ~done
-        n_active = int(active.sum())
-        if n_active == 0:
+        # The one host synchronisation every step needs: has every sample finished?
+        if bool(done.all()):
             break
-        if compact and n_active < COMPACT_BELOW * active.numel():
+        active = ~done
+        if compact and int(active.sum()) < COMPACT_BELOW * active.numel():
             flush()
             keep = active.nonzero().squeeze(1)
             rows, t, t_end, y, dt = rows[keep], t[keep], t_end[keep], y[keep], dt[keep]
@@ -556,9 +621,14 @@ def integrate(
         lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
         dt_abs = torch.where(lands, remaining, dt_abs)
         n_steps = n_acc + n_rej
-        tiny = active & ((dt_abs <= 4 * _EPS * t.abs()) | (dt_abs == 0.0))
-        too_many = active & (n_steps >= opts.max_num_steps)
-        any_tiny, any_too_many = torch.stack([tiny.any(), too_many.any()]).tolist()
+        # A step below rounding of t (dt_abs = 0 included), or the step budget spent: rare, so one
+        # fused test decides whether the two are told apart.
+        tiny = dt_abs <= t.abs() * (4 * _EPS)
+        any_tiny = any_too_many = False
+        if bool((active & (tiny | (n_steps >= opts.max_num_steps))).any()):
+            tiny = active & tiny
+            too_many = active & (n_steps >= opts.max_num_steps)
+            any_tiny, any_too_many = bool(tiny.any()), bool(too_many.any())
         if any_tiny:
             arrive = tiny & lands
             if bool((tiny & ~lands).any()):
@@ -583,7 +653,9 @@ def integrate(
                 y, t_end = _next_stop(on_land, arrive, i_out, rows, y, times, t_end)
             done = i_out >= T
             continue
-        h = torch.where(active, direction * dt_abs, torch.zeros_like(dt_abs))
+        h = torch.where(active, dt_abs, 0.0)
+        if direction < 0:
+            h = -h
         if any_too_many:
             i = int(too_many.nonzero()[0])
             raise SolverError(
@@ -597,7 +669,7 @@ def integrate(
         first_attempt = False
         step = rk_step(fb, t, y, f0, h, tableau)
         ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
-        ratio = torch.where(active, ratio, torch.zeros_like(ratio))
+        ratio = torch.where(active, ratio, 0.0)
         accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
         accept = accept & active
         rejected = active & ~accept
@@ -621,9 +693,11 @@ def integrate(
                 cut = (cross, fired)
         # Output times inside the accepted steps: rows i_out .. reached-1 of each sample.
         reached = torch.searchsorted(ascending, (t1 * sign)[:, None], right=True).squeeze(1)
-        n_new = torch.where(accept, reached - i_out, zeros_l[: len(rows)]).clamp(min=0)
-        finite_ratio, k_new = torch.stack([torch.isfinite(ratio).all().long(), n_new.sum()]).tolist()
-        if not finite_ratio:
+        n_new = (reached - i_out).clamp_(min=0).mul_(accept)
+        # Ratios are >= 0, so their sum is finite exactly when every one is (barring an overflow
+        # of the sum, which only sends the check below down its careful path).
+        ratio_sum, k_new = float(ratio.sum()), int(n_new.sum())
+        if not math.isfinite(ratio_sum) and not bool(torch.isfinite(ratio).all()):
             if not bool(finite_f0):
                 i = int((~torch.isfinite(ratio)).nonzero()[0])
                 raise SolverError(f"Non-finite derivative func(t, y) (sample {int(rows[i])})", float(t[i]),
@@ -640,14 +714,21 @@ def integrate(
                 f"sample {int(rows[i])})", float(t[i]), float(h[i]), int(n_steps[i]),
                 "Lower options['min_step'] or loosen rtol/atol.",
             )
-        if k_new:
+        m_new = int(n_new.max()) if k_new and interp_kind == "dense" else 0
+        if m_new and (m_new * len(rows) <= DENSE_WINDOW * k_new or m_new * y.numel() <= DENSE_ELEMENTS):
+            # Every output time of every sample inside this step as a (B, m) window per sample.
+            j, b, y_out = dense_outputs(tableau, times, t, t1, h, y, y_end, step.k, i_out, n_new, m_new, rows)
+            pieces_i.append(j), pieces_b.append(b), pieces_y.append(y_out)
+            i_out = i_out + n_new
+        elif k_new:
             # Every output time of every sample inside this step, from one interpolant pass.
             sel = torch.repeat_interleave(torch.arange(len(rows), device=dev), n_new)  # (K,)
             first = torch.cumsum(n_new, 0) - n_new
-            j = i_out[sel] + torch.arange(k_new, device=dev) - first[sel]
+            j = torch.arange(k_new, device=dev) - (first - i_out)[sel]
             tau = times[sel, j]
             at_end = tau == t1[sel]
-            theta = torch.where(at_end, torch.ones_like(tau), (tau - t[sel]) / torch.where(at_end, torch.ones_like(tau), h[sel]))
+            # Only accepted samples have outputs here, and their h is nonzero.
+            theta = torch.where(at_end, 1.0, (tau - t[sel]) / h[sel])
             if bool(at_end.all()):
                 y_out = y_end[sel]
             else:
@@ -667,9 +748,9 @@ def integrate(
 
         # The next state: accepted samples move, the others keep theirs.
         acc = accept[:, None]
-        n_acc = n_acc + accept.long()
-        n_rej = n_rej + rejected.long()
-        n_calls = n_calls + active.long() * (stats.calls - calls_before)
+        n_acc = n_acc + accept
+        n_rej = n_rej + rejected
+        n_calls = torch.add(n_calls, active, alpha=stats.calls - calls_before)
         last = torch.where(accept, h, last)
         y = torch.where(acc, y_end, y)
         if not fresh_f0:
@@ -697,7 +778,7 @@ def integrate(
                       for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)]
                 guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
         prev_ratio = torch.where(accept, ratio, prev_ratio)
-        after_reject = torch.where(active, ~accept, after_reject)
+        after_reject = rejected  # finished samples take no further decisions
         dt = torch.where(active, dt_next, dt)
         done = i_out >= T
     flush()
