@@ -17,15 +17,27 @@ part of them spent on unfinished samples), the fraction of rows wasted on finish
 error against a per-sample solve at ``1e-10`` in units of the tolerance (each sample's largest
 error over the 200 points; median and max over the samples), and the time
 ratio against the joint solve measured in the same process (median of alternating pairs).
-torchode and diffrax are not installed in this environment; their rows are left to the peer
-benchmarks.
+
+Peers, cases (a) and (b): torchode (its per-sample solver, ``Dopri5`` with the
+``IntegralController``, eager PyTorch) and diffrax (``jax.vmap`` over a per-sample
+``diffeqsolve``: ``Dopri5``, ``PIDController`` (its default I coefficients), ``SaveAt`` at the 200
+times, jit-compiled, compile excluded), all in float64 as neuralode's run, one thread each
+(XLA as in ``bench_peers.py``). Their rows are skipped with a note when not installed.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
+
+# One thread for JAX too (as bench_peers.py); must be set before jax is imported (lazily, below).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,6 +78,96 @@ def problems():
     ]
 
 
+def _torchode_run(f, z0, t):
+    """torchode's own per-sample solve (``(B, T)`` output times), or ``None`` if not installed."""
+    try:
+        import torchode
+    except ImportError:
+        return None
+    term = torchode.ODETerm(f)
+    solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term),
+                                      torchode.IntegralController(atol=TOL, rtol=TOL, term=term))
+    problem = torchode.InitialValueProblem(y0=z0, t_eval=t.expand(z0.shape[0], -1))
+
+    def run():
+        with torch.no_grad():
+            return solver.solve(problem)
+
+    return run
+
+
+def _diffrax_run(z0, t):
+    """diffrax: ``jax.vmap`` of one sample's ``diffeqsolve``, jitted and compiled by a first call;
+    ``None`` if jax/diffrax are not installed."""
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)  # float64, as neuralode's run
+        import diffrax
+    except ImportError:
+        return None
+
+    def vdp(_t, y, _args):
+        x, v, mu = y[0], y[1], y[2]
+        return jnp.stack([v, mu * (1 - x * x) * v - x, jnp.zeros_like(mu)])
+
+    ts = jnp.asarray(t.numpy())
+
+    def one(y0):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(vdp), diffrax.Dopri5(), float(t[0]), float(t[-1]), None, y0,
+            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=TOL, atol=TOL),
+            max_steps=16384,
+        )
+        return sol.ys, sol.stats["num_accepted_steps"], sol.stats["num_steps"]
+
+    jitted = jax.jit(jax.vmap(one))
+    z0j = jnp.asarray(z0.numpy())
+    jax.block_until_ready(jitted(z0j))  # trace + compile
+    return lambda: jax.block_until_ready(jitted(z0j))
+
+
+def peer_rows(cases, t, pairs: int):
+    """neuralode per-sample against torchode and diffrax on the cases given: ``(rows, notes)``."""
+    import numpy as np
+
+    rows, notes = [], []
+    for name, z0, f, ref, err_units in cases:
+        def ours():
+            with torch.no_grad():
+                return solve(f, z0, t, rtol=TOL, atol=TOL, options={"per_sample": True})
+
+        sol = ours()
+        st = sol.stats
+        rows.append([name, "neuralode per-sample", f"{float(st.n_accepted.double().mean()):.1f}",
+                     int(st.n_accepted.max()), f"{float((st.n_accepted + st.n_rejected).double().mean()):.1f}",
+                     f"{float(st.nfe.double().mean()):.0f}", st.calls, err_units(sol.ys), "1"])
+        tod = _torchode_run(f, z0, t)
+        if tod is None:
+            notes.append(f"{name}: torchode is not installed; its row is skipped.")
+        else:
+            out = tod()
+            acc, steps = out.stats["n_accepted"], out.stats["n_steps"]
+            timing = time_pair(ours, tod, pairs=pairs, warmup=1, per_side=True)
+            rows.append([name, "torchode (per-sample)", f"{float(acc.double().mean()):.1f}", int(acc.max()),
+                         f"{float(steps.double().mean()):.1f}", "–", int(out.stats["n_f_evals"].max()),
+                         err_units(out.ys.transpose(0, 1)),
+                         f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})"])
+        dfx = _diffrax_run(z0, t)
+        if dfx is None:
+            notes.append(f"{name}: jax/diffrax are not installed; the diffrax row is skipped.")
+        else:
+            ys, acc, steps = (np.array(a) for a in dfx())
+            timing = time_pair(ours, dfx, pairs=pairs, warmup=1, per_side=True)
+            rows.append([name, "diffrax (vmap)", f"{acc.mean():.1f}", int(acc.max()), f"{steps.mean():.1f}",
+                         f"≈ {6 * steps.mean() + 2:.0f}", f"≈ {6 * int(steps.max()) + 2}",
+                         err_units(torch.from_numpy(ys).transpose(0, 1)),
+                         f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})"])
+        print(name, "peers done", flush=True)
+    return rows, notes
+
+
 def latent_ode_rows(pairs: int):
     """ELBO forward + backward of an untrained latent ODE, per-sample vs union solve."""
     from neuralode.models.latent_ode import LatentODE
@@ -100,6 +202,7 @@ def main(argv=None) -> int:
     t = torch.linspace(0.0, 10.0, T, dtype=F64)
     rows = []
     pairs = 4 if args.quick else 10
+    peer_cases = []
     for name, z0, f in problems():
         with torch.no_grad():
             ref = solve(f, z0, t, rtol=1e-10, atol=1e-10, options={"per_sample": True}).ys
@@ -107,11 +210,13 @@ def main(argv=None) -> int:
             def run(mode):
                 return solve(f, z0, t, rtol=TOL, atol=TOL, options={"per_sample": mode})
 
-            def err_units(ys):
+            def err_units(ys, ref=ref):  # ref bound now: err_units is used again after the loop
                 """Each sample's largest error in units of the tolerance: 'median / max' over samples."""
                 e = ((ys - ref).abs() / (TOL + TOL * ref.abs())).amax(dim=(0, 2))
                 return f"{float(e.median()):.2g} / {float(e.max()):.2g}"
 
+            if len(peer_cases) < 2:  # (a) and (b)
+                peer_cases.append((name, z0, f, ref, err_units))
             joint = run(False)
             rows.append([name, "joint", joint.stats.n_accepted, joint.stats.n_accepted, f"{joint.stats.nfe * B:,}",
                          f"{joint.stats.nfe * B:,}", "–", err_units(joint.ys), "1"])
@@ -126,6 +231,19 @@ def main(argv=None) -> int:
                     err_units(sol.ys), f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
                 ])
             print(name, "done", flush=True)
+    peer_table_rows, peer_notes = peer_rows(peer_cases, t, pairs)
+    peer_table = markdown_table(
+        ["problem", "library", "accepted steps (mean)", "accepted steps (max)", "attempted steps (mean)",
+         "evaluations per sample (mean)", "batched func calls", "error / tol (median / max)",
+         "neuralode per-sample time / this"], peer_table_rows)
+    peer_intro = """\
+**Against torchode and diffrax** (per-sample step control in all three), cases (a) and (b),
+float64. *Evaluations per sample* counts the evaluations made while the sample was unfinished
+(neuralode's ``nfe``; for diffrax 6 per attempted step + 2, FSAL); *batched func calls* is how
+often the batch's field was called (torchode's ``n_f_evals``; a vmapped diffrax loop runs until
+its slowest sample is done). Time: median of alternating pairs with the IQR, compile excluded
+for diffrax."""
+    peer_parts = [peer_intro, peer_table] + (["\n".join(f"- {n}" for n in peer_notes)] if peer_notes else [])
     # Gradients: case (c) on [0, 2] (backwards in time the μ = 20 limit cycle repels, and the
     # joint adjoint's backward solve underflows over [0, 10]), 20 output times, loss = sum of x, v.
     name, z0, f = problems()[2]
@@ -191,12 +309,15 @@ for the joint loop every row is its sample's own. In per-sample mode a sample th
 is still carried in the batch (its step is 0) unless the batch is compacted: that is the *wasted*
 fraction. The error column compares global errors (local tolerance 1e-5, accumulated over
 ``[0, 10]``): the joint loop's shared step over-solves the easy samples, so its median error is
-lower than the per-sample solve's, which spends on each sample what its own tolerance asks. Time: on CPU with a 2-dimensional Van der Pol field an evaluation costs
-about as much as the per-sample loop's bookkeeping (a few dozen small tensor operations per
-step on ``(B,)`` tensors), so per-sample mode pays in time only once ``func`` costs more than that
+lower than the per-sample solve's, which spends on each sample what its own tolerance asks. Time: on CPU with a 2-dimensional Van der Pol field every
+tensor operation costs about the same few microseconds whatever its size, so time follows the
+count of operations per step. A per-sample step of case (a) makes about 235 torch calls, 60 of
+them the six evaluations of ``func`` (the controller is one exp, the underflow and step-budget
+tests are one, each step's outputs are interpolated on a ``(B, m)`` window per sample); the joint
+loop's step makes fewer, on Python floats. So per-sample mode pays in time once ``func`` costs more than the bookkeeping
 (case c) or the joint loop over-steps badly enough (case b)."""
     path = write_markdown(args.out / "per_sample.md", "Per-sample step control vs the joint loop", intro,
-                          [table, notes, grad_intro, grad_table, latent_intro, latent_table])
+                          [table, notes, *peer_parts, grad_intro, grad_table, latent_intro, latent_table])
     print(f"wrote {path}")
     return 0
 
