@@ -9,7 +9,9 @@ ratio the controller needs.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from array import array
 from enum import Enum
 from typing import Callable, Sequence
 
@@ -18,6 +20,9 @@ import torch
 from .options import _check_func, _type_name, error_dtype, time_dtype
 from .solution import SolverStats, TensorOrTuple
 from .stepper import combined_error_ratio
+
+_ARRAY_CODES = {torch.float32: "f", torch.float64: "d"}  # array typecodes of the CPU time dtypes
+
 
 class Perturb(Enum):
     """Which side of ``t`` an evaluation of ``func`` is meant for (torchdiffeq's ``Perturb``).
@@ -65,6 +70,19 @@ class _Problem:
         rather than one small tensor per evaluation; fixed grids know all their stage times."""
         unique = list(dict.fromkeys(values))
         self.times = dict(zip(unique, torch.tensor(unique, dtype=self.t_dtype, device=self.device).unbind()))
+
+    def step_times(self, t: float, h: float, c: tuple[float, ...]) -> None:
+        """Create the time tensors of one step's stages ``t + c_i h`` at once, for the evaluations
+        the step is about to make (adaptive steps, whose times are not known in advance): one
+        tensor from a packed array, unbound, instead of one ``torch.full`` per stage. The floats
+        are formed as :func:`~neuralode.solvers.stepper.rk_step` forms them, so every lookup hits."""
+        values = [t + ci * h for ci in c]
+        code = _ARRAY_CODES.get(self.t_dtype)
+        if code is not None and self.device.type == "cpu":
+            tensor = torch.frombuffer(array(code, values), dtype=self.t_dtype)
+        else:
+            tensor = torch.tensor(values, dtype=self.t_dtype, device=self.device)
+        self.times = dict(zip(values, tensor.unbind()))
 
     def flatten(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         if not self.is_tuple:
@@ -151,6 +169,15 @@ class _Problem:
         return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
 
 
+_NULL = contextlib.nullcontext()
+
+
+def _no_grad():
+    """``torch.no_grad()``, or nothing when autograd is off already (most forward solves): the
+    error norm runs once per step, and entering and leaving the context costs two calls."""
+    return torch.no_grad() if torch.is_grad_enabled() else _NULL
+
+
 class _ErrorNorm:
     """``norm(err / (atol + rtol * max(|y0|, |y1|)))`` as a Python float.
 
@@ -179,7 +206,7 @@ class _ErrorNorm:
     def scaled(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """``norm(x / (atol + rtol |y|))``; the initial-step heuristic's three norms share ``y = y0``,
         whose tolerance is formed once (and reused by the first step's error ratio)."""
-        with torch.no_grad():
+        with _no_grad():
             tol = self._tol(y)
             if self.upcast is not None:
                 x = x.to(self.upcast)
@@ -205,7 +232,7 @@ class _ErrorNorm:
         rounding is monotone and ``rtol >= 0``, so the two are the same numbers, and the second
         reuses ``y0``'s tolerance from the step before (one elementwise operation fewer per step).
         """
-        with torch.no_grad():
+        with _no_grad():
             tol0 = self._tol(y0)
             tol1 = self._tol(y1)
             scale = torch.maximum(tol0, tol1)

@@ -78,6 +78,9 @@ def _plan(tableau: ButcherTableau) -> _Plan:
     return plan
 
 
+step_plan = _plan  # the public name of a tableau's cached plan, for callers that hold it
+
+
 def _make_plan(tableau: ButcherTableau) -> _Plan:
     """Nonzero coefficients of a tableau, computed once per tableau."""
 
@@ -125,7 +128,8 @@ def _weighted_sum(dt: float, coeffs, k) -> torch.Tensor:
 
 
 def rk_step(
-    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float, tableau: ButcherTableau
+    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float, tableau: ButcherTableau,
+    plan: _Plan | None = None,
 ) -> StepResult:
     """Take one explicit Runge-Kutta step of size ``dt`` (negative to integrate backwards).
 
@@ -137,11 +141,14 @@ def rk_step(
             rejected steps, dense output).
         dt: the step size.
         tableau: the method.
+        plan: ``step_plan(tableau)``, when the caller holds it for a whole solve (saves the
+            cache lookup on every step).
 
     Returns:
         A :class:`StepResult` with ``y1``, the error estimate(s) and the stages.
     """
-    plan = _plan(tableau)
+    if plan is None:
+        plan = _plan(tableau)
     k = [f0]
     yi = y0
     for ci, row in zip(plan.c, plan.rows):
