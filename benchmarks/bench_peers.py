@@ -216,6 +216,7 @@ class Workload:
     nfe: dict[str, str]  # library -> evaluations text
     bare: dict[str, Callable[[], Any]]  # ours variant -> the same evaluations, bare
     compile_s: float | None = None
+    state: torch.Tensor | None = None  # y0, for the cost of one eager operation on the state
     notes: list[str] = field(default_factory=list)
     timings: dict[tuple[str, str], PairTiming] = field(default_factory=dict)
     bookkeeping: dict[str, PairTiming] = field(default_factory=dict)
@@ -317,7 +318,7 @@ def tiny_midpoint() -> Workload:
         ref=reference(numpy_mlp(func), y0, t),
         nfe={"neuralode": str(nfe_nd), "diffrax": _diffrax_nfe(dfx_stats, 2, False), "torchode": str(nfe_tod), "torchdiffeq": str(nfe_tdq)},
         bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
-        compile_s=compile_s,
+        compile_s=compile_s, state=y0,
         notes=["The reference is the exact ODE solution, so every library's error here is the midpoint rule's own.",
                "torchode takes 201 steps: its clock has the state's dtype, and in float32 200 steps of 0.005 end "
                "just short of 1, so it adds a last tiny step (in float64 it takes 200)."],
@@ -376,7 +377,7 @@ def mlp_forward(method: str) -> Workload:
         key, f"({key}) MLP 32→128→128→32, batch 256, {method} 1e-6, 10 outputs, forward",
         ours={"neuralode": nd}, peers=peers, pairings=[("neuralode", p) for p in peers],
         answers=answers, ref=reference(numpy_mlp(func), y0, t), nfe=nfe,
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, compile_s=compile_s,
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, compile_s=compile_s, state=y0,
     )
 
 
@@ -529,7 +530,7 @@ def van_der_pol() -> Workload:
         nfe={"neuralode": f"{nfe_nd} (one step size for the batch)", "diffrax": _diffrax_nfe(dfx_stats, 7, True, vmapped=True),
              "torchode": f"{nfe_tod} batched (per-sample steps)", "torchdiffeq": f"{nfe_tdq} (one step size for the batch)"},
         bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
-        compile_s=compile_s,
+        compile_s=compile_s, state=y0,
         notes=["Per-sample control (diffrax by vmap, torchode natively) gives each sample its own steps; "
                "neuralode and torchdiffeq step the whole batch with the step its hardest sample needs."],
     )
@@ -577,6 +578,98 @@ def profile_breakdown(w: Workload, variant: str = "neuralode", solves: int = 20,
         rows.append([where.replace("<", "‹").replace(">", "›"), f"{ncalls / solves:.0f}", f"{tottime / total:.0%}"])
     return (f"### {w.title.split(')')[0]}) ({_ours_name(variant)})\n\n"
             + markdown_table(["function", "calls per solve", "share of own time"], rows))
+
+
+def _torch_calls(fn: Callable[[], Any]) -> int:
+    """Calls of torch functions and tensor methods made by ``fn()`` (a ``TorchFunctionMode`` sees
+    each one, nested calls included)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def _one_op_us(state: torch.Tensor, number: int = 2000) -> float:
+    """Median microseconds of one eager ``torch.add(state, state, alpha=0.5)``: the price of one
+    elementwise operation of the solver on this state, dispatch included."""
+    samples = []
+    with torch.no_grad():
+        for _ in range(7):
+            start = time.perf_counter()
+            for _ in range(number):
+                torch.add(state, state, alpha=0.5)
+            samples.append((time.perf_counter() - start) / number)
+    return 1e6 * float(np.median(samples))
+
+
+def remaining_time(workloads: list[Workload]) -> str:
+    """Where the time above the evaluations goes, per forward workload: the solver's own torch calls
+    (a solve's calls minus the bare loop's), the bookkeeping time per call, the price of one eager
+    operation on the state, and the bare evaluations alone against diffrax's and torchdiffeq's whole
+    solves (the floor an eager loop around these evaluations cannot go below)."""
+    rows, readings = [], []
+    for w in workloads:
+        if "neuralode" not in w.bare or w.state is None:
+            continue
+        book = w.bookkeeping["neuralode"]
+        calls = _torch_calls(w.ours["neuralode"]) - _torch_calls(w.bare["neuralode"])
+        extra_us = 1e6 * (book.ours_s - book.peer_s)
+        op_us = _one_op_us(w.state)
+        floor, cells = {}, {}
+        for peer in ("diffrax", "torchdiffeq"):
+            t = w.timings.get(("neuralode", peer))
+            # bare / peer, from the two ratios measured against the same neuralode solve
+            floor[peer] = t.ratio / book.ratio if t is not None else None
+            cells[peer] = f"{floor[peer]:.2f}×" if t is not None else "—"
+        rows.append([SHORT[w.key], f"{calls}", f"{extra_us / 1e3:.2f} ms", f"{extra_us / max(calls, 1):.1f} µs",
+                     f"{op_us:.1f} µs", cells["diffrax"], cells["torchdiffeq"]])
+        # What each target would need, in the measured quantities.
+        said = []
+        target = DIFFRAX_TARGETS[w.key]
+        if floor["diffrax"] is not None and floor["diffrax"] > target:
+            said.append(f"the evaluations alone take {floor['diffrax']:.2f}× diffrax's whole solve, above the "
+                        f"≤ {target:g}× target, so no eager loop around this func reaches it")
+        tdq = w.timings.get(("neuralode", "torchdiffeq"))
+        if tdq is not None and tdq.ratio > TORCHDIFFEQ_TARGET:
+            f = floor["torchdiffeq"]
+            allowed = (TORCHDIFFEQ_TARGET - f) / (tdq.ratio - f)
+            said.append(f"≤ {TORCHDIFFEQ_TARGET:g}× torchdiffeq needs the bookkeeping cut to {allowed:.0%} of today's "
+                        f"({allowed * extra_us / 1e3:.2f} ms, about {allowed * extra_us / op_us:.0f} eager operations at "
+                        f"{op_us:.1f} µs, for {calls} torch calls today)" if allowed > 0 else
+                        f"the evaluations alone take {f:.2f}× torchdiffeq's solve, above the ≤ {TORCHDIFFEQ_TARGET:g}× target")
+        if w.key == "b":
+            allowed_us = 1e6 * book.peer_s / 9  # share < 10 %: bookkeeping < bare / 9
+            said.append(f"a bookkeeping share under 10 % allows {allowed_us / 1e3:.2f} ms above the evaluations, about "
+                        f"{allowed_us / op_us:.0f} eager operations at {op_us:.1f} µs each, for {calls} torch calls today")
+        per_call = extra_us / max(calls, 1)
+        if per_call > 2 * op_us:
+            said.append(f"the bookkeeping per torch call ({per_call:.1f} µs) is {per_call / op_us:.1f}× the price of one "
+                        "eager operation on the state, so the loop's Python work and the memory traffic around the "
+                        "operations weigh more than their number")
+        if said:
+            readings.append(f"- {SHORT[w.key]}: " + "; ".join(said) + ".")
+    return (
+        "## Where the remaining time goes\n\n"
+        "The solver's own torch calls per solve (every torch function and tensor method a solve calls, minus those "
+        "of the bare loop of the same evaluations; counted with a `TorchFunctionMode`), the bookkeeping time "
+        "(solve − bare, medians) spread over them, and the measured price of one eager elementwise `torch.add` on "
+        "the state. Last two columns: the bare evaluations alone as a multiple of the peer's whole solve (the ratio "
+        "to the peer divided by the ratio solve / bare): no eager loop around these evaluations can be faster "
+        "than that.\n\n"
+        + markdown_table(["workload", "solver torch calls / solve", "bookkeeping / solve", "per call",
+                          "one torch.add on the state", "bare evaluations / diffrax solve",
+                          "bare evaluations / torchdiffeq solve"], rows)
+        + ("\n\nWhat the targets that are missed would need, in these measured quantities:\n\n" + "\n".join(readings)
+           if readings else "")
+    )
 
 
 def _share(timing: PairTiming) -> str:
@@ -641,6 +734,7 @@ def report(workloads: list[Workload], pairs: int, total_s: float, quick: bool) -
         "over alternating pairs). The issue's target is under 10 % for the MLP forward solve (b).\n\n"
         + markdown_table(["workload", "solver", "NFE", "bookkeeping share", "solve", "bare evaluations"], rows)
     )
+    sections.append(remaining_time(workloads))
     profiles = [profile_breakdown(w) for w in workloads if w.key in ("a", "b", "e")]
     if profiles:
         sections.append(

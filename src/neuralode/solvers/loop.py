@@ -41,7 +41,7 @@ from .rosenbrock import rosenbrock_dense
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
 from .errors import SolverError
-from .stepper import StepResult, rk_step
+from .stepper import StepResult, rk_step, step_plan
 from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
@@ -113,10 +113,12 @@ def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, che
         return take_implicit
 
     if isinstance(tableau, ButcherTableau):
+        plan = step_plan(tableau)
+
         def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
             if f0 is None:
                 f0 = problem(t, y, side)
-            return f0, rk_step(stage, t, y, f0, h, tableau)
+            return f0, rk_step(stage, t, y, f0, h, tableau, plan)
     else:
         own_step = tableau.step
 
@@ -255,6 +257,12 @@ def integrate(
     else:
         take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)
     fsal = tableau.fsal
+    # Adaptive explicit Runge-Kutta steps create their stage times at once (fixed grids have
+    # theirs cached for the whole solve, see _Problem.cache_times).
+    stage_c = None
+    if error is not None and isinstance(tableau, ButcherTableau) and not getattr(tableau, "implicit", False) \
+            and not getattr(opts, "compile", False):
+        stage_c = tuple(float(ci) for ci in tableau.c[1:])
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
     max_step = getattr(opts, "max_step", math.inf)
@@ -343,6 +351,8 @@ def integrate(
         # At a jump, stages with c_i = 1 would sit exactly on the discontinuity, where func may
         # already return its value from after the jump: evaluate them just before it instead.
         stage_func = before(t_stop if lands else t + h) if (jump_here or perturb) else problem
+        if stage_c is not None and stage_func is problem:
+            problem.step_times(t, h, stage_c)
         f0, step = take(s.f0_side, t, y, s.f0, h, stage_func, s.memory)
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)

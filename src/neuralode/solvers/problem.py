@@ -9,7 +9,9 @@ ratio the controller needs.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from array import array
 from enum import Enum
 from typing import Callable, Sequence
 
@@ -18,6 +20,9 @@ import torch
 from .options import _check_func, _type_name, error_dtype, time_dtype
 from .solution import SolverStats, TensorOrTuple
 from .stepper import combined_error_ratio
+
+_ARRAY_CODES = {torch.float32: "f", torch.float64: "d"}  # array typecodes of the CPU time dtypes
+
 
 class Perturb(Enum):
     """Which side of ``t`` an evaluation of ``func`` is meant for (torchdiffeq's ``Perturb``).
@@ -65,6 +70,19 @@ class _Problem:
         rather than one small tensor per evaluation; fixed grids know all their stage times."""
         unique = list(dict.fromkeys(values))
         self.times = dict(zip(unique, torch.tensor(unique, dtype=self.t_dtype, device=self.device).unbind()))
+
+    def step_times(self, t: float, h: float, c: tuple[float, ...]) -> None:
+        """Create the time tensors of one step's stages ``t + c_i h`` at once, for the evaluations
+        the step is about to make (adaptive steps, whose times are not known in advance): one
+        tensor from a packed array, unbound, instead of one ``torch.full`` per stage. The floats
+        are formed as :func:`~neuralode.solvers.stepper.rk_step` forms them, so every lookup hits."""
+        values = [t + ci * h for ci in c]
+        code = _ARRAY_CODES.get(self.t_dtype)
+        if code is not None and self.device.type == "cpu":
+            tensor = torch.frombuffer(array(code, values), dtype=self.t_dtype)
+        else:
+            tensor = torch.tensor(values, dtype=self.t_dtype, device=self.device)
+        self.times = dict(zip(values, tensor.unbind()))
 
     def flatten(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         if not self.is_tuple:
@@ -119,9 +137,12 @@ class _Problem:
 
     def __call__(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
         self.stats.nfe += 1
-        tt = self.times.get(t) if side == 0 else None
-        if tt is None:
+        if side:
             tt = self.time(t, side)
+        else:
+            tt = self.times.get(t)
+            if tt is None:
+                tt = torch.full((), t, dtype=self.t_dtype, device=self.device)
         if self.plain:  # the common case, kept to one call
             return self.func(tt, y)
         if self.pass_perturb:
@@ -148,6 +169,15 @@ class _Problem:
         return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
 
 
+_NULL = contextlib.nullcontext()
+
+
+def _no_grad():
+    """``torch.no_grad()``, or nothing when autograd is off already (most forward solves): the
+    error norm runs once per step, and entering and leaving the context costs two calls."""
+    return torch.no_grad() if torch.is_grad_enabled() else _NULL
+
+
 class _ErrorNorm:
     """``norm(err / (atol + rtol * max(|y0|, |y1|)))`` as a Python float.
 
@@ -163,6 +193,7 @@ class _ErrorNorm:
         self.inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in problem.sizes]
         # Half-precision states: the error ratio is formed in float32 (see options.error_dtype).
         self.upcast = error_dtype(problem.dtype) if problem.dtype in (torch.float16, torch.bfloat16) else None
+        self._held: tuple = ((None, None), (None, None))  # (state, atol + rtol |state|), newest first
 
     def norm(self, x: torch.Tensor) -> float:
         if self.user_norm is not None:
@@ -173,19 +204,43 @@ class _ErrorNorm:
         return float(torch.stack(rms).max())
 
     def scaled(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.no_grad():
+        """``norm(x / (atol + rtol |y|))``; the initial-step heuristic's three norms share ``y = y0``,
+        whose tolerance is formed once (and reused by the first step's error ratio)."""
+        with _no_grad():
+            tol = self._tol(y)
             if self.upcast is not None:
-                x, y = x.to(self.upcast), y.to(self.upcast)
-            return self.norm(x / (y.abs() * self.rtol + self.atol))
+                x = x.to(self.upcast)
+            return self.norm(x / tol)
+
+    def _tol(self, y: torch.Tensor) -> torch.Tensor:
+        """``atol + rtol |y|``, kept for the last two states seen: a step's ``y1`` is the next
+        step's ``y0`` (and a rejected step retries from the same ``y0``), so each state's
+        tolerance is formed once."""
+        for held, tol in self._held:
+            if held is y:
+                return tol
+        x = y if self.upcast is None else y.to(self.upcast)
+        tol = x.abs().mul_(self.rtol).add_(self.atol)
+        self._held = ((y, tol), self._held[0])
+        return tol
 
     def ratio(self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None) -> float:
         """The error ratio of a step; with a second estimate (dopri8's E3), Hairer's combination
-        of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`)."""
-        with torch.no_grad():
+        of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`).
+
+        The scale ``atol + rtol max(|y0|, |y1|)`` is formed as ``max(atol + rtol |y0|, atol + rtol |y1|)``:
+        rounding is monotone and ``rtol >= 0``, so the two are the same numbers, and the second
+        reuses ``y0``'s tolerance from the step before (one elementwise operation fewer per step).
+        """
+        with _no_grad():
+            tol0 = self._tol(y0)
+            tol1 = self._tol(y1)
+            scale = torch.maximum(tol0, tol1)
             if self.upcast is not None:
-                y_err, y0, y1 = y_err.to(self.upcast), y0.to(self.upcast), y1.to(self.upcast)
+                y_err = y_err.to(self.upcast)
                 y_err_aux = None if y_err_aux is None else y_err_aux.to(self.upcast)
-            scale = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
             if y_err_aux is None:
-                return self.norm(y_err / scale)
+                # Divided into the scale's own storage when the dtypes agree (complex states
+                # have a real scale and a complex error).
+                return self.norm(torch.div(y_err, scale, out=scale) if y_err.dtype == scale.dtype else y_err / scale)
             return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))

@@ -13,8 +13,12 @@ float64 by the integration loop and only turned into a tensor when ``f`` is call
 
 Stages are combined with a chain of ``torch.add(acc, k_j, alpha=dt * a_ij)``, skipping zero
 coefficients. For the state sizes Neural ODEs use, this is cheaper than stacking the stages and
-contracting them with the coefficient vector (a stack copies every stage once more), and it keeps
-backpropagation through the solver a plain autograd graph.
+contracting them with the coefficient vector: a stack copies every stage once more, and the small
+matrix product costs as much as the additions it replaces (measured for dopri5 on states of 16 to
+8192 elements: a stage buffer with one ``addmm`` per stage is within 5% of the chain), and the
+chain keeps backpropagation through the solver a plain autograd graph. When autograd is not
+recording, the chain accumulates in place after its first term (``acc.add_(k_j, ...)``): the same
+arithmetic in the same order, so the same bits, without allocating a tensor per term.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class _Plan(NamedTuple):
     b_err: tuple[tuple[int, float], ...] | None
     fsal: bool
     b_err_aux: tuple[tuple[int, float], ...] | None = None
+    c: tuple[float, ...] = ()  # c_i of stages i >= 1, beside their rows
 
 
 _PLANS: dict[int, tuple[ButcherTableau, _Plan]] = {}
@@ -73,6 +78,9 @@ def _plan(tableau: ButcherTableau) -> _Plan:
     return plan
 
 
+step_plan = _plan  # the public name of a tableau's cached plan, for callers that hold it
+
+
 def _make_plan(tableau: ButcherTableau) -> _Plan:
     """Nonzero coefficients of a tableau, computed once per tableau."""
 
@@ -82,28 +90,46 @@ def _make_plan(tableau: ButcherTableau) -> _Plan:
     rows = tuple(nz(row) for row in tableau.a[1:])
     b_err = nz(tableau.b_err) if tableau.b_err is not None else None
     b_err_aux = nz(tableau.b_err_aux) if tableau.b_err_aux is not None else None
-    return _Plan(rows, nz(tableau.b), b_err, tableau.fsal, b_err_aux)
+    c = tuple(float(ci) for ci in tableau.c[1:])
+    return _Plan(rows, nz(tableau.b), b_err, tableau.fsal and len(rows) > 0, b_err_aux, c)
 
 
 def combine(y: torch.Tensor, dt: float, coeffs, k) -> torch.Tensor:
-    """``y + dt * sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs given."""
-    out = y
-    for j, cj in coeffs:
-        out = torch.add(out, k[j], alpha=cj * dt)
+    """``y + dt * sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs given.
+
+    A new tensor unless ``coeffs`` is empty (then ``y`` itself); ``y`` and ``k`` are never
+    modified. Without autograd recording, the terms after the first are added in place into
+    the new tensor.
+    """
+    if not coeffs:
+        return y
+    (j0, c0) = coeffs[0]
+    out = torch.add(y, k[j0], alpha=c0 * dt)
+    if torch.is_grad_enabled():
+        for j, cj in coeffs[1:]:
+            out = torch.add(out, k[j], alpha=cj * dt)
+    else:
+        for j, cj in coeffs[1:]:
+            out.add_(k[j], alpha=cj * dt)
     return out
 
 
 def _weighted_sum(dt: float, coeffs, k) -> torch.Tensor:
-    """``dt * sum_j coeffs_j k_j`` (no base term)."""
+    """``dt * sum_j coeffs_j k_j`` (no base term), accumulated as :func:`combine` does."""
     (j0, c0), rest = coeffs[0], coeffs[1:]
     out = k[j0] * (c0 * dt)
-    for j, cj in rest:
-        out = torch.add(out, k[j], alpha=cj * dt)
+    if torch.is_grad_enabled():
+        for j, cj in rest:
+            out = torch.add(out, k[j], alpha=cj * dt)
+    else:
+        for j, cj in rest:
+            out.add_(k[j], alpha=cj * dt)
     return out
 
 
 def rk_step(
-    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float, tableau: ButcherTableau
+    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float, tableau: ButcherTableau,
+    plan: _Plan | None = None,
 ) -> StepResult:
     """Take one explicit Runge-Kutta step of size ``dt`` (negative to integrate backwards).
 
@@ -115,23 +141,21 @@ def rk_step(
             rejected steps, dense output).
         dt: the step size.
         tableau: the method.
+        plan: ``step_plan(tableau)``, when the caller holds it for a whole solve (saves the
+            cache lookup on every step).
 
     Returns:
         A :class:`StepResult` with ``y1``, the error estimate(s) and the stages.
     """
-    plan = _plan(tableau)
-    c = tableau.c
+    if plan is None:
+        plan = _plan(tableau)
     k = [f0]
-    y1 = None
-    last = len(plan.rows) - 1
-    for i, row in enumerate(plan.rows, start=1):
+    yi = y0
+    for ci, row in zip(plan.c, plan.rows):
         yi = combine(y0, dt, row, k)
-        if plan.fsal and i - 1 == last:
-            # FSAL: the last stage is evaluated at (t0 + dt, y1), so y1 is this stage's input.
-            y1 = yi
-        k.append(func(t0 + c[i] * dt, yi))
-    if y1 is None:
-        y1 = combine(y0, dt, plan.b, k)
+        k.append(func(t0 + ci * dt, yi))
+    # FSAL: the last stage is evaluated at (t0 + dt, y1), so y1 is that stage's input.
+    y1 = yi if plan.fsal else combine(y0, dt, plan.b, k)
     # The error estimate is a small difference of large stage sums: for float16/bfloat16 states
     # it is formed in float32, or its rounding (an ulp of every stage) would be what the step-size
     # controller sees.
