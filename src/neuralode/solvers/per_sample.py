@@ -658,7 +658,7 @@ def integrate(
             pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
             i_out = i_out + n_new
         if cut is not None:
-            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype,
+            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb,
                                          pieces_i, pieces_b, pieces_y)
         if quad is not None:
             quad.end(accept, h, rows)
@@ -710,9 +710,11 @@ def integrate(
     return LoopOut(ys, next_dt)
 
 
-def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, pieces_i, pieces_b, pieces_y):
+def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb, pieces_i, pieces_b, pieces_y):
     """Record each cut sample's event; end the samples whose event is terminal (their later
-    output times are NaN); apply resets. Returns the states to continue from and ``i_out``."""
+    output times are NaN); apply resets. Returns the states to continue from and ``i_out``.
+    Under autograd the event times, the states at them and the resets carry the implicit-function
+    gradients (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`)."""
     from .per_sample_events import PerSampleEventRecord
 
     cross, fired = cut
@@ -720,6 +722,11 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
     which = torch.where(cross, torch.argmax(any_k.long(), 1), torch.full_like(i_out, -1))  # first event, by index
     terminal = torch.tensor([e.terminal for e in events.events], device=which.device)
     ends = cross & terminal[which.clamp(min=0)]
+    grad = events.attach_gradient(fb, cross, which, fired, t1, y_end, rows)  # (δ, f at the event) or None
+    t_star = t1.to(events.dtype) if grad is None else t1.to(events.dtype) + grad[0]
+    # y* = y + f δ (value unchanged) is the state at the moving t*: what is recorded and reset. A
+    # sample without a reset goes on from y at the fixed restart time, which needs no correction.
+    y_star = y_end if grad is None else y_end + grad[1] * grad[0][:, None]
     for i, k in zip(cross.nonzero().squeeze(1).tolist(), which[cross].tolist()):
         element = int(torch.argmax(fired[k][i].long()))
         index, shape = [], events.shapes[k]
@@ -727,7 +734,7 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
             index.append(element % n)
             element //= n
         records.append(PerSampleEventRecord(
-            torch.tensor(float(t1[i]), dtype=t_dtype), _row(events.unflatten(y_end[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
+            torch.tensor(float(t1[i]), dtype=t_dtype) + (0 if grad is None else grad[0][i].to(t_dtype)), _row(events.unflatten(y_star[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
             int(rows[i])))
     stats.n_events.index_add_(0, rows, cross.long())
     n_left = torch.where(ends, T - i_out, torch.zeros_like(i_out))
@@ -742,10 +749,14 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
     for k, e in enumerate(events.events):
         m = cross & (which == k) & ~ends
         if e.reset is not None and bool(m.any()):
-            y_new = events.flatten(e.reset(t1.to(events.dtype), events.unflatten(y_end)))
+            y_new = events.flatten(e.reset(t_star, events.unflatten(y_star)))
             if y_new.shape != y_end.shape or y_new.dtype != y_end.dtype:
                 raise ValueError(f"events[{k}].reset(t, y) must return the state's shapes and dtype "
                                  f"(batch first in per-sample mode).")
+            if grad is not None:  # the restart at t* moves the later states by -f δ
+                with torch.no_grad():
+                    f_new = fb(t1, y_new.detach())
+                y_new = y_new - f_new * grad[0][:, None]
             y_end = torch.where(m[:, None], y_new, y_end)
     return y_end, i_out
 
@@ -827,5 +838,5 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
     stats.next_step = result.next_dt
     if event_set is not None:
         stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch
-    records.sort(key=lambda r: (r.sample, float(r.t) * direction))
+    records.sort(key=lambda r: (r.sample, float(r.t.detach()) * direction))
     return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records))

@@ -1,0 +1,192 @@
+"""Per-sample mode beyond the basic solve: gradients through each sample's event times.
+
+References: closed forms (free fall ``t* = sqrt(2 h0 / g)``, a bouncing ball's later bounces),
+float64 central finite differences of the per-sample solve itself, and each sample solved alone
+by the joint loop (whose event-time gradients are tested in test_events.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralode import Event, solve
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+F64 = torch.float64
+PS = {"per_sample": True}
+KW = dict(rtol=1e-10, atol=1e-10)
+
+
+def _fall(g):
+    """Free fall with one gravity per sample: ``y = (height, velocity)``, ``(B, 2)``."""
+
+    def f(t, y):
+        return torch.stack([y[:, 1], -g * torch.ones_like(y[:, 1])], -1)
+
+    return f
+
+
+def _floor(e=None, direction=-1):
+    """The floor ``height = 0``; with restitution ``e`` (per sample) a bouncing, non-terminal event."""
+    if e is None:
+        return Event(lambda t, y: y[:, 0], direction=direction)
+    return Event(lambda t, y: y[:, 0], direction=direction, terminal=False,
+                 reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1]], -1))
+
+
+@pytest.mark.parametrize("dtype, tol", [(F64, 1e-9), (torch.float32, 2e-3)])
+@pytest.mark.parametrize("mode", [True, "compact"])
+def test_free_fall_event_time_gradients_match_the_closed_form(dtype, tol, mode):
+    h0 = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=dtype, requires_grad=True)
+    g = torch.tensor([9.81, 3.0, 20.0, 1.62], dtype=dtype, requires_grad=True)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=dtype)
+    y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
+    t = torch.linspace(0, 3, 4, dtype=dtype)
+    if mode == "compact":  # func must then take any sub-batch: gravity in the state
+        y0 = torch.cat([y0, g[:, None]], 1)
+
+        def f(t, y):
+            return torch.stack([y[:, 1], -y[:, 2], torch.zeros_like(y[:, 2])], -1)
+    else:
+        f = _fall(g)
+    rtol = 1e-10 if dtype == F64 else 1e-6
+    sol = solve(f, y0, t, rtol=rtol, atol=rtol, events=_floor(), options={"per_sample": mode})
+    assert [r.sample for r in sol.events] == [0, 1, 2, 3]
+    t_star = torch.stack([r.t for r in sol.events])
+    assert t_star.dtype == dtype
+    ref = torch.sqrt(2 * h0 / g).detach()
+    assert float((t_star.detach() - ref).abs().max()) < tol
+    (w * t_star).sum().backward()
+    # t* = sqrt(2 h0 / g): dt*/dh0 = t* / (2 h0), dt*/dg = -t* / (2 g).
+    assert torch.allclose(h0.grad, w * ref / (2 * h0.detach()), rtol=tol, atol=tol)
+    assert torch.allclose(g.grad, -w * ref / (2 * g.detach()), rtol=tol, atol=tol)
+
+
+def test_state_at_the_event_and_a_parameter_of_the_event_function():
+    # Hitting the level c (a parameter of the event function): t* = sqrt(2 (h0 - c) / g), and at
+    # t* the velocity is -g t*, so d v*/dc = -g dt*/dc = 1 / t*.
+    h0 = torch.tensor([1.0, 2.0, 0.5], dtype=F64, requires_grad=True)
+    c = torch.tensor([0.2, 0.5, -0.3], dtype=F64, requires_grad=True)
+    g = torch.tensor([9.81, 3.0, 20.0], dtype=F64)
+    y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
+    level = Event(lambda t, y: y[:, 0] - c, direction=-1)
+    sol = solve(_fall(g), y0, torch.tensor([0.0, 5.0], dtype=F64), events=level, options=PS, **KW)
+    t_star = torch.stack([r.t for r in sol.events])
+    v_star = torch.stack([r.y[1] for r in sol.events])
+    ref = torch.sqrt(2 * (h0 - c) / g).detach()
+    assert float((t_star.detach() - ref).abs().max()) < 1e-9
+    dh0, dc = torch.autograd.grad(t_star.sum(), (h0, c), retain_graph=True)
+    assert torch.allclose(dh0, 1 / (g * ref), rtol=1e-8)
+    assert torch.allclose(dc, -1 / (g * ref), rtol=1e-8)
+    (dc_v,) = torch.autograd.grad(v_star.sum(), c)
+    assert torch.allclose(dc_v, 1 / ref, rtol=1e-7)
+
+
+def _ball_loss(h0, e, g, t):
+    """A loss of the second bounce time and of the heights at the output times (after bounces)."""
+    y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
+    sol = solve(_fall(g), y0, t, events=_floor(e), options=PS, **KW)
+    second = torch.stack([[r.t for r in sol.events if r.sample == i][1] for i in range(len(h0))])
+    return sol, second * torch.arange(1, len(h0) + 1) + (sol.ys[:, :, 0] ** 2).sum(0)  # (B,): sample i's own
+
+
+def test_bouncing_balls_gradients_closed_form_finite_differences_and_solo_solves():
+    h0 = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
+    e = torch.tensor([0.9, 0.7, 0.9], dtype=F64)  # no Zeno point before t = 3 (t1 (1 + e) / (1 - e) > 4.8)
+    g = torch.tensor([9.81, 5.0, 15.0], dtype=F64)
+    t = torch.linspace(0, 3.0, 7, dtype=F64)
+    args = [x.clone().requires_grad_() for x in (h0, e, g)]
+    sol, loss = _ball_loss(*args, t)
+    grads = torch.autograd.grad(loss.sum(), args, retain_graph=True)
+
+    # Closed form of the second bounce: t2 = t1 + 2 e v1 / g with t1 = sqrt(2 h0 / g), v1 = g t1.
+    t1 = torch.sqrt(2 * h0 / g)
+    second = torch.stack([[r.t for r in sol.events if r.sample == i][1] for i in range(3)]).detach()
+    assert float((second - (t1 + 2 * e * t1)).abs().max()) < 1e-9
+    hh0, ee, gg = (x.clone().requires_grad_() for x in (h0, e, g))
+    tt1 = torch.sqrt(2 * hh0 / gg)
+    ref = torch.autograd.grad(((tt1 + 2 * ee * tt1) * torch.arange(1, 4)).sum(), (hh0, ee, gg))
+    bounce_term = (torch.stack([[r.t for r in sol.events if r.sample == i][1] for i in range(3)])
+                   * torch.arange(1, 4)).sum()
+    for got, want in zip(torch.autograd.grad(bounce_term, args, retain_graph=True), ref):
+        assert torch.allclose(got, want, rtol=1e-8)
+
+    # Float64 central differences of the same per-sample solve, every input of every sample: sample
+    # i's loss depends on its own inputs only, so one pair of solves perturbs one input of all samples.
+    eps = 1e-6
+    for k, x in enumerate((h0, e, g)):
+        vals = []
+        for sign in (1.0, -1.0):
+            inputs = [h0, e, g]
+            inputs[k] = x + sign * eps
+            with torch.no_grad():
+                vals.append(_ball_loss(*inputs, t)[1])
+        fd = (vals[0] - vals[1]) / (2 * eps)
+        assert torch.allclose(grads[k], fd, rtol=1e-5, atol=1e-5), (k, grads[k], fd)
+
+    # Each sample alone by the joint loop (event-time gradients by the implicit function theorem there).
+    for i in range(3):
+        hi, ei, gi = (x[i : i + 1].clone().requires_grad_() for x in (h0, e, g))
+        solo = solve(_fall(gi), torch.stack([hi, torch.zeros_like(hi)], -1), t, events=_floor(ei), **KW)
+        loss_i = (i + 1) * solo.events[1].t + (solo.ys[:, 0, 0] ** 2).sum()
+        for gr, xi in zip(grads, torch.autograd.grad(loss_i, (hi, ei, gi))):
+            assert abs(float(gr[i]) - float(xi[0])) < 1e-7 * max(1.0, abs(float(xi[0])))
+
+
+def test_tuple_state_event_gradients():
+    h0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    g = torch.tensor([9.81, 4.0], dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        x, v = y
+        return v, -g * torch.ones_like(v)
+
+    sol = solve(f, (h0, torch.zeros_like(h0)), torch.tensor([0.0, 3.0], dtype=F64), options=PS,
+                events=Event(lambda t, y: y[0], direction=-1), **KW)
+    t_star = torch.stack([r.t for r in sol.events])
+    v_star = torch.stack([r.y[1] for r in sol.events])
+    ref = torch.sqrt(2 * h0 / g).detach()
+    dh0, dg = torch.autograd.grad(t_star.sum() + v_star.sum(), (h0, g))
+    # v* = -g t* = -sqrt(2 h0 g): dv*/dh0 = -g t* / (2 h0), dv*/dg = -t* / 2.
+    gd = g.detach()
+    assert torch.allclose(dh0, ref / (2 * h0.detach()) - gd * ref / (2 * h0.detach()), rtol=1e-8)
+    assert torch.allclose(dg, -ref / (2 * gd) - ref / 2, rtol=1e-8)
+
+
+def test_no_graph_no_extra_work():
+    # Without autograd the event times are plain constants and no extra evaluations are made.
+    h0 = torch.tensor([1.0, 2.0], dtype=F64)
+    g = torch.tensor([9.81, 4.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    with torch.no_grad():
+        a = solve(_fall(g), torch.stack([h0, 0 * h0], -1), t, events=_floor(), options=PS, **KW)
+    b = solve(_fall(g), torch.stack([h0, 0 * h0], -1), t, events=_floor(), options=PS, **KW)
+    assert not a.events[0].t.requires_grad and b.events[0].t.requires_grad
+    assert torch.equal(torch.stack([r.t for r in a.events]), torch.stack([r.t for r in b.events]).detach())
+    # One more call of func on the batch per step with an event (f there, for d/dt g(t, y(t))); the
+    # two balls land in different steps.
+    assert b.stats.calls - a.stats.calls == 2
+
+
+def test_record_only_event_leaves_later_states_alone():
+    # A record-only event (no reset) has a differentiable time, but the states after it are the
+    # plain solution: y(τ) = h0 - g τ² / 2, so d y(τ) / d h0 = 1 and d y(τ) / d g = -τ² / 2.
+    h0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    g = torch.tensor([9.81, 4.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 0.8], dtype=F64)
+    half = Event(lambda t, y: y[:, 0] - 0.5 * h0, direction=-1, terminal=False)
+    sol = solve(_fall(g), torch.stack([h0, 0 * h0], -1), t, events=half, options=PS, **KW)
+    assert [r.sample for r in sol.events] == [0, 1]
+    dh0, dg = torch.autograd.grad(sol.ys[-1, :, 0].sum(), (h0, g), retain_graph=True)
+    assert torch.allclose(dh0, torch.ones(2, dtype=F64), rtol=1e-9)
+    assert torch.allclose(dg, torch.full((2,), -0.32, dtype=F64), rtol=1e-9)
+    # Its time t* = sqrt(h0 / g) moves with both (the level moves with h0).
+    t_star = torch.stack([r.t for r in sol.events])
+    ref = torch.sqrt(h0 / g).detach()
+    dh0, dg = torch.autograd.grad(t_star.sum(), (h0, g))
+    assert torch.allclose(dh0, ref / (2 * h0.detach()), rtol=1e-8)
+    assert torch.allclose(dg, -ref / (2 * g.detach()), rtol=1e-8)
