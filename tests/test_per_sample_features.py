@@ -190,3 +190,84 @@ def test_record_only_event_leaves_later_states_alone():
     dh0, dg = torch.autograd.grad(t_star.sum(), (h0, g))
     assert torch.allclose(dh0, ref / (2 * h0.detach()), rtol=1e-8)
     assert torch.allclose(dg, -ref / (2 * g.detach()), rtol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# A custom norm, applied per sample: (B, ...) in, (B,) out.
+
+
+def _vdp(mu):
+    def f(t, y):
+        return torch.stack([y[:, 1], mu * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], -1)
+
+    return f
+
+
+def _vdp_setup(dtype=F64):
+    mu = torch.tensor([0.5, 1.5, 4.0, 8.0], dtype=dtype)
+    y0 = torch.tensor([[1.0, 0.0], [-0.5, 1.0], [2.0, -1.0], [0.3, 0.3]], dtype=dtype)
+    return mu, y0, torch.linspace(0, 4, 5, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [(F64, 1e-6), (torch.float32, 1e-4)])
+def test_custom_norm_per_sample_equals_solo_solves(dtype, tol):
+    mu, y0, t = _vdp_setup(dtype)
+    seen = []
+
+    def max_norm(x):  # the infinity norm of each sample's scaled error
+        seen.append(tuple(x.shape))
+        return x.abs().amax(1)
+
+    kw = dict(rtol=tol, atol=tol)
+    sol = solve(_vdp(mu), y0, t, options={"per_sample": True, "norm": max_norm}, **kw)
+    rms = solve(_vdp(mu), y0, t, options=PS, **kw)
+    assert set(seen) == {(4, 2)}
+    assert sol.ys.dtype == dtype
+    # The max norm is never below the RMS one, so it takes at least as many steps, sample by sample.
+    assert bool((sol.stats.n_accepted >= rms.stats.n_accepted).all())
+    assert bool((sol.stats.n_accepted > rms.stats.n_accepted).any())
+    for i in range(4):
+        alone = solve(_vdp(mu[i : i + 1]), y0[i : i + 1], t, options={"norm": lambda x: x.abs().max()}, **kw)
+        assert float((sol.ys[:, i] - alone.ys[:, 0]).abs().max()) < 10 * tol
+        assert abs(int(sol.stats.n_accepted[i]) - alone.stats.n_accepted) <= math.ceil(0.03 * alone.stats.n_accepted)
+
+
+def test_custom_norm_tuple_state_and_compact_batch():
+    mu, y0, t = _vdp_setup()
+    y0m = (y0[:, 0], torch.stack([y0[:, 1], mu], 1))  # mu in the state: func takes any sub-batch
+
+    def f(t, y):
+        x, (v, m) = y[0], y[1].unbind(1)
+        return v, torch.stack([m * (1 - x * x) * v - x, torch.zeros_like(m)], 1)
+
+    def norm(x):  # (B',) and (B', 2): the largest scaled error of each sample
+        return torch.maximum(x[0].abs(), x[1].abs().amax(1))
+
+    kw = dict(rtol=1e-7, atol=1e-7)
+    full = solve(f, y0m, t, options={"per_sample": True, "norm": norm}, **kw)
+    compact = solve(f, y0m, t, options={"per_sample": "compact", "norm": norm}, **kw)
+    assert torch.equal(full.stats.n_accepted, compact.stats.n_accepted)
+    assert float((full.ys[0] - compact.ys[0]).abs().max()) < 1e-12
+    for i in range(4):
+        alone = solve(f, tuple(p[i : i + 1] for p in y0m), t, options={"norm": lambda x: norm(x).max()}, **kw)
+        assert float((full.ys[0][:, i] - alone.ys[0][:, 0]).abs().max()) < 1e-6
+        assert abs(int(full.stats.n_accepted[i]) - alone.stats.n_accepted) <= math.ceil(0.03 * alone.stats.n_accepted)
+
+
+def test_custom_norm_with_the_adjoint_and_bad_norms():
+    from neuralode import solve_adjoint
+
+    mu, y0, t = _vdp_setup()
+    m = mu.clone().requires_grad_()
+    opts = {"per_sample": True, "norm": lambda x: x.abs().amax(1)}
+    kw = dict(rtol=1e-8, atol=1e-8)
+    t = t[:3]
+    adj = solve_adjoint(_vdp(m), y0, t, options=opts, adjoint_params=(m,), **kw)
+    (g_adj,) = torch.autograd.grad(adj.ys.sum(), m)
+    (g_bp,) = torch.autograd.grad(solve(_vdp(m), y0, t, options=opts, **kw).ys.sum(), m)
+    assert torch.allclose(g_adj, g_bp, rtol=1e-5, atol=1e-7)
+    for bad, got in ((lambda x: x.abs().max(), r"a tensor of shape \(\)"), (lambda x: x.abs(), r"a tensor of shape \(4, 2\)"),
+                     (lambda x: 1.0, "float")):
+        with pytest.raises(ValueError, match=r"options\['norm'\] with options\['per_sample'\] must return a real "
+                                             r"tensor of shape \(4,\), one norm per sample .* got " + got):
+            solve(_vdp(mu), y0, t, options={"per_sample": True, "norm": bad})

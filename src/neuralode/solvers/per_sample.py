@@ -267,6 +267,32 @@ class RMSNorm:
             return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
 
 
+class UserNorm(RMSNorm):
+    """A custom ``options["norm"]`` applied per sample.
+
+    The contract: ``norm(x)`` receives the scaled error ``err / (atol + rtol max(|y0|, |y1|))`` in
+    the state's structure with the batch first (a ``(B', ...)`` tensor, or a tuple of them, where
+    ``B'`` is the current batch: ``B``, or fewer rows with ``per_sample="compact"``) and returns a
+    real tensor of shape ``(B',)``: row ``i`` the norm of sample ``i``'s error, which alone decides
+    that sample's step. Row ``i`` must depend on row ``i`` of ``x`` only.
+    """
+
+    def __init__(self, sizes, rtol, atol, user, unflatten):
+        super().__init__(sizes, rtol, atol)
+        self.user, self.unflatten = user, unflatten
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.user(self.unflatten(x))
+        if not isinstance(out, torch.Tensor) or out.is_complex() or out.shape != (x.shape[0],):
+            got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else _type_name(out)
+            raise ValueError(
+                f"options['norm'] with options['per_sample'] must return a real tensor of shape ({x.shape[0]},), "
+                f"one norm per sample of its (batch-first) argument; got {got}. E.g. "
+                "norm=lambda x: x.abs().flatten(1).amax(1)."
+            )
+        return out.detach().double()
+
+
 @dataclass(frozen=True)
 class VectorController:
     """:meth:`StepSizeController.propose <neuralode.solvers.controller.StepSizeController.propose>`
@@ -785,7 +811,7 @@ def interp_kind(tableau: ButcherTableau) -> str:
 
 def check_options(opts) -> None:
     """What per-sample mode does not do yet, refused clearly."""
-    for name, bad in (("step_t", bool(opts.step_t)), ("jump_t", bool(opts.jump_t)), ("norm", opts.norm is not None),
+    for name, bad in (("step_t", bool(opts.step_t)), ("jump_t", bool(opts.jump_t)),
                       ("dense", opts.dense), ("checkpoint", opts.checkpoint)):
         if bad:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
@@ -822,6 +848,8 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
     # The first call, checked as the joint solve checks it (shape, dtype).
     checker = _Problem(func, parts, is_tuple, SolverStats())
     norm = RMSNorm(layout.sizes, _tolerance("rtol", rtol, parts, layout), _tolerance("atol", atol, parts, layout))
+    if opts.norm is not None:
+        norm = UserNorm(layout.sizes, norm.rtol, norm.atol, opts.norm, layout.unflatten)
     out = func(times[:, 0].to(parts[0].dtype), y0)
     checker.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
     stats.nfe += 1

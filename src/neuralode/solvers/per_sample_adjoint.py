@@ -156,8 +156,9 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     opts = _parse_options(options, tableau)
     check_options(opts)
     if events:
-        raise ValueError("options['per_sample'] with events is not supported by the adjoint yet; "
-                         "differentiate by backprop (solve) or drop per_sample.")
+        raise ValueError("options['per_sample'] with events is not supported by the adjoint yet; differentiate "
+                         "by backprop (solve(..., events=..., options={'per_sample': True}) gives gradients through "
+                         "each sample's event times too) or drop per_sample.")
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)
