@@ -271,3 +271,67 @@ def test_custom_norm_with_the_adjoint_and_bad_norms():
         with pytest.raises(ValueError, match=r"options\['norm'\] with options\['per_sample'\] must return a real "
                                              r"tensor of shape \(4,\), one norm per sample .* got " + got):
             solve(_vdp(mu), y0, t, options={"per_sample": True, "norm": bad})
+
+
+# --------------------------------------------------------------------------------------------
+# step_t: every sample's steps land on the step_t inside its own span.
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_step_t_per_sample_equals_solo_solves_and_lands_on_the_stops(direction):
+    mu, y0, _ = _vdp_setup()
+    if direction < 0:  # backwards in time Van der Pol's limit cycle repels: start well inside it
+        mu, y0 = mu / 4, 0.3 * y0
+    t = direction * torch.stack([torch.linspace(0.1 * i, 3 + 0.3 * i, 4, dtype=F64) for i in range(4)])
+    stops = tuple(direction * s for s in (0.05, 0.7, 1.234, 2.0, 3.1, 5.0))  # 0.05 and 3.1 outside some spans
+    calls = []
+
+    def f(tt, y):
+        calls.append(tt.detach().clone())
+        return _vdp(mu)(tt, y)
+
+    kw = dict(rtol=1e-7, atol=1e-7)
+    sol = solve(f, y0, t, options={"per_sample": True, "step_t": stops}, **kw)
+    seen = torch.stack(calls)  # (calls, B)
+    plain = solve(_vdp(mu), y0, t, options=PS, **kw)
+    for i in range(4):
+        alone = solve(_vdp(mu[i : i + 1]), y0[i : i + 1], t[i], options={"step_t": stops}, **kw)
+        assert float((sol.ys[:, i] - alone.ys[:, 0]).abs().max()) < 1e-10
+        assert int(sol.stats.n_accepted[i]) == alone.stats.n_accepted
+        lo, hi = sorted((float(t[i, 0]), float(t[i, -1])))
+        for s in stops:
+            # A stage at the stop itself (the first stage of the step that starts there), for
+            # the stops inside the sample's span only.
+            hit = bool(((seen[:, i] - s).abs() <= 1e-15 * max(1.0, abs(s))).any())
+            assert hit == (lo < s < hi), (i, s)
+    assert not torch.equal(sol.stats.n_accepted, plain.stats.n_accepted)
+
+
+def test_step_t_refusals_and_jump_t():
+    from neuralode import solve_adjoint
+
+    mu, y0, t = _vdp_setup()
+    with pytest.raises(ValueError, match=r"options\['jump_t'\] is not supported with options\['per_sample'\]"):
+        solve(_vdp(mu), y0, t, options={"per_sample": True, "jump_t": (1.0,)})
+    with pytest.raises(ValueError, match=r"options\['step_t'\] with options\['per_sample'\] is not supported by the "
+                                         r"adjoint yet"):
+        solve_adjoint(_vdp(mu), y0, t, options={"per_sample": True, "step_t": (1.0,)}, adjoint_params=())
+
+
+def test_step_t_float32_tuple_state():
+    mu, y0, t = _vdp_setup(torch.float32)
+
+    def f(tt, y):
+        x, v = y
+        return v, mu * (1 - x * x) * v - x
+
+    opts = {"per_sample": True, "step_t": (0.5, 1.5, 2.5)}
+    x, v = solve(f, (y0[:, 0], y0[:, 1]), t, rtol=1e-5, atol=1e-5, options=opts).ys
+    assert x.dtype == torch.float32 and x.shape == (5, 4)
+    for i in range(4):
+        def fi(tt, y, m=mu[i : i + 1]):
+            return y[1], m * (1 - y[0] ** 2) * y[1] - y[0]
+
+        xi, vi = solve(fi, (y0[i : i + 1, 0], y0[i : i + 1, 1]), t, rtol=1e-5, atol=1e-5,
+                       options={"step_t": opts["step_t"]}).ys
+        assert float((x[:, i] - xi[:, 0]).abs().max()) < 1e-4 and float((v[:, i] - vi[:, 0]).abs().max()) < 1e-4

@@ -478,6 +478,7 @@ def integrate(
     events=None,
     records: list | None = None,
     t_dtype: torch.dtype = torch.float64,
+    step_t: tuple[float, ...] = (),
 ) -> LoopOut:
     """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
 
@@ -502,6 +503,8 @@ def integrate(
         events, records, t_dtype: a :class:`~neuralode.solvers.per_sample_events.PerSampleEvents`,
             the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
             recorded times.
+        step_t: times every sample's steps land on where they lie inside its span
+            (:func:`next_step_t`); not with ``on_land``.
 
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
@@ -550,6 +553,7 @@ def integrate(
     # Output times reached by t1: a binary search in each row, increasing once times sign.
     sign = 1.0 if direction > 0 else -1.0
     ascending = (times * sign).contiguous()
+    step_t_asc = torch.tensor(sorted(s * sign for s in step_t), dtype=torch.float64, device=dev) if step_t else None
     fb.active = None  # counting per call is the loop's job from here (n_calls)
     g0 = events.values(t, y) if events is not None else None
     guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
@@ -577,7 +581,8 @@ def integrate(
         calls_before = stats.calls
 
         dt_abs = dt.abs().clamp(min=min_step, max=max_step)
-        remaining = (t_end - t).abs()
+        t_stop = t_end if step_t_asc is None else next_step_t(step_t_asc, t, t_end, sign)
+        remaining = (t_stop - t).abs()
         # Stretch a step by up to 10% to land on the last time (the joint loop's rule).
         lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
         dt_abs = torch.where(lands, remaining, dt_abs)
@@ -627,7 +632,7 @@ def integrate(
         accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
         accept = accept & active
         rejected = active & ~accept
-        t1 = torch.where(lands, t_end, t + h)
+        t1 = torch.where(lands, t_stop, t + h)
         y_end = step.y1
         interp = None
         cut = None
@@ -803,6 +808,22 @@ def _next_stop(on_land, landed, i_out, rows, y, times, t_end):
     return y, torch.where(landed, t_next, t_end)
 
 
+def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, sign: float) -> torch.Tensor:
+    """Each sample's next stop: the first ``step_t`` after ``t_i`` and before ``t_end_i``, else ``t_end_i``.
+
+    ``step_t_asc`` holds ``sign * step_t`` ascending. A ``step_t`` within ``8 eps |t_i|`` after
+    ``t_i`` counts as reached (a step that short is below time's resolution), so a step to a
+    ``step_t`` is never one of rounding size, and arriving within rounding of a stop happens only
+    at ``t_end``. The joint loop's rule otherwise: the step is clipped to the stop and stretched
+    by up to 10% to land on it.
+    """
+    key = (t * sign + 8 * _EPS * t.abs()).contiguous()
+    k = torch.searchsorted(step_t_asc, key, right=True)  # (B,) first stop beyond t
+    nxt = step_t_asc[k.clamp(max=len(step_t_asc) - 1)] * sign
+    before = (k < len(step_t_asc)) & ((nxt - t_end) * sign < 0)
+    return torch.where(before, nxt, t_end)
+
+
 def interp_kind(tableau: ButcherTableau) -> str:
     if tableau.dense is not None:
         return "dense"
@@ -811,7 +832,7 @@ def interp_kind(tableau: ButcherTableau) -> str:
 
 def check_options(opts) -> None:
     """What per-sample mode does not do yet, refused clearly."""
-    for name, bad in (("step_t", bool(opts.step_t)), ("jump_t", bool(opts.jump_t)),
+    for name, bad in (("jump_t", bool(opts.jump_t)),
                       ("dense", opts.dense), ("checkpoint", opts.checkpoint)):
         if bad:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
@@ -862,7 +883,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
         event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
     result = integrate(fb, layout.flatten(y0), times, direction, tableau=tableau, opts=opts, norm=norm, stats=stats,
                        interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
-                       events=event_set, records=records, t_dtype=t.dtype)
+                       events=event_set, records=records, t_dtype=t.dtype, step_t=opts.step_t)
     stats.next_step = result.next_dt
     if event_set is not None:
         stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch

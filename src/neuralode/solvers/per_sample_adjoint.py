@@ -155,6 +155,9 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     tableau = _method(method)
     opts = _parse_options(options, tableau)
     check_options(opts)
+    if opts.step_t:
+        raise ValueError("options['step_t'] with options['per_sample'] is not supported by the adjoint yet; "
+                         "differentiate by backprop (solve) or drop step_t.")
     if events:
         raise ValueError("options['per_sample'] with events is not supported by the adjoint yet; differentiate "
                          "by backprop (solve(..., events=..., options={'per_sample': True}) gives gradients through "
