@@ -307,15 +307,41 @@ def test_step_t_per_sample_equals_solo_solves_and_lands_on_the_stops(direction):
     assert not torch.equal(sol.stats.n_accepted, plain.stats.n_accepted)
 
 
-def test_step_t_refusals_and_jump_t():
+def test_step_t_with_the_adjoint_matches_backprop_and_lands_backwards_too():
     from neuralode import solve_adjoint
+    from neuralode.solvers.adjoint import in_adjoint_backward
 
+    mu, y0, _ = _vdp_setup()
+    m = mu.clone().requires_grad_()
+    t = torch.stack([torch.linspace(0.1 * i, 2 + 0.3 * i, 3, dtype=F64) for i in range(4)])
+    w = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    stops = (0.7, 1.234, 2.2)
+    back = []
+
+    def f(tt, y):
+        if in_adjoint_backward():
+            back.append(tt.detach().clone())
+        return _vdp(m)(tt, y)
+
+    opts = {"per_sample": True, "step_t": stops}
+    kw = dict(rtol=1e-9, atol=1e-9)
+    y0a = y0.clone().requires_grad_()
+    ga = torch.autograd.grad((solve_adjoint(f, y0a, t, options=opts, adjoint_params=(m,), **kw).ys * w).sum(), (y0a, m))
+    y0b = y0.clone().requires_grad_()
+    gb = torch.autograd.grad((solve(f, y0b, t, options=opts, **kw).ys * w).sum(), (y0b, m))
+    for a, b in zip(ga, gb):  # measured 1.2e-6 apart (1.7e-6 without step_t), 4e-8 at tolerance 1e-11
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    seen = torch.stack(back)
+    for i in range(4):
+        for s in stops:
+            hit = bool(((seen[:, i] - s).abs() <= 1e-15).any())
+            assert hit == (float(t[i, 0]) < s < float(t[i, -1])), (i, s)
+
+
+def test_jump_t_refused():
     mu, y0, t = _vdp_setup()
     with pytest.raises(ValueError, match=r"options\['jump_t'\] is not supported with options\['per_sample'\]"):
         solve(_vdp(mu), y0, t, options={"per_sample": True, "jump_t": (1.0,)})
-    with pytest.raises(ValueError, match=r"options\['step_t'\] with options\['per_sample'\] is not supported by the "
-                                         r"adjoint yet"):
-        solve_adjoint(_vdp(mu), y0, t, options={"per_sample": True, "step_t": (1.0,)}, adjoint_params=())
 
 
 def test_step_t_float32_tuple_state():

@@ -504,7 +504,7 @@ def integrate(
             the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
             recorded times.
         step_t: times every sample's steps land on where they lie inside its span
-            (:func:`next_step_t`); not with ``on_land``.
+            (:func:`next_step_t`); landing on one is not a stop for ``on_land``.
 
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
@@ -694,7 +694,7 @@ def integrate(
         if quad is not None:
             quad.end(accept, h, rows)
         if on_land is not None:
-            y_end, t_end = _next_stop(on_land, accept & lands, i_out, rows, y_end, times, t_end)
+            y_end, t_end = _next_stop(on_land, accept & lands & (t_stop == t_end), i_out, rows, y_end, times, t_end)
 
         # The next state: accepted samples move, the others keep theirs.
         acc = accept[:, None]

@@ -20,6 +20,9 @@ scaled by ``b_j h_i`` and masked by its acceptance. Each stage costs one VJP for
 the state it never steers the step size: this is the seminorm (Kidger, Chen & Lyons 2021)
 always; the error ratio is ``max(RMS(y_i err), RMS(a_i err))`` per sample.
 
+The backward solve lands on the ``step_t`` of its options (``adjoint_options``, by default the
+forward ``options``) inside each sample's span, as the forward one does.
+
 Every attempt evaluates its first stage afresh (no FSAL), so that the stage graphs of an
 attempt are exactly its own calls.
 """
@@ -133,7 +136,7 @@ class _PerSampleAdjoint(torch.autograd.Function):
         try:
             out = integrate(fb, z0, times.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
                             stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
-                            on_land=jump)
+                            on_land=jump, step_t=cfg["opts"].step_t)
         finally:
             _IN_BACKWARD.reset(token)
         a = out.ys[-1][:, N:] + grad_ys[0]
@@ -155,9 +158,6 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     tableau = _method(method)
     opts = _parse_options(options, tableau)
     check_options(opts)
-    if opts.step_t:
-        raise ValueError("options['step_t'] with options['per_sample'] is not supported by the adjoint yet; "
-                         "differentiate by backprop (solve) or drop step_t.")
     if events:
         raise ValueError("options['per_sample'] with events is not supported by the adjoint yet; differentiate "
                          "by backprop (solve(..., events=..., options={'per_sample': True}) gives gradients through "
