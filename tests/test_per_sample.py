@@ -358,10 +358,6 @@ def test_terminal_event_ends_its_sample_only():
         before = t <= float(r.t)
         assert torch.allclose(sol.ys[before, i], free.ys[before, i], rtol=0, atol=1e-12)
         assert bool(torch.isnan(sol.ys[~before, i]).all())  # after its terminal event: NaN
-    with pytest.raises(ValueError, match="events is not supported by the adjoint"):
-        from neuralode import solve_adjoint
-        solve_adjoint(fall, y0, t, options={"per_sample": True}, adjoint_params=(),
-                      events=Event(lambda t, y: y[:, 0]))
 
 
 def test_torchdiffeq_entry_points_and_their_refusals():

@@ -361,3 +361,115 @@ def test_step_t_float32_tuple_state():
         xi, vi = solve(fi, (y0[i : i + 1, 0], y0[i : i + 1, 1]), t, rtol=1e-5, atol=1e-5,
                        options={"step_t": opts["step_t"]}).ys
         assert float((x[:, i] - xi[:, 0]).abs().max()) < 1e-4 and float((v[:, i] - vi[:, 0]).abs().max()) < 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Events with the per-sample adjoint: each sample's backward solve starts from its own end (its
+# terminal event or last time) and passes each of its events by the event map's VJP.
+
+
+def _adjoint_ball(adjoint, terminal, mode=True, dtype=F64, tuple_state=False):
+    h0 = torch.tensor([1.0, 2.0, 0.5], dtype=dtype, requires_grad=True)
+    g = torch.tensor([9.81, 5.0, 15.0], dtype=dtype, requires_grad=True)
+    e = torch.tensor([0.9, 0.7, 0.9], dtype=dtype, requires_grad=True)
+    t = torch.linspace(0, 3, 7, dtype=dtype)
+    tol = 1e-10 if dtype == F64 else 1e-6
+    if tuple_state:
+        def f(tt, y):
+            return y[1], -g * torch.ones_like(y[1])
+
+        y0 = (h0, torch.zeros_like(h0))
+        ev = Event(lambda tt, y: y[0], direction=-1, terminal=terminal,
+                   reset=None if terminal else (lambda tt, y: (y[0], -e * y[1])))
+    elif mode == "compact":  # func on any sub-batch: gravity and restitution in the state
+        def f(tt, y):
+            z = torch.zeros_like(y[:, 0])
+            return torch.stack([y[:, 1], -y[:, 2], z, z], -1)
+
+        y0 = torch.stack([h0, torch.zeros_like(h0), g, e], -1)
+        ev = Event(lambda tt, y: y[:, 0], direction=-1, terminal=terminal,
+                   reset=lambda tt, y: torch.stack([y[:, 0], -y[:, 3] * y[:, 1], y[:, 2], y[:, 3]], -1))
+    else:
+        f = _fall(g)
+        y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
+        ev = _floor() if terminal else _floor(e)
+    kw = dict(rtol=tol, atol=tol, events=ev, options={"per_sample": mode})
+    if adjoint:
+        from neuralode import solve_adjoint
+
+        sol = solve_adjoint(f, y0, t, adjoint_params=(g, e), **kw)
+    else:
+        sol = solve(f, y0, t, **kw)
+    ys = sol.ys[0] if tuple_state else sol.ys[:, :, 0]
+    v_at = [r.y[1] if tuple_state else r.y[1] for r in sol.events]
+    loss = (torch.nan_to_num(ys, nan=0.0) ** 2).sum() + sum((k % 3 + 1) * r.t for k, r in enumerate(sol.events)) \
+        + 0.3 * sum(v_at)
+    grads = torch.autograd.grad(loss, (h0, g, e), allow_unused=True)
+    return sol, [torch.zeros_like(h0) if x is None else x for x in grads]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_adjoint_with_events_matches_backprop(terminal):
+    sol_a, g_adj = _adjoint_ball(True, terminal)
+    sol_b, g_bp = _adjoint_ball(False, terminal)
+    assert [r.sample for r in sol_a.events] == [r.sample for r in sol_b.events]
+    assert len(sol_a.events) == (3 if terminal else 15)
+    assert all(float((ra.t - rb.t).detach().abs()) < 1e-12 for ra, rb in zip(sol_a.events, sol_b.events))
+    for a, b in zip(g_adj, g_bp):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), (a, b)
+    assert sol_a.adjoint_stats.n_accepted.shape == (3,) and bool((sol_a.adjoint_stats.n_accepted > 0).all())
+    if terminal:  # closed form: t* = sqrt(2 h0 / g), d(Σ_k (k+1) t*_k)/dh0 = (k+1) t* / (2 h0) (+ the rest of the loss)
+        h0 = torch.tensor([1.0, 2.0, 0.5], dtype=F64, requires_grad=True)
+        g = torch.tensor([9.81, 5.0, 15.0], dtype=F64, requires_grad=True)
+        ts = torch.sqrt(2 * h0 / g)
+        # Heights at the outputs before t*: (h0 - g τ² / 2)²; v* = -g t*.
+        t = torch.linspace(0, 3, 7, dtype=F64)
+        hs = torch.where(t[:, None] <= ts.detach(), h0 - 0.5 * g * t[:, None] ** 2, torch.zeros(()))
+        loss = (hs**2).sum() + (torch.arange(1, 4) * ts).sum() + 0.3 * (-g * ts).sum()
+        ref = torch.autograd.grad(loss, (h0, g))
+        assert torch.allclose(g_adj[0], ref[0], rtol=1e-6) and torch.allclose(g_adj[1], ref[1], rtol=1e-6)
+
+
+def test_adjoint_with_events_solo_compact_tuple_float32():
+    _, g_adj = _adjoint_ball(True, False)
+    _, g_compact = _adjoint_ball(True, False, mode="compact")
+    _, g_tuple = _adjoint_ball(True, False, tuple_state=True)
+    for a, b, c in zip(g_adj, g_compact, g_tuple):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-8) and torch.allclose(a, c, rtol=1e-7, atol=1e-8)
+    _, g32 = _adjoint_ball(True, False, dtype=torch.float32)
+    for a, b in zip(g32, g_adj):
+        assert a.dtype == torch.float32 and torch.allclose(a.double(), b, rtol=2e-3, atol=2e-3)
+    # Each sample alone by the joint adjoint (stretch by stretch, events.py's gradients).
+    from neuralode import solve_adjoint
+
+    h0s, gs, es = (torch.tensor(v, dtype=F64) for v in ([1.0, 2.0, 0.5], [9.81, 5.0, 15.0], [0.9, 0.7, 0.9]))
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    n = 0
+    for i in range(3):
+        h0, g, e = (x[i : i + 1].clone().requires_grad_() for x in (h0s, gs, es))
+        sol = solve_adjoint(_fall(g), torch.stack([h0, 0 * h0], -1), t, rtol=1e-10, atol=1e-10, events=_floor(e),
+                            adjoint_params=(g, e))
+        loss = (sol.ys[:, 0, 0] ** 2).sum() + sum(((n + k) % 3 + 1) * r.t for k, r in enumerate(sol.events)) \
+            + 0.3 * sum(r.y[0, 1] for r in sol.events)
+        n += len(sol.events)
+        for gr, xi in zip(g_adj, torch.autograd.grad(loss, (h0, g, e))):
+            assert abs(float(gr[i]) - float(xi[0])) < 1e-6 * max(1.0, abs(float(xi[0])))
+
+
+def test_adjoint_with_events_some_samples_without_any():
+    from neuralode import solve_adjoint
+
+    def run(adjoint):
+        h0 = torch.tensor([3.0, 0.2, 5.0, 0.1], dtype=F64, requires_grad=True)  # samples 1 and 3 land before t = 0.5
+        g = torch.tensor([9.81, 9.81, 2.0, 4.0], dtype=F64, requires_grad=True)
+        y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
+        t = torch.tensor([[0.0, 0.25, 0.5]] * 2 + [[0.1, 0.3, 0.6]] * 2, dtype=F64)
+        kw = dict(rtol=1e-10, atol=1e-10, events=_floor(), options=PS)
+        sol = solve_adjoint(_fall(g), y0, t, adjoint_params=(g,), **kw) if adjoint else solve(_fall(g), y0, t, **kw)
+        loss = (torch.nan_to_num(sol.ys, nan=0.0) ** 2).sum() + sum(r.t for r in sol.events)
+        return [r.sample for r in sol.events], torch.autograd.grad(loss, (h0, g))
+
+    (sa, ga), (sb, gb) = run(True), run(False)
+    assert sa == sb == [1, 3]
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9), (a, b)
