@@ -376,7 +376,7 @@ def test_torchdiffeq_entry_points_and_their_refusals():
     bad[3, 1] = math.inf
     with pytest.raises(ValueError, match=r"t must be finite; got t\[3, 1\] = inf"):
         solve(vdp_batch(mu), y0, bad, options={"per_sample": True})
-    with pytest.raises(ValueError, match=r"options\['dense'\] is not supported with options\['per_sample'\]"):
-        solve(vdp_batch(mu), y0, t, options={"per_sample": True, "dense": True})
+    with pytest.raises(ValueError, match=r"options\['checkpoint'\] is not supported with options\['per_sample'\]"):
+        solve(vdp_batch(mu), y0, t, options={"per_sample": True, "checkpoint": True})
     one = solve(vdp_batch(mu), y0, t[:1], options={"per_sample": True})
     assert torch.equal(one.ys, y0[None])

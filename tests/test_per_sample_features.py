@@ -473,3 +473,96 @@ def test_adjoint_with_events_some_samples_without_any():
     assert sa == sb == [1, 3]
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9), (a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense output per sample: each sample's interpolant over its own steps.
+
+
+@pytest.mark.parametrize("method", ["dopri5", "dopri8", "bosh3", "adaptive_heun"])
+def test_dense_output_per_sample_equals_solo_dense_outputs(method):
+    # dense (dopri5), dense with extra stages (dopri8), Hermite (bosh3: FSAL; adaptive_heun: not)
+    mu, y0, _ = _vdp_setup()
+    t = torch.stack([torch.linspace(0.1 * i, 3 + 0.3 * i, 2, dtype=F64) for i in range(4)])
+    tol = 1e-4 if method == "adaptive_heun" else 1e-7  # second order: keep its step count small
+    kw = dict(rtol=tol, atol=tol, method=method)
+    sol = solve(_vdp(mu), y0, t, options={"per_sample": True, "dense": True}, **kw)
+    q = torch.stack([torch.linspace(float(t[i, 0]), float(t[i, 1]), 9, dtype=F64) for i in range(4)])
+    ys = sol.evaluate(q)
+    assert ys.shape == (9, 4, 2) and torch.equal(ys[-1], sol.ys[-1]) and torch.equal(ys[0], y0)
+    shared = sol(torch.tensor([0.5, 1.7, 2.9], dtype=F64))  # (K,): the same times for every sample
+    one = sol.evaluate(torch.tensor(2.0, dtype=F64))
+    for i in range(4):
+        alone = solve(_vdp(mu[i : i + 1]), y0[i : i + 1], t[i], options={"dense": True}, **kw)
+        assert float((alone.evaluate(q[i])[:, 0] - ys[:, i]).abs().max()) < 1e-12
+        assert float((alone.evaluate(torch.tensor([0.5, 1.7, 2.9], dtype=F64))[:, 0] - shared[:, i]).abs().max()) < 1e-12
+        assert float((alone.evaluate(torch.tensor(2.0, dtype=F64))[0] - one[i]).abs().max()) < 1e-12
+    with pytest.raises(ValueError, match=r"t = 0.05 lies outside the solved span of sample 1, \[0.1, 3.3"):
+        sol.evaluate(torch.tensor([0.05, 1.0], dtype=F64))
+    with pytest.raises(ValueError, match=r"takes t of shape \(\), \(K,\) or \(4, K\); got \(3, 2\)"):
+        sol.evaluate(torch.zeros(3, 2, dtype=F64))
+
+
+def test_odeint_dense_tuple_float32_compact_and_gradients():
+    from neuralode import odeint_dense
+
+    mu, y0, _ = _vdp_setup(torch.float32)
+    y0m = (y0[:, 0], torch.stack([y0[:, 1], mu], 1))
+
+    def f(t, y):
+        x, (v, m) = y[0], y[1].unbind(1)
+        return v, torch.stack([m * (1 - x * x) * v - x, torch.zeros_like(m)], 1)
+
+    q = torch.linspace(0, 2, 5)
+    a = odeint_dense(f, y0m, 0.0, 2.0, rtol=1e-6, atol=1e-6, options={"per_sample": True})
+    b = odeint_dense(f, y0m, 0.0, 2.0, rtol=1e-6, atol=1e-6, options={"per_sample": "compact"})
+    xa, va = a(q)
+    xb, vb = b(q)
+    assert xa.shape == (5, 4) and va.shape == (5, 4, 2) and xa.dtype == torch.float32
+    assert float((xa - xb).abs().max()) < 1e-6 and float((va - vb).abs().max()) < 1e-6
+    for i in range(4):
+        xi, vi = odeint_dense(f, tuple(p[i : i + 1] for p in y0m), 0.0, 2.0, rtol=1e-6, atol=1e-6)(q)
+        assert float((xa[:, i] - xi[:, 0]).abs().max()) < 1e-4 and float((va[:, i] - vi[:, 0]).abs().max()) < 1e-4
+    # Backprop through the dense output, against each sample alone.
+    mu64, y064, _ = _vdp_setup()
+    y0g = y064.clone().requires_grad_()
+    sol = solve(_vdp(mu64), y0g, torch.tensor([0.0, 2.0], dtype=F64), rtol=1e-9, atol=1e-9,
+                options={"per_sample": True, "dense": True})
+    (g,) = torch.autograd.grad(sol.evaluate(torch.tensor([0.7, 1.3], dtype=F64)).sum(), y0g)
+    for i in range(4):
+        yi = y064[i : i + 1].clone().requires_grad_()
+        si = solve(_vdp(mu64[i : i + 1]), yi, torch.tensor([0.0, 2.0], dtype=F64), rtol=1e-9, atol=1e-9,
+                   options={"dense": True})
+        (gi,) = torch.autograd.grad(si.evaluate(torch.tensor([0.7, 1.3], dtype=F64)).sum(), yi)
+        assert torch.allclose(g[i], gi[0], rtol=1e-7, atol=1e-9)
+
+
+def test_dense_output_with_per_sample_events():
+    from neuralode import solve_adjoint
+
+    e = torch.tensor([0.9, 0.8], dtype=F64)
+    g = torch.tensor([9.81, 9.81], dtype=F64)
+    h0 = torch.tensor([1.0, 0.5], dtype=F64)
+    y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
+    t = torch.tensor([0.0, 1.5], dtype=F64)
+    sol = solve(_fall(g), y0, t, events=_floor(e), options={"per_sample": True, "dense": True}, **KW)
+    q = torch.linspace(0, 1.5, 31, dtype=F64)
+    h = sol.evaluate(q)[:, :, 0]
+    for i in range(2):  # the closed-form height between bounces
+        bounces = [float(r.t) for r in sol.events if r.sample == i]
+        v1 = math.sqrt(2 * 9.81 * float(h0[i]))
+        for j, tj in enumerate(q.tolist()):
+            k = sum(1 for tb in bounces if tb < tj)
+            s = tj - (bounces[k - 1] if k else 0.0)
+            ref = float(h0[i]) - 4.905 * tj**2 if k == 0 else float(e[i]) ** k * v1 * s - 4.905 * s * s
+            assert abs(float(h[j, i]) - ref) < 1e-8
+    # At an event time exactly: the state before the reset (falling onto the floor), as the joint loop reads it.
+    r = [r for r in sol.events if r.sample == 1][0]
+    at = sol.evaluate(r.t.detach().reshape(1))  # (1,) shared: sample 1 at its bounce
+    assert float(at[0, 1, 1]) < 0 and abs(float(at[0, 1, 1]) - float(r.y[1])) < 1e-9
+    # A terminal event ends the sample's span.
+    term = solve(_fall(g), y0, t, events=_floor(), options={"per_sample": True, "dense": True}, **KW)
+    with pytest.raises(ValueError, match=r"outside the solved span of sample 1, \[0.0, 0.319"):
+        term.evaluate(torch.tensor([0.4], dtype=F64))
+    with pytest.raises(ValueError, match=r"options\['dense'\] with options\['per_sample'\] is not supported by the adjoint"):
+        solve_adjoint(_fall(g), y0, t, options={"per_sample": True, "dense": True}, adjoint_params=())

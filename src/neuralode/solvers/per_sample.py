@@ -479,6 +479,7 @@ def integrate(
     records: list | None = None,
     t_dtype: torch.dtype = torch.float64,
     step_t: tuple[float, ...] = (),
+    dense=None,
 ) -> LoopOut:
     """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
 
@@ -505,6 +506,8 @@ def integrate(
             recorded times.
         step_t: times every sample's steps land on where they lie inside its span
             (:func:`next_step_t`); landing on one is not a stop for ``on_land``.
+        dense: a :class:`~neuralode.solvers.per_sample_dense.PerSampleDense` keeping every
+            accepted step's interpolant.
 
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
@@ -688,6 +691,10 @@ def integrate(
                 y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
             pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
             i_out = i_out + n_new
+        if dense is not None:
+            if interp is None:
+                interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, step.k[-1] if tableau.fsal else None)
+            dense.add(accept, rows, t, h, t1, interp)
         if cut is not None:
             y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb,
                                          pieces_i, pieces_b, pieces_y)
@@ -832,8 +839,7 @@ def interp_kind(tableau: ButcherTableau) -> str:
 
 def check_options(opts) -> None:
     """What per-sample mode does not do yet, refused clearly."""
-    for name, bad in (("jump_t", bool(opts.jump_t)),
-                      ("dense", opts.dense), ("checkpoint", opts.checkpoint)):
+    for name, bad in (("jump_t", bool(opts.jump_t)), ("checkpoint", opts.checkpoint)):
         if bad:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
 
@@ -881,11 +887,16 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
         from .per_sample_events import PerSampleEvents
 
         event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
+    dense = None
+    if opts.dense:
+        from .per_sample_dense import PerSampleDense
+
+        dense = PerSampleDense(B, direction, layout.unflatten, times[:, 0])
     result = integrate(fb, layout.flatten(y0), times, direction, tableau=tableau, opts=opts, norm=norm, stats=stats,
                        interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
-                       events=event_set, records=records, t_dtype=t.dtype, step_t=opts.step_t)
+                       events=event_set, records=records, t_dtype=t.dtype, step_t=opts.step_t, dense=dense)
     stats.next_step = result.next_dt
     if event_set is not None:
         stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch
     records.sort(key=lambda r: (r.sample, float(r.t.detach()) * direction))
-    return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records))
+    return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records), dense)

@@ -173,6 +173,9 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     tableau = _method(method)
     opts = _parse_options(options, tableau)
     check_options(opts)
+    if opts.dense:
+        raise ValueError("options['dense'] with options['per_sample'] is not supported by the adjoint yet; solve "
+                         "(backprop) keeps the dense output, or drop dense.")
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)
