@@ -82,7 +82,10 @@ class PerSampleDense:
         K = tau.shape[1]
         d = self.direction
         lo, hi = torch.minimum(self.t_start, self.t_end), torch.maximum(self.t_start, self.t_end)
-        bad = (tau < lo[:, None]) | (tau > hi[:, None]) | ~torch.isfinite(tau)
+        # A sample whose last step ended within rounding of its last time arrived there without a
+        # step: the span reaches the last time up to that rounding.
+        slack = (8 * 2.220446049250313e-16 * torch.maximum(lo.abs(), hi.abs()))[:, None]
+        bad = (tau < lo[:, None] - slack) | (tau > hi[:, None] + slack) | ~torch.isfinite(tau)
         if bool(bad.any()):
             i, j = bad.nonzero()[0].tolist()
             raise ValueError(f"Solution.evaluate: t = {float(tau[i, j])!r} lies outside the solved span of sample {i}, "
