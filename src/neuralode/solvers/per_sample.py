@@ -280,6 +280,32 @@ class RMSNorm:
             return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
 
 
+class UserNorm(RMSNorm):
+    """A custom ``options["norm"]`` applied per sample.
+
+    The contract: ``norm(x)`` receives the scaled error ``err / (atol + rtol max(|y0|, |y1|))`` in
+    the state's structure with the batch first (a ``(B', ...)`` tensor, or a tuple of them, where
+    ``B'`` is the current batch: ``B``, or fewer rows with ``per_sample="compact"``) and returns a
+    real tensor of shape ``(B',)``: row ``i`` the norm of sample ``i``'s error, which alone decides
+    that sample's step. Row ``i`` must depend on row ``i`` of ``x`` only.
+    """
+
+    def __init__(self, sizes, rtol, atol, user, unflatten):
+        super().__init__(sizes, rtol, atol)
+        self.user, self.unflatten = user, unflatten
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.user(self.unflatten(x))
+        if not isinstance(out, torch.Tensor) or out.is_complex() or out.shape != (x.shape[0],):
+            got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else _type_name(out)
+            raise ValueError(
+                f"options['norm'] with options['per_sample'] must return a real tensor of shape ({x.shape[0]},), "
+                f"one norm per sample of its (batch-first) argument; got {got}. E.g. "
+                "norm=lambda x: x.abs().flatten(1).amax(1)."
+            )
+        return out.detach().double()
+
+
 @dataclass(frozen=True)
 class VectorController:
     """:meth:`StepSizeController.propose <neuralode.solvers.controller.StepSizeController.propose>`
@@ -517,6 +543,8 @@ def integrate(
     events=None,
     records: list | None = None,
     t_dtype: torch.dtype = torch.float64,
+    step_t: tuple[float, ...] = (),
+    dense=None,
 ) -> LoopOut:
     """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
 
@@ -541,6 +569,10 @@ def integrate(
         events, records, t_dtype: a :class:`~neuralode.solvers.per_sample_events.PerSampleEvents`,
             the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
             recorded times.
+        step_t: times every sample's steps land on where they lie inside its span
+            (:func:`next_step_t`); landing on one is not a stop for ``on_land``.
+        dense: a :class:`~neuralode.solvers.per_sample_dense.PerSampleDense` keeping every
+            accepted step's interpolant.
 
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
@@ -589,6 +621,7 @@ def integrate(
     # Output times reached by t1: a binary search in each row, increasing once times sign.
     sign = 1.0 if direction > 0 else -1.0
     ascending = (times * sign).contiguous()
+    step_t_asc = torch.tensor(sorted(s * sign for s in step_t), dtype=torch.float64, device=dev) if step_t else None
     fb.active = None  # counting per call is the loop's job from here (n_calls)
     g0 = events.values(t, y) if events is not None else None
     guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
@@ -616,7 +649,8 @@ def integrate(
         calls_before = stats.calls
 
         dt_abs = dt.abs().clamp(min=min_step, max=max_step)
-        remaining = (t_end - t).abs()
+        t_stop = t_end if step_t_asc is None else next_step_t(step_t_asc, t, t_end, sign)
+        remaining = (t_stop - t).abs()
         # Stretch a step by up to 10% to land on the last time (the joint loop's rule).
         lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
         dt_abs = torch.where(lands, remaining, dt_abs)
@@ -673,7 +707,7 @@ def integrate(
         accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
         accept = accept & active
         rejected = active & ~accept
-        t1 = torch.where(lands, t_end, t + h)
+        t1 = torch.where(lands, t_stop, t + h)
         y_end = step.y1
         interp = None
         cut = None
@@ -738,13 +772,17 @@ def integrate(
                 y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
             pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
             i_out = i_out + n_new
+        if dense is not None:
+            if interp is None:
+                interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, step.k[-1] if tableau.fsal else None)
+            dense.add(accept, rows, t, h, t1, interp)
         if cut is not None:
-            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype,
+            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb,
                                          pieces_i, pieces_b, pieces_y)
         if quad is not None:
             quad.end(accept, h, rows)
         if on_land is not None:
-            y_end, t_end = _next_stop(on_land, accept & lands, i_out, rows, y_end, times, t_end)
+            y_end, t_end = _next_stop(on_land, accept & lands & (t_stop == t_end), i_out, rows, y_end, times, t_end)
 
         # The next state: accepted samples move, the others keep theirs.
         acc = accept[:, None]
@@ -791,9 +829,11 @@ def integrate(
     return LoopOut(ys, next_dt)
 
 
-def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, pieces_i, pieces_b, pieces_y):
+def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb, pieces_i, pieces_b, pieces_y):
     """Record each cut sample's event; end the samples whose event is terminal (their later
-    output times are NaN); apply resets. Returns the states to continue from and ``i_out``."""
+    output times are NaN); apply resets. Returns the states to continue from and ``i_out``.
+    Under autograd the event times, the states at them and the resets carry the implicit-function
+    gradients (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`)."""
     from .per_sample_events import PerSampleEventRecord
 
     cross, fired = cut
@@ -801,6 +841,11 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
     which = torch.where(cross, torch.argmax(any_k.long(), 1), torch.full_like(i_out, -1))  # first event, by index
     terminal = torch.tensor([e.terminal for e in events.events], device=which.device)
     ends = cross & terminal[which.clamp(min=0)]
+    grad = events.attach_gradient(fb, cross, which, fired, t1, y_end, rows)  # (δ, f at the event) or None
+    t_star = t1.to(events.dtype) if grad is None else t1.to(events.dtype) + grad[0]
+    # y* = y + f δ (value unchanged) is the state at the moving t*: what is recorded and reset. A
+    # sample without a reset goes on from y at the fixed restart time, which needs no correction.
+    y_star = y_end if grad is None else y_end + grad[1] * grad[0][:, None]
     for i, k in zip(cross.nonzero().squeeze(1).tolist(), which[cross].tolist()):
         element = int(torch.argmax(fired[k][i].long()))
         index, shape = [], events.shapes[k]
@@ -808,7 +853,7 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
             index.append(element % n)
             element //= n
         records.append(PerSampleEventRecord(
-            torch.tensor(float(t1[i]), dtype=t_dtype), _row(events.unflatten(y_end[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
+            torch.tensor(float(t1[i]), dtype=t_dtype) + (0 if grad is None else grad[0][i].to(t_dtype)), _row(events.unflatten(y_star[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
             int(rows[i])))
     stats.n_events.index_add_(0, rows, cross.long())
     n_left = torch.where(ends, T - i_out, torch.zeros_like(i_out))
@@ -823,10 +868,14 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
     for k, e in enumerate(events.events):
         m = cross & (which == k) & ~ends
         if e.reset is not None and bool(m.any()):
-            y_new = events.flatten(e.reset(t1.to(events.dtype), events.unflatten(y_end)))
+            y_new = events.flatten(e.reset(t_star, events.unflatten(y_star)))
             if y_new.shape != y_end.shape or y_new.dtype != y_end.dtype:
                 raise ValueError(f"events[{k}].reset(t, y) must return the state's shapes and dtype "
                                  f"(batch first in per-sample mode).")
+            if grad is not None:  # the restart at t* moves the later states by -f δ
+                with torch.no_grad():
+                    f_new = fb(t1, y_new.detach())
+                y_new = y_new - f_new * grad[0][:, None]
             y_end = torch.where(m[:, None], y_new, y_end)
     return y_end, i_out
 
@@ -847,6 +896,22 @@ def _next_stop(on_land, landed, i_out, rows, y, times, t_end):
     return y, torch.where(landed, t_next, t_end)
 
 
+def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, sign: float) -> torch.Tensor:
+    """Each sample's next stop: the first ``step_t`` after ``t_i`` and before ``t_end_i``, else ``t_end_i``.
+
+    ``step_t_asc`` holds ``sign * step_t`` ascending. A ``step_t`` within ``8 eps |t_i|`` after
+    ``t_i`` counts as reached (a step that short is below time's resolution), so a step to a
+    ``step_t`` is never one of rounding size, and arriving within rounding of a stop happens only
+    at ``t_end``. The joint loop's rule otherwise: the step is clipped to the stop and stretched
+    by up to 10% to land on it.
+    """
+    key = (t * sign + 8 * _EPS * t.abs()).contiguous()
+    k = torch.searchsorted(step_t_asc, key, right=True)  # (B,) first stop beyond t
+    nxt = step_t_asc[k.clamp(max=len(step_t_asc) - 1)] * sign
+    before = (k < len(step_t_asc)) & ((nxt - t_end) * sign < 0)
+    return torch.where(before, nxt, t_end)
+
+
 def interp_kind(tableau: ButcherTableau) -> str:
     if tableau.dense is not None:
         return "dense"
@@ -855,8 +920,7 @@ def interp_kind(tableau: ButcherTableau) -> str:
 
 def check_options(opts) -> None:
     """What per-sample mode does not do yet, refused clearly."""
-    for name, bad in (("step_t", bool(opts.step_t)), ("jump_t", bool(opts.jump_t)), ("norm", opts.norm is not None),
-                      ("dense", opts.dense), ("checkpoint", opts.checkpoint)):
+    for name, bad in (("jump_t", bool(opts.jump_t)), ("checkpoint", opts.checkpoint)):
         if bad:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
 
@@ -892,6 +956,8 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
     # The first call, checked as the joint solve checks it (shape, dtype).
     checker = _Problem(func, parts, is_tuple, SolverStats())
     norm = RMSNorm(layout.sizes, _tolerance("rtol", rtol, parts, layout), _tolerance("atol", atol, parts, layout))
+    if opts.norm is not None:
+        norm = UserNorm(layout.sizes, norm.rtol, norm.atol, opts.norm, layout.unflatten)
     out = func(times[:, 0].to(parts[0].dtype), y0)
     checker.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
     stats.nfe += 1
@@ -902,11 +968,16 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
         from .per_sample_events import PerSampleEvents
 
         event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
+    dense = None
+    if opts.dense:
+        from .per_sample_dense import PerSampleDense
+
+        dense = PerSampleDense(B, direction, layout.unflatten, times[:, 0])
     result = integrate(fb, layout.flatten(y0), times, direction, tableau=tableau, opts=opts, norm=norm, stats=stats,
                        interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
-                       events=event_set, records=records, t_dtype=t.dtype)
+                       events=event_set, records=records, t_dtype=t.dtype, step_t=opts.step_t, dense=dense)
     stats.next_step = result.next_dt
     if event_set is not None:
         stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch
-    records.sort(key=lambda r: (r.sample, float(r.t) * direction))
-    return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records))
+    records.sort(key=lambda r: (r.sample, float(r.t.detach()) * direction))
+    return Solution(t, layout.unflatten(result.ys), stats, tableau.name, None, tuple(records), dense)

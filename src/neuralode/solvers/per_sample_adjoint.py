@@ -20,6 +20,22 @@ scaled by ``b_j h_i`` and masked by its acceptance. Each stage costs one VJP for
 the state it never steers the step size: this is the seminorm (Kidger, Chen & Lyons 2021)
 always; the error ratio is ``max(RMS(y_i err), RMS(a_i err))`` per sample.
 
+The backward solve lands on the ``step_t`` of its options (``adjoint_options``, by default the
+forward ``options``) inside each sample's span, as the forward one does.
+
+Events. The forward solve locates every sample's events; the backward solve's stops are then,
+per sample, its output times up to its end (its terminal event, or its last time) and its
+event times, one grid padded with no-op stops to a common length. Each sample starts
+backwards from its own end. Landing on one of its events, ``y_i`` restarts from the state
+before the event and ``a_i`` is pulled back through the event map: the implicit-function
+event time ``t*_i = t_i + δ_i`` (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`),
+the state at it ``y*_i = y_i + f_i δ_i`` and the reset with its restart shift, one
+vector-Jacobian product over the rows that landed, which also takes the cotangents of the
+recorded event times and states (the joint adjoint joins its stretches by the same map). The
+parameters it differentiates are ``adjoint_params``: tensors that event functions or resets
+use get gradients only when listed there (unlike the joint adjoint, where autograd reaches
+them directly).
+
 Every attempt evaluates its first stage afresh (no FSAL), so that the stage graphs of an
 attempt are exactly its own calls.
 """
@@ -133,7 +149,7 @@ class _PerSampleAdjoint(torch.autograd.Function):
         try:
             out = integrate(fb, z0, times.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
                             stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
-                            on_land=jump)
+                            on_land=jump, step_t=cfg["opts"].step_t)
         finally:
             _IN_BACKWARD.reset(token)
         a = out.ys[-1][:, N:] + grad_ys[0]
@@ -147,7 +163,9 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
 
     Shapes as :func:`~neuralode.solvers.per_sample.solve_per_sample`. ``adjoint_options`` may
     set the backward solve's controller options; its ``norm`` is always the seminorm (the
-    parameter gradient is not in the stepped state). Gradients flow to ``y0`` and the parameters.
+    parameter gradient is not in the stepped state). Gradients flow to ``y0`` and the parameters,
+    and with ``events`` through the recorded event times and states (event functions' and
+    resets' tensors: only those in ``adjoint_params``).
     """
     from .adjoint import _adjoint_params
     from .api import _method
@@ -155,9 +173,9 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     tableau = _method(method)
     opts = _parse_options(options, tableau)
     check_options(opts)
-    if events:
-        raise ValueError("options['per_sample'] with events is not supported by the adjoint yet; "
-                         "differentiate by backprop (solve) or drop per_sample.")
+    if opts.dense:
+        raise ValueError("options['dense'] with options['per_sample'] is not supported by the adjoint yet; solve "
+                         "(backprop) keeps the dense output, or drop dense.")
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)
@@ -182,7 +200,7 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
 
     with torch.no_grad():
         fwd = solve_per_sample(func, tuple(p.detach() for p in parts) if is_tuple else y0.detach(), t, rtol=rtol,
-                               atol=atol, tableau=tableau, opts=opts)
+                               atol=atol, tableau=tableau, opts=opts, events=events)
     if times.shape[1] == 1:
         return fwd
     adjoint_stats = _stats(B, parts[0].device)
@@ -194,5 +212,194 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
         "adjoint_stats": adjoint_stats,
         "ys": torch.cat([p.reshape(times.shape[1], B, -1) for p in (fwd.ys if is_tuple else (fwd.ys,))], 2),
     }
+    if events:
+        return _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats)
     ys = _PerSampleAdjoint.apply(cfg, layout.flatten(y0), *params)
     return Solution(t, layout.unflatten(ys), fwd.stats, tableau.name, adjoint_stats)
+
+
+def _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats) -> Solution:
+    """The per-sample adjoint of a solve with events (:class:`_PerSampleEventAdjoint`)."""
+    from .events import ravel
+    from .per_sample_events import PerSampleEventRecord, PerSampleEvents
+
+    B, dtype, dev = parts[0].shape[0], parts[0].dtype, parts[0].device
+    records = list(fwd.events)
+    with torch.no_grad():
+        y0d = tuple(p.detach() for p in parts) if layout.is_tuple else y0.detach()
+        shapes = [e.fn(times[:, 0].to(dtype), y0d).shape[1:] for e in events]
+    N = sum(layout.sizes)
+    cfg.update(
+        events=PerSampleEvents(events, layout.unflatten, layout.flatten, dtype),
+        sizes=[max(math.prod(s), 1) for s in shapes],
+        which=torch.tensor([r.index for r in records], dtype=torch.long, device=dev),
+        element=torch.tensor([ravel(r.element, shapes[r.index]) for r in records], dtype=torch.long, device=dev),
+        t_ev=torch.tensor([float(r.t) for r in records], dtype=dtype, device=dev),
+        y_ev=torch.stack([layout.flatten(_batch_of_one(r.y, layout.is_tuple))[0] for r in records]) if records
+        else torch.zeros(0, N, dtype=dtype, device=dev),
+    )
+    cfg["grid"], cfg["out_idx"], cfg["ev_idx"] = _stop_grid(times, direction, records, B)
+    ys, t_e, y_e = _PerSampleEventAdjoint.apply(cfg, layout.flatten(y0), *cfg["params"])
+    out = [PerSampleEventRecord(torch.tensor(float(r.t), dtype=t.dtype) + (t_e[k] - t_e[k].detach()).to(t.dtype),
+                                _row_of(layout.unflatten(y_e[k : k + 1]), layout.is_tuple), r.index, r.element,
+                                r.terminal, r.sample) for k, r in enumerate(records)]
+    return Solution(t, layout.unflatten(ys), fwd.stats, tableau.name, adjoint_stats, tuple(out))
+
+
+def _batch_of_one(y, is_tuple):
+    return tuple(p.unsqueeze(0) for p in y) if is_tuple else y.unsqueeze(0)
+
+
+def _row_of(y, is_tuple):
+    return tuple(p[0] for p in y) if is_tuple else y[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Events with the per-sample adjoint.
+
+
+def _stop_grid(times: torch.Tensor, direction: float, records, B: int):
+    """Each sample's stops in forward order, padded to one length.
+
+    Sample ``i``'s stops are its output times up to its terminal event (if any) and its event
+    times, merged (an output at an event's time is one stop of both kinds). Rows are padded with
+    no-op stops at the midpoints of their widest gaps, so the grid is ``(B, L)`` and every row
+    strictly monotonic (the per-sample loop's times). Returns the grid (float64), and per stop the
+    output index ``j`` and the event record index ``e`` (``-1`` for none).
+    """
+    T = times.shape[1]
+    rows = []
+    for i in range(B):
+        mine = [(e, r) for e, r in enumerate(records) if r.sample == i]
+        end = next((float(r.t.detach()) for _, r in mine if r.terminal), None)
+        stops: dict[float, list[int]] = {}
+        for j in range(T):
+            tj = float(times[i, j])
+            if end is not None and (tj - end) * direction > 0:
+                break
+            stops.setdefault(tj, [-1, -1])[0] = j
+        for e, r in mine:
+            stops.setdefault(float(r.t.detach()), [-1, -1])[1] = e
+        rows.append(sorted(([s, j, e] for s, (j, e) in stops.items()), key=lambda x: x[0] * direction))
+    L = max(len(r) for r in rows)
+    for r in rows:
+        while len(r) < L:
+            k = max(range(len(r) - 1), key=lambda k: abs(r[k + 1][0] - r[k][0]))
+            r.insert(k + 1, [0.5 * (r[k][0] + r[k + 1][0]), -1, -1])
+    dev = times.device
+    grid = torch.tensor([[s for s, _, _ in r] for r in rows], dtype=torch.float64, device=dev)
+    out_idx = torch.tensor([[j for _, j, _ in r] for r in rows], dtype=torch.long, device=dev)
+    ev_idx = torch.tensor([[e for _, _, e in r] for r in rows], dtype=torch.long, device=dev)
+    return grid, out_idx, ev_idx
+
+
+class _PerSampleEventAdjoint(torch.autograd.Function):
+    """Outputs ``(ys (T, B, N), event times (E,), states at the events (E, N))`` of a forward solve
+    without a graph; backward: one per-sample backward solve whose stops are every sample's
+    output and event times, joined at each event by the vector-Jacobian product of the event map
+    (implicit-function time, state at the event, reset and restart shift)."""
+
+    @staticmethod
+    def forward(ctx, cfg: dict, y0: torch.Tensor, *params: torch.Tensor):
+        ctx.cfg = cfg
+        ys, t_ev, y_ev = cfg.pop("ys"), cfg.pop("t_ev"), cfg.pop("y_ev")
+        ctx.save_for_backward(ys, t_ev, y_ev)
+        return ys, t_ev, y_ev
+
+    @staticmethod
+    def backward(ctx, grad_ys, grad_t, grad_y):
+        cfg = ctx.cfg
+        ys, t_ev, y_ev = ctx.saved_tensors
+        layout: _Layout = cfg["layout"]
+        func, params, tableau = cfg["func"], cfg["params"], cfg["tableau"]
+        events, which_ev, fired_at = cfg["events"], cfg["which"], cfg["element"]
+        grid, out_idx, ev_idx = cfg["grid"], cfg["out_idx"], cfg["ev_idx"]
+        T, B, N = ys.shape
+        L = grid.shape[1]
+        E = t_ev.shape[0]
+        dtype = ys.dtype
+        grad_ys = torch.zeros_like(ys) if grad_ys is None else torch.nan_to_num(grad_ys, nan=0.0)
+        grad_t = torch.zeros(E, dtype=dtype, device=ys.device) if grad_t is None else grad_t
+        grad_y = torch.zeros(E, N, dtype=dtype, device=ys.device) if grad_y is None else grad_y
+        stats: PerSampleStats = cfg["adjoint_stats"]
+        quad = _ParamQuadrature(params, tableau.b)
+        plain = BatchFunc(func, layout, dtype, _stats(B, ys.device))
+
+        def event_vjp(m, e, y_other, a):
+            """``a`` (the cotangent after the event) pulled back to the state before it, rows ``m``."""
+            ee = e.clamp(min=0)
+            t_e = t_ev.detach()[ee].double()
+            which = which_ev[ee]
+            fired = [torch.nn.functional.one_hot(fired_at[ee].clamp(max=n - 1), n).bool() for n in cfg["sizes"]]
+            with torch.enable_grad():
+                ye = torch.where(m[:, None], y_ev.detach()[ee], y_other).requires_grad_(True)
+                res = events.attach_gradient(plain, m, which, fired, t_e, ye, plain.rows)
+                delta = torch.zeros_like(t_e, dtype=dtype) if res is None else res[0]
+                y_star = ye if res is None else ye + res[1] * delta[:, None]
+                t_star = t_e.to(dtype) + delta
+                y_next = ye
+                for k, ev in enumerate(events.events):
+                    mk = m & (which == k)
+                    if ev.reset is None or ev.terminal or not bool(mk.any()):
+                        continue
+                    y_new = events.flatten(ev.reset(t_star, events.unflatten(y_star)))
+                    if res is not None:
+                        with torch.no_grad():
+                            f_new = plain(t_e, y_new.detach())
+                        y_new = y_new - f_new * delta[:, None]
+                    y_next = torch.where(mk[:, None], y_new, y_next)
+                mf = m.to(dtype)
+                outs = [y_next, delta, y_star]
+                cots = [a * mf[:, None], grad_t[ee] * mf, grad_y[ee] * mf[:, None]]
+                keep = [i for i, o in enumerate(outs) if o.requires_grad]
+                grads = torch.autograd.grad([outs[i] for i in keep], (ye, *params), [cots[i] for i in keep],
+                                            allow_unused=True)
+            for acc, g in zip(quad.grads, grads[1:]):
+                if g is not None:
+                    acc.add_(g)
+            return torch.where(m[:, None], grads[0], a)
+
+        def at_stop(mask, k, rows, z):
+            """The state after landing on forward stop ``k (B',)``, for the rows in ``mask``."""
+            j, e = out_idx[rows, k], ev_idx[rows, k]
+            y, a = z[:, :N], z[:, N:]
+            is_e, is_j = mask & (e >= 0), mask & (j >= 0)
+            plain.rows = rows
+            if bool(is_e.any()):
+                a = event_vjp(is_e, e, y, a)
+                y = torch.where(is_e[:, None], y_ev.detach()[e.clamp(min=0)], y)
+            jj = j.clamp(min=0)
+            y = torch.where(is_j[:, None], ys[jj, rows], y)
+            a = a + torch.where(is_j[:, None], grad_ys[jj, rows], torch.zeros_like(a))
+            return torch.cat([y, a], 1)
+
+        def aug(tt: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            y, a = z[:, :N], z[:, N:]
+            with torch.enable_grad():
+                y = y.detach().requires_grad_(True)
+                f = layout.flatten(func(tt, layout.unflatten(y)))
+                (vjp_y,) = torch.autograd.grad(f, y, -a, retain_graph=bool(params), allow_unused=True)
+            quad.stages.append((f, a.detach()))
+            return torch.cat([f.detach(), torch.zeros_like(y) if vjp_y is None else vjp_y], 1)
+
+        def jump(mask, i_next, rows, z):
+            return at_stop(mask, (L - i_next).clamp(min=0, max=L - 1), rows, z)
+
+        from .adjoint import _IN_BACKWARD
+
+        all_rows = torch.arange(B, device=ys.device)
+        z_last = torch.cat([ys[-1].nan_to_num(0.0), torch.zeros_like(ys[-1])], 1)
+        token = _IN_BACKWARD.set(True)
+        try:
+            z0 = at_stop(torch.ones(B, dtype=torch.bool, device=ys.device),
+                         torch.full((B,), L - 1, dtype=torch.long, device=ys.device), all_rows, z_last)
+            fb = BatchFunc(aug, _Layout((z0,), False), dtype, stats)
+            norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
+            out = integrate(fb, z0, grid.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
+                            stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
+                            on_land=jump, step_t=cfg["opts"].step_t)
+        finally:
+            _IN_BACKWARD.reset(token)
+        a = out.ys[-1][:, N:] + grad_ys[0]
+        stats.next_step = out.next_dt
+        return (None, a, *quad.grads)

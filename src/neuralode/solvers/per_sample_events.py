@@ -17,8 +17,24 @@ record-only event costs its sample one more step but is never missed inside a st
 Then, per sample: the event is recorded (:class:`PerSampleEventRecord`, with ``sample``); a
 terminal event ends that sample only (its later output times are NaN); a reset replaces its
 state; leaving the root does not fire again: as in the joint loop, they take the sign ``g`` has a moment ``δ`` later and
-roots within ``δ`` of the restart are not searched. Not in this mode (yet): gradients through event times (the recorded times
-are constants; states carry their gradients).
+roots within ``δ`` of the restart are not searched.
+
+Gradients through event times (implicit function theorem, per sample). Sample ``i``'s event
+time ``t*_i`` solves ``g_i(t*_i, y_i(t*_i)) = 0`` for the element of ``g_i`` that fired, and ``g_i``
+depends on row ``i`` of the state only, so the theorem holds row by row::
+
+    dt*_i = -(∂g_i/∂y_i · dy_i + ∂g_i/∂θ dθ) / ġ_i,     ġ_i = ∂g_i/∂t + ∂g_i/∂y_i · f_i(t*_i, y_i)
+
+with everything evaluated at sample ``i``'s own event. One call of the event function on the
+batch, with the located times and states, gives every row's ``g_i`` with its graph; one
+backward pass of ``Σ_i g_i`` gives every row's ``∂g_i/∂t`` and ``∂g_i/∂y_i`` (rows do not mix).
+As in the joint loop (:func:`~neuralode.solvers.events.attach_event_gradient`) the gradients
+enter by value-preserving corrections: ``t*_i = t_i + δ_i`` and ``y*_i = y_i + f_i δ_i`` with
+``δ_i = -(g_i - stop_grad(g_i)) / ġ_i`` (value 0), and a reset's output is shifted by
+``-f_i(t*_i, y_new,i) δ_i``, since the sample restarts at a time that depends on the parameters.
+So backprop through a per-sample solve differentiates event times, the states at events and
+everything after them. This needs, as every per-sample event function, that row ``i`` of ``g``
+depends on row ``i`` of the state alone.
 """
 
 from __future__ import annotations
@@ -102,3 +118,65 @@ class PerSampleEvents:
         y_hi = torch.where((hi == 1.0)[:, None], y1, interp(rows, hi))
         fired = self.crossed(g0, self.values(t + hi * h, y_hi))
         return hi, y_hi, fired
+
+    def attach_gradient(self, fb, cross: torch.Tensor, which: torch.Tensor, fired: list[torch.Tensor],
+                        t_e: torch.Tensor, y_e: torch.Tensor, rows: torch.Tensor):
+        """The implicit-function gradients of the event times of the rows in ``cross``.
+
+        Args:
+            fb: the batch function (``(B,)`` float64 times, ``(B, N)`` states).
+            cross: ``(B,)`` rows whose step was cut at an event.
+            which: ``(B,)`` index of the event that fired in each such row.
+            fired: per event, the ``(B, E_k)`` elements that crossed; the first one of event
+                ``which[i]`` is row ``i``'s root.
+            t_e: ``(B,)`` float64 located times; ``y_e``: ``(B, N)`` states there, with their graph.
+            rows: the original sample of each row (for error messages).
+
+        Returns:
+            ``None`` when nothing to differentiate (no graph, or ``g`` depends on nothing that
+            requires grad); else ``(δ, f_e)``: ``δ (B,)`` in the state's dtype, value 0 and the
+            gradient ``dt*_i`` on the rows in ``cross`` (0 elsewhere), and ``f_e = f(t_e, y_e)``
+            without a graph.
+
+        Raises:
+            ValueError: an event of some sample is tangential (``ġ_i = 0``): its time has no
+                derivative.
+        """
+        if not torch.is_grad_enabled():
+            return None
+        tt = t_e.to(self.dtype)
+
+        def selected(t_in, y_in):
+            """Each row's fired element of its event, ``(B,)`` (0 on rows without an event)."""
+            out = torch.zeros(len(t_e), dtype=y_in.dtype, device=y_in.device)
+            for k, e in enumerate(self.events):
+                m = cross & (which == k)
+                if not bool(m.any()):
+                    continue
+                g = e.fn(t_in, self.unflatten(y_in)).reshape(len(t_e), -1)
+                element = torch.argmax(fired[k].long(), 1)
+                out = torch.where(m, g.gather(1, element[:, None]).squeeze(1).to(out.dtype), out)
+            return out
+
+        g = selected(tt, y_e)
+        if not g.requires_grad:
+            return None
+        with torch.no_grad():
+            f_e = fb(t_e, y_e.detach())
+        with torch.enable_grad():
+            td = tt.detach().requires_grad_(True)
+            yd = y_e.detach().requires_grad_(True)
+            dg_dt, dg_dy = torch.autograd.grad(selected(td, yd).sum(), (td, yd), allow_unused=True)
+        gdot = torch.zeros_like(g.detach()) if dg_dy is None else (dg_dy * f_e).sum(1)
+        if dg_dt is not None:
+            gdot = gdot + dg_dt.to(gdot.dtype)
+        bad = cross & ~(torch.isfinite(gdot) & (gdot != 0))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"The event of sample {int(rows[i])} at t={float(t_e[i]):.8g} is tangential (d/dt g(t, y(t)) = "
+                f"{float(gdot[i])!r}), so its time has no derivative; make the event function cross zero "
+                "transversally, or detach what it depends on."
+            )
+        delta = -(g - g.detach()) / torch.where(cross, gdot, torch.ones_like(gdot))
+        return torch.where(cross, delta, torch.zeros_like(delta)), f_e
