@@ -105,16 +105,20 @@ def _run(
     tableau: ButcherTableau,
     opts: AdaptiveOptions | FixedOptions,
     events: tuple[Event, ...],
+    parts: tuple[torch.Tensor, ...] | None = None,
 ) -> Solution:
     """The solve behind every public entry point, on checked inputs. ``times`` are the output
-    times as floats; the last may be ``±inf`` (run until a terminal event)."""
+    times as floats; the last may be ``±inf`` (run until a terminal event). ``parts``: the state's
+    components as ``_check_state`` returned them, where the caller has checked ``y0`` already (the
+    finiteness check is a host synchronisation; once per solve is enough)."""
     if getattr(opts, "per_sample", False):
         raise ValueError(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
     is_tuple = isinstance(y0, tuple)
-    parts = _check_state(y0)
+    if parts is None:
+        parts = _check_state(y0)
     rtol_v = _check_tolerance("rtol", rtol, parts, is_tuple)
     atol_v = _check_tolerance("atol", atol, parts, is_tuple)
     if tableau.adaptive:
@@ -256,7 +260,7 @@ def solve(
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
-    _check_state(y0)
+    parts = _check_state(y0)
     per_sample = isinstance(options, dict) and options.get("per_sample", False) is not False
     times = None if per_sample else _check_times(t)  # per-sample mode takes (B, T) times too
     tableau = _method(method)
@@ -270,7 +274,8 @@ def solve(
 
         return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
                                 events=check_events(events))
-    return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events))
+    return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events),
+                parts=parts)
 
 
 SCIPY_NO_EVENTS = "method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5')."
