@@ -1,18 +1,23 @@
-"""Stiff problems: neuralode's rodas5p, kvaerno5, auto and rosenbrock23 against scipy's Radau, BDF and LSODA.
+"""Stiff problems: neuralode's rodas5p, kvaerno5, auto and rosenbrock23 against scipy's Radau, BDF and LSODA
+and diffrax's Kvaerno5 (JAX on the CPU).
 
-    python benchmarks/bench_stiff.py [--quick] [--out DIR]      (writes DIR/stiff.md)
+    python benchmarks/bench_stiff.py [--quick] [--out DIR]   (writes DIR/stiff.md, DIR/stiff_work_precision.png)
 
-For each problem (Robertson to t = 1e5, Van der Pol mu = 1000, HIRES, OREGO; Hairer & Wanner II, IV.10)
+For each problem (Robertson to t = 1e5 and to 1e11 with log-spaced outputs, Van der Pol mu = 1000, HIRES,
+OREGO, POLLU; Hairer & Wanner II, IV.10)
 and tolerance (rtol 1e-4 ... 1e-8, atol = rtol * the problem's absolute scale): the error at the output
 times against a reference (scipy Radau at rtol 1e-13), scaled as max |y - ref| / (|ref| + scale); accepted
 steps; function and Jacobian evaluations; and the time as a ratio to scipy Radau's in the same process
 (both float64 on one thread; scipy forms its Jacobians by finite differences, as it does by default, and
 neuralode by autograd). Then the batch case: 256 Robertson systems with different rate constants in one
-batched solve against one system alone and against 256 scipy solves.
+batched solve against one system alone and against 256 scipy solves. diffrax's rows (float64, one thread,
+jit-compiled; the time excludes compilation) need jax and diffrax (the benchmarks' optional extra); without
+them the rows are left out with a note.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,13 +68,107 @@ def orego(y, stack):
     ])
 
 
+# POLLU: the air pollution model of the Dutch National Institute of Public Health (Verwer 1994), 20 species and
+# 25 reactions, as in Hairer & Wanner's test set and the CWI IVP test set (pollu.f).
+_POLLU_K = (0.35, 26.6, 1.23e4, 8.6e-4, 8.2e-4, 1.5e4, 1.3e-4, 2.4e4, 1.65e4, 9.0e3, 2.2e-2, 1.2e4, 1.88, 1.63e4,
+            4.8e6, 3.5e-4, 1.75e-2, 1.0e8, 4.44e11, 1.24e3, 2.1, 5.78, 4.74e-2, 1.78e3, 3.12)
+
+
+def pollu(y, stack):
+    k = _POLLU_K
+    y = [y[..., i] for i in range(20)]
+    r = [k[0] * y[0], k[1] * y[1] * y[3], k[2] * y[4] * y[1], k[3] * y[6], k[4] * y[6], k[5] * y[6] * y[5],
+         k[6] * y[8], k[7] * y[8] * y[5], k[8] * y[10] * y[1], k[9] * y[10] * y[0], k[10] * y[12],
+         k[11] * y[9] * y[1], k[12] * y[13], k[13] * y[0] * y[5], k[14] * y[2], k[15] * y[3], k[16] * y[3],
+         k[17] * y[15], k[18] * y[15], k[19] * y[16] * y[5], k[20] * y[18], k[21] * y[18], k[22] * y[0] * y[3],
+         k[23] * y[18] * y[0], k[24] * y[19]]
+    r = [None] + r  # r[1] .. r[25], as numbered in the test set
+    return stack([
+        -r[1] - r[10] - r[14] - r[23] - r[24] + r[2] + r[3] + r[9] + r[11] + r[12] + r[22] + r[25],
+        -r[2] - r[3] - r[9] - r[12] + r[1] + r[21],
+        -r[15] + r[1] + r[17] + r[19] + r[22],
+        -r[2] - r[16] - r[17] - r[23] + r[15],
+        -r[3] + 2 * r[4] + r[6] + r[7] + r[13] + r[20],
+        -r[6] - r[8] - r[14] - r[20] + r[3] + 2 * r[18],
+        -r[4] - r[5] - r[6] + r[13],
+        r[4] + r[5] + r[6] + r[7],
+        -r[7] - r[8],
+        -r[12] + r[7] + r[9],
+        -r[9] - r[10] + r[8] + r[11],
+        r[9],
+        -r[11] + r[10],
+        -r[13] + r[12],
+        r[14],
+        -r[18] - r[19] + r[16],
+        -r[20],
+        r[20],
+        -r[21] - r[22] - r[24] + r[23] + r[25],
+        -r[25] + r[24],
+    ])
+
+
+_POLLU_Y0 = [0.0, 0.2, 0.0, 0.04, 0.0, 0.0, 0.1, 0.3, 0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.007, 0.0, 0.0, 0.0]
+
 PROBLEMS = {
     # name: (f, y0, t_end, absolute scale, output times)
     "Robertson": (robertson, [1.0, 0.0, 0.0], 1e5, 1e-6, np.concatenate([[0.0], np.geomspace(1e-4, 1e5, 10)])),
+    # To t = 1e11 the species approach their steady state; y2 falls to ~1e-15, so a smaller absolute scale.
+    "Robertson to 1e11": (robertson, [1.0, 0.0, 0.0], 1e11, 1e-10,
+                          np.concatenate([[0.0], np.geomspace(1e-5, 1e11, 17)])),
     "Van der Pol mu=1000": (vdp1000, [2.0, 0.0], 2000.0, 1e-3, np.linspace(0, 2000.0, 11)),
     "HIRES": (hires, [1, 0, 0, 0, 0, 0, 0, 0.0057], 321.8122, 1e-4, np.linspace(0, 321.8122, 11)),
     "OREGO": (orego, [1.0, 2.0, 3.0], 360.0, 1e-2, np.linspace(0, 360.0, 11)),
+    "POLLU": (pollu, _POLLU_Y0, 60.0, 1e-6, np.linspace(0, 60.0, 11)),
 }
+
+
+_JAX: dict = {}
+
+
+def _diffrax():
+    """``(jax, jnp, diffrax)`` imported on first use in float64 on one thread, or ``None`` without them.
+
+    The same one-thread XLA flags as ``bench_peers.py``; they must be set before jax is first imported.
+    """
+    if "mods" not in _JAX:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        try:
+            import diffrax
+            import jax
+            import jax.numpy as jnp
+        except ImportError:
+            _JAX["mods"] = None
+        else:
+            jax.config.update("jax_enable_x64", True)
+            _JAX["mods"] = (jax, jnp, diffrax)
+    return _JAX["mods"]
+
+
+def run_diffrax(name, rtol):
+    """diffrax's Kvaerno5 with its PID controller (as an I controller, its default), compiled once per
+    problem (rtol and atol are traced arguments); the time is of a second, compiled call."""
+    jax, jnp, diffrax = _diffrax()
+    f, y0, t_end, scale, times = PROBLEMS[name]
+    key = ("solve", name)
+    if key not in _JAX:
+        term = diffrax.ODETerm(lambda t, y, args: f(y, jnp.stack))
+        ts = jnp.asarray(times)
+
+        def solve_dfx(y0j, rtol_j, atol_j):
+            sol = diffrax.diffeqsolve(
+                term, diffrax.Kvaerno5(), 0.0, float(t_end), None, y0j, saveat=diffrax.SaveAt(ts=ts),
+                stepsize_controller=diffrax.PIDController(rtol=rtol_j, atol=atol_j), max_steps=200_000)
+            return sol.ys, sol.stats["num_accepted_steps"]
+
+        _JAX[key] = jax.jit(solve_dfx)
+    fn = _JAX[key]
+    args = (jnp.asarray(y0, dtype=jnp.float64), jnp.float64(rtol), jnp.float64(rtol * scale))
+    jax.block_until_ready(fn(*args))  # compile (first tolerance) and warm up
+    t0 = time.perf_counter()
+    ys, steps = jax.block_until_ready(fn(*args))
+    seconds = time.perf_counter() - t0
+    return np.asarray(ys), int(steps), None, None, seconds
 
 
 def _np_rhs(f):
@@ -83,6 +182,8 @@ def _torch_rhs(f):
 def reference(name):
     f, y0, t_end, scale, times = PROBLEMS[name]
     r = solve_ivp(_np_rhs(f), (0.0, t_end), y0, method="Radau", t_eval=times, rtol=1e-13, atol=1e-13 * scale)
+    if not r.success:
+        raise RuntimeError(f"reference solve of {name} failed: {r.message}")
     return r.y.T
 
 
@@ -94,12 +195,15 @@ def run_scipy(name, method, rtol):
     return r.sol(times).T, len(r.t) - 1, r.nfev, r.njev, seconds
 
 
-def run_ours(name, method, rtol):
+def run_ours(name, method, rtol, land=False):
+    """One neuralode solve; with ``land`` the steps end on the output times (``step_t``), so the outputs are
+    step ends rather than values of the dense output: the difference is the dense output's share of the error."""
     f, y0, t_end, scale, times = PROBLEMS[name]
+    options = {"step_t": [float(x) for x in times[1:-1]]} if land else None
     t0 = time.perf_counter()
     with torch.no_grad():
         sol = solve(_torch_rhs(f), torch.tensor(y0, dtype=F64), torch.tensor(times, dtype=F64),
-                    rtol=rtol, atol=rtol * scale, method=method)
+                    rtol=rtol, atol=rtol * scale, method=method, options=options)
     seconds = time.perf_counter() - t0
     st = sol.stats
     return sol.ys.numpy(), st.n_accepted, st.nfe, st.n_jac_evals, seconds
@@ -162,6 +266,34 @@ def batch_case(n_batch: int, n_scipy: int) -> list[str]:
     ]
 
 
+def work_precision_figure(curves: dict, path: Path) -> None:
+    """Error against time (top row) and against accepted steps (bottom row), log-log, a column per problem."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(curves)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
+    for j, name in enumerate(names):
+        for label, pts in curves[name].items():
+            if "land" in label:  # the diagnostic rows stay in the tables only
+                continue
+            err = [max(p[0], 1e-16) for p in pts]
+            for row, x in ((0, [p[1] for p in pts]), (1, [p[2] for p in pts])):
+                axes[row][j].loglog(x, err, "o-", ms=3, label=label)
+        axes[0][j].set_title(name, fontsize=9)
+        axes[0][j].set_xlabel("time (s)")
+        axes[1][j].set_xlabel("accepted steps")
+        for row in (0, 1):
+            axes[row][j].set_ylabel("scaled error")
+            axes[row][j].grid(True, which="major", alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     setup()
@@ -173,13 +305,21 @@ def main(argv=None) -> int:
         "error: max over outputs and components of |y - ref| / (|ref| + scale), ref = scipy Radau at rtol 1e-13; "
         "atol = rtol x scale. steps: accepted steps. nfe includes the evaluations that form Jacobians "
         "(one per autograd Jacobian for neuralode; n for scipy's finite differences). "
-        "time: seconds, and the ratio to scipy Radau measured in the same process.",
+        "time: seconds, and the ratio to scipy Radau measured in the same process. Rows \"steps land on "
+        "outputs\" end steps on the output times (options step_t), so the outputs are step ends: their difference "
+        "from the plain rows is the share of the error that comes from the dense output (rodas5p: Steinebach's "
+        "order-4 interpolant; kvaerno5: cubic Hermite).",
         "",
         machine_markdown(),
         "",
     ]
     for method in ("rodas5p", "rosenbrock23", "kvaerno5", "auto"):  # warm-up: first calls pay for imports and allocations
         run_ours("OREGO", method, 1e-3)
+    has_jax = _diffrax() is not None
+    if not has_jax:
+        lines += ["diffrax's Kvaerno5 rows are left out: jax or diffrax is not installed here "
+                  "(`pip install -e .[bench]`).", ""]
+    curves: dict = {}
     for name in PROBLEMS:
         ref = reference(name)
         scale = PROBLEMS[name][3]
@@ -189,20 +329,29 @@ def main(argv=None) -> int:
             rows = []
             radau = run_scipy(name, "Radau", rtol)
             runs = [("neuralode rodas5p", run_ours(name, "rodas5p", rtol)),
+                    ("neuralode rodas5p, steps land on outputs", run_ours(name, "rodas5p", rtol, land=True)),
                     ("neuralode kvaerno5", run_ours(name, "kvaerno5", rtol)),
+                    ("neuralode kvaerno5, steps land on outputs", run_ours(name, "kvaerno5", rtol, land=True)),
                     ("neuralode auto", run_ours(name, "auto", rtol))]
             if rtol >= 1e-5:
                 runs.append(("neuralode rosenbrock23", run_ours(name, "rosenbrock23", rtol)))
+            if has_jax:
+                runs.append(("diffrax Kvaerno5", run_diffrax(name, rtol)))
             runs += [("scipy Radau", radau), ("scipy BDF", run_scipy(name, "BDF", rtol)),
                      ("scipy LSODA", run_scipy(name, "LSODA", rtol))]
             for label, (ys, steps, nfe, njev, seconds) in runs:
-                rows.append(f"| {rtol:g} | {label} | {error(ys, ref, scale):.2g} | {steps} | {nfe} | {njev} | "
-                            f"{seconds:.3f} | {seconds / radau[4]:.2f} |")
+                err = error(ys, ref, scale)
+                curves.setdefault(name, {}).setdefault(label, []).append((err, seconds, steps))
+                rows.append(f"| {rtol:g} | {label} | {err:.2g} | {steps} | {'—' if nfe is None else nfe} | "
+                            f"{'—' if njev is None else njev} | {seconds:.3f} | {seconds / radau[4]:.2f} |")
             lines += rows
             print("\n".join(rows), flush=True)
         lines.append("")
     lines += batch_case(256, 32 if args.quick else 256)
     args.out.mkdir(parents=True, exist_ok=True)
+    work_precision_figure(curves, args.out / "stiff_work_precision.png")
+    lines += ["", "Work-precision figure: `stiff_work_precision.png` (error against time and against accepted "
+              "steps, one column per problem)."]
     (args.out / "stiff.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'stiff.md'}")
     return 0
