@@ -27,6 +27,11 @@ Design choices:
 * Only the output states are saved for backward: memory does not grow with the number of
   steps (the price is a second solve, backwards, whose ``y`` differs from the forward one by the
   solver's error; at tight tolerances adjoint and backprop gradients agree).
+* Except with an implicit (stiff) ``adjoint_method``: re-solving ``y`` backwards is unstable for a
+  stiff dissipative system, so there the default is the interpolating adjoint
+  (:mod:`~neuralode.solvers.adjoint_interpolating`; ``adjoint_options={"interpolate": True | False}``
+  chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
+  and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
 """
 
 from __future__ import annotations
@@ -367,7 +372,12 @@ def solve_adjoint(
         adjoint_options: options of the backward solve; default to ``options`` without ``norm``.
             Its ``"norm"`` is ``"seminorm"`` (default: parameter gradients do not steer the step
             size), ``"full"`` (every component does, as torchdiffeq's default) or a callable on
-            the augmented tuple ``(y, a, *param_grads)``.
+            the augmented tuple ``(y, a, *param_grads)`` (``(a, *param_grads)`` when interpolating).
+            Its ``"interpolate"``: ``True`` reads ``y(t)`` from the forward solve's kept dense
+            output instead of re-solving it backwards (the default when ``adjoint_method`` is
+            implicit, without events; refused with events, ``per_sample`` and ``method="scipy"``);
+            ``False`` the backsolve (the default for explicit methods). With an implicit method
+            the interpolating mode forms the backward Jacobian itself (no ``jacobian`` option).
         adjoint_params: tensors to differentiate with respect to; required when ``func`` is not
             an ``nn.Module``. Tensors that do not require grad are skipped; unused ones get zeros.
             Parameters of event functions and resets get their gradients through autograd
