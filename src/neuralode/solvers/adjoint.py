@@ -27,6 +27,11 @@ Design choices:
 * Only the output states are saved for backward: memory does not grow with the number of
   steps (the price is a second solve, backwards, whose ``y`` differs from the forward one by the
   solver's error; at tight tolerances adjoint and backprop gradients agree).
+* Except with an implicit (stiff) ``adjoint_method``: re-solving ``y`` backwards is unstable for a
+  stiff dissipative system, so there the default is the interpolating adjoint
+  (:mod:`~neuralode.solvers.adjoint_interpolating`; ``adjoint_options={"interpolate": True | False}``
+  chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
+  and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
 """
 
 from __future__ import annotations
@@ -102,12 +107,16 @@ class _AdjointSolve(torch.autograd.Function):
         flat: _Flat = cfg["flat"]
         ys = cfg.pop("precomputed", None)
         if ys is None:
+            options = cfg["options"]
+            if cfg["interpolate"]:  # keep the forward interpolants for the backward solve
+                options = {**(options or {}), "dense": True}
             with torch.no_grad():
                 sol = solve(
                     cfg["func"], flat.unflatten(y0), t.detach(),
-                    rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=cfg["options"],
+                    rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=options,
                 )
             cfg["forward_stats"] = sol.stats
+            cfg["dense"] = sol.dense if cfg["interpolate"] else None
             ys = flat.flatten_series(sol.ys)
         ctx.cfg = cfg
         ctx.save_for_backward(t, ys)
@@ -117,6 +126,16 @@ class _AdjointSolve(torch.autograd.Function):
     def backward(ctx, grad_ys: torch.Tensor):
         cfg = ctx.cfg
         t, ys = ctx.saved_tensors
+        if cfg.get("dense") is not None:
+            from .adjoint_interpolating import interpolating_backward
+
+            need_t = ctx.needs_input_grad[2]
+            a, t_grad, g_params = interpolating_backward(cfg, t, ys, grad_ys, need_t, _IN_BACKWARD)
+            g_params = tuple(
+                (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
+                for g, p in zip(g_params, cfg["params"])
+            )
+            return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
         flat: _Flat = cfg["flat"]
         func = cfg["func"]
         params: tuple[torch.Tensor, ...] = cfg["params"]
@@ -245,6 +264,44 @@ def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptiv
     return out
 
 
+def _split_interpolate(adjoint_options):
+    """``(adjoint_options without "interpolate", the requested value or None)``."""
+    if not isinstance(adjoint_options, dict) or "interpolate" not in adjoint_options:
+        return adjoint_options, None
+    rest = {k: v for k, v in adjoint_options.items() if k != "interpolate"}
+    value = adjoint_options["interpolate"]
+    if not isinstance(value, bool):
+        raise TypeError(f"adjoint_options['interpolate'] must be True or False; got {value!r}.")
+    return rest, value
+
+
+def _resolve_interpolate(requested, method_tableau, adjoint_method, y0_parts, events) -> bool:
+    """Whether the backward solve reads ``y(t)`` from the forward dense output (see the docstring of
+    :func:`solve_adjoint`): the default for an implicit (stiff) backward method, else the backsolve."""
+    implicit = getattr(_method(adjoint_method), "implicit", False)
+    if requested is None:
+        return bool(implicit) and not events and method_tableau is not SCIPY_METHOD and not (
+            implicit and any(p.is_complex() for p in y0_parts))
+    if not requested:
+        return False
+    if events:
+        raise ValueError(
+            "adjoint_options['interpolate']=True is not supported with events (the forward interpolant "
+            "jumps at resets); use adjoint_options['interpolate']=False (the backsolve adjoint) with events."
+        )
+    if method_tableau is SCIPY_METHOD:
+        raise ValueError(
+            "adjoint_options['interpolate']=True needs the forward solve's dense output, which method='scipy' "
+            "does not keep; use a neuralode method for the forward solve or interpolate=False."
+        )
+    if implicit and any(p.is_complex() for p in y0_parts):
+        raise ValueError(
+            "adjoint_options['interpolate']=True with an implicit adjoint_method supports real states only; "
+            "got a complex state. Use an explicit adjoint_method or interpolate=False."
+        )
+    return True
+
+
 def _takes_norm(method: str | None) -> bool:
     """Whether the backward solve's method takes a ``norm`` option (adaptive neuralode methods)."""
     m = _method(method)
@@ -315,7 +372,12 @@ def solve_adjoint(
         adjoint_options: options of the backward solve; default to ``options`` without ``norm``.
             Its ``"norm"`` is ``"seminorm"`` (default: parameter gradients do not steer the step
             size), ``"full"`` (every component does, as torchdiffeq's default) or a callable on
-            the augmented tuple ``(y, a, *param_grads)``.
+            the augmented tuple ``(y, a, *param_grads)`` (``(a, *param_grads)`` when interpolating).
+            Its ``"interpolate"``: ``True`` reads ``y(t)`` from the forward solve's kept dense
+            output instead of re-solving it backwards (the default when ``adjoint_method`` is
+            implicit, without events; refused with events, ``per_sample`` and ``method="scipy"``);
+            ``False`` the backsolve (the default for explicit methods). With an implicit method
+            the interpolating mode forms the backward Jacobian itself (no ``jacobian`` option).
         adjoint_params: tensors to differentiate with respect to; required when ``func`` is not
             an ``nn.Module``. Tensors that do not require grad are skipped; unused ones get zeros.
             Parameters of event functions and resets get their gradients through autograd
@@ -329,6 +391,13 @@ def solve_adjoint(
     _check_state(y0)
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
         from .per_sample_adjoint import solve_adjoint_per_sample
+
+        adjoint_options, interpolate = _split_interpolate(adjoint_options)
+        if interpolate:
+            raise ValueError(
+                "adjoint_options['interpolate']=True is not supported with options['per_sample']; "
+                "leave it out (the per-sample adjoint re-solves y backwards)."
+            )
 
         return solve_adjoint_per_sample(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
@@ -354,6 +423,9 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
     flat = _Flat(parts, is_tuple)
     adjoint_stats = SolverStats()
     adjoint_method = method if adjoint_method is None else adjoint_method
+    adjoint_options, interpolate = _split_interpolate(adjoint_options)
+    explicit_options = adjoint_options is not None
+    interpolate = _resolve_interpolate(interpolate, tableau, adjoint_method, parts, events)
     cfg = {
         "func": func,
         "flat": flat,
@@ -373,7 +445,10 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
         "adjoint_method": adjoint_method,
         "adjoint_options": _adjoint_options(options, adjoint_options, _takes_norm(adjoint_method)),
         "adjoint_stats": adjoint_stats,
+        "interpolate": interpolate,
     }
+    if interpolate:
+        _interpolating_config(cfg, explicit_options)
     y0_flat = flat.flatten(y0)
     if not events:
         ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
@@ -381,6 +456,29 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
     if tableau is SCIPY_METHOD:
         raise ValueError(SCIPY_NO_EVENTS)
     return _adjoint_with_events(cfg, y0_flat, t, times, tableau, options, events)
+
+
+def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
+    """The backward state of the interpolating adjoint is ``(a, *gθ)``, without ``y``: drop ``y``'s
+    tolerance entry and use the seminorm on ``a``; the Jacobian of the backward dynamics is built by
+    :mod:`~neuralode.solvers.adjoint_interpolating` (a user ``jacobian`` for ``f`` does not apply)."""
+    from .adjoint_interpolating import seminorm_a
+
+    for key in ("adjoint_rtol", "adjoint_atol"):
+        if isinstance(cfg[key], tuple):
+            cfg[key] = cfg[key][1:]
+    options = dict(cfg["adjoint_options"])
+    if options.get("norm") is _seminorm:
+        options["norm"] = seminorm_a
+    for key in ("jacobian", "batch_dims"):
+        if key in options:
+            if explicit_options and getattr(_method(cfg["adjoint_method"]), "implicit", False):
+                raise ValueError(
+                    f"adjoint_options[{key!r}] does not apply with adjoint_options['interpolate']=True: the "
+                    "backward solve forms the Jacobian of the adjoint dynamics itself (-J(y(t))^T); remove it."
+                )
+            options.pop(key)
+    cfg["adjoint_options"] = options
 
 
 def _adjoint_with_events(cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], tableau,

@@ -1,0 +1,176 @@
+"""The interpolating adjoint: the backward solve reads ``y(t)`` from the forward solve's dense output.
+
+The backsolve adjoint (:mod:`~neuralode.solvers.adjoint`) recomputes ``y`` backwards in time together
+with ``a``. For a stiff dissipative system (Robertson's kinetics) ``y`` backwards is unstable: the
+decaying modes of the forward problem grow backwards at the rate of the fastest one, and the backward
+solve fails (step-size underflow) or returns NaN (Kim, Ji, Deng, Ma & Rackauckas 2021, "Stiff neural
+ordinary differential equations", Chaos 31, 093122, section III). The interpolating adjoint (Rackauckas
+et al. 2018, "A comparison of automatic differentiation and continuous sensitivity analysis for
+derivatives of differential equation solutions", InterpolatingAdjoint) keeps the forward solve's
+dense output and integrates backwards only
+
+    da/dt    = -a(t)ᵀ ∂f/∂y (t, y(t))
+    d(gθ)/dt = -a(t)ᵀ ∂f/∂θ (t, y(t))          y(t) from the forward interpolant,
+
+which is linear in ``a`` and as stiff as the forward problem in the same (stable) sense backwards,
+so a stiff method (rodas5p, kvaerno5) takes steps as large as forward.
+
+Memory: the forward solve's interpolants are kept, ``O(steps × stages)`` states (each accepted step
+keeps its start and end states and its stages; rodas5p: 8 stages). Re-solving each output interval
+from checkpoints would hold ``O(steps)`` but cost a second forward solve; for the small stiff systems
+this mode is meant for, the stages are cheap to keep.
+
+Jacobian of the backward dynamics (for implicit backward methods). The state ``(a, *gθ)`` is one
+flat vector of ``N = m + P`` unknowns (``m = y.numel()``, ``P`` the parameter count); its Jacobian is
+
+    [ -Jᵀ      0 ]      J = ∂f/∂y (m × m), Fθ = ∂f/∂θ (m × P)
+    [ -Fθᵀ     0 ]
+
+built from one evaluation of ``f`` at ``y(t)`` and one batched backward with the ``m`` unit
+cotangents (``∂f_j/∂(y, θ)`` for every output ``j``), instead of differentiating the augmented
+dynamics twice. The quadrature rows must be there: Rosenbrock methods are exact-Jacobian methods, and
+without ``-Fθᵀ`` the ``gθ`` stages lose order. ``N × N`` is dense, so the mode suits small systems
+with few parameters (the stiff-kinetics case); a batch ``(B, n)`` is one system of ``B n`` unknowns.
+The dynamics depend on ``t`` through ``y(t)``: for the Rosenbrock ``∂/∂t`` term, the probe the
+solver makes with a differentiable ``t`` sees ``y(t + s) ≈ y(t) + s f(t, y(t))`` (exact to first
+order, which is all the term needs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .api import _method, solve
+from .options import time_dtype
+from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def seminorm_a(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The seminorm of the interpolating adjoint: state = (a, *gθ), only ``a`` steers the step."""
+    return _rms(state[0])
+
+
+def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool,
+                           in_backward) -> tuple:
+    """``(a(t_0), dL/dt or None, dL/dθ)`` from the kept forward dense output ``cfg["dense"]``."""
+    flat = cfg["flat"]
+    func = cfg["func"]
+    params: tuple[torch.Tensor, ...] = cfg["params"]
+    stats = cfg["adjoint_stats"]
+    dense = cfg["dense"]
+    acc_dtype = ys.dtype
+    times = t.detach().to("cpu", torch.float64).tolist()
+    n = len(times)
+    lo, hi = min(times), max(times)
+    tdt = time_dtype(ys.dtype)
+    implicit = getattr(_method(cfg["adjoint_method"]), "implicit", False)
+    extra = {"nfe": 0}
+
+    def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return flat.flatten(func(tt, flat.unflatten(y)))
+
+    def y_at(tt: torch.Tensor) -> torch.Tensor:
+        s = min(max(float(tt.detach()), lo), hi)  # rounding of the backward clock must not leave the span
+        return flat.flatten(dense(torch.tensor(s, dtype=torch.float64))).detach()
+
+    def augmented(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        a = state[0]
+        y = y_at(tt)
+        probe = tt.requires_grad  # the Rosenbrock df/dt probe (see the module docstring)
+        with torch.enable_grad():
+            if probe:
+                with torch.no_grad():
+                    f0 = f_flat(tt.detach(), y)
+                extra["nfe"] += 1
+                yv = y.requires_grad_(True)
+                y_t = yv + (tt - tt.detach()) * f0
+                f = f_flat(tt, y_t)
+                inputs = (y_t, *params)
+            else:
+                yv = y.requires_grad_(True)
+                f = f_flat(tt, yv)
+                inputs = (yv, *params)
+            if f.requires_grad:
+                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, create_graph=probe)
+            else:
+                vjps = (None,) * (1 + len(params))
+        vjp_params = tuple(
+            torch.zeros_like(p, dtype=acc_dtype) if g is None else g.to(acc_dtype) for g, p in zip(vjps[1:], params)
+        )
+        vjp_y = torch.zeros_like(a) if vjps[0] is None else vjps[0]
+        return (vjp_y, *vjp_params)
+
+    def jacobian(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        a = state[0]
+        m = a.numel()
+        y = y_at(tt)
+        with torch.enable_grad():
+            yv = y.requires_grad_(True)
+            f = f_flat(tt.detach(), yv)
+            extra["nfe"] += 1
+            N = m + sum(p.numel() for p in params)
+            M = torch.zeros(N, N, dtype=acc_dtype, device=a.device)
+            if not f.requires_grad:
+                return M
+            eye = torch.eye(m, dtype=f.dtype, device=f.device).reshape(m, *f.shape)
+            G = torch.autograd.grad(f, (yv, *params), eye, is_grads_batched=True, allow_unused=True)
+        if G[0] is not None:
+            M[:m, :m] = -G[0].reshape(m, m).T  # d(-Jᵀa)/da = -Jᵀ
+        row = m
+        for g, p in zip(G[1:], params):
+            k = p.numel()
+            if g is not None:
+                M[row : row + k, :m] = -g.reshape(m, k).T.to(acc_dtype)  # d(-Fθᵀa)/da = -Fθᵀ
+            row += k
+        return M
+
+    for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
+        callback = getattr(func, adjoint_name, None)
+        if callback is not None:
+            setattr(augmented, name, callback)
+
+    def f_at(i: int) -> torch.Tensor:
+        with torch.no_grad():
+            return f_flat(torch.full((), times[i], dtype=tdt, device=ys.device), ys[i])
+
+    options = dict(cfg["adjoint_options"])
+    if implicit:
+        options["jacobian"] = jacobian
+    adaptive = _method(cfg["adjoint_method"]).adaptive
+    t_grad = torch.zeros(n, dtype=t.dtype, device=ys.device) if need_t else None
+    a = grad_ys[-1]
+    g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
+    next_step = math.nan
+    token = in_backward.set(True)
+    try:
+        for i in range(n - 1, 0, -1):
+            if need_t:
+                t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
+                stats.nfe += 1
+            span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
+            opts_i = options
+            if adaptive and math.isfinite(next_step) and options.get("first_step") is None:
+                opts_i = {**options, "first_step": abs(next_step)}  # carried across output times
+            sol = solve(augmented, (a, *g_params), span, rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
+                        method=cfg["adjoint_method"], options=opts_i)
+            stats.nfe += sol.stats.nfe
+            stats.n_accepted += sol.stats.n_accepted
+            stats.n_rejected += sol.stats.n_rejected
+            stats.n_jac_evals += sol.stats.n_jac_evals
+            stats.last_step = sol.stats.last_step
+            stats.next_step = next_step = sol.stats.next_step
+            a = sol.ys[0][-1] + grad_ys[i - 1]
+            g_params = tuple(g[-1] for g in sol.ys[1:])
+        if need_t:
+            t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
+            stats.nfe += 1
+    finally:
+        in_backward.reset(token)
+        stats.nfe += extra["nfe"]
+    return a, t_grad, g_params
