@@ -171,3 +171,21 @@ def test_auto_costs_within_ten_percent_of_tsit5_on_detest():
             for m in total:
                 total[m] += nfe[m]
     assert total["auto"] <= 1.1 * total["tsit5"], total
+
+
+def test_auto_switches_when_hairers_estimate_underreads_the_stiffness():
+    """Robertson at rtol 1e-8: tsit5 sits at its stability limit from t ~ 0.1 on while Hairer's estimate
+    reads |h| rho ~ 0.06-0.5 of the boundary (it took ~5800 explicit steps to fire, to t ~ 8.6). The
+    power-iteration probe on stalled steps finds |h lambda| near the boundary and switches within
+    PROBE_EVERY steps of the stall."""
+    from neuralode.solvers.auto import PROBE_EVERY
+
+    t = torch.tensor([0.0, 1e-3, 1.0, 10.0], dtype=F64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    auto = solve(_robertson, y0, t, method="auto", rtol=1e-8, atol=1e-14)
+    rodas = solve(_robertson, y0, t, method="rodas5p", rtol=1e-8, atol=1e-14)
+    ref = solve(_robertson, y0, t, method="rodas5p", rtol=1e-10, atol=1e-16)
+    assert auto.stats.n_accepted < rodas.stats.n_accepted + 3 * PROBE_EVERY, (auto.stats, rodas.stats)
+    assert auto.stats.nfe < 2 * rodas.stats.nfe
+    units = (auto.ys - ref.ys).abs() / (1e-14 + 1e-8 * ref.ys.abs())
+    assert float(units.max()) < 100
