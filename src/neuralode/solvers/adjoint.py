@@ -194,22 +194,12 @@ class _AdjointSolve(torch.autograd.Function):
                     t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()  # Re <dL/dy, f>, complex states too
                     stats.nfe += 1
                 span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
-                options = cfg["adjoint_options"]
-                if adaptive and math.isfinite(next_step) and options.get("first_step") is None:
-                    # Carry the step size across output times instead of re-running the
-                    # initial-step heuristic in every interval (torchdiffeq does the latter,
-                    # which costs an evaluation and usually a too-small first step each time).
-                    options = {**options, "first_step": abs(next_step)}
                 sol = solve(
                     augmented, (ys[i], a, *g_params), span,
                     rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
-                    method=cfg["adjoint_method"], options=options,
+                    method=cfg["adjoint_method"], options=interval_options(cfg["adjoint_options"], adaptive, next_step),
                 )
-                stats.nfe += sol.stats.nfe
-                stats.n_accepted += sol.stats.n_accepted
-                stats.n_rejected += sol.stats.n_rejected
-                stats.last_step = sol.stats.last_step
-                stats.next_step = next_step = sol.stats.next_step
+                next_step = add_interval_stats(stats, sol.stats)
                 a = sol.ys[1][-1] + grad_ys[i - 1]
                 g_params = tuple(g[-1] for g in sol.ys[2:])
             if need_t:
@@ -221,6 +211,26 @@ class _AdjointSolve(torch.autograd.Function):
             (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype) for g, p in zip(g_params, params)
         )
         return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
+
+
+def interval_options(options: dict, adaptive: bool, next_step: float) -> dict:
+    """The backward solve's options for one output interval: the step size carried over from the
+    interval before instead of re-running the initial-step heuristic in every interval
+    (torchdiffeq does the latter, which costs an evaluation and usually a too-small first step)."""
+    if adaptive and math.isfinite(next_step) and options.get("first_step") is None:
+        return {**options, "first_step": abs(next_step)}
+    return options
+
+
+def add_interval_stats(stats, part) -> float:
+    """Add one interval's backward statistics to the solve's; returns the step size to carry on."""
+    stats.nfe += part.nfe
+    stats.n_accepted += part.n_accepted
+    stats.n_rejected += part.n_rejected
+    stats.n_jac_evals += part.n_jac_evals
+    stats.last_step = part.last_step
+    stats.next_step = part.next_step
+    return part.next_step
 
 
 def _adjoint_tolerance(name: str, tol: Any, n_params: int, parts: tuple[torch.Tensor, ...], is_tuple: bool):

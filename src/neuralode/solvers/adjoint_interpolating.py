@@ -42,13 +42,10 @@ import math
 
 import torch
 
+from .adjoint import _rms, add_interval_stats, interval_options
 from .api import _method, solve
 from .options import time_dtype
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
 def seminorm_a(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -154,17 +151,9 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
                 t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
                 stats.nfe += 1
             span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
-            opts_i = options
-            if adaptive and math.isfinite(next_step) and options.get("first_step") is None:
-                opts_i = {**options, "first_step": abs(next_step)}  # carried across output times
             sol = solve(augmented, (a, *g_params), span, rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
-                        method=cfg["adjoint_method"], options=opts_i)
-            stats.nfe += sol.stats.nfe
-            stats.n_accepted += sol.stats.n_accepted
-            stats.n_rejected += sol.stats.n_rejected
-            stats.n_jac_evals += sol.stats.n_jac_evals
-            stats.last_step = sol.stats.last_step
-            stats.next_step = next_step = sol.stats.next_step
+                        method=cfg["adjoint_method"], options=interval_options(options, adaptive, next_step))
+            next_step = add_interval_stats(stats, sol.stats)
             a = sol.ys[0][-1] + grad_ys[i - 1]
             g_params = tuple(g[-1] for g in sol.ys[1:])
         if need_t:
