@@ -71,6 +71,22 @@ def _stats(B: int, device) -> PerSampleStats:
                           next_step=nan.clone(), n_event_evals=z.clone(), n_events=z.clone())
 
 
+def _augmented(func, layout, params, quad, N: int):
+    """The backward right-hand side on rows ``z = [y, a]``: ``(f(t, y), -aᵀ ∂f/∂y)``, each stage's
+    graph and cotangent kept for the parameter quadrature (one vector-Jacobian product per step)."""
+
+    def aug(tt: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y, a = z[:, :N], z[:, N:]
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            f = layout.flatten(func(tt, layout.unflatten(y)))
+            (vjp_y,) = torch.autograd.grad(f, y, -a, retain_graph=bool(params), allow_unused=True)
+        quad.stages.append((f, a.detach()))
+        return torch.cat([f.detach(), torch.zeros_like(y) if vjp_y is None else vjp_y], 1)
+
+    return aug
+
+
 class _ParamQuadrature:
     """Accumulates ``dL/dθ`` over accepted steps: one VJP per step over the stage graphs
     (a :class:`~neuralode.solvers.per_sample.Quadrature`)."""
@@ -122,14 +138,7 @@ class _PerSampleAdjoint(torch.autograd.Function):
         quad = _ParamQuadrature(params, tableau.b)
         dtype = ys.dtype
 
-        def aug(tt: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            y, a = z[:, :N], z[:, N:]
-            with torch.enable_grad():
-                y = y.detach().requires_grad_(True)
-                f = layout.flatten(func(tt, layout.unflatten(y)))
-                (vjp_y,) = torch.autograd.grad(f, y, -a, retain_graph=bool(params), allow_unused=True)
-            quad.stages.append((f, a.detach()))
-            return torch.cat([f.detach(), torch.zeros_like(y) if vjp_y is None else vjp_y], 1)
+        aug = _augmented(func, layout, params, quad, N)
 
         aug_layout = _Layout((ys[0].repeat(1, 2),), False)
         fb = BatchFunc(aug, aug_layout, dtype, stats)
@@ -373,14 +382,7 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
             a = a + torch.where(is_j[:, None], grad_ys[jj, rows], torch.zeros_like(a))
             return torch.cat([y, a], 1)
 
-        def aug(tt: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            y, a = z[:, :N], z[:, N:]
-            with torch.enable_grad():
-                y = y.detach().requires_grad_(True)
-                f = layout.flatten(func(tt, layout.unflatten(y)))
-                (vjp_y,) = torch.autograd.grad(f, y, -a, retain_graph=bool(params), allow_unused=True)
-            quad.stages.append((f, a.detach()))
-            return torch.cat([f.detach(), torch.zeros_like(y) if vjp_y is None else vjp_y], 1)
+        aug = _augmented(func, layout, params, quad, N)
 
         def jump(mask, i_next, rows, z):
             return at_stop(mask, (L - i_next).clamp(min=0, max=L - 1), rows, z)
