@@ -19,6 +19,11 @@ one side of a discontinuity (``jump_t``, ``perturb``) run eagerly.
 
 Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
 training loop that solves with the same module every iteration compiles once.
+
+Fixed-step methods on a grid compile ``options["compile_steps"]`` consecutive steps as one graph
+instead (:mod:`neuralode.solvers.compiled_chunks`); the single compiled step here serves adaptive
+methods, ``compile_steps=1``, and the fixed-grid solves that chunks do not take (events, step
+callbacks, ``perturb``, ``dense``, cubic interpolation).
 """
 
 from __future__ import annotations

@@ -30,11 +30,13 @@ callbacks, ``perturb``, dense output, cubic interpolation, float16/bfloat16 stat
 without a last time (``odeint`` until an event), and steps within rounding of their start time.
 
 Backpropagation works through the chunk: ``torch.compile`` traces the backward of the unrolled
-graph too (``benchmarks/bench_compile.py`` times it).
+graph too (``benchmarks/bench_compile.py`` times it). A solve recording autograd compiles its own
+graph (forward and backward), with inductor's default configuration: with the autotuning below, the
+first training step of the tiny MLP compiled for 109 s.
 
-Inductor settings on the CPU. With the inductor backend on a CPU device, the chunk is compiled
-with ``torch.compile(options=...)`` setting ``cpp_wrapper=True`` (the graph's calls are made from
-generated C++ instead of Python) and ``max_autotune=True`` with
+Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
+chunk is compiled with ``torch.compile(options=...)`` setting ``cpp_wrapper=True`` (the graph's
+calls are made from generated C++ instead of Python) and ``max_autotune=True`` with
 ``max_autotune_gemm_backends="CPP,ATEN"`` (small matrix products by generated C++ kernels where
 they time faster than ATen's). These options apply to this compilation only, not to the user's
 global inductor configuration; they were measured faster on the tiny MLP (see
@@ -170,7 +172,8 @@ def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list
             return None
         per_func[key] = (grid, plan)
     n, K, n_chunks, hs = plan.n, plan.k, plan.n_chunks, plan.hs
-    entry = per_func.get(key + (K,))
+    grad = torch.is_grad_enabled()
+    entry = per_func.get(key + (K, grad))
     if entry is None:
         if problem.is_tuple:
             def raw(tt, y):
@@ -178,9 +181,9 @@ def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list
         else:
             raw = func
         extra = {}
-        if backend == "inductor" and problem.device.type == "cpu":
+        if backend == "inductor" and problem.device.type == "cpu" and not grad:
             extra["options"] = dict(_CPU_INDUCTOR_OPTIONS)
-        entry = per_func[key + (K,)] = _Compiled(
+        entry = per_func[key + (K, grad)] = _Compiled(
             torch.compile(_make_chunk(raw, tableau, K), fullgraph=True, dynamic=False, backend=backend, **extra))
     fn = entry.fn
     chunks = []
