@@ -159,3 +159,17 @@ def test_compile_steps_option_errors():
             odeint(f, y0, t, method="rk4", options={"step_size": 0.1, "compile": True, "compile_steps": bad})
     with pytest.raises(ValueError, match="Unknown option 'compile_steps'"):
         odeint(f, y0, t, options={"compile": True, "compile_steps": 4})
+
+
+def test_chunked_tuple_state():
+    def f(t, y):
+        x, v = y
+        return v[:, 0], -(x * (1 + 0.1 * t))[:, None]
+
+    y0 = (torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([[0.0], [1.0]], dtype=F64))
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+    eager = solve(f, y0, t, method="rk4", options={"step_size": 0.1})
+    comp = solve(f, y0, t, method="rk4", options={"step_size": 0.1, "compile": "eager", "compile_steps": 4})
+    assert comp.stats.nfe == 1 + 4 * 4 * 3
+    for a, b in zip(comp.ys, eager.ys):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-14

@@ -56,7 +56,7 @@ import torch
 from .stepper import _plan
 from .tableau import ButcherTableau
 
-DEFAULT_STEPS = 16
+DEFAULT_STEPS = 32
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 _CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 

@@ -109,7 +109,7 @@ class FixedOptions:
             grid ``compile_steps`` steps are compiled as one graph (see
             :mod:`neuralode.solvers.compiled_chunks`).
         compile_steps: with ``compile``, how many consecutive grid steps one compiled call
-            takes (default 16; ``1``: one step per call). Solves with events, step callbacks,
+            takes (default 32; ``1``: one step per call). Solves with events, step callbacks,
             ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled step per call.
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
@@ -121,7 +121,7 @@ class FixedOptions:
     dense: bool = False
     perturb: bool = False
     compile: bool | str = False
-    compile_steps: int = 16
+    compile_steps: int = 32
 
 
 @dataclass(frozen=True)
