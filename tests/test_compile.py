@@ -173,3 +173,14 @@ def test_chunked_tuple_state():
     assert comp.stats.nfe == 1 + 4 * 4 * 3
     for a, b in zip(comp.ys, eager.ys):
         assert a.shape == b.shape and (a - b).abs().max() < 1e-14
+
+
+def test_chunked_many_graphs_in_one_process():
+    # More distinct chunks (here ten values of K) than torch.compile's recompile limit for one
+    # code object: each chunk has its own, so none fails under fullgraph=True.
+    y0 = torch.tensor([1.0, -1.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    eager = solve(forced, y0, t, method="euler", options={"step_size": 0.1})
+    for k in range(2, 12):
+        comp = solve(forced, y0, t, method="euler", options={"step_size": 0.1, "compile": "eager", "compile_steps": k})
+        assert (comp.ys - eager.ys).abs().max() < 1e-14
