@@ -77,6 +77,15 @@ def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
     return step
 
 
+def fresh_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own: torch.compile keeps its graphs on the code object, with
+    a limit on how many (one per func, method and state layout here) before ``fullgraph=True``
+    fails, so each compiled function starts with an empty cache."""
+    import types
+
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
     """``take(side, t, y, f0, h, stage, memory)`` like the loop's eager one, with the step compiled."""
     from .stepper import rk_step

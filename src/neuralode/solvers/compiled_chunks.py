@@ -50,12 +50,12 @@ from __future__ import annotations
 import bisect
 import math
 import time
-import types
 import weakref
 from typing import Callable, NamedTuple
 
 import torch
 
+from .compiled import fresh_code
 from .stepper import _plan
 from .tableau import ButcherTableau
 
@@ -92,11 +92,7 @@ def _make_chunk(raw: Callable, tableau: ButcherTableau, n_steps: int) -> Callabl
             out.append(y)
         return torch.stack(out)
 
-    # A code object of its own per compiled chunk: torch.compile keeps its graphs on the code
-    # object, with a limit on how many (one per func, K and state layout here) before
-    # fullgraph=True fails, so each chunk starts with an empty cache.
-    return types.FunctionType(chunk.__code__.replace(), chunk.__globals__, chunk.__name__, chunk.__defaults__,
-                              chunk.__closure__)
+    return fresh_code(chunk)  # its own graph cache (see fresh_code)
 
 
 class _Compiled:
