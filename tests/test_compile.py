@@ -21,7 +21,7 @@ def vdp(t, y):
     return torch.stack([v, 2.0 * (1 - x**2) * v - x], -1)
 
 
-@pytest.mark.parametrize("method,options", [("dopri5", {}), ("tsit5", {}), ("rk4", {"step_size": 0.05})])
+@pytest.mark.parametrize("method,options", [("dopri5", {}), ("tsit5", {}), ("rk4", {"step_size": 0.05, "compile_steps": 1})])
 def test_compiled_step_matches_eager(method, options):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 3, 7, dtype=F64)
@@ -73,3 +73,114 @@ def test_compile_option_errors():
         odeint(f, y0, t, options={"compile": True, "checkpoint": True})
     with pytest.raises(ValueError, match="a multistep or implicit method"):
         odeint(f, y0, t, method="implicit_adams", options={"compile": True})
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed grids: options["compile_steps"] steps per compiled call (compiled_chunks.py).
+
+
+def forced(t, y):
+    return -1.3 * y + torch.sin(3.0 * t) * y.flip(-1)
+
+
+def _fixed_pair(method, y0, t, options, k):
+    eager = solve(forced, y0, t, method=method, options=options)
+    comp = solve(forced, y0, t, method=method, options={**options, "compile": "eager", "compile_steps": k})
+    return eager, comp
+
+
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-13), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("k", [3, 4, 10])
+def test_chunked_fixed_grid_matches_eager(dtype, tol, k):
+    # 10 steps of rk4: K = 3 and 4 leave a padded last chunk, K = 10 is one chunk. The output
+    # times include grid points (0.5, 1) and times between them (0.25, 0.73).
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 2.0]], dtype=dtype)
+    t = torch.tensor([0.0, 0.25, 0.5, 0.73, 1.0], dtype=dtype)
+    eager, comp = _fixed_pair("rk4", y0, t, {"step_size": 0.1}, k)
+    n_chunks = -(-10 // k)
+    # The chunked path ran: every step evaluates its own first stage inside the graph, padded
+    # steps included (eager reuses the input check's evaluation for the first step).
+    assert comp.stats.nfe == 1 + 4 * k * n_chunks
+    assert eager.stats.nfe == 40
+    assert comp.stats.n_accepted == eager.stats.n_accepted == 10
+    assert comp.ys.dtype == dtype
+    assert (comp.ys - eager.ys).abs().max() < tol
+    assert comp.ys[0].equal(y0)
+
+
+def test_chunked_backwards_in_time_and_output_grid():
+    # Integrating backwards, on a grid given by the output times themselves (midpoint), with
+    # a state of three dimensions.
+    y0 = torch.randn(2, 3, 2, dtype=F64)
+    t = torch.linspace(1.0, -1.0, 9, dtype=F64)
+    eager, comp = _fixed_pair("midpoint", y0, t, {}, 3)
+    assert comp.stats.nfe == 1 + 2 * 3 * 3
+    assert (comp.ys - eager.ys).abs().max() < 1e-14
+
+
+def test_chunked_gradient_equals_eager():
+    w = torch.tensor([1.3, -0.4], dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        return -w * y + torch.sin(t) * y.flip(-1)
+
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.35, 1.0], dtype=F64)
+    grads = []
+    for opts in ({"step_size": 0.1}, {"step_size": 0.1, "compile": BACKEND, "compile_steps": 4}):
+        ys = odeint(f, y0, t, method="midpoint", options=opts)
+        grads.append(torch.autograd.grad((ys[1:] ** 2).sum(), (w, y0)))
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-13
+
+
+def test_chunked_falls_back_to_compiled_steps():
+    # Events (and cubic interpolation) need the loop between steps: one compiled step per call,
+    # the eager path's evaluations exactly.
+    ev = Event(lambda t, y: y[0] - 0.5, terminal=False)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    for kw in ({"events": [ev]}, {}):
+        opts = {"step_size": 0.1, **({} if kw else {"interp": "cubic"})}
+        t_out = t if kw else torch.tensor([0.0, 0.45, 1.0], dtype=F64)
+        eager = solve(forced, y0, t_out, method="rk4", options=opts, **kw)
+        comp = solve(forced, y0, t_out, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4}, **kw)
+        assert comp.stats.nfe == eager.stats.nfe
+        assert (comp.ys - eager.ys).abs().max() < 1e-13
+        if kw:
+            assert len(comp.events) == len(eager.events) == 1
+            assert comp.events[0].t.item() == pytest.approx(eager.events[0].t.item(), abs=1e-12)
+
+
+def test_compile_steps_option_errors():
+    f, y0, t = (lambda t, y: -y), torch.ones(2), torch.tensor([0.0, 1.0])
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=r"options\['compile_steps'\] must be a positive integer"):
+            odeint(f, y0, t, method="rk4", options={"step_size": 0.1, "compile": True, "compile_steps": bad})
+    with pytest.raises(ValueError, match="Unknown option 'compile_steps'"):
+        odeint(f, y0, t, options={"compile": True, "compile_steps": 4})
+
+
+def test_chunked_tuple_state():
+    def f(t, y):
+        x, v = y
+        return v[:, 0], -(x * (1 + 0.1 * t))[:, None]
+
+    y0 = (torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([[0.0], [1.0]], dtype=F64))
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+    eager = solve(f, y0, t, method="rk4", options={"step_size": 0.1})
+    comp = solve(f, y0, t, method="rk4", options={"step_size": 0.1, "compile": "eager", "compile_steps": 4})
+    assert comp.stats.nfe == 1 + 4 * 4 * 3
+    for a, b in zip(comp.ys, eager.ys):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-14
+
+
+def test_chunked_many_graphs_in_one_process():
+    # More distinct chunks (here ten values of K) than torch.compile's recompile limit for one
+    # code object: each chunk has its own, so none fails under fullgraph=True.
+    y0 = torch.tensor([1.0, -1.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    eager = solve(forced, y0, t, method="euler", options={"step_size": 0.1})
+    for k in range(2, 12):
+        comp = solve(forced, y0, t, method="euler", options={"step_size": 0.1, "compile": "eager", "compile_steps": k})
+        assert (comp.ys - eager.ys).abs().max() < 1e-14

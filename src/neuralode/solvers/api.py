@@ -153,7 +153,11 @@ def _run(
             stops = InfiniteGrid(t0, direction, opts.step_size)
         else:
             grid = _fixed_grid(opts, times, func, y0, t)
-            problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
+            from .compiled_chunks import can_chunk
+
+            # Compiled chunks make their stage times as one tensor (compiled_chunks.py).
+            if not (opts.compile and can_chunk(problem, tableau, opts, grid, events, True if opts.dense else None, None)):
+                problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
             stops = grid[1:]
         jumps: frozenset[float] = frozenset()
         controller = ConstantController()

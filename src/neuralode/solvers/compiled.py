@@ -19,6 +19,11 @@ one side of a discontinuity (``jump_t``, ``perturb``) run eagerly.
 
 Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
 training loop that solves with the same module every iteration compiles once.
+
+Fixed-step methods on a grid compile ``options["compile_steps"]`` consecutive steps as one graph
+instead (:mod:`neuralode.solvers.compiled_chunks`); the single compiled step here serves adaptive
+methods, ``compile_steps=1``, and the fixed-grid solves that chunks do not take (events, step
+callbacks, ``perturb``, ``dense``, cubic interpolation).
 """
 
 from __future__ import annotations
@@ -70,6 +75,15 @@ def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
         return y1, y_err, y_err_aux, tuple(k)
 
     return step
+
+
+def fresh_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own: torch.compile keeps its graphs on the code object, with
+    a limit on how many (one per func, method and state layout here) before ``fullgraph=True``
+    fails, so each compiled function starts with an empty cache."""
+    import types
+
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:

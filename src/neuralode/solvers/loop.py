@@ -251,8 +251,14 @@ def integrate(
     i_out = 1
     if getattr(opts, "compile", False):
         from .compiled import compiled_stepper
+        from .compiled_chunks import can_chunk, integrate_chunked
 
         backend = "inductor" if opts.compile is True else opts.compile
+        if can_chunk(problem, tableau, opts, stops, events, dense, error):
+            # A fixed grid with nothing to decide between steps: K steps per compiled call.
+            chunked = integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
+            if chunked is not None:
+                return chunked
         take = compiled_stepper(problem, tableau, backend, stats)
     else:
         take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)

@@ -105,7 +105,12 @@ class FixedOptions:
             time dtype after its start and its stages at the end one unit before it, so a
             ``func`` with a discontinuity at a grid point sees each side from its own step; a
             ``func`` taking a ``perturb`` keyword is told which (``neuralode.Perturb``).
-        compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`.
+        compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`; on a fixed
+            grid ``compile_steps`` steps are compiled as one graph (see
+            :mod:`neuralode.solvers.compiled_chunks`).
+        compile_steps: with ``compile``, how many consecutive grid steps one compiled call
+            takes (default 32; ``1``: one step per call). Solves with events, step callbacks,
+            ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled step per call.
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
@@ -116,6 +121,7 @@ class FixedOptions:
     dense: bool = False
     perturb: bool = False
     compile: bool | str = False
+    compile_steps: int = 32
 
 
 @dataclass(frozen=True)
@@ -396,6 +402,10 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         if comp and o.get("checkpoint"):
             raise ValueError("options['compile'] and options['checkpoint'] cannot be combined; choose one.")
     if issubclass(kind, FixedOptions):
+        if "compile_steps" in o:
+            m = o["compile_steps"]
+            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                raise ValueError(f"options['compile_steps'] must be a positive integer (steps per compiled call); got {m!r}.")
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])
         if o.get("grid_constructor") is not None:

@@ -1,0 +1,228 @@
+"""Fixed-grid solves under ``options={"compile": ...}``: ``K`` whole steps per compiled call.
+
+A compiled single step (:mod:`neuralode.solvers.compiled`) still returns to Python after every
+step, and on a small network (an MLP 2→16→2 on a batch of 8) that round trip, the loop's
+bookkeeping and the compiled call's own overhead cost more than the step's arithmetic. A
+fixed-step method needs no decision between steps (no error estimate, no controller), so the
+loop over ``K`` consecutive steps can itself be traced: the compiled graph is the ``K`` steps
+unrolled, and it returns the ``K`` states it passes through, stacked. ``K`` is
+``options["compile_steps"]`` (default :data:`DEFAULT_STEPS`; ``1`` selects the per-step
+compiled path).
+
+Exactness. The graph receives the stage times ``t_n + c_i h_n`` (in the dtype ``func`` sees) and
+the step sizes ``h_n`` (float64 where the device has it) as tensors, computed in Python exactly as
+the eager loop computes them, so the graph is reused for every chunk and every solve on a grid of
+the same length, and ``func`` sees the eager path's times. Output times on grid points take the
+state straight from the stacked chunk; output times between grid points take the linear
+interpolant of the eager path (``options["interp"] = "linear"``) between the two grid states. The
+result equals the eager solve to rounding (inductor may fuse a multiply-add).
+
+The last chunk. When ``K`` does not divide the number of steps, the last chunk is padded with
+steps of size zero at the last grid time: a zero step leaves the state unchanged, those states are
+discarded, and no second graph is compiled. ``func`` is evaluated in those padded steps (counted in
+``stats.nfe``), so its results must not depend on being called only on the grid. The first
+evaluation ``f(t0, y0)`` that the solve's input check makes is not reused (each step evaluates its
+own first stage inside the graph), one evaluation more than eager.
+
+What it does not do, and hands to the per-step compiled path
+(:func:`~neuralode.solvers.compiled.compiled_stepper`) instead: events, torchdiffeq's step
+callbacks, ``perturb``, dense output, cubic interpolation, float16/bfloat16 states, grids
+without a last time (``odeint`` until an event), and steps within rounding of their start time.
+
+Backpropagation works through the chunk: ``torch.compile`` traces the backward of the unrolled
+graph too (``benchmarks/bench_compile.py`` times it). A solve recording autograd compiles its own
+graph (forward and backward), with inductor's default configuration. That compilation is long on
+a CPU: the first training step of the tiny MLP took 168 s with K = 32 (109 s with K = 16 and the
+autotuning options below), for a step 0.54x the eager one's time; a smaller ``compile_steps``
+compiles faster.
+
+Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
+chunk is compiled with ``torch.compile(options=...)`` setting ``cpp_wrapper=True`` (the graph's
+calls are made from generated C++ instead of Python) and ``max_autotune=True`` with
+``max_autotune_gemm_backends="CPP,ATEN"`` (small matrix products by generated C++ kernels where
+they time faster than ATen's). These options apply to this compilation only, not to the user's
+global inductor configuration; they were measured faster on the tiny MLP (see
+``benchmarks/results/compile.md``) and make the first call slower (tens of seconds).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+import weakref
+from typing import Callable, NamedTuple
+
+import torch
+
+from .compiled import fresh_code
+from .stepper import _plan
+from .tableau import ButcherTableau
+
+DEFAULT_STEPS = 32
+_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+def _make_chunk(raw: Callable, tableau: ButcherTableau, n_steps: int) -> Callable:
+    """``chunk(ts, hs, y) -> (n_steps, *y.shape)``: the states after each of ``n_steps`` steps.
+
+    ``ts[n, i]`` is the time of stage ``i`` of step ``n`` and ``hs[n]`` its step size."""
+    plan = _plan(tableau)
+    last = len(plan.rows) - 1
+
+    def chunk(ts: torch.Tensor, hs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = []
+        for n in range(n_steps):
+            h = hs[n]
+            k = [raw(ts[n, 0], y)]
+            y1 = None
+            for i, row in enumerate(plan.rows, start=1):
+                yi = y
+                for j, a in row:
+                    yi = yi + k[j] * (a * h).to(y.dtype)
+                if plan.fsal and i - 1 == last:
+                    y1 = yi
+                k.append(raw(ts[n, i], yi))
+            if y1 is None:
+                y1 = y
+                for j, b in plan.b:
+                    y1 = y1 + k[j] * (b * h).to(y.dtype)
+            y = y1
+            out.append(y)
+        return torch.stack(out)
+
+    return fresh_code(chunk)  # its own graph cache (see fresh_code)
+
+
+class _Compiled:
+    """A compiled chunk and whether it has been called (compiled) yet."""
+
+    __slots__ = ("fn", "called")
+
+    def __init__(self, fn: Callable):
+        self.fn, self.called = fn, False
+
+
+class _GridPlan(NamedTuple):
+    n: int  # steps
+    k: int  # steps per chunk
+    n_chunks: int
+    hs: list[float]  # step sizes, as the eager loop takes them
+    ts: tuple  # per chunk: (k, stages) stage times, the dtype func receives
+    hs_t: tuple  # per chunk: (k,) step sizes
+
+
+def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> "_GridPlan | None":
+    """The chunks' input tensors for ``grid``; ``None`` when a step is within rounding of its
+    start time (the eager loop arrives there without a step)."""
+    from .loop import _EPS
+
+    hs = [b - a for a, b in zip(grid, grid[1:])]
+    if any(abs(h) <= 4 * _EPS * abs(a) for a, h in zip(grid, hs)):
+        return None
+    n = len(hs)
+    k = min(k_max, n)
+    n_chunks = -(-n // k)
+    pad = n_chunks * k - n
+    c = [float(ci) for ci in tableau.c]
+    stage_t = [a + ci * h for a, h in zip(grid, hs) for ci in c] + [grid[-1]] * (len(c) * pad)
+    h_dtype = torch.float64 if problem.device.type in ("cpu", "cuda") else problem.t_dtype
+    ts = torch.tensor(stage_t, dtype=problem.t_dtype, device=problem.device).reshape(n_chunks, k, len(c))
+    hs_t = torch.tensor(hs + [0.0] * pad, dtype=h_dtype, device=problem.device).reshape(n_chunks, k)
+    return _GridPlan(n, k, n_chunks, hs, ts.unbind(0), hs_t.unbind(0))
+
+
+def can_chunk(problem, tableau, opts, stops, events, dense, error) -> bool:
+    """Whether this solve can run as compiled chunks (see the module's docstring)."""
+    return (
+        error is None
+        and isinstance(tableau, ButcherTableau)
+        and not getattr(tableau, "implicit", False)
+        and getattr(opts, "compile_steps", 1) > 1
+        and not events
+        and dense is None
+        and not getattr(opts, "perturb", False)
+        and getattr(opts, "interp", "linear") == "linear"
+        and isinstance(stops, list)
+        and problem.callbacks[0] is None
+        and problem.dtype not in (torch.float16, torch.bfloat16)
+        and not problem.pass_perturb
+    )
+
+
+def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list[float], tableau: ButcherTableau,
+                      opts, backend: str, stats):
+    """The fixed-grid solve in compiled chunks; ``None`` when the grid has a step the eager loop
+    would skip (a step within rounding of its start), so the caller runs the loop instead."""
+    from .loop import LoopResult
+
+    t0 = times[0]
+    grid = [t0] + list(stops)
+    func = problem.func
+    key = (tableau.name, backend, opts.compile_steps, problem.is_tuple, tuple(tuple(s) for s in problem.shapes),
+           problem.dtype, str(problem.device))
+    try:
+        per_func = _CACHE.setdefault(func, {})
+    except TypeError:  # not weak-referenceable: compile for this solve only
+        per_func = {}
+    last = per_func.get(key)  # (grid, plan) of the last solve: a training loop reuses its grid
+    if last is not None and last[0] == grid:
+        plan = last[1]
+    else:
+        plan = _grid_plan(grid, tableau, opts.compile_steps, problem)
+        if plan is None:
+            return None
+        per_func[key] = (grid, plan)
+    n, K, n_chunks, hs = plan.n, plan.k, plan.n_chunks, plan.hs
+    grad = torch.is_grad_enabled()
+    entry = per_func.get(key + (K, grad))
+    if entry is None:
+        if problem.is_tuple:
+            def raw(tt, y):
+                return problem.flatten(func(tt, problem.unflatten(y)))
+        else:
+            raw = func
+        extra = {}
+        if backend == "inductor" and problem.device.type == "cpu" and not grad:
+            extra["options"] = dict(_CPU_INDUCTOR_OPTIONS)
+        entry = per_func[key + (K, grad)] = _Compiled(
+            torch.compile(_make_chunk(raw, tableau, K), fullgraph=True, dynamic=False, backend=backend, **extra))
+    fn = entry.fn
+    chunks = []
+    y = y0
+    for i in range(n_chunks):
+        if not entry.called:
+            start = time.perf_counter()
+            out = fn(plan.ts[i], plan.hs_t[i], y)
+            stats.compile_s = time.perf_counter() - start
+            entry.called = True
+        else:
+            out = fn(plan.ts[i], plan.hs_t[i], y)
+        chunks.append(out)
+        if i + 1 < n_chunks:
+            y = out[K - 1]
+    c = tableau.c
+    stats.nfe += n_chunks * K * len(c)
+    stats.n_accepted += n
+    stats.last_step = hs[-1]
+    stats.next_step = math.inf  # what the constant controller proposes after every step
+
+    def state(j: int) -> torch.Tensor:  # the state at grid point j (0: y0)
+        return y0 if j == 0 else chunks[(j - 1) // K][(j - 1) % K]
+
+    direction = 1.0 if grid[-1] > t0 else -1.0
+    keys = [direction * g for g in grid]
+    ys = [y0]
+    out_steps: list[tuple[float, int]] = []
+    for tau in times[1:]:
+        j = bisect.bisect_left(keys, direction * tau)  # grid[j-1] < tau <= grid[j]
+        j = max(1, min(j, n))
+        if tau == grid[j]:
+            ys.append(state(j))
+        else:
+            theta = (tau - grid[j - 1]) / hs[j - 1]
+            y_a, y_b = state(j - 1), state(j)
+            ys.append(torch.add(y_a, y_b - y_a, alpha=theta))
+        out_steps.append((hs[j - 1], j))
+    return LoopResult(ys, out_steps, [], False)
