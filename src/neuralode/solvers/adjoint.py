@@ -255,7 +255,7 @@ def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptiv
     if adjoint_options is None:
         # The backward solve's dynamics are a vector-Jacobian product, which torch.compile does
         # not trace in one graph: a compiled forward keeps an eager backward unless asked.
-        adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "compile")}
+        adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "compile", "compile_steps")}
     elif not isinstance(adjoint_options, dict):
         raise TypeError(f"adjoint_options must be a dict or None; got {_type_name(adjoint_options)}.")
     out = dict(adjoint_options)
