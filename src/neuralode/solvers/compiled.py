@@ -41,11 +41,32 @@ _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 BACKENDS = ("inductor", "aot_eager", "eager")
 
 
+def rk_stages(raw: Callable, plan, y0: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor,
+              stage_time: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One explicit Runge-Kutta step written for tracing: ``(y1, k)`` from the first stage ``f0``,
+    with stage ``i`` evaluated at ``stage_time(i)`` (the compiled step and the compiled chunks
+    trace this same code)."""
+    k = [f0]
+    y1 = None
+    last = len(plan.rows) - 1
+    for i, row in enumerate(plan.rows, start=1):
+        yi = y0
+        for j, a in row:
+            yi = yi + k[j] * (a * dt).to(y0.dtype)
+        if plan.fsal and i - 1 == last:
+            y1 = yi
+        k.append(raw(stage_time(i), yi))
+    if y1 is None:
+        y1 = y0
+        for j, b in plan.b:
+            y1 = y1 + k[j] * (b * dt).to(y0.dtype)
+    return y1, k
+
+
 def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
     """A pure step ``(t0, dt, y0, f0) -> (y1, y_err, y_err_aux, k)`` with tensor ``t0``, ``dt``."""
     plan = _plan(tableau)
     c = tableau.c
-    last = len(plan.rows) - 1
 
     def weighted(coeffs, k, dt):
         (j0, c0), rest = coeffs[0], coeffs[1:]
@@ -55,19 +76,7 @@ def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
         return out
 
     def step(t0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor):
-        k = [f0]
-        y1 = None
-        for i, row in enumerate(plan.rows, start=1):
-            yi = y0
-            for j, a in row:
-                yi = yi + k[j] * (a * dt).to(y0.dtype)
-            if plan.fsal and i - 1 == last:
-                y1 = yi
-            k.append(raw(t0 + c[i] * dt, yi))
-        if y1 is None:
-            y1 = y0
-            for j, b in plan.b:
-                y1 = y1 + k[j] * (b * dt).to(y0.dtype)
+        y1, k = rk_stages(raw, plan, y0, f0, dt, lambda i: t0 + c[i] * dt)
         ke = [x.float() for x in k] if half else k
         dte = dt.float() if half else dt.to(ke[0].real.dtype if ke[0].is_complex() else ke[0].dtype)
         y_err = weighted(plan.b_err, ke, dte) if plan.b_err else None

@@ -55,7 +55,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .compiled import fresh_code
+from .compiled import fresh_code, rk_stages
 from .stepper import _plan
 from .tableau import ButcherTableau
 
@@ -69,26 +69,12 @@ def _make_chunk(raw: Callable, tableau: ButcherTableau, n_steps: int) -> Callabl
 
     ``ts[n, i]`` is the time of stage ``i`` of step ``n`` and ``hs[n]`` its step size."""
     plan = _plan(tableau)
-    last = len(plan.rows) - 1
 
     def chunk(ts: torch.Tensor, hs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = []
         for n in range(n_steps):
-            h = hs[n]
-            k = [raw(ts[n, 0], y)]
-            y1 = None
-            for i, row in enumerate(plan.rows, start=1):
-                yi = y
-                for j, a in row:
-                    yi = yi + k[j] * (a * h).to(y.dtype)
-                if plan.fsal and i - 1 == last:
-                    y1 = yi
-                k.append(raw(ts[n, i], yi))
-            if y1 is None:
-                y1 = y
-                for j, b in plan.b:
-                    y1 = y1 + k[j] * (b * h).to(y.dtype)
-            y = y1
+            tn = ts[n]
+            y, _ = rk_stages(raw, plan, y, raw(tn[0], y), hs[n], lambda i: tn[i])
             out.append(y)
         return torch.stack(out)
 
