@@ -33,24 +33,19 @@ solve that is the solver's own work rather than the network's.
 
 from __future__ import annotations
 
-import os
-
-# One thread for JAX too. These must be set before jax (and its XLA client) is imported.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.jax_env import one_thread  # noqa: E402
+
+one_thread()  # before jax (and torch) are imported
 
 try:
     import diffrax

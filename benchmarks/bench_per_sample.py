@@ -28,19 +28,15 @@ times, jit-compiled, compile excluded), all in float64 as neuralode's run, one t
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
-# One thread for JAX too (as bench_peers.py); must be set before jax is imported (lazily, below).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.jax_env import one_thread  # noqa: E402
+
+one_thread()  # one thread for JAX too (as bench_peers.py), before jax is imported (lazily, below)
 
 import torch
 

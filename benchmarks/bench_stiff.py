@@ -17,7 +17,6 @@ them the rows are left out with a note.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -131,8 +130,9 @@ def _diffrax():
     The same one-thread XLA flags as ``bench_peers.py``; they must be set before jax is first imported.
     """
     if "mods" not in _JAX:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        from benchmarks.jax_env import one_thread
+
+        one_thread()
         try:
             import diffrax
             import jax
