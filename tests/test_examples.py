@@ -39,3 +39,16 @@ def test_per_sample_vdp_takes_fewer_steps_per_sample_at_the_same_accuracy(tmp_pa
     assert metrics["rows_evaluated_per_sample"] < metrics["rows_evaluated_joint"]
     # Per-sample control keeps each sample as close to the truth as the joint solve does.
     assert metrics["max_relative_error_per_sample"] < 3 * max(metrics["max_relative_error_joint"], 1e-5)
+
+
+def test_per_sample_bounces_fits_every_ball_and_matches_solo_gradients(tmp_path):
+    out = tmp_path / "psb"
+    run_example("per_sample_bounces.py", "--balls", "8", "--iterations", "25", "--check-balls", "3", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "per_sample_bounces.png").stat().st_size > 10_000
+    first, last = metrics["history"][0], metrics["history"][-1]
+    # 25 Adam steps from one shared guess cut every ball's bounce-time error several fold.
+    assert last["loss_s2"] < 0.2 * first["loss_s2"]
+    assert metrics["solo_check"]["max_rel_gradient_difference"] < 1e-8
+    # The floor leaves reach after the observed bounces: at most 5 events per ball.
+    assert all(h["events"] <= 8 * 5 for h in metrics["history"])
