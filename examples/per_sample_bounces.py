@@ -152,7 +152,7 @@ def plot(e_true, h_true, e_fit, h_fit, history, rmse_ms: float, path: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(13, 4))
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, true, got, name, unit in ((ax0, e_true, e_fit, "restitution e", ""), (ax1, h_true, h_fit, "drop height h0", " [m]")):
         lo, hi = float(min(true.min(), got.min())), float(max(true.max(), got.max()))
         ax.plot([lo, hi], [lo, hi], color="0.7", lw=1, label="fitted = true")
@@ -166,7 +166,7 @@ def plot(e_true, h_true, e_fit, h_fit, history, rmse_ms: float, path: Path) -> N
     ax2.axhline(2.0, color="0.5", ls="--", lw=1, label="timing noise (2 ms)")
     ax2.set_xlabel("Adam iteration")
     ax2.set_ylabel("bounce-time RMSE [ms]")
-    ax2.set_title(f"bounce-time RMSE {rmse_ms:.2f} ms ({len(e_true)} balls, one solve per step)")
+    ax2.set_title(f"{len(e_true)} balls: bounce-time RMSE {rmse_ms:.2f} ms")
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=8)
     fig.tight_layout()
