@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from . import fixed_grid
 from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .interpolation import (
     continuous_extension,
@@ -302,6 +303,11 @@ def integrate(
         h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
         g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
     s = _State(t0, y0, f0, 1 if perturb else 0, dt0, 1.0, False, 0, g0, guard)
+    if fixed_grid.applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config):
+        # Nothing to decide or watch between the steps: the lean stretch takes them (same
+        # arithmetic, so the same states); the loop below continues only if it stopped early.
+        t_, y_, f_, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
+        s = s._replace(t=t_, y=y_, f0=f_, i_stop=i_stop)
     last_ratio = 0.0
     terminal = False
     while i_out < n_out:
