@@ -114,10 +114,28 @@ def combine(y: torch.Tensor, dt: float, coeffs, k) -> torch.Tensor:
     return out
 
 
+_ZEROS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim zero of ``like``'s dtype and device, made once per dtype and device."""
+    key = (like.dtype, like.device)
+    zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+    return zero
+
+
 def _weighted_sum(dt: float, coeffs, k) -> torch.Tensor:
-    """``dt * sum_j coeffs_j k_j`` (no base term), accumulated as :func:`combine` does."""
+    """``dt * sum_j coeffs_j k_j`` (no base term), accumulated as :func:`combine` does.
+
+    The first term is ``0 + (c_0 dt) k_0`` (``torch.add`` of a 0-dim zero with ``alpha``): the
+    same number as the product ``k_0 * (c_0 dt)`` (adding an exact zero rounds nothing; a
+    product ``-0.0`` becomes ``+0.0``, which no norm sees), but a float32 tensor times a Python
+    float goes through a scalar-wrapping path that costs two to three elementwise additions.
+    """
     (j0, c0), rest = coeffs[0], coeffs[1:]
-    out = k[j0] * (c0 * dt)
+    out = torch.add(_zero(k[j0]), k[j0], alpha=c0 * dt)
     if torch.is_grad_enabled():
         for j, cj in rest:
             out = torch.add(out, k[j], alpha=cj * dt)
