@@ -15,6 +15,10 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
   step's interpolant; the step is cut at the first event that ends the solve or resets the
   state), then every output time inside the (possibly cut) step from one interpolant, then the
   dense-output record, then the next state.
+* A fixed grid with nothing to decide or watch between steps (no events, step callbacks, dense
+  output, ``perturb`` or checkpointing; a plain tensor state) is stepped by
+  :func:`~neuralode.solvers.fixed_grid.run`: the same arithmetic without the record, the clipping
+  and the controller call per step, so the same states; this loop takes over where it stops.
 
 Time is a Python float (float64) throughout and becomes a tensor only where user code sees it.
 """
