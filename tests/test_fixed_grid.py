@@ -172,3 +172,19 @@ def test_a_blow_up_is_reported_as_by_the_general_loop():
         messages.append(str(info.value))
     assert messages[0] == messages[1]
     assert "Non-finite state" in messages[0]
+
+
+def test_finite_check_by_one_sum_falls_back_when_the_sum_overflows():
+    """``all_finite`` (the check of ``y0`` and of fixed-grid solutions) proves finiteness by one
+    sum; a sum that overflows on finite values must not make it reject them."""
+    from neuralode.solvers.options import all_finite
+
+    big = torch.full((4,), 6e4, dtype=torch.float16)  # finite; the float16 sum overflows to inf
+    assert not torch.isfinite(big.sum())
+    assert all_finite(big)
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([1.0, -float("inf")], dtype=torch.float64))
+    assert not all_finite(torch.tensor([1.0 + 0j, complex(0, float("inf"))]))
+    assert all_finite(torch.ones(3, requires_grad=True))
+    ys = odeint(lambda t, y: -y, big, torch.tensor([0.0, 0.1]), method="euler", options={"step_size": 0.05})
+    assert torch.isfinite(ys).all()
