@@ -41,9 +41,13 @@ def setup(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags every benchmark script takes: ``--quick`` and ``--out``."""
+def parse_args(description: str, argv: Sequence[str] | None = None,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The flags every benchmark script takes: ``--quick`` and ``--out``; ``extra(parser)`` adds a
+    script's own."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: fewer repetitions and (DETEST) only tolerances 1e-3 and 1e-6",

@@ -48,6 +48,7 @@ from .options import (
     _fixed_grid,
     _parse_options,
     _type_name,
+    all_finite,
 )
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
@@ -75,6 +76,8 @@ def _method(method: str | None):
         method = DEFAULT_METHOD
     if not isinstance(method, str):
         raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
+    if method in METHODS:  # the explicit tableaus, without building the list of every name
+        return get_tableau(method)
     if method in ADAMS_METHODS:
         return ADAMS_METHODS[method]
     if method == SCIPY_METHOD.name:
@@ -194,9 +197,8 @@ def _run(
     if isinstance(opts, FixedOptions):
         # Fixed steps control no error, so a blow-up shows only in the states: one check at the
         # end rather than a host synchronisation per step.
-        finite = torch.isfinite(stacked.reshape(n, -1)).all(dim=1)
-        if not bool(finite.all()):
-            i = int((~finite).nonzero()[0])
+        if not all_finite(stacked):
+            i = int((~torch.isfinite(stacked.reshape(n, -1)).all(dim=1)).nonzero()[0])
             h, n_steps = result.out_steps[i - 1]
             raise SolverError(
                 "Non-finite state", times[i], h, n_steps,

@@ -15,6 +15,10 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
   step's interpolant; the step is cut at the first event that ends the solve or resets the
   state), then every output time inside the (possibly cut) step from one interpolant, then the
   dense-output record, then the next state.
+* A fixed grid with nothing to decide or watch between steps (no events, step callbacks, dense
+  output, ``perturb`` or checkpointing; a plain tensor state) is stepped by
+  :func:`~neuralode.solvers.fixed_grid.run`: the same arithmetic without the record, the clipping
+  and the controller call per step, so the same states; this loop takes over where it stops.
 
 Time is a Python float (float64) throughout and becomes a tensor only where user code sees it.
 """
@@ -26,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from . import fixed_grid
 from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .interpolation import (
     continuous_extension,
@@ -302,6 +307,11 @@ def integrate(
         h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
         g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
     s = _State(t0, y0, f0, 1 if perturb else 0, dt0, 1.0, False, 0, g0, guard)
+    if fixed_grid.applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config):
+        # Nothing to decide or watch between the steps: the lean stretch takes them (same
+        # arithmetic, so the same states); the loop below continues only if it stopped early.
+        t_, y_, f_, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
+        s = s._replace(t=t_, y=y_, f0=f_, i_stop=i_stop)
     last_ratio = 0.0
     terminal = False
     while i_out < n_out:

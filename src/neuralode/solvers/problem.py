@@ -194,6 +194,18 @@ class _ErrorNorm:
         # Half-precision states: the error ratio is formed in float32 (see options.error_dtype).
         self.upcast = error_dtype(problem.dtype) if problem.dtype in (torch.float16, torch.bfloat16) else None
         self._held: tuple = ((None, None), (None, None))  # (state, atol + rtol |state|), newest first
+        self._rtol_atol: tuple | None = None  # rtol and atol as _tol's operands, made on first use
+
+    @staticmethod
+    def _as_operand(value, like: torch.Tensor):
+        """A float tolerance as a 0-dim tensor of ``like``'s dtype and device (a tensor tolerance
+        as it is). The same numbers as the float: an elementwise operation rounds a Python
+        float operand to the tensor's dtype first; but a float32 tensor times a Python float
+        takes a scalar-wrapping path that costs two to three elementwise operations, and the
+        tolerance is formed on every step."""
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
 
     def norm(self, x: torch.Tensor) -> float:
         if self.user_norm is not None:
@@ -220,7 +232,11 @@ class _ErrorNorm:
             if held is y:
                 return tol
         x = y if self.upcast is None else y.to(self.upcast)
-        tol = x.abs().mul_(self.rtol).add_(self.atol)
+        ax = x.abs()
+        if self._rtol_atol is None:
+            self._rtol_atol = tuple(self._as_operand(v, ax) for v in (self.rtol, self.atol))
+        rtol, atol = self._rtol_atol
+        tol = ax.mul_(rtol).add_(atol)
         self._held = ((y, tol), self._held[0])
         return tol
 

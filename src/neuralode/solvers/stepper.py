@@ -114,10 +114,29 @@ def combine(y: torch.Tensor, dt: float, coeffs, k) -> torch.Tensor:
     return out
 
 
-def _weighted_sum(dt: float, coeffs, k) -> torch.Tensor:
-    """``dt * sum_j coeffs_j k_j`` (no base term), accumulated as :func:`combine` does."""
+_ZEROS: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _zero(dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim CPU zero of ``dtype``, made once per dtype. A 0-dim CPU tensor enters an
+    elementwise operation on any device as a scalar, so one serves every device."""
+    zero = _ZEROS.get(dtype)
+    if zero is None:
+        zero = _ZEROS[dtype] = torch.zeros((), dtype=dtype)
+    return zero
+
+
+def _weighted_sum(dt: float, coeffs, k, zero: torch.Tensor) -> torch.Tensor:
+    """``dt * sum_j coeffs_j k_j`` (no base term), accumulated as :func:`combine` does.
+
+    The first term is ``zero + (c_0 dt) k_0`` (``torch.add`` of a 0-dim zero of ``k``'s dtype
+    with ``alpha``): the same number as the product ``k_0 * (c_0 dt)`` (adding an exact zero
+    rounds nothing; a product ``-0.0`` becomes ``+0.0``, which no norm sees), but a float32
+    tensor times a Python float goes through a scalar-wrapping path that costs two to three
+    elementwise additions.
+    """
     (j0, c0), rest = coeffs[0], coeffs[1:]
-    out = k[j0] * (c0 * dt)
+    out = torch.add(zero, k[j0], alpha=c0 * dt)
     if torch.is_grad_enabled():
         for j, cj in rest:
             out = torch.add(out, k[j], alpha=cj * dt)
@@ -159,9 +178,15 @@ def rk_step(
     # The error estimate is a small difference of large stage sums: for float16/bfloat16 states
     # it is formed in float32, or its rounding (an ulp of every stage) would be what the step-size
     # controller sees.
-    ke = [x.float() for x in k] if y0.dtype in (torch.float16, torch.bfloat16) else k
-    y_err = _weighted_sum(dt, plan.b_err, ke) if plan.b_err else None
-    y_err_aux = _weighted_sum(dt, plan.b_err_aux, ke) if plan.b_err_aux else None
+    if not plan.b_err:
+        return StepResult(y1, None, tuple(k))
+    dtype = y0.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        ke, zero = [x.float() for x in k], _zero(torch.float32)
+    else:
+        ke, zero = k, _zero(dtype)
+    y_err = _weighted_sum(dt, plan.b_err, ke, zero)
+    y_err_aux = _weighted_sum(dt, plan.b_err_aux, ke, zero) if plan.b_err_aux else None
     return StepResult(y1, y_err, tuple(k), y_err_aux)
 
 
