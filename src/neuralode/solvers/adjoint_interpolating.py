@@ -31,29 +31,35 @@ cotangents (``∂f_j/∂(y, θ)`` for every output ``j``), instead of differenti
 dynamics twice. The quadrature rows must be there: Rosenbrock methods are exact-Jacobian methods, and
 without ``-Fθᵀ`` the ``gθ`` stages lose order. ``N × N`` is dense, so the mode suits small systems
 with few parameters (the stiff-kinetics case); a batch ``(B, n)`` is one system of ``B n`` unknowns.
+
 The time derivative of the backward dynamics (the Rosenbrock ``h γ_i f_t`` term). They depend on
 ``t`` through ``y(t)``: ``∂/∂t [-J(y(t))ᵀ a] = -(∂J/∂y · ẏ(t))ᵀ a``, where ``ẏ`` must be the rate of
 the interpolant the dynamics read, ``dy_I/dt``. The probe the solver makes with a differentiable ``t``
 sees ``y(t + s) ≈ y_I(t) + s ẏ_I(t)`` (exact to first order, all the term needs), with ``ẏ_I`` the
 derivative of the forward step's interpolating polynomial (a five-point central difference of that
-polynomial in ``θ``, which for its degree is exact to rounding: :func:`dense_rate`). Not
-``f(t, y_I(t))``: in a stiff problem the forward solution lies off the slow manifold by up to its
-tolerance, and ``f`` amplifies that offset by the fast rate. On Robertson's kinetics (rtol 1e-8,
-atol 1e-12) ``f₂(y_I)`` is 5 % off ``dy_I₂/dt`` at t = 99 (an offset of 4e-13 in ``y₂`` times the
-fast rate 4e3), so ``f_t`` was off by up to 5 % and the error estimates of rodas5p's backward steps
-were noise: 229 accepted + 36 rejected steps on [1, 100] against the forward's 65; with ``ẏ_I``,
-136 + 13 (the whole backward solve: 464 + 46 -> 364 + 23 steps, the forward's 124 + 4).
+one polynomial in ``θ``, relative error ~1e-12: :func:`dense_rate`). Not ``f(t, y_I(t))``: in a stiff
+problem the forward solution lies off the slow manifold by up to its tolerance, and ``f`` amplifies
+that offset by the fast rate. On Robertson's kinetics (rtol 1e-8, atol 1e-12) ``f₂(y_I)`` is 5 % off
+``dy_I₂/dt`` at t = 99 (an offset of 4e-13 in ``y₂`` times the fast rate 4e3), so ``f_t`` was off by
+as much and the error estimates of rodas5p's backward steps were noise: 229 accepted + 36 rejected
+steps on [1, 100] against the forward's 65 + 0; with ``ẏ_I``, 136 + 13.
 
-Why the backward solve still takes about three times the forward's steps (Robertson above, loss
-weights (1, 1e4, 1) at t = 1e-2, 1, 100): at each output time ``a`` jumps by ``∂L/∂y(t_i)``, which
-has a component along the fast modes of ``-Jᵀ`` (those that are slow manifold for ``y``); backwards
-it decays at the fast rate (|λ| ≈ 4e3), from ``a₂ ≈ 1e4`` to its O(1) slow value, and relative error
-control follows that exponential over four decades with steps of ``|λ| h ≈ 0.14``: about 100 steps
-per output interval, where the forward solve has one such layer (at ``t = 0``). The backward problem
-is that much harder, not this solver: scipy's Radau on the same ``a' = -J(y(t))ᵀ a`` at the same
-tolerances (``y(t)`` from a solve at rtol 1e-13) takes 403 + 386 + 397 = 1186 accepted steps (its
-forward solve: 264), BDF 1045 (forward: 332). The backward tolerances default to the forward ones
-(``adjoint_rtol = rtol``, ``adjoint_atol = atol``), as in torchdiffeq and diffrax.
+Why the backward solve still takes about three times the forward's steps (Robertson, rates and
+``y0`` differentiated, loss ``Σ (1, 1e4, 1) · y(t_i)`` at t = 1e-2, 1, 100; forward 124 + 4 steps;
+backward before the fix above 464 + 46 steps, 5427 evaluations; now 364 + 17, 3762): at each output
+time ``a`` jumps by ``∂L/∂y(t_i)``, which has a component along the fast modes (a perturbation of
+``y₂`` relaxes onto the slow manifold at the fast rate |λ| ≈ 2e3 to 4e3). Backwards that component decays at
+the same rate, ``a₂`` from 1e4 to its O(1) slow value, and relative error control follows the
+exponential over four decades with steps of ``|λ| h ≈ 0.14``: about 100 steps per output interval,
+where the forward solve has one such layer (at ``t = 0``). The backward problem is that much harder,
+not this solver: scipy's Radau on the same ``a' = -J(y(t))ᵀ a`` at the same tolerances (``y(t)`` from
+a solve at rtol 1e-13) takes 403 + 386 + 397 = 1186 accepted steps (its forward solve: 264), BDF 1045
+(forward: 332). The backward tolerances default to the forward ones (``adjoint_rtol = rtol``,
+``adjoint_atol = atol``), as in torchdiffeq and diffrax; the layer is steered by ``a₂``'s relative
+error, so a looser ``adjoint_atol`` buys steps only with accuracy (1e-8: 338 + 21 steps, gradient
+error 3.6e-8; 1e-6: 235 + 14, 8.9e-7; against 1.5e-8 at the default 1e-12). At a jump the step
+carried over from the interval before is one for the slow solution, so there the initial-step
+heuristic runs instead (two to four rejections fewer per jump on Robertson).
 """
 
 from __future__ import annotations
@@ -215,6 +221,11 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
                         method=cfg["adjoint_method"], options=interval_options(options, adaptive, next_step))
             next_step = add_interval_stats(stats, sol.stats)
             a = sol.ys[0][-1] + grad_ys[i - 1]
+            if bool(grad_ys[i - 1].ne(0).any()):
+                # The jump in a excites the fast modes of -Jᵀ: the step carried from before it is
+                # one for the slow solution (Robertson: 0.34 where 6.7e-5 is needed, four rejections);
+                # the initial-step heuristic sees the jump in the derivative at the new state.
+                next_step = math.nan
             g_params = tuple(g[-1] for g in sol.ys[1:])
         if need_t:
             t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
