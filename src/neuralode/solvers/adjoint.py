@@ -228,6 +228,8 @@ def add_interval_stats(stats, part) -> float:
     stats.n_accepted += part.n_accepted
     stats.n_rejected += part.n_rejected
     stats.n_jac_evals += part.n_jac_evals
+    stats.n_factorizations += part.n_factorizations
+    stats.n_linear_solves += part.n_linear_solves
     stats.last_step = part.last_step
     stats.next_step = part.next_step
     return part.next_step
