@@ -7,10 +7,16 @@ would otherwise guard on every Python float it saw). The loop, the controller, o
 interpolation and events stay eager: they run once per step and decide, which is what Python is
 for.
 
-When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``): on a CPU,
-compilation removes the per-operation dispatch of a step whose operations are small (a Van der
-Pol batch), and gains nothing where one large matrix product dominates the step; the first call
-pays the compilation (seconds; reported in ``Solution.stats.compile_s``). Autograd works through
+When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``, 2-core CPU, one
+thread): compilation removes the per-operation dispatch of a step whose operations are small,
+and gains nothing where matrix products dominate the step. Measured against the eager solve:
+Van der Pol, batch 256, dopri5, 0.9x the time; the MLP 32→128→128→32 on a batch of 256, 1.2x
+(dopri5) and 1.4x (tsit5), slower, partly because inductor's vectorised ``tanh`` is slower than
+ATen's. Compiling the step with the chunks' CPU configuration (``TUNE_STEP``, ``cpp_wrapper``
+and GEMM autotuning) measured the same within the spread, so it is off. What a compiled step
+leaves in Python per step is the loop around it: the error norm and its one host
+synchronisation, the controller, the dense output and dynamo's call overhead (tens of
+microseconds). The first call pays the compilation (5-50 s here; ``Solution.stats.compile_s``). Autograd works through
 the compiled step (``torch.compile`` traces the backward too), and so do the adjoint (its
 backward solve runs eagerly: its dynamics are a vector-Jacobian product, which ``fullgraph``
 tracing does not take) and events (located on the interpolants, outside the compiled step). ``func`` must be traceable by ``torch.compile``

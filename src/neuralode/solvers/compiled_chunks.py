@@ -35,9 +35,9 @@ without a last time (``odeint`` until an event), and steps within rounding of th
 Backpropagation works through the chunk: ``torch.compile`` traces the backward of the unrolled
 graph too (``benchmarks/bench_compile.py`` times it). A solve recording autograd compiles its own
 graph (forward and backward), with inductor's default configuration. That compilation is long on
-a CPU: the first training step of the tiny MLP took 168 s with K = 32 (109 s with K = 16 and the
-autotuning options below), for a step 0.54x the eager one's time; a smaller ``compile_steps``
-compiles faster.
+a CPU: the first training step of the tiny MLP took 170-280 s with K = 32 (109 s with K = 16 and
+the autotuning options below), for a step about half the eager one's time (0.49-0.54x); a smaller
+``compile_steps`` compiles faster.
 
 Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
 chunk is compiled with ``cpp_wrapper`` and the CPP GEMM autotuning
