@@ -120,8 +120,9 @@ def adaptive_section(bp, pairs: int) -> str:
         "Workloads (b), (c), (e) of `bench_peers.py` (same weights, states and tolerances). `compiled step` is inductor's default configuration; "
         "`CPU config` adds `cpp_wrapper` and the CPP GEMM autotuning (`max_autotune`) that the chunks use, "
         "scoped to the compilation (`compiled.TUNE_STEP`). diffrax is jit-compiled, compile excluded. "
-        "The compile time is the first call's in this process (later rows reuse autotuning results and "
-        "inductor's cache of earlier ones); max |Δy| is against the eager solve.\n\n"
+        "The compile time is the first call's in this process, so it depends on the order: the first "
+        "compiled row also pays inductor's one-time start-up (its compile workers, the C++ toolchain), "
+        "later rows reuse what earlier ones built; max |Δy| is against the eager solve.\n\n"
         + markdown_table(["workload", "neuralode variant", "against", "ratio [IQR]", "neuralode", "against",
                           "compile time", "max |Δy|", "NFE"], rows)
     )
