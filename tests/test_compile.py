@@ -36,6 +36,45 @@ def test_compiled_step_matches_eager(method, options):
     assert (comp.ys - eager.ys).abs().max() < 1e-10
 
 
+def _host_syncs(fn):
+    """``fn()`` and the number of tensor-to-Python conversions it made (each one a host
+    synchronisation on an accelerator)."""
+    names = ("__float__", "__bool__", "__int__", "__index__", "item", "tolist")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+    count = [0]
+
+    def counting(name):
+        def method(self, *args, **kwargs):
+            count[0] += 1
+            return saved[name](self, *args, **kwargs)
+        return method
+
+    for name in names:
+        setattr(torch.Tensor, name, counting(name))
+    try:
+        out = fn()
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+    return out, count[0]
+
+
+def test_compiled_adaptive_step_syncs_once_per_attempt():
+    # The stages, their combination and the error estimate are one graph; what reaches Python
+    # per step attempt is the error norm alone. Two tolerances: the extra attempts of the tighter
+    # solve cost exactly one conversion each (the setup's conversions are the same for both).
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    runs = []
+    for tol in (1e-5, 1e-8):
+        solve(vdp, y0, t, rtol=tol, atol=tol, options={"compile": BACKEND})  # compiled before counting
+        sol, syncs = _host_syncs(lambda: solve(vdp, y0, t, rtol=tol, atol=tol, options={"compile": BACKEND}))
+        runs.append((sol.stats.n_accepted + sol.stats.n_rejected, syncs))
+    (a0, s0), (a1, s1) = runs
+    assert a1 > a0 + 10
+    assert s1 - s0 == a1 - a0
+
+
 def test_compiled_step_gradients_and_adjoint():
     w = torch.tensor(1.3, dtype=F64, requires_grad=True)
 
