@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from neuralode import Event, odeint, odeint_adjoint, solve
+from neuralode.solvers.compiled import CPU_INDUCTOR_OPTIONS, inductor_options
+from neuralode.solvers.compiled_chunks import chunk_size
 
 F64 = torch.float64
 BACKEND = "aot_eager"
@@ -32,6 +34,45 @@ def test_compiled_step_matches_eager(method, options):
     assert (comp.stats.nfe, comp.stats.n_accepted, comp.stats.n_rejected) == (
         eager.stats.nfe, eager.stats.n_accepted, eager.stats.n_rejected)
     assert (comp.ys - eager.ys).abs().max() < 1e-10
+
+
+def _host_syncs(fn):
+    """``fn()`` and the number of tensor-to-Python conversions it made (each one a host
+    synchronisation on an accelerator)."""
+    names = ("__float__", "__bool__", "__int__", "__index__", "item", "tolist")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+    count = [0]
+
+    def counting(name):
+        def method(self, *args, **kwargs):
+            count[0] += 1
+            return saved[name](self, *args, **kwargs)
+        return method
+
+    for name in names:
+        setattr(torch.Tensor, name, counting(name))
+    try:
+        out = fn()
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+    return out, count[0]
+
+
+def test_compiled_adaptive_step_syncs_once_per_attempt():
+    # The stages, their combination and the error estimate are one graph; what reaches Python
+    # per step attempt is the error norm alone. Two tolerances: the extra attempts of the tighter
+    # solve cost exactly one conversion each (the setup's conversions are the same for both).
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    runs = []
+    for tol in (1e-5, 1e-8):
+        solve(vdp, y0, t, rtol=tol, atol=tol, options={"compile": BACKEND})  # compiled before counting
+        sol, syncs = _host_syncs(lambda: solve(vdp, y0, t, rtol=tol, atol=tol, options={"compile": BACKEND}))
+        runs.append((sol.stats.n_accepted + sol.stats.n_rejected, syncs))
+    (a0, s0), (a1, s1) = runs
+    assert a1 > a0 + 10
+    assert s1 - s0 == a1 - a0
 
 
 def test_compiled_step_gradients_and_adjoint():
@@ -65,6 +106,14 @@ def test_compiled_step_with_events_and_compile_time_reported():
     assert [r.t.item() for r in sol.events[:3]] == pytest.approx(expected, abs=1e-10)
 
 
+def test_inductor_options_scoped_to_cpu_inductor_without_autograd():
+    cpu = torch.device("cpu")
+    opts = inductor_options("inductor", cpu, False)
+    assert opts == {"options": CPU_INDUCTOR_OPTIONS} and opts["options"] is not CPU_INDUCTOR_OPTIONS
+    for args in (("inductor", cpu, True), ("aot_eager", cpu, False), ("inductor", torch.device("cuda"), False)):
+        assert inductor_options(*args) == {}
+
+
 def test_compile_option_errors():
     f, y0, t = (lambda t, y: -y), torch.ones(2), torch.tensor([0.0, 1.0])
     with pytest.raises(ValueError, match=r"options\['compile'\] must be True, False or a torch.compile backend"):
@@ -89,18 +138,31 @@ def _fixed_pair(method, y0, t, options, k):
     return eager, comp
 
 
+def test_chunk_size_keeps_the_calls_and_pads_least():
+    assert [chunk_size(200, k) for k in (16, 32, 50, 64, 100, 200, 500)] == [16, 29, 50, 50, 100, 200, 200]
+    for n in range(1, 130):
+        for k_max in range(1, 40):
+            k = chunk_size(n, k_max)
+            calls = -(-n // k)
+            assert 1 <= k <= k_max and calls == -(-n // k_max)  # as many calls as chunks of k_max
+            assert calls * k - n < calls  # fewer padded steps than calls
+            divisors = [d for d in range(-(-n // calls), k_max + 1) if n % d == 0]
+            assert (n % k == 0) == bool(divisors) and (not divisors or k == max(divisors))
+
+
 @pytest.mark.parametrize("dtype,tol", [(F64, 1e-13), (torch.float32, 2e-6)])
-@pytest.mark.parametrize("k", [3, 4, 10])
-def test_chunked_fixed_grid_matches_eager(dtype, tol, k):
-    # 10 steps of rk4: K = 3 and 4 leave a padded last chunk, K = 10 is one chunk. The output
-    # times include grid points (0.5, 1) and times between them (0.25, 0.73).
+@pytest.mark.parametrize("k,size", [(3, 3), (4, 4), (6, 5), (10, 10)])
+def test_chunked_fixed_grid_matches_eager(dtype, tol, k, size):
+    # 10 steps of rk4: K = 3 and 4 leave a padded last chunk (3 chunks of 4: 2 zero steps),
+    # K = 6 takes 2 chunks of 5 (no padding), K = 10 is one chunk. The output times include
+    # grid points (0.5, 1) and times between them (0.25, 0.73).
     y0 = torch.tensor([[1.0, -0.5], [0.3, 2.0]], dtype=dtype)
     t = torch.tensor([0.0, 0.25, 0.5, 0.73, 1.0], dtype=dtype)
     eager, comp = _fixed_pair("rk4", y0, t, {"step_size": 0.1}, k)
-    n_chunks = -(-10 // k)
+    n_chunks = -(-10 // size)
     # The chunked path ran: every step evaluates its own first stage inside the graph, padded
     # steps included (eager reuses the input check's evaluation for the first step).
-    assert comp.stats.nfe == 1 + 4 * k * n_chunks
+    assert comp.stats.nfe == 1 + 4 * size * n_chunks
     assert eager.stats.nfe == 40
     assert comp.stats.n_accepted == eager.stats.n_accepted == 10
     assert comp.ys.dtype == dtype

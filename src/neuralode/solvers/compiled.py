@@ -7,10 +7,16 @@ would otherwise guard on every Python float it saw). The loop, the controller, o
 interpolation and events stay eager: they run once per step and decide, which is what Python is
 for.
 
-When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``): on a CPU,
-compilation removes the per-operation dispatch of a step whose operations are small (a Van der
-Pol batch), and gains nothing where one large matrix product dominates the step; the first call
-pays the compilation (seconds; reported in ``Solution.stats.compile_s``). Autograd works through
+When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``, 2-core CPU, one
+thread): compilation removes the per-operation dispatch of a step whose operations are small,
+and gains nothing where matrix products dominate the step. Measured against the eager solve:
+Van der Pol, batch 256, dopri5, 0.9x the time; the MLP 32→128→128→32 on a batch of 256, 1.2x
+(dopri5) and 1.4x (tsit5), slower, partly because inductor's vectorised ``tanh`` is slower than
+ATen's. Compiling the step with the chunks' CPU configuration (``TUNE_STEP``, ``cpp_wrapper``
+and GEMM autotuning) measured the same within the spread, so it is off. What a compiled step
+leaves in Python per step is the loop around it: the error norm and its one host
+synchronisation, the controller, the dense output and dynamo's call overhead (tens of
+microseconds). The first call pays the compilation (5-50 s here; ``Solution.stats.compile_s``). Autograd works through
 the compiled step (``torch.compile`` traces the backward too), and so do the adjoint (its
 backward solve runs eagerly: its dynamics are a vector-Jacobian product, which ``fullgraph``
 tracing does not take) and events (located on the interpolants, outside the compiled step). ``func`` must be traceable by ``torch.compile``
@@ -64,7 +70,8 @@ def rk_stages(raw: Callable, plan, y0: torch.Tensor, f0: torch.Tensor, dt: torch
 
 
 def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
-    """A pure step ``(t0, dt, y0, f0) -> (y1, y_err, y_err_aux, k)`` with tensor ``t0``, ``dt``."""
+    """A pure step ``(th, y0, f0) -> (y1, y_err, y_err_aux, k)``, where ``th = [t0, dt]`` is one
+    tensor (one host-to-device copy per step instead of two)."""
     plan = _plan(tableau)
     c = tableau.c
 
@@ -75,7 +82,8 @@ def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
             out = out + k[j] * (cj * dt)
         return out
 
-    def step(t0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor):
+    def step(th: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor):
+        t0, dt = th[0], th[1]
         y1, k = rk_stages(raw, plan, y0, f0, dt, lambda i: t0 + c[i] * dt)
         ke = [x.float() for x in k] if half else k
         dte = dt.float() if half else dt.to(ke[0].real.dtype if ke[0].is_complex() else ke[0].dtype)
@@ -86,6 +94,30 @@ def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
     return step
 
 
+# Inductor settings for a CPU graph compiled without autograd (see inductor_options).
+CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# Whether the single (adaptive) step takes CPU_INDUCTOR_OPTIONS too; the chunks always do. Off:
+# measured no faster on the adaptive workloads, for a longer compilation (benchmarks/results/compile.md).
+TUNE_STEP = False
+
+
+def inductor_options(backend: str, device: torch.device, grad: bool) -> dict:
+    """``torch.compile`` keyword arguments for a step or chunk graph: on the CPU with the inductor
+    backend and autograd off, ``options=CPU_INDUCTOR_OPTIONS`` (scoped to that compilation, the
+    user's global inductor configuration is left alone); otherwise none (inductor's defaults).
+
+    ``cpp_wrapper`` makes the graph's kernel calls from generated C++ instead of a Python wrapper
+    (a few microseconds per kernel on a small state); ``max_autotune`` with the ``CPP`` GEMM
+    backend times generated C++ matrix-product kernels, with fused bias and activation epilogues,
+    against ATen's and keeps the faster. Both make compilation slower. A graph recording autograd
+    keeps the defaults: its backward graph is compiled too, and the autotuned backward of the tiny
+    MLP's chunk took minutes to compile (``benchmarks/results/compile.md``).
+    """
+    if backend == "inductor" and device.type == "cpu" and not grad and CPU_INDUCTOR_OPTIONS:
+        return {"options": dict(CPU_INDUCTOR_OPTIONS)}
+    return {}
+
+
 def fresh_code(fn: Callable) -> Callable:
     """``fn`` with a code object of its own: torch.compile keeps its graphs on the code object, with
     a limit on how many (one per func, method and state layout here) before ``fullgraph=True``
@@ -93,6 +125,19 @@ def fresh_code(fn: Callable) -> Callable:
     import types
 
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def compile_graph(fn: Callable, backend: str, device: torch.device, grad: bool, tune: bool = True) -> Callable:
+    """``torch.compile(fullgraph=True)`` of ``fn`` with a code object of its own (:func:`fresh_code`),
+    with :func:`inductor_options` when ``tune``.
+
+    ``dynamic`` is left unset: ``dynamic=False`` makes every call patch and restore dynamo's
+    configuration around the graph (measured ~20% of a small graph's call cost), and each graph
+    here sees one set of input shapes (the callers' caches are keyed by them), so no
+    recompilation could mark a dimension dynamic.
+    """
+    return torch.compile(fresh_code(fn), fullgraph=True, backend=backend,
+                         **(inductor_options(backend, device, grad) if tune else {}))
 
 
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
@@ -106,16 +151,17 @@ def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> C
     else:
         raw = func
     half = problem.dtype in (torch.float16, torch.bfloat16)
+    grad = torch.is_grad_enabled()
     key = (tableau.name, backend, problem.is_tuple, tuple(tuple(s) for s in problem.shapes), problem.dtype,
-           str(problem.device))
+           str(problem.device), grad)
     try:
         per_func = _CACHE.setdefault(func, {})
     except TypeError:  # not weak-referenceable (a builtin): compile for this solve only
         per_func = {}
     compiled = per_func.get(key)
     if compiled is None:
-        compiled = per_func[key] = [torch.compile(_make_step(raw, tableau, half), fullgraph=True, dynamic=False,
-                                                  backend=backend), False]
+        compiled = per_func[key] = [compile_graph(_make_step(raw, tableau, half), backend, problem.device, grad,
+                                                  tune=TUNE_STEP), False]
     n_new = tableau.stages - 1
     t_dtype, device = problem.t_dtype, problem.device
 
@@ -124,15 +170,14 @@ def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> C
             f0 = problem(t, y, side)
         if stage is not problem:  # a step that must see one side of a discontinuity: eager
             return f0, rk_step(stage, t, y, f0, h, tableau)
-        t_t = torch.tensor(t, dtype=t_dtype, device=device)
-        h_t = torch.tensor(h, dtype=t_dtype, device=device)
+        th = torch.tensor((t, h), dtype=t_dtype, device=device)
         if not compiled[1]:
             start = time.perf_counter()
-            out = compiled[0](t_t, h_t, y, f0)
+            out = compiled[0](th, y, f0)
             stats.compile_s = time.perf_counter() - start
             compiled[1] = True
         else:
-            out = compiled[0](t_t, h_t, y, f0)
+            out = compiled[0](th, y, f0)
         stats.nfe += n_new
         y1, y_err, y_err_aux, k = out
         return f0, StepResult(y1, y_err, k, y_err_aux)

@@ -17,8 +17,11 @@ state straight from the stacked chunk; output times between grid points take the
 interpolant of the eager path (``options["interp"] = "linear"``) between the two grid states. The
 result equals the eager solve to rounding (inductor may fuse a multiply-add).
 
-The last chunk. When ``K`` does not divide the number of steps, the last chunk is padded with
-steps of size zero at the last grid time: a zero step leaves the state unchanged, those states are
+Chunk size and the last chunk. A grid of ``n`` steps takes ``m = ceil(n / K)`` compiled calls;
+the chunk size is the largest ``k <= K`` with the same ``m`` calls that divides ``n``, else
+``ceil(n / m)`` (:func:`chunk_size`; 200 steps: ``K = 32`` runs 7 chunks of 29, ``K = 64`` 4 of
+50). When ``k`` does not divide ``n`` the last chunk is padded with (fewer than ``m``) steps of
+size zero at the last grid time: a zero step leaves the state unchanged, those states are
 discarded, and no second graph is compiled. ``func`` is evaluated in those padded steps (counted in
 ``stats.nfe``), so its results must not depend on being called only on the grid. The first
 evaluation ``f(t0, y0)`` that the solve's input check makes is not reused (each step evaluates its
@@ -32,17 +35,21 @@ without a last time (``odeint`` until an event), and steps within rounding of th
 Backpropagation works through the chunk: ``torch.compile`` traces the backward of the unrolled
 graph too (``benchmarks/bench_compile.py`` times it). A solve recording autograd compiles its own
 graph (forward and backward), with inductor's default configuration. That compilation is long on
-a CPU: the first training step of the tiny MLP took 168 s with K = 32 (109 s with K = 16 and the
-autotuning options below), for a step 0.54x the eager one's time; a smaller ``compile_steps``
-compiles faster.
+a CPU: the first training step of the tiny MLP took 170-280 s with K = 32 (109 s with K = 16 and
+the autotuning options below), for a step about half the eager one's time (0.49-0.54x); a smaller
+``compile_steps`` compiles faster.
 
 Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
-chunk is compiled with ``torch.compile(options=...)`` setting ``cpp_wrapper=True`` (the graph's
-calls are made from generated C++ instead of Python) and ``max_autotune=True`` with
-``max_autotune_gemm_backends="CPP,ATEN"`` (small matrix products by generated C++ kernels where
-they time faster than ATen's). These options apply to this compilation only, not to the user's
+chunk is compiled with ``cpp_wrapper`` and the CPP GEMM autotuning
+(:data:`~neuralode.solvers.compiled.CPU_INDUCTOR_OPTIONS`, see
+:func:`~neuralode.solvers.compiled.inductor_options`), scoped to this compilation, not the user's
 global inductor configuration; they were measured faster on the tiny MLP (see
-``benchmarks/results/compile.md``) and make the first call slower (tens of seconds).
+``benchmarks/results/compile.md``) and make the first call slower.
+
+Choosing ``K``. Fewer, longer chunks save the per-call cost (dynamo's guards and wrappers around
+the compiled graph, some tens of microseconds a call) but compile longer: the graph is the
+``K`` steps unrolled. ``benchmarks/results/compile.md`` times ``K`` = 32 to 200 on the tiny MLP,
+each compiled from an empty cache.
 """
 
 from __future__ import annotations
@@ -55,13 +62,12 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .compiled import fresh_code, rk_stages
+from .compiled import compile_graph, rk_stages
 from .stepper import _plan
 from .tableau import ButcherTableau
 
 DEFAULT_STEPS = 32
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
-_CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
 def _make_chunk(raw: Callable, tableau: ButcherTableau, n_steps: int) -> Callable:
@@ -78,7 +84,7 @@ def _make_chunk(raw: Callable, tableau: ButcherTableau, n_steps: int) -> Callabl
             out.append(y)
         return torch.stack(out)
 
-    return fresh_code(chunk)  # its own graph cache (see fresh_code)
+    return chunk
 
 
 class _Compiled:
@@ -99,6 +105,27 @@ class _GridPlan(NamedTuple):
     hs_t: tuple  # per chunk: (k,) step sizes
 
 
+def chunk_size(n: int, k_max: int) -> int:
+    """Steps per compiled chunk for a grid of ``n`` steps, at most ``k_max``.
+
+    The solve makes ``m = ceil(n / k_max)`` compiled calls whatever the chunk size, so the size is
+    chosen among those that keep ``m`` calls, ``ceil(n / m) <= k <= k_max``: the largest that
+    divides ``n`` (no padded steps), else ``ceil(n / m)``, whose last chunk carries fewer than
+    ``m`` padded steps. ``k = k_max`` would pad up to ``k_max - 1`` steps (24 of 224 for 200 steps
+    in chunks of 32), and compiling the remainder as a second graph would double the first call's
+    compile time for a fraction of a chunk's work. Every grid of ``n`` steps gets the same ``k``,
+    so a training loop on one grid compiles one graph.
+    """
+    if n <= k_max:
+        return n
+    m = -(-n // k_max)
+    k_min = -(-n // m)
+    for k in range(k_max, k_min - 1, -1):
+        if n % k == 0:
+            return k
+    return k_min
+
+
 def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> "_GridPlan | None":
     """The chunks' input tensors for ``grid``; ``None`` when a step is within rounding of its
     start time (the eager loop arrives there without a step)."""
@@ -108,7 +135,7 @@ def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) 
     if any(abs(h) <= 4 * _EPS * abs(a) for a, h in zip(grid, hs)):
         return None
     n = len(hs)
-    k = min(k_max, n)
+    k = chunk_size(n, k_max)
     n_chunks = -(-n // k)
     pad = n_chunks * k - n
     c = [float(ci) for ci in tableau.c]
@@ -169,11 +196,8 @@ def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list
                 return problem.flatten(func(tt, problem.unflatten(y)))
         else:
             raw = func
-        extra = {}
-        if backend == "inductor" and problem.device.type == "cpu" and not grad:
-            extra["options"] = dict(_CPU_INDUCTOR_OPTIONS)
-        entry = per_func[key + (K, grad)] = _Compiled(
-            torch.compile(_make_chunk(raw, tableau, K), fullgraph=True, dynamic=False, backend=backend, **extra))
+        entry = per_func[key + (K, grad)] = _Compiled(compile_graph(_make_chunk(raw, tableau, K), backend,
+                                                                    problem.device, grad))
     fn = entry.fn
     chunks = []
     y = y0
