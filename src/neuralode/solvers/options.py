@@ -108,8 +108,9 @@ class FixedOptions:
         compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`; on a fixed
             grid ``compile_steps`` steps are compiled as one graph (see
             :mod:`neuralode.solvers.compiled_chunks`).
-        compile_steps: with ``compile``, how many consecutive grid steps one compiled call
-            takes (default 32; ``1``: one step per call). Solves with events, step callbacks,
+        compile_steps: with ``compile``, at most how many consecutive grid steps one compiled
+            call takes (default 32; ``1``: one step per call). The chunk size is chosen to keep
+            ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with events, step callbacks,
             ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled step per call.
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
