@@ -64,7 +64,6 @@ heuristic runs instead (two to four rejections fewer per jump on Robertson).
 
 from __future__ import annotations
 
-import bisect
 import math
 
 import torch
@@ -91,8 +90,7 @@ def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
     little beyond its step when ``s`` is near an end), so the stencil never straddles the kink
     between two steps. Costs four evaluations of the polynomial, none of ``f``.
     """
-    i = max(bisect.bisect_left(dense._starts, dense.direction * s) - 1, 0)
-    t0, h, interp = dense._pieces[i]
+    t0, h, interp = dense.piece(s)
     theta = (s - t0) / h
     # Half-width in units of the step: truncation O(d^4) against rounding O(eps / d) (relative to
     # |y| / h) balance at d = eps^(1/5): 7e-4 in float64 (both ~1e-13), 0.04 in float32.

@@ -98,6 +98,11 @@ class DenseOutput:
         self._pieces.append((t0, h, interp))
         self.t_end = t_end
 
+    def piece(self, t: float) -> tuple[float, float, Callable[[list[float]], list[torch.Tensor]]]:
+        """``(t_start, h, interp)`` of the step whose interpolant serves time ``t`` (the first step
+        for times at or before the start; at a step end, the step that ends there)."""
+        return self._pieces[max(bisect.bisect_left(self._starts, self.direction * t) - 1, 0)]
+
     def __call__(self, t: torch.Tensor) -> TensorOrTuple:
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() > 1:
             raise TypeError(
@@ -113,8 +118,7 @@ class DenseOutput:
                 raise ValueError(
                     f"Solution.evaluate: t = {ti!r} lies outside the solved span [{self.t_start!r}, {self.t_end!r}]."
                 )
-            i = max(bisect.bisect_left(self._starts, self.direction * ti) - 1, 0)
-            t0, h, interp = self._pieces[i]
+            t0, h, interp = self.piece(ti)
             theta = 0.0 if h == 0 else (ti - t0) / h
             out.append(interp([min(max(theta, 0.0), 1.0)])[0])
         stacked = torch.stack(out)
