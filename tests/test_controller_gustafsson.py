@@ -111,6 +111,18 @@ def test_option_is_validated():
         solve(lambda t, y: -y, y0.expand(3, 1), t, options={"controller": "gustafsson", "per_sample": True})
 
 
+def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():
+    from neuralode.solvers.options import _parse_options
+    from neuralode.solvers.tableau import get_tableau
+
+    for method, expected in [("rodas5p", "pi_gustafsson"), ("kvaerno5", "pi_gustafsson"),
+                             ("rosenbrock23", "pi_gustafsson"), ("auto", "pi"), ("dopri5", "pi"), ("tsit5", "pi")]:
+        assert _parse_options(None, get_tableau(method)).controller == expected, method
+        assert _parse_options({"max_step": 1.0}, get_tableau(method)).controller == expected, method
+    assert _parse_options({"controller": "gustafsson"}, get_tableau("rodas5p")).controller == "gustafsson"
+    assert _parse_options({"controller": "pi"}, get_tableau("rodas5p")).controller == "pi"
+
+
 def test_explicit_method_with_gustafsson_matches_closed_form():
     y0, t = torch.tensor([1.0, 0.0], dtype=F64), torch.linspace(0, 10, 11, dtype=F64)
 
