@@ -251,6 +251,17 @@ def controller_summary(records) -> list[str]:
                          f"{sum(m[2] for m, _, _ in rows)} | {sum(m[1] for m, _, _ in rows)} | "
                          f"{sum(m[3] for m, _, _ in rows)} | {math.exp(sum(log_rel) / len(log_rel)):.2f} | "
                          f"{met} of {len(rows)} |")
+    lines += ["", "Where the Radau target (error <= Radau's and accepted steps <= Radau's at the same rtol) holds, "
+              "per method with its default controller, over every tolerance it ran at:", ""]
+    for method in ("rodas5p", "kvaerno5", "rosenbrock23", "auto"):
+        label = f"neuralode {method}"
+        pairs = [(p, r) for p, r, lab, *_ in records if lab == label]
+        radau = {(p, r): by[(p, r, "scipy Radau")] for p, r in pairs}
+        err_ok = [pr for pr in pairs if by[(*pr, label)][0] <= radau[pr][0]]
+        steps_ok = [pr for pr in pairs if by[(*pr, label)][1] <= radau[pr][1]]
+        both = [f"{p} {r:g}" for p, r in pairs if (p, r) in err_ok and (p, r) in steps_ok]
+        lines.append(f"* {method}: error <= Radau's on {len(err_ok)} of {len(pairs)}, steps <= Radau's on "
+                     f"{len(steps_ok)} of {len(pairs)}; both on {len(both)}" + (f" ({', '.join(both)})." if both else "."))
     return lines + [""]
 
 
