@@ -1,4 +1,5 @@
-"""Gustafsson's predictive step-size controller (``options={"controller": "gustafsson"}``).
+"""Gustafsson's predictive step-size controller (``options={"controller": "gustafsson"}``, and the stiff
+methods' default ``"pi_gustafsson"``, the same cap on PI).
 
 The formula on hand-made sequences (against the closed form and against the error model it is derived
 from), the option's validation, a stiff solve against scipy's Radau, and what the controller is for: fewer
@@ -51,6 +52,20 @@ def test_accepted_step_is_the_smaller_of_the_i_and_predictive_proposals(dt, rati
     assert accept
     assert math.isclose(nxt, dt * expected, rel_tol=1e-13)
     assert math.copysign(1.0, nxt) == math.copysign(1.0, dt)
+
+
+@pytest.mark.parametrize("dt,ratio,prev_ratio,prev_dt", [(0.1, 0.5, 0.1, 0.1), (2.0, 0.3, 0.9, 1.0), (-0.3, 0.7, 0.2, -0.25)])
+def test_pi_gustafsson_is_the_smaller_of_the_pi_and_predictive_proposals(dt, ratio, prev_ratio, prev_dt):
+    k = 5
+    accept, nxt = StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(
+        dt, ratio, prev_ratio, False, prev_dt)
+    pi_factor = SAFETY * ratio ** (-0.85 / k) * prev_ratio ** (0.2 / k)
+    pred_factor = SAFETY * (dt / prev_dt) * (max(prev_ratio, 1e-2) / ratio**2) ** (1 / k)
+    assert accept and math.isclose(nxt, dt * min(IFACTOR, max(DFACTOR, min(pi_factor, pred_factor))), rel_tol=1e-13)
+    # Without a previous accepted step it is PI control.
+    pi = StepSizeController("pi", SAFETY, IFACTOR, DFACTOR, k)
+    assert StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(dt, ratio, prev_ratio, False) \
+        == pi.propose(dt, ratio, prev_ratio, False)
 
 
 def test_the_two_branches_are_both_taken():
