@@ -13,10 +13,16 @@ neuralode by autograd). Then the batch case: 256 Robertson systems with differen
 batched solve against one system alone and against 256 scipy solves. diffrax's rows (float64, one thread,
 jit-compiled; the time excludes compilation) need jax and diffrax (the benchmarks' optional extra); without
 them the rows are left out with a note.
+
+The neuralode rows without a controller in their label use the methods' default step-size controller
+(``"pi_gustafsson"`` for the stiff methods, ``"pi"`` for auto); rows "controller X" repeat a solve with
+``options={"controller": X}`` (rodas5p at every tolerance, kvaerno5 at rtol >= 1e-6 and rosenbrock23 at
+rtol >= 1e-5, to keep the run short), and the section "Step-size controllers" at the end sums them up.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -159,16 +165,16 @@ def run_diffrax(name, rtol):
             sol = diffrax.diffeqsolve(
                 term, diffrax.Kvaerno5(), 0.0, float(t_end), None, y0j, saveat=diffrax.SaveAt(ts=ts),
                 stepsize_controller=diffrax.PIDController(rtol=rtol_j, atol=atol_j), max_steps=200_000)
-            return sol.ys, sol.stats["num_accepted_steps"]
+            return sol.ys, sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"]
 
         _JAX[key] = jax.jit(solve_dfx)
     fn = _JAX[key]
     args = (jnp.asarray(y0, dtype=jnp.float64), jnp.float64(rtol), jnp.float64(rtol * scale))
     jax.block_until_ready(fn(*args))  # compile (first tolerance) and warm up
     t0 = time.perf_counter()
-    ys, steps = jax.block_until_ready(fn(*args))
+    ys, steps, rejected = jax.block_until_ready(fn(*args))
     seconds = time.perf_counter() - t0
-    return np.asarray(ys), int(steps), None, None, seconds
+    return np.asarray(ys), int(steps), None, None, seconds, int(rejected)
 
 
 def _np_rhs(f):
@@ -192,21 +198,71 @@ def run_scipy(name, method, rtol):
     t0 = time.perf_counter()
     r = solve_ivp(_np_rhs(f), (0.0, t_end), y0, method=method, rtol=rtol, atol=rtol * scale, dense_output=True)
     seconds = time.perf_counter() - t0
-    return r.sol(times).T, len(r.t) - 1, r.nfev, r.njev, seconds
+    return r.sol(times).T, len(r.t) - 1, r.nfev, r.njev, seconds, None  # scipy does not count rejected steps
 
 
-def run_ours(name, method, rtol, land=False):
+def run_ours(name, method, rtol, land=False, controller=None):
     """One neuralode solve; with ``land`` the steps end on the output times (``step_t``), so the outputs are
-    step ends rather than values of the dense output: the difference is the dense output's share of the error."""
+    step ends rather than values of the dense output: the difference is the dense output's share of the error.
+    ``controller``: the step-size controller (``None``: the method's default)."""
     f, y0, t_end, scale, times = PROBLEMS[name]
-    options = {"step_t": [float(x) for x in times[1:-1]]} if land else None
+    options = {"step_t": [float(x) for x in times[1:-1]]} if land else {}
+    if controller is not None:
+        options["controller"] = controller
     t0 = time.perf_counter()
     with torch.no_grad():
         sol = solve(_torch_rhs(f), torch.tensor(y0, dtype=F64), torch.tensor(times, dtype=F64),
                     rtol=rtol, atol=rtol * scale, method=method, options=options)
     seconds = time.perf_counter() - t0
     st = sol.stats
-    return sol.ys.numpy(), st.n_accepted, st.nfe, st.n_jac_evals, seconds
+    return sol.ys.numpy(), st.n_accepted, st.nfe, st.n_jac_evals, seconds, st.n_rejected
+
+
+# The controller rows: (method, smallest rtol at which they are run) and the controllers other than the default.
+CONTROLLER_ROWS = (("rodas5p", 0.0), ("kvaerno5", 1e-6), ("rosenbrock23", 1e-5))
+DEFAULT_CONTROLLER = "pi_gustafsson"
+OTHER_CONTROLLERS = ("pi", "i", "gustafsson")
+
+
+def controller_summary(records) -> list[str]:
+    """Per method and controller, over the (problem, rtol) pairs that have controller rows: the sums of
+    rejected and accepted steps and of nfe, the geometric mean of the error relative to the default
+    controller's, and on how many pairs the issue's target holds (error <= scipy Radau's and accepted
+    steps <= Radau's at the same rtol)."""
+    by = {(p, r, lab): (e, st, rj, nfe) for p, r, lab, e, st, rj, nfe in records}
+    lines = ["## Step-size controllers", "",
+             "Sums over the problems and tolerances that have controller rows (rodas5p: rtol 1e-4 ... 1e-8; "
+             "kvaerno5: 1e-4 ... 1e-6; rosenbrock23: 1e-4, 1e-5). error / default: geometric mean over those "
+             f"solves of the error divided by the error with the default controller ({DEFAULT_CONTROLLER}). "
+             "Radau target: solves with an error no larger than scipy Radau's and no more accepted steps than "
+             "Radau's at the same rtol.", "",
+             "| method | controller | rejected | accepted | nfe | error / default | Radau target met |",
+             "|---|---|---|---|---|---|---|"]
+    for method, min_rtol in CONTROLLER_ROWS:
+        pairs = sorted({(p, r) for p, r, lab, *_ in records if lab.startswith(f"neuralode {method}, controller")})
+        for c in (DEFAULT_CONTROLLER, *OTHER_CONTROLLERS):
+            label = f"neuralode {method}" if c == DEFAULT_CONTROLLER else f"neuralode {method}, controller {c}"
+            rows = [(by[(p, r, label)], by[(p, r, f"neuralode {method}")], by[(p, r, "scipy Radau")]) for p, r in pairs]
+            if not rows:
+                continue
+            log_rel = [math.log(max(mine[0], 1e-300) / max(default[0], 1e-300)) for mine, default, _ in rows]
+            met = sum(mine[0] <= radau[0] and mine[1] <= radau[1] for mine, _, radau in rows)
+            lines.append(f"| {method} | {c}{' (default)' if c == DEFAULT_CONTROLLER else ''} | "
+                         f"{sum(m[2] for m, _, _ in rows)} | {sum(m[1] for m, _, _ in rows)} | "
+                         f"{sum(m[3] for m, _, _ in rows)} | {math.exp(sum(log_rel) / len(log_rel)):.2f} | "
+                         f"{met} of {len(rows)} |")
+    lines += ["", "Where the Radau target (error <= Radau's and accepted steps <= Radau's at the same rtol) holds, "
+              "per method with its default controller, over every tolerance it ran at:", ""]
+    for method in ("rodas5p", "kvaerno5", "rosenbrock23", "auto"):
+        label = f"neuralode {method}"
+        pairs = [(p, r) for p, r, lab, *_ in records if lab == label]
+        radau = {(p, r): by[(p, r, "scipy Radau")] for p, r in pairs}
+        err_ok = [pr for pr in pairs if by[(*pr, label)][0] <= radau[pr][0]]
+        steps_ok = [pr for pr in pairs if by[(*pr, label)][1] <= radau[pr][1]]
+        both = [f"{p} {r:g}" for p, r in pairs if (p, r) in err_ok and (p, r) in steps_ok]
+        lines.append(f"* {method}: error <= Radau's on {len(err_ok)} of {len(pairs)}, steps <= Radau's on "
+                     f"{len(steps_ok)} of {len(pairs)}; both on {len(both)}" + (f" ({', '.join(both)})." if both else "."))
+    return lines + [""]
 
 
 def error(ys, ref, scale) -> float:
@@ -277,7 +333,7 @@ def work_precision_figure(curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
     for j, name in enumerate(names):
         for label, pts in curves[name].items():
-            if "land" in label:  # the diagnostic rows stay in the tables only
+            if "land" in label or "controller" in label:  # the diagnostic rows stay in the tables only
                 continue
             err = [max(p[0], 1e-16) for p in pts]
             for row, x in ((0, [p[1] for p in pts]), (1, [p[2] for p in pts])):
@@ -308,7 +364,10 @@ def main(argv=None) -> int:
         "time: seconds, and the ratio to scipy Radau measured in the same process. Rows \"steps land on "
         "outputs\" end steps on the output times (options step_t), so the outputs are step ends: their difference "
         "from the plain rows is the share of the error that comes from the dense output (rodas5p: Steinebach's "
-        "order-4 interpolant; kvaerno5: cubic Hermite).",
+        "order-4 interpolant; kvaerno5: cubic Hermite). rejected: rejected steps (scipy does not count them). "
+        "neuralode rows without a controller in the label use the method's default step-size controller "
+        "(pi_gustafsson for rodas5p, kvaerno5 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
+        "solve with options={\"controller\": X} (see the section \"Step-size controllers\" at the end).",
         "",
         machine_markdown(),
         "",
@@ -320,11 +379,13 @@ def main(argv=None) -> int:
         lines += ["diffrax's Kvaerno5 rows are left out: jax or diffrax is not installed here "
                   "(`pip install -e .[bench]`).", ""]
     curves: dict = {}
+    records: list = []  # (problem, rtol, label, error, accepted, rejected, nfe) of every row
     for name in PROBLEMS:
         ref = reference(name)
         scale = PROBLEMS[name][3]
-        lines += [f"## {name}", "", "| rtol | method | error | steps | nfe | Jacobians | time (s) | time / Radau |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {name}", "",
+                  "| rtol | method | error | steps | rejected | nfe | Jacobians | time (s) | time / Radau |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for rtol in tols:
             rows = []
             radau = run_scipy(name, "Radau", rtol)
@@ -335,18 +396,25 @@ def main(argv=None) -> int:
                     ("neuralode auto", run_ours(name, "auto", rtol))]
             if rtol >= 1e-5:
                 runs.append(("neuralode rosenbrock23", run_ours(name, "rosenbrock23", rtol)))
+            for method, min_rtol in CONTROLLER_ROWS:
+                if rtol >= min_rtol:
+                    runs += [(f"neuralode {method}, controller {c}", run_ours(name, method, rtol, controller=c))
+                             for c in OTHER_CONTROLLERS]
             if has_jax:
                 runs.append(("diffrax Kvaerno5", run_diffrax(name, rtol)))
             runs += [("scipy Radau", radau), ("scipy BDF", run_scipy(name, "BDF", rtol)),
                      ("scipy LSODA", run_scipy(name, "LSODA", rtol))]
-            for label, (ys, steps, nfe, njev, seconds) in runs:
+            for label, (ys, steps, nfe, njev, seconds, rejected) in runs:
                 err = error(ys, ref, scale)
                 curves.setdefault(name, {}).setdefault(label, []).append((err, seconds, steps))
-                rows.append(f"| {rtol:g} | {label} | {err:.2g} | {steps} | {'—' if nfe is None else nfe} | "
-                            f"{'—' if njev is None else njev} | {seconds:.3f} | {seconds / radau[4]:.2f} |")
+                records.append((name, rtol, label, err, steps, rejected, nfe))
+                rows.append(f"| {rtol:g} | {label} | {err:.2g} | {steps} | {'—' if rejected is None else rejected} | "
+                            f"{'—' if nfe is None else nfe} | {'—' if njev is None else njev} | {seconds:.3f} | "
+                            f"{seconds / radau[4]:.2f} |")
             lines += rows
             print("\n".join(rows), flush=True)
         lines.append("")
+    lines += controller_summary(records)
     lines += batch_case(256, 32 if args.quick else 256)
     args.out.mkdir(parents=True, exist_ok=True)
     work_precision_figure(curves, args.out / "stiff_work_precision.png")

@@ -149,7 +149,7 @@ CASES = [
     ("ifactor", call(options={"ifactor": 0.5}), ValueError, "options['ifactor'] must be a number >= 1; got 0.5."),
     ("dfactor", call(options={"dfactor": 0}), ValueError, "options['dfactor'] must be in (0, 1]; got 0."),
     ("controller", call(options={"controller": "pid"}), ValueError,
-     "options['controller'] must be one of pi, i; got 'pid'."),
+     "options['controller'] must be one of pi, i, gustafsson, pi_gustafsson; got 'pid'."),
     ("checkpoint", call(options={"checkpoint": 1}), TypeError,
      "options['checkpoint'] must be True or False; got 1."),
     # what func returns

@@ -99,9 +99,9 @@ class AutoSwitching:
 
     @property
     def options_type(self) -> type:
-        from .implicit_options import ImplicitOptions
+        from .implicit_options import AutoOptions
 
-        return ImplicitOptions
+        return AutoOptions
 
 
 AUTO = AutoSwitching()

@@ -15,6 +15,10 @@ class ImplicitOptions(AdaptiveOptions):
     """Options of ``rodas5p``, ``rosenbrock23`` (and the other stiff methods): :class:`AdaptiveOptions` plus
 
     Attributes:
+        controller: as for the explicit methods, but the default is ``"pi_gustafsson"``: PI control
+            with Gustafsson's predictive cap (see ``controller.py``), which on the stiff benchmark
+            problems keeps PI's errors and cuts the rejected steps at the fast transients (Van der
+            Pol mu = 1000, OREGO, HIRES; ``benchmarks/results/stiff.md``).
         jacobian: how ``J = df/dy`` is formed.
 
             * ``"batched"`` (default): by autograd, one ``n x n`` block per sample, the leading
@@ -30,6 +34,7 @@ class ImplicitOptions(AdaptiveOptions):
             as a matrix, a model with batch normalisation) needs ``jacobian="dense"`` or ``batch_dims=0``.
     """
 
+    controller: str = "pi_gustafsson"
     jacobian: str | Callable[..., Any] = "batched"
     batch_dims: int | None = None
 
@@ -47,3 +52,11 @@ class ImplicitOptions(AdaptiveOptions):
                 f"options['jacobian']='dense' treats the whole state as one system, so options['batch_dims'] "
                 f"must be 0 or left out; got {k!r}."
             )
+
+
+@dataclass(frozen=True)
+class AutoOptions(ImplicitOptions):
+    """Options of ``method="auto"``: :class:`ImplicitOptions` with the explicit methods' default controller,
+    ``"pi"``, so that on a problem that never turns stiff ``auto`` is tsit5 step for step."""
+
+    controller: str = "pi"

@@ -6,7 +6,7 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
   to try, the controller's memory, the next stop, the event functions' values), replaced as a
   whole after every attempt rather than mutated piecemeal.
 * A step (:func:`~neuralode.solvers.stepper.rk_step`) returns values and never decides.
-* A controller decides: ``propose(h, ratio, prev_ratio, after_reject) -> (accept, next h)``.
+* A controller decides: ``propose(h, ratio, prev_ratio, after_reject, prev_h) -> (accept, next h)``.
   Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
   methods the :class:`~neuralode.solvers.controller.ConstantController`, which proposes an
   infinite step. Landing on a stop is one clipping rule for both: the stops are ``step_t``,
@@ -66,6 +66,7 @@ class _State(NamedTuple):
     g: list[torch.Tensor] | None  # event functions at (t, y), as EventSet.start gives them
     guard: float  # roots within this time of t are not searched (a step that starts on a root)
     memory: tuple | None = None  # a multistep method's history (StepResult.memory)
+    prev_dt: float = math.nan  # the last accepted step (Gustafsson's predictive control); nan before the first
 
 
 class LoopResult(NamedTuple):
@@ -377,7 +378,7 @@ def integrate(
                 raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
         else:
             ratio = 0.0
-        accept, dt_next = controller.propose(h, ratio, s.prev_ratio, s.after_reject)
+        accept, dt_next = controller.propose(h, ratio, s.prev_ratio, s.after_reject, s.prev_dt)
         if not accept:
             stats.n_rejected += 1
             if on_reject is not None:
@@ -461,7 +462,7 @@ def integrate(
 
                 g1, guard = events.start(t1, step.y1, f_end, direction, h, gs=g1)
             s = _State(t1, step.y1, f_next, side, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard,
-                       step.memory)
+                       step.memory, prev_dt=h)
             continue
         loc, t_e, t_star, y_star = cut
         event = events.events[loc.index]
@@ -478,6 +479,6 @@ def integrate(
         # FSAL restarts at the new state; f_new serves as the first stage unless the next step
         # must differentiate through it.
         f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new
-        s = _State(t_e, y_new, f0_next, side, dt_next, ratio, False, i_stop, g_new, guard)
+        s = _State(t_e, y_new, f0_next, side, dt_next, ratio, False, i_stop, g_new, guard, prev_dt=h)
     stats.next_step = s.dt
     return LoopResult(ys, out_steps, records, terminal)

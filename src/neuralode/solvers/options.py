@@ -37,7 +37,10 @@ class AdaptiveOptions:
         norm: ``norm(scaled_error) -> scalar`` replacing the RMS norm; receives a tensor shaped
             like ``y0``, or a tuple for tuple states.
         safety, ifactor, dfactor: step-size controller parameters (see ``controller.py``).
-        controller: ``"pi"`` (default) or ``"i"``.
+        controller: ``"pi"`` (default of the explicit methods), ``"i"``, ``"gustafsson"``
+            (Gustafsson's predictive control as in RADAU5) or ``"pi_gustafsson"`` (PI with the
+            predictive cap; the default of the stiff methods, see ``ImplicitOptions``); the
+            formulas are in ``controller.py``.
         checkpoint: backpropagate with gradient checkpointing: keep only each step's input
             state for backward and recompute its stages then (memory ~ one state per step
             instead of every stage's activations, for about one extra forward pass).
@@ -489,6 +492,11 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             raise ValueError("options['per_sample'] and options['compile'] cannot be combined yet; choose one.")
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
+    if o.get("controller") in ("gustafsson", "pi_gustafsson") and o.get("per_sample", False) is not False:
+        raise ValueError(
+            f"options['controller']={o['controller']!r} is not available with options['per_sample'] (its per-sample "
+            "controller is PI or I); use controller 'pi' or 'i', or solve with one clock."
+        )
     return kind(**o)
 
 
