@@ -58,8 +58,9 @@ a solve at rtol 1e-13) takes 403 + 386 + 397 = 1186 accepted steps (its forward 
 ``adjoint_atol = atol``), as in torchdiffeq and diffrax; the layer is steered by ``a₂``'s relative
 error, so a looser ``adjoint_atol`` buys steps only with accuracy (1e-8: 338 + 21 steps, gradient
 error 3.6e-8; 1e-6: 235 + 14, 8.9e-7; against 1.5e-8 at the default 1e-12). At a jump the step
-carried over from the interval before is one for the slow solution, so there the initial-step
-heuristic runs instead (two to four rejections fewer per jump on Robertson).
+carried over from the interval before is, for an implicit method, one for the slow solution, so there
+the initial-step heuristic runs instead (two to four rejections fewer per jump on Robertson); an
+explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.step_after_jump`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ import math
 
 import torch
 
-from .adjoint import _rms, add_interval_stats, interval_options
+from .adjoint import _rms, add_interval_stats, interval_options, step_after_jump
 from .api import _method, solve
 from .options import time_dtype
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
@@ -214,13 +215,8 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
             span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
             sol = solve(augmented, (a, *g_params), span, rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
                         method=cfg["adjoint_method"], options=interval_options(options, adaptive, next_step))
-            next_step = add_interval_stats(stats, sol.stats)
+            next_step = step_after_jump(add_interval_stats(stats, sol.stats), grad_ys[i - 1], implicit)
             a = sol.ys[0][-1] + grad_ys[i - 1]
-            if bool(grad_ys[i - 1].ne(0).any()):
-                # The jump in a excites the fast modes of -Jᵀ: the step carried from before it is
-                # one for the slow solution (Robertson: 0.34 where 6.7e-5 is needed, four rejections);
-                # the initial-step heuristic sees the jump in the derivative at the new state.
-                next_step = math.nan
             g_params = tuple(g[-1] for g in sol.ys[1:])
         if need_t:
             t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
