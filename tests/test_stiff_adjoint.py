@@ -146,7 +146,7 @@ def test_interpolating_adjoint_stats_and_time_gradients():
     gt = torch.autograd.grad(loss(sol.ys), t)[0]
     assert sol.adjoint_stats.nfe > 0 and sol.adjoint_stats.n_jac_evals > 0
     # Backward steps near the forward count: with df/dt from f(y_I) instead of the interpolant the
-    # backward solve took 464 + 46 steps, 3.98x the forward's 124 + 4; now 364 + 17 (2.98x). What
+    # backward solve took 464 + 46 steps, 3.98x the forward's 124 + 4 (PI control); now 365 + 6 (2.88x). What
     # remains is intrinsic: each jump of a at an output time starts a fast boundary layer, about 100
     # steps per interval (scipy's Radau needs 4.5x its forward count on the same backward problem).
     fwd, bwd = sol.stats, sol.adjoint_stats
