@@ -190,14 +190,23 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
         else:
             create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
             lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not memo.get("checked", False),
-                                         create_graph=create_graph)
+                                         create_graph=create_graph, time_dependent=memo.get("time_dependent"))
             memo["checked"] = True
+            memo["time_dependent"] = lin.f_t is not None
         memo.update(y=y, t=t, lin=lin)
         return lin
 
     def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
         if f0 is None:
-            f0 = func(t_f0, y)
+            # A new Jacobian evaluates func(t, y) anyway; without autograd recording that evaluation is the
+            # step's f0 too (the same operations on the same values), one evaluation of func fewer per step.
+            # Only where f_tensor is the loop's func (a plain func, the main stage function: no tuple
+            # flattening, no jump side, no `perturb` argument), with autograd off (so the Jacobian needs no
+            # graph whatever f0 would have required) and the Jacobian not the one kept in memo.
+            fuse = (jac is None and func is problem and problem.plain and t_f0 == t and not torch.is_grad_enabled()
+                    and not (memo.get("y") is y and memo.get("t") == t))
+            lin = linearise(t, y, None, h) if fuse else None
+            f0 = lin.f if lin is not None and lin.f is not None else func(t_f0, y)
         lin = linearise(t, y, f0, h)
         lu = factor(lin.J, h, tab.gamma, t, stats, stats.n_steps)
         return f0, rosenbrock_step(func, t, y, f0, h, tab, lin, lu, stats)
