@@ -189,6 +189,34 @@ def _slope(errors: list[float], hs: list[float]) -> float:
 
 
 @pytest.mark.parametrize("name", ROSENBROCK)
+def test_step_without_autograd_equals_the_recorded_step(name):
+    # The stepper used without autograd (stages in one (s, N) tensor, sums as matrix-vector products) against
+    # the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output, FSAL).
+    tab = ROSENBROCK_METHODS[name]
+    y0 = torch.rand(3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    t0, h = 0.75, 0.1
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 1, check_coupling=True,
+                                 create_graph=False)
+    assert lin.f_t is not None
+    lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
+
+    def func(t, y):
+        return _nonautonomous(torch.tensor(t, dtype=F64), y)
+
+    f0 = func(t0, y0)
+    with torch.no_grad():
+        lean = rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    with torch.enable_grad():
+        ref = rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    torch.testing.assert_close(lean.y1, ref.y1, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(lean.y_err, ref.y_err, rtol=1e-12, atol=1e-15)
+    assert len(lean.k) == len(ref.k)
+    for a, b in zip(lean.k, ref.k):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert not torch.equal(f0, torch.zeros_like(f0)) and torch.equal(f0, func(t0, y0))  # f0 left untouched
+
+
+@pytest.mark.parametrize("name", ROSENBROCK)
 def test_local_orders_of_step_estimate_and_dense_output(name):
     tab = ROSENBROCK_METHODS[name]
     t0, theta = 0.0, 0.4

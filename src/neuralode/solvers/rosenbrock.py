@@ -48,6 +48,30 @@ def _plan(tab: RosenbrockTableau):
     return (tuple(nz(row) for row in tab.a), tuple(nz(row) for row in tab.C), nz(tab.m), nz(tab.m_err))
 
 
+_COEFFS: dict = {}
+
+
+def _coefficient_tensors(tab: RosenbrockTableau, dtype: torch.dtype, device: torch.device):
+    """``(a_rows, C_rows, m, m_err)`` for :func:`_step_in_place`: the rows of ``a`` and ``C`` padded with zeros to
+    ``s`` entries, and the weights, as tensors of ``dtype`` on ``device``, made once per method, dtype and device
+    (slicing them per stage would cost an operation each)."""
+    key = (tab, dtype, device)
+    out = _COEFFS.get(key)
+    if out is None:
+        s = tab.stages
+
+        def padded_rows(rows):
+            M = torch.zeros(s, s, dtype=dtype, device=device)
+            for i, row in enumerate(rows):
+                if len(row):
+                    M[i, : len(row)] = torch.tensor(row, dtype=dtype, device=device)
+            return M.unbind(0)
+
+        out = _COEFFS[key] = (padded_rows(tab.a), padded_rows(tab.C), torch.tensor(tab.m, dtype=dtype, device=device),
+                              torch.tensor(tab.m_err, dtype=dtype, device=device))
+    return out
+
+
 def factor(J: torch.Tensor, h: float, gamma: float, t: float, stats, n_steps: int):
     """LU factors of ``W = I / (h gamma) - J`` for every block; ``SolverError`` if one is singular."""
     n = J.shape[-1]
@@ -73,6 +97,8 @@ def rosenbrock_step(
 
     Shapes: ``y0``, ``f0``, ``lin.f_t`` and every ``u_i`` have the state's shape; ``lin.J`` is ``(B, n, n)``.
     """
+    if not torch.is_grad_enabled():
+        return _step_in_place(func, t0, y0, f0, h, tab, lin, lu, stats)
     rows_a, rows_c, m, m_err = _plan(tab)
     LU, pivots = lu
     B, n = lin.J.shape[0], lin.J.shape[-1]
@@ -106,6 +132,54 @@ def rosenbrock_step(
     for j, e in rest:
         y_err = torch.add(y_err, u[j], alpha=e)
     k = tuple(u) + ((f_last,) if fsal else ())
+    return StepResult(y1, y_err, k)
+
+
+def _step_in_place(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, h: float, tab: RosenbrockTableau,
+                   lin: Linearisation, lu, stats) -> StepResult:
+    """:func:`rosenbrock_step` without autograd: the ``u_i`` are rows of one ``(s, N)`` tensor ``U`` that
+    ``lu_solve`` writes into, and every sum over earlier stages is one matrix-vector product
+    (``y0 + U[:i]^T a_i``, ``f_i + U[:i]^T C_i / h``, ``y0 + U^T m``, ``U^T m_err``) instead of one scaled add
+    per nonzero coefficient. Same equations, so the same values up to the order of summation (rounding).
+
+    Measured on Robertson (rodas5p, ``B = 1``): the sums took ~50 eager additions per step (~0.35 ms), now
+    ~20 operations; the stepper used under autograd keeps the out-of-place sums that backpropagation needs.
+    """
+    a_rows, C_rows, m, m_err = _coefficient_tensors(tab, y0.dtype, y0.device)
+    LU, pivots = lu
+    B, n = lin.J.shape[0], lin.J.shape[-1]
+    shape = y0.shape
+    s = tab.stages
+    y0f = y0.reshape(-1)
+    f_t = None if lin.f_t is None else lin.f_t.reshape(-1)
+    # Zeros, not empty: row i is used with the zero coefficients of the stages after i (0 * 0 adds nothing).
+    U = torch.zeros(s, y0f.numel(), dtype=y0.dtype, device=y0.device)  # (s, N): row i is u_i
+    UT = U.T  # (N, s)
+    u_out = U.view(s, B, n, 1).unbind(0)  # lu_solve writes u_i here
+    fsal = tab.fsal
+    y1 = None
+    f_last = None
+    for i in range(s):
+        if i == 0:
+            rhs = f0.reshape(-1)
+            if f_t is not None and tab.d[0] != 0.0:
+                rhs = torch.add(rhs, f_t, alpha=h * tab.d[0])  # a new tensor: f0 is the caller's
+        else:
+            yi = torch.addmv(y0f, UT, a_rows[i]).view(shape)
+            if fsal and i == s - 1:
+                y1 = yi
+            fi = func(t0 + tab.c[i] * h, yi)
+            if fsal and i == s - 1:
+                f_last = fi
+            rhs = torch.addmv(fi.reshape(-1), UT, C_rows[i], alpha=1.0 / h)
+            if f_t is not None and tab.d[i] != 0.0:
+                rhs.add_(f_t, alpha=h * tab.d[i])
+        torch.linalg.lu_solve(LU, pivots, rhs.view(B, n, 1), out=u_out[i])
+        stats.n_linear_solves += 1
+    if y1 is None:
+        y1 = torch.addmv(y0f, UT, m).view(shape)
+    y_err = torch.mv(UT, m_err).view(shape)
+    k = tuple(U.view(s, *shape).unbind(0)) + ((f_last,) if fsal else ())
     return StepResult(y1, y_err, k)
 
 
