@@ -17,9 +17,11 @@ cotangent, 1 on sample 0's outputs only: if the samples are independent its grad
 every other sample; if not, the solve stops with an error that says to pass ``jacobian="dense"``
 (checked on the first Jacobian of every solve, at the cost of one extra cotangent).
 
-``df/dt`` (needed by non-autonomous problems) is a Jacobian-vector product in ``t``, computed by forward-mode
-AD in the same evaluation (``t`` a dual number; the double-backward trick ``d/dv [v . df/dt] = df/dt`` for
-functions without forward-mode derivatives); a ``func`` that does not depend on ``t`` yields ``None`` (no
+``df/dt`` (needed by non-autonomous problems) is a Jacobian-vector product in ``t``. Without autograd
+recording, for one system (``B = 1``) it comes from the same backward with ``t`` one more input, and a batch
+whose previous Jacobian did not depend on ``t`` is tested the same way (see :func:`autograd_linearisation`);
+otherwise it is computed by forward-mode AD in the same evaluation (``t`` a dual number; the double-backward
+trick ``d/dv [v . df/dt] = df/dt`` for functions without forward-mode derivatives); a ``func`` that does not depend on ``t`` yields ``None`` (no
 term) at no extra evaluation. A ``func`` that turns ``t`` into a Python number (``float(t)``) hides its
 time dependence from autograd: the Rosenbrock methods then lose order on non-autonomous problems.
 
