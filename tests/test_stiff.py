@@ -189,6 +189,34 @@ def _slope(errors: list[float], hs: list[float]) -> float:
 
 
 @pytest.mark.parametrize("name", ROSENBROCK)
+def test_step_without_autograd_equals_the_recorded_step(name):
+    # The stepper used without autograd (stages in one (s, N) tensor, sums as matrix-vector products) against
+    # the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output, FSAL).
+    tab = ROSENBROCK_METHODS[name]
+    y0 = torch.rand(3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    t0, h = 0.75, 0.1
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 1, check_coupling=True,
+                                 create_graph=False)
+    assert lin.f_t is not None
+    lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
+
+    def func(t, y):
+        return _nonautonomous(torch.tensor(t, dtype=F64), y)
+
+    f0 = func(t0, y0)
+    with torch.no_grad():
+        lean = rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    with torch.enable_grad():
+        ref = rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    torch.testing.assert_close(lean.y1, ref.y1, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(lean.y_err, ref.y_err, rtol=1e-12, atol=1e-15)
+    assert len(lean.k) == len(ref.k)
+    for a, b in zip(lean.k, ref.k):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert not torch.equal(f0, torch.zeros_like(f0)) and torch.equal(f0, func(t0, y0))  # f0 left untouched
+
+
+@pytest.mark.parametrize("name", ROSENBROCK)
 def test_local_orders_of_step_estimate_and_dense_output(name):
     tab = ROSENBROCK_METHODS[name]
     t0, theta = 0.0, 0.4
@@ -281,6 +309,47 @@ def test_jacobian_is_reused_after_rejections():
     # nfe: the first f0, then 7 stages per attempt, 1 evaluation per Jacobian, and f0 at the start of every
     # step after the first (Rodas5P is not FSAL); no initial-step probe, since first_step is given.
     assert st.nfe == 1 + 7 * st.n_steps + st.n_jac_evals + (st.n_accepted - 1)
+    # Without autograd the evaluation that forms each Jacobian is also the step's f0: the same values,
+    # one evaluation fewer per Jacobian after the first.
+    with torch.no_grad():
+        lean = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1e3], dtype=F64),
+                     rtol=1e-6, atol=1e-12, method="rodas5p", options={"first_step": 10.0})
+    assert torch.equal(lean.ys, sol.ys.detach())
+    assert (lean.stats.n_steps, lean.stats.n_jac_evals) == (st.n_steps, st.n_jac_evals)
+    assert lean.stats.nfe == 1 + 7 * st.n_steps + st.n_jac_evals
+
+
+def _nonautonomous(t, y):  # (B, 2) or (2,): J = [[-2, t], [y1, y0 - 3]], df/dt = [y1, 2 t] (t > 0.5 only)
+    y0, y1 = y[..., 0], y[..., 1]
+    if float(t) <= 0.5:  # t enters only after t = 0.5: no time dependence before
+        return torch.stack([-2.0 * y0, y0 * y1 - 3.0 * y1], dim=-1)
+    return torch.stack([-2.0 * y0 + t * y1, y0 * y1 - 3.0 * y1 + t**2], dim=-1)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("hint", [None, False, True])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_autograd_linearisation_time_derivative_every_path(B, hint, create_graph):
+    # df/dt from the reverse pass (B = 1, or a batch hinted autonomous), from forward mode (batch, no hint
+    # or hinted time-dependent), and the fallback when a batch hinted autonomous turns out to depend on t:
+    # all agree with the closed form, and J too.
+    g = torch.Generator().manual_seed(B)
+    y = torch.rand((B, 2) if B > 1 else (2,), dtype=F64, generator=g)
+    for t in (0.25, 2.0):
+        lin = autograd_linearisation(_nonautonomous, torch.tensor(t, dtype=F64), y, 1 if B > 1 else 0,
+                                     check_coupling=True, create_graph=create_graph, time_dependent=hint)
+        yb = y.reshape(B, 2)
+        late = 1.0 if t > 0.5 else 0.0
+        J = torch.stack([torch.stack([torch.full((B,), -2.0, dtype=F64), torch.full((B,), late * t, dtype=F64)], -1),
+                         torch.stack([yb[:, 1], yb[:, 0] - 3.0], -1)], -2)
+        torch.testing.assert_close(lin.J, J, rtol=0, atol=1e-15)
+        if late:
+            f_t = torch.stack([yb[:, 1], torch.full((B,), 2.0 * t, dtype=F64)], -1).reshape(y.shape)
+            torch.testing.assert_close(lin.f_t, f_t, rtol=0, atol=1e-15)
+        else:
+            assert lin.f_t is None
+        if not create_graph:
+            assert torch.equal(lin.f, _nonautonomous(torch.tensor(t, dtype=F64), y))
 
 
 def _vdp(mu):
