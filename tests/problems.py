@@ -327,3 +327,41 @@ PROBLEMS: dict[str, Problem] = {
         _batched(),
     )
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stiff problems (torch right-hand side, and numpy right-hand side and Jacobian for scipy's Radau).
+
+ROBERTSON_RATES = (0.04, 3e7, 1e4)
+
+
+def robertson(t, y, k=ROBERTSON_RATES):
+    """Robertson's kinetics (Robertson 1966) with rates ``k = (k1, k2, k3)``, batch-last layout ``(..., 3)``."""
+    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+    k1, k2, k3 = k
+    return torch.stack([-k1 * y1 + k3 * y2 * y3, k1 * y1 - k3 * y2 * y3 - k2 * y2**2, k2 * y2**2], dim=-1)
+
+
+def robertson_np(t, y, k=ROBERTSON_RATES):
+    k1, k2, k3 = k
+    return [-k1 * y[0] + k3 * y[1] * y[2], k1 * y[0] - k3 * y[1] * y[2] - k2 * y[1] ** 2, k2 * y[1] ** 2]
+
+
+def robertson_jac_np(t, y, k=ROBERTSON_RATES):
+    k1, k2, k3 = k
+    return [[-k1, k3 * y[2], k3 * y[1]], [k1, -k3 * y[2] - 2 * k2 * y[1], -k3 * y[1]], [0.0, 2 * k2 * y[1], 0.0]]
+
+
+def stiff_vdp(mu: float):
+    """Van der Pol with parameter ``mu``: ``(f, f_np, jac_np)`` (stiff for large ``mu``)."""
+
+    def f(t, y):
+        return torch.stack([y[..., 1], mu * ((1 - y[..., 0] ** 2) * y[..., 1]) - y[..., 0]], dim=-1)
+
+    def f_np(t, y):
+        return [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]]
+
+    def jac_np(t, y):
+        return [[0.0, 1.0], [-2 * mu * y[0] * y[1] - 1.0, mu * (1 - y[0] ** 2)]]
+
+    return f, f_np, jac_np

@@ -17,6 +17,10 @@ from scipy.integrate import solve_ivp
 
 from neuralode import solve
 from neuralode.solvers.controller import GUSTAFSSON_MIN_PREV_RATIO, StepSizeController
+from tests.problems import robertson as _robertson
+from tests.problems import robertson_jac_np as _robertson_jac_np
+from tests.problems import robertson_np as _robertson_np
+from tests.problems import stiff_vdp as _vdp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,32 +155,6 @@ def test_explicit_method_with_gustafsson_matches_closed_form():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Stiff solves.
-
-
-def _vdp(mu):
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * ((1 - y[..., 0] ** 2) * y[..., 1]) - y[..., 0]], dim=-1)
-
-    def f_np(t, y):
-        return [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]]
-
-    def jac_np(t, y):
-        return [[0.0, 1.0], [-2 * mu * y[0] * y[1] - 1.0, mu * (1 - y[0] ** 2)]]
-
-    return f, f_np, jac_np
-
-
-def _robertson(t, y):
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], dim=-1)
-
-
-def _robertson_np(t, y):
-    return [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
-
-
-def _robertson_jac_np(t, y):
-    return [[-0.04, 1e4 * y[2], 1e4 * y[1]], [0.04, -1e4 * y[2] - 6e7 * y[1], -1e4 * y[1]], [0.0, 6e7 * y[1], 0.0]]
 
 
 def test_robertson_against_radau():

@@ -19,6 +19,10 @@ from neuralode.solvers.implicit import IMPLICIT_METHODS, ROSENBROCK_METHODS, Ros
 from neuralode.solvers.jacobian import autograd_linearisation
 from neuralode.solvers.rosenbrock import factor, rosenbrock_dense, rosenbrock_step
 from neuralode.solvers.solution import SolverStats
+from tests.problems import robertson as _robertson
+from tests.problems import robertson_jac_np as _robertson_jac_np
+from tests.problems import robertson_np as _robertson_np
+from tests.problems import stiff_vdp as _vdp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -252,22 +256,6 @@ def test_global_order_through_the_public_api(name):
 # Stiff problems against scipy's Radau at tight tolerance.
 
 
-def _robertson(t, y, k=(0.04, 3e7, 1e4)):
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    k1, k2, k3 = k
-    return torch.stack([-k1 * y1 + k3 * y2 * y3, k1 * y1 - k3 * y2 * y3 - k2 * y2**2, k2 * y2**2], dim=-1)
-
-
-def _robertson_np(t, y, k=(0.04, 3e7, 1e4)):
-    k1, k2, k3 = k
-    return [-k1 * y[0] + k3 * y[1] * y[2], k1 * y[0] - k3 * y[1] * y[2] - k2 * y[1] ** 2, k2 * y[1] ** 2]
-
-
-def _robertson_jac_np(t, y, k=(0.04, 3e7, 1e4)):
-    k1, k2, k3 = k
-    return [[-k1, k3 * y[2], k3 * y[1]], [k1, -k3 * y[2] - 2 * k2 * y[1], -k3 * y[1]], [0.0, 2 * k2 * y[1], 0.0]]
-
-
 ROB_T = [0.0, 1e-4, 1e-2, 1.0, 1e2, 1e4, 4e5]
 
 
@@ -350,19 +338,6 @@ def test_autograd_linearisation_time_derivative_every_path(B, hint, create_graph
             assert lin.f_t is None
         if not create_graph:
             assert torch.equal(lin.f, _nonautonomous(torch.tensor(t, dtype=F64), y))
-
-
-def _vdp(mu):
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * ((1 - y[..., 0] ** 2) * y[..., 1]) - y[..., 0]], dim=-1)
-
-    def f_np(t, y):
-        return [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]]
-
-    def jac_np(t, y):
-        return [[0.0, 1.0], [-2 * mu * y[0] * y[1] - 1.0, mu * (1 - y[0] ** 2)]]
-
-    return f, f_np, jac_np
 
 
 def test_van_der_pol_mu_1000_against_radau():
