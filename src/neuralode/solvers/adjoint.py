@@ -142,7 +142,6 @@ class _AdjointSolve(torch.autograd.Function):
         stats: SolverStats = cfg["adjoint_stats"]
         acc_dtype = ys.dtype
         times = t.detach().to("cpu", torch.float64).tolist()
-        n = len(times)
 
         def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return flat.flatten(func(tt, flat.unflatten(y)))
@@ -181,36 +180,60 @@ class _AdjointSolve(torch.autograd.Function):
 
         adaptive = _method(cfg["adjoint_method"]).adaptive
         need_t = ctx.needs_input_grad[2]
-        t_grad = torch.zeros(n, dtype=t.dtype, device=ys.device) if need_t else None
-        a = grad_ys[-1]
+
+        def solve_interval(i, span, a, g_params, first_step):
+            sol = solve(
+                augmented, (ys[i], a, *g_params), span,
+                rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
+                method=cfg["adjoint_method"], options=interval_options(cfg["adjoint_options"], adaptive, first_step),
+            )
+            return sol.ys[1][-1], tuple(g[-1] for g in sol.ys[2:]), sol.stats
+
         g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
-        # The step carried across output times is local to this backward call: a second backward
-        # on the same graph (retain_graph) must not start from the first one's last step.
-        next_step = math.nan
         token = _IN_BACKWARD.set(True)
         try:
-            for i in range(n - 1, 0, -1):
-                if need_t:
-                    t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()  # Re <dL/dy, f>, complex states too
-                    stats.nfe += 1
-                span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
-                sol = solve(
-                    augmented, (ys[i], a, *g_params), span,
-                    rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
-                    method=cfg["adjoint_method"], options=interval_options(cfg["adjoint_options"], adaptive, next_step),
-                )
-                next_step = step_after_jump(add_interval_stats(stats, sol.stats), grad_ys[i - 1], stiff_backward)
-                a = sol.ys[1][-1] + grad_ys[i - 1]
-                g_params = tuple(g[-1] for g in sol.ys[2:])
-            if need_t:
-                t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
-                stats.nfe += 1
+            a, t_grad, g_params = sweep_intervals(times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval,
+                                                  stiff_backward)
         finally:
             _IN_BACKWARD.reset(token)
         g_params = tuple(
             (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype) for g, p in zip(g_params, params)
         )
         return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
+
+
+def sweep_intervals(times: list[float], grad_ys: torch.Tensor, g_params: tuple[torch.Tensor, ...], t: torch.Tensor,
+                    need_t: bool, f_at, stats, solve_interval, implicit: bool):
+    """The backward pass over the output intervals, last to first, shared by the adjoints.
+
+    On each interval ``[t_{i-1}, t_i]`` ``solve_interval(i, span, a, g_params, first_step)`` solves the
+    backward dynamics from ``a(t_i)`` and returns ``(a(t_{i-1}^+), g_params, its stats)``; at
+    ``t_{i-1}`` ``a`` jumps by ``∂L/∂y(t_{i-1})``. The step carried into the next interval follows
+    :func:`step_after_jump`. With ``need_t`` the gradients with respect to the output times are
+    ``Re <∂L/∂y(t_i), f(t_i, y_i)>`` (complex states too), and ``-Re <a(t_0) - ∂L/∂y(t_0), f(t_0, y_0)>``
+    for ``t_0``; ``f_at(i)`` evaluates ``f`` there (counted in ``stats.nfe``).
+
+    Returns:
+        ``(a(t_0), dL/dt or None, g_params)``.
+    """
+    n = len(times)
+    t_grad = torch.zeros(n, dtype=t.dtype, device=grad_ys.device) if need_t else None
+    a = grad_ys[-1]
+    # The step carried across output times is local to this backward call: a second backward
+    # on the same graph (retain_graph) must not start from the first one's last step.
+    next_step = math.nan
+    for i in range(n - 1, 0, -1):
+        if need_t:
+            t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
+            stats.nfe += 1
+        span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
+        a_end, g_params, sol_stats = solve_interval(i, span, a, g_params, next_step)
+        next_step = step_after_jump(add_interval_stats(stats, sol_stats), grad_ys[i - 1], implicit)
+        a = a_end + grad_ys[i - 1]
+    if need_t:
+        t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
+        stats.nfe += 1
+    return a, t_grad, g_params
 
 
 def interval_options(options: dict, adaptive: bool, next_step: float) -> dict:

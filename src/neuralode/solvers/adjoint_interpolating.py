@@ -66,11 +66,9 @@ explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .adjoint import _rms, add_interval_stats, interval_options, step_after_jump
+from .adjoint import _rms, interval_options, sweep_intervals
 from .api import _method, solve
 from .options import time_dtype
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
@@ -181,7 +179,6 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
     stats = cfg["adjoint_stats"]
     acc_dtype = ys.dtype
     times = t.detach().to("cpu", torch.float64).tolist()
-    n = len(times)
     tdt = time_dtype(ys.dtype)
     implicit = getattr(_method(cfg["adjoint_method"]), "implicit", False)
     extra = {"nfe": 0}
@@ -203,25 +200,17 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
     if implicit:
         options["jacobian"] = jacobian
     adaptive = _method(cfg["adjoint_method"]).adaptive
-    t_grad = torch.zeros(n, dtype=t.dtype, device=ys.device) if need_t else None
-    a = grad_ys[-1]
+
+    def solve_interval(i, span, a, g_params, first_step):
+        sol = solve(augmented, (a, *g_params), span, rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
+                    method=cfg["adjoint_method"], options=interval_options(options, adaptive, first_step))
+        return sol.ys[0][-1], tuple(g[-1] for g in sol.ys[1:]), sol.stats
+
     g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
-    next_step = math.nan
     token = in_backward.set(True)
     try:
-        for i in range(n - 1, 0, -1):
-            if need_t:
-                t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
-                stats.nfe += 1
-            span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
-            sol = solve(augmented, (a, *g_params), span, rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
-                        method=cfg["adjoint_method"], options=interval_options(options, adaptive, next_step))
-            next_step = step_after_jump(add_interval_stats(stats, sol.stats), grad_ys[i - 1], implicit)
-            a = sol.ys[0][-1] + grad_ys[i - 1]
-            g_params = tuple(g[-1] for g in sol.ys[1:])
-        if need_t:
-            t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
-            stats.nfe += 1
+        a, t_grad, g_params = sweep_intervals(times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval,
+                                              implicit)
     finally:
         in_backward.reset(token)
         stats.nfe += extra["nfe"]

@@ -140,9 +140,6 @@ class _PerSampleAdjoint(torch.autograd.Function):
 
         aug = _augmented(func, layout, params, quad, N)
 
-        aug_layout = _Layout((ys[0].repeat(1, 2),), False)
-        fb = BatchFunc(aug, aug_layout, dtype, stats)
-        norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
         # One backward solve over every output time: each is a stop, landed on per sample, where
         # y restarts from its stored forward value and a jumps by ∂L/∂y there. Samples do not
         # wait for each other at output times.
@@ -151,19 +148,31 @@ class _PerSampleAdjoint(torch.autograd.Function):
             new = torch.cat([ys[j, rows], z[:, N:] + grad_ys[j, rows]], 1)
             return torch.where(mask[:, None], new, z)
 
-        from .adjoint import _IN_BACKWARD
+        a_end = _backward_solve(cfg, aug, lambda: torch.cat([ys[-1], grad_ys[-1]], 1), times, N, dtype, stats,
+                                quad, jump)
+        return (None, a_end + grad_ys[0], *quad.grads)
 
-        z0 = torch.cat([ys[-1], grad_ys[-1]], 1)
-        token = _IN_BACKWARD.set(True)  # func's evaluations here count as backward ones (in_adjoint_backward)
-        try:
-            out = integrate(fb, z0, times.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
-                            stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
-                            on_land=jump, step_t=cfg["opts"].step_t)
-        finally:
-            _IN_BACKWARD.reset(token)
-        a = out.ys[-1][:, N:] + grad_ys[0]
-        stats.next_step = out.next_dt
-        return (None, a, *quad.grads)
+
+def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, stats, quad, jump) -> torch.Tensor:
+    """One per-sample backward solve of ``z = [y, a]`` over ``grid (B, L)`` reversed, landing on every stop
+    (``jump`` restarts ``y`` and adds ``∂L/∂y`` to ``a`` there), from ``z = start()``; returns ``a`` at the
+    start of each sample's span, before the first output's own ``∂L/∂y``. Everything, the start state
+    included, runs as backward work (``in_adjoint_backward``); the backward step is kept for the next call."""
+    from .adjoint import _IN_BACKWARD
+
+    tableau = cfg["tableau"]
+    token = _IN_BACKWARD.set(True)
+    try:
+        z0 = start()
+        fb = BatchFunc(aug, _Layout((z0,), False), dtype, stats)
+        norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
+        out = integrate(fb, z0, grid.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
+                        stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
+                        on_land=jump, step_t=cfg["opts"].step_t)
+    finally:
+        _IN_BACKWARD.reset(token)
+    stats.next_step = out.next_dt
+    return out.ys[-1][:, N:]
 
 
 def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoint_rtol, adjoint_atol,
@@ -387,21 +396,12 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
         def jump(mask, i_next, rows, z):
             return at_stop(mask, (L - i_next).clamp(min=0, max=L - 1), rows, z)
 
-        from .adjoint import _IN_BACKWARD
-
         all_rows = torch.arange(B, device=ys.device)
         z_last = torch.cat([ys[-1].nan_to_num(0.0), torch.zeros_like(ys[-1])], 1)
-        token = _IN_BACKWARD.set(True)
-        try:
-            z0 = at_stop(torch.ones(B, dtype=torch.bool, device=ys.device),
-                         torch.full((B,), L - 1, dtype=torch.long, device=ys.device), all_rows, z_last)
-            fb = BatchFunc(aug, _Layout((z0,), False), dtype, stats)
-            norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
-            out = integrate(fb, z0, grid.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
-                            stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
-                            on_land=jump, step_t=cfg["opts"].step_t)
-        finally:
-            _IN_BACKWARD.reset(token)
-        a = out.ys[-1][:, N:] + grad_ys[0]
-        stats.next_step = out.next_dt
-        return (None, a, *quad.grads)
+
+        def start() -> torch.Tensor:  # the last stop may be an event: its VJP is backward work too
+            return at_stop(torch.ones(B, dtype=torch.bool, device=ys.device),
+                           torch.full((B,), L - 1, dtype=torch.long, device=ys.device), all_rows, z_last)
+
+        a_end = _backward_solve(cfg, aug, start, grid, N, dtype, stats, quad, jump)
+        return (None, a_end + grad_ys[0], *quad.grads)
