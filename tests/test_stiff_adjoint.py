@@ -250,3 +250,45 @@ def test_example_model_adjoint_gradient_matches_finely_stepped_backprop():
     num = sum(float((a - b).norm() ** 2) for a, b in zip(ga, gb)) ** 0.5
     den = sum(float(b.norm() ** 2) for b in gb) ** 0.5
     assert num / den < 1e-3
+
+
+class _DampedRotation(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.omega = torch.nn.Parameter(torch.tensor(2.0, dtype=F64))
+        self.a = torch.nn.Parameter(torch.tensor(0.1, dtype=F64))
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack([-self.a * x - self.omega * v, self.omega * x - self.a * v], -1)
+
+
+@pytest.mark.parametrize("method", ["gl6", "radauIIA5"])
+def test_fixed_grid_interpolating_adjoint_keeps_the_methods_order(method):
+    """A fixed grid's outputs interpolate linearly by default; the interpolating adjoint (the default for
+    an implicit method) reads y(t) at its backward stages between grid points from a cubic Hermite
+    interpolant instead, so its gradients are fourth-order, not second (with the linear pieces: 1.3e-4
+    from backpropagation at h = 0.02, 3.3e-5 at 0.01), at no extra forward evaluation: f(t1, y1) is the next
+    step's first stage."""
+    torch.manual_seed(0)
+    y0 = torch.randn(4, 2, dtype=F64)
+    t = torch.linspace(0.0, 3.0, 7, dtype=F64)
+    errors = []
+    for h in (0.02, 0.01):
+        g = []
+        for solver in (odeint, odeint_adjoint):
+            f = _DampedRotation()
+            yg = y0.clone().requires_grad_(True)
+            ys = solver(f, yg, t, method=method, options={"step_size": h})
+            forward_nfe = f.nfe
+            ys.pow(2).sum().backward()
+            g.append(torch.cat([yg.grad.flatten(), f.omega.grad.view(1), f.a.grad.view(1)]))
+            if solver is odeint_adjoint:
+                assert forward_nfe == forward_nfe_backprop
+            else:
+                forward_nfe_backprop = forward_nfe
+        errors.append(float((g[1] - g[0]).abs().max() / g[0].abs().max()))
+    assert errors[0] < 1e-7, errors
+    assert errors[0] / errors[1] > 10, errors  # order >= 3.3 (linear pieces: 4)

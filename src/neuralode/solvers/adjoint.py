@@ -116,7 +116,7 @@ class _AdjointSolve(torch.autograd.Function):
                     rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=options,
                 )
             cfg["forward_stats"] = sol.stats
-            cfg["dense"] = sol.dense if cfg["interpolate"] else None
+            cfg["dense"] = sol.dense.hermite() if cfg["interpolate"] else None
             ys = flat.flatten_series(sol.ys)
         ctx.cfg = cfg
         ctx.save_for_backward(t, ys)

@@ -153,15 +153,28 @@ class _Interpolant:
     list of ``theta`` returns the states in one pass.
     """
 
-    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "t", "h", "step", "f1", "t1", "f1_side", "stage_func", "k")
+    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "t", "h", "step", "f1", "t1", "f1_side", "stage_func", "k",
+                 "f0_side")
 
     def __init__(self, kind: str, problem: _Problem, tableau: ButcherTableau, t: float, y0, f0, h: float,
-                 step: StepResult, f1, t1: float, f1_side: int, stage_func: Callable | None):
+                 step: StepResult, f1, t1: float, f1_side: int, stage_func: Callable | None, f0_side: int = 0):
         self.kind, self.problem, self.tableau = kind, problem, tableau
         self.t, self.y0, self.f0, self.h, self.step = t, y0, f0, h, step
         self.f1, self.t1, self.f1_side = f1, t1, f1_side
         self.stage_func = problem if stage_func is None else stage_func
         self.k = None
+        self.f0_side = f0_side
+
+    def as_hermite(self, following: "_Interpolant | None" = None) -> "_Interpolant":
+        """This step's cubic Hermite interpolant. ``f(t1, y1)`` is ``following.f0`` when ``following``
+        (the next step's interpolant) starts where this step ends, from its end state, and both take
+        ``func`` there plainly (no jump, no ``perturb`` side); else it is evaluated on first use."""
+        f1 = self.f1
+        if (f1 is None and following is not None and getattr(following, "y0", None) is self.step.y1
+                and following.t == self.t1 and self.f1_side == 0 and following.f0_side == 0):
+            f1 = following.f0
+        return _Interpolant("hermite", self.problem, self.tableau, self.t, self.y0, self.f0, self.h, self.step, f1,
+                            self.t1, self.f1_side, self.stage_func, self.f0_side)
 
     def _extra_stages(self) -> None:
         """The continuous extension's extra stages, once; one that is ``f(t1, y1)`` (``tableau.end_stage``,
@@ -411,7 +424,7 @@ def integrate(
         if events or dense is not None or (i_out < n_out and times[i_out] != t1
                                            and (times[i_out] - t1) * direction < 0):
             interp = _Interpolant(interp_kind, problem, tableau, t, y, f0, h, step, f1,
-                                  t1, -1 if jump_here else 0, stage_func)
+                                  t1, -1 if jump_here else 0, stage_func, s.f0_side)
         else:
             interp = None
 

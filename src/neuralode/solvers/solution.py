@@ -98,6 +98,23 @@ class DenseOutput:
         self._pieces.append((t0, h, interp))
         self.t_end = t_end
 
+    def hermite(self) -> "DenseOutput":
+        """The same pieces with every linear one (a fixed grid's default ``interp``) as a cubic Hermite
+        interpolant of its step, ``f(t1, y1)`` taken from the next piece's first stage when the two meet
+        at a plain step end (else evaluated on first use). The interpolating adjoint reads ``y(t)`` at
+        the backward stages' times: linear interpolation would hold its gradients to second order
+        (measured: gl6 at step 0.02, 1.3e-4 from backpropagation, falling as h^2), cubic Hermite
+        interpolation to fourth."""
+        out = DenseOutput(self.direction, self.unflatten, self.t_start)
+        out.t_end, out._starts = self.t_end, list(self._starts)
+        pieces = self._pieces
+        for i, (t0, h, interp) in enumerate(pieces):
+            upgrade = getattr(interp, "as_hermite", None)
+            if upgrade is not None and getattr(interp, "kind", None) == "linear":
+                interp = upgrade(pieces[i + 1][2] if i + 1 < len(pieces) else None)
+            out._pieces.append((t0, h, interp))
+        return out
+
     def piece(self, t: float) -> tuple[float, float, Callable[[list[float]], list[torch.Tensor]]]:
         """``(t_start, h, interp)`` of the step whose interpolant serves time ``t`` (the first step
         for times at or before the start; at a step end, the step that ends there)."""
