@@ -1,7 +1,7 @@
 """Radau IIA of order 5 (``radau5``): the 3-stage collocation method with Hairer & Wanner's adaptive machinery.
 
 The method (Hairer & Wanner, *Solving ODEs II*, 2nd ed., IV.5 and IV.8). With the nodes
-``c = ((4 - sqrt 6)/10, (4 + sqrt 6)/10, 1)`` (the zeros of the Radau right polynomial) and the collocation
+``c = ((4 - sqrt 6)/10, (4 + sqrt 6)/10, 1)`` (the Radau IIA nodes, IV.5) and the collocation
 matrix ``A`` (``a_ij = int_0^{c_i} l_j``, ``l_j`` the Lagrange polynomials on ``c``), a step of size ``h`` from
 ``(t0, y0)`` solves for the stage increments ``Z_i = Y_i - y0``::
 
@@ -9,7 +9,7 @@ matrix ``A`` (``a_ij = int_0^{c_i} l_j``, ``l_j`` the Lagrange polynomials on ``
 
 order 5 (``B(5)``, ``C(3)``, ``D(2)``), L-stable. The ``3n`` nonlinear equations are solved by a simplified
 Newton iteration whose matrix is decoupled by the eigenvalues of ``A^-1``: one real ``gamma`` and a complex
-pair ``alpha +- i beta`` (IV.8, (8.14)-(8.18)). With ``T^-1 A^-1 T = Lambda``,
+pair ``alpha +- i beta`` (IV.8). With ``T^-1 A^-1 T = Lambda``,
 ``Lambda = [[gamma, 0, 0], [0, alpha, -beta], [0, beta, alpha]]`` and ``Z = (T (x) I) W``, each iteration is::
 
     (gamma / h  I - J) dW_1              = G_1 - (gamma / h) W_1                      (B, n, n) real LU
@@ -27,19 +27,23 @@ over the three stages, the norm the step is judged by, so each sample of a batch
 the rate ``theta_k = ||dZ_k|| / ||dZ_{k-1}||`` (from the third iteration the geometric mean of the last two,
 as RADAU5), and ``eta_k = theta_k / (1 - theta_k)``, the iteration stops when ``eta_k ||dZ_k|| <= kappa tol``
 with ``kappa tol = max(10 eps / rtol, min(0.03, rtol^(1/2)))`` (RADAU5's ``FNEWT``, as scipy uses it on
-untransformed tolerances). On the first iteration ``eta`` is the previous step's, ``max(eta_old, eps)^0.8``
-(8.17)). It fails when ``theta >= 0.99`` (divergence: the step is retried with ``h / 2``) or when the
-predicted error after the iterations left, ``eta ||dZ|| theta^(k_max - k) / (kappa tol)``, is ``>= 1`` (too
-slow: ``h`` shrinks by RADAU5's ``0.8 q^(-1 / (4 + k_max - k))``, ``q`` that prediction). A failure with a
-Jacobian formed at an earlier point first re-forms ``J`` at ``(t0, y0)`` and retries the same ``h``; at the
-minimum step it is a :class:`SolverError`.
+untransformed tolerances). On the first iteration ``eta`` is the previous step's, ``max(eta_old, eps)^0.8``.
+It fails when ``theta >= 0.99`` (divergence: the step is retried with ``h / 2``) or when the predicted error
+after the iterations left, ``eta ||dZ|| theta^(k_max - k) / (kappa tol)``, is ``>= 1`` (too slow: ``h`` shrinks
+by RADAU5's ``0.8 q^(-1 / (4 + k_max - k))``, ``q`` that prediction). The loop learns of a failure as a
+rejected step whose error ratio makes its controller propose exactly that reduction (rejections are I control,
+``safety ratio^(-1/k)``; the norm is homogeneous), within its ``dfactor`` limit. A failure with a Jacobian
+formed at an earlier point first re-forms ``J`` at ``(t0, y0)`` and retries the same ``h``; at the minimum step
+it is a :class:`SolverError`.
 
-Starting values (IV.8, (8.16)): the previous step's collocation polynomial extrapolated to the new nodes,
+Starting values (IV.8): the previous step's collocation polynomial extrapolated to the new nodes,
 ``Z_i^0 = q_old(t0 + c_i h) - y0``; zero on the first step or after an event reset the state.
 
-Jacobian reuse (RADAU5): ``J`` is kept from step to step while the last accepted step's Newton iteration
-converged in at most two iterations or with ``theta <= 1e-3``, and re-formed at ``(t0, y0)`` otherwise; both
-matrices are refactored whenever ``h`` or ``J`` changes.
+Jacobian reuse: ``J`` is kept from step to step while the last accepted step's Newton iteration converged in
+at most two iterations or with ``theta <= 1e-3`` (RADAU5's test ``theta <= THET = 1e-3``, with scipy's
+allowance for two iterations), and re-formed at ``(t0, y0)`` otherwise, and after a rejection if it was formed
+elsewhere; both matrices are refactored whenever ``h`` or ``J`` changes (RADAU5 also keeps ``h`` when the
+proposal is within ``[1, 1.2] h`` to save factorisations; here the loop's controller alone sets ``h``).
 
 Error estimate (IV.8, (8.19)-(8.20)): the embedded solution ``y_hat = y0 + h (gamma_0 f(t0, y0) + sum_i
 b_hat_i F_i)``, ``gamma_0 = 1 / gamma``, of order 3, gives ``y_hat - y1 = gamma_0 h f0 + sum_i e_i Z_i``
