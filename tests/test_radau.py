@@ -382,6 +382,14 @@ def test_slow_newton_rejects_with_radau5s_step_reduction():
     assert sol.stats.n_rejected >= 1 and np.abs(sol.ys[-1].numpy() - ref).max() < 1e-6
 
 
+def test_non_finite_func_stops_where_it_turns_non_finite():
+    def f(t, y):  # NaN once y falls below 0.5 (at t = ln 2)
+        return torch.where(y < 0.5, torch.full_like(y, math.nan), -y)
+
+    with pytest.raises(SolverError, match=r"radau5 failed to converge at the minimum step size at t=0\.6931"):
+        solve(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="radau5")
+
+
 def test_newton_failure_at_the_minimum_step():
     # func jumps by 1e6 at y = 0.5: no step size makes the simplified Newton iteration settle across it.
     def f(t, y):

@@ -342,8 +342,8 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
             dW = [dW0, dWc.real, dWc.imag]
             dZ = [_lin(T[i], dW) for i in range(3)]
             d = norm3(dZ, y)
-            if not math.isfinite(d):
-                return None, False, 0.5, theta, k
+            if not math.isfinite(d):  # non-finite stages: an infinite estimate, so the loop can say why
+                return None, False, None, theta, k
             if d_old is not None:
                 thq = d / d_old
                 theta = thq if thq_old is None else math.sqrt(thq * thq_old)
@@ -373,8 +373,9 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
 
     def reject(y: torch.Tensor, y1: torch.Tensor, shrink: float):
         """A rejected step whose error ratio makes the controller propose ``shrink h`` (its rejections use
-        ``safety * ratio^(-1/k)``; the norm is homogeneous); an infinite estimate where that cannot be formed."""
-        if error is not None and shrink < 1.0:
+        ``safety * ratio^(-1/k)``; the norm is homogeneous); an infinite estimate where that cannot be formed or
+        ``shrink`` is None (non-finite stages: the loop then checks ``f0`` and reports a non-finite derivative)."""
+        if error is not None and shrink is not None and 0.0 < shrink < 1.0:
             unit = torch.ones_like(y)
             r = error.ratio(unit, y, y1)
             if math.isfinite(r) and r > 0.0:
