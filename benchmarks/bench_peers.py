@@ -215,6 +215,8 @@ class Workload:
     notes: list[str] = field(default_factory=list)
     timings: dict[tuple[str, str], PairTiming] = field(default_factory=dict)
     bookkeeping: dict[str, PairTiming] = field(default_factory=dict)
+    replay: dict[str, Callable[[], Any]] = field(default_factory=dict)  # ours variant -> the solve, func replayed
+    replayed: dict[str, PairTiming] = field(default_factory=dict)  # solve / the same solve with func replayed
 
 
 def _np(x) -> np.ndarray:
@@ -253,6 +255,38 @@ def _diffrax_nfe(stats: dict, stages: int, fsal: bool, vmapped: bool = False) ->
                 f"mean {steps.mean():.0f}, {rejected.mean():.1f} rejected)")
     approx = "≈ " if fsal else ""
     return f"{approx}{per_step * int(steps) + start} ({int(steps)} steps, {int(rejected)} rejected)"
+
+
+def _replayed(solve: Callable[[Any], Any], func) -> Callable[[], Any]:
+    """``solve`` (which takes the func to integrate) with a func that hands back, in order, the
+    outputs ``func`` gave in one recorded solve: the same steps, stages and outputs, with no
+    evaluation work. Its time is the solver's own work alone, away from the evaluations; the
+    difference to (solve - bare evaluations) is what the two cost each other when interleaved
+    (caches, allocator, the core's clock)."""
+    outs: list[torch.Tensor] = []
+
+    def record(t, y):
+        out = func(t, y)
+        outs.append(out.detach().clone())
+        return out
+
+    with torch.no_grad():
+        solve(record)
+    i = [0]
+
+    def replay(t, y):
+        out = outs[i[0]]
+        i[0] += 1
+        return out
+
+    def run():
+        i[0] = 0
+        out = solve(replay)
+        if i[0] != len(outs):
+            raise RuntimeError(f"the replayed solve made {i[0]} evaluations, the recorded one {len(outs)}")
+        return out
+
+    return run
 
 
 def _bare_forward(func, y0: torch.Tensor, n: int) -> Callable[[], None]:
@@ -312,7 +346,7 @@ def tiny_midpoint() -> Workload:
         answers={"neuralode": _np(ys_nd), "diffrax": _np(dfx_ys), "torchode": _np(ys_tod), "torchdiffeq": _np(ys_tdq)},
         ref=reference(numpy_mlp(func), y0, t),
         nfe={"neuralode": str(nfe_nd), "diffrax": _diffrax_nfe(dfx_stats, 2, False), "torchode": str(nfe_tod), "torchdiffeq": str(nfe_tdq)},
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, replay={"neuralode": _replayed(nd, func)},
         compile_s=compile_s, state=y0,
         notes=["The reference is the exact ODE solution, so every library's error here is the midpoint rule's own.",
                "torchode takes 201 steps: its clock has the state's dtype, and in float32 200 steps of 0.005 end "
@@ -372,7 +406,8 @@ def mlp_forward(method: str) -> Workload:
         key, f"({key}) MLP 32→128→128→32, batch 256, {method} 1e-6, 10 outputs, forward",
         ours={"neuralode": nd}, peers=peers, pairings=[("neuralode", p) for p in peers],
         answers=answers, ref=reference(numpy_mlp(func), y0, t), nfe=nfe,
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, compile_s=compile_s, state=y0,
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, replay={"neuralode": _replayed(nd, func)},
+        compile_s=compile_s, state=y0,
     )
 
 
@@ -524,7 +559,7 @@ def van_der_pol() -> Workload:
         ref=reference(numpy_vdp, y0, t),
         nfe={"neuralode": f"{nfe_nd} (one step size for the batch)", "diffrax": _diffrax_nfe(dfx_stats, 7, True, vmapped=True),
              "torchode": f"{nfe_tod} batched (per-sample steps)", "torchdiffeq": f"{nfe_tdq} (one step size for the batch)"},
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, replay={"neuralode": _replayed(nd, func)},
         compile_s=compile_s, state=y0,
         notes=["Per-sample control (diffrax by vmap, torchode natively) gives each sample its own steps; "
                "neuralode and torchdiffeq step the whole batch with the step its hardest sample needs."],
@@ -547,6 +582,10 @@ def measure(w: Workload, pairs: int) -> None:
         w.bookkeeping[variant] = time_pair(w.ours[variant], bare, pairs=pairs, per_side=True)
         share = 1 - 1 / w.bookkeeping[variant].ratio
         print(f"  {w.key}: {_ours_name(variant)} bookkeeping share {share:.0%}", flush=True)
+    for variant, replay in w.replay.items():
+        w.replayed[variant] = time_pair(w.ours[variant], replay, pairs=pairs, per_side=True)
+        print(f"  {w.key}: {_ours_name(variant)} solver alone (func replayed) {1 / w.replayed[variant].ratio:.0%} "
+              "of the solve", flush=True)
 
 
 def profile_breakdown(w: Workload, variant: str = "neuralode", solves: int = 20, top: int = 12) -> str:
@@ -624,8 +663,13 @@ def remaining_time(workloads: list[Workload]) -> str:
             # bare / peer, from the two ratios measured against the same neuralode solve
             floor[peer] = t.ratio / book.ratio if t is not None else None
             cells[peer] = f"{floor[peer]:.2f}×" if t is not None else "—"
+        share = 1 - 1 / book.ratio
+        alone = 1 / w.replayed["neuralode"].ratio if "neuralode" in w.replayed else None
         rows.append([SHORT[w.key], f"{calls}", f"{extra_us / 1e3:.2f} ms", f"{extra_us / max(calls, 1):.1f} µs",
-                     f"{op_us:.1f} µs", cells["diffrax"], cells["torchdiffeq"]])
+                     f"{op_us:.1f} µs", f"{share:.0%}",
+                     f"{alone:.0%}" if alone is not None else "—",
+                     f"{share - alone:.0%}" if alone is not None else "—",
+                     cells["diffrax"], cells["torchdiffeq"]])
         # What each target would need, in the measured quantities.
         said = []
         target = DIFFRAX_TARGETS[w.key]
@@ -644,6 +688,11 @@ def remaining_time(workloads: list[Workload]) -> str:
             allowed_us = 1e6 * book.peer_s / 9  # share < 10 %: bookkeeping < bare / 9
             said.append(f"a bookkeeping share under 10 % allows {allowed_us / 1e3:.2f} ms above the evaluations, about "
                         f"{allowed_us / op_us:.0f} eager operations at {op_us:.1f} µs each, for {calls} torch calls today")
+            if alone is not None:
+                said.append(f"of the {share:.0%} bookkeeping, {alone:.0%} of the solve is the solver's own work with the "
+                            "evaluations replayed" + (", already above the 10 % allowed," if alone > 0.10 else "")
+                            + f" and {share - alone:.0%} is what evaluations and bookkeeping cost each other when "
+                            "interleaved")
         per_call = extra_us / max(calls, 1)
         if per_call > 2 * op_us:
             said.append(f"the bookkeeping per torch call ({per_call:.1f} µs) is {per_call / op_us:.1f}× the price of one "
@@ -651,6 +700,23 @@ def remaining_time(workloads: list[Workload]) -> str:
                         "operations weigh more than their number")
         if said:
             readings.append(f"- {SHORT[w.key]}: " + "; ".join(said) + ".")
+    for w in workloads:
+        # Forward + backward by backpropagation: the floor is the recorded evaluations and their backward pass.
+        book = w.bookkeeping.get("backprop")
+        if book is None:
+            continue
+        said = []
+        for peer, target in (("diffrax", DIFFRAX_TARGETS[w.key]), ("torchdiffeq backprop", TORCHDIFFEQ_TARGET)):
+            t = w.timings.get(("backprop", peer))
+            if t is None or t.ratio <= target:
+                continue
+            f = t.ratio / book.ratio
+            said.append(f"against {peer} ({t.ratio:.2f}× for ≤ {target:g}×) the evaluations and their backward pass "
+                        f"alone take {f:.2f}× the peer's whole step" + (", so no solver around them reaches it" if f > target
+                        else f"; it needs the solver's own time ({1 - 1 / book.ratio:.0%} of the step) cut to "
+                        f"{(target - f) / (t.ratio - f):.0%} of today's"))
+        if said:
+            readings.append(f"- {SHORT[w.key]}, backprop: " + "; ".join(said) + ".")
     return (
         "## Where the remaining time goes\n\n"
         "The solver's own torch calls per solve (every torch function and tensor method a solve calls, minus those "
@@ -658,9 +724,14 @@ def remaining_time(workloads: list[Workload]) -> str:
         "(solve − bare, medians) spread over them, and the measured price of one eager elementwise `torch.add` on "
         "the state. Last two columns: the bare evaluations alone as a multiple of the peer's whole solve (the ratio "
         "to the peer divided by the ratio solve / bare): no eager loop around these evaluations can be faster "
-        "than that.\n\n"
+        "than that. The bookkeeping share (solve − bare) / solve is split in two: the solver alone, the same solve "
+        "with a func that hands back the recorded outputs of one solve in order (same steps and outputs, no "
+        "evaluation work; its time over the solve's, from alternating pairs of its own), and the interaction, the "
+        "rest: what evaluations and bookkeeping cost each other when interleaved (caches, allocator, clock), which "
+        "no reduction of the solver's operations removes.\n\n"
         + markdown_table(["workload", "solver torch calls / solve", "bookkeeping / solve", "per call",
-                          "one torch.add on the state", "bare evaluations / diffrax solve",
+                          "one torch.add on the state", "bookkeeping share", "solver alone (func replayed)",
+                          "interaction", "bare evaluations / diffrax solve",
                           "bare evaluations / torchdiffeq solve"], rows)
         + ("\n\nWhat the targets that are missed would need, in these measured quantities:\n\n" + "\n".join(readings)
            if readings else "")

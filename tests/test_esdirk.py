@@ -113,3 +113,28 @@ def test_embedded_order_of_one_step(name):
     # est - hat_error is y1's error, one order higher): measured 0.48, 0.65, 0.79, 0.88 of it.
     gaps = [abs(e / a - 1.0) for e, a in zip(est, hat)]
     assert all(g1 < g0 for g0, g1 in zip(gaps, gaps[1:])) and gaps[-1] < 0.2, gaps
+
+
+@pytest.mark.parametrize("rtol, bound", [(1e-5, 2.0), (1e-6, 30.0)])
+def test_float32_newton_converges_at_its_rounding(rtol, bound):
+    """In float32 the chord iteration's displacements stall at the rounding of Z (~1e-7 |Z|, ~0.01-0.1
+    tolerance units at these rtol), where the contraction rate is ~1: counted as a divergence, every step
+    failed and the step size collapsed (2000 steps without reaching t = 1e-6). A displacement within
+    10 eps ||Z|| is converged: float32 takes the float64 solve's steps. Its answer is within 0.3 tolerance
+    units of float64's at rtol 1e-5; at 1e-6 float32's own rounding shows (13 units, whatever the bound on
+    the iteration; rodas5p, which does not iterate, 8)."""
+    theta = torch.tensor([[-0.1, -2.0], [2.0, -0.1]], dtype=F64)  # a damped rotation
+
+    def f(t, y):
+        return y @ theta.to(y.dtype).T
+
+    torch.manual_seed(0)
+    y0 = torch.randn(8, 2, dtype=F64)
+    t = torch.linspace(0.0, 5.0, 11, dtype=F64)
+    kw = dict(rtol=rtol, atol=rtol, method="kvaerno5", options={"max_num_steps": 500})
+    ref = solve(f, y0, t, **kw)
+    sol = solve(f, y0.float(), t.float(), **kw)
+    assert sol.stats.n_rejected == 0
+    assert sol.stats.n_accepted <= ref.stats.n_accepted + 2
+    units = ((sol.ys.double() - ref.ys).abs() / (rtol + rtol * ref.ys.abs())).max()
+    assert units < bound

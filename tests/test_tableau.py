@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
+import torch
 
 from neuralode.solvers import tableau as tableau_module
 from neuralode.solvers.tableau import METHODS, ButcherTableau, get_tableau
@@ -203,7 +204,7 @@ EXPECTED = {
     # 5th/3rd-order estimate; dense output of order 7 with 3 extra stages.
     "dopri8": (13, 8, 7, 7, True),
     # Prince-Dormand 13M (torchdiffeq's dopri8): 13 stages as published; b[12] = 1/4 != 0, so not FSAL.
-    "dopri8_13m": (13, 8, 7, None, False),
+    "dopri8_13m": (13, 8, 7, 4, False),
 }
 
 
@@ -220,7 +221,7 @@ def test_registry_entry(name):
     assert get_tableau(name) is tab
     assert (tab.stages, tab.order, tab.error_order, tab.dense_order, tab.fsal) == EXPECTED[name]
     assert tab.adaptive == (tab.b_err is not None)
-    assert tab.extra_stages == (3 if name == "dopri8" else 0)
+    assert tab.extra_stages == {"dopri8": 3, "dopri8_13m": 1}.get(name, 0)
     assert (tab.b_err_aux is not None) == (name in AUX_ORDER)
     assert tab.description and "\n" not in tab.description
 
@@ -277,16 +278,16 @@ def test_dense_output_endpoints(name):
 
 @dense_names
 def test_dense_output_is_c1_across_steps(name):
-    # All registered interpolants are FSAL-based Hermite-like: their derivative is f(t0, y0) at theta = 0 and
-    # f(t1, y1) = k_last (the last stage of the step, before any extra stage) at theta = 1, so the piecewise
-    # interpolant is continuously differentiable.
+    # All registered interpolants are Hermite-like: their derivative is f(t0, y0) at theta = 0 and f(t1, y1) at
+    # theta = 1, the stage tableau.end_stage (an FSAL method's last stage before any extra stage; dopri8_13m's
+    # extra stage at c = 1 on the row b), so the piecewise interpolant is continuously differentiable.
     tab = METHODS[name]
-    assert tab.fsal
+    assert tab.end_stage == (tab.stages - 1 if tab.fsal else tab.stages + tab.extra_stages - 1)
     dense = np.array(dense_of(tab))
     d0 = dense[:, 0]
     d1 = dense @ np.arange(1, dense.shape[1] + 1)
     unit = np.eye(tab.stages + tab.extra_stages)
-    e_first, e_last = unit[0], unit[tab.stages - 1]
+    e_first, e_last = unit[0], unit[tab.end_stage]
     np.testing.assert_allclose(d0, e_first, rtol=0, atol=1e-12)
     np.testing.assert_allclose(d1, e_last, rtol=0, atol=1e-12)
 
@@ -584,3 +585,31 @@ def test_get_tableau_non_string(method, type_name):
     with pytest.raises(TypeError) as info:
         get_tableau(method)
     assert str(info.value) == f"method must be a string naming a solver; got {type_name}."
+
+
+def test_dopri8_13m_interpolates_as_torchdiffeq_does():
+    """dopri8_13m's continuous extension is torchdiffeq's interpolant of its dopri8: the quartic through y0, y1,
+    f0, f1 and the midpoint estimate y0 + dt sum C_mid_i k_i (torchdiffeq's own functions, on one step's stages
+    of a nonlinear problem), to rounding at every theta."""
+    dopri8 = pytest.importorskip("torchdiffeq._impl.dopri8")
+    interp = pytest.importorskip("torchdiffeq._impl.interp")
+    from neuralode.solvers.interpolation import continuous_extension, dense_stages
+    from neuralode.solvers.stepper import rk_step
+
+    tab = METHODS["dopri8_13m"]
+
+    def f(t, y):
+        return torch.stack([y[1], -torch.sin(y[0]) + 0.1 * t * y[1]])
+
+    y0, t0, dt = torch.tensor([1.0, 0.3], dtype=torch.float64), 0.2, 0.4
+    step = rk_step(f, t0, y0, f(t0, y0), dt, tab)
+    k = step.k + dense_stages(f, t0, y0, step.k, dt, tab)
+    assert torch.equal(k[-1], f(t0 + dt, step.y1))  # the extra stage is f(t1, y1)
+    c_mid = torch.tensor(dopri8.C_mid, dtype=torch.float64)
+    y_mid = y0 + dt * sum(c * ki for c, ki in zip(c_mid, k))
+    coeffs = interp._interp_fit(y0, step.y1, y_mid, k[0], k[-1], dt)
+    for theta in (0.1, 0.25, 0.5, 0.7, 0.9):
+        ours = continuous_extension(y0, k, dt, tab.dense_extra, theta)
+        t64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+        theirs = interp._interp_evaluate(coeffs, t64(0.0), t64(1.0), t64(theta))
+        torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=0, atol=1e-14)

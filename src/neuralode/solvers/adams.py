@@ -17,6 +17,13 @@ When the corrector does not converge a warning is issued and the oldest derivati
 lowering the order of the next step, as torchdiffeq does. The coefficients are the classical
 ones (Hairer, Nørsett & Wanner, *Solving ODEs I*, III.1, Tables 1.1-1.2), as exact fractions.
 
+Stability: the stability regions of Adams–Bashforth shrink fast with the order (Hairer & Wanner,
+*Solving ODEs II*, V.1, Fig. 1.1), so at the default ``max_order`` (orders up to 11) ``explicit_adams``
+needs a small step on oscillatory problems: on a damped rotation with ``omega = 2`` and ``step_size``
+0.01 (``h omega = 0.02``) it grows to 1e67 over ``[0, 5]``, exactly as torchdiffeq 0.2.5's does, while
+``options={"max_order": 6}`` gives an error of 1.3e-7 (measured in float64). The corrector of
+``implicit_adams`` keeps it stable there.
+
 The history is not hidden solver state: a step returns it in ``StepResult.memory`` and the loop
 hands it to the next step, so checkpointing and restarts after an event (where the history is
 started afresh) need nothing special.

@@ -13,8 +13,9 @@ serve all stages (Hairer & Wanner II, IV.8, the simplified Newton iteration)::
 iterated from the predictor ``Z = y0 + h sum_{j<i} a_ij k_j + h gamma k_{i-1}`` until the displacement,
 measured in the solve's error norm (``atol + rtol |y|`` units), is small: with the contraction rate
 ``theta = ||dZ_m|| / ||dZ_{m-1}||``, converged when ``theta / (1 - theta) ||dZ_m|| <= 0.05`` (or
-``||dZ|| <= 1e-3``), diverging when ``theta >= 1`` or after 10 iterations. Then ``k_i = (Z_i - base) /
-(h gamma)`` (no extra evaluation; for stiff problems this is more robust than ``f(Z_i)``).
+``||dZ|| <= max(5e-5, 10 eps ||Z||)``, the second bound Z's own rounding), diverging when
+``theta >= 1`` or after 10 iterations. Then ``k_i = (Z_i - base) / (h gamma)`` (no extra evaluation;
+for stiff problems this is more robust than ``f(Z_i)``).
 
 The Jacobian (and its factorisation, while ``h`` is unchanged) is kept across stages and steps while the
 iteration converges; when it does not, ``J`` is formed afresh at the step's start and the step retried;
@@ -42,6 +43,7 @@ from .stepper import StepResult, combine
 _TOL = 1e-12
 NEWTON_MAX_ITER = 10
 NEWTON_KAPPA = 0.05
+ROUNDING_ULPS = 10.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,11 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
         B, n = cache["J"].shape[0], cache["J"].shape[-1]
         hg = h * tab.gamma
         z = torch.add(base, guess_k, alpha=hg)
+        # No iteration resolves Z below its own rounding: a displacement within a few ulps of Z (in the
+        # same norm, ~ROUNDING_ULPS eps / rtol; Hairer & Wanner's lower bound 10 eps / rtol on RADAU5's
+        # Newton tolerance) is converged. Without it a float32 solve at rtol ~1e-5 never converges (the
+        # displacements stall at rounding, theta ~ 1) and the step size collapses.
+        done = max(1e-3 * NEWTON_KAPPA, ROUNDING_ULPS * torch.finfo(z.dtype).eps * scaled(z, y0))
         prev = None
         for m in range(NEWTON_MAX_ITER):
             g = z - base - hg * func(ti, z)
@@ -203,7 +210,7 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
             d = scaled(dz, y0)
             if not math.isfinite(d):
                 return None
-            if d <= 1e-3 * NEWTON_KAPPA:
+            if d <= done:
                 return z
             if prev is not None:
                 theta = d / prev

@@ -165,6 +165,15 @@ class _Interpolant:
         self.stage_func = problem if stage_func is None else stage_func
         self.k = None
 
+    def _extra_stages(self) -> None:
+        """The continuous extension's extra stages, once; one that is ``f(t1, y1)`` (``tableau.end_stage``,
+        dopri8_13m's) also serves as ``f1``, the next step's first stage."""
+        if self.k is None:
+            self.k = self.step.k + dense_stages(self.stage_func, self.t, self.y0, self.step.k, self.h, self.tableau)
+            end = self.tableau.end_stage
+            if self.f1 is None and end is not None and end >= len(self.step.k):
+                self.f1 = self.k[end]
+
     def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
         y0, y1, h = self.y0, self.step.y1, self.h
         inner = [th for th in thetas if 0.0 < th < 1.0]
@@ -173,8 +182,7 @@ class _Interpolant:
             if self.kind == "dense":
                 values = continuous_extension_many(y0, self.step.k, h, self.tableau.dense, inner)
             elif self.kind == "dense_extra":
-                if self.k is None:
-                    self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
+                self._extra_stages()
                 values = continuous_extension_many(y0, self.k, h, self.tableau.dense_extra, inner)
             else:
                 if self.f1 is None:
@@ -191,8 +199,7 @@ class _Interpolant:
             elif self.kind == "dense":
                 out.append(continuous_extension(y0, self.step.k, h, self.tableau.dense, theta))
             elif self.kind == "dense_extra":
-                if self.k is None:
-                    self.k = self.step.k + dense_stages(self.stage_func, self.t, y0, self.step.k, h, self.tableau)
+                self._extra_stages()
                 out.append(continuous_extension(y0, self.k, h, self.tableau.dense_extra, theta))
             elif self.kind == "auto":
                 out.append(auto_dense(y0, y1, self.step.k, self.tableau, h, theta))
