@@ -241,6 +241,23 @@ def test_dense_output_between_steps(robertson_reference):
     assert torch.allclose(dense.evaluate(t[1:-1]), between.ys[1:-1], rtol=1e-12, atol=1e-18)
 
 
+def test_dense_jacobian_and_tuple_state_agree_with_the_batched_solve():
+    def f(t, y):  # (3, 2): three independent stiff-and-slow pairs
+        return torch.stack([-100.0 * (y[:, 0] - torch.cos(t)), -y[:, 1] * y[:, 0]], dim=-1)
+
+    y0 = torch.tensor([[1.0, 1.0], [0.5, 2.0], [0.0, -1.0]], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    kw = dict(rtol=1e-8, atol=1e-10, method="radau5")
+    batched = solve(f, y0, t, **kw)
+    dense = solve(f, y0, t, options={"jacobian": "dense"}, **kw)
+    tup = solve(lambda tt, y: tuple(f(tt, torch.stack(y, dim=-1)).unbind(-1)), tuple(y0.unbind(-1)), t, **kw)
+    ref = solve_ivp(lambda tt, y: f(torch.tensor(tt, dtype=F64), torch.from_numpy(y).view(3, 2)).reshape(-1).numpy(),
+                    (0.0, 2.0), y0.reshape(-1).numpy(), method="Radau", t_eval=t.numpy(), rtol=1e-10, atol=1e-12).y.T
+    for ys in (batched.ys, dense.ys, torch.stack(tup.ys, dim=-1)):
+        assert np.abs(ys.reshape(3, -1).numpy() - ref).max() < 1e-7
+    assert batched.stats.n_accepted == dense.stats.n_accepted
+
+
 def test_float32_state():
     f, _, _ = stiff_vdp(10.0)
     y0 = torch.tensor([2.0, 0.0])
