@@ -1,5 +1,5 @@
-"""Stiff problems: neuralode's rodas5p, kvaerno5, auto and rosenbrock23 against scipy's Radau, BDF and LSODA
-and diffrax's Kvaerno5 (JAX on the CPU).
+"""Stiff problems: neuralode's rodas5p, kvaerno5, radau5, auto and rosenbrock23 against scipy's Radau, BDF and
+LSODA and diffrax's Kvaerno5 (JAX on the CPU).
 
     python benchmarks/bench_stiff.py [--quick] [--out DIR]   (writes DIR/stiff.md, DIR/stiff_work_precision.png)
 
@@ -16,8 +16,10 @@ them the rows are left out with a note.
 
 The neuralode rows without a controller in their label use the methods' default step-size controller
 (``"pi_gustafsson"`` for the stiff methods, ``"pi"`` for auto); rows "controller X" repeat a solve with
-``options={"controller": X}`` (rodas5p at every tolerance, kvaerno5 at rtol >= 1e-6 and rosenbrock23 at
-rtol >= 1e-5, to keep the run short), and the section "Step-size controllers" at the end sums them up.
+``options={"controller": X}`` (rodas5p at every tolerance, kvaerno5 at rtol >= 1e-6, rosenbrock23 and radau5 at
+rtol >= 1e-5, to keep the run short), and the section "Step-size controllers" at the end sums them up. The
+section "radau5 against scipy Radau" lists, per problem and tolerance, radau5's error and accepted steps as
+ratios to Radau's (the same method and adaptive machinery, Hairer & Wanner II, IV.8).
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ def run_ours(name, method, rtol, land=False, controller=None):
 
 
 # The controller rows: (method, smallest rtol at which they are run) and the controllers other than the default.
-CONTROLLER_ROWS = (("rodas5p", 0.0), ("kvaerno5", 1e-6), ("rosenbrock23", 1e-5))
+CONTROLLER_ROWS = (("rodas5p", 0.0), ("kvaerno5", 1e-6), ("rosenbrock23", 1e-5), ("radau5", 1e-5))
 DEFAULT_CONTROLLER = "pi_gustafsson"
 OTHER_CONTROLLERS = ("pi", "i", "gustafsson")
 
@@ -232,7 +234,7 @@ def controller_summary(records) -> list[str]:
     by = {(p, r, lab): (e, st, rj, nfe) for p, r, lab, e, st, rj, nfe in records}
     lines = ["## Step-size controllers", "",
              "Sums over the problems and tolerances that have controller rows (rodas5p: rtol 1e-4 ... 1e-8; "
-             "kvaerno5: 1e-4 ... 1e-6; rosenbrock23: 1e-4, 1e-5). error / default: geometric mean over those "
+             "kvaerno5: 1e-4 ... 1e-6; rosenbrock23 and radau5: 1e-4, 1e-5). error / default: geometric mean over those "
              f"solves of the error divided by the error with the default controller ({DEFAULT_CONTROLLER}). "
              "Radau target: solves with an error no larger than scipy Radau's and no more accepted steps than "
              "Radau's at the same rtol.", "",
@@ -253,7 +255,7 @@ def controller_summary(records) -> list[str]:
                          f"{met} of {len(rows)} |")
     lines += ["", "Where the Radau target (error <= Radau's and accepted steps <= Radau's at the same rtol) holds, "
               "per method with its default controller, over every tolerance it ran at:", ""]
-    for method in ("rodas5p", "kvaerno5", "rosenbrock23", "auto"):
+    for method in ("rodas5p", "kvaerno5", "radau5", "rosenbrock23", "auto"):
         label = f"neuralode {method}"
         pairs = [(p, r) for p, r, lab, *_ in records if lab == label]
         radau = {(p, r): by[(p, r, "scipy Radau")] for p, r in pairs}
@@ -262,6 +264,32 @@ def controller_summary(records) -> list[str]:
         both = [f"{p} {r:g}" for p, r in pairs if (p, r) in err_ok and (p, r) in steps_ok]
         lines.append(f"* {method}: error <= Radau's on {len(err_ok)} of {len(pairs)}, steps <= Radau's on "
                      f"{len(steps_ok)} of {len(pairs)}; both on {len(both)}" + (f" ({', '.join(both)})." if both else "."))
+    return lines + [""]
+
+
+def radau_summary(records) -> list[str]:
+    """radau5 (default controller) against scipy Radau at the same rtol: error and accepted steps as ratios,
+    per problem and tolerance, and on how many solves both are no worse than Radau's."""
+    by = {(p, r, lab): (e, st) for p, r, lab, e, st, rj, nfe in records}
+    pairs = [(p, r) for p, r, lab, *_ in records if lab == "neuralode radau5"]
+    lines = ["## radau5 against scipy Radau", "",
+             "error and accepted steps of neuralode radau5 divided by scipy Radau's at the same rtol (below 1: "
+             "better); met: both <= 1.", "",
+             "| problem | rtol | error radau5 | error Radau | error ratio | steps radau5 | steps Radau | steps ratio | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    met = 0
+    log_e, log_s = [], []
+    for p, r in pairs:
+        (e, st), (e_r, st_r) = by[(p, r, "neuralode radau5")], by[(p, r, "scipy Radau")]
+        ok = e <= e_r and st <= st_r
+        met += ok
+        log_e.append(math.log(max(e, 1e-300) / max(e_r, 1e-300)))
+        log_s.append(math.log(st / st_r))
+        lines.append(f"| {p} | {r:g} | {e:.2g} | {e_r:.2g} | {e / e_r:.2f} | {st} | {st_r} | {st / st_r:.2f} | "
+                     f"{'yes' if ok else 'no'} |")
+    if pairs:
+        lines += ["", f"Both met on {met} of {len(pairs)}; geometric means: error ratio "
+                  f"{math.exp(sum(log_e) / len(log_e)):.2f}, steps ratio {math.exp(sum(log_s) / len(log_s)):.2f}."]
     return lines + [""]
 
 
@@ -355,7 +383,7 @@ def main(argv=None) -> int:
     setup()
     tols = [1e-4, 1e-6] if args.quick else [1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     lines = [
-        "# Stiff problems: neuralode rodas5p, kvaerno5, auto, rosenbrock23 against scipy Radau, BDF, LSODA",
+        "# Stiff problems: neuralode rodas5p, kvaerno5, radau5, auto, rosenbrock23 against scipy Radau, BDF, LSODA",
         "",
         "Written by `benchmarks/bench_stiff.py`" + (" --quick" if args.quick else "") + ". "
         "error: max over outputs and components of |y - ref| / (|ref| + scale), ref = scipy Radau at rtol 1e-13; "
@@ -364,15 +392,15 @@ def main(argv=None) -> int:
         "time: seconds, and the ratio to scipy Radau measured in the same process. Rows \"steps land on "
         "outputs\" end steps on the output times (options step_t), so the outputs are step ends: their difference "
         "from the plain rows is the share of the error that comes from the dense output (rodas5p: Steinebach's "
-        "order-4 interpolant; kvaerno5: cubic Hermite). rejected: rejected steps (scipy does not count them). "
+        "order-4 interpolant; kvaerno5: cubic Hermite; radau5: the cubic collocation polynomial, as scipy Radau's). rejected: rejected steps (scipy does not count them). "
         "neuralode rows without a controller in the label use the method's default step-size controller "
-        "(pi_gustafsson for rodas5p, kvaerno5 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
+        "(pi_gustafsson for rodas5p, kvaerno5, radau5 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
         "solve with options={\"controller\": X} (see the section \"Step-size controllers\" at the end).",
         "",
         machine_markdown(),
         "",
     ]
-    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "auto"):  # warm-up: first calls pay for imports and allocations
+    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "radau5", "auto"):  # warm-up: first calls pay for imports and allocations
         run_ours("OREGO", method, 1e-3)
     has_jax = _diffrax() is not None
     if not has_jax:
@@ -393,6 +421,8 @@ def main(argv=None) -> int:
                     ("neuralode rodas5p, steps land on outputs", run_ours(name, "rodas5p", rtol, land=True)),
                     ("neuralode kvaerno5", run_ours(name, "kvaerno5", rtol)),
                     ("neuralode kvaerno5, steps land on outputs", run_ours(name, "kvaerno5", rtol, land=True)),
+                    ("neuralode radau5", run_ours(name, "radau5", rtol)),
+                    ("neuralode radau5, steps land on outputs", run_ours(name, "radau5", rtol, land=True)),
                     ("neuralode auto", run_ours(name, "auto", rtol))]
             if rtol >= 1e-5:
                 runs.append(("neuralode rosenbrock23", run_ours(name, "rosenbrock23", rtol)))
@@ -415,6 +445,7 @@ def main(argv=None) -> int:
             print("\n".join(rows), flush=True)
         lines.append("")
     lines += controller_summary(records)
+    lines += radau_summary(records)
     lines += batch_case(256, 32 if args.quick else 256)
     args.out.mkdir(parents=True, exist_ok=True)
     work_precision_figure(curves, args.out / "stiff_work_precision.png")

@@ -349,9 +349,12 @@ IMPLICIT_METHODS: dict = dict(ROSENBROCK_METHODS)
 """Every built-in implicit (stiff) method by name; :func:`~neuralode.solvers.tableau.get_tableau` looks here
 after the explicit :data:`~neuralode.solvers.tableau.METHODS`."""
 
-# The ESDIRK methods (solvers/esdirk.py) and the fixed-grid implicit ones (implicit_fixed.py) join the registry.
+# The ESDIRK methods (solvers/esdirk.py), Radau IIA (radau.py) and the fixed-grid implicit ones
+# (implicit_fixed.py) join the registry.
 from .esdirk import ESDIRK_METHODS  # noqa: E402
 from .implicit_fixed import IMPLICIT_FIXED_METHODS  # noqa: E402
+from .radau import RADAU_METHODS  # noqa: E402
 
 IMPLICIT_METHODS.update(ESDIRK_METHODS)
+IMPLICIT_METHODS.update(RADAU_METHODS)
 IMPLICIT_METHODS.update(IMPLICIT_FIXED_METHODS)

@@ -12,7 +12,8 @@ JACOBIAN_KINDS = ("batched", "dense")
 
 @dataclass(frozen=True)
 class ImplicitOptions(AdaptiveOptions):
-    """Options of ``rodas5p``, ``rosenbrock23`` (and the other stiff methods): :class:`AdaptiveOptions` plus
+    """Options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5`` and ``radau5`` (the adaptive stiff methods):
+    :class:`AdaptiveOptions` plus
 
     Attributes:
         controller: as for the explicit methods, but the default is ``"pi_gustafsson"``: PI control

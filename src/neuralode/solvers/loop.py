@@ -42,6 +42,7 @@ from .interpolation import (
 )
 from .problem import _ErrorNorm, _Problem
 from .auto import auto_dense
+from .radau import radau_dense
 from .rosenbrock import rosenbrock_dense
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
@@ -146,7 +147,8 @@ def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, che
 class _Interpolant:
     """The solution inside one accepted step, ``theta in [0, 1]``: ``y(t + theta h)``.
 
-    ``kind`` is ``"linear"``, ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``, evaluated on first
+    ``kind`` is ``"linear"``, ``"rosenbrock"`` / ``"radau"`` (the stiff methods' own polynomials, from the
+    stages), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``, evaluated on first
     use unless FSAL already has it), ``"dense"`` (the method's own continuous extension, from
     the stages) or ``"dense_extra"`` (a continuous extension that needs extra stages, dopri8's:
     evaluated once, on first use, with the function the step was taken with). Calling it with a
@@ -216,6 +218,8 @@ class _Interpolant:
                 out.append(auto_dense(y0, y1, self.step.k, self.tableau, h, theta))
             elif self.kind == "rosenbrock":
                 out.append(rosenbrock_dense(y0, y1, self.step.k, self.tableau, theta))
+            elif self.kind == "radau":
+                out.append(radau_dense(y0, self.step.k, self.tableau, theta))
             elif self.kind == "linear":
                 out.append(linear(y0, y1, theta))
             else:

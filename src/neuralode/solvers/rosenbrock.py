@@ -256,6 +256,10 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
         from .implicit_fixed import make_stepper as make_fixed_stepper
 
         return make_fixed_stepper(func, tab, checkpoint, opts, problem)
+    if getattr(tab, "collocation", False):  # Radau IIA (radau.py): Newton on the collocation system
+        from .radau import make_stepper as make_radau_stepper
+
+        return make_radau_stepper(func, tab, checkpoint, opts, problem, error)
     if getattr(tab, "newton", False):  # ESDIRK methods iterate (esdirk.py); Newton needs the error norm
         from .esdirk import make_stepper as make_esdirk_stepper
 
