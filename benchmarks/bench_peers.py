@@ -261,8 +261,7 @@ def _replayed(solve: Callable[[Any], Any], func) -> Callable[[], Any]:
     """``solve`` (which takes the func to integrate) with a func that hands back, in order, the
     outputs ``func`` gave in one recorded solve: the same steps, stages and outputs, with no
     evaluation work. Its time is the solver's own work alone, away from the evaluations; the
-    difference to (solve - bare evaluations) is what the two cost each other when interleaved
-    (caches, allocator, the core's clock)."""
+    difference to (solve - bare evaluations) is what the two cost each other when interleaved."""
     outs: list[torch.Tensor] = []
 
     def record(t, y):
@@ -727,8 +726,9 @@ def remaining_time(workloads: list[Workload]) -> str:
         "than that. The bookkeeping share (solve − bare) / solve is split in two: the solver alone, the same solve "
         "with a func that hands back the recorded outputs of one solve in order (same steps and outputs, no "
         "evaluation work; its time over the solve's, from alternating pairs of its own), and the interaction, the "
-        "rest: what evaluations and bookkeeping cost each other when interleaved (caches, allocator, clock), which "
-        "no reduction of the solver's operations removes.\n\n"
+        "rest: what evaluations and bookkeeping cost each other when interleaved (its cause was not isolated: "
+        "allocations and matrix products of the MLP's sizes interleaved with a replayed solve did not reproduce "
+        "it).\n\n"
         + markdown_table(["workload", "solver torch calls / solve", "bookkeeping / solve", "per call",
                           "one torch.add on the state", "bookkeeping share", "solver alone (func replayed)",
                           "interaction", "bare evaluations / diffrax solve",
