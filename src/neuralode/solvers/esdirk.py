@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 
 from .errors import SolverError
-from .jacobian import autograd_linearisation, callable_linearisation
+from .jacobian import counted_flat_func, linearise
 from .stepper import StepResult, combine
 
 _TOL = 1e-12
@@ -162,23 +162,11 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
     rows = [_nz(r) for r in tab.a]
     b, b_err = _nz(tab.b), _nz(tab.b_err)
     cache: dict = {}
-    user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
 
-    def f_tensor(tt, y):
-        stats.nfe += 1
-        if problem.is_tuple:
-            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
-        return problem.func(tt, y)
+    f_tensor = counted_flat_func(problem)
 
     def fresh_jacobian(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
-        stats.n_jac_evals += 1
-        tt = problem.time(t)
-        if jac is not None:
-            lin = callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten, user_shape)
-        else:
-            create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
-            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling="J" not in cache,
-                                         create_graph=create_graph)
+        lin = linearise(problem, jac, f_tensor, t, y, f0, batch_dims, h, check_coupling="J" not in cache)
         cache.update(J=lin.J, y=y, t=t, lu=None, h_lu=None)
 
     def factors(t: float, h: float):

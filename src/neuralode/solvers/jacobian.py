@@ -230,3 +230,33 @@ def callable_linearisation(
         f1 = func(torch.full_like(tt, float(tt) + delta), y)
         f_t = (f1 - f0) / delta
     return Linearisation(J, None if not bool((f_t != 0).any()) else f_t)
+
+
+def counted_flat_func(problem) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(tt, y)`` on the solver's flat state with a tensor time, counted in ``problem.stats.nfe``: the
+    function the iterative implicit steppers (ESDIRK, Radau) evaluate and linearise."""
+    stats = problem.stats
+
+    def f_tensor(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        stats.nfe += 1
+        if problem.is_tuple:
+            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
+        return problem.func(tt, y)
+
+    return f_tensor
+
+
+def linearise(problem, jac, f_tensor, t: float, y: torch.Tensor, f0: torch.Tensor, batch_dims: int, h: float,
+              check_coupling: bool) -> Linearisation:
+    """``J`` at ``(t, y)`` for an iterative implicit stepper, counted in ``problem.stats.n_jac_evals``: from the
+    user's ``jac`` callable when given (checked against the state's shape), else by autograd, with a graph
+    when the state or ``f0`` carry one (backpropagation through the solve), checking the declared batch
+    coupling when ``check_coupling`` (the solve's first Jacobian)."""
+    problem.stats.n_jac_evals += 1
+    tt = problem.time(t)
+    if jac is not None:
+        user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
+        return callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten, user_shape)
+    create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
+    return autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=check_coupling,
+                                  create_graph=create_graph)

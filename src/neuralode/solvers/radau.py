@@ -82,7 +82,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SolverError
-from .jacobian import autograd_linearisation, callable_linearisation
+from .jacobian import counted_flat_func, linearise
 from .stepper import StepResult
 
 __all__ = ["RadauTableau", "RADAU5", "RADAU_METHODS", "make_stepper", "radau_dense"]
@@ -280,7 +280,6 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
     min_step = getattr(opts, "min_step", 0.0)
     safety = getattr(opts, "safety", 0.9)
     k_ctrl = min(tab.order, tab.error_order) + 1
-    user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
     c, T, Ti, e = tab.c, tab.T, tab.T_inv, tab.e
     gamma, mu_c = tab.gamma, complex(tab.alpha, tab.beta)
     eps = torch.finfo(problem.dtype).eps if problem.dtype.is_floating_point else 2.220446049250313e-16
@@ -289,21 +288,10 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
     fnewt = max(10.0 * eps / max(rtol, 1e-300), min(0.03, math.sqrt(rtol)))  # kappa tol (RADAU5's FNEWT)
     st: dict = {"J": None, "eta": 1.0, "poly": None, "last": None, "slow": True}
 
-    def f_tensor(tt, y):
-        stats.nfe += 1
-        if problem.is_tuple:
-            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
-        return problem.func(tt, y)
+    f_tensor = counted_flat_func(problem)
 
     def fresh_jacobian(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
-        stats.n_jac_evals += 1
-        tt = problem.time(t)
-        if jac is not None:
-            lin = callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten, user_shape)
-        else:
-            create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
-            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=st["J"] is None,
-                                         create_graph=create_graph)
+        lin = linearise(problem, jac, f_tensor, t, y, f0, batch_dims, h, check_coupling=st["J"] is None)
         st.update(J=lin.J, jy=y, jt=t, lu_h=None)
 
     def factors(t: float, h: float):
