@@ -510,3 +510,32 @@ def test_many_outputs_in_a_step_equal_one_at_a_time(method):
     assert many.stats.n_accepted < 400  # so most steps hold several output times
     single = solve(vdp, y0, t[[0, -1]], method=method, rtol=tol, atol=tol, options={"dense": True})
     assert (many.ys - single.evaluate(t)).abs().max().item() < 1e-13
+
+
+@pytest.mark.parametrize("method", ["midpoint", "rk4", "gl4", "implicit_adams"])
+def test_fixed_grid_events_are_located_on_a_cubic_interpolant(method):
+    """A fixed grid's outputs interpolate linearly by default (torchdiffeq's ``interp``), but roots are located on
+    the step's cubic Hermite interpolant: on a free fall (a parabola, which these methods integrate exactly) the
+    event time and its gradient are exact to rounding (on the linear interpolant: 1.4e-5 and 7e-6 at h = 0.01),
+    with one evaluation more than the solve without the event up to it (f(t1, y1) of the step the event cuts;
+    elsewhere it is the next step's first stage) besides the event gradient's own."""
+    h0 = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    y0 = torch.stack([h0, torch.zeros((), dtype=F64)])
+    calls = []
+
+    def fall(t, y):
+        calls.append(1)
+        return torch.stack([y[1], torch.full_like(y[0], -9.81)])
+
+    opts = {"step_size": 0.01}
+    sol = solve(fall, y0, torch.tensor([0.0, 3.0], dtype=F64), events=[Event(lambda t, y: y[0])], method=method,
+                options=opts)
+    t_star = sol.events[0].t
+    assert abs(float(t_star) - math.sqrt(2 / 9.81)) < 1e-12
+    (grad,) = torch.autograd.grad(t_star, h0)
+    assert abs(float(grad) - 1 / math.sqrt(2 * 9.81)) < 1e-12
+    with_event = len(calls)
+    calls.clear()
+    steps = math.ceil(float(t_star) / 0.01)
+    solve(fall, y0.detach(), torch.tensor([0.0, steps * 0.01], dtype=F64), method=method, options=opts)
+    assert with_event <= len(calls) + 2

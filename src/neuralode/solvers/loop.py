@@ -438,11 +438,16 @@ def integrate(
         g1 = None
         if events:
             g1 = events.values(t1, step.y1)
-            for loc in events.locate(s.g, g1, t, h, interp, s.guard):
+            # Roots are found on the step's cubic Hermite interpolant where outputs interpolate linearly
+            # (a fixed grid's default ``interp``): a root of the linear one is second-order in the step
+            # whatever the method (rk4 at h = 0.01 on a free fall: 1.4e-5 in the event time; Hermite: 1e-16).
+            # Its f(t1, y1) is the next step's first stage, so this costs no evaluations.
+            ev_interp = interp.as_hermite() if interp.kind == "linear" else interp
+            for loc in events.locate(s.g, g1, t, h, ev_interp, s.guard):
                 event = events.events[loc.index]
                 at_end = loc.theta == 1.0
                 t_e = t1 if at_end else t + loc.theta * h
-                y_e = step.y1 if at_end else interp([loc.theta])[0]
+                y_e = step.y1 if at_end else ev_interp([loc.theta])[0]
                 t_star, y_star = attach_event_gradient(
                     event, problem.time, problem.unflatten, problem, t_e, y_e, loc.element, t_dtype
                 )
@@ -476,7 +481,8 @@ def integrate(
 
         # 3. The next state.
         if cut is None:
-            f_next = None if (jump_here or perturb) else (f1 if interp is None else interp.f1)
+            f_next = None if (jump_here or perturb) else (
+                f1 if interp is None else interp.f1 if interp.f1 is not None or not events else ev_interp.f1)
             side = 1 if (jump_here or perturb) else 0
             guard = 0.0
             if events:
