@@ -52,6 +52,7 @@ class _Tight:
     def scaled(self, x, y):
         return float(x.abs().max()) / 1e-15
 
+    scaled_all = scaled
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -110,6 +110,8 @@ class _Tight:
     def scaled(self, x, y):
         return float(x.abs().max()) / 1e-13
 
+    scaled_all = scaled
+
     def ratio(self, err, y0, y1, aux=None):
         return float(err.abs().max()) / 1e-13
 

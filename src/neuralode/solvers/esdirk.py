@@ -230,7 +230,8 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
         return cache["lu"]
 
     def scaled(dz: torch.Tensor, y: torch.Tensor) -> float:
-        return error.scaled(dz, y) if error is not None else float(dz.abs().max())
+        # Every component, not the solve's norm: a seminorm would leave components unconverged (scaled_all).
+        return error.scaled_all(dz, y) if error is not None else float(dz.abs().max())
 
     def solve_stage(t: float, ti: float, y0: torch.Tensor, base: torch.Tensor, guess_k: torch.Tensor, h: float):
         """Z with Z = base + h gamma f(ti, Z), or None when the chord iteration does not converge."""

@@ -303,10 +303,11 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
         return st["lu"]
 
     def norm3(dZ, y: torch.Tensor) -> float:
-        """RMS over the three stages of the solve's scaled norm."""
+        """RMS over the three stages of the scaled RMS norm of every component (not a user norm or the adjoint's
+        seminorm, which may leave components out: :meth:`~neuralode.solvers.problem._ErrorNorm.scaled_all`)."""
         if error is None:
             return max(float(d.abs().max()) for d in dZ)
-        return math.sqrt(sum(error.scaled(d, y) ** 2 for d in dZ) / 3.0)
+        return math.sqrt(sum(error.scaled_all(d, y) ** 2 for d in dZ) / 3.0)
 
     def newton(t: float, y: torch.Tensor, h: float, Z0):
         """``(Z, ok, shrink, theta, iterations)``: the stage increments, or ``ok = False`` with the factor by
