@@ -100,8 +100,8 @@ def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
     return (ym2 - yp2 + 8.0 * (yp1 - ym1)) / (12.0 * d * h)
 
 
-def backward_dynamics(cfg: dict, lo: float, hi: float, acc_dtype: torch.dtype, counter: dict):
-    """``(augmented, jacobian)``: the backward dynamics of ``(a, *gθ)`` on ``[lo, hi]`` with ``y(t)`` read
+def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
+    """``(augmented, jacobian)``: the backward dynamics of ``(a, *gθ)`` with ``y(t)`` read
     from ``cfg["dense"]``, and their Jacobian for implicit methods (see the module docstring).
     Evaluations of ``func`` outside the solver's own counting are added to ``counter["nfe"]``."""
     flat = cfg["flat"]
@@ -118,10 +118,9 @@ def backward_dynamics(cfg: dict, lo: float, hi: float, acc_dtype: torch.dtype, c
         return float(tt.detach())
 
     def y_at(tt: torch.Tensor) -> torch.Tensor:
-        # A stage may sit beyond the interval [lo, hi] between two output times (kvaerno5 has a node c = 1.23):
-        # y there is the forward solution's, not the interval end's (holding it there cost the gradients
-        # O(h^2) at every output time: 2e-5 at rtol 1e-8). Beyond the whole forward span (that node on the last
-        # backward step, or rounding of the backward clock) the nearest step's polynomial is extrapolated.
+        # A stage may sit beyond its step (kvaerno5 has a node c = 1.23); on the last backward step that is beyond
+        # the forward span, where y is the nearest forward step's polynomial extrapolated, not y(t0) held (which
+        # cost kvaerno5's gradients 2e-5 at rtol 1e-8). Rounding of the backward clock lands there too.
         s = clock(tt)
         if span[0] <= s <= span[1]:
             return flat.flatten(dense(torch.tensor(s, dtype=torch.float64))).detach()
@@ -192,7 +191,7 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
     tdt = time_dtype(ys.dtype)
     implicit = getattr(_method(cfg["adjoint_method"]), "implicit", False)
     extra = {"nfe": 0}
-    augmented, jacobian = backward_dynamics(cfg, min(times), max(times), acc_dtype, extra)
+    augmented, jacobian = backward_dynamics(cfg, acc_dtype, extra)
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flat.flatten(func(tt, flat.unflatten(y)))
