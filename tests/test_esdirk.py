@@ -54,7 +54,6 @@ class _Tight:
 
     scaled_all = scaled
 
-
 @pytest.mark.parametrize("name", NAMES)
 def test_local_order_of_one_step(name):
     tab = ESDIRK_METHODS[name]
@@ -140,38 +139,3 @@ def test_float32_newton_converges_at_its_rounding(rtol, bound):
     assert sol.stats.n_accepted <= ref.stats.n_accepted + 2
     units = ((sol.ys.double() - ref.ys).abs() / (rtol + rtol * ref.ys.abs())).max()
     assert units < bound
-
-
-def test_kvaerno5_dense_output_is_order_four_and_c1():
-    """The continuous extension (order4_dense): the continuous order conditions of the trees of order <= 4 hold
-    at every theta, b(1) = b, b'(0) = e_1, b'(1) = e_s (C1 across steps, as Hermite); order 5 fails inside the
-    step (stage order 2). On a damped rotation at rtol 1e-9 the outputs between step ends are as accurate as
-    the step ends (cubic Hermite: 13x worse)."""
-    tab = ESDIRK_METHODS["kvaerno5"]
-    assert tab.interp_kind == "dense" and tab.dense_order == 4
-    P = np.array(tab.dense)
-    A, c, s = np.array(tab.full_a()), np.array(tab.c), tab.stages
-    ac = A @ c
-    trees = [(1, 1, np.ones(s)), (2, 2, c), (3, 3, c**2), (3, 6, ac), (4, 4, c**3), (4, 8, c * ac),
-             (4, 12, A @ c**2), (4, 24, A @ ac)]
-    for theta in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
-        bt = P @ theta ** np.arange(1, 5)
-        for rho, gamma, phi in trees:
-            assert abs(bt @ phi - theta**rho / gamma) < 1e-13
-    assert max(abs(bt @ c**4 - 0.5**5 / 5) for bt in [P @ 0.5 ** np.arange(1, 5)]) > 1e-4
-    np.testing.assert_allclose(P.sum(1), tab.b, atol=1e-14)
-    np.testing.assert_allclose(P[:, 0], np.eye(s)[0], atol=1e-14)
-    np.testing.assert_allclose(P @ np.arange(1, 5), np.eye(s)[-1], atol=1e-13)
-
-    w, a = 2.0, 0.1
-    rot = torch.tensor([[-a, -w], [w, -a]], dtype=F64)
-    torch.manual_seed(0)
-    y0 = torch.randn(4, 2, dtype=F64)
-    tt = torch.linspace(0.0, 5.0, 101, dtype=F64)
-    ang, decay = w * tt[:, None], torch.exp(-a * tt[:, None])
-    exact = torch.stack([decay * (torch.cos(ang) * y0[:, 0] - torch.sin(ang) * y0[:, 1]),
-                         decay * (torch.sin(ang) * y0[:, 0] + torch.cos(ang) * y0[:, 1])], -1)
-    ends = solve(lambda t, y: y @ rot.T, y0, tt[[0, -1]], rtol=1e-9, atol=1e-9, method="kvaerno5")
-    inside = solve(lambda t, y: y @ rot.T, y0, tt, rtol=1e-9, atol=1e-9, method="kvaerno5")
-    end_error = float((ends.ys[-1] - exact[-1]).abs().max())
-    assert float((inside.ys - exact).abs().max()) < 2 * end_error
