@@ -280,25 +280,27 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
 
     memo: dict = {}
 
-    def linearise(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> Linearisation:
+    def linearise(t: float, y: torch.Tensor, f0: torch.Tensor, h: float, flags=None) -> Linearisation:
         # The Jacobian at (t, y) is reused while the loop retries from the same point (rejections).
         if not checkpoint and memo.get("y") is y and memo.get("t") == t:
             return memo["lin"]
         stats.n_jac_evals += 1
         tt = problem.time(t)
+        checked, time_dependent = flags if flags is not None else (memo.get("checked", False),
+                                                                    memo.get("time_dependent"))
         if jac is not None:
             lin = callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten,
                                          tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),))
         else:
             create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
-            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not memo.get("checked", False),
-                                         create_graph=create_graph, time_dependent=memo.get("time_dependent"))
+            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not checked,
+                                         create_graph=create_graph, time_dependent=time_dependent)
             memo["checked"] = True
             memo["time_dependent"] = lin.f_t is not None
         memo.update(y=y, t=t, lin=lin)
         return lin
 
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float, flags=None):
         if f0 is None:
             # A new Jacobian evaluates func(t, y) anyway; without autograd recording that evaluation is the
             # step's f0 too (the same operations on the same values), one evaluation of func fewer per step.
@@ -309,7 +311,7 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
                     and not (memo.get("y") is y and memo.get("t") == t))
             lin = linearise(t, y, None, h) if fuse else None
             f0 = lin.f if lin is not None and lin.f is not None else func(t_f0, y)
-        lin = linearise(t, y, f0, h)
+        lin = linearise(t, y, f0, h, flags)
         lu = factor(lin.J, h, tab.gamma, t, stats, stats.n_steps)
         return f0, rosenbrock_step(func, t, y, f0, h, tab, lin, lu, stats)
 
@@ -319,7 +321,10 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     from torch.utils.checkpoint import checkpoint as run_checkpointed
 
     def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
-        return run_checkpointed(take, t_f0, t, y, f0, h, use_reentrant=False)
+        # The recomputation in backward must take the forward's branches (the coupling check of the first
+        # Jacobian, df/dt by forward mode or not), which the memo has moved on from by then: pass them in.
+        flags = (memo.get("checked", False), memo.get("time_dependent"))
+        return run_checkpointed(take, t_f0, t, y, f0, h, flags, use_reentrant=False)
 
     take_checkpointed.memo = memo
     return take_checkpointed
