@@ -45,7 +45,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import SolverError
-from .jacobian import autograd_linearisation, callable_linearisation
+from .jacobian import autograd_linearisation, callable_linearisation, counted_flat_func
 from .options import FixedOptions
 
 NEWTON_MAX_ITER = 20
@@ -147,11 +147,7 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
     s = tab.stages
     checked = {"done": False}
 
-    def f_tensor(tt, y):
-        stats.nfe += 1
-        if problem.is_tuple:
-            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
-        return problem.func(tt, y)
+    f_tensor = counted_flat_func(problem)
 
     def jacobian(t: float, y: torch.Tensor, f: torch.Tensor, h: float) -> torch.Tensor:
         stats.n_jac_evals += 1

@@ -436,12 +436,13 @@ def integrate(
         #    or resets the state (record-only events before it are kept).
         cut = None
         g1 = None
+        ev_interp = interp
         if events:
             g1 = events.values(t1, step.y1)
             # Roots are found on the step's cubic Hermite interpolant where outputs interpolate linearly
             # (a fixed grid's default ``interp``): a root of the linear one is second-order in the step
             # whatever the method (rk4 at h = 0.01 on a free fall: 1.4e-5 in the event time; Hermite: 1e-16).
-            # Its f(t1, y1) is the next step's first stage, so this costs no evaluations.
+            # Its f(t1, y1) is the next step's first stage: one evaluation more only where an event cuts the step.
             ev_interp = interp.as_hermite() if interp.kind == "linear" else interp
             for loc in events.locate(s.g, g1, t, h, ev_interp, s.guard):
                 event = events.events[loc.index]
@@ -481,8 +482,7 @@ def integrate(
 
         # 3. The next state.
         if cut is None:
-            f_next = None if (jump_here or perturb) else (
-                f1 if interp is None else interp.f1 if interp.f1 is not None or not events else ev_interp.f1)
+            f_next = None if (jump_here or perturb) else (f1 if interp is None else ev_interp.f1)
             side = 1 if (jump_here or perturb) else 0
             guard = 0.0
             if events:

@@ -217,14 +217,14 @@ class _ErrorNorm:
         rms = [torch.linalg.vector_norm(p) * s for p, s in zip(torch.split(x, self.problem.sizes), self.inv_sqrt_n)]
         return float(torch.stack(rms).max())
 
-    def scaled(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def scaled(self, x: torch.Tensor, y: torch.Tensor, every_component: bool = False) -> float:
         """``norm(x / (atol + rtol |y|))``; the initial-step heuristic's three norms share ``y = y0``,
         whose tolerance is formed once (and reused by the first step's error ratio)."""
         with _no_grad():
             tol = self._tol(y)
             if self.upcast is not None:
                 x = x.to(self.upcast)
-            return self.norm(x / tol)
+            return self.norm(x / tol, every_component)
 
     def scaled_all(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """:meth:`scaled` in the default RMS norm over every component, whatever ``norm`` the solve was given:
@@ -232,11 +232,7 @@ class _ErrorNorm:
         that leaves components out of the error estimate (the adjoint's seminorm, which leaves out the
         parameter-gradient quadratures) would let the iteration stop with those components unconverged
         (radau5's adjoint, rtol 1e-9: gradient error 1.9e-6, against 1e-11 with every component)."""
-        with _no_grad():
-            tol = self._tol(y)
-            if self.upcast is not None:
-                x = x.to(self.upcast)
-            return self.norm(x / tol, every_component=True)
+        return self.scaled(x, y, every_component=True)
 
     def _tol(self, y: torch.Tensor) -> torch.Tensor:
         """``atol + rtol |y|``, kept for the last two states seen: a step's ``y1`` is the next

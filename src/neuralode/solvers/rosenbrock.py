@@ -58,7 +58,7 @@ import torch
 
 from .errors import SolverError
 from .implicit import RosenbrockTableau
-from .jacobian import Linearisation, autograd_linearisation, callable_linearisation
+from .jacobian import Linearisation, autograd_linearisation, callable_linearisation, counted_flat_func
 from .stepper import StepResult, combine
 
 Func = Callable[[float, torch.Tensor], torch.Tensor]
@@ -272,12 +272,7 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     batch_dims = resolve_batch_dims(opts, problem)
     jac = opts.jacobian if callable(opts.jacobian) else None
 
-    def f_tensor(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        stats.nfe += 1
-        if problem.is_tuple:
-            return torch.cat([o.reshape(-1) for o in problem.func(tt, problem.unflatten(y))])
-        return problem.func(tt, y)
-
+    f_tensor = counted_flat_func(problem)
     memo: dict = {}
 
     def linearise(t: float, y: torch.Tensor, f0: torch.Tensor, h: float, flags=None) -> Linearisation:
