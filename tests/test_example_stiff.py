@@ -13,14 +13,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stiff_robertson.py"
 
 
-def test_stiff_robertson_quick(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["rodas5p", "radau5"])
+def test_stiff_robertson_quick(tmp_path, capsys, method):
     spec = importlib.util.spec_from_file_location("stiff_robertson", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--quick", "--iters", "2", "--out", str(tmp_path)]) == 0
+    assert module.main(["--quick", "--iters", "2", "--method", method, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     line = [s for s in out.splitlines() if s.startswith("fit error")][-1]
     before, after = (float(x.split()[0]) for x in line.split(": ", 1)[1].split(" before, "))
-    assert after < before  # two Adam steps through rodas5p already improve the fit
+    assert after < before  # two Adam steps through the stiff method already improve the fit
     png = tmp_path / "stiff_robertson.png"
     assert png.exists() and png.stat().st_size > 10_000
