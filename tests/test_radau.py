@@ -1,4 +1,4 @@
-"""radau5: the Radau IIA coefficients and their eigen-transformation, the measured order, stiff solves against
+"""radau5 (and, where the behaviour is shared, radau9): the Radau IIA coefficients and their eigen-transformation, the measured order, stiff solves against
 scipy's Radau at the same tolerance (error and accepted steps), batches, dense output, gradients and bad input."""
 
 from __future__ import annotations
@@ -49,15 +49,16 @@ def test_eigen_transformation_reproduces_a_inverse():
     tab = RADAU5
     A = torch.tensor(tab.a, dtype=F64)
     T, Ti = torch.tensor(tab.T, dtype=F64), torch.tensor(tab.T_inv, dtype=F64)
-    Lam = torch.tensor([[tab.gamma, 0, 0], [0, tab.alpha, -tab.beta], [0, tab.beta, tab.alpha]], dtype=F64)
+    (alpha, beta), = tab.pairs
+    Lam = torch.tensor([[tab.gamma, 0, 0], [0, alpha, -beta], [0, beta, alpha]], dtype=F64)
     Ainv = torch.linalg.inv(A)
     assert float((T @ Lam @ Ti - Ainv).abs().max()) < 1e-14 * float(Ainv.abs().max())
     assert float((T @ Ti - torch.eye(3, dtype=F64)).abs().max()) < 1e-14
     # The eigenvalues in closed form (Hairer & Wanner II, IV.8, (8.13)): gamma = 1 / gamma_0 is the real root
     # of the characteristic polynomial of A^-1, lambda^3 - 9 lambda^2 + 36 lambda - 60.
-    for lam in (complex(tab.gamma), complex(tab.alpha, tab.beta)):
+    for lam in (complex(tab.gamma), complex(alpha, beta)):
         assert abs(lam**3 - 9 * lam**2 + 36 * lam - 60) < 1e-12
-    assert tab.beta > 0 and abs(tab.gamma - 3.637834252744496) < 1e-13
+    assert beta > 0 and abs(tab.gamma - 3.637834252744496) < 1e-13
 
 
 def test_error_weights_are_hairers():
@@ -76,14 +77,14 @@ def test_dense_polynomial_interpolates_the_stages():
 
 
 def test_tableau_is_checked_when_built():
-    fields = {f: getattr(RADAU5, f) for f in ("name", "c", "a", "b", "order", "error_order", "gamma", "alpha",
-                                               "beta", "T", "T_inv", "e", "dense")}
+    fields = {f: getattr(RADAU5, f) for f in ("name", "c", "a", "b", "order", "error_order", "gamma", "pairs",
+                                               "T", "T_inv", "e", "dense", "newton_max_iter")}
     RadauTableau(**fields)
     bad_a = (RADAU5.a[0], (RADAU5.a[1][0] + 1e-6, *RADAU5.a[1][1:]), RADAU5.a[2])
     with pytest.raises(ValueError, match=re.escape("RadauTableau 'radau5': C(3) fails at row 1")):
         RadauTableau(**{**fields, "a": bad_a})
     with pytest.raises(ValueError, match="does not reproduce A"):
-        RadauTableau(**{**fields, "beta": RADAU5.beta * 1.001})
+        RadauTableau(**{**fields, "pairs": ((RADAU5.pairs[0][0], RADAU5.pairs[0][1] * 1.001),)})
     with pytest.raises(ValueError, match="embedded solution fails order 1"):
         RadauTableau(**{**fields, "e": (RADAU5.e[0] * 1.01, *RADAU5.e[1:])})
 
@@ -203,7 +204,8 @@ def _rates(B: int) -> torch.Tensor:
     return torch.tensor([0.04, 3e7, 1e4], dtype=F64) * torch.exp(torch.empty(B, 3, dtype=F64).uniform_(-0.5, 0.5, generator=g))
 
 
-def test_batch_of_different_rates_equals_each_system_alone():
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_batch_of_different_rates_equals_each_system_alone(method):
     B = 4
     k = _rates(B)
 
@@ -212,15 +214,15 @@ def test_batch_of_different_rates_equals_each_system_alone():
 
     t = torch.tensor([0.0, 1e-3, 1.0, 1e2], dtype=F64)
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64).repeat(B, 1)
-    sol = solve(f, y0, t, rtol=1e-7, atol=1e-13, method="radau5")
+    sol = solve(f, y0, t, rtol=1e-7, atol=1e-13, method=method)
     assert sol.ys.shape == (4, B, 3)
     for b in range(B):
         kb = tuple(float(x) for x in k[b])
-        alone = solve(lambda tt, y: robertson(tt, y, kb), y0[b], t, rtol=1e-7, atol=1e-13, method="radau5")
+        alone = solve(lambda tt, y: robertson(tt, y, kb), y0[b], t, rtol=1e-7, atol=1e-13, method=method)
         rel = (sol.ys[:, b] - alone.ys).abs() / (alone.ys.abs() + 1e-10)
         assert float(rel.max()) < 1e-5, (b, float(rel.max()))
     # The batch's Jacobian is one autograd evaluation: nfe stays that of one system, not B of them.
-    assert sol.stats.nfe < 15 * sol.stats.n_steps
+    assert sol.stats.nfe < 5 * IMPLICIT_METHODS[method].stages * sol.stats.n_steps
 
 
 def test_dense_output_between_steps(robertson_reference):
@@ -243,13 +245,14 @@ def test_dense_output_between_steps(robertson_reference):
     assert torch.allclose(dense.evaluate(t[1:-1]), between.ys[1:-1], rtol=1e-12, atol=1e-18)
 
 
-def test_dense_jacobian_and_tuple_state_agree_with_the_batched_solve():
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_dense_jacobian_and_tuple_state_agree_with_the_batched_solve(method):
     def f(t, y):  # (3, 2): three independent stiff-and-slow pairs
         return torch.stack([-100.0 * (y[:, 0] - torch.cos(t)), -y[:, 1] * y[:, 0]], dim=-1)
 
     y0 = torch.tensor([[1.0, 1.0], [0.5, 2.0], [0.0, -1.0]], dtype=F64)
     t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
-    kw = dict(rtol=1e-8, atol=1e-10, method="radau5")
+    kw = dict(rtol=1e-8, atol=1e-10, method=method)
     batched = solve(f, y0, t, **kw)
     dense = solve(f, y0, t, options={"jacobian": "dense"}, **kw)
     tup = solve(lambda tt, y: tuple(f(tt, torch.stack(y, dim=-1)).unbind(-1)), tuple(y0.unbind(-1)), t, **kw)
@@ -260,17 +263,19 @@ def test_dense_jacobian_and_tuple_state_agree_with_the_batched_solve():
     assert batched.stats.n_accepted == dense.stats.n_accepted
 
 
-def test_float32_state():
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_float32_state(method):
     f, _, _ = stiff_vdp(10.0)
     y0 = torch.tensor([2.0, 0.0])
     t = torch.tensor([0.0, 5.0, 10.0])
-    sol32 = solve(f, y0, t, rtol=1e-4, atol=1e-6, method="radau5")
-    sol64 = solve(f, y0.double(), t.double(), rtol=1e-9, atol=1e-12, method="radau5")
+    sol32 = solve(f, y0, t, rtol=1e-4, atol=1e-6, method=method)
+    sol64 = solve(f, y0.double(), t.double(), rtol=1e-9, atol=1e-12, method=method)
     assert sol32.ys.dtype == torch.float32
     assert float((sol32.ys.double() - sol64.ys).abs().max()) < 1e-2
 
 
-def test_event_located_on_the_collocation_polynomial():
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_event_located_on_the_collocation_polynomial(method):
     from neuralode import Event
 
     # y' = -50 (y - cos t): stiff relaxation onto cos t; the event y = 0 falls near pi/2 (first crossing).
@@ -279,7 +284,7 @@ def test_event_located_on_the_collocation_polynomial():
 
     y0 = torch.tensor([1.0], dtype=F64)
     ev = Event(lambda t, y: y[0], terminal=True)
-    sol = solve(f, y0, torch.tensor([0.0, 3.0], dtype=F64), rtol=1e-9, atol=1e-12, method="radau5", events=[ev])
+    sol = solve(f, y0, torch.tensor([0.0, 3.0], dtype=F64), rtol=1e-9, atol=1e-12, method=method, events=[ev])
     ref = solve_ivp(lambda t, y: -50.0 * (y - math.cos(t)), (0, 3), [1.0], method="Radau", rtol=1e-12, atol=1e-14,
                     events=lambda t, y: y[0])
     assert abs(float(sol.events[0].t) - ref.t_events[0][0]) < 1e-7
@@ -362,16 +367,17 @@ def test_callable_jacobian_gives_the_same_solution():
     assert torch.allclose(auto.ys, analytic.ys, rtol=1e-10, atol=1e-16)
 
 
-def test_singular_iteration_matrix_reports_t_dt_and_gamma_h():
-    h = 0.5
-    lam = RADAU5.gamma / h  # J = lam I makes (gamma / h) I - J exactly zero
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_singular_iteration_matrix_reports_t_dt_and_gamma_h(method):
+    h, gamma = 0.5, IMPLICIT_METHODS[method].gamma
+    lam = gamma / h  # J = lam I makes (gamma / h) I - J exactly zero
 
     with pytest.raises(SolverError) as info:
-        solve(lambda t, y: lam * y, torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="radau5",
+        solve(lambda t, y: lam * y, torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method,
               options={"first_step": h})
     message = str(info.value)
-    assert message.startswith("Singular iteration matrix (gamma / h) I - J of radau5 at t=0 with dt=0.5 after 0 steps.")
-    assert f"gamma h = h / gamma = {h / RADAU5.gamma:.6g}" in message
+    assert message.startswith(f"Singular iteration matrix (gamma / h) I - J of {method} at t=0 with dt=0.5 after 0 steps.")
+    assert f"gamma h = h / gamma = {h / gamma:.6g}" in message
 
 
 def test_slow_newton_rejects_with_radau5s_step_reduction():
@@ -401,19 +407,21 @@ def test_slow_newton_rejects_with_radau5s_step_reduction():
     assert sol.stats.n_rejected >= 1 and np.abs(sol.ys[-1].numpy() - ref).max() < 1e-6
 
 
-def test_non_finite_func_stops_where_it_turns_non_finite():
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_non_finite_func_stops_where_it_turns_non_finite(method):
     def f(t, y):  # NaN once y falls below 0.5 (at t = ln 2)
         return torch.where(y < 0.5, torch.full_like(y, math.nan), -y)
 
-    with pytest.raises(SolverError, match=r"radau5 failed to converge at the minimum step size at t=0\.6931"):
-        solve(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="radau5")
+    with pytest.raises(SolverError, match=method + r" failed to converge at the minimum step size at t=0\.6931"):
+        solve(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method)
 
 
-def test_newton_failure_at_the_minimum_step():
+@pytest.mark.parametrize("method", ["radau5", "radau9"])
+def test_newton_failure_at_the_minimum_step(method):
     # func jumps by 1e6 at y = 0.5: no step size makes the simplified Newton iteration settle across it.
     def f(t, y):
         return torch.where(y < 0.5, torch.ones_like(y), -1e6 * (1 + t) * torch.ones_like(y))
 
-    with pytest.raises(SolverError, match="Newton iteration of radau5 failed to converge at the minimum step size"):
-        solve(f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="radau5",
+    with pytest.raises(SolverError, match=f"Newton iteration of {method} failed to converge at the minimum step size"):
+        solve(f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method,
               rtol=1e-8, atol=1e-10, options={"min_step": 1e-3})

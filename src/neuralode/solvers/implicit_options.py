@@ -12,7 +12,7 @@ JACOBIAN_KINDS = ("batched", "dense")
 
 @dataclass(frozen=True)
 class ImplicitOptions(AdaptiveOptions):
-    """Options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5`` and ``radau5`` (the adaptive stiff methods):
+    """Options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5``, ``radau5`` and ``radau9`` (the adaptive stiff methods):
     :class:`AdaptiveOptions` plus
 
     Attributes:
@@ -53,6 +53,25 @@ class ImplicitOptions(AdaptiveOptions):
                 f"options['jacobian']='dense' treats the whole state as one system, so options['batch_dims'] "
                 f"must be 0 or left out; got {k!r}."
             )
+
+
+@dataclass(frozen=True)
+class RadauOptions(ImplicitOptions):
+    """Options of ``radau5`` and ``radau9``: :class:`ImplicitOptions` plus
+
+    Attributes:
+        dense_error: whether the step's error estimate also bounds the error of the collocation polynomial
+            the outputs between step ends are read from (``radau.py``, "Error of the continuous output").
+            Default (``None``): on for ``radau9``, whose step ends are far more accurate than its degree-5
+            polynomial between them; off for ``radau5`` (as RADAU5 and scipy's ``Radau``).
+    """
+
+    dense_error: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dense_error is not None and not isinstance(self.dense_error, bool):
+            raise ValueError(f"options['dense_error'] must be True, False or None; got {self.dense_error!r}.")
 
 
 @dataclass(frozen=True)

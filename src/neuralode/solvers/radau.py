@@ -1,40 +1,46 @@
-"""Radau IIA of order 5 (``radau5``): the 3-stage collocation method with Hairer & Wanner's adaptive machinery.
+"""Radau IIA of orders 5 and 9 (``radau5``, ``radau9``): the 3- and 5-stage collocation methods with Hairer &
+Wanner's adaptive machinery.
 
-The method (Hairer & Wanner, *Solving ODEs II*, 2nd ed., IV.5 and IV.8). With the nodes
-``c = ((4 - sqrt 6)/10, (4 + sqrt 6)/10, 1)`` (the Radau IIA nodes, IV.5) and the collocation
-matrix ``A`` (``a_ij = int_0^{c_i} l_j``, ``l_j`` the Lagrange polynomials on ``c``), a step of size ``h`` from
-``(t0, y0)`` solves for the stage increments ``Z_i = Y_i - y0``::
+The method (Hairer & Wanner, *Solving ODEs II*, 2nd ed., IV.5 and IV.8). With the ``s`` Radau IIA nodes ``c``
+(the zeros of ``d^(s-1)/dx^(s-1) [x^(s-1) (x - 1)^s]``, ``c_s = 1``; for ``s = 3``,
+``((4 - sqrt 6)/10, (4 + sqrt 6)/10, 1)``) and the collocation matrix ``A`` (``a_ij = int_0^{c_i} l_j``,
+``l_j`` the Lagrange polynomials on ``c``), a step of size ``h`` from ``(t0, y0)`` solves for the stage
+increments ``Z_i = Y_i - y0``::
 
-    Z = h (A (x) I) F(Z),   F(Z)_i = f(t0 + c_i h, y0 + Z_i),       y1 = y0 + Z_3   (stiffly accurate)
+    Z = h (A (x) I) F(Z),   F(Z)_i = f(t0 + c_i h, y0 + Z_i),       y1 = y0 + Z_s   (stiffly accurate)
 
-order 5 (``B(5)``, ``C(3)``, ``D(2)``), L-stable. The ``3n`` nonlinear equations are solved by a simplified
-Newton iteration whose matrix is decoupled by the eigenvalues of ``A^-1``: one real ``gamma`` and a complex
-pair ``alpha +- i beta`` (IV.8). With ``T^-1 A^-1 T = Lambda``,
-``Lambda = [[gamma, 0, 0], [0, alpha, -beta], [0, beta, alpha]]`` and ``Z = (T (x) I) W``, each iteration is::
+order ``2 s - 1`` (``B(2s - 1)``, ``C(s)``, ``D(s - 1)``), L-stable: ``radau5`` (``s = 3``, the method of
+RADAU5 and of scipy's ``Radau``) and ``radau9`` (``s = 5``, the middle order of Hairer & Wanner's
+variable-order RADAU code, here at fixed order). The ``s n`` nonlinear equations are solved by a simplified
+Newton iteration whose matrix is decoupled by the eigenvalues of ``A^-1``: one real ``gamma`` and
+``(s - 1) / 2`` complex pairs ``alpha_k +- i beta_k`` (IV.8). With ``T^-1 A^-1 T = Lambda``,
+``Lambda = diag(gamma, [[alpha_k, -beta_k], [beta_k, alpha_k]] ...)`` and ``Z = (T (x) I) W``, each iteration
+is::
 
-    (gamma / h  I - J) dW_1              = G_1 - (gamma / h) W_1                      (B, n, n) real LU
-    ((alpha + i beta) / h  I - J) dW_c   = (G_2 + i G_3) - ((alpha + i beta) / h) W_c   (B, n, n) complex LU
-    G = (T^-1 (x) I) F(Z),   W_c = W_2 + i W_3,   dW_c = dW_2 + i dW_3
+    (gamma / h  I - J) dW_1                  = G_1 - (gamma / h) W_1                          (B, n, n) real LU
+    ((alpha_k + i beta_k) / h  I - J) dW_k   = (G_2k + i G_2k+1) - ((alpha_k + i beta_k) / h) W_k   complex LU
+    G = (T^-1 (x) I) F(Z),   W_k = W_2k + i W_2k+1,   dW_k = dW_2k + i dW_2k+1
 
-so a step factors one real and one complex ``n x n`` matrix per independent system of the batch (the state
-``(*batch, *event)`` seen as ``(B, n)``, :mod:`~neuralode.solvers.jacobian`) and never a ``3 B n`` matrix.
-``T`` (and with it ``gamma``, ``alpha``, ``beta``) is computed from ``A`` in float64 when this module is
-imported and checked to reproduce ``A^-1``.
+so a step factors one real and ``(s - 1) / 2`` complex ``n x n`` matrices per independent system of the batch
+(the state ``(*batch, *event)`` seen as ``(B, n)``, :mod:`~neuralode.solvers.jacobian`) and never an ``s B n``
+matrix. The nodes, ``A``, ``T`` (and with it ``gamma`` and the pairs) are computed in float64 when this module
+is imported and checked (``C(s)``, ``B(2s - 1)``, ``T`` reproducing ``A^-1``).
 
-Newton (IV.8, "Stopping criterion", and the RADAU5 code's choices): at most ``NEWTON_MAX_ITER = 6``
-iterations (RADAU5's ``NIT = 7``). With ``||.||`` the solve's error norm (RMS of ``x / (atol + rtol |y0|)``
-over the three stages, the norm the step is judged by, so each sample of a batch is judged the same way),
-the rate ``theta_k = ||dZ_k|| / ||dZ_{k-1}||`` (from the third iteration the geometric mean of the last two,
-as RADAU5), and ``eta_k = theta_k / (1 - theta_k)``, the iteration stops when ``eta_k ||dZ_k|| <= kappa tol``
-with ``kappa tol = max(10 eps / rtol, min(0.03, rtol^(1/2)))`` (RADAU5's ``FNEWT``, as scipy uses it on
-untransformed tolerances). On the first iteration ``eta`` is the previous step's, ``max(eta_old, eps)^0.8``.
-It fails when ``theta >= 0.99`` (divergence: the step is retried with ``h / 2``) or when the predicted error
-after the iterations left, ``eta ||dZ|| theta^(k_max - k) / (kappa tol)``, is ``>= 1`` (too slow: ``h`` shrinks
-by RADAU5's ``0.8 q^(-1 / (4 + k_max - k))``, ``q`` that prediction). The loop learns of a failure as a
-rejected step whose error ratio makes its controller propose exactly that reduction (rejections are I control,
-``safety ratio^(-1/k)``; the norm is homogeneous), within its ``dfactor`` limit. A failure with a Jacobian
-formed at an earlier point first re-forms ``J`` at ``(t0, y0)`` and retries the same ``h``; at the minimum step
-it is a :class:`SolverError`.
+Newton (IV.8, "Stopping criterion", and the RADAU codes' choices): at most ``newton_max_iter`` iterations
+(RADAU's ``NIT = 7 + 2.5 (s - 3)`` counted from 1 to ``NIT - 1``: 6 for ``radau5``, 11 for ``radau9``). With
+``||.||`` the solve's error norm (RMS of ``x / (atol + rtol |y0|)`` over the stages, the norm the step is judged
+by, so each sample of a batch is judged the same way), the rate ``theta_k = ||dZ_k|| / ||dZ_{k-1}||`` (from
+the third iteration the geometric mean of the last two, as RADAU5), and ``eta_k = theta_k / (1 - theta_k)``,
+the iteration stops when ``eta_k ||dZ_k|| <= kappa tol`` with
+``kappa tol = max(10 eps / rtol, min(0.03, rtol^((s - 1)/(s + 1))))`` (RADAU's ``FNEWT``, ``rtol^(1/2)`` for
+``s = 3`` as in RADAU5 and scipy, on untransformed tolerances). On the first iteration ``eta`` is the previous
+step's, ``max(eta_old, eps)^0.8``. It fails when ``theta >= 0.99`` (divergence: the step is retried with
+``h / 2``) or when the predicted error after the iterations left, ``eta ||dZ|| theta^(k_max - k) / (kappa
+tol)``, is ``>= 1`` (too slow: ``h`` shrinks by RADAU5's ``0.8 q^(-1 / (4 + k_max - k))``, ``q`` that
+prediction). The loop learns of a failure as a rejected step whose error ratio makes its controller propose
+exactly that reduction (rejections are I control, ``safety ratio^(-1/k)``; the norm is homogeneous), within its
+``dfactor`` limit. A failure with a Jacobian formed at an earlier point first re-forms ``J`` at ``(t0, y0)`` and
+retries the same ``h``; at the minimum step it is a :class:`SolverError`.
 
 Starting values (IV.8): the previous step's collocation polynomial extrapolated to the new nodes,
 ``Z_i^0 = q_old(t0 + c_i h) - y0``; zero on the first step or after an event reset the state.
@@ -42,34 +48,55 @@ Starting values (IV.8): the previous step's collocation polynomial extrapolated 
 Jacobian reuse: ``J`` is kept from step to step while the last accepted step's Newton iteration converged in
 at most two iterations or with ``theta <= 1e-3`` (RADAU5's test ``theta <= THET = 1e-3``, with scipy's
 allowance for two iterations), and re-formed at ``(t0, y0)`` otherwise, and after a rejection if it was formed
-elsewhere; both matrices are refactored whenever ``h`` or ``J`` changes (RADAU5 also keeps ``h`` when the
+elsewhere; the matrices are refactored whenever ``h`` or ``J`` changes (RADAU5 also keeps ``h`` when the
 proposal is within ``[1, 1.2] h`` to save factorisations; here the loop's controller alone sets ``h``).
 
 Error estimate (IV.8, (8.19)-(8.20)): the embedded solution ``y_hat = y0 + h (gamma_0 f(t0, y0) + sum_i
-b_hat_i F_i)``, ``gamma_0 = 1 / gamma``, of order 3, gives ``y_hat - y1 = gamma_0 h f0 + sum_i e_i Z_i``
+b_hat_i F_i)``, ``gamma_0 = 1 / gamma``, of order ``s``, gives ``y_hat - y1 = gamma_0 h f0 + sum_i e_i Z_i``
 (``e = (b_hat - b) A^-1``), which is filtered by the real matrix, ``err = (I - h gamma_0 J)^-1 (y_hat - y1)``
 (bounded as ``h J -> infinity``, where the raw difference is not). On the first step and after a rejection an
 estimate ``> 1`` is recomputed once with ``f(t0, y0 + err)`` in place of ``f0`` ((8.20), one evaluation).
-It is ``O(h^4)``: ``error_order = 3`` (the controller's exponent is ``1/4``).
+It is ``O(h^(s+1))``: ``error_order = s`` (the controller's exponent is ``1 / (s + 1)``).
+
+Error of the continuous output (``options["dense_error"]``, on by default for ``radau9``). The estimate above
+bounds the step end; the outputs between step ends come from the collocation polynomial, whose error is of the
+same order ``h^(s+1)`` but is not filtered in the stiff components, where the embedded difference is damped
+by ``(I - h gamma_0 J)^-1``. With ``radau9`` the gap is wide: its steps are chosen for an order-9 solution, and
+on the stiff benchmark (``benchmarks/bench_stiff.py``) the outputs read between step ends were less
+accurate than with the steps landing on the output times (20x to over 100x; Van der Pol mu = 1000 at rtol 1e-7: 3.7x scipy
+Radau's error at the outputs, 0.04x with the steps landing on them; the error sat in the stiff component).
+With ``dense_error`` the step is also judged by ``e_cont = y0 - p(t0)``, ``p`` the degree-(s-1) polynomial
+through the ``s`` stage values (one polynomial order below the dense output, so an ``O(h^s)`` measure of how
+far the stage values are from a polynomial), raised to ``(s + 1) / s`` to give the order of the embedded
+estimate: the step's ratio is ``max(r_emb, r_cont^((s+1)/s))``. An estimate of this kind, raised to this
+power, is what Guglielmi & Hairer use in RADAR5 to control the continuous output that delay equations read
+(combined there as a weighted sum). It costs no evaluation. For ``radau5`` it is off: there the degree-2
+polynomial is a poor yardstick (on the benchmark it took 1.5-4x the steps) and RADAU5's outputs follow its
+steps closely enough (scipy's ``Radau`` does the same).
 
 Step-size control: the stiff methods' default, ``"pi_gustafsson"`` (PI control capped by Gustafsson's
 prediction, ``controller.py``). Measured against ``"gustafsson"`` (the predictive controller of RADAU5 and of
 scipy's Radau) on the stiff benchmark problems (``benchmarks/bench_stiff.py``: Robertson to 1e5 and 1e11, Van der
 Pol mu = 1000, HIRES, OREGO, POLLU at rtol 1e-4 ... 1e-8, 30 solves), relative to scipy's Radau at the same
-tolerance: geometric mean error 1.25x and accepted steps 0.95x with ``"pi_gustafsson"``, 1.80x and 0.88x with
-``"gustafsson"``; error and steps both no worse than Radau's on 9 of the 30 solves against 3. Being I control
-on the smooth stretches, ``"gustafsson"`` grows the step faster than the error allows at the same tolerance.
+tolerance, with ``radau5``: geometric mean error 1.25x and accepted steps 0.95x with ``"pi_gustafsson"``,
+1.80x and 0.88x with ``"gustafsson"``; error and steps both no worse than Radau's on 9 of the 30 solves against
+3. Being I control on the smooth stretches, ``"gustafsson"`` grows the step faster than the error allows at the
+same tolerance. ``radau9`` with its defaults: error and steps both no worse than Radau's on all 30 solves
+(steps 0.27-0.73x, error 0.01-0.91x Radau's); without ``dense_error`` on 25.
 
-Dense output: the collocation polynomial through ``(0, y0)`` and ``(c_i, y0 + Z_i)`` (cubic in ``theta``),
-:func:`radau_dense`; the loop's interpolant kind ``"radau"``.
+Dense output: the collocation polynomial through ``(0, y0)`` and ``(c_i, y0 + Z_i)`` (degree ``s`` in
+``theta``), :func:`radau_dense`; the loop's interpolant kind ``"radau"``.
 
-Statistics: ``n_jac_evals`` Jacobians; ``n_factorizations`` counts the real-and-complex pair of one ``h`` as
-one (scipy's ``nlu`` does the same); ``n_linear_solves`` one per Newton iteration (the pair) and one per error
-estimate; ``nfe`` three per Newton iteration, plus the extra error evaluation and the Jacobians'.
+Statistics: ``n_jac_evals`` Jacobians; ``n_factorizations`` counts the real and complex factorisations of one
+``h`` as one (scipy's ``nlu`` does the same for radau5); ``n_linear_solves`` one per Newton iteration (the
+set) and one per error estimate; ``nfe`` ``s`` per Newton iteration, plus the extra error evaluation and the
+Jacobians'.
 
 References:
     E. Hairer, G. Wanner, "Solving Ordinary Differential Equations II: Stiff and Differential-Algebraic
-    Problems", 2nd ed., Springer 1996, Sections IV.5 and IV.8 (and the RADAU5 code described there).
+    Problems", 2nd ed., Springer 1996, Sections IV.5 and IV.8 (and the RADAU5 and RADAU codes described there).
+    N. Guglielmi, E. Hairer, "Implementing Radau IIA methods for stiff delay differential equations",
+    Computing 67, 1-12 (2001) (RADAR5; the continuous output's error).
     K. Gustafsson, "Control-theoretic techniques for stepsize selection in implicit Runge-Kutta methods",
     ACM TOMS 20, 496-517 (1994) (the predictive controller, ``controller.py``).
 """
@@ -85,9 +112,8 @@ from .errors import SolverError
 from .jacobian import counted_flat_func, linearise
 from .stepper import StepResult
 
-__all__ = ["RadauTableau", "RADAU5", "RADAU_METHODS", "make_stepper", "radau_dense"]
+__all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU_METHODS", "make_stepper", "radau_dense"]
 
-NEWTON_MAX_ITER = 6  # RADAU5's NIT = 7 counts the iterations as 1 .. NIT - 1
 JAC_REUSE_THETA = 1e-3  # RADAU5's THET: keep J after a step whose Newton rate was below this
 _TOL = 1e-13
 
@@ -98,21 +124,37 @@ def _solve(M: list[list[float]], rhs: list[list[float]]) -> list[list[float]]:
     return X.tolist()
 
 
+def _lambda(gamma: float, pairs) -> torch.Tensor:
+    """The block-diagonal ``Lambda = diag(gamma, [[alpha_k, -beta_k], [beta_k, alpha_k]] ...)``."""
+    s = 1 + 2 * len(pairs)
+    L = torch.zeros(s, s, dtype=torch.float64)
+    L[0, 0] = gamma
+    for k, (al, be) in enumerate(pairs):
+        i = 1 + 2 * k
+        L[i, i] = L[i + 1, i + 1] = al
+        L[i, i + 1], L[i + 1, i] = -be, be
+    return L
+
+
 @dataclass(frozen=True)
 class RadauTableau:
     """A Radau IIA collocation method and its adaptive implementation's coefficients, validated on creation.
 
     Attributes:
         name: the method's name.
-        c: ``(s,)`` collocation nodes, ``c_s = 1``.
+        c: ``(s,)`` collocation nodes, ``c_s = 1`` (``s`` odd).
         a: ``s x s`` collocation matrix (``C(s)``: ``sum_j a_ij c_j^(q-1) = c_i^q / q``, ``q = 1 .. s``).
         b: ``(s,)`` weights, the last row of ``a``.
-        order: order of ``y1`` (``2 s - 1``); ``error_order``: order of the embedded solution.
-        gamma, alpha, beta: the eigenvalues ``gamma`` and ``alpha +- i beta`` of ``A^-1``.
-        T, T_inv: ``T^-1 A^-1 T = [[gamma, 0, 0], [0, alpha, -beta], [0, beta, alpha]]``.
+        order: order of ``y1`` (``2 s - 1``); ``error_order``: order of the embedded solution (``s``).
+        gamma: the real eigenvalue of ``A^-1``; ``pairs``: its ``(s - 1) / 2`` complex pairs ``alpha_k +- i beta_k``
+            (``beta_k > 0``).
+        T, T_inv: ``T^-1 A^-1 T = Lambda = diag(gamma, [[alpha_k, -beta_k], [beta_k, alpha_k]] ...)``.
         e: ``(s,)`` the error weights on ``Z``: ``y_hat - y1 = h f0 / gamma + sum_i e_i Z_i``.
         dense: ``s`` rows of ``s`` coefficients: ``l_i(theta) = sum_q dense[i][q] theta^(q + 1)`` is the
             collocation polynomial's weight of ``Z_i``, ``y(t0 + theta h) = y0 + sum_i l_i(theta) Z_i``.
+        newton_max_iter: the simplified Newton iteration's limit (RADAU's ``NIT - 1``, ``NIT = 7 + 2.5 (s - 3)``).
+        dense_error_default: whether the error of the continuous output is controlled unless
+            ``options["dense_error"]`` says otherwise.
         description: the method and its source.
 
     Raises:
@@ -127,17 +169,20 @@ class RadauTableau:
     order: int
     error_order: int
     gamma: float
-    alpha: float
-    beta: float
+    pairs: tuple[tuple[float, float], ...]
     T: tuple[tuple[float, ...], ...]
     T_inv: tuple[tuple[float, ...], ...]
     e: tuple[float, ...]
     dense: tuple[tuple[float, ...], ...]
+    newton_max_iter: int
+    dense_error_default: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
         name, s = self.name, len(self.c)
         A = [list(r) for r in self.a]
+        if s % 2 != 1 or len(self.pairs) != (s - 1) // 2:
+            raise ValueError(f"RadauTableau {name!r}: needs an odd number of stages and (s - 1) / 2 complex pairs")
         if len(A) != s or any(len(r) != s for r in A) or len(self.b) != s or self.c[-1] != 1.0:
             raise ValueError(f"RadauTableau {name!r}: a must be {s} x {s}, b of length {s} and c[-1] = 1")
         for i in range(s):
@@ -151,8 +196,9 @@ class RadauTableau:
                 raise ValueError(f"RadauTableau {name!r}: B({self.order}) fails at q = {q} (residual {r:.3g})")
         if tuple(self.b) != tuple(self.a[-1]):
             raise ValueError(f"RadauTableau {name!r}: b must be the last row of a (stiffly accurate)")
-        Lam = torch.tensor([[self.gamma, 0, 0], [0, self.alpha, -self.beta], [0, self.beta, self.alpha]],
-                           dtype=torch.float64)
+        if any(be <= 0.0 for _, be in self.pairs) or self.newton_max_iter < 1:
+            raise ValueError(f"RadauTableau {name!r}: beta_k must be > 0 and newton_max_iter >= 1")
+        Lam = _lambda(self.gamma, self.pairs)
         T, Ti = torch.tensor(self.T, dtype=torch.float64), torch.tensor(self.T_inv, dtype=torch.float64)
         Ainv = torch.linalg.inv(torch.tensor(A, dtype=torch.float64))
         if float((T @ Lam @ Ti - Ainv).abs().max()) > 1e-12 * float(Ainv.abs().max()) or \
@@ -162,7 +208,7 @@ class RadauTableau:
         b_hat = [bi + sum(self.e[j] * A[j][i] for j in range(s)) for i, bi in enumerate(self.b)]
         for q in range(1, self.error_order + 1):
             r = (1.0 / self.gamma if q == 1 else 0.0) + sum(w * ci ** (q - 1) for w, ci in zip(b_hat, self.c)) - 1.0 / q
-            if abs(r) > 1e-12:
+            if abs(r) > 1e-11:
                 raise ValueError(f"RadauTableau {name!r}: the embedded solution fails order {q} (residual {r:.3g})")
 
     stages = property(lambda self: len(self.c))
@@ -174,34 +220,66 @@ class RadauTableau:
 
     @property
     def options_type(self) -> type:
-        from .implicit_options import ImplicitOptions
+        from .implicit_options import RadauOptions
 
-        return ImplicitOptions
+        return RadauOptions
 
 
-def _build_radau5() -> RadauTableau:
-    """Radau IIA with 3 stages from its nodes alone: ``A`` by ``C(3)``, ``T`` from the eigenvectors of
-    ``A^-1``, the error weights from the order-3 conditions of the embedded solution, the dense output from
+def _radau_nodes(s: int) -> tuple[float, ...]:
+    """The Radau IIA nodes: the zeros of ``d^(s-1)/dx^(s-1) [x^(s-1) (x - 1)^s]`` (Hairer & Wanner II, IV.5),
+    from the eigenvalues of the companion matrix polished by Newton in exact arithmetic, ``c_s = 1``."""
+    from fractions import Fraction
+    from math import comb
+
+    # x^(s-1) (x - 1)^s = sum_k comb(s, k) (-1)^(s-k) x^(s-1+k); differentiate s - 1 times.
+    coef = [Fraction(0)] * s  # coef[m]: coefficient of x^m of the derivative (degree s)
+    coef.append(Fraction(0))
+    for k in range(s + 1):
+        p = s - 1 + k
+        coef[p - (s - 1)] += Fraction(comb(s, k) * (-1) ** (s - k) * math.perm(p, s - 1))
+    lead = coef[-1]
+    mon = [float(x / lead) for x in coef]  # monic, ascending
+    C = torch.zeros(s, s, dtype=torch.float64)
+    C[1:, :-1] = torch.eye(s - 1, dtype=torch.float64)
+    C[:, -1] = -torch.tensor(mon[:-1], dtype=torch.float64)
+    roots = sorted(float(r.real) for r in torch.linalg.eigvals(C))
+
+    out = []
+    for r in roots:  # Newton in exact arithmetic from each float root: correctly rounded nodes
+        x = Fraction(r)
+        for _ in range(3):
+            v = sum(cm * x**m for m, cm in enumerate(coef))
+            d = sum(m * cm * x ** (m - 1) for m, cm in enumerate(coef) if m)
+            x -= v / d
+        out.append(float(x))
+    out[-1] = 1.0
+    return tuple(out)
+
+
+def _build_radau(s: int, name: str, c: tuple[float, ...] | None = None, dense_error: bool = False) -> RadauTableau:
+    """Radau IIA with ``s`` stages from its nodes alone: ``A`` by ``C(s)``, ``T`` from the eigenvectors of
+    ``A^-1``, the error weights from the order-``s`` conditions of the embedded solution, the dense output from
     the Lagrange basis; all in float64."""
-    s6 = math.sqrt(6.0)
-    c = ((4.0 - s6) / 10.0, (4.0 + s6) / 10.0, 1.0)
-    s = 3
+    c = _radau_nodes(s) if c is None else c
     V = [[c[j] ** (q - 1) for j in range(s)] for q in range(1, s + 1)]  # V[q][j] = c_j^(q-1)
-    # C(3): A V^T = R with R[i][q] = c_i^q / q  =>  A = R V^-T; solved as V A^T = R^T.
+    # C(s): A V^T = R with R[i][q] = c_i^q / q  =>  A = R V^-T; solved as V A^T = R^T.
     R = [[c[i] ** q / q for q in range(1, s + 1)] for i in range(s)]
     At = _solve(V, [[R[i][q] for i in range(s)] for q in range(s)])
     A = [[At[j][i] for j in range(s)] for i in range(s)]
     Ainv = torch.linalg.inv(torch.tensor(A, dtype=torch.float64))
     lam, vec = torch.linalg.eig(Ainv)
     i_real = int(lam.imag.abs().argmin())
-    i_cplx = int(lam.imag.argmin())  # alpha - i beta (beta > 0): its eigenvector p + i q gives [[a, -b], [b, a]]
+    # alpha - i beta (beta > 0): its eigenvector p + i q gives the block [[alpha, -beta], [beta, alpha]] on (p, q).
+    i_cplx = sorted((i for i in range(s) if float(lam[i].imag) < 0.0), key=lambda i: float(lam[i].real))
     gamma = float(lam[i_real].real)
-    alpha, beta = float(lam[i_cplx].real), -float(lam[i_cplx].imag)
-    v_r = (vec[:, i_real] / vec[2, i_real]).real  # normalised as Hairer's T: last row (1, 1, 0)
-    v_c = vec[:, i_cplx] / vec[2, i_cplx]
-    T = torch.stack([v_r, v_c.real, v_c.imag], dim=1)
+    pairs = tuple((float(lam[i].real), -float(lam[i].imag)) for i in i_cplx)
+    cols = [(vec[:, i_real] / vec[-1, i_real]).real]  # normalised as Hairer's T (s = 3: last row (1, 1, 0))
+    for i in i_cplx:
+        v = vec[:, i] / vec[-1, i]
+        cols += [v.real, v.imag]
+    T = torch.stack(cols, dim=1)
     Ti = torch.linalg.inv(T)
-    # Embedded order 3 with b_hat_0 = 1/gamma: sum_i b_hat_i c_i^(q-1) = 1/q - [q = 1]/gamma, q = 1 .. 3.
+    # Embedded order s with b_hat_0 = 1/gamma: sum_i b_hat_i c_i^(q-1) = 1/q - [q = 1]/gamma, q = 1 .. s.
     b_hat = _solve(V, [[1.0 / q - (1.0 / gamma if q == 1 else 0.0)] for q in range(1, s + 1)])
     b = A[-1]
     e = (torch.tensor([bh[0] - bi for bh, bi in zip(b_hat, b)], dtype=torch.float64) @ Ainv).tolist()
@@ -210,16 +288,21 @@ def _build_radau5() -> RadauTableau:
     P = _solve(Vq, [[1.0 if i == j else 0.0 for i in range(s)] for j in range(s)])  # P[q][i]
     dense = tuple(tuple(P[q][i] for q in range(s)) for i in range(s))
     return RadauTableau(
-        name="radau5", c=c, a=tuple(tuple(r) for r in A), b=tuple(b), order=5, error_order=3,
-        gamma=gamma, alpha=alpha, beta=beta, T=tuple(tuple(r) for r in T.tolist()),
+        name=name, c=tuple(c), a=tuple(tuple(r) for r in A), b=tuple(b), order=2 * s - 1, error_order=s,
+        gamma=gamma, pairs=pairs, T=tuple(tuple(r) for r in T.tolist()),
         T_inv=tuple(tuple(r) for r in Ti.tolist()), e=tuple(e), dense=dense,
-        description="Radau IIA order 5 (Hairer & Wanner II, IV.8): 3-stage L-stable collocation, simplified "
-                    "Newton on the eigen-decoupled system, embedded order-3 estimate, collocation dense output.",
+        newton_max_iter=6 + int(2.5 * (s - 3)), dense_error_default=dense_error,
+        description=f"Radau IIA order {2 * s - 1} (Hairer & Wanner II, IV.8): {s}-stage L-stable collocation, "
+                    f"simplified Newton on the eigen-decoupled system, embedded order-{s} estimate, collocation "
+                    "dense output.",
     )
 
 
-RADAU5 = _build_radau5()
-RADAU_METHODS: dict[str, RadauTableau] = {RADAU5.name: RADAU5}
+_S6 = math.sqrt(6.0)
+RADAU5 = _build_radau(3, "radau5", ((4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0))
+RADAU9 = _build_radau(5, "radau9", dense_error=True)
+RADAU_METHODS: dict[str, RadauTableau] = {t.name: t for t in (RADAU5, RADAU9)}
+
 
 
 def _lagrange(tab: RadauTableau, theta: float) -> list[float]:
@@ -241,7 +324,7 @@ def radau_dense(y0: torch.Tensor, Z, tab: RadauTableau, theta: float) -> torch.T
     return _lin(_lagrange(tab, theta), Z, y0)
 
 
-def _factor(J: torch.Tensor, mu: complex | float, h: float, t: float, stats, label: str):
+def _factor(J: torch.Tensor, mu: complex | float, h: float, t: float, stats, label: str, method: str):
     """LU factors of ``(mu / h) I - J`` per block; ``SolverError`` naming ``t``, ``h`` and ``h / mu`` if one
     is singular."""
     n = J.shape[-1]
@@ -254,7 +337,7 @@ def _factor(J: torch.Tensor, mu: complex | float, h: float, t: float, stats, lab
     if bool((info > 0).any()):
         b = int((info > 0).nonzero()[0])
         raise SolverError(
-            f"Singular iteration matrix ({label} / h) I - J of radau5", t, h, stats.n_steps,
+            f"Singular iteration matrix ({label} / h) I - J of {method}", t, h, stats.n_steps,
             f"gamma h = h / {label} = {h / mu:.6g}: {label} / h is an eigenvalue of the Jacobian"
             + (f" of sample {b}" if J.shape[0] > 1 else "")
             + "; check options['jacobian'] (a wrong or non-finite Jacobian), or set options['max_step'] to avoid "
@@ -266,7 +349,7 @@ def _factor(J: torch.Tensor, mu: complex | float, h: float, t: float, stats, lab
 def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error):
     """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop (see the module docstring).
 
-    ``StepResult.k`` holds the stage increments ``(Z_1, Z_2, Z_3)`` that the dense output reads. The stepper
+    ``StepResult.k`` holds the stage increments ``(Z_1, ..., Z_s)`` that the dense output reads. The stepper
     keeps the Jacobian, the factorisations, the last accepted step's polynomial and Newton's rate between
     calls; the loop's contract is unchanged (it learns of acceptance by being called again from ``y1``).
     ``checkpoint`` is not used: the cached Jacobian and starting values would make a recomputed step differ
@@ -280,15 +363,32 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
     min_step = getattr(opts, "min_step", 0.0)
     safety = getattr(opts, "safety", 0.9)
     k_ctrl = min(tab.order, tab.error_order) + 1
-    c, T, Ti, e = tab.c, tab.T, tab.T_inv, tab.e
-    gamma, mu_c = tab.gamma, complex(tab.alpha, tab.beta)
+    c, T, Ti, e, s = tab.c, tab.T, tab.T_inv, tab.e, tab.stages
+    gamma, mus = tab.gamma, [complex(al, be) for al, be in tab.pairs]
+    n_iter_max = tab.newton_max_iter
     eps = torch.finfo(problem.dtype).eps if problem.dtype.is_floating_point else 2.220446049250313e-16
     rtol = error.rtol if error is not None else 1e-6
     rtol = float(rtol.max()) if isinstance(rtol, torch.Tensor) else float(rtol)
-    fnewt = max(10.0 * eps / max(rtol, 1e-300), min(0.03, math.sqrt(rtol)))  # kappa tol (RADAU5's FNEWT)
+    # kappa tol: RADAU's FNEWT, rtol^((s - 1) / (s + 1)) (RADAU5's rtol^(1/2) at s = 3), on untransformed rtol.
+    fnewt = max(10.0 * eps / max(rtol, 1e-300), min(0.03, rtol ** ((s - 1.0) / (s + 1.0))))
     st: dict = {"J": None, "eta": 1.0, "poly": None, "last": None, "slow": True}
 
     f_tensor = counted_flat_func(problem)
+    dense_error = getattr(opts, "dense_error", None)
+    dense_error = tab.dense_error_default if dense_error is None else dense_error
+    # Weights of y0 - p(t0), p the degree-(s-1) polynomial through the stage values: -sum_i L_i(0) Z_i.
+    l0 = [-math.prod(-c[j] / (c[i] - c[j]) for j in range(s) if j != i) for i in range(s)]
+    p_cont = (s + 1.0) / s
+
+    def continuous_error(err: torch.Tensor, Z, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
+        """The embedded estimate, scaled so that its ratio is ``max(r_emb, r_cont^((s+1)/s))`` (module
+        docstring); the norm is homogeneous, so scaling the vector scales the loop's ratio."""
+        e_cont = _lin(l0, Z)
+        r_emb, r_cont = error.ratio(err, y, y1), error.ratio(e_cont, y, y1)
+        r = r_cont**p_cont
+        if not (math.isfinite(r_emb) and math.isfinite(r)) or r <= r_emb:
+            return err
+        return err * (r / r_emb) if r_emb > 0.0 else e_cont * (r / r_cont)
 
     def fresh_jacobian(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         lin = linearise(problem, jac, f_tensor, t, y, f0, batch_dims, h, check_coupling=st["J"] is None)
@@ -296,41 +396,43 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
 
     def factors(t: float, h: float):
         if st.get("lu_h") != h:
-            st["lu"] = (_factor(st["J"], gamma, h, t, stats, "gamma"), _factor(st["J"], mu_c, h, t, stats,
-                                                                                "(alpha + i beta)"))
+            labels = ["(alpha + i beta)"] if s == 3 else [f"(alpha_{k} + i beta_{k})" for k in range(1, s // 2 + 1)]
+            st["lu"] = (_factor(st["J"], gamma, h, t, stats, "gamma", tab.name),
+                        [_factor(st["J"], mu, h, t, stats, lab, tab.name) for mu, lab in zip(mus, labels)])
             st["lu_h"] = h
             stats.n_factorizations += 1
         return st["lu"]
 
-    def norm3(dZ, y: torch.Tensor) -> float:
-        """RMS over the three stages of the scaled RMS norm of every component (not a user norm or the adjoint's
+    def norm_stages(dZ, y: torch.Tensor) -> float:
+        """RMS over the stages of the scaled RMS norm of every component (not a user norm or the adjoint's
         seminorm, which may leave components out: :meth:`~neuralode.solvers.problem._ErrorNorm.scaled_all`)."""
         if error is None:
             return max(float(d.abs().max()) for d in dZ)
-        return math.sqrt(sum(error.scaled_all(d, y) ** 2 for d in dZ) / 3.0)
+        return math.sqrt(sum(error.scaled_all(d, y) ** 2 for d in dZ) / s)
 
     def newton(t: float, y: torch.Tensor, h: float, Z0):
         """``(Z, ok, shrink, theta, iterations)``: the stage increments, or ``ok = False`` with the factor by
         which RADAU5 would shrink ``h``."""
-        (LUr, pr), (LUc, pc) = factors(t, h)
+        (LUr, pr), cplx = factors(t, h)
         B, n = st["J"].shape[0], st["J"].shape[-1]
         shape = y.shape
         Z = list(Z0)
-        W = [_lin(Ti[i], Z) for i in range(3)]
+        W = [_lin(Ti[i], Z) for i in range(s)]
         eta = max(st["eta"], eps) ** 0.8
         d_old, thq_old, theta = None, None, eta
-        for k in range(1, NEWTON_MAX_ITER + 1):
-            F = [func(t + c[i] * h, y + Z[i]) for i in range(3)]
-            G = [_lin(Ti[i], F) for i in range(3)]
+        for k in range(1, n_iter_max + 1):
+            F = [func(t + c[i] * h, y + Z[i]) for i in range(s)]
+            G = [_lin(Ti[i], F) for i in range(s)]
             r_real = torch.add(G[0], W[0], alpha=-gamma / h)
-            Wc = torch.complex(W[1], W[2])
-            r_cplx = torch.complex(G[1], G[2]) - Wc * (mu_c / h)
-            dW0 = torch.linalg.lu_solve(LUr, pr, r_real.reshape(B, n, 1)).reshape(shape)
-            dWc = torch.linalg.lu_solve(LUc, pc, r_cplx.reshape(B, n, 1)).reshape(shape)
+            dW = [torch.linalg.lu_solve(LUr, pr, r_real.reshape(B, n, 1)).reshape(shape)]
+            for j, (mu, (LUc, pc)) in enumerate(zip(mus, cplx)):
+                i = 1 + 2 * j
+                r_cplx = torch.complex(G[i], G[i + 1]) - torch.complex(W[i], W[i + 1]) * (mu / h)
+                dWc = torch.linalg.lu_solve(LUc, pc, r_cplx.reshape(B, n, 1)).reshape(shape)
+                dW += [dWc.real, dWc.imag]
             stats.n_linear_solves += 1
-            dW = [dW0, dWc.real, dWc.imag]
-            dZ = [_lin(T[i], dW) for i in range(3)]
-            d = norm3(dZ, y)
+            dZ = [_lin(T[i], dW) for i in range(s)]
+            d = norm_stages(dZ, y)
             if not math.isfinite(d):  # non-finite stages: an infinite estimate, so the loop can say why
                 return None, False, None, theta, k
             if d_old is not None:
@@ -340,25 +442,24 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
                 if theta >= 0.99:
                     return None, False, 0.5, theta, k
                 eta = theta / (1.0 - theta)
-                predicted = eta * d * theta ** (NEWTON_MAX_ITER - k) / fnewt
+                predicted = eta * d * theta ** (n_iter_max - k) / fnewt
                 if predicted >= 1.0:
                     q = max(1e-4, min(20.0, predicted))
-                    return None, False, 0.8 * q ** (-1.0 / (4.0 + NEWTON_MAX_ITER - k)), theta, k
+                    return None, False, 0.8 * q ** (-1.0 / (4.0 + n_iter_max - k)), theta, k
             d_old = max(d, eps)
             W = [w + dw for w, dw in zip(W, dW)]
             Z = [z + dz for z, dz in zip(Z, dZ)]
             if eta * d <= fnewt or d == 0.0:
                 st["eta"] = eta
                 return Z, True, 1.0, theta, k
-        return None, False, 0.5, theta, NEWTON_MAX_ITER
+        return None, False, 0.5, theta, n_iter_max
 
     def starting_values(y: torch.Tensor, h: float):
         poly = st["poly"]
         if poly is None:
-            zero = torch.zeros_like(y)
-            return [zero, zero, zero]
+            return [torch.zeros_like(y)] * s
         h_old, Z_old = poly
-        return [torch.sub(_lin(_lagrange(tab, 1.0 + c[i] * h / h_old), Z_old), Z_old[2]) for i in range(3)]
+        return [torch.sub(_lin(_lagrange(tab, 1.0 + c[i] * h / h_old), Z_old), Z_old[-1]) for i in range(s)]
 
     def reject(y: torch.Tensor, y1: torch.Tensor, shrink: float):
         """A rejected step whose error ratio makes the controller propose ``shrink h`` (its rejections use
@@ -397,13 +498,13 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
             st["last"] = (t, y, h, None, None, True)
             if abs(h) <= max(min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
                 raise SolverError(
-                    "Newton iteration of radau5 failed to converge at the minimum step size", t, h, stats.n_steps,
+                    f"Newton iteration of {tab.name} failed to converge at the minimum step size", t, h, stats.n_steps,
                     "func may be discontinuous or non-finite here, or options['jacobian'] wrong; loosen rtol/atol, "
                     "lower options['min_step'], or try method='rodas5p' (no iteration).",
                 )
             st["eta"] = 1.0
-            return f0, StepResult(y, reject(y, y, shrink), (f0, f0, f0))
-        y1 = y + Z[2]
+            return f0, StepResult(y, reject(y, y, shrink), (f0,) * s)
+        y1 = y + Z[-1]
         (LUr, pr), _ = factors(t, h)
         B, n = st["J"].shape[0], st["J"].shape[-1]
         ZE = _lin([ei * gamma / h for ei in e], Z)
@@ -413,6 +514,8 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
             f_err = func(t, y + err)
             err = torch.linalg.lu_solve(LUr, pr, (f_err + ZE).reshape(B, n, 1)).reshape(y.shape)
             stats.n_linear_solves += 1
+        if dense_error and error is not None:
+            err = continuous_error(err, Z, y, y1)
         slow = iters > 2 and theta > JAC_REUSE_THETA
         st["last"] = (t, y, h, y1, tuple(Z), slow)
         return f0, StepResult(y1, err, tuple(Z))
