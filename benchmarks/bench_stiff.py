@@ -1,5 +1,5 @@
-"""Stiff problems: neuralode's rodas5p, kvaerno5, radau5, auto and rosenbrock23 against scipy's Radau, BDF and
-LSODA and diffrax's Kvaerno5 (JAX on the CPU).
+"""Stiff problems: neuralode's rodas5p, kvaerno5, radau5, radau9, auto and rosenbrock23 against scipy's Radau, BDF
+and LSODA and diffrax's Kvaerno5 (JAX on the CPU).
 
     python benchmarks/bench_stiff.py [--quick] [--out DIR]   (writes DIR/stiff.md, DIR/stiff_work_precision.png)
 
@@ -18,8 +18,10 @@ The neuralode rows without a controller in their label use the methods' default 
 (``"pi_gustafsson"`` for the stiff methods, ``"pi"`` for auto); rows "controller X" repeat a solve with
 ``options={"controller": X}`` (rodas5p at every tolerance, kvaerno5 at rtol >= 1e-6, rosenbrock23 and radau5 at
 rtol >= 1e-5, to keep the run short), and the section "Step-size controllers" at the end sums them up. The
-section "radau5 against scipy Radau" lists, per problem and tolerance, radau5's error and accepted steps as
-ratios to Radau's (the same method and adaptive machinery, Hairer & Wanner II, IV.8).
+sections "radau5 against scipy Radau" and "radau9 against scipy Radau" list, per problem and tolerance, their
+error and accepted steps as ratios to Radau's (radau5 is the same method and adaptive machinery, Hairer & Wanner
+II, IV.8; radau9 its 5-stage, order-9 sibling, with the continuous output's error controlled too); the rows
+"radau9, dense_error off" show what that control costs and buys.
 """
 
 from __future__ import annotations
@@ -203,14 +205,17 @@ def run_scipy(name, method, rtol):
     return r.sol(times).T, len(r.t) - 1, r.nfev, r.njev, seconds, None  # scipy does not count rejected steps
 
 
-def run_ours(name, method, rtol, land=False, controller=None):
+def run_ours(name, method, rtol, land=False, controller=None, dense_error=None):
     """One neuralode solve; with ``land`` the steps end on the output times (``step_t``), so the outputs are
     step ends rather than values of the dense output: the difference is the dense output's share of the error.
-    ``controller``: the step-size controller (``None``: the method's default)."""
+    ``controller``: the step-size controller (``None``: the method's default); ``dense_error``: radau's
+    continuous-output error control (``None``: the method's default)."""
     f, y0, t_end, scale, times = PROBLEMS[name]
     options = {"step_t": [float(x) for x in times[1:-1]]} if land else {}
     if controller is not None:
         options["controller"] = controller
+    if dense_error is not None:
+        options["dense_error"] = dense_error
     t0 = time.perf_counter()
     with torch.no_grad():
         sol = solve(_torch_rhs(f), torch.tensor(y0, dtype=F64), torch.tensor(times, dtype=F64),
@@ -255,7 +260,7 @@ def controller_summary(records) -> list[str]:
                          f"{met} of {len(rows)} |")
     lines += ["", "Where the Radau target (error <= Radau's and accepted steps <= Radau's at the same rtol) holds, "
               "per method with its default controller, over every tolerance it ran at:", ""]
-    for method in ("rodas5p", "kvaerno5", "radau5", "rosenbrock23", "auto"):
+    for method in ("rodas5p", "kvaerno5", "radau5", "radau9", "rosenbrock23", "auto"):
         label = f"neuralode {method}"
         pairs = [(p, r) for p, r, lab, *_ in records if lab == label]
         radau = {(p, r): by[(p, r, "scipy Radau")] for p, r in pairs}
@@ -267,20 +272,20 @@ def controller_summary(records) -> list[str]:
     return lines + [""]
 
 
-def radau_summary(records) -> list[str]:
-    """radau5 (default controller) against scipy Radau at the same rtol: error and accepted steps as ratios,
+def radau_summary(records, method: str = "radau5") -> list[str]:
+    """``method`` (default controller) against scipy Radau at the same rtol: error and accepted steps as ratios,
     per problem and tolerance, and on how many solves both are no worse than Radau's."""
     by = {(p, r, lab): (e, st) for p, r, lab, e, st, rj, nfe in records}
-    pairs = [(p, r) for p, r, lab, *_ in records if lab == "neuralode radau5"]
-    lines = ["## radau5 against scipy Radau", "",
-             "error and accepted steps of neuralode radau5 divided by scipy Radau's at the same rtol (below 1: "
+    pairs = [(p, r) for p, r, lab, *_ in records if lab == f"neuralode {method}"]
+    lines = [f"## {method} against scipy Radau", "",
+             f"error and accepted steps of neuralode {method} divided by scipy Radau's at the same rtol (below 1: "
              "better); met: both <= 1.", "",
-             "| problem | rtol | error radau5 | error Radau | error ratio | steps radau5 | steps Radau | steps ratio | met |",
+             f"| problem | rtol | error {method} | error Radau | error ratio | steps {method} | steps Radau | steps ratio | met |",
              "|---|---|---|---|---|---|---|---|---|"]
     met = 0
     log_e, log_s = [], []
     for p, r in pairs:
-        (e, st), (e_r, st_r) = by[(p, r, "neuralode radau5")], by[(p, r, "scipy Radau")]
+        (e, st), (e_r, st_r) = by[(p, r, f"neuralode {method}")], by[(p, r, "scipy Radau")]
         ok = e <= e_r and st <= st_r
         met += ok
         log_e.append(math.log(max(e, 1e-300) / max(e_r, 1e-300)))
@@ -361,7 +366,7 @@ def work_precision_figure(curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
     for j, name in enumerate(names):
         for label, pts in curves[name].items():
-            if "land" in label or "controller" in label:  # the diagnostic rows stay in the tables only
+            if "land" in label or "controller" in label or "dense_error" in label:  # the diagnostic rows stay in the tables only
                 continue
             err = [max(p[0], 1e-16) for p in pts]
             for row, x in ((0, [p[1] for p in pts]), (1, [p[2] for p in pts])):
@@ -383,7 +388,7 @@ def main(argv=None) -> int:
     setup()
     tols = [1e-4, 1e-6] if args.quick else [1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     lines = [
-        "# Stiff problems: neuralode rodas5p, kvaerno5, radau5, auto, rosenbrock23 against scipy Radau, BDF, LSODA",
+        "# Stiff problems: neuralode rodas5p, kvaerno5, radau5, radau9, auto, rosenbrock23 against scipy Radau, BDF, LSODA",
         "",
         "Written by `benchmarks/bench_stiff.py`" + (" --quick" if args.quick else "") + ". "
         "error: max over outputs and components of |y - ref| / (|ref| + scale), ref = scipy Radau at rtol 1e-13; "
@@ -392,15 +397,17 @@ def main(argv=None) -> int:
         "time: seconds, and the ratio to scipy Radau measured in the same process. Rows \"steps land on "
         "outputs\" end steps on the output times (options step_t), so the outputs are step ends: their difference "
         "from the plain rows is the share of the error that comes from the dense output (rodas5p: Steinebach's "
-        "order-4 interpolant; kvaerno5: cubic Hermite; radau5: the cubic collocation polynomial, as scipy Radau's). rejected: rejected steps (scipy does not count them). "
+        "order-4 interpolant; kvaerno5: cubic Hermite; radau5: the cubic collocation polynomial, as scipy Radau's; radau9: the "
+        "quintic collocation polynomial, whose error radau9 controls by default: rows \"dense_error off\" leave that "
+        "out). rejected: rejected steps (scipy does not count them). "
         "neuralode rows without a controller in the label use the method's default step-size controller "
-        "(pi_gustafsson for rodas5p, kvaerno5, radau5 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
+        "(pi_gustafsson for rodas5p, kvaerno5, radau5, radau9 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
         "solve with options={\"controller\": X} (see the section \"Step-size controllers\" at the end).",
         "",
         machine_markdown(),
         "",
     ]
-    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "radau5", "auto"):  # warm-up: first calls pay for imports and allocations
+    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "radau5", "radau9", "auto"):  # warm-up: first calls pay for imports and allocations
         run_ours("OREGO", method, 1e-3)
     has_jax = _diffrax() is not None
     if not has_jax:
@@ -423,6 +430,10 @@ def main(argv=None) -> int:
                     ("neuralode kvaerno5, steps land on outputs", run_ours(name, "kvaerno5", rtol, land=True)),
                     ("neuralode radau5", run_ours(name, "radau5", rtol)),
                     ("neuralode radau5, steps land on outputs", run_ours(name, "radau5", rtol, land=True)),
+                    ("neuralode radau9", run_ours(name, "radau9", rtol)),
+                    ("neuralode radau9, dense_error off", run_ours(name, "radau9", rtol, dense_error=False)),
+                    ("neuralode radau9, dense_error off, steps land on outputs",
+                     run_ours(name, "radau9", rtol, land=True, dense_error=False)),
                     ("neuralode auto", run_ours(name, "auto", rtol))]
             if rtol >= 1e-5:
                 runs.append(("neuralode rosenbrock23", run_ours(name, "rosenbrock23", rtol)))
@@ -445,7 +456,8 @@ def main(argv=None) -> int:
             print("\n".join(rows), flush=True)
         lines.append("")
     lines += controller_summary(records)
-    lines += radau_summary(records)
+    lines += radau_summary(records, "radau5")
+    lines += radau_summary(records, "radau9")
     lines += batch_case(256, 32 if args.quick else 256)
     args.out.mkdir(parents=True, exist_ok=True)
     work_precision_figure(curves, args.out / "stiff_work_precision.png")

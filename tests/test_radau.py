@@ -113,6 +113,9 @@ class _Tight:
 
     scaled_all = scaled
 
+    def scaled_stages(self, X, y):
+        return float(X.abs().max()) / 1e-13
+
     def ratio(self, err, y0, y1, aux=None):
         return float(err.abs().max()) / 1e-13
 

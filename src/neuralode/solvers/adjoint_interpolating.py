@@ -13,7 +13,7 @@ dense output and integrates backwards only
     d(gθ)/dt = -a(t)ᵀ ∂f/∂θ (t, y(t))          y(t) from the forward interpolant,
 
 which is linear in ``a`` and as stiff as the forward problem in the same (stable) sense backwards,
-so a stiff method (rodas5p, kvaerno5, radau5) takes steps as large as forward.
+so a stiff method (rodas5p, kvaerno5, radau5, radau9) takes steps as large as forward.
 
 Memory: the forward solve's interpolants are kept, ``O(steps × stages)`` states (each accepted step
 keeps its start and end states and its stages; rodas5p: 8 stages). Re-solving each output interval

@@ -234,6 +234,19 @@ class _ErrorNorm:
         (radau5's adjoint, rtol 1e-9: gradient error 1.9e-6, against 1e-11 with every component)."""
         return self.scaled(x, y, every_component=True)
 
+    def scaled_stages(self, X: torch.Tensor, y: torch.Tensor) -> float:
+        """``sqrt(mean_i scaled_all(X[i], y)^2)`` over the stages ``X`` stacked as ``(s, *state)``: the measure of
+        a collocation method's Newton iteration. For a tensor state one norm of the stacked stages (the RMS
+        over stages of RMS norms of equal size is the RMS of them all); for a tuple state stage by stage."""
+        s = X.shape[0]
+        if self.problem.is_tuple:
+            return math.sqrt(sum(self.scaled_all(x, y) ** 2 for x in X.unbind(0)) / s)
+        with _no_grad():
+            tol = self._tol(y)
+            if self.upcast is not None:
+                X = X.to(self.upcast)
+            return float(torch.linalg.vector_norm(X / tol)) * self.inv_sqrt_n[0] / math.sqrt(s)
+
     def _tol(self, y: torch.Tensor) -> torch.Tensor:
         """``atol + rtol |y|``, kept for the last two states seen: a step's ``y1`` is the next
         step's ``y0`` (and a rejected step retries from the same ``y0``), so each state's

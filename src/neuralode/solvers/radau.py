@@ -324,22 +324,24 @@ def radau_dense(y0: torch.Tensor, Z, tab: RadauTableau, theta: float) -> torch.T
     return _lin(_lagrange(tab, theta), Z, y0)
 
 
-def _factor(J: torch.Tensor, mu: complex | float, h: float, t: float, stats, label: str, method: str):
-    """LU factors of ``(mu / h) I - J`` per block; ``SolverError`` naming ``t``, ``h`` and ``h / mu`` if one
-    is singular."""
-    n = J.shape[-1]
-    if isinstance(mu, complex):
-        Jc = J.to(torch.complex128 if J.dtype == torch.float64 else torch.complex64)
-        W = torch.eye(n, dtype=Jc.dtype, device=J.device) * (mu / h) - Jc
-    else:
-        W = torch.eye(n, dtype=J.dtype, device=J.device) * (mu / h) - J
+def _factor(J: torch.Tensor, mus: list, h: float, t: float, stats, labels: list[str], method: str):
+    """LU factors of ``(mu / h) I - J`` per block, for each ``mu`` of ``mus`` stacked along the batch (one
+    factorisation call for all the complex pairs); ``SolverError`` naming ``t``, ``h`` and ``h / mu`` if one is
+    singular."""
+    n, B = J.shape[-1], J.shape[0]
+    if isinstance(mus[0], complex):
+        J = J.to(torch.complex128 if J.dtype == torch.float64 else torch.complex64)
+    eye = torch.eye(n, dtype=J.dtype, device=J.device)
+    W = torch.cat([eye * (mu / h) - J for mu in mus]) if len(mus) > 1 else eye * (mus[0] / h) - J
     LU, piv, info = torch.linalg.lu_factor_ex(W)
     if bool((info > 0).any()):
-        b = int((info > 0).nonzero()[0])
+        idx = int((info > 0).nonzero()[0])
+        k, b = divmod(idx, B)
+        label, mu = labels[k], mus[k]
         raise SolverError(
             f"Singular iteration matrix ({label} / h) I - J of {method}", t, h, stats.n_steps,
             f"gamma h = h / {label} = {h / mu:.6g}: {label} / h is an eigenvalue of the Jacobian"
-            + (f" of sample {b}" if J.shape[0] > 1 else "")
+            + (f" of sample {b}" if B > 1 else "")
             + "; check options['jacobian'] (a wrong or non-finite Jacobian), or set options['max_step'] to avoid "
               "this step size.",
         )
@@ -374,16 +376,28 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
     st: dict = {"J": None, "eta": 1.0, "poly": None, "last": None, "slow": True}
 
     f_tensor = counted_flat_func(problem)
+    P = len(mus)
+    labels = ["(alpha + i beta)"] if P == 1 else [f"(alpha_{k} + i beta_{k})" for k in range(1, P + 1)]
+
+    def const(rows) -> torch.Tensor:
+        return torch.tensor(rows, dtype=problem.dtype, device=problem.device)
+
+    T_t, Ti_t, e_t = const(T), const(Ti), const(e)
+
+    def mix(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """``(M (x) I) X`` for stacked stages ``X`` of shape ``(s, *state)``: one matrix product."""
+        return (M @ X.reshape(X.shape[0], -1)).view(M.shape[0], *X.shape[1:])
+
     dense_error = getattr(opts, "dense_error", None)
     dense_error = tab.dense_error_default if dense_error is None else dense_error
     # Weights of y0 - p(t0), p the degree-(s-1) polynomial through the stage values: -sum_i L_i(0) Z_i.
-    l0 = [-math.prod(-c[j] / (c[i] - c[j]) for j in range(s) if j != i) for i in range(s)]
+    l0 = const([[-math.prod(-c[j] / (c[i] - c[j]) for j in range(s) if j != i) for i in range(s)]])
     p_cont = (s + 1.0) / s
 
     def continuous_error(err: torch.Tensor, Z, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
         """The embedded estimate, scaled so that its ratio is ``max(r_emb, r_cont^((s+1)/s))`` (module
         docstring); the norm is homogeneous, so scaling the vector scales the loop's ratio."""
-        e_cont = _lin(l0, Z)
+        e_cont = mix(l0, Z)[0]
         r_emb, r_cont = error.ratio(err, y, y1), error.ratio(e_cont, y, y1)
         r = r_cont**p_cont
         if not (math.isfinite(r_emb) and math.isfinite(r)) or r <= r_emb:
@@ -396,42 +410,40 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
 
     def factors(t: float, h: float):
         if st.get("lu_h") != h:
-            labels = ["(alpha + i beta)"] if s == 3 else [f"(alpha_{k} + i beta_{k})" for k in range(1, s // 2 + 1)]
-            st["lu"] = (_factor(st["J"], gamma, h, t, stats, "gamma", tab.name),
-                        [_factor(st["J"], mu, h, t, stats, lab, tab.name) for mu, lab in zip(mus, labels)])
+            st["lu"] = (_factor(st["J"], [gamma], h, t, stats, ["gamma"], tab.name),
+                        _factor(st["J"], mus, h, t, stats, labels, tab.name))
             st["lu_h"] = h
             stats.n_factorizations += 1
         return st["lu"]
 
-    def norm_stages(dZ, y: torch.Tensor) -> float:
+    def norm_stages(dZ: torch.Tensor, y: torch.Tensor) -> float:
         """RMS over the stages of the scaled RMS norm of every component (not a user norm or the adjoint's
-        seminorm, which may leave components out: :meth:`~neuralode.solvers.problem._ErrorNorm.scaled_all`)."""
+        seminorm, which may leave components out: :meth:`~neuralode.solvers.problem._ErrorNorm.scaled_stages`)."""
         if error is None:
-            return max(float(d.abs().max()) for d in dZ)
-        return math.sqrt(sum(error.scaled_all(d, y) ** 2 for d in dZ) / s)
+            return float(dZ.abs().max())
+        return error.scaled_stages(dZ, y)
 
-    def newton(t: float, y: torch.Tensor, h: float, Z0):
-        """``(Z, ok, shrink, theta, iterations)``: the stage increments, or ``ok = False`` with the factor by
-        which RADAU5 would shrink ``h``."""
-        (LUr, pr), cplx = factors(t, h)
+    def newton(t: float, y: torch.Tensor, h: float, Z0: torch.Tensor):
+        """``(Z, ok, shrink, theta, iterations)``: the stage increments stacked ``(s, *state)``, or ``ok = False``
+        with the factor by which RADAU5 would shrink ``h``."""
+        (LUr, pr), (LUc, pc) = factors(t, h)
         B, n = st["J"].shape[0], st["J"].shape[-1]
         shape = y.shape
-        Z = list(Z0)
-        W = [_lin(Ti[i], Z) for i in range(s)]
+        mu_h = torch.tensor([mu / h for mu in mus], dtype=LUc.dtype, device=y.device).view(P, *([1] * y.dim()))
+        Z = Z0
+        W = mix(Ti_t, Z)
         eta = max(st["eta"], eps) ** 0.8
         d_old, thq_old, theta = None, None, eta
         for k in range(1, n_iter_max + 1):
-            F = [func(t + c[i] * h, y + Z[i]) for i in range(s)]
-            G = [_lin(Ti[i], F) for i in range(s)]
+            F = torch.stack([func(t + c[i] * h, y + Z[i]) for i in range(s)])
+            G = mix(Ti_t, F)
             r_real = torch.add(G[0], W[0], alpha=-gamma / h)
-            dW = [torch.linalg.lu_solve(LUr, pr, r_real.reshape(B, n, 1)).reshape(shape)]
-            for j, (mu, (LUc, pc)) in enumerate(zip(mus, cplx)):
-                i = 1 + 2 * j
-                r_cplx = torch.complex(G[i], G[i + 1]) - torch.complex(W[i], W[i + 1]) * (mu / h)
-                dWc = torch.linalg.lu_solve(LUc, pc, r_cplx.reshape(B, n, 1)).reshape(shape)
-                dW += [dWc.real, dWc.imag]
+            dW0 = torch.linalg.lu_solve(LUr, pr, r_real.reshape(B, n, 1)).reshape(1, *shape)
+            r_cplx = torch.complex(G[1::2], G[2::2]) - torch.complex(W[1::2], W[2::2]) * mu_h  # (P, *state)
+            dWc = torch.linalg.lu_solve(LUc, pc, r_cplx.reshape(P * B, n, 1)).reshape(P, *shape)
+            dW = torch.cat([dW0, torch.stack([dWc.real, dWc.imag], 1).reshape(2 * P, *shape)])
             stats.n_linear_solves += 1
-            dZ = [_lin(T[i], dW) for i in range(s)]
+            dZ = mix(T_t, dW)
             d = norm_stages(dZ, y)
             if not math.isfinite(d):  # non-finite stages: an infinite estimate, so the loop can say why
                 return None, False, None, theta, k
@@ -447,19 +459,23 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
                     q = max(1e-4, min(20.0, predicted))
                     return None, False, 0.8 * q ** (-1.0 / (4.0 + n_iter_max - k)), theta, k
             d_old = max(d, eps)
-            W = [w + dw for w, dw in zip(W, dW)]
-            Z = [z + dz for z, dz in zip(Z, dZ)]
+            W = W + dW
+            Z = Z + dZ
             if eta * d <= fnewt or d == 0.0:
                 st["eta"] = eta
                 return Z, True, 1.0, theta, k
         return None, False, 0.5, theta, n_iter_max
 
-    def starting_values(y: torch.Tensor, h: float):
+    def starting_values(y: torch.Tensor, h: float) -> torch.Tensor:
         poly = st["poly"]
         if poly is None:
-            return [torch.zeros_like(y)] * s
+            return torch.zeros((s, *y.shape), dtype=y.dtype, device=y.device)
         h_old, Z_old = poly
-        return [torch.sub(_lin(_lagrange(tab, 1.0 + c[i] * h / h_old), Z_old), Z_old[-1]) for i in range(s)]
+        # Z_i^0 = q_old(t0 + c_i h) - y0 = sum_j l_j(1 + c_i h / h_old) Z_old_j - Z_old_s.
+        E = [_lagrange(tab, 1.0 + c[i] * h / h_old) for i in range(s)]
+        for row in E:
+            row[-1] -= 1.0
+        return mix(const(E), Z_old)
 
     def reject(y: torch.Tensor, y1: torch.Tensor, shrink: float):
         """A rejected step whose error ratio makes the controller propose ``shrink h`` (its rejections use
@@ -507,17 +523,17 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
         y1 = y + Z[-1]
         (LUr, pr), _ = factors(t, h)
         B, n = st["J"].shape[0], st["J"].shape[-1]
-        ZE = _lin([ei * gamma / h for ei in e], Z)
-        err = torch.linalg.lu_solve(LUr, pr, (f0 + ZE).reshape(B, n, 1)).reshape(y.shape)
+        ZE = mix(e_t.view(1, s), Z)[0]  # sum_i e_i Z_i; the estimate's right-hand side is f0 + (gamma / h) ZE
+        err = torch.linalg.lu_solve(LUr, pr, torch.add(f0, ZE, alpha=gamma / h).reshape(B, n, 1)).reshape(y.shape)
         stats.n_linear_solves += 1
         if extra and error is not None and error.ratio(err, y, y1) > 1.0:
             f_err = func(t, y + err)
-            err = torch.linalg.lu_solve(LUr, pr, (f_err + ZE).reshape(B, n, 1)).reshape(y.shape)
+            err = torch.linalg.lu_solve(LUr, pr, torch.add(f_err, ZE, alpha=gamma / h).reshape(B, n, 1)).reshape(y.shape)
             stats.n_linear_solves += 1
         if dense_error and error is not None:
             err = continuous_error(err, Z, y, y1)
         slow = iters > 2 and theta > JAC_REUSE_THETA
-        st["last"] = (t, y, h, y1, tuple(Z), slow)
-        return f0, StepResult(y1, err, tuple(Z))
+        st["last"] = (t, y, h, y1, Z, slow)
+        return f0, StepResult(y1, err, tuple(Z.unbind(0)))
 
     return take
