@@ -1,5 +1,5 @@
-"""Stiff problems: neuralode's rodas5p, kvaerno5, radau5, radau9, auto and rosenbrock23 against scipy's Radau, BDF
-and LSODA and diffrax's Kvaerno5 (JAX on the CPU).
+"""Stiff problems: neuralode's rodas5p, kvaerno5, radau5, radau9, radau13, auto and rosenbrock23 against scipy's
+Radau, BDF and LSODA and diffrax's Kvaerno5 (JAX on the CPU).
 
     python benchmarks/bench_stiff.py [--quick] [--out DIR]   (writes DIR/stiff.md, DIR/stiff_work_precision.png)
 
@@ -18,9 +18,9 @@ The neuralode rows without a controller in their label use the methods' default 
 (``"pi_gustafsson"`` for the stiff methods, ``"pi"`` for auto); rows "controller X" repeat a solve with
 ``options={"controller": X}`` (rodas5p at every tolerance, kvaerno5 at rtol >= 1e-6, rosenbrock23 and radau5 at
 rtol >= 1e-5, to keep the run short), and the section "Step-size controllers" at the end sums them up. The
-sections "radau5 against scipy Radau" and "radau9 against scipy Radau" list, per problem and tolerance, their
-error and accepted steps as ratios to Radau's (radau5 is the same method and adaptive machinery, Hairer & Wanner
-II, IV.8; radau9 its 5-stage, order-9 sibling, with the continuous output's error controlled too); the rows
+sections "radauN against scipy Radau" list, per problem and tolerance, their error and accepted steps as ratios
+to Radau's (radau5 is the same method and adaptive machinery, Hairer & Wanner II, IV.8; radau9 and radau13 its
+5- and 7-stage siblings of orders 9 and 13, with the continuous output's error controlled too); the rows
 "radau9, dense_error off" show what that control costs and buys.
 """
 
@@ -260,7 +260,7 @@ def controller_summary(records) -> list[str]:
                          f"{met} of {len(rows)} |")
     lines += ["", "Where the Radau target (error <= Radau's and accepted steps <= Radau's at the same rtol) holds, "
               "per method with its default controller, over every tolerance it ran at:", ""]
-    for method in ("rodas5p", "kvaerno5", "radau5", "radau9", "rosenbrock23", "auto"):
+    for method in ("rodas5p", "kvaerno5", "radau5", "radau9", "radau13", "rosenbrock23", "auto"):
         label = f"neuralode {method}"
         pairs = [(p, r) for p, r, lab, *_ in records if lab == label]
         radau = {(p, r): by[(p, r, "scipy Radau")] for p, r in pairs}
@@ -402,7 +402,8 @@ def main(argv=None) -> int:
     setup()
     tols = [1e-4, 1e-6] if args.quick else [1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     lines = [
-        "# Stiff problems: neuralode rodas5p, kvaerno5, radau5, radau9, auto, rosenbrock23 against scipy Radau, BDF, LSODA",
+        "# Stiff problems: neuralode rodas5p, kvaerno5, radau5, radau9, radau13, auto, rosenbrock23 against scipy "
+        "Radau, BDF, LSODA",
         "",
         "Written by `benchmarks/bench_stiff.py`" + (" --quick" if args.quick else "") + ". "
         "error: max over outputs and components of |y - ref| / (|ref| + scale), ref = scipy Radau at rtol 1e-13; "
@@ -412,16 +413,16 @@ def main(argv=None) -> int:
         "outputs\" end steps on the output times (options step_t), so the outputs are step ends: their difference "
         "from the plain rows is the share of the error that comes from the dense output (rodas5p: Steinebach's "
         "order-4 interpolant; kvaerno5: cubic Hermite; radau5: the cubic collocation polynomial, as scipy Radau's; radau9: the "
-        "quintic collocation polynomial, whose error radau9 controls by default: rows \"dense_error off\" leave that "
+        "quintic collocation polynomial (radau13: degree 7), whose error radau9 and radau13 control by default: rows \"dense_error off\" leave that "
         "out). rejected: rejected steps (scipy does not count them). "
         "neuralode rows without a controller in the label use the method's default step-size controller "
-        "(pi_gustafsson for rodas5p, kvaerno5, radau5, radau9 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
+        "(pi_gustafsson for rodas5p, kvaerno5, radau5, radau9, radau13 and rosenbrock23; pi for auto); rows \"controller X\" repeat the "
         "solve with options={\"controller\": X} (see the section \"Step-size controllers\" at the end).",
         "",
         machine_markdown(),
         "",
     ]
-    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "radau5", "radau9", "auto"):  # warm-up: first calls pay for imports and allocations
+    for method in ("rodas5p", "rosenbrock23", "kvaerno5", "radau5", "radau9", "radau13", "auto"):  # warm-up: first calls pay for imports and allocations
         run_ours("OREGO", method, 1e-3)
     has_jax = _diffrax() is not None
     if not has_jax:
@@ -448,6 +449,7 @@ def main(argv=None) -> int:
                     ("neuralode radau9, dense_error off", run_ours(name, "radau9", rtol, dense_error=False)),
                     ("neuralode radau9, dense_error off, steps land on outputs",
                      run_ours(name, "radau9", rtol, land=True, dense_error=False)),
+                    ("neuralode radau13", run_ours(name, "radau13", rtol)),
                     ("neuralode auto", run_ours(name, "auto", rtol))]
             if rtol >= 1e-5:
                 runs.append(("neuralode rosenbrock23", run_ours(name, "rosenbrock23", rtol)))
@@ -472,6 +474,7 @@ def main(argv=None) -> int:
     lines += controller_summary(records)
     lines += radau_summary(records, "radau5")
     lines += radau_summary(records, "radau9")
+    lines += radau_summary(records, "radau13")
     lines += batch_case(256, 32 if args.quick else 256)
     args.out.mkdir(parents=True, exist_ok=True)
     work_precision_figure(curves, args.out / "stiff_work_precision.png")

@@ -135,7 +135,7 @@ def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():
     from neuralode.solvers.tableau import get_tableau
 
     for method, expected in [("rodas5p", "pi_gustafsson"), ("kvaerno5", "pi_gustafsson"),
-                             ("rosenbrock23", "pi_gustafsson"), ("radau5", "pi_gustafsson"), ("radau9", "pi_gustafsson"), ("auto", "pi"), ("dopri5", "pi"), ("tsit5", "pi")]:
+                             ("rosenbrock23", "pi_gustafsson"), ("radau5", "pi_gustafsson"), ("radau9", "pi_gustafsson"), ("radau13", "pi_gustafsson"), ("auto", "pi"), ("dopri5", "pi"), ("tsit5", "pi")]:
         assert _parse_options(None, get_tableau(method)).controller == expected, method
         assert _parse_options({"max_step": 1.0}, get_tableau(method)).controller == expected, method
     assert _parse_options({"controller": "gustafsson"}, get_tableau("rodas5p")).controller == "gustafsson"

@@ -294,7 +294,7 @@ def test_fixed_grid_interpolating_adjoint_keeps_the_methods_order(method):
     assert errors[0] / errors[1] > 10, errors  # order >= 3.3 (linear pieces: 4)
 
 
-@pytest.mark.parametrize("method, bound", [("kvaerno5", 1e-6), ("radau5", 1e-8), ("radau9", 1e-8)])
+@pytest.mark.parametrize("method, bound", [("kvaerno5", 1e-6), ("radau5", 1e-8), ("radau9", 1e-8), ("radau13", 1e-8)])
 def test_implicit_adjoints_on_a_tuple_rotation_reach_their_tolerance(method, bound):
     """odeint_adjoint with kvaerno5 and radau5 (the interpolating adjoint, the seminorm) at rtol 1e-9 against
     a tight dopri8 backprop reference. Two faults held them back: kvaerno5 has a node c = 1.23, so a stage

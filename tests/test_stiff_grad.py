@@ -124,7 +124,7 @@ def test_adjoint_with_rosenbrock_backward_solve():
     assert all(float(g.abs()) > 1e-3 for g in bp)
 
 
-@pytest.mark.parametrize("method", ["rodas5p", "rosenbrock23", "kvaerno5", "radau5", "radau9", "auto"])
+@pytest.mark.parametrize("method", ["rodas5p", "rosenbrock23", "kvaerno5", "radau5", "radau9", "radau13", "auto"])
 def test_checkpointed_stiff_steps_give_the_backprop_gradient(method):
     """options={"checkpoint": True} recomputes each step in backward; the Rosenbrock steps' recomputation
     must take the branches of the forward (the first Jacobian's coupling check, df/dt by forward mode or

@@ -573,7 +573,7 @@ def test_get_tableau_unknown_method():
         get_tableau("foo")
     assert str(info.value) == (
         "Unknown method 'foo'. Valid methods: euler, midpoint, heun2, heun3, rk4, rk4_38, "
-        "adaptive_heun, fehlberg2, bosh3, dopri5, tsit5, dopri8, dopri8_13m, rosenbrock23, rodas5p, kvaerno5, radau5, radau9, implicit_euler, implicit_midpoint, trapezoid, "
+        "adaptive_heun, fehlberg2, bosh3, dopri5, tsit5, dopri8, dopri8_13m, rosenbrock23, rodas5p, kvaerno5, radau5, radau9, radau13, implicit_euler, implicit_midpoint, trapezoid, "
         "radauIIA3, radauIIA5, gl4, gl6, sdirk2, trbdf2, auto."
     )
     with pytest.raises(ValueError, match=re.escape("Unknown method 'RK4'.")):

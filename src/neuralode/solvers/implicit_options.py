@@ -12,7 +12,7 @@ JACOBIAN_KINDS = ("batched", "dense")
 
 @dataclass(frozen=True)
 class ImplicitOptions(AdaptiveOptions):
-    """Options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5``, ``radau5`` and ``radau9`` (the adaptive stiff methods):
+    """Options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5`` and ``radau5/9/13`` (the adaptive stiff methods):
     :class:`AdaptiveOptions` plus
 
     Attributes:
@@ -57,13 +57,13 @@ class ImplicitOptions(AdaptiveOptions):
 
 @dataclass(frozen=True)
 class RadauOptions(ImplicitOptions):
-    """Options of ``radau5`` and ``radau9``: :class:`ImplicitOptions` plus
+    """Options of ``radau5``, ``radau9`` and ``radau13``: :class:`ImplicitOptions` plus
 
     Attributes:
         dense_error: whether the step's error estimate also bounds the error of the collocation polynomial
             the outputs between step ends are read from (``radau.py``, "Error of the continuous output").
-            Default (``None``): on for ``radau9``, whose step ends are far more accurate than its degree-5
-            polynomial between them; off for ``radau5`` (as RADAU5 and scipy's ``Radau``).
+            Default (``None``): on for ``radau9`` and ``radau13``, whose step ends are far more accurate than
+            their collocation polynomials between them; off for ``radau5`` (as RADAU5 and scipy's ``Radau``).
     """
 
     dense_error: bool | None = None

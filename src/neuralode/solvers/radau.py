@@ -1,5 +1,5 @@
-"""Radau IIA of orders 5 and 9 (``radau5``, ``radau9``): the 3- and 5-stage collocation methods with Hairer &
-Wanner's adaptive machinery.
+"""Radau IIA of orders 5, 9 and 13 (``radau5``, ``radau9``, ``radau13``): the 3-, 5- and 7-stage collocation
+methods with Hairer & Wanner's adaptive machinery.
 
 The method (Hairer & Wanner, *Solving ODEs II*, 2nd ed., IV.5 and IV.8). With the ``s`` Radau IIA nodes ``c``
 (the zeros of ``d^(s-1)/dx^(s-1) [x^(s-1) (x - 1)^s]``, ``c_s = 1``; for ``s = 3``,
@@ -10,8 +10,8 @@ increments ``Z_i = Y_i - y0``::
     Z = h (A (x) I) F(Z),   F(Z)_i = f(t0 + c_i h, y0 + Z_i),       y1 = y0 + Z_s   (stiffly accurate)
 
 order ``2 s - 1`` (``B(2s - 1)``, ``C(s)``, ``D(s - 1)``), L-stable: ``radau5`` (``s = 3``, the method of
-RADAU5 and of scipy's ``Radau``) and ``radau9`` (``s = 5``, the middle order of Hairer & Wanner's
-variable-order RADAU code, here at fixed order). The ``s n`` nonlinear equations are solved by a simplified
+RADAU5 and of scipy's ``Radau``), ``radau9`` (``s = 5``) and ``radau13`` (``s = 7``): the three orders of
+Hairer & Wanner's variable-order RADAU code, here each at fixed order. The ``s n`` nonlinear equations are solved by a simplified
 Newton iteration whose matrix is decoupled by the eigenvalues of ``A^-1``: one real ``gamma`` and
 ``(s - 1) / 2`` complex pairs ``alpha_k +- i beta_k`` (IV.8). With ``T^-1 A^-1 T = Lambda``,
 ``Lambda = diag(gamma, [[alpha_k, -beta_k], [beta_k, alpha_k]] ...)`` and ``Z = (T (x) I) W``, each iteration
@@ -27,7 +27,7 @@ matrix. The nodes, ``A``, ``T`` (and with it ``gamma`` and the pairs) are comput
 is imported and checked (``C(s)``, ``B(2s - 1)``, ``T`` reproducing ``A^-1``).
 
 Newton (IV.8, "Stopping criterion", and the RADAU codes' choices): at most ``newton_max_iter`` iterations
-(RADAU's ``NIT = 7 + 2.5 (s - 3)`` counted from 1 to ``NIT - 1``: 6 for ``radau5``, 11 for ``radau9``). With
+(RADAU's ``NIT = 7 + 2.5 (s - 3)`` counted from 1 to ``NIT - 1``: 6, 11 and 16 iterations). With
 ``||.||`` the solve's error norm (RMS of ``x / (atol + rtol |y0|)`` over the stages, the norm the step is judged
 by, so each sample of a batch is judged the same way), the rate ``theta_k = ||dZ_k|| / ||dZ_{k-1}||`` (from
 the third iteration the geometric mean of the last two, as RADAU5), and ``eta_k = theta_k / (1 - theta_k)``,
@@ -58,21 +58,21 @@ b_hat_i F_i)``, ``gamma_0 = 1 / gamma``, of order ``s``, gives ``y_hat - y1 = ga
 estimate ``> 1`` is recomputed once with ``f(t0, y0 + err)`` in place of ``f0`` ((8.20), one evaluation).
 It is ``O(h^(s+1))``: ``error_order = s`` (the controller's exponent is ``1 / (s + 1)``).
 
-Error of the continuous output (``options["dense_error"]``, on by default for ``radau9``). The estimate above
-bounds the step end; the outputs between step ends come from the collocation polynomial, whose error is of the
-same order ``h^(s+1)`` but is not filtered in the stiff components, where the embedded difference is damped
-by ``(I - h gamma_0 J)^-1``. With ``radau9`` the gap is wide: its steps are chosen for an order-9 solution, and
-on the stiff benchmark (``benchmarks/bench_stiff.py``) the outputs read between step ends were less
-accurate than with the steps landing on the output times (20x to over 100x; Van der Pol mu = 1000 at rtol 1e-7: 3.7x scipy
-Radau's error at the outputs, 0.04x with the steps landing on them; the error sat in the stiff component).
-With ``dense_error`` the step is also judged by ``e_cont = y0 - p(t0)``, ``p`` the degree-(s-1) polynomial
-through the ``s`` stage values (one polynomial order below the dense output, so an ``O(h^s)`` measure of how
-far the stage values are from a polynomial), raised to ``(s + 1) / s`` to give the order of the embedded
-estimate: the step's ratio is ``max(r_emb, r_cont^((s+1)/s))``. An estimate of this kind, raised to this
-power, is what Guglielmi & Hairer use in RADAR5 to control the continuous output that delay equations read
-(combined there as a weighted sum). It costs no evaluation. For ``radau5`` it is off: there the degree-2
-polynomial is a poor yardstick (on the benchmark it took 1.5-4x the steps) and RADAU5's outputs follow its
-steps closely enough (scipy's ``Radau`` does the same).
+Error of the continuous output (``options["dense_error"]``, on by default for ``radau9`` and ``radau13``).
+The estimate above bounds the step end; the outputs between step ends come from the collocation polynomial,
+whose error is of the same order ``h^(s+1)`` but is not filtered in the stiff components, where the embedded
+difference is damped by ``(I - h gamma_0 J)^-1``. With ``radau9`` the gap is wide: its steps are chosen for an
+order-9 solution, and on the stiff benchmark (``benchmarks/bench_stiff.py``) the outputs read between step ends
+were 20x to over 100x less accurate than with the steps landing on the output times (Van der Pol mu = 1000 at
+rtol 1e-7: 3.7x scipy Radau's error at the outputs, 0.04x with the steps landing on them; the error sat in the
+stiff component). With ``dense_error`` the step is also judged by ``e_cont = y0 - p(t0)``, ``p`` the
+degree-(s-1) polynomial through the ``s`` stage values (one polynomial order below the dense output, so an
+``O(h^s)`` measure of how far the stage values are from a polynomial), raised to ``(s + 1) / s`` to give the
+order of the embedded estimate: the step's ratio is ``max(r_emb, r_cont^((s+1)/s))``. An estimate of this
+kind, raised to this power, is what Guglielmi & Hairer use in RADAR5 to control the continuous output that
+delay equations read (combined there as a weighted sum). It costs no evaluation. For ``radau5`` it is off:
+there the degree-2 polynomial is a poor yardstick (on the benchmark it took 1.5-4x the steps) and RADAU5's
+outputs follow its steps closely enough (scipy's ``Radau`` does the same).
 
 Step-size control: the stiff methods' default, ``"pi_gustafsson"`` (PI control capped by Gustafsson's
 prediction, ``controller.py``). Measured against ``"gustafsson"`` (the predictive controller of RADAU5 and of
@@ -112,7 +112,7 @@ from .errors import SolverError
 from .jacobian import counted_flat_func, linearise
 from .stepper import StepResult
 
-__all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU_METHODS", "make_stepper", "radau_dense"]
+__all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU13", "RADAU_METHODS", "make_stepper", "radau_dense"]
 
 JAC_REUSE_THETA = 1e-3  # RADAU5's THET: keep J after a step whose Newton rate was below this
 _TOL = 1e-13
@@ -301,7 +301,8 @@ def _build_radau(s: int, name: str, c: tuple[float, ...] | None = None, dense_er
 _S6 = math.sqrt(6.0)
 RADAU5 = _build_radau(3, "radau5", ((4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0))
 RADAU9 = _build_radau(5, "radau9", dense_error=True)
-RADAU_METHODS: dict[str, RadauTableau] = {t.name: t for t in (RADAU5, RADAU9)}
+RADAU13 = _build_radau(7, "radau13", dense_error=True)
+RADAU_METHODS: dict[str, RadauTableau] = {t.name: t for t in (RADAU5, RADAU9, RADAU13)}
 
 
 
