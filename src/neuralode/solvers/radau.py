@@ -305,7 +305,6 @@ RADAU13 = _build_radau(7, "radau13", dense_error=True)
 RADAU_METHODS: dict[str, RadauTableau] = {t.name: t for t in (RADAU5, RADAU9, RADAU13)}
 
 
-
 def _lagrange(tab: RadauTableau, theta: float) -> list[float]:
     """``l_i(theta)`` of the collocation polynomial (module docstring)."""
     return [sum(p * theta ** (q + 1) for q, p in enumerate(row)) for row in tab.dense]
