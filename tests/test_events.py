@@ -539,3 +539,30 @@ def test_fixed_grid_events_are_located_on_a_cubic_interpolant(method):
     steps = math.ceil(float(t_star) / 0.01)
     solve(fall, y0.detach(), torch.tensor([0.0, steps * 0.01], dtype=F64), method=method, options=opts)
     assert with_event <= len(calls) + 2
+
+
+@pytest.mark.parametrize("method, options", [
+    ("dopri8", None), ("dopri8_13m", None), ("fehlberg2", None), ("adaptive_heun", None), ("dopri5", None),
+    ("rk4", {"step_size": 0.25}),
+])
+def test_event_time_gradients_when_the_root_finder_first_builds_the_interpolant(method, options):
+    # A free fall from h0 at speed v0 is a quadratic, which every method here integrates and
+    # interpolates exactly: the time at height level is t = (v0 + sqrt(v0^2 + 2 g (h0 - level))) / g.
+    # The root finder is the first to read a step's interpolant, under no_grad; what that first read
+    # evaluates (dopri8's extra dense stages, f(t1, y1) for Hermite) must still carry gradients, to
+    # the state at the event and, past a record-only event, to the next step.
+    h00, v00, g0 = 1.3, 0.5, G
+    h0 = torch.tensor(h00, dtype=F64, requires_grad=True)
+    v0 = torch.tensor(v00, dtype=F64, requires_grad=True)
+    func = Gravity(g0)
+    events = [Event(lambda t, y: y[0] - 0.5, terminal=False), Event(height, terminal=True)]
+    sol = solve(func, torch.stack([h0, v0]), torch.tensor([0.0, 2.0], dtype=F64), method=method, options=options,
+                events=events, **TIGHT)
+    assert [r.index for r in sol.events] == [0, 1]
+    for record, level in zip(sol.events, (0.5, 0.0)):
+        root = math.sqrt(v00**2 + 2 * g0 * (h00 - level))
+        t_star = (v00 + root) / g0
+        expected = [1 / root, (1 + v00 / root) / g0, (h00 - level) / (g0 * root) - t_star / g0]
+        got = torch.autograd.grad(record.t, (h0, v0, func.g), retain_graph=True)
+        assert record.t.item() == pytest.approx(t_star, rel=1e-12)
+        assert [x.item() for x in got] == pytest.approx(expected, rel=1e-9)

@@ -701,3 +701,32 @@ def test_time_gradient_matches_finite_differences():
     (g_y0,) = torch.autograd.grad((ys[1:] * weights[1:]).sum(), y0)
     expected = torch.cat([-(g_y0 * f[0]).sum().reshape(1), (weights[1:] * f[1:]).sum(1)])
     torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-12)
+
+
+def _counters(stats) -> tuple:
+    return (stats.nfe, stats.n_accepted, stats.n_rejected, stats.n_jac_evals, stats.n_factorizations,
+            stats.n_linear_solves)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("dopri5", {}), ("dopri8", {}), ("rk4", {"step_size": 0.1}), ("explicit_adams", {"step_size": 0.1}),
+    ("rodas5p", {}),
+])
+def test_checkpoint_backward_does_not_add_to_the_forward_statistics(method, options):
+    # Backward re-runs every checkpointed step through the same counted function; Solution.stats
+    # must still describe the forward solve (and, for the explicit methods, be those of a solve
+    # without checkpointing: the same steps and evaluations).
+    weight = torch.randn(4, 4, dtype=F64, generator=torch.Generator().manual_seed(0)) * 0.5
+    weight.requires_grad_(True)
+    y0 = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    t = torch.linspace(0, 1, 4, dtype=F64)
+    counts = {}
+    for checkpoint in (False, True):
+        sol = solve(lambda t, y: torch.tanh(y @ weight) - 0.1 * y, y0, t, rtol=1e-6, atol=1e-8, method=method,
+                    options={**options, "checkpoint": checkpoint})
+        forward = _counters(sol.stats)
+        sol.ys.sum().backward()
+        assert _counters(sol.stats) == forward
+        counts[checkpoint] = forward
+    if method != "rodas5p":  # its checkpointed step recomputes in forward too, to form J by autograd
+        assert counts[True] == counts[False]

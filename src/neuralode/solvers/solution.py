@@ -17,6 +17,11 @@ TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 class SolverStats:
     """Counters of one solve.
 
+    They count the work of the solve call itself, as it returns: evaluations made afterwards
+    (backward re-running the steps of a solve with ``options={"checkpoint": True}``, a dense
+    output evaluated later) are not added. The adjoint's backward solve is counted apart, in
+    ``Solution.adjoint_stats``.
+
     Attributes:
         nfe: evaluations of ``func`` (including the initial-step heuristic's one).
         n_accepted: accepted steps.
