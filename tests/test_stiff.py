@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, get_tableau, solve
 from neuralode.solvers.implicit import IMPLICIT_METHODS, ROSENBROCK_METHODS, RosenbrockTableau
-from neuralode.solvers.jacobian import autograd_linearisation
+from neuralode.solvers.jacobian import autograd_linearisation, batched_vjp
 from neuralode.solvers.rosenbrock import factor, rosenbrock_dense, rosenbrock_step
 from neuralode.solvers.solution import SolverStats
 from tests.problems import robertson as _robertson
@@ -338,6 +338,41 @@ def test_autograd_linearisation_time_derivative_every_path(B, hint, create_graph
             assert lin.f_t is None
         if not create_graph:
             assert torch.equal(lin.f, _nonautonomous(torch.tensor(t, dtype=F64), y))
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_batched_vjp_is_autograd_grad_without_its_wrapper(create_graph, monkeypatch):
+    # The lean batched backward gives the bits of torch.autograd.grad(..., is_grads_batched=True), with an input
+    # the output does not reach (None) and with a graph kept; a solve without autograd forms every Jacobian
+    # through it and never calls torch.autograd.grad; under a __torch_function__ mode the public call is used.
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(3, 3, dtype=F64, generator=g, requires_grad=True)
+    y = torch.rand(4, 3, dtype=F64, generator=g, requires_grad=True)
+    unused = torch.rand(2, dtype=F64, requires_grad=True)
+    f = torch.tanh(y @ w) * y
+    cot = torch.rand(5, 4, 3, dtype=F64, generator=g)
+    ref = torch.autograd.grad(f, (y, w, unused), cot, is_grads_batched=True, retain_graph=True,
+                              create_graph=create_graph, allow_unused=True)
+    got = batched_vjp(f, (y, w, unused), cot, retain_graph=True, create_graph=create_graph)
+    assert got[2] is None and ref[2] is None
+    for a, b in zip(got[:2], ref[:2]):
+        assert a.shape == b.shape and torch.equal(a, b) and a.requires_grad == b.requires_grad == create_graph
+
+    class Passthrough(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        moded = batched_vjp(f, (y, w, unused), cot, retain_graph=True, create_graph=create_graph)
+    assert torch.equal(moded[0], ref[0]) and torch.equal(moded[1], ref[1])
+
+    calls = []
+    public = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or public(*a, **k))
+    with torch.no_grad():
+        sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1e3], dtype=F64),
+                    rtol=1e-6, atol=1e-12, method="rodas5p")
+    assert sol.stats.n_jac_evals > 10 and not calls
 
 
 def test_van_der_pol_mu_1000_against_radau():
