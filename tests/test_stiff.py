@@ -192,15 +192,17 @@ def _slope(errors: list[float], hs: list[float]) -> float:
     return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
 
 
+@pytest.mark.parametrize("shape", [(3, 2), (2,)])
 @pytest.mark.parametrize("name", ROSENBROCK)
-def test_step_without_autograd_equals_the_recorded_step(name):
-    # The stepper used without autograd (stages in one (s, N) tensor, sums as matrix-vector products) against
-    # the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output, FSAL).
+def test_step_without_autograd_equals_the_recorded_step(name, shape):
+    # The stepper used without autograd (stages in one workspace, sums as matrix-vector products) against
+    # the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output, FSAL), on a
+    # batch of systems and on a vector state (whose workspace rows are used without views).
     tab = ROSENBROCK_METHODS[name]
-    y0 = torch.rand(3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    y0 = torch.rand(*shape, dtype=F64, generator=torch.Generator().manual_seed(1))
     t0, h = 0.75, 0.1
-    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 1, check_coupling=True,
-                                 create_graph=False)
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, len(shape) - 1,
+                                 check_coupling=len(shape) > 1, create_graph=False)
     assert lin.f_t is not None
     lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
 
@@ -216,8 +218,58 @@ def test_step_without_autograd_equals_the_recorded_step(name):
     torch.testing.assert_close(lean.y_err, ref.y_err, rtol=1e-12, atol=1e-15)
     assert len(lean.k) == len(ref.k)
     for a, b in zip(lean.k, ref.k):
+        assert a.shape == b.shape == y0.shape
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert lean.y1.shape == lean.y_err.shape == y0.shape
     assert not torch.equal(f0, torch.zeros_like(f0)) and torch.equal(f0, func(t0, y0))  # f0 left untouched
+
+
+class _CountCalls(torch.overrides.TorchFunctionMode):
+    """Counts the torch functions and methods called (attribute reads such as ``.shape`` left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") != "__get__":
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ROSENBROCK)
+def test_step_without_autograd_costs_few_operations_per_stage(name):
+    # On tiny systems each torch call costs microseconds, as much as the arithmetic: a step without autograd
+    # takes two addmv and one lu_solve per stage besides func, and a few operations per step (the workspace,
+    # its views, y1 and the error estimate), on a vector state with a time-dependent func (the f_t terms).
+    tab = ROSENBROCK_METHODS[name]
+    y0 = torch.rand(2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    t0, h = 0.75, 0.1
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 0, check_coupling=False,
+                                 create_graph=False)
+    assert lin.f_t is not None
+    lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
+    times = {t0 + c * h: torch.tensor(t0 + c * h, dtype=F64) for c in tab.c}
+    f0 = _nonautonomous(times[t0], y0)
+    evaluations = []
+
+    def func(t, y):
+        evaluations.append(t)
+        return _nonautonomous(times[t], y)
+
+    with torch.no_grad():  # once before counting: the method's coefficient tensors are made on first use
+        rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    per_eval = _CountCalls()
+    with torch.no_grad(), per_eval:
+        func(t0 + h, y0)
+    evaluations.clear()
+    counter = _CountCalls()
+    with torch.no_grad(), counter:
+        rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    assert len(evaluations) == tab.stages - 1
+    own = counter.calls - per_eval.calls * len(evaluations)
+    f_t_terms = sum(d != 0.0 for d in tab.d)
+    assert own <= 3 * tab.stages + f_t_terms + 6, (own, tab.stages)
 
 
 @pytest.mark.parametrize("name", ROSENBROCK)
