@@ -427,6 +427,54 @@ def test_batched_vjp_is_autograd_grad_without_its_wrapper(create_graph, monkeypa
     assert sol.stats.n_jac_evals > 10 and not calls
 
 
+class _Names(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_jacobian_and_iteration_matrix_reuse_their_constant_tensors(B):
+    # The identity and the cotangents are made once per shape, dtype and device, not on every step: a second
+    # Jacobian and factorisation create neither (no eye, no cat), and give the same values as the first.
+    y = torch.rand((B, 2) if B > 1 else (2,), dtype=F64, generator=torch.Generator().manual_seed(3))
+    tt = torch.tensor(2.0, dtype=F64)
+    with torch.no_grad():
+        first = autograd_linearisation(_nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True,
+                                       create_graph=False)
+        lu_first = factor(first.J, 0.1, 0.25, 2.0, SolverStats(), 0)
+        seen = _Names()
+        with seen:
+            again = autograd_linearisation(_nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True,
+                                           create_graph=False)
+            lu_again = factor(again.J, 0.1, 0.25, 2.0, SolverStats(), 0)
+    assert "eye" not in seen.names and "cat" not in seen.names and "zeros" not in seen.names, seen.names
+    assert torch.equal(first.J, again.J) and torch.equal(lu_first[0], lu_again[0])
+    W = torch.eye(2, dtype=F64) / (0.1 * 0.25) - first.J
+    torch.testing.assert_close(torch.linalg.lu_solve(*lu_again, W), torch.eye(2, dtype=F64).expand(B, 2, 2),
+                               rtol=0, atol=1e-13)
+
+
+def test_constants_made_under_inference_mode_are_not_kept():
+    # An inference tensor cannot be saved for backward: cotangents first made under torch.inference_mode must
+    # not be the ones a later differentiable Jacobian (create_graph) uses. A shape no other test uses.
+    from neuralode.solvers import jacobian
+
+    def f(t, y):
+        return torch.stack([-1e3 * y[0] * y[1], -y[1] ** 2 + t, y[2] * y[0]])
+
+    with torch.inference_mode():
+        jacobian._cotangents(3, 1, False, torch.Size([3]), torch.float64, torch.device("cpu"))
+    y = torch.tensor([1.0, 0.5, 2.0], dtype=F64, requires_grad=True)
+    lin = autograd_linearisation(f, torch.tensor(0.3, dtype=F64), y, 0, check_coupling=False, create_graph=True)
+    g, = torch.autograd.grad(lin.J.sum(), y)  # d/dy of the sum of J's entries
+    torch.testing.assert_close(g, torch.tensor([-1e3 + 1.0, -1e3 - 2.0, 1.0], dtype=F64), rtol=0, atol=1e-12)
+
+
 def test_van_der_pol_mu_1000_against_radau():
     f, f_np, jac_np = _vdp(1000.0)
     times = [0.0, 100.0, 500.0, 1000.0, 1500.0, 2000.0]

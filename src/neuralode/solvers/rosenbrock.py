@@ -58,7 +58,7 @@ import torch
 
 from .errors import SolverError
 from .implicit import RosenbrockTableau
-from .jacobian import Linearisation, autograd_linearisation, callable_linearisation, counted_flat_func
+from .jacobian import Linearisation, autograd_linearisation, callable_linearisation, counted_flat_func, identity
 from .stepper import StepResult, combine
 
 Func = Callable[[float, torch.Tensor], torch.Tensor]
@@ -98,11 +98,10 @@ def _coefficient_tensors(tab: RosenbrockTableau, dtype: torch.dtype, device: tor
 
 def factor(J: torch.Tensor, h: float, gamma: float, t: float, stats, n_steps: int):
     """LU factors of ``W = I / (h gamma) - J`` for every block; ``SolverError`` if one is singular."""
-    n = J.shape[-1]
-    W = torch.eye(n, dtype=J.dtype, device=J.device) * (1.0 / (h * gamma)) - J  # (B, n, n)
+    W = identity(J.shape[-1], J.dtype, J.device) * (1.0 / (h * gamma)) - J  # (B, n, n)
     LU, pivots, info = torch.linalg.lu_factor_ex(W)
     stats.n_factorizations += 1
-    if bool((info > 0).any()):
+    if bool(info.any()):  # info > 0: a zero pivot (info < 0 flags a bad argument, which cannot occur here)
         b = int((info > 0).nonzero()[0])
         raise SolverError(
             "Singular iteration matrix I/(gamma h) - J", t, h, n_steps,
