@@ -192,24 +192,28 @@ def _slope(errors: list[float], hs: list[float]) -> float:
     return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
 
 
-@pytest.mark.parametrize("shape", [(3, 2), (2,)])
+@pytest.mark.parametrize("shape, t0", [((3, 2), 0.75), ((2,), 0.75), ((2, 2, 2), 0.25)])
 @pytest.mark.parametrize("name", ROSENBROCK)
-def test_step_without_autograd_equals_the_recorded_step(name, shape):
-    # The stepper used without autograd (stages in one workspace, sums as matrix-vector products) against
-    # the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output, FSAL), on a
-    # batch of systems and on a vector state (whose workspace rows are used without views).
+def test_step_without_autograd_equals_the_recorded_step(name, shape, t0):
+    # The stepper used without autograd (stages in rows of one scratch tensor, sums as matrix-vector products)
+    # against the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output,
+    # FSAL), on a batch of systems, on a vector state (whose rows are used without views), and on systems of
+    # two event dimensions with an autonomous func (no f_t term) and an f0 whose layout admits no view.
     tab = ROSENBROCK_METHODS[name]
     y0 = torch.rand(*shape, dtype=F64, generator=torch.Generator().manual_seed(1))
-    t0, h = 0.75, 0.1
-    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, len(shape) - 1,
+    h = 0.1
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, min(len(shape) - 1, 1),
                                  check_coupling=len(shape) > 1, create_graph=False)
-    assert lin.f_t is not None
+    assert (lin.f_t is None) == (t0 <= 0.5)
     lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
 
     def func(t, y):
         return _nonautonomous(torch.tensor(t, dtype=F64), y)
 
     f0 = func(t0, y0)
+    if len(shape) == 3:
+        f0 = f0.transpose(1, 2).contiguous().transpose(1, 2)  # the same values, strides (4, 1, 2)
+        assert not f0.is_contiguous()
     with torch.no_grad():
         lean = rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
     with torch.enable_grad():
@@ -240,8 +244,9 @@ class _CountCalls(torch.overrides.TorchFunctionMode):
 @pytest.mark.parametrize("name", ROSENBROCK)
 def test_step_without_autograd_costs_few_operations_per_stage(name):
     # On tiny systems each torch call costs microseconds, as much as the arithmetic: a step without autograd
-    # takes two addmv and one lu_solve per stage besides func, and a few operations per step (the workspace,
-    # its views, y1 and the error estimate), on a vector state with a time-dependent func (the f_t terms).
+    # takes two addmv and one lu_solve per stage besides func, and a few operations per step (U and the scratch
+    # rows with their views, y1 and the error estimate), on a vector state with a time-dependent func (the f_t
+    # terms). Before the products were written into rows: 62 calls for rodas5p, 27 for rosenbrock23.
     tab = ROSENBROCK_METHODS[name]
     y0 = torch.rand(2, dtype=F64, generator=torch.Generator().manual_seed(2))
     t0, h = 0.75, 0.1
@@ -269,7 +274,7 @@ def test_step_without_autograd_costs_few_operations_per_stage(name):
     assert len(evaluations) == tab.stages - 1
     own = counter.calls - per_eval.calls * len(evaluations)
     f_t_terms = sum(d != 0.0 for d in tab.d)
-    assert own <= 3 * tab.stages + f_t_terms + 6, (own, tab.stages)
+    assert own <= 3 * tab.stages + f_t_terms + 8, (own, tab.stages)
 
 
 @pytest.mark.parametrize("name", ROSENBROCK)

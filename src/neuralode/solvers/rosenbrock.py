@@ -165,68 +165,72 @@ def _step_in_place(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, h:
     (``y0 + U[:i]^T a_i``, ``f_i + U[:i]^T C_i / h``, ``y0 + U^T m``, ``U^T m_err``) instead of one scaled add
     per nonzero coefficient. Same equations, so the same values up to the order of summation (rounding).
 
-    Every product is written (``out=``) into a row of one workspace allocated per step, which also holds
-    ``U``: the stage states ``y_i``, the right-hand sides of the solves, ``y1`` and the error estimate. On a
-    vector state (the usual small stiff system) the rows are the state's shape already, so no view or reshape
-    is taken per stage. Per stage this leaves two ``addmv``, the ``lu_solve`` and ``func``.
+    The stage states ``y_i`` and the right-hand sides of the solves are written (``out=``) into the rows of one
+    scratch tensor allocated per step, and ``lu_solve`` writes each ``u_i`` into its row of ``U``. On a vector
+    state (the usual small stiff system) the rows are the state's shape already, so no view or reshape is taken
+    per stage: per stage this leaves two ``addmv``, the ``lu_solve`` and ``func``. What outlives the step
+    (``y1``, the error estimate and ``U``, which dense output keeps) has storage of its own, so a kept output
+    does not keep the scratch alive.
 
     Measured on Robertson (rodas5p, ``B = 1``): the sums took ~50 eager additions per step (~0.35 ms), ~20
-    operations as one product each; writing the products into the workspace rather than into new tensors
-    (``addmv`` ~1.5 us instead of ~3 us on n = 3) and dropping the per-stage views and reshapes (~0.7 us each)
-    took the stepper's own operations from ~55 to ~30 per step. The stepper used under autograd keeps the
-    out-of-place sums that backpropagation needs.
+    operations as one product each; writing the products into rows rather than into new tensors (``addmv``
+    ~1.5 us instead of ~3 us on n = 3) and dropping the per-stage views and reshapes (~0.7 us each) took the
+    stepper's own torch calls from 62 to 37 per step. The stepper used under autograd keeps the out-of-place
+    sums that backpropagation needs.
     """
     a_rows, C_rows, m, m_err = _coefficient_tensors(tab, y0.dtype, y0.device)
     LU, pivots = lu
     B, n = lin.J.shape[0], lin.J.shape[-1]
     shape = y0.shape
-    flat = len(shape) == 1  # a vector state: the workspace rows are states as they are
+    flat = len(shape) == 1  # a vector state: rows of (s, N) tensors are states as they are
     s = tab.stages
     N = B * n
     y0f = y0 if flat else y0.reshape(-1)
     f_t = None if lin.f_t is None else (lin.f_t if flat else lin.f_t.reshape(-1))
-    # Rows [0, s): u_i (zeros, not empty: row i is used with the zero coefficients of the stages after i, and
-    # 0 * 0 adds nothing); [s, 2s): the stage states y_i; [2s, 3s): the right-hand sides; 3s: y1; 3s + 1: the
-    # error estimate.
-    ws = torch.zeros(3 * s + 2, N, dtype=y0.dtype, device=y0.device)
-    rows = ws.unbind(0)  # (N,) each
-    UT = ws[:s].T  # (N, s): U^T
-    cols = ws.view(3 * s + 2, B, n, 1).unbind(0)  # the same rows as lu_solve's (B, n, 1) operands
-    states = rows[s:2 * s] if flat else ws[s:2 * s].view(s, *shape).unbind(0)
+    # Zeros, not empty: row i is used with the zero coefficients of the stages after i (0 * 0 adds nothing).
+    U = torch.zeros(s, N, dtype=y0.dtype, device=y0.device)  # (s, N): row i is u_i
+    UT = U.T  # (N, s)
+    u_out = U.view(s, B, n, 1).unbind(0)  # lu_solve writes u_i here
+    # Rows [0, s): the stage states (row 0 unused); [s, 2s): the right-hand sides.
+    scratch = torch.empty(2 * s, N, dtype=y0.dtype, device=y0.device)
+    rows = scratch.unbind(0)  # (N,) each
+    rhs_cols = scratch.view(2 * s, B, n, 1).unbind(0)[s:]  # the right-hand sides as lu_solve's operands
+    states = rows[:s] if flat else scratch[:s].view(s, *shape).unbind(0)
     fsal = tab.fsal
     y1 = None
     f_last = None
     for i in range(s):
         if i == 0:
             if f_t is not None and tab.d[0] != 0.0:
-                rhs = cols[2 * s]
-                torch.add(f0 if flat else f0.reshape(-1), f_t, alpha=h * tab.d[0], out=rows[2 * s])
+                torch.add(f0 if flat else f0.reshape(-1), f_t, alpha=h * tab.d[0], out=rows[s])
+                rhs = rhs_cols[0]
             else:
-                rhs = f0.view(B, n, 1)  # read only: f0 is the caller's
+                rhs = f0.reshape(B, n, 1)  # a view where f0's layout allows; read only: f0 is the caller's
         else:
-            torch.addmv(y0f, UT, a_rows[i], out=rows[s + i])
-            yi = states[i]
-            if fsal and i == s - 1:
-                y1 = yi
+            if fsal and i == s - 1:  # y1 itself: storage of its own, it is the next step's state
+                y1 = torch.addmv(y0f, UT, a_rows[i])
+                yi = y1 = y1 if flat else y1.view(shape)
+            else:
+                torch.addmv(y0f, UT, a_rows[i], out=rows[i])
+                yi = states[i]
             fi = func(t0 + tab.c[i] * h, yi)
             if fsal and i == s - 1:
                 f_last = fi
-            torch.addmv(fi if flat else fi.reshape(-1), UT, C_rows[i], alpha=1.0 / h, out=rows[2 * s + i])
+            torch.addmv(fi if flat else fi.reshape(-1), UT, C_rows[i], alpha=1.0 / h, out=rows[s + i])
             if f_t is not None and tab.d[i] != 0.0:
-                rows[2 * s + i].add_(f_t, alpha=h * tab.d[i])
-            rhs = cols[2 * s + i]
-        torch.linalg.lu_solve(LU, pivots, rhs, out=cols[i])
+                rows[s + i].add_(f_t, alpha=h * tab.d[i])
+            rhs = rhs_cols[i]
+        torch.linalg.lu_solve(LU, pivots, rhs, out=u_out[i])
         stats.n_linear_solves += 1
     if y1 is None:
-        y1 = torch.addmv(y0f, UT, m, out=rows[3 * s])
-        if not flat:
-            y1 = y1.view(shape)
-    y_err = torch.mv(UT, m_err, out=rows[3 * s + 1])
+        y1 = torch.addmv(y0f, UT, m)
+        y1 = y1 if flat else y1.view(shape)
+    y_err = torch.mv(UT, m_err)
     if flat:
-        u = rows[:s]
+        u = U.unbind(0)
     else:
         y_err = y_err.view(shape)
-        u = tuple(ws[:s].view(s, *shape).unbind(0))
+        u = U.view(s, *shape).unbind(0)
     k = tuple(u) + ((f_last,) if fsal else ())
     return StepResult(y1, y_err, k)
 
