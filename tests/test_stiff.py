@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, get_tableau, solve
 from neuralode.solvers.implicit import IMPLICIT_METHODS, ROSENBROCK_METHODS, RosenbrockTableau
-from neuralode.solvers.jacobian import autograd_linearisation
+from neuralode.solvers.jacobian import autograd_linearisation, batched_vjp
 from neuralode.solvers.rosenbrock import factor, rosenbrock_dense, rosenbrock_step
 from neuralode.solvers.solution import SolverStats
 from tests.problems import robertson as _robertson
@@ -192,22 +192,28 @@ def _slope(errors: list[float], hs: list[float]) -> float:
     return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
 
 
+@pytest.mark.parametrize("shape, t0", [((3, 2), 0.75), ((2,), 0.75), ((2, 2, 2), 0.25)])
 @pytest.mark.parametrize("name", ROSENBROCK)
-def test_step_without_autograd_equals_the_recorded_step(name):
-    # The stepper used without autograd (stages in one (s, N) tensor, sums as matrix-vector products) against
-    # the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output, FSAL).
+def test_step_without_autograd_equals_the_recorded_step(name, shape, t0):
+    # The stepper used without autograd (stages in rows of one scratch tensor, sums as matrix-vector products)
+    # against the out-of-place one that autograd uses: the same y1, error estimate and stages (dense output,
+    # FSAL), on a batch of systems, on a vector state (whose rows are used without views), and on systems of
+    # two event dimensions with an autonomous func (no f_t term) and an f0 whose layout admits no view.
     tab = ROSENBROCK_METHODS[name]
-    y0 = torch.rand(3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
-    t0, h = 0.75, 0.1
-    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 1, check_coupling=True,
-                                 create_graph=False)
-    assert lin.f_t is not None
+    y0 = torch.rand(*shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    h = 0.1
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, min(len(shape) - 1, 1),
+                                 check_coupling=len(shape) > 1, create_graph=False)
+    assert (lin.f_t is None) == (t0 <= 0.5)
     lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
 
     def func(t, y):
         return _nonautonomous(torch.tensor(t, dtype=F64), y)
 
     f0 = func(t0, y0)
+    if len(shape) == 3:
+        f0 = f0.transpose(1, 2).contiguous().transpose(1, 2)  # the same values, strides (4, 1, 2)
+        assert not f0.is_contiguous()
     with torch.no_grad():
         lean = rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
     with torch.enable_grad():
@@ -216,8 +222,59 @@ def test_step_without_autograd_equals_the_recorded_step(name):
     torch.testing.assert_close(lean.y_err, ref.y_err, rtol=1e-12, atol=1e-15)
     assert len(lean.k) == len(ref.k)
     for a, b in zip(lean.k, ref.k):
+        assert a.shape == b.shape == y0.shape
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert lean.y1.shape == lean.y_err.shape == y0.shape
     assert not torch.equal(f0, torch.zeros_like(f0)) and torch.equal(f0, func(t0, y0))  # f0 left untouched
+
+
+class _CountCalls(torch.overrides.TorchFunctionMode):
+    """Counts the torch functions and methods called (attribute reads such as ``.shape`` left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") != "__get__":
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ROSENBROCK)
+def test_step_without_autograd_costs_few_operations_per_stage(name):
+    # On tiny systems each torch call costs microseconds, as much as the arithmetic: a step without autograd
+    # takes two addmv and one lu_solve per stage besides func, and a few operations per step (U and the scratch
+    # rows with their views, y1 and the error estimate), on a vector state with a time-dependent func (the f_t
+    # terms). Before the products were written into rows: 62 calls for rodas5p, 27 for rosenbrock23.
+    tab = ROSENBROCK_METHODS[name]
+    y0 = torch.rand(2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    t0, h = 0.75, 0.1
+    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 0, check_coupling=False,
+                                 create_graph=False)
+    assert lin.f_t is not None
+    lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
+    times = {t0 + c * h: torch.tensor(t0 + c * h, dtype=F64) for c in tab.c}
+    f0 = _nonautonomous(times[t0], y0)
+    evaluations = []
+
+    def func(t, y):
+        evaluations.append(t)
+        return _nonautonomous(times[t], y)
+
+    with torch.no_grad():  # once before counting: the method's coefficient tensors are made on first use
+        rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    per_eval = _CountCalls()
+    with torch.no_grad(), per_eval:
+        func(t0 + h, y0)
+    evaluations.clear()
+    counter = _CountCalls()
+    with torch.no_grad(), counter:
+        rosenbrock_step(func, t0, y0, f0, h, tab, lin, lu, SolverStats())
+    assert len(evaluations) == tab.stages - 1
+    own = counter.calls - per_eval.calls * len(evaluations)
+    f_t_terms = sum(d != 0.0 for d in tab.d)
+    assert own <= 3 * tab.stages + f_t_terms + 8, (own, tab.stages)
 
 
 @pytest.mark.parametrize("name", ROSENBROCK)
@@ -338,6 +395,89 @@ def test_autograd_linearisation_time_derivative_every_path(B, hint, create_graph
             assert lin.f_t is None
         if not create_graph:
             assert torch.equal(lin.f, _nonautonomous(torch.tensor(t, dtype=F64), y))
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_batched_vjp_is_autograd_grad_without_its_wrapper(create_graph, monkeypatch):
+    # The lean batched backward gives the bits of torch.autograd.grad(..., is_grads_batched=True), with an input
+    # the output does not reach (None) and with a graph kept; a solve without autograd forms every Jacobian
+    # through it and never calls torch.autograd.grad; under a __torch_function__ mode the public call is used.
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(3, 3, dtype=F64, generator=g, requires_grad=True)
+    y = torch.rand(4, 3, dtype=F64, generator=g, requires_grad=True)
+    unused = torch.rand(2, dtype=F64, requires_grad=True)
+    f = torch.tanh(y @ w) * y
+    cot = torch.rand(5, 4, 3, dtype=F64, generator=g)
+    ref = torch.autograd.grad(f, (y, w, unused), cot, is_grads_batched=True, retain_graph=True,
+                              create_graph=create_graph, allow_unused=True)
+    got = batched_vjp(f, (y, w, unused), cot, retain_graph=True, create_graph=create_graph)
+    assert got[2] is None and ref[2] is None
+    for a, b in zip(got[:2], ref[:2]):
+        assert a.shape == b.shape and torch.equal(a, b) and a.requires_grad == b.requires_grad == create_graph
+
+    class Passthrough(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        moded = batched_vjp(f, (y, w, unused), cot, retain_graph=True, create_graph=create_graph)
+    assert torch.equal(moded[0], ref[0]) and torch.equal(moded[1], ref[1])
+
+    calls = []
+    public = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or public(*a, **k))
+    with torch.no_grad():
+        sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1e3], dtype=F64),
+                    rtol=1e-6, atol=1e-12, method="rodas5p")
+    assert sol.stats.n_jac_evals > 10 and not calls
+
+
+class _Names(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_jacobian_and_iteration_matrix_reuse_their_constant_tensors(B):
+    # The identity and the cotangents are made once per shape, dtype and device, not on every step: a second
+    # Jacobian and factorisation create neither (no eye, no cat), and give the same values as the first.
+    y = torch.rand((B, 2) if B > 1 else (2,), dtype=F64, generator=torch.Generator().manual_seed(3))
+    tt = torch.tensor(2.0, dtype=F64)
+    with torch.no_grad():
+        first = autograd_linearisation(_nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True,
+                                       create_graph=False)
+        lu_first = factor(first.J, 0.1, 0.25, 2.0, SolverStats(), 0)
+        seen = _Names()
+        with seen:
+            again = autograd_linearisation(_nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True,
+                                           create_graph=False)
+            lu_again = factor(again.J, 0.1, 0.25, 2.0, SolverStats(), 0)
+    assert "eye" not in seen.names and "cat" not in seen.names and "zeros" not in seen.names, seen.names
+    assert torch.equal(first.J, again.J) and torch.equal(lu_first[0], lu_again[0])
+    W = torch.eye(2, dtype=F64) / (0.1 * 0.25) - first.J
+    torch.testing.assert_close(torch.linalg.lu_solve(*lu_again, W), torch.eye(2, dtype=F64).expand(B, 2, 2),
+                               rtol=0, atol=1e-13)
+
+
+def test_constants_made_under_inference_mode_are_not_kept():
+    # An inference tensor cannot be saved for backward: cotangents first made under torch.inference_mode must
+    # not be the ones a later differentiable Jacobian (create_graph) uses. A shape no other test uses.
+    from neuralode.solvers import jacobian
+
+    def f(t, y):
+        return torch.stack([-1e3 * y[0] * y[1], -y[1] ** 2 + t, y[2] * y[0]])
+
+    with torch.inference_mode():
+        jacobian._cotangents(3, 1, False, torch.Size([3]), torch.float64, torch.device("cpu"))
+    y = torch.tensor([1.0, 0.5, 2.0], dtype=F64, requires_grad=True)
+    lin = autograd_linearisation(f, torch.tensor(0.3, dtype=F64), y, 0, check_coupling=False, create_graph=True)
+    g, = torch.autograd.grad(lin.J.sum(), y)  # d/dy of the sum of J's entries
+    torch.testing.assert_close(g, torch.tensor([-1e3 + 1.0, -1e3 - 2.0, 1.0], dtype=F64), rtol=0, atol=1e-12)
 
 
 def test_van_der_pol_mu_1000_against_radau():
