@@ -14,7 +14,7 @@ the network sees ``y / s`` and its output is multiplied by ``s``, and the loss w
     dy/dt = s * MLP(y / s)          loss = mean over times and species of ((y_hat - y) / s)^2
 
 with training data at 40 times log-uniform on [1e-5, 1e5] (from scipy's Radau at rtol 1e-10), solved with
-``method="rodas5p"`` (``--method radau5``, ``radau9`` or ``kvaerno5`` for the other adaptive stiff methods) and
+``method="rodas5p"`` (``--method radau5``, ``radau9``, ``radau13`` or ``kvaerno5`` for the other adaptive stiff methods) and
 differentiated by backpropagation through its steps (``--adjoint``: by the interpolating adjoint, the same
 method backwards with y(t) from the forward dense output). It writes the data and the
 fitted curves on a log-time figure (``stiff_robertson.png``) and prints the fit error (the RMS of the scaled
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--adjoint", action="store_true",
                         help="gradients by the interpolating adjoint (the method backwards) instead of backpropagation")
-    parser.add_argument("--method", choices=("rodas5p", "radau5", "radau9", "kvaerno5"), default="rodas5p",
+    parser.add_argument("--method", choices=("rodas5p", "radau5", "radau9", "radau13", "kvaerno5"), default="rodas5p",
                         help="the adaptive stiff method (default rodas5p)")
     parser.add_argument("--out", type=Path, default=Path("stiff_robertson_out"))
     args = parser.parse_args(argv)
