@@ -374,14 +374,20 @@ def work_precision_figure(curves: dict, path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     names = list(curves)
+    shown = [lab for lab in curves[names[0]]
+             if not ("land" in lab or "controller" in lab or "dense_error" in lab)]  # diagnostic rows: tables only
+    # One colour and marker per solver across the panels (more solvers than the default cycle has colours).
+    palette = plt.get_cmap("tab20").colors
+    style = {lab: (palette[(2 * i) % 20 + (2 * i) // 20], "osd^v<>ph*"[i % 10]) for i, lab in enumerate(shown)}
     fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
     for j, name in enumerate(names):
         for label, pts in curves[name].items():
-            if "land" in label or "controller" in label or "dense_error" in label:  # the diagnostic rows stay in the tables only
+            if label not in style:
                 continue
             err = [max(p[0], 1e-16) for p in pts]
+            colour, marker = style[label]
             for row, x in ((0, [p[1] for p in pts]), (1, [p[2] for p in pts])):
-                axes[row][j].loglog(x, err, "o-", ms=3, label=label)
+                axes[row][j].loglog(x, err, "-", marker=marker, ms=3, color=colour, label=label)
         axes[0][j].set_title(name, fontsize=9)
         axes[0][j].set_xlabel("time (s)")
         axes[1][j].set_xlabel("accepted steps")
