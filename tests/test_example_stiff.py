@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stiff_robertson.py"
 
 
-@pytest.mark.parametrize("method", ["rodas5p", "radau5"])
+@pytest.mark.parametrize("method", ["rodas5p", "radau5", "radau9"])
 def test_stiff_robertson_quick(tmp_path, capsys, method):
     spec = importlib.util.spec_from_file_location("stiff_robertson", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
