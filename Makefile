@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/neuralode demo --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
