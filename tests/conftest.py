@@ -1,18 +1,16 @@
-"""Fixtures shared by the test modules."""
+"""Settings shared by the whole test suite.
 
-import pytest
+One intra-op thread, in this process and (through ``OMP_NUM_THREADS``) in every process a test starts.
+The tests run tiny tensor operations, where a second OpenMP thread buys nothing; on a machine whose two
+cores are shared with other jobs it costs a great deal, since each operation waits for a thread that is not
+scheduled: one adjoint-memory test took 2 s with one thread and 36 s with two under a load average of 8, and
+small convolutions slow down the same way. Setting it once, before any test runs, also makes every test see
+the same arithmetic whatever order the tests run in.
+"""
+
+import os
+
 import torch
 
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for a whole module, set before its shared runs so that all runs match.
-
-    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``. The training tests check
-    correctness; on a shared 2-core machine a second OpenMP thread per process (beside the suite's
-    other processes) makes small convolutions many times slower, not faster.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)

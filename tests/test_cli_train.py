@@ -29,7 +29,6 @@ QUICK = ["--train-subset", "256", "--test-subset", "128", "--data-dir", str(DATA
 
 
 # One torch thread for the module's training runs (see tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exit_error(argv: list[str], capsys) -> str:

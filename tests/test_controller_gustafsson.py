@@ -22,7 +22,6 @@ from tests.problems import robertson_jac_np as _robertson_jac_np
 from tests.problems import robertson_np as _robertson_np
 from tests.problems import stiff_vdp as _vdp
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 SAFETY, IFACTOR, DFACTOR = 0.9, 10.0, 0.2

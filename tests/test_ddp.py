@@ -21,7 +21,6 @@ from neuralode.training.rundir import read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:

@@ -30,7 +30,6 @@ PROBLEM = PROBLEMS["rotexp"]
 T0 = 0.3  # not the problem's t0 = 0, so that no symmetry of the start helps
 THETAS = (0.3, 0.7)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def func(t: float, y: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ from neuralode.solvers.problem import _Problem
 from neuralode.solvers.solution import SolverStats
 from tests.test_stiff import ROB_T, _density, _exact, _phi_full, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 NAMES = list(ESDIRK_METHODS)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
 import torch
 
 from benchmarks import gpu_check
 from neuralode.solvers.api import method_names
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_correctness_section_covers_every_method_and_passes_on_the_cpu():

@@ -14,7 +14,6 @@ from neuralode import SolverError, solve
 from neuralode.solvers.implicit_fixed import IMPLICIT_FIXED_METHODS
 from tests.test_stiff import _density, _exact, _phi_full, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 NAMES = list(IMPLICIT_FIXED_METHODS)

@@ -17,7 +17,6 @@ from neuralode import solve
 from neuralode.solvers.per_sample import PerSampleStats, VectorController
 from neuralode.solvers.controller import StepSizeController
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 B = 6

@@ -14,7 +14,6 @@ import torch
 
 from neuralode import Event, solve
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 PS = {"per_sample": True}

@@ -16,7 +16,6 @@ from neuralode.solvers.implicit import IMPLICIT_METHODS
 from neuralode.solvers.radau import RADAU5, RadauTableau, radau_dense
 from tests.problems import robertson, robertson_jac_np, robertson_np, stiff_vdp
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 RADAU_NAMES = ["radau5", "radau9", "radau13"]

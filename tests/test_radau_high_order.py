@@ -18,7 +18,6 @@ from neuralode.solvers.radau import RADAU9, RADAU13, radau_dense
 from tests.problems import robertson, stiff_vdp
 from tests.test_radau import ROB_T, _err, _rot, _rot_exact, _scipy, _Tight
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 

@@ -29,7 +29,6 @@ needs_data = pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_fil
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 CONFIGS = [TrainConfig, CNFTrainConfig, LatentTrainConfig]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_CNF = ["--iterations", "6", "--batch-size", "32", "--hidden-dims", "8", "--tol", "1e-3", "--test-samples", "100",
             "--log-every", "2", "--checkpoint-every", "3", "--no-progress", "--no-plot"]

@@ -25,7 +25,6 @@ from tests.problems import robertson_np as _robertson_np
 from tests.problems import stiff_vdp as _vdp
 from tests.rounding import assert_equal_to_rounding
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 ROSENBROCK = list(ROSENBROCK_METHODS)

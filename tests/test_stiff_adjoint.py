@@ -219,7 +219,6 @@ def test_example_stiff_robertson_trains_through_the_interpolating_adjoint(tmp_pa
     spec = importlib.util.spec_from_file_location("stiff_robertson_adjoint", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    torch.set_num_threads(1)
     assert module.main(["--quick", "--iters", "2", "--adjoint", "--out", str(tmp_path)]) == 0
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("fit error")][-1]
     before, after = (float(x.split()[0]) for x in line.split(": ", 1)[1].split(" before, "))

@@ -9,7 +9,6 @@ import torch
 
 from neuralode import odeint, odeint_adjoint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 

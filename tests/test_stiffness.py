@@ -13,7 +13,6 @@ from neuralode.solvers.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, Stiffn
 from neuralode.solvers.tableau import METHODS
 from tests.problems import PROBLEMS
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 WATCHED = [name for name, tab in METHODS.items() if StiffnessDetector.for_solve(tab, AdaptiveOptions()) is not None]

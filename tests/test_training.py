@@ -41,7 +41,6 @@ TIMING_KEYS = {"seconds", "eval_seconds", "samples_per_second"}
 
 
 # One torch thread for the module's training runs (see tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quick(tmp: Path, **overrides) -> TrainConfig:
