@@ -276,7 +276,9 @@ def recover_run_config(run_dir: str | os.PathLike[str], kind: str) -> tuple[dict
 
 
 def _duration(seconds: float) -> str:
-    """``"40 s"``, ``"12 min"``, ``"3 h 20 min"``, ``"2 d 4 h"``."""
+    """``"0.5 s"``, ``"40 s"``, ``"12 min"``, ``"3 h 20 min"``, ``"2 d 4 h"``."""
+    if seconds < 10:
+        return f"{seconds:.3g} s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     minutes = round(seconds / 60)
