@@ -224,3 +224,14 @@ def test_eval_needs_no_config_and_falls_back_to_the_previous_checkpoint(straight
     assert json.loads(captured.out)["iteration"] == PREVIOUS_STEP["cnf"]
     assert f"using the previous checkpoint, {out / 'checkpoint.prev.pt'}, instead." in captured.err
     assert (out / "checkpoint.pt").is_file()  # eval reads; it moves nothing aside
+
+
+def test_a_run_killed_between_the_two_renames_resumes_from_the_previous_checkpoint(straight, tmp_path, capfd):
+    out = _copy(straight, "cnf", tmp_path)
+    (out / "checkpoint.pt").unlink()  # what a kill after "latest -> previous" and before "new -> latest" leaves
+    capfd.readouterr()
+    assert main(["train", "cnf", "--out", str(out), "--resume", "--no-progress"]) == 0
+    err = capfd.readouterr().err
+    assert (f"There is no {out / 'checkpoint.pt'} (the run stopped while replacing it): using the previous checkpoint, "
+            f"{out / 'checkpoint.prev.pt'}, instead.") in err
+    assert _without_timing(read_jsonl(out / "metrics.jsonl")) == _without_timing(read_jsonl(straight("cnf") / "metrics.jsonl"))

@@ -238,8 +238,8 @@ def load_run_checkpoint(
         return load_checkpoint(latest, kind=kind), latest, None
     except FileNotFoundError:
         if not previous.is_file():
-            raise FileNotFoundError(f"No checkpoint at {latest}.") from None
-        problem, damaged = f"there is no {latest} (the run stopped while replacing it)", None
+            raise FileNotFoundError(f"No {CHECKPOINT_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?") from None
+        problem, damaged = f"There is no {latest} (the run stopped while replacing it).", None
     except CheckpointDamagedError as exc:
         if not previous.is_file():
             raise CheckpointDamagedError(exc.problem, f"There is no previous checkpoint ({PREVIOUS_CHECKPOINT_NAME}) to fall back to. {exc.remedy}") from None
@@ -247,13 +247,11 @@ def load_run_checkpoint(
     try:
         state = load_checkpoint(previous, kind=kind)
     except CheckpointDamagedError as exc:
-        first = damaged.problem if damaged is not None else problem[0].upper() + problem[1:] + "."
-        raise CheckpointDamagedError(f"{first} The previous checkpoint is no better: {exc.problem}", exc.remedy) from None
+        raise CheckpointDamagedError(f"{problem} The previous checkpoint is no better: {exc.problem}", exc.remedy) from None
     kept = ""
     if damaged is not None and set_aside:
         os.replace(latest, latest.with_name(latest.name + DAMAGED_SUFFIX))
         kept = f" (the damaged file is kept as {latest.name}{DAMAGED_SUFFIX})"
-    problem = problem[0].lower() + problem[1:] if damaged is None else problem
     return state, previous, f"{problem.rstrip('.')}: using the previous checkpoint, {previous}, instead{kept}."
 
 
