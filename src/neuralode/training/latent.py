@@ -87,7 +87,7 @@ class LatentTrainConfig(RunConfig):
     RESUME_KEEP = ("observations", "n_spirals", "n_test", "noise", "seed", "batch_size", "lr", "tol", "adjoint")
 
     out: Path = setting(Path("runs/spirals"), "the run folder", metavar="RUN_DIR")
-    checkpoint_every: int = setting(250, "optimisation steps between checkpoints (0: only at the end and on a signal)", metavar="STEPS")
+    checkpoint_every: int = setting(250, "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)", metavar="STEPS")
     observations: int = setting(100, "observed points per training sequence", choices=OBSERVATION_COUNTS)
     iterations: int = setting(3000, "training iterations (raise it on --resume to train longer)", metavar="N")
     lr: float = setting(0.01, "Adam learning rate of both models")

@@ -96,7 +96,7 @@ class TrainConfig(RunConfig):
 
     out: Path = setting(Path("runs/mnist"), "the run folder", metavar="RUN_DIR")
     log_every: int = setting(20, "optimisation steps between training lines in metrics.jsonl", metavar="STEPS")
-    checkpoint_every: int = setting(200, "optimisation steps between checkpoints, besides each epoch's end (0: epoch ends only)", metavar="STEPS")
+    checkpoint_every: int = setting(200, "optimisation steps between checkpoints, besides each epoch's end and --checkpoint-seconds (0: none by step count)", metavar="STEPS")
     model: str = setting("odenet", "the classifier", choices=MODEL_NAMES)
     epochs: int = setting(160, "total epochs (raise it on --resume to train longer)", metavar="N")
     batch_size: int = setting(128, "global batch size, over all processes", metavar="N")

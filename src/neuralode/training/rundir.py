@@ -38,7 +38,6 @@ says so). Under data-parallel training only rank 0 writes and locks.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sys
