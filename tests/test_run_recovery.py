@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from neuralode.cli import main
 from neuralode.cli.train import TASKS
+from neuralode.training.config import ConfigError
 from neuralode.training.rundir import RunDir, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +151,9 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(task, straight, tmp_
 def test_empty_out_another_tasks_folder_and_a_locked_one_are_refused_alone(task, straight, tmp_path, capfd):
     err = _exit_error(["train", task, *TINY[task], "--out", ""], capfd)
     assert "argument --out: expected a path, got an empty string '' (write '.' for the current folder)" in err
+    config_cls = next(t for t in TASKS if t.name == task).load()[0]
+    with pytest.raises(ConfigError, match=re.escape(f"{config_cls.__name__}.out must be a folder path; got '' (write '.' for")):
+        config_cls(out="")  # the library refuses it too
     other = "cnf" if task != "cnf" else "spirals"
     folder = straight(other)
     what = {"cnf": "CNF training", "spirals": "latent-ODE spirals training"}[other]
@@ -159,7 +164,6 @@ def test_empty_out_another_tasks_folder_and_a_locked_one_are_refused_alone(task,
         assert f"Resume it with 'neuralode train {other} --out {folder} --resume', or choose another --out." in err
     # A runtime error is printed alone: a folder locked by another writer, a resume mismatch.
     out = _copy(straight, task, tmp_path)
-    config_cls = next(t for t in TASKS if t.name == task).load()[0]
     saved = json.loads((out / "config.json").read_text())["config"]
     with RunDir(out, config_cls.KIND) as holder:
         holder.open(config_cls.from_dict(saved, out=out, resume=True))
@@ -235,3 +239,24 @@ def test_a_run_killed_between_the_two_renames_resumes_from_the_previous_checkpoi
     assert (f"There is no {out / 'checkpoint.pt'} (the run stopped while replacing it): using the previous checkpoint, "
             f"{out / 'checkpoint.prev.pt'}, instead.") in err
     assert _without_timing(read_jsonl(out / "metrics.jsonl")) == _without_timing(read_jsonl(straight("cnf") / "metrics.jsonl"))
+
+
+def test_a_checkpoint_without_the_history_refuses_to_lose_it_silently(straight, tmp_path, capfd):
+    """A checkpoint from before checkpoints carried the metrics lines: a lost metrics file cannot be
+    rebuilt, so resuming stops and says how to accept the loss."""
+    from neuralode.checkpoints import load_checkpoint, save_checkpoint
+
+    out = _copy(straight, "cnf", tmp_path)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        state = load_checkpoint(out / name, kind="cnf")
+        save_checkpoint(out / name, {k: v for k, v in state.items() if k not in ("metrics", "format", "version", "sha256")}, kind="cnf")
+    (out / "metrics.jsonl").unlink()
+    err = _exit_error(["train", "cnf", "--out", str(out), "--resume", "--no-progress"], capfd)
+    assert "usage:" not in err
+    assert (f"argument --resume: {out / 'metrics.jsonl'} is missing and the checkpoint holds no copy of the run's history: "
+            f"restore it, or (accepting the loss) write an empty metrics.jsonl to continue without it") in err
+    (out / "metrics.jsonl").write_text("")
+    capfd.readouterr()
+    assert main(["train", "cnf", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert [r.get("final", False) for r in read_jsonl(out / "metrics.jsonl")] == [True]  # only what came after
+    assert "NFE per training iteration (mean, as in metrics.jsonl) not known (no lines)" in capfd.readouterr().out

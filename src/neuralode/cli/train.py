@@ -181,9 +181,12 @@ def _report_mnist(config: Any, summary: dict[str, Any]) -> str:
 
 def _report_cnf(config: Any, summary: dict[str, Any]) -> str:
     final = summary["final"]
+    forward, backward = final["nfe_forward_mean"], final["nfe_backward_mean"]
+    # The means are over metrics.jsonl's lines; a run resumed after accepting their loss has none.
+    nfe = f"forward {forward:.1f}, backward {backward:.1f}" if forward is not None and backward is not None else "not known (no lines)"
     return (f"cnf on {config.dataset}: {summary['iterations_completed']} iterations, test NLL {final['test_nll']:.4f} nats "
             f"on {final['test_samples']:,} fresh samples; NFE per training iteration (mean, as in metrics.jsonl) "
-            f"forward {final['nfe_forward_mean']:.1f}, backward {final['nfe_backward_mean']:.1f}; run folder {summary['run_dir']}")
+            f"{nfe}; run folder {summary['run_dir']}")
 
 
 def _report_spirals(config: Any, summary: dict[str, Any]) -> str:
