@@ -40,9 +40,6 @@ STEPS = {"mnist": 8, "cnf": 6, "spirals": 6}
 PREVIOUS_STEP = {"mnist": 6, "cnf": 3, "spirals": 3}
 TIMING = {"seconds", "eval_seconds", "samples_per_second", "wall_seconds"}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _task_params():
     return [pytest.param(name, marks=pytest.mark.skipif(name == "mnist" and not HAVE_MNIST, reason=f"real MNIST not in {DATA}"))
             for name in TINY]
