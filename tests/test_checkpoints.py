@@ -76,3 +76,35 @@ def test_unsupported_contents_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(TypeError, match="cannot digest a object in a checkpoint"):
         save_checkpoint(tmp_path / "c.pt", {"thing": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_previous_rotates_the_replaced_checkpoint(tmp_path):
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    for step in (1, 2, 3):
+        save_checkpoint(latest, {"step": step}, kind="cnf", keep_previous=previous)
+    assert load_checkpoint(latest, kind="cnf")["step"] == 3
+    assert load_checkpoint(previous, kind="cnf")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+def test_a_failed_rotation_leaves_a_good_checkpoint(tmp_path, monkeypatch):
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    save_checkpoint(latest, {"step": 1}, kind="cnf", keep_previous=previous)
+    real_replace = os.replace
+
+    def die_before_the_second_rename(src, dst):
+        real_replace(src, dst)
+        if str(dst) == str(previous):  # old -> previous done, new -> latest not yet: a kill here
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", die_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(latest, {"step": 2}, kind="cnf", keep_previous=previous)
+    assert not latest.exists() and load_checkpoint(previous, kind="cnf")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt"]  # no temporary left
+
+
+def test_a_folder_that_takes_no_file_is_named_not_the_temporary(tmp_path):
+    with pytest.raises(OSError) as info:
+        atomic_write_text("/proc/neuralode-test.json", "{}")
+    assert info.value.filename == "/proc/neuralode-test.json" and ".tmp" not in str(info.value)

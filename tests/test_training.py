@@ -165,7 +165,8 @@ def reference_runs(tmp_path_factory) -> dict[str, Path]:
 @needs_data
 def test_a_run_writes_config_metrics_checkpoint_and_curves(reference_runs):
     out = reference_runs["mlp"]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "learning_curves.png", "metrics.jsonl"]
+    names = ["checkpoint.prev.pt", "checkpoint.pt", "config.json", "learning_curves.png", "metrics.jsonl"]  # two epochs: two checkpoints
+    assert sorted(p.name for p in out.iterdir()) == names
     saved = json.loads((out / "config.json").read_text())
     assert TrainConfig.from_dict(saved["config"]) == quick(out, plot=True)
     assert saved["run"]["effective_lr"] == 0.05 and saved["run"]["world_size"] == 1

@@ -4,14 +4,19 @@
 flushes it to disk and moves it into place with ``os.replace``, which POSIX and Windows make atomic
 within one file system: a reader sees the old file or the new one, never half of one, and a run
 killed mid-write leaves the previous file intact. Files get the mode a plain ``open()`` would give
-them (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``.
+them (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``. With ``keep_previous``, the
+file being replaced is first renamed to that path, so a run keeps its last two checkpoints: the
+order (new file complete and fsynced, old -> previous, new -> latest) leaves at least one good
+checkpoint on disk at every instant, and a reader finding no latest falls back to the previous.
 
 **Checkpoints.** :func:`save_checkpoint` stores a ``torch.save`` archive of plain data (tensors,
 dicts, lists, numbers, strings) tagged with its program (``kind``: ``"mnist"``, ``"cnf"``,
 ``"latent"``), a format version and a SHA-256 digest of the contents. torch's zip container
 notices truncation but not a flipped byte inside a tensor; the digest does. :func:`load_checkpoint`
 opens it with ``weights_only=True`` (loading a checkpoint must not run pickled code) and refuses,
-with :class:`CheckpointError`, anything unreadable, damaged, of another program or another version.
+with :class:`CheckpointError`, anything unreadable, damaged, of another program or another version;
+damage (unreadable, truncated, digest mismatch) is the subclass :class:`CheckpointDamagedError`,
+the case where falling back to the previous checkpoint makes sense.
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ CHECKPOINT_KINDS = {"mnist": "MNIST training", "cnf": "CNF training", "latent": 
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable, corrupt, from another program, or from an incompatible run."""
+
+
+class CheckpointDamagedError(CheckpointError):
+    """A checkpoint's bytes are damaged: unreadable, truncated, or not matching their digest.
+
+    Attributes:
+        problem: what is wrong, naming the file.
+        remedy: what to do about it.
+    """
+
+    def __init__(self, problem: str, remedy: str = "") -> None:
+        super().__init__(f"{problem} {remedy}".strip())
+        self.problem, self.remedy = problem, remedy
 
 
 def checkpoint_format(kind: str) -> str:
@@ -59,31 +77,63 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def _fsync_dir(folder: Path) -> None:
+    # A rename is durable once the folder's entry is on disk (POSIX; Windows cannot open folders).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, keep_previous: str | os.PathLike[str] | None = None
+) -> Path:
     """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
 
     If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
     Returns ``path`` as a ``Path``; its folder must exist.
+
+    Args:
+        path: the destination.
+        write: writes the contents into the binary file it is given.
+        keep_previous: if given and ``path`` exists, ``path`` is renamed to ``keep_previous``
+            (replacing it) once the new contents are safely on disk, and only then is the new
+            file moved to ``path``.
+
+    Raises:
+        OSError: the folder cannot take the file; the error names ``path``, not the temporary file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, keep_previous: str | os.PathLike[str] | None = None) -> Path:
     """:func:`atomic_write` of ``data``."""
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data), keep_previous=keep_previous)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -130,10 +180,13 @@ def _digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], *, kind: str = "mnist") -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], state: Mapping[str, Any], *, kind: str = "mnist", keep_previous: str | os.PathLike[str] | None = None
+) -> Path:
     """Write ``state`` (plus format tag, version and content digest) atomically to ``path``.
 
     The file is a plain ``torch.save`` archive: ``torch.load(path, weights_only=True)`` opens it.
+    With ``keep_previous``, the checkpoint it replaces is kept under that name (see :func:`atomic_write`).
 
     Raises:
         TypeError: if ``state`` holds something other than tensors, mappings, lists, tuples,
@@ -143,7 +196,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], *, k
     body["sha256"] = _digest({k: v for k, v in body.items() if k != "sha256"})
     buffer = io.BytesIO()
     torch.save(body, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue(), keep_previous=keep_previous)
 
 
 def checkpoint_kind(path: str | os.PathLike[str]) -> str | None:
@@ -167,9 +220,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dic
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        CheckpointError: if it cannot be read (truncated, not a torch file), is not a neuralode
-            checkpoint of this ``kind``, or its contents do not match the digest stored when it
-            was written.
+        CheckpointDamagedError: (a :class:`CheckpointError`) if it cannot be read (truncated, not a
+            torch file) or its contents do not match the digest stored when it was written.
+        CheckpointError: if it is not a neuralode checkpoint of this ``kind``, or of another version.
     """
     path = Path(path)
     checkpoint_format(kind)  # an unknown kind is the caller's error, before any file is read
@@ -180,7 +233,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dic
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         reason = str(exc).split("\n")[0][:200] or type(exc).__name__
-        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}). {remedy}") from None
+        raise CheckpointDamagedError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}).", remedy) from None
     found = _kind_of(state)
     if found != kind:
         what = f" (it is a neuralode {CHECKPOINT_KINDS[found]} checkpoint)" if found else ""
@@ -192,9 +245,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dic
     try:
         actual = _digest({k: v for k, v in state.items() if k != "sha256"})
     except TypeError as exc:
-        raise CheckpointError(f"Checkpoint {path} holds unexpected contents ({exc}). {remedy}") from None
+        raise CheckpointDamagedError(f"Checkpoint {path} holds unexpected contents ({exc}).", remedy) from None
     if state.get("sha256") != actual:
-        raise CheckpointError(
-            f"Checkpoint {path} is corrupt: its contents do not match the SHA-256 recorded when it was written. {remedy}"
+        raise CheckpointDamagedError(
+            f"Checkpoint {path} is corrupt: its contents do not match the SHA-256 recorded when it was written.", remedy
         )
     return state

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
-from .flags import nonnegative_int, positive_int
+from .flags import nonnegative_int, path_arg, positive_int, runtime_error
 
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: neuralode demo --out demo_out --seed 1",
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
+    parser.add_argument("--out", type=path_arg, default=Path("demo_out"), metavar="DIR",
                         help="folder to write the figures to, created if missing (default: %(default)s)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the model's initialisation and the minibatches (default: %(default)s)")
     parser.add_argument("--iterations", type=positive_int, default=None, metavar="N", help="training iterations (default: the demo's, fewer with --quick)")
@@ -43,7 +44,18 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
     except ValueError as exc:
         parser.error(str(exc))
-    if config.out.exists() and not config.out.is_dir():
-        parser.error(f"argument --out: {str(config.out)!r} exists and is not a directory")
+    # The folder is checked and made before the demo runs, not when its first figure is written.
+    from ..training.config import ConfigError
+    from ..training.rundir import check_out
+
+    try:
+        check_out(config.out, what="figure folder")
+        config.out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=config.out):  # writable? (root passes the permission checks)
+            pass
+    except ConfigError as exc:
+        runtime_error(parser, exc)
+    except OSError as exc:  # what check_out cannot foresee: /proc, a read-only mount
+        runtime_error(parser, f"argument --out: cannot write the figure folder {str(config.out)!r}: {exc.strerror}.")
     run_demo(config)
     return 0

@@ -7,12 +7,19 @@ a tuple -> one or more values, ``choices`` from the field's metadata. Every flag
 run fills the gaps from the dataclass defaults, a resumed run from the run's saved settings.
 Values are validated once, by the dataclass; :func:`flag_error` turns its
 :class:`~neuralode.training.config.ConfigError` into "argument --flag: ...".
+
+Errors come in two forms. A flag's value that is wrong in itself (argparse's own errors and the
+dataclass's) is printed after the usage block, as argparse does; an error the run meets later (a
+locked or foreign run folder, a damaged checkpoint, a resume mismatch, a file that cannot be
+written) is printed alone by :func:`runtime_error`, where fifteen lines of usage would bury it.
+Both exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -66,7 +73,16 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-_PARSERS = {int: _number(int), float: _number(float), Path: Path, str: str}
+def path_arg(text: str) -> Path:
+    """A path; an empty string is refused (``Path("")`` would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got an empty string {text!r} (write '.' for the current folder)")
+    return Path(text)
+
+
+path_arg.__name__ = "path"
+
+_PARSERS = {int: _number(int), float: _number(float), Path: path_arg, str: str}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -104,6 +120,17 @@ def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def flag_error(parser: argparse.ArgumentParser, exc: Exception) -> NoReturn:
-    """Exit with status 2: "argument --flag: message" for a ConfigError, else the message."""
+    """Exit with status 2 after the usage block: "argument --flag: message" for a ConfigError, else the message."""
     field = getattr(exc, "field", None)
     parser.error(f"argument {flag_of(field)}: {exc}" if field else str(exc))
+
+
+def runtime_error(parser: argparse.ArgumentParser, message: str | Exception, *, status: int = 2) -> NoReturn:
+    """Exit with ``status``, printing "PROG: error: message" alone (no usage block).
+
+    A :class:`~neuralode.training.config.ConfigError` is prefixed with its flag, as in :func:`flag_error`.
+    """
+    field = getattr(message, "field", None)
+    text = f"argument {flag_of(field)}: {message}" if field else str(message)
+    print(f"{parser.prog}: error: {text}", file=sys.stderr)
+    raise SystemExit(status)

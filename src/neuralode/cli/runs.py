@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .flags import positive_int
+from .flags import path_arg, positive_int, runtime_error
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -23,8 +22,8 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: neuralode eval runs/odenet --full",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by 'neuralode train'")
-    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help="MNIST folder (default: the run's)")
+    parser.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="a folder written by 'neuralode train'")
+    parser.add_argument("--data-dir", type=path_arg, default=None, metavar="DIR", help="MNIST folder (default: the run's)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to evaluate (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--test-subset", type=positive_int, default=None, metavar="N", help="the first N test samples (CNF: N fresh samples)")
@@ -79,10 +78,9 @@ def run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     f"({round(result['test_error'] * result['test_samples'])}/{result['test_samples']} wrong), "
                     f"test loss {result['test_loss']:.4f}, {result['params']:,} parameters")
     except (FileNotFoundError, CheckpointError) as exc:
-        parser.error(f"argument RUN_DIR: {exc}")
+        runtime_error(parser, f"argument RUN_DIR: {exc}")
     except (ValueError, DownloadError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
+        runtime_error(parser, exc, status=1)
     print(json.dumps(result) if args.json else text)
     return 0
 
@@ -94,21 +92,31 @@ def add_plot(subparsers: argparse._SubParsersAction) -> None:
         description="Draw RUN_DIR/metrics.jsonl (losses, scores and NFE per logging interval) into RUN_DIR/learning_curves.png.",
         epilog="example: neuralode plot runs/odenet",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by 'neuralode train'")
-    parser.add_argument("--output", type=Path, default=None, metavar="PATH", help="where to write the figure (default: RUN_DIR/learning_curves.png)")
+    parser.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="a folder written by 'neuralode train'")
+    parser.add_argument("--output", type=path_arg, default=None, metavar="PATH", help="where to write the figure (default: RUN_DIR/learning_curves.png)")
     parser.set_defaults(handler=run_plot, subparser=parser)
 
 
 def run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..training.figures import plot_run
+    from ..training.figures import CURVES_NAME, draw_run
 
     if not args.run_dir.is_dir():
         parser.error(f"argument RUN_DIR: {str(args.run_dir)!r} is not a directory")
     if args.output is not None and not args.output.parent.is_dir():
         parser.error(f"argument --output: folder {str(args.output.parent)!r} does not exist")
+    if args.output is not None and not args.output.suffix:
+        parser.error(f"argument --output: {str(args.output)!r} has no suffix to take the format from; end it in .png (or .pdf, .svg)")
     try:
-        path = plot_run(args.run_dir, args.output)
+        figure = draw_run(args.run_dir)
     except (FileNotFoundError, ValueError) as exc:
-        parser.error(f"argument RUN_DIR: {exc}")
+        runtime_error(parser, f"argument RUN_DIR: {exc}")
+    from ..plotting import save_figure
+
+    path = args.output if args.output is not None else args.run_dir / CURVES_NAME
+    try:
+        save_figure(figure, path)
+    except (OSError, ValueError) as exc:  # an unknown format is matplotlib's ValueError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        runtime_error(parser, f"{'argument --output: ' if args.output is not None else ''}cannot write {str(path)!r}: {reason}")
     print(path)
     return 0

@@ -1,8 +1,9 @@
 """``neuralode train TASK``: one runner for every task, its flags derived from the task's config.
 
 The resume rule is the same for every task: ``--resume`` starts from the settings the run saved
-in ``config.json``, the flags given on the command line override them (and what changed is
-printed), and the task refuses changes to the settings that shape the weights.
+in ``config.json`` (or, when that file is missing or damaged, in the checkpoint, saying so), the
+flags given on the command line override them (and what changed is printed), and the task refuses
+changes to the settings that shape the weights, and folders holding another task's run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .flags import add_config_flags, flag_error, given_settings
+from .flags import add_config_flags, flag_error, given_settings, runtime_error
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ class Task:
 
 
 _FILES = ("Writes config.json, metrics.jsonl (a line every --log-every steps), checkpoint.pt (every\n"
-          "--checkpoint-every steps and on Ctrl-C/SIGTERM, exit status 130/143) and the figures into --out.\n"
-          "--resume continues from the checkpoint with the run's saved settings; flags given override them.\n"
+          "--checkpoint-every steps, every --checkpoint-seconds and on Ctrl-C/SIGTERM, exit status 130/143;\n"
+          "the one before is kept as checkpoint.prev.pt) and the figures into --out. With --progress it states\n"
+          "the plan first, then a time estimate. --resume continues from the checkpoint (the previous one if it\n"
+          "is damaged) with the run's saved settings; flags given override them; a missing metrics.jsonl or\n"
+          "config.json is rebuilt from the checkpoint.\n"
           "Under torchrun it trains data-parallel (gloo on CPU, NCCL on CUDA): --batch-size is the global batch.")
 
 TASKS = (
@@ -88,23 +92,40 @@ def add_train(subparsers: argparse._SubParsersAction, argv: Sequence[str] | None
         parser.set_defaults(handler=run_train, subparser=parser, task_spec=task)
 
 
-def resolve_config(parser: argparse.ArgumentParser, config_cls: type, given: dict[str, Any]) -> Any:
-    """The run's config from the flags given: the defaults, or with --resume the run's saved settings."""
+def resolve_config(parser: argparse.ArgumentParser, config_cls: type, given: dict[str, Any], task_name: str | None = None) -> Any:
+    """The run's config from the flags given: the defaults, or with --resume the run's saved settings
+    (from ``config.json``, else from the checkpoint)."""
+    from ..checkpoints import CheckpointError
     from ..training.config import ConfigError, merge_for_resume
-    from ..training.rundir import read_run_config
+    from ..training.rundir import WrongTaskError, check_run_task, read_run_config, recover_run_config
 
     try:
         if not given.get("resume"):
             return config_cls.from_dict(given)
         out = given.get("out", config_cls().out)
+    except ConfigError as exc:
+        flag_error(parser, exc)
+    try:
+        check_run_task(out, config_cls.KIND, task_name)
+    except WrongTaskError as exc:
+        runtime_error(parser, f"argument --resume: {exc}")
+    recovered = None
+    try:
+        saved = read_run_config(out)
+    except (FileNotFoundError, ValueError) as exc:
         try:
-            saved = read_run_config(out)
-        except (FileNotFoundError, ValueError) as exc:
-            parser.error(f"argument --resume: nothing to resume in {str(out)!r}: {exc}")
+            saved, recovered = recover_run_config(out, config_cls.KIND)
+        except FileNotFoundError:
+            runtime_error(parser, f"argument --resume: nothing to resume in {str(out)!r}: {exc}")
+        except CheckpointError as damaged:
+            runtime_error(parser, f"argument --resume: {exc} The checkpoint cannot stand in for it: {damaged}")
+    try:
         config, changes = merge_for_resume(config_cls, saved, given)
     except ConfigError as exc:
         flag_error(parser, exc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, said once
+        if recovered:
+            print(recovered, file=sys.stderr)
         except_ = f", except {'; '.join(changes)}" if changes else ""
         print(f"Resuming {config.out} with its saved settings{except_}.", file=sys.stderr)
     return config
@@ -114,31 +135,32 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..checkpoints import CheckpointError
     from ..datasets.mnist import DownloadError
     from ..training.config import ConfigError
-    from ..training.rundir import RunLockedError, check_out
+    from ..training.rundir import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, RunLockedError, WrongTaskError, check_out, check_run_task
 
     task: Task = args.task_spec
     config_cls, train_fn = task.load()
-    config = resolve_config(parser, config_cls, given_settings(args, config_cls))
+    config = resolve_config(parser, config_cls, given_settings(args, config_cls), task.name)
+    # From here on every error is about the run, not the flags' syntax: printed alone, exit status 2.
     try:
         check_out(config.out)
+        if (config.out / CHECKPOINT_NAME).exists() or (config.out / PREVIOUS_CHECKPOINT_NAME).exists():
+            check_run_task(config.out, config_cls.KIND, task.name)
         data_dir = getattr(config, "data_dir", None)
         if data_dir is not None and not data_dir.is_dir():
             raise ConfigError("data_dir", f"{str(data_dir)!r} is not a directory")
         summary = train_fn(config)
     except ConfigError as exc:
-        flag_error(parser, exc)
-    except (FileExistsError, RunLockedError) as exc:
-        parser.error(f"argument --out: {exc}")
+        runtime_error(parser, exc)
+    except (FileExistsError, RunLockedError, WrongTaskError) as exc:
+        runtime_error(parser, f"argument --out: {exc}")
     except CheckpointError as exc:
-        parser.error(f"argument --resume: {exc}")
+        runtime_error(parser, f"argument --resume: {exc}")
     except FileNotFoundError as exc:
-        if config.resume and str(exc).startswith("Cannot resume"):
-            parser.error(f"argument --resume: {exc}")
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
+        if config.resume and str(exc).startswith(("Cannot resume", str(config.out))):
+            runtime_error(parser, f"argument --resume: {exc}")
+        runtime_error(parser, exc, status=1)
     except (ValueError, DownloadError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
+        runtime_error(parser, exc, status=1)
     if summary["interrupted"]:
         return 128 + int(signal.Signals[summary["interrupted"]])
     if summary.get("rank", 0) == 0:
@@ -159,9 +181,12 @@ def _report_mnist(config: Any, summary: dict[str, Any]) -> str:
 
 def _report_cnf(config: Any, summary: dict[str, Any]) -> str:
     final = summary["final"]
+    forward, backward = final["nfe_forward_mean"], final["nfe_backward_mean"]
+    # The means are over metrics.jsonl's lines; a run resumed after accepting their loss has none.
+    nfe = f"forward {forward:.1f}, backward {backward:.1f}" if forward is not None and backward is not None else "not known (no lines)"
     return (f"cnf on {config.dataset}: {summary['iterations_completed']} iterations, test NLL {final['test_nll']:.4f} nats "
             f"on {final['test_samples']:,} fresh samples; NFE per training iteration (mean, as in metrics.jsonl) "
-            f"forward {final['nfe_forward_mean']:.1f}, backward {final['nfe_backward_mean']:.1f}; run folder {summary['run_dir']}")
+            f"{nfe}; run folder {summary['run_dir']}")
 
 
 def _report_spirals(config: Any, summary: dict[str, Any]) -> str:

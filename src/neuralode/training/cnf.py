@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from ..models.cnf import CNF, NOISE_TYPES, TRACE_ESTIMATORS, build_cnf
 from ..progress import progress_bar
 from .config import RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, run_task
+from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, run_task
 from .seeding import rng_state, set_rng_state, step_generator
 from .signals import StopFlag
 
@@ -200,6 +201,7 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
     run.write_config(config, task="cnf", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
     if checkpoint is not None:
         run.note(f"Resuming {run.path} from its checkpoint at iteration {start}.")
+    run.plan(config.iterations, start, f"a CNF on {config.dataset}, batch {config.batch_size}")
 
     def save(iteration: int) -> None:
         run.save(config, {"iteration": iteration, "seconds": seconds, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -238,8 +240,8 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
                 history.append(record)
                 run.append(record)
                 window.reset()
-            signum = ctx.any_signal(stop.signum)
-            if signum or iteration == config.iterations or (config.checkpoint_every and iteration % config.checkpoint_every == 0):
+            signum, due = ctx.any_signal(stop.signum), run.after_step(iteration)
+            if signum or due or iteration == config.iterations:
                 save(iteration)
             if signum:
                 run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("cnf", config.out, ctx))
@@ -312,10 +314,18 @@ def write_figures(
 def evaluate(run_dir: str | os.PathLike[str], *, test_samples: int | None = None) -> dict[str, Any]:
     """Load ``RUN_DIR``'s checkpoint and measure its test NLL (nats, exact trace, fresh samples).
 
+    A damaged latest checkpoint gives way to the previous one, with a line on stderr saying so.
+
     Returns:
         ``test_nll``, ``test_nfe_forward``, ``test_samples``, ``iteration``, ``dataset``.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``run_dir``.
+        CheckpointError: the checkpoint (and the previous one) is damaged, or not a CNF run's.
     """
-    state = load_cnf_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    state, _, note = load_run_checkpoint(run_dir, "cnf")
+    if note:
+        print(note, file=sys.stderr)
     config = CNFTrainConfig.from_dict(state["config"])
     model = build_model(config)
     model.load_state_dict(state["model"])

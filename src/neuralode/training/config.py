@@ -61,9 +61,13 @@ class RunConfig:
         seed: seeds the initialisation, the data order and every random draw of the run.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         log_every: optimisation steps between ``metrics.jsonl`` training lines.
-        checkpoint_every: optimisation steps between checkpoints (0: only at the task's natural
-            boundaries: MNIST's epoch ends, the end of the run; a checkpoint is also written on
-            SIGINT/SIGTERM).
+        checkpoint_every: optimisation steps between checkpoints (0: none by step count). Checkpoints
+            are also written at the task's natural boundaries (MNIST's epoch ends, the end of the
+            run), every ``checkpoint_seconds`` and on SIGINT/SIGTERM.
+        checkpoint_seconds: wall-clock seconds between checkpoints, besides ``checkpoint_every``
+            (0: off). A kill loses at most about this much work; the default (3 minutes) bounds
+            what a step count cannot, since the cost of a step varies by orders of magnitude
+            between tasks, models and machines.
         progress: show a progress bar and progress lines on stderr.
         plot: write the task's figures when training finishes.
     """
@@ -78,7 +82,11 @@ class RunConfig:
     seed: int = setting(0, "seed of everything random in the run")
     device: str = setting("auto", "where to train", choices=DEVICES)
     log_every: int = setting(10, "optimisation steps between training lines in metrics.jsonl", metavar="STEPS")
-    checkpoint_every: int = setting(100, "optimisation steps between checkpoints (0: only at the end and on a signal)", metavar="STEPS")
+    checkpoint_every: int = setting(100, "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)", metavar="STEPS")
+    checkpoint_seconds: float = setting(
+        180.0, "seconds of training between checkpoints, besides --checkpoint-every, so a kill loses at most that (0: off)",
+        metavar="SECONDS",
+    )
     progress: bool = setting(True, "progress bar and progress lines on stderr")
     plot: bool = setting(True, "write the figures when training finishes")
 
@@ -88,10 +96,15 @@ class RunConfig:
             value, kind = getattr(self, f.name), base_type(field_types(type(self))[f.name])
             if kind is tuple and isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+            elif kind is Path and isinstance(value, str) and not value.strip():
+                # Path("") is the current folder: a run once trained into the source tree this way.
+                raise ConfigError(f.name, f"{type(self).__name__}.{f.name} must be a folder path; got {value!r} "
+                                          f"(write '.' for the current folder).")
             elif kind is Path and value is not None:
                 object.__setattr__(self, f.name, Path(value).expanduser())
         self.check_ints("seed", "checkpoint_every", minimum=0)
         self.check_ints("log_every")
+        self.check_numbers("checkpoint_seconds", positive=False)
         self.check_choice("device", DEVICES)
 
     # Validation helpers: each names the class, the field, what it must be and what it got.

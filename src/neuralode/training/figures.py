@@ -7,27 +7,22 @@ draws curves; the title names the task, how far the run got and its latest score
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..checkpoints import checkpoint_kind
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, read_jsonl
+from .rundir import METRICS_NAME, read_jsonl, saved_run_task
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES_NAME = "learning_curves.png"
 
 
 def run_kind(run_dir: Path) -> str | None:
-    """``"mnist"``, ``"cnf"`` or ``"latent"``: from ``config.json``, else from the checkpoint."""
-    try:
-        task = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("run", {}).get("task")
-    except (OSError, ValueError, AttributeError):
-        task = None
-    if task is not None:
-        return {"spirals": "latent"}.get(task, task)
-    checkpoint = run_dir / CHECKPOINT_NAME
-    return checkpoint_kind(checkpoint) if checkpoint.is_file() else None
+    """``"mnist"``, ``"cnf"``, ``"latent"``, ...: the checkpoint kind of the run, from ``config.json``,
+    else from the checkpoint (see :func:`~neuralode.training.rundir.saved_run_task`)."""
+    return saved_run_task(run_dir)[0]
 
 
 def _series(records: list[dict[str, Any]], x: str, y: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
@@ -81,14 +76,14 @@ def _latent_panels(records: list[dict[str, Any]], observations: Any) -> tuple[li
     return panels, "iteration", f"Latent ODE, {observations} observations: iteration {records[-1].get('iteration', '?')}{score}"
 
 
-def plot_run(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None = None, *, dpi: float = 100) -> Path:
-    """Draw the run's learning curves into ``path`` (default ``RUN_DIR/learning_curves.png``).
+def draw_run(run_dir: str | os.PathLike[str], *, dpi: float = 100) -> "Figure":
+    """The run's learning curves as a matplotlib figure (see :func:`plot_run`).
 
     Raises:
         FileNotFoundError: no ``metrics.jsonl`` in ``run_dir``.
-        ValueError: the metrics hold nothing to plot yet, or are damaged.
+        ValueError: the metrics hold nothing to plot yet, or are damaged (naming the file and line).
     """
-    from ..plotting import plot_curves, save_figure
+    from ..plotting import plot_curves
     from .rundir import read_run_config
 
     run_dir = Path(run_dir)
@@ -99,12 +94,28 @@ def plot_run(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | Non
     if not records:
         raise ValueError(f"{metrics} has no lines to plot yet: the run has not logged its first interval.")
     kind = run_kind(run_dir)
-    config = read_run_config(run_dir) if (run_dir / CONFIG_NAME).is_file() else {}
+    try:
+        config = read_run_config(run_dir)
+    except (OSError, ValueError):  # the title's dataset or observations become "?"
+        config = {}
     if kind == "cnf":
         panels, xlabel, title = _cnf_panels(records, config.get("dataset", "?"))
     elif kind == "latent":
         panels, xlabel, title = _latent_panels(records, config.get("observations", "?"))
     else:
         panels, xlabel, title = _mnist_panels(records)
-    fig = plot_curves(panels, xlabel=xlabel, title=title, dpi=dpi)
-    return save_figure(fig, Path(path) if path is not None else run_dir / CURVES_NAME)
+    return plot_curves(panels, xlabel=xlabel, title=title, dpi=dpi)
+
+
+def plot_run(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None = None, *, dpi: float = 100) -> Path:
+    """Draw the run's learning curves into ``path`` (default ``RUN_DIR/learning_curves.png``).
+
+    Raises:
+        FileNotFoundError: no ``metrics.jsonl`` in ``run_dir``.
+        ValueError: the metrics hold nothing to plot yet, or are damaged.
+        OSError: the figure cannot be written (the error names ``path``).
+    """
+    from ..plotting import save_figure
+
+    figure = draw_run(run_dir, dpi=dpi)
+    return save_figure(figure, Path(path) if path is not None else Path(run_dir) / CURVES_NAME)

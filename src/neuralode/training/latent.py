@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,12 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import load_checkpoint
 from ..datasets.spirals import OBSERVATION_COUNTS, SpiralDataset, make_spirals
 from ..models.latent_ode import LatentODE, RNNBaseline
 from ..progress import progress_bar
 from .config import ConfigError, RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, run_task, read_jsonl
+from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, read_jsonl, run_task
 from .signals import StopFlag
 from .seeding import step_generator
 
@@ -87,7 +87,7 @@ class LatentTrainConfig(RunConfig):
     RESUME_KEEP = ("observations", "n_spirals", "n_test", "noise", "seed", "batch_size", "lr", "tol", "adjoint")
 
     out: Path = setting(Path("runs/spirals"), "the run folder", metavar="RUN_DIR")
-    checkpoint_every: int = setting(250, "optimisation steps between checkpoints (0: only at the end and on a signal)", metavar="STEPS")
+    checkpoint_every: int = setting(250, "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)", metavar="STEPS")
     observations: int = setting(100, "observed points per training sequence", choices=OBSERVATION_COUNTS)
     iterations: int = setting(3000, "training iterations (raise it on --resume to train longer)", metavar="N")
     lr: float = setting(0.01, "Adam learning rate of both models")
@@ -151,7 +151,9 @@ def evaluate_latent(model: LatentODE, rnn: RNNBaseline, test: SpiralDataset) -> 
 
 
 def _load_run(run_dir: str | os.PathLike[str]) -> tuple[LatentTrainConfig, dict[str, Any], LatentODE, RNNBaseline]:
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, kind="latent")
+    state, _, note = load_run_checkpoint(run_dir, "latent")
+    if note:
+        print(note, file=sys.stderr)
     config = LatentTrainConfig.from_dict(state["config"])
     model, rnn = build_models(config)
     model.load_state_dict(state["model"])
@@ -166,9 +168,11 @@ def evaluate(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
         The four RMSEs of :func:`evaluate_latent`, ``iteration``, ``observations`` and ``test_samples``.
 
+    A damaged latest checkpoint gives way to the previous one, with a line on stderr saying so.
+
     Raises:
         FileNotFoundError: no checkpoint in ``run_dir``.
-        CheckpointError: the checkpoint is damaged or not a latent-ODE run's.
+        CheckpointError: the checkpoint (and the previous one) is damaged, or not a latent-ODE run's.
     """
     config, state, model, rnn = _load_run(run_dir)
     _, test = make_data(config)
@@ -263,6 +267,7 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
         run.note(f"Resuming {run.path} from its checkpoint at iteration {iteration}.")
     run.restart_metrics(iteration)
     run.write_config(config, task="spirals", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
+    run.plan(config.iterations, iteration, f"a latent ODE and an RNN on {config.n_spirals:,} spirals, batch {config.batch_size}")
 
     def save(iteration: int) -> None:
         run.save(config, {"iteration": iteration, "model": model.state_dict(), "rnn": rnn.state_dict(), "optimizer": opt.state_dict(),
@@ -303,8 +308,8 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
                 window.reset()
             if config.eval_every and iteration % config.eval_every == 0 and iteration < config.iterations:
                 run.append({"iteration": iteration, "eval": True, **evaluate_latent(model, rnn, test)})
-            signum = ctx.any_signal(stop.signum)
-            if signum or iteration == config.iterations or (config.checkpoint_every and iteration % config.checkpoint_every == 0):
+            signum, due = ctx.any_signal(stop.signum), run.after_step(iteration)
+            if signum or due or iteration == config.iterations:
                 save(iteration)
             if signum:
                 run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("spirals", config.out, ctx))

@@ -42,7 +42,7 @@ from ..models import MODEL_NAMES, build_classifier, count_parameters
 from ..progress import progress_bar
 from .config import DEVICES, ConfigError, RunConfig, setting
 from .distributed import Dist, Sums, pick_device, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, run_task, read_jsonl, read_run_config
+from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, read_jsonl, read_run_config, run_task
 from .seeding import rng_state, seed_everything, set_rng_state
 from .signals import StopFlag
 
@@ -96,7 +96,7 @@ class TrainConfig(RunConfig):
 
     out: Path = setting(Path("runs/mnist"), "the run folder", metavar="RUN_DIR")
     log_every: int = setting(20, "optimisation steps between training lines in metrics.jsonl", metavar="STEPS")
-    checkpoint_every: int = setting(200, "optimisation steps between checkpoints, besides each epoch's end (0: epoch ends only)", metavar="STEPS")
+    checkpoint_every: int = setting(200, "optimisation steps between checkpoints, besides each epoch's end and --checkpoint-seconds (0: none by step count)", metavar="STEPS")
     model: str = setting("odenet", "the classifier", choices=MODEL_NAMES)
     epochs: int = setting(160, "total epochs (raise it on --resume to train longer)", metavar="N")
     batch_size: int = setting(128, "global batch size, over all processes", metavar="N")
@@ -312,6 +312,8 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
     if checkpoint is not None:
         run.note(f"Resuming {run.path} from its checkpoint at epoch {epoch + 1}, batch {first}/{steps_per_epoch} "
                  f"(step {epoch * steps_per_epoch + first}).")
+    run.plan(config.epochs * steps_per_epoch, epoch * steps_per_epoch + first,
+             f"{config.model} on MNIST, {config.epochs} epochs of {steps_per_epoch:,} steps (batch {config.batch_size})")
 
     def save(epoch: int, batch: int) -> None:
         # Every rank computes the state (the sums are all-reduced); rank 0 writes it.
@@ -360,8 +362,8 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
                     run.append({"iteration": step + 1, "epochs": (step + 1) / steps_per_epoch, **_rates(window.totals(ctx)),
                                 "lr": optimizer.param_groups[0]["lr"], "seconds": seconds["run"]})
                     window.reset()
-                signum = ctx.any_signal(stop.signum)
-                if signum or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and b + 1 < steps_per_epoch):
+                signum, due = ctx.any_signal(stop.signum), run.after_step(step + 1)
+                if signum or (due and b + 1 < steps_per_epoch):  # the epoch's end saves anyway
                     save(epoch, b + 1)
                 if signum:
                     run.note_stopped(stop.name, f"epoch {epoch + 1}, batch {b + 1}/{steps_per_epoch}", resume_hint("mnist", config.out, ctx))
@@ -464,14 +466,18 @@ def evaluate(
         ``test_error`` (fraction), ``test_loss``, ``test_samples``, ``test_nfe_forward``, ``model``,
         ``epoch`` (epochs completed by the checkpoint), ``mid_epoch_batch``, ``params`` and ``checkpoint``.
 
+    The settings come from the checkpoint, so ``config.json`` is not needed; a damaged latest
+    checkpoint gives way to the previous one, with a line on stderr saying so.
+
     Raises:
-        FileNotFoundError: no config or checkpoint in ``run_dir``.
-        CheckpointError: the checkpoint is damaged.
+        FileNotFoundError: no checkpoint in ``run_dir``.
+        CheckpointError: the checkpoint (and the previous one) is damaged, or not an MNIST run's.
     """
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME, kind="mnist")
-    saved = TrainConfig.from_dict(checkpoint["config"])
+    checkpoint, path, note = load_run_checkpoint(run_dir, "mnist")
+    if note:
+        print(note, file=sys.stderr)
+    config = saved = TrainConfig.from_dict(checkpoint["config"])
     dev = pick_device(device)
     subset = None if full_test_set else (test_subset if test_subset is not None else config.test_subset)
     test_set = mnist_dataset(data_dir if data_dir is not None else config.data_dir, train=False, subset=subset)
@@ -482,5 +488,5 @@ def evaluate(
     position = checkpoint["position"]
     return {
         **result, "model": saved.model, "epoch": position["epoch"], "mid_epoch_batch": position["batch"],
-        "params": count_parameters(model), "checkpoint": str(run_dir / CHECKPOINT_NAME),
+        "params": count_parameters(model), "checkpoint": str(path),
     }
