@@ -227,16 +227,26 @@ def decays(tol: float = 1e-6, t=T, y0=Y0):
     return Result(check)
 
 
+def fresh(y0):
+    """A copy of ``y0`` for one call, so that a case whose ``func`` changes its input in place
+    cannot change the state the other cases start from."""
+    if isinstance(y0, torch.Tensor):
+        return y0.clone()
+    if isinstance(y0, tuple):
+        return tuple(fresh(p) for p in y0)
+    return y0
+
+
 def call(func=decay, y0=Y0, t=T, **kw):
-    return lambda: solve(func, y0, t, **kw).ys
+    return lambda: solve(func, fresh(y0), t, **kw).ys
 
 
 def call_odeint(func=decay, y0=Y0, t=T, **kw):
-    return lambda: odeint(func, y0, t, **kw)
+    return lambda: odeint(func, fresh(y0), t, **kw)
 
 
 def call_adjoint(func=decay, y0=Y0, t=T, **kw):
-    return lambda: odeint_adjoint(func, y0, t, **kw)
+    return lambda: odeint_adjoint(func, fresh(y0), t, **kw)
 
 
 class Decay(torch.nn.Module):
@@ -375,8 +385,15 @@ case("func-inplace-per-sample", call(func=lambda t, y: y.mul_(-1), y0=torch.ones
                                      options={"per_sample": True}), Error(RuntimeError, "in place"))
 case("func-inplace-adjoint", call_adjoint(func=lambda t, y: y.mul_(-1), adjoint_params=()),
      Error(RuntimeError, "in place"))
-case("func-inplace-y0-unchanged", lambda: (_try(call(func=lambda t, y: y.mul_(-1), y0=Y0.clone())), Y0)[1],
-     Result(lambda y: close(y, [1.0, 2.0], 0.0)))
+
+
+def _y0_after_inplace_func():
+    y0 = Y0.clone()
+    _try(lambda: solve(lambda t, y: y.mul_(-1), y0, T))
+    return y0
+
+
+case("func-inplace-y0-unchanged", _y0_after_inplace_func, Result(lambda y: close(y, [1.0, 2.0], 0.0)))
 
 
 def _try(thunk):
@@ -451,7 +468,7 @@ case("option-step-size-zero", call(method="rk4", options={"step_size": 0.0}), Er
 case("option-step-size-nan", call(method="rk4", options={"step_size": math.nan}), Error(ValueError, "step_size"))
 case("option-step-size-string", call(method="rk4", options={"step_size": "0.1"}), Error(ValueError, "step_size"))
 case("option-step-size-tensor", call(method="rk4", options={"step_size": torch.tensor(0.05)}), decays(1e-6))
-case("option-step-size-larger-than-span", call(method="rk4", options={"step_size": 10.0}), decays(1e-2))
+case("option-step-size-larger-than-span", call(t=T[::2], method="rk4", options={"step_size": 10.0}), decays(2e-2, t=T[::2]))
 case("option-grid-and-step", call(method="rk4", options={"step_size": 0.1, "grid_constructor": lambda f, y, t: t}),
      Error(ValueError, "mutually exclusive"))
 case("option-grid-arity", call(method="rk4", options={"grid_constructor": lambda t: t}), Error(TypeError, "grid_constructor", "three"))
@@ -580,7 +597,7 @@ def _bounce_times(e: float, n: int) -> list[float]:
 
 
 case("event-bouncing-ball", lambda: [float(r.t) for r in _bounce(0.8, 2.0).events],
-     Result(lambda ts: close(ts, _bounce_times(0.8, len(ts)), 1e-7) if len(ts) == 4 else close(len(ts), 4, 0)))
+     Result(lambda ts: close(ts, [b for b in _bounce_times(0.8, 10) if b < 2.0], 1e-7)))
 # Restitution 0.5: impacts accumulate at t1 (1 + 2 (e / (1 - e))) = 3 t1 ~ 1.355 s.
 case("event-zeno-ball", lambda: _bounce(0.5, 3.0), Error(SolverError, "accumulat", "Zeno|events", r"t=1\.35"))
 case("event-zeno-ball-low-e", lambda: _bounce(0.2, 3.0), Error(SolverError, "accumulat", "Zeno|events"))
@@ -672,7 +689,7 @@ case("dense-rk4", lambda: odeint_dense(decay, Y0, 0.0, 1.0, method="rk4", option
 YB = torch.tensor([[1.0], [2.0], [3.0]], dtype=F64)
 TB = torch.tensor([[0.0, 1.0], [0.0, 2.0], [1.0, 1.5]], dtype=F64)
 case("per-sample-correct", call(y0=YB, t=TB, options={"per_sample": True}),
-     Result(lambda ys: close(ys[:, -1, 0], YB[:, 0] * torch.exp(-(TB[:, 1] - TB[:, 0])), 1e-6)))
+     Result(lambda ys: close(ys[-1, :, 0], YB[:, 0] * torch.exp(-(TB[:, 1] - TB[:, 0])), 1e-6)))
 case("per-sample-t-3d", call(y0=YB, t=torch.zeros(3, 2, 1, dtype=F64), options={"per_sample": True}), Error(ValueError, "t", "per_sample|shape"))
 case("per-sample-t-rows-wrong", call(y0=YB, t=TB[:2], options={"per_sample": True}), Error(ValueError, "t", "3|rows|batch"))
 case("per-sample-t-row-nan", call(y0=YB, t=torch.tensor([[0.0, 1.0], [0.0, math.nan], [0.0, 1.0]], dtype=F64),
@@ -697,7 +714,7 @@ case("per-sample-compact-closure",
      Error(RuntimeError, "compact", "batch", "state|per_sample=True"))
 case("per-sample-compact-ok",
      call(y0=YB, t=torch.tensor([[0.0, 0.1], [0.0, 0.2], [0.0, 3.0]], dtype=F64), options={"per_sample": "compact"}),
-     Result(lambda ys: close(ys[:, -1, 0], YB[:, 0] * torch.exp(-torch.tensor([0.1, 0.2, 3.0], dtype=F64)), 1e-6)))
+     Result(lambda ys: close(ys[-1, :, 0], YB[:, 0] * torch.exp(-torch.tensor([0.1, 0.2, 3.0], dtype=F64)), 1e-6)))
 
 # ---------------------------------------------------------------------------------------------
 # The adjoint.
