@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .options import _type_name
+from .options import _accepts, _describe, _type_name
 from .solution import TensorOrTuple
 
 _MAX_ROOT_ITERS = 300
@@ -82,8 +82,18 @@ class Event:
             )
         if not isinstance(self.terminal, bool):
             raise TypeError(f"Event terminal must be True or False; got {self.terminal!r}.")
+        if not _accepts(self.fn, 2):
+            raise TypeError(
+                f"Event fn must be callable as fn(t, y) -> tensor, the time first and the state second; got "
+                f"{_describe(self.fn)}. Wrap a function of the state alone as lambda t, y: g(y)."
+            )
         if self.reset is not None and not callable(self.reset):
             raise TypeError(f"Event reset must be callable as reset(t, y) -> y_new, or None; got {_type_name(self.reset)}.")
+        if self.reset is not None and not _accepts(self.reset, 2):
+            raise TypeError(
+                f"Event reset must be callable as reset(t, y) -> y_new, the time first and the state second; got "
+                f"{_describe(self.reset)}. Wrap a function of the state alone as lambda t, y: r(y)."
+            )
 
     @property
     def cuts(self) -> bool:
