@@ -151,7 +151,7 @@ class Result:
 
 
 def close(actual, expected, tol: float) -> None:
-    actual = torch.as_tensor(actual, dtype=F64)
+    actual = torch.as_tensor(actual.detach() if isinstance(actual, torch.Tensor) else actual, dtype=F64)
     expected = torch.as_tensor(expected, dtype=F64)
     if actual.shape != expected.shape:
         raise AssertionError(f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")

@@ -488,9 +488,12 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
                     f"{tableau.name!r} is a fixed-step method. Pick an adaptive method, or solve with one clock "
                     "(drop per_sample)."
                 )
-            raise ValueError(
-                f"Unknown option {key!r} for method {tableau.name!r}.{suggest(key, valid)} Valid options: {', '.join(valid)}."
-            )
+            if key == "step_size" and not issubclass(kind, FixedOptions):
+                hint = (" step_size fixes the step of fixed-step methods: pick one (e.g. method='rk4'), or give "
+                        "first_step, the first step an adaptive method tries.")
+            else:
+                hint = suggest(key, valid)
+            raise ValueError(f"Unknown option {key!r} for method {tableau.name!r}.{hint} Valid options: {', '.join(valid)}.")
     o = dict(options)
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
