@@ -711,7 +711,7 @@ def _closure_func():
 case("per-sample-compact-closure",
      call(func=_closure_func(), y0=YB, t=torch.tensor([[0.0, 0.1], [0.0, 0.2], [0.0, 3.0]], dtype=F64),
           options={"per_sample": "compact"}),
-     Error(RuntimeError, "compact", "batch", "state|per_sample=True"))
+     Error(ValueError, "compact", "batch", "state|per_sample=True"))
 case("per-sample-compact-ok",
      call(y0=YB, t=torch.tensor([[0.0, 0.1], [0.0, 0.2], [0.0, 3.0]], dtype=F64), options={"per_sample": "compact"}),
      Result(lambda ys: close(ys[-1, :, 0], YB[:, 0] * torch.exp(-torch.tensor([0.1, 0.2, 3.0], dtype=F64)), 1e-6)))

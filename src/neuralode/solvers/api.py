@@ -278,9 +278,12 @@ def solve(
         states) and whose ``stats`` count evaluations and steps.
 
     Raises:
-        TypeError, ValueError: for malformed arguments; the message names the argument.
+        TypeError, ValueError: for malformed arguments; the message names the argument. Also
+            ``ValueError`` when ``func`` changes its input ``y`` in place (detected by the
+            tensor's version counter; ``y0`` itself is left unchanged).
         SolverError: when the solve fails (step size underflow, non-finite derivative, too many
-            steps), reporting ``t``, ``dt`` and the step count.
+            steps, state-resetting events accumulating at a finite time), reporting ``t``,
+            ``dt`` and the step count.
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")

@@ -64,8 +64,8 @@ class Event:
             event and the method restarts there (no stage reused from before the reset).
 
     Raises:
-        TypeError, ValueError: for a non-callable ``fn``/``reset``, ``direction`` outside
-            {-1, 0, 1} or a non-bool ``terminal``.
+        TypeError, ValueError: for a non-callable ``fn``/``reset`` or one that cannot be called
+            as ``(t, y)``, ``direction`` outside {-1, 0, 1} or a non-bool ``terminal``.
     """
 
     fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor]

@@ -251,7 +251,7 @@ class BatchFunc:
                 out = self.func(t.to(self.dtype), self.layout.unflatten(y))
         except RuntimeError as exc:
             if self.compacted and y.shape[0] != self.batch:
-                raise RuntimeError(
+                raise ValueError(
                     f"func failed on a compacted batch of {y.shape[0]} of the {self.batch} samples: {exc}. "
                     "options['per_sample']='compact' drops finished samples from the batch, so func must accept any "
                     "batch size and treat rows independently; a func closing over a per-sample tensor of size "
@@ -264,7 +264,7 @@ class BatchFunc:
         if self.compacted and y.shape[0] != self.batch:
             rows = (out[0] if isinstance(out, (tuple, list)) else out).shape[:1]
             if rows != y.shape[:1]:
-                raise RuntimeError(
+                raise ValueError(
                     f"func returned {tuple(rows)[0] if rows else 0} rows for a compacted batch of {y.shape[0]} of the "
                     f"{self.batch} samples. options['per_sample']='compact' drops finished samples from the batch, so "
                     "func must accept any batch size and treat rows independently; a func closing over a per-sample "
