@@ -95,6 +95,9 @@ class Watchdog:
         cap = _vm() + 2 * self.memory + 2**30
         if hard == resource.RLIM_INFINITY or cap < hard:
             resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+        # A case stopped mid-solve may leave autograd switched off (a context it was inside never
+        # exited): restored at the end, so that the cases after it do not inherit that.
+        self._grad = torch.is_grad_enabled()
         self._base = _rss()
         self._fired = False
         self._stop = threading.Event()
@@ -108,6 +111,7 @@ class Watchdog:
         self._stop.set()
         self._thread.join()
         resource.setrlimit(resource.RLIMIT_AS, self._limits)
+        torch.set_grad_enabled(self._grad)
         signal.signal(signal.SIGALRM, self._old[0])
         signal.signal(signal.SIGUSR1, self._old[1])
 
