@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         f"{pairs} pairs, forward only (`torch.no_grad()`), float32, one intra-op thread. Measured on the project's "
         "2-core AMD EPYC machine (shared with other jobs), torch 2.13.0 CPU, by "
         "`python benchmarks/bench_inplace_check.py`.\n\n" + table + "\n\n"
-        f"The check alone (two version-counter reads and a comparison, `timeit`, best of 5): "
+        f"The check alone (two version-counter reads and a comparison, timed with `timeit` inside a lambda, so the call of the lambda is included; best of 5): "
         f"{per_check * 1e9:.0f} ns per evaluation of `func`. The ratios' spread comes from the shared machine, "
         "not from the check.\n"
     )

@@ -607,6 +607,42 @@ case("event-zeno-ball", lambda: _bounce(0.5, 3.0), Error(SolverError, "accumulat
 case("event-zeno-ball-low-e", lambda: _bounce(0.2, 3.0), Error(SolverError, "accumulat", "Zeno|events"))
 
 
+def _two_balls(separate: bool):
+    """Two balls dropped together from 1 m, restitution 0.8, to t = 1.5 s (two impacts each)."""
+    e = 0.8
+
+    def field(t, y):
+        g = torch.full_like(y[1], -9.81)
+        return torch.stack([y[1], g, y[3], g])
+
+    if separate:
+        events = [Event(lambda t, y: y[0], direction=-1, terminal=False,
+                        reset=lambda t, y: torch.stack([y[0], -e * y[1], y[2], y[3]])),
+                  Event(lambda t, y: y[2], direction=-1, terminal=False,
+                        reset=lambda t, y: torch.stack([y[0], y[1], y[2], -e * y[3]]))]
+    else:
+        def reset(t, y):
+            v = torch.stack([y[1], y[3]])
+            v = torch.where((torch.stack([y[0], y[2]]) <= 1e-9) & (v < 0), -e * v, v)
+            return torch.stack([y[0], v[0], y[2], v[1]])
+
+        events = [Event(lambda t, y: torch.stack([y[0], y[2]]), direction=-1, terminal=False, reset=reset)]
+    return solve(field, torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.5], dtype=F64),
+                 events=events).ys[-1]
+
+
+def _ball_at(t: float, e: float = 0.8) -> list[float]:
+    """Height and velocity at ``t`` of a ball dropped from 1 m (``t`` after the second impact, before the third)."""
+    t2 = _bounce_times(e, 2)[1]
+    v = e * e * 9.81 * _T1  # launch speed after the second impact: e^2 sqrt(2 g h0) = e^2 g t1
+    return [v * (t - t2) - 4.905 * (t - t2) ** 2, v - 9.81 * (t - t2)]
+
+
+case("event-two-resets-same-time", lambda: _two_balls(True),
+     Error(SolverError, r"events\[0\] and events\[1\]", "same time", "one Event"))
+case("event-two-balls-one-event", lambda: _two_balls(False), Result(lambda y: close(y, _ball_at(1.5) * 2, 1e-8)))
+
+
 def _zeno_odeint():
     return odeint(gravity, FALL, torch.tensor([0.0, 3.0], dtype=F64), method="dopri5",
                   options={"max_num_steps": 100000})

@@ -218,6 +218,20 @@ class EventSet:
             raise ValueError(f"events[{i}].fn(t, y) returned an empty tensor; it must return at least one value.")
         return g.shape
 
+    def coincident(self, index: int, g0: list[torch.Tensor], t: float, y: torch.Tensor) -> int | None:
+        """Another event that cuts steps and has crossed (or reached its root) by ``(t, y)``, where
+        event ``index`` fired over a step that started with the values ``g0``; ``None`` if none.
+
+        The loop restarts from one event's reset: another event that crossed at the same time
+        would then start the next step on the far side of its root and never fire."""
+        for j, event in enumerate(self.events):
+            if j == index or not event.cuts:
+                continue
+            gj = self.value(j, t, y)
+            if bool(self.crossed(j, g0[j], gj).any()) or bool(((gj == 0) & (g0[j] != 0)).any()):
+                return j
+        return None
+
     def crossed(self, i: int, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
         """Bool mask of the elements of event ``i`` that cross over a step, in its direction."""
         rising = (g0 < 0) & (g1 >= 0)

@@ -271,10 +271,12 @@ def check_accumulation(reset_times: list[float], guard: float, index: int, h: fl
     the next impact is then missed and the ball falls through the floor, silently. The same class of
     failure is reported against diffrax (issues #507, #639) and SciML's callbacks.
 
-    The rule: with ``d_k`` the interval between the last two resets, stop when ``d_k`` is within
-    ``ACCUMULATION_MARGIN`` event-time resolutions, or when the last three intervals shrink and the
-    next one, extrapolated geometrically (``d_k^2 / d_{k-1}``), would be. The accumulation point
-    reported is the geometric series' limit ``t_k + d_k r / (1 - r)``, ``r = d_k / d_{k-1}``.
+    The rule, on the reset times ``reset_times`` of one element of one event (oldest first; trimmed
+    here to the last four): with ``d_k`` the interval between the last two, stop when ``d_k`` is
+    within ``ACCUMULATION_MARGIN`` event-time resolutions (``guard``), or when the intervals kept
+    (up to three) shrink and the next one, extrapolated geometrically (``d_k^2 / d_{k-1}``), would be
+    within a tenth of that. The accumulation point reported is the geometric series' limit
+    ``t_k + d_k r / (1 - r)``, ``r = d_k / d_{k-1}``.
     """
     del reset_times[:-4]  # the last four resets are all the rule reads
     if len(reset_times) < 3:
@@ -409,7 +411,9 @@ def integrate(
         s = s._replace(t=t_, y=y_, f0=f_, i_stop=i_stop)
     last_ratio = 0.0
     terminal = False
-    reset_times: list[float] = []  # times of the resets so far (check_accumulation)
+    # The last reset times of each (event, element) that reset the state (check_accumulation): resets
+    # of different events or elements (two balls) may coincide without accumulating.
+    reset_times: dict[tuple[int, int], list[float]] = {}
     t_max = torch.finfo(problem.t_dtype).max if problem.t_dtype.is_floating_point else math.inf
     while i_out < n_out:
         t, y = s.t, s.y
@@ -536,6 +540,16 @@ def integrate(
                 stats.n_events += 1
                 if event.cuts:
                     cut = (loc, t_e, t_star, y_star)
+                    if not event.terminal:
+                        other = events.coincident(loc.index, s.g, t_e, y_e)
+                        if other is not None:
+                            raise SolverError(
+                                f"events[{loc.index}] and events[{other}] change the state at the same time", t_e, h,
+                                stats.n_steps,
+                                "The solve restarts from one event's reset, so the other's crossing would be lost "
+                                "(a second ball falling through the floor). Combine them into one Event whose fn "
+                                "returns both values (torch.stack) and whose reset handles every element at its root.",
+                            )
                     break
         t_piece = t1 if cut is None else cut[1]
 
@@ -583,8 +597,9 @@ def integrate(
         # The elements that fired sit on their root: they take the sign they have a moment
         # later, so leaving the root (the ball rising from the floor) does not fire again.
         g_new, guard = events.start(t_e, y_new, lambda: f_new, direction, h, fired=(loc.index, loc.fired))
-        reset_times.append(t_e)
-        check_accumulation(reset_times, guard or events.guard(t_e, h), loc.index, h, stats.n_steps)
+        series = reset_times.setdefault((loc.index, loc.element), [])
+        series.append(t_e)
+        check_accumulation(series, guard or events.guard(t_e, h), loc.index, h, stats.n_steps)
         # FSAL restarts at the new state; f_new serves as the first stage unless the next step
         # must differentiate through it.
         f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new
