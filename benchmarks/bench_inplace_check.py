@@ -43,7 +43,7 @@ class _Unwatched:
 
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
-    pairs = 5 if args.quick else 25
+    pairs = 5 if args.quick else 100
     torch.manual_seed(0)
     torch.set_num_threads(1)
     small = MLPField([2, 16, 2])

@@ -165,24 +165,22 @@ class _Problem:
             tt = self.times.get(t)
             if tt is None:
                 tt = torch.full((), t, dtype=self.t_dtype, device=self.device)
-        if self.watch:
-            version = y._version
-            if self.plain:  # the common case, kept to one call
+        # Every call reads y's version counter before and after (see changed_in_place).
+        if self.plain:  # the common case, kept short
+            if self.watch:
+                version = y._version
                 out = self.func(tt, y)
-            elif self.pass_perturb:
-                out = self.func(tt, self.unflatten(y), perturb=_PERTURB[side])
-            else:
-                out = self.func(tt, self.unflatten(y))
-            if y._version != version:
-                raise changed_in_place("func(t, y)", t)
-            if self.plain:
+                if y._version != version:
+                    raise changed_in_place("func(t, y)", t)
                 return out
-        elif self.plain:
             return self.func(tt, y)
-        elif self.pass_perturb:
+        version = y._version if self.watch else 0
+        if self.pass_perturb:
             out = self.func(tt, self.unflatten(y), perturb=_PERTURB[side])
         else:
             out = self.func(tt, self.unflatten(y))
+        if self.watch and y._version != version:
+            raise changed_in_place("func(t, y)", t)
         if self.is_tuple:
             return torch.cat([o.reshape(-1) for o in out])
         return out
