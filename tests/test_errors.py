@@ -73,7 +73,8 @@ CASES = [
     ("t-int", call(t=torch.tensor([0, 1])), TypeError,
      "t must have a floating-point dtype; got torch.int64. Use torch.tensor([...], dtype=torch.float64)."),
     ("t-2d", call(t=torch.zeros(2, 2, dtype=F64)), ValueError,
-     "t must be a non-empty 1-D tensor of output times; got shape (2, 2)."),
+     "t must be a non-empty 1-D tensor of output times; got shape (2, 2). For times per sample (row i the times of "
+     "sample i, a batch in y0's first dimension) pass options={'per_sample': True}."),
     ("t-0d", call(t=torch.tensor(1.0, dtype=F64)), ValueError,
      "t must be a non-empty 1-D tensor of output times; got shape ()."),
     ("t-empty", call(t=torch.zeros(0, dtype=F64)), ValueError,
@@ -102,7 +103,8 @@ CASES = [
     # options
     ("options-list", call(options=[("max_step", 1.0)]), TypeError, "options must be a dict or None; got list."),
     ("unknown-option-adaptive", call(options={"step_size": 0.1}), ValueError,
-     f"Unknown option 'step_size' for method 'dopri5'. Valid options: {ADAPTIVE_KEYS}."),
+     "Unknown option 'step_size' for method 'dopri5'. step_size fixes the step of fixed-step methods: pick one "
+     f"(e.g. method='rk4'), or give first_step, the first step an adaptive method tries. Valid options: {ADAPTIVE_KEYS}."),
     ("unknown-option-fixed", call(method="rk4", options={"first_step": 0.1}), ValueError,
      f"Unknown option 'first_step' for method 'rk4'. Valid options: {FIXED_KEYS}."),
     ("step-size-zero", call(method="rk4", options={"step_size": 0}), ValueError,

@@ -42,12 +42,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .api import SCIPY_NO_EVENTS, _event_result, _method, _run, event_mode, solve
+from .api import SCIPY_NO_EVENTS, _event_result, _method, _run, event_mode, solve, with_event_budget
 from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
 from .options import _parse_options, time_dtype
 from .scipy_solver import SCIPY_METHOD
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
-from .options import _check_state, _check_times, _check_tolerance, _type_name
+from .options import _check_state, _check_times, _check_tolerance, _type_name, all_finite
 from .solution import Solution, SolverStats, TensorOrTuple
 
 _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
@@ -126,6 +126,17 @@ class _AdjointSolve(torch.autograd.Function):
     def backward(ctx, grad_ys: torch.Tensor):
         cfg = ctx.cfg
         t, ys = ctx.saved_tensors
+        if not all_finite(grad_ys):
+            # The adjoint ODE starts from these values: solving it would fail inside the backward
+            # solve and blame func for a NaN that the loss produced.
+            bad = (~torch.isfinite(grad_ys.detach().reshape(grad_ys.shape[0], -1)).all(dim=1)).nonzero()
+            i = int(bad[0]) if bad.numel() else 0
+            raise ValueError(
+                f"The gradient reaching odeint_adjoint's output contains NaN or inf (the output at t[{i}] = "
+                f"{float(t[i]):.8g}): the loss, or what was computed from the solution, produced it, not func. "
+                "Check the loss (e.g. log or sqrt of non-positive values, a division by zero); "
+                "torch.autograd.detect_anomaly() names the operation."
+            )
         if cfg.get("dense") is not None:
             from .adjoint_interpolating import interpolating_backward
 
@@ -284,6 +295,7 @@ def add_interval_stats(stats, part) -> float:
 
 def _adjoint_tolerance(name: str, tol: Any, n_params: int, parts: tuple[torch.Tensor, ...], is_tuple: bool):
     """A forward tolerance carried over to the augmented state (y, a, *gθ)."""
+    _check_tolerance(name, tol, parts, is_tuple)  # refused under its own name (adjoint_rtol, not rtol)
     if is_tuple and isinstance(tol, (tuple, list, torch.Tensor)):
         # The backward solve sees a tuple state flattened into one vector: give it the
         # tolerance in that layout (a float, or one flat tensor), checked as solve checks it.
@@ -321,6 +333,16 @@ def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptiv
             f"adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got {norm!r}."
         )
     return out
+
+
+def _check_backward_options(options: dict, adjoint_method: str, explicit: bool) -> None:
+    """Parse the backward solve's options now, so that a bad one is refused when ``odeint_adjoint`` is
+    called (naming ``adjoint_options``) rather than when ``backward()`` runs."""
+    try:
+        _parse_options(options, _method(adjoint_method))
+    except (TypeError, ValueError) as exc:
+        source = "adjoint_options" if explicit else "adjoint_options (by default options without 'norm')"
+        raise type(exc)(f"{source}: {exc}") from None
 
 
 def _split_interpolate(adjoint_options):
@@ -508,6 +530,7 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
     }
     if interpolate:
         _interpolating_config(cfg, explicit_options)
+    _check_backward_options(cfg["adjoint_options"], cfg["adjoint_method"], explicit_options)
     y0_flat = flat.flatten(y0)
     if not events:
         ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
@@ -651,5 +674,6 @@ def odeint_adjoint(
     if event_fn is None:
         return solve_adjoint(func, y0, t, **kw).ys
     _, _, times, events = event_mode(func, y0, t, method, options, event_fn)
+    kw["options"] = with_event_budget(options)
     sol = _solve_adjoint(func, y0, t, times, events=events, **kw)
     return _event_result(sol, t, y0)

@@ -35,7 +35,7 @@ import torch
 from .controller import ConstantController, StepSizeController, initial_step
 from .errors import SolverError
 from .events import Event, EventSet, check_events
-from .loop import InfiniteGrid, integrate
+from .loop import InfiniteGrid, integrate, no_event_found
 from .options import (
     AdamsOptions,
     AdaptiveOptions,
@@ -45,7 +45,9 @@ from .options import (
     _check_times,
     _check_tolerance,
     _check_tolerance_pair,
-    check_half_tolerance,
+    check_method_dtype,
+    suggest,
+    check_tolerance_resolution,
     _fixed_grid,
     _parse_options,
     _type_name,
@@ -58,6 +60,8 @@ from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .tableau import METHODS, ButcherTableau, get_tableau
 
 DEFAULT_METHOD = "dopri5"
+# Most stage times of a fixed grid created at once as tensors (see _Problem.cache_times).
+CACHED_TIMES = 1 << 18
 
 Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
 
@@ -84,7 +88,7 @@ def _method(method: str | None):
     if method == SCIPY_METHOD.name:
         return SCIPY_METHOD
     if method not in method_names():
-        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(method_names())}.")
+        raise ValueError(f"Unknown method {method!r}.{suggest(method, method_names())} Valid methods: {', '.join(method_names())}.")
     return get_tableau(method)  # explicit, implicit and auto
 
 
@@ -125,9 +129,10 @@ def _run(
         parts = _check_state(y0)
     rtol_v = _check_tolerance("rtol", rtol, parts, is_tuple)
     atol_v = _check_tolerance("atol", atol, parts, is_tuple)
+    check_method_dtype(tableau, parts[0].dtype)
     if tableau.adaptive:
         _check_tolerance_pair(rtol_v, atol_v)
-        check_half_tolerance(rtol_v, parts[0].dtype)
+        check_tolerance_resolution(rtol_v, atol_v, parts[0].dtype)
     stats = SolverStats()
     if len(times) == 1:
         ys = tuple(p.unsqueeze(0) for p in parts)
@@ -160,7 +165,10 @@ def _run(
             from .compiled_chunks import can_chunk
 
             # Compiled chunks make their stage times as one tensor (compiled_chunks.py).
-            if not (opts.compile and can_chunk(problem, tableau, opts, grid, events, True if opts.dense else None, None)):
+            # Cached only while the stage times are few: one 0-dim tensor per time would take far more
+            # memory than the grid itself on a long grid, where creating each at its call costs little.
+            if len(grid) * len(tableau.c) <= CACHED_TIMES and not (
+                    opts.compile and can_chunk(problem, tableau, opts, grid, events, True if opts.dense else None, None)):
                 problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
             stops = grid[1:]
         jumps: frozenset[float] = frozenset()
@@ -188,11 +196,16 @@ def _run(
     config = None
     if isinstance(opts, AdamsOptions):
         config = SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol_v, atol=atol_v)
-    result = integrate(
-        problem, y_solve, f0, times, tableau=tableau, opts=opts, stops=stops, jumps=jumps,
-        controller=controller, dt0=dt0, error=error, stats=stats, interp_kind=_interp_kind(tableau, opts),
-        events=event_set, t_dtype=t.dtype, dense=dense, method_config=config,
-    )
+    try:
+        result = integrate(
+            problem, y_solve, f0, times, tableau=tableau, opts=opts, stops=stops, jumps=jumps,
+            controller=controller, dt0=dt0, error=error, stats=stats, interp_kind=_interp_kind(tableau, opts),
+            events=event_set, t_dtype=t.dtype, dense=dense, method_config=config,
+        )
+    except SolverError as exc:
+        if events and math.isinf(t_end):  # an event search that ended without its event
+            raise no_event_found(exc, opts.max_num_steps) from exc
+        raise
     n = len(result.ys)
     stacked = torch.stack(result.ys)
     if isinstance(opts, FixedOptions):
@@ -265,9 +278,12 @@ def solve(
         states) and whose ``stats`` count evaluations and steps.
 
     Raises:
-        TypeError, ValueError: for malformed arguments; the message names the argument.
+        TypeError, ValueError: for malformed arguments; the message names the argument. Also
+            ``ValueError`` when ``func`` changes its input ``y`` in place (detected by the
+            tensor's version counter; ``y0`` itself is left unchanged).
         SolverError: when the solve fails (step size underflow, non-finite derivative, too many
-            steps), reporting ``t``, ``dt`` and the step count.
+            steps, state-resetting events accumulating at a finite time), reporting ``t``,
+            ``dt`` and the step count.
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
@@ -304,7 +320,25 @@ def event_mode(func, y0, t: torch.Tensor, method, options, event_fn):
     if tableau is SCIPY_METHOD:
         raise ValueError(SCIPY_NO_EVENTS)
     opts = _parse_options(options, tableau)
+    if not (isinstance(options, dict) and "max_num_steps" in options):
+        opts = dataclasses.replace(opts, max_num_steps=EVENT_MAX_STEPS)
     return tableau, opts, _event_times(t, tableau, opts), (Event(event_fn, terminal=True),)
+
+
+# The default step budget of an event search (torchdiffeq's event mode has no last time, so its
+# budget is all that ends a search whose event never comes; torchdiffeq's is unbounded). An event
+# search usually ends within tens to hundreds of steps (a bounce, a threshold); 2,000 bounds a
+# search that never ends to seconds, and options['max_num_steps'] raises it.
+EVENT_MAX_STEPS = 2_000
+
+
+def with_event_budget(options: dict | None) -> dict | None:
+    """``options`` with the event search's default ``max_num_steps`` unless it names its own."""
+    if isinstance(options, dict) and "max_num_steps" in options:
+        return options
+    if options is not None and not isinstance(options, dict):
+        return options  # refused with its message by the option parser
+    return {**(options or {}), "max_num_steps": EVENT_MAX_STEPS}
 
 
 def _event_times(t: torch.Tensor, tableau: ButcherTableau, opts) -> list[float]:
@@ -355,8 +389,9 @@ def odeint(
     direction; the solve runs until the first sign change of any element of
     ``event_fn(t, y)`` and returns ``(event_t, solution)``, ``solution`` holding the states at
     ``t0`` and at ``event_t``. Both are differentiable (implicit function theorem), also with
-    respect to ``t0`` and parameters of ``event_fn``. A solve whose event never comes runs until
-    ``options['max_num_steps']``.
+    respect to ``t0`` and parameters of ``event_fn``. A search whose event never comes stops after
+    ``options['max_num_steps']`` steps (default ``EVENT_MAX_STEPS`` = 2,000 in event mode) with a
+    :class:`SolverError` saying that no event was found by the time reached.
     """
     if event_fn is None:
         return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys

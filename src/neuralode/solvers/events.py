@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .options import _type_name
+from .options import _accepts, _describe, _type_name
 from .solution import TensorOrTuple
 
 _MAX_ROOT_ITERS = 300
@@ -64,8 +64,8 @@ class Event:
             event and the method restarts there (no stage reused from before the reset).
 
     Raises:
-        TypeError, ValueError: for a non-callable ``fn``/``reset``, ``direction`` outside
-            {-1, 0, 1} or a non-bool ``terminal``.
+        TypeError, ValueError: for a non-callable ``fn``/``reset`` or one that cannot be called
+            as ``(t, y)``, ``direction`` outside {-1, 0, 1} or a non-bool ``terminal``.
     """
 
     fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor]
@@ -82,8 +82,18 @@ class Event:
             )
         if not isinstance(self.terminal, bool):
             raise TypeError(f"Event terminal must be True or False; got {self.terminal!r}.")
+        if not _accepts(self.fn, 2):
+            raise TypeError(
+                f"Event fn must be callable as fn(t, y) -> tensor, the time first and the state second; got "
+                f"{_describe(self.fn)}. Wrap a function of the state alone as lambda t, y: g(y)."
+            )
         if self.reset is not None and not callable(self.reset):
             raise TypeError(f"Event reset must be callable as reset(t, y) -> y_new, or None; got {_type_name(self.reset)}.")
+        if self.reset is not None and not _accepts(self.reset, 2):
+            raise TypeError(
+                f"Event reset must be callable as reset(t, y) -> y_new, the time first and the state second; got "
+                f"{_describe(self.reset)}. Wrap a function of the state alone as lambda t, y: r(y)."
+            )
 
     @property
     def cuts(self) -> bool:
@@ -207,6 +217,20 @@ class EventSet:
         if g.numel() == 0:
             raise ValueError(f"events[{i}].fn(t, y) returned an empty tensor; it must return at least one value.")
         return g.shape
+
+    def coincident(self, index: int, g0: list[torch.Tensor], t: float, y: torch.Tensor) -> int | None:
+        """Another event that cuts steps and has crossed (or reached its root) by ``(t, y)``, where
+        event ``index`` fired over a step that started with the values ``g0``; ``None`` if none.
+
+        The loop restarts from one event's reset: another event that crossed at the same time
+        would then start the next step on the far side of its root and never fire."""
+        for j, event in enumerate(self.events):
+            if j == index or not event.cuts:
+                continue
+            gj = self.value(j, t, y)
+            if bool(self.crossed(j, g0[j], gj).any()) or bool(((gj == 0) & (g0[j] != 0)).any()):
+                return j
+        return None
 
     def crossed(self, i: int, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
         """Bool mask of the elements of event ``i`` that cross over a step, in its direction."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from .problem import changed_in_place
 from .stepper import StepResult, step_plan
 from .tableau import ButcherTableau
 
@@ -80,6 +81,7 @@ def run(problem, y: torch.Tensor, f0: torch.Tensor | None, times: list[float], s
     b0, b_rest = plan.b[0], plan.b[1:]
     fsal = plan.fsal
     func = problem.func
+    watch = problem.watch  # check func's input for in-place changes (see problem.changed_in_place)
     stats = problem.stats
     cached = problem.times.get
     time = problem.time
@@ -106,7 +108,13 @@ def run(problem, y: torch.Tensor, f0: torch.Tensor | None, times: list[float], s
             k1 = f0
             if k1 is None:
                 tt = cached(t)
-                k1 = func(time(t) if tt is None else tt, y)
+                if watch:
+                    version = y._version
+                    k1 = func(time(t) if tt is None else tt, y)
+                    if y._version != version:
+                        raise changed_in_place("func(t, y)", t)
+                else:
+                    k1 = func(time(t) if tt is None else tt, y)
                 nfe += 1
             k = [k1]
             z = y
@@ -123,7 +131,13 @@ def run(problem, y: torch.Tensor, f0: torch.Tensor | None, times: list[float], s
                             z = add(z, k[j], alpha=a * h)
                 ts = t + ci * h
                 tt = cached(ts)
-                k.append(func(time(ts) if tt is None else tt, z))
+                if watch:
+                    version = z._version
+                    k.append(func(time(ts) if tt is None else tt, z))
+                    if z._version != version:
+                        raise changed_in_place("func(t, y)", ts)
+                else:
+                    k.append(func(time(ts) if tt is None else tt, z))
             nfe += len(stages)
             if fsal:
                 y1 = z

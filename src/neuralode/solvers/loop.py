@@ -244,6 +244,63 @@ class _Interpolant:
         return out
 
 
+def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
+    """The error of an event search (torchdiffeq's event mode: no last time) that stopped before its
+    event: said as such, whatever stopped it (the step budget, a solution that settles where an
+    explicit method's step is held at its stability limit, or one that overflows)."""
+    return SolverError(
+        f"No event found: event_fn did not change sign before the search stopped ({exc.reason})", exc.t, exc.dt,
+        exc.n_steps,
+        f"An event search runs for at most options['max_num_steps'] steps (here {max_num_steps}); raise it if the "
+        "event comes later, or check that event_fn changes sign on this solution.",
+    )
+
+
+# A reset that comes within this many times the event time resolution (events.EventSet.guard) of
+# the one before, or whose successor is predicted that close, stops the solve as accumulating.
+ACCUMULATION_MARGIN = 100.0
+
+
+def check_accumulation(reset_times: list[float], guard: float, index: int, h: float, n_steps: int) -> None:
+    """Stop a solve whose state-resetting events accumulate at a finite time (Zeno behaviour).
+
+    A bouncing ball whose restitution ``e < 1`` loses energy geometrically: its flights last
+    ``2 e^k t_1``, so its impacts accumulate at ``t_1 (1 + 2 e / (1 - e))``. Without a rule the solve
+    continues until a flight is shorter than the time resolution of event location (after a
+    reset, roots within ``guard`` are not searched, so that the event does not fire again at once);
+    the next impact is then missed and the ball falls through the floor, silently. The same class of
+    failure is reported against diffrax (issues #507, #639) and SciML's callbacks.
+
+    The rule, on the reset times ``reset_times`` of one element of one event (oldest first; trimmed
+    here to the last four): with ``d_k`` the interval between the last two, stop when ``d_k`` is
+    within ``ACCUMULATION_MARGIN`` event-time resolutions (``guard``), or when the intervals kept
+    (up to three) shrink and the next one, extrapolated geometrically (``d_k^2 / d_{k-1}``), would be
+    within a tenth of that. The accumulation point reported is the geometric series' limit
+    ``t_k + d_k r / (1 - r)``, ``r = d_k / d_{k-1}``.
+    """
+    del reset_times[:-4]  # the last four resets are all the rule reads
+    if len(reset_times) < 3:
+        return
+    t_k = reset_times[-1]
+    d = [abs(b - a) for a, b in zip(reset_times, reset_times[1:])]
+    d_k, d_prev = d[-1], d[-2]
+    limit = ACCUMULATION_MARGIN * guard
+    shrinking = len(d) >= 2 and all(b < a for a, b in zip(d, d[1:]))
+    predicted = d_k * d_k / d_prev if d_prev > 0 else 0.0
+    if d_k > limit and not (shrinking and predicted <= limit / 10):
+        return
+    r = d_k / d_prev if d_prev > 0 else 0.0
+    direction = 1.0 if reset_times[-1] >= reset_times[0] else -1.0
+    where = (f" towards t={t_k + direction * d_k * r / (1 - r):.10g} (geometric extrapolation)" if 0 < r < 1 else "")
+    raise SolverError(
+        f"Events accumulate (Zeno behaviour): events[{index}] resets the state at ever shorter intervals, the last "
+        f"two resets {d_k:.3g} apart{where}, closer than event times can be resolved", t_k, h, n_steps,
+        "The model has no continuation past the accumulation point: end the solve before it (a t[-1] or a terminal "
+        "event there), or change the model where the events crowd (e.g. a terminal event, or a reset to rest, once "
+        "the bounce velocity is below a threshold).",
+    )
+
+
 def integrate(
     problem: _Problem,
     y0: torch.Tensor,
@@ -354,6 +411,10 @@ def integrate(
         s = s._replace(t=t_, y=y_, f0=f_, i_stop=i_stop)
     last_ratio = 0.0
     terminal = False
+    # The last reset times of each (event, element) that reset the state (check_accumulation): resets
+    # of different events or elements (two balls) may coincide without accumulating.
+    reset_times: dict[tuple[int, int], list[float]] = {}
+    t_max = torch.finfo(problem.t_dtype).max if problem.t_dtype.is_floating_point else math.inf
     while i_out < n_out:
         t, y = s.t, s.y
         t_stop = stops[s.i_stop]
@@ -395,6 +456,11 @@ def integrate(
                 "Step size underflow", t, h, stats.n_steps,
                 "The problem may be stiff, or the solution may blow up (non-finite values); "
                 "try a looser tolerance or check func.",
+            )
+        if abs(t) + dt_abs > t_max:
+            raise SolverError(
+                f"Time leaves the range of {problem.t_dtype}", t, h, stats.n_steps,
+                "func receives t in the state's dtype; integrate over a shorter span or solve in float64.",
             )
         if stats.n_accepted + stats.n_rejected >= max_num_steps:
             raise SolverError(
@@ -474,6 +540,16 @@ def integrate(
                 stats.n_events += 1
                 if event.cuts:
                     cut = (loc, t_e, t_star, y_star)
+                    if not event.terminal:
+                        other = events.coincident(loc.index, s.g, t_e, y_e)
+                        if other is not None:
+                            raise SolverError(
+                                f"events[{loc.index}] and events[{other}] change the state at the same time", t_e, h,
+                                stats.n_steps,
+                                "The solve restarts from one event's reset, so the other's crossing would be lost "
+                                "(a second ball falling through the floor). Combine them into one Event whose fn "
+                                "returns both values (torch.stack) and whose reset handles every element at its root.",
+                            )
                     break
         t_piece = t1 if cut is None else cut[1]
 
@@ -521,6 +597,9 @@ def integrate(
         # The elements that fired sit on their root: they take the sign they have a moment
         # later, so leaving the root (the ball rising from the floor) does not fire again.
         g_new, guard = events.start(t_e, y_new, lambda: f_new, direction, h, fired=(loc.index, loc.fired))
+        series = reset_times.setdefault((loc.index, loc.element), [])
+        series.append(t_e)
+        check_accumulation(series, guard or events.guard(t_e, h), loc.index, h, stats.n_steps)
         # FSAL restarts at the new state; f_new serves as the first stage unless the next step
         # must differentiate through it.
         f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new

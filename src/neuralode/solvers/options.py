@@ -115,6 +115,9 @@ class FixedOptions:
             call takes (default 32; ``1``: one step per call). The chunk size is chosen to keep
             ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with events, step callbacks,
             ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled step per call.
+        max_num_steps: most steps of the solve (default 1,000,000). A grid is counted before it is
+            built and a longer one refused with its count (a grid is a list of its times: 10^9 steps
+            would be 32 GB); an event search on a grid (no last time) stops after this many steps.
         Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
@@ -126,6 +129,7 @@ class FixedOptions:
     perturb: bool = False
     compile: bool | str = False
     compile_steps: int = 32
+    max_num_steps: int = 10**6
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,67 @@ def check_half_tolerance(rtol: Any, dtype: torch.dtype) -> None:
             f"rtol={smallest:g} is finer than a {dtype} state can resolve (its machine epsilon is "
             f"{torch.finfo(dtype).eps:g}); use rtol >= {loosest:.3g} for {dtype}, or solve in float32."
         )
+
+
+# A tolerance this many times below the machine epsilon of the state's dtype, in rtol and in atol
+# alike, is refused: each step's rounding error (about eps |y|) then exceeds the error it is asked
+# to keep, the controller shrinks the step without end, and the solve ends after thousands of steps
+# in a misleading stiffness or step-count error (measured on dy/dt = -y, float32: rtol = atol =
+# eps/100 takes 19 steps, eps/1e5 3,528, eps/1e6 over 20,000; float64 the same pattern).
+RESOLUTION_FACTOR = 100.0
+
+
+def check_tolerance_resolution(rtol: Any, atol: Any, dtype: torch.dtype) -> None:
+    """Refuse tolerances finer than a state of ``dtype`` can resolve, naming the finest that works.
+
+    Half-precision states: ``rtol`` below ``4 eps`` (their 11 or 8 bits leave no room below that).
+    Other floating states: ``rtol`` and ``atol`` both below ``eps / 100``; ``atol`` is compared on the
+    scale of 1, and a larger ``atol`` keeps the solve resolvable wherever ``|y|`` is below
+    ``atol / rtol``. float32's default ``rtol = 1e-7`` lies below its epsilon (1.2e-7) and is kept,
+    as torchdiffeq keeps it.
+    """
+    if dtype in _HALF:
+        check_half_tolerance(rtol, dtype)
+        return
+    real = time_dtype(dtype)
+    if not real.is_floating_point:
+        return
+    eps = torch.finfo(real).eps
+    finest = eps / RESOLUTION_FACTOR
+
+    def smallest(v: Any) -> float:
+        return float(v.min()) if isinstance(v, torch.Tensor) else float(v)
+
+    r, a = smallest(rtol), smallest(atol)
+    if r < finest and a < finest:
+        raise ValueError(
+            f"rtol={r:g} and atol={a:g} are finer than a {dtype} state can resolve (its machine epsilon is {eps:.3g}): "
+            f"every step's rounding error would exceed the tolerance and the step size would collapse. Use "
+            f"rtol >= {finest:.3g} (or atol >= {finest:.3g}) for {dtype}"
+            + (", or solve in float64." if real != torch.float64 else ".")
+        )
+
+
+def check_method_dtype(tableau: Any, dtype: torch.dtype) -> None:
+    """Implicit methods solve linear systems, which torch does not do in float16 or bfloat16 (its LU
+    factorisation has no half kernels): refuse such a state up front, naming the fix."""
+    if dtype in _HALF and getattr(tableau, "implicit", False):
+        raise TypeError(
+            f"method={tableau.name!r} solves linear systems (LU factorisation), which torch does not provide for "
+            f"{dtype} states; solve in float32 (y0.float()) or use an explicit method (e.g. 'dopri5')."
+        )
+
+
+def suggest(name: str, valid: Any) -> str:
+    """`` Did you mean 'x'?`` for the closest valid name (case-insensitive), or an empty string."""
+    import difflib
+
+    valid = list(valid)
+    lowered = {v.lower(): v for v in valid}
+    if isinstance(name, str) and name.lower() in lowered:
+        return f" Did you mean {lowered[name.lower()]!r}?"
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+    return f" Did you mean {lowered[close[0]]!r}?" if close else ""
 
 
 def _type_name(x: Any) -> str:
@@ -278,6 +343,12 @@ def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
         parts = (y0,)
     elif isinstance(y0, tuple) and len(y0) > 0 and all(isinstance(p, torch.Tensor) for p in y0):
         parts = y0
+    elif isinstance(y0, tuple) and any(isinstance(p, (tuple, list)) for p in y0):
+        i = next(i for i, p in enumerate(y0) if isinstance(p, (tuple, list)))
+        raise TypeError(
+            f"y0 must be a tensor or a flat tuple of tensors; y0[{i}] is a nested {_type_name(y0[i])}. "
+            "Flatten the state (e.g. y0 = (a, b, c) instead of (a, (b, c))) and have func return the same flat tuple."
+        )
     else:
         raise TypeError(
             f"y0 must be a floating-point torch.Tensor or a non-empty tuple of them; got {_type_name(y0)}."
@@ -288,6 +359,11 @@ def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
             raise TypeError(
                 f"{name} must have a floating-point or complex dtype (e.g. torch.float32 or torch.float64); got {p.dtype}. "
                 f"Convert it with {name}.float() or {name}.double()."
+            )
+        if p.device.type == "meta":
+            raise ValueError(
+                f"{name} is on the meta device, which holds no values; give the initial state as a real tensor "
+                f"(e.g. {name}.to_empty(device='cpu') filled with values, or a tensor on the CPU or a GPU)."
             )
         if not all_finite(p):
             raise ValueError(f"{name} contains NaN or infinite values; the initial state must be finite.")
@@ -308,6 +384,11 @@ def _check_times(t: Any) -> list[float]:
         raise TypeError(f"t must be a 1-D floating-point torch.Tensor of output times; got {_type_name(t)}.")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64).")
+    if t.dim() == 2:
+        raise ValueError(
+            f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}. For times per sample "
+            "(row i the times of sample i, a batch in y0's first dimension) pass options={'per_sample': True}."
+        )
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}.")
     if t.device.type == "meta":
@@ -401,9 +482,18 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
     valid = [f.name for f in fields(kind)]
     for key in options:
         if key not in valid:
-            raise ValueError(
-                f"Unknown option {key!r} for method {tableau.name!r}. Valid options: {', '.join(valid)}."
-            )
+            if key == "per_sample" and issubclass(kind, FixedOptions):
+                raise ValueError(
+                    f"options['per_sample'] works with the explicit adaptive methods (dopri5, tsit5, dopri8, bosh3, ...); "
+                    f"{tableau.name!r} is a fixed-step method. Pick an adaptive method, or solve with one clock "
+                    "(drop per_sample)."
+                )
+            if key == "step_size" and not issubclass(kind, FixedOptions):
+                hint = (" step_size fixes the step of fixed-step methods: pick one (e.g. method='rk4'), or give "
+                        "first_step, the first step an adaptive method tries.")
+            else:
+                hint = suggest(key, valid)
+            raise ValueError(f"Unknown option {key!r} for method {tableau.name!r}.{hint} Valid options: {', '.join(valid)}.")
     o = dict(options)
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
@@ -423,6 +513,10 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             )
         if comp and o.get("checkpoint"):
             raise ValueError("options['compile'] and options['checkpoint'] cannot be combined; choose one.")
+    if "max_num_steps" in o:
+        m = o["max_num_steps"]
+        if not (isinstance(m, int) and not isinstance(m, bool) and m > 0):
+            raise ValueError(f"options['max_num_steps'] must be a positive integer; got {m!r}.")
     if issubclass(kind, FixedOptions):
         if "compile_steps" in o:
             m = o["compile_steps"]
@@ -459,10 +553,6 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         o["max_step"] = _positive("max_step", o["max_step"], allow_inf=True)
     if o.get("min_step", 0.0) > o.get("max_step", math.inf):
         raise ValueError(f"options['min_step'] ({o['min_step']!r}) must not exceed options['max_step'] ({o['max_step']!r}).")
-    if "max_num_steps" in o:
-        m = o["max_num_steps"]
-        if not (isinstance(m, int) and not isinstance(m, bool) and m > 0):
-            raise ValueError(f"options['max_num_steps'] must be a positive integer; got {m!r}.")
     for name in ("step_t", "jump_t"):
         if o.get(name) is not None:
             o[name] = _times_option(name, o[name])
@@ -510,6 +600,13 @@ def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[flo
         # A span that is a whole number of steps up to rounding gets exactly that many steps,
         # rather than one extra step of length ~1e-16.
         n = n if n >= 1 and abs(ratio - n) <= 1e-9 * max(ratio, 1.0) else math.ceil(ratio)
+        # Counted before it is built: a list of 10^9 times is 32 GB of Python floats.
+        if n > opts.max_num_steps:
+            raise ValueError(
+                f"options['step_size']={opts.step_size!r} over the span {t0!r} to {t_end!r} makes a grid of {n} steps, "
+                f"more than options['max_num_steps']={opts.max_num_steps}; use a larger step_size, a shorter span, an "
+                "adaptive method (e.g. 'dopri5'), or raise options['max_num_steps'] if that many steps are meant."
+            )
         return [t0 + direction * i * opts.step_size for i in range(n)] + [t_end]
     if opts.grid_constructor is not None:
         if not _accepts(opts.grid_constructor, 3):
@@ -520,6 +617,11 @@ def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[flo
         grid = opts.grid_constructor(func, y0, t)
         if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
             raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least two times.")
+        if grid.numel() - 1 > opts.max_num_steps:
+            raise ValueError(
+                f"options['grid_constructor'] returned a grid of {grid.numel() - 1} steps, more than "
+                f"options['max_num_steps']={opts.max_num_steps}; return a coarser grid or raise options['max_num_steps']."
+            )
         g = grid.detach().to("cpu", torch.float64).tolist()
         tol = 1e-12 * max(1.0, abs(t0), abs(t_end))
         if abs(g[0] - t0) > tol or abs(g[-1] - t_end) > tol:

@@ -44,8 +44,8 @@ from typing import Callable, NamedTuple, Protocol
 import torch
 
 from .errors import SolverError
-from .options import _type_name
-from .problem import _Problem
+from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
+from .problem import _Problem, changed_in_place, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
 from .stepper import _plan, combined_error_ratio
 from .tableau import ButcherTableau
@@ -233,6 +233,9 @@ class BatchFunc:
         self.rows: torch.Tensor | None = None
         self.active: torch.Tensor | None = None
         self.plain = not layout.is_tuple and len(layout.tails[0]) == 1 and dtype == torch.float64
+        self.watch = not torch.is_inference_mode_enabled()  # in-place changes of y (problem.changed_in_place)
+        self.compacted = False  # set when the loop may hand func fewer rows than the batch
+        self.batch = 0
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         stats = self.stats
@@ -240,12 +243,36 @@ class BatchFunc:
         stats.rows_evaluated += y.shape[0]
         if self.active is not None:  # before the loop's first step: every sample is active
             stats.nfe.index_add_(0, self.rows, self.active.to(stats.nfe.dtype))
-        if self.plain:  # a (B, N) state of the time's dtype: no reshape, no cast (the common case)
-            out = self.func(t, y)
-            if out.dim() == 2:
-                return out
-            return self.layout.flatten(out)
-        out = self.func(t.to(self.dtype), self.layout.unflatten(y))
+        version = y._version if self.watch else 0
+        try:
+            if self.plain:  # a (B, N) state of the time's dtype: no reshape, no cast (the common case)
+                out = self.func(t, y)
+            else:
+                out = self.func(t.to(self.dtype), self.layout.unflatten(y))
+        except RuntimeError as exc:
+            if self.compacted and y.shape[0] != self.batch:
+                raise ValueError(
+                    f"func failed on a compacted batch of {y.shape[0]} of the {self.batch} samples: {exc}. "
+                    "options['per_sample']='compact' drops finished samples from the batch, so func must accept any "
+                    "batch size and treat rows independently; a func closing over a per-sample tensor of size "
+                    f"{self.batch} cannot. Put such per-sample constants in the state (a tuple state), or use "
+                    "per_sample=True."
+                ) from exc
+            raise
+        if self.watch and y._version != version:
+            raise changed_in_place("func(t, y)", None)
+        if self.compacted and y.shape[0] != self.batch:
+            rows = (out[0] if isinstance(out, (tuple, list)) else out).shape[:1]
+            if rows != y.shape[:1]:
+                raise ValueError(
+                    f"func returned {tuple(rows)[0] if rows else 0} rows for a compacted batch of {y.shape[0]} of the "
+                    f"{self.batch} samples. options['per_sample']='compact' drops finished samples from the batch, so "
+                    "func must accept any batch size and treat rows independently; a func closing over a per-sample "
+                    f"tensor of size {self.batch} cannot. Put such per-sample constants in the state (a tuple state), "
+                    "or use per_sample=True."
+                )
+        if self.plain and out.dim() == 2:
+            return out
         return self.layout.flatten(out)
 
 
@@ -956,13 +983,20 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
     # The first call, checked as the joint solve checks it (shape, dtype).
     checker = _Problem(func, parts, is_tuple, SolverStats())
     norm = RMSNorm(layout.sizes, _tolerance("rtol", rtol, parts, layout), _tolerance("atol", atol, parts, layout))
+    _check_tolerance_pair(norm.rtol, norm.atol)
+    check_tolerance_resolution(norm.rtol, norm.atol, parts[0].dtype)
     if opts.norm is not None:
         norm = UserNorm(layout.sizes, norm.rtol, norm.atol, opts.norm, layout.unflatten)
-    out = func(times[:, 0].to(parts[0].dtype), y0)
+    probe = y0.clone() if not is_tuple else tuple(p.clone() for p in y0)
+    versions = [p._version for p in (probe if is_tuple else (probe,))] if watches_versions(parts[0]) else None
+    out = func(times[:, 0].to(parts[0].dtype), probe)
+    if versions is not None and versions != [p._version for p in (probe if is_tuple else (probe,))]:
+        raise changed_in_place("func(t, y)", None)
     checker.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
     stats.nfe += 1
     stats.rows_evaluated, stats.calls = B, 1
     fb = BatchFunc(func, layout, parts[0].dtype, stats)
+    fb.compacted, fb.batch = opts.per_sample == "compact", B
     event_set, records = None, []
     if events:
         from .per_sample_events import PerSampleEvents

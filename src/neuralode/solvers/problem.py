@@ -13,7 +13,7 @@ import contextlib
 import math
 from array import array
 from enum import Enum
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -44,6 +44,27 @@ CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
 
 
+def changed_in_place(name: str, t: Any) -> ValueError:
+    """The error for a user function that changed its input state in place.
+
+    The solvers hand ``func`` their own state tensors (the state at a step's start, a stage's
+    input), so ``y.mul_(2)`` inside ``func`` corrupts the solution silently, even its value at
+    ``t[0]`` (torchdiffeq behaves the same; scipy copies). It is detected by the tensor's version
+    counter, which every in-place operation on a tensor or a view of it increments: two integer
+    reads per evaluation, against a copy of the state per evaluation to protect it instead."""
+    when = f" at t={float(t):.8g}" if t is not None else ""
+    return ValueError(
+        f"{name} changed its input y in place{when} (an in-place operation such as y.mul_(2), y += 1 or y[0] = 0); "
+        f"the solver's state must not be modified. Return a new tensor instead (return y * 2, not y.mul_(2)), "
+        "or modify a copy (z = y.clone())."
+    )
+
+
+def watches_versions(y: torch.Tensor) -> bool:
+    """Whether ``y``'s version counter can be read: not for inference tensors (``torch.inference_mode``)."""
+    return not (torch.is_inference_mode_enabled() or y.is_inference())
+
+
 class _Problem:
     """Adapts a user ``func`` to the loop: float time in, counted evaluations, tuple flattening."""
 
@@ -64,6 +85,7 @@ class _Problem:
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
         # callback_reject_step), each None when func has none.
         self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES)
+        self.watch = True  # check func's input for in-place changes (set by first_call)
 
     def cache_times(self, values: list[float]) -> None:
         """Create the time tensors of known evaluation times at once (one tensor, unbound),
@@ -143,12 +165,22 @@ class _Problem:
             tt = self.times.get(t)
             if tt is None:
                 tt = torch.full((), t, dtype=self.t_dtype, device=self.device)
-        if self.plain:  # the common case, kept to one call
+        # Every call reads y's version counter before and after (see changed_in_place).
+        if self.plain:  # the common case, kept short
+            if self.watch:
+                version = y._version
+                out = self.func(tt, y)
+                if y._version != version:
+                    raise changed_in_place("func(t, y)", t)
+                return out
             return self.func(tt, y)
+        version = y._version if self.watch else 0
         if self.pass_perturb:
             out = self.func(tt, self.unflatten(y), perturb=_PERTURB[side])
         else:
             out = self.func(tt, self.unflatten(y))
+        if self.watch and y._version != version:
+            raise changed_in_place("func(t, y)", t)
         if self.is_tuple:
             return torch.cat([o.reshape(-1) for o in out])
         return out
@@ -157,16 +189,36 @@ class _Problem:
         """The first evaluation, with the output checked against the state."""
         self.stats.nfe += 1
         self.plain = not (self.is_tuple or self.pass_perturb)
+        self.watch = watches_versions(y)
+        # func receives a copy at its first call: a func that changes its input in place is caught
+        # here before it has changed the caller's y0 (a tuple state is a fresh flat tensor already).
+        probe = y.clone() if (self.watch and not self.is_tuple) else y
+        version = probe._version if self.watch else 0
         try:
             if self.pass_perturb:
-                out = self.func(self.time(t, side), self.unflatten(y), perturb=_PERTURB[side])
+                out = self.func(self.time(t, side), self.unflatten(probe), perturb=_PERTURB[side])
             else:
-                out = self.func(self.time(t, side), self.unflatten(y))
+                out = self.func(self.time(t, side), self.unflatten(probe))
         except TypeError:
             # Inspect the signature only when the call failed: the check costs nothing otherwise.
             _check_func(self.func)
             raise
+        if self.watch and probe._version != version:
+            raise changed_in_place("func(t, y)", t)
         return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
+
+
+def bad_norm_value(value: Any) -> Exception:
+    """The error for an ``options['norm']`` whose value is not one number."""
+    if isinstance(value, torch.Tensor):
+        return ValueError(
+            f"options['norm'] must return a scalar (one number); it returned a tensor of shape {tuple(value.shape)}. "
+            "Reduce it, e.g. norm=lambda x: x.abs().max() or torch.linalg.vector_norm(x) / x.numel() ** 0.5."
+        )
+    return TypeError(
+        f"options['norm'] must return a scalar tensor or a float; it returned {type(value).__name__}. "
+        "E.g. norm=lambda x: x.abs().max()."
+    )
 
 
 _NULL = contextlib.nullcontext()
@@ -211,7 +263,11 @@ class _ErrorNorm:
         """The solve's norm of ``x`` (flat): the user's when given, unless ``every_component``, else RMS (the
         largest RMS over the tensors of a tuple state)."""
         if self.user_norm is not None and not every_component:
-            return float(self.user_norm(self.problem.unflatten(x)))
+            value = self.user_norm(self.problem.unflatten(x))
+            try:
+                return float(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise bad_norm_value(value) from None
         if not self.problem.is_tuple:
             return float(torch.linalg.vector_norm(x)) * self.inv_sqrt_n[0]
         rms = [torch.linalg.vector_norm(p) * s for p, s in zip(torch.split(x, self.problem.sizes), self.inv_sqrt_n)]
