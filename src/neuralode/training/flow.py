@@ -118,7 +118,7 @@ class FlowTrainConfig(RunConfig):
                               choices=("auto", *DIVERGENCES))
     noise: str = setting("rademacher", "Hutchinson probe", choices=NOISE_TYPES)
     test_samples: int = setting(10000, "held-out samples for the test NLL", metavar="N")
-    table_samples: int = setting(1000, "samples per row of the samples-per-NFE table", metavar="N")
+    table_samples: int = setting(500, "samples per row of the samples-per-NFE table", metavar="N")
     table_steps: tuple[int, ...] = setting((1, 2, 5, 10, 20, 100), "step counts of the table's fixed-step rows", metavar="N")
     data_dir: Path | None = setting(None, "MNIST folder (default: download into the cache)", metavar="DIR")
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
@@ -492,9 +492,9 @@ def write_figures(model: nn.Module, config: FlowTrainConfig, out: Path, *, data:
         shown = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731 - [-1, 1] back to [0, 1] grey
         samples_fig = plot_image_grid([("held-out data", shown(target)), (f"samples (dopri5, {result.nfe} NFE)", shown(result.x))],
                                       suptitle=f"Flow matching on {where}{score}")
-        traj = result.trajectory[:, :8]  # (6, 8, C, H, W)
-        traj_fig = plot_image_grid([(f"t = {t:.1f}", shown(traj[k])) for k, t in enumerate(times)], columns=1,
-                                   suptitle=f"Flow matching on {where}: 8 samples from noise (t = 0) to data (t = 1)")
+        traj = result.trajectory[:, :8].transpose(0, 1).reshape(-1, *data.shape)  # (8 samples x 6 times, C, H, W)
+        traj_fig = plot_image_grid([("columns: t = " + ", ".join(f"{t:.1f}" for t in times), shown(traj))], columns=len(times),
+                                   suptitle=f"Flow matching on {config.dataset}:\n8 samples from noise (t = 0) to data (t = 1)")
     else:
         target, _ = data.test(n_samples)
         result = sample(model, n_samples, rtol=config.tol, atol=config.tol, times=[k / 50 for k in range(51)], generator=g)
