@@ -168,14 +168,16 @@ def test_bits_per_dim_of_the_uniform_density_is_log2_of_the_levels():
 
 
 def test_digits_split_and_missing_scikit_learn(monkeypatch):
-    from neuralode.datasets.digits import load_digits
+    from neuralode.datasets.digits import _all_digits, load_digits
 
     x, y = load_digits(train=False)
     assert x.shape == (300, 1, 8, 8) and x.dtype == torch.uint8 and int(x.max()) == 16 and y.shape == (300,)
     assert load_digits()[0].shape == (1497, 1, 8, 8)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    _all_digits.cache_clear()
     with pytest.raises(ImportError, match=r"install it with: pip install 'neuralode\[digits\]'"):
         load_digits()
+    _all_digits.cache_clear()  # the next caller reads the real data again
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ The split is fixed: the last :data:`DIGITS_TEST` images of scikit-learn's order 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["DIGITS_LEVELS", "DIGITS_SHAPE", "DIGITS_TEST", "load_digits"]
@@ -35,6 +37,13 @@ def load_digits(*, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     Raises:
         ImportError: scikit-learn is not installed; the message gives the install command.
     """
+    images, labels = _all_digits()
+    cut = images.shape[0] - DIGITS_TEST
+    return (images[:cut], labels[:cut]) if train else (images[cut:], labels[cut:])
+
+
+@functools.cache
+def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as exc:
@@ -45,5 +54,4 @@ def load_digits(*, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     data = sk_load_digits()
     images = torch.from_numpy(data.images).to(torch.uint8).reshape(-1, *DIGITS_SHAPE)  # (1797, 1, 8, 8)
     labels = torch.from_numpy(data.target).to(torch.int64)
-    cut = images.shape[0] - DIGITS_TEST
-    return (images[:cut], labels[:cut]) if train else (images[cut:], labels[cut:])
+    return images, labels

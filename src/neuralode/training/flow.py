@@ -62,9 +62,8 @@ __all__ = [
 IMAGE_DATASETS = ("digits", "mnist")
 FLOW_DATASETS = (*TOY_DATASETS, *IMAGE_DATASETS)
 FIGURE_NAMES = ("samples.png", "trajectories.png", "quality_vs_nfe.png")
-#: The fixed-step methods of the sampling table (each at every ``table_steps``), and dopri5's tolerances.
+#: The fixed-step methods of the sampling table (each at every ``table_steps``); dopri5 follows at ``table_tolerances``.
 TABLE_METHODS = ("euler", "midpoint", "rk4")
-TABLE_TOLERANCES = (1e-2, 1e-3, 1e-5)
 _FIGURES = ("loss", "n")
 
 
@@ -92,6 +91,7 @@ class FlowTrainConfig(RunConfig):
             test split).
         table_samples: samples per row of the sampling table (W2 against as many held-out points).
         table_steps: step counts of the fixed-step rows of the sampling table.
+        table_tolerances: tolerances of its dopri5 rows.
         data_dir: an MNIST folder (``None``: download into the cache).
         threads: ``torch.set_num_threads`` for the run (``None``: leave it).
     """
@@ -120,6 +120,7 @@ class FlowTrainConfig(RunConfig):
     test_samples: int = setting(10000, "held-out samples for the test NLL", metavar="N")
     table_samples: int = setting(500, "samples per row of the samples-per-NFE table", metavar="N")
     table_steps: tuple[int, ...] = setting((1, 2, 5, 10, 20, 100), "step counts of the table's fixed-step rows", metavar="N")
+    table_tolerances: tuple[float, ...] = setting((1e-2, 1e-3, 1e-5), "rtol = atol of the table's dopri5 rows", metavar="TOL")
     data_dir: Path | None = setting(None, "MNIST folder (default: download into the cache)", metavar="DIR")
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
@@ -136,6 +137,8 @@ class FlowTrainConfig(RunConfig):
         self.check_numbers("sigma", positive=False)
         self.check_numbers("guidance", positive=False)
         self.check_numbers("label_dropout", positive=False, at_most=1.0)
+        if not self.table_tolerances or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in self.table_tolerances):
+            self.fail("table_tolerances", "one or more tolerances in (0, 1)")
         for name in ("hidden_dims", "table_steps"):
             values = getattr(self, name)
             if not values or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in values):
@@ -266,7 +269,7 @@ def sampling_table(model: nn.Module, data: FlowData, config: FlowTrainConfig, *,
     """Samples per NFE: one row per solver setting, all from the same noise.
 
     Rows: each of :data:`TABLE_METHODS` at each of ``steps`` (default ``config.table_steps``), then
-    dopri5 at each of :data:`TABLE_TOLERANCES`. Each row has ``method``, ``steps`` (``None`` for
+    dopri5 at each of ``config.table_tolerances``. Each row has ``method``, ``steps`` (``None`` for
     dopri5), ``rtol``, ``nfe``, ``seconds`` and ``w2``: the exact 2-Wasserstein distance between the
     ``n`` samples and ``n`` held-out points (data space; images in ``[-1, 1]`` per pixel).
     """
@@ -277,7 +280,7 @@ def sampling_table(model: nn.Module, data: FlowData, config: FlowTrainConfig, *,
     x0 = torch.randn(n, *data.shape, generator=step_generator(config.seed, 0, stream=2)).to(p.device, p.dtype)
     y = labels.to(p.device) if (config.conditional and labels is not None) else None
     settings = [(m, s, None) for m in TABLE_METHODS for s in (steps or config.table_steps)]
-    settings += [("dopri5", None, tol) for tol in TABLE_TOLERANCES]
+    settings += [("dopri5", None, tol) for tol in config.table_tolerances]
     rows = []
     for method, s, tol in settings:
         kw = dict(steps=s) if s is not None else dict(rtol=tol, atol=tol)
