@@ -59,6 +59,16 @@ def test_train_eval_plot_on_a_tiny_budget(tmp_path, capsys):
     assert main(["eval", str(out), "--test-subset", "50"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("flow on moons (ot coupling) after 20 iterations: test NLL ") and " on 50 held-out samples" in text and "  rk4           4" in text
+    # One reflow from this run: it starts from the run's weights and trains on its noise-sample pairs.
+    reflow = tmp_path / "reflow"
+    assert main(["train", "flow", "--dataset", "moons", "--reflow-from", str(out), "--coupling", "independent",
+                 "--reflow-pairs", "256", "--iterations", "2", *TINY, "--no-plot", "--out", str(reflow)]) == 0
+    assert "flow on moons (independent coupling, linear path): 2 iterations" in capsys.readouterr().out
+    err = exit_error(["train", "flow", "--reflow-from", str(out), "--coupling", "independent", "--out", str(tmp_path / "r2")], capsys)
+    assert (f"argument --reflow-from: the flow in {str(out)!r} differs from this run (dataset: 'moons' there, '8gaussians' here; "
+            f"hidden_dims: (16, 16) there, (128, 128, 128) here)") in err
+    err = exit_error(["train", "flow", "--reflow-from", str(tmp_path), "--coupling", "independent", "--out", str(tmp_path / "r2")], capsys)
+    assert f"argument --reflow-from: no checkpoint.pt in {str(tmp_path)!r}: name a trained flow run folder." in err
     assert main(["plot", str(out)]) == 0
     printed = capsys.readouterr().out.split()
     assert [Path(p).name for p in printed] == ["learning_curves.png", "samples.png", "trajectories.png", "quality_vs_nfe.png"]
@@ -126,6 +136,7 @@ def test_sigint_then_resume_retraces_the_uninterrupted_run(tmp_path):
         (["--batch-size", "1"], "argument --batch-size: FlowTrainConfig.batch_size must be at least 2 for coupling='ot'"),
         (["--conditional"], "argument --conditional: FlowTrainConfig.conditional needs labelled data (digits, mnist); "
                             "dataset '8gaussians' has no labels."),
+        (["--reflow-from", "runs/x"], "argument --coupling: FlowTrainConfig.coupling must be 'independent' with reflow_from"),
         (["--label-dropout", "1.5"], "argument --label-dropout: FlowTrainConfig.label_dropout must be a non-negative finite "
                                      "number of at most 1.0; got 1.5."),
     ],

@@ -23,6 +23,12 @@ dropout) comes from :func:`~neuralode.training.seeding.step_generator` ``(seed, 
 ``W`` processes see the single process's draws. The OT coupling pairs each rank's own rows, so
 under data parallel its pairs (and numbers) differ slightly from one process's.
 
+**Reflow** (``reflow_from=RUN_DIR``, Liu et al. 2023): the trained flow in ``RUN_DIR`` (same
+dataset and architecture) maps ``reflow_pairs`` noise draws to samples with dopri5 at ``tol``; the
+new field starts from its weights and is trained on those fixed pairs (linear path, pairs as
+drawn: ``coupling="independent"``), which straightens its paths. The pairs are a function of the
+seed, made again on resume.
+
 **Class-conditional fields** (``conditional=True``, labelled data only): the label is replaced by
 "none" with probability ``label_dropout`` during training (classifier-free guidance), and the
 evaluation samples with ``guidance`` ``w`` on the test labels (1: the plain conditional field).
@@ -44,7 +50,8 @@ from ..checkpoints import load_checkpoint
 from ..datasets.toy2d import TOY_DATASETS, sample_toy
 from ..models.cnf import NOISE_TYPES
 from ..models.flow_matching import (
-    COUPLINGS, DIVERGENCES, PATHS, UNetVelocity, VelocityMLP, bits_per_dim, cfm_loss, log_prob, sample, wasserstein2,
+    COUPLINGS, DIVERGENCES, PATHS, UNetVelocity, VelocityMLP, bits_per_dim, cfm_loss, log_prob, reflow_pairs, sample,
+    wasserstein2,
 )
 from ..progress import progress_bar
 from .cnf import cosine_lr
@@ -93,12 +100,14 @@ class FlowTrainConfig(RunConfig):
         table_steps: step counts of the fixed-step rows of the sampling table.
         table_tolerances: tolerances of its dopri5 rows.
         data_dir: an MNIST folder (``None``: download into the cache).
+        reflow_from: a trained flow run whose noise-sample pairs this run trains on (reflow).
+        reflow_pairs: how many pairs.
         threads: ``torch.set_num_threads`` for the run (``None``: leave it).
     """
 
     KIND = "flow"
     RESUME_KEEP = ("dataset", "coupling", "path", "sigma", "hidden_dims", "channels", "conditional", "label_dropout",
-                   "seed", "batch_size")
+                   "seed", "batch_size", "reflow_from", "reflow_pairs")
 
     out: Path = setting(Path("runs/flow"), "the run folder", metavar="RUN_DIR")
     dataset: str = setting("8gaussians", "the data", choices=FLOW_DATASETS)
@@ -122,6 +131,8 @@ class FlowTrainConfig(RunConfig):
     table_steps: tuple[int, ...] = setting((1, 2, 5, 10, 20, 100), "step counts of the table's fixed-step rows", metavar="N")
     table_tolerances: tuple[float, ...] = setting((1e-2, 1e-3, 1e-5), "rtol = atol of the table's dopri5 rows", metavar="TOL")
     data_dir: Path | None = setting(None, "MNIST folder (default: download into the cache)", metavar="DIR")
+    reflow_from: Path | None = setting(None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR")
+    reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
     def __post_init__(self) -> None:
@@ -131,7 +142,7 @@ class FlowTrainConfig(RunConfig):
         self.check_choice("path", PATHS)
         self.check_choice("divergence", ("auto", *DIVERGENCES))
         self.check_choice("noise", NOISE_TYPES)
-        self.check_ints("iterations", "batch_size", "channels", "test_samples", "table_samples")
+        self.check_ints("iterations", "batch_size", "channels", "test_samples", "table_samples", "reflow_pairs")
         self.check_ints("threads", optional=True)
         self.check_numbers("lr", "tol")
         self.check_numbers("sigma", positive=False)
@@ -146,6 +157,9 @@ class FlowTrainConfig(RunConfig):
         if self.coupling == "ot" and self.batch_size < 2:
             raise ConfigError("batch_size", f"FlowTrainConfig.batch_size must be at least 2 for coupling='ot' (it pairs the "
                                             f"batch's noise with its data); got {self.batch_size}.")
+        if self.reflow_from is not None and self.coupling != "independent":
+            raise ConfigError("coupling", f"FlowTrainConfig.coupling must be 'independent' with reflow_from: reflow trains on the "
+                                          f"teacher's noise-sample pairs as drawn; got {self.coupling!r}.")
         if self.conditional and self.dataset not in IMAGE_DATASETS:
             raise ConfigError("conditional", f"FlowTrainConfig.conditional needs labelled data ({', '.join(IMAGE_DATASETS)}); "
                                              f"dataset {self.dataset!r} has no labels.")
@@ -159,7 +173,8 @@ class FlowData:
     """The run's data: training minibatches as functions of ``(seed, iteration)`` and a fixed test set.
 
     Args:
-        config: the run's settings (``dataset``, ``seed``, ``data_dir``).
+        config: the run's settings (``dataset``, ``seed``, ``data_dir``, ``reflow_from``).
+        training: make a reflow run's pairs (evaluation needs only the held-out data).
 
     Attributes:
         shape: one sample's shape, ``(2,)`` or ``(C, H, W)``.
@@ -167,7 +182,7 @@ class FlowData:
         num_classes: classes of a labelled dataset (``None`` for toy data).
     """
 
-    def __init__(self, config: FlowTrainConfig) -> None:
+    def __init__(self, config: FlowTrainConfig, *, training: bool = True) -> None:
         self.name, self.seed = config.dataset, config.seed
         self.images: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.name == "digits":
@@ -187,6 +202,34 @@ class FlowData:
             self.levels = None
         self.shape: tuple[int, ...] = tuple(self.images[True][0].shape[1:]) if self.images else (2,)
         self.num_classes = 10 if self.images else None
+        self.teacher: nn.Module | None = None
+        self.pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        if config.reflow_from is not None and training:
+            self.teacher, self.pairs = self._reflow(config)
+
+    def _reflow(self, config: FlowTrainConfig) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        from ..checkpoints import CheckpointError
+
+        path = Path(config.reflow_from) / CHECKPOINT_NAME
+        if not path.is_file():
+            raise ConfigError("reflow_from", f"no {CHECKPOINT_NAME} in {str(config.reflow_from)!r}: name a trained flow run folder.")
+        try:
+            state = load_flow_checkpoint(path)
+        except CheckpointError as exc:
+            raise ConfigError("reflow_from", str(exc)) from None
+        saved = FlowTrainConfig.from_dict(state["config"])
+        shape = {k: (getattr(saved, k), getattr(config, k)) for k in ("dataset", "hidden_dims", "channels", "conditional")}
+        differ = [f"{k}: {a!r} there, {b!r} here" for k, (a, b) in shape.items() if a != b]
+        if differ:
+            raise ConfigError("reflow_from", f"the flow in {str(config.reflow_from)!r} differs from this run ({'; '.join(differ)}); "
+                                             f"reflow continues the same field on the same data.")
+        teacher = build_model(saved, self)
+        teacher.load_state_dict(state["model"])
+        g = step_generator(config.seed, 0, stream=6)
+        labels = torch.randint(0, 10, (config.reflow_pairs,), generator=g) if config.conditional else None
+        x0, x1 = reflow_pairs(teacher, config.reflow_pairs, labels=labels, guidance=config.guidance, rtol=config.tol,
+                              atol=config.tol, generator=g)
+        return teacher, (x0, x1, labels)
 
     @property
     def dim(self) -> int:
@@ -196,14 +239,19 @@ class FlowData:
         u = torch.rand(v.shape, generator=g)
         return 2 * (v.to(torch.float32) + u) / self.levels - 1
 
-    def batch(self, iteration: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The global minibatch of ``iteration``: ``(x1 (n, *shape) float32, labels (n,) or None)``."""
+    def batch(self, iteration: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The global minibatch of ``iteration``: ``(x1 (n, *shape) float32, labels (n,) or None,
+        x0)``, where ``x0`` is the paired noise of a reflow run and ``None`` otherwise."""
         g = step_generator(self.seed, iteration)
+        if self.pairs is not None:
+            x0, x1, y = self.pairs
+            idx = torch.randint(0, x1.shape[0], (n,), generator=g)
+            return x1[idx], None if y is None else y[idx], x0[idx]
         if not self.images:
-            return sample_toy(self.name, n, generator=g), None
+            return sample_toy(self.name, n, generator=g), None, None
         x, y = self.images[True]
         idx = torch.randint(0, x.shape[0], (n,), generator=g)
-        return self._dequantise(x[idx], g), y[idx]
+        return self._dequantise(x[idx], g), y[idx], None
 
     def test(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` held-out points (toy: fresh draws from a stream no training batch uses; images: the
@@ -334,7 +382,10 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = build_model(config, data).to(ctx.device)
+    model = build_model(config, data)
+    if data.teacher is not None:  # reflow starts from the teacher's field
+        model.load_state_dict(data.teacher.state_dict())
+    model = model.to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     window = Sums(*_FIGURES)
     start, seconds = 0, 0.0
@@ -361,9 +412,9 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
             # Every draw over the global batch, then this rank's rows (see the module docstring).
-            x1, labels = data.batch(iteration, config.batch_size)
+            x1, labels, x0 = data.batch(iteration, config.batch_size)
             g = step_generator(config.seed, iteration, stream=3)
-            x0 = torch.randn(x1.shape, generator=g)
+            x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
             t = torch.rand(x1.shape[0], generator=g)
             if labels is not None and config.conditional:
                 labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(ctx.device)
@@ -431,7 +482,7 @@ def _summary(config: FlowTrainConfig, ctx: Dist, run: RunDir, iteration: int, in
 def _load(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, FlowTrainConfig, FlowData, int]:
     state = load_flow_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
     config = FlowTrainConfig.from_dict(state["config"])
-    data = FlowData(config)
+    data = FlowData(config, training=False)
     model = build_model(config, data)
     model.load_state_dict(state["model"])
     model.eval()
@@ -478,7 +529,7 @@ def write_figures(model: nn.Module, config: FlowTrainConfig, out: Path, *, data:
     from ..plotting import plot_image_grid, plot_particle_paths, plot_point_clouds, plot_quality_vs_nfe, save_figure
 
     model = model.cpu()
-    data = data or FlowData(config)
+    data = data or FlowData(config, training=False)
     table = table if table is not None else sampling_table(model, data, config)
     where = f"{config.dataset}, {config.coupling} coupling, {config.path} path" + (f", iteration {iteration}" if iteration is not None else "")
     score = f", test NLL {test_nll:.3f} nats" if test_nll is not None else ""
