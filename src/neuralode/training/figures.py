@@ -19,7 +19,7 @@ CURVES_NAME = "learning_curves.png"
 
 
 def run_kind(run_dir: Path) -> str | None:
-    """``"mnist"``, ``"cnf"`` or ``"latent"``: from ``config.json``, else from the checkpoint."""
+    """``"mnist"``, ``"cnf"``, ``"flow"`` or ``"latent"``: from ``config.json``, else from the checkpoint."""
     try:
         task = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("run", {}).get("task")
     except (OSError, ValueError, AttributeError):
