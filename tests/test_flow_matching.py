@@ -229,3 +229,18 @@ def test_bad_arguments_raise_clear_errors():
         sample(model, 4, method="rk4")
     with pytest.raises(ValueError, match=r"n must be a positive integer when x0 is not given; got 0"):
         sample(model, 0)
+
+
+def test_sample_runs_on_every_registered_method():
+    from neuralode.models.flow_matching import _is_adaptive
+    from neuralode.solvers.api import method_names
+
+    model = Affine()
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    e = torch.linalg.matrix_exp(A)
+    exact = x0 @ e.T + torch.linalg.solve(A, (e - torch.eye(2, dtype=torch.float64)) @ B)
+    for method in method_names():
+        kw = {"rtol": 1e-6, "atol": 1e-6} if _is_adaptive(method) else {"steps": 40}
+        result = sample(model, x0=x0, method=method, **kw)
+        assert result.nfe > 0, method
+        assert torch.allclose(result.x, exact, atol=5e-2), method  # euler at 40 steps is the loosest

@@ -302,10 +302,10 @@ def _data_shape(model: nn.Module, shape: Sequence[int] | None) -> tuple[int, ...
 
 
 def _is_adaptive(method: str) -> bool:
-    from ..solvers.tableau import METHODS
+    """Whether ``method`` chooses its own steps (raises the solver's error for an unknown name)."""
+    from ..solvers.api import _method
 
-    tableau = METHODS.get(method)
-    return tableau is None or tableau.adaptive  # implicit, Adams, auto and scipy methods control their steps
+    return bool(getattr(_method(method), "adaptive", True))  # scipy's methods and auto: adaptive
 
 
 @dataclass
