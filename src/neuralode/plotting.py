@@ -609,8 +609,9 @@ def plot_image_grid(
             r, c = divmod(k, cols)
             grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = a[k]
         grids.append((title, grid))
-    width = sum(g.shape[1] for _, g in grids) * cell / 8 + 0.6 * len(grids)
-    height = max(g.shape[0] for _, g in grids) * cell / 8 + (0.9 if suptitle else 0.5)
+    scale = cell / 8 * min(1.0, 14.0 / (sum(g.shape[1] for _, g in grids) * cell / 8))  # at most 14 inches of images
+    width = sum(g.shape[1] for _, g in grids) * scale + 0.6 * len(grids)
+    height = max(g.shape[0] for _, g in grids) * scale + (0.9 if suptitle else 0.5)
     fig = _new_figure((max(width, 3.0), max(height, 2.0)), dpi)
     axes = fig.subplots(1, len(grids), squeeze=False)[0]
     for ax, (title, grid) in zip(axes, grids):
