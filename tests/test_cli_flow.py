@@ -145,3 +145,18 @@ def test_bad_flags_exit_2_naming_the_flag(argv, expected, tmp_path, capsys):
     err = exit_error(["train", "flow", "--out", str(tmp_path / "r"), *argv], capsys)
     assert f"neuralode train flow: error: {expected}" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_digits_without_scikit_learn_names_the_install_command(tmp_path, capsys, monkeypatch):
+    from neuralode.datasets.digits import _all_digits
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    _all_digits.cache_clear()
+    try:
+        assert main(["train", "flow", "--dataset", "digits", "--no-progress", "--out", str(tmp_path / "d")]) == 1
+    finally:
+        _all_digits.cache_clear()
+    err = capsys.readouterr().err
+    assert "neuralode train flow: error: the digits dataset is scikit-learn's bundled 8x8 digits, and scikit-learn is not " \
+           "installed; install it with: pip install 'neuralode[digits]'" in err
+    assert not (tmp_path / "d").exists()  # nothing written: the data is read before the run folder is made
