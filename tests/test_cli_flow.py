@@ -76,9 +76,9 @@ def test_train_eval_plot_on_a_tiny_budget(tmp_path, capsys):
         assert Path(p).read_bytes()[:8] == PNG_SIGNATURE and Path(p).stat().st_size > 5_000
 
 
-def test_conditional_digits_report_bits_per_dim(tmp_path, capsys):
+def test_conditional_digits_on_the_vp_path_report_bits_per_dim(tmp_path, capsys):
     out = tmp_path / "digits"
-    assert main(["train", "flow", "--dataset", "digits", "--conditional", "--guidance", "2", "--channels", "8",
+    assert main(["train", "flow", "--dataset", "digits", "--conditional", "--guidance", "2", "--channels", "8", "--path", "vp", "--sigma", "0.05",
                  "--iterations", "3", "--batch-size", "16", "--test-samples", "8", "--table-samples", "16",
                  "--table-steps", "2", "--table-tolerances", "1e-2", "--tol", "1e-2", "--no-plot", "--no-progress", "--out", str(out)]) == 0
     final = _lines(out / "metrics.jsonl")[-1]

@@ -214,6 +214,7 @@ def cfm_loss(
     labels: torch.Tensor | None = None,
     x0: torch.Tensor | None = None,
     t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The conditional flow-matching loss of one batch: ``mean ‖v(t, x_t) − u_t‖²``.
@@ -231,6 +232,8 @@ def cfm_loss(
         x0: the noise for ``x1`` (reflow pairs, or a training loop's own draw); drawn from
             ``N(0, I)`` if ``None``.
         t: times ``(batch,)``; drawn from ``U(0, 1)`` if ``None``.
+        noise: the standard normal ``ε`` of the path's width (``sigma > 0``), shaped like ``x1``;
+            drawn if ``None``.
         generator: a CPU generator for the draws (a training loop passes one per step so that a
             resumed run draws what an uninterrupted one would).
 
@@ -260,7 +263,8 @@ def cfm_loss(
         x0 = x0[ot_pairing(x0, x1)]
     if t is None:
         t = draw(n, uniform=True)
-    noise = draw(*x1.shape) if sigma > 0 else None
+    if sigma > 0 and noise is None:
+        noise = draw(*x1.shape)
     xt, ut = path_point(path, x0, x1, t, sigma, noise)
     v = _velocity(model, t, xt, labels)
     return (v - ut).square().mean()

@@ -420,8 +420,9 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
                 labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(ctx.device)
             else:
                 labels = None
+            eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
             loss = cfm_loss(model, x1[rows].to(ctx.device), path=config.path, coupling=config.coupling, sigma=config.sigma,
-                            labels=labels, x0=x0[rows].to(ctx.device), t=t[rows].to(ctx.device), generator=g)
+                            labels=labels, x0=x0[rows].to(ctx.device), t=t[rows].to(ctx.device), noise=eps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_gradients(model.parameters())
