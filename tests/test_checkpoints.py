@@ -67,7 +67,7 @@ def test_each_kind_round_trips_and_is_refused_by_the_others(tmp_path, kind):
 
 
 def test_an_unknown_kind_is_refused_with_the_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=re.escape("Unknown checkpoint kind 'gan'. Valid kinds: mnist, cnf, latent.")):
+    with pytest.raises(ValueError, match=re.escape("Unknown checkpoint kind 'gan'. Valid kinds: mnist, cnf, latent, flow.")):
         save_checkpoint(tmp_path / "c.pt", {}, kind="gan")
     assert not (tmp_path / "c.pt").exists()
 

@@ -34,10 +34,13 @@ TINY = {
             "--log-every", "2", "--checkpoint-every", "3", "--no-progress", "--no-plot"],
     "spirals": ["--iterations", "6", "--observations", "30", "--batch-size", "8", "--n-spirals", "16", "--n-test", "4",
                 "--tol", "1e-2", "--eval-every", "0", "--log-every", "2", "--checkpoint-every", "3", "--no-progress", "--no-plot"],
+    "flow": ["--iterations", "6", "--batch-size", "32", "--hidden-dims", "16", "16", "--tol", "1e-3", "--test-samples", "100",
+             "--table-samples", "64", "--table-steps", "1", "--table-tolerances", "1e-2", "--log-every", "2",
+             "--checkpoint-every", "3", "--no-progress", "--no-plot"],
 }
-STEPS = {"mnist": 8, "cnf": 6, "spirals": 6}
+STEPS = {"mnist": 8, "cnf": 6, "spirals": 6, "flow": 6}
 #: The step of the checkpoint before the last (the previous one).
-PREVIOUS_STEP = {"mnist": 6, "cnf": 3, "spirals": 3}
+PREVIOUS_STEP = {"mnist": 6, "cnf": 3, "spirals": 3, "flow": 3}
 TIMING = {"seconds", "eval_seconds", "samples_per_second", "wall_seconds"}
 
 def _task_params():
@@ -182,7 +185,8 @@ def test_plan_estimate_and_timed_checkpoints(task, tmp_path, capfd, monkeypatch)
     assert main(argv) == 0
     err = capfd.readouterr().err
     what = {"mnist": "mlp on MNIST, 2 epochs of 4 steps (batch 64)", "cnf": "a CNF on 8gaussians, batch 32",
-            "spirals": "a latent ODE and an RNN on 16 spirals, batch 8"}[task]
+            "spirals": "a latent ODE and an RNN on 16 spirals, batch 8",
+            "flow": "flow matching on 8gaussians (ot coupling, linear path), batch 32"}[task]
     assert (f"Plan: {STEPS[task]} steps of {what}, into {out}; a checkpoint every 1e-06 s and on Ctrl-C. "
             f"A time estimate follows after the first steps.") in err
     assert "Estimate: " in err and f"s per step (steps 2-2), so about " in err and f"for the {STEPS[task] - 2} steps left" in err

@@ -18,6 +18,7 @@ from neuralode.cli import main
 from neuralode.cli.flags import flag_of, given_settings
 from neuralode.cli.train import TASKS
 from neuralode.training.cnf import CNFTrainConfig
+from neuralode.training.flow import FlowTrainConfig
 from neuralode.training.config import ConfigError, base_type, field_types
 from neuralode.training.latent import LatentTrainConfig
 from neuralode.training.mnist import TrainConfig
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mnist"
 needs_data = pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"real MNIST not found in {DATA}")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-CONFIGS = [TrainConfig, CNFTrainConfig, LatentTrainConfig]
+CONFIGS = [TrainConfig, CNFTrainConfig, FlowTrainConfig, LatentTrainConfig]
 
 
 TINY_CNF = ["--iterations", "6", "--batch-size", "32", "--hidden-dims", "8", "--tol", "1e-3", "--test-samples", "100",
@@ -48,7 +49,7 @@ def _other_value(cls, f):
     elif kind is bool:
         return (not default), [flag_of(f.name) if not default else "--no-" + f.name.replace("_", "-")]
     elif kind is tuple:
-        value = tuple(x + 1 for x in default) if default else (1,)
+        value = (tuple(x / 2 if isinstance(x, float) else x + 1 for x in default)) if default else (1,)
         return value, [flag_of(f.name), *map(str, value)]
     elif kind is Path:
         value = Path("/tmp/some/where")
@@ -71,7 +72,11 @@ def test_every_config_field_has_a_flag_that_sets_it(cls):
         value, words = _other_value(cls, f)
         given = given_settings(parser.parse_args(["train", task.name, *words]), cls)
         assert set(given) == {f.name}  # the flag sets this field and no other
-        config = cls.from_dict(given)
+        # Flow settings valid only beside another: reflow_from with the independent coupling (the
+        # default is OT), conditional with labelled data (the default is 8gaussians).
+        extra = {"reflow_from": {"coupling": "independent"}, "conditional": {"dataset": "digits"}}.get(f.name, {}) \
+            if cls is FlowTrainConfig else {}
+        config = cls.from_dict({**given, **extra})
         assert getattr(config, f.name) == value, f.name
         assert cls.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # through config.json and back
 

@@ -33,7 +33,8 @@ import torch
 CHECKPOINT_VERSION = 1
 
 #: The programs that write checkpoints, and how messages name them.
-CHECKPOINT_KINDS = {"mnist": "MNIST training", "cnf": "CNF training", "latent": "latent-ODE spirals training"}
+CHECKPOINT_KINDS = {"mnist": "MNIST training", "cnf": "CNF training", "latent": "latent-ODE spirals training",
+                    "flow": "flow-matching training"}
 
 
 class CheckpointError(ValueError):

@@ -567,3 +567,138 @@ def plot_latent_trajectories(
     ax.legend(loc="best")
     ax.set_title(title)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Flow matching: image grids, particle paths, sample quality against solver cost.
+
+
+def plot_image_grid(
+    panels: Sequence[tuple[str, Any]],
+    *,
+    columns: int = 8,
+    suptitle: str | None = None,
+    cell: float = 0.45,
+    dpi: float = 100,
+) -> "Figure":
+    """Panels of grey images side by side, each a grid of ``columns`` images per row.
+
+    Args:
+        panels: ``(title, images)`` pairs; ``images`` of shape ``(n, 1, H, W)`` or ``(n, H, W)``
+            with values in ``[0, 1]`` (0 black).
+        columns: images per row of a panel.
+        suptitle: a title over the panels.
+
+    Raises:
+        ValueError: no panels, or images not of shape ``(n, [1,] H, W)``.
+    """
+    if not panels:
+        raise ValueError("panels must hold at least one (title, images) pair.")
+    grids = []
+    for title, images in panels:
+        a = _as_array(images, "images")
+        if a.ndim == 4 and a.shape[1] == 1:
+            a = a[:, 0]
+        if a.ndim != 3:
+            raise ValueError(f"images must have shape (n, 1, H, W) or (n, H, W); got {a.shape} in panel {title!r}.")
+        n, h, w = a.shape
+        cols = min(columns, n)
+        rows = -(-n // cols)
+        grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1))  # one-pixel white gutters
+        for k in range(n):
+            r, c = divmod(k, cols)
+            grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = a[k]
+        grids.append((title, grid))
+    scale = cell / 8 * min(1.0, 14.0 / (sum(g.shape[1] for _, g in grids) * cell / 8))  # at most 14 inches of images
+    width = sum(g.shape[1] for _, g in grids) * scale + 0.6 * len(grids)
+    height = max(g.shape[0] for _, g in grids) * scale + (0.9 if suptitle else 0.5)
+    fig = _new_figure((max(width, 3.0), max(height, 2.0)), dpi)
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    for ax, (title, grid) in zip(axes, grids):
+        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(title, fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize="medium")
+    return fig
+
+
+def plot_particle_paths(
+    paths: Any,
+    *,
+    background: Any | None = None,
+    limits: tuple[float, float] = (-4.0, 4.0),
+    title: str = "particle paths",
+    size: float = 4.5,
+    dpi: float = 100,
+) -> "Figure":
+    """Trajectories of a few 2-D particles, start (○) to end (●), over a histogram of ``background``.
+
+    Args:
+        paths: ``(T, n, 2)`` positions at ``T`` times.
+        background: ``(m, 2)`` points drawn as a faint 2-D histogram (e.g. the final samples).
+        limits: axis range, the same for x and y.
+
+    Raises:
+        ValueError: ``paths`` not of shape ``(T, n, 2)``.
+    """
+    p = _as_array(paths, "paths", 3)
+    if p.shape[2] != 2:
+        raise ValueError(f"paths must have shape (T, n, 2); got {p.shape}.")
+    fig = _new_figure((size + 0.4, size + 0.4), dpi)
+    ax = fig.subplots()
+    if background is not None:
+        b = _as_array(background, "background", 2)
+        ax.hist2d(b[:, 0], b[:, 1], bins=80, range=[limits, limits], cmap="Greys")
+    for k in range(p.shape[1]):
+        (line,) = ax.plot(p[:, k, 0], p[:, k, 1], linewidth=1.2)
+        ax.plot(p[0, k, 0], p[0, k, 1], "o", markerfacecolor="none", color=line.get_color())
+        ax.plot(p[-1, k, 0], p[-1, k, 1], "o", color=line.get_color())
+    ax.set_xlim(limits)
+    ax.set_ylim(limits)
+    ax.set_aspect("equal")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(title, fontsize="medium")
+    return fig
+
+
+def plot_quality_vs_nfe(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    ylabel: str,
+    reference: float | None = None,
+    reference_label: str = "reference",
+    dpi: float = 100,
+) -> "Figure":
+    """A quality measure against the number of function evaluations, one curve per solver, log-log.
+
+    Args:
+        curves: ``{label: [(nfe, value), ...]}``.
+        title: the axes title (say what data and model).
+        ylabel: the measure, with its unit.
+        reference: a horizontal line (e.g. the measure's floor at this sample size).
+
+    Raises:
+        ValueError: no curve has points.
+    """
+    if not any(curves.values()):
+        raise ValueError("curves must hold at least one (nfe, value) point.")
+    fig = _new_figure((5.6, 4.0), dpi)
+    ax = fig.subplots()
+    for label, points in curves.items():
+        if points:
+            pts = sorted(points)
+            ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", markersize=4, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("function evaluations (NFE)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig

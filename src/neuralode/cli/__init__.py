@@ -1,7 +1,7 @@
 """The ``neuralode`` command line: flags parsed into the tasks' typed configs, then the library.
 
 * :mod:`.flags` -- flags derived from a config dataclass, argument types, flag errors.
-* :mod:`.train` -- ``neuralode train mnist|cnf|spirals``, one runner and one resume rule.
+* :mod:`.train` -- ``neuralode train mnist|cnf|flow|spirals``, one runner and one resume rule.
 * :mod:`.runs` -- ``neuralode eval`` and ``neuralode plot`` for a run of any task.
 * :mod:`.demo` -- ``neuralode demo``.
 

@@ -14,11 +14,11 @@ DEVICES = ("auto", "cpu", "cuda")
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="test metrics of a trained run's checkpoint (MNIST, CNF or latent ODE)",
+        help="test metrics of a trained run's checkpoint (MNIST, CNF, flow or latent ODE)",
         description=(
             "Load RUN_DIR/checkpoint.pt and report its test metrics: an MNIST run's test error (by default on "
-            "the run's own test subset), a CNF run's test NLL, a latent-ODE run's extrapolation and "
-            "reconstruction RMSE beside its RNN baseline's."
+            "the run's own test subset), a CNF run's test NLL, a flow run's test NLL and samples-per-NFE table, a "
+            "latent-ODE run's extrapolation and reconstruction RMSE beside its RNN baseline's."
         ),
         epilog="example: neuralode eval runs/odenet --full",
     )
@@ -26,7 +26,7 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=path_arg, default=None, metavar="DIR", help="MNIST folder (default: the run's)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to evaluate (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--test-subset", type=positive_int, default=None, metavar="N", help="the first N test samples (CNF: N fresh samples)")
+    group.add_argument("--test-subset", type=positive_int, default=None, metavar="N", help="the first N test samples (CNF, toy flows: N fresh samples)")
     group.add_argument("--full", action="store_true", help="all 10,000 test samples, whatever the run used")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(handler=run_eval, subparser=parser)
@@ -40,7 +40,7 @@ def run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.run_dir.is_dir():
         parser.error(f"argument RUN_DIR: {str(args.run_dir)!r} is not a directory")
     kind = run_kind(args.run_dir)
-    if kind in ("cnf", "latent"):
+    if kind in ("cnf", "latent", "flow"):
         for flag, given in (("--data-dir", args.data_dir is not None), ("--full", args.full)):
             if given:
                 parser.error(f"argument {flag}: applies to MNIST runs; {args.run_dir} is a {kind} run")
@@ -61,6 +61,11 @@ def run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             text = (f"CNF on {result['dataset']} after {result['iteration']} iterations: test NLL "
                     f"{result['test_nll']:.4f} nats on {result['test_samples']:,} samples, "
                     f"{result['test_nfe_forward']:.1f} evaluations per batch")
+        elif kind == "flow":
+            from ..training.flow import evaluate as evaluate_flow
+
+            result = evaluate_flow(args.run_dir, test_samples=args.test_subset)
+            text = flow_eval_text(result)
         elif kind == "latent":
             from ..training.latent import evaluate as evaluate_latent
 
@@ -85,11 +90,28 @@ def run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def flow_eval_text(result: dict) -> str:
+    """A flow run's evaluation as text: the test NLL, then the samples-per-NFE table."""
+    bpd = f" ({result['test_bpd']:.4f} bits/dim)" if "test_bpd" in result else ""
+    lines = [f"flow on {result['dataset']} ({result['coupling']} coupling) after {result['iteration']} iterations: test NLL "
+             f"{result['test_nll']:.4f} nats{bpd} on {result['test_samples']:,} held-out samples ({result['divergence']} divergence, "
+             f"{result['test_nfe_forward']:.1f} evaluations per batch)",
+             f"samples per NFE (2-Wasserstein distance to held-out data; data against data: {result['w2_floor']:.4f}):",
+             f"  {'method':<9} {'steps':>5} {'rtol':>6} {'NFE':>5} {'W2':>8} {'seconds':>8}"]
+    for r in result["sampling"]:
+        steps = "" if r["steps"] is None else r["steps"]
+        rtol = "" if r["rtol"] is None else f"{r['rtol']:g}"
+        lines.append(f"  {r['method']:<9} {steps:>5} {rtol:>6} {r['nfe']:>5} {r['w2']:>8.4f} {r['seconds']:>8.3f}")
+    return "\n".join(lines)
+
+
 def add_plot(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plot",
-        help="learning curves of a training run (any task) as a PNG",
-        description="Draw RUN_DIR/metrics.jsonl (losses, scores and NFE per logging interval) into RUN_DIR/learning_curves.png.",
+        help="learning curves of a training run (any task) as a PNG; a flow run's samples too",
+        description="Draw RUN_DIR/metrics.jsonl (losses, scores and NFE per logging interval) into RUN_DIR/learning_curves.png. "
+                    "For a flow run also draw, from its checkpoint, samples beside held-out data (samples.png), a few "
+                    "particles' trajectories (trajectories.png) and sample quality against NFE (quality_vs_nfe.png).",
         epilog="example: neuralode plot runs/odenet",
     )
     parser.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="a folder written by 'neuralode train'")
@@ -98,7 +120,7 @@ def add_plot(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..training.figures import CURVES_NAME, draw_run
+    from ..training.figures import CURVES_NAME, draw_run, run_kind
 
     if not args.run_dir.is_dir():
         parser.error(f"argument RUN_DIR: {str(args.run_dir)!r} is not a directory")
@@ -118,5 +140,14 @@ def run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (OSError, ValueError) as exc:  # an unknown format is matplotlib's ValueError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         runtime_error(parser, f"{'argument --output: ' if args.output is not None else ''}cannot write {str(path)!r}: {reason}")
-    print(path)
+    paths = [path]
+    if run_kind(args.run_dir) == "flow":  # samples, trajectories and quality against NFE, from the checkpoint
+        from ..checkpoints import CheckpointError
+        from ..training.flow import plot_saved_run
+
+        try:
+            paths += plot_saved_run(args.run_dir)
+        except (FileNotFoundError, CheckpointError, ValueError) as exc:
+            runtime_error(parser, f"argument RUN_DIR: {exc}")
+    print("\n".join(map(str, paths)))
     return 0

@@ -1,4 +1,4 @@
-"""The paper's architectures: MNIST classifiers (Table 1); latent ODEs and CNFs live beside them."""
+"""The paper's architectures: MNIST classifiers (Table 1); latent ODEs, CNFs and flow-matching velocity fields live beside them."""
 
 from .classifiers import (
     MODEL_NAMES,
@@ -17,3 +17,23 @@ __all__ += ["ELBOTerms", "LatentODE", "LatentODEFunc", "RecognitionRNN", "RNNBas
 from .cnf import CNF, CNFDynamics, ConcatMLP, HyperNetDynamics, build_cnf, standard_normal_logprob
 
 __all__ += ["CNF", "CNFDynamics", "ConcatMLP", "HyperNetDynamics", "build_cnf", "standard_normal_logprob"]
+
+from .flow_matching import (
+    COUPLINGS,
+    DIVERGENCES,
+    PATHS,
+    SampleResult,
+    UNetVelocity,
+    VelocityMLP,
+    bits_per_dim,
+    cfm_loss,
+    log_prob,
+    ot_pairing,
+    path_point,
+    reflow_pairs,
+    sample,
+    wasserstein2,
+)
+
+__all__ += ["COUPLINGS", "DIVERGENCES", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
+            "log_prob", "ot_pairing", "path_point", "reflow_pairs", "sample", "wasserstein2"]

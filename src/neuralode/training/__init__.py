@@ -4,8 +4,9 @@
 * :mod:`.rundir` -- the run folder: config, metrics, checkpoint, lock, resume rules.
 * :mod:`.signals` -- the SIGINT/SIGTERM stop flag. :mod:`.seeding` -- seeds and RNG state.
 * :mod:`.distributed` -- data parallel under ``torchrun`` (gloo on CPU, NCCL on CUDA).
-* the tasks: :mod:`.mnist` (the Table 1 classifiers), :mod:`.cnf` (toy 2-D flows),
-  :mod:`.latent` (the spirals); :mod:`.figures` draws any run's learning curves.
+* the tasks: :mod:`.mnist` (the Table 1 classifiers), :mod:`.cnf` (toy 2-D flows by maximum
+  likelihood), :mod:`.flow` (flows by flow matching), :mod:`.latent` (the spirals);
+  :mod:`.figures` draws any run's learning curves.
 
 ``neuralode.training`` was the MNIST module before the tasks shared one machinery; its names
 (``TrainConfig``, ``train``, ``evaluate``, ``read_metrics``, ...) still resolve here, imported on

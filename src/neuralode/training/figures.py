@@ -1,4 +1,4 @@
-"""Learning curves of any run folder (MNIST, CNF or spirals) from its ``metrics.jsonl``.
+"""Learning curves of any run folder (MNIST, CNF, flow or spirals) from its ``metrics.jsonl``.
 
 ``neuralode plot RUN_DIR`` and the MNIST task's end of training call :func:`plot_run`. Each
 training line of the metrics is one point (one logging interval), so a one-epoch MNIST run still
@@ -62,6 +62,16 @@ def _cnf_panels(records: list[dict[str, Any]], dataset: str) -> tuple[list, str,
     return panels, "iteration", f"CNF on {dataset}: iteration {records[-1].get('iteration', '?')}{score}"
 
 
+def _flow_panels(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple[list, str, str]:
+    lines = [r for r in records if not r.get("final")]
+    final = next((r for r in reversed(records) if r.get("final")), None)
+    panels = [("flow-matching loss (mean squared velocity error)", [("training", *_series(lines, "iteration", "loss"))]),
+              ("learning rate", [("Adam", *_series(lines, "iteration", "lr"))])]
+    score = f", test NLL {final['test_nll']:.3f} nats" if final else ""
+    what = f"{config.get('dataset', '?')}, {config.get('coupling', '?')} coupling"
+    return panels, "iteration", f"Flow matching on {what}: iteration {records[-1].get('iteration', '?')}{score}"
+
+
 def _latent_panels(records: list[dict[str, Any]], observations: Any) -> tuple[list, str, str]:
     lines = [r for r in records if "elbo" in r]
     scored = [r for r in records if r.get("eval") or r.get("final")]
@@ -100,6 +110,8 @@ def draw_run(run_dir: str | os.PathLike[str], *, dpi: float = 100) -> "Figure":
         config = {}
     if kind == "cnf":
         panels, xlabel, title = _cnf_panels(records, config.get("dataset", "?"))
+    elif kind == "flow":
+        panels, xlabel, title = _flow_panels(records, config)
     elif kind == "latent":
         panels, xlabel, title = _latent_panels(records, config.get("observations", "?"))
     else:

@@ -1,0 +1,568 @@
+"""The flow task: velocity fields trained by (conditional) flow matching, scored by exact likelihood.
+
+``train_flow(FlowTrainConfig(dataset="8gaussians", coupling="ot", out="runs/flow"))`` trains into a
+run folder (:mod:`neuralode.training.rundir`) with the machinery every task shares: progress bar,
+``metrics.jsonl`` (a line every ``log_every`` iterations: ``iteration``, ``loss``, ``lr``,
+``seconds``), atomic checkpoints, exact resume, the lock, data parallel under ``torchrun`` and
+``--device``. At the end one ``"final": true`` line holds ``test_nll`` (nats, held-out data, the
+flow's likelihood by :func:`~neuralode.models.flow_matching.log_prob`), ``test_bpd`` for images, and
+``sampling``: a table of samples per NFE (method, steps, NFE, wall time, 2-Wasserstein distance to
+held-out data). Figures: ``samples.png`` (model beside data), ``trajectories.png`` (a few particles
+from noise to data) and ``quality_vs_nfe.png``.
+
+**Objective** (:func:`~neuralode.models.flow_matching.cfm_loss`): the ``path`` (linear or variance
+preserving), the ``coupling`` (independent or minibatch OT) and ``sigma``. Adam with the learning
+rate cosine-decayed to 0 over ``iterations``, as in the CNF task.
+
+**Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
+(scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
+scaled to ``[-1, 1]`` (see :mod:`neuralode.models.flow_matching`), with minibatches drawn with
+replacement. Every draw of iteration ``i`` (minibatch, dequantisation, noise ``x0``, times, label
+dropout) comes from :func:`~neuralode.training.seeding.step_generator` ``(seed, i)`` over the
+*global* batch, each rank then taking its rows, so a resumed run retraces an uninterrupted one and
+``W`` processes see the single process's draws. The OT coupling pairs each rank's own rows, so
+under data parallel its pairs (and numbers) differ slightly from one process's.
+
+**Reflow** (``reflow_from=RUN_DIR``, Liu et al. 2023): the trained flow in ``RUN_DIR`` (same
+dataset and architecture) maps ``reflow_pairs`` noise draws to samples with dopri5 at ``tol``; the
+new field starts from its weights and is trained on those fixed pairs (linear path, pairs as
+drawn: ``coupling="independent"``), which straightens its paths. The pairs are a function of the
+seed, made again on resume.
+
+**Class-conditional fields** (``conditional=True``, labelled data only): the label is replaced by
+"none" with probability ``label_dropout`` during training (classifier-free guidance), and the
+evaluation samples with ``guidance`` ``w`` on the test labels (1: the plain conditional field).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoints import load_checkpoint
+from ..datasets.toy2d import TOY_DATASETS, sample_toy
+from ..models.cnf import NOISE_TYPES
+from ..models.flow_matching import (
+    COUPLINGS, DIVERGENCES, PATHS, UNetVelocity, VelocityMLP, bits_per_dim, cfm_loss, log_prob, reflow_pairs, sample,
+    wasserstein2,
+)
+from ..progress import progress_bar
+from .cnf import cosine_lr
+from .config import ConfigError, RunConfig, setting
+from .distributed import Dist, Sums, resume_hint
+from .rundir import CHECKPOINT_NAME, RunDir, run_task
+from .seeding import rng_state, set_rng_state, step_generator
+from .signals import StopFlag
+
+__all__ = [
+    "FIGURE_NAMES", "FLOW_DATASETS", "FlowData", "FlowTrainConfig", "build_model", "evaluate", "evaluate_nll",
+    "load_flow_checkpoint", "plot_saved_run", "sampling_table", "train_flow", "w2_floor", "write_figures",
+]
+
+IMAGE_DATASETS = ("digits", "mnist")
+FLOW_DATASETS = (*TOY_DATASETS, *IMAGE_DATASETS)
+FIGURE_NAMES = ("samples.png", "trajectories.png", "quality_vs_nfe.png")
+#: The fixed-step methods of the sampling table (each at every ``table_steps``); dopri5 follows at ``table_tolerances``.
+TABLE_METHODS = ("euler", "midpoint", "rk4")
+_FIGURES = ("loss", "n")
+
+
+@dataclass(frozen=True)
+class FlowTrainConfig(RunConfig):
+    """A flow-matching run. The shared fields (``out``, ``seed``, ``log_every``, ...) are :class:`RunConfig`'s.
+
+    Attributes:
+        dataset: a toy 2-D density, ``digits`` or ``mnist``.
+        coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport).
+        path: ``"linear"`` (rectified flow) or ``"vp"`` (variance preserving).
+        sigma: Gaussian width around the conditional path (0: none).
+        iterations: optimisation steps (a resumed run may raise it).
+        batch_size: samples per step over all processes (the OT coupling needs 2 per process).
+        lr: Adam's initial rate, cosine-decayed to 0 over ``iterations``.
+        hidden_dims: widths of the MLP velocity field (2-D data).
+        channels: top-level channels of the U-Net velocity field (images).
+        conditional: a class-conditional field (images only: they have labels).
+        label_dropout: probability of training a conditional field on "no label".
+        guidance: classifier-free guidance weight used by the evaluation's samples.
+        tol: rtol = atol of dopri5 for the test likelihood and the default samples.
+        divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to 16 dimensions).
+        noise: Hutchinson's probe distribution.
+        test_samples: held-out points for the test NLL (toy: fresh draws; images: the first of the
+            test split).
+        table_samples: samples per row of the sampling table (W2 against as many held-out points).
+        table_steps: step counts of the fixed-step rows of the sampling table.
+        table_tolerances: tolerances of its dopri5 rows.
+        data_dir: an MNIST folder (``None``: download into the cache).
+        reflow_from: a trained flow run whose noise-sample pairs this run trains on (reflow).
+        reflow_pairs: how many pairs.
+        threads: ``torch.set_num_threads`` for the run (``None``: leave it).
+    """
+
+    KIND = "flow"
+    RESUME_KEEP = ("dataset", "coupling", "path", "sigma", "hidden_dims", "channels", "conditional", "label_dropout",
+                   "seed", "batch_size", "reflow_from", "reflow_pairs")
+
+    out: Path = setting(Path("runs/flow"), "the run folder", metavar="RUN_DIR")
+    dataset: str = setting("8gaussians", "the data", choices=FLOW_DATASETS)
+    coupling: str = setting("ot", "how noise is paired with data in a batch", choices=COUPLINGS)
+    path: str = setting("linear", "probability path: linear (rectified flow) or variance preserving", choices=PATHS)
+    sigma: float = setting(0.0, "Gaussian width around the conditional path", metavar="S")
+    iterations: int = setting(2000, "training iterations (raise it on --resume to train longer)", metavar="N")
+    batch_size: int = setting(256, "samples per iteration, over all processes", metavar="N")
+    lr: float = setting(1e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
+    hidden_dims: tuple[int, ...] = setting((128, 128, 128), "hidden widths of the MLP velocity field (2-D data)", metavar="W")
+    channels: int = setting(32, "top-level channels of the U-Net velocity field (images)", metavar="C")
+    conditional: bool = setting(False, "class-conditional velocity field (labelled data: digits, mnist)")
+    label_dropout: float = setting(0.1, "probability of dropping the label in training (classifier-free guidance)", metavar="P")
+    guidance: float = setting(1.0, "guidance weight of the evaluation's conditional samples (1: unguided)", metavar="W")
+    tol: float = setting(1e-5, "dopri5 rtol = atol for the test likelihood")
+    divergence: str = setting("auto", "divergence of the likelihood: exact, hutchinson, or auto (exact up to 16 dims)",
+                              choices=("auto", *DIVERGENCES))
+    noise: str = setting("rademacher", "Hutchinson probe", choices=NOISE_TYPES)
+    test_samples: int = setting(10000, "held-out samples for the test NLL", metavar="N")
+    table_samples: int = setting(500, "samples per row of the samples-per-NFE table", metavar="N")
+    table_steps: tuple[int, ...] = setting((1, 2, 5, 10, 20, 100), "step counts of the table's fixed-step rows", metavar="N")
+    table_tolerances: tuple[float, ...] = setting((1e-2, 1e-3, 1e-5), "rtol = atol of the table's dopri5 rows", metavar="TOL")
+    data_dir: Path | None = setting(None, "MNIST folder (default: download into the cache)", metavar="DIR")
+    reflow_from: Path | None = setting(None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR")
+    reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
+    threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_choice("dataset", FLOW_DATASETS)
+        self.check_choice("coupling", COUPLINGS)
+        self.check_choice("path", PATHS)
+        self.check_choice("divergence", ("auto", *DIVERGENCES))
+        self.check_choice("noise", NOISE_TYPES)
+        self.check_ints("iterations", "batch_size", "channels", "test_samples", "table_samples", "reflow_pairs")
+        self.check_ints("threads", optional=True)
+        self.check_numbers("lr", "tol")
+        self.check_numbers("sigma", positive=False)
+        self.check_numbers("guidance", positive=False)
+        self.check_numbers("label_dropout", positive=False, at_most=1.0)
+        if not self.table_tolerances or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in self.table_tolerances):
+            self.fail("table_tolerances", "one or more tolerances in (0, 1)")
+        for name in ("hidden_dims", "table_steps"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in values):
+                self.fail(name, "one or more positive integers")
+        if self.coupling == "ot" and self.batch_size < 2:
+            raise ConfigError("batch_size", f"FlowTrainConfig.batch_size must be at least 2 for coupling='ot' (it pairs the "
+                                            f"batch's noise with its data); got {self.batch_size}.")
+        if self.reflow_from is not None and self.coupling != "independent":
+            raise ConfigError("coupling", f"FlowTrainConfig.coupling must be 'independent' with reflow_from: reflow trains on the "
+                                          f"teacher's noise-sample pairs as drawn; got {self.coupling!r}.")
+        if self.conditional and self.dataset not in IMAGE_DATASETS:
+            raise ConfigError("conditional", f"FlowTrainConfig.conditional needs labelled data ({', '.join(IMAGE_DATASETS)}); "
+                                             f"dataset {self.dataset!r} has no labels.")
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+
+
+class FlowData:
+    """The run's data: training minibatches as functions of ``(seed, iteration)`` and a fixed test set.
+
+    Args:
+        config: the run's settings (``dataset``, ``seed``, ``data_dir``, ``reflow_from``).
+        training: make a reflow run's pairs (evaluation needs only the held-out data).
+
+    Attributes:
+        shape: one sample's shape, ``(2,)`` or ``(C, H, W)``.
+        levels: grey levels ``K`` of an image dataset (``None`` for toy data).
+        num_classes: classes of a labelled dataset (``None`` for toy data).
+    """
+
+    def __init__(self, config: FlowTrainConfig, *, training: bool = True) -> None:
+        self.name, self.seed = config.dataset, config.seed
+        self.images: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.name == "digits":
+            from ..datasets.digits import DIGITS_LEVELS, load_digits
+
+            self.images = {train: load_digits(train=train) for train in (True, False)}
+            self.levels = DIGITS_LEVELS
+        elif self.name == "mnist":
+            from ..datasets.mnist import load_mnist
+
+            self.images = {}
+            for train in (True, False):
+                x, y = load_mnist(config.data_dir, train=train)
+                self.images[train] = (x.unsqueeze(1), y)  # (N, 1, 28, 28) uint8
+            self.levels = 256
+        else:
+            self.levels = None
+        self.shape: tuple[int, ...] = tuple(self.images[True][0].shape[1:]) if self.images else (2,)
+        self.num_classes = 10 if self.images else None
+        self.teacher: nn.Module | None = None
+        self.pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        if config.reflow_from is not None and training:
+            self.teacher, self.pairs = self._reflow(config)
+
+    def _reflow(self, config: FlowTrainConfig) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        from ..checkpoints import CheckpointError
+
+        path = Path(config.reflow_from) / CHECKPOINT_NAME
+        if not path.is_file():
+            raise ConfigError("reflow_from", f"no {CHECKPOINT_NAME} in {str(config.reflow_from)!r}: name a trained flow run folder.")
+        try:
+            state = load_flow_checkpoint(path)
+        except CheckpointError as exc:
+            raise ConfigError("reflow_from", str(exc)) from None
+        saved = FlowTrainConfig.from_dict(state["config"])
+        shape = {k: (getattr(saved, k), getattr(config, k)) for k in ("dataset", "hidden_dims", "channels", "conditional")}
+        differ = [f"{k}: {a!r} there, {b!r} here" for k, (a, b) in shape.items() if a != b]
+        if differ:
+            raise ConfigError("reflow_from", f"the flow in {str(config.reflow_from)!r} differs from this run ({'; '.join(differ)}); "
+                                             f"reflow continues the same field on the same data.")
+        teacher = build_model(saved, self)
+        teacher.load_state_dict(state["model"])
+        g = step_generator(config.seed, 0, stream=6)
+        labels = torch.randint(0, 10, (config.reflow_pairs,), generator=g) if config.conditional else None
+        x0, x1 = reflow_pairs(teacher, config.reflow_pairs, labels=labels, guidance=config.guidance, rtol=config.tol,
+                              atol=config.tol, generator=g)
+        return teacher, (x0, x1, labels)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def _dequantise(self, v: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        u = torch.rand(v.shape, generator=g)
+        return 2 * (v.to(torch.float32) + u) / self.levels - 1
+
+    def batch(self, iteration: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The global minibatch of ``iteration``: ``(x1 (n, *shape) float32, labels (n,) or None,
+        x0)``, where ``x0`` is the paired noise of a reflow run and ``None`` otherwise."""
+        g = step_generator(self.seed, iteration)
+        if self.pairs is not None:
+            x0, x1, y = self.pairs
+            idx = torch.randint(0, x1.shape[0], (n,), generator=g)
+            return x1[idx], None if y is None else y[idx], x0[idx]
+        if not self.images:
+            return sample_toy(self.name, n, generator=g), None, None
+        x, y = self.images[True]
+        idx = torch.randint(0, x.shape[0], (n,), generator=g)
+        return self._dequantise(x[idx], g), y[idx], None
+
+    def test(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` held-out points (toy: fresh draws from a stream no training batch uses; images: the
+        first ``n`` of the test split, dequantised with a fixed draw) and their labels."""
+        g = step_generator(self.seed, 0, stream=1)
+        if not self.images:
+            return sample_toy(self.name, n, generator=g), None
+        x, y = self.images[False]
+        return self._dequantise(x[:n], g), y[:n]
+
+    def reference(self, n: int) -> torch.Tensor:
+        """``n`` further data points apart from :meth:`test`: the W2 between them and the test
+        points is the floor a perfect model's samples would show at this sample size."""
+        g = step_generator(self.seed, 0, stream=4)
+        if not self.images:
+            return sample_toy(self.name, n, generator=g)
+        x, _ = self.images[True]
+        return self._dequantise(x[torch.randperm(x.shape[0], generator=g)[:n]], g)
+
+
+def build_model(config: FlowTrainConfig, data: FlowData | None = None) -> nn.Module:
+    """The velocity field a config describes (untrained): an MLP for 2-D data, a U-Net for images."""
+    classes = 10 if config.conditional else None
+    if config.dataset in IMAGE_DATASETS:
+        shape = data.shape if data is not None else ((1, 8, 8) if config.dataset == "digits" else (1, 28, 28))
+        return UNetVelocity(shape, channels=config.channels, num_classes=classes)
+    return VelocityMLP(2, config.hidden_dims, num_classes=classes)
+
+
+def _divergence(config: FlowTrainConfig, dim: int) -> str:
+    if config.divergence != "auto":
+        return config.divergence
+    return "exact" if dim <= 16 else "hutchinson"
+
+
+def evaluate_nll(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, config: FlowTrainConfig, *,
+                 batch_size: int = 2500) -> tuple[float, float]:
+    """Mean negative log-likelihood (nats) of ``x`` under the flow (dopri5 at ``config.tol``).
+
+    With a conditional field, the density of the unguided conditional flow given each point's label.
+    A Hutchinson estimate draws its probes from the global generator, seeded here from ``config.seed``
+    so that the evaluation repeats exactly.
+
+    Returns:
+        ``(nll, mean NFE per batch)``.
+    """
+    divergence = _divergence(config, x[0].numel())
+    torch.manual_seed(config.seed + 7919)
+    total, nfe, batches = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            y = None if labels is None or not config.conditional else labels[i:i + batch_size]
+            lp, n = log_prob(model, x[i:i + batch_size], labels=y, divergence=divergence, noise=config.noise,
+                             rtol=config.tol, atol=config.tol, return_nfe=True)
+            total += -lp.sum().item()
+            nfe += n
+            batches += 1
+    return total / x.shape[0], nfe / batches
+
+
+def sampling_table(model: nn.Module, data: FlowData, config: FlowTrainConfig, *, n: int | None = None,
+                   steps: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """Samples per NFE: one row per solver setting, all from the same noise.
+
+    Rows: each of :data:`TABLE_METHODS` at each of ``steps`` (default ``config.table_steps``), then
+    dopri5 at each of ``config.table_tolerances``. Each row has ``method``, ``steps`` (``None`` for
+    dopri5), ``rtol``, ``nfe``, ``seconds`` and ``w2``: the exact 2-Wasserstein distance between the
+    ``n`` samples and ``n`` held-out points (data space; images in ``[-1, 1]`` per pixel).
+    """
+    n = n or config.table_samples
+    target, labels = data.test(n)
+    n = target.shape[0]
+    p = next(model.parameters())
+    x0 = torch.randn(n, *data.shape, generator=step_generator(config.seed, 0, stream=2)).to(p.device, p.dtype)
+    y = labels.to(p.device) if (config.conditional and labels is not None) else None
+    settings = [(m, s, None) for m in TABLE_METHODS for s in (steps or config.table_steps)]
+    settings += [("dopri5", None, tol) for tol in config.table_tolerances]
+    rows = []
+    for method, s, tol in settings:
+        kw = dict(steps=s) if s is not None else dict(rtol=tol, atol=tol)
+        result = sample(model, x0=x0, labels=y, guidance=config.guidance, method=method, **kw)
+        rows.append({"method": method, "steps": s, "rtol": tol, "nfe": result.nfe, "seconds": result.seconds,
+                     "w2": wasserstein2(result.x.cpu(), target)})
+    return rows
+
+
+def w2_floor(data: FlowData, config: FlowTrainConfig, n: int | None = None) -> float:
+    """The W2 between the table's held-out points and as many other data points: what a perfect
+    sampler would score at this sample size (the empirical distance does not reach 0)."""
+    target, _ = data.test(n or config.table_samples)
+    return wasserstein2(data.reference(target.shape[0]), target)
+
+
+def load_flow_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a flow checkpoint (CPU tensors), checked as :func:`neuralode.checkpoints.load_checkpoint` does."""
+    return load_checkpoint(path, kind="flow")
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+
+
+def train_flow(config: FlowTrainConfig) -> dict[str, Any]:
+    """Train a velocity field by flow matching; see the module docstring for the files written.
+
+    Returns:
+        A summary: ``run_dir``, ``dataset``, ``iterations_completed``, ``interrupted`` (``None`` or the
+        signal's name), ``final`` (the final metrics line, ``None`` when interrupted), ``test_nll``,
+        ``seconds`` (training wall time over resumed sessions), ``checkpoint``, ``figures``.
+
+    Raises:
+        ConfigError: an unusable ``out``, or a batch that does not split over the processes (or
+            leaves an OT shard of fewer than 2).
+        FileExistsError / FileNotFoundError / CheckpointError / RunLockedError: as
+            :meth:`neuralode.training.rundir.RunDir.open` says.
+        ImportError: ``digits`` without scikit-learn (the message gives the install command).
+    """
+    return run_task(config, "flow", _train)
+
+
+def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> dict[str, Any]:
+    rows = ctx.shard(config.batch_size)
+    if config.coupling == "ot" and rows.stop - rows.start < 2:
+        raise ConfigError("batch_size", f"batch_size={config.batch_size} leaves {rows.stop - rows.start} sample per process; "
+                                        f"the OT coupling needs at least 2 per process: raise --batch-size.")
+    data = FlowData(config)  # before the lock: a missing scikit-learn or MNIST folder fails without a trace
+    checkpoint = run.open(config)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = build_model(config, data)
+    if data.teacher is not None:  # reflow starts from the teacher's field
+        model.load_state_dict(data.teacher.state_dict())
+    model = model.to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    window = Sums(*_FIGURES)
+    start, seconds = 0, 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"], ctx.device)
+        start, seconds = int(checkpoint["iteration"]), float(checkpoint["seconds"])
+        window.load(checkpoint["window_sums"], ctx)
+    history = run.restart_metrics(start)
+    run.write_config(config, task="flow", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
+    if checkpoint is not None:
+        run.note(f"Resuming {run.path} from its checkpoint at iteration {start}.")
+    run.plan(config.iterations, start, f"flow matching on {config.dataset} ({config.coupling} coupling, {config.path} path), "
+                                       f"batch {config.batch_size}")
+
+    def save(iteration: int) -> None:
+        run.save(config, {"iteration": iteration, "seconds": seconds, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "rng": rng_state(ctx.device), "window_sums": window.state(ctx)})
+
+    iteration = start
+    with progress_bar(config.iterations, f"flow {config.dataset} ({config.coupling})", enabled=config.progress and ctx.is_main,
+                      unit="it", initial=start) as bar:
+        for iteration in range(start + 1, config.iterations + 1):
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
+            # Every draw over the global batch, then this rank's rows (see the module docstring).
+            x1, labels, x0 = data.batch(iteration, config.batch_size)
+            g = step_generator(config.seed, iteration, stream=3)
+            x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
+            t = torch.rand(x1.shape[0], generator=g)
+            if labels is not None and config.conditional:
+                labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(ctx.device)
+            else:
+                labels = None
+            eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
+            loss = cfm_loss(model, x1[rows].to(ctx.device), path=config.path, coupling=config.coupling, sigma=config.sigma,
+                            labels=labels, x0=x0[rows].to(ctx.device), t=t[rows].to(ctx.device), noise=eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            ctx.average_gradients(model.parameters())
+            optimizer.step()
+            seconds += time.perf_counter() - t0
+            window.add(loss=loss.item(), n=1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.update()
+            if iteration % config.log_every == 0 or iteration == config.iterations:
+                totals = window.totals(ctx)
+                record = {"iteration": iteration, "loss": totals["loss"] / totals["n"], "lr": optimizer.param_groups[0]["lr"],
+                          "seconds": seconds}
+                history.append(record)
+                run.append(record)
+                window.reset()
+            signum, due = ctx.any_signal(stop.signum), run.after_step(iteration)
+            if signum or due or iteration == config.iterations:
+                save(iteration)
+            if signum:
+                run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("flow", config.out, ctx))
+                return _summary(config, ctx, run, iteration, stop.name or "SIGTERM", seconds)
+
+    summary = _summary(config, ctx, run, iteration, None, seconds)
+    t1 = time.perf_counter()
+    model.eval()
+    result = _evaluate(model, data, config, ctx.device)
+    final = {"iteration": iteration, "final": True, **result, "seconds": seconds, "eval_seconds": time.perf_counter() - t1}
+    run.append(final)
+    summary.update(final=final, test_nll=result["test_nll"])
+    if config.plot and ctx.is_main:
+        summary["figures"] = [str(p) for p in write_figures(model, config, run.path, data=data, table=result["sampling"],
+                                                             iteration=iteration, test_nll=result["test_nll"])]
+    return summary
+
+
+def _evaluate(model: nn.Module, data: FlowData, config: FlowTrainConfig, device: torch.device,
+              test_samples: int | None = None) -> dict[str, Any]:
+    x, labels = data.test(test_samples or config.test_samples)
+    nll, nfe = evaluate_nll(model, x.to(device), labels, config)
+    out = {"test_nll": nll, "test_nfe_forward": nfe, "test_samples": x.shape[0], "divergence": _divergence(config, data.dim)}
+    if data.levels is not None:
+        out["test_bpd"] = bits_per_dim(nll, data.dim, data.levels)
+    out["sampling"] = sampling_table(model, data, config)
+    out["w2_floor"] = w2_floor(data, config)
+    return out
+
+
+def _summary(config: FlowTrainConfig, ctx: Dist, run: RunDir, iteration: int, interrupted: str | None, seconds: float) -> dict[str, Any]:
+    return {"run_dir": str(run.path), "rank": ctx.rank, "dataset": config.dataset, "iterations_completed": iteration,
+            "interrupted": interrupted, "seconds": seconds, "final": None, "test_nll": None,
+            "checkpoint": str(run.checkpoint_path), "figures": []}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and figures of a saved run.
+
+
+def _load(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, FlowTrainConfig, FlowData, int]:
+    state = load_flow_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    config = FlowTrainConfig.from_dict(state["config"])
+    data = FlowData(config, training=False)
+    model = build_model(config, data)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config, data, int(state["iteration"])
+
+
+def evaluate(run_dir: str | os.PathLike[str], *, test_samples: int | None = None) -> dict[str, Any]:
+    """Load ``RUN_DIR``'s checkpoint: its test NLL (and bits/dim for images) and samples-per-NFE table.
+
+    Returns:
+        ``test_nll``, ``test_nfe_forward``, ``test_samples``, ``divergence``, ``test_bpd`` (images),
+        ``sampling`` (rows as in :func:`sampling_table`), ``iteration``, ``dataset``, ``coupling``.
+    """
+    model, config, data, iteration = _load(run_dir)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    result = _evaluate(model, data, config, torch.device("cpu"), test_samples)
+    return {**result, "iteration": iteration, "dataset": config.dataset, "coupling": config.coupling}
+
+
+def plot_saved_run(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write a saved run's figures (:data:`FIGURE_NAMES`) into its folder; the table is recomputed."""
+    model, config, data, iteration = _load(run_dir)
+    final = next((r for r in reversed(_read_metrics(run_dir)) if r.get("final")), None)
+    table = final["sampling"] if final and final.get("iteration") == iteration else None
+    test_nll = final["test_nll"] if table is not None else None
+    return write_figures(model, config, Path(run_dir), data=data, table=table, iteration=iteration, test_nll=test_nll)
+
+
+def _read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    from .rundir import METRICS_NAME, read_jsonl
+
+    return read_jsonl(Path(run_dir) / METRICS_NAME)
+
+
+def write_figures(model: nn.Module, config: FlowTrainConfig, out: Path, *, data: FlowData | None = None,
+                  table: list[dict[str, Any]] | None = None, iteration: int | None = None, test_nll: float | None = None,
+                  n_samples: int = 2000, particles: int = 12) -> list[Path]:
+    """Write ``samples.png``, ``trajectories.png`` and ``quality_vs_nfe.png`` for a trained field into ``out``.
+
+    ``table`` is :func:`sampling_table`'s (computed here when ``None``); ``iteration`` and
+    ``test_nll`` (nats) go into the titles.
+    """
+    from ..plotting import plot_image_grid, plot_particle_paths, plot_point_clouds, plot_quality_vs_nfe, save_figure
+
+    model = model.cpu()
+    data = data or FlowData(config, training=False)
+    table = table if table is not None else sampling_table(model, data, config)
+    where = f"{config.dataset}, {config.coupling} coupling, {config.path} path" + (f", iteration {iteration}" if iteration is not None else "")
+    score = f", test NLL {test_nll:.3f} nats" if test_nll is not None else ""
+    if data.levels is not None and test_nll is not None:
+        score += f" ({bits_per_dim(test_nll, data.dim, data.levels):.3f} bits/dim)"
+    g = step_generator(config.seed, 0, stream=5)
+    times = [k / 5 for k in range(6)]
+    if data.images:
+        n_grid = 64
+        target, labels = data.test(n_grid)
+        y = labels if config.conditional else None
+        result = sample(model, n_grid, labels=y, guidance=config.guidance, rtol=config.tol, atol=config.tol,
+                        times=times, generator=g)
+        shown = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731 - [-1, 1] back to [0, 1] grey
+        samples_fig = plot_image_grid([("held-out data", shown(target)), (f"samples (dopri5, {result.nfe} NFE)", shown(result.x))],
+                                      suptitle=f"Flow matching on {where}{score}")
+        traj = result.trajectory[:, :8].transpose(0, 1).reshape(-1, *data.shape)  # (8 samples x 6 times, C, H, W)
+        traj_fig = plot_image_grid([("columns: t = " + ", ".join(f"{t:.1f}" for t in times), shown(traj))], columns=len(times),
+                                   suptitle=f"Flow matching on {config.dataset}:\n8 samples from noise (t = 0) to data (t = 1)")
+    else:
+        target, _ = data.test(n_samples)
+        result = sample(model, n_samples, rtol=config.tol, atol=config.tol, times=[k / 50 for k in range(51)], generator=g)
+        samples_fig = plot_point_clouds([("held-out data", target), (f"model samples (dopri5, {result.nfe} NFE)", result.x)],
+                                        suptitle=f"Flow matching on {where}{score}: {n_samples} samples each")
+        traj_fig = plot_particle_paths(result.trajectory[:, :particles], background=result.x,
+                                       title=f"Flow matching on {where}:\n{particles} particles from noise (t = 0, ○) to data (t = 1, ●)")
+    quality = plot_quality_vs_nfe(
+        {m: [(r["nfe"], r["w2"]) for r in table if r["method"] == m] for m in dict.fromkeys(r["method"] for r in table)},
+        title=f"Sample quality against cost: {where}", ylabel="2-Wasserstein distance to held-out data",
+        reference=w2_floor(data, config), reference_label="data against data (W2 floor at this sample size)",
+    )
+    return [save_figure(samples_fig, out / FIGURE_NAMES[0]), save_figure(traj_fig, out / FIGURE_NAMES[1]),
+            save_figure(quality, out / FIGURE_NAMES[2])]
