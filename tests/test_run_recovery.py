@@ -49,7 +49,12 @@ def _task_params():
 
 
 def _without_timing(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+    """The records less their wall-clock fields, at any depth (a flow run's sampling table times each row)."""
+    if isinstance(records, dict):
+        return {k: _without_timing(v) for k, v in records.items() if k not in TIMING}
+    if isinstance(records, list):
+        return [_without_timing(r) for r in records]
+    return records
 
 
 def _exit_error(argv, capfd) -> str:
