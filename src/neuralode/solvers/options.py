@@ -115,7 +115,8 @@ class FixedOptions:
             call takes (default 32; ``1``: one step per call). The chunk size is chosen to keep
             ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with events, step callbacks,
             ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled step per call.
-        Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
+
+    Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
     step_size: float | None = None
