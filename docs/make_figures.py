@@ -20,13 +20,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
+#: MNIST's IDX files where the project's machines keep them; elsewhere the example downloads them.
+_SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST_DIR = ("--data-dir", str(_SHARED_MNIST)) if _SHARED_MNIST.is_dir() else ()
 
 #: name: (script, its arguments (the budget the tutorial states), figures it writes into --out).
 EXAMPLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "bouncing_ball": ("bouncing_ball.py", (), ("bouncing_ball.png",)),
     "per_sample_vdp": ("per_sample_vdp.py", (), ("per_sample_steps.png",)),
     "per_sample_bounces": ("per_sample_bounces.py", (), ("per_sample_bounces.png",)),
-    "stiff_robertson": ("stiff_robertson.py", (), ("stiff_robertson.png",)),
+    "stiff_robertson": ("stiff_robertson.py", ("--iters", "40"), ("stiff_robertson.png",)),
+    "cnf_2d": ("cnf_2d.py", ("--iterations", "150"), ("cnf_2d.png",)),
+    "latent_ode_spirals": ("latent_ode_spirals.py", ("--iterations", "300"), ("latent_ode_spirals.png",)),
+    "mnist_odenet": (
+        "mnist_odenet.py",
+        ("--iterations", "60", "--train", "3000", "--test", "1000", *MNIST_DIR),
+        ("mnist_odenet.png",),
+    ),
 }
 
 
@@ -35,7 +45,9 @@ def run(name: str) -> None:
     env = {**os.environ, "MPLBACKEND": "Agg"}
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "examples" / script), *args, "--out", out], check=True, env=env, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, str(ROOT / "examples" / script), *args, "--out", out], check=True, env=env, cwd=ROOT
+        )
         for figure in figures:
             shutil.copyfile(Path(out) / figure, FIGURES / figure)
         print(f"{name}: {', '.join(figures)} in {time.perf_counter() - start:.0f} s", flush=True)
@@ -43,7 +55,9 @@ def run(name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", choices=[[], *EXAMPLES], metavar="NAME", help=f"any of {', '.join(EXAMPLES)}")
+    parser.add_argument(
+        "names", nargs="*", choices=[[], *EXAMPLES], metavar="NAME", help=f"any of {', '.join(EXAMPLES)}"
+    )
     names = parser.parse_args().names or list(EXAMPLES)
     FIGURES.mkdir(parents=True, exist_ok=True)
     for name in names:
