@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -59,7 +59,9 @@ from .tableau import METHODS, ButcherTableau, get_tableau
 
 DEFAULT_METHOD = "dopri5"
 
-Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
+# The state argument has y0's layout (a tensor, or a tuple of tensors): a func written for one layout is
+# called with that layout only, so its parameter type is left open rather than the union.
+Func = Callable[[torch.Tensor, Any], TensorOrTuple]
 
 
 def method_names() -> list[str]:
