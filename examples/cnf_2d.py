@@ -102,14 +102,14 @@ def main() -> None:
         history.append(
             {
                 "iteration": it + 1,
-                "nll": float(loss),
+                "nll": loss.item(),
                 "nfe_forward": flow.nfe_forward,
                 "nfe_backward": flow.nfe_backward,
             }
         )
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
             print(
-                f"iter {it + 1:4d}  nll {float(loss):.3f} nats  nfe {flow.nfe_forward} + {flow.nfe_backward}",
+                f"iter {it + 1:4d}  nll {loss.item():.3f} nats  nfe {flow.nfe_forward} + {flow.nfe_backward}",
                 flush=True,
             )
     seconds = time.perf_counter() - start

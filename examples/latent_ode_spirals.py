@@ -94,9 +94,9 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        history.append({"iteration": it + 1, "elbo": -float(loss), "nfe_forward": model.func.nfe_forward})
+        history.append({"iteration": it + 1, "elbo": -loss.item(), "nfe_forward": model.func.nfe_forward})
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
-            print(f"iter {it + 1:4d}  elbo {-float(loss):9.2f}", flush=True)
+            print(f"iter {it + 1:4d}  elbo {-loss.item():9.2f}", flush=True)
     seconds = time.perf_counter() - start
 
     rmse_after, pred = extrapolation_rmse(model, test)

@@ -101,14 +101,14 @@ def main() -> None:
         history.append(
             {
                 "iteration": it + 1,
-                "loss": float(loss),
+                "loss": loss.item(),
                 "nfe_forward": block.nfe_forward,
                 "nfe_backward": block.nfe_backward,
             }
         )
         if it % max(1, args.iterations // 10) == 0 or it == args.iterations - 1:
             print(
-                f"step {it + 1:4d}  loss {float(loss):.3f}  nfe {block.nfe_forward} + {block.nfe_backward}", flush=True
+                f"step {it + 1:4d}  loss {loss.item():.3f}  nfe {block.nfe_forward} + {block.nfe_backward}", flush=True
             )
     seconds = time.perf_counter() - start
 
