@@ -70,6 +70,4 @@ def on_pre_build(config) -> None:
                 continue
             missing.append(f"{module_name}.{name}")
     if missing:
-        log.warning(
-            "public names missing from docs/reference/*.md (add a '::: NAME' entry): %s", ", ".join(missing)
-        )
+        log.warning("public names missing from docs/reference/*.md (add a '::: NAME' entry): %s", ", ".join(missing))
