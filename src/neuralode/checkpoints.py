@@ -59,7 +59,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
 
     If ``write`` raises, the temporary file is removed and ``path`` is left as it was.

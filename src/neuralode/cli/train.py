@@ -13,9 +13,12 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .flags import add_config_flags, flag_error, given_settings
+
+if TYPE_CHECKING:  # the training package is imported only when a task runs
+    from ..training.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def add_train(subparsers: argparse._SubParsersAction, argv: Sequence[str] | None
         parser.set_defaults(handler=run_train, subparser=parser, task_spec=task)
 
 
-def resolve_config(parser: argparse.ArgumentParser, config_cls: type, given: dict[str, Any]) -> Any:
+def resolve_config(parser: argparse.ArgumentParser, config_cls: type[RunConfig], given: dict[str, Any]) -> RunConfig:
     """The run's config from the flags given: the defaults, or with --resume the run's saved settings."""
     from ..training.config import ConfigError, merge_for_resume
     from ..training.rundir import read_run_config
