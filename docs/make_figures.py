@@ -34,7 +34,7 @@ EXAMPLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "latent_ode_spirals": ("latent_ode_spirals.py", ("--iterations", "300"), ("latent_ode_spirals.png",)),
     "mnist_odenet": (
         "mnist_odenet.py",
-        ("--iterations", "60", "--train", "3000", "--test", "1000", *MNIST_DIR),
+        ("--iterations", "30", "--train", "2000", "--test", "500", *MNIST_DIR),
         ("mnist_odenet.png",),
     ),
 }
