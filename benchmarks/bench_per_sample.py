@@ -129,7 +129,7 @@ def peer_rows(cases, t, pairs: int):
     import numpy as np
 
     rows, notes = [], []
-    for name, z0, f, ref, err_units in cases:
+    for name, z0, f, _ref, err_units in cases:
         def ours():
             with torch.no_grad():
                 return solve(f, z0, t, rtol=TOL, atol=TOL, options={"per_sample": True})

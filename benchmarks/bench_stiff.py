@@ -245,7 +245,7 @@ def controller_summary(records) -> list[str]:
              "Radau's at the same rtol.", "",
              "| method | controller | rejected | accepted | nfe | error / default | Radau target met |",
              "|---|---|---|---|---|---|---|"]
-    for method, min_rtol in CONTROLLER_ROWS:
+    for method, _min_rtol in CONTROLLER_ROWS:
         pairs = sorted({(p, r) for p, r, lab, *_ in records if lab.startswith(f"neuralode {method}, controller")})
         for c in (DEFAULT_CONTROLLER, *OTHER_CONTROLLERS):
             label = f"neuralode {method}" if c == DEFAULT_CONTROLLER else f"neuralode {method}, controller {c}"

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         if code != 0:
             failed.append(script)
     print(f"All benchmarks finished in {time.perf_counter() - start:.0f} s. Results:")
-    for script, outputs in SCRIPTS.items():
+    for outputs in SCRIPTS.values():
         for name in outputs:
             path = args.out / name
             state = "" if path.exists() else "  (missing)"

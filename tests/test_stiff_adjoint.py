@@ -277,6 +277,7 @@ def test_fixed_grid_interpolating_adjoint_keeps_the_methods_order(method):
     errors = []
     for h in (0.02, 0.01):
         g = []
+        forward_nfe_backprop = None  # set by the backprop solve, which runs first
         for solver in (odeint, odeint_adjoint):
             f = _DampedRotation()
             yg = y0.clone().requires_grad_(True)

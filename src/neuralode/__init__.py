@@ -3,6 +3,8 @@
 ``from neuralode import odeint`` is a drop-in replacement for ``from torchdiffeq import odeint``.
 """
 
+from importlib import metadata as _metadata
+
 from .solvers import (
     IMPLICIT_METHODS,
     METHODS,
@@ -25,7 +27,11 @@ from .solvers import (
     solve_adjoint,
 )
 
-__version__ = "0.1.0"
+try:
+    # The version lives in pyproject.toml only; an installed package (wheel or editable) knows it.
+    __version__: str = _metadata.version("neuralode")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "IMPLICIT_METHODS",

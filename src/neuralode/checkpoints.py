@@ -93,7 +93,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, keep_previous: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *, keep_previous: str | os.PathLike[str] | None = None
 ) -> Path:
     """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
 

@@ -14,9 +14,12 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .flags import add_config_flags, flag_error, given_settings, runtime_error
+
+if TYPE_CHECKING:  # the training package is imported only when a task runs
+    from ..training.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ def add_train(subparsers: argparse._SubParsersAction, argv: Sequence[str] | None
         parser.set_defaults(handler=run_train, subparser=parser, task_spec=task)
 
 
-def resolve_config(parser: argparse.ArgumentParser, config_cls: type, given: dict[str, Any], task_name: str | None = None) -> Any:
+def resolve_config(parser: argparse.ArgumentParser, config_cls: type[RunConfig], given: dict[str, Any], task_name: str | None = None
+) -> RunConfig:
     """The run's config from the flags given: the defaults, or with --resume the run's saved settings
     (from ``config.json``, else from the checkpoint)."""
     from ..checkpoints import CheckpointError

@@ -174,6 +174,7 @@ def _find(folder: Path, name: str) -> Path | None:
 def _check_array(array: np.ndarray, name: str, split: str, source: str) -> None:
     """Raise ValueError unless ``array`` has the shape and range of the standard MNIST ``name``."""
     n = MNIST_SIZES[split]
+    expected_shape: tuple[int, ...]
     if name.endswith("images-idx3-ubyte"):
         expected_shape, kind = (n, 28, 28), "images"
     else:

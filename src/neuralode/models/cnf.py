@@ -27,7 +27,7 @@ training adds ``λ_K · mean(KE) + λ_J · mean(JF)`` to the negative log-likeli
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -275,7 +275,7 @@ class CNF(nn.Module):
         n_reg = self.dynamics.n_states - 2
         rtol = self.rtol if n_reg == 0 else (self.rtol, self.rtol, *([self.rtol] * n_reg))
         atol = self.atol if n_reg == 0 else (self.atol, self.atol, *([_IGNORED_ATOL] * n_reg))
-        kwargs = dict(rtol=rtol, atol=atol, method=self.method)
+        kwargs: dict[str, Any] = dict(rtol=rtol, atol=atol, method=self.method)
         if use_adjoint and torch.is_grad_enabled():
             return odeint_adjoint(self.dynamics, state, t, adjoint_params=tuple(self.dynamics.parameters()), **kwargs)
         return odeint(self.dynamics, state, t, **kwargs)

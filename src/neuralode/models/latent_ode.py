@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -277,7 +278,7 @@ class LatentODE(nn.Module):
         # Time in float64 for the union, so nearly equal float32 times are not merged by accident.
         grid, inverse = torch.unique(tau.detach().to(torch.float64), sorted=True, return_inverse=True)  # (U,), (B, Q)
         solver = odeint_adjoint if self.adjoint else odeint
-        kw = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
+        kw: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         zero = grid.new_zeros(1)
         parts = []
         neg, pos = grid[grid < 0], grid[grid > 0]
@@ -310,7 +311,7 @@ class LatentODE(nn.Module):
         """
         B, Q = tau.shape
         tau64 = tau.detach().to(torch.float64)
-        kw = dict(rtol=self.rtol, atol=self.atol, method=self.method,
+        kw: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method,
                   options={**(self.options or {}), "per_sample": "compact"})
         solver = odeint_adjoint if self.adjoint else odeint
         out = z0.new_zeros(B, Q, z0.shape[-1])

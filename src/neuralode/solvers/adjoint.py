@@ -420,7 +420,7 @@ def _adjoint_params(func: Any, adjoint_params: Sequence[torch.Tensor] | None) ->
 
 
 def solve_adjoint(
-    func: Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple],
+    func: Callable[[torch.Tensor, Any], TensorOrTuple],
     y0: TensorOrTuple,
     t: torch.Tensor,
     *,
@@ -642,7 +642,7 @@ def _adjoint_with_events(cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, time
 
 
 def odeint_adjoint(
-    func: Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple],
+    func: Callable[[torch.Tensor, Any], TensorOrTuple],
     y0: TensorOrTuple,
     t: torch.Tensor,
     *,

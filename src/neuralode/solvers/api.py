@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -63,7 +63,9 @@ DEFAULT_METHOD = "dopri5"
 # Most stage times of a fixed grid created at once as tensors (see _Problem.cache_times).
 CACHED_TIMES = 1 << 18
 
-Func = Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple]
+# The state argument has y0's layout (a tensor, or a tuple of tensors): a func written for one layout is
+# called with that layout only, so its parameter type is left open rather than the union.
+Func = Callable[[torch.Tensor, Any], TensorOrTuple]
 
 
 def method_names() -> list[str]:

@@ -195,7 +195,7 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
         # displacements stall at rounding, theta ~ 1) and the step size collapses.
         done = max(1e-3 * NEWTON_KAPPA, ROUNDING_ULPS * torch.finfo(z.dtype).eps * scaled(z, y0))
         prev = None
-        for m in range(NEWTON_MAX_ITER):
+        for _ in range(NEWTON_MAX_ITER):
             g = z - base - hg * func(ti, z)
             dz = -torch.linalg.lu_solve(LU, piv, (g / hg).reshape(B, n, 1)).reshape(z.shape)
             stats.n_linear_solves += 1

@@ -118,7 +118,8 @@ class FixedOptions:
         max_num_steps: most steps of the solve (default 1,000,000). A grid is counted before it is
             built and a longer one refused with its count (a grid is a list of its times: 10^9 steps
             would be 32 GB); an event search on a grid (no last time) stops after this many steps.
-        Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
+
+    Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
     """
 
     step_size: float | None = None

@@ -6,11 +6,11 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 
-TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 @dataclass

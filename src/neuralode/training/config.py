@@ -51,6 +51,10 @@ def base_type(annotation: Any) -> Any:
     return annotation
 
 
+#: A task's config class: ``from_dict`` and ``merge_for_resume`` return the class they are given.
+_Config = typing.TypeVar("_Config", bound="RunConfig")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Settings every task has. Subclasses add their own fields and extend ``__post_init__``.
@@ -148,7 +152,7 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "RunConfig":
+    def from_dict(cls: type[_Config], d: Mapping[str, Any], **overrides: Any) -> _Config:
         """The inverse of :meth:`to_dict`; unknown keys are ignored, ``overrides`` win."""
         names = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
@@ -160,7 +164,7 @@ def resume_differences(saved: Mapping[str, Any], config: RunConfig) -> list[str]
     return [f"{k}: saved {saved.get(k)!r}, now {current[k]!r}" for k in config.RESUME_KEEP if saved.get(k) != current[k]]
 
 
-def merge_for_resume(cls: type[RunConfig], saved: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[RunConfig, list[str]]:
+def merge_for_resume(cls: type[_Config], saved: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[_Config, list[str]]:
     """The resume rule of every task: the run's saved settings, overridden by those ``given``.
 
     Args:

@@ -298,21 +298,21 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
     params = count_parameters(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay)
     epoch_sums, window = Sums(*_FIGURES), Sums(*_FIGURES)
-    epoch, first, seconds = 0, 0, {"run": 0.0, "epoch": 0.0}
+    start_epoch, first, seconds = 0, 0, {"run": 0.0, "epoch": 0.0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"], ctx.device)
-        epoch, first, seconds = checkpoint["position"]["epoch"], checkpoint["position"]["batch"], dict(checkpoint["seconds"])
+        start_epoch, first, seconds = checkpoint["position"]["epoch"], checkpoint["position"]["batch"], dict(checkpoint["seconds"])
         epoch_sums.load(checkpoint["epoch_sums"], ctx)
         window.load(checkpoint["window_sums"], ctx)
-    history = [r for r in run.restart_metrics(epoch * steps_per_epoch + first) if "epoch" in r]
+    history = [r for r in run.restart_metrics(start_epoch * steps_per_epoch + first) if "epoch" in r]
     run.write_config(config, task="mnist", effective_lr=config.effective_lr, params=params, world_size=ctx.world_size,
                      device=str(ctx.device), torch=torch.__version__)
     if checkpoint is not None:
-        run.note(f"Resuming {run.path} from its checkpoint at epoch {epoch + 1}, batch {first}/{steps_per_epoch} "
-                 f"(step {epoch * steps_per_epoch + first}).")
-    run.plan(config.epochs * steps_per_epoch, epoch * steps_per_epoch + first,
+        run.note(f"Resuming {run.path} from its checkpoint at epoch {start_epoch + 1}, batch {first}/{steps_per_epoch} "
+                 f"(step {start_epoch * steps_per_epoch + first}).")
+    run.plan(config.epochs * steps_per_epoch, start_epoch * steps_per_epoch + first,
              f"{config.model} on MNIST, {config.epochs} epochs of {steps_per_epoch:,} steps (batch {config.batch_size})")
 
     def save(epoch: int, batch: int) -> None:
@@ -323,7 +323,7 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
             "epoch_sums": epoch_sums.state(ctx), "window_sums": window.state(ctx),
         })
 
-    for epoch in range(epoch, config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         batches = epoch_batches(len(train_set), config.batch_size, seed=config.seed, epoch=epoch, rank=ctx.rank, world_size=ctx.world_size)
         train_set.set_epoch(epoch)
         source = _BatchList(train_set, batches[first:])
