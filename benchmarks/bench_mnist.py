@@ -2,7 +2,7 @@
 
 1. One epoch of each classifier (MLP, ResNet, RK-Net, ODE-Net) on the full 60,000 training
    images with the paper's recipe (SGD, momentum 0.9, lr 0.1, batch 128, random crops), through
-   ``neuralode.training.train``, once per seed (``--seeds``, default 0 and 1); test error on all
+   ``neuralode.training.mnist.train``, once per seed (``--seeds``, default 0 and 1); test error on all
    10,000 test images, parameters, seconds per epoch and mean NFE per batch, beside the paper's
    Table 1 (which is after 160 epochs). The paper's schedule decays the rate x0.1 at epochs
    60/100/140 of 160; in a one-epoch run the short-run analogue is one x0.1 drop for the last
@@ -43,7 +43,7 @@ from torch import nn  # noqa: E402
 from benchmarks.common import RESULTS_DIR, machine_markdown, markdown_table, time_pair  # noqa: E402
 from neuralode.datasets.mnist import mnist_dataset  # noqa: E402
 from neuralode.models import MODEL_NAMES, build_classifier  # noqa: E402
-from neuralode.training import TrainConfig, epoch_batches, load_checkpoint, train  # noqa: E402
+from neuralode.training.mnist import TrainConfig, epoch_batches, load_checkpoint, train  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist"
 

@@ -167,7 +167,7 @@ def peer_rows(cases, t, pairs: int):
 def latent_ode_rows(pairs: int):
     """ELBO forward + backward of an untrained latent ODE, per-sample vs union solve."""
     from neuralode.models.latent_ode import LatentODE
-    from neuralode.spirals import make_spirals
+    from neuralode.datasets.spirals import make_spirals
 
     rows = []
     for n, q, grid in ((64, 30, True), (256, 30, True), (64, 30, False), (256, 30, False)):

@@ -19,7 +19,6 @@ log = logging.getLogger("mkdocs.hooks.neuralode")
 PUBLIC_MODULES = (
     "neuralode",
     "neuralode.solvers",
-    "neuralode.nn",
     "neuralode.models",
     "neuralode.datasets.toy2d",
     "neuralode.datasets.spirals",
@@ -30,7 +29,7 @@ PUBLIC_MODULES = (
     "neuralode.training.latent",
 )
 #: Modules without ``__all__``: their public names, listed here.
-EXPLICIT = {"neuralode.nn": ("ODEFunc", "ConcatLinear", "ConcatConv2d", "ODEBlock")}
+EXPLICIT: dict[str, tuple[str, ...]] = {}
 
 
 def _resolve(path: str) -> object:

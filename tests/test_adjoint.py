@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from neuralode import odeint, odeint_adjoint, solve, solve_adjoint
-from neuralode.nn import ConcatLinear, ODEBlock, ODEFunc
+from neuralode.models import ConcatLinear, ODEBlock, ODEFunc
 
 F64 = torch.float64
 

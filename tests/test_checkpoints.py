@@ -1,4 +1,5 @@
-"""neuralode.checkpoints: atomic writes and checkpoints tagged by program, shared by all trainers."""
+"""neuralode._atomic (atomic writes) and neuralode.training.checkpoints (checkpoints tagged by program,
+shared by all trainers)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import stat
 import pytest
 import torch
 
-from neuralode.checkpoints import (
+from neuralode._atomic import atomic_write, atomic_write_text
+from neuralode.training.checkpoints import (
     CHECKPOINT_KINDS,
     CheckpointError,
-    atomic_write,
-    atomic_write_text,
     checkpoint_format,
     load_checkpoint,
     save_checkpoint,

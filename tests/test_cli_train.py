@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from neuralode.cli import main
-from neuralode.training import load_checkpoint, read_metrics
+from neuralode.training.mnist import load_checkpoint, read_metrics
 from neuralode.training.mnist import epoch_records
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

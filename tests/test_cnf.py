@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralode.checkpoints import CheckpointError
+from neuralode.training.checkpoints import CheckpointError
 from neuralode.training.cnf import CNFTrainConfig, evaluate, load_cnf_checkpoint, train_cnf
 from neuralode.models.cnf import CNF, CNFDynamics, ConcatMLP, HyperNetDynamics, build_cnf, standard_normal_logprob
 from neuralode.datasets.toy2d import TOY_DATASETS, sample_toy

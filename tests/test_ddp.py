@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from neuralode.cli import main
-from neuralode.checkpoints import load_checkpoint
+from neuralode.training.checkpoints import load_checkpoint
 from neuralode.training.cnf import CNFTrainConfig, build_model
 from neuralode.training.rundir import read_jsonl
 

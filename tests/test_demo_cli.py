@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from neuralode.cli import main
-from neuralode.demo import FIGURE_NAMES, DemoConfig, run_demo
+from neuralode.cli.demo_study import FIGURE_NAMES, DemoConfig, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -182,7 +182,7 @@ def test_save_figure_is_atomic(tmp_path):
 
 
 def test_importing_the_library_does_not_import_matplotlib():
-    code = "import sys, neuralode, neuralode.plotting, neuralode.demo, neuralode.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, neuralode, neuralode.plotting, neuralode.cli.demo_study, neuralode.cli; print('matplotlib' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

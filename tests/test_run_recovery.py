@@ -203,9 +203,9 @@ def test_plan_estimate_and_timed_checkpoints(task, tmp_path, capfd, monkeypatch)
 
 
 def test_demo_checks_its_out_before_running(tmp_path, capfd, monkeypatch):
-    import neuralode.demo
+    import neuralode.cli.demo_study
 
-    monkeypatch.setattr(neuralode.demo, "run_demo", lambda config: pytest.fail("the demo ran"))
+    monkeypatch.setattr(neuralode.cli.demo_study, "run_demo", lambda config: pytest.fail("the demo ran"))
     a_file = tmp_path / "file"
     a_file.write_text("x")
     err = _exit_error(["demo", "--quick", "--out", str(a_file / "figures")], capfd)
@@ -250,7 +250,7 @@ def test_a_run_killed_between_the_two_renames_resumes_from_the_previous_checkpoi
 def test_a_checkpoint_without_the_history_refuses_to_lose_it_silently(straight, tmp_path, capfd):
     """A checkpoint from before checkpoints carried the metrics lines: a lost metrics file cannot be
     rebuilt, so resuming stops and says how to accept the loss."""
-    from neuralode.checkpoints import load_checkpoint, save_checkpoint
+    from neuralode.training.checkpoints import load_checkpoint, save_checkpoint
 
     out = _copy(straight, "cnf", tmp_path)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralode import plotting, training
+from neuralode import plotting
+from neuralode.training import mnist as training
 from neuralode.models import build_classifier, count_parameters
-from neuralode.training import (
+from neuralode.training.mnist import (
     CheckpointError,
     ConfigError,
     TrainConfig,

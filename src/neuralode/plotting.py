@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .checkpoints import atomic_write
+from ._atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     from matplotlib.figure import Figure

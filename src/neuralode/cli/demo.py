@@ -1,4 +1,4 @@
-"""``neuralode demo``: the Neural-ODE story in one run (see :mod:`neuralode.demo`)."""
+"""``neuralode demo``: the Neural-ODE story in one run (see :mod:`neuralode.cli.demo_study`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..demo import DemoConfig, run_demo
+    from .demo_study import DemoConfig, run_demo
 
     settings: dict = {"out": args.out, "seed": args.seed}
     if args.iterations is not None:

@@ -33,7 +33,7 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..checkpoints import CheckpointError
+    from ..training.checkpoints import CheckpointError
     from ..datasets.mnist import DownloadError
     from ..training.figures import run_kind
 
@@ -142,7 +142,7 @@ def run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         runtime_error(parser, f"{'argument --output: ' if args.output is not None else ''}cannot write {str(path)!r}: {reason}")
     paths = [path]
     if run_kind(args.run_dir) == "flow":  # samples, trajectories and quality against NFE, from the checkpoint
-        from ..checkpoints import CheckpointError
+        from ..training.checkpoints import CheckpointError
         from ..training.flow import plot_saved_run
 
         try:

@@ -108,7 +108,7 @@ def resolve_config(parser: argparse.ArgumentParser, config_cls: type[RunConfig],
 ) -> RunConfig:
     """The run's config from the flags given: the defaults, or with --resume the run's saved settings
     (from ``config.json``, else from the checkpoint)."""
-    from ..checkpoints import CheckpointError
+    from ..training.checkpoints import CheckpointError
     from ..training.config import ConfigError, merge_for_resume
     from ..training.rundir import WrongTaskError, check_run_task, read_run_config, recover_run_config
 
@@ -145,7 +145,7 @@ def resolve_config(parser: argparse.ArgumentParser, config_cls: type[RunConfig],
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..checkpoints import CheckpointError
+    from ..training.checkpoints import CheckpointError
     from ..datasets.mnist import DownloadError
     from ..training.config import ConfigError
     from ..training.rundir import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, RunLockedError, WrongTaskError, check_out, check_run_task

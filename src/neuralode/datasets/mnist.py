@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_write_bytes
+from .._atomic import atomic_write_bytes
 
 __all__ = ["MNIST_FILES", "MNIST_SHA256", "MNIST_SIZES", "DEFAULT_MIRRORS", "DATA_ENV", "MIRRORS_ENV", "MNIST_MEAN", "MNIST_STD", "DownloadError", "parse_idx", "read_idx_file", "default_cache_dir", "default_mirrors", "download_mnist", "load_mnist", "epoch_generator", "MNISTDataset", "mnist_dataset"]
 

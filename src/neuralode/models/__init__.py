@@ -1,4 +1,9 @@
-"""The paper's architectures: MNIST classifiers (Table 1); latent ODEs, CNFs and flow-matching velocity fields live beside them."""
+"""Continuous-depth layers and the models built from them: the paper's MNIST classifiers (Table 1), latent ODEs,
+CNFs and flow-matching velocity fields."""
+
+from .layers import ConcatConv2d, ConcatLinear, ODEBlock, ODEFunc
+
+__all__ = ["ConcatConv2d", "ConcatLinear", "ODEBlock", "ODEFunc"]
 
 from .classifiers import (
     MODEL_NAMES,
@@ -8,7 +13,7 @@ from .classifiers import (
     count_parameters,
 )
 
-__all__ = ["MODEL_NAMES", "ConvODEFunc", "ResBlock", "build_classifier", "count_parameters"]
+__all__ += ["MODEL_NAMES", "ConvODEFunc", "ResBlock", "build_classifier", "count_parameters"]
 
 from .latent_ode import ELBOTerms, LatentODE, LatentODEFunc, RecognitionRNN, RNNBaseline
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import ConcatConv2d, ODEBlock, ODEFunc
+from .layers import ConcatConv2d, ODEBlock, ODEFunc
 
 MODEL_NAMES = ("odenet", "rknet", "resnet", "mlp")
 
@@ -83,7 +83,7 @@ def _head() -> nn.Sequential:
 
 
 class ODEClassifier(nn.Module):
-    """Stem, one :class:`~neuralode.nn.ODEBlock`, head; ``ode_block`` exposes the NFE counters."""
+    """Stem, one :class:`~neuralode.models.ODEBlock`, head; ``ode_block`` exposes the NFE counters."""
 
     def __init__(self, ode_block: ODEBlock) -> None:
         super().__init__()
@@ -106,7 +106,7 @@ def build_classifier(name: str, tol: float = 1e-3, adjoint: bool = True, rk_step
 
     Returns:
         An ``nn.Module`` mapping ``(B, 1, 28, 28)`` images to ``(B, 10)`` logits. For the ODE
-        models, ``model.ode_block`` is the :class:`~neuralode.nn.ODEBlock` (NFE counters).
+        models, ``model.ode_block`` is the :class:`~neuralode.models.ODEBlock` (NFE counters).
     """
     if not isinstance(name, str) or name not in MODEL_NAMES:
         raise ValueError(f"Unknown model {name!r}. Valid models: {', '.join(MODEL_NAMES)}.")

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..nn import ConcatLinear, ODEFunc
+from .layers import ConcatLinear, ODEFunc
 from ..solvers import odeint, odeint_adjoint
 
 TRACE_ESTIMATORS = ("exact", "hutchinson")

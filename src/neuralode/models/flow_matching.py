@@ -75,7 +75,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..nn import ODEFunc
+from .layers import ODEFunc
 from ..solvers import odeint, odeint_adjoint, solve
 from .cnf import NOISE_TYPES, CNFDynamics, standard_normal_logprob
 

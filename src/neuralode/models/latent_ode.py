@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import ODEFunc
+from .layers import ODEFunc
 from ..solvers import odeint, odeint_adjoint
 
 _LOG_2PI = math.log(2 * math.pi)

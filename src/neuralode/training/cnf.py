@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint
 from ..datasets.toy2d import TOY_DATASETS, sample_toy
 from ..models.cnf import CNF, NOISE_TYPES, TRACE_ESTIMATORS, build_cnf
 from ..progress import progress_bar
@@ -155,7 +155,7 @@ def evaluate_nll(model: CNF, x: torch.Tensor, *, batch_size: int = 5000) -> tupl
 
 
 def load_cnf_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a CNF checkpoint (CPU tensors), checked as :func:`neuralode.checkpoints.load_checkpoint` does.
+    """Read a CNF checkpoint (CPU tensors), checked as :func:`neuralode.training.checkpoints.load_checkpoint` does.
 
     Raises:
         FileNotFoundError: no file at ``path``.

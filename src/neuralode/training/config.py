@@ -76,7 +76,7 @@ class RunConfig:
         plot: write the task's figures when training finishes.
     """
 
-    #: The checkpoint kind (see :data:`neuralode.checkpoints.CHECKPOINT_KINDS`) and CLI task name.
+    #: The checkpoint kind (see :data:`neuralode.training.checkpoints.CHECKPOINT_KINDS`) and CLI task name.
     KIND: ClassVar[str] = ""
     #: Fields that shape the weights: a resumed run must keep them (the rest may change).
     RESUME_KEEP: ClassVar[tuple[str, ...]] = ("seed",)

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint
 from ..datasets.toy2d import TOY_DATASETS, sample_toy
 from ..models.cnf import NOISE_TYPES
 from ..models.flow_matching import (
@@ -208,7 +208,7 @@ class FlowData:
             self.teacher, self.pairs = self._reflow(config)
 
     def _reflow(self, config: FlowTrainConfig) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        from ..checkpoints import CheckpointError
+        from .checkpoints import CheckpointError
 
         path = Path(config.reflow_from) / CHECKPOINT_NAME
         if not path.is_file():
@@ -346,7 +346,7 @@ def w2_floor(data: FlowData, config: FlowTrainConfig, n: int | None = None) -> f
 
 
 def load_flow_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a flow checkpoint (CPU tensors), checked as :func:`neuralode.checkpoints.load_checkpoint` does."""
+    """Read a flow checkpoint (CPU tensors), checked as :func:`neuralode.training.checkpoints.load_checkpoint` does."""
     return load_checkpoint(path, kind="flow")
 
 

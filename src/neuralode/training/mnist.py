@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import CheckpointError, checkpoint_format, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, checkpoint_format, load_checkpoint, save_checkpoint
 from ..datasets.mnist import MNISTDataset, mnist_dataset
 from ..models import MODEL_NAMES, build_classifier, count_parameters
 from ..progress import progress_bar

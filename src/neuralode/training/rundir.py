@@ -5,7 +5,7 @@
     RUN_DIR/config.json      the run's settings (``{"config": ..., "run": ...}``), rewritten on resume
     RUN_DIR/metrics.jsonl    one JSON object per line, each with the ``iteration`` (optimisation
                              steps done) it was written at; appended with flush + fsync
-    RUN_DIR/checkpoint.pt    the latest checkpoint (atomic, digest-checked: neuralode.checkpoints)
+    RUN_DIR/checkpoint.pt    the latest checkpoint (atomic, digest-checked: neuralode.training.checkpoints)
     RUN_DIR/checkpoint.prev.pt  the one before it, kept when the latest is written
     RUN_DIR/.lock            held (``flock``) by the process writing the run; names its PID
 
@@ -45,11 +45,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..checkpoints import (
+from .._atomic import atomic_write_text
+from .checkpoints import (
     CHECKPOINT_KINDS,
     CheckpointDamagedError,
     CheckpointError,
-    atomic_write_text,
     checkpoint_kind,
     load_checkpoint,
     save_checkpoint,
@@ -172,7 +172,7 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def saved_run_task(run_dir: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """``(kind, task)`` of the run in ``run_dir``: its checkpoint kind (a key of
-    :data:`~neuralode.checkpoints.CHECKPOINT_KINDS`) and the command-line task that wrote it, from
+    :data:`~neuralode.training.checkpoints.CHECKPOINT_KINDS`) and the command-line task that wrote it, from
     ``config.json``, else from the checkpoint (kind only); ``(None, None)`` when neither says."""
     run_dir = Path(run_dir)
     try:

@@ -21,9 +21,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .datasets.demo_spiral import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories, spiral_dynamics
-from .progress import progress_bar
-from .solvers import get_tableau, solve
+from ..datasets.demo_spiral import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories, spiral_dynamics
+from ..progress import progress_bar
+from ..solvers import get_tableau, solve
 
 #: The files ``run_demo`` writes into ``DemoConfig.out``.
 FIGURE_NAMES = ("convergence.png", "trajectories.png", "phase_portrait.png", "vector_field.png")
@@ -355,7 +355,7 @@ def vector_field_on_grid(
 
 def write_figures(config: DemoConfig, rows: list[ConvergenceRow], data: SpiralData, trained: TrainingResult) -> list[Path]:
     """Draw the four figures and save them in ``config.out``; returns their paths."""
-    from . import plotting
+    from .. import plotting
 
     series = {}
     for method in ("euler", "rk4", "dopri5"):

@@ -1,4 +1,4 @@
-"""Reusable continuous-depth layers.
+"""Reusable continuous-depth layers, the building blocks of every model here and of users' own.
 
 * :class:`ODEFunc`: base class for right-hand sides ``f(t, y)`` that counts its evaluations,
   forward solves and adjoint backward solves apart (``nfe_forward``, ``nfe_backward``).
@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .solvers import odeint, odeint_adjoint
-from .solvers.adjoint import in_adjoint_backward
+from ..solvers import odeint, odeint_adjoint
+from ..solvers.adjoint import in_adjoint_backward
 
 
 class ODEFunc(nn.Module):

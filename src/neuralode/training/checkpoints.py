@@ -1,22 +1,14 @@
-"""Atomic file writes and integrity-checked checkpoints, shared by every training program.
+"""Integrity-checked training checkpoints, shared by every training program.
 
-**Atomic writes.** :func:`atomic_write` writes into a temporary file in the destination's folder,
-flushes it to disk and moves it into place with ``os.replace``, which POSIX and Windows make atomic
-within one file system: a reader sees the old file or the new one, never half of one, and a run
-killed mid-write leaves the previous file intact. Files get the mode a plain ``open()`` would give
-them (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``. With ``keep_previous``, the
-file being replaced is first renamed to that path, so a run keeps its last two checkpoints: the
-order (new file complete and fsynced, old -> previous, new -> latest) leaves at least one good
-checkpoint on disk at every instant, and a reader finding no latest falls back to the previous.
-
-**Checkpoints.** :func:`save_checkpoint` stores a ``torch.save`` archive of plain data (tensors,
+:func:`save_checkpoint` stores a ``torch.save`` archive of plain data (tensors,
 dicts, lists, numbers, strings) tagged with its program (``kind``: ``"mnist"``, ``"cnf"``,
 ``"latent"``), a format version and a SHA-256 digest of the contents. torch's zip container
 notices truncation but not a flipped byte inside a tensor; the digest does. :func:`load_checkpoint`
 opens it with ``weights_only=True`` (loading a checkpoint must not run pickled code) and refuses,
 with :class:`CheckpointError`, anything unreadable, damaged, of another program or another version;
 damage (unreadable, truncated, digest mismatch) is the subclass :class:`CheckpointDamagedError`,
-the case where falling back to the previous checkpoint makes sense.
+the case where falling back to the previous checkpoint makes sense. Files are written by
+:func:`neuralode._atomic.atomic_write` (``keep_previous`` keeps the checkpoint a new one replaces).
 """
 
 from __future__ import annotations
@@ -24,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
+
+from .._atomic import atomic_write_bytes
 
 CHECKPOINT_VERSION = 1
 
@@ -65,81 +58,6 @@ def _kind_of(state: Any) -> str | None:
     """The kind whose format tag ``state`` (a loaded checkpoint) carries, or ``None``."""
     found = state.get("format") if isinstance(state, dict) else None
     return next((k for k in CHECKPOINT_KINDS if found == checkpoint_format(k)), None)
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes.
-
-
-def _umask() -> int:
-    # The only portable way to read the umask is to set it and put it back.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    # A rename is durable once the folder's entry is on disk (POSIX; Windows cannot open folders).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *, keep_previous: str | os.PathLike[str] | None = None
-) -> Path:
-    """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
-
-    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
-    Returns ``path`` as a ``Path``; its folder must exist.
-
-    Args:
-        path: the destination.
-        write: writes the contents into the binary file it is given.
-        keep_previous: if given and ``path`` exists, ``path`` is renamed to ``keep_previous``
-            (replacing it) once the new contents are safely on disk, and only then is the new
-            file moved to ``path``.
-
-    Raises:
-        OSError: the folder cannot take the file; the error names ``path``, not the temporary file.
-    """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, keep_previous: str | os.PathLike[str] | None = None) -> Path:
-    """:func:`atomic_write` of ``data``."""
-    return atomic_write(path, lambda fh: fh.write(data), keep_previous=keep_previous)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """:func:`atomic_write` of ``text`` in UTF-8."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +105,7 @@ def save_checkpoint(
     """Write ``state`` (plus format tag, version and content digest) atomically to ``path``.
 
     The file is a plain ``torch.save`` archive: ``torch.load(path, weights_only=True)`` opens it.
-    With ``keep_previous``, the checkpoint it replaces is kept under that name (see :func:`atomic_write`).
+    With ``keep_previous``, the checkpoint it replaces is kept under that name (see :func:`neuralode._atomic.atomic_write`).
 
     Raises:
         TypeError: if ``state`` holds something other than tensors, mappings, lists, tuples,
