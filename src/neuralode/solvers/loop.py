@@ -261,7 +261,8 @@ def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
 ACCUMULATION_MARGIN = 100.0
 
 
-def check_accumulation(reset_times: list[float], guard: float, index: int, h: float, n_steps: int) -> None:
+def check_accumulation(reset_times: list[float], guard: float, index: int, h: float, n_steps: int,
+                       sample: int | None = None) -> None:
     """Stop a solve whose state-resetting events accumulate at a finite time (Zeno behaviour).
 
     A bouncing ball whose restitution ``e < 1`` loses energy geometrically: its flights last
@@ -277,6 +278,13 @@ def check_accumulation(reset_times: list[float], guard: float, index: int, h: fl
     (up to three) shrink and the next one, extrapolated geometrically (``d_k^2 / d_{k-1}``), would be
     within a tenth of that. The accumulation point reported is the geometric series' limit
     ``t_k + d_k r / (1 - r)``, ``r = d_k / d_{k-1}``.
+
+    Both clocks call it: the joint loop per (event, element), the per-sample loop per (sample,
+    event, element), passing ``sample`` so that the message names it.
+
+    Raises:
+        SolverError: the resets accumulate; the message names ``events[index]`` (and the sample),
+            the accumulation point and the fix.
     """
     del reset_times[:-4]  # the last four resets are all the rule reads
     if len(reset_times) < 3:
@@ -291,13 +299,29 @@ def check_accumulation(reset_times: list[float], guard: float, index: int, h: fl
         return
     r = d_k / d_prev if d_prev > 0 else 0.0
     direction = 1.0 if reset_times[-1] >= reset_times[0] else -1.0
+    who = "" if sample is None else f" of sample {sample}"
     where = (f" towards t={t_k + direction * d_k * r / (1 - r):.10g} (geometric extrapolation)" if 0 < r < 1 else "")
     raise SolverError(
-        f"Events accumulate (Zeno behaviour): events[{index}] resets the state at ever shorter intervals, the last "
+        f"Events accumulate (Zeno behaviour): events[{index}]{who} resets the state at ever shorter intervals, the last "
         f"two resets {d_k:.3g} apart{where}, closer than event times can be resolved", t_k, h, n_steps,
         "The model has no continuation past the accumulation point: end the solve before it (a t[-1] or a terminal "
         "event there), or change the model where the events crowd (e.g. a terminal event, or a reset to rest, once "
         "the bounce velocity is below a threshold).",
+    )
+
+
+def coincident_resets_error(index: int, other: int, t: float, h: float, n_steps: int,
+                            sample: int | None = None) -> SolverError:
+    """The refusal of ``events[index]``, which resets the state, crossing at the same time as
+    ``events[other]``, which resets it too or ends the solve (of sample ``sample`` in per-sample
+    mode). Both clocks restart from one event's reset, so the other's crossing would be lost: its
+    reset never applied, its element starting the next step past its root."""
+    who = "" if sample is None else f" (sample {sample})"
+    return SolverError(
+        f"events[{index}] and events[{other}] change the state at the same time{who}", t, h, n_steps,
+        "The solve restarts from one event's reset, so the other's crossing would be lost "
+        "(a second ball falling through the floor). Combine them into one Event whose fn "
+        "returns both values (torch.stack) and whose reset handles every element at its root.",
     )
 
 
@@ -543,13 +567,7 @@ def integrate(
                     if not event.terminal:
                         other = events.coincident(loc.index, s.g, t_e, y_e)
                         if other is not None:
-                            raise SolverError(
-                                f"events[{loc.index}] and events[{other}] change the state at the same time", t_e, h,
-                                stats.n_steps,
-                                "The solve restarts from one event's reset, so the other's crossing would be lost "
-                                "(a second ball falling through the floor). Combine them into one Event whose fn "
-                                "returns both values (torch.stack) and whose reset handles every element at its root.",
-                            )
+                            raise coincident_resets_error(loc.index, other, t_e, h, stats.n_steps)
                     break
         t_piece = t1 if cut is None else cut[1]
 
