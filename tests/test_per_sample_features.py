@@ -567,3 +567,100 @@ def test_dense_output_with_per_sample_events():
         term.evaluate(torch.tensor([0.4], dtype=F64))
     with pytest.raises(ValueError, match=r"options\['dense'\] with options\['per_sample'\] is not supported by the adjoint"):
         solve_adjoint(_fall(g), y0, t, options={"per_sample": True, "dense": True}, adjoint_params=())
+
+
+# Zeno behaviour and coincident resets: the joint loop's refusals (solvers/loop.py), per sample.
+_T1 = math.sqrt(2 / 9.81)  # first impact of a ball dropped from 1 m
+
+
+def _drop(e, t, **kw):
+    """Balls dropped from 1 m with restitution ``e`` (per sample), solved per sample."""
+    e = torch.as_tensor(e, dtype=F64)
+    y0 = torch.stack([torch.ones_like(e), torch.zeros_like(e)], -1)
+    return solve(_fall(9.81), y0, t, events=[_floor(e)], options={**PS, "max_num_steps": 100000}, **KW, **kw)
+
+
+@pytest.mark.parametrize("e, sample, point", [
+    ([0.9, 0.5, 0.9], 1, 3 * _T1),  # impacts accumulate at t1 (1 + 2 e / (1 - e))
+    ([0.2, 0.9], 0, 1.5 * _T1),
+])
+def test_zeno_sample_is_refused_naming_sample_event_and_accumulation_point(e, sample, point):
+    # Before the rule the Zeno sample fell through the floor (height -13 m at t = 3 for e = 0.5), silently.
+    from neuralode import SolverError
+
+    with pytest.raises(SolverError, match=rf"accumulate \(Zeno behaviour\): events\[0\] of sample {sample} ") as info:
+        _drop(e, torch.tensor([0.0, 3.0], dtype=F64))
+    msg = str(info.value)
+    assert "end the solve before it" in msg
+    told = float(msg.split("towards t=")[1].split()[0])
+    assert abs(told - point) < 1e-6, (told, point)
+
+
+def test_balls_ending_before_their_accumulation_match_each_sample_solved_alone():
+    e = [0.9, 0.5, 0.2]
+    t = torch.stack([torch.linspace(0, end, 5, dtype=F64) for end in (3.0, 1.2, 0.6)])  # before 8.6, 1.35, 0.68 s
+    sol = _drop(e, t)
+    for i in range(3):
+        alone = _drop(e[i : i + 1], t[i : i + 1])
+        # Batched arithmetic rounds differently from a batch of one: equal to rounding.
+        assert torch.allclose(sol.ys[:, i], alone.ys[:, 0], rtol=0, atol=1e-13)
+        mine = [float(r.t) for r in sol.events if r.sample == i]
+        assert len(mine) == len(alone.events) == [4, 3, 1][i]
+        assert max(abs(a - float(r.t)) for a, r in zip(mine, alone.events)) < 1e-13
+        for name in ("n_accepted", "n_rejected", "nfe", "n_events"):
+            assert int(getattr(sol.stats, name)[i]) == int(getattr(alone.stats, name)[0]), name
+        joint = solve(lambda s, y: torch.stack([y[1], torch.full_like(y[1], -9.81)]), torch.tensor([1.0, 0.0], dtype=F64),
+                      t[i], events=[Event(lambda s, y: y[0], direction=-1, terminal=False,
+                                          reset=lambda s, y, e=e[i]: torch.stack([y[0], -e * y[1]]))], **KW)
+        assert torch.allclose(sol.ys[:, i], joint.ys, atol=1e-8)
+
+
+def _two_balls(heights, record_only_first=False):
+    """Two balls per sample, ``y = (x1, v1, x2, v2)``, dropped from ``heights (B, 2)``, restitution
+    0.8, to t = 1.5 s: one reset event per ball (or a record-only event on ball 1 and one reset)."""
+    def field(t, y):
+        g = torch.full_like(y[:, 1], -9.81)
+        return torch.stack([y[:, 1], g, y[:, 3], g], -1)
+
+    def bounce(j):
+        return lambda t, y: torch.cat([y[:, :j], -0.8 * y[:, j : j + 1], y[:, j + 1 :]], 1)
+
+    if record_only_first:
+        events = [Event(lambda t, y: y[:, 0], direction=-1, terminal=False),
+                  Event(lambda t, y: y[:, 0], direction=-1, terminal=False, reset=bounce(1))]
+    else:
+        events = [Event(lambda t, y: y[:, 0], direction=-1, terminal=False, reset=bounce(1)),
+                  Event(lambda t, y: y[:, 2], direction=-1, terminal=False, reset=bounce(3))]
+    h = torch.tensor(heights, dtype=F64)
+    y0 = torch.stack([h[:, 0], torch.zeros_like(h[:, 0]), h[:, 1], torch.zeros_like(h[:, 0])], -1)
+    return solve(field, y0, torch.tensor([0.0, 1.5], dtype=F64), events=events, options=PS, **KW)
+
+
+@pytest.mark.parametrize("heights, sample", [([[1.0, 1.0], [1.0, 0.5]], 0), ([[1.0, 0.5], [0.7, 0.7]], 1)])
+def test_two_resets_at_the_same_time_in_one_sample_are_refused(heights, sample):
+    # Before the rule the second ball's reset was dropped: it fell through the floor (x2 = -10 m at t = 1.5).
+    from neuralode import SolverError
+
+    with pytest.raises(SolverError, match=rf"events\[0\] and events\[1\] change the state at the same time "
+                                          rf"\(sample {sample}\).*one Event"):
+        _two_balls(heights)
+
+
+def test_separate_resets_at_different_times_match_the_joint_loop():
+    heights = [[1.0, 0.5], [0.7, 0.3]]
+    sol = _two_balls(heights)
+    for i, (a, b) in enumerate(heights):
+        for j, h0 in enumerate((a, b)):
+            one = solve(_fall(9.81), torch.tensor([[h0, 0.0]], dtype=F64), torch.tensor([0.0, 1.5], dtype=F64),
+                        events=[_floor(torch.tensor([0.8], dtype=F64))], options=PS, **KW)
+            assert torch.allclose(sol.ys[-1, i, 2 * j : 2 * j + 2], one.ys[-1, 0], atol=1e-8), (i, j)
+
+
+def test_record_only_event_at_the_same_time_as_a_reset_keeps_the_reset():
+    # The row acts on its first event that resets or ends; before, it took the record-only one (first
+    # by index) and dropped the bounce, so the ball fell through the floor.
+    sol = _two_balls([[1.0, 0.5]], record_only_first=True)
+    one = solve(_fall(9.81), torch.tensor([[1.0, 0.0]], dtype=F64), torch.tensor([0.0, 1.5], dtype=F64),
+                events=[_floor(torch.tensor([0.8], dtype=F64))], options=PS, **KW)
+    assert torch.allclose(sol.ys[-1, 0, :2], one.ys[-1, 0], atol=1e-8)
+    assert [r.index for r in sol.events] == [1, 1]

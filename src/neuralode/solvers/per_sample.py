@@ -44,6 +44,7 @@ from typing import Callable, NamedTuple, Protocol
 import torch
 
 from .errors import SolverError
+from .loop import check_accumulation, coincident_resets_error
 from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
 from .problem import _Problem, changed_in_place, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
@@ -652,6 +653,9 @@ def integrate(
     fb.active = None  # counting per call is the loop's job from here (n_calls)
     g0 = events.values(t, y) if events is not None else None
     guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
+    # The last reset times of each (sample, event, element) that reset the state, for
+    # check_accumulation (the joint loop keeps them per (event, element)).
+    reset_times: dict[tuple[int, int, int], list[float]] = {}
 
     while True:
         # The one host synchronisation every step needs: has every sample finished?
@@ -804,8 +808,8 @@ def integrate(
                 interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, step.k[-1] if tableau.fsal else None)
             dense.add(accept, rows, t, h, t1, interp)
         if cut is not None:
-            y_end, i_out = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb,
-                                         pieces_i, pieces_b, pieces_y)
+            y_end, i_out, reset = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb,
+                                                pieces_i, pieces_b, pieces_y, h, n_steps)
         if quad is not None:
             quad.end(accept, h, rows)
         if on_land is not None:
@@ -842,6 +846,10 @@ def integrate(
                 g0 = [torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
                       for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)]
                 guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
+                for i, k, element in reset:
+                    series = reset_times.setdefault((int(rows[i]), k, element), [])
+                    series.append(float(t[i]))
+                    check_accumulation(series, float(delta[i]), k, float(h[i]), int(n_steps[i]) + 1, int(rows[i]))
         prev_ratio = torch.where(accept, ratio, prev_ratio)
         after_reject = rejected  # finished samples take no further decisions
         dt = torch.where(active, dt_next, dt)
@@ -856,25 +864,46 @@ def integrate(
     return LoopOut(ys, next_dt)
 
 
-def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb, pieces_i, pieces_b, pieces_y):
+def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb, pieces_i, pieces_b, pieces_y,
+                  h, n_steps):
     """Record each cut sample's event; end the samples whose event is terminal (their later
-    output times are NaN); apply resets. Returns the states to continue from and ``i_out``.
+    output times are NaN); apply resets. Returns the states to continue from, ``i_out`` and the
+    resets applied as ``(row, event, element)`` triples (for check_accumulation).
     Under autograd the event times, the states at them and the resets carry the implicit-function
-    gradients (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`)."""
+    gradients (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`).
+
+    The event acted on in a row is its first (by index) that ends the sample or resets its state,
+    else its first that fired. As in the joint loop, a reset crossing at the same time as another
+    event that resets or ends is refused (:func:`~neuralode.solvers.loop.coincident_resets_error`):
+    the sample restarts from one reset with every fired element past its root, so the other
+    crossing would be lost."""
     from .per_sample_events import PerSampleEventRecord
 
     cross, fired = cut
     any_k = torch.stack([f.any(1) for f in fired], 1)  # (B, n_events)
-    which = torch.where(cross, torch.argmax(any_k.long(), 1), torch.full_like(i_out, -1))  # first event, by index
+    cuts = torch.tensor([e.cuts for e in events.events], device=any_k.device)
+    acting = any_k & cuts
+    # First event, by index, among those that reset or end; among all that fired where none does.
+    first = torch.where(acting.any(1), torch.argmax(acting.long(), 1), torch.argmax(any_k.long(), 1))
+    which = torch.where(cross, first, torch.full_like(i_out, -1))
     terminal = torch.tensor([e.terminal for e in events.events], device=which.device)
+    clash = cross & (acting.sum(1) > 1) & ~terminal[which.clamp(min=0)]
+    if bool(clash.any()):
+        i = int(clash.nonzero()[0])
+        k = int(which[i])
+        other = int(next(j for j in range(len(events.events)) if j != k and bool(acting[i, j])))
+        raise coincident_resets_error(k, other, float(t1[i]), float(h[i]), int(n_steps[i]) + 1, int(rows[i]))
     ends = cross & terminal[which.clamp(min=0)]
     grad = events.attach_gradient(fb, cross, which, fired, t1, y_end, rows)  # (δ, f at the event) or None
     t_star = t1.to(events.dtype) if grad is None else t1.to(events.dtype) + grad[0]
     # y* = y + f δ (value unchanged) is the state at the moving t*: what is recorded and reset. A
     # sample without a reset goes on from y at the fixed restart time, which needs no correction.
     y_star = y_end if grad is None else y_end + grad[1] * grad[0][:, None]
+    reset = []
     for i, k in zip(cross.nonzero().squeeze(1).tolist(), which[cross].tolist()):
         element = int(torch.argmax(fired[k][i].long()))
+        if events.events[k].reset is not None and not events.events[k].terminal:
+            reset.append((i, k, element))
         index, shape = [], events.shapes[k]
         for n in reversed(shape):
             index.append(element % n)
@@ -904,7 +933,7 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
                     f_new = fb(t1, y_new.detach())
                 y_new = y_new - f_new * grad[0][:, None]
             y_end = torch.where(m[:, None], y_new, y_end)
-    return y_end, i_out
+    return y_end, i_out, reset
 
 
 def _row(y):
