@@ -30,7 +30,11 @@ constants in the state instead); so must event functions and resets.
 
 Events (:mod:`~neuralode.solvers.per_sample_events`) fire per sample: ``Solution.events`` holds
 :class:`~neuralode.solvers.per_sample_events.PerSampleEventRecord` s (with ``sample``), sorted
-by sample and time; a terminal event ends its sample only, whose later outputs are NaN.
+by sample and time; a terminal event ends its sample only, whose later outputs are NaN. The
+joint loop's two refusals hold per sample, with the same code (:mod:`~neuralode.solvers.loop`):
+resets of one element of one event accumulating at a finite time in a sample (Zeno behaviour,
+``check_accumulation`` on that sample's reset times), and a reset crossing at the same time as
+another event that resets or ends, in one sample (``coincident_resets_error``); both name the sample.
 
 Time is float64 throughout, as in the joint loop.
 """

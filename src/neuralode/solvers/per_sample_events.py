@@ -14,7 +14,10 @@ event functions and one interpolant pass over the batch, no evaluation of ``func
 each such sample is cut at ``hi_i`` (the state handed on has crossed); every event cuts (a
 record-only event costs its sample one more step but is never missed inside a step).
 
-Then, per sample: the event is recorded (:class:`PerSampleEventRecord`, with ``sample``); a
+Then, per sample: the event acted on is the first (by index) that fired and resets or ends,
+else the first that fired; it is recorded (:class:`PerSampleEventRecord`, with ``sample``); a reset
+that fires together with another event that resets or ends is refused, as are resets accumulating
+at a finite time (the joint loop's rules, :mod:`~neuralode.solvers.loop`); a
 terminal event ends that sample only (its later output times are NaN); a reset replaces its
 state; leaving the root does not fire again: as in the joint loop, they take the sign ``g`` has a moment ``δ`` later and
 roots within ``δ`` of the restart are not searched.
