@@ -21,6 +21,7 @@ __all__ += ["CNF", "CNFDynamics", "ConcatMLP", "HyperNetDynamics", "build_cnf", 
 from .flow_matching import (
     COUPLINGS,
     DIVERGENCES,
+    MLP_ACTIVATIONS,
     PATHS,
     SampleResult,
     UNetVelocity,
@@ -35,5 +36,5 @@ from .flow_matching import (
     wasserstein2,
 )
 
-__all__ += ["COUPLINGS", "DIVERGENCES", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
+__all__ += ["COUPLINGS", "DIVERGENCES", "MLP_ACTIVATIONS", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
             "log_prob", "ot_pairing", "path_point", "reflow_pairs", "sample", "wasserstein2"]
