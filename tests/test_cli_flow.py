@@ -65,7 +65,7 @@ def test_train_eval_plot_on_a_tiny_budget(tmp_path, capsys):
     assert "flow on moons (independent coupling, linear path): 2 iterations" in capsys.readouterr().out
     err = exit_error(["train", "flow", "--reflow-from", str(out), "--coupling", "independent", "--out", str(tmp_path / "r2")], capsys)
     assert (f"argument --reflow-from: the flow in {str(out)!r} differs from this run (dataset: 'moons' there, '8gaussians' here; "
-            f"hidden_dims: (16, 16) there, (128, 128, 128) here)") in err
+            f"hidden_dims: (16, 16) there, (64, 64, 64) here)") in err
     err = exit_error(["train", "flow", "--reflow-from", str(tmp_path), "--coupling", "independent", "--out", str(tmp_path / "r2")], capsys)
     assert f"argument --reflow-from: no checkpoint.pt in {str(tmp_path)!r}: name a trained flow run folder." in err
     assert main(["plot", str(out)]) == 0

@@ -160,6 +160,20 @@ def test_velocity_networks_take_solver_and_training_times():
         UNetVelocity((1, 6, 6))
 
 
+def test_velocity_mlp_time_features_and_activation():
+    x, t = torch.randn(4, 2), torch.rand(4)
+    plain, fourier = VelocityMLP(2, (8,)), VelocityMLP(2, (8,), time_features=3, activation="silu")
+    assert plain.hidden[0].in_features == 3 and fourier.hidden[0].in_features == 3 + 6  # x, t (+ sin/cos of t)
+    assert plain(t, x).shape == fourier(t, x).shape == (4, 2)
+    # tanh hidden units are bounded by 1: the output is at most |W_out| |h|_1 + |b| in size.
+    bound = plain.out.weight.abs().sum(1) + plain.out.bias.abs()
+    assert (plain(t, 1e3 * x).abs() <= bound + 1e-5).all()
+    with pytest.raises(ValueError, match=r"activation must be one of tanh, silu; got 'relu'"):
+        VelocityMLP(2, activation="relu")
+    with pytest.raises(ValueError, match=r"time_features must be a non-negative integer \(0: t alone\); got -1"):
+        VelocityMLP(2, time_features=-1)
+
+
 def test_bits_per_dim_of_the_uniform_density_is_log2_of_the_levels():
     d = 64
     assert bits_per_dim(d * math.log(2), d, 256) == pytest.approx(8.0)

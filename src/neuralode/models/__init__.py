@@ -26,6 +26,7 @@ __all__ += ["CNF", "CNFDynamics", "ConcatMLP", "HyperNetDynamics", "build_cnf", 
 from .flow_matching import (
     COUPLINGS,
     DIVERGENCES,
+    MLP_ACTIVATIONS,
     PATHS,
     SampleResult,
     UNetVelocity,
@@ -40,5 +41,5 @@ from .flow_matching import (
     wasserstein2,
 )
 
-__all__ += ["COUPLINGS", "DIVERGENCES", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
+__all__ += ["COUPLINGS", "DIVERGENCES", "MLP_ACTIVATIONS", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
             "log_prob", "ot_pairing", "path_point", "reflow_pairs", "sample", "wasserstein2"]
