@@ -43,8 +43,18 @@ from benchmarks.common import (
 from neuralode.models import ConvODEFunc
 
 ADJOINTS = {"neuralode": neuralode.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}
-HEADERS = ["case", "time ratio ours/peer [IQR]", "target", "ours", "torchdiffeq",
-           "NFE ours fwd + bwd", "NFE torchdiffeq fwd + bwd", "grad error ours", "grad error torchdiffeq", "reference spread"]
+HEADERS = [
+    "case",
+    "time ratio ours/peer [IQR]",
+    "target",
+    "ours",
+    "torchdiffeq",
+    "NFE ours fwd + bwd",
+    "NFE torchdiffeq fwd + bwd",
+    "grad error ours",
+    "grad error torchdiffeq",
+    "reference spread",
+]
 # Tolerance of the reference gradients (float32 states: tighter buys nothing).
 REF_TOL = 1e-7
 
@@ -70,13 +80,16 @@ def _gradient_error(grads: list[torch.Tensor], reference: list[torch.Tensor]) ->
     return max(float((g - r).norm() / r.norm()) for g, r in zip(grads, reference))
 
 
-def _adjoint_case(label: str, func: nn.Module, y0: torch.Tensor, t: torch.Tensor, loss_fn, target: float, pairs: int, **kw):
+def _adjoint_case(
+    label: str, func: nn.Module, y0: torch.Tensor, t: torch.Tensor, loss_fn, target: float, pairs: int, **kw
+):
     """Time, count and check one forward + adjoint backward pass of each library on the same module and input."""
 
     def train_step(lib: str):
         def run():
             zero_grads(func, y0)
             loss_fn(ADJOINTS[lib](func, y0, t, **kw)).backward()
+
         return run
 
     timing = time_pair(train_step("neuralode"), train_step("torchdiffeq"), pairs=pairs, warmup=2)
@@ -111,16 +124,23 @@ def mlp_adjoint(pairs: int) -> str:
     y0 = torch.randn(256, 32, requires_grad=True)  # (batch, 32)
     t = torch.linspace(0.0, 1.0, 10)
     row = _adjoint_case(
-        "MLP 32→128→128→32, batch 256, dopri5 1e-6, 10 output times", func, y0, t,
-        lambda ys: ys.pow(2).mean(), 0.6, pairs, rtol=1e-6, atol=1e-6, method="dopri5",
+        "MLP 32→128→128→32, batch 256, dopri5 1e-6, 10 output times",
+        func,
+        y0,
+        t,
+        lambda ys: ys.pow(2).mean(),
+        0.6,
+        pairs,
+        rtol=1e-6,
+        atol=1e-6,
+        method="dopri5",
     )
     return (
         "## 1. MLP dynamics: forward + adjoint backward\n\n"
         "tanh, float32, rtol=atol=1e-6, t = linspace(0, 1, 10), loss = mean(ys²), gradients with respect to "
         "y0 and the parameters. Both libraries with their defaults: the backward solve uses the forward's "
         "method and tolerances; neuralode's error norm leaves the parameter-gradient quadratures out "
-        "(seminorm, its default), torchdiffeq's includes them (its default).\n\n"
-        + markdown_table(HEADERS, [row])
+        "(seminorm, its default), torchdiffeq's includes them (its default).\n\n" + markdown_table(HEADERS, [row])
     )
 
 
@@ -131,8 +151,16 @@ def odenet_adjoint(pairs: int) -> str:
     weight = torch.randn(64, 64, 6, 6, generator=generator)
     t = torch.tensor([0.0, 1.0])
     row = _adjoint_case(
-        "ConvODEFunc(64), input (64, 64, 6, 6), dopri5 1e-3, t=[0,1]", func, y0, t,
-        lambda ys: (ys[-1] * weight).mean(), 0.9, pairs, rtol=1e-3, atol=1e-3, method="dopri5",
+        "ConvODEFunc(64), input (64, 64, 6, 6), dopri5 1e-3, t=[0,1]",
+        func,
+        y0,
+        t,
+        lambda ys: (ys[-1] * weight).mean(),
+        0.9,
+        pairs,
+        rtol=1e-3,
+        atol=1e-3,
+        method="dopri5",
     )
     return (
         "## 2. ODE-Net MNIST block: forward + adjoint backward\n\n"
@@ -160,7 +188,8 @@ def _memory_modes() -> dict[str, callable]:
     }
     if _has_checkpoint():
         modes["neuralode checkpoint"] = lambda f, y0, t, o: neuralode.odeint(
-            f, y0, t, method="rk4", options={**o, "checkpoint": True})
+            f, y0, t, method="rk4", options={**o, "checkpoint": True}
+        )
     # torchdiffeq's `rk4` is the 3/8 rule: same number of stages, same memory pattern.
     modes["torchdiffeq backprop"] = lambda f, y0, t, o: torchdiffeq.odeint(f, y0, t, method="rk4", options=o)
     modes["torchdiffeq adjoint"] = lambda f, y0, t, o: torchdiffeq.odeint_adjoint(f, y0, t, method="rk4", options=o)
@@ -176,17 +205,21 @@ def memory(out: Path) -> str:
         results[mode] = {}
         for n in MEMORY_STEPS:
             zero_grads(func, y0)
-            results[mode][n] = measure_saved_bytes(
-                lambda: integrate(func, y0, t, {"step_size": 1.0 / n}).pow(2).mean())
+            results[mode][n] = measure_saved_bytes(lambda: integrate(func, y0, t, {"step_size": 1.0 / n}).pow(2).mean())
     zero_grads(func, y0)
 
     rows = []
     for mode, by_steps in results.items():
-        rows.append([mode] + [fmt_bytes(by_steps[n].peak_distinct) for n in MEMORY_STEPS]
-                    + [f"{by_steps[MEMORY_STEPS[-1]].peak_distinct / by_steps[MEMORY_STEPS[0]].peak_distinct:.3g}×"]
-                    + [fmt_bytes(by_steps[n].packed_total) for n in MEMORY_STEPS])
+        rows.append(
+            [mode]
+            + [fmt_bytes(by_steps[n].peak_distinct) for n in MEMORY_STEPS]
+            + [f"{by_steps[MEMORY_STEPS[-1]].peak_distinct / by_steps[MEMORY_STEPS[0]].peak_distinct:.3g}×"]
+            + [fmt_bytes(by_steps[n].packed_total) for n in MEMORY_STEPS]
+        )
     table = markdown_table(
-        ["mode"] + [f"peak, {n} steps" for n in MEMORY_STEPS] + [f"growth {MEMORY_STEPS[-1]}/{MEMORY_STEPS[0]}"]
+        ["mode"]
+        + [f"peak, {n} steps" for n in MEMORY_STEPS]
+        + [f"growth {MEMORY_STEPS[-1]}/{MEMORY_STEPS[0]}"]
         + [f"packed total, {n} steps" for n in MEMORY_STEPS],
         rows,
     )
@@ -206,19 +239,21 @@ def memory(out: Path) -> str:
             "Gradient checkpointing is not measured: `neuralode.FixedOptions` has no `checkpoint` field in this "
             "version, so the mode does not exist."
         )
-    return "\n\n".join([
-        "## 3. Memory kept for backward",
-        "Fixed-step `rk4`, t = [0, 1], step_size = 1/steps, MLP 16→64→16 (tanh), batch 64, float32, "
-        "loss = mean(y²), gradients with respect to y0 and the parameters. Measured with "
-        "`torch.autograd.graph.saved_tensors_hooks` over forward and backward: *peak* is the most bytes of "
-        "packed tensors alive at once (a tensor counts from when autograd packs it until the graph node holding "
-        "it is freed; a storage region packed several times, like a weight saved by every evaluation, counts "
-        "once); *packed total* is the plain sum of `numel × element_size` over every packed tensor, repeats "
-        "included. The adjoint's peak includes one vector-Jacobian product's graph during the backward solve.",
-        table,
-        checkpoint_note,
-        "Plot: `adjoint_memory.png` (peak, log-log).",
-    ])
+    return "\n\n".join(
+        [
+            "## 3. Memory kept for backward",
+            "Fixed-step `rk4`, t = [0, 1], step_size = 1/steps, MLP 16→64→16 (tanh), batch 64, float32, "
+            "loss = mean(y²), gradients with respect to y0 and the parameters. Measured with "
+            "`torch.autograd.graph.saved_tensors_hooks` over forward and backward: *peak* is the most bytes of "
+            "packed tensors alive at once (a tensor counts from when autograd packs it until the graph node holding "
+            "it is freed; a storage region packed several times, like a weight saved by every evaluation, counts "
+            "once); *packed total* is the plain sum of `numel × element_size` over every packed tensor, repeats "
+            "included. The adjoint's peak includes one vector-Jacobian product's graph during the backward solve.",
+            table,
+            checkpoint_note,
+            "Plot: `adjoint_memory.png` (peak, log-log).",
+        ]
+    )
 
 
 def _plot_memory(results: dict[str, dict[int, SavedBytes]], path: Path) -> None:

@@ -34,9 +34,9 @@ import torch
 import torchdiffeq
 
 from benchmarks.common import RESULTS_DIR, markdown_table, setup, time_pair, write_markdown
-from neuralode.training.cnf import CNFTrainConfig, build_model, load_cnf_checkpoint, train_cnf
-from neuralode.models.cnf import standard_normal_logprob
 from neuralode.datasets.toy2d import sample_toy
+from neuralode.models.cnf import standard_normal_logprob
+from neuralode.training.cnf import CNFTrainConfig, build_model, load_cnf_checkpoint, train_cnf
 
 NLL_GOAL = 2.95
 #: Regularisation weights of section 2 (λ_K, λ_J).
@@ -51,9 +51,13 @@ def _run(name: str, runs: Path, reuse: bool = False, **overrides) -> dict:
             final, config = lines[-1], CNFTrainConfig(out=out, progress=False, **overrides)
             print(f"{name}: reusing the finished run in {out}", flush=True)
             return {
-                "dataset": config.dataset, "config": config, "test_nll": final["test_nll"],
-                "nfe_forward": final["nfe_forward_mean"], "nfe_backward": final["nfe_backward_mean"],
-                "test_nfe_forward": final["test_nfe_forward"], "iterations_completed": final["iteration"],
+                "dataset": config.dataset,
+                "config": config,
+                "test_nll": final["test_nll"],
+                "nfe_forward": final["nfe_forward_mean"],
+                "nfe_backward": final["nfe_backward_mean"],
+                "test_nfe_forward": final["test_nfe_forward"],
+                "iterations_completed": final["iteration"],
                 "seconds": final["seconds"],
             }
     if out.exists():
@@ -92,8 +96,13 @@ def _step_timing(run_dir: Path) -> tuple[str, list]:
         model.dynamics.reset_nfe()
         model.dynamics.reset_noise()
         z, dlogp = torchdiffeq.odeint_adjoint(
-            model.dynamics, (x, torch.zeros(x.shape[0], 1)), t, rtol=config.tol, atol=config.tol,
-            adjoint_params=params, adjoint_options={"norm": "seminorm"},
+            model.dynamics,
+            (x, torch.zeros(x.shape[0], 1)),
+            t,
+            rtol=config.tol,
+            atol=config.tol,
+            adjoint_params=params,
+            adjoint_options={"norm": "seminorm"},
         )
         loss = -(standard_normal_logprob(z[-1]) - dlogp[-1, :, 0]).mean()
         loss.backward()
@@ -101,12 +110,14 @@ def _step_timing(run_dir: Path) -> tuple[str, list]:
         counts["peer"] = (model.nfe_forward, 0)
 
     timing = time_pair(ours, peer, pairs=6, warmup=2)
-    rows = [[
-        f"8gaussians, trained, batch {config.batch_size}, dopri5 at {config.tol:g}",
-        f"{timing.ratio:.2f}×",
-        f"{sum(counts['ours'])}",
-        f"{counts['peer'][0]}",
-    ]]
+    rows = [
+        [
+            f"8gaussians, trained, batch {config.batch_size}, dopri5 at {config.tol:g}",
+            f"{timing.ratio:.2f}×",
+            f"{sum(counts['ours'])}",
+            f"{counts['peer'][0]}",
+        ]
+    ]
     text = (
         "## Training-step time against torchdiffeq\n\n"
         "One forward solve + adjoint backward of the trained 8-gaussians flow (exact trace), "
@@ -124,7 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for cnf.md and the figures")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_cnf"), help="directory for the training runs")
     parser.add_argument("--datasets", nargs="*", default=[], help="extra datasets to train with default settings")
-    parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in --runs instead of retraining")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse finished runs found in --runs instead of retraining"
+    )
     parser.add_argument("--skip-regularized", action="store_true", help="skip section 2")
     args = parser.parse_args(argv)
     setup(0)
@@ -135,16 +148,44 @@ def main(argv=None) -> int:
     results = [("default", _run("8gaussians", args.runs, args.reuse, dataset="8gaussians", **quick))]
     if not args.skip_regularized:
         lk, lj = REGULARIZATION
-        results.append((f"λ_K = {lk:g}, λ_J = {lj:g}", _run("8gaussians_reg", args.runs, args.reuse, dataset="8gaussians", regularize_kinetic=lk, regularize_jacobian=lj, **quick)))
+        results.append(
+            (
+                f"λ_K = {lk:g}, λ_J = {lj:g}",
+                _run(
+                    "8gaussians_reg",
+                    args.runs,
+                    args.reuse,
+                    dataset="8gaussians",
+                    regularize_kinetic=lk,
+                    regularize_jacobian=lj,
+                    **quick,
+                ),
+            )
+        )
     extra = [(d, _run(d, args.runs, args.reuse, dataset=d, **quick)) for d in args.datasets]
 
     def row(label: str, s: dict) -> list:
         return [
-            s["dataset"], label, f"{s['test_nll']:.3f}", f"{s['nfe_forward']:.1f}", f"{s['nfe_backward']:.1f}",
-            f"{s['test_nfe_forward']:.0f}", f"{s['iterations_completed']}", f"{s['seconds'] / 60:.1f} min",
+            s["dataset"],
+            label,
+            f"{s['test_nll']:.3f}",
+            f"{s['nfe_forward']:.1f}",
+            f"{s['nfe_backward']:.1f}",
+            f"{s['test_nfe_forward']:.0f}",
+            f"{s['iterations_completed']}",
+            f"{s['seconds'] / 60:.1f} min",
         ]
 
-    headers = ["dataset", "regularisation", "test NLL (nats)", "NFE-F / iter", "NFE-B / iter", "test NFE-F", "iterations", "train time"]
+    headers = [
+        "dataset",
+        "regularisation",
+        "test NLL (nats)",
+        "NFE-F / iter",
+        "NFE-B / iter",
+        "test NFE-F",
+        "iterations",
+        "train time",
+    ]
     main_rows = [row(label, s) for label, s in results]
     base = results[0][1]
     verdict = "meets" if base["test_nll"] <= NLL_GOAL else "misses"
@@ -175,7 +216,9 @@ def main(argv=None) -> int:
     text, _ = _step_timing(args.runs / "8gaussians")
     sections.append(text)
     if extra:
-        sections.append("## Other datasets (default settings)\n\n" + markdown_table(headers, [row("none", s) for _, s in extra]))
+        sections.append(
+            "## Other datasets (default settings)\n\n" + markdown_table(headers, [row("none", s) for _, s in extra])
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     figures = []
     for name in ("samples", "density", "flow"):

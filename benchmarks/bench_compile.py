@@ -79,7 +79,9 @@ def _adaptive_workloads(bp):
     w = bp.van_der_pol()
     torch.manual_seed(2)
     y0 = torch.rand(256, 2) * 4 - 2
-    out.append((w.title, w, bp.VanDerPol(), y0, torch.linspace(0.0, 10.0, 200), dict(rtol=1e-5, atol=1e-5, method="dopri5")))
+    out.append(
+        (w.title, w, bp.VanDerPol(), y0, torch.linspace(0.0, 10.0, 200), dict(rtol=1e-5, atol=1e-5, method="dopri5"))
+    )
     for _, w, _, y0, _, _ in out:
         assert torch.equal(y0, w.state), "the workload's initial state is rebuilt from its seed"
     return out
@@ -88,6 +90,7 @@ def _adaptive_workloads(bp):
 def adaptive_section(bp, pairs: int) -> str:
     rows = []
     for title, w, func, y0, t, kw in _adaptive_workloads(bp):
+
         def solve(f, opts=None):
             with torch.no_grad():
                 return neuralode.solve(f, y0, t, options=opts, **kw)
@@ -103,8 +106,11 @@ def adaptive_section(bp, pairs: int) -> str:
                 first = time.perf_counter() - start
             finally:
                 compiled.TUNE_STEP = False
-            variants[name] = (f, {"compile": True}, (sol.stats.compile_s, first, float((sol.ys - eager_ys).abs().max()),
-                                                     sol.stats.nfe))
+            variants[name] = (
+                f,
+                {"compile": True},
+                (sol.stats.compile_s, first, float((sol.ys - eager_ys).abs().max()), sol.stats.nfe),
+            )
         dfx = w.peers["diffrax"]
         for name, (f, opts, info) in variants.items():
             for peer_name, peer in (("diffrax", dfx), ("eager", lambda: solve(func))):
@@ -112,8 +118,19 @@ def adaptive_section(bp, pairs: int) -> str:
                     continue
                 timing = time_pair(lambda f=f, o=opts: solve(f, o), peer, pairs=pairs, per_side=True)
                 c_s, first, diff, nfe = info or (None, None, 0.0, solve(func).stats.nfe)
-                rows.append([title.split(" ")[0], name, peer_name, timing.ratio_text(), fmt_ms(timing.ours_s),
-                             fmt_ms(timing.peer_s), f"{c_s:.1f} s" if c_s else "–", f"{diff:.1e}", str(nfe)])
+                rows.append(
+                    [
+                        title.split(" ")[0],
+                        name,
+                        peer_name,
+                        timing.ratio_text(),
+                        fmt_ms(timing.ours_s),
+                        fmt_ms(timing.peer_s),
+                        f"{c_s:.1f} s" if c_s else "–",
+                        f"{diff:.1e}",
+                        str(nfe),
+                    ]
+                )
                 print(rows[-1], flush=True)
     return (
         "## Adaptive steps: one compiled step per call\n\n"
@@ -123,8 +140,20 @@ def adaptive_section(bp, pairs: int) -> str:
         "The compile time is the first call's in this process, so it depends on the order: the first "
         "compiled row also pays inductor's one-time start-up (its compile workers, the C++ toolchain), "
         "later rows reuse what earlier ones built; max |Δy| is against the eager solve.\n\n"
-        + markdown_table(["workload", "neuralode variant", "against", "ratio [IQR]", "neuralode", "against",
-                          "compile time", "max |Δy|", "NFE"], rows)
+        + markdown_table(
+            [
+                "workload",
+                "neuralode variant",
+                "against",
+                "ratio [IQR]",
+                "neuralode",
+                "against",
+                "compile time",
+                "max |Δy|",
+                "NFE",
+            ],
+            rows,
+        )
     )
 
 
@@ -177,10 +206,18 @@ def k_row(k: int, pairs: int) -> dict:
         calls()
         overhead = time_pair(calls, solve, pairs=pairs, per_side=True)
     return {
-        "k": k, "size": size, "calls": n_calls, "compile_s": sol.stats.compile_s, "first_s": first,
-        "nfe": sol.stats.nfe, "dy": float((sol.ys - eager.ys).abs().max()),
-        "vs_dfx": vs_dfx.ratio_text(), "ours_ms": vs_dfx.ours_s * 1e3, "dfx_ms": vs_dfx.peer_s * 1e3,
-        "vs_eager": vs_eager.ratio_text(), "call_us": overhead.ours_s / n_calls * 1e6,
+        "k": k,
+        "size": size,
+        "calls": n_calls,
+        "compile_s": sol.stats.compile_s,
+        "first_s": first,
+        "nfe": sol.stats.nfe,
+        "dy": float((sol.ys - eager.ys).abs().max()),
+        "vs_dfx": vs_dfx.ratio_text(),
+        "ours_ms": vs_dfx.ours_s * 1e3,
+        "dfx_ms": vs_dfx.peer_s * 1e3,
+        "vs_eager": vs_eager.ratio_text(),
+        "call_us": overhead.ours_s / n_calls * 1e6,
         "call_share": overhead.ratio,
     }
 
@@ -205,9 +242,20 @@ def k_section(pairs: int, quick: bool) -> str:
             shutil.rmtree(cache, ignore_errors=True)
         r = json.loads([line for line in out.splitlines() if line.startswith("KROW ")][-1][5:])
         default = " (default)" if k == compiled_chunks.DEFAULT_STEPS else ""
-        rows.append([f"{k}{default}", f"{r['calls']} × {r['size']}", str(r["nfe"]), f"{r['compile_s']:.1f} s",
-                     r["vs_dfx"], r["vs_eager"], f"{r['ours_ms']:.2f} ms", f"{r['dfx_ms']:.3f} ms",
-                     f"{r['call_us']:.0f} µs ({r['call_share']:.0%})", f"{r['dy']:.1e}"])
+        rows.append(
+            [
+                f"{k}{default}",
+                f"{r['calls']} × {r['size']}",
+                str(r["nfe"]),
+                f"{r['compile_s']:.1f} s",
+                r["vs_dfx"],
+                r["vs_eager"],
+                f"{r['ours_ms']:.2f} ms",
+                f"{r['dfx_ms']:.3f} ms",
+                f"{r['call_us']:.0f} µs ({r['call_share']:.0%})",
+                f"{r['dy']:.1e}",
+            ]
+        )
         done[size] = (k, rows[-1])
         print(rows[-1], flush=True)
     return (
@@ -220,8 +268,21 @@ def k_section(pairs: int, quick: bool) -> str:
         "trivial compiled graph of the chunk's signature (guards, wrappers, argument and output "
         "handling, no arithmetic) and its share of the solve's time. diffrax is jit-compiled, compile "
         "excluded.\n\n"
-        + markdown_table(["K", "calls × steps", "NFE", "compile time", "/ diffrax [IQR]", "/ eager [IQR]",
-                          "neuralode", "diffrax", "per call (share of solve)", "max |Δy|"], rows)
+        + markdown_table(
+            [
+                "K",
+                "calls × steps",
+                "NFE",
+                "compile time",
+                "/ diffrax [IQR]",
+                "/ eager [IQR]",
+                "neuralode",
+                "diffrax",
+                "per call (share of solve)",
+                "max |Δy|",
+            ],
+            rows,
+        )
     )
 
 
@@ -266,8 +327,18 @@ def tiny_section(bp, pairs: int) -> str:
                 continue
             timing = time_pair(lambda n=name: forward(n), peer, pairs=pairs, per_side=True)
             c_s, first, diff, nfe = info.get(name, (0.0, 0.0, 0.0, forward("eager").stats.nfe))
-            rows.append([name, peer_name, timing.ratio_text(), fmt_ms(timing.ours_s), fmt_ms(timing.peer_s),
-                         f"{c_s:.1f} s" if c_s else "–", f"{diff:.1e}", str(nfe)])
+            rows.append(
+                [
+                    name,
+                    peer_name,
+                    timing.ratio_text(),
+                    fmt_ms(timing.ours_s),
+                    fmt_ms(timing.peer_s),
+                    f"{c_s:.1f} s" if c_s else "–",
+                    f"{diff:.1e}",
+                    str(nfe),
+                ]
+            )
             print(rows[-1], flush=True)
 
     # Backpropagation through the solve (a training step's forward and backward), chunked
@@ -286,9 +357,18 @@ def tiny_section(bp, pairs: int) -> str:
     g_eager = train(func, base)
     g_diff = max(float((a - b).abs().max()) for a, b in zip(g_chunk, g_eager))
     timing = time_pair(lambda: train(f_chunk, o_chunk), lambda: train(func, base), pairs=pairs, per_side=True)
-    rows.append([f"compiled chunks, K={k}, forward + backward", "eager forward + backward", timing.ratio_text(),
-                 fmt_ms(timing.ours_s), fmt_ms(timing.peer_s), f"{first_train:.1f} s (first step)",
-                 f"{g_diff:.1e} (gradients)", "–"])
+    rows.append(
+        [
+            f"compiled chunks, K={k}, forward + backward",
+            "eager forward + backward",
+            timing.ratio_text(),
+            fmt_ms(timing.ours_s),
+            fmt_ms(timing.peer_s),
+            f"{first_train:.1f} s (first step)",
+            f"{g_diff:.1e} (gradients)",
+            "–",
+        ]
+    )
     print(rows[-1], flush=True)
     return (
         "## Workload (a): one compiled step per call, the default inductor config, and training\n\n"
@@ -296,8 +376,10 @@ def tiny_section(bp, pairs: int) -> str:
         "`default inductor config` row compiles the default chunk without `cpp_wrapper` and the GEMM "
         "autotuning. With autograd recording the chunk is always compiled with the default config "
         "(forward and backward graphs); its compile time is the first training step's.\n\n"
-        + markdown_table(["neuralode variant", "against", "ratio [IQR]", "neuralode", "against",
-                          "compile time", "max |Δy|", "NFE"], rows)
+        + markdown_table(
+            ["neuralode variant", "against", "ratio [IQR]", "neuralode", "against", "compile time", "max |Δy|", "NFE"],
+            rows,
+        )
     )
 
 
@@ -307,7 +389,7 @@ def main(argv=None) -> Path | None:
     if "--k-row" in argv:
         i = argv.index("--k-row")
         k_only = int(argv[i + 1])
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     args = parse_args(__doc__.splitlines()[0], argv)
     setup()
     pairs = 5 if args.quick else 15
@@ -321,8 +403,11 @@ def main(argv=None) -> Path | None:
     try:
         # The chunks of (a) first: their cold compiles are most of the run. The file is rewritten
         # after each section, so an interrupted run keeps what it measured.
-        for section in (lambda: k_section(pairs, args.quick), lambda: adaptive_section(bp, pairs),
-                        lambda: tiny_section(bp, pairs)):
+        for section in (
+            lambda: k_section(pairs, args.quick),
+            lambda: adaptive_section(bp, pairs),
+            lambda: tiny_section(bp, pairs),
+        ):
             sections.append(section())
             intro = (
                 f"Generated by `python benchmarks/bench_compile.py{' --quick' if args.quick else ''}` in "

@@ -59,13 +59,13 @@ def exact_times() -> list[float]:
 
 
 def ours(tol: float, func=free_flight, event_fn=floor) -> list[float]:
-    ev = neuralode.Event(event_fn, direction=-1, terminal=False,
-                         reset=lambda t, y: torch.stack([y[0], -E * y[1]]))
+    ev = neuralode.Event(event_fn, direction=-1, terminal=False, reset=lambda t, y: torch.stack([y[0], -E * y[1]]))
     # Stop just after the tenth bounce, half way to the eleventh.
     ex = exact_times()
-    t_end = ex[-1] + E ** N_BOUNCES * math.sqrt(2 * G * H0) / G
-    sol = neuralode.solve(func, torch.tensor([H0, 0.0], dtype=F64), torch.tensor([0.0, t_end], dtype=F64),
-                          events=[ev], rtol=tol, atol=tol)
+    t_end = ex[-1] + E**N_BOUNCES * math.sqrt(2 * G * H0) / G
+    sol = neuralode.solve(
+        func, torch.tensor([H0, 0.0], dtype=F64), torch.tensor([0.0, t_end], dtype=F64), events=[ev], rtol=tol, atol=tol
+    )
     return [r.t.item() for r in sol.events]
 
 
@@ -95,11 +95,29 @@ def run(pairs: int) -> str:
         with torch.no_grad():
             timing = time_pair(lambda: ours(tol), lambda: peer(tol), pairs=pairs)
         (n_a, err_a, nfe_a, ne_a), (n_b, err_b, nfe_b, ne_b) = counts["neuralode"], counts["torchdiffeq"]
-        rows.append([f"{tol:g}", f"{n_a} / {n_b}", f"{fmt_sci(err_a)} / {fmt_sci(err_b)}", f"{nfe_a} / {nfe_b}",
-                     f"{ne_a} / {ne_b}", timing.ratio_text(), fmt_ms(timing.ours_s), fmt_ms(timing.peer_s)])
+        rows.append(
+            [
+                f"{tol:g}",
+                f"{n_a} / {n_b}",
+                f"{fmt_sci(err_a)} / {fmt_sci(err_b)}",
+                f"{nfe_a} / {nfe_b}",
+                f"{ne_a} / {ne_b}",
+                timing.ratio_text(),
+                fmt_ms(timing.ours_s),
+                fmt_ms(timing.peer_s),
+            ]
+        )
     return "## Bouncing ball, ten bounces\n\n" + markdown_table(
-        ["rtol = atol", "bounces ours / peer", "max bounce-time error ours / peer", "NFE ours / peer",
-         "event-fn evals ours / peer", "time ratio ours/peer [IQR]", "ours", "torchdiffeq"],
+        [
+            "rtol = atol",
+            "bounces ours / peer",
+            "max bounce-time error ours / peer",
+            "NFE ours / peer",
+            "event-fn evals ours / peer",
+            "time ratio ours/peer [IQR]",
+            "ours",
+            "torchdiffeq",
+        ],
         rows,
     )
 

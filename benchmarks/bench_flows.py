@@ -36,11 +36,20 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
 import torch
 
 from benchmarks.common import RESULTS_DIR, markdown_table, setup, time_pair, write_markdown
-from neuralode.models.flow_matching import UNetVelocity, cfm_loss
 from neuralode.datasets.toy2d import sample_toy
-from neuralode.training.cnf import CNFTrainConfig, build_model as build_cnf_model, load_cnf_checkpoint, train_cnf
-from neuralode.training.flow import (FlowData, FlowTrainConfig, build_model as build_flow_model, evaluate_nll, load_flow_checkpoint,
-                                     train_flow)
+from neuralode.models.flow_matching import UNetVelocity, cfm_loss
+from neuralode.training.cnf import CNFTrainConfig, load_cnf_checkpoint, train_cnf
+from neuralode.training.cnf import build_model as build_cnf_model
+from neuralode.training.flow import (
+    FlowData,
+    FlowTrainConfig,
+    evaluate_nll,
+    load_flow_checkpoint,
+    train_flow,
+)
+from neuralode.training.flow import (
+    build_model as build_flow_model,
+)
 
 #: Fixed-step counts of the W2-vs-NFE table: dense below 10 evaluations, where the target lies.
 STEPS = (1, 2, 3, 4, 5, 10, 20, 100)
@@ -51,16 +60,26 @@ TABLE_SAMPLES = 1000
 #: (128-128-128 SiLU MLP with 8 sinusoidal features of t up to frequency 1000, Adam at 1e-3, 2000
 #: iterations) to the present ones; every run is scored on the same held-out points.
 ABLATION = (
-    ("first defaults: 128-128-128 SiLU, 8 sinusoidal t-features, lr 1e-3, 2000 it.",
-     dict(hidden_dims=(128, 128, 128), activation="silu", time_features=8, lr=1e-3, iterations=2000)),
-    ("… without the sinusoidal t-features (t alone)",
-     dict(hidden_dims=(128, 128, 128), activation="silu", time_features=0, lr=1e-3, iterations=2000)),
-    ("… and tanh for SiLU",
-     dict(hidden_dims=(128, 128, 128), activation="tanh", time_features=0, lr=1e-3, iterations=2000)),
-    ("… and Adam at 3e-3",
-     dict(hidden_dims=(128, 128, 128), activation="tanh", time_features=0, lr=3e-3, iterations=2000)),
-    ("… and sigma = 0.05 (Gaussian width around the path)",
-     dict(hidden_dims=(128, 128, 128), activation="tanh", time_features=0, lr=3e-3, iterations=2000, sigma=0.05)),
+    (
+        "first defaults: 128-128-128 SiLU, 8 sinusoidal t-features, lr 1e-3, 2000 it.",
+        dict(hidden_dims=(128, 128, 128), activation="silu", time_features=8, lr=1e-3, iterations=2000),
+    ),
+    (
+        "… without the sinusoidal t-features (t alone)",
+        dict(hidden_dims=(128, 128, 128), activation="silu", time_features=0, lr=1e-3, iterations=2000),
+    ),
+    (
+        "… and tanh for SiLU",
+        dict(hidden_dims=(128, 128, 128), activation="tanh", time_features=0, lr=1e-3, iterations=2000),
+    ),
+    (
+        "… and Adam at 3e-3",
+        dict(hidden_dims=(128, 128, 128), activation="tanh", time_features=0, lr=3e-3, iterations=2000),
+    ),
+    (
+        "… and sigma = 0.05 (Gaussian width around the path)",
+        dict(hidden_dims=(128, 128, 128), activation="tanh", time_features=0, lr=3e-3, iterations=2000, sigma=0.05),
+    ),
 )
 
 
@@ -76,7 +95,7 @@ def eight_gaussians_nll(x: torch.Tensor) -> float:
     on these points, up to their sampling noise."""
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     centers = 4.0 / math.sqrt(2.0) * torch.stack([torch.cos(angles), torch.sin(angles)], 1)  # (8, 2)
-    s2 = 0.5 ** 2 / 2
+    s2 = 0.5**2 / 2
     d2 = (x.to(torch.float64)[:, None, :] - centers[None]).square().sum(-1)  # (n, 8)
     logp = torch.logsumexp(-d2 / (2 * s2), 1) - math.log(8) - math.log(2 * math.pi * s2)
     return -logp.mean().item()
@@ -111,7 +130,10 @@ def _flow(name: str, runs: Path, reuse: bool, **overrides) -> dict:
         shutil.rmtree(out)
     train_flow(config)
     final = _final(out)
-    print(f"{name}: test NLL {final['test_nll']:.4f}, train {final['seconds']:.0f} s, eval {final['eval_seconds']:.0f} s", flush=True)
+    print(
+        f"{name}: test NLL {final['test_nll']:.4f}, train {final['seconds']:.0f} s, eval {final['eval_seconds']:.0f} s",
+        flush=True,
+    )
     return {"config": config, **final}
 
 
@@ -222,14 +244,25 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 iterations, small test sets")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for flows.md and the figures")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_flows"), help="directory for the training runs")
-    parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in --runs instead of retraining")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse finished runs found in --runs instead of retraining"
+    )
     parser.add_argument("--digits-iterations", type=int, default=1000, help="training iterations of the digits run")
     parser.add_argument("--digits-channels", type=int, default=16, help="U-Net channels of the digits run")
-    parser.add_argument("--no-cnf-training", action="store_true",
-                        help="do not train the CNF here: use a finished run in --runs (with --reuse), else report without it")
-    parser.add_argument("--cnf-recorded", nargs=2, type=float, metavar=("NLL", "MINUTES"), default=None,
-                        help="the CNF benchmark's recorded test NLL and training minutes (benchmarks/results/cnf.md), "
-                             "quoted when no finished CNF run is at hand")
+    parser.add_argument(
+        "--no-cnf-training",
+        action="store_true",
+        help="do not train the CNF here: use a finished run in --runs (with --reuse), else report without it",
+    )
+    parser.add_argument(
+        "--cnf-recorded",
+        nargs=2,
+        type=float,
+        metavar=("NLL", "MINUTES"),
+        default=None,
+        help="the CNF benchmark's recorded test NLL and training minutes (benchmarks/results/cnf.md), "
+        "quoted when no finished CNF run is at hand",
+    )
     args = parser.parse_args(argv)
     setup(0)
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -240,20 +273,58 @@ def main(argv=None) -> int:
 
     # The flows first, the CNF last: with --reuse it may be a run still training in --runs.
     ot = _flow("ot_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="ot", **quick, **table)
-    ind = _flow("independent_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="independent", **quick, **table)
-    reflow = _flow("reflow_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="independent",
-                   reflow_from=args.runs / "independent_8gaussians", **quick, **table)
+    ind = _flow(
+        "independent_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="independent", **quick, **table
+    )
+    reflow = _flow(
+        "reflow_8gaussians",
+        args.runs,
+        args.reuse,
+        dataset="8gaussians",
+        coupling="independent",
+        reflow_from=args.runs / "independent_8gaussians",
+        **quick,
+        **table,
+    )
     dig_iters = 30 if args.quick else args.digits_iterations
-    digits = _flow("digits", args.runs, args.reuse, dataset="digits", coupling="ot", channels=args.digits_channels,
-                   iterations=dig_iters, batch_size=128, test_samples=300, table_samples=300, table_steps=(1, 2, 5, 10, 20, 100),
-                   table_tolerances=(1e-3, 1e-4), tol=1e-4)
+    digits = _flow(
+        "digits",
+        args.runs,
+        args.reuse,
+        dataset="digits",
+        coupling="ot",
+        channels=args.digits_channels,
+        iterations=dig_iters,
+        batch_size=128,
+        test_samples=300,
+        table_samples=300,
+        table_steps=(1, 2, 5, 10, 20, 100),
+        table_tolerances=(1e-3, 1e-4),
+        tol=1e-4,
+    )
     step = _mnist_step_seconds(32, 128, steps=1 if args.quick else 3)
-    cnf = _cnf(args.runs, args.reuse, not args.no_cnf_training, **({"iterations": 60, "test_samples": 2000} if args.quick else {}))
+    cnf = _cnf(
+        args.runs,
+        args.reuse,
+        not args.no_cnf_training,
+        **({"iterations": 60, "test_samples": 2000} if args.quick else {}),
+    )
     ratio, cnf_step_s, flow_step_s, cnf_at, cnf_nfe = _step_ratio(args.runs)
     small = dict(table_samples=64, table_steps=(1,), table_tolerances=(1e-2,), plot=False)
-    ablation = [(label, _flow(f"ablation{i}_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="ot",
-                              **{**overrides, **quick, **small}))
-                for i, (label, overrides) in enumerate(ABLATION)]
+    ablation = [
+        (
+            label,
+            _flow(
+                f"ablation{i}_8gaussians",
+                args.runs,
+                args.reuse,
+                dataset="8gaussians",
+                coupling="ot",
+                **{**overrides, **quick, **small},
+            ),
+        )
+        for i, (label, overrides) in enumerate(ABLATION)
+    ]
     fine_tol = 1e-7
     fine_nll, fine_nfe = _nll_at(args.runs / "ot_8gaussians", fine_tol)
     true_nll = eight_gaussians_nll(FlowData(ot["config"], training=False).test(ot["test_samples"])[0])
@@ -279,15 +350,33 @@ def main(argv=None) -> int:
             f"there the CNF is {cnf_nll - recorded_true:.3f} nats above that floor and this OT-CFM field scores "
             f"**{ot_on_recorded:.3f}** ({ot_on_recorded - recorded_true:.3f} above it). On the same points OT-CFM is "
             f"{ot_on_recorded - cnf_nll:.3f} nats behind the maximum-likelihood CNF, and below 2.85; the two test draws "
-            f"differ by {abs(true_nll - recorded_true):.3f} nats in their own floor.\n\n")
+            f"differ by {abs(true_nll - recorded_true):.3f} nats in their own floor.\n\n"
+        )
     rows = []
     if cnf_nll is not None:
-        rows.append([f"CNF, maximum likelihood (`train cnf`), {cnf_src}", f"{cnf_nll:.3f}", f"{cnf_time / 60:.1f} min",
-                     f"{cnf_iters}", "—"])
-    for label, run in (("OT-CFM (`train flow --coupling ot`)", ot), ("I-CFM (`--coupling independent`)", ind),
-                       ("reflow of I-CFM (`--reflow-from`)", reflow)):
-        rows.append([label, f"{run['test_nll']:.3f}", f"{run['seconds'] / 60:.1f} min", f"{run['iteration']}",
-                     f"{run['test_nfe_forward']:.0f}"])
+        rows.append(
+            [
+                f"CNF, maximum likelihood (`train cnf`), {cnf_src}",
+                f"{cnf_nll:.3f}",
+                f"{cnf_time / 60:.1f} min",
+                f"{cnf_iters}",
+                "—",
+            ]
+        )
+    for label, run in (
+        ("OT-CFM (`train flow --coupling ot`)", ot),
+        ("I-CFM (`--coupling independent`)", ind),
+        ("reflow of I-CFM (`--reflow-from`)", reflow),
+    ):
+        rows.append(
+            [
+                label,
+                f"{run['test_nll']:.3f}",
+                f"{run['seconds'] / 60:.1f} min",
+                f"{run['iteration']}",
+                f"{run['test_nfe_forward']:.0f}",
+            ]
+        )
     nll_ok = cnf_nll is not None and ot["test_nll"] <= cnf_nll
     sections = [
         "## 8 gaussians: flow matching against maximum likelihood\n\n"
@@ -308,7 +397,11 @@ def main(argv=None) -> int:
         f"({cnf_iters} CNF iterations, {ot['iteration']} OT-CFM iterations) OT-CFM trains in **1/{implied:.0f}** of the "
         "CNF's time.\n\n"
         f"Target: OT-CFM reaches a test NLL ≤ the CNF's "
-        + (f"({ot['test_nll']:.3f} against {cnf_nll:.3f}: **{'met' if nll_ok else 'not met'}**)" if cnf_nll is not None else "(no CNF NLL at hand)")
+        + (
+            f"({ot['test_nll']:.3f} against {cnf_nll:.3f}: **{'met' if nll_ok else 'not met'}**)"
+            if cnf_nll is not None
+            else "(no CNF NLL at hand)"
+        )
         + f" in ≤ 1/5 of its training time (1/{implied:.0f}: **{'met' if implied >= 5 else 'not met'}** for the time)."
         + f"\n\nThe true 8-gaussians density scores these {ot['test_samples']} held-out points at **{true_nll:.3f} nats**: "
         f"no model can do better on them except by their sampling noise (about 0.01 nats at this size), so OT-CFM is "
@@ -319,12 +412,22 @@ def main(argv=None) -> int:
         + "**Ablation** (OT-CFM, the same held-out points; from the task's first defaults, each row changes one thing "
         "from the row above; "
         f"batch {defaults.batch_size}, cosine-decayed Adam, training wall time on the shared machine):\n\n"
-        + markdown_table(["run", "test NLL (nats)", "NFE per test batch", "train time"],
-                         [[label, f"{r['test_nll']:.3f}", f"{r['test_nfe_forward']:.0f}", f"{r['seconds'] / 60:.1f} min"]
-                          for label, r in ablation]
-                         + [[f"present defaults: {'-'.join(map(str, defaults.hidden_dims))} {defaults.activation}, t alone, "
-                             f"lr {defaults.lr:g}, {ot['iteration']} it.", f"{ot['test_nll']:.3f}", f"{ot['test_nfe_forward']:.0f}",
-                             f"{ot['seconds'] / 60:.1f} min"]])
+        + markdown_table(
+            ["run", "test NLL (nats)", "NFE per test batch", "train time"],
+            [
+                [label, f"{r['test_nll']:.3f}", f"{r['test_nfe_forward']:.0f}", f"{r['seconds'] / 60:.1f} min"]
+                for label, r in ablation
+            ]
+            + [
+                [
+                    f"present defaults: {'-'.join(map(str, defaults.hidden_dims))} {defaults.activation}, t alone, "
+                    f"lr {defaults.lr:g}, {ot['iteration']} it.",
+                    f"{ot['test_nll']:.3f}",
+                    f"{ot['test_nfe_forward']:.0f}",
+                    f"{ot['seconds'] / 60:.1f} min",
+                ]
+            ],
+        )
         + "\n\nThe sinusoidal features of t (frequencies up to 1000 over t ∈ [0, 1], the diffusion models' embedding) "
         "were the main cost: they let the fitted field change quickly in t between the times the batches sample, which "
         "the likelihood solve must follow (hundreds of evaluations) and which costs the density its accuracy. The "
@@ -348,34 +451,50 @@ def main(argv=None) -> int:
     for label, run in models.items():
         hit = _cheapest_reaching(run["sampling"], reference)
         near = _cheapest_reaching(run["sampling"], converged[label] + 0.01)
-        own = (f"; within 0.01 of its own converged W2 ({converged[label]:.3f}) from {near['nfe']} evaluations ({near['method']})"
-               if near else "")
-        verdicts.append(f"- {label}: " + (f"reaches W2 ≤ {reference:.3f} with {hit['method']} at {hit['nfe']} evaluations "
-                                           f"(W2 {hit['w2']:.3f}) — {'≤ 10: met' if hit['nfe'] <= 10 else '> 10: not met'}"
-                                           if hit else f"never reaches W2 ≤ {reference:.3f} in this table: its converged W2 "
-                                           f"(dopri5 at {TOLERANCES[-1]:g}) is {converged[label]:.3f}, so no sampler of this field can")
-                        + own)
+        own = (
+            f"; within 0.01 of its own converged W2 ({converged[label]:.3f}) from {near['nfe']} evaluations ({near['method']})"
+            if near
+            else ""
+        )
+        verdicts.append(
+            f"- {label}: "
+            + (
+                f"reaches W2 ≤ {reference:.3f} with {hit['method']} at {hit['nfe']} evaluations "
+                f"(W2 {hit['w2']:.3f}) — {'≤ 10: met' if hit['nfe'] <= 10 else '> 10: not met'}"
+                if hit
+                else f"never reaches W2 ≤ {reference:.3f} in this table: its converged W2 "
+                f"(dopri5 at {TOLERANCES[-1]:g}) is {converged[label]:.3f}, so no sampler of this field can"
+            )
+            + own
+        )
     figure = _w2_figure(models, reference, floor, args.out / "flows_w2_nfe.png")
     sections.append(
         "## Sample quality against solver cost (8 gaussians)\n\n"
         f"W2: exact 2-Wasserstein distance (Hungarian assignment) between {table['table_samples']} samples and as many "
         f"held-out points; all rows of a model start from the same noise. Data against data at this size: "
         f"{floor:.3f} (the floor no sampler can beat). Reference: independent coupling, 100 Euler steps, W2 = "
-        f"{reference:.3f}.\n\n" + markdown_table(header, table_rows) + "\n\n" + "\n".join(verdicts)
-        + "\n\nOne Euler step: " + ", ".join(f"{label} W2 {run['sampling'][0]['w2']:.3f}" for label, run in models.items())
-        + ". Converged (dopri5 at " + f"{TOLERANCES[-1]:g}): " + ", ".join(f"{label} {w:.3f}" for label, w in converged.items())
+        f"{reference:.3f}.\n\n"
+        + markdown_table(header, table_rows)
+        + "\n\n"
+        + "\n".join(verdicts)
+        + "\n\nOne Euler step: "
+        + ", ".join(f"{label} W2 {run['sampling'][0]['w2']:.3f}" for label, run in models.items())
+        + ". Converged (dopri5 at "
+        + f"{TOLERANCES[-1]:g}): "
+        + ", ".join(f"{label} {w:.3f}" for label, w in converged.items())
         + f". The converged values are the fields' own errors, not the solvers' (they spread over "
         f"{max(converged.values()) - min(converged.values()):.3f}); a field whose converged W2 lies above the reference "
         "reaches it with no sampler. What the coupling changes is the number of evaluations needed to reach a field's "
         "own converged quality: the straighter OT and reflow paths keep it at 1–3 Euler steps, the independent "
-        "coupling's do not."
-        + f"\n\n![W2 against NFE]({figure.name})"
+        "coupling's do not." + f"\n\n![W2 against NFE]({figure.name})"
     )
 
     # 3. Images.
     shutil.copyfile(args.runs / "digits" / "samples.png", args.out / "flows_digits_samples.png")
-    dig_rows = [[r["method"], str(r["steps"]) if r["steps"] is not None else f"{r['rtol']:g}", r["nfe"], f"{r['w2']:.3f}"]
-                for r in digits["sampling"]]
+    dig_rows = [
+        [r["method"], str(r["steps"]) if r["steps"] is not None else f"{r['rtol']:g}", r["nfe"], f"{r['w2']:.3f}"]
+        for r in digits["sampling"]
+    ]
     sections.append(
         "## Images: scikit-learn's 8x8 digits\n\n"
         f"Budget: {dig_iters} iterations of OT-CFM, batch 128, `UNetVelocity` with {args.digits_channels} channels "
@@ -400,10 +519,13 @@ def main(argv=None) -> int:
 
     for name in ("samples", "trajectories"):
         shutil.copyfile(args.runs / "ot_8gaussians" / f"{name}.png", args.out / f"flows_8gaussians_{name}.png")
-    sections.append("## Figures (OT-CFM, 8 gaussians)\n\n![samples](flows_8gaussians_samples.png)\n"
-                    "![trajectories](flows_8gaussians_trajectories.png)")
+    sections.append(
+        "## Figures (OT-CFM, 8 gaussians)\n\n![samples](flows_8gaussians_samples.png)\n"
+        "![trajectories](flows_8gaussians_trajectories.png)"
+    )
     path = write_markdown(
-        args.out / "flows.md", "Flow matching" + (" (quick)" if args.quick else ""),
+        args.out / "flows.md",
+        "Flow matching" + (" (quick)" if args.quick else ""),
         "`python benchmarks/bench_flows.py`: trains velocity fields with `neuralode.training.flow.train_flow` and the "
         "max-likelihood CNF with `neuralode.training.cnf.train_cnf`, and reports held-out NLL, training time, and "
         "sample quality (2-Wasserstein distance) against the number of solver evaluations.",

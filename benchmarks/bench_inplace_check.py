@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
 import torch
 
 import neuralode
-from neuralode.solvers import problem as problem_module
 from benchmarks.common import MLPField, fmt_ms, markdown_table, parse_args, time_pair
+from neuralode.solvers import problem as problem_module
 
 
 class _Unwatched:
@@ -53,12 +53,12 @@ def main(argv=None) -> None:
     t20 = torch.linspace(0.0, 1.0, 20)
     t2 = torch.tensor([0.0, 1.0])
     cases = [
-        ("MLP 2→16→2 ×8, dopri5 1e-8, 20 outputs",
-         lambda: neuralode.solve(small, y_small, t20, rtol=1e-8, atol=1e-8)),
-        ("MLP 2→16→2 ×8, rk4, 200 steps",
-         lambda: neuralode.solve(small, y_small, t2, method="rk4", options={"step_size": 1 / 200})),
-        ("MLP 32→128→128→32 ×256, dopri5 1e-6",
-         lambda: neuralode.solve(big, y_big, t2, rtol=1e-6, atol=1e-6)),
+        ("MLP 2→16→2 ×8, dopri5 1e-8, 20 outputs", lambda: neuralode.solve(small, y_small, t20, rtol=1e-8, atol=1e-8)),
+        (
+            "MLP 2→16→2 ×8, rk4, 200 steps",
+            lambda: neuralode.solve(small, y_small, t2, method="rk4", options={"step_size": 1 / 200}),
+        ),
+        ("MLP 32→128→128→32 ×256, dopri5 1e-6", lambda: neuralode.solve(big, y_big, t2, rtol=1e-6, atol=1e-6)),
     ]
     rows = []
     with torch.no_grad():

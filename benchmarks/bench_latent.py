@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 iterations")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
-        "--reuse", action="store_true",
+        "--reuse",
+        action="store_true",
         help="take a finished run already in runs/bench_latent/obsN (same settings) instead of training again",
     )
     args = parser.parse_args(argv)
@@ -65,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t
         else:
             wall = s["wall_seconds"]
-        evals = [r["extrapolation_rmse"] for r in read_latent_metrics(run_dir)
-                 if "extrapolation_rmse" in r and r.get("iteration", 0) >= 0.75 * iterations]
+        evals = [
+            r["extrapolation_rmse"]
+            for r in read_latent_metrics(run_dir)
+            if "extrapolation_rmse" in r and r.get("iteration", 0) >= 0.75 * iterations
+        ]
         s = {**s, "late_range": (min(evals), max(evals)) if evals else None}
         rows.append((n, s, wall))
         if n == 100 and s.get("figures"):
@@ -141,8 +145,11 @@ def write_table(path: Path, rows, defaults: LatentTrainConfig, iterations: int) 
     for n, s, _ in rows:
         if n == 100:
             ok = s["extrapolation_rmse"] <= GOAL_RMSE_100 and s["extrapolation_rmse"] < s["rnn_extrapolation_rmse"]
-            lines += ["", f"Acceptance (100 observations: latent ODE <= {GOAL_RMSE_100} and below the RNN): "
-                      f"{'met' if ok else 'NOT met'}."]
+            lines += [
+                "",
+                f"Acceptance (100 observations: latent ODE <= {GOAL_RMSE_100} and below the RNN): "
+                f"{'met' if ok else 'NOT met'}.",
+            ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

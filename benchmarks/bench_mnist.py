@@ -52,7 +52,9 @@ PAPER = {"mlp": (1.60, 0.24), "resnet": (0.41, 0.60), "rknet": (0.47, 0.22), "od
 LABELS = {"mlp": "1-Layer MLP", "resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
 
 
-def one_epoch(models: list[str], data_dir: Path, runs_dir: Path, seeds: list[int], milestones: tuple[float, ...]) -> dict[str, list[dict]]:
+def one_epoch(
+    models: list[str], data_dir: Path, runs_dir: Path, seeds: list[int], milestones: tuple[float, ...]
+) -> dict[str, list[dict]]:
     """Train each model for one epoch per seed in ``runs_dir/<model>-seed<k>`` (replacing earlier runs).
 
     Returns:
@@ -65,8 +67,19 @@ def one_epoch(models: list[str], data_dir: Path, runs_dir: Path, seeds: list[int
             for stale in ("checkpoint.pt", "metrics.jsonl", "config.json", "learning_curves.png"):
                 (out / stale).unlink(missing_ok=True)
             print(f"== {LABELS[name]}, seed {seed}: one epoch ==", file=sys.stderr, flush=True)
-            config = TrainConfig(model=name, epochs=1, batch_size=128, lr=0.1, momentum=0.9, seed=seed, lr_milestones=milestones,
-                                 data_dir=data_dir, out=out, device="cpu", plot=False)
+            config = TrainConfig(
+                model=name,
+                epochs=1,
+                batch_size=128,
+                lr=0.1,
+                momentum=0.9,
+                seed=seed,
+                lr_milestones=milestones,
+                data_dir=data_dir,
+                out=out,
+                device="cpu",
+                plot=False,
+            )
             results.setdefault(name, []).append({**train(config)["final"], "seed": seed})
     return results
 
@@ -86,7 +99,9 @@ class TorchdiffeqBlock(nn.Module):
         return odeint_adjoint(self.func, x, self.t, rtol=self.tol, atol=self.tol, method="dopri5")[1]
 
 
-def compare_with_torchdiffeq(data_dir: Path, weights: Path | None, iterations: int, seed: int, tol: float = 1e-3) -> dict:
+def compare_with_torchdiffeq(
+    data_dir: Path, weights: Path | None, iterations: int, seed: int, tol: float = 1e-3
+) -> dict:
     """Alternate ODE-Net training iterations under neuralode and torchdiffeq; see the module docstring."""
     torch.manual_seed(seed)
     ours = build_classifier("odenet", tol=tol, adjoint=True)
@@ -127,8 +142,11 @@ def compare_with_torchdiffeq(data_dir: Path, weights: Path | None, iterations: i
 
     return {
         "iterations": iterations,
-        "start_weights": (str(weights.resolve().relative_to(ROOT)) if weights.resolve().is_relative_to(ROOT) else str(weights))
-        if weights is not None and weights.is_file() else "fresh initialisation",
+        "start_weights": (
+            str(weights.resolve().relative_to(ROOT)) if weights.resolve().is_relative_to(ROOT) else str(weights)
+        )
+        if weights is not None and weights.is_file()
+        else "fresh initialisation",
         "ours_s_per_iter": timing.ours_s,
         "torchdiffeq_s_per_iter": timing.peer_s,
         "ratio": timing.ratio,
@@ -153,23 +171,34 @@ def write_report(path: Path, epochs: dict[str, dict], comparison: dict | None, m
             paper_err, paper_params = PAPER[name]
             mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
             errors = " / ".join(f"{100 * r['test_error']:.2f}%" for r in runs)
-            rows.append([
-                LABELS[name],
-                errors,
-                f"{100 * mean('test_error'):.2f}%",
-                f"{paper_err:.2f}%",
-                f"{runs[0]['params'] / 1e6:.3f}M",
-                f"{paper_params:.2f}M",
-                f"{mean('seconds'):.0f}",
-                f"{mean('nfe_forward'):.1f}" if name in ("odenet", "rknet") else "—",
-                f"{mean('nfe_backward'):.1f}" if name == "odenet" else "—",
-            ])
+            rows.append(
+                [
+                    LABELS[name],
+                    errors,
+                    f"{100 * mean('test_error'):.2f}%",
+                    f"{paper_err:.2f}%",
+                    f"{runs[0]['params'] / 1e6:.3f}M",
+                    f"{paper_params:.2f}M",
+                    f"{mean('seconds'):.0f}",
+                    f"{mean('nfe_forward'):.1f}" if name in ("odenet", "rknet") else "—",
+                    f"{mean('nfe_backward'):.1f}" if name == "odenet" else "—",
+                ]
+            )
         seeds = ", ".join(str(r["seed"]) for r in next(iter(epochs.values())))
         sections.append(
             "## One epoch of each model (full training set)\n\n"
             + markdown_table(
-                ["model", f"test error, 1 epoch (seeds {seeds})", "mean", "paper (160 epochs)", "params",
-                 "paper params", "s / epoch", "NFE-F", "NFE-B"],
+                [
+                    "model",
+                    f"test error, 1 epoch (seeds {seeds})",
+                    "mean",
+                    "paper (160 epochs)",
+                    "params",
+                    "paper params",
+                    "s / epoch",
+                    "NFE-F",
+                    "NFE-B",
+                ],
                 rows,
             )
             + "\n\nNFE are means per training batch (RK-Net: one rk4 step, four evaluations, backpropagated; "
@@ -184,9 +213,18 @@ def write_report(path: Path, epochs: dict[str, dict], comparison: dict | None, m
             + markdown_table(
                 ["library", "s / iteration (median)", "NFE-F", "NFE-B"],
                 [
-                    ["neuralode", f"{c['ours_s_per_iter']:.3f}", f"{c['ours_nfe_forward']:.1f}", f"{c['ours_nfe_backward']:.1f}"],
-                    [f"torchdiffeq 0.2.5 (odeint_adjoint)", f"{c['torchdiffeq_s_per_iter']:.3f}",
-                     f"{c['torchdiffeq_nfe_forward']:.1f}", f"{c['torchdiffeq_nfe_backward']:.1f}"],
+                    [
+                        "neuralode",
+                        f"{c['ours_s_per_iter']:.3f}",
+                        f"{c['ours_nfe_forward']:.1f}",
+                        f"{c['ours_nfe_backward']:.1f}",
+                    ],
+                    [
+                        "torchdiffeq 0.2.5 (odeint_adjoint)",
+                        f"{c['torchdiffeq_s_per_iter']:.3f}",
+                        f"{c['torchdiffeq_nfe_forward']:.1f}",
+                        f"{c['torchdiffeq_nfe_backward']:.1f}",
+                    ],
                 ],
             )
             + f"\n\nTime ratio neuralode / torchdiffeq: **{c['ratio_text']}** (median of {c['iterations']} alternating "
@@ -196,7 +234,11 @@ def write_report(path: Path, epochs: dict[str, dict], comparison: dict | None, m
         )
     sections.append(
         "## Settings\n\n"
-        + (f"SGD, momentum 0.9, lr 0.1 (x0.1 after {meta['milestones']} of the epoch)" if meta["milestones"] else "SGD, momentum 0.9, lr 0.1 (constant)")
+        + (
+            f"SGD, momentum 0.9, lr 0.1 (x0.1 after {meta['milestones']} of the epoch)"
+            if meta["milestones"]
+            else "SGD, momentum 0.9, lr 0.1 (constant)"
+        )
         + f", batch 128, random-crop augmentation, seeds {', '.join(map(str, meta['seeds']))}, "
         f"float32 on the CPU. "
         f"torch threads: {meta['threads']}. Load average before / after: {meta['load_before']} / {meta['load_after']} "
@@ -208,7 +250,7 @@ def write_report(path: Path, epochs: dict[str, dict], comparison: dict | None, m
         "ODE-Net training iteration against the paper's reference library. Written by `benchmarks/bench_mnist.py`."
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "\n\n".join([f"# MNIST: Table 1 after one epoch", intro, machine_markdown(), *sections]) + "\n"
+    text = "\n\n".join(["# MNIST: Table 1 after one epoch", intro, machine_markdown(), *sections]) + "\n"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -218,15 +260,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="MNIST IDX folder (default: %(default)s)")
     parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=["mlp", "resnet", "rknet", "odenet"])
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_mnist", help="run folders, git-ignored (default: %(default)s)")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=ROOT / "runs" / "bench_mnist",
+        help="run folders, git-ignored (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default: %(default)s)")
-    parser.add_argument("--iterations", type=int, default=20, help="timed iteration pairs against torchdiffeq (default: 20)")
+    parser.add_argument(
+        "--iterations", type=int, default=20, help="timed iteration pairs against torchdiffeq (default: 20)"
+    )
     parser.add_argument("--skip-epochs", action="store_true", help="only the torchdiffeq comparison")
     parser.add_argument("--skip-compare", action="store_true", help="only the one-epoch runs")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per model and seed (default: 0 1)")
     parser.add_argument(
-        "--lr-milestones", type=float, nargs="*", default=[0.75],
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="one run per model and seed (default: 0 1)"
+    )
+    parser.add_argument(
+        "--lr-milestones",
+        type=float,
+        nargs="*",
+        default=[0.75],
         help="epochs (fractions) after which the rate drops x0.1; none: constant (default: 0.75)",
     )
     args = parser.parse_args(argv)
@@ -240,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "command": "python benchmarks/bench_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    epochs = {} if args.skip_epochs else one_epoch(args.models, args.data_dir, args.runs_dir, args.seeds, tuple(args.lr_milestones))
+    epochs = (
+        {}
+        if args.skip_epochs
+        else one_epoch(args.models, args.data_dir, args.runs_dir, args.seeds, tuple(args.lr_milestones))
+    )
     comparison = None
     if not args.skip_compare:
         print("== ODE-Net iterations: neuralode vs torchdiffeq ==", file=sys.stderr, flush=True)
@@ -250,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["wall_s"] = time.perf_counter() - start
     md = args.out / "mnist.md"
     write_report(md, epochs, comparison, meta)
-    (args.out / "mnist.json").write_text(json.dumps({"epochs": epochs, "comparison": comparison, "meta": meta}, indent=2) + "\n")
+    (args.out / "mnist.json").write_text(
+        json.dumps({"epochs": epochs, "comparison": comparison, "meta": meta}, indent=2) + "\n"
+    )
     print(md.read_text())
     return 0
 

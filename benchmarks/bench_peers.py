@@ -36,9 +36,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -95,7 +96,8 @@ def jax_mlp_params(field: MLPField) -> list[tuple[Any, Any]]:
     """The torch MLP's weights as JAX arrays ``(Wᵀ, b)``, layer by layer (a copy, same values)."""
     return [
         (jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy()))
-        for m in field.net if isinstance(m, nn.Linear)
+        for m in field.net
+        if isinstance(m, nn.Linear)
     ]
 
 
@@ -110,7 +112,11 @@ def jax_mlp(t, y, params):
 
 def numpy_mlp(field: MLPField) -> Callable[[np.ndarray], np.ndarray]:
     """``MLPField`` in float64 numpy, for the reference solution."""
-    layers = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy()) for m in field.net if isinstance(m, nn.Linear)]
+    layers = [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+        for m in field.net
+        if isinstance(m, nn.Linear)
+    ]
 
     def f(y: np.ndarray) -> np.ndarray:
         for i, (w, b) in enumerate(layers):
@@ -151,8 +157,13 @@ def reference(f: Callable[[np.ndarray], np.ndarray], y0: torch.Tensor, t: torch.
     """``(len(t), *y0.shape)``: scipy's DOP853 at rtol = atol = 1e-12 on the flattened batch, float64."""
     shape = tuple(y0.shape)
     sol = scipy.integrate.solve_ivp(
-        lambda _t, y: f(y.reshape(shape)).ravel(), (float(t[0]), float(t[-1])), y0.double().numpy().ravel(),
-        method="DOP853", t_eval=t.double().numpy(), rtol=1e-12, atol=1e-12,
+        lambda _t, y: f(y.reshape(shape)).ravel(),
+        (float(t[0]), float(t[-1])),
+        y0.double().numpy().ravel(),
+        method="DOP853",
+        t_eval=t.double().numpy(),
+        rtol=1e-12,
+        atol=1e-12,
     )
     assert sol.success, sol.message
     return sol.y.T.reshape(len(t), *shape)
@@ -186,7 +197,9 @@ def torchode_solver(func: nn.Module, method: str, tol: float | None):
     or, for ``tol=None``, fixed steps."""
     term = torchode.ODETerm(func)
     step = TORCHODE_METHODS[method](term=term)
-    controller = torchode.FixedStepController() if tol is None else torchode.IntegralController(atol=tol, rtol=tol, term=term)
+    controller = (
+        torchode.FixedStepController() if tol is None else torchode.IntegralController(atol=tol, rtol=tol, term=term)
+    )
     return torchode.AutoDiffAdjoint(step, controller)
 
 
@@ -251,8 +264,10 @@ def _diffrax_nfe(stats: dict, stages: int, fsal: bool, vmapped: bool = False) ->
     if vmapped:
         # A vmapped while loop runs until its slowest sample finishes, evaluating every sample each
         # iteration (finished ones masked): the batched work is set by the maximum.
-        return (f"≈ {per_step * int(steps.max()) + start} batched (max {int(steps.max())} steps; per sample "
-                f"mean {steps.mean():.0f}, {rejected.mean():.1f} rejected)")
+        return (
+            f"≈ {per_step * int(steps.max()) + start} batched (max {int(steps.max())} steps; per sample "
+            f"mean {steps.mean():.0f}, {rejected.mean():.1f} rejected)"
+        )
     approx = "≈ " if fsal else ""
     return f"{approx}{per_step * int(steps) + start} ({int(steps)} steps, {int(rejected)} rejected)"
 
@@ -321,16 +336,26 @@ def tiny_midpoint() -> Workload:
 
     def tod(f=func):
         with torch.no_grad():
-            return torchode_solver(f, "midpoint", None).solve(
-                torchode_problem(y0, t), dt0=torch.full((y0.shape[0],), 1.0 / n_steps)).ys.transpose(0, 1)
+            return (
+                torchode_solver(f, "midpoint", None)
+                .solve(torchode_problem(y0, t), dt0=torch.full((y0.shape[0],), 1.0 / n_steps))
+                .ys.transpose(0, 1)
+            )
 
     params = jax_mlp_params(func)
     y0j = jnp.asarray(y0.numpy())
 
     def dfx(y0j, params):
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(jax_mlp), diffrax.Midpoint(), 0.0, 1.0, 1.0 / n_steps, y0j, args=params,
-            saveat=diffrax.SaveAt(ts=jnp.array([0.0, 1.0])), stepsize_controller=diffrax.ConstantStepSize(),
+            diffrax.ODETerm(jax_mlp),
+            diffrax.Midpoint(),
+            0.0,
+            1.0,
+            1.0 / n_steps,
+            y0j,
+            args=params,
+            saveat=diffrax.SaveAt(ts=jnp.array([0.0, 1.0])),
+            stepsize_controller=diffrax.ConstantStepSize(),
         )
         return sol.ys, sol.stats
 
@@ -339,17 +364,28 @@ def tiny_midpoint() -> Workload:
     nfe_tdq, ys_tdq = _count(tdq, func)
     nfe_tod, ys_tod = _count(tod, func)
     return Workload(
-        "a", "(a) MLP 2→16→2, batch 8, midpoint, 200 fixed steps",
-        ours={"neuralode": nd}, peers={"diffrax": dfx_run, "torchode": tod, "torchdiffeq": tdq},
+        "a",
+        "(a) MLP 2→16→2, batch 8, midpoint, 200 fixed steps",
+        ours={"neuralode": nd},
+        peers={"diffrax": dfx_run, "torchode": tod, "torchdiffeq": tdq},
         pairings=[("neuralode", p) for p in ("diffrax", "torchode", "torchdiffeq")],
         answers={"neuralode": _np(ys_nd), "diffrax": _np(dfx_ys), "torchode": _np(ys_tod), "torchdiffeq": _np(ys_tdq)},
         ref=reference(numpy_mlp(func), y0, t),
-        nfe={"neuralode": str(nfe_nd), "diffrax": _diffrax_nfe(dfx_stats, 2, False), "torchode": str(nfe_tod), "torchdiffeq": str(nfe_tdq)},
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, replay={"neuralode": _replayed(nd, func)},
-        compile_s=compile_s, state=y0,
-        notes=["The reference is the exact ODE solution, so every library's error here is the midpoint rule's own.",
-               "torchode takes 201 steps: its clock has the state's dtype, and in float32 200 steps of 0.005 end "
-               "just short of 1, so it adds a last tiny step (in float64 it takes 200)."],
+        nfe={
+            "neuralode": str(nfe_nd),
+            "diffrax": _diffrax_nfe(dfx_stats, 2, False),
+            "torchode": str(nfe_tod),
+            "torchdiffeq": str(nfe_tdq),
+        },
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
+        replay={"neuralode": _replayed(nd, func)},
+        compile_s=compile_s,
+        state=y0,
+        notes=[
+            "The reference is the exact ODE solution, so every library's error here is the midpoint rule's own.",
+            "torchode takes 201 steps: its clock has the state's dtype, and in float32 200 steps of 0.005 end "
+            "just short of 1, so it adds a last tiny step (in float64 it takes 200).",
+        ],
     )
 
 
@@ -384,8 +420,15 @@ def mlp_forward(method: str) -> Workload:
 
     def dfx(y0j, params):
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(jax_mlp), DIFFRAX_METHODS[method](), 0.0, 1.0, None, y0j, args=params,
-            saveat=diffrax.SaveAt(ts=tsj), stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
+            diffrax.ODETerm(jax_mlp),
+            DIFFRAX_METHODS[method](),
+            0.0,
+            1.0,
+            None,
+            y0j,
+            args=params,
+            saveat=diffrax.SaveAt(ts=tsj),
+            stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
         )
         return sol.ys, sol.stats
 
@@ -394,7 +437,11 @@ def mlp_forward(method: str) -> Workload:
     nfe_tod, ys_tod = _count(tod, func)
     peers = {"diffrax": dfx_run, "torchode": tod}
     answers = {"neuralode": _np(ys_nd), "diffrax": _np(dfx_ys), "torchode": _np(ys_tod)}
-    nfe = {"neuralode": str(nfe_nd), "diffrax": _diffrax_nfe(dfx_stats, 7, True), "torchode": f"{nfe_tod} (per-sample steps)"}
+    nfe = {
+        "neuralode": str(nfe_nd),
+        "diffrax": _diffrax_nfe(dfx_stats, 7, True),
+        "torchode": f"{nfe_tod} (per-sample steps)",
+    }
     if method in TORCHDIFFEQ_METHODS:
         nfe_tdq, ys_tdq = _count(tdq, func)
         peers["torchdiffeq"] = tdq
@@ -402,11 +449,18 @@ def mlp_forward(method: str) -> Workload:
         nfe["torchdiffeq"] = str(nfe_tdq)
     key = "b" if method == "dopri5" else "c"
     return Workload(
-        key, f"({key}) MLP 32→128→128→32, batch 256, {method} 1e-6, 10 outputs, forward",
-        ours={"neuralode": nd}, peers=peers, pairings=[("neuralode", p) for p in peers],
-        answers=answers, ref=reference(numpy_mlp(func), y0, t), nfe=nfe,
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, replay={"neuralode": _replayed(nd, func)},
-        compile_s=compile_s, state=y0,
+        key,
+        f"({key}) MLP 32→128→128→32, batch 256, {method} 1e-6, 10 outputs, forward",
+        ours={"neuralode": nd},
+        peers=peers,
+        pairings=[("neuralode", p) for p in peers],
+        answers=answers,
+        ref=reference(numpy_mlp(func), y0, t),
+        nfe=nfe,
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
+        replay={"neuralode": _replayed(nd, func)},
+        compile_s=compile_s,
+        state=y0,
     )
 
 
@@ -429,7 +483,9 @@ def mlp_backward() -> Workload:
         "neuralode backprop": lambda f: neuralode.odeint(f, y0g, t, **kw),
         "neuralode adjoint": lambda f: neuralode.odeint_adjoint(f, y0g, t, **kw),
         "torchdiffeq backprop": lambda f: torchdiffeq.odeint(f, y0g, t, **kw),
-        "torchdiffeq adjoint": lambda f: torchdiffeq.odeint_adjoint(f, y0g, t, adjoint_options={"norm": "seminorm"}, **kw),
+        "torchdiffeq adjoint": lambda f: torchdiffeq.odeint_adjoint(
+            f, y0g, t, adjoint_options={"norm": "seminorm"}, **kw
+        ),
         "torchode": lambda f: torchode_solver(f, "dopri5", tol).solve(torchode_problem(y0g, t)).ys,
     }
     runs = {name: (lambda s=s: step(s)) for name, s in solves.items()}
@@ -441,8 +497,15 @@ def mlp_backward() -> Workload:
     def dfx(y0j, params):
         def loss(y0j, params):
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(jax_mlp), diffrax.Dopri5(), 0.0, 1.0, None, y0j, args=params,
-                saveat=diffrax.SaveAt(ts=tsj), stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
+                diffrax.ODETerm(jax_mlp),
+                diffrax.Dopri5(),
+                0.0,
+                1.0,
+                None,
+                y0j,
+                args=params,
+                saveat=diffrax.SaveAt(ts=tsj),
+                stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
             )  # adjoint: diffrax's default RecursiveCheckpointAdjoint
             return jnp.mean(sol.ys**2), sol.stats
 
@@ -451,7 +514,9 @@ def mlp_backward() -> Workload:
 
     dfx_run, compile_s, ((g_y0, g_params), dfx_stats) = _jax_compiled(dfx, y0j, params)
     # JAX's (Wᵀ, b) back to torch's (W, b) order.
-    dfx_grads = np.concatenate([_np(g_y0).ravel(), *(np.concatenate([_np(gw).T.ravel(), _np(gb).ravel()]) for gw, gb in g_params)])
+    dfx_grads = np.concatenate(
+        [_np(g_y0).ravel(), *(np.concatenate([_np(gw).T.ravel(), _np(gb).ravel()]) for gw, gb in g_params)]
+    )
 
     answers, nfe, counts = {}, {}, {}
     for name, s in solves.items():
@@ -479,6 +544,7 @@ def mlp_backward() -> Workload:
         def run() -> None:
             zero_grads(func, y0g)
             sum(func(tt, y0g).pow(2).mean() for _ in range(n)).backward()
+
         return run
 
     def bare_adjoint(n_forward: int, n_backward: int) -> Callable[[], None]:
@@ -492,22 +558,39 @@ def mlp_backward() -> Workload:
                 y = y0.detach().requires_grad_(True)
                 with torch.enable_grad():
                     torch.autograd.grad(func(tt, y), (y, *params_t), v)
+
         return run
 
     return Workload(
-        "d", "(d) same as (b), forward + backward of mean(ys²) (gradients of y0 and the weights)",
+        "d",
+        "(d) same as (b), forward + backward of mean(ys²) (gradients of y0 and the weights)",
         ours={"backprop": runs["neuralode backprop"], "adjoint": runs["neuralode adjoint"]},
-        peers={"diffrax": dfx_run, "torchode": runs["torchode"], "torchdiffeq backprop": runs["torchdiffeq backprop"],
-               "torchdiffeq adjoint": runs["torchdiffeq adjoint"]},
-        pairings=[("backprop", "diffrax"), ("adjoint", "diffrax"), ("backprop", "torchode"),
-                  ("backprop", "torchdiffeq backprop"), ("adjoint", "torchdiffeq adjoint")],
-        answers=answers, ref=ref, nfe=nfe,
-        bare={"backprop": bare_backprop(sum(counts["neuralode backprop"])),
-              "adjoint": bare_adjoint(*counts["neuralode adjoint"])},
+        peers={
+            "diffrax": dfx_run,
+            "torchode": runs["torchode"],
+            "torchdiffeq backprop": runs["torchdiffeq backprop"],
+            "torchdiffeq adjoint": runs["torchdiffeq adjoint"],
+        },
+        pairings=[
+            ("backprop", "diffrax"),
+            ("adjoint", "diffrax"),
+            ("backprop", "torchode"),
+            ("backprop", "torchdiffeq backprop"),
+            ("adjoint", "torchdiffeq adjoint"),
+        ],
+        answers=answers,
+        ref=ref,
+        nfe=nfe,
+        bare={
+            "backprop": bare_backprop(sum(counts["neuralode backprop"])),
+            "adjoint": bare_adjoint(*counts["neuralode adjoint"]),
+        },
         compile_s=compile_s,
-        notes=["Answers here are the gradients (y0 and every weight), against torchdiffeq's float64 dopri5 at 1e-11.",
-               "Bare evaluations for backprop: the forward evaluations recorded and backpropagated; for the adjoint: "
-               "the forward evaluations without a graph, then one vector-Jacobian product per backward evaluation."],
+        notes=[
+            "Answers here are the gradients (y0 and every weight), against torchdiffeq's float64 dopri5 at 1e-11.",
+            "Bare evaluations for backprop: the forward evaluations recorded and backpropagated; for the adjoint: "
+            "the forward evaluations without a graph, then one vector-Jacobian product per backward evaluation.",
+        ],
     )
 
 
@@ -536,8 +619,14 @@ def van_der_pol() -> Workload:
 
     def one(y0_1):
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(jax_vdp), diffrax.Dopri5(), 0.0, 10.0, None, y0_1,
-            saveat=diffrax.SaveAt(ts=tsj), stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
+            diffrax.ODETerm(jax_vdp),
+            diffrax.Dopri5(),
+            0.0,
+            10.0,
+            None,
+            y0_1,
+            saveat=diffrax.SaveAt(ts=tsj),
+            stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
             max_steps=16384,
         )
         return sol.ys, sol.stats
@@ -551,17 +640,27 @@ def van_der_pol() -> Workload:
     nfe_tdq, ys_tdq = _count(tdq, func)
     nfe_tod, ys_tod = _count(tod, func)
     return Workload(
-        "e", "(e) Van der Pol μ=2, batch 256, dopri5 1e-5, 200 outputs on [0, 10]",
-        ours={"neuralode": nd}, peers={"diffrax": dfx_run, "torchode": tod, "torchdiffeq": tdq},
+        "e",
+        "(e) Van der Pol μ=2, batch 256, dopri5 1e-5, 200 outputs on [0, 10]",
+        ours={"neuralode": nd},
+        peers={"diffrax": dfx_run, "torchode": tod, "torchdiffeq": tdq},
         pairings=[("neuralode", p) for p in ("diffrax", "torchode", "torchdiffeq")],
         answers={"neuralode": _np(ys_nd), "diffrax": _np(dfx_ys), "torchode": _np(ys_tod), "torchdiffeq": _np(ys_tdq)},
         ref=reference(numpy_vdp, y0, t),
-        nfe={"neuralode": f"{nfe_nd} (one step size for the batch)", "diffrax": _diffrax_nfe(dfx_stats, 7, True, vmapped=True),
-             "torchode": f"{nfe_tod} batched (per-sample steps)", "torchdiffeq": f"{nfe_tdq} (one step size for the batch)"},
-        bare={"neuralode": _bare_forward(func, y0, nfe_nd)}, replay={"neuralode": _replayed(nd, func)},
-        compile_s=compile_s, state=y0,
-        notes=["Per-sample control (diffrax by vmap, torchode natively) gives each sample its own steps; "
-               "neuralode and torchdiffeq step the whole batch with the step its hardest sample needs."],
+        nfe={
+            "neuralode": f"{nfe_nd} (one step size for the batch)",
+            "diffrax": _diffrax_nfe(dfx_stats, 7, True, vmapped=True),
+            "torchode": f"{nfe_tod} batched (per-sample steps)",
+            "torchdiffeq": f"{nfe_tdq} (one step size for the batch)",
+        },
+        bare={"neuralode": _bare_forward(func, y0, nfe_nd)},
+        replay={"neuralode": _replayed(nd, func)},
+        compile_s=compile_s,
+        state=y0,
+        notes=[
+            "Per-sample control (diffrax by vmap, torchode natively) gives each sample its own steps; "
+            "neuralode and torchdiffeq step the whole batch with the step its hardest sample needs."
+        ],
     )
 
 
@@ -583,8 +682,11 @@ def measure(w: Workload, pairs: int) -> None:
         print(f"  {w.key}: {_ours_name(variant)} bookkeeping share {share:.0%}", flush=True)
     for variant, replay in w.replay.items():
         w.replayed[variant] = time_pair(w.ours[variant], replay, pairs=pairs, per_side=True)
-        print(f"  {w.key}: {_ours_name(variant)} solver alone (func replayed) {1 / w.replayed[variant].ratio:.0%} "
-              "of the solve", flush=True)
+        print(
+            f"  {w.key}: {_ours_name(variant)} solver alone (func replayed) {1 / w.replayed[variant].ratio:.0%} "
+            "of the solve",
+            flush=True,
+        )
 
 
 def profile_breakdown(w: Workload, variant: str = "neuralode", solves: int = 20, top: int = 12) -> str:
@@ -609,8 +711,9 @@ def profile_breakdown(w: Workload, variant: str = "neuralode", solves: int = 20,
     for (file, line, name), (_, ncalls, tottime, _, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:
         where = name if file == "~" else f"{Path(file).parent.name}/{Path(file).name}:{line} `{name}`"
         rows.append([where.replace("<", "‹").replace(">", "›"), f"{ncalls / solves:.0f}", f"{tottime / total:.0%}"])
-    return (f"### {w.title.split(')')[0]}) ({_ours_name(variant)})\n\n"
-            + markdown_table(["function", "calls per solve", "share of own time"], rows))
+    return f"### {w.title.split(')')[0]}) ({_ours_name(variant)})\n\n" + markdown_table(
+        ["function", "calls per solve", "share of own time"], rows
+    )
 
 
 def _torch_calls(fn: Callable[[], Any]) -> int:
@@ -664,39 +767,60 @@ def remaining_time(workloads: list[Workload]) -> str:
             cells[peer] = f"{floor[peer]:.2f}×" if t is not None else "—"
         share = 1 - 1 / book.ratio
         alone = 1 / w.replayed["neuralode"].ratio if "neuralode" in w.replayed else None
-        rows.append([SHORT[w.key], f"{calls}", f"{extra_us / 1e3:.2f} ms", f"{extra_us / max(calls, 1):.1f} µs",
-                     f"{op_us:.1f} µs", f"{share:.0%}",
-                     f"{alone:.0%}" if alone is not None else "—",
-                     f"{share - alone:.0%}" if alone is not None else "—",
-                     cells["diffrax"], cells["torchdiffeq"]])
+        rows.append(
+            [
+                SHORT[w.key],
+                f"{calls}",
+                f"{extra_us / 1e3:.2f} ms",
+                f"{extra_us / max(calls, 1):.1f} µs",
+                f"{op_us:.1f} µs",
+                f"{share:.0%}",
+                f"{alone:.0%}" if alone is not None else "—",
+                f"{share - alone:.0%}" if alone is not None else "—",
+                cells["diffrax"],
+                cells["torchdiffeq"],
+            ]
+        )
         # What each target would need, in the measured quantities.
         said = []
         target = DIFFRAX_TARGETS[w.key]
         if floor["diffrax"] is not None and floor["diffrax"] > target:
-            said.append(f"the evaluations alone take {floor['diffrax']:.2f}× diffrax's whole solve, above the "
-                        f"≤ {target:g}× target, so no eager loop around this func reaches it")
+            said.append(
+                f"the evaluations alone take {floor['diffrax']:.2f}× diffrax's whole solve, above the "
+                f"≤ {target:g}× target, so no eager loop around this func reaches it"
+            )
         tdq = w.timings.get(("neuralode", "torchdiffeq"))
         if tdq is not None and tdq.ratio > TORCHDIFFEQ_TARGET:
             f = floor["torchdiffeq"]
             allowed = (TORCHDIFFEQ_TARGET - f) / (tdq.ratio - f)
-            said.append(f"≤ {TORCHDIFFEQ_TARGET:g}× torchdiffeq needs the bookkeeping cut to {allowed:.0%} of today's "
-                        f"({allowed * extra_us / 1e3:.2f} ms, about {allowed * extra_us / op_us:.0f} eager operations at "
-                        f"{op_us:.1f} µs, for {calls} torch calls today)" if allowed > 0 else
-                        f"the evaluations alone take {f:.2f}× torchdiffeq's solve, above the ≤ {TORCHDIFFEQ_TARGET:g}× target")
+            said.append(
+                f"≤ {TORCHDIFFEQ_TARGET:g}× torchdiffeq needs the bookkeeping cut to {allowed:.0%} of today's "
+                f"({allowed * extra_us / 1e3:.2f} ms, about {allowed * extra_us / op_us:.0f} eager operations at "
+                f"{op_us:.1f} µs, for {calls} torch calls today)"
+                if allowed > 0
+                else f"the evaluations alone take {f:.2f}× torchdiffeq's solve, above the ≤ {TORCHDIFFEQ_TARGET:g}× target"
+            )
         if w.key == "b":
             allowed_us = 1e6 * book.peer_s / 9  # share < 10 %: bookkeeping < bare / 9
-            said.append(f"a bookkeeping share under 10 % allows {allowed_us / 1e3:.2f} ms above the evaluations, about "
-                        f"{allowed_us / op_us:.0f} eager operations at {op_us:.1f} µs each, for {calls} torch calls today")
+            said.append(
+                f"a bookkeeping share under 10 % allows {allowed_us / 1e3:.2f} ms above the evaluations, about "
+                f"{allowed_us / op_us:.0f} eager operations at {op_us:.1f} µs each, for {calls} torch calls today"
+            )
             if alone is not None:
-                said.append(f"of the {share:.0%} bookkeeping, {alone:.0%} of the solve is the solver's own work with the "
-                            "evaluations replayed" + (", already above the 10 % allowed," if alone > 0.10 else "")
-                            + f" and {share - alone:.0%} is what evaluations and bookkeeping cost each other when "
-                            "interleaved")
+                said.append(
+                    f"of the {share:.0%} bookkeeping, {alone:.0%} of the solve is the solver's own work with the "
+                    "evaluations replayed"
+                    + (", already above the 10 % allowed," if alone > 0.10 else "")
+                    + f" and {share - alone:.0%} is what evaluations and bookkeeping cost each other when "
+                    "interleaved"
+                )
         per_call = extra_us / max(calls, 1)
         if per_call > 2 * op_us:
-            said.append(f"the bookkeeping per torch call ({per_call:.1f} µs) is {per_call / op_us:.1f}× the price of one "
-                        "eager operation on the state, so the loop's Python work and the memory traffic around the "
-                        "operations weigh more than their number")
+            said.append(
+                f"the bookkeeping per torch call ({per_call:.1f} µs) is {per_call / op_us:.1f}× the price of one "
+                "eager operation on the state, so the loop's Python work and the memory traffic around the "
+                "operations weigh more than their number"
+            )
         if said:
             readings.append(f"- {SHORT[w.key]}: " + "; ".join(said) + ".")
     for w in workloads:
@@ -710,10 +834,16 @@ def remaining_time(workloads: list[Workload]) -> str:
             if t is None or t.ratio <= target:
                 continue
             f = t.ratio / book.ratio
-            said.append(f"against {peer} ({t.ratio:.2f}× for ≤ {target:g}×) the evaluations and their backward pass "
-                        f"alone take {f:.2f}× the peer's whole step" + (", so no solver around them reaches it" if f > target
-                        else f"; it needs the solver's own time ({1 - 1 / book.ratio:.0%} of the step) cut to "
-                        f"{(target - f) / (t.ratio - f):.0%} of today's"))
+            said.append(
+                f"against {peer} ({t.ratio:.2f}× for ≤ {target:g}×) the evaluations and their backward pass "
+                f"alone take {f:.2f}× the peer's whole step"
+                + (
+                    ", so no solver around them reaches it"
+                    if f > target
+                    else f"; it needs the solver's own time ({1 - 1 / book.ratio:.0%} of the step) cut to "
+                    f"{(target - f) / (t.ratio - f):.0%} of today's"
+                )
+            )
         if said:
             readings.append(f"- {SHORT[w.key]}, backprop: " + "; ".join(said) + ".")
     return (
@@ -729,12 +859,26 @@ def remaining_time(workloads: list[Workload]) -> str:
         "rest: what evaluations and bookkeeping cost each other when interleaved (its cause was not isolated: "
         "allocations and matrix products of the MLP's sizes interleaved with a replayed solve did not reproduce "
         "it).\n\n"
-        + markdown_table(["workload", "solver torch calls / solve", "bookkeeping / solve", "per call",
-                          "one torch.add on the state", "bookkeeping share", "solver alone (func replayed)",
-                          "interaction", "bare evaluations / diffrax solve",
-                          "bare evaluations / torchdiffeq solve"], rows)
-        + ("\n\nWhat the targets that are missed would need, in these measured quantities:\n\n" + "\n".join(readings)
-           if readings else "")
+        + markdown_table(
+            [
+                "workload",
+                "solver torch calls / solve",
+                "bookkeeping / solve",
+                "per call",
+                "one torch.add on the state",
+                "bookkeeping share",
+                "solver alone (func replayed)",
+                "interaction",
+                "bare evaluations / diffrax solve",
+                "bare evaluations / torchdiffeq solve",
+            ],
+            rows,
+        )
+        + (
+            "\n\nWhat the targets that are missed would need, in these measured quantities:\n\n" + "\n".join(readings)
+            if readings
+            else ""
+        )
     )
 
 
@@ -746,8 +890,13 @@ def _share(timing: PairTiming) -> str:
 #: Issue 14's targets for neuralode / diffrax (same process, one thread); against torchdiffeq ≤ 0.5× everywhere.
 DIFFRAX_TARGETS = {"a": 4.0, "b": 1.0, "c": 1.0, "d": 0.5, "e": 2.0}
 TORCHDIFFEQ_TARGET = 0.5
-SHORT = {"a": "(a) MLP 2→16→2, midpoint, 200 steps", "b": "(b) MLP 32→128→128→32, dopri5, forward",
-         "c": "(c) same, tsit5, forward", "d": "(d) same as (b), forward + backward", "e": "(e) Van der Pol, batch 256"}
+SHORT = {
+    "a": "(a) MLP 2→16→2, midpoint, 200 steps",
+    "b": "(b) MLP 32→128→128→32, dopri5, forward",
+    "c": "(c) same, tsit5, forward",
+    "d": "(d) same as (b), forward + backward",
+    "e": "(e) Van der Pol, batch 256",
+}
 
 
 def summary(workloads: list[Workload]) -> str:
@@ -758,20 +907,31 @@ def summary(workloads: list[Workload]) -> str:
             cells = []
             for peer in ("diffrax", "torchode", "torchdiffeq"):
                 found = [(p, t) for (v, p), t in w.timings.items() if v == variant and p.startswith(peer)]
-                cells.append(" ".join(f"{t.ratio_text()}" + (f" ({p.split()[-1]})" if p != peer else "") for p, t in found) or "—")
+                cells.append(
+                    " ".join(f"{t.ratio_text()}" + (f" ({p.split()[-1]})" if p != peer else "") for p, t in found)
+                    or "—"
+                )
             target = DIFFRAX_TARGETS[w.key]
             dfx = w.timings.get((variant, "diffrax"))
             verdict = "—" if dfx is None else ("yes" if dfx.ratio <= target else "no")
             share = _share(w.bookkeeping[variant]) if variant in w.bookkeeping else "—"
-            rows.append([SHORT[w.key] + ("" if variant == "neuralode" else f", {variant}"), *cells,
-                         f"≤ {target:g}×: {verdict}", share])
+            rows.append(
+                [
+                    SHORT[w.key] + ("" if variant == "neuralode" else f", {variant}"),
+                    *cells,
+                    f"≤ {target:g}×: {verdict}",
+                    share,
+                ]
+            )
     return (
         "## Summary\n\n"
         "neuralode's time / the peer's, median of alternating pairs [IQR]; < 1: neuralode is faster. Targets from "
         f"issue 14 against diffrax (against torchdiffeq the target is ≤ {TORCHDIFFEQ_TARGET:g}× everywhere; the "
         "forward + backward target ≤ 0.5× is meant for backprop). Bookkeeping: (solve − bare evaluations) / solve, "
         "target < 10 % for (b).\n\n"
-        + markdown_table(["workload", "/ diffrax", "/ torchode", "/ torchdiffeq", "target vs diffrax", "bookkeeping"], rows)
+        + markdown_table(
+            ["workload", "/ diffrax", "/ torchode", "/ torchdiffeq", "target vs diffrax", "bookkeeping"], rows
+        )
     )
 
 
@@ -780,20 +940,30 @@ def report(workloads: list[Workload], pairs: int, total_s: float, quick: bool) -
     for w in workloads:
         for (variant, peer), timing in w.timings.items():
             ours = _ours_name(variant)
-            summary_rows.append([w.title, f"{ours} / {peer}", timing.ratio_text(), fmt_ms(timing.ours_s), fmt_ms(timing.peer_s)])
+            summary_rows.append(
+                [w.title, f"{ours} / {peer}", timing.ratio_text(), fmt_ms(timing.ours_s), fmt_ms(timing.peer_s)]
+            )
     sections = [
         summary(workloads),
         "## Time ratios\n\n"
         "Median of per-pair ratios neuralode / peer, interquartile range in brackets (< 1: neuralode is faster). "
         f"{pairs} alternating pairs per line. The millisecond columns are medians, for scale only.\n\n"
-        + markdown_table(["workload", "ratio", "time ratio [IQR]", "neuralode", "peer"], summary_rows)
+        + markdown_table(["workload", "ratio", "time ratio [IQR]", "neuralode", "peer"], summary_rows),
     ]
     rows = []
     for w in workloads:
         for variant, timing in w.bookkeeping.items():
             ours = _ours_name(variant)
-            rows.append([w.title, ours, w.nfe.get("neuralode", w.nfe.get(f"neuralode {variant}", "")), _share(timing),
-                         fmt_ms(timing.ours_s), fmt_ms(timing.peer_s)])
+            rows.append(
+                [
+                    w.title,
+                    ours,
+                    w.nfe.get("neuralode", w.nfe.get(f"neuralode {variant}", "")),
+                    _share(timing),
+                    fmt_ms(timing.ours_s),
+                    fmt_ms(timing.peer_s),
+                ]
+            )
     sections.append(
         "## Bookkeeping share\n\n"
         "(solve − the same evaluations in a bare loop) / solve: the solver's own share of the time (median [IQR] "
@@ -807,7 +977,8 @@ def report(workloads: list[Workload], pairs: int, total_s: float, quick: bool) -
             "## Where neuralode's time goes\n\n"
             "Own time per function under cProfile (which inflates Python-heavy rows; the calls per solve are exact). "
             "`linear`/`tanh` and the func's own `forward` are the evaluations; the rest is the solver.\n\n"
-            + "\n\n".join(profiles))
+            + "\n\n".join(profiles)
+        )
     for w in workloads:
         acc_rows = []
         base = w.answers.get("neuralode", w.answers.get("neuralode backprop"))
@@ -815,10 +986,15 @@ def report(workloads: list[Workload], pairs: int, total_s: float, quick: bool) -
             err = float(np.max(np.abs(ans - w.ref)))
             diff = float(np.max(np.abs(ans - base)))
             acc_rows.append([lib, w.nfe.get(lib, ""), f"{err:.2e}", f"{diff:.2e}"])
-        text = (f"## {w.title}\n\n"
-                + markdown_table(["library", "evaluations of func", "max abs error vs float64 reference", "max abs diff vs neuralode"], acc_rows)
-                + f"\n\nscale of the answer: max |reference| = {np.max(np.abs(w.ref)):.3g}. "
-                f"diffrax compile (trace + XLA compile + first run), excluded from the timings: {w.compile_s:.2f} s.")
+        text = (
+            f"## {w.title}\n\n"
+            + markdown_table(
+                ["library", "evaluations of func", "max abs error vs float64 reference", "max abs diff vs neuralode"],
+                acc_rows,
+            )
+            + f"\n\nscale of the answer: max |reference| = {np.max(np.abs(w.ref)):.3g}. "
+            f"diffrax compile (trace + XLA compile + first run), excluded from the timings: {w.compile_s:.2f} s."
+        )
         if w.notes:
             text += "\n\n" + "\n".join(f"- {n}" for n in w.notes)
         sections.append(text)
@@ -865,8 +1041,13 @@ def main(argv=None) -> int:
     setup(0)
     pairs = 3 if args.quick else args.pairs
     start = time.perf_counter()
-    builders = {"a": tiny_midpoint, "b": lambda: mlp_forward("dopri5"), "c": lambda: mlp_forward("tsit5"),
-                "d": mlp_backward, "e": van_der_pol}
+    builders = {
+        "a": tiny_midpoint,
+        "b": lambda: mlp_forward("dopri5"),
+        "c": lambda: mlp_forward("tsit5"),
+        "d": mlp_backward,
+        "e": van_der_pol,
+    }
     workloads = []
     for key, build in builders.items():
         if args.only and key not in args.only:
@@ -876,8 +1057,10 @@ def main(argv=None) -> int:
         measure(w, pairs)
         workloads.append(w)
     sections = report(workloads, pairs, time.perf_counter() - start, args.quick)
-    versions = (f"Peers: jax {jax.__version__} (CPU), diffrax {diffrax.__version__}, torchode "
-                f"{getattr(torchode, '__version__', '1.0.0')}, torchdiffeq {torchdiffeq.__version__}; float32 throughout.")
+    versions = (
+        f"Peers: jax {jax.__version__} (CPU), diffrax {diffrax.__version__}, torchode "
+        f"{getattr(torchode, '__version__', '1.0.0')}, torchdiffeq {torchdiffeq.__version__}; float32 throughout."
+    )
     path = write_markdown(
         args.out / "peers.md",
         "neuralode against diffrax, torchode and torchdiffeq" + (" (quick)" if args.quick else ""),

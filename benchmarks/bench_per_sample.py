@@ -63,8 +63,9 @@ def problems():
     y0 = torch.rand(B, 2, generator=g, dtype=F64) * 4 - 2
     logmu = torch.logspace(math.log10(0.5), math.log10(20.0), B, dtype=F64)
     torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
-                              torch.nn.Linear(64, 2)).double()
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2)
+    ).double()
     with torch.no_grad():
         mlp[-1].weight.mul_(0.1)
     return [
@@ -81,8 +82,9 @@ def _torchode_run(f, z0, t):
     except ImportError:
         return None
     term = torchode.ODETerm(f)
-    solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term),
-                                      torchode.IntegralController(atol=TOL, rtol=TOL, term=term))
+    solver = torchode.AutoDiffAdjoint(
+        torchode.Dopri5(term=term), torchode.IntegralController(atol=TOL, rtol=TOL, term=term)
+    )
     problem = torchode.InitialValueProblem(y0=z0, t_eval=t.expand(z0.shape[0], -1))
 
     def run():
@@ -112,8 +114,14 @@ def _diffrax_run(z0, t):
 
     def one(y0):
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vdp), diffrax.Dopri5(), float(t[0]), float(t[-1]), None, y0,
-            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=TOL, atol=TOL),
+            diffrax.ODETerm(vdp),
+            diffrax.Dopri5(),
+            float(t[0]),
+            float(t[-1]),
+            None,
+            y0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=TOL, atol=TOL),
             max_steps=16384,
         )
         return sol.ys, sol.stats["num_accepted_steps"], sol.stats["num_steps"]
@@ -130,15 +138,26 @@ def peer_rows(cases, t, pairs: int):
 
     rows, notes = [], []
     for name, z0, f, _ref, err_units in cases:
+
         def ours():
             with torch.no_grad():
                 return solve(f, z0, t, rtol=TOL, atol=TOL, options={"per_sample": True})
 
         sol = ours()
         st = sol.stats
-        rows.append([name, "neuralode per-sample", f"{float(st.n_accepted.double().mean()):.1f}",
-                     int(st.n_accepted.max()), f"{float((st.n_accepted + st.n_rejected).double().mean()):.1f}",
-                     f"{float(st.nfe.double().mean()):.0f}", st.calls, err_units(sol.ys), "1"])
+        rows.append(
+            [
+                name,
+                "neuralode per-sample",
+                f"{float(st.n_accepted.double().mean()):.1f}",
+                int(st.n_accepted.max()),
+                f"{float((st.n_accepted + st.n_rejected).double().mean()):.1f}",
+                f"{float(st.nfe.double().mean()):.0f}",
+                st.calls,
+                err_units(sol.ys),
+                "1",
+            ]
+        )
         tod = _torchode_run(f, z0, t)
         if tod is None:
             notes.append(f"{name}: torchode is not installed; its row is skipped.")
@@ -146,28 +165,46 @@ def peer_rows(cases, t, pairs: int):
             out = tod()
             acc, steps = out.stats["n_accepted"], out.stats["n_steps"]
             timing = time_pair(ours, tod, pairs=pairs, warmup=1, per_side=True)
-            rows.append([name, "torchode (per-sample)", f"{float(acc.double().mean()):.1f}", int(acc.max()),
-                         f"{float(steps.double().mean()):.1f}", "–", int(out.stats["n_f_evals"].max()),
-                         err_units(out.ys.transpose(0, 1)),
-                         f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})"])
+            rows.append(
+                [
+                    name,
+                    "torchode (per-sample)",
+                    f"{float(acc.double().mean()):.1f}",
+                    int(acc.max()),
+                    f"{float(steps.double().mean()):.1f}",
+                    "–",
+                    int(out.stats["n_f_evals"].max()),
+                    err_units(out.ys.transpose(0, 1)),
+                    f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
+                ]
+            )
         dfx = _diffrax_run(z0, t)
         if dfx is None:
             notes.append(f"{name}: jax/diffrax are not installed; the diffrax row is skipped.")
         else:
             ys, acc, steps = (np.array(a) for a in dfx())
             timing = time_pair(ours, dfx, pairs=pairs, warmup=1, per_side=True)
-            rows.append([name, "diffrax (vmap)", f"{acc.mean():.1f}", int(acc.max()), f"{steps.mean():.1f}",
-                         f"≈ {6 * steps.mean() + 2:.0f}", f"≈ {6 * int(steps.max()) + 2}",
-                         err_units(torch.from_numpy(ys).transpose(0, 1)),
-                         f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})"])
+            rows.append(
+                [
+                    name,
+                    "diffrax (vmap)",
+                    f"{acc.mean():.1f}",
+                    int(acc.max()),
+                    f"{steps.mean():.1f}",
+                    f"≈ {6 * steps.mean() + 2:.0f}",
+                    f"≈ {6 * int(steps.max()) + 2}",
+                    err_units(torch.from_numpy(ys).transpose(0, 1)),
+                    f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
+                ]
+            )
         print(name, "peers done", flush=True)
     return rows, notes
 
 
 def latent_ode_rows(pairs: int):
     """ELBO forward + backward of an untrained latent ODE, per-sample vs union solve."""
-    from neuralode.models.latent_ode import LatentODE
     from neuralode.datasets.spirals import make_spirals
+    from neuralode.models.latent_ode import LatentODE
 
     rows = []
     for n, q, grid in ((64, 30, True), (256, 30, True), (64, 30, False), (256, 30, False)):
@@ -187,8 +224,14 @@ def latent_ode_rows(pairs: int):
 
         timing = time_pair(lambda: elbo(True), lambda: elbo(False), pairs=pairs, warmup=1)
         del model._per_sample_ok
-        rows.append([n, q, "spirals: masks on 100 shared times" if grid else "uniform random per sample",
-                     f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})"])
+        rows.append(
+            [
+                n,
+                q,
+                "spirals: masks on 100 shared times" if grid else "uniform random per sample",
+                f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
+            ]
+        )
     return rows
 
 
@@ -214,24 +257,52 @@ def main(argv=None) -> int:
             if len(peer_cases) < 2:  # (a) and (b)
                 peer_cases.append((name, z0, f, ref, err_units))
             joint = run(False)
-            rows.append([name, "joint", joint.stats.n_accepted, joint.stats.n_accepted, f"{joint.stats.nfe * B:,}",
-                         f"{joint.stats.nfe * B:,}", "–", err_units(joint.ys), "1"])
+            rows.append(
+                [
+                    name,
+                    "joint",
+                    joint.stats.n_accepted,
+                    joint.stats.n_accepted,
+                    f"{joint.stats.nfe * B:,}",
+                    f"{joint.stats.nfe * B:,}",
+                    "–",
+                    err_units(joint.ys),
+                    "1",
+                ]
+            )
             for mode in (True, "compact"):
                 sol = run(mode)
                 st = sol.stats
                 timing = time_pair(lambda: run(mode), lambda: run(False), pairs=pairs, warmup=1)
-                rows.append([
-                    name, "per-sample" + (" compact" if mode == "compact" else ""),
-                    f"{float(st.n_accepted.double().mean()):.1f}", int(st.n_accepted.max()),
-                    f"{st.rows_evaluated:,}", f"{int(st.nfe.sum()):,}", f"{st.wasted_fraction:.0%}",
-                    err_units(sol.ys), f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
-                ])
+                rows.append(
+                    [
+                        name,
+                        "per-sample" + (" compact" if mode == "compact" else ""),
+                        f"{float(st.n_accepted.double().mean()):.1f}",
+                        int(st.n_accepted.max()),
+                        f"{st.rows_evaluated:,}",
+                        f"{int(st.nfe.sum()):,}",
+                        f"{st.wasted_fraction:.0%}",
+                        err_units(sol.ys),
+                        f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
+                    ]
+                )
             print(name, "done", flush=True)
     peer_table_rows, peer_notes = peer_rows(peer_cases, t, pairs)
     peer_table = markdown_table(
-        ["problem", "library", "accepted steps (mean)", "accepted steps (max)", "attempted steps (mean)",
-         "evaluations per sample (mean)", "batched func calls", "error / tol (median / max)",
-         "neuralode per-sample time / this"], peer_table_rows)
+        [
+            "problem",
+            "library",
+            "accepted steps (mean)",
+            "accepted steps (max)",
+            "attempted steps (mean)",
+            "evaluations per sample (mean)",
+            "batched func calls",
+            "error / tol (median / max)",
+            "neuralode per-sample time / this",
+        ],
+        peer_table_rows,
+    )
     peer_intro = """\
 **Against torchode and diffrax** (per-sample step control in all three), cases (a) and (b),
 float64. *Evaluations per sample* counts the evaluations made while the sample was unfinished
@@ -266,14 +337,32 @@ for diffrax."""
         for mode in (True, "compact"):
             sol = grad_run(adjoint, mode)
             st = sol.adjoint_stats if adjoint else sol.stats
-            timing = time_pair(lambda: grad_run(adjoint, mode), lambda: grad_run(adjoint, False),
-                               pairs=2 if args.quick else 4, warmup=1)
-            grad_rows.append([label, "per-sample" + (" compact" if mode == "compact" else ""), f"{st.rows_evaluated:,}",
-                              f"{st.wasted_fraction:.0%}",
-                              f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})"])
+            timing = time_pair(
+                lambda: grad_run(adjoint, mode),
+                lambda: grad_run(adjoint, False),
+                pairs=2 if args.quick else 4,
+                warmup=1,
+            )
+            grad_rows.append(
+                [
+                    label,
+                    "per-sample" + (" compact" if mode == "compact" else ""),
+                    f"{st.rows_evaluated:,}",
+                    f"{st.wasted_fraction:.0%}",
+                    f"{timing.ratio_text()} ({fmt_ms(timing.ours_s)} vs {fmt_ms(timing.peer_s)})",
+                ]
+            )
         print(label, "done", flush=True)
-    grad_table = markdown_table(["gradient", "mode", "rows evaluated (backward solve for adjoint)", "wasted",
-                                 "time vs joint (forward + backward)"], grad_rows)
+    grad_table = markdown_table(
+        [
+            "gradient",
+            "mode",
+            "rows evaluated (backward solve for adjoint)",
+            "wasted",
+            "time vs joint (forward + backward)",
+        ],
+        grad_rows,
+    )
     grad_intro = """\
 **Gradients**, case (c) on ``[0, 2]`` with 20 output times (over ``[0, 10]`` the joint adjoint's
 backward solve underflows: backwards in time the μ = 20 limit cycle repels). The per-sample
@@ -284,8 +373,10 @@ a second backward pass per stage (``∂f/∂y`` per stage, ``∂f/∂θ`` per st
 backward solve does ~1.5x the work per row of the joint adjoint's; it wins back rows, not
 time per row."""
     latent_rows = latent_ode_rows(pairs=2 if args.quick else 6)
-    latent_table = markdown_table(["batch", "observations per sample", "observation times", "per-sample / union time (ELBO forward + backward)"],
-                                  latent_rows)
+    latent_table = markdown_table(
+        ["batch", "observations per sample", "observation times", "per-sample / union time (ELBO forward + backward)"],
+        latent_rows,
+    )
     latent_intro = """\
 **Latent ODE** (``neuralode.models.LatentODE``, the paper's spirals, each sample observed at its
 own times): the union scheme solves the batch once over the sorted union of every sample's
@@ -294,8 +385,17 @@ sample on its own clock to its own ``Q`` times. ``LatentODE`` now uses per-sampl
 the times differ between samples and the method is adaptive (the union is kept for fixed-step
 methods and options per-sample mode lacks). Untrained model, default tolerances (1e-3, 1e-4)."""
     table = markdown_table(
-        ["problem", "mode", "steps (mean)", "steps (max)", "rows evaluated", "rows of unfinished samples",
-         "wasted", "error / tol (median / max)", "time vs joint"],
+        [
+            "problem",
+            "mode",
+            "steps (mean)",
+            "steps (max)",
+            "rows evaluated",
+            "rows of unfinished samples",
+            "wasted",
+            "error / tol (median / max)",
+            "time vs joint",
+        ],
         rows,
     )
     intro = __doc__.split("\n\n", 2)[2]
@@ -312,8 +412,12 @@ them the six evaluations of ``func`` (the controller is one exp, the underflow a
 tests are one, each step's outputs are interpolated on a ``(B, m)`` window per sample); the joint
 loop's step makes fewer, on Python floats. So per-sample mode pays in time once ``func`` costs more than the bookkeeping
 (case c) or the joint loop over-steps badly enough (case b)."""
-    path = write_markdown(args.out / "per_sample.md", "Per-sample step control vs the joint loop", intro,
-                          [table, notes, *peer_parts, grad_intro, grad_table, latent_intro, latent_table])
+    path = write_markdown(
+        args.out / "per_sample.md",
+        "Per-sample step control vs the joint loop",
+        intro,
+        [table, notes, *peer_parts, grad_intro, grad_table, latent_intro, latent_table],
+    )
     print(f"wrote {path}")
     return 0
 

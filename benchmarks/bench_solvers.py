@@ -81,6 +81,7 @@ def per_step_overhead(pairs: int) -> str:
     rows, overhead = [], []
     tt = torch.tensor(0.5)
     for name, (t, options) in variants.items():
+
         def peer(t=t, options=options):
             return torchdiffeq.odeint(func, y0, t, method="rk4", options=options)
 
@@ -102,12 +103,29 @@ def per_step_overhead(pairs: int) -> str:
                 nfe = _count("neuralode", func, y0, t, method=method, options=options)
                 rows.append(_timing_row(f"{name}: neuralode `{method}`", timing, 0.5, f"{nfe} / {nfe_peer}"))
                 overhead.append(f"{name}, `{method}`: {(timing.ratio - r_floor) / (1 - r_floor):.2f}×")
-        rows.append([f"{name}: bare `func` × {nfe_peer} (floor)", floor_timing.ratio_text(), "—",
-                     fmt_ms(floor_timing.ours_s), fmt_ms(floor_timing.peer_s), f"{nfe_peer} / {nfe_peer}"])
-        overhead.append(f"{name}: to reach 0.5× the solver's own work may be at most "
-                        f"{(0.5 - r_floor) / (1 - r_floor):.2f}× torchdiffeq's")
+        rows.append(
+            [
+                f"{name}: bare `func` × {nfe_peer} (floor)",
+                floor_timing.ratio_text(),
+                "—",
+                fmt_ms(floor_timing.ours_s),
+                fmt_ms(floor_timing.peer_s),
+                f"{nfe_peer} / {nfe_peer}",
+            ]
+        )
+        overhead.append(
+            f"{name}: to reach 0.5× the solver's own work may be at most "
+            f"{(0.5 - r_floor) / (1 - r_floor):.2f}× torchdiffeq's"
+        )
     table = markdown_table(
-        ["case (vs torchdiffeq `rk4`, the 3/8 rule)", "time ratio ours/peer [IQR]", "target", "ours", "torchdiffeq", "NFE ours / peer"],
+        [
+            "case (vs torchdiffeq `rk4`, the 3/8 rule)",
+            "time ratio ours/peer [IQR]",
+            "target",
+            "ours",
+            "torchdiffeq",
+            "NFE ours / peer",
+        ],
         rows,
     )
     return (
@@ -115,7 +133,8 @@ def per_step_overhead(pairs: int) -> str:
         "MLP 2→16→2 (tanh), batch 8, float32, `torch.no_grad()`. neuralode `rk4_38` is the same method as "
         "torchdiffeq's `rk4` (Kutta's 3/8 rule); neuralode `rk4` is the classic RK4, also timed against "
         "torchdiffeq's `rk4`. The floor row times the 800 evaluations of the MLP alone (a Python loop, no "
-        "solver), against torchdiffeq's solve: the part of every solve that no solver can remove.\n\n" + table
+        "solver), against torchdiffeq's solve: the part of every solve that no solver can remove.\n\n"
+        + table
         + "\n\nThe solver's own work (time above the floor), as a multiple of torchdiffeq's own work, "
         "(ratio − floor ratio) / (1 − floor ratio):\n\n" + "\n".join(f"- {line}" for line in overhead)
     )
@@ -131,11 +150,17 @@ def adaptive_tiny(pairs: int) -> str:
     t = torch.linspace(0.0, 1.0, 20)
     kw = dict(rtol=1e-8, atol=1e-8, method="dopri5")
     with torch.no_grad():
-        timing = time_pair(lambda: neuralode.odeint(func, y0, t, **kw), lambda: torchdiffeq.odeint(func, y0, t, **kw), pairs=pairs)
+        timing = time_pair(
+            lambda: neuralode.odeint(func, y0, t, **kw), lambda: torchdiffeq.odeint(func, y0, t, **kw), pairs=pairs
+        )
     nfe = {lib: _count(lib, func, y0, t, **kw) for lib in LIBS}
     table = markdown_table(
         ["case", "time ratio ours/peer [IQR]", "target", "ours", "torchdiffeq", "NFE ours / peer"],
-        [_timing_row("dopri5, rtol=atol=1e-8, 20 output times", timing, 0.6, f"{nfe['neuralode']} / {nfe['torchdiffeq']}")],
+        [
+            _timing_row(
+                "dopri5, rtol=atol=1e-8, 20 output times", timing, 0.6, f"{nfe['neuralode']} / {nfe['torchdiffeq']}"
+            )
+        ],
     )
     return (
         "## 2. Adaptive solve of the tiny system\n\n"
@@ -151,7 +176,9 @@ def mlp_dopri5(pairs: int) -> str:
     rows = []
 
     with torch.no_grad():
-        fwd = time_pair(lambda: neuralode.odeint(func, y0, t, **kw), lambda: torchdiffeq.odeint(func, y0, t, **kw), pairs=pairs)
+        fwd = time_pair(
+            lambda: neuralode.odeint(func, y0, t, **kw), lambda: torchdiffeq.odeint(func, y0, t, **kw), pairs=pairs
+        )
     nfe = {lib: _count(lib, func, y0, t, **kw) for lib in LIBS}
     rows.append(_timing_row("forward only (`no_grad`)", fwd, 0.8, f"{nfe['neuralode']} / {nfe['torchdiffeq']}"))
 
@@ -161,11 +188,18 @@ def mlp_dopri5(pairs: int) -> str:
         def run():
             zero_grads(func, y0g)
             LIBS[lib](func, y0g, t, **kw).pow(2).mean().backward()
+
         return run
 
     both = time_pair(train_step("neuralode"), train_step("torchdiffeq"), pairs=pairs)
-    rows.append(_timing_row("forward + backward (backprop through the solver)", both, 0.8, f"{nfe['neuralode']} / {nfe['torchdiffeq']}"))
-    table = markdown_table(["case", "time ratio ours/peer [IQR]", "target", "ours", "torchdiffeq", "NFE ours / peer"], rows)
+    rows.append(
+        _timing_row(
+            "forward + backward (backprop through the solver)", both, 0.8, f"{nfe['neuralode']} / {nfe['torchdiffeq']}"
+        )
+    )
+    table = markdown_table(
+        ["case", "time ratio ours/peer [IQR]", "target", "ours", "torchdiffeq", "NFE ours / peer"], rows
+    )
     verdict = "no more" if nfe["neuralode"] <= nfe["torchdiffeq"] else "**more**"
     return (
         "## 3. MLP 32→128→128→32, batch 256, dopri5\n\n"
@@ -242,7 +276,9 @@ class DetestRunner:
         counter = CountNFE(problem.rhs)
         try:
             with torch.no_grad():
-                ys = LIBS[config.lib](counter, problem.y0_tensor(), t, rtol=tol, atol=tol, method=config.method, options=options)
+                ys = LIBS[config.lib](
+                    counter, problem.y0_tensor(), t, rtol=tol, atol=tol, method=config.method, options=options
+                )
         except (neuralode.SolverError, AssertionError, RuntimeError) as exc:
             return f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
         reference = reference_solution(problem, np.array([0.0, problem.t_end]))[-1]
@@ -255,9 +291,14 @@ OURS_DOPRI5 = Config("neuralode", "dopri5")
 OURS_DOPRI5_I = Config("neuralode", "dopri5", "i")
 OURS_TSIT5 = Config("neuralode", "tsit5")
 MAIN_CONFIGS = [
-    Config("neuralode", "bosh3"), OURS_DOPRI5, OURS_TSIT5, Config("neuralode", "dopri8"),
+    Config("neuralode", "bosh3"),
+    OURS_DOPRI5,
+    OURS_TSIT5,
+    Config("neuralode", "dopri8"),
     Config("neuralode", "dopri8_13m"),
-    Config("torchdiffeq", "bosh3"), PEER_DOPRI5, Config("torchdiffeq", "dopri8"),
+    Config("torchdiffeq", "bosh3"),
+    PEER_DOPRI5,
+    Config("torchdiffeq", "dopri8"),
 ]
 LOW_ORDER = [Config("neuralode", "adaptive_heun"), Config("neuralode", "fehlberg2"), Config("torchdiffeq", "fehlberg2")]
 SWEEP_CONFIGS = [OURS_DOPRI5, OURS_DOPRI5_I, PEER_DOPRI5, OURS_TSIT5]
@@ -288,8 +329,10 @@ def detest(quick: bool, out: Path) -> str:
                     if config.lib == "neuralode":
                         peer = runner.run_one(Config("torchdiffeq", config.method), tol, name)
                         note += f" torchdiffeq {config.method} " + (
-                            f"fails too ({peer})." if isinstance(peer, str)
-                            else f"solves it ({peer[0]} NFE, error {fmt_sci(peer[1])}).")
+                            f"fails too ({peer})."
+                            if isinstance(peer, str)
+                            else f"solves it ({peer[0]} NFE, error {fmt_sci(peer[1])})."
+                        )
                     notes.append(note)
             rows.append([config.label, f"{tol:g}", fmt_int(run.total_nfe()), fmt_sci(run.geo_error()), solved])
     main_table = markdown_table(["solver", "rtol = atol", "total NFE", "geo-mean RMS error at t=20", "solved"], rows)
@@ -339,7 +382,16 @@ def detest(quick: bool, out: Path) -> str:
             cells.append("—")
         problem_rows.append(cells)
     problem_table = markdown_table(
-        ["problem", "dopri5 NFE", "dopri5 error", "tsit5 NFE", "tsit5 error", "torchdiffeq dopri5 NFE", "torchdiffeq dopri5 error", "ours: dominates (NFE ≤, error <)"],
+        [
+            "problem",
+            "dopri5 NFE",
+            "dopri5 error",
+            "tsit5 NFE",
+            "tsit5 error",
+            "torchdiffeq dopri5 NFE",
+            "torchdiffeq dopri5 error",
+            "ours: dominates (NFE ≤, error <)",
+        ],
         problem_rows,
     )
 
@@ -351,30 +403,32 @@ def detest(quick: bool, out: Path) -> str:
         "stage as the next step's first (that stage is not f(t1, y1) for this pair; see `tableau.py`), so it "
         "spends 3 evaluations per step where torchdiffeq spends 2."
     )
-    return "\n\n".join([
-        "## 4. DETEST (25 non-stiff problems, Hull et al. 1972)",
-        "float64, `torch.no_grad()`, output times [0, 20], rtol = atol = tol. Error: RMS over the components of "
-        "y(20) minus `reference_solution` (scipy DOP853 at rtol 1e-13); the geometric mean is over the problems "
-        "solved. NFE counted by a wrapper around the right-hand side (every call, the initial-step heuristic's "
-        "included). neuralode's adaptive methods use its default PI step-size controller unless marked (i). "
-        + skipped,
-        "### 4a. Total NFE and accuracy",
-        main_table,
-        ("Failures:\n\n" + "\n".join(notes)) if notes else "No failures.",
-        "### 4b. Work-precision: evaluations needed for torchdiffeq dopri5's accuracy",
-        f"Target: torchdiffeq dopri5 at rtol = atol = 1e-6, geo-mean error {fmt_sci(target)} with "
-        f"{fmt_int(target_run.total_nfe())} evaluations. Each solver swept over tol = "
-        f"{', '.join(f'{x:g}' for x in sweep_tols)}; the NFE at the target error is interpolated linearly in "
-        "log NFE vs log error between the two sweep points that bracket it. "
-        "Plot: `detest_work_precision.png`.",
-        wp_table,
-        "Per problem class, against the class's own target (geo-mean error of torchdiffeq dopri5 @1e-6 over the "
-        "class's five problems):",
-        class_table,
-        f"### 4c. Per problem at rtol = atol = {per_tol:g}",
-        problem_table,
-        f"Wall time per configuration (all tolerances run): {times}.",
-    ])
+    return "\n\n".join(
+        [
+            "## 4. DETEST (25 non-stiff problems, Hull et al. 1972)",
+            "float64, `torch.no_grad()`, output times [0, 20], rtol = atol = tol. Error: RMS over the components of "
+            "y(20) minus `reference_solution` (scipy DOP853 at rtol 1e-13); the geometric mean is over the problems "
+            "solved. NFE counted by a wrapper around the right-hand side (every call, the initial-step heuristic's "
+            "included). neuralode's adaptive methods use its default PI step-size controller unless marked (i). "
+            + skipped,
+            "### 4a. Total NFE and accuracy",
+            main_table,
+            ("Failures:\n\n" + "\n".join(notes)) if notes else "No failures.",
+            "### 4b. Work-precision: evaluations needed for torchdiffeq dopri5's accuracy",
+            f"Target: torchdiffeq dopri5 at rtol = atol = 1e-6, geo-mean error {fmt_sci(target)} with "
+            f"{fmt_int(target_run.total_nfe())} evaluations. Each solver swept over tol = "
+            f"{', '.join(f'{x:g}' for x in sweep_tols)}; the NFE at the target error is interpolated linearly in "
+            "log NFE vs log error between the two sweep points that bracket it. "
+            "Plot: `detest_work_precision.png`.",
+            wp_table,
+            "Per problem class, against the class's own target (geo-mean error of torchdiffeq dopri5 @1e-6 over the "
+            "class's five problems):",
+            class_table,
+            f"### 4c. Per problem at rtol = atol = {per_tol:g}",
+            problem_table,
+            f"Wall time per configuration (all tolerances run): {times}.",
+        ]
+    )
 
 
 def _plot_work_precision(sweeps: dict[Config, list[DetestRun]], target: float, target_nfe: int, path: Path) -> None:
@@ -423,9 +477,18 @@ def _kept_sections(path: Path, rerun: set[int]) -> dict[int, str]:
 
 
 def main(argv=None) -> list[Path]:
-    args = parse_args(__doc__.splitlines()[0], argv, extra=lambda p: p.add_argument(
-        "--sections", type=int, nargs="+", choices=[1, 2, 3, 4], default=[1, 2, 3, 4],
-        help="sections to run (default all); the others are kept from the existing solvers.md"))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        extra=lambda p: p.add_argument(
+            "--sections",
+            type=int,
+            nargs="+",
+            choices=[1, 2, 3, 4],
+            default=[1, 2, 3, 4],
+            help="sections to run (default all); the others are kept from the existing solvers.md",
+        ),
+    )
     setup()
     pairs = 6 if args.quick else 30
     start = time.perf_counter()
@@ -448,14 +511,21 @@ def main(argv=None) -> list[Path]:
         command += " --sections " + " ".join(str(n) for n in sorted(rerun))
     intro = (
         f"Generated by `{command}` in {time.perf_counter() - start:.0f} s"
-        + ("" if rerun == {1, 2, 3, 4} else " (the other sections are kept from the previous run; the machine line "
-           "below is this run's)")
+        + (
+            ""
+            if rerun == {1, 2, 3, 4}
+            else " (the other sections are kept from the previous run; the machine line below is this run's)"
+        )
         + ". Times are ratios neuralode/torchdiffeq measured alternately in one "
         "process after warm-up: the median of per-pair ratios, with the interquartile range in brackets; the "
         "median absolute times are given for scale only."
     )
-    md = write_markdown(args.out / "solvers.md", "Solver benchmarks: neuralode vs torchdiffeq", intro,
-                        [sections[n] for n in sorted(sections)])
+    md = write_markdown(
+        args.out / "solvers.md",
+        "Solver benchmarks: neuralode vs torchdiffeq",
+        intro,
+        [sections[n] for n in sorted(sections)],
+    )
     print(f"wrote {md} and {args.out / 'detest_work_precision.png'}")
     return [md, args.out / "detest_work_precision.png"]
 

@@ -19,9 +19,10 @@ import platform
 import statistics
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,19 +42,23 @@ def setup(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None,
-               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, argv: Sequence[str] | None = None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """The flags every benchmark script takes: ``--quick`` and ``--out``; ``extra(parser)`` adds a
     script's own."""
     parser = argparse.ArgumentParser(description=description)
     if extra is not None:
         extra(parser)
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="smoke run: fewer repetitions and (DETEST) only tolerances 1e-3 and 1e-6",
     )
     parser.add_argument(
-        "--out", type=Path, default=RESULTS_DIR,
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
         help=f"directory for the markdown tables and PNGs (default: {RESULTS_DIR})",
     )
     return parser.parse_args(argv)

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -328,7 +329,7 @@ _REF_RTOL = 1e-13
 _REF_ATOL = 1e-18
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_cached(name: str, t_eval: tuple[float, ...]) -> np.ndarray:
     from scipy.integrate import solve_ivp  # scipy is a dev dependency, needed only here
 

@@ -36,8 +36,9 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -122,8 +123,14 @@ def _cases(tol: float) -> list[tuple[str, str, bool, dict]]:
             label = f"fixed, h = {h:g}" + (", max_order 6" if "max_order" in opts else "")
             cases.append((name, label, False, dict(method=name, options=opts)))
     for name in ("dopri5", "tsit5"):
-        cases.append((f"{name}, per_sample", f"adaptive {tol:g}, per sample", True,
-                      dict(rtol=tol, atol=tol, method=name, options={"per_sample": True})))
+        cases.append(
+            (
+                f"{name}, per_sample",
+                f"adaptive {tol:g}, per sample",
+                True,
+                dict(rtol=tol, atol=tol, method=name, options={"per_sample": True}),
+            )
+        )
     return cases
 
 
@@ -143,19 +150,38 @@ def correctness(device: torch.device, batch: int) -> tuple[str, bool]:
         err32, err64 = _units(sol.ys, exact, tol), _units(ref.ys, exact, tol)
         # An adaptive float32 solve may take other steps than the float64 one; where the two
         # differ by more than PASS_UNITS it still passes if it is as close to the closed form.
-        passed = math.isfinite(units) and sol.ys.device.type == device.type and (
-            units <= PASS_UNITS or (adaptive and err32 <= 2 * err64 + PASS_UNITS))
+        passed = (
+            math.isfinite(units)
+            and sol.ys.device.type == device.type
+            and (units <= PASS_UNITS or (adaptive and err32 <= 2 * err64 + PASS_UNITS))
+        )
         ok &= passed
         verdict = "pass" if passed else "**FAIL**"
         if adaptive and err64 > PASS_UNITS:
             verdict += f" (the method's own float64 error is {err64:.0f} tolerance units)"
-        rows.append([
-            f"`{name}`", label, f"{units:.3g}",
-            f"{err32:.3g}", f"{err64:.3g}", f"{_nfe(sol.stats.nfe)} / {_nfe(ref.stats.nfe)}", verdict,
-        ])
+        rows.append(
+            [
+                f"`{name}`",
+                label,
+                f"{units:.3g}",
+                f"{err32:.3g}",
+                f"{err64:.3g}",
+                f"{_nfe(sol.stats.nfe)} / {_nfe(ref.stats.nfe)}",
+                verdict,
+            ]
+        )
     table = markdown_table(
-        ["method", "steps", f"{device.type} f32 vs cpu f64 (tol units)", f"{device.type} f32 vs exact", "cpu f64 vs exact",
-         f"NFE {device.type} / cpu", "verdict"], rows)
+        [
+            "method",
+            "steps",
+            f"{device.type} f32 vs cpu f64 (tol units)",
+            f"{device.type} f32 vs exact",
+            "cpu f64 vs exact",
+            f"NFE {device.type} / cpu",
+            "verdict",
+        ],
+        rows,
+    )
 
     grad_rows = []
     for mode, solver in (("backprop", neuralode.odeint), ("adjoint", neuralode.odeint_adjoint)):
@@ -165,13 +191,17 @@ def correctness(device: torch.device, batch: int) -> tuple[str, bool]:
             y0g = y0.detach().to(dtype=dtype, device=dev).clone().requires_grad_(True)
             ys = solver(func, y0g, t.to(dtype=dtype, device=dev), rtol=tol, atol=tol, method="dopri5")
             ys.pow(2).sum().backward()
-            grads.append(torch.cat([y0g.grad.flatten(), func.a.grad.flatten(), func.omega.grad.flatten()]).double().cpu())
+            grads.append(
+                torch.cat([y0g.grad.flatten(), func.a.grad.flatten(), func.omega.grad.flatten()]).double().cpu()
+            )
         rel = float((grads[1] - grads[0]).abs().max() / grads[0].abs().max())
         passed = math.isfinite(rel) and rel <= 1e-3
         ok &= passed
         grad_rows.append([f"dopri5 {mode}", f"{rel:.2e}", "pass" if passed else "**FAIL**"])
-    grad_table = markdown_table(["gradient of sum(ys²) w.r.t. y0, a, ω", f"max |{device.type} f32 − cpu f64| / max |cpu f64|", "verdict"],
-                                grad_rows)
+    grad_table = markdown_table(
+        ["gradient of sum(ys²) w.r.t. y0, a, ω", f"max |{device.type} f32 − cpu f64| / max |cpu f64|", "verdict"],
+        grad_rows,
+    )
     text = (
         "## 1. Correctness against float64 CPU references\n\n"
         f"Damped rotation (a = 0.1, ω = 2), batch {batch}, 11 outputs on [0, 5]. Tolerance units: "
@@ -179,7 +209,9 @@ def correctness(device: torch.device, batch: int) -> tuple[str, bool]:
         f"{PASS_UNITS:g} units of the same solve in float64 on the CPU (an adaptive one also when it is as close to the "
         "closed form as the float64 solve: 2× its error + 10 units). The columns against the closed form show "
         "each method's own error (large for the low-order fixed-step methods, as it should be).\n\n"
-        + table + "\n\nGradients (pass: relative difference ≤ 1e-3):\n\n" + grad_table
+        + table
+        + "\n\nGradients (pass: relative difference ≤ 1e-3):\n\n"
+        + grad_table
     )
     return text, ok
 
@@ -224,9 +256,17 @@ def mlp_timings(device: torch.device, quick: bool, pairs: int, compile_mode: str
     rows, notes = [], []
     cases = {
         "MLP 32→128→128→32, dopri5 1e-6, 10 outputs": (
-            [32, 128, 128, 32], 16 if quick else 256, torch.linspace(0.0, 1.0, 10), dict(rtol=1e-6, atol=1e-6, method="dopri5")),
+            [32, 128, 128, 32],
+            16 if quick else 256,
+            torch.linspace(0.0, 1.0, 10),
+            dict(rtol=1e-6, atol=1e-6, method="dopri5"),
+        ),
         "MLP 2→16→2, midpoint, 200 fixed steps": (
-            [2, 16, 2], 8, torch.tensor([0.0, 1.0]), dict(method="midpoint", options={"step_size": 1.0 / 200})),
+            [2, 16, 2],
+            8,
+            torch.tensor([0.0, 1.0]),
+            dict(method="midpoint", options={"step_size": 1.0 / 200}),
+        ),
     }
     for label, (sizes, batch, t, kw) in cases.items():
         torch.manual_seed(0)
@@ -241,6 +281,7 @@ def mlp_timings(device: torch.device, quick: bool, pairs: int, compile_mode: str
                     if isinstance(f, CompiledFunc) and device.type == "cuda":
                         torch.compiler.cudagraph_mark_step_begin()
                     return lib(f, y0, t, **kw)
+
             return run
 
         nd = _synced(solver(neuralode.odeint, func), device)
@@ -259,16 +300,34 @@ def mlp_timings(device: torch.device, quick: bool, pairs: int, compile_mode: str
             diff = float((ys_c - ys_e).abs().max())
             nd_c = _synced(solver(neuralode.odeint, cfunc), device)
             tdq_c = _synced(solver(torchdiffeq.odeint, cfunc), device)
-            rows.append(_ratio_row(f"{label}: both with compiled func", time_pair(nd_c, tdq_c, pairs=pairs, per_side=True),
-                                   f"compile {compile_s:.1f} s; max |compiled − eager| {diff:.1e}"))
+            rows.append(
+                _ratio_row(
+                    f"{label}: both with compiled func",
+                    time_pair(nd_c, tdq_c, pairs=pairs, per_side=True),
+                    f"compile {compile_s:.1f} s; max |compiled − eager| {diff:.1e}",
+                )
+            )
             timing = time_pair(nd_c, nd, pairs=pairs, per_side=True)
-            rows.append([f"{label}: neuralode compiled / neuralode eager", timing.ratio_text(), fmt_ms(timing.ours_s),
-                         fmt_ms(timing.peer_s), "(peer column: neuralode eager)"])
+            rows.append(
+                [
+                    f"{label}: neuralode compiled / neuralode eager",
+                    timing.ratio_text(),
+                    fmt_ms(timing.ours_s),
+                    fmt_ms(timing.peer_s),
+                    "(peer column: neuralode eager)",
+                ]
+            )
         except Exception as exc:  # compile support differs by platform; report it, go on
-            notes.append(f"- {label}: `torch.compile(mode={compile_mode!r})` failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    compiled = ("The compiled rows give both libraries the same compiled func (`torch.compile(func, "
-                f"mode={compile_mode!r}, fullgraph=True)`, output cloned so CUDA-graph replays do not overwrite "
-                "earlier stages); compile time is the first solve's." if compile_mode else "(`--no-compile`: eager only.)")
+            notes.append(
+                f"- {label}: `torch.compile(mode={compile_mode!r})` failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            )
+    compiled = (
+        "The compiled rows give both libraries the same compiled func (`torch.compile(func, "
+        f"mode={compile_mode!r}, fullgraph=True)`, output cloned so CUDA-graph replays do not overwrite "
+        "earlier stages); compile time is the first solve's."
+        if compile_mode
+        else "(`--no-compile`: eager only.)"
+    )
     text = (
         "## 2. MLP solves against torchdiffeq\n\n"
         f"Forward solves under `torch.no_grad()`, float32. {compiled}\n\n"
@@ -307,14 +366,21 @@ def training_timings(device: torch.device, quick: bool, pairs: int) -> str:
     nfe_ours = ours.ode_block.func.nfe_forward + ours.ode_block.func.nfe_backward
     step_peer()
     nfe_peer = peer.ode_block.func.nfe_forward + peer.ode_block.func.nfe_backward
-    rows.append(_ratio_row(f"MNIST ODE-Net training step, batch {batch}, dopri5 1e-3, adjoint", timing,
-                           f"NFE (F+B) {nfe_ours} / {nfe_peer}"))
+    rows.append(
+        _ratio_row(
+            f"MNIST ODE-Net training step, batch {batch}, dopri5 1e-3, adjoint",
+            timing,
+            f"NFE (F+B) {nfe_ours} / {nfe_peer}",
+        )
+    )
 
     # CNF: exact trace, adjoint; torchdiffeq with the seminorm as neuralode's adjoint uses by default.
     torch.manual_seed(0)
     batch = 32 if quick else 512
     model = build_cnf(2, hidden_dims=(64, 64, 64), rtol=1e-5, atol=1e-5, adjoint=True).to(device)
-    centers = torch.tensor([[math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)] for k in range(8)], device=device) * 2
+    centers = (
+        torch.tensor([[math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)] for k in range(8)], device=device) * 2
+    )
     xs = centers[torch.randint(0, 8, (batch,), device=device)] + 0.35 * torch.randn(batch, 2, device=device)
     params = tuple(model.dynamics.parameters())
     t = torch.tensor([0.0, model.T], device=device)
@@ -327,8 +393,13 @@ def training_timings(device: torch.device, quick: bool, pairs: int) -> str:
         model.dynamics.reset_nfe()
         model.dynamics.reset_noise()
         z, dlogp = torchdiffeq.odeint_adjoint(
-            model.dynamics, (xs, torch.zeros(batch, 1, device=device)), t, rtol=model.rtol, atol=model.atol,
-            adjoint_params=params, adjoint_options={"norm": "seminorm"},
+            model.dynamics,
+            (xs, torch.zeros(batch, 1, device=device)),
+            t,
+            rtol=model.rtol,
+            atol=model.atol,
+            adjoint_params=params,
+            adjoint_options={"norm": "seminorm"},
         )
         (-(standard_normal_logprob(z[-1]) - dlogp[-1, :, 0]).mean()).backward()
 
@@ -338,8 +409,13 @@ def training_timings(device: torch.device, quick: bool, pairs: int) -> str:
     nfe_o = model.nfe_forward + model.nfe_backward
     peer_s()
     nfe_p = model.nfe_forward + model.nfe_backward  # torchdiffeq's backward calls count as forward ones
-    rows.append(_ratio_row(f"CNF training step (exact trace), batch {batch}, dopri5 1e-5, adjoint", timing,
-                           f"NFE (F+B) {nfe_o} / {nfe_p}"))
+    rows.append(
+        _ratio_row(
+            f"CNF training step (exact trace), batch {batch}, dopri5 1e-5, adjoint",
+            timing,
+            f"NFE (F+B) {nfe_o} / {nfe_p}",
+        )
+    )
     return (
         "## 3. Training steps against torchdiffeq\n\n"
         "Fresh weights, random inputs (the timing is of the solver and autograd, not of learning). Eager only: "
@@ -355,26 +431,36 @@ def training_timings(device: torch.device, quick: bool, pairs: int) -> str:
 def _device_line(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return (f"Device: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
-                f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}, python {platform.python_version()}.")
+        return (
+            f"Device: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
+            f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}, python {platform.python_version()}."
+        )
     return f"Device: CPU ({torch.get_num_threads()} threads), torch {torch.__version__}."
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to exercise the script without a GPU")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (default), cuda:N, or cpu to exercise the script without a GPU"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 pairs per timing (a smoke run)")
     parser.add_argument("--pairs", type=int, default=10, help="alternating pairs per timing (default 10)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"markdown file to write (default {RESULTS_DIR / 'gpu.md'} on CUDA, "
-                             f"{RESULTS_DIR / 'gpu_check_cpu.md'} with --device cpu)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"markdown file to write (default {RESULTS_DIR / 'gpu.md'} on CUDA, "
+        f"{RESULTS_DIR / 'gpu_check_cpu.md'} with --device cpu)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: skipped: no CUDA device here (torch.cuda.is_available() is False; "
-              f"torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a machine with a GPU, "
-              "or `--device cpu --quick` to exercise the code on the CPU.")
+        print(
+            "gpu_check: skipped: no CUDA device here (torch.cuda.is_available() is False; "
+            f"torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a machine with a GPU, "
+            "or `--device cpu --quick` to exercise the code on the CPU."
+        )
         return 0
     out = args.out or RESULTS_DIR / ("gpu.md" if device.type == "cuda" else "gpu_check_cpu.md")
     torch.manual_seed(0)
@@ -391,10 +477,16 @@ def main(argv=None) -> int:
     sections.append(training_timings(device, args.quick, pairs))
     total = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = "GPU check" + (f" (run on {device.type}" + (", --quick" if args.quick else "") + ")" if device.type != "cuda" or args.quick else "")
-    intro = (f"`python benchmarks/gpu_check.py{' --device ' + args.device if args.device != 'cuda' else ''}"
-             f"{' --quick' if args.quick else ''}`: {total:.0f} s in all. Time ratios are medians of {pairs} alternating "
-             "pairs in one process (< 1: neuralode is faster); each call ends with a device synchronisation.")
+    title = "GPU check" + (
+        f" (run on {device.type}" + (", --quick" if args.quick else "") + ")"
+        if device.type != "cuda" or args.quick
+        else ""
+    )
+    intro = (
+        f"`python benchmarks/gpu_check.py{' --device ' + args.device if args.device != 'cuda' else ''}"
+        f"{' --quick' if args.quick else ''}`: {total:.0f} s in all. Time ratios are medians of {pairs} alternating "
+        "pairs in one process (< 1: neuralode is faster); each call ends with a device synchronisation."
+    )
     out.write_text("\n\n".join([f"# {title}", intro, _device_line(device), machine_markdown(), *sections]) + "\n")
     print(f"wrote {out} ({total:.0f} s); correctness {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1

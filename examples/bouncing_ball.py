@@ -37,7 +37,9 @@ def dynamics(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def floor_event(e: torch.Tensor) -> neuralode.Event:
     """The floor: fires when the height falls through zero and reverses the velocity."""
     return neuralode.Event(
-        lambda t, y: y[0], direction=-1, terminal=False,
+        lambda t, y: y[0],
+        direction=-1,
+        terminal=False,
         reset=lambda t, y: torch.stack([y[0], -e * y[1]]),
     )
 
@@ -52,8 +54,11 @@ def observed_bounces(n: int, noise_s: float, seed: int) -> tuple[torch.Tensor, d
     truth = {"e": 0.85, "h0": 1.0}
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        sol = simulate(torch.tensor(truth["e"], dtype=F64), torch.tensor(truth["h0"], dtype=F64),
-                       torch.tensor([0.0, 5.0], dtype=F64))
+        sol = simulate(
+            torch.tensor(truth["e"], dtype=F64),
+            torch.tensor(truth["h0"], dtype=F64),
+            torch.tensor([0.0, 5.0], dtype=F64),
+        )
     times = torch.stack([r.t for r in sol.events[:n]])
     return times + noise_s * torch.randn(n, generator=gen, dtype=F64), truth
 
@@ -78,11 +83,21 @@ def fit(t_obs: torch.Tensor, iterations: int, lr: float) -> tuple[torch.Tensor, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append({"iteration": it, "loss_s2": loss.item(), "e": e.item(), "h0_m": h0.item(),
-                        "nfe": sol.stats.nfe, "bounces": len(sol.events)})
+        history.append(
+            {
+                "iteration": it,
+                "loss_s2": loss.item(),
+                "e": e.item(),
+                "h0_m": h0.item(),
+                "nfe": sol.stats.nfe,
+                "bounces": len(sol.events),
+            }
+        )
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
-            print(f"iter {it:4d}  rmse {math.sqrt(loss.item()) * 1e3:8.3f} ms  e {e.item():.4f}  "
-                  f"h0 {h0.item():.4f} m  nfe {sol.stats.nfe}")
+            print(
+                f"iter {it:4d}  rmse {math.sqrt(loss.item()) * 1e3:8.3f} ms  e {e.item():.4f}  "
+                f"h0 {h0.item():.4f} m  nfe {sol.stats.nfe}"
+            )
     return torch.sigmoid(a).detach(), torch.exp(b).detach(), history
 
 
@@ -97,12 +112,29 @@ def plot(t_obs, e_fit, h_fit, truth, rmse_ms: float, path: Path) -> None:
         true_sol = simulate(torch.tensor(truth["e"], dtype=F64), torch.tensor(truth["h0"], dtype=F64), t)
         fit_sol = simulate(e_fit, h_fit, t)
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(t.numpy(), true_sol.ys[:, 0].numpy(), color="0.6", lw=3, label=f"observed ball (e={truth['e']}, h0={truth['h0']} m)")
-    ax.plot(t.numpy(), fit_sol.ys[:, 0].numpy(), color="C0", lw=1.2,
-            label=f"fitted (e={e_fit.item():.3f}, h0={h_fit.item():.3f} m)")
+    ax.plot(
+        t.numpy(),
+        true_sol.ys[:, 0].numpy(),
+        color="0.6",
+        lw=3,
+        label=f"observed ball (e={truth['e']}, h0={truth['h0']} m)",
+    )
+    ax.plot(
+        t.numpy(),
+        fit_sol.ys[:, 0].numpy(),
+        color="C0",
+        lw=1.2,
+        label=f"fitted (e={e_fit.item():.3f}, h0={h_fit.item():.3f} m)",
+    )
     ax.plot(t_obs.numpy(), [0.0] * len(t_obs), "kx", ms=8, label="observed bounce times")
-    ax.plot([r.t.item() for r in fit_sol.events], [0.0] * len(fit_sol.events), "o", mfc="none", color="C0",
-            label="fitted bounce times")
+    ax.plot(
+        [r.t.item() for r in fit_sol.events],
+        [0.0] * len(fit_sol.events),
+        "o",
+        mfc="none",
+        color="C0",
+        label="fitted bounce times",
+    )
     ax.set_xlabel("time [s]")
     ax.set_ylabel("height [m]")
     ax.set_title(f"Bouncing ball fitted to {len(t_obs)} bounce times: RMSE {rmse_ms:.2f} ms")
@@ -129,12 +161,20 @@ def main(argv=None) -> dict:
         sol = simulate(e_fit, h_fit, torch.tensor([0.0, float(t_obs[-1]) + 0.2], dtype=F64))
     t_pred = torch.stack([r.t for r in sol.events[: len(t_obs)]])
     rmse_ms = float(((t_pred - t_obs) ** 2).mean().sqrt()) * 1e3 if len(t_pred) == len(t_obs) else math.inf
-    metrics = {"e": e_fit.item(), "h0_m": h_fit.item(), "truth": truth, "bounce_time_rmse_ms": rmse_ms,
-               "iterations": args.iterations, "history": history}
+    metrics = {
+        "e": e_fit.item(),
+        "h0_m": h_fit.item(),
+        "truth": truth,
+        "bounce_time_rmse_ms": rmse_ms,
+        "iterations": args.iterations,
+        "history": history,
+    }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plot(t_obs, e_fit, h_fit, truth, rmse_ms, args.out / "bouncing_ball.png")
-    print(f"fitted e = {e_fit.item():.4f} (true {truth['e']}), h0 = {h_fit.item():.4f} m (true {truth['h0']}); "
-          f"bounce-time RMSE {rmse_ms:.3f} ms; wrote {args.out / 'bouncing_ball.png'}")
+    print(
+        f"fitted e = {e_fit.item():.4f} (true {truth['e']}), h0 = {h_fit.item():.4f} m (true {truth['h0']}); "
+        f"bounce-time RMSE {rmse_ms:.3f} ms; wrote {args.out / 'bouncing_ball.png'}"
+    )
     return metrics
 
 

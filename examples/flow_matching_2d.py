@@ -46,11 +46,15 @@ def train(coupling: str, dataset: str, iterations: int, batch: int, seed: int) -
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="8gaussians", choices=tuple(TOY_DATASETS), help="toy density (default 8gaussians)")
+    parser.add_argument(
+        "--dataset", default="8gaussians", choices=tuple(TOY_DATASETS), help="toy density (default 8gaussians)"
+    )
     parser.add_argument("--iterations", type=int, default=1500, help="training iterations per coupling (default 1500)")
     parser.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--samples", type=int, default=1000, help="samples scored per solver setting (default 1000)")
-    parser.add_argument("--tol", type=float, default=1e-5, help="dopri5 rtol = atol for sampling and the NLL (default 1e-5)")
+    parser.add_argument(
+        "--tol", type=float, default=1e-5, help="dopri5 rtol = atol for sampling and the NLL (default 1e-5)"
+    )
     parser.add_argument("--out", type=Path, default=Path("flow_matching_out"), help="output folder")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.batch < 2 or args.samples < 2 or not 0 < args.tol < 1:
@@ -60,8 +64,12 @@ def main(argv=None) -> dict:
     held_out = sample_toy(args.dataset, args.samples, seed=12345)
     noise = torch.randn(args.samples, 2, generator=torch.Generator().manual_seed(1))  # the same start for every setting
     settings = [("euler", 1), ("euler", 2), ("euler", 5), ("euler", 20), ("dopri5", None)]
-    metrics: dict = {"dataset": args.dataset, "iterations": args.iterations, "noise_w2": wasserstein2(noise, held_out),
-                     "data_w2_floor": wasserstein2(sample_toy(args.dataset, args.samples, seed=54321), held_out)}
+    metrics: dict = {
+        "dataset": args.dataset,
+        "iterations": args.iterations,
+        "noise_w2": wasserstein2(noise, held_out),
+        "data_w2_floor": wasserstein2(sample_toy(args.dataset, args.samples, seed=54321), held_out),
+    }
     panels = [("held-out data", held_out)]
     for coupling in ("independent", "ot"):
         model, seconds = train(coupling, args.dataset, args.iterations, args.batch, seed=0)
@@ -75,12 +83,19 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             nll = -log_prob(model, held_out, rtol=args.tol, atol=args.tol).mean().item()
         metrics[coupling] = {"train_seconds": seconds, "test_nll": nll, "sampling": rows}
-        print(f"{coupling:>11}: trained in {seconds:.1f} s, held-out NLL {nll:.3f} nats; W2 to held-out data at NFE "
-              + ", ".join(f"{r['nfe']}: {r['w2']:.3f}" for r in rows))
-    print(f"data against data: W2 {metrics['data_w2_floor']:.3f} (the floor at {args.samples} samples); "
-          f"the noise itself: {metrics['noise_w2']:.3f}")
-    fig = plot_point_clouds(panels, suptitle=f"Flow matching on {args.dataset}, {args.iterations} iterations: "
-                                             f"few-step Euler samples, independent against OT coupling")
+        print(
+            f"{coupling:>11}: trained in {seconds:.1f} s, held-out NLL {nll:.3f} nats; W2 to held-out data at NFE "
+            + ", ".join(f"{r['nfe']}: {r['w2']:.3f}" for r in rows)
+        )
+    print(
+        f"data against data: W2 {metrics['data_w2_floor']:.3f} (the floor at {args.samples} samples); "
+        f"the noise itself: {metrics['noise_w2']:.3f}"
+    )
+    fig = plot_point_clouds(
+        panels,
+        suptitle=f"Flow matching on {args.dataset}, {args.iterations} iterations: "
+        f"few-step Euler samples, independent against OT coupling",
+    )
     save_figure(fig, args.out / "flow_matching_2d.png")
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -48,8 +48,12 @@ def floor(e: torch.Tensor, bounces: int) -> neuralode.Event:
     shorter flights. Only the first ``bounces`` bounces enter the loss, so after them the floor
     is moved out of reach (``h + 1000 m``): at most ``bounces`` events per ball.
     """
-    return neuralode.Event(lambda t, y: y[:, 0] + 1e3 * (y[:, 2] >= bounces - 0.5), direction=-1, terminal=False,
-                           reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1], y[:, 2] + 1], -1))
+    return neuralode.Event(
+        lambda t, y: y[:, 0] + 1e3 * (y[:, 2] >= bounces - 0.5),
+        direction=-1,
+        terminal=False,
+        reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1], y[:, 2] + 1], -1),
+    )
 
 
 def start(h0: torch.Tensor) -> torch.Tensor:
@@ -111,11 +115,20 @@ def fit(t_obs: torch.Tensor, iterations: int, lr: float, t_end: float) -> tuple[
         loss.backward()
         opt.step()
         steps = sol.stats.n_accepted
-        history.append({"iteration": it, "loss_s2": loss.item(), "steps_mean": float(steps.double().mean()),
-                        "steps_max": int(steps.max()), "events": len(sol.events)})
+        history.append(
+            {
+                "iteration": it,
+                "loss_s2": loss.item(),
+                "steps_mean": float(steps.double().mean()),
+                "steps_max": int(steps.max()),
+                "events": len(sol.events),
+            }
+        )
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
-            print(f"iter {it:4d}  rmse {math.sqrt(loss.item()) * 1e3:8.3f} ms  steps per ball "
-                  f"{history[-1]['steps_mean']:.1f} (max {history[-1]['steps_max']})  bounces {len(sol.events)}")
+            print(
+                f"iter {it:4d}  rmse {math.sqrt(loss.item()) * 1e3:8.3f} ms  steps per ball "
+                f"{history[-1]['steps_mean']:.1f} (max {history[-1]['steps_max']})  bounces {len(sol.events)}"
+            )
     return torch.sigmoid(a).detach(), torch.exp(b).detach(), history
 
 
@@ -142,8 +155,12 @@ def check_against_solo(t_obs: torch.Tensor, t_end: float, balls: int) -> dict:
         for got, want in ((ge[i], gei[0]), (gh[i], ghi[0])):
             worst = max(worst, abs(float(got - want)) / max(1.0, abs(float(want))))
     solo_s = time.perf_counter() - start
-    return {"balls": balls, "max_rel_gradient_difference": worst, "batch_solve_and_gradient_s": batch_s,
-            "solo_solves_and_gradients_s": solo_s}
+    return {
+        "balls": balls,
+        "max_rel_gradient_difference": worst,
+        "batch_solve_and_gradient_s": batch_s,
+        "solo_solves_and_gradients_s": solo_s,
+    }
 
 
 def plot(e_true, h_true, e_fit, h_fit, history, rmse_ms: float, path: Path) -> None:
@@ -153,7 +170,10 @@ def plot(e_true, h_true, e_fit, h_fit, history, rmse_ms: float, path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(14, 4.2))
-    for ax, true, got, name, unit in ((ax0, e_true, e_fit, "restitution e", ""), (ax1, h_true, h_fit, "drop height h0", " [m]")):
+    for ax, true, got, name, unit in (
+        (ax0, e_true, e_fit, "restitution e", ""),
+        (ax1, h_true, h_fit, "drop height h0", " [m]"),
+    ):
         lo, hi = float(min(true.min(), got.min())), float(max(true.max(), got.max()))
         ax.plot([lo, hi], [lo, hi], color="0.7", lw=1, label="fitted = true")
         ax.plot(true.numpy(), got.numpy(), "o", ms=4, color="C0", label="one ball")
@@ -180,8 +200,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--bounces", type=int, default=5, help="observed bounces per ball (default 5)")
     parser.add_argument("--iterations", type=int, default=150, help="Adam steps (default 150)")
     parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default 0.1)")
-    parser.add_argument("--check-balls", type=int, default=8,
-                        help="balls whose batch gradient is compared with a solo solve's (default 8)")
+    parser.add_argument(
+        "--check-balls",
+        type=int,
+        default=8,
+        help="balls whose batch gradient is compared with a solo solve's (default 8)",
+    )
     parser.add_argument("--out", type=Path, default=Path("per_sample_bounces_out"), help="output folder")
     args = parser.parse_args(argv)
     if args.balls < 1 or args.bounces < 2 or args.iterations < 1 or args.check_balls < 1:
@@ -195,21 +219,28 @@ def main(argv=None) -> dict:
     rmse_ms = math.sqrt(bounce_loss(pred, t_obs, t_end).item()) * 1e3
     check = check_against_solo(t_obs, t_end, args.check_balls)
     metrics = {
-        "balls": args.balls, "bounces": args.bounces, "iterations": args.iterations,
+        "balls": args.balls,
+        "bounces": args.bounces,
+        "iterations": args.iterations,
         "bounce_time_rmse_ms": rmse_ms,
         "max_abs_error_e": float((e_fit - e_true).abs().max()),
         "max_abs_error_h0_m": float((h_fit - h_true).abs().max()),
         "first_rmse_ms": math.sqrt(history[0]["loss_s2"]) * 1e3,
-        "solo_check": check, "history": history,
+        "solo_check": check,
+        "history": history,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plot(e_true, h_true, e_fit, h_fit, history, rmse_ms, args.out / "per_sample_bounces.png")
-    print(f"{args.balls} balls: bounce-time RMSE {metrics['first_rmse_ms']:.1f} -> {rmse_ms:.2f} ms; max |e error| "
-          f"{metrics['max_abs_error_e']:.4f}, max |h0 error| {metrics['max_abs_error_h0_m']:.4f} m")
-    print(f"gradients of {check['balls']} balls vs solo solves: max relative difference "
-          f"{check['max_rel_gradient_difference']:.1e}; one batch solve + gradient "
-          f"{check['batch_solve_and_gradient_s']:.2f} s, {check['balls']} solo solves + gradients "
-          f"{check['solo_solves_and_gradients_s']:.2f} s; wrote {args.out / 'per_sample_bounces.png'}")
+    print(
+        f"{args.balls} balls: bounce-time RMSE {metrics['first_rmse_ms']:.1f} -> {rmse_ms:.2f} ms; max |e error| "
+        f"{metrics['max_abs_error_e']:.4f}, max |h0 error| {metrics['max_abs_error_h0_m']:.4f} m"
+    )
+    print(
+        f"gradients of {check['balls']} balls vs solo solves: max relative difference "
+        f"{check['max_rel_gradient_difference']:.1e}; one batch solve + gradient "
+        f"{check['batch_solve_and_gradient_s']:.2f} s, {check['balls']} solo solves + gradients "
+        f"{check['solo_solves_and_gradients_s']:.2f} s; wrote {args.out / 'per_sample_bounces.png'}"
+    )
     return metrics
 
 

@@ -40,7 +40,9 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(0)
-    mu = torch.logspace(torch.log10(torch.tensor(0.5)), torch.log10(torch.tensor(20.0)), args.batch, dtype=torch.float64)
+    mu = torch.logspace(
+        torch.log10(torch.tensor(0.5)), torch.log10(torch.tensor(20.0)), args.batch, dtype=torch.float64
+    )
     y0 = torch.rand(args.batch, 2, dtype=torch.float64) * 4 - 2
     t = torch.linspace(0, 10, 50, dtype=torch.float64)
     f = van_der_pol(mu)
@@ -56,11 +58,15 @@ def main(argv=None) -> dict:
     rows_joint = joint.stats.nfe * args.batch
     rows_own = int(own.stats.rows_evaluated)  # rows of func evaluated over the solve, all samples
     metrics = {
-        "batch": args.batch, "tol": args.tol,
+        "batch": args.batch,
+        "tol": args.tol,
         "joint_steps": joint.stats.n_accepted,
-        "per_sample_steps_mean": float(steps.mean()), "per_sample_steps_max": int(steps.max()),
-        "rows_evaluated_joint": rows_joint, "rows_evaluated_per_sample": rows_own,
-        "max_relative_error_joint": err_joint, "max_relative_error_per_sample": err_own,
+        "per_sample_steps_mean": float(steps.mean()),
+        "per_sample_steps_max": int(steps.max()),
+        "rows_evaluated_joint": rows_joint,
+        "rows_evaluated_per_sample": rows_own,
+        "max_relative_error_joint": err_joint,
+        "max_relative_error_per_sample": err_own,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
@@ -71,21 +77,28 @@ def main(argv=None) -> dict:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.semilogx(mu.numpy(), steps.numpy(), "o", ms=4, label="per-sample clock: each sample's accepted steps")
-    ax.axhline(joint.stats.n_accepted, color="C3", label=f"joint clock: {joint.stats.n_accepted} steps for every sample")
+    ax.axhline(
+        joint.stats.n_accepted, color="C3", label=f"joint clock: {joint.stats.n_accepted} steps for every sample"
+    )
     ax.set_xlabel("μ (stiffness of the oscillator)")
     ax.set_ylabel("accepted steps on t ∈ [0, 10]")
-    ax.set_title(f"Van der Pol batch of {args.batch}, dopri5 at {args.tol:g}\n"
-                 f"{float(steps.mean()):.0f} steps per sample on average vs {joint.stats.n_accepted} joint", fontsize=10)
+    ax.set_title(
+        f"Van der Pol batch of {args.batch}, dopri5 at {args.tol:g}\n"
+        f"{float(steps.mean()):.0f} steps per sample on average vs {joint.stats.n_accepted} joint",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(args.out / "per_sample_steps.png", dpi=120)
     plt.close(fig)
-    print(f"joint: {joint.stats.n_accepted} steps for all {args.batch} samples; per sample: "
-          f"{float(steps.mean()):.1f} on average (max {int(steps.max())}); rows of func evaluated "
-          f"{rows_joint} joint vs {rows_own} per sample; largest error against a reference 1e4 times tighter, "
-          f"relative to each sample's size: {err_joint:.1e} joint, {err_own:.1e} per sample; "
-          f"wrote {args.out / 'per_sample_steps.png'}")
+    print(
+        f"joint: {joint.stats.n_accepted} steps for all {args.batch} samples; per sample: "
+        f"{float(steps.mean()):.1f} on average (max {int(steps.max())}); rows of func evaluated "
+        f"{rows_joint} joint vs {rows_own} per sample; largest error against a reference 1e4 times tighter, "
+        f"relative to each sample's size: {err_joint:.1e} joint, {err_own:.1e} per sample; "
+        f"wrote {args.out / 'per_sample_steps.png'}"
+    )
     return metrics
 
 

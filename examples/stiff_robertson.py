@@ -66,7 +66,10 @@ class ScaledMLP(torch.nn.Module):
         super().__init__()
         self.register_buffer("scale", scale)
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(4, width), torch.nn.GELU(), torch.nn.Linear(width, width), torch.nn.GELU(),
+            torch.nn.Linear(4, width),
+            torch.nn.GELU(),
+            torch.nn.Linear(width, width),
+            torch.nn.GELU(),
             torch.nn.Linear(width, 3),
         ).to(F64)
         # Start from dy/dt = 0: a random MLP's O(1) rates, integrated over 1e5 time units, blow up; training
@@ -120,10 +123,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few iterations only (CI); also NEURALODE_QUICK=1")
     parser.add_argument("--iters", type=int, default=None, help="training iterations (default 300; quick: 5)")
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--adjoint", action="store_true",
-                        help="gradients by the interpolating adjoint (the method backwards) instead of backpropagation")
-    parser.add_argument("--method", choices=("rodas5p", "radau5", "radau9", "radau13", "kvaerno5"), default="rodas5p",
-                        help="the adaptive stiff method (default rodas5p)")
+    parser.add_argument(
+        "--adjoint",
+        action="store_true",
+        help="gradients by the interpolating adjoint (the method backwards) instead of backpropagation",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("rodas5p", "radau5", "radau9", "radau13", "kvaerno5"),
+        default="rodas5p",
+        help="the adaptive stiff method (default rodas5p)",
+    )
     parser.add_argument("--out", type=Path, default=Path("stiff_robertson_out"))
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("NEURALODE_QUICK", "") not in ("", "0")
@@ -151,14 +161,18 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
         if it == 1 or it % 10 == 0 or it == iters:
-            print(f"iter {it}/{iters}: loss {loss.detach().item():.4g} ({time.perf_counter() - start:.1f} s)", flush=True)
+            print(
+                f"iter {it}/{iters}: loss {loss.detach().item():.4g} ({time.perf_counter() - start:.1f} s)", flush=True
+            )
     err = fit_error(model, t, y_true, scale, args.method)
     with torch.no_grad():
         y_fit = predict(model, t, y_true[0], scale, method=args.method)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(t, y_true, y_fit, scale, err, args.out / "stiff_robertson.png", args.method)
-    print(f"fit error (RMS of (y_hat - y) / s over species and times): {err0:.4g} before, {err:.4g} after "
-          f"{iters} iterations; figure: {args.out / 'stiff_robertson.png'}")
+    print(
+        f"fit error (RMS of (y_hat - y) / s over species and times): {err0:.4g} before, {err:.4g} after "
+        f"{iters} iterations; figure: {args.out / 'stiff_robertson.png'}"
+    )
     return 0 if math.isfinite(err) else 1
 
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -86,7 +86,9 @@ def scipy_reference(problem: Problem, t_eval) -> np.ndarray:
     order (decreasing too) but must not precede ``t_span[0]``. Returns a float64 array of shape
     ``(len(t_eval), *y0.shape)``. Cached per problem and times.
     """
-    t_eval = np.asarray(torch.as_tensor(t_eval, dtype=F64).numpy() if isinstance(t_eval, torch.Tensor) else t_eval, dtype=np.float64)
+    t_eval = np.asarray(
+        torch.as_tensor(t_eval, dtype=F64).numpy() if isinstance(t_eval, torch.Tensor) else t_eval, dtype=np.float64
+    )
     return _scipy_reference(problem.name, tuple(t_eval.reshape(-1).tolist())).copy()
 
 
@@ -105,8 +107,16 @@ def _scipy_reference(name: str, t_eval: tuple[float, ...]) -> np.ndarray:
     if t_end == t0:
         out[:] = y0
     else:
-        sol = solve_ivp(problem.func_np, (t0, t_end), y0, method="DOP853", rtol=1e-13, atol=1e-13,
-                        dense_output=False, t_eval=t_sorted)
+        sol = solve_ivp(
+            problem.func_np,
+            (t0, t_end),
+            y0,
+            method="DOP853",
+            rtol=1e-13,
+            atol=1e-13,
+            dense_output=False,
+            t_eval=t_sorted,
+        )
         if not sol.success:
             raise RuntimeError(f"scipy reference for {name} failed: {sol.message}")
         out[order] = sol.y.T
@@ -287,8 +297,15 @@ def _kepler() -> Problem:
         return torch.stack([torch.cos(E) - e, s * torch.sin(E), -torch.sin(E) / denom, s * torch.cos(E) / denom], -1)
 
     y0 = torch.tensor([1.0 - e, 0.0, 0.0, math.sqrt((1.0 + e) / (1.0 - e))], dtype=F64)
-    return Problem("kepler", func, func_np, y0, (0.0, 2.0 * math.pi), exact,
-                   invariants={"energy": kepler_energy, "angular_momentum": kepler_angular_momentum})
+    return Problem(
+        "kepler",
+        func,
+        func_np,
+        y0,
+        (0.0, 2.0 * math.pi),
+        exact,
+        invariants={"energy": kepler_energy, "angular_momentum": kepler_angular_momentum},
+    )
 
 
 def _batched() -> Problem:

@@ -28,4 +28,6 @@ def assert_equal_to_rounding(a: torch.Tensor, b: torch.Tensor, ulps: float = 64.
     scale = float(b.abs().max()) if b.numel() else 0.0
     bound = ulps * eps * max(scale, torch.finfo(b.dtype).tiny)
     diff = float((a - b).abs().max()) if b.numel() else 0.0
-    assert diff <= bound, f"paths differ by {diff:.3g} = {diff / (eps * max(scale, 1e-300)):.1f} ulps of max|b| = {scale:.3g}; bound {ulps:g} ulps"
+    assert diff <= bound, (
+        f"paths differ by {diff:.3g} = {diff / (eps * max(scale, 1e-300)):.1f} ulps of max|b| = {scale:.3g}; bound {ulps:g} ulps"
+    )

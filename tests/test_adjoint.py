@@ -77,7 +77,7 @@ def gradients(integrate, func, y0, t, weights, params):
     loss = weighted_square_loss(ys, weights)
     grads = torch.autograd.grad(loss, (*parts, t, *params))
     n = len(parts)
-    return ys, grads[:n], grads[n], grads[n + 1:]
+    return ys, grads[:n], grads[n], grads[n + 1 :]
 
 
 def assert_close_rel(got, ref, tol, what):
@@ -142,7 +142,10 @@ def test_adjoint_matches_backprop_and_exact_time_gradients(method):
     [
         (dict(method="dopri5"), dict(adjoint_method="rk4", adjoint_options={"step_size": 0.01})),
         (dict(method="rk4", options={"step_size": 0.01}), dict(adjoint_method="dopri5", adjoint_options={})),
-        (dict(method="rk4", options={"step_size": 0.01}), dict(adjoint_options={"norm": "seminorm", "step_size": 0.01})),
+        (
+            dict(method="rk4", options={"step_size": 0.01}),
+            dict(adjoint_options={"norm": "seminorm", "step_size": 0.01}),
+        ),
     ],
     ids=["dopri5-then-rk4", "rk4-then-dopri5", "rk4-explicit-seminorm"],
 )
@@ -251,14 +254,15 @@ def memory_profile(integrate):
     y0 = torch.randn(64, 16, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float32)
     return {
-        n: saved_bytes(lambda: integrate(lambda s, y: net(y), y0, t, net, {"step_size": 1.0 / n}))
-        for n in MEMORY_STEPS
+        n: saved_bytes(lambda: integrate(lambda s, y: net(y), y0, t, net, {"step_size": 1.0 / n})) for n in MEMORY_STEPS
     }
 
 
 def test_adjoint_memory_does_not_grow_with_steps_backprop_does():
     adjoint = memory_profile(
-        lambda f, y0, t, net, opt: odeint_adjoint(f, y0, t, method="rk4", options=opt, adjoint_params=tuple(net.parameters()))
+        lambda f, y0, t, net, opt: odeint_adjoint(
+            f, y0, t, method="rk4", options=opt, adjoint_params=tuple(net.parameters())
+        )
     )
     backprop = memory_profile(lambda f, y0, t, net, opt: odeint(f, y0, t, method="rk4", options=opt))
     print(f"saved bytes, adjoint: {adjoint}; backprop: {backprop}")
@@ -475,7 +479,9 @@ def test_bad_norm_raises():
     t = torch.tensor([0.0, 1.0], dtype=F64)
     message = "adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got 'l2'."
     with raises_exactly(ValueError, message) as info:
-        odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": "l2"})
+        odeint_adjoint(
+            lambda s, y: func(y), y0, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": "l2"}
+        )
     assert type(info.value) is ValueError
 
 

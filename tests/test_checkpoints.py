@@ -53,21 +53,29 @@ def test_atomic_files_get_the_mode_open_would_give(tmp_path):
 
 @pytest.mark.parametrize("kind", sorted(CHECKPOINT_KINDS))
 def test_each_kind_round_trips_and_is_refused_by_the_others(tmp_path, kind):
-    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "iteration": 7, "rng": torch.get_rng_state(),
-             "config": {"lr": 1e-3, "dims": (64, 64), "name": kind, "flag": None}}
+    state = {
+        "model": {"w": torch.arange(6.0).reshape(2, 3)},
+        "iteration": 7,
+        "rng": torch.get_rng_state(),
+        "config": {"lr": 1e-3, "dims": (64, 64), "name": kind, "flag": None},
+    }
     path = save_checkpoint(tmp_path / "checkpoint.pt", state, kind=kind)
     loaded = load_checkpoint(path, kind=kind)
     assert loaded["format"] == checkpoint_format(kind) == f"neuralode.{kind}-training-checkpoint"
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["iteration"] == 7
     for other in set(CHECKPOINT_KINDS) - {kind}:
-        expected = (f"{path} is not a neuralode {CHECKPOINT_KINDS[other]} checkpoint "
-                    f"(it is a neuralode {CHECKPOINT_KINDS[kind]} checkpoint). Delete it")
+        expected = (
+            f"{path} is not a neuralode {CHECKPOINT_KINDS[other]} checkpoint "
+            f"(it is a neuralode {CHECKPOINT_KINDS[kind]} checkpoint). Delete it"
+        )
         with pytest.raises(CheckpointError, match=re.escape(expected)):
             load_checkpoint(path, kind=other)
 
 
 def test_an_unknown_kind_is_refused_with_the_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=re.escape("Unknown checkpoint kind 'gan'. Valid kinds: mnist, cnf, latent, flow.")):
+    with pytest.raises(
+        ValueError, match=re.escape("Unknown checkpoint kind 'gan'. Valid kinds: mnist, cnf, latent, flow.")
+    ):
         save_checkpoint(tmp_path / "c.pt", {}, kind="gan")
     assert not (tmp_path / "c.pt").exists()
 

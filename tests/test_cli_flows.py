@@ -22,7 +22,12 @@ def test_train_cnf_writes_run_and_resumes(tmp_path, capsys):
     lines = _lines(out / "metrics.jsonl")
     assert {"iteration", "loss", "nfe_forward", "nfe_backward"} <= set(lines[0])
     assert "test_nll" in lines[-1]
-    assert main(["train", "cnf", "--iterations", "5", "--batch-size", "64", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert (
+        main(
+            ["train", "cnf", "--iterations", "5", "--batch-size", "64", "--out", str(out), "--resume", "--no-progress"]
+        )
+        == 0
+    )
     final = _lines(out / "metrics.jsonl")[-1]
     assert final["iteration"] == 5
     capsys.readouterr()
@@ -41,7 +46,9 @@ def test_train_cnf_writes_run_and_resumes(tmp_path, capsys):
 
 def test_train_spirals_writes_the_rmse_line(tmp_path, capsys):
     out = tmp_path / "spirals"
-    assert main(["train", "spirals", "--iterations", "3", "--observations", "30", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["train", "spirals", "--iterations", "3", "--observations", "30", "--out", str(out), "--no-progress"]) == 0
+    )
     assert "extrapolation RMSE" in capsys.readouterr().out
     final = _lines(out / "metrics.jsonl")[-1]
     assert {"extrapolation_rmse", "reconstruction_rmse", "rnn_extrapolation_rmse"} <= set(final)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from neuralode.cli import main
-from neuralode.training.mnist import load_checkpoint, read_metrics
-from neuralode.training.mnist import epoch_records
+from neuralode.training.mnist import epoch_records, load_checkpoint, read_metrics
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 needs_data = pytest.mark.skipif(
@@ -42,8 +41,27 @@ def exit_error(argv: list[str], capsys) -> str:
 @needs_data
 def test_train_eval_plot_end_to_end(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert main(["train", "mnist", "--model", "mlp", "--epochs", "1", "--train-subset", "256", "--test-subset", "128",
-                 "--data-dir", str(DATA), "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "mnist",
+                "--model",
+                "mlp",
+                "--epochs",
+                "1",
+                "--train-subset",
+                "256",
+                "--test-subset",
+                "128",
+                "--data-dir",
+                str(DATA),
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert captured.out.startswith("mlp: 1 epoch(s), test error ")
     assert "on 128 samples, 238,510 parameters" in captured.out
@@ -69,11 +87,38 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys):
 @needs_data
 def test_resume_from_the_command_line_takes_the_saved_settings(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert main(["train", "mnist", "--model", "mlp", "--epochs", "1", "--seed", "7", "--batch-size", "64", "--tol", "1e-2",
-                 "--no-augment", *QUICK, "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "mnist",
+                "--model",
+                "mlp",
+                "--epochs",
+                "1",
+                "--seed",
+                "7",
+                "--batch-size",
+                "64",
+                "--tol",
+                "1e-2",
+                "--no-augment",
+                *QUICK,
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     assert main(["train", "mnist", "--out", out, "--resume", "--epochs", "2", "--no-progress"]) == 0
     saved = json.loads((Path(out) / "config.json").read_text())["config"]
-    assert (saved["model"], saved["seed"], saved["batch_size"], saved["epochs"], saved["resume"]) == ("mlp", 7, 64, 2, True)
+    assert (saved["model"], saved["seed"], saved["batch_size"], saved["epochs"], saved["resume"]) == (
+        "mlp",
+        7,
+        64,
+        2,
+        True,
+    )
     assert (saved["tol"], saved["augment"]) == (1e-2, False)
     assert json.loads((Path(out) / "config.json").read_text())["run"]["effective_lr"] == pytest.approx(0.05)
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
@@ -82,10 +127,16 @@ def test_resume_from_the_command_line_takes_the_saved_settings(tmp_path, capsys)
     err = exit_error(["train", "mnist", "--model", "mlp", *QUICK, "--out", out], capsys)
     assert f"argument --out: {out} already holds a training run (checkpoint.pt). Pass --resume" in err
     path = Path(out) / "checkpoint.pt"
-    for damaged in (path, Path(out) / "checkpoint.prev.pt"):  # one damaged file gives way to the other (test_run_recovery)
+    for damaged in (
+        path,
+        Path(out) / "checkpoint.prev.pt",
+    ):  # one damaged file gives way to the other (test_run_recovery)
         damaged.write_bytes(damaged.read_bytes()[:-100])
     err = exit_error(["train", "mnist", "--out", out, "--resume", "--epochs", "3"], capsys)
-    assert f"argument --resume: Checkpoint {path} is corrupt or truncated" in err and "The previous checkpoint is no better" in err
+    assert (
+        f"argument --resume: Checkpoint {path} is corrupt or truncated" in err
+        and "The previous checkpoint is no better" in err
+    )
     err = exit_error(["eval", out], capsys)
     assert f"argument RUN_DIR: Checkpoint {path} is corrupt or truncated" in err
 
@@ -105,7 +156,10 @@ def test_resume_from_the_command_line_takes_the_saved_settings(tmp_path, capsys)
         (["--lr-decay", "0"], "argument --lr-decay: TrainConfig.lr_decay must be a positive finite number; got 0.0."),
         (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-        (["--train-subset", "64"], "argument --train-subset: TrainConfig.train_subset=64 is smaller than batch_size=128"),
+        (
+            ["--train-subset", "64"],
+            "argument --train-subset: TrainConfig.train_subset=64 is smaller than batch_size=128",
+        ),
         (["--data-dir", "/nonexistent/mnist"], "argument --data-dir: '/nonexistent/mnist' is not a directory"),
     ],
 )
@@ -142,8 +196,26 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     """A real SIGINT to a training subprocess, sent once its first epoch is on disk."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    argv = [sys.executable, "-m", "neuralode", "train", "mnist", "--model", "mlp", "--epochs", "100000",
-            "--train-subset", "1024", "--test-subset", "128", "--data-dir", str(DATA), "--out", str(out), "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "neuralode",
+        "train",
+        "mnist",
+        "--model",
+        "mlp",
+        "--epochs",
+        "100000",
+        "--train-subset",
+        "1024",
+        "--test-subset",
+        "128",
+        "--data-dir",
+        str(DATA),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from neuralode.datasets.toy2d import TOY_DATASETS, sample_toy
+from neuralode.models.cnf import CNF, CNFDynamics, ConcatMLP, HyperNetDynamics, build_cnf, standard_normal_logprob
 from neuralode.training.checkpoints import CheckpointError
 from neuralode.training.cnf import CNFTrainConfig, evaluate, load_cnf_checkpoint, train_cnf
-from neuralode.models.cnf import CNF, CNFDynamics, ConcatMLP, HyperNetDynamics, build_cnf, standard_normal_logprob
-from neuralode.datasets.toy2d import TOY_DATASETS, sample_toy
 
 
 def _jacobians(net: nn.Module, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -112,6 +112,7 @@ def test_adjoint_and_backprop_gradients_agree_on_linear_flow():
         grads.append(cnf.dynamics.net.a.grad.clone())
         assert cnf.nfe_forward > 0 and (cnf.nfe_backward > 0) == adjoint
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
     # Closed form of d(mean -log p)/dA: z = e^{A}x, -log p = ½‖z‖² + const - tr(A); check the trace part
     # by finite differences on the full objective instead.
     def objective(m):
@@ -213,8 +214,16 @@ def test_toy_rejects_unknown_names():
 
 def _tiny(tmp_path, **kw) -> CNFTrainConfig:
     base = dict(
-        iterations=6, batch_size=32, hidden_dims=(16, 16), tol=1e-3, out=tmp_path / "run", test_samples=200,
-        checkpoint_every=3, log_every=3, progress=False, plot=False,
+        iterations=6,
+        batch_size=32,
+        hidden_dims=(16, 16),
+        tol=1e-3,
+        out=tmp_path / "run",
+        test_samples=200,
+        checkpoint_every=3,
+        log_every=3,
+        progress=False,
+        plot=False,
     )
     base.update(kw)
     return CNFTrainConfig(**base)
@@ -238,7 +247,11 @@ def test_train_cnf_writes_metrics_checkpoint_figures_and_resumes(tmp_path):
 
     with pytest.raises(FileExistsError, match="--resume"):
         train_cnf(config)
-    more = train_cnf(_tiny(tmp_path, iterations=9, regularize_kinetic=0.01, regularize_jacobian=0.01, trace="hutchinson", resume=True))
+    more = train_cnf(
+        _tiny(
+            tmp_path, iterations=9, regularize_kinetic=0.01, regularize_jacobian=0.01, trace="hutchinson", resume=True
+        )
+    )
     assert more["iterations_completed"] == 9
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines[:-1]] == [3, 6, 9] and "test_nll" in lines[-1]
@@ -288,7 +301,9 @@ def test_resume_mid_run_is_bitwise_identical(tmp_path, monkeypatch):
 def test_config_validates_fields():
     with pytest.raises(ValueError, match="CNFTrainConfig.dataset must be one of"):
         CNFTrainConfig(dataset="mnist")
-    with pytest.raises(ValueError, match="CNFTrainConfig.regularize_kinetic must be a non-negative finite number; got -1"):
+    with pytest.raises(
+        ValueError, match="CNFTrainConfig.regularize_kinetic must be a non-negative finite number; got -1"
+    ):
         CNFTrainConfig(regularize_kinetic=-1)
     with pytest.raises(ValueError, match="CNFTrainConfig.batch_size must be a positive integer"):
         CNFTrainConfig(batch_size=0)

@@ -23,7 +23,9 @@ def vdp(t, y):
     return torch.stack([v, 2.0 * (1 - x**2) * v - x], -1)
 
 
-@pytest.mark.parametrize("method,options", [("dopri5", {}), ("tsit5", {}), ("rk4", {"step_size": 0.05, "compile_steps": 1})])
+@pytest.mark.parametrize(
+    "method,options", [("dopri5", {}), ("tsit5", {}), ("rk4", {"step_size": 0.05, "compile_steps": 1})]
+)
 def test_compiled_step_matches_eager(method, options):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 3, 7, dtype=F64)
@@ -32,7 +34,10 @@ def test_compiled_step_matches_eager(method, options):
     # The same steps; the stage sums are written as tensor products instead of torch.add(alpha=),
     # so the two differ by rounding only.
     assert (comp.stats.nfe, comp.stats.n_accepted, comp.stats.n_rejected) == (
-        eager.stats.nfe, eager.stats.n_accepted, eager.stats.n_rejected)
+        eager.stats.nfe,
+        eager.stats.n_accepted,
+        eager.stats.n_rejected,
+    )
     assert (comp.ys - eager.ys).abs().max() < 1e-10
 
 
@@ -47,6 +52,7 @@ def _host_syncs(fn):
         def method(self, *args, **kwargs):
             count[0] += 1
             return saved[name](self, *args, **kwargs)
+
         return method
 
     for name in names:
@@ -99,8 +105,15 @@ def test_compiled_step_with_events_and_compile_time_reported():
         return torch.stack([y[1], -g * torch.ones_like(y[1])])
 
     ev = Event(lambda t, y: y[0], direction=-1, terminal=False, reset=lambda t, y: torch.stack([y[0], -0.8 * y[1]]))
-    sol = solve(fall, torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 2.0], dtype=F64), events=[ev],
-                rtol=1e-10, atol=1e-10, options={"compile": BACKEND})
+    sol = solve(
+        fall,
+        torch.tensor([1.0, 0.0], dtype=F64),
+        torch.tensor([0.0, 2.0], dtype=F64),
+        events=[ev],
+        rtol=1e-10,
+        atol=1e-10,
+        options={"compile": BACKEND},
+    )
     v1 = math.sqrt(2 * g)
     expected = [v1 / g, v1 / g * (1 + 2 * 0.8), v1 / g * (1 + 2 * 0.8 + 2 * 0.64)]
     assert [r.t.item() for r in sol.events[:3]] == pytest.approx(expected, abs=1e-10)

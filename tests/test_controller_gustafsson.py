@@ -22,7 +22,6 @@ from tests.problems import robertson_jac_np as _robertson_jac_np
 from tests.problems import robertson_np as _robertson_np
 from tests.problems import stiff_vdp as _vdp
 
-
 F64 = torch.float64
 SAFETY, IFACTOR, DFACTOR = 0.9, 10.0, 0.2
 
@@ -40,13 +39,16 @@ def _i(k: int = 5) -> StepSizeController:
 # The formula.
 
 
-@pytest.mark.parametrize("dt,ratio,prev_ratio,prev_dt,k", [
-    (0.1, 0.5, 0.1, 0.1, 5),  # error constant growing: the prediction is the smaller
-    (0.1, 0.9, 0.05, 0.2, 4),
-    (-0.3, 0.7, 0.2, -0.25, 3),  # integrating backwards
-    (2.0, 0.3, 0.9, 1.0, 5),  # error constant shrinking: the I proposal is the smaller
-    (0.1, 1e-3, 1e-6, 0.1, 5),  # previous ratio below RADAU5's floor
-])
+@pytest.mark.parametrize(
+    "dt,ratio,prev_ratio,prev_dt,k",
+    [
+        (0.1, 0.5, 0.1, 0.1, 5),  # error constant growing: the prediction is the smaller
+        (0.1, 0.9, 0.05, 0.2, 4),
+        (-0.3, 0.7, 0.2, -0.25, 3),  # integrating backwards
+        (2.0, 0.3, 0.9, 1.0, 5),  # error constant shrinking: the I proposal is the smaller
+        (0.1, 1e-3, 1e-6, 0.1, 5),  # previous ratio below RADAU5's floor
+    ],
+)
 def test_accepted_step_is_the_smaller_of_the_i_and_predictive_proposals(dt, ratio, prev_ratio, prev_dt, k):
     accept, nxt = _gus(k).propose(dt, ratio, prev_ratio, False, prev_dt)
     i_factor = SAFETY * ratio ** (-1 / k)
@@ -57,18 +59,22 @@ def test_accepted_step_is_the_smaller_of_the_i_and_predictive_proposals(dt, rati
     assert math.copysign(1.0, nxt) == math.copysign(1.0, dt)
 
 
-@pytest.mark.parametrize("dt,ratio,prev_ratio,prev_dt", [(0.1, 0.5, 0.1, 0.1), (2.0, 0.3, 0.9, 1.0), (-0.3, 0.7, 0.2, -0.25)])
+@pytest.mark.parametrize(
+    "dt,ratio,prev_ratio,prev_dt", [(0.1, 0.5, 0.1, 0.1), (2.0, 0.3, 0.9, 1.0), (-0.3, 0.7, 0.2, -0.25)]
+)
 def test_pi_gustafsson_is_the_smaller_of_the_pi_and_predictive_proposals(dt, ratio, prev_ratio, prev_dt):
     k = 5
     accept, nxt = StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(
-        dt, ratio, prev_ratio, False, prev_dt)
+        dt, ratio, prev_ratio, False, prev_dt
+    )
     pi_factor = SAFETY * ratio ** (-0.85 / k) * prev_ratio ** (0.2 / k)
     pred_factor = SAFETY * (dt / prev_dt) * (max(prev_ratio, 1e-2) / ratio**2) ** (1 / k)
     assert accept and math.isclose(nxt, dt * min(IFACTOR, max(DFACTOR, min(pi_factor, pred_factor))), rel_tol=1e-13)
     # Without a previous accepted step it is PI control.
     pi = StepSizeController("pi", SAFETY, IFACTOR, DFACTOR, k)
-    assert StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(dt, ratio, prev_ratio, False) \
-        == pi.propose(dt, ratio, prev_ratio, False)
+    assert StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(
+        dt, ratio, prev_ratio, False
+    ) == pi.propose(dt, ratio, prev_ratio, False)
 
 
 def test_the_two_branches_are_both_taken():
@@ -122,10 +128,15 @@ def test_first_step_rejections_and_limits_are_i_control():
 
 def test_option_is_validated():
     y0, t = torch.tensor([1.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match=r"^options\['controller'\] must be one of pi, i, gustafsson, pi_gustafsson; got 'pid'\.$"):
+    with pytest.raises(
+        ValueError, match=r"^options\['controller'\] must be one of pi, i, gustafsson, pi_gustafsson; got 'pid'\.$"
+    ):
         solve(lambda t, y: -y, y0, t, method="rodas5p", options={"controller": "pid"})
-    with pytest.raises(ValueError, match=r"options\['controller'\]='gustafsson' is not available with "
-                                         r"options\['per_sample'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"options\['controller'\]='gustafsson' is not available with "
+        r"options\['per_sample'\]",
+    ):
         solve(lambda t, y: -y, y0.expand(3, 1), t, options={"controller": "gustafsson", "per_sample": True})
 
 
@@ -133,8 +144,17 @@ def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():
     from neuralode.solvers.options import _parse_options
     from neuralode.solvers.tableau import get_tableau
 
-    for method, expected in [("rodas5p", "pi_gustafsson"), ("kvaerno5", "pi_gustafsson"),
-                             ("rosenbrock23", "pi_gustafsson"), ("radau5", "pi_gustafsson"), ("radau9", "pi_gustafsson"), ("radau13", "pi_gustafsson"), ("auto", "pi"), ("dopri5", "pi"), ("tsit5", "pi")]:
+    for method, expected in [
+        ("rodas5p", "pi_gustafsson"),
+        ("kvaerno5", "pi_gustafsson"),
+        ("rosenbrock23", "pi_gustafsson"),
+        ("radau5", "pi_gustafsson"),
+        ("radau9", "pi_gustafsson"),
+        ("radau13", "pi_gustafsson"),
+        ("auto", "pi"),
+        ("dopri5", "pi"),
+        ("tsit5", "pi"),
+    ]:
         assert _parse_options(None, get_tableau(method)).controller == expected, method
         assert _parse_options({"max_step": 1.0}, get_tableau(method)).controller == expected, method
     assert _parse_options({"controller": "gustafsson"}, get_tableau("rodas5p")).controller == "gustafsson"
@@ -160,11 +180,26 @@ def test_robertson_against_radau():
     """RADAU5's controller on rodas5p at a tight tolerance (the default, pi_gustafsson, is checked the same way
     in test_stiff.py)."""
     times = [0.0, 1e-4, 1e-2, 1.0, 1e2]
-    ref = solve_ivp(_robertson_np, (0.0, times[-1]), [1.0, 0.0, 0.0], method="Radau", t_eval=times, rtol=1e-12,
-                    atol=1e-16, jac=_robertson_jac_np).y.T
+    ref = solve_ivp(
+        _robertson_np,
+        (0.0, times[-1]),
+        [1.0, 0.0, 0.0],
+        method="Radau",
+        t_eval=times,
+        rtol=1e-12,
+        atol=1e-16,
+        jac=_robertson_jac_np,
+    ).y.T
     rtol, atol = 1e-8, 1e-14
-    sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor(times, dtype=F64),
-                rtol=rtol, atol=atol, method="rodas5p", options={"controller": "gustafsson"})
+    sol = solve(
+        _robertson,
+        torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+        torch.tensor(times, dtype=F64),
+        rtol=rtol,
+        atol=atol,
+        method="rodas5p",
+        options={"controller": "gustafsson"},
+    )
     # The global error in units of the tolerance atol + rtol |y| (as in test_stiff.py).
     units = np.abs(sol.ys.numpy() - ref) / (atol + rtol * np.abs(ref))
     assert units.max() < 30.0, units.max()
@@ -180,16 +215,25 @@ def test_fewer_rejections_than_pi_and_i_on_van_der_pol_mu_1000():
     """
     f, f_np, jac_np = _vdp(1000.0)
     times = [0.0, 1000.0]
-    ref = solve_ivp(f_np, (0.0, 1000.0), [2.0, 0.0], method="Radau", t_eval=times, rtol=1e-11, atol=1e-11,
-                    jac=jac_np).y.T
+    ref = solve_ivp(
+        f_np, (0.0, 1000.0), [2.0, 0.0], method="Radau", t_eval=times, rtol=1e-11, atol=1e-11, jac=jac_np
+    ).y.T
     stats, errs = {}, {}
     for c in ("pi", "i", "gustafsson"):
-        sol = solve(f, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor(times, dtype=F64), rtol=1e-4, atol=1e-4,
-                    method="rodas5p", options={"controller": c})
+        sol = solve(
+            f,
+            torch.tensor([2.0, 0.0], dtype=F64),
+            torch.tensor(times, dtype=F64),
+            rtol=1e-4,
+            atol=1e-4,
+            method="rodas5p",
+            options={"controller": c},
+        )
         stats[c] = sol.stats
         errs[c] = float((np.abs(sol.ys.numpy() - ref) / np.array([1.0, 1e-3])).max())
     g = stats["gustafsson"]
-    assert g.n_rejected < stats["pi"].n_rejected / 2 and g.n_rejected < stats["i"].n_rejected / 2, \
-        {c: s.n_rejected for c, s in stats.items()}
+    assert g.n_rejected < stats["pi"].n_rejected / 2 and g.n_rejected < stats["i"].n_rejected / 2, {
+        c: s.n_rejected for c, s in stats.items()
+    }
     assert g.nfe < stats["pi"].nfe and g.nfe < stats["i"].nfe
     assert errs["gustafsson"] < 1e-2, errs

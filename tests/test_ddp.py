@@ -22,9 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
-
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neuralode", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "neuralode",
+        *argv,
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run folder") == 1  # only rank 0 reports
@@ -46,8 +54,24 @@ def _max_difference(a: dict, b: dict) -> float:
 
 
 def test_two_process_cnf_matches_one_process(tmp_path):
-    argv = ["train", "cnf", "--iterations", "4", "--batch-size", "32", "--hidden-dims", "8", "--tol", "1e-6", "--test-samples", "200",
-            "--log-every", "2", "--no-progress", "--no-plot"]
+    argv = [
+        "train",
+        "cnf",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "32",
+        "--hidden-dims",
+        "8",
+        "--tol",
+        "1e-6",
+        "--test-samples",
+        "200",
+        "--log-every",
+        "2",
+        "--no-progress",
+        "--no-plot",
+    ]
     ddp, single = _both(tmp_path, argv)
     a, b = load_checkpoint(ddp / "checkpoint.pt", kind="cnf"), load_checkpoint(single / "checkpoint.pt", kind="cnf")
     assert a["config"]["batch_size"] == 32 and a["iteration"] == b["iteration"] == 4
@@ -64,15 +88,43 @@ def test_two_process_cnf_matches_one_process(tmp_path):
     proc = _torchrun(["train", "cnf", "--out", str(ddp), "--resume", "--iterations", "6"])
     assert proc.stderr.count(f"Resuming {ddp} with its saved settings, except iterations: 4 -> 6.") == 1
     lines = read_jsonl(ddp / "metrics.jsonl")
-    assert [r["iteration"] for r in lines] == [2, 4, 6, 6] and [bool(r.get("final")) for r in lines] == [False, False, False, True]
+    assert [r["iteration"] for r in lines] == [2, 4, 6, 6] and [bool(r.get("final")) for r in lines] == [
+        False,
+        False,
+        False,
+        True,
+    ]
     assert load_checkpoint(ddp / "checkpoint.pt", kind="cnf")["iteration"] == 6
 
 
 def test_two_process_spirals_match_one_process(tmp_path):
-    argv = ["train", "spirals", "--iterations", "3", "--observations", "30", "--batch-size", "8", "--n-spirals", "16", "--n-test", "4",
-            "--tol", "1e-5", "--eval-every", "0", "--log-every", "1", "--no-progress", "--no-plot"]
+    argv = [
+        "train",
+        "spirals",
+        "--iterations",
+        "3",
+        "--observations",
+        "30",
+        "--batch-size",
+        "8",
+        "--n-spirals",
+        "16",
+        "--n-test",
+        "4",
+        "--tol",
+        "1e-5",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--no-plot",
+    ]
     ddp, single = _both(tmp_path, argv)
-    a, b = load_checkpoint(ddp / "checkpoint.pt", kind="latent"), load_checkpoint(single / "checkpoint.pt", kind="latent")
+    a, b = (
+        load_checkpoint(ddp / "checkpoint.pt", kind="latent"),
+        load_checkpoint(single / "checkpoint.pt", kind="latent"),
+    )
     assert _max_difference(a["rnn"], b["rnn"]) < 1e-5  # no adaptive solver in the RNN: equal up to rounding
     assert _max_difference(a["model"], b["model"]) < 1e-4
     ddp_lines, single_lines = read_jsonl(ddp / "metrics.jsonl"), read_jsonl(single / "metrics.jsonl")
@@ -85,9 +137,32 @@ def test_two_process_spirals_match_one_process(tmp_path):
 def test_two_process_flow_matches_one_process(tmp_path):
     # Independent coupling: every draw is over the global batch, so two ranks reproduce one process
     # up to summation order (the OT coupling pairs each rank's own rows and so differs slightly).
-    argv = ["train", "flow", "--coupling", "independent", "--iterations", "4", "--batch-size", "32", "--hidden-dims", "8",
-            "--tol", "1e-3", "--test-samples", "100", "--table-samples", "32", "--table-steps", "2", "--table-tolerances", "1e-2",
-            "--log-every", "2", "--no-progress", "--no-plot"]
+    argv = [
+        "train",
+        "flow",
+        "--coupling",
+        "independent",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "32",
+        "--hidden-dims",
+        "8",
+        "--tol",
+        "1e-3",
+        "--test-samples",
+        "100",
+        "--table-samples",
+        "32",
+        "--table-steps",
+        "2",
+        "--table-tolerances",
+        "1e-2",
+        "--log-every",
+        "2",
+        "--no-progress",
+        "--no-plot",
+    ]
     ddp, single = _both(tmp_path, argv)
     a, b = load_checkpoint(ddp / "checkpoint.pt", kind="flow"), load_checkpoint(single / "checkpoint.pt", kind="flow")
     assert a["iteration"] == b["iteration"] == 4

@@ -31,7 +31,6 @@ T0 = 0.3  # not the problem's t0 = 0, so that no symmetry of the start helps
 THETAS = (0.3, 0.7)
 
 
-
 def func(t: float, y: torch.Tensor) -> torch.Tensor:
     return PROBLEM.func(torch.tensor(t, dtype=F64), y)
 

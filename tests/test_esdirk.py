@@ -15,12 +15,21 @@ from neuralode.solvers.esdirk import ESDIRK_METHODS, ESDIRKTableau, make_stepper
 from neuralode.solvers.implicit_options import ImplicitOptions
 from neuralode.solvers.problem import _Problem
 from neuralode.solvers.solution import SolverStats
-from tests.test_stiff import ROB_T, _density, _exact, _phi_full, _radau, _robertson, _robertson_jac_np, _robertson_np, _rot, _trees
-
+from tests.test_stiff import (
+    ROB_T,
+    _density,
+    _exact,
+    _phi_full,
+    _radau,
+    _robertson,
+    _robertson_jac_np,
+    _robertson_np,
+    _rot,
+    _trees,
+)
 
 F64 = torch.float64
 NAMES = list(ESDIRK_METHODS)
-
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -41,7 +50,9 @@ def test_tableau_is_checked_when_built():
     tab = ESDIRK_METHODS["kvaerno5"]
     fields = dict(name="bad", gamma=tab.gamma, a=tab.a, b=tab.b, b_err=tab.b_err, c=tab.c, order=5, error_order=4)
     ESDIRKTableau(**fields)
-    with pytest.raises(ValueError, match=re.escape("ESDIRKTableau 'bad': row 1 of a plus gamma sums to 0.52, not c[1] = 0.5")):
+    with pytest.raises(
+        ValueError, match=re.escape("ESDIRKTableau 'bad': row 1 of a plus gamma sums to 0.52, not c[1] = 0.5")
+    ):
         ESDIRKTableau(**{**fields, "c": (0.0, 0.5, *tab.c[2:])})
 
 
@@ -52,6 +63,7 @@ class _Tight:
         return float(x.abs().max()) / 1e-15
 
     scaled_all = scaled
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_local_order_of_one_step(name):
@@ -70,8 +82,14 @@ def test_local_order_of_one_step(name):
 
 def test_robertson_against_radau_with_few_jacobians():
     rtol, atol = 1e-6, 1e-12
-    sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor(ROB_T, dtype=F64), rtol=rtol,
-                atol=atol, method="kvaerno5")
+    sol = solve(
+        _robertson,
+        torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+        torch.tensor(ROB_T, dtype=F64),
+        rtol=rtol,
+        atol=atol,
+        method="kvaerno5",
+    )
     ref = _radau(_robertson_np, _robertson_jac_np, [1.0, 0.0, 0.0], ROB_T)
     units = np.abs(sol.ys.numpy() - ref) / (atol + rtol * np.abs(ref))
     assert units.max() < 100, units.max()
@@ -85,9 +103,16 @@ def test_newton_failure_at_the_minimum_step():
     def broken(t, y):  # NaN from t = 0.2 on: no iteration can converge there
         return torch.where(t > 0.2, torch.full_like(y, math.nan), -y)
 
-    with pytest.raises(SolverError, match=re.escape("Newton iteration failed to converge at the minimum step size at t=0")):
-        solve(broken, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="kvaerno5",
-              options={"first_step": 0.5, "min_step": 0.5, "max_step": 0.5})
+    with pytest.raises(
+        SolverError, match=re.escape("Newton iteration failed to converge at the minimum step size at t=0")
+    ):
+        solve(
+            broken,
+            torch.ones(2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method="kvaerno5",
+            options={"first_step": 0.5, "min_step": 0.5, "max_step": 0.5},
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)

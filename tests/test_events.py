@@ -83,8 +83,16 @@ def test_odeint_event_with_t0_gradient_and_reverse_time(interface):
     assert abs(dt0.item() - 1.0) < 1e-9  # an autonomous system: the event shifts with t0
     # Backwards from the ground: y(t0) = (0, -v) reached from h = 1 at t0 - sqrt(2/G).
     y_ground = torch.tensor([0.0, -math.sqrt(2 * G)], dtype=F64)
-    t_top, sol = odeint_event(f, y_ground, torch.tensor(3.0, dtype=F64), event_fn=lambda t, y: y[1],
-                              reverse_time=True, odeint_interface=interface, **TIGHT, **kw)
+    t_top, sol = odeint_event(
+        f,
+        y_ground,
+        torch.tensor(3.0, dtype=F64),
+        event_fn=lambda t, y: y[1],
+        reverse_time=True,
+        odeint_interface=interface,
+        **TIGHT,
+        **kw,
+    )
     assert abs(t_top.item() - (3.0 - math.sqrt(2 / G))) < 1e-10
     assert abs(sol[-1, 0].item() - 1.0) < 1e-9
 
@@ -127,8 +135,9 @@ def test_fixed_step_event_needs_step_size_and_then_works():
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     with pytest.raises(ValueError, match=r"fixed-step method 'rk4' needs options\['step_size'\]"):
         odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, method="rk4")
-    t_star, _ = odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, method="rk4",
-                       options={"step_size": 0.01})
+    t_star, _ = odeint(
+        f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=height, method="rk4", options={"step_size": 0.01}
+    )
     # rk4 is exact on a quadratic, and the cubic Hermite/linear interpolant is what the root is
     # located on: linear interpolation of a parabola over one step of 0.01.
     assert abs(t_star.item() - math.sqrt(2 / G)) < 2e-4
@@ -138,13 +147,28 @@ def test_fixed_step_event_needs_step_size_and_then_works():
 # neuralode's events: directions, resets, terminal and non-terminal.
 
 
-@pytest.mark.parametrize("method,options", [("dopri5", None), ("tsit5", None), ("dopri8", None),
-                                            ("rk4", {"step_size": 0.01, "interp": "cubic"}), ("bosh3", None)])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("dopri5", None),
+        ("tsit5", None),
+        ("dopri8", None),
+        ("rk4", {"step_size": 0.01, "interp": "cubic"}),
+        ("bosh3", None),
+    ],
+)
 def test_bounce_times_match_closed_form(method, options):
     e = 0.8
     ev = Event(height, direction=-1, terminal=False, reset=bounce(e))
-    sol = solve(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.linspace(0, 3, 31, dtype=F64),
-                events=[ev], method=method, options=options, **TIGHT)
+    sol = solve(
+        Gravity(),
+        torch.tensor([1.0, 0.0], dtype=F64),
+        torch.linspace(0, 3, 31, dtype=F64),
+        events=[ev],
+        method=method,
+        options=options,
+        **TIGHT,
+    )
     expected = bounce_times(1.0, e, len(sol.events))
     assert len(sol.events) == len(bounce_times(1.0, e, 50)[: sum(t < 3 for t in bounce_times(1.0, e, 50))])
     # rk4 integrates the parabola exactly, and cubic Hermite interpolation reproduces it.
@@ -172,8 +196,13 @@ def test_direction_selects_rising_falling_or_both():
 
     y0 = torch.tensor([0.0], dtype=F64)  # zero at t0: must not fire there
     t = torch.tensor([0.0, 10.0], dtype=F64)
-    roots = {d: [r.t.item() for r in solve(func, y0, t, events=[Event(lambda t, y: y, direction=d, terminal=False)],
-                                            **TIGHT).events] for d in (-1, 0, 1)}
+    roots = {
+        d: [
+            r.t.item()
+            for r in solve(func, y0, t, events=[Event(lambda t, y: y, direction=d, terminal=False)], **TIGHT).events
+        ]
+        for d in (-1, 0, 1)
+    }
     k_pi = [k * math.pi for k in range(1, 4)]
     assert roots[0] == pytest.approx(k_pi, abs=1e-9)
     assert roots[-1] == pytest.approx([math.pi, 3 * math.pi], abs=1e-9)  # sin falls through pi, 3pi
@@ -280,7 +309,9 @@ def test_bounce_time_gradients_backprop_adjoint_and_finite_differences():
     # Closed form: t3 = (v1 / g)(1 + 2e + 2e^2), v1 = sqrt(2 g h0).
     v1 = math.sqrt(2 * G * h00)
     assert grads["solve"][0][0].item() == pytest.approx(v1 / G * (2 + 4 * e0), rel=1e-9)
-    assert grads["solve"][0][1].item() == pytest.approx(math.sqrt(2 * G) / (2 * math.sqrt(h00)) / G * (1 + 2 * e0 + 2 * e0**2), rel=1e-9)
+    assert grads["solve"][0][1].item() == pytest.approx(
+        math.sqrt(2 * G) / (2 * math.sqrt(h00)) / G * (1 + 2 * e0 + 2 * e0**2), rel=1e-9
+    )
     eps = 1e-6
     with torch.no_grad():
         fd = []
@@ -295,7 +326,8 @@ def test_bounce_time_gradients_backprop_adjoint_and_finite_differences():
         got = [g[k][i].item() for k in range(2) for i in range(2)]
         assert got == pytest.approx(fd, rel=1e-5, abs=1e-7), name
     assert [x.item() for pair in grads["solve"] for x in pair] == pytest.approx(
-        [x.item() for pair in grads["solve_adjoint"] for x in pair], rel=1e-7)
+        [x.item() for pair in grads["solve_adjoint"] for x in pair], rel=1e-7
+    )
 
 
 def test_event_function_parameters_get_gradients():
@@ -349,7 +381,9 @@ def test_evaluate_errors():
 class Counting(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.calls = {name: 0 for name in ("step", "accept", "reject", "step_adjoint", "accept_adjoint", "reject_adjoint")}
+        self.calls = {
+            name: 0 for name in ("step", "accept", "reject", "step_adjoint", "accept_adjoint", "reject_adjoint")
+        }
         self.w = torch.nn.Parameter(torch.tensor(-1.0, dtype=F64))
 
     def forward(self, t, y):
@@ -403,35 +437,61 @@ def test_step_callbacks_adaptive_fixed_and_adjoint():
 
 
 def _ball_solve(events, t=None):
-    return solve(Gravity(), torch.tensor([1.0, 0.0], dtype=F64),
-                 torch.tensor([0.0, 1.0], dtype=F64) if t is None else t, events=events)
+    return solve(
+        Gravity(),
+        torch.tensor([1.0, 0.0], dtype=F64),
+        torch.tensor([0.0, 1.0], dtype=F64) if t is None else t,
+        events=events,
+    )
 
 
-@pytest.mark.parametrize("make,exc,message", [
-    (lambda: Event(3.0), TypeError, "Event fn must be callable as fn(t, y) -> tensor; got float."),
-    (lambda: Event(height, direction=2), ValueError,
-     "Event direction must be -1 (falling), 0 (either) or +1 (rising); got 2."),
-    (lambda: Event(height, terminal="yes"), TypeError, "Event terminal must be True or False; got 'yes'."),
-    (lambda: Event(height, reset=1), TypeError, "Event reset must be callable as reset(t, y) -> y_new, or None; got int."),
-])
+@pytest.mark.parametrize(
+    "make,exc,message",
+    [
+        (lambda: Event(3.0), TypeError, "Event fn must be callable as fn(t, y) -> tensor; got float."),
+        (
+            lambda: Event(height, direction=2),
+            ValueError,
+            "Event direction must be -1 (falling), 0 (either) or +1 (rising); got 2.",
+        ),
+        (lambda: Event(height, terminal="yes"), TypeError, "Event terminal must be True or False; got 'yes'."),
+        (
+            lambda: Event(height, reset=1),
+            TypeError,
+            "Event reset must be callable as reset(t, y) -> y_new, or None; got int.",
+        ),
+    ],
+)
 def test_event_construction_errors(make, exc, message):
     with pytest.raises(exc) as info:
         make()
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("events,exc,message", [
-    ([height], TypeError, "events[0] must be a neuralode.Event (e.g. Event(fn, direction=-1)); got function."),
-    ("ground", TypeError, "events must be a list of neuralode.Event; got str."),
-    ([Event(lambda t, y: 1.0)], TypeError, "events[0].fn(t, y) must return a torch.Tensor; got float."),
-    ([Event(lambda t, y: y[0] / 0.0 * 0.0)], ValueError,
-     "events[0].fn(t, y) returned a non-finite value at t=0; an event function must be finite wherever the solution goes."),
-    ([Event(height, terminal=False, reset=lambda t, y: y[:1])], ValueError,
-     "events[0].reset(t, y) returned shape (1,) but the state has shape (2,); the new state must have the same shape as y."),
-    ([Event(height, terminal=False, reset=lambda t, y: y.float())], TypeError,
-     "events[0].reset(t, y) returned dtype torch.float32 but the state has dtype torch.float64; "
-     "the new state must have the state's dtype."),
-])
+@pytest.mark.parametrize(
+    "events,exc,message",
+    [
+        ([height], TypeError, "events[0] must be a neuralode.Event (e.g. Event(fn, direction=-1)); got function."),
+        ("ground", TypeError, "events must be a list of neuralode.Event; got str."),
+        ([Event(lambda t, y: 1.0)], TypeError, "events[0].fn(t, y) must return a torch.Tensor; got float."),
+        (
+            [Event(lambda t, y: y[0] / 0.0 * 0.0)],
+            ValueError,
+            "events[0].fn(t, y) returned a non-finite value at t=0; an event function must be finite wherever the solution goes.",
+        ),
+        (
+            [Event(height, terminal=False, reset=lambda t, y: y[:1])],
+            ValueError,
+            "events[0].reset(t, y) returned shape (1,) but the state has shape (2,); the new state must have the same shape as y.",
+        ),
+        (
+            [Event(height, terminal=False, reset=lambda t, y: y.float())],
+            TypeError,
+            "events[0].reset(t, y) returned dtype torch.float32 but the state has dtype torch.float64; "
+            "the new state must have the state's dtype.",
+        ),
+    ],
+)
 def test_bad_event_input(events, exc, message):
     with pytest.raises(exc) as info:
         _ball_solve(events)
@@ -440,7 +500,9 @@ def test_bad_event_input(events, exc, message):
 
 def test_event_fn_with_more_than_two_times_is_refused():
     with pytest.raises(ValueError, match=r"With event_fn, t must hold exactly two times \[t0, t_dir\].*got 3 times"):
-        odeint(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=height)
+        odeint(
+            Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=height
+        )
     with pytest.raises(TypeError, match="event_fn must be callable"):
         odeint(Gravity(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), event_fn=0)
 
@@ -474,8 +536,16 @@ class TorchdiffeqStyleBall(torch.nn.Module):
         t0, state = self.t0, (self.init_pos, self.init_vel, self.log_radius)
         times = []
         for _ in range(n):
-            t0, solution = self.lib.odeint_event(self, state, t0, event_fn=self.event_fn, reverse_time=False,
-                                                 atol=1e-8, rtol=1e-8, odeint_interface=self.interface)
+            t0, solution = self.lib.odeint_event(
+                self,
+                state,
+                t0,
+                event_fn=self.event_fn,
+                reverse_time=False,
+                atol=1e-8,
+                rtol=1e-8,
+                odeint_interface=self.interface,
+            )
             times.append(t0)
             pos, vel, log_radius = (s[-1] for s in solution)
             state = (pos + 1e-7, -vel * (1 - self.absorption), log_radius)
@@ -500,6 +570,7 @@ def test_torchdiffeq_bouncing_ball_program_runs_unchanged(adjoint):
 def test_many_outputs_in_a_step_equal_one_at_a_time(method):
     """Output times inside one step are evaluated in one contraction; Solution.evaluate takes
     them one by one: the two agree to rounding."""
+
     def vdp(t, y):
         return torch.stack([y[1], 2 * (1 - y[0] ** 2) * y[1] - y[0]])
 
@@ -528,8 +599,9 @@ def test_fixed_grid_events_are_located_on_a_cubic_interpolant(method):
         return torch.stack([y[1], torch.full_like(y[0], -9.81)])
 
     opts = {"step_size": 0.01}
-    sol = solve(fall, y0, torch.tensor([0.0, 3.0], dtype=F64), events=[Event(lambda t, y: y[0])], method=method,
-                options=opts)
+    sol = solve(
+        fall, y0, torch.tensor([0.0, 3.0], dtype=F64), events=[Event(lambda t, y: y[0])], method=method, options=opts
+    )
     t_star = sol.events[0].t
     assert abs(float(t_star) - math.sqrt(2 / 9.81)) < 1e-12
     (grad,) = torch.autograd.grad(t_star, h0)
@@ -541,10 +613,17 @@ def test_fixed_grid_events_are_located_on_a_cubic_interpolant(method):
     assert with_event <= len(calls) + 2
 
 
-@pytest.mark.parametrize("method, options", [
-    ("dopri8", None), ("dopri8_13m", None), ("fehlberg2", None), ("adaptive_heun", None), ("dopri5", None),
-    ("rk4", {"step_size": 0.25}),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dopri8", None),
+        ("dopri8_13m", None),
+        ("fehlberg2", None),
+        ("adaptive_heun", None),
+        ("dopri5", None),
+        ("rk4", {"step_size": 0.25}),
+    ],
+)
 def test_event_time_gradients_when_the_root_finder_first_builds_the_interpolant(method, options):
     # A free fall from h0 at speed v0 is a quadratic, which every method here integrates and
     # interpolates exactly: the time at height level is t = (v0 + sqrt(v0^2 + 2 g (h0 - level))) / g.
@@ -560,8 +639,15 @@ def test_event_time_gradients_when_the_root_finder_first_builds_the_interpolant(
     # adaptive_heun 156k steps (minutes) to show what a looser tolerance shows as exactly: the quadratic is
     # integrated and interpolated without error at any step size.
     tol = {"rtol": 1e-6, "atol": 1e-8} if method in ("adaptive_heun", "fehlberg2") else TIGHT
-    sol = solve(func, torch.stack([h0, v0]), torch.tensor([0.0, 2.0], dtype=F64), method=method, options=options,
-                events=events, **tol)
+    sol = solve(
+        func,
+        torch.stack([h0, v0]),
+        torch.tensor([0.0, 2.0], dtype=F64),
+        method=method,
+        options=options,
+        events=events,
+        **tol,
+    )
     assert [r.index for r in sol.events] == [0, 1]
     for record, level in zip(sol.events, (0.5, 0.0)):
         root = math.sqrt(v00**2 + 2 * g0 * (h00 - level))

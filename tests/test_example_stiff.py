@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stiff_robertson.py"
 
 

@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_example(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=True)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
 
 
 def test_bouncing_ball_fits_and_writes_its_figure(tmp_path):
@@ -59,8 +66,19 @@ def test_per_sample_bounces_fits_every_ball_and_matches_solo_gradients(tmp_path)
 
 def test_flow_matching_2d_trains_both_couplings_and_scores_their_samples(tmp_path):
     out = tmp_path / "fm"
-    proc = run_example("flow_matching_2d.py", "--iterations", "60", "--batch", "64", "--samples", "200", "--tol", "1e-3",
-                       "--out", str(out))
+    proc = run_example(
+        "flow_matching_2d.py",
+        "--iterations",
+        "60",
+        "--batch",
+        "64",
+        "--samples",
+        "200",
+        "--tol",
+        "1e-3",
+        "--out",
+        str(out),
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "flow_matching_2d.png").stat().st_size > 10_000
     for coupling in ("independent", "ot"):
@@ -76,7 +94,9 @@ def test_flow_matching_2d_trains_both_couplings_and_scores_their_samples(tmp_pat
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
-@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason=f"real MNIST not found in {MNIST_DIR}")
+@pytest.mark.skipif(
+    not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason=f"real MNIST not found in {MNIST_DIR}"
+)
 def test_mnist_odenet_trains_through_the_adjoint_and_scores_the_test_images(tmp_path):
     out = tmp_path / "mnist"
     proc = run_example("mnist_odenet.py", "--data-dir", str(MNIST_DIR), "--quick", "--out", str(out))

@@ -71,8 +71,10 @@ GRIDS = {
     "step_size, outputs inside steps": (torch.tensor([0.0, 0.13, 0.5, 0.51, 0.52, 1.0]), {"step_size": 0.1}),
     "step_size, cubic": (torch.tensor([0.0, 0.13, 0.5, 0.51, 0.52, 1.0]), {"step_size": 0.1, "interp": "cubic"}),
     "backwards, step_size": (torch.tensor([1.0, 0.77, 0.3, -0.5]), {"step_size": 0.07}),
-    "grid_constructor": (torch.tensor([0.0, 0.2, 0.9]),
-                         {"grid_constructor": lambda f, y0, t: torch.tensor([0.0, 0.05, 0.2, 0.31, 0.6, 0.9])}),
+    "grid_constructor": (
+        torch.tensor([0.0, 0.2, 0.9]),
+        {"grid_constructor": lambda f, y0, t: torch.tensor([0.0, 0.05, 0.2, 0.31, 0.6, 0.9])},
+    ),
 }
 
 
@@ -167,8 +169,13 @@ def test_a_blow_up_is_reported_as_by_the_general_loop():
     messages = []
     for f in (Blow(), WithCallback(Blow())):
         with pytest.raises(SolverError) as info:
-            odeint(f, torch.ones(2, dtype=torch.float64), torch.linspace(0.0, 3.0, 7, dtype=torch.float64),
-                   method="euler", options={"step_size": 0.1})
+            odeint(
+                f,
+                torch.ones(2, dtype=torch.float64),
+                torch.linspace(0.0, 3.0, 7, dtype=torch.float64),
+                method="euler",
+                options={"step_size": 0.1},
+            )
         messages.append(str(info.value))
     assert messages[0] == messages[1]
     assert "Non-finite state" in messages[0]

@@ -12,10 +12,17 @@ import torch
 from torch import nn
 
 from neuralode.models.flow_matching import (
-    UNetVelocity, VelocityMLP, bits_per_dim, cfm_loss, log_prob, ot_pairing, path_point, reflow_pairs, sample,
+    UNetVelocity,
+    VelocityMLP,
+    bits_per_dim,
+    cfm_loss,
+    log_prob,
+    ot_pairing,
+    path_point,
+    reflow_pairs,
+    sample,
     wasserstein2,
 )
-
 
 A = torch.tensor([[0.3, -0.7], [0.5, -0.2]], dtype=torch.float64)
 B = torch.tensor([0.4, -1.0], dtype=torch.float64)
@@ -156,7 +163,9 @@ def test_velocity_networks_take_solver_and_training_times():
     img = torch.randn(3, 1, 8, 8)
     assert unet(torch.rand(3), img, torch.tensor([1, -1, 9])).shape == img.shape
     assert unet(torch.tensor(0.5), img).shape == img.shape
-    with pytest.raises(ValueError, match=r"data_shape must be \(C, H, W\) with H and W divisible by 4; got \(1, 6, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"data_shape must be \(C, H, W\) with H and W divisible by 4; got \(1, 6, 6\)"
+    ):
         UNetVelocity((1, 6, 6))
 
 
@@ -225,12 +234,17 @@ def test_bad_arguments_raise_clear_errors():
         cfm_loss(model, x, coupling="sinkhorn")
     with pytest.raises(ValueError, match=r"path must be one of linear, vp; got 'cosine'"):
         cfm_loss(model, x, path="cosine")
-    with pytest.raises(ValueError, match=r"the OT coupling needs at least 2 noise and 2 data samples per batch, as many of each; "
-                                         r"got 1 and 1\. Raise the batch size"):
+    with pytest.raises(
+        ValueError,
+        match=r"the OT coupling needs at least 2 noise and 2 data samples per batch, as many of each; "
+        r"got 1 and 1\. Raise the batch size",
+    ):
         cfm_loss(model, x[:1], coupling="ot")
     bad = x.clone()
     bad[5, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"x1 holds NaN or infinite values \(1 of 8 rows, first at row 5\); remove or impute"):
+    with pytest.raises(
+        ValueError, match=r"x1 holds NaN or infinite values \(1 of 8 rows, first at row 5\); remove or impute"
+    ):
         cfm_loss(model, bad)
     with pytest.raises(ValueError, match=r"x holds NaN or infinite values \(1 of 8 rows, first at row 5\)"):
         log_prob(model, bad)

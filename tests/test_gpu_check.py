@@ -12,7 +12,6 @@ from benchmarks import gpu_check
 from neuralode.solvers.api import method_names
 
 
-
 def test_correctness_section_covers_every_method_and_passes_on_the_cpu():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # implicit_adams' corrector warns in float32 at its default tolerances

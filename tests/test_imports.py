@@ -16,8 +16,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neuralode"
 # registry built by plain imports) removes them. The test fails on any circle not listed here and on any
 # listed circle that gains a module, so the list can only shrink.
 KNOWN_CIRCLES = [
-    {"adams", "auto", "compiled", "esdirk", "implicit", "implicit_fixed", "implicit_options", "interpolation",
-     "options", "radau", "rosenbrock", "stepper", "tableau"},
+    {
+        "adams",
+        "auto",
+        "compiled",
+        "esdirk",
+        "implicit",
+        "implicit_fixed",
+        "implicit_options",
+        "interpolation",
+        "options",
+        "radau",
+        "rosenbrock",
+        "stepper",
+        "tableau",
+    },
     {"compiled_chunks", "fixed_grid", "loop"},
     {"api", "scipy_solver"},
     {"adjoint", "adjoint_interpolating", "per_sample_adjoint"},
@@ -26,8 +39,14 @@ KNOWN_CIRCLES = [frozenset(f"neuralode.solvers.{m}" for m in circle) for circle 
 
 # What the solvers may import from the rest of the package: nothing. The models, datasets, training and
 # the command line are built on the solvers, never the other way round.
-ABOVE_SOLVERS = ("neuralode.models", "neuralode.datasets", "neuralode.training", "neuralode.cli",
-                 "neuralode.plotting", "neuralode._atomic")
+ABOVE_SOLVERS = (
+    "neuralode.models",
+    "neuralode.datasets",
+    "neuralode.training",
+    "neuralode.cli",
+    "neuralode.plotting",
+    "neuralode._atomic",
+)
 
 
 def modules() -> dict[str, Path]:

@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from neuralode.datasets.spirals import make_spirals, spiral_curves
+from neuralode.models import LatentODE, RNNBaseline
 from neuralode.training.latent import (
     CHECKPOINT_NAME,
     LATENT_FIGURE,
@@ -18,8 +20,6 @@ from neuralode.training.latent import (
     read_latent_metrics,
     train_latent,
 )
-from neuralode.models import LatentODE, RNNBaseline
-from neuralode.datasets.spirals import make_spirals, spiral_curves
 
 # --------------------------------------------------------------------------------------------
 # Data.
@@ -183,8 +183,19 @@ def test_rnn_baseline_shapes_and_masking():
 
 
 def _tiny(tmp_path, **kw):
-    base = dict(observations=30, iterations=6, out=tmp_path / "run", batch_size=8, n_spirals=16, n_test=6,
-                tol=1e-2, log_every=1, eval_every=3, checkpoint_every=2, progress=False)
+    base = dict(
+        observations=30,
+        iterations=6,
+        out=tmp_path / "run",
+        batch_size=8,
+        n_spirals=16,
+        n_test=6,
+        tol=1e-2,
+        log_every=1,
+        eval_every=3,
+        checkpoint_every=2,
+        progress=False,
+    )
     base.update(kw)
     return LatentTrainConfig(**base)
 

@@ -91,7 +91,10 @@ def test_parse_idx_rejects_truncated_and_overlong_data():
     good = idx_bytes(np.arange(12).reshape(3, 4), 0x08)
     with pytest.raises(ValueError) as info:
         parse_idx(good[:-1], source="f.idx")
-    assert str(info.value) == "f.idx: truncated: the IDX header declares shape (3, 4) (24 bytes in all) but the file has 23 bytes."
+    assert (
+        str(info.value)
+        == "f.idx: truncated: the IDX header declares shape (3, 4) (24 bytes in all) but the file has 23 bytes."
+    )
     with pytest.raises(ValueError, match=r"^f.idx: longer than its header says: .* but the file has 25 bytes.$"):
         parse_idx(good + b"\0", source="f.idx")
     with pytest.raises(ValueError, match=r"^f.idx: truncated IDX header: 10 bytes, the header needs 12.$"):
@@ -136,7 +139,9 @@ def test_uncompressed_files_load_too(tmp_path):
 
 
 def test_missing_folder_and_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(f"MNIST data folder {str(tmp_path / 'nope')!r} does not exist.")):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"MNIST data folder {str(tmp_path / 'nope')!r} does not exist.")
+    ):
         load_mnist(tmp_path / "nope", train=False)
     with pytest.raises(FileNotFoundError) as info:
         load_mnist(tmp_path, train=False)
@@ -199,7 +204,10 @@ def test_wrong_shape_is_not_mnist(data_copy):
     path.write_bytes(gzip.compress(idx_bytes(np.zeros(100, dtype=np.uint8), 0x08)))
     with pytest.raises(ValueError) as info:
         load_mnist(data_copy, train=False)
-    assert str(info.value) == f"{path}: not the MNIST test labels: expected uint8 of shape (10000,), found uint8 of shape (100,)."
+    assert (
+        str(info.value)
+        == f"{path}: not the MNIST test labels: expected uint8 of shape (10000,), found uint8 of shape (100,)."
+    )
 
 
 @needs_data
@@ -235,7 +243,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         type(self).requests.append(self.path)
         if self.path.startswith("/cut/"):
-            body = (Path(self.directory) / "good" / self.path[len("/cut/"):]).read_bytes()
+            body = (Path(self.directory) / "good" / self.path[len("/cut/") :]).read_bytes()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -278,10 +286,16 @@ def mirror_server(tmp_path_factory):
 @needs_data
 def test_a_download_cut_short_is_retried_then_the_next_mirror_used(mirror_server, tmp_path):
     _QuietHandler.requests.clear()
-    download_mnist(tmp_path, splits=("test",), mirrors=[f"{mirror_server}/cut/", f"{mirror_server}/good/"], retries=2, backoff=0)
+    download_mnist(
+        tmp_path, splits=("test",), mirrors=[f"{mirror_server}/cut/", f"{mirror_server}/good/"], retries=2, backoff=0
+    )
     assert _QuietHandler.requests == [
-        f"/cut/{TEST_IMAGES}.gz", f"/cut/{TEST_IMAGES}.gz", f"/good/{TEST_IMAGES}.gz",
-        f"/cut/{TEST_LABELS}.gz", f"/cut/{TEST_LABELS}.gz", f"/good/{TEST_LABELS}.gz",
+        f"/cut/{TEST_IMAGES}.gz",
+        f"/cut/{TEST_IMAGES}.gz",
+        f"/good/{TEST_IMAGES}.gz",
+        f"/cut/{TEST_LABELS}.gz",
+        f"/cut/{TEST_LABELS}.gz",
+        f"/good/{TEST_LABELS}.gz",
     ]
     images, _ = load_mnist(tmp_path, train=False)
     assert images.shape == (10_000, 28, 28)
@@ -298,7 +312,9 @@ def closed_port_url() -> str:
 def test_download_skips_a_corrupt_mirror_and_verifies_the_good_one(mirror_server, tmp_path):
     cache = tmp_path / "cache"
     mirrors = [f"{mirror_server}/bad/", f"{mirror_server}/good"]  # with and without the trailing slash
-    with pytest.warns(RuntimeWarning, match=r"rejected .*/bad/t10k-images-idx3-ubyte.gz: .*SHA-256 of the uncompressed data is"):
+    with pytest.warns(
+        RuntimeWarning, match=r"rejected .*/bad/t10k-images-idx3-ubyte.gz: .*SHA-256 of the uncompressed data is"
+    ):
         images, labels = load_mnist(train=False, cache_dir=cache, mirrors=mirrors)
     ref_images, ref_labels = load_mnist(DATA, train=False)
     assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
@@ -325,7 +341,13 @@ def test_download_fails_clearly_when_every_mirror_is_bad(mirror_server, tmp_path
     refused = closed_port_url()
     with pytest.warns(RuntimeWarning):
         with pytest.raises(DownloadError) as info:
-            download_mnist(cache, splits=("test",), mirrors=[f"{mirror_server}/bad/", refused, f"{mirror_server}/empty/"], retries=2, backoff=0)
+            download_mnist(
+                cache,
+                splits=("test",),
+                mirrors=[f"{mirror_server}/bad/", refused, f"{mirror_server}/empty/"],
+                retries=2,
+                backoff=0,
+            )
     message = str(info.value)
     url_bad = f"{mirror_server}/bad/{TEST_IMAGES}.gz"
     lines = message.splitlines()
@@ -411,5 +433,7 @@ def test_random_crops_are_shifted_windows_and_a_function_of_seed_epoch_and_sampl
 def test_subset_takes_the_first_samples_and_checks_its_range():
     ds = mnist_dataset(DATA, train=False, subset=10)
     assert len(ds) == 10 and ds.labels.tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    with pytest.raises(ValueError, match=re.escape("subset must be between 1 and 10000 for the test split; got 10001.")):
+    with pytest.raises(
+        ValueError, match=re.escape("subset must be between 1 and 10000 for the test split; got 10001.")
+    ):
         mnist_dataset(DATA, train=False, subset=10_001)

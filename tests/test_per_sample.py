@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from neuralode import solve
-from neuralode.solvers.per_sample import PerSampleStats, VectorController
 from neuralode.solvers.controller import StepSizeController
-
+from neuralode.solvers.per_sample import PerSampleStats, VectorController
 
 F64 = torch.float64
 B = 6
@@ -52,8 +51,9 @@ def solo(mu, y0, t, **kw):
     return torch.stack(ys, 1), torch.tensor(steps)
 
 
-@pytest.mark.parametrize("method, tol", [("dopri5", 1e-7), ("tsit5", 1e-7), ("dopri8", 1e-7), ("bosh3", 1e-5),
-                                         ("adaptive_heun", 1e-3)])
+@pytest.mark.parametrize(
+    "method, tol", [("dopri5", 1e-7), ("tsit5", 1e-7), ("dopri8", 1e-7), ("bosh3", 1e-5), ("adaptive_heun", 1e-3)]
+)
 def test_equals_each_sample_alone(method, tol):
     # dense (dopri5, tsit5), dense with extra stages (dopri8), Hermite (bosh3: FSAL; adaptive_heun: not)
     mu, y0 = mus(), y0s()
@@ -129,6 +129,7 @@ def test_tuple_state_batch_along_first_dims():
     x, v = sol.ys
     assert x.shape == (6, B) and v.shape == (6, B, 1)
     for i in range(B):  # alone, with the same tuple structure (so the same max-of-RMS norm)
+
         def fi(tt, y, m=mu[i : i + 1]):
             return y[1][:, 0], (m * (1 - y[0] ** 2) * y[1][:, 0] - y[0] + 0.1 * torch.sin(tt))[:, None]
 
@@ -194,8 +195,16 @@ def test_backprop_gradients_match_solo_solves():
 def test_vector_controller_is_the_scalar_one_elementwise():
     scalar = StepSizeController("pi", 0.9, 10.0, 0.2, 5)
     vec = VectorController("pi", 0.9, 10.0, 0.2, 5)
-    cases = [(0.1, 0.5, 0.8, False), (-0.1, 2.0, 0.5, False), (0.1, 0.0, 1.0, False), (0.1, math.inf, 1.0, False),
-             (0.1, math.nan, 1.0, True), (0.3, 1e-9, 1e-6, True), (0.3, 0.9, 1e-6, True), (0.2, 1.0, 3.0, False)]
+    cases = [
+        (0.1, 0.5, 0.8, False),
+        (-0.1, 2.0, 0.5, False),
+        (0.1, 0.0, 1.0, False),
+        (0.1, math.inf, 1.0, False),
+        (0.1, math.nan, 1.0, True),
+        (0.3, 1e-9, 1e-6, True),
+        (0.3, 0.9, 1e-6, True),
+        (0.2, 1.0, 3.0, False),
+    ]
     dt, r, pr, ar = (torch.tensor(c, dtype=F64) for c in zip(*cases))
     accept, nxt = vec.propose(dt, r, pr, torch.tensor([c[3] for c in cases]))
     for i, c in enumerate(cases):
@@ -216,20 +225,28 @@ def test_bad_input_names_the_argument():
         solve(f, y0, mixed, options=ps)
     bad = torch.stack([t] * B).clone()
     bad[2, 2] = 0.5 * bad[2, 1]
-    with pytest.raises(ValueError, match=r"strictly increasing or strictly decreasing; got t\[2, 1\] = 0.5 followed by t\[2, 2\] = 0.25"):
+    with pytest.raises(
+        ValueError,
+        match=r"strictly increasing or strictly decreasing; got t\[2, 1\] = 0.5 followed by t\[2, 2\] = 0.25",
+    ):
         solve(f, y0, bad, options=ps)
     with pytest.raises(ValueError, match=r"options\['per_sample'\] must be False, True or 'compact'; got 'yes'"):
         solve(f, y0, t, options={"per_sample": "yes"})
     with pytest.raises(ValueError, match="first dimensions"):
         solve(lambda t, y: y, (torch.zeros(2, dtype=F64), torch.zeros(3, dtype=F64)), t, options=ps)
     from neuralode import Event
-    with pytest.raises(ValueError, match=r"events\[0\].fn\(t, y\) must return a tensor whose first dimension is the batch \(6\)"):
+
+    with pytest.raises(
+        ValueError, match=r"events\[0\].fn\(t, y\) must return a tensor whose first dimension is the batch \(6\)"
+    ):
         solve(f, y0, t, options=ps, events=Event(lambda t, y: y[0]))
-    with pytest.raises(ValueError, match=r"options\['per_sample'\] works with the explicit adaptive methods .*'rk4' is a fixed-step method"):
+    with pytest.raises(
+        ValueError,
+        match=r"options\['per_sample'\] works with the explicit adaptive methods .*'rk4' is a fixed-step method",
+    ):
         solve(f, y0, t, method="rk4", options=ps)
     with pytest.raises(ValueError, match=r"does not differentiate with respect to the output times t"):
         solve(f, y0, t.clone().requires_grad_(), options=ps)
-
 
 
 class _Field(torch.nn.Module):
@@ -245,7 +262,9 @@ class _Field(torch.nn.Module):
     def forward(self, t, y):
         x, v = y[:, 0], y[:, 1]
         tt = t.reshape(-1, 1).expand(y.shape[0], 1)
-        return torch.stack([v, self.mu * (1 - x * x) * v - x], -1) + torch.tanh(torch.cat([y, tt], 1) @ self.w1) @ self.w2
+        return (
+            torch.stack([v, self.mu * (1 - x * x) * v - x], -1) + torch.tanh(torch.cat([y, tt], 1) @ self.w1) @ self.w2
+        )
 
 
 def _grads(field, y0, loss):
@@ -281,8 +300,9 @@ def test_adjoint_on_per_sample_clocks_matches_backprop_and_solo_solves():
     stats = sol["adjoint"].adjoint_stats
     assert stats.n_accepted.shape == (4,) and bool((stats.n_accepted > 0).all())
     # Finished samples dropped from the backward batch: the same gradients from fewer rows.
-    g_compact = _grads(field, y0, lambda y: (solve_adjoint(field, y, t, options={"per_sample": "compact"}, **kw).ys
-                                             * w).sum())
+    g_compact = _grads(
+        field, y0, lambda y: (solve_adjoint(field, y, t, options={"per_sample": "compact"}, **kw).ys * w).sum()
+    )
     for a, c in zip(g_compact, g_adj):
         assert torch.allclose(a, c, rtol=1e-12, atol=1e-14)
 
@@ -337,8 +357,9 @@ def test_events_per_sample_with_resets_match_the_closed_form():
     from neuralode import Event
 
     e, y0, fall, bounce_times = _balls()
-    floor = Event(lambda t, y: y[:, 0], direction=-1, terminal=False,
-                  reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1]], -1))
+    floor = Event(
+        lambda t, y: y[:, 0], direction=-1, terminal=False, reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1]], -1)
+    )
     t = torch.linspace(0, 3, 31, dtype=F64)
     sol = solve(fall, y0, t, rtol=1e-9, atol=1e-9, events=[floor], options={"per_sample": True})
     assert torch.equal(sol.stats.n_events, torch.tensor([4, 3, 6, 3]))
@@ -370,8 +391,15 @@ def test_terminal_event_ends_its_sample_only():
 
     _, y0, fall, bounce_times = _balls()
     t = torch.linspace(0, 1, 11, dtype=F64)
-    sol = solve(fall, y0, t, rtol=1e-9, atol=1e-9, events=Event(lambda t, y: y[:, 0], direction=-1),
-                options={"per_sample": True})
+    sol = solve(
+        fall,
+        y0,
+        t,
+        rtol=1e-9,
+        atol=1e-9,
+        events=Event(lambda t, y: y[:, 0], direction=-1),
+        options={"per_sample": True},
+    )
     assert [r.sample for r in sol.events] == [0, 1, 2, 3] and all(r.terminal for r in sol.events)
     free = solve(fall, y0, t, rtol=1e-9, atol=1e-9, options={"per_sample": True})
     for i, r in enumerate(sol.events):

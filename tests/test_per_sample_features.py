@@ -14,7 +14,6 @@ import torch
 
 from neuralode import Event, solve
 
-
 F64 = torch.float64
 PS = {"per_sample": True}
 KW = dict(rtol=1e-10, atol=1e-10)
@@ -33,8 +32,12 @@ def _floor(e=None, direction=-1):
     """The floor ``height = 0``; with restitution ``e`` (per sample) a bouncing, non-terminal event."""
     if e is None:
         return Event(lambda t, y: y[:, 0], direction=direction)
-    return Event(lambda t, y: y[:, 0], direction=direction, terminal=False,
-                 reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1]], -1))
+    return Event(
+        lambda t, y: y[:, 0],
+        direction=direction,
+        terminal=False,
+        reset=lambda t, y: torch.stack([y[:, 0], -e * y[:, 1]], -1),
+    )
 
 
 @pytest.mark.parametrize("dtype, tol", [(F64, 1e-9), (torch.float32, 2e-3)])
@@ -109,8 +112,9 @@ def test_bouncing_balls_gradients_closed_form_finite_differences_and_solo_solves
     hh0, ee, gg = (x.clone().requires_grad_() for x in (h0, e, g))
     tt1 = torch.sqrt(2 * hh0 / gg)
     ref = torch.autograd.grad(((tt1 + 2 * ee * tt1) * torch.arange(1, 4)).sum(), (hh0, ee, gg))
-    bounce_term = (torch.stack([[r.t for r in sol.events if r.sample == i][1] for i in range(3)])
-                   * torch.arange(1, 4)).sum()
+    bounce_term = (
+        torch.stack([[r.t for r in sol.events if r.sample == i][1] for i in range(3)]) * torch.arange(1, 4)
+    ).sum()
     for got, want in zip(torch.autograd.grad(bounce_term, args, retain_graph=True), ref):
         assert torch.allclose(got, want, rtol=1e-8)
 
@@ -144,8 +148,14 @@ def test_tuple_state_event_gradients():
         x, v = y
         return v, -g * torch.ones_like(v)
 
-    sol = solve(f, (h0, torch.zeros_like(h0)), torch.tensor([0.0, 3.0], dtype=F64), options=PS,
-                events=Event(lambda t, y: y[0], direction=-1), **KW)
+    sol = solve(
+        f,
+        (h0, torch.zeros_like(h0)),
+        torch.tensor([0.0, 3.0], dtype=F64),
+        options=PS,
+        events=Event(lambda t, y: y[0], direction=-1),
+        **KW,
+    )
     t_star = torch.stack([r.t for r in sol.events])
     v_star = torch.stack([r.y[1] for r in sol.events])
     ref = torch.sqrt(2 * h0 / g).detach()
@@ -265,10 +275,16 @@ def test_custom_norm_with_the_adjoint_and_bad_norms():
     (g_adj,) = torch.autograd.grad(adj.ys.sum(), m)
     (g_bp,) = torch.autograd.grad(solve(_vdp(m), y0, t, options=opts, **kw).ys.sum(), m)
     assert torch.allclose(g_adj, g_bp, rtol=1e-5, atol=1e-7)
-    for bad, got in ((lambda x: x.abs().max(), r"a tensor of shape \(\)"), (lambda x: x.abs(), r"a tensor of shape \(4, 2\)"),
-                     (lambda x: 1.0, "float")):
-        with pytest.raises(ValueError, match=r"options\['norm'\] with options\['per_sample'\] must return a real "
-                                             r"tensor of shape \(4,\), one norm per sample .* got " + got):
+    for bad, got in (
+        (lambda x: x.abs().max(), r"a tensor of shape \(\)"),
+        (lambda x: x.abs(), r"a tensor of shape \(4, 2\)"),
+        (lambda x: 1.0, "float"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"options\['norm'\] with options\['per_sample'\] must return a real "
+            r"tensor of shape \(4,\), one norm per sample .* got " + got,
+        ):
             solve(_vdp(mu), y0, t, options={"per_sample": True, "norm": bad})
 
 
@@ -354,11 +370,13 @@ def test_step_t_float32_tuple_state():
     x, v = solve(f, (y0[:, 0], y0[:, 1]), t, rtol=1e-5, atol=1e-5, options=opts).ys
     assert x.dtype == torch.float32 and x.shape == (5, 4)
     for i in range(4):
+
         def fi(tt, y, m=mu[i : i + 1]):
             return y[1], m * (1 - y[0] ** 2) * y[1] - y[0]
 
-        xi, vi = solve(fi, (y0[i : i + 1, 0], y0[i : i + 1, 1]), t, rtol=1e-5, atol=1e-5,
-                       options={"step_t": opts["step_t"]}).ys
+        xi, vi = solve(
+            fi, (y0[i : i + 1, 0], y0[i : i + 1, 1]), t, rtol=1e-5, atol=1e-5, options={"step_t": opts["step_t"]}
+        ).ys
         # float32: the batched and the solo solve round differently, and over the oscillation the
         # accepted steps drift apart by rounding; 5e-4 is a few tens of tolerance units on |v| <= 2.
         assert float((x[:, i] - xi[:, 0]).abs().max()) < 5e-4 and float((v[:, i] - vi[:, 0]).abs().max()) < 5e-4
@@ -376,20 +394,30 @@ def _adjoint_ball(adjoint, terminal, mode=True, dtype=F64, tuple_state=False):
     t = torch.linspace(0, 3, 7, dtype=dtype)
     tol = 1e-10 if dtype == F64 else 1e-6
     if tuple_state:
+
         def f(tt, y):
             return y[1], -g * torch.ones_like(y[1])
 
         y0 = (h0, torch.zeros_like(h0))
-        ev = Event(lambda tt, y: y[0], direction=-1, terminal=terminal,
-                   reset=None if terminal else (lambda tt, y: (y[0], -e * y[1])))
+        ev = Event(
+            lambda tt, y: y[0],
+            direction=-1,
+            terminal=terminal,
+            reset=None if terminal else (lambda tt, y: (y[0], -e * y[1])),
+        )
     elif mode == "compact":  # func on any sub-batch: gravity and restitution in the state
+
         def f(tt, y):
             z = torch.zeros_like(y[:, 0])
             return torch.stack([y[:, 1], -y[:, 2], z, z], -1)
 
         y0 = torch.stack([h0, torch.zeros_like(h0), g, e], -1)
-        ev = Event(lambda tt, y: y[:, 0], direction=-1, terminal=terminal,
-                   reset=lambda tt, y: torch.stack([y[:, 0], -y[:, 3] * y[:, 1], y[:, 2], y[:, 3]], -1))
+        ev = Event(
+            lambda tt, y: y[:, 0],
+            direction=-1,
+            terminal=terminal,
+            reset=lambda tt, y: torch.stack([y[:, 0], -y[:, 3] * y[:, 1], y[:, 2], y[:, 3]], -1),
+        )
     else:
         f = _fall(g)
         y0 = torch.stack([h0, torch.zeros_like(h0)], -1)
@@ -403,8 +431,11 @@ def _adjoint_ball(adjoint, terminal, mode=True, dtype=F64, tuple_state=False):
         sol = solve(f, y0, t, **kw)
     ys = sol.ys[0] if tuple_state else sol.ys[:, :, 0]
     v_at = [r.y[1] if tuple_state else r.y[1] for r in sol.events]
-    loss = (torch.nan_to_num(ys, nan=0.0) ** 2).sum() + sum((k % 3 + 1) * r.t for k, r in enumerate(sol.events)) \
+    loss = (
+        (torch.nan_to_num(ys, nan=0.0) ** 2).sum()
+        + sum((k % 3 + 1) * r.t for k, r in enumerate(sol.events))
         + 0.3 * sum(v_at)
+    )
     grads = torch.autograd.grad(loss, (h0, g, e), allow_unused=True)
     return sol, [torch.zeros_like(h0) if x is None else x for x in grads]
 
@@ -448,10 +479,14 @@ def test_adjoint_with_events_solo_compact_tuple_float32():
     n = 0
     for i in range(3):
         h0, g, e = (x[i : i + 1].clone().requires_grad_() for x in (h0s, gs, es))
-        sol = solve_adjoint(_fall(g), torch.stack([h0, 0 * h0], -1), t, rtol=1e-10, atol=1e-10, events=_floor(e),
-                            adjoint_params=(g, e))
-        loss = (sol.ys[:, 0, 0] ** 2).sum() + sum(((n + k) % 3 + 1) * r.t for k, r in enumerate(sol.events)) \
+        sol = solve_adjoint(
+            _fall(g), torch.stack([h0, 0 * h0], -1), t, rtol=1e-10, atol=1e-10, events=_floor(e), adjoint_params=(g, e)
+        )
+        loss = (
+            (sol.ys[:, 0, 0] ** 2).sum()
+            + sum(((n + k) % 3 + 1) * r.t for k, r in enumerate(sol.events))
             + 0.3 * sum(r.y[0, 1] for r in sol.events)
+        )
         n += len(sol.events)
         for gr, xi in zip(g_adj, torch.autograd.grad(loss, (h0, g, e))):
             assert abs(float(gr[i]) - float(xi[0])) < 1e-6 * max(1.0, abs(float(xi[0])))
@@ -496,7 +531,9 @@ def test_dense_output_per_sample_equals_solo_dense_outputs(method):
     for i in range(4):
         alone = solve(_vdp(mu[i : i + 1]), y0[i : i + 1], t[i], options={"dense": True}, **kw)
         assert float((alone.evaluate(q[i])[:, 0] - ys[:, i]).abs().max()) < 1e-12
-        assert float((alone.evaluate(torch.tensor([0.5, 1.7, 2.9], dtype=F64))[:, 0] - shared[:, i]).abs().max()) < 1e-12
+        assert (
+            float((alone.evaluate(torch.tensor([0.5, 1.7, 2.9], dtype=F64))[:, 0] - shared[:, i]).abs().max()) < 1e-12
+        )
         assert float((alone.evaluate(torch.tensor(2.0, dtype=F64))[0] - one[i]).abs().max()) < 1e-12
     with pytest.raises(ValueError, match=r"t = 0.05 lies outside the solved span of sample 1, \[0.1, 3.3"):
         sol.evaluate(torch.tensor([0.05, 1.0], dtype=F64))
@@ -527,13 +564,25 @@ def test_odeint_dense_tuple_float32_compact_and_gradients():
     # Backprop through the dense output, against each sample alone.
     mu64, y064, _ = _vdp_setup()
     y0g = y064.clone().requires_grad_()
-    sol = solve(_vdp(mu64), y0g, torch.tensor([0.0, 2.0], dtype=F64), rtol=1e-9, atol=1e-9,
-                options={"per_sample": True, "dense": True})
+    sol = solve(
+        _vdp(mu64),
+        y0g,
+        torch.tensor([0.0, 2.0], dtype=F64),
+        rtol=1e-9,
+        atol=1e-9,
+        options={"per_sample": True, "dense": True},
+    )
     (g,) = torch.autograd.grad(sol.evaluate(torch.tensor([0.7, 1.3], dtype=F64)).sum(), y0g)
     for i in range(4):
         yi = y064[i : i + 1].clone().requires_grad_()
-        si = solve(_vdp(mu64[i : i + 1]), yi, torch.tensor([0.0, 2.0], dtype=F64), rtol=1e-9, atol=1e-9,
-                   options={"dense": True})
+        si = solve(
+            _vdp(mu64[i : i + 1]),
+            yi,
+            torch.tensor([0.0, 2.0], dtype=F64),
+            rtol=1e-9,
+            atol=1e-9,
+            options={"dense": True},
+        )
         (gi,) = torch.autograd.grad(si.evaluate(torch.tensor([0.7, 1.3], dtype=F64)).sum(), yi)
         assert torch.allclose(g[i], gi[0], rtol=1e-7, atol=1e-9)
 
@@ -565,7 +614,9 @@ def test_dense_output_with_per_sample_events():
     term = solve(_fall(g), y0, t, events=_floor(), options={"per_sample": True, "dense": True}, **KW)
     with pytest.raises(ValueError, match=r"outside the solved span of sample 1, \[0.0, 0.319"):
         term.evaluate(torch.tensor([0.4], dtype=F64))
-    with pytest.raises(ValueError, match=r"options\['dense'\] with options\['per_sample'\] is not supported by the adjoint"):
+    with pytest.raises(
+        ValueError, match=r"options\['dense'\] with options\['per_sample'\] is not supported by the adjoint"
+    ):
         solve_adjoint(_fall(g), y0, t, options={"per_sample": True, "dense": True}, adjoint_params=())
 
 
@@ -580,10 +631,13 @@ def _drop(e, t, **kw):
     return solve(_fall(9.81), y0, t, events=[_floor(e)], options={**PS, "max_num_steps": 100000}, **KW, **kw)
 
 
-@pytest.mark.parametrize("e, sample, point", [
-    ([0.9, 0.5, 0.9], 1, 3 * _T1),  # impacts accumulate at t1 (1 + 2 e / (1 - e))
-    ([0.2, 0.9], 0, 1.5 * _T1),
-])
+@pytest.mark.parametrize(
+    "e, sample, point",
+    [
+        ([0.9, 0.5, 0.9], 1, 3 * _T1),  # impacts accumulate at t1 (1 + 2 e / (1 - e))
+        ([0.2, 0.9], 0, 1.5 * _T1),
+    ],
+)
 def test_zeno_sample_is_refused_naming_sample_event_and_accumulation_point(e, sample, point):
     # Before the rule the Zeno sample fell through the floor (height -13 m at t = 3 for e = 0.5), silently.
     from neuralode import SolverError
@@ -609,15 +663,27 @@ def test_balls_ending_before_their_accumulation_match_each_sample_solved_alone()
         assert max(abs(a - float(r.t)) for a, r in zip(mine, alone.events)) < 1e-13
         for name in ("n_accepted", "n_rejected", "nfe", "n_events"):
             assert int(getattr(sol.stats, name)[i]) == int(getattr(alone.stats, name)[0]), name
-        joint = solve(lambda s, y: torch.stack([y[1], torch.full_like(y[1], -9.81)]), torch.tensor([1.0, 0.0], dtype=F64),
-                      t[i], events=[Event(lambda s, y: y[0], direction=-1, terminal=False,
-                                          reset=lambda s, y, e=e[i]: torch.stack([y[0], -e * y[1]]))], **KW)
+        joint = solve(
+            lambda s, y: torch.stack([y[1], torch.full_like(y[1], -9.81)]),
+            torch.tensor([1.0, 0.0], dtype=F64),
+            t[i],
+            events=[
+                Event(
+                    lambda s, y: y[0],
+                    direction=-1,
+                    terminal=False,
+                    reset=lambda s, y, e=e[i]: torch.stack([y[0], -e * y[1]]),
+                )
+            ],
+            **KW,
+        )
         assert torch.allclose(sol.ys[:, i], joint.ys, atol=1e-8)
 
 
 def _two_balls(heights, record_only_first=False):
     """Two balls per sample, ``y = (x1, v1, x2, v2)``, dropped from ``heights (B, 2)``, restitution
     0.8, to t = 1.5 s: one reset event per ball (or a record-only event on ball 1 and one reset)."""
+
     def field(t, y):
         g = torch.full_like(y[:, 1], -9.81)
         return torch.stack([y[:, 1], g, y[:, 3], g], -1)
@@ -626,11 +692,15 @@ def _two_balls(heights, record_only_first=False):
         return lambda t, y: torch.cat([y[:, :j], -0.8 * y[:, j : j + 1], y[:, j + 1 :]], 1)
 
     if record_only_first:
-        events = [Event(lambda t, y: y[:, 0], direction=-1, terminal=False),
-                  Event(lambda t, y: y[:, 0], direction=-1, terminal=False, reset=bounce(1))]
+        events = [
+            Event(lambda t, y: y[:, 0], direction=-1, terminal=False),
+            Event(lambda t, y: y[:, 0], direction=-1, terminal=False, reset=bounce(1)),
+        ]
     else:
-        events = [Event(lambda t, y: y[:, 0], direction=-1, terminal=False, reset=bounce(1)),
-                  Event(lambda t, y: y[:, 2], direction=-1, terminal=False, reset=bounce(3))]
+        events = [
+            Event(lambda t, y: y[:, 0], direction=-1, terminal=False, reset=bounce(1)),
+            Event(lambda t, y: y[:, 2], direction=-1, terminal=False, reset=bounce(3)),
+        ]
     h = torch.tensor(heights, dtype=F64)
     y0 = torch.stack([h[:, 0], torch.zeros_like(h[:, 0]), h[:, 1], torch.zeros_like(h[:, 0])], -1)
     return solve(field, y0, torch.tensor([0.0, 1.5], dtype=F64), events=events, options=PS, **KW)
@@ -641,8 +711,11 @@ def test_two_resets_at_the_same_time_in_one_sample_are_refused(heights, sample):
     # Before the rule the second ball's reset was dropped: it fell through the floor (x2 = -10 m at t = 1.5).
     from neuralode import SolverError
 
-    with pytest.raises(SolverError, match=rf"events\[0\] and events\[1\] change the state at the same time "
-                                          rf"\(sample {sample}\).*one Event"):
+    with pytest.raises(
+        SolverError,
+        match=rf"events\[0\] and events\[1\] change the state at the same time "
+        rf"\(sample {sample}\).*one Event",
+    ):
         _two_balls(heights)
 
 
@@ -651,8 +724,14 @@ def test_separate_resets_at_different_times_match_the_joint_loop():
     sol = _two_balls(heights)
     for i, (a, b) in enumerate(heights):
         for j, h0 in enumerate((a, b)):
-            one = solve(_fall(9.81), torch.tensor([[h0, 0.0]], dtype=F64), torch.tensor([0.0, 1.5], dtype=F64),
-                        events=[_floor(torch.tensor([0.8], dtype=F64))], options=PS, **KW)
+            one = solve(
+                _fall(9.81),
+                torch.tensor([[h0, 0.0]], dtype=F64),
+                torch.tensor([0.0, 1.5], dtype=F64),
+                events=[_floor(torch.tensor([0.8], dtype=F64))],
+                options=PS,
+                **KW,
+            )
             assert torch.allclose(sol.ys[-1, i, 2 * j : 2 * j + 2], one.ys[-1, 0], atol=1e-8), (i, j)
 
 
@@ -660,7 +739,13 @@ def test_record_only_event_at_the_same_time_as_a_reset_keeps_the_reset():
     # The row acts on its first event that resets or ends; before, it took the record-only one (first
     # by index) and dropped the bounce, so the ball fell through the floor.
     sol = _two_balls([[1.0, 0.5]], record_only_first=True)
-    one = solve(_fall(9.81), torch.tensor([[1.0, 0.0]], dtype=F64), torch.tensor([0.0, 1.5], dtype=F64),
-                events=[_floor(torch.tensor([0.8], dtype=F64))], options=PS, **KW)
+    one = solve(
+        _fall(9.81),
+        torch.tensor([[1.0, 0.0]], dtype=F64),
+        torch.tensor([0.0, 1.5], dtype=F64),
+        events=[_floor(torch.tensor([0.8], dtype=F64))],
+        options=PS,
+        **KW,
+    )
     assert torch.allclose(sol.ys[-1, 0, :2], one.ys[-1, 0], atol=1e-8)
     assert [r.index for r in sol.events] == [1, 1]

@@ -16,7 +16,6 @@ from neuralode.solvers.implicit import IMPLICIT_METHODS
 from neuralode.solvers.radau import RADAU5, RadauTableau, radau_dense
 from tests.problems import robertson, robertson_jac_np, robertson_np, stiff_vdp
 
-
 F64 = torch.float64
 RADAU_NAMES = ["radau5", "radau9", "radau13"]
 S6 = math.sqrt(6.0)
@@ -38,9 +37,11 @@ def test_collocation_conditions_and_closed_forms():
         for q in range(1, 4):
             assert abs(sum(A[i][j] * c[j] ** (q - 1) for j in range(3)) - c[i] ** q / q) < 1e-15
     # Hairer & Wanner II, Table IV.5.6.
-    closed = [[(88 - 7 * S6) / 360, (296 - 169 * S6) / 1800, (-2 + 3 * S6) / 225],
-              [(296 + 169 * S6) / 1800, (88 + 7 * S6) / 360, (-2 - 3 * S6) / 225],
-              [(16 - S6) / 36, (16 + S6) / 36, 1 / 9]]
+    closed = [
+        [(88 - 7 * S6) / 360, (296 - 169 * S6) / 1800, (-2 + 3 * S6) / 225],
+        [(296 + 169 * S6) / 1800, (88 + 7 * S6) / 360, (-2 - 3 * S6) / 225],
+        [(16 - S6) / 36, (16 + S6) / 36, 1 / 9],
+    ]
     assert np.abs(np.array(A) - np.array(closed)).max() < 1e-15
     assert b == A[2] and c[2] == 1.0
 
@@ -49,7 +50,7 @@ def test_eigen_transformation_reproduces_a_inverse():
     tab = RADAU5
     A = torch.tensor(tab.a, dtype=F64)
     T, Ti = torch.tensor(tab.T, dtype=F64), torch.tensor(tab.T_inv, dtype=F64)
-    (alpha, beta), = tab.pairs
+    ((alpha, beta),) = tab.pairs
     Lam = torch.tensor([[tab.gamma, 0, 0], [0, alpha, -beta], [0, beta, alpha]], dtype=F64)
     Ainv = torch.linalg.inv(A)
     assert float((T @ Lam @ Ti - Ainv).abs().max()) < 1e-14 * float(Ainv.abs().max())
@@ -77,8 +78,24 @@ def test_dense_polynomial_interpolates_the_stages():
 
 
 def test_tableau_is_checked_when_built():
-    fields = {f: getattr(RADAU5, f) for f in ("name", "c", "a", "b", "order", "error_order", "gamma", "pairs",
-                                               "T", "T_inv", "e", "dense", "newton_max_iter")}
+    fields = {
+        f: getattr(RADAU5, f)
+        for f in (
+            "name",
+            "c",
+            "a",
+            "b",
+            "order",
+            "error_order",
+            "gamma",
+            "pairs",
+            "T",
+            "T_inv",
+            "e",
+            "dense",
+            "newton_max_iter",
+        )
+    }
     RadauTableau(**fields)
     bad_a = (RADAU5.a[0], (RADAU5.a[1][0] + 1e-6, *RADAU5.a[1][1:]), RADAU5.a[2])
     with pytest.raises(ValueError, match=re.escape("RadauTableau 'radau5': C(3) fails at row 1")):
@@ -179,8 +196,14 @@ _ROBERTSON_BOUNDS = {"radau5": (1.5, 1.05), "radau9": (0.5, 0.6), "radau13": (0.
 @pytest.mark.parametrize("rtol", [1e-5, 1e-8])
 def test_robertson_error_and_steps_against_scipy_radau(method, rtol, robertson_reference):
     scale = 1e-6
-    sol = solve(robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor(ROB_T, dtype=F64), rtol=rtol,
-                atol=rtol * scale, method=method)
+    sol = solve(
+        robertson,
+        torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+        torch.tensor(ROB_T, dtype=F64),
+        rtol=rtol,
+        atol=rtol * scale,
+        method=method,
+    )
     ys_sp, steps_sp = _scipy(robertson_np, robertson_jac_np, [1.0, 0.0, 0.0], ROB_T, rtol, rtol * scale)
     err, err_sp = _err(sol.ys.numpy(), robertson_reference, scale), _err(ys_sp, robertson_reference, scale)
     st = sol.stats
@@ -197,8 +220,14 @@ def test_van_der_pol_mu_1000_against_scipy_radau():
     times = np.linspace(0.0, 1000.0, 5)
     ref = _scipy(f_np, jac_np, [2.0, 0.0], times, 1e-10, 1e-13)[0]
     rtol, scale = 1e-5, 1e-3
-    sol = solve(f, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor(times, dtype=F64), rtol=rtol,
-                atol=rtol * scale, method="radau5")
+    sol = solve(
+        f,
+        torch.tensor([2.0, 0.0], dtype=F64),
+        torch.tensor(times, dtype=F64),
+        rtol=rtol,
+        atol=rtol * scale,
+        method="radau5",
+    )
     ys_sp, steps_sp = _scipy(f_np, jac_np, [2.0, 0.0], times, rtol, rtol * scale)
     err, err_sp = _err(sol.ys.numpy(), ref, scale), _err(ys_sp, ref, scale)
     # Measured: error 5.7e-6 against scipy's 5.3e-6, 253 accepted steps against 270.
@@ -211,7 +240,9 @@ def test_van_der_pol_mu_1000_against_scipy_radau():
 
 def _rates(B: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.tensor([0.04, 3e7, 1e4], dtype=F64) * torch.exp(torch.empty(B, 3, dtype=F64).uniform_(-0.5, 0.5, generator=g))
+    return torch.tensor([0.04, 3e7, 1e4], dtype=F64) * torch.exp(
+        torch.empty(B, 3, dtype=F64).uniform_(-0.5, 0.5, generator=g)
+    )
 
 
 @pytest.mark.parametrize("method", RADAU_NAMES)
@@ -242,8 +273,15 @@ def test_dense_output_between_steps(robertson_reference):
     t = torch.tensor(ROB_T, dtype=F64)
     rtol, scale = 1e-7, 1e-6
     between = solve(robertson, y0, t, rtol=rtol, atol=rtol * scale, method="radau5")
-    landing = solve(robertson, y0, t, rtol=rtol, atol=rtol * scale, method="radau5",
-                    options={"step_t": [float(x) for x in ROB_T[1:-1]]})
+    landing = solve(
+        robertson,
+        y0,
+        t,
+        rtol=rtol,
+        atol=rtol * scale,
+        method="radau5",
+        options={"step_t": [float(x) for x in ROB_T[1:-1]]},
+    )
     ys_sp, _ = _scipy(robertson_np, robertson_jac_np, [1.0, 0.0, 0.0], ROB_T, rtol, rtol * scale)
     e_between = _err(between.ys.numpy(), robertson_reference, scale)
     e_landing = _err(landing.ys.numpy(), robertson_reference, scale)
@@ -266,8 +304,15 @@ def test_dense_jacobian_and_tuple_state_agree_with_the_batched_solve(method):
     batched = solve(f, y0, t, **kw)
     dense = solve(f, y0, t, options={"jacobian": "dense"}, **kw)
     tup = solve(lambda tt, y: tuple(f(tt, torch.stack(y, dim=-1)).unbind(-1)), tuple(y0.unbind(-1)), t, **kw)
-    ref = solve_ivp(lambda tt, y: f(torch.tensor(tt, dtype=F64), torch.from_numpy(y).view(3, 2)).reshape(-1).numpy(),
-                    (0.0, 2.0), y0.reshape(-1).numpy(), method="Radau", t_eval=t.numpy(), rtol=1e-10, atol=1e-12).y.T
+    ref = solve_ivp(
+        lambda tt, y: f(torch.tensor(tt, dtype=F64), torch.from_numpy(y).view(3, 2)).reshape(-1).numpy(),
+        (0.0, 2.0),
+        y0.reshape(-1).numpy(),
+        method="Radau",
+        t_eval=t.numpy(),
+        rtol=1e-10,
+        atol=1e-12,
+    ).y.T
     for ys in (batched.ys, dense.ys, torch.stack(tup.ys, dim=-1)):
         assert np.abs(ys.reshape(3, -1).numpy() - ref).max() < 1e-7
     assert batched.stats.n_accepted == dense.stats.n_accepted
@@ -295,8 +340,15 @@ def test_event_located_on_the_collocation_polynomial(method):
     y0 = torch.tensor([1.0], dtype=F64)
     ev = Event(lambda t, y: y[0], terminal=True)
     sol = solve(f, y0, torch.tensor([0.0, 3.0], dtype=F64), rtol=1e-9, atol=1e-12, method=method, events=[ev])
-    ref = solve_ivp(lambda t, y: -50.0 * (y - math.cos(t)), (0, 3), [1.0], method="Radau", rtol=1e-12, atol=1e-14,
-                    events=lambda t, y: y[0])
+    ref = solve_ivp(
+        lambda t, y: -50.0 * (y - math.cos(t)),
+        (0, 3),
+        [1.0],
+        method="Radau",
+        rtol=1e-12,
+        atol=1e-14,
+        events=lambda t, y: y[0],
+    )
     assert abs(float(sol.events[0].t) - ref.t_events[0][0]) < 1e-7
 
 
@@ -365,8 +417,13 @@ def test_adjoint_with_radau_backward_solve(method, finite_differences):
 
 def test_callable_jacobian_of_the_wrong_shape():
     with pytest.raises(ValueError, match=re.escape("options['jacobian'] callable returned shape (2, 2)")):
-        solve(robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-              method="radau5", options={"jacobian": lambda t, y: torch.eye(2, dtype=F64)})
+        solve(
+            robertson,
+            torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method="radau5",
+            options={"jacobian": lambda t, y: torch.eye(2, dtype=F64)},
+        )
 
 
 def test_callable_jacobian_gives_the_same_solution():
@@ -385,10 +442,17 @@ def test_singular_iteration_matrix_reports_t_dt_and_gamma_h(method):
     lam = gamma / h  # J = lam I makes (gamma / h) I - J exactly zero
 
     with pytest.raises(SolverError) as info:
-        solve(lambda t, y: lam * y, torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method,
-              options={"first_step": h})
+        solve(
+            lambda t, y: lam * y,
+            torch.ones(3, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method=method,
+            options={"first_step": h},
+        )
     message = str(info.value)
-    assert message.startswith(f"Singular iteration matrix (gamma / h) I - J of {method} at t=0 with dt=0.5 after 0 steps.")
+    assert message.startswith(
+        f"Singular iteration matrix (gamma / h) I - J of {method} at t=0 with dt=0.5 after 0 steps."
+    )
     assert f"gamma h = h / gamma = {h / gamma:.6g}" in message
 
 
@@ -411,11 +475,16 @@ def test_slow_newton_rejects_with_radau5s_step_reduction():
     error = _ErrorNorm(problem, 1e-6, 1e-9, None)
     _, step = make_stepper(problem, RADAU5, False, ImplicitOptions(), problem, error)(0.0, 0.0, y0, None, h)
     assert step.y1 is y0 and problem.stats.n_linear_solves == 2  # two Newton iterations, no error estimate
-    accept, h_next = StepSizeController("pi_gustafsson", 0.9, 10.0, 0.2, 4).propose(h, error.ratio(step.y_err, y0, y0), 1.0, False)
+    accept, h_next = StepSizeController("pi_gustafsson", 0.9, 10.0, 0.2, 4).propose(
+        h, error.ratio(step.y_err, y0, y0), 1.0, False
+    )
     assert not accept and abs(h_next / h - 0.8 * 20.0 ** (-1.0 / 8.0)) < 1e-12
-    sol = solve(f, y0, torch.tensor([0.0, 10.0], dtype=F64), rtol=1e-6, atol=1e-9, method="radau5",
-                options={"first_step": h})
-    ref = solve_ivp(lambda t, y: -(y**3) * np.exp(y), (0, 10), [1.0, 2.0], method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
+    sol = solve(
+        f, y0, torch.tensor([0.0, 10.0], dtype=F64), rtol=1e-6, atol=1e-9, method="radau5", options={"first_step": h}
+    )
+    ref = solve_ivp(lambda t, y: -(y**3) * np.exp(y), (0, 10), [1.0, 2.0], method="Radau", rtol=1e-12, atol=1e-14).y[
+        :, -1
+    ]
     assert sol.stats.n_rejected >= 1 and np.abs(sol.ys[-1].numpy() - ref).max() < 1e-6
 
 
@@ -435,5 +504,12 @@ def test_newton_failure_at_the_minimum_step(method):
         return torch.where(y < 0.5, torch.ones_like(y), -1e6 * (1 + t) * torch.ones_like(y))
 
     with pytest.raises(SolverError, match=f"Newton iteration of {method} failed to converge at the minimum step size"):
-        solve(f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method,
-              rtol=1e-8, atol=1e-10, options={"min_step": 1e-3})
+        solve(
+            f,
+            torch.zeros(1, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method=method,
+            rtol=1e-8,
+            atol=1e-10,
+            options={"min_step": 1e-3},
+        )

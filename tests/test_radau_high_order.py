@@ -18,7 +18,6 @@ from neuralode.solvers.radau import RADAU9, RADAU13, radau_dense
 from tests.problems import robertson, stiff_vdp
 from tests.test_radau import ROB_T, _err, _rot, _rot_exact, _scipy, _Tight
 
-
 F64 = torch.float64
 
 
@@ -63,8 +62,10 @@ def test_eigen_transformation_has_one_real_eigenvalue_and_complex_pairs(tab, s):
     Ainv = torch.linalg.inv(A)
     assert float((T @ Lam @ Ti - Ainv).abs().max()) < 1e-12 * float(Ainv.abs().max())
     eig = sorted(torch.linalg.eigvals(Ainv).tolist(), key=lambda z: (z.real, z.imag))
-    mine = sorted([complex(tab.gamma)] + [complex(al, s * be) for al, be in tab.pairs for s in (1, -1)],
-                  key=lambda z: (z.real, z.imag))
+    mine = sorted(
+        [complex(tab.gamma)] + [complex(al, s * be) for al, be in tab.pairs for s in (1, -1)],
+        key=lambda z: (z.real, z.imag),
+    )
     assert max(abs(x - y) for x, y in zip(eig, mine)) < 1e-12
     assert len(tab.pairs) == (s - 1) // 2 and all(be > 0 for _, be in tab.pairs)
 
@@ -73,8 +74,10 @@ def test_eigen_transformation_has_one_real_eigenvalue_and_complex_pairs(tab, s):
 def test_embedded_solution_has_order_s_exactly(tab, s):
     b_hat = [bi + sum(tab.e[j] * tab.a[j][i] for j in range(s)) for i, bi in enumerate(tab.b)]
     g0 = 1.0 / tab.gamma
-    res = [(g0 if q == 1 else 0.0) + sum(w * ci ** (q - 1) for w, ci in zip(b_hat, tab.c)) - 1.0 / q
-           for q in range(1, s + 3)]
+    res = [
+        (g0 if q == 1 else 0.0) + sum(w * ci ** (q - 1) for w, ci in zip(b_hat, tab.c)) - 1.0 / q
+        for q in range(1, s + 3)
+    ]
     assert max(abs(r) for r in res[:s]) < 1e-11 and abs(res[s]) > 1e-6
 
 
@@ -101,8 +104,9 @@ def _one_step(h: float, tab=RADAU9):
     return take(0.0, 0.0, y0, None, h)[1]
 
 
-@pytest.mark.parametrize("tab, hs, orders", [(RADAU9, [0.5, 0.4, 0.32, 0.25], (10, 6, 6)),
-                                              (RADAU13, [0.8, 0.7, 0.6, 0.5], (None, 8, 8))])
+@pytest.mark.parametrize(
+    "tab, hs, orders", [(RADAU9, [0.5, 0.4, 0.32, 0.25], (10, 6, 6)), (RADAU13, [0.8, 0.7, 0.6, 0.5], (None, 8, 8))]
+)
 def test_local_orders_of_the_step_its_error_estimate_and_dense_output(tab, hs, orders):
     """One step from the exact solution: for radau9, ``y1`` has local error ``O(h^10)`` (order 9; measured slope
     10.4), the error estimate ``O(h^6)`` (embedded order 5; 6.5), the collocation polynomial ``O(h^6)`` inside
@@ -139,8 +143,9 @@ def test_dense_error_keeps_the_outputs_between_steps_within_the_tolerance():
     off = solve(f, y0, t, **kw, options={"dense_error": False})
     landing = solve(f, y0, t, **kw, options={"dense_error": False, "step_t": [float(x) for x in times[1:-1]]})
     ys_sp, steps_sp = _scipy(f_np, jac_np, [2.0, 0.0], times, rtol, rtol * scale)
-    e_on, e_off, e_land, e_sp = (_err(ys, ref, scale) for ys in (on.ys.numpy(), off.ys.numpy(), landing.ys.numpy(),
-                                                                   ys_sp))
+    e_on, e_off, e_land, e_sp = (
+        _err(ys, ref, scale) for ys in (on.ys.numpy(), off.ys.numpy(), landing.ys.numpy(), ys_sp)
+    )
     # Measured: on 1.3e-9 in 488 steps; off 1.2e-7 in 313, landing on the outputs 1.1e-10; scipy 2.6e-8 in 1541.
     assert e_off > 10 * e_land, (e_off, e_land)
     assert e_on <= 0.2 * e_sp and on.stats.n_accepted <= 0.5 * steps_sp, (e_on, e_sp, on.stats.n_accepted, steps_sp)

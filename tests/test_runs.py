@@ -18,23 +18,61 @@ from neuralode.cli import main
 from neuralode.cli.flags import flag_of, given_settings
 from neuralode.cli.train import TASKS
 from neuralode.training.cnf import CNFTrainConfig
-from neuralode.training.flow import FlowTrainConfig
 from neuralode.training.config import ConfigError, base_type, field_types
+from neuralode.training.flow import FlowTrainConfig
 from neuralode.training.latent import LatentTrainConfig
 from neuralode.training.mnist import TrainConfig
 from neuralode.training.rundir import RunDir, RunLockedError, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mnist"
-needs_data = pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"real MNIST not found in {DATA}")
+needs_data = pytest.mark.skipif(
+    not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"real MNIST not found in {DATA}"
+)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 CONFIGS = [TrainConfig, CNFTrainConfig, FlowTrainConfig, LatentTrainConfig]
 
 
-TINY_CNF = ["--iterations", "6", "--batch-size", "32", "--hidden-dims", "8", "--tol", "1e-3", "--test-samples", "100",
-            "--log-every", "2", "--checkpoint-every", "3", "--no-progress", "--no-plot"]
-TINY_SPIRALS = ["--iterations", "6", "--observations", "30", "--batch-size", "8", "--n-spirals", "16", "--n-test", "4",
-                "--tol", "1e-2", "--eval-every", "0", "--log-every", "2", "--checkpoint-every", "3", "--no-progress", "--no-plot"]
+TINY_CNF = [
+    "--iterations",
+    "6",
+    "--batch-size",
+    "32",
+    "--hidden-dims",
+    "8",
+    "--tol",
+    "1e-3",
+    "--test-samples",
+    "100",
+    "--log-every",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--no-progress",
+    "--no-plot",
+]
+TINY_SPIRALS = [
+    "--iterations",
+    "6",
+    "--observations",
+    "30",
+    "--batch-size",
+    "8",
+    "--n-spirals",
+    "16",
+    "--n-test",
+    "4",
+    "--tol",
+    "1e-2",
+    "--eval-every",
+    "0",
+    "--log-every",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--no-progress",
+    "--no-plot",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,8 +112,11 @@ def test_every_config_field_has_a_flag_that_sets_it(cls):
         assert set(given) == {f.name}  # the flag sets this field and no other
         # Flow settings valid only beside another: reflow_from with the independent coupling (the
         # default is OT), conditional with labelled data (the default is 8gaussians).
-        extra = {"reflow_from": {"coupling": "independent"}, "conditional": {"dataset": "digits"}}.get(f.name, {}) \
-            if cls is FlowTrainConfig else {}
+        extra = (
+            {"reflow_from": {"coupling": "independent"}, "conditional": {"dataset": "digits"}}.get(f.name, {})
+            if cls is FlowTrainConfig
+            else {}
+        )
         config = cls.from_dict({**given, **extra})
         assert getattr(config, f.name) == value, f.name
         assert cls.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # through config.json and back
@@ -157,12 +198,18 @@ def test_bad_out_is_an_error_naming_out(task, tiny, tmp_path, capfd):
     assert "Traceback" not in err
     assert f"argument --out: the run folder {str(a_file)!r} exists and is not a folder; choose another path." in err
     err = _exit_error(["train", task, "--out", str(a_file / "run"), *tiny], capfd)
-    assert f"argument --out: cannot create the run folder {str(a_file / 'run')!r}: {str(a_file)!r} is a file, not a folder." in err
+    assert (
+        f"argument --out: cannot create the run folder {str(a_file / 'run')!r}: {str(a_file)!r} is a file, not a folder."
+        in err
+    )
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         err = _exit_error(["train", task, "--out", str(locked / "run"), *tiny], capfd)
-        assert f"argument --out: cannot write the run folder {str(locked / 'run')!r}: no write permission in {str(locked)!r}." in err
+        assert (
+            f"argument --out: cannot write the run folder {str(locked / 'run')!r}: no write permission in {str(locked)!r}."
+            in err
+        )
     else:  # root may write anywhere a permission bit forbids; /proc refuses even root
         err = _exit_error(["train", task, "--out", "/proc/neuralode-run", *tiny], capfd)
         assert "argument --out: cannot " in err and "/proc/neuralode-run" in err
@@ -177,7 +224,9 @@ def test_resume_keeps_saved_settings_and_overrides_given_ones_then_plot_and_eval
     out = tmp_path / "run"
     assert main(["train", task, "--out", str(out), *tiny]) == 0
     capfd.readouterr()
-    assert main(["train", task, "--out", str(out), "--resume", "--no-progress"]) == 0  # nothing left: iterations stays 6
+    assert (
+        main(["train", task, "--out", str(out), "--resume", "--no-progress"]) == 0
+    )  # nothing left: iterations stays 6
     err = capfd.readouterr().err
     assert f"Resuming {out} with its saved settings." in err
     saved = json.loads((out / "config.json").read_text())["config"]
@@ -212,15 +261,44 @@ def test_cnf_report_prints_the_nll_once_with_the_nfe_of_the_metrics(tmp_path, ca
 
 @needs_data
 def test_mnist_flag_errors_from_the_data(tmp_path, capfd):
-    err = _exit_error(["train", "mnist", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), "--train-subset", "10000000"], capfd)
-    assert "argument --train-subset: TrainConfig.train_subset: subset must be between 1 and 60000 for the train split; got 10000000." in err
+    err = _exit_error(
+        ["train", "mnist", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), "--train-subset", "10000000"], capfd
+    )
+    assert (
+        "argument --train-subset: TrainConfig.train_subset: subset must be between 1 and 60000 for the train split; got 10000000."
+        in err
+    )
 
 
 @needs_data
 def test_mnist_mlp_summary_says_no_ode_and_plot_draws_intervals(tmp_path, capfd):
     out = tmp_path / "run"
-    assert main(["train", "mnist", "--model", "mlp", "--epochs", "1", "--train-subset", "256", "--test-subset", "64",
-                 "--batch-size", "32", "--log-every", "2", "--data-dir", str(DATA), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "mnist",
+                "--model",
+                "mlp",
+                "--epochs",
+                "1",
+                "--train-subset",
+                "256",
+                "--test-subset",
+                "64",
+                "--batch-size",
+                "32",
+                "--log-every",
+                "2",
+                "--data-dir",
+                str(DATA),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     captured = capfd.readouterr()
     assert "NFE-F 0.0" not in captured.out and "no ODE solver (NFE 0)" in captured.out
     lines = read_jsonl(out / "metrics.jsonl")
@@ -235,8 +313,21 @@ def test_ctrl_c_messages_start_their_own_lines_beside_the_progress_bar(tmp_path)
     import time
 
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "neuralode", "train", "spirals", *TINY_SPIRALS[2:], "--iterations", "100000", "--progress",
-            "--log-every", "1", "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "neuralode",
+        "train",
+        "spirals",
+        *TINY_SPIRALS[2:],
+        "--iterations",
+        "100000",
+        "--progress",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -285,8 +376,13 @@ def _without_timing(records):
 
 def _kill_then_resume(tmp_path, argv, what, n):
     out = tmp_path / f"{what}-{n}"
-    proc = subprocess.run([sys.executable, "-c", _KILLER, what, str(n), *argv, "--out", str(out)], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLER, what, str(n), *argv, "--out", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert main([*argv[:2], "--out", str(out), "--resume"]) == 0
     return read_jsonl(out / "metrics.jsonl")
@@ -305,8 +401,28 @@ def test_killed_at_a_checkpoint_or_between_resumes_with_each_line_once(task, tin
 
 @needs_data
 def test_mnist_killed_at_a_checkpoint_or_between_resumes_with_each_line_once(tmp_path):
-    argv = ["train", "mnist", "--model", "mlp", "--epochs", "2", "--train-subset", "256", "--test-subset", "64", "--batch-size", "64",
-            "--log-every", "1", "--checkpoint-every", "2", "--data-dir", str(DATA), "--no-progress", "--no-plot"]
+    argv = [
+        "train",
+        "mnist",
+        "--model",
+        "mlp",
+        "--epochs",
+        "2",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "64",
+        "--batch-size",
+        "64",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--data-dir",
+        str(DATA),
+        "--no-progress",
+        "--no-plot",
+    ]
     assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
     straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     for what, n in (("save", 1), ("append", 3)):  # the mid-epoch checkpoint at step 2; the line of step 3 after it
@@ -326,8 +442,15 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_import_and_help_load_neither_plotting_nor_the_tasks():
-    heavy = {"matplotlib", "neuralode.plotting", "neuralode.training.mnist", "neuralode.training.cnf",
-             "neuralode.training.latent", "neuralode.datasets.mnist", "neuralode.models"}
+    heavy = {
+        "matplotlib",
+        "neuralode.plotting",
+        "neuralode.training.mnist",
+        "neuralode.training.cnf",
+        "neuralode.training.latent",
+        "neuralode.datasets.mnist",
+        "neuralode.models",
+    }
     assert not heavy & _modules_after("import neuralode")
     after_help = _modules_after(
         "import contextlib, io\nfrom neuralode.cli import main\n"

@@ -218,8 +218,10 @@ def test_hermite_interpolation_is_fourth_order_locally():
 
     errors = []
     for h in (0.2, 0.1, 0.05, 0.025):
-        err = max(float((hermite(y(0.3), y(0.3 + h), f(0.3), f(0.3 + h), h, th) - y(0.3 + th * h)).abs().max())
-                  for th in (0.1, 0.3, 0.5, 0.7, 0.9))
+        err = max(
+            float((hermite(y(0.3), y(0.3 + h), f(0.3), f(0.3 + h), h, th) - y(0.3 + th * h)).abs().max())
+            for th in (0.1, 0.3, 0.5, 0.7, 0.9)
+        )
         errors.append(err)
     slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert all(3.7 <= s <= 4.3 for s in slopes), (errors, slopes)
@@ -493,8 +495,9 @@ def test_step_t_is_stepped_onto(method):
 def test_max_step_is_respected(method):
     p = PROBLEMS["decay"]
     calls = []
-    sol = solve(recording(p.func, calls), p.y0, p.times(2), rtol=1e-3, atol=1e-5, method=method,
-                options={"max_step": 0.05})
+    sol = solve(
+        recording(p.func, calls), p.y0, p.times(2), rtol=1e-3, atol=1e-5, method=method, options={"max_step": 0.05}
+    )
     span = p.t_span[1] - p.t_span[0]
     assert sol.stats.n_accepted >= math.ceil(span / 0.05 - 1e-9)
     assert abs(sol.stats.last_step) <= 0.05
@@ -538,8 +541,10 @@ def test_pi_controller_rejects_fewer_steps(method):
     """
     p = PROBLEMS["vdp"]
     t = tensor([0.0, 20.0])
-    stats = {c: solve(p.func, p.y0, t, rtol=1e-6, atol=1e-8, method=method, options={"controller": c}).stats
-             for c in ("pi", "i")}
+    stats = {
+        c: solve(p.func, p.y0, t, rtol=1e-6, atol=1e-8, method=method, options={"controller": c}).stats
+        for c in ("pi", "i")
+    }
     assert stats["pi"].n_rejected < stats["i"].n_rejected
 
 
@@ -600,8 +605,14 @@ def test_fixed_step_blowup_raises():
 TD_FIXED = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun2", "heun3": "heun3", "rk4": "rk4_38"}
 # (torchdiffeq name, neuralode name): torchdiffeq's dopri8 coefficients are our dopri8_13m; our
 # dopri8 (DOP853) is another 8th-order method, so it agrees with torchdiffeq's to the tolerance.
-TD_ADAPTIVE = [("adaptive_heun", "adaptive_heun"), ("fehlberg2", "fehlberg2"), ("bosh3", "bosh3"),
-               ("dopri5", "dopri5"), ("dopri8", "dopri8_13m"), ("dopri8", "dopri8")]
+TD_ADAPTIVE = [
+    ("adaptive_heun", "adaptive_heun"),
+    ("fehlberg2", "fehlberg2"),
+    ("bosh3", "bosh3"),
+    ("dopri5", "dopri5"),
+    ("dopri8", "dopri8_13m"),
+    ("dopri8", "dopri8"),
+]
 
 
 @pytest.mark.parametrize("interp", ["linear", "cubic"])
@@ -704,14 +715,26 @@ def test_time_gradient_matches_finite_differences():
 
 
 def _counters(stats) -> tuple:
-    return (stats.nfe, stats.n_accepted, stats.n_rejected, stats.n_jac_evals, stats.n_factorizations,
-            stats.n_linear_solves)
+    return (
+        stats.nfe,
+        stats.n_accepted,
+        stats.n_rejected,
+        stats.n_jac_evals,
+        stats.n_factorizations,
+        stats.n_linear_solves,
+    )
 
 
-@pytest.mark.parametrize("method, options", [
-    ("dopri5", {}), ("dopri8", {}), ("rk4", {"step_size": 0.1}), ("explicit_adams", {"step_size": 0.1}),
-    ("rodas5p", {}),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dopri5", {}),
+        ("dopri8", {}),
+        ("rk4", {"step_size": 0.1}),
+        ("explicit_adams", {"step_size": 0.1}),
+        ("rodas5p", {}),
+    ],
+)
 def test_checkpoint_backward_does_not_add_to_the_forward_statistics(method, options):
     # Backward re-runs every checkpointed step through the same counted function; Solution.stats
     # must still describe the forward solve (and, for the explicit methods, be those of a solve
@@ -722,8 +745,15 @@ def test_checkpoint_backward_does_not_add_to_the_forward_statistics(method, opti
     t = torch.linspace(0, 1, 4, dtype=F64)
     counts = {}
     for checkpoint in (False, True):
-        sol = solve(lambda t, y: torch.tanh(y @ weight) - 0.1 * y, y0, t, rtol=1e-6, atol=1e-8, method=method,
-                    options={**options, "checkpoint": checkpoint})
+        sol = solve(
+            lambda t, y: torch.tanh(y @ weight) - 0.1 * y,
+            y0,
+            t,
+            rtol=1e-6,
+            atol=1e-8,
+            method=method,
+            options={**options, "checkpoint": checkpoint},
+        )
         forward = _counters(sol.stats)
         sol.ys.sum().backward()
         assert _counters(sol.stats) == forward

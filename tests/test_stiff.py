@@ -25,7 +25,6 @@ from tests.problems import robertson_np as _robertson_np
 from tests.problems import stiff_vdp as _vdp
 from tests.rounding import assert_equal_to_rounding
 
-
 F64 = torch.float64
 ROSENBROCK = list(ROSENBROCK_METHODS)
 
@@ -143,8 +142,18 @@ def test_l_stable(name):
 
 def test_tableau_is_checked_when_built():
     good = ROSENBROCK_METHODS["rosenbrock23"]
-    fields = dict(name="bad", gamma=good.gamma, a=good.a, C=good.C, c=good.c, d=good.d, m=good.m,
-                  m_err=good.m_err, order=2, error_order=3)
+    fields = dict(
+        name="bad",
+        gamma=good.gamma,
+        a=good.a,
+        C=good.C,
+        c=good.c,
+        d=good.d,
+        m=good.m,
+        m_err=good.m_err,
+        order=2,
+        error_order=3,
+    )
     RosenbrockTableau(**fields)
     with pytest.raises(ValueError, match=re.escape("RosenbrockTableau 'bad': c[1] = 0.6 is not the row sum")):
         RosenbrockTableau(**{**fields, "c": (0.0, 0.6, 1.0)})
@@ -202,8 +211,14 @@ def test_step_without_autograd_equals_the_recorded_step(name, shape, t0):
     tab = ROSENBROCK_METHODS[name]
     y0 = torch.rand(*shape, dtype=F64, generator=torch.Generator().manual_seed(1))
     h = 0.1
-    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, min(len(shape) - 1, 1),
-                                 check_coupling=len(shape) > 1, create_graph=False)
+    lin = autograd_linearisation(
+        _nonautonomous,
+        torch.tensor(t0, dtype=F64),
+        y0,
+        min(len(shape) - 1, 1),
+        check_coupling=len(shape) > 1,
+        create_graph=False,
+    )
     assert (lin.f_t is None) == (t0 <= 0.5)
     lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
 
@@ -250,8 +265,9 @@ def test_step_without_autograd_costs_few_operations_per_stage(name):
     tab = ROSENBROCK_METHODS[name]
     y0 = torch.rand(2, dtype=F64, generator=torch.Generator().manual_seed(2))
     t0, h = 0.75, 0.1
-    lin = autograd_linearisation(_nonautonomous, torch.tensor(t0, dtype=F64), y0, 0, check_coupling=False,
-                                 create_graph=False)
+    lin = autograd_linearisation(
+        _nonautonomous, torch.tensor(t0, dtype=F64), y0, 0, check_coupling=False, create_graph=False
+    )
     assert lin.f_t is not None
     lu = factor(lin.J, h, tab.gamma, t0, SolverStats(), 0)
     times = {t0 + c * h: torch.tensor(t0 + c * h, dtype=F64) for c in tab.c}
@@ -301,8 +317,15 @@ def test_global_order_through_the_public_api(name):
     errors, hs = [], []
     for n in (8, 16, 32):
         h = 1.0 / n
-        sol = solve(_rot, _exact(0.0), torch.tensor([0.0, 2.0], dtype=F64), method=name, rtol=1e3, atol=1e3,
-                    options={"first_step": h, "max_step": h})
+        sol = solve(
+            _rot,
+            _exact(0.0),
+            torch.tensor([0.0, 2.0], dtype=F64),
+            method=name,
+            rtol=1e3,
+            atol=1e3,
+            options={"first_step": h, "max_step": h},
+        )
         assert sol.stats.n_accepted == 2 * n and sol.stats.n_rejected == 0
         errors.append(float((sol.ys[-1] - _exact(2.0)).abs().max()))
         hs.append(h)
@@ -328,8 +351,14 @@ def robertson_reference():
 @pytest.mark.parametrize("name,rtol,bound", [("rodas5p", 1e-8, 30.0), ("rosenbrock23", 1e-5, 300.0)])
 def test_robertson_against_radau(name, rtol, bound, robertson_reference):
     atol = rtol * 1e-6
-    sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor(ROB_T, dtype=F64),
-                rtol=rtol, atol=atol, method=name)
+    sol = solve(
+        _robertson,
+        torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+        torch.tensor(ROB_T, dtype=F64),
+        rtol=rtol,
+        atol=atol,
+        method=name,
+    )
     ys = sol.ys.numpy()
     # The global error in units of the tolerance, atol + rtol |y| (a local tolerance accumulates over the
     # ~100 steps, and rosenbrock23 propagates its order-2 solution: hence the bounds).
@@ -345,8 +374,15 @@ def test_robertson_against_radau(name, rtol, bound, robertson_reference):
 
 
 def test_jacobian_is_reused_after_rejections():
-    sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1e3], dtype=F64),
-                rtol=1e-6, atol=1e-12, method="rodas5p", options={"first_step": 10.0})
+    sol = solve(
+        _robertson,
+        torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+        torch.tensor([0.0, 1e3], dtype=F64),
+        rtol=1e-6,
+        atol=1e-12,
+        method="rodas5p",
+        options={"first_step": 10.0},
+    )
     st = sol.stats
     assert st.n_rejected > 0
     assert st.n_jac_evals == st.n_accepted  # one per starting point, not per attempt
@@ -357,8 +393,15 @@ def test_jacobian_is_reused_after_rejections():
     # Without autograd the evaluation that forms each Jacobian is also the step's f0: the same values,
     # one evaluation fewer per Jacobian after the first.
     with torch.no_grad():
-        lean = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1e3], dtype=F64),
-                     rtol=1e-6, atol=1e-12, method="rodas5p", options={"first_step": 10.0})
+        lean = solve(
+            _robertson,
+            torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+            torch.tensor([0.0, 1e3], dtype=F64),
+            rtol=1e-6,
+            atol=1e-12,
+            method="rodas5p",
+            options={"first_step": 10.0},
+        )
     # The stepper without autograd sums earlier stages with one matrix-vector product (addmv) where the one
     # under autograd chains scaled additions: the same equations in another order of summation, so equal up
     # to rounding, and how the last bits fall depends on the CPU's BLAS kernel (bit-equal on an Intel Xeon,
@@ -388,12 +431,24 @@ def test_autograd_linearisation_time_derivative_every_path(B, hint, create_graph
     g = torch.Generator().manual_seed(B)
     y = torch.rand((B, 2) if B > 1 else (2,), dtype=F64, generator=g)
     for t in (0.25, 2.0):
-        lin = autograd_linearisation(_nonautonomous, torch.tensor(t, dtype=F64), y, 1 if B > 1 else 0,
-                                     check_coupling=True, create_graph=create_graph, time_dependent=hint)
+        lin = autograd_linearisation(
+            _nonautonomous,
+            torch.tensor(t, dtype=F64),
+            y,
+            1 if B > 1 else 0,
+            check_coupling=True,
+            create_graph=create_graph,
+            time_dependent=hint,
+        )
         yb = y.reshape(B, 2)
         late = 1.0 if t > 0.5 else 0.0
-        J = torch.stack([torch.stack([torch.full((B,), -2.0, dtype=F64), torch.full((B,), late * t, dtype=F64)], -1),
-                         torch.stack([yb[:, 1], yb[:, 0] - 3.0], -1)], -2)
+        J = torch.stack(
+            [
+                torch.stack([torch.full((B,), -2.0, dtype=F64), torch.full((B,), late * t, dtype=F64)], -1),
+                torch.stack([yb[:, 1], yb[:, 0] - 3.0], -1),
+            ],
+            -2,
+        )
         torch.testing.assert_close(lin.J, J, rtol=0, atol=1e-15)
         if late:
             f_t = torch.stack([yb[:, 1], torch.full((B,), 2.0 * t, dtype=F64)], -1).reshape(y.shape)
@@ -415,8 +470,9 @@ def test_batched_vjp_is_autograd_grad_without_its_wrapper(create_graph, monkeypa
     unused = torch.rand(2, dtype=F64, requires_grad=True)
     f = torch.tanh(y @ w) * y
     cot = torch.rand(5, 4, 3, dtype=F64, generator=g)
-    ref = torch.autograd.grad(f, (y, w, unused), cot, is_grads_batched=True, retain_graph=True,
-                              create_graph=create_graph, allow_unused=True)
+    ref = torch.autograd.grad(
+        f, (y, w, unused), cot, is_grads_batched=True, retain_graph=True, create_graph=create_graph, allow_unused=True
+    )
     got = batched_vjp(f, (y, w, unused), cot, retain_graph=True, create_graph=create_graph)
     assert got[2] is None and ref[2] is None
     for a, b in zip(got[:2], ref[:2]):
@@ -434,8 +490,14 @@ def test_batched_vjp_is_autograd_grad_without_its_wrapper(create_graph, monkeypa
     public = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or public(*a, **k))
     with torch.no_grad():
-        sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1e3], dtype=F64),
-                    rtol=1e-6, atol=1e-12, method="rodas5p")
+        sol = solve(
+            _robertson,
+            torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+            torch.tensor([0.0, 1e3], dtype=F64),
+            rtol=1e-6,
+            atol=1e-12,
+            method="rodas5p",
+        )
     assert sol.stats.n_jac_evals > 10 and not calls
 
 
@@ -456,19 +518,22 @@ def test_jacobian_and_iteration_matrix_reuse_their_constant_tensors(B):
     y = torch.rand((B, 2) if B > 1 else (2,), dtype=F64, generator=torch.Generator().manual_seed(3))
     tt = torch.tensor(2.0, dtype=F64)
     with torch.no_grad():
-        first = autograd_linearisation(_nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True,
-                                       create_graph=False)
+        first = autograd_linearisation(
+            _nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True, create_graph=False
+        )
         lu_first = factor(first.J, 0.1, 0.25, 2.0, SolverStats(), 0)
         seen = _Names()
         with seen:
-            again = autograd_linearisation(_nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True,
-                                           create_graph=False)
+            again = autograd_linearisation(
+                _nonautonomous, tt, y, 1 if B > 1 else 0, check_coupling=True, create_graph=False
+            )
             lu_again = factor(again.J, 0.1, 0.25, 2.0, SolverStats(), 0)
     assert "eye" not in seen.names and "cat" not in seen.names and "zeros" not in seen.names, seen.names
     assert torch.equal(first.J, again.J) and torch.equal(lu_first[0], lu_again[0])
     W = torch.eye(2, dtype=F64) / (0.1 * 0.25) - first.J
-    torch.testing.assert_close(torch.linalg.lu_solve(*lu_again, W), torch.eye(2, dtype=F64).expand(B, 2, 2),
-                               rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        torch.linalg.lu_solve(*lu_again, W), torch.eye(2, dtype=F64).expand(B, 2, 2), rtol=0, atol=1e-13
+    )
 
 
 def test_constants_made_under_inference_mode_are_not_kept():
@@ -477,13 +542,13 @@ def test_constants_made_under_inference_mode_are_not_kept():
     from neuralode.solvers import jacobian
 
     def f(t, y):
-        return torch.stack([-1e3 * y[0] * y[1], -y[1] ** 2 + t, y[2] * y[0]])
+        return torch.stack([-1e3 * y[0] * y[1], -(y[1] ** 2) + t, y[2] * y[0]])
 
     with torch.inference_mode():
         jacobian._cotangents(3, 1, False, torch.Size([3]), torch.float64, torch.device("cpu"))
     y = torch.tensor([1.0, 0.5, 2.0], dtype=F64, requires_grad=True)
     lin = autograd_linearisation(f, torch.tensor(0.3, dtype=F64), y, 0, check_coupling=False, create_graph=True)
-    g, = torch.autograd.grad(lin.J.sum(), y)  # d/dy of the sum of J's entries
+    (g,) = torch.autograd.grad(lin.J.sum(), y)  # d/dy of the sum of J's entries
     torch.testing.assert_close(g, torch.tensor([-1e3 + 1.0, -1e3 - 2.0, 1.0], dtype=F64), rtol=0, atol=1e-12)
 
 
@@ -491,8 +556,9 @@ def test_van_der_pol_mu_1000_against_radau():
     f, f_np, jac_np = _vdp(1000.0)
     times = [0.0, 100.0, 500.0, 1000.0, 1500.0, 2000.0]
     ref = _radau(f_np, jac_np, [2.0, 0.0], times, rtol=1e-11, atol=1e-11)
-    sol = solve(f, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor(times, dtype=F64), rtol=1e-7, atol=1e-7,
-                method="rodas5p")
+    sol = solve(
+        f, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor(times, dtype=F64), rtol=1e-7, atol=1e-7, method="rodas5p"
+    )
     # y0 is O(1); y1 is O(1e-3) on the slow branches: compare each against its own scale.
     err = np.abs(sol.ys.numpy() - ref) / np.array([1.0, 1e-3])
     assert err.max() < 1e-4, err.max()
@@ -504,8 +570,9 @@ def test_dense_output_matches_radau_between_steps(robertson_reference):
     ref = _radau(_robertson_np, _robertson_jac_np, [1.0, 0.0, 0.0], [0.0, *times])
     t = torch.tensor([0.0, *times], dtype=F64)
     sol = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), t, rtol=1e-7, atol=1e-13, method="rodas5p")
-    coarse = solve(_robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), t[[0, -1]], rtol=1e-7, atol=1e-13,
-                   method="rodas5p")
+    coarse = solve(
+        _robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), t[[0, -1]], rtol=1e-7, atol=1e-13, method="rodas5p"
+    )
     assert sol.stats.n_accepted == coarse.stats.n_accepted  # output times do not shorten steps
     units = np.abs(sol.ys.numpy() - ref) / (1e-13 + 1e-7 * np.abs(ref))  # in units of the tolerance
     assert units.max() < 10.0, units.max()
@@ -537,8 +604,14 @@ def test_batch_of_independent_systems_equals_one_by_one():
     assert sol.ys.shape == (4, B, 3)
     for b in range(B):
         kb = tuple(float(x) for x in k[b])
-        ref = _radau(lambda tt, y: _robertson_np(tt, y, kb), lambda tt, y: _robertson_jac_np(tt, y, kb),
-                     [1.0, 0.0, 0.0], t.tolist(), rtol=1e-10, atol=1e-15)
+        ref = _radau(
+            lambda tt, y: _robertson_np(tt, y, kb),
+            lambda tt, y: _robertson_jac_np(tt, y, kb),
+            [1.0, 0.0, 0.0],
+            t.tolist(),
+            rtol=1e-10,
+            atol=1e-15,
+        )
         rel = np.abs(sol.ys[:, b].numpy() - ref) / (np.abs(ref) + 1e-12)
         assert rel.max() < 2e-5, (b, rel.max())
     # The batched Jacobian is one evaluation of func per Jacobian, however many samples.
@@ -556,11 +629,14 @@ def test_batched_dense_and_callable_jacobians_agree():
         k1, k2, k3 = k[:, 0], k[:, 1], k[:, 2]
         y1, y2, y3 = y[:, 0], y[:, 1], y[:, 2]
         z = torch.zeros_like(y1)
-        return torch.stack([
-            torch.stack([-k1, k3 * y3, k3 * y2], -1),
-            torch.stack([k1, -k3 * y3 - 2 * k2 * y2, -k3 * y2], -1),
-            torch.stack([z, 2 * k2 * y2, z], -1),
-        ], dim=1)
+        return torch.stack(
+            [
+                torch.stack([-k1, k3 * y3, k3 * y2], -1),
+                torch.stack([k1, -k3 * y3 - 2 * k2 * y2, -k3 * y2], -1),
+                torch.stack([z, 2 * k2 * y2, z], -1),
+            ],
+            dim=1,
+        )
 
     runs = {
         "batched": solve(f, y0, t, rtol=1e-6, atol=1e-12, method="rodas5p"),
@@ -584,8 +660,12 @@ def test_coupled_rows_are_detected():
 
     y0 = torch.ones(2, 2, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match=re.escape("but func couples them (sample 0's derivative depends on other "
-                                                   "samples). Pass options={'jacobian': 'dense'}")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "but func couples them (sample 0's derivative depends on other samples). Pass options={'jacobian': 'dense'}"
+        ),
+    ):
         solve(coupled, y0, t, method="rodas5p")
     sol = solve(coupled, y0, t, method="rodas5p", options={"jacobian": "dense"})
     exact = torch.matrix_exp(A) @ y0
@@ -617,21 +697,41 @@ def test_bad_options_and_inputs():
     def f(t, y):
         return -y
 
-    with pytest.raises(ValueError, match=re.escape("options['jacobian'] must be 'batched', 'dense' or a callable "
-                                                   "jac(t, y); got 'sparse'.")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("options['jacobian'] must be 'batched', 'dense' or a callable jac(t, y); got 'sparse'."),
+    ):
         solve(f, y0, t, method="rodas5p", options={"jacobian": "sparse"})
-    with pytest.raises(ValueError, match=re.escape("options['batch_dims'] must be a non-negative integer or None; got -1.")):
+    with pytest.raises(
+        ValueError, match=re.escape("options['batch_dims'] must be a non-negative integer or None; got -1.")
+    ):
         solve(f, y0, t, method="rodas5p", options={"batch_dims": -1})
-    with pytest.raises(ValueError, match=re.escape("options['batch_dims']=3 exceeds the 2 dimension(s) of the state "
-                                                   "of shape (4, 3); use at most 2")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "options['batch_dims']=3 exceeds the 2 dimension(s) of the state of shape (4, 3); use at most 2"
+        ),
+    ):
         solve(f, y0, t, method="rodas5p", options={"batch_dims": 3})
-    with pytest.raises(ValueError, match=re.escape("options['jacobian']='dense' treats the whole state as one system, "
-                                                   "so options['batch_dims'] must be 0 or left out; got 1.")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "options['jacobian']='dense' treats the whole state as one system, "
+            "so options['batch_dims'] must be 0 or left out; got 1."
+        ),
+    ):
         solve(f, y0, t, method="rodas5p", options={"jacobian": "dense", "batch_dims": 1})
-    with pytest.raises(ValueError, match=r"Unknown option 'foo' for method 'rodas5p'\. Valid options: .*jacobian, batch_dims\."):
+    with pytest.raises(
+        ValueError, match=r"Unknown option 'foo' for method 'rodas5p'\. Valid options: .*jacobian, batch_dims\."
+    ):
         solve(f, y0, t, method="rodas5p", options={"foo": 1})
-    with pytest.raises(ValueError, match=re.escape("options['jacobian'] callable returned shape (12, 12); for a state "
-                                                   "of shape (4, 3) with batch_dims=1 it must return (4, 3, 3)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "options['jacobian'] callable returned shape (12, 12); for a state "
+            "of shape (4, 3) with batch_dims=1 it must return (4, 3, 3)"
+        ),
+    ):
         solve(f, y0, t, method="rodas5p", options={"jacobian": lambda t, y: -torch.eye(12, dtype=F64)})
     with pytest.raises(ValueError) as info:
         solve(f, y0, t, method="radau")
@@ -644,7 +744,9 @@ def test_bad_options_and_inputs():
     with pytest.raises(TypeError, match=re.escape("func(t, y) is not differentiable by autograd with respect to y")):
         solve(opaque, y0, t, method="rodas5p")
     # ... and works with an analytic Jacobian (f_t by a forward difference: one more evaluation per Jacobian).
-    sol = solve(opaque, y0, t, method="rodas5p", options={"jacobian": lambda t, y: -torch.eye(3, dtype=F64).expand(4, 3, 3)})
+    sol = solve(
+        opaque, y0, t, method="rodas5p", options={"jacobian": lambda t, y: -torch.eye(3, dtype=F64).expand(4, 3, 3)}
+    )
     assert torch.allclose(sol.ys[-1], y0 * math.exp(-1.0), rtol=1e-6)
 
 
@@ -657,8 +759,13 @@ def test_singular_iteration_matrix_reports_t_dt_and_gamma_h():
         return lam * y
 
     with pytest.raises(SolverError) as info:
-        solve(f, torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rodas5p",
-              options={"first_step": h})
+        solve(
+            f,
+            torch.ones(3, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method="rodas5p",
+            options={"first_step": h},
+        )
     message = str(info.value)
     assert message.startswith("Singular iteration matrix I/(gamma h) - J at t=0 with dt=0.5 after 0 steps.")
     assert f"gamma h = {tab.gamma * h:.6g}" in message

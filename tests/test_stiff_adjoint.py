@@ -126,8 +126,10 @@ def test_backward_dynamics_time_derivative_is_that_of_the_interpolant():
         f_t = torch.stack([torch.autograd.grad(v[i], tt, retain_graph=True)[0] for i in range(3)])
         d = 1e-6 * t
         with torch.no_grad():
-            fd = (augmented(torch.tensor(t + d, dtype=F64), state)[0]
-                  - augmented(torch.tensor(t - d, dtype=F64), state)[0]) / (2 * d)
+            fd = (
+                augmented(torch.tensor(t + d, dtype=F64), state)[0]
+                - augmented(torch.tensor(t - d, dtype=F64), state)[0]
+            ) / (2 * d)
         assert f_t[0] == 0 and fd[0] == 0  # a_1' = k1 (a_1 - a_2) does not depend on y(t)
         assert rel(f_t[1:], fd[1:]) < 1e-5, (t, f_t, fd)
 
@@ -205,8 +207,9 @@ def test_interpolate_refusals():
     with pytest.raises(ValueError, match="per_sample"):
         odeint_adjoint(m, y0, T, method="rodas5p", options={"per_sample": True}, adjoint_options={"interpolate": True})
     with pytest.raises(ValueError, match="events"):
-        odeint_adjoint(m, y0, T, method="rodas5p", event_fn=lambda t, y: y[0] - 0.5,
-                       adjoint_options={"interpolate": True})
+        odeint_adjoint(
+            m, y0, T, method="rodas5p", event_fn=lambda t, y: y[0] - 0.5, adjoint_options={"interpolate": True}
+        )
     with pytest.raises(ValueError, match="jacobian"):
         odeint_adjoint(m, y0, T, method="rodas5p", adjoint_options={"interpolate": True, "jacobian": "dense"})
 

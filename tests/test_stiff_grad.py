@@ -9,7 +9,6 @@ import torch
 
 from neuralode import odeint, odeint_adjoint
 
-
 F64 = torch.float64
 
 

@@ -9,10 +9,15 @@ import pytest
 import torch
 
 from neuralode import AdaptiveOptions, SolverError, solve
-from neuralode.solvers.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector, _stability_function, stability_boundary
+from neuralode.solvers.stiffness import (
+    MIN_STEPS_FOR_ERROR,
+    STIFF_STEPS,
+    StiffnessDetector,
+    _stability_function,
+    stability_boundary,
+)
 from neuralode.solvers.tableau import METHODS
 from tests.problems import PROBLEMS
-
 
 F64 = torch.float64
 WATCHED = [name for name, tab in METHODS.items() if StiffnessDetector.for_solve(tab, AdaptiveOptions()) is not None]
@@ -42,11 +47,20 @@ def _vdp(mu):
 @pytest.mark.parametrize("name", ["dopri5", "tsit5", "dopri8"])
 def test_stiff_problem_raises_naming_the_stiff_methods(name):
     with pytest.raises(SolverError) as info:
-        solve(_vdp(1e4), torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 3e4], dtype=F64), method=name,
-              rtol=1e-6, atol=1e-8)
+        solve(
+            _vdp(1e4),
+            torch.tensor([2.0, 0.0], dtype=F64),
+            torch.tensor([0.0, 3e4], dtype=F64),
+            method=name,
+            rtol=1e-6,
+            atol=1e-8,
+        )
     err = info.value
-    assert re.match(rf"The problem is stiff: {name}'s step is held at its stability limit \(\|h\| rho = [0-9.]+, "
-                    r"boundary [0-9.]+\) for [0-9]+ steps at t=", str(err))
+    assert re.match(
+        rf"The problem is stiff: {name}'s step is held at its stability limit \(\|h\| rho = [0-9.]+, "
+        r"boundary [0-9.]+\) for [0-9]+ steps at t=",
+        str(err),
+    )
     assert "Use a stiff method: method='rodas5p'" in str(err)
     assert err.n_steps == MIN_STEPS_FOR_ERROR  # found early, not after the user has waited for 1e8 steps
 
@@ -54,18 +68,35 @@ def test_stiff_problem_raises_naming_the_stiff_methods(name):
 def test_short_solve_with_a_stability_limited_end_finishes():
     """y' = -y to t = 20 at rtol 1e-3: the decayed solution lets the step grow to the stability limit for the
     last steps (Hairer's test calls that stiff), but the solve ends in a few more and must not fail."""
-    sol = solve(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 20.0], dtype=F64), method="tsit5",
-                rtol=1e-3, atol=1e-3)
+    sol = solve(
+        lambda t, y: -y,
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 20.0], dtype=F64),
+        method="tsit5",
+        rtol=1e-3,
+        atol=1e-3,
+    )
     assert sol.stats.n_accepted < MIN_STEPS_FOR_ERROR
 
 
 def test_stiffness_off_runs_on():
-    sol = solve(_vdp(1e3), torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="dopri5",
-                rtol=1e-6, atol=1e-8, options={"stiffness": "off"})
+    sol = solve(
+        _vdp(1e3),
+        torch.tensor([2.0, 0.0], dtype=F64),
+        torch.tensor([0.0, 1.0], dtype=F64),
+        method="dopri5",
+        rtol=1e-6,
+        atol=1e-8,
+        options={"stiffness": "off"},
+    )
     assert sol.stats.n_accepted > 100
     with pytest.raises(ValueError, match=re.escape("options['stiffness'] must be 'error' or 'off'; got 'warn'.")):
-        solve(_vdp(1.0), torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-              options={"stiffness": "warn"})
+        solve(
+            _vdp(1.0),
+            torch.tensor([2.0, 0.0], dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            options={"stiffness": "warn"},
+        )
 
 
 @pytest.mark.parametrize("name", WATCHED)

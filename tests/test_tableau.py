@@ -17,7 +17,7 @@ import math
 import re
 from collections import Counter
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -37,7 +37,7 @@ Tree = tuple
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def trees_by_order(max_order: int) -> tuple[tuple[Tree, ...], ...]:
     """All rooted trees with 1..max_order vertices; entry n - 1 holds those with n vertices.
 
@@ -64,18 +64,18 @@ def trees_by_order(max_order: int) -> tuple[tuple[Tree, ...], ...]:
     return tuple(by_order)
 
 
-@lru_cache(maxsize=None)
+@cache
 def size(t: Tree) -> int:
     return 1 + sum(size(child) for child in t)
 
 
-@lru_cache(maxsize=None)
+@cache
 def gamma(t: Tree) -> int:
     """Density: gamma(t) = |t| * prod(gamma(subtrees))."""
     return size(t) * math.prod(gamma(child) for child in t)
 
 
-@lru_cache(maxsize=None)
+@cache
 def sigma(t: Tree) -> int:
     """Symmetry: order of the tree's automorphism group."""
     return math.prod(math.factorial(m) * sigma(child) ** m for child, m in Counter(t).items())
@@ -125,7 +125,7 @@ class Weights:
         return self._cache[t]
 
 
-@lru_cache(maxsize=None)
+@cache
 def weights_of(tab: ButcherTableau, extended: bool) -> Weights:
     return Weights(tab, extended)
 
@@ -136,9 +136,7 @@ def residuals(tab: ButcherTableau, weights: np.ndarray, order: int, theta: float
     ``weights`` has one entry per stage, or per stage and extra stage (a ``dense_extra`` extension).
     """
     w = weights_of(tab, len(weights) > tab.stages)
-    return [
-        abs(float(weights @ w.phi(t)) - theta**order / gamma(t)) for t in trees_by_order(MAX_TREE_ORDER)[order - 1]
-    ]
+    return [abs(float(weights @ w.phi(t)) - theta**order / gamma(t)) for t in trees_by_order(MAX_TREE_ORDER)[order - 1]]
 
 
 def b_hat(tab: ButcherTableau) -> np.ndarray:

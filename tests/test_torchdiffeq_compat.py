@@ -54,7 +54,9 @@ def test_perturb_keeps_each_step_on_its_side_of_a_grid_discontinuity(method):
         peer = torchdiffeq.odeint(StepForcing(closed), y0, t, method=method.replace("rk4_38", "rk4"), options=opts)
         torch.testing.assert_close(ours, peer, rtol=0, atol=1e-12)
         torch.testing.assert_close(ours, exact, rtol=0, atol=1e-12)
-        unperturbed_error = max(unperturbed_error, float((odeint(StepForcing(closed), y0, t, method=method) - exact).abs().max()))
+        unperturbed_error = max(
+            unperturbed_error, float((odeint(StepForcing(closed), y0, t, method=method) - exact).abs().max())
+        )
     # Without perturb, a stage on the grid point sees the other side for one of the two (midpoint's
     # result does not use its first stage, so it cannot tell).
     if method != "midpoint":
@@ -63,8 +65,9 @@ def test_perturb_keeps_each_step_on_its_side_of_a_grid_discontinuity(method):
 
 def test_perturb_tells_func_which_side():
     f = StepForcing()
-    odeint(f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 0.5, 1.0], dtype=F64), method="rk4",
-           options={"perturb": True})
+    odeint(
+        f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 0.5, 1.0], dtype=F64), method="rk4", options={"perturb": True}
+    )
     sides = {p for _, p in f.seen}
     assert sides == {Perturb.NONE, Perturb.NEXT, Perturb.PREV}
     assert all(t > 0.5 for t, p in f.seen if p is Perturb.NEXT and t > 0.4)  # NEXT of 0.5 is just after it
@@ -134,13 +137,22 @@ def test_bare_tensor_adjoint_params_is_a_clear_error():
 
 
 def test_grid_constructor_with_the_wrong_signature():
-    with pytest.raises(TypeError, match=r"options\['grid_constructor'\] must be callable as grid_constructor\(func, y0, t\)"):
-        odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), method="euler",
-               options={"grid_constructor": lambda t: t})
+    with pytest.raises(
+        TypeError, match=r"options\['grid_constructor'\] must be callable as grid_constructor\(func, y0, t\)"
+    ):
+        odeint(
+            lambda t, y: -y,
+            torch.ones(2),
+            torch.tensor([0.0, 1.0]),
+            method="euler",
+            options={"grid_constructor": lambda t: t},
+        )
 
 
 def test_func_of_one_argument():
-    with pytest.raises(TypeError, match=r"func must be callable as func\(t, y\) with the time first.*lambda t, y: f\(y\)"):
+    with pytest.raises(
+        TypeError, match=r"func must be callable as func\(t, y\) with the time first.*lambda t, y: f\(y\)"
+    ):
         odeint(lambda y: -y, torch.ones(2), torch.tensor([0.0, 1.0]))
 
 
@@ -158,8 +170,15 @@ def _oscillator(t, y):
 
 
 @pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
-@pytest.mark.parametrize("options", [{"step_size": 0.05}, {"step_size": 0.05, "max_order": 5},
-                                     {"step_size": 0.05, "interp": "cubic", "max_iters": 2}, None])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"step_size": 0.05},
+        {"step_size": 0.05, "max_order": 5},
+        {"step_size": 0.05, "interp": "cubic", "max_iters": 2},
+        None,
+    ],
+)
 def test_adams_parity_with_torchdiffeq(method, options):
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     t = torch.linspace(0, 4, 41, dtype=F64) if options is None else torch.linspace(0, 4, 9, dtype=F64)
@@ -174,6 +193,7 @@ def test_adams_parity_with_torchdiffeq(method, options):
 class _no_warning_check:
     def __enter__(self):
         import warnings
+
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.simplefilter("ignore")
@@ -182,12 +202,15 @@ class _no_warning_check:
         return self._ctx.__exit__(*exc)
 
 
-@pytest.mark.parametrize("method,max_order,order", [
-    ("explicit_adams", 4, 3.0),  # Adams-Bashforth of order 3 after the rk4_38 start
-    ("explicit_adams", 5, 4.0),
-    ("implicit_adams", 4, 4.0),  # AB3 predictor, AM4 corrector
-    ("implicit_adams", 2, 4.0),  # below the minimum order: rk4_38 throughout, as in torchdiffeq
-])
+@pytest.mark.parametrize(
+    "method,max_order,order",
+    [
+        ("explicit_adams", 4, 3.0),  # Adams-Bashforth of order 3 after the rk4_38 start
+        ("explicit_adams", 5, 4.0),
+        ("implicit_adams", 4, 4.0),  # AB3 predictor, AM4 corrector
+        ("implicit_adams", 2, 4.0),  # below the minimum order: rk4_38 throughout, as in torchdiffeq
+    ],
+)
 def test_adams_measured_orders(method, max_order, order):
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     span = torch.tensor([0.0, 4.0], dtype=F64)
@@ -196,11 +219,19 @@ def test_adams_measured_orders(method, max_order, order):
     ref = odeint(_oscillator, y0, span, rtol=1e-14, atol=1e-14, method="dopri8")[-1]
     errors = []
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # max_order below 4 reduces to rk4_38 (warned)
         for n in (50, 100, 200):
-            y = odeint(_oscillator, y0, span, method=method, rtol=1e-10, atol=1e-12,
-                       options={"step_size": 4.0 / n, "max_order": max_order})[-1]
+            y = odeint(
+                _oscillator,
+                y0,
+                span,
+                method=method,
+                rtol=1e-10,
+                atol=1e-12,
+                options={"step_size": 4.0 / n, "max_order": max_order},
+            )[-1]
             errors.append(float((y - ref).abs().max()))
     slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert all(abs(s - order) < 0.3 for s in slopes), (errors, slopes)
@@ -220,10 +251,18 @@ def test_adams_options_are_checked():
 
 def test_adams_corrector_that_does_not_converge_warns_once():
     import warnings
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        odeint(_oscillator, torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 4.0], dtype=F64),
-               method="implicit_adams", rtol=1e-14, atol=1e-14, options={"step_size": 0.1, "max_iters": 1})
+        odeint(
+            _oscillator,
+            torch.tensor([1.0, 0.0], dtype=F64),
+            torch.tensor([0.0, 4.0], dtype=F64),
+            method="implicit_adams",
+            rtol=1e-14,
+            atol=1e-14,
+            options={"step_size": 0.1, "max_iters": 1},
+        )
     messages = {str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)}
     assert len(messages) == 1 and "did not converge in max_iters=1" in messages.pop()
 
@@ -274,7 +313,9 @@ def test_scipy_solver_refuses_gradients_clearly_but_works_under_the_adjoint():
 
 def test_scipy_solver_bad_options():
     f, y0, t = (lambda t, y: -y), torch.ones(2), torch.tensor([0.0, 1.0])
-    with pytest.raises(ValueError, match=r"options\['solver'\] must be one of LSODA, RK45, RK23, DOP853, Radau, BDF; got 'rk4'"):
+    with pytest.raises(
+        ValueError, match=r"options\['solver'\] must be one of LSODA, RK45, RK23, DOP853, Radau, BDF; got 'rk4'"
+    ):
         odeint(f, y0, t, method="scipy_solver", options={"solver": "rk4"})
     with pytest.raises(ValueError, match=r"Unknown option 'step_size' for method 'scipy_solver'"):
         odeint(f, y0, t, method="scipy_solver", options={"step_size": 0.1})
@@ -293,7 +334,7 @@ def _rotating(w):
 
 
 def _loss(y1):
-    return (y1.real ** 2 + 3 * y1.imag).sum()
+    return (y1.real**2 + 3 * y1.imag).sum()
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8", "rk4"])
@@ -304,7 +345,9 @@ def test_complex_state_matches_closed_form_and_torchdiffeq(method):
     opts = {"step_size": 0.01} if method == "rk4" else None
     ys = odeint(_rotating(w), y0, t, method=method, rtol=1e-10, atol=1e-12, options=opts)
     assert ys.dtype == C128
-    exact = y0 * torch.exp(torch.complex(torch.full_like(t, -0.1), torch.full_like(t, 2.0)).unsqueeze(1) * t.unsqueeze(1))
+    exact = y0 * torch.exp(
+        torch.complex(torch.full_like(t, -0.1), torch.full_like(t, 2.0)).unsqueeze(1) * t.unsqueeze(1)
+    )
     assert (ys - exact).abs().max() < (1e-8 if method == "rk4" else 1e-9)
     # torchdiffeq has no tsit5, and its dopri8 interpolates its output times back from beyond them
     # with a cubic (4e-7 off here), so compare with it where it is accurate.
@@ -354,8 +397,9 @@ def test_complex_gradients_backprop_adjoint_and_finite_differences():
 def test_half_precision_lands_within_resolution(dtype, method):
     eps = torch.finfo(dtype).eps
     for rtol in (4 * eps, 0.05):
-        sol = solve(lambda t, y: -y, torch.ones(4, dtype=dtype), torch.tensor([0.0, 1.0]), rtol=rtol, atol=1e-4,
-                    method=method)
+        sol = solve(
+            lambda t, y: -y, torch.ones(4, dtype=dtype), torch.tensor([0.0, 1.0]), rtol=rtol, atol=1e-4, method=method
+        )
         assert sol.ys.dtype == dtype
         # At the finest tolerance the dtype admits, within two units of its resolution; at a
         # looser one, within the tolerance.
@@ -410,9 +454,12 @@ def test_grid_constructor_program():
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     t = torch.linspace(0, 2, 5, dtype=F64)
     for method, ours_method in (("midpoint", "midpoint"), ("rk4", "rk4_38")):
-        ours = odeint(lambda t, y: torch.stack([y[1], -y[0]]), y0, t, method=ours_method, options={"grid_constructor": grid})
-        peer = torchdiffeq.odeint(lambda t, y: torch.stack([y[1], -y[0]]), y0, t, method=method,
-                                  options={"grid_constructor": grid})
+        ours = odeint(
+            lambda t, y: torch.stack([y[1], -y[0]]), y0, t, method=ours_method, options={"grid_constructor": grid}
+        )
+        peer = torchdiffeq.odeint(
+            lambda t, y: torch.stack([y[1], -y[0]]), y0, t, method=method, options={"grid_constructor": grid}
+        )
         torch.testing.assert_close(ours, peer, rtol=0, atol=1e-12)
 
 

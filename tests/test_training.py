@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from neuralode import plotting
-from neuralode.training import mnist as training
 from neuralode.models import build_classifier, count_parameters
+from neuralode.training import mnist as training
 from neuralode.training.mnist import (
     CheckpointError,
     ConfigError,
@@ -46,8 +46,17 @@ TIMING_KEYS = {"seconds", "eval_seconds", "samples_per_second"}
 
 def quick(tmp: Path, **overrides) -> TrainConfig:
     settings = dict(
-        model="mlp", epochs=2, train_subset=256, test_subset=128, batch_size=64, data_dir=DATA, out=tmp,
-        progress=False, plot=False, seed=1, lr_milestones=(0.5, 1.5),  # mid-epoch drops: resumes cross them
+        model="mlp",
+        epochs=2,
+        train_subset=256,
+        test_subset=128,
+        batch_size=64,
+        data_dir=DATA,
+        out=tmp,
+        progress=False,
+        plot=False,
+        seed=1,
+        lr_milestones=(0.5, 1.5),  # mid-epoch drops: resumes cross them
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -103,11 +112,13 @@ def test_the_rate_drops_at_each_milestone_step_whole_or_fractional_epochs():
         ({"tol": float("nan")}, "tol", "TrainConfig.tol must be a positive finite number; got nan."),
         ({"device": "tpu"}, "device", "TrainConfig.device must be one of auto, cpu, cuda; got 'tpu'."),
         (
-            {"lr_milestones": (100, 60)}, "lr_milestones",
+            {"lr_milestones": (100, 60)},
+            "lr_milestones",
             "TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got (100, 60).",
         ),
         (
-            {"lr_milestones": [0, 1]}, "lr_milestones",
+            {"lr_milestones": [0, 1]},
+            "lr_milestones",
             "TrainConfig.lr_milestones must be increasing positive epoch counts (fractions allowed); got (0, 1).",
         ),
         ({"test_subset": 0}, "test_subset", "TrainConfig.test_subset must be a positive integer or None; got 0."),
@@ -166,7 +177,13 @@ def reference_runs(tmp_path_factory) -> dict[str, Path]:
 @needs_data
 def test_a_run_writes_config_metrics_checkpoint_and_curves(reference_runs):
     out = reference_runs["mlp"]
-    names = ["checkpoint.prev.pt", "checkpoint.pt", "config.json", "learning_curves.png", "metrics.jsonl"]  # two epochs: two checkpoints
+    names = [
+        "checkpoint.prev.pt",
+        "checkpoint.pt",
+        "config.json",
+        "learning_curves.png",
+        "metrics.jsonl",
+    ]  # two epochs: two checkpoints
     assert sorted(p.name for p in out.iterdir()) == names
     saved = json.loads((out / "config.json").read_text())
     assert TrainConfig.from_dict(saved["config"]) == quick(out, plot=True)
@@ -226,7 +243,10 @@ def test_signal_mid_run_then_resume_gives_identical_weights(reference_runs, tmp_
     assert summary["interrupted"] == sig.name
     assert summary["epochs_completed"] == 0
     err = capsys.readouterr().err
-    assert f"Stopped by {sig.name} at epoch 1, batch {at_batch + 1}/4; checkpoint saved to {tmp_path / 'checkpoint.pt'}." in err
+    assert (
+        f"Stopped by {sig.name} at epoch 1, batch {at_batch + 1}/4; checkpoint saved to {tmp_path / 'checkpoint.pt'}."
+        in err
+    )
     assert f"Resume with: neuralode train mnist --out {tmp_path} --resume" in err
     # The handlers are the ones before the run again (the default SIGINT handler raises KeyboardInterrupt;
     # a process started in the background inherits SIGINT ignored, and keeps it so).
@@ -287,7 +307,9 @@ def test_resume_guards(tmp_path):
 @pytest.fixture
 def checkpoint_file(tmp_path) -> Path:
     model = build_classifier("mlp")
-    return save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "note": [1, 2.5, None, "x", {"a": (True,)}]})
+    return save_checkpoint(
+        tmp_path / "c.pt", {"model": model.state_dict(), "note": [1, 2.5, None, "x", {"a": (True,)}]}
+    )
 
 
 def test_checkpoints_round_trip_and_open_with_plain_torch_load(checkpoint_file):
@@ -377,19 +399,58 @@ def test_plot_learning_curves_panels_and_errors():
 
 @needs_data
 def test_two_process_ddp_matches_one_process(tmp_path):
-    common = ["--model", "rknet", "--epochs", "1", "--train-subset", "256", "--test-subset", "128", "--data-dir", str(DATA),
-              "--device", "cpu", "--seed", "4", "--no-progress"]
+    common = [
+        "--model",
+        "rknet",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "128",
+        "--data-dir",
+        str(DATA),
+        "--device",
+        "cpu",
+        "--seed",
+        "4",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     ddp_out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neuralode",
-           "train", "mnist", *common, "--out", str(ddp_out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "neuralode",
+        "train",
+        "mnist",
+        *common,
+        "--out",
+        str(ddp_out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("rknet: 1 epoch(s)") == 1  # only rank 0 reports
 
     single_out = tmp_path / "single"
-    train(TrainConfig(model="rknet", epochs=1, train_subset=256, test_subset=128, data_dir=DATA, device="cpu",
-                      seed=4, out=single_out, progress=False, plot=False))
+    train(
+        TrainConfig(
+            model="rknet",
+            epochs=1,
+            train_subset=256,
+            test_subset=128,
+            data_dir=DATA,
+            device="cpu",
+            seed=4,
+            out=single_out,
+            progress=False,
+            plot=False,
+        )
+    )
     ddp_w, single_w = weights(ddp_out), weights(single_out)
     assert ddp_w.keys() == single_w.keys()
     worst = max((ddp_w[k] - single_w[k]).abs().max().item() for k in ddp_w)
@@ -404,7 +465,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert ddp_m[0]["test_samples"] == 128
     assert ddp_m[0]["train_loss"] == pytest.approx(single_m[0]["train_loss"], rel=1e-5)
     assert ddp_m[0]["test_error"] == pytest.approx(single_m[0]["test_error"], abs=1 / 128)
-    assert sorted(p.name for p in ddp_out.iterdir()) == ["checkpoint.pt", "config.json", "learning_curves.png", "metrics.jsonl"]
+    assert sorted(p.name for p in ddp_out.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "learning_curves.png",
+        "metrics.jsonl",
+    ]
 
 
 @needs_data

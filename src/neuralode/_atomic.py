@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 
 def _umask() -> int:
@@ -40,7 +41,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *, keep_previous: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], object],
+    *,
+    keep_previous: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
 
@@ -79,7 +83,9 @@ def atomic_write(
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, keep_previous: str | os.PathLike[str] | None = None) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, keep_previous: str | os.PathLike[str] | None = None
+) -> Path:
     """:func:`atomic_write` of ``data``."""
     return atomic_write(path, lambda fh: fh.write(data), keep_previous=keep_previous)
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ TRUE_COLOR = "#1f77b4"
 LEARNED_COLOR = "#d62728"
 
 
-def _new_figure(figsize: tuple[float, float], dpi: float) -> "Figure":
+def _new_figure(figsize: tuple[float, float], dpi: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, dpi=dpi, layout="constrained")
@@ -70,7 +71,7 @@ def plot_convergence(
     *,
     title: str = "Error against cost",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Log-log plot of error against function evaluations, one line per method, slopes annotated.
 
     Args:
@@ -120,7 +121,7 @@ def plot_trajectories(
     names: Sequence[str] = ("x", "y"),
     title: str = "Trajectories: true vs learned",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Each state component against time, true (solid) and learned (dashed), one panel each.
 
     Args:
@@ -162,7 +163,7 @@ def plot_phase_portrait(
     names: tuple[str, str] = ("x", "y"),
     title: str = "Phase portrait: true vs learned",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """True and learned trajectories in the plane, with the shared starting point marked.
 
     Args:
@@ -201,7 +202,7 @@ def plot_vector_field(
     names: tuple[str, str] = ("x", "y"),
     title: str = "Learned vector field",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Streamlines of a planar vector field coloured by speed, optionally with a trajectory on top.
 
     Args:
@@ -218,7 +219,9 @@ def plot_vector_field(
     xa, ya = _as_array(x, "x", 1), _as_array(y, "y", 1)
     ua, va = _as_array(u, "u", 2), _as_array(v, "v", 2)
     if ua.shape != (ya.size, xa.size) or va.shape != ua.shape:
-        raise ValueError(f"u and v must have shape (len(y), len(x)) = {(ya.size, xa.size)}; got {ua.shape} and {va.shape}.")
+        raise ValueError(
+            f"u and v must have shape (len(y), len(x)) = {(ya.size, xa.size)}; got {ua.shape} and {va.shape}."
+        )
     fig = _new_figure((6.2, 5.2), dpi)
     ax = fig.add_subplot()
     # Log speed: a cubic field's speed spans orders of magnitude across the grid.
@@ -247,7 +250,7 @@ def plot_learning_curves(
     *,
     title: str = "Learning curves",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Training loss, test error and (for ODE models) function evaluations against epochs.
 
     Args:
@@ -276,7 +279,9 @@ def plot_learning_curves(
     }
     lengths = {ep.size, loss.size, err.size, *(a.size for a in nfes.values())}
     if len(lengths) != 1 or ep.size == 0:
-        raise ValueError(f"epochs, train_loss, test_error and the NFE arrays must have one equal, non-zero length; got lengths {sorted(lengths)}.")
+        raise ValueError(
+            f"epochs, train_loss, test_error and the NFE arrays must have one equal, non-zero length; got lengths {sorted(lengths)}."
+        )
     nfes = {label: a for label, a in nfes.items() if np.any(a > 0)}
     panels = 3 if nfes else 2
     fig = _new_figure((4.2 * panels, 3.6), dpi)
@@ -309,7 +314,7 @@ def plot_curves(
     xlabel: str,
     title: str,
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Panels of curves side by side sharing the x axis: any run's learning curves.
 
     Args:
@@ -351,7 +356,7 @@ def plot_curves(
     return fig
 
 
-def save_figure(fig: "Figure", path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
     """Write ``fig`` to ``path`` atomically and close it.
 
     The image is written to a temporary file in the same directory and moved into place with
@@ -380,7 +385,7 @@ def save_figure(fig: "Figure", path: str | os.PathLike[str], *, dpi: float | Non
     return path
 
 
-def _close(fig: "Figure") -> None:
+def _close(fig: Figure) -> None:
     # Figures made here are not registered with pyplot; one the caller made with pyplot is.
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
@@ -399,7 +404,7 @@ def plot_point_clouds(
     suptitle: str | None = None,
     panel_size: float = 3.0,
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """A row of 2-D histograms, one per ``(title, points)`` panel, on shared square axes.
 
     Used for target against model samples, and for the strip of samples flowing from the base
@@ -443,7 +448,7 @@ def plot_density_grid(
     title: str = "learned density",
     size: float = 3.5,
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """A density evaluated on a square grid, as an image.
 
     Args:
@@ -475,7 +480,7 @@ def plot_latent_spirals(
     *,
     title: str = "Latent ODE: reconstruction and extrapolation",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """One panel per sample: the true spiral, the observed points, and the latent ODE's
     reconstruction (over the observed window) and extrapolation forwards and backwards in time.
 
@@ -532,7 +537,7 @@ def plot_latent_trajectories(
     *,
     title: str = "Latent trajectories by direction of rotation",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Latent trajectories projected on their first two principal components, coloured by the
     direction of rotation of their spiral.
 
@@ -580,7 +585,7 @@ def plot_image_grid(
     suptitle: str | None = None,
     cell: float = 0.45,
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Panels of grey images side by side, each a grid of ``columns`` images per row.
 
     Args:
@@ -607,7 +612,7 @@ def plot_image_grid(
         grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1))  # one-pixel white gutters
         for k in range(n):
             r, c = divmod(k, cols)
-            grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = a[k]
+            grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = a[k]
         grids.append((title, grid))
     scale = cell / 8 * min(1.0, 14.0 / (sum(g.shape[1] for _, g in grids) * cell / 8))  # at most 14 inches of images
     width = sum(g.shape[1] for _, g in grids) * scale + 0.6 * len(grids)
@@ -632,7 +637,7 @@ def plot_particle_paths(
     title: str = "particle paths",
     size: float = 4.5,
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """Trajectories of a few 2-D particles, start (○) to end (●), over a histogram of ``background``.
 
     Args:
@@ -672,7 +677,7 @@ def plot_quality_vs_nfe(
     reference: float | None = None,
     reference_label: str = "reference",
     dpi: float = 100,
-) -> "Figure":
+) -> Figure:
     """A quality measure against the number of function evaluations, one curve per solver, log-log.
 
     Args:

@@ -23,11 +23,31 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: neuralode demo --out demo_out --seed 1",
     )
-    parser.add_argument("--out", type=path_arg, default=Path("demo_out"), metavar="DIR",
-                        help="folder to write the figures to, created if missing (default: %(default)s)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the model's initialisation and the minibatches (default: %(default)s)")
-    parser.add_argument("--iterations", type=positive_int, default=None, metavar="N", help="training iterations (default: the demo's, fewer with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a few-second run: the same study with a short training and small figures (for tests)")
+    parser.add_argument(
+        "--out",
+        type=path_arg,
+        default=Path("demo_out"),
+        metavar="DIR",
+        help="folder to write the figures to, created if missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the model's initialisation and the minibatches (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="training iterations (default: the demo's, fewer with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few-second run: the same study with a short training and small figures (for tests)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the training progress bar")
     parser.set_defaults(handler=run_demo_command, subparser=parser)
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..datasets.demo_spiral import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories, spiral_dynamics
+from ..datasets.demo_spiral import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories
 from ..progress import progress_bar
 from ..solvers import get_tableau, solve
 
@@ -98,7 +99,9 @@ class DemoConfig:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"DemoConfig.{name} must be a positive number; got {value!r}.")
         if self.lr_final is not None and not (math.isfinite(self.lr_final) and 0 < self.lr_final <= self.lr):
-            raise ValueError(f"DemoConfig.lr_final must be a positive number no larger than lr={self.lr!r}; got {self.lr_final!r}.")
+            raise ValueError(
+                f"DemoConfig.lr_final must be a positive number no larger than lr={self.lr!r}; got {self.lr_final!r}."
+            )
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ValueError(f"DemoConfig.step_size must be a positive number or None; got {self.step_size!r}.")
         get_tableau(self.method)  # raises ValueError naming the known methods
@@ -106,7 +109,7 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.tolerances must be numbers in (0, 1); got {self.tolerances!r}.")
 
     @classmethod
-    def quick(cls, **overrides: Any) -> "DemoConfig":
+    def quick(cls, **overrides: Any) -> DemoConfig:
         """A few-second configuration for tests and smoke runs: few iterations, small figures.
 
         The convergence study is the full one (it is cheap); training is short, with a larger
@@ -219,8 +222,7 @@ def _convergence_summary(rows: list[ConvergenceRow]) -> list[str]:
     good = [r for r in dopri5 if r.error < 1e-5]
     best = good[0] if good else dopri5[-1]
     return [
-        f"Euler is first order: its error halves as the step halves (ratios {ratios(euler)}), "
-        f"one evaluation per step.",
+        f"Euler is first order: its error halves as the step halves (ratios {ratios(euler)}), one evaluation per step.",
         f"rk4 is fourth order: halving the step divides its error by ~16 (ratios {ratios(rk4)}), "
         f"for four evaluations per step.",
         f"dopri5 at rtol = atol = {best.tol:.0e} reaches a max error of {best.error:.1e} with {best.nfe} "
@@ -353,7 +355,9 @@ def vector_field_on_grid(
 # 3. Figures, and the whole run.
 
 
-def write_figures(config: DemoConfig, rows: list[ConvergenceRow], data: SpiralData, trained: TrainingResult) -> list[Path]:
+def write_figures(
+    config: DemoConfig, rows: list[ConvergenceRow], data: SpiralData, trained: TrainingResult
+) -> list[Path]:
     """Draw the four figures and save them in ``config.out``; returns their paths."""
     from .. import plotting
 

@@ -76,7 +76,9 @@ def nonnegative_int(text: str) -> int:
 def path_arg(text: str) -> Path:
     """A path; an empty string is refused (``Path("")`` would silently mean the current folder)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a path, got an empty string {text!r} (write '.' for the current folder)")
+        raise argparse.ArgumentTypeError(
+            f"expected a path, got an empty string {text!r} (write '.' for the current folder)"
+        )
     return Path(text)
 
 
@@ -95,7 +97,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         kind, default = base_type(hints[f.name]), f.default if f.default is not MISSING else None
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f.metadata.get("help", "") + ("" if default is None or f.name == "resume" else f" (default: {shown})")
+        help_text = f.metadata.get("help", "") + (
+            "" if default is None or f.name == "resume" else f" (default: {shown})"
+        )
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text.replace("%", "%%")}
         if kind is bool:
             kw["action"] = "store_true" if f.name == "resume" else argparse.BooleanOptionalAction

@@ -13,8 +13,9 @@ import importlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .flags import add_config_flags, flag_error, given_settings, runtime_error
 
@@ -39,43 +40,65 @@ class Task:
         return getattr(module, self.config), getattr(module, self.train)
 
 
-_FILES = ("Writes config.json, metrics.jsonl (a line every --log-every steps), checkpoint.pt (every\n"
-          "--checkpoint-every steps, every --checkpoint-seconds and on Ctrl-C/SIGTERM, exit status 130/143;\n"
-          "the one before is kept as checkpoint.prev.pt) and the figures into --out. With --progress it states\n"
-          "the plan first, then a time estimate. --resume continues from the checkpoint (the previous one if it\n"
-          "is damaged) with the run's saved settings; flags given override them; a missing metrics.jsonl or\n"
-          "config.json is rebuilt from the checkpoint.\n"
-          "Under torchrun it trains data-parallel (gloo on CPU, NCCL on CUDA): --batch-size is the global batch.")
+_FILES = (
+    "Writes config.json, metrics.jsonl (a line every --log-every steps), checkpoint.pt (every\n"
+    "--checkpoint-every steps, every --checkpoint-seconds and on Ctrl-C/SIGTERM, exit status 130/143;\n"
+    "the one before is kept as checkpoint.prev.pt) and the figures into --out. With --progress it states\n"
+    "the plan first, then a time estimate. --resume continues from the checkpoint (the previous one if it\n"
+    "is damaged) with the run's saved settings; flags given override them; a missing metrics.jsonl or\n"
+    "config.json is rebuilt from the checkpoint.\n"
+    "Under torchrun it trains data-parallel (gloo on CPU, NCCL on CUDA): --batch-size is the global batch."
+)
 
 TASKS = (
-    Task("mnist", "neuralode.training.mnist", "TrainConfig", "train",
-         "MNIST classification: ODE-Net, RK-Net, ResNet or MLP (the paper's Table 1)",
-         "Train a Table 1 classifier on MNIST with the paper's recipe: SGD, momentum 0.9, lr 0.1 per\n"
-         "128 samples decayed x0.1 at epochs 60/100/140, random-crop augmentation. The adaptive ODE-Net\n"
-         "chooses its steps from each process's shard, so under torchrun its NFE differs slightly.\n" + _FILES,
-         "  neuralode train mnist --model odenet --epochs 1 --out runs/odenet            (downloads MNIST)\n"
-         "  neuralode train mnist --model odenet --epochs 1 --data-dir PATH --out runs/odenet\n"
-         "  neuralode train mnist --out runs/odenet --resume --epochs 2\n"
-         "  torchrun --nproc_per_node=2 -m neuralode train mnist --model rknet --device cpu --out runs/ddp"),
-    Task("cnf", "neuralode.training.cnf", "CNFTrainConfig", "train_cnf",
-         "a continuous normalizing flow on a toy 2-D density (FFJORD-style)",
-         "Train a CNF by maximum likelihood on samples drawn on the fly from a toy 2-D density; the\n"
-         "final metrics line holds the test NLL in nats on fresh samples.\n" + _FILES,
-         "  neuralode train cnf --dataset 8gaussians --iterations 1000 --out runs/cnf"),
-    Task("flow", "neuralode.training.flow", "FlowTrainConfig", "train_flow",
-         "a continuous flow trained by flow matching (independent or minibatch-OT coupling)",
-         "Train a velocity field by conditional flow matching (Lipman et al. 2023; Tong et al. 2024):\n"
-         "no ODE is solved in training. The final metrics line holds the held-out NLL in nats (through\n"
-         "dopri5: exact divergence up to 16 dimensions, Hutchinson's estimate above; bits/dim for images)\n"
-         "and a samples-per-NFE table (euler, midpoint, rk4, dopri5; 2-Wasserstein distance to held-out\n"
-         "data). digits needs scikit-learn (pip install 'neuralode[digits]').\n" + _FILES,
-         "  neuralode train flow --dataset 8gaussians --coupling ot --out runs/flow\n"
-         "  neuralode train flow --dataset digits --conditional --iterations 3000 --out runs/digits"),
-    Task("spirals", "neuralode.training.latent", "LatentTrainConfig", "train_latent",
-         "a latent ODE (and an RNN baseline) on irregularly sampled spirals (the paper's section 5)",
-         "Train a latent ODE and a GRU baseline on the same noisy, irregularly observed spirals; the\n"
-         "final metrics line holds both models' extrapolation and reconstruction RMSE.\n" + _FILES,
-         "  neuralode train spirals --observations 100 --iterations 3000 --out runs/spirals"),
+    Task(
+        "mnist",
+        "neuralode.training.mnist",
+        "TrainConfig",
+        "train",
+        "MNIST classification: ODE-Net, RK-Net, ResNet or MLP (the paper's Table 1)",
+        "Train a Table 1 classifier on MNIST with the paper's recipe: SGD, momentum 0.9, lr 0.1 per\n"
+        "128 samples decayed x0.1 at epochs 60/100/140, random-crop augmentation. The adaptive ODE-Net\n"
+        "chooses its steps from each process's shard, so under torchrun its NFE differs slightly.\n" + _FILES,
+        "  neuralode train mnist --model odenet --epochs 1 --out runs/odenet            (downloads MNIST)\n"
+        "  neuralode train mnist --model odenet --epochs 1 --data-dir PATH --out runs/odenet\n"
+        "  neuralode train mnist --out runs/odenet --resume --epochs 2\n"
+        "  torchrun --nproc_per_node=2 -m neuralode train mnist --model rknet --device cpu --out runs/ddp",
+    ),
+    Task(
+        "cnf",
+        "neuralode.training.cnf",
+        "CNFTrainConfig",
+        "train_cnf",
+        "a continuous normalizing flow on a toy 2-D density (FFJORD-style)",
+        "Train a CNF by maximum likelihood on samples drawn on the fly from a toy 2-D density; the\n"
+        "final metrics line holds the test NLL in nats on fresh samples.\n" + _FILES,
+        "  neuralode train cnf --dataset 8gaussians --iterations 1000 --out runs/cnf",
+    ),
+    Task(
+        "flow",
+        "neuralode.training.flow",
+        "FlowTrainConfig",
+        "train_flow",
+        "a continuous flow trained by flow matching (independent or minibatch-OT coupling)",
+        "Train a velocity field by conditional flow matching (Lipman et al. 2023; Tong et al. 2024):\n"
+        "no ODE is solved in training. The final metrics line holds the held-out NLL in nats (through\n"
+        "dopri5: exact divergence up to 16 dimensions, Hutchinson's estimate above; bits/dim for images)\n"
+        "and a samples-per-NFE table (euler, midpoint, rk4, dopri5; 2-Wasserstein distance to held-out\n"
+        "data). digits needs scikit-learn (pip install 'neuralode[digits]').\n" + _FILES,
+        "  neuralode train flow --dataset 8gaussians --coupling ot --out runs/flow\n"
+        "  neuralode train flow --dataset digits --conditional --iterations 3000 --out runs/digits",
+    ),
+    Task(
+        "spirals",
+        "neuralode.training.latent",
+        "LatentTrainConfig",
+        "train_latent",
+        "a latent ODE (and an RNN baseline) on irregularly sampled spirals (the paper's section 5)",
+        "Train a latent ODE and a GRU baseline on the same noisy, irregularly observed spirals; the\n"
+        "final metrics line holds both models' extrapolation and reconstruction RMSE.\n" + _FILES,
+        "  neuralode train spirals --observations 100 --iterations 3000 --out runs/spirals",
+    ),
 )
 
 
@@ -91,20 +114,27 @@ def add_train(subparsers: argparse._SubParsersAction, argv: Sequence[str] | None
     """Register ``train TASK``. Only the task ``argv`` names gets its flags, so its config module
     alone is imported (``neuralode --help`` imports none); with ``argv=None`` every task gets them."""
     train = subparsers.add_parser(
-        "train", help="train a model (the paper's experiments)",
+        "train",
+        help="train a model (the paper's experiments)",
         description="Train one of the paper's models. Run 'neuralode train TASK --help' for a task's options.",
     )
     tasks = train.add_subparsers(title="tasks", dest="task", metavar="TASK", required=True)
     wanted = requested_task(argv)
     for task in TASKS:
-        parser = tasks.add_parser(task.name, help=task.help, description=task.description, epilog="examples:\n" + task.example,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = tasks.add_parser(
+            task.name,
+            help=task.help,
+            description=task.description,
+            epilog="examples:\n" + task.example,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if wanted is None or wanted == task.name:
             add_config_flags(parser, task.load()[0])
         parser.set_defaults(handler=run_train, subparser=parser, task_spec=task)
 
 
-def resolve_config(parser: argparse.ArgumentParser, config_cls: type[RunConfig], given: dict[str, Any], task_name: str | None = None
+def resolve_config(
+    parser: argparse.ArgumentParser, config_cls: type[RunConfig], given: dict[str, Any], task_name: str | None = None
 ) -> RunConfig:
     """The run's config from the flags given: the defaults, or with --resume the run's saved settings
     (from ``config.json``, else from the checkpoint)."""
@@ -145,10 +175,17 @@ def resolve_config(parser: argparse.ArgumentParser, config_cls: type[RunConfig],
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..training.checkpoints import CheckpointError
     from ..datasets.mnist import DownloadError
+    from ..training.checkpoints import CheckpointError
     from ..training.config import ConfigError
-    from ..training.rundir import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, RunLockedError, WrongTaskError, check_out, check_run_task
+    from ..training.rundir import (
+        CHECKPOINT_NAME,
+        PREVIOUS_CHECKPOINT_NAME,
+        RunLockedError,
+        WrongTaskError,
+        check_out,
+        check_run_task,
+    )
 
     task: Task = args.task_spec
     config_cls, train_fn = task.load()
@@ -172,7 +209,11 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if config.resume and str(exc).startswith(("Cannot resume", str(config.out))):
             runtime_error(parser, f"argument --resume: {exc}")
         runtime_error(parser, exc, status=1)
-    except (ValueError, DownloadError, ImportError) as exc:  # ImportError: an optional dependency (digits: scikit-learn)
+    except (
+        ValueError,
+        DownloadError,
+        ImportError,
+    ) as exc:  # ImportError: an optional dependency (digits: scikit-learn)
         runtime_error(parser, exc, status=1)
     if summary["interrupted"]:
         return 128 + int(signal.Signals[summary["interrupted"]])
@@ -187,33 +228,45 @@ def _report_mnist(config: Any, summary: dict[str, Any]) -> str:
     final = summary["final"]
     if final is None:
         return f"{config.model}: nothing left to train ({summary['epochs_completed']} epoch(s) done); run folder {summary['run_dir']}"
-    return (f"{config.model}: {summary['epochs_completed']} epoch(s), test error {100 * final['test_error']:.2f}% "
-            f"on {final['test_samples']} samples, {summary['params']:,} parameters, {nfe_text(final)}, "
-            f"{final['seconds']:.1f} s/epoch; run folder {summary['run_dir']}")
+    return (
+        f"{config.model}: {summary['epochs_completed']} epoch(s), test error {100 * final['test_error']:.2f}% "
+        f"on {final['test_samples']} samples, {summary['params']:,} parameters, {nfe_text(final)}, "
+        f"{final['seconds']:.1f} s/epoch; run folder {summary['run_dir']}"
+    )
 
 
 def _report_cnf(config: Any, summary: dict[str, Any]) -> str:
     final = summary["final"]
     forward, backward = final["nfe_forward_mean"], final["nfe_backward_mean"]
     # The means are over metrics.jsonl's lines; a run resumed after accepting their loss has none.
-    nfe = f"forward {forward:.1f}, backward {backward:.1f}" if forward is not None and backward is not None else "not known (no lines)"
-    return (f"cnf on {config.dataset}: {summary['iterations_completed']} iterations, test NLL {final['test_nll']:.4f} nats "
-            f"on {final['test_samples']:,} fresh samples; NFE per training iteration (mean, as in metrics.jsonl) "
-            f"{nfe}; run folder {summary['run_dir']}")
+    nfe = (
+        f"forward {forward:.1f}, backward {backward:.1f}"
+        if forward is not None and backward is not None
+        else "not known (no lines)"
+    )
+    return (
+        f"cnf on {config.dataset}: {summary['iterations_completed']} iterations, test NLL {final['test_nll']:.4f} nats "
+        f"on {final['test_samples']:,} fresh samples; NFE per training iteration (mean, as in metrics.jsonl) "
+        f"{nfe}; run folder {summary['run_dir']}"
+    )
 
 
 def _report_spirals(config: Any, summary: dict[str, Any]) -> str:
-    return (f"latent ODE, {config.observations} observations: extrapolation RMSE {summary['extrapolation_rmse']:.4f} "
-            f"(RNN {summary['rnn_extrapolation_rmse']:.4f}), reconstruction RMSE {summary['reconstruction_rmse']:.4f} "
-            f"(RNN {summary['rnn_reconstruction_rmse']:.4f}); run folder {summary['run_dir']}")
+    return (
+        f"latent ODE, {config.observations} observations: extrapolation RMSE {summary['extrapolation_rmse']:.4f} "
+        f"(RNN {summary['rnn_extrapolation_rmse']:.4f}), reconstruction RMSE {summary['reconstruction_rmse']:.4f} "
+        f"(RNN {summary['rnn_reconstruction_rmse']:.4f}); run folder {summary['run_dir']}"
+    )
 
 
 def _report_flow(config: Any, summary: dict[str, Any]) -> str:
     final = summary["final"]
     bpd = f" ({final['test_bpd']:.3f} bits/dim)" if "test_bpd" in final else ""
-    return (f"flow on {config.dataset} ({config.coupling} coupling, {config.path} path): {summary['iterations_completed']} iterations "
-            f"in {final['seconds']:.1f} s, test NLL {final['test_nll']:.4f} nats{bpd} on {final['test_samples']:,} held-out samples; "
-            f"{sampling_text(final['sampling'])}; run folder {summary['run_dir']}")
+    return (
+        f"flow on {config.dataset} ({config.coupling} coupling, {config.path} path): {summary['iterations_completed']} iterations "
+        f"in {final['seconds']:.1f} s, test NLL {final['test_nll']:.4f} nats{bpd} on {final['test_samples']:,} held-out samples; "
+        f"{sampling_text(final['sampling'])}; run folder {summary['run_dir']}"
+    )
 
 
 def sampling_text(rows: list[dict[str, Any]]) -> str:

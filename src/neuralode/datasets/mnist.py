@@ -30,8 +30,8 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,26 @@ import torch.nn.functional as F
 
 from .._atomic import atomic_write_bytes
 
-__all__ = ["MNIST_FILES", "MNIST_SHA256", "MNIST_SIZES", "DEFAULT_MIRRORS", "DATA_ENV", "MIRRORS_ENV", "MNIST_MEAN", "MNIST_STD", "DownloadError", "parse_idx", "read_idx_file", "default_cache_dir", "default_mirrors", "download_mnist", "load_mnist", "epoch_generator", "MNISTDataset", "mnist_dataset"]
+__all__ = [
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "MNIST_SIZES",
+    "DEFAULT_MIRRORS",
+    "DATA_ENV",
+    "MIRRORS_ENV",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "DownloadError",
+    "parse_idx",
+    "read_idx_file",
+    "default_cache_dir",
+    "default_mirrors",
+    "download_mnist",
+    "load_mnist",
+    "epoch_generator",
+    "MNISTDataset",
+    "mnist_dataset",
+]
 
 #: The two files of each split, without the ``.gz`` suffix.
 MNIST_FILES: dict[str, tuple[str, str]] = {
@@ -196,7 +215,9 @@ def _verify_payload(payload: bytes, name: str, split: str, source: str, verify: 
     magic = int.from_bytes(payload[:4], "big")
     if magic != expected_magic:
         kind = "images" if "images" in name else "labels"
-        other = {_MAGIC_IMAGES: " (it is an MNIST images file)", _MAGIC_LABELS: " (it is an MNIST labels file)"}.get(magic, "")
+        other = {_MAGIC_IMAGES: " (it is an MNIST images file)", _MAGIC_LABELS: " (it is an MNIST labels file)"}.get(
+            magic, ""
+        )
         raise ValueError(
             f"{source}: wrong IDX magic number 0x{magic:08x} for MNIST {kind} (expected 0x{expected_magic:08x}){other}; "
             f"is this the right file?"
@@ -242,7 +263,11 @@ def _download_file(
                 failures.append(f"{url}: HTTP {exc.code} {exc.reason} (attempt {attempt})")
                 if exc.code < 500:
                     break
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, reset, timeout, cut short
+            except (
+                urllib.error.URLError,
+                OSError,
+                http.client.HTTPException,
+            ) as exc:  # refused, reset, timeout, cut short
                 reason = getattr(exc, "reason", exc)
                 failures.append(f"{url}: {reason} (attempt {attempt})")
             else:

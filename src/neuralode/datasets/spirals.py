@@ -78,7 +78,7 @@ class SpiralDataset:
     def n_observations(self) -> int:
         return int(self.mask[0].sum()) if len(self) else 0
 
-    def subset(self, index: torch.Tensor | slice | list[int]) -> "SpiralDataset":
+    def subset(self, index: torch.Tensor | slice | list[int]) -> SpiralDataset:
         """The samples ``index`` (a slice, list or index tensor); shared arrays are kept."""
         return SpiralDataset(
             times=self.times,

@@ -11,11 +11,20 @@ a ``torch.Generator``: the same seed gives the same points.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["eight_gaussians", "moons", "circles", "pinwheel", "checkerboard", "two_spirals", "TOY_DATASETS", "sample_toy"]
+__all__ = [
+    "eight_gaussians",
+    "moons",
+    "circles",
+    "pinwheel",
+    "checkerboard",
+    "two_spirals",
+    "TOY_DATASETS",
+    "sample_toy",
+]
 
 Generator = torch.Generator
 

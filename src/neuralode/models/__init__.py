@@ -41,5 +41,20 @@ from .flow_matching import (
     wasserstein2,
 )
 
-__all__ += ["COUPLINGS", "DIVERGENCES", "MLP_ACTIVATIONS", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
-            "log_prob", "ot_pairing", "path_point", "reflow_pairs", "sample", "wasserstein2"]
+__all__ += [
+    "COUPLINGS",
+    "DIVERGENCES",
+    "MLP_ACTIVATIONS",
+    "PATHS",
+    "SampleResult",
+    "UNetVelocity",
+    "VelocityMLP",
+    "bits_per_dim",
+    "cfm_loss",
+    "log_prob",
+    "ot_pairing",
+    "path_point",
+    "reflow_pairs",
+    "sample",
+    "wasserstein2",
+]

@@ -66,18 +66,22 @@ class ConvODEFunc(ODEFunc):
 
 def _stem() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 64, 3, 1),                # (B, 64, 26, 26)
-        _norm(64), nn.ReLU(inplace=True),
-        nn.Conv2d(64, 64, 4, 2, 1),            # (B, 64, 13, 13)
-        _norm(64), nn.ReLU(inplace=True),
-        nn.Conv2d(64, 64, 4, 2, 1),            # (B, 64, 6, 6)
+        nn.Conv2d(1, 64, 3, 1),  # (B, 64, 26, 26)
+        _norm(64),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, 64, 4, 2, 1),  # (B, 64, 13, 13)
+        _norm(64),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, 64, 4, 2, 1),  # (B, 64, 6, 6)
     )
 
 
 def _head() -> nn.Sequential:
     return nn.Sequential(
-        _norm(64), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, 64)
+        _norm(64),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),  # (B, 64)
         nn.Linear(64, 10),
     )
 

@@ -27,13 +27,14 @@ training adds ``λ_K · mean(KE) + λ_J · mean(JF)`` to the negative log-likeli
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .layers import ConcatLinear, ODEFunc
 from ..solvers import odeint, odeint_adjoint
+from .layers import ConcatLinear, ODEFunc
 
 TRACE_ESTIMATORS = ("exact", "hutchinson")
 NOISE_TYPES = ("gaussian", "rademacher")
@@ -98,8 +99,10 @@ class HyperNetDynamics(nn.Module):
         super().__init__()
         self.dim, self.width = dim, width
         self.hyper = nn.Sequential(
-            nn.Linear(1, hidden_dim), nn.Tanh(),
-            nn.Linear(hidden_dim, hidden_dim), nn.Tanh(),
+            nn.Linear(1, hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.Tanh(),
             nn.Linear(hidden_dim, 3 * width * dim + width),
         )
 
@@ -108,9 +111,9 @@ class HyperNetDynamics(nn.Module):
         p = self.hyper(t.to(dtype).reshape(1, 1)).reshape(-1)  # (3 M D + M,)
         n = self.width * self.dim
         w = p[:n].view(self.width, self.dim)
-        u = p[n:2 * n].view(self.width, self.dim)
-        g = p[2 * n:3 * n].view(self.width, self.dim)
-        b = p[3 * n:]
+        u = p[n : 2 * n].view(self.width, self.dim)
+        g = p[2 * n : 3 * n].view(self.width, self.dim)
+        b = p[3 * n :]
         return w, b, u * torch.sigmoid(g)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -135,7 +138,14 @@ class CNFDynamics(ODEFunc):
     at the first evaluation after it and reused until the next reset.
     """
 
-    def __init__(self, net: nn.Module, trace: str = "exact", noise: str = "gaussian", kinetic: bool = False, jacobian: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        trace: str = "exact",
+        noise: str = "gaussian",
+        kinetic: bool = False,
+        jacobian: bool = False,
+    ) -> None:
         super().__init__()
         if trace not in TRACE_ESTIMATORS:
             raise ValueError(f"trace must be one of {', '.join(TRACE_ESTIMATORS)}; got {trace!r}.")
@@ -252,11 +262,15 @@ class CNF(nn.Module):
 
     def _check(self, x: torch.Tensor, name: str) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor of shape (batch, {self.dim}); got {type(x).__name__}.")
+            raise TypeError(
+                f"{name} must be a floating-point tensor of shape (batch, {self.dim}); got {type(x).__name__}."
+            )
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{name} must have shape (batch, {self.dim}); got {tuple(x.shape)}.")
 
-    def integrate(self, z0: torch.Tensor, times: Sequence[float] | torch.Tensor, *, adjoint: bool | None = None) -> tuple[torch.Tensor, ...]:
+    def integrate(
+        self, z0: torch.Tensor, times: Sequence[float] | torch.Tensor, *, adjoint: bool | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Solve the augmented ODE from ``z0`` at ``times[0]`` through ``times``.
 
         Returns:
@@ -297,7 +311,14 @@ class CNF(nn.Module):
         """``log p(x)`` in nats, shape ``(batch,)``, for data ``x`` of shape ``(batch, D)``."""
         return self.forward(x)[1]
 
-    def sample_with_log_prob(self, n: int | None = None, *, z: torch.Tensor | None = None, times: Sequence[float] | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_with_log_prob(
+        self,
+        n: int | None = None,
+        *,
+        z: torch.Tensor | None = None,
+        times: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw samples by integrating base draws from ``T`` back to ``0``, tracking their density.
 
         Args:

@@ -69,19 +69,33 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from .layers import ODEFunc
 from ..solvers import odeint, odeint_adjoint, solve
 from .cnf import NOISE_TYPES, CNFDynamics, standard_normal_logprob
+from .layers import ODEFunc
 
 __all__ = [
-    "COUPLINGS", "DIVERGENCES", "MLP_ACTIVATIONS", "PATHS", "SampleResult", "UNetVelocity", "VelocityMLP", "bits_per_dim", "cfm_loss",
-    "check_finite", "log_prob", "ot_pairing", "path_point", "reflow_pairs", "sample", "wasserstein2",
+    "COUPLINGS",
+    "DIVERGENCES",
+    "MLP_ACTIVATIONS",
+    "PATHS",
+    "SampleResult",
+    "UNetVelocity",
+    "VelocityMLP",
+    "bits_per_dim",
+    "cfm_loss",
+    "check_finite",
+    "log_prob",
+    "ot_pairing",
+    "path_point",
+    "reflow_pairs",
+    "sample",
+    "wasserstein2",
 ]
 
 PATHS = ("linear", "vp")
@@ -126,8 +140,14 @@ def _velocity(model: nn.Module, t: torch.Tensor, x: torch.Tensor, labels: torch.
 # Paths and couplings.
 
 
-def path_point(path: str, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma: float = 0.0,
-               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def path_point(
+    path: str,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    t: torch.Tensor,
+    sigma: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The point ``x_t`` of the conditional path between ``x0`` and ``x1`` and its velocity ``u_t``.
 
     Args:
@@ -302,7 +322,9 @@ class _Field(ODEFunc):
 def _data_shape(model: nn.Module, shape: Sequence[int] | None) -> tuple[int, ...]:
     shape = shape if shape is not None else getattr(model, "data_shape", None)
     if shape is None:
-        raise ValueError(f"shape is required: {type(model).__name__} has no data_shape attribute; pass shape=(D,) or (C, H, W).")
+        raise ValueError(
+            f"shape is required: {type(model).__name__} has no data_shape attribute; pass shape=(D,) or (C, H, W)."
+        )
     return tuple(int(s) for s in shape)
 
 
@@ -379,7 +401,9 @@ def sample(
     options = None
     if steps is not None:
         if adaptive:
-            raise ValueError(f"steps={steps!r} applies to fixed-step methods; {method!r} chooses its own steps from rtol and atol.")
+            raise ValueError(
+                f"steps={steps!r} applies to fixed-step methods; {method!r} chooses its own steps from rtol and atol."
+            )
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be a positive integer; got {steps!r}.")
         options = {"step_size": 1.0 / steps}
@@ -389,8 +413,15 @@ def sample(
     func = _Field(model, shape, labels, guidance)
     t0 = time.perf_counter()
     with torch.no_grad():
-        sol = solve(func, x0.reshape(x0.shape[0], -1), torch.tensor(grid, dtype=torch.float64), rtol=rtol, atol=atol,
-                    method=method, options=options)
+        sol = solve(
+            func,
+            x0.reshape(x0.shape[0], -1),
+            torch.tensor(grid, dtype=torch.float64),
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+        )
     seconds = time.perf_counter() - t0
     ys = sol.ys.reshape(len(grid), x0.shape[0], *shape)
     return SampleResult(ys[-1], int(sol.stats.nfe), seconds, ys if times is not None else None)
@@ -461,9 +492,20 @@ def bits_per_dim(nll_nats: torch.Tensor | float, dim: int, levels: int) -> torch
 
 
 @torch.no_grad()
-def reflow_pairs(model: nn.Module, n: int, *, shape: Sequence[int] | None = None, labels: torch.Tensor | None = None,
-                 guidance: float = 1.0, method: str = "dopri5", steps: int | None = None, rtol: float = 1e-5,
-                 atol: float = 1e-5, generator: torch.Generator | None = None, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def reflow_pairs(
+    model: nn.Module,
+    n: int,
+    *,
+    shape: Sequence[int] | None = None,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    method: str = "dopri5",
+    steps: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator: torch.Generator | None = None,
+    batch_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise and the trained flow's image of it, ``(x0, x1 = ODE(x0))``: the pairs of one reflow.
 
     Training a flow with :func:`cfm_loss` on these pairs (``x0=``, ``x1=``, the linear path)
@@ -478,9 +520,19 @@ def reflow_pairs(model: nn.Module, n: int, *, shape: Sequence[int] | None = None
     x0 = torch.randn(n, *shape, generator=generator, dtype=p.dtype).to(p.device)
     x1 = []
     for i in range(0, n, batch_size):
-        y = None if labels is None else labels[i:i + batch_size]
-        x1.append(sample(model, x0=x0[i:i + batch_size], labels=y, guidance=guidance, method=method, steps=steps,
-                         rtol=rtol, atol=atol).x)
+        y = None if labels is None else labels[i : i + batch_size]
+        x1.append(
+            sample(
+                model,
+                x0=x0[i : i + batch_size],
+                labels=y,
+                guidance=guidance,
+                method=method,
+                steps=steps,
+                rtol=rtol,
+                atol=atol,
+            ).x
+        )
     return x0, torch.cat(x1)
 
 
@@ -533,8 +585,14 @@ class VelocityMLP(nn.Module):
             ``activation``.
     """
 
-    def __init__(self, dim: int, hidden_dims: Sequence[int] = (64, 64, 64), num_classes: int | None = None,
-                 time_features: int = 0, activation: str = "tanh") -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden_dims: Sequence[int] = (64, 64, 64),
+        num_classes: int | None = None,
+        time_features: int = 0,
+        activation: str = "tanh",
+    ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer; got {dim!r}.")
@@ -604,7 +662,9 @@ class UNetVelocity(nn.Module):
     Shapes: ``forward(t, x, labels=None)`` with ``x`` ``(batch, C, H, W)``; returns the same shape.
     """
 
-    def __init__(self, data_shape: Sequence[int] = (1, 28, 28), channels: int = 32, num_classes: int | None = None) -> None:
+    def __init__(
+        self, data_shape: Sequence[int] = (1, 28, 28), channels: int = 32, num_classes: int | None = None
+    ) -> None:
         super().__init__()
         data_shape = tuple(int(s) for s in data_shape)
         if len(data_shape) != 3 or data_shape[1] % 4 or data_shape[2] % 4:

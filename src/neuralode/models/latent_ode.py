@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ODEFunc
 from ..solvers import odeint, odeint_adjoint
+from .layers import ODEFunc
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -61,7 +61,9 @@ _LOG_2PI = math.log(2 * math.pi)
 # Inputs.
 
 
-def _check_inputs(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_inputs(
+    values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a ``(values, times, mask)`` batch; return ``times (B, T)`` and ``mask (B, T)`` bool."""
     if not isinstance(values, torch.Tensor) or values.dim() != 3 or not values.is_floating_point():
         raise ValueError(
@@ -74,12 +76,16 @@ def _check_inputs(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor 
     if times.dim() == 1:
         times = times.expand(B, T) if times.shape[0] == T else times
     if times.shape != (B, T):
-        raise ValueError(f"times must have shape ({T},) or ({B}, {T}) to match values {tuple(values.shape)}; got {tuple(times.shape)}.")
+        raise ValueError(
+            f"times must have shape ({T},) or ({B}, {T}) to match values {tuple(values.shape)}; got {tuple(times.shape)}."
+        )
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=values.device)
     else:
         if mask.shape != (B, T):
-            raise ValueError(f"mask must have shape ({B}, {T}) to match values {tuple(values.shape)}; got {tuple(mask.shape)}.")
+            raise ValueError(
+                f"mask must have shape ({B}, {T}) to match values {tuple(values.shape)}; got {tuple(mask.shape)}."
+            )
         mask = mask.bool()
     if not mask.any(dim=1).all():
         empty = int((~mask.any(dim=1)).nonzero()[0])
@@ -149,7 +155,9 @@ class RecognitionRNN(nn.Module):
         self.out = nn.Linear(hidden, 2 * latent_dim)
         self.hidden = hidden
 
-    def forward(self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, t0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, t0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``values (B, T, D)``, ``times (B, T)``, ``mask (B, T)`` bool, ``t0 (B,)`` → mean, logvar ``(B, L)``."""
         B, T, _ = values.shape
         h = values.new_zeros(B, self.hidden)
@@ -245,7 +253,11 @@ class LatentODE(nn.Module):
     # -- pieces ------------------------------------------------------------------------------
 
     def encode(
-        self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None, t0: torch.Tensor | float | None = None
+        self,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        t0: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``q(z_{t0})`` from a batch: returns ``(mean (B, L), logvar (B, L), t0 (B,))``.
 
@@ -311,8 +323,12 @@ class LatentODE(nn.Module):
         """
         B, Q = tau.shape
         tau64 = tau.detach().to(torch.float64)
-        kw: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method,
-                  options={**(self.options or {}), "per_sample": "compact"})
+        kw: dict[str, Any] = dict(
+            rtol=self.rtol,
+            atol=self.atol,
+            method=self.method,
+            options={**(self.options or {}), "per_sample": "compact"},
+        )
         solver = odeint_adjoint if self.adjoint else odeint
         out = z0.new_zeros(B, Q, z0.shape[-1])
         for sign in (1.0, -1.0):
@@ -369,7 +385,9 @@ class LatentODE(nn.Module):
             if eps is None:
                 eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
             elif eps.shape != mean.shape:
-                raise ValueError(f"eps must have shape {tuple(mean.shape)} (batch, latent_dim); got {tuple(eps.shape)}.")
+                raise ValueError(
+                    f"eps must have shape {tuple(mean.shape)} (batch, latent_dim); got {tuple(eps.shape)}."
+                )
             z0 = mean + torch.exp(0.5 * logvar) * eps
         # Padded slots are solved at t0 so they add nothing to the union of times.
         query = torch.where(mask_b, times_b, t0[:, None].expand_as(times_b))
@@ -411,7 +429,9 @@ class LatentODE(nn.Module):
         mean, logvar, t0 = self.encode(values, times, mask, t0)
         z0 = mean
         if sample:
-            z0 = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            z0 = mean + torch.exp(0.5 * logvar) * torch.randn(
+                mean.shape, generator=generator, dtype=mean.dtype, device=mean.device
+            )
         zs = self.latent_trajectory(z0, t0, query_times.to(values.dtype))
         xs = self.decoder(zs)
         return (xs, zs) if return_latent else xs
@@ -457,7 +477,9 @@ class RNNBaseline(nn.Module):
         h = torch.where(m[:, None], self.cell(torch.cat([x, dt], dim=1), h), h)
         return pred, h, torch.where(m, t_j, t_last), seen | m
 
-    def filter(self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def filter(
+        self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One-step-ahead predictions at every slot.
 
         Returns:
@@ -486,7 +508,9 @@ class RNNBaseline(nn.Module):
         err = ((pred - values) ** 2).sum(-1)
         return torch.where(scored, err, torch.zeros_like(err)).sum() / (scored.sum().clamp(min=1) * values.shape[-1])
 
-    def extrapolate(self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None, future_times: torch.Tensor) -> torch.Tensor:
+    def extrapolate(
+        self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None, future_times: torch.Tensor
+    ) -> torch.Tensor:
         """Read the observations, then predict at ``future_times`` (``(F,)`` or ``(B, F)``, increasing,
         after the last observation) autoregressively. Returns ``(B, F, D)``."""
         _, _, (h, t_last, seen) = self._run(values, times, mask)

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -72,7 +72,9 @@ class ConcatConv2d(nn.Module):
     Shapes: ``y`` is ``(batch, dim_in, H, W)``; the result is ``(batch, dim_out, H', W')``.
     """
 
-    def __init__(self, dim_in: int, dim_out: int, kernel_size: int = 3, stride: int = 1, padding: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self, dim_in: int, dim_out: int, kernel_size: int = 3, stride: int = 1, padding: int = 1, bias: bool = True
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(dim_in + 1, dim_out, kernel_size, stride=stride, padding=padding, bias=bias)
 

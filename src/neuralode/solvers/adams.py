@@ -32,10 +32,10 @@ started afresh) need nothing special.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import torch
 
@@ -47,7 +47,7 @@ MAX_ORDER = 12  # torchdiffeq's _MAX_ORDER
 MAX_ITERS = 4
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adams_coefficients(order: int, implicit: bool) -> tuple[float, ...]:
     """Adams–Bashforth (``implicit=False``: ``order`` weights of ``f_n .. f_{n-order+1}``) or
     Adams–Moulton (``order`` weights of ``f_{n+1} .. f_{n-order+2}``) coefficients.
@@ -65,7 +65,9 @@ def _adams_coefficients(order: int, implicit: bool) -> tuple[float, ...]:
         for m, xm in enumerate(nodes):
             if m == j:
                 continue
-            poly = [(poly[k - 1] if k > 0 else 0) - xm * (poly[k] if k < len(poly) else 0) for k in range(len(poly) + 1)]
+            poly = [
+                (poly[k - 1] if k > 0 else 0) - xm * (poly[k] if k < len(poly) else 0) for k in range(len(poly) + 1)
+            ]
             denom *= xj - xm
         out.append(float(sum(c / (k + 1) for k, c in enumerate(poly)) / denom))
     return tuple(out)
@@ -95,8 +97,16 @@ class AdamsMethod:
     order = 4  # of the start-up steps; the multistep order rises with the history
     c = (0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)  # stage times of the rk4_38 start-up steps (time cache)
 
-    def step(self, func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float,
-             memory: tuple[torch.Tensor, ...] | None, options) -> StepResult:
+    def step(
+        self,
+        func: Callable,
+        t0: float,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        dt: float,
+        memory: tuple[torch.Tensor, ...] | None,
+        options,
+    ) -> StepResult:
         """One step; ``memory`` is the previous steps' derivatives, newest first (or None)."""
         max_order = options.max_order
         prev_f = ((f0,) + (memory or ()))[: max_order - 1]
@@ -130,7 +140,8 @@ class AdamsMethod:
                     f"{self.name}: the corrector did not converge in max_iters={options.max_iters} iterations; "
                     "the next step lowers its order. Use a smaller step_size, a looser rtol/atol or a larger "
                     "max_iters.",
-                    RuntimeWarning, stacklevel=2,
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
                 prev_f = prev_f[:-1]
         return StepResult(y1, None, (f0,), memory=prev_f)
@@ -141,8 +152,12 @@ _RK4_38 = get_tableau("rk4_38")
 ADAMS_METHODS: dict[str, AdamsMethod] = {
     m.name: m
     for m in (
-        AdamsMethod("explicit_adams", False, "Adams-Bashforth on a fixed grid, order rising to max_order - 1 (torchdiffeq's)."),
-        AdamsMethod("implicit_adams", True, "Adams-Bashforth-Moulton predictor-corrector on a fixed grid (torchdiffeq's)."),
+        AdamsMethod(
+            "explicit_adams", False, "Adams-Bashforth on a fixed grid, order rising to max_order - 1 (torchdiffeq's)."
+        ),
+        AdamsMethod(
+            "implicit_adams", True, "Adams-Bashforth-Moulton predictor-corrector on a fixed grid (torchdiffeq's)."
+        ),
     )
 }
 ADAMS_METHODS["fixed_adams"] = ADAMS_METHODS["implicit_adams"]  # torchdiffeq's older name

@@ -37,17 +37,17 @@ Design choices:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from .api import SCIPY_NO_EVENTS, _event_result, _method, _run, event_mode, solve, with_event_budget
 from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
-from .options import _parse_options, time_dtype
-from .scipy_solver import SCIPY_METHOD
+from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
-from .options import _check_state, _check_times, _check_tolerance, _type_name, all_finite
+from .scipy_solver import SCIPY_METHOD
 from .solution import Solution, SolverStats, TensorOrTuple
 
 _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
@@ -112,8 +112,13 @@ class _AdjointSolve(torch.autograd.Function):
                 options = {**(options or {}), "dense": True}
             with torch.no_grad():
                 sol = solve(
-                    cfg["func"], flat.unflatten(y0), t.detach(),
-                    rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=options,
+                    cfg["func"],
+                    flat.unflatten(y0),
+                    t.detach(),
+                    rtol=cfg["rtol"],
+                    atol=cfg["atol"],
+                    method=cfg["method"],
+                    options=options,
                 )
             cfg["forward_stats"] = sol.stats
             cfg["dense"] = sol.dense.hermite() if cfg["interpolate"] else None
@@ -194,27 +199,42 @@ class _AdjointSolve(torch.autograd.Function):
 
         def solve_interval(i, span, a, g_params, first_step):
             sol = solve(
-                augmented, (ys[i], a, *g_params), span,
-                rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
-                method=cfg["adjoint_method"], options=interval_options(cfg["adjoint_options"], adaptive, first_step),
+                augmented,
+                (ys[i], a, *g_params),
+                span,
+                rtol=cfg["adjoint_rtol"],
+                atol=cfg["adjoint_atol"],
+                method=cfg["adjoint_method"],
+                options=interval_options(cfg["adjoint_options"], adaptive, first_step),
             )
             return sol.ys[1][-1], tuple(g[-1] for g in sol.ys[2:]), sol.stats
 
         g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
         token = _IN_BACKWARD.set(True)
         try:
-            a, t_grad, g_params = sweep_intervals(times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval,
-                                                  stiff_backward)
+            a, t_grad, g_params = sweep_intervals(
+                times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, stiff_backward
+            )
         finally:
             _IN_BACKWARD.reset(token)
         g_params = tuple(
-            (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype) for g, p in zip(g_params, params)
+            (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
+            for g, p in zip(g_params, params)
         )
         return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
 
 
-def sweep_intervals(times: list[float], grad_ys: torch.Tensor, g_params: tuple[torch.Tensor, ...], t: torch.Tensor,
-                    need_t: bool, f_at, stats, solve_interval, implicit: bool):
+def sweep_intervals(
+    times: list[float],
+    grad_ys: torch.Tensor,
+    g_params: tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    need_t: bool,
+    f_at,
+    stats,
+    solve_interval,
+    implicit: bool,
+):
     """The backward pass over the output intervals, last to first, shared by the adjoints.
 
     On each interval ``[t_{i-1}, t_i]`` ``solve_interval(i, span, a, g_params, first_step)`` solves the
@@ -329,9 +349,7 @@ def _adjoint_options(options: dict | None, adjoint_options: dict | None, adaptiv
     elif callable(norm):
         out["norm"] = norm
     else:
-        raise ValueError(
-            f"adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got {norm!r}."
-        )
+        raise ValueError(f"adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got {norm!r}.")
     return out
 
 
@@ -361,8 +379,12 @@ def _resolve_interpolate(requested, method_tableau, adjoint_method, y0_parts, ev
     :func:`solve_adjoint`): the default for an implicit (stiff) backward method, else the backsolve."""
     implicit = getattr(_method(adjoint_method), "implicit", False)
     if requested is None:
-        return bool(implicit) and not events and method_tableau is not SCIPY_METHOD and not (
-            implicit and any(p.is_complex() for p in y0_parts))
+        return (
+            bool(implicit)
+            and not events
+            and method_tableau is not SCIPY_METHOD
+            and not (implicit and any(p.is_complex() for p in y0_parts))
+        )
     if not requested:
         return False
     if events:
@@ -398,8 +420,10 @@ def _adjoint_params(func: Any, adjoint_params: Sequence[torch.Tensor] | None) ->
             )
         adjoint_params = tuple(func.parameters())
     else:
-        if isinstance(adjoint_params, torch.Tensor) or not isinstance(adjoint_params, (tuple, list)) and not hasattr(
-            adjoint_params, "__iter__"
+        if (
+            isinstance(adjoint_params, torch.Tensor)
+            or not isinstance(adjoint_params, (tuple, list))
+            and not hasattr(adjoint_params, "__iter__")
         ):
             raise TypeError(
                 "adjoint_params must be a sequence of tensors, e.g. adjoint_params=(w,) or "
@@ -481,20 +505,56 @@ def solve_adjoint(
             )
 
         return solve_adjoint_per_sample(
-            func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
-            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method, adjoint_options=adjoint_options,
-            adjoint_params=adjoint_params, events=check_events(events),
+            func,
+            y0,
+            t,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+            adjoint_rtol=adjoint_rtol,
+            adjoint_atol=adjoint_atol,
+            adjoint_method=adjoint_method,
+            adjoint_options=adjoint_options,
+            adjoint_params=adjoint_params,
+            events=check_events(events),
         )
     times = _check_times(t)
     return _solve_adjoint(
-        func, y0, t, times, rtol=rtol, atol=atol, method=method, options=options,
-        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-        adjoint_options=adjoint_options, adjoint_params=adjoint_params, events=check_events(events),
+        func,
+        y0,
+        t,
+        times,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        adjoint_rtol=adjoint_rtol,
+        adjoint_atol=adjoint_atol,
+        adjoint_method=adjoint_method,
+        adjoint_options=adjoint_options,
+        adjoint_params=adjoint_params,
+        events=check_events(events),
     )
 
 
-def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_rtol, adjoint_atol,
-                   adjoint_method, adjoint_options, adjoint_params, events) -> Solution:
+def _solve_adjoint(
+    func,
+    y0,
+    t,
+    times,
+    *,
+    rtol,
+    atol,
+    method,
+    options,
+    adjoint_rtol,
+    adjoint_atol,
+    adjoint_method,
+    adjoint_options,
+    adjoint_params,
+    events,
+) -> Solution:
     """:func:`solve_adjoint` on checked ``times`` (the last may be ``±inf`` in event mode)."""
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)
@@ -517,11 +577,17 @@ def _solve_adjoint(func, y0, t, times, *, rtol, atol, method, options, adjoint_r
         "options": options,
         "adjoint_rtol": _adjoint_tolerance(
             "rtol" if adjoint_rtol is None else "adjoint_rtol",
-            rtol if adjoint_rtol is None else adjoint_rtol, len(params), parts, is_tuple,
+            rtol if adjoint_rtol is None else adjoint_rtol,
+            len(params),
+            parts,
+            is_tuple,
         ),
         "adjoint_atol": _adjoint_tolerance(
             "atol" if adjoint_atol is None else "adjoint_atol",
-            atol if adjoint_atol is None else adjoint_atol, len(params), parts, is_tuple,
+            atol if adjoint_atol is None else adjoint_atol,
+            len(params),
+            parts,
+            is_tuple,
         ),
         "adjoint_method": adjoint_method,
         "adjoint_options": _adjoint_options(options, adjoint_options, _takes_norm(adjoint_method)),
@@ -563,8 +629,9 @@ def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
     cfg["adjoint_options"] = options
 
 
-def _adjoint_with_events(cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], tableau,
-                         options, events: tuple[Event, ...]) -> Solution:
+def _adjoint_with_events(
+    cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], tableau, options, events: tuple[Event, ...]
+) -> Solution:
     """The adjoint of a solve with events, stretch by stretch.
 
     The forward solve (no graph) fixes the event times and the states at the output times and
@@ -579,14 +646,24 @@ def _adjoint_with_events(cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, time
     func, params = cfg["func"], cfg["params"]
     opts = _parse_options(options, tableau)
     with torch.no_grad():
-        fwd = _run(func, flat.unflatten(y0_flat.detach()), t.detach(), times, rtol=cfg["rtol"], atol=cfg["atol"],
-                   tableau=tableau, opts=opts, events=events)
+        fwd = _run(
+            func,
+            flat.unflatten(y0_flat.detach()),
+            t.detach(),
+            times,
+            rtol=cfg["rtol"],
+            atol=cfg["atol"],
+            tableau=tableau,
+            opts=opts,
+            events=events,
+        )
     stats = fwd.stats
     fwd_ys = flat.flatten_series(fwd.ys)  # (n_reached, ...)
     n_reached = fwd_ys.shape[0]
     direction = 1.0 if times[-1] > times[0] else -1.0
-    helper = _Problem(func, tuple(flat.unflatten(y0_flat.detach())) if flat.is_tuple else (y0_flat.detach(),),
-                      flat.is_tuple, stats)
+    helper = _Problem(
+        func, tuple(flat.unflatten(y0_flat.detach())) if flat.is_tuple else (y0_flat.detach(),), flat.is_tuple, stats
+    )
 
     records = []
     outputs = [y0_flat]  # differentiable states at the output times reached
@@ -667,9 +744,15 @@ def odeint_adjoint(
     ``adjoint_options={"norm": "seminorm"}``); parameters that are unused get zero gradients.
     """
     kw = dict(
-        rtol=rtol, atol=atol, method=method, options=options,
-        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-        adjoint_options=adjoint_options, adjoint_params=adjoint_params,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        adjoint_rtol=adjoint_rtol,
+        adjoint_atol=adjoint_atol,
+        adjoint_method=adjoint_method,
+        adjoint_options=adjoint_options,
+        adjoint_params=adjoint_params,
     )
     if event_fn is None:
         return solve_adjoint(func, y0, t, **kw).ys

@@ -179,8 +179,9 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
     return augmented, jacobian
 
 
-def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool,
-                           in_backward) -> tuple:
+def interpolating_backward(
+    cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool, in_backward
+) -> tuple:
     """``(a(t_0), dL/dt or None, dL/dθ)`` from the kept forward dense output ``cfg["dense"]``."""
     flat = cfg["flat"]
     func = cfg["func"]
@@ -211,15 +212,23 @@ def interpolating_backward(cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys
     adaptive = _method(cfg["adjoint_method"]).adaptive
 
     def solve_interval(i, span, a, g_params, first_step):
-        sol = solve(augmented, (a, *g_params), span, rtol=cfg["adjoint_rtol"], atol=cfg["adjoint_atol"],
-                    method=cfg["adjoint_method"], options=interval_options(options, adaptive, first_step))
+        sol = solve(
+            augmented,
+            (a, *g_params),
+            span,
+            rtol=cfg["adjoint_rtol"],
+            atol=cfg["adjoint_atol"],
+            method=cfg["adjoint_method"],
+            options=interval_options(options, adaptive, first_step),
+        )
         return sol.ys[0][-1], tuple(g[-1] for g in sol.ys[1:]), sol.stats
 
     g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
     token = in_backward.set(True)
     try:
-        a, t_grad, g_params = sweep_intervals(times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval,
-                                              implicit)
+        a, t_grad, g_params = sweep_intervals(
+            times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, implicit
+        )
     finally:
         in_backward.reset(token)
         stats.nfe += extra["nfe"]

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
+from .adams import ADAMS_METHODS
 from .controller import ConstantController, StepSizeController, initial_step
 from .errors import SolverError
 from .events import Event, EventSet, check_events
@@ -39,24 +41,23 @@ from .loop import InfiniteGrid, integrate, no_event_found
 from .options import (
     AdamsOptions,
     AdaptiveOptions,
-    _accepts_keyword,
     FixedOptions,
+    _accepts_keyword,
     _check_state,
     _check_times,
     _check_tolerance,
     _check_tolerance_pair,
-    check_method_dtype,
-    suggest,
-    check_tolerance_resolution,
     _fixed_grid,
     _parse_options,
     _type_name,
     all_finite,
+    check_method_dtype,
+    check_tolerance_resolution,
+    suggest,
 )
 from .problem import _ErrorNorm, _Problem
-from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
-from .adams import ADAMS_METHODS
 from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
+from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .tableau import METHODS, ButcherTableau, get_tableau
 
 DEFAULT_METHOD = "dopri5"
@@ -90,7 +91,9 @@ def _method(method: str | None):
     if method == SCIPY_METHOD.name:
         return SCIPY_METHOD
     if method not in method_names():
-        raise ValueError(f"Unknown method {method!r}.{suggest(method, method_names())} Valid methods: {', '.join(method_names())}.")
+        raise ValueError(
+            f"Unknown method {method!r}.{suggest(method, method_names())} Valid methods: {', '.join(method_names())}."
+        )
     return get_tableau(method)  # explicit, implicit and auto
 
 
@@ -170,7 +173,8 @@ def _run(
             # Cached only while the stage times are few: one 0-dim tensor per time would take far more
             # memory than the grid itself on a long grid, where creating each at its call costs little.
             if len(grid) * len(tableau.c) <= CACHED_TIMES and not (
-                    opts.compile and can_chunk(problem, tableau, opts, grid, events, True if opts.dense else None, None)):
+                opts.compile and can_chunk(problem, tableau, opts, grid, events, True if opts.dense else None, None)
+            ):
                 problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
             stops = grid[1:]
         jumps: frozenset[float] = frozenset()
@@ -178,6 +182,7 @@ def _run(
         error = None
         dt0 = math.inf
     else:
+
         def inside(s: float) -> bool:
             return (s - t0) * direction > 0 and (t_end - s) * direction > 0
 
@@ -200,9 +205,23 @@ def _run(
         config = SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol_v, atol=atol_v)
     try:
         result = integrate(
-            problem, y_solve, f0, times, tableau=tableau, opts=opts, stops=stops, jumps=jumps,
-            controller=controller, dt0=dt0, error=error, stats=stats, interp_kind=_interp_kind(tableau, opts),
-            events=event_set, t_dtype=t.dtype, dense=dense, method_config=config,
+            problem,
+            y_solve,
+            f0,
+            times,
+            tableau=tableau,
+            opts=opts,
+            stops=stops,
+            jumps=jumps,
+            controller=controller,
+            dt0=dt0,
+            error=error,
+            stats=stats,
+            interp_kind=_interp_kind(tableau, opts),
+            events=event_set,
+            t_dtype=t.dtype,
+            dense=dense,
+            method_config=config,
         )
     except SolverError as exc:
         if events and math.isinf(t_end):  # an event search that ended without its event
@@ -217,7 +236,10 @@ def _run(
             i = int((~torch.isfinite(stacked.reshape(n, -1)).all(dim=1)).nonzero()[0])
             h, n_steps = result.out_steps[i - 1]
             raise SolverError(
-                "Non-finite state", times[i], h, n_steps,
+                "Non-finite state",
+                times[i],
+                h,
+                n_steps,
                 "The solution blew up or func returned NaN/inf; try a smaller step_size or check func.",
             )
     if needs_t_grad:
@@ -301,10 +323,12 @@ def solve(
     if per_sample:
         from .per_sample import solve_per_sample
 
-        return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, tableau=tableau, opts=opts,
-                                events=check_events(events))
-    return _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events),
-                parts=parts)
+        return solve_per_sample(
+            func, y0, t, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events)
+        )
+    return _run(
+        func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events), parts=parts
+    )
 
 
 SCIPY_NO_EVENTS = "method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5')."
@@ -460,6 +484,7 @@ def odeint_dense(
     ``[t0, t1]`` from every step's interpolant (the method's own continuous extension where it
     has one, cubic Hermite otherwise), at no further evaluation of ``func``.
     """
+
     def as_time(name: str, v) -> torch.Tensor:
         if isinstance(v, torch.Tensor):
             if v.numel() != 1:

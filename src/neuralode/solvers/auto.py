@@ -41,7 +41,6 @@ from .stepper import rk_step
 from .stiffness import STIFF_STEPS, StiffnessDetector, stability_boundary
 from .tableau import TSIT5, ButcherTableau
 
-
 # Hairer's rho is a Rayleigh-quotient-like estimate along the stages' difference and often underestimates the
 # dominant eigenvalue: on Robertson at t ~ 0.1 tsit5 sits at its stability limit while |h| rho reads 1.85 of
 # 3.5, and the 0.98 threshold of the error test only fired at t = 14, after ~10^4 steps. Switching costs
@@ -65,7 +64,7 @@ def spectral_radius_probe(func, t: float, y: torch.Tensor, fy: torch.Tensor, ite
         rho = 0.0
         for _ in range(iters):
             v = v / torch.linalg.vector_norm(v)
-            eps = eps_m ** 0.5 * max(1.0, y_norm)
+            eps = eps_m**0.5 * max(1.0, y_norm)
             jv = (func(t, y + eps * v) - fy) / eps
             rho = float(torch.linalg.vector_norm(jv))
             if not rho > 0.0 or rho != rho or rho == float("inf"):

@@ -36,19 +36,20 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .stepper import StepResult, _plan
 from .tableau import ButcherTableau
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 BACKENDS = ("inductor", "aot_eager", "eager")
 
 
-def rk_stages(raw: Callable, plan, y0: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor,
-              stage_time: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def rk_stages(
+    raw: Callable, plan, y0: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor, stage_time: Callable[[int], torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One explicit Runge-Kutta step written for tracing: ``(y1, k)`` from the first stage ``f0``,
     with stage ``i`` evaluated at ``stage_time(i)`` (the compiled step and the compiled chunks
     trace this same code)."""
@@ -136,8 +137,9 @@ def compile_graph(fn: Callable, backend: str, device: torch.device, grad: bool, 
     here sees one set of input shapes (the callers' caches are keyed by them), so no
     recompilation could mark a dimension dynamic.
     """
-    return torch.compile(fresh_code(fn), fullgraph=True, backend=backend,
-                         **(inductor_options(backend, device, grad) if tune else {}))
+    return torch.compile(
+        fresh_code(fn), fullgraph=True, backend=backend, **(inductor_options(backend, device, grad) if tune else {})
+    )
 
 
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
@@ -146,22 +148,32 @@ def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> C
 
     func = problem.func
     if problem.is_tuple:
+
         def raw(tt, y):
             return problem.flatten(func(tt, problem.unflatten(y)))
     else:
         raw = func
     half = problem.dtype in (torch.float16, torch.bfloat16)
     grad = torch.is_grad_enabled()
-    key = (tableau.name, backend, problem.is_tuple, tuple(tuple(s) for s in problem.shapes), problem.dtype,
-           str(problem.device), grad)
+    key = (
+        tableau.name,
+        backend,
+        problem.is_tuple,
+        tuple(tuple(s) for s in problem.shapes),
+        problem.dtype,
+        str(problem.device),
+        grad,
+    )
     try:
         per_func = _CACHE.setdefault(func, {})
     except TypeError:  # not weak-referenceable (a builtin): compile for this solve only
         per_func = {}
     compiled = per_func.get(key)
     if compiled is None:
-        compiled = per_func[key] = [compile_graph(_make_step(raw, tableau, half), backend, problem.device, grad,
-                                                  tune=TUNE_STEP), False]
+        compiled = per_func[key] = [
+            compile_graph(_make_step(raw, tableau, half), backend, problem.device, grad, tune=TUNE_STEP),
+            False,
+        ]
     n_new = tableau.stages - 1
     t_dtype, device = problem.t_dtype, problem.device
 

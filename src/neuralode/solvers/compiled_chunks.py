@@ -58,7 +58,8 @@ import bisect
 import math
 import time
 import weakref
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -67,7 +68,7 @@ from .stepper import _plan
 from .tableau import ButcherTableau
 
 DEFAULT_STEPS = 32
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def _make_chunk(raw: Callable, tableau: ButcherTableau, n_steps: int) -> Callable:
@@ -126,7 +127,7 @@ def chunk_size(n: int, k_max: int) -> int:
     return k_min
 
 
-def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> "_GridPlan | None":
+def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> _GridPlan | None:
     """The chunks' input tensors for ``grid``; ``None`` when a step is within rounding of its
     start time (the eager loop arrives there without a step)."""
     from .loop import _EPS
@@ -164,8 +165,16 @@ def can_chunk(problem, tableau, opts, stops, events, dense, error) -> bool:
     )
 
 
-def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list[float], tableau: ButcherTableau,
-                      opts, backend: str, stats):
+def integrate_chunked(
+    problem,
+    y0: torch.Tensor,
+    times: list[float],
+    stops: list[float],
+    tableau: ButcherTableau,
+    opts,
+    backend: str,
+    stats,
+):
     """The fixed-grid solve in compiled chunks; ``None`` when the grid has a step the eager loop
     would skip (a step within rounding of its start), so the caller runs the loop instead."""
     from .loop import LoopResult
@@ -173,8 +182,15 @@ def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list
     t0 = times[0]
     grid = [t0] + list(stops)
     func = problem.func
-    key = (tableau.name, backend, opts.compile_steps, problem.is_tuple, tuple(tuple(s) for s in problem.shapes),
-           problem.dtype, str(problem.device))
+    key = (
+        tableau.name,
+        backend,
+        opts.compile_steps,
+        problem.is_tuple,
+        tuple(tuple(s) for s in problem.shapes),
+        problem.dtype,
+        str(problem.device),
+    )
     try:
         per_func = _CACHE.setdefault(func, {})
     except TypeError:  # not weak-referenceable: compile for this solve only
@@ -192,12 +208,14 @@ def integrate_chunked(problem, y0: torch.Tensor, times: list[float], stops: list
     entry = per_func.get(key + (K, grad))
     if entry is None:
         if problem.is_tuple:
+
             def raw(tt, y):
                 return problem.flatten(func(tt, problem.unflatten(y)))
         else:
             raw = func
-        entry = per_func[key + (K, grad)] = _Compiled(compile_graph(_make_chunk(raw, tableau, K), backend,
-                                                                    problem.device, grad))
+        entry = per_func[key + (K, grad)] = _Compiled(
+            compile_graph(_make_chunk(raw, tableau, K), backend, problem.device, grad)
+        )
     fn = entry.fn
     chunks = []
     y = y0

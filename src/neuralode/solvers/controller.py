@@ -55,8 +55,8 @@ costing one extra function evaluation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -84,8 +84,9 @@ class StepSizeController:
     dfactor: float
     order: int
 
-    def propose(self, dt: float, ratio: float, prev_ratio: float, after_reject: bool,
-                prev_dt: float = math.nan) -> tuple[bool, float]:
+    def propose(
+        self, dt: float, ratio: float, prev_ratio: float, after_reject: bool, prev_dt: float = math.nan
+    ) -> tuple[bool, float]:
         """Decide on a step and propose the next step size.
 
         Args:
@@ -113,12 +114,21 @@ class StepSizeController:
             # memory terms only make sense between accepted steps, where they smooth the
             # sequence of step sizes).
             factor = self.safety * ratio ** (-1.0 / k)
-        if (accept and ratio > 0.0 and self.kind in ("gustafsson", "pi_gustafsson")
-                and math.isfinite(prev_dt) and prev_dt != 0.0):
+        if (
+            accept
+            and ratio > 0.0
+            and self.kind in ("gustafsson", "pi_gustafsson")
+            and math.isfinite(prev_dt)
+            and prev_dt != 0.0
+        ):
             # The predictive cap (h_n / h_{n-1}) (r_{n-1} / r_n^2)^(1/k), written with r_n^(-2/k)
             # so that a tiny ratio cannot underflow r_n^2 to zero.
-            predicted = self.safety * (dt / prev_dt) * max(prev_ratio, GUSTAFSSON_MIN_PREV_RATIO) ** (1.0 / k) \
+            predicted = (
+                self.safety
+                * (dt / prev_dt)
+                * max(prev_ratio, GUSTAFSSON_MIN_PREV_RATIO) ** (1.0 / k)
                 * ratio ** (-2.0 / k)
+            )
             factor = min(factor, predicted)
         factor = min(self.ifactor, max(self.dfactor, factor))
         if not accept or after_reject:
@@ -175,6 +185,7 @@ class ConstantController:
     output time. One loop therefore serves both kinds of method.
     """
 
-    def propose(self, dt: float, ratio: float, prev_ratio: float, after_reject: bool,
-                prev_dt: float = math.nan) -> tuple[bool, float]:
+    def propose(
+        self, dt: float, ratio: float, prev_ratio: float, after_reject: bool, prev_dt: float = math.nan
+    ) -> tuple[bool, float]:
         return True, math.inf

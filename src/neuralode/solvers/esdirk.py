@@ -35,8 +35,8 @@ reads y0, y1, f0 and f1 alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -90,8 +90,10 @@ class ESDIRKTableau:
             raise ValueError(f"ESDIRKTableau {name!r}: the first stage is explicit, so c[0] must be 0")
         for i in range(1, s):
             if abs(sum(rows[i]) + self.gamma - self.c[i]) > _TOL:
-                raise ValueError(f"ESDIRKTableau {name!r}: row {i} of a plus gamma sums to "
-                                 f"{sum(rows[i]) + self.gamma!r}, not c[{i}] = {self.c[i]!r}")
+                raise ValueError(
+                    f"ESDIRKTableau {name!r}: row {i} of a plus gamma sums to "
+                    f"{sum(rows[i]) + self.gamma!r}, not c[{i}] = {self.c[i]!r}"
+                )
         if abs(sum(self.b) - 1.0) > _TOL or abs(sum(self.b_err)) > _TOL:
             raise ValueError(f"ESDIRKTableau {name!r}: b must sum to 1 and b_err to 0")
 
@@ -115,8 +117,10 @@ class ESDIRKTableau:
     def full_a(self) -> list[list[float]]:
         """The ``s x s`` stage matrix with ``gamma`` on the diagonal (0 for the explicit first stage)."""
         s = self.stages
-        return [[(self.a[i][j] if j < i else (self.gamma if (i == j and i > 0) else 0.0)) for j in range(s)]
-                for i in range(s)]
+        return [
+            [(self.a[i][j] if j < i else (self.gamma if (i == j and i > 0) else 0.0)) for j in range(s)]
+            for i in range(s)
+        ]
 
 
 _G = 0.26
@@ -243,7 +247,10 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
             return f0, step
         if abs(h) <= max(min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
             raise SolverError(
-                "Newton iteration failed to converge at the minimum step size", t, h, stats.n_steps,
+                "Newton iteration failed to converge at the minimum step size",
+                t,
+                h,
+                stats.n_steps,
                 "func may be discontinuous or non-finite here, or options['jacobian'] wrong; loosen rtol/atol, "
                 "lower options['min_step'], or try method='rodas5p' (no iteration).",
             )

@@ -37,8 +37,8 @@ through the solve, the adjoint, and resets downstream all see them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -88,7 +88,9 @@ class Event:
                 f"{_describe(self.fn)}. Wrap a function of the state alone as lambda t, y: g(y)."
             )
         if self.reset is not None and not callable(self.reset):
-            raise TypeError(f"Event reset must be callable as reset(t, y) -> y_new, or None; got {_type_name(self.reset)}.")
+            raise TypeError(
+                f"Event reset must be callable as reset(t, y) -> y_new, or None; got {_type_name(self.reset)}."
+            )
         if self.reset is not None and not _accepts(self.reset, 2):
             raise TypeError(
                 f"Event reset must be callable as reset(t, y) -> y_new, the time first and the state second; got "
@@ -269,8 +271,9 @@ class EventSet:
         found.sort(key=lambda loc: loc.theta)
         return found
 
-    def _root(self, i: int, mask: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor, t: float, h: float,
-              interp, theta0: float) -> Located | None:
+    def _root(
+        self, i: int, mask: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor, t: float, h: float, interp, theta0: float
+    ) -> Located | None:
         (idx,) = torch.nonzero(mask, as_tuple=True)
         sign = torch.sign(g0[idx])
 
@@ -399,8 +402,9 @@ def ravel(element: tuple[int, ...], shape: torch.Size) -> int:
     return flat
 
 
-def apply_reset(problem, event: Event, index: int, t_e: float, t_star: torch.Tensor, y_star: torch.Tensor,
-                side: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_reset(
+    problem, event: Event, index: int, t_e: float, t_star: torch.Tensor, y_star: torch.Tensor, side: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The state the solve restarts from after ``event``'s reset at ``t*``, and ``f`` there.
 
     Returns ``(y_new, f_new)``: ``y_new = reset(t*, y*)`` checked like the state, and, when ``t*``

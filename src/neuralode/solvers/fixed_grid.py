@@ -57,8 +57,17 @@ def applies(problem, tableau, opts, error, events, dense, on_step, perturb, stop
     )
 
 
-def run(problem, y: torch.Tensor, f0: torch.Tensor | None, times: list[float], stops: list[float],
-        tableau: ButcherTableau, interp_kind: str, ys: list, out_steps: list):
+def run(
+    problem,
+    y: torch.Tensor,
+    f0: torch.Tensor | None,
+    times: list[float],
+    stops: list[float],
+    tableau: ButcherTableau,
+    interp_kind: str,
+    ys: list,
+    out_steps: list,
+):
     """Step from ``(times[0], y)`` across the grid ``stops`` until the last output time.
 
     Args:

@@ -46,9 +46,9 @@ Methods (:data:`ROSENBROCK_METHODS`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Sequence
 
 __all__ = ["RosenbrockTableau", "ROSENBROCK_METHODS", "IMPLICIT_METHODS", "RODAS5P", "ROSENBROCK23"]
 
@@ -238,8 +238,20 @@ class RosenbrockTableau:
         return alpha, Gamma, b, b_hat
 
     @classmethod
-    def from_standard(cls, name: str, gamma: float, alpha, gammas, b, b_err, order: int, error_order: int,
-                      dense_k=(), dense_order: int = 0, description: str = "") -> "RosenbrockTableau":
+    def from_standard(
+        cls,
+        name: str,
+        gamma: float,
+        alpha,
+        gammas,
+        b,
+        b_err,
+        order: int,
+        error_order: int,
+        dense_k=(),
+        dense_order: int = 0,
+        description: str = "",
+    ) -> RosenbrockTableau:
         """Build the transformed coefficients from the classical ones (Hairer & Wanner II, (7.25)).
 
         ``alpha`` and ``gammas`` are strictly lower rows (row ``i`` with ``i`` entries); ``b_err = b - b_hat``;
@@ -255,16 +267,19 @@ class RosenbrockTableau:
         al = [[(float(alpha[i][j]) if j < i else 0.0) for j in range(s)] for i in range(s)]
         A = [[sum(al[i][k] * Ginv[k][j] for k in range(s)) for j in range(s)] for i in range(s)]
         return cls(
-            name=name, gamma=float(gamma),
+            name=name,
+            gamma=float(gamma),
             a=tuple(tuple(A[i][:i]) for i in range(s)),
             C=tuple(tuple(-Ginv[i][j] for j in range(i)) for i in range(s)),
             c=tuple(sum(al[i]) for i in range(s)),
             d=tuple(sum(G[i]) for i in range(s)),
             m=tuple(_row_times([float(x) for x in b], Ginv)),
             m_err=tuple(_row_times([float(x) for x in b_err], Ginv)),
-            order=order, error_order=error_order,
+            order=order,
+            error_order=error_order,
             dense=tuple(tuple(_row_times([float(x) for x in row], Ginv)) for row in dense_k),
-            dense_order=dense_order, description=description,
+            dense_order=dense_order,
+            description=description,
         )
 
 

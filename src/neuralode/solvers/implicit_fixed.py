@@ -39,8 +39,9 @@ name                      order   method
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -87,7 +88,9 @@ class ImplicitRK:
             raise ValueError(f"ImplicitRK {self.name!r}: A must be {s} x {s} and b must have {s} entries")
         for i, row in enumerate(A):
             if abs(sum(row) - self.c[i]) > 1e-12:
-                raise ValueError(f"ImplicitRK {self.name!r}: row {i} of A sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}")
+                raise ValueError(
+                    f"ImplicitRK {self.name!r}: row {i} of A sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}"
+                )
         if abs(sum(self.b) - 1.0) > 1e-12:
             raise ValueError(f"ImplicitRK {self.name!r}: b must sum to 1; got {sum(self.b)!r}")
 
@@ -110,27 +113,50 @@ _METHODS = (
     ImplicitRK("implicit_euler", (1.0,), ((1.0,),), (1.0,), 1, "backward Euler"),
     ImplicitRK("implicit_midpoint", (0.5,), ((0.5,),), (1.0,), 2, "Gauss-Legendre, 1 stage"),
     ImplicitRK("trapezoid", (0.0, 1.0), ((0.0, 0.0), (0.5, 0.5)), (0.5, 0.5), 2, "trapezoidal rule"),
-    ImplicitRK("radauIIA3", (1.0 / 3.0, 1.0), ((5.0 / 12.0, -1.0 / 12.0), (0.75, 0.25)), (0.75, 0.25), 3,
-               "Radau IIA, 2 stages"),
     ImplicitRK(
-        "radauIIA5", ((4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0),
-        (((88.0 - 7.0 * _S6) / 360.0, (296.0 - 169.0 * _S6) / 1800.0, (-2.0 + 3.0 * _S6) / 225.0),
-         ((296.0 + 169.0 * _S6) / 1800.0, (88.0 + 7.0 * _S6) / 360.0, (-2.0 - 3.0 * _S6) / 225.0),
-         ((16.0 - _S6) / 36.0, (16.0 + _S6) / 36.0, 1.0 / 9.0)),
-        ((16.0 - _S6) / 36.0, (16.0 + _S6) / 36.0, 1.0 / 9.0), 5, "Radau IIA, 3 stages",
+        "radauIIA3", (1.0 / 3.0, 1.0), ((5.0 / 12.0, -1.0 / 12.0), (0.75, 0.25)), (0.75, 0.25), 3, "Radau IIA, 2 stages"
     ),
-    ImplicitRK("gl4", (0.5 - _S3 / 6.0, 0.5 + _S3 / 6.0),
-               ((0.25, 0.25 - _S3 / 6.0), (0.25 + _S3 / 6.0, 0.25)), (0.5, 0.5), 4, "Gauss-Legendre, 2 stages"),
     ImplicitRK(
-        "gl6", (0.5 - _S15 / 10.0, 0.5, 0.5 + _S15 / 10.0),
-        ((5.0 / 36.0, 2.0 / 9.0 - _S15 / 15.0, 5.0 / 36.0 - _S15 / 30.0),
-         (5.0 / 36.0 + _S15 / 24.0, 2.0 / 9.0, 5.0 / 36.0 - _S15 / 24.0),
-         (5.0 / 36.0 + _S15 / 30.0, 2.0 / 9.0 + _S15 / 15.0, 5.0 / 36.0)),
-        (5.0 / 18.0, 4.0 / 9.0, 5.0 / 18.0), 6, "Gauss-Legendre, 3 stages",
+        "radauIIA5",
+        ((4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0),
+        (
+            ((88.0 - 7.0 * _S6) / 360.0, (296.0 - 169.0 * _S6) / 1800.0, (-2.0 + 3.0 * _S6) / 225.0),
+            ((296.0 + 169.0 * _S6) / 1800.0, (88.0 + 7.0 * _S6) / 360.0, (-2.0 - 3.0 * _S6) / 225.0),
+            ((16.0 - _S6) / 36.0, (16.0 + _S6) / 36.0, 1.0 / 9.0),
+        ),
+        ((16.0 - _S6) / 36.0, (16.0 + _S6) / 36.0, 1.0 / 9.0),
+        5,
+        "Radau IIA, 3 stages",
+    ),
+    ImplicitRK(
+        "gl4",
+        (0.5 - _S3 / 6.0, 0.5 + _S3 / 6.0),
+        ((0.25, 0.25 - _S3 / 6.0), (0.25 + _S3 / 6.0, 0.25)),
+        (0.5, 0.5),
+        4,
+        "Gauss-Legendre, 2 stages",
+    ),
+    ImplicitRK(
+        "gl6",
+        (0.5 - _S15 / 10.0, 0.5, 0.5 + _S15 / 10.0),
+        (
+            (5.0 / 36.0, 2.0 / 9.0 - _S15 / 15.0, 5.0 / 36.0 - _S15 / 30.0),
+            (5.0 / 36.0 + _S15 / 24.0, 2.0 / 9.0, 5.0 / 36.0 - _S15 / 24.0),
+            (5.0 / 36.0 + _S15 / 30.0, 2.0 / 9.0 + _S15 / 15.0, 5.0 / 36.0),
+        ),
+        (5.0 / 18.0, 4.0 / 9.0, 5.0 / 18.0),
+        6,
+        "Gauss-Legendre, 3 stages",
     ),
     ImplicitRK("sdirk2", (_SD, 1.0), ((_SD, 0.0), (1.0 - _SD, _SD)), (1.0 - _SD, _SD), 2, "Alexander's SDIRK2"),
-    ImplicitRK("trbdf2", (0.0, _TG, 1.0), ((0.0, 0.0, 0.0), (_TG / 2.0, _TG / 2.0, 0.0), (_TW, _TW, _TG / 2.0)),
-               (_TW, _TW, _TG / 2.0), 2, "TR-BDF2"),
+    ImplicitRK(
+        "trbdf2",
+        (0.0, _TG, 1.0),
+        ((0.0, 0.0, 0.0), (_TG / 2.0, _TG / 2.0, 0.0), (_TW, _TW, _TG / 2.0)),
+        (_TW, _TW, _TG / 2.0),
+        2,
+        "TR-BDF2",
+    ),
 )
 IMPLICIT_FIXED_METHODS: dict[str, ImplicitRK] = {m.name: m for m in _METHODS}
 
@@ -155,14 +181,17 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
         if jac is not None:
             return callable_linearisation(jac, f_tensor, tt, y, f, batch_dims, h, problem.unflatten, user_shape).J
         create_graph = torch.is_grad_enabled() and (y.requires_grad or f.requires_grad)
-        J = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not checked["done"],
-                                   create_graph=create_graph).J
+        J = autograd_linearisation(
+            f_tensor, tt, y, batch_dims, check_coupling=not checked["done"], create_graph=create_graph
+        ).J
         checked["done"] = True
         return J
 
     def stages(t: float, y: torch.Tensor, f0: torch.Tensor, h: float, K):
-        Z = [y + h * sum(tab.A[i][j] * K[j] for j in range(s) if tab.A[i][j] != 0.0) if any(tab.A[i]) else y
-             for i in range(s)]
+        Z = [
+            y + h * sum(tab.A[i][j] * K[j] for j in range(s) if tab.A[i][j] != 0.0) if any(tab.A[i]) else y
+            for i in range(s)
+        ]
         F = [f0 if not any(tab.A[i]) else func(t + tab.c[i] * h, Z[i]) for i in range(s)]
         return Z, F
 
@@ -171,12 +200,18 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
         B, n = Js.shape[0], Js.shape[-1]
         A = torch.tensor(tab.A, dtype=Js.dtype, device=Js.device)  # (s, s)
         M = torch.eye(s * n, dtype=Js.dtype, device=Js.device) - h * torch.einsum("ij,bjkl->bikjl", A, Js).reshape(
-            B, s * n, s * n)  # (B, s n, s n), stage-major
+            B, s * n, s * n
+        )  # (B, s n, s n), stage-major
         LU, piv, info = torch.linalg.lu_factor_ex(M)
         stats.n_factorizations += 1
         if bool((info > 0).any()):
-            raise SolverError(f"Singular Newton matrix I - h A (x) J of {tab.name}", t, h, stats.n_steps,
-                              "Lower options['step_size'], or check options['jacobian'].")
+            raise SolverError(
+                f"Singular Newton matrix I - h A (x) J of {tab.name}",
+                t,
+                h,
+                stats.n_steps,
+                "Lower options['step_size'], or check options['jacobian'].",
+            )
         return LU, piv
 
     def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
@@ -196,8 +231,10 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
             for m in range(NEWTON_MAX_ITER):
                 Z, F = stages(t, y, f0, h, K)
                 if full:
-                    Js = torch.stack([J0 if not any(tab.A[i]) else jacobian(t + tab.c[i] * h, Z[i], F[i], h)
-                                      for i in range(s)], dim=1)
+                    Js = torch.stack(
+                        [J0 if not any(tab.A[i]) else jacobian(t + tab.c[i] * h, Z[i], F[i], h) for i in range(s)],
+                        dim=1,
+                    )
                     LU = factor(Js, h, t)
                 G = torch.stack([K[i] - F[i] for i in range(s)])  # (s, *shape)
                 rhs = G.reshape(s, B, n).permute(1, 0, 2).reshape(B, s * n, 1)
@@ -218,7 +255,10 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
                     break
                 prev = d
         raise SolverError(
-            f"Newton iteration of {tab.name} did not converge", t, h, stats.n_steps,
+            f"Newton iteration of {tab.name} did not converge",
+            t,
+            h,
+            stats.n_steps,
             "A fixed step cannot be retried smaller: lower options['step_size'] (or use an adaptive stiff method, "
             "method='rodas5p'), or check func for non-finite values.",
         )

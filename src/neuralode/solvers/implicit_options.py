@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .options import AdaptiveOptions
 
@@ -42,9 +43,7 @@ class ImplicitOptions(AdaptiveOptions):
     def __post_init__(self) -> None:
         jac = self.jacobian
         if not callable(jac) and not (isinstance(jac, str) and jac in JACOBIAN_KINDS):
-            raise ValueError(
-                f"options['jacobian'] must be 'batched', 'dense' or a callable jac(t, y); got {jac!r}."
-            )
+            raise ValueError(f"options['jacobian'] must be 'batched', 'dense' or a callable jac(t, y); got {jac!r}.")
         k = self.batch_dims
         if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
             raise ValueError(f"options['batch_dims'] must be a non-negative integer or None; got {k!r}.")

@@ -21,8 +21,8 @@ Here ``theta = (t - t0) / dt`` lies in ``[0, 1]``.
 from __future__ import annotations
 
 from array import array
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 import torch
 
@@ -65,7 +65,7 @@ def continuous_extension(
     return combine(y0, dt, [(i, bi) for i, bi in enumerate(_weights(dense, theta)) if bi != 0.0], k)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _extra_rows(tableau: ButcherTableau) -> tuple[tuple[tuple[int, float], ...], ...]:
     """Nonzero ``(l, a_extra_jl)`` pairs of each extra stage's row, computed once per tableau."""
     return tuple(tuple((l, x) for l, x in enumerate(row) if x != 0.0) for row in tableau.a_extra or ())

@@ -34,7 +34,8 @@ discrete solution).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch.overrides import has_torch_function
@@ -99,8 +100,9 @@ def _cotangents(n: int, B: int, probe: bool, shape: torch.Size, dtype: torch.dty
     return _constant(("cot", n, B, probe, tuple(shape), dtype, device), (n + probe) * B * n, build)
 
 
-def batched_vjp(f: torch.Tensor, inputs: tuple[torch.Tensor, ...], cot: torch.Tensor, *, retain_graph: bool,
-                create_graph: bool) -> tuple[torch.Tensor | None, ...]:
+def batched_vjp(
+    f: torch.Tensor, inputs: tuple[torch.Tensor, ...], cot: torch.Tensor, *, retain_graph: bool, create_graph: bool
+) -> tuple[torch.Tensor | None, ...]:
     """``torch.autograd.grad(f, inputs, cot, is_grads_batched=True, allow_unused=True, ...)``, the same backward
     with less Python around it.
 
@@ -114,13 +116,21 @@ def batched_vjp(f: torch.Tensor, inputs: tuple[torch.Tensor, ...], cot: torch.Te
     dispatches to them; so does a torch without the engine entry point.
     """
     if _engine_run_backward is None or type(f) is not torch.Tensor or has_torch_function((f, cot, *inputs)):
-        return torch.autograd.grad(f, inputs, cot, is_grads_batched=True, retain_graph=retain_graph,
-                                   create_graph=create_graph, allow_unused=True)
+        return torch.autograd.grad(
+            f,
+            inputs,
+            cot,
+            is_grads_batched=True,
+            retain_graph=retain_graph,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
     rows = cot.shape[0]
     level = torch._C._vmapmode_increment_nesting()
     try:
-        grads = _engine_run_backward((f,), (torch._add_batch_dim(cot, 0, level),), retain_graph, create_graph,
-                                     inputs, True, False)  # allow_unused, accumulate_grad
+        grads = _engine_run_backward(
+            (f,), (torch._add_batch_dim(cot, 0, level),), retain_graph, create_graph, inputs, True, False
+        )  # allow_unused, accumulate_grad
         return tuple(None if g is None else torch._remove_batch_dim(g, level, rows, 0) for g in grads)
     finally:
         torch._C._vmapmode_decrement_nesting()
@@ -242,8 +252,9 @@ def autograd_linearisation(
         J = G[:n].permute(1, 0, 2)  # (B, n, n): J[b, j, k] = d f_bj / d y_bk
         if reverse_t and G_t[0] is not None:
             if B > 1:  # t reachable now but not at the previous Jacobian: per-sample df/dt by forward mode
-                return autograd_linearisation(func, tt, y, batch_dims, check_coupling=False,
-                                              create_graph=False, time_dependent=True)
+                return autograd_linearisation(
+                    func, tt, y, batch_dims, check_coupling=False, create_graph=False, time_dependent=True
+                )
             f_t = G_t[0][:n].reshape(y.shape)  # (rows,) = (n,): d f_j / dt
         if tv is not None:
             f_t = _time_derivative(f, tv, yv, create_graph)
@@ -255,9 +266,15 @@ def autograd_linearisation(
 
 
 def callable_linearisation(
-    jac: Callable, func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tt: torch.Tensor,
-    y: torch.Tensor, f0: torch.Tensor, batch_dims: int, h_scale: float,
-    unflatten: Callable, user_shape: tuple[int, ...],
+    jac: Callable,
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tt: torch.Tensor,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    batch_dims: int,
+    h_scale: float,
+    unflatten: Callable,
+    user_shape: tuple[int, ...],
 ) -> Linearisation:
     """The user's ``jac(t, y)``, checked, as ``(B, n, n)`` blocks; ``df/dt`` by autograd where ``func`` allows
     it (one evaluation of ``func``), else by a forward difference (two).
@@ -279,7 +296,9 @@ def callable_linearisation(
             "J[b, i, j] = d f_bi / d y_bj)."
         )
     if J.dtype != y.dtype:
-        raise TypeError(f"options['jacobian'] callable returned dtype {J.dtype}; it must return the state's dtype {y.dtype}.")
+        raise TypeError(
+            f"options['jacobian'] callable returned dtype {J.dtype}; it must return the state's dtype {y.dtype}."
+        )
     J = J.reshape(B, n, n)
     with torch.enable_grad():
         # One evaluation with t and y traced: a func that autograd can follow gives df/dt (or shows that it
@@ -312,8 +331,9 @@ def counted_flat_func(problem) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return f_tensor
 
 
-def linearise(problem, jac, f_tensor, t: float, y: torch.Tensor, f0: torch.Tensor, batch_dims: int, h: float,
-              check_coupling: bool) -> Linearisation:
+def linearise(
+    problem, jac, f_tensor, t: float, y: torch.Tensor, f0: torch.Tensor, batch_dims: int, h: float, check_coupling: bool
+) -> Linearisation:
     """``J`` at ``(t, y)`` for an iterative implicit stepper, counted in ``problem.stats.n_jac_evals``: from the
     user's ``jac`` callable when given (checked against the state's shape), else by autograd, with a graph
     when the state or ``f0`` carry one (backpropagation through the solve), checking the declared batch
@@ -324,5 +344,4 @@ def linearise(problem, jac, f_tensor, t: float, y: torch.Tensor, f0: torch.Tenso
         user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
         return callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten, user_shape)
     create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
-    return autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=check_coupling,
-                                  create_graph=create_graph)
+    return autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=check_coupling, create_graph=create_graph)

@@ -26,11 +26,14 @@ Time is a Python float (float64) throughout and becomes a tensor only where user
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
 from . import fixed_grid
+from .auto import auto_dense
+from .errors import SolverError
 from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .interpolation import (
     continuous_extension,
@@ -41,13 +44,11 @@ from .interpolation import (
     linear,
 )
 from .problem import _ErrorNorm, _Problem
-from .auto import auto_dense
 from .radau import radau_dense
 from .rosenbrock import rosenbrock_dense
-from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .solution import DenseOutput, EventRecord, SolverStats
-from .errors import SolverError
 from .stepper import StepResult, rk_step, step_plan
+from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
@@ -90,8 +91,14 @@ class InfiniteGrid:
         return self.t0 + self.direction * (i + 1) * self.h
 
 
-def stepper(problem: Callable[[float, torch.Tensor], torch.Tensor], tableau, checkpoint: bool, config=None,
-            opts: Any = None, error: _ErrorNorm | None = None):
+def stepper(
+    problem: Callable[[float, torch.Tensor], torch.Tensor],
+    tableau,
+    checkpoint: bool,
+    config=None,
+    opts: Any = None,
+    error: _ErrorNorm | None = None,
+):
     """``take(side, t, y, f0, h, stage, memory) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)``
     first when it is None (just after ``t`` when ``side`` is +1), and the other stages with
     ``stage`` (default ``problem``). ``tableau`` is a :class:`ButcherTableau` (the generic
@@ -161,11 +168,40 @@ class _Interpolant:
     stage (``f1``) then carry the same gradients as when nothing probed the step first.
     """
 
-    __slots__ = ("kind", "problem", "tableau", "y0", "f0", "t", "h", "step", "f1", "t1", "f1_side", "stage_func", "k",
-                 "f0_side", "grad")
+    __slots__ = (
+        "kind",
+        "problem",
+        "tableau",
+        "y0",
+        "f0",
+        "t",
+        "h",
+        "step",
+        "f1",
+        "t1",
+        "f1_side",
+        "stage_func",
+        "k",
+        "f0_side",
+        "grad",
+    )
 
-    def __init__(self, kind: str, problem: _Problem, tableau: ButcherTableau, t: float, y0, f0, h: float,
-                 step: StepResult, f1, t1: float, f1_side: int, stage_func: Callable | None, f0_side: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        problem: _Problem,
+        tableau: ButcherTableau,
+        t: float,
+        y0,
+        f0,
+        h: float,
+        step: StepResult,
+        f1,
+        t1: float,
+        f1_side: int,
+        stage_func: Callable | None,
+        f0_side: int = 0,
+    ):
         self.kind, self.problem, self.tableau = kind, problem, tableau
         self.t, self.y0, self.f0, self.h, self.step = t, y0, f0, h, step
         self.f1, self.t1, self.f1_side = f1, t1, f1_side
@@ -174,16 +210,35 @@ class _Interpolant:
         self.f0_side = f0_side
         self.grad = torch.is_grad_enabled()
 
-    def as_hermite(self, following: "_Interpolant | None" = None) -> "_Interpolant":
+    def as_hermite(self, following: _Interpolant | None = None) -> _Interpolant:
         """This step's cubic Hermite interpolant. ``f(t1, y1)`` is ``following.f0`` when ``following``
         (the next step's interpolant) starts where this step ends, from its end state, and both take
         ``func`` there plainly (no jump, no ``perturb`` side); else it is evaluated on first use."""
         f1 = self.f1
-        if (f1 is None and following is not None and getattr(following, "y0", None) is self.step.y1
-                and following.t == self.t1 and self.f1_side == 0 and following.f0_side == 0):
+        if (
+            f1 is None
+            and following is not None
+            and getattr(following, "y0", None) is self.step.y1
+            and following.t == self.t1
+            and self.f1_side == 0
+            and following.f0_side == 0
+        ):
             f1 = following.f0
-        out = _Interpolant("hermite", self.problem, self.tableau, self.t, self.y0, self.f0, self.h, self.step, f1,
-                           self.t1, self.f1_side, self.stage_func, self.f0_side)
+        out = _Interpolant(
+            "hermite",
+            self.problem,
+            self.tableau,
+            self.t,
+            self.y0,
+            self.f0,
+            self.h,
+            self.step,
+            f1,
+            self.t1,
+            self.f1_side,
+            self.stage_func,
+            self.f0_side,
+        )
         out.grad = self.grad
         return out
 
@@ -249,7 +304,9 @@ def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
     event: said as such, whatever stopped it (the step budget, a solution that settles where an
     explicit method's step is held at its stability limit, or one that overflows)."""
     return SolverError(
-        f"No event found: event_fn did not change sign before the search stopped ({exc.reason})", exc.t, exc.dt,
+        f"No event found: event_fn did not change sign before the search stopped ({exc.reason})",
+        exc.t,
+        exc.dt,
         exc.n_steps,
         f"An event search runs for at most options['max_num_steps'] steps (here {max_num_steps}); raise it if the "
         "event comes later, or check that event_fn changes sign on this solution.",
@@ -261,8 +318,9 @@ def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
 ACCUMULATION_MARGIN = 100.0
 
 
-def check_accumulation(reset_times: list[float], guard: float, index: int, h: float, n_steps: int,
-                       sample: int | None = None) -> None:
+def check_accumulation(
+    reset_times: list[float], guard: float, index: int, h: float, n_steps: int, sample: int | None = None
+) -> None:
     """Stop a solve whose state-resetting events accumulate at a finite time (Zeno behaviour).
 
     A bouncing ball whose restitution ``e < 1`` loses energy geometrically: its flights last
@@ -300,25 +358,32 @@ def check_accumulation(reset_times: list[float], guard: float, index: int, h: fl
     r = d_k / d_prev if d_prev > 0 else 0.0
     direction = 1.0 if reset_times[-1] >= reset_times[0] else -1.0
     who = "" if sample is None else f" of sample {sample}"
-    where = (f" towards t={t_k + direction * d_k * r / (1 - r):.10g} (geometric extrapolation)" if 0 < r < 1 else "")
+    where = f" towards t={t_k + direction * d_k * r / (1 - r):.10g} (geometric extrapolation)" if 0 < r < 1 else ""
     raise SolverError(
         f"Events accumulate (Zeno behaviour): events[{index}]{who} resets the state at ever shorter intervals, the last "
-        f"two resets {d_k:.3g} apart{where}, closer than event times can be resolved", t_k, h, n_steps,
+        f"two resets {d_k:.3g} apart{where}, closer than event times can be resolved",
+        t_k,
+        h,
+        n_steps,
         "The model has no continuation past the accumulation point: end the solve before it (a t[-1] or a terminal "
         "event there), or change the model where the events crowd (e.g. a terminal event, or a reset to rest, once "
         "the bounce velocity is below a threshold).",
     )
 
 
-def coincident_resets_error(index: int, other: int, t: float, h: float, n_steps: int,
-                            sample: int | None = None) -> SolverError:
+def coincident_resets_error(
+    index: int, other: int, t: float, h: float, n_steps: int, sample: int | None = None
+) -> SolverError:
     """The refusal of ``events[index]``, which resets the state, crossing at the same time as
     ``events[other]``, which resets it too or ends the solve (of sample ``sample`` in per-sample
     mode). Both clocks restart from one event's reset, so the other's crossing would be lost: its
     reset never applied, its element starting the next step past its root."""
     who = "" if sample is None else f" (sample {sample})"
     return SolverError(
-        f"events[{index}] and events[{other}] change the state at the same time{who}", t, h, n_steps,
+        f"events[{index}] and events[{other}] change the state at the same time{who}",
+        t,
+        h,
+        n_steps,
         "The solve restarts from one event's reset, so the other's crossing would be lost "
         "(a second ball falling through the floor). Combine them into one Event whose fn "
         "returns both values (torch.stack) and whose reset handles every element at its root.",
@@ -392,8 +457,12 @@ def integrate(
     # Adaptive explicit Runge-Kutta steps create their stage times at once (fixed grids have
     # theirs cached for the whole solve, see _Problem.cache_times).
     stage_c = None
-    if error is not None and isinstance(tableau, ButcherTableau) and not getattr(tableau, "implicit", False) \
-            and not getattr(opts, "compile", False):
+    if (
+        error is not None
+        and isinstance(tableau, ButcherTableau)
+        and not getattr(tableau, "implicit", False)
+        and not getattr(opts, "compile", False)
+    ):
         stage_c = tuple(float(ci) for ci in tableau.c[1:])
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
@@ -444,10 +513,18 @@ def integrate(
         t_stop = stops[s.i_stop]
         if error is not None and not math.isfinite(s.dt):
             if s.f0 is not None and not bool(torch.isfinite(s.f0).all()):
-                raise SolverError("Non-finite derivative func(t, y)", t, s.dt, stats.n_accepted + stats.n_rejected,
-                                  "Check func for NaN or inf.")
+                raise SolverError(
+                    "Non-finite derivative func(t, y)",
+                    t,
+                    s.dt,
+                    stats.n_accepted + stats.n_rejected,
+                    "Check func for NaN or inf.",
+                )
             raise SolverError(
-                "Non-finite step size", t, s.dt, stats.n_accepted + stats.n_rejected,
+                "Non-finite step size",
+                t,
+                s.dt,
+                stats.n_accepted + stats.n_rejected,
                 "The error estimate or the initial-step heuristic produced NaN or inf; check func for NaN/inf "
                 "and the tolerances.",
             )
@@ -473,22 +550,34 @@ def integrate(
                 continue
             if not math.isfinite(last_ratio):
                 raise SolverError(
-                    "Non-finite state or derivative", t, h, stats.n_steps,
+                    "Non-finite state or derivative",
+                    t,
+                    h,
+                    stats.n_steps,
                     "Every step tried from here produced NaN or inf; check func, or the solution blows up here.",
                 )
             raise SolverError(
-                "Step size underflow", t, h, stats.n_steps,
+                "Step size underflow",
+                t,
+                h,
+                stats.n_steps,
                 "The problem may be stiff, or the solution may blow up (non-finite values); "
                 "try a looser tolerance or check func.",
             )
         if abs(t) + dt_abs > t_max:
             raise SolverError(
-                f"Time leaves the range of {problem.t_dtype}", t, h, stats.n_steps,
+                f"Time leaves the range of {problem.t_dtype}",
+                t,
+                h,
+                stats.n_steps,
                 "func receives t in the state's dtype; integrate over a shorter span or solve in float64.",
             )
         if stats.n_accepted + stats.n_rejected >= max_num_steps:
             raise SolverError(
-                f"Too many steps (max_num_steps={max_num_steps})", t, h, stats.n_steps,
+                f"Too many steps (max_num_steps={max_num_steps})",
+                t,
+                h,
+                stats.n_steps,
                 "Raise options['max_num_steps'] or loosen rtol/atol.",
             )
         if on_step is not None:
@@ -515,7 +604,10 @@ def integrate(
             if min_step > 0 and dt_abs <= min_step and not lands:
                 raise SolverError(
                     f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {ratio:.3g})",
-                    t, h, stats.n_steps, "Lower options['min_step'] or loosen rtol/atol.",
+                    t,
+                    h,
+                    stats.n_steps,
+                    "Lower options['min_step'] or loosen rtol/atol.",
                 )
             s = s._replace(f0=f0, dt=dt_next, after_reject=True)
             continue
@@ -530,10 +622,14 @@ def integrate(
         # Hermite needs f(t1, y1); at a jump take the limit from inside the step. Built only
         # when something reads inside the step: a step that ends on its only output time (a
         # fixed grid on the output times) needs none.
-        if events or dense is not None or (i_out < n_out and times[i_out] != t1
-                                           and (times[i_out] - t1) * direction < 0):
-            interp = _Interpolant(interp_kind, problem, tableau, t, y, f0, h, step, f1,
-                                  t1, -1 if jump_here else 0, stage_func, s.f0_side)
+        if (
+            events
+            or dense is not None
+            or (i_out < n_out and times[i_out] != t1 and (times[i_out] - t1) * direction < 0)
+        ):
+            interp = _Interpolant(
+                interp_kind, problem, tableau, t, y, f0, h, step, f1, t1, -1 if jump_here else 0, stage_func, s.f0_side
+            )
         else:
             interp = None
 
@@ -557,10 +653,15 @@ def integrate(
                 t_star, y_star = attach_event_gradient(
                     event, problem.time, problem.unflatten, problem, t_e, y_e, loc.element, t_dtype
                 )
-                records.append(EventRecord(
-                    t_star, problem.unflatten(y_star), loc.index,
-                    unravel(loc.element, events.shapes[loc.index]), event.terminal,
-                ))
+                records.append(
+                    EventRecord(
+                        t_star,
+                        problem.unflatten(y_star),
+                        loc.index,
+                        unravel(loc.element, events.shapes[loc.index]),
+                        event.terminal,
+                    )
+                )
                 stats.n_events += 1
                 if event.cuts:
                     cut = (loc, t_e, t_star, y_star)
@@ -595,13 +696,26 @@ def integrate(
             side = 1 if (jump_here or perturb) else 0
             guard = 0.0
             if events:
+
                 def f_end(f=f_next, y1=step.y1, side=side):
                     with torch.no_grad():
                         return f.detach() if f is not None else problem(t1, y1, side)
 
                 g1, guard = events.start(t1, step.y1, f_end, direction, h, gs=g1)
-            s = _State(t1, step.y1, f_next, side, dt_next, ratio, False, s.i_stop + (1 if lands else 0), g1, guard,
-                       step.memory, prev_dt=h)
+            s = _State(
+                t1,
+                step.y1,
+                f_next,
+                side,
+                dt_next,
+                ratio,
+                False,
+                s.i_stop + (1 if lands else 0),
+                g1,
+                guard,
+                step.memory,
+                prev_dt=h,
+            )
             continue
         loc, t_e, t_star, y_star = cut
         event = events.events[loc.index]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,6 +22,7 @@ from .adams import MIN_ORDER as ADAMS_MIN_ORDER
 from .adams import AdamsMethod
 from .controller import CONTROLLERS
 from .tableau import ButcherTableau
+
 
 @dataclass(frozen=True)
 class AdaptiveOptions:
@@ -157,7 +159,9 @@ _HALF = (torch.float16, torch.bfloat16)
 def time_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the time tensor ``func`` receives for a state of ``dtype``: the state's own
     real dtype (as torchdiffeq), so that ``t * y`` stays in the state's dtype."""
-    return {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}.get(dtype, dtype)
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}.get(
+        dtype, dtype
+    )
 
 
 def error_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -295,6 +299,7 @@ def _check_tolerance_pair(rtol: Any, atol: Any) -> None:
     if not isinstance(rtol, torch.Tensor) and not isinstance(atol, torch.Tensor):
         both, any_both = None, rtol == 0 and atol == 0
     else:
+
         def zero(v):
             return (v == 0) if isinstance(v, torch.Tensor) else torch.tensor(v == 0)
 
@@ -302,7 +307,8 @@ def _check_tolerance_pair(rtol: Any, atol: Any) -> None:
         any_both = bool(both.any())
     if any_both:
         raise ValueError(
-            "rtol and atol are both 0" + ("" if both is None or both.dim() == 0 else " for some elements of the state")
+            "rtol and atol are both 0"
+            + ("" if both is None or both.dim() == 0 else " for some elements of the state")
             + ", so no error can be bounded where the solution is 0 and the step size would collapse; "
             "give a positive atol (e.g. atol=1e-9) or rtol."
         )
@@ -351,9 +357,7 @@ def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
             "Flatten the state (e.g. y0 = (a, b, c) instead of (a, (b, c))) and have func return the same flat tuple."
         )
     else:
-        raise TypeError(
-            f"y0 must be a floating-point torch.Tensor or a non-empty tuple of them; got {_type_name(y0)}."
-        )
+        raise TypeError(f"y0 must be a floating-point torch.Tensor or a non-empty tuple of them; got {_type_name(y0)}.")
     for i, p in enumerate(parts):
         name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
         if not (p.is_floating_point() or p.is_complex()):
@@ -384,7 +388,9 @@ def _check_times(t: Any) -> list[float]:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"t must be a 1-D floating-point torch.Tensor of output times; got {_type_name(t)}.")
     if not t.is_floating_point():
-        raise TypeError(f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64).")
+        raise TypeError(
+            f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64)."
+        )
     if t.dim() == 2:
         raise ValueError(
             f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}. For times per sample "
@@ -422,7 +428,9 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
             return float(value)
         if isinstance(value, torch.Tensor):
             if not (bool(torch.isfinite(value).all()) and bool((value >= 0).all())):
-                raise ValueError(f"{label} must be non-negative and finite; got a tensor containing {value.min().item()!r}.")
+                raise ValueError(
+                    f"{label} must be non-negative and finite; got a tensor containing {value.min().item()!r}."
+                )
             try:
                 return torch.broadcast_to(value.to(error_dtype(part.dtype)), part.shape).to(part.device)
             except RuntimeError:
@@ -433,7 +441,9 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
 
     if is_tuple and isinstance(tol, (tuple, list)):
         if len(tol) != len(parts):
-            raise ValueError(f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(tol)}.")
+            raise ValueError(
+                f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(tol)}."
+            )
         values = [one(v, p, f"{name}[{i}]") for i, (v, p) in enumerate(zip(tol, parts))]
     else:
         values = [one(tol, p, name) for p in parts]
@@ -443,8 +453,11 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
         return values[0]  # already broadcast to the state's shape
     return torch.cat(
         [
-            (v.reshape(-1) if isinstance(v, torch.Tensor)
-             else torch.full((p.numel(),), v, dtype=error_dtype(p.dtype), device=p.device))
+            (
+                v.reshape(-1)
+                if isinstance(v, torch.Tensor)
+                else torch.full((p.numel(),), v, dtype=error_dtype(p.dtype), device=p.device)
+            )
             for v, p in zip(values, parts)
         ]
     )
@@ -490,11 +503,15 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
                     "(drop per_sample)."
                 )
             if key == "step_size" and not issubclass(kind, FixedOptions):
-                hint = (" step_size fixes the step of fixed-step methods: pick one (e.g. method='rk4'), or give "
-                        "first_step, the first step an adaptive method tries.")
+                hint = (
+                    " step_size fixes the step of fixed-step methods: pick one (e.g. method='rk4'), or give "
+                    "first_step, the first step an adaptive method tries."
+                )
             else:
                 hint = suggest(key, valid)
-            raise ValueError(f"Unknown option {key!r} for method {tableau.name!r}.{hint} Valid options: {', '.join(valid)}.")
+            raise ValueError(
+                f"Unknown option {key!r} for method {tableau.name!r}.{hint} Valid options: {', '.join(valid)}."
+            )
     o = dict(options)
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
@@ -522,12 +539,16 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         if "compile_steps" in o:
             m = o["compile_steps"]
             if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-                raise ValueError(f"options['compile_steps'] must be a positive integer (steps per compiled call); got {m!r}.")
+                raise ValueError(
+                    f"options['compile_steps'] must be a positive integer (steps per compiled call); got {m!r}."
+                )
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])
         if o.get("grid_constructor") is not None:
             if not callable(o["grid_constructor"]):
-                raise TypeError(f"options['grid_constructor'] must be callable; got {_type_name(o['grid_constructor'])}.")
+                raise TypeError(
+                    f"options['grid_constructor'] must be callable; got {_type_name(o['grid_constructor'])}."
+                )
             if o.get("step_size") is not None:
                 raise ValueError("options 'step_size' and 'grid_constructor' are mutually exclusive; give one of them.")
         interp = o.get("interp", "linear")
@@ -540,7 +561,9 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             if m < ADAMS_MIN_ORDER:
                 warnings.warn(
                     f"options['max_order'] = {m} is below {ADAMS_MIN_ORDER}, so {tableau.name} reduces to rk4_38 "
-                    "(torchdiffeq's rk4), as in torchdiffeq.", UserWarning, stacklevel=4,
+                    "(torchdiffeq's rk4), as in torchdiffeq.",
+                    UserWarning,
+                    stacklevel=4,
                 )
             it = o.get("max_iters", ADAMS_MAX_ITERS)
             if isinstance(it, bool) or not isinstance(it, int) or it < 1:
@@ -553,7 +576,9 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
     if "max_step" in o:
         o["max_step"] = _positive("max_step", o["max_step"], allow_inf=True)
     if o.get("min_step", 0.0) > o.get("max_step", math.inf):
-        raise ValueError(f"options['min_step'] ({o['min_step']!r}) must not exceed options['max_step'] ({o['max_step']!r}).")
+        raise ValueError(
+            f"options['min_step'] ({o['min_step']!r}) must not exceed options['max_step'] ({o['max_step']!r})."
+        )
     for name in ("step_t", "jump_t"):
         if o.get(name) is not None:
             o[name] = _times_option(name, o[name])
@@ -589,7 +614,6 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             "controller is PI or I); use controller 'pi' or 'i', or solve with one clock."
         )
     return kind(**o)
-
 
 
 def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[float]:

@@ -42,8 +42,9 @@ Time is float64 throughout, as in the joint loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -105,8 +106,11 @@ class _Layout:
     def flatten(self, parts) -> torch.Tensor:
         if not self.is_tuple:
             parts = (parts,)
-        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1) if self.is_tuple \
+        return (
+            torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1)
+            if self.is_tuple
             else parts[0].reshape(parts[0].shape[0], -1)
+        )
 
     def unflatten(self, y: torch.Tensor) -> TensorOrTuple:
         """``(..., B, N)`` -> the user's structure with the same leading dimensions."""
@@ -146,9 +150,13 @@ def check_batch_times(t, batch: int) -> tuple[torch.Tensor, float]:
             directions.
     """
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t must be a floating-point torch.Tensor of output times, (T,) or (B, T); got {_type_name(t)}.")
+        raise TypeError(
+            f"t must be a floating-point torch.Tensor of output times, (T,) or (B, T); got {_type_name(t)}."
+        )
     if not t.is_floating_point():
-        raise TypeError(f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64).")
+        raise TypeError(
+            f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64)."
+        )
     if t.requires_grad:
         raise ValueError(
             "options['per_sample'] does not differentiate with respect to the output times t; pass t.detach() "
@@ -166,8 +174,10 @@ def check_batch_times(t, batch: int) -> tuple[torch.Tensor, float]:
     times = t.detach().to(torch.float64).reshape(-1, t.shape[-1])
     if not bool(torch.isfinite(times).all()):
         bad = (~torch.isfinite(times)).nonzero()[0].tolist()
-        raise ValueError(f"t must be finite; got t[{', '.join(map(str, bad if t.dim() == 2 else bad[1:]))}] = "
-                         f"{times[bad[0], bad[1]].item()}.")
+        raise ValueError(
+            f"t must be finite; got t[{', '.join(map(str, bad if t.dim() == 2 else bad[1:]))}] = "
+            f"{times[bad[0], bad[1]].item()}."
+        )
     if times.shape[1] > 1:
         d = times[:, 1:] - times[:, :-1]
         sign = torch.sign(d[:, :1])
@@ -181,8 +191,11 @@ def check_batch_times(t, batch: int) -> tuple[torch.Tensor, float]:
         bad = (d * sign) <= 0
         if bool(bad.any()):
             b, j = bad.nonzero()[0].tolist()
-            where = f"t[{b}, {j}] = {times[b, j].item()!r} followed by t[{b}, {j + 1}] = {times[b, j + 1].item()!r}" \
-                if t.dim() == 2 else f"t[{j}] = {times[b, j].item()!r} followed by t[{j + 1}] = {times[b, j + 1].item()!r}"
+            where = (
+                f"t[{b}, {j}] = {times[b, j].item()!r} followed by t[{b}, {j + 1}] = {times[b, j + 1].item()!r}"
+                if t.dim() == 2
+                else f"t[{j}] = {times[b, j].item()!r} followed by t[{j + 1}] = {times[b, j + 1].item()!r}"
+            )
             raise ValueError(f"Every row of t must be strictly increasing or strictly decreasing; got {where}.")
         direction = float(sign[0, 0])
     else:
@@ -194,7 +207,9 @@ def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout)
     """A tolerance as a float or a ``(B, N)`` tensor in the per-sample layout."""
     values = tol if layout.is_tuple and isinstance(tol, (tuple, list)) else [tol] * len(parts)
     if len(values) != len(parts):
-        raise ValueError(f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(values)}.")
+        raise ValueError(
+            f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(values)}."
+        )
     out = []
     for i, (v, p) in enumerate(zip(values, parts)):
         label = f"{name}[{i}]" if layout.is_tuple and isinstance(tol, (tuple, list)) else name
@@ -204,7 +219,9 @@ def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout)
             out.append(float(v))
         elif isinstance(v, torch.Tensor):
             if not (bool(torch.isfinite(v).all()) and bool((v >= 0).all())):
-                raise ValueError(f"{label} must be non-negative and finite; got a tensor containing {v.min().item()!r}.")
+                raise ValueError(
+                    f"{label} must be non-negative and finite; got a tensor containing {v.min().item()!r}."
+                )
             try:
                 out.append(torch.broadcast_to(v.to(p.dtype).to(p.device), p.shape))
             except RuntimeError:
@@ -215,8 +232,10 @@ def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout)
             raise TypeError(f"{label} must be a float or a tensor; got {_type_name(v)}.")
     if all(isinstance(v, float) for v in out) and len(set(out)) == 1:
         return out[0]
-    full = [v if isinstance(v, torch.Tensor) else torch.full(p.shape, v, dtype=p.dtype, device=p.device)
-            for v, p in zip(out, parts)]
+    full = [
+        v if isinstance(v, torch.Tensor) else torch.full(p.shape, v, dtype=p.dtype, device=p.device)
+        for v, p in zip(out, parts)
+    ]
     return layout.flatten(tuple(full) if layout.is_tuple else full[0])
 
 
@@ -296,8 +315,10 @@ class RMSNorm:
         if len(self.sizes) == 1:
             n = torch.linalg.vector_norm(x, dim=1)
             return (n if n.dtype == torch.float64 else n.double()) * self.inv_sqrt_n[0]
-        rms = [torch.linalg.vector_norm(p, dim=1).double() * s
-               for p, s in zip(torch.split(x, self.sizes, dim=1), self.inv_sqrt_n)]
+        rms = [
+            torch.linalg.vector_norm(p, dim=1).double() * s
+            for p, s in zip(torch.split(x, self.sizes, dim=1), self.inv_sqrt_n)
+        ]
         return torch.stack(rms).amax(0)
 
     def scaled(self, x: torch.Tensor, y: torch.Tensor, rows=None) -> torch.Tensor:
@@ -404,8 +425,9 @@ def _lin(coeffs, k) -> torch.Tensor:
     return out
 
 
-def rk_step(fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor,
-            tableau: ButcherTableau) -> PerSampleStep:
+def rk_step(
+    fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor, tableau: ButcherTableau
+) -> PerSampleStep:
     """One explicit RK step with a step per sample (:func:`~neuralode.solvers.stepper.rk_step`'s twin).
 
     ``k_i = f(t0 + c_i h, y0 + h ⊙ sum_{j<i} a_ij k_j)``, ``y1 = y0 + h ⊙ sum_i b_i k_i``,
@@ -475,8 +497,11 @@ class Interpolant:
                 self.f1 = self.fb(self.t + self.h, self.step.y1)
             th = theta.to(y0.dtype)[:, None]
             t2, t3 = th * th, th * th * th
-            out = y0 + (-2.0 * t3 + 3.0 * t2) * (y1 - y0) + hc * ((t3 - 2.0 * t2 + th) * self.f0[rows]
-                                                                 + (t3 - t2) * self.f1[rows])
+            out = (
+                y0
+                + (-2.0 * t3 + 3.0 * t2) * (y1 - y0)
+                + hc * ((t3 - 2.0 * t2 + th) * self.f0[rows] + (t3 - t2) * self.f1[rows])
+            )
         else:
             k = list(self.step.k)
             if self.kind == "dense_extra":
@@ -621,8 +646,9 @@ def integrate(
         f0 = fb(t, y)
     with torch.no_grad():
         finite_f0 = f0 is None or torch.isfinite(f0).all()
-    controller = VectorController(opts.controller, opts.safety, opts.ifactor, opts.dfactor,
-                                  min(tableau.order, tableau.error_order) + 1)
+    controller = VectorController(
+        opts.controller, opts.safety, opts.ifactor, opts.dfactor, min(tableau.order, tableau.error_order) + 1
+    )
     if dt0 is not None:
         dt = dt0.to(torch.float64).clone()
     elif opts.first_step is not None:
@@ -703,8 +729,11 @@ def integrate(
             if bool((tiny & ~lands).any()):
                 i = int((tiny & ~lands).nonzero()[0])
                 raise SolverError(
-                    f"Step size underflow (sample {int(rows[i])})", float(t[i]), float(direction * dt_abs[i]),
-                    int(n_steps[i]), "The problem may be stiff for this sample, or its solution may blow up "
+                    f"Step size underflow (sample {int(rows[i])})",
+                    float(t[i]),
+                    float(direction * dt_abs[i]),
+                    int(n_steps[i]),
+                    "The problem may be stiff for this sample, or its solution may blow up "
                     "(non-finite values); try a looser tolerance or check func.",
                 )
             # The stop is within rounding of t: arrive without a step.
@@ -728,8 +757,11 @@ def integrate(
         if any_too_many:
             i = int(too_many.nonzero()[0])
             raise SolverError(
-                f"Too many steps (max_num_steps={opts.max_num_steps}) for sample {int(rows[i])}", float(t[i]),
-                float(h[i]), int(n_steps[i]), "Raise options['max_num_steps'] or loosen rtol/atol.",
+                f"Too many steps (max_num_steps={opts.max_num_steps}) for sample {int(rows[i])}",
+                float(t[i]),
+                float(h[i]),
+                int(n_steps[i]),
+                "Raise options['max_num_steps'] or loosen rtol/atol.",
             )
         if quad is not None:
             quad.begin()
@@ -753,8 +785,9 @@ def integrate(
                 # Each crossing sample's step is cut at its first event (located on its interpolant).
                 f1 = step.k[-1] if tableau.fsal else None
                 interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
-                theta_e, y_e, fired = events.locate(g0, cross, t, h, interp, step.y1,
-                                                    (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0))
+                theta_e, y_e, fired = events.locate(
+                    g0, cross, t, h, interp, step.y1, (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0)
+                )
                 inside = cross & (theta_e < 1.0)
                 t1 = torch.where(inside, t + theta_e * h, t1)
                 lands = lands & ~inside
@@ -769,18 +802,31 @@ def integrate(
         if not math.isfinite(ratio_sum) and not bool(torch.isfinite(ratio).all()):
             if not bool(finite_f0):
                 i = int((~torch.isfinite(ratio)).nonzero()[0])
-                raise SolverError(f"Non-finite derivative func(t, y) (sample {int(rows[i])})", float(t[i]),
-                                  float(h[i]), int(n_steps[i]), "Check func for NaN or inf.")
+                raise SolverError(
+                    f"Non-finite derivative func(t, y) (sample {int(rows[i])})",
+                    float(t[i]),
+                    float(h[i]),
+                    int(n_steps[i]),
+                    "Check func for NaN or inf.",
+                )
             stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * _EPS * t.abs())
             if bool(stuck.any()):
                 i = int(stuck.nonzero()[0])
-                raise SolverError(f"Non-finite state or derivative (sample {int(rows[i])})", float(t[i]), float(h[i]),
-                                  int(n_steps[i]), "Every step tried from here produced NaN or inf; check func.")
+                raise SolverError(
+                    f"Non-finite state or derivative (sample {int(rows[i])})",
+                    float(t[i]),
+                    float(h[i]),
+                    int(n_steps[i]),
+                    "Every step tried from here produced NaN or inf; check func.",
+                )
         if min_step > 0 and bool((rejected & (dt_abs <= min_step) & ~lands).any()):
             i = int((rejected & (dt_abs <= min_step) & ~lands).nonzero()[0])
             raise SolverError(
                 f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {float(ratio[i]):.3g}, "
-                f"sample {int(rows[i])})", float(t[i]), float(h[i]), int(n_steps[i]),
+                f"sample {int(rows[i])})",
+                float(t[i]),
+                float(h[i]),
+                int(n_steps[i]),
                 "Lower options['min_step'] or loosen rtol/atol.",
             )
         m_new = int(n_new.max()) if k_new and interp_kind == "dense" else 0
@@ -812,8 +858,24 @@ def integrate(
                 interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, step.k[-1] if tableau.fsal else None)
             dense.add(accept, rows, t, h, t1, interp)
         if cut is not None:
-            y_end, i_out, reset = _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb,
-                                                pieces_i, pieces_b, pieces_y, h, n_steps)
+            y_end, i_out, reset = _after_events(
+                events,
+                cut,
+                t1,
+                y_end,
+                i_out,
+                rows,
+                T,
+                stats,
+                records,
+                t_dtype,
+                fb,
+                pieces_i,
+                pieces_b,
+                pieces_y,
+                h,
+                n_steps,
+            )
         if quad is not None:
             quad.end(accept, h, rows)
         if on_land is not None:
@@ -847,8 +909,10 @@ def integrate(
                 delta = 1e3 * (4 * eps * t.abs() + eps * h.abs())
                 g_new = events.values(t, y)
                 g_later = events.values(t + direction * delta, y + (direction * delta).to(y.dtype)[:, None] * f_new)
-                g0 = [torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
-                      for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)]
+                g0 = [
+                    torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
+                    for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)
+                ]
                 guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
                 for i, k, element in reset:
                     series = reset_times.setdefault((int(rows[i]), k, element), [])
@@ -868,8 +932,9 @@ def integrate(
     return LoopOut(ys, next_dt)
 
 
-def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb, pieces_i, pieces_b, pieces_y,
-                  h, n_steps):
+def _after_events(
+    events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtype, fb, pieces_i, pieces_b, pieces_y, h, n_steps
+):
     """Record each cut sample's event; end the samples whose event is terminal (their later
     output times are NaN); apply resets. Returns the states to continue from, ``i_out`` and the
     resets applied as ``(row, event, element)`` triples (for check_accumulation).
@@ -912,9 +977,16 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
         for n in reversed(shape):
             index.append(element % n)
             element //= n
-        records.append(PerSampleEventRecord(
-            torch.tensor(float(t1[i]), dtype=t_dtype) + (0 if grad is None else grad[0][i].to(t_dtype)), _row(events.unflatten(y_star[i : i + 1])), k, tuple(reversed(index)), events.events[k].terminal,
-            int(rows[i])))
+        records.append(
+            PerSampleEventRecord(
+                torch.tensor(float(t1[i]), dtype=t_dtype) + (0 if grad is None else grad[0][i].to(t_dtype)),
+                _row(events.unflatten(y_star[i : i + 1])),
+                k,
+                tuple(reversed(index)),
+                events.events[k].terminal,
+                int(rows[i]),
+            )
+        )
     stats.n_events.index_add_(0, rows, cross.long())
     n_left = torch.where(ends, T - i_out, torch.zeros_like(i_out))
     k_left = int(n_left.sum())
@@ -930,8 +1002,10 @@ def _after_events(events, cut, t1, y_end, i_out, rows, T, stats, records, t_dtyp
         if e.reset is not None and bool(m.any()):
             y_new = events.flatten(e.reset(t_star, events.unflatten(y_star)))
             if y_new.shape != y_end.shape or y_new.dtype != y_end.dtype:
-                raise ValueError(f"events[{k}].reset(t, y) must return the state's shapes and dtype "
-                                 f"(batch first in per-sample mode).")
+                raise ValueError(
+                    f"events[{k}].reset(t, y) must return the state's shapes and dtype "
+                    f"(batch first in per-sample mode)."
+                )
             if grad is not None:  # the restart at t* moves the later states by -f δ
                 with torch.no_grad():
                     f_new = fb(t1, y_new.detach())
@@ -985,8 +1059,9 @@ def check_options(opts) -> None:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
 
 
-def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, tableau: ButcherTableau, opts,
-                     events=()) -> Solution:
+def solve_per_sample(
+    func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, tableau: ButcherTableau, opts, events=()
+) -> Solution:
     """:func:`~neuralode.solvers.api.solve` with ``options={"per_sample": True}`` (or ``"compact"``).
 
     Args:
@@ -1008,8 +1083,15 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
     dev = parts[0].device
     z = torch.zeros(B, dtype=torch.long, device=dev)
     nan = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
-    stats = PerSampleStats(nfe=z.clone(), n_accepted=z.clone(), n_rejected=z.clone(), last_step=nan.clone(),
-                           next_step=nan.clone(), n_event_evals=z.clone(), n_events=z.clone())
+    stats = PerSampleStats(
+        nfe=z.clone(),
+        n_accepted=z.clone(),
+        n_rejected=z.clone(),
+        last_step=nan.clone(),
+        next_step=nan.clone(),
+        n_event_evals=z.clone(),
+        n_events=z.clone(),
+    )
     if times.shape[1] == 1:
         ys = tuple(p.unsqueeze(0) for p in parts)
         return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)
@@ -1040,9 +1122,24 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, ta
         from .per_sample_dense import PerSampleDense
 
         dense = PerSampleDense(B, direction, layout.unflatten, times[:, 0])
-    result = integrate(fb, layout.flatten(y0), times, direction, tableau=tableau, opts=opts, norm=norm, stats=stats,
-                       interp_kind=interp_kind(tableau), compact=opts.per_sample == "compact", f0=layout.flatten(out),
-                       events=event_set, records=records, t_dtype=t.dtype, step_t=opts.step_t, dense=dense)
+    result = integrate(
+        fb,
+        layout.flatten(y0),
+        times,
+        direction,
+        tableau=tableau,
+        opts=opts,
+        norm=norm,
+        stats=stats,
+        interp_kind=interp_kind(tableau),
+        compact=opts.per_sample == "compact",
+        f0=layout.flatten(out),
+        events=event_set,
+        records=records,
+        t_dtype=t.dtype,
+        step_t=opts.step_t,
+        dense=dense,
+    )
     stats.next_step = result.next_dt
     if event_set is not None:
         stats.n_event_evals.fill_(event_set.calls)  # calls of each event function on the batch

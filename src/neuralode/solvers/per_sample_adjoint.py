@@ -67,8 +67,15 @@ from .tableau import get_tableau
 def _stats(B: int, device) -> PerSampleStats:
     z = torch.zeros(B, dtype=torch.long, device=device)
     nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
-    return PerSampleStats(nfe=z.clone(), n_accepted=z.clone(), n_rejected=z.clone(), last_step=nan.clone(),
-                          next_step=nan.clone(), n_event_evals=z.clone(), n_events=z.clone())
+    return PerSampleStats(
+        nfe=z.clone(),
+        n_accepted=z.clone(),
+        n_rejected=z.clone(),
+        last_step=nan.clone(),
+        next_step=nan.clone(),
+        n_event_evals=z.clone(),
+        n_events=z.clone(),
+    )
 
 
 def _augmented(func, layout, params, quad, N: int):
@@ -148,8 +155,9 @@ class _PerSampleAdjoint(torch.autograd.Function):
             new = torch.cat([ys[j, rows], z[:, N:] + grad_ys[j, rows]], 1)
             return torch.where(mask[:, None], new, z)
 
-        a_end = _backward_solve(cfg, aug, lambda: torch.cat([ys[-1], grad_ys[-1]], 1), times, N, dtype, stats,
-                                quad, jump)
+        a_end = _backward_solve(
+            cfg, aug, lambda: torch.cat([ys[-1], grad_ys[-1]], 1), times, N, dtype, stats, quad, jump
+        )
         return (None, a_end + grad_ys[0], *quad.grads)
 
 
@@ -166,17 +174,43 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
         z0 = start()
         fb = BatchFunc(aug, _Layout((z0,), False), dtype, stats)
         norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
-        out = integrate(fb, z0, grid.flip(1), -cfg["direction"], tableau=tableau, opts=cfg["opts"], norm=norm,
-                        stats=stats, interp_kind=interp_kind(tableau), compact=cfg["compact"], quad=quad,
-                        on_land=jump, step_t=cfg["opts"].step_t)
+        out = integrate(
+            fb,
+            z0,
+            grid.flip(1),
+            -cfg["direction"],
+            tableau=tableau,
+            opts=cfg["opts"],
+            norm=norm,
+            stats=stats,
+            interp_kind=interp_kind(tableau),
+            compact=cfg["compact"],
+            quad=quad,
+            on_land=jump,
+            step_t=cfg["opts"].step_t,
+        )
     finally:
         _IN_BACKWARD.reset(token)
     stats.next_step = out.next_dt
     return out.ys[-1][:, N:]
 
 
-def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoint_rtol, adjoint_atol,
-                             adjoint_method, adjoint_options, adjoint_params, events) -> Solution:
+def solve_adjoint_per_sample(
+    func,
+    y0,
+    t,
+    *,
+    rtol,
+    atol,
+    method,
+    options,
+    adjoint_rtol,
+    adjoint_atol,
+    adjoint_method,
+    adjoint_options,
+    adjoint_params,
+    events,
+) -> Solution:
     """:func:`~neuralode.solvers.adjoint.solve_adjoint` with ``options={"per_sample": True}``.
 
     Shapes as :func:`~neuralode.solvers.per_sample.solve_per_sample`. ``adjoint_options`` may
@@ -192,8 +226,10 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     opts = _parse_options(options, tableau)
     check_options(opts)
     if opts.dense:
-        raise ValueError("options['dense'] with options['per_sample'] is not supported by the adjoint yet; solve "
-                         "(backprop) keeps the dense output, or drop dense.")
+        raise ValueError(
+            "options['dense'] with options['per_sample'] is not supported by the adjoint yet; solve "
+            "(backprop) keeps the dense output, or drop dense."
+        )
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)
@@ -203,10 +239,14 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
     adj_tableau = tableau if adjoint_method is None else get_tableau(adjoint_method)
     if not adj_tableau.adaptive:
         raise ValueError(f"adjoint_method must be adaptive with options['per_sample']; got {adj_tableau.name!r}.")
-    adj_opts = {k: v for k, v in (options or {}).items() if k != "norm"} if adjoint_options is None else dict(adjoint_options)
+    adj_opts = (
+        {k: v for k, v in (options or {}).items() if k != "norm"} if adjoint_options is None else dict(adjoint_options)
+    )
     if adj_opts.pop("norm", "seminorm") != "seminorm":
-        raise ValueError("adjoint_options['norm'] must be 'seminorm' with options['per_sample'] (the parameter "
-                         "gradient is not part of the stepped state).")
+        raise ValueError(
+            "adjoint_options['norm'] must be 'seminorm' with options['per_sample'] (the parameter "
+            "gradient is not part of the stepped state)."
+        )
     adj_opts.pop("first_step", None)  # the forward solve's first step is no guide backwards
     adj_opts["per_sample"] = opts.per_sample
     adj_opts = _parse_options(adj_opts, adj_tableau)
@@ -217,16 +257,34 @@ def solve_adjoint_per_sample(func, y0, t, *, rtol, atol, method, options, adjoin
         return v if not isinstance(v, torch.Tensor) else torch.cat([v, v], 1)
 
     with torch.no_grad():
-        fwd = solve_per_sample(func, tuple(p.detach() for p in parts) if is_tuple else y0.detach(), t, rtol=rtol,
-                               atol=atol, tableau=tableau, opts=opts, events=events)
+        fwd = solve_per_sample(
+            func,
+            tuple(p.detach() for p in parts) if is_tuple else y0.detach(),
+            t,
+            rtol=rtol,
+            atol=atol,
+            tableau=tableau,
+            opts=opts,
+            events=events,
+        )
     if times.shape[1] == 1:
         return fwd
     adjoint_stats = _stats(B, parts[0].device)
     cfg = {
-        "func": func, "params": params, "layout": layout, "times": times, "direction": direction,
-        "tableau": adj_tableau, "opts": adj_opts, "compact": adj_opts.per_sample == "compact",
-        "rtol": aug_tol("adjoint_rtol" if adjoint_rtol is not None else "rtol", rtol if adjoint_rtol is None else adjoint_rtol),
-        "atol": aug_tol("adjoint_atol" if adjoint_atol is not None else "atol", atol if adjoint_atol is None else adjoint_atol),
+        "func": func,
+        "params": params,
+        "layout": layout,
+        "times": times,
+        "direction": direction,
+        "tableau": adj_tableau,
+        "opts": adj_opts,
+        "compact": adj_opts.per_sample == "compact",
+        "rtol": aug_tol(
+            "adjoint_rtol" if adjoint_rtol is not None else "rtol", rtol if adjoint_rtol is None else adjoint_rtol
+        ),
+        "atol": aug_tol(
+            "adjoint_atol" if adjoint_atol is not None else "atol", atol if adjoint_atol is None else adjoint_atol
+        ),
         "adjoint_stats": adjoint_stats,
         "ys": torch.cat([p.reshape(times.shape[1], B, -1) for p in (fwd.ys if is_tuple else (fwd.ys,))], 2),
     }
@@ -253,14 +311,23 @@ def _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, table
         which=torch.tensor([r.index for r in records], dtype=torch.long, device=dev),
         element=torch.tensor([ravel(r.element, shapes[r.index]) for r in records], dtype=torch.long, device=dev),
         t_ev=torch.tensor([float(r.t) for r in records], dtype=dtype, device=dev),
-        y_ev=torch.stack([layout.flatten(_batch_of_one(r.y, layout.is_tuple))[0] for r in records]) if records
+        y_ev=torch.stack([layout.flatten(_batch_of_one(r.y, layout.is_tuple))[0] for r in records])
+        if records
         else torch.zeros(0, N, dtype=dtype, device=dev),
     )
     cfg["grid"], cfg["out_idx"], cfg["ev_idx"] = _stop_grid(times, direction, records, B)
     ys, t_e, y_e = _PerSampleEventAdjoint.apply(cfg, layout.flatten(y0), *cfg["params"])
-    out = [PerSampleEventRecord(torch.tensor(float(r.t), dtype=t.dtype) + (t_e[k] - t_e[k].detach()).to(t.dtype),
-                                _row_of(layout.unflatten(y_e[k : k + 1]), layout.is_tuple), r.index, r.element,
-                                r.terminal, r.sample) for k, r in enumerate(records)]
+    out = [
+        PerSampleEventRecord(
+            torch.tensor(float(r.t), dtype=t.dtype) + (t_e[k] - t_e[k].detach()).to(t.dtype),
+            _row_of(layout.unflatten(y_e[k : k + 1]), layout.is_tuple),
+            r.index,
+            r.element,
+            r.terminal,
+            r.sample,
+        )
+        for k, r in enumerate(records)
+    ]
     return Solution(t, layout.unflatten(ys), fwd.stats, tableau.name, adjoint_stats, tuple(out))
 
 
@@ -370,8 +437,9 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
                 outs = [y_next, delta, y_star]
                 cots = [a * mf[:, None], grad_t[ee] * mf, grad_y[ee] * mf[:, None]]
                 keep = [i for i, o in enumerate(outs) if o.requires_grad]
-                grads = torch.autograd.grad([outs[i] for i in keep], (ye, *params), [cots[i] for i in keep],
-                                            allow_unused=True)
+                grads = torch.autograd.grad(
+                    [outs[i] for i in keep], (ye, *params), [cots[i] for i in keep], allow_unused=True
+                )
             for acc, g in zip(quad.grads, grads[1:]):
                 if g is not None:
                     acc.add_(g)
@@ -400,8 +468,12 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
         z_last = torch.cat([ys[-1].nan_to_num(0.0), torch.zeros_like(ys[-1])], 1)
 
         def start() -> torch.Tensor:  # the last stop may be an event: its VJP is backward work too
-            return at_stop(torch.ones(B, dtype=torch.bool, device=ys.device),
-                           torch.full((B,), L - 1, dtype=torch.long, device=ys.device), all_rows, z_last)
+            return at_stop(
+                torch.ones(B, dtype=torch.bool, device=ys.device),
+                torch.full((B,), L - 1, dtype=torch.long, device=ys.device),
+                all_rows,
+                z_last,
+            )
 
         a_end = _backward_solve(cfg, aug, start, grid, N, dtype, stats, quad, jump)
         return (None, a_end + grad_ys[0], *quad.grads)

@@ -38,8 +38,9 @@ class PerSampleDense:
         self._pieces: list[tuple[torch.Tensor, ...]] = []  # (sample, step index, row, t0, h) of accepted rows
         self._table = None
 
-    def add(self, accept: torch.Tensor, rows: torch.Tensor, t: torch.Tensor, h: torch.Tensor, t_end: torch.Tensor,
-            interp) -> None:
+    def add(
+        self, accept: torch.Tensor, rows: torch.Tensor, t: torch.Tensor, h: torch.Tensor, t_end: torch.Tensor, interp
+    ) -> None:
         """Keep the step ``interp`` for its accepted rows (``accept``), which serve up to ``t_end``."""
         r = accept.nonzero().squeeze(1)
         if r.numel() == 0:
@@ -71,11 +72,15 @@ class PerSampleDense:
                 outside a sample's solved span.
         """
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError("Solution.evaluate(t) with options['per_sample'] takes a floating-point tensor of times: "
-                            f"0-dim, (K,) or ({self.B}, K); got {_type_name(t) if not isinstance(t, torch.Tensor) else t.dtype}.")
+            raise TypeError(
+                "Solution.evaluate(t) with options['per_sample'] takes a floating-point tensor of times: "
+                f"0-dim, (K,) or ({self.B}, K); got {_type_name(t) if not isinstance(t, torch.Tensor) else t.dtype}."
+            )
         if t.dim() > 2 or (t.dim() == 2 and t.shape[0] != self.B):
-            raise ValueError(f"Solution.evaluate(t) with options['per_sample'] takes t of shape (), (K,) or "
-                             f"({self.B}, K); got {tuple(t.shape)}.")
+            raise ValueError(
+                f"Solution.evaluate(t) with options['per_sample'] takes t of shape (), (K,) or "
+                f"({self.B}, K); got {tuple(t.shape)}."
+            )
         dev = self.t_start.device
         tau = t.detach().to(dev, torch.float64).reshape(-1 if t.dim() < 2 else self.B, t.shape[-1] if t.dim() else 1)
         tau = tau.expand(self.B, -1) if tau.shape[0] != self.B else tau  # (B, K)
@@ -88,8 +93,10 @@ class PerSampleDense:
         bad = (tau < lo[:, None] - slack) | (tau > hi[:, None] + slack) | ~torch.isfinite(tau)
         if bool(bad.any()):
             i, j = bad.nonzero()[0].tolist()
-            raise ValueError(f"Solution.evaluate: t = {float(tau[i, j])!r} lies outside the solved span of sample {i}, "
-                             f"[{float(self.t_start[i])!r}, {float(self.t_end[i])!r}].")
+            raise ValueError(
+                f"Solution.evaluate: t = {float(tau[i, j])!r} lies outside the solved span of sample {i}, "
+                f"[{float(self.t_start[i])!r}, {float(self.t_end[i])!r}]."
+            )
         if not self._pieces:
             raise ValueError("Solution.evaluate: the solve took no step, so there is no dense output to read.")
         sample, step, row, t0, h, first, counts = self._sorted()
@@ -101,8 +108,10 @@ class PerSampleDense:
         piece = torch.zeros(q.numel(), dtype=torch.long, device=dev)
         for i in range(self.B):
             if int(counts[i]) == 0:
-                raise ValueError(f"Solution.evaluate: sample {i} took no step (its span is the single time "
-                                 f"{float(self.t_start[i])!r}), so it has no dense output to read.")
+                raise ValueError(
+                    f"Solution.evaluate: sample {i} took no step (its span is the single time "
+                    f"{float(self.t_start[i])!r}), so it has no dense output to read."
+                )
             lo_i, n_i = int(first[i]), int(counts[i])
             pos = torch.searchsorted(key[lo_i : lo_i + n_i], (tau[i] * d).contiguous(), right=False) - 1
             piece[i * K : (i + 1) * K] = lo_i + pos.clamp(0, n_i - 1)
@@ -110,7 +119,9 @@ class PerSampleDense:
         for k in torch.unique(step[piece]).tolist():
             m = step[piece] == k
             p = piece[m]
-            theta = torch.where(h[p] == 0, torch.zeros_like(q[m]), (q[m] - t0[p]) / torch.where(h[p] == 0, torch.ones_like(h[p]), h[p]))
+            theta = torch.where(
+                h[p] == 0, torch.zeros_like(q[m]), (q[m] - t0[p]) / torch.where(h[p] == 0, torch.ones_like(h[p]), h[p])
+            )
             vals = self._interps[k](row[p], theta.clamp(0.0, 1.0))
             if y is None:
                 y = vals.new_empty(q.numel(), vals.shape[1])

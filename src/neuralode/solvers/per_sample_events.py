@@ -102,8 +102,9 @@ class PerSampleEvents:
     def any_crossed(self, g0, g1) -> torch.Tensor:
         return torch.stack([c.any(1) for c in self.crossed(g0, g1)]).any(0)
 
-    def locate(self, g0, mask: torch.Tensor, t: torch.Tensor, h: torch.Tensor, interp, y1: torch.Tensor,
-               theta0: torch.Tensor):
+    def locate(
+        self, g0, mask: torch.Tensor, t: torch.Tensor, h: torch.Tensor, interp, y1: torch.Tensor, theta0: torch.Tensor
+    ):
         """Bisection for the samples in ``mask``: ``(θ (B,), y at θ (B, N), fired per event)``.
 
         The search starts at ``theta0 (B,)`` (roots closer to the step's start are not searched);
@@ -122,8 +123,16 @@ class PerSampleEvents:
         fired = self.crossed(g0, self.values(t + hi * h, y_hi))
         return hi, y_hi, fired
 
-    def attach_gradient(self, fb, cross: torch.Tensor, which: torch.Tensor, fired: list[torch.Tensor],
-                        t_e: torch.Tensor, y_e: torch.Tensor, rows: torch.Tensor):
+    def attach_gradient(
+        self,
+        fb,
+        cross: torch.Tensor,
+        which: torch.Tensor,
+        fired: list[torch.Tensor],
+        t_e: torch.Tensor,
+        y_e: torch.Tensor,
+        rows: torch.Tensor,
+    ):
         """The implicit-function gradients of the event times of the rows in ``cross``.
 
         Args:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 from array import array
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -120,14 +121,18 @@ class _Problem:
         """A step callback as torchdiffeq calls it: ``(t0, y0, dt)`` with tensors, ``dt = |h|``."""
         callback(self.time(t), self.unflatten(y), self.time(abs(h)))
 
-    def check_like_state(self, out: object, name: str, what: str = "the new state", finite: bool = True) -> torch.Tensor:
+    def check_like_state(
+        self, out: object, name: str, what: str = "the new state", finite: bool = True
+    ) -> torch.Tensor:
         """A user function's output that must look like the state (``func``'s derivative, an
         event's reset), checked and flattened. ``name`` is the call (``"func(t, y)"``); ``what``
         names the output in the messages."""
         owner = name.removesuffix("(t, y)")
         outs = out if self.is_tuple and isinstance(out, (tuple, list)) else (out,)
         if self.is_tuple and not isinstance(out, (tuple, list)):
-            raise TypeError(f"{owner} must return a tuple of {len(self.parts)} tensors for a tuple y0; got {_type_name(out)}.")
+            raise TypeError(
+                f"{owner} must return a tuple of {len(self.parts)} tensors for a tuple y0; got {_type_name(out)}."
+            )
         if len(outs) != len(self.parts):
             raise ValueError(f"{owner} must return {len(self.parts)} tensors, one per tensor of y0; got {len(outs)}.")
         for i, (o, p) in enumerate(zip(outs, self.parts)):
@@ -154,7 +159,9 @@ class _Problem:
         if tt is None:
             tt = torch.full((), t, dtype=self.t_dtype, device=self.device)
             if side:
-                tt = torch.nextafter(tt, torch.full((), side * self.direction * math.inf, dtype=self.t_dtype, device=self.device))
+                tt = torch.nextafter(
+                    tt, torch.full((), side * self.direction * math.inf, dtype=self.t_dtype, device=self.device)
+                )
         return tt
 
     def __call__(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
@@ -319,7 +326,9 @@ class _ErrorNorm:
         self._held = ((y, tol), self._held[0])
         return tol
 
-    def ratio(self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None) -> float:
+    def ratio(
+        self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None
+    ) -> float:
         """The error ratio of a step; with a second estimate (dopri8's E3), Hairer's combination
         of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`).
 

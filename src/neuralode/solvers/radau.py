@@ -202,8 +202,10 @@ class RadauTableau:
         Lam = _lambda(self.gamma, self.pairs)
         T, Ti = torch.tensor(self.T, dtype=torch.float64), torch.tensor(self.T_inv, dtype=torch.float64)
         Ainv = torch.linalg.inv(torch.tensor(A, dtype=torch.float64))
-        if float((T @ Lam @ Ti - Ainv).abs().max()) > 1e-12 * float(Ainv.abs().max()) or \
-                float((T @ Ti - torch.eye(s, dtype=torch.float64)).abs().max()) > 1e-13:
+        if (
+            float((T @ Lam @ Ti - Ainv).abs().max()) > 1e-12 * float(Ainv.abs().max())
+            or float((T @ Ti - torch.eye(s, dtype=torch.float64)).abs().max()) > 1e-13
+        ):
             raise ValueError(f"RadauTableau {name!r}: T Lambda T^-1 does not reproduce A^-1")
         # The embedded solution's weights: b_hat = b + e A (since h F = A^-1 Z), b_hat_0 = 1 / gamma.
         b_hat = [bi + sum(self.e[j] * A[j][i] for j in range(s)) for i, bi in enumerate(self.b)]
@@ -289,13 +291,23 @@ def _build_radau(s: int, name: str, c: tuple[float, ...] | None = None, dense_er
     P = _solve(Vq, [[1.0 if i == j else 0.0 for i in range(s)] for j in range(s)])  # P[q][i]
     dense = tuple(tuple(P[q][i] for q in range(s)) for i in range(s))
     return RadauTableau(
-        name=name, c=tuple(c), a=tuple(tuple(r) for r in A), b=tuple(b), order=2 * s - 1, error_order=s,
-        gamma=gamma, pairs=pairs, T=tuple(tuple(r) for r in T.tolist()),
-        T_inv=tuple(tuple(r) for r in Ti.tolist()), e=tuple(e), dense=dense,
-        newton_max_iter=6 + int(2.5 * (s - 3)), dense_error_default=dense_error,
+        name=name,
+        c=tuple(c),
+        a=tuple(tuple(r) for r in A),
+        b=tuple(b),
+        order=2 * s - 1,
+        error_order=s,
+        gamma=gamma,
+        pairs=pairs,
+        T=tuple(tuple(r) for r in T.tolist()),
+        T_inv=tuple(tuple(r) for r in Ti.tolist()),
+        e=tuple(e),
+        dense=dense,
+        newton_max_iter=6 + int(2.5 * (s - 3)),
+        dense_error_default=dense_error,
         description=f"Radau IIA order {2 * s - 1} (Hairer & Wanner II, IV.8): {s}-stage L-stable collocation, "
-                    f"simplified Newton on the eigen-decoupled system, embedded order-{s} estimate, collocation "
-                    "dense output.",
+        f"simplified Newton on the eigen-decoupled system, embedded order-{s} estimate, collocation "
+        "dense output.",
     )
 
 
@@ -340,11 +352,14 @@ def _factor(J: torch.Tensor, mus: list, h: float, t: float, stats, labels: list[
         k, b = divmod(idx, B)
         label, mu = labels[k], mus[k]
         raise SolverError(
-            f"Singular iteration matrix ({label} / h) I - J of {method}", t, h, stats.n_steps,
+            f"Singular iteration matrix ({label} / h) I - J of {method}",
+            t,
+            h,
+            stats.n_steps,
             f"gamma h = h / {label} = {h / mu:.6g}: {label} / h is an eigenvalue of the Jacobian"
             + (f" of sample {b}" if B > 1 else "")
             + "; check options['jacobian'] (a wrong or non-finite Jacobian), or set options['max_step'] to avoid "
-              "this step size.",
+            "this step size.",
         )
     return LU, piv
 
@@ -411,8 +426,10 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
 
     def factors(t: float, h: float):
         if st.get("lu_h") != h:
-            st["lu"] = (_factor(st["J"], [gamma], h, t, stats, ["gamma"], tab.name),
-                        _factor(st["J"], mus, h, t, stats, labels, tab.name))
+            st["lu"] = (
+                _factor(st["J"], [gamma], h, t, stats, ["gamma"], tab.name),
+                _factor(st["J"], mus, h, t, stats, labels, tab.name),
+            )
             st["lu_h"] = h
             stats.n_factorizations += 1
         return st["lu"]
@@ -515,7 +532,10 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
             st["last"] = (t, y, h, None, None, True)
             if abs(h) <= max(min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
                 raise SolverError(
-                    f"Newton iteration of {tab.name} failed to converge at the minimum step size", t, h, stats.n_steps,
+                    f"Newton iteration of {tab.name} failed to converge at the minimum step size",
+                    t,
+                    h,
+                    stats.n_steps,
                     "func may be discontinuous or non-finite here, or options['jacobian'] wrong; loosen rtol/atol, "
                     "lower options['min_step'], or try method='rodas5p' (no iteration).",
                 )
@@ -529,7 +549,9 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
         stats.n_linear_solves += 1
         if extra and error is not None and error.ratio(err, y, y1) > 1.0:
             f_err = func(t, y + err)
-            err = torch.linalg.lu_solve(LUr, pr, torch.add(f_err, ZE, alpha=gamma / h).reshape(B, n, 1)).reshape(y.shape)
+            err = torch.linalg.lu_solve(LUr, pr, torch.add(f_err, ZE, alpha=gamma / h).reshape(B, n, 1)).reshape(
+                y.shape
+            )
             stats.n_linear_solves += 1
         if dense_error and error is not None:
             err = continuous_error(err, Z, y, y1)

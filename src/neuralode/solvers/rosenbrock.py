@@ -51,8 +51,8 @@ References:
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 import torch
 
@@ -64,7 +64,7 @@ from .stepper import StepResult, combine
 Func = Callable[[float, torch.Tensor], torch.Tensor]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(tab: RosenbrockTableau):
     def nz(coeffs):
         return tuple((j, float(x)) for j, x in enumerate(coeffs) if x != 0.0)
@@ -91,8 +91,12 @@ def _coefficient_tensors(tab: RosenbrockTableau, dtype: torch.dtype, device: tor
                     M[i, : len(row)] = torch.tensor(row, dtype=dtype, device=device)
             return M.unbind(0)
 
-        out = _COEFFS[key] = (padded_rows(tab.a), padded_rows(tab.C), torch.tensor(tab.m, dtype=dtype, device=device),
-                              torch.tensor(tab.m_err, dtype=dtype, device=device))
+        out = _COEFFS[key] = (
+            padded_rows(tab.a),
+            padded_rows(tab.C),
+            torch.tensor(tab.m, dtype=dtype, device=device),
+            torch.tensor(tab.m_err, dtype=dtype, device=device),
+        )
     return out
 
 
@@ -104,7 +108,10 @@ def factor(J: torch.Tensor, h: float, gamma: float, t: float, stats, n_steps: in
     if bool(info.any()):  # info > 0: a zero pivot (info < 0 flags a bad argument, which cannot occur here)
         b = int((info > 0).nonzero()[0])
         raise SolverError(
-            "Singular iteration matrix I/(gamma h) - J", t, h, n_steps,
+            "Singular iteration matrix I/(gamma h) - J",
+            t,
+            h,
+            n_steps,
             f"gamma h = {gamma * h:.6g}: 1/(gamma h) is an eigenvalue of the Jacobian"
             + (f" of sample {b}" if J.shape[0] > 1 else "")
             + "; check options['jacobian'] (a wrong or non-finite Jacobian), or set options['max_step'] to avoid this step size.",
@@ -113,8 +120,15 @@ def factor(J: torch.Tensor, h: float, gamma: float, t: float, stats, n_steps: in
 
 
 def rosenbrock_step(
-    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, h: float, tab: RosenbrockTableau,
-    lin: Linearisation, lu, stats,
+    func: Func,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    h: float,
+    tab: RosenbrockTableau,
+    lin: Linearisation,
+    lu,
+    stats,
 ) -> StepResult:
     """One Rosenbrock step (see the module docstring); ``lu`` are the factors of ``I / (h gamma) - J``.
 
@@ -158,8 +172,17 @@ def rosenbrock_step(
     return StepResult(y1, y_err, k)
 
 
-def _step_in_place(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, h: float, tab: RosenbrockTableau,
-                   lin: Linearisation, lu, stats) -> StepResult:
+def _step_in_place(
+    func: Func,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    h: float,
+    tab: RosenbrockTableau,
+    lin: Linearisation,
+    lu,
+    stats,
+) -> StepResult:
     """:func:`rosenbrock_step` without autograd: the ``u_i`` are rows of one ``(s, N)`` tensor ``U`` that
     ``lu_solve`` writes into, and every sum over earlier stages is one matrix-vector product
     (``y0 + U[:i]^T a_i``, ``f_i + U[:i]^T C_i / h``, ``y0 + U^T m``, ``U^T m_err``) instead of one scaled add
@@ -309,15 +332,32 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
             return memo["lin"]
         stats.n_jac_evals += 1
         tt = problem.time(t)
-        checked, time_dependent = flags if flags is not None else (memo.get("checked", False),
-                                                                    memo.get("time_dependent"))
+        checked, time_dependent = (
+            flags if flags is not None else (memo.get("checked", False), memo.get("time_dependent"))
+        )
         if jac is not None:
-            lin = callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten,
-                                         tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),))
+            lin = callable_linearisation(
+                jac,
+                f_tensor,
+                tt,
+                y,
+                f0,
+                batch_dims,
+                h,
+                problem.unflatten,
+                tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),),
+            )
         else:
             create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
-            lin = autograd_linearisation(f_tensor, tt, y, batch_dims, check_coupling=not checked,
-                                         create_graph=create_graph, time_dependent=time_dependent)
+            lin = autograd_linearisation(
+                f_tensor,
+                tt,
+                y,
+                batch_dims,
+                check_coupling=not checked,
+                create_graph=create_graph,
+                time_dependent=time_dependent,
+            )
             memo["checked"] = True
             memo["time_dependent"] = lin.f_t is not None
         memo.update(y=y, t=t, lin=lin)
@@ -330,8 +370,14 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
             # Only where f_tensor is the loop's func (a plain func, the main stage function: no tuple
             # flattening, no jump side, no `perturb` argument), with autograd off (so the Jacobian needs no
             # graph whatever f0 would have required) and the Jacobian not the one kept in memo.
-            fuse = (jac is None and func is problem and problem.plain and t_f0 == t and not torch.is_grad_enabled()
-                    and not (memo.get("y") is y and memo.get("t") == t))
+            fuse = (
+                jac is None
+                and func is problem
+                and problem.plain
+                and t_f0 == t
+                and not torch.is_grad_enabled()
+                and not (memo.get("y") is y and memo.get("t") == t)
+            )
             lin = linearise(t, y, None, h) if fuse else None
             f0 = lin.f if lin is not None and lin.f is not None else func(t_f0, y)
         lin = linearise(t, y, f0, h, flags)

@@ -14,8 +14,9 @@ Only this module imports scipy, and only when the method is used.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -113,8 +114,9 @@ def _tensors_of(func: Callable) -> list[torch.Tensor]:
     return out
 
 
-def scipy_solve(func: Callable, y0, t: torch.Tensor, times: list[float], rtol, atol, opts: ScipyOptions,
-                name: str) -> Solution:
+def scipy_solve(
+    func: Callable, y0, t: torch.Tensor, times: list[float], rtol, atol, opts: ScipyOptions, name: str
+) -> Solution:
     """Solve with ``scipy.integrate.solve_ivp`` and return a :class:`Solution`."""
     import numpy as np
     from scipy.integrate import solve_ivp
@@ -156,8 +158,13 @@ def scipy_solve(func: Callable, y0, t: torch.Tensor, times: list[float], rtol, a
         if not res.success:
             from .errors import SolverError
 
-            raise SolverError(f"scipy's {opts.solver} failed: {res.message}", float(res.t[-1]) if len(res.t) else times[0],
-                              math.nan, int(res.nfev), "Loosen rtol/atol or try another options['solver'].")
+            raise SolverError(
+                f"scipy's {opts.solver} failed: {res.message}",
+                float(res.t[-1]) if len(res.t) else times[0],
+                math.nan,
+                int(res.nfev),
+                "Loosen rtol/atol or try another options['solver'].",
+            )
         stats.nfe = int(res.nfev) + 1  # scipy reports no step counts
         ys = torch.as_tensor(res.y.T, dtype=torch.float64).to(flat0.device, flat0.dtype).reshape(len(times), *shape)
         ys[0] = flat0.detach()

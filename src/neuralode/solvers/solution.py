@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -103,7 +103,7 @@ class DenseOutput:
         self._pieces.append((t0, h, interp))
         self.t_end = t_end
 
-    def hermite(self) -> "DenseOutput":
+    def hermite(self) -> DenseOutput:
         """The same pieces with every linear one (a fixed grid's default ``interp``) as a cubic Hermite
         interpolant of its step, ``f(t1, y1)`` taken from the next piece's first stage when the two meet
         at a plain step end (else evaluated on first use). The interpolating adjoint reads ``y(t)`` at
@@ -128,9 +128,9 @@ class DenseOutput:
     def __call__(self, t: torch.Tensor) -> TensorOrTuple:
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() > 1:
             raise TypeError(
-                "Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor of times; "
-                f"got {t!r}." if not isinstance(t, torch.Tensor) else
-                f"Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor; got dtype {t.dtype}, shape {tuple(t.shape)}."
+                f"Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor of times; got {t!r}."
+                if not isinstance(t, torch.Tensor)
+                else f"Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor; got dtype {t.dtype}, shape {tuple(t.shape)}."
             )
         times = t.detach().reshape(-1).to("cpu", torch.float64).tolist()
         lo, hi = sorted((self.t_start, self.t_end))

@@ -24,7 +24,8 @@ arithmetic in the same order, so the same bits, without allocating a tensor per 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -147,7 +148,12 @@ def _weighted_sum(dt: float, coeffs, k, zero: torch.Tensor) -> torch.Tensor:
 
 
 def rk_step(
-    func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: float, tableau: ButcherTableau,
+    func: Func,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    dt: float,
+    tableau: ButcherTableau,
     plan: _Plan | None = None,
 ) -> StepResult:
     """Take one explicit Runge-Kutta step of size ``dt`` (negative to integrate backwards).

@@ -21,7 +21,7 @@ two vector norms per accepted step and no evaluation of ``f``.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -44,7 +44,7 @@ def _stability_function(tableau, z: complex) -> complex:
     return 1 + z * sum(bi * gi for bi, gi in zip(tableau.b, g))
 
 
-@lru_cache(maxsize=None)
+@cache
 def stability_boundary(tableau) -> float:
     """The largest ``x`` with ``|R(-s)| <= 1`` for all ``0 <= s <= x`` (to 1e-3), e.g. 3.31 for dopri5."""
     x = 0.0
@@ -63,14 +63,17 @@ class StiffnessDetector:
     def __init__(self, tableau, i: int, j: int, fraction: float = 0.98):
         self.tableau = tableau
         self.i, self.j = i, j
-        self.diff = tuple((l, a_jl - (tableau.a[i][l] if l < i else 0.0))
-                          for l, a_jl in enumerate(tableau.a[j]) if a_jl - (tableau.a[i][l] if l < i else 0.0) != 0.0)
+        self.diff = tuple(
+            (l, a_jl - (tableau.a[i][l] if l < i else 0.0))
+            for l, a_jl in enumerate(tableau.a[j])
+            if a_jl - (tableau.a[i][l] if l < i else 0.0) != 0.0
+        )
         self.limit = fraction * stability_boundary(tableau)
         self.stiff = 0
         self.non_stiff = 0
 
     @classmethod
-    def for_solve(cls, tableau, opts) -> "StiffnessDetector | None":
+    def for_solve(cls, tableau, opts) -> StiffnessDetector | None:
         """A detector for this method and options, or ``None`` (fixed steps, no two stages at c = 1, off)."""
         if not getattr(tableau, "adaptive", False) or getattr(tableau, "implicit", False):
             return None
@@ -111,7 +114,9 @@ class StiffnessDetector:
             raise SolverError(
                 f"The problem is stiff: {self.tableau.name}'s step is held at its stability limit "
                 f"(|h| rho = {self.h_rho(h, k):.3g}, boundary {stability_boundary(self.tableau):.3g}) for {self.stiff} steps",
-                t, h, n_steps,
+                t,
+                h,
+                n_steps,
                 f"Use a stiff method: {STIFF_METHODS_HINT}; options={{'stiffness': 'off'}} lets "
                 f"{self.tableau.name} run on regardless.",
             )

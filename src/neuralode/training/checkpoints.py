@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -26,8 +27,12 @@ from .._atomic import atomic_write_bytes
 CHECKPOINT_VERSION = 1
 
 #: The programs that write checkpoints, and how messages name them.
-CHECKPOINT_KINDS = {"mnist": "MNIST training", "cnf": "CNF training", "latent": "latent-ODE spirals training",
-                    "flow": "flow-matching training"}
+CHECKPOINT_KINDS = {
+    "mnist": "MNIST training",
+    "cnf": "CNF training",
+    "latent": "latent-ODE spirals training",
+    "flow": "flow-matching training",
+}
 
 
 class CheckpointError(ValueError):
@@ -64,7 +69,7 @@ def _kind_of(state: Any) -> str | None:
 # Checkpoints.
 
 
-def _digest_into(h: "hashlib._Hash", obj: Any) -> None:
+def _digest_into(h: hashlib._Hash, obj: Any) -> None:
     # A canonical walk over the contents: type tags and lengths keep different structures with
     # the same leaves apart (a list of two from a tuple of two, "1" from 1).
     if isinstance(obj, torch.Tensor):
@@ -100,7 +105,11 @@ def _digest(obj: Any) -> str:
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], state: Mapping[str, Any], *, kind: str = "mnist", keep_previous: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    state: Mapping[str, Any],
+    *,
+    kind: str = "mnist",
+    keep_previous: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``state`` (plus format tag, version and content digest) atomically to ``path``.
 
@@ -152,7 +161,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, kind: str = "mnist") -> dic
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         reason = str(exc).split("\n")[0][:200] or type(exc).__name__
-        raise CheckpointDamagedError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}).", remedy) from None
+        raise CheckpointDamagedError(
+            f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason}).", remedy
+        ) from None
     found = _kind_of(state)
     if found != kind:
         what = f" (it is a neuralode {CHECKPOINT_KINDS[found]} checkpoint)" if found else ""

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from .checkpoints import load_checkpoint
 from ..datasets.toy2d import TOY_DATASETS, sample_toy
 from ..models.cnf import CNF, NOISE_TYPES, TRACE_ESTIMATORS, build_cnf
 from ..progress import progress_bar
+from .checkpoints import load_checkpoint
 from .config import RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
 from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, run_task
@@ -42,8 +42,19 @@ from .seeding import rng_state, set_rng_state, step_generator
 from .signals import StopFlag
 
 __all__ = [
-    "CHECKPOINT_NAME", "CONFIG_NAME", "FIGURE_NAMES", "METRICS_NAME", "CNFTrainConfig", "build_model", "cosine_lr",
-    "evaluate", "evaluate_nll", "load_cnf_checkpoint", "test_set", "train_cnf", "write_figures",
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "FIGURE_NAMES",
+    "METRICS_NAME",
+    "CNFTrainConfig",
+    "build_model",
+    "cosine_lr",
+    "evaluate",
+    "evaluate_nll",
+    "load_cnf_checkpoint",
+    "test_set",
+    "train_cnf",
+    "write_figures",
 ]
 
 FIGURE_NAMES = ("samples.png", "density.png", "flow.png")
@@ -76,8 +87,20 @@ class CNFTrainConfig(RunConfig):
     """
 
     KIND = "cnf"
-    RESUME_KEEP = ("dataset", "arch", "hidden_dims", "nonlinearity", "width", "T", "trace", "noise",
-                   "regularize_kinetic", "regularize_jacobian", "seed", "batch_size")
+    RESUME_KEEP = (
+        "dataset",
+        "arch",
+        "hidden_dims",
+        "nonlinearity",
+        "width",
+        "T",
+        "trace",
+        "noise",
+        "regularize_kinetic",
+        "regularize_jacobian",
+        "seed",
+        "batch_size",
+    )
 
     out: Path = setting(Path("runs/cnf"), "the run folder", metavar="RUN_DIR")
     dataset: str = setting("8gaussians", "the toy density", choices=TOY_DATASETS)
@@ -109,16 +132,28 @@ class CNFTrainConfig(RunConfig):
         self.check_ints("threads", optional=True)
         self.check_numbers("lr", "tol", "T")
         self.check_numbers("regularize_kinetic", "regularize_jacobian", positive=False)
-        if not self.hidden_dims or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden_dims):
+        if not self.hidden_dims or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden_dims
+        ):
             self.fail("hidden_dims", "one or more positive integer widths")
 
 
 def build_model(config: CNFTrainConfig) -> CNF:
     """The CNF a config describes (untrained)."""
     return build_cnf(
-        2, arch=config.arch, hidden_dims=config.hidden_dims, nonlinearity=config.nonlinearity, width=config.width,
-        T=config.T, trace=config.trace, noise=config.noise, kinetic=config.regularize_kinetic > 0,
-        jacobian=config.regularize_jacobian > 0, rtol=config.tol, atol=config.tol, adjoint=config.adjoint,
+        2,
+        arch=config.arch,
+        hidden_dims=config.hidden_dims,
+        nonlinearity=config.nonlinearity,
+        width=config.width,
+        T=config.T,
+        trace=config.trace,
+        noise=config.noise,
+        kinetic=config.regularize_kinetic > 0,
+        jacobian=config.regularize_jacobian > 0,
+        rtol=config.tol,
+        atol=config.tol,
+        adjoint=config.adjoint,
     )
 
 
@@ -204,17 +239,30 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
     run.plan(config.iterations, start, f"a CNF on {config.dataset}, batch {config.batch_size}")
 
     def save(iteration: int) -> None:
-        run.save(config, {"iteration": iteration, "seconds": seconds, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "rng": rng_state(ctx.device), "window_sums": window.state(ctx)})
+        run.save(
+            config,
+            {
+                "iteration": iteration,
+                "seconds": seconds,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(ctx.device),
+                "window_sums": window.state(ctx),
+            },
+        )
 
     iteration = start
-    with progress_bar(config.iterations, f"cnf {config.dataset}", enabled=config.progress and ctx.is_main, unit="it", initial=start) as bar:
+    with progress_bar(
+        config.iterations, f"cnf {config.dataset}", enabled=config.progress and ctx.is_main, unit="it", initial=start
+    ) as bar:
         for iteration in range(start + 1, config.iterations + 1):
             t0 = time.perf_counter()
             # A function of the iteration (nothing to checkpoint): raising `iterations` on resume stretches the cosine.
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
-            x = sample_toy(config.dataset, config.batch_size, generator=step_generator(config.seed, iteration))[rows].to(ctx.device)
+            x = sample_toy(config.dataset, config.batch_size, generator=step_generator(config.seed, iteration))[
+                rows
+            ].to(ctx.device)
             model.dynamics.reset_nfe()
             _, logp, *penalties = model(x)  # penalties: the kinetic and Jacobian integrals, when asked for
             nll = -logp.mean()
@@ -227,13 +275,25 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
             ctx.average_gradients(model.parameters())
             optimizer.step()
             seconds += time.perf_counter() - t0
-            window.add(loss=loss.item(), nll=nll.item(), kinetic=kinetic.item(), jacobian=jacobian.item(),
-                       nfe_forward=nfe_forward, nfe_backward=model.nfe_backward, n=1)
+            window.add(
+                loss=loss.item(),
+                nll=nll.item(),
+                kinetic=kinetic.item(),
+                jacobian=jacobian.item(),
+                nfe_forward=nfe_forward,
+                nfe_backward=model.nfe_backward,
+                n=1,
+            )
             bar.set_postfix(loss=f"{loss.item():.3f}", nfe_f=nfe_forward, nfe_b=model.nfe_backward, refresh=False)
             bar.update()
             if iteration % config.log_every == 0 or iteration == config.iterations:
                 t = window.totals(ctx)
-                record = {"iteration": iteration, **{k: t[k] / t["n"] for k in _FIGURES[:-1]}, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+                record = {
+                    "iteration": iteration,
+                    **{k: t[k] / t["n"] for k in _FIGURES[:-1]},
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": seconds,
+                }
                 for name in ("kinetic", "jacobian"):
                     if getattr(config, f"regularize_{name}") == 0:
                         del record[name]
@@ -250,31 +310,66 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
     summary = _summary(config, ctx, run, iteration, None, history, seconds)
     t1 = time.perf_counter()
     test_nll, test_nfe = evaluate_nll(model, test_set(config).to(ctx.device))
-    final = {"iteration": iteration, "final": True, "test_nll": test_nll, "test_nfe_forward": test_nfe,
-             "test_samples": config.test_samples, "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
-             "nfe_forward_mean": summary["nfe_forward"], "nfe_backward_mean": summary["nfe_backward"]}
+    final = {
+        "iteration": iteration,
+        "final": True,
+        "test_nll": test_nll,
+        "test_nfe_forward": test_nfe,
+        "test_samples": config.test_samples,
+        "seconds": seconds,
+        "eval_seconds": time.perf_counter() - t1,
+        "nfe_forward_mean": summary["nfe_forward"],
+        "nfe_backward_mean": summary["nfe_backward"],
+    }
     run.append(final)
     summary.update(final=final, test_nll=test_nll, test_nfe_forward=test_nfe)
     if config.plot and ctx.is_main:
-        summary["figures"] = [str(p) for p in write_figures(model, config, run.path, iteration=iteration, test_nll=test_nll)]
+        summary["figures"] = [
+            str(p) for p in write_figures(model, config, run.path, iteration=iteration, test_nll=test_nll)
+        ]
     return summary
 
 
-def _summary(config: CNFTrainConfig, ctx: Dist, run: RunDir, iteration: int, interrupted: str | None, history: list, seconds: float) -> dict[str, Any]:
+def _summary(
+    config: CNFTrainConfig,
+    ctx: Dist,
+    run: RunDir,
+    iteration: int,
+    interrupted: str | None,
+    history: list,
+    seconds: float,
+) -> dict[str, Any]:
     def mean(key: str) -> float | None:
         values = [r[key] for r in history if r.get(key) is not None]
         return sum(values) / len(values) if values else None
 
     return {
-        "run_dir": str(run.path), "rank": ctx.rank, "dataset": config.dataset, "iterations_completed": iteration, "interrupted": interrupted,
-        "seconds": seconds, "nfe_forward": mean("nfe_forward"), "nfe_backward": mean("nfe_backward"), "final": None,
-        "test_nll": None, "test_nfe_forward": None, "checkpoint": str(run.checkpoint_path), "figures": [],
+        "run_dir": str(run.path),
+        "rank": ctx.rank,
+        "dataset": config.dataset,
+        "iterations_completed": iteration,
+        "interrupted": interrupted,
+        "seconds": seconds,
+        "nfe_forward": mean("nfe_forward"),
+        "nfe_backward": mean("nfe_backward"),
+        "final": None,
+        "test_nll": None,
+        "test_nfe_forward": None,
+        "checkpoint": str(run.checkpoint_path),
+        "figures": [],
     }
 
 
 def write_figures(
-    model: CNF, config: CNFTrainConfig, out: Path, *, iteration: int | None = None, test_nll: float | None = None,
-    n_samples: int = 2000, grid: int = 100, extent: float = 4.0,
+    model: CNF,
+    config: CNFTrainConfig,
+    out: Path,
+    *,
+    iteration: int | None = None,
+    test_nll: float | None = None,
+    n_samples: int = 2000,
+    grid: int = 100,
+    extent: float = 4.0,
 ) -> list[Path]:
     """Write ``samples.png``, ``density.png`` and ``flow.png`` for a trained model into ``out``.
 
@@ -301,13 +396,28 @@ def write_figures(
     where = f"{config.dataset}, iteration {iteration}" if iteration is not None else config.dataset
     score = f", test NLL {test_nll:.3f} nats" if test_nll is not None else ""
     return [
-        save_figure(plot_point_clouds([("target samples", target), ("model samples", xs[-1])], limits=lim,
-                                      suptitle=f"CNF on {where}{score}: {n_samples} samples each"), out / FIGURE_NAMES[0]),
-        save_figure(plot_density_grid(logp.exp().reshape(grid, grid), limits=lim, title=f"learned density p(x)\n{where}{score}"),
-                    out / FIGURE_NAMES[1]),
-        save_figure(plot_point_clouds([(f"t = {t:.2f}", xs[k]) for k, t in enumerate(times)], limits=lim,
-                                      suptitle=f"CNF on {where}: samples flowing from the base N(0, I) at t = T to the data at t = 0"),
-                    out / FIGURE_NAMES[2]),
+        save_figure(
+            plot_point_clouds(
+                [("target samples", target), ("model samples", xs[-1])],
+                limits=lim,
+                suptitle=f"CNF on {where}{score}: {n_samples} samples each",
+            ),
+            out / FIGURE_NAMES[0],
+        ),
+        save_figure(
+            plot_density_grid(
+                logp.exp().reshape(grid, grid), limits=lim, title=f"learned density p(x)\n{where}{score}"
+            ),
+            out / FIGURE_NAMES[1],
+        ),
+        save_figure(
+            plot_point_clouds(
+                [(f"t = {t:.2f}", xs[k]) for k, t in enumerate(times)],
+                limits=lim,
+                suptitle=f"CNF on {where}: samples flowing from the base N(0, I) at t = T to the data at t = 0",
+            ),
+            out / FIGURE_NAMES[2],
+        ),
     ]
 
 
@@ -331,4 +441,10 @@ def evaluate(run_dir: str | os.PathLike[str], *, test_samples: int | None = None
     model.load_state_dict(state["model"])
     n = test_samples or config.test_samples
     nll, nfe = evaluate_nll(model, test_set(config, n))
-    return {"test_nll": nll, "test_nfe_forward": nfe, "test_samples": n, "iteration": int(state["iteration"]), "dataset": config.dataset}
+    return {
+        "test_nll": nll,
+        "test_nfe_forward": nfe,
+        "test_samples": n,
+        "iteration": int(state["iteration"]),
+        "dataset": config.dataset,
+    }

@@ -14,9 +14,10 @@ import dataclasses
 import functools
 import math
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -82,13 +83,20 @@ class RunConfig:
     RESUME_KEEP: ClassVar[tuple[str, ...]] = ("seed",)
 
     out: Path = setting(Path("runs/run"), "the run folder", metavar="RUN_DIR")
-    resume: bool = setting(False, "continue the run in --out from its checkpoint; flags not given keep the run's saved values")
+    resume: bool = setting(
+        False, "continue the run in --out from its checkpoint; flags not given keep the run's saved values"
+    )
     seed: int = setting(0, "seed of everything random in the run")
     device: str = setting("auto", "where to train", choices=DEVICES)
     log_every: int = setting(10, "optimisation steps between training lines in metrics.jsonl", metavar="STEPS")
-    checkpoint_every: int = setting(100, "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)", metavar="STEPS")
+    checkpoint_every: int = setting(
+        100,
+        "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)",
+        metavar="STEPS",
+    )
     checkpoint_seconds: float = setting(
-        180.0, "seconds of training between checkpoints, besides --checkpoint-every, so a kill loses at most that (0: off)",
+        180.0,
+        "seconds of training between checkpoints, besides --checkpoint-every, so a kill loses at most that (0: off)",
         metavar="SECONDS",
     )
     progress: bool = setting(True, "progress bar and progress lines on stderr")
@@ -102,8 +110,11 @@ class RunConfig:
                 object.__setattr__(self, f.name, tuple(value))
             elif kind is Path and isinstance(value, str) and not value.strip():
                 # Path("") is the current folder: a run once trained into the source tree this way.
-                raise ConfigError(f.name, f"{type(self).__name__}.{f.name} must be a folder path; got {value!r} "
-                                          f"(write '.' for the current folder).")
+                raise ConfigError(
+                    f.name,
+                    f"{type(self).__name__}.{f.name} must be a folder path; got {value!r} "
+                    f"(write '.' for the current folder).",
+                )
             elif kind is Path and value is not None:
                 object.__setattr__(self, f.name, Path(value).expanduser())
         self.check_ints("seed", "checkpoint_every", minimum=0)
@@ -161,10 +172,14 @@ class RunConfig:
 def resume_differences(saved: Mapping[str, Any], config: RunConfig) -> list[str]:
     """``"name: saved X, now Y"`` for each :attr:`RunConfig.RESUME_KEEP` field that differs."""
     current = config.to_dict()
-    return [f"{k}: saved {saved.get(k)!r}, now {current[k]!r}" for k in config.RESUME_KEEP if saved.get(k) != current[k]]
+    return [
+        f"{k}: saved {saved.get(k)!r}, now {current[k]!r}" for k in config.RESUME_KEEP if saved.get(k) != current[k]
+    ]
 
 
-def merge_for_resume(cls: type[_Config], saved: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[_Config, list[str]]:
+def merge_for_resume(
+    cls: type[_Config], saved: Mapping[str, Any], given: Mapping[str, Any]
+) -> tuple[_Config, list[str]]:
     """The resume rule of every task: the run's saved settings, overridden by those ``given``.
 
     Args:

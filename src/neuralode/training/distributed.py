@@ -18,8 +18,8 @@ are all-reduced first (:class:`Sums`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn

@@ -32,7 +32,10 @@ def _series(records: list[dict[str, Any]], x: str, y: str, scale: float = 1.0) -
 
 def _nfe(lines: list[dict[str, Any]], x: str) -> list[tuple[str, list[float], list[float]]]:
     """Forward and backward NFE curves, leaving out one that is all zero (no adjoint, no ODE)."""
-    curves = [(f"NFE-{tag} ({name})", *_series(lines, x, f"nfe_{name}")) for tag, name in (("F", "forward"), ("B", "backward"))]
+    curves = [
+        (f"NFE-{tag} ({name})", *_series(lines, x, f"nfe_{name}"))
+        for tag, name in (("F", "forward"), ("B", "backward"))
+    ]
     return [c for c in curves if any(c[2])]
 
 
@@ -41,9 +44,19 @@ def _mnist_panels(records: list[dict[str, Any]]) -> tuple[list, str, str]:
     epochs = [r for r in records if "epoch" in r]
     for r in epochs:  # an epoch line's x on the fractional-epoch axis of the training lines
         r.setdefault("epochs", r["epoch"])
-    loss = [("training, per interval", *_series(lines, "epochs", "train_loss")), ("training, per epoch", *_series(epochs, "epochs", "train_loss"))]
-    error = [("test", *_series(epochs, "epochs", "test_error", 100)), ("training, per interval", *_series(lines, "epochs", "train_error", 100))]
-    panels = [("cross-entropy loss", loss), ("error (%)", error), ("function evaluations per batch", _nfe(lines or epochs, "epochs"))]
+    loss = [
+        ("training, per interval", *_series(lines, "epochs", "train_loss")),
+        ("training, per epoch", *_series(epochs, "epochs", "train_loss")),
+    ]
+    error = [
+        ("test", *_series(epochs, "epochs", "test_error", 100)),
+        ("training, per interval", *_series(lines, "epochs", "train_error", 100)),
+    ]
+    panels = [
+        ("cross-entropy loss", loss),
+        ("error (%)", error),
+        ("function evaluations per batch", _nfe(lines or epochs, "epochs")),
+    ]
     last = records[-1]
     model = last.get("model") or (epochs[-1]["model"] if epochs else "")
     score = f", test error {100 * epochs[-1]['test_error']:.2f}% after epoch {epochs[-1]['epoch']}" if epochs else ""
@@ -54,7 +67,13 @@ def _cnf_panels(records: list[dict[str, Any]], dataset: str) -> tuple[list, str,
     lines = [r for r in records if not r.get("final")]
     final = next((r for r in reversed(records) if r.get("final")), None)
     panels = [
-        ("nats per sample", [("training loss", *_series(lines, "iteration", "loss")), ("training NLL", *_series(lines, "iteration", "nll"))]),
+        (
+            "nats per sample",
+            [
+                ("training loss", *_series(lines, "iteration", "loss")),
+                ("training NLL", *_series(lines, "iteration", "nll")),
+            ],
+        ),
         ("penalty", [(name, *_series(lines, "iteration", name)) for name in ("kinetic", "jacobian")]),
         ("function evaluations per iteration", _nfe(lines, "iteration")),
     ]
@@ -65,8 +84,10 @@ def _cnf_panels(records: list[dict[str, Any]], dataset: str) -> tuple[list, str,
 def _flow_panels(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple[list, str, str]:
     lines = [r for r in records if not r.get("final")]
     final = next((r for r in reversed(records) if r.get("final")), None)
-    panels = [("flow-matching loss (mean squared velocity error)", [("training", *_series(lines, "iteration", "loss"))]),
-              ("learning rate", [("Adam", *_series(lines, "iteration", "lr"))])]
+    panels = [
+        ("flow-matching loss (mean squared velocity error)", [("training", *_series(lines, "iteration", "loss"))]),
+        ("learning rate", [("Adam", *_series(lines, "iteration", "lr"))]),
+    ]
     score = f", test NLL {final['test_nll']:.3f} nats" if final else ""
     what = f"{config.get('dataset', '?')}, {config.get('coupling', '?')} coupling"
     return panels, "iteration", f"Flow matching on {what}: iteration {records[-1].get('iteration', '?')}{score}"
@@ -78,15 +99,28 @@ def _latent_panels(records: list[dict[str, Any]], observations: Any) -> tuple[li
     panels = [
         ("ELBO per sequence", [("latent ODE", *_series(lines, "iteration", "elbo"))]),
         ("RNN loss (MSE of one-step-ahead predictions)", [("RNN", *_series(lines, "iteration", "rnn_loss"))]),
-        ("test extrapolation RMSE", [("latent ODE", *_series(scored, "iteration", "extrapolation_rmse")),
-                                     ("RNN", *_series(scored, "iteration", "rnn_extrapolation_rmse"))]),
+        (
+            "test extrapolation RMSE",
+            [
+                ("latent ODE", *_series(scored, "iteration", "extrapolation_rmse")),
+                ("RNN", *_series(scored, "iteration", "rnn_extrapolation_rmse")),
+            ],
+        ),
         ("function evaluations per iteration", _nfe(lines, "iteration")),
     ]
-    score = f", extrapolation RMSE {scored[-1]['extrapolation_rmse']:.3f} (RNN {scored[-1]['rnn_extrapolation_rmse']:.3f})" if scored else ""
-    return panels, "iteration", f"Latent ODE, {observations} observations: iteration {records[-1].get('iteration', '?')}{score}"
+    score = (
+        f", extrapolation RMSE {scored[-1]['extrapolation_rmse']:.3f} (RNN {scored[-1]['rnn_extrapolation_rmse']:.3f})"
+        if scored
+        else ""
+    )
+    return (
+        panels,
+        "iteration",
+        f"Latent ODE, {observations} observations: iteration {records[-1].get('iteration', '?')}{score}",
+    )
 
 
-def draw_run(run_dir: str | os.PathLike[str], *, dpi: float = 100) -> "Figure":
+def draw_run(run_dir: str | os.PathLike[str], *, dpi: float = 100) -> Figure:
     """The run's learning curves as a matplotlib figure (see :func:`plot_run`).
 
     Raises:
@@ -99,7 +133,9 @@ def draw_run(run_dir: str | os.PathLike[str], *, dpi: float = 100) -> "Figure":
     run_dir = Path(run_dir)
     metrics = run_dir / METRICS_NAME
     if not metrics.is_file():
-        raise FileNotFoundError(f"No {METRICS_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?")
+        raise FileNotFoundError(
+            f"No {METRICS_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?"
+        )
     records = read_jsonl(metrics)
     if not records:
         raise ValueError(f"{metrics} has no lines to plot yet: the run has not logged its first interval.")

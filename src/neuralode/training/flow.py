@@ -53,14 +53,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import load_checkpoint
 from ..datasets.toy2d import TOY_DATASETS, sample_toy
 from ..models.cnf import NOISE_TYPES
 from ..models.flow_matching import (
-    COUPLINGS, DIVERGENCES, MLP_ACTIVATIONS, PATHS, UNetVelocity, VelocityMLP, bits_per_dim, cfm_loss, log_prob, reflow_pairs, sample,
+    COUPLINGS,
+    DIVERGENCES,
+    MLP_ACTIVATIONS,
+    PATHS,
+    UNetVelocity,
+    VelocityMLP,
+    bits_per_dim,
+    cfm_loss,
+    log_prob,
+    reflow_pairs,
+    sample,
     wasserstein2,
 )
 from ..progress import progress_bar
+from .checkpoints import load_checkpoint
 from .cnf import cosine_lr
 from .config import ConfigError, RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
@@ -69,8 +79,19 @@ from .seeding import rng_state, set_rng_state, step_generator
 from .signals import StopFlag
 
 __all__ = [
-    "FIGURE_NAMES", "FLOW_DATASETS", "FlowData", "FlowTrainConfig", "build_model", "evaluate", "evaluate_nll",
-    "load_flow_checkpoint", "plot_saved_run", "sampling_table", "train_flow", "w2_floor", "write_figures",
+    "FIGURE_NAMES",
+    "FLOW_DATASETS",
+    "FlowData",
+    "FlowTrainConfig",
+    "build_model",
+    "evaluate",
+    "evaluate_nll",
+    "load_flow_checkpoint",
+    "plot_saved_run",
+    "sampling_table",
+    "train_flow",
+    "w2_floor",
+    "write_figures",
 ]
 
 IMAGE_DATASETS = ("digits", "mnist")
@@ -115,8 +136,22 @@ class FlowTrainConfig(RunConfig):
     """
 
     KIND = "flow"
-    RESUME_KEEP = ("dataset", "coupling", "path", "sigma", "hidden_dims", "activation", "time_features", "channels",
-                   "conditional", "label_dropout", "seed", "batch_size", "reflow_from", "reflow_pairs")
+    RESUME_KEEP = (
+        "dataset",
+        "coupling",
+        "path",
+        "sigma",
+        "hidden_dims",
+        "activation",
+        "time_features",
+        "channels",
+        "conditional",
+        "label_dropout",
+        "seed",
+        "batch_size",
+        "reflow_from",
+        "reflow_pairs",
+    )
 
     out: Path = setting(Path("runs/flow"), "the run folder", metavar="RUN_DIR")
     dataset: str = setting("8gaussians", "the data", choices=FLOW_DATASETS)
@@ -126,23 +161,36 @@ class FlowTrainConfig(RunConfig):
     iterations: int = setting(2500, "training iterations (raise it on --resume to train longer)", metavar="N")
     batch_size: int = setting(256, "samples per iteration, over all processes", metavar="N")
     lr: float = setting(3e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
-    hidden_dims: tuple[int, ...] = setting((64, 64, 64), "hidden widths of the MLP velocity field (2-D data)", metavar="W")
+    hidden_dims: tuple[int, ...] = setting(
+        (64, 64, 64), "hidden widths of the MLP velocity field (2-D data)", metavar="W"
+    )
     activation: str = setting("tanh", "activation of the MLP velocity field", choices=MLP_ACTIVATIONS)
     time_features: int = setting(0, "sinusoidal features of t fed to the MLP besides t (0: t alone)", metavar="N")
     channels: int = setting(32, "top-level channels of the U-Net velocity field (images)", metavar="C")
     conditional: bool = setting(False, "class-conditional velocity field (labelled data: digits, mnist)")
-    label_dropout: float = setting(0.1, "probability of dropping the label in training (classifier-free guidance)", metavar="P")
+    label_dropout: float = setting(
+        0.1, "probability of dropping the label in training (classifier-free guidance)", metavar="P"
+    )
     guidance: float = setting(1.0, "guidance weight of the evaluation's conditional samples (1: unguided)", metavar="W")
     tol: float = setting(1e-5, "dopri5 rtol = atol for the test likelihood")
-    divergence: str = setting("auto", "divergence of the likelihood: exact, hutchinson, or auto (exact up to 16 dims)",
-                              choices=("auto", *DIVERGENCES))
+    divergence: str = setting(
+        "auto",
+        "divergence of the likelihood: exact, hutchinson, or auto (exact up to 16 dims)",
+        choices=("auto", *DIVERGENCES),
+    )
     noise: str = setting("rademacher", "Hutchinson probe", choices=NOISE_TYPES)
     test_samples: int = setting(10000, "held-out samples for the test NLL", metavar="N")
     table_samples: int = setting(500, "samples per row of the samples-per-NFE table", metavar="N")
-    table_steps: tuple[int, ...] = setting((1, 2, 5, 10, 20, 100), "step counts of the table's fixed-step rows", metavar="N")
-    table_tolerances: tuple[float, ...] = setting((1e-2, 1e-3, 1e-5), "rtol = atol of the table's dopri5 rows", metavar="TOL")
+    table_steps: tuple[int, ...] = setting(
+        (1, 2, 5, 10, 20, 100), "step counts of the table's fixed-step rows", metavar="N"
+    )
+    table_tolerances: tuple[float, ...] = setting(
+        (1e-2, 1e-3, 1e-5), "rtol = atol of the table's dopri5 rows", metavar="TOL"
+    )
     data_dir: Path | None = setting(None, "MNIST folder (default: download into the cache)", metavar="DIR")
-    reflow_from: Path | None = setting(None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR")
+    reflow_from: Path | None = setting(
+        None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR"
+    )
     reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
@@ -161,21 +209,32 @@ class FlowTrainConfig(RunConfig):
         self.check_numbers("sigma", positive=False)
         self.check_numbers("guidance", positive=False)
         self.check_numbers("label_dropout", positive=False, at_most=1.0)
-        if not self.table_tolerances or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in self.table_tolerances):
+        if not self.table_tolerances or not all(
+            isinstance(v, (int, float)) and 0 < v < 1 for v in self.table_tolerances
+        ):
             self.fail("table_tolerances", "one or more tolerances in (0, 1)")
         for name in ("hidden_dims", "table_steps"):
             values = getattr(self, name)
             if not values or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in values):
                 self.fail(name, "one or more positive integers")
         if self.coupling == "ot" and self.batch_size < 2:
-            raise ConfigError("batch_size", f"FlowTrainConfig.batch_size must be at least 2 for coupling='ot' (it pairs the "
-                                            f"batch's noise with its data); got {self.batch_size}.")
+            raise ConfigError(
+                "batch_size",
+                f"FlowTrainConfig.batch_size must be at least 2 for coupling='ot' (it pairs the "
+                f"batch's noise with its data); got {self.batch_size}.",
+            )
         if self.reflow_from is not None and self.coupling != "independent":
-            raise ConfigError("coupling", f"FlowTrainConfig.coupling must be 'independent' with reflow_from: reflow trains on the "
-                                          f"teacher's noise-sample pairs as drawn; got {self.coupling!r}.")
+            raise ConfigError(
+                "coupling",
+                f"FlowTrainConfig.coupling must be 'independent' with reflow_from: reflow trains on the "
+                f"teacher's noise-sample pairs as drawn; got {self.coupling!r}.",
+            )
         if self.conditional and self.dataset not in IMAGE_DATASETS:
-            raise ConfigError("conditional", f"FlowTrainConfig.conditional needs labelled data ({', '.join(IMAGE_DATASETS)}); "
-                                             f"dataset {self.dataset!r} has no labels.")
+            raise ConfigError(
+                "conditional",
+                f"FlowTrainConfig.conditional needs labelled data ({', '.join(IMAGE_DATASETS)}); "
+                f"dataset {self.dataset!r} has no labels.",
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,29 +279,45 @@ class FlowData:
         if config.reflow_from is not None and training:
             self.teacher, self.pairs = self._reflow(config)
 
-    def _reflow(self, config: FlowTrainConfig) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def _reflow(
+        self, config: FlowTrainConfig
+    ) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         from .checkpoints import CheckpointError
 
         path = Path(config.reflow_from) / CHECKPOINT_NAME
         if not path.is_file():
-            raise ConfigError("reflow_from", f"no {CHECKPOINT_NAME} in {str(config.reflow_from)!r}: name a trained flow run folder.")
+            raise ConfigError(
+                "reflow_from", f"no {CHECKPOINT_NAME} in {str(config.reflow_from)!r}: name a trained flow run folder."
+            )
         try:
             state = load_flow_checkpoint(path)
         except CheckpointError as exc:
             raise ConfigError("reflow_from", str(exc)) from None
         saved = FlowTrainConfig.from_dict(state["config"])
-        shape = {k: (getattr(saved, k), getattr(config, k)) for k in ("dataset", "hidden_dims", "activation", "time_features",
-                                                                               "channels", "conditional")}
+        shape = {
+            k: (getattr(saved, k), getattr(config, k))
+            for k in ("dataset", "hidden_dims", "activation", "time_features", "channels", "conditional")
+        }
         differ = [f"{k}: {a!r} there, {b!r} here" for k, (a, b) in shape.items() if a != b]
         if differ:
-            raise ConfigError("reflow_from", f"the flow in {str(config.reflow_from)!r} differs from this run ({'; '.join(differ)}); "
-                                             f"reflow continues the same field on the same data.")
+            raise ConfigError(
+                "reflow_from",
+                f"the flow in {str(config.reflow_from)!r} differs from this run ({'; '.join(differ)}); "
+                f"reflow continues the same field on the same data.",
+            )
         teacher = build_model(saved, self)
         teacher.load_state_dict(state["model"])
         g = step_generator(config.seed, 0, stream=6)
         labels = torch.randint(0, 10, (config.reflow_pairs,), generator=g) if config.conditional else None
-        x0, x1 = reflow_pairs(teacher, config.reflow_pairs, labels=labels, guidance=config.guidance, rtol=config.tol,
-                              atol=config.tol, generator=g)
+        x0, x1 = reflow_pairs(
+            teacher,
+            config.reflow_pairs,
+            labels=labels,
+            guidance=config.guidance,
+            rtol=config.tol,
+            atol=config.tol,
+            generator=g,
+        )
         return teacher, (x0, x1, labels)
 
     @property
@@ -292,8 +367,9 @@ def build_model(config: FlowTrainConfig, data: FlowData | None = None) -> nn.Mod
     if config.dataset in IMAGE_DATASETS:
         shape = data.shape if data is not None else ((1, 8, 8) if config.dataset == "digits" else (1, 28, 28))
         return UNetVelocity(shape, channels=config.channels, num_classes=classes)
-    return VelocityMLP(2, config.hidden_dims, num_classes=classes, time_features=config.time_features,
-                       activation=config.activation)
+    return VelocityMLP(
+        2, config.hidden_dims, num_classes=classes, time_features=config.time_features, activation=config.activation
+    )
 
 
 def _divergence(config: FlowTrainConfig, dim: int) -> str:
@@ -302,8 +378,9 @@ def _divergence(config: FlowTrainConfig, dim: int) -> str:
     return "exact" if dim <= 16 else "hutchinson"
 
 
-def evaluate_nll(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, config: FlowTrainConfig, *,
-                 batch_size: int = 2500) -> tuple[float, float]:
+def evaluate_nll(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, config: FlowTrainConfig, *, batch_size: int = 2500
+) -> tuple[float, float]:
     """Mean negative log-likelihood (nats) of ``x`` under the flow (dopri5 at ``config.tol``).
 
     With a conditional field, the density of the unguided conditional flow given each point's label.
@@ -318,17 +395,31 @@ def evaluate_nll(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
     total, nfe, batches = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
-            y = None if labels is None or not config.conditional else labels[i:i + batch_size]
-            lp, n = log_prob(model, x[i:i + batch_size], labels=y, divergence=divergence, noise=config.noise,
-                             rtol=config.tol, atol=config.tol, return_nfe=True)
+            y = None if labels is None or not config.conditional else labels[i : i + batch_size]
+            lp, n = log_prob(
+                model,
+                x[i : i + batch_size],
+                labels=y,
+                divergence=divergence,
+                noise=config.noise,
+                rtol=config.tol,
+                atol=config.tol,
+                return_nfe=True,
+            )
             total += -lp.sum().item()
             nfe += n
             batches += 1
     return total / x.shape[0], nfe / batches
 
 
-def sampling_table(model: nn.Module, data: FlowData, config: FlowTrainConfig, *, n: int | None = None,
-                   steps: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+def sampling_table(
+    model: nn.Module,
+    data: FlowData,
+    config: FlowTrainConfig,
+    *,
+    n: int | None = None,
+    steps: tuple[int, ...] | None = None,
+) -> list[dict[str, Any]]:
     """Samples per NFE: one row per solver setting, all from the same noise.
 
     Rows: each of :data:`TABLE_METHODS` at each of ``steps`` (default ``config.table_steps``), then
@@ -348,8 +439,16 @@ def sampling_table(model: nn.Module, data: FlowData, config: FlowTrainConfig, *,
     for method, s, tol in settings:
         kw = dict(steps=s) if s is not None else dict(rtol=tol, atol=tol)
         result = sample(model, x0=x0, labels=y, guidance=config.guidance, method=method, **kw)
-        rows.append({"method": method, "steps": s, "rtol": tol, "nfe": result.nfe, "seconds": result.seconds,
-                     "w2": wasserstein2(result.x.cpu(), target)})
+        rows.append(
+            {
+                "method": method,
+                "steps": s,
+                "rtol": tol,
+                "nfe": result.nfe,
+                "seconds": result.seconds,
+                "w2": wasserstein2(result.x.cpu(), target),
+            }
+        )
     return rows
 
 
@@ -390,8 +489,11 @@ def train_flow(config: FlowTrainConfig) -> dict[str, Any]:
 def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> dict[str, Any]:
     rows = ctx.shard(config.batch_size)
     if config.coupling == "ot" and rows.stop - rows.start < 2:
-        raise ConfigError("batch_size", f"batch_size={config.batch_size} leaves {rows.stop - rows.start} sample per process; "
-                                        f"the OT coupling needs at least 2 per process: raise --batch-size.")
+        raise ConfigError(
+            "batch_size",
+            f"batch_size={config.batch_size} leaves {rows.stop - rows.start} sample per process; "
+            f"the OT coupling needs at least 2 per process: raise --batch-size.",
+        )
     data = FlowData(config)  # before the lock: a missing scikit-learn or MNIST folder fails without a trace
     checkpoint = run.open(config)
     if config.threads is not None:
@@ -414,16 +516,34 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     run.write_config(config, task="flow", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
     if checkpoint is not None:
         run.note(f"Resuming {run.path} from its checkpoint at iteration {start}.")
-    run.plan(config.iterations, start, f"flow matching on {config.dataset} ({config.coupling} coupling, {config.path} path), "
-                                       f"batch {config.batch_size}")
+    run.plan(
+        config.iterations,
+        start,
+        f"flow matching on {config.dataset} ({config.coupling} coupling, {config.path} path), "
+        f"batch {config.batch_size}",
+    )
 
     def save(iteration: int) -> None:
-        run.save(config, {"iteration": iteration, "seconds": seconds, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "rng": rng_state(ctx.device), "window_sums": window.state(ctx)})
+        run.save(
+            config,
+            {
+                "iteration": iteration,
+                "seconds": seconds,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(ctx.device),
+                "window_sums": window.state(ctx),
+            },
+        )
 
     iteration = start
-    with progress_bar(config.iterations, f"flow {config.dataset} ({config.coupling})", enabled=config.progress and ctx.is_main,
-                      unit="it", initial=start) as bar:
+    with progress_bar(
+        config.iterations,
+        f"flow {config.dataset} ({config.coupling})",
+        enabled=config.progress and ctx.is_main,
+        unit="it",
+        initial=start,
+    ) as bar:
         for iteration in range(start + 1, config.iterations + 1):
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
@@ -434,12 +554,23 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
             x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
             t = torch.rand(x1.shape[0], generator=g)
             if labels is not None and config.conditional:
-                labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(ctx.device)
+                labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(
+                    ctx.device
+                )
             else:
                 labels = None
             eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
-            loss = cfm_loss(model, x1[rows].to(ctx.device), path=config.path, coupling=config.coupling, sigma=config.sigma,
-                            labels=labels, x0=x0[rows].to(ctx.device), t=t[rows].to(ctx.device), noise=eps)
+            loss = cfm_loss(
+                model,
+                x1[rows].to(ctx.device),
+                path=config.path,
+                coupling=config.coupling,
+                sigma=config.sigma,
+                labels=labels,
+                x0=x0[rows].to(ctx.device),
+                t=t[rows].to(ctx.device),
+                noise=eps,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_gradients(model.parameters())
@@ -450,8 +581,12 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
             bar.update()
             if iteration % config.log_every == 0 or iteration == config.iterations:
                 totals = window.totals(ctx)
-                record = {"iteration": iteration, "loss": totals["loss"] / totals["n"], "lr": optimizer.param_groups[0]["lr"],
-                          "seconds": seconds}
+                record = {
+                    "iteration": iteration,
+                    "loss": totals["loss"] / totals["n"],
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": seconds,
+                }
                 history.append(record)
                 run.append(record)
                 window.reset()
@@ -466,20 +601,42 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     t1 = time.perf_counter()
     model.eval()
     result = _evaluate(model, data, config, ctx.device)
-    final = {"iteration": iteration, "final": True, **result, "seconds": seconds, "eval_seconds": time.perf_counter() - t1}
+    final = {
+        "iteration": iteration,
+        "final": True,
+        **result,
+        "seconds": seconds,
+        "eval_seconds": time.perf_counter() - t1,
+    }
     run.append(final)
     summary.update(final=final, test_nll=result["test_nll"])
     if config.plot and ctx.is_main:
-        summary["figures"] = [str(p) for p in write_figures(model, config, run.path, data=data, table=result["sampling"],
-                                                             iteration=iteration, test_nll=result["test_nll"])]
+        summary["figures"] = [
+            str(p)
+            for p in write_figures(
+                model,
+                config,
+                run.path,
+                data=data,
+                table=result["sampling"],
+                iteration=iteration,
+                test_nll=result["test_nll"],
+            )
+        ]
     return summary
 
 
-def _evaluate(model: nn.Module, data: FlowData, config: FlowTrainConfig, device: torch.device,
-              test_samples: int | None = None) -> dict[str, Any]:
+def _evaluate(
+    model: nn.Module, data: FlowData, config: FlowTrainConfig, device: torch.device, test_samples: int | None = None
+) -> dict[str, Any]:
     x, labels = data.test(test_samples or config.test_samples)
     nll, nfe = evaluate_nll(model, x.to(device), labels, config)
-    out = {"test_nll": nll, "test_nfe_forward": nfe, "test_samples": x.shape[0], "divergence": _divergence(config, data.dim)}
+    out = {
+        "test_nll": nll,
+        "test_nfe_forward": nfe,
+        "test_samples": x.shape[0],
+        "divergence": _divergence(config, data.dim),
+    }
     if data.levels is not None:
         out["test_bpd"] = bits_per_dim(nll, data.dim, data.levels)
     out["sampling"] = sampling_table(model, data, config)
@@ -487,10 +644,21 @@ def _evaluate(model: nn.Module, data: FlowData, config: FlowTrainConfig, device:
     return out
 
 
-def _summary(config: FlowTrainConfig, ctx: Dist, run: RunDir, iteration: int, interrupted: str | None, seconds: float) -> dict[str, Any]:
-    return {"run_dir": str(run.path), "rank": ctx.rank, "dataset": config.dataset, "iterations_completed": iteration,
-            "interrupted": interrupted, "seconds": seconds, "final": None, "test_nll": None,
-            "checkpoint": str(run.checkpoint_path), "figures": []}
+def _summary(
+    config: FlowTrainConfig, ctx: Dist, run: RunDir, iteration: int, interrupted: str | None, seconds: float
+) -> dict[str, Any]:
+    return {
+        "run_dir": str(run.path),
+        "rank": ctx.rank,
+        "dataset": config.dataset,
+        "iterations_completed": iteration,
+        "interrupted": interrupted,
+        "seconds": seconds,
+        "final": None,
+        "test_nll": None,
+        "checkpoint": str(run.checkpoint_path),
+        "figures": [],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,9 +704,18 @@ def _read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return read_jsonl(Path(run_dir) / METRICS_NAME)
 
 
-def write_figures(model: nn.Module, config: FlowTrainConfig, out: Path, *, data: FlowData | None = None,
-                  table: list[dict[str, Any]] | None = None, iteration: int | None = None, test_nll: float | None = None,
-                  n_samples: int = 2000, particles: int = 12) -> list[Path]:
+def write_figures(
+    model: nn.Module,
+    config: FlowTrainConfig,
+    out: Path,
+    *,
+    data: FlowData | None = None,
+    table: list[dict[str, Any]] | None = None,
+    iteration: int | None = None,
+    test_nll: float | None = None,
+    n_samples: int = 2000,
+    particles: int = 12,
+) -> list[Path]:
     """Write ``samples.png``, ``trajectories.png`` and ``quality_vs_nfe.png`` for a trained field into ``out``.
 
     ``table`` is :func:`sampling_table`'s (computed here when ``None``); ``iteration`` and
@@ -549,7 +726,9 @@ def write_figures(model: nn.Module, config: FlowTrainConfig, out: Path, *, data:
     model = model.cpu()
     data = data or FlowData(config, training=False)
     table = table if table is not None else sampling_table(model, data, config)
-    where = f"{config.dataset}, {config.coupling} coupling, {config.path} path" + (f", iteration {iteration}" if iteration is not None else "")
+    where = f"{config.dataset}, {config.coupling} coupling, {config.path} path" + (
+        f", iteration {iteration}" if iteration is not None else ""
+    )
     score = f", test NLL {test_nll:.3f} nats" if test_nll is not None else ""
     if data.levels is not None and test_nll is not None:
         score += f" ({bits_per_dim(test_nll, data.dim, data.levels):.3f} bits/dim)"
@@ -559,25 +738,53 @@ def write_figures(model: nn.Module, config: FlowTrainConfig, out: Path, *, data:
         n_grid = 64
         target, labels = data.test(n_grid)
         y = labels if config.conditional else None
-        result = sample(model, n_grid, labels=y, guidance=config.guidance, rtol=config.tol, atol=config.tol,
-                        times=times, generator=g)
+        result = sample(
+            model,
+            n_grid,
+            labels=y,
+            guidance=config.guidance,
+            rtol=config.tol,
+            atol=config.tol,
+            times=times,
+            generator=g,
+        )
         shown = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731 - [-1, 1] back to [0, 1] grey
-        samples_fig = plot_image_grid([("held-out data", shown(target)), (f"samples (dopri5, {result.nfe} NFE)", shown(result.x))],
-                                      suptitle=f"Flow matching on {where}{score}")
+        samples_fig = plot_image_grid(
+            [("held-out data", shown(target)), (f"samples (dopri5, {result.nfe} NFE)", shown(result.x))],
+            suptitle=f"Flow matching on {where}{score}",
+        )
         traj = result.trajectory[:, :8].transpose(0, 1).reshape(-1, *data.shape)  # (8 samples x 6 times, C, H, W)
-        traj_fig = plot_image_grid([("columns: t = " + ", ".join(f"{t:.1f}" for t in times), shown(traj))], columns=len(times),
-                                   suptitle=f"Flow matching on {config.dataset}:\n8 samples from noise (t = 0) to data (t = 1)")
+        traj_fig = plot_image_grid(
+            [("columns: t = " + ", ".join(f"{t:.1f}" for t in times), shown(traj))],
+            columns=len(times),
+            suptitle=f"Flow matching on {config.dataset}:\n8 samples from noise (t = 0) to data (t = 1)",
+        )
     else:
         target, _ = data.test(n_samples)
-        result = sample(model, n_samples, rtol=config.tol, atol=config.tol, times=[k / 50 for k in range(51)], generator=g)
-        samples_fig = plot_point_clouds([("held-out data", target), (f"model samples (dopri5, {result.nfe} NFE)", result.x)],
-                                        suptitle=f"Flow matching on {where}{score}: {n_samples} samples each")
-        traj_fig = plot_particle_paths(result.trajectory[:, :particles], background=result.x,
-                                       title=f"Flow matching on {where}:\n{particles} particles from noise (t = 0, ○) to data (t = 1, ●)")
+        result = sample(
+            model, n_samples, rtol=config.tol, atol=config.tol, times=[k / 50 for k in range(51)], generator=g
+        )
+        samples_fig = plot_point_clouds(
+            [("held-out data", target), (f"model samples (dopri5, {result.nfe} NFE)", result.x)],
+            suptitle=f"Flow matching on {where}{score}: {n_samples} samples each",
+        )
+        traj_fig = plot_particle_paths(
+            result.trajectory[:, :particles],
+            background=result.x,
+            title=f"Flow matching on {where}:\n{particles} particles from noise (t = 0, ○) to data (t = 1, ●)",
+        )
     quality = plot_quality_vs_nfe(
-        {m: [(r["nfe"], r["w2"]) for r in table if r["method"] == m] for m in dict.fromkeys(r["method"] for r in table)},
-        title=f"Sample quality against cost: {where}", ylabel="2-Wasserstein distance to held-out data",
-        reference=w2_floor(data, config), reference_label="data against data (W2 floor at this sample size)",
+        {
+            m: [(r["nfe"], r["w2"]) for r in table if r["method"] == m]
+            for m in dict.fromkeys(r["method"] for r in table)
+        },
+        title=f"Sample quality against cost: {where}",
+        ylabel="2-Wasserstein distance to held-out data",
+        reference=w2_floor(data, config),
+        reference_label="data against data (W2 floor at this sample size)",
     )
-    return [save_figure(samples_fig, out / FIGURE_NAMES[0]), save_figure(traj_fig, out / FIGURE_NAMES[1]),
-            save_figure(quality, out / FIGURE_NAMES[2])]
+    return [
+        save_figure(samples_fig, out / FIGURE_NAMES[0]),
+        save_figure(traj_fig, out / FIGURE_NAMES[1]),
+        save_figure(quality, out / FIGURE_NAMES[2]),
+    ]

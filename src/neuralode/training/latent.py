@@ -43,13 +43,24 @@ from ..progress import progress_bar
 from .config import ConfigError, RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
 from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, read_jsonl, run_task
-from .signals import StopFlag
 from .seeding import step_generator
+from .signals import StopFlag
 
 __all__ = [
-    "CHECKPOINT_NAME", "CONFIG_NAME", "LATENT_FIGURE", "METRICS_NAME", "SPIRALS_FIGURE", "LatentConfigError",
-    "LatentTrainConfig", "build_models", "evaluate", "evaluate_latent", "make_data", "make_figures",
-    "read_latent_metrics", "train_latent",
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "LATENT_FIGURE",
+    "METRICS_NAME",
+    "SPIRALS_FIGURE",
+    "LatentConfigError",
+    "LatentTrainConfig",
+    "build_models",
+    "evaluate",
+    "evaluate_latent",
+    "make_data",
+    "make_figures",
+    "read_latent_metrics",
+    "train_latent",
 ]
 
 SPIRALS_FIGURE = "spirals.png"
@@ -87,7 +98,11 @@ class LatentTrainConfig(RunConfig):
     RESUME_KEEP = ("observations", "n_spirals", "n_test", "noise", "seed", "batch_size", "lr", "tol", "adjoint")
 
     out: Path = setting(Path("runs/spirals"), "the run folder", metavar="RUN_DIR")
-    checkpoint_every: int = setting(250, "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)", metavar="STEPS")
+    checkpoint_every: int = setting(
+        250,
+        "optimisation steps between checkpoints, besides --checkpoint-seconds (0: none by step count)",
+        metavar="STEPS",
+    )
     observations: int = setting(100, "observed points per training sequence", choices=OBSERVATION_COUNTS)
     iterations: int = setting(3000, "training iterations (raise it on --resume to train longer)", metavar="N")
     lr: float = setting(0.01, "Adam learning rate of both models")
@@ -98,7 +113,9 @@ class LatentTrainConfig(RunConfig):
     n_spirals: int = setting(1000, "training sequences", metavar="N")
     n_test: int = setting(100, "held-out sequences the RMSEs are measured on", metavar="N")
     noise: float = setting(0.3, "observation noise std of the data (also the likelihood's)")
-    eval_every: int = setting(250, "iterations between test-RMSE lines in metrics.jsonl (0: only at the end)", metavar="N")
+    eval_every: int = setting(
+        250, "iterations between test-RMSE lines in metrics.jsonl (0: only at the end)", metavar="N"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,7 +125,9 @@ class LatentTrainConfig(RunConfig):
         self.check_numbers("lr", "tol", "noise")
         self.check_numbers("lr_decay", at_most=1.0)
         if self.batch_size > self.n_spirals:
-            raise ConfigError("batch_size", f"LatentTrainConfig.batch_size={self.batch_size} exceeds n_spirals={self.n_spirals}.")
+            raise ConfigError(
+                "batch_size", f"LatentTrainConfig.batch_size={self.batch_size} exceeds n_spirals={self.n_spirals}."
+            )
 
 
 def build_models(config: LatentTrainConfig) -> tuple[LatentODE, RNNBaseline]:
@@ -176,13 +195,25 @@ def evaluate(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """
     config, state, model, rnn = _load_run(run_dir)
     _, test = make_data(config)
-    return {**evaluate_latent(model, rnn, test), "iteration": int(state["iteration"]),
-            "observations": config.observations, "test_samples": test.values.shape[0]}
+    return {
+        **evaluate_latent(model, rnn, test),
+        "iteration": int(state["iteration"]),
+        "observations": config.observations,
+        "test_samples": test.values.shape[0],
+    }
 
 
 @torch.no_grad()
-def make_figures(model: LatentODE, test: SpiralDataset, out: Path, *, rnn: RNNBaseline | None = None,
-                 iteration: int | None = None, scores: dict[str, float] | None = None, n_panels: int = 6) -> list[Path]:
+def make_figures(
+    model: LatentODE,
+    test: SpiralDataset,
+    out: Path,
+    *,
+    rnn: RNNBaseline | None = None,
+    iteration: int | None = None,
+    scores: dict[str, float] | None = None,
+    n_panels: int = 6,
+) -> list[Path]:
     """Write ``spirals.png`` and ``latent.png`` for the test set into ``out``.
 
     The panels are the first ``n_panels`` test samples in index order; ``rnn``, when given, adds the
@@ -201,7 +232,8 @@ def make_figures(model: LatentODE, test: SpiralDataset, out: Path, *, rnn: RNNBa
         times, xy = test.full_spiral(i)
         shown = (times >= -span) & (times <= float(test.future_times[-1]))
         panel = {
-            "true": xy[shown], "observed": s.values[0][s.mask[0]],
+            "true": xy[shown],
+            "observed": s.values[0][s.mask[0]],
             "reconstruction": model.predict(s.values, s.times, s.mask, window, t0=0.0)[0],
             "forward": model.predict(s.values, s.times, s.mask, forward, t0=0.0)[0],
             "backward": model.predict(s.values, s.times, s.mask, backward, t0=0.0)[0],
@@ -215,13 +247,26 @@ def make_figures(model: LatentODE, test: SpiralDataset, out: Path, *, rnn: RNNBa
     when = f" after {iteration} iterations" if iteration is not None else ""
     score = ""
     if scores:
-        score = (f"\nextrapolation RMSE: latent ODE {scores['extrapolation_rmse']:.3f}, "
-                 f"RNN {scores['rnn_extrapolation_rmse']:.3f}")
-    paths = [save_figure(plot_latent_spirals(panels, title=f"Latent ODE vs RNN on held-out spirals{when}{score}"), out / SPIRALS_FIGURE)]
+        score = (
+            f"\nextrapolation RMSE: latent ODE {scores['extrapolation_rmse']:.3f}, "
+            f"RNN {scores['rnn_extrapolation_rmse']:.3f}"
+        )
+    paths = [
+        save_figure(
+            plot_latent_spirals(panels, title=f"Latent ODE vs RNN on held-out spirals{when}{score}"),
+            out / SPIRALS_FIGURE,
+        )
+    ]
     both = torch.cat([test.times, test.future_times])
     _, zs = model.predict(test.values, test.times, test.mask, both, t0=0.0, return_latent=True)
-    paths.append(save_figure(plot_latent_trajectories(zs, test.clockwise, title=f"Latent trajectories of {zs.shape[0]} test spirals{when}"),
-                             out / LATENT_FIGURE))
+    paths.append(
+        save_figure(
+            plot_latent_trajectories(
+                zs, test.clockwise, title=f"Latent trajectories of {zs.shape[0]} test spirals{when}"
+            ),
+            out / LATENT_FIGURE,
+        )
+    )
     model.train()
     return paths
 
@@ -267,13 +312,28 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
         run.note(f"Resuming {run.path} from its checkpoint at iteration {iteration}.")
     run.restart_metrics(iteration)
     run.write_config(config, task="spirals", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
-    run.plan(config.iterations, iteration, f"a latent ODE and an RNN on {config.n_spirals:,} spirals, batch {config.batch_size}")
+    run.plan(
+        config.iterations,
+        iteration,
+        f"a latent ODE and an RNN on {config.n_spirals:,} spirals, batch {config.batch_size}",
+    )
 
     def save(iteration: int) -> None:
-        run.save(config, {"iteration": iteration, "model": model.state_dict(), "rnn": rnn.state_dict(), "optimizer": opt.state_dict(),
-                          "rnn_optimizer": rnn_opt.state_dict(), "window_sums": window.state(ctx)})
+        run.save(
+            config,
+            {
+                "iteration": iteration,
+                "model": model.state_dict(),
+                "rnn": rnn.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rnn_optimizer": rnn_opt.state_dict(),
+                "window_sums": window.state(ctx),
+            },
+        )
 
-    with progress_bar(config.iterations, "latent ODE", enabled=config.progress and ctx.is_main, initial=iteration) as bar:
+    with progress_bar(
+        config.iterations, "latent ODE", enabled=config.progress and ctx.is_main, initial=iteration
+    ) as bar:
         while iteration < config.iterations:
             gen = step_generator(config.seed, iteration)
             rate = config.lr * config.lr_decay ** (iteration / config.iterations)
@@ -297,14 +357,29 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
             iteration += 1
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"the ELBO became non-finite at iteration {iteration}; lower --lr or --tol.")
-            window.add(elbo=-loss.item(), log_likelihood=terms.log_likelihood.mean().item(), kl=terms.kl.mean().item(),
-                       nfe_forward=model.func.nfe_forward, nfe_backward=model.func.nfe_backward, rnn_loss=rnn_loss.item(), n=1)
+            window.add(
+                elbo=-loss.item(),
+                log_likelihood=terms.log_likelihood.mean().item(),
+                kl=terms.kl.mean().item(),
+                nfe_forward=model.func.nfe_forward,
+                nfe_backward=model.func.nfe_backward,
+                rnn_loss=rnn_loss.item(),
+                n=1,
+            )
             bar.update()
-            bar.set_postfix(elbo=f"{-loss.item():.1f}", nfe=model.func.nfe_forward, rnn=f"{rnn_loss.item():.3f}", refresh=False)
+            bar.set_postfix(
+                elbo=f"{-loss.item():.1f}", nfe=model.func.nfe_forward, rnn=f"{rnn_loss.item():.3f}", refresh=False
+            )
             if iteration % config.log_every == 0 or iteration == config.iterations:
                 t = window.totals(ctx)
-                run.append({"iteration": iteration, **{k: t[k] / t["n"] for k in _FIGURES[:-1]}, "lr": rate,
-                            "seconds": round(time.monotonic() - started, 3)})
+                run.append(
+                    {
+                        "iteration": iteration,
+                        **{k: t[k] / t["n"] for k in _FIGURES[:-1]},
+                        "lr": rate,
+                        "seconds": round(time.monotonic() - started, 3),
+                    }
+                )
                 window.reset()
             if config.eval_every and iteration % config.eval_every == 0 and iteration < config.iterations:
                 run.append({"iteration": iteration, "eval": True, **evaluate_latent(model, rnn, test)})
@@ -313,12 +388,24 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
                 save(iteration)
             if signum:
                 run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("spirals", config.out, ctx))
-                return {"iteration": iteration, "interrupted": stop.name or "SIGTERM", "run_dir": str(run.path), "rank": ctx.rank}
+                return {
+                    "iteration": iteration,
+                    "interrupted": stop.name or "SIGTERM",
+                    "run_dir": str(run.path),
+                    "rank": ctx.rank,
+                }
 
     scores = evaluate_latent(model, rnn, test)
     wall = round(time.monotonic() - started, 3)
     run.append({"iteration": iteration, "final": True, **scores, "wall_seconds": wall})
-    summary: dict[str, Any] = {"iteration": iteration, "interrupted": None, "run_dir": str(run.path), "rank": ctx.rank, **scores, "wall_seconds": wall}
+    summary: dict[str, Any] = {
+        "iteration": iteration,
+        "interrupted": None,
+        "run_dir": str(run.path),
+        "rank": ctx.rank,
+        **scores,
+        "wall_seconds": wall,
+    }
     if config.plot and ctx.is_main:
         figures = make_figures(model.cpu(), cpu_test, run.path, rnn=rnn.cpu(), iteration=iteration, scores=scores)
         summary["figures"] = [str(p) for p in figures]

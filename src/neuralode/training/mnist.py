@@ -28,28 +28,54 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import CheckpointError, checkpoint_format, load_checkpoint, save_checkpoint
 from ..datasets.mnist import MNISTDataset, mnist_dataset
 from ..models import MODEL_NAMES, build_classifier, count_parameters
 from ..progress import progress_bar
+from .checkpoints import CheckpointError, checkpoint_format, load_checkpoint, save_checkpoint
 from .config import DEVICES, ConfigError, RunConfig, setting
 from .distributed import Dist, Sums, pick_device, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, read_jsonl, read_run_config, run_task
+from .rundir import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    METRICS_NAME,
+    RunDir,
+    load_run_checkpoint,
+    read_jsonl,
+    read_run_config,
+    run_task,
+)
 from .seeding import rng_state, seed_everything, set_rng_state
 from .signals import StopFlag
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CONFIG_NAME", "CURVES_NAME", "DEVICES", "LR_REFERENCE_BATCH", "METRICS_NAME",
-    "CheckpointError", "ConfigError", "TrainConfig", "epoch_batches", "epoch_records", "evaluate", "evaluate_model",
-    "load_checkpoint", "read_config", "read_metrics", "save_checkpoint", "train",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "CURVES_NAME",
+    "DEVICES",
+    "LR_REFERENCE_BATCH",
+    "METRICS_NAME",
+    "CheckpointError",
+    "ConfigError",
+    "TrainConfig",
+    "epoch_batches",
+    "epoch_records",
+    "evaluate",
+    "evaluate_model",
+    "load_checkpoint",
+    "read_config",
+    "read_metrics",
+    "save_checkpoint",
+    "train",
 ]
 
 CURVES_NAME = "learning_curves.png"
@@ -90,13 +116,27 @@ class TrainConfig(RunConfig):
 
     KIND = "mnist"
     RESUME_KEEP = (
-        "model", "batch_size", "lr", "momentum", "weight_decay", "lr_milestones", "lr_decay",
-        "tol", "adjoint", "seed", "train_subset", "augment",
+        "model",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "lr_milestones",
+        "lr_decay",
+        "tol",
+        "adjoint",
+        "seed",
+        "train_subset",
+        "augment",
     )
 
     out: Path = setting(Path("runs/mnist"), "the run folder", metavar="RUN_DIR")
     log_every: int = setting(20, "optimisation steps between training lines in metrics.jsonl", metavar="STEPS")
-    checkpoint_every: int = setting(200, "optimisation steps between checkpoints, besides each epoch's end and --checkpoint-seconds (0: none by step count)", metavar="STEPS")
+    checkpoint_every: int = setting(
+        200,
+        "optimisation steps between checkpoints, besides each epoch's end and --checkpoint-seconds (0: none by step count)",
+        metavar="STEPS",
+    )
     model: str = setting("odenet", "the classifier", choices=MODEL_NAMES)
     epochs: int = setting(160, "total epochs (raise it on --resume to train longer)", metavar="N")
     batch_size: int = setting(128, "global batch size, over all processes", metavar="N")
@@ -104,7 +144,8 @@ class TrainConfig(RunConfig):
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(0.0, "SGD weight decay")
     lr_milestones: tuple[float, ...] = setting(
-        (60, 100, 140), "epochs after which the rate is multiplied by --lr-decay; fractions allowed (0.75: three quarters into epoch 1)",
+        (60, 100, 140),
+        "epochs after which the rate is multiplied by --lr-decay; fractions allowed (0.75: three quarters into epoch 1)",
         metavar="EPOCH",
     )
     lr_decay: float = setting(0.1, "the factor at each milestone")
@@ -113,8 +154,10 @@ class TrainConfig(RunConfig):
     train_subset: int | None = setting(None, "train on the first N training samples (default: all 60,000)", metavar="N")
     test_subset: int | None = setting(None, "evaluate on the first N test samples (default: all 10,000)", metavar="N")
     data_dir: Path | None = setting(
-        None, "folder with the MNIST IDX files (.gz or raw); without it they are downloaded into "
-        "$NEURALODE_DATA/mnist or ~/.cache/neuralode/mnist and checksummed", metavar="DIR",
+        None,
+        "folder with the MNIST IDX files (.gz or raw); without it they are downloaded into "
+        "$NEURALODE_DATA/mnist or ~/.cache/neuralode/mnist and checksummed",
+        metavar="DIR",
     )
     download: bool = setting(True, "download MNIST when --data-dir is not given and the cache is empty")
     augment: bool = setting(True, "random-crop augmentation of the training images")
@@ -124,11 +167,18 @@ class TrainConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         milestones = self.lr_milestones
-        if not isinstance(milestones, tuple) or not all(
-            isinstance(m, (int, float)) and not isinstance(m, bool) and m == m and 0 < m < float("inf") for m in milestones
-        ) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+        if (
+            not isinstance(milestones, tuple)
+            or not all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) and m == m and 0 < m < float("inf")
+                for m in milestones
+            )
+            or any(b <= a for a, b in zip(milestones, milestones[1:]))
+        ):
             self.fail("lr_milestones", "increasing positive epoch counts (fractions allowed)")
-        object.__setattr__(self, "lr_milestones", tuple(int(m) if float(m).is_integer() else float(m) for m in milestones))
+        object.__setattr__(
+            self, "lr_milestones", tuple(int(m) if float(m).is_integer() else float(m) for m in milestones)
+        )
         self.check_choice("model", MODEL_NAMES)
         self.check_ints("epochs", "batch_size", "test_batch_size")
         self.check_ints("train_subset", "test_subset", optional=True)
@@ -153,7 +203,9 @@ class TrainConfig(RunConfig):
         return self.effective_lr * self.lr_decay**drops
 
 
-def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+def epoch_batches(
+    n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[torch.Tensor]:
     """This rank's index batches for ``epoch``: a seeded permutation, sharded, incomplete batches dropped.
 
     ``DistributedSampler`` draws ``randperm(n)`` from a generator seeded with ``seed + epoch`` and gives
@@ -182,7 +234,12 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int =
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, dataset: MNISTDataset, *, batch_size: int = 1000, device: torch.device | str = "cpu", _ctx: Dist | None = None
+    model: nn.Module,
+    dataset: MNISTDataset,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+    _ctx: Dist | None = None,
 ) -> dict[str, float]:
     """Test loss, error (a fraction) and mean forward NFE per batch of ``model`` on ``dataset``.
 
@@ -201,8 +258,13 @@ def evaluate_model(
         if block is not None:
             block.func.reset_nfe()
         logits = model(x)  # (b, 10)
-        sums.add(loss=F.cross_entropy(logits, y, reduction="sum").item(), wrong=(logits.argmax(1) != y).sum().item(),
-                 samples=y.numel(), nfe=block.nfe_forward if block is not None else 0, batches=1)
+        sums.add(
+            loss=F.cross_entropy(logits, y, reduction="sum").item(),
+            wrong=(logits.argmax(1) != y).sum().item(),
+            samples=y.numel(),
+            nfe=block.nfe_forward if block is not None else 0,
+            batches=1,
+        )
     model.train(was_training)
     t = sums.totals(ctx)
     return {
@@ -229,8 +291,14 @@ class _BatchList(torch.utils.data.Dataset):
 def _load_data(config: TrainConfig, ctx: Dist) -> tuple[MNISTDataset, MNISTDataset]:
     def load() -> tuple[MNISTDataset, MNISTDataset]:
         try:
-            train_set = mnist_dataset(config.data_dir, train=True, augment=config.augment, subset=config.train_subset,
-                                      seed=config.seed, download=config.download)
+            train_set = mnist_dataset(
+                config.data_dir,
+                train=True,
+                augment=config.augment,
+                subset=config.train_subset,
+                seed=config.seed,
+                download=config.download,
+            )
         except ValueError as exc:
             if "subset must be" in str(exc):
                 raise ConfigError("train_subset", f"TrainConfig.train_subset: {exc}") from None
@@ -286,7 +354,9 @@ def train(config: TrainConfig, *, on_batch_end: Callable[[int, int], None] | Non
     return run_task(config, "mnist", _train, on_batch_end)
 
 
-def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch_end: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _train(
+    config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch_end: Callable[[int, int], None] | None
+) -> dict[str, Any]:
     checkpoint = run.open(config)
     ctx.shard(config.batch_size)  # the global batch must split evenly over the processes
     train_set, test_set = _load_data(config, ctx)
@@ -296,41 +366,79 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
     model = build_classifier(config.model, tol=config.tol, adjoint=config.adjoint).to(ctx.device)
     block = getattr(model, "ode_block", None)
     params = count_parameters(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     epoch_sums, window = Sums(*_FIGURES), Sums(*_FIGURES)
     start_epoch, first, seconds = 0, 0, {"run": 0.0, "epoch": 0.0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"], ctx.device)
-        start_epoch, first, seconds = checkpoint["position"]["epoch"], checkpoint["position"]["batch"], dict(checkpoint["seconds"])
+        start_epoch, first, seconds = (
+            checkpoint["position"]["epoch"],
+            checkpoint["position"]["batch"],
+            dict(checkpoint["seconds"]),
+        )
         epoch_sums.load(checkpoint["epoch_sums"], ctx)
         window.load(checkpoint["window_sums"], ctx)
     history = [r for r in run.restart_metrics(start_epoch * steps_per_epoch + first) if "epoch" in r]
-    run.write_config(config, task="mnist", effective_lr=config.effective_lr, params=params, world_size=ctx.world_size,
-                     device=str(ctx.device), torch=torch.__version__)
+    run.write_config(
+        config,
+        task="mnist",
+        effective_lr=config.effective_lr,
+        params=params,
+        world_size=ctx.world_size,
+        device=str(ctx.device),
+        torch=torch.__version__,
+    )
     if checkpoint is not None:
-        run.note(f"Resuming {run.path} from its checkpoint at epoch {start_epoch + 1}, batch {first}/{steps_per_epoch} "
-                 f"(step {start_epoch * steps_per_epoch + first}).")
-    run.plan(config.epochs * steps_per_epoch, start_epoch * steps_per_epoch + first,
-             f"{config.model} on MNIST, {config.epochs} epochs of {steps_per_epoch:,} steps (batch {config.batch_size})")
+        run.note(
+            f"Resuming {run.path} from its checkpoint at epoch {start_epoch + 1}, batch {first}/{steps_per_epoch} "
+            f"(step {start_epoch * steps_per_epoch + first})."
+        )
+    run.plan(
+        config.epochs * steps_per_epoch,
+        start_epoch * steps_per_epoch + first,
+        f"{config.model} on MNIST, {config.epochs} epochs of {steps_per_epoch:,} steps (batch {config.batch_size})",
+    )
 
     def save(epoch: int, batch: int) -> None:
         # Every rank computes the state (the sums are all-reduced); rank 0 writes it.
-        run.save(config, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(ctx.device),
-            "position": {"epoch": epoch, "batch": batch}, "seconds": seconds, "params": params,
-            "epoch_sums": epoch_sums.state(ctx), "window_sums": window.state(ctx),
-        })
+        run.save(
+            config,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(ctx.device),
+                "position": {"epoch": epoch, "batch": batch},
+                "seconds": seconds,
+                "params": params,
+                "epoch_sums": epoch_sums.state(ctx),
+                "window_sums": window.state(ctx),
+            },
+        )
 
     for epoch in range(start_epoch, config.epochs):
-        batches = epoch_batches(len(train_set), config.batch_size, seed=config.seed, epoch=epoch, rank=ctx.rank, world_size=ctx.world_size)
+        batches = epoch_batches(
+            len(train_set), config.batch_size, seed=config.seed, epoch=epoch, rank=ctx.rank, world_size=ctx.world_size
+        )
         train_set.set_epoch(epoch)
         source = _BatchList(train_set, batches[first:])
-        loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.num_workers) if config.num_workers else source
+        loader = (
+            torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.num_workers)
+            if config.num_workers
+            else source
+        )
         model.train()
         tick = time.perf_counter()
-        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", enabled=config.progress and ctx.is_main, unit="batch", initial=first)
+        bar = progress_bar(
+            steps_per_epoch,
+            f"epoch {epoch + 1}/{config.epochs}",
+            enabled=config.progress and ctx.is_main,
+            unit="batch",
+            initial=first,
+        )
         with bar:
             for b, (x, y) in enumerate(loader, start=first):
                 step = epoch * steps_per_epoch + b  # 0-based over the whole run
@@ -345,31 +453,54 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
                 loss.backward()
                 ctx.average_gradients(model.parameters())
                 optimizer.step()
-                figures = {"loss": loss.item() * y.numel(), "wrong": (logits.detach().argmax(1) != y).sum().item(),
-                           "samples": y.numel(), "nfe_forward": block.nfe_forward if block is not None else 0,
-                           "nfe_backward": block.nfe_backward if block is not None else 0, "batches": 1}
+                figures = {
+                    "loss": loss.item() * y.numel(),
+                    "wrong": (logits.detach().argmax(1) != y).sum().item(),
+                    "samples": y.numel(),
+                    "nfe_forward": block.nfe_forward if block is not None else 0,
+                    "nfe_backward": block.nfe_backward if block is not None else 0,
+                    "batches": 1,
+                }
                 epoch_sums.add(**figures)
                 window.add(**figures)
                 now = time.perf_counter()
                 seconds["run"] += now - tick
                 seconds["epoch"] += now - tick
                 tick = now
-                bar.set_postfix(loss=f"{loss.item():.4f}", nfe_f=figures["nfe_forward"], nfe_b=figures["nfe_backward"], refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    nfe_f=figures["nfe_forward"],
+                    nfe_b=figures["nfe_backward"],
+                    refresh=False,
+                )
                 bar.update()
                 if on_batch_end is not None:
                     on_batch_end(epoch, b)
                 if (step + 1) % config.log_every == 0:
-                    run.append({"iteration": step + 1, "epochs": (step + 1) / steps_per_epoch, **_rates(window.totals(ctx)),
-                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds["run"]})
+                    run.append(
+                        {
+                            "iteration": step + 1,
+                            "epochs": (step + 1) / steps_per_epoch,
+                            **_rates(window.totals(ctx)),
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "seconds": seconds["run"],
+                        }
+                    )
                     window.reset()
                 signum, due = ctx.any_signal(stop.signum), run.after_step(step + 1)
                 if signum or (due and b + 1 < steps_per_epoch):  # the epoch's end saves anyway
                     save(epoch, b + 1)
                 if signum:
-                    run.note_stopped(stop.name, f"epoch {epoch + 1}, batch {b + 1}/{steps_per_epoch}", resume_hint("mnist", config.out, ctx))
+                    run.note_stopped(
+                        stop.name,
+                        f"epoch {epoch + 1}, batch {b + 1}/{steps_per_epoch}",
+                        resume_hint("mnist", config.out, ctx),
+                    )
                     return _summary(config, ctx, run, params, history, stop.name or "SIGTERM")
         # The epoch's end: test, one epoch line, a checkpoint at (epoch + 1, 0).
-        record = _epoch_record(config, ctx, model, test_set, epoch, steps_per_epoch, epoch_sums.totals(ctx), seconds["epoch"])
+        record = _epoch_record(
+            config, ctx, model, test_set, epoch, steps_per_epoch, epoch_sums.totals(ctx), seconds["epoch"]
+        )
         record.update(params=params, lr=optimizer.param_groups[0]["lr"])
         history.append(record)
         run.append(record)
@@ -377,8 +508,12 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
         epoch_sums.reset()
         save(epoch + 1, 0)
         if config.progress and ctx.is_main:
-            print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test error "
-                  f"{100 * record['test_error']:.2f}%, {nfe_text(record)}, {record['seconds']:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test error "
+                f"{100 * record['test_error']:.2f}%, {nfe_text(record)}, {record['seconds']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if ctx.is_main and config.plot and history:
         from .figures import plot_run
@@ -387,17 +522,33 @@ def _train(config: TrainConfig, ctx: Dist, run: RunDir, stop: StopFlag, on_batch
     return _summary(config, ctx, run, params, history, None)
 
 
-def _epoch_record(config: TrainConfig, ctx: Dist, model: nn.Module, test_set: MNISTDataset, epoch: int, steps_per_epoch: int,
-                  totals: dict[str, float], seconds: float) -> dict[str, Any]:
+def _epoch_record(
+    config: TrainConfig,
+    ctx: Dist,
+    model: nn.Module,
+    test_set: MNISTDataset,
+    epoch: int,
+    steps_per_epoch: int,
+    totals: dict[str, float],
+    seconds: float,
+) -> dict[str, Any]:
     """The metrics line of a finished epoch: its training sums, and the test set evaluated now."""
     t1 = time.perf_counter()
     test = evaluate_model(model, test_set, batch_size=config.test_batch_size, _ctx=ctx)
     return {
-        "epoch": epoch + 1, "iteration": (epoch + 1) * steps_per_epoch, "model": config.model, **_rates(totals),
-        "test_loss": test["test_loss"], "test_error": test["test_error"], "test_nfe_forward": test["test_nfe_forward"],
-        "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
+        "epoch": epoch + 1,
+        "iteration": (epoch + 1) * steps_per_epoch,
+        "model": config.model,
+        **_rates(totals),
+        "test_loss": test["test_loss"],
+        "test_error": test["test_error"],
+        "test_nfe_forward": test["test_nfe_forward"],
+        "seconds": seconds,
+        "eval_seconds": time.perf_counter() - t1,
         "samples_per_second": totals["samples"] / seconds if seconds > 0 else None,
-        "train_samples": int(totals["samples"]), "test_samples": test["test_samples"], "world_size": ctx.world_size,
+        "train_samples": int(totals["samples"]),
+        "test_samples": test["test_samples"],
+        "world_size": ctx.world_size,
     }
 
 
@@ -408,11 +559,20 @@ def nfe_text(record: dict[str, Any]) -> str:
     return f"NFE-F {record['nfe_forward']:.1f}, NFE-B {record['nfe_backward']:.1f} per batch"
 
 
-def _summary(config: TrainConfig, ctx: Dist, run: RunDir, params: int, history: list, interrupted: str | None) -> dict[str, Any]:
+def _summary(
+    config: TrainConfig, ctx: Dist, run: RunDir, params: int, history: list, interrupted: str | None
+) -> dict[str, Any]:
     return {
-        "run_dir": str(run.path), "model": config.model, "params": params, "world_size": ctx.world_size, "rank": ctx.rank,
-        "epochs_completed": len(history), "interrupted": interrupted, "final": history[-1] if history else None,
-        "history": history, "checkpoint": str(run.checkpoint_path),
+        "run_dir": str(run.path),
+        "model": config.model,
+        "params": params,
+        "world_size": ctx.world_size,
+        "rank": ctx.rank,
+        "epochs_completed": len(history),
+        "interrupted": interrupted,
+        "final": history[-1] if history else None,
+        "history": history,
+        "checkpoint": str(run.checkpoint_path),
     }
 
 
@@ -429,7 +589,9 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"No {METRICS_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?")
+        raise FileNotFoundError(
+            f"No {METRICS_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?"
+        )
     return read_jsonl(path)
 
 
@@ -487,6 +649,10 @@ def evaluate(
     result = evaluate_model(model, test_set, batch_size=batch_size, device=dev)
     position = checkpoint["position"]
     return {
-        **result, "model": saved.model, "epoch": position["epoch"], "mid_epoch_batch": position["batch"],
-        "params": count_parameters(model), "checkpoint": str(path),
+        **result,
+        "model": saved.model,
+        "epoch": position["epoch"],
+        "mid_epoch_batch": position["batch"],
+        "params": count_parameters(model),
+        "checkpoint": str(path),
     }

@@ -42,8 +42,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .._atomic import atomic_write_text
 from .checkpoints import (
@@ -160,7 +161,9 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"No {CONFIG_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?")
+        raise FileNotFoundError(
+            f"No {CONFIG_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?"
+        )
     try:
         saved = json.loads(path.read_bytes().decode("utf-8"))
     except ValueError as exc:
@@ -237,16 +240,23 @@ def load_run_checkpoint(
         return load_checkpoint(latest, kind=kind), latest, None
     except FileNotFoundError:
         if not previous.is_file():
-            raise FileNotFoundError(f"No {CHECKPOINT_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?") from None
+            raise FileNotFoundError(
+                f"No {CHECKPOINT_NAME} in {run_dir}: is it a training run folder (neuralode train ... --out DIR)?"
+            ) from None
         problem, damaged = f"There is no {latest} (the run stopped while replacing it).", None
     except CheckpointDamagedError as exc:
         if not previous.is_file():
-            raise CheckpointDamagedError(exc.problem, f"There is no previous checkpoint ({PREVIOUS_CHECKPOINT_NAME}) to fall back to. {exc.remedy}") from None
+            raise CheckpointDamagedError(
+                exc.problem,
+                f"There is no previous checkpoint ({PREVIOUS_CHECKPOINT_NAME}) to fall back to. {exc.remedy}",
+            ) from None
         problem, damaged = exc.problem, exc
     try:
         state = load_checkpoint(previous, kind=kind)
     except CheckpointDamagedError as exc:
-        raise CheckpointDamagedError(f"{problem} The previous checkpoint is no better: {exc.problem}", exc.remedy) from None
+        raise CheckpointDamagedError(
+            f"{problem} The previous checkpoint is no better: {exc.problem}", exc.remedy
+        ) from None
     kept = ""
     if damaged is not None and set_aside:
         os.replace(latest, latest.with_name(latest.name + DAMAGED_SUFFIX))
@@ -385,7 +395,7 @@ class RunDir:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -419,7 +429,10 @@ class RunDir:
             os.close(fd)
         previous = os.read(fd, 200).decode(errors="replace").split()
         if previous and previous[0] != str(os.getpid()):
-            print(f"{self.path}: taking over the stale lock of process {previous[0]}, which is no longer running.", file=sys.stderr)
+            print(
+                f"{self.path}: taking over the stale lock of process {previous[0]}, which is no longer running.",
+                file=sys.stderr,
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
@@ -437,8 +450,10 @@ class RunDir:
 
     def note_stopped(self, signal_name: str | None, where: str, resume_hint: str) -> None:
         """What every task says when a signal stopped it."""
-        self.note(f"Stopped by {signal_name or 'a signal to another process'} at {where}; checkpoint saved to "
-                  f"{self.checkpoint_path}.\nResume with: {resume_hint}")
+        self.note(
+            f"Stopped by {signal_name or 'a signal to another process'} at {where}; checkpoint saved to "
+            f"{self.checkpoint_path}.\nResume with: {resume_hint}"
+        )
 
     # The plan, the time estimate and when to checkpoint.
 
@@ -461,8 +476,10 @@ class RunDir:
         saves = f"a checkpoint {' and '.join(every)} and on Ctrl-C" if every else "checkpoints at the end and on Ctrl-C"
         left = f", {total - done:,} to go" if done else ""
         if config.progress:
-            self.note(f"Plan: {total:,} steps of {what}{left}, into {self.path}; {saves}. "
-                      f"A time estimate follows after the first steps.")
+            self.note(
+                f"Plan: {total:,} steps of {what}{left}, into {self.path}; {saves}. "
+                f"A time estimate follows after the first steps."
+            )
         self._plan = (total, what) if done < total else None
 
     def after_step(self, step: int) -> bool:
@@ -486,9 +503,11 @@ class RunDir:
                 total, _ = self._plan
                 rate = (now - self._first_step[1]) / (step - self._first_step[0])
                 if config.progress and total > step:
-                    self.note(f"Estimate: {rate:.3g} s per step (steps {self._first_step[0] + 1}-{step}), so about "
-                              f"{_duration(rate * (total - step))} for the {total - step:,} steps left "
-                              f"(evaluations and checkpoints add to it).")
+                    self.note(
+                        f"Estimate: {rate:.3g} s per step (steps {self._first_step[0] + 1}-{step}), so about "
+                        f"{_duration(rate * (total - step))} for the {total - step:,} steps left "
+                        f"(evaluations and checkpoints add to it)."
+                    )
                 self._plan = None
         due = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
         if config.checkpoint_seconds:
@@ -541,24 +560,36 @@ class RunDir:
         on_disk = [r for r in records if r.get("iteration", 0) <= iteration and not r.get("final")]
         saved = self._saved_records
         if saved is None and iteration > 0:  # a checkpoint without the lines: the file is all there is
-            remedy = ("restore it, or (accepting the loss) write an empty metrics.jsonl to continue without it, or start "
-                      "a new run in another folder.")
+            remedy = (
+                "restore it, or (accepting the loss) write an empty metrics.jsonl to continue without it, or start "
+                "a new run in another folder."
+            )
             if not exists:
-                raise FileNotFoundError(f"{path} is missing and the checkpoint holds no copy of the run's history: {remedy}")
+                raise FileNotFoundError(
+                    f"{path} is missing and the checkpoint holds no copy of the run's history: {remedy}"
+                )
             if damaged:
-                raise ValueError(f"{path}, line {damaged[0]}: not valid JSON; the checkpoint holds no copy of the run's "
-                                 f"history to rewrite it from: {remedy}")
+                raise ValueError(
+                    f"{path}, line {damaged[0]}: not valid JSON; the checkpoint holds no copy of the run's "
+                    f"history to rewrite it from: {remedy}"
+                )
         kept = [dict(r) for r in saved] if saved is not None else on_disk
         if saved is not None:
             if not exists:
-                self.note(f"{path} was missing: rewrote its {len(kept)} lines up to step {iteration} from the checkpoint.")
+                self.note(
+                    f"{path} was missing: rewrote its {len(kept)} lines up to step {iteration} from the checkpoint."
+                )
             elif damaged:
                 more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-                self.note(f"{path}, line {damaged[0]}{more}: not valid JSON (damaged); rewrote the file's {len(kept)} "
-                          f"lines up to step {iteration} from the checkpoint.")
+                self.note(
+                    f"{path}, line {damaged[0]}{more}: not valid JSON (damaged); rewrote the file's {len(kept)} "
+                    f"lines up to step {iteration} from the checkpoint."
+                )
             elif json.dumps(on_disk) != json.dumps(kept):
-                self.note(f"{path} did not hold the lines the checkpoint holds for steps up to {iteration}: rewrote "
-                          f"those {len(kept)} lines from the checkpoint.")
+                self.note(
+                    f"{path} did not hold the lines the checkpoint holds for steps up to {iteration}: rewrote "
+                    f"those {len(kept)} lines from the checkpoint."
+                )
         if torn is not None and not damaged and self._config is not None and self._config.resume:
             self.note(f"{path}, line {torn}: cut short (the process was stopped while writing it); dropped.")
         self._records = kept

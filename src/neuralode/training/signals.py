@@ -31,7 +31,7 @@ class StopFlag:
         """The signal's name (``"SIGINT"``), or ``None`` if none arrived."""
         return None if self.signum is None else signal.Signals(self.signum).name
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
