@@ -37,8 +37,17 @@ from ..progress import progress_bar
 from .checkpoints import load_checkpoint
 from .config import RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
-from .rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RunDir, load_run_checkpoint, run_task
-from .seeding import rng_state, set_rng_state, step_generator
+from .rundir import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    METRICS_NAME,
+    RunDir,
+    iteration_state,
+    load_run_checkpoint,
+    restore_iteration_state,
+    run_task,
+)
+from .seeding import step_generator
 from .signals import StopFlag
 
 __all__ = [
@@ -225,13 +234,7 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
     model = build_model(config).to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     window = Sums(*_FIGURES)
-    start, seconds = 0, 0.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"], ctx.device)
-        start, seconds = int(checkpoint["iteration"]), float(checkpoint["seconds"])
-        window.load(checkpoint["window_sums"], ctx)
+    start, seconds = restore_iteration_state(checkpoint, model, optimizer, window, ctx)
     history = run.restart_metrics(start)
     run.write_config(config, task="cnf", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
     if checkpoint is not None:
@@ -239,17 +242,7 @@ def _train(config: CNFTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> di
     run.plan(config.iterations, start, f"a CNF on {config.dataset}, batch {config.batch_size}")
 
     def save(iteration: int) -> None:
-        run.save(
-            config,
-            {
-                "iteration": iteration,
-                "seconds": seconds,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(ctx.device),
-                "window_sums": window.state(ctx),
-            },
-        )
+        run.save(config, iteration_state(iteration, seconds, model, optimizer, window, ctx))
 
     iteration = start
     with progress_bar(

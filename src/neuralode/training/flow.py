@@ -74,8 +74,8 @@ from .checkpoints import load_checkpoint
 from .cnf import cosine_lr
 from .config import ConfigError, RunConfig, setting
 from .distributed import Dist, Sums, resume_hint
-from .rundir import CHECKPOINT_NAME, RunDir, run_task
-from .seeding import rng_state, set_rng_state, step_generator
+from .rundir import CHECKPOINT_NAME, RunDir, iteration_state, restore_iteration_state, run_task
+from .seeding import step_generator
 from .signals import StopFlag
 
 __all__ = [
@@ -505,13 +505,7 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     model = model.to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     window = Sums(*_FIGURES)
-    start, seconds = 0, 0.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"], ctx.device)
-        start, seconds = int(checkpoint["iteration"]), float(checkpoint["seconds"])
-        window.load(checkpoint["window_sums"], ctx)
+    start, seconds = restore_iteration_state(checkpoint, model, optimizer, window, ctx)
     history = run.restart_metrics(start)
     run.write_config(config, task="flow", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
     if checkpoint is not None:
@@ -524,17 +518,7 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     )
 
     def save(iteration: int) -> None:
-        run.save(
-            config,
-            {
-                "iteration": iteration,
-                "seconds": seconds,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(ctx.device),
-                "window_sums": window.state(ctx),
-            },
-        )
+        run.save(config, iteration_state(iteration, seconds, model, optimizer, window, ctx))
 
     iteration = start
     with progress_bar(

@@ -607,6 +607,37 @@ class RunDir:
             self._last_save = time.monotonic()
 
 
+def iteration_state(iteration: int, seconds: float, model, optimizer, window, ctx) -> dict[str, Any]:
+    """The checkpoint state of a task counted in iterations with one model and one optimizer (cnf, flow):
+    the position, the training seconds so far, the weights, the optimizer, the RNG streams and the logging
+    window's running sums (``window``: a :class:`~neuralode.training.distributed.Sums`, all-reduced over
+    ``ctx``'s ranks). :func:`restore_iteration_state` reads it back."""
+    from .seeding import rng_state
+
+    return {
+        "iteration": iteration,
+        "seconds": seconds,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(ctx.device),
+        "window_sums": window.state(ctx),
+    }
+
+
+def restore_iteration_state(checkpoint: Mapping[str, Any] | None, model, optimizer, window, ctx) -> tuple[int, float]:
+    """Load :func:`iteration_state`'s ``checkpoint`` into ``model``, ``optimizer``, the RNG streams and ``window``;
+    returns ``(iteration, seconds)`` to continue from, ``(0, 0.0)`` when there is no checkpoint."""
+    if checkpoint is None:
+        return 0, 0.0
+    from .seeding import set_rng_state
+
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"], ctx.device)
+    window.load(checkpoint["window_sums"], ctx)
+    return int(checkpoint["iteration"]), float(checkpoint["seconds"])
+
+
 def run_task(config: RunConfig, kind: str, train, *args: Any):
     """Run a task's training loop ``train(config, ctx, run, stop, *args)`` inside the shared machinery:
     the process group (``torchrun`` or one process), the run folder of checkpoint ``kind`` (written by
