@@ -656,3 +656,131 @@ def test_event_time_gradients_when_the_root_finder_first_builds_the_interpolant(
         got = torch.autograd.grad(record.t, (h0, v0, func.g), retain_graph=True)
         assert record.t.item() == pytest.approx(t_star, rel=1e-12)
         assert [x.item() for x in got] == pytest.approx(expected, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Event functions that are exactly zero on a stretch of time (torchdiffeq's learn_physics example
+# returns zeros after the last data time to stop there). The event is where g first reaches zero
+# from its sign, or changes sign, whichever comes first; a stretch of zeros at a step's start has no
+# sign, so g is watched from where it leaves zero.
+#
+# The problem y' = -k, y(0) = y0 (written 0 * y - k, so the implicit methods' autograd Jacobian
+# exists) is integrated and interpolated exactly by every method, and one
+# step of 8 covers every time of interest: without the event, y = y0 - k t reaches C at (y0 - C) / k.
+
+EVENT_METHODS = [m for m in neuralode.solvers.api.method_names() if m != "scipy_solver"]
+C, K = 0.5, 0.1
+
+
+def _one_step(method: str) -> dict:
+    """Options that make ``method`` cover [0, 8] in one step."""
+    adaptive = getattr(neuralode.solvers.api._method(method), "adaptive", False)
+    return {"first_step": 8.0} if adaptive else {"step_size": 8.0}
+
+
+def _piecewise(zero_before=None, zero_after=None, zero_on=None):
+    """``g = y - C``, but exactly 0 before ``zero_before``, after ``zero_after`` and on ``zero_on``."""
+
+    def g(t, y):
+        s = t.detach().item()
+        if (
+            (zero_before is not None and s < zero_before)
+            or (zero_after is not None and s > zero_after)
+            or (zero_on is not None and zero_on[0] <= s <= zero_on[1])
+        ):
+            return torch.zeros_like(t)
+        return y[0] - C
+
+    return g
+
+
+# (event function, y0, event time, state there, d(t*)/d(y0, k), d(y*)/d(y0, k))
+CROSSING = (1 / K, -(1.0 - C) / K**2)  # t* = (y0 - C) / k
+ZERO_CASES = {
+    # learn_physics' idiom, the crossing first: found inside the step that ends among the zeros.
+    "zero after the crossing": (_piecewise(zero_after=6.0), 1.0, 5.0, C, CROSSING, (0.0, 0.0)),
+    # ... and the zeros first: the event is where they begin, a time no parameter moves.
+    "zero before the crossing": (_piecewise(zero_after=3.0), 1.0, 3.0, 1.0 - 3 * K, (0.0, 0.0), (1.0, -3.0)),
+    # g > 0, then 0 on [3, 7], then < 0: the event is where g reaches zero, not where it leaves.
+    "zero on an interval": (_piecewise(zero_on=(3.0, 7.0)), 1.0, 3.0, 1.0 - 3 * K, (0.0, 0.0), (1.0, -3.0)),
+    # Zero until t = 2 (no sign at the step's start), then positive, crossing at 5.
+    "zero until a time": (_piecewise(zero_before=2.0), 1.0, 5.0, C, CROSSING, (0.0, 0.0)),
+    # An isolated zero at the step's start (y0 = C: negative a moment later) and zeros at its end:
+    # g rises from below to 0 at t = 3.
+    "zero at both ends of a step": (_piecewise(zero_after=3.0), C, 3.0, C - 3 * K, (0.0, 0.0), (1.0, -3.0)),
+}
+
+
+def _grads(x: torch.Tensor, params) -> list[float]:
+    if not x.requires_grad:
+        return [0.0] * len(params)
+    return [
+        0.0 if d is None else d.item() for d in torch.autograd.grad(x, params, retain_graph=True, allow_unused=True)
+    ]
+
+
+@pytest.mark.parametrize("case", list(ZERO_CASES))
+@pytest.mark.parametrize("method", EVENT_METHODS)
+def test_event_function_zero_on_a_stretch_of_time(method, case):
+    g, y00, t_exp, y_exp, dt_exp, dy_exp = ZERO_CASES[case]
+    y0 = torch.tensor([y00], dtype=F64, requires_grad=True)
+    k = torch.tensor(K, dtype=F64, requires_grad=True)
+    span = torch.tensor([0.0, 1.0], dtype=F64)
+    t_star, sol = odeint(lambda t, y: 0 * y - k, y0, span, event_fn=g, method=method, options=_one_step(method))
+    assert t_star.item() == pytest.approx(t_exp, abs=1e-12)
+    assert sol[-1, 0].item() == pytest.approx(y_exp, abs=1e-12)
+    assert _grads(t_star, (y0, k)) == pytest.approx(dt_exp, abs=1e-9)
+    assert _grads(sol[-1, 0], (y0, k)) == pytest.approx(dy_exp, abs=1e-9)
+    # Without a graph: the same time.
+    with torch.no_grad():
+        t_plain, _ = odeint(lambda t, y: 0 * y - K, y0, span, event_fn=g, method=method, options=_one_step(method))
+    assert t_plain.item() == pytest.approx(t_exp, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", EVENT_METHODS)
+def test_zero_at_a_step_end_is_the_event_only_when_nothing_comes_before_it(method):
+    # Steps land on t = 4: [0, 4], then [4, 8] (adaptive methods try 8, clipped by step_t).
+    adaptive = "first_step" in _one_step(method)
+    opts = {"first_step": 8.0, "step_t": [4.0]} if adaptive else {"step_size": 4.0}
+    y0, span = torch.tensor([1.0], dtype=F64), torch.tensor([0.0, 8.0], dtype=F64)
+
+    def run(fn, **kw):
+        sol = solve(lambda t, y: 0 * y - K, y0, span, method=method, options=opts, events=[Event(fn, **kw)])
+        return [r.t.item() for r in sol.events]
+
+    # A sign change at t = 2 comes before the zero that ends the step at t = 4.
+    assert run(lambda t, y: (t - 2) * (t - 4)) == [pytest.approx(2.0, abs=1e-12)]
+    # A touch at the step's end, left upwards: reaching zero is the event (torchdiffeq's sign
+    # comparison sees it too), once, at the touch; a rising-only event ignores it.
+    touch = lambda t, y: (t - 4) ** 2 + 0 * y[0]  # noqa: E731
+    assert run(touch, terminal=False) == [4.0]
+    assert run(touch, direction=1, terminal=False) == []
+    # A touch inside a step is not seen: the sign is the same at both ends, as in torchdiffeq.
+    assert run(lambda t, y: (y[0] - C) ** 2, terminal=False) == []
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "implicit_adams", "radau5"])
+@pytest.mark.parametrize(
+    "case, direction, expected",
+    [
+        ("zero before the crossing", -1, [3.0]),  # falls to zero at t = 3
+        ("zero before the crossing", 1, []),
+        ("zero at both ends of a step", 1, [3.0]),  # rises to zero at t = 3
+        ("zero at both ends of a step", -1, []),
+        ("zero after the crossing", 0, [5.0]),  # recorded once, not again where the zeros begin
+        ("zero until a time", 0, [5.0]),
+    ],
+)
+def test_zero_stretches_with_directions_and_record_only_events(method, case, direction, expected):
+    g, y00, *_ = ZERO_CASES[case]
+    sol = solve(
+        lambda t, y: 0 * y - K,
+        torch.tensor([y00], dtype=F64),
+        torch.linspace(0.0, 16.0, 5, dtype=F64),
+        method=method,
+        options=_one_step(method),
+        events=[Event(g, direction=direction, terminal=False)],
+    )
+    assert [r.t.item() for r in sol.events] == pytest.approx(expected, abs=1e-12)
+    # The solve goes on to its last time, through the events it only records.
+    assert sol.ys[:, 0].tolist() == pytest.approx([y00 - K * s for s in (0.0, 4.0, 8.0, 12.0, 16.0)], abs=1e-12)

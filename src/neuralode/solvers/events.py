@@ -12,13 +12,27 @@ the start does not fire there, an event does not fire twice at one crossing, and
 bounces and comes down again within one step (a long step over a polynomial trajectory is
 exact) is still caught on the way down: treating the start as "no sign" would miss it.
 
+Exact zeros. An element's event is the first moment in the step where it reaches zero from its
+sign or passes through it: a function that is zero on a stretch of time (torchdiffeq's
+``learn_physics`` example returns zeros after the last data time, to stop there) has its event
+where the zeros begin, unless it changed sign earlier in the step; a zero at the step's end is the
+root only when nothing comes before it. An element still zero a moment after the step's start (a
+stretch of zeros) has no sign there; when it is nonzero at the step's end it takes the sign it has
+where it first leaves zero (found by bisection) and only roots after that point count: the rule
+at a step's start, applied where the zeros end. Comparing signs at the step's ends sees nothing of
+a touch or of two crossings inside one step, nor of an element that has no sign at the step's
+start and is zero again at its end (torchdiffeq and scipy's ``solve_ivp`` compare signs likewise).
+
 Locating the root. The crossing elements ``J`` of one event define
 ``psi(theta) = min_{j in J} s_j g_j(t + theta h, y(theta))`` with ``s_j = sign g_j(t)``, so
 ``psi(0) > 0 >= psi(1)``; its first root is the first crossing of any of them (torchdiffeq's
 ``combine_event_functions`` takes the same minimum). ``y(theta)`` is the step's interpolant, so
-locating costs no evaluation of ``func``. The root finder is the Illinois variant of regula falsi
-(Dowell & Jarratt 1971; superlinear, order about 1.44) with a bisection every fourth iteration,
-which bounds the work by four times bisection's even on noisy functions. It stops when the
+locating costs no evaluation of ``func``. The root finder keeps a bracket ``[a, b]`` with
+``psi(a) > 0 >= psi(b)`` and narrows it by the Illinois variant of regula falsi (Dowell & Jarratt
+1971; superlinear, order about 1.44) with a bisection every fourth iteration, which bounds the
+work by four times bisection's even on noisy functions. An exact zero at ``b`` does not end the
+search (psi may have reached zero earlier): the next trial is just before ``b``, which settles an
+isolated zero at once, and bisection finds where a stretch of zeros begins. It stops when the
 bracket is as narrow as the time resolution of the state's dtype
 (``4 eps max(|t|, |t1|) + eps |h|``) and returns the bracket's end *after* the crossing, so the
 state handed on has already crossed. torchdiffeq instead bisects a fixed number of times to
@@ -257,11 +271,12 @@ class EventSet:
         found = []
         theta0 = min(guard / abs(h), 1.0)
         for i in range(len(self.events)):
-            mask = self.crossed(i, g0[i], g1[i])
+            gi, starts = self._leave_zero(i, g0[i], g1[i], t, h, interp, theta0)
+            mask = self.crossed(i, gi, g1[i])
             # An event that cuts the step needs only its first root; one that is only recorded
             # gets every element's crossing in the step, earliest first.
             while bool(mask.any()):
-                loc = self._root(i, mask, g0[i], g1[i], t, h, interp, theta0)
+                loc = self._root(i, mask, gi, g1[i], t, h, interp, theta0, starts)
                 if loc is None:
                     break
                 found.append(loc)
@@ -271,20 +286,69 @@ class EventSet:
         found.sort(key=lambda loc: loc.theta)
         return found
 
+    def _tol(self, t: float, h: float) -> float:
+        """The root finder's tolerance in ``theta``: the time resolution of the state's dtype
+        over the step ``[t, t + h]``."""
+        return (4.0 * self.eps * max(abs(t), abs(t + h)) + self.eps * abs(h)) / abs(h)
+
+    def _leave_zero(
+        self, i: int, g0: torch.Tensor, g1: torch.Tensor, t: float, h: float, interp, theta0: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The signs a step starts from, for elements that have none at its start.
+
+        An element still zero a moment after the step's start (a function that is zero on an
+        interval) has no sign there; when it is nonzero at the step's end it takes the sign it
+        has where it first leaves zero, found by bisection, and only roots after that point are
+        its own (the rule at a step's start, applied where the zero ends). Returns ``g0`` with
+        those elements replaced by their value just after leaving zero, and the ``theta`` from
+        which each element is watched (``None`` when every element has its sign at the start).
+        """
+        idle = (g0 == 0) & (g1 != 0)
+        if theta0 >= 1.0 or not bool(idle.any()):
+            return g0, None
+        g0 = g0.clone()
+        starts = torch.zeros(g0.shape, dtype=torch.float64, device=g0.device)
+        tol = self._tol(t, h)
+        for j in torch.nonzero(idle).flatten().tolist():
+            lo, hi, g_hi = theta0, 1.0, g1[j]  # g_j(lo) = 0, g_j(hi) != 0
+            while hi - lo > tol:
+                mid = 0.5 * (lo + hi)
+                with torch.no_grad():
+                    g_mid = self.value(i, t + mid * h, interp([mid])[0])[j]
+                if g_mid == 0:
+                    lo = mid
+                else:
+                    hi, g_hi = mid, g_mid
+            g0[j], starts[j] = g_hi, hi
+        return g0, starts
+
     def _root(
-        self, i: int, mask: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor, t: float, h: float, interp, theta0: float
+        self,
+        i: int,
+        mask: torch.Tensor,
+        g0: torch.Tensor,
+        g1: torch.Tensor,
+        t: float,
+        h: float,
+        interp,
+        theta0: float,
+        starts: torch.Tensor | None = None,
     ) -> Located | None:
         (idx,) = torch.nonzero(mask, as_tuple=True)
         sign = torch.sign(g0[idx])
+        # An element watched from starts[j] on (see _leave_zero) takes no part in psi before it.
+        later = None if starts is None else starts[idx]
+
+        def watched(theta: float, g: torch.Tensor) -> torch.Tensor:
+            return g if later is None else torch.where(later > theta, math.inf, g)
 
         def psi(theta: float) -> tuple[float, torch.Tensor]:
             with torch.no_grad():
                 y = interp([theta])[0]
-                g = self.value(i, t + theta * h, y)[idx] * sign
+                g = watched(theta, self.value(i, t + theta * h, y)[idx] * sign)
             return float(g.min()), g
 
-        t1 = t + h
-        tol = (4.0 * self.eps * max(abs(t), abs(t1)) + self.eps * abs(h)) / abs(h)
+        tol = self._tol(t, h)
         gb = g1[idx] * sign
         b, fb = 1.0, float(gb.min())  # psi(1) <= 0
         if theta0 > 0.0:
@@ -296,17 +360,26 @@ class EventSet:
                 b, fb, gb = a, fa, ga  # crossed again at once
                 a, fa = 0.0, 1.0
         else:
-            a, fa = 0.0, float((g0[idx] * sign).min())  # psi(0) > 0
+            a, fa = 0.0, float(watched(0.0, g0[idx] * sign).min())  # psi(0) > 0 (+inf: none watched yet)
         side = 0
+        # An exact zero at b is not yet the root: psi may have reached zero earlier (a function
+        # that is zero on a whole interval, or a sign change before it). The root is where psi
+        # first leaves psi > 0, so the search goes on; its first trial is b - tol, which settles an
+        # isolated zero (a regula falsi that lands on it, a step that ends on it) at once.
+        probe = fb == 0.0
         for it in range(_MAX_ROOT_ITERS):
-            if fb == 0.0 or b - a <= tol or b <= theta0:
+            if b - a <= tol or b <= theta0:
                 break
-            if it % 4 == 3 or fa == fb:
-                c = 0.5 * (a + b)
-            else:
+            # Regula falsi needs fb < 0: with fb = 0 its point is b itself (or, rounded, next to it).
+            secant = not probe and fb != 0.0 and it % 4 != 3 and fa != fb and fa != math.inf
+            if probe:
+                c = b - tol
+            elif secant:
                 c = (a * fb - b * fa) / (fb - fa)
                 if not (a < c < b):
-                    c = 0.5 * (a + b)
+                    c, secant = 0.5 * (a + b), False
+            else:
+                c = 0.5 * (a + b)
             fc, gc = psi(c)
             if fc > 0:
                 a, fa = c, fc
@@ -318,6 +391,10 @@ class EventSet:
                 if side == -1:
                     fa *= 0.5
                 side = -1
+            # A zero that regula falsi lands on is probed (a linear psi is met exactly); one that
+            # bisection lands on lies inside a zero interval far more often than on an isolated
+            # root, and probing there would only double the work of bisecting to its start.
+            probe = fc == 0.0 and secant
         fired_local = gb <= 0
         element = int(idx[int(torch.argmin(gb))])
         fired = torch.zeros_like(mask)
