@@ -495,3 +495,82 @@ def test_adjoint_with_adjoint_params_program():
         grads[lib.__name__] = torch.autograd.grad(ys.pow(2).sum(), (y0, *params))
     for a, b in zip(grads["neuralode"], grads["torchdiffeq"]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+# ---- event functions that are zero on a half-line (learn_physics idiom)
+# torchdiffeq's examples/learn_physics.py stops its event search at the end of the data with an
+# event function that returns torch.zeros_like(t) after the last data time. Here a ball falls from
+# h0 = 2 under gravity g onto a floor at r = 0.04 (impact at t_c = sqrt(2 (h0 - r) / g) = 0.632),
+# the event function being zero after T; one solve step may hold both t_c and T.
+
+H0, GRAV, FLOOR = 2.0, 9.81, 0.04
+
+
+def _ball_with_data_end(lib, T: float, method: str, options):
+    """``(event time, height there, h0, g)`` from ``lib.odeint_event``; ``h0`` and ``g`` require grad."""
+    g = torch.tensor(GRAV, dtype=F64, requires_grad=True)
+    h0 = torch.tensor([H0], dtype=F64, requires_grad=True)
+
+    def func(t, state):
+        pos, vel = state
+        return vel, -g * torch.ones_like(vel)
+
+    def event_fn(t, state):
+        if t > T:
+            return torch.zeros_like(t)
+        return (state[0] - FLOOR).sum()
+
+    if lib is neuralode and method == "rk4":
+        method = "rk4_38"  # torchdiffeq's rk4
+    t_star, (pos, _) = lib.odeint_event(
+        func,
+        (h0, torch.zeros(1, dtype=F64)),
+        torch.tensor([0.0], dtype=F64),
+        event_fn=event_fn,
+        method=method,
+        options=options,
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    return t_star.reshape(()), pos[-1, 0], h0, g
+
+
+def _d(x: torch.Tensor, params) -> list[float]:
+    if not x.requires_grad:
+        return [0.0] * len(params)
+    grads = torch.autograd.grad(x, params, retain_graph=True, allow_unused=True)
+    return [0.0 if d is None else d.item() for d in grads]
+
+
+ZERO_AFTER_METHODS = [("dopri5", None), ("rk4", {"step_size": 0.125, "interp": "cubic"})]
+
+
+@pytest.mark.parametrize("method, options", ZERO_AFTER_METHODS)
+def test_event_function_zero_after_the_data_finds_the_impact_before(method, options):
+    t_c = math.sqrt(2 * (H0 - FLOOR) / GRAV)
+    ours = _ball_with_data_end(neuralode, 0.65, method, options)
+    peer = _ball_with_data_end(torchdiffeq, 0.65, method, options)
+    assert ours[0].item() == pytest.approx(t_c, abs=1e-12)
+    assert ours[1].item() == pytest.approx(FLOOR, abs=1e-12)
+    assert ours[0].item() == pytest.approx(peer[0].item(), abs=1e-9)  # torchdiffeq bisects to atol
+    # dt_c/dh0 = 1 / (g t_c), dt_c/dg = -t_c / (2 g), as torchdiffeq's implicit-function gradient says.
+    d_ours = _d(ours[0], ours[2:])
+    assert d_ours == pytest.approx([1 / (GRAV * t_c), -t_c / (2 * GRAV)], rel=1e-9)
+    assert d_ours == pytest.approx(_d(peer[0], peer[2:]), rel=1e-6)
+
+
+@pytest.mark.parametrize("method, options", ZERO_AFTER_METHODS)
+def test_event_function_zero_before_the_impact_stops_where_the_zeros_begin(method, options):
+    T = 0.55
+    ours = _ball_with_data_end(neuralode, T, method, options)
+    peer = _ball_with_data_end(torchdiffeq, T, method, options)
+    assert ours[0].item() == pytest.approx(T, abs=1e-12)
+    assert ours[0].item() == pytest.approx(peer[0].item(), abs=1e-9)
+    assert ours[1].item() == pytest.approx(H0 - GRAV * T**2 / 2, abs=1e-12)
+    # No parameter moves T; the height there moves as the fall does. (torchdiffeq 0.2.5 returns the
+    # midpoint of its last bisection bracket and differentiates the event function there: when that
+    # point falls just before T, as with dopri5 here, it differentiates the height instead, giving
+    # dt*/dh0 = 0.185 rather than 0 and a height that does not move with h0, so its gradients are no
+    # reference here.)
+    assert _d(ours[0], ours[2:]) == [0.0, 0.0]
+    assert _d(ours[1], ours[2:]) == pytest.approx([1.0, -(T**2) / 2], rel=1e-9)
