@@ -784,3 +784,22 @@ def test_zero_stretches_with_directions_and_record_only_events(method, case, dir
     assert [r.t.item() for r in sol.events] == pytest.approx(expected, abs=1e-12)
     # The solve goes on to its last time, through the events it only records.
     assert sol.ys[:, 0].tolist() == pytest.approx([y00 - K * s for s in (0.0, 4.0, 8.0, 12.0, 16.0)], abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["zero after the crossing", "zero before the crossing", "zero until a time"])
+def test_zero_stretches_through_the_adjoint(case):
+    g, y00, t_exp, y_exp, dt_exp, dy_exp = ZERO_CASES[case]
+    y0 = torch.tensor([y00], dtype=F64, requires_grad=True)
+    k = torch.tensor(K, dtype=F64, requires_grad=True)
+    t_star, sol = odeint_adjoint(
+        lambda t, y: 0 * y - k,
+        y0,
+        torch.tensor([0.0, 1.0], dtype=F64),
+        event_fn=g,
+        options={"first_step": 8.0},
+        adjoint_params=(k,),
+    )
+    assert t_star.item() == pytest.approx(t_exp, abs=1e-12)
+    assert sol[-1, 0].item() == pytest.approx(y_exp, abs=1e-12)
+    assert _grads(t_star, (y0, k)) == pytest.approx(dt_exp, abs=1e-9)
+    assert _grads(sol[-1, 0], (y0, k)) == pytest.approx(dy_exp, abs=1e-9)
