@@ -803,3 +803,93 @@ def test_zero_stretches_through_the_adjoint(case):
     assert sol[-1, 0].item() == pytest.approx(y_exp, abs=1e-12)
     assert _grads(t_star, (y0, k)) == pytest.approx(dt_exp, abs=1e-9)
     assert _grads(sol[-1, 0], (y0, k)) == pytest.approx(dy_exp, abs=1e-9)
+
+
+# Per-sample solves: each sample's event function zero on a stretch of time, located on that
+# sample's own steps (the first step tries all of [0, 16]). Samples start at y0 = 1 and 1.2, whose
+# crossings of C come at t = 5 and 7.
+
+PS_CASES = {
+    "zero after the crossing": (dict(zero_after=6.0), [5.0, 6.0]),
+    "zero on an interval": (dict(zero_on=(5.5, 6.5)), [5.0, 5.5]),
+    "zero until a time": (dict(zero_before=2.0), [5.0, 7.0]),
+    "zero until after the crossing": (dict(zero_before=6.0), [None, 7.0]),
+}
+
+
+def _per_sample_piecewise(zero_before=None, zero_after=None, zero_on=None):
+    def g(t, y):  # t: (B,), y: (B, 1)
+        zero = torch.zeros_like(t, dtype=torch.bool)
+        if zero_before is not None:
+            zero = zero | (t < zero_before)
+        if zero_after is not None:
+            zero = zero | (t > zero_after)
+        if zero_on is not None:
+            zero = zero | ((t >= zero_on[0]) & (t <= zero_on[1]))
+        return torch.where(zero, torch.zeros_like(t), y[:, 0] - C)
+
+    return g
+
+
+@pytest.mark.parametrize("case", list(PS_CASES))
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "tsit5"])
+def test_per_sample_event_function_zero_on_a_stretch_of_time(method, case):
+    kw, expected = PS_CASES[case]
+    crossings_only = all(x is None or x in (5.0, 7.0) for x in expected)
+    y0 = torch.tensor([[1.0], [1.2]], dtype=F64, requires_grad=crossings_only)
+    sol = solve(
+        lambda t, y: 0 * y - K,
+        y0,
+        torch.tensor([0.0, 16.0], dtype=F64),
+        method=method,
+        events=[Event(_per_sample_piecewise(**kw))],
+        options={"per_sample": True, "first_step": 16.0},
+    )
+    got = {r.sample: r.t for r in sol.events}
+    assert [got[i].item() if i in got else None for i in range(2)] == pytest.approx(expected, abs=1e-12)
+    if crossings_only:  # dt*_i/dy0_i = 1 / k at a crossing of y - C
+        for i in got:
+            (d,) = torch.autograd.grad(got[i], y0, retain_graph=True)
+            assert d[:, 0].tolist() == pytest.approx([1 / K if j == i else 0.0 for j in range(2)], abs=1e-9)
+
+
+def test_per_sample_event_where_zeros_begin_has_no_derivative():
+    # torch.where(t > T, 0, y - C) carries a graph, flat where the zeros begin: the event time there
+    # has no implicit-function derivative, and the error says so rather than dividing by zero.
+    y0 = torch.tensor([[1.0], [1.2]], dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"sample 1 at t=6 is tangential.*zero on a stretch of time"):
+        solve(
+            lambda t, y: 0 * y - K,
+            y0,
+            torch.tensor([0.0, 16.0], dtype=F64),
+            events=[Event(_per_sample_piecewise(zero_after=6.0))],
+            options={"per_sample": True, "first_step": 16.0},
+        )
+
+
+def test_event_where_zeros_begin_with_a_graph_says_how_to_write_it():
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"t=3 is tangential.*return a tensor without a graph there"):
+        odeint(
+            lambda t, y: 0 * y - K,
+            y0,
+            torch.tensor([0.0, 1.0], dtype=F64),
+            event_fn=lambda t, y: torch.where(t > 3.0, 0.0, y[0] - C),
+            options={"first_step": 8.0},
+        )
+
+
+def test_per_sample_start_on_a_root_takes_the_sign_a_moment_later():
+    # Balls thrown up from the floor (h = 0 at t = 0) land at 2 v0 / g inside the first step, which the
+    # parabola lets span everything: found per sample as in the joint loop, whose start rule is this.
+    v0 = [1.0, 2.0]
+    y0 = torch.tensor([[0.0, v] for v in v0], dtype=F64)
+    span = torch.tensor([0.0, 1.0], dtype=F64)
+    kw = dict(events=[Event(height, direction=-1)], **TIGHT)
+    per_sample = solve(Gravity(), y0, span, options={"per_sample": True, "first_step": 1.0}, **kw)
+    assert [(r.sample, r.t.item()) for r in per_sample.events] == [
+        (0, pytest.approx(2 * v0[0] / G, abs=1e-12)),
+        (1, pytest.approx(2 * v0[1] / G, abs=1e-12)),
+    ]
+    joint = solve(Gravity(), y0[1], span, options={"first_step": 1.0}, **kw)
+    assert joint.events[0].t.item() == pytest.approx(2 * v0[1] / G, abs=1e-12)

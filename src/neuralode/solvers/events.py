@@ -454,7 +454,9 @@ def attach_event_gradient(
     if gdot_v == 0.0 or not math.isfinite(gdot_v):
         raise ValueError(
             f"The event at t={t_e:.8g} is tangential (d/dt g(t, y(t)) = {gdot_v!r}), so its time has no "
-            "derivative; make the event function cross zero transversally, or detach what it depends on."
+            "derivative; make the event function cross zero transversally, or detach what it depends on. An event "
+            "function that is zero on a stretch of time is flat where the zeros begin: return a tensor without a "
+            "graph there (torch.zeros_like(t)), and the event time there carries no gradient."
         )
     dt_e = -(g - g.detach()) / gdot  # value 0, gradient dt*/dθ
     t_star = t_const + dt_e.to(t_dtype)

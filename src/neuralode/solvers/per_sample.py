@@ -781,13 +781,17 @@ def integrate(
         if events is not None:
             g1 = events.values(t1, step.y1)
             cross = accept & events.any_crossed(g0, g1)
-            if bool(cross.any()):
-                # Each crossing sample's step is cut at its first event (located on its interpolant).
+            idle = accept & events.any_idle(g0, g1)  # an element without a sign at the start
+            g_from, starts = g0, None
+            if bool((cross | idle).any()):
                 f1 = step.k[-1] if tableau.fsal else None
                 interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
-                theta_e, y_e, fired = events.locate(
-                    g0, cross, t, h, interp, step.y1, (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0)
-                )
+                theta0 = (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0)
+                g_from, starts = events.leave_zero(g0, g1, idle, t, h, interp, theta0)
+                cross = accept & events.any_crossed(g_from, g1)
+            if bool(cross.any()):
+                # Each crossing sample's step is cut at its first event (located on its interpolant).
+                theta_e, y_e, fired = events.locate(g_from, cross, t, h, interp, step.y1, theta0, starts)
                 inside = cross & (theta_e < 1.0)
                 t1 = torch.where(inside, t + theta_e * h, t1)
                 lands = lands & ~inside

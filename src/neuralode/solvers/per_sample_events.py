@@ -5,6 +5,10 @@ whole batch (``t`` of shape ``(B,)``, ``y`` like the state) and returns a tensor
 dimension is the batch: ``g[i]`` is sample ``i``'s event function (any trailing shape; every
 element is watched). An element of sample ``i`` crosses over an accepted step when it goes from
 ``g < 0`` to ``g >= 0`` (rising) or from ``g > 0`` to ``g <= 0`` (falling), as in the joint loop.
+An element that is zero at a step's start (a sample that starts on a root, or a function that is
+zero on a stretch of time) has no sign there: when it is nonzero at the step's end it takes the
+sign it has where it first leaves zero (bisection on the interpolant, vectorised over the batch)
+and only crossings after that point count, the joint loop's rule (:mod:`~neuralode.solvers.events`).
 
 Locating. For the samples with a crossing, ``θ_i`` in ``(0, 1]`` is found by bisection on the
 step's interpolant, vectorised over the batch: ``c_i(θ)`` = "some watched element of sample ``i``
@@ -91,36 +95,88 @@ class PerSampleEvents:
             self.shapes = shapes
         return out
 
-    def crossed(self, g0: list[torch.Tensor], g1: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per event, the ``(B, E_k)`` elements crossing in the event's direction."""
+    def crossed(
+        self,
+        g0: list[torch.Tensor],
+        g1: list[torch.Tensor],
+        theta: torch.Tensor | None = None,
+        starts: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Per event, the ``(B, E_k)`` elements crossing in the event's direction; with ``starts``
+        (see :meth:`leave_zero`) only those watched by ``theta (B,)``."""
         out = []
-        for e, a, b in zip(self.events, g0, g1):
+        for k, (e, a, b) in enumerate(zip(self.events, g0, g1)):
             rising, falling = (a < 0) & (b >= 0), (a > 0) & (b <= 0)
-            out.append(rising if e.direction > 0 else falling if e.direction < 0 else rising | falling)
+            c = rising if e.direction > 0 else falling if e.direction < 0 else rising | falling
+            out.append(c if starts is None else c & (starts[k] <= theta[:, None]))
         return out
 
-    def any_crossed(self, g0, g1) -> torch.Tensor:
-        return torch.stack([c.any(1) for c in self.crossed(g0, g1)]).any(0)
+    def any_crossed(self, g0, g1, theta=None, starts=None) -> torch.Tensor:
+        return torch.stack([c.any(1) for c in self.crossed(g0, g1, theta, starts)]).any(0)
+
+    def any_idle(self, g0: list[torch.Tensor], g1: list[torch.Tensor]) -> torch.Tensor:
+        """``(B,)``: rows with an element zero at the step's start (no sign) and nonzero at its end."""
+        return torch.stack([((a == 0) & (b != 0)).any(1) for a, b in zip(g0, g1)]).any(0)
+
+    def leave_zero(self, g0, g1, idle: torch.Tensor, t: torch.Tensor, h: torch.Tensor, interp, theta0: torch.Tensor):
+        """The signs a step starts from, for elements that have none at its start: ``(g0, starts)``.
+
+        An element of a row in ``idle`` that is zero at the step's start and nonzero at its end
+        takes the sign it has where it first leaves zero (bisection from ``theta0`` on the
+        interpolant, vectorised over the rows, one element column at a time) and is watched from
+        there (``starts[k] (B, E_k)``, 0 for the others): the joint loop's rule
+        (:mod:`~neuralode.solvers.events`). Both lists are returned unchanged (``starts`` None)
+        when no row is ``idle``."""
+        if not bool(idle.any()):
+            return g0, None
+        rows = torch.arange(len(t), device=t.device)
+        g_out, starts = [], []
+        for k, (a, b) in enumerate(zip(g0, g1)):
+            a, start = a.clone(), torch.zeros_like(a)
+            columns = ((a == 0) & (b != 0) & idle[:, None]).any(0).nonzero().flatten().tolist()
+            for e in columns:
+                m = idle & (a[:, e] == 0) & (b[:, e] != 0)
+                lo, hi, g_hi = theta0.clone(), torch.ones_like(t), b[:, e].clone()  # g(lo) = 0, g(hi) != 0
+                for _ in range(BISECTIONS):
+                    mid = torch.where(m, 0.5 * (lo + hi), hi)
+                    g_mid = self.values(t + mid * h, interp(rows, mid))[k][:, e]
+                    zero = g_mid == 0
+                    lo = torch.where(m & zero, mid, lo)
+                    hi = torch.where(m & ~zero, mid, hi)
+                    g_hi = torch.where(m & ~zero, g_mid, g_hi)
+                a[:, e] = torch.where(m, g_hi, a[:, e])
+                start[:, e] = torch.where(m, hi, start[:, e])
+            g_out.append(a)
+            starts.append(start)
+        return g_out, starts
 
     def locate(
-        self, g0, mask: torch.Tensor, t: torch.Tensor, h: torch.Tensor, interp, y1: torch.Tensor, theta0: torch.Tensor
+        self,
+        g0,
+        mask: torch.Tensor,
+        t: torch.Tensor,
+        h: torch.Tensor,
+        interp,
+        y1: torch.Tensor,
+        theta0: torch.Tensor,
+        starts: list[torch.Tensor] | None = None,
     ):
         """Bisection for the samples in ``mask``: ``(θ (B,), y at θ (B, N), fired per event)``.
 
         The search starts at ``theta0 (B,)`` (roots closer to the step's start are not searched);
         ``θ`` is 1 outside ``mask``; ``fired[k]`` marks the elements of event ``k`` that have
-        crossed by ``θ``."""
+        crossed by ``θ`` (those with ``starts``, from :meth:`leave_zero`, once watched)."""
         rows = torch.arange(len(t), device=t.device)
         lo = theta0.clone()
         hi = torch.ones_like(t)
         for _ in range(BISECTIONS):
             mid = torch.where(mask, 0.5 * (lo + hi), hi)
             y_mid = interp(rows, mid)
-            c = self.any_crossed(g0, self.values(t + mid * h, y_mid))
+            c = self.any_crossed(g0, self.values(t + mid * h, y_mid), mid, starts)
             hi = torch.where(mask & c, mid, hi)
             lo = torch.where(mask & ~c, mid, lo)
         y_hi = torch.where((hi == 1.0)[:, None], y1, interp(rows, hi))
-        fired = self.crossed(g0, self.values(t + hi * h, y_hi))
+        fired = self.crossed(g0, self.values(t + hi * h, y_hi), hi, starts)
         return hi, y_hi, fired
 
     def attach_gradient(
@@ -188,7 +244,8 @@ class PerSampleEvents:
             raise ValueError(
                 f"The event of sample {int(rows[i])} at t={float(t_e[i]):.8g} is tangential (d/dt g(t, y(t)) = "
                 f"{float(gdot[i])!r}), so its time has no derivative; make the event function cross zero "
-                "transversally, or detach what it depends on."
+                "transversally, or detach what it depends on (an event function that is zero on a stretch of time "
+                "is flat where the zeros begin)."
             )
         delta = -(g - g.detach()) / torch.where(cross, gdot, torch.ones_like(gdot))
         return torch.where(cross, delta, torch.zeros_like(delta)), f_e
