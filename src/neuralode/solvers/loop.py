@@ -629,20 +629,9 @@ def integrate(
             or dense is not None
             or (i_out < n_out and times[i_out] != t1 and (times[i_out] - t1) * direction < 0)
         ):
+            end_side = -1 if (jump_here or perturb) else 0  # f(t1, y1) from inside the step, as its stages
             interp = _Interpolant(
-                interp_kind,
-                problem,
-                tableau,
-                t,
-                y,
-                f0,
-                h,
-                step,
-                f1,
-                t1,
-                -1 if (jump_here or perturb) else 0,
-                stage_func,
-                s.f0_side,
+                interp_kind, problem, tableau, t, y, f0, h, step, f1, t1, end_side, stage_func, s.f0_side
             )
         else:
             interp = None
