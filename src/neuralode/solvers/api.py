@@ -55,7 +55,7 @@ from .options import (
     check_tolerance_resolution,
     suggest,
 )
-from .problem import _ErrorNorm, _Problem
+from .problem import _ErrorNorm, _Problem, check_step_callbacks
 from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .tableau import METHODS, ButcherTableau, get_tableau
@@ -129,6 +129,7 @@ def _run(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
+    check_step_callbacks(func, tableau)
     is_tuple = isinstance(y0, tuple)
     if parts is None:
         parts = _check_state(y0)
@@ -318,6 +319,7 @@ def solve(
     if tableau is SCIPY_METHOD:
         if check_events(events):
             raise ValueError(SCIPY_NO_EVENTS)
+        check_step_callbacks(func, tableau)
         return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
     opts = _parse_options(options, tableau)
     if per_sample:
