@@ -283,7 +283,10 @@ def solve(
             result have ``y0``'s shape (or are tuples like ``y0``). A ``torch.nn.Module`` works.
             Methods ``callback_step``, ``callback_accept_step`` and ``callback_reject_step`` of
             ``func``, if present, are called as torchdiffeq calls them: ``(t0, y0, dt)`` before
-            every step attempt and after every accepted / rejected adaptive step.
+            every step attempt and after every accepted / rejected adaptive step. Those the
+            method never calls (accept and reject on a fixed grid; all three with
+            ``scipy_solver`` or ``per_sample``) draw a ``UserWarning``, as in torchdiffeq; one it
+            calls that cannot take ``(t0, y0, dt)`` is a ``TypeError`` before the solve.
         y0: initial state: a floating-point tensor of any shape, or a tuple of tensors sharing
             dtype and device.
         t: 1-D floating tensor of output times, strictly increasing or strictly decreasing
