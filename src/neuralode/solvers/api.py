@@ -129,7 +129,7 @@ def _run(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
-    check_step_callbacks(func, tableau)
+    callbacks = check_step_callbacks(func, tableau)
     is_tuple = isinstance(y0, tuple)
     if parts is None:
         parts = _check_state(y0)
@@ -144,7 +144,7 @@ def _run(
         ys = tuple(p.unsqueeze(0) for p in parts)
         return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)
 
-    problem = _Problem(func, parts, is_tuple, stats)
+    problem = _Problem(func, parts, is_tuple, stats, callbacks)
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
     problem.direction = direction

@@ -72,7 +72,9 @@ def adjoint_step_callbacks(func: Callable, tableau) -> list[tuple[str, Callable]
     return [(name, callback) for name, callback in pairs if callback is not None and name in called]
 
 
-def check_step_callbacks(func: Callable, tableau, per_sample: bool = False, adjoint: bool = False) -> None:
+def check_step_callbacks(
+    func: Callable, tableau, per_sample: bool = False, adjoint: bool = False
+) -> tuple[Callable | None, ...]:
     """Check the step callbacks ``func`` defines (its ``_adjoint`` ones with ``adjoint``) against the method.
 
     torchdiffeq 0.2.5 warns (``UserWarning``) when ``func`` defines callbacks the chosen solver never calls;
@@ -80,14 +82,21 @@ def check_step_callbacks(func: Callable, tableau, per_sample: bool = False, adjo
     ``(t0, y0, dt)``: one that is not callable, or whose signature cannot bind three positional arguments,
     raises a ``TypeError`` before the solve (torchdiffeq's would fail at its first call, mid-solve).
 
+    Returns:
+        The callbacks the solve calls, in the order of ``CALLBACK_NAMES`` (``None`` where there is none or the
+        method never calls it), for :class:`_Problem`: the attribute look-ups are made once per solve (on an
+        ``nn.Module`` a missing attribute costs ~8 us, its ``__getattr__`` raising).
+
     Raises:
         TypeError: for a callback that the method calls and that cannot be called as ``(t0, y0, dt)``.
     """
     called, why = step_callbacks_called(tableau, per_sample)
     names = ADJOINT_CALLBACK_NAMES if adjoint else CALLBACK_NAMES
     unused = []
+    found: list[Callable | None] = []
     for loop_name, name in zip(CALLBACK_NAMES, names):
         callback = getattr(func, name, None)
+        found.append(callback if loop_name in called else None)
         if callback is None:
             continue
         if loop_name not in called:
@@ -118,6 +127,7 @@ def check_step_callbacks(func: Callable, tableau, per_sample: bool = False, adjo
             UserWarning,
             stacklevel=2,
         )
+    return tuple(found)
 
 
 def changed_in_place(name: str, t: Any) -> ValueError:
@@ -144,7 +154,14 @@ def watches_versions(y: torch.Tensor) -> bool:
 class _Problem:
     """Adapts a user ``func`` to the loop: float time in, counted evaluations, tuple flattening."""
 
-    def __init__(self, func: Callable, parts: tuple[torch.Tensor, ...], is_tuple: bool, stats: SolverStats):
+    def __init__(
+        self,
+        func: Callable,
+        parts: tuple[torch.Tensor, ...],
+        is_tuple: bool,
+        stats: SolverStats,
+        callbacks: tuple[Callable | None, ...] | None = None,
+    ):
         self.func = func
         self.parts = parts
         self.is_tuple = is_tuple
@@ -159,8 +176,8 @@ class _Problem:
         self.pass_perturb = False  # call func(t, y, perturb=Perturb...) (options['perturb'])
         self.plain = not is_tuple  # func(t, y) on the flat state as it is; set again by first_call
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
-        # callback_reject_step), each None when func has none.
-        self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES)
+        # callback_reject_step), each None when func has none (given: as check_step_callbacks found them).
+        self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES) if callbacks is None else callbacks
         self.watch = True  # check func's input for in-place changes (set by first_call)
 
     def cache_times(self, values: list[float]) -> None:
