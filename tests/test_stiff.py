@@ -743,11 +743,65 @@ def test_bad_options_and_inputs():
 
     with pytest.raises(TypeError, match=re.escape("func(t, y) is not differentiable by autograd with respect to y")):
         solve(opaque, y0, t, method="rodas5p")
+    # ... as is one whose graph reaches a parameter but not y (it was iterated with J = 0).
+    w = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    with pytest.raises(TypeError, match=re.escape("its output changes with y but has no autograd graph to y")):
+        solve(lambda t, y: w * opaque(t, y), y0, t, method="rodas5p")
     # ... and works with an analytic Jacobian (f_t by a forward difference: one more evaluation per Jacobian).
     sol = solve(
         opaque, y0, t, method="rodas5p", options={"jacobian": lambda t, y: -torch.eye(3, dtype=F64).expand(4, 3, 3)}
     )
     assert torch.allclose(sol.ys[-1], y0 * math.exp(-1.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("B, create_graph", [(1, False), (1, True), (4, False), (4, True)])
+def test_jacobian_of_a_func_of_t_alone_is_zero(B, create_graph):
+    """f(t, y) = g(t) has no autograd path to y (no graph at all without create_graph's recording): J = 0,
+    and df/dt = g'(t) still comes out (the same backward for one system, forward mode for a batch)."""
+    y = torch.ones(B, 3, dtype=F64, requires_grad=create_graph)
+    tt = torch.tensor(0.7, dtype=F64)
+
+    def g(t, z):
+        return torch.exp(t) * torch.ones_like(z.detach())
+
+    lin = autograd_linearisation(g, tt, y, 1, check_coupling=True, create_graph=create_graph)
+    assert lin.J.shape == (B, 3, 3) and not bool(lin.J.any())
+    torch.testing.assert_close(lin.f_t, torch.full((B, 3), math.exp(0.7), dtype=F64))
+
+
+@pytest.mark.parametrize("method", list(IMPLICIT_METHODS)[:6])
+def test_adaptive_stiff_methods_solve_a_func_of_t_alone(method):
+    """Every adaptive stiff method on y' = exp(t), whose Jacobian is zero (it was refused as not differentiable)."""
+    y0 = torch.tensor([1.0, -1.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([1.0, 2.0], dtype=F64)
+    ys = solve(lambda t, y: torch.exp(t) * torch.ones_like(y.detach()), y0, t, rtol=1e-8, atol=1e-10, method=method).ys
+    torch.testing.assert_close(ys[-1].detach(), y0.detach() + math.e**2 - math.e, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("interpolate", [True, False])
+def test_stiff_adjoint_of_a_func_of_t_alone(interpolate):
+    """The backward dynamics of y' = w exp(t) do not depend on the adjoint state (J = 0), with and without a
+    parameter whose graph they carry: dL/dy0 = 1 and dL/dw = e^2 - e per component (a guard: the backward
+    Jacobian's time derivative gave these a graph before J = 0 was accepted)."""
+    from neuralode import odeint_adjoint
+
+    w = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, -1.0], dtype=F64, requires_grad=True)
+    for params in ((), (w,)):
+        ys = odeint_adjoint(
+            lambda t, y: w * torch.exp(t) * torch.ones_like(y.detach()),
+            y0,
+            torch.tensor([1.0, 2.0], dtype=F64),
+            rtol=1e-9,
+            atol=1e-10,
+            method="rodas5p",
+            adjoint_params=params,
+            adjoint_options={"interpolate": interpolate, "norm": "full"},  # the quadrature of dL/dw steers the steps
+        )
+        grads = torch.autograd.grad(ys[-1].sum(), (y0, *params))
+        torch.testing.assert_close(grads[0], torch.ones(2, dtype=F64))
+        if params:
+            torch.testing.assert_close(grads[1], torch.tensor(2 * (math.e**2 - math.e), dtype=F64), rtol=1e-6, atol=0)
 
 
 def test_singular_iteration_matrix_reports_t_dt_and_gamma_h():

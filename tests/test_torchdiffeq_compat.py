@@ -574,3 +574,158 @@ def test_event_function_zero_before_the_impact_stops_where_the_zeros_begin(metho
     # reference here.)
     assert _d(ours[0], ours[2:]) == [0.0, 0.0]
     assert _d(ours[1], ours[2:]) == pytest.approx([1.0, -(T**2) / 2], rel=1e-9)
+
+
+# ---- fixed-grid implicit methods and step callbacks
+
+
+def test_implicit_midpoint_on_a_func_of_t_alone_is_torchdiffeqs_midpoint():
+    """For f(t, y) = g(t) the stage equation has the solution k = g(t + h/2) whatever the Jacobian (zero here,
+    not an error): the one-stage Gauss method is then the explicit midpoint rule, step for step."""
+    y0 = torch.tensor([1.0, -1.0], dtype=F64, requires_grad=True)
+    t = torch.linspace(1.0, 2.0, 5, dtype=F64)
+
+    def g(t, y):
+        return torch.exp(t) * torch.ones_like(y.detach())
+
+    ours = odeint(g, y0, t, method="implicit_midpoint", options={"step_size": 0.125})
+    peer = torchdiffeq.odeint(g, y0, t, method="midpoint", options={"step_size": 0.125})
+    torch.testing.assert_close(ours, peer, rtol=1e-14, atol=1e-14)
+
+
+class _Decay(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return -y
+
+
+_NEVER_CALLED = [
+    (m, name)
+    for m in ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
+    for name in (
+        "callback_accept_step",
+        "callback_reject_step",
+    )
+] + [("scipy_solver", name) for name in ("callback_step", "callback_accept_step", "callback_reject_step")]
+
+
+@pytest.mark.parametrize("method,name", _NEVER_CALLED)
+def test_a_callback_the_method_never_calls_warns_as_in_torchdiffeq(method, name):
+    """torchdiffeq 0.2.5 warns when func defines step callbacks the solver never calls (accept/reject on a fixed
+    grid, any with scipy_solver); so does neuralode, naming the callback and the method."""
+    x0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    for lib in (torchdiffeq, neuralode):
+        f = _Decay()
+        calls = []
+        setattr(f, name, lambda t0, y0, dt: calls.append(t0))
+        match = "does not support callbacks" if lib is torchdiffeq else f"Method '{method}' does not call func.{name}"
+        with pytest.warns(UserWarning, match=match):
+            lib.odeint(f, x0, t, method=method)
+        assert calls == []
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "trbdf2", "gl4"])
+def test_fixed_grid_implicit_methods_warn_for_accept_and_reject_callbacks(method):
+    f = _Decay()
+    f.callback_accept_step = f.callback_reject_step = lambda t0, y0, dt: None
+    with pytest.warns(UserWarning, match="func.callback_accept_step, func.callback_reject_step: a fixed-grid method"):
+        odeint(f, torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method)
+
+
+@pytest.mark.parametrize(
+    "method,names",
+    [
+        ("dopri5", ("callback_step", "callback_accept_step", "callback_reject_step")),
+        ("rk4", ("callback_step",)),
+        ("implicit_euler", ("callback_step",)),
+    ],
+)
+def test_callbacks_the_method_calls_draw_no_warning(method, names, recwarn):
+    f = _Decay()
+    calls = {name: 0 for name in names}
+    for name in names:
+        setattr(f, name, lambda t0, y0, dt, name=name: calls.__setitem__(name, calls[name] + 1))
+    sol = solve(
+        f,
+        torch.tensor([1.0, 2.0], dtype=F64),
+        torch.tensor([0.0, 1.0], dtype=F64),
+        method=method,
+        options={"step_size": 0.25} if method != "dopri5" else None,
+    )
+    assert not [w for w in recwarn if "callback" in str(w.message)]
+    assert calls["callback_step"] == sol.stats.n_steps > 0
+
+
+@pytest.mark.parametrize(
+    "method,name,callback,peer_calls_it",
+    [
+        ("dopri5", "callback_accept_step", lambda t0, y0: None, True),
+        ("rk4", "callback_step", lambda t0, y0, dt, extra: None, True),
+        ("dopri5", "callback_reject_step", lambda t0, y0, *, dt: None, False),
+    ],
+    ids=["two-arguments", "four-arguments", "keyword-only-dt"],
+)
+def test_a_callback_with_a_wrong_signature_is_refused_before_the_solve(method, name, callback, peer_calls_it):
+    """torchdiffeq calls callbacks as (t0, y0, dt): one that cannot take that fails with Python's TypeError at its
+    first call, mid-solve, or never when it is never called (no step of this solve is rejected). neuralode
+    refuses it before func is evaluated, naming it and the signature."""
+    x0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    options = {"step_size": 0.25} if method == "rk4" else None
+    f = _Decay()
+    setattr(f, name, callback)
+    if peer_calls_it:
+        with pytest.raises(TypeError):
+            torchdiffeq.odeint(f, x0, t, method=method, options=options)
+    else:
+        torchdiffeq.odeint(f, x0, t, method=method, options=options)
+    f = _Decay()
+    setattr(f, name, callback)
+    with pytest.raises(TypeError, match=rf"func\.{name} must accept three positional arguments \(t0, y0, dt\)"):
+        odeint(f, x0, t, method=method, options=options)
+    assert f.nfe == 0
+
+
+def test_a_callback_that_is_not_callable_is_refused():
+    f = _Decay()
+    f.callback_step = 3
+    with pytest.raises(
+        TypeError, match=r"func\.callback_step must be callable as callback_step\(t0, y0, dt\); got int"
+    ):
+        odeint(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64))
+    assert f.nfe == 0
+
+
+def test_adjoint_callbacks_the_backward_method_never_calls_warn():
+    """The ``_adjoint`` callbacks are checked against adjoint_method: torchdiffeq 0.2.5 warns when its backward
+    solve starts (under the forward names), neuralode at the odeint_adjoint call, under their own names; the
+    ones it calls are called during backward."""
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    for lib in (torchdiffeq, neuralode):
+        f = _Decay()
+        calls = {"step": 0, "accept": 0}
+        f.callback_step_adjoint = lambda t0, y0, dt: calls.__setitem__("step", calls["step"] + 1)
+        f.callback_accept_step_adjoint = lambda t0, y0, dt: calls.__setitem__("accept", calls["accept"] + 1)
+        x0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+        kw = {"method": "rk4", "options": {"step_size": 0.25}, "adjoint_params": ()}
+        if lib is neuralode:
+            with pytest.warns(
+                UserWarning, match="adjoint_method 'rk4' .* does not call func.callback_accept_step_adjoint"
+            ):
+                xs = lib.odeint_adjoint(f, x0, t, **kw)
+            xs.sum().backward()
+        else:
+            xs = lib.odeint_adjoint(f, x0, t, **kw)
+            with pytest.warns(UserWarning, match="does not support callbacks"):
+                xs.sum().backward()
+        assert calls == {"step": 4, "accept": 0}
+
+
+def test_per_sample_solves_warn_that_they_call_no_step_callbacks():
+    f = _Decay()
+    f.callback_step = lambda t0, y0, dt: None
+    with pytest.warns(UserWarning, match=r"does not call func\.callback_step: options\['per_sample'\] calls no step"):
+        solve(f, torch.ones(3, 2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), options={"per_sample": True})

@@ -46,7 +46,7 @@ import torch
 from .api import SCIPY_NO_EVENTS, _event_result, _method, _run, event_mode, solve, with_event_budget
 from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
 from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
-from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, _Problem
+from .problem import _Problem, adjoint_step_callbacks, check_step_callbacks
 from .scipy_solver import SCIPY_METHOD
 from .solution import Solution, SolverStats, TensorOrTuple
 
@@ -185,10 +185,8 @@ class _AdjointSolve(torch.autograd.Function):
 
         # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
         # backward solve as the forward callbacks are during the forward one.
-        for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
-            callback = getattr(func, adjoint_name, None)
-            if callback is not None:
-                setattr(augmented, name, callback)
+        for name, callback in adjoint_step_callbacks(func, _method(cfg["adjoint_method"])):
+            setattr(augmented, name, callback)
 
         def f_at(i: int) -> torch.Tensor:
             with torch.no_grad():
@@ -564,6 +562,7 @@ def _solve_adjoint(
     flat = _Flat(parts, is_tuple)
     adjoint_stats = SolverStats()
     adjoint_method = method if adjoint_method is None else adjoint_method
+    check_step_callbacks(func, _method(adjoint_method), adjoint=True)
     adjoint_options, interpolate = _split_interpolate(adjoint_options)
     explicit_options = adjoint_options is not None
     interpolate = _resolve_interpolate(interpolate, tableau, adjoint_method, parts, events)

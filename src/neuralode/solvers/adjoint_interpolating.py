@@ -71,7 +71,7 @@ import torch
 from .adjoint import _rms, interval_options, sweep_intervals
 from .api import _method, solve
 from .options import time_dtype
-from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+from .problem import adjoint_step_callbacks
 
 
 def seminorm_a(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -197,10 +197,8 @@ def interpolating_backward(
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flat.flatten(func(tt, flat.unflatten(y)))
 
-    for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
-        callback = getattr(func, adjoint_name, None)
-        if callback is not None:
-            setattr(augmented, name, callback)
+    for name, callback in adjoint_step_callbacks(func, _method(cfg["adjoint_method"])):
+        setattr(augmented, name, callback)
 
     def f_at(i: int) -> torch.Tensor:
         with torch.no_grad():

@@ -55,7 +55,7 @@ from .options import (
     check_tolerance_resolution,
     suggest,
 )
-from .problem import _ErrorNorm, _Problem
+from .problem import _ErrorNorm, _Problem, check_step_callbacks
 from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .tableau import METHODS, ButcherTableau, get_tableau
@@ -129,6 +129,7 @@ def _run(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
+    callbacks = check_step_callbacks(func, tableau)
     is_tuple = isinstance(y0, tuple)
     if parts is None:
         parts = _check_state(y0)
@@ -143,7 +144,7 @@ def _run(
         ys = tuple(p.unsqueeze(0) for p in parts)
         return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)
 
-    problem = _Problem(func, parts, is_tuple, stats)
+    problem = _Problem(func, parts, is_tuple, stats, callbacks)
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
     problem.direction = direction
@@ -282,7 +283,10 @@ def solve(
             result have ``y0``'s shape (or are tuples like ``y0``). A ``torch.nn.Module`` works.
             Methods ``callback_step``, ``callback_accept_step`` and ``callback_reject_step`` of
             ``func``, if present, are called as torchdiffeq calls them: ``(t0, y0, dt)`` before
-            every step attempt and after every accepted / rejected adaptive step.
+            every step attempt and after every accepted / rejected adaptive step. Those the
+            method never calls (accept and reject on a fixed grid; all three with
+            ``scipy_solver`` or ``per_sample``) draw a ``UserWarning``, as in torchdiffeq; one it
+            calls that cannot take ``(t0, y0, dt)`` is a ``TypeError`` before the solve.
         y0: initial state: a floating-point tensor of any shape, or a tuple of tensors sharing
             dtype and device.
         t: 1-D floating tensor of output times, strictly increasing or strictly decreasing
@@ -318,6 +322,7 @@ def solve(
     if tableau is SCIPY_METHOD:
         if check_events(events):
             raise ValueError(SCIPY_NO_EVENTS)
+        check_step_callbacks(func, tableau)
         return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
     opts = _parse_options(options, tableau)
     if per_sample:

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from .errors import SolverError
-from .jacobian import autograd_linearisation, callable_linearisation, counted_flat_func
+from .jacobian import autograd_linearisation, checked_jacobian
 from .options import FixedOptions
 
 NEWTON_MAX_ITER = 20
@@ -162,7 +162,15 @@ IMPLICIT_FIXED_METHODS: dict[str, ImplicitRK] = {m.name: m for m in _METHODS}
 
 
 def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop's fixed-step mode."""
+    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop's fixed-step mode.
+
+    ``func(s, z)`` is the loop's stage function: ``problem`` itself, or with ``options['perturb']`` its
+    variant that evaluates the stages at the step's end just before it (``func.where(s)`` tells where).
+    Every evaluation of ``f`` in the step (the stages of every Newton iteration and the Jacobians) is made at
+    the time and on the side that the stage function uses, and at the step's start on the side ``f0`` comes
+    from (just after ``t`` with ``perturb``), so a ``func`` with a discontinuity on a grid point sees the
+    inside of the step throughout it, as with the explicit methods.
+    """
     from .rosenbrock import resolve_batch_dims
     from .stepper import StepResult
 
@@ -172,17 +180,39 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
     user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
     s = tab.stages
     checked = {"done": False}
+    # The side of the step's start that f0 is taken from: with options['perturb'] the loop evaluates it just
+    # after t (loop.integrate), so the evaluations at c = 0 here do the same.
+    start_side = 1 if getattr(opts, "perturb", False) else 0
+    where = getattr(func, "where", None)  # (time, side) of the stage function's evaluation at a time
 
-    f_tensor = counted_flat_func(problem)
+    def sided(t: float, c: float, h: float) -> tuple[float, int]:
+        """``(time, side)`` of the step's evaluations at ``t + c h``."""
+        if c == 0.0:
+            return t, start_side
+        return (t + c * h, 0) if where is None else where(t + c * h)
 
-    def jacobian(t: float, y: torch.Tensor, f: torch.Tensor, h: float) -> torch.Tensor:
+    def at(t: float, c: float, h: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``z -> f(t + c h, z)`` as the step evaluates it."""
+        ts, side = sided(t, c, h)
+        return lambda z: problem(ts, z, side)
+
+    def jacobian(t: float, c: float, y: torch.Tensor, f: torch.Tensor, h: float) -> torch.Tensor:
+        """``J = df/dy`` at ``(t + c h, y)`` (the time on the side the step evaluates it); ``f = f(t + c h, y)``."""
         stats.n_jac_evals += 1
-        tt = problem.time(t)
+        ts, side = sided(t, c, h)
         if jac is not None:
-            return callable_linearisation(jac, f_tensor, tt, y, f, batch_dims, h, problem.unflatten, user_shape).J
+            return checked_jacobian(jac, problem.time(ts, side), y, batch_dims, problem.unflatten, user_shape)
         create_graph = torch.is_grad_enabled() and (y.requires_grad or f.requires_grad)
+        # Only J is needed, not df/dt: the linearisation gets the evaluation with its time fixed (it ignores
+        # its time argument; time_dependent=False: no forward-mode pass for df/dt).
         J = autograd_linearisation(
-            f_tensor, tt, y, batch_dims, check_coupling=not checked["done"], create_graph=create_graph
+            lambda _tt, z: problem(ts, z, side),
+            problem.time(ts, side),
+            y,
+            batch_dims,
+            check_coupling=not checked["done"],
+            create_graph=create_graph,
+            time_dependent=False,
         ).J
         checked["done"] = True
         return J
@@ -192,7 +222,7 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
             y + h * sum(tab.A[i][j] * K[j] for j in range(s) if tab.A[i][j] != 0.0) if any(tab.A[i]) else y
             for i in range(s)
         ]
-        F = [f0 if not any(tab.A[i]) else func(t + tab.c[i] * h, Z[i]) for i in range(s)]
+        F = [f0 if not any(tab.A[i]) else at(t, tab.c[i], h)(Z[i]) for i in range(s)]
         return Z, F
 
     def factor(Js: torch.Tensor, h: float, t: float):
@@ -216,8 +246,8 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
 
     def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
         if f0 is None:
-            f0 = func(t_f0, y)
-        J0 = jacobian(t, y, f0, h)
+            f0 = at(t_f0, 0.0, h)(y)
+        J0 = jacobian(t, 0.0, y, f0, h)
         B, n = J0.shape[0], J0.shape[-1]
         tol = torch.finfo(y.dtype).eps ** 0.75
         scale = 1.0 + float(y.detach().abs().max())
@@ -232,7 +262,7 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
                 Z, F = stages(t, y, f0, h, K)
                 if full:
                     Js = torch.stack(
-                        [J0 if not any(tab.A[i]) else jacobian(t + tab.c[i] * h, Z[i], F[i], h) for i in range(s)],
+                        [J0 if not any(tab.A[i]) else jacobian(t, tab.c[i], Z[i], F[i], h) for i in range(s)],
                         dim=1,
                     )
                     LU = factor(Js, h, t)

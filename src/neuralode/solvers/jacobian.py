@@ -180,6 +180,41 @@ def _evaluate_with_time_tangent(func, tt: torch.Tensor, yv: torch.Tensor):
         return func(tv, yv), None, tv
 
 
+def _check_independent_of_y(func, tt: torch.Tensor, y: torch.Tensor, f: torch.Tensor) -> None:
+    """Raise unless ``f = func(tt, y)``, whose autograd graph does not reach ``y``, is independent of ``y``.
+
+    An output with no autograd path to ``y`` is one of two things that autograd cannot tell apart:
+
+    * ``func`` does not depend on ``y`` (a forcing ``f(t)``, a constant): ``J = 0`` exactly;
+    * ``func`` depends on ``y`` through something autograd does not follow (``y.detach()``, ``y.item()``,
+      a NumPy round trip, ``torch.no_grad`` inside ``func``): ``J`` is not zero, and a zero ``J`` would
+      make the Newton iterations of the implicit methods and the Rosenbrock stages silently wrong.
+
+    One more evaluation tells them apart: ``func`` at ``y + d``, with ``d`` a fixed pseudo-random direction
+    of forward-difference size (``sqrt(eps) (1 + |y|)`` per component). An unchanged output (bit for bit) is
+    exactly what a forward-difference Jacobian along ``d`` would find, so ``J = 0`` is taken; a changed one
+    raises. A dependence that cancels along ``d`` or hides below the rounding of that step would go
+    unnoticed; a random direction makes the first a coincidence. torchdiffeq (0.2.5 and its development
+    version) forms no Jacobian by autograd: its fixed-grid implicit methods iterate Broyden's method from
+    ``J = 0``, which needs no graph, so a ``y``-independent ``func`` works there too.
+    """
+    gen = torch.Generator().manual_seed(0x5EED)
+    d = torch.rand(y.shape, generator=gen, dtype=torch.float64).add_(0.5).to(y.device, y.real.dtype)  # in [0.5, 1.5)
+    yd = y.detach()
+    step = math.sqrt(torch.finfo(y.dtype).eps)
+    with torch.no_grad():
+        f_probe = func(tt.detach(), yd + step * (1.0 + yd.abs()) * d)
+    same = isinstance(f_probe, torch.Tensor) and f_probe.shape == f.shape
+    if same and torch.equal(torch.nan_to_num(f_probe), torch.nan_to_num(f.detach())):
+        return
+    raise TypeError(
+        "options['jacobian']: func(t, y) is not differentiable by autograd with respect to y: its output changes "
+        "with y but has no autograd graph to y (y.detach(), y.item(), a NumPy round trip or torch.no_grad() "
+        "inside func), so its Jacobian cannot be computed; pass options={'jacobian': jac} with jac(t, y) "
+        "returning the Jacobian, or make func use torch operations on y."
+    )
+
+
 def autograd_linearisation(
     func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     tt: torch.Tensor,
@@ -215,8 +250,11 @@ def autograd_linearisation(
     (``B = 1``, rodas5p, rtol 1e-6) it was ~0.35 ms of the ~1.6 ms that each Jacobian took. The returned
     ``f`` lets a caller reuse this evaluation as the step's ``f0``.
 
+    A ``func`` whose output has no autograd path to ``y`` gets ``J = 0`` when it does not depend on ``y``
+    (one more evaluation shows it; see :func:`_check_independent_of_y`).
+
     Raises:
-        TypeError: when ``func``'s output is not differentiable with respect to ``y``.
+        TypeError: when ``func``'s output depends on ``y`` but has no autograd graph to it.
         ValueError: when ``check_coupling`` finds samples that depend on each other.
     """
     B, n = batch_shape(y.shape, batch_dims)
@@ -228,18 +266,19 @@ def autograd_linearisation(
             f, f_t, tv = func(tr, yv), None, None
         else:
             f, f_t, tv = _evaluate_with_time_tangent(func, tt, yv)
-        if not (isinstance(f, torch.Tensor) and f.requires_grad):
-            raise TypeError(
-                "options['jacobian']: func(t, y) is not differentiable by autograd with respect to y, so its "
-                "Jacobian cannot be computed; pass options={'jacobian': jac} with jac(t, y) returning the "
-                "Jacobian, or make func use torch operations."
-            )
+        if not isinstance(f, torch.Tensor):
+            raise TypeError(f"func(t, y) must return a torch.Tensor; got {type(f).__name__}.")
         probe = check_coupling and B > 1
         rows = n + probe
-        cot = _cotangents(n, B, probe, y.shape, y.dtype, y.device)  # (rows, *y.shape)
-        inputs = (yv, tr) if reverse_t else (yv,)
-        G, *G_t = batched_vjp(f, inputs, cot, retain_graph=not reverse_t, create_graph=create_graph)
+        if f.requires_grad:
+            cot = _cotangents(n, B, probe, y.shape, y.dtype, y.device)  # (rows, *y.shape)
+            inputs = (yv, tr) if reverse_t else (yv,)
+            G, *G_t = batched_vjp(f, inputs, cot, retain_graph=not reverse_t, create_graph=create_graph)
+        else:  # no graph at all: f depends on neither y, t nor a parameter that autograd follows
+            G, G_t, tv = None, [None], None
         if G is None:
+            # No autograd path from y to f: J = 0 if f does not depend on y, else an error (see below).
+            _check_independent_of_y(func, tt, y, f)
             G = torch.zeros(rows, *y.shape, dtype=y.dtype, device=y.device)
         G = G.reshape(rows, B, n)
         if rows > n and bool((G[n, 1:] != 0).any()):
@@ -256,7 +295,7 @@ def autograd_linearisation(
                     func, tt, y, batch_dims, check_coupling=False, create_graph=False, time_dependent=True
                 )
             f_t = G_t[0][:n].reshape(y.shape)  # (rows,) = (n,): d f_j / dt
-        if tv is not None:
+        if tv is not None and f.requires_grad:
             f_t = _time_derivative(f, tv, yv, create_graph)
     if not create_graph:
         J = J.detach()
@@ -265,19 +304,15 @@ def autograd_linearisation(
     return Linearisation(J, f_t)
 
 
-def callable_linearisation(
+def checked_jacobian(
     jac: Callable,
-    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     tt: torch.Tensor,
     y: torch.Tensor,
-    f0: torch.Tensor,
     batch_dims: int,
-    h_scale: float,
     unflatten: Callable,
     user_shape: tuple[int, ...],
-) -> Linearisation:
-    """The user's ``jac(t, y)``, checked, as ``(B, n, n)`` blocks; ``df/dt`` by autograd where ``func`` allows
-    it (one evaluation of ``func``), else by a forward difference (two).
+) -> torch.Tensor:
+    """The user's ``jac(tt, y)`` as ``(B, n, n)`` blocks, checked.
 
     Raises:
         TypeError, ValueError: when ``jac`` returns something other than a tensor of shape ``(B, n, n)``
@@ -299,7 +334,27 @@ def callable_linearisation(
         raise TypeError(
             f"options['jacobian'] callable returned dtype {J.dtype}; it must return the state's dtype {y.dtype}."
         )
-    J = J.reshape(B, n, n)
+    return J.reshape(B, n, n)
+
+
+def callable_linearisation(
+    jac: Callable,
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tt: torch.Tensor,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    batch_dims: int,
+    h_scale: float,
+    unflatten: Callable,
+    user_shape: tuple[int, ...],
+) -> Linearisation:
+    """The user's ``jac(t, y)``, checked (:func:`checked_jacobian`), as ``(B, n, n)`` blocks; ``df/dt`` by
+    autograd where ``func`` allows it (one evaluation of ``func``), else by a forward difference (two).
+
+    Raises:
+        TypeError, ValueError: as :func:`checked_jacobian`.
+    """
+    J = checked_jacobian(jac, tt, y, batch_dims, unflatten, user_shape)
     with torch.enable_grad():
         # One evaluation with t and y traced: a func that autograd can follow gives df/dt (or shows that it
         # ignores t); one it cannot (its output needs no grad) gets a forward difference instead.

@@ -481,7 +481,8 @@ def integrate(
         """The stages of a step ending at ``t_end``, those at its end evaluated just before it
         (one unit of the time dtype ``func`` receives, so it holds in float32 too): a step onto a
         jump of ``func`` must see the side it comes from, and so must every step with
-        ``options['perturb']``, as in torchdiffeq."""
+        ``options['perturb']``, as in torchdiffeq. ``stage.where(s)`` is ``(time, side)`` of the
+        evaluation at ``s``, for steppers that evaluate ``func`` there otherwise (a Jacobian)."""
         t_in = math.nextafter(t_end, -towards)  # catches t + h rounding to either side of t_end
 
         def stage(s: float, x: torch.Tensor) -> torch.Tensor:
@@ -489,6 +490,7 @@ def integrate(
                 return problem(t_end, x, -1)
             return problem(s, x)
 
+        stage.where = lambda s: (t_end, -1) if (s - t_in) * direction >= 0 else (s, 0)
         return stage
 
     guard = 0.0
@@ -627,8 +629,9 @@ def integrate(
             or dense is not None
             or (i_out < n_out and times[i_out] != t1 and (times[i_out] - t1) * direction < 0)
         ):
+            end_side = -1 if (jump_here or perturb) else 0  # f(t1, y1) from inside the step, as its stages
             interp = _Interpolant(
-                interp_kind, problem, tableau, t, y, f0, h, step, f1, t1, -1 if jump_here else 0, stage_func, s.f0_side
+                interp_kind, problem, tableau, t, y, f0, h, step, f1, t1, end_side, stage_func, s.f0_side
             )
         else:
             interp = None

@@ -109,7 +109,9 @@ class FixedOptions:
         perturb: as torchdiffeq's option: every step evaluates its first stage one unit of the
             time dtype after its start and its stages at the end one unit before it, so a
             ``func`` with a discontinuity at a grid point sees each side from its own step; a
-            ``func`` taking a ``perturb`` keyword is told which (``neuralode.Perturb``).
+            ``func`` taking a ``perturb`` keyword is told which (``neuralode.Perturb``). The
+            implicit methods' Jacobians and Newton iterations, and ``interp="cubic"``'s
+            ``f(t1, y1)``, are evaluated on the step's side too.
         compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`; on a fixed
             grid ``compile_steps`` steps are compiled as one graph (see
             :mod:`neuralode.solvers.compiled_chunks`).

@@ -51,7 +51,7 @@ import torch
 from .errors import SolverError
 from .loop import check_accumulation, coincident_resets_error
 from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
-from .problem import _Problem, changed_in_place, watches_versions
+from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
 from .stepper import _plan, combined_error_ratio
 from .tableau import ButcherTableau
@@ -1079,6 +1079,7 @@ def solve_per_sample(
         ``t[i, j]``), ``ts`` the ``t`` passed in and :class:`PerSampleStats` (``(B,)`` counters).
     """
     check_options(opts)
+    check_step_callbacks(func, tableau, per_sample=True)
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
     B = check_batch_state(parts, is_tuple)

@@ -60,6 +60,7 @@ from .per_sample import (
     interp_kind,
     solve_per_sample,
 )
+from .problem import check_step_callbacks
 from .solution import Solution
 from .tableau import get_tableau
 
@@ -251,6 +252,7 @@ def solve_adjoint_per_sample(
     adj_opts["per_sample"] = opts.per_sample
     adj_opts = _parse_options(adj_opts, adj_tableau)
     check_options(adj_opts)
+    check_step_callbacks(func, adj_tableau, per_sample=True, adjoint=True)
 
     def aug_tol(name, tol):
         v = _tolerance(name, tol, parts, layout)

@@ -10,7 +10,9 @@ ratio the controller needs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
+import warnings
 from array import array
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -45,6 +47,89 @@ CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
 
 
+def step_callbacks_called(tableau, per_sample: bool = False) -> tuple[tuple[str, ...], str]:
+    """``(names, why)``: the step callbacks a solve with ``tableau`` calls, and why it calls no others.
+
+    An adaptive method calls all three; a fixed-grid method accepts every step and calls only
+    ``callback_step`` (as in torchdiffeq 0.2.5); ``scipy_solver`` and ``options['per_sample']`` call none."""
+    if per_sample:
+        return (), "options['per_sample'] calls no step callbacks"
+    if tableau.name == "scipy_solver":
+        return (), "scipy's solve_ivp takes its steps itself and calls no step callbacks"
+    if tableau.adaptive:
+        return CALLBACK_NAMES, ""
+    return CALLBACK_NAMES[:1], "a fixed-grid method accepts every step and calls only the callback before each step"
+
+
+def adjoint_step_callbacks(func: Callable, tableau) -> list[tuple[str, Callable]]:
+    """``(name, callback)``: ``func``'s ``_adjoint`` step callbacks that the backward solve with ``tableau``
+    calls, under the names the backward dynamics carry them (``callback_step`` for ``callback_step_adjoint``);
+    the others are left off (:func:`check_step_callbacks` warns about them at the adjoint's forward call)."""
+    called, _ = step_callbacks_called(tableau)
+    pairs = [
+        (name, getattr(func, adjoint_name, None)) for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES)
+    ]
+    return [(name, callback) for name, callback in pairs if callback is not None and name in called]
+
+
+def check_step_callbacks(
+    func: Callable, tableau, per_sample: bool = False, adjoint: bool = False
+) -> tuple[Callable | None, ...]:
+    """Check the step callbacks ``func`` defines (its ``_adjoint`` ones with ``adjoint``) against the method.
+
+    torchdiffeq 0.2.5 warns (``UserWarning``) when ``func`` defines callbacks the chosen solver never calls;
+    so does this, naming them, the method and why. A callback that will be called must take
+    ``(t0, y0, dt)``: one that is not callable, or whose signature cannot bind three positional arguments,
+    raises a ``TypeError`` before the solve (torchdiffeq's would fail at its first call, mid-solve).
+
+    Returns:
+        The callbacks the solve calls, in the order of ``CALLBACK_NAMES`` (``None`` where there is none or the
+        method never calls it), for :class:`_Problem`: the attribute look-ups are made once per solve (on an
+        ``nn.Module`` a missing attribute costs ~8 us, its ``__getattr__`` raising).
+
+    Raises:
+        TypeError: for a callback that the method calls and that cannot be called as ``(t0, y0, dt)``.
+    """
+    called, why = step_callbacks_called(tableau, per_sample)
+    names = ADJOINT_CALLBACK_NAMES if adjoint else CALLBACK_NAMES
+    unused = []
+    found: list[Callable | None] = []
+    for loop_name, name in zip(CALLBACK_NAMES, names):
+        callback = getattr(func, name, None)
+        found.append(callback if loop_name in called else None)
+        if callback is None:
+            continue
+        if loop_name not in called:
+            unused.append(name)
+            continue
+        if not callable(callback):
+            raise TypeError(f"func.{name} must be callable as {name}(t0, y0, dt); got {_type_name(callback)}.")
+        try:
+            signature = inspect.signature(callback)
+        except (TypeError, ValueError):  # no signature to read (some builtins): its call will tell
+            continue
+        try:
+            signature.bind(None, None, None)
+        except TypeError:
+            raise TypeError(
+                f"func.{name} must accept three positional arguments (t0, y0, dt); its signature is {signature}. "
+                f"Define it as {name}(t0, y0, dt) (def {name}(self, t0, y0, dt) on a module): t0 and dt are "
+                "0-dim tensors, y0 the state at the step's start."
+            ) from None
+    if unused:
+        listed = ", ".join(f"func.{name}" for name in unused)
+        method = f"adjoint_method {tableau.name!r} (the backward solve)" if adjoint else f"Method {tableau.name!r}"
+        warnings.warn(
+            f"{method} does not call {listed}: {why}"
+            + (f" ({names[0]}). " if called else ". ")
+            + ("It is" if len(unused) == 1 else "They are")
+            + " ignored.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return tuple(found)
+
+
 def changed_in_place(name: str, t: Any) -> ValueError:
     """The error for a user function that changed its input state in place.
 
@@ -69,7 +154,14 @@ def watches_versions(y: torch.Tensor) -> bool:
 class _Problem:
     """Adapts a user ``func`` to the loop: float time in, counted evaluations, tuple flattening."""
 
-    def __init__(self, func: Callable, parts: tuple[torch.Tensor, ...], is_tuple: bool, stats: SolverStats):
+    def __init__(
+        self,
+        func: Callable,
+        parts: tuple[torch.Tensor, ...],
+        is_tuple: bool,
+        stats: SolverStats,
+        callbacks: tuple[Callable | None, ...] | None = None,
+    ):
         self.func = func
         self.parts = parts
         self.is_tuple = is_tuple
@@ -84,8 +176,8 @@ class _Problem:
         self.pass_perturb = False  # call func(t, y, perturb=Perturb...) (options['perturb'])
         self.plain = not is_tuple  # func(t, y) on the flat state as it is; set again by first_call
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
-        # callback_reject_step), each None when func has none.
-        self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES)
+        # callback_reject_step), each None when func has none (given: as check_step_callbacks found them).
+        self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES) if callbacks is None else callbacks
         self.watch = True  # check func's input for in-place changes (set by first_call)
 
     def cache_times(self, values: list[float]) -> None:
