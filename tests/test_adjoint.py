@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralode import odeint, odeint_adjoint, solve, solve_adjoint
+from neuralode import Event, odeint, odeint_adjoint, solve, solve_adjoint
 from neuralode.models import ConcatLinear, ODEBlock, ODEFunc
 
 F64 = torch.float64
@@ -637,3 +637,145 @@ def test_residual_stack_is_euler_and_converges_at_first_order():
     assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])), errors
     slope = np.polyfit(np.log(ns), np.log(errors), 1)[0]
     assert 0.8 <= -slope <= 1.2, (slope, errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. adjoint_params whose graph outlives one evaluation of func (neural CDEs, torchcde's pattern).
+
+
+class SmoothPath:
+    """A control path ``X(t) = Σ_k c_k sin(ω_k t)`` built once from its coefficients ``c (K, C)``.
+
+    As torchcde's interpolations do, it derives what its derivative reads when it is built:
+    ``ω_k c_k`` is one autograd node (saving ``ω``) that every evaluation of ``dX/dt`` goes
+    through, so differentiating one evaluation with respect to ``c`` traverses a graph that
+    outlives it.
+    """
+
+    def __init__(self, coeffs: torch.Tensor):
+        self.omega = torch.arange(1, coeffs.shape[0] + 1, dtype=coeffs.dtype)  # (K,)
+        self.dcoeffs = coeffs * self.omega[:, None]  # (K, C), computed once
+
+    def derivative(self, t: torch.Tensor) -> torch.Tensor:
+        """``dX/dt`` at ``t``: one time, or one per sample (per-sample clocks); ``(n_t, C)``."""
+        return torch.cos(t.reshape(-1, 1) * self.omega) @ self.dcoeffs
+
+
+class CDEFunc(nn.Module):
+    """``dz/dt = tanh(W z + b) dX/dt``, the vector field of a neural CDE (Kidger et al. 2020),
+    ``z (B, H)``, ``W z + b`` read as ``(B, H, C)``."""
+
+    def __init__(self, path: SmoothPath, hidden: int, channels: int, seed: int = 30):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.path, self.hidden, self.channels = path, hidden, channels
+        self.lin = nn.Linear(hidden, hidden * channels).to(F64)
+
+    def forward(self, t, z):
+        g = torch.tanh(self.lin(z)).view(-1, self.hidden, self.channels)
+        return (g * self.path.derivative(t)[:, None, :]).sum(-1)
+
+
+def cde_problem(leaf_param: bool = False):
+    """``(func, x, coeffs, params, batches, t)``: the coefficients are a differentiable function of the
+    data ``x`` (a leaf that requires grad), computed once; func closes over the path built from them.
+    ``leaf_param``: list ``x`` itself in ``params`` instead of ``coeffs`` (the graph is shared all the same)."""
+    torch.manual_seed(31)
+    x = torch.randn(6, 2, dtype=F64, requires_grad=True)  # observations of a 2-channel series
+    # (5, 2): the increments of the series. Their own graph saves no tensor, so a training loop can go
+    # back through it on every iteration without retain_graph (as with plain backpropagation).
+    coeffs = x[1:] - x[:-1]
+    func = CDEFunc(SmoothPath(coeffs), hidden=3, channels=2)
+    params = tuple(func.parameters()) + ((x,) if leaf_param else (coeffs,))
+    batches = [torch.randn(2, 3, dtype=F64) for _ in range(2)]
+    return func, x, coeffs, params, batches, torch.linspace(0.0, 1.0, 3, dtype=F64)
+
+
+def halving(path: SmoothPath) -> Event:
+    """A crossing of ``z_0 = level`` halves ``z_0``; the level is read from the path's derived
+    coefficients, so the event's adjoint goes through their shared node as func's does."""
+    level = 0.35 + 0.01 * path.dcoeffs[0, 0]
+    return Event(
+        lambda s, z: z[..., 0] - level, terminal=False, reset=lambda s, z: torch.cat([0.5 * z[..., :1], z[..., 1:]], -1)
+    )
+
+
+PER_SAMPLE = {"per_sample": True}
+SHARED_GRAPH_MODES = {  # (keywords of both solves, of the adjoint's only, relative tolerance on the gradients)
+    "backsolve": ({}, {}, 1e-6),
+    "interpolating": ({}, dict(adjoint_options={"interpolate": True}), 1e-6),
+    # An implicit backward method: its Jacobian (one batched backward) differentiates func as well.
+    "interpolating-implicit": ({}, dict(adjoint_method="kvaerno5", rtol=1e-7, atol=1e-7), 1e-5),
+    "per-sample": (dict(options=PER_SAMPLE), {}, 1e-6),
+    "per-sample-events": (dict(options=PER_SAMPLE, events=halving), {}, 1e-6),
+}
+
+
+@pytest.mark.parametrize(
+    "mode, leaf_param",
+    [(mode, False) for mode in SHARED_GRAPH_MODES] + [("backsolve", True)],
+    ids=[*SHARED_GRAPH_MODES, "backsolve-leaf"],
+)
+def test_adjoint_params_with_a_graph_shared_between_calls(mode, leaf_param):
+    func, x, coeffs, params, batches, t = cde_problem(leaf_param)
+    both, adjoint_only, tol = SHARED_GRAPH_MODES[mode]
+    if "events" in both:
+        both = dict(both, events=both["events"](func.path))
+    leaves = (x, *func.parameters())
+    names = ["x", "W", "b"]
+
+    def adjoint_loss(z0):
+        kw = dict(method="dopri5", rtol=1e-8, atol=1e-8, adjoint_params=params, **both) | adjoint_only
+        return solve_adjoint(func, z0, t, **kw).ys.pow(2).sum()
+
+    def backprop_loss(z0):
+        return solve(func, z0, t, method="dopri5", rtol=1e-10, atol=1e-10, **both).ys.pow(2).sum()
+
+    # Two training iterations on the same coefficients: a loss summing two solves, then one solve;
+    # one backward each, the gradients accumulating in .grad.
+    (adjoint_loss(batches[0]) + adjoint_loss(batches[1])).backward()
+    adjoint_loss(batches[0]).backward()
+
+    # Backpropagation through the solver, tight. Its graph includes the path's shared node, which
+    # the adjoint's solves must still find intact after it: retained.
+    ref = torch.autograd.grad(2 * backprop_loss(batches[0]) + backprop_loss(batches[1]), leaves, retain_graph=True)
+    for p, r, name in zip(leaves, ref, names):
+        assert_close_rel(p.grad, r, tol, f"{mode}: gradient to {name}")
+
+
+def test_shared_graph_adjoint_keeps_nothing_between_iterations():
+    # The backward solve keeps each evaluation's graph through its vector-Jacobian product
+    # (retain_graph, for the part shared with the coefficients): all of it must be gone when
+    # backward returns, iteration after iteration. What autograd saves is counted alive as in
+    # saved_bytes above, but held detached: a saved output holding its own grad_fn would make a
+    # cycle through the graph that only freeing the saved tensors breaks, so the count would grow
+    # under retain_graph because of the hook itself. Outputs of func are watched by weak references.
+    held: list[weakref.ref] = []
+    outputs: list[weakref.ref] = []
+
+    def pack(x):
+        h = _Held(x.detach())
+        held.append(weakref.ref(h))
+        return h
+
+    def alive() -> int:
+        return sum(ref() is not None for ref in held)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.tensor):
+        func, x, coeffs, params, batches, t = cde_problem()
+        forward = func.forward
+
+        def watched(s, z):
+            out = forward(s, z)
+            outputs.append(weakref.ref(out))
+            return out
+
+        func.forward = watched
+        before = alive()  # the graph of the path's derivative coefficients, shared by every evaluation
+        assert before > 0
+        counts = []
+        for z0 in batches * 2:
+            odeint_adjoint(func, z0, t, rtol=1e-8, atol=1e-8, adjoint_params=params).pow(2).sum().backward()
+            counts.append(alive())
+            assert len(outputs) > 0 and all(ref() is None for ref in outputs)
+    assert counts == [before] * len(counts)

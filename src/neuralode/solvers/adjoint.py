@@ -24,6 +24,20 @@ Design choices:
   This is **on by default** and typically cuts the backward evaluations by a third or more; opt
   out with ``adjoint_options={"norm": "full"}``. torchdiffeq's spelling
   ``adjoint_options={"norm": "seminorm"}`` is accepted too.
+* Every vector-Jacobian product of a backward solve with respect to ``adjoint_params`` (here,
+  in the interpolating adjoint, and in the per-sample adjoint's quadrature and event maps)
+  retains its graph. The path from ``func``'s output to a parameter is not always the
+  evaluation's own: a tensor computed once outside ``func`` and closed over by it (the
+  interpolation coefficients of a neural CDE, torchcde's pattern, whether the listed parameter
+  is that tensor or the leaf it comes from; a weight ``w * mask`` formed once; an event level)
+  puts autograd nodes on it that every evaluation, and every later solve, goes through. Freeing
+  their saved tensors after the first product would make the second fail ("backward through the
+  graph a second time"), so a leaf parameter needs the retaining as much as a non-leaf one.
+  Nothing outlives the evaluation: its own nodes go with its output when the dynamics return,
+  their saved tensors freed then instead of node by node during the product. One product's peak
+  memory grows by at most one evaluation's saved activations, constant in the number of steps;
+  backward times of an MLP adjoint (32-64-64-32, batch 256) stayed within run-to-run noise.
+  torchdiffeq 0.2.5 retains there too.
 * Only the output states are saved for backward: memory does not grow with the number of
   steps (the price is a second solve, backwards, whose ``y`` differs from the forward one by the
   solver's error; at tight tolerances adjoint and backprop gradients agree).
@@ -172,7 +186,10 @@ class _AdjointSolve(torch.autograd.Function):
                 y = y if (stiff_backward and y.requires_grad) else y.detach().requires_grad_(True)
                 f = f_flat(tt, y)
                 if f.requires_grad:
-                    vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True, create_graph=stiff_backward)
+                    # retain_graph: the path to a parameter may be shared (the module docstring).
+                    vjps = torch.autograd.grad(
+                        f, (y, *params), -a, allow_unused=True, retain_graph=True, create_graph=stiff_backward
+                    )
                 else:  # f depends on neither y nor any parameter (e.g. a forcing of t alone)
                     vjps = (None,) * (1 + len(params))
             # The quadratures are carried in the state's dtype (a tuple state has one dtype): a

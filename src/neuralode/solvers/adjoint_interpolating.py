@@ -143,7 +143,8 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
                 f = f_flat(tt, yv)
                 inputs = (yv, *params)
             if f.requires_grad:
-                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, create_graph=probe)
+                # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint's docstring).
+                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
             else:
                 vjps = (None,) * (1 + len(params))
         vjp_params = tuple(
@@ -165,7 +166,9 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
             if not f.requires_grad:
                 return M
             eye = torch.eye(m, dtype=f.dtype, device=f.device).reshape(m, *f.shape)
-            G = torch.autograd.grad(f, (yv, *params), eye, is_grads_batched=True, allow_unused=True)
+            G = torch.autograd.grad(  # retain_graph: as in augmented
+                f, (yv, *params), eye, is_grads_batched=True, allow_unused=True, retain_graph=True
+            )
         if G[0] is not None:
             M[:m, :m] = -G[0].reshape(m, m).T  # d(-Jᵀa)/da = -Jᵀ
         row = m

@@ -118,7 +118,9 @@ class _ParamQuadrature:
             w = torch.where(accept, bj * h, torch.zeros_like(h)).to(a.dtype)[:, None]
             outs.append(f)
             cots.append(-a * w)
-        grads = torch.autograd.grad(outs, self.params, cots, allow_unused=True)
+        # retain_graph: the stage graphs may reach the parameters through nodes that outlive them
+        # (neuralode.solvers.adjoint's docstring); the stages themselves are dropped below.
+        grads = torch.autograd.grad(outs, self.params, cots, allow_unused=True, retain_graph=True)
         for acc, g in zip(self.grads, grads):
             if g is not None:
                 acc.add_(g)
@@ -438,7 +440,11 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
                 cots = [a * mf[:, None], grad_t[ee] * mf, grad_y[ee] * mf[:, None]]
                 keep = [i for i, o in enumerate(outs) if o.requires_grad]
                 grads = torch.autograd.grad(
-                    [outs[i] for i in keep], (ye, *params), [cots[i] for i in keep], allow_unused=True
+                    [outs[i] for i in keep],
+                    (ye, *params),
+                    [cots[i] for i in keep],
+                    allow_unused=True,
+                    retain_graph=True,  # as in _ParamQuadrature.end
                 )
             for acc, g in zip(quad.grads, grads[1:]):
                 if g is not None:
