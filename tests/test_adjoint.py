@@ -485,6 +485,112 @@ def test_bad_norm_raises():
     assert type(info.value) is ValueError
 
 
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """The root mean square, rounded as the solver's own RMS norm is."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def seminorm_runs(adjoint_options, interpolate: bool):
+    """Backward NFE, accepted and rejected steps, and gradients of a 3-output solve with ``adjoint_options``."""
+    func = TimeMLP(dim=3, hidden=8, seed=23)
+    torch.manual_seed(24)
+    y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 3, dtype=F64)
+    options = dict(adjoint_options or {}, interpolate=interpolate)
+    sol = solve_adjoint(func, y0, t, rtol=1e-6, atol=1e-8, adjoint_options=options)
+    grads = torch.autograd.grad(sol.ys.pow(2).sum(), (y0, *func.parameters()))
+    stats = sol.adjoint_stats
+    return (stats.nfe, stats.n_accepted, stats.n_rejected), grads
+
+
+@pytest.mark.parametrize("interpolate", [False, True], ids=["backsolve", "interpolating"])
+def test_norm_in_torchdiffeqs_form_reproduces_the_seminorm(interpolate):
+    # adjoint_options["norm"] is called as torchdiffeq calls it: norm((t, y, adj_y, *adj_params)).
+    # max(RMS(y), RMS(adj_y)) written that way is the default seminorm (over (y, a) for the
+    # backsolve; over a alone when interpolating, where the y entry is zero): the same steps and
+    # the same gradients, to the bit. So is the backward state's own norm, augmented_norm.
+    default = seminorm_runs(None, interpolate)
+    written_for_torchdiffeq = seminorm_runs({"norm": lambda s: torch.maximum(rms(s[1]), rms(s[2]))}, interpolate)
+    own = (lambda s: rms(s[0])) if interpolate else (lambda s: torch.maximum(rms(s[0]), rms(s[1])))
+    augmented = seminorm_runs({"augmented_norm": own}, interpolate)
+    for name, (counts, grads) in (("norm", written_for_torchdiffeq), ("augmented_norm", augmented)):
+        assert counts == default[0], (name, counts, default[0])
+        for g, d in zip(grads, default[1]):
+            assert torch.equal(g, d), name
+    # The full norm takes more steps: the norm is really used.
+    full = seminorm_runs({"norm": lambda s: max(rms(x) for x in s)}, interpolate)
+    assert full[0][0] > default[0][0]
+
+
+class TupleDecay(nn.Module):
+    """A (3,) and a (2, 2) state, each decaying at a learned rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor([0.5, 1.5], dtype=F64))
+        self.w = nn.Parameter(torch.ones(7, dtype=F64))
+
+    def forward(self, t, state):
+        a, b = state
+        return -self.k[0] * a * self.w[:3], -self.k[1] * b + 0.1 * self.w[3:].view(2, 2)
+
+
+@pytest.mark.parametrize("interpolate", [False, True], ids=["backsolve", "interpolating"])
+@pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
+def test_norm_receives_torchdiffeqs_tuple(tuple_state, interpolate):
+    func = TupleDecay()
+    y0 = (torch.ones(3, dtype=F64), torch.full((2, 2), 0.5, dtype=F64))
+    if not tuple_state:
+        y0 = torch.ones((), dtype=F64)
+        func = lambda t, y: -func_k * y  # noqa: E731
+    func_k = nn.Parameter(torch.tensor(0.7, dtype=F64))
+    params = tuple(func.parameters()) if tuple_state else (func_k,)
+    shapes = [()] + 2 * [tuple(p.shape) for p in (y0 if tuple_state else (y0,))] + [tuple(p.shape) for p in params]
+    seen = []
+
+    def norm(state):
+        assert isinstance(state, tuple)
+        seen.append(state)
+        return max(x.abs().max() for x in state)
+
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = odeint_adjoint(func, y0, t, adjoint_params=params, adjoint_options={"norm": norm, "interpolate": interpolate})
+    sum(y.sum() for y in (ys if tuple_state else (ys,))).backward()
+    assert seen and all([tuple(x.shape) for x in state] == shapes for state in seen)
+    assert all(state[0].dtype == F64 and float(state[0]) == 0.0 for state in seen)  # dL/dt_0 is not integrated
+    n_y = 2 if tuple_state else 1
+    ys_zero = all(float(x.abs().max()) == 0.0 for state in seen for x in state[1 : 1 + n_y])
+    assert ys_zero == interpolate  # y is read from the forward solve, not integrated, when interpolating
+
+
+def test_norm_written_for_the_backward_state_is_told_of_augmented_norm():
+    func = mlp(2, 4)
+    y0 = torch.ones(3, 2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    kw = dict(adjoint_params=tuple(func.parameters()))
+    ys = odeint_adjoint(
+        lambda s, y: func(y), y0, t, adjoint_options={"norm": lambda s: torch.cat(s[:2]).abs().max()}, **kw
+    )
+    with pytest.raises(RuntimeError, match=r"adjoint_options\['augmented_norm'\]") as info:
+        ys.sum().backward()
+    message = str(info.value)
+    assert "adjoint_options['norm'] failed (RuntimeError: " in message
+    assert "(t, y, adj_y, *adj_params), t of shape ()" in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+    def both():
+        odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_options={"norm": rms, "augmented_norm": rms}, **kw)
+
+    with pytest.raises(ValueError, match="both 'norm' and 'augmented_norm'"):
+        both()
+    with pytest.raises(TypeError, match=r"adjoint_options\['augmented_norm'\] must be callable .* got str"):
+        odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_options={"augmented_norm": "rms"}, **kw)
+    with pytest.raises(ValueError, match=r"adjoint_options\['augmented_norm'\] is not supported with .*per_sample"):
+        odeint_adjoint(
+            lambda s, y: func(y), y0, t, options={"per_sample": True}, adjoint_options={"augmented_norm": rms}, **kw
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # 6-7. NFE counters and statistics.
 

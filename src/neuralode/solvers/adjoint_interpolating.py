@@ -68,15 +68,10 @@ from __future__ import annotations
 
 import torch
 
-from .adjoint import _rms, interval_options, sweep_intervals
+from .adjoint import interval_options, sweep_intervals
 from .api import _method, solve
 from .options import time_dtype
 from .problem import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
-
-
-def seminorm_a(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The seminorm of the interpolating adjoint: state = (a, *gθ), only ``a`` steers the step."""
-    return _rms(state[0])
 
 
 def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:

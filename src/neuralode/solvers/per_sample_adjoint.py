@@ -244,6 +244,11 @@ def solve_adjoint_per_sample(
     adj_opts = (
         {k: v for k, v in (options or {}).items() if k != "norm"} if adjoint_options is None else dict(adjoint_options)
     )
+    if "augmented_norm" in adj_opts:
+        raise ValueError(
+            "adjoint_options['augmented_norm'] is not supported with options['per_sample'] (its backward "
+            "solve always uses the seminorm: the parameter gradient is not part of the stepped state); remove it."
+        )
     if adj_opts.pop("norm", "seminorm") != "seminorm":
         raise ValueError(
             "adjoint_options['norm'] must be 'seminorm' with options['per_sample'] (the parameter "
