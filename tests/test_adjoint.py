@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralode import odeint, odeint_adjoint, solve, solve_adjoint
+from neuralode import Event, odeint, odeint_adjoint, solve, solve_adjoint
 from neuralode.models import ConcatLinear, ODEBlock, ODEFunc
 
 F64 = torch.float64
@@ -485,6 +485,112 @@ def test_bad_norm_raises():
     assert type(info.value) is ValueError
 
 
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """The root mean square, rounded as the solver's own RMS norm is."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def seminorm_runs(adjoint_options, interpolate: bool):
+    """Backward NFE, accepted and rejected steps, and gradients of a 3-output solve with ``adjoint_options``."""
+    func = TimeMLP(dim=3, hidden=8, seed=23)
+    torch.manual_seed(24)
+    y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 3, dtype=F64)
+    options = dict(adjoint_options or {}, interpolate=interpolate)
+    sol = solve_adjoint(func, y0, t, rtol=1e-6, atol=1e-8, adjoint_options=options)
+    grads = torch.autograd.grad(sol.ys.pow(2).sum(), (y0, *func.parameters()))
+    stats = sol.adjoint_stats
+    return (stats.nfe, stats.n_accepted, stats.n_rejected), grads
+
+
+@pytest.mark.parametrize("interpolate", [False, True], ids=["backsolve", "interpolating"])
+def test_norm_in_torchdiffeqs_form_reproduces_the_seminorm(interpolate):
+    # adjoint_options["norm"] is called as torchdiffeq calls it: norm((t, y, adj_y, *adj_params)).
+    # max(RMS(y), RMS(adj_y)) written that way is the default seminorm (over (y, a) for the
+    # backsolve; over a alone when interpolating, where the y entry is zero): the same steps and
+    # the same gradients, to the bit. So is the backward state's own norm, augmented_norm.
+    default = seminorm_runs(None, interpolate)
+    written_for_torchdiffeq = seminorm_runs({"norm": lambda s: torch.maximum(rms(s[1]), rms(s[2]))}, interpolate)
+    own = (lambda s: rms(s[0])) if interpolate else (lambda s: torch.maximum(rms(s[0]), rms(s[1])))
+    augmented = seminorm_runs({"augmented_norm": own}, interpolate)
+    for name, (counts, grads) in (("norm", written_for_torchdiffeq), ("augmented_norm", augmented)):
+        assert counts == default[0], (name, counts, default[0])
+        for g, d in zip(grads, default[1]):
+            assert torch.equal(g, d), name
+    # The full norm takes more steps: the norm is really used.
+    full = seminorm_runs({"norm": lambda s: max(rms(x) for x in s)}, interpolate)
+    assert full[0][0] > default[0][0]
+
+
+class TupleDecay(nn.Module):
+    """A (3,) and a (2, 2) state, each decaying at a learned rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor([0.5, 1.5], dtype=F64))
+        self.w = nn.Parameter(torch.ones(7, dtype=F64))
+
+    def forward(self, t, state):
+        a, b = state
+        return -self.k[0] * a * self.w[:3], -self.k[1] * b + 0.1 * self.w[3:].view(2, 2)
+
+
+@pytest.mark.parametrize("interpolate", [False, True], ids=["backsolve", "interpolating"])
+@pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
+def test_norm_receives_torchdiffeqs_tuple(tuple_state, interpolate):
+    func = TupleDecay()
+    y0 = (torch.ones(3, dtype=F64), torch.full((2, 2), 0.5, dtype=F64))
+    if not tuple_state:
+        y0 = torch.ones((), dtype=F64)
+        func = lambda t, y: -func_k * y  # noqa: E731
+    func_k = nn.Parameter(torch.tensor(0.7, dtype=F64))
+    params = tuple(func.parameters()) if tuple_state else (func_k,)
+    shapes = [()] + 2 * [tuple(p.shape) for p in (y0 if tuple_state else (y0,))] + [tuple(p.shape) for p in params]
+    seen = []
+
+    def norm(state):
+        assert isinstance(state, tuple)
+        seen.append(state)
+        return max(x.abs().max() for x in state)
+
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = odeint_adjoint(func, y0, t, adjoint_params=params, adjoint_options={"norm": norm, "interpolate": interpolate})
+    sum(y.sum() for y in (ys if tuple_state else (ys,))).backward()
+    assert seen and all([tuple(x.shape) for x in state] == shapes for state in seen)
+    assert all(state[0].dtype == F64 and float(state[0]) == 0.0 for state in seen)  # dL/dt_0 is not integrated
+    n_y = 2 if tuple_state else 1
+    ys_zero = all(float(x.abs().max()) == 0.0 for state in seen for x in state[1 : 1 + n_y])
+    assert ys_zero == interpolate  # y is read from the forward solve, not integrated, when interpolating
+
+
+def test_norm_written_for_the_backward_state_is_told_of_augmented_norm():
+    func = mlp(2, 4)
+    y0 = torch.ones(3, 2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    kw = dict(adjoint_params=tuple(func.parameters()))
+    ys = odeint_adjoint(
+        lambda s, y: func(y), y0, t, adjoint_options={"norm": lambda s: torch.cat(s[:2]).abs().max()}, **kw
+    )
+    with pytest.raises(RuntimeError, match=r"adjoint_options\['augmented_norm'\]") as info:
+        ys.sum().backward()
+    message = str(info.value)
+    assert "adjoint_options['norm'] failed (RuntimeError: " in message
+    assert "(t, y, adj_y, *adj_params), t of shape ()" in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+    def both():
+        odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_options={"norm": rms, "augmented_norm": rms}, **kw)
+
+    with pytest.raises(ValueError, match="both 'norm' and 'augmented_norm'"):
+        both()
+    with pytest.raises(TypeError, match=r"adjoint_options\['augmented_norm'\] must be callable .* got str"):
+        odeint_adjoint(lambda s, y: func(y), y0, t, adjoint_options={"augmented_norm": "rms"}, **kw)
+    with pytest.raises(ValueError, match=r"adjoint_options\['augmented_norm'\] is not supported with .*per_sample"):
+        odeint_adjoint(
+            lambda s, y: func(y), y0, t, options={"per_sample": True}, adjoint_options={"augmented_norm": rms}, **kw
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # 6-7. NFE counters and statistics.
 
@@ -637,3 +743,145 @@ def test_residual_stack_is_euler_and_converges_at_first_order():
     assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])), errors
     slope = np.polyfit(np.log(ns), np.log(errors), 1)[0]
     assert 0.8 <= -slope <= 1.2, (slope, errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. adjoint_params whose graph outlives one evaluation of func (neural CDEs, torchcde's pattern).
+
+
+class SmoothPath:
+    """A control path ``X(t) = Σ_k c_k sin(ω_k t)`` built once from its coefficients ``c (K, C)``.
+
+    As torchcde's interpolations do, it derives what its derivative reads when it is built:
+    ``ω_k c_k`` is one autograd node (saving ``ω``) that every evaluation of ``dX/dt`` goes
+    through, so differentiating one evaluation with respect to ``c`` traverses a graph that
+    outlives it.
+    """
+
+    def __init__(self, coeffs: torch.Tensor):
+        self.omega = torch.arange(1, coeffs.shape[0] + 1, dtype=coeffs.dtype)  # (K,)
+        self.dcoeffs = coeffs * self.omega[:, None]  # (K, C), computed once
+
+    def derivative(self, t: torch.Tensor) -> torch.Tensor:
+        """``dX/dt`` at ``t``: one time, or one per sample (per-sample clocks); ``(n_t, C)``."""
+        return torch.cos(t.reshape(-1, 1) * self.omega) @ self.dcoeffs
+
+
+class CDEFunc(nn.Module):
+    """``dz/dt = tanh(W z + b) dX/dt``, the vector field of a neural CDE (Kidger et al. 2020),
+    ``z (B, H)``, ``W z + b`` read as ``(B, H, C)``."""
+
+    def __init__(self, path: SmoothPath, hidden: int, channels: int, seed: int = 30):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.path, self.hidden, self.channels = path, hidden, channels
+        self.lin = nn.Linear(hidden, hidden * channels).to(F64)
+
+    def forward(self, t, z):
+        g = torch.tanh(self.lin(z)).view(-1, self.hidden, self.channels)
+        return (g * self.path.derivative(t)[:, None, :]).sum(-1)
+
+
+def cde_problem(leaf_param: bool = False):
+    """``(func, x, coeffs, params, batches, t)``: the coefficients are a differentiable function of the
+    data ``x`` (a leaf that requires grad), computed once; func closes over the path built from them.
+    ``leaf_param``: list ``x`` itself in ``params`` instead of ``coeffs`` (the graph is shared all the same)."""
+    torch.manual_seed(31)
+    x = torch.randn(6, 2, dtype=F64, requires_grad=True)  # observations of a 2-channel series
+    # (5, 2): the increments of the series. Their own graph saves no tensor, so a training loop can go
+    # back through it on every iteration without retain_graph (as with plain backpropagation).
+    coeffs = x[1:] - x[:-1]
+    func = CDEFunc(SmoothPath(coeffs), hidden=3, channels=2)
+    params = tuple(func.parameters()) + ((x,) if leaf_param else (coeffs,))
+    batches = [torch.randn(2, 3, dtype=F64) for _ in range(2)]
+    return func, x, coeffs, params, batches, torch.linspace(0.0, 1.0, 3, dtype=F64)
+
+
+def halving(path: SmoothPath) -> Event:
+    """A crossing of ``z_0 = level`` halves ``z_0``; the level is read from the path's derived
+    coefficients, so the event's adjoint goes through their shared node as func's does."""
+    level = 0.35 + 0.01 * path.dcoeffs[0, 0]
+    return Event(
+        lambda s, z: z[..., 0] - level, terminal=False, reset=lambda s, z: torch.cat([0.5 * z[..., :1], z[..., 1:]], -1)
+    )
+
+
+PER_SAMPLE = {"per_sample": True}
+SHARED_GRAPH_MODES = {  # (keywords of both solves, of the adjoint's only, relative tolerance on the gradients)
+    "backsolve": ({}, {}, 1e-6),
+    "interpolating": ({}, dict(adjoint_options={"interpolate": True}), 1e-6),
+    # An implicit backward method: its Jacobian (one batched backward) differentiates func as well.
+    "interpolating-implicit": ({}, dict(adjoint_method="kvaerno5", rtol=1e-7, atol=1e-7), 1e-5),
+    "per-sample": (dict(options=PER_SAMPLE), {}, 1e-6),
+    "per-sample-events": (dict(options=PER_SAMPLE, events=halving), {}, 1e-6),
+}
+
+
+@pytest.mark.parametrize(
+    "mode, leaf_param",
+    [(mode, False) for mode in SHARED_GRAPH_MODES] + [("backsolve", True)],
+    ids=[*SHARED_GRAPH_MODES, "backsolve-leaf"],
+)
+def test_adjoint_params_with_a_graph_shared_between_calls(mode, leaf_param):
+    func, x, coeffs, params, batches, t = cde_problem(leaf_param)
+    both, adjoint_only, tol = SHARED_GRAPH_MODES[mode]
+    if "events" in both:
+        both = dict(both, events=both["events"](func.path))
+    leaves = (x, *func.parameters())
+    names = ["x", "W", "b"]
+
+    def adjoint_loss(z0):
+        kw = dict(method="dopri5", rtol=1e-8, atol=1e-8, adjoint_params=params, **both) | adjoint_only
+        return solve_adjoint(func, z0, t, **kw).ys.pow(2).sum()
+
+    def backprop_loss(z0):
+        return solve(func, z0, t, method="dopri5", rtol=1e-10, atol=1e-10, **both).ys.pow(2).sum()
+
+    # Two training iterations on the same coefficients: a loss summing two solves, then one solve;
+    # one backward each, the gradients accumulating in .grad.
+    (adjoint_loss(batches[0]) + adjoint_loss(batches[1])).backward()
+    adjoint_loss(batches[0]).backward()
+
+    # Backpropagation through the solver, tight. Its graph includes the path's shared node, which
+    # the adjoint's solves must still find intact after it: retained.
+    ref = torch.autograd.grad(2 * backprop_loss(batches[0]) + backprop_loss(batches[1]), leaves, retain_graph=True)
+    for p, r, name in zip(leaves, ref, names):
+        assert_close_rel(p.grad, r, tol, f"{mode}: gradient to {name}")
+
+
+def test_shared_graph_adjoint_keeps_nothing_between_iterations():
+    # The backward solve keeps each evaluation's graph through its vector-Jacobian product
+    # (retain_graph, for the part shared with the coefficients): all of it must be gone when
+    # backward returns, iteration after iteration. What autograd saves is counted alive as in
+    # saved_bytes above, but held detached: a saved output holding its own grad_fn would make a
+    # cycle through the graph that only freeing the saved tensors breaks, so the count would grow
+    # under retain_graph because of the hook itself. Outputs of func are watched by weak references.
+    held: list[weakref.ref] = []
+    outputs: list[weakref.ref] = []
+
+    def pack(x):
+        h = _Held(x.detach())
+        held.append(weakref.ref(h))
+        return h
+
+    def alive() -> int:
+        return sum(ref() is not None for ref in held)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.tensor):
+        func, x, coeffs, params, batches, t = cde_problem()
+        forward = func.forward
+
+        def watched(s, z):
+            out = forward(s, z)
+            outputs.append(weakref.ref(out))
+            return out
+
+        func.forward = watched
+        before = alive()  # the graph of the path's derivative coefficients, shared by every evaluation
+        assert before > 0
+        counts = []
+        for z0 in batches * 2:
+            odeint_adjoint(func, z0, t, rtol=1e-8, atol=1e-8, adjoint_params=params).pow(2).sum().backward()
+            counts.append(alive())
+            assert len(outputs) > 0 and all(ref() is None for ref in outputs)
+    assert counts == [before] * len(counts)

@@ -68,15 +68,10 @@ from __future__ import annotations
 
 import torch
 
-from .adjoint import _rms, interval_options, sweep_intervals
+from .adjoint import interval_options, sweep_intervals
 from .api import _method, solve
 from .options import time_dtype
 from .problem import adjoint_step_callbacks
-
-
-def seminorm_a(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The seminorm of the interpolating adjoint: state = (a, *gθ), only ``a`` steers the step."""
-    return _rms(state[0])
 
 
 def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
@@ -143,7 +138,8 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
                 f = f_flat(tt, yv)
                 inputs = (yv, *params)
             if f.requires_grad:
-                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, create_graph=probe)
+                # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint's docstring).
+                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
             else:
                 vjps = (None,) * (1 + len(params))
         vjp_params = tuple(
@@ -165,7 +161,9 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
             if not f.requires_grad:
                 return M
             eye = torch.eye(m, dtype=f.dtype, device=f.device).reshape(m, *f.shape)
-            G = torch.autograd.grad(f, (yv, *params), eye, is_grads_batched=True, allow_unused=True)
+            G = torch.autograd.grad(  # retain_graph: as in augmented
+                f, (yv, *params), eye, is_grads_batched=True, allow_unused=True, retain_graph=True
+            )
         if G[0] is not None:
             M[:m, :m] = -G[0].reshape(m, m).T  # d(-Jᵀa)/da = -Jᵀ
         row = m

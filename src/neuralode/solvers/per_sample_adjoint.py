@@ -119,7 +119,9 @@ class _ParamQuadrature:
             w = torch.where(accept, bj * h, torch.zeros_like(h)).to(a.dtype)[:, None]
             outs.append(f)
             cots.append(-a * w)
-        grads = torch.autograd.grad(outs, self.params, cots, allow_unused=True)
+        # retain_graph: the stage graphs may reach the parameters through nodes that outlive them
+        # (neuralode.solvers.adjoint's docstring); the stages themselves are dropped below.
+        grads = torch.autograd.grad(outs, self.params, cots, allow_unused=True, retain_graph=True)
         for acc, g in zip(self.grads, grads):
             if g is not None:
                 acc.add_(g)
@@ -243,6 +245,11 @@ def solve_adjoint_per_sample(
     adj_opts = (
         {k: v for k, v in (options or {}).items() if k != "norm"} if adjoint_options is None else dict(adjoint_options)
     )
+    if "augmented_norm" in adj_opts:
+        raise ValueError(
+            "adjoint_options['augmented_norm'] is not supported with options['per_sample'] (its backward "
+            "solve always uses the seminorm: the parameter gradient is not part of the stepped state); remove it."
+        )
     if adj_opts.pop("norm", "seminorm") != "seminorm":
         raise ValueError(
             "adjoint_options['norm'] must be 'seminorm' with options['per_sample'] (the parameter "
@@ -440,7 +447,11 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
                 cots = [a * mf[:, None], grad_t[ee] * mf, grad_y[ee] * mf[:, None]]
                 keep = [i for i, o in enumerate(outs) if o.requires_grad]
                 grads = torch.autograd.grad(
-                    [outs[i] for i in keep], (ye, *params), [cots[i] for i in keep], allow_unused=True
+                    [outs[i] for i in keep],
+                    (ye, *params),
+                    [cots[i] for i in keep],
+                    allow_unused=True,
+                    retain_graph=True,  # as in _ParamQuadrature.end
                 )
             for acc, g in zip(quad.grads, grads[1:]):
                 if g is not None:
