@@ -495,3 +495,69 @@ def test_adjoint_with_adjoint_params_program():
         grads[lib.__name__] = torch.autograd.grad(ys.pow(2).sum(), (y0, *params))
     for a, b in zip(grads["neuralode"], grads["torchdiffeq"]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+# ---- torchdiffeq._impl imports and min_step
+
+
+def _stiffish(t, y):
+    """dy/dt = -50 (y - cos t): dopri5 is stable only for steps below about 3.3 / 50 = 0.066, and at
+    rtol = 1e-7 the error test wants steps far below the min_step used here. ``t`` is a scalar, or a
+    ``(B,)`` tensor of per-sample times."""
+    c = torch.cos(t)
+    return -50.0 * (y - (c[:, None] if c.dim() else c))
+
+
+def test_at_min_step_accept_reproduces_torchdiffeq():
+    y0 = torch.zeros(1, dtype=F64)
+    t = torch.linspace(0, 1, 7, dtype=F64)
+    peer = torchdiffeq.odeint(_stiffish, y0, t, method="dopri5", options={"min_step": 0.05})
+    with pytest.warns(RuntimeWarning, match=r"at_min_step.*accepted with an error estimate above") as record:
+        sol = solve(_stiffish, y0, t, method="dopri5", options={"min_step": 0.05, "at_min_step": "accept"})
+    assert len(record) == 1  # once per solve, not once per step
+    # Every step is forced at min_step in both libraries (20 of 0.05 over [0, 1]), so the two agree to
+    # rounding; both are far from the solution (0.5569...), as a step at min_step promises nothing.
+    assert int(sol.stats.n_accepted) == 20 and int(sol.stats.n_rejected) == 0
+    torch.testing.assert_close(sol.ys, peer, rtol=1e-12, atol=1e-14)
+
+
+def test_at_min_step_default_raises_where_torchdiffeq_accepts():
+    y0 = torch.zeros(1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(SolverError) as info:
+        odeint(_stiffish, y0, t, method="dopri5", options={"min_step": 0.5})
+    message = str(info.value)
+    assert message.startswith("Step rejected at the minimum step size (min_step=0.5, error ratio ")
+    assert "at t=0 with dt=0.5" in message and "options['at_min_step']='accept'" in message
+    # torchdiffeq accepts the same steps and returns a number that is off by sixteen orders of magnitude.
+    peer = torchdiffeq.odeint(_stiffish, y0, t, method="dopri5", options={"min_step": 0.5})
+    assert abs(peer[-1].item()) > 1e10
+
+
+def test_step_landing_within_min_step_of_the_end_is_final():
+    """A step stretched to land on the last time (here 0.55 = 1.1 * min_step) cannot be retried any
+    smaller: its rejection raises (or, with 'accept', it is accepted) instead of being tried again
+    until max_num_steps."""
+    y0 = torch.zeros(1, dtype=F64)
+    t = torch.tensor([0.0, 0.55], dtype=F64)
+    options = {"min_step": 0.5, "max_num_steps": 50}
+    with pytest.raises(SolverError, match=r"^Step rejected at the minimum step size .* with dt=0\.55 after 1 steps"):
+        solve(_stiffish, y0, t, method="dopri5", options=options)
+    with pytest.raises(SolverError, match=r"^Step rejected at the minimum step size .*sample 0\)"):
+        solve(_stiffish, y0.expand(2, 1), t, method="dopri5", options={**options, "per_sample": True})
+    with pytest.warns(RuntimeWarning, match="at_min_step"):
+        sol = solve(_stiffish, y0, t, method="dopri5", options={**options, "at_min_step": "accept"})
+    assert (int(sol.stats.n_accepted), int(sol.stats.n_rejected)) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"at_min_step": "clip"}, ValueError, "options['at_min_step'] must be 'error'"),
+        ({"at_min_step": "accept", "per_sample": True}, ValueError, "not available with options['per_sample']"),
+    ],
+)
+def test_at_min_step_bad_values(options, error, text):
+    with pytest.raises(error) as info:
+        odeint(lambda t, y: -y, torch.ones(2, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), options=options)
+    assert text in str(info.value)
