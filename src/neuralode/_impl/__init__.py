@@ -48,17 +48,15 @@ if __name__ != "neuralode._impl":
 
 from . import adjoint as adjoint
 from . import misc as misc
-from . import odeint as odeint
 from . import rk_common as rk_common
 from . import solvers as solvers
 from .adjoint import odeint_adjoint
-from .odeint import odeint as _odeint_function
-from .odeint import odeint_dense, odeint_event
 
 # In torchdiffeq 0.2.5 the package attribute ``_impl.odeint`` is the function (its ``__init__``
 # imports it over the submodule's name), while ``import torchdiffeq._impl.odeint`` finds the module
 # in sys.modules. The same here.
-odeint = _odeint_function  # noqa: F811
+from .odeint import odeint as odeint
+from .odeint import odeint_dense, odeint_event
 
 __all__ = ["install_torchdiffeq_alias", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
 

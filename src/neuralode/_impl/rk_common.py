@@ -130,7 +130,7 @@ def solver_class_tableau(name: str, cls: type) -> ButcherTableau:
     order = getattr(cls, "order", None)
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise TypeError(f"{label}: the class attribute order must be a positive int; got {order!r}.")
-    tb = getattr(cls, "tableau", None)
+    tb: Any = getattr(cls, "tableau", None)
     if not all(hasattr(tb, field) for field in ("alpha", "beta", "c_sol", "c_error")):
         raise TypeError(
             f"{label}: the class attribute tableau must be a _ButcherTableau(alpha, beta, c_sol, c_error); got {tb!r}."
@@ -167,10 +167,10 @@ def solver_class_tableau(name: str, cls: type) -> ButcherTableau:
         return ButcherTableau(
             name=name,
             c=(0.0, *alpha),
-            a=((), *beta),
-            b=b,
+            a=((), *(tuple(row) for row in beta)),
+            b=tuple(b),
             order=order,
-            b_err=b_err,
+            b_err=None if b_err is None else tuple(b_err),
             error_order=None if b_err is None else order - 1,
             dense=dense,
             dense_order=None if dense is None else min(order, 4),
