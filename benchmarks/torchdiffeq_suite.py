@@ -280,16 +280,16 @@ EXPLANATIONS: list[Rule] = [
         "TestNorms.test_adjoint_norm",
         r"not enough values to unpack \(expected \d+, got \d+\)",
         "a user's adjoint_options['norm'] receives neuralode's augmented state (y, a, one tensor per parameter); "
-        "torchdiffeq's tuple starts with t and splits a tuple state into its tensors (t, y1, y2, a1, a2, ...). "
-        "Being changed to torchdiffeq's signature in the adjoint-norm work (rerun after it is merged).",
+        "torchdiffeq's tuple starts with t and splits a tuple state into its tensors (t, y1, y2, a1, a2, ...), "
+        "and the test unpacks that.",
     ),
     Rule(
         "odeint_tests.py",
         "TestCallbacks.test_wrong_callback",
         r"Warning not triggered",
         "torchdiffeq warns when func defines a step callback the method never calls (callback_accept_step / "
-        "callback_reject_step on a fixed grid, any callback with scipy_solver); neuralode does not warn yet. "
-        "Being added in the callback work (rerun after it is merged).",
+        "callback_reject_step on a fixed grid, any callback with scipy_solver); neuralode, as run here, does not "
+        "warn.",
     ),
     Rule(
         "odeint_tests.py",
