@@ -1,7 +1,7 @@
 """Run torchdiffeq's own test files against neuralode (and against torchdiffeq, to tell its own failures apart).
 
-    python benchmarks/torchdiffeq_suite.py --tests /tmp/torchdiffeq-tests/0.2.5 --tests /tmp/torchdiffeq-tests/dev
-    python benchmarks/torchdiffeq_suite.py --tests DIR --label NAME --against neuralode
+    python benchmarks/torchdiffeq_suite.py --tests /tmp/torchdiffeq-tests/63bfb13 --tests /tmp/torchdiffeq-tests/newer
+    python benchmarks/torchdiffeq_suite.py --tests DIR --label NAME --against neuralode --files odeint_tests.py
 
 Each ``--tests DIR`` is a copy of torchdiffeq's ``tests/`` folder (``problems.py`` and the
 ``*_tests.py`` files; they are torchdiffeq's code and are not part of this repository: fetch them
