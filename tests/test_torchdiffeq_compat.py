@@ -842,3 +842,255 @@ def test_adjoint_norm_written_for_torchdiffeq_program(tuple_state):
     print(nfe)
     for lib in ("neuralode", "torchdiffeq"):
         assert nfe[lib, "adj_y"] < nfe[lib, "all"]
+
+
+# ---- torchdiffeq._impl imports and min_step
+
+
+def _stiffish(t, y):
+    """dy/dt = -50 (y - cos t): dopri5 is stable only for steps below about 3.3 / 50 = 0.066, and at
+    rtol = 1e-7 the error test wants steps far below the min_step used here. ``t`` is a scalar, or a
+    ``(B,)`` tensor of per-sample times."""
+    c = torch.cos(t)
+    return -50.0 * (y - (c[:, None] if c.dim() else c))
+
+
+def test_at_min_step_accept_reproduces_torchdiffeq():
+    y0 = torch.zeros(1, dtype=F64)
+    t = torch.linspace(0, 1, 7, dtype=F64)
+    peer = torchdiffeq.odeint(_stiffish, y0, t, method="dopri5", options={"min_step": 0.05})
+    with pytest.warns(RuntimeWarning, match=r"at_min_step.*accepted with an error estimate above") as record:
+        sol = solve(_stiffish, y0, t, method="dopri5", options={"min_step": 0.05, "at_min_step": "accept"})
+    assert len(record) == 1  # once per solve, not once per step
+    # Every step is forced at min_step in both libraries (20 of 0.05 over [0, 1]), so the two agree to
+    # rounding; both are far from the solution (0.5569...), as a step at min_step promises nothing.
+    assert int(sol.stats.n_accepted) == 20 and int(sol.stats.n_rejected) == 0
+    torch.testing.assert_close(sol.ys, peer, rtol=1e-12, atol=1e-14)
+
+
+def test_at_min_step_default_raises_where_torchdiffeq_accepts():
+    y0 = torch.zeros(1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(SolverError) as info:
+        odeint(_stiffish, y0, t, method="dopri5", options={"min_step": 0.5})
+    message = str(info.value)
+    assert message.startswith("Step rejected at the minimum step size (min_step=0.5, error ratio ")
+    assert "at t=0 with dt=0.5" in message and "options['at_min_step']='accept'" in message
+    # torchdiffeq accepts the same steps and returns a number that is off by sixteen orders of magnitude.
+    peer = torchdiffeq.odeint(_stiffish, y0, t, method="dopri5", options={"min_step": 0.5})
+    assert abs(peer[-1].item()) > 1e10
+
+
+def test_step_landing_within_min_step_of_the_end_is_final():
+    """A step stretched to land on the last time (here 0.55 = 1.1 * min_step) cannot be retried any
+    smaller: its rejection raises (or, with 'accept', it is accepted) instead of being tried again
+    until max_num_steps."""
+    y0 = torch.zeros(1, dtype=F64)
+    t = torch.tensor([0.0, 0.55], dtype=F64)
+    options = {"min_step": 0.5, "max_num_steps": 50}
+    with pytest.raises(SolverError, match=r"^Step rejected at the minimum step size .* with dt=0\.55 after 1 steps"):
+        solve(_stiffish, y0, t, method="dopri5", options=options)
+    with pytest.raises(SolverError, match=r"^Step rejected at the minimum step size .*sample 0\)"):
+        solve(_stiffish, y0.expand(2, 1), t, method="dopri5", options={**options, "per_sample": True})
+    with pytest.warns(RuntimeWarning, match="at_min_step"):
+        sol = solve(_stiffish, y0, t, method="dopri5", options={**options, "at_min_step": "accept"})
+    assert (int(sol.stats.n_accepted), int(sol.stats.n_rejected)) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"at_min_step": "clip"}, ValueError, "options['at_min_step'] must be 'error'"),
+        ({"at_min_step": "accept", "per_sample": True}, ValueError, "not available with options['per_sample']"),
+    ],
+)
+def test_at_min_step_bad_values(options, error, text):
+    with pytest.raises(error) as info:
+        odeint(lambda t, y: -y, torch.ones(2, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), options=options)
+    assert text in str(info.value)
+
+
+@pytest.fixture
+def no_torchdiffeq_modules():
+    """sys.modules without the real torchdiffeq for the test, restored afterwards (the alias is
+    process-wide, and the rest of this file compares against the real one)."""
+    import sys
+
+    def ours(key):
+        return key == "torchdiffeq" or key.startswith("torchdiffeq.")
+
+    saved = {key: module for key, module in sys.modules.items() if ours(key)}
+    for key in saved:
+        del sys.modules[key]
+    try:
+        yield
+    finally:
+        for key in [key for key in sys.modules if ours(key)]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
+@pytest.mark.parametrize("how", ["install", "by-hand"])
+def test_torchdiffeq_impl_imports_under_an_alias(how, no_torchdiffeq_modules):
+    """``from torchdiffeq._impl.odeint import SOLVERS`` and the other ``_impl`` imports programs use give
+    neuralode's own modules, whether the alias is installed or set by hand in sys.modules (then the
+    copy of neuralode._impl that Python starts to load as torchdiffeq._impl hands over to them)."""
+    import sys
+
+    if how == "by-hand":
+        sys.modules["torchdiffeq"] = neuralode
+    else:
+        neuralode.install_torchdiffeq_alias()
+    import torchdiffeq as alias
+    import torchdiffeq._impl.odeint  # noqa: F401
+    from torchdiffeq._impl import odeint as impl_odeint
+    from torchdiffeq._impl import odeint_adjoint as impl_odeint_adjoint
+    from torchdiffeq._impl.misc import Perturb as impl_Perturb
+    from torchdiffeq._impl.odeint import SOLVERS as impl_SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver as impl_base
+
+    assert alias is neuralode and alias._impl is sys.modules["neuralode._impl"]
+    assert impl_SOLVERS is sys.modules["neuralode._impl.odeint"].SOLVERS and "dopri5" in impl_SOLVERS
+    assert sys.modules["torchdiffeq._impl.odeint"] is sys.modules["neuralode._impl.odeint"]
+    assert impl_base is neuralode._impl.rk_common.RKAdaptiveStepsizeODESolver
+    assert (impl_odeint, impl_odeint_adjoint, impl_Perturb) == (odeint, odeint_adjoint, Perturb)
+    with pytest.raises(ImportError, match="FixedGridODESolver has no counterpart in neuralode"):
+        from torchdiffeq._impl.solvers import FixedGridODESolver  # noqa: F401
+
+
+def test_install_alias_drops_the_real_torchdiffeqs_modules():
+    """Installed after the real torchdiffeq was imported: a warning, and torchdiffeq modules neuralode
+    has no counterpart for stop being importable instead of mixing the two libraries."""
+    import importlib
+    import sys
+
+    saved = {key: module for key, module in sys.modules.items() if key.split(".")[0] == "torchdiffeq"}
+    assert "torchdiffeq._impl.dopri5" in saved
+    try:
+        with pytest.warns(RuntimeWarning, match="'torchdiffeq' was already imported"):
+            neuralode.install_torchdiffeq_alias()
+        assert sys.modules["torchdiffeq"] is neuralode and "torchdiffeq._impl.dopri5" not in sys.modules
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module("torchdiffeq._impl.dopri5")
+    finally:
+        for key in [key for key in sys.modules if key.split(".")[0] == "torchdiffeq"]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
+def test_solvers_lists_every_method_odeint_takes():
+    from torchdiffeq._impl.odeint import SOLVERS as PEER_SOLVERS
+
+    from neuralode._impl.odeint import SOLVERS
+    from neuralode.solvers.api import method_names
+
+    assert list(SOLVERS) == method_names() and len(SOLVERS) == len(method_names())
+    # torchdiffeq 0.2.5's names are all here, each with the method neuralode runs for it.
+    for name in PEER_SOLVERS:
+        assert name in SOLVERS
+    assert SOLVERS["dopri5"] is neuralode.METHODS["dopri5"] and SOLVERS["dopri5"].order == 5
+    assert SOLVERS["fixed_adams"].name == "implicit_adams"
+    with pytest.raises(KeyError):
+        SOLVERS["dopri6"]
+
+
+def test_registering_a_torchdiffeq_solver_class_runs_its_tableau():
+    """torchdiffeq's own Bosh3Solver class, and the same method declared with neuralode._impl's
+    _ButcherTableau in exact fractions, both run as neuralode's built-in bosh3 (same coefficients)."""
+    from fractions import Fraction as Fr
+
+    from torchdiffeq._impl.bosh3 import Bosh3Solver
+
+    from neuralode._impl.odeint import SOLVERS
+    from neuralode._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
+
+    class MyBosh3(RKAdaptiveStepsizeODESolver):
+        order = 3
+        tableau = _ButcherTableau(
+            alpha=[Fr(1, 2), Fr(3, 4), 1],
+            beta=[[Fr(1, 2)], [0, Fr(3, 4)], [Fr(2, 9), Fr(1, 3), Fr(4, 9)]],
+            c_sol=[Fr(2, 9), Fr(1, 3), Fr(4, 9), 0],
+            c_error=[Fr(2, 9) - Fr(7, 24), Fr(1, 3) - Fr(1, 4), Fr(4, 9) - Fr(1, 3), Fr(-1, 8)],
+        )
+
+    f = lambda t, y: torch.stack([y[1], -torch.sin(y[0])])
+    y0, t = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 5.0], dtype=F64)
+    tol = {"rtol": 1e-6, "atol": 1e-8}
+    reference = solve(f, y0, t, method="bosh3", **tol)
+    SOLVERS["td_bosh3"], SOLVERS["my_bosh3"] = Bosh3Solver, MyBosh3
+    try:
+        for name in ("td_bosh3", "my_bosh3"):
+            sol = solve(f, y0, t, method=name, **tol)
+            assert int(sol.stats.n_accepted) == int(reference.stats.n_accepted)
+            torch.testing.assert_close(sol.ys, reference.ys, rtol=0, atol=1e-13)
+        assert "my_bosh3" in SOLVERS and SOLVERS["my_bosh3"].error_order == 2
+    finally:
+        del SOLVERS["td_bosh3"], SOLVERS["my_bosh3"]
+    assert "my_bosh3" not in SOLVERS and "my_bosh3" not in neuralode.METHODS
+
+
+def test_registered_mid_gives_torchdiffeqs_quartic_dense_output():
+    """With ``mid``, the dense output is torchdiffeq's quartic: b_i(1/2) = mid_i, b_i'(0) = [i = 0],
+    b_i'(1) = [i = last], b_i(1) = b_i; and interior outputs of the registered dopri5 are accurate."""
+    from torchdiffeq._impl.dopri5 import DPS_C_MID, Dopri5Solver
+
+    from neuralode._impl.rk_common import solver_class_tableau
+
+    tab = solver_class_tableau("td_dopri5", Dopri5Solver)
+    mid = DPS_C_MID.tolist()
+    last = len(tab.b) - 1
+    for i, d in enumerate(tab.dense):
+        assert sum(dj * 0.5 ** (j + 1) for j, dj in enumerate(d)) == pytest.approx(mid[i], abs=1e-13)
+        assert d[0] == (1.0 if i == 0 else 0.0)
+        assert sum((j + 1) * dj for j, dj in enumerate(d)) == pytest.approx(1.0 if i == last else 0.0, abs=1e-12)
+        assert sum(d) == pytest.approx(tab.b[i], abs=1e-13)
+    from neuralode._impl.odeint import SOLVERS
+
+    SOLVERS["td_dopri5"] = Dopri5Solver
+    try:
+        t = torch.linspace(0, 2, 9, dtype=F64)
+        ys = odeint(lambda t, y: -y, torch.ones(1, dtype=F64), t, method="td_dopri5", rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(ys[:, 0], torch.exp(-t), rtol=1e-5, atol=0)
+    finally:
+        del SOLVERS["td_dopri5"]
+
+
+def test_solvers_registration_refusals():
+    from neuralode._impl.odeint import SOLVERS
+    from neuralode._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
+
+    class FixedGridLike:  # torchdiffeq's FixedGridODESolver subclasses carry a _step_func, no tableau
+        order = 2
+
+        def _step_func(self, func, t0, dt, t1, y0):
+            return dt * func(t0, y0), None
+
+    class Customised(RKAdaptiveStepsizeODESolver):
+        order = 2
+        tableau = _ButcherTableau(alpha=[1.0], beta=[[1.0]], c_sol=[0.5, 0.5], c_error=[0.5, -0.5])
+
+        def _adaptive_step(self, rk_state):
+            return rk_state
+
+    class ImplicitLayout(RKAdaptiveStepsizeODESolver):  # torchdiffeq's implicit tableaus list full rows
+        order = 1
+        tableau = _ButcherTableau(alpha=[1.0], beta=[[1.0]], c_sol=[1.0], c_error=[])
+
+    cases = [
+        ("dopri5", neuralode.METHODS["bosh3"], ValueError, "built-in method of that name"),
+        ("mine", FixedGridLike, TypeError, "A fixed-grid solver class"),
+        ("mine", Customised, TypeError, "Customised._adaptive_step"),
+        ("mine", ImplicitLayout, ValueError, "torchdiffeq's explicit layout"),
+        (3, neuralode.METHODS["bosh3"], TypeError, "method names"),
+    ]
+    for name, value, error, text in cases:
+        with pytest.raises(error) as info:
+            SOLVERS[name] = value
+        assert text in str(info.value)
+    assert "mine" not in SOLVERS
+    with pytest.raises(ValueError, match="is a built-in method"):
+        del SOLVERS["dopri5"]
+    with pytest.raises(TypeError, match="is not instantiated"):
+        Customised()
+    with pytest.raises(ValueError, match="must not be neuralode"):
+        neuralode.install_torchdiffeq_alias("neuralode")

@@ -1,10 +1,14 @@
 """neuralode: Neural Ordinary Differential Equations on PyTorch.
 
-``from neuralode import odeint`` is a drop-in replacement for ``from torchdiffeq import odeint``.
+``from neuralode import odeint`` is a drop-in replacement for ``from torchdiffeq import odeint``;
+``neuralode.install_torchdiffeq_alias()`` makes ``import torchdiffeq`` itself, and the
+``torchdiffeq._impl`` imports some programs use, give neuralode.
 """
 
 from importlib import metadata as _metadata
 
+from . import _impl as _impl
+from ._impl import install_torchdiffeq_alias
 from .solvers import (
     IMPLICIT_METHODS,
     METHODS,
@@ -47,6 +51,7 @@ __all__ = [
     "SolverError",
     "SolverStats",
     "get_tableau",
+    "install_torchdiffeq_alias",
     "odeint",
     "odeint_adjoint",
     "odeint_dense",

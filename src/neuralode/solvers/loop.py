@@ -26,6 +26,7 @@ Time is a Python float (float64) throughout and becomes a tensor only where user
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -467,6 +468,8 @@ def integrate(
     max_num_steps = getattr(opts, "max_num_steps", math.inf)
     min_step = getattr(opts, "min_step", 0.0)
     max_step = getattr(opts, "max_step", math.inf)
+    accept_at_min = getattr(opts, "at_min_step", "error") == "accept"
+    warned_at_min = False
     on_step, on_accept, on_reject = problem.callbacks
     perturb = bool(getattr(opts, "perturb", False)) and error is None  # fixed grids: every step
     if error is None:
@@ -599,17 +602,33 @@ def integrate(
         else:
             ratio = 0.0
         accept, dt_next = controller.propose(h, ratio, s.prev_ratio, s.after_reject, s.prev_dt)
+        # A rejected step is final when no smaller one may follow: it was taken at min_step, or it
+        # was stretched to land on a stop that a step of min_step would land on too (its retry
+        # would be this very step again).
+        at_floor = not accept and min_step > 0 and (dt_abs <= min_step or min(1.1 * min_step, max_step) >= remaining)
+        if at_floor and accept_at_min:
+            # torchdiffeq 0.2.5 accepts every step of size <= min_step whatever its error.
+            accept = True
+            if not warned_at_min:
+                warned_at_min = True
+                warnings.warn(
+                    "options['at_min_step']='accept': a step at min_step was accepted with an error estimate above "
+                    "rtol/atol (as torchdiffeq does); the solution is not within the tolerances there.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if not accept:
             stats.n_rejected += 1
             if on_reject is not None:
                 problem.call_back(on_reject, t, y, h)
-            if min_step > 0 and dt_abs <= min_step and not lands:
+            if at_floor:
                 raise SolverError(
                     f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {ratio:.3g})",
                     t,
                     h,
                     stats.n_steps,
-                    "Lower options['min_step'] or loosen rtol/atol.",
+                    "Lower options['min_step'] or loosen rtol/atol; options['at_min_step']='accept' accepts such "
+                    "steps whatever their error, as torchdiffeq does.",
                 )
             s = s._replace(f0=f0, dt=dt_next, after_reject=True)
             continue

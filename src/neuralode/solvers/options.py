@@ -23,6 +23,9 @@ from .adams import AdamsMethod
 from .controller import CONTROLLERS
 from .tableau import ButcherTableau
 
+# What a step that fails the error test at min_step does (AdaptiveOptions.at_min_step).
+AT_MIN_STEP = ("error", "accept")
+
 
 @dataclass(frozen=True)
 class AdaptiveOptions:
@@ -30,7 +33,9 @@ class AdaptiveOptions:
 
     Attributes:
         first_step: initial step size; by default chosen by Hairer's heuristic.
-        min_step: steps are never smaller; a step rejected at this size raises ``SolverError``.
+        min_step: steps are never smaller (a step landing on an output time or ``step_t`` may
+            be). What happens to a step that fails the error test and cannot be made smaller is
+            ``at_min_step``'s choice.
         max_step: steps are never larger.
         max_num_steps: most steps (accepted and rejected) for the whole solve.
         step_t: times to step exactly onto (e.g. where the dynamics change character).
@@ -70,6 +75,14 @@ class AdaptiveOptions:
             :mod:`neuralode.solvers.per_sample`). ``"compact"``: the same, and finished samples
             are dropped from the batch passed to ``func`` when fewer than half are active
             (``func`` must then accept any batch size). ``False`` (default): one clock.
+        at_min_step: what a step that fails the error test at ``min_step`` does. ``"error"``
+            (default): the solve stops with ``SolverError`` (t, dt, the error ratio), since no
+            smaller step is allowed that could meet ``rtol``/``atol``. ``"accept"``: the step is
+            accepted whatever its error, as torchdiffeq 0.2.5 always does with ``min_step``, and
+            the solve warns (``RuntimeWarning``, once per solve) that its result is outside the
+            tolerances there. Implicit methods whose Newton iteration fails at ``min_step`` still
+            raise: an unconverged stage is not a solution of any step. Not available with
+            ``per_sample``.
     """
 
     first_step: float | None = None
@@ -90,6 +103,7 @@ class AdaptiveOptions:
     compile: bool | str = False
     stiffness: str = "error"
     per_sample: bool | str = False
+    at_min_step: str = "error"
 
 
 @dataclass(frozen=True)
@@ -577,6 +591,11 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         o["min_step"] = _positive("min_step", o["min_step"], allow_zero=True)
     if "max_step" in o:
         o["max_step"] = _positive("max_step", o["max_step"], allow_inf=True)
+    if o.get("at_min_step", "error") not in AT_MIN_STEP:
+        raise ValueError(
+            f"options['at_min_step'] must be 'error' (stop with SolverError when a step fails at min_step) or "
+            f"'accept' (accept it whatever its error, as torchdiffeq does); got {o['at_min_step']!r}."
+        )
     if o.get("min_step", 0.0) > o.get("max_step", math.inf):
         raise ValueError(
             f"options['min_step'] ({o['min_step']!r}) must not exceed options['max_step'] ({o['max_step']!r})."
@@ -608,6 +627,11 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             )
         if o.get("compile", False):
             raise ValueError("options['per_sample'] and options['compile'] cannot be combined yet; choose one.")
+        if o.get("at_min_step", "error") == "accept":
+            raise ValueError(
+                "options['at_min_step']='accept' is not available with options['per_sample']; lower min_step or "
+                "loosen rtol/atol, or solve with one clock."
+            )
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     if o.get("controller") in ("gustafsson", "pi_gustafsson") and o.get("per_sample", False) is not False:

@@ -823,8 +823,12 @@ def integrate(
                     int(n_steps[i]),
                     "Every step tried from here produced NaN or inf; check func.",
                 )
-        if min_step > 0 and bool((rejected & (dt_abs <= min_step) & ~lands).any()):
-            i = int((rejected & (dt_abs <= min_step) & ~lands).nonzero()[0])
+        # A rejection is final where no smaller step may follow (the joint loop's rule): the step was
+        # min_step, or one stretched to land on a stop that a step of min_step would land on too.
+        if min_step > 0 and bool(
+            (at_floor := rejected & ((dt_abs <= min_step) | (min(1.1 * min_step, max_step) >= remaining))).any()
+        ):
+            i = int(at_floor.nonzero()[0])
             raise SolverError(
                 f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {float(ratio[i]):.3g}, "
                 f"sample {int(rows[i])})",
