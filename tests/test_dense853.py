@@ -21,11 +21,11 @@ import torch
 
 from neuralode.solvers.interpolation import continuous_extension, dense_stages
 from neuralode.solvers.stepper import StepResult, combined_error_ratio, rk_step
-from neuralode.solvers.tableau import METHODS
+from neuralode.solvers.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS
 
 F64 = torch.float64
-DOP853 = METHODS["dopri8"]
+DOP853 = EXPLICIT_METHODS["dopri8"]
 PROBLEM = PROBLEMS["rotexp"]
 T0 = 0.3  # not the problem's t0 = 0, so that no symmetry of the start helps
 THETAS = (0.3, 0.7)
@@ -145,7 +145,7 @@ def test_dense_stages_cost_three_evaluations_at_their_nodes():
 
 
 def test_dense_stages_of_other_methods_and_bad_input():
-    tab = METHODS["dopri5"]
+    tab = EXPLICIT_METHODS["dopri5"]
     y0 = exact(T0)
     step = rk_step(func, T0, y0, func(T0, y0), 0.1, tab)
     assert dense_stages(func, T0, y0, step.k, 0.1, tab) == ()
@@ -158,7 +158,7 @@ def test_step_result_keeps_its_three_field_form():
     old = StepResult(y, None, (y,))
     assert old.y_err_aux is None and old.memory is None and len(old) == 5
     y0 = exact(T0)
-    for name, tab in METHODS.items():
+    for name, tab in EXPLICIT_METHODS.items():
         step = rk_step(func, T0, y0, func(T0, y0), 0.1, tab)
         assert (step.y_err_aux is not None) == (name == "dopri8"), name
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralode import METHODS, get_tableau, odeint, solve
+from neuralode import get_tableau, odeint, solve
 from neuralode.solvers import fixed_grid
+from neuralode.solvers.tableau import EXPLICIT_METHODS
 
-FIXED = [m for m in METHODS if not get_tableau(m).adaptive]
+FIXED = [m for m in EXPLICIT_METHODS if not get_tableau(m).adaptive]
 
 
 class Field(torch.nn.Module):

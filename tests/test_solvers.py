@@ -1,8 +1,8 @@
 """Properties of the solvers: order of convergence, agreement with independent references, dense
 output, tuple states, options, failures, parity with torchdiffeq and gradients.
 
-Every method in ``METHODS`` is tested by being registered: the order tests parametrise over the
-registry, so a new tableau gets its order checked with no new test.
+Every explicit method in ``EXPLICIT_METHODS`` is tested by being registered: the order tests parametrise over
+that registry, so a new tableau gets its order checked with no new test.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import pytest
 import torch
 import torchdiffeq
 
-from neuralode import METHODS, SolverError, get_tableau, odeint, solve
+from neuralode import SolverError, get_tableau, odeint, solve
 from neuralode.solvers.stepper import rk_step
+from neuralode.solvers.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS, kepler_angular_momentum, kepler_energy, scipy_reference
 
 F64 = torch.float64
-ALL_METHODS = list(METHODS)
+ALL_METHODS = list(EXPLICIT_METHODS)
 ADAPTIVE = [m for m in ALL_METHODS if get_tableau(m).adaptive]
 FIXED = [m for m in ALL_METHODS if not get_tableau(m).adaptive]
 ACCURATE = [m for m in ("dopri5", "tsit5", "dopri8", "bosh3") if m in ALL_METHODS]
@@ -231,7 +232,8 @@ DENSE_PROBLEMS = {"linear4": True, "rotexp": True, "vdp": False, "kepler": False
 
 
 @pytest.mark.parametrize(
-    "method", [m for m in ACCURATE if METHODS[m].dense is not None or METHODS[m].dense_extra is not None]
+    "method",
+    [m for m in ACCURATE if EXPLICIT_METHODS[m].dense is not None or EXPLICIT_METHODS[m].dense_extra is not None],
 )
 def test_dense_output_is_as_accurate_as_the_steps(method):
     """201 outputs, nearly all between steps: no more error than at the step ends, and no more work."""

@@ -16,11 +16,13 @@ from neuralode.solvers.stiffness import (
     _stability_function,
     stability_boundary,
 )
-from neuralode.solvers.tableau import METHODS
+from neuralode.solvers.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS
 
 F64 = torch.float64
-WATCHED = [name for name, tab in METHODS.items() if StiffnessDetector.for_solve(tab, AdaptiveOptions()) is not None]
+WATCHED = [
+    name for name, tab in EXPLICIT_METHODS.items() if StiffnessDetector.for_solve(tab, AdaptiveOptions()) is not None
+]
 
 
 def test_watched_methods():
@@ -29,7 +31,7 @@ def test_watched_methods():
 
 @pytest.mark.parametrize("name", WATCHED)
 def test_stability_boundary_is_where_R_leaves_the_unit_disc(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     x = stability_boundary(tab)
     assert abs(_stability_function(tab, complex(-x, 0))) <= 1 + 1e-12
     assert abs(_stability_function(tab, complex(-x - 2e-3, 0))) > 1

@@ -1,6 +1,6 @@
 """Properties of the Butcher tableaus: structure, order conditions, dense output and validation messages.
 
-Every test that concerns a method is parametrised over ``METHODS``, so a new method is tested by registering
+Every test that concerns a method is parametrised over ``EXPLICIT_METHODS``, so a new method is tested by registering
 it. The order of a method is checked through Butcher's theory: a Runge-Kutta method has order ``p`` exactly
 when ``sum_i b_i Phi_i(t) = 1 / gamma(t)`` for every rooted tree ``t`` with at most ``p`` vertices, where
 ``Phi(t)`` is the tree's elementary weight vector and ``gamma(t)`` its density (Hairer-Norsett-Wanner I,
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from neuralode.solvers import tableau as tableau_module
-from neuralode.solvers.tableau import METHODS, ButcherTableau, get_tableau
+from neuralode.solvers.tableau import EXPLICIT_METHODS, ButcherTableau, get_tableau
 
 MAX_TREE_ORDER = 9  # dopri8 needs trees up to order 8, plus order 9 to show the order is not higher
 
@@ -172,10 +172,10 @@ FAIL = 1e-6
 EMBEDDED_ORDER = {"dopri8": 5}
 AUX_ORDER = {"dopri8": 3}
 
-names = pytest.mark.parametrize("name", list(METHODS))
-adaptive_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if t.adaptive])
-aux_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if t.b_err_aux is not None])
-dense_names = pytest.mark.parametrize("name", [n for n, t in METHODS.items() if dense_of(t) is not None])
+names = pytest.mark.parametrize("name", list(EXPLICIT_METHODS))
+adaptive_names = pytest.mark.parametrize("name", [n for n, t in EXPLICIT_METHODS.items() if t.adaptive])
+aux_names = pytest.mark.parametrize("name", [n for n, t in EXPLICIT_METHODS.items() if t.b_err_aux is not None])
+dense_names = pytest.mark.parametrize("name", [n for n, t in EXPLICIT_METHODS.items() if dense_of(t) is not None])
 THETAS = (0.1, 0.25, 0.5, 0.7, 0.9, 1.0)
 
 
@@ -207,14 +207,14 @@ EXPECTED = {
 
 
 def test_registry_names_and_order():
-    assert list(METHODS) == list(EXPECTED)
-    kinds = [t.adaptive for t in METHODS.values()]
+    assert list(EXPLICIT_METHODS) == list(EXPECTED)
+    kinds = [t.adaptive for t in EXPLICIT_METHODS.values()]
     assert kinds == sorted(kinds), "fixed-step methods come first"
 
 
 @names
 def test_registry_entry(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     assert tab.name == name
     assert get_tableau(name) is tab
     assert (tab.stages, tab.order, tab.error_order, tab.dense_order, tab.fsal) == EXPECTED[name]
@@ -226,7 +226,7 @@ def test_registry_entry(name):
 
 @names
 def test_fields_are_tuples_of_python_floats(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     vectors = [tab.c, tab.b, *tab.a] + ([tab.b_err] if tab.adaptive else []) + list(tab.dense or ())
     vectors += [v for v in (tab.b_err_aux, tab.c_extra) if v is not None]
     vectors += list(tab.a_extra or ()) + list(tab.dense_extra or ())
@@ -241,7 +241,7 @@ def test_fields_are_tuples_of_python_floats(name):
 
 @names
 def test_invariants(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     s = tab.stages
     assert len(tab.c) == len(tab.a) == s
     assert [len(row) for row in tab.a] == list(range(s))
@@ -265,7 +265,7 @@ def test_invariants(name):
 
 @dense_names
 def test_dense_output_endpoints(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     assert len(dense_of(tab)) == tab.stages + tab.extra_stages
     np.testing.assert_array_equal(b_theta(tab, 0.0), 0.0)
     # At theta = 1: b, and weight 0 on the extra stages (rounding of dopri8's weights, up to 545: 6e-14).
@@ -279,7 +279,7 @@ def test_dense_output_is_c1_across_steps(name):
     # All registered interpolants are Hermite-like: their derivative is f(t0, y0) at theta = 0 and f(t1, y1) at
     # theta = 1, the stage tableau.end_stage (an FSAL method's last stage before any extra stage; dopri8_13m's
     # extra stage at c = 1 on the row b), so the piecewise interpolant is continuously differentiable.
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     assert tab.end_stage == (tab.stages - 1 if tab.fsal else tab.stages + tab.extra_stages - 1)
     dense = np.array(dense_of(tab))
     d0 = dense[:, 0]
@@ -291,10 +291,10 @@ def test_dense_output_is_c1_across_steps(name):
 
 
 def test_rk4_is_the_classic_method_and_rk4_38_is_torchdiffeqs():
-    assert METHODS["rk4"].c == (0.0, 0.5, 0.5, 1.0)
-    assert METHODS["rk4"].b == (1 / 6, 1 / 3, 1 / 3, 1 / 6)
-    assert METHODS["rk4_38"].c == (0.0, 1 / 3, 2 / 3, 1.0)
-    assert METHODS["rk4_38"].b == (1 / 8, 3 / 8, 3 / 8, 1 / 8)
+    assert EXPLICIT_METHODS["rk4"].c == (0.0, 0.5, 0.5, 1.0)
+    assert EXPLICIT_METHODS["rk4"].b == (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+    assert EXPLICIT_METHODS["rk4_38"].c == (0.0, 1 / 3, 2 / 3, 1.0)
+    assert EXPLICIT_METHODS["rk4_38"].b == (1 / 8, 3 / 8, 3 / 8, 1 / 8)
     doc = tableau_module.__doc__
     assert "torchdiffeq" in doc and "3/8" in doc and "rk4_38" in doc
 
@@ -304,7 +304,7 @@ def test_dopri8_13m_has_torchdiffeqs_dopri8_coefficients():
     # more); its c_error is b - b_hat. Coefficients agree to float rounding of the rationals.
     dopri8 = pytest.importorskip("torchdiffeq._impl.dopri8")
     td = dopri8._DOPRI8_TABLEAU
-    tab = METHODS["dopri8_13m"]
+    tab = EXPLICIT_METHODS["dopri8_13m"]
     np.testing.assert_allclose(td.alpha.numpy()[:12], tab.c[1:], rtol=0, atol=1e-16)
     np.testing.assert_allclose(td.c_sol.numpy(), (*tab.b, 0.0), rtol=0, atol=1e-16)
     np.testing.assert_allclose(td.c_error.numpy(), (*tab.b_err, 0.0), rtol=0, atol=1e-16)
@@ -315,7 +315,7 @@ def test_dopri8_13m_has_torchdiffeqs_dopri8_coefficients():
 def test_fehlberg2_is_fsal_only_for_b_hat():
     # torchdiffeq's fehlberg2: c_sol = b = (1/512, 255/256, 1/512) is propagated (order 2) and
     # c_error = b - b_hat = (-1/512, 0, 1/512), so b_hat = (1/256, 255/256, 0) (order 1) equals the last row of a.
-    tab = METHODS["fehlberg2"]
+    tab = EXPLICIT_METHODS["fehlberg2"]
     assert tab.b == (1 / 512, 255 / 256, 1 / 512)
     np.testing.assert_allclose(tab.b_err, (-1 / 512, 0, 1 / 512), rtol=0, atol=1e-17)
     assert tuple(b_hat(tab)[:-1]) == tab.a[-1] and b_hat(tab)[-1] == 0.0
@@ -329,7 +329,7 @@ def test_fehlberg2_is_fsal_only_for_b_hat():
 
 @names
 def test_order_conditions_of_b(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     tol = TOL.get(name, DEFAULT_TOL)
     b = np.array(tab.b)
     for q in range(1, tab.order + 1):
@@ -341,7 +341,7 @@ def test_order_conditions_of_b(name):
 
 @adaptive_names
 def test_order_conditions_of_b_hat(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     tol = TOL.get(name, DEFAULT_TOL)
     bh = b_hat(tab)
     order = EMBEDDED_ORDER.get(name, tab.error_order)
@@ -352,7 +352,7 @@ def test_order_conditions_of_b_hat(name):
 
 @aux_names
 def test_order_conditions_of_second_embedded_solution(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     tol = TOL.get(name, DEFAULT_TOL)
     bh = np.array(tab.b) - np.array(tab.b_err_aux)
     order = AUX_ORDER[name]
@@ -362,7 +362,7 @@ def test_order_conditions_of_second_embedded_solution(name):
 
 
 def test_dopri8_is_dop853_and_dopri8_13m_is_torchdiffeqs():
-    dop853, m13 = METHODS["dopri8"], METHODS["dopri8_13m"]
+    dop853, m13 = EXPLICIT_METHODS["dopri8"], EXPLICIT_METHODS["dopri8_13m"]
     assert dop853.c[5:12] == (1 / 3, 1 / 4, 4 / 13, 127 / 195, 3 / 5, 6 / 7, 1.0)
     assert dop853.c_extra == (0.1, 0.2, 7 / 9)
     assert dop853.b[0] == pytest.approx(5.42937341165687622380535766363e-2, abs=1e-17)
@@ -374,7 +374,7 @@ def test_dopri8_is_dop853_and_dopri8_13m_is_torchdiffeqs():
 
 @dense_names
 def test_order_conditions_of_dense_output(name):
-    tab = METHODS[name]
+    tab = EXPLICIT_METHODS[name]
     tol = TOL.get(name, DEFAULT_TOL)
     for theta in THETAS:
         bt = b_theta(tab, theta)
@@ -578,7 +578,9 @@ def test_get_tableau_unknown_method():
         get_tableau("RK4")
 
 
-@pytest.mark.parametrize("method, type_name", [(None, "NoneType"), (4, "int"), (METHODS["rk4"], "ButcherTableau")])
+@pytest.mark.parametrize(
+    "method, type_name", [(None, "NoneType"), (4, "int"), (EXPLICIT_METHODS["rk4"], "ButcherTableau")]
+)
 def test_get_tableau_non_string(method, type_name):
     with pytest.raises(TypeError) as info:
         get_tableau(method)
@@ -594,7 +596,7 @@ def test_dopri8_13m_interpolates_as_torchdiffeq_does():
     from neuralode.solvers.interpolation import continuous_extension, dense_stages
     from neuralode.solvers.stepper import rk_step
 
-    tab = METHODS["dopri8_13m"]
+    tab = EXPLICIT_METHODS["dopri8_13m"]
 
     def f(t, y):
         return torch.stack([y[1], -torch.sin(y[0]) + 0.1 * t * y[1]])

@@ -25,37 +25,25 @@ torchdiffeq's fixed-grid solver classes, whose behaviour lives in their ``_step_
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 from ..solvers import odeint, odeint_dense, odeint_event
-from ..solvers.api import _method, method_names
-from ..solvers.tableau import METHODS, ButcherTableau
+from ..solvers.api import MethodRegistry, _method, method_names
+from ..solvers.tableau import EXPLICIT_METHODS, ButcherTableau
 from .rk_common import _is_solver_class, solver_class_tableau
 
 __all__ = ["SOLVERS", "SolverRegistry", "odeint", "odeint_dense", "odeint_event"]
 
 
-class SolverRegistry(MutableMapping):
-    """The methods ``odeint`` accepts, by name: torchdiffeq's ``SOLVERS`` (see the module docstring)."""
+class SolverRegistry(MethodRegistry, MutableMapping):
+    """The methods ``odeint`` accepts, by name: torchdiffeq's ``SOLVERS`` (see the module docstring).
+
+    It reads as :data:`neuralode.METHODS` does, and adds registration."""
 
     def __init__(self) -> None:
         # Names registered through this mapping: only these may be replaced or deleted.
         self._registered: set[str] = set()
-
-    def __getitem__(self, name: str) -> Any:
-        if not isinstance(name, str) or name not in method_names():
-            raise KeyError(name)
-        return _method(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(method_names())
-
-    def __len__(self) -> int:
-        return len(method_names())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in method_names()
 
     def __setitem__(self, name: str, value: Any) -> None:
         if not isinstance(name, str) or not name:
@@ -78,7 +66,7 @@ class SolverRegistry(MutableMapping):
                 "FixedGridODESolver with its own _step_func) has no such form: write its step as a ButcherTableau "
                 "(b_err=None for a fixed-step method), or use a built-in method (see SOLVERS.keys())."
             )
-        METHODS[name] = tableau
+        EXPLICIT_METHODS[name] = tableau
         self._registered.add(name)
 
     def __delitem__(self, name: str) -> None:
@@ -88,7 +76,7 @@ class SolverRegistry(MutableMapping):
                     f"SOLVERS[{name!r}] is a built-in method; only methods registered here can be deleted."
                 )
             raise KeyError(name)
-        del METHODS[name]
+        del EXPLICIT_METHODS[name]
         self._registered.discard(name)
 
     def __repr__(self) -> str:

@@ -1,10 +1,10 @@
-"""The numerical core: tableaus, the stepper, step-size control, dense output, events and the loop.
+"""The numerical core: method records, the steppers, step-size control, dense output, events and the loops.
 
 Imports torch only; knows nothing of layers, models, data, plotting or the CLI.
 """
 
 from .adjoint import in_adjoint_backward, odeint_adjoint, solve_adjoint
-from .api import odeint, odeint_dense, odeint_event, solve
+from .api import METHODS, odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events import Event
 from .implicit import IMPLICIT_METHODS
@@ -12,7 +12,7 @@ from .implicit_options import ImplicitOptions
 from .options import AdaptiveOptions, FixedOptions
 from .problem import Perturb
 from .solution import EventRecord, Solution, SolverStats
-from .tableau import METHODS, ButcherTableau, get_tableau
+from .tableau import ButcherTableau, get_tableau
 
 __all__ = [
     "IMPLICIT_METHODS",

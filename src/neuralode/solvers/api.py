@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,7 +58,7 @@ from .options import (
 from .problem import _ErrorNorm, _Problem, check_step_callbacks
 from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
-from .tableau import METHODS, ButcherTableau, get_tableau
+from .tableau import EXPLICIT_METHODS, ButcherTableau, get_tableau
 
 DEFAULT_METHOD = "dopri5"
 # Most stage times of a fixed grid created at once as tensors (see _Problem.cache_times).
@@ -74,17 +74,18 @@ def method_names() -> list[str]:
     methods and ``auto``, the Adams methods, scipy."""
     from .implicit import IMPLICIT_METHODS
 
-    return [*METHODS, *IMPLICIT_METHODS, "auto", *ADAMS_METHODS, SCIPY_METHOD.name]
+    return [*EXPLICIT_METHODS, *IMPLICIT_METHODS, "auto", *ADAMS_METHODS, SCIPY_METHOD.name]
 
 
 def _method(method: str | None):
-    """The method named ``method`` (``None``: the default): a :class:`ButcherTableau`, or an
-    :class:`~neuralode.solvers.adams.AdamsMethod`."""
+    """The record of the method named ``method`` (``None``: the default): a :class:`ButcherTableau`, an
+    implicit method's coefficient record, ``auto``'s, an :class:`~neuralode.solvers.adams.AdamsMethod`, or
+    scipy's :class:`~neuralode.solvers.scipy_solver.ScipyMethod` (the values of :data:`METHODS`)."""
     if method is None:
         method = DEFAULT_METHOD
     if not isinstance(method, str):
         raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
-    if method in METHODS:  # the explicit tableaus, without building the list of every name
+    if method in EXPLICIT_METHODS:  # the explicit tableaus, without building the list of every name
         return get_tableau(method)
     if method in ADAMS_METHODS:
         return ADAMS_METHODS[method]
@@ -95,6 +96,42 @@ def _method(method: str | None):
             f"Unknown method {method!r}.{suggest(method, method_names())} Valid methods: {', '.join(method_names())}."
         )
     return get_tableau(method)  # explicit, implicit and auto
+
+
+class MethodRegistry(Mapping):
+    """Every method ``solve`` accepts, by name, read from the registries that resolve a ``method`` argument
+    (:func:`method_names`), so it lists a method as soon as ``solve`` takes it.
+
+    Its values are the methods' records: a :class:`ButcherTableau` for an explicit Runge-Kutta method, the
+    implicit methods' coefficient records, the :class:`~neuralode.solvers.auto.AutoSwitching` record of
+    ``"auto"``, the Adams methods' :class:`~neuralode.solvers.adams.AdamsMethod` and scipy's
+    :class:`~neuralode.solvers.scipy_solver.ScipyMethod`. Read-only; a new explicit method is registered
+    through torchdiffeq's ``SOLVERS`` (:mod:`neuralode._impl.odeint`), which is this mapping made writable.
+    """
+
+    def __getitem__(self, name: str) -> Any:
+        if not isinstance(name, str) or name not in method_names():
+            raise KeyError(name)
+        return _method(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(method_names())
+
+    def __len__(self) -> int:
+        return len(method_names())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in method_names()
+
+    def __repr__(self) -> str:
+        return f"METHODS({', '.join(self)})"
+
+
+METHODS = MethodRegistry()
+"""Every method ``solve`` accepts, by name, with its record (see :class:`MethodRegistry`): the explicit
+Runge-Kutta methods (``euler`` ... ``dopri8_13m``), the implicit ones (``rosenbrock23``, ``rodas5p``,
+``kvaerno5``, ``radau5`` ... and the fixed-grid ``implicit_euler`` ...), ``auto``, the Adams methods
+(``explicit_adams``, ``implicit_adams``, ``fixed_adams``) and ``scipy_solver``."""
 
 
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
@@ -295,7 +332,7 @@ def solve(
             (see :mod:`neuralode.solvers.per_sample`; ``func`` then gets ``t`` of shape ``(B,)``).
         rtol, atol: relative and absolute tolerances of adaptive methods: numbers, tensors
             broadcastable to the state, or for tuple states a tuple with one entry per tensor.
-        method: a name in ``neuralode.METHODS`` (default ``"dopri5"``; ``None`` means the default).
+        method: a key of ``neuralode.METHODS``, which lists every name accepted (default ``"dopri5"``; ``None`` means the default).
         options: method options; see :class:`AdaptiveOptions` and :class:`FixedOptions`.
         events: :class:`~neuralode.solvers.events.Event` objects to watch. Located events are
             listed in ``Solution.events``; a terminal one ends the solve and the output times

@@ -362,7 +362,7 @@ ROSENBROCK_METHODS: dict[str, RosenbrockTableau] = {t.name: t for t in (ROSENBRO
 
 IMPLICIT_METHODS: dict = dict(ROSENBROCK_METHODS)
 """Every built-in implicit (stiff) method by name; :func:`~neuralode.solvers.tableau.get_tableau` looks here
-after the explicit :data:`~neuralode.solvers.tableau.METHODS`."""
+after the explicit :data:`~neuralode.solvers.tableau.EXPLICIT_METHODS`."""
 
 # The ESDIRK methods (solvers/esdirk.py), Radau IIA (radau.py) and the fixed-grid implicit ones
 # (implicit_fixed.py) join the registry.

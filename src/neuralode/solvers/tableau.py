@@ -11,8 +11,9 @@ propagates ``y1`` (computed with ``b``) and estimates the local error as
 replaces the constant weights by polynomials ``b_i(theta)`` with ``b_i(0) = 0`` and ``b_i(1) = b_i``, so that
 ``y(t0 + theta dt) ~ y0 + dt * sum_i b_i(theta) k_i`` for ``0 <= theta <= 1``.
 
-A method is nothing but its coefficients (:class:`ButcherTableau`), checked when it is built; the one generic
-stepper in :mod:`neuralode.solvers.stepper` runs any of them. :data:`METHODS` names the built-in ones.
+A method is nothing but its coefficients (:class:`ButcherTableau`), checked when it is built; the generic
+stepper in :mod:`neuralode.solvers.stepper` (and the drivers' own forms of its stage sums) runs any of them. :data:`EXPLICIT_METHODS` names the built-in ones;
+:data:`neuralode.METHODS` names every method ``solve`` accepts.
 
 Some methods carry more than one weight vector for the error, or stages beyond those of the step:
 
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
 
-__all__ = ["METHODS", "ButcherTableau", "get_tableau"]
+__all__ = ["EXPLICIT_METHODS", "ButcherTableau", "get_tableau"]
 
 # Absolute tolerance of the structural checks. Several published tableaus (Tsitouras 2011, Prince-Dormand
 # 1981) give irrational coefficients rounded to 16-20 digits or as rational approximations, so the rows of
@@ -78,7 +79,7 @@ class ButcherTableau:
     """The coefficients of an explicit Runge-Kutta method, validated on creation.
 
     Attributes:
-        name: the method's name, as used in :data:`METHODS` and error messages.
+        name: the method's name, as used in :data:`EXPLICIT_METHODS` and error messages.
         c: ``(s,)`` nodes; stage ``i`` is evaluated at ``t0 + c[i] * dt``. ``c[0] == 0``.
         a: ``s`` rows of the strictly lower-triangular stage matrix; row ``i`` has exactly ``i`` entries
             (row 0 is ``()``), and ``sum(a[i]) == c[i]``.
@@ -1012,25 +1013,32 @@ DOPRI8 = ButcherTableau(
 
 del F
 
-METHODS: dict[str, ButcherTableau] = {
+EXPLICIT_METHODS: dict[str, ButcherTableau] = {
     t.name: t
     for t in (
         EULER, MIDPOINT, HEUN2, HEUN3, RK4, RK4_38,
         ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8, DOPRI8_13M,
     )
 }  # fmt: skip
-"""The built-in methods by name: fixed-step methods first, then embedded pairs in increasing order."""
+"""The built-in explicit Runge-Kutta methods by name: fixed-step methods first, then embedded pairs in increasing
+order. :data:`neuralode.METHODS` adds the implicit, Adams, ``auto`` and ``scipy_solver`` methods to these."""
 
 
 def get_tableau(method: str) -> ButcherTableau:
-    """Look up a built-in method by name.
+    """Look up a built-in Runge-Kutta method, explicit or implicit, or ``auto``, by name.
 
     Args:
-        method: one of the keys of :data:`METHODS` (``"euler"``, ..., ``"dopri5"``, ``"tsit5"``, ``"dopri8"``,
-            ``"dopri8_13m"``).
+        method: a key of :data:`EXPLICIT_METHODS` (``"euler"``, ..., ``"dopri5"``, ``"tsit5"``, ``"dopri8"``,
+            ``"dopri8_13m"``), of :data:`neuralode.IMPLICIT_METHODS` (``"rosenbrock23"``, ``"rodas5p"``,
+            ``"kvaerno5"``, ``"radau5"``, ..., ``"implicit_euler"``, ...), or ``"auto"``.
 
     Returns:
-        The method's :class:`ButcherTableau`.
+        The method's coefficient record: a :class:`ButcherTableau` for an explicit method; for an implicit one
+        a :class:`~neuralode.solvers.implicit.RosenbrockTableau`, :class:`~neuralode.solvers.esdirk.ESDIRKTableau`,
+        :class:`~neuralode.solvers.radau.RadauTableau` or :class:`~neuralode.solvers.implicit_fixed.ImplicitRK`;
+        for ``"auto"`` the :class:`~neuralode.solvers.auto.AutoSwitching` record. The Adams methods and
+        ``"scipy_solver"`` have no tableau and are refused here; :data:`neuralode.METHODS` maps every name
+        ``solve`` accepts, these included, to its record.
 
     Raises:
         TypeError: if ``method`` is not a string.
@@ -1039,7 +1047,7 @@ def get_tableau(method: str) -> ButcherTableau:
     if not isinstance(method, str):
         raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
     try:
-        return METHODS[method]
+        return EXPLICIT_METHODS[method]
     except KeyError:
         pass
     # The stiff (implicit) methods are a parallel registry of their own coefficient type (solvers/implicit.py).
@@ -1051,4 +1059,6 @@ def get_tableau(method: str) -> ButcherTableau:
         from .auto import AUTO
 
         return AUTO
-    raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join([*METHODS, *IMPLICIT_METHODS, 'auto'])}.")
+    raise ValueError(
+        f"Unknown method {method!r}. Valid methods: {', '.join([*EXPLICIT_METHODS, *IMPLICIT_METHODS, 'auto'])}."
+    )
