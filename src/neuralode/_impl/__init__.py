@@ -28,7 +28,7 @@ Not here (an import of them fails): torchdiffeq's solver classes and their bases
 importing those from ``_impl.solvers`` raises an ``ImportError`` that says what to do instead), its
 internal helpers (``_check_inputs``, ``_flat_to_shape``, ``_interp_evaluate``, ``_rms_norm``, ...)
 and its per-method modules (``_impl.dopri5``, ``_impl.fixed_grid``, ...): neuralode's methods are
-data run by one loop, not classes with their own integrate methods. The list, with what to use
+data run by the library's solver loops, not classes with their own integrate methods. The list, with what to use
 instead, is in ``docs/how-to/migrate-from-torchdiffeq.md``.
 """
 

@@ -3,7 +3,7 @@
 ``RKAdaptiveStepsizeODESolver`` (declaring an explicit embedded method, see
 :mod:`neuralode._impl.rk_common`) is importable from here as it was from torchdiffeq before 0.2.
 torchdiffeq's other solver base classes run a method through a ``_step_func`` or ``integrate`` of
-their own; neuralode's methods are data run by one loop, so importing them raises an
+their own; neuralode's methods are data run by the library's solver loops, so importing them raises an
 ``ImportError`` that says what to use instead.
 """
 

@@ -1,4 +1,12 @@
-"""The one integration loop, for fixed-step and adaptive methods, with events.
+"""The joint integration loop: one clock for the whole batch, fixed-step and adaptive methods, events.
+
+:func:`integrate` advances time for every method but ``scipy_solver`` (scipy's ``solve_ivp`` runs
+its own loop) and the per-sample mode. It is not the only code that advances time: it hands
+stretches of a plain fixed grid to :func:`~neuralode.solvers.fixed_grid.run` or, under
+``options["compile"]``, to :func:`~neuralode.solvers.compiled_chunks.integrate_chunked`, and
+``options={"per_sample": True}`` runs :func:`~neuralode.solvers.per_sample.integrate` instead, a
+second loop repeating this one's arithmetic with a clock per sample (``docs/architecture.md``,
+"Clocks" and "Where it is going").
 
 Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/step pattern):
 

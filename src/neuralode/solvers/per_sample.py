@@ -4,8 +4,9 @@
 every tensor of a tuple state) as a batch of ``B`` independent problems. Each sample ``i`` has its
 own time ``t_i``, step ``dt_i``, error ratio ``r_i``, accept/reject decision and counters; the
 arithmetic of the joint loop (:mod:`~neuralode.solvers.loop`) is repeated here with those
-quantities as tensors of shape ``(B,)`` (DESIGN.md, "The solver loop": the two clocks share every
-piece but the arithmetic):
+quantities as tensors of shape ``(B,)``, a second loop beside the joint one (``docs/architecture.md``,
+"Clocks"; the one-loop re-layout described there is to leave the two clocks sharing every piece of
+the loop but this arithmetic):
 
 * the tableau and its nonzero-coefficient plan (:func:`~neuralode.solvers.stepper._plan`); a stage
   is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` of shape ``(B, 1)`` broadcast over

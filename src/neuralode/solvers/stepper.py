@@ -1,4 +1,12 @@
-"""One generic explicit Runge-Kutta step: the only place where stages are combined.
+"""One generic explicit Runge-Kutta step, the reference form of the stage sums.
+
+:func:`rk_step` is the step the joint loop (:mod:`~neuralode.solvers.loop`) takes for an explicit
+tableau. The same sums are written three more times, each for a driver with its own constraint:
+:func:`~neuralode.solvers.fixed_grid.run` (the loop's lean fixed-grid stretch, inlined to skip
+per-step overhead), :func:`~neuralode.solvers.compiled.rk_stages` (traced by ``torch.compile``) and
+:func:`~neuralode.solvers.per_sample.rk_step` (a step size per sample). The first keeps this
+module's order of operations, so its states are the same bits; the compiled and per-sample forms
+equal it to rounding.
 
 For a tableau ``(c, a, b, b_err)`` with ``s`` stages, a step of size ``dt`` from ``(t0, y0)`` is::
 
@@ -14,9 +22,8 @@ float64 by the integration loop and only turned into a tensor when ``f`` is call
 Stages are combined with a chain of ``torch.add(acc, k_j, alpha=dt * a_ij)``, skipping zero
 coefficients. For the state sizes Neural ODEs use, this is cheaper than stacking the stages and
 contracting them with the coefficient vector: a stack copies every stage once more, and the small
-matrix product costs as much as the additions it replaces (measured for dopri5 on states of 16 to
-8192 elements: a stage buffer with one ``addmm`` per stage is within 5% of the chain), and the
-chain keeps backpropagation through the solver a plain autograd graph. When autograd is not
+matrix product (a stage buffer with one ``addmm`` per stage) costs as much as the additions it
+replaces, and the chain keeps backpropagation through the solver a plain autograd graph. When autograd is not
 recording, the chain accumulates in place after its first term (``acc.add_(k_j, ...)``): the same
 arithmetic in the same order, so the same bits, without allocating a tensor per term.
 """
@@ -35,7 +42,13 @@ Func = Callable[[float, torch.Tensor], torch.Tensor]
 
 
 class StepResult(NamedTuple):
-    """What one Runge-Kutta step returns; nothing else about the step is kept anywhere.
+    """What one step returns, as values: the explicit stepper here and the Adams, Rosenbrock, ESDIRK, Radau
+    and fixed implicit steppers all return one.
+
+    The loop decides with it and keeps from it what the next attempt needs (the FSAL stage, the Adams
+    history in ``memory``); what else lives across steps is held outside it: the controller's memory and the
+    counters in the loop's state and statistics, and the implicit steppers' Jacobian and factorisation in
+    their own caches.
 
     Attributes:
         y1: the propagated solution at ``t0 + dt``, shape of ``y0``.
