@@ -332,7 +332,8 @@ def solve(
             (see :mod:`neuralode.solvers.per_sample`; ``func`` then gets ``t`` of shape ``(B,)``).
         rtol, atol: relative and absolute tolerances of adaptive methods: numbers, tensors
             broadcastable to the state, or for tuple states a tuple with one entry per tensor.
-        method: a key of ``neuralode.METHODS``, which lists every name accepted (default ``"dopri5"``; ``None`` means the default).
+        method: a key of ``neuralode.METHODS``, which lists every name accepted (default ``"dopri5"``;
+            ``None`` means the default).
         options: method options; see :class:`AdaptiveOptions` and :class:`FixedOptions`.
         events: :class:`~neuralode.solvers.events.Event` objects to watch. Located events are
             listed in ``Solution.events``; a terminal one ends the solve and the output times

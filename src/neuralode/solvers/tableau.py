@@ -12,8 +12,9 @@ replaces the constant weights by polynomials ``b_i(theta)`` with ``b_i(0) = 0`` 
 ``y(t0 + theta dt) ~ y0 + dt * sum_i b_i(theta) k_i`` for ``0 <= theta <= 1``.
 
 A method is nothing but its coefficients (:class:`ButcherTableau`), checked when it is built; the generic
-stepper in :mod:`neuralode.solvers.stepper` (and the drivers' own forms of its stage sums) runs any of them. :data:`EXPLICIT_METHODS` names the built-in ones;
-:data:`neuralode.METHODS` names every method ``solve`` accepts.
+stepper in :mod:`neuralode.solvers.stepper` (and the drivers' own forms of its stage sums) runs any of them.
+:data:`EXPLICIT_METHODS` names the built-in ones; :data:`neuralode.METHODS` names every method ``solve``
+accepts.
 
 Some methods carry more than one weight vector for the error, or stages beyond those of the step:
 
