@@ -32,7 +32,7 @@ FIGURE_NAMES = ("convergence.png", "trajectories.png", "phase_portrait.png", "ve
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo can be told. Defaults give the full run (19 s measured on a shared 2-core x86 CPU).
+    """Everything the demo can be told. Defaults give the full run.
 
     Attributes:
         out: folder the figures are written to (created if missing).

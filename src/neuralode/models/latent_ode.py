@@ -24,9 +24,8 @@ sample's trajectory depends only on the time elapsed since its ``t0``: every sam
 own clock ``τ = t − t0``. When the samples' ``τ`` differ and the method is adaptive, the batch is
 solved with per-sample step control (``options={"per_sample": "compact"}``): each sample steps on
 its own clock to its own times only (forwards for ``τ > 0``, and a second solve backwards for
-``τ < 0``). Measured on the spirals (``benchmarks/results/per_sample.md``): as fast as the union
-scheme below when all times come from one shared grid of 100, 4-9x faster with continuous
-random times, where the union holds ``B x Q`` times. Otherwise (fixed-step methods, options
+``τ < 0``), where the union scheme below interpolates the whole batch at all ``B x Q`` times
+(``benchmarks/results/per_sample.md``, "Latent ODE", times both on the spirals). Otherwise (fixed-step methods, options
 per-sample mode lacks, or one shared clock) the whole batch is solved *once* over the sorted
 union of the batch's ``τ``; each sample then gathers its own times from that grid. Since the solver's dense output gives the state at any
 output time without stepping to it, the union adds no steps, only interpolations. The step sizes

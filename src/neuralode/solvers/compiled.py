@@ -7,16 +7,15 @@ would otherwise guard on every Python float it saw). The loop, the controller, o
 interpolation and events stay eager: they run once per step and decide, which is what Python is
 for.
 
-When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``, 2-core CPU, one
-thread): compilation removes the per-operation dispatch of a step whose operations are small,
-and gains nothing where matrix products dominate the step. Measured against the eager solve:
-Van der Pol, batch 256, dopri5, 0.9x the time; the MLP 32→128→128→32 on a batch of 256, 1.2x
-(dopri5) and 1.4x (tsit5), slower, partly because inductor's vectorised ``tanh`` is slower than
-ATen's. Compiling the step with the chunks' CPU configuration (``TUNE_STEP``, ``cpp_wrapper``
-and GEMM autotuning) measured the same within the spread, so it is off. What a compiled step
+When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``; its figures against
+the eager solve are in ``benchmarks/results/compile.md``, "Adaptive steps"): compilation removes
+the per-operation dispatch of a step whose operations are small, and gains nothing where matrix
+products dominate the step, where it can be slower than eager (inductor's vectorised ``tanh`` is
+slower than ATen's). Compiling the step with the chunks' CPU configuration (``TUNE_STEP``,
+``cpp_wrapper`` and GEMM autotuning) did not pay there, so it is off. What a compiled step
 leaves in Python per step is the loop around it: the error norm and its one host
-synchronisation, the controller, the dense output and dynamo's call overhead (tens of
-microseconds). The first call pays the compilation (5-50 s here; ``Solution.stats.compile_s``). Autograd works through
+synchronisation, the controller, the dense output and dynamo's call overhead. The first call
+pays the compilation (``Solution.stats.compile_s`` reports it). Autograd works through
 the compiled step (``torch.compile`` traces the backward too), and so do the adjoint (its
 backward solve runs eagerly: its dynamics are a vector-Jacobian product, which ``fullgraph``
 tracing does not take) and events (located on the interpolants, outside the compiled step). ``func`` must be traceable by ``torch.compile``
@@ -97,8 +96,9 @@ def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
 
 # Inductor settings for a CPU graph compiled without autograd (see inductor_options).
 CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
-# Whether the single (adaptive) step takes CPU_INDUCTOR_OPTIONS too; the chunks always do. Off:
-# measured no faster on the adaptive workloads, for a longer compilation (benchmarks/results/compile.md).
+# Whether the single (adaptive) step takes CPU_INDUCTOR_OPTIONS too; the chunks always do. Off: a step graph
+# leaves the loop's Python around it, so the tuning cannot pay for its longer compilation (benchmarks/results/
+# compile.md, "Adaptive steps").
 TUNE_STEP = False
 
 
@@ -108,7 +108,7 @@ def inductor_options(backend: str, device: torch.device, grad: bool) -> dict:
     user's global inductor configuration is left alone); otherwise none (inductor's defaults).
 
     ``cpp_wrapper`` makes the graph's kernel calls from generated C++ instead of a Python wrapper
-    (a few microseconds per kernel on a small state); ``max_autotune`` with the ``CPP`` GEMM
+    (on a small state the Python call per kernel costs more than the kernel); ``max_autotune`` with the ``CPP`` GEMM
     backend times generated C++ matrix-product kernels, with fused bias and activation epilogues,
     against ATen's and keeps the faster. Both make compilation slower. A graph recording autograd
     keeps the defaults: its backward graph is compiled too, and the autotuned backward of the tiny
@@ -133,7 +133,7 @@ def compile_graph(fn: Callable, backend: str, device: torch.device, grad: bool, 
     with :func:`inductor_options` when ``tune``.
 
     ``dynamic`` is left unset: ``dynamic=False`` makes every call patch and restore dynamo's
-    configuration around the graph (measured ~20% of a small graph's call cost), and each graph
+    configuration around the graph (a visible share of a small graph's call cost), and each graph
     here sees one set of input shapes (the callers' caches are keyed by them), so no
     recompilation could mark a dimension dynamic.
     """

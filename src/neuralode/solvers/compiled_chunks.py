@@ -35,8 +35,8 @@ without a last time (``odeint`` until an event), and steps within rounding of th
 Backpropagation works through the chunk: ``torch.compile`` traces the backward of the unrolled
 graph too (``benchmarks/bench_compile.py`` times it). A solve recording autograd compiles its own
 graph (forward and backward), with inductor's default configuration. That compilation is long on
-a CPU: the first training step of the tiny MLP took 170-280 s with K = 32 (109 s with K = 16 and
-the autotuning options below), for a step about half the eager one's time (0.49-0.54x); a smaller
+a CPU, minutes for the tiny MLP's first training step, for later steps about half the eager
+one's time (``benchmarks/results/compile.md``, the training rows of its last section); a smaller
 ``compile_steps`` compiles faster.
 
 Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
@@ -47,9 +47,9 @@ global inductor configuration; they were measured faster on the tiny MLP (see
 ``benchmarks/results/compile.md``) and make the first call slower.
 
 Choosing ``K``. Fewer, longer chunks save the per-call cost (dynamo's guards and wrappers around
-the compiled graph, some tens of microseconds a call) but compile longer: the graph is the
-``K`` steps unrolled. ``benchmarks/results/compile.md`` times ``K`` = 32 to 200 on the tiny MLP,
-each compiled from an empty cache.
+the compiled graph, the ``per call`` column of ``benchmarks/results/compile.md``) but compile
+longer: the graph is the ``K`` steps unrolled. ``benchmarks/results/compile.md`` times ``K`` = 32
+to 200 on the tiny MLP, each compiled from an empty cache.
 """
 
 from __future__ import annotations

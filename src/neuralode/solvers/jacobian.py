@@ -61,7 +61,7 @@ def batch_shape(shape: torch.Size, batch_dims: int) -> tuple[int, int]:
 
 
 # Constant tensors of the Jacobian and the iteration matrix, made once per shape, dtype and device: an identity
-# and the cotangents cost four small operations (~5 us on n = 3) that every Rosenbrock step repeated. Only small
+# and the cotangents cost four small operations that every Rosenbrock step would repeat. Only small
 # ones are kept (the per-operation overhead they save matters only for small systems), so the cache stays small.
 _CONSTANTS: dict = {}
 _CONSTANT_MAX_NUMEL = 1 << 14
@@ -110,10 +110,10 @@ def batched_vjp(
     (``None`` for an input ``f`` does not reach). The public call wraps the engine in argument normalisation,
     shape checks and a general-purpose vmap (pytree flattening of the arguments, per-call closures); here the
     one cotangent tensor gets its batch dimension directly, as that vmap does, and the engine runs the same
-    batched backward, so the values are the same bits. Measured on Robertson (n = 3, float64, one thread):
-    ~128 us per call through ``torch.autograd.grad``, ~70 us this way, for a Jacobian that is formed on every
-    Rosenbrock step. Tensor subclasses and active ``__torch_function__`` modes take the public call, which
-    dispatches to them; so does a torch without the engine entry point.
+    batched backward, so the values are the same bits. On a small system that Python is a large share of the
+    call, and a Jacobian is formed on every Rosenbrock step. Tensor subclasses and active
+    ``__torch_function__`` modes take the public call, which dispatches to them; so does a torch without the
+    engine entry point.
     """
     if _engine_run_backward is None or type(f) is not torch.Tensor or has_torch_function((f, cot, *inputs)):
         return torch.autograd.grad(
@@ -246,8 +246,8 @@ def autograd_linearisation(
     whether ``func`` uses ``t`` at all (``None``: unreachable). So ``B = 1`` never needs forward mode, and a
     batch whose previous Jacobian showed no time dependence is evaluated without the dual number; should
     ``t`` become reachable, the forward-mode evaluation is done after all (one more evaluation of ``func``,
-    once). Forward mode costs ~3-4x a plain evaluation (dual tensors in every operation): on Robertson
-    (``B = 1``, rodas5p, rtol 1e-6) it was ~0.35 ms of the ~1.6 ms that each Jacobian took. The returned
+    once). Forward mode costs several plain evaluations (dual tensors in every operation), a large share of
+    a small system's Jacobian. The returned
     ``f`` lets a caller reuse this evaluation as the step's ``f0``.
 
     A ``func`` whose output has no autograd path to ``y`` gets ``J = 0`` when it does not depend on ``y``

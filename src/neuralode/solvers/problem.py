@@ -85,7 +85,7 @@ def check_step_callbacks(
     Returns:
         The callbacks the solve calls, in the order of ``CALLBACK_NAMES`` (``None`` where there is none or the
         method never calls it), for :class:`_Problem`: the attribute look-ups are made once per solve (on an
-        ``nn.Module`` a missing attribute costs ~8 us, its ``__getattr__`` raising).
+        ``nn.Module`` a missing attribute is reported by its ``__getattr__`` raising, which is slow).
 
     Raises:
         TypeError: for a callback that the method calls and that cannot be called as ``(t0, y0, dt)``.

@@ -18,29 +18,16 @@ The step returns values only; whether it is accepted is the controller's decisio
 ``(t0, y0)`` is kept while the loop retries from the same point after a rejection (a rejected step changes
 ``h``, so ``W`` is refactored but ``J`` is not recomputed), as every Rosenbrock code does.
 
-Where the time of a step goes (measured, Robertson n = 3, float64, no autograd, rtol 1e-6 to t = 1e5:
-129 attempted steps; cProfile per step, so absolute values are inflated, and the count of torch calls by a
-``TorchFunctionMode``). The solver's own arithmetic is small beside the autograd machinery and the user's
-function (~25 torch calls per evaluation here, ~0.1 ms). "before": ``df/dt`` by a forward-mode evaluation,
-``f0`` evaluated apart from the Jacobian, stage sums as one scaled add per coefficient; "after": this module.
-
-==========================================  ==============  ==================================
-per step                                    before           after
-==========================================  ==============  ==================================
-Jacobian (one batched backward)             1.6-1.8 ms       0.9-1.0 ms
-  of which is_grads_batched vmap machinery  0.36-0.38 ms     0.23-0.27 ms (the engine: the rest)
-  forward-mode df/dt evaluation             0.38-0.42 ms     none (df/dt from the same backward)
-evaluations of func                         9 (1.0-1.1 ms)   8 (0.6-0.7 ms): f0 is the Jacobian's
-stage sums                                  0.39-0.43 ms     0.08-0.09 ms (16 addmv)
-8 lu_solve / lu_factor / error norm         0.3 / 0.14 / 0.14 ms  0.2 / 0.08 / 0.08 ms
-torch calls                                 297             249 (~200 of them in func)
-CPU time per step, no profiler              2.7-3.1 ms       2.1 ms
-==========================================  ==============  ==================================
-
-What is left is the batched backward itself (``torch.autograd.grad(..., is_grads_batched=True)``): on
-n = 3, 8, 20 (Robertson, HIRES, POLLU), B = 1 and 256, it measured faster than ``n`` separate
-vector-Jacobian products (1.3-8x), ``torch.func.jacrev`` (1.4-3x) and ``torch.func.jacfwd`` (3.5-12x), the
-last two vmapped per sample for B = 256, so it stays.
+Where the time of a step goes: on the small systems stiff Neural ODEs and chemical kinetics bring, the solver's
+own arithmetic is small beside the autograd machinery and the user's function, so a step is laid out to make few
+torch calls. ``df/dt`` comes from the same batched backward as ``J`` rather than from a forward-mode evaluation
+with dual tensors (:func:`~neuralode.solvers.jacobian.autograd_linearisation`); ``f0`` is the evaluation that
+backward differentiates, not one more; without autograd the stage sums are matrix-vector products into the rows
+of one buffer rather than a scaled add per coefficient (:func:`_step_in_place`). What is left is the batched
+backward itself (``torch.autograd.grad(..., is_grads_batched=True)``, called through the engine with less Python
+around it, :func:`~neuralode.solvers.jacobian.batched_vjp`): on the benchmark's systems (Robertson, HIRES,
+POLLU; one system and a batch of 256) it forms ``J`` faster than ``n`` separate vector-Jacobian products,
+``torch.func.jacrev`` or ``torch.func.jacfwd`` (the last two vmapped per sample for a batch), so it stays.
 
 References:
     E. Hairer, G. Wanner, "Solving Ordinary Differential Equations II: Stiff and Differential-Algebraic
@@ -195,11 +182,10 @@ def _step_in_place(
     (``y1``, the error estimate and ``U``, which dense output keeps) has storage of its own, so a kept output
     does not keep the scratch alive.
 
-    Measured on Robertson (rodas5p, ``B = 1``): the sums took ~50 eager additions per step (~0.35 ms), ~20
-    operations as one product each; writing the products into rows rather than into new tensors (``addmv``
-    ~1.5 us instead of ~3 us on n = 3) and dropping the per-stage views and reshapes (~0.7 us each) took the
-    stepper's own torch calls from 62 to 37 per step. The stepper used under autograd keeps the out-of-place
-    sums that backpropagation needs.
+    On a small system a torch call costs more than its arithmetic: the products replace rodas5p's ~50 eager
+    additions per step with ~20 operations, and writing them into the scratch's rows rather than into new
+    tensors, with no per-stage views or reshapes, saves an allocation and a call per product. The stepper used
+    under autograd keeps the out-of-place sums that backpropagation needs.
     """
     a_rows, C_rows, m, m_err = _coefficient_tensors(tab, y0.dtype, y0.device)
     LU, pivots = lu

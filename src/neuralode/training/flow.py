@@ -17,9 +17,9 @@ rate cosine-decayed to 0 over ``iterations``, as in the CNF task.
 **Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation in
 ``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh MLP taking ``t`` as an
 input, no sinusoidal features of ``t``: those made the fitted field oscillate in ``t`` and cost
-about 0.2 nats of test NLL), Adam at 3e-3 and 2500 iterations: one OT-CFM step costs 1/15 to
-1/19 of a CNF step (measured in one process on a loaded machine), so they take about 1/6 of the
-CNF's 1000 iterations, inside the 1/5 the flow-matching benchmark allows with room for that spread.
+about 0.2 nats of test NLL), Adam at 3e-3 and 2500 iterations: an OT-CFM step solves no ODE, so it
+costs a small fraction of a CNF step (``benchmarks/results/flows.md``, "Training cost"), and 2500 of
+them take about 1/6 of the CNF's 1000 iterations, inside the 1/5 the flow-matching benchmark allows.
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
