@@ -55,7 +55,7 @@ from .options import (
     check_tolerance_resolution,
     suggest,
 )
-from .problem import _ErrorNorm, _Problem, check_step_callbacks
+from .problem import _ErrorNorm, _PrimalErrorNorm, _Problem, check_step_callbacks
 from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .tableau import EXPLICIT_METHODS, ButcherTableau, get_tableau
@@ -132,6 +132,18 @@ METHODS = MethodRegistry()
 Runge-Kutta methods (``euler`` ... ``dopri8_13m``), the implicit ones (``rosenbrock23``, ``rodas5p``,
 ``kvaerno5``, ``radau5`` ... and the fixed-grid ``implicit_euler`` ...), ``auto``, the Adams methods
 (``explicit_adams``, ``implicit_adams``, ``fixed_adams``) and ``scipy_solver``."""
+
+
+def forward_mode_active(*tensors: torch.Tensor) -> bool:
+    """Whether forward-mode derivatives may be carried through a solve of these tensors: a ``torch.func``
+    transform (``jvp``, ``jacfwd``, ``vmap``, ...) is running, or a ``torch.autograd.forward_ad`` dual level
+    is open and one of ``tensors`` (the state, the times, ``func(t0, y0)``, which carries the tangents of
+    parameters) is a dual tensor. Decided once per solve, so the plain solve pays nothing per step."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        return True
+    if torch.autograd.forward_ad._current_level < 0:
+        return False
+    return any(torch.autograd.forward_ad.unpack_dual(x).tangent is not None for x in tensors)
 
 
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
@@ -228,7 +240,8 @@ def _run(
         jumps = frozenset(opts.jump_t)
         k = min(tableau.order, tableau.error_order) + 1
         controller = StepSizeController(opts.controller, opts.safety, opts.ifactor, opts.dfactor, k)
-        error = _ErrorNorm(problem, rtol_v, atol_v, opts.norm)
+        forward = forward_mode_active(*parts, t, f0)
+        error = (_PrimalErrorNorm if forward else _ErrorNorm)(problem, rtol_v, atol_v, opts.norm)
         if opts.first_step is not None:
             dt0 = direction * opts.first_step
         else:

@@ -440,3 +440,28 @@ class _ErrorNorm:
                 # have a real scale and a complex error).
                 return self.norm(torch.div(y_err, scale, out=scale) if y_err.dtype == scale.dtype else y_err / scale)
             return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
+
+
+class _PrimalErrorNorm(_ErrorNorm):
+    """:class:`_ErrorNorm` measured on the primal values of forward-mode dual tensors.
+
+    The step sizes are Python floats: the discrete solution's derivative does not run through the
+    controller's choices, in forward mode as in backpropagation. So the error measures need only the
+    primal numbers, and measuring on them keeps the norm's in-place and ``out=`` kernels (which forward
+    mode refuses) without carrying tangents through arithmetic whose result is thrown away.
+    ``detach()`` drops the tangent of a ``torch.autograd.forward_ad`` dual tensor and of a tensor
+    wrapped by a ``torch.func`` transform alike. Chosen once per solve by the caller when forward mode
+    is active (:func:`~neuralode.solvers.api.forward_mode_active`); the plain solve keeps :class:`_ErrorNorm`.
+    """
+
+    def scaled(self, x: torch.Tensor, y: torch.Tensor, every_component: bool = False) -> float:
+        return super().scaled(x.detach(), y.detach(), every_component)
+
+    def scaled_stages(self, X: torch.Tensor, y: torch.Tensor) -> float:
+        return super().scaled_stages(X.detach(), y.detach())
+
+    def ratio(
+        self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None
+    ) -> float:
+        aux = None if y_err_aux is None else y_err_aux.detach()
+        return super().ratio(y_err.detach(), y0.detach(), y1.detach(), aux)
