@@ -25,6 +25,7 @@ Differences on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -146,6 +147,42 @@ def forward_mode_active(*tensors: torch.Tensor) -> bool:
     return any(torch.autograd.forward_ad.unpack_dual(x).tangent is not None for x in tensors)
 
 
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``jvp``, ``jacfwd``, ``vmap``, ...) is running."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+def forward_mode_methods() -> list[str]:
+    """The methods that carry ``torch.func`` transforms (``torch.func.jvp``, ``jacfwd``): the explicit Runge-Kutta
+    and Adams methods. Every method but ``scipy_solver`` carries ``torch.autograd.forward_ad`` dual tensors."""
+    return [*EXPLICIT_METHODS, *ADAMS_METHODS]
+
+
+def check_forward_mode(tableau, jacobian_callable: bool = False) -> None:
+    """Refuse a solve that cannot carry the forward-mode derivatives asked of it, before it starts.
+
+    ``scipy_solver`` integrates NumPy copies of the state, so no tangent reaches its result: refused inside a
+    ``torch.func`` transform and whenever a ``torch.autograd.forward_ad`` dual level is open. The implicit
+    methods and ``auto`` form Jacobians by ``torch.autograd.grad`` on a leaf made with ``requires_grad_()``
+    (and a user ``jacobian`` callable is differentiated in ``t`` the same way), which ``torch.func``
+    transforms refuse: refused inside a transform, with the way that does work (dual tensors)."""
+    if tableau is SCIPY_METHOD:
+        if functorch_active() or torch.autograd.forward_ad._current_level >= 0:
+            raise TypeError(
+                "method='scipy_solver' cannot carry forward-mode derivatives (torch.func.jvp/jacfwd or "
+                "torch.autograd.forward_ad dual tensors): it integrates NumPy copies of the state. Use a "
+                f"neuralode method; with torch.func: {', '.join(forward_mode_methods())}."
+            )
+        return
+    if functorch_active() and (tableau.name not in forward_mode_methods() or jacobian_callable):
+        raise TypeError(
+            f"method={tableau.name!r} cannot run inside a torch.func transform (jvp, jacfwd, vmap): its Jacobian "
+            "is formed by torch.autograd.grad, which torch.func transforms refuse. Use torch.autograd.forward_ad "
+            "dual tensors for its forward-mode derivatives, or one of the methods that torch.func transforms "
+            f"go through: {', '.join(forward_mode_methods())}."
+        )
+
+
 def _interp_kind(tableau: ButcherTableau, opts) -> str:
     if getattr(tableau, "interp_kind", None):  # implicit methods name their own dense output
         return tableau.interp_kind
@@ -178,6 +215,7 @@ def _run(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
+    check_forward_mode(tableau, callable(getattr(opts, "jacobian", None)))
     callbacks = check_step_callbacks(func, tableau)
     is_tuple = isinstance(y0, tuple)
     if parts is None:
@@ -199,7 +237,8 @@ def _run(
     problem.direction = direction
     problem.pass_perturb = opts.perturb and _accepts_keyword(func, "perturb")
     side0 = 1 if (opts.perturb and isinstance(opts, FixedOptions)) else 0
-    needs_t_grad = t.requires_grad
+    # A forward-mode tangent of t takes the same route as its gradient (the shift below is linear in t).
+    needs_t_grad = t.requires_grad or forward_mode_active(t)
     y_start = problem.flatten(parts)
     if needs_t_grad:
         # d y(t_i) / d t_0 = -J(t_i, t_0) f(t_0, y0): shifting y0 by -(t0 - t0.detach()) f0 makes
@@ -212,6 +251,11 @@ def _run(
         y_solve = y_start
         f0 = problem.first_call(t0, y_start, side0)
 
+    # Forward mode: the Jacobians keep their tangents, the error norms measure primal values, and the
+    # solve runs with autograd recording, which selects the out-of-place stage sums everywhere (the lean
+    # paths for solves without autograd write into buffers with out= kernels, which forward mode refuses).
+    forward = forward_mode_active(*parts, t, f0)
+    problem.forward_mode = forward
     if isinstance(opts, FixedOptions):
         if math.isinf(t_end):
             stops = InfiniteGrid(t0, direction, opts.step_size)
@@ -240,7 +284,6 @@ def _run(
         jumps = frozenset(opts.jump_t)
         k = min(tableau.order, tableau.error_order) + 1
         controller = StepSizeController(opts.controller, opts.safety, opts.ifactor, opts.dfactor, k)
-        forward = forward_mode_active(*parts, t, f0)
         error = (_PrimalErrorNorm if forward else _ErrorNorm)(problem, rtol_v, atol_v, opts.norm)
         if opts.first_step is not None:
             dt0 = direction * opts.first_step
@@ -255,25 +298,26 @@ def _run(
     if isinstance(opts, AdamsOptions):
         config = SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol_v, atol=atol_v)
     try:
-        result = integrate(
-            problem,
-            y_solve,
-            f0,
-            times,
-            tableau=tableau,
-            opts=opts,
-            stops=stops,
-            jumps=jumps,
-            controller=controller,
-            dt0=dt0,
-            error=error,
-            stats=stats,
-            interp_kind=_interp_kind(tableau, opts),
-            events=event_set,
-            t_dtype=t.dtype,
-            dense=dense,
-            method_config=config,
-        )
+        with torch.enable_grad() if forward else contextlib.nullcontext():
+            result = integrate(
+                problem,
+                y_solve,
+                f0,
+                times,
+                tableau=tableau,
+                opts=opts,
+                stops=stops,
+                jumps=jumps,
+                controller=controller,
+                dt0=dt0,
+                error=error,
+                stats=stats,
+                interp_kind=_interp_kind(tableau, opts),
+                events=event_set,
+                t_dtype=t.dtype,
+                dense=dense,
+                method_config=config,
+            )
     except SolverError as exc:
         if events and math.isinf(t_end):  # an event search that ended without its event
             raise no_event_found(exc, opts.max_num_steps) from exc
@@ -373,6 +417,7 @@ def solve(
     if tableau is SCIPY_METHOD:
         if check_events(events):
             raise ValueError(SCIPY_NO_EVENTS)
+        check_forward_mode(tableau)
         check_step_callbacks(func, tableau)
         return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
     opts = _parse_options(options, tableau)

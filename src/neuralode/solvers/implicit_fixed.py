@@ -213,6 +213,7 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
             check_coupling=not checked["done"],
             create_graph=create_graph,
             time_dependent=False,
+            forward=problem.forward_mode,
         ).J
         checked["done"] = True
         return J

@@ -175,6 +175,9 @@ class _Problem:
         self.direction = 1.0  # of integration; set by the solver
         self.pass_perturb = False  # call func(t, y, perturb=Perturb...) (options['perturb'])
         self.plain = not is_tuple  # func(t, y) on the flat state as it is; set again by first_call
+        # Forward-mode derivatives are carried through the solve (dual tensors or a torch.func transform):
+        # the implicit methods' Jacobians then keep their tangents. Set by the solver.
+        self.forward_mode = False
         # torchdiffeq's step callbacks, methods of func: (callback_step, callback_accept_step,
         # callback_reject_step), each None when func has none (given: as check_step_callbacks found them).
         self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES) if callbacks is None else callbacks

@@ -343,6 +343,7 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
                 check_coupling=not checked,
                 create_graph=create_graph,
                 time_dependent=time_dependent,
+                forward=problem.forward_mode,
             )
             memo["checked"] = True
             memo["time_dependent"] = lin.f_t is not None
