@@ -81,13 +81,18 @@ def test_parameter_tangent(method):
 
     def run(ps):
         return odeint(
-            lambda t, y: torch.tanh(torch.func.functional_call(lin, ps, (y,))), Y0, T, method=method, rtol=1e-9, atol=1e-11
+            lambda t, y: torch.tanh(torch.func.functional_call(lin, ps, (y,))),
+            Y0,
+            T,
+            method=method,
+            rtol=1e-9,
+            atol=1e-11,
         )
 
     with fwAD.dual_level():
         tangent = fwAD.unpack_dual(run({k: fwAD.make_dual(p, dirs[k]) for k, p in params.items()})).tangent
     eps = 1e-6
-    fd = (run({k: p + eps * dirs[k] for k, p in params.items()}) - run({k: p - eps * dirs[k] for k, p in params.items()}))
+    fd = run({k: p + eps * dirs[k] for k, p in params.items()}) - run({k: p - eps * dirs[k] for k, p in params.items()})
     fd = fd / (2 * eps)
     assert float((tangent - fd).abs().max() / fd.abs().max()) < 1e-6
     if method == "dopri5":

@@ -510,7 +510,10 @@ def odeint(
 
     Same arguments, errors and defaults as :func:`solve`; returns ``solve(...).ys``, a tensor of
     shape ``(len(t), *y0.shape)`` or a tuple of them. Differentiable with respect to ``y0``,
-    ``t`` and any parameters ``func`` uses, by backpropagation through the solver.
+    ``t`` and any parameters ``func`` uses, by backpropagation through the solver, and in forward
+    mode: ``torch.autograd.forward_ad`` dual tensors with every method but ``scipy_solver``,
+    ``torch.func.jvp``/``jacfwd`` with the explicit and Adams methods (:func:`forward_mode_methods`;
+    the others raise ``TypeError``).
 
     With ``event_fn`` (torchdiffeq's event mode): ``t = [t0, t_dir]`` gives the start and the
     direction; the solve runs until the first sign change of any element of
