@@ -885,3 +885,85 @@ def test_shared_graph_adjoint_keeps_nothing_between_iterations():
             counts.append(alive())
             assert len(outputs) > 0 and all(ref() is None for ref in outputs)
     assert counts == [before] * len(counts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Second derivatives (double backward): exact where the mode records a graph, refused elsewhere.
+
+
+def _hvp_problem():
+    """A 2x2 tanh field ``dy/dt = tanh(W y + b)`` in float64, its parameters and a direction."""
+    gen = torch.Generator().manual_seed(25)
+    W = torch.randn(2, 2, dtype=F64, generator=gen).requires_grad_(True)
+    b = torch.randn(2, dtype=F64, generator=gen).requires_grad_(True)
+    y0 = torch.tensor([[0.5, -0.3]], dtype=F64, requires_grad=True)  # a batch of one, for per_sample too
+    v = tuple(torch.randn(p.shape, dtype=F64, generator=gen) for p in (W, b, y0))
+
+    def f(t, y):
+        return torch.tanh(y @ W.T + b)
+
+    return f, (W, b, y0), v
+
+
+def _hvp_loss(solver, f, params, **kw):
+    W, b, y0 = params
+    t = torch.linspace(0.0, 1.0, 4, dtype=F64)
+    if solver is odeint_adjoint:
+        kw["adjoint_params"] = (W, b)
+    ys = solver(f, y0, t, rtol=1e-10, atol=1e-12, **kw)
+    return (ys**2).sum() + ys[-1].sin().sum()  # a nonlinear loss: ∂L/∂y depends on y
+
+
+def _hvp(solver, f, params, v, **kw):
+    """``H v`` by double backward: the gradient of ``g · v`` where ``g`` is a differentiable gradient."""
+    g = torch.autograd.grad(_hvp_loss(solver, f, params, **kw), params, create_graph=True)
+    gv = sum((gi * vi).sum() for gi, vi in zip(g, v))
+    return torch.cat([h.reshape(-1) for h in torch.autograd.grad(gv, params)])
+
+
+def _hvp_by_differences(f, params, v, eps=1e-5):
+    """``(g(θ + εv) - g(θ - εv)) / 2ε`` of backprop's first gradient ``g`` (error O(ε²))."""
+
+    def g_at(sign):
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.add_(sign * eps * d)
+        try:
+            return torch.cat([x.reshape(-1) for x in torch.autograd.grad(_hvp_loss(odeint, f, params), params)])
+        finally:
+            with torch.no_grad():
+                for p, d in zip(params, v):
+                    p.sub_(sign * eps * d)
+
+    return (g_at(1.0) - g_at(-1.0)) / (2 * eps)
+
+
+@pytest.mark.parametrize("options", [None, {"checkpoint": True}], ids=["backprop", "checkpoint"])
+def test_hessian_vector_product_through_odeint_matches_differences(options):
+    f, params, v = _hvp_problem()
+    expected = _hvp_by_differences(f, params, v)
+    got = _hvp(odeint, f, params, v, options=options)
+    assert torch.linalg.vector_norm(got - expected) <= 1e-6 * torch.linalg.vector_norm(expected)
+
+
+@pytest.mark.parametrize(
+    "kw, family",
+    [
+        ({}, "backsolve adjoint"),
+        ({"adjoint_options": {"interpolate": True}}, "interpolating adjoint"),
+        ({"options": {"per_sample": True}}, "per-sample adjoint"),
+    ],
+    ids=["backsolve", "interpolating", "per_sample"],
+)
+def test_double_backward_through_an_adjoint_without_a_graph_is_refused(kw, family):
+    """These backward solves take vector-Jacobian products without a graph: a gradient computed
+    with create_graph=True would differentiate wrongly, so it is refused, naming what works."""
+    f, params, v = _hvp_problem()
+    loss = _hvp_loss(odeint_adjoint, f, params, **kw)
+    with pytest.raises(ValueError, match=rf"create_graph=True.*{family}.*odeint \(backprop.*checkpoint"):
+        torch.autograd.grad(loss, params, create_graph=True)
+    # The first-order gradient is unaffected.
+    g = torch.autograd.grad(_hvp_loss(odeint_adjoint, f, params, **kw), params)
+    g_ref = torch.autograd.grad(_hvp_loss(odeint, f, params), params)
+    for a, r in zip(g, g_ref):
+        assert torch.allclose(a, r, rtol=1e-6, atol=1e-8)

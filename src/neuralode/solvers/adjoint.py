@@ -74,6 +74,26 @@ def in_adjoint_backward() -> bool:
     return _IN_BACKWARD.get()
 
 
+def refuse_double_backward(family: str) -> None:
+    """Raise a ValueError when a backward solve that records no graph runs under ``create_graph=True``.
+
+    Autograd runs a custom Function's backward with grad mode on exactly when the caller asked for
+    a differentiable gradient (``torch.autograd.grad(..., create_graph=True)``, a Hessian-vector
+    product, a gradient penalty). A backward solve that differentiates ``f`` without a graph of
+    its own vector-Jacobian products returns a gradient whose derivative misses every term through
+    ``∂f/∂y`` and ``∂f/∂θ``: a second derivative computed from it is wrong, not merely slow, so it
+    is refused rather than returned.
+    """
+    if torch.is_grad_enabled():
+        raise ValueError(
+            f"create_graph=True is not supported by odeint_adjoint's {family}: the gradient was requested "
+            "differentiable (double backward, e.g. a Hessian-vector product), and its backward solve "
+            "records no graph, so the second derivative would be wrong. For second derivatives use "
+            "odeint (backpropagation through the solver) or odeint(..., options={'checkpoint': True}); "
+            "or compute the gradient with create_graph=False."
+        )
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
@@ -166,6 +186,8 @@ class _AdjointSolve(torch.autograd.Function):
         if cfg.get("dense") is not None:
             from .adjoint_interpolating import interpolating_backward
 
+            refuse_double_backward("interpolating adjoint (adjoint_options['interpolate']=True)")
+
             need_t = ctx.needs_input_grad[2]
             a, t_grad, g_params = interpolating_backward(cfg, t, ys, grad_ys, need_t, _IN_BACKWARD)
             g_params = tuple(
@@ -173,6 +195,7 @@ class _AdjointSolve(torch.autograd.Function):
                 for g, p in zip(g_params, cfg["params"])
             )
             return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
+        refuse_double_backward("backsolve adjoint")
         flat: _Flat = cfg["flat"]
         func = cfg["func"]
         params: tuple[torch.Tensor, ...] = cfg["params"]
