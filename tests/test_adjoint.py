@@ -885,3 +885,117 @@ def test_shared_graph_adjoint_keeps_nothing_between_iterations():
             counts.append(alive())
             assert len(outputs) > 0 and all(ref() is None for ref in outputs)
     assert counts == [before] * len(counts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Second derivatives (double backward): exact where the mode records a graph, refused elsewhere.
+
+
+def _hvp_problem(with_t: bool = False):
+    """A 2x2 tanh field ``dy/dt = tanh(W y + b)`` in float64, the tensors differentiated (``W, b,
+    y0`` and, ``with_t``, the output times) and a direction ``v`` for the Hessian-vector product."""
+    gen = torch.Generator().manual_seed(25)
+    W = torch.randn(2, 2, dtype=F64, generator=gen).requires_grad_(True)
+    b = torch.randn(2, dtype=F64, generator=gen).requires_grad_(True)
+    y0 = torch.tensor([[0.5, -0.3]], dtype=F64, requires_grad=True)  # a batch of one, for per_sample too
+    params = (W, b, y0)
+    if with_t:
+        params += (torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=F64, requires_grad=True),)
+    v = tuple(torch.randn(p.shape, dtype=F64, generator=gen) for p in params)
+
+    def f(t, y):
+        return torch.tanh(y @ W.T + b)
+
+    return f, params, v
+
+
+def _hvp_loss(solver, f, params, **kw):
+    W, b, y0 = params[:3]
+    t = params[3] if len(params) > 3 else torch.linspace(0.0, 1.0, 4, dtype=F64)
+    if solver is odeint_adjoint:
+        kw["adjoint_params"] = (W, b)
+    kw.setdefault("rtol", 1e-10)
+    kw.setdefault("atol", 1e-12)
+    ys = solver(f, y0, t, **kw)
+    return (ys**2).sum() + ys[-1].sin().sum()  # a nonlinear loss: ∂L/∂y depends on y
+
+
+def _hvp(solver, f, params, v, **kw):
+    """``H v`` by double backward: the gradient of ``g · v`` where ``g`` is a differentiable gradient."""
+    g = torch.autograd.grad(_hvp_loss(solver, f, params, **kw), params, create_graph=True)
+    gv = sum((gi * vi).sum() for gi, vi in zip(g, v))
+    return torch.cat([h.reshape(-1) for h in torch.autograd.grad(gv, params)])
+
+
+def _hvp_by_differences(solver, f, params, v, eps=1e-5, **kw):
+    """``(g(θ + εv) - g(θ - εv)) / 2ε`` of ``solver``'s first gradient ``g`` (error O(ε²))."""
+
+    def g_at(sign):
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.add_(sign * eps * d)
+        try:
+            loss = _hvp_loss(solver, f, params, **kw)
+            return torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)])
+        finally:
+            with torch.no_grad():
+                for p, d in zip(params, v):
+                    p.sub_(sign * eps * d)
+
+    return (g_at(1.0) - g_at(-1.0)) / (2 * eps)
+
+
+def _rel(got, expected):
+    return float(torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected))
+
+
+@pytest.mark.parametrize("options", [None, {"checkpoint": True}], ids=["backprop", "checkpoint"])
+def test_hessian_vector_product_through_odeint_matches_differences(options):
+    f, params, v = _hvp_problem()
+    expected = _hvp_by_differences(odeint, f, params, v)
+    assert _rel(_hvp(odeint, f, params, v, options=options), expected) < 1e-6
+
+
+@pytest.mark.parametrize("with_t", [False, True], ids=["theta_y0", "theta_y0_t"])
+def test_hessian_vector_product_through_the_backsolve_adjoint_matches_differences(with_t):
+    """Under create_graph=True the backsolve adjoint records its backward solve: double backward is
+    the derivative of the gradient it computes, so at tight tolerances it matches central
+    differences of backprop's gradient (the HVP of the ODE), output times included."""
+    f, params, v = _hvp_problem(with_t)
+    expected = _hvp_by_differences(odeint, f, params, v)
+    assert _rel(_hvp(odeint_adjoint, f, params, v), expected) < 1e-6
+
+
+def test_recorded_backsolve_gives_the_same_first_gradient():
+    """Recording the backward solve (create_graph=True) changes what is kept, not what is computed:
+    the first-order gradient is the one create_graph=False gives, to the last bit."""
+    f, params, _ = _hvp_problem(with_t=True)
+    kw = {"rtol": 1e-6, "atol": 1e-8}
+    plain = torch.autograd.grad(_hvp_loss(odeint_adjoint, f, params, **kw), params)
+    recorded = torch.autograd.grad(_hvp_loss(odeint_adjoint, f, params, **kw), params, create_graph=True)
+    assert all(r.requires_grad for r in recorded)
+    for a, r in zip(plain, recorded):
+        assert torch.equal(a, r.detach())
+
+
+@pytest.mark.parametrize(
+    "kw, family",
+    [
+        ({"adjoint_options": {"interpolate": True}}, "interpolating adjoint"),
+        ({"options": {"per_sample": True}}, "per-sample adjoint"),
+        ({"adjoint_method": "rodas5p", "adjoint_options": {"interpolate": False}}, "implicit adjoint_method"),
+    ],
+    ids=["interpolating", "per_sample", "implicit_backsolve"],
+)
+def test_double_backward_through_an_adjoint_without_a_graph_is_refused(kw, family):
+    """These backward solves take vector-Jacobian products without a graph: a gradient computed
+    with create_graph=True would differentiate wrongly, so it is refused, naming what works."""
+    f, params, v = _hvp_problem()
+    loss = _hvp_loss(odeint_adjoint, f, params, **kw)
+    with pytest.raises(ValueError, match=rf"create_graph=True.*{family}.*odeint \(backprop.*checkpoint.*backsolve"):
+        torch.autograd.grad(loss, params, create_graph=True)
+    # The first-order gradient is unaffected.
+    g = torch.autograd.grad(_hvp_loss(odeint_adjoint, f, params, **kw), params)
+    g_ref = torch.autograd.grad(_hvp_loss(odeint, f, params), params)
+    for a, r in zip(g, g_ref):
+        assert torch.allclose(a, r, rtol=1e-6, atol=1e-8)

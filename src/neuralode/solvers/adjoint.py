@@ -43,6 +43,10 @@ Design choices:
 * Only the output states are saved for backward: memory does not grow with the number of
   steps (the price is a second solve, backwards, whose ``y`` differs from the forward one by the
   solver's error; at tight tolerances adjoint and backprop gradients agree).
+* Double backward (``create_graph=True``): the backsolve records its backward solve, the products
+  taken at detached leaves and joined back to ``y``'s graph (:class:`_Reattach`), so the gradient
+  is differentiable; the interpolating and per-sample adjoints and an implicit ``adjoint_method``
+  refuse it (:func:`refuse_double_backward`) instead of returning a wrongly differentiable gradient.
 * Except with an implicit (stiff) ``adjoint_method``: re-solving ``y`` backwards is unstable for a
   stiff dissipative system, so there the default is the interpolating adjoint
   (:mod:`~neuralode.solvers.adjoint_interpolating`; ``adjoint_options={"interpolate": True | False}``
@@ -72,6 +76,29 @@ _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", defaul
 def in_adjoint_backward() -> bool:
     """Whether the caller runs inside an adjoint backward solve (used to count NFE apart)."""
     return _IN_BACKWARD.get()
+
+
+def refuse_double_backward(family: str) -> None:
+    """Raise a ValueError when a backward solve that records no graph runs under ``create_graph=True``.
+
+    Autograd runs a custom Function's backward with grad mode on exactly when the caller asked for
+    a differentiable gradient (``torch.autograd.grad(..., create_graph=True)``, a Hessian-vector
+    product, a gradient penalty). A backward solve that differentiates ``f`` without a graph of
+    its own vector-Jacobian products returns a gradient whose derivative misses every term through
+    ``∂f/∂y`` and ``∂f/∂θ``: a second derivative computed from it is wrong, not merely slow, so it
+    is refused rather than returned. The backsolve adjoint with an explicit ``adjoint_method``
+    records its backward solve instead (:class:`_Reattach`) and is differentiable.
+    """
+    if torch.is_grad_enabled():
+        raise ValueError(
+            f"create_graph=True is not supported by odeint_adjoint's {family}: the gradient was requested "
+            "differentiable (double backward, e.g. a Hessian-vector product), and its backward solve "
+            "records no graph, so the second derivative would be wrong. For second derivatives use "
+            "odeint (backpropagation through the solver), odeint(..., options={'checkpoint': True}) or "
+            "odeint_adjoint's backsolve adjoint with an explicit adjoint_method (the default for explicit "
+            "methods, without options['per_sample'] or adjoint_options['interpolate']=True); or compute "
+            "the gradient with create_graph=False."
+        )
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +147,48 @@ class _Flat:
         return tuple(c.reshape(n, *s) for c, s in zip(torch.split(ys, self.sizes, dim=1), self.shapes))
 
 
+class _Reattach(torch.autograd.Function):
+    """``outs`` computed from detached leaves, joined again to the tensors they were detached from.
+
+    In a recorded backward solve (``create_graph=True``) the state ``y`` (and the clock ``t``) carry
+    a graph back to the saved outputs and through them to the parameters, so
+    ``torch.autograd.grad(f, (y, *θ))`` on ``y`` itself would follow the path through ``y`` too and
+    return the total derivative instead of ``∂f/∂θ`` (and run this backward again, recursively).
+    The products are therefore taken at leaves ``y_d = y.detach()``: ``outs = (f, -aᵀ∂f/∂y,
+    -aᵀ∂f/∂θ)`` have graphs to ``y_d``, ``a`` and ``θ`` only. This function returns ``outs``
+    unchanged, passes their cotangents on to those graphs, and sends ``y`` what reaches ``y_d``:
+    ``(∂outs/∂y_d)ᵀ g``, one backward through the products' recorded graph. The backward through
+    the recorded solve (the second derivative) thus reaches ``y``'s own graph as the chain rule says.
+    """
+
+    @staticmethod
+    def forward(ctx, n_src: int, *tensors: torch.Tensor):
+        ctx.n_src = n_src
+        ctx.save_for_backward(*tensors[n_src:])  # the leaves, then the outputs
+        return tuple(o.view_as(o) for o in tensors[2 * n_src :])
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        n = ctx.n_src
+        saved = ctx.saved_tensors
+        leaves, outs = saved[:n], saved[n:]
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+        wanted = [k for k, leaf in enumerate(leaves) if leaf.requires_grad and ctx.needs_input_grad[1 + k]]
+        src = [None] * n
+        if pairs and wanted:
+            found = torch.autograd.grad(
+                [o for o, _ in pairs],
+                [leaves[k] for k in wanted],
+                [g for _, g in pairs],
+                allow_unused=True,
+                retain_graph=True,
+                create_graph=torch.is_grad_enabled(),
+            )
+            for k, g in zip(wanted, found):
+                src[k] = g
+        return (None, *src, *(None,) * n, *grads)
+
+
 class _AdjointSolve(torch.autograd.Function):
     """Forward: an ordinary solve without a graph. Backward: the adjoint ODE, interval by interval."""
 
@@ -166,6 +235,8 @@ class _AdjointSolve(torch.autograd.Function):
         if cfg.get("dense") is not None:
             from .adjoint_interpolating import interpolating_backward
 
+            refuse_double_backward("interpolating adjoint (adjoint_options['interpolate']=True)")
+
             need_t = ctx.needs_input_grad[2]
             a, t_grad, g_params = interpolating_backward(cfg, t, ys, grad_ys, need_t, _IN_BACKWARD)
             g_params = tuple(
@@ -186,16 +257,32 @@ class _AdjointSolve(torch.autograd.Function):
         # An implicit backward method (adjoint_method="rodas5p") differentiates the augmented dynamics
         # itself, for its Jacobian: then they are built with a graph (create_graph, nothing detached).
         stiff_backward = getattr(_method(cfg["adjoint_method"]), "implicit", False)
+        # Under create_graph=True (grad mode on in backward) the backward solve is itself recorded:
+        # every vector-Jacobian product keeps its graph (create_graph), y is not detached from the
+        # saved outputs, and the solver's steps are ordinary autograd operations, so the returned
+        # gradient is differentiable and its derivative is the exact one of the computed gradient
+        # (backpropagation through the backward solve). Memory then grows with its steps.
+        differentiable = torch.is_grad_enabled()
+        if differentiable and stiff_backward:
+            refuse_double_backward(f"backsolve adjoint with the implicit adjoint_method={cfg['adjoint_method']!r}")
+        graph = stiff_backward or differentiable
 
         def augmented(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             y, a = state[0], state[1]
             with torch.enable_grad():
-                y = y if (stiff_backward and y.requires_grad) else y.detach().requires_grad_(True)
+                sources = None
+                if differentiable and (y.requires_grad or tt.requires_grad):
+                    # Partial derivatives at detached leaves, joined back afterwards (_Reattach).
+                    sources = (y, tt)
+                    y = y.detach().requires_grad_(True)
+                    tt = tt.detach().requires_grad_(True) if tt.requires_grad else tt
+                elif not (graph and y.requires_grad):
+                    y = y.detach().requires_grad_(True)
                 f = f_flat(tt, y)
                 if f.requires_grad:
                     # retain_graph: the path to a parameter may be shared (the module docstring).
                     vjps = torch.autograd.grad(
-                        f, (y, *params), -a, allow_unused=True, retain_graph=True, create_graph=stiff_backward
+                        f, (y, *params), -a, allow_unused=True, retain_graph=True, create_graph=graph
                     )
                 else:  # f depends on neither y nor any parameter (e.g. a forcing of t alone)
                     vjps = (None,) * (1 + len(params))
@@ -205,7 +292,9 @@ class _AdjointSolve(torch.autograd.Function):
                 torch.zeros_like(p, dtype=acc_dtype) if g is None else g.to(acc_dtype) for g, p in zip(vjps[1:], params)
             )
             vjp_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
-            return (f if stiff_backward else f.detach(), vjp_y, *vjp_params)
+            if sources is not None:
+                return _Reattach.apply(2, *sources, y, tt, f, vjp_y, *vjp_params)
+            return (f if graph else f.detach(), vjp_y, *vjp_params)
 
         # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
         # backward solve as the forward callbacks are during the forward one.
@@ -213,6 +302,8 @@ class _AdjointSolve(torch.autograd.Function):
             setattr(augmented, name, callback)
 
         def f_at(i: int) -> torch.Tensor:
+            if differentiable:  # dL/dt_i's own dependence on t_i, y_i and θ is recorded
+                return f_flat(t[i].to(time_dtype(ys.dtype)), ys[i])
             with torch.no_grad():
                 return f_flat(torch.full((), times[i], dtype=time_dtype(ys.dtype), device=ys.device), ys[i])
 
@@ -235,7 +326,7 @@ class _AdjointSolve(torch.autograd.Function):
         token = _IN_BACKWARD.set(True)
         try:
             a, t_grad, g_params = sweep_intervals(
-                times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, stiff_backward
+                times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, stiff_backward, differentiable
             )
         finally:
             _IN_BACKWARD.reset(token)
@@ -256,6 +347,7 @@ def sweep_intervals(
     stats,
     solve_interval,
     implicit: bool,
+    differentiable: bool = False,
 ):
     """The backward pass over the output intervals, last to first, shared by the adjoints.
 
@@ -279,7 +371,10 @@ def sweep_intervals(
         if need_t:
             t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
             stats.nfe += 1
-        span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
+        if differentiable:  # the interval's ends as tensors of t: the gradient's dependence on t is recorded
+            span = torch.stack([t[i], t[i - 1]]).to(torch.float64)
+        else:
+            span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
         a_end, g_params, sol_stats = solve_interval(i, span, a, g_params, next_step)
         next_step = step_after_jump(add_interval_stats(stats, sol_stats), grad_ys[i - 1], implicit)
         a = a_end + grad_ys[i - 1]

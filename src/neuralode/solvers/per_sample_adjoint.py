@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from .adjoint import refuse_double_backward
 from .options import _parse_options
 from .per_sample import (
     BatchFunc,
@@ -138,6 +139,7 @@ class _PerSampleAdjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
+        refuse_double_backward("per-sample adjoint (options['per_sample'])")
         cfg = ctx.cfg
         (ys,) = ctx.saved_tensors  # (T, B, N)
         layout: _Layout = cfg["layout"]
@@ -402,6 +404,7 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys, grad_t, grad_y):
+        refuse_double_backward("per-sample adjoint (options['per_sample'])")
         cfg = ctx.cfg
         ys, t_ev, y_ev = ctx.saved_tensors
         layout: _Layout = cfg["layout"]
