@@ -949,9 +949,12 @@ def _rel(got, expected):
     return float(torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected))
 
 
+@pytest.mark.parametrize("with_t", [False, True], ids=["theta_y0", "theta_y0_t"])
 @pytest.mark.parametrize("options", [None, {"checkpoint": True}], ids=["backprop", "checkpoint"])
-def test_hessian_vector_product_through_odeint_matches_differences(options):
-    f, params, v = _hvp_problem()
+def test_hessian_vector_product_through_odeint_matches_differences(options, with_t):
+    """Output times included: the solution's dependence on t[0] and t[i] enters through zero-length
+    midpoint steps (api.py), whose second derivatives are the solution's."""
+    f, params, v = _hvp_problem(with_t)
     expected = _hvp_by_differences(odeint, f, params, v)
     assert _rel(_hvp(odeint, f, params, v, options=options), expected) < 1e-6
 

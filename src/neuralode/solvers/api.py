@@ -241,11 +241,19 @@ def _run(
     needs_t_grad = t.requires_grad or forward_mode_active(t)
     y_start = problem.flatten(parts)
     if needs_t_grad:
-        # d y(t_i) / d t_0 = -J(t_i, t_0) f(t_0, y0): shifting y0 by -(t0 - t0.detach()) f0 makes
-        # autograd produce exactly that through the solve, while the value of y0 is unchanged.
+        # The solve starts at the float t0; its dependence on the tensor t[0] enters through the state
+        # it starts from: y_solve is the state at t0 of the solution through (t[0], y0), one explicit
+        # midpoint step of zero length (eps = t[0] - t0 is 0 in value, so y_solve == y0 bit for bit).
+        # A second-order step matches that solution to O(eps^3), so autograd gets its first and second
+        # derivatives exactly: d y_solve / d t0 = -f and d2 y_solve / d t0^2 = f_y f - f_t, hence
+        # d y(t_i) / d t_0 = -J(t_i, t_0) f(t_0, y0) and Hessian-vector products through t are right.
+        # The inner evaluation needs only its value.
         with torch.no_grad():
             f_start = problem.first_call(t0, y_start, side0)
-        y_solve = y_start - (t[0] - t[0].detach()).to(y_start.dtype) * f_start
+        eps = (t[0] - t[0].detach()).to(problem.t_dtype)
+        t_mid = problem.time(t0, side0) + eps / 2
+        f_mid = problem.at_time(t_mid, y_start - (eps / 2).to(y_start.dtype) * f_start, side0)
+        y_solve = y_start - eps.to(y_start.dtype) * f_mid
         f0 = problem(t0, y_solve, side0)
     else:
         y_solve = y_start
@@ -338,12 +346,22 @@ def _run(
                 "The solution blew up or func returned NaN/inf; try a smaller step_size or check func.",
             )
     if needs_t_grad:
-        # y(t_0) does not depend on t_0; d y(t_i) / d t_i = f(t_i, y(t_i)) for i >= 1.
+        # y(t_0) does not depend on t_0; for i >= 1 the output is carried from the float t_i to the
+        # tensor t[i] by a zero-length explicit midpoint step, as y_solve above: its first derivative
+        # is f(t_i, y(t_i)) and its second f_t + f_y f, both with their graphs to y(t_i) and the
+        # parameters (the inner evaluation needs only its value).
         if n > 1:
             with torch.no_grad():
                 f_out = torch.stack([problem(ti, yi) for ti, yi in zip(times[1:n], result.ys[1:])])
-            dt_out = (t[1:n] - t[1:n].detach()).to(stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
-            stacked = torch.cat([y_start.unsqueeze(0), stacked[1:] + dt_out * f_out])
+            h = (t[1:n] - t[1:n].detach()).to(problem.t_dtype)
+            f_mid = torch.stack(
+                [
+                    problem.at_time(problem.time(ti) + hi / 2, yi + (hi / 2).to(yi.dtype) * fi)
+                    for ti, hi, yi, fi in zip(times[1:n], h, stacked[1:], f_out)
+                ]
+            )
+            h_out = h.to(stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
+            stacked = torch.cat([y_start.unsqueeze(0), stacked[1:] + h_out * f_mid])
         else:
             stacked = y_start.unsqueeze(0)
 

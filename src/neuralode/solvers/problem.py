@@ -287,6 +287,18 @@ class _Problem:
             return torch.cat([o.reshape(-1) for o in out])
         return out
 
+    def at_time(self, tt: torch.Tensor, y: torch.Tensor, side: int = 0) -> torch.Tensor:
+        """``func`` at the time ``tt`` given as a tensor, one that may carry a graph to the caller's
+        ``t`` (the evaluations that differentiate the solution with respect to its times)."""
+        self.stats.nfe += 1
+        if self.pass_perturb:
+            out = self.func(tt, self.unflatten(y), perturb=_PERTURB[side])
+        else:
+            out = self.func(tt, self.unflatten(y))
+        if self.is_tuple:
+            return torch.cat([o.reshape(-1) for o in out])
+        return out
+
     def first_call(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
         """The first evaluation, with the output checked against the state."""
         self.stats.nfe += 1
