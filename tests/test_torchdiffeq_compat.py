@@ -759,9 +759,11 @@ class NeuralCDE(torch.nn.Module):
         return torch.tanh(self.lin(z)).view(-1, self.hidden, self.channels) @ self.path.derivative(t)
 
 
-def test_adjoint_params_with_a_graph_shared_between_solves_program():
+@pytest.mark.parametrize("interpolate", [False, True], ids=["backsolve", "interpolating"])
+def test_adjoint_params_with_a_graph_shared_between_solves_program(interpolate):
     # The neural-CDE pattern: coefficients computed once from data (here the data requires grad),
-    # the path built once from them, two training iterations, adjoint_params including coeffs.
+    # the path built once from them, two training iterations, adjoint_params including coeffs;
+    # neuralode's backsolve and interpolating adjoints against torchdiffeq's (backsolve) adjoint.
     t = torch.linspace(0.0, 1.0, 3, dtype=F64)
     grads = {}
     for lib in (neuralode, torchdiffeq):
@@ -772,7 +774,8 @@ def test_adjoint_params_with_a_graph_shared_between_solves_program():
         params = (*func.parameters(), coeffs)
         for _ in range(2):
             z0 = torch.randn(2, 3, dtype=F64)
-            lib.odeint_adjoint(func, z0, t, rtol=1e-9, atol=1e-9, adjoint_params=params).pow(2).sum().backward()
+            kw = {"adjoint_options": {"interpolate": True}} if (interpolate and lib is neuralode) else {}
+            lib.odeint_adjoint(func, z0, t, rtol=1e-9, atol=1e-9, adjoint_params=params, **kw).pow(2).sum().backward()
         grads[lib.__name__] = [x.grad, *(p.grad for p in func.parameters())]
     for a, b in zip(grads["neuralode"], grads["torchdiffeq"]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
