@@ -129,3 +129,17 @@ def test_cnf_2d_lowers_the_test_nll(tmp_path):
     # 15 Adam steps from the untrained flow lower the held-out negative log-likelihood by over a nat.
     assert metrics["test_nll_after"] < metrics["test_nll_before"] - 1.0
     assert all(h["nfe_forward"] > 0 and h["nfe_backward"] > 0 for h in metrics["history"])
+
+
+def test_torchdiffeq_program_runs_through_the_alias(tmp_path):
+    out = tmp_path / "tdp"
+    proc = run_example("torchdiffeq_program.py", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    import neuralode
+
+    assert metrics["methods_listed"] == len(neuralode.METHODS)
+    # The event function is zero after T = 2 s: the search stops at T, after the three bounces before it.
+    assert metrics["bounces"] == 3 and abs(metrics["stopped_at"] - 2.0) < 1e-9
+    assert metrics["time_error"] < 1e-8 and metrics["first_bounce_gradient_error"] < 1e-8
+    assert metrics["hvp_relative_error"] < 1e-6 and metrics["jvp_relative_error"] < 1e-6
+    assert "UserWarning" not in proc.stderr
