@@ -168,10 +168,10 @@ def run(
                     next_out = times[i_out]
             elif (next_out - t1) * direction < 0:
                 # Output times inside the step: the general loop's interpolant of this step.
-                from .loop import _Interpolant
+                from .interpolant import StepInterpolant
 
                 step = StepResult(y1, None, tuple(k))
-                interp = _Interpolant(interp_kind, problem, tableau, t, y, k1, h, step, f1, t1, 0, None)
+                interp = StepInterpolant(interp_kind, problem, tableau, t, y, k1, h, step, f1, t1, 0, None)
                 thetas = []
                 while i_out < n_out and (times[i_out] - t1) * direction <= 0:
                     tau = times[i_out]

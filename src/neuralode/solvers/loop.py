@@ -41,22 +41,12 @@ from typing import Any, NamedTuple
 import torch
 
 from . import fixed_grid
-from .auto import auto_dense
 from .errors import SolverError
 from .events import EventSet, apply_reset, attach_event_gradient, unravel
-from .interpolation import (
-    continuous_extension,
-    continuous_extension_many,
-    dense_stages,
-    hermite,
-    hermite_many,
-    linear,
-)
+from .interpolant import StepInterpolant
 from .problem import _ErrorNorm, _Problem
-from .radau import radau_dense
-from .rosenbrock import rosenbrock_dense
 from .solution import DenseOutput, EventRecord, SolverStats
-from .stepper import StepResult, rk_step, step_plan
+from .stepper import rk_step, step_plan
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .tableau import ButcherTableau
 
@@ -158,154 +148,6 @@ def stepper(
         return run_checkpointed(take, side, t, y, f0, h, stage, memory, use_reentrant=False)
 
     return take_checkpointed
-
-
-class _Interpolant:
-    """The solution inside one accepted step, ``theta in [0, 1]``: ``y(t + theta h)``.
-
-    ``kind`` is ``"linear"``, ``"rosenbrock"`` / ``"radau"`` (the stiff methods' own polynomials, from the
-    stages), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``, evaluated on first
-    use unless FSAL already has it), ``"dense"`` (the method's own continuous extension, from
-    the stages) or ``"dense_extra"`` (a continuous extension that needs extra stages, dopri8's:
-    evaluated once, on first use, with the function the step was taken with). Calling it with a
-    list of ``theta`` returns the states in one pass.
-
-    What is evaluated on first use (``f1``, the extra stages) is cached, and the first use may be
-    the event root finder, which probes the interpolant under ``torch.no_grad()``. So those
-    evaluations run in the autograd mode the step itself was taken in (``grad``, recorded when the
-    interpolant is built): the state at an event, the outputs after it and the next step's first
-    stage (``f1``) then carry the same gradients as when nothing probed the step first.
-    """
-
-    __slots__ = (
-        "kind",
-        "problem",
-        "tableau",
-        "y0",
-        "f0",
-        "t",
-        "h",
-        "step",
-        "f1",
-        "t1",
-        "f1_side",
-        "stage_func",
-        "k",
-        "f0_side",
-        "grad",
-    )
-
-    def __init__(
-        self,
-        kind: str,
-        problem: _Problem,
-        tableau: ButcherTableau,
-        t: float,
-        y0,
-        f0,
-        h: float,
-        step: StepResult,
-        f1,
-        t1: float,
-        f1_side: int,
-        stage_func: Callable | None,
-        f0_side: int = 0,
-    ):
-        self.kind, self.problem, self.tableau = kind, problem, tableau
-        self.t, self.y0, self.f0, self.h, self.step = t, y0, f0, h, step
-        self.f1, self.t1, self.f1_side = f1, t1, f1_side
-        self.stage_func = problem if stage_func is None else stage_func
-        self.k = None
-        self.f0_side = f0_side
-        self.grad = torch.is_grad_enabled()
-
-    def as_hermite(self, following: _Interpolant | None = None) -> _Interpolant:
-        """This step's cubic Hermite interpolant. ``f(t1, y1)`` is ``following.f0`` when ``following``
-        (the next step's interpolant) starts where this step ends, from its end state, and both take
-        ``func`` there plainly (no jump, no ``perturb`` side); else it is evaluated on first use."""
-        f1 = self.f1
-        if (
-            f1 is None
-            and following is not None
-            and getattr(following, "y0", None) is self.step.y1
-            and following.t == self.t1
-            and self.f1_side == 0
-            and following.f0_side == 0
-        ):
-            f1 = following.f0
-        out = _Interpolant(
-            "hermite",
-            self.problem,
-            self.tableau,
-            self.t,
-            self.y0,
-            self.f0,
-            self.h,
-            self.step,
-            f1,
-            self.t1,
-            self.f1_side,
-            self.stage_func,
-            self.f0_side,
-        )
-        out.grad = self.grad
-        return out
-
-    def _extra_stages(self) -> None:
-        """The continuous extension's extra stages, once; one that is ``f(t1, y1)`` (``tableau.end_stage``,
-        dopri8_13m's) also serves as ``f1``, the next step's first stage."""
-        if self.k is None:
-            with torch.set_grad_enabled(self.grad):
-                extra = dense_stages(self.stage_func, self.t, self.y0, self.step.k, self.h, self.tableau)
-            self.k = self.step.k + extra
-            end = self.tableau.end_stage
-            if self.f1 is None and end is not None and end >= len(self.step.k):
-                self.f1 = self.k[end]
-
-    def _end_derivative(self) -> None:
-        """``f1 = f(t1, y1)`` for the Hermite interpolant, once, unless FSAL already gave it."""
-        if self.f1 is None:
-            with torch.set_grad_enabled(self.grad):
-                self.f1 = self.problem(self.t1, self.step.y1, self.f1_side)
-
-    def __call__(self, thetas: list[float]) -> list[torch.Tensor]:
-        y0, y1, h = self.y0, self.step.y1, self.h
-        inner = [th for th in thetas if 0.0 < th < 1.0]
-        if len(inner) >= 2 and self.kind in ("dense", "dense_extra", "hermite"):
-            # Several output times inside one step: one contraction for all of them.
-            if self.kind == "dense":
-                values = continuous_extension_many(y0, self.step.k, h, self.tableau.dense, inner)
-            elif self.kind == "dense_extra":
-                self._extra_stages()
-                values = continuous_extension_many(y0, self.k, h, self.tableau.dense_extra, inner)
-            else:
-                self._end_derivative()
-                values = hermite_many(y0, y1, self.f0, self.f1, h, inner)
-            it = iter(values)
-            return [y1 if th == 1.0 else y0 if th == 0.0 else next(it) for th in thetas]
-        out = []
-        for theta in thetas:
-            if theta == 1.0:
-                out.append(y1)
-            elif theta == 0.0:
-                out.append(y0)
-            elif self.kind == "dense":
-                out.append(continuous_extension(y0, self.step.k, h, self.tableau.dense, theta))
-            elif self.kind == "dense_extra":
-                self._extra_stages()
-                out.append(continuous_extension(y0, self.k, h, self.tableau.dense_extra, theta))
-            elif self.kind == "auto":
-                out.append(auto_dense(y0, y1, self.step.k, self.tableau, h, theta))
-            elif self.kind == "rosenbrock":
-                out.append(rosenbrock_dense(y0, y1, self.step.k, self.tableau, theta))
-            elif self.kind == "radau":
-                out.append(radau_dense(y0, self.step.k, self.tableau, theta))
-            elif self.kind == "linear":
-                out.append(linear(y0, y1, theta))
-            else:
-                self._end_derivative()
-                out.append(hermite(y0, y1, self.f0, self.f1, h, theta))
-        return out
 
 
 def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
@@ -434,7 +276,7 @@ def integrate(
         dt0: the first step to try (signed; ``inf`` for fixed-step methods).
         error: the error norm (adaptive methods), else ``None``.
         stats: counters, updated in place.
-        interp_kind: how outputs between step ends are filled (see :class:`_Interpolant`).
+        interp_kind: how outputs between step ends are filled (see :class:`StepInterpolant`).
         events: the solve's events, if any.
         t_dtype: dtype of event times as returned to the user.
         dense: when given, every accepted step's interpolant is added to it.
@@ -657,7 +499,7 @@ def integrate(
             or (i_out < n_out and times[i_out] != t1 and (times[i_out] - t1) * direction < 0)
         ):
             end_side = -1 if (jump_here or perturb) else 0  # f(t1, y1) from inside the step, as its stages
-            interp = _Interpolant(
+            interp = StepInterpolant(
                 interp_kind, problem, tableau, t, y, f0, h, step, f1, t1, end_side, stage_func, s.f0_side
             )
         else:
