@@ -1,7 +1,7 @@
-"""The lean fixed-grid stretch (``solvers/fixed_grid.py``) against the general loop.
+"""The lean fixed-grid stretch (``solvers/fast/fixed_grid.py``) against the general loop.
 
 A fixed-grid solve with nothing to watch between steps is integrated by
-:func:`neuralode.solvers.fixed_grid.run`; the same solve with a (no-op) torchdiffeq step callback
+:func:`neuralode.solvers.fast.fixed_grid.run`; the same solve with a (no-op) torchdiffeq step callback
 goes through the general loop of ``loop.py``. The two take the same arithmetic in the same order,
 so states, gradients and counters must agree bit for bit, on every fixed method and every way of
 placing output times.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from neuralode import get_tableau, odeint, solve
-from neuralode.solvers import fixed_grid
+from neuralode.solvers.fast import fixed_grid
 from neuralode.solvers.tableau import EXPLICIT_METHODS
 
 FIXED = [m for m in EXPLICIT_METHODS if not get_tableau(m).adaptive]

@@ -25,6 +25,7 @@ from .tableau import ButcherTableau
 
 # What a step that fails the error test at min_step does (AdaptiveOptions.at_min_step).
 AT_MIN_STEP = ("error", "accept")
+BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends options["compile"] may name
 
 
 @dataclass(frozen=True)
@@ -533,8 +534,6 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
     if "compile" in o:
-        from .compiled import BACKENDS
-
         comp = o["compile"]
         if not (isinstance(comp, bool) or comp in BACKENDS):
             raise ValueError(
