@@ -124,7 +124,7 @@ def scipy_solve(
     atol,
     opts: ScipyOptions,
     name: str,
-    others: tuple[str, ...] = (),
+    others: tuple[str, ...],
 ) -> Solution:
     """Solve with ``scipy.integrate.solve_ivp`` and return a :class:`Solution`. ``others``: the
     methods that give gradients, named by the error that backpropagating through the result raises."""
