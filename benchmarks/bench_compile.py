@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import neuralode  # noqa: E402
 from benchmarks.common import MLPField, fmt_ms, markdown_table, parse_args, setup, time_pair, write_markdown  # noqa: E402
-from neuralode.solvers import compiled, compiled_chunks  # noqa: E402
+from neuralode.solvers.fast import compiled, compiled_chunks  # noqa: E402
 
 K_VALUES = (32, 50, 64, 100, 200)
 

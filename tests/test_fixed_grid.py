@@ -1,7 +1,7 @@
-"""The lean fixed-grid stretch (``solvers/fixed_grid.py``) against the general loop.
+"""The lean fixed-grid stretch (``solvers/fast/fixed_grid.py``) against the general loop.
 
 A fixed-grid solve with nothing to watch between steps is integrated by
-:func:`neuralode.solvers.fixed_grid.run`; the same solve with a (no-op) torchdiffeq step callback
+:func:`neuralode.solvers.fast.fixed_grid.run`; the same solve with a (no-op) torchdiffeq step callback
 goes through the general loop of ``loop.py``. The two take the same arithmetic in the same order,
 so states, gradients and counters must agree bit for bit, on every fixed method and every way of
 placing output times.
@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from neuralode import get_tableau, odeint, solve
-from neuralode.solvers import fixed_grid
+from neuralode.solvers import fast
+from neuralode.solvers.fast import fixed_grid
+from neuralode.solvers.loop import stepper
 from neuralode.solvers.tableau import EXPLICIT_METHODS
 
 FIXED = [m for m in EXPLICIT_METHODS if not get_tableau(m).adaptive]
@@ -196,3 +198,64 @@ def test_finite_check_by_one_sum_falls_back_when_the_sum_overflows():
     assert all_finite(torch.ones(3, requires_grad=True))
     ys = odeint(lambda t, y: -y, big, torch.tensor([0.0, 0.1]), method="euler", options={"step_size": 0.05})
     assert torch.isfinite(ys).all()
+
+
+def spy_on_choose(monkeypatch) -> list[str]:
+    """The paths ``fast.choose`` names for the api, in order."""
+    chosen = []
+    real = fast.choose
+
+    def spy(*args):
+        chosen.append(real(*args))
+        return chosen[-1]
+
+    monkeypatch.setattr(fast, "choose", spy)
+    return chosen
+
+
+def eager_for_compiled(monkeypatch) -> list[int]:
+    """Replace the compiled step by the loop's eager one (no ``torch.compile`` in these tests: what is
+    tested is which driver steps with it); returns the list that counts the builds."""
+    built = []
+
+    def build(problem, tableau, backend, stats):
+        built.append(1)
+        return stepper(problem, tableau, False)
+
+    monkeypatch.setattr(fast.compiled, "compiled_stepper", build)
+    return built
+
+
+def test_the_api_runs_the_path_that_fast_choose_names(monkeypatch):
+    chosen = spy_on_choose(monkeypatch)
+    built = eager_for_compiled(monkeypatch)
+    func = Field(3, torch.float64)
+    y0 = torch.ones(3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    lean = solve(func, y0, t, method="rk4")
+    assert solve(WithCallback(func), y0, t, method="rk4").stats.nfe == lean.stats.nfe
+    solve(func, y0, t, method="dopri5")
+    compiled = solve(func, y0, t, method="rk4", options={"compile": "eager", "compile_steps": 1})
+    assert chosen == [fast.FIXED_GRID, fast.LOOP, fast.LOOP, fast.COMPILED]
+    assert len(built) == 1 and torch.equal(compiled.ys, lean.ys)
+
+
+def test_a_sliver_step_under_compile_leaves_the_solve_to_the_loop_with_compiled_steps(monkeypatch):
+    """The compiled chunks refuse a grid with a step within rounding of its start: the loop takes the
+    whole solve, stepping with the compiled step the api hands it."""
+    chosen = spy_on_choose(monkeypatch)
+    built = eager_for_compiled(monkeypatch)
+    t1 = 0.5
+    grid = torch.tensor([0.0, 0.25, t1, t1 + 2.2e-16 * 0.5 * 4, 0.75, 1.0], dtype=torch.float64)
+    opts = {"grid_constructor": lambda f, y0, t: grid}
+    func = Field(3, torch.float64)
+    y0 = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64).reshape(2, 3)
+    t = torch.tensor([0.0, 0.6, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        eager = solve(func, y0, t, method="rk4", options=opts)
+        compiled = solve(func, y0, t, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4})
+    assert chosen == [fast.FIXED_GRID, fast.CHUNKS]
+    assert len(built) == 1  # the chunks handed the solve to the loop with the compiled step
+    assert compiled.stats.n_accepted == eager.stats.n_accepted == 4  # the sliver is not a step
+    assert compiled.stats.nfe == eager.stats.nfe
+    assert torch.equal(compiled.ys, eager.ys)

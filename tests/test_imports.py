@@ -19,7 +19,6 @@ KNOWN_CIRCLES = [
     {
         "adams",
         "auto",
-        "compiled",
         "esdirk",
         "implicit",
         "implicit_fixed",
@@ -31,8 +30,6 @@ KNOWN_CIRCLES = [
         "stepper",
         "tableau",
     },
-    {"compiled_chunks", "fixed_grid", "loop"},
-    {"api", "scipy_solver"},
     {"adjoint", "adjoint_interpolating", "per_sample_adjoint"},
 ]
 KNOWN_CIRCLES = [frozenset(f"neuralode.solvers.{m}" for m in circle) for circle in KNOWN_CIRCLES]
@@ -137,6 +134,30 @@ def test_the_graph_sees_relative_and_function_level_imports():
 def test_no_import_circle_beyond_the_known_ones_in_solvers():
     for circle in circles(import_graph()):
         assert any(circle <= known for known in KNOWN_CIRCLES), f"import circle: {sorted(circle)}"
+
+
+def reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_the_loop_and_the_fast_paths_know_nothing_of_each_other():
+    """The api chooses between the joint loop and the fast paths (``solvers/fast/``) and passes records of
+    ``solution.py`` between them; neither reaches the other through any chain of imports."""
+    graph = import_graph()
+    loop, fast = "neuralode.solvers.loop", "neuralode.solvers.fast"
+    fast_paths = [name for name in graph if name == fast or name.startswith(fast + ".")]
+    assert {f"{fast}.fixed_grid", f"{fast}.compiled_chunks", f"{fast}.compiled"} <= set(fast_paths)
+    assert not sorted(d for d in reach(graph, loop) if d in fast_paths), "loop.py reaches a fast path"
+    for name in fast_paths:
+        assert loop not in reach(graph, name), f"{name} reaches loop.py"
 
 
 def test_the_solvers_import_nothing_above_them():

@@ -34,11 +34,13 @@ from typing import Any
 
 import torch
 
+from . import fast
 from .adams import ADAMS_METHODS
 from .controller import ConstantController, StepSizeController, initial_step
 from .errors import SolverError
 from .events import Event, EventSet, check_events
-from .loop import InfiniteGrid, integrate, no_event_found
+from .grid import InfiniteGrid
+from .loop import integrate, no_event_found
 from .options import (
     AdamsOptions,
     AdaptiveOptions,
@@ -269,13 +271,14 @@ def _run(
             stops = InfiniteGrid(t0, direction, opts.step_size)
         else:
             grid = _fixed_grid(opts, times, func, y0, t)
-            from .compiled_chunks import can_chunk
-
             # Compiled chunks make their stage times as one tensor (compiled_chunks.py).
             # Cached only while the stage times are few: one 0-dim tensor per time would take far more
             # memory than the grid itself on a long grid, where creating each at its call costs little.
             if len(grid) * len(tableau.c) <= CACHED_TIMES and not (
-                opts.compile and can_chunk(problem, tableau, opts, grid, events, True if opts.dense else None, None)
+                opts.compile
+                and fast.compiled_chunks.can_chunk(
+                    problem, tableau, opts, grid, events, True if opts.dense else None, None
+                )
             ):
                 problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
             stops = grid[1:]
@@ -305,27 +308,37 @@ def _run(
     config = None
     if isinstance(opts, AdamsOptions):
         config = SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol_v, atol=atol_v)
+    interp_kind = _interp_kind(tableau, opts)
     try:
         with torch.enable_grad() if forward else contextlib.nullcontext():
-            result = integrate(
-                problem,
-                y_solve,
-                f0,
-                times,
-                tableau=tableau,
-                opts=opts,
-                stops=stops,
-                jumps=jumps,
-                controller=controller,
-                dt0=dt0,
-                error=error,
-                stats=stats,
-                interp_kind=_interp_kind(tableau, opts),
-                events=event_set,
-                t_dtype=t.dtype,
-                dense=dense,
-                method_config=config,
+            # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
+            # loop takes what it leaves: the whole solve, or the rest from where it stopped.
+            path = fast.choose(problem, tableau, opts, stops, event_set, dense, error, config)
+            result, take, handover = fast.run(
+                path, problem, y_solve, f0, times, stops, tableau, opts, stats, interp_kind
             )
+            if result is None:
+                result = integrate(
+                    problem,
+                    y_solve,
+                    f0,
+                    times,
+                    tableau=tableau,
+                    opts=opts,
+                    stops=stops,
+                    jumps=jumps,
+                    controller=controller,
+                    dt0=dt0,
+                    error=error,
+                    stats=stats,
+                    interp_kind=interp_kind,
+                    events=event_set,
+                    t_dtype=t.dtype,
+                    dense=dense,
+                    method_config=config,
+                    take=take,
+                    handover=handover,
+                )
     except SolverError as exc:
         if events and math.isinf(t_end):  # an event search that ended without its event
             raise no_event_found(exc, opts.max_num_steps) from exc
@@ -437,7 +450,8 @@ def solve(
             raise ValueError(SCIPY_NO_EVENTS)
         check_forward_mode(tableau)
         check_step_callbacks(func, tableau)
-        return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name)
+        others = tuple(n for n in method_names() if n != SCIPY_METHOD.name)  # for its no-gradient error
+        return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name, others)
     opts = _parse_options(options, tableau)
     if per_sample:
         from .per_sample import solve_per_sample

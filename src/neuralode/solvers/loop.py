@@ -1,12 +1,13 @@
 """The joint integration loop: one clock for the whole batch, fixed-step and adaptive methods, events.
 
 :func:`integrate` advances time for every method but ``scipy_solver`` (scipy's ``solve_ivp`` runs
-its own loop) and the per-sample mode. It is not the only code that advances time: it hands
-stretches of a plain fixed grid to :func:`~neuralode.solvers.fixed_grid.run` or, under
-``options["compile"]``, to :func:`~neuralode.solvers.compiled_chunks.integrate_chunked`, and
-``options={"per_sample": True}`` runs :func:`~neuralode.solvers.per_sample.integrate` instead, a
-second loop repeating this one's arithmetic with a clock per sample (``docs/architecture.md``,
-"Clocks" and "Where it is going").
+its own loop) and the per-sample mode. It is not the only code that advances time: before calling
+it the api may run a fast path of :mod:`neuralode.solvers.fast` (a plain fixed grid stepped without
+the loop's bookkeeping, or compiled chunks of steps under ``options["compile"]``), which either
+finishes the solve or hands this loop its end state (``handover``) or a compiled stepper
+(``take``); this module imports none of them. ``options={"per_sample": True}`` runs
+:func:`~neuralode.solvers.per_sample.integrate` instead, a second loop repeating this one's
+arithmetic with a clock per sample (``docs/architecture.md``, "Clocks" and "Where it is going").
 
 Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/step pattern):
 
@@ -24,9 +25,10 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
   state), then every output time inside the (possibly cut) step from one interpolant, then the
   dense-output record, then the next state.
 * A fixed grid with nothing to decide or watch between steps (no events, step callbacks, dense
-  output, ``perturb`` or checkpointing; a plain tensor state) is stepped by
-  :func:`~neuralode.solvers.fixed_grid.run`: the same arithmetic without the record, the clipping
-  and the controller call per step, so the same states; this loop takes over where it stops.
+  output, ``perturb`` or checkpointing; a plain tensor state) is stepped by the api's lean fixed
+  grid (:func:`~neuralode.solvers.fast.fixed_grid.run`): the same arithmetic without the record,
+  the clipping and the controller call per step, so the same states; where it stops early, this
+  loop starts from the :class:`~neuralode.solvers.solution.Handover` it hands over.
 
 Time is a Python float (float64) throughout and becomes a tensor only where user code sees it.
 """
@@ -40,17 +42,15 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import fixed_grid
 from .errors import SolverError
 from .events import EventSet, apply_reset, attach_event_gradient, unravel
+from .grid import TIME_EPS as _EPS
 from .interpolant import StepInterpolant
 from .problem import _ErrorNorm, _Problem
-from .solution import DenseOutput, EventRecord, SolverStats
+from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
 from .stepper import rk_step, step_plan
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .tableau import ButcherTableau
-
-_EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
 
 
 class _State(NamedTuple):
@@ -68,26 +68,6 @@ class _State(NamedTuple):
     guard: float  # roots within this time of t are not searched (a step that starts on a root)
     memory: tuple | None = None  # a multistep method's history (StepResult.memory)
     prev_dt: float = math.nan  # the last accepted step (Gustafsson's predictive control); nan before the first
-
-
-class LoopResult(NamedTuple):
-    """What the loop hands back to :func:`~neuralode.solvers.api.solve`."""
-
-    ys: list[torch.Tensor]  # flat states at the output times reached, y0 first
-    out_steps: list[tuple[float, int]]  # (step size, accepted steps) that produced each output
-    events: list[EventRecord]
-    terminal: bool
-
-
-class InfiniteGrid:
-    """Grid points ``t0 + direction (i + 1) h`` for ``i = 0, 1, ...``: the stops of a fixed-step
-    solve that runs until an event (``odeint(..., event_fn=...)``), which has no last time."""
-
-    def __init__(self, t0: float, direction: float, h: float):
-        self.t0, self.direction, self.h = t0, direction, h
-
-    def __getitem__(self, i: int) -> float:
-        return self.t0 + self.direction * (i + 1) * self.h
 
 
 def stepper(
@@ -260,6 +240,8 @@ def integrate(
     t_dtype: torch.dtype = torch.float64,
     dense: DenseOutput | None = None,
     method_config: Any = None,
+    take: Callable | None = None,
+    handover: Handover | None = None,
 ) -> LoopResult:
     """Integrate from ``times[0]`` until the last output time or a terminal event.
 
@@ -282,6 +264,11 @@ def integrate(
         dense: when given, every accepted step's interpolant is added to it.
         method_config: what a method with its own ``step`` needs besides the state (the Adams
             methods' orders and corrector tolerances).
+        take: the stepper to step with (:func:`stepper`'s contract), when the caller built one
+            (the compiled step of :mod:`neuralode.solvers.fast`); ``None``: :func:`stepper`'s.
+        handover: where a fast path stopped short of the end (its time, state, derivative, next
+            stop, next output and the outputs so far): the loop goes on from there instead of
+            from ``(times[0], y0, f0)``.
     """
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
@@ -291,18 +278,7 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    if getattr(opts, "compile", False):
-        from .compiled import compiled_stepper
-        from .compiled_chunks import can_chunk, integrate_chunked
-
-        backend = "inductor" if opts.compile is True else opts.compile
-        if can_chunk(problem, tableau, opts, stops, events, dense, error):
-            # A fixed grid with nothing to decide between steps: K steps per compiled call.
-            chunked = integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
-            if chunked is not None:
-                return chunked
-        take = compiled_stepper(problem, tableau, backend, stats)
-    else:
+    if take is None:
         take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)
     fsal = tableau.fsal
     # Adaptive explicit Runge-Kutta steps create their stage times at once (fixed grids have
@@ -352,11 +328,10 @@ def integrate(
         h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
         g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
     s = _State(t0, y0, f0, 1 if perturb else 0, dt0, 1.0, False, 0, g0, guard)
-    if fixed_grid.applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config):
-        # Nothing to decide or watch between the steps: the lean stretch takes them (same
-        # arithmetic, so the same states); the loop below continues only if it stopped early.
-        t_, y_, f_, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
-        s = s._replace(t=t_, y=y_, f0=f_, i_stop=i_stop)
+    if handover is not None:
+        # A fast path took the steps this far (same arithmetic, so the same states): go on from there.
+        ys, out_steps, i_out = handover.ys, handover.out_steps, handover.i_out
+        s = s._replace(t=handover.t, y=handover.y, f0=handover.f0, i_stop=handover.i_stop)
     last_ratio = 0.0
     terminal = False
     # The last reset times of each (event, element) that reset the state (check_accumulation): resets

@@ -25,6 +25,7 @@ from .tableau import ButcherTableau
 
 # What a step that fails the error test at min_step does (AdaptiveOptions.at_min_step).
 AT_MIN_STEP = ("error", "accept")
+BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends options["compile"] may name
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class AdaptiveOptions:
         compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default
             when ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and
             error estimate, as one ``torch.compile(fullgraph=True)`` graph (see
-            :mod:`neuralode.solvers.compiled` for when that pays).
+            :mod:`neuralode.solvers.fast.compiled` for when that pays).
         dtype: the dtype time is carried in, as torchdiffeq's option (``torch.float32`` for
             devices without float64, such as Apple's MPS). neuralode carries time as Python
             floats on the host, so no float64 tensor reaches the device either way; this option
@@ -128,7 +129,7 @@ class FixedOptions:
             ``f(t1, y1)``, are evaluated on the step's side too.
         compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`; on a fixed
             grid ``compile_steps`` steps are compiled as one graph (see
-            :mod:`neuralode.solvers.compiled_chunks`).
+            :mod:`neuralode.solvers.fast.compiled_chunks`).
         compile_steps: with ``compile``, at most how many consecutive grid steps one compiled
             call takes (default 32; ``1``: one step per call). The chunk size is chosen to keep
             ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with events, step callbacks,
@@ -533,8 +534,6 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
     if "compile" in o:
-        from .compiled import BACKENDS
-
         comp = o["compile"]
         if not (isinstance(comp, bool) or comp in BACKENDS):
             raise ValueError(

@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from .errors import SolverError
+from .options import _check_state, _check_tolerance, _check_tolerance_pair, _positive, _type_name
+from .problem import _Problem
 from .solution import Solution, SolverStats
 
 SCIPY_SOLVERS = ("LSODA", "RK45", "RK23", "DOP853", "Radau", "BDF")
@@ -55,8 +58,6 @@ class ScipyOptions:
 
 
 def parse_scipy_options(options: Any) -> ScipyOptions:
-    from .options import _positive, _type_name
-
     if options is None:
         return ScipyOptions()
     if not isinstance(options, dict):
@@ -78,19 +79,19 @@ def parse_scipy_options(options: Any) -> ScipyOptions:
 
 
 class _NoGradient(torch.autograd.Function):
-    """Passes the scipy result through; its backward says that scipy gives no gradients."""
+    """Passes the scipy result through; its backward says that scipy gives no gradients and names
+    the methods that do (``others``, as the caller lists them)."""
 
     @staticmethod
-    def forward(ctx, ys: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, ys: torch.Tensor, others: tuple[str, ...], *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.others = others
         return ys.clone()
 
     @staticmethod
     def backward(ctx, *grads):
-        from .api import method_names
-
         raise RuntimeError(
             "method='scipy_solver' is forward only: scipy's solve_ivp cannot be differentiated. For gradients use "
-            f"one of {', '.join(n for n in method_names() if n != 'scipy_solver')} (backpropagation), or "
+            f"one of {', '.join(ctx.others)} (backpropagation), or "
             "odeint_adjoint, whose "
             "backward pass may itself use scipy_solver."
         )
@@ -115,14 +116,20 @@ def _tensors_of(func: Callable) -> list[torch.Tensor]:
 
 
 def scipy_solve(
-    func: Callable, y0, t: torch.Tensor, times: list[float], rtol, atol, opts: ScipyOptions, name: str
+    func: Callable,
+    y0,
+    t: torch.Tensor,
+    times: list[float],
+    rtol,
+    atol,
+    opts: ScipyOptions,
+    name: str,
+    others: tuple[str, ...],
 ) -> Solution:
-    """Solve with ``scipy.integrate.solve_ivp`` and return a :class:`Solution`."""
+    """Solve with ``scipy.integrate.solve_ivp`` and return a :class:`Solution`. ``others``: the
+    methods that give gradients, named by the error that backpropagating through the result raises."""
     import numpy as np
     from scipy.integrate import solve_ivp
-
-    from .options import _check_state, _check_tolerance, _check_tolerance_pair
-    from .problem import _Problem
 
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)
@@ -156,8 +163,6 @@ def scipy_solve(
         y_np = flat0.detach().reshape(-1).to("cpu", torch.float64).numpy()
         res = solve_ivp(rhs, (times[0], times[-1]), y_np, t_eval=np.asarray(times), **kwargs)
         if not res.success:
-            from .errors import SolverError
-
             raise SolverError(
                 f"scipy's {opts.solver} failed: {res.message}",
                 float(res.t[-1]) if len(res.t) else times[0],
@@ -170,7 +175,7 @@ def scipy_solve(
         ys[0] = flat0.detach()
     inputs = [x for x in (*parts, t, *_tensors_of(func)) if x.requires_grad]
     if torch.is_grad_enabled() and inputs:
-        ys = _NoGradient.apply(ys, *inputs)
+        ys = _NoGradient.apply(ys, tuple(others), *inputs)
     if is_tuple:
         n = ys.shape[0]
         ys_out = tuple(c.reshape(n, *s) for c, s in zip(torch.split(ys, problem.sizes, dim=1), problem.shapes))

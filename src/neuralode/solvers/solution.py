@@ -1,5 +1,6 @@
 """What a solve returns: :class:`Solution`, its counters :class:`SolverStats`, event records and
-the dense output that :meth:`Solution.evaluate` reads."""
+the dense output that :meth:`Solution.evaluate` reads; and what the drivers hand the api
+(:class:`LoopResult`) or one another (:class:`Handover`, a fast path's end state for the loop)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -205,3 +207,30 @@ class Solution:
     def __call__(self, t: torch.Tensor) -> TensorOrTuple:
         """``solution(t)`` is ``solution.evaluate(t)``: what torchdiffeq's ``odeint_dense`` returns."""
         return self.evaluate(t)
+
+
+class LoopResult(NamedTuple):
+    """What a driver of one clock (the joint loop, the compiled chunks) hands back to
+    :func:`~neuralode.solvers.api.solve`, which builds the :class:`Solution` from it."""
+
+    ys: list[torch.Tensor]  # flat states at the output times reached, y0 first
+    out_steps: list[tuple[float, int]]  # (step size, accepted steps) that produced each output
+    events: list[EventRecord]
+    terminal: bool
+
+
+class Handover(NamedTuple):
+    """Where a fast path stopped short of the last output time, for the joint loop to go on from.
+
+    The lean fixed grid (:func:`~neuralode.solvers.fast.fixed_grid.run`) stops at a step within
+    rounding of its start, which the loop takes by its own rule; the loop then starts from exactly
+    this state, so the solve's states are those of the loop alone.
+    """
+
+    t: float  # the time reached
+    y: torch.Tensor  # the flat state there
+    f0: torch.Tensor | None  # f(t, y) when known (FSAL, or a cubic interpolant's end), else None
+    i_stop: int  # index of the next stop to land on
+    i_out: int  # index of the next output time; ys holds the states up to it
+    ys: list[torch.Tensor]  # flat states at the output times reached, y0 first
+    out_steps: list[tuple[float, int]]  # (step size, accepted steps) that produced each output

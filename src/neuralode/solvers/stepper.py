@@ -2,8 +2,8 @@
 
 :func:`rk_step` is the step the joint loop (:mod:`~neuralode.solvers.loop`) takes for an explicit
 tableau. The same sums are written three more times, each for a driver with its own constraint:
-:func:`~neuralode.solvers.fixed_grid.run` (the loop's lean fixed-grid stretch, inlined to skip
-per-step overhead), :func:`~neuralode.solvers.compiled.rk_stages` (traced by ``torch.compile``) and
+:func:`~neuralode.solvers.fast.fixed_grid.run` (the lean fixed grid, inlined to skip
+per-step overhead), :func:`~neuralode.solvers.fast.compiled.rk_stages` (traced by ``torch.compile``) and
 :func:`~neuralode.solvers.per_sample.rk_step` (a step size per sample). The first keeps this
 module's order of operations, so its states are the same bits; the compiled and per-sample forms
 equal it to rounding.

@@ -1,6 +1,6 @@
 """Fixed-grid solves under ``options={"compile": ...}``: ``K`` whole steps per compiled call.
 
-A compiled single step (:mod:`neuralode.solvers.compiled`) still returns to Python after every
+A compiled single step (:mod:`neuralode.solvers.fast.compiled`) still returns to Python after every
 step, and on a small network (an MLP 2→16→2 on a batch of 8) that round trip, the loop's
 bookkeeping and the compiled call's own overhead cost more than the step's arithmetic. A
 fixed-step method needs no decision between steps (no error estimate, no controller), so the
@@ -27,8 +27,9 @@ discarded, and no second graph is compiled. ``func`` is evaluated in those padde
 evaluation ``f(t0, y0)`` that the solve's input check makes is not reused (each step evaluates its
 own first stage inside the graph), one evaluation more than eager.
 
-What it does not do, and hands to the per-step compiled path
-(:func:`~neuralode.solvers.compiled.compiled_stepper`) instead: events, torchdiffeq's step
+What it does not do, and leaves to the loop with the per-step compiled path
+(:func:`~neuralode.solvers.fast.compiled.compiled_stepper`, chosen by
+:func:`~neuralode.solvers.fast.choose`): events, torchdiffeq's step
 callbacks, ``perturb``, dense output, cubic interpolation, float16/bfloat16 states, grids
 without a last time (``odeint`` until an event), and steps within rounding of their start time.
 
@@ -41,8 +42,8 @@ one's time (``benchmarks/results/compile.md``, the training rows of its last sec
 
 Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
 chunk is compiled with ``cpp_wrapper`` and the CPP GEMM autotuning
-(:data:`~neuralode.solvers.compiled.CPU_INDUCTOR_OPTIONS`, see
-:func:`~neuralode.solvers.compiled.inductor_options`), scoped to this compilation, not the user's
+(:data:`~neuralode.solvers.fast.compiled.CPU_INDUCTOR_OPTIONS`, see
+:func:`~neuralode.solvers.fast.compiled.inductor_options`), scoped to this compilation, not the user's
 global inductor configuration; they were measured faster on the tiny MLP (see
 ``benchmarks/results/compile.md``) and make the first call slower.
 
@@ -63,9 +64,11 @@ from typing import NamedTuple
 
 import torch
 
+from ..grid import TIME_EPS
+from ..solution import LoopResult
+from ..stepper import _plan
+from ..tableau import ButcherTableau
 from .compiled import compile_graph, rk_stages
-from .stepper import _plan
-from .tableau import ButcherTableau
 
 DEFAULT_STEPS = 32
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
@@ -130,10 +133,8 @@ def chunk_size(n: int, k_max: int) -> int:
 def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> _GridPlan | None:
     """The chunks' input tensors for ``grid``; ``None`` when a step is within rounding of its
     start time (the eager loop arrives there without a step)."""
-    from .loop import _EPS
-
     hs = [b - a for a, b in zip(grid, grid[1:])]
-    if any(abs(h) <= 4 * _EPS * abs(a) for a, h in zip(grid, hs)):
+    if any(abs(h) <= 4 * TIME_EPS * abs(a) for a, h in zip(grid, hs)):
         return None
     n = len(hs)
     k = chunk_size(n, k_max)
@@ -177,8 +178,6 @@ def integrate_chunked(
 ):
     """The fixed-grid solve in compiled chunks; ``None`` when the grid has a step the eager loop
     would skip (a step within rounding of its start), so the caller runs the loop instead."""
-    from .loop import LoopResult
-
     t0 = times[0]
     grid = [t0] + list(stops)
     func = problem.func

@@ -26,7 +26,7 @@ Compiled steps are cached per ``func`` object (weakly), method, backend and stat
 training loop that solves with the same module every iteration compiles once.
 
 Fixed-step methods on a grid compile ``options["compile_steps"]`` consecutive steps as one graph
-instead (:mod:`neuralode.solvers.compiled_chunks`); the single compiled step here serves adaptive
+instead (:mod:`neuralode.solvers.fast.compiled_chunks`); the single compiled step here serves adaptive
 methods, ``compile_steps=1``, and the fixed-grid solves that chunks do not take (events, step
 callbacks, ``perturb``, ``dense``, cubic interpolation).
 """
@@ -39,11 +39,10 @@ from collections.abc import Callable
 
 import torch
 
-from .stepper import StepResult, _plan
-from .tableau import ButcherTableau
+from ..stepper import StepResult, _plan, rk_step
+from ..tableau import ButcherTableau
 
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
-BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 def rk_stages(
@@ -143,9 +142,10 @@ def compile_graph(fn: Callable, backend: str, device: torch.device, grad: bool, 
 
 
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
-    """``take(side, t, y, f0, h, stage, memory)`` like the loop's eager one, with the step compiled."""
-    from .stepper import rk_step
+    """``take(side, t, y, f0, h, stage, memory)`` like the loop's eager one, with the step compiled.
 
+    The api builds it (:func:`~neuralode.solvers.fast.choose` says when) and hands it to the loop
+    (:func:`~neuralode.solvers.loop.integrate`'s ``take``), which steps with it as with its own."""
     func = problem.func
     if problem.is_tuple:
 

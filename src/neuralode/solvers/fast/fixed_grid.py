@@ -1,4 +1,4 @@
-"""Fixed-grid explicit Runge-Kutta steps with nothing between them: the loop's lean stretch.
+"""Fixed-grid explicit Runge-Kutta steps with nothing between them: the lean fixed grid.
 
 On a fixed grid the integration loop (:func:`~neuralode.solvers.loop.integrate`) decides nothing
 between steps: the constant controller accepts every step, each step ends on the next grid point,
@@ -21,21 +21,24 @@ states are the same bits:
 * the update ``y1 = y + h sum_i b_i k_i`` in the same way (for FSAL tableaus the last stage's
   input);
 * output times on grid points take ``y1`` itself; an output time strictly inside a step is
-  filled by the loop's interpolant of that step, exactly as the general loop does.
+  filled by the loop's interpolant of that step
+  (:class:`~neuralode.solvers.interpolant.StepInterpolant`), exactly as the general loop does.
 
+The api chooses this path (:func:`~neuralode.solvers.fast.choose`) and runs it before the loop.
 A step within rounding of its start (a ``grid_constructor`` grid with two points a few ulps apart)
-ends the stretch: the general loop takes over from there with its own rule for such steps.
+ends the stretch: the api then hands the end state to the general loop
+(:class:`~neuralode.solvers.solution.Handover`), which takes over with its own rule for such steps.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .problem import changed_in_place
-from .stepper import StepResult, step_plan
-from .tableau import ButcherTableau
-
-_EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64 (as in loop.py).
+from ..grid import TIME_EPS
+from ..interpolant import StepInterpolant
+from ..problem import changed_in_place
+from ..stepper import StepResult, step_plan
+from ..tableau import ButcherTableau
 
 
 def applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config) -> bool:
@@ -77,12 +80,13 @@ def run(
         stops: the grid points after the start, ending with ``times[-1]``.
         tableau: an explicit method.
         interp_kind: the loop's interpolant for output times inside a step.
-        ys, out_steps: the loop's output lists (``ys`` holds ``y0``), appended to.
+        ys, out_steps: the solve's output lists (``ys`` holds ``y0``), appended to.
 
     Returns:
         ``(t, y, f0, i_stop, i_out)``: where the stretch ended (``i_out == len(times)`` when the
-        solve is done; else the general loop continues from this state), ``f0`` the derivative
-        there when it is known (FSAL, or evaluated by a cubic interpolant), else ``None``.
+        solve is done; else the general loop continues from this state, see
+        :class:`~neuralode.solvers.solution.Handover`), ``f0`` the derivative there when it is
+        known (FSAL, or evaluated by a cubic interpolant), else ``None``.
     """
     plan = step_plan(tableau)
     # Per stage i >= 1: (c_i, first nonzero (j, a_ij) or None, the remaining ones).
@@ -96,7 +100,7 @@ def run(
     time = problem.time
     add = torch.add
     in_place = not torch.is_grad_enabled()
-    eps4 = 4 * _EPS
+    eps4 = 4 * TIME_EPS
     t = times[0]
     n_out = len(times)
     i_out = 1
@@ -168,8 +172,6 @@ def run(
                     next_out = times[i_out]
             elif (next_out - t1) * direction < 0:
                 # Output times inside the step: the general loop's interpolant of this step.
-                from .interpolant import StepInterpolant
-
                 step = StepResult(y1, None, tuple(k))
                 interp = StepInterpolant(interp_kind, problem, tableau, t, y, k1, h, step, f1, t1, 0, None)
                 thetas = []

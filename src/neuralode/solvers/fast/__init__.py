@@ -1,0 +1,94 @@
+"""The fast paths: drivers that the api runs instead of the joint loop, or ahead of it, when a solve
+needs none of the loop's decisions between steps.
+
+A fixed grid with no error control decides nothing between its steps: every step is accepted and
+ends on the next grid point. When nothing else watches the steps either, the loop's per-step
+bookkeeping is pure overhead, and two drivers skip it:
+
+* :mod:`.fixed_grid`, the lean fixed grid: the explicit Runge-Kutta arithmetic of each step in one
+  tight eager loop, the same operations in the same order as the loop's stepper, so the same bits;
+* :mod:`.compiled_chunks`, under ``options={"compile": ...}``: ``compile_steps`` whole steps per
+  ``torch.compile`` call.
+
+Under ``compile`` a solve the chunks cannot take still runs in the loop, stepping with
+:func:`.compiled.compiled_stepper` (one compiled step per call), which the api builds and hands
+to the loop.
+
+The api asks :func:`choose` which path a solve takes, then calls :func:`run`, which runs that path
+as far as it goes; the loop (:func:`~neuralode.solvers.loop.integrate`) takes whatever is left.
+The fast paths know nothing of the loop and the loop nothing of them: what passes between them
+is a record of :mod:`~neuralode.solvers.solution` (:class:`~neuralode.solvers.solution.LoopResult`,
+:class:`~neuralode.solvers.solution.Handover`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..solution import Handover, LoopResult
+from . import compiled, compiled_chunks, fixed_grid
+
+LOOP = "loop"  # the joint loop with the method's own stepper
+FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
+CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
+COMPILED = "compiled"  # the joint loop stepping with the compiled step
+
+
+def choose(problem, tableau, opts, stops, events, dense, error, method_config) -> str:
+    """Which driver takes the solve: :data:`CHUNKS` or :data:`COMPILED` under ``options["compile"]``
+    (chunks where :func:`.compiled_chunks.can_chunk` allows), :data:`FIXED_GRID` for a fixed-grid
+    explicit Runge-Kutta solve with nothing to watch between steps (:func:`.fixed_grid.applies`:
+    no error control, events, step callbacks, dense output, ``perturb``, method state,
+    checkpointing under autograd; a plain tensor state and a finite grid), else :data:`LOOP`.
+
+    The arguments are those the loop is given: the adapted ``problem``, the method ``tableau``, its
+    parsed ``opts``, the ``stops``, the :class:`~neuralode.solvers.events.EventSet` (or ``None``),
+    the :class:`~neuralode.solvers.solution.DenseOutput` (or ``None``), the error norm (``None`` on
+    a fixed grid) and ``method_config`` (an Adams method's, else ``None``). Called where the solve
+    runs, under the same autograd mode: checkpointing matters only while autograd records.
+    """
+    if getattr(opts, "compile", False):
+        if compiled_chunks.can_chunk(problem, tableau, opts, stops, events, dense, error):
+            return CHUNKS
+        return COMPILED
+    on_step = problem.callbacks[0]
+    perturb = bool(getattr(opts, "perturb", False)) and error is None  # as the loop reads it
+    if fixed_grid.applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config):
+        return FIXED_GRID
+    return LOOP
+
+
+def run(path: str, problem, y0, f0, times: list[float], stops, tableau, opts, stats, interp_kind: str):
+    """Run the fast path ``path`` (:func:`choose`'s answer) from ``(times[0], y0)``, ``f0`` the
+    derivative there (``None``: not evaluated yet).
+
+    Returns ``(result, take, handover)``:
+
+    * ``result``, a :class:`~neuralode.solvers.solution.LoopResult`, when the fast path finished
+      the solve (the others are then ``None``); else ``None`` and the loop runs, with
+    * ``take``: the stepper the loop steps with (the compiled step under ``compile``), ``None``
+      for the method's own;
+    * ``handover``: the :class:`~neuralode.solvers.solution.Handover` the loop starts from, where
+      the lean fixed grid stopped early (a step within rounding of its start), ``None`` to start
+      from ``(times[0], y0, f0)``.
+
+    ``stats`` is updated in place, as the loop would have: evaluations, accepted steps, the last
+    step and, for a finished solve, ``next_step`` (``inf``, the constant controller's proposal).
+    """
+    if path == CHUNKS:
+        backend = "inductor" if opts.compile is True else opts.compile
+        result = compiled_chunks.integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
+        if result is not None:
+            return result, None, None
+        path = COMPILED  # a step within rounding of its start: the loop, one compiled step per call
+    if path == COMPILED:
+        backend = "inductor" if opts.compile is True else opts.compile
+        return None, compiled.compiled_stepper(problem, tableau, backend, stats), None
+    if path == FIXED_GRID:
+        ys, out_steps = [y0], []
+        t, y, f, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
+        if i_out == len(times):
+            stats.next_step = math.inf
+            return LoopResult(ys, out_steps, [], False), None, None
+        return None, None, Handover(t, y, f, i_stop, i_out, ys, out_steps)
+    return None, None, None
