@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -46,9 +45,7 @@ from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .interpolant import StepInterpolant
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, EventRecord, SolverStats
-from .stepper import rk_step, step_plan
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
-from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
 
@@ -88,66 +85,6 @@ class InfiniteGrid:
 
     def __getitem__(self, i: int) -> float:
         return self.t0 + self.direction * (i + 1) * self.h
-
-
-def stepper(
-    problem: Callable[[float, torch.Tensor], torch.Tensor],
-    tableau,
-    checkpoint: bool,
-    config=None,
-    opts: Any = None,
-    error: _ErrorNorm | None = None,
-):
-    """``take(side, t, y, f0, h, stage, memory) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)``
-    first when it is None (just after ``t`` when ``side`` is +1), and the other stages with
-    ``stage`` (default ``problem``). ``tableau`` is a :class:`ButcherTableau` (the generic
-    Runge-Kutta step), a method with its own ``step`` (the Adams methods, which take the
-    history ``memory`` and their ``config``), or an implicit method
-    (:func:`~neuralode.solvers.rosenbrock.make_stepper`, which needs ``opts``, the Jacobian's
-    options, and ``error``, the error norm that sets the Newton tolerance of ESDIRK methods).
-
-    With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
-    under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
-    stages.
-    """
-    if getattr(tableau, "implicit", False):
-        from .rosenbrock import make_stepper
-
-        implicit_take = make_stepper(problem, tableau, checkpoint, opts, problem, error)
-
-        def take_implicit(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
-                f0 = problem(t, y, side)
-            if stage is problem:
-                return implicit_take(t, t, y, f0, h)
-            # A step onto a jump of func: its stages see the side they come from.
-            return make_stepper(stage, tableau, checkpoint, opts, problem, error)(t, t, y, f0, h)
-
-        return take_implicit
-
-    if isinstance(tableau, ButcherTableau):
-        plan = step_plan(tableau)
-
-        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None:
-                f0 = problem(t, y, side)
-            return f0, rk_step(stage, t, y, f0, h, tableau, plan)
-    else:
-        own_step = tableau.step
-
-        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None:
-                f0 = problem(t, y, side)
-            return f0, own_step(stage, t, y, f0, h, memory, config)
-
-    if not (checkpoint and torch.is_grad_enabled()):
-        return take
-    from torch.utils.checkpoint import checkpoint as run_checkpointed
-
-    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-        return run_checkpointed(take, side, t, y, f0, h, stage, memory, use_reentrant=False)
-
-    return take_checkpointed
 
 
 def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
@@ -247,7 +184,7 @@ def integrate(
     f0: torch.Tensor | None,
     times: list[float],
     *,
-    tableau: ButcherTableau,
+    method,
     opts: Any,
     stops,
     jumps: frozenset[float],
@@ -255,7 +192,6 @@ def integrate(
     dt0: float,
     error: _ErrorNorm | None,
     stats: SolverStats,
-    interp_kind: str,
     events: EventSet | None = None,
     t_dtype: torch.dtype = torch.float64,
     dense: DenseOutput | None = None,
@@ -268,20 +204,20 @@ def integrate(
         y0, f0: the flat initial state and ``f(times[0], y0)`` (``None``: evaluate it).
         times: output times as floats (``times[-1]`` may be ``±inf`` when only an event ends
             the solve).
-        tableau: the method.
-        opts: :class:`~neuralode.solvers.options.AdaptiveOptions` or ``FixedOptions``.
+        method: the :class:`~neuralode.solvers.methods.base.Method`: its stepper takes the steps, its
+            ``interpolant_kind`` fills outputs inside them, its capabilities say whether it is adaptive.
+        opts: the parsed options, of ``method.options_type``.
         stops: indexable sequence of the times steps must land on, ending with ``times[-1]``.
         jumps: the stops at which ``func`` is discontinuous (no FSAL across them).
         controller: step-size controller (``propose``).
         dt0: the first step to try (signed; ``inf`` for fixed-step methods).
         error: the error norm (adaptive methods), else ``None``.
         stats: counters, updated in place.
-        interp_kind: how outputs between step ends are filled (see :class:`StepInterpolant`).
         events: the solve's events, if any.
         t_dtype: dtype of event times as returned to the user.
         dense: when given, every accepted step's interpolant is added to it.
-        method_config: what a method with its own ``step`` needs besides the state (the Adams
-            methods' orders and corrector tolerances).
+        method_config: ``method.step_config(...)``, what its steps need besides the state (the Adams
+            methods' orders and corrector tolerances), or ``None``.
     """
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
@@ -291,37 +227,32 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    if getattr(opts, "compile", False):
-        from .compiled import compiled_stepper
+    tableau = method.tableau
+    interp_kind = method.interpolant_kind(opts)
+    if opts.compile:
         from .compiled_chunks import can_chunk, integrate_chunked
 
         backend = "inductor" if opts.compile is True else opts.compile
-        if can_chunk(problem, tableau, opts, stops, events, dense, error):
+        if can_chunk(problem, method, opts, stops, events, dense, error):
             # A fixed grid with nothing to decide between steps: K steps per compiled call.
             chunked = integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
             if chunked is not None:
                 return chunked
-        take = compiled_stepper(problem, tableau, backend, stats)
-    else:
-        take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)
+    take = method.stepper(problem, opts=opts, config=method_config, error=error, checkpoint=opts.checkpoint)
     fsal = tableau.fsal
     # Adaptive explicit Runge-Kutta steps create their stage times at once (fixed grids have
     # theirs cached for the whole solve, see _Problem.cache_times).
     stage_c = None
-    if (
-        error is not None
-        and isinstance(tableau, ButcherTableau)
-        and not getattr(tableau, "implicit", False)
-        and not getattr(opts, "compile", False)
-    ):
+    if error is not None and method.explicit_tableau is not None and not opts.compile:
         stage_c = tuple(float(ci) for ci in tableau.c[1:])
-    max_num_steps = getattr(opts, "max_num_steps", math.inf)
-    min_step = getattr(opts, "min_step", 0.0)
-    max_step = getattr(opts, "max_step", math.inf)
-    accept_at_min = getattr(opts, "at_min_step", "error") == "accept"
+    adaptive = method.capabilities.adaptive  # fixed grids have no min_step, max_step or at_min_step
+    max_num_steps = opts.max_num_steps
+    min_step = opts.min_step if adaptive else 0.0
+    max_step = opts.max_step if adaptive else math.inf
+    accept_at_min = adaptive and opts.at_min_step == "accept"
     warned_at_min = False
     on_step, on_accept, on_reject = problem.callbacks
-    perturb = bool(getattr(opts, "perturb", False)) and error is None  # fixed grids: every step
+    perturb = opts.perturb and error is None  # fixed grids: every step
     if error is None:
         on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
     stiffness = StiffnessDetector.for_solve(tableau, opts)  # None: not watched (see stiffness.py)
@@ -352,7 +283,7 @@ def integrate(
         h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
         g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
     s = _State(t0, y0, f0, 1 if perturb else 0, dt0, 1.0, False, 0, g0, guard)
-    if fixed_grid.applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config):
+    if fixed_grid.applies(problem, method, opts, error, events, dense, on_step, perturb, stops, method_config):
         # Nothing to decide or watch between the steps: the lean stretch takes them (same
         # arithmetic, so the same states); the loop below continues only if it stopped early.
         t_, y_, f_, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
@@ -467,6 +398,7 @@ def integrate(
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        take.settle(accept)
         if not accept:
             stats.n_rejected += 1
             if on_reject is not None:

@@ -86,7 +86,7 @@ class _NoGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        from .api import method_names
+        from .methods.registry import method_names
 
         raise RuntimeError(
             "method='scipy_solver' is forward only: scipy's solve_ivp cannot be differentiated. For gradients use "
