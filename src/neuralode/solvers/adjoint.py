@@ -65,8 +65,8 @@ import torch
 
 from .api import _event_result, _run, event_mode, no_events, solve, with_event_budget
 from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
-from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
 from .methods.registry import resolve
+from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
 from .problem import _Problem, adjoint_step_callbacks, check_step_callbacks
 from .solution import Solution, SolverStats, TensorOrTuple
 

@@ -53,7 +53,6 @@ from .options import (
     all_finite,
     check_method_dtype,
     check_tolerance_resolution,
-    suggest,
 )
 from .problem import _ErrorNorm, _PrimalErrorNorm, _Problem, check_step_callbacks
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
