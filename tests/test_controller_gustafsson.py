@@ -142,7 +142,7 @@ def test_option_is_validated():
 
 def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():
     from neuralode.solvers.options import _parse_options
-    from neuralode.solvers.tableau import get_tableau
+    from neuralode.solvers.methods.registry import get_tableau
 
     for method, expected in [
         ("rodas5p", "pi_gustafsson"),

@@ -86,13 +86,10 @@ class _NoGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        from .methods.registry import method_names
-
         raise RuntimeError(
             "method='scipy_solver' is forward only: scipy's solve_ivp cannot be differentiated. For gradients use "
-            f"one of {', '.join(n for n in method_names() if n != 'scipy_solver')} (backpropagation), or "
-            "odeint_adjoint, whose "
-            "backward pass may itself use scipy_solver."
+            "another method of neuralode.METHODS (e.g. 'dopri5', or 'rodas5p' for a stiff problem; backpropagation), "
+            "or odeint_adjoint, whose backward pass may itself use scipy_solver."
         )
 
 
