@@ -141,8 +141,8 @@ def test_option_is_validated():
 
 
 def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():
+    from neuralode.solvers.methods.registry import resolve
     from neuralode.solvers.options import _parse_options
-    from neuralode.solvers.tableau import get_tableau
 
     for method, expected in [
         ("rodas5p", "pi_gustafsson"),
@@ -155,10 +155,10 @@ def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():
         ("dopri5", "pi"),
         ("tsit5", "pi"),
     ]:
-        assert _parse_options(None, get_tableau(method)).controller == expected, method
-        assert _parse_options({"max_step": 1.0}, get_tableau(method)).controller == expected, method
-    assert _parse_options({"controller": "gustafsson"}, get_tableau("rodas5p")).controller == "gustafsson"
-    assert _parse_options({"controller": "pi"}, get_tableau("rodas5p")).controller == "pi"
+        assert _parse_options(None, resolve(method)).controller == expected, method
+        assert _parse_options({"max_step": 1.0}, resolve(method)).controller == expected, method
+    assert _parse_options({"controller": "gustafsson"}, resolve("rodas5p")).controller == "gustafsson"
+    assert _parse_options({"controller": "pi"}, resolve("rodas5p")).controller == "pi"
 
 
 def test_explicit_method_with_gustafsson_matches_closed_form():

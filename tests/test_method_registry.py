@@ -1,7 +1,8 @@
 """``neuralode.METHODS``: every name ``solve`` accepts, each of which solves, and nothing else.
 
-The registry is read from the per-family registries that resolve a ``method`` argument, so a method added to any
-of them is listed, and by :func:`test_every_method_solves_decay` run, with no new test.
+The registry (:mod:`neuralode.solvers.methods.registry`) maps each name to its Method, built from the families'
+coefficient records, so a method added to any family is listed, and by :func:`test_every_method_solves_decay`
+run, with no new test.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import neuralode
 from neuralode import METHODS, solve
 from neuralode._impl.odeint import SOLVERS
 from neuralode.solvers.adams import ADAMS_METHODS
-from neuralode.solvers.implicit import IMPLICIT_METHODS
+from neuralode.solvers.methods import Method
+from neuralode.solvers.methods.registry import IMPLICIT_METHODS
 from neuralode.solvers.tableau import EXPLICIT_METHODS
 
 F64 = torch.float64
@@ -42,9 +44,10 @@ def test_methods_lists_every_family():
     assert list(SOLVERS) == list(METHODS)
     for name in families:
         assert METHODS[name] is SOLVERS[name]
-    assert METHODS["dopri5"] is EXPLICIT_METHODS["dopri5"]
-    assert METHODS["rodas5p"] is IMPLICIT_METHODS["rodas5p"]
-    assert METHODS["fixed_adams"] is ADAMS_METHODS["fixed_adams"]
+        assert isinstance(METHODS[name], Method) and METHODS[name].name in (name, "implicit_adams")
+    assert METHODS["dopri5"].tableau is EXPLICIT_METHODS["dopri5"]
+    assert METHODS["rodas5p"].tableau is IMPLICIT_METHODS["rodas5p"]
+    assert METHODS["fixed_adams"].tableau is ADAMS_METHODS["fixed_adams"]
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -54,7 +57,7 @@ def test_every_method_solves_decay(name):
     record = METHODS[name]
     y0 = torch.ones(2, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    if getattr(record, "adaptive", True):
+    if record.capabilities.adaptive:
         sol = solve(decay, y0, t, rtol=RTOL, atol=ATOL, method=name)
         tol = ADAPTIVE_TOL
     else:
@@ -74,7 +77,7 @@ def test_solve_refuses_a_name_not_in_methods(name):
 
 def test_methods_is_read_only_and_follows_registration():
     with pytest.raises(TypeError):
-        METHODS["mine"] = EXPLICIT_METHODS["bosh3"]  # type: ignore[index]
+        METHODS["mine"] = METHODS["bosh3"]  # type: ignore[index]
     assert "mine" not in METHODS and 3 not in METHODS
     with pytest.raises(KeyError):
         METHODS["mine"]
@@ -84,3 +87,26 @@ def test_methods_is_read_only_and_follows_registration():
     finally:
         del SOLVERS["mine_bosh3"]
     assert "mine_bosh3" not in METHODS
+
+
+def test_get_tableau_gives_the_record_of_a_method():
+    """``get_tableau`` gives a method's coefficient record (the data a Method holds), for the families that have
+    one, and refuses the others naming the valid names."""
+    assert neuralode.get_tableau("dopri5") is EXPLICIT_METHODS["dopri5"] is METHODS["dopri5"].tableau
+    assert neuralode.get_tableau("radau5") is IMPLICIT_METHODS["radau5"]
+    assert neuralode.get_tableau("auto") is METHODS["auto"].tableau
+    for name in ("explicit_adams", "scipy_solver", "dopri"):
+        with pytest.raises(ValueError, match="Valid methods: euler"):
+            neuralode.get_tableau(name)
+    with pytest.raises(TypeError, match="method must be a string"):
+        neuralode.get_tableau(5)
+
+
+def test_an_explicit_method_of_methods_registers_under_a_new_name():
+    """``SOLVERS[name] = METHODS["bosh3"]`` registers bosh3's tableau under ``name``."""
+    SOLVERS["again_bosh3"] = METHODS["bosh3"]
+    try:
+        m = METHODS["again_bosh3"]
+        assert m.name == "again_bosh3" and m.tableau.b == EXPLICIT_METHODS["bosh3"].b
+    finally:
+        del SOLVERS["again_bosh3"]

@@ -12,7 +12,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, odeint, odeint_adjoint, solve
-from neuralode.solvers.implicit import IMPLICIT_METHODS
+from neuralode.solvers.methods.registry import IMPLICIT_METHODS
 from neuralode.solvers.radau import RADAU5, RadauTableau, radau_dense
 from tests.problems import robertson, robertson_jac_np, robertson_np, stiff_vdp
 

@@ -13,7 +13,7 @@ import torch
 from numpy.polynomial import legendre
 
 from neuralode import solve
-from neuralode.solvers.implicit import IMPLICIT_METHODS
+from neuralode.solvers.methods.registry import IMPLICIT_METHODS
 from neuralode.solvers.radau import RADAU9, RADAU13, radau_dense
 from tests.problems import robertson, stiff_vdp
 from tests.test_radau import ROB_T, _err, _rot, _rot_exact, _scipy, _Tight

@@ -15,8 +15,9 @@ import torch
 from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, get_tableau, solve
-from neuralode.solvers.implicit import IMPLICIT_METHODS, ROSENBROCK_METHODS, RosenbrockTableau
+from neuralode.solvers.implicit import ROSENBROCK_METHODS, RosenbrockTableau
 from neuralode.solvers.jacobian import autograd_linearisation, batched_vjp
+from neuralode.solvers.methods.registry import IMPLICIT_METHODS
 from neuralode.solvers.rosenbrock import factor, rosenbrock_dense, rosenbrock_step
 from neuralode.solvers.solution import SolverStats
 from tests.problems import robertson as _robertson

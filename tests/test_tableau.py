@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from neuralode.solvers import tableau as tableau_module
-from neuralode.solvers.tableau import EXPLICIT_METHODS, ButcherTableau, get_tableau
+from neuralode.solvers.methods.registry import get_tableau
+from neuralode.solvers.tableau import EXPLICIT_METHODS, ButcherTableau
 
 MAX_TREE_ORDER = 9  # dopri8 needs trees up to order 8, plus order 9 to show the order is not higher
 

@@ -29,7 +29,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from ..solvers import odeint, odeint_dense, odeint_event
-from ..solvers.api import MethodRegistry, _method, method_names
+from ..solvers.methods.base import Method
+from ..solvers.methods.registry import MethodRegistry, method_names, resolve
 from ..solvers.tableau import EXPLICIT_METHODS, ButcherTableau
 from .rk_common import _is_solver_class, solver_class_tableau
 
@@ -50,9 +51,11 @@ class SolverRegistry(MethodRegistry, MutableMapping):
             raise TypeError(f"SOLVERS keys are method names (non-empty strings); got {name!r}.")
         if name in method_names() and name not in self._registered:
             raise ValueError(
-                f"SOLVERS[{name!r}]: neuralode has a built-in method of that name ({_method(name).__class__.__name__} "
+                f"SOLVERS[{name!r}]: neuralode has a built-in method of that name ({resolve(name).__class__.__name__} "
                 f"{name!r}), used by every solve that names it; register yours under another name."
             )
+        if isinstance(value, Method) and isinstance(value.explicit_tableau, ButcherTableau):
+            value = value.explicit_tableau  # an explicit method of METHODS, registered under a new name
         if isinstance(value, ButcherTableau):
             tableau = value if value.name == name else dataclasses.replace(value, name=name)
         elif _is_solver_class(value):

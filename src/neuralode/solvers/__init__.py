@@ -1,4 +1,4 @@
-"""The numerical core: method records, the steppers, step-size control, dense output, events and the loops.
+"""The numerical core: the methods (``methods/``: the Method protocol and the one registry), the steppers, step-size control, dense output, events and the loops.
 
 Imports torch only; knows nothing of layers, models, data, plotting or the CLI.
 """
@@ -7,18 +7,21 @@ from .adjoint import in_adjoint_backward, odeint_adjoint, solve_adjoint
 from .api import METHODS, odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events import Event
-from .implicit import IMPLICIT_METHODS
 from .implicit_options import ImplicitOptions
+from .methods import Capabilities, Method
+from .methods.registry import IMPLICIT_METHODS, get_tableau
 from .options import AdaptiveOptions, FixedOptions
 from .problem import Perturb
 from .solution import EventRecord, Solution, SolverStats
-from .tableau import ButcherTableau, get_tableau
+from .tableau import ButcherTableau
 
 __all__ = [
     "IMPLICIT_METHODS",
     "METHODS",
     "AdaptiveOptions",
     "ButcherTableau",
+    "Capabilities",
+    "Method",
     "Perturb",
     "Event",
     "EventRecord",

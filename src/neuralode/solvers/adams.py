@@ -40,7 +40,7 @@ from functools import cache
 import torch
 
 from .stepper import StepResult, combine, rk_step
-from .tableau import get_tableau
+from .tableau import RK4_38
 
 MIN_ORDER = 4  # below this many history entries plus one, steps are rk4_38 (torchdiffeq's _MIN_ORDER)
 MAX_ORDER = 12  # torchdiffeq's _MAX_ORDER
@@ -147,7 +147,7 @@ class AdamsMethod:
         return StepResult(y1, None, (f0,), memory=prev_f)
 
 
-_RK4_38 = get_tableau("rk4_38")
+_RK4_38 = RK4_38
 
 ADAMS_METHODS: dict[str, AdamsMethod] = {
     m.name: m

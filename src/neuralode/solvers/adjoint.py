@@ -63,11 +63,11 @@ from typing import Any
 
 import torch
 
-from .api import SCIPY_NO_EVENTS, _event_result, _method, _run, event_mode, solve, with_event_budget
+from .api import _event_result, _run, event_mode, no_events, solve, with_event_budget
 from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
+from .methods.registry import resolve
 from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
 from .problem import _Problem, adjoint_step_callbacks, check_step_callbacks
-from .scipy_solver import SCIPY_METHOD
 from .solution import Solution, SolverStats, TensorOrTuple
 
 _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
@@ -256,7 +256,7 @@ class _AdjointSolve(torch.autograd.Function):
 
         # An implicit backward method (adjoint_method="rodas5p") differentiates the augmented dynamics
         # itself, for its Jacobian: then they are built with a graph (create_graph, nothing detached).
-        stiff_backward = getattr(_method(cfg["adjoint_method"]), "implicit", False)
+        stiff_backward = resolve(cfg["adjoint_method"]).capabilities.implicit
         # Under create_graph=True (grad mode on in backward) the backward solve is itself recorded:
         # every vector-Jacobian product keeps its graph (create_graph), y is not detached from the
         # saved outputs, and the solver's steps are ordinary autograd operations, so the returned
@@ -298,7 +298,7 @@ class _AdjointSolve(torch.autograd.Function):
 
         # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
         # backward solve as the forward callbacks are during the forward one.
-        for name, callback in adjoint_step_callbacks(func, _method(cfg["adjoint_method"])):
+        for name, callback in adjoint_step_callbacks(func, resolve(cfg["adjoint_method"])):
             setattr(augmented, name, callback)
 
         def f_at(i: int) -> torch.Tensor:
@@ -307,7 +307,7 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.no_grad():
                 return f_flat(torch.full((), times[i], dtype=time_dtype(ys.dtype), device=ys.device), ys[i])
 
-        adaptive = _method(cfg["adjoint_method"]).adaptive
+        adaptive = resolve(cfg["adjoint_method"]).capabilities.adaptive
         need_t = ctx.needs_input_grad[2]
 
         def solve_interval(i, span, a, g_params, first_step):
@@ -552,7 +552,7 @@ def _check_backward_options(options: dict, adjoint_method: str, explicit: bool) 
     """Parse the backward solve's options now, so that a bad one is refused when ``odeint_adjoint`` is
     called (naming ``adjoint_options``) rather than when ``backward()`` runs."""
     try:
-        _parse_options(options, _method(adjoint_method))
+        _parse_options(options, resolve(adjoint_method))
     except (TypeError, ValueError) as exc:
         source = "adjoint_options" if explicit else "adjoint_options (by default options without 'norm')"
         raise type(exc)(f"{source}: {exc}") from None
@@ -569,15 +569,15 @@ def _split_interpolate(adjoint_options):
     return rest, value
 
 
-def _resolve_interpolate(requested, method_tableau, adjoint_method, y0_parts, events) -> bool:
+def _resolve_interpolate(requested, forward, adjoint_method, y0_parts, events) -> bool:
     """Whether the backward solve reads ``y(t)`` from the forward dense output (see the docstring of
     :func:`solve_adjoint`): the default for an implicit (stiff) backward method, else the backsolve."""
-    implicit = getattr(_method(adjoint_method), "implicit", False)
+    implicit = resolve(adjoint_method).capabilities.implicit
     if requested is None:
         return (
             bool(implicit)
             and not events
-            and method_tableau is not SCIPY_METHOD
+            and not forward.capabilities.own_driver
             and not (implicit and any(p.is_complex() for p in y0_parts))
         )
     if not requested:
@@ -587,7 +587,7 @@ def _resolve_interpolate(requested, method_tableau, adjoint_method, y0_parts, ev
             "adjoint_options['interpolate']=True is not supported with events (the forward interpolant "
             "jumps at resets); use adjoint_options['interpolate']=False (the backsolve adjoint) with events."
         )
-    if method_tableau is SCIPY_METHOD:
+    if forward.capabilities.own_driver:
         raise ValueError(
             "adjoint_options['interpolate']=True needs the forward solve's dense output, which method='scipy' "
             "does not keep; use a neuralode method for the forward solve or interpolate=False."
@@ -602,8 +602,8 @@ def _resolve_interpolate(requested, method_tableau, adjoint_method, y0_parts, ev
 
 def _takes_norm(method: str | None) -> bool:
     """Whether the backward solve's method takes a ``norm`` option (adaptive neuralode methods)."""
-    m = _method(method)
-    return m.adaptive and m is not SCIPY_METHOD
+    m = resolve(method)
+    return m.capabilities.adaptive and not m.capabilities.own_driver
 
 
 def _adjoint_params(func: Any, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
@@ -761,16 +761,16 @@ def _solve_adjoint(
     """:func:`solve_adjoint` on checked ``times`` (the last may be ``±inf`` in event mode)."""
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)
-    tableau = _method(method)
-    method = tableau.name
+    forward = resolve(method)
+    method = forward.name
     params = _adjoint_params(func, adjoint_params)
     flat = _Flat(parts, is_tuple)
     adjoint_stats = SolverStats()
     adjoint_method = method if adjoint_method is None else adjoint_method
-    check_step_callbacks(func, _method(adjoint_method), adjoint=True)
+    check_step_callbacks(func, resolve(adjoint_method), adjoint=True)
     adjoint_options, interpolate = _split_interpolate(adjoint_options)
     explicit_options = adjoint_options is not None
-    interpolate = _resolve_interpolate(interpolate, tableau, adjoint_method, parts, events)
+    interpolate = _resolve_interpolate(interpolate, forward, adjoint_method, parts, events)
     cfg = {
         "func": func,
         "flat": flat,
@@ -805,9 +805,9 @@ def _solve_adjoint(
     if not events:
         ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
         return Solution(t, flat.unflatten_series(ys), cfg["forward_stats"], cfg["method"], adjoint_stats)
-    if tableau is SCIPY_METHOD:
-        raise ValueError(SCIPY_NO_EVENTS)
-    return _adjoint_with_events(cfg, y0_flat, t, times, tableau, options, events)
+    if not forward.capabilities.events:
+        raise ValueError(no_events(forward))
+    return _adjoint_with_events(cfg, y0_flat, t, times, forward, options, events)
 
 
 def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
@@ -820,7 +820,7 @@ def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
     options = dict(cfg["adjoint_options"])
     for key in ("jacobian", "batch_dims"):
         if key in options:
-            if explicit_options and getattr(_method(cfg["adjoint_method"]), "implicit", False):
+            if explicit_options and resolve(cfg["adjoint_method"]).capabilities.implicit:
                 raise ValueError(
                     f"adjoint_options[{key!r}] does not apply with adjoint_options['interpolate']=True: the "
                     "backward solve forms the Jacobian of the adjoint dynamics itself (-J(y(t))^T); remove it."
@@ -830,7 +830,7 @@ def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
 
 
 def _adjoint_with_events(
-    cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], tableau, options, events: tuple[Event, ...]
+    cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], method, options, events: tuple[Event, ...]
 ) -> Solution:
     """The adjoint of a solve with events, stretch by stretch.
 
@@ -844,7 +844,7 @@ def _adjoint_with_events(
     """
     flat: _Flat = cfg["flat"]
     func, params = cfg["func"], cfg["params"]
-    opts = _parse_options(options, tableau)
+    opts = _parse_options(options, method)
     with torch.no_grad():
         fwd = _run(
             func,
@@ -853,7 +853,7 @@ def _adjoint_with_events(
             times,
             rtol=cfg["rtol"],
             atol=cfg["atol"],
-            tableau=tableau,
+            method=method,
             opts=opts,
             events=events,
         )

@@ -69,7 +69,8 @@ from __future__ import annotations
 import torch
 
 from .adjoint import interval_options, sweep_intervals
-from .api import _method, solve
+from .api import solve
+from .methods.registry import resolve
 from .options import time_dtype
 from .problem import adjoint_step_callbacks
 
@@ -188,14 +189,14 @@ def interpolating_backward(
     acc_dtype = ys.dtype
     times = t.detach().to("cpu", torch.float64).tolist()
     tdt = time_dtype(ys.dtype)
-    implicit = getattr(_method(cfg["adjoint_method"]), "implicit", False)
+    implicit = resolve(cfg["adjoint_method"]).capabilities.implicit
     extra = {"nfe": 0}
     augmented, jacobian = backward_dynamics(cfg, acc_dtype, extra)
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flat.flatten(func(tt, flat.unflatten(y)))
 
-    for name, callback in adjoint_step_callbacks(func, _method(cfg["adjoint_method"])):
+    for name, callback in adjoint_step_callbacks(func, resolve(cfg["adjoint_method"])):
         setattr(augmented, name, callback)
 
     def f_at(i: int) -> torch.Tensor:
@@ -205,7 +206,7 @@ def interpolating_backward(
     options = dict(cfg["adjoint_options"])
     if implicit:
         options["jacobian"] = jacobian
-    adaptive = _method(cfg["adjoint_method"]).adaptive
+    adaptive = resolve(cfg["adjoint_method"]).capabilities.adaptive
 
     def solve_interval(i, span, a, g_params, first_step):
         sol = solve(

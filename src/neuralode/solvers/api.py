@@ -28,21 +28,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import SimpleNamespace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from . import fast
-from .adams import ADAMS_METHODS
 from .controller import ConstantController, StepSizeController, initial_step
 from .errors import SolverError
 from .events import Event, EventSet, check_events
 from .grid import InfiniteGrid
 from .loop import integrate, no_event_found
+from .methods.base import Method
+from .methods.registry import DEFAULT_METHOD, METHODS, MethodRegistry, method_names, resolve
 from .options import (
-    AdamsOptions,
     AdaptiveOptions,
     FixedOptions,
     _accepts_keyword,
@@ -56,14 +55,11 @@ from .options import (
     all_finite,
     check_method_dtype,
     check_tolerance_resolution,
-    suggest,
 )
 from .problem import _ErrorNorm, _PrimalErrorNorm, _Problem, check_step_callbacks
-from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
-from .tableau import EXPLICIT_METHODS, ButcherTableau, get_tableau
 
-DEFAULT_METHOD = "dopri5"
+__all__ = ["DEFAULT_METHOD", "METHODS", "MethodRegistry", "method_names", "odeint", "solve"]
 # Most stage times of a fixed grid created at once as tensors (see _Problem.cache_times).
 CACHED_TIMES = 1 << 18
 
@@ -72,69 +68,7 @@ CACHED_TIMES = 1 << 18
 Func = Callable[[torch.Tensor, Any], TensorOrTuple]
 
 
-def method_names() -> list[str]:
-    """Every method ``solve`` accepts: the explicit Runge-Kutta tableaus, the implicit (stiff)
-    methods and ``auto``, the Adams methods, scipy."""
-    from .implicit import IMPLICIT_METHODS
-
-    return [*EXPLICIT_METHODS, *IMPLICIT_METHODS, "auto", *ADAMS_METHODS, SCIPY_METHOD.name]
-
-
-def _method(method: str | None):
-    """The record of the method named ``method`` (``None``: the default): a :class:`ButcherTableau`, an
-    implicit method's coefficient record, ``auto``'s, an :class:`~neuralode.solvers.adams.AdamsMethod`, or
-    scipy's :class:`~neuralode.solvers.scipy_solver.ScipyMethod` (the values of :data:`METHODS`)."""
-    if method is None:
-        method = DEFAULT_METHOD
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
-    if method in EXPLICIT_METHODS:  # the explicit tableaus, without building the list of every name
-        return get_tableau(method)
-    if method in ADAMS_METHODS:
-        return ADAMS_METHODS[method]
-    if method == SCIPY_METHOD.name:
-        return SCIPY_METHOD
-    if method not in method_names():
-        raise ValueError(
-            f"Unknown method {method!r}.{suggest(method, method_names())} Valid methods: {', '.join(method_names())}."
-        )
-    return get_tableau(method)  # explicit, implicit and auto
-
-
-class MethodRegistry(Mapping):
-    """Every method ``solve`` accepts, by name, read from the registries that resolve a ``method`` argument
-    (:func:`method_names`), so it lists a method as soon as ``solve`` takes it.
-
-    Its values are the methods' records: a :class:`ButcherTableau` for an explicit Runge-Kutta method, the
-    implicit methods' coefficient records, the :class:`~neuralode.solvers.auto.AutoSwitching` record of
-    ``"auto"``, the Adams methods' :class:`~neuralode.solvers.adams.AdamsMethod` and scipy's
-    :class:`~neuralode.solvers.scipy_solver.ScipyMethod`. Read-only; a new explicit method is registered
-    through torchdiffeq's ``SOLVERS`` (:mod:`neuralode._impl.odeint`), which is this mapping made writable.
-    """
-
-    def __getitem__(self, name: str) -> Any:
-        if not isinstance(name, str) or name not in method_names():
-            raise KeyError(name)
-        return _method(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(method_names())
-
-    def __len__(self) -> int:
-        return len(method_names())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in method_names()
-
-    def __repr__(self) -> str:
-        return f"METHODS({', '.join(self)})"
-
-
-METHODS = MethodRegistry()
-"""Every method ``solve`` accepts, by name, with its record (see :class:`MethodRegistry`): the explicit
-Runge-Kutta methods (``euler`` ... ``dopri8_13m``), the implicit ones (``rosenbrock23``, ``rodas5p``,
-``kvaerno5``, ``radau5`` ... and the fixed-grid ``implicit_euler`` ...), ``auto``, the Adams methods
-(``explicit_adams``, ``implicit_adams``, ``fixed_adams``) and ``scipy_solver``."""
+_method = resolve  # a ``method`` argument -> its Method (methods.registry.resolve), under its older name
 
 
 def forward_mode_active(*tensors: torch.Tensor) -> bool:
@@ -155,44 +89,36 @@ def functorch_active() -> bool:
 
 
 def forward_mode_methods() -> list[str]:
-    """The methods that carry ``torch.func`` transforms (``torch.func.jvp``, ``jacfwd``): the explicit Runge-Kutta
-    and Adams methods. Every method but ``scipy_solver`` carries ``torch.autograd.forward_ad`` dual tensors."""
-    return [*EXPLICIT_METHODS, *ADAMS_METHODS]
+    """The methods that carry ``torch.func`` transforms (``torch.func.jvp``, ``jacfwd``): those with
+    ``capabilities.torch_func``, the explicit Runge-Kutta and Adams methods. Every method but those with a
+    driver of their own (``scipy_solver``) carries ``torch.autograd.forward_ad`` dual tensors."""
+    return [name for name, m in METHODS.items() if m.capabilities.torch_func]
 
 
-def check_forward_mode(tableau, jacobian_callable: bool = False) -> None:
+def check_forward_mode(method: Method, jacobian_callable: bool = False) -> None:
     """Refuse a solve that cannot carry the forward-mode derivatives asked of it, before it starts.
 
-    ``scipy_solver`` integrates NumPy copies of the state, so no tangent reaches its result: refused inside a
-    ``torch.func`` transform and whenever a ``torch.autograd.forward_ad`` dual level is open. The implicit
-    methods and ``auto`` form Jacobians by ``torch.autograd.grad`` on a leaf made with ``requires_grad_()``
-    (and a user ``jacobian`` callable is differentiated in ``t`` the same way), which ``torch.func``
-    transforms refuse: refused inside a transform, with the way that does work (dual tensors)."""
-    if tableau is SCIPY_METHOD:
+    A method with its own driver (``scipy_solver``) integrates NumPy copies of the state, so no tangent reaches
+    its result: refused inside a ``torch.func`` transform and whenever a ``torch.autograd.forward_ad`` dual level
+    is open. A method without ``capabilities.torch_func`` (the implicit methods and ``auto`` form Jacobians by
+    ``torch.autograd.grad`` on a leaf made with ``requires_grad_()``), or a user ``jacobian`` callable (which is
+    differentiated in ``t`` the same way), is refused inside a ``torch.func`` transform, with the way that does
+    work (dual tensors)."""
+    if method.capabilities.own_driver:
         if functorch_active() or torch.autograd.forward_ad._current_level >= 0:
             raise TypeError(
-                "method='scipy_solver' cannot carry forward-mode derivatives (torch.func.jvp/jacfwd or "
+                f"method={method.name!r} cannot carry forward-mode derivatives (torch.func.jvp/jacfwd or "
                 "torch.autograd.forward_ad dual tensors): it integrates NumPy copies of the state. Use a "
                 f"neuralode method; with torch.func: {', '.join(forward_mode_methods())}."
             )
         return
-    if functorch_active() and (tableau.name not in forward_mode_methods() or jacobian_callable):
+    if functorch_active() and (not method.capabilities.torch_func or jacobian_callable):
         raise TypeError(
-            f"method={tableau.name!r} cannot run inside a torch.func transform (jvp, jacfwd, vmap): its Jacobian "
+            f"method={method.name!r} cannot run inside a torch.func transform (jvp, jacfwd, vmap): its Jacobian "
             "is formed by torch.autograd.grad, which torch.func transforms refuse. Use torch.autograd.forward_ad "
             "dual tensors for its forward-mode derivatives, or one of the methods that torch.func transforms "
             f"go through: {', '.join(forward_mode_methods())}."
         )
-
-
-def _interp_kind(tableau: ButcherTableau, opts) -> str:
-    if getattr(tableau, "interp_kind", None):  # implicit methods name their own dense output
-        return tableau.interp_kind
-    if isinstance(opts, FixedOptions):
-        return "linear" if opts.interp == "linear" else "hermite"
-    if tableau.dense is not None:
-        return "dense"
-    return "dense_extra" if tableau.dense_extra is not None else "hermite"
 
 
 def _run(
@@ -203,7 +129,7 @@ def _run(
     *,
     rtol,
     atol,
-    tableau: ButcherTableau,
+    method: Method,
     opts: AdaptiveOptions | FixedOptions,
     events: tuple[Event, ...],
     parts: tuple[torch.Tensor, ...] | None = None,
@@ -212,33 +138,33 @@ def _run(
     times as floats; the last may be ``±inf`` (run until a terminal event). ``parts``: the state's
     components as ``_check_state`` returned them, where the caller has checked ``y0`` already (the
     finiteness check is a host synchronisation; once per solve is enough)."""
-    if getattr(opts, "per_sample", False):
+    if method.capabilities.per_sample and opts.per_sample:
         raise ValueError(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
         )
-    check_forward_mode(tableau, callable(getattr(opts, "jacobian", None)))
-    callbacks = check_step_callbacks(func, tableau)
+    check_forward_mode(method, method.capabilities.implicit and callable(opts.jacobian))
+    callbacks = check_step_callbacks(func, method)
     is_tuple = isinstance(y0, tuple)
     if parts is None:
         parts = _check_state(y0)
     rtol_v = _check_tolerance("rtol", rtol, parts, is_tuple)
     atol_v = _check_tolerance("atol", atol, parts, is_tuple)
-    check_method_dtype(tableau, parts[0].dtype)
-    if tableau.adaptive:
+    check_method_dtype(method, parts[0].dtype)
+    if method.capabilities.adaptive:
         _check_tolerance_pair(rtol_v, atol_v)
         check_tolerance_resolution(rtol_v, atol_v, parts[0].dtype)
     stats = SolverStats()
     if len(times) == 1:
         ys = tuple(p.unsqueeze(0) for p in parts)
-        return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)
+        return Solution(t, ys if is_tuple else ys[0], stats, method.name)
 
     problem = _Problem(func, parts, is_tuple, stats, callbacks)
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
     problem.direction = direction
     problem.pass_perturb = opts.perturb and _accepts_keyword(func, "perturb")
-    side0 = 1 if (opts.perturb and isinstance(opts, FixedOptions)) else 0
+    side0 = 1 if (opts.perturb and not method.capabilities.adaptive) else 0
     # A forward-mode tangent of t takes the same route as its gradient (the shift below is linear in t).
     needs_t_grad = t.requires_grad or forward_mode_active(t)
     y_start = problem.flatten(parts)
@@ -266,7 +192,7 @@ def _run(
     # paths for solves without autograd write into buffers with out= kernels, which forward mode refuses).
     forward = forward_mode_active(*parts, t, f0)
     problem.forward_mode = forward
-    if isinstance(opts, FixedOptions):
+    if not method.capabilities.adaptive:
         if math.isinf(t_end):
             stops = InfiniteGrid(t0, direction, opts.step_size)
         else:
@@ -274,13 +200,14 @@ def _run(
             # Compiled chunks make their stage times as one tensor (compiled_chunks.py).
             # Cached only while the stage times are few: one 0-dim tensor per time would take far more
             # memory than the grid itself on a long grid, where creating each at its call costs little.
-            if len(grid) * len(tableau.c) <= CACHED_TIMES and not (
+            c = method.tableau.c
+            if len(grid) * len(c) <= CACHED_TIMES and not (
                 opts.compile
                 and fast.compiled_chunks.can_chunk(
-                    problem, tableau, opts, grid, events, True if opts.dense else None, None
+                    problem, method, opts, grid, events, True if opts.dense else None, None
                 )
             ):
-                problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in tableau.c])
+                problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in c])
             stops = grid[1:]
         jumps: frozenset[float] = frozenset()
         controller = ConstantController()
@@ -293,37 +220,33 @@ def _run(
 
         stops = sorted({s for s in opts.step_t + opts.jump_t if inside(s)}, key=lambda s: s * direction) + [t_end]
         jumps = frozenset(opts.jump_t)
-        k = min(tableau.order, tableau.error_order) + 1
+        k = min(method.order, method.error_order) + 1
         controller = StepSizeController(opts.controller, opts.safety, opts.ifactor, opts.dfactor, k)
         error = (_PrimalErrorNorm if forward else _ErrorNorm)(problem, rtol_v, atol_v, opts.norm)
         if opts.first_step is not None:
             dt0 = direction * opts.first_step
         else:
-            dt0 = direction * initial_step(problem, t0, y_solve, f0, direction, tableau.order, error.scaled)
+            dt0 = direction * initial_step(problem, t0, y_solve, f0, direction, method.order, error.scaled)
 
     event_set = None
     if events:
         event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.t_dtype).eps)
     dense = DenseOutput(direction, problem.unflatten, t0) if opts.dense else None
-    config = None
-    if isinstance(opts, AdamsOptions):
-        config = SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol_v, atol=atol_v)
-    interp_kind = _interp_kind(tableau, opts)
+    config = method.step_config(opts, rtol_v, atol_v)
+    interp_kind = method.interpolant_kind(opts)
     try:
         with torch.enable_grad() if forward else contextlib.nullcontext():
             # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
             # loop takes what it leaves: the whole solve, or the rest from where it stopped.
-            path = fast.choose(problem, tableau, opts, stops, event_set, dense, error, config)
-            result, take, handover = fast.run(
-                path, problem, y_solve, f0, times, stops, tableau, opts, stats, interp_kind
-            )
+            path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
+            result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats, interp_kind)
             if result is None:
                 result = integrate(
                     problem,
                     y_solve,
                     f0,
                     times,
-                    tableau=tableau,
+                    method=method,
                     opts=opts,
                     stops=stops,
                     jumps=jumps,
@@ -331,12 +254,10 @@ def _run(
                     dt0=dt0,
                     error=error,
                     stats=stats,
-                    interp_kind=interp_kind,
                     events=event_set,
                     t_dtype=t.dtype,
                     dense=dense,
                     method_config=config,
-                    take=take,
                     handover=handover,
                 )
     except SolverError as exc:
@@ -345,7 +266,7 @@ def _run(
         raise
     n = len(result.ys)
     stacked = torch.stack(result.ys)
-    if isinstance(opts, FixedOptions):
+    if not method.capabilities.adaptive:
         # Fixed steps control no error, so a blow-up shows only in the states: one check at the
         # end rather than a host synchronisation per step.
         if not all_finite(stacked):
@@ -387,7 +308,7 @@ def _run(
     # ``stats`` whenever they run again, and with options['checkpoint'] backward re-runs every step
     # (measured: dopri5 38 evaluations forward, 74 after backward; rk4 40 -> 79; rodas5p's
     # Jacobians 16 -> 24), which would make the statistics describe forward plus recomputation.
-    return Solution(ts, ys_out, dataclasses.replace(stats), tableau.name, None, tuple(result.events), dense)
+    return Solution(ts, ys_out, dataclasses.replace(stats), method.name, None, tuple(result.events), dense)
 
 
 def solve(
@@ -444,27 +365,26 @@ def solve(
     parts = _check_state(y0)
     per_sample = isinstance(options, dict) and options.get("per_sample", False) is not False
     times = None if per_sample else _check_times(t)  # per-sample mode takes (B, T) times too
-    tableau = _method(method)
-    if tableau is SCIPY_METHOD:
-        if check_events(events):
-            raise ValueError(SCIPY_NO_EVENTS)
-        check_forward_mode(tableau)
-        check_step_callbacks(func, tableau)
-        others = tuple(n for n in method_names() if n != SCIPY_METHOD.name)  # for its no-gradient error
-        return scipy_solve(func, y0, t, times, rtol, atol, parse_scipy_options(options), tableau.name, others)
-    opts = _parse_options(options, tableau)
+    m = resolve(method)
+    if not m.capabilities.events and check_events(events):
+        raise ValueError(no_events(m))
+    if m.capabilities.own_driver:
+        check_forward_mode(m)
+        check_step_callbacks(func, m)
+        return m.run(func, y0, t, times, rtol, atol, _parse_options(options, m))
+    opts = _parse_options(options, m)
     if per_sample:
         from .per_sample import solve_per_sample
 
         return solve_per_sample(
-            func, y0, t, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events)
+            func, y0, t, rtol=rtol, atol=atol, tableau=m.tableau, opts=opts, events=check_events(events)
         )
-    return _run(
-        func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=check_events(events), parts=parts
-    )
+    return _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events), parts=parts)
 
 
-SCIPY_NO_EVENTS = "method='scipy_solver' does not handle events; use a neuralode method (e.g. 'dopri5')."
+def no_events(method: Method) -> str:
+    """The refusal of events for a method without ``capabilities.events``."""
+    return f"method={method.name!r} does not handle events; use a neuralode method (e.g. 'dopri5')."
 
 
 def event_mode(func, y0, t: torch.Tensor, method, options, event_fn):
@@ -475,13 +395,13 @@ def event_mode(func, y0, t: torch.Tensor, method, options, event_fn):
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y) -> tensor; got {_type_name(event_fn)}.")
     _check_state(y0)
-    tableau = _method(method)
-    if tableau is SCIPY_METHOD:
-        raise ValueError(SCIPY_NO_EVENTS)
-    opts = _parse_options(options, tableau)
+    m = resolve(method)
+    if not m.capabilities.events:
+        raise ValueError(no_events(m))
+    opts = _parse_options(options, m)
     if not (isinstance(options, dict) and "max_num_steps" in options):
         opts = dataclasses.replace(opts, max_num_steps=EVENT_MAX_STEPS)
-    return tableau, opts, _event_times(t, tableau, opts), (Event(event_fn, terminal=True),)
+    return m, opts, _event_times(t, m, opts), (Event(event_fn, terminal=True),)
 
 
 # The default step budget of an event search (torchdiffeq's event mode has no last time, so its
@@ -500,7 +420,7 @@ def with_event_budget(options: dict | None) -> dict | None:
     return {**(options or {}), "max_num_steps": EVENT_MAX_STEPS}
 
 
-def _event_times(t: torch.Tensor, tableau: ButcherTableau, opts) -> list[float]:
+def _event_times(t: torch.Tensor, method: Method, opts) -> list[float]:
     """torchdiffeq's event-mode times: ``t = [t0, t_dir]`` gives the start and the direction."""
     times = _check_times(t)
     if len(times) != 2:
@@ -509,9 +429,9 @@ def _event_times(t: torch.Tensor, tableau: ButcherTableau, opts) -> list[float]:
             f"earlier time for the direction); got {len(times)} times. Use solve(..., events=[Event(...)]) "
             "to watch events while filling many output times."
         )
-    if isinstance(opts, FixedOptions) and opts.step_size is None:
+    if not method.capabilities.adaptive and opts.step_size is None:
         raise ValueError(
-            f"Event handling with the fixed-step method {tableau.name!r} needs options['step_size'] "
+            f"Event handling with the fixed-step method {method.name!r} needs options['step_size'] "
             "(there is no last time to build a grid to), as in torchdiffeq."
         )
     return [times[0], math.copysign(math.inf, times[1] - times[0])]
@@ -557,8 +477,8 @@ def odeint(
     """
     if event_fn is None:
         return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys
-    tableau, opts, times, events = event_mode(func, y0, t, method, options, event_fn)
-    sol = _run(func, y0, t, times, rtol=rtol, atol=atol, tableau=tableau, opts=opts, events=events)
+    m, opts, times, events = event_mode(func, y0, t, method, options, event_fn)
+    sol = _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=events)
     return _event_result(sol, t, y0)
 
 

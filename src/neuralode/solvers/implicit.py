@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
 
-__all__ = ["RosenbrockTableau", "ROSENBROCK_METHODS", "IMPLICIT_METHODS", "RODAS5P", "ROSENBROCK23"]
+__all__ = ["RosenbrockTableau", "ROSENBROCK_METHODS", "RODAS5P", "ROSENBROCK23"]
 
 # The published Rodas5P coefficients have 16-17 significant digits: the consistency checks below hold to
 # rounding only, and 1e-9 (relative to the size of the coefficients, some of which exceed 100) still rejects
@@ -359,17 +359,3 @@ ROSENBROCK23 = RosenbrockTableau.from_standard(
 
 ROSENBROCK_METHODS: dict[str, RosenbrockTableau] = {t.name: t for t in (ROSENBROCK23, RODAS5P)}
 """The built-in Rosenbrock methods by name."""
-
-IMPLICIT_METHODS: dict = dict(ROSENBROCK_METHODS)
-"""Every built-in implicit (stiff) method by name; :func:`~neuralode.solvers.tableau.get_tableau` looks here
-after the explicit :data:`~neuralode.solvers.tableau.EXPLICIT_METHODS`."""
-
-# The ESDIRK methods (solvers/esdirk.py), Radau IIA (radau.py) and the fixed-grid implicit ones
-# (implicit_fixed.py) join the registry.
-from .esdirk import ESDIRK_METHODS  # noqa: E402
-from .implicit_fixed import IMPLICIT_FIXED_METHODS  # noqa: E402
-from .radau import RADAU_METHODS  # noqa: E402
-
-IMPLICIT_METHODS.update(ESDIRK_METHODS)
-IMPLICIT_METHODS.update(RADAU_METHODS)
-IMPLICIT_METHODS.update(IMPLICIT_FIXED_METHODS)

@@ -4,8 +4,8 @@
 its own loop) and the per-sample mode. It is not the only code that advances time: before calling
 it the api may run a fast path of :mod:`neuralode.solvers.fast` (a plain fixed grid stepped without
 the loop's bookkeeping, or compiled chunks of steps under ``options["compile"]``), which either
-finishes the solve or hands this loop its end state (``handover``) or a compiled stepper
-(``take``); this module imports none of them. ``options={"per_sample": True}`` runs
+finishes the solve or hands this loop its end state (``handover``); this module imports none of
+them. ``options={"per_sample": True}`` runs
 :func:`~neuralode.solvers.per_sample.integrate` instead, a second loop repeating this one's
 arithmetic with a clock per sample (``docs/architecture.md``, "Clocks" and "Where it is going").
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -48,9 +47,7 @@ from .grid import TIME_EPS as _EPS
 from .interpolant import StepInterpolant
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
-from .stepper import rk_step, step_plan
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
-from .tableau import ButcherTableau
 
 
 class _State(NamedTuple):
@@ -68,66 +65,6 @@ class _State(NamedTuple):
     guard: float  # roots within this time of t are not searched (a step that starts on a root)
     memory: tuple | None = None  # a multistep method's history (StepResult.memory)
     prev_dt: float = math.nan  # the last accepted step (Gustafsson's predictive control); nan before the first
-
-
-def stepper(
-    problem: Callable[[float, torch.Tensor], torch.Tensor],
-    tableau,
-    checkpoint: bool,
-    config=None,
-    opts: Any = None,
-    error: _ErrorNorm | None = None,
-):
-    """``take(side, t, y, f0, h, stage, memory) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)``
-    first when it is None (just after ``t`` when ``side`` is +1), and the other stages with
-    ``stage`` (default ``problem``). ``tableau`` is a :class:`ButcherTableau` (the generic
-    Runge-Kutta step), a method with its own ``step`` (the Adams methods, which take the
-    history ``memory`` and their ``config``), or an implicit method
-    (:func:`~neuralode.solvers.rosenbrock.make_stepper`, which needs ``opts``, the Jacobian's
-    options, and ``error``, the error norm that sets the Newton tolerance of ESDIRK methods).
-
-    With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
-    under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
-    stages.
-    """
-    if getattr(tableau, "implicit", False):
-        from .rosenbrock import make_stepper
-
-        implicit_take = make_stepper(problem, tableau, checkpoint, opts, problem, error)
-
-        def take_implicit(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
-                f0 = problem(t, y, side)
-            if stage is problem:
-                return implicit_take(t, t, y, f0, h)
-            # A step onto a jump of func: its stages see the side they come from.
-            return make_stepper(stage, tableau, checkpoint, opts, problem, error)(t, t, y, f0, h)
-
-        return take_implicit
-
-    if isinstance(tableau, ButcherTableau):
-        plan = step_plan(tableau)
-
-        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None:
-                f0 = problem(t, y, side)
-            return f0, rk_step(stage, t, y, f0, h, tableau, plan)
-    else:
-        own_step = tableau.step
-
-        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None:
-                f0 = problem(t, y, side)
-            return f0, own_step(stage, t, y, f0, h, memory, config)
-
-    if not (checkpoint and torch.is_grad_enabled()):
-        return take
-    from torch.utils.checkpoint import checkpoint as run_checkpointed
-
-    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-        return run_checkpointed(take, side, t, y, f0, h, stage, memory, use_reentrant=False)
-
-    return take_checkpointed
 
 
 def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
@@ -227,7 +164,7 @@ def integrate(
     f0: torch.Tensor | None,
     times: list[float],
     *,
-    tableau: ButcherTableau,
+    method,
     opts: Any,
     stops,
     jumps: frozenset[float],
@@ -235,12 +172,10 @@ def integrate(
     dt0: float,
     error: _ErrorNorm | None,
     stats: SolverStats,
-    interp_kind: str,
     events: EventSet | None = None,
     t_dtype: torch.dtype = torch.float64,
     dense: DenseOutput | None = None,
     method_config: Any = None,
-    take: Callable | None = None,
     handover: Handover | None = None,
 ) -> LoopResult:
     """Integrate from ``times[0]`` until the last output time or a terminal event.
@@ -250,22 +185,20 @@ def integrate(
         y0, f0: the flat initial state and ``f(times[0], y0)`` (``None``: evaluate it).
         times: output times as floats (``times[-1]`` may be ``±inf`` when only an event ends
             the solve).
-        tableau: the method.
-        opts: :class:`~neuralode.solvers.options.AdaptiveOptions` or ``FixedOptions``.
+        method: the :class:`~neuralode.solvers.methods.base.Method`: its stepper takes the steps, its
+            ``interpolant_kind`` fills outputs inside them, its capabilities say whether it is adaptive.
+        opts: the parsed options, of ``method.options_type``.
         stops: indexable sequence of the times steps must land on, ending with ``times[-1]``.
         jumps: the stops at which ``func`` is discontinuous (no FSAL across them).
         controller: step-size controller (``propose``).
         dt0: the first step to try (signed; ``inf`` for fixed-step methods).
         error: the error norm (adaptive methods), else ``None``.
         stats: counters, updated in place.
-        interp_kind: how outputs between step ends are filled (see :class:`StepInterpolant`).
         events: the solve's events, if any.
         t_dtype: dtype of event times as returned to the user.
         dense: when given, every accepted step's interpolant is added to it.
-        method_config: what a method with its own ``step`` needs besides the state (the Adams
-            methods' orders and corrector tolerances).
-        take: the stepper to step with (:func:`stepper`'s contract), when the caller built one
-            (the compiled step of :mod:`neuralode.solvers.fast`); ``None``: :func:`stepper`'s.
+        method_config: ``method.step_config(...)``, what its steps need besides the state (the Adams
+            methods' orders and corrector tolerances), or ``None``.
         handover: where a fast path stopped short of the end (its time, state, derivative, next
             stop, next output and the outputs so far): the loop goes on from there instead of
             from ``(times[0], y0, f0)``.
@@ -278,26 +211,23 @@ def integrate(
     out_steps: list[tuple[float, int]] = []
     records: list[EventRecord] = []
     i_out = 1
-    if take is None:
-        take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)
+    tableau = method.tableau
+    interp_kind = method.interpolant_kind(opts)
+    take = method.stepper(problem, opts=opts, config=method_config, error=error, checkpoint=opts.checkpoint)
     fsal = tableau.fsal
     # Adaptive explicit Runge-Kutta steps create their stage times at once (fixed grids have
     # theirs cached for the whole solve, see _Problem.cache_times).
     stage_c = None
-    if (
-        error is not None
-        and isinstance(tableau, ButcherTableau)
-        and not getattr(tableau, "implicit", False)
-        and not getattr(opts, "compile", False)
-    ):
+    if error is not None and method.explicit_tableau is not None and not opts.compile:
         stage_c = tuple(float(ci) for ci in tableau.c[1:])
-    max_num_steps = getattr(opts, "max_num_steps", math.inf)
-    min_step = getattr(opts, "min_step", 0.0)
-    max_step = getattr(opts, "max_step", math.inf)
-    accept_at_min = getattr(opts, "at_min_step", "error") == "accept"
+    adaptive = method.capabilities.adaptive  # fixed grids have no min_step, max_step or at_min_step
+    max_num_steps = opts.max_num_steps
+    min_step = opts.min_step if adaptive else 0.0
+    max_step = opts.max_step if adaptive else math.inf
+    accept_at_min = adaptive and opts.at_min_step == "accept"
     warned_at_min = False
     on_step, on_accept, on_reject = problem.callbacks
-    perturb = bool(getattr(opts, "perturb", False)) and error is None  # fixed grids: every step
+    perturb = opts.perturb and error is None  # fixed grids: every step
     if error is None:
         on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
     stiffness = StiffnessDetector.for_solve(tableau, opts)  # None: not watched (see stiffness.py)
@@ -442,6 +372,7 @@ def integrate(
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        take.settle(accept)
         if not accept:
             stats.n_rejected += 1
             if on_reject is not None:

@@ -19,9 +19,7 @@ import torch
 from .adams import MAX_ITERS as ADAMS_MAX_ITERS
 from .adams import MAX_ORDER as ADAMS_MAX_ORDER
 from .adams import MIN_ORDER as ADAMS_MIN_ORDER
-from .adams import AdamsMethod
 from .controller import CONTROLLERS
-from .tableau import ButcherTableau
 
 # What a step that fails the error test at min_step does (AdaptiveOptions.at_min_step).
 AT_MIN_STEP = ("error", "accept")
@@ -248,12 +246,13 @@ def check_tolerance_resolution(rtol: Any, atol: Any, dtype: torch.dtype) -> None
         )
 
 
-def check_method_dtype(tableau: Any, dtype: torch.dtype) -> None:
-    """Implicit methods solve linear systems, which torch does not do in float16 or bfloat16 (its LU
-    factorisation has no half kernels): refuse such a state up front, naming the fix."""
-    if dtype in _HALF and getattr(tableau, "implicit", False):
+def check_method_dtype(method: Any, dtype: torch.dtype) -> None:
+    """Refuse a float16 or bfloat16 state for a method without ``capabilities.half``, naming the fix: the
+    implicit methods solve linear systems, which torch does not do in half precision (its LU factorisation
+    has no half kernels)."""
+    if dtype in _HALF and not method.capabilities.half:
         raise TypeError(
-            f"method={tableau.name!r} solves linear systems (LU factorisation), which torch does not provide for "
+            f"method={method.name!r} solves linear systems (LU factorisation), which torch does not provide for "
             f"{dtype} states; solve in float32 (y0.float()) or use an explicit method (e.g. 'dopri5')."
         )
 
@@ -499,13 +498,15 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | FixedOptions:
-    # Implicit methods bring their own options type (implicit_options.ImplicitOptions adds the
-    # Jacobian's); the Adams methods theirs.
-    if isinstance(tableau, AdamsMethod):
-        kind = AdamsOptions
-    else:
-        kind = getattr(tableau, "options_type", None) or (AdaptiveOptions if tableau.adaptive else FixedOptions)
+def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
+    """``options`` (a dict or ``None``) checked and parsed into ``method.options_type``, the record of the
+    :class:`~neuralode.solvers.methods.base.Method` ``method``: :class:`AdaptiveOptions` or :class:`FixedOptions`
+    for the explicit Runge-Kutta methods, :class:`AdamsOptions`, the implicit methods' types (which add the
+    Jacobian's options). An option the method's capabilities exclude (``compile``, ``per_sample``) is refused
+    naming it. A method with its own driver parses its own options."""
+    if method.capabilities.own_driver:
+        return method.parse_options(options)
+    kind = method.options_type
     if options is None:
         return kind()
     if not isinstance(options, dict):
@@ -516,7 +517,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             if key == "per_sample" and issubclass(kind, FixedOptions):
                 raise ValueError(
                     f"options['per_sample'] works with the explicit adaptive methods (dopri5, tsit5, dopri8, bosh3, ...); "
-                    f"{tableau.name!r} is a fixed-step method. Pick an adaptive method, or solve with one clock "
+                    f"{method.name!r} is a fixed-step method. Pick an adaptive method, or solve with one clock "
                     "(drop per_sample)."
                 )
             if key == "step_size" and not issubclass(kind, FixedOptions):
@@ -527,7 +528,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             else:
                 hint = suggest(key, valid)
             raise ValueError(
-                f"Unknown option {key!r} for method {tableau.name!r}.{hint} Valid options: {', '.join(valid)}."
+                f"Unknown option {key!r} for method {method.name!r}.{hint} Valid options: {', '.join(valid)}."
             )
     o = dict(options)
     for flag in ("checkpoint", "dense", "perturb"):
@@ -539,9 +540,9 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
             raise ValueError(
                 f"options['compile'] must be True, False or a torch.compile backend ({', '.join(BACKENDS)}); got {comp!r}."
             )
-        if comp and not isinstance(tableau, ButcherTableau):
+        if comp and not method.capabilities.compile:
             raise ValueError(
-                f"options['compile'] compiles explicit Runge-Kutta steps; {tableau.name!r} is not one "
+                f"options['compile'] compiles explicit Runge-Kutta steps; {method.name!r} is not one "
                 "(a multistep or implicit method)."
             )
         if comp and o.get("checkpoint"):
@@ -575,7 +576,7 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
                 raise ValueError(f"options['max_order'] must be an integer from 1 to {ADAMS_MAX_ORDER}; got {m!r}.")
             if m < ADAMS_MIN_ORDER:
                 warnings.warn(
-                    f"options['max_order'] = {m} is below {ADAMS_MIN_ORDER}, so {tableau.name} reduces to rk4_38 "
+                    f"options['max_order'] = {m} is below {ADAMS_MIN_ORDER}, so {method.name} reduces to rk4_38 "
                     "(torchdiffeq's rk4), as in torchdiffeq.",
                     UserWarning,
                     stacklevel=4,
@@ -619,10 +620,10 @@ def _parse_options(options: Any, tableau: ButcherTableau) -> AdaptiveOptions | F
     if not (isinstance(o.get("per_sample", False), bool) or o.get("per_sample") == "compact"):
         raise ValueError(f"options['per_sample'] must be False, True or 'compact'; got {o['per_sample']!r}.")
     if o.get("per_sample", False) is not False:
-        if not isinstance(tableau, ButcherTableau):
+        if not method.capabilities.per_sample:
             raise ValueError(
                 f"options['per_sample'] works with the explicit adaptive methods (dopri5, tsit5, dopri8, bosh3, ...); "
-                f"{tableau.name!r} is not one. Solve with one clock, or pick an explicit method."
+                f"{method.name!r} is not one. Solve with one clock, or pick an explicit method."
             )
         if o.get("compile", False):
             raise ValueError("options['per_sample'] and options['compile'] cannot be combined yet; choose one.")

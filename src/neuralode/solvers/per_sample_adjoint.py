@@ -63,7 +63,6 @@ from .per_sample import (
 )
 from .problem import check_step_callbacks
 from .solution import Solution
-from .tableau import get_tableau
 
 
 def _stats(B: int, device) -> PerSampleStats:
@@ -225,10 +224,11 @@ def solve_adjoint_per_sample(
     resets' tensors: only those in ``adjoint_params``).
     """
     from .adjoint import _adjoint_params
-    from .api import _method
+    from .methods.registry import resolve
 
-    tableau = _method(method)
-    opts = _parse_options(options, tableau)
+    forward = resolve(method)
+    tableau = forward.tableau
+    opts = _parse_options(options, forward)
     check_options(opts)
     if opts.dense:
         raise ValueError(
@@ -241,8 +241,9 @@ def solve_adjoint_per_sample(
     times, direction = check_batch_times(t, B)
     params = _adjoint_params(func, adjoint_params)
     layout = _Layout(parts, is_tuple)
-    adj_tableau = tableau if adjoint_method is None else get_tableau(adjoint_method)
-    if not adj_tableau.adaptive:
+    adj_method = forward if adjoint_method is None else resolve(adjoint_method)
+    adj_tableau = adj_method.tableau
+    if not adj_method.capabilities.adaptive:
         raise ValueError(f"adjoint_method must be adaptive with options['per_sample']; got {adj_tableau.name!r}.")
     adj_opts = (
         {k: v for k, v in (options or {}).items() if k != "norm"} if adjoint_options is None else dict(adjoint_options)
@@ -259,7 +260,7 @@ def solve_adjoint_per_sample(
         )
     adj_opts.pop("first_step", None)  # the forward solve's first step is no guide backwards
     adj_opts["per_sample"] = opts.per_sample
-    adj_opts = _parse_options(adj_opts, adj_tableau)
+    adj_opts = _parse_options(adj_opts, adj_method)
     check_options(adj_opts)
     check_step_callbacks(func, adj_tableau, per_sample=True, adjoint=True)
 

@@ -47,25 +47,30 @@ CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step
 ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
 
 
-def step_callbacks_called(tableau, per_sample: bool = False) -> tuple[tuple[str, ...], str]:
-    """``(names, why)``: the step callbacks a solve with ``tableau`` calls, and why it calls no others.
+def step_callbacks_called(method, per_sample: bool = False) -> tuple[tuple[str, ...], str]:
+    """``(names, why)``: the step callbacks a solve with ``method`` (a
+    :class:`~neuralode.solvers.methods.base.Method`) calls, and why it calls no others.
 
     An adaptive method calls all three; a fixed-grid method accepts every step and calls only
-    ``callback_step`` (as in torchdiffeq 0.2.5); ``scipy_solver`` and ``options['per_sample']`` call none."""
+    ``callback_step`` (as in torchdiffeq 0.2.5); a method with its own driver (``scipy_solver``, whose
+    ``solve_ivp`` takes its steps itself) and ``options['per_sample']`` call none (``method`` is not read)."""
     if per_sample:
         return (), "options['per_sample'] calls no step callbacks"
-    if tableau.name == "scipy_solver":
-        return (), "scipy's solve_ivp takes its steps itself and calls no step callbacks"
-    if tableau.adaptive:
+    if method.capabilities.own_driver:
+        return (
+            (),
+            f"method {method.name!r} runs its own driver, which takes its steps itself and calls no step callbacks",
+        )
+    if method.capabilities.adaptive:
         return CALLBACK_NAMES, ""
     return CALLBACK_NAMES[:1], "a fixed-grid method accepts every step and calls only the callback before each step"
 
 
-def adjoint_step_callbacks(func: Callable, tableau) -> list[tuple[str, Callable]]:
-    """``(name, callback)``: ``func``'s ``_adjoint`` step callbacks that the backward solve with ``tableau``
+def adjoint_step_callbacks(func: Callable, method) -> list[tuple[str, Callable]]:
+    """``(name, callback)``: ``func``'s ``_adjoint`` step callbacks that the backward solve with ``method``
     calls, under the names the backward dynamics carry them (``callback_step`` for ``callback_step_adjoint``);
     the others are left off (:func:`check_step_callbacks` warns about them at the adjoint's forward call)."""
-    called, _ = step_callbacks_called(tableau)
+    called, _ = step_callbacks_called(method)
     pairs = [
         (name, getattr(func, adjoint_name, None)) for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES)
     ]
@@ -73,7 +78,7 @@ def adjoint_step_callbacks(func: Callable, tableau) -> list[tuple[str, Callable]
 
 
 def check_step_callbacks(
-    func: Callable, tableau, per_sample: bool = False, adjoint: bool = False
+    func: Callable, method, per_sample: bool = False, adjoint: bool = False
 ) -> tuple[Callable | None, ...]:
     """Check the step callbacks ``func`` defines (its ``_adjoint`` ones with ``adjoint``) against the method.
 
@@ -90,7 +95,7 @@ def check_step_callbacks(
     Raises:
         TypeError: for a callback that the method calls and that cannot be called as ``(t0, y0, dt)``.
     """
-    called, why = step_callbacks_called(tableau, per_sample)
+    called, why = step_callbacks_called(method, per_sample)
     names = ADJOINT_CALLBACK_NAMES if adjoint else CALLBACK_NAMES
     unused = []
     found: list[Callable | None] = []
@@ -118,9 +123,9 @@ def check_step_callbacks(
             ) from None
     if unused:
         listed = ", ".join(f"func.{name}" for name in unused)
-        method = f"adjoint_method {tableau.name!r} (the backward solve)" if adjoint else f"Method {tableau.name!r}"
+        who = f"adjoint_method {method.name!r} (the backward solve)" if adjoint else f"Method {method.name!r}"
         warnings.warn(
-            f"{method} does not call {listed}: {why}"
+            f"{who} does not call {listed}: {why}"
             + (f" ({names[0]}). " if called else ". ")
             + ("It is" if len(unused) == 1 else "They are")
             + " ignored.",

@@ -289,22 +289,6 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
     structure for the Jacobian.
     """
-    if getattr(tab, "fixed_newton", False):  # torchdiffeq's fixed-grid implicit methods (implicit_fixed.py)
-        from .implicit_fixed import make_stepper as make_fixed_stepper
-
-        return make_fixed_stepper(func, tab, checkpoint, opts, problem)
-    if getattr(tab, "collocation", False):  # Radau IIA (radau.py): Newton on the collocation system
-        from .radau import make_stepper as make_radau_stepper
-
-        return make_radau_stepper(func, tab, checkpoint, opts, problem, error)
-    if getattr(tab, "newton", False):  # ESDIRK methods iterate (esdirk.py); Newton needs the error norm
-        from .esdirk import make_stepper as make_esdirk_stepper
-
-        return make_esdirk_stepper(func, tab, checkpoint, opts, problem, error)
-    if getattr(tab, "interp_kind", None) == "auto":  # the composite tsit5/rodas5p method (auto.py)
-        from .auto import make_auto_stepper
-
-        return make_auto_stepper(func, tab, checkpoint, opts, problem)
     stats = problem.stats
     batch_dims = resolve_batch_dims(opts, problem)
     jac = opts.jacobian if callable(opts.jacobian) else None

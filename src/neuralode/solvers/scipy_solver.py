@@ -79,21 +79,18 @@ def parse_scipy_options(options: Any) -> ScipyOptions:
 
 
 class _NoGradient(torch.autograd.Function):
-    """Passes the scipy result through; its backward says that scipy gives no gradients and names
-    the methods that do (``others``, as the caller lists them)."""
+    """Passes the scipy result through; its backward says that scipy gives no gradients."""
 
     @staticmethod
-    def forward(ctx, ys: torch.Tensor, others: tuple[str, ...], *inputs: torch.Tensor) -> torch.Tensor:
-        ctx.others = others
+    def forward(ctx, ys: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         return ys.clone()
 
     @staticmethod
     def backward(ctx, *grads):
         raise RuntimeError(
             "method='scipy_solver' is forward only: scipy's solve_ivp cannot be differentiated. For gradients use "
-            f"one of {', '.join(ctx.others)} (backpropagation), or "
-            "odeint_adjoint, whose "
-            "backward pass may itself use scipy_solver."
+            "another method of neuralode.METHODS (e.g. 'dopri5', or 'rodas5p' for a stiff problem; backpropagation), "
+            "or odeint_adjoint, whose backward pass may itself use scipy_solver."
         )
 
 
@@ -124,10 +121,8 @@ def scipy_solve(
     atol,
     opts: ScipyOptions,
     name: str,
-    others: tuple[str, ...],
 ) -> Solution:
-    """Solve with ``scipy.integrate.solve_ivp`` and return a :class:`Solution`. ``others``: the
-    methods that give gradients, named by the error that backpropagating through the result raises."""
+    """Solve with ``scipy.integrate.solve_ivp`` and return a :class:`Solution`."""
     import numpy as np
     from scipy.integrate import solve_ivp
 
@@ -175,7 +170,7 @@ def scipy_solve(
         ys[0] = flat0.detach()
     inputs = [x for x in (*parts, t, *_tensors_of(func)) if x.requires_grad]
     if torch.is_grad_enabled() and inputs:
-        ys = _NoGradient.apply(ys, tuple(others), *inputs)
+        ys = _NoGradient.apply(ys, *inputs)
     if is_tuple:
         n = ys.shape[0]
         ys_out = tuple(c.reshape(n, *s) for c, s in zip(torch.split(ys, problem.sizes, dim=1), problem.shapes))

@@ -238,3 +238,21 @@ def combined_error_ratio(err, err_aux=None):
     e2 = err * err
     deno = e2 + 0.01 * err_aux * err_aux
     return e2 / math.sqrt(deno) if deno > 0 else 0.0
+
+
+class Stepper:
+    """One method's stepping for one solve, built by its method for that solve.
+
+    ``__call__(side, t, y, f0, h, stage, memory)`` takes one step of size ``h`` from ``(t, y)`` and returns
+    ``(f0, StepResult)``, evaluating ``f0 = f(t, y)`` first when it is ``None`` (just after ``t`` when ``side``
+    is +1) and the other stages with ``stage``; it never decides acceptance. ``settle(accepted)`` is told,
+    after every attempt, whether the loop accepted the step just returned. The base class keeps no state;
+    a method with state across steps (Jacobians, factorisations, a collocation polynomial) keeps it in a
+    named record on its subclass and updates it in ``settle``.
+    """
+
+    def __call__(self, side, t, y, f0, h, stage, memory=None):
+        raise NotImplementedError
+
+    def settle(self, accepted: bool) -> None:
+        """Told after every attempt whether the loop accepted the step just returned; nothing by default."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
 
-__all__ = ["EXPLICIT_METHODS", "ButcherTableau", "get_tableau"]
+__all__ = ["EXPLICIT_METHODS", "ButcherTableau"]
 
 # Absolute tolerance of the structural checks. Several published tableaus (Tsitouras 2011, Prince-Dormand
 # 1981) give irrational coefficients rounded to 16-20 digits or as rational approximations, so the rows of
@@ -1022,44 +1022,5 @@ EXPLICIT_METHODS: dict[str, ButcherTableau] = {
     )
 }  # fmt: skip
 """The built-in explicit Runge-Kutta methods by name: fixed-step methods first, then embedded pairs in increasing
-order. :data:`neuralode.METHODS` adds the implicit, Adams, ``auto`` and ``scipy_solver`` methods to these."""
-
-
-def get_tableau(method: str) -> ButcherTableau:
-    """Look up a built-in Runge-Kutta method, explicit or implicit, or ``auto``, by name.
-
-    Args:
-        method: a key of :data:`EXPLICIT_METHODS` (``"euler"``, ..., ``"dopri5"``, ``"tsit5"``, ``"dopri8"``,
-            ``"dopri8_13m"``), of :data:`neuralode.IMPLICIT_METHODS` (``"rosenbrock23"``, ``"rodas5p"``,
-            ``"kvaerno5"``, ``"radau5"``, ..., ``"implicit_euler"``, ...), or ``"auto"``.
-
-    Returns:
-        The method's coefficient record: a :class:`ButcherTableau` for an explicit method; for an implicit one
-        a :class:`~neuralode.solvers.implicit.RosenbrockTableau`, :class:`~neuralode.solvers.esdirk.ESDIRKTableau`,
-        :class:`~neuralode.solvers.radau.RadauTableau` or :class:`~neuralode.solvers.implicit_fixed.ImplicitRK`;
-        for ``"auto"`` the :class:`~neuralode.solvers.auto.AutoSwitching` record. The Adams methods and
-        ``"scipy_solver"`` have no tableau and are refused here; :data:`neuralode.METHODS` maps every name
-        ``solve`` accepts, these included, to its record.
-
-    Raises:
-        TypeError: if ``method`` is not a string.
-        ValueError: if no method of that name exists; the message lists the valid names.
-    """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string naming a solver; got {type(method).__name__}.")
-    try:
-        return EXPLICIT_METHODS[method]
-    except KeyError:
-        pass
-    # The stiff (implicit) methods are a parallel registry of their own coefficient type (solvers/implicit.py).
-    from .implicit import IMPLICIT_METHODS
-
-    if method in IMPLICIT_METHODS:
-        return IMPLICIT_METHODS[method]
-    if method == "auto":  # tsit5 switching to rodas5p and back (solvers/auto.py)
-        from .auto import AUTO
-
-        return AUTO
-    raise ValueError(
-        f"Unknown method {method!r}. Valid methods: {', '.join([*EXPLICIT_METHODS, *IMPLICIT_METHODS, 'auto'])}."
-    )
+order. :data:`neuralode.METHODS` (:mod:`~neuralode.solvers.methods.registry`) adds the implicit, Adams, ``auto`` and
+``scipy_solver`` methods to these."""

@@ -10,9 +10,9 @@ bookkeeping is pure overhead, and two drivers skip it:
 * :mod:`.compiled_chunks`, under ``options={"compile": ...}``: ``compile_steps`` whole steps per
   ``torch.compile`` call.
 
-Under ``compile`` a solve the chunks cannot take still runs in the loop, stepping with
-:func:`.compiled.compiled_stepper` (one compiled step per call), which the api builds and hands
-to the loop.
+Under ``compile`` a solve the chunks cannot take still runs in the loop, whose stepper is then the
+method's compiled step (:func:`.compiled.compiled_stepper`, one compiled step per call, built by
+:meth:`~neuralode.solvers.methods.explicit.ExplicitRK.stepper`).
 
 The api asks :func:`choose` which path a solve takes, then calls :func:`run`, which runs that path
 as far as it goes; the loop (:func:`~neuralode.solvers.loop.integrate`) takes whatever is left.
@@ -26,48 +26,46 @@ from __future__ import annotations
 import math
 
 from ..solution import Handover, LoopResult
-from . import compiled, compiled_chunks, fixed_grid
+from . import compiled_chunks, fixed_grid
 
 LOOP = "loop"  # the joint loop with the method's own stepper
 FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
 CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
-COMPILED = "compiled"  # the joint loop stepping with the compiled step
+COMPILED = "compiled"  # the joint loop stepping with the method's compiled step
 
 
-def choose(problem, tableau, opts, stops, events, dense, error, method_config) -> str:
+def choose(problem, method, opts, stops, events, dense, error, method_config) -> str:
     """Which driver takes the solve: :data:`CHUNKS` or :data:`COMPILED` under ``options["compile"]``
     (chunks where :func:`.compiled_chunks.can_chunk` allows), :data:`FIXED_GRID` for a fixed-grid
     explicit Runge-Kutta solve with nothing to watch between steps (:func:`.fixed_grid.applies`:
     no error control, events, step callbacks, dense output, ``perturb``, method state,
     checkpointing under autograd; a plain tensor state and a finite grid), else :data:`LOOP`.
 
-    The arguments are those the loop is given: the adapted ``problem``, the method ``tableau``, its
+    The arguments are those the loop is given: the adapted ``problem``, the ``method``, its
     parsed ``opts``, the ``stops``, the :class:`~neuralode.solvers.events.EventSet` (or ``None``),
     the :class:`~neuralode.solvers.solution.DenseOutput` (or ``None``), the error norm (``None`` on
     a fixed grid) and ``method_config`` (an Adams method's, else ``None``). Called where the solve
     runs, under the same autograd mode: checkpointing matters only while autograd records.
     """
-    if getattr(opts, "compile", False):
-        if compiled_chunks.can_chunk(problem, tableau, opts, stops, events, dense, error):
+    if opts.compile:
+        if compiled_chunks.can_chunk(problem, method, opts, stops, events, dense, error):
             return CHUNKS
         return COMPILED
     on_step = problem.callbacks[0]
-    perturb = bool(getattr(opts, "perturb", False)) and error is None  # as the loop reads it
-    if fixed_grid.applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config):
+    perturb = bool(opts.perturb) and error is None  # as the loop reads it
+    if fixed_grid.applies(problem, method, opts, error, events, dense, on_step, perturb, stops, method_config):
         return FIXED_GRID
     return LOOP
 
 
-def run(path: str, problem, y0, f0, times: list[float], stops, tableau, opts, stats, interp_kind: str):
+def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, stats, interp_kind: str):
     """Run the fast path ``path`` (:func:`choose`'s answer) from ``(times[0], y0)``, ``f0`` the
     derivative there (``None``: not evaluated yet).
 
-    Returns ``(result, take, handover)``:
+    Returns ``(result, handover)``:
 
     * ``result``, a :class:`~neuralode.solvers.solution.LoopResult`, when the fast path finished
-      the solve (the others are then ``None``); else ``None`` and the loop runs, with
-    * ``take``: the stepper the loop steps with (the compiled step under ``compile``), ``None``
-      for the method's own;
+      the solve (``handover`` is then ``None``); else ``None`` and the loop runs, from
     * ``handover``: the :class:`~neuralode.solvers.solution.Handover` the loop starts from, where
       the lean fixed grid stopped early (a step within rounding of its start), ``None`` to start
       from ``(times[0], y0, f0)``.
@@ -75,20 +73,18 @@ def run(path: str, problem, y0, f0, times: list[float], stops, tableau, opts, st
     ``stats`` is updated in place, as the loop would have: evaluations, accepted steps, the last
     step and, for a finished solve, ``next_step`` (``inf``, the constant controller's proposal).
     """
+    tableau = method.tableau
     if path == CHUNKS:
         backend = "inductor" if opts.compile is True else opts.compile
         result = compiled_chunks.integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
         if result is not None:
-            return result, None, None
-        path = COMPILED  # a step within rounding of its start: the loop, one compiled step per call
-    if path == COMPILED:
-        backend = "inductor" if opts.compile is True else opts.compile
-        return None, compiled.compiled_stepper(problem, tableau, backend, stats), None
+            return result, None
+        # A step within rounding of its start: the loop, with the method's compiled step (COMPILED).
     if path == FIXED_GRID:
         ys, out_steps = [y0], []
         t, y, f, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
         if i_out == len(times):
             stats.next_step = math.inf
-            return LoopResult(ys, out_steps, [], False), None, None
-        return None, None, Handover(t, y, f, i_stop, i_out, ys, out_steps)
-    return None, None, None
+            return LoopResult(ys, out_steps, [], False), None
+        return None, Handover(t, y, f, i_stop, i_out, ys, out_steps)
+    return None, None

@@ -148,17 +148,16 @@ def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) 
     return _GridPlan(n, k, n_chunks, hs, ts.unbind(0), hs_t.unbind(0))
 
 
-def can_chunk(problem, tableau, opts, stops, events, dense, error) -> bool:
+def can_chunk(problem, method, opts, stops, events, dense, error) -> bool:
     """Whether this solve can run as compiled chunks (see the module's docstring)."""
     return (
         error is None
-        and isinstance(tableau, ButcherTableau)
-        and not getattr(tableau, "implicit", False)
-        and getattr(opts, "compile_steps", 1) > 1
+        and method.explicit_tableau is not None
+        and opts.compile_steps > 1
         and not events
         and dense is None
-        and not getattr(opts, "perturb", False)
-        and getattr(opts, "interp", "linear") == "linear"
+        and not opts.perturb
+        and opts.interp == "linear"
         and isinstance(stops, list)
         and problem.callbacks[0] is None
         and problem.dtype not in (torch.float16, torch.bfloat16)

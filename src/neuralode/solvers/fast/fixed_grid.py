@@ -41,7 +41,7 @@ from ..stepper import StepResult, step_plan
 from ..tableau import ButcherTableau
 
 
-def applies(problem, tableau, opts, error, events, dense, on_step, perturb, stops, method_config) -> bool:
+def applies(problem, method, opts, error, events, dense, on_step, perturb, stops, method_config) -> bool:
     """Whether the solve is a fixed-grid explicit Runge-Kutta solve with nothing to watch between
     steps, which :func:`run` integrates with the same results as the general loop."""
     return (
@@ -52,10 +52,9 @@ def applies(problem, tableau, opts, error, events, dense, on_step, perturb, stop
         and not perturb
         and method_config is None
         and isinstance(stops, list)
-        and isinstance(tableau, ButcherTableau)
-        and not getattr(tableau, "implicit", False)
-        and not getattr(opts, "compile", False)
-        and not (getattr(opts, "checkpoint", False) and torch.is_grad_enabled())
+        and method.explicit_tableau is not None
+        and not opts.compile
+        and not (opts.checkpoint and torch.is_grad_enabled())
         and problem.plain
     )
 

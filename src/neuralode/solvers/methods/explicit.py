@@ -1,0 +1,142 @@
+"""The explicit families: Runge-Kutta methods given by a Butcher tableau, and the Adams methods."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from ..adams import AdamsMethod
+from ..options import AdamsOptions, AdaptiveOptions, FixedOptions
+from ..stepper import Stepper, rk_step, step_plan
+from ..tableau import ButcherTableau
+from .base import Capabilities, Method
+
+
+def fixed_grid_kind(opts: FixedOptions) -> str:
+    """The interpolant of a fixed-grid solve: ``options['interp']``, linear (torchdiffeq's) or cubic Hermite."""
+    return "linear" if opts.interp == "linear" else "hermite"
+
+
+class RKStepper(Stepper):
+    """The generic explicit Runge-Kutta step (:func:`~neuralode.solvers.stepper.rk_step`) of one tableau."""
+
+    __slots__ = ("problem", "tableau", "plan")
+
+    def __init__(self, problem, tableau: ButcherTableau):
+        self.problem, self.tableau, self.plan = problem, tableau, step_plan(tableau)
+
+    def __call__(self, side, t, y, f0, h, stage, memory=None):
+        if f0 is None:
+            f0 = self.problem(t, y, side)
+        return f0, rk_step(stage, t, y, f0, h, self.tableau, self.plan)
+
+
+class FunctionStepper(Stepper):
+    """A stepper given as a function with the :class:`Stepper` call signature and no state across steps
+    (the compiled Runge-Kutta step, :func:`~neuralode.solvers.fast.compiled.compiled_stepper`)."""
+
+    __slots__ = ("take",)
+
+    def __init__(self, take):
+        self.take = take
+
+    def __call__(self, side, t, y, f0, h, stage, memory=None):
+        return self.take(side, t, y, f0, h, stage, memory)
+
+
+class CheckpointedStepper(Stepper):
+    """``inner``'s steps run under ``torch.utils.checkpoint``: backward keeps only each step's inputs and
+    recomputes its stages (the evaluation of ``f0`` included)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Stepper):
+        self.inner = inner
+
+    def __call__(self, side, t, y, f0, h, stage, memory=None):
+        from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+        return run_checkpointed(self.inner, side, t, y, f0, h, stage, memory, use_reentrant=False)
+
+    def settle(self, accepted: bool) -> None:
+        self.inner.settle(accepted)
+
+
+def checkpointed(stepper: Stepper, checkpoint: bool) -> Stepper:
+    """``stepper``, under gradient checkpointing when asked for and autograd is recording."""
+    return CheckpointedStepper(stepper) if checkpoint and torch.is_grad_enabled() else stepper
+
+
+class ExplicitRK(Method):
+    """An explicit Runge-Kutta method: its :class:`~neuralode.solvers.tableau.ButcherTableau` (``tableau``)
+    stepped by the generic :func:`~neuralode.solvers.stepper.rk_step`.
+
+    Adaptive when the tableau has an embedded error estimate (``b_err``), fixed-step otherwise. Its own
+    continuous extension (``dense`` or ``dense_extra``) fills outputs inside adaptive steps, else cubic
+    Hermite; a fixed grid interpolates as ``options['interp']`` says.
+    """
+
+    def __init__(self, tableau: ButcherTableau):
+        super().__init__(tableau)
+        adaptive = tableau.adaptive
+        self.capabilities = Capabilities(
+            adaptive=adaptive,
+            own_dense=tableau.dense is not None or tableau.dense_extra is not None,
+            per_sample=adaptive,
+            compile=True,
+            torch_func=True,
+        )
+        self.options_type = AdaptiveOptions if adaptive else FixedOptions
+        self.explicit_tableau = tableau
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        if opts.compile:
+            from ..fast.compiled import compiled_stepper
+
+            backend = "inductor" if opts.compile is True else opts.compile
+            return FunctionStepper(compiled_stepper(problem, self.tableau, backend, problem.stats))
+        return checkpointed(RKStepper(problem, self.tableau), checkpoint)
+
+    def interpolant_kind(self, opts) -> str:
+        if not self.capabilities.adaptive:
+            return fixed_grid_kind(opts)
+        if self.tableau.dense is not None:
+            return "dense"
+        return "dense_extra" if self.tableau.dense_extra is not None else "hermite"
+
+
+class AdamsStepper(Stepper):
+    """One Adams step (:meth:`~neuralode.solvers.adams.AdamsMethod.step`) from the history ``memory``."""
+
+    __slots__ = ("problem", "record", "config")
+
+    def __init__(self, problem, record: AdamsMethod, config):
+        self.problem, self.record, self.config = problem, record, config
+
+    def __call__(self, side, t, y, f0, h, stage, memory=None):
+        if f0 is None:
+            f0 = self.problem(t, y, side)
+        return f0, self.record.step(stage, t, y, f0, h, memory, self.config)
+
+
+class Adams(Method):
+    """The fixed-grid Adams methods (``explicit_adams``, ``implicit_adams`` = ``fixed_adams``): a history of
+    derivatives carried by the loop as ``StepResult.memory``, started with rk4_38 steps."""
+
+    capabilities = Capabilities(adaptive=False, own_dense=False, torch_func=True)
+    options_type = AdamsOptions
+
+    @property
+    def error_order(self) -> int:
+        return self.order  # no error estimate
+
+    def step_config(self, opts: AdamsOptions, rtol, atol) -> SimpleNamespace:
+        """The orders and the corrector's iteration limit and tolerances (``rtol``/``atol`` as checked)."""
+        return SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol, atol=atol)
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        return checkpointed(AdamsStepper(problem, self.tableau, config), checkpoint)
+
+    def interpolant_kind(self, opts) -> str:
+        return fixed_grid_kind(opts)

@@ -1,0 +1,149 @@
+"""The stiff families: Rosenbrock, ESDIRK, Radau IIA, the fixed-grid implicit Runge-Kutta methods and ``auto``.
+
+Each wraps its coefficient record and calls its own family's step factory (``make_stepper`` of
+:mod:`~neuralode.solvers.rosenbrock`, :mod:`~neuralode.solvers.esdirk`, :mod:`~neuralode.solvers.radau`,
+:mod:`~neuralode.solvers.implicit_fixed`, :func:`~neuralode.solvers.auto.make_auto_stepper`). A factory returns
+``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for one stage function; :class:`FactoryStepper` adapts it to the
+loop's :class:`~neuralode.solvers.stepper.Stepper` call.
+"""
+
+from __future__ import annotations
+
+from ..auto import AutoSwitching, make_auto_stepper
+from ..esdirk import ESDIRKTableau
+from ..esdirk import make_stepper as make_esdirk_stepper
+from ..implicit import RosenbrockTableau
+from ..implicit_fixed import ImplicitFixedOptions, ImplicitRK
+from ..implicit_fixed import make_stepper as make_fixed_stepper
+from ..implicit_options import AutoOptions, ImplicitOptions, RadauOptions
+from ..radau import RadauTableau
+from ..radau import make_stepper as make_radau_stepper
+from ..rosenbrock import make_stepper as make_rosenbrock_stepper
+from ..stepper import Stepper
+from .base import Capabilities, Method
+from .explicit import fixed_grid_kind
+
+# What the stiff methods support: Jacobians by torch.autograd.grad (no torch.func transforms), LU
+# factorisations (no float16/bfloat16 kernels in torch), one clock for the batch.
+STIFF = Capabilities(adaptive=True, own_dense=True, implicit=True, half=False)
+
+
+class FactoryStepper(Stepper):
+    """A family factory's ``take(t_f0, t, y, f0, h)`` as a :class:`Stepper`.
+
+    ``make(stage)`` builds the family's ``take`` for the stage function ``stage``. The one built for the
+    solve's own function ``problem`` serves every ordinary step and keeps the family's reusable state
+    (Jacobian, factorisations) across them; a step onto a jump of ``func`` (its stages evaluated on the side
+    they come from) gets a ``take`` of its own for that step. Checkpointing is the family's own affair
+    (the factory is given ``checkpoint``).
+    """
+
+    __slots__ = ("problem", "make", "take")
+
+    def __init__(self, problem, make):
+        self.problem, self.make = problem, make
+        self.take = make(problem)
+
+    def __call__(self, side, t, y, f0, h, stage, memory=None):
+        if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
+            f0 = self.problem(t, y, side)
+        if stage is self.problem:
+            return self.take(t, t, y, f0, h)
+        # A step onto a jump of func: its stages see the side they come from.
+        return self.make(stage)(t, t, y, f0, h)
+
+
+class Rosenbrock(Method):
+    """Linearly implicit Runge-Kutta (Rosenbrock) methods: one LU factorisation per step, no Newton iteration
+    (:class:`~neuralode.solvers.implicit.RosenbrockTableau`)."""
+
+    capabilities = STIFF
+    options_type = ImplicitOptions
+
+    def __init__(self, tableau: RosenbrockTableau):
+        super().__init__(tableau)
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        return FactoryStepper(
+            problem, lambda stage: make_rosenbrock_stepper(stage, self.tableau, checkpoint, opts, problem, error)
+        )
+
+    def interpolant_kind(self, opts) -> str:
+        return "rosenbrock"
+
+
+class ESDIRK(Method):
+    """Explicit-first-stage singly diagonally implicit Runge-Kutta methods: Newton per stage
+    (:class:`~neuralode.solvers.esdirk.ESDIRKTableau`); outputs inside a step by cubic Hermite."""
+
+    capabilities = Capabilities(adaptive=True, own_dense=False, implicit=True, half=False)
+    options_type = ImplicitOptions
+
+    def __init__(self, tableau: ESDIRKTableau):
+        super().__init__(tableau)
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        return FactoryStepper(
+            problem, lambda stage: make_esdirk_stepper(stage, self.tableau, checkpoint, opts, problem, error)
+        )
+
+    def interpolant_kind(self, opts) -> str:
+        return "hermite"
+
+
+class Radau(Method):
+    """Radau IIA collocation methods: simplified Newton on the collocation system
+    (:class:`~neuralode.solvers.radau.RadauTableau`); outputs from the collocation polynomial."""
+
+    capabilities = STIFF
+    options_type = RadauOptions
+
+    def __init__(self, tableau: RadauTableau):
+        super().__init__(tableau)
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        return FactoryStepper(
+            problem, lambda stage: make_radau_stepper(stage, self.tableau, checkpoint, opts, problem, error)
+        )
+
+    def interpolant_kind(self, opts) -> str:
+        return "radau"
+
+
+class ImplicitFixed(Method):
+    """torchdiffeq's fixed-grid implicit Runge-Kutta methods (``implicit_euler``, ...): Newton to convergence on
+    every step of the grid (:class:`~neuralode.solvers.implicit_fixed.ImplicitRK`)."""
+
+    capabilities = Capabilities(adaptive=False, own_dense=False, implicit=True, half=False)
+    options_type = ImplicitFixedOptions
+
+    def __init__(self, tableau: ImplicitRK):
+        super().__init__(tableau)
+
+    @property
+    def error_order(self) -> int:
+        return self.order  # no error estimate
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        return FactoryStepper(problem, lambda stage: make_fixed_stepper(stage, self.tableau, checkpoint, opts, problem))
+
+    def interpolant_kind(self, opts) -> str:
+        return fixed_grid_kind(opts)
+
+
+class Auto(Method):
+    """``auto``: tsit5, switching to rodas5p while the problem is stiff and back
+    (:class:`~neuralode.solvers.auto.AutoSwitching`); outputs from the dense output of the method that took
+    the step."""
+
+    capabilities = STIFF
+    options_type = AutoOptions
+
+    def __init__(self, tableau: AutoSwitching):
+        super().__init__(tableau)
+
+    def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
+        return FactoryStepper(problem, lambda stage: make_auto_stepper(stage, self.tableau, checkpoint, opts, problem))
+
+    def interpolant_kind(self, opts) -> str:
+        return "auto"
