@@ -15,7 +15,7 @@ import torch
 from neuralode import get_tableau, odeint, solve
 from neuralode.solvers import fast
 from neuralode.solvers.fast import fixed_grid
-from neuralode.solvers.loop import stepper
+from neuralode.solvers.methods.explicit import RKStepper
 from neuralode.solvers.tableau import EXPLICIT_METHODS
 
 FIXED = [m for m in EXPLICIT_METHODS if not get_tableau(m).adaptive]
@@ -220,7 +220,7 @@ def eager_for_compiled(monkeypatch) -> list[int]:
 
     def build(problem, tableau, backend, stats):
         built.append(1)
-        return stepper(problem, tableau, False)
+        return RKStepper(problem, tableau)
 
     monkeypatch.setattr(fast.compiled, "compiled_stepper", build)
     return built
@@ -242,7 +242,7 @@ def test_the_api_runs_the_path_that_fast_choose_names(monkeypatch):
 
 def test_a_sliver_step_under_compile_leaves_the_solve_to_the_loop_with_compiled_steps(monkeypatch):
     """The compiled chunks refuse a grid with a step within rounding of its start: the loop takes the
-    whole solve, stepping with the compiled step the api hands it."""
+    whole solve, stepping with the method's compiled step."""
     chosen = spy_on_choose(monkeypatch)
     built = eager_for_compiled(monkeypatch)
     t1 = 0.5
