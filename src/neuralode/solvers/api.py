@@ -39,6 +39,7 @@ from .controller import ConstantController, StepSizeController, initial_step
 from .errors import SolverError
 from .events import Event, EventSet, check_events
 from .loop import InfiniteGrid, integrate, no_event_found
+from .norms import _ErrorNorm, _PrimalErrorNorm
 from .options import (
     AdamsOptions,
     AdaptiveOptions,
@@ -56,7 +57,7 @@ from .options import (
     check_tolerance_resolution,
     suggest,
 )
-from .problem import _ErrorNorm, _PrimalErrorNorm, _Problem, check_step_callbacks
+from .problem import _Problem, check_step_callbacks
 from .scipy_solver import SCIPY_METHOD, parse_scipy_options, scipy_solve
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .tableau import EXPLICIT_METHODS, ButcherTableau, get_tableau
