@@ -101,6 +101,9 @@ class ControllerState(NamedTuple):
 
 
 _INITIAL = ControllerState(1.0, False, math.nan)
+# ControllerState(a, b, c) without the generated __new__'s Python frame: the scalar clock makes one per
+# step attempt.
+_state = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class StepSizeController:
         """
         prev_ratio, after_reject, prev_dt = state
         if not math.isfinite(ratio):
-            return False, dt * self.dfactor, ControllerState(prev_ratio, True, prev_dt)
+            return False, dt * self.dfactor, _state(ControllerState, (prev_ratio, True, prev_dt))
         accept = ratio <= 1.0
         k = self.order
         # The formulas of the module docstring, in the order the per-sample clock's
@@ -172,10 +175,10 @@ class StepSizeController:
             factor = min(factor, predicted)
         factor = min(self.ifactor, max(self.dfactor, factor))
         if not accept:
-            return False, dt * min(factor, 1.0), ControllerState(prev_ratio, True, prev_dt)
+            return False, dt * min(factor, 1.0), _state(ControllerState, (prev_ratio, True, prev_dt))
         if after_reject:
             factor = min(factor, 1.0)
-        return True, dt * factor, ControllerState(ratio, False, dt)
+        return True, dt * factor, _state(ControllerState, (ratio, False, dt))
 
     def accepted(self, state: ControllerState, dt: float, ratio: float) -> ControllerState:
         """The memory after the step ``dt`` of error ratio ``ratio`` is accepted whatever :meth:`adapt`
