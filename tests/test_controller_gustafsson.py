@@ -16,7 +16,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from neuralode import solve
-from neuralode.solvers.controller import GUSTAFSSON_MIN_PREV_RATIO, StepSizeController
+from neuralode.solvers.controller import GUSTAFSSON_MIN_PREV_RATIO, ControllerState, StepSizeController
 from tests.problems import robertson as _robertson
 from tests.problems import robertson_jac_np as _robertson_jac_np
 from tests.problems import robertson_np as _robertson_np
@@ -35,6 +35,12 @@ def _i(k: int = 5) -> StepSizeController:
     return StepSizeController("i", SAFETY, IFACTOR, DFACTOR, k)
 
 
+def propose(ctrl, dt, ratio, prev_ratio, after_reject, prev_dt=math.nan):
+    """``ctrl.adapt`` from the memory ``(prev_ratio, after_reject, prev_dt)``: ``(accept, next dt)``."""
+    accept, nxt, _ = ctrl.adapt(ControllerState(prev_ratio, after_reject, prev_dt), dt, ratio)
+    return accept, nxt
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The formula.
 
@@ -50,7 +56,7 @@ def _i(k: int = 5) -> StepSizeController:
     ],
 )
 def test_accepted_step_is_the_smaller_of_the_i_and_predictive_proposals(dt, ratio, prev_ratio, prev_dt, k):
-    accept, nxt = _gus(k).propose(dt, ratio, prev_ratio, False, prev_dt)
+    accept, nxt = propose(_gus(k), dt, ratio, prev_ratio, False, prev_dt)
     i_factor = SAFETY * ratio ** (-1 / k)
     pred_factor = SAFETY * (dt / prev_dt) * (max(prev_ratio, 1e-2) / ratio**2) ** (1 / k)
     expected = min(IFACTOR, max(DFACTOR, min(i_factor, pred_factor)))
@@ -64,27 +70,27 @@ def test_accepted_step_is_the_smaller_of_the_i_and_predictive_proposals(dt, rati
 )
 def test_pi_gustafsson_is_the_smaller_of_the_pi_and_predictive_proposals(dt, ratio, prev_ratio, prev_dt):
     k = 5
-    accept, nxt = StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(
-        dt, ratio, prev_ratio, False, prev_dt
+    accept, nxt = propose(
+        StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k), dt, ratio, prev_ratio, False, prev_dt
     )
     pi_factor = SAFETY * ratio ** (-0.85 / k) * prev_ratio ** (0.2 / k)
     pred_factor = SAFETY * (dt / prev_dt) * (max(prev_ratio, 1e-2) / ratio**2) ** (1 / k)
     assert accept and math.isclose(nxt, dt * min(IFACTOR, max(DFACTOR, min(pi_factor, pred_factor))), rel_tol=1e-13)
     # Without a previous accepted step it is PI control.
     pi = StepSizeController("pi", SAFETY, IFACTOR, DFACTOR, k)
-    assert StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k).propose(
-        dt, ratio, prev_ratio, False
-    ) == pi.propose(dt, ratio, prev_ratio, False)
+    assert propose(
+        StepSizeController("pi_gustafsson", SAFETY, IFACTOR, DFACTOR, k), dt, ratio, prev_ratio, False
+    ) == propose(pi, dt, ratio, prev_ratio, False)
 
 
 def test_the_two_branches_are_both_taken():
     # Growing error constant: phi_n = 0.5 / 0.1^5 > phi_{n-1} = 0.1 / 0.1^5, the prediction cuts the step.
-    _, grow = _gus().propose(0.1, 0.5, 0.1, False, 0.1)
-    _, i_grow = _i().propose(0.1, 0.5, 0.1, False, 0.1)
+    _, grow = propose(_gus(), 0.1, 0.5, 0.1, False, 0.1)
+    _, i_grow = propose(_i(), 0.1, 0.5, 0.1, False, 0.1)
     assert grow < 0.8 * i_grow
     # Shrinking error constant: the I proposal.
-    _, shrink = _gus().propose(0.1, 0.3, 0.9, False, 0.1)
-    _, i_shrink = _i().propose(0.1, 0.3, 0.9, False, 0.1)
+    _, shrink = propose(_gus(), 0.1, 0.3, 0.9, False, 0.1)
+    _, i_shrink = propose(_i(), 0.1, 0.3, 0.9, False, 0.1)
     assert shrink == i_shrink
 
 
@@ -96,7 +102,7 @@ def test_prediction_is_exact_for_a_geometric_error_constant():
     for h_prev, h in [(0.1, 0.11), (0.05, 0.04), (0.2, 0.2)]:
         phi0 = 0.2 / h_prev**k  # r_{n-1} = 0.2
         r_prev, r = phi0 * h_prev**k, phi0 * q * h**k
-        accept, h_next = _gus(k).propose(h, r, r_prev, False, h_prev)
+        accept, h_next = propose(_gus(k), h, r, r_prev, False, h_prev)
         assert accept and r_prev >= GUSTAFSSON_MIN_PREV_RATIO and DFACTOR < h_next / h < IFACTOR
         assert math.isclose(phi0 * q**2 * h_next**k, SAFETY**k, rel_tol=1e-12)
 
@@ -104,22 +110,22 @@ def test_prediction_is_exact_for_a_geometric_error_constant():
 def test_first_step_rejections_and_limits_are_i_control():
     g, i = _gus(), _i()
     # No previous accepted step: I control.
-    assert g.propose(0.1, 0.5, 1.0, False) == i.propose(0.1, 0.5, 1.0, False)
-    assert g.propose(0.1, 0.5, 1.0, False, math.nan) == i.propose(0.1, 0.5, 1.0, False)
+    assert propose(g, 0.1, 0.5, 1.0, False) == propose(i, 0.1, 0.5, 1.0, False)
+    assert propose(g, 0.1, 0.5, 1.0, False, math.nan) == propose(i, 0.1, 0.5, 1.0, False)
     # Rejected: I control whatever the history, and never growing.
-    assert g.propose(0.1, 3.0, 0.01, False, 0.01) == i.propose(0.1, 3.0, 0.01, False)
-    accept, nxt = g.propose(0.1, 1.5, 0.5, False, 0.1)
+    assert propose(g, 0.1, 3.0, 0.01, False, 0.01) == propose(i, 0.1, 3.0, 0.01, False)
+    accept, nxt = propose(g, 0.1, 1.5, 0.5, False, 0.1)
     assert not accept and nxt < 0.1
     # Accepted right after a rejection: no growth.
-    accept, nxt = g.propose(0.1, 1e-4, 0.9, True, 0.1)
+    accept, nxt = propose(g, 0.1, 1e-4, 0.9, True, 0.1)
     assert accept and nxt == pytest.approx(0.1, rel=1e-15)
     # Clipped to [dfactor, ifactor]; zero, tiny and non-finite ratios.
-    assert g.propose(0.1, 0.0, 0.5, False, 0.1) == (True, 0.1 * IFACTOR)
-    accept, nxt = g.propose(0.1, 1e-300, 0.5, False, 0.1)
+    assert propose(g, 0.1, 0.0, 0.5, False, 0.1) == (True, 0.1 * IFACTOR)
+    accept, nxt = propose(g, 0.1, 1e-300, 0.5, False, 0.1)
     assert accept and nxt == pytest.approx(0.1 * IFACTOR)
-    assert g.propose(0.1, 0.99, 0.01, False, 1.0)[1] == pytest.approx(0.1 * DFACTOR)  # prediction far below
-    assert g.propose(0.1, math.inf, 0.5, False, 0.1) == (False, 0.1 * DFACTOR)
-    assert g.propose(0.1, math.nan, 0.5, False, 0.1) == (False, 0.1 * DFACTOR)
+    assert propose(g, 0.1, 0.99, 0.01, False, 1.0)[1] == pytest.approx(0.1 * DFACTOR)  # prediction far below
+    assert propose(g, 0.1, math.inf, 0.5, False, 0.1) == (False, 0.1 * DFACTOR)
+    assert propose(g, 0.1, math.nan, 0.5, False, 0.1) == (False, 0.1 * DFACTOR)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,12 +138,6 @@ def test_option_is_validated():
         ValueError, match=r"^options\['controller'\] must be one of pi, i, gustafsson, pi_gustafsson; got 'pid'\.$"
     ):
         solve(lambda t, y: -y, y0, t, method="rodas5p", options={"controller": "pid"})
-    with pytest.raises(
-        ValueError,
-        match=r"options\['controller'\]='gustafsson' is not available with "
-        r"options\['per_sample'\]",
-    ):
-        solve(lambda t, y: -y, y0.expand(3, 1), t, options={"controller": "gustafsson", "per_sample": True})
 
 
 def test_defaults_pi_gustafsson_for_stiff_methods_and_pi_otherwise():

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from neuralode import solve
-from neuralode.solvers.controller import StepSizeController
-from neuralode.solvers.per_sample import PerSampleStats, VectorController
+from neuralode.solvers.controller import BatchStepSizeController, ControllerState, StepSizeController
+from neuralode.solvers.per_sample import PerSampleStats
 
 F64 = torch.float64
 B = 6
@@ -194,7 +194,7 @@ def test_backprop_gradients_match_solo_solves():
 
 def test_vector_controller_is_the_scalar_one_elementwise():
     scalar = StepSizeController("pi", 0.9, 10.0, 0.2, 5)
-    vec = VectorController("pi", 0.9, 10.0, 0.2, 5)
+    vec = BatchStepSizeController("pi", 0.9, 10.0, 0.2, 5)
     cases = [
         (0.1, 0.5, 0.8, False),
         (-0.1, 2.0, 0.5, False),
@@ -206,9 +206,10 @@ def test_vector_controller_is_the_scalar_one_elementwise():
         (0.2, 1.0, 3.0, False),
     ]
     dt, r, pr, ar = (torch.tensor(c, dtype=F64) for c in zip(*cases))
-    accept, nxt = vec.propose(dt, r, pr, torch.tensor([c[3] for c in cases]))
+    memory = ControllerState(pr, torch.tensor([c[3] for c in cases]), torch.full_like(dt, math.nan))
+    accept, nxt, _ = vec.adapt(memory, dt, r)
     for i, c in enumerate(cases):
-        a, n = scalar.propose(*c)
+        a, n, _ = scalar.adapt(ControllerState(c[2], c[3], math.nan), c[0], c[1])
         assert bool(accept[i]) == a and math.isclose(float(nxt[i]), n, rel_tol=1e-12), c
 
 

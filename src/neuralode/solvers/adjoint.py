@@ -66,6 +66,7 @@ import torch
 from .api import _event_result, _run, event_mode, no_events, solve, with_event_budget
 from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
 from .methods.registry import resolve
+from .norms import seminorm, seminorm_a
 from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
 from .problem import _Problem, adjoint_step_callbacks, check_step_callbacks
 from .solution import Solution, SolverStats, TensorOrTuple
@@ -99,20 +100,6 @@ def refuse_double_backward(family: str) -> None:
             "methods, without options['per_sample'] or adjoint_options['interpolate']=True); or compute "
             "the gradient with create_graph=False."
         )
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
-
-
-def _seminorm(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    # state = (y, a, *gθ): only y and a steer the step size.
-    return torch.maximum(_rms(state[0]), _rms(state[1]))
-
-
-def seminorm_a(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The seminorm of the interpolating adjoint: state = (a, *gθ), only ``a`` steers the step."""
-    return _rms(state[0])
 
 
 class _Flat:
@@ -538,7 +525,7 @@ def _adjoint_options(
     norm = out.pop("norm", "seminorm")
     if isinstance(norm, str) and norm == "seminorm":
         if adaptive:  # fixed-step methods control no error, so take no norm option
-            out["norm"] = seminorm_a if interpolating else _seminorm
+            out["norm"] = seminorm_a if interpolating else seminorm
     elif isinstance(norm, str) and norm == "full":
         pass  # the solver's default norm over every tensor of the augmented state
     elif callable(norm):

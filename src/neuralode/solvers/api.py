@@ -41,6 +41,7 @@ from .grid import InfiniteGrid
 from .loop import integrate, no_event_found
 from .methods.base import Method
 from .methods.registry import DEFAULT_METHOD, METHODS, MethodRegistry, method_names, resolve
+from .norms import _ErrorNorm, _PrimalErrorNorm
 from .options import (
     AdaptiveOptions,
     FixedOptions,
@@ -56,7 +57,7 @@ from .options import (
     check_method_dtype,
     check_tolerance_resolution,
 )
-from .problem import _ErrorNorm, _PrimalErrorNorm, _Problem, check_step_callbacks
+from .problem import _Problem, check_step_callbacks
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "MethodRegistry", "method_names", "odeint", "solve"]

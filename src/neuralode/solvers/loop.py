@@ -15,7 +15,8 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
   to try, the controller's memory, the next stop, the event functions' values), replaced as a
   whole after every attempt rather than mutated piecemeal.
 * A step (:func:`~neuralode.solvers.stepper.rk_step`) returns values and never decides.
-* A controller decides: ``propose(h, ratio, prev_ratio, after_reject, prev_h) -> (accept, next h)``.
+* A controller decides: ``adapt(memory, h, ratio) -> (accept, next h, memory)``; its memory (a
+  :class:`~neuralode.solvers.controller.ControllerState`) rides in the record unread by the loop.
   Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
   methods the :class:`~neuralode.solvers.controller.ConstantController`, which proposes an
   infinite step. Landing on a stop is one clipping rule for both: the stops are ``step_t``,
@@ -41,11 +42,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .controller import ControllerState
 from .errors import SolverError
 from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .grid import TIME_EPS as _EPS
 from .interpolant import StepInterpolant
-from .problem import _ErrorNorm, _Problem
+from .norms import _ErrorNorm
+from .problem import _Problem
 from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 
@@ -58,13 +61,11 @@ class _State(NamedTuple):
     f0: torch.Tensor | None  # f(t, y), reused by the next step; None: evaluate it first
     f0_side: int  # +1: f0 is taken just after t (t is a jump of func, or options['perturb']); else 0
     dt: float  # the step to try next (signed)
-    prev_ratio: float  # error ratio of the last accepted step (PI control's memory)
-    after_reject: bool
+    control: ControllerState  # the controller's memory (last accepted ratio and step, last attempt rejected)
     i_stop: int  # index of the next stop
     g: list[torch.Tensor] | None  # event functions at (t, y), as EventSet.start gives them
     guard: float  # roots within this time of t are not searched (a step that starts on a root)
     memory: tuple | None = None  # a multistep method's history (StepResult.memory)
-    prev_dt: float = math.nan  # the last accepted step (Gustafsson's predictive control); nan before the first
 
 
 def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
@@ -190,7 +191,7 @@ def integrate(
         opts: the parsed options, of ``method.options_type``.
         stops: indexable sequence of the times steps must land on, ending with ``times[-1]``.
         jumps: the stops at which ``func`` is discontinuous (no FSAL across them).
-        controller: step-size controller (``propose``).
+        controller: step-size controller (``init``, ``adapt``, ``accepted``).
         dt0: the first step to try (signed; ``inf`` for fixed-step methods).
         error: the error norm (adaptive methods), else ``None``.
         stats: counters, updated in place.
@@ -257,7 +258,7 @@ def integrate(
     if events:
         h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
         g0, guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
-    s = _State(t0, y0, f0, 1 if perturb else 0, dt0, 1.0, False, 0, g0, guard)
+    s = _State(t0, y0, f0, 1 if perturb else 0, dt0, controller.init(), 0, g0, guard)
     if handover is not None:
         # A fast path took the steps this far (same arithmetic, so the same states): go on from there.
         ys, out_steps, i_out = handover.ys, handover.out_steps, handover.i_out
@@ -356,7 +357,7 @@ def integrate(
                 raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
         else:
             ratio = 0.0
-        accept, dt_next = controller.propose(h, ratio, s.prev_ratio, s.after_reject, s.prev_dt)
+        accept, dt_next, control = controller.adapt(s.control, h, ratio)
         # A rejected step is final when no smaller one may follow: it was taken at min_step, or it
         # was stretched to land on a stop that a step of min_step would land on too (its retry
         # would be this very step again).
@@ -364,6 +365,7 @@ def integrate(
         if at_floor and accept_at_min:
             # torchdiffeq 0.2.5 accepts every step of size <= min_step whatever its error.
             accept = True
+            control = controller.accepted(s.control, h, ratio)
             if not warned_at_min:
                 warned_at_min = True
                 warnings.warn(
@@ -386,7 +388,7 @@ def integrate(
                     "Lower options['min_step'] or loosen rtol/atol; options['at_min_step']='accept' accepts such "
                     "steps whatever their error, as torchdiffeq does.",
                 )
-            s = s._replace(f0=f0, dt=dt_next, after_reject=True)
+            s = s._replace(f0=f0, dt=dt_next, control=control)
             continue
         stats.n_accepted += 1
         stats.last_step = h
@@ -486,13 +488,11 @@ def integrate(
                 f_next,
                 side,
                 dt_next,
-                ratio,
-                False,
+                control,
                 s.i_stop + (1 if lands else 0),
                 g1,
                 guard,
                 step.memory,
-                prev_dt=h,
             )
             continue
         loc, t_e, t_star, y_star = cut
@@ -513,6 +513,6 @@ def integrate(
         # FSAL restarts at the new state; f_new serves as the first stage unless the next step
         # must differentiate through it.
         f0_next = None if (torch.is_grad_enabled() and y_new.requires_grad) else f_new
-        s = _State(t_e, y_new, f0_next, side, dt_next, ratio, False, i_stop, g_new, guard, prev_dt=h)
+        s = _State(t_e, y_new, f0_next, side, dt_next, control, i_stop, g_new, guard)
     stats.next_step = s.dt
     return LoopResult(ys, out_steps, records, terminal)

@@ -634,11 +634,6 @@ def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
             )
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
-    if o.get("controller") in ("gustafsson", "pi_gustafsson") and o.get("per_sample", False) is not False:
-        raise ValueError(
-            f"options['controller']={o['controller']!r} is not available with options['per_sample'] (its per-sample "
-            "controller is PI or I); use controller 'pi' or 'i', or solve with one clock."
-        )
     return kind(**o)
 
 

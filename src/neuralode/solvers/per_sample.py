@@ -13,9 +13,11 @@ the loop but this arithmetic):
   each sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
 * the error ratio of sample ``i`` is the RMS over that sample's own elements of
   ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors,
-  as in :class:`~neuralode.solvers.problem._ErrorNorm`);
-* the PI/I controller, Hairer's initial step and the 10% stretch onto the last time are the
-  formulas of :mod:`~neuralode.solvers.controller` and the joint loop, vectorised;
+  as in :class:`~neuralode.solvers.norms._ErrorNorm`; the norms are :mod:`~neuralode.solvers.norms`'s);
+* the controller is :class:`~neuralode.solvers.controller.BatchStepSizeController` (the formulas
+  of :mod:`~neuralode.solvers.controller` on ``(B,)`` tensors, its memory a ``ControllerState`` of
+  them), the initial step :func:`~neuralode.solvers.controller.initial_step` with per-sample norms,
+  and the 10% stretch onto the last time the joint loop's rule, vectorised;
 * output times inside an accepted step are filled from the step's continuous extension evaluated
   at each sample's own ``θ_i = (τ_i - t_i) / dt_i``.
 
@@ -49,12 +51,14 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from .controller import BatchStepSizeController, initial_step
 from .errors import SolverError
 from .loop import check_accumulation, coincident_resets_error
+from .norms import RMSNorm, UserNorm
 from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
-from .stepper import _plan, combined_error_ratio
+from .stepper import _plan
 from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
@@ -301,115 +305,6 @@ class BatchFunc:
         return self.layout.flatten(out)
 
 
-class RMSNorm:
-    """Per-sample error ratio: RMS over each sample's own elements (max over a tuple's tensors)."""
-
-    def __init__(self, sizes: list[int], rtol, atol):
-        self.sizes, self.rtol, self.atol = sizes, rtol, atol
-        self.inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
-
-    def _select(self, tol, rows):
-        return tol if (rows is None or not isinstance(tol, torch.Tensor)) else tol[rows]
-
-    def norm(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N) -> (B,)`` float64."""
-        if len(self.sizes) == 1:
-            n = torch.linalg.vector_norm(x, dim=1)
-            return (n if n.dtype == torch.float64 else n.double()) * self.inv_sqrt_n[0]
-        rms = [
-            torch.linalg.vector_norm(p, dim=1).double() * s
-            for p, s in zip(torch.split(x, self.sizes, dim=1), self.inv_sqrt_n)
-        ]
-        return torch.stack(rms).amax(0)
-
-    def scaled(self, x: torch.Tensor, y: torch.Tensor, rows=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.norm(x / (y.abs() * self._select(self.rtol, rows) + self._select(self.atol, rows)))
-
-    def ratio(self, y_err, y0, y1, y_err_aux=None, rows=None) -> torch.Tensor:
-        with torch.no_grad():
-            scale = torch.maximum(y0.abs(), y1.abs()) * self._select(self.rtol, rows) + self._select(self.atol, rows)
-            if y_err_aux is None:
-                return self.norm(y_err / scale)
-            return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
-
-
-class UserNorm(RMSNorm):
-    """A custom ``options["norm"]`` applied per sample.
-
-    The contract: ``norm(x)`` receives the scaled error ``err / (atol + rtol max(|y0|, |y1|))`` in
-    the state's structure with the batch first (a ``(B', ...)`` tensor, or a tuple of them, where
-    ``B'`` is the current batch: ``B``, or fewer rows with ``per_sample="compact"``) and returns a
-    real tensor of shape ``(B',)``: row ``i`` the norm of sample ``i``'s error, which alone decides
-    that sample's step. Row ``i`` must depend on row ``i`` of ``x`` only.
-    """
-
-    def __init__(self, sizes, rtol, atol, user, unflatten):
-        super().__init__(sizes, rtol, atol)
-        self.user, self.unflatten = user, unflatten
-
-    def norm(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.user(self.unflatten(x))
-        if not isinstance(out, torch.Tensor) or out.is_complex() or out.shape != (x.shape[0],):
-            got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else _type_name(out)
-            raise ValueError(
-                f"options['norm'] with options['per_sample'] must return a real tensor of shape ({x.shape[0]},), "
-                f"one norm per sample of its (batch-first) argument; got {got}. E.g. "
-                "norm=lambda x: x.abs().flatten(1).amax(1)."
-            )
-        return out.detach().double()
-
-
-@dataclass(frozen=True)
-class VectorController:
-    """:meth:`StepSizeController.propose <neuralode.solvers.controller.StepSizeController.propose>`
-    on ``(B,)`` tensors: the same formulas (PI: ``safety r^(-0.85/k) max(r_prev, 1e-4)^(0.2/k)``
-    for accepted steps, I: ``safety r^(-1/k)`` otherwise; clipped to ``[dfactor, ifactor]``; no
-    growth on or right after a rejection; a non-finite ratio rejects with ``dfactor``)."""
-
-    kind: str
-    safety: float
-    ifactor: float
-    dfactor: float
-    order: int
-
-    def propose(self, dt, ratio, prev_ratio, after_reject):
-        # factor = safety exp(-α log r + β log max(r_prev, 1e-4)), α = 0.85/k, β = 0.2/k (PI, accepted)
-        # or α = 1/k, β = 0 (rejected, or the I controller): the scalar controller's powers in log
-        # space, so both branches share one exp. The limits come out of the same formula:
-        # r = 0 gives exp(+inf) = inf, clamped to ifactor (the scalar rule "r = 0: grow by ifactor");
-        # r = inf gives 0, clamped to dfactor; a NaN ratio is mapped to dfactor. ``accept`` is
-        # False for NaN and inf (``r <= 1``), so no separate finiteness mask is needed.
-        accept = ratio <= 1.0
-        k = self.order
-        log_r = ratio.log()
-        if self.kind == "pi":
-            log_pi = torch.add(prev_ratio.clamp(min=1e-4).log() * (0.2 / k), log_r, alpha=-0.85 / k)
-            expo = torch.where(accept, log_pi, log_r * (-1.0 / k))
-        else:
-            expo = log_r * (-1.0 / k)
-        factor = torch.nan_to_num(expo.exp_().mul_(self.safety), nan=self.dfactor).clamp_(self.dfactor, self.ifactor)
-        # No growth on a rejection or on the step right after one.
-        factor = torch.where(accept & ~after_reject, factor, factor.clamp(max=1.0))
-        return accept, dt * factor
-
-
-def initial_step(fb, t0, y0, f0, direction: float, order: int, norm: RMSNorm, rows=None) -> torch.Tensor:
-    """Hairer's initial step (:func:`~neuralode.solvers.controller.initial_step`) per sample:
-    ``(B,)`` absolute steps, one evaluation of ``func`` on the batch."""
-    with torch.no_grad():
-        d0 = norm.scaled(y0, y0, rows)
-        d1 = norm.scaled(f0, y0, rows)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-300))
-    y1 = y0 + (direction * h0).to(y0.dtype)[:, None] * f0
-    f1 = fb(t0 + direction * h0, y1)
-    with torch.no_grad():
-        d2 = norm.scaled(f1 - f0, y0, rows) / h0
-    dmax = torch.maximum(d1, d2)
-    h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / dmax.clamp(min=1e-300)) ** (1.0 / (order + 1)))
-    return torch.minimum(100.0 * h0, h1)
-
-
 class PerSampleStep(NamedTuple):
     y1: torch.Tensor
     y_err: torch.Tensor | None
@@ -647,7 +542,7 @@ def integrate(
         f0 = fb(t, y)
     with torch.no_grad():
         finite_f0 = f0 is None or torch.isfinite(f0).all()
-    controller = VectorController(
+    controller = BatchStepSizeController(
         opts.controller, opts.safety, opts.ifactor, opts.dfactor, min(tableau.order, tableau.error_order) + 1
     )
     if dt0 is not None:
@@ -655,11 +550,10 @@ def integrate(
     elif opts.first_step is not None:
         dt = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=dev)
     else:
-        dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm)
+        dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm.scaled)
     min_step, max_step = opts.min_step, opts.max_step
     zeros_l = torch.zeros(B, dtype=torch.long, device=dev)
-    prev_ratio = torch.ones(B, dtype=torch.float64, device=dev)
-    after_reject = torch.zeros(B, dtype=torch.bool, device=dev)
+    control = controller.init(t)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     i_out = torch.ones(B, dtype=torch.long, device=dev)
     # Counters of the current batch, written to ``stats`` (by original sample) when the batch is
@@ -701,7 +595,7 @@ def integrate(
             times, ascending = times[keep], ascending[keep]
             if g0 is not None:
                 g0, guard = [g[keep] for g in g0], guard[keep]
-            prev_ratio, after_reject, i_out = prev_ratio[keep], after_reject[keep], i_out[keep]
+            control, i_out = control.select(keep), i_out[keep]
             n_acc, n_rej, n_calls, last = zeros_l[keep], zeros_l[keep], zeros_l[keep], last[keep]
             stats_rows = rows
             done = done[keep]
@@ -772,7 +666,8 @@ def integrate(
         step = rk_step(fb, t, y, f0, h, tableau)
         ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
         ratio = torch.where(active, ratio, 0.0)
-        accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
+        # Finished samples (h = 0, ratio = 0) are never resumed: what adapt remembers for them is not read.
+        accept, dt_next, control = controller.adapt(control, h, ratio)
         accept = accept & active
         rejected = active & ~accept
         t1 = torch.where(lands, t_stop, t + h)
@@ -927,8 +822,6 @@ def integrate(
                     series = reset_times.setdefault((int(rows[i]), k, element), [])
                     series.append(float(t[i]))
                     check_accumulation(series, float(delta[i]), k, float(h[i]), int(n_steps[i]) + 1, int(rows[i]))
-        prev_ratio = torch.where(accept, ratio, prev_ratio)
-        after_reject = rejected  # finished samples take no further decisions
         dt = torch.where(active, dt_next, dt)
         done = i_out >= T
     flush()

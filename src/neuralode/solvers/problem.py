@@ -3,13 +3,12 @@
 :class:`_Problem` adapts ``func(t, y)`` once per solve: time is a Python float (float64) inside
 the loop and becomes a 0-dim tensor of the state's dtype only when ``func`` is called; tuple
 states are flattened into one vector, so the loop, the steppers, the interpolants and the event
-handling all see a single tensor. :class:`_ErrorNorm` turns an error estimate into the error
-ratio the controller needs.
+handling all see a single tensor. The error norm that turns an error estimate into the
+controller's error ratio is :class:`~neuralode.solvers.norms._ErrorNorm`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import warnings
@@ -20,9 +19,8 @@ from typing import Any
 
 import torch
 
-from .options import _check_func, _type_name, error_dtype, time_dtype
+from .options import _check_func, _type_name, time_dtype
 from .solution import SolverStats, TensorOrTuple
-from .stepper import combined_error_ratio
 
 _ARRAY_CODES = {torch.float32: "f", torch.float64: "d"}  # array typecodes of the CPU time dtypes
 
@@ -325,163 +323,3 @@ class _Problem:
         if self.watch and probe._version != version:
             raise changed_in_place("func(t, y)", t)
         return self.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
-
-
-def bad_norm_value(value: Any) -> Exception:
-    """The error for an ``options['norm']`` whose value is not one number."""
-    if isinstance(value, torch.Tensor):
-        return ValueError(
-            f"options['norm'] must return a scalar (one number); it returned a tensor of shape {tuple(value.shape)}. "
-            "Reduce it, e.g. norm=lambda x: x.abs().max() or torch.linalg.vector_norm(x) / x.numel() ** 0.5."
-        )
-    return TypeError(
-        f"options['norm'] must return a scalar tensor or a float; it returned {type(value).__name__}. "
-        "E.g. norm=lambda x: x.abs().max()."
-    )
-
-
-_NULL = contextlib.nullcontext()
-
-
-def _no_grad():
-    """``torch.no_grad()``, or nothing when autograd is off already (most forward solves): the
-    error norm runs once per step, and entering and leaving the context costs two calls."""
-    return torch.no_grad() if torch.is_grad_enabled() else _NULL
-
-
-class _ErrorNorm:
-    """``norm(err / (atol + rtol * max(|y0|, |y1|)))`` as a Python float.
-
-    The default norm is the root mean square (RMS); for tuple states, the largest RMS over the
-    tensors, so a small tensor is not drowned by a large one (torchdiffeq's choice too).
-    """
-
-    def __init__(self, problem: _Problem, rtol, atol, norm: Callable | None):
-        self.problem = problem
-        self.rtol = rtol
-        self.atol = atol
-        self.user_norm = norm
-        self.inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in problem.sizes]
-        # Half-precision states: the error ratio is formed in float32 (see options.error_dtype).
-        self.upcast = error_dtype(problem.dtype) if problem.dtype in (torch.float16, torch.bfloat16) else None
-        self._held: tuple = ((None, None), (None, None))  # (state, atol + rtol |state|), newest first
-        self._rtol_atol: tuple | None = None  # rtol and atol as _tol's operands, made on first use
-
-    @staticmethod
-    def _as_operand(value, like: torch.Tensor):
-        """A float tolerance as a 0-dim tensor of ``like``'s dtype and device (a tensor tolerance
-        as it is). The same numbers as the float: an elementwise operation rounds a Python
-        float operand to the tensor's dtype first; but a float32 tensor times a Python float
-        takes a scalar-wrapping path that costs two to three elementwise operations, and the
-        tolerance is formed on every step."""
-        if isinstance(value, torch.Tensor):
-            return value
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
-
-    def norm(self, x: torch.Tensor, every_component: bool = False) -> float:
-        """The solve's norm of ``x`` (flat): the user's when given, unless ``every_component``, else RMS (the
-        largest RMS over the tensors of a tuple state)."""
-        if self.user_norm is not None and not every_component:
-            value = self.user_norm(self.problem.unflatten(x))
-            try:
-                return float(value)
-            except (TypeError, ValueError, RuntimeError):
-                raise bad_norm_value(value) from None
-        if not self.problem.is_tuple:
-            return float(torch.linalg.vector_norm(x)) * self.inv_sqrt_n[0]
-        rms = [torch.linalg.vector_norm(p) * s for p, s in zip(torch.split(x, self.problem.sizes), self.inv_sqrt_n)]
-        return float(torch.stack(rms).max())
-
-    def scaled(self, x: torch.Tensor, y: torch.Tensor, every_component: bool = False) -> float:
-        """``norm(x / (atol + rtol |y|))``; the initial-step heuristic's three norms share ``y = y0``,
-        whose tolerance is formed once (and reused by the first step's error ratio)."""
-        with _no_grad():
-            tol = self._tol(y)
-            if self.upcast is not None:
-                x = x.to(self.upcast)
-            return self.norm(x / tol, every_component)
-
-    def scaled_all(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """:meth:`scaled` in the default RMS norm over every component, whatever ``norm`` the solve was given:
-        the measure of a Newton iteration, which must solve the stage equations of every component. A norm
-        that leaves components out of the error estimate (the adjoint's seminorm, which leaves out the
-        parameter-gradient quadratures) would let the iteration stop with those components unconverged
-        (radau5's adjoint, rtol 1e-9: gradient error 1.9e-6, against 1e-11 with every component)."""
-        return self.scaled(x, y, every_component=True)
-
-    def scaled_stages(self, X: torch.Tensor, y: torch.Tensor) -> float:
-        """``sqrt(mean_i scaled_all(X[i], y)^2)`` over the stages ``X`` stacked as ``(s, *state)``: the measure of
-        a collocation method's Newton iteration. For a tensor state one norm of the stacked stages (the RMS
-        over stages of RMS norms of equal size is the RMS of them all); for a tuple state stage by stage."""
-        s = X.shape[0]
-        if self.problem.is_tuple:
-            return math.sqrt(sum(self.scaled_all(x, y) ** 2 for x in X.unbind(0)) / s)
-        with _no_grad():
-            tol = self._tol(y)
-            if self.upcast is not None:
-                X = X.to(self.upcast)
-            return float(torch.linalg.vector_norm(X / tol)) * self.inv_sqrt_n[0] / math.sqrt(s)
-
-    def _tol(self, y: torch.Tensor) -> torch.Tensor:
-        """``atol + rtol |y|``, kept for the last two states seen: a step's ``y1`` is the next
-        step's ``y0`` (and a rejected step retries from the same ``y0``), so each state's
-        tolerance is formed once."""
-        for held, tol in self._held:
-            if held is y:
-                return tol
-        x = y if self.upcast is None else y.to(self.upcast)
-        ax = x.abs()
-        if self._rtol_atol is None:
-            self._rtol_atol = tuple(self._as_operand(v, ax) for v in (self.rtol, self.atol))
-        rtol, atol = self._rtol_atol
-        tol = ax.mul_(rtol).add_(atol)
-        self._held = ((y, tol), self._held[0])
-        return tol
-
-    def ratio(
-        self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None
-    ) -> float:
-        """The error ratio of a step; with a second estimate (dopri8's E3), Hairer's combination
-        of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`).
-
-        The scale ``atol + rtol max(|y0|, |y1|)`` is formed as ``max(atol + rtol |y0|, atol + rtol |y1|)``:
-        rounding is monotone and ``rtol >= 0``, so the two are the same numbers, and the second
-        reuses ``y0``'s tolerance from the step before (one elementwise operation fewer per step).
-        """
-        with _no_grad():
-            tol0 = self._tol(y0)
-            tol1 = self._tol(y1)
-            scale = torch.maximum(tol0, tol1)
-            if self.upcast is not None:
-                y_err = y_err.to(self.upcast)
-                y_err_aux = None if y_err_aux is None else y_err_aux.to(self.upcast)
-            if y_err_aux is None:
-                # Divided into the scale's own storage when the dtypes agree (complex states
-                # have a real scale and a complex error).
-                return self.norm(torch.div(y_err, scale, out=scale) if y_err.dtype == scale.dtype else y_err / scale)
-            return combined_error_ratio(self.norm(y_err / scale), self.norm(y_err_aux / scale))
-
-
-class _PrimalErrorNorm(_ErrorNorm):
-    """:class:`_ErrorNorm` measured on the primal values of forward-mode dual tensors.
-
-    The step sizes are Python floats: the discrete solution's derivative does not run through the
-    controller's choices, in forward mode as in backpropagation. So the error measures need only the
-    primal numbers, and measuring on them keeps the norm's in-place and ``out=`` kernels (which forward
-    mode refuses) without carrying tangents through arithmetic whose result is thrown away.
-    ``detach()`` drops the tangent of a ``torch.autograd.forward_ad`` dual tensor and of a tensor
-    wrapped by a ``torch.func`` transform alike. Chosen once per solve by the caller when forward mode
-    is active (:func:`~neuralode.solvers.api.forward_mode_active`); the plain solve keeps :class:`_ErrorNorm`.
-    """
-
-    def scaled(self, x: torch.Tensor, y: torch.Tensor, every_component: bool = False) -> float:
-        return super().scaled(x.detach(), y.detach(), every_component)
-
-    def scaled_stages(self, X: torch.Tensor, y: torch.Tensor) -> float:
-        return super().scaled_stages(X.detach(), y.detach())
-
-    def ratio(
-        self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None
-    ) -> float:
-        aux = None if y_err_aux is None else y_err_aux.detach()
-        return super().ratio(y_err.detach(), y0.detach(), y1.detach(), aux)

@@ -436,7 +436,7 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
 
     def norm_stages(dZ: torch.Tensor, y: torch.Tensor) -> float:
         """RMS over the stages of the scaled RMS norm of every component (not a user norm or the adjoint's
-        seminorm, which may leave components out: :meth:`~neuralode.solvers.problem._ErrorNorm.scaled_stages`)."""
+        seminorm, which may leave components out: :meth:`~neuralode.solvers.norms._ErrorNorm.scaled_stages`)."""
         if error is None:
             return float(dZ.abs().max())
         return error.scaled_stages(dZ, y)
