@@ -1,7 +1,7 @@
 """The joint integration loop: one clock for the whole batch, fixed-step and adaptive methods, events.
 
-:func:`integrate` advances time for every method but ``scipy_solver`` (scipy's ``solve_ivp`` runs
-its own loop) and the per-sample mode. It is not the only code that advances time: it hands
+:func:`integrate` advances time for every method but those with a driver of their own
+(``capabilities.own_driver``: ``scipy_solver``, whose ``solve_ivp`` runs its own loop) and the per-sample mode. It is not the only code that advances time: it hands
 stretches of a plain fixed grid to :func:`~neuralode.solvers.fixed_grid.run` or, under
 ``options["compile"]``, to :func:`~neuralode.solvers.compiled_chunks.integrate_chunked`, and
 ``options={"per_sample": True}`` runs :func:`~neuralode.solvers.per_sample.integrate` instead, a
@@ -13,7 +13,10 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
 * The loop carries one record, :class:`_State` (time, state, the stage reused by FSAL, the step
   to try, the controller's memory, the next stop, the event functions' values), replaced as a
   whole after every attempt rather than mutated piecemeal.
-* A step (:func:`~neuralode.solvers.stepper.rk_step`) returns values and never decides.
+* The loop never asks what kind of method it runs. The
+  :class:`~neuralode.solvers.methods.base.Method` gives a :class:`~neuralode.solvers.stepper.Stepper`
+  for the solve (``method.stepper``), its interpolant kind and its capabilities (adaptive or not); a
+  step returns values and never decides, and the stepper is told of every decision (``settle``).
 * A controller decides: ``propose(h, ratio, prev_ratio, after_reject, prev_h) -> (accept, next h)``.
   Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
   methods the :class:`~neuralode.solvers.controller.ConstantController`, which proposes an
