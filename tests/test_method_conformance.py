@@ -338,3 +338,12 @@ def test_torch_func_jvp_goes_through(name):
         lambda y: solve(lambda t, x: -x, y, T, method=name, **kw).ys[-1], (Y0,), (torch.ones_like(Y0),)
     )
     torch.testing.assert_close(tangent, torch.full_like(Y0, math.exp(-1.0)), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("name", methods("half", unwanted=("own_driver",)))
+def test_half_precision_solves(name):
+    """A method declaring ``half`` solves a float16 state in float16 (its error ratio in float32)."""
+    kw = {"rtol": 1e-2, "atol": 1e-3} if METHODS[name].capabilities.adaptive else {"options": {"step_size": 0.125}}
+    ys = solve(lambda t, y: -y, Y0.half(), T.half(), method=name, **kw).ys
+    assert ys.dtype == torch.float16
+    assert abs(ys[-1, 0].item() - math.exp(-1.0)) < 3e-2  # euler at h = 1/8: 2.4e-2
