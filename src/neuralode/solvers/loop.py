@@ -1,11 +1,11 @@
 """The joint integration loop: one clock for the whole batch, fixed-step and adaptive methods, events.
 
-:func:`integrate` advances time for every method but ``scipy_solver`` (scipy's ``solve_ivp`` runs
-its own loop) and the per-sample mode. It is not the only code that advances time: before calling
-it the api may run a fast path of :mod:`neuralode.solvers.fast` (a plain fixed grid stepped without
-the loop's bookkeeping, or compiled chunks of steps under ``options["compile"]``), which either
-finishes the solve or hands this loop its end state (``handover``); this module imports none of
-them. ``options={"per_sample": True}`` runs
+:func:`integrate` advances time for every method but those with a driver of their own
+(``capabilities.own_driver``: ``scipy_solver``, whose ``solve_ivp`` runs its own loop) and the per-sample
+mode. It is not the only code that advances time: before calling it the api may run a fast path of
+:mod:`neuralode.solvers.fast` (a plain fixed grid stepped without the loop's bookkeeping, or compiled
+chunks of steps under ``options["compile"]``), which either finishes the solve or hands this loop its
+end state (``handover``); this module imports none of them. ``options={"per_sample": True}`` runs
 :func:`~neuralode.solvers.per_sample.integrate` instead, a second loop repeating this one's
 arithmetic with a clock per sample (``docs/architecture.md``, "Clocks" and "Where it is going").
 
@@ -14,7 +14,10 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
 * The loop carries one record, :class:`_State` (time, state, the stage reused by FSAL, the step
   to try, the controller's memory, the next stop, the event functions' values), replaced as a
   whole after every attempt rather than mutated piecemeal.
-* A step (:func:`~neuralode.solvers.stepper.rk_step`) returns values and never decides.
+* The loop never asks what kind of method it runs. The
+  :class:`~neuralode.solvers.methods.base.Method` gives a :class:`~neuralode.solvers.stepper.Stepper`
+  for the solve (``method.stepper``), its interpolant kind and its capabilities (adaptive or not); a
+  step returns values and never decides, and the stepper is told of every decision (``settle``).
 * A controller decides: ``adapt(memory, h, ratio) -> (accept, next h, memory)``; its memory (a
   :class:`~neuralode.solvers.controller.ControllerState`) rides in the record unread by the loop.
   Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step

@@ -35,14 +35,16 @@ class FactoryStepper(Stepper):
     solve's own function ``problem`` serves every ordinary step and keeps the family's reusable state
     (Jacobian, factorisations) across them; a step onto a jump of ``func`` (its stages evaluated on the side
     they come from) gets a ``take`` of its own for that step. Checkpointing is the family's own affair
-    (the factory is given ``checkpoint``).
+    (the factory is given ``checkpoint``). A factory that returns a :class:`Stepper` of its own is told of
+    every decision through :meth:`settle`.
     """
 
-    __slots__ = ("problem", "make", "take")
+    __slots__ = ("problem", "make", "take", "inner_settle")
 
     def __init__(self, problem, make):
         self.problem, self.make = problem, make
         self.take = make(problem)
+        self.inner_settle = self.take.settle if isinstance(self.take, Stepper) else None
 
     def __call__(self, side, t, y, f0, h, stage, memory=None):
         if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
@@ -51,6 +53,10 @@ class FactoryStepper(Stepper):
             return self.take(t, t, y, f0, h)
         # A step onto a jump of func: its stages see the side they come from.
         return self.make(stage)(t, t, y, f0, h)
+
+    def settle(self, accepted: bool) -> None:
+        if self.inner_settle is not None:
+            self.inner_settle(accepted)
 
 
 class Rosenbrock(Method):
