@@ -46,7 +46,7 @@ from .events import EventSet, apply_reset, attach_event_gradient, unravel
 from .interpolant import StepInterpolant
 from .problem import _ErrorNorm, _Problem
 from .solution import DenseOutput, EventRecord, SolverStats
-from .stepper import rk_step, step_plan
+from .stepper import Stepper, rk_step, step_plan
 from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .tableau import ButcherTableau
 
@@ -90,6 +90,58 @@ class InfiniteGrid:
         return self.t0 + self.direction * (i + 1) * self.h
 
 
+class _RKStepper(Stepper):
+    """An explicit Runge-Kutta tableau's :class:`~neuralode.solvers.stepper.Stepper`: :func:`rk_step`."""
+
+    def __init__(self, problem, tableau: ButcherTableau):
+        self.problem, self.tableau, self.plan = problem, tableau, step_plan(tableau)
+
+    def __call__(self, side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+        if f0 is None:
+            f0 = self.problem(t, y, side)
+        return f0, rk_step(stage, t, y, f0, h, self.tableau, self.plan)
+
+
+class _OwnStepper(Stepper):
+    """The stepper of a method with its own ``step`` (the Adams methods: their history travels in
+    ``StepResult.memory``, so they keep nothing here)."""
+
+    def __init__(self, problem, method, config):
+        self.problem, self.own_step, self.config = problem, method.step, config
+
+    def __call__(self, side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+        if f0 is None:
+            f0 = self.problem(t, y, side)
+        return f0, self.own_step(stage, t, y, f0, h, memory, self.config)
+
+
+class _CheckpointedStepper(Stepper):
+    """Another stepper's steps under ``torch.utils.checkpoint``: backward keeps only a step's inputs and
+    recomputes its stages."""
+
+    def __init__(self, inner: Stepper):
+        self.inner = inner
+
+    def __call__(self, side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+        from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+        return run_checkpointed(self.inner, side, t, y, f0, h, stage, memory, use_reentrant=False)
+
+    def settle(self, accepted: bool) -> None:
+        self.inner.settle(accepted)
+
+
+class _FunctionStepper(Stepper):
+    """A stepping function ``take(side, t, y, f0, h, stage, memory)`` that keeps no state (the compiled
+    explicit step) as a :class:`~neuralode.solvers.stepper.Stepper`."""
+
+    def __init__(self, take: Callable):
+        self.take = take
+
+    def __call__(self, side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
+        return self.take(side, t, y, f0, h, stage, memory)
+
+
 def stepper(
     problem: Callable[[float, torch.Tensor], torch.Tensor],
     tableau,
@@ -97,57 +149,31 @@ def stepper(
     config=None,
     opts: Any = None,
     error: _ErrorNorm | None = None,
-):
-    """``take(side, t, y, f0, h, stage, memory) -> (f0, StepResult)``, evaluating ``f0 = f(t, y)``
-    first when it is None (just after ``t`` when ``side`` is +1), and the other stages with
-    ``stage`` (default ``problem``). ``tableau`` is a :class:`ButcherTableau` (the generic
-    Runge-Kutta step), a method with its own ``step`` (the Adams methods, which take the
-    history ``memory`` and their ``config``), or an implicit method
-    (:func:`~neuralode.solvers.rosenbrock.make_stepper`, which needs ``opts``, the Jacobian's
-    options, and ``error``, the error norm that sets the Newton tolerance of ESDIRK methods).
+) -> Stepper:
+    """The solve's :class:`~neuralode.solvers.stepper.Stepper`: ``take(side, t, y, f0, h, stage, memory) ->
+    (f0, StepResult)``, evaluating ``f0 = f(t, y)`` first when it is None (just after ``t`` when ``side`` is
+    +1), and the other stages with ``stage`` (default ``problem``); ``take.settle(accepted)`` after every
+    attempt. ``tableau`` is a :class:`ButcherTableau` (the generic Runge-Kutta step), a method with its own
+    ``step`` (the Adams methods, which take the history ``memory`` and their ``config``), or an implicit method
+    (:func:`~neuralode.solvers.rosenbrock.make_stepper`, which needs ``opts``, the Jacobian's options, and
+    ``error``, the error norm that sets the Newton tolerance of ESDIRK methods).
 
-    With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the step run
+    With ``checkpoint`` (and autograd recording), the evaluation of ``f0`` and the explicit step run
     under ``torch.utils.checkpoint``: backward keeps only the step's inputs and recomputes its
     stages.
     """
     if getattr(tableau, "implicit", False):
         from .rosenbrock import make_stepper
 
-        implicit_take = make_stepper(problem, tableau, checkpoint, opts, problem, error)
-
-        def take_implicit(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
-                f0 = problem(t, y, side)
-            if stage is problem:
-                return implicit_take(t, t, y, f0, h)
-            # A step onto a jump of func: its stages see the side they come from.
-            return make_stepper(stage, tableau, checkpoint, opts, problem, error)(t, t, y, f0, h)
-
-        return take_implicit
+        return make_stepper(problem, tableau, checkpoint, opts, problem, error)
 
     if isinstance(tableau, ButcherTableau):
-        plan = step_plan(tableau)
-
-        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None:
-                f0 = problem(t, y, side)
-            return f0, rk_step(stage, t, y, f0, h, tableau, plan)
+        take: Stepper = _RKStepper(problem, tableau)
     else:
-        own_step = tableau.step
-
-        def take(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-            if f0 is None:
-                f0 = problem(t, y, side)
-            return f0, own_step(stage, t, y, f0, h, memory, config)
-
+        take = _OwnStepper(problem, tableau, config)
     if not (checkpoint and torch.is_grad_enabled()):
         return take
-    from torch.utils.checkpoint import checkpoint as run_checkpointed
-
-    def take_checkpointed(side: int, t: float, y: torch.Tensor, f0, h: float, stage, memory=None):
-        return run_checkpointed(take, side, t, y, f0, h, stage, memory, use_reentrant=False)
-
-    return take_checkpointed
+    return _CheckpointedStepper(take)
 
 
 def no_event_found(exc: SolverError, max_num_steps: float) -> SolverError:
@@ -301,7 +327,7 @@ def integrate(
             chunked = integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
             if chunked is not None:
                 return chunked
-        take = compiled_stepper(problem, tableau, backend, stats)
+        take = _FunctionStepper(compiled_stepper(problem, tableau, backend, stats))
     else:
         take = stepper(problem, tableau, opts.checkpoint, method_config, opts, error)
     fsal = tableau.fsal
@@ -444,6 +470,18 @@ def integrate(
         if stage_c is not None and stage_func is problem:
             problem.step_times(t, h, stage_c)
         f0, step = take(s.f0_side, t, y, s.f0, h, stage_func, s.memory)
+        if step.shrink is not None:
+            # --- A step the method could not complete (Newton failed): rejected whatever its error, retried
+            # from the same point at h * shrink. (To become controller.refuse.)
+            if not bool(torch.isfinite(f0).all()):
+                raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
+            take.settle(False)
+            stats.n_rejected += 1
+            if on_reject is not None:
+                problem.call_back(on_reject, t, y, h)
+            s = s._replace(f0=f0, dt=h * step.shrink, after_reject=True)
+            continue
+            # ---
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio
@@ -467,6 +505,7 @@ def integrate(
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        take.settle(accept)
         if not accept:
             stats.n_rejected += 1
             if on_reject is not None:
