@@ -29,6 +29,10 @@ With autograd recording (backpropagation through the solve), the blocks are comp
 ``create_graph=True``, so the gradient of the solution includes the dependence of ``J`` on the state and
 the parameters (Rosenbrock methods use the exact ``J``; leaving it out would not be the derivative of the
 discrete solution).
+
+:class:`ImplicitStepper` is the frame the implicit families' steppers (Rosenbrock, ESDIRK, Radau, the fixed-grid
+implicit methods, ``auto``) share around these Jacobians: the loop's calling convention, the stage function, and
+the delegation of a step onto a jump of ``func`` to a fresh stepper of the same family.
 """
 
 from __future__ import annotations

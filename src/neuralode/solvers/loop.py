@@ -13,7 +13,11 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
 * The loop carries one record, :class:`_State` (time, state, the stage reused by FSAL, the step
   to try, the controller's memory, the next stop, the event functions' values), replaced as a
   whole after every attempt rather than mutated piecemeal.
-* A step (:func:`~neuralode.solvers.stepper.rk_step`) returns values and never decides.
+* A step (a :class:`~neuralode.solvers.stepper.Stepper`: :func:`~neuralode.solvers.stepper.rk_step`
+  for an explicit tableau) returns values and never decides; after every attempt the loop tells the
+  stepper its verdict (``settle``), which is how a method with state across steps (Radau's polynomial,
+  the ``auto`` method's switch) learns it. A step the method could not complete (``StepResult.shrink``:
+  Newton failed) is rejected and retried from the same point at ``shrink`` times its size.
 * A controller decides: ``propose(h, ratio, prev_ratio, after_reject, prev_h) -> (accept, next h)``.
   Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
   methods the :class:`~neuralode.solvers.controller.ConstantController`, which proposes an

@@ -118,7 +118,7 @@ from .errors import SolverError
 from .jacobian import ImplicitStepper, counted_flat_func, linearise
 from .stepper import StepResult
 
-__all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU13", "RADAU_METHODS", "RadauState", "RadauStepper", "make_stepper", "radau_dense"]
+__all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU13", "RADAU_METHODS", "make_stepper", "radau_dense"]
 
 JAC_REUSE_THETA = 1e-3  # RADAU5's THET: keep J after a step whose Newton rate was below this
 _TOL = 1e-13

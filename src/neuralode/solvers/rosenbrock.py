@@ -290,7 +290,6 @@ def resolve_batch_dims(opts, problem) -> int:
     return k
 
 
-
 @dataclass
 class RosenbrockState:
     """What a Rosenbrock stepper keeps between attempts (one record, replaced field by field).
