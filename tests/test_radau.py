@@ -458,10 +458,10 @@ def test_singular_iteration_matrix_reports_t_dt_and_gamma_h(method):
 
 def test_slow_newton_rejects_with_radau5s_step_reduction():
     """A step far too long for the simplified Newton iteration (J from y0 on a strongly nonlinear decay) fails
-    as "too slow" after two iterations, with the prediction above RADAU5's cap of 20: the rejected step's error
-    ratio makes the controller propose RADAU5's ``0.8 * 20^(-1/8)`` of the step (not the controller's
-    ``dfactor`` of an infinite estimate), and the solve then proceeds from smaller steps."""
-    from neuralode.solvers.controller import StepSizeController
+    as "too slow" after two iterations, with the prediction above RADAU5's cap of 20: the step is refused with
+    ``shrink`` RADAU5's ``0.8 * 20^(-1/8)`` (no error estimate, not the controller's ``dfactor``), the loop
+    rejects it and retries from the same point at that fraction of the step, and the solve proceeds from
+    smaller steps."""
     from neuralode.solvers.implicit_options import ImplicitOptions
     from neuralode.solvers.norms import _ErrorNorm
     from neuralode.solvers.problem import _Problem
@@ -474,18 +474,36 @@ def test_slow_newton_rejects_with_radau5s_step_reduction():
     y0, h = torch.tensor([1.0, 2.0], dtype=F64), 10.0
     problem = _Problem(f, (y0,), False, SolverStats())
     error = _ErrorNorm(problem, 1e-6, 1e-9, None)
-    _, step = make_stepper(problem, RADAU5, False, ImplicitOptions(), problem, error)(0.0, 0.0, y0, None, h)
-    assert step.y1 is y0 and problem.stats.n_linear_solves == 2  # two Newton iterations, no error estimate
-    controller = StepSizeController("pi_gustafsson", 0.9, 10.0, 0.2, 4)
-    accept, h_next, _ = controller.adapt(controller.init(), h, error.ratio(step.y_err, y0, y0))
-    assert not accept and abs(h_next / h - 0.8 * 20.0 ** (-1.0 / 8.0)) < 1e-12
+    _, step = make_stepper(problem, RADAU5, False, ImplicitOptions(), problem, error)(0, 0.0, y0, None, h)
+    assert step.y1 is y0 and step.y_err is None and problem.stats.n_linear_solves == 2  # two iterations, no estimate
+    assert step.shrink == 0.8 * 20.0 ** (-1.0 / 8.0)
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tried, self.rejected = [], []
+
+        def forward(self, t, y):
+            return f(t, y)
+
+        def callback_step(self, t, y, dt):
+            self.tried.append((float(t), float(dt)))
+
+        def callback_reject_step(self, t, y, dt):
+            self.rejected.append((float(t), float(dt)))
+
+    rec = Recorder()
     sol = solve(
-        f, y0, torch.tensor([0.0, 10.0], dtype=F64), rtol=1e-6, atol=1e-9, method="radau5", options={"first_step": h}
+        rec, y0, torch.tensor([0.0, 10.0], dtype=F64), rtol=1e-6, atol=1e-9, method="radau5", options={"first_step": h}
     )
     ref = solve_ivp(lambda t, y: -(y**3) * np.exp(y), (0, 10), [1.0, 2.0], method="Radau", rtol=1e-12, atol=1e-14).y[
         :, -1
     ]
-    assert sol.stats.n_rejected >= 1 and np.abs(sol.ys[-1].numpy() - ref).max() < 1e-6
+    assert np.abs(sol.ys[-1].numpy() - ref).max() < 1e-6
+    # The first attempt is refused and retried from t = 0 at 0.8 * 20^(-1/8) of it, exactly.
+    assert rec.rejected[0] == (0.0, h) and rec.tried[1] == (0.0, h * step.shrink)
+    assert sol.stats.n_rejected == len(rec.rejected) >= 1
+    assert sol.stats.n_accepted + sol.stats.n_rejected == len(rec.tried)
 
 
 @pytest.mark.parametrize("method", RADAU_NAMES)

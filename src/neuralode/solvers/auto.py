@@ -35,8 +35,7 @@ import torch
 
 from .implicit import RODAS5P, RosenbrockTableau
 from .interpolation import continuous_extension
-from .rosenbrock import make_stepper as make_rosenbrock_stepper
-from .rosenbrock import rosenbrock_dense
+from .rosenbrock import ImplicitStepper, RosenbrockStepper, rosenbrock_dense
 from .stepper import rk_step
 from .stiffness import STIFF_STEPS, StiffnessDetector, stability_boundary
 from .tableau import TSIT5, ButcherTableau
@@ -113,53 +112,95 @@ def auto_dense(y0: torch.Tensor, y1: torch.Tensor, k, method: AutoSwitching, h: 
     return continuous_extension(y0, k, h, method.explicit.dense, theta)
 
 
-def make_auto_stepper(func, method: AutoSwitching, checkpoint: bool, opts, problem):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` choosing tsit5 or rodas5p for each step.
+@dataclass
+class AutoState:
+    """What the ``auto`` stepper keeps between attempts.
 
-    The choice is made from the step before: the loop continues from ``y1`` exactly when it accepted that
-    step, so an attempt starting from the previous attempt's ``y1`` (the same tensor) sees that step accepted.
+    Attributes:
+        stiff: whether rodas5p takes the steps (else tsit5).
+        calm: accepted rodas5p steps in a row that tsit5 could have taken (``|h| max_b ||J_b||_inf`` below the
+            boundary); ``STIFF_STEPS`` of them switch back to tsit5.
+        window: the sizes of the accepted tsit5 steps since the last spectral-radius probe.
+        accepted: the last step the loop accepted, ``(t, h, step, stiff)``, until the next attempt reads it;
+            ``None`` when the last attempt was rejected. The next attempt counts it towards a switch when it
+            starts from that step's ``y1``; when it starts elsewhere (an event reset the state, or a step onto a
+            jump of ``func`` was taken by another stepper) the step is not counted, as that solve continues
+            from a state the step's stages do not describe.
+        attempt: the attempt just returned, ``(t, h, step, stiff)``, until ``settle`` is told the verdict.
     """
-    explicit = method.explicit
-    stiff_take = make_rosenbrock_stepper(func, method.stiff, checkpoint, opts, problem)
-    at_one = [i for i, c in enumerate(explicit.c) if c == 1.0]
-    detector = StiffnessDetector(explicit, at_one[-2], at_one[-1], fraction=SWITCH_FRACTION)
-    limit = 0.98 * stability_boundary(explicit)
-    mode = {"stiff": False, "calm": 0, "last": None, "window": []}
-    probe_limit = PROBE_FRACTION * stability_boundary(explicit)
 
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
-        last = mode["last"]
-        if last is not None and last[2] is y:  # the previous attempt was accepted
-            t_prev, h_prev, _, step_prev, was_stiff = last
-            if not was_stiff:
-                if f0 is None and t_f0 == t and explicit.fsal:
-                    f0 = step_prev.k[-1]  # tsit5's last stage is f(t, y): no new evaluation
-                window = mode["window"]
-                window.append(abs(h_prev))
-                if detector.accepted(t_prev, h_prev, step_prev.k, 0):
-                    mode.update(stiff=True, calm=0, window=[])
-                    detector.stiff = detector.non_stiff = 0
-                elif len(window) >= PROBE_EVERY:
-                    mode["window"] = []
-                    if explicit.fsal and max(window) < STALL_RATIO * min(window):
-                        rho = spectral_radius_probe(func, t_prev + h_prev, step_prev.y1, step_prev.k[-1])
-                        if abs(h_prev) * rho > probe_limit:
-                            mode.update(stiff=True, calm=0)
-                            detector.stiff = detector.non_stiff = 0
-            else:
-                lin = stiff_take.memo.get("lin")
-                with torch.no_grad():
-                    norm = float(lin.J.abs().sum(dim=-1).max()) if lin is not None else float("inf")
-                mode["calm"] = mode["calm"] + 1 if abs(h_prev) * norm < limit else 0
-                if mode["calm"] >= STIFF_STEPS:
-                    mode.update(stiff=False, calm=0, window=[])
-        if mode["stiff"]:
-            f0, step = stiff_take(t_f0, t, y, f0, h)
+    stiff: bool = False
+    calm: int = 0
+    window: list = field(default_factory=list)
+    accepted: tuple | None = None
+    attempt: tuple | None = None
+
+
+class AutoStepper(ImplicitStepper):
+    """tsit5 or rodas5p for each step, chosen from the steps accepted before (module docstring); the switching
+    state is :class:`AutoState` (``state``), the rodas5p stepper's Jacobian ``stiff_stepper.state``."""
+
+    def __init__(self, func, method: AutoSwitching, checkpoint: bool, opts, problem, error=None):
+        super().__init__(func, method, checkpoint, opts, problem, error)
+        explicit = self.explicit = method.explicit
+        self.stiff_stepper = RosenbrockStepper(func, method.stiff, checkpoint, opts, problem)
+        at_one = [i for i, c in enumerate(explicit.c) if c == 1.0]
+        self.detector = StiffnessDetector(explicit, at_one[-2], at_one[-1], fraction=SWITCH_FRACTION)
+        self.limit = 0.98 * stability_boundary(explicit)
+        self.probe_limit = PROBE_FRACTION * stability_boundary(explicit)
+        self.state = AutoState()
+
+    def _count(self, t: float, y: torch.Tensor, f0):
+        """Count the accepted step in ``state.accepted`` towards a switch, when this attempt continues from it;
+        returns ``f0``, tsit5's last stage where that is ``f(t, y)`` and the loop passed none."""
+        st, explicit, detector = self.state, self.explicit, self.detector
+        t_prev, h_prev, step_prev, was_stiff = st.accepted
+        st.accepted = None
+        if step_prev.y1 is not y:  # the solve continues from elsewhere (an event's reset, another stepper)
+            return f0
+        if not was_stiff:
+            if f0 is None and explicit.fsal:
+                f0 = step_prev.k[-1]  # tsit5's last stage is f(t, y): no new evaluation
+            window = st.window
+            window.append(abs(h_prev))
+            if detector.accepted(t_prev, h_prev, step_prev.k, 0):
+                st.stiff, st.calm, st.window = True, 0, []
+                detector.stiff = detector.non_stiff = 0
+            elif len(window) >= PROBE_EVERY:
+                st.window = []
+                if explicit.fsal and max(window) < STALL_RATIO * min(window):
+                    rho = spectral_radius_probe(self.func, t_prev + h_prev, step_prev.y1, step_prev.k[-1])
+                    if abs(h_prev) * rho > self.probe_limit:
+                        st.stiff, st.calm = True, 0
+                        detector.stiff = detector.non_stiff = 0
+        else:
+            lin = self.stiff_stepper.state.lin
+            with torch.no_grad():
+                norm = float(lin.J.abs().sum(dim=-1).max()) if lin is not None else float("inf")
+            st.calm = st.calm + 1 if abs(h_prev) * norm < self.limit else 0
+            if st.calm >= STIFF_STEPS:
+                st.stiff, st.calm, st.window = False, 0, []
+        return f0
+
+    def step(self, t: float, y: torch.Tensor, f0, h: float):
+        st = self.state
+        if st.accepted is not None:
+            f0 = self._count(t, y, f0)
+        if st.stiff:
+            f0, step = self.stiff_stepper.step(t, y, f0, h)
         else:
             if f0 is None:
-                f0 = func(t_f0, y)
-            step = rk_step(func, t, y, f0, h, explicit)
-        mode["last"] = (t, h, step.y1, step, mode["stiff"])
+                f0 = self.func(t, y)
+            step = rk_step(self.func, t, y, f0, h, self.explicit)
+        st.attempt = (t, h, step, st.stiff)
         return f0, step
 
-    return take
+    def _settle(self, accepted: bool) -> None:
+        st = self.state
+        st.accepted = st.attempt if accepted else None
+        st.attempt = None
+
+
+def make_auto_stepper(func, method: AutoSwitching, checkpoint: bool, opts, problem, error=None):
+    """The :class:`AutoStepper` of one solve."""
+    return AutoStepper(func, method, checkpoint, opts, problem, error)

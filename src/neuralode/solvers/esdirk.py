@@ -19,8 +19,8 @@ for stiff problems this is more robust than ``f(Z_i)``).
 
 The Jacobian (and its factorisation, while ``h`` is unchanged) is kept across stages and steps while the
 iteration converges; when it does not, ``J`` is formed afresh at the step's start and the step retried;
-if it still fails the step is rejected (an infinite error estimate makes the controller shrink ``h``), and
-at the minimum step size the solve stops with a :class:`SolverError`.
+if it still fails the step is refused (``StepResult.shrink``: the loop rejects it and retries with ``h`` times
+the controller's ``dfactor``), and at the minimum step size the solve stops with a :class:`SolverError`.
 
 ``kvaerno5``: A. Kværnø, "Singly diagonally implicit Runge-Kutta methods with an explicit first stage",
 BIT Numerical Mathematics 44, 489-502 (2004): 7 stages, order 5 with an embedded order-4 solution,
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SolverError
-from .jacobian import counted_flat_func, linearise
+from .jacobian import ImplicitStepper, counted_flat_func, linearise
 from .stepper import StepResult, combine
 
 _TOL = 1e-12
@@ -155,43 +155,73 @@ def _nz(coeffs: Sequence[float]):
     return tuple((j, float(x)) for j, x in enumerate(coeffs) if x != 0.0)
 
 
-def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, error):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop (see the module docstring).
+@dataclass
+class ESDIRKState:
+    """What an ESDIRK stepper keeps between attempts.
 
-    The Jacobian and the factorisation are the stepper's cache, reused while Newton converges; the step's
-    values do not depend on when they were formed beyond the iteration's tolerance.
+    Attributes:
+        J: the Jacobian ``df/dy`` of the chord iteration, ``(B, n, n)``; ``None`` before the first step.
+        t, y: the point where ``J`` was formed (``y`` the very tensor): a step from there that fails to
+            converge has nothing fresher to try and is refused; one from elsewhere first re-forms ``J``.
+        lu: the LU factors of ``I / (h gamma) - J`` for the step ``lu_h`` (``None``: not factored since ``J``
+            changed), reused while neither ``J`` nor ``h`` changes.
+        lu_h: the step size ``lu`` was factored for.
     """
-    from .rosenbrock import factor, resolve_batch_dims
 
-    stats = problem.stats
-    batch_dims = resolve_batch_dims(opts, problem)
-    jac = opts.jacobian if callable(opts.jacobian) else None
-    min_step = getattr(opts, "min_step", 0.0)
-    rows = [_nz(r) for r in tab.a]
-    b, b_err = _nz(tab.b), _nz(tab.b_err)
-    cache: dict = {}
+    J: torch.Tensor | None = None
+    t: float | None = None
+    y: torch.Tensor | None = None
+    lu: tuple | None = None
+    lu_h: float | None = None
 
-    f_tensor = counted_flat_func(problem)
 
-    def fresh_jacobian(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
-        lin = linearise(problem, jac, f_tensor, t, y, f0, batch_dims, h, check_coupling="J" not in cache)
-        cache.update(J=lin.J, y=y, t=t, lu=None, h_lu=None)
+class ESDIRKStepper(ImplicitStepper):
+    """The ESDIRK step (module docstring), with the Jacobian and its factorisation in :class:`ESDIRKState`
+    (``state``). They are reused while Newton converges, whatever the loop decided about the steps that used
+    them (the step's values do not depend on when they were formed beyond the iteration's tolerance), so
+    ``settle`` has nothing to do. A step whose iteration fails is refused: ``StepResult.shrink`` is the
+    controller's ``dfactor``, the reduction its rejections are limited to."""
 
-    def factors(t: float, h: float):
-        if cache.get("h_lu") != h:
-            cache["lu"] = factor(cache["J"], h, tab.gamma, t, stats, stats.n_steps)
-            cache["h_lu"] = h
-        return cache["lu"]
+    def __init__(self, func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, error=None):
+        from .rosenbrock import resolve_batch_dims
 
-    def scaled(dz: torch.Tensor, y: torch.Tensor) -> float:
+        super().__init__(func, tab, checkpoint, opts, problem, error)
+        self.stats = problem.stats
+        self.batch_dims = resolve_batch_dims(opts, problem)
+        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.min_step = getattr(opts, "min_step", 0.0)
+        self.dfactor = getattr(opts, "dfactor", 0.2)
+        self.rows = [_nz(r) for r in tab.a]
+        self.b, self.b_err = _nz(tab.b), _nz(tab.b_err)
+        self.f_tensor = counted_flat_func(problem)
+        self.state = ESDIRKState()
+
+    def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
+        st = self.state
+        lin = linearise(
+            self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling=st.J is None
+        )
+        st.J, st.t, st.y, st.lu, st.lu_h = lin.J, t, y, None, None
+
+    def factors(self, t: float, h: float):
+        from .rosenbrock import factor
+
+        st = self.state
+        if st.lu_h != h:
+            st.lu = factor(st.J, h, self.tab.gamma, t, self.stats, self.stats.n_steps)
+            st.lu_h = h
+        return st.lu
+
+    def scaled(self, dz: torch.Tensor, y: torch.Tensor) -> float:
         # Every component, not the solve's norm: a seminorm would leave components unconverged (scaled_all).
-        return error.scaled_all(dz, y) if error is not None else float(dz.abs().max())
+        return self.error.scaled_all(dz, y) if self.error is not None else float(dz.abs().max())
 
-    def solve_stage(t: float, ti: float, y0: torch.Tensor, base: torch.Tensor, guess_k: torch.Tensor, h: float):
+    def solve_stage(self, t: float, ti: float, y0: torch.Tensor, base: torch.Tensor, guess_k: torch.Tensor, h: float):
         """Z with Z = base + h gamma f(ti, Z), or None when the chord iteration does not converge."""
-        LU, piv = factors(t, h)
-        B, n = cache["J"].shape[0], cache["J"].shape[-1]
-        hg = h * tab.gamma
+        func, stats, scaled = self.func, self.stats, self.scaled
+        LU, piv = self.factors(t, h)
+        B, n = self.state.J.shape[0], self.state.J.shape[-1]
+        hg = h * self.tab.gamma
         z = torch.add(base, guess_k, alpha=hg)
         # No iteration resolves Z below its own rounding: a displacement within a few ulps of Z (in the
         # same norm, ~ROUNDING_ULPS eps / rtol; Hairer & Wanner's lower bound 10 eps / rtol on RADAU5's
@@ -218,43 +248,47 @@ def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, erro
             prev = d
         return None
 
-    def attempt(t: float, y: torch.Tensor, f0: torch.Tensor, h: float):
+    def attempt(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float):
+        tab, rows = self.tab, self.rows
         k = [f0]
         hg = h * tab.gamma
         for i in range(1, tab.stages):
             base = combine(y, h, rows[i], k)
-            z = solve_stage(t, t + tab.c[i] * h, y, base, k[-1], h)
+            z = self.solve_stage(t, t + tab.c[i] * h, y, base, k[-1], h)
             if z is None:
                 return None
             k.append((z - base) / hg)
-        y1 = z if tab.fsal else combine(y, h, b, k)
-        (j0, e0), *rest = b_err
+        y1 = z if tab.fsal else combine(y, h, self.b, k)
+        (j0, e0), *rest = self.b_err
         y_err = k[j0] * (h * e0)
         for j, e in rest:
             y_err = torch.add(y_err, k[j], alpha=h * e)
         return StepResult(y1, y_err, tuple(k))
 
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+    def step(self, t: float, y: torch.Tensor, f0, h: float):
         if f0 is None:
-            f0 = func(t_f0, y)
-        if "J" not in cache:
-            fresh_jacobian(t, y, f0, h)
-        step = attempt(t, y, f0, h)
-        if step is None and not (cache["y"] is y and cache["t"] == t):
-            fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: refresh it and retry
-            step = attempt(t, y, f0, h)
+            f0 = self.func(t, y)
+        st = self.state
+        if st.J is None:
+            self.fresh_jacobian(t, y, f0, h)
+        step = self.attempt(t, y, f0, h)
+        if step is None and not (st.y is y and st.t == t):
+            self.fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: refresh it and retry
+            step = self.attempt(t, y, f0, h)
         if step is not None:
             return f0, step
-        if abs(h) <= max(min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
+        if abs(h) <= max(self.min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
             raise SolverError(
                 "Newton iteration failed to converge at the minimum step size",
                 t,
                 h,
-                stats.n_steps,
+                self.stats.n_steps,
                 "func may be discontinuous or non-finite here, or options['jacobian'] wrong; loosen rtol/atol, "
                 "lower options['min_step'], or try method='rodas5p' (no iteration).",
             )
-        inf = torch.full_like(y, math.inf)
-        return f0, StepResult(y, inf, (f0,) * tab.stages)
+        return f0, StepResult(y, None, (f0,) * self.tab.stages, shrink=self.dfactor)
 
-    return take
+
+def make_stepper(func, tab: ESDIRKTableau, checkpoint: bool, opts, problem, error):
+    """The :class:`ESDIRKStepper` of one solve."""
+    return ESDIRKStepper(func, tab, checkpoint, opts, problem, error)

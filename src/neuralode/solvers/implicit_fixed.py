@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from .errors import SolverError
-from .jacobian import autograd_linearisation, checked_jacobian
+from .jacobian import ImplicitStepper, autograd_linearisation, checked_jacobian
 from .options import FixedOptions
 
 NEWTON_MAX_ITER = 20
@@ -161,8 +161,23 @@ _METHODS = (
 IMPLICIT_FIXED_METHODS: dict[str, ImplicitRK] = {m.name: m for m in _METHODS}
 
 
-def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop's fixed-step mode.
+@dataclass
+class ImplicitFixedState:
+    """What a fixed-grid implicit stepper keeps between steps.
+
+    Attributes:
+        coupling_checked: whether the first autograd Jacobian of the solve checked that the samples of the
+            batch are independent (made once per solve). Nothing else outlives a step: every step forms its
+            Jacobians at its own start and stages, so the loop's verdicts (a fixed grid accepts every step)
+            change nothing.
+    """
+
+    coupling_checked: bool = False
+
+
+class ImplicitFixedStepper(ImplicitStepper):
+    """The fixed-step implicit Runge-Kutta step of one solve (module docstring), its state in
+    :class:`ImplicitFixedState` (``state``).
 
     ``func(s, z)`` is the loop's stage function: ``problem`` itself, or with ``options['perturb']`` its
     variant that evaluates the stages at the step's end just before it (``func.where(s)`` tells where).
@@ -171,6 +186,21 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
     from (just after ``t`` with ``perturb``), so a ``func`` with a discontinuity on a grid point sees the
     inside of the step throughout it, as with the explicit methods.
     """
+
+    def __init__(self, func, tab: ImplicitRK, checkpoint: bool, opts, problem, error=None):
+        super().__init__(func, tab, checkpoint, opts, problem, error)
+        self.state = ImplicitFixedState()
+        self.step = _step_function(func, tab, opts, problem, self.state)
+
+
+def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem, error=None):
+    """The :class:`ImplicitFixedStepper` of one solve."""
+    return ImplicitFixedStepper(func, tab, checkpoint, opts, problem, error)
+
+
+def _step_function(func, tab: ImplicitRK, opts, problem, state: ImplicitFixedState):
+    """``step(t, y, f0, h) -> (f0, StepResult)`` for :class:`ImplicitFixedStepper`, with the solve's constants
+    bound once."""
     from .rosenbrock import resolve_batch_dims
     from .stepper import StepResult
 
@@ -179,7 +209,6 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
     jac = opts.jacobian if callable(opts.jacobian) else None
     user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
     s = tab.stages
-    checked = {"done": False}
     # The side of the step's start that f0 is taken from: with options['perturb'] the loop evaluates it just
     # after t (loop.integrate), so the evaluations at c = 0 here do the same.
     start_side = 1 if getattr(opts, "perturb", False) else 0
@@ -210,12 +239,12 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
             problem.time(ts, side),
             y,
             batch_dims,
-            check_coupling=not checked["done"],
+            check_coupling=not state.coupling_checked,
             create_graph=create_graph,
             time_dependent=False,
             forward=problem.forward_mode,
         ).J
-        checked["done"] = True
+        state.coupling_checked = True
         return J
 
     def stages(t: float, y: torch.Tensor, f0: torch.Tensor, h: float, K):
@@ -245,9 +274,9 @@ def make_stepper(func, tab: ImplicitRK, checkpoint: bool, opts, problem):
             )
         return LU, piv
 
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+    def take(t: float, y: torch.Tensor, f0, h: float):
         if f0 is None:
-            f0 = at(t_f0, 0.0, h)(y)
+            f0 = at(t, 0.0, h)(y)
         J0 = jacobian(t, 0.0, y, f0, h)
         B, n = J0.shape[0], J0.shape[-1]
         tol = torch.finfo(y.dtype).eps ** 0.75

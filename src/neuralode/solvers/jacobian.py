@@ -29,6 +29,10 @@ With autograd recording (backpropagation through the solve), the blocks are comp
 ``create_graph=True``, so the gradient of the solution includes the dependence of ``J`` on the state and
 the parameters (Rosenbrock methods use the exact ``J``; leaving it out would not be the derivative of the
 discrete solution).
+
+:class:`ImplicitStepper` is the frame the implicit families' steppers (Rosenbrock, ESDIRK, Radau, the fixed-grid
+implicit methods, ``auto``) share around these Jacobians: the loop's calling convention, the stage function, and
+the delegation of a step onto a jump of ``func`` to a fresh stepper of the same family.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from typing import NamedTuple
 
 import torch
 from torch.overrides import has_torch_function
+
+from .stepper import Stepper
 
 try:  # the autograd engine's entry point behind torch.autograd.grad (torch >= 2.3)
     from torch.autograd.graph import _engine_run_backward
@@ -442,3 +448,49 @@ def linearise(
         create_graph=create_graph,
         forward=problem.forward_mode,
     )
+
+
+class ImplicitStepper(Stepper):
+    """The frame the implicit families' steppers share: the loop's calling convention and the stage function.
+
+    A subclass is built with ``(func, tab, checkpoint, opts, problem, error)``: ``func`` evaluates the stages (the
+    loop's problem), ``problem`` (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the
+    statistics and the state's structure for the Jacobian, ``error`` the solve's error norm (``None`` on a fixed
+    grid). It implements ``step(t, y, f0, h) -> (f0, StepResult)`` and, when it keeps state that depends on the
+    loop's decision, ``_settle(accepted)``.
+
+    A step whose stages the loop evaluates with another function (a step onto a jump of ``func``, whose stages
+    see the side they come from) is taken by a new stepper of the same class built for that function, as a first
+    step: nothing of this stepper's record is used or changed by it, and the loop's verdict on it is not this
+    stepper's to settle (``delegated``).
+    """
+
+    def __init__(self, func, tab, checkpoint: bool, opts, problem, error=None):
+        self.func, self.tab, self.checkpoint, self.opts, self.problem, self.error = (
+            func,
+            tab,
+            checkpoint,
+            opts,
+            problem,
+            error,
+        )
+        self.delegated = False  # the last attempt was taken by a stepper built for another stage function
+
+    def __call__(self, side, t, y, f0, h, stage=None, memory=None):
+        if f0 is None and side:  # just after a jump: the steps below take f0 at (t, y) only
+            f0 = self.problem(t, y, side)
+        if stage is None or stage is self.func:
+            self.delegated = False
+            return self.step(t, y, f0, h)
+        self.delegated = True
+        return type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error).step(t, y, f0, h)
+
+    def step(self, t: float, y: torch.Tensor, f0, h: float):
+        raise NotImplementedError
+
+    def settle(self, accepted: bool) -> None:
+        if not self.delegated:
+            self._settle(accepted)
+
+    def _settle(self, accepted: bool) -> None:
+        """What the family keeps of the loop's verdict on its own last attempt; nothing by default."""

@@ -17,7 +17,10 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
 * The loop never asks what kind of method it runs. The
   :class:`~neuralode.solvers.methods.base.Method` gives a :class:`~neuralode.solvers.stepper.Stepper`
   for the solve (``method.stepper``), its interpolant kind and its capabilities (adaptive or not); a
-  step returns values and never decides, and the stepper is told of every decision (``settle``).
+  step returns values and never decides. After every attempt the loop tells the stepper its verdict
+  (``settle``), which is how a method with state across steps (Radau's polynomial, the ``auto``
+  method's switch) learns it. A step the method could not complete (``StepResult.shrink``: Newton
+  failed) is refused: rejected and retried from the same point at ``shrink`` times its size.
 * A controller decides: ``adapt(memory, h, ratio) -> (accept, next h, memory)``; its memory (a
   :class:`~neuralode.solvers.controller.ControllerState`) rides in the record unread by the loop.
   Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
@@ -353,6 +356,18 @@ def integrate(
         if stage_c is not None and stage_func is problem:
             problem.step_times(t, h, stage_c)
         f0, step = take(s.f0_side, t, y, s.f0, h, stage_func, s.memory)
+        if step.shrink is not None:
+            # A step the method could not complete (Newton failed): refused whatever its error, retried
+            # from the same point at h * shrink.
+            if not bool(torch.isfinite(f0).all()):
+                raise SolverError("Non-finite derivative func(t, y)", t, h, stats.n_steps, "Check func for NaN or inf.")
+            take.settle(False)
+            stats.n_rejected += 1
+            if on_reject is not None:
+                problem.call_back(on_reject, t, y, h)
+            dt_next, control = controller.refuse(s.control, h, step.shrink)
+            s = s._replace(f0=f0, dt=dt_next, control=control)
+            continue
         if error is not None:
             ratio = error.ratio(step.y_err, y, step.y1, step.y_err_aux)
             last_ratio = ratio

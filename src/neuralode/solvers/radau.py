@@ -37,13 +37,18 @@ the iteration stops when ``eta_k ||dZ_k|| <= kappa tol`` with
 step's, ``max(eta_old, eps)^0.8``. It fails when ``theta >= 0.99`` (divergence: the step is retried with
 ``h / 2``) or when the predicted error after the iterations left, ``eta ||dZ|| theta^(k_max - k) / (kappa
 tol)``, is ``>= 1`` (too slow: ``h`` shrinks by RADAU5's ``0.8 q^(-1 / (4 + k_max - k))``, ``q`` that
-prediction). The loop learns of a failure as a rejected step whose error ratio makes its controller propose
-exactly that reduction (rejections are I control, ``safety ratio^(-1/k)``; the norm is homogeneous), within its
-``dfactor`` limit. A failure with a Jacobian formed at an earlier point first re-forms ``J`` at ``(t0, y0)`` and
+prediction). The step is then refused: it returns that reduction as ``StepResult.shrink`` (no error estimate),
+within the controller's ``dfactor`` limit, and the loop rejects it and retries from the same point with ``h``
+times it. A failure with a Jacobian formed at an earlier point first re-forms ``J`` at ``(t0, y0)`` and
 retries the same ``h``; at the minimum step it is a :class:`SolverError`.
 
-Starting values (IV.8): the previous step's collocation polynomial extrapolated to the new nodes,
+Starting values (IV.8): the last accepted step's collocation polynomial extrapolated to the new nodes,
 ``Z_i^0 = q_old(t0 + c_i h) - y0``; zero on the first step or after an event reset the state.
+
+The stepper's state across steps is one record, :class:`RadauState`: the Jacobian and where it was formed, the
+factorisations and their ``h``, Newton's rate, the accepted polynomial and whether ``J`` must be re-formed. The
+loop tells the stepper after every attempt whether it accepted it (:meth:`RadauStepper.settle`); only then does
+the polynomial of the step become the starting values of the next.
 
 Jacobian reuse: ``J`` is kept from step to step while the last accepted step's Newton iteration converged in
 at most two iterations or with ``theta <= 1e-3`` (RADAU5's test ``theta <= THET = 1e-3``, with scipy's
@@ -110,7 +115,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SolverError
-from .jacobian import counted_flat_func, linearise
+from .jacobian import ImplicitStepper, counted_flat_func, linearise
 from .stepper import StepResult
 
 __all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU13", "RADAU_METHODS", "make_stepper", "radau_dense"]
@@ -364,93 +369,133 @@ def _factor(J: torch.Tensor, mus: list, h: float, t: float, stats, labels: list[
     return LU, piv
 
 
-def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop (see the module docstring).
+@dataclass
+class RadauState:
+    """What a Radau IIA stepper keeps between attempts (module docstring).
 
-    ``StepResult.k`` holds the stage increments ``(Z_1, ..., Z_s)`` that the dense output reads. The stepper
-    keeps the Jacobian, the factorisations, the last accepted step's polynomial and Newton's rate between
-    calls; the loop's contract is unchanged (it learns of acceptance by being called again from ``y1``).
-    ``checkpoint`` is not used: the cached Jacobian and starting values would make a recomputed step differ
-    from the recorded one.
+    Attributes:
+        J: the Jacobian ``df/dy`` of the simplified Newton iteration, ``(B, n, n)``; ``None`` before the first.
+        jt, jy: the point where ``J`` was formed (``jy`` the very tensor): ``J`` is current for a step from there.
+        lu: the real and the stacked complex LU factors of ``(gamma / h) I - J`` and ``(mu_k / h) I - J``.
+        lu_h: the step ``lu`` was factored for; ``None`` when ``J`` has changed since.
+        eta: Newton's last converged ``theta / (1 - theta)``, the first iteration's rate estimate (1 after a
+            failure and before the first step).
+        poly: ``(h, Z)`` of the last accepted step, whose collocation polynomial gives the starting values;
+            ``None`` on a new start. Set by ``settle(True)`` only: a rejected attempt leaves it in place.
+        slow: whether the next step re-forms ``J`` (the last accepted step's iteration was slow, or a new start).
+        attempt: the attempt just returned, ``(t, y, h, y1, Z, slow)`` (``y1``, ``Z`` ``None`` when Newton
+            failed), until ``settle`` is told the verdict.
+        expect: where the next attempt continues the record: ``("retry", t, y)`` after a rejection (the loop
+            retries from the same point), ``("end", y1)`` after an acceptance. An attempt from anywhere else (an
+            event's reset, a stretch stepped by another stepper, a stop reached without a step after a
+            rejection) is a new start: no polynomial, a fresh ``J``. ``None`` before the first attempt.
     """
-    from .rosenbrock import resolve_batch_dims
 
-    stats = problem.stats
-    batch_dims = resolve_batch_dims(opts, problem)
-    jac = opts.jacobian if callable(opts.jacobian) else None
-    min_step = getattr(opts, "min_step", 0.0)
-    safety = getattr(opts, "safety", 0.9)
-    k_ctrl = min(tab.order, tab.error_order) + 1
-    c, T, Ti, e, s = tab.c, tab.T, tab.T_inv, tab.e, tab.stages
-    gamma, mus = tab.gamma, [complex(al, be) for al, be in tab.pairs]
-    n_iter_max = tab.newton_max_iter
-    eps = torch.finfo(problem.dtype).eps if problem.dtype.is_floating_point else 2.220446049250313e-16
-    rtol = error.rtol if error is not None else 1e-6
-    rtol = float(rtol.max()) if isinstance(rtol, torch.Tensor) else float(rtol)
-    # kappa tol: RADAU's FNEWT, rtol^((s - 1) / (s + 1)) (RADAU5's rtol^(1/2) at s = 3), on untransformed rtol.
-    fnewt = max(10.0 * eps / max(rtol, 1e-300), min(0.03, rtol ** ((s - 1.0) / (s + 1.0))))
-    st: dict = {"J": None, "eta": 1.0, "poly": None, "last": None, "slow": True}
+    J: torch.Tensor | None = None
+    jt: float | None = None
+    jy: torch.Tensor | None = None
+    lu: tuple | None = None
+    lu_h: float | None = None
+    eta: float = 1.0
+    poly: tuple | None = None
+    slow: bool = True
+    attempt: tuple | None = None
+    expect: tuple | None = None
 
-    f_tensor = counted_flat_func(problem)
-    P = len(mus)
-    labels = ["(alpha + i beta)"] if P == 1 else [f"(alpha_{k} + i beta_{k})" for k in range(1, P + 1)]
 
-    def const(rows) -> torch.Tensor:
-        return torch.tensor(rows, dtype=problem.dtype, device=problem.device)
+class RadauStepper(ImplicitStepper):
+    """The Radau IIA step for one solve (module docstring), its state in :class:`RadauState` (``state``).
 
-    T_t, Ti_t, e_t = const(T), const(Ti), const(e)
+    ``StepResult.k`` holds the stage increments ``(Z_1, ..., Z_s)`` that the dense output reads; a step whose
+    Newton iteration fails is refused with ``StepResult.shrink``. ``checkpoint`` is not used: the kept Jacobian
+    and starting values would make a recomputed step differ from the recorded one.
+    """
 
+    def __init__(self, func, tab: RadauTableau, checkpoint: bool, opts, problem, error):
+        from .rosenbrock import resolve_batch_dims
+
+        super().__init__(func, tab, checkpoint, opts, problem, error)
+        self.stats = problem.stats
+        self.batch_dims = resolve_batch_dims(opts, problem)
+        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.min_step = getattr(opts, "min_step", 0.0)
+        self.dfactor = getattr(opts, "dfactor", 0.2)
+        c, s = tab.c, tab.stages
+        self.mus = [complex(al, be) for al, be in tab.pairs]
+        eps = torch.finfo(problem.dtype).eps if problem.dtype.is_floating_point else 2.220446049250313e-16
+        self.eps = eps
+        rtol = error.rtol if error is not None else 1e-6
+        rtol = float(rtol.max()) if isinstance(rtol, torch.Tensor) else float(rtol)
+        # kappa tol: RADAU's FNEWT, rtol^((s - 1) / (s + 1)) (RADAU5's rtol^(1/2) at s = 3), on untransformed rtol.
+        self.fnewt = max(10.0 * eps / max(rtol, 1e-300), min(0.03, rtol ** ((s - 1.0) / (s + 1.0))))
+        self.f_tensor = counted_flat_func(problem)
+        P = len(self.mus)
+        self.labels = ["(alpha + i beta)"] if P == 1 else [f"(alpha_{k} + i beta_{k})" for k in range(1, P + 1)]
+        self.T_t, self.Ti_t, self.e_t = self.const(tab.T), self.const(tab.T_inv), self.const(tab.e)
+        dense_error = getattr(opts, "dense_error", None)
+        self.dense_error = tab.dense_error_default if dense_error is None else dense_error
+        # Weights of y0 - p(t0), p the degree-(s-1) polynomial through the stage values: -sum_i L_i(0) Z_i.
+        self.l0 = self.const([[-math.prod(-c[j] / (c[i] - c[j]) for j in range(s) if j != i) for i in range(s)]])
+        self.p_cont = (s + 1.0) / s
+        self.state = RadauState()
+
+    def const(self, rows) -> torch.Tensor:
+        return torch.tensor(rows, dtype=self.problem.dtype, device=self.problem.device)
+
+    @staticmethod
     def mix(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """``(M (x) I) X`` for stacked stages ``X`` of shape ``(s, *state)``: one matrix product."""
         return (M @ X.reshape(X.shape[0], -1)).view(M.shape[0], *X.shape[1:])
 
-    dense_error = getattr(opts, "dense_error", None)
-    dense_error = tab.dense_error_default if dense_error is None else dense_error
-    # Weights of y0 - p(t0), p the degree-(s-1) polynomial through the stage values: -sum_i L_i(0) Z_i.
-    l0 = const([[-math.prod(-c[j] / (c[i] - c[j]) for j in range(s) if j != i) for i in range(s)]])
-    p_cont = (s + 1.0) / s
-
-    def continuous_error(err: torch.Tensor, Z, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
+    def continuous_error(self, err: torch.Tensor, Z, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
         """The embedded estimate, scaled so that its ratio is ``max(r_emb, r_cont^((s+1)/s))`` (module
         docstring); the norm is homogeneous, so scaling the vector scales the loop's ratio."""
-        e_cont = mix(l0, Z)[0]
+        error = self.error
+        e_cont = self.mix(self.l0, Z)[0]
         r_emb, r_cont = error.ratio(err, y, y1), error.ratio(e_cont, y, y1)
-        r = r_cont**p_cont
+        r = r_cont**self.p_cont
         if not (math.isfinite(r_emb) and math.isfinite(r)) or r <= r_emb:
             return err
         return err * (r / r_emb) if r_emb > 0.0 else e_cont * (r / r_cont)
 
-    def fresh_jacobian(t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
-        lin = linearise(problem, jac, f_tensor, t, y, f0, batch_dims, h, check_coupling=st["J"] is None)
-        st.update(J=lin.J, jy=y, jt=t, lu_h=None)
+    def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
+        st = self.state
+        lin = linearise(
+            self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling=st.J is None
+        )
+        st.J, st.jy, st.jt, st.lu_h = lin.J, y, t, None
 
-    def factors(t: float, h: float):
-        if st.get("lu_h") != h:
-            st["lu"] = (
-                _factor(st["J"], [gamma], h, t, stats, ["gamma"], tab.name),
-                _factor(st["J"], mus, h, t, stats, labels, tab.name),
+    def factors(self, t: float, h: float):
+        st, tab = self.state, self.tab
+        if st.lu_h != h:
+            st.lu = (
+                _factor(st.J, [tab.gamma], h, t, self.stats, ["gamma"], tab.name),
+                _factor(st.J, self.mus, h, t, self.stats, self.labels, tab.name),
             )
-            st["lu_h"] = h
-            stats.n_factorizations += 1
-        return st["lu"]
+            st.lu_h = h
+            self.stats.n_factorizations += 1
+        return st.lu
 
-    def norm_stages(dZ: torch.Tensor, y: torch.Tensor) -> float:
+    def norm_stages(self, dZ: torch.Tensor, y: torch.Tensor) -> float:
         """RMS over the stages of the scaled RMS norm of every component (not a user norm or the adjoint's
         seminorm, which may leave components out: :meth:`~neuralode.solvers.norms._ErrorNorm.scaled_stages`)."""
-        if error is None:
+        if self.error is None:
             return float(dZ.abs().max())
-        return error.scaled_stages(dZ, y)
+        return self.error.scaled_stages(dZ, y)
 
-    def newton(t: float, y: torch.Tensor, h: float, Z0: torch.Tensor):
+    def newton(self, t: float, y: torch.Tensor, h: float, Z0: torch.Tensor):
         """``(Z, ok, shrink, theta, iterations)``: the stage increments stacked ``(s, *state)``, or ``ok = False``
-        with the factor by which RADAU5 would shrink ``h``."""
-        (LUr, pr), (LUc, pc) = factors(t, h)
-        B, n = st["J"].shape[0], st["J"].shape[-1]
+        with the factor by which RADAU5 would shrink ``h`` (``None``: the iterates are not finite)."""
+        st, tab, func, mix, eps, fnewt = self.state, self.tab, self.func, self.mix, self.eps, self.fnewt
+        c, s, gamma, mus, n_iter_max = tab.c, tab.stages, tab.gamma, self.mus, tab.newton_max_iter
+        T_t, Ti_t, P = self.T_t, self.Ti_t, len(mus)
+        (LUr, pr), (LUc, pc) = self.factors(t, h)
+        B, n = st.J.shape[0], st.J.shape[-1]
         shape = y.shape
         mu_h = torch.tensor([mu / h for mu in mus], dtype=LUc.dtype, device=y.device).view(P, *([1] * y.dim()))
         Z = Z0
         W = mix(Ti_t, Z)
-        eta = max(st["eta"], eps) ** 0.8
+        eta = max(st.eta, eps) ** 0.8
         d_old, thq_old, theta = None, None, eta
         for k in range(1, n_iter_max + 1):
             F = torch.stack([func(t + c[i] * h, y + Z[i]) for i in range(s)])
@@ -460,10 +505,10 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
             r_cplx = torch.complex(G[1::2], G[2::2]) - torch.complex(W[1::2], W[2::2]) * mu_h  # (P, *state)
             dWc = torch.linalg.lu_solve(LUc, pc, r_cplx.reshape(P * B, n, 1)).reshape(P, *shape)
             dW = torch.cat([dW0, torch.stack([dWc.real, dWc.imag], 1).reshape(2 * P, *shape)])
-            stats.n_linear_solves += 1
+            self.stats.n_linear_solves += 1
             dZ = mix(T_t, dW)
-            d = norm_stages(dZ, y)
-            if not math.isfinite(d):  # non-finite stages: an infinite estimate, so the loop can say why
+            d = self.norm_stages(dZ, y)
+            if not math.isfinite(d):  # non-finite stages
                 return None, False, None, theta, k
             if d_old is not None:
                 thq = d / d_old
@@ -480,57 +525,45 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
             W = W + dW
             Z = Z + dZ
             if eta * d <= fnewt or d == 0.0:
-                st["eta"] = eta
+                st.eta = eta
                 return Z, True, 1.0, theta, k
         return None, False, 0.5, theta, n_iter_max
 
-    def starting_values(y: torch.Tensor, h: float) -> torch.Tensor:
-        poly = st["poly"]
+    def starting_values(self, y: torch.Tensor, h: float) -> torch.Tensor:
+        tab, s = self.tab, self.tab.stages
+        poly = self.state.poly
         if poly is None:
             return torch.zeros((s, *y.shape), dtype=y.dtype, device=y.device)
         h_old, Z_old = poly
         # Z_i^0 = q_old(t0 + c_i h) - y0 = sum_j l_j(1 + c_i h / h_old) Z_old_j - Z_old_s.
-        E = [_lagrange(tab, 1.0 + c[i] * h / h_old) for i in range(s)]
+        E = [_lagrange(tab, 1.0 + tab.c[i] * h / h_old) for i in range(s)]
         for row in E:
             row[-1] -= 1.0
-        return mix(const(E), Z_old)
+        return self.mix(self.const(E), Z_old)
 
-    def reject(y: torch.Tensor, y1: torch.Tensor, shrink: float):
-        """A rejected step whose error ratio makes the controller propose ``shrink h`` (its rejections use
-        ``safety * ratio^(-1/k)``; the norm is homogeneous); an infinite estimate where that cannot be formed or
-        ``shrink`` is None (non-finite stages: the loop then checks ``f0`` and reports a non-finite derivative)."""
-        if error is not None and shrink is not None and 0.0 < shrink < 1.0:
-            unit = torch.ones_like(y)
-            r = error.ratio(unit, y, y1)
-            if math.isfinite(r) and r > 0.0:
-                return unit * ((safety / shrink) ** k_ctrl / r)
-        return torch.full_like(y, math.inf)
-
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
+    def step(self, t: float, y: torch.Tensor, f0, h: float):
+        st, tab, error, stats, func = self.state, self.tab, self.error, self.stats, self.func
+        s, gamma = tab.stages, tab.gamma
         if f0 is None:
-            f0 = func(t_f0, y)
-        last = st["last"]
-        retry = last is not None and last[0] == t and last[1] is y
-        if last is not None and not retry:
-            accepted = last[3] is y
-            st["poly"] = (last[2], last[4]) if accepted else None
-            if not accepted:
-                st["slow"] = True  # a new start (event reset, new solve segment): fresh Jacobian
-            else:
-                st["slow"] = last[5]
-        current = st["J"] is not None and st["jy"] is y and st["jt"] == t
-        if st["J"] is None or (not current and (retry or st["slow"])):
-            fresh_jacobian(t, y, f0, h)
+            f0 = func(t, y)
+        expect = st.expect
+        retry = expect is not None and expect[0] == "retry" and expect[1] == t and expect[2] is y
+        if expect is not None and not retry and not (expect[0] == "end" and expect[1] is y):
+            st.poly, st.slow = None, True  # a new start (event reset, new solve segment): fresh Jacobian
+        st.expect = None
+        current = st.J is not None and st.jy is y and st.jt == t
+        if st.J is None or (not current and (retry or st.slow)):
+            self.fresh_jacobian(t, y, f0, h)
             current = True
-        extra = retry or st["poly"] is None  # first step (of a stretch) or after a rejection: (8.20)
-        Z0 = starting_values(y, h)
-        Z, ok, shrink, theta, iters = newton(t, y, h, Z0)
+        extra = retry or st.poly is None  # first step (of a stretch) or after a rejection: (8.20)
+        Z0 = self.starting_values(y, h)
+        Z, ok, shrink, theta, iters = self.newton(t, y, h, Z0)
         if not ok and not current:
-            fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: re-form it and retry the same h
-            Z, ok, shrink, theta, iters = newton(t, y, h, Z0)
+            self.fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: re-form it and retry the same h
+            Z, ok, shrink, theta, iters = self.newton(t, y, h, Z0)
         if not ok:
-            st["last"] = (t, y, h, None, None, True)
-            if abs(h) <= max(min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
+            st.attempt = (t, y, h, None, None, True)
+            if abs(h) <= max(self.min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
                 raise SolverError(
                     f"Newton iteration of {tab.name} failed to converge at the minimum step size",
                     t,
@@ -539,12 +572,15 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
                     "func may be discontinuous or non-finite here, or options['jacobian'] wrong; loosen rtol/atol, "
                     "lower options['min_step'], or try method='rodas5p' (no iteration).",
                 )
-            st["eta"] = 1.0
-            return f0, StepResult(y, reject(y, y, shrink), (f0,) * s)
+            st.eta = 1.0
+            # Refused: RADAU5's reduction, within the controller's dfactor limit (its own rejections' limit);
+            # non-finite iterates take that limit, as a non-finite error estimate does.
+            factor = self.dfactor if shrink is None else max(self.dfactor, shrink)
+            return f0, StepResult(y, None, (f0,) * s, shrink=factor)
         y1 = y + Z[-1]
-        (LUr, pr), _ = factors(t, h)
-        B, n = st["J"].shape[0], st["J"].shape[-1]
-        ZE = mix(e_t.view(1, s), Z)[0]  # sum_i e_i Z_i; the estimate's right-hand side is f0 + (gamma / h) ZE
+        (LUr, pr), _ = self.factors(t, h)
+        B, n = st.J.shape[0], st.J.shape[-1]
+        ZE = self.mix(self.e_t.view(1, s), Z)[0]  # sum_i e_i Z_i; the estimate's right-hand side: f0 + (gamma / h) ZE
         err = torch.linalg.lu_solve(LUr, pr, torch.add(f0, ZE, alpha=gamma / h).reshape(B, n, 1)).reshape(y.shape)
         stats.n_linear_solves += 1
         if extra and error is not None and error.ratio(err, y, y1) > 1.0:
@@ -553,10 +589,26 @@ def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error
                 y.shape
             )
             stats.n_linear_solves += 1
-        if dense_error and error is not None:
-            err = continuous_error(err, Z, y, y1)
+        if self.dense_error and error is not None:
+            err = self.continuous_error(err, Z, y, y1)
         slow = iters > 2 and theta > JAC_REUSE_THETA
-        st["last"] = (t, y, h, y1, Z, slow)
+        st.attempt = (t, y, h, y1, Z, slow)
         return f0, StepResult(y1, err, tuple(Z.unbind(0)))
 
-    return take
+    def _settle(self, accepted: bool) -> None:
+        """The loop's verdict on the attempt just returned: an accepted step's polynomial becomes the next
+        starting values and its iteration's speed decides whether ``J`` is kept; a rejected one changes neither
+        (the retry starts from the same point with the same starting polynomial)."""
+        st = self.state
+        t, y, h, y1, Z, slow = st.attempt
+        st.attempt = None
+        if accepted and y1 is not None:
+            st.poly, st.slow = (h, Z), slow
+            st.expect = ("end", y1)
+        else:
+            st.expect = ("retry", t, y)
+
+
+def make_stepper(func, tab: RadauTableau, checkpoint: bool, opts, problem, error):
+    """The :class:`RadauStepper` of one solve."""
+    return RadauStepper(func, tab, checkpoint, opts, problem, error)

@@ -39,13 +39,21 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import torch
 
 from .errors import SolverError
 from .implicit import RosenbrockTableau
-from .jacobian import Linearisation, autograd_linearisation, callable_linearisation, counted_flat_func, identity
+from .jacobian import (
+    ImplicitStepper,
+    Linearisation,
+    autograd_linearisation,
+    callable_linearisation,
+    counted_flat_func,
+    identity,
+)
 from .stepper import StepResult, combine
 
 Func = Callable[[float, torch.Tensor], torch.Tensor]
@@ -282,37 +290,69 @@ def resolve_batch_dims(opts, problem) -> int:
     return k
 
 
-def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
-    """``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for the loop, like its explicit stepper.
+@dataclass
+class RosenbrockState:
+    """What a Rosenbrock stepper keeps between attempts (one record, replaced field by field).
 
-    ``func`` evaluates the stages (the loop's problem, or its just-before-a-jump variant); ``problem``
-    (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
-    structure for the Jacobian.
+    Attributes:
+        lin: the last linearisation formed (``J = df/dy``, ``df/dt`` when ``f`` depends on ``t``, and the ``f``
+            evaluated with it), ``None`` before the first. The ``auto`` method reads its ``J`` to decide whether
+            tsit5 could take rodas5p's step.
+        t, y: the point where ``lin`` was formed (``y`` the very tensor). A step from that point reuses it: the
+            loop retries from the same ``(t, y)`` after a rejection with another ``h``, so ``W`` is refactored
+            but ``J`` is not formed again, as every Rosenbrock code does; a step from anywhere else forms it anew.
+        checked: whether the coupling check of the first autograd Jacobian was made (it is made once per solve).
+        time_dependent: whether ``f`` depends on ``t`` (``lin.f_t`` present), known after the first autograd
+            Jacobian (``None`` before): later ones skip the forward-mode pass for ``df/dt`` when it does not.
     """
-    stats = problem.stats
-    batch_dims = resolve_batch_dims(opts, problem)
-    jac = opts.jacobian if callable(opts.jacobian) else None
 
-    f_tensor = counted_flat_func(problem)
-    memo: dict = {}
+    lin: Linearisation | None = None
+    t: float | None = None
+    y: torch.Tensor | None = None
+    checked: bool = False
+    time_dependent: bool | None = None
 
-    def linearise(t: float, y: torch.Tensor, f0: torch.Tensor, h: float, flags=None) -> Linearisation:
-        # The Jacobian at (t, y) is reused while the loop retries from the same point (rejections).
-        if not checkpoint and memo.get("y") is y and memo.get("t") == t:
-            return memo["lin"]
-        stats.n_jac_evals += 1
+
+class RosenbrockStepper(ImplicitStepper):
+    """The Rosenbrock step (module docstring) with the Jacobian kept in :class:`RosenbrockState` (``state``).
+
+    The step does not depend on the loop's verdict: ``J`` is reused by the point it was taken at, whatever
+    happened to the step that used it, so ``settle`` has nothing to do. With ``checkpoint`` (and autograd
+    recording) each step runs under ``torch.utils.checkpoint``; the recomputation in backward takes the
+    forward's branches (the coupling check of the first Jacobian, ``df/dt`` by forward mode or not), which the
+    record has moved on from by then, so they are passed in.
+    """
+
+    def __init__(self, func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
+        super().__init__(func, tab, checkpoint, opts, problem, error)
+        self.stats = problem.stats
+        self.batch_dims = resolve_batch_dims(opts, problem)
+        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.f_tensor = counted_flat_func(problem)
+        self.state = RosenbrockState()
+        if checkpoint and torch.is_grad_enabled():
+            self.step = self._step_checkpointed
+
+    def _current(self, t: float, y: torch.Tensor) -> bool:
+        st = self.state
+        return st.y is y and st.t == t
+
+    def linearise(self, t: float, y: torch.Tensor, f0, h: float, flags=None) -> Linearisation:
+        """The linearisation at ``(t, y)``: the record's when it was taken there, else a new one."""
+        st, problem = self.state, self.problem
+        if not self.checkpoint and self._current(t, y):
+            return st.lin
+        self.stats.n_jac_evals += 1
         tt = problem.time(t)
-        checked, time_dependent = (
-            flags if flags is not None else (memo.get("checked", False), memo.get("time_dependent"))
-        )
-        if jac is not None:
+        checked, time_dependent = flags if flags is not None else (st.checked, st.time_dependent)
+        if self.jac is not None:
             lin = callable_linearisation(
-                jac,
-                f_tensor,
+                self.jac,
+                self.f_tensor,
                 tt,
                 y,
                 f0,
-                batch_dims,
+                self.batch_dims,
                 h,
                 problem.unflatten,
                 tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),),
@@ -320,51 +360,53 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
         else:
             create_graph = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
             lin = autograd_linearisation(
-                f_tensor,
+                self.f_tensor,
                 tt,
                 y,
-                batch_dims,
+                self.batch_dims,
                 check_coupling=not checked,
                 create_graph=create_graph,
                 time_dependent=time_dependent,
                 forward=problem.forward_mode,
             )
-            memo["checked"] = True
-            memo["time_dependent"] = lin.f_t is not None
-        memo.update(y=y, t=t, lin=lin)
+            st.checked = True
+            st.time_dependent = lin.f_t is not None
+        st.lin, st.t, st.y = lin, t, y
         return lin
 
-    def take(t_f0: float, t: float, y: torch.Tensor, f0, h: float, flags=None):
+    def step(self, t: float, y: torch.Tensor, f0, h: float, flags=None):
+        func, problem, stats, tab = self.func, self.problem, self.stats, self.tab
         if f0 is None:
             # A new Jacobian evaluates func(t, y) anyway; without autograd recording that evaluation is the
             # step's f0 too (the same operations on the same values), one evaluation of func fewer per step.
             # Only where f_tensor is the loop's func (a plain func, the main stage function: no tuple
             # flattening, no jump side, no `perturb` argument), with autograd off (so the Jacobian needs no
-            # graph whatever f0 would have required) and the Jacobian not the one kept in memo.
+            # graph whatever f0 would have required) and the Jacobian not the one kept in the record.
             fuse = (
-                jac is None
+                self.jac is None
                 and func is problem
                 and problem.plain
-                and t_f0 == t
                 and not torch.is_grad_enabled()
-                and not (memo.get("y") is y and memo.get("t") == t)
+                and not self._current(t, y)
             )
-            lin = linearise(t, y, None, h) if fuse else None
-            f0 = lin.f if lin is not None and lin.f is not None else func(t_f0, y)
-        lin = linearise(t, y, f0, h, flags)
+            lin = self.linearise(t, y, None, h) if fuse else None
+            f0 = lin.f if lin is not None and lin.f is not None else func(t, y)
+        lin = self.linearise(t, y, f0, h, flags)
         lu = factor(lin.J, h, tab.gamma, t, stats, stats.n_steps)
         return f0, rosenbrock_step(func, t, y, f0, h, tab, lin, lu, stats)
 
-    take.memo = memo  # the last Jacobian, read by the auto method's switch back to tsit5
-    if not (checkpoint and torch.is_grad_enabled()):
-        return take
-    from torch.utils.checkpoint import checkpoint as run_checkpointed
+    def _step_checkpointed(self, t: float, y: torch.Tensor, f0, h: float):
+        from torch.utils.checkpoint import checkpoint as run_checkpointed
 
-    def take_checkpointed(t_f0: float, t: float, y: torch.Tensor, f0, h: float):
-        # The recomputation in backward must take the forward's branches (the coupling check of the first
-        # Jacobian, df/dt by forward mode or not), which the memo has moved on from by then: pass them in.
-        flags = (memo.get("checked", False), memo.get("time_dependent"))
-        return run_checkpointed(take, t_f0, t, y, f0, h, flags, use_reentrant=False)
+        flags = (self.state.checked, self.state.time_dependent)
+        return run_checkpointed(RosenbrockStepper.step, self, t, y, f0, h, flags, use_reentrant=False)
 
-    take_checkpointed.memo = memo
-    return take_checkpointed
+
+def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
+    """The :class:`~neuralode.solvers.stepper.Stepper` of an implicit method for one solve.
+
+    ``func`` evaluates the stages (the loop's problem, or its just-before-a-jump variant); ``problem``
+    (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
+    structure for the Jacobian.
+    """
+    return RosenbrockStepper(func, tab, checkpoint, opts, problem, error)

@@ -47,8 +47,9 @@ class StepResult(NamedTuple):
 
     The loop decides with it and keeps from it what the next attempt needs (the FSAL stage, the Adams
     history in ``memory``); what else lives across steps is held outside it: the controller's memory and the
-    counters in the loop's state and statistics, and the implicit steppers' Jacobian and factorisation in
-    their own caches.
+    counters in the loop's state and statistics, and a method's own state (the implicit steppers' Jacobian,
+    factorisations, collocation polynomial) in the named record of its :class:`Stepper`, which
+    :meth:`Stepper.settle` updates once the loop has decided.
 
     Attributes:
         y1: the propagated solution at ``t0 + dt``, shape of ``y0``.
@@ -59,6 +60,10 @@ class StepResult(NamedTuple):
             default, so that ``StepResult(y1, y_err, k)`` keeps working.
         memory: what a multistep method hands to its next step (the Adams methods' derivative history,
             newest first); ``None`` for one-step methods.
+        shrink: ``None`` for a step the method completed. A factor in ``(0, 1)`` when it could not complete
+            it (an implicit method's Newton iteration did not converge): the step is then no step at all
+            (``y1`` is ``y0``, ``y_err`` is ``None``, ``k`` holds ``f0`` only as placeholders), and the loop
+            rejects it whatever its error and retries from the same point with the step times ``shrink``.
     """
 
     y1: torch.Tensor
@@ -66,6 +71,7 @@ class StepResult(NamedTuple):
     k: tuple[torch.Tensor, ...]
     y_err_aux: torch.Tensor | None = None
     memory: tuple[torch.Tensor, ...] | None = None
+    shrink: float | None = None
 
 
 class _Plan(NamedTuple):

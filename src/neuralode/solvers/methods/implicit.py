@@ -2,8 +2,9 @@
 
 Each wraps its coefficient record and calls its own family's step factory (``make_stepper`` of
 :mod:`~neuralode.solvers.rosenbrock`, :mod:`~neuralode.solvers.esdirk`, :mod:`~neuralode.solvers.radau`,
-:mod:`~neuralode.solvers.implicit_fixed`, :func:`~neuralode.solvers.auto.make_auto_stepper`). A factory returns
-``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for one stage function; :class:`FactoryStepper` adapts it to the
+:mod:`~neuralode.solvers.implicit_fixed`, :func:`~neuralode.solvers.auto.make_auto_stepper`). A factory returns a
+family :class:`~neuralode.solvers.stepper.Stepper` called as ``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for
+one stage function; :class:`FactoryStepper` adapts it to the
 loop's :class:`~neuralode.solvers.stepper.Stepper` call.
 """
 
@@ -35,16 +36,15 @@ class FactoryStepper(Stepper):
     solve's own function ``problem`` serves every ordinary step and keeps the family's reusable state
     (Jacobian, factorisations) across them; a step onto a jump of ``func`` (its stages evaluated on the side
     they come from) gets a ``take`` of its own for that step. Checkpointing is the family's own affair
-    (the factory is given ``checkpoint``). A factory that returns a :class:`Stepper` of its own is told of
-    every decision through :meth:`settle`.
+    (the factory is given ``checkpoint``). The family's stepper keeps its state in a named record and is
+    told of every decision through :meth:`settle`.
     """
 
-    __slots__ = ("problem", "make", "take", "inner_settle")
+    __slots__ = ("problem", "make", "take")
 
     def __init__(self, problem, make):
         self.problem, self.make = problem, make
         self.take = make(problem)
-        self.inner_settle = self.take.settle if isinstance(self.take, Stepper) else None
 
     def __call__(self, side, t, y, f0, h, stage, memory=None):
         if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
@@ -55,8 +55,7 @@ class FactoryStepper(Stepper):
         return self.make(stage)(t, t, y, f0, h)
 
     def settle(self, accepted: bool) -> None:
-        if self.inner_settle is not None:
-            self.inner_settle(accepted)
+        self.take.settle(accepted)
 
 
 class Rosenbrock(Method):
