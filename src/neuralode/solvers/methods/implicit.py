@@ -1,11 +1,10 @@
 """The stiff families: Rosenbrock, ESDIRK, Radau IIA, the fixed-grid implicit Runge-Kutta methods and ``auto``.
 
-Each wraps its coefficient record and calls its own family's step factory (``make_stepper`` of
+Each wraps its coefficient record; its stepper is its own family's (``make_stepper`` of
 :mod:`~neuralode.solvers.rosenbrock`, :mod:`~neuralode.solvers.esdirk`, :mod:`~neuralode.solvers.radau`,
-:mod:`~neuralode.solvers.implicit_fixed`, :func:`~neuralode.solvers.auto.make_auto_stepper`). A factory returns a
-family :class:`~neuralode.solvers.stepper.Stepper` called as ``take(t_f0, t, y, f0, h) -> (f0, StepResult)`` for
-one stage function; :class:`FactoryStepper` adapts it to the
-loop's :class:`~neuralode.solvers.stepper.Stepper` call.
+:mod:`~neuralode.solvers.implicit_fixed`, :func:`~neuralode.solvers.auto.make_auto_stepper`): a
+:class:`~neuralode.solvers.jacobian.ImplicitStepper` with the loop's calling convention, its Jacobian,
+factorisations and polynomial in a named record, told of every decision by ``settle``.
 """
 
 from __future__ import annotations
@@ -29,35 +28,6 @@ from .explicit import fixed_grid_kind
 STIFF = Capabilities(adaptive=True, own_dense=True, implicit=True, half=False)
 
 
-class FactoryStepper(Stepper):
-    """A family factory's ``take(t_f0, t, y, f0, h)`` as a :class:`Stepper`.
-
-    ``make(stage)`` builds the family's ``take`` for the stage function ``stage``. The one built for the
-    solve's own function ``problem`` serves every ordinary step and keeps the family's reusable state
-    (Jacobian, factorisations) across them; a step onto a jump of ``func`` (its stages evaluated on the side
-    they come from) gets a ``take`` of its own for that step. Checkpointing is the family's own affair
-    (the factory is given ``checkpoint``). The family's stepper keeps its state in a named record and is
-    told of every decision through :meth:`settle`.
-    """
-
-    __slots__ = ("problem", "make", "take")
-
-    def __init__(self, problem, make):
-        self.problem, self.make = problem, make
-        self.take = make(problem)
-
-    def __call__(self, side, t, y, f0, h, stage, memory=None):
-        if f0 is None and side:  # just after a jump: the implicit steppers take f0 at (t, y) only
-            f0 = self.problem(t, y, side)
-        if stage is self.problem:
-            return self.take(t, t, y, f0, h)
-        # A step onto a jump of func: its stages see the side they come from.
-        return self.make(stage)(t, t, y, f0, h)
-
-    def settle(self, accepted: bool) -> None:
-        self.take.settle(accepted)
-
-
 class Rosenbrock(Method):
     """Linearly implicit Runge-Kutta (Rosenbrock) methods: one LU factorisation per step, no Newton iteration
     (:class:`~neuralode.solvers.implicit.RosenbrockTableau`)."""
@@ -69,9 +39,7 @@ class Rosenbrock(Method):
         super().__init__(tableau)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        return FactoryStepper(
-            problem, lambda stage: make_rosenbrock_stepper(stage, self.tableau, checkpoint, opts, problem, error)
-        )
+        return make_rosenbrock_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
     def interpolant_kind(self, opts) -> str:
         return "rosenbrock"
@@ -88,9 +56,7 @@ class ESDIRK(Method):
         super().__init__(tableau)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        return FactoryStepper(
-            problem, lambda stage: make_esdirk_stepper(stage, self.tableau, checkpoint, opts, problem, error)
-        )
+        return make_esdirk_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
     def interpolant_kind(self, opts) -> str:
         return "hermite"
@@ -107,9 +73,7 @@ class Radau(Method):
         super().__init__(tableau)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        return FactoryStepper(
-            problem, lambda stage: make_radau_stepper(stage, self.tableau, checkpoint, opts, problem, error)
-        )
+        return make_radau_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
     def interpolant_kind(self, opts) -> str:
         return "radau"
@@ -130,7 +94,7 @@ class ImplicitFixed(Method):
         return self.order  # no error estimate
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        return FactoryStepper(problem, lambda stage: make_fixed_stepper(stage, self.tableau, checkpoint, opts, problem))
+        return make_fixed_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
     def interpolant_kind(self, opts) -> str:
         return fixed_grid_kind(opts)
@@ -148,7 +112,7 @@ class Auto(Method):
         super().__init__(tableau)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        return FactoryStepper(problem, lambda stage: make_auto_stepper(stage, self.tableau, checkpoint, opts, problem))
+        return make_auto_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
     def interpolant_kind(self, opts) -> str:
         return "auto"
