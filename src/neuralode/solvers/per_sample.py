@@ -8,9 +8,9 @@ quantities as tensors of shape ``(B,)``, a second loop beside the joint one (``d
 "Clocks"; the one-loop re-layout described there is to leave the two clocks sharing every piece of
 the loop but this arithmetic):
 
-* the tableau and its nonzero-coefficient plan (:func:`~neuralode.solvers.stepper._plan`); a stage
-  is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` of shape ``(B, 1)`` broadcast over
-  each sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
+* the step is the joint loop's :func:`~neuralode.solvers.stepper.rk_step` given a ``(B,)`` tensor of
+  steps: a stage is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` broadcast over each
+  sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
 * the error ratio of sample ``i`` is the RMS over that sample's own elements of
   ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors,
   as in :class:`~neuralode.solvers.problem._ErrorNorm`);
@@ -54,7 +54,7 @@ from .loop import check_accumulation, coincident_resets_error
 from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
-from .stepper import _plan, combined_error_ratio
+from .stepper import StepResult, _lin, combined_error_ratio, rk_step, step_plan
 from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
@@ -410,49 +410,6 @@ def initial_step(fb, t0, y0, f0, direction: float, order: int, norm: RMSNorm, ro
     return torch.minimum(100.0 * h0, h1)
 
 
-class PerSampleStep(NamedTuple):
-    y1: torch.Tensor
-    y_err: torch.Tensor | None
-    k: tuple[torch.Tensor, ...]
-    y_err_aux: torch.Tensor | None = None
-
-
-def _lin(coeffs, k) -> torch.Tensor:
-    """``sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs."""
-    (j0, c0), rest = coeffs[0], coeffs[1:]
-    out = k[j0] * c0
-    for j, cj in rest:
-        out = torch.add(out, k[j], alpha=cj)
-    return out
-
-
-def rk_step(
-    fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor, tableau: ButcherTableau
-) -> PerSampleStep:
-    """One explicit RK step with a step per sample (:func:`~neuralode.solvers.stepper.rk_step`'s twin).
-
-    ``k_i = f(t0 + c_i h, y0 + h ⊙ sum_{j<i} a_ij k_j)``, ``y1 = y0 + h ⊙ sum_i b_i k_i``,
-    ``err = h ⊙ sum_i b_err_i k_i``, with ``t0, h: (B,)`` float64 and ``y0, f0, k_i: (B, N)``;
-    ``h`` is broadcast over each sample's elements. A sample with ``h = 0`` keeps ``y1 = y0``.
-    """
-    plan = _plan(tableau)
-    c = tableau.c
-    hc = h[:, None] if y0.dtype == h.dtype else h.to(y0.dtype)[:, None]
-    k = [f0]
-    y1 = None
-    last = len(plan.rows) - 1
-    for i, row in enumerate(plan.rows, start=1):
-        yi = torch.addcmul(y0, hc, _lin(row, k))
-        if plan.fsal and i - 1 == last:
-            y1 = yi
-        k.append(fb(torch.add(t0, h, alpha=c[i]), yi))
-    if y1 is None:
-        y1 = torch.addcmul(y0, hc, _lin(plan.b, k))
-    y_err = hc * _lin(plan.b_err, k) if plan.b_err else None
-    y_err_aux = hc * _lin(plan.b_err_aux, k) if plan.b_err_aux else None
-    return PerSampleStep(y1, y_err, tuple(k), y_err_aux)
-
-
 _POLY: dict[tuple[int, str, torch.device], tuple[ButcherTableau, torch.Tensor]] = {}
 
 
@@ -485,7 +442,7 @@ class Interpolant:
     times of a step, of every sample, are evaluated in one pass over the gathered rows.
     """
 
-    def __init__(self, kind, tableau, fb, t, y0, f0, h, step: PerSampleStep, f1):
+    def __init__(self, kind, tableau, fb, t, y0, f0, h, step: StepResult, f1):
         self.kind, self.tableau, self.fb = kind, tableau, fb
         self.t, self.y0, self.f0, self.h, self.step, self.f1 = t, y0, f0, h, step, f1
 
@@ -643,6 +600,7 @@ def integrate(
     t_end = times[:, 1] if on_land is not None else times[:, -1]
     y = y0
     fresh_f0 = quad is not None or not tableau.fsal
+    plan = step_plan(tableau)
     if f0 is None and (quad is None or dt0 is None):
         f0 = fb(t, y)
     with torch.no_grad():
@@ -769,7 +727,7 @@ def integrate(
         if quad is not None or (fresh_f0 and not first_attempt):
             f0 = fb(t, y)  # with quad: after begin(), so the attempt's calls are its stages
         first_attempt = False
-        step = rk_step(fb, t, y, f0, h, tableau)
+        step = rk_step(fb, t, y, f0, h, tableau, plan)
         ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
         ratio = torch.where(active, ratio, 0.0)
         accept, dt_next = controller.propose(h, ratio, prev_ratio, after_reject)
