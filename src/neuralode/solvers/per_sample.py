@@ -50,11 +50,12 @@ from typing import NamedTuple, Protocol
 import torch
 
 from .errors import SolverError
+from .interpolation import continuous_extension_rows, dense_stages, hermite_rows
 from .loop import check_accumulation, coincident_resets_error
 from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
-from .stepper import StepResult, _lin, combined_error_ratio, rk_step, step_plan
+from .stepper import StepResult, combined_error_ratio, rk_step, step_plan
 from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
@@ -410,36 +411,17 @@ def initial_step(fb, t0, y0, f0, direction: float, order: int, norm: RMSNorm, ro
     return torch.minimum(100.0 * h0, h1)
 
 
-_POLY: dict[tuple[int, str, torch.device], tuple[ButcherTableau, torch.Tensor]] = {}
-
-
-def _poly(tableau: ButcherTableau, which: str, device) -> torch.Tensor:
-    """``tableau.dense`` (or ``dense_extra``) as a float64 ``(s, m)`` tensor, cached by identity."""
-    key = (id(tableau), which, device)
-    hit = _POLY.get(key)
-    if hit is None or hit[0] is not tableau:
-        if which == "dense_t":  # the transpose of ``dense``, contiguous
-            value = torch.tensor(tableau.dense, dtype=torch.float64, device=device).T.contiguous()
-        else:
-            value = torch.tensor(getattr(tableau, which), dtype=torch.float64, device=device)
-        hit = (tableau, value)
-        _POLY[key] = hit
-    return hit[1]
-
-
-def _poly_weights(P: torch.Tensor, theta: torch.Tensor, dtype) -> torch.Tensor:
-    """``b_i(θ) = sum_j P_ij θ^(j+1)`` for every ``θ``: ``(K, s)``."""
-    powers = torch.cumprod(theta[:, None].expand(-1, P.shape[1]), dim=1)  # θ, θ², ... (K, m)
-    return (powers @ P.T).to(dtype)
-
-
 class Interpolant:
     """The solution inside one accepted step: ``y_r(t_r + θ h_r)`` for pairs ``(r, θ)``.
 
     ``kind`` as in the joint loop: ``"dense"`` (the method's continuous extension
     ``y0 + h sum_i b_i(θ) k_i``), ``"dense_extra"`` (dopri8: three more stages over the batch,
     evaluated on first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``). All the output
-    times of a step, of every sample, are evaluated in one pass over the gathered rows.
+    times of a step, of every sample, are evaluated in one pass over the gathered rows, with the
+    joint loop's formulas given a step and a ``θ`` per row
+    (:func:`~neuralode.solvers.interpolation.continuous_extension_rows`,
+    :func:`~neuralode.solvers.interpolation.hermite_rows`,
+    :func:`~neuralode.solvers.interpolation.dense_stages`).
     """
 
     def __init__(self, kind, tableau, fb, t, y0, f0, h, step: StepResult, f1):
@@ -448,30 +430,17 @@ class Interpolant:
 
     def __call__(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """States ``(K, N)`` of rows ``rows (K,)`` of the batch at ``theta (K,)`` float64."""
-        y0, y1 = self.y0[rows], self.step.y1[rows]
-        hc = self.h[rows].to(y0.dtype)[:, None]
+        y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
         if self.kind == "hermite":
             if self.f1 is None:
                 self.f1 = self.fb(self.t + self.h, self.step.y1)
-            th = theta.to(y0.dtype)[:, None]
-            t2, t3 = th * th, th * th * th
-            out = (
-                y0
-                + (-2.0 * t3 + 3.0 * t2) * (y1 - y0)
-                + hc * ((t3 - 2.0 * t2 + th) * self.f0[rows] + (t3 - t2) * self.f1[rows])
-            )
+            out = hermite_rows(y0, y1, self.f0[rows], self.f1[rows], h, theta)
         else:
-            k = list(self.step.k)
             if self.kind == "dense_extra":
-                hb = self.h.to(y0.dtype)[:, None]
-                for c_j, row in zip(self.tableau.c_extra, self.tableau.a_extra):
-                    coeffs = tuple((l, x) for l, x in enumerate(row) if x != 0.0)
-                    k.append(self.fb(self.t + c_j * self.h, self.y0 + hb * _lin(coeffs, k)))
-                self.kind, self.step = "dense_done", self.step._replace(k=tuple(k))
-            P = _poly(self.tableau, "dense" if self.kind == "dense" else "dense_extra", y0.device)
-            w = _poly_weights(P, theta, y0.dtype) * hc  # (K, s): h b_i(θ)
-            stages = torch.stack(k, 1)[rows]  # (K, s, N)
-            out = torch.baddbmm(y0[:, None, :], w[:, None, :], stages).squeeze(1)  # y0 + h sum_i b_i(θ) k_i
+                extra = dense_stages(self.fb, self.t, self.y0, self.step.k, self.h, self.tableau)
+                self.kind, self.step = "dense_done", self.step._replace(k=self.step.k + extra)
+            table = self.tableau.dense if self.kind == "dense" else self.tableau.dense_extra
+            out = continuous_extension_rows(y0, torch.stack(self.step.k, 1)[rows], h, table, theta)
         return torch.where((theta == 1.0)[:, None], y1, out)
 
 
@@ -492,11 +461,10 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     Sample ``i`` has outputs ``i_out[i] .. i_out[i] + n_new[i] - 1`` in its step ``[t_i, t1_i]``.
     They are laid out as a ``(B, m)`` window (``m = max n_new``), so the whole batch is one
     fixed-shape pass, with no per-output index arithmetic: the continuous extension
-    ``y0 + h sum_i b_i(θ) k_i`` with ``b_i(θ) = sum_j P_ij θ^(j+1)`` is regrouped per sample as
-    ``y0 + sum_j θ^(j+1) Q_j`` with ``Q = h Pᵀ K`` (``(B, m_P, N)``, one matrix product over the
-    stacked stages), then ``θ^(1..m_P)`` of every window entry times ``Q`` is one batched product
-    (``baddbmm``). An output that coincides with the step's end takes ``y_end`` exactly (the
-    scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
+    ``y0 + h sum_i b_i(θ) k_i`` (:func:`~neuralode.solvers.interpolation.continuous_extension_rows`,
+    the joint loop's weights ``b_i(θ)`` at every window entry, then one batched product with each
+    sample's stacked stages). An output that coincides with the step's end takes ``y_end`` exactly
+    (the scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
 
     Returns: output indices ``(K,)``, original samples ``(K,)``, states ``(K, N)``.
     """
@@ -508,14 +476,7 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     at_end = tau == t1[:, None]
     # Rows without outputs (h = 0 for finished samples) are masked out below: their θ is unused.
     theta = torch.where(at_end, 1.0, (tau - t[:, None]) / h[:, None])
-    P = _poly(tableau, "dense", times.device)  # (s, m_P) float64
-    dtype = y0.dtype
-    PT = _poly(tableau, "dense_t", times.device) if dtype == torch.float64 else P.T.to(dtype)
-    hc = h[:, None, None] if dtype == torch.float64 else h.to(dtype)[:, None, None]
-    Q = torch.matmul(PT, torch.stack(k, 1)) * hc  # (B, m_P, N)
-    th = theta if dtype == torch.float64 else theta.to(dtype)
-    powers = torch.cumprod(th[:, :, None].expand(-1, -1, P.shape[1]), dim=2)  # (B, m, m_P)
-    ys = torch.baddbmm(y0[:, None, :], powers, Q)  # (B, m, N)
+    ys = continuous_extension_rows(y0, torch.stack(k, 1), h, tableau.dense, theta)  # (B, m, N)
     ys = torch.where(at_end[:, :, None], y_end[:, None, :], ys)
     return j[valid], rows[:, None].expand(-1, m)[valid], ys[valid]
 
