@@ -52,7 +52,14 @@ import torch
 from .errors import SolverError
 from .interpolation import continuous_extension_rows, dense_stages, hermite_rows
 from .loop import check_accumulation, coincident_resets_error
-from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
+from .options import (
+    _check_state,
+    _check_times,
+    _check_tolerance,
+    _check_tolerance_pair,
+    _type_name,
+    check_tolerance_resolution,
+)
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
 from .stepper import StepResult, combined_error_ratio, rk_step, step_plan
@@ -122,123 +129,10 @@ class _Layout:
         return out if self.is_tuple else out[0]
 
 
-def check_batch_state(parts: tuple[torch.Tensor, ...], is_tuple: bool) -> int:
-    """The batch size ``B`` of a per-sample state; every tensor needs a first dimension ``B``."""
-    for i, p in enumerate(parts):
-        name = f"y0[{i}]" if is_tuple else "y0"
-        if p.dim() == 0:
-            raise ValueError(
-                f"options['per_sample'] needs a batch dimension: {name} must have at least one dimension "
-                "(the first is the batch); got a 0-dim tensor. Use y0.reshape(1) for a single sample, or "
-                "drop per_sample."
-            )
-    sizes = [p.shape[0] for p in parts]
-    if len(set(sizes)) != 1:
-        raise ValueError(
-            "options['per_sample']: every tensor of a tuple y0 must share its first (batch) dimension; "
-            f"got first dimensions {sizes}."
-        )
-    if sizes[0] == 0:
-        raise ValueError("options['per_sample']: y0 has an empty batch (first dimension 0).")
-    return sizes[0]
-
-
-def check_batch_times(t, batch: int) -> tuple[torch.Tensor, float]:
-    """Output times ``(T,)`` or ``(B, T)`` as a float64 ``(B, T)`` tensor, and the direction.
-
-    Raises:
-        TypeError, ValueError: naming ``t``: not a floating tensor, wrong shape, ``B`` differing
-            from the state's, non-finite, a row not strictly monotonic, rows of different
-            directions.
-    """
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(
-            f"t must be a floating-point torch.Tensor of output times, (T,) or (B, T); got {_type_name(t)}."
-        )
-    if not t.is_floating_point():
-        raise TypeError(
-            f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64)."
-        )
-    if t.requires_grad:
-        raise ValueError(
-            "options['per_sample'] does not differentiate with respect to the output times t; pass t.detach() "
-            "(gradients with respect to y0 and func's parameters are unaffected)."
-        )
-    if t.dim() not in (1, 2) or t.numel() == 0 or t.shape[-1] == 0:
-        raise ValueError(
-            f"t must be a non-empty tensor of shape (T,) or (B, T) with options['per_sample']; got shape {tuple(t.shape)}."
-        )
-    if t.dim() == 2 and t.shape[0] != batch:
-        raise ValueError(
-            f"t of shape {tuple(t.shape)} gives times for {t.shape[0]} samples but y0 has a batch of {batch}; "
-            f"t must be (T,) (shared) or ({batch}, T)."
-        )
-    times = t.detach().to(torch.float64).reshape(-1, t.shape[-1])
-    if not bool(torch.isfinite(times).all()):
-        bad = (~torch.isfinite(times)).nonzero()[0].tolist()
-        raise ValueError(
-            f"t must be finite; got t[{', '.join(map(str, bad if t.dim() == 2 else bad[1:]))}] = "
-            f"{times[bad[0], bad[1]].item()}."
-        )
-    if times.shape[1] > 1:
-        d = times[:, 1:] - times[:, :-1]
-        sign = torch.sign(d[:, :1])
-        if bool((sign == 0).any()) or not bool((sign == sign[0]).all()):
-            rows = torch.sign(d[:, 0]).tolist()
-            raise ValueError(
-                "With options['per_sample'] every row of t must run in the same direction (all increasing or "
-                f"all decreasing); got directions {rows[:8]}{' ...' if len(rows) > 8 else ''} (+1 increasing, "
-                "-1 decreasing, 0 repeated time). Solve forward and backward samples separately."
-            )
-        bad = (d * sign) <= 0
-        if bool(bad.any()):
-            b, j = bad.nonzero()[0].tolist()
-            where = (
-                f"t[{b}, {j}] = {times[b, j].item()!r} followed by t[{b}, {j + 1}] = {times[b, j + 1].item()!r}"
-                if t.dim() == 2
-                else f"t[{j}] = {times[b, j].item()!r} followed by t[{j + 1}] = {times[b, j + 1].item()!r}"
-            )
-            raise ValueError(f"Every row of t must be strictly increasing or strictly decreasing; got {where}.")
-        direction = float(sign[0, 0])
-    else:
-        direction = 1.0
-    return times.expand(batch, -1).to(t.device), direction
-
-
 def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout):
-    """A tolerance as a float or a ``(B, N)`` tensor in the per-sample layout."""
-    values = tol if layout.is_tuple and isinstance(tol, (tuple, list)) else [tol] * len(parts)
-    if len(values) != len(parts):
-        raise ValueError(
-            f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(values)}."
-        )
-    out = []
-    for i, (v, p) in enumerate(zip(values, parts)):
-        label = f"{name}[{i}]" if layout.is_tuple and isinstance(tol, (tuple, list)) else name
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{label} must be a non-negative finite number; got {v!r}.")
-            out.append(float(v))
-        elif isinstance(v, torch.Tensor):
-            if not (bool(torch.isfinite(v).all()) and bool((v >= 0).all())):
-                raise ValueError(
-                    f"{label} must be non-negative and finite; got a tensor containing {v.min().item()!r}."
-                )
-            try:
-                out.append(torch.broadcast_to(v.to(p.dtype).to(p.device), p.shape))
-            except RuntimeError:
-                raise ValueError(
-                    f"{label} of shape {tuple(v.shape)} cannot be broadcast to the state's shape {tuple(p.shape)}."
-                ) from None
-        else:
-            raise TypeError(f"{label} must be a float or a tensor; got {_type_name(v)}.")
-    if all(isinstance(v, float) for v in out) and len(set(out)) == 1:
-        return out[0]
-    full = [
-        v if isinstance(v, torch.Tensor) else torch.full(p.shape, v, dtype=p.dtype, device=p.device)
-        for v, p in zip(out, parts)
-    ]
-    return layout.flatten(tuple(full) if layout.is_tuple else full[0])
+    """A tolerance as a float or a ``(B, N)`` tensor in the per-sample layout
+    (:func:`~neuralode.solvers.options._check_tolerance` with ``batch``)."""
+    return _check_tolerance(name, tol, parts, layout.is_tuple, batch=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1006,8 +900,9 @@ def solve_per_sample(
     check_step_callbacks(func, tableau, per_sample=True)
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
-    B = check_batch_state(parts, is_tuple)
-    times, direction = check_batch_times(t, B)
+    _check_state(y0, batch=True)
+    B = parts[0].shape[0]
+    times, direction = _check_times(t, B)
     layout = _Layout(parts, is_tuple)
     dev = parts[0].device
     z = torch.zeros(B, dtype=torch.long, device=dev)
