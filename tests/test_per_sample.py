@@ -430,3 +430,49 @@ def test_torchdiffeq_entry_points_and_their_refusals():
         solve(vdp_batch(mu), y0, t, options={"per_sample": True, "checkpoint": True})
     one = solve(vdp_batch(mu), y0, t[:1], options={"per_sample": True})
     assert torch.equal(one.ys, y0[None])
+
+
+@pytest.mark.parametrize(
+    "method, own_nfe", [("dopri5", True), ("bosh3", True), ("dopri8", False), ("adaptive_heun", False)]
+)
+def test_batch_equals_each_sample_alone_on_its_own_clock(method, own_nfe):
+    # Every row's arithmetic is its own (stage sums, norm, controller, interpolant weights), so a
+    # batch gives each sample the bits of a per-sample solve of that sample alone (B = 1). The
+    # evaluations made for another sample's outputs (dopri8's extra dense stages, adaptive_heun's
+    # f(t1, y1) for Hermite) run on the whole batch and count for every unfinished sample.
+    mu, y0 = mus(), y0s()
+    t = torch.linspace(0, 4, 9, dtype=F64)
+    kw = dict(rtol=1e-6, atol=1e-8, method=method, options={"per_sample": True})
+    sol = solve(vdp_batch(mu), y0, t, **kw)
+    for i in range(B):
+        one = solve(vdp_batch(mu[i : i + 1]), y0[i : i + 1], t, **kw)
+        assert torch.equal(one.ys[:, 0], sol.ys[:, i])
+        assert int(one.stats.n_accepted[0]) == int(sol.stats.n_accepted[i])
+        assert int(one.stats.n_rejected[0]) == int(sol.stats.n_rejected[i])
+        if own_nfe:
+            assert int(one.stats.nfe[0]) == int(sol.stats.nfe[i])
+        else:
+            assert int(one.stats.nfe[0]) <= int(sol.stats.nfe[i])
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8", "bosh3"])
+def test_one_sample_on_its_own_clock_takes_the_joint_loops_steps(method):
+    # A batch of one on the per-sample clock and the joint loop share the tableau's stage order, the
+    # controller's formulas and the interpolants' weights; only the grouping of the per-row stage
+    # sums (y0 + dt * sum_j a_ij k_j, not sum_j (a_ij dt) k_j) differs, by rounding.
+    mu, y0 = mus()[3:4], y0s()[3:4]
+    t = torch.linspace(0, 4, 9, dtype=F64)
+    kw = dict(rtol=1e-6, atol=1e-8, method=method)
+    ps = solve(vdp_batch(mu), y0, t, options={"per_sample": True}, **kw)
+    joint = solve(vdp_batch(mu), y0, t, **kw)
+    assert int(ps.stats.n_accepted[0]) == int(joint.stats.n_accepted)
+    assert int(ps.stats.n_rejected[0]) == int(joint.stats.n_rejected)
+    assert float((ps.ys - joint.ys).abs().max()) <= 1e-12 * float(joint.ys.abs().max())
+
+
+def test_bad_times_on_the_meta_device_are_refused_by_name():
+    # The per-sample clock checks t with the joint solve's validator (options._check_times), so a
+    # tensor without values is refused there too, before any arithmetic on it.
+    t = torch.linspace(0, 1, 3, dtype=F64, device="meta")
+    with pytest.raises(ValueError, match="t is on the meta device"):
+        solve(vdp_batch(mus()), y0s(), t, options={"per_sample": True})

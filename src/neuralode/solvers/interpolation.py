@@ -26,7 +26,7 @@ from functools import cache
 
 import torch
 
-from .stepper import combine
+from .stepper import combine, combine_rows
 from .tableau import ButcherTableau
 
 
@@ -51,11 +51,25 @@ def hermite(
     return torch.add(out, f1, alpha=h11_dt)
 
 
-def _hermite_weights(theta: float, dt: float) -> tuple[float, float, float]:
-    """``(h01, dt h10, dt h11)`` of :func:`hermite` at ``theta``."""
+def _hermite_weights(theta, dt):
+    """``(h01, dt h10, dt h11)`` of :func:`hermite` at ``theta``: floats, or ``(K,)`` tensors for
+    ``(K,)`` tensors ``theta`` and ``dt`` (one step per row, :func:`hermite_rows`)."""
     t2 = theta * theta
     t3 = t2 * theta
     return -2.0 * t3 + 3.0 * t2, (t3 - 2.0 * t2 + theta) * dt, (t3 - t2) * dt
+
+
+def hermite_rows(
+    y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, dt: torch.Tensor, theta: torch.Tensor
+) -> torch.Tensor:
+    """:func:`hermite` with a step and a ``theta`` per row: ``(K, N)`` states, ``(K,)`` float64 ``dt`` and
+    ``theta`` (the per-sample clock's interpolant). The same weights (:func:`_hermite_weights`, formed in
+    float64 and then cast to the state's dtype) and the same grouping ``y0 + h01 (y1 - y0) + dt h10 f0 +
+    dt h11 f1``."""
+    h01, h10_dt, h11_dt = (w.to(y0.dtype)[:, None] for w in _hermite_weights(theta, dt))
+    out = torch.addcmul(y0, h01, y1 - y0)
+    out = torch.addcmul(out, h10_dt, f0)
+    return torch.addcmul(out, h11_dt, f1)
 
 
 def continuous_extension(
@@ -63,6 +77,36 @@ def continuous_extension(
 ) -> torch.Tensor:
     """A Runge-Kutta method's own dense output ``y0 + dt sum_i b_i(theta) k_i``."""
     return combine(y0, dt, [(i, bi) for i, bi in enumerate(_weights(dense, theta)) if bi != 0.0], k)
+
+
+def continuous_extension_rows(
+    y0: torch.Tensor,
+    stages: torch.Tensor,
+    dt: torch.Tensor,
+    dense: tuple[tuple[float, ...], ...],
+    theta: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`continuous_extension` with a step per row, at one or ``m`` values of ``theta`` per row.
+
+    Args:
+        y0: ``(K, N)`` states at the steps' starts.
+        stages: ``(K, s', N)`` the steps' stages stacked (``s' >= s = len(dense)``; the first ``s`` are used).
+        dt: ``(K,)`` float64 step sizes.
+        dense: the continuous extension's table ``P`` (``b_i(theta) = sum_j P_ij theta^(j+1)``).
+        theta: ``(K,)`` or ``(K, m)`` float64.
+
+    Returns:
+        ``y0 + dt sum_i b_i(theta) k_i``: ``(K, N)``, or ``(K, m, N)`` for a ``(K, m)`` ``theta``, as one
+        batched matrix product of the weights (:func:`weights_rows`, float64, cast to the state's dtype
+        and scaled by each row's step) with the stages.
+    """
+    dtype = y0.dtype
+    s = len(dense)
+    w = weights_rows(dense, theta.reshape(-1)).view(*theta.shape, s)
+    w = w.to(dtype) * dt.to(dtype).view(-1, *([1] * theta.dim()))  # (K, [m,] s): dt b_i(theta)
+    if theta.dim() == 1:
+        return torch.baddbmm(y0[:, None, :], w[:, None, :], stages[:, :s]).squeeze(1)
+    return torch.baddbmm(y0[:, None, :], w, stages[:, :s])
 
 
 @cache
@@ -73,10 +117,10 @@ def _extra_rows(tableau: ButcherTableau) -> tuple[tuple[tuple[int, float], ...],
 
 def dense_stages(
     func: Callable[[float, torch.Tensor], torch.Tensor],
-    t0: float,
+    t0: float | torch.Tensor,
     y0: torch.Tensor,
     k: tuple[torch.Tensor, ...],
-    dt: float,
+    dt: float | torch.Tensor,
     tableau: ButcherTableau,
 ) -> tuple[torch.Tensor, ...]:
     """The stages a tableau evaluates only for dense output (``tableau.extra_stages`` calls of ``func``).
@@ -87,7 +131,9 @@ def dense_stages(
     Args:
         func: ``func(t, y) -> dy/dt`` with ``t`` a Python float, the same function the step was taken with
             (as for :func:`~neuralode.solvers.stepper.rk_step`).
-        t0, y0, dt: the start, state and size of the accepted step.
+        t0, y0, dt: the start, state and size of the accepted step; ``t0`` and ``dt`` are floats, or
+            ``(B,)`` float64 tensors with one step per row of ``y0`` (the per-sample clock, as in
+            :func:`~neuralode.solvers.stepper.rk_step`).
         k: the step's ``s = tableau.stages`` stages, ``StepResult.k``. For dopri8 the last of them is
             ``f(t0 + dt, y1)`` (the tableau is FSAL, so :func:`rk_step` computes it and the loop reuses it as
             the next step's ``f0``); nothing has to be appended.
@@ -108,21 +154,52 @@ def dense_stages(
     if tableau.c_extra is None:
         return ()
     stages = list(k)
-    for c_j, row in zip(tableau.c_extra, _extra_rows(tableau)):
-        stages.append(func(t0 + c_j * dt, combine(y0, dt, row, stages)))
+    if isinstance(dt, torch.Tensor):
+        col = dt.to(y0.dtype).view(-1, *([1] * (y0.dim() - 1)))
+        for c_j, row in zip(tableau.c_extra, _extra_rows(tableau)):
+            stages.append(func(torch.add(t0, dt, alpha=c_j), combine_rows(y0, col, row, stages)))
+    else:
+        for c_j, row in zip(tableau.c_extra, _extra_rows(tableau)):
+            stages.append(func(t0 + c_j * dt, combine(y0, dt, row, stages)))
     return tuple(stages[len(k) :])
+
+
+def _horner(coeffs, theta):
+    """``sum_j coeffs_j theta^(j+1)`` by Horner's rule, ``((c_m theta + c_(m-1)) theta + ...) theta``.
+
+    Generic over what it is given: float coefficients and a float ``theta`` (one stage's weight on
+    the joint clock), or ``(s,)`` tensor coefficients (one column of every stage's polynomial) and a
+    ``(K, 1)`` tensor ``theta`` (every stage's weight at ``K`` times at once, ``(K, s)``): the same
+    operations in the same order, elementwise.
+    """
+    out = 0.0
+    for p in reversed(coeffs):
+        out = (out + p) * theta
+    return out
 
 
 def _weights(dense: tuple[tuple[float, ...], ...], theta: float) -> list[float]:
     """``b_i(theta) = sum_j P_ij theta^(j+1)`` of a continuous extension for every stage, by
-    Horner's rule."""
-    out = []
-    for row in dense:
-        bi = 0.0
-        for p in reversed(row):
-            bi = (bi + p) * theta
-        out.append(bi)
-    return out
+    Horner's rule (:func:`_horner`)."""
+    return [_horner(row, theta) for row in dense]
+
+
+_COLUMNS: dict[tuple[int, torch.device], tuple[tuple, tuple[torch.Tensor, ...]]] = {}
+
+
+def weights_rows(dense: tuple[tuple[float, ...], ...], theta: torch.Tensor) -> torch.Tensor:
+    """:func:`_weights` at ``K`` values of ``theta`` at once: ``(K, s)`` float64 for a ``(K,)`` float64 ``theta``.
+
+    Row ``r`` is bit for bit ``_weights(dense, float(theta[r]))``: the same Horner recurrence
+    (:func:`_horner`) on the polynomial's columns (float64 ``(s,)`` tensors, made once per table and
+    device) instead of one stage's coefficients.
+    """
+    key = (id(dense), theta.device)
+    hit = _COLUMNS.get(key)
+    if hit is None or hit[0] is not dense:
+        P = torch.tensor(dense, dtype=torch.float64, device=theta.device)
+        hit = _COLUMNS[key] = (dense, tuple(P.unbind(1)))
+    return _horner(hit[1], theta[:, None])
 
 
 _ARRAY_CODES = {torch.float32: "f", torch.float64: "d"}

@@ -360,8 +360,12 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
-def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
-    """Components of ``y0`` as a tuple, each checked to be a finite floating tensor."""
+def _check_state(y0: Any, batch: bool = False) -> tuple[torch.Tensor, ...]:
+    """Components of ``y0`` as a tuple, each checked to be a finite floating tensor.
+
+    With ``batch`` (``options["per_sample"]``) every component must also have a first (batch)
+    dimension, the same non-zero size ``B`` in all of them.
+    """
     if isinstance(y0, torch.Tensor):
         parts = (y0,)
     elif isinstance(y0, tuple) and len(y0) > 0 and all(isinstance(p, torch.Tensor) for p in y0):
@@ -396,17 +400,52 @@ def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
                     f"All tensors of a tuple y0 must share dtype and device; y0[0] is {first.dtype} on {first.device} "
                     f"but y0[{i}] is {p.dtype} on {p.device}."
                 )
+    if batch:
+        _check_batch_dim(parts, not isinstance(y0, torch.Tensor))
     return parts
 
 
-def _check_times(t: Any) -> list[float]:
-    """Output times as Python floats, checked to be 1-D, finite and strictly monotonic."""
+def _check_batch_dim(parts: tuple[torch.Tensor, ...], is_tuple: bool) -> None:
+    """Every tensor of a per-sample state has a first (batch) dimension of one non-zero size ``B``."""
+    for i, p in enumerate(parts):
+        name = f"y0[{i}]" if is_tuple else "y0"
+        if p.dim() == 0:
+            raise ValueError(
+                f"options['per_sample'] needs a batch dimension: {name} must have at least one dimension "
+                "(the first is the batch); got a 0-dim tensor. Use y0.reshape(1) for a single sample, or "
+                "drop per_sample."
+            )
+    sizes = [p.shape[0] for p in parts]
+    if len(set(sizes)) != 1:
+        raise ValueError(
+            "options['per_sample']: every tensor of a tuple y0 must share its first (batch) dimension; "
+            f"got first dimensions {sizes}."
+        )
+    if sizes[0] == 0:
+        raise ValueError("options['per_sample']: y0 has an empty batch (first dimension 0).")
+
+
+def _check_times(t: Any, batch: int | None = None):
+    """Output times as Python floats, checked to be 1-D, finite and strictly monotonic.
+
+    With ``batch = B`` (``options["per_sample"]``) ``t`` may also be ``(B, T)``, row ``i`` the times of
+    sample ``i``; every row strictly monotonic and all in one direction. Returns then the times as a
+    float64 ``(B, T)`` tensor on ``t``'s device and the direction (+1.0 or -1.0).
+    """
+    shapes = "1-D" if batch is None else "(T,) or (B, T)"
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t must be a 1-D floating-point torch.Tensor of output times; got {_type_name(t)}.")
+        raise TypeError(f"t must be a {shapes} floating-point torch.Tensor of output times; got {_type_name(t)}.")
     if not t.is_floating_point():
         raise TypeError(
             f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64)."
         )
+    if t.device.type == "meta":
+        raise ValueError(
+            "t is on the meta device, which holds no values; give the output times as a real tensor "
+            "(e.g. torch.linspace(0, 1, 10), on the CPU or the state's device)."
+        )
+    if batch is not None:
+        return _check_batch_times(t, batch)
     if t.dim() == 2:
         raise ValueError(
             f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}. For times per sample "
@@ -414,11 +453,6 @@ def _check_times(t: Any) -> list[float]:
         )
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"t must be a non-empty 1-D tensor of output times; got shape {tuple(t.shape)}.")
-    if t.device.type == "meta":
-        raise ValueError(
-            "t is on the meta device, which holds no values; give the output times as a real tensor "
-            "(e.g. torch.linspace(0, 1, 10), on the CPU or the state's device)."
-        )
     times = t.detach().to("cpu", torch.float64).tolist()
     for i, ti in enumerate(times):
         if not math.isfinite(ti):
@@ -434,8 +468,60 @@ def _check_times(t: Any) -> list[float]:
     return times
 
 
-def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tuple: bool):
-    """A tolerance as a float, or a flat tensor matching the flattened state."""
+def _check_batch_times(t: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
+    """:func:`_check_times` for ``options["per_sample"]``: the same rules, tested on the whole ``(B, T)``
+    tensor at once (a row's index is named where ``t`` is ``(B, T)``)."""
+    if t.requires_grad:
+        raise ValueError(
+            "options['per_sample'] does not differentiate with respect to the output times t; pass t.detach() "
+            "(gradients with respect to y0 and func's parameters are unaffected)."
+        )
+    if t.dim() not in (1, 2) or t.numel() == 0 or t.shape[-1] == 0:
+        raise ValueError(
+            f"t must be a non-empty tensor of shape (T,) or (B, T) with options['per_sample']; got shape {tuple(t.shape)}."
+        )
+    if t.dim() == 2 and t.shape[0] != batch:
+        raise ValueError(
+            f"t of shape {tuple(t.shape)} gives times for {t.shape[0]} samples but y0 has a batch of {batch}; "
+            f"t must be (T,) (shared) or ({batch}, T)."
+        )
+    times = t.detach().to(torch.float64).reshape(-1, t.shape[-1])
+
+    def where(b: int, j: int) -> str:
+        return f"t[{b}, {j}]" if t.dim() == 2 else f"t[{j}]"
+
+    if not bool(torch.isfinite(times).all()):
+        b, j = (~torch.isfinite(times)).nonzero()[0].tolist()
+        raise ValueError(f"t must be finite; got {where(b, j)} = {times[b, j].item()}.")
+    direction = 1.0
+    if times.shape[1] > 1:
+        d = times[:, 1:] - times[:, :-1]
+        sign = torch.sign(d[:, :1])
+        if bool((sign == 0).any()) or not bool((sign == sign[0]).all()):
+            rows = torch.sign(d[:, 0]).tolist()
+            raise ValueError(
+                "With options['per_sample'] every row of t must run in the same direction (all increasing or "
+                f"all decreasing); got directions {rows[:8]}{' ...' if len(rows) > 8 else ''} (+1 increasing, "
+                "-1 decreasing, 0 repeated time). Solve forward and backward samples separately."
+            )
+        bad = (d * sign) <= 0
+        if bool(bad.any()):
+            b, j = bad.nonzero()[0].tolist()
+            raise ValueError(
+                "Every row of t must be strictly increasing or strictly decreasing; got "
+                f"{where(b, j)} = {times[b, j].item()!r} followed by {where(b, j + 1)} = {times[b, j + 1].item()!r}."
+            )
+        direction = float(sign[0, 0])
+    return times.expand(batch, -1).to(t.device), direction
+
+
+def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tuple: bool, batch: bool = False):
+    """A tolerance as a float, or a flat tensor matching the flattened state.
+
+    With ``batch`` (``options["per_sample"]``, the state's first dimension the batch ``B``) the tensor
+    is ``(B, N)``: each component's tolerance flattened per sample and the components side by side,
+    the per-sample clock's layout of the state.
+    """
 
     def one(value: Any, part: torch.Tensor, label: str):
         if _is_number(value):
@@ -465,17 +551,19 @@ def _check_tolerance(name: str, tol: Any, parts: tuple[torch.Tensor, ...], is_tu
         values = [one(tol, p, name) for p in parts]
     if all(isinstance(v, float) for v in values) and len(set(values)) == 1:
         return values[0]
-    if not is_tuple:
+    if not is_tuple and not batch:
         return values[0]  # already broadcast to the state's shape
+    lead = (parts[0].shape[0], -1) if batch else (-1,)
     return torch.cat(
         [
             (
-                v.reshape(-1)
+                v.reshape(lead)
                 if isinstance(v, torch.Tensor)
-                else torch.full((p.numel(),), v, dtype=error_dtype(p.dtype), device=p.device)
+                else torch.full(p.shape, v, dtype=error_dtype(p.dtype), device=p.device).reshape(lead)
             )
             for v, p in zip(values, parts)
-        ]
+        ],
+        dim=-1,
     )
 
 

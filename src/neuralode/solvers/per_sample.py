@@ -8,9 +8,9 @@ quantities as tensors of shape ``(B,)``, a second loop beside the joint one (``d
 "Clocks"; the one-loop re-layout described there is to leave the two clocks sharing every piece of
 the loop but this arithmetic):
 
-* the tableau and its nonzero-coefficient plan (:func:`~neuralode.solvers.stepper._plan`); a stage
-  is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` of shape ``(B, 1)`` broadcast over
-  each sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
+* the step is the joint loop's :func:`~neuralode.solvers.stepper.rk_step` given a ``(B,)`` tensor of
+  steps: a stage is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` broadcast over each
+  sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
 * the error ratio of sample ``i`` is the RMS over that sample's own elements of
   ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors,
   as in :class:`~neuralode.solvers.norms._ErrorNorm`; the norms are :mod:`~neuralode.solvers.norms`'s);
@@ -53,12 +53,19 @@ import torch
 
 from .controller import BatchStepSizeController, initial_step
 from .errors import SolverError
+from .interpolation import continuous_extension_rows, dense_stages, hermite_rows
 from .loop import check_accumulation, coincident_resets_error
 from .norms import RMSNorm, UserNorm
-from .options import _check_tolerance_pair, _type_name, check_tolerance_resolution
+from .options import (
+    _check_state,
+    _check_times,
+    _check_tolerance,
+    _check_tolerance_pair,
+    check_tolerance_resolution,
+)
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
-from .stepper import _plan
+from .stepper import StepResult, rk_step, step_plan
 from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
@@ -125,123 +132,10 @@ class _Layout:
         return out if self.is_tuple else out[0]
 
 
-def check_batch_state(parts: tuple[torch.Tensor, ...], is_tuple: bool) -> int:
-    """The batch size ``B`` of a per-sample state; every tensor needs a first dimension ``B``."""
-    for i, p in enumerate(parts):
-        name = f"y0[{i}]" if is_tuple else "y0"
-        if p.dim() == 0:
-            raise ValueError(
-                f"options['per_sample'] needs a batch dimension: {name} must have at least one dimension "
-                "(the first is the batch); got a 0-dim tensor. Use y0.reshape(1) for a single sample, or "
-                "drop per_sample."
-            )
-    sizes = [p.shape[0] for p in parts]
-    if len(set(sizes)) != 1:
-        raise ValueError(
-            "options['per_sample']: every tensor of a tuple y0 must share its first (batch) dimension; "
-            f"got first dimensions {sizes}."
-        )
-    if sizes[0] == 0:
-        raise ValueError("options['per_sample']: y0 has an empty batch (first dimension 0).")
-    return sizes[0]
-
-
-def check_batch_times(t, batch: int) -> tuple[torch.Tensor, float]:
-    """Output times ``(T,)`` or ``(B, T)`` as a float64 ``(B, T)`` tensor, and the direction.
-
-    Raises:
-        TypeError, ValueError: naming ``t``: not a floating tensor, wrong shape, ``B`` differing
-            from the state's, non-finite, a row not strictly monotonic, rows of different
-            directions.
-    """
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(
-            f"t must be a floating-point torch.Tensor of output times, (T,) or (B, T); got {_type_name(t)}."
-        )
-    if not t.is_floating_point():
-        raise TypeError(
-            f"t must have a floating-point dtype; got {t.dtype}. Use torch.tensor([...], dtype=torch.float64)."
-        )
-    if t.requires_grad:
-        raise ValueError(
-            "options['per_sample'] does not differentiate with respect to the output times t; pass t.detach() "
-            "(gradients with respect to y0 and func's parameters are unaffected)."
-        )
-    if t.dim() not in (1, 2) or t.numel() == 0 or t.shape[-1] == 0:
-        raise ValueError(
-            f"t must be a non-empty tensor of shape (T,) or (B, T) with options['per_sample']; got shape {tuple(t.shape)}."
-        )
-    if t.dim() == 2 and t.shape[0] != batch:
-        raise ValueError(
-            f"t of shape {tuple(t.shape)} gives times for {t.shape[0]} samples but y0 has a batch of {batch}; "
-            f"t must be (T,) (shared) or ({batch}, T)."
-        )
-    times = t.detach().to(torch.float64).reshape(-1, t.shape[-1])
-    if not bool(torch.isfinite(times).all()):
-        bad = (~torch.isfinite(times)).nonzero()[0].tolist()
-        raise ValueError(
-            f"t must be finite; got t[{', '.join(map(str, bad if t.dim() == 2 else bad[1:]))}] = "
-            f"{times[bad[0], bad[1]].item()}."
-        )
-    if times.shape[1] > 1:
-        d = times[:, 1:] - times[:, :-1]
-        sign = torch.sign(d[:, :1])
-        if bool((sign == 0).any()) or not bool((sign == sign[0]).all()):
-            rows = torch.sign(d[:, 0]).tolist()
-            raise ValueError(
-                "With options['per_sample'] every row of t must run in the same direction (all increasing or "
-                f"all decreasing); got directions {rows[:8]}{' ...' if len(rows) > 8 else ''} (+1 increasing, "
-                "-1 decreasing, 0 repeated time). Solve forward and backward samples separately."
-            )
-        bad = (d * sign) <= 0
-        if bool(bad.any()):
-            b, j = bad.nonzero()[0].tolist()
-            where = (
-                f"t[{b}, {j}] = {times[b, j].item()!r} followed by t[{b}, {j + 1}] = {times[b, j + 1].item()!r}"
-                if t.dim() == 2
-                else f"t[{j}] = {times[b, j].item()!r} followed by t[{j + 1}] = {times[b, j + 1].item()!r}"
-            )
-            raise ValueError(f"Every row of t must be strictly increasing or strictly decreasing; got {where}.")
-        direction = float(sign[0, 0])
-    else:
-        direction = 1.0
-    return times.expand(batch, -1).to(t.device), direction
-
-
 def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout):
-    """A tolerance as a float or a ``(B, N)`` tensor in the per-sample layout."""
-    values = tol if layout.is_tuple and isinstance(tol, (tuple, list)) else [tol] * len(parts)
-    if len(values) != len(parts):
-        raise ValueError(
-            f"{name} given per tensor must have one entry per tensor of y0 ({len(parts)}); got {len(values)}."
-        )
-    out = []
-    for i, (v, p) in enumerate(zip(values, parts)):
-        label = f"{name}[{i}]" if layout.is_tuple and isinstance(tol, (tuple, list)) else name
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{label} must be a non-negative finite number; got {v!r}.")
-            out.append(float(v))
-        elif isinstance(v, torch.Tensor):
-            if not (bool(torch.isfinite(v).all()) and bool((v >= 0).all())):
-                raise ValueError(
-                    f"{label} must be non-negative and finite; got a tensor containing {v.min().item()!r}."
-                )
-            try:
-                out.append(torch.broadcast_to(v.to(p.dtype).to(p.device), p.shape))
-            except RuntimeError:
-                raise ValueError(
-                    f"{label} of shape {tuple(v.shape)} cannot be broadcast to the state's shape {tuple(p.shape)}."
-                ) from None
-        else:
-            raise TypeError(f"{label} must be a float or a tensor; got {_type_name(v)}.")
-    if all(isinstance(v, float) for v in out) and len(set(out)) == 1:
-        return out[0]
-    full = [
-        v if isinstance(v, torch.Tensor) else torch.full(p.shape, v, dtype=p.dtype, device=p.device)
-        for v, p in zip(out, parts)
-    ]
-    return layout.flatten(tuple(full) if layout.is_tuple else full[0])
+    """A tolerance as a float or a ``(B, N)`` tensor in the per-sample layout
+    (:func:`~neuralode.solvers.options._check_tolerance` with ``batch``)."""
+    return _check_tolerance(name, tol, parts, layout.is_tuple, batch=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,111 +199,36 @@ class BatchFunc:
         return self.layout.flatten(out)
 
 
-class PerSampleStep(NamedTuple):
-    y1: torch.Tensor
-    y_err: torch.Tensor | None
-    k: tuple[torch.Tensor, ...]
-    y_err_aux: torch.Tensor | None = None
-
-
-def _lin(coeffs, k) -> torch.Tensor:
-    """``sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs."""
-    (j0, c0), rest = coeffs[0], coeffs[1:]
-    out = k[j0] * c0
-    for j, cj in rest:
-        out = torch.add(out, k[j], alpha=cj)
-    return out
-
-
-def rk_step(
-    fb, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor, tableau: ButcherTableau
-) -> PerSampleStep:
-    """One explicit RK step with a step per sample (:func:`~neuralode.solvers.stepper.rk_step`'s twin).
-
-    ``k_i = f(t0 + c_i h, y0 + h ⊙ sum_{j<i} a_ij k_j)``, ``y1 = y0 + h ⊙ sum_i b_i k_i``,
-    ``err = h ⊙ sum_i b_err_i k_i``, with ``t0, h: (B,)`` float64 and ``y0, f0, k_i: (B, N)``;
-    ``h`` is broadcast over each sample's elements. A sample with ``h = 0`` keeps ``y1 = y0``.
-    """
-    plan = _plan(tableau)
-    c = tableau.c
-    hc = h[:, None] if y0.dtype == h.dtype else h.to(y0.dtype)[:, None]
-    k = [f0]
-    y1 = None
-    last = len(plan.rows) - 1
-    for i, row in enumerate(plan.rows, start=1):
-        yi = torch.addcmul(y0, hc, _lin(row, k))
-        if plan.fsal and i - 1 == last:
-            y1 = yi
-        k.append(fb(torch.add(t0, h, alpha=c[i]), yi))
-    if y1 is None:
-        y1 = torch.addcmul(y0, hc, _lin(plan.b, k))
-    y_err = hc * _lin(plan.b_err, k) if plan.b_err else None
-    y_err_aux = hc * _lin(plan.b_err_aux, k) if plan.b_err_aux else None
-    return PerSampleStep(y1, y_err, tuple(k), y_err_aux)
-
-
-_POLY: dict[tuple[int, str, torch.device], tuple[ButcherTableau, torch.Tensor]] = {}
-
-
-def _poly(tableau: ButcherTableau, which: str, device) -> torch.Tensor:
-    """``tableau.dense`` (or ``dense_extra``) as a float64 ``(s, m)`` tensor, cached by identity."""
-    key = (id(tableau), which, device)
-    hit = _POLY.get(key)
-    if hit is None or hit[0] is not tableau:
-        if which == "dense_t":  # the transpose of ``dense``, contiguous
-            value = torch.tensor(tableau.dense, dtype=torch.float64, device=device).T.contiguous()
-        else:
-            value = torch.tensor(getattr(tableau, which), dtype=torch.float64, device=device)
-        hit = (tableau, value)
-        _POLY[key] = hit
-    return hit[1]
-
-
-def _poly_weights(P: torch.Tensor, theta: torch.Tensor, dtype) -> torch.Tensor:
-    """``b_i(θ) = sum_j P_ij θ^(j+1)`` for every ``θ``: ``(K, s)``."""
-    powers = torch.cumprod(theta[:, None].expand(-1, P.shape[1]), dim=1)  # θ, θ², ... (K, m)
-    return (powers @ P.T).to(dtype)
-
-
 class Interpolant:
     """The solution inside one accepted step: ``y_r(t_r + θ h_r)`` for pairs ``(r, θ)``.
 
     ``kind`` as in the joint loop: ``"dense"`` (the method's continuous extension
     ``y0 + h sum_i b_i(θ) k_i``), ``"dense_extra"`` (dopri8: three more stages over the batch,
     evaluated on first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``). All the output
-    times of a step, of every sample, are evaluated in one pass over the gathered rows.
+    times of a step, of every sample, are evaluated in one pass over the gathered rows, with the
+    joint loop's formulas given a step and a ``θ`` per row
+    (:func:`~neuralode.solvers.interpolation.continuous_extension_rows`,
+    :func:`~neuralode.solvers.interpolation.hermite_rows`,
+    :func:`~neuralode.solvers.interpolation.dense_stages`).
     """
 
-    def __init__(self, kind, tableau, fb, t, y0, f0, h, step: PerSampleStep, f1):
+    def __init__(self, kind, tableau, fb, t, y0, f0, h, step: StepResult, f1):
         self.kind, self.tableau, self.fb = kind, tableau, fb
         self.t, self.y0, self.f0, self.h, self.step, self.f1 = t, y0, f0, h, step, f1
 
     def __call__(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """States ``(K, N)`` of rows ``rows (K,)`` of the batch at ``theta (K,)`` float64."""
-        y0, y1 = self.y0[rows], self.step.y1[rows]
-        hc = self.h[rows].to(y0.dtype)[:, None]
+        y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
         if self.kind == "hermite":
             if self.f1 is None:
                 self.f1 = self.fb(self.t + self.h, self.step.y1)
-            th = theta.to(y0.dtype)[:, None]
-            t2, t3 = th * th, th * th * th
-            out = (
-                y0
-                + (-2.0 * t3 + 3.0 * t2) * (y1 - y0)
-                + hc * ((t3 - 2.0 * t2 + th) * self.f0[rows] + (t3 - t2) * self.f1[rows])
-            )
+            out = hermite_rows(y0, y1, self.f0[rows], self.f1[rows], h, theta)
         else:
-            k = list(self.step.k)
             if self.kind == "dense_extra":
-                hb = self.h.to(y0.dtype)[:, None]
-                for c_j, row in zip(self.tableau.c_extra, self.tableau.a_extra):
-                    coeffs = tuple((l, x) for l, x in enumerate(row) if x != 0.0)
-                    k.append(self.fb(self.t + c_j * self.h, self.y0 + hb * _lin(coeffs, k)))
-                self.kind, self.step = "dense_done", self.step._replace(k=tuple(k))
-            P = _poly(self.tableau, "dense" if self.kind == "dense" else "dense_extra", y0.device)
-            w = _poly_weights(P, theta, y0.dtype) * hc  # (K, s): h b_i(θ)
-            stages = torch.stack(k, 1)[rows]  # (K, s, N)
-            out = torch.baddbmm(y0[:, None, :], w[:, None, :], stages).squeeze(1)  # y0 + h sum_i b_i(θ) k_i
+                extra = dense_stages(self.fb, self.t, self.y0, self.step.k, self.h, self.tableau)
+                self.kind, self.step = "dense_done", self.step._replace(k=self.step.k + extra)
+            table = self.tableau.dense if self.kind == "dense" else self.tableau.dense_extra
+            out = continuous_extension_rows(y0, torch.stack(self.step.k, 1)[rows], h, table, theta)
         return torch.where((theta == 1.0)[:, None], y1, out)
 
 
@@ -430,11 +249,10 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     Sample ``i`` has outputs ``i_out[i] .. i_out[i] + n_new[i] - 1`` in its step ``[t_i, t1_i]``.
     They are laid out as a ``(B, m)`` window (``m = max n_new``), so the whole batch is one
     fixed-shape pass, with no per-output index arithmetic: the continuous extension
-    ``y0 + h sum_i b_i(θ) k_i`` with ``b_i(θ) = sum_j P_ij θ^(j+1)`` is regrouped per sample as
-    ``y0 + sum_j θ^(j+1) Q_j`` with ``Q = h Pᵀ K`` (``(B, m_P, N)``, one matrix product over the
-    stacked stages), then ``θ^(1..m_P)`` of every window entry times ``Q`` is one batched product
-    (``baddbmm``). An output that coincides with the step's end takes ``y_end`` exactly (the
-    scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
+    ``y0 + h sum_i b_i(θ) k_i`` (:func:`~neuralode.solvers.interpolation.continuous_extension_rows`,
+    the joint loop's weights ``b_i(θ)`` at every window entry, then one batched product with each
+    sample's stacked stages). An output that coincides with the step's end takes ``y_end`` exactly
+    (the scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
 
     Returns: output indices ``(K,)``, original samples ``(K,)``, states ``(K, N)``.
     """
@@ -446,14 +264,7 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     at_end = tau == t1[:, None]
     # Rows without outputs (h = 0 for finished samples) are masked out below: their θ is unused.
     theta = torch.where(at_end, 1.0, (tau - t[:, None]) / h[:, None])
-    P = _poly(tableau, "dense", times.device)  # (s, m_P) float64
-    dtype = y0.dtype
-    PT = _poly(tableau, "dense_t", times.device) if dtype == torch.float64 else P.T.to(dtype)
-    hc = h[:, None, None] if dtype == torch.float64 else h.to(dtype)[:, None, None]
-    Q = torch.matmul(PT, torch.stack(k, 1)) * hc  # (B, m_P, N)
-    th = theta if dtype == torch.float64 else theta.to(dtype)
-    powers = torch.cumprod(th[:, :, None].expand(-1, -1, P.shape[1]), dim=2)  # (B, m, m_P)
-    ys = torch.baddbmm(y0[:, None, :], powers, Q)  # (B, m, N)
+    ys = continuous_extension_rows(y0, torch.stack(k, 1), h, tableau.dense, theta)  # (B, m, N)
     ys = torch.where(at_end[:, :, None], y_end[:, None, :], ys)
     return j[valid], rows[:, None].expand(-1, m)[valid], ys[valid]
 
@@ -538,6 +349,7 @@ def integrate(
     t_end = times[:, 1] if on_land is not None else times[:, -1]
     y = y0
     fresh_f0 = quad is not None or not tableau.fsal
+    plan = step_plan(tableau)
     if f0 is None and (quad is None or dt0 is None):
         f0 = fb(t, y)
     with torch.no_grad():
@@ -663,7 +475,7 @@ def integrate(
         if quad is not None or (fresh_f0 and not first_attempt):
             f0 = fb(t, y)  # with quad: after begin(), so the attempt's calls are its stages
         first_attempt = False
-        step = rk_step(fb, t, y, f0, h, tableau)
+        step = rk_step(fb, t, y, f0, h, tableau, plan)
         ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
         ratio = torch.where(active, ratio, 0.0)
         # Finished samples (h = 0, ratio = 0) are never resumed: what adapt remembers for them is not read.
@@ -980,8 +792,9 @@ def solve_per_sample(
     check_step_callbacks(func, tableau, per_sample=True)
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
-    B = check_batch_state(parts, is_tuple)
-    times, direction = check_batch_times(t, B)
+    _check_state(y0, batch=True)
+    B = parts[0].shape[0]
+    times, direction = _check_times(t, B)
     layout = _Layout(parts, is_tuple)
     dev = parts[0].device
     z = torch.zeros(B, dtype=torch.long, device=dev)

@@ -47,15 +47,13 @@ import math
 import torch
 
 from .adjoint import refuse_double_backward
-from .options import _parse_options
+from .options import _check_state, _check_times, _parse_options
 from .per_sample import (
     BatchFunc,
     PerSampleStats,
     RMSNorm,
     _Layout,
     _tolerance,
-    check_batch_state,
-    check_batch_times,
     check_options,
     integrate,
     interp_kind,
@@ -237,8 +235,9 @@ def solve_adjoint_per_sample(
         )
     is_tuple = isinstance(y0, tuple)
     parts = y0 if is_tuple else (y0,)
-    B = check_batch_state(parts, is_tuple)
-    times, direction = check_batch_times(t, B)
+    _check_state(y0, batch=True)
+    B = parts[0].shape[0]
+    times, direction = _check_times(t, B)
     params = _adjoint_params(func, adjoint_params)
     layout = _Layout(parts, is_tuple)
     adj_method = forward if adjoint_method is None else resolve(adjoint_method)

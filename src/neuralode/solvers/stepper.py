@@ -1,12 +1,13 @@
 """One generic explicit Runge-Kutta step, the reference form of the stage sums.
 
 :func:`rk_step` is the step the joint loop (:mod:`~neuralode.solvers.loop`) takes for an explicit
-tableau. The same sums are written three more times, each for a driver with its own constraint:
-:func:`~neuralode.solvers.fast.fixed_grid.run` (the lean fixed grid, inlined to skip
-per-step overhead), :func:`~neuralode.solvers.fast.compiled.rk_stages` (traced by ``torch.compile``) and
-:func:`~neuralode.solvers.per_sample.rk_step` (a step size per sample). The first keeps this
-module's order of operations, so its states are the same bits; the compiled and per-sample forms
-equal it to rounding.
+tableau, and, given a ``(B,)`` tensor of steps, the step of the per-sample clock
+(:mod:`~neuralode.solvers.per_sample`, one step size per row). The same sums are written twice more,
+each for a driver with its own constraint: :func:`~neuralode.solvers.fast.fixed_grid.run` (the lean
+fixed grid, inlined to skip per-step overhead) and :func:`~neuralode.solvers.fast.compiled.rk_stages`
+(traced by ``torch.compile``). The first keeps this module's order of operations, so its states are the
+same bits; the compiled form and the per-row form equal it to rounding (a per-row step cannot be folded
+into the coefficients, so the per-row sums are ``y0 + dt ⊙ sum_j a_ij k_j``).
 
 For a tableau ``(c, a, b, b_err)`` with ``s`` stages, a step of size ``dt`` from ``(t0, y0)`` is::
 
@@ -17,7 +18,8 @@ For a tableau ``(c, a, b, b_err)`` with ``s`` stages, a step of size ``dt`` from
     err_aux = dt * sum_i b_err_aux_i k_i               (tableaus with a second estimate only: dopri8)
 
 All tensors share the shape of ``y0``; ``t0`` and ``dt`` are Python floats (time is carried in
-float64 by the integration loop and only turned into a tensor when ``f`` is called).
+float64 by the integration loop and only turned into a tensor when ``f`` is called), or on the
+per-sample clock ``(B,)`` float64 tensors, one per row of ``y0``.
 
 Stages are combined with a chain of ``torch.add(acc, k_j, alpha=dt * a_ij)``, skipping zero
 coefficients. For the state sizes Neural ODEs use, this is cheaper than stacking the stages and
@@ -166,24 +168,57 @@ def _weighted_sum(dt: float, coeffs, k, zero: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _lin(coeffs, k) -> torch.Tensor:
+    """``sum_j coeffs_j k_j`` over the nonzero ``(j, coeff_j)`` pairs (the step size not folded in)."""
+    (j0, c0), rest = coeffs[0], coeffs[1:]
+    out = k[j0] * c0
+    for j, cj in rest:
+        out = torch.add(out, k[j], alpha=cj)
+    return out
+
+
+def combine_rows(y: torch.Tensor, dt: torch.Tensor, coeffs, k) -> torch.Tensor:
+    """:func:`combine` with a step per row: ``y + dt ⊙ sum_j coeffs_j k_j``, ``dt`` of shape ``(B, 1, ...)``.
+
+    The coefficients cannot be folded into a per-row step as :func:`combine` folds ``coeff_j dt`` into
+    one scalar, so the stage sum is formed first and scaled by each row's step once (``addcmul``).
+    """
+    if not coeffs:
+        return y
+    return torch.addcmul(y, dt, _lin(coeffs, k))
+
+
+def _rows(dt: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """A ``(B,)`` step as a column ``(B, 1, ...)`` that broadcasts over each row of ``y0``, in its dtype."""
+    col = dt if dt.dtype == y0.dtype else dt.to(y0.dtype)
+    return col.view(-1, *([1] * (y0.dim() - 1)))
+
+
 def rk_step(
     func: Func,
-    t0: float,
+    t0: float | torch.Tensor,
     y0: torch.Tensor,
     f0: torch.Tensor,
-    dt: float,
+    dt: float | torch.Tensor,
     tableau: ButcherTableau,
     plan: _Plan | None = None,
 ) -> StepResult:
     """Take one explicit Runge-Kutta step of size ``dt`` (negative to integrate backwards).
 
+    One step for both clocks. On the joint clock ``t0`` and ``dt`` are Python floats and the stage
+    sums are :func:`combine`'s chains with ``a_ij dt`` folded into each coefficient. On the
+    per-sample clock (:mod:`~neuralode.solvers.per_sample`) ``t0`` and ``dt`` are ``(B,)`` float64
+    tensors, one step per row of ``y0`` (its first dimension), and every sum is
+    ``y0 + dt ⊙ sum_j a_ij k_j`` (:func:`combine_rows`); a row with ``dt = 0`` keeps ``y1 = y0``.
+    Stage ``i`` is evaluated at ``t0 + c_i dt`` (row by row on the per-sample clock).
+
     Args:
-        func: ``func(t, y) -> dy/dt`` with ``t`` a Python float (the caller adapts user functions).
-        t0: time at the start of the step.
-        y0: state at ``t0``, any shape.
+        func: ``func(t, y) -> dy/dt``, ``t`` of the type of ``t0`` (the caller adapts user functions).
+        t0: time at the start of the step: a float, or ``(B,)`` float64 per row.
+        y0: state at ``t0``, any shape (rows first when ``dt`` is a tensor).
         f0: ``func(t0, y0)``, the first stage, computed by the caller so it can be reused (FSAL,
             rejected steps, dense output).
-        dt: the step size.
+        dt: the step size: a float, or a ``(B,)`` float64 tensor of per-row steps.
         tableau: the method.
         plan: ``step_plan(tableau)``, when the caller holds it for a whole solve (saves the
             cache lookup on every step).
@@ -193,6 +228,8 @@ def rk_step(
     """
     if plan is None:
         plan = _plan(tableau)
+    if isinstance(dt, torch.Tensor):
+        return _rk_rows(func, t0, y0, f0, dt, plan)
     k = [f0]
     yi = y0
     for ci, row in zip(plan.c, plan.rows):
@@ -200,18 +237,45 @@ def rk_step(
         k.append(func(t0 + ci * dt, yi))
     # FSAL: the last stage is evaluated at (t0 + dt, y1), so y1 is that stage's input.
     y1 = yi if plan.fsal else combine(y0, dt, plan.b, k)
-    # The error estimate is a small difference of large stage sums: for float16/bfloat16 states
-    # it is formed in float32, or its rounding (an ulp of every stage) would be what the step-size
-    # controller sees.
     if not plan.b_err:
         return StepResult(y1, None, tuple(k))
-    dtype = y0.dtype
+    dtype = y0.dtype  # (the test of _error_stages, inline on this hot path)
     if dtype in (torch.float16, torch.bfloat16):
         ke, zero = [x.float() for x in k], _zero(torch.float32)
     else:
         ke, zero = k, _zero(dtype)
     y_err = _weighted_sum(dt, plan.b_err, ke, zero)
     y_err_aux = _weighted_sum(dt, plan.b_err_aux, ke, zero) if plan.b_err_aux else None
+    return StepResult(y1, y_err, tuple(k), y_err_aux)
+
+
+def _error_stages(k, dtype: torch.dtype):
+    """The stages the error estimate is formed from, and a zero of their dtype.
+
+    The error estimate is a small difference of large stage sums: for float16/bfloat16 states it is
+    formed in float32, or its rounding (an ulp of every stage) would be what the step-size
+    controller sees.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return [x.float() for x in k], _zero(torch.float32)
+    return k, _zero(dtype)
+
+
+def _rk_rows(func: Func, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor, plan: _Plan):
+    """:func:`rk_step` with a ``(B,)`` step per row: the same plan and order of stages, the sums by
+    :func:`combine_rows`."""
+    col = _rows(dt, y0)
+    k = [f0]
+    yi = y0
+    for ci, row in zip(plan.c, plan.rows):
+        yi = combine_rows(y0, col, row, k)
+        k.append(func(torch.add(t0, dt, alpha=ci), yi))
+    y1 = yi if plan.fsal else combine_rows(y0, col, plan.b, k)
+    if not plan.b_err:
+        return StepResult(y1, None, tuple(k))
+    ke, _ = _error_stages(k, y0.dtype)
+    y_err = col * _lin(plan.b_err, ke)
+    y_err_aux = col * _lin(plan.b_err_aux, ke) if plan.b_err_aux else None
     return StepResult(y1, y_err, tuple(k), y_err_aux)
 
 
