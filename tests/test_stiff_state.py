@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from neuralode.solvers.auto import AUTO, AutoState
+from neuralode.solvers.auto import AUTO, AutoState, make_auto_stepper
 from neuralode.solvers.esdirk import ESDIRK_METHODS, ESDIRKState
-from neuralode.solvers.implicit import IMPLICIT_METHODS
+from neuralode.solvers.esdirk import make_stepper as make_esdirk_stepper
 from neuralode.solvers.implicit_options import AutoOptions, ImplicitOptions
-from neuralode.solvers.loop import stepper
-from neuralode.solvers.problem import _ErrorNorm, _Problem
+from neuralode.solvers.methods.registry import METHODS
+from neuralode.solvers.norms import _ErrorNorm
+from neuralode.solvers.options import AdaptiveOptions
+from neuralode.solvers.problem import _Problem
 from neuralode.solvers.radau import RADAU5, RadauState, make_stepper
 from neuralode.solvers.rosenbrock import RosenbrockState
-from neuralode.solvers.rosenbrock import make_stepper as make_implicit_stepper
+from neuralode.solvers.rosenbrock import make_stepper as make_rosenbrock_stepper
 from neuralode.solvers.solution import SolverStats
 from neuralode.solvers.stepper import Stepper
 from neuralode.solvers.tableau import TSIT5
@@ -74,7 +76,7 @@ def test_radau_newton_failure_is_a_shrink_not_an_error_estimate():
 def test_esdirk_newton_failure_is_a_shrink_of_dfactor():
     y0, h = torch.tensor([1.0, 2.0], dtype=F64), 10.0
     problem, error = _problem(_decay, y0)
-    take = make_implicit_stepper(problem, ESDIRK_METHODS["kvaerno5"], False, ImplicitOptions(), problem, error)
+    take = make_esdirk_stepper(problem, ESDIRK_METHODS["kvaerno5"], False, ImplicitOptions(), problem, error)
     assert isinstance(take.state, ESDIRKState)
     _, step = take(0, 0.0, y0, None, h, problem)
     assert step.y_err is None and step.y1 is y0 and step.shrink == 0.2
@@ -84,7 +86,7 @@ def test_esdirk_newton_failure_is_a_shrink_of_dfactor():
 def test_rosenbrock_jacobian_is_kept_by_the_point_it_was_taken_at():
     y0 = torch.tensor([1.0, 0.5], dtype=F64)
     problem, error = _problem(_decay, y0)
-    take = make_implicit_stepper(problem, IMPLICIT_METHODS["rodas5p"], False, ImplicitOptions(), problem, error)
+    take = make_rosenbrock_stepper(problem, METHODS["rodas5p"].tableau, False, ImplicitOptions(), problem, error)
     assert isinstance(take.state, RosenbrockState) and take.state.lin is None
     _, step = take(0, 0.0, y0, None, 0.1, problem)
     take.settle(False)
@@ -99,7 +101,7 @@ def test_rosenbrock_jacobian_is_kept_by_the_point_it_was_taken_at():
 def test_auto_counts_only_accepted_steps_towards_a_switch():
     y0 = torch.tensor([1.0, 0.5], dtype=F64)
     problem, error = _problem(_decay, y0)
-    take = make_implicit_stepper(problem, AUTO, False, AutoOptions(), problem, error)
+    take = make_auto_stepper(problem, AUTO, False, AutoOptions(), problem, error)
     assert isinstance(take.state, AutoState) and isinstance(take.stiff_stepper.state, RosenbrockState)
     _, step = take(0, 0.0, y0, None, 0.01, problem)
     take.settle(False)
@@ -116,8 +118,8 @@ def test_auto_counts_only_accepted_steps_towards_a_switch():
 def test_every_stepper_of_the_loop_is_a_stepper():
     y0 = torch.tensor([1.0, 0.5], dtype=F64)
     problem, error = _problem(_decay, y0)
-    for method, opts in ((TSIT5, None), (RADAU5, ImplicitOptions()), (AUTO, AutoOptions())):
-        take = stepper(problem, method, False, None, opts, error)
+    for name, opts in (("tsit5", AdaptiveOptions()), ("radau5", ImplicitOptions()), ("auto", AutoOptions())):
+        take = METHODS[name].stepper(problem, opts=opts, error=error)
         assert isinstance(take, Stepper)
         take(0, 0.0, y0, None, 0.01, problem)
         take.settle(True)
