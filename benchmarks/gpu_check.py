@@ -118,7 +118,7 @@ def _cases(tol: float) -> list[tuple[str, str, bool, dict]]:
             opts: dict[str, Any] = {"step_size": h}
             if name == "explicit_adams":
                 # At its default max_order (orders up to 11) Adams-Bashforth is unstable on this oscillator
-                # at h = 0.01, as torchdiffeq's is (see neuralode.solvers.adams).
+                # at h = 0.01, as torchdiffeq's is (see neuralode.solvers.methods.adams).
                 opts["max_order"] = 6
             label = f"fixed, h = {h:g}" + (", max_order 6" if "max_order" in opts else "")
             cases.append((name, label, False, dict(method=name, options=opts)))

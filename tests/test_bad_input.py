@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from neuralode import Event, SolverError, odeint, odeint_adjoint, odeint_dense, odeint_event, solve
-from neuralode.solvers.adjoint import solve_adjoint
+from neuralode.solvers.adjoint.backsolve import solve_adjoint
 
 F64 = torch.float64
 F32 = torch.float32

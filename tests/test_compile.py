@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from neuralode import Event, odeint, odeint_adjoint, solve
-from neuralode.solvers.fast.compiled import CPU_INDUCTOR_OPTIONS, inductor_options
 from neuralode.solvers.fast.compiled_chunks import chunk_size
+from neuralode.solvers.methods.compiled import CPU_INDUCTOR_OPTIONS, inductor_options
 
 F64 = torch.float64
 BACKEND = "aot_eager"

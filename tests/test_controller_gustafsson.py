@@ -16,7 +16,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from neuralode import solve
-from neuralode.solvers.controller import GUSTAFSSON_MIN_PREV_RATIO, ControllerState, StepSizeController
+from neuralode.solvers.control.controller import GUSTAFSSON_MIN_PREV_RATIO, ControllerState, StepSizeController
 from tests.problems import robertson as _robertson
 from tests.problems import robertson_jac_np as _robertson_jac_np
 from tests.problems import robertson_np as _robertson_np

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from neuralode import solve
-from neuralode.solvers.controller import (
+from neuralode.solvers.control.controller import (
     BatchStepSizeController,
     ConstantController,
     ControllerState,

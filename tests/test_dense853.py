@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode.solvers.interpolation import continuous_extension, dense_stages
-from neuralode.solvers.stepper import StepResult, combined_error_ratio, rk_step
-from neuralode.solvers.tableau import EXPLICIT_METHODS
+from neuralode.solvers.methods.interpolation import continuous_extension, dense_stages
+from neuralode.solvers.methods.stepper import StepResult, combined_error_ratio, rk_step
+from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS
 
 F64 = torch.float64

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from neuralode import SolverError, solve
-from neuralode.solvers.esdirk import ESDIRK_METHODS, ESDIRKTableau, make_stepper
-from neuralode.solvers.implicit_options import ImplicitOptions
+from neuralode.solvers.methods.esdirk import ESDIRK_METHODS, ESDIRKTableau, make_stepper
+from neuralode.solvers.methods.implicit_options import ImplicitOptions
 from neuralode.solvers.problem import _Problem
 from neuralode.solvers.solution import SolverStats
 from tests.test_stiff import (

@@ -16,7 +16,7 @@ from neuralode import get_tableau, odeint, solve
 from neuralode.solvers import fast
 from neuralode.solvers.fast import fixed_grid
 from neuralode.solvers.methods.explicit import RKStepper
-from neuralode.solvers.tableau import EXPLICIT_METHODS
+from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 
 FIXED = [m for m in EXPLICIT_METHODS if not get_tableau(m).adaptive]
 

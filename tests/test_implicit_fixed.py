@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from neuralode import SolverError, solve
-from neuralode.solvers.implicit_fixed import IMPLICIT_FIXED_METHODS
+from neuralode.solvers.methods.implicit_fixed import IMPLICIT_FIXED_METHODS
 from tests.test_stiff import (
     _density,
     _exact,

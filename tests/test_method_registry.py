@@ -16,10 +16,10 @@ import torch
 import neuralode
 from neuralode import METHODS, solve
 from neuralode._impl.odeint import SOLVERS
-from neuralode.solvers.adams import ADAMS_METHODS
 from neuralode.solvers.methods import Method
+from neuralode.solvers.methods.adams import ADAMS_METHODS
 from neuralode.solvers.methods.registry import IMPLICIT_METHODS
-from neuralode.solvers.tableau import EXPLICIT_METHODS
+from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 
 F64 = torch.float64
 STEP = 1 / 16  # fixed-step methods: y' = -y on [0, 1] in 16 steps

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from neuralode import solve
-from neuralode.solvers.controller import BatchStepSizeController, ControllerState, StepSizeController
+from neuralode.solvers.control.controller import BatchStepSizeController, ControllerState, StepSizeController
 from neuralode.solvers.per_sample import PerSampleStats
 
 F64 = torch.float64

@@ -12,8 +12,8 @@ import torch
 from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, odeint, odeint_adjoint, solve
+from neuralode.solvers.methods.radau import RADAU5, RadauTableau, radau_dense
 from neuralode.solvers.methods.registry import IMPLICIT_METHODS
-from neuralode.solvers.radau import RADAU5, RadauTableau, radau_dense
 from tests.problems import robertson, robertson_jac_np, robertson_np, stiff_vdp
 
 F64 = torch.float64
@@ -138,9 +138,9 @@ class _Tight:
 
 
 def _one_step(h: float):
-    from neuralode.solvers.implicit_options import ImplicitOptions
+    from neuralode.solvers.methods.implicit_options import ImplicitOptions
+    from neuralode.solvers.methods.radau import make_stepper
     from neuralode.solvers.problem import _Problem
-    from neuralode.solvers.radau import make_stepper
     from neuralode.solvers.solution import SolverStats
 
     y0 = _rot_exact(0.0)
@@ -462,10 +462,10 @@ def test_slow_newton_rejects_with_radau5s_step_reduction():
     ``shrink`` RADAU5's ``0.8 * 20^(-1/8)`` (no error estimate, not the controller's ``dfactor``), the loop
     rejects it and retries from the same point at that fraction of the step, and the solve proceeds from
     smaller steps."""
-    from neuralode.solvers.implicit_options import ImplicitOptions
-    from neuralode.solvers.norms import _ErrorNorm
+    from neuralode.solvers.control.norms import _ErrorNorm
+    from neuralode.solvers.methods.implicit_options import ImplicitOptions
+    from neuralode.solvers.methods.radau import make_stepper
     from neuralode.solvers.problem import _Problem
-    from neuralode.solvers.radau import make_stepper
     from neuralode.solvers.solution import SolverStats
 
     def f(t, y):

@@ -13,8 +13,8 @@ import torch
 from numpy.polynomial import legendre
 
 from neuralode import solve
+from neuralode.solvers.methods.radau import RADAU9, RADAU13, radau_dense
 from neuralode.solvers.methods.registry import IMPLICIT_METHODS
-from neuralode.solvers.radau import RADAU9, RADAU13, radau_dense
 from tests.problems import robertson, stiff_vdp
 from tests.test_radau import ROB_T, _err, _rot, _rot_exact, _scipy, _Tight
 
@@ -93,9 +93,9 @@ class _TightLoose(_Tight):
 
 
 def _one_step(h: float, tab=RADAU9):
-    from neuralode.solvers.implicit_options import RadauOptions
+    from neuralode.solvers.methods.implicit_options import RadauOptions
+    from neuralode.solvers.methods.radau import make_stepper
     from neuralode.solvers.problem import _Problem
-    from neuralode.solvers.radau import make_stepper
     from neuralode.solvers.solution import SolverStats
 
     y0 = _rot_exact(0.0)

@@ -16,8 +16,8 @@ import torch
 import torchdiffeq
 
 from neuralode import SolverError, get_tableau, odeint, solve
-from neuralode.solvers.stepper import rk_step
-from neuralode.solvers.tableau import EXPLICIT_METHODS
+from neuralode.solvers.methods.stepper import rk_step
+from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS, kepler_angular_momentum, kepler_energy, scipy_reference
 
 F64 = torch.float64
@@ -209,7 +209,7 @@ def test_agrees_with_reference_forward_and_backward(method, name):
 def test_hermite_interpolation_is_fourth_order_locally():
     """Methods without a continuous extension (adaptive_heun, fehlberg2, bosh3, dopri8_13m) fill in
     output times by cubic Hermite interpolation: its error inside a step of size h is O(h^4)."""
-    from neuralode.solvers.interpolation import hermite
+    from neuralode.solvers.methods.interpolation import hermite
 
     def y(t):
         return torch.tensor([math.exp(math.sin(t)), math.cos(2 * t)], dtype=F64)

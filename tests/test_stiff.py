@@ -15,10 +15,10 @@ import torch
 from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, get_tableau, solve
-from neuralode.solvers.implicit import ROSENBROCK_METHODS, RosenbrockTableau
-from neuralode.solvers.jacobian import autograd_linearisation, batched_vjp
+from neuralode.solvers.methods.jacobian import autograd_linearisation, batched_vjp
 from neuralode.solvers.methods.registry import IMPLICIT_METHODS
-from neuralode.solvers.rosenbrock import factor, rosenbrock_dense, rosenbrock_step
+from neuralode.solvers.methods.rosenbrock import factor, rosenbrock_dense, rosenbrock_step
+from neuralode.solvers.methods.rosenbrock_tableaus import ROSENBROCK_METHODS, RosenbrockTableau
 from neuralode.solvers.solution import SolverStats
 from tests.problems import robertson as _robertson
 from tests.problems import robertson_jac_np as _robertson_jac_np
@@ -540,7 +540,7 @@ def test_jacobian_and_iteration_matrix_reuse_their_constant_tensors(B):
 def test_constants_made_under_inference_mode_are_not_kept():
     # An inference tensor cannot be saved for backward: cotangents first made under torch.inference_mode must
     # not be the ones a later differentiable Jacobian (create_graph) uses. A shape no other test uses.
-    from neuralode.solvers import jacobian
+    from neuralode.solvers.methods import jacobian
 
     def f(t, y):
         return torch.stack([-1e3 * y[0] * y[1], -(y[1] ** 2) + t, y[2] * y[0]])

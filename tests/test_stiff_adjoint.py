@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from neuralode import odeint, odeint_adjoint
-from neuralode.solvers.adjoint import solve_adjoint
+from neuralode.solvers.adjoint.backsolve import solve_adjoint
 from neuralode.solvers.errors import SolverError
 
 F64 = torch.float64
@@ -109,8 +109,8 @@ def test_backward_dynamics_time_derivative_is_that_of_the_interpolant():
     # The Rosenbrock f_t of the backward dynamics -J(y_I(t))^T a must be their derivative along the
     # interpolant y_I they read. f(y_I) in place of dy_I/dt was 1-5 % off here for t >= 10 (the
     # forward solution lies ~atol off the slow manifold, and f amplifies that by the fast rate 4e3).
-    from neuralode.solvers.adjoint import _Flat
-    from neuralode.solvers.adjoint_interpolating import backward_dynamics
+    from neuralode.solvers.adjoint.backsolve import _Flat
+    from neuralode.solvers.adjoint.interpolating import backward_dynamics
     from neuralode.solvers.api import solve
 
     m = Robertson()

@@ -66,7 +66,7 @@ def test_backprop_through_stiff_steps_matches_finite_differences(method, rtol, b
 def test_jacobian_dependence_is_part_of_the_gradient():
     """Detaching J (treating it as a constant) gives a visibly different, wrong gradient: the test above
     therefore checks that the derivative of J with respect to the state and the rates is included."""
-    from neuralode.solvers import jacobian
+    from neuralode.solvers.methods import jacobian
 
     model = Robertson()
     _loss(model, "rodas5p", 1e-9).backward()
@@ -77,7 +77,7 @@ def test_jacobian_dependence_is_part_of_the_gradient():
         return original(*args, **{**kwargs, "create_graph": False})
 
     jacobian_patch = pytest.MonkeyPatch()
-    import neuralode.solvers.rosenbrock as rosenbrock
+    import neuralode.solvers.methods.rosenbrock as rosenbrock
 
     jacobian_patch.setattr(rosenbrock, "autograd_linearisation", detached)
     try:

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import torch
 
-from neuralode.solvers.auto import AUTO, AutoState, make_auto_stepper
-from neuralode.solvers.esdirk import ESDIRK_METHODS, ESDIRKState
-from neuralode.solvers.esdirk import make_stepper as make_esdirk_stepper
-from neuralode.solvers.implicit_options import AutoOptions, ImplicitOptions
+from neuralode.solvers.control.norms import _ErrorNorm
+from neuralode.solvers.methods.auto import AUTO, AutoState, make_auto_stepper
+from neuralode.solvers.methods.esdirk import ESDIRK_METHODS, ESDIRKState
+from neuralode.solvers.methods.esdirk import make_stepper as make_esdirk_stepper
+from neuralode.solvers.methods.implicit_options import AutoOptions, ImplicitOptions
+from neuralode.solvers.methods.radau import RADAU5, RadauState, make_stepper
 from neuralode.solvers.methods.registry import METHODS
-from neuralode.solvers.norms import _ErrorNorm
+from neuralode.solvers.methods.rosenbrock import RosenbrockState
+from neuralode.solvers.methods.rosenbrock import make_stepper as make_rosenbrock_stepper
+from neuralode.solvers.methods.stepper import Stepper
+from neuralode.solvers.methods.tableau import TSIT5
 from neuralode.solvers.options import AdaptiveOptions
 from neuralode.solvers.problem import _Problem
-from neuralode.solvers.radau import RADAU5, RadauState, make_stepper
-from neuralode.solvers.rosenbrock import RosenbrockState
-from neuralode.solvers.rosenbrock import make_stepper as make_rosenbrock_stepper
 from neuralode.solvers.solution import SolverStats
-from neuralode.solvers.stepper import Stepper
-from neuralode.solvers.tableau import TSIT5
 
 F64 = torch.float64
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from neuralode import AdaptiveOptions, SolverError, solve
-from neuralode.solvers.stiffness import (
+from neuralode.solvers.control.stiffness import (
     MIN_STEPS_FOR_ERROR,
     STIFF_STEPS,
     StiffnessDetector,
     _stability_function,
     stability_boundary,
 )
-from neuralode.solvers.tableau import EXPLICIT_METHODS
+from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS
 
 F64 = torch.float64
@@ -167,7 +167,7 @@ def test_auto_switches_back_when_stiffness_goes_away():
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     ref = solve(vdp, y0, t, method="rodas5p", rtol=1e-8, atol=1e-8)
     explicit_times = []  # the start of every tsit5 step attempt
-    from neuralode.solvers import auto as auto_module
+    from neuralode.solvers.methods import auto as auto_module
 
     original = auto_module.rk_step
 
@@ -210,7 +210,7 @@ def test_auto_switches_when_hairers_estimate_underreads_the_stiffness():
     reads |h| rho ~ 0.06-0.5 of the boundary (it took ~5800 explicit steps to fire, to t ~ 8.6). The
     power-iteration probe on stalled steps finds |h lambda| near the boundary and switches within
     PROBE_EVERY steps of the stall."""
-    from neuralode.solvers.auto import PROBE_EVERY
+    from neuralode.solvers.methods.auto import PROBE_EVERY
 
     t = torch.tensor([0.0, 1e-3, 1.0, 10.0], dtype=F64)
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)

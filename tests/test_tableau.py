@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode.solvers import tableau as tableau_module
+from neuralode.solvers.methods import tableau as tableau_module
 from neuralode.solvers.methods.registry import get_tableau
-from neuralode.solvers.tableau import EXPLICIT_METHODS, ButcherTableau
+from neuralode.solvers.methods.tableau import EXPLICIT_METHODS, ButcherTableau
 
 MAX_TREE_ORDER = 9  # dopri8 needs trees up to order 8, plus order 9 to show the order is not higher
 
@@ -594,8 +594,8 @@ def test_dopri8_13m_interpolates_as_torchdiffeq_does():
     of a nonlinear problem), to rounding at every theta."""
     dopri8 = pytest.importorskip("torchdiffeq._impl.dopri8")
     interp = pytest.importorskip("torchdiffeq._impl.interp")
-    from neuralode.solvers.interpolation import continuous_extension, dense_stages
-    from neuralode.solvers.stepper import rk_step
+    from neuralode.solvers.methods.interpolation import continuous_extension, dense_stages
+    from neuralode.solvers.methods.stepper import rk_step
 
     tab = EXPLICIT_METHODS["dopri8_13m"]
 

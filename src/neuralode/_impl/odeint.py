@@ -31,7 +31,7 @@ from typing import Any
 from ..solvers import odeint, odeint_dense, odeint_event
 from ..solvers.methods.base import Method
 from ..solvers.methods.registry import MethodRegistry, method_names, resolve
-from ..solvers.tableau import EXPLICIT_METHODS, ButcherTableau
+from ..solvers.methods.tableau import EXPLICIT_METHODS, ButcherTableau
 from .rk_common import _is_solver_class, solver_class_tableau
 
 __all__ = ["SOLVERS", "SolverRegistry", "odeint", "odeint_dense", "odeint_event"]

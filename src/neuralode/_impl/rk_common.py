@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ..solvers.tableau import ButcherTableau
+from ..solvers.methods.tableau import ButcherTableau
 
 __all__ = ["RKAdaptiveStepsizeODESolver", "_ButcherTableau", "solver_class_tableau"]
 

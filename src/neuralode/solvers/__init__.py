@@ -3,17 +3,17 @@
 Imports torch only; knows nothing of layers, models, data, plotting or the CLI.
 """
 
-from .adjoint import in_adjoint_backward, odeint_adjoint, solve_adjoint
+from .adjoint.backsolve import in_adjoint_backward, odeint_adjoint, solve_adjoint
 from .api import METHODS, odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
-from .events import Event
-from .implicit_options import ImplicitOptions
+from .events.core import Event
 from .methods import Capabilities, Method
+from .methods.implicit_options import ImplicitOptions
 from .methods.registry import IMPLICIT_METHODS, get_tableau
+from .methods.tableau import ButcherTableau
 from .options import AdaptiveOptions, FixedOptions
 from .problem import Perturb
 from .solution import EventRecord, Solution, SolverStats
-from .tableau import ButcherTableau
 
 __all__ = [
     "IMPLICIT_METHODS",

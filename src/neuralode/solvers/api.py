@@ -34,14 +34,14 @@ from typing import Any
 import torch
 
 from . import fast
-from .controller import ConstantController, StepSizeController, initial_step
+from .control.controller import ConstantController, StepSizeController, initial_step
+from .control.norms import _ErrorNorm, _PrimalErrorNorm
 from .errors import SolverError
-from .events import Event, EventSet, check_events
+from .events.core import Event, EventSet, check_events
 from .grid import InfiniteGrid
 from .loop import integrate, no_event_found
 from .methods.base import Method
 from .methods.registry import DEFAULT_METHOD, METHODS, MethodRegistry, method_names, resolve
-from .norms import _ErrorNorm, _PrimalErrorNorm
 from .options import (
     AdaptiveOptions,
     FixedOptions,
@@ -345,7 +345,7 @@ def solve(
         method: a key of ``neuralode.METHODS``, which lists every name accepted (default ``"dopri5"``;
             ``None`` means the default).
         options: method options; see :class:`AdaptiveOptions` and :class:`FixedOptions`.
-        events: :class:`~neuralode.solvers.events.Event` objects to watch. Located events are
+        events: :class:`~neuralode.solvers.events.core.Event` objects to watch. Located events are
             listed in ``Solution.events``; a terminal one ends the solve and the output times
             after it are left out (``Solution.ts`` is shortened to the times reached).
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from .auto import auto_dense
-from .interpolation import (
+from .methods.auto import auto_dense
+from .methods.interpolation import (
     continuous_extension,
     continuous_extension_many,
     dense_stages,
@@ -20,11 +20,11 @@ from .interpolation import (
     hermite_many,
     linear,
 )
+from .methods.radau import radau_dense
+from .methods.rosenbrock import rosenbrock_dense
+from .methods.stepper import StepResult
+from .methods.tableau import ButcherTableau
 from .problem import _Problem
-from .radau import radau_dense
-from .rosenbrock import rosenbrock_dense
-from .stepper import StepResult
-from .tableau import ButcherTableau
 
 
 class StepInterpolant:

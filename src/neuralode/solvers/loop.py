@@ -15,16 +15,16 @@ Shape (diffrax's ``_integrate.py`` loop over one state record; torchode's init/s
   to try, the controller's memory, the next stop, the event functions' values), replaced as a
   whole after every attempt rather than mutated piecemeal.
 * The loop never asks what kind of method it runs. The
-  :class:`~neuralode.solvers.methods.base.Method` gives a :class:`~neuralode.solvers.stepper.Stepper`
+  :class:`~neuralode.solvers.methods.base.Method` gives a :class:`~neuralode.solvers.methods.stepper.Stepper`
   for the solve (``method.stepper``), its interpolant kind and its capabilities (adaptive or not); a
   step returns values and never decides. After every attempt the loop tells the stepper its verdict
   (``settle``), which is how a method with state across steps (Radau's polynomial, the ``auto``
   method's switch) learns it. A step the method could not complete (``StepResult.shrink``: Newton
   failed) is refused: rejected and retried from the same point at ``shrink`` times its size.
 * A controller decides: ``adapt(memory, h, ratio) -> (accept, next h, memory)``; its memory (a
-  :class:`~neuralode.solvers.controller.ControllerState`) rides in the record unread by the loop.
-  Adaptive methods use :class:`~neuralode.solvers.controller.StepSizeController`; fixed-step
-  methods the :class:`~neuralode.solvers.controller.ConstantController`, which proposes an
+  :class:`~neuralode.solvers.control.controller.ControllerState`) rides in the record unread by the loop.
+  Adaptive methods use :class:`~neuralode.solvers.control.controller.StepSizeController`; fixed-step
+  methods the :class:`~neuralode.solvers.control.controller.ConstantController`, which proposes an
   infinite step. Landing on a stop is one clipping rule for both: the stops are ``step_t``,
   ``jump_t`` and the last output time for adaptive methods, the grid points for fixed ones.
 * After an accepted step, in this order: events (sign changes over the step, located on the
@@ -48,15 +48,15 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .controller import ControllerState
+from .control.controller import ControllerState
+from .control.norms import _ErrorNorm
+from .control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .errors import SolverError
-from .events import EventSet, apply_reset, attach_event_gradient, unravel
+from .events.core import EventSet, apply_reset, attach_event_gradient, unravel
 from .grid import TIME_EPS as _EPS
 from .interpolant import StepInterpolant
-from .norms import _ErrorNorm
 from .problem import _Problem
 from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
-from .stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 
 
 class _State(NamedTuple):

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .adams import MAX_ITERS as ADAMS_MAX_ITERS
-from .adams import MAX_ORDER as ADAMS_MAX_ORDER
-from .adams import MIN_ORDER as ADAMS_MIN_ORDER
-from .controller import CONTROLLERS
+from .control.controller import CONTROLLERS
+from .methods.adams import MAX_ITERS as ADAMS_MAX_ITERS
+from .methods.adams import MAX_ORDER as ADAMS_MAX_ORDER
+from .methods.adams import MIN_ORDER as ADAMS_MIN_ORDER
 
 # What a step that fails the error test at min_step does (AdaptiveOptions.at_min_step).
 AT_MIN_STEP = ("error", "accept")
@@ -59,7 +59,7 @@ class AdaptiveOptions:
         compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default
             when ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and
             error estimate, as one ``torch.compile(fullgraph=True)`` graph (see
-            :mod:`neuralode.solvers.fast.compiled` for when that pays).
+            :mod:`neuralode.solvers.methods.compiled` for when that pays).
         dtype: the dtype time is carried in, as torchdiffeq's option (``torch.float32`` for
             devices without float64, such as Apple's MPS). neuralode carries time as Python
             floats on the host, so no float64 tensor reaches the device either way; this option

@@ -8,15 +8,15 @@ quantities as tensors of shape ``(B,)``, a second loop beside the joint one (``d
 "Clocks"; the one-loop re-layout described there is to leave the two clocks sharing every piece of
 the loop but this arithmetic):
 
-* the step is the joint loop's :func:`~neuralode.solvers.stepper.rk_step` given a ``(B,)`` tensor of
+* the step is the joint loop's :func:`~neuralode.solvers.methods.stepper.rk_step` given a ``(B,)`` tensor of
   steps: a stage is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` broadcast over each
   sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
 * the error ratio of sample ``i`` is the RMS over that sample's own elements of
   ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors,
-  as in :class:`~neuralode.solvers.norms._ErrorNorm`; the norms are :mod:`~neuralode.solvers.norms`'s);
-* the controller is :class:`~neuralode.solvers.controller.BatchStepSizeController` (the formulas
-  of :mod:`~neuralode.solvers.controller` on ``(B,)`` tensors, its memory a ``ControllerState`` of
-  them), the initial step :func:`~neuralode.solvers.controller.initial_step` with per-sample norms,
+  as in :class:`~neuralode.solvers.control.norms._ErrorNorm`; the norms are :mod:`~neuralode.solvers.control.norms`'s);
+* the controller is :class:`~neuralode.solvers.control.controller.BatchStepSizeController` (the formulas
+  of :mod:`~neuralode.solvers.control.controller` on ``(B,)`` tensors, its memory a ``ControllerState`` of
+  them), the initial step :func:`~neuralode.solvers.control.controller.initial_step` with per-sample norms,
   and the 10% stretch onto the last time the joint loop's rule, vectorised;
 * output times inside an accepted step are filled from the step's continuous extension evaluated
   at each sample's own ``θ_i = (τ_i - t_i) / dt_i``.
@@ -31,8 +31,8 @@ fewer than half of the rows are active, so ``func`` must then accept any batch s
 rows independently (a ``func`` closing over a per-sample tensor of size ``B`` cannot; put such
 constants in the state instead); so must event functions and resets.
 
-Events (:mod:`~neuralode.solvers.per_sample_events`) fire per sample: ``Solution.events`` holds
-:class:`~neuralode.solvers.per_sample_events.PerSampleEventRecord` s (with ``sample``), sorted
+Events (:mod:`~neuralode.solvers.events.per_sample`) fire per sample: ``Solution.events`` holds
+:class:`~neuralode.solvers.events.per_sample.PerSampleEventRecord` s (with ``sample``), sorted
 by sample and time; a terminal event ends its sample only, whose later outputs are NaN. The
 joint loop's two refusals hold per sample, with the same code (:mod:`~neuralode.solvers.loop`):
 resets of one element of one event accumulating at a finite time in a sample (Zeno behaviour,
@@ -51,11 +51,13 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from .controller import BatchStepSizeController, initial_step
+from .control.controller import BatchStepSizeController, initial_step
+from .control.norms import RMSNorm, UserNorm
 from .errors import SolverError
-from .interpolation import continuous_extension_rows, dense_stages, hermite_rows
 from .loop import check_accumulation, coincident_resets_error
-from .norms import RMSNorm, UserNorm
+from .methods.interpolation import continuous_extension_rows, dense_stages, hermite_rows
+from .methods.stepper import StepResult, rk_step, step_plan
+from .methods.tableau import ButcherTableau
 from .options import (
     _check_state,
     _check_times,
@@ -65,8 +67,6 @@ from .options import (
 )
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
-from .stepper import StepResult, rk_step, step_plan
-from .tableau import ButcherTableau
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
 COMPACT_BELOW = 0.5  # compact the batch when fewer than this fraction of its rows are active
@@ -207,9 +207,9 @@ class Interpolant:
     evaluated on first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``). All the output
     times of a step, of every sample, are evaluated in one pass over the gathered rows, with the
     joint loop's formulas given a step and a ``θ`` per row
-    (:func:`~neuralode.solvers.interpolation.continuous_extension_rows`,
-    :func:`~neuralode.solvers.interpolation.hermite_rows`,
-    :func:`~neuralode.solvers.interpolation.dense_stages`).
+    (:func:`~neuralode.solvers.methods.interpolation.continuous_extension_rows`,
+    :func:`~neuralode.solvers.methods.interpolation.hermite_rows`,
+    :func:`~neuralode.solvers.methods.interpolation.dense_stages`).
     """
 
     def __init__(self, kind, tableau, fb, t, y0, f0, h, step: StepResult, f1):
@@ -249,7 +249,7 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     Sample ``i`` has outputs ``i_out[i] .. i_out[i] + n_new[i] - 1`` in its step ``[t_i, t1_i]``.
     They are laid out as a ``(B, m)`` window (``m = max n_new``), so the whole batch is one
     fixed-shape pass, with no per-output index arithmetic: the continuous extension
-    ``y0 + h sum_i b_i(θ) k_i`` (:func:`~neuralode.solvers.interpolation.continuous_extension_rows`,
+    ``y0 + h sum_i b_i(θ) k_i`` (:func:`~neuralode.solvers.methods.interpolation.continuous_extension_rows`,
     the joint loop's weights ``b_i(θ)`` at every window entry, then one batched product with each
     sample's stacked stages). An output that coincides with the step's end takes ``y_end`` exactly
     (the scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
@@ -330,7 +330,7 @@ def integrate(
             replaced there (the adjoint's jump ``a += ∂L/∂y(t_j)``); ``mask`` marks the rows that
             landed, ``i_next`` their next output index, ``rows`` the original samples. Needs
             ``quad`` (every attempt evaluates its first stage afresh, so no stage is stale).
-        events, records, t_dtype: a :class:`~neuralode.solvers.per_sample_events.PerSampleEvents`,
+        events, records, t_dtype: a :class:`~neuralode.solvers.events.per_sample.PerSampleEvents`,
             the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
             recorded times.
         step_t: times every sample's steps land on where they lie inside its span
@@ -653,14 +653,14 @@ def _after_events(
     output times are NaN); apply resets. Returns the states to continue from, ``i_out`` and the
     resets applied as ``(row, event, element)`` triples (for check_accumulation).
     Under autograd the event times, the states at them and the resets carry the implicit-function
-    gradients (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`).
+    gradients (:meth:`~neuralode.solvers.events.per_sample.PerSampleEvents.attach_gradient`).
 
     The event acted on in a row is its first (by index) that ends the sample or resets its state,
     else its first that fired. As in the joint loop, a reset crossing at the same time as another
     event that resets or ends is refused (:func:`~neuralode.solvers.loop.coincident_resets_error`):
     the sample restarts from one reset with every fired element past its root, so the other
     crossing would be lost."""
-    from .per_sample_events import PerSampleEventRecord
+    from .events.per_sample import PerSampleEventRecord
 
     cross, fired = cut
     any_k = torch.stack([f.any(1) for f in fired], 1)  # (B, n_events)
@@ -830,7 +830,7 @@ def solve_per_sample(
     fb.compacted, fb.batch = opts.per_sample == "compact", B
     event_set, records = None, []
     if events:
-        from .per_sample_events import PerSampleEvents
+        from .events.per_sample import PerSampleEvents
 
         event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
     dense = None

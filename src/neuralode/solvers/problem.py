@@ -4,7 +4,7 @@
 the loop and becomes a 0-dim tensor of the state's dtype only when ``func`` is called; tuple
 states are flattened into one vector, so the loop, the steppers, the interpolants and the event
 handling all see a single tensor. The error norm that turns an error estimate into the
-controller's error ratio is :class:`~neuralode.solvers.norms._ErrorNorm`.
+controller's error ratio is :class:`~neuralode.solvers.control.norms._ErrorNorm`.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class _Problem:
         """Create the time tensors of one step's stages ``t + c_i h`` at once, for the evaluations
         the step is about to make (adaptive steps, whose times are not known in advance): one
         tensor from a packed array, unbound, instead of one ``torch.full`` per stage. The floats
-        are formed as :func:`~neuralode.solvers.stepper.rk_step` forms them, so every lookup hits."""
+        are formed as :func:`~neuralode.solvers.methods.stepper.rk_step` forms them, so every lookup hits."""
         values = [t + ci * h for ci in c]
         code = _ARRAY_CODES.get(self.t_dtype)
         if code is not None and self.device.type == "cpu":

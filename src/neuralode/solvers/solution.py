@@ -166,7 +166,7 @@ class Solution:
             state.
         stats: function evaluations and step counts.
         method: the name of the method used.
-        adjoint_stats: for :func:`~neuralode.solvers.adjoint.solve_adjoint`, the counters of the
+        adjoint_stats: for :func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint`, the counters of the
             backward (adjoint) solves, filled in when gradients are computed; ``None`` otherwise.
         events: the located events in time order (:class:`EventRecord`); empty without events.
         dense: the kept interpolants when the solve ran with ``options={"dense": True}``.

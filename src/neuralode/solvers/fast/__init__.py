@@ -11,7 +11,7 @@ bookkeeping is pure overhead, and two drivers skip it:
   ``torch.compile`` call.
 
 Under ``compile`` a solve the chunks cannot take still runs in the loop, whose stepper is then the
-method's compiled step (:func:`.compiled.compiled_stepper`, one compiled step per call, built by
+method's compiled step (:func:`~neuralode.solvers.methods.compiled.compiled_stepper`, one compiled step per call, built by
 :meth:`~neuralode.solvers.methods.explicit.ExplicitRK.stepper`).
 
 The api asks :func:`choose` which path a solve takes, then calls :func:`run`, which runs that path
@@ -42,7 +42,7 @@ def choose(problem, method, opts, stops, events, dense, error, method_config) ->
     checkpointing under autograd; a plain tensor state and a finite grid), else :data:`LOOP`.
 
     The arguments are those the loop is given: the adapted ``problem``, the ``method``, its
-    parsed ``opts``, the ``stops``, the :class:`~neuralode.solvers.events.EventSet` (or ``None``),
+    parsed ``opts``, the ``stops``, the :class:`~neuralode.solvers.events.core.EventSet` (or ``None``),
     the :class:`~neuralode.solvers.solution.DenseOutput` (or ``None``), the error norm (``None`` on
     a fixed grid) and ``method_config`` (an Adams method's, else ``None``). Called where the solve
     runs, under the same autograd mode: checkpointing matters only while autograd records.

@@ -1,6 +1,6 @@
 """Fixed-grid solves under ``options={"compile": ...}``: ``K`` whole steps per compiled call.
 
-A compiled single step (:mod:`neuralode.solvers.fast.compiled`) still returns to Python after every
+A compiled single step (:mod:`neuralode.solvers.methods.compiled`) still returns to Python after every
 step, and on a small network (an MLP 2→16→2 on a batch of 8) that round trip, the loop's
 bookkeeping and the compiled call's own overhead cost more than the step's arithmetic. A
 fixed-step method needs no decision between steps (no error estimate, no controller), so the
@@ -28,7 +28,7 @@ evaluation ``f(t0, y0)`` that the solve's input check makes is not reused (each 
 own first stage inside the graph), one evaluation more than eager.
 
 What it does not do, and leaves to the loop with the per-step compiled path
-(:func:`~neuralode.solvers.fast.compiled.compiled_stepper`, chosen by
+(:func:`~neuralode.solvers.methods.compiled.compiled_stepper`, chosen by
 :func:`~neuralode.solvers.fast.choose`): events, torchdiffeq's step
 callbacks, ``perturb``, dense output, cubic interpolation, float16/bfloat16 states, grids
 without a last time (``odeint`` until an event), and steps within rounding of their start time.
@@ -42,8 +42,8 @@ one's time (``benchmarks/results/compile.md``, the training rows of its last sec
 
 Inductor settings on the CPU. With the inductor backend on a CPU device and autograd off, the
 chunk is compiled with ``cpp_wrapper`` and the CPP GEMM autotuning
-(:data:`~neuralode.solvers.fast.compiled.CPU_INDUCTOR_OPTIONS`, see
-:func:`~neuralode.solvers.fast.compiled.inductor_options`), scoped to this compilation, not the user's
+(:data:`~neuralode.solvers.methods.compiled.CPU_INDUCTOR_OPTIONS`, see
+:func:`~neuralode.solvers.methods.compiled.inductor_options`), scoped to this compilation, not the user's
 global inductor configuration; they were measured faster on the tiny MLP (see
 ``benchmarks/results/compile.md``) and make the first call slower.
 
@@ -65,10 +65,10 @@ from typing import NamedTuple
 import torch
 
 from ..grid import TIME_EPS
+from ..methods.compiled import compile_graph, rk_stages
+from ..methods.stepper import _plan
+from ..methods.tableau import ButcherTableau
 from ..solution import LoopResult
-from ..stepper import _plan
-from ..tableau import ButcherTableau
-from .compiled import compile_graph, rk_stages
 
 DEFAULT_STEPS = 32
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()

@@ -10,7 +10,7 @@ clipping rule, the controller call, the checks for events, callbacks and dense o
 ``StepResult`` and the func adapter's layers) cost more than the operations themselves.
 
 :func:`run` takes those steps in one tight loop, with the same arithmetic in the same order as
-:func:`~neuralode.solvers.stepper.rk_step` and :func:`~neuralode.solvers.stepper.combine`, so the
+:func:`~neuralode.solvers.methods.stepper.rk_step` and :func:`~neuralode.solvers.methods.stepper.combine`, so the
 states are the same bits:
 
 * stage ``i``: ``z_i = y + h sum_j a_ij k_j`` over the nonzero ``a_ij``, as one
@@ -36,9 +36,9 @@ import torch
 
 from ..grid import TIME_EPS
 from ..interpolant import StepInterpolant
+from ..methods.stepper import StepResult, step_plan
+from ..methods.tableau import ButcherTableau
 from ..problem import changed_in_place
-from ..stepper import StepResult, step_plan
-from ..tableau import ButcherTableau
 
 
 def applies(problem, method, opts, error, events, dense, on_step, perturb, stops, method_config) -> bool:

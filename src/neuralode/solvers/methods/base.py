@@ -1,7 +1,7 @@
 """The Method protocol: what every integration method declares and provides to the solvers.
 
 A :class:`Method` is one family's behaviour around one coefficient record (``method.tableau``: a
-:class:`~neuralode.solvers.tableau.ButcherTableau`, a Rosenbrock, ESDIRK or Radau tableau, an Adams record,
+:class:`~neuralode.solvers.methods.tableau.ButcherTableau`, a Rosenbrock, ESDIRK or Radau tableau, an Adams record,
 ...), which stays plain data. The code that sets up and runs a solve asks the method, never the record's type
 or attributes, what it is:
 
@@ -11,7 +11,7 @@ or attributes, what it is:
   not support is refused before it starts, with an error naming the option;
 * ``options_type``: the dataclass its ``options`` dict is parsed into;
 * ``stepper(problem, opts=, config=, error=, checkpoint=)``: a
-  :class:`~neuralode.solvers.stepper.Stepper` for one solve, which takes the steps and is told of their
+  :class:`~neuralode.solvers.methods.stepper.Stepper` for one solve, which takes the steps and is told of their
   acceptance;
 * ``interpolant_kind(opts)``: how outputs between the ends of a step are filled
   (:class:`~neuralode.solvers.interpolant.StepInterpolant`).
@@ -97,7 +97,7 @@ class Method:
     explicit_tableau = None
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False):
-        """A :class:`~neuralode.solvers.stepper.Stepper` for one solve of ``problem`` (the adapted ``func``).
+        """A :class:`~neuralode.solvers.methods.stepper.Stepper` for one solve of ``problem`` (the adapted ``func``).
 
         Args:
             problem: the solve's :class:`~neuralode.solvers.problem._Problem`.

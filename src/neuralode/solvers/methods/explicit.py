@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import torch
 
-from ..adams import AdamsMethod
 from ..options import AdamsOptions, AdaptiveOptions, FixedOptions
-from ..stepper import Stepper, rk_step, step_plan
-from ..tableau import ButcherTableau
+from .adams import AdamsMethod
 from .base import Capabilities, Method
+from .stepper import Stepper, rk_step, step_plan
+from .tableau import ButcherTableau
 
 
 def fixed_grid_kind(opts: FixedOptions) -> str:
@@ -19,7 +19,7 @@ def fixed_grid_kind(opts: FixedOptions) -> str:
 
 
 class RKStepper(Stepper):
-    """The generic explicit Runge-Kutta step (:func:`~neuralode.solvers.stepper.rk_step`) of one tableau."""
+    """The generic explicit Runge-Kutta step (:func:`~neuralode.solvers.methods.stepper.rk_step`) of one tableau."""
 
     __slots__ = ("problem", "tableau", "plan")
 
@@ -34,7 +34,7 @@ class RKStepper(Stepper):
 
 class FunctionStepper(Stepper):
     """A stepper given as a function with the :class:`Stepper` call signature and no state across steps
-    (the compiled Runge-Kutta step, :func:`~neuralode.solvers.fast.compiled.compiled_stepper`)."""
+    (the compiled Runge-Kutta step, :func:`~neuralode.solvers.methods.compiled.compiled_stepper`)."""
 
     __slots__ = ("take",)
 
@@ -69,8 +69,8 @@ def checkpointed(stepper: Stepper, checkpoint: bool) -> Stepper:
 
 
 class ExplicitRK(Method):
-    """An explicit Runge-Kutta method: its :class:`~neuralode.solvers.tableau.ButcherTableau` (``tableau``)
-    stepped by the generic :func:`~neuralode.solvers.stepper.rk_step`.
+    """An explicit Runge-Kutta method: its :class:`~neuralode.solvers.methods.tableau.ButcherTableau` (``tableau``)
+    stepped by the generic :func:`~neuralode.solvers.methods.stepper.rk_step`.
 
     Adaptive when the tableau has an embedded error estimate (``b_err``), fixed-step otherwise. Its own
     continuous extension (``dense`` or ``dense_extra``) fills outputs inside adaptive steps, else cubic
@@ -92,7 +92,7 @@ class ExplicitRK(Method):
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         if opts.compile:
-            from ..fast.compiled import compiled_stepper
+            from .compiled import compiled_stepper
 
             backend = "inductor" if opts.compile is True else opts.compile
             return FunctionStepper(compiled_stepper(problem, self.tableau, backend, problem.stats))
@@ -107,7 +107,7 @@ class ExplicitRK(Method):
 
 
 class AdamsStepper(Stepper):
-    """One Adams step (:meth:`~neuralode.solvers.adams.AdamsMethod.step`) from the history ``memory``."""
+    """One Adams step (:meth:`~neuralode.solvers.methods.adams.AdamsMethod.step`) from the history ``memory``."""
 
     __slots__ = ("problem", "record", "config")
 

@@ -1,7 +1,7 @@
 """``METHODS``: every method ``solve`` accepts, by name, as a :class:`~neuralode.solvers.methods.base.Method`.
 
 Built from the families' coefficient records by plain imports: the explicit Runge-Kutta tableaus
-(:data:`~neuralode.solvers.tableau.EXPLICIT_METHODS`, which torchdiffeq's ``SOLVERS`` registration writes to),
+(:data:`~neuralode.solvers.methods.tableau.EXPLICIT_METHODS`, which torchdiffeq's ``SOLVERS`` registration writes to),
 the stiff methods (:data:`IMPLICIT_METHODS`: Rosenbrock, ESDIRK, Radau IIA, fixed-grid implicit), ``auto``,
 the Adams methods and ``scipy_solver``. :func:`resolve` turns a ``method`` argument into its Method, with the
 error that lists the valid names; :func:`get_tableau` gives a method's coefficient record.
@@ -12,19 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..adams import ADAMS_METHODS
-from ..auto import AUTO
-from ..esdirk import ESDIRK_METHODS
-from ..implicit import ROSENBROCK_METHODS
-from ..implicit_fixed import IMPLICIT_FIXED_METHODS
 from ..options import suggest
-from ..radau import RADAU_METHODS
-from ..scipy_solver import SCIPY_METHOD
-from ..tableau import EXPLICIT_METHODS, ButcherTableau
+from .adams import ADAMS_METHODS
+from .auto import AUTO
 from .base import Method
+from .esdirk import ESDIRK_METHODS
 from .explicit import Adams, ExplicitRK
-from .implicit import ESDIRK, Auto, ImplicitFixed, Radau, Rosenbrock
+from .implicit_fixed import IMPLICIT_FIXED_METHODS
+from .radau import RADAU_METHODS
+from .rosenbrock_tableaus import ROSENBROCK_METHODS
 from .scipy import Scipy
+from .scipy_solver import SCIPY_METHOD
+from .stiff import ESDIRK, Auto, ImplicitFixed, Radau, Rosenbrock
+from .tableau import EXPLICIT_METHODS, ButcherTableau
 
 DEFAULT_METHOD = "dopri5"
 
@@ -135,11 +135,11 @@ def get_tableau(method: str) -> Any:
         method: a key of :data:`METHODS` other than the Adams methods and ``"scipy_solver"``.
 
     Returns:
-        A :class:`~neuralode.solvers.tableau.ButcherTableau` for an explicit Runge-Kutta method; for an implicit
-        one a :class:`~neuralode.solvers.implicit.RosenbrockTableau`,
-        :class:`~neuralode.solvers.esdirk.ESDIRKTableau`, :class:`~neuralode.solvers.radau.RadauTableau` or
-        :class:`~neuralode.solvers.implicit_fixed.ImplicitRK`; for ``"auto"`` the
-        :class:`~neuralode.solvers.auto.AutoSwitching` record. ``METHODS[name].tableau`` gives every method's
+        A :class:`~neuralode.solvers.methods.tableau.ButcherTableau` for an explicit Runge-Kutta method; for an implicit
+        one a :class:`~neuralode.solvers.methods.rosenbrock_tableaus.RosenbrockTableau`,
+        :class:`~neuralode.solvers.methods.esdirk.ESDIRKTableau`, :class:`~neuralode.solvers.methods.radau.RadauTableau` or
+        :class:`~neuralode.solvers.methods.implicit_fixed.ImplicitRK`; for ``"auto"`` the
+        :class:`~neuralode.solvers.methods.auto.AutoSwitching` record. ``METHODS[name].tableau`` gives every method's
         record, the Adams methods' and scipy's included.
 
     Raises:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..scipy_solver import ScipyMethod, ScipyOptions, parse_scipy_options, scipy_solve
 from .base import Capabilities, Method
+from .scipy_solver import ScipyMethod, ScipyOptions, parse_scipy_options, scipy_solve
 
 
 class Scipy(Method):

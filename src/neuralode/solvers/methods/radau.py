@@ -22,7 +22,7 @@ is::
     G = (T^-1 (x) I) F(Z),   W_k = W_2k + i W_2k+1,   dW_k = dW_2k + i dW_2k+1
 
 so a step factors one real and ``(s - 1) / 2`` complex ``n x n`` matrices per independent system of the batch
-(the state ``(*batch, *event)`` seen as ``(B, n)``, :mod:`~neuralode.solvers.jacobian`) and never an ``s B n``
+(the state ``(*batch, *event)`` seen as ``(B, n)``, :mod:`~neuralode.solvers.methods.jacobian`) and never an ``s B n``
 matrix. The nodes, ``A``, ``T`` (and with it ``gamma`` and the pairs) are computed in float64 when this module
 is imported and checked (``C(s)``, ``B(2s - 1)``, ``T`` reproducing ``A^-1``).
 
@@ -114,7 +114,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SolverError
+from ..errors import SolverError
 from .jacobian import ImplicitStepper, counted_flat_func, linearise
 from .stepper import StepResult
 
@@ -478,7 +478,7 @@ class RadauStepper(ImplicitStepper):
 
     def norm_stages(self, dZ: torch.Tensor, y: torch.Tensor) -> float:
         """RMS over the stages of the scaled RMS norm of every component (not a user norm or the adjoint's
-        seminorm, which may leave components out: :meth:`~neuralode.solvers.norms._ErrorNorm.scaled_stages`)."""
+        seminorm, which may leave components out: :meth:`~neuralode.solvers.control.norms._ErrorNorm.scaled_stages`)."""
         if self.error is None:
             return float(dZ.abs().max())
         return self.error.scaled_stages(dZ, y)

@@ -28,7 +28,7 @@ per sample, its output times up to its end (its terminal event, or its last time
 event times, one grid padded with no-op stops to a common length. Each sample starts
 backwards from its own end. Landing on one of its events, ``y_i`` restarts from the state
 before the event and ``a_i`` is pulled back through the event map: the implicit-function
-event time ``t*_i = t_i + δ_i`` (:meth:`~neuralode.solvers.per_sample_events.PerSampleEvents.attach_gradient`),
+event time ``t*_i = t_i + δ_i`` (:meth:`~neuralode.solvers.events.per_sample.PerSampleEvents.attach_gradient`),
 the state at it ``y*_i = y_i + f_i δ_i`` and the reset with its restart shift, one
 vector-Jacobian product over the rows that landed, which also takes the cotangents of the
 recorded event times and states (the joint adjoint joins its stretches by the same map). The
@@ -46,9 +46,8 @@ import math
 
 import torch
 
-from .adjoint import refuse_double_backward
-from .options import _check_state, _check_times, _parse_options
-from .per_sample import (
+from ..options import _check_state, _check_times, _parse_options
+from ..per_sample import (
     BatchFunc,
     PerSampleStats,
     RMSNorm,
@@ -59,8 +58,9 @@ from .per_sample import (
     interp_kind,
     solve_per_sample,
 )
-from .problem import check_step_callbacks
-from .solution import Solution
+from ..problem import check_step_callbacks
+from ..solution import Solution
+from .backsolve import refuse_double_backward
 
 
 def _stats(B: int, device) -> PerSampleStats:
@@ -118,7 +118,7 @@ class _ParamQuadrature:
             outs.append(f)
             cots.append(-a * w)
         # retain_graph: the stage graphs may reach the parameters through nodes that outlive them
-        # (neuralode.solvers.adjoint's docstring); the stages themselves are dropped below.
+        # (neuralode.solvers.adjoint.backsolve's docstring); the stages themselves are dropped below.
         grads = torch.autograd.grad(outs, self.params, cots, allow_unused=True, retain_graph=True)
         for acc, g in zip(self.grads, grads):
             if g is not None:
@@ -168,7 +168,7 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
     (``jump`` restarts ``y`` and adds ``∂L/∂y`` to ``a`` there), from ``z = start()``; returns ``a`` at the
     start of each sample's span, before the first output's own ``∂L/∂y``. Everything, the start state
     included, runs as backward work (``in_adjoint_backward``); the backward step is kept for the next call."""
-    from .adjoint import _IN_BACKWARD
+    from .backsolve import _IN_BACKWARD
 
     tableau = cfg["tableau"]
     token = _IN_BACKWARD.set(True)
@@ -213,7 +213,7 @@ def solve_adjoint_per_sample(
     adjoint_params,
     events,
 ) -> Solution:
-    """:func:`~neuralode.solvers.adjoint.solve_adjoint` with ``options={"per_sample": True}``.
+    """:func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint` with ``options={"per_sample": True}``.
 
     Shapes as :func:`~neuralode.solvers.per_sample.solve_per_sample`. ``adjoint_options`` may
     set the backward solve's controller options; its ``norm`` is always the seminorm (the
@@ -221,8 +221,8 @@ def solve_adjoint_per_sample(
     and with ``events`` through the recorded event times and states (event functions' and
     resets' tensors: only those in ``adjoint_params``).
     """
-    from .adjoint import _adjoint_params
-    from .methods.registry import resolve
+    from ..methods.registry import resolve
+    from .backsolve import _adjoint_params
 
     forward = resolve(method)
     tableau = forward.tableau
@@ -307,8 +307,8 @@ def solve_adjoint_per_sample(
 
 def _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats) -> Solution:
     """The per-sample adjoint of a solve with events (:class:`_PerSampleEventAdjoint`)."""
-    from .events import ravel
-    from .per_sample_events import PerSampleEventRecord, PerSampleEvents
+    from ..events.core import ravel
+    from ..events.per_sample import PerSampleEventRecord, PerSampleEvents
 
     B, dtype, dev = parts[0].shape[0], parts[0].dtype, parts[0].device
     records = list(fwd.events)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .options import AdaptiveOptions
+from ..options import AdaptiveOptions
 
 JACOBIAN_KINDS = ("batched", "dense")
 

@@ -6,7 +6,7 @@ for the stage derivatives ``K = (k_1 .. k_s)``::
     k_i = f(t0 + c_i h, y0 + h sum_j a_ij k_j),      y1 = y0 + h sum_i b_i k_i
 
 All stages are solved together by a simplified Newton iteration with the Jacobian ``J = df/dy(t0, y0)`` formed
-at the start of every step (by autograd, per sample for a batch; see :mod:`~neuralode.solvers.jacobian`)::
+at the start of every step (by autograd, per sample for a batch; see :mod:`~neuralode.solvers.methods.jacobian`)::
 
     (I_{sn} - h A (x) J) dK = -(K - F(K)),   per sample: one (s n) x (s n) matrix, factored once per step
 
@@ -45,9 +45,9 @@ from typing import Any
 
 import torch
 
-from .errors import SolverError
+from ..errors import SolverError
+from ..options import FixedOptions
 from .jacobian import ImplicitStepper, autograd_linearisation, checked_jacobian
-from .options import FixedOptions
 
 NEWTON_MAX_ITER = 20
 
@@ -55,7 +55,7 @@ NEWTON_MAX_ITER = 20
 @dataclass(frozen=True)
 class ImplicitFixedOptions(FixedOptions):
     """:class:`FixedOptions` plus ``jacobian`` and ``batch_dims`` as for the adaptive implicit methods
-    (:class:`~neuralode.solvers.implicit_options.ImplicitOptions`)."""
+    (:class:`~neuralode.solvers.methods.implicit_options.ImplicitOptions`)."""
 
     jacobian: str | Callable[..., Any] = "batched"
     batch_dims: int | None = None

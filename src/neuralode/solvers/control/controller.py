@@ -39,7 +39,7 @@ Four controllers:
   of PI control per tolerance (up to 5x on Robertson to t = 1e11).
 * ``"pi_gustafsson"``: the same predictive cap on the PI proposal instead of the I one,
   ``min(factor_PI, factor_pred)``; the default of the stiff methods
-  (:class:`~neuralode.solvers.implicit_options.ImplicitOptions`). Where the error constant is
+  (:class:`~neuralode.solvers.methods.implicit_options.ImplicitOptions`). Where the error constant is
   steady or shrinking (the smooth stretches of a stiff solve) it is PI control step for step;
   where it grows, the prediction cuts the step as in ``"gustafsson"``. Measured there: 146
   rejected steps against PI's 507 (kvaerno5, rtol 1e-4 ... 1e-6: 191 against 525) at PI's

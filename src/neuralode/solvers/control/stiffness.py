@@ -25,7 +25,7 @@ from functools import cache
 
 import torch
 
-from .errors import SolverError
+from ..errors import SolverError
 
 STIFF_STEPS = 15  # stiff accepted steps that make a problem stiff (Hairer's DOPRI5: 15)
 RESET_STEPS = 6  # non-stiff accepted steps in a row that reset the count (Hairer: 6)

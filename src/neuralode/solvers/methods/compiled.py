@@ -39,8 +39,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..stepper import StepResult, _plan, rk_step
-from ..tableau import ButcherTableau
+from .stepper import StepResult, _plan, rk_step
+from .tableau import ButcherTableau
 
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 

@@ -210,12 +210,12 @@ class RosenbrockTableau:
 
     @property
     def interp_kind(self) -> str:
-        """The loop's dense-output kind for these methods (:func:`~neuralode.solvers.rosenbrock.rosenbrock_dense`)."""
+        """The loop's dense-output kind for these methods (:func:`~neuralode.solvers.methods.rosenbrock.rosenbrock_dense`)."""
         return "rosenbrock"
 
     @property
     def options_type(self) -> type:
-        """The options these methods take: :class:`~neuralode.solvers.implicit_options.ImplicitOptions`."""
+        """The options these methods take: :class:`~neuralode.solvers.methods.implicit_options.ImplicitOptions`."""
         from .implicit_options import ImplicitOptions
 
         return ImplicitOptions

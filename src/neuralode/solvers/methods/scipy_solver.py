@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from .errors import SolverError
-from .options import _check_state, _check_tolerance, _check_tolerance_pair, _positive, _type_name
-from .problem import _Problem
-from .solution import Solution, SolverStats
+from ..errors import SolverError
+from ..options import _check_state, _check_tolerance, _check_tolerance_pair, _positive, _type_name
+from ..problem import _Problem
+from ..solution import Solution, SolverStats
 
 SCIPY_SOLVERS = ("LSODA", "RK45", "RK23", "DOP853", "Radau", "BDF")
 

@@ -1,6 +1,6 @@
 """The Rosenbrock step: one Jacobian, one LU factorisation per sample, ``s`` linear solves, no iteration.
 
-For a :class:`~neuralode.solvers.implicit.RosenbrockTableau` in transformed form (Hairer & Wanner,
+For a :class:`~neuralode.solvers.methods.rosenbrock_tableaus.RosenbrockTableau` in transformed form (Hairer & Wanner,
 *Solving ODEs II*, IV.7, (7.25)) a step of size ``h`` from ``(t0, y0)`` with ``J = df/dy(t0, y0)`` and
 ``f_t = df/dt(t0, y0)`` is::
 
@@ -9,7 +9,7 @@ For a :class:`~neuralode.solvers.implicit.RosenbrockTableau` in transformed form
     y1  = y0 + sum_i m_i u_i,    err = sum_i m_err_i u_i
 
 with the state of shape ``(*batch, *event)`` seen as ``(B, n)`` for the solves (``B`` independent systems,
-see :mod:`~neuralode.solvers.jacobian`), so each stage is one batched ``lu_solve``. The first stage's
+see :mod:`~neuralode.solvers.methods.jacobian`), so each stage is one batched ``lu_solve``. The first stage's
 ``f`` is the ``f0`` the loop passes in; for FSAL methods (``rosenbrock23``) the last stage is
 ``f(t0 + h, y1)`` and is returned as the last entry of ``StepResult.k``, after the ``u_i`` that the dense
 output (:func:`rosenbrock_dense`) needs.
@@ -21,11 +21,11 @@ The step returns values only; whether it is accepted is the controller's decisio
 Where the time of a step goes: on the small systems stiff Neural ODEs and chemical kinetics bring, the solver's
 own arithmetic is small beside the autograd machinery and the user's function, so a step is laid out to make few
 torch calls. ``df/dt`` comes from the same batched backward as ``J`` rather than from a forward-mode evaluation
-with dual tensors (:func:`~neuralode.solvers.jacobian.autograd_linearisation`); ``f0`` is the evaluation that
+with dual tensors (:func:`~neuralode.solvers.methods.jacobian.autograd_linearisation`); ``f0`` is the evaluation that
 backward differentiates, not one more; without autograd the stage sums are matrix-vector products into the rows
 of one buffer rather than a scaled add per coefficient (:func:`_step_in_place`). What is left is the batched
 backward itself (``torch.autograd.grad(..., is_grads_batched=True)``, called through the engine with less Python
-around it, :func:`~neuralode.solvers.jacobian.batched_vjp`): on the benchmark's systems (Robertson, HIRES,
+around it, :func:`~neuralode.solvers.methods.jacobian.batched_vjp`): on the benchmark's systems (Robertson, HIRES,
 POLLU; one system and a batch of 256) it forms ``J`` faster than ``n`` separate vector-Jacobian products,
 ``torch.func.jacrev`` or ``torch.func.jacfwd`` (the last two vmapped per sample for a batch), so it stays.
 
@@ -44,8 +44,7 @@ from functools import cache
 
 import torch
 
-from .errors import SolverError
-from .implicit import RosenbrockTableau
+from ..errors import SolverError
 from .jacobian import (
     ImplicitStepper,
     Linearisation,
@@ -54,6 +53,7 @@ from .jacobian import (
     counted_flat_func,
     identity,
 )
+from .rosenbrock_tableaus import RosenbrockTableau
 from .stepper import StepResult, combine
 
 Func = Callable[[float, torch.Tensor], torch.Tensor]
@@ -403,7 +403,7 @@ class RosenbrockStepper(ImplicitStepper):
 
 
 def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
-    """The :class:`~neuralode.solvers.stepper.Stepper` of an implicit method for one solve.
+    """The :class:`~neuralode.solvers.methods.stepper.Stepper` of an implicit method for one solve.
 
     ``func`` evaluates the stages (the loop's problem, or its just-before-a-jump variant); ``problem``
     (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's

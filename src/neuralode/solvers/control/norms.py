@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .options import _type_name, error_dtype
-from .stepper import combined_error_ratio
+from ..methods.stepper import combined_error_ratio
+from ..options import _type_name, error_dtype
 
 if TYPE_CHECKING:
-    from .problem import _Problem
+    from ..problem import _Problem
 
 
 def inverse_sqrt_sizes(sizes) -> list[float]:
@@ -178,7 +178,7 @@ class _ErrorNorm:
         self, y_err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, y_err_aux: torch.Tensor | None = None
     ) -> float:
         """The error ratio of a step; with a second estimate (dopri8's E3), Hairer's combination
-        of the two (:func:`~neuralode.solvers.stepper.combined_error_ratio`).
+        of the two (:func:`~neuralode.solvers.methods.stepper.combined_error_ratio`).
 
         The scale ``atol + rtol max(|y0|, |y1|)`` is formed as ``max(atol + rtol |y0|, atol + rtol |y1|)``:
         rounding is monotone and ``rtol >= 0``, so the two are the same numbers, and the second

@@ -1,6 +1,6 @@
 """The interpolating adjoint: the backward solve reads ``y(t)`` from the forward solve's dense output.
 
-The backsolve adjoint (:mod:`~neuralode.solvers.adjoint`) recomputes ``y`` backwards in time together
+The backsolve adjoint (:mod:`~neuralode.solvers.adjoint.backsolve`) recomputes ``y`` backwards in time together
 with ``a``. For a stiff dissipative system (Robertson's kinetics) ``y`` backwards is unstable: the
 decaying modes of the forward problem grow backwards at the rate of the fastest one, and the backward
 solve fails (step-size underflow) or returns NaN (Kim, Ji, Deng, Ma & Rackauckas 2021, "Stiff neural
@@ -61,18 +61,18 @@ error, so a looser ``adjoint_atol`` buys steps only with accuracy (1e-8: 338 + 2
 error 3.6e-8; 1e-6: 235 + 14, 8.9e-7; against 1.5e-8 at the default 1e-12). At a jump the step
 carried over from the interval before is, for an implicit method, one for the slow solution, so there
 the initial-step heuristic runs instead (two to four rejections fewer per jump on Robertson); an
-explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.step_after_jump`).
+explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.backsolve.step_after_jump`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .adjoint import interval_options, sweep_intervals
-from .api import solve
-from .methods.registry import resolve
-from .options import time_dtype
-from .problem import adjoint_step_callbacks
+from ..api import solve
+from ..methods.registry import resolve
+from ..options import time_dtype
+from ..problem import adjoint_step_callbacks
+from .backsolve import interval_options, sweep_intervals
 
 
 def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
@@ -139,7 +139,7 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
                 f = f_flat(tt, yv)
                 inputs = (yv, *params)
             if f.requires_grad:
-                # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint's docstring).
+                # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint.backsolve's docstring).
                 vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
             else:
                 vjps = (None,) * (1 + len(params))

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SolverError
+from ..errors import SolverError
 from .jacobian import ImplicitStepper, counted_flat_func, linearise
 from .stepper import StepResult, combine
 

@@ -49,7 +49,7 @@ Design choices:
   refuse it (:func:`refuse_double_backward`) instead of returning a wrongly differentiable gradient.
 * Except with an implicit (stiff) ``adjoint_method``: re-solving ``y`` backwards is unstable for a
   stiff dissipative system, so there the default is the interpolating adjoint
-  (:mod:`~neuralode.solvers.adjoint_interpolating`; ``adjoint_options={"interpolate": True | False}``
+  (:mod:`~neuralode.solvers.adjoint.interpolating`; ``adjoint_options={"interpolate": True | False}``
   chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
   and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
 """
@@ -63,13 +63,13 @@ from typing import Any
 
 import torch
 
-from .api import _event_result, _run, event_mode, no_events, solve, with_event_budget
-from .events import Event, apply_reset, attach_event_gradient, check_events, ravel
-from .methods.registry import resolve
-from .norms import seminorm, seminorm_a
-from .options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
-from .problem import _Problem, adjoint_step_callbacks, check_step_callbacks
-from .solution import Solution, SolverStats, TensorOrTuple
+from ..api import _event_result, _run, event_mode, no_events, solve, with_event_budget
+from ..control.norms import seminorm, seminorm_a
+from ..events.core import Event, apply_reset, attach_event_gradient, check_events, ravel
+from ..methods.registry import resolve
+from ..options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
+from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
+from ..solution import Solution, SolverStats, TensorOrTuple
 
 _IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
 
@@ -220,7 +220,7 @@ class _AdjointSolve(torch.autograd.Function):
                 "torch.autograd.detect_anomaly() names the operation."
             )
         if cfg.get("dense") is not None:
-            from .adjoint_interpolating import interpolating_backward
+            from .interpolating import interpolating_backward
 
             refuse_double_backward("interpolating adjoint (adjoint_options['interpolate']=True)")
 
@@ -685,7 +685,7 @@ def solve_adjoint(
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     _check_state(y0)
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
-        from .per_sample_adjoint import solve_adjoint_per_sample
+        from .per_sample import solve_adjoint_per_sample
 
         adjoint_options, interpolate = _split_interpolate(adjoint_options)
         if interpolate:
@@ -800,7 +800,7 @@ def _solve_adjoint(
 def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
     """The backward state of the interpolating adjoint is ``(a, *gθ)``, without ``y``: drop ``y``'s
     tolerance entry and use the seminorm on ``a``; the Jacobian of the backward dynamics is built by
-    :mod:`~neuralode.solvers.adjoint_interpolating` (a user ``jacobian`` for ``f`` does not apply)."""
+    :mod:`~neuralode.solvers.adjoint.interpolating` (a user ``jacobian`` for ``f`` does not apply)."""
     for key in ("adjoint_rtol", "adjoint_atol"):
         if isinstance(cfg[key], tuple):
             cfg[key] = cfg[key][1:]
@@ -824,7 +824,7 @@ def _adjoint_with_events(
     The forward solve (no graph) fixes the event times and the states at the output times and
     events. Each stretch ``[s_k, e_k]`` between events is then one adjoint solve from its
     stored values (no second forward pass); at an event the implicit-function gradient is
-    attached (:func:`~neuralode.solvers.events.attach_event_gradient`) and the reset applied
+    attached (:func:`~neuralode.solvers.events.core.attach_event_gradient`) and the reset applied
     with autograd, and the next stretch starts from the reset state, shifted as the solve
     restart at ``t*`` requires. A non-cutting event ends a stretch too: the next one continues
     from the same state, so only its record needs the event gradient.

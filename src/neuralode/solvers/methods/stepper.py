@@ -4,7 +4,7 @@
 tableau, and, given a ``(B,)`` tensor of steps, the step of the per-sample clock
 (:mod:`~neuralode.solvers.per_sample`, one step size per row). The same sums are written twice more,
 each for a driver with its own constraint: :func:`~neuralode.solvers.fast.fixed_grid.run` (the lean
-fixed grid, inlined to skip per-step overhead) and :func:`~neuralode.solvers.fast.compiled.rk_stages`
+fixed grid, inlined to skip per-step overhead) and :func:`~neuralode.solvers.methods.compiled.rk_stages`
 (traced by ``torch.compile``). The first keeps this module's order of operations, so its states are the
 same bits; the compiled form and the per-row form equal it to rounding (a per-row step cannot be folded
 into the coefficients, so the per-row sums are ``y0 + dt ⊙ sum_j a_ij k_j``).

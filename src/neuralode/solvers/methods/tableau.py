@@ -12,7 +12,7 @@ replaces the constant weights by polynomials ``b_i(theta)`` with ``b_i(0) = 0`` 
 ``y(t0 + theta dt) ~ y0 + dt * sum_i b_i(theta) k_i`` for ``0 <= theta <= 1``.
 
 A method is nothing but its coefficients (:class:`ButcherTableau`), checked when it is built; the generic
-stepper in :mod:`neuralode.solvers.stepper` (and the drivers' own forms of its stage sums) runs any of them.
+stepper in :mod:`neuralode.solvers.methods.stepper` (and the drivers' own forms of its stage sums) runs any of them.
 :data:`EXPLICIT_METHODS` names the built-in ones; :data:`neuralode.METHODS` names every method ``solve``
 accepts.
 
@@ -103,14 +103,14 @@ class ButcherTableau:
             (sums to 0), or ``None`` (every method but dopri8). When given, the loop measures both estimates with
             the same scaled norm and controls the step with Hairer's DOP853 combination
             ``ratio = |err|**2 / sqrt(|err|**2 + 0.01 * |err_aux|**2)`` (0 when both are 0), see
-            :func:`neuralode.solvers.stepper.combined_error_ratio`; needs ``b_err``.
+            :func:`neuralode.solvers.methods.stepper.combined_error_ratio`; needs ``b_err``.
         c_extra: ``(e,)`` nodes of stages evaluated only for dense output, after the ``s`` stages of the step
             (``None`` when the continuous extension needs none). Given together with ``a_extra`` and
             ``dense_extra``.
         a_extra: ``e`` rows; row ``j`` has ``s + j`` entries, the coefficients of ``k_0 .. k_{s+j-1}`` (the step's
             stages, then the extra stages before it), and sums to ``c_extra[j]``. Extra stage ``j`` is
             ``f(t0 + c_extra[j] dt, y0 + dt * sum_l a_extra[j][l] k_l)``
-            (:func:`neuralode.solvers.interpolation.dense_stages`).
+            (:func:`neuralode.solvers.methods.interpolation.dense_stages`).
         dense_extra: ``(s + e, m)`` continuous extension over the step's ``s`` stages followed by the ``e`` extra
             stages, in the same monomial form as ``dense``; its first ``s`` rows sum to ``b`` and the last ``e``
             to 0. A method has at most one of ``dense`` and ``dense_extra``; ``dense_extra`` is the one whose

@@ -5,7 +5,7 @@ method whose step is either an explicit tsit5 step or a rodas5p step. Both are o
 error estimate, so one step-size controller (exponent 1/5) and one error norm serve both, and a switch
 needs no restart.
 
-* Explicit to stiff: Hairer's stiffness test on tsit5's accepted steps (:mod:`~neuralode.solvers.stiffness`:
+* Explicit to stiff: Hairer's stiffness test on tsit5's accepted steps (:mod:`~neuralode.solvers.control.stiffness`:
   ``|h| rho`` above half the stability boundary for 15 steps), from the stages, at no evaluation of ``f``.
 * Explicit to stiff, second test: Hairer's estimate reads the Jacobian only along the difference of two
   stages, and once the stiff components have decayed that difference hardly contains them, so it can
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .implicit import RODAS5P, RosenbrockTableau
+from ..control.stiffness import STIFF_STEPS, StiffnessDetector, stability_boundary
 from .interpolation import continuous_extension
 from .rosenbrock import ImplicitStepper, RosenbrockStepper, rosenbrock_dense
+from .rosenbrock_tableaus import RODAS5P, RosenbrockTableau
 from .stepper import rk_step
-from .stiffness import STIFF_STEPS, StiffnessDetector, stability_boundary
 from .tableau import TSIT5, ButcherTableau
 
 # Hairer's rho is a Rayleigh-quotient-like estimate along the stages' difference and often underestimates the

@@ -1,6 +1,6 @@
 """Events per sample: each sample's sign changes located on its own step, at its own time.
 
-In per-sample mode an :class:`~neuralode.solvers.events.Event`'s ``fn(t, y)`` is called on the
+In per-sample mode an :class:`~neuralode.solvers.events.core.Event`'s ``fn(t, y)`` is called on the
 whole batch (``t`` of shape ``(B,)``, ``y`` like the state) and returns a tensor whose first
 dimension is the batch: ``g[i]`` is sample ``i``'s event function (any trailing shape; every
 element is watched). An element of sample ``i`` crosses over an accepted step when it goes from
@@ -8,7 +8,7 @@ element is watched). An element of sample ``i`` crosses over an accepted step wh
 An element that is zero at a step's start (a sample that starts on a root, or a function that is
 zero on a stretch of time) has no sign there: when it is nonzero at the step's end it takes the
 sign it has where it first leaves zero (bisection on the interpolant, vectorised over the batch)
-and only crossings after that point count, the joint loop's rule (:mod:`~neuralode.solvers.events`).
+and only crossings after that point count, the joint loop's rule (:mod:`~neuralode.solvers.events.core`).
 
 Locating. For the samples with a crossing, ``θ_i`` in ``(0, 1]`` is found by bisection on the
 step's interpolant, vectorised over the batch: ``c_i(θ)`` = "some watched element of sample ``i``
@@ -35,7 +35,7 @@ depends on row ``i`` of the state only, so the theorem holds row by row::
 with everything evaluated at sample ``i``'s own event. One call of the event function on the
 batch, with the located times and states, gives every row's ``g_i`` with its graph; one
 backward pass of ``Σ_i g_i`` gives every row's ``∂g_i/∂t`` and ``∂g_i/∂y_i`` (rows do not mix).
-As in the joint loop (:func:`~neuralode.solvers.events.attach_event_gradient`) the gradients
+As in the joint loop (:func:`~neuralode.solvers.events.core.attach_event_gradient`) the gradients
 enter by value-preserving corrections: ``t*_i = t_i + δ_i`` and ``y*_i = y_i + f_i δ_i`` with
 ``δ_i = -(g_i - stop_grad(g_i)) / ġ_i`` (value 0), and a reset's output is shifted by
 ``-f_i(t*_i, y_new,i) δ_i``, since the sample restarts at a time that depends on the parameters.
@@ -50,9 +50,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .events import Event
-from .options import _type_name
-from .solution import EventRecord
+from ..options import _type_name
+from ..solution import EventRecord
+from .core import Event
 
 BISECTIONS = 60
 
@@ -125,7 +125,7 @@ class PerSampleEvents:
         takes the sign it has where it first leaves zero (bisection from ``theta0`` on the
         interpolant, vectorised over the rows, one element column at a time) and is watched from
         there (``starts[k] (B, E_k)``, 0 for the others): the joint loop's rule
-        (:mod:`~neuralode.solvers.events`). Both lists are returned unchanged (``starts`` None)
+        (:mod:`~neuralode.solvers.events.core`). Both lists are returned unchanged (``starts`` None)
         when no row is ``idle``."""
         if not bool(idle.any()):
             return g0, None

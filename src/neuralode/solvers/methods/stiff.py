@@ -1,27 +1,27 @@
 """The stiff families: Rosenbrock, ESDIRK, Radau IIA, the fixed-grid implicit Runge-Kutta methods and ``auto``.
 
 Each wraps its coefficient record; its stepper is its own family's (``make_stepper`` of
-:mod:`~neuralode.solvers.rosenbrock`, :mod:`~neuralode.solvers.esdirk`, :mod:`~neuralode.solvers.radau`,
-:mod:`~neuralode.solvers.implicit_fixed`, :func:`~neuralode.solvers.auto.make_auto_stepper`): a
-:class:`~neuralode.solvers.jacobian.ImplicitStepper` with the loop's calling convention, its Jacobian,
+:mod:`~neuralode.solvers.methods.rosenbrock`, :mod:`~neuralode.solvers.methods.esdirk`, :mod:`~neuralode.solvers.methods.radau`,
+:mod:`~neuralode.solvers.methods.implicit_fixed`, :func:`~neuralode.solvers.methods.auto.make_auto_stepper`): a
+:class:`~neuralode.solvers.methods.jacobian.ImplicitStepper` with the loop's calling convention, its Jacobian,
 factorisations and polynomial in a named record, told of every decision by ``settle``.
 """
 
 from __future__ import annotations
 
-from ..auto import AutoSwitching, make_auto_stepper
-from ..esdirk import ESDIRKTableau
-from ..esdirk import make_stepper as make_esdirk_stepper
-from ..implicit import RosenbrockTableau
-from ..implicit_fixed import ImplicitFixedOptions, ImplicitRK
-from ..implicit_fixed import make_stepper as make_fixed_stepper
-from ..implicit_options import AutoOptions, ImplicitOptions, RadauOptions
-from ..radau import RadauTableau
-from ..radau import make_stepper as make_radau_stepper
-from ..rosenbrock import make_stepper as make_rosenbrock_stepper
-from ..stepper import Stepper
+from .auto import AutoSwitching, make_auto_stepper
 from .base import Capabilities, Method
+from .esdirk import ESDIRKTableau
+from .esdirk import make_stepper as make_esdirk_stepper
 from .explicit import fixed_grid_kind
+from .implicit_fixed import ImplicitFixedOptions, ImplicitRK
+from .implicit_fixed import make_stepper as make_fixed_stepper
+from .implicit_options import AutoOptions, ImplicitOptions, RadauOptions
+from .radau import RadauTableau
+from .radau import make_stepper as make_radau_stepper
+from .rosenbrock import make_stepper as make_rosenbrock_stepper
+from .rosenbrock_tableaus import RosenbrockTableau
+from .stepper import Stepper
 
 # What the stiff methods support: Jacobians by torch.autograd.grad (no torch.func transforms), LU
 # factorisations (no float16/bfloat16 kernels in torch), one clock for the batch.
@@ -30,7 +30,7 @@ STIFF = Capabilities(adaptive=True, own_dense=True, implicit=True, half=False)
 
 class Rosenbrock(Method):
     """Linearly implicit Runge-Kutta (Rosenbrock) methods: one LU factorisation per step, no Newton iteration
-    (:class:`~neuralode.solvers.implicit.RosenbrockTableau`)."""
+    (:class:`~neuralode.solvers.methods.rosenbrock_tableaus.RosenbrockTableau`)."""
 
     capabilities = STIFF
     options_type = ImplicitOptions
@@ -47,7 +47,7 @@ class Rosenbrock(Method):
 
 class ESDIRK(Method):
     """Explicit-first-stage singly diagonally implicit Runge-Kutta methods: Newton per stage
-    (:class:`~neuralode.solvers.esdirk.ESDIRKTableau`); outputs inside a step by cubic Hermite."""
+    (:class:`~neuralode.solvers.methods.esdirk.ESDIRKTableau`); outputs inside a step by cubic Hermite."""
 
     capabilities = Capabilities(adaptive=True, own_dense=False, implicit=True, half=False)
     options_type = ImplicitOptions
@@ -64,7 +64,7 @@ class ESDIRK(Method):
 
 class Radau(Method):
     """Radau IIA collocation methods: simplified Newton on the collocation system
-    (:class:`~neuralode.solvers.radau.RadauTableau`); outputs from the collocation polynomial."""
+    (:class:`~neuralode.solvers.methods.radau.RadauTableau`); outputs from the collocation polynomial."""
 
     capabilities = STIFF
     options_type = RadauOptions
@@ -81,7 +81,7 @@ class Radau(Method):
 
 class ImplicitFixed(Method):
     """torchdiffeq's fixed-grid implicit Runge-Kutta methods (``implicit_euler``, ...): Newton to convergence on
-    every step of the grid (:class:`~neuralode.solvers.implicit_fixed.ImplicitRK`)."""
+    every step of the grid (:class:`~neuralode.solvers.methods.implicit_fixed.ImplicitRK`)."""
 
     capabilities = Capabilities(adaptive=False, own_dense=False, implicit=True, half=False)
     options_type = ImplicitFixedOptions
@@ -102,7 +102,7 @@ class ImplicitFixed(Method):
 
 class Auto(Method):
     """``auto``: tsit5, switching to rodas5p while the problem is stiff and back
-    (:class:`~neuralode.solvers.auto.AutoSwitching`); outputs from the dense output of the method that took
+    (:class:`~neuralode.solvers.methods.auto.AutoSwitching`); outputs from the dense output of the method that took
     the step."""
 
     capabilities = STIFF

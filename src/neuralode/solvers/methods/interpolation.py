@@ -130,10 +130,10 @@ def dense_stages(
 
     Args:
         func: ``func(t, y) -> dy/dt`` with ``t`` a Python float, the same function the step was taken with
-            (as for :func:`~neuralode.solvers.stepper.rk_step`).
+            (as for :func:`~neuralode.solvers.methods.stepper.rk_step`).
         t0, y0, dt: the start, state and size of the accepted step; ``t0`` and ``dt`` are floats, or
             ``(B,)`` float64 tensors with one step per row of ``y0`` (the per-sample clock, as in
-            :func:`~neuralode.solvers.stepper.rk_step`).
+            :func:`~neuralode.solvers.methods.stepper.rk_step`).
         k: the step's ``s = tableau.stages`` stages, ``StepResult.k``. For dopri8 the last of them is
             ``f(t0 + dt, y1)`` (the tableau is FSAL, so :func:`rk_step` computes it and the loop reuses it as
             the next step's ``f0``); nothing has to be appended.

@@ -56,8 +56,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import _accepts, _describe, _type_name
-from .solution import TensorOrTuple
+from ..options import _accepts, _describe, _type_name
+from ..solution import TensorOrTuple
 
 _MAX_ROOT_ITERS = 300
 
