@@ -688,11 +688,6 @@ case(
     Error(ValueError, "compile", "checkpoint"),
 )
 case(
-    "option-gustafsson-per-sample",
-    call(y0=torch.ones(2, 2, dtype=F64), options={"per_sample": True, "controller": "gustafsson"}),
-    Error(ValueError, "controller", "per_sample"),
-)
-case(
     "option-min-step-reject",
     call(func=lambda t, y: -1e3 * y, options={"min_step": 0.1}),
     Error(SolverError, "min_step", "Lower"),

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from neuralode import AdaptiveOptions, SolverError, solve
+from neuralode import METHODS, AdaptiveOptions, SolverError, solve
 from neuralode.solvers.control.stiffness import (
     MIN_STEPS_FOR_ERROR,
     STIFF_STEPS,
@@ -21,7 +21,7 @@ from tests.problems import PROBLEMS
 
 F64 = torch.float64
 WATCHED = [
-    name for name, tab in EXPLICIT_METHODS.items() if StiffnessDetector.for_solve(tab, AdaptiveOptions()) is not None
+    name for name in EXPLICIT_METHODS if StiffnessDetector.for_solve(METHODS[name], AdaptiveOptions()) is not None
 ]
 
 

@@ -237,7 +237,7 @@ def integrate(
     perturb = opts.perturb and error is None  # fixed grids: every step
     if error is None:
         on_accept = on_reject = None  # torchdiffeq calls only callback_step on fixed grids
-    stiffness = StiffnessDetector.for_solve(tableau, opts)  # None: not watched (see stiffness.py)
+    stiffness = StiffnessDetector.for_solve(method, opts)  # None: not watched (see stiffness.py)
     # A solve is stopped as stiff only after MIN_STEPS_FOR_ERROR steps, STIFF_STEPS of them in a
     # row at the stability limit, so the test (two norms and a host synchronisation) starts just
     # before that: short solves, most Neural ODE solves, never pay for it.

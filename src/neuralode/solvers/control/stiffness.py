@@ -73,11 +73,11 @@ class StiffnessDetector:
         self.non_stiff = 0
 
     @classmethod
-    def for_solve(cls, tableau, opts) -> StiffnessDetector | None:
-        """A detector for this method and options, or ``None`` (fixed steps, no two stages at c = 1, off)."""
-        if not getattr(tableau, "adaptive", False) or getattr(tableau, "implicit", False):
-            return None
-        if getattr(opts, "stiffness", "error") == "off" or not hasattr(opts, "max_num_steps"):
+    def for_solve(cls, method, opts) -> StiffnessDetector | None:
+        """A detector for this :class:`~neuralode.solvers.methods.base.Method` and its options, or ``None``
+        (not an adaptive explicit Runge-Kutta method, no two stages at c = 1, or ``stiffness="off"``)."""
+        tableau = method.explicit_tableau
+        if tableau is None or not method.capabilities.adaptive or opts.stiffness == "off":
             return None
         at_one = [i for i, c in enumerate(tableau.c) if c == 1.0]
         if len(at_one) < 2:
