@@ -156,7 +156,7 @@ def test_dense_stages_of_other_methods_and_bad_input():
 def test_step_result_keeps_its_three_field_form():
     y = torch.zeros(2)
     old = StepResult(y, None, (y,))
-    assert old.y_err_aux is None and old.memory is None and len(old) == 5
+    assert old.y_err_aux is None and old.memory is None and old.shrink is None and len(old) == 6
     y0 = exact(T0)
     for name, tab in EXPLICIT_METHODS.items():
         step = rk_step(func, T0, y0, func(T0, y0), 0.1, tab)

@@ -15,6 +15,7 @@ import torch
 from neuralode import get_tableau, odeint, solve
 from neuralode.solvers import fast
 from neuralode.solvers.fast import fixed_grid
+from neuralode.solvers.methods import compiled as compiled_step
 from neuralode.solvers.methods.explicit import RKStepper
 from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 
@@ -222,7 +223,7 @@ def eager_for_compiled(monkeypatch) -> list[int]:
         built.append(1)
         return RKStepper(problem, tableau)
 
-    monkeypatch.setattr(fast.compiled, "compiled_stepper", build)
+    monkeypatch.setattr(compiled_step, "compiled_stepper", build)
     return built
 
 
