@@ -442,7 +442,9 @@ def test_batch_equals_each_sample_alone_on_its_own_clock(method, own_nfe):
     # f(t1, y1) for Hermite) run on the whole batch and count for every unfinished sample.
     mu, y0 = mus(), y0s()
     t = torch.linspace(0, 4, 9, dtype=F64)
-    kw = dict(rtol=1e-6, atol=1e-8, method=method, options={"per_sample": True})
+    # adaptive_heun is a second-order pair: at rtol 1e-6 it takes ~10^4 steps per sample here.
+    rtol, atol = (1e-3, 1e-5) if method == "adaptive_heun" else (1e-6, 1e-8)
+    kw = dict(rtol=rtol, atol=atol, method=method, options={"per_sample": True})
     sol = solve(vdp_batch(mu), y0, t, **kw)
     for i in range(B):
         one = solve(vdp_batch(mu[i : i + 1]), y0[i : i + 1], t, **kw)
