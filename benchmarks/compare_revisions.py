@@ -16,6 +16,7 @@ new / base with the interquartile range, and both NFE (which must be equal for a
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -233,6 +234,7 @@ def main(argv=None) -> int:
         extra=lambda p: (
             p.add_argument("--base", required=True, help="the git revision to compare against"),
             p.add_argument("--pairs", type=int, default=None, help="alternating pairs per workload"),
+            p.add_argument("--only", default=None, help="a regular expression: run only the workloads it finds"),
         ),
     )
     setup()
@@ -245,6 +247,8 @@ def main(argv=None) -> int:
         new_name = head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
         rows = []
         for name, make, nfe in workloads(neuralode, base):
+            if args.only and not re.search(args.only, name):
+                continue
             n_new, n_base = nfe(neuralode), nfe(base)
             timing = time_pair(make(neuralode), make(base), pairs=pairs)
             row = [
