@@ -668,7 +668,7 @@ def test_event_time_gradients_when_the_root_finder_first_builds_the_interpolant(
 # exists) is integrated and interpolated exactly by every method, and one
 # step of 8 covers every time of interest: without the event, y = y0 - k t reaches C at (y0 - C) / k.
 
-EVENT_METHODS = [m for m in neuralode.solvers.api.method_names() if m != "scipy_solver"]
+EVENT_METHODS = [name for name, m in neuralode.METHODS.items() if m.capabilities.events]
 C, K = 0.5, 0.1
 
 

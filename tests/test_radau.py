@@ -13,11 +13,12 @@ from scipy.integrate import solve_ivp
 
 from neuralode import SolverError, odeint, odeint_adjoint, solve
 from neuralode.solvers.methods.radau import RADAU5, RadauTableau, radau_dense
-from neuralode.solvers.methods.registry import IMPLICIT_METHODS
+from neuralode.solvers.methods.registry import IMPLICIT_METHODS, METHODS
+from neuralode.solvers.methods.stiff import Radau
 from tests.problems import robertson, robertson_jac_np, robertson_np, stiff_vdp
 
 F64 = torch.float64
-RADAU_NAMES = ["radau5", "radau9", "radau13"]
+RADAU_NAMES = [name for name, m in METHODS.items() if isinstance(m, Radau)]  # every Radau IIA method registered
 S6 = math.sqrt(6.0)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralode import odeint, odeint_adjoint
+from neuralode import METHODS, odeint, odeint_adjoint
 
 F64 = torch.float64
 
@@ -122,7 +122,12 @@ def test_adjoint_with_rosenbrock_backward_solve():
     assert all(float(g.abs()) > 1e-3 for g in bp)
 
 
-@pytest.mark.parametrize("method", ["rodas5p", "rosenbrock23", "kvaerno5", "radau5", "radau9", "radau13", "auto"])
+# Every adaptive method that forms Jacobians, read from the registry: a new stiff method is tested by
+# being registered.
+ADAPTIVE_STIFF = [n for n, m in METHODS.items() if m.capabilities.implicit and m.capabilities.adaptive]
+
+
+@pytest.mark.parametrize("method", ADAPTIVE_STIFF)
 def test_checkpointed_stiff_steps_give_the_backprop_gradient(method):
     """options={"checkpoint": True} recomputes each step in backward; the Rosenbrock steps' recomputation
     must take the branches of the forward (the first Jacobian's coupling check, df/dt by forward mode or
