@@ -53,7 +53,7 @@ from .control.norms import _ErrorNorm
 from .control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .errors import SolverError
 from .events.core import EventSet, apply_reset, attach_event_gradient, unravel
-from .grid import TIME_EPS as _EPS
+from .grid import TIME_EPS
 from .interpolant import StepInterpolant
 from .problem import _Problem
 from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
@@ -303,7 +303,7 @@ def integrate(
         if lands:
             dt_abs = remaining
         h = direction * dt_abs
-        if dt_abs <= 4 * _EPS * abs(t) or dt_abs == 0.0:
+        if dt_abs <= 4 * TIME_EPS * abs(t) or dt_abs == 0.0:
             if lands:
                 # The stop is within rounding of t: arrive without a step.
                 while i_out < n_out and (times[i_out] - t_stop) * direction <= 0:

@@ -54,6 +54,7 @@ import torch
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
 from .errors import SolverError
+from .grid import TIME_EPS
 from .loop import check_accumulation, coincident_resets_error
 from .methods.interpolation import continuous_extension_rows, dense_stages, hermite_rows
 from .methods.stepper import StepResult, rk_step, step_plan
@@ -68,7 +69,6 @@ from .options import (
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
 
-_EPS = 2.220446049250313e-16  # float64 machine epsilon: time is float64.
 COMPACT_BELOW = 0.5  # compact the batch when fewer than this fraction of its rows are active
 # Outputs of a step are interpolated on a (B, m) window (m = most outputs of one sample in the
 # step) while B m is at most this many times the outputs K, or the window holds at most
@@ -425,7 +425,7 @@ def integrate(
         n_steps = n_acc + n_rej
         # A step below rounding of t (dt_abs = 0 included), or the step budget spent: rare, so one
         # fused test decides whether the two are told apart.
-        tiny = dt_abs <= t.abs() * (4 * _EPS)
+        tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
         any_tiny = any_too_many = False
         if bool((active & (tiny | (n_steps >= opts.max_num_steps))).any()):
             tiny = active & tiny
@@ -521,7 +521,7 @@ def integrate(
                     int(n_steps[i]),
                     "Check func for NaN or inf.",
                 )
-            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * _EPS * t.abs())
+            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * TIME_EPS * t.abs())
             if bool(stuck.any()):
                 i = int(stuck.nonzero()[0])
                 raise SolverError(
@@ -753,7 +753,7 @@ def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, 
     at ``t_end``. The joint loop's rule otherwise: the step is clipped to the stop and stretched
     by up to 10% to land on it.
     """
-    key = (t * sign + 8 * _EPS * t.abs()).contiguous()
+    key = (t * sign + 8 * TIME_EPS * t.abs()).contiguous()
     k = torch.searchsorted(step_t_asc, key, right=True)  # (B,) first stop beyond t
     nxt = step_t_asc[k.clamp(max=len(step_t_asc) - 1)] * sign
     before = (k < len(step_t_asc)) & ((nxt - t_end) * sign < 0)

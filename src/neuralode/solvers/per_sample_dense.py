@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .grid import TIME_EPS
 from .options import _type_name
 
 
@@ -89,7 +90,7 @@ class PerSampleDense:
         lo, hi = torch.minimum(self.t_start, self.t_end), torch.maximum(self.t_start, self.t_end)
         # A sample whose last step ended within rounding of its last time arrived there without a
         # step: the span reaches the last time up to that rounding.
-        slack = (8 * 2.220446049250313e-16 * torch.maximum(lo.abs(), hi.abs()))[:, None]
+        slack = (8 * TIME_EPS * torch.maximum(lo.abs(), hi.abs()))[:, None]
         bad = (tau < lo[:, None] - slack) | (tau > hi[:, None] + slack) | ~torch.isfinite(tau)
         if bool(bad.any()):
             i, j = bad.nonzero()[0].tolist()
