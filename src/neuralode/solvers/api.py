@@ -39,7 +39,7 @@ from .control.norms import _ErrorNorm, _PrimalErrorNorm
 from .errors import SolverError
 from .events.core import Event, EventSet, check_events
 from .grid import InfiniteGrid
-from .loop import integrate, no_event_found
+from .loop import no_event_found, solve_joint
 from .methods.base import Method
 from .methods.registry import DEFAULT_METHOD, METHODS, MethodRegistry, method_names, resolve
 from .options import (
@@ -242,7 +242,7 @@ def _run(
             path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
             result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats, interp_kind)
             if result is None:
-                result = integrate(
+                result = solve_joint(
                     problem,
                     y_solve,
                     f0,
@@ -377,9 +377,7 @@ def solve(
     if per_sample:
         from .per_sample import solve_per_sample
 
-        return solve_per_sample(
-            func, y0, t, rtol=rtol, atol=atol, tableau=m.tableau, opts=opts, events=check_events(events)
-        )
+        return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events))
     return _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events), parts=parts)
 
 

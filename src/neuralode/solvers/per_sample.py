@@ -51,13 +51,20 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from . import loop
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
-from .errors import SolverError
 from .grid import TIME_EPS
-from .loop import check_accumulation, coincident_resets_error
+from .loop import (
+    check_accumulation,
+    coincident_resets_error,
+    non_finite,
+    rejected_at_min_step,
+    step_underflow,
+    too_many_steps,
+)
 from .methods.interpolation import continuous_extension_rows, dense_stages, hermite_rows
-from .methods.stepper import StepResult, rk_step, step_plan
+from .methods.stepper import StepResult
 from .methods.tableau import ButcherTableau
 from .options import (
     _check_state,
@@ -160,7 +167,9 @@ class BatchFunc:
         self.compacted = False  # set when the loop may hand func fewer rows than the batch
         self.batch = 0
 
-    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: torch.Tensor, y: torch.Tensor, side: int = 0) -> torch.Tensor:
+        """``func`` at times ``t`` (``(B,)``); ``side`` (the host clock's one-sided evaluations at jumps) is
+        always 0 here: per-sample mode has no ``jump_t``."""
         stats = self.stats
         stats.calls += 1
         stats.rows_evaluated += y.shape[0]
@@ -288,17 +297,414 @@ class LoopOut(NamedTuple):
     next_dt: torch.Tensor  # (B,) signed
 
 
+class SampleClock:
+    """A clock per sample: time, step, error ratio and verdict of every sample as ``(B,)`` tensors (float64
+    times), for :func:`~neuralode.solvers.loop.integrate`.
+
+    Every attempt steps the whole (possibly compacted) batch; finished samples take a step of 0 (their update
+    is zero) and no decisions. The phases act on the accepted rows: outputs inside each sample's own step,
+    events located per sample, the dense-output record, and the next state (accepted samples move, the
+    others keep theirs). :meth:`keep` is therefore always ``True``. The one host synchronisation every
+    attempt needs is :meth:`running` (has every sample finished?); the rest are taken only where something
+    happens (a step below rounding, the step budget, an event, a non-finite ratio).
+    """
+
+    def __init__(
+        self,
+        fb: BatchFunc,
+        y0: torch.Tensor,
+        times: torch.Tensor,
+        direction: float,
+        *,
+        tableau: ButcherTableau,
+        opts,
+        norm,
+        controller: BatchStepSizeController,
+        stats: PerSampleStats,
+        interp_kind: str,
+        compact: bool = False,
+        dt0: torch.Tensor | None = None,
+        quad: Quadrature | None = None,
+        f0: torch.Tensor | None = None,
+        on_land: Callable | None = None,
+        events=None,
+        records: list | None = None,
+        t_dtype: torch.dtype = torch.float64,
+        step_t: tuple[float, ...] = (),
+        dense=None,
+    ):
+        B, T = times.shape
+        self.B, self.T = B, T
+        self.dev = dev = y0.device
+        self.fb, self.tableau, self.opts, self.stats, self.interp_kind = fb, tableau, opts, stats, interp_kind
+        self.compact, self.quad, self.on_land = compact, quad, on_land
+        self.ev, self.records, self.t_dtype, self.dense_out = events, records, t_dtype, dense
+        self.direction = direction
+        self.rows = rows = torch.arange(B, device=dev)  # original sample of each row of the current batch
+        fb.rows, fb.active = rows, torch.ones(B, dtype=torch.bool, device=dev)
+        self.times = times
+        self.t = t = times[:, 0].clone()
+        self.t_end = times[:, 1] if on_land is not None else times[:, -1]
+        self.y = y = y0
+        self.fresh_f0 = quad is not None or not tableau.fsal
+        if f0 is None and (quad is None or dt0 is None):
+            f0 = fb(t, y)
+        self.f0 = f0
+        with torch.no_grad():
+            self.finite_f0 = f0 is None or torch.isfinite(f0).all()
+        if dt0 is not None:
+            dt = dt0.to(torch.float64).clone()
+        elif opts.first_step is not None:
+            dt = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=dev)
+        else:
+            dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm.scaled)
+        self.dt = dt
+        self.min_step, self.max_step = opts.min_step, opts.max_step
+        self.zeros_l = zeros_l = torch.zeros(B, dtype=torch.long, device=dev)
+        self.control = controller.init(t)
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.i_out = torch.ones(B, dtype=torch.long, device=dev)
+        # Counters of the current batch, written to ``stats`` (by original sample) when the batch is
+        # compacted and at the end, not on every step.
+        self.n_acc, self.n_rej, self.n_calls = zeros_l.clone(), zeros_l.clone(), zeros_l.clone()
+        self.last = stats.last_step[rows].clone()
+        self.stats_rows = rows
+        self.next_dt = dt.clone()  # by original sample
+        self.pieces_i, self.pieces_b, self.pieces_y = (
+            [torch.zeros(B, dtype=torch.long, device=dev)],
+            [rows.clone()],
+            [y0],
+        )
+        self.first_attempt = True
+        # Output times reached by t1: a binary search in each row, increasing once times sign.
+        self.sign = sign = 1.0 if direction > 0 else -1.0
+        self.ascending = (times * sign).contiguous()
+        self.step_t_asc = (
+            torch.tensor(sorted(s * sign for s in step_t), dtype=torch.float64, device=dev) if step_t else None
+        )
+        fb.active = None  # counting per call is the loop's job from here (n_calls)
+        self.g0 = events.values(t, y) if events is not None else None
+        self.guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
+        # The last reset times of each (sample, event, element) that reset the state, for
+        # check_accumulation (the host clock keeps them per (event, element)).
+        self.reset_times: dict[tuple[int, int, int], list[float]] = {}
+
+    def _flush(self) -> None:
+        stats, rows = self.stats, self.stats_rows
+        stats.n_accepted.index_add_(0, rows, self.n_acc)
+        stats.n_rejected.index_add_(0, rows, self.n_rej)
+        stats.nfe.index_add_(0, rows, self.n_calls)
+        stats.last_step.index_copy_(0, rows, self.last)
+        self.next_dt.index_copy_(0, rows, self.dt)
+
+    def result(self) -> LoopOut:
+        self._flush()
+        B, T = self.B, self.T
+        order = torch.cat(self.pieces_i) * B + torch.cat(self.pieces_b)
+        values = torch.cat(self.pieces_y)
+        if order.numel() != T * B or int(torch.bincount(order, minlength=T * B).max()) != 1:
+            raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
+        ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
+        return LoopOut(ys, self.next_dt)
+
+    def running(self) -> bool:
+        # The one host synchronisation every step needs: has every sample finished?
+        return not bool(self.done.all())
+
+    def _compact(self) -> None:
+        """Index-select the unfinished samples into a smaller batch (``per_sample="compact"``)."""
+        self._flush()
+        keep = (~self.done).nonzero().squeeze(1)
+        self.rows, self.t, self.t_end, self.y, self.dt = (
+            self.rows[keep],
+            self.t[keep],
+            self.t_end[keep],
+            self.y[keep],
+            self.dt[keep],
+        )
+        self.f0 = None if self.f0 is None else self.f0[keep]
+        self.times, self.ascending = self.times[keep], self.ascending[keep]
+        if self.g0 is not None:
+            self.g0, self.guard = [g[keep] for g in self.g0], self.guard[keep]
+        self.control, self.i_out = self.control.select(keep), self.i_out[keep]
+        zeros_l = self.zeros_l
+        self.n_acc, self.n_rej, self.n_calls, self.last = zeros_l[keep], zeros_l[keep], zeros_l[keep], self.last[keep]
+        self.stats_rows = self.rows
+        self.done = self.done[keep]
+
+    def plan(self) -> bool:
+        """Clip each sample's step to its next stop (the host clock's rule, vectorised); ``False`` where some
+        stop within rounding of a sample's time was reached without a step."""
+        active = ~self.done
+        if self.compact and int(active.sum()) < COMPACT_BELOW * active.numel():
+            self._compact()
+            active = ~self.done
+        self.active = active
+        rows, t, T, opts = self.rows, self.t, self.T, self.opts
+        self.fb.rows = rows
+        self.tol_rows = rows if self.compact else None
+        self.calls_before = self.stats.calls
+        min_step, max_step = self.min_step, self.max_step
+        dt_abs = self.dt.abs().clamp(min=min_step, max=max_step)
+        t_end = self.t_end
+        t_stop = t_end if self.step_t_asc is None else next_step_t(self.step_t_asc, t, t_end, self.sign)
+        remaining = (t_stop - t).abs()
+        # Stretch a step by up to 10% to land on the last time (the host clock's rule).
+        lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
+        dt_abs = torch.where(lands, remaining, dt_abs)
+        n_steps = self.n_acc + self.n_rej
+        # A step below rounding of t (dt_abs = 0 included), or the step budget spent: rare, so one
+        # fused test decides whether the two are told apart.
+        tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
+        any_tiny = any_too_many = False
+        if bool((active & (tiny | (n_steps >= opts.max_num_steps))).any()):
+            tiny = active & tiny
+            too_many = active & (n_steps >= opts.max_num_steps)
+            any_tiny, any_too_many = bool(tiny.any()), bool(too_many.any())
+        if any_tiny:
+            arrive = tiny & lands
+            if bool((tiny & ~lands).any()):
+                i = int((tiny & ~lands).nonzero()[0])
+                raise step_underflow(float(t[i]), float(self.direction * dt_abs[i]), int(n_steps[i]), int(rows[i]))
+            # The stop is within rounding of t: arrive without a step.
+            i_out, y = self.i_out, self.y
+            for _ in range(T):
+                m = arrive & (i_out < T)
+                if not bool(m.any()):
+                    break
+                sel = m.nonzero().squeeze(1)
+                self.pieces_i.append(i_out[sel]), self.pieces_b.append(rows[sel]), self.pieces_y.append(y[sel])
+                i_out = i_out + m.long()
+                if self.on_land is not None:
+                    break  # one stop at a time
+            self.t = torch.where(arrive, t_end, t)
+            if self.on_land is not None:
+                self.y, self.t_end = _next_stop(self.on_land, arrive, i_out, rows, y, self.times, t_end)
+            self.i_out = i_out
+            self.done = i_out >= T
+            return False
+        h = torch.where(active, dt_abs, 0.0)
+        if self.direction < 0:
+            h = -h
+        if any_too_many:
+            i = int(too_many.nonzero()[0])
+            raise too_many_steps(opts.max_num_steps, float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
+        self.h, self.dt_abs, self.lands, self.t_stop, self.remaining, self.n_steps = (
+            h,
+            dt_abs,
+            lands,
+            t_stop,
+            remaining,
+            n_steps,
+        )
+        return True
+
+    def attempt(self, take) -> tuple[torch.Tensor, StepResult]:
+        if self.quad is not None:
+            self.quad.begin()
+        f0 = self.f0
+        if self.quad is not None or (self.fresh_f0 and not self.first_attempt):
+            f0 = None  # evaluated by the step (with quad: after begin(), so the attempt's calls are its stages)
+        self.first_attempt = False
+        f0, step = take(0, self.t, self.y, f0, self.h, self.fb, None)
+        self.f0 = f0
+        return f0, step
+
+    def refuse(self, controller, f0: torch.Tensor, shrink: float) -> None:
+        raise AssertionError("per-sample steppers always complete their steps")  # invariant: explicit methods only
+
+    def ratio(self, error, f0: torch.Tensor, step: StepResult) -> torch.Tensor:
+        ratio = error.ratio(step.y_err, self.y, step.y1, step.y_err_aux, self.tol_rows)
+        # Finished samples (h = 0, ratio = 0) are never resumed: what adapt remembers for them is not read.
+        return torch.where(self.active, ratio, 0.0)
+
+    def judge(self, controller, ratio: torch.Tensor, accept: torch.Tensor, control):
+        """Accept only active samples; refuse a sample whose every step is non-finite down to the resolution
+        of time, and a rejection where no smaller step may follow (the host clock's rules)."""
+        active = self.active
+        accept = accept & active
+        self.accept = accept
+        self.rejected = rejected = active & ~accept
+        t, h, rows, n_steps, dt_abs = self.t, self.h, self.rows, self.n_steps, self.dt_abs
+        # Ratios are >= 0, so their sum is finite exactly when every one is (barring an overflow
+        # of the sum, which only sends the check below down its careful path).
+        if not math.isfinite(float(ratio.sum())) and not bool(torch.isfinite(ratio).all()):
+            if not bool(self.finite_f0):
+                i = int((~torch.isfinite(ratio)).nonzero()[0])
+                raise non_finite("derivative", float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
+            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * self.opts.dfactor <= 4 * TIME_EPS * t.abs())
+            if bool(stuck.any()):
+                i = int(stuck.nonzero()[0])
+                raise non_finite("state", float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
+        min_step, max_step = self.min_step, self.max_step
+        if min_step > 0 and bool(
+            (at_floor := rejected & ((dt_abs <= min_step) | (min(1.1 * min_step, max_step) >= self.remaining))).any()
+        ):
+            i = int(at_floor.nonzero()[0])
+            raise rejected_at_min_step(
+                min_step, float(ratio[i]), float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]), accept_option=False
+            )
+        return accept, control
+
+    def keep(self, accept, f0, step, dt_next, control) -> bool:
+        return True  # every attempt moves its accepted samples (move)
+
+    def interpolant(self, f0: torch.Tensor, step: StepResult) -> Interpolant:
+        self.t1 = torch.where(self.lands, self.t_stop, self.t + self.h)
+        self.y_end = step.y1
+        f1 = step.k[-1] if self.tableau.fsal else None
+        return Interpolant(self.interp_kind, self.tableau, self.fb, self.t, self.y, f0, self.h, step, f1)
+
+    def events(self, step: StepResult, interp: Interpolant):
+        """Each crossing sample's step cut at its first event (located on its interpolant); returns
+        ``(cross, fired)`` or ``None``."""
+        events = self.ev
+        self.g1 = None
+        if events is None:
+            return None
+        accept, t, h, g0 = self.accept, self.t, self.h, self.g0
+        g1 = self.g1 = events.values(self.t1, step.y1)
+        cross = accept & events.any_crossed(g0, g1)
+        idle = accept & events.any_idle(g0, g1)  # an element without a sign at the start
+        g_from, starts = g0, None
+        if bool((cross | idle).any()):
+            theta0 = (self.guard / h.abs().clamp(min=1e-300)).clamp(max=1.0)
+            g_from, starts = events.leave_zero(g0, g1, idle, t, h, interp, theta0)
+            cross = accept & events.any_crossed(g_from, g1)
+        if not bool(cross.any()):
+            return None
+        theta_e, y_e, fired = events.locate(g_from, cross, t, h, interp, step.y1, theta0, starts)
+        inside = cross & (theta_e < 1.0)
+        self.t1 = torch.where(inside, t + theta_e * h, self.t1)
+        self.lands = self.lands & ~inside
+        self.y_end = torch.where(cross[:, None], y_e, step.y1)
+        return (cross, fired)
+
+    def outputs(self, step: StepResult, interp: Interpolant, cut) -> None:
+        """The output times inside the accepted steps: rows ``i_out .. reached-1`` of each sample, as a
+        ``(B, m)`` window (:func:`dense_outputs`) or gathered, from one interpolant pass."""
+        t, t1, h, rows, i_out, times = self.t, self.t1, self.h, self.rows, self.i_out, self.times
+        reached = torch.searchsorted(self.ascending, (t1 * self.sign)[:, None], right=True).squeeze(1)
+        n_new = (reached - i_out).clamp_(min=0).mul_(self.accept)
+        k_new = int(n_new.sum())
+        if not k_new:
+            return
+        y_end = self.y_end
+        m_new = int(n_new.max()) if self.interp_kind == "dense" else 0
+        if m_new and (m_new * len(rows) <= DENSE_WINDOW * k_new or m_new * self.y.numel() <= DENSE_ELEMENTS):
+            # Every output time of every sample inside this step as a (B, m) window per sample.
+            j, b, y_out = dense_outputs(self.tableau, times, t, t1, h, self.y, y_end, step.k, i_out, n_new, m_new, rows)
+        else:
+            # Every output time of every sample inside this step, from one interpolant pass.
+            sel = torch.repeat_interleave(torch.arange(len(rows), device=self.dev), n_new)  # (K,)
+            first = torch.cumsum(n_new, 0) - n_new
+            j = torch.arange(k_new, device=self.dev) - (first - i_out)[sel]
+            tau = times[sel, j]
+            at_end = tau == t1[sel]
+            # Only accepted samples have outputs here, and their h is nonzero.
+            theta = torch.where(at_end, 1.0, (tau - t[sel]) / h[sel])
+            if bool(at_end.all()):
+                y_out = y_end[sel]
+            else:
+                y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
+            b = rows[sel]
+        self.pieces_i.append(j), self.pieces_b.append(b), self.pieces_y.append(y_out)
+        self.i_out = i_out + n_new
+
+    def dense(self, interp: Interpolant, cut) -> None:
+        if self.dense_out is not None:
+            self.dense_out.add(self.accept, self.rows, self.t, self.h, self.t1, interp)
+
+    def move(self, f0, step: StepResult, accept: torch.Tensor, dt_next: torch.Tensor, control, cut) -> None:
+        """Record and act on the events of the cut samples (:func:`_after_events`), tell the adjoint's
+        hooks, then the next state: accepted samples move, the others keep theirs."""
+        events, rows, h, t1, fb = self.ev, self.rows, self.h, self.t1, self.fb
+        y_end, i_out = self.y_end, self.i_out
+        if cut is not None:
+            y_end, i_out, reset = _after_events(
+                events,
+                cut,
+                t1,
+                y_end,
+                i_out,
+                rows,
+                self.T,
+                self.stats,
+                self.records,
+                self.t_dtype,
+                fb,
+                self.pieces_i,
+                self.pieces_b,
+                self.pieces_y,
+                h,
+                self.n_steps,
+            )
+        if self.quad is not None:
+            self.quad.end(accept, h, rows)
+        if self.on_land is not None:
+            y_end, self.t_end = _next_stop(
+                self.on_land,
+                accept & self.lands & (self.t_stop == self.t_end),
+                i_out,
+                rows,
+                y_end,
+                self.times,
+                self.t_end,
+            )
+        acc = accept[:, None]
+        self.n_acc = self.n_acc + accept
+        self.n_rej = self.n_rej + self.rejected
+        self.n_calls = torch.add(self.n_calls, self.active, alpha=self.stats.calls - self.calls_before)
+        self.last = torch.where(accept, h, self.last)
+        self.y = y = torch.where(acc, y_end, self.y)
+        if not self.fresh_f0:
+            self.f0 = torch.where(acc, step.k[-1], f0)
+        self.t = t = torch.where(accept, t1, self.t)
+        if events is not None:
+            g0, g1, guard = self.g0, self.g1, self.guard
+            if cut is None:
+                self.g0 = [torch.where(accept[:, None], b, a) for a, b in zip(g0, g1)]
+                self.guard = torch.where(accept, torch.zeros_like(guard), guard)
+            else:
+                # Cut samples restart at the event (after any reset): func and the event functions
+                # afresh there, and the elements that fired have no sign until the next step ends.
+                # The elements that fired take the sign they have a moment δ later (leaving the
+                # root), and roots within δ of the restart are not searched: the host clock's rule
+                # (events.core), so a bounce is not re-fired but the next one in the same step is seen.
+                cross, fired = cut
+                f_new = fb(t, y)
+                if not self.fresh_f0:
+                    self.f0 = torch.where(cross[:, None], f_new, self.f0)
+                eps = torch.finfo(y.dtype).eps
+                delta = 1e3 * (4 * eps * t.abs() + eps * h.abs())
+                direction = self.direction
+                g_new = events.values(t, y)
+                g_later = events.values(t + direction * delta, y + (direction * delta).to(y.dtype)[:, None] * f_new)
+                self.g0 = [
+                    torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
+                    for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)
+                ]
+                self.guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
+                for i, k, element in reset:
+                    series = self.reset_times.setdefault((int(rows[i]), k, element), [])
+                    series.append(float(t[i]))
+                    check_accumulation(series, float(delta[i]), k, float(h[i]), int(self.n_steps[i]) + 1, int(rows[i]))
+        self.dt = torch.where(self.active, dt_next, self.dt)
+        self.control = control
+        self.i_out = i_out
+        self.done = i_out >= self.T
+
+
 def integrate(
     fb: BatchFunc,
     y0: torch.Tensor,
     times: torch.Tensor,
     direction: float,
     *,
-    tableau: ButcherTableau,
+    method,
     opts,
     norm: RMSNorm,
     stats: PerSampleStats,
-    interp_kind: str,
     compact: bool = False,
     dt0: torch.Tensor | None = None,
     quad: Quadrature | None = None,
@@ -310,16 +716,17 @@ def integrate(
     step_t: tuple[float, ...] = (),
     dense=None,
 ) -> LoopOut:
-    """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock.
+    """Integrate every sample from ``times[:, 0]`` to ``times[:, -1]`` on its own clock: the loop
+    (:func:`~neuralode.solvers.loop.integrate`) with a :class:`SampleClock`.
 
     Args:
         fb: the batch function (``(B,)`` times, ``(B, N)`` states).
         y0: ``(B, N)`` initial states.
         times: ``(B, T)`` float64 output times, every row strictly monotonic in ``direction``.
-        tableau, opts: the method and its :class:`~neuralode.solvers.options.AdaptiveOptions`.
+        method, opts: the :class:`~neuralode.solvers.methods.base.Method` (its stepper takes the steps) and
+            its :class:`~neuralode.solvers.options.AdaptiveOptions`.
         norm: the per-sample error norm.
         stats: per-sample counters, updated in place.
-        interp_kind: ``"dense"``, ``"dense_extra"`` or ``"hermite"``.
         compact: index-select the unfinished samples into a smaller batch when fewer than
             :data:`COMPACT_BELOW` of the rows are active.
         dt0: ``(B,)`` signed first steps; by default Hairer's heuristic per sample.
@@ -341,309 +748,35 @@ def integrate(
     Returns:
         The states at the output times ``(T, B, N)`` and each sample's proposed next step.
     """
-    B, T = times.shape
-    dev = y0.device
-    rows = torch.arange(B, device=dev)  # original sample of each row of the current batch
-    fb.rows, fb.active = rows, torch.ones(B, dtype=torch.bool, device=dev)
-    t = times[:, 0].clone()
-    t_end = times[:, 1] if on_land is not None else times[:, -1]
-    y = y0
-    fresh_f0 = quad is not None or not tableau.fsal
-    plan = step_plan(tableau)
-    if f0 is None and (quad is None or dt0 is None):
-        f0 = fb(t, y)
-    with torch.no_grad():
-        finite_f0 = f0 is None or torch.isfinite(f0).all()
+    tableau = method.tableau
     controller = BatchStepSizeController(
         opts.controller, opts.safety, opts.ifactor, opts.dfactor, min(tableau.order, tableau.error_order) + 1
     )
-    if dt0 is not None:
-        dt = dt0.to(torch.float64).clone()
-    elif opts.first_step is not None:
-        dt = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=dev)
-    else:
-        dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm.scaled)
-    min_step, max_step = opts.min_step, opts.max_step
-    zeros_l = torch.zeros(B, dtype=torch.long, device=dev)
-    control = controller.init(t)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    i_out = torch.ones(B, dtype=torch.long, device=dev)
-    # Counters of the current batch, written to ``stats`` (by original sample) when the batch is
-    # compacted and at the end, not on every step.
-    n_acc, n_rej, n_calls, last = zeros_l.clone(), zeros_l.clone(), zeros_l.clone(), stats.last_step[rows].clone()
-    stats_rows = rows
-
-    def flush():
-        stats.n_accepted.index_add_(0, stats_rows, n_acc)
-        stats.n_rejected.index_add_(0, stats_rows, n_rej)
-        stats.nfe.index_add_(0, stats_rows, n_calls)
-        stats.last_step.index_copy_(0, stats_rows, last)
-        next_dt.index_copy_(0, stats_rows, dt)
-
-    next_dt = dt.clone()  # by original sample
-    pieces_i, pieces_b, pieces_y = [torch.zeros(B, dtype=torch.long, device=dev)], [rows.clone()], [y0]
-    first_attempt = True
-    # Output times reached by t1: a binary search in each row, increasing once times sign.
-    sign = 1.0 if direction > 0 else -1.0
-    ascending = (times * sign).contiguous()
-    step_t_asc = torch.tensor(sorted(s * sign for s in step_t), dtype=torch.float64, device=dev) if step_t else None
-    fb.active = None  # counting per call is the loop's job from here (n_calls)
-    g0 = events.values(t, y) if events is not None else None
-    guard = torch.zeros_like(t)  # roots within this time after t are not searched (a step that starts on one)
-    # The last reset times of each (sample, event, element) that reset the state, for
-    # check_accumulation (the joint loop keeps them per (event, element)).
-    reset_times: dict[tuple[int, int, int], list[float]] = {}
-
-    while True:
-        # The one host synchronisation every step needs: has every sample finished?
-        if bool(done.all()):
-            break
-        active = ~done
-        if compact and int(active.sum()) < COMPACT_BELOW * active.numel():
-            flush()
-            keep = active.nonzero().squeeze(1)
-            rows, t, t_end, y, dt = rows[keep], t[keep], t_end[keep], y[keep], dt[keep]
-            f0 = None if f0 is None else f0[keep]
-            times, ascending = times[keep], ascending[keep]
-            if g0 is not None:
-                g0, guard = [g[keep] for g in g0], guard[keep]
-            control, i_out = control.select(keep), i_out[keep]
-            n_acc, n_rej, n_calls, last = zeros_l[keep], zeros_l[keep], zeros_l[keep], last[keep]
-            stats_rows = rows
-            done = done[keep]
-            active = ~done
-        fb.rows = rows
-        tol_rows = rows if compact else None
-        calls_before = stats.calls
-
-        dt_abs = dt.abs().clamp(min=min_step, max=max_step)
-        t_stop = t_end if step_t_asc is None else next_step_t(step_t_asc, t, t_end, sign)
-        remaining = (t_stop - t).abs()
-        # Stretch a step by up to 10% to land on the last time (the joint loop's rule).
-        lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
-        dt_abs = torch.where(lands, remaining, dt_abs)
-        n_steps = n_acc + n_rej
-        # A step below rounding of t (dt_abs = 0 included), or the step budget spent: rare, so one
-        # fused test decides whether the two are told apart.
-        tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
-        any_tiny = any_too_many = False
-        if bool((active & (tiny | (n_steps >= opts.max_num_steps))).any()):
-            tiny = active & tiny
-            too_many = active & (n_steps >= opts.max_num_steps)
-            any_tiny, any_too_many = bool(tiny.any()), bool(too_many.any())
-        if any_tiny:
-            arrive = tiny & lands
-            if bool((tiny & ~lands).any()):
-                i = int((tiny & ~lands).nonzero()[0])
-                raise SolverError(
-                    f"Step size underflow (sample {int(rows[i])})",
-                    float(t[i]),
-                    float(direction * dt_abs[i]),
-                    int(n_steps[i]),
-                    "The problem may be stiff for this sample, or its solution may blow up "
-                    "(non-finite values); try a looser tolerance or check func.",
-                )
-            # The stop is within rounding of t: arrive without a step.
-            for _ in range(T):
-                m = arrive & (i_out < T)
-                if not bool(m.any()):
-                    break
-                sel = m.nonzero().squeeze(1)
-                pieces_i.append(i_out[sel]), pieces_b.append(rows[sel]), pieces_y.append(y[sel])
-                i_out = i_out + m.long()
-                if on_land is not None:
-                    break  # one stop at a time
-            t = torch.where(arrive, t_end, t)
-            if on_land is not None:
-                y, t_end = _next_stop(on_land, arrive, i_out, rows, y, times, t_end)
-            done = i_out >= T
-            continue
-        h = torch.where(active, dt_abs, 0.0)
-        if direction < 0:
-            h = -h
-        if any_too_many:
-            i = int(too_many.nonzero()[0])
-            raise SolverError(
-                f"Too many steps (max_num_steps={opts.max_num_steps}) for sample {int(rows[i])}",
-                float(t[i]),
-                float(h[i]),
-                int(n_steps[i]),
-                "Raise options['max_num_steps'] or loosen rtol/atol.",
-            )
-        if quad is not None:
-            quad.begin()
-        if quad is not None or (fresh_f0 and not first_attempt):
-            f0 = fb(t, y)  # with quad: after begin(), so the attempt's calls are its stages
-        first_attempt = False
-        step = rk_step(fb, t, y, f0, h, tableau, plan)
-        ratio = norm.ratio(step.y_err, y, step.y1, step.y_err_aux, tol_rows)
-        ratio = torch.where(active, ratio, 0.0)
-        # Finished samples (h = 0, ratio = 0) are never resumed: what adapt remembers for them is not read.
-        accept, dt_next, control = controller.adapt(control, h, ratio)
-        accept = accept & active
-        rejected = active & ~accept
-        t1 = torch.where(lands, t_stop, t + h)
-        y_end = step.y1
-        interp = None
-        cut = None
-        if events is not None:
-            g1 = events.values(t1, step.y1)
-            cross = accept & events.any_crossed(g0, g1)
-            idle = accept & events.any_idle(g0, g1)  # an element without a sign at the start
-            g_from, starts = g0, None
-            if bool((cross | idle).any()):
-                f1 = step.k[-1] if tableau.fsal else None
-                interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
-                theta0 = (guard / h.abs().clamp(min=1e-300)).clamp(max=1.0)
-                g_from, starts = events.leave_zero(g0, g1, idle, t, h, interp, theta0)
-                cross = accept & events.any_crossed(g_from, g1)
-            if bool(cross.any()):
-                # Each crossing sample's step is cut at its first event (located on its interpolant).
-                theta_e, y_e, fired = events.locate(g_from, cross, t, h, interp, step.y1, theta0, starts)
-                inside = cross & (theta_e < 1.0)
-                t1 = torch.where(inside, t + theta_e * h, t1)
-                lands = lands & ~inside
-                y_end = torch.where(cross[:, None], y_e, step.y1)
-                cut = (cross, fired)
-        # Output times inside the accepted steps: rows i_out .. reached-1 of each sample.
-        reached = torch.searchsorted(ascending, (t1 * sign)[:, None], right=True).squeeze(1)
-        n_new = (reached - i_out).clamp_(min=0).mul_(accept)
-        # Ratios are >= 0, so their sum is finite exactly when every one is (barring an overflow
-        # of the sum, which only sends the check below down its careful path).
-        ratio_sum, k_new = float(ratio.sum()), int(n_new.sum())
-        if not math.isfinite(ratio_sum) and not bool(torch.isfinite(ratio).all()):
-            if not bool(finite_f0):
-                i = int((~torch.isfinite(ratio)).nonzero()[0])
-                raise SolverError(
-                    f"Non-finite derivative func(t, y) (sample {int(rows[i])})",
-                    float(t[i]),
-                    float(h[i]),
-                    int(n_steps[i]),
-                    "Check func for NaN or inf.",
-                )
-            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * opts.dfactor <= 4 * TIME_EPS * t.abs())
-            if bool(stuck.any()):
-                i = int(stuck.nonzero()[0])
-                raise SolverError(
-                    f"Non-finite state or derivative (sample {int(rows[i])})",
-                    float(t[i]),
-                    float(h[i]),
-                    int(n_steps[i]),
-                    "Every step tried from here produced NaN or inf; check func.",
-                )
-        # A rejection is final where no smaller step may follow (the joint loop's rule): the step was
-        # min_step, or one stretched to land on a stop that a step of min_step would land on too.
-        if min_step > 0 and bool(
-            (at_floor := rejected & ((dt_abs <= min_step) | (min(1.1 * min_step, max_step) >= remaining))).any()
-        ):
-            i = int(at_floor.nonzero()[0])
-            raise SolverError(
-                f"Step rejected at the minimum step size (min_step={min_step:.3g}, error ratio {float(ratio[i]):.3g}, "
-                f"sample {int(rows[i])})",
-                float(t[i]),
-                float(h[i]),
-                int(n_steps[i]),
-                "Lower options['min_step'] or loosen rtol/atol.",
-            )
-        m_new = int(n_new.max()) if k_new and interp_kind == "dense" else 0
-        if m_new and (m_new * len(rows) <= DENSE_WINDOW * k_new or m_new * y.numel() <= DENSE_ELEMENTS):
-            # Every output time of every sample inside this step as a (B, m) window per sample.
-            j, b, y_out = dense_outputs(tableau, times, t, t1, h, y, y_end, step.k, i_out, n_new, m_new, rows)
-            pieces_i.append(j), pieces_b.append(b), pieces_y.append(y_out)
-            i_out = i_out + n_new
-        elif k_new:
-            # Every output time of every sample inside this step, from one interpolant pass.
-            sel = torch.repeat_interleave(torch.arange(len(rows), device=dev), n_new)  # (K,)
-            first = torch.cumsum(n_new, 0) - n_new
-            j = torch.arange(k_new, device=dev) - (first - i_out)[sel]
-            tau = times[sel, j]
-            at_end = tau == t1[sel]
-            # Only accepted samples have outputs here, and their h is nonzero.
-            theta = torch.where(at_end, 1.0, (tau - t[sel]) / h[sel])
-            if bool(at_end.all()):
-                y_out = y_end[sel]
-            else:
-                if interp is None:
-                    f1 = step.k[-1] if tableau.fsal else None
-                    interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, f1)
-                y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
-            pieces_i.append(j), pieces_b.append(rows[sel]), pieces_y.append(y_out)
-            i_out = i_out + n_new
-        if dense is not None:
-            if interp is None:
-                interp = Interpolant(interp_kind, tableau, fb, t, y, f0, h, step, step.k[-1] if tableau.fsal else None)
-            dense.add(accept, rows, t, h, t1, interp)
-        if cut is not None:
-            y_end, i_out, reset = _after_events(
-                events,
-                cut,
-                t1,
-                y_end,
-                i_out,
-                rows,
-                T,
-                stats,
-                records,
-                t_dtype,
-                fb,
-                pieces_i,
-                pieces_b,
-                pieces_y,
-                h,
-                n_steps,
-            )
-        if quad is not None:
-            quad.end(accept, h, rows)
-        if on_land is not None:
-            y_end, t_end = _next_stop(on_land, accept & lands & (t_stop == t_end), i_out, rows, y_end, times, t_end)
-
-        # The next state: accepted samples move, the others keep theirs.
-        acc = accept[:, None]
-        n_acc = n_acc + accept
-        n_rej = n_rej + rejected
-        n_calls = torch.add(n_calls, active, alpha=stats.calls - calls_before)
-        last = torch.where(accept, h, last)
-        y = torch.where(acc, y_end, y)
-        if not fresh_f0:
-            f0 = torch.where(acc, step.k[-1], f0)
-        t = torch.where(accept, t1, t)
-        if events is not None:
-            if cut is None:
-                g0 = [torch.where(accept[:, None], b, a) for a, b in zip(g0, g1)]
-                guard = torch.where(accept, torch.zeros_like(guard), guard)
-            else:
-                # Cut samples restart at the event (after any reset): func and the event functions
-                # afresh there, and the elements that fired have no sign until the next step ends.
-                # The elements that fired take the sign they have a moment δ later (leaving the
-                # root), and roots within δ of the restart are not searched: the joint loop's rule
-                # (events.py), so a bounce is not re-fired but the next one in the same step is seen.
-                cross, fired = cut
-                f_new = fb(t, y)
-                if not fresh_f0:
-                    f0 = torch.where(cross[:, None], f_new, f0)
-                eps = torch.finfo(y.dtype).eps
-                delta = 1e3 * (4 * eps * t.abs() + eps * h.abs())
-                g_new = events.values(t, y)
-                g_later = events.values(t + direction * delta, y + (direction * delta).to(y.dtype)[:, None] * f_new)
-                g0 = [
-                    torch.where(cross[:, None], torch.where(fd, gl, gn), torch.where(accept[:, None], b, a))
-                    for a, b, gn, gl, fd in zip(g0, g1, g_new, g_later, fired)
-                ]
-                guard = torch.where(cross, delta, torch.where(accept, torch.zeros_like(guard), guard))
-                for i, k, element in reset:
-                    series = reset_times.setdefault((int(rows[i]), k, element), [])
-                    series.append(float(t[i]))
-                    check_accumulation(series, float(delta[i]), k, float(h[i]), int(n_steps[i]) + 1, int(rows[i]))
-        dt = torch.where(active, dt_next, dt)
-        done = i_out >= T
-    flush()
-
-    order = torch.cat(pieces_i) * B + torch.cat(pieces_b)
-    values = torch.cat(pieces_y)
-    if order.numel() != T * B or int(torch.bincount(order, minlength=T * B).max()) != 1:
-        raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
-    ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
-    return LoopOut(ys, next_dt)
+    clock = SampleClock(
+        fb,
+        y0,
+        times,
+        direction,
+        tableau=tableau,
+        opts=opts,
+        norm=norm,
+        controller=controller,
+        stats=stats,
+        interp_kind=method.interpolant_kind(opts),
+        compact=compact,
+        dt0=dt0,
+        quad=quad,
+        f0=f0,
+        on_land=on_land,
+        events=events,
+        records=records,
+        t_dtype=t_dtype,
+        step_t=step_t,
+        dense=dense,
+    )
+    take = method.stepper(fb, opts=opts, config=None, error=norm, checkpoint=False)
+    loop.integrate(clock, take, controller, norm)
+    return clock.result()
 
 
 def _after_events(
@@ -760,12 +893,6 @@ def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, 
     return torch.where(before, nxt, t_end)
 
 
-def interp_kind(tableau: ButcherTableau) -> str:
-    if tableau.dense is not None:
-        return "dense"
-    return "dense_extra" if tableau.dense_extra is not None else "hermite"
-
-
 def check_options(opts) -> None:
     """What per-sample mode does not do yet, refused clearly."""
     for name, bad in (("jump_t", bool(opts.jump_t)), ("checkpoint", opts.checkpoint)):
@@ -773,9 +900,7 @@ def check_options(opts) -> None:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
 
 
-def solve_per_sample(
-    func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, tableau: ButcherTableau, opts, events=()
-) -> Solution:
+def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, method, opts, events=()) -> Solution:
     """:func:`~neuralode.solvers.api.solve` with ``options={"per_sample": True}`` (or ``"compact"``).
 
     Args:
@@ -788,6 +913,7 @@ def solve_per_sample(
         A :class:`Solution` with ``ys`` of shape ``(T, B, ...)`` (``ys[j, i]`` is sample ``i`` at
         ``t[i, j]``), ``ts`` the ``t`` passed in and :class:`PerSampleStats` (``(B,)`` counters).
     """
+    tableau = method.tableau
     check_options(opts)
     check_step_callbacks(func, tableau, per_sample=True)
     is_tuple = isinstance(y0, tuple)
@@ -843,11 +969,10 @@ def solve_per_sample(
         layout.flatten(y0),
         times,
         direction,
-        tableau=tableau,
+        method=method,
         opts=opts,
         norm=norm,
         stats=stats,
-        interp_kind=interp_kind(tableau),
         compact=opts.per_sample == "compact",
         f0=layout.flatten(out),
         events=event_set,

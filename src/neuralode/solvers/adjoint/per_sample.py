@@ -55,7 +55,6 @@ from ..per_sample import (
     _tolerance,
     check_options,
     integrate,
-    interp_kind,
     solve_per_sample,
 )
 from ..problem import check_step_callbacks
@@ -170,7 +169,6 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
     included, runs as backward work (``in_adjoint_backward``); the backward step is kept for the next call."""
     from .backsolve import _IN_BACKWARD
 
-    tableau = cfg["tableau"]
     token = _IN_BACKWARD.set(True)
     try:
         z0 = start()
@@ -181,11 +179,10 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
             z0,
             grid.flip(1),
             -cfg["direction"],
-            tableau=tableau,
+            method=cfg["method"],
             opts=cfg["opts"],
             norm=norm,
             stats=stats,
-            interp_kind=interp_kind(tableau),
             compact=cfg["compact"],
             quad=quad,
             on_land=jump,
@@ -274,7 +271,7 @@ def solve_adjoint_per_sample(
             t,
             rtol=rtol,
             atol=atol,
-            tableau=tableau,
+            method=forward,
             opts=opts,
             events=events,
         )
@@ -288,6 +285,7 @@ def solve_adjoint_per_sample(
         "times": times,
         "direction": direction,
         "tableau": adj_tableau,
+        "method": adj_method,
         "opts": adj_opts,
         "compact": adj_opts.per_sample == "compact",
         "rtol": aug_tol(
