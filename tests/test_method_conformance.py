@@ -17,6 +17,7 @@ import torch
 
 from neuralode import METHODS, Event, odeint, odeint_adjoint, solve
 from neuralode.solvers.methods import Capabilities
+from neuralode.solvers.methods.interpolants import Hermite, Linear
 
 F64, F32 = torch.float64, torch.float32
 H = 1 / 32  # the step of fixed-grid methods
@@ -124,8 +125,8 @@ def test_dense_output(name):
     got = sol.evaluate(torch.tensor(ts, dtype=F64))
     err = max((got[i] - exact(ti)).abs().max().item() for i, ti in enumerate(ts))
     assert err < tol + 1e-6, f"{name}: error {err:.3g}"
-    kind = m.interpolant_kind(m.options_type(**kw.get("options", {})))
-    assert (kind not in ("hermite", "linear")) == m.capabilities.own_dense
+    interpolant = m.interpolant(m.options_type(**kw.get("options", {})))
+    assert (not issubclass(interpolant, (Hermite, Linear))) == m.capabilities.own_dense
 
 
 @pytest.mark.parametrize("name", methods("events"))

@@ -234,13 +234,12 @@ def _run(
         event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.t_dtype).eps)
     dense = DenseOutput(direction, problem.unflatten, t0) if opts.dense else None
     config = method.step_config(opts, rtol_v, atol_v)
-    interp_kind = method.interpolant_kind(opts)
     try:
         with torch.enable_grad() if forward else contextlib.nullcontext():
             # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
             # loop takes what it leaves: the whole solve, or the rest from where it stopped.
             path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
-            result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats, interp_kind)
+            result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats)
             if result is None:
                 result = solve_joint(
                     problem,

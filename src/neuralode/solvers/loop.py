@@ -32,7 +32,7 @@ of clock it holds. A clock owns the solve's time and state between attempts and 
 Both take their steps through the Method's Stepper (the Runge-Kutta stage sum
 :func:`~neuralode.solvers.methods.stepper.rk_step` is generic over a float or a ``(B,)`` step), judge them with
 the error norms and controllers of :mod:`~neuralode.solvers.control` (one module for both clocks), fill outputs
-and search events on :class:`~neuralode.solvers.interpolant.StepInterpolant`, and raise the same errors
+and search events on the Method's :class:`~neuralode.solvers.methods.interpolants.StepInterpolant`, and raise the same errors
 (:func:`too_many_steps`, :func:`step_underflow`, :func:`rejected_at_min_step`, :func:`check_accumulation`,
 :func:`coincident_resets_error`), naming the sample where there is one. Events and the output bookkeeping have
 a scalar form (one time) and a vectorised one (a time per sample): :mod:`~neuralode.solvers.events.core` and
@@ -62,7 +62,7 @@ from .control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetect
 from .errors import SolverError
 from .events.core import EventSet, apply_reset, attach_event_gradient, unravel
 from .grid import TIME_EPS
-from .interpolant import StepInterpolant
+from .methods.interpolants import StepInterpolant
 from .methods.stepper import Stepper, StepResult
 from .problem import _Problem
 from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
@@ -315,7 +315,7 @@ class HostClock:
         "t_dtype",
         "dense_out",
         "tableau",
-        "interp_kind",
+        "interpolant_type",
         "fsal",
         "stage_c",
         "adaptive",
@@ -396,7 +396,7 @@ class HostClock:
         self.towards = direction * math.inf
         self.n_out = len(times)
         self.tableau = tableau = method.tableau
-        self.interp_kind = method.interpolant_kind(opts)
+        self.interpolant_type = method.interpolant(opts)
         self.fsal = tableau.fsal
         # Adaptive explicit Runge-Kutta steps create their stage times at once (fixed grids have
         # theirs cached for the whole solve, see _Problem.cache_times).
@@ -606,8 +606,7 @@ class HostClock:
         ):
             # Hermite needs f(t1, y1); at a jump take the limit from inside the step.
             end_side = -1 if (self.jump_here or self.perturb) else 0  # f(t1, y1) from inside the step, as its stages
-            return StepInterpolant(
-                self.interp_kind,
+            return self.interpolant_type(
                 self.problem,
                 self.tableau,
                 t,
@@ -634,10 +633,11 @@ class HostClock:
         t, h, t1, problem, stats = self.t, self.h, self.t1, self.problem, self.stats
         g1 = self.g1 = events.values(t1, step.y1)
         # Roots are found on the step's cubic Hermite interpolant where outputs interpolate linearly
-        # (a fixed grid's default ``interp``): a root of the linear one is second-order in the step
-        # whatever the method (rk4 at h = 0.01 on a free fall: 1.4e-5 in the event time; Hermite: 1e-16).
-        # Its f(t1, y1) is the next step's first stage: one evaluation more only where an event cuts the step.
-        ev_interp = self.ev_interp = interp.as_hermite() if interp.kind == "linear" else interp
+        # (a fixed grid's default ``interp``; StepInterpolant.smooth): a root of the linear one is second-order
+        # in the step whatever the method (rk4 at h = 0.01 on a free fall: 1.4e-5 in the event time; Hermite:
+        # 1e-16). Its f(t1, y1) is the next step's first stage: one evaluation more only where an event cuts
+        # the step.
+        ev_interp = self.ev_interp = interp.smooth()
         for loc in events.locate(self.g, g1, t, h, ev_interp, self.guard):
             event = events.events[loc.index]
             at_end = loc.theta == 1.0
@@ -763,7 +763,7 @@ def solve_joint(
         times: output times as floats (``times[-1]`` may be ``±inf`` when only an event ends
             the solve).
         method: the :class:`~neuralode.solvers.methods.base.Method`: its stepper takes the steps, its
-            ``interpolant_kind`` fills outputs inside them, its capabilities say whether it is adaptive.
+            ``interpolant`` fills outputs inside them, its capabilities say whether it is adaptive.
         opts: the parsed options, of ``method.options_type``.
         stops: indexable sequence of the times steps must land on, ending with ``times[-1]``.
         jumps: the stops at which ``func`` is discontinuous (no FSAL across them).

@@ -63,7 +63,8 @@ from .loop import (
     step_underflow,
     too_many_steps,
 )
-from .methods.interpolation import continuous_extension_rows, dense_stages, hermite_rows
+from .methods.interpolants import StepInterpolant
+from .methods.interpolation import continuous_extension_rows
 from .methods.stepper import StepResult
 from .methods.tableau import ButcherTableau
 from .options import (
@@ -208,39 +209,6 @@ class BatchFunc:
         return self.layout.flatten(out)
 
 
-class Interpolant:
-    """The solution inside one accepted step: ``y_r(t_r + θ h_r)`` for pairs ``(r, θ)``.
-
-    ``kind`` as in the joint loop: ``"dense"`` (the method's continuous extension
-    ``y0 + h sum_i b_i(θ) k_i``), ``"dense_extra"`` (dopri8: three more stages over the batch,
-    evaluated on first use), ``"hermite"`` (cubic, needs ``f1 = f(t1, y1)``). All the output
-    times of a step, of every sample, are evaluated in one pass over the gathered rows, with the
-    joint loop's formulas given a step and a ``θ`` per row
-    (:func:`~neuralode.solvers.methods.interpolation.continuous_extension_rows`,
-    :func:`~neuralode.solvers.methods.interpolation.hermite_rows`,
-    :func:`~neuralode.solvers.methods.interpolation.dense_stages`).
-    """
-
-    def __init__(self, kind, tableau, fb, t, y0, f0, h, step: StepResult, f1):
-        self.kind, self.tableau, self.fb = kind, tableau, fb
-        self.t, self.y0, self.f0, self.h, self.step, self.f1 = t, y0, f0, h, step, f1
-
-    def __call__(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """States ``(K, N)`` of rows ``rows (K,)`` of the batch at ``theta (K,)`` float64."""
-        y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
-        if self.kind == "hermite":
-            if self.f1 is None:
-                self.f1 = self.fb(self.t + self.h, self.step.y1)
-            out = hermite_rows(y0, y1, self.f0[rows], self.f1[rows], h, theta)
-        else:
-            if self.kind == "dense_extra":
-                extra = dense_stages(self.fb, self.t, self.y0, self.step.k, self.h, self.tableau)
-                self.kind, self.step = "dense_done", self.step._replace(k=self.step.k + extra)
-            table = self.tableau.dense if self.kind == "dense" else self.tableau.dense_extra
-            out = continuous_extension_rows(y0, torch.stack(self.step.k, 1)[rows], h, table, theta)
-        return torch.where((theta == 1.0)[:, None], y1, out)
-
-
 _ARANGE: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
@@ -321,7 +289,7 @@ class SampleClock:
         norm,
         controller: BatchStepSizeController,
         stats: PerSampleStats,
-        interp_kind: str,
+        interpolant: type[StepInterpolant],
         compact: bool = False,
         dt0: torch.Tensor | None = None,
         quad: Quadrature | None = None,
@@ -336,7 +304,7 @@ class SampleClock:
         B, T = times.shape
         self.B, self.T = B, T
         self.dev = dev = y0.device
-        self.fb, self.tableau, self.opts, self.stats, self.interp_kind = fb, tableau, opts, stats, interp_kind
+        self.fb, self.tableau, self.opts, self.stats, self.interpolant_type = fb, tableau, opts, stats, interpolant
         self.compact, self.quad, self.on_land = compact, quad, on_land
         self.ev, self.records, self.t_dtype, self.dense_out = events, records, t_dtype, dense
         self.direction = direction
@@ -549,13 +517,17 @@ class SampleClock:
     def keep(self, accept, f0, step, dt_next, control) -> bool:
         return True  # every attempt moves its accepted samples (move)
 
-    def interpolant(self, f0: torch.Tensor, step: StepResult) -> Interpolant:
-        self.t1 = torch.where(self.lands, self.t_stop, self.t + self.h)
+    def interpolant(self, f0: torch.Tensor, step: StepResult) -> StepInterpolant:
+        """The accepted steps' interpolant (the Method's, evaluated per row: ``at_rows``); its Hermite form
+        takes ``f(t + h, y1)``, from FSAL where the method has it."""
+        t, h = self.t, self.h
+        self.t1 = torch.where(self.lands, self.t_stop, t + h)
         self.y_end = step.y1
         f1 = step.k[-1] if self.tableau.fsal else None
-        return Interpolant(self.interp_kind, self.tableau, self.fb, self.t, self.y, f0, self.h, step, f1)
+        fb = self.fb
+        return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t + h, 0, fb)
 
-    def events(self, step: StepResult, interp: Interpolant):
+    def events(self, step: StepResult, interp: StepInterpolant):
         """Each crossing sample's step cut at its first event (located on its interpolant); returns
         ``(cross, fired)`` or ``None``."""
         events = self.ev
@@ -580,7 +552,7 @@ class SampleClock:
         self.y_end = torch.where(cross[:, None], y_e, step.y1)
         return (cross, fired)
 
-    def outputs(self, step: StepResult, interp: Interpolant, cut) -> None:
+    def outputs(self, step: StepResult, interp: StepInterpolant, cut) -> None:
         """The output times inside the accepted steps: rows ``i_out .. reached-1`` of each sample, as a
         ``(B, m)`` window (:func:`dense_outputs`) or gathered, from one interpolant pass."""
         t, t1, h, rows, i_out, times = self.t, self.t1, self.h, self.rows, self.i_out, self.times
@@ -590,7 +562,7 @@ class SampleClock:
         if not k_new:
             return
         y_end = self.y_end
-        m_new = int(n_new.max()) if self.interp_kind == "dense" else 0
+        m_new = int(n_new.max()) if interp.windowed else 0
         if m_new and (m_new * len(rows) <= DENSE_WINDOW * k_new or m_new * self.y.numel() <= DENSE_ELEMENTS):
             # Every output time of every sample inside this step as a (B, m) window per sample.
             j, b, y_out = dense_outputs(self.tableau, times, t, t1, h, self.y, y_end, step.k, i_out, n_new, m_new, rows)
@@ -606,12 +578,12 @@ class SampleClock:
             if bool(at_end.all()):
                 y_out = y_end[sel]
             else:
-                y_out = torch.where(at_end[:, None], y_end[sel], interp(sel, theta))
+                y_out = torch.where(at_end[:, None], y_end[sel], interp.at_rows(sel, theta))
             b = rows[sel]
         self.pieces_i.append(j), self.pieces_b.append(b), self.pieces_y.append(y_out)
         self.i_out = i_out + n_new
 
-    def dense(self, interp: Interpolant, cut) -> None:
+    def dense(self, interp: StepInterpolant, cut) -> None:
         if self.dense_out is not None:
             self.dense_out.add(self.accept, self.rows, self.t, self.h, self.t1, interp)
 
@@ -762,7 +734,7 @@ def integrate(
         norm=norm,
         controller=controller,
         stats=stats,
-        interp_kind=method.interpolant_kind(opts),
+        interpolant=method.interpolant(opts),
         compact=compact,
         dt0=dt0,
         quad=quad,

@@ -1,7 +1,7 @@
 """Dense output per sample: each sample's solution between its own steps.
 
 With ``options={"per_sample": True, "dense": True}`` (or :func:`~neuralode.solvers.api.odeint_dense`)
-the loop keeps the interpolant of every accepted step (:class:`~neuralode.solvers.per_sample.Interpolant`,
+the loop keeps the interpolant of every accepted step (the Method's :class:`~neuralode.solvers.methods.interpolants.StepInterpolant`,
 over the batch the step was taken on) and, per accepted row, which sample it belongs to, where its
 step starts and how long it is. :meth:`Solution.evaluate` then finds, for each sample and each
 requested time, the sample's own step containing it and evaluates that step's interpolant at
@@ -123,7 +123,7 @@ class PerSampleDense:
             theta = torch.where(
                 h[p] == 0, torch.zeros_like(q[m]), (q[m] - t0[p]) / torch.where(h[p] == 0, torch.ones_like(h[p]), h[p])
             )
-            vals = self._interps[k](row[p], theta.clamp(0.0, 1.0))
+            vals = self._interps[k].at_rows(row[p], theta.clamp(0.0, 1.0))
             if y is None:
                 y = vals.new_empty(q.numel(), vals.shape[1])
             y[m] = vals

@@ -116,9 +116,9 @@ class DenseOutput:
         out.t_end, out._starts = self.t_end, list(self._starts)
         pieces = self._pieces
         for i, (t0, h, interp) in enumerate(pieces):
-            upgrade = getattr(interp, "as_hermite", None)
-            if upgrade is not None and getattr(interp, "kind", None) == "linear":
-                interp = upgrade(pieces[i + 1][2] if i + 1 < len(pieces) else None)
+            smooth = getattr(interp, "smooth", None)  # a StepInterpolant (compiled chunks keep other callables)
+            if smooth is not None:
+                interp = smooth(pieces[i + 1][2] if i + 1 < len(pieces) else None)
             out._pieces.append((t0, h, interp))
         return out
 

@@ -139,7 +139,7 @@ class PerSampleEvents:
                 lo, hi, g_hi = theta0.clone(), torch.ones_like(t), b[:, e].clone()  # g(lo) = 0, g(hi) != 0
                 for _ in range(BISECTIONS):
                     mid = torch.where(m, 0.5 * (lo + hi), hi)
-                    g_mid = self.values(t + mid * h, interp(rows, mid))[k][:, e]
+                    g_mid = self.values(t + mid * h, interp.at_rows(rows, mid))[k][:, e]
                     zero = g_mid == 0
                     lo = torch.where(m & zero, mid, lo)
                     hi = torch.where(m & ~zero, mid, hi)
@@ -171,11 +171,11 @@ class PerSampleEvents:
         hi = torch.ones_like(t)
         for _ in range(BISECTIONS):
             mid = torch.where(mask, 0.5 * (lo + hi), hi)
-            y_mid = interp(rows, mid)
+            y_mid = interp.at_rows(rows, mid)
             c = self.any_crossed(g0, self.values(t + mid * h, y_mid), mid, starts)
             hi = torch.where(mask & c, mid, hi)
             lo = torch.where(mask & ~c, mid, lo)
-        y_hi = torch.where((hi == 1.0)[:, None], y1, interp(rows, hi))
+        y_hi = torch.where((hi == 1.0)[:, None], y1, interp.at_rows(rows, hi))
         fired = self.crossed(g0, self.values(t + hi * h, y_hi), hi, starts)
         return hi, y_hi, fired
 

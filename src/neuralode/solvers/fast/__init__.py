@@ -58,7 +58,7 @@ def choose(problem, method, opts, stops, events, dense, error, method_config) ->
     return LOOP
 
 
-def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, stats, interp_kind: str):
+def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, stats):
     """Run the fast path ``path`` (:func:`choose`'s answer) from ``(times[0], y0)``, ``f0`` the
     derivative there (``None``: not evaluated yet).
 
@@ -82,7 +82,9 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
         # A step within rounding of its start: the loop, with the method's compiled step (COMPILED).
     if path == FIXED_GRID:
         ys, out_steps = [y0], []
-        t, y, f, i_stop, i_out = fixed_grid.run(problem, y0, f0, times, stops, tableau, interp_kind, ys, out_steps)
+        t, y, f, i_stop, i_out = fixed_grid.run(
+            problem, y0, f0, times, stops, tableau, method.interpolant(opts), ys, out_steps
+        )
         if i_out == len(times):
             stats.next_step = math.inf
             return LoopResult(ys, out_steps, [], False), None

@@ -22,7 +22,7 @@ states are the same bits:
   input);
 * output times on grid points take ``y1`` itself; an output time strictly inside a step is
   filled by the loop's interpolant of that step
-  (:class:`~neuralode.solvers.interpolant.StepInterpolant`), exactly as the general loop does.
+  (the method's :class:`~neuralode.solvers.methods.interpolants.StepInterpolant`), exactly as the general loop does.
 
 The api chooses this path (:func:`~neuralode.solvers.fast.choose`) and runs it before the loop.
 A step within rounding of its start (a ``grid_constructor`` grid with two points a few ulps apart)
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..grid import TIME_EPS
-from ..interpolant import StepInterpolant
+from ..methods.interpolants import StepInterpolant
 from ..methods.stepper import StepResult, step_plan
 from ..methods.tableau import ButcherTableau
 from ..problem import changed_in_place
@@ -66,7 +66,7 @@ def run(
     times: list[float],
     stops: list[float],
     tableau: ButcherTableau,
-    interp_kind: str,
+    interpolant: type[StepInterpolant],
     ys: list,
     out_steps: list,
 ):
@@ -78,7 +78,7 @@ def run(
         times: the output times (floats); ``times[0]`` is the start.
         stops: the grid points after the start, ending with ``times[-1]``.
         tableau: an explicit method.
-        interp_kind: the loop's interpolant for output times inside a step.
+        interpolant: the method's interpolant (``method.interpolant(opts)``) for output times inside a step.
         ys, out_steps: the solve's output lists (``ys`` holds ``y0``), appended to.
 
     Returns:
@@ -172,7 +172,7 @@ def run(
             elif (next_out - t1) * direction < 0:
                 # Output times inside the step: the general loop's interpolant of this step.
                 step = StepResult(y1, None, tuple(k))
-                interp = StepInterpolant(interp_kind, problem, tableau, t, y, k1, h, step, f1, t1, 0, None)
+                interp = interpolant(problem, tableau, t, y, k1, h, step, f1, t1, 0, None)
                 thetas = []
                 while i_out < n_out and (times[i_out] - t1) * direction <= 0:
                     tau = times[i_out]

@@ -93,7 +93,6 @@ class AutoSwitching:
     adaptive = property(lambda self: True)
     implicit = property(lambda self: True)  # the loop hands it to an implicit-method stepper
     fsal = property(lambda self: False)
-    interp_kind = property(lambda self: "auto")
 
     @property
     def options_type(self) -> type:

@@ -13,8 +13,8 @@ or attributes, what it is:
 * ``stepper(problem, opts=, config=, error=, checkpoint=)``: a
   :class:`~neuralode.solvers.methods.stepper.Stepper` for one solve, which takes the steps and is told of their
   acceptance;
-* ``interpolant_kind(opts)``: how outputs between the ends of a step are filled
-  (:class:`~neuralode.solvers.interpolant.StepInterpolant`).
+* ``interpolant(opts)``: the class that fills the solution between the ends of a step (a
+  :class:`~neuralode.solvers.methods.interpolants.StepInterpolant`: outputs, event roots, dense output).
 
 A method with ``capabilities.own_driver`` (``scipy_solver``) runs a whole solve itself with ``run``; it has no
 stepper and no interpolant.
@@ -63,7 +63,7 @@ class Method:
     """An integration method: a family's behaviour around one coefficient record (see the module docstring).
 
     Subclasses set ``tableau`` (the record), ``capabilities`` and ``options_type`` and implement
-    :meth:`stepper` and :meth:`interpolant_kind`. ``name``, ``order`` and ``error_order`` are read from the
+    :meth:`stepper` and :meth:`interpolant`. ``name``, ``order`` and ``error_order`` are read from the
     record.
     """
 
@@ -114,9 +114,9 @@ class Method:
         (the stepper receives it as ``config``; ``None`` when nothing)."""
         return None
 
-    def interpolant_kind(self, opts) -> str:
-        """How outputs between step ends are filled for a solve with options ``opts`` (a kind of
-        :class:`~neuralode.solvers.interpolant.StepInterpolant`)."""
+    def interpolant(self, opts) -> type:
+        """The :class:`~neuralode.solvers.methods.interpolants.StepInterpolant` subclass that fills the solution
+        between step ends for a solve with options ``opts``."""
         raise NotImplementedError(f"method {self.name!r} has no interpolant (it runs its own driver)")
 
     def __repr__(self) -> str:

@@ -101,7 +101,6 @@ class ESDIRKTableau:
     adaptive = property(lambda self: True)
     implicit = property(lambda self: True)
     newton = property(lambda self: True)
-    interp_kind = property(lambda self: "hermite")
 
     @property
     def fsal(self) -> bool:

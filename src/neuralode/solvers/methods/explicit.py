@@ -9,13 +9,9 @@ import torch
 from ..options import AdamsOptions, AdaptiveOptions, FixedOptions
 from .adams import AdamsMethod
 from .base import Capabilities, Method
+from .interpolants import StepInterpolant, explicit_interpolant, fixed_grid_interpolant
 from .stepper import Stepper, rk_step, step_plan
 from .tableau import ButcherTableau
-
-
-def fixed_grid_kind(opts: FixedOptions) -> str:
-    """The interpolant of a fixed-grid solve: ``options['interp']``, linear (torchdiffeq's) or cubic Hermite."""
-    return "linear" if opts.interp == "linear" else "hermite"
 
 
 class RKStepper(Stepper):
@@ -98,12 +94,10 @@ class ExplicitRK(Method):
             return FunctionStepper(compiled_stepper(problem, self.tableau, backend, problem.stats))
         return checkpointed(RKStepper(problem, self.tableau), checkpoint)
 
-    def interpolant_kind(self, opts) -> str:
+    def interpolant(self, opts) -> type[StepInterpolant]:
         if not self.capabilities.adaptive:
-            return fixed_grid_kind(opts)
-        if self.tableau.dense is not None:
-            return "dense"
-        return "dense_extra" if self.tableau.dense_extra is not None else "hermite"
+            return fixed_grid_interpolant(opts.interp)
+        return explicit_interpolant(self.tableau)
 
 
 class AdamsStepper(Stepper):
@@ -138,5 +132,5 @@ class Adams(Method):
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return checkpointed(AdamsStepper(problem, self.tableau, config), checkpoint)
 
-    def interpolant_kind(self, opts) -> str:
-        return fixed_grid_kind(opts)
+    def interpolant(self, opts) -> type[StepInterpolant]:
+        return fixed_grid_interpolant(opts.interp)

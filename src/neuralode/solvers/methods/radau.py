@@ -224,7 +224,6 @@ class RadauTableau:
     implicit = property(lambda self: True)
     collocation = property(lambda self: True)  # rosenbrock.make_stepper dispatches on it
     fsal = property(lambda self: False)
-    interp_kind = property(lambda self: "radau")
 
     @property
     def options_type(self) -> type:

@@ -209,11 +209,6 @@ class RosenbrockTableau:
         return True
 
     @property
-    def interp_kind(self) -> str:
-        """The loop's dense-output kind for these methods (:func:`~neuralode.solvers.methods.rosenbrock.rosenbrock_dense`)."""
-        return "rosenbrock"
-
-    @property
     def options_type(self) -> type:
         """The options these methods take: :class:`~neuralode.solvers.methods.implicit_options.ImplicitOptions`."""
         from .implicit_options import ImplicitOptions

@@ -13,10 +13,17 @@ from .auto import AutoSwitching, make_auto_stepper
 from .base import Capabilities, Method
 from .esdirk import ESDIRKTableau
 from .esdirk import make_stepper as make_esdirk_stepper
-from .explicit import fixed_grid_kind
 from .implicit_fixed import ImplicitFixedOptions, ImplicitRK
 from .implicit_fixed import make_stepper as make_fixed_stepper
 from .implicit_options import AutoOptions, ImplicitOptions, RadauOptions
+from .interpolants import (
+    AutoInterpolant,
+    Hermite,
+    RadauInterpolant,
+    RosenbrockInterpolant,
+    StepInterpolant,
+    fixed_grid_interpolant,
+)
 from .radau import RadauTableau
 from .radau import make_stepper as make_radau_stepper
 from .rosenbrock import make_stepper as make_rosenbrock_stepper
@@ -41,8 +48,8 @@ class Rosenbrock(Method):
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return make_rosenbrock_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
-    def interpolant_kind(self, opts) -> str:
-        return "rosenbrock"
+    def interpolant(self, opts) -> type[StepInterpolant]:
+        return RosenbrockInterpolant
 
 
 class ESDIRK(Method):
@@ -58,8 +65,8 @@ class ESDIRK(Method):
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return make_esdirk_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
-    def interpolant_kind(self, opts) -> str:
-        return "hermite"
+    def interpolant(self, opts) -> type[StepInterpolant]:
+        return Hermite
 
 
 class Radau(Method):
@@ -75,8 +82,8 @@ class Radau(Method):
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return make_radau_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
-    def interpolant_kind(self, opts) -> str:
-        return "radau"
+    def interpolant(self, opts) -> type[StepInterpolant]:
+        return RadauInterpolant
 
 
 class ImplicitFixed(Method):
@@ -96,8 +103,8 @@ class ImplicitFixed(Method):
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return make_fixed_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
-    def interpolant_kind(self, opts) -> str:
-        return fixed_grid_kind(opts)
+    def interpolant(self, opts) -> type[StepInterpolant]:
+        return fixed_grid_interpolant(opts.interp)
 
 
 class Auto(Method):
@@ -114,5 +121,5 @@ class Auto(Method):
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return make_auto_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
-    def interpolant_kind(self, opts) -> str:
-        return "auto"
+    def interpolant(self, opts) -> type[StepInterpolant]:
+        return AutoInterpolant
