@@ -1,4 +1,4 @@
-"""Host time shared by the joint loop and the fast paths: its resolution and the grid without an end.
+"""Host time shared by the host clock and the fast paths: its resolution and the grid without an end.
 
 Time is a Python float (float64) in every driver that keeps one clock for the batch
 (:mod:`~neuralode.solvers.loop`, :mod:`~neuralode.solvers.fast`). A step shorter than a few units of

@@ -173,7 +173,7 @@ def check_accumulation(
     within a tenth of that. The accumulation point reported is the geometric series' limit
     ``t_k + d_k r / (1 - r)``, ``r = d_k / d_{k-1}``.
 
-    Both clocks call it: the joint loop per (event, element), the per-sample loop per (sample,
+    Both clocks call it: the host clock per (event, element), the per-sample clock per (sample,
     event, element), passing ``sample`` so that the message names it.
 
     Raises:

@@ -2,24 +2,27 @@
 
 ``solve(func, y0, t, options={"per_sample": True})`` treats the first dimension of the state (of
 every tensor of a tuple state) as a batch of ``B`` independent problems. Each sample ``i`` has its
-own time ``t_i``, step ``dt_i``, error ratio ``r_i``, accept/reject decision and counters; the
-arithmetic of the joint loop (:mod:`~neuralode.solvers.loop`) is repeated here with those
-quantities as tensors of shape ``(B,)``, a second loop beside the joint one (``docs/architecture.md``,
-"Clocks"; the one-loop re-layout described there is to leave the two clocks sharing every piece of
-the loop but this arithmetic):
+own time ``t_i``, step ``dt_i``, error ratio ``r_i``, accept/reject decision and counters, as
+tensors of shape ``(B,)``: the :class:`SampleClock` of the one loop (:func:`~neuralode.solvers.loop.integrate`,
+which runs the host clock the same way). What the two clocks share, one implementation each:
 
-* the step is the joint loop's :func:`~neuralode.solvers.methods.stepper.rk_step` given a ``(B,)`` tensor of
-  steps: a stage is ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` broadcast over each
-  sample's ``N`` elements (the state is carried as one ``(B, N)`` tensor);
-* the error ratio of sample ``i`` is the RMS over that sample's own elements of
-  ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors,
-  as in :class:`~neuralode.solvers.control.norms._ErrorNorm`; the norms are :mod:`~neuralode.solvers.control.norms`'s);
-* the controller is :class:`~neuralode.solvers.control.controller.BatchStepSizeController` (the formulas
-  of :mod:`~neuralode.solvers.control.controller` on ``(B,)`` tensors, its memory a ``ControllerState`` of
-  them), the initial step :func:`~neuralode.solvers.control.controller.initial_step` with per-sample norms,
-  and the 10% stretch onto the last time the joint loop's rule, vectorised;
-* output times inside an accepted step are filled from the step's continuous extension evaluated
-  at each sample's own ``θ_i = (τ_i - t_i) / dt_i``.
+* the step: the Method's :class:`~neuralode.solvers.methods.stepper.Stepper`, whose Runge-Kutta stage sum
+  :func:`~neuralode.solvers.methods.stepper.rk_step` takes a ``(B,)`` tensor of steps: a stage is
+  ``k_j = f(t + c_j dt, y + dt ⊙ sum_l a_jl k_l)`` with ``dt`` broadcast over each sample's ``N`` elements
+  (the state is carried as one ``(B, N)`` tensor);
+* the error norm: sample ``i``'s ratio is the RMS over its own elements of
+  ``err_i / (atol + rtol max(|y0_i|, |y1_i|))`` (for tuple states the largest RMS over the tensors),
+  :mod:`~neuralode.solvers.control.norms`;
+* the controller (:class:`~neuralode.solvers.control.controller.BatchStepSizeController`: the formulas of
+  :mod:`~neuralode.solvers.control.controller` on ``(B,)`` tensors, its memory a ``ControllerState`` of them)
+  and the initial step (:func:`~neuralode.solvers.control.controller.initial_step` with per-sample norms);
+* the interpolant of a step: the Method's :class:`~neuralode.solvers.methods.interpolants.StepInterpolant`,
+  evaluated at each sample's own ``θ_i = (τ_i - t_i) / dt_i`` (``at_rows``);
+* the input checks (:mod:`~neuralode.solvers.options` with a batch) and the loop's errors, naming the sample.
+
+The clock itself does the arithmetic of time vectorised: the landing rule (the host clock's 10% stretch onto
+a stop), output times inside each sample's step, events per sample (:mod:`~neuralode.solvers.events.per_sample`),
+the dense-output record (:mod:`~neuralode.solvers.per_sample_dense`) and the counters.
 
 ``func`` is called once per stage on the whole batch with ``t`` a tensor of shape ``(B,)`` in the
 state's dtype (row ``i`` of the state is at time ``t[i]``); a ``func`` that ignores ``t`` is
@@ -34,12 +37,12 @@ constants in the state instead); so must event functions and resets.
 Events (:mod:`~neuralode.solvers.events.per_sample`) fire per sample: ``Solution.events`` holds
 :class:`~neuralode.solvers.events.per_sample.PerSampleEventRecord` s (with ``sample``), sorted
 by sample and time; a terminal event ends its sample only, whose later outputs are NaN. The
-joint loop's two refusals hold per sample, with the same code (:mod:`~neuralode.solvers.loop`):
+host clock's two refusals hold per sample, with the same code (:mod:`~neuralode.solvers.loop`):
 resets of one element of one event accumulating at a finite time in a sample (Zeno behaviour,
 ``check_accumulation`` on that sample's reset times), and a reset crossing at the same time as
 another event that resets or ends, in one sample (``coincident_resets_error``); both name the sample.
 
-Time is float64 throughout, as in the joint loop.
+Time is float64 throughout, as on the host clock.
 """
 
 from __future__ import annotations
@@ -147,8 +150,7 @@ def _tolerance(name: str, tol, parts: tuple[torch.Tensor, ...], layout: _Layout)
 
 
 # --------------------------------------------------------------------------------------------
-# The pieces: batch function, norm, controller, step, interpolant. Each is the joint loop's
-# piece with (B,) tensors in place of floats.
+# The batch function and the (B, m) window of outputs.
 
 
 class BatchFunc:
@@ -227,7 +229,7 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     They are laid out as a ``(B, m)`` window (``m = max n_new``), so the whole batch is one
     fixed-shape pass, with no per-output index arithmetic: the continuous extension
     ``y0 + h sum_i b_i(θ) k_i`` (:func:`~neuralode.solvers.methods.interpolation.continuous_extension_rows`,
-    the joint loop's weights ``b_i(θ)`` at every window entry, then one batched product with each
+    the host clock's weights ``b_i(θ)`` at every window entry, then one batched product with each
     sample's stacked stages). An output that coincides with the step's end takes ``y_end`` exactly
     (the scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
 
@@ -247,7 +249,7 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
 
 
 # --------------------------------------------------------------------------------------------
-# The loop.
+# The clock.
 
 
 class Quadrature(Protocol):
@@ -371,7 +373,7 @@ class SampleClock:
         order = torch.cat(self.pieces_i) * B + torch.cat(self.pieces_b)
         values = torch.cat(self.pieces_y)
         if order.numel() != T * B or int(torch.bincount(order, minlength=T * B).max()) != 1:
-            raise AssertionError("per-sample loop: an output time was filled twice or not at all")  # invariant
+            raise AssertionError("per-sample clock: an output time was filled twice or not at all")  # invariant
         ys = values.new_zeros(T * B, values.shape[1]).index_copy(0, order, values).reshape(T, B, -1)
         return LoopOut(ys, self.next_dt)
 
@@ -761,7 +763,7 @@ def _after_events(
     gradients (:meth:`~neuralode.solvers.events.per_sample.PerSampleEvents.attach_gradient`).
 
     The event acted on in a row is its first (by index) that ends the sample or resets its state,
-    else its first that fired. As in the joint loop, a reset crossing at the same time as another
+    else its first that fired. As in the host clock, a reset crossing at the same time as another
     event that resets or ends is refused (:func:`~neuralode.solvers.loop.coincident_resets_error`):
     the sample restarts from one reset with every fired element past its root, so the other
     crossing would be lost."""
@@ -855,7 +857,7 @@ def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, 
     ``step_t_asc`` holds ``sign * step_t`` ascending. A ``step_t`` within ``8 eps |t_i|`` after
     ``t_i`` counts as reached (a step that short is below time's resolution), so a step to a
     ``step_t`` is never one of rounding size, and arriving within rounding of a stop happens only
-    at ``t_end``. The joint loop's rule otherwise: the step is clipped to the stop and stretched
+    at ``t_end``. The host clock's rule otherwise: the step is clipped to the stop and stretched
     by up to 10% to land on it.
     """
     key = (t * sign + 8 * TIME_EPS * t.abs()).contiguous()

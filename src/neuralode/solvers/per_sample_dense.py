@@ -6,10 +6,10 @@ over the batch the step was taken on) and, per accepted row, which sample it bel
 step starts and how long it is. :meth:`Solution.evaluate` then finds, for each sample and each
 requested time, the sample's own step containing it and evaluates that step's interpolant at
 ``θ = (τ - t_i) / h_i``; all the requests falling into one kept step are one interpolant pass.
-Memory grows as in the joint loop's dense output: the stages of every step.
+Memory grows as in the host clock's dense output: the stages of every step.
 
 Where a step was cut at an event its piece serves up to the event; a time exactly at an event
-with a reset reads the state before the reset (the joint loop's rule). A sample that ended at a
+with a reset reads the state before the reset (the host clock's rule). A sample that ended at a
 terminal event has its span end there.
 """
 

@@ -210,7 +210,7 @@ class Solution:
 
 
 class LoopResult(NamedTuple):
-    """What a driver of one clock (the joint loop, the compiled chunks) hands back to
+    """What a driver of one clock (the host clock, the compiled chunks) hands back to
     :func:`~neuralode.solvers.api.solve`, which builds the :class:`Solution` from it."""
 
     ys: list[torch.Tensor]  # flat states at the output times reached, y0 first
@@ -220,7 +220,7 @@ class LoopResult(NamedTuple):
 
 
 class Handover(NamedTuple):
-    """Where a fast path stopped short of the last output time, for the joint loop to go on from.
+    """Where a fast path stopped short of the last output time, for the host clock to go on from.
 
     The lean fixed grid (:func:`~neuralode.solvers.fast.fixed_grid.run`) stops at a step within
     rounding of its start, which the loop takes by its own rule; the loop then starts from exactly

@@ -358,7 +358,7 @@ def _stop_grid(times: torch.Tensor, direction: float, records, B: int):
     Sample ``i``'s stops are its output times up to its terminal event (if any) and its event
     times, merged (an output at an event's time is one stop of both kinds). Rows are padded with
     no-op stops at the midpoints of their widest gaps, so the grid is ``(B, L)`` and every row
-    strictly monotonic (the per-sample loop's times). Returns the grid (float64), and per stop the
+    strictly monotonic (the per-sample clock's times). Returns the grid (float64), and per stop the
     output index ``j`` and the event record index ``e`` (``-1`` for none).
     """
     T = times.shape[1]

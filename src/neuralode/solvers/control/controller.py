@@ -53,8 +53,8 @@ whether the last attempt was rejected), which the loops carry without reading: `
 ``adapt(state, dt, ratio) -> (accept, next dt, state)`` decides on an attempted step, and
 ``refuse(state, dt, factor) -> (next dt, state)`` rejects a step the method could not complete (a
 failed Newton iteration) whatever its error. Two clocks: :class:`StepSizeController` decides in
-Python floats for the joint loop, whose time is a host float; :class:`BatchStepSizeController`
-evaluates the same formulas on ``(B,)`` tensors for the per-sample loop, one decision per sample.
+Python floats for the host clock, whose time is a host float; :class:`BatchStepSizeController`
+evaluates the same formulas on ``(B,)`` tensors for the per-sample clock, one decision per sample.
 
 The initial step uses Hairer's heuristic (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4),
 costing one extra function evaluation.

@@ -4,11 +4,11 @@ In per-sample mode an :class:`~neuralode.solvers.events.core.Event`'s ``fn(t, y)
 whole batch (``t`` of shape ``(B,)``, ``y`` like the state) and returns a tensor whose first
 dimension is the batch: ``g[i]`` is sample ``i``'s event function (any trailing shape; every
 element is watched). An element of sample ``i`` crosses over an accepted step when it goes from
-``g < 0`` to ``g >= 0`` (rising) or from ``g > 0`` to ``g <= 0`` (falling), as in the joint loop.
+``g < 0`` to ``g >= 0`` (rising) or from ``g > 0`` to ``g <= 0`` (falling), as in the host clock.
 An element that is zero at a step's start (a sample that starts on a root, or a function that is
 zero on a stretch of time) has no sign there: when it is nonzero at the step's end it takes the
 sign it has where it first leaves zero (bisection on the interpolant, vectorised over the batch)
-and only crossings after that point count, the joint loop's rule (:mod:`~neuralode.solvers.events.core`).
+and only crossings after that point count, the host clock's rule (:mod:`~neuralode.solvers.events.core`).
 
 Locating. For the samples with a crossing, ``θ_i`` in ``(0, 1]`` is found by bisection on the
 step's interpolant, vectorised over the batch: ``c_i(θ)`` = "some watched element of sample ``i``
@@ -21,9 +21,9 @@ record-only event costs its sample one more step but is never missed inside a st
 Then, per sample: the event acted on is the first (by index) that fired and resets or ends,
 else the first that fired; it is recorded (:class:`PerSampleEventRecord`, with ``sample``); a reset
 that fires together with another event that resets or ends is refused, as are resets accumulating
-at a finite time (the joint loop's rules, :mod:`~neuralode.solvers.loop`); a
+at a finite time (the host clock's rules, :mod:`~neuralode.solvers.loop`); a
 terminal event ends that sample only (its later output times are NaN); a reset replaces its
-state; leaving the root does not fire again: as in the joint loop, they take the sign ``g`` has a moment ``δ`` later and
+state; leaving the root does not fire again: as in the host clock, they take the sign ``g`` has a moment ``δ`` later and
 roots within ``δ`` of the restart are not searched.
 
 Gradients through event times (implicit function theorem, per sample). Sample ``i``'s event
@@ -35,7 +35,7 @@ depends on row ``i`` of the state only, so the theorem holds row by row::
 with everything evaluated at sample ``i``'s own event. One call of the event function on the
 batch, with the located times and states, gives every row's ``g_i`` with its graph; one
 backward pass of ``Σ_i g_i`` gives every row's ``∂g_i/∂t`` and ``∂g_i/∂y_i`` (rows do not mix).
-As in the joint loop (:func:`~neuralode.solvers.events.core.attach_event_gradient`) the gradients
+As in the host clock (:func:`~neuralode.solvers.events.core.attach_event_gradient`) the gradients
 enter by value-preserving corrections: ``t*_i = t_i + δ_i`` and ``y*_i = y_i + f_i δ_i`` with
 ``δ_i = -(g_i - stop_grad(g_i)) / ġ_i`` (value 0), and a reset's output is shifted by
 ``-f_i(t*_i, y_new,i) δ_i``, since the sample restarts at a time that depends on the parameters.
@@ -124,7 +124,7 @@ class PerSampleEvents:
         An element of a row in ``idle`` that is zero at the step's start and nonzero at its end
         takes the sign it has where it first leaves zero (bisection from ``theta0`` on the
         interpolant, vectorised over the rows, one element column at a time) and is watched from
-        there (``starts[k] (B, E_k)``, 0 for the others): the joint loop's rule
+        there (``starts[k] (B, E_k)``, 0 for the others): the host clock's rule
         (:mod:`~neuralode.solvers.events.core`). Both lists are returned unchanged (``starts`` None)
         when no row is ``idle``."""
         if not bool(idle.any()):

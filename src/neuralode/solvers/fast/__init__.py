@@ -1,4 +1,4 @@
-"""The fast paths: drivers that the api runs instead of the joint loop, or ahead of it, when a solve
+"""The fast paths: drivers that the api runs instead of the host clock, or ahead of it, when a solve
 needs none of the loop's decisions between steps.
 
 A fixed grid with no error control decides nothing between its steps: every step is accepted and
@@ -28,10 +28,10 @@ import math
 from ..solution import Handover, LoopResult
 from . import compiled_chunks, fixed_grid
 
-LOOP = "loop"  # the joint loop with the method's own stepper
+LOOP = "loop"  # the host clock with the method's own stepper
 FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
 CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
-COMPILED = "compiled"  # the joint loop stepping with the method's compiled step
+COMPILED = "compiled"  # the host clock stepping with the method's compiled step
 
 
 def choose(problem, method, opts, stops, events, dense, error, method_config) -> str:

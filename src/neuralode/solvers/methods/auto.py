@@ -1,6 +1,6 @@
 """``method="auto"``: tsit5 while the problem is not stiff, rodas5p while it is, switching both ways.
 
-The idea of LSODA (Petzold 1983) and of Julia's ``AutoTsit5(Rosenbrock23())``, on the joint loop: a composite
+The idea of LSODA (Petzold 1983) and of Julia's ``AutoTsit5(Rosenbrock23())``, on the host clock: a composite
 method whose step is either an explicit tsit5 step or a rodas5p step. Both are of order 5 with an order-4
 error estimate, so one step-size controller (exponent 1/5) and one error norm serve both, and a switch
 needs no restart.

@@ -217,9 +217,9 @@ class Hermite(StepInterpolant):
         return hermite_many(self.y0, self.step.y1, self.f0, self.f1, self.h, thetas)
 
     def at_rows(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
         self._end_derivative()
-        y1 = self.step.y1[rows]
-        out = hermite_rows(self.y0[rows], y1, self.f0[rows], self.f1[rows], self.h[rows], theta)
+        out = hermite_rows(y0, y1, self.f0[rows], self.f1[rows], h, theta)
         return torch.where((theta == 1.0)[:, None], y1, out)
 
 
@@ -237,10 +237,9 @@ class ContinuousExtension(StepInterpolant):
         return continuous_extension_many(self.y0, self.step.k, self.h, self.tableau.dense, thetas)
 
     def at_rows(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        out = continuous_extension_rows(
-            self.y0[rows], torch.stack(self.step.k, 1)[rows], self.h[rows], self.tableau.dense, theta
-        )
-        return torch.where((theta == 1.0)[:, None], self.step.y1[rows], out)
+        y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
+        out = continuous_extension_rows(y0, torch.stack(self.step.k, 1)[rows], h, self.tableau.dense, theta)
+        return torch.where((theta == 1.0)[:, None], y1, out)
 
 
 class ExtendedContinuousExtension(StepInterpolant):
@@ -258,11 +257,10 @@ class ExtendedContinuousExtension(StepInterpolant):
         return continuous_extension_many(self.y0, self.k, self.h, self.tableau.dense_extra, thetas)
 
     def at_rows(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
         self._extra_stages()
-        out = continuous_extension_rows(
-            self.y0[rows], torch.stack(self.k, 1)[rows], self.h[rows], self.tableau.dense_extra, theta
-        )
-        return torch.where((theta == 1.0)[:, None], self.step.y1[rows], out)
+        out = continuous_extension_rows(y0, torch.stack(self.k, 1)[rows], h, self.tableau.dense_extra, theta)
+        return torch.where((theta == 1.0)[:, None], y1, out)
 
 
 class RosenbrockInterpolant(StepInterpolant):

@@ -1,6 +1,6 @@
 """One generic explicit Runge-Kutta step, the reference form of the stage sums.
 
-:func:`rk_step` is the step the joint loop (:mod:`~neuralode.solvers.loop`) takes for an explicit
+:func:`rk_step` is the step the host clock (:mod:`~neuralode.solvers.loop`) takes for an explicit
 tableau, and, given a ``(B,)`` tensor of steps, the step of the per-sample clock
 (:mod:`~neuralode.solvers.per_sample`, one step size per row). The same sums are written twice more,
 each for a driver with its own constraint: :func:`~neuralode.solvers.fast.fixed_grid.run` (the lean
