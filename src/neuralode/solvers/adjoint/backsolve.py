@@ -46,12 +46,20 @@ Design choices:
 * Double backward (``create_graph=True``): the backsolve records its backward solve, the products
   taken at detached leaves and joined back to ``y``'s graph (:class:`_Reattach`), so the gradient
   is differentiable; the interpolating and per-sample adjoints and an implicit ``adjoint_method``
-  refuse it (:func:`refuse_double_backward`) instead of returning a wrongly differentiable gradient.
+  refuse it (:func:`~neuralode.solvers.adjoint.common.refuse_double_backward`) instead of returning a
+  wrongly differentiable gradient.
 * Except with an implicit (stiff) ``adjoint_method``: re-solving ``y`` backwards is unstable for a
   stiff dissipative system, so there the default is the interpolating adjoint
   (:mod:`~neuralode.solvers.adjoint.interpolating`; ``adjoint_options={"interpolate": True | False}``
   chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
   and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
+
+This module holds the entry points (:func:`solve_adjoint`, :func:`odeint_adjoint`), the checks and parsing
+of the adjoint arguments, the backsolve adjoint and the events' adjoint. The arguments are checked once,
+when the solve is called, into one frozen :class:`~neuralode.solvers.adjoint.common.AdjointConfig` that the
+autograd Function carries to backward; it dispatches to :mod:`~neuralode.solvers.adjoint.interpolating` and
+:mod:`~neuralode.solvers.adjoint.per_sample`, which share the interval sweep with it through
+:mod:`~neuralode.solvers.adjoint.common` and never import this module.
 """
 
 from __future__ import annotations
@@ -126,23 +134,48 @@ class _Reattach(torch.autograd.Function):
         return (None, *src, *(None,) * n, *grads)
 
 
-class _AdjointSolve(torch.autograd.Function):
-    """Forward: the outputs ``ys`` of a solve made without a graph (the whole solve, or the stored states
-    of one stretch between events), returned as they are. Backward: the adjoint ODE, interval by interval,
-    as ``cfg`` (:class:`~neuralode.solvers.adjoint.common.AdjointConfig`) says.
+@dataclasses.dataclass
+class _ForwardRun:
+    """The forward solve of one :class:`_AdjointSolve`: its outputs ``ys`` (flat, time first) and counters.
 
-    ``ys`` comes boxed in a one-element tuple, so that autograd sees it as an output of this Function,
-    not as an input: the recorded backward solve (``create_graph=True``) restarts ``y`` from the saved
-    outputs, and the second derivative must flow through them back into this Function."""
+    Given ``ys`` (a stretch between events, whose states the solve with events has found already), the
+    Function returns them; given none, it solves and fills both in. An autograd Function returns tensors
+    only, so the counters come back here; and ``ys`` travels here rather than as an argument so that
+    autograd sees it as an output of the Function, not as an input: the recorded backward solve
+    (``create_graph=True``) restarts ``y`` from the saved outputs, and the second derivative must flow
+    through them back into the Function.
+    """
+
+    ys: torch.Tensor | None = None
+    stats: SolverStats | None = None
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """Forward: an ordinary solve without a graph (or the given states of one). Backward: the adjoint ODE,
+    interval by interval, as ``cfg`` (:class:`~neuralode.solvers.adjoint.common.AdjointConfig`) says."""
 
     @staticmethod
     def forward(
-        ctx, cfg: AdjointConfig, box: tuple[torch.Tensor], y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor
+        ctx, cfg: AdjointConfig, run: _ForwardRun, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor
     ) -> torch.Tensor:
-        (ys,) = box
+        if run.ys is None:
+            options = {**(cfg.options or {}), "dense": True} if cfg.interpolate else cfg.options
+            with torch.no_grad():
+                sol = solve(
+                    cfg.func,
+                    cfg.flat.unflatten(y0),
+                    t.detach(),
+                    rtol=cfg.rtol,
+                    atol=cfg.atol,
+                    method=cfg.method,
+                    options=options,
+                )
+            run.ys, run.stats = cfg.flat.flatten_series(sol.ys), sol.stats
+            if cfg.interpolate:  # the backward solve reads y(t) from the forward solve's interpolants
+                cfg = dataclasses.replace(cfg, dense=sol.dense.hermite())
         ctx.cfg = cfg
-        ctx.save_for_backward(t, ys)
-        return ys
+        ctx.save_for_backward(t, run.ys)
+        return run.ys
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
@@ -615,15 +648,9 @@ def _solve_adjoint(
     )
     y0_flat = flat.flatten(y0)
     if not events:
-        forward_options = {**(options or {}), "dense": True} if interpolate else options
-        with torch.no_grad():
-            sol = solve(
-                func, flat.unflatten(y0_flat), t.detach(), rtol=rtol, atol=atol, method=method, options=forward_options
-            )
-        if interpolate:  # the backward solve reads y(t) from the forward solve's interpolants
-            cfg = dataclasses.replace(cfg, dense=sol.dense.hermite())
-        ys = _AdjointSolve.apply(cfg, (flat.flatten_series(sol.ys),), y0_flat, t, *params)
-        return Solution(t, flat.unflatten_series(ys), sol.stats, method, cfg.adjoint_stats)
+        run = _ForwardRun()
+        ys = _AdjointSolve.apply(cfg, run, y0_flat, t, *params)
+        return Solution(t, flat.unflatten_series(ys), run.stats, method, cfg.adjoint_stats)
     if not forward.capabilities.events:
         raise ValueError(no_events(forward))
     return _adjoint_with_events(cfg, y0_flat, t, times, forward, options, events)
@@ -714,7 +741,7 @@ def _adjoint_with_events(
             rows.append(end_state)
         t_seg = torch.cat(pieces_t)
         if t_seg.numel() >= 2:
-            ys_seg = _AdjointSolve.apply(cfg, (torch.stack(rows),), y_start, t_seg, *params)
+            ys_seg = _AdjointSolve.apply(cfg, _ForwardRun(torch.stack(rows)), y_start, t_seg, *params)
         else:
             ys_seg = y_start.unsqueeze(0)
         outputs.extend(ys_seg[1 : 1 + (j - i_out)].unbind(0))

@@ -61,7 +61,11 @@ error, so a looser ``adjoint_atol`` buys steps only with accuracy (1e-8: 338 + 2
 error 3.6e-8; 1e-6: 235 + 14, 8.9e-7; against 1.5e-8 at the default 1e-12). At a jump the step
 carried over from the interval before is, for an implicit method, one for the slow solution, so there
 the initial-step heuristic runs instead (two to four rejections fewer per jump on Robertson); an
-explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.backsolve.step_after_jump`).
+explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.common.step_after_jump`).
+
+:func:`interpolating_backward` is called by the backsolve's autograd Function with the adjoint's configuration
+(:class:`~neuralode.solvers.adjoint.common.AdjointConfig`, whose ``dense`` is the kept interpolant); the sweep over
+output intervals it shares with the backsolve comes from :mod:`~neuralode.solvers.adjoint.common`.
 """
 
 from __future__ import annotations
