@@ -324,7 +324,7 @@ def test_step_t_per_sample_equals_solo_solves_and_lands_on_the_stops(direction):
 
 def test_step_t_with_the_adjoint_matches_backprop_and_lands_backwards_too():
     from neuralode import solve_adjoint
-    from neuralode.solvers.adjoint.backsolve import in_adjoint_backward
+    from neuralode.solvers.adjoint.common import in_adjoint_backward
 
     mu, y0, _ = _vdp_setup()
     m = mu.clone().requires_grad_()

@@ -109,7 +109,7 @@ def test_backward_dynamics_time_derivative_is_that_of_the_interpolant():
     # The Rosenbrock f_t of the backward dynamics -J(y_I(t))^T a must be their derivative along the
     # interpolant y_I they read. f(y_I) in place of dy_I/dt was 1-5 % off here for t >= 10 (the
     # forward solution lies ~atol off the slow manifold, and f amplifies that by the fast rate 4e3).
-    from neuralode.solvers.adjoint.backsolve import _Flat
+    from neuralode.solvers.adjoint.common import Flat
     from neuralode.solvers.adjoint.interpolating import backward_dynamics
     from neuralode.solvers.api import solve
 
@@ -117,8 +117,7 @@ def test_backward_dynamics_time_derivative_is_that_of_the_interpolant():
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
     with torch.no_grad():
         sol = solve(m, y0, T, method="rodas5p", options={"dense": True}, **TOL)
-    cfg = {"flat": _Flat((y0,), False), "func": m, "params": tuple(m.parameters()), "dense": sol.dense}
-    augmented, _ = backward_dynamics(cfg, F64, {"nfe": 0})
+    augmented, _ = backward_dynamics(m, Flat((y0,), False), tuple(m.parameters()), sol.dense, F64, {"nfe": 0})
     state = (W.clone(), torch.zeros(3, dtype=F64))
     for t in (0.5, 10.0, 50.0, 99.0):
         tt = torch.tensor(t, dtype=F64, requires_grad=True)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..solvers import odeint, odeint_adjoint
-from ..solvers.adjoint.backsolve import in_adjoint_backward
+from ..solvers.adjoint.common import in_adjoint_backward
 
 
 class ODEFunc(nn.Module):

@@ -3,7 +3,8 @@
 Imports torch only; knows nothing of layers, models, data, plotting or the CLI.
 """
 
-from .adjoint.backsolve import in_adjoint_backward, odeint_adjoint, solve_adjoint
+from .adjoint.backsolve import odeint_adjoint, solve_adjoint
+from .adjoint.common import in_adjoint_backward
 from .api import METHODS, odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events.core import Event

@@ -46,19 +46,26 @@ Design choices:
 * Double backward (``create_graph=True``): the backsolve records its backward solve, the products
   taken at detached leaves and joined back to ``y``'s graph (:class:`_Reattach`), so the gradient
   is differentiable; the interpolating and per-sample adjoints and an implicit ``adjoint_method``
-  refuse it (:func:`refuse_double_backward`) instead of returning a wrongly differentiable gradient.
+  refuse it (:func:`~neuralode.solvers.adjoint.common.refuse_double_backward`) instead of returning a
+  wrongly differentiable gradient.
 * Except with an implicit (stiff) ``adjoint_method``: re-solving ``y`` backwards is unstable for a
   stiff dissipative system, so there the default is the interpolating adjoint
   (:mod:`~neuralode.solvers.adjoint.interpolating`; ``adjoint_options={"interpolate": True | False}``
   chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
   and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
+
+This module holds the entry points (:func:`solve_adjoint`, :func:`odeint_adjoint`), the checks and parsing
+of the adjoint arguments, the backsolve adjoint and the events' adjoint. The arguments are checked once,
+when the solve is called, into one frozen :class:`~neuralode.solvers.adjoint.common.AdjointConfig` that the
+autograd Function carries to backward; it dispatches to :mod:`~neuralode.solvers.adjoint.interpolating` and
+:mod:`~neuralode.solvers.adjoint.per_sample`, which share the interval sweep with it through
+:mod:`~neuralode.solvers.adjoint.common` and never import this module.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -66,72 +73,23 @@ import torch
 from ..api import _event_result, _run, event_mode, no_events, solve, with_event_budget
 from ..control.norms import seminorm, seminorm_a
 from ..events.core import Event, apply_reset, attach_event_gradient, check_events, ravel
+from ..methods.base import Method
 from ..methods.registry import resolve
 from ..options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
 from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
 from ..solution import Solution, SolverStats, TensorOrTuple
-
-_IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
-
-
-def in_adjoint_backward() -> bool:
-    """Whether the caller runs inside an adjoint backward solve (used to count NFE apart)."""
-    return _IN_BACKWARD.get()
-
-
-def refuse_double_backward(family: str) -> None:
-    """Raise a ValueError when a backward solve that records no graph runs under ``create_graph=True``.
-
-    Autograd runs a custom Function's backward with grad mode on exactly when the caller asked for
-    a differentiable gradient (``torch.autograd.grad(..., create_graph=True)``, a Hessian-vector
-    product, a gradient penalty). A backward solve that differentiates ``f`` without a graph of
-    its own vector-Jacobian products returns a gradient whose derivative misses every term through
-    ``∂f/∂y`` and ``∂f/∂θ``: a second derivative computed from it is wrong, not merely slow, so it
-    is refused rather than returned. The backsolve adjoint with an explicit ``adjoint_method``
-    records its backward solve instead (:class:`_Reattach`) and is differentiable.
-    """
-    if torch.is_grad_enabled():
-        raise ValueError(
-            f"create_graph=True is not supported by odeint_adjoint's {family}: the gradient was requested "
-            "differentiable (double backward, e.g. a Hessian-vector product), and its backward solve "
-            "records no graph, so the second derivative would be wrong. For second derivatives use "
-            "odeint (backpropagation through the solver), odeint(..., options={'checkpoint': True}) or "
-            "odeint_adjoint's backsolve adjoint with an explicit adjoint_method (the default for explicit "
-            "methods, without options['per_sample'] or adjoint_options['interpolate']=True); or compute "
-            "the gradient with create_graph=False."
-        )
-
-
-class _Flat:
-    """The user's state structure (tensor or tuple) seen as one flat tensor."""
-
-    def __init__(self, parts: tuple[torch.Tensor, ...], is_tuple: bool):
-        self.is_tuple = is_tuple
-        self.shapes = [p.shape for p in parts]
-        self.sizes = [p.numel() for p in parts]
-
-    def flatten(self, y: TensorOrTuple) -> torch.Tensor:
-        if not self.is_tuple:
-            return y
-        return torch.cat([p.reshape(-1) for p in y])
-
-    def unflatten(self, y: torch.Tensor) -> TensorOrTuple:
-        if not self.is_tuple:
-            return y
-        return tuple(p.view(s) for p, s in zip(torch.split(y, self.sizes), self.shapes))
-
-    def flatten_series(self, ys: TensorOrTuple) -> torch.Tensor:
-        """The user's structure with a leading time axis -> (n, N) (or the tensor itself)."""
-        if not self.is_tuple:
-            return ys
-        return torch.cat([c.reshape(c.shape[0], -1) for c in ys], dim=1)
-
-    def unflatten_series(self, ys: torch.Tensor) -> TensorOrTuple:
-        """(n, N) -> the user's structure with a leading time axis."""
-        if not self.is_tuple:
-            return ys
-        n = ys.shape[0]
-        return tuple(c.reshape(n, *s) for c, s in zip(torch.split(ys, self.sizes, dim=1), self.shapes))
+from .common import (
+    IN_BACKWARD,
+    AdjointConfig,
+    AdjointOptions,
+    Flat,
+    differentiated_params,
+    interval_options,
+    refuse_double_backward,
+    sweep_intervals,
+)
+from .interpolating import interpolating_backward
+from .per_sample import solve_adjoint_per_sample
 
 
 class _Reattach(torch.autograd.Function):
@@ -176,33 +134,48 @@ class _Reattach(torch.autograd.Function):
         return (None, *src, *(None,) * n, *grads)
 
 
+@dataclasses.dataclass
+class _ForwardRun:
+    """The forward solve of one :class:`_AdjointSolve`: its outputs ``ys`` (flat, time first) and counters.
+
+    Given ``ys`` (a stretch between events, whose states the solve with events has found already), the
+    Function returns them; given none, it solves and fills both in. An autograd Function returns tensors
+    only, so the counters come back here; and ``ys`` travels here rather than as an argument so that
+    autograd sees it as an output of the Function, not as an input: the recorded backward solve
+    (``create_graph=True``) restarts ``y`` from the saved outputs, and the second derivative must flow
+    through them back into the Function.
+    """
+
+    ys: torch.Tensor | None = None
+    stats: SolverStats | None = None
+
+
 class _AdjointSolve(torch.autograd.Function):
-    """Forward: an ordinary solve without a graph. Backward: the adjoint ODE, interval by interval."""
+    """Forward: an ordinary solve without a graph (or the given states of one). Backward: the adjoint ODE,
+    interval by interval, as ``cfg`` (:class:`~neuralode.solvers.adjoint.common.AdjointConfig`) says."""
 
     @staticmethod
-    def forward(ctx, cfg: dict, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        flat: _Flat = cfg["flat"]
-        ys = cfg.pop("precomputed", None)
-        if ys is None:
-            options = cfg["options"]
-            if cfg["interpolate"]:  # keep the forward interpolants for the backward solve
-                options = {**(options or {}), "dense": True}
+    def forward(
+        ctx, cfg: AdjointConfig, run: _ForwardRun, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        if run.ys is None:
+            options = {**(cfg.options or {}), "dense": True} if cfg.interpolate else cfg.options
             with torch.no_grad():
                 sol = solve(
-                    cfg["func"],
-                    flat.unflatten(y0),
+                    cfg.func,
+                    cfg.flat.unflatten(y0),
                     t.detach(),
-                    rtol=cfg["rtol"],
-                    atol=cfg["atol"],
-                    method=cfg["method"],
+                    rtol=cfg.rtol,
+                    atol=cfg.atol,
+                    method=cfg.method,
                     options=options,
                 )
-            cfg["forward_stats"] = sol.stats
-            cfg["dense"] = sol.dense.hermite() if cfg["interpolate"] else None
-            ys = flat.flatten_series(sol.ys)
+            run.ys, run.stats = cfg.flat.flatten_series(sol.ys), sol.stats
+            if cfg.interpolate:  # the backward solve reads y(t) from the forward solve's interpolants
+                cfg = dataclasses.replace(cfg, dense=sol.dense.hermite())
         ctx.cfg = cfg
-        ctx.save_for_backward(t, ys)
-        return ys
+        ctx.save_for_backward(t, run.ys)
+        return run.ys
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
@@ -219,22 +192,20 @@ class _AdjointSolve(torch.autograd.Function):
                 "Check the loss (e.g. log or sqrt of non-positive values, a division by zero); "
                 "torch.autograd.detect_anomaly() names the operation."
             )
-        if cfg.get("dense") is not None:
-            from .interpolating import interpolating_backward
-
+        if cfg.dense is not None:
             refuse_double_backward("interpolating adjoint (adjoint_options['interpolate']=True)")
 
-            need_t = ctx.needs_input_grad[2]
-            a, t_grad, g_params = interpolating_backward(cfg, t, ys, grad_ys, need_t, _IN_BACKWARD)
+            need_t = ctx.needs_input_grad[3]
+            a, t_grad, g_params = interpolating_backward(cfg, t, ys, grad_ys, need_t)
             g_params = tuple(
                 (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
-                for g, p in zip(g_params, cfg["params"])
+                for g, p in zip(g_params, cfg.params)
             )
-            return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
-        flat: _Flat = cfg["flat"]
-        func = cfg["func"]
-        params: tuple[torch.Tensor, ...] = cfg["params"]
-        stats: SolverStats = cfg["adjoint_stats"]
+            return (None, None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
+        flat = cfg.flat
+        func = cfg.func
+        params = cfg.params
+        stats = cfg.adjoint_stats
         acc_dtype = ys.dtype
         times = t.detach().to("cpu", torch.float64).tolist()
 
@@ -243,7 +214,7 @@ class _AdjointSolve(torch.autograd.Function):
 
         # An implicit backward method (adjoint_method="rodas5p") differentiates the augmented dynamics
         # itself, for its Jacobian: then they are built with a graph (create_graph, nothing detached).
-        stiff_backward = resolve(cfg["adjoint_method"]).capabilities.implicit
+        stiff_backward = cfg.backward_method.capabilities.implicit
         # Under create_graph=True (grad mode on in backward) the backward solve is itself recorded:
         # every vector-Jacobian product keeps its graph (create_graph), y is not detached from the
         # saved outputs, and the solver's steps are ordinary autograd operations, so the returned
@@ -251,7 +222,7 @@ class _AdjointSolve(torch.autograd.Function):
         # (backpropagation through the backward solve). Memory then grows with its steps.
         differentiable = torch.is_grad_enabled()
         if differentiable and stiff_backward:
-            refuse_double_backward(f"backsolve adjoint with the implicit adjoint_method={cfg['adjoint_method']!r}")
+            refuse_double_backward(f"backsolve adjoint with the implicit adjoint_method={cfg.adjoint_method!r}")
         graph = stiff_backward or differentiable
 
         def augmented(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -285,7 +256,7 @@ class _AdjointSolve(torch.autograd.Function):
 
         # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
         # backward solve as the forward callbacks are during the forward one.
-        for name, callback in adjoint_step_callbacks(func, resolve(cfg["adjoint_method"])):
+        for name, callback in adjoint_step_callbacks(func, cfg.backward_method):
             setattr(augmented, name, callback)
 
         def f_at(i: int) -> torch.Tensor:
@@ -294,127 +265,34 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.no_grad():
                 return f_flat(torch.full((), times[i], dtype=time_dtype(ys.dtype), device=ys.device), ys[i])
 
-        adaptive = resolve(cfg["adjoint_method"]).capabilities.adaptive
-        need_t = ctx.needs_input_grad[2]
+        adaptive = cfg.backward_method.capabilities.adaptive
+        need_t = ctx.needs_input_grad[3]
 
         def solve_interval(i, span, a, g_params, first_step):
             sol = solve(
                 augmented,
                 (ys[i], a, *g_params),
                 span,
-                rtol=cfg["adjoint_rtol"],
-                atol=cfg["adjoint_atol"],
-                method=cfg["adjoint_method"],
-                options=interval_options(cfg["adjoint_options"], adaptive, first_step),
+                rtol=cfg.adjoint_rtol,
+                atol=cfg.adjoint_atol,
+                method=cfg.adjoint_method,
+                options=interval_options(cfg.backward_options, adaptive, first_step),
             )
             return sol.ys[1][-1], tuple(g[-1] for g in sol.ys[2:]), sol.stats
 
         g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
-        token = _IN_BACKWARD.set(True)
+        token = IN_BACKWARD.set(True)
         try:
             a, t_grad, g_params = sweep_intervals(
                 times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, stiff_backward, differentiable
             )
         finally:
-            _IN_BACKWARD.reset(token)
+            IN_BACKWARD.reset(token)
         g_params = tuple(
             (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
             for g, p in zip(g_params, params)
         )
-        return (None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
-
-
-def sweep_intervals(
-    times: list[float],
-    grad_ys: torch.Tensor,
-    g_params: tuple[torch.Tensor, ...],
-    t: torch.Tensor,
-    need_t: bool,
-    f_at,
-    stats,
-    solve_interval,
-    implicit: bool,
-    differentiable: bool = False,
-):
-    """The backward pass over the output intervals, last to first, shared by the adjoints.
-
-    On each interval ``[t_{i-1}, t_i]`` ``solve_interval(i, span, a, g_params, first_step)`` solves the
-    backward dynamics from ``a(t_i)`` and returns ``(a(t_{i-1}^+), g_params, its stats)``; at
-    ``t_{i-1}`` ``a`` jumps by ``∂L/∂y(t_{i-1})``. The step carried into the next interval follows
-    :func:`step_after_jump`. With ``need_t`` the gradients with respect to the output times are
-    ``Re <∂L/∂y(t_i), f(t_i, y_i)>`` (complex states too), and ``-Re <a(t_0) - ∂L/∂y(t_0), f(t_0, y_0)>``
-    for ``t_0``; ``f_at(i)`` evaluates ``f`` there (counted in ``stats.nfe``).
-
-    Returns:
-        ``(a(t_0), dL/dt or None, g_params)``.
-    """
-    n = len(times)
-    t_grad = torch.zeros(n, dtype=t.dtype, device=grad_ys.device) if need_t else None
-    a = grad_ys[-1]
-    # The step carried across output times is local to this backward call: a second backward
-    # on the same graph (retain_graph) must not start from the first one's last step.
-    next_step = math.nan
-    for i in range(n - 1, 0, -1):
-        if need_t:
-            t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
-            stats.nfe += 1
-        if differentiable:  # the interval's ends as tensors of t: the gradient's dependence on t is recorded
-            span = torch.stack([t[i], t[i - 1]]).to(torch.float64)
-        else:
-            span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64, device=t.device)
-        a_end, g_params, sol_stats = solve_interval(i, span, a, g_params, next_step)
-        next_step = step_after_jump(add_interval_stats(stats, sol_stats), grad_ys[i - 1], implicit)
-        a = a_end + grad_ys[i - 1]
-    if need_t:
-        t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
-        stats.nfe += 1
-    return a, t_grad, g_params
-
-
-def interval_options(options: dict, adaptive: bool, next_step: float) -> dict:
-    """The backward solve's options for one output interval: the step size carried over from the
-    interval before instead of re-running the initial-step heuristic in every interval
-    (torchdiffeq does the latter, which costs an evaluation and usually a too-small first step)."""
-    if adaptive and math.isfinite(next_step) and options.get("first_step") is None:
-        return {**options, "first_step": abs(next_step)}
-    return options
-
-
-def step_after_jump(next_step: float, jump: torch.Tensor, implicit: bool) -> float:
-    """The step to carry into the next output interval, given the jump ``∂L/∂y(t_i)`` of ``a`` there.
-
-    ``da/dt = -a ∂f/∂y`` is linear in ``a``: a jump changes the scale and direction of ``a``, not
-    the time scales of ``-Jᵀ``. An explicit method's step is already bounded by the fastest of them
-    that matters (by accuracy, or by its stability region on the fast modes), before the jump and
-    after it, so the carried step suits the new state and the initial-step heuristic (conservative
-    by design: 0.09 to 0.2 of the carried step on an MLP) only starts each interval too short. An
-    implicit method's step, by contrast, grows far beyond the fast time scales once the solution
-    has relaxed onto its slow manifold, and the jump puts ``a`` back off it, starting a boundary
-    layer (Robertson with rodas5p: 0.34 carried where 6.7e-5 is needed; the heuristic proposes
-    0.0016 to 0.02 of the carried step). So after a nonzero jump an implicit method restarts from
-    the heuristic (NaN = none carried), an explicit one carries its step on. Backward steps
-    (accepted + rejected) and evaluations, restart after each jump against carry: tanh MLP with a
-    loss at 10 output times, dopri5, 20 + 0 (140) against 11 + 0 (77), rodas5p 20 + 0 (210)
-    against 11 + 0 (111) (the price of the implicit rule on a non-stiff problem); a linear system
-    with a decaying mode of rate 20 weighted in the loss, 101 + 20 (766) against 100 + 1 (627);
-    Van der Pol (mu = 5, 10) within 2.5% either way; Robertson with rodas5p (3 output intervals)
-    365 + 6 (3695) against 365 + 12 (3735). The gradient errors against backpropagation agree
-    within 15% (MLP, linear, Robertson) or within a factor of 2.1 either way (Van der Pol).
-    """
-    return math.nan if implicit and bool(jump.ne(0).any()) else next_step
-
-
-def add_interval_stats(stats, part) -> float:
-    """Add one interval's backward statistics to the solve's; returns the step size to carry on."""
-    stats.nfe += part.nfe
-    stats.n_accepted += part.n_accepted
-    stats.n_rejected += part.n_rejected
-    stats.n_jac_evals += part.n_jac_evals
-    stats.n_factorizations += part.n_factorizations
-    stats.n_linear_solves += part.n_linear_solves
-    stats.last_step = part.last_step
-    stats.next_step = part.next_step
-    return part.next_step
+        return (None, None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
 
 
 def _adjoint_tolerance(name: str, tol: Any, n_params: int, parts: tuple[torch.Tensor, ...], is_tuple: bool):
@@ -455,7 +333,7 @@ class _TorchdiffeqNorm:
     ``adjoint_params``.
     """
 
-    def __init__(self, fn: Callable, flat: _Flat, interpolating: bool = False):
+    def __init__(self, fn: Callable, flat: Flat, interpolating: bool = False):
         self.fn = fn
         self.flat = flat
         self.interpolating = interpolating
@@ -495,22 +373,24 @@ class _TorchdiffeqNorm:
         return value
 
 
-def _adjoint_options(
-    options: dict | None, adjoint_options: dict | None, adaptive: bool, flat: _Flat, interpolating: bool
-) -> dict:
-    """The backward solve's options: ``adjoint_options`` (by default ``options`` without its norm)
-    with ``"norm"`` (and ``"augmented_norm"``) turned into the norm the solver calls on the
-    backward state (see :func:`solve_adjoint`)."""
-    if adjoint_options is None:
+def parse_adjoint_options(options: dict | None, adjoint_options: dict | None) -> AdjointOptions:
+    """``adjoint_options`` (by default ``options`` without ``norm``, ``compile`` and ``compile_steps``)
+    checked and parsed into :class:`~neuralode.solvers.adjoint.common.AdjointOptions` (see
+    :func:`solve_adjoint` for what each key means). The backward solve's own options (``first_step``,
+    ``controller``, ...) are checked later, by :func:`_check_backward_options`, against its method."""
+    solver, interpolate = _split_interpolate(adjoint_options)
+    given = solver is not None
+    if solver is None:
         # The backward solve's dynamics are a vector-Jacobian product, which torch.compile does
         # not trace in one graph: a compiled forward keeps an eager backward unless asked.
-        adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "compile", "compile_steps")}
-    elif not isinstance(adjoint_options, dict):
-        raise TypeError(f"adjoint_options must be a dict or None; got {_type_name(adjoint_options)}.")
-    out = dict(adjoint_options)
-    augmented_norm = out.pop("augmented_norm", None)
+        solver = {k: v for k, v in (options or {}).items() if k not in ("norm", "compile", "compile_steps")}
+    elif not isinstance(solver, dict):
+        raise TypeError(f"adjoint_options must be a dict or None; got {_type_name(solver)}.")
+    solver = dict(solver)
+    augmented_norm = solver.pop("augmented_norm", None)
+    norm = "seminorm"
     if augmented_norm is not None:
-        if "norm" in out:
+        if "norm" in solver:
             raise ValueError(
                 "adjoint_options has both 'norm' and 'augmented_norm'; give one: 'norm' (torchdiffeq's form, "
                 "norm((t, y, adj_y, *adj_params))) or 'augmented_norm' (norm((y, a, *param_grads)))."
@@ -520,18 +400,26 @@ def _adjoint_options(
                 "adjoint_options['augmented_norm'] must be callable as norm((y, a, *param_grads)) -> scalar; "
                 f"got {_type_name(augmented_norm)}."
             )
-        out["norm"] = augmented_norm
-        return out
-    norm = out.pop("norm", "seminorm")
-    if isinstance(norm, str) and norm == "seminorm":
-        if adaptive:  # fixed-step methods control no error, so take no norm option
-            out["norm"] = seminorm_a if interpolating else seminorm
-    elif isinstance(norm, str) and norm == "full":
-        pass  # the solver's default norm over every tensor of the augmented state
-    elif callable(norm):
-        out["norm"] = _TorchdiffeqNorm(norm, flat, interpolating)
     else:
-        raise ValueError(f"adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got {norm!r}.")
+        norm = solver.pop("norm", "seminorm")
+        if not (norm in ("seminorm", "full") if isinstance(norm, str) else callable(norm)):
+            raise ValueError(
+                f"adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got {norm!r}."
+            )
+    return AdjointOptions(norm, augmented_norm, interpolate, solver, given)
+
+
+def _backward_options(parsed: AdjointOptions, adaptive: bool, flat: Flat, interpolating: bool) -> dict:
+    """The options of the backward solve: ``parsed.solver`` with the norm the solver calls on the
+    backward state (none for the solver's default norm over the whole state)."""
+    out = dict(parsed.solver)
+    if parsed.augmented_norm is not None:
+        out["norm"] = parsed.augmented_norm
+    elif isinstance(parsed.norm, str):
+        if parsed.norm == "seminorm" and adaptive:  # fixed-step methods control no error: no norm option
+            out["norm"] = seminorm_a if interpolating else seminorm
+    else:
+        out["norm"] = _TorchdiffeqNorm(parsed.norm, flat, interpolating)
     return out
 
 
@@ -556,10 +444,10 @@ def _split_interpolate(adjoint_options):
     return rest, value
 
 
-def _resolve_interpolate(requested, forward, adjoint_method, y0_parts, events) -> bool:
+def _resolve_interpolate(requested, forward: Method, backward: Method, y0_parts, events) -> bool:
     """Whether the backward solve reads ``y(t)`` from the forward dense output (see the docstring of
     :func:`solve_adjoint`): the default for an implicit (stiff) backward method, else the backsolve."""
-    implicit = resolve(adjoint_method).capabilities.implicit
+    implicit = backward.capabilities.implicit
     if requested is None:
         return (
             bool(implicit)
@@ -587,42 +475,9 @@ def _resolve_interpolate(requested, forward, adjoint_method, y0_parts, events) -
     return True
 
 
-def _takes_norm(method: str | None) -> bool:
+def _takes_norm(method: Method) -> bool:
     """Whether the backward solve's method takes a ``norm`` option (adaptive neuralode methods)."""
-    m = resolve(method)
-    return m.capabilities.adaptive and not m.capabilities.own_driver
-
-
-def _adjoint_params(func: Any, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
-    if adjoint_params is None:
-        if not isinstance(func, torch.nn.Module):
-            raise ValueError(
-                "func is not a torch.nn.Module, so the parameters to differentiate cannot be found; "
-                "pass them as adjoint_params=(...) (an empty tuple if there are none)."
-            )
-        adjoint_params = tuple(func.parameters())
-    else:
-        if (
-            isinstance(adjoint_params, torch.Tensor)
-            or not isinstance(adjoint_params, (tuple, list))
-            and not hasattr(adjoint_params, "__iter__")
-        ):
-            raise TypeError(
-                "adjoint_params must be a sequence of tensors, e.g. adjoint_params=(w,) or "
-                f"adjoint_params=tuple(model.parameters()); got {_type_name(adjoint_params)}."
-            )
-        adjoint_params = tuple(adjoint_params)
-        for i, p in enumerate(adjoint_params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"adjoint_params[{i}] must be a torch.Tensor; got {_type_name(p)}.")
-    # Parameters that do not require grad get no gradient; duplicates (shared modules) count once.
-    seen: set[int] = set()
-    out = []
-    for p in adjoint_params:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return tuple(out)
+    return method.capabilities.adaptive and not method.capabilities.own_driver
 
 
 def solve_adjoint(
@@ -685,8 +540,6 @@ def solve_adjoint(
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     _check_state(y0)
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
-        from .per_sample import solve_adjoint_per_sample
-
         adjoint_options, interpolate = _split_interpolate(adjoint_options)
         if interpolate:
             raise ValueError(
@@ -750,74 +603,83 @@ def _solve_adjoint(
     parts = _check_state(y0)
     forward = resolve(method)
     method = forward.name
-    params = _adjoint_params(func, adjoint_params)
-    flat = _Flat(parts, is_tuple)
-    adjoint_stats = SolverStats()
+    params = differentiated_params(func, adjoint_params)
+    flat = Flat(parts, is_tuple)
     adjoint_method = method if adjoint_method is None else adjoint_method
-    check_step_callbacks(func, resolve(adjoint_method), adjoint=True)
-    adjoint_options, interpolate = _split_interpolate(adjoint_options)
-    explicit_options = adjoint_options is not None
-    interpolate = _resolve_interpolate(interpolate, forward, adjoint_method, parts, events)
-    cfg = {
-        "func": func,
-        "flat": flat,
-        "params": params,
-        "rtol": rtol,
-        "atol": atol,
-        "method": method,
-        "options": options,
-        "adjoint_rtol": _adjoint_tolerance(
-            "rtol" if adjoint_rtol is None else "adjoint_rtol",
-            rtol if adjoint_rtol is None else adjoint_rtol,
+    backward = resolve(adjoint_method)
+    check_step_callbacks(func, backward, adjoint=True)
+    parsed = parse_adjoint_options(options, adjoint_options)
+    interpolate = _resolve_interpolate(parsed.interpolate, forward, backward, parts, events)
+    adjoint_rtol, adjoint_atol = (
+        _adjoint_tolerance(
+            name if value is None else f"adjoint_{name}",
+            tol if value is None else value,
             len(params),
             parts,
             is_tuple,
-        ),
-        "adjoint_atol": _adjoint_tolerance(
-            "atol" if adjoint_atol is None else "adjoint_atol",
-            atol if adjoint_atol is None else adjoint_atol,
-            len(params),
-            parts,
-            is_tuple,
-        ),
-        "adjoint_method": adjoint_method,
-        "adjoint_options": _adjoint_options(options, adjoint_options, _takes_norm(adjoint_method), flat, interpolate),
-        "adjoint_stats": adjoint_stats,
-        "interpolate": interpolate,
-    }
+        )
+        for name, tol, value in (("rtol", rtol, adjoint_rtol), ("atol", atol, adjoint_atol))
+    )
+    backward_options = _backward_options(parsed, _takes_norm(backward), flat, interpolate)
     if interpolate:
-        _interpolating_config(cfg, explicit_options)
-    _check_backward_options(cfg["adjoint_options"], cfg["adjoint_method"], explicit_options)
+        # The backward state is (a, *gθ), without y: y's tolerance entry goes, and a user Jacobian of f
+        # does not apply (:mod:`~neuralode.solvers.adjoint.interpolating` forms the backward one itself).
+        adjoint_rtol, adjoint_atol = (
+            tol[1:] if isinstance(tol, tuple) else tol for tol in (adjoint_rtol, adjoint_atol)
+        )
+        backward_options = _without_jacobian(backward_options, backward, parsed.given)
+    _check_backward_options(backward_options, adjoint_method, parsed.given)
+    cfg = AdjointConfig(
+        func=func,
+        flat=flat,
+        params=params,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        adjoint_rtol=adjoint_rtol,
+        adjoint_atol=adjoint_atol,
+        adjoint_method=adjoint_method,
+        backward_method=backward,
+        adjoint_options=parsed,
+        backward_options=backward_options,
+        adjoint_stats=SolverStats(),
+        interpolate=interpolate,
+    )
     y0_flat = flat.flatten(y0)
     if not events:
-        ys = _AdjointSolve.apply(cfg, y0_flat, t, *params)
-        return Solution(t, flat.unflatten_series(ys), cfg["forward_stats"], cfg["method"], adjoint_stats)
+        run = _ForwardRun()
+        ys = _AdjointSolve.apply(cfg, run, y0_flat, t, *params)
+        return Solution(t, flat.unflatten_series(ys), run.stats, method, cfg.adjoint_stats)
     if not forward.capabilities.events:
         raise ValueError(no_events(forward))
     return _adjoint_with_events(cfg, y0_flat, t, times, forward, options, events)
 
 
-def _interpolating_config(cfg: dict, explicit_options: bool) -> None:
-    """The backward state of the interpolating adjoint is ``(a, *gθ)``, without ``y``: drop ``y``'s
-    tolerance entry and use the seminorm on ``a``; the Jacobian of the backward dynamics is built by
-    :mod:`~neuralode.solvers.adjoint.interpolating` (a user ``jacobian`` for ``f`` does not apply)."""
-    for key in ("adjoint_rtol", "adjoint_atol"):
-        if isinstance(cfg[key], tuple):
-            cfg[key] = cfg[key][1:]
-    options = dict(cfg["adjoint_options"])
+def _without_jacobian(options: dict, backward, given: bool) -> dict:
+    """The interpolating adjoint's backward options: without ``jacobian`` and ``batch_dims``, which
+    describe ``f``'s Jacobian, not that of the backward dynamics ``-J(y(t))ᵀ a``; refused when given
+    explicitly for an implicit ``adjoint_method``, which would otherwise use them."""
+    options = dict(options)
     for key in ("jacobian", "batch_dims"):
         if key in options:
-            if explicit_options and resolve(cfg["adjoint_method"]).capabilities.implicit:
+            if given and backward.capabilities.implicit:
                 raise ValueError(
                     f"adjoint_options[{key!r}] does not apply with adjoint_options['interpolate']=True: the "
                     "backward solve forms the Jacobian of the adjoint dynamics itself (-J(y(t))^T); remove it."
                 )
             options.pop(key)
-    cfg["adjoint_options"] = options
+    return options
 
 
 def _adjoint_with_events(
-    cfg: dict, y0_flat: torch.Tensor, t: torch.Tensor, times: list[float], method, options, events: tuple[Event, ...]
+    cfg: AdjointConfig,
+    y0_flat: torch.Tensor,
+    t: torch.Tensor,
+    times: list[float],
+    method: Method,
+    options,
+    events: tuple[Event, ...],
 ) -> Solution:
     """The adjoint of a solve with events, stretch by stretch.
 
@@ -829,8 +691,8 @@ def _adjoint_with_events(
     restart at ``t*`` requires. A non-cutting event ends a stretch too: the next one continues
     from the same state, so only its record needs the event gradient.
     """
-    flat: _Flat = cfg["flat"]
-    func, params = cfg["func"], cfg["params"]
+    flat = cfg.flat
+    func, params = cfg.func, cfg.params
     opts = _parse_options(options, method)
     with torch.no_grad():
         fwd = _run(
@@ -838,8 +700,8 @@ def _adjoint_with_events(
             flat.unflatten(y0_flat.detach()),
             t.detach(),
             times,
-            rtol=cfg["rtol"],
-            atol=cfg["atol"],
+            rtol=cfg.rtol,
+            atol=cfg.atol,
             method=method,
             opts=opts,
             events=events,
@@ -879,8 +741,7 @@ def _adjoint_with_events(
             rows.append(end_state)
         t_seg = torch.cat(pieces_t)
         if t_seg.numel() >= 2:
-            seg_cfg = dict(cfg, precomputed=torch.stack(rows))
-            ys_seg = _AdjointSolve.apply(seg_cfg, y_start, t_seg, *params)
+            ys_seg = _AdjointSolve.apply(cfg, _ForwardRun(torch.stack(rows)), y_start, t_seg, *params)
         else:
             ys_seg = y_start.unsqueeze(0)
         outputs.extend(ys_seg[1 : 1 + (j - i_out)].unbind(0))
@@ -902,7 +763,7 @@ def _adjoint_with_events(
 
     ys = torch.stack(outputs)
     ts = t if len(outputs) == len(times) else t[: len(outputs)]
-    return Solution(ts, flat.unflatten_series(ys), stats, cfg["method"], cfg["adjoint_stats"], tuple(records))
+    return Solution(ts, flat.unflatten_series(ys), stats, cfg.method, cfg.adjoint_stats, tuple(records))
 
 
 def odeint_adjoint(

@@ -61,7 +61,11 @@ error, so a looser ``adjoint_atol`` buys steps only with accuracy (1e-8: 338 + 2
 error 3.6e-8; 1e-6: 235 + 14, 8.9e-7; against 1.5e-8 at the default 1e-12). At a jump the step
 carried over from the interval before is, for an implicit method, one for the slow solution, so there
 the initial-step heuristic runs instead (two to four rejections fewer per jump on Robertson); an
-explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.backsolve.step_after_jump`).
+explicit method carries its step across jumps (:func:`~neuralode.solvers.adjoint.common.step_after_jump`).
+
+:func:`interpolating_backward` is called by the backsolve's autograd Function with the adjoint's configuration
+(:class:`~neuralode.solvers.adjoint.common.AdjointConfig`, whose ``dense`` is the kept interpolant); the sweep over
+output intervals it shares with the backsolve comes from :mod:`~neuralode.solvers.adjoint.common`.
 """
 
 from __future__ import annotations
@@ -69,10 +73,10 @@ from __future__ import annotations
 import torch
 
 from ..api import solve
-from ..methods.registry import resolve
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
-from .backsolve import interval_options, sweep_intervals
+from ..solution import DenseOutput
+from .common import IN_BACKWARD, AdjointConfig, Flat, interval_options, sweep_intervals
 
 
 def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
@@ -96,14 +100,18 @@ def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
     return (ym2 - yp2 + 8.0 * (yp1 - ym1)) / (12.0 * d * h)
 
 
-def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
-    """``(augmented, jacobian)``: the backward dynamics of ``(a, *gθ)`` with ``y(t)`` read
-    from ``cfg["dense"]``, and their Jacobian for implicit methods (see the module docstring).
-    Evaluations of ``func`` outside the solver's own counting are added to ``counter["nfe"]``."""
-    flat = cfg["flat"]
-    func = cfg["func"]
-    params: tuple[torch.Tensor, ...] = cfg["params"]
-    dense = cfg["dense"]
+def backward_dynamics(
+    func,
+    flat: Flat,
+    params: tuple[torch.Tensor, ...],
+    dense: DenseOutput,
+    acc_dtype: torch.dtype,
+    counter: dict,
+):
+    """``(augmented, jacobian)``: the backward dynamics of ``(a, *gθ)`` for ``func`` (on the flat
+    layout ``flat``) and ``params``, with ``y(t)`` read from the forward solve's interpolant ``dense``,
+    and their Jacobian for implicit methods (see the module docstring). Evaluations of ``func``
+    outside the solver's own counting are added to ``counter["nfe"]``."""
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flat.flatten(func(tt, flat.unflatten(y)))
@@ -179,54 +187,52 @@ def backward_dynamics(cfg: dict, acc_dtype: torch.dtype, counter: dict):
 
 
 def interpolating_backward(
-    cfg: dict, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool, in_backward
+    cfg: AdjointConfig, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool
 ) -> tuple:
-    """``(a(t_0), dL/dt or None, dL/dθ)`` from the kept forward dense output ``cfg["dense"]``."""
-    flat = cfg["flat"]
-    func = cfg["func"]
-    params: tuple[torch.Tensor, ...] = cfg["params"]
-    stats = cfg["adjoint_stats"]
+    """``(a(t_0), dL/dt or None, dL/dθ)`` from the kept forward dense output ``cfg.dense``."""
+    flat = cfg.flat
+    func = cfg.func
+    params = cfg.params
+    stats = cfg.adjoint_stats
     acc_dtype = ys.dtype
     times = t.detach().to("cpu", torch.float64).tolist()
     tdt = time_dtype(ys.dtype)
-    implicit = resolve(cfg["adjoint_method"]).capabilities.implicit
+    implicit = cfg.backward_method.capabilities.implicit
     extra = {"nfe": 0}
-    augmented, jacobian = backward_dynamics(cfg, acc_dtype, extra)
+    augmented, jacobian = backward_dynamics(func, flat, params, cfg.dense, acc_dtype, extra)
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flat.flatten(func(tt, flat.unflatten(y)))
 
-    for name, callback in adjoint_step_callbacks(func, resolve(cfg["adjoint_method"])):
+    for name, callback in adjoint_step_callbacks(func, cfg.backward_method):
         setattr(augmented, name, callback)
 
     def f_at(i: int) -> torch.Tensor:
         with torch.no_grad():
             return f_flat(torch.full((), times[i], dtype=tdt, device=ys.device), ys[i])
 
-    options = dict(cfg["adjoint_options"])
-    if implicit:
-        options["jacobian"] = jacobian
-    adaptive = resolve(cfg["adjoint_method"]).capabilities.adaptive
+    options = {**cfg.backward_options, "jacobian": jacobian} if implicit else cfg.backward_options
+    adaptive = cfg.backward_method.capabilities.adaptive
 
     def solve_interval(i, span, a, g_params, first_step):
         sol = solve(
             augmented,
             (a, *g_params),
             span,
-            rtol=cfg["adjoint_rtol"],
-            atol=cfg["adjoint_atol"],
-            method=cfg["adjoint_method"],
+            rtol=cfg.adjoint_rtol,
+            atol=cfg.adjoint_atol,
+            method=cfg.adjoint_method,
             options=interval_options(options, adaptive, first_step),
         )
         return sol.ys[0][-1], tuple(g[-1] for g in sol.ys[1:]), sol.stats
 
     g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
-    token = in_backward.set(True)
+    token = IN_BACKWARD.set(True)
     try:
         a, t_grad, g_params = sweep_intervals(
             times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, implicit
         )
     finally:
-        in_backward.reset(token)
+        IN_BACKWARD.reset(token)
         stats.nfe += extra["nfe"]
     return a, t_grad, g_params

@@ -59,7 +59,7 @@ from ..per_sample import (
 )
 from ..problem import check_step_callbacks
 from ..solution import Solution
-from .backsolve import refuse_double_backward
+from .common import IN_BACKWARD, differentiated_params, refuse_double_backward
 
 
 def _stats(B: int, device) -> PerSampleStats:
@@ -167,9 +167,7 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
     (``jump`` restarts ``y`` and adds ``∂L/∂y`` to ``a`` there), from ``z = start()``; returns ``a`` at the
     start of each sample's span, before the first output's own ``∂L/∂y``. Everything, the start state
     included, runs as backward work (``in_adjoint_backward``); the backward step is kept for the next call."""
-    from .backsolve import _IN_BACKWARD
-
-    token = _IN_BACKWARD.set(True)
+    token = IN_BACKWARD.set(True)
     try:
         z0 = start()
         fb = BatchFunc(aug, _Layout((z0,), False), dtype, stats)
@@ -189,7 +187,7 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
             step_t=cfg["opts"].step_t,
         )
     finally:
-        _IN_BACKWARD.reset(token)
+        IN_BACKWARD.reset(token)
     stats.next_step = out.next_dt
     return out.ys[-1][:, N:]
 
@@ -219,7 +217,6 @@ def solve_adjoint_per_sample(
     resets' tensors: only those in ``adjoint_params``).
     """
     from ..methods.registry import resolve
-    from .backsolve import _adjoint_params
 
     forward = resolve(method)
     tableau = forward.tableau
@@ -235,7 +232,7 @@ def solve_adjoint_per_sample(
     _check_state(y0, batch=True)
     B = parts[0].shape[0]
     times, direction = _check_times(t, B)
-    params = _adjoint_params(func, adjoint_params)
+    params = differentiated_params(func, adjoint_params)
     layout = _Layout(parts, is_tuple)
     adj_method = forward if adjoint_method is None else resolve(adjoint_method)
     adj_tableau = adj_method.tableau
