@@ -43,6 +43,9 @@ attempt are exactly its own calls.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -125,11 +128,47 @@ class _ParamQuadrature:
         self.stages = []
 
 
+@dataclass(frozen=True)
+class PerSampleAdjointConfig:
+    """What the backward solve of a per-sample adjoint needs, built once by :func:`solve_adjoint_per_sample`
+    after every check and read, never changed, by the autograd Functions below."""
+
+    func: Callable  # the user's func(t (B,), y): the augmented dynamics differentiate through it
+    params: tuple[torch.Tensor, ...]  # the parameters whose gradients the quadrature accumulates
+    layout: _Layout  # the state (tensor or tuple) as one (B, N) tensor
+    times: torch.Tensor  # (B, T) float64 output times of the forward solve
+    direction: float  # +1 or -1: the forward solve's direction (the backward solve runs the other way)
+    method: Any  # the Method of the backward solve (adjoint_method, else the forward method)
+    opts: Any  # its parsed options (AdaptiveOptions; per_sample as the forward solve's)
+    rtol: Any  # tolerances of the augmented state [y, a]: a float or a (B, 2N) tensor
+    atol: Any
+    adjoint_stats: PerSampleStats  # the backward solve's counters, updated in place (Solution.adjoint_stats)
+
+    @property
+    def compact(self) -> bool:
+        return self.opts.per_sample == "compact"
+
+
+@dataclass(frozen=True)
+class EventStops:
+    """The forward solve's events as stops of the backward one (:func:`_stop_grid`), for
+    :class:`_PerSampleEventAdjoint`."""
+
+    events: Any  # the PerSampleEvents of the forward solve
+    sizes: list[int]  # elements of each event function's value
+    which: torch.Tensor  # (E,) the event each record fired
+    element: torch.Tensor  # (E,) its element, ravelled
+    grid: torch.Tensor  # (B, L) every sample's output and event times, in forward order
+    out_idx: torch.Tensor  # (B, L) output index of each stop (-1: an event)
+    ev_idx: torch.Tensor  # (B, L) record index of each stop (-1: an output)
+
+
 class _PerSampleAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cfg: dict, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, cfg: PerSampleAdjointConfig, forward: tuple, y0: torch.Tensor, *params: torch.Tensor):
+        """``forward``: ``(ys,)``, the forward solve's states ``(T, B, N)``, returned as the output."""
         ctx.cfg = cfg
-        ys = cfg.pop("ys")
+        (ys,) = forward
         ctx.save_for_backward(ys)
         return ys
 
@@ -138,11 +177,11 @@ class _PerSampleAdjoint(torch.autograd.Function):
         refuse_double_backward("per-sample adjoint (options['per_sample'])")
         cfg = ctx.cfg
         (ys,) = ctx.saved_tensors  # (T, B, N)
-        layout: _Layout = cfg["layout"]
-        func, params, times = cfg["func"], cfg["params"], cfg["times"]
+        layout = cfg.layout
+        func, params, times = cfg.func, cfg.params, cfg.times
         T, B, N = ys.shape
-        tableau = cfg["tableau"]
-        stats: PerSampleStats = cfg["adjoint_stats"]
+        tableau = cfg.method.tableau
+        stats = cfg.adjoint_stats
         quad = _ParamQuadrature(params, tableau.b)
         dtype = ys.dtype
 
@@ -159,10 +198,12 @@ class _PerSampleAdjoint(torch.autograd.Function):
         a_end = _backward_solve(
             cfg, aug, lambda: torch.cat([ys[-1], grad_ys[-1]], 1), times, N, dtype, stats, quad, jump
         )
-        return (None, a_end + grad_ys[0], *quad.grads)
+        return (None, None, a_end + grad_ys[0], *quad.grads)
 
 
-def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, stats, quad, jump) -> torch.Tensor:
+def _backward_solve(
+    cfg: PerSampleAdjointConfig, aug, start, grid: torch.Tensor, N: int, dtype, stats, quad, jump
+) -> torch.Tensor:
     """One per-sample backward solve of ``z = [y, a]`` over ``grid (B, L)`` reversed, landing on every stop
     (``jump`` restarts ``y`` and adds ``∂L/∂y`` to ``a`` there), from ``z = start()``; returns ``a`` at the
     start of each sample's span, before the first output's own ``∂L/∂y``. Everything, the start state
@@ -171,20 +212,20 @@ def _backward_solve(cfg: dict, aug, start, grid: torch.Tensor, N: int, dtype, st
     try:
         z0 = start()
         fb = BatchFunc(aug, _Layout((z0,), False), dtype, stats)
-        norm = RMSNorm([N, N], cfg["rtol"], cfg["atol"])
+        norm = RMSNorm([N, N], cfg.rtol, cfg.atol)
         out = integrate(
             fb,
             z0,
             grid.flip(1),
-            -cfg["direction"],
-            method=cfg["method"],
-            opts=cfg["opts"],
+            -cfg.direction,
+            method=cfg.method,
+            opts=cfg.opts,
             norm=norm,
             stats=stats,
-            compact=cfg["compact"],
+            compact=cfg.compact,
             quad=quad,
             on_land=jump,
-            step_t=cfg["opts"].step_t,
+            step_t=cfg.opts.step_t,
         )
     finally:
         IN_BACKWARD.reset(token)
@@ -275,32 +316,30 @@ def solve_adjoint_per_sample(
     if times.shape[1] == 1:
         return fwd
     adjoint_stats = _stats(B, parts[0].device)
-    cfg = {
-        "func": func,
-        "params": params,
-        "layout": layout,
-        "times": times,
-        "direction": direction,
-        "tableau": adj_tableau,
-        "method": adj_method,
-        "opts": adj_opts,
-        "compact": adj_opts.per_sample == "compact",
-        "rtol": aug_tol(
+    cfg = PerSampleAdjointConfig(
+        func=func,
+        params=params,
+        layout=layout,
+        times=times,
+        direction=direction,
+        method=adj_method,
+        opts=adj_opts,
+        rtol=aug_tol(
             "adjoint_rtol" if adjoint_rtol is not None else "rtol", rtol if adjoint_rtol is None else adjoint_rtol
         ),
-        "atol": aug_tol(
+        atol=aug_tol(
             "adjoint_atol" if adjoint_atol is not None else "atol", atol if adjoint_atol is None else adjoint_atol
         ),
-        "adjoint_stats": adjoint_stats,
-        "ys": torch.cat([p.reshape(times.shape[1], B, -1) for p in (fwd.ys if is_tuple else (fwd.ys,))], 2),
-    }
+        adjoint_stats=adjoint_stats,
+    )
+    ys = torch.cat([p.reshape(times.shape[1], B, -1) for p in (fwd.ys if is_tuple else (fwd.ys,))], 2)
     if events:
-        return _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats)
-    ys = _PerSampleAdjoint.apply(cfg, layout.flatten(y0), *params)
+        return _with_events(cfg, ys, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats)
+    ys = _PerSampleAdjoint.apply(cfg, (ys,), layout.flatten(y0), *params)
     return Solution(t, layout.unflatten(ys), fwd.stats, tableau.name, adjoint_stats)
 
 
-def _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats) -> Solution:
+def _with_events(cfg, ys, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats) -> Solution:
     """The per-sample adjoint of a solve with events (:class:`_PerSampleEventAdjoint`)."""
     from ..events.core import ravel
     from ..events.per_sample import PerSampleEventRecord, PerSampleEvents
@@ -311,18 +350,23 @@ def _with_events(cfg, fwd, events, y0, t, times, direction, layout, parts, table
         y0d = tuple(p.detach() for p in parts) if layout.is_tuple else y0.detach()
         shapes = [e.fn(times[:, 0].to(dtype), y0d).shape[1:] for e in events]
     N = sum(layout.sizes)
-    cfg.update(
+    t_ev = torch.tensor([float(r.t) for r in records], dtype=dtype, device=dev)
+    y_ev = (
+        torch.stack([layout.flatten(_batch_of_one(r.y, layout.is_tuple))[0] for r in records])
+        if records
+        else torch.zeros(0, N, dtype=dtype, device=dev)
+    )
+    grid, out_idx, ev_idx = _stop_grid(times, direction, records, B)
+    stops = EventStops(
         events=PerSampleEvents(events, layout.unflatten, layout.flatten, dtype),
         sizes=[max(math.prod(s), 1) for s in shapes],
         which=torch.tensor([r.index for r in records], dtype=torch.long, device=dev),
         element=torch.tensor([ravel(r.element, shapes[r.index]) for r in records], dtype=torch.long, device=dev),
-        t_ev=torch.tensor([float(r.t) for r in records], dtype=dtype, device=dev),
-        y_ev=torch.stack([layout.flatten(_batch_of_one(r.y, layout.is_tuple))[0] for r in records])
-        if records
-        else torch.zeros(0, N, dtype=dtype, device=dev),
+        grid=grid,
+        out_idx=out_idx,
+        ev_idx=ev_idx,
     )
-    cfg["grid"], cfg["out_idx"], cfg["ev_idx"] = _stop_grid(times, direction, records, B)
-    ys, t_e, y_e = _PerSampleEventAdjoint.apply(cfg, layout.flatten(y0), *cfg["params"])
+    ys, t_e, y_e = _PerSampleEventAdjoint.apply(cfg, stops, (ys, t_ev, y_ev), layout.flatten(y0), *cfg.params)
     out = [
         PerSampleEventRecord(
             torch.tensor(float(r.t), dtype=t.dtype) + (t_e[k] - t_e[k].detach()).to(t.dtype),
@@ -391,9 +435,12 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
     (implicit-function time, state at the event, reset and restart shift)."""
 
     @staticmethod
-    def forward(ctx, cfg: dict, y0: torch.Tensor, *params: torch.Tensor):
-        ctx.cfg = cfg
-        ys, t_ev, y_ev = cfg.pop("ys"), cfg.pop("t_ev"), cfg.pop("y_ev")
+    def forward(
+        ctx, cfg: PerSampleAdjointConfig, stops: EventStops, forward: tuple, y0: torch.Tensor, *params: torch.Tensor
+    ):
+        """``forward``: ``(ys, t_ev, y_ev)``, the forward solve's states, event times and states at the events."""
+        ctx.cfg, ctx.stops = cfg, stops
+        ys, t_ev, y_ev = forward
         ctx.save_for_backward(ys, t_ev, y_ev)
         return ys, t_ev, y_ev
 
@@ -402,10 +449,11 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
         refuse_double_backward("per-sample adjoint (options['per_sample'])")
         cfg = ctx.cfg
         ys, t_ev, y_ev = ctx.saved_tensors
-        layout: _Layout = cfg["layout"]
-        func, params, tableau = cfg["func"], cfg["params"], cfg["tableau"]
-        events, which_ev, fired_at = cfg["events"], cfg["which"], cfg["element"]
-        grid, out_idx, ev_idx = cfg["grid"], cfg["out_idx"], cfg["ev_idx"]
+        stops = ctx.stops
+        layout = cfg.layout
+        func, params, tableau = cfg.func, cfg.params, cfg.method.tableau
+        events, which_ev, fired_at = stops.events, stops.which, stops.element
+        grid, out_idx, ev_idx = stops.grid, stops.out_idx, stops.ev_idx
         T, B, N = ys.shape
         L = grid.shape[1]
         E = t_ev.shape[0]
@@ -413,7 +461,7 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
         grad_ys = torch.zeros_like(ys) if grad_ys is None else torch.nan_to_num(grad_ys, nan=0.0)
         grad_t = torch.zeros(E, dtype=dtype, device=ys.device) if grad_t is None else grad_t
         grad_y = torch.zeros(E, N, dtype=dtype, device=ys.device) if grad_y is None else grad_y
-        stats: PerSampleStats = cfg["adjoint_stats"]
+        stats = cfg.adjoint_stats
         quad = _ParamQuadrature(params, tableau.b)
         plain = BatchFunc(func, layout, dtype, _stats(B, ys.device))
 
@@ -422,7 +470,7 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
             ee = e.clamp(min=0)
             t_e = t_ev.detach()[ee].double()
             which = which_ev[ee]
-            fired = [torch.nn.functional.one_hot(fired_at[ee].clamp(max=n - 1), n).bool() for n in cfg["sizes"]]
+            fired = [torch.nn.functional.one_hot(fired_at[ee].clamp(max=n - 1), n).bool() for n in stops.sizes]
             with torch.enable_grad():
                 ye = torch.where(m[:, None], y_ev.detach()[ee], y_other).requires_grad_(True)
                 res = events.attach_gradient(plain, m, which, fired, t_e, ye, plain.rows)
@@ -487,4 +535,4 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
             )
 
         a_end = _backward_solve(cfg, aug, start, grid, N, dtype, stats, quad, jump)
-        return (None, a_end + grad_ys[0], *quad.grads)
+        return (None, None, None, a_end + grad_ys[0], *quad.grads)
