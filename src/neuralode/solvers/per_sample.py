@@ -523,11 +523,12 @@ class SampleClock:
         """The accepted steps' interpolant (the Method's, evaluated per row: ``at_rows``); its Hermite form
         takes ``f(t + h, y1)``, from FSAL where the method has it."""
         t, h = self.t, self.h
-        self.t1 = torch.where(self.lands, self.t_stop, t + h)
+        t_h = t + h
+        self.t1 = torch.where(self.lands, self.t_stop, t_h)
         self.y_end = step.y1
         f1 = step.k[-1] if self.tableau.fsal else None
         fb = self.fb
-        return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t + h, 0, fb)
+        return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t_h, 0, fb)
 
     def events(self, step: StepResult, interp: StepInterpolant):
         """Each crossing sample's step cut at its first event (located on its interpolant); returns
