@@ -4,19 +4,23 @@ Parametrised over the one registry and filtered by :class:`~neuralode.solvers.me
 method registered there is tested here with no new test: accuracy against closed forms (float64), float32
 against float64, tuple states, backwards time, dense output (the method's own or Hermite), events (a terminal
 event and a bouncing ball with resets), per-sample clocks against each sample solved alone, gradients by
-backpropagation and by ``odeint_adjoint`` against finite differences, and every capability a method declares
+backpropagation and by ``odeint_adjoint`` against finite differences, float32 solves and gradients on the CPU (and
+on CUDA where there is one) against float64 ones on the CPU (``tests/device_agreement.py``, shared with
+``benchmarks/gpu_check.py``), and every capability a method declares
 ``False`` refused with an error naming it. Problems are small and tolerances loose where the check allows.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
 from neuralode import METHODS, Event, odeint, odeint_adjoint, solve
 from neuralode.solvers.methods import Capabilities
+from tests import device_agreement as agreement
 
 F64, F32 = torch.float64, torch.float32
 H = 1 / 32  # the step of fixed-grid methods
@@ -347,3 +351,42 @@ def test_half_precision_solves(name):
     ys = solve(lambda t, y: -y, Y0.half(), T.half(), method=name, **kw).ys
     assert ys.dtype == torch.float16
     assert abs(ys[-1, 0].item() - math.exp(-1.0)) < 3e-2  # euler at h = 1/8: 2.4e-2
+
+
+# --- float32 on a device against float64 on the CPU (the check benchmarks/gpu_check.py reports as a table).
+
+CUDA = pytest.param(
+    "cuda",
+    marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"
+    ),
+)
+DEVICES = ["cpu", CUDA]
+
+
+# (name, per-sample clock): every method that runs in the solvers' loop, then every per-sample clock.
+AGREEMENT_CASES = [(n, False) for n in methods(unwanted=("own_driver",))] + [(n, True) for n in methods("per_sample")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name,per_sample", AGREEMENT_CASES, ids=lambda v: {True: "per_sample", False: "joint"}.get(v, v)
+)
+def test_float32_on_a_device_agrees_with_float64_on_the_cpu(name, per_sample, device):
+    """A damped rotation, batch 4, 3 outputs on [0, 2]: the float32 solve on ``device`` within 10 tolerance
+    units of the float64 CPU solve (an adaptive one: or as close to the closed form as the float64 solve is),
+    for every method that runs in the solvers' loop and every per-sample clock. Second-order pairs at rtol
+    1e-4 (at 1e-5 adaptive_heun's per-sample clock takes 5 s here)."""
+    tol = agreement.TOL if METHODS[name].order >= 3 else 1e-4
+    case = agreement.case(name, per_sample=per_sample, tol=tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # implicit_adams' corrector warns in float32 at its default tolerances
+        r = agreement.check_solve(case, torch.device(device), batch=4, n_outputs=3, tol=tol, t_end=2.0)
+    assert r.passed, r
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["backprop", "adjoint"])
+def test_float32_gradients_on_a_device_agree_with_float64_on_the_cpu(mode, device):
+    rel = agreement.gradient_distance(mode, torch.device(device), batch=4, n_outputs=3, t_end=2.0)
+    assert rel <= agreement.GRAD_REL, rel
