@@ -21,6 +21,7 @@ import torch
 from neuralode import METHODS, Event, odeint, odeint_adjoint, solve
 from neuralode.solvers.methods import Capabilities
 from tests import device_agreement as agreement
+from tests.registry import methods
 
 F64, F32 = torch.float64, torch.float32
 H = 1 / 32  # the step of fixed-grid methods
@@ -30,16 +31,6 @@ RTOL, ATOL = 1e-8, 1e-10  # adaptive methods
 EXTRA = {"explicit_adams": {"max_order": 5}}
 
 NAMES = list(METHODS)
-
-
-def methods(*wanted: str, unwanted: tuple[str, ...] = ()) -> list[str]:
-    """The registry's names whose capabilities include every flag of ``wanted`` and none of ``unwanted``."""
-    return [
-        n
-        for n in NAMES
-        if all(getattr(METHODS[n].capabilities, w) for w in wanted)
-        and not any(getattr(METHODS[n].capabilities, u) for u in unwanted)
-    ]
 
 
 def setting(name: str, h: float = H) -> tuple[dict, float]:
