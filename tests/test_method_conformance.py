@@ -73,9 +73,16 @@ def test_float32_agrees_with_float64(name):
     if METHODS[name].capabilities.adaptive:
         kw = {"rtol": 1e-5, "atol": 1e-7}
     t = torch.tensor([0.0, 1.0])
-    y32 = solve(oscillator, exact(0.0, F32), t, method=name, **kw).ys[-1]
+    t_dtypes = set()
+
+    def f(t, y):
+        t_dtypes.add(t.dtype)
+        return oscillator(t, y)
+
+    y32 = solve(f, exact(0.0, F32), t, method=name, **kw).ys[-1]
     y64 = solve(oscillator, exact(0.0), t.to(F64), method=name, **kw).ys[-1]
     assert y32.dtype == F32
+    assert t_dtypes == {F32}  # func sees time in the state's dtype
     assert (y32.to(F64) - y64).abs().max().item() < 1e-4
 
 
