@@ -459,24 +459,10 @@ def _switch(t_switch: float, strict: bool):
     return func, exact
 
 
-# Stiff methods that, with jump_t, still reject 2 to 7 steps (without it: 20 to 32) when func puts the jump time
-# itself in the 'before' regime (strict=False); with strict=True they reject at most one. The step from the jump
-# evaluates f0 on the jump's 'after' side (t = 0.5 + 1 ulp) but its Jacobian at t = 0.5 itself, in the 'before'
-# regime of such a func.
-_BEFORE_SIDE_JACOBIAN = {"rodas5p", "radau5", "radau9", "radau13"}
-
-
-def _jump_t_case(method: str, strict: bool):
-    if not strict and method in _BEFORE_SIDE_JACOBIAN:
-        reason = "the Jacobian of the step from a jump is evaluated at the jump time, not on its 'after' side"
-        return pytest.param(method, strict, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return pytest.param(method, strict)
-
-
 # Every adaptive method, from the registry.
 @pytest.mark.parametrize(
     "method, strict",
-    [_jump_t_case(m, s) for m in methods("adaptive", unwanted=("own_driver",)) for s in (True, False)],
+    [(m, s) for m in methods("adaptive", unwanted=("own_driver",)) for s in (True, False)],
     ids=lambda v: {True: "t<0.5", False: "t<=0.5"}.get(v, v) if isinstance(v, bool) else v,
 )
 def test_jump_t_discontinuity(method, strict):
@@ -494,8 +480,9 @@ def test_jump_t_discontinuity(method, strict):
     # Stepping onto the discontinuity, nothing is rejected on its account (at most one more rejection than on
     # the smooth problem) and the solution is as accurate as on a smooth problem; without, the controller has
     # to find the jump.
-    # (With strict=True this fails while the stages at c = 1 of the step that lands on a jump
-    # are evaluated at the jump time itself, i.e. in the 'after' regime: see the report.)
+    # With strict=False func puts the jump time itself in the 'before' regime: the step from the jump takes f0
+    # and, for the implicit methods, its Jacobian just after it (one unit of the time dtype), on the side it
+    # integrates.
     assert err_jump <= max(10.0, 3 * err_smooth), (err_jump, err_smooth)
     assert jump.stats.n_rejected <= smooth.stats.n_rejected + 1, (jump.stats, smooth.stats)
     assert jump.stats.n_rejected < plain.stats.n_rejected

@@ -198,7 +198,16 @@ class ESDIRKStepper(ImplicitStepper):
     def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         st = self.state
         lin = linearise(
-            self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling=st.J is None
+            self.problem,
+            self.jac,
+            self.f_tensor,
+            t,
+            y,
+            f0,
+            self.batch_dims,
+            h,
+            check_coupling=st.J is None,
+            side=self.side,
         )
         st.J, st.t, st.y, st.lu, st.lu_h = lin.J, t, y, None, None
 

@@ -460,7 +460,16 @@ class RadauStepper(ImplicitStepper):
     def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         st = self.state
         lin = linearise(
-            self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling=st.J is None
+            self.problem,
+            self.jac,
+            self.f_tensor,
+            t,
+            y,
+            f0,
+            self.batch_dims,
+            h,
+            check_coupling=st.J is None,
+            side=self.side,
         )
         st.J, st.jy, st.jt, st.lu_h = lin.J, y, t, None
 

@@ -343,7 +343,7 @@ class RosenbrockStepper(ImplicitStepper):
         if not self.checkpoint and self._current(t, y):
             return st.lin
         self.stats.n_jac_evals += 1
-        tt = problem.time(t)
+        tt = problem.time(t, self.side)  # just after a jump (jump_t) on the side the step integrates, as f0
         checked, time_dependent = flags if flags is not None else (st.checked, st.time_dependent)
         if self.jac is not None:
             lin = callable_linearisation(
