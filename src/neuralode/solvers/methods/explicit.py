@@ -15,7 +15,7 @@ from .tableau import ButcherTableau
 
 def fixed_grid_kind(opts: FixedOptions) -> str:
     """The interpolant of a fixed-grid solve: ``options['interp']``, linear (torchdiffeq's) or cubic Hermite."""
-    return "linear" if opts.interp == "linear" else "hermite"
+    return "linear" if opts.output.interp == "linear" else "hermite"
 
 
 class RKStepper(Stepper):
@@ -91,10 +91,10 @@ class ExplicitRK(Method):
         self.explicit_tableau = tableau
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        if opts.compile:
+        if opts.execution.compile:
             from .compiled import compiled_stepper
 
-            backend = "inductor" if opts.compile is True else opts.compile
+            backend = "inductor" if opts.execution.compile is True else opts.execution.compile
             return FunctionStepper(compiled_stepper(problem, self.tableau, backend, problem.stats))
         return checkpointed(RKStepper(problem, self.tableau), checkpoint)
 
@@ -133,7 +133,8 @@ class Adams(Method):
 
     def step_config(self, opts: AdamsOptions, rtol, atol) -> SimpleNamespace:
         """The orders and the corrector's iteration limit and tolerances (``rtol``/``atol`` as checked)."""
-        return SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol, atol=atol)
+        adams = opts.method
+        return SimpleNamespace(max_order=adams.max_order, max_iters=adams.max_iters, rtol=rtol, atol=atol)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return checkpointed(AdamsStepper(problem, self.tableau, config), checkpoint)
