@@ -8,7 +8,6 @@ the exception is exactly the documented type.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
