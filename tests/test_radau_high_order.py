@@ -100,7 +100,9 @@ def _one_step(h: float, tab=RADAU9):
 
     y0 = _rot_exact(0.0)
     problem = _Problem(_rot, (y0,), False, SolverStats())
-    take = make_stepper(problem, tab, False, RadauOptions(method=RadauSettings(dense_error=False)), problem, _TightLoose())
+    take = make_stepper(
+        problem, tab, False, RadauOptions(method=RadauSettings(dense_error=False)), problem, _TightLoose()
+    )
     return take(0.0, 0.0, y0, None, h)[1]
 
 
