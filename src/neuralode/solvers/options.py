@@ -3,8 +3,40 @@
 Everything a user passes to :func:`~neuralode.solvers.api.solve` is checked here, once, before
 the loop starts: the state, the output times, tolerances and the method's options. Errors are
 ``TypeError``/``ValueError`` naming the argument, the value received and how to fix it.
-"""
 
+Options by concern
+------------------
+torchdiffeq takes a solve's options as one flat dict. Read by what they decide, its keys fall into
+five groups, and a solve carries one frozen record per group (:class:`Options`):
+
+* ``control``: how long each step is. :class:`StepControl` for adaptive methods (``first_step``,
+  ``min_step``, ``max_step``, ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``controller``,
+  ``norm``, ``at_min_step``), :class:`FixedGrid` for fixed-step ones (``step_size``,
+  ``grid_constructor``, ``max_num_steps``). They are alternatives, not layers: a method has one or the
+  other, and each has its own step budget, so they are two records rather than one with fields that
+  half the methods refuse.
+* ``stops``: :class:`Stops`, where steps must end and which side of a discontinuity ``func`` is
+  evaluated on (``step_t``, ``jump_t``, ``perturb``). All three are about the times at which ``func``
+  may change character; on a fixed grid every grid point is such a time, which is what ``perturb``
+  acts on there.
+* ``output``: :class:`Output`, what the solve keeps besides the states at ``t`` (``dense``,
+  ``interp``).
+* ``execution``: :class:`Execution`, how the same mathematics is run (``checkpoint``, ``compile``,
+  ``compile_steps``, ``per_sample``, ``dtype``, ``stiffness``): none of them changes the steps an
+  ordinary solve takes.
+* ``method``: what one family of methods alone reads: :class:`AdamsSettings` (``max_order``,
+  ``max_iters``), the implicit methods' ``ImplicitSettings`` and ``RadauSettings``
+  (:mod:`~neuralode.solvers.methods.implicit_options`), or ``None``.
+
+The grouping follows who reads what: the step-size controller and the first step read ``control``
+alone, the list of stop times ``stops``, the dense output ``output``, the choice of driver (compiled,
+checkpointed, per sample) ``execution``, and a method's stepper its ``method`` record. Every field keeps
+torchdiffeq's key as its name, so the dict and the records name each option the same way, and the
+dict stays the one form the parser checks: an :class:`Options` a user passes is flattened to the
+dict of its non-default fields (:meth:`Options.as_dict`) at the public boundary. The parsed options
+are an instance of the method's ``options_type`` (:class:`AdaptiveOptions`, :class:`FixedOptions`,
+...), whose flat attributes (``opts.max_step``) read through to the records.
+"""
 from __future__ import annotations
 
 import inspect
@@ -28,28 +60,7 @@ BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends options[
 
 
 # --------------------------------------------------------------------------------------------
-# Option records, one per concern.
-#
-# torchdiffeq takes a solve's options as one flat dict. Read by what they decide, those keys fall into
-# five groups, and a solve carries one record per group:
-#
-# * ``control``   -- how long each step is: the adaptive controller (StepControl) or the fixed grid
-#                    (FixedGrid). The two are alternatives, not layers: a method has one or the other,
-#                    and each has its own step budget (``max_num_steps``), so they are two records.
-# * ``stops``     -- where steps must end and which side of a discontinuity ``func`` is evaluated on:
-#                    ``step_t``, ``jump_t``, ``perturb``. All three are about the times at which
-#                    ``func`` may change character; on a fixed grid every grid point is such a time.
-# * ``output``    -- what the solve gives back besides the states at ``t``: ``dense``, ``interp``.
-# * ``execution`` -- how the same mathematics is run: ``checkpoint``, ``compile``, ``compile_steps``,
-#                    ``per_sample``, ``dtype``, ``stiffness``. None of them changes which steps an
-#                    ordinary solve takes (``stiffness`` only decides whether a stiff solve stops).
-# * ``method``    -- what only one family of methods reads (Adams' ``max_order``, the implicit
-#                    methods' ``jacobian``): a record of that family, or ``None``.
-#
-# The grouping follows who reads what: the step-size controller and the initial step read ``control``
-# alone, the loop's list of stop times ``stops``, the dense output ``output``, and the choice of
-# driver (compiled, checkpointed, per-sample) ``execution``. Every field keeps torchdiffeq's key as its
-# name, so the dict form and the records name each option the same way.
+# Option records, one per concern (the grouping is explained in the module docstring).
 
 
 @dataclass(frozen=True)
