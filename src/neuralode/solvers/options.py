@@ -37,6 +37,7 @@ dict of its non-default fields (:meth:`Options.as_dict`) at the public boundary.
 are an instance of the method's ``options_type`` (:class:`AdaptiveOptions`, :class:`FixedOptions`,
 ...), whose flat attributes (``opts.max_step``) read through to the records.
 """
+
 from __future__ import annotations
 
 import inspect
