@@ -292,7 +292,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and not isinstance(value, types):
                 raise TypeError(
-                    f"Options({name}=...) must be {' or '.join('a ' + t.__name__ for t in types)} (or None); "
+                    f"Options({name}=...) must be {' or '.join(_a(t.__name__) for t in types)} (or None); "
                     f"got {_type_name(value)}."
                     + (f" It belongs in Options({_slot_of(value)}=...)." if _slot_of(value) else "")
                 )
@@ -344,9 +344,9 @@ class Options:
             if expected is not None:
                 want = getattr(expected, name)
                 if want is None or not isinstance(want, type(record)):
-                    takes = f"takes a {type(want).__name__}" if want is not None else "takes none"
+                    takes = f"takes {_a(type(want).__name__)}" if want is not None else "takes none"
                     raise TypeError(
-                        f"{argument}.{name} is a {_type_name(record)}, but method={method.name!r} {takes}; "
+                        f"{argument}.{name} is {_a(_type_name(record))}, but method={method.name!r} {takes}; "
                         + _RECORD_HINT.get(type(record), "leave it out.")
                     )
             for f in fields(record):
@@ -361,6 +361,11 @@ _RECORD_HINT = {
     StepControl: "StepControl sets the steps of adaptive methods; give a FixedGrid to a fixed-step method.",
     FixedGrid: "FixedGrid sets the grid of fixed-step methods; give a StepControl to an adaptive method.",
 }
+
+
+def _a(name: str) -> str:
+    """``name`` with its indefinite article: "a StepControl", "an Output"."""
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
 
 
 def _slot_of(record: Any) -> str | None:
