@@ -174,3 +174,34 @@ BAD = [
 def test_bad_typed_options_are_refused_naming_the_argument(thunk, kind, pattern):
     with pytest.raises(kind, match=pattern):
         thunk()
+
+
+def test_flat_option_names_are_read_once_per_solve_not_per_step(monkeypatch):
+    """The flat names are properties (two attribute reads); the scalar-clock solve reads them while it
+    sets up, never per step or per grid point."""
+    from neuralode.solvers import options as options_module
+
+    reads = [0]
+    for key in options_module.CONCERN_OF:
+        get = getattr(Options, key).fget
+
+        def counted(self, _get=get):
+            reads[0] += 1
+            return _get(self)
+
+        monkeypatch.setattr(Options, key, property(counted))
+
+    def count(**kw):
+        reads[0] = 0
+        sol = solve(kink, Y0, T, **kw)
+        return reads[0], sol.stats.n_accepted
+
+    for few, many in (
+        (dict(rtol=1e-3, atol=1e-6), dict(rtol=1e-9, atol=1e-11)),
+        (dict(method="rk4", options={"step_size": 0.5}), dict(method="rk4", options={"step_size": 0.01})),
+        (dict(method="radau5", rtol=1e-3, atol=1e-6), dict(method="radau5", rtol=1e-7, atol=1e-9)),
+        (dict(method="explicit_adams", options={"step_size": 0.5}), dict(method="explicit_adams", options={"step_size": 0.01})),
+    ):  # fmt: skip
+        (r_few, n_few), (r_many, n_many) = count(**few), count(**many)
+        assert n_many > 5 * n_few
+        assert r_many == r_few, (few, r_few, r_many)
