@@ -124,7 +124,7 @@ def test_dense_output(name):
     got = sol.evaluate(torch.tensor(ts, dtype=F64))
     err = max((got[i] - exact(ti)).abs().max().item() for i, ti in enumerate(ts))
     assert err < tol + 1e-6, f"{name}: error {err:.3g}"
-    kind = m.interpolant_kind(m.options_type(**kw.get("options", {})))
+    kind = m.interpolant_kind(m.options_type.from_keys(kw.get("options", {})))
     assert (kind not in ("hermite", "linear")) == m.capabilities.own_dense
 
 
