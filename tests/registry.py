@@ -20,7 +20,7 @@ def interpolant(name: str, **options) -> type:
     """The class that fills method ``name``'s solution inside a step with these ``options`` (a
     :class:`~neuralode.solvers.methods.interpolants.StepInterpolant`: ``ContinuousExtension``, ``Hermite``, ...)."""
     m = METHODS[name]
-    return m.interpolant(m.options_type(**options))
+    return m.interpolant(m.options_type.from_keys(options))
 
 
 def order(name: str) -> int:

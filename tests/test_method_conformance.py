@@ -127,7 +127,7 @@ def test_dense_output(name):
     got = sol.evaluate(torch.tensor(ts, dtype=F64))
     err = max((got[i] - exact(ti)).abs().max().item() for i, ti in enumerate(ts))
     assert err < tol + 1e-6, f"{name}: error {err:.3g}"
-    interpolant = m.interpolant(m.options_type(**kw.get("options", {})))
+    interpolant = m.interpolant(m.options_type.from_keys(kw.get("options", {})))
     assert (not issubclass(interpolant, (Hermite, Linear))) == m.capabilities.own_dense
 
 

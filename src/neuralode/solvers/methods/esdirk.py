@@ -187,7 +187,7 @@ class ESDIRKStepper(ImplicitStepper):
         super().__init__(func, tab, checkpoint, opts, problem, error)
         self.stats = problem.stats
         self.batch_dims = resolve_batch_dims(opts, problem)
-        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.jac = opts.method.jacobian if callable(opts.method.jacobian) else None
         self.min_step = getattr(opts, "min_step", 0.0)
         self.dfactor = getattr(opts, "dfactor", 0.2)
         self.rows = [_nz(r) for r in tab.a]
