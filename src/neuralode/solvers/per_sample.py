@@ -279,6 +279,73 @@ class SampleClock:
     happens (a step below rounding, the step budget, an event, a non-finite ratio).
     """
 
+    __slots__ = (
+        "B",
+        "T",
+        "dev",
+        "fb",
+        "tableau",
+        "opts",
+        "stats",
+        "interpolant_type",
+        "compact",
+        "quad",
+        "on_land",
+        "ev",
+        "records",
+        "t_dtype",
+        "dense_out",
+        "direction",
+        "rows",
+        "times",
+        "t",
+        "t_end",
+        "y",
+        "fresh_f0",
+        "fsal",
+        "f0",
+        "finite_f0",
+        "dt",
+        "min_step",
+        "max_step",
+        "max_num_steps",
+        "dfactor",
+        "zeros_l",
+        "control",
+        "done",
+        "i_out",
+        "n_acc",
+        "n_rej",
+        "n_calls",
+        "last",
+        "stats_rows",
+        "next_dt",
+        "pieces_i",
+        "pieces_b",
+        "pieces_y",
+        "first_attempt",
+        "sign",
+        "ascending",
+        "step_t_asc",
+        "g0",
+        "g1",
+        "guard",
+        "reset_times",
+        "active",
+        "tol_rows",
+        "calls_before",
+        "h",
+        "dt_abs",
+        "lands",
+        "t_stop",
+        "remaining",
+        "n_steps",
+        "accept",
+        "rejected",
+        "t1",
+        "y_end",
+    )
+
     def __init__(
         self,
         fb: BatchFunc,
@@ -316,7 +383,8 @@ class SampleClock:
         self.t = t = times[:, 0].clone()
         self.t_end = times[:, 1] if on_land is not None else times[:, -1]
         self.y = y = y0
-        self.fresh_f0 = quad is not None or not tableau.fsal
+        self.fsal = tableau.fsal
+        self.fresh_f0 = quad is not None or not self.fsal
         if f0 is None and (quad is None or dt0 is None):
             f0 = fb(t, y)
         self.f0 = f0
@@ -528,7 +596,7 @@ class SampleClock:
         t_h = t + h
         self.t1 = torch.where(self.lands, self.t_stop, t_h)
         self.y_end = step.y1
-        f1 = step.k[-1] if self.tableau.fsal else None
+        f1 = step.k[-1] if self.fsal else None
         fb = self.fb
         return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t_h, 0, fb)
 
