@@ -50,6 +50,13 @@ class AdaptiveOptions:
         checkpoint: backpropagate with gradient checkpointing: keep only each step's input
             state for backward and recompute its stages then (memory ~ one state per step
             instead of every stage's activations, for about one extra forward pass).
+        checkpoints: ``K`` (an int >= 2): backpropagate storing at most ``K`` states, whatever the
+            number of steps, and recompute the rest in the backward pass (Griewank and Walther's
+            revolve; the name is diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``). Gradients are
+            those of backpropagation through the same solve, to rounding. Explicit Runge-Kutta methods
+            only, ``func`` a ``torch.nn.Module``; not with ``checkpoint``, ``compile``, ``per_sample``,
+            ``dense``, events or forward-mode derivatives (see
+            :mod:`neuralode.solvers.adjoint.recursive`).
         dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives
             the solution at any time of the solved span afterwards (memory ~ the stages of
             every step).
@@ -96,6 +103,7 @@ class AdaptiveOptions:
     dfactor: float = 0.2
     controller: str = "pi"
     checkpoint: bool = False
+    checkpoints: int | None = None
     dense: bool = False
     perturb: bool = False
     dtype: torch.dtype | None = None
@@ -117,6 +125,7 @@ class FixedOptions:
         interp: how output times between grid points are filled in: ``"linear"`` (default, as in
             torchdiffeq) or ``"cubic"`` (Hermite, one more evaluation of ``func`` per step).
         checkpoint: gradient checkpointing per step, as for :class:`AdaptiveOptions`.
+        checkpoints: at most ``K`` stored states in backpropagation, as for :class:`AdaptiveOptions`.
         dense: keep every step's interpolant for :meth:`Solution.evaluate`, as for
             :class:`AdaptiveOptions`.
         perturb: as torchdiffeq's option: every step evaluates its first stage one unit of the
@@ -143,6 +152,7 @@ class FixedOptions:
     grid_constructor: Callable[..., torch.Tensor] | None = None
     interp: str = "linear"
     checkpoint: bool = False
+    checkpoints: int | None = None
     dense: bool = False
     perturb: bool = False
     compile: bool | str = False
@@ -622,6 +632,8 @@ def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
+    if o.get("checkpoints") is not None:
+        _check_checkpoints(o, method)
     if "compile" in o:
         comp = o["compile"]
         if not (isinstance(comp, bool) or comp in BACKENDS):
@@ -723,6 +735,27 @@ def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     return kind(**o)
+
+
+def _check_checkpoints(o: dict, method: Any) -> None:
+    """``options['checkpoints']``: an int >= 2, with an explicit Runge-Kutta method and none of the options
+    it does not combine with (events and forward mode are refused where the solve starts)."""
+    k = o["checkpoints"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(
+            f"options['checkpoints'] must be an integer >= 2 (the most states stored for backpropagation); got {k!r}."
+        )
+    if method.explicit_tableau is None:
+        raise ValueError(
+            f"options['checkpoints'] works with the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...); "
+            f"{method.name!r} is not one. Use options={{'checkpoint': True}} or odeint_adjoint with it."
+        )
+    for other in ("checkpoint", "compile", "per_sample", "dense"):
+        if o.get(other):
+            raise ValueError(
+                f"options['checkpoints'] and options['{other}'] cannot be combined; choose one "
+                "(options['checkpoints'] supports neither compile, per_sample nor dense, and replaces checkpoint)."
+            )
 
 
 def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[float]:
