@@ -151,12 +151,12 @@ def split(length: int, slots: int) -> int:
     r = 1
     while math.comb(slots + r, slots) < length:
         r += 1
-    return min(max(math.comb(slots + r - 1, slots), 1), length - 1)
+    return min(math.comb(slots + r - 1, slots), length - 1)
 
 
 class Counter:
     """The backward pass's bookkeeping: steps re-run and stored states (the forward checkpoints still
-    held plus those set inside a segment), with their peak. With ``dry`` it only counts (the plan)."""
+    held plus those set inside a segment), with their peak."""
 
     def __init__(self, held: int):
         self.recomputed, self.held, self.peak = 0, held, held
@@ -186,7 +186,7 @@ def reverse(a: int, b: int, state: Any, slots: int, advance, back, count: Counte
             s = state
             for k in range(a, b - 1):
                 s = advance(k, s)
-            count.recomputed += b - 1 - a + 1
+            count.recomputed += b - a  # b - 1 - a advanced, one differentiated
             back(b - 1, s)
             b -= 1
 
