@@ -178,7 +178,8 @@ MEMORY_STEPS = (10, 100, 1000)
 
 
 def _has_checkpoint() -> bool:
-    return "checkpoint" in {f.name for f in fields(neuralode.FixedOptions)}
+    kind = neuralode.FixedOptions  # KEYS since the options by concern; one flat field per key before
+    return "checkpoint" in getattr(kind, "KEYS", {f.name for f in fields(kind)})
 
 
 def _memory_modes() -> dict[str, callable]:

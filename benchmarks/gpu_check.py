@@ -8,13 +8,14 @@ Writes ``benchmarks/results/gpu.md``. Sized to finish in under five minutes on o
 Without CUDA (``torch.cuda.is_available()`` False) and ``--device cuda`` (the default) it prints
 why and exits 0 without writing anything. Exit status 1 means a correctness check failed.
 
-1. Correctness, every method ``solve`` accepts but scipy's (explicit, implicit and stiff with their
-   batched LU factorisations, ``auto``, Adams) and per-sample step control: a damped rotation
-   ``y' = A y`` (closed form ``y(t) = e^{-a t} R(ω t) y0``), batch 64, 11 outputs on [0, 5]; adaptive
-   methods at rtol = atol = 1e-5, fixed-step ones with ``step_size`` 0.01 (implicit ones 0.05). The float32 solve on the device is
-   compared with the same solve in float64 on the CPU, in tolerance units
-   ``|y − y_ref| / (atol + rtol |y_ref|)`` (pass: ≤ 10), and both with the closed form. Gradients
-   (backprop and adjoint, dopri5) of ``y0``, ``a`` and ``ω`` against float64 CPU gradients.
+1. Correctness: the check of ``tests/device_agreement.py``, which ``tests/test_method_conformance.py`` runs
+   for every registered method on the CPU (and on CUDA where there is one), here as a table: every method
+   ``solve`` accepts but scipy's, and every per-sample clock, on a damped rotation ``y' = A y`` (closed form
+   ``y(t) = e^{-a t} R(ω t) y0``), batch 64, 11 outputs on [0, 5]; adaptive methods at rtol = atol = 1e-5,
+   fixed-step ones with ``step_size`` 0.01 (implicit ones 0.05). The float32 solve on the device is compared
+   with the same solve in float64 on the CPU, in tolerance units ``|y − y_ref| / (atol + rtol |y_ref|)``
+   (pass: ≤ 10), and both with the closed form. Gradients (backprop and adjoint, dopri5) of ``y0``, ``a``
+   and ``ω`` against float64 CPU gradients.
 2. Timings against torchdiffeq on the device (median of alternating pairs, ``time_pair``, each
    call ending in ``torch.cuda.synchronize()``):
    - MLP 32→128→128→32, batch 256, dopri5 1e-6, 10 outputs, forward; and MLP 2→16→2, batch 8,
@@ -60,34 +61,10 @@ from benchmarks.common import (
     time_pair,
 )
 from neuralode.models import build_classifier, build_cnf, standard_normal_logprob
-from neuralode.solvers.api import _method, method_names
-
-PASS_UNITS = 10.0  # a float32 device solve within 10 tolerance units of the float64 CPU solve passes
-
+from tests import device_agreement as agreement
 
 # --------------------------------------------------------------------------------------------
-# Correctness.
-
-
-class DampedRotation(nn.Module):
-    """``y' = A y`` with ``A = [[-a, -ω], [ω, -a]]`` on states ``(batch, 2)``; ``a`` and ``ω`` are parameters."""
-
-    def __init__(self, a: float = 0.1, omega: float = 2.0) -> None:
-        super().__init__()
-        self.a = nn.Parameter(torch.tensor(a))
-        self.omega = nn.Parameter(torch.tensor(omega))
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, v = y[..., 0], y[..., 1]
-        return torch.stack([-self.a * x - self.omega * v, self.omega * x - self.a * v], dim=-1)
-
-    def exact(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``(len(t), batch, 2)``: ``e^{-a t} R(ω t) y0``."""
-        a, w = self.a.detach().double().cpu(), self.omega.detach().double().cpu()
-        t = t.double().cpu()[:, None]
-        c, s, decay = torch.cos(w * t), torch.sin(w * t), torch.exp(-a * t)  # (n_t, 1)
-        x0, v0 = y0.double().cpu()[:, 0], y0.double().cpu()[:, 1]  # (batch,)
-        return torch.stack([decay * (c * x0 - s * v0), decay * (s * x0 + c * v0)], dim=-1)
+# Correctness: the check of tests/device_agreement.py (also run by tests/test_method_conformance.py), as a table.
 
 
 def _nfe(nfe) -> str:
@@ -97,76 +74,26 @@ def _nfe(nfe) -> str:
     return str(nfe)
 
 
-def _units(y: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
-    y, ref = y.detach().double().cpu(), ref.detach().double().cpu()
-    return float(((y - ref).abs() / (tol + tol * ref.abs())).max())
-
-
-def _cases(tol: float) -> list[tuple[str, str, bool, dict]]:
-    """``(name, how it is stepped, adaptive, solve keywords)`` for every method ``solve`` accepts but
-    scipy's (CPU only), and per-sample step control for the explicit adaptive ones that have it. Fixed
-    implicit methods take h = 0.05 (a Newton iteration per step; their accuracy is not the question)."""
-    cases = []
-    for name in method_names():
-        if name == "scipy_solver":
-            continue
-        method = _method(name)
-        if getattr(method, "adaptive", False):
-            cases.append((name, f"adaptive {tol:g}", True, dict(rtol=tol, atol=tol, method=name)))
-        else:
-            h = 0.05 if getattr(method, "implicit", False) else 0.01
-            opts: dict[str, Any] = {"step_size": h}
-            if name == "explicit_adams":
-                # At its default max_order (orders up to 11) Adams-Bashforth is unstable on this oscillator
-                # at h = 0.01, as torchdiffeq's is (see neuralode.solvers.methods.adams).
-                opts["max_order"] = 6
-            label = f"fixed, h = {h:g}" + (", max_order 6" if "max_order" in opts else "")
-            cases.append((name, label, False, dict(method=name, options=opts)))
-    for name in ("dopri5", "tsit5"):
-        cases.append(
-            (
-                f"{name}, per_sample",
-                f"adaptive {tol:g}, per sample",
-                True,
-                dict(rtol=tol, atol=tol, method=name, options={"per_sample": True}),
-            )
-        )
-    return cases
-
-
-def correctness(device: torch.device, batch: int) -> tuple[str, bool]:
-    torch.manual_seed(0)
-    y0 = torch.randn(batch, 2, dtype=torch.float64)
-    t = torch.linspace(0.0, 5.0, 11, dtype=torch.float64)
-    tol = 1e-5
+def correctness(device: torch.device, batch: int, names: list[str] | None = None) -> tuple[str, bool]:
+    """Section 1 as markdown and whether every check passed; ``names`` restricts it to those cases' labels."""
+    n_outputs, tol = 11, agreement.TOL
     rows, ok = [], True
-    cpu_func, dev_func = DampedRotation().double(), DampedRotation().to(device)
-    exact = cpu_func.exact(y0, t)
-    for name, label, adaptive, kw in _cases(tol):
-        with torch.no_grad():
-            ref = neuralode.solve(cpu_func, y0, t, **kw)
-            sol = neuralode.solve(dev_func, y0.float().to(device), t.float().to(device), **kw)
-        units = _units(sol.ys, ref.ys, tol)
-        err32, err64 = _units(sol.ys, exact, tol), _units(ref.ys, exact, tol)
-        # An adaptive float32 solve may take other steps than the float64 one; where the two
-        # differ by more than PASS_UNITS it still passes if it is as close to the closed form.
-        passed = (
-            math.isfinite(units)
-            and sol.ys.device.type == device.type
-            and (units <= PASS_UNITS or (adaptive and err32 <= 2 * err64 + PASS_UNITS))
-        )
-        ok &= passed
-        verdict = "pass" if passed else "**FAIL**"
-        if adaptive and err64 > PASS_UNITS:
-            verdict += f" (the method's own float64 error is {err64:.0f} tolerance units)"
+    for case in agreement.cases(tol):
+        if names is not None and case.label not in names:
+            continue
+        r = agreement.check_solve(case, device, batch, n_outputs, tol)
+        ok &= r.passed
+        verdict = "pass" if r.passed else "**FAIL**"
+        if case.adaptive and r.err64 > agreement.PASS_UNITS:
+            verdict += f" (the method's own float64 error is {r.err64:.0f} tolerance units)"
         rows.append(
             [
-                f"`{name}`",
-                label,
-                f"{units:.3g}",
-                f"{err32:.3g}",
-                f"{err64:.3g}",
-                f"{_nfe(sol.stats.nfe)} / {_nfe(ref.stats.nfe)}",
+                f"`{case.label}`",
+                case.steps,
+                f"{r.units:.3g}",
+                f"{r.err32:.3g}",
+                f"{r.err64:.3g}",
+                f"{_nfe(r.nfe32)} / {_nfe(r.nfe64)}",
                 verdict,
             ]
         )
@@ -184,33 +111,25 @@ def correctness(device: torch.device, batch: int) -> tuple[str, bool]:
     )
 
     grad_rows = []
-    for mode, solver in (("backprop", neuralode.odeint), ("adjoint", neuralode.odeint_adjoint)):
-        grads = []
-        for func, dtype, dev in ((cpu_func, torch.float64, torch.device("cpu")), (dev_func, torch.float32, device)):
-            func.zero_grad(set_to_none=True)
-            y0g = y0.detach().to(dtype=dtype, device=dev).clone().requires_grad_(True)
-            ys = solver(func, y0g, t.to(dtype=dtype, device=dev), rtol=tol, atol=tol, method="dopri5")
-            ys.pow(2).sum().backward()
-            grads.append(
-                torch.cat([y0g.grad.flatten(), func.a.grad.flatten(), func.omega.grad.flatten()]).double().cpu()
-            )
-        rel = float((grads[1] - grads[0]).abs().max() / grads[0].abs().max())
-        passed = math.isfinite(rel) and rel <= 1e-3
+    for mode in ("backprop", "adjoint"):
+        rel = agreement.gradient_distance(mode, device, batch, n_outputs, tol)
+        passed = math.isfinite(rel) and rel <= agreement.GRAD_REL
         ok &= passed
         grad_rows.append([f"dopri5 {mode}", f"{rel:.2e}", "pass" if passed else "**FAIL**"])
     grad_table = markdown_table(
         ["gradient of sum(ys²) w.r.t. y0, a, ω", f"max |{device.type} f32 − cpu f64| / max |cpu f64|", "verdict"],
         grad_rows,
     )
+    units = agreement.PASS_UNITS
     text = (
         "## 1. Correctness against float64 CPU references\n\n"
-        f"Damped rotation (a = 0.1, ω = 2), batch {batch}, 11 outputs on [0, 5]. Tolerance units: "
-        f"|y − y_ref| / (1e-5 + 1e-5 |y_ref|); pass when the {device.type} float32 solve is within "
-        f"{PASS_UNITS:g} units of the same solve in float64 on the CPU (an adaptive one also when it is as close to the "
-        "closed form as the float64 solve: 2× its error + 10 units). The columns against the closed form show "
-        "each method's own error (large for the low-order fixed-step methods, as it should be).\n\n"
+        f"Damped rotation (a = 0.1, ω = 2), batch {batch}, {n_outputs} outputs on [0, {agreement.T_END:g}]. "
+        f"Tolerance units: |y − y_ref| / ({tol:g} + {tol:g} |y_ref|); pass when the {device.type} float32 solve is "
+        f"within {units:g} units of the same solve in float64 on the CPU (an adaptive one also when it is as close "
+        f"to the closed form as the float64 solve: 2× its error + {units:g} units). The columns against the closed "
+        "form show each method's own error (large for the low-order fixed-step methods, as it should be).\n\n"
         + table
-        + "\n\nGradients (pass: relative difference ≤ 1e-3):\n\n"
+        + f"\n\nGradients (pass: relative difference ≤ {agreement.GRAD_REL:g}):\n\n"
         + grad_table
     )
     return text, ok

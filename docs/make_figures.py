@@ -27,7 +27,7 @@ MNIST_DIR = ("--data-dir", str(_SHARED_MNIST)) if _SHARED_MNIST.is_dir() else ()
 #: name: (script, its arguments (the budget the tutorial states), figures it writes into --out).
 EXAMPLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "bouncing_ball": ("bouncing_ball.py", (), ("bouncing_ball.png",)),
-    "per_sample_vdp": ("per_sample_vdp.py", (), ("per_sample_steps.png",)),
+    "per_sample_vdp": ("per_sample_vdp.py", (), ("per_sample_steps.png", "per_sample_controllers.png")),
     "per_sample_bounces": ("per_sample_bounces.py", (), ("per_sample_bounces.png",)),
     "stiff_robertson": ("stiff_robertson.py", ("--iters", "40"), ("stiff_robertson.png",)),
     "cnf_2d": ("cnf_2d.py", ("--iterations", "150"), ("cnf_2d.png",)),

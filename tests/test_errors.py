@@ -8,7 +8,6 @@ the exception is exactly the documented type.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
@@ -20,9 +19,9 @@ from neuralode import METHODS, AdaptiveOptions, FixedOptions, SolverError, get_t
 F64 = torch.float64
 Y0 = torch.tensor([1.0, 2.0], dtype=F64)
 T = torch.tensor([0.0, 1.0], dtype=F64)
-# The valid keys are listed in the order of the option dataclasses' fields (the documented options).
-ADAPTIVE_KEYS = ", ".join(f.name for f in dataclasses.fields(AdaptiveOptions))
-FIXED_KEYS = ", ".join(f.name for f in dataclasses.fields(FixedOptions))
+# The valid keys are listed in the order of the option types' KEYS (the documented options).
+ADAPTIVE_KEYS = ", ".join(AdaptiveOptions.KEYS)
+FIXED_KEYS = ", ".join(FixedOptions.KEYS)
 
 
 def decay(t, y):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from neuralode.solvers.control.controller import CONTROLLERS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +51,15 @@ def test_per_sample_vdp_takes_fewer_steps_per_sample_at_the_same_accuracy(tmp_pa
     assert metrics["rows_evaluated_per_sample"] < metrics["rows_evaluated_joint"]
     # Per-sample control keeps each sample as close to the truth as the joint solve does.
     assert metrics["max_relative_error_per_sample"] < 3 * max(metrics["max_relative_error_joint"], 1e-5)
+    # Every controller on the per-sample clocks: each takes its own steps (the option reaches the per-sample
+    # controller), "pi" is the default, and each keeps every sample near the reference.
+    runs = metrics["controllers"]
+    assert set(runs) == set(CONTROLLERS)
+    assert (out / "per_sample_controllers.png").stat().st_size > 10_000
+    assert len({tuple(r["rejected"]) for r in runs.values()}) == len(CONTROLLERS)
+    assert sum(runs["pi"]["accepted"]) / 16 == metrics["per_sample_steps_mean"]
+    for r in runs.values():
+        assert len(r["error"]) == 16 and max(r["error"]) < 5 * max(metrics["max_relative_error_joint"], 1e-5)
 
 
 def test_per_sample_bounces_fits_every_ball_and_matches_solo_gradients(tmp_path):

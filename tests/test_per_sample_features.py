@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from neuralode import Event, solve
+from tests.registry import methods, order
 
 F64 = torch.float64
 PS = {"per_sample": True}
@@ -515,12 +516,28 @@ def test_adjoint_with_events_some_samples_without_any():
 # Dense output per sample: each sample's interpolant over its own steps.
 
 
-@pytest.mark.parametrize("method", ["dopri5", "dopri8", "bosh3", "adaptive_heun"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            n,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="dopri8_13m: the per-sample clock's outputs inside a step differ from the joint loop's by "
+                "~1e-9 relative (its step ends agree to rounding)",
+            ),
+        )
+        if n == "dopri8_13m"
+        else n
+        for n in methods("per_sample")
+    ],
+)
 def test_dense_output_per_sample_equals_solo_dense_outputs(method):
-    # dense (dopri5), dense with extra stages (dopri8), Hermite (bosh3: FSAL; adaptive_heun: not)
+    # Every per-sample method, so every interpolant kind: dense (dopri5), dense with extra stages (dopri8),
+    # Hermite (bosh3: FSAL; adaptive_heun: not).
     mu, y0, _ = _vdp_setup()
     t = torch.stack([torch.linspace(0.1 * i, 3 + 0.3 * i, 2, dtype=F64) for i in range(4)])
-    tol = 1e-4 if method == "adaptive_heun" else 1e-7  # second order: keep its step count small
+    tol = 1e-4 if order(method) < 3 else 1e-7  # second order: keep its step count small
     kw = dict(rtol=tol, atol=tol, method=method)
     sol = solve(_vdp(mu), y0, t, options={"per_sample": True, "dense": True}, **kw)
     q = torch.stack([torch.linspace(float(t[i, 0]), float(t[i, 1]), 9, dtype=F64) for i in range(4)])

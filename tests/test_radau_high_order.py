@@ -93,14 +93,16 @@ class _TightLoose(_Tight):
 
 
 def _one_step(h: float, tab=RADAU9):
-    from neuralode.solvers.methods.implicit_options import RadauOptions
+    from neuralode.solvers.methods.implicit_options import RadauOptions, RadauSettings
     from neuralode.solvers.methods.radau import make_stepper
     from neuralode.solvers.problem import _Problem
     from neuralode.solvers.solution import SolverStats
 
     y0 = _rot_exact(0.0)
     problem = _Problem(_rot, (y0,), False, SolverStats())
-    take = make_stepper(problem, tab, False, RadauOptions(dense_error=False), problem, _TightLoose())
+    take = make_stepper(
+        problem, tab, False, RadauOptions(method=RadauSettings(dense_error=False)), problem, _TightLoose()
+    )
     return take(0.0, 0.0, y0, None, h)[1]
 
 

@@ -16,9 +16,11 @@ import torch
 import torchdiffeq
 
 from neuralode import SolverError, get_tableau, odeint, solve
+from neuralode.solvers.control.controller import CONTROLLERS
 from neuralode.solvers.methods.stepper import rk_step
 from neuralode.solvers.methods.tableau import EXPLICIT_METHODS
 from tests.problems import PROBLEMS, kepler_angular_momentum, kepler_energy, scipy_reference
+from tests.registry import methods, order
 
 F64 = torch.float64
 ALL_METHODS = list(EXPLICIT_METHODS)
@@ -391,6 +393,8 @@ def test_user_norm_is_called_and_respected():
 # dtypes, time in float64, trivial time grids.
 
 
+# A sample (step_t and a fixed grid in float32); every method's float32 solve, and the float32 time its func
+# sees, are checked in test_method_conformance.
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8", "bosh3", "rk4"])
 def test_float32_state(method):
     p = PROBLEMS["harmonic"]
@@ -455,21 +459,32 @@ def _switch(t_switch: float, strict: bool):
     return func, exact
 
 
-@pytest.mark.parametrize("strict", [True, False], ids=["t<0.5", "t<=0.5"])
-@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+# Every adaptive method, from the registry.
+@pytest.mark.parametrize(
+    "method, strict",
+    [(m, s) for m in methods("adaptive", unwanted=("own_driver",)) for s in (True, False)],
+    ids=lambda v: {True: "t<0.5", False: "t<=0.5"}.get(v, v) if isinstance(v, bool) else v,
+)
 def test_jump_t_discontinuity(method, strict):
     func, exact = _switch(0.5, strict)
     y0, t = tensor([1.0]), tensor([0.0, 1.0])
-    rtol, atol = 1e-8, 1e-10
+    # Second-order pairs at 1e-5: at 1e-8 they take 10^4 steps.
+    rtol, atol = (1e-8, 1e-10) if order(method) >= 3 else (1e-5, 1e-7)
     plain = solve(func, y0, t, rtol=rtol, atol=atol, method=method)
     jump = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options={"jump_t": [0.5]})
     err_jump = tol_units(jump.ys[-1:], tensor([[exact(1.0)]]), rtol, atol)
-    # Stepping onto the discontinuity, nothing is rejected on its account and the solution is
-    # as accurate as on a smooth problem; without, the controller has to find the jump.
-    # (With strict=True this fails while the stages at c = 1 of the step that lands on a jump
-    # are evaluated at the jump time itself, i.e. in the 'after' regime: see the report.)
-    assert err_jump <= 10.0
-    assert jump.stats.n_rejected <= 1, jump.stats
+    # The same method on a smooth decay: fehlberg2 and rosenbrock23 miss their tolerance by 59 and 11 units even
+    # there (their global error is not held to the tolerance), the others are within it.
+    smooth = solve(lambda t, y: -y, y0, t, rtol=rtol, atol=atol, method=method)
+    err_smooth = tol_units(smooth.ys[-1:], tensor([[math.exp(-1.0)]]), rtol, atol)
+    # Stepping onto the discontinuity, nothing is rejected on its account (at most one more rejection than on
+    # the smooth problem) and the solution is as accurate as on a smooth problem; without, the controller has
+    # to find the jump.
+    # With strict=False func puts the jump time itself in the 'before' regime: the step from the jump takes f0
+    # and, for the implicit methods, its Jacobian just after it (one unit of the time dtype), on the side it
+    # integrates.
+    assert err_jump <= max(10.0, 3 * err_smooth), (err_jump, err_smooth)
+    assert jump.stats.n_rejected <= smooth.stats.n_rejected + 1, (jump.stats, smooth.stats)
     assert jump.stats.n_rejected < plain.stats.n_rejected
     assert jump.stats.nfe < plain.stats.nfe
 
@@ -523,7 +538,7 @@ def test_first_step_is_used(method):
     assert heuristic[1] != calls[1]
 
 
-@pytest.mark.parametrize("controller", ["pi", "i"])
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("method", ["dopri5", "tsit5"])
 def test_controllers(method, controller):
     p = PROBLEMS["vdp"]

@@ -16,7 +16,7 @@ from neuralode.solvers.methods.rosenbrock import RosenbrockState
 from neuralode.solvers.methods.rosenbrock import make_stepper as make_rosenbrock_stepper
 from neuralode.solvers.methods.stepper import Stepper
 from neuralode.solvers.methods.tableau import TSIT5
-from neuralode.solvers.options import AdaptiveOptions
+from neuralode.solvers.options import AdaptiveOptions, StepControl
 from neuralode.solvers.problem import _Problem
 from neuralode.solvers.solution import SolverStats
 
@@ -63,13 +63,13 @@ def test_radau_polynomial_changes_only_when_the_loop_accepts():
 def test_radau_newton_failure_is_a_shrink_not_an_error_estimate():
     y0, h = torch.tensor([1.0, 2.0], dtype=F64), 10.0
     problem, error = _problem(_decay, y0)
-    take = make_stepper(problem, RADAU5, False, ImplicitOptions(dfactor=0.5), problem, error)
+    take = make_stepper(problem, RADAU5, False, ImplicitOptions(control=StepControl(dfactor=0.5)), problem, error)
     _, step = take(0, 0.0, y0, None, h, problem)
     # RADAU5's reduction 0.8 * 20^(-1/8) = 0.55 is within the limit 0.5 of the controller's rejections.
     assert step.y_err is None and step.y1 is y0 and abs(step.shrink - 0.8 * 20.0 ** (-1.0 / 8.0)) < 1e-15
     take.settle(False)
     assert take.state.expect == ("retry", 0.0, y0) and take.state.eta == 1.0
-    take2 = make_stepper(problem, RADAU5, False, ImplicitOptions(dfactor=0.7), problem, error)
+    take2 = make_stepper(problem, RADAU5, False, ImplicitOptions(control=StepControl(dfactor=0.7)), problem, error)
     assert take2(0, 0.0, y0, None, h, problem)[1].shrink == 0.7
 
 

@@ -9,14 +9,33 @@ from .api import METHODS, odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events.core import Event
 from .methods import Capabilities, Method
-from .methods.implicit_options import ImplicitOptions
+from .methods.implicit_options import ImplicitOptions, ImplicitSettings, RadauSettings
 from .methods.registry import IMPLICIT_METHODS, get_tableau
 from .methods.tableau import ButcherTableau
-from .options import AdaptiveOptions, FixedOptions
+from .options import (
+    AdamsSettings,
+    AdaptiveOptions,
+    Execution,
+    FixedGrid,
+    FixedOptions,
+    Options,
+    Output,
+    StepControl,
+    Stops,
+)
 from .problem import Perturb
 from .solution import EventRecord, Solution, SolverStats
 
 __all__ = [
+    "AdamsSettings",
+    "Execution",
+    "FixedGrid",
+    "ImplicitSettings",
+    "Options",
+    "Output",
+    "RadauSettings",
+    "StepControl",
+    "Stops",
     "IMPLICIT_METHODS",
     "METHODS",
     "AdaptiveOptions",

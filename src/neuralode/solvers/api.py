@@ -44,8 +44,7 @@ from .loop import no_event_found, solve_joint
 from .methods.base import Method
 from .methods.registry import DEFAULT_METHOD, METHODS, MethodRegistry, method_names, resolve
 from .options import (
-    AdaptiveOptions,
-    FixedOptions,
+    Options,
     _accepts_keyword,
     _check_state,
     _check_times,
@@ -57,6 +56,7 @@ from .options import (
     all_finite,
     check_method_dtype,
     check_tolerance_resolution,
+    refuse_records,
 )
 from .problem import _Problem, check_step_callbacks
 from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
@@ -132,7 +132,7 @@ def _run(
     rtol,
     atol,
     method: Method,
-    opts: AdaptiveOptions | FixedOptions,
+    opts: Options,
     events: tuple[Event, ...],
     parts: tuple[torch.Tensor, ...] | None = None,
 ) -> Solution:
@@ -140,7 +140,7 @@ def _run(
     times as floats; the last may be ``±inf`` (run until a terminal event). ``parts``: the state's
     components as ``_check_state`` returned them, where the caller has checked ``y0`` already (the
     finiteness check is a host synchronisation; once per solve is enough)."""
-    if method.capabilities.per_sample and opts.per_sample:
+    if method.capabilities.per_sample and opts.execution.per_sample:
         raise ValueError(
             "options['per_sample'] does not support torchdiffeq's event_fn interface; watch per-sample events "
             "with solve(..., events=[Event(...)], options={'per_sample': True}), or drop per_sample."
@@ -165,8 +165,8 @@ def _run(
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
     problem.direction = direction
-    problem.pass_perturb = opts.perturb and _accepts_keyword(func, "perturb")
-    side0 = 1 if (opts.perturb and not method.capabilities.adaptive) else 0
+    problem.pass_perturb = opts.stops.perturb and _accepts_keyword(func, "perturb")
+    side0 = 1 if (opts.stops.perturb and not method.capabilities.adaptive) else 0
     # A forward-mode tangent of t takes the same route as its gradient (the shift below is linear in t).
     needs_t_grad = t.requires_grad or forward_mode_active(t)
     y_start = problem.flatten(parts)
@@ -200,7 +200,7 @@ def _run(
         refuse_with_checkpoints(events, forward)
     if not method.capabilities.adaptive:
         if math.isinf(t_end):
-            stops = InfiniteGrid(t0, direction, opts.step_size)
+            stops = InfiniteGrid(t0, direction, opts.control.step_size)
         else:
             grid = _fixed_grid(opts, times, func, y0, t)
             # Compiled chunks make their stage times as one tensor (compiled_chunks.py).
@@ -208,9 +208,9 @@ def _run(
             # memory than the grid itself on a long grid, where creating each at its call costs little.
             c = method.tableau.c
             if len(grid) * len(c) <= CACHED_TIMES and not (
-                opts.compile
+                opts.execution.compile
                 and fast.compiled_chunks.can_chunk(
-                    problem, method, opts, grid, events, True if opts.dense else None, None
+                    problem, method, opts, grid, events, True if opts.output.dense else None, None
                 )
             ):
                 problem.cache_times([g0 + ci * (g1 - g0) for g0, g1 in zip(grid, grid[1:]) for ci in c])
@@ -224,20 +224,21 @@ def _run(
         def inside(s: float) -> bool:
             return (s - t0) * direction > 0 and (t_end - s) * direction > 0
 
-        stops = sorted({s for s in opts.step_t + opts.jump_t if inside(s)}, key=lambda s: s * direction) + [t_end]
-        jumps = frozenset(opts.jump_t)
+        at, ctl = opts.stops, opts.control
+        stops = sorted({s for s in at.step_t + at.jump_t if inside(s)}, key=lambda s: s * direction) + [t_end]
+        jumps = frozenset(at.jump_t)
         k = min(method.order, method.error_order) + 1
-        controller = StepSizeController(opts.controller, opts.safety, opts.ifactor, opts.dfactor, k)
-        error = (_PrimalErrorNorm if forward else _ErrorNorm)(problem, rtol_v, atol_v, opts.norm)
-        if opts.first_step is not None:
-            dt0 = direction * opts.first_step
+        controller = StepSizeController(ctl.controller, ctl.safety, ctl.ifactor, ctl.dfactor, k)
+        error = (_PrimalErrorNorm if forward else _ErrorNorm)(problem, rtol_v, atol_v, ctl.norm)
+        if ctl.first_step is not None:
+            dt0 = direction * ctl.first_step
         else:
             dt0 = direction * initial_step(problem, t0, y_solve, f0, direction, method.order, error.scaled)
 
     event_set = None
     if events:
         event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.t_dtype).eps)
-    dense = DenseOutput(direction, problem.unflatten, t0) if opts.dense else None
+    dense = DenseOutput(direction, problem.unflatten, t0) if opts.output.dense else None
     config = method.step_config(opts, rtol_v, atol_v)
     try:
         with torch.enable_grad() if forward else contextlib.nullcontext():
@@ -359,7 +360,7 @@ def solve(
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
     method: str | None = DEFAULT_METHOD,
-    options: dict | None = None,
+    options: dict | Options | None = None,
     events: Sequence[Event] | Event | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and report the solution at the times ``t``.
@@ -383,7 +384,10 @@ def solve(
             broadcastable to the state, or for tuple states a tuple with one entry per tensor.
         method: a key of ``neuralode.METHODS``, which lists every name accepted (default ``"dopri5"``;
             ``None`` means the default).
-        options: method options; see :class:`AdaptiveOptions` and :class:`FixedOptions`.
+        options: method options: torchdiffeq's dict (``{"max_step": 0.1}``), or the same as records by
+            concern, :class:`~neuralode.solvers.options.Options` (``Options(control=StepControl(max_step=0.1))``);
+            the keys each method takes are listed on its options type (:class:`AdaptiveOptions`,
+            :class:`FixedOptions`, :class:`ImplicitOptions`).
         events: :class:`~neuralode.solvers.events.core.Event` objects to watch. Located events are
             listed in ``Solution.events``; a terminal one ends the solve and the output times
             after it are left out (``Solution.ts`` is shortened to the times reached).
@@ -403,6 +407,7 @@ def solve(
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     parts = _check_state(y0)
+    options = options_dict(options, method)
     per_sample = isinstance(options, dict) and options.get("per_sample", False) is not False
     times = None if per_sample else _check_times(t)  # per-sample mode takes (B, T) times too
     m = resolve(method)
@@ -418,6 +423,17 @@ def solve(
 
         return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events))
     return _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events), parts=parts)
+
+
+def options_dict(options: Any, method: Any, argument: str = "options") -> Any:
+    """``options`` given as :class:`~neuralode.solvers.options.Options`, in torchdiffeq's dict form for
+    ``method`` (a name or a :class:`Method`), so that everything past the public boundary reads one form;
+    a dict or ``None`` as it is; a bare concern record refused saying where it belongs."""
+    if isinstance(options, Options):
+        return options.as_dict(resolve(method), argument)
+    if options is not None and not isinstance(options, dict):
+        refuse_records(options, argument)
+    return options
 
 
 def no_events(method: Method) -> str:
@@ -436,9 +452,10 @@ def event_mode(func, y0, t: torch.Tensor, method, options, event_fn):
     m = resolve(method)
     if not m.capabilities.events:
         raise ValueError(no_events(m))
+    options = options_dict(options, m)
     opts = _parse_options(options, m)
     if not (isinstance(options, dict) and "max_num_steps" in options):
-        opts = dataclasses.replace(opts, max_num_steps=EVENT_MAX_STEPS)
+        opts = opts.replace_keys({"max_num_steps": EVENT_MAX_STEPS})
     return m, opts, _event_times(t, m, opts), (Event(event_fn, terminal=True),)
 
 
@@ -467,7 +484,7 @@ def _event_times(t: torch.Tensor, method: Method, opts) -> list[float]:
             f"earlier time for the direction); got {len(times)} times. Use solve(..., events=[Event(...)]) "
             "to watch events while filling many output times."
         )
-    if not method.capabilities.adaptive and opts.step_size is None:
+    if not method.capabilities.adaptive and opts.control.step_size is None:
         raise ValueError(
             f"Event handling with the fixed-step method {method.name!r} needs options['step_size'] "
             "(there is no last time to build a grid to), as in torchdiffeq."
@@ -493,7 +510,7 @@ def odeint(
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
     method: str | None = DEFAULT_METHOD,
-    options: dict | None = None,
+    options: dict | Options | None = None,
     event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor] | None = None,
 ):
     """Solve an ODE and return the states at the times ``t``: a drop-in for torchdiffeq's ``odeint``.
@@ -569,7 +586,7 @@ def odeint_dense(
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
     method: str | None = DEFAULT_METHOD,
-    options: dict | None = None,
+    options: dict | Options | None = None,
 ) -> Solution:
     """Solve once over ``[t0, t1]`` and keep the dense output: torchdiffeq's ``odeint_dense``.
 
@@ -590,6 +607,7 @@ def odeint_dense(
 
     ta, tb = as_time("t0", t0), as_time("t1", t1)
     t = torch.cat([ta, tb.to(ta.dtype)])
+    options = options_dict(options, method)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict or None; got {_type_name(options)}.")
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options={**(options or {}), "dense": True})

@@ -3,6 +3,39 @@
 Everything a user passes to :func:`~neuralode.solvers.api.solve` is checked here, once, before
 the loop starts: the state, the output times, tolerances and the method's options. Errors are
 ``TypeError``/``ValueError`` naming the argument, the value received and how to fix it.
+
+Options by concern
+------------------
+torchdiffeq takes a solve's options as one flat dict. Read by what they decide, its keys fall into
+five groups, and a solve carries one frozen record per group (:class:`Options`):
+
+* ``control``: how long each step is. :class:`StepControl` for adaptive methods (``first_step``,
+  ``min_step``, ``max_step``, ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``controller``,
+  ``norm``, ``at_min_step``), :class:`FixedGrid` for fixed-step ones (``step_size``,
+  ``grid_constructor``, ``max_num_steps``). They are alternatives, not layers: a method has one or the
+  other, and each has its own step budget, so they are two records rather than one with fields that
+  half the methods refuse.
+* ``stops``: :class:`Stops`, where steps must end and which side of a discontinuity ``func`` is
+  evaluated on (``step_t``, ``jump_t``, ``perturb``). All three are about the times at which ``func``
+  may change character; on a fixed grid every grid point is such a time, which is what ``perturb``
+  acts on there.
+* ``output``: :class:`Output`, what the solve keeps besides the states at ``t`` (``dense``,
+  ``interp``).
+* ``execution``: :class:`Execution`, how the same mathematics is run (``checkpoint``, ``compile``,
+  ``compile_steps``, ``per_sample``, ``dtype``, ``stiffness``): none of them changes the steps an
+  ordinary solve takes.
+* ``method``: what one family of methods alone reads: :class:`AdamsSettings` (``max_order``,
+  ``max_iters``), the implicit methods' ``ImplicitSettings`` and ``RadauSettings``
+  (:mod:`~neuralode.solvers.methods.implicit_options`), or ``None``.
+
+The grouping follows who reads what: the step-size controller and the first step read ``control``
+alone, the list of stop times ``stops``, the dense output ``output``, the choice of driver (compiled,
+checkpointed, per sample) ``execution``, and a method's stepper its ``method`` record. Every field keeps
+torchdiffeq's key as its name, so the dict and the records name each option the same way, and the
+dict stays the one form the parser checks: an :class:`Options` a user passes is flattened to the
+dict of its non-default fields (:meth:`Options.as_dict`) at the public boundary. The parsed options
+are an instance of the method's ``options_type`` (:class:`AdaptiveOptions`, :class:`FixedOptions`,
+...), whose flat attributes (``opts.max_step``) read through to the records.
 """
 
 from __future__ import annotations
@@ -11,8 +44,9 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,61 +60,36 @@ AT_MIN_STEP = ("error", "accept")
 BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends options["compile"] may name
 
 
+# --------------------------------------------------------------------------------------------
+# Option records, one per concern (the grouping is explained in the module docstring).
+
+
 @dataclass(frozen=True)
-class AdaptiveOptions:
-    """Options of adaptive methods, spelled as torchdiffeq spells them.
+class StepControl:
+    """How an adaptive method chooses its steps (``Options.control`` of adaptive methods).
+
+    Each field is named as torchdiffeq's ``options`` key and defaults to the value a solve without
+    that key uses.
 
     Attributes:
-        first_step: initial step size; by default chosen by Hairer's heuristic.
-        min_step: steps are never smaller (a step landing on an output time or ``step_t`` may
-            be). What happens to a step that fails the error test and cannot be made smaller is
+        first_step: the first step tried (``first_step``). Default ``None``: chosen by Hairer's
+            heuristic from ``f(t0, y0)`` and the tolerances.
+        min_step: steps are never smaller (``min_step``, default 0.0); a step that lands on an output
+            time or a ``step_t`` may be. What a step that fails the error test at ``min_step`` does is
             ``at_min_step``'s choice.
-        max_step: steps are never larger.
-        max_num_steps: most steps (accepted and rejected) for the whole solve.
-        step_t: times to step exactly onto (e.g. where the dynamics change character).
-        jump_t: discontinuities of ``func`` in time: stepped onto, and ``func`` is evaluated
-            afresh just after them instead of reusing the last stage (FSAL).
-        norm: ``norm(scaled_error) -> scalar`` replacing the RMS norm; receives a tensor shaped
-            like ``y0``, or a tuple for tuple states.
-        safety, ifactor, dfactor: step-size controller parameters (see ``controller.py``).
-        controller: ``"pi"`` (default of the explicit methods), ``"i"``, ``"gustafsson"``
-            (Gustafsson's predictive control as in RADAU5) or ``"pi_gustafsson"`` (PI with the
-            predictive cap; the default of the stiff methods, see ``ImplicitOptions``); the
-            formulas are in ``controller.py``.
-        checkpoint: backpropagate with gradient checkpointing: keep only each step's input
-            state for backward and recompute its stages then (memory ~ one state per step
-            instead of every stage's activations, for about one extra forward pass).
-        checkpoints: ``K`` (an int >= 2): backpropagate storing at most ``K`` states, whatever the
-            number of steps, and recompute the rest in the backward pass (Griewank and Walther's
-            revolve; the name is diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``). Gradients are
-            those of backpropagation through the same solve, to rounding. Explicit Runge-Kutta methods
-            only, ``func`` a ``torch.nn.Module``; not with ``checkpoint``, ``compile``, ``per_sample``,
-            ``dense``, events or forward-mode derivatives (see
-            :mod:`neuralode.solvers.adjoint.recursive`).
-        dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives
-            the solution at any time of the solved span afterwards (memory ~ the stages of
-            every step).
-        perturb: call ``func(t, y, perturb=neuralode.Perturb...)`` when ``func`` takes a
-            ``perturb`` keyword (torchdiffeq's option; at ``jump_t`` the stages are evaluated
-            on the side they belong to, with or without it).
-        compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default
-            when ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and
-            error estimate, as one ``torch.compile(fullgraph=True)`` graph (see
-            :mod:`neuralode.solvers.methods.compiled` for when that pays).
-        dtype: the dtype time is carried in, as torchdiffeq's option (``torch.float32`` for
-            devices without float64, such as Apple's MPS). neuralode carries time as Python
-            floats on the host, so no float64 tensor reaches the device either way; this option
-            is checked and accepted for compatibility.
-        stiffness: ``"error"`` (default): methods with two stages at ``c = 1`` (dopri5, tsit5,
-            dopri8) watch for stiffness at no cost in evaluations and raise ``SolverError`` naming
-            the stiff methods when the step is held at the stability limit (Hairer's test, see
-            ``stiffness.py``) and the solve has taken 500 steps; ``"off"``: run on regardless.
-        per_sample: ``True``: the first dimension of the state is a batch of independent
-            samples, each with its own time, step size and error control; ``t`` may be
-            ``(B, T)`` and ``func`` receives ``t`` of shape ``(B,)`` (see
-            :mod:`neuralode.solvers.per_sample`). ``"compact"``: the same, and finished samples
-            are dropped from the batch passed to ``func`` when fewer than half are active
-            (``func`` must then accept any batch size). ``False`` (default): one clock.
+        max_step: steps are never larger (``max_step``, default ``inf``).
+        max_num_steps: the most steps, accepted and rejected, of the whole solve (``max_num_steps``,
+            default ``2**31 - 1``).
+        safety, ifactor, dfactor: the controller's safety factor (default 0.9) and the most a step may
+            grow (default 10.0) or shrink (default 0.2) from one step to the next (torchdiffeq's keys
+            of the same names; the formulas are in ``controller.py``).
+        controller: ``"pi"``, ``"i"``, ``"gustafsson"`` (Gustafsson's predictive control, as in
+            RADAU5) or ``"pi_gustafsson"`` (PI with the predictive cap). Default ``None``: the
+            method's own, ``"pi"`` for the explicit methods and ``auto``, ``"pi_gustafsson"`` for the
+            stiff methods (see ``ImplicitOptions``). A neuralode option.
+        norm: ``norm(scaled_error) -> scalar`` replacing the RMS norm of the error estimate
+            (``norm``); receives a tensor shaped like ``y0``, or a tuple for tuple states. Default
+            ``None``: the RMS norm.
         at_min_step: what a step that fails the error test at ``min_step`` does. ``"error"``
             (default): the solve stops with ``SolverError`` (t, dt, the error ratio), since no
             smaller step is allowed that could meet ``rtol``/``atol``. ``"accept"``: the step is
@@ -88,90 +97,378 @@ class AdaptiveOptions:
             the solve warns (``RuntimeWarning``, once per solve) that its result is outside the
             tolerances there. Implicit methods whose Newton iteration fails at ``min_step`` still
             raise: an unconverged stage is not a solution of any step. Not available with
-            ``per_sample``.
+            ``per_sample``. A neuralode option.
     """
 
     first_step: float | None = None
     min_step: float = 0.0
     max_step: float = math.inf
     max_num_steps: int = 2**31 - 1
-    step_t: tuple[float, ...] = ()
-    jump_t: tuple[float, ...] = ()
-    norm: Callable[[Any], Any] | None = None
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
-    controller: str = "pi"
-    checkpoint: bool = False
-    checkpoints: int | None = None
-    dense: bool = False
-    perturb: bool = False
-    dtype: torch.dtype | None = None
-    compile: bool | str = False
-    stiffness: str = "error"
-    per_sample: bool | str = False
+    controller: str | None = None
+    norm: Callable[[Any], Any] | None = None
     at_min_step: str = "error"
 
 
 @dataclass(frozen=True)
-class FixedOptions:
-    """Options of fixed-step methods, spelled as torchdiffeq spells them.
-
-    Attributes:
-        step_size: the step; the grid runs from ``t[0]`` in steps of ``step_size`` and its last
-            step is shortened to end on ``t[-1]``.
-        grid_constructor: ``grid_constructor(func, y0, t) -> grid``, a 1-D tensor of times from
-            ``t[0]`` to ``t[-1]``.
-        interp: how output times between grid points are filled in: ``"linear"`` (default, as in
-            torchdiffeq) or ``"cubic"`` (Hermite, one more evaluation of ``func`` per step).
-        checkpoint: gradient checkpointing per step, as for :class:`AdaptiveOptions`.
-        checkpoints: at most ``K`` stored states in backpropagation, as for :class:`AdaptiveOptions`.
-        dense: keep every step's interpolant for :meth:`Solution.evaluate`, as for
-            :class:`AdaptiveOptions`.
-        perturb: as torchdiffeq's option: every step evaluates its first stage one unit of the
-            time dtype after its start and its stages at the end one unit before it, so a
-            ``func`` with a discontinuity at a grid point sees each side from its own step; a
-            ``func`` taking a ``perturb`` keyword is told which (``neuralode.Perturb``). The
-            implicit methods' Jacobians and Newton iterations, and ``interp="cubic"``'s
-            ``f(t1, y1)``, are evaluated on the step's side too.
-        compile: the step under ``torch.compile``, as for :class:`AdaptiveOptions`; on a fixed
-            grid ``compile_steps`` steps are compiled as one graph (see
-            :mod:`neuralode.solvers.fast.compiled_chunks`).
-        compile_steps: with ``compile``, at most how many consecutive grid steps one compiled
-            call takes (default 32; ``1``: one step per call). The chunk size is chosen to keep
-            ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with events, step callbacks,
-            ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled step per call.
-        max_num_steps: most steps of the solve (default 1,000,000). A grid is counted before it is
-            built and a longer one refused with its count (a grid is a list of its times: 10^9 steps
-            would be 32 GB); an event search on a grid (no last time) stops after this many steps.
+class FixedGrid:
+    """The grid of a fixed-step method (``Options.control`` of fixed-step methods).
 
     Without ``step_size`` and ``grid_constructor`` the grid is ``t`` itself.
+
+    Attributes:
+        step_size: the step (``step_size``); the grid runs from ``t[0]`` in steps of ``step_size``
+            and its last step is shortened to end on ``t[-1]``. Default ``None``.
+        grid_constructor: ``grid_constructor(func, y0, t) -> grid`` (``grid_constructor``), a 1-D
+            tensor of times from ``t[0]`` to ``t[-1]``. Default ``None``. Exclusive with ``step_size``.
+        max_num_steps: the most steps of the solve (``max_num_steps``, default 1,000,000). A grid is
+            counted before it is built and a longer one refused with its count (a grid is a list of
+            its times: 10^9 steps would be 32 GB); an event search on a grid (no last time) stops
+            after this many steps.
     """
 
     step_size: float | None = None
     grid_constructor: Callable[..., torch.Tensor] | None = None
-    interp: str = "linear"
-    checkpoint: bool = False
-    checkpoints: int | None = None
-    dense: bool = False
-    perturb: bool = False
-    compile: bool | str = False
-    compile_steps: int = 32
     max_num_steps: int = 10**6
 
 
 @dataclass(frozen=True)
-class AdamsOptions(FixedOptions):
-    """Options of the Adams methods: those of fixed-step methods, plus torchdiffeq's
+class Stops:
+    """Where steps must end, and the side of a discontinuity ``func`` is evaluated on (``Options.stops``).
+
+    Attributes:
+        step_t: times to step exactly onto, e.g. where the dynamics change character (``step_t``,
+            adaptive methods). Default ``()``.
+        jump_t: discontinuities of ``func`` in time (``jump_t``, adaptive methods): stepped onto, and
+            ``func`` is evaluated afresh just after them instead of reusing the last stage (FSAL).
+            Default ``()``.
+        perturb: torchdiffeq's ``perturb`` (default ``False``). Adaptive methods: call
+            ``func(t, y, perturb=neuralode.Perturb...)`` when ``func`` takes a ``perturb`` keyword (at
+            ``jump_t`` the stages are evaluated on the side they belong to, with or without it). Fixed
+            grids: every step evaluates its first stage one unit of the time dtype after its start and
+            its stages at the end one unit before it, so a ``func`` with a discontinuity at a grid
+            point sees each side from its own step; a ``func`` taking a ``perturb`` keyword is told
+            which. The implicit methods' Jacobians and Newton iterations, and ``interp="cubic"``'s
+            ``f(t1, y1)``, are evaluated on the step's side too.
+    """
+
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
+    perturb: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a solve keeps besides the states at ``t`` (``Options.output``).
+
+    Attributes:
+        dense: keep every accepted step's interpolant, so that :meth:`Solution.evaluate` gives the
+            solution at any time of the solved span afterwards (memory ~ the stages of every step).
+            Default ``False``. A neuralode option.
+        interp: how a fixed-step method fills in output times between grid points (``interp``):
+            ``"linear"`` (default, as in torchdiffeq) or ``"cubic"`` (Hermite, one more evaluation of
+            ``func`` per step). Adaptive methods always use their own interpolant.
+    """
+
+    dense: bool = False
+    interp: str = "linear"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a solve is run; none of these changes the steps an ordinary solve takes (``Options.execution``).
+
+    Attributes:
+        checkpoint: backpropagate with gradient checkpointing: keep only each step's input state for
+            backward and recompute its stages then (memory ~ one state per step instead of every
+            stage's activations, for about one extra forward pass). Default ``False``. A neuralode
+            option.
+        checkpoints: ``K`` (an int >= 2): backpropagate storing at most ``K`` states, whatever the
+            number of steps, and recompute the rest in the backward pass (Griewank and Walther's
+            revolve; the name is diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``). Gradients are
+            those of backpropagation through the same solve, to rounding. Default ``None`` (off).
+            Explicit Runge-Kutta methods only, ``func`` a ``torch.nn.Module``; not with ``checkpoint``,
+            ``compile``, ``per_sample``, ``dense``, events or forward-mode derivatives (see
+            :mod:`neuralode.solvers.adjoint.recursive`). A neuralode option.
+        compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default when
+            ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and error
+            estimate, as one ``torch.compile(fullgraph=True)`` graph (see
+            :mod:`neuralode.solvers.methods.compiled` for when that pays). Default ``False``.
+        compile_steps: with ``compile`` on a fixed grid, at most how many consecutive grid steps one
+            compiled call takes (default 32; ``1``: one step per call; see
+            :mod:`neuralode.solvers.fast.compiled_chunks`). The chunk size is chosen to keep
+            ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with
+            events, step callbacks, ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled
+            step per call. Fixed-step methods only.
+        per_sample: ``True``: the first dimension of the state is a batch of independent samples,
+            each with its own time, step size and error control; ``t`` may be ``(B, T)`` and ``func``
+            receives ``t`` of shape ``(B,)`` (see :mod:`neuralode.solvers.per_sample`). ``"compact"``:
+            the same, and finished samples are dropped from the batch passed to ``func`` when fewer
+            than half are active (``func`` must then accept any batch size). ``False`` (default): one
+            clock. Explicit adaptive methods only.
+        dtype: the dtype time is carried in (torchdiffeq's ``dtype``; ``torch.float32`` for devices
+            without float64, such as Apple's MPS). neuralode carries time as Python floats on the
+            host, so no float64 tensor reaches the device either way; the option is checked and
+            accepted for compatibility. Default ``None``. Adaptive methods only.
+        stiffness: ``"error"`` (default): methods with two stages at ``c = 1`` (dopri5, tsit5, dopri8)
+            watch for stiffness at no cost in evaluations and raise ``SolverError`` naming the stiff
+            methods when the step is held at the stability limit (Hairer's test, see
+            ``stiffness.py``) and the solve has taken 500 steps; ``"off"``: run on regardless.
+            Adaptive methods only.
+    """
+
+    checkpoint: bool = False
+    checkpoints: int | None = None
+    compile: bool | str = False
+    compile_steps: int = 32
+    per_sample: bool | str = False
+    dtype: torch.dtype | None = None
+    stiffness: str = "error"
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Base of the records of options only one family of methods reads (``Options.method``)."""
+
+
+@dataclass(frozen=True)
+class AdamsSettings(MethodSettings):
+    """Options of the Adams methods (``explicit_adams``, ``implicit_adams``, ``fixed_adams``).
 
     Attributes:
         max_order: the history holds at most ``max_order - 1`` derivatives, so Adams–Bashforth
-            reaches order ``max_order - 1`` (default 12, the most torchdiffeq allows).
-        max_iters: corrector iterations per step of ``implicit_adams`` (default 4).
+            reaches order ``max_order - 1`` (torchdiffeq's ``max_order``; default 12, the most
+            torchdiffeq allows).
+        max_iters: corrector iterations per step of ``implicit_adams`` (torchdiffeq's ``max_iters``;
+            default 4).
     """
 
     max_order: int = ADAMS_MAX_ORDER
     max_iters: int = ADAMS_MAX_ITERS
+
+
+RECORDS: dict[str, tuple[type, ...]] = {
+    "control": (StepControl, FixedGrid),
+    "stops": (Stops,),
+    "output": (Output,),
+    "execution": (Execution,),
+    "method": (MethodSettings,),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """A solve's options, one record per concern: the typed form of torchdiffeq's ``options`` dict.
+
+    ``solve(f, y0, t, options=Options(control=StepControl(max_step=0.1), stops=Stops(jump_t=(1.0,))))``
+    solves exactly as ``options={"max_step": 0.1, "jump_t": (1.0,)}`` does. A record left ``None``,
+    and a field left at its default, is as if not given: the method's own defaults apply. Each field
+    is checked by the same rules as the dict's key of the same name, and refused the same way by a
+    method that does not take it.
+
+    The options a solve carries once parsed are an instance of the method's ``options_type`` (a
+    subclass: :class:`AdaptiveOptions`, :class:`FixedOptions`, :class:`ImplicitOptions`, ...) with
+    every record filled in. Every torchdiffeq key is also a read-only attribute of it
+    (``opts.max_step`` is ``opts.control.max_step``), read once per solve.
+
+    Attributes:
+        control: :class:`StepControl` (adaptive methods) or :class:`FixedGrid` (fixed-step methods).
+        stops: :class:`Stops`.
+        output: :class:`Output`.
+        execution: :class:`Execution`.
+        method: the options of one family of methods: :class:`AdamsSettings`,
+            :class:`~neuralode.solvers.methods.implicit_options.ImplicitSettings`,
+            :class:`~neuralode.solvers.methods.implicit_options.RadauSettings`; ``None`` for the others.
+    """
+
+    control: StepControl | FixedGrid | None = None
+    stops: Stops | None = None
+    output: Output | None = None
+    execution: Execution | None = None
+    method: MethodSettings | None = None
+
+    # The torchdiffeq keys a method with these options takes, in the order its errors list them.
+    KEYS: ClassVar[tuple[str, ...]] = ()
+    # The controller a StepControl without one gets in the parsed options of a method (StepControl.controller);
+    # None here: an Options a user writes leaves it to the method.
+    default_controller: ClassVar[str | None] = None
+
+    def __post_init__(self) -> None:
+        for name, types in RECORDS.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, types):
+                raise TypeError(
+                    f"Options({name}=...) must be {' or '.join(_a(t.__name__) for t in types)} (or None); "
+                    f"got {_type_name(value)}."
+                    + (f" It belongs in Options({_slot_of(value)}=...)." if _slot_of(value) else "")
+                )
+        control = self.control
+        if isinstance(control, StepControl) and control.controller is None and self.default_controller is not None:
+            object.__setattr__(self, "control", replace(control, controller=self.default_controller))
+
+    @classmethod
+    def defaults(cls) -> Options:
+        """The options of a solve given none: one shared instance per options type (records are frozen)."""
+        made = cls.__dict__.get("_defaults")
+        if made is None:
+            made = cls()
+            cls._defaults = made
+        return made
+
+    @classmethod
+    def from_keys(cls, values: dict[str, Any]) -> Options:
+        """The method's options with torchdiffeq's keys ``values`` (already checked) set in their records."""
+        return cls.defaults().replace_keys(values) if values else cls.defaults()
+
+    def replace_keys(self, values: dict[str, Any]) -> Options:
+        """A copy with torchdiffeq's keys ``values`` set in the records that hold them.
+
+        Built from the records' ``vars`` rather than ``dataclasses.replace``: parsing runs once per solve,
+        and for small systems the solve itself takes tens of microseconds, so its set-up should not.
+        """
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            groups.setdefault(CONCERN_OF[key], {})[key] = value
+        records = dict(vars(self))
+        for name, kv in groups.items():
+            record = records[name]
+            records[name] = type(record)(**{**vars(record), **kv})
+        return type(self)(**records)
+
+    def as_dict(self, method: Any, argument: str = "options") -> dict[str, Any]:
+        """torchdiffeq's dict form of these options for ``method`` (a
+        :class:`~neuralode.solvers.methods.base.Method`): the fields set to other than their defaults,
+        under their keys. A record of the wrong kind for the method (a :class:`FixedGrid` for an adaptive
+        method, another family's method record) is refused naming it."""
+        kind = method.options_type
+        expected = kind.defaults() if isinstance(kind, type) and issubclass(kind, Options) else None
+        out: dict[str, Any] = {}
+        for name in RECORDS:
+            record = getattr(self, name)
+            if record is None:
+                continue
+            if expected is not None:
+                want = getattr(expected, name)
+                if want is None or not isinstance(want, type(record)):
+                    takes = f"takes {_a(type(want).__name__)}" if want is not None else "takes none"
+                    raise TypeError(
+                        f"{argument}.{name} is {_a(_type_name(record))}, but method={method.name!r} {takes}; "
+                        + _RECORD_HINT.get(type(record), "leave it out.")
+                    )
+            for f in fields(record):
+                value = getattr(record, f.name)
+                default = f.default
+                if not (value is default or (type(value) is type(default) and value == default)):
+                    out[f.name] = value
+        return out
+
+
+_RECORD_HINT = {
+    StepControl: "StepControl sets the steps of adaptive methods; give a FixedGrid to a fixed-step method.",
+    FixedGrid: "FixedGrid sets the grid of fixed-step methods; give a StepControl to an adaptive method.",
+}
+
+
+def _a(name: str) -> str:
+    """``name`` with its indefinite article: "a StepControl", "an Output"."""
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
+def _slot_of(record: Any) -> str | None:
+    """The field of :class:`Options` a concern record belongs in, or ``None``."""
+    return next((name for name, types in RECORDS.items() if isinstance(record, types)), None)
+
+
+def refuse_records(options: Any, argument: str = "options") -> None:
+    """Refuse a concern record given where a dict or :class:`Options` belongs, saying where it goes."""
+    slot = _slot_of(options)
+    if slot is not None:
+        kind = _type_name(options)
+        raise TypeError(
+            f"{argument} must be a dict, a neuralode.Options or None; got a bare {kind}. Give it inside "
+            f"Options: {argument}=neuralode.Options({slot}={kind}(...))."
+        )
+
+
+# Which record of Options holds each torchdiffeq key.
+CONCERN_OF: dict[str, str] = {
+    **{f.name: "control" for f in fields(StepControl)},
+    **{f.name: "control" for f in fields(FixedGrid)},
+    **{f.name: "stops" for f in fields(Stops)},
+    **{f.name: "output" for f in fields(Output)},
+    **{f.name: "execution" for f in fields(Execution)},
+    **{f.name: "method" for f in fields(AdamsSettings)},
+    # the implicit methods' keys (methods/implicit_options.py), named here so that options.py imports no method
+    "jacobian": "method",
+    "batch_dims": "method",
+    "dense_error": "method",
+}
+
+
+def _flat(key: str, concern: str) -> property:
+    # attrgetter reads both attributes in C: about as fast as the field of a flat record.
+    return property(
+        attrgetter(f"{concern}.{key}"), doc=f"``{concern}.{key}`` (torchdiffeq's ``options[{key!r}]``), read-only."
+    )
+
+
+# Every torchdiffeq key is a read-only attribute of parsed options, delegating to its record: the
+# loops read ``opts.max_step`` as they did when the options were one flat record. A key whose record
+# lacks it (``min_step`` of a fixed grid) raises AttributeError, as a missing field did.
+for _key, _concern in CONCERN_OF.items():
+    setattr(Options, _key, _flat(_key, _concern))
+del _key, _concern
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions(Options):
+    """Parsed options of the explicit adaptive methods (``dopri5``, ``tsit5``, ...): an :class:`Options`
+    with a :class:`StepControl` and no method record. Keys: ``first_step``, ``min_step``, ``max_step``,
+    ``max_num_steps``, ``step_t``, ``jump_t``, ``norm``, ``safety``, ``ifactor``, ``dfactor``,
+    ``controller``, ``checkpoint``, ``checkpoints``, ``dense``, ``perturb``, ``dtype``, ``compile``,
+    ``stiffness``, ``per_sample``, ``at_min_step``; each is documented on the record that holds it."""
+
+    control: StepControl = field(default_factory=StepControl)
+    stops: Stops = field(default_factory=Stops)
+    output: Output = field(default_factory=Output)
+    execution: Execution = field(default_factory=Execution)
+
+    default_controller = "pi"
+    KEYS = (
+        "first_step", "min_step", "max_step", "max_num_steps", "step_t", "jump_t", "norm", "safety", "ifactor",
+        "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "stiffness",
+        "per_sample", "at_min_step",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FixedOptions(Options):
+    """Parsed options of the fixed-step methods (``euler``, ``rk4``, ...): an :class:`Options` with a
+    :class:`FixedGrid`. Keys: ``step_size``, ``grid_constructor``, ``interp``, ``checkpoint``, ``checkpoints``,
+    ``dense``, ``perturb``, ``compile``, ``compile_steps``, ``max_num_steps``; each is documented on the
+    record that holds it."""
+
+    control: FixedGrid = field(default_factory=FixedGrid)
+    stops: Stops = field(default_factory=Stops)
+    output: Output = field(default_factory=Output)
+    execution: Execution = field(default_factory=Execution)
+
+    KEYS = (
+        "step_size", "grid_constructor", "interp", "checkpoint", "checkpoints", "dense", "perturb", "compile",
+        "compile_steps", "max_num_steps",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AdamsOptions(FixedOptions):
+    """Parsed options of the Adams methods: :class:`FixedOptions` with :class:`AdamsSettings`
+    (``max_order``, ``max_iters``)."""
+
+    method: AdamsSettings = field(default_factory=AdamsSettings)
+
+    KEYS = FixedOptions.KEYS + ("max_order", "max_iters")
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,22 +893,32 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
-    """``options`` (a dict or ``None``) checked and parsed into ``method.options_type``, the record of the
+def _parse_options(options: Any, method: Any) -> Options:
+    """``options`` (a dict, an :class:`Options` or ``None``) checked and parsed into ``method.options_type``, the record of the
     :class:`~neuralode.solvers.methods.base.Method` ``method``: :class:`AdaptiveOptions` or :class:`FixedOptions`
     for the explicit Runge-Kutta methods, :class:`AdamsOptions`, the implicit methods' types (which add the
     Jacobian's options). An option the method's capabilities exclude (``compile``, ``per_sample``) is refused
     naming it. A method with its own driver parses its own options."""
+    if isinstance(options, Options):
+        options = options.as_dict(method)
+    elif options is not None and not isinstance(options, dict):
+        refuse_records(options)
     if method.capabilities.own_driver:
         return method.parse_options(options)
     kind = method.options_type
     if options is None:
-        return kind()
+        return kind.defaults()
     if not isinstance(options, dict):
         raise TypeError(f"options must be a dict or None; got {_type_name(options)}.")
-    valid = [f.name for f in fields(kind)]
+    valid = kind.KEYS
     for key in options:
         if key not in valid:
+            if isinstance(options[key], (Options, *(t for types in RECORDS.values() for t in types))):
+                raise TypeError(
+                    f"options[{key!r}] is a {_type_name(options[key])} record inside a dict of torchdiffeq's keys; "
+                    "give either the dict (options={'max_step': 0.1}) or the records "
+                    "(options=neuralode.Options(control=StepControl(max_step=0.1))), not one inside the other."
+                )
             if key == "per_sample" and issubclass(kind, FixedOptions):
                 raise ValueError(
                     f"options['per_sample'] works with the explicit adaptive methods (dopri5, tsit5, dopri8, bosh3, ...); "
@@ -684,7 +991,7 @@ def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
             it = o.get("max_iters", ADAMS_MAX_ITERS)
             if isinstance(it, bool) or not isinstance(it, int) or it < 1:
                 raise ValueError(f"options['max_iters'] must be a positive integer; got {it!r}.")
-        return kind(**o)
+        return kind.from_keys(o)
     if o.get("first_step") is not None:
         o["first_step"] = _positive("first_step", o["first_step"])
     if "min_step" in o:
@@ -734,7 +1041,7 @@ def _parse_options(options: Any, method: Any) -> AdaptiveOptions | FixedOptions:
             )
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
-    return kind(**o)
+    return kind.from_keys(o)
 
 
 def _check_checkpoints(o: dict, method: Any) -> None:
@@ -759,35 +1066,38 @@ def _check_checkpoints(o: dict, method: Any) -> None:
 
 
 def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[float]:
+    """The grid of a fixed-step solve as floats, from ``opts.control`` (a :class:`FixedGrid`) and the output times."""
+    spec = opts.control
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
-    if opts.step_size is not None:
-        ratio = abs(t_end - t0) / opts.step_size
+    if spec.step_size is not None:
+        ratio = abs(t_end - t0) / spec.step_size
         n = round(ratio)
         # A span that is a whole number of steps up to rounding gets exactly that many steps,
         # rather than one extra step of length ~1e-16.
         n = n if n >= 1 and abs(ratio - n) <= 1e-9 * max(ratio, 1.0) else math.ceil(ratio)
         # Counted before it is built: a list of 10^9 times is 32 GB of Python floats.
-        if n > opts.max_num_steps:
+        if n > spec.max_num_steps:
             raise ValueError(
-                f"options['step_size']={opts.step_size!r} over the span {t0!r} to {t_end!r} makes a grid of {n} steps, "
-                f"more than options['max_num_steps']={opts.max_num_steps}; use a larger step_size, a shorter span, an "
+                f"options['step_size']={spec.step_size!r} over the span {t0!r} to {t_end!r} makes a grid of {n} steps, "
+                f"more than options['max_num_steps']={spec.max_num_steps}; use a larger step_size, a shorter span, an "
                 "adaptive method (e.g. 'dopri5'), or raise options['max_num_steps'] if that many steps are meant."
             )
-        return [t0 + direction * i * opts.step_size for i in range(n)] + [t_end]
-    if opts.grid_constructor is not None:
-        if not _accepts(opts.grid_constructor, 3):
+        h = spec.step_size
+        return [t0 + direction * i * h for i in range(n)] + [t_end]
+    if spec.grid_constructor is not None:
+        if not _accepts(spec.grid_constructor, 3):
             raise TypeError(
                 "options['grid_constructor'] must be callable as grid_constructor(func, y0, t) -> grid "
-                f"(three arguments, as in torchdiffeq); got {_describe(opts.grid_constructor)}."
+                f"(three arguments, as in torchdiffeq); got {_describe(spec.grid_constructor)}."
             )
-        grid = opts.grid_constructor(func, y0, t)
+        grid = spec.grid_constructor(func, y0, t)
         if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
             raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least two times.")
-        if grid.numel() - 1 > opts.max_num_steps:
+        if grid.numel() - 1 > spec.max_num_steps:
             raise ValueError(
                 f"options['grid_constructor'] returned a grid of {grid.numel() - 1} steps, more than "
-                f"options['max_num_steps']={opts.max_num_steps}; return a coarser grid or raise options['max_num_steps']."
+                f"options['max_num_steps']={spec.max_num_steps}; return a coarser grid or raise options['max_num_steps']."
             )
         g = grid.detach().to("cpu", torch.float64).tolist()
         tol = 1e-12 * max(1.0, abs(t0), abs(t_end))

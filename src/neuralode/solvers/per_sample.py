@@ -329,7 +329,9 @@ class SampleClock:
         else:
             dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm.scaled)
         self.dt = dt
-        self.min_step, self.max_step = opts.min_step, opts.max_step
+        control = opts.control  # read once: the loop's per-step tests use these numbers
+        self.min_step, self.max_step = control.min_step, control.max_step
+        self.max_num_steps, self.dfactor = control.max_num_steps, control.dfactor
         self.zeros_l = zeros_l = torch.zeros(B, dtype=torch.long, device=dev)
         self.control = controller.init(t)
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -410,7 +412,7 @@ class SampleClock:
             self._compact()
             active = ~self.done
         self.active = active
-        rows, t, T, opts = self.rows, self.t, self.T, self.opts
+        rows, t, T = self.rows, self.t, self.T
         self.fb.rows = rows
         self.tol_rows = rows if self.compact else None
         self.calls_before = self.stats.calls
@@ -427,9 +429,9 @@ class SampleClock:
         # fused test decides whether the two are told apart.
         tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
         any_tiny = any_too_many = False
-        if bool((active & (tiny | (n_steps >= opts.max_num_steps))).any()):
+        if bool((active & (tiny | (n_steps >= self.max_num_steps))).any()):
             tiny = active & tiny
-            too_many = active & (n_steps >= opts.max_num_steps)
+            too_many = active & (n_steps >= self.max_num_steps)
             any_tiny, any_too_many = bool(tiny.any()), bool(too_many.any())
         if any_tiny:
             arrive = tiny & lands
@@ -458,7 +460,7 @@ class SampleClock:
             h = -h
         if any_too_many:
             i = int(too_many.nonzero()[0])
-            raise too_many_steps(opts.max_num_steps, float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
+            raise too_many_steps(self.max_num_steps, float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
         self.h, self.dt_abs, self.lands, self.t_stop, self.remaining, self.n_steps = (
             h,
             dt_abs,
@@ -502,7 +504,7 @@ class SampleClock:
             if not bool(self.finite_f0):
                 i = int((~torch.isfinite(ratio)).nonzero()[0])
                 raise non_finite("derivative", float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
-            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * self.opts.dfactor <= 4 * TIME_EPS * t.abs())
+            stuck = rejected & ~torch.isfinite(ratio) & (dt_abs * self.dfactor <= 4 * TIME_EPS * t.abs())
             if bool(stuck.any()):
                 i = int(stuck.nonzero()[0])
                 raise non_finite("state", float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
@@ -523,11 +525,12 @@ class SampleClock:
         """The accepted steps' interpolant (the Method's, evaluated per row: ``at_rows``); its Hermite form
         takes ``f(t + h, y1)``, from FSAL where the method has it."""
         t, h = self.t, self.h
-        self.t1 = torch.where(self.lands, self.t_stop, t + h)
+        t_h = t + h
+        self.t1 = torch.where(self.lands, self.t_stop, t_h)
         self.y_end = step.y1
         f1 = step.k[-1] if self.tableau.fsal else None
         fb = self.fb
-        return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t + h, 0, fb)
+        return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t_h, 0, fb)
 
     def events(self, step: StepResult, interp: StepInterpolant):
         """Each crossing sample's step cut at its first event (located on its interpolant); returns

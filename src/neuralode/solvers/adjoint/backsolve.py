@@ -70,12 +70,21 @@ from typing import Any
 
 import torch
 
-from ..api import _event_result, _run, event_mode, no_events, solve, with_event_budget
+from ..api import _event_result, _run, event_mode, no_events, options_dict, solve, with_event_budget
 from ..control.norms import seminorm, seminorm_a
 from ..events.core import Event, apply_reset, attach_event_gradient, check_events, ravel
 from ..methods.base import Method
 from ..methods.registry import resolve
-from ..options import _check_state, _check_times, _check_tolerance, _parse_options, _type_name, all_finite, time_dtype
+from ..options import (
+    Options,
+    _check_state,
+    _check_times,
+    _check_tolerance,
+    _parse_options,
+    _type_name,
+    all_finite,
+    time_dtype,
+)
 from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
 from ..solution import Solution, SolverStats, TensorOrTuple
 from .common import (
@@ -488,11 +497,11 @@ def solve_adjoint(
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
     method: str | None = "dopri5",
-    options: dict | None = None,
+    options: dict | Options | None = None,
     adjoint_rtol: float | torch.Tensor | tuple | None = None,
     adjoint_atol: float | torch.Tensor | tuple | None = None,
     adjoint_method: str | None = None,
-    adjoint_options: dict | None = None,
+    adjoint_options: dict | Options | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
     events: Sequence[Event] | Event | None = None,
 ) -> Solution:
@@ -539,6 +548,8 @@ def solve_adjoint(
     if not callable(func):  # its signature is checked by the forward solve's first call
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     _check_state(y0)
+    options = options_dict(options, method)
+    adjoint_options = options_dict(adjoint_options, adjoint_method or method, "adjoint_options")
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
         adjoint_options, interpolate = _split_interpolate(adjoint_options)
         if interpolate:
@@ -774,12 +785,12 @@ def odeint_adjoint(
     rtol: float | torch.Tensor | tuple = 1e-7,
     atol: float | torch.Tensor | tuple = 1e-9,
     method: str | None = "dopri5",
-    options: dict | None = None,
+    options: dict | Options | None = None,
     event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor] | None = None,
     adjoint_rtol: float | torch.Tensor | tuple | None = None,
     adjoint_atol: float | torch.Tensor | tuple | None = None,
     adjoint_method: str | None = None,
-    adjoint_options: dict | None = None,
+    adjoint_options: dict | Options | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
 ) -> TensorOrTuple:
     """Drop-in for torchdiffeq's ``odeint_adjoint``: :func:`solve_adjoint` returning only ``ys``.
@@ -793,6 +804,8 @@ def odeint_adjoint(
     custom ``adjoint_options["norm"]`` is called as torchdiffeq calls it, on
     ``(t, y, adj_y, *adj_params)``, but its ``t`` entry is always 0 (see :func:`solve_adjoint`).
     """
+    options = options_dict(options, method)
+    adjoint_options = options_dict(adjoint_options, adjoint_method or method, "adjoint_options")
     kw = dict(
         rtol=rtol,
         atol=atol,

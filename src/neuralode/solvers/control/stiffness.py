@@ -77,7 +77,7 @@ class StiffnessDetector:
         """A detector for this :class:`~neuralode.solvers.methods.base.Method` and its options, or ``None``
         (not an adaptive explicit Runge-Kutta method, no two stages at c = 1, or ``stiffness="off"``)."""
         tableau = method.explicit_tableau
-        if tableau is None or not method.capabilities.adaptive or opts.stiffness == "off":
+        if tableau is None or not method.capabilities.adaptive or opts.execution.stiffness == "off":
             return None
         at_one = [i for i, c in enumerate(tableau.c) if c == 1.0]
         if len(at_one) < 2:

@@ -47,12 +47,12 @@ def choose(problem, method, opts, stops, events, dense, error, method_config) ->
     a fixed grid) and ``method_config`` (an Adams method's, else ``None``). Called where the solve
     runs, under the same autograd mode: checkpointing matters only while autograd records.
     """
-    if opts.compile:
+    if opts.execution.compile:
         if compiled_chunks.can_chunk(problem, method, opts, stops, events, dense, error):
             return CHUNKS
         return COMPILED
     on_step = problem.callbacks[0]
-    perturb = bool(opts.perturb) and error is None  # as the loop reads it
+    perturb = bool(opts.stops.perturb) and error is None  # as the loop reads it
     if fixed_grid.applies(problem, method, opts, error, events, dense, on_step, perturb, stops, method_config):
         return FIXED_GRID
     return LOOP
@@ -75,7 +75,7 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
     """
     tableau = method.tableau
     if path == CHUNKS:
-        backend = "inductor" if opts.compile is True else opts.compile
+        backend = "inductor" if opts.execution.compile is True else opts.execution.compile
         result = compiled_chunks.integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
         if result is not None:
             return result, None

@@ -153,11 +153,11 @@ def can_chunk(problem, method, opts, stops, events, dense, error) -> bool:
     return (
         error is None
         and method.explicit_tableau is not None
-        and opts.compile_steps > 1
+        and opts.execution.compile_steps > 1
         and not events
         and dense is None
-        and not opts.perturb
-        and opts.interp == "linear"
+        and not opts.stops.perturb
+        and opts.output.interp == "linear"
         and isinstance(stops, list)
         and problem.callbacks[0] is None
         and problem.dtype not in (torch.float16, torch.bfloat16)
@@ -183,7 +183,7 @@ def integrate_chunked(
     key = (
         tableau.name,
         backend,
-        opts.compile_steps,
+        opts.execution.compile_steps,
         problem.is_tuple,
         tuple(tuple(s) for s in problem.shapes),
         problem.dtype,
@@ -197,7 +197,7 @@ def integrate_chunked(
     if last is not None and last[0] == grid:
         plan = last[1]
     else:
-        plan = _grid_plan(grid, tableau, opts.compile_steps, problem)
+        plan = _grid_plan(grid, tableau, opts.execution.compile_steps, problem)
         if plan is None:
             return None
         per_func[key] = (grid, plan)

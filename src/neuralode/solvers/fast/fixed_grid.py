@@ -53,8 +53,8 @@ def applies(problem, method, opts, error, events, dense, on_step, perturb, stops
         and method_config is None
         and isinstance(stops, list)
         and method.explicit_tableau is not None
-        and not opts.compile
-        and not (opts.checkpoint and torch.is_grad_enabled())
+        and not opts.execution.compile
+        and not (opts.execution.checkpoint and torch.is_grad_enabled())
         and problem.plain
     )
 

@@ -187,7 +187,7 @@ class ESDIRKStepper(ImplicitStepper):
         super().__init__(func, tab, checkpoint, opts, problem, error)
         self.stats = problem.stats
         self.batch_dims = resolve_batch_dims(opts, problem)
-        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.jac = opts.method.jacobian if callable(opts.method.jacobian) else None
         self.min_step = getattr(opts, "min_step", 0.0)
         self.dfactor = getattr(opts, "dfactor", 0.2)
         self.rows = [_nz(r) for r in tab.a]
@@ -198,7 +198,16 @@ class ESDIRKStepper(ImplicitStepper):
     def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         st = self.state
         lin = linearise(
-            self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling=st.J is None
+            self.problem,
+            self.jac,
+            self.f_tensor,
+            t,
+            y,
+            f0,
+            self.batch_dims,
+            h,
+            check_coupling=st.J is None,
+            side=self.side,
         )
         st.J, st.t, st.y, st.lu, st.lu_h = lin.J, t, y, None, None
 

@@ -87,16 +87,16 @@ class ExplicitRK(Method):
         self.explicit_tableau = tableau
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        if opts.compile:
+        if opts.execution.compile:
             from .compiled import compiled_stepper
 
-            backend = "inductor" if opts.compile is True else opts.compile
+            backend = "inductor" if opts.execution.compile is True else opts.execution.compile
             return FunctionStepper(compiled_stepper(problem, self.tableau, backend, problem.stats))
         return checkpointed(RKStepper(problem, self.tableau), checkpoint)
 
     def interpolant(self, opts) -> type[StepInterpolant]:
         if not self.capabilities.adaptive:
-            return fixed_grid_interpolant(opts.interp)
+            return fixed_grid_interpolant(opts.output.interp)
         return explicit_interpolant(self.tableau)
 
 
@@ -127,10 +127,11 @@ class Adams(Method):
 
     def step_config(self, opts: AdamsOptions, rtol, atol) -> SimpleNamespace:
         """The orders and the corrector's iteration limit and tolerances (``rtol``/``atol`` as checked)."""
-        return SimpleNamespace(max_order=opts.max_order, max_iters=opts.max_iters, rtol=rtol, atol=atol)
+        adams = opts.method
+        return SimpleNamespace(max_order=adams.max_order, max_iters=adams.max_iters, rtol=rtol, atol=atol)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return checkpointed(AdamsStepper(problem, self.tableau, config), checkpoint)
 
     def interpolant(self, opts) -> type[StepInterpolant]:
-        return fixed_grid_interpolant(opts.interp)
+        return fixed_grid_interpolant(opts.output.interp)

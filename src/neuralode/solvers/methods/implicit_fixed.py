@@ -41,12 +41,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from ..errors import SolverError
 from ..options import FixedOptions
+from .implicit_options import ImplicitSettings
 from .jacobian import ImplicitStepper, autograd_linearisation, checked_jacobian
 
 NEWTON_MAX_ITER = 20
@@ -54,16 +54,13 @@ NEWTON_MAX_ITER = 20
 
 @dataclass(frozen=True)
 class ImplicitFixedOptions(FixedOptions):
-    """:class:`FixedOptions` plus ``jacobian`` and ``batch_dims`` as for the adaptive implicit methods
-    (:class:`~neuralode.solvers.methods.implicit_options.ImplicitOptions`)."""
+    """Parsed options of the fixed-step implicit methods: :class:`FixedOptions` with
+    :class:`~neuralode.solvers.methods.implicit_options.ImplicitSettings` (``jacobian``, ``batch_dims``), as
+    for the adaptive implicit methods."""
 
-    jacobian: str | Callable[..., Any] = "batched"
-    batch_dims: int | None = None
+    method: ImplicitSettings = field(default_factory=ImplicitSettings)
 
-    def __post_init__(self) -> None:
-        from .implicit_options import ImplicitOptions
-
-        ImplicitOptions(jacobian=self.jacobian, batch_dims=self.batch_dims)  # the same checks
+    KEYS = FixedOptions.KEYS + ("jacobian", "batch_dims")
 
 
 @dataclass(frozen=True)
@@ -206,7 +203,7 @@ def _step_function(func, tab: ImplicitRK, opts, problem, state: ImplicitFixedSta
 
     stats = problem.stats
     batch_dims = resolve_batch_dims(opts, problem)
-    jac = opts.jacobian if callable(opts.jacobian) else None
+    jac = opts.method.jacobian if callable(opts.method.jacobian) else None
     user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
     s = tab.stages
     # The side of the step's start that f0 is taken from: with options['perturb'] the loop evaluates it just

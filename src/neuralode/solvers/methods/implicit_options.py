@@ -1,27 +1,28 @@
-"""Options of the implicit (stiff) methods: the adaptive options plus how the Jacobian is formed."""
+"""Options of the implicit (stiff) methods: the adaptive options plus how the Jacobian is formed.
+
+:class:`ImplicitSettings` and :class:`RadauSettings` are the ``Options.method`` records of these methods
+(see :mod:`neuralode.solvers.options` for the records by concern); :class:`ImplicitOptions`,
+:class:`RadauOptions` and :class:`AutoOptions` are the parsed options the methods carry.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import AdaptiveOptions
+from ..options import AdaptiveOptions, MethodSettings
 
 JACOBIAN_KINDS = ("batched", "dense")
 
 
 @dataclass(frozen=True)
-class ImplicitOptions(AdaptiveOptions):
-    """Options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5`` and ``radau5/9/13`` (the adaptive stiff methods):
-    :class:`AdaptiveOptions` plus
+class ImplicitSettings(MethodSettings):
+    """How the implicit methods form the Jacobian ``J = df/dy`` (``Options.method`` of ``rodas5p``,
+    ``rosenbrock23``, ``kvaerno5`` and the fixed-step implicit methods). neuralode options.
 
     Attributes:
-        controller: as for the explicit methods, but the default is ``"pi_gustafsson"``: PI control
-            with Gustafsson's predictive cap (see ``controller.py``), which on the stiff benchmark
-            problems keeps PI's errors and cuts the rejected steps at the fast transients (Van der
-            Pol mu = 1000, OREGO, HIRES; ``benchmarks/results/stiff.md``).
-        jacobian: how ``J = df/dy`` is formed.
+        jacobian: how ``J`` is formed.
 
             * ``"batched"`` (default): by autograd, one ``n x n`` block per sample, the leading
               ``batch_dims`` dimensions of the state indexing independent systems. The first Jacobian of
@@ -36,7 +37,6 @@ class ImplicitOptions(AdaptiveOptions):
             as a matrix, a model with batch normalisation) needs ``jacobian="dense"`` or ``batch_dims=0``.
     """
 
-    controller: str = "pi_gustafsson"
     jacobian: str | Callable[..., Any] = "batched"
     batch_dims: int | None = None
 
@@ -55,8 +55,8 @@ class ImplicitOptions(AdaptiveOptions):
 
 
 @dataclass(frozen=True)
-class RadauOptions(ImplicitOptions):
-    """Options of ``radau5``, ``radau9`` and ``radau13``: :class:`ImplicitOptions` plus
+class RadauSettings(ImplicitSettings):
+    """``Options.method`` of ``radau5``, ``radau9`` and ``radau13``: :class:`ImplicitSettings` plus
 
     Attributes:
         dense_error: whether the step's error estimate also bounds the error of the collocation polynomial
@@ -74,8 +74,36 @@ class RadauOptions(ImplicitOptions):
 
 
 @dataclass(frozen=True)
-class AutoOptions(ImplicitOptions):
-    """Options of ``method="auto"``: :class:`ImplicitOptions` with the explicit methods' default controller,
-    ``"pi"``, so that on a problem that never turns stiff ``auto`` is tsit5 step for step."""
+class ImplicitOptions(AdaptiveOptions):
+    """Parsed options of ``rodas5p``, ``rosenbrock23``, ``kvaerno5`` and ``radau5/9/13`` (the adaptive stiff
+    methods): :class:`~neuralode.solvers.options.AdaptiveOptions` with :class:`ImplicitSettings`
+    (``jacobian``, ``batch_dims``).
 
-    controller: str = "pi"
+    The controller (``StepControl.controller``) defaults to ``"pi_gustafsson"``: PI control with
+    Gustafsson's predictive cap (see ``controller.py``), which on the stiff benchmark problems keeps PI's
+    errors and cuts the rejected steps at the fast transients (Van der Pol mu = 1000, OREGO, HIRES;
+    ``benchmarks/results/stiff.md``).
+    """
+
+    method: ImplicitSettings = field(default_factory=ImplicitSettings)
+
+    KEYS = AdaptiveOptions.KEYS + ("jacobian", "batch_dims")
+    default_controller = "pi_gustafsson"
+
+
+@dataclass(frozen=True)
+class RadauOptions(ImplicitOptions):
+    """Parsed options of ``radau5``, ``radau9`` and ``radau13``: :class:`ImplicitOptions` with
+    :class:`RadauSettings` (adding ``dense_error``)."""
+
+    method: RadauSettings = field(default_factory=RadauSettings)
+
+    KEYS = ImplicitOptions.KEYS + ("dense_error",)
+
+
+@dataclass(frozen=True)
+class AutoOptions(ImplicitOptions):
+    """Parsed options of ``method="auto"``: :class:`ImplicitOptions` with the explicit methods' default
+    controller, ``"pi"``, so that on a problem that never turns stiff ``auto`` is tsit5 step for step."""
+
+    default_controller = "pi"

@@ -427,14 +427,24 @@ def counted_flat_func(problem) -> Callable[[torch.Tensor, torch.Tensor], torch.T
 
 
 def linearise(
-    problem, jac, f_tensor, t: float, y: torch.Tensor, f0: torch.Tensor, batch_dims: int, h: float, check_coupling: bool
+    problem,
+    jac,
+    f_tensor,
+    t: float,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    batch_dims: int,
+    h: float,
+    check_coupling: bool,
+    side: int = 0,
 ) -> Linearisation:
     """``J`` at ``(t, y)`` for an iterative implicit stepper, counted in ``problem.stats.n_jac_evals``: from the
     user's ``jac`` callable when given (checked against the state's shape), else by autograd, with a graph
     when the state or ``f0`` carry one (backpropagation through the solve), checking the declared batch
-    coupling when ``check_coupling`` (the solve's first Jacobian)."""
+    coupling when ``check_coupling`` (the solve's first Jacobian). ``side`` +1: the step starts at a jump of
+    ``func`` (``jump_t``), whose Jacobian is taken just after it, on the side the step integrates, as ``f0``."""
     problem.stats.n_jac_evals += 1
-    tt = problem.time(t)
+    tt = problem.time(t, side)
     if jac is not None:
         user_shape = tuple(problem.shapes[0]) if not problem.is_tuple else (sum(problem.sizes),)
         return callable_linearisation(jac, f_tensor, tt, y, f0, batch_dims, h, problem.unflatten, user_shape)
@@ -475,15 +485,20 @@ class ImplicitStepper(Stepper):
             error,
         )
         self.delegated = False  # the last attempt was taken by a stepper built for another stage function
+        # +1 while the step being taken starts just after a jump of func: f0 and the Jacobian are taken on that side
+        self.side = 0
 
     def __call__(self, side, t, y, f0, h, stage=None, memory=None):
         if f0 is None and side:  # just after a jump: the steps below take f0 at (t, y) only
             f0 = self.problem(t, y, side)
         if stage is None or stage is self.func:
             self.delegated = False
+            self.side = side
             return self.step(t, y, f0, h)
         self.delegated = True
-        return type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error).step(t, y, f0, h)
+        other = type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error)
+        other.side = side
+        return other.step(t, y, f0, h)
 
     def step(self, t: float, y: torch.Tensor, f0, h: float):
         raise NotImplementedError

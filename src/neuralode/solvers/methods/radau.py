@@ -416,7 +416,7 @@ class RadauStepper(ImplicitStepper):
         super().__init__(func, tab, checkpoint, opts, problem, error)
         self.stats = problem.stats
         self.batch_dims = resolve_batch_dims(opts, problem)
-        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.jac = opts.method.jacobian if callable(opts.method.jacobian) else None
         self.min_step = getattr(opts, "min_step", 0.0)
         self.dfactor = getattr(opts, "dfactor", 0.2)
         c, s = tab.c, tab.stages
@@ -460,7 +460,16 @@ class RadauStepper(ImplicitStepper):
     def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         st = self.state
         lin = linearise(
-            self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling=st.J is None
+            self.problem,
+            self.jac,
+            self.f_tensor,
+            t,
+            y,
+            f0,
+            self.batch_dims,
+            h,
+            check_coupling=st.J is None,
+            side=self.side,
         )
         st.J, st.jy, st.jt, st.lu_h = lin.J, y, t, None
 

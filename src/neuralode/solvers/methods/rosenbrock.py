@@ -268,8 +268,8 @@ def rosenbrock_dense(y0: torch.Tensor, y1: torch.Tensor, u, tab: RosenbrockTable
 
 def resolve_batch_dims(opts, problem) -> int:
     """The number of leading state dimensions that index independent systems (see ``ImplicitOptions``)."""
-    jac = opts.jacobian
-    k = opts.batch_dims
+    jac = opts.method.jacobian
+    k = opts.method.batch_dims
     if isinstance(jac, str) and jac == "dense":
         return 0
     shape = problem.shapes[0]
@@ -327,7 +327,7 @@ class RosenbrockStepper(ImplicitStepper):
         super().__init__(func, tab, checkpoint, opts, problem, error)
         self.stats = problem.stats
         self.batch_dims = resolve_batch_dims(opts, problem)
-        self.jac = opts.jacobian if callable(opts.jacobian) else None
+        self.jac = opts.method.jacobian if callable(opts.method.jacobian) else None
         self.f_tensor = counted_flat_func(problem)
         self.state = RosenbrockState()
         if checkpoint and torch.is_grad_enabled():
@@ -343,7 +343,7 @@ class RosenbrockStepper(ImplicitStepper):
         if not self.checkpoint and self._current(t, y):
             return st.lin
         self.stats.n_jac_evals += 1
-        tt = problem.time(t)
+        tt = problem.time(t, self.side)  # just after a jump (jump_t) on the side the step integrates, as f0
         checked, time_dependent = flags if flags is not None else (st.checked, st.time_dependent)
         if self.jac is not None:
             lin = callable_linearisation(

@@ -104,7 +104,7 @@ class ImplicitFixed(Method):
         return make_fixed_stepper(problem, self.tableau, checkpoint, opts, problem, error)
 
     def interpolant(self, opts) -> type[StepInterpolant]:
-        return fixed_grid_interpolant(opts.interp)
+        return fixed_grid_interpolant(opts.output.interp)
 
 
 class Auto(Method):
