@@ -169,3 +169,15 @@ def test_forward_mode_is_refused():
     t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="cannot carry forward-mode"):
         torch.func.jvp(lambda y: odeint(func, y, t, options={"checkpoints": 3}), (y0,), (y0,))
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    # The checkpoints live as long as the graph: a second backward (retain_graph=True) re-runs them.
+    func = Field()
+    y0 = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 3, dtype=torch.float64)
+    ys = odeint(func, y0, t, options={"checkpoints": 2})
+    first = torch.autograd.grad(ys.sum(), [y0, *func.parameters()], retain_graph=True)
+    second = torch.autograd.grad(ys.sum(), [y0, *func.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert float(first[0].abs().max()) > 0

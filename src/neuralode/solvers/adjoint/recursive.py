@@ -293,7 +293,6 @@ class _RecursiveCheckpoint(torch.autograd.Function):
         count = schedule(run, advance, back)
         LAST_BACKWARD.clear()
         LAST_BACKWARD.update(n_recomputed_steps=count.recomputed, max_stored_states=count.peak)
-        run.store = {}  # the checkpoints are spent
         g_f0 = adj["f"] if log and not log[0].fresh else None
         return (None, adj["y"], g_f0, *g_params)
 
