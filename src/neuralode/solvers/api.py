@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from . import fast
+from .adjoint.recursive import solve_recursive
 from .control.controller import ConstantController, StepSizeController, initial_step
 from .control.norms import _ErrorNorm, _PrimalErrorNorm
 from .errors import SolverError
@@ -193,6 +194,10 @@ def _run(
     # paths for solves without autograd write into buffers with out= kernels, which forward mode refuses).
     forward = forward_mode_active(*parts, t, f0)
     problem.forward_mode = forward
+    # options['checkpoints'] replaces backpropagation's graph by its own backward pass: only while autograd records.
+    recursive = opts.checkpoints is not None and torch.is_grad_enabled() and not forward
+    if opts.checkpoints is not None:
+        refuse_with_checkpoints(events, forward)
     if not method.capabilities.adaptive:
         if math.isinf(t_end):
             stops = InfiniteGrid(t0, direction, opts.control.step_size)
@@ -239,8 +244,27 @@ def _run(
         with torch.enable_grad() if forward else contextlib.nullcontext():
             # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
             # loop takes what it leaves: the whole solve, or the rest from where it stopped.
-            path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
-            result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats)
+            if recursive:  # the loop on a recording host clock, as one autograd node (adjoint/recursive.py)
+                result = solve_recursive(
+                    func,
+                    problem,
+                    y_solve,
+                    f0,
+                    times,
+                    method=method,
+                    opts=opts,
+                    stops=stops,
+                    jumps=jumps,
+                    controller=controller,
+                    dt0=dt0,
+                    error=error,
+                    stats=stats,
+                    t_dtype=t.dtype,
+                    method_config=config,
+                )
+            else:
+                path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
+                result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats)
             if result is None:
                 result = solve_joint(
                     problem,
@@ -310,6 +334,22 @@ def _run(
     # (measured: dopri5 38 evaluations forward, 74 after backward; rk4 40 -> 79; rodas5p's
     # Jacobians 16 -> 24), which would make the statistics describe forward plus recomputation.
     return Solution(ts, ys_out, dataclasses.replace(stats), method.name, None, tuple(result.events), dense)
+
+
+def refuse_with_checkpoints(events, forward: bool) -> None:
+    """What ``options['checkpoints']`` does not combine with, refused where the solve starts: events (the
+    recorded steps would be cut and reset at located times) and forward-mode derivatives (it is a reverse-mode
+    technique)."""
+    if events:
+        raise ValueError(
+            "options['checkpoints'] does not support events (events= or event_fn=); use backpropagation, "
+            "options={'checkpoint': True} or odeint_adjoint for solves with events."
+        )
+    if forward:
+        raise ValueError(
+            "options['checkpoints'] stores states for the backward pass (reverse mode); it cannot carry forward-mode "
+            "derivatives (torch.func.jvp, forward_ad dual tensors). Drop the option for forward mode."
+        )
 
 
 def solve(

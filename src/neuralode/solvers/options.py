@@ -185,6 +185,13 @@ class Execution:
             backward and recompute its stages then (memory ~ one state per step instead of every
             stage's activations, for about one extra forward pass). Default ``False``. A neuralode
             option.
+        checkpoints: ``K`` (an int >= 2): backpropagate storing at most ``K`` states, whatever the
+            number of steps, and recompute the rest in the backward pass (Griewank and Walther's
+            revolve; the name is diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``). Gradients are
+            those of backpropagation through the same solve, to rounding. Default ``None`` (off).
+            Explicit Runge-Kutta methods only, ``func`` a ``torch.nn.Module``; not with ``checkpoint``,
+            ``compile``, ``per_sample``, ``dense``, events or forward-mode derivatives (see
+            :mod:`neuralode.solvers.adjoint.recursive`). A neuralode option.
         compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default when
             ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and error
             estimate, as one ``torch.compile(fullgraph=True)`` graph (see
@@ -213,6 +220,7 @@ class Execution:
     """
 
     checkpoint: bool = False
+    checkpoints: int | None = None
     compile: bool | str = False
     compile_steps: int = 32
     per_sample: bool | str = False
@@ -419,8 +427,8 @@ class AdaptiveOptions(Options):
     """Parsed options of the explicit adaptive methods (``dopri5``, ``tsit5``, ...): an :class:`Options`
     with a :class:`StepControl` and no method record. Keys: ``first_step``, ``min_step``, ``max_step``,
     ``max_num_steps``, ``step_t``, ``jump_t``, ``norm``, ``safety``, ``ifactor``, ``dfactor``,
-    ``controller``, ``checkpoint``, ``dense``, ``perturb``, ``dtype``, ``compile``, ``stiffness``,
-    ``per_sample``, ``at_min_step``; each is documented on the record that holds it."""
+    ``controller``, ``checkpoint``, ``checkpoints``, ``dense``, ``perturb``, ``dtype``, ``compile``,
+    ``stiffness``, ``per_sample``, ``at_min_step``; each is documented on the record that holds it."""
 
     control: StepControl = field(default_factory=StepControl)
     stops: Stops = field(default_factory=Stops)
@@ -430,17 +438,17 @@ class AdaptiveOptions(Options):
     default_controller = "pi"
     KEYS = (
         "first_step", "min_step", "max_step", "max_num_steps", "step_t", "jump_t", "norm", "safety", "ifactor",
-        "dfactor", "controller", "checkpoint", "dense", "perturb", "dtype", "compile", "stiffness", "per_sample",
-        "at_min_step",
+        "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "stiffness",
+        "per_sample", "at_min_step",
     )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class FixedOptions(Options):
     """Parsed options of the fixed-step methods (``euler``, ``rk4``, ...): an :class:`Options` with a
-    :class:`FixedGrid`. Keys: ``step_size``, ``grid_constructor``, ``interp``, ``checkpoint``, ``dense``,
-    ``perturb``, ``compile``, ``compile_steps``, ``max_num_steps``; each is documented on the record
-    that holds it."""
+    :class:`FixedGrid`. Keys: ``step_size``, ``grid_constructor``, ``interp``, ``checkpoint``, ``checkpoints``,
+    ``dense``, ``perturb``, ``compile``, ``compile_steps``, ``max_num_steps``; each is documented on the
+    record that holds it."""
 
     control: FixedGrid = field(default_factory=FixedGrid)
     stops: Stops = field(default_factory=Stops)
@@ -448,8 +456,8 @@ class FixedOptions(Options):
     execution: Execution = field(default_factory=Execution)
 
     KEYS = (
-        "step_size", "grid_constructor", "interp", "checkpoint", "dense", "perturb", "compile", "compile_steps",
-        "max_num_steps",
+        "step_size", "grid_constructor", "interp", "checkpoint", "checkpoints", "dense", "perturb", "compile",
+        "compile_steps", "max_num_steps",
     )  # fmt: skip
 
 
@@ -931,6 +939,8 @@ def _parse_options(options: Any, method: Any) -> Options:
     for flag in ("checkpoint", "dense", "perturb"):
         if not isinstance(o.get(flag, False), bool):
             raise TypeError(f"options['{flag}'] must be True or False; got {o[flag]!r}.")
+    if o.get("checkpoints") is not None:
+        _check_checkpoints(o, method)
     if "compile" in o:
         comp = o["compile"]
         if not (isinstance(comp, bool) or comp in BACKENDS):
@@ -1032,6 +1042,27 @@ def _parse_options(options: Any, method: Any) -> Options:
     if o.get("controller", "pi") not in CONTROLLERS:
         raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}; got {o['controller']!r}.")
     return kind.from_keys(o)
+
+
+def _check_checkpoints(o: dict, method: Any) -> None:
+    """``options['checkpoints']``: an int >= 2, with an explicit Runge-Kutta method and none of the options
+    it does not combine with (events and forward mode are refused where the solve starts)."""
+    k = o["checkpoints"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(
+            f"options['checkpoints'] must be an integer >= 2 (the most states stored for backpropagation); got {k!r}."
+        )
+    if method.explicit_tableau is None:
+        raise ValueError(
+            f"options['checkpoints'] works with the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...); "
+            f"{method.name!r} is not one. Use options={{'checkpoint': True}} or odeint_adjoint with it."
+        )
+    for other in ("checkpoint", "compile", "per_sample", "dense"):
+        if o.get(other):
+            raise ValueError(
+                f"options['checkpoints'] and options['{other}'] cannot be combined; choose one "
+                "(options['checkpoints'] supports neither compile, per_sample nor dense, and replaces checkpoint)."
+            )
 
 
 def _fixed_grid(opts: FixedOptions, times: list[float], func, y0, t) -> list[float]:

@@ -41,6 +41,12 @@ class SolverStats:
         n_factorizations: LU factorisations of the iteration matrix (one per step attempt of a
             Rosenbrock method; a batch of blocks counts once).
         n_linear_solves: linear solves with a factored iteration matrix (one per stage).
+        n_recomputed_steps: with ``options={"checkpoints": K}``, the steps the backward pass will re-run (each
+            step at least once, to differentiate it; more with a small ``K``), as planned by the forward pass;
+            0 otherwise.
+        max_stored_states: with ``options={"checkpoints": K}``, the most checkpoints (a state and the
+            derivative its step reuses) held at once in the forward and the planned backward pass, at most
+            ``K``; 0 otherwise.
     """
 
     nfe: int = 0
@@ -54,6 +60,8 @@ class SolverStats:
     n_jac_evals: int = 0
     n_factorizations: int = 0
     n_linear_solves: int = 0
+    n_recomputed_steps: int = 0
+    max_stored_states: int = 0
 
     @property
     def n_steps(self) -> int:

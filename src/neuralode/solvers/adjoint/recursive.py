@@ -1,0 +1,366 @@
+"""Checkpointed backpropagation with a memory budget: ``options={"checkpoints": K}``.
+
+Backpropagation through a solve of ``n`` steps keeps every stage of every step for the backward pass
+(memory ``O(n s)`` for ``s`` stages); ``options={"checkpoint": True}`` keeps each step's input state and
+recomputes its stages then (memory ``O(n)``). With ``options={"checkpoints": K}`` at most ``K`` states are
+stored, whatever ``n``, and the rest are recomputed in the backward pass (Griewank and Walther, "Algorithm
+799: revolve", ACM TOMS 2000; diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``, whose name the option
+takes). The gradients are those of backpropagation through the same solve, to rounding: the backward pass
+re-runs the very steps the forward pass took (same times, step sizes, stepper and arithmetic, so the same
+states), and differentiates them one at a time.
+
+**Forward.** The solve runs on the host clock with autograd off, on :class:`RecordingClock`, which logs every
+accepted step (its time, step, the stop it lands on, the side of ``func`` and the first output it fills) and
+stores a *checkpoint* (the state at a step's start and the derivative the step reuses from the one before,
+FSAL) at the steps ``0, s, 2s, ...``. When ``K`` are stored, every other one is dropped and the spacing ``s``
+doubles, so the store never exceeds ``K`` and the segments between checkpoints are at most ``s <= 2n/K``
+steps long (a geometric schedule, decided online: the number of steps is not known in advance).
+
+**Backward.** The segments are reversed last to first; segment ``j`` (of ``m <= K``) may use the ``K - j``
+slots that the checkpoints of the segments after it have freed, its own included. A segment of ``L`` steps
+with ``c`` slots is reversed by revolve's binomial rule: with ``r`` the least number of sweeps such that
+``C(c + r, c) >= L``, a checkpoint is set ``C(c + r - 1, c)`` steps in (advancing to it without a graph),
+the part after it is reversed with ``c - 1`` slots and the part before with ``c`` (each step is then advanced
+over at most ``r`` times). With one slot the steps are reached by advancing from the segment's start, last
+first. Reversing one step re-runs it with a graph from its stored input (state, and the FSAL derivative when
+it was reused) and applies ``torch.autograd.grad`` to its end state, its FSAL derivative and the outputs it
+filled, against the adjoints carried from the step after it; parameter gradients are summed over the steps.
+
+Gradients flow to ``y0``, ``t`` (through the solve's start and outputs, as without the option) and
+``func.parameters()`` (``func`` must be a ``torch.nn.Module``, as torchdiffeq's ``odeint_adjoint`` asks
+without ``adjoint_params``). ``Solution.stats.n_recomputed_steps`` and ``.max_stored_states`` report the
+backward pass's schedule, planned in the forward pass by the same recursion (:func:`reverse`) that runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..loop import HostClock, integrate
+from ..solution import LoopResult
+
+# The counters of the last backward pass run (a test hook: they must equal the plan in Solution.stats).
+LAST_BACKWARD: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What :meth:`HostClock.plan` decided for one accepted step, enough to take it again: its start ``t``,
+    step ``h`` (and ``dt_abs``, ``remaining``), whether it ``lands`` on the stop ``t_stop`` and whether that
+    is a jump of ``func``, the side of ``func`` at its start, the index of the first output it may fill, and
+    whether its first stage was evaluated afresh (``fresh``) rather than carried from the step before."""
+
+    t: float
+    h: float
+    dt_abs: float
+    remaining: float
+    lands: bool
+    t_stop: float
+    jump_here: bool
+    f0_side: int
+    i_out: int
+    fresh: bool
+
+
+class RecordingClock(HostClock):
+    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping at most ``budget``
+    checkpoints ``step index -> (y, f0 or None)`` with the online doubling rule of the module docstring.
+    Outputs reached without a step (a stop within rounding of the clock's time) are noted as copies of the
+    state they were reached at (``arrivals``: output index -> state index)."""
+
+    __slots__ = ("log", "store", "spacing", "budget", "fresh", "arrivals", "peak")
+
+    def __init__(self, *args, budget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log: list[StepRecord] = []
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.spacing, self.budget, self.fresh, self.peak = 1, budget, None, 0
+        self.arrivals: dict[int, int] = {}
+
+    def plan(self) -> bool:
+        n = len(self.ys)
+        go = super().plan()
+        if not go:
+            for j in range(n, len(self.ys)):
+                self.arrivals[j] = len(self.log)
+            self.fresh = None
+        return go
+
+    def attempt(self, take):
+        if self.fresh is None:  # the first attempt from this point: is its f0 carried or evaluated?
+            self.fresh = self.f0 is None
+        return super().attempt(take)
+
+    def keep(self, accept, f0, step, dt_next, control) -> bool:
+        if not super().keep(accept, f0, step, dt_next, control):
+            return False
+        k = len(self.log)
+        self.log.append(
+            StepRecord(
+                self.t,
+                self.h,
+                self.dt_abs,
+                self.remaining,
+                self.lands,
+                self.t_stop,
+                self.jump_here,
+                self.f0_side,
+                self.i_out,
+                self.fresh,
+            )
+        )
+        if k % self.spacing == 0:
+            store = self.store
+            if len(store) == self.budget:
+                self.spacing *= 2
+                self.store = store = {i: s for i, s in store.items() if i % self.spacing == 0}
+            if k % self.spacing == 0:
+                store[k] = (self.y, None if self.fresh else self.f0)
+                self.peak = max(self.peak, len(store))
+        return True
+
+    def move(self, f0, step, accept, dt_next, control, cut) -> None:
+        super().move(f0, step, accept, dt_next, control, cut)
+        self.fresh = None
+
+    def replay(self, take, rec: StepRecord, y: torch.Tensor, f0: torch.Tensor | None):
+        """Take the recorded step ``rec`` again from ``(y, f0)`` with the host clock's own phases (attempt,
+        interpolant, outputs, move), so with the same arithmetic. Returns the end state, the derivative the
+        next step reuses (``None`` where it evaluates its own) and the outputs the step fills."""
+        self.t, self.h, self.dt_abs, self.remaining = rec.t, rec.h, rec.dt_abs, rec.remaining
+        self.lands, self.t_stop, self.jump_here = rec.lands, rec.t_stop, rec.jump_here
+        self.f0_side, self.i_out = rec.f0_side, rec.i_out
+        self.y, self.f0 = y, None if rec.fresh else f0
+        self.ys, self.out_steps = [], []
+        f0, step = HostClock.attempt(self, take)
+        interp = HostClock.interpolant(self, f0, step)
+        HostClock.events(self, step, interp)  # no events: notes the interpolant the next f0 may come from
+        HostClock.outputs(self, step, interp, None)
+        HostClock.move(self, f0, step, True, self.dt, self.control, None)
+        return step.y1, self.f0, self.ys
+
+
+def split(length: int, slots: int) -> int:
+    """Where revolve sets its next checkpoint in ``length >= 2`` steps with ``slots >= 2`` (the start's
+    included): ``C(slots + r - 1, slots)`` steps in, ``r`` the fewest sweeps with ``C(slots + r, slots) >=
+    length``; the rest, ``<= C(slots - 1 + r, slots - 1)``, is reversed with one slot fewer."""
+    r = 1
+    while math.comb(slots + r, slots) < length:
+        r += 1
+    return min(math.comb(slots + r - 1, slots), length - 1)
+
+
+class Counter:
+    """The backward pass's bookkeeping: steps re-run and stored states (the forward checkpoints still
+    held plus those set inside a segment), with their peak."""
+
+    def __init__(self, held: int):
+        self.recomputed, self.held, self.peak = 0, held, held
+
+
+def reverse(a: int, b: int, state: Any, slots: int, advance, back, count: Counter) -> None:
+    """Reverse steps ``a .. b-1`` from ``state`` (the state at step ``a``, held in one of ``slots``):
+    ``advance(k, state) -> state`` re-runs step ``k`` without a graph, ``back(k, state)`` differentiates it.
+    Steps are reversed last first, so ``back`` sees each step after every later one."""
+    while b > a:
+        if b - a == 1:
+            count.recomputed += 1
+            back(a, state)
+            return
+        if slots >= 2:
+            m = a + split(b - a, slots)
+            s = state
+            for k in range(a, m):
+                s = advance(k, s)
+            count.recomputed += m - a
+            count.held += 1
+            count.peak = max(count.peak, count.held)
+            reverse(m, b, s, slots - 1, advance, back, count)
+            count.held -= 1
+            b = m
+        else:
+            s = state
+            for k in range(a, b - 1):
+                s = advance(k, s)
+            count.recomputed += b - a  # b - 1 - a advanced, one differentiated
+            back(b - 1, s)
+            b -= 1
+
+
+def schedule(run: Run, advance, back) -> Counter:
+    """Reverse every segment, last first, segment ``j`` with the ``budget - j`` slots left to it; with
+    ``advance``/``back`` that do nothing it is the plan."""
+    starts = sorted(run.store)
+    ends = starts[1:] + [len(run.log)]
+    count = Counter(len(starts))
+    for j in range(len(starts) - 1, -1, -1):
+        reverse(starts[j], ends[j], run.store.get(starts[j]), run.budget - j, advance, back, count)
+        count.held -= 1
+    return count
+
+
+class Run:
+    """One solve with ``options={"checkpoints": K}``: its clock (which holds the log and checkpoints after
+    the forward pass), stepper factory and parameters, shared by the forward and backward passes."""
+
+    def __init__(self, clock: RecordingClock, make_stepper, controller, error, params: tuple[torch.Tensor, ...]):
+        self.clock, self.make_stepper, self.controller, self.error, self.params = (
+            clock,
+            make_stepper,
+            controller,
+            error,
+            params,
+        )
+        self.log: list[StepRecord] = []
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.budget = clock.budget
+        self.n_outputs = 0
+
+
+class _RecursiveCheckpoint(torch.autograd.Function):
+    """The solve as one autograd node: forward without a graph, backward by :func:`schedule`."""
+
+    @staticmethod
+    def forward(ctx, run: Run, y0: torch.Tensor, f0: torch.Tensor, *params: torch.Tensor):
+        clock = run.clock
+        integrate(clock, run.make_stepper(), run.controller, run.error)
+        run.log, run.store = clock.log, clock.store
+        run.n_outputs = len(clock.ys)
+        ctx.run = run
+        return torch.stack(clock.ys[1:])
+
+    @staticmethod
+    def backward(ctx, grad_ys: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "create_graph=True is not supported with options['checkpoints']: its backward pass differentiates "
+                "each recomputed step without recording a graph of that, so a second derivative would be wrong. "
+                "Use backpropagation (no option) or options={'checkpoint': True} for second derivatives."
+            )
+        run: Run = ctx.run
+        clock, log, params = run.clock, run.log, run.params
+        take = run.make_stepper()
+        grad_out = {j: grad_ys[j - 1] for j in range(1, run.n_outputs)}
+        arrivals: dict[int, list[int]] = {}
+        for j, k in clock.arrivals.items():
+            if j >= 1:
+                arrivals.setdefault(k, []).append(j)
+        gy = torch.zeros_like(grad_ys[0])
+        for j in arrivals.get(len(log), ()):
+            gy = gy + grad_out[j]
+        adj: dict[str, Any] = {"y": gy, "f": None}
+        g_params: list[torch.Tensor | None] = [None] * len(params)
+
+        def advance(k: int, state):
+            with torch.no_grad():
+                y1, f1, _ = clock.replay(take, log[k], *state)
+            return (y1, f1)
+
+        def back(k: int, state):
+            rec = log[k]
+            y_in, f_in = state
+            with torch.enable_grad():
+                y = y_in.detach().requires_grad_()
+                f = None if (rec.fresh or f_in is None) else f_in.detach().requires_grad_()
+                y1, f1, outs = clock.replay(take, rec, y, f)
+                roots, cot = [y1], [adj["y"]]
+                if f1 is not None and adj["f"] is not None:
+                    roots.append(f1)
+                    cot.append(adj["f"])
+                for i, o in enumerate(outs):
+                    roots.append(o)
+                    cot.append(grad_out[rec.i_out + i])
+                pairs = [(r, c) for r, c in zip(roots, cot) if r.requires_grad]
+                inputs = [y] + ([f] if f is not None else []) + list(params)
+                grads = torch.autograd.grad([r for r, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True)
+            gy = grads[0] if grads[0] is not None else torch.zeros_like(y_in)
+            for j in arrivals.get(k, ()):
+                gy = gy + grad_out[j]
+            adj["y"] = gy
+            if f is not None:
+                adj["f"] = grads[1] if grads[1] is not None else torch.zeros_like(f_in)
+            else:
+                adj["f"] = None
+            for i, g in enumerate(grads[len(inputs) - len(params) :]):
+                if g is not None:
+                    g_params[i] = g if g_params[i] is None else g_params[i] + g
+            clock.ys = []
+
+        count = schedule(run, advance, back)
+        LAST_BACKWARD.clear()
+        LAST_BACKWARD.update(n_recomputed_steps=count.recomputed, max_stored_states=count.peak)
+        g_f0 = adj["f"] if log and not log[0].fresh else None
+        return (None, adj["y"], g_f0, *g_params)
+
+
+def module_params(func: Any) -> tuple[torch.Tensor, ...]:
+    """The tensors the gradients of a solve with ``options['checkpoints']`` flow to besides ``y0`` and ``t``:
+    ``func.parameters()`` that require grad, each once."""
+    if not isinstance(func, torch.nn.Module):
+        raise ValueError(
+            "options['checkpoints'] needs func to be a torch.nn.Module: the backward pass differentiates the "
+            "recomputed steps with respect to func.parameters(), and a plain function's tensors cannot be found "
+            f"(got {type(func).__name__}). Wrap func in a torch.nn.Module that holds its tensors as parameters."
+        )
+    seen: set[int] = set()
+    out = []
+    for p in func.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return tuple(out)
+
+
+def solve_recursive(
+    func: Any,
+    problem,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    times: list[float],
+    *,
+    method,
+    opts: Any,
+    stops,
+    jumps: frozenset[float],
+    controller,
+    dt0: float,
+    error,
+    stats,
+    t_dtype: torch.dtype,
+    method_config: Any = None,
+) -> LoopResult:
+    """The host clock's solve (as :func:`~neuralode.solvers.loop.solve_joint`, without events, dense output or
+    fast paths) as one autograd node that stores at most ``opts.checkpoints`` states. Fills
+    ``stats.n_recomputed_steps`` and ``stats.max_stored_states`` with the backward pass's plan."""
+    params = module_params(func)
+    clock = RecordingClock(
+        problem,
+        y0,
+        f0,
+        times,
+        method=method,
+        opts=opts,
+        stops=stops,
+        jumps=jumps,
+        control=controller.init(),
+        dt0=dt0,
+        error=error,
+        stats=stats,
+        t_dtype=t_dtype,
+        budget=opts.checkpoints,
+    )
+
+    def make_stepper():
+        return method.stepper(problem, opts=opts, config=method_config, error=error, checkpoint=False)
+
+    run = Run(clock, make_stepper, controller, error, params)
+    out = _RecursiveCheckpoint.apply(run, y0, f0, *params)
+    result = clock.result()
+    plan = schedule(run, lambda k, state: None, lambda k, state: None)
+    stats.n_recomputed_steps = plan.recomputed
+    stats.max_stored_states = max(clock.peak, plan.peak)
+    return LoopResult([y0, *out.unbind(0)], result.out_steps, [], False)

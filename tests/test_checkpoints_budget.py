@@ -1,0 +1,183 @@
+"""options={"checkpoints": K}: backpropagation storing at most K states (adjoint/recursive.py).
+
+The gradients must be those of backpropagation through the same solve (the same steps, re-run), to rounding,
+whatever K; the solution itself must be the plain solve's, bit for bit; the store must hold at most K states
+and the backward pass must re-run what the plan in Solution.stats says.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralode import Event, odeint, solve
+from neuralode.solvers.adjoint import recursive
+
+RTOL = 1e-10
+
+
+class Field(torch.nn.Module):
+    """A small time-dependent MLP field, float64."""
+
+    def __init__(self, dim: int = 3, hidden: int = 8, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w1 = torch.nn.Parameter(torch.randn(hidden, dim, generator=gen, dtype=torch.float64) / dim**0.5)
+        self.b1 = torch.nn.Parameter(torch.randn(hidden, generator=gen, dtype=torch.float64))
+        self.w2 = torch.nn.Parameter(torch.randn(dim, hidden, generator=gen, dtype=torch.float64) / hidden**0.5)
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.w1.T + self.b1) @ self.w2.T * (1 + 0.5 * torch.sin(3 * t))
+
+
+class TupleField(torch.nn.Module):
+    """A tuple state (position, velocity) driven by a Field."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Field(dim=2, seed=1)
+
+    def forward(self, t, state):
+        x, v = state
+        return v, self.inner(t, x) - 0.1 * v
+
+
+def gradients(func, y0, t, method, options):
+    """The solution and d(loss)/d(y0, t, parameters) of a loss reading every output time."""
+    sol = solve(func, y0, t, method=method, rtol=1e-7, atol=1e-9, options=options)
+    ys = sol.ys if isinstance(sol.ys, tuple) else (sol.ys,)
+    weights = torch.linspace(0.5, 1.5, len(t), dtype=torch.float64)
+    loss = sum(((y**2).flatten(1).sum(1) * weights).sum() + y[1:].sin().sum() for y in ys)
+    inputs = [*(y0 if isinstance(y0, tuple) else (y0,)), t, *func.parameters()]
+    return sol, torch.autograd.grad(loss, inputs)
+
+
+def assert_same_gradients(reference, checked):
+    for a, b in zip(reference, checked):
+        scale = a.abs().max().clamp_min(1e-300)
+        assert float((a - b).abs().max() / scale) <= RTOL
+
+
+CASES = {
+    "dopri5": ("dopri5", {}),
+    "rk4": ("rk4", {"step_size": 0.05}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("budget", [2, 3, 10_000])
+def test_gradients_equal_backpropagation_through_the_same_solve(case, budget):
+    method, options = CASES[case]
+    func = Field()
+    y0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    t = torch.tensor([0.0, 0.35, 1.1, 1.7, 2.0], dtype=torch.float64, requires_grad=True)
+    plain, g_plain = gradients(func, y0, t, method, options)
+    sol, g_budget = gradients(func, y0, t, method, {**options, "checkpoints": budget})
+    assert torch.equal(sol.ys, plain.ys)  # the forward pass is the plain solve
+    assert sol.stats.n_accepted == plain.stats.n_accepted and sol.stats.nfe == plain.stats.nfe
+    assert_same_gradients(g_plain, g_budget)
+    n = plain.stats.n_accepted
+    assert n > 10  # enough steps for the budget to bind
+    stats = sol.stats
+    assert 0 < stats.max_stored_states <= min(budget, n)
+    # Every step is re-run at least once to be differentiated; a binding budget re-runs more.
+    assert stats.n_recomputed_steps == n if budget >= n else stats.n_recomputed_steps > n
+    # The backward pass ran the plan the forward pass reported.
+    assert recursive.LAST_BACKWARD == {
+        "n_recomputed_steps": stats.n_recomputed_steps,
+        "max_stored_states": stats.max_stored_states,
+    }
+
+
+def test_a_tuple_state_gets_backpropagation_gradients():
+    func = TupleField()
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(3, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    v0 = torch.randn(3, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 4, dtype=torch.float64, requires_grad=True)
+    plain, g_plain = gradients(func, (x0, v0), t, "dopri5", {})
+    sol, g_budget = gradients(func, (x0, v0), t, "dopri5", {"checkpoints": 3})
+    assert all(torch.equal(a, b) for a, b in zip(sol.ys, plain.ys))
+    assert_same_gradients(g_plain, g_budget)
+    assert sol.stats.max_stored_states <= 3
+
+
+def test_outputs_reached_without_a_step_and_jumps_get_their_gradients():
+    # t[2] is within rounding of t[1]: the fixed grid arrives there without a step, its output a copy of
+    # the state; at jump_t the first stage is evaluated afresh instead of carried from the step before.
+    func = Field()
+    y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    t = torch.tensor([0.0, 1.0, math.nextafter(1.0, 2.0), 2.0], dtype=torch.float64, requires_grad=True)
+    for method, options in (("rk4", {}), ("tsit5", {"jump_t": [0.7]}), ("dopri5", {"step_t": [0.3]})):
+        _, g_plain = gradients(func, y0, t, method, options)
+        _, g_budget = gradients(func, y0, t, method, {**options, "checkpoints": 2})
+        assert_same_gradients(g_plain, g_budget)
+
+
+def test_without_autograd_the_solve_is_the_plain_one():
+    func = Field()
+    y0 = torch.randn(3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with torch.no_grad():
+        sol = solve(func, y0, t, options={"checkpoints": 2})
+        plain = solve(func, y0, t)
+    assert torch.equal(sol.ys, plain.ys)
+    assert sol.stats.n_recomputed_steps == 0 and sol.stats.max_stored_states == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "method", "match"),
+    [
+        ({"checkpoints": 1}, "dopri5", r"integer >= 2.*got 1"),
+        ({"checkpoints": 2.5}, "dopri5", r"integer >= 2.*got 2.5"),
+        ({"checkpoints": True}, "dopri5", r"integer >= 2.*got True"),
+        ({"checkpoints": "4"}, "rk4", r"integer >= 2.*got '4'"),
+        ({"checkpoints": 4, "checkpoint": True}, "dopri5", r"'checkpoints'\] and options\['checkpoint'\]"),
+        ({"checkpoints": 4, "compile": True}, "dopri5", r"options\['compile'\] cannot be combined"),
+        ({"checkpoints": 4, "per_sample": True}, "dopri5", r"options\['per_sample'\] cannot be combined"),
+        ({"checkpoints": 4, "dense": True}, "dopri5", r"options\['dense'\] cannot be combined"),
+        ({"checkpoints": 4}, "rodas5p", r"explicit Runge-Kutta methods.*'rodas5p' is not one"),
+        ({"checkpoints": 4}, "explicit_adams", r"explicit Runge-Kutta methods.*'explicit_adams' is not one"),
+    ],
+)
+def test_bad_options_are_refused_naming_them(options, method, match):
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        odeint(Field(dim=2), y0, t, method=method, options=options)
+
+
+def test_events_plain_functions_and_double_backward_are_refused():
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    func = Field(dim=2)
+    with pytest.raises(ValueError, match="does not support events"):
+        solve(func, y0, t, options={"checkpoints": 3}, events=[Event(lambda t, y: y[0] - 10.0)])
+    with pytest.raises(ValueError, match="needs func to be a torch.nn.Module"):
+        odeint(lambda t, y: -y, y0, t, options={"checkpoints": 3})
+    ys = odeint(func, y0, t, options={"checkpoints": 3})
+    with pytest.raises(ValueError, match="create_graph=True is not supported"):
+        torch.autograd.grad(ys.sum(), y0, create_graph=True)
+
+
+def test_forward_mode_is_refused():
+    # (the first forward-mode call of a process loads torch's decompositions for jvp: about a second)
+    func = Field(dim=2)
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="cannot carry forward-mode"):
+        torch.func.jvp(lambda y: odeint(func, y, t, options={"checkpoints": 3}), (y0,), (y0,))
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    # The checkpoints live as long as the graph: a second backward (retain_graph=True) re-runs them.
+    func = Field()
+    y0 = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 3, dtype=torch.float64)
+    ys = odeint(func, y0, t, options={"checkpoints": 2})
+    first = torch.autograd.grad(ys.sum(), [y0, *func.parameters()], retain_graph=True)
+    second = torch.autograd.grad(ys.sum(), [y0, *func.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert float(first[0].abs().max()) > 0
