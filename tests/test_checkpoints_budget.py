@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from neuralode import Event, odeint, solve
+from neuralode import Event, odeint, odeint_adjoint, solve
 from neuralode.solvers.adjoint import recursive
 
 RTOL = 1e-10
@@ -181,3 +181,16 @@ def test_a_retained_graph_gives_the_same_gradients_twice():
     second = torch.autograd.grad(ys.sum(), [y0, *func.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert float(first[0].abs().max()) > 0
+
+
+def test_odeint_adjoint_refuses_checkpoints():
+    """Under the adjoint ``checkpoints`` would have no effect: refused, naming the argument."""
+    net = torch.nn.Linear(2, 2).double()
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"options\['checkpoints'\] does not apply to odeint_adjoint"):
+        odeint_adjoint(lambda t, y: net(y), y0, t, options={"checkpoints": 4}, adjoint_params=tuple(net.parameters()))
+    with pytest.raises(ValueError, match=r"adjoint_options\['checkpoints'\] does not apply"):
+        odeint_adjoint(
+            lambda t, y: net(y), y0, t, adjoint_options={"checkpoints": 4}, adjoint_params=tuple(net.parameters())
+        )

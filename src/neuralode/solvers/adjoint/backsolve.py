@@ -550,6 +550,7 @@ def solve_adjoint(
     _check_state(y0)
     options = options_dict(options, method)
     adjoint_options = options_dict(adjoint_options, adjoint_method or method, "adjoint_options")
+    refuse_checkpoints(options, adjoint_options)
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
         adjoint_options, interpolate = _split_interpolate(adjoint_options)
         if interpolate:
@@ -590,6 +591,18 @@ def solve_adjoint(
         adjoint_params=adjoint_params,
         events=check_events(events),
     )
+
+
+def refuse_checkpoints(options, adjoint_options) -> None:
+    """``options['checkpoints']`` is a way of backpropagating through the solve (``odeint``/``solve``): under the
+    adjoint, whose gradients come from the backward solve, it would have no effect, so it is refused."""
+    for name, given in (("options", options), ("adjoint_options", adjoint_options)):
+        if isinstance(given, dict) and given.get("checkpoints") is not None:
+            raise ValueError(
+                f"{name}['checkpoints'] does not apply to odeint_adjoint: it bounds the states stored by "
+                "backpropagation through odeint/solve, while the adjoint stores none; drop it, or call odeint with "
+                "options={'checkpoints': K} for exact gradients of the discretised solve."
+            )
 
 
 def _solve_adjoint(
@@ -806,6 +819,7 @@ def odeint_adjoint(
     """
     options = options_dict(options, method)
     adjoint_options = options_dict(adjoint_options, adjoint_method or method, "adjoint_options")
+    refuse_checkpoints(options, adjoint_options)
     kw = dict(
         rtol=rtol,
         atol=atol,
