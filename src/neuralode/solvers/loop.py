@@ -305,69 +305,16 @@ class HostClock:
     ``options['perturb']``, the evaluations at the step's end are taken just before it.
     """
 
-    __slots__ = (
-        "problem",
-        "times",
-        "stops",
-        "jumps",
-        "stats",
-        "ev",
-        "t_dtype",
-        "dense_out",
-        "tableau",
-        "interpolant_type",
-        "fsal",
-        "stage_c",
-        "adaptive",
-        "watch_dt",
-        "max_num_steps",
-        "min_step",
-        "max_step",
-        "accept_at_min",
-        "warned_at_min",
-        "on_step",
-        "on_accept",
-        "on_reject",
-        "perturb",
-        "stiffness",
-        "watch_from",
-        "direction",
-        "towards",
-        "n_out",
-        "t_max",
-        "reset_times",
-        # the solve's state between attempts
-        "t",
-        "y",
-        "f0",
-        "f0_side",
-        "dt",
-        "control",
-        "i_stop",
-        "g",
-        "guard",
-        "memory",
-        "ys",
-        "out_steps",
-        "records",
-        "i_out",
-        "last_ratio",
-        "terminal",
-        # the attempt being made
-        "h",
-        "dt_abs",
-        "remaining",
-        "lands",
-        "t_stop",
-        "jump_here",
-        "stage_func",
-        "at_floor",
-        # the accepted step
-        "t1",
-        "f1",
-        "ev_interp",
-        "g1",
-    )
+    __slots__ = tuple(
+        """
+        problem times stops jumps stats ev t_dtype dense_out tableau interpolant_type fsal stage_c adaptive watch_dt
+        max_num_steps min_step max_step accept_at_min warned_at_min on_step on_accept on_reject perturb stiffness
+        watch_from direction towards n_out t_max reset_times
+        t y f0 f0_side dt control i_stop g guard memory ys out_steps records i_out last_ratio terminal
+        h dt_abs remaining lands t_stop jump_here stage_func at_floor
+        t1 f1 ev_interp g1
+        """.split()
+    )  # the solve's settings; its state between attempts; the attempt being made; the accepted step
 
     def __init__(
         self,

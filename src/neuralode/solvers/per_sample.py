@@ -279,72 +279,15 @@ class SampleClock:
     happens (a step below rounding, the step budget, an event, a non-finite ratio).
     """
 
-    __slots__ = (
-        "B",
-        "T",
-        "dev",
-        "fb",
-        "tableau",
-        "opts",
-        "stats",
-        "interpolant_type",
-        "compact",
-        "quad",
-        "on_land",
-        "ev",
-        "records",
-        "t_dtype",
-        "dense_out",
-        "direction",
-        "rows",
-        "times",
-        "t",
-        "t_end",
-        "y",
-        "fresh_f0",
-        "fsal",
-        "f0",
-        "finite_f0",
-        "dt",
-        "min_step",
-        "max_step",
-        "max_num_steps",
-        "dfactor",
-        "zeros_l",
-        "control",
-        "done",
-        "i_out",
-        "n_acc",
-        "n_rej",
-        "n_calls",
-        "last",
-        "stats_rows",
-        "next_dt",
-        "pieces_i",
-        "pieces_b",
-        "pieces_y",
-        "first_attempt",
-        "sign",
-        "ascending",
-        "step_t_asc",
-        "g0",
-        "g1",
-        "guard",
-        "reset_times",
-        "active",
-        "tol_rows",
-        "calls_before",
-        "h",
-        "dt_abs",
-        "lands",
-        "t_stop",
-        "remaining",
-        "n_steps",
-        "accept",
-        "rejected",
-        "t1",
-        "y_end",
-    )
+    __slots__ = tuple(
+        """
+        B T dev fb tableau opts stats interpolant_type compact quad on_land ev records t_dtype dense_out direction
+        fresh_f0 fsal finite_f0 min_step max_step max_num_steps dfactor zeros_l sign step_t_asc
+        rows times ascending t t_end y f0 dt control done i_out n_acc n_rej n_calls last stats_rows next_dt
+        pieces_i pieces_b pieces_y first_attempt g0 g1 guard reset_times
+        active tol_rows calls_before h dt_abs lands t_stop remaining n_steps accept rejected t1 y_end
+        """.split()
+    )  # the solve's settings; the batch's state between attempts; the attempt being made
 
     def __init__(
         self,
