@@ -105,7 +105,7 @@ class StepInterpolant:
         self.t, self.y0, self.f0, self.h, self.step = t, y0, f0, h, step
         self.f1, self.t1, self.f1_side = f1, t1, f1_side
         self.stage_func = problem if stage_func is None else stage_func
-        self.k = None
+        self.k: tuple[torch.Tensor, ...] | None = None  # the stages with the extra ones, once evaluated
         self.f0_side = f0_side
         self.grad = torch.is_grad_enabled()
 
@@ -172,22 +172,26 @@ class StepInterpolant:
         end state exactly)."""
         raise NotImplementedError(f"{type(self).__name__} has no per-sample form")
 
-    def _extra_stages(self) -> None:
-        """The continuous extension's extra stages, once; one that is ``f(t1, y1)`` (``tableau.end_stage``,
-        dopri8_13m's) also serves as ``f1``, the next step's first stage."""
-        if self.k is None:
+    def _extra_stages(self) -> tuple[torch.Tensor, ...]:
+        """The step's stages followed by the continuous extension's extra ones, evaluated once; one that is
+        ``f(t1, y1)`` (``tableau.end_stage``, dopri8_13m's) also serves as ``f1``, the next step's first stage."""
+        k = self.k
+        if k is None:
             with torch.set_grad_enabled(self.grad):
                 extra = dense_stages(self.stage_func, self.t, self.y0, self.step.k, self.h, self.tableau)
-            self.k = self.step.k + extra
+            k = self.k = self.step.k + extra
             end = self.tableau.end_stage
             if self.f1 is None and end is not None and end >= len(self.step.k):
-                self.f1 = self.k[end]
+                self.f1 = k[end]
+        return k
 
-    def _end_derivative(self) -> None:
+    def _end_derivative(self) -> torch.Tensor:
         """``f1 = f(t1, y1)`` for the Hermite interpolant, once, unless FSAL already gave it."""
-        if self.f1 is None:
+        f1 = self.f1
+        if f1 is None:
             with torch.set_grad_enabled(self.grad):
-                self.f1 = self.problem(self.t1, self.step.y1, self.f1_side)
+                f1 = self.f1 = self.problem(self.t1, self.step.y1, self.f1_side)
+        return f1
 
 
 class Linear(StepInterpolant):
@@ -209,17 +213,15 @@ class Hermite(StepInterpolant):
     __slots__ = ()
 
     def at(self, theta: float) -> torch.Tensor:
-        self._end_derivative()
-        return hermite(self.y0, self.step.y1, self.f0, self.f1, self.h, theta)
+        return hermite(self.y0, self.step.y1, self.f0, self._end_derivative(), self.h, theta)
 
     def many(self, thetas: list[float]) -> list[torch.Tensor]:
-        self._end_derivative()
-        return hermite_many(self.y0, self.step.y1, self.f0, self.f1, self.h, thetas)
+        return hermite_many(self.y0, self.step.y1, self.f0, self._end_derivative(), self.h, thetas)
 
     def at_rows(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
-        self._end_derivative()
-        out = hermite_rows(y0, y1, self.f0[rows], self.f1[rows], h, theta)
+        f1 = self._end_derivative()
+        out = hermite_rows(y0, y1, self.f0[rows], f1[rows], h, theta)
         return torch.where((theta == 1.0)[:, None], y1, out)
 
 
@@ -249,17 +251,15 @@ class ExtendedContinuousExtension(StepInterpolant):
     __slots__ = ()
 
     def at(self, theta: float) -> torch.Tensor:
-        self._extra_stages()
-        return continuous_extension(self.y0, self.k, self.h, self.tableau.dense_extra, theta)
+        return continuous_extension(self.y0, self._extra_stages(), self.h, self.tableau.dense_extra, theta)
 
     def many(self, thetas: list[float]) -> list[torch.Tensor]:
-        self._extra_stages()
-        return continuous_extension_many(self.y0, self.k, self.h, self.tableau.dense_extra, thetas)
+        return continuous_extension_many(self.y0, self._extra_stages(), self.h, self.tableau.dense_extra, thetas)
 
     def at_rows(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
-        self._extra_stages()
-        out = continuous_extension_rows(y0, torch.stack(self.k, 1)[rows], h, self.tableau.dense_extra, theta)
+        k = self._extra_stages()
+        out = continuous_extension_rows(y0, torch.stack(k, 1)[rows], h, self.tableau.dense_extra, theta)
         return torch.where((theta == 1.0)[:, None], y1, out)
 
 
