@@ -242,49 +242,30 @@ def _run(
     config = method.step_config(opts, rtol_v, atol_v)
     try:
         with torch.enable_grad() if forward else contextlib.nullcontext():
-            # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
-            # loop takes what it leaves: the whole solve, or the rest from where it stopped.
+            # What the host clock's drivers take besides the state.
+            clock = dict(
+                method=method,
+                opts=opts,
+                stops=stops,
+                jumps=jumps,
+                controller=controller,
+                dt0=dt0,
+                error=error,
+                stats=stats,
+                t_dtype=t.dtype,
+                method_config=config,
+            )
             if recursive:  # the loop on a recording host clock, as one autograd node (adjoint/recursive.py)
-                result = solve_recursive(
-                    func,
-                    problem,
-                    y_solve,
-                    f0,
-                    times,
-                    method=method,
-                    opts=opts,
-                    stops=stops,
-                    jumps=jumps,
-                    controller=controller,
-                    dt0=dt0,
-                    error=error,
-                    stats=stats,
-                    t_dtype=t.dtype,
-                    method_config=config,
-                )
+                result = solve_recursive(func, problem, y_solve, f0, times, **clock)
             else:
+                # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
+                # loop takes what it leaves: the whole solve, or the rest from where it stopped.
                 path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
                 result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats)
-            if result is None:
-                result = solve_joint(
-                    problem,
-                    y_solve,
-                    f0,
-                    times,
-                    method=method,
-                    opts=opts,
-                    stops=stops,
-                    jumps=jumps,
-                    controller=controller,
-                    dt0=dt0,
-                    error=error,
-                    stats=stats,
-                    events=event_set,
-                    t_dtype=t.dtype,
-                    dense=dense,
-                    method_config=config,
-                    handover=handover,
-                )
+                if result is None:
+                    result = solve_joint(
+                        problem, y_solve, f0, times, events=event_set, dense=dense, handover=handover, **clock
+                    )
     except SolverError as exc:
         if events and math.isinf(t_end):  # an event search that ended without its event
             raise no_event_found(exc, opts.max_num_steps) from exc

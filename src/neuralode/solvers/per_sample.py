@@ -106,6 +106,21 @@ class PerSampleStats(SolverStats):
     rows_evaluated: int = 0
     calls: int = 0
 
+    @classmethod
+    def zeros(cls, B: int, device) -> PerSampleStats:
+        """The counters of a solve of ``B`` samples before its first evaluation (steps NaN)."""
+        z = torch.zeros(B, dtype=torch.long, device=device)
+        nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
+        return cls(
+            nfe=z.clone(),
+            n_accepted=z.clone(),
+            n_rejected=z.clone(),
+            last_step=nan.clone(),
+            next_step=nan.clone(),
+            n_event_evals=z.clone(),
+            n_events=z.clone(),
+        )
+
     @property
     def wasted_fraction(self) -> float:
         """Fraction of the rows evaluated by ``func`` that belonged to finished samples."""
@@ -910,18 +925,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
     B = parts[0].shape[0]
     times, direction = _check_times(t, B)
     layout = _Layout(parts, is_tuple)
-    dev = parts[0].device
-    z = torch.zeros(B, dtype=torch.long, device=dev)
-    nan = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
-    stats = PerSampleStats(
-        nfe=z.clone(),
-        n_accepted=z.clone(),
-        n_rejected=z.clone(),
-        last_step=nan.clone(),
-        next_step=nan.clone(),
-        n_event_evals=z.clone(),
-        n_events=z.clone(),
-    )
+    stats = PerSampleStats.zeros(B, parts[0].device)
     if times.shape[1] == 1:
         ys = tuple(p.unsqueeze(0) for p in parts)
         return Solution(t, ys if is_tuple else ys[0], stats, tableau.name)

@@ -65,20 +65,6 @@ from ..solution import Solution
 from .common import IN_BACKWARD, differentiated_params, refuse_double_backward
 
 
-def _stats(B: int, device) -> PerSampleStats:
-    z = torch.zeros(B, dtype=torch.long, device=device)
-    nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
-    return PerSampleStats(
-        nfe=z.clone(),
-        n_accepted=z.clone(),
-        n_rejected=z.clone(),
-        last_step=nan.clone(),
-        next_step=nan.clone(),
-        n_event_evals=z.clone(),
-        n_events=z.clone(),
-    )
-
-
 def _augmented(func, layout, params, quad, N: int):
     """The backward right-hand side on rows ``z = [y, a]``: ``(f(t, y), -aᵀ ∂f/∂y)``, each stage's
     graph and cotangent kept for the parameter quadrature (one vector-Jacobian product per step)."""
@@ -315,7 +301,7 @@ def solve_adjoint_per_sample(
         )
     if times.shape[1] == 1:
         return fwd
-    adjoint_stats = _stats(B, parts[0].device)
+    adjoint_stats = PerSampleStats.zeros(B, parts[0].device)
     cfg = PerSampleAdjointConfig(
         func=func,
         params=params,
@@ -463,7 +449,7 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
         grad_y = torch.zeros(E, N, dtype=dtype, device=ys.device) if grad_y is None else grad_y
         stats = cfg.adjoint_stats
         quad = _ParamQuadrature(params, tableau.b)
-        plain = BatchFunc(func, layout, dtype, _stats(B, ys.device))
+        plain = BatchFunc(func, layout, dtype, PerSampleStats.zeros(B, ys.device))
 
         def event_vjp(m, e, y_other, a):
             """``a`` (the cotangent after the event) pulled back to the state before it, rows ``m``."""

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SolverError
-from .jacobian import ImplicitStepper, counted_flat_func, linearise
+from .jacobian import ImplicitStepper, counted_flat_func
 from .stepper import StepResult, combine
 
 _TOL = 1e-12
@@ -197,18 +197,7 @@ class ESDIRKStepper(ImplicitStepper):
 
     def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         st = self.state
-        lin = linearise(
-            self.problem,
-            self.jac,
-            self.f_tensor,
-            t,
-            y,
-            f0,
-            self.batch_dims,
-            h,
-            check_coupling=st.J is None,
-            side=self.side,
-        )
+        lin = self.jacobian_at(t, y, f0, h, check_coupling=st.J is None)
         st.J, st.t, st.y, st.lu, st.lu_h = lin.J, t, y, None, None
 
     def factors(self, t: float, h: float):

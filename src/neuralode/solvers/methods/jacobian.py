@@ -503,6 +503,11 @@ class ImplicitStepper(Stepper):
     def step(self, t: float, y: torch.Tensor, f0, h: float):
         raise NotImplementedError
 
+    def jacobian_at(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float, check_coupling: bool) -> Linearisation:
+        """:func:`linearise` at ``(t, y)`` with this stepper's ``jac``, counted ``f_tensor`` and batch layout (the
+        iterative families', ESDIRK and Radau), on the side of ``func`` the step starts on."""
+        return linearise(self.problem, self.jac, self.f_tensor, t, y, f0, self.batch_dims, h, check_coupling, self.side)
+
     def settle(self, accepted: bool) -> None:
         if not self.delegated:
             self._settle(accepted)

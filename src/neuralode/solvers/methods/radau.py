@@ -115,7 +115,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SolverError
-from .jacobian import ImplicitStepper, counted_flat_func, linearise
+from .jacobian import ImplicitStepper, counted_flat_func
 from .stepper import StepResult
 
 __all__ = ["RadauTableau", "RADAU5", "RADAU9", "RADAU13", "RADAU_METHODS", "make_stepper", "radau_dense"]
@@ -459,18 +459,7 @@ class RadauStepper(ImplicitStepper):
 
     def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
         st = self.state
-        lin = linearise(
-            self.problem,
-            self.jac,
-            self.f_tensor,
-            t,
-            y,
-            f0,
-            self.batch_dims,
-            h,
-            check_coupling=st.J is None,
-            side=self.side,
-        )
+        lin = self.jacobian_at(t, y, f0, h, check_coupling=st.J is None)
         st.J, st.jy, st.jt, st.lu_h = lin.J, y, t, None
 
     def factors(self, t: float, h: float):
