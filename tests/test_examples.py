@@ -154,3 +154,14 @@ def test_torchdiffeq_program_runs_through_the_alias(tmp_path):
     assert metrics["time_error"] < 1e-8 and metrics["first_bounce_gradient_error"] < 1e-8
     assert metrics["hvp_relative_error"] < 1e-6 and metrics["jvp_relative_error"] < 1e-6
     assert "UserWarning" not in proc.stderr
+
+
+def test_checkpoints_budget_stores_at_most_k_states_and_trains(tmp_path):
+    out = tmp_path / "cp"
+    proc = run_example("checkpoints_budget.py", "--steps", "100", "--iterations", "10", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["max_stored_states"] <= metrics["checkpoints"] == 8
+    assert metrics["n_recomputed_steps"] > metrics["steps"]  # the budget is paid for in recomputation
+    assert metrics["gradient_relative_difference"] < 1e-10  # backpropagation's gradient
+    assert metrics["loss_after"] < 0.7 * metrics["loss_before"]
+    assert "steps recomputed in the backward pass" in proc.stdout
