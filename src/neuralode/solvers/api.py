@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -483,6 +483,44 @@ def _event_result(sol: Solution, t: torch.Tensor, y0: TensorOrTuple):
     return record.t.to(t.dtype), ys
 
 
+# The result follows y0's layout (a tensor for a tensor, a tuple for a tuple); event mode returns
+# (event_t, solution) instead.
+@overload
+def odeint(
+    func: Func,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    event_fn: None = None,
+) -> torch.Tensor: ...
+@overload
+def odeint(
+    func: Func,
+    y0: tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    event_fn: None = None,
+) -> tuple[torch.Tensor, ...]: ...
+@overload
+def odeint(
+    func: Func,
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor],
+) -> tuple[torch.Tensor, TensorOrTuple]: ...
 def odeint(
     func: Func,
     y0: TensorOrTuple,
@@ -493,7 +531,7 @@ def odeint(
     method: str | None = DEFAULT_METHOD,
     options: dict | Options | None = None,
     event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor] | None = None,
-):
+) -> TensorOrTuple | tuple[torch.Tensor, TensorOrTuple]:
     """Solve an ODE and return the states at the times ``t``: a drop-in for torchdiffeq's ``odeint``.
 
     Same arguments, errors and defaults as :func:`solve`; returns ``solve(...).ys``, a tensor of

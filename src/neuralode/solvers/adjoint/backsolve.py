@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -790,6 +790,58 @@ def _adjoint_with_events(
     return Solution(ts, flat.unflatten_series(ys), stats, cfg.method, cfg.adjoint_stats, tuple(records))
 
 
+# As for odeint: the result follows y0's layout; event mode returns (event_t, solution).
+@overload
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, Any], TensorOrTuple],
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    event_fn: None = None,
+    adjoint_rtol: float | torch.Tensor | tuple | None = ...,
+    adjoint_atol: float | torch.Tensor | tuple | None = ...,
+    adjoint_method: str | None = ...,
+    adjoint_options: dict | Options | None = ...,
+    adjoint_params: Sequence[torch.Tensor] | None = ...,
+) -> torch.Tensor: ...
+@overload
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, Any], TensorOrTuple],
+    y0: tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    event_fn: None = None,
+    adjoint_rtol: float | torch.Tensor | tuple | None = ...,
+    adjoint_atol: float | torch.Tensor | tuple | None = ...,
+    adjoint_method: str | None = ...,
+    adjoint_options: dict | Options | None = ...,
+    adjoint_params: Sequence[torch.Tensor] | None = ...,
+) -> tuple[torch.Tensor, ...]: ...
+@overload
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, Any], TensorOrTuple],
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor],
+    adjoint_rtol: float | torch.Tensor | tuple | None = ...,
+    adjoint_atol: float | torch.Tensor | tuple | None = ...,
+    adjoint_method: str | None = ...,
+    adjoint_options: dict | Options | None = ...,
+    adjoint_params: Sequence[torch.Tensor] | None = ...,
+) -> tuple[torch.Tensor, TensorOrTuple]: ...
 def odeint_adjoint(
     func: Callable[[torch.Tensor, Any], TensorOrTuple],
     y0: TensorOrTuple,
@@ -805,7 +857,7 @@ def odeint_adjoint(
     adjoint_method: str | None = None,
     adjoint_options: dict | Options | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
-) -> TensorOrTuple:
+) -> TensorOrTuple | tuple[torch.Tensor, TensorOrTuple]:
     """Drop-in for torchdiffeq's ``odeint_adjoint``: :func:`solve_adjoint` returning only ``ys``.
 
     With ``event_fn``, torchdiffeq's event mode as in :func:`~neuralode.solvers.api.odeint`:
