@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -189,8 +189,9 @@ class CNFDynamics(ODEFunc):
                     torch.autograd.grad(f[:, i].sum(), z, create_graph=create_graph, retain_graph=True)[0]
                     for i in range(z.shape[1])
                 ]  # D tensors (batch, D): row i of ∂f/∂z per sample
-                div = sum(r[:, i] for i, r in enumerate(rows))  # (batch,)
-                frob = sum((r * r).sum(1) for r in rows) if self.jacobian else None
+                # D >= 1 terms, so neither sum is its start value 0: a tensor.
+                div = cast(torch.Tensor, sum(r[:, i] for i, r in enumerate(rows)))  # (batch,)
+                frob = cast(torch.Tensor, sum((r * r).sum(1) for r in rows)) if self.jacobian else None
             else:
                 eps = self._noise_like(z)
                 e_jac = torch.autograd.grad(f, z, eps, create_graph=create_graph)[0]  # εᵀ ∂f/∂z
@@ -202,7 +203,7 @@ class CNFDynamics(ODEFunc):
         out = [f, -div.unsqueeze(1)]
         if self.kinetic:
             out.append((f * f).sum(1, keepdim=True))
-        if self.jacobian:
+        if frob is not None:  # exactly when self.jacobian
             out.append(frob.unsqueeze(1))
         return tuple(out)
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -400,6 +400,46 @@ class LatentODE(nn.Module):
 
     # -- prediction --------------------------------------------------------------------------
 
+    # The predictions alone, or (predictions, latent) with return_latent=True.
+    @overload
+    def predict(
+        self,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        mask: torch.Tensor | None,
+        query_times: torch.Tensor,
+        *,
+        t0: torch.Tensor | float | None = ...,
+        sample: bool = ...,
+        generator: torch.Generator | None = ...,
+        return_latent: Literal[False] = False,
+    ) -> torch.Tensor: ...
+    @overload
+    def predict(
+        self,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        mask: torch.Tensor | None,
+        query_times: torch.Tensor,
+        *,
+        t0: torch.Tensor | float | None = ...,
+        sample: bool = ...,
+        generator: torch.Generator | None = ...,
+        return_latent: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def predict(
+        self,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        mask: torch.Tensor | None,
+        query_times: torch.Tensor,
+        *,
+        t0: torch.Tensor | float | None = ...,
+        sample: bool = ...,
+        generator: torch.Generator | None = ...,
+        return_latent: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     def predict(
         self,
         values: torch.Tensor,

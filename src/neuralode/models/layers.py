@@ -98,6 +98,8 @@ class ODEBlock(nn.Module):
             (available when ``func`` is an :class:`ODEFunc`).
     """
 
+    t: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         func: nn.Module,

@@ -297,7 +297,8 @@ def _train(config: LatentTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) ->
     started = time.monotonic()
     cpu_test = make_data(config)[1]
     train, test = (_to_device(d, ctx.device) for d in make_data(config))
-    model, rnn = (m.to(ctx.device) for m in build_models(config))
+    ode_model, rnn_model = build_models(config)
+    model, rnn = ode_model.to(ctx.device), rnn_model.to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     rnn_opt = torch.optim.Adam(rnn.parameters(), lr=config.lr)
     window = Sums(*_FIGURES)
