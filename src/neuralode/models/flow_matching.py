@@ -71,6 +71,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -270,11 +271,11 @@ def cfm_loss(
     if not isinstance(x1, torch.Tensor) or not x1.is_floating_point() or x1.dim() < 2:
         raise TypeError(f"x1 must be a floating-point tensor of shape (batch, ...); got {x1!r:.80}.")
     check_finite(x1, "x1")
-    n, like = x1.shape[0], dict(dtype=x1.dtype)
+    n = x1.shape[0]
 
     def draw(*shape: int, uniform: bool = False) -> torch.Tensor:
         g = torch.rand if uniform else torch.randn
-        return g(*shape, generator=generator, **like).to(x1.device)
+        return g(*shape, generator=generator, dtype=x1.dtype).to(x1.device)
 
     if x0 is None:
         x0 = draw(*x1.shape)
@@ -423,7 +424,7 @@ def sample(
             options=options,
         )
     seconds = time.perf_counter() - t0
-    ys = sol.ys.reshape(len(grid), x0.shape[0], *shape)
+    ys = cast(torch.Tensor, sol.ys).reshape(len(grid), x0.shape[0], *shape)  # a tensor y0 gives tensor ys
     return SampleResult(ys[-1], int(sol.stats.nfe), seconds, ys if times is not None else None)
 
 
@@ -472,7 +473,7 @@ def log_prob(
     z = x.reshape(x.shape[0], -1)
     state = (z, torch.zeros(z.shape[0], 1, dtype=z.dtype, device=z.device))
     t = torch.tensor([1.0, 0.0], dtype=torch.float64, device=x.device)
-    kwargs = dict(rtol=rtol, atol=atol, method=method)
+    kwargs: dict[str, Any] = dict(rtol=rtol, atol=atol, method=method)
     if adjoint and torch.is_grad_enabled():
         zt, dlogp = odeint_adjoint(dynamics, state, t, adjoint_params=tuple(model.parameters()), **kwargs)
     else:
@@ -614,6 +615,7 @@ class VelocityMLP(nn.Module):
         for i, layer in enumerate(self.hidden):
             h = layer(h)
             if i == 0 and self.embed is not None:
+                assert self.num_classes is not None  # the embedding exists only for a conditional field
                 h = h + self.embed(_label_index(labels, x.shape[0], self.num_classes, x.device))
             h = self.act(h)
         return self.out(h)
@@ -684,6 +686,7 @@ class UNetVelocity(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         e = self.time_mlp(_fourier(_times(t, x), self.channels))  # (batch, emb)
         if self.embed is not None:
+            assert self.num_classes is not None  # the embedding exists only for a conditional field
             e = e + self.embed(_label_index(labels, x.shape[0], self.num_classes, x.device))
         h0 = self.down1(self.stem(x), e)  # (batch, c, H, W)
         h1 = self.down2(self.pool(h0), e)  # (batch, 2c, H/2, W/2)

@@ -261,7 +261,7 @@ class FlowData:
             from ..datasets.digits import DIGITS_LEVELS, load_digits
 
             self.images = {train: load_digits(train=train) for train in (True, False)}
-            self.levels = DIGITS_LEVELS
+            self.levels: int | None = DIGITS_LEVELS
         elif self.name == "mnist":
             from ..datasets.mnist import load_mnist
 
@@ -284,6 +284,7 @@ class FlowData:
     ) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         from .checkpoints import CheckpointError
 
+        assert config.reflow_from is not None  # called only for a reflow run
         path = Path(config.reflow_from) / CHECKPOINT_NAME
         if not path.is_file():
             raise ConfigError(
@@ -325,6 +326,7 @@ class FlowData:
         return math.prod(self.shape)
 
     def _dequantise(self, v: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        assert self.levels is not None  # only image data, which has grey levels, is dequantised
         u = torch.rand(v.shape, generator=g)
         return 2 * (v.to(torch.float32) + u) / self.levels - 1
 
@@ -433,11 +435,12 @@ def sampling_table(
     p = next(model.parameters())
     x0 = torch.randn(n, *data.shape, generator=step_generator(config.seed, 0, stream=2)).to(p.device, p.dtype)
     y = labels.to(p.device) if (config.conditional and labels is not None) else None
+    settings: list[tuple[str, int | None, float | None]]
     settings = [(m, s, None) for m in TABLE_METHODS for s in (steps or config.table_steps)]
     settings += [("dopri5", None, tol) for tol in config.table_tolerances]
     rows = []
     for method, s, tol in settings:
-        kw = dict(steps=s) if s is not None else dict(rtol=tol, atol=tol)
+        kw: dict[str, Any] = dict(steps=s) if s is not None else dict(rtol=tol, atol=tol)
         result = sample(model, x0=x0, labels=y, guidance=config.guidance, method=method, **kw)
         rows.append(
             {
@@ -677,8 +680,10 @@ def plot_saved_run(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Write a saved run's figures (:data:`FIGURE_NAMES`) into its folder; the table is recomputed."""
     model, config, data, iteration = _load(run_dir)
     final = next((r for r in reversed(_read_metrics(run_dir)) if r.get("final")), None)
-    table = final["sampling"] if final and final.get("iteration") == iteration else None
-    test_nll = final["test_nll"] if table is not None else None
+    table = test_nll = None
+    if final and final.get("iteration") == iteration:
+        table = final["sampling"]
+        test_nll = final["test_nll"] if table is not None else None
     return write_figures(model, config, Path(run_dir), data=data, table=table, iteration=iteration, test_nll=test_nll)
 
 
@@ -737,6 +742,7 @@ def write_figures(
             [("held-out data", shown(target)), (f"samples (dopri5, {result.nfe} NFE)", shown(result.x))],
             suptitle=f"Flow matching on {where}{score}",
         )
+        assert result.trajectory is not None  # sample() returns one when given times
         traj = result.trajectory[:, :8].transpose(0, 1).reshape(-1, *data.shape)  # (8 samples x 6 times, C, H, W)
         traj_fig = plot_image_grid(
             [("columns: t = " + ", ".join(f"{t:.1f}" for t in times), shown(traj))],
@@ -752,6 +758,7 @@ def write_figures(
             [("held-out data", target), (f"model samples (dopri5, {result.nfe} NFE)", result.x)],
             suptitle=f"Flow matching on {where}{score}: {n_samples} samples each",
         )
+        assert result.trajectory is not None  # sample() returns one when given times
         traj_fig = plot_particle_paths(
             result.trajectory[:, :particles],
             background=result.x,
