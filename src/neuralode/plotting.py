@@ -17,14 +17,18 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from ._atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
+    import torch
     from matplotlib.figure import Figure
+
+    # A 1-D series of numbers as the plot functions take it: whatever _as_array converts.
+    Series: TypeAlias = Sequence[float] | np.ndarray | torch.Tensor
 
 # Colours of the "true" and "learned" curves, shared by every figure so they read alike.
 TRUE_COLOR = "#1f77b4"
@@ -46,7 +50,7 @@ def _as_array(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
     return a
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+def loglog_slope(x: Series, y: Series) -> float:
     """Least-squares slope of ``log y`` against ``log x``: the empirical order of a power law.
 
     Args:
@@ -67,7 +71,7 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def plot_convergence(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Series, Series]],
     *,
     title: str = "Error against cost",
     dpi: float = 100,
@@ -114,7 +118,7 @@ def plot_convergence(
 
 
 def plot_trajectories(
-    t: Sequence[float],
+    t: Series,
     y_true: Any,
     y_pred: Any,
     *,
@@ -242,11 +246,11 @@ def plot_vector_field(
 
 
 def plot_learning_curves(
-    epochs: Sequence[float],
-    train_loss: Sequence[float],
-    test_error: Sequence[float],
-    nfe_forward: Sequence[float] | None = None,
-    nfe_backward: Sequence[float] | None = None,
+    epochs: Series,
+    train_loss: Series,
+    test_error: Series,
+    nfe_forward: Series | None = None,
+    nfe_backward: Series | None = None,
     *,
     title: str = "Learning curves",
     dpi: float = 100,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -172,7 +172,8 @@ def convergence_study(config: DemoConfig) -> list[ConvergenceRow]:
 
     def run(method: str, **kwargs: Any) -> tuple[int, float]:
         sol = solve(harmonic_oscillator, y0, t, method=method, **kwargs)
-        return sol.stats.nfe, float((sol.ys - exact).abs().max())
+        ys = cast(torch.Tensor, sol.ys)  # a tensor y0 gives tensor ys
+        return sol.stats.nfe, float((ys - exact).abs().max())
 
     rows: list[ConvergenceRow] = []
     for method in ("euler", "rk4"):
@@ -305,7 +306,7 @@ def train_spiral(config: DemoConfig, data: SpiralData) -> TrainingResult:
 
     def full_trajectory() -> torch.Tensor:
         with torch.no_grad():
-            return solve(model, y0, data.t, **kwargs).ys  # (n_points, 2)
+            return cast(torch.Tensor, solve(model, y0, data.t, **kwargs).ys)  # (n_points, 2): tensor y0, tensor ys
 
     result = TrainingResult(model=model)
     result.initial_loss = float((full_trajectory() - data.y).abs().mean())
@@ -314,7 +315,7 @@ def train_spiral(config: DemoConfig, data: SpiralData) -> TrainingResult:
         for _ in range(config.iterations):
             batch_y0, batch_t, batch_y = sample_subtrajectories(data, config.batch_size, config.batch_time, gen)
             sol = solve(model, batch_y0, batch_t, **kwargs)  # ys: (batch_time, batch, 2)
-            loss = (sol.ys - batch_y).abs().mean()
+            loss = (cast(torch.Tensor, sol.ys) - batch_y).abs().mean()  # tensor y0, tensor ys
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -35,7 +35,7 @@ class Task:
     description: str
     example: str
 
-    def load(self) -> tuple[type, Callable[..., dict[str, Any]]]:
+    def load(self) -> tuple[type[RunConfig], Callable[..., dict[str, Any]]]:
         module = importlib.import_module(self.module)
         return getattr(module, self.config), getattr(module, self.train)
 

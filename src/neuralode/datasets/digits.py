@@ -45,7 +45,7 @@ def load_digits(*, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
-        from sklearn.datasets import load_digits as sk_load_digits
+        from sklearn.datasets import load_digits as sk_load_digits  # type: ignore[import-untyped]  # sklearn: no stubs
     except ImportError as exc:
         raise ImportError(
             "the digits dataset is scikit-learn's bundled 8x8 digits, and scikit-learn is not installed; "

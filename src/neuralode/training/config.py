@@ -105,7 +105,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Values from JSON or the command line: lists become tuples, strings paths.
         for f in fields(self):
-            value, kind = getattr(self, f.name), base_type(field_types(type(self))[f.name])
+            # cls as a plain type: mypy checks type[RunConfig] against functools.cache's Hashable through
+            # the instances' __hash__, though a class is hashed by its metaclass.
+            cls: type = type(self)
+            value, kind = getattr(self, f.name), base_type(field_types(cls)[f.name])
             if kind is tuple and isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
             elif kind is Path and isinstance(value, str) and not value.strip():

@@ -224,7 +224,15 @@ def epoch_batches(
             f"TrainConfig.batch_size={batch_size} is the global batch and must be divisible by the "
             f"number of processes ({world_size}).",
         )
-    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    # torch's stub asks for a Dataset; the sampler only takes len() of it, and draws indices.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(n),  # type: ignore[arg-type]  # torch stub gap: any Sized will do
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
+    )
     sampler.set_epoch(epoch)
     indices = torch.tensor(list(sampler), dtype=torch.long)
     local = batch_size // world_size
@@ -428,7 +436,7 @@ def _train(
         loader = (
             torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.num_workers)
             if config.num_workers
-            else source
+            else iter(source)  # batches by index, as enumerate would take them
         )
         model.train()
         tick = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +32,9 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     """The global generators' states as checkpoint-ready data (tensors, numbers, lists)."""
-    np_state = np.random.get_state()
+    # numpy's stubs type the no-argument call as legacy=False's dict; the default, legacy=True, gives
+    # the MT19937 tuple (name, keys, pos, has_gauss, cached_gaussian) for the global generator.
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
