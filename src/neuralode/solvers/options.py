@@ -294,6 +294,9 @@ class Options:
     # The controller a StepControl without one gets in the parsed options of a method (StepControl.controller);
     # None here: an Options a user writes leaves it to the method.
     default_controller: ClassVar[str | None] = None
+    # The shared instance defaults() hands out, set on each options type the first time it is asked
+    # (read through the class's own __dict__, so a subclass never gets its base's).
+    _defaults: ClassVar[Options]
 
     def __post_init__(self) -> None:
         for name, types in RECORDS.items():
@@ -436,7 +439,7 @@ class AdaptiveOptions(Options):
     execution: Execution = field(default_factory=Execution)
 
     default_controller = "pi"
-    KEYS = (
+    KEYS: ClassVar[tuple[str, ...]] = (
         "first_step", "min_step", "max_step", "max_num_steps", "step_t", "jump_t", "norm", "safety", "ifactor",
         "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "stiffness",
         "per_sample", "at_min_step",
@@ -455,7 +458,7 @@ class FixedOptions(Options):
     output: Output = field(default_factory=Output)
     execution: Execution = field(default_factory=Execution)
 
-    KEYS = (
+    KEYS: ClassVar[tuple[str, ...]] = (
         "step_size", "grid_constructor", "interp", "checkpoint", "checkpoints", "dense", "perturb", "compile",
         "compile_steps", "max_num_steps",
     )  # fmt: skip
