@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -297,6 +297,96 @@ class Options:
     # The shared instance defaults() hands out, set on each options type the first time it is asked
     # (read through the class's own __dict__, so a subclass never gets its base's).
     _defaults: ClassVar[Options]
+
+    if TYPE_CHECKING:
+        # The torchdiffeq keys, read-only attributes set on the class below (one property per entry of
+        # CONCERN_OF) and so invisible to a static checker; declared here with their records' types.
+        @property
+        def first_step(self) -> float | None: ...
+
+        @property
+        def min_step(self) -> float: ...
+
+        @property
+        def max_step(self) -> float: ...
+
+        @property
+        def max_num_steps(self) -> int: ...
+
+        @property
+        def safety(self) -> float: ...
+
+        @property
+        def ifactor(self) -> float: ...
+
+        @property
+        def dfactor(self) -> float: ...
+
+        @property
+        def controller(self) -> str | None: ...
+
+        @property
+        def norm(self) -> Callable[[Any], Any] | None: ...
+
+        @property
+        def at_min_step(self) -> str: ...
+
+        @property
+        def step_size(self) -> float | None: ...
+
+        @property
+        def grid_constructor(self) -> Callable[..., torch.Tensor] | None: ...
+
+        @property
+        def step_t(self) -> tuple[float, ...]: ...
+
+        @property
+        def jump_t(self) -> tuple[float, ...]: ...
+
+        @property
+        def perturb(self) -> bool: ...
+
+        @property
+        def dense(self) -> bool: ...
+
+        @property
+        def interp(self) -> str: ...
+
+        @property
+        def checkpoint(self) -> bool: ...
+
+        @property
+        def checkpoints(self) -> int | None: ...
+
+        @property
+        def compile(self) -> bool | str: ...
+
+        @property
+        def compile_steps(self) -> int: ...
+
+        @property
+        def per_sample(self) -> bool | str: ...
+
+        @property
+        def dtype(self) -> torch.dtype | None: ...
+
+        @property
+        def stiffness(self) -> str: ...
+
+        @property
+        def max_order(self) -> int: ...
+
+        @property
+        def max_iters(self) -> int: ...
+
+        @property
+        def jacobian(self) -> str | Callable[..., Any]: ...
+
+        @property
+        def batch_dims(self) -> int | None: ...
+
+        @property
+        def dense_error(self) -> bool | None: ...
 
     def __post_init__(self) -> None:
         for name, types in RECORDS.items():
