@@ -406,7 +406,7 @@ def solve(
     return _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events), parts=parts)
 
 
-def options_dict(options: Any, method: Any, argument: str = "options") -> Any:
+def options_dict(options: Any, method: Any, argument: str = "options") -> dict | None:
     """``options`` given as :class:`~neuralode.solvers.options.Options`, in torchdiffeq's dict form for
     ``method`` (a name or a :class:`Method`), so that everything past the public boundary reads one form;
     a dict or ``None`` as it is; a bare concern record refused saying where it belongs."""
