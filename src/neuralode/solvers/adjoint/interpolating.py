@@ -149,7 +149,9 @@ def backward_dynamics(
             if f.requires_grad:
                 # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint.backsolve's docstring).
                 # allow_unused: an input f does not depend on gets None (the stubs say Tensor)
-                vjps: tuple[torch.Tensor | None, ...] = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
+                vjps: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
+                    f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe
+                )
             else:
                 vjps = (None,) * (1 + len(params))
         vjp_params = tuple(
