@@ -564,6 +564,11 @@ class AdamsOptions(FixedOptions):
     KEYS = FixedOptions.KEYS + ("max_order", "max_iters")
 
 
+# The parsed options of a method that steps in the solvers' loop: every options type derives from one of
+# these two, so every record is filled in (the implicit methods' types extend AdaptiveOptions and FixedOptions).
+ParsedOptions = AdaptiveOptions | FixedOptions
+
+
 # --------------------------------------------------------------------------------------------
 # Checking input at the public boundary.
 
@@ -986,12 +991,13 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _parse_options(options: Any, method: Any) -> Options:
+def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
     """``options`` (a dict, an :class:`Options` or ``None``) checked and parsed into ``method.options_type``, the record of the
     :class:`~neuralode.solvers.methods.base.Method` ``method``: :class:`AdaptiveOptions` or :class:`FixedOptions`
     for the explicit Runge-Kutta methods, :class:`AdamsOptions`, the implicit methods' types (which add the
     Jacobian's options). An option the method's capabilities exclude (``compile``, ``per_sample``) is refused
-    naming it. A method with its own driver parses its own options."""
+    naming it. A method with its own driver parses its own options, into a record of its own (hence the
+    ``Any``: only the method's ``run`` reads it)."""
     if isinstance(options, Options):
         options = options.as_dict(method)
     elif options is not None and not isinstance(options, dict):
