@@ -8,9 +8,12 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from .per_sample_dense import PerSampleDense
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -186,7 +189,7 @@ class Solution:
     method: str
     adjoint_stats: SolverStats | None = None
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
-    dense: DenseOutput | None = field(default=None, repr=False)
+    dense: DenseOutput | PerSampleDense | None = field(default=None, repr=False)  # PerSampleDense: per_sample
 
     @property
     def terminated(self) -> bool:
