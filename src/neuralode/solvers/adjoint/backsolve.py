@@ -86,7 +86,7 @@ from ..options import (
     time_dtype,
 )
 from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
-from ..solution import Solution, SolverStats, TensorOrTuple
+from ..solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .common import (
     IN_BACKWARD,
     AdjointConfig,
@@ -181,7 +181,8 @@ class _AdjointSolve(torch.autograd.Function):
                 )
             run.ys, run.stats = cfg.flat.flatten_series(sol.ys), sol.stats
             if cfg.interpolate:  # the backward solve reads y(t) from the forward solve's interpolants
-                assert sol.dense is not None  # asked for by options["dense"] above
+                # asked for by options["dense"] above, on the one clock (the per-sample adjoint is apart)
+                assert isinstance(sol.dense, DenseOutput)
                 cfg = dataclasses.replace(cfg, dense=sol.dense.hermite())
         ctx.cfg = cfg
         ctx.save_for_backward(t, run.ys)
