@@ -8,12 +8,9 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
-
-if TYPE_CHECKING:
-    from .per_sample_dense import PerSampleDense
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -189,7 +186,8 @@ class Solution:
     method: str
     adjoint_stats: SolverStats | None = None
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
-    dense: DenseOutput | PerSampleDense | None = field(default=None, repr=False)  # PerSampleDense: per_sample
+    # a DenseOutput, or with options['per_sample'] a PerSampleDense: either is called on the times
+    dense: Callable[[torch.Tensor], TensorOrTuple] | None = field(default=None, repr=False)
 
     @property
     def terminated(self) -> bool:
