@@ -205,3 +205,18 @@ def test_flat_option_names_are_read_once_per_solve_not_per_step(monkeypatch):
         (r_few, n_few), (r_many, n_many) = count(**few), count(**many)
         assert n_many > 5 * n_few
         assert r_many == r_few, (few, r_few, r_many)
+
+
+def test_every_flat_key_is_declared_for_the_type_checker():
+    # The flat torchdiffeq attributes are set on Options at import; the TYPE_CHECKING block of the class
+    # declares them for mypy. A key added to CONCERN_OF without its declaration would type-check as missing.
+    import ast
+    import inspect
+
+    from neuralode.solvers import options as options_module
+
+    tree = ast.parse(inspect.getsource(options_module))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Options")
+    block = next(n for n in cls.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    declared = {n.name for n in block.body if isinstance(n, ast.FunctionDef)}
+    assert declared == set(options_module.CONCERN_OF)

@@ -766,3 +766,12 @@ def test_record_only_event_at_the_same_time_as_a_reset_keeps_the_reset():
     )
     assert torch.allclose(sol.ys[-1, 0, :2], one.ys[-1, 0], atol=1e-8)
     assert [r.index for r in sol.events] == [1, 1]
+
+
+def test_dense_output_per_sample_refuses_an_empty_set_of_times():
+    # t of shape (B, 0) asks for no time at all: refused by name rather than failing inside the read.
+    mu = torch.tensor([0.5, 1.5], dtype=F64)
+    y0 = torch.tensor([[1.0, 0.0], [-0.5, 1.0]], dtype=F64)
+    sol = solve(_vdp(mu), y0, torch.tensor([0.0, 1.0], dtype=F64), options={"per_sample": True, "dense": True})
+    with pytest.raises(ValueError, match=r"needs at least one time; got t of shape \(2, 0\)"):
+        sol.evaluate(torch.zeros(2, 0, dtype=F64))

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any, Protocol, cast, overload
 
 import torch
 
@@ -44,7 +44,10 @@ from .loop import no_event_found, solve_joint
 from .methods.base import Method
 from .methods.registry import DEFAULT_METHOD, METHODS, MethodRegistry, method_names, resolve
 from .options import (
+    AdaptiveOptions,
+    FixedOptions,
     Options,
+    ParsedOptions,
     _accepts_keyword,
     _check_state,
     _check_times,
@@ -68,6 +71,14 @@ CACHED_TIMES = 1 << 18
 # The state argument has y0's layout (a tensor, or a tuple of tensors): a func written for one layout is
 # called with that layout only, so its parameter type is left open rather than the union.
 Func = Callable[[torch.Tensor, Any], TensorOrTuple]
+
+
+class _OwnDriver(Protocol):
+    """A method with ``capabilities.own_driver`` (``scipy_solver``): it runs the whole solve itself."""
+
+    def run(
+        self, func: Func, y0: TensorOrTuple, t: torch.Tensor, times: list[float] | None, rtol, atol, opts
+    ) -> Solution: ...
 
 
 _method = resolve  # a ``method`` argument -> its Method (methods.registry.resolve), under its older name
@@ -132,7 +143,7 @@ def _run(
     rtol,
     atol,
     method: Method,
-    opts: Options,
+    opts: ParsedOptions,
     events: tuple[Event, ...],
     parts: tuple[torch.Tensor, ...] | None = None,
 ) -> Solution:
@@ -198,9 +209,14 @@ def _run(
     recursive = opts.checkpoints is not None and torch.is_grad_enabled() and not forward
     if opts.checkpoints is not None:
         refuse_with_checkpoints(events, forward)
+    stops: InfiniteGrid | list[float]
+    controller: ConstantController | StepSizeController
     if not method.capabilities.adaptive:
+        assert isinstance(opts, FixedOptions)  # the options type of every fixed-step method derives from it
         if math.isinf(t_end):
-            stops = InfiniteGrid(t0, direction, opts.control.step_size)
+            step_size = opts.control.step_size
+            assert step_size is not None  # an event search on a fixed grid has one (_event_times checks it)
+            stops = InfiniteGrid(t0, direction, step_size)
         else:
             grid = _fixed_grid(opts, times, func, y0, t)
             # Compiled chunks make their stage times as one tensor (compiled_chunks.py).
@@ -220,6 +236,7 @@ def _run(
         error = None
         dt0 = math.inf
     else:
+        assert isinstance(opts, AdaptiveOptions)  # the options type of every adaptive method derives from it
 
         def inside(s: float) -> bool:
             return (s - t0) * direction > 0 and (t_end - s) * direction > 0
@@ -228,6 +245,7 @@ def _run(
         stops = sorted({s for s in at.step_t + at.jump_t if inside(s)}, key=lambda s: s * direction) + [t_end]
         jumps = frozenset(at.jump_t)
         k = min(method.order, method.error_order) + 1
+        assert ctl.controller is not None  # parsed options fill it in (AdaptiveOptions.default_controller)
         controller = StepSizeController(ctl.controller, ctl.safety, ctl.ifactor, ctl.dfactor, k)
         error = (_PrimalErrorNorm if forward else _ErrorNorm)(problem, rtol_v, atol_v, ctl.norm)
         if ctl.first_step is not None:
@@ -293,18 +311,19 @@ def _run(
         if n > 1:
             with torch.no_grad():
                 f_out = torch.stack([problem(ti, yi) for ti, yi in zip(times[1:n], result.ys[1:])])
-            h = (t[1:n] - t[1:n].detach()).to(problem.t_dtype)
+            h_t = (t[1:n] - t[1:n].detach()).to(problem.t_dtype)
             f_mid = torch.stack(
                 [
                     problem.at_time(problem.time(ti) + hi / 2, yi + (hi / 2).to(yi.dtype) * fi)
-                    for ti, hi, yi, fi in zip(times[1:n], h, stacked[1:], f_out)
+                    for ti, hi, yi, fi in zip(times[1:n], h_t, stacked[1:], f_out)
                 ]
             )
-            h_out = h.to(stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
+            h_out = h_t.to(stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
             stacked = torch.cat([y_start.unsqueeze(0), stacked[1:] + h_out * f_mid])
         else:
             stacked = y_start.unsqueeze(0)
 
+    ys_out: TensorOrTuple
     if is_tuple:
         ys_out = tuple(c.reshape(n, *s) for c, s in zip(torch.split(stacked, problem.sizes, dim=1), problem.shapes))
     else:
@@ -397,16 +416,18 @@ def solve(
     if m.capabilities.own_driver:
         check_forward_mode(m)
         check_step_callbacks(func, m)
-        return m.run(func, y0, t, times, rtol, atol, _parse_options(options, m))
+        # cast: a method with capabilities.own_driver has run() (the loop's methods have none)
+        return cast(_OwnDriver, m).run(func, y0, t, times, rtol, atol, _parse_options(options, m))
     opts = _parse_options(options, m)
     if per_sample:
         from .per_sample import solve_per_sample
 
         return solve_per_sample(func, y0, t, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events))
+    assert times is not None  # checked above, as every solve but a per-sample one
     return _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=check_events(events), parts=parts)
 
 
-def options_dict(options: Any, method: Any, argument: str = "options") -> Any:
+def options_dict(options: Any, method: Any, argument: str = "options") -> dict | None:
     """``options`` given as :class:`~neuralode.solvers.options.Options`, in torchdiffeq's dict form for
     ``method`` (a name or a :class:`Method`), so that everything past the public boundary reads one form;
     a dict or ``None`` as it is; a bare concern record refused saying where it belongs."""
@@ -476,10 +497,11 @@ def _event_times(t: torch.Tensor, method: Method, opts) -> list[float]:
 def _event_result(sol: Solution, t: torch.Tensor, y0: TensorOrTuple):
     """``(event_t, solution)`` as torchdiffeq's ``odeint(..., event_fn=...)`` returns them."""
     record = sol.events[-1]
+    ys: TensorOrTuple
     if isinstance(y0, tuple):
         ys = tuple(torch.stack([y[0], e]) for y, e in zip(sol.ys, record.y))
     else:
-        ys = torch.stack([sol.ys[0], record.y])
+        ys = torch.stack([sol.ys[0], cast(torch.Tensor, record.y)])  # a tensor state's records hold tensors
     return record.t.to(t.dtype), ys
 
 

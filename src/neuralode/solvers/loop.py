@@ -52,7 +52,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -66,6 +67,9 @@ from .methods.interpolants import StepInterpolant
 from .methods.stepper import Stepper, StepResult
 from .problem import _Problem
 from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
+
+# The event values of a solve without events: none (shared, never mutated).
+_NO_VALUES: list[torch.Tensor] = []
 
 
 class Clock(Protocol):
@@ -357,6 +361,9 @@ class HostClock:
         self.max_step = opts.max_step if adaptive else math.inf
         self.accept_at_min = adaptive and opts.at_min_step == "accept"
         self.warned_at_min = False
+        self.on_step: Callable | None
+        self.on_accept: Callable | None
+        self.on_reject: Callable | None
         self.on_step, self.on_accept, self.on_reject = problem.callbacks
         self.perturb = perturb = opts.perturb and error is None  # fixed grids: every step
         if error is None:
@@ -370,12 +377,19 @@ class HostClock:
         # The last reset times of each (event, element) that reset the state (check_accumulation): resets
         # of different events or elements (two balls) may coincide without accumulating.
         self.reset_times: dict[tuple[int, int], list[float]] = {}
-        self.guard, self.g = 0.0, None
+        # The events' values at the step's start, one tensor per event (none without events).
+        self.g: list[torch.Tensor] = _NO_VALUES
+        self.guard = 0.0
         if events:
+            # The solves with events start from f(t0, y0): the api evaluates it (the checkpointed solve,
+            # which may start without it, has no events).
+            assert f0 is not None
             h_scale = abs(dt0) if math.isfinite(dt0) else abs(stops[0] - t0)
             self.g, self.guard = events.start(t0, y0, lambda: f0.detach(), direction, h_scale)
         self.t, self.y, self.f0, self.f0_side = t0, y0, f0, 1 if perturb else 0
+        self.memory: tuple[torch.Tensor, ...] | None  # a multistep method's history (StepResult.memory)
         self.dt, self.control, self.i_stop, self.memory = dt0, control, 0, None
+        self.records: list[EventRecord]
         self.ys, self.out_steps, self.records, self.i_out = [y0], [], [], 1
         if handover is not None:
             # A fast path took the steps this far (same arithmetic, so the same states): go on from there.
@@ -405,7 +419,9 @@ class HostClock:
                 return problem(t_end, x, -1)
             return problem(s, x)
 
-        stage.where = lambda s: (t_end, -1) if (s - t_in) * direction >= 0 else (s, 0)
+        # An optional attribute of a stage function (so set through the function's __dict__, which a
+        # static checker allows), read with getattr by the steppers that use it.
+        stage.__dict__["where"] = lambda s: (t_end, -1) if (s - t_in) * direction >= 0 else (s, 0)
         return stage
 
     def plan(self) -> bool:
@@ -584,7 +600,8 @@ class HostClock:
         # in the step whatever the method (rk4 at h = 0.01 on a free fall: 1.4e-5 in the event time; Hermite:
         # 1e-16). Its f(t1, y1) is the next step's first stage: one evaluation more only where an event cuts
         # the step.
-        ev_interp = self.ev_interp = interp.smooth()
+        # cast: interpolant() builds one for every step of a solve with events
+        ev_interp = self.ev_interp = cast("StepInterpolant", interp).smooth()
         for loc in events.locate(self.g, g1, t, h, ev_interp, self.guard):
             event = events.events[loc.index]
             at_end = loc.theta == 1.0
@@ -593,12 +610,14 @@ class HostClock:
             t_star, y_star = attach_event_gradient(
                 event, problem.time, problem.unflatten, problem, t_e, y_e, loc.element, self.t_dtype
             )
+            shape = events.shapes[loc.index]
+            assert shape is not None  # known since events.values first ran the event's function
             self.records.append(
                 EventRecord(
                     t_star,
                     problem.unflatten(y_star),
                     loc.index,
-                    unravel(loc.element, events.shapes[loc.index]),
+                    unravel(loc.element, shape),
                     event.terminal,
                 )
             )
@@ -634,7 +653,8 @@ class HostClock:
 
     def dense(self, interp: StepInterpolant | None, cut) -> None:
         if self.dense_out is not None:
-            self.dense_out.add(self.t, self.h, interp, self.t1 if cut is None else cut[1])
+            # cast: interpolant() builds one for every step of a solve with dense output
+            self.dense_out.add(self.t, self.h, cast("StepInterpolant", interp), self.t1 if cut is None else cut[1])
 
     def move(self, f0: torch.Tensor, step: StepResult, accept: bool, dt_next: float, control, cut) -> None:
         """The next state: the step's end, or the event it was cut at (after its reset); a terminal event
@@ -645,7 +665,7 @@ class HostClock:
             f_next = None if (jump_here or perturb) else (self.f1 if self.ev_interp is None else self.ev_interp.f1)
             side = 1 if (jump_here or perturb) else 0
             guard = 0.0
-            g1 = None
+            g1 = _NO_VALUES
             if events:
                 problem = self.problem
 
@@ -659,6 +679,7 @@ class HostClock:
             self.g, self.guard, self.memory = g1, guard, step.memory
             return
         loc, t_e, t_star, y_star = cut
+        assert events is not None  # a step is cut only at an event
         event = events.events[loc.index]
         if event.terminal:
             self.terminal = True

@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -294,6 +294,99 @@ class Options:
     # The controller a StepControl without one gets in the parsed options of a method (StepControl.controller);
     # None here: an Options a user writes leaves it to the method.
     default_controller: ClassVar[str | None] = None
+    # The shared instance defaults() hands out, set on each options type the first time it is asked
+    # (read through the class's own __dict__, so a subclass never gets its base's).
+    _defaults: ClassVar[Options]
+
+    if TYPE_CHECKING:
+        # The torchdiffeq keys, read-only attributes set on the class below (one property per entry of
+        # CONCERN_OF) and so invisible to a static checker; declared here with their records' types.
+        @property
+        def first_step(self) -> float | None: ...
+
+        @property
+        def min_step(self) -> float: ...
+
+        @property
+        def max_step(self) -> float: ...
+
+        @property
+        def max_num_steps(self) -> int: ...
+
+        @property
+        def safety(self) -> float: ...
+
+        @property
+        def ifactor(self) -> float: ...
+
+        @property
+        def dfactor(self) -> float: ...
+
+        @property
+        def controller(self) -> str | None: ...
+
+        @property
+        def norm(self) -> Callable[[Any], Any] | None: ...
+
+        @property
+        def at_min_step(self) -> str: ...
+
+        @property
+        def step_size(self) -> float | None: ...
+
+        @property
+        def grid_constructor(self) -> Callable[..., torch.Tensor] | None: ...
+
+        @property
+        def step_t(self) -> tuple[float, ...]: ...
+
+        @property
+        def jump_t(self) -> tuple[float, ...]: ...
+
+        @property
+        def perturb(self) -> bool: ...
+
+        @property
+        def dense(self) -> bool: ...
+
+        @property
+        def interp(self) -> str: ...
+
+        @property
+        def checkpoint(self) -> bool: ...
+
+        @property
+        def checkpoints(self) -> int | None: ...
+
+        @property
+        def compile(self) -> bool | str: ...
+
+        @property
+        def compile_steps(self) -> int: ...
+
+        @property
+        def per_sample(self) -> bool | str: ...
+
+        @property
+        def dtype(self) -> torch.dtype | None: ...
+
+        @property
+        def stiffness(self) -> str: ...
+
+        @property
+        def max_order(self) -> int: ...
+
+        @property
+        def max_iters(self) -> int: ...
+
+        @property
+        def jacobian(self) -> str | Callable[..., Any]: ...
+
+        @property
+        def batch_dims(self) -> int | None: ...
+
+        @property
+        def dense_error(self) -> bool | None: ...
 
     def __post_init__(self) -> None:
         for name, types in RECORDS.items():
@@ -436,7 +529,7 @@ class AdaptiveOptions(Options):
     execution: Execution = field(default_factory=Execution)
 
     default_controller = "pi"
-    KEYS = (
+    KEYS: ClassVar[tuple[str, ...]] = (
         "first_step", "min_step", "max_step", "max_num_steps", "step_t", "jump_t", "norm", "safety", "ifactor",
         "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "stiffness",
         "per_sample", "at_min_step",
@@ -455,7 +548,7 @@ class FixedOptions(Options):
     output: Output = field(default_factory=Output)
     execution: Execution = field(default_factory=Execution)
 
-    KEYS = (
+    KEYS: ClassVar[tuple[str, ...]] = (
         "step_size", "grid_constructor", "interp", "checkpoint", "checkpoints", "dense", "perturb", "compile",
         "compile_steps", "max_num_steps",
     )  # fmt: skip
@@ -469,6 +562,11 @@ class AdamsOptions(FixedOptions):
     method: AdamsSettings = field(default_factory=AdamsSettings)
 
     KEYS = FixedOptions.KEYS + ("max_order", "max_iters")
+
+
+# The parsed options of a method that steps in the solvers' loop: every options type derives from one of
+# these two, so every record is filled in (the implicit methods' types extend AdaptiveOptions and FixedOptions).
+ParsedOptions = AdaptiveOptions | FixedOptions
 
 
 # --------------------------------------------------------------------------------------------
@@ -893,12 +991,13 @@ def _times_option(name: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _parse_options(options: Any, method: Any) -> Options:
+def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
     """``options`` (a dict, an :class:`Options` or ``None``) checked and parsed into ``method.options_type``, the record of the
     :class:`~neuralode.solvers.methods.base.Method` ``method``: :class:`AdaptiveOptions` or :class:`FixedOptions`
     for the explicit Runge-Kutta methods, :class:`AdamsOptions`, the implicit methods' types (which add the
     Jacobian's options). An option the method's capabilities exclude (``compile``, ``per_sample``) is refused
-    naming it. A method with its own driver parses its own options."""
+    naming it. A method with its own driver parses its own options, into a record of its own (hence the
+    ``Any``: only the method's ``run`` reads it)."""
     if isinstance(options, Options):
         options = options.as_dict(method)
     elif options is not None and not isinstance(options, dict):

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 import torch
 
@@ -79,6 +79,9 @@ from .options import (
 )
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
 from .solution import Solution, SolverStats, TensorOrTuple
+
+if TYPE_CHECKING:  # imported where used: only solves with events need them
+    from .events.per_sample import PerSampleEventRecord
 
 COMPACT_BELOW = 0.5  # compact the batch when fewer than this fraction of its rows are active
 # Outputs of a step are interpolated on a (B, m) window (m = most outputs of one sample in the
@@ -353,6 +356,7 @@ class SampleClock:
         elif opts.first_step is not None:
             dt = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=dev)
         else:
+            assert f0 is not None  # evaluated above whenever no dt0 is given
             dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm.scaled)
         self.dt = dt
         control = opts.control  # read once: the loop's per-step tests use these numbers
@@ -471,7 +475,9 @@ class SampleClock:
                 if not bool(m.any()):
                     break
                 sel = m.nonzero().squeeze(1)
-                self.pieces_i.append(i_out[sel]), self.pieces_b.append(rows[sel]), self.pieces_y.append(y[sel])
+                self.pieces_i.append(i_out[sel])
+                self.pieces_b.append(rows[sel])
+                self.pieces_y.append(y[sel])
                 i_out = i_out + m.long()
                 if self.on_land is not None:
                     break  # one stop at a time
@@ -611,7 +617,9 @@ class SampleClock:
             else:
                 y_out = torch.where(at_end[:, None], y_end[sel], interp.at_rows(sel, theta))
             b = rows[sel]
-        self.pieces_i.append(j), self.pieces_b.append(b), self.pieces_y.append(y_out)
+        self.pieces_i.append(j)
+        self.pieces_b.append(b)
+        self.pieces_y.append(y_out)
         self.i_out = i_out + n_new
 
     def dense(self, interp: StepInterpolant, cut) -> None:
@@ -664,7 +672,8 @@ class SampleClock:
             self.f0 = torch.where(acc, step.k[-1], f0)
         self.t = t = torch.where(accept, t1, self.t)
         if events is not None:
-            g0, g1, guard = self.g0, self.g1, self.guard
+            # cast: with events, events() set both for this step (g0 since the start)
+            g0, g1, guard = cast("list[torch.Tensor]", self.g0), cast("list[torch.Tensor]", self.g1), self.guard
             if cut is None:
                 self.g0 = [torch.where(accept[:, None], b, a) for a, b in zip(g0, g1)]
                 self.guard = torch.where(accept, torch.zeros_like(guard), guard)
@@ -677,6 +686,7 @@ class SampleClock:
                 cross, fired = cut
                 f_new = fb(t, y)
                 if not self.fresh_f0:
+                    assert self.f0 is not None  # carried between steps unless fresh_f0
                     self.f0 = torch.where(cross[:, None], f_new, self.f0)
                 eps = torch.finfo(y.dtype).eps
                 delta = 1e3 * (4 * eps * t.abs() + eps * h.abs())
@@ -920,7 +930,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
     check_options(opts)
     check_step_callbacks(func, tableau, per_sample=True)
     is_tuple = isinstance(y0, tuple)
-    parts = y0 if is_tuple else (y0,)
+    parts = y0 if isinstance(y0, tuple) else (y0,)
     _check_state(y0, batch=True)
     B = parts[0].shape[0]
     times, direction = _check_times(t, B)
@@ -936,17 +946,19 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
     check_tolerance_resolution(norm.rtol, norm.atol, parts[0].dtype)
     if opts.norm is not None:
         norm = UserNorm(layout.sizes, norm.rtol, norm.atol, opts.norm, layout.unflatten)
-    probe = y0.clone() if not is_tuple else tuple(p.clone() for p in y0)
-    versions = [p._version for p in (probe if is_tuple else (probe,))] if watches_versions(parts[0]) else None
+    probe_parts = tuple(p.clone() for p in y0) if isinstance(y0, tuple) else (y0.clone(),)
+    probe = probe_parts if is_tuple else probe_parts[0]
+    versions = [p._version for p in probe_parts] if watches_versions(parts[0]) else None
     out = func(times[:, 0].to(parts[0].dtype), probe)
-    if versions is not None and versions != [p._version for p in (probe if is_tuple else (probe,))]:
+    if versions is not None and versions != [p._version for p in probe_parts]:
         raise changed_in_place("func(t, y)", None)
     checker.check_like_state(out, "func(t, y)", what="dy/dt", finite=False)
     stats.nfe += 1
     stats.rows_evaluated, stats.calls = B, 1
     fb = BatchFunc(func, layout, parts[0].dtype, stats)
     fb.compacted, fb.batch = opts.per_sample == "compact", B
-    event_set, records = None, []
+    records: list[PerSampleEventRecord] = []
+    event_set = None
     if events:
         from .events.per_sample import PerSampleEvents
 

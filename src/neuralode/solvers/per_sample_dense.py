@@ -116,7 +116,7 @@ class PerSampleDense:
             lo_i, n_i = int(first[i]), int(counts[i])
             pos = torch.searchsorted(key[lo_i : lo_i + n_i], (tau[i] * d).contiguous(), right=False) - 1
             piece[i * K : (i + 1) * K] = lo_i + pos.clamp(0, n_i - 1)
-        y = None
+        y: torch.Tensor | None = None
         for k in torch.unique(step[piece]).tolist():
             m = step[piece] == k
             p = piece[m]
@@ -127,6 +127,11 @@ class PerSampleDense:
             if y is None:
                 y = vals.new_empty(q.numel(), vals.shape[1])
             y[m] = vals
+        if y is None:  # t of shape (B, 0): no query, so no piece was read and the width is unknown
+            raise ValueError(
+                f"Solution.evaluate(t) with options['per_sample'] needs at least one time; got t of shape "
+                f"{tuple(t.shape)}."
+            )
         y = y.reshape(self.B, K, -1).transpose(0, 1)  # (K, B, N)
         if t.dim() == 0:
             return self.unflatten(y[0])

@@ -264,6 +264,7 @@ class _Problem:
 
     def __call__(self, t: float, y: torch.Tensor, side: int = 0) -> torch.Tensor:
         self.stats.nfe += 1
+        tt: torch.Tensor | None  # a tensor on every path below: an unknown time is made
         if side:
             tt = self.time(t, side)
         else:

@@ -186,7 +186,8 @@ class Solution:
     method: str
     adjoint_stats: SolverStats | None = None
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
-    dense: DenseOutput | None = field(default=None, repr=False)
+    # a DenseOutput, or with options['per_sample'] a PerSampleDense: either is called on the times
+    dense: Callable[[torch.Tensor], TensorOrTuple] | None = field(default=None, repr=False)
 
     @property
     def terminated(self) -> bool:

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any, Literal, cast, overload
 
 import torch
 
@@ -86,7 +86,7 @@ from ..options import (
     time_dtype,
 )
 from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
-from ..solution import Solution, SolverStats, TensorOrTuple
+from ..solution import DenseOutput, Solution, SolverStats, TensorOrTuple
 from .common import (
     IN_BACKWARD,
     AdjointConfig,
@@ -128,7 +128,7 @@ class _Reattach(torch.autograd.Function):
         leaves, outs = saved[:n], saved[n:]
         pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
         wanted = [k for k, leaf in enumerate(leaves) if leaf.requires_grad and ctx.needs_input_grad[1 + k]]
-        src = [None] * n
+        src: list[torch.Tensor | None] = [None] * n
         if pairs and wanted:
             found = torch.autograd.grad(
                 [o for o, _ in pairs],
@@ -181,6 +181,8 @@ class _AdjointSolve(torch.autograd.Function):
                 )
             run.ys, run.stats = cfg.flat.flatten_series(sol.ys), sol.stats
             if cfg.interpolate:  # the backward solve reads y(t) from the forward solve's interpolants
+                # asked for by options["dense"] above, on the one clock (the per-sample adjoint is apart)
+                assert isinstance(sol.dense, DenseOutput)
                 cfg = dataclasses.replace(cfg, dense=sol.dense.hermite())
         ctx.cfg = cfg
         ctx.save_for_backward(t, run.ys)
@@ -248,7 +250,8 @@ class _AdjointSolve(torch.autograd.Function):
                 f = f_flat(tt, y)
                 if f.requires_grad:
                     # retain_graph: the path to a parameter may be shared (the module docstring).
-                    vjps = torch.autograd.grad(
+                    # allow_unused: an input f does not depend on gets None (the stubs say Tensor).
+                    vjps: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
                         f, (y, *params), -a, allow_unused=True, retain_graph=True, create_graph=graph
                     )
                 else:  # f depends on neither y nor any parameter (e.g. a forcing of t alone)
@@ -349,7 +352,8 @@ class _TorchdiffeqNorm:
         self.called = False
 
     def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.flat.unflatten(x) if self.flat.is_tuple else (x,)
+        # cast: a tuple state unflattens to the tuple of its parts
+        return cast(tuple[torch.Tensor, ...], self.flat.unflatten(x)) if self.flat.is_tuple else (x,)
 
     def __call__(self, state: tuple[torch.Tensor, ...]):
         if self.interpolating:
@@ -397,7 +401,7 @@ def parse_adjoint_options(options: dict | None, adjoint_options: dict | None) ->
         raise TypeError(f"adjoint_options must be a dict or None; got {_type_name(solver)}.")
     solver = dict(solver)
     augmented_norm = solver.pop("augmented_norm", None)
-    norm = "seminorm"
+    norm: Literal["seminorm", "full"] | Callable[[tuple[torch.Tensor, ...]], torch.Tensor] = "seminorm"
     if augmented_norm is not None:
         if "norm" in solver:
             raise ValueError(
@@ -674,6 +678,7 @@ def _solve_adjoint(
     if not events:
         run = _ForwardRun()
         ys = _AdjointSolve.apply(cfg, run, y0_flat, t, *params)
+        assert run.stats is not None  # the Function's forward solved (it was given no ys) and filled them in
         return Solution(t, flat.unflatten_series(ys), run.stats, method, cfg.adjoint_stats)
     if not forward.capabilities.events:
         raise ValueError(no_events(forward))
@@ -762,6 +767,7 @@ def _adjoint_with_events(
         rows.extend(fwd_ys[i_out:j].unbind(0))
         if not out_at_end and end != s_k:
             pieces_t.append(torch.tensor([end], dtype=t.dtype, device=t.device))
+            assert end_state is not None  # the stretch to the last output ends on that output
             rows.append(end_state)
         t_seg = torch.cat(pieces_t)
         if t_seg.numel() >= 2:
@@ -872,7 +878,7 @@ def odeint_adjoint(
     options = options_dict(options, method)
     adjoint_options = options_dict(adjoint_options, adjoint_method or method, "adjoint_options")
     refuse_checkpoints(options, adjoint_options)
-    kw = dict(
+    kw: dict[str, Any] = dict(  # passed through to solve_adjoint
         rtol=rtol,
         atol=atol,
         method=method,

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -69,7 +69,7 @@ class Flat:
 
     def flatten(self, y: TensorOrTuple) -> torch.Tensor:
         if not self.is_tuple:
-            return y
+            return cast(torch.Tensor, y)  # a state that is not a tuple is one tensor
         return torch.cat([p.reshape(-1) for p in y])
 
     def unflatten(self, y: torch.Tensor) -> TensorOrTuple:
@@ -80,7 +80,7 @@ class Flat:
     def flatten_series(self, ys: TensorOrTuple) -> torch.Tensor:
         """The user's structure with a leading time axis -> (n, N) (or the tensor itself)."""
         if not self.is_tuple:
-            return ys
+            return cast(torch.Tensor, ys)  # a state that is not a tuple is one tensor
         return torch.cat([c.reshape(c.shape[0], -1) for c in ys], dim=1)
 
     def unflatten_series(self, ys: torch.Tensor) -> TensorOrTuple:
@@ -235,7 +235,7 @@ def sweep_intervals(
     # on the same graph (retain_graph) must not start from the first one's last step.
     next_step = math.nan
     for i in range(n - 1, 0, -1):
-        if need_t:
+        if t_grad is not None:  # need_t
             t_grad[i] = torch.real(grad_ys[i].conj() * f_at(i)).sum()
             stats.nfe += 1
         if differentiable:  # the interval's ends as tensors of t: the gradient's dependence on t is recorded
@@ -245,7 +245,7 @@ def sweep_intervals(
         a_end, g_params, sol_stats = solve_interval(i, span, a, g_params, next_step)
         next_step = step_after_jump(add_interval_stats(stats, sol_stats), grad_ys[i - 1], implicit)
         a = a_end + grad_ys[i - 1]
-    if need_t:
+    if t_grad is not None:  # need_t
         t_grad[0] = -torch.real((a - grad_ys[0]).conj() * f_at(0)).sum()
         stats.nfe += 1
     return a, t_grad, g_params

@@ -148,7 +148,10 @@ def backward_dynamics(
                 inputs = (yv, *params)
             if f.requires_grad:
                 # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint.backsolve's docstring).
-                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
+                # allow_unused: an input f does not depend on gets None (the stubs say Tensor)
+                vjps: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
+                    f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe
+                )
             else:
                 vjps = (None,) * (1 + len(params))
         vjp_params = tuple(
@@ -199,6 +202,7 @@ def interpolating_backward(
     tdt = time_dtype(ys.dtype)
     implicit = cfg.backward_method.capabilities.implicit
     extra = {"nfe": 0}
+    assert cfg.dense is not None  # the backsolve's Function calls this only once it has kept the dense output
     augmented, jacobian = backward_dynamics(func, flat, params, cfg.dense, acc_dtype, extra)
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

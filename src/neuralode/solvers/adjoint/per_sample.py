@@ -280,8 +280,8 @@ def solve_adjoint_per_sample(
         )
     adj_opts.pop("first_step", None)  # the forward solve's first step is no guide backwards
     adj_opts["per_sample"] = opts.per_sample
-    adj_opts = _parse_options(adj_opts, adj_method)
-    check_options(adj_opts)
+    adj_parsed = _parse_options(adj_opts, adj_method)
+    check_options(adj_parsed)
     check_step_callbacks(func, adj_tableau, per_sample=True, adjoint=True)
 
     def aug_tol(name, tol):
@@ -309,7 +309,7 @@ def solve_adjoint_per_sample(
         times=times,
         direction=direction,
         method=adj_method,
-        opts=adj_opts,
+        opts=adj_parsed,
         rtol=aug_tol(
             "adjoint_rtol" if adjoint_rtol is not None else "rtol", rtol if adjoint_rtol is None else adjoint_rtol
         ),
@@ -318,7 +318,7 @@ def solve_adjoint_per_sample(
         ),
         adjoint_stats=adjoint_stats,
     )
-    ys = torch.cat([p.reshape(times.shape[1], B, -1) for p in (fwd.ys if is_tuple else (fwd.ys,))], 2)
+    ys = torch.cat([p.reshape(times.shape[1], B, -1) for p in (fwd.ys if isinstance(fwd.ys, tuple) else (fwd.ys,))], 2)
     if events:
         return _with_events(cfg, ys, fwd, events, y0, t, times, direction, layout, parts, tableau, adjoint_stats)
     ys = _PerSampleAdjoint.apply(cfg, (ys,), layout.flatten(y0), *params)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -78,6 +78,7 @@ class RecordingClock(HostClock):
         super().__init__(*args, **kwargs)
         self.log: list[StepRecord] = []
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.fresh: bool | None  # whether the next step's f0 is evaluated (None: not yet attempted)
         self.spacing, self.budget, self.fresh, self.peak = 1, budget, None, 0
         self.arrivals: dict[int, int] = {}
 
@@ -110,7 +111,7 @@ class RecordingClock(HostClock):
                 self.jump_here,
                 self.f0_side,
                 self.i_out,
-                self.fresh,
+                cast(bool, self.fresh),  # attempt() decided it before any step from this point is kept
             )
         )
         if k % self.spacing == 0:
@@ -287,7 +288,8 @@ class _RecursiveCheckpoint(torch.autograd.Function):
                 adj["f"] = None
             for i, g in enumerate(grads[len(inputs) - len(params) :]):
                 if g is not None:
-                    g_params[i] = g if g_params[i] is None else g_params[i] + g
+                    before = g_params[i]
+                    g_params[i] = g if before is None else before + g
             clock.ys = []
 
         count = schedule(run, advance, back)

@@ -65,7 +65,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 
@@ -268,6 +268,25 @@ class BatchStepSizeController:
         return dt * factor, ControllerState(state.prev_ratio, torch.ones_like(state.after_reject), state.prev_dt)
 
 
+# A norm (and so a step) is a Python float on the scalar clock and a ``(B,)`` tensor per sample.
+_R = TypeVar("_R", float, torch.Tensor)
+
+
+class _ClockOps(Protocol[_R]):
+    """The arithmetic :func:`initial_step` needs on one clock's numbers (implemented by the classes
+    :class:`_FloatOps` and :class:`_TensorOps` themselves)."""
+
+    def where(self, cond: Any, a: _R | float, b: _R | float) -> _R: ...
+
+    def maximum(self, a: _R, b: _R) -> _R: ...
+
+    def minimum(self, a: _R, b: _R) -> _R: ...
+
+    def floor(self, x: _R, lo: float) -> _R: ...
+
+    def euler(self, y0: torch.Tensor, f0: torch.Tensor, h: _R) -> torch.Tensor: ...
+
+
 class _FloatOps:
     """The scalar clock's arithmetic for :func:`initial_step`: Python floats, torch for the state."""
 
@@ -285,10 +304,15 @@ class _TensorOps:
     """The per-sample clock's arithmetic for :func:`initial_step`: ``(B,)`` float64 tensors, one entry per
     row of a ``(B, N)`` state."""
 
-    where = staticmethod(torch.where)
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
     floor = staticmethod(lambda x, lo: x.clamp(min=lo))
+
+    @staticmethod
+    def where(cond: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+        # A def rather than ``staticmethod(torch.where)``: the stubs' overloads of ``torch.where``
+        # would collapse to the first (one-argument) one.
+        return torch.where(cond, a, b)
 
     @staticmethod
     def euler(y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -329,7 +353,24 @@ def initial_step(
     with torch.no_grad():
         d0 = scaled_norm(y0, y0)
         d1 = scaled_norm(f0, y0)
-    ops = _TensorOps if isinstance(d0, torch.Tensor) else _FloatOps
+    if isinstance(d0, torch.Tensor):
+        return _first_step(_TensorOps, func, t0, y0, f0, direction, order, scaled_norm, d0, d1)
+    return _first_step(_FloatOps, func, t0, y0, f0, direction, order, scaled_norm, d0, d1)
+
+
+def _first_step(
+    ops: _ClockOps[_R],
+    func: Callable,
+    t0,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    direction: float,
+    order: int,
+    scaled_norm: Callable,
+    d0: _R,
+    d1: _R,
+) -> _R:
+    """:func:`initial_step` after the two norms ``d0``, ``d1``, in the arithmetic ``ops`` of their clock."""
     # d1 is floored only so that the branch not taken cannot divide by zero (both are evaluated
     # on tensors); where h0 = 0.01 d0 / d1 is taken, d1 >= 1e-5.
     h0 = ops.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / ops.floor(d1, 1e-300))

@@ -493,6 +493,8 @@ def apply_reset(
     ``t_e`` when ``side`` is +1) has no graph; it is the next step's first stage when nothing
     differentiates through it.
     """
+    # Only an event with a reset that is not terminal is applied (the loop ends at a terminal one).
+    assert event.reset is not None
     y_new = problem.check_like_state(event.reset(t_star, problem.unflatten(y_star)), f"events[{index}].reset(t, y)")
     with torch.no_grad():
         f_new = problem(t_e, y_new, side)

@@ -105,11 +105,14 @@ class PerSampleEvents:
         """Per event, the ``(B, E_k)`` elements crossing in the event's direction; with ``starts``
         (see :meth:`leave_zero`) only those watched by ``theta (B,)``."""
         out = []
-        for k, (e, a, b) in enumerate(zip(self.events, g0, g1)):
+        for e, a, b in zip(self.events, g0, g1):
             rising, falling = (a < 0) & (b >= 0), (a > 0) & (b <= 0)
-            c = rising if e.direction > 0 else falling if e.direction < 0 else rising | falling
-            out.append(c if starts is None else c & (starts[k] <= theta[:, None]))
-        return out
+            out.append(rising if e.direction > 0 else falling if e.direction < 0 else rising | falling)
+        if starts is None:
+            return out
+        assert theta is not None  # the callers pass starts with the theta that watches them
+        watch = theta[:, None]
+        return [c & (starts[k] <= watch) for k, c in enumerate(out)]
 
     def any_crossed(self, g0, g1, theta=None, starts=None) -> torch.Tensor:
         return torch.stack([c.any(1) for c in self.crossed(g0, g1, theta, starts)]).any(0)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..solution import Handover, LoopResult
 from . import compiled_chunks, fixed_grid
 
@@ -81,7 +83,8 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
             return result, None
         # A step within rounding of its start: the loop, with the method's compiled step (COMPILED).
     if path == FIXED_GRID:
-        ys, out_steps = [y0], []
+        ys: list[torch.Tensor] = [y0]
+        out_steps: list[tuple[float, int]] = []
         t, y, f, i_stop, i_out = fixed_grid.run(
             problem, y0, f0, times, stops, tableau, method.interpolant(opts), ys, out_steps
         )
