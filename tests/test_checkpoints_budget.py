@@ -67,7 +67,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("budget", [2, 3, 10_000])
+@pytest.mark.parametrize("budget", [2, 3, 10_000, "auto"])
 def test_gradients_equal_backpropagation_through_the_same_solve(case, budget):
     method, options = CASES[case]
     func = Field()
@@ -81,14 +81,54 @@ def test_gradients_equal_backpropagation_through_the_same_solve(case, budget):
     n = plain.stats.n_accepted
     assert n > 10  # enough steps for the budget to bind
     stats = sol.stats
-    assert 0 < stats.max_stored_states <= min(budget, n)
+    k = recursive.auto_budget(n) if budget == "auto" else budget
+    assert 0 < stats.max_stored_states <= min(k, n)
     # Every step is re-run at least once to be differentiated; a binding budget re-runs more.
-    assert stats.n_recomputed_steps == n if budget >= n else stats.n_recomputed_steps > n
+    assert stats.n_recomputed_steps == n if k >= n else stats.n_recomputed_steps > n
     # The backward pass ran the plan the forward pass reported.
     assert recursive.LAST_BACKWARD == {
         "n_recomputed_steps": stats.n_recomputed_steps,
         "max_stored_states": stats.max_stored_states,
     }
+
+
+def sweeps(k: int, n: int) -> int:
+    """Revolve's bound (Griewank and Walther 2000): with ``k`` checkpoints and ``n`` known in advance, each
+    step is advanced over at most ``r`` times, ``r`` the fewest with ``C(k + r, k) >= n``; the backward
+    pass re-runs at most ``(r + 1) n`` steps, counting the one that differentiates each step."""
+    r = 1
+    while math.comb(k + r, k) < n:
+        r += 1
+    return r
+
+
+def planned(budget, n: int):
+    """The stats of a solve of exactly ``n`` rk4 steps whose backward pass is planned but not run."""
+    y0 = torch.full((2,), 0.5, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    options = {"step_size": 1.0 / n, "checkpoints": budget}
+    return solve(Field(dim=2, hidden=2), y0, t, method="rk4", options=options).stats
+
+
+@pytest.mark.parametrize(("budget", "n"), [(3, 300), (4, 1000), (8, 1000)])
+def test_a_small_budget_recomputes_no_more_than_revolve_knowing_n(budget, n):
+    # The steps are not known in advance: the forward pass thins its checkpoints online. It keeps at most
+    # half the budget, so the last segments are not reversed with one or two slots (K = 4 over 1000 steps
+    # re-ran 35 steps per step when the forward pass kept all four).
+    stats = planned(budget, n)
+    assert stats.n_accepted == n
+    assert stats.max_stored_states <= budget
+    assert stats.n_recomputed_steps <= (sweeps(budget, n) + 1) * n
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 64, 65, 700])
+def test_auto_budget_stores_at_most_two_plus_log2_of_the_steps(n):
+    stats = planned("auto", n)
+    bound = 2 + math.ceil(math.log2(n))
+    assert recursive.auto_budget(n) == bound
+    assert stats.n_accepted == n
+    assert stats.max_stored_states <= min(bound, n + 1)
+    assert stats.n_recomputed_steps <= (sweeps(bound, n) + 1) * n
 
 
 def test_a_tuple_state_gets_backpropagation_gradients():
@@ -133,7 +173,7 @@ def test_without_autograd_the_solve_is_the_plain_one():
         ({"checkpoints": 1}, "dopri5", r"integer >= 2.*got 1"),
         ({"checkpoints": 2.5}, "dopri5", r"integer >= 2.*got 2.5"),
         ({"checkpoints": True}, "dopri5", r"integer >= 2.*got True"),
-        ({"checkpoints": "4"}, "rk4", r"integer >= 2.*got '4'"),
+        ({"checkpoints": "4"}, "rk4", r"integer >= 2.*or 'auto'.*got '4'"),
         ({"checkpoints": 4, "checkpoint": True}, "dopri5", r"'checkpoints'\] and options\['checkpoint'\]"),
         ({"checkpoints": 4, "compile": True}, "dopri5", r"options\['compile'\] cannot be combined"),
         ({"checkpoints": 4, "per_sample": True}, "dopri5", r"options\['per_sample'\] cannot be combined"),

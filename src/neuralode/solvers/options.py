@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -187,8 +187,9 @@ class Execution:
             option.
         checkpoints: ``K`` (an int >= 2): backpropagate storing at most ``K`` states, whatever the
             number of steps, and recompute the rest in the backward pass (Griewank and Walther's
-            revolve; the name is diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``). Gradients are
-            those of backpropagation through the same solve, to rounding. Default ``None`` (off).
+            revolve; the name is diffrax's ``RecursiveCheckpointAdjoint(checkpoints=K)``). ``"auto"``:
+            the budget follows the number of steps ``n`` as the solve takes them, ``K = 2 + ⌈log₂ n⌉``.
+            Gradients are those of backpropagation through the same solve, to rounding. Default ``None`` (off).
             Explicit Runge-Kutta methods only, ``func`` a ``torch.nn.Module``; not with ``checkpoint``,
             ``compile``, ``per_sample``, ``dense``, events or forward-mode derivatives (see
             :mod:`neuralode.solvers.adjoint.recursive`). A neuralode option.
@@ -220,7 +221,7 @@ class Execution:
     """
 
     checkpoint: bool = False
-    checkpoints: int | None = None
+    checkpoints: int | Literal["auto"] | None = None
     compile: bool | str = False
     compile_steps: int = 32
     per_sample: bool | str = False
@@ -356,7 +357,7 @@ class Options:
         def checkpoint(self) -> bool: ...
 
         @property
-        def checkpoints(self) -> int | None: ...
+        def checkpoints(self) -> int | Literal["auto"] | None: ...
 
         @property
         def compile(self) -> bool | str: ...
@@ -1144,12 +1145,13 @@ def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
 
 
 def _check_checkpoints(o: dict, method: Any) -> None:
-    """``options['checkpoints']``: an int >= 2, with an explicit Runge-Kutta method and none of the options
-    it does not combine with (events and forward mode are refused where the solve starts)."""
+    """``options['checkpoints']``: an int >= 2 or ``"auto"``, with an explicit Runge-Kutta method and none of
+    the options it does not combine with (events and forward mode are refused where the solve starts)."""
     k = o["checkpoints"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+    if k != "auto" and (isinstance(k, bool) or not isinstance(k, int) or k < 2):
         raise ValueError(
-            f"options['checkpoints'] must be an integer >= 2 (the most states stored for backpropagation); got {k!r}."
+            "options['checkpoints'] must be an integer >= 2 (the most states stored for backpropagation) or "
+            f"'auto' (2 + ceil(log2 n) for a solve of n steps); got {k!r}."
         )
     if method.explicit_tableau is None:
         raise ValueError(

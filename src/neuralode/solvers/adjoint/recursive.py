@@ -12,11 +12,24 @@ states), and differentiates them one at a time.
 **Forward.** The solve runs on the host clock with autograd off, on :class:`RecordingClock`, which logs every
 accepted step (its time, step, the stop it lands on, the side of ``func`` and the first output it fills) and
 stores a *checkpoint* (the state at a step's start and the derivative the step reuses from the one before,
-FSAL) at the steps ``0, s, 2s, ...``. When ``K`` are stored, every other one is dropped and the spacing ``s``
-doubles, so the store never exceeds ``K`` and the segments between checkpoints are at most ``s <= 2n/K``
-steps long (a geometric schedule, decided online: the number of steps is not known in advance).
+FSAL) at the steps ``0, s, 2s, ...``. When ``F = ⌈K/2⌉`` are stored, every other one is dropped and the
+spacing ``s`` doubles, so the forward pass holds at most ``F`` states and the segments between checkpoints are
+at most ``s <= 2n/F`` steps long (a geometric schedule, decided online: the number of steps ``n`` is not known
+in advance, so neither are revolve's offline positions).
 
-**Backward.** The segments are reversed last to first; segment ``j`` (of ``m <= K``) may use the ``K - j``
+Why half the budget: the backward pass reverses the segments last first, and while it reverses segment ``j``
+the checkpoints of segments ``0 .. j-1`` are still held. Had the forward pass kept all ``K``, the last
+segment would be left one slot, and one slot reverses ``L`` steps in ``L (L + 1) / 2`` re-runs (each step is
+reached again from the segment's start); with ``K = 4`` and a few thousand steps that is hundreds of re-runs
+per step. Keeping ``⌈K/2⌉`` leaves every segment at least ``⌊K/2⌋ + 1`` slots, and the binomial rule below
+then re-runs each step about as often as revolve would with the whole budget and ``n`` known
+(``benchmarks/bench_checkpoints.py`` tabulates both).
+
+``checkpoints="auto"`` sets the budget from the step count as the solve goes: ``K = 2 + ⌈log₂ n⌉`` after
+``n`` accepted steps, so that a solve of ``n`` steps stores at most ``2 + ⌈log₂ n⌉`` states; each step is
+then re-run a number of times that grows like ``log n / log log n`` (revolve's bound with ``K ~ log₂ n``).
+
+**Backward.** The segments are reversed last to first; segment ``j`` (of ``m <= F``) may use the ``K - j``
 slots that the checkpoints of the segments after it have freed, its own included. A segment of ``L`` steps
 with ``c`` slots is reversed by revolve's binomial rule: with ``r`` the least number of sweeps such that
 ``C(c + r, c) >= L``, a checkpoint is set ``C(c + r - 1, c)`` steps in (advancing to it without a graph),
@@ -66,20 +79,28 @@ class StepRecord:
     fresh: bool
 
 
+def auto_budget(n: int) -> int:
+    """``checkpoints="auto"``'s budget after ``n >= 1`` accepted steps: ``2 + ⌈log₂ n⌉``."""
+    return 2 + (n - 1).bit_length()
+
+
 class RecordingClock(HostClock):
-    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping at most ``budget``
-    checkpoints ``step index -> (y, f0 or None)`` with the online doubling rule of the module docstring.
+    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping at most ``⌈budget/2⌉``
+    checkpoints ``step index -> (y, f0 or None)`` with the online doubling rule of the module docstring
+    (``budget="auto"``: the budget follows the step count, :func:`auto_budget`).
     Outputs reached without a step (a stop within rounding of the clock's time) are noted as copies of the
     state they were reached at (``arrivals``: output index -> state index)."""
 
-    __slots__ = ("log", "store", "spacing", "budget", "fresh", "arrivals", "peak")
+    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak")
 
-    def __init__(self, *args, budget: int, **kwargs):
+    def __init__(self, *args, budget: int | str, **kwargs):
         super().__init__(*args, **kwargs)
         self.log: list[StepRecord] = []
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.fresh: bool | None  # whether the next step's f0 is evaluated (None: not yet attempted)
-        self.spacing, self.budget, self.fresh, self.peak = 1, budget, None, 0
+        self.auto = budget == "auto"
+        self.budget = auto_budget(1) if isinstance(budget, str) else budget
+        self.spacing, self.fresh, self.peak = 1, None, 0
         self.arrivals: dict[int, int] = {}
 
     def plan(self) -> bool:
@@ -114,9 +135,11 @@ class RecordingClock(HostClock):
                 cast(bool, self.fresh),  # attempt() decided it before any step from this point is kept
             )
         )
+        if self.auto:
+            self.budget = auto_budget(k + 1)
         if k % self.spacing == 0:
             store = self.store
-            if len(store) == self.budget:
+            if len(store) >= (self.budget + 1) // 2:
                 self.spacing *= 2
                 self.store = store = {i: s for i, s in store.items() if i % self.spacing == 0}
             if k % self.spacing == 0:
@@ -229,7 +252,7 @@ class _RecursiveCheckpoint(torch.autograd.Function):
     def forward(ctx, run: Run, y0: torch.Tensor, f0: torch.Tensor, *params: torch.Tensor):
         clock = run.clock
         integrate(clock, run.make_stepper(), run.controller, run.error)
-        run.log, run.store = clock.log, clock.store
+        run.log, run.store, run.budget = clock.log, clock.store, clock.budget
         run.n_outputs = len(clock.ys)
         ctx.run = run
         return torch.stack(clock.ys[1:])
