@@ -11,6 +11,7 @@ class Scipy(Method):
     its steps itself (``own_driver``), so it has no stepper, no interpolant, and gives no gradients by
     backpropagation (``odeint_adjoint`` works: the backward solve is another solve)."""
 
+    tableau: ScipyMethod
     capabilities = Capabilities(adaptive=True, own_dense=False, events=False, checkpoint=False, own_driver=True)
     options_type = ScipyOptions
 
