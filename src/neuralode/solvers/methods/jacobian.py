@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.overrides import has_torch_function
 
 from .stepper import Stepper
 
+_engine_run_backward: Callable[..., tuple[torch.Tensor, ...]] | None
 try:  # the autograd engine's entry point behind torch.autograd.grad (torch >= 2.3)
     from torch.autograd.graph import _engine_run_backward
 except ImportError:  # pragma: no cover - older or rearranged torch: the public call below is used
@@ -474,6 +475,12 @@ class ImplicitStepper(Stepper):
     step: nothing of this stepper's record is used or changed by it, and the loop's verdict on it is not this
     stepper's to settle (``delegated``).
     """
+
+    # Set by the families that linearise through jacobian_at (Rosenbrock, ESDIRK, Radau): the user's Jacobian
+    # callable (None: autograd), the counted stage function on the flat state, the number of batch dimensions.
+    jac: Callable[..., Any] | None
+    f_tensor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batch_dims: int
 
     def __init__(self, func, tab, checkpoint: bool, opts, problem, error=None):
         self.func, self.tab, self.checkpoint, self.opts, self.problem, self.error = (
