@@ -436,7 +436,7 @@ class AdaptiveOptions(Options):
     execution: Execution = field(default_factory=Execution)
 
     default_controller = "pi"
-    KEYS = (
+    KEYS: ClassVar[tuple[str, ...]] = (
         "first_step", "min_step", "max_step", "max_num_steps", "step_t", "jump_t", "norm", "safety", "ifactor",
         "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "stiffness",
         "per_sample", "at_min_step",
@@ -455,7 +455,7 @@ class FixedOptions(Options):
     output: Output = field(default_factory=Output)
     execution: Execution = field(default_factory=Execution)
 
-    KEYS = (
+    KEYS: ClassVar[tuple[str, ...]] = (
         "step_size", "grid_constructor", "interp", "checkpoint", "checkpoints", "dense", "perturb", "compile",
         "compile_steps", "max_num_steps",
     )  # fmt: skip
