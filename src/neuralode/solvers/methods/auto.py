@@ -36,7 +36,7 @@ import torch
 
 from ..control.stiffness import STIFF_STEPS, StiffnessDetector, stability_boundary
 from .interpolation import continuous_extension
-from .rosenbrock import ImplicitStepper, RosenbrockStepper, rosenbrock_dense
+from .rosenbrock import ImplicitStepper, rosenbrock_dense, rosenbrock_stepper
 from .rosenbrock_tableaus import RODAS5P, RosenbrockTableau
 from .stepper import StepResult, rk_step
 from .tableau import TSIT5, ButcherTableau
@@ -150,7 +150,7 @@ class AutoStepper(ImplicitStepper):
     def __init__(self, func, method: AutoSwitching, checkpoint: bool, opts, problem, error=None):
         super().__init__(func, method, checkpoint, opts, problem, error)
         explicit = self.explicit = method.explicit
-        self.stiff_stepper = RosenbrockStepper(func, method.stiff, checkpoint, opts, problem)
+        self.stiff_stepper = rosenbrock_stepper(func, method.stiff, checkpoint, opts, problem)
         at_one = [i for i, c in enumerate(explicit.c) if c == 1.0]
         self.detector = StiffnessDetector(explicit, at_one[-2], at_one[-1], fraction=SWITCH_FRACTION)
         self.limit = 0.98 * stability_boundary(explicit)

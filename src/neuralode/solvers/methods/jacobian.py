@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.overrides import has_torch_function
 
-from .stepper import Stepper
+from .stepper import Stepper, StepResult
 
 _engine_run_backward: Callable[..., tuple[torch.Tensor, ...]] | None
 try:  # the autograd engine's entry point behind torch.autograd.grad (torch >= 2.3)
@@ -467,8 +467,8 @@ class ImplicitStepper(Stepper):
     A subclass is built with ``(func, tab, checkpoint, opts, problem, error)``: ``func`` evaluates the stages (the
     loop's problem), ``problem`` (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the
     statistics and the state's structure for the Jacobian, ``error`` the solve's error norm (``None`` on a fixed
-    grid). It implements ``step(t, y, f0, h) -> (f0, StepResult)`` and, when it keeps state that depends on the
-    loop's decision, ``_settle(accepted)``.
+    grid). It provides ``step(t, y, f0, h) -> (f0, StepResult)`` (a method, or a function it binds per solve)
+    and, when it keeps state that depends on the loop's decision, ``_settle(accepted)``.
 
     A step whose stages the loop evaluates with another function (a step onto a jump of ``func``, whose stages
     see the side they come from) is taken by a new stepper of the same class built for that function, as a first
@@ -481,6 +481,8 @@ class ImplicitStepper(Stepper):
     jac: Callable[..., Any] | None
     f_tensor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     batch_dims: int
+    # The family's step, step(t, y, f0, h) -> (f0, StepResult) with f0 None when the loop has none.
+    step: Callable[[float, torch.Tensor, torch.Tensor | None, float], tuple[torch.Tensor, StepResult]]
 
     def __init__(self, func, tab, checkpoint: bool, opts, problem, error=None):
         self.func, self.tab, self.checkpoint, self.opts, self.problem, self.error = (
@@ -503,12 +505,13 @@ class ImplicitStepper(Stepper):
             self.side = side
             return self.step(t, y, f0, h)
         self.delegated = True
-        other = type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error)
+        other = self._for_stage(stage)
         other.side = side
         return other.step(t, y, f0, h)
 
-    def step(self, t: float, y: torch.Tensor, f0, h: float):
-        raise NotImplementedError
+    def _for_stage(self, stage) -> ImplicitStepper:
+        """A new stepper of this family for the stage function ``stage``, built as this one was."""
+        return type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error)
 
     def jacobian_at(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float, check_coupling: bool) -> Linearisation:
         """:func:`linearise` at ``(t, y)`` with this stepper's ``jac``, counted ``f_tensor`` and batch layout (the
