@@ -26,6 +26,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..solution import Solution
     from .tableau import ButcherTableau
 
 
@@ -124,7 +125,7 @@ class Method:
         between step ends for a solve with options ``opts``."""
         raise NotImplementedError(f"method {self.name!r} has no interpolant (it runs its own driver)")
 
-    def run(self, func, y0, t, times, rtol, atol, opts) -> Any:
+    def run(self, func, y0, t, times, rtol, atol, opts) -> Solution:
         """The whole solve, for a method with ``capabilities.own_driver``: a
         :class:`~neuralode.solvers.solution.Solution`."""
         raise NotImplementedError(f"method {self.name!r} has no driver of its own (it runs in the solvers' loop)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..solution import Solution
 from .base import Capabilities, Method
 from .scipy_solver import ScipyMethod, ScipyOptions, parse_scipy_options, scipy_solve
 
@@ -24,6 +25,6 @@ class Scipy(Method):
     def parse_options(self, options) -> ScipyOptions:
         return parse_scipy_options(options)
 
-    def run(self, func, y0, t, times, rtol, atol, opts: ScipyOptions):
+    def run(self, func, y0, t, times, rtol, atol, opts: ScipyOptions) -> Solution:
         """The whole solve by ``solve_ivp``; a :class:`~neuralode.solvers.solution.Solution`."""
         return scipy_solve(func, y0, t, times, rtol, atol, opts, self.name)
