@@ -221,3 +221,26 @@ def test_auto_switches_when_hairers_estimate_underreads_the_stiffness():
     assert auto.stats.nfe < 2 * rodas.stats.nfe
     units = (auto.ys - ref.ys).abs() / (1e-14 + 1e-8 * ref.ys.abs())
     assert float(units.max()) < 100
+
+
+def test_auto_switching_refuses_an_explicit_method_without_estimate_or_dense_output():
+    """auto's explicit half must carry an error estimate (the controller) and its own dense output (auto_dense
+    interpolates tsit5's steps with it): a record without either is refused on construction, naming it."""
+    import dataclasses
+
+    from neuralode.solvers.methods.auto import AutoSwitching
+    from neuralode.solvers.methods.tableau import RK4, TSIT5
+
+    with pytest.raises(ValueError, match="rk4 has no b_err"):
+        AutoSwitching(explicit=RK4)
+    no_dense = dataclasses.replace(TSIT5, name="tsit5_no_dense", dense=None, dense_order=None)
+    assert no_dense.b == TSIT5.b and no_dense.dense is None
+    with pytest.raises(ValueError, match="tsit5_no_dense has no dense"):
+        AutoSwitching(explicit=no_dense)
+    assert AutoSwitching().explicit is TSIT5
+
+
+def test_a_method_stepped_by_the_loop_has_no_driver_of_its_own():
+    """Method.run is the own-driver methods' (scipy_solver) whole solve; a method the loop steps refuses it."""
+    with pytest.raises(NotImplementedError, match="'dopri5' has no driver of its own"):
+        METHODS["dopri5"].run(None, None, None, None, 1e-6, 1e-8, None)

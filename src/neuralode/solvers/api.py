@@ -244,6 +244,7 @@ def _run(
         at, ctl = opts.stops, opts.control
         stops = sorted({s for s in at.step_t + at.jump_t if inside(s)}, key=lambda s: s * direction) + [t_end]
         jumps = frozenset(at.jump_t)
+        assert method.order is not None and method.error_order is not None  # every adaptive method has both
         k = min(method.order, method.error_order) + 1
         assert ctl.controller is not None  # parsed options fill it in (AdaptiveOptions.default_controller)
         controller = StepSizeController(ctl.controller, ctl.safety, ctl.ifactor, ctl.dfactor, k)

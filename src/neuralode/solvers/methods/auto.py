@@ -30,14 +30,15 @@ dense output uses that method's own interpolant.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
 from ..control.stiffness import STIFF_STEPS, StiffnessDetector, stability_boundary
 from .interpolation import continuous_extension
-from .rosenbrock import ImplicitStepper, RosenbrockStepper, rosenbrock_dense
+from .rosenbrock import ImplicitStepper, rosenbrock_dense, rosenbrock_stepper
 from .rosenbrock_tableaus import RODAS5P, RosenbrockTableau
-from .stepper import rk_step
+from .stepper import StepResult, rk_step
 from .tableau import TSIT5, ButcherTableau
 
 # Hairer's rho is a Rayleigh-quotient-like estimate along the stages' difference and often underestimates the
@@ -83,10 +84,14 @@ class AutoSwitching:
 
     def __post_init__(self) -> None:
         e, s = self.explicit, self.stiff
+        if e.error_order is None:
+            raise ValueError(f"AutoSwitching: the explicit method must be an embedded pair; {e.name} has no b_err")
         if (e.order, min(e.order, e.error_order)) != (s.order, min(s.order, s.error_order)):
             raise ValueError(f"AutoSwitching: {e.name} and {s.name} must have equal orders and error orders")
         if e.stages == s.stages:
             raise ValueError("AutoSwitching: the two methods must differ in their number of stages")
+        if e.dense is None:  # auto_dense interpolates the explicit steps with it
+            raise ValueError(f"AutoSwitching: the explicit method needs its own dense output; {e.name} has no dense")
 
     order = property(lambda self: self.explicit.order)
     error_order = property(lambda self: self.explicit.error_order)
@@ -108,7 +113,9 @@ def auto_dense(y0: torch.Tensor, y1: torch.Tensor, k, method: AutoSwitching, h: 
     """The dense output of whichever method took the step (told apart by its number of stages)."""
     if len(k) == method.stiff.stages:
         return rosenbrock_dense(y0, y1, k, method.stiff, theta)
-    return continuous_extension(y0, k, h, method.explicit.dense, theta)
+    # explicit.dense is not None: AutoSwitching checks it on construction.
+    dense = cast("tuple[tuple[float, ...], ...]", method.explicit.dense)
+    return continuous_extension(y0, k, h, dense, theta)
 
 
 @dataclass
@@ -130,9 +137,9 @@ class AutoState:
 
     stiff: bool = False
     calm: int = 0
-    window: list = field(default_factory=list)
-    accepted: tuple | None = None
-    attempt: tuple | None = None
+    window: list[float] = field(default_factory=list)
+    accepted: tuple[float, float, StepResult, bool] | None = None
+    attempt: tuple[float, float, StepResult, bool] | None = None
 
 
 class AutoStepper(ImplicitStepper):
@@ -142,18 +149,18 @@ class AutoStepper(ImplicitStepper):
     def __init__(self, func, method: AutoSwitching, checkpoint: bool, opts, problem, error=None):
         super().__init__(func, method, checkpoint, opts, problem, error)
         explicit = self.explicit = method.explicit
-        self.stiff_stepper = RosenbrockStepper(func, method.stiff, checkpoint, opts, problem)
+        self.stiff_stepper = rosenbrock_stepper(func, method.stiff, checkpoint, opts, problem)
         at_one = [i for i, c in enumerate(explicit.c) if c == 1.0]
         self.detector = StiffnessDetector(explicit, at_one[-2], at_one[-1], fraction=SWITCH_FRACTION)
         self.limit = 0.98 * stability_boundary(explicit)
         self.probe_limit = PROBE_FRACTION * stability_boundary(explicit)
         self.state = AutoState()
 
-    def _count(self, t: float, y: torch.Tensor, f0):
-        """Count the accepted step in ``state.accepted`` towards a switch, when this attempt continues from it;
-        returns ``f0``, tsit5's last stage where that is ``f(t, y)`` and the loop passed none."""
+    def _count(self, accepted: tuple[float, float, StepResult, bool], t: float, y: torch.Tensor, f0):
+        """Count the accepted step ``accepted`` (``state.accepted``) towards a switch, when this attempt continues
+        from it; returns ``f0``, tsit5's last stage where that is ``f(t, y)`` and the loop passed none."""
         st, explicit, detector = self.state, self.explicit, self.detector
-        t_prev, h_prev, step_prev, was_stiff = st.accepted
+        t_prev, h_prev, step_prev, was_stiff = accepted
         st.accepted = None
         if step_prev.y1 is not y:  # the solve continues from elsewhere (an event's reset, another stepper)
             return f0
@@ -183,8 +190,9 @@ class AutoStepper(ImplicitStepper):
 
     def step(self, t: float, y: torch.Tensor, f0, h: float):
         st = self.state
-        if st.accepted is not None:
-            f0 = self._count(t, y, f0)
+        accepted = st.accepted
+        if accepted is not None:
+            f0 = self._count(accepted, t, y, f0)
         if st.stiff:
             f0, step = self.stiff_stepper.step(t, y, f0, h)
         else:

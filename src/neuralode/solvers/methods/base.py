@@ -23,7 +23,11 @@ stepper and no interpolant.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..solution import Solution
+    from .tableau import ButcherTableau
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +83,14 @@ class Method:
         return self.tableau.name
 
     @property
-    def order(self) -> int:
+    def order(self) -> int | None:
+        """Order of the propagated solution; ``None`` for a method whose driver chooses it (``scipy_solver``)."""
         return self.tableau.order
 
     @property
-    def error_order(self) -> int:
-        """Order of the embedded solution behind the error estimate (that of the method if it has none)."""
+    def error_order(self) -> int | None:
+        """Order of the embedded solution behind the error estimate: an int for every adaptive method; ``None``
+        for a fixed-step explicit Runge-Kutta method (no estimate) and ``scipy_solver``."""
         return self.tableau.error_order
 
     @property
@@ -94,7 +100,7 @@ class Method:
 
     # The generic explicit Runge-Kutta tableau the fast paths (fixed_grid, compiled chunks) and the cached
     # stage times may reproduce the step from: set by the explicit Runge-Kutta methods only.
-    explicit_tableau = None
+    explicit_tableau: ButcherTableau | None = None
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False):
         """A :class:`~neuralode.solvers.methods.stepper.Stepper` for one solve of ``problem`` (the adapted ``func``).
@@ -118,6 +124,11 @@ class Method:
         """The :class:`~neuralode.solvers.methods.interpolants.StepInterpolant` subclass that fills the solution
         between step ends for a solve with options ``opts``."""
         raise NotImplementedError(f"method {self.name!r} has no interpolant (it runs its own driver)")
+
+    def run(self, func, y0, t, times, rtol, atol, opts) -> Solution:
+        """The whole solve, for a method with ``capabilities.own_driver``: a
+        :class:`~neuralode.solvers.solution.Solution`."""
+        raise NotImplementedError(f"method {self.name!r} has no driver of its own (it runs in the solvers' loop)")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

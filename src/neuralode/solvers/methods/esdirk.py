@@ -195,17 +195,20 @@ class ESDIRKStepper(ImplicitStepper):
         self.f_tensor = counted_flat_func(problem)
         self.state = ESDIRKState()
 
-    def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
+    def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> torch.Tensor:
+        """Form ``J`` at ``(t, y)`` into the record and return it."""
         st = self.state
         lin = self.jacobian_at(t, y, f0, h, check_coupling=st.J is None)
         st.J, st.t, st.y, st.lu, st.lu_h = lin.J, t, y, None, None
+        return lin.J
 
-    def factors(self, t: float, h: float):
+    def factors(self, t: float, h: float, J: torch.Tensor):
+        """The LU factors of ``I / (h gamma) - J`` (``J`` the record's), factored anew when ``h`` has changed."""
         from .rosenbrock import factor
 
         st = self.state
         if st.lu_h != h:
-            st.lu = factor(st.J, h, self.tab.gamma, t, self.stats, self.stats.n_steps)
+            st.lu = factor(J, h, self.tab.gamma, t, self.stats, self.stats.n_steps)
             st.lu_h = h
         return st.lu
 
@@ -213,11 +216,21 @@ class ESDIRKStepper(ImplicitStepper):
         # Every component, not the solve's norm: a seminorm would leave components unconverged (scaled_all).
         return self.error.scaled_all(dz, y) if self.error is not None else float(dz.abs().max())
 
-    def solve_stage(self, t: float, ti: float, y0: torch.Tensor, base: torch.Tensor, guess_k: torch.Tensor, h: float):
-        """Z with Z = base + h gamma f(ti, Z), or None when the chord iteration does not converge."""
+    def solve_stage(
+        self,
+        t: float,
+        ti: float,
+        y0: torch.Tensor,
+        base: torch.Tensor,
+        guess_k: torch.Tensor,
+        h: float,
+        J: torch.Tensor,
+    ):
+        """Z with Z = base + h gamma f(ti, Z), or None when the chord iteration does not converge (``J``: the
+        record's Jacobian)."""
         func, stats, scaled = self.func, self.stats, self.scaled
-        LU, piv = self.factors(t, h)
-        B, n = self.state.J.shape[0], self.state.J.shape[-1]
+        LU, piv = self.factors(t, h, J)
+        B, n = J.shape[0], J.shape[-1]
         hg = h * self.tab.gamma
         z = torch.add(base, guess_k, alpha=hg)
         # No iteration resolves Z below its own rounding: a displacement within a few ulps of Z (in the
@@ -245,13 +258,13 @@ class ESDIRKStepper(ImplicitStepper):
             prev = d
         return None
 
-    def attempt(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float):
+    def attempt(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float, J: torch.Tensor):
         tab, rows = self.tab, self.rows
         k = [f0]
         hg = h * tab.gamma
         for i in range(1, tab.stages):
             base = combine(y, h, rows[i], k)
-            z = self.solve_stage(t, t + tab.c[i] * h, y, base, k[-1], h)
+            z = self.solve_stage(t, t + tab.c[i] * h, y, base, k[-1], h, J)
             if z is None:
                 return None
             k.append((z - base) / hg)
@@ -266,12 +279,13 @@ class ESDIRKStepper(ImplicitStepper):
         if f0 is None:
             f0 = self.func(t, y)
         st = self.state
-        if st.J is None:
-            self.fresh_jacobian(t, y, f0, h)
-        step = self.attempt(t, y, f0, h)
+        J = st.J
+        if J is None:
+            J = self.fresh_jacobian(t, y, f0, h)
+        step = self.attempt(t, y, f0, h, J)
         if step is None and not (st.y is y and st.t == t):
-            self.fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: refresh it and retry
-            step = self.attempt(t, y, f0, h)
+            J = self.fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: refresh it and retry
+            step = self.attempt(t, y, f0, h, J)
         if step is not None:
             return f0, step
         if abs(h) <= max(self.min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):

@@ -73,6 +73,8 @@ class ExplicitRK(Method):
     Hermite; a fixed grid interpolates as ``options['interp']`` says.
     """
 
+    tableau: ButcherTableau
+
     def __init__(self, tableau: ButcherTableau):
         super().__init__(tableau)
         adaptive = tableau.adaptive
@@ -118,12 +120,13 @@ class Adams(Method):
     """The fixed-grid Adams methods (``explicit_adams``, ``implicit_adams`` = ``fixed_adams``): a history of
     derivatives carried by the loop as ``StepResult.memory``, started with rk4_38 steps."""
 
+    tableau: AdamsMethod
     capabilities = Capabilities(adaptive=False, own_dense=False, torch_func=True)
     options_type = AdamsOptions
 
     @property
     def error_order(self) -> int:
-        return self.order  # no error estimate
+        return self.tableau.order  # no error estimate: the method's order
 
     def step_config(self, opts: AdamsOptions, rtol, atol) -> SimpleNamespace:
         """The orders and the corrector's iteration limit and tolerances (``rtol``/``atol`` as checked)."""

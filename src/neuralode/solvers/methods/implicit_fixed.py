@@ -252,7 +252,7 @@ def _step_function(func, tab: ImplicitRK, opts, problem, state: ImplicitFixedSta
         F = [f0 if not any(tab.A[i]) else at(t, tab.c[i], h)(Z[i]) for i in range(s)]
         return Z, F
 
-    def factor(Js: torch.Tensor, h: float, t: float):
+    def factor(Js: torch.Tensor, h: float, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """LU of I - h [a_ij J_j] per sample; ``Js`` is (B, s, n, n), one Jacobian per stage."""
         B, n = Js.shape[0], Js.shape[-1]
         A = torch.tensor(tab.A, dtype=Js.dtype, device=Js.device)  # (s, s)
@@ -282,8 +282,10 @@ def _step_function(func, tab: ImplicitRK, opts, problem, state: ImplicitFixedSta
         # does not converge, full Newton from where it stopped, with J at every stage value, refreshed on every
         # iteration (the step is fixed, so it cannot be retried smaller).
         K = [f0] * s
+        LU = factor(J0.unsqueeze(1).expand(B, s, n, n), h, t)  # the simplified iteration's (J0 at every stage)
         for full in (False, True):
-            LU = None if full else factor(J0.unsqueeze(1).expand(B, s, n, n), h, t)
+            if full:
+                del LU  # freed before full Newton forms its own on every iteration
             prev = None
             for m in range(NEWTON_MAX_ITER):
                 Z, F = stages(t, y, f0, h, K)

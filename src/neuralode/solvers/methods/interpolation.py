@@ -21,12 +21,11 @@ Here ``theta = (t - t0) / dt`` lies in ``[0, 1]``.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
 from functools import cache
 
 import torch
 
-from .stepper import combine, combine_rows
+from .stepper import Func, combine, combine_rows
 from .tableau import ButcherTableau
 
 
@@ -116,7 +115,7 @@ def _extra_rows(tableau: ButcherTableau) -> tuple[tuple[tuple[int, float], ...],
 
 
 def dense_stages(
-    func: Callable[[float, torch.Tensor], torch.Tensor],
+    func: Func,
     t0: float | torch.Tensor,
     y0: torch.Tensor,
     k: tuple[torch.Tensor, ...],
@@ -129,7 +128,7 @@ def dense_stages(
     step's ``s`` stages and then the extra stages before ``j``.
 
     Args:
-        func: ``func(t, y) -> dy/dt`` with ``t`` a Python float, the same function the step was taken with
+        func: ``func(t, y) -> dy/dt`` with ``t`` of the kind of ``t0``, the same function the step was taken with
             (as for :func:`~neuralode.solvers.methods.stepper.rk_step`).
         t0, y0, dt: the start, state and size of the accepted step; ``t0`` and ``dt`` are floats, or
             ``(B,)`` float64 tensors with one step per row of ``y0`` (the per-sample clock, as in

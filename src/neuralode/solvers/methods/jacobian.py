@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.overrides import has_torch_function
 
-from .stepper import Stepper
+from .stepper import Stepper, StepResult
 
+_engine_run_backward: Callable[..., tuple[torch.Tensor, ...]] | None
 try:  # the autograd engine's entry point behind torch.autograd.grad (torch >= 2.3)
     from torch.autograd.graph import _engine_run_backward
 except ImportError:  # pragma: no cover - older or rearranged torch: the public call below is used
@@ -466,14 +467,22 @@ class ImplicitStepper(Stepper):
     A subclass is built with ``(func, tab, checkpoint, opts, problem, error)``: ``func`` evaluates the stages (the
     loop's problem), ``problem`` (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the
     statistics and the state's structure for the Jacobian, ``error`` the solve's error norm (``None`` on a fixed
-    grid). It implements ``step(t, y, f0, h) -> (f0, StepResult)`` and, when it keeps state that depends on the
-    loop's decision, ``_settle(accepted)``.
+    grid). It provides ``step(t, y, f0, h) -> (f0, StepResult)`` (a method, or a function it binds per solve)
+    and, when it keeps state that depends on the loop's decision, ``_settle(accepted)``.
 
     A step whose stages the loop evaluates with another function (a step onto a jump of ``func``, whose stages
     see the side they come from) is taken by a new stepper of the same class built for that function, as a first
     step: nothing of this stepper's record is used or changed by it, and the loop's verdict on it is not this
     stepper's to settle (``delegated``).
     """
+
+    # Set by the families that linearise through jacobian_at (Rosenbrock, ESDIRK, Radau): the user's Jacobian
+    # callable (None: autograd), the counted stage function on the flat state, the number of batch dimensions.
+    jac: Callable[..., Any] | None
+    f_tensor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batch_dims: int
+    # The family's step, step(t, y, f0, h) -> (f0, StepResult) with f0 None when the loop has none.
+    step: Callable[[float, torch.Tensor, torch.Tensor | None, float], tuple[torch.Tensor, StepResult]]
 
     def __init__(self, func, tab, checkpoint: bool, opts, problem, error=None):
         self.func, self.tab, self.checkpoint, self.opts, self.problem, self.error = (
@@ -496,12 +505,13 @@ class ImplicitStepper(Stepper):
             self.side = side
             return self.step(t, y, f0, h)
         self.delegated = True
-        other = type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error)
+        other = self._for_stage(stage)
         other.side = side
         return other.step(t, y, f0, h)
 
-    def step(self, t: float, y: torch.Tensor, f0, h: float):
-        raise NotImplementedError
+    def _for_stage(self, stage) -> ImplicitStepper:
+        """A new stepper of this family for the stage function ``stage``, built as this one was."""
+        return type(self)(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error)
 
     def jacobian_at(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float, check_coupling: bool) -> Linearisation:
         """:func:`linearise` at ``(t, y)`` with this stepper's ``jac``, counted ``f_tensor`` and batch layout (the

@@ -111,6 +111,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 import torch
 
@@ -255,8 +256,8 @@ def _radau_nodes(s: int) -> tuple[float, ...]:
     for r in roots:  # Newton in exact arithmetic from each float root: correctly rounded nodes
         x = Fraction(r)
         for _ in range(3):
-            v = sum(cm * x**m for m, cm in enumerate(coef))
-            d = sum(m * cm * x ** (m - 1) for m, cm in enumerate(coef) if m)
+            v = sum((cm * x**m for m, cm in enumerate(coef)), Fraction(0))
+            d = sum((m * cm * x ** (m - 1) for m, cm in enumerate(coef) if m), Fraction(0))
             x -= v / d
         out.append(float(x))
     out[-1] = 1.0
@@ -368,6 +369,10 @@ def _factor(J: torch.Tensor, mus: list, h: float, t: float, stats, labels: list[
     return LU, piv
 
 
+# An attempt as RadauState keeps it until settle: (t, y, h, y1, Z, slow), y1 and Z None when Newton failed.
+_Attempt: TypeAlias = tuple[float, torch.Tensor, float, torch.Tensor | None, torch.Tensor | None, bool]
+
+
 @dataclass
 class RadauState:
     """What a Radau IIA stepper keeps between attempts (module docstring).
@@ -398,7 +403,7 @@ class RadauState:
     eta: float = 1.0
     poly: tuple | None = None
     slow: bool = True
-    attempt: tuple | None = None
+    attempt: _Attempt | None = None
     expect: tuple | None = None
 
 
@@ -457,17 +462,20 @@ class RadauStepper(ImplicitStepper):
             return err
         return err * (r / r_emb) if r_emb > 0.0 else e_cont * (r / r_cont)
 
-    def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> None:
+    def fresh_jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor, h: float) -> torch.Tensor:
+        """Form ``J`` at ``(t, y)`` into the record and return it."""
         st = self.state
         lin = self.jacobian_at(t, y, f0, h, check_coupling=st.J is None)
         st.J, st.jy, st.jt, st.lu_h = lin.J, y, t, None
+        return lin.J
 
-    def factors(self, t: float, h: float):
+    def factors(self, t: float, h: float, J: torch.Tensor):
+        """The real and complex LU factors for ``J`` (the record's), factored anew when ``h`` has changed."""
         st, tab = self.state, self.tab
         if st.lu_h != h:
             st.lu = (
-                _factor(st.J, [tab.gamma], h, t, self.stats, ["gamma"], tab.name),
-                _factor(st.J, self.mus, h, t, self.stats, self.labels, tab.name),
+                _factor(J, [tab.gamma], h, t, self.stats, ["gamma"], tab.name),
+                _factor(J, self.mus, h, t, self.stats, self.labels, tab.name),
             )
             st.lu_h = h
             self.stats.n_factorizations += 1
@@ -480,14 +488,15 @@ class RadauStepper(ImplicitStepper):
             return float(dZ.abs().max())
         return self.error.scaled_stages(dZ, y)
 
-    def newton(self, t: float, y: torch.Tensor, h: float, Z0: torch.Tensor):
+    def newton(self, t: float, y: torch.Tensor, h: float, Z0: torch.Tensor, J: torch.Tensor):
         """``(Z, ok, shrink, theta, iterations)``: the stage increments stacked ``(s, *state)``, or ``ok = False``
-        with the factor by which RADAU5 would shrink ``h`` (``None``: the iterates are not finite)."""
+        with the factor by which RADAU5 would shrink ``h`` (``None``: the iterates are not finite). ``J``: the
+        record's Jacobian."""
         st, tab, func, mix, eps, fnewt = self.state, self.tab, self.func, self.mix, self.eps, self.fnewt
         c, s, gamma, mus, n_iter_max = tab.c, tab.stages, tab.gamma, self.mus, tab.newton_max_iter
         T_t, Ti_t, P = self.T_t, self.Ti_t, len(mus)
-        (LUr, pr), (LUc, pc) = self.factors(t, h)
-        B, n = st.J.shape[0], st.J.shape[-1]
+        (LUr, pr), (LUc, pc) = self.factors(t, h, J)
+        B, n = J.shape[0], J.shape[-1]
         shape = y.shape
         mu_h = torch.tensor([mu / h for mu in mus], dtype=LUc.dtype, device=y.device).view(P, *([1] * y.dim()))
         Z = Z0
@@ -548,16 +557,17 @@ class RadauStepper(ImplicitStepper):
         if expect is not None and not retry and not (expect[0] == "end" and expect[1] is y):
             st.poly, st.slow = None, True  # a new start (event reset, new solve segment): fresh Jacobian
         st.expect = None
-        current = st.J is not None and st.jy is y and st.jt == t
-        if st.J is None or (not current and (retry or st.slow)):
-            self.fresh_jacobian(t, y, f0, h)
+        J = st.J
+        current = J is not None and st.jy is y and st.jt == t
+        if J is None or (not current and (retry or st.slow)):
+            J = self.fresh_jacobian(t, y, f0, h)
             current = True
         extra = retry or st.poly is None  # first step (of a stretch) or after a rejection: (8.20)
         Z0 = self.starting_values(y, h)
-        Z, ok, shrink, theta, iters = self.newton(t, y, h, Z0)
+        Z, ok, shrink, theta, iters = self.newton(t, y, h, Z0, J)
         if not ok and not current:
-            self.fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: re-form it and retry the same h
-            Z, ok, shrink, theta, iters = self.newton(t, y, h, Z0)
+            J = self.fresh_jacobian(t, y, f0, h)  # the kept Jacobian is stale: re-form it and retry the same h
+            Z, ok, shrink, theta, iters = self.newton(t, y, h, Z0, J)
         if not ok:
             st.attempt = (t, y, h, None, None, True)
             if abs(h) <= max(self.min_step, 64 * 2.220446049250313e-16 * max(1.0, abs(t))):
@@ -575,8 +585,8 @@ class RadauStepper(ImplicitStepper):
             factor = self.dfactor if shrink is None else max(self.dfactor, shrink)
             return f0, StepResult(y, None, (f0,) * s, shrink=factor)
         y1 = y + Z[-1]
-        (LUr, pr), _ = self.factors(t, h)
-        B, n = st.J.shape[0], st.J.shape[-1]
+        (LUr, pr), _ = self.factors(t, h, J)
+        B, n = J.shape[0], J.shape[-1]
         ZE = self.mix(self.e_t.view(1, s), Z)[0]  # sum_i e_i Z_i; the estimate's right-hand side: f0 + (gamma / h) ZE
         err = torch.linalg.lu_solve(LUr, pr, torch.add(f0, ZE, alpha=gamma / h).reshape(B, n, 1)).reshape(y.shape)
         stats.n_linear_solves += 1
@@ -597,7 +607,8 @@ class RadauStepper(ImplicitStepper):
         starting values and its iteration's speed decides whether ``J`` is kept; a rejected one changes neither
         (the retry starts from the same point with the same starting polynomial)."""
         st = self.state
-        t, y, h, y1, Z, slow = st.attempt
+        # The loop settles each attempt once, after step has recorded it: attempt is not None here.
+        t, y, h, y1, Z, slow = cast(_Attempt, st.attempt)
         st.attempt = None
         if accepted and y1 is not None:
             st.poly, st.slow = (h, Z), slow

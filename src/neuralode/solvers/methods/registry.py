@@ -10,17 +10,17 @@ error that lists the valid names; :func:`get_tableau` gives a method's coefficie
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 from ..options import suggest
 from .adams import ADAMS_METHODS
-from .auto import AUTO
+from .auto import AUTO, AutoSwitching
 from .base import Method
-from .esdirk import ESDIRK_METHODS
+from .esdirk import ESDIRK_METHODS, ESDIRKTableau
 from .explicit import Adams, ExplicitRK
-from .implicit_fixed import IMPLICIT_FIXED_METHODS
-from .radau import RADAU_METHODS
-from .rosenbrock_tableaus import ROSENBROCK_METHODS
+from .implicit_fixed import IMPLICIT_FIXED_METHODS, ImplicitRK
+from .radau import RADAU_METHODS, RadauTableau
+from .rosenbrock_tableaus import ROSENBROCK_METHODS, RosenbrockTableau
 from .scipy import Scipy
 from .scipy_solver import SCIPY_METHOD
 from .stiff import ESDIRK, Auto, ImplicitFixed, Radau, Rosenbrock
@@ -28,7 +28,18 @@ from .tableau import EXPLICIT_METHODS, ButcherTableau
 
 DEFAULT_METHOD = "dopri5"
 
-IMPLICIT_METHODS: dict = {**ROSENBROCK_METHODS, **ESDIRK_METHODS, **RADAU_METHODS, **IMPLICIT_FIXED_METHODS}
+ImplicitTableau: TypeAlias = RosenbrockTableau | ESDIRKTableau | RadauTableau | ImplicitRK
+"""The coefficient record of an implicit (stiff) method."""
+
+Tableau: TypeAlias = ButcherTableau | ImplicitTableau | AutoSwitching
+"""What :func:`get_tableau` returns: the coefficient record of an explicit Runge-Kutta, implicit or ``auto`` method."""
+
+IMPLICIT_METHODS: dict[str, ImplicitTableau] = {
+    **ROSENBROCK_METHODS,
+    **ESDIRK_METHODS,
+    **RADAU_METHODS,
+    **IMPLICIT_FIXED_METHODS,
+}
 """Every built-in implicit (stiff) method's coefficient record by name: the Rosenbrock methods, the ESDIRK
 methods, Radau IIA and the fixed-grid implicit Runge-Kutta methods."""
 
@@ -128,7 +139,7 @@ def resolve(method: Any) -> Method:
         ) from None
 
 
-def get_tableau(method: str) -> Any:
+def get_tableau(method: str) -> Tableau:
     """The coefficient record of the method named ``method``: its data, without the behaviour.
 
     Args:

@@ -163,7 +163,8 @@ def rosenbrock_step(
     y_err = u[j0] * e0
     for j, e in rest:
         y_err = torch.add(y_err, u[j], alpha=e)
-    k = tuple(u) + ((f_last,) if fsal else ())
+    # f_last is set exactly when fsal (an FSAL tableau has at least two stages: c[0] = 0 and c[-1] = 1).
+    k = tuple(u) + ((f_last,) if f_last is not None else ())
     return StepResult(y1, y_err, k)
 
 
@@ -248,7 +249,7 @@ def _step_in_place(
     else:
         y_err = y_err.view(shape)
         u = U.view(s, *shape).unbind(0)
-    k = tuple(u) + ((f_last,) if fsal else ())
+    k = tuple(u) + ((f_last,) if f_last is not None else ())  # f_last: set exactly when fsal
     return StepResult(y1, y_err, k)
 
 
@@ -318,9 +319,7 @@ class RosenbrockStepper(ImplicitStepper):
 
     The step does not depend on the loop's verdict: ``J`` is reused by the point it was taken at, whatever
     happened to the step that used it, so ``settle`` has nothing to do. With ``checkpoint`` (and autograd
-    recording) each step runs under ``torch.utils.checkpoint``; the recomputation in backward takes the
-    forward's branches (the coupling check of the first Jacobian, ``df/dt`` by forward mode or not), which the
-    record has moved on from by then, so they are passed in.
+    recording) :func:`rosenbrock_stepper` builds :class:`CheckpointedRosenbrockStepper` instead.
     """
 
     def __init__(self, func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
@@ -330,8 +329,9 @@ class RosenbrockStepper(ImplicitStepper):
         self.jac = opts.method.jacobian if callable(opts.method.jacobian) else None
         self.f_tensor = counted_flat_func(problem)
         self.state = RosenbrockState()
-        if checkpoint and torch.is_grad_enabled():
-            self.step = self._step_checkpointed
+
+    def _for_stage(self, stage) -> RosenbrockStepper:
+        return rosenbrock_stepper(stage, self.tab, self.checkpoint, self.opts, self.problem, self.error)
 
     def _current(self, t: float, y: torch.Tensor) -> bool:
         st = self.state
@@ -340,8 +340,9 @@ class RosenbrockStepper(ImplicitStepper):
     def linearise(self, t: float, y: torch.Tensor, f0, h: float, flags=None) -> Linearisation:
         """The linearisation at ``(t, y)``: the record's when it was taken there, else a new one."""
         st, problem = self.state, self.problem
-        if not self.checkpoint and self._current(t, y):
-            return st.lin
+        lin = st.lin  # set whenever st.y is: not None when _current
+        if not self.checkpoint and lin is not None and self._current(t, y):
+            return lin
         self.stats.n_jac_evals += 1
         tt = problem.time(t, self.side)  # just after a jump (jump_t) on the side the step integrates, as f0
         checked, time_dependent = flags if flags is not None else (st.checked, st.time_dependent)
@@ -395,11 +396,25 @@ class RosenbrockStepper(ImplicitStepper):
         lu = factor(lin.J, h, tab.gamma, t, stats, stats.n_steps)
         return f0, rosenbrock_step(func, t, y, f0, h, tab, lin, lu, stats)
 
-    def _step_checkpointed(self, t: float, y: torch.Tensor, f0, h: float):
+
+class CheckpointedRosenbrockStepper(RosenbrockStepper):
+    """:class:`RosenbrockStepper` with each step under ``torch.utils.checkpoint``: backward keeps the step's inputs
+    and recomputes it. The recomputation takes the forward's branches (the coupling check of the first Jacobian,
+    ``df/dt`` by forward mode or not), which the record has moved on from by then, so they are passed in."""
+
+    def step(self, t: float, y: torch.Tensor, f0, h: float, flags=None):
+        """The step under checkpointing; ``flags`` is not used: the record's own are passed to the recomputation."""
         from torch.utils.checkpoint import checkpoint as run_checkpointed
 
         flags = (self.state.checked, self.state.time_dependent)
         return run_checkpointed(RosenbrockStepper.step, self, t, y, f0, h, flags, use_reentrant=False)
+
+
+def rosenbrock_stepper(func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None) -> RosenbrockStepper:
+    """A :class:`RosenbrockStepper`; a :class:`CheckpointedRosenbrockStepper` when ``checkpoint`` and autograd is
+    recording."""
+    cls = CheckpointedRosenbrockStepper if checkpoint and torch.is_grad_enabled() else RosenbrockStepper
+    return cls(func, tab, checkpoint, opts, problem, error)
 
 
 def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
@@ -409,4 +424,4 @@ def make_stepper(func: Func, tab: RosenbrockTableau, checkpoint: bool, opts, pro
     (:class:`~neuralode.solvers.problem._Problem`) gives the user function, the statistics and the state's
     structure for the Jacobian.
     """
-    return RosenbrockStepper(func, tab, checkpoint, opts, problem, error)
+    return rosenbrock_stepper(func, tab, checkpoint, opts, problem, error)

@@ -46,7 +46,7 @@ Methods (:data:`ROSENBROCK_METHODS`):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Real
 
@@ -58,24 +58,26 @@ __all__ = ["RosenbrockTableau", "ROSENBROCK_METHODS", "RODAS5P", "ROSENBROCK23"]
 _TOL = 1e-9
 
 
-def _floats(name: str, field: str, values: Sequence[Real]) -> tuple[float, ...]:
+def _floats(name: str, field: str, values: Iterable[object]) -> tuple[float, ...]:
     items = tuple(values)
+    reals: list[Real] = []
     for v in items:
         if not isinstance(v, Real):
             raise TypeError(f"RosenbrockTableau {name!r}: {field} must contain real numbers; got {v!r}")
-    out = tuple(float(v) for v in items)
+        reals.append(v)
+    out = tuple(float(v) for v in reals)
     if not all(math.isfinite(v) for v in out):
         raise ValueError(f"RosenbrockTableau {name!r}: {field} must be finite; got {out}")
     return out
 
 
-def _lower(name: str, field: str, rows: Sequence[Sequence[Real]], s: int) -> tuple[tuple[float, ...], ...]:
+def _lower(name: str, field: str, rows: Iterable[Iterable[object]], s: int) -> tuple[tuple[float, ...], ...]:
     rows = tuple(rows)
     if len(rows) != s:
         raise ValueError(f"RosenbrockTableau {name!r}: {field} must have {s} rows (one per stage); got {len(rows)}")
     out = []
-    for i, row in enumerate(rows):
-        row = _floats(name, f"{field}[{i}]", row)
+    for i, given in enumerate(rows):
+        row = _floats(name, f"{field}[{i}]", given)
         if len(row) != i:
             raise ValueError(
                 f"RosenbrockTableau {name!r}: {field}[{i}] must have {i} entries (strictly lower triangular); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..solution import Solution
 from .base import Capabilities, Method
 from .scipy_solver import ScipyMethod, ScipyOptions, parse_scipy_options, scipy_solve
 
@@ -11,6 +12,7 @@ class Scipy(Method):
     its steps itself (``own_driver``), so it has no stepper, no interpolant, and gives no gradients by
     backpropagation (``odeint_adjoint`` works: the backward solve is another solve)."""
 
+    tableau: ScipyMethod
     capabilities = Capabilities(adaptive=True, own_dense=False, events=False, checkpoint=False, own_driver=True)
     options_type = ScipyOptions
 
@@ -23,6 +25,6 @@ class Scipy(Method):
     def parse_options(self, options) -> ScipyOptions:
         return parse_scipy_options(options)
 
-    def run(self, func, y0, t, times, rtol, atol, opts: ScipyOptions):
+    def run(self, func, y0, t, times, rtol, atol, opts: ScipyOptions) -> Solution:
         """The whole solve by ``solve_ivp``; a :class:`~neuralode.solvers.solution.Solution`."""
         return scipy_solve(func, y0, t, times, rtol, atol, opts, self.name)

@@ -171,6 +171,7 @@ def scipy_solve(
     inputs = [x for x in (*parts, t, *_tensors_of(func)) if x.requires_grad]
     if torch.is_grad_enabled() and inputs:
         ys = _NoGradient.apply(ys, *inputs)
+    ys_out: torch.Tensor | tuple[torch.Tensor, ...]  # the solution in the layout of y0
     if is_tuple:
         n = ys.shape[0]
         ys_out = tuple(c.reshape(n, *s) for c, s in zip(torch.split(ys, problem.sizes, dim=1), problem.shapes))

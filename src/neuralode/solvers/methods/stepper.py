@@ -34,13 +34,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import torch
 
 from .tableau import ButcherTableau
 
-Func = Callable[[float, torch.Tensor], torch.Tensor]
+Time: TypeAlias = float | torch.Tensor
+"""A time or step size: a Python float on the joint clock, a ``(B,)`` float64 tensor (one per row of the
+state) on the per-sample clock."""
+
+Func: TypeAlias = Callable[[Time, torch.Tensor], torch.Tensor]
+"""``func(t, y) -> dy/dt`` as a step calls it: ``t`` is of the kind of the step's ``t0`` (a float, or a ``(B,)``
+tensor on the per-sample clock)."""
 
 
 class StepResult(NamedTuple):
@@ -261,7 +267,7 @@ def _error_stages(k, dtype: torch.dtype):
     return k, _zero(dtype)
 
 
-def _rk_rows(func: Func, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor, plan: _Plan):
+def _rk_rows(func: Func, t0: Time, y0: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor, plan: _Plan):
     """:func:`rk_step` with a ``(B,)`` step per row: the same plan and order of stages, the sums by
     :func:`combine_rows`."""
     col = _rows(dt, y0)

@@ -39,6 +39,7 @@ class Rosenbrock(Method):
     """Linearly implicit Runge-Kutta (Rosenbrock) methods: one LU factorisation per step, no Newton iteration
     (:class:`~neuralode.solvers.methods.rosenbrock_tableaus.RosenbrockTableau`)."""
 
+    tableau: RosenbrockTableau
     capabilities = STIFF
     options_type = ImplicitOptions
 
@@ -56,6 +57,7 @@ class ESDIRK(Method):
     """Explicit-first-stage singly diagonally implicit Runge-Kutta methods: Newton per stage
     (:class:`~neuralode.solvers.methods.esdirk.ESDIRKTableau`); outputs inside a step by cubic Hermite."""
 
+    tableau: ESDIRKTableau
     capabilities = Capabilities(adaptive=True, own_dense=False, implicit=True, half=False)
     options_type = ImplicitOptions
 
@@ -73,6 +75,7 @@ class Radau(Method):
     """Radau IIA collocation methods: simplified Newton on the collocation system
     (:class:`~neuralode.solvers.methods.radau.RadauTableau`); outputs from the collocation polynomial."""
 
+    tableau: RadauTableau
     capabilities = STIFF
     options_type = RadauOptions
 
@@ -90,6 +93,7 @@ class ImplicitFixed(Method):
     """torchdiffeq's fixed-grid implicit Runge-Kutta methods (``implicit_euler``, ...): Newton to convergence on
     every step of the grid (:class:`~neuralode.solvers.methods.implicit_fixed.ImplicitRK`)."""
 
+    tableau: ImplicitRK
     capabilities = Capabilities(adaptive=False, own_dense=False, implicit=True, half=False)
     options_type = ImplicitFixedOptions
 
@@ -98,7 +102,7 @@ class ImplicitFixed(Method):
 
     @property
     def error_order(self) -> int:
-        return self.order  # no error estimate
+        return self.tableau.order  # no error estimate: the method's order
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
         return make_fixed_stepper(problem, self.tableau, checkpoint, opts, problem, error)
@@ -112,6 +116,7 @@ class Auto(Method):
     (:class:`~neuralode.solvers.methods.auto.AutoSwitching`); outputs from the dense output of the method that took
     the step."""
 
+    tableau: AutoSwitching
     capabilities = STIFF
     options_type = AutoOptions
 

@@ -43,12 +43,17 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
+from typing import TypeAlias
 
 __all__ = ["EXPLICIT_METHODS", "ButcherTableau"]
+
+Coefficient: TypeAlias = float | int | Fraction
+"""A coefficient as a tableau is written: exact (``int``, ``Fraction``) or rounded (``float``). A
+:class:`ButcherTableau` converts every coefficient to a Python float when it is built."""
 
 # Absolute tolerance of the structural checks. Several published tableaus (Tsitouras 2011, Prince-Dormand
 # 1981) give irrational coefficients rounded to 16-20 digits or as rational approximations, so the rows of
@@ -56,7 +61,7 @@ __all__ = ["EXPLICIT_METHODS", "ButcherTableau"]
 _TOL = 1e-10
 
 
-def _floats(name: str, field: str, values: Sequence[Real]) -> tuple[float, ...]:
+def _floats(name: str, field: str, values: Iterable[object]) -> tuple[float, ...]:
     """Convert a sequence of real numbers (float, int, Fraction, NumPy scalars) to a tuple of finite floats."""
     try:
         items = tuple(values)
@@ -64,18 +69,23 @@ def _floats(name: str, field: str, values: Sequence[Real]) -> tuple[float, ...]:
         raise TypeError(
             f"ButcherTableau {name!r}: {field} must be a sequence of real numbers; got {type(values).__name__}"
         ) from None
+    reals: list[Real] = []
     for v in items:
         # numbers.Real admits int, float, Fraction and NumPy floats, and refuses strings, which float() would parse.
         if not isinstance(v, Real):
             raise TypeError(f"ButcherTableau {name!r}: {field} must contain real numbers; got {v!r}")
-    out = tuple(float(v) for v in items)
-    for v in out:
-        if not math.isfinite(v):
-            raise ValueError(f"ButcherTableau {name!r}: {field} contains {v}; all coefficients must be finite")
+        reals.append(v)
+    out = tuple(float(v) for v in reals)
+    for x in out:
+        if not math.isfinite(x):
+            raise ValueError(f"ButcherTableau {name!r}: {field} contains {x}; all coefficients must be finite")
     return out
 
 
-@dataclass(frozen=True)
+# ``init=False``: the constructor below takes the coefficients as written (``Coefficient`` sequences) and stores
+# them converted to tuples of floats, the types the fields declare; the dataclass still supplies ``repr``, ``==``
+# and ``hash`` over the fields.
+@dataclass(frozen=True, init=False)
 class ButcherTableau:
     """The coefficients of an explicit Runge-Kutta method, validated on creation.
 
@@ -143,20 +153,44 @@ class ButcherTableau:
     a_extra: tuple[tuple[float, ...], ...] | None = None
     dense_extra: tuple[tuple[float, ...], ...] | None = None
 
-    def __post_init__(self) -> None:
-        name = self.name
+    def __init__(
+        self,
+        name: str,
+        c: Sequence[Coefficient],
+        a: Sequence[Sequence[Coefficient]],
+        b: Sequence[Coefficient],
+        order: int,
+        b_err: Sequence[Coefficient] | None = None,
+        error_order: int | None = None,
+        dense: Sequence[Sequence[Coefficient]] | None = None,
+        dense_order: int | None = None,
+        description: str = "",
+        b_err_aux: Sequence[Coefficient] | None = None,
+        c_extra: Sequence[Coefficient] | None = None,
+        a_extra: Sequence[Sequence[Coefficient]] | None = None,
+        dense_extra: Sequence[Sequence[Coefficient]] | None = None,
+    ) -> None:
+        # Frozen dataclass: the fields are set through object.__setattr__. The scalar fields are stored as given,
+        # each coefficient table as its tuple of floats once converted (or None when not given).
+        def put(field: str, value: object) -> None:
+            object.__setattr__(self, field, value)
+
+        put("name", name)
+        put("order", order)
+        put("error_order", error_order)
+        put("dense_order", dense_order)
+        put("description", description)
+        for field in ("b_err", "dense", "b_err_aux", "c_extra", "a_extra", "dense_extra"):
+            put(field, None)
+
         if not isinstance(name, str) or not name:
             raise TypeError(f"ButcherTableau name must be a non-empty string; got {name!r}")
 
         def invalid(condition: str) -> ValueError:
             return ValueError(f"ButcherTableau {name!r}: {condition}")
 
-        # Frozen dataclass: normalise the fields in place through object.__setattr__.
-        def put(field: str, value: object) -> None:
-            object.__setattr__(self, field, value)
-
-        c = _floats(name, "c", self.c)
-        b = _floats(name, "b", self.b)
+        c = _floats(name, "c", c)
+        b = _floats(name, "b", b)
         s = len(b)
         put("c", c)
         put("b", b)
@@ -164,7 +198,7 @@ class ButcherTableau:
             raise invalid("b is empty; a method needs at least one stage")
         if len(c) != s:
             raise invalid(f"len(c) = {len(c)} but len(b) = {s}; c and b need one entry per stage")
-        rows = tuple(_floats(name, f"row {i} of a", row) for i, row in enumerate(self.a))
+        rows = tuple(_floats(name, f"row {i} of a", row) for i, row in enumerate(a))
         put("a", rows)
         if len(rows) != s:
             raise invalid(f"a has {len(rows)} rows but there are {s} stages; a needs one row per stage")
@@ -183,25 +217,25 @@ class ButcherTableau:
         b_sum = math.fsum(b)
         if abs(b_sum - 1.0) > _TOL:
             raise invalid(f"b sums to {b_sum}; b must sum to 1")
-        _check_order(name, "order", self.order)
+        _check_order(name, "order", order)
 
-        if (self.b_err is None) != (self.error_order is None):
-            given, missing = ("b_err", "error_order") if self.error_order is None else ("error_order", "b_err")
+        if (b_err is None) != (error_order is None):
+            given, missing = ("b_err", "error_order") if error_order is None else ("error_order", "b_err")
             raise invalid(f"{given} is given but {missing} is None; give both for an embedded pair or neither")
-        if self.b_err is not None:
-            b_err = _floats(name, "b_err", self.b_err)
+        if b_err is not None:
+            b_err = _floats(name, "b_err", b_err)
             put("b_err", b_err)
             if len(b_err) != s:
                 raise invalid(f"len(b_err) = {len(b_err)} but there are {s} stages; b_err needs one entry per stage")
             err_sum = math.fsum(b_err)
             if abs(err_sum) > _TOL:
                 raise invalid(f"b_err sums to {err_sum}; b_err = b - b_hat must sum to 0")
-            _check_order(name, "error_order", self.error_order)
+            _check_order(name, "error_order", error_order)
 
-        if self.b_err_aux is not None:
-            if self.b_err is None:
+        if b_err_aux is not None:
+            if b_err is None:
                 raise invalid("b_err_aux is given but b_err is None; a second error estimate needs the first")
-            b_err_aux = _floats(name, "b_err_aux", self.b_err_aux)
+            b_err_aux = _floats(name, "b_err_aux", b_err_aux)
             put("b_err_aux", b_err_aux)
             if len(b_err_aux) != s:
                 raise invalid(
@@ -211,31 +245,34 @@ class ButcherTableau:
             if abs(aux_sum) > _TOL:
                 raise invalid(f"b_err_aux sums to {aux_sum}; an error estimate's weights must sum to 0")
 
-        extra = {"c_extra": self.c_extra, "a_extra": self.a_extra, "dense_extra": self.dense_extra}
+        extra = {"c_extra": c_extra, "a_extra": a_extra, "dense_extra": dense_extra}
         if any(v is not None for v in extra.values()) and any(v is None for v in extra.values()):
             given = ", ".join(k for k, v in extra.items() if v is not None)
             missing = ", ".join(k for k, v in extra.items() if v is None)
             raise invalid(f"{given} given but {missing} None; give c_extra, a_extra and dense_extra together or none")
-        if self.dense is not None and self.dense_extra is not None:
+        if dense is not None and dense_extra is not None:
             raise invalid("dense and dense_extra are both given; a method has one continuous extension")
-        has_dense = self.dense is not None or self.dense_extra is not None
-        if has_dense != (self.dense_order is not None):
-            kind = "dense" if self.dense is not None else "dense_extra"
-            given, missing = (kind, "dense_order") if self.dense_order is None else ("dense_order", "dense")
+        has_dense = dense is not None or dense_extra is not None
+        if has_dense != (dense_order is not None):
+            kind = "dense" if dense is not None else "dense_extra"
+            given, missing = (kind, "dense_order") if dense_order is None else ("dense_order", "dense")
             raise invalid(f"{given} is given but {missing} is None; give both for a continuous extension or neither")
 
         n_extra = 0
-        if self.c_extra is not None:
-            c_extra = _floats(name, "c_extra", self.c_extra)
+        if c_extra is not None:
+            c_extra = _floats(name, "c_extra", c_extra)
             put("c_extra", c_extra)
             n_extra = len(c_extra)
             if n_extra == 0:
                 raise invalid("c_extra is empty; leave c_extra, a_extra and dense_extra None for no extra stages")
-            a_extra = tuple(_floats(name, f"row {j} of a_extra", row) for j, row in enumerate(self.a_extra))
-            put("a_extra", a_extra)
-            if len(a_extra) != n_extra:
-                raise invalid(f"a_extra has {len(a_extra)} rows but c_extra has {n_extra}; one row per extra stage")
-            for j, row in enumerate(a_extra):
+            assert a_extra is not None  # c_extra, a_extra and dense_extra are given together (checked above)
+            a_extra_rows = tuple(_floats(name, f"row {j} of a_extra", row) for j, row in enumerate(a_extra))
+            put("a_extra", a_extra_rows)
+            if len(a_extra_rows) != n_extra:
+                raise invalid(
+                    f"a_extra has {len(a_extra_rows)} rows but c_extra has {n_extra}; one row per extra stage"
+                )
+            for j, row in enumerate(a_extra_rows):
                 if len(row) != s + j:
                     raise invalid(
                         f"row {j} of a_extra has {len(row)} entries; extra stage {j} combines the {s} stages of the "
@@ -247,8 +284,7 @@ class ButcherTableau:
                         f"row {j} of a_extra sums to {row_sum} but c_extra[{j}] = {c_extra[j]}; rows must sum to c"
                     )
 
-        for field in ("dense", "dense_extra"):
-            value = getattr(self, field)
+        for field, value in (("dense", dense), ("dense_extra", dense_extra)):
             if value is None:
                 continue
             rows = tuple(_floats(name, f"row {i} of {field}", row) for i, row in enumerate(value))
@@ -275,7 +311,7 @@ class ButcherTableau:
                         "the continuous extension at theta = 1 must reproduce b"
                     )
         if has_dense:
-            _check_order(name, "dense_order", self.dense_order)
+            _check_order(name, "dense_order", dense_order)
 
     @property
     def stages(self) -> int:
@@ -308,7 +344,8 @@ class ButcherTableau:
         is ``y1``, formed by the same sum), else ``None``. The loop reuses it as the next step's first stage."""
         if self.fsal:
             return self.stages - 1
-        if self.c_extra is not None and self.c_extra[-1] == 1.0:
+        # a_extra is given exactly when c_extra is (checked on construction).
+        if self.c_extra is not None and self.a_extra is not None and self.c_extra[-1] == 1.0:
             row = self.a_extra[-1]
             if tuple(row[: self.stages]) == tuple(self.b) and not any(row[self.stages :]):
                 return self.stages + self.extra_stages - 1
@@ -323,7 +360,7 @@ def _check_order(name: str, field: str, value: object) -> None:
         raise ValueError(f"ButcherTableau {name!r}: {field} = {value}; {field} must be >= 1")
 
 
-def _embedded(b: Sequence[Fraction], b_hat: Sequence[Fraction]) -> tuple[Fraction, ...]:
+def _embedded(b: Sequence[Coefficient], b_hat: Sequence[Coefficient]) -> tuple[Fraction, ...]:
     """``b_err = b - b_hat``, computed exactly before the conversion to floats."""
     return tuple(Fraction(x) - Fraction(y) for x, y in zip(b, b_hat, strict=True))
 
@@ -334,7 +371,7 @@ def _dec(*digits: str) -> tuple[Fraction, ...]:
 
 
 def _nested_dense(
-    b: Sequence[Fraction], d: Sequence[Sequence[Fraction]], fsal_stage: int, stages: int
+    b: Sequence[Coefficient], d: Sequence[Sequence[Coefficient]], fsal_stage: int, stages: int
 ) -> tuple[tuple[Fraction, ...], ...]:
     """Monomial weights ``b_i(theta)`` of Hairer's nested dense output (DOP853's CONTD8), computed exactly.
 
@@ -466,7 +503,7 @@ ADAPTIVE_HEUN = ButcherTableau(
 # we follow torchdiffeq. Consequence: the last stage is f(t1, y1_hat), not f(t1, y1), so the method is *not*
 # FSAL here (torchdiffeq nevertheless reuses that stage as the next step's first one, which evaluates f at a
 # slightly different point than y1).
-_FEHLBERG2_B = (F(1, 512), F(255, 256), F(1, 512))
+_FEHLBERG2_B: tuple[Coefficient, ...] = (F(1, 512), F(255, 256), F(1, 512))
 FEHLBERG2 = ButcherTableau(
     name="fehlberg2",
     c=(0, F(1, 2), 1),
@@ -480,7 +517,7 @@ FEHLBERG2 = ButcherTableau(
 
 # P. Bogacki, L. F. Shampine, "A 3(2) pair of Runge-Kutta formulas", Appl. Math. Lett. 2(4), 321-325, 1989.
 # The fourth stage is f(t1, y1): FSAL, so three new evaluations per accepted step.
-_BOSH3_B = (F(2, 9), F(1, 3), F(4, 9), 0)
+_BOSH3_B: tuple[Coefficient, ...] = (F(2, 9), F(1, 3), F(4, 9), 0)
 BOSH3 = ButcherTableau(
     name="bosh3",
     c=(0, F(1, 2), F(3, 4), 1),
@@ -498,7 +535,7 @@ BOSH3 = ButcherTableau(
 # Hairer's DOPRI5 code and scipy's RK45 (its matrix P); it needs no extra evaluation of f. The alternative
 # torchdiffeq uses (a quartic fitted through y0, y1, a midpoint value, f0 and f1) is also order 4 but is not a
 # tableau row, so it is not expressible here.
-_DOPRI5_B = (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0)
+_DOPRI5_B: tuple[Coefficient, ...] = (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0)
 DOPRI5 = ButcherTableau(
     name="dopri5",
     c=(0, F(1, 5), F(3, 10), F(4, 5), F(8, 9), 1, 1),
@@ -541,8 +578,16 @@ DOPRI5 = ButcherTableau(
 # b_err = b - b_hat is formed before rounding to float64. The first column of a is derived from the row-sum
 # condition a_i1 = c_i - sum_{j>1} a_ij (as OrdinaryDiffEq.jl's generic tableau does); it agrees with the
 # published first column to all printed digits.
-_TSIT5_C = (0, F(161, 1000), F(327, 1000), F(9, 10), F("0.980025540904509685729810286287"), 1, 1)
-_TSIT5_A_TAIL = (
+_TSIT5_C: tuple[Coefficient, ...] = (
+    0,
+    F(161, 1000),
+    F(327, 1000),
+    F(9, 10),
+    F("0.980025540904509685729810286287"),
+    1,
+    1,
+)
+_TSIT5_A_TAIL: tuple[tuple[Coefficient, ...], ...] = (
     (),
     (),
     _dec("0.335480655492356988544426874250"),
@@ -559,7 +604,7 @@ _TSIT5_A_TAIL = (
         "-0.0282690503940683829090030572127",
     ),
 )
-_TSIT5_B = (
+_TSIT5_B: tuple[Coefficient, ...] = (
     *_dec("0.0964607668180652295181673131651"),
     F(1, 100),
     *_dec(
@@ -570,7 +615,7 @@ _TSIT5_B = (
     ),
     0,
 )
-_TSIT5_B_HAT = (
+_TSIT5_B_HAT: tuple[Coefficient, ...] = (
     *_dec(
         "0.0946807557658394580747887625576",
         "0.00918356554034325309677636393665",
@@ -669,7 +714,7 @@ def _quartic_through_midpoint(b: Sequence, mid: Sequence) -> tuple[tuple[Fractio
 # float64) at rtol 1e-5: max error at the outputs 7.4e-4 against 1.7e-2 with cubic Hermite, which it replaces,
 # and 2.5e-5 for dopri8 (DOP853, order-7 dense output); the extra stage is f(t1, y1), reused as the next
 # step's first, so the evaluations are those of Hermite, which needs it too.
-_DOPRI8_13M_MID = (
+_DOPRI8_13M_MID: tuple[Coefficient, ...] = (
     0.04103130360739393,
     0.0,
     0.0,
@@ -687,12 +732,12 @@ _DOPRI8_13M_MID = (
 )
 _DOPRI8_13M_DENSE_ORDER = 4
 
-_DOPRI8_13M_B = (
+_DOPRI8_13M_B: tuple[Coefficient, ...] = (
     F(14005451, 335480064), 0, 0, 0, 0,
     F(-59238493, 1068277825), F(181606767, 758867731), F(561292985, 797845732), F(-1041891430, 1371343529),
     F(760417239, 1151165299), F(118820643, 751138087), F(-528747749, 2220607170), F(1, 4),
 )  # fmt: skip
-_DOPRI8_13M_B_HAT = (
+_DOPRI8_13M_B_HAT: tuple[Coefficient, ...] = (
     F(13451932, 455176623), 0, 0, 0, 0,
     F(-808719846, 976000145), F(1757004468, 5645159321), F(656045339, 265891186), F(-3867574721, 1518517206),
     F(465885868, 322736535), F(53011238, 667516719), F(2, 45), 0,
@@ -814,14 +859,14 @@ DOPRI8_13M = ButcherTableau(
 #
 # Stage 13 is f(t1, y1): its row of a is b, b_13 = 0 and c_13 = 1, so the method is FSAL exactly like dopri5
 # (12 new evaluations per step, as in Hairer's code, which evaluates f(t1, y1) before the error test).
-_DOP853_C = (
+_DOP853_C: tuple[Coefficient, ...] = (
     0, *_dec(
         "0.526001519587677318785587544488e-01", "0.789002279381515978178381316732e-01",
         "0.118350341907227396726757197510", "0.281649658092772603273242802490",
     ),
     F(1, 3), F(1, 4), F(4, 13), F(127, 195), F(3, 5), F(6, 7), 1, 1,
 )  # fmt: skip
-_DOP853_A = (
+_DOP853_A: tuple[tuple[Coefficient, ...], ...] = (
     (),
     _dec("5.26001519587677318785587544488e-2"),
     _dec("1.97250569845378994544595329183e-2", "5.91751709536136983633785987549e-2"),
@@ -880,7 +925,7 @@ _DOP853_A = (
         ),
     ),
 )  # fmt: skip
-_DOP853_B = (
+_DOP853_B: tuple[Coefficient, ...] = (
     *_dec("5.42937341165687622380535766363e-2"), 0, 0, 0, 0,
     *_dec(
         "4.45031289275240888144113950566", "1.89151789931450038304281599044", "-5.8012039600105847814672114227",
@@ -891,7 +936,7 @@ _DOP853_B = (
 )  # fmt: skip
 # Error estimators (Hairer's ER1..ER12 and BHH1..BHH3): err5 = dt * sum_i E5_i k_i is b minus a 5th-order
 # embedded solution; err3 = dt * sum_i (b_i - bhh_i) k_i with the 3rd-order bhh on k_1, k_9, k_12.
-_DOP853_E5 = (
+_DOP853_E5: tuple[Coefficient, ...] = (
     *_dec("0.1312004499419488073250102996e-1"), 0, 0, 0, 0,
     *_dec(
         "-0.1225156446376204440720569753e+1", "-0.4957589496572501915214079952",
@@ -901,14 +946,14 @@ _DOP853_E5 = (
     ),
     0,
 )  # fmt: skip
-_DOP853_BHH = (
+_DOP853_BHH: tuple[Coefficient, ...] = (
     *_dec("0.244094488188976377952755905512"), 0, 0, 0, 0, 0, 0, 0,
     *_dec("0.733846688281611857341361741547"), 0, 0, *_dec("0.220588235294117647058823529412e-1"), 0,
 )  # fmt: skip
 # The three stages evaluated only for dense output (stages 14-16; each row runs over all stages before it,
 # including stage 13, f(t1, y1)).
-_DOP853_C_EXTRA = (F(1, 10), F(1, 5), F(7, 9))
-_DOP853_A_EXTRA = (
+_DOP853_C_EXTRA: tuple[Coefficient, ...] = (F(1, 10), F(1, 5), F(7, 9))
+_DOP853_A_EXTRA: tuple[tuple[Coefficient, ...], ...] = (
     (
         *_dec("5.61675022830479523392909219681e-2"), 0, 0, 0, 0, 0,
         *_dec(
@@ -943,7 +988,7 @@ _DOP853_A_EXTRA = (
     ),
 )  # fmt: skip
 # Hairer's d-coefficients (D4xx .. D7xx), one row per power 4..7 of the nested form, over the 16 stages.
-_DOP853_D = (
+_DOP853_D: tuple[tuple[Coefficient, ...], ...] = (
     (
         *_dec("-0.84289382761090128651353491142e+1"), 0, 0, 0, 0,
         *_dec(
