@@ -17,9 +17,7 @@ demo: $(STAMP)
 	$(BIN)/neuralode demo --out $(OUT)
 
 # The checks run cheapest first, each stopping `make test` with the command that fixes or explains it.
-# The type check (`make typecheck`) is not among them yet: mypy reports errors in solvers/ that the
-# one-loop re-layout (the Method protocol) is to make true.
-test: lint docs-strict
+test: lint typecheck docs-strict
 	$(BIN)/python -m pytest --durations=15
 
 LINT_PATHS := src tests benchmarks examples docs

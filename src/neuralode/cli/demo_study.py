@@ -24,7 +24,7 @@ from torch import nn
 
 from ..datasets.demo_spiral import SPIRAL_Y0, SpiralData, make_spiral_data, sample_subtrajectories
 from ..progress import progress_bar
-from ..solvers import get_tableau, solve
+from ..solvers import SolverStats, get_tableau, solve
 
 #: The files ``run_demo`` writes into ``DemoConfig.out``.
 FIGURE_NAMES = ("convergence.png", "trajectories.png", "phase_portrait.png", "vector_field.png")
@@ -173,6 +173,7 @@ def convergence_study(config: DemoConfig) -> list[ConvergenceRow]:
     def run(method: str, **kwargs: Any) -> tuple[int, float]:
         sol = solve(harmonic_oscillator, y0, t, method=method, **kwargs)
         ys = cast(torch.Tensor, sol.ys)  # a tensor y0 gives tensor ys
+        assert isinstance(sol.stats, SolverStats)  # one clock: counters are numbers
         return sol.stats.nfe, float((ys - exact).abs().max())
 
     rows: list[ConvergenceRow] = []
@@ -322,6 +323,7 @@ def train_spiral(config: DemoConfig, data: SpiralData) -> TrainingResult:
             if schedule is not None:
                 schedule.step()
             result.losses.append(loss.item())
+            assert isinstance(sol.stats, SolverStats)  # one clock: counters are numbers
             result.nfe_total += sol.stats.nfe
             bar.set_postfix(loss=f"{loss.item():.4f}", nfe=sol.stats.nfe, total_nfe=result.nfe_total, refresh=False)
             bar.update()

@@ -24,7 +24,7 @@ from .options import (
     Stops,
 )
 from .problem import Perturb
-from .solution import EventRecord, Solution, SolverStats
+from .solution import EventRecord, PerSampleStats, Solution, SolverStats
 
 __all__ = [
     "AdamsSettings",
@@ -47,6 +47,7 @@ __all__ = [
     "EventRecord",
     "FixedOptions",
     "ImplicitOptions",
+    "PerSampleStats",
     "Solution",
     "SolverError",
     "SolverStats",

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 import torch
@@ -78,7 +77,7 @@ from .options import (
     check_tolerance_resolution,
 )
 from .problem import _Problem, changed_in_place, check_step_callbacks, watches_versions
-from .solution import Solution, SolverStats, TensorOrTuple
+from .solution import PerSampleStats, Solution, SolverStats, TensorOrTuple
 
 if TYPE_CHECKING:  # imported where used: only solves with events need them
     from .events.per_sample import PerSampleEventRecord
@@ -90,46 +89,6 @@ COMPACT_BELOW = 0.5  # compact the batch when fewer than this fraction of its ro
 # otherwise on the K gathered rows.
 DENSE_WINDOW = 4
 DENSE_ELEMENTS = 1 << 16
-
-
-@dataclass
-class PerSampleStats(SolverStats):
-    """:class:`SolverStats` of a per-sample solve: every counter is a tensor of shape ``(B,)``.
-
-    ``nfe[i]`` counts the evaluations of ``func`` made while sample ``i`` was unfinished (its own
-    work: accepted and rejected attempts, the initial-step heuristic); ``n_accepted``,
-    ``n_rejected``, ``last_step`` and ``next_step`` are sample ``i``'s own.
-
-    Attributes:
-        rows_evaluated: rows of the state passed to ``func`` in total (``sum`` of the batch size
-            over all calls), finished samples included.
-        calls: calls of ``func`` (each on the whole, possibly compacted, batch).
-    """
-
-    rows_evaluated: int = 0
-    calls: int = 0
-
-    @classmethod
-    def zeros(cls, B: int, device) -> PerSampleStats:
-        """The counters of a solve of ``B`` samples before its first evaluation (steps NaN)."""
-        z = torch.zeros(B, dtype=torch.long, device=device)
-        nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
-        return cls(
-            nfe=z.clone(),
-            n_accepted=z.clone(),
-            n_rejected=z.clone(),
-            last_step=nan.clone(),
-            next_step=nan.clone(),
-            n_event_evals=z.clone(),
-            n_events=z.clone(),
-        )
-
-    @property
-    def wasted_fraction(self) -> float:
-        """Fraction of the rows evaluated by ``func`` that belonged to finished samples."""
-        if self.rows_evaluated == 0:
-            return 0.0
-        return 1.0 - float(self.nfe.sum()) / self.rows_evaluated
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +140,9 @@ class BatchFunc:
 
     def __init__(self, func: Callable, layout: _Layout, dtype: torch.dtype, stats: PerSampleStats):
         self.func, self.layout, self.dtype, self.stats = func, layout, dtype, stats
-        self.rows: torch.Tensor | None = None
+        # While ``active`` is set (the initial-step heuristic's calls), the sample of each row and whether it
+        # is counted; the per-sample clock sets both before its first call.
+        self.rows: torch.Tensor = torch.empty(0, dtype=torch.long)
         self.active: torch.Tensor | None = None
         self.plain = not layout.is_tuple and len(layout.tails[0]) == 1 and dtype == torch.float64
         self.watch = not torch.is_inference_mode_enabled()  # in-place changes of y (problem.changed_in_place)

@@ -69,6 +69,67 @@ class SolverStats:
         return self.n_accepted + self.n_rejected
 
 
+@dataclass
+class PerSampleStats:
+    """The counters of a per-sample solve: those of :class:`SolverStats` that are per sample are tensors of
+    shape ``(B,)`` here, the others are the solve's as there.
+
+    ``nfe[i]`` counts the evaluations of ``func`` made while sample ``i`` was unfinished (its own
+    work: accepted and rejected attempts, the initial-step heuristic); ``n_accepted``,
+    ``n_rejected``, ``last_step`` and ``next_step`` are sample ``i``'s own, as are ``n_event_evals``
+    and ``n_events``. It is a record of its own rather than a :class:`SolverStats`, whose counters are
+    numbers: code that reads a solve's statistics as numbers is not handed tensors unawares.
+
+    Attributes:
+        rows_evaluated: rows of the state passed to ``func`` in total (``sum`` of the batch size
+            over all calls), finished samples included.
+        calls: calls of ``func`` (each on the whole, possibly compacted, batch).
+    """
+
+    nfe: torch.Tensor
+    n_accepted: torch.Tensor
+    n_rejected: torch.Tensor
+    last_step: torch.Tensor
+    next_step: torch.Tensor
+    n_event_evals: torch.Tensor
+    n_events: torch.Tensor
+    compile_s: float = 0.0
+    n_jac_evals: int = 0
+    n_factorizations: int = 0
+    n_linear_solves: int = 0
+    n_recomputed_steps: int = 0
+    max_stored_states: int = 0
+    rows_evaluated: int = 0
+    calls: int = 0
+
+    @property
+    def n_steps(self) -> torch.Tensor:
+        """Steps attempted by each sample: accepted plus rejected."""
+        return self.n_accepted + self.n_rejected
+
+    @classmethod
+    def zeros(cls, B: int, device) -> PerSampleStats:
+        """The counters of a solve of ``B`` samples before its first evaluation (steps NaN)."""
+        z = torch.zeros(B, dtype=torch.long, device=device)
+        nan = torch.full((B,), math.nan, dtype=torch.float64, device=device)
+        return cls(
+            nfe=z.clone(),
+            n_accepted=z.clone(),
+            n_rejected=z.clone(),
+            last_step=nan.clone(),
+            next_step=nan.clone(),
+            n_event_evals=z.clone(),
+            n_events=z.clone(),
+        )
+
+    @property
+    def wasted_fraction(self) -> float:
+        """Fraction of the rows evaluated by ``func`` that belonged to finished samples."""
+        if self.rows_evaluated == 0:
+            return 0.0
+        return 1.0 - float(self.nfe.sum()) / self.rows_evaluated
+
+
 @dataclass(frozen=True)
 class EventRecord:
     """One occurrence of an event during a solve.
@@ -172,7 +233,8 @@ class Solution:
         ys: the states at ``ts``: a tensor of shape ``(len(ts), *y0.shape)``, or a tuple of such
             tensors when ``y0`` is a tuple. Times after an event with a reset show the reset
             state.
-        stats: function evaluations and step counts.
+        stats: function evaluations and step counts (:class:`PerSampleStats`, with ``(B,)`` counters, for a
+            solve with ``options={"per_sample": True}``).
         method: the name of the method used.
         adjoint_stats: for :func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint`, the counters of the
             backward (adjoint) solves, filled in when gradients are computed; ``None`` otherwise.
@@ -182,9 +244,9 @@ class Solution:
 
     ts: torch.Tensor
     ys: TensorOrTuple
-    stats: SolverStats
+    stats: SolverStats | PerSampleStats
     method: str
-    adjoint_stats: SolverStats | None = None
+    adjoint_stats: SolverStats | PerSampleStats | None = None
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
     # a DenseOutput, or with options['per_sample'] a PerSampleDense: either is called on the times
     dense: Callable[[torch.Tensor], TensorOrTuple] | None = field(default=None, repr=False)

@@ -179,6 +179,7 @@ class _AdjointSolve(torch.autograd.Function):
                     method=cfg.method,
                     options=options,
                 )
+            assert isinstance(sol.stats, SolverStats)  # the host clock's solve (per-sample solves are apart)
             run.ys, run.stats = cfg.flat.flatten_series(sol.ys), sol.stats
             if cfg.interpolate:  # the backward solve reads y(t) from the forward solve's interpolants
                 # asked for by options["dense"] above, on the one clock (the per-sample adjoint is apart)
@@ -736,6 +737,7 @@ def _adjoint_with_events(
             events=events,
         )
     stats = fwd.stats
+    assert isinstance(stats, SolverStats)  # the host clock's solve: events run on it
     fwd_ys = flat.flatten_series(fwd.ys)  # (n_reached, ...)
     n_reached = fwd_ys.shape[0]
     direction = 1.0 if times[-1] > times[0] else -1.0
