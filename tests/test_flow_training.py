@@ -103,3 +103,35 @@ def test_ema_zero_evaluates_the_trained_weights_and_a_changed_decay_is_refused(t
 def test_bad_ema_names_the_setting(bad):
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be a decay in \[0, 1\)"):
         FlowTrainConfig(ema=bad)
+
+
+class _Recorder(nn.Module):
+    """A zero velocity field that keeps the points it was evaluated at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return torch.zeros_like(x)
+
+
+def test_the_ot_coupling_pairs_a_permutation_of_the_noise_of_least_total_cost():
+    """At t = 0 on the linear path the field sees the noise as cfm_loss paired it with the data: a
+    permutation of the batch's noise whose summed squared distance is scipy's optimum."""
+    from scipy.optimize import linear_sum_assignment
+
+    g = torch.Generator().manual_seed(5)
+    x0, x1 = torch.randn(40, 2, generator=g, dtype=torch.float64), torch.randn(40, 2, generator=g, dtype=torch.float64)
+    x1[:20] += 3.0  # two clusters of data: the optimal pairing is far from the identity
+    model = _Recorder()
+    flow.cfm_loss(model, x1, coupling="ot", x0=x0, t=torch.zeros(40, dtype=torch.float64))
+    paired = model.seen[0]
+    # A permutation of the rows of x0 (each used once).
+    match = torch.cdist(paired, x0).argmin(1)
+    assert torch.equal(paired, x0[match]) and sorted(match.tolist()) == list(range(40))
+    cost = torch.cdist(x1, x0).square().numpy()
+    rows, cols = linear_sum_assignment(cost)
+    assert ((paired - x1) ** 2).sum().item() == pytest.approx(cost[rows, cols].sum(), rel=1e-12)
+    assert ((paired - x1) ** 2).sum().item() < ((x0 - x1) ** 2).sum().item()
