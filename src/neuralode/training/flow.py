@@ -29,11 +29,11 @@ cosine schedule does not lower the test NLL (``benchmarks/results/flows.md``, "W
 **Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation in
 ``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh MLP taking ``t`` as an
 input, no sinusoidal features of ``t``: those made the fitted field oscillate in ``t`` and cost
-about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed over 3000 iterations: an OT-CFM step
-solves no ODE, so it costs about 1/16 of a CNF step (``benchmarks/results/flows.md``, "Training
-cost"; the Hungarian assignment of the batch is most of it), and 3000 of them take about 1/5 of the
-CNF's 1000 iterations, the time the flow-matching benchmark allows. A wider field (128-128-128) or
-smaller batches with more steps did not lower the test NLL there.
+about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed over 2500 iterations: an OT-CFM step
+solves no ODE, so it costs 1/14 to 1/16 of a CNF step (``benchmarks/results/flows.md``, "Training
+cost"; the Hungarian assignment of the batch is most of it), and 2500 of them take under 1/5 of the
+CNF's 1000 iterations, the time the flow-matching benchmark allows, with a margin for that ratio's
+variation from one measurement to the next.
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
@@ -178,7 +178,7 @@ class FlowTrainConfig(RunConfig):
     coupling: str = setting("ot", "how noise is paired with data in a batch", choices=COUPLINGS)
     path: str = setting("linear", "probability path: linear (rectified flow) or variance preserving", choices=PATHS)
     sigma: float = setting(0.0, "Gaussian width around the conditional path", metavar="S")
-    iterations: int = setting(3000, "training iterations (raise it on --resume to train longer)", metavar="N")
+    iterations: int = setting(2500, "training iterations (raise it on --resume to train longer)", metavar="N")
     batch_size: int = setting(256, "samples per iteration, over all processes", metavar="N")
     lr: float = setting(3e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
     ema: float = setting(
