@@ -14,12 +14,26 @@ from noise to data) and ``quality_vs_nfe.png``.
 preserving), the ``coupling`` (independent or minibatch OT) and ``sigma``. Adam with the learning
 rate cosine-decayed to 0 over ``iterations``, as in the CNF task.
 
+**Weight average** (``ema``, :class:`WeightEMA`): the evaluation, the samples, the figures and a
+reflow's teacher use an exponential moving average of the weights, as flow-matching and diffusion
+models are commonly evaluated (torchcfm's examples, Ho et al. 2020; Polyak & Juditsky 1992 for the
+averaging of stochastic-gradient iterates). The regression target ``u_t`` of one pair is a noisy
+estimate of the marginal velocity, so the iterates wander about the minimiser; their average sits
+closer to it. The checkpoint holds both the trained weights (``model``) and the average (``ema``),
+and a resumed run continues both exactly. Off by default (``ema=0``): an average replaces the decay
+of the learning rate (torchcfm pairs ``β = 0.999`` with a constant rate), and with the default cosine
+decay to 0 the last iterate is already averaged over its final low-rate steps, while a window of
+about ``1 / (1 − β)`` steps reaches back to higher rates: on 8 gaussians ``β = 0.999`` on top of the
+cosine schedule does not lower the test NLL (``benchmarks/results/flows.md``, "Weight average").
+
 **Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation in
 ``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh MLP taking ``t`` as an
 input, no sinusoidal features of ``t``: those made the fitted field oscillate in ``t`` and cost
-about 0.2 nats of test NLL), Adam at 3e-3 and 2500 iterations: an OT-CFM step solves no ODE, so it
-costs a small fraction of a CNF step (``benchmarks/results/flows.md``, "Training cost"), and 2500 of
-them take about 1/6 of the CNF's 1000 iterations, inside the 1/5 the flow-matching benchmark allows.
+about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed over 2500 iterations: an OT-CFM step
+solves no ODE, so it costs 1/14 to 1/16 of a CNF step (``benchmarks/results/flows.md``, "Training
+cost"; the Hungarian assignment of the batch is most of it), and 2500 of them take under 1/5 of the
+CNF's 1000 iterations, the time the flow-matching benchmark allows, with a margin for that ratio's
+variation from one measurement to the next.
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
@@ -32,9 +46,9 @@ under data parallel its pairs (and numbers) differ slightly from one process's.
 
 **Reflow** (``reflow_from=RUN_DIR``, Liu et al. 2023): the trained flow in ``RUN_DIR`` (same
 dataset and architecture) maps ``reflow_pairs`` noise draws to samples with dopri5 at ``tol``; the
-new field starts from its weights and is trained on those fixed pairs (linear path, pairs as
-drawn: ``coupling="independent"``), which straightens its paths. The pairs are a function of the
-seed, made again on resume.
+new field starts from the weights that flow is evaluated with (its moving average, when it kept
+one) and is trained on those fixed pairs (linear path, pairs as drawn: ``coupling="independent"``),
+which straightens its paths. The pairs are a function of the seed, made again on resume.
 
 **Class-conditional fields** (``conditional=True``, labelled data only): the label is replaced by
 "none" with probability ``label_dropout`` during training (classifier-free guidance), and the
@@ -43,9 +57,11 @@ evaluation samples with ``guidance`` ``w`` on the test labels (1: the plain cond
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +99,11 @@ __all__ = [
     "FLOW_DATASETS",
     "FlowData",
     "FlowTrainConfig",
+    "WeightEMA",
     "build_model",
     "evaluate",
     "evaluate_nll",
+    "evaluation_weights",
     "load_flow_checkpoint",
     "plot_saved_run",
     "sampling_table",
@@ -114,6 +132,8 @@ class FlowTrainConfig(RunConfig):
         iterations: optimisation steps (a resumed run may raise it).
         batch_size: samples per step over all processes (the OT coupling needs 2 per process).
         lr: Adam's initial rate, cosine-decayed to 0 over ``iterations``.
+        ema: decay ``β`` of the exponential moving average of the weights that is evaluated and
+            sampled (:class:`WeightEMA`); 0: the trained weights themselves.
         hidden_dims: widths of the MLP velocity field (2-D data).
         activation: the MLP's activation, ``"tanh"`` or ``"silu"``.
         time_features: sinusoidal features of ``t`` fed to the MLP besides ``t`` itself (0: none).
@@ -161,6 +181,12 @@ class FlowTrainConfig(RunConfig):
     iterations: int = setting(2500, "training iterations (raise it on --resume to train longer)", metavar="N")
     batch_size: int = setting(256, "samples per iteration, over all processes", metavar="N")
     lr: float = setting(3e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
+    ema: float = setting(
+        0.0,
+        "decay of the moving average of the weights used for evaluation and sampling, e.g. 0.999 "
+        "with a long run or a constant rate (0: none, the trained weights)",
+        metavar="DECAY",
+    )
     hidden_dims: tuple[int, ...] = setting(
         (64, 64, 64), "hidden widths of the MLP velocity field (2-D data)", metavar="W"
     )
@@ -209,6 +235,8 @@ class FlowTrainConfig(RunConfig):
         self.check_numbers("sigma", positive=False)
         self.check_numbers("guidance", positive=False)
         self.check_numbers("label_dropout", positive=False, at_most=1.0)
+        if not (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool) and 0 <= self.ema < 1):
+            self.fail("ema", "a decay in [0, 1) (0: no moving average)")
         if not self.table_tolerances or not all(
             isinstance(v, (int, float)) and 0 < v < 1 for v in self.table_tolerances
         ):
@@ -235,6 +263,78 @@ class FlowTrainConfig(RunConfig):
                 f"FlowTrainConfig.conditional needs labelled data ({', '.join(IMAGE_DATASETS)}); "
                 f"dataset {self.dataset!r} has no labels.",
             )
+
+
+# --------------------------------------------------------------------------------------------
+# The weight average.
+
+
+class WeightEMA:
+    """The bias-corrected exponential moving average of a model's weights over its training steps.
+
+    After ``k`` updates with the weights ``θ_1 … θ_k`` it holds
+
+        θ̄_k = Σ_{j=1}^{k} β^{k−j} θ_j · (1 − β) / (1 − β^k),
+
+    the exponentially weighted mean of the iterates with weights summing to one. The recursion is
+    ``θ̄_k = θ̄_{k−1} + w_k (θ_k − θ̄_{k−1})`` with ``w_k = (1 − β) / (1 − β^k)``: ``w_1 = 1`` (the
+    average starts at the first iterate, not at the untrained initialisation) and ``w_k → 1 − β``,
+    so the average reaches back about ``1 / (1 − β)`` steps (1000 at ``β = 0.999``) however short
+    the run. Dividing by ``1 − β^k`` is Adam's bias correction (Kingma & Ba 2015); the plain
+    recursion started at the initial weights keeps the weight ``β^k`` on them, still 8% after 2500
+    steps at ``β = 0.999``. Buffers (none in the velocity fields here) are
+    copied, not averaged.
+
+    Args:
+        model: the trained model; the average starts as a frozen copy of it.
+        decay: ``β`` in ``(0, 1)``.
+
+    Attributes:
+        model: the averaged copy (in eval mode, no gradients), evaluated and sampled in place of
+            the trained weights.
+        updates: ``k``, the number of :meth:`update` calls so far.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not (isinstance(decay, float) and 0.0 < decay < 1.0):
+            raise ValueError(f"decay must be a float in (0, 1); got {decay!r}.")
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the current weights of ``model`` (the architecture of :attr:`model`) into the average."""
+        self.updates += 1
+        weight = (1.0 - self.decay) / (1.0 - self.decay**self.updates)
+        for avg, new in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(new.detach(), weight)
+        for kept, current in zip(self.model.buffers(), model.buffers()):
+            kept.copy_(current)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``decay``, ``updates`` and the averaged weights (``model``): what a checkpoint keeps."""
+        return {"decay": self.decay, "updates": self.updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: a saved decay other than this average's (the weights of the two differ).
+        """
+        if float(state["decay"]) != self.decay:
+            raise ValueError(
+                f"the checkpoint's weight average has decay {state['decay']!r} and this run asks for "
+                f"{self.decay!r}; resume with --ema {state['decay']!r} (or start a new run)."
+            )
+        self.updates = int(state["updates"])
+        self.model.load_state_dict(state["model"])
+
+
+def evaluation_weights(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a flow checkpoint is evaluated and sampled with: the moving average's when the run
+    kept one (``ema > 0``), else the trained weights."""
+    ema = state.get("ema")
+    return dict(ema["model"] if ema is not None else state["model"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +407,7 @@ class FlowData:
                 f"reflow continues the same field on the same data.",
             )
         teacher = build_model(saved, self)
-        teacher.load_state_dict(state["model"])
+        teacher.load_state_dict(evaluation_weights(state))
         g = step_generator(config.seed, 0, stream=6)
         labels = torch.randint(0, 10, (config.reflow_pairs,), generator=g) if config.conditional else None
         x0, x1 = reflow_pairs(
@@ -428,6 +528,12 @@ def sampling_table(
     dopri5 at each of ``config.table_tolerances``. Each row has ``method``, ``steps`` (``None`` for
     dopri5), ``rtol``, ``nfe``, ``seconds`` and ``w2``: the exact 2-Wasserstein distance between the
     ``n`` samples and ``n`` held-out points (data space; images in ``[-1, 1]`` per pixel).
+
+    One draw of noise and held-out points serves every row, so the rows compare solvers on one field.
+    Across fields the draw itself enters: a deterministic flow sends a fixed noise draw to fixed
+    places, and at a few hundred to a thousand points the empirical W2 moves by several hundredths
+    from draw to draw (on 8 gaussians mostly with how many points land in each mode). Compare fields
+    by the mean over independent draws, as ``benchmarks/bench_flows.py`` does.
     """
     n = n or config.table_samples
     target, labels = data.test(n)
@@ -509,6 +615,13 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     window = Sums(*_FIGURES)
     start, seconds = restore_iteration_state(checkpoint, model, optimizer, window, ctx)
+    ema = WeightEMA(model, float(config.ema)) if config.ema > 0 else None
+    if ema is not None and checkpoint is not None and checkpoint.get("ema") is not None:
+        try:
+            ema.load_state_dict(checkpoint["ema"])
+        except ValueError as exc:
+            raise ConfigError("ema", str(exc)) from None
+    # A checkpoint without an average (ema 0 before, or a run older than the option) starts one here.
     history = run.restart_metrics(start)
     run.write_config(config, task="flow", world_size=ctx.world_size, device=str(ctx.device), torch=torch.__version__)
     if checkpoint is not None:
@@ -521,7 +634,8 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     )
 
     def save(iteration: int) -> None:
-        run.save(config, iteration_state(iteration, seconds, model, optimizer, window, ctx))
+        state = iteration_state(iteration, seconds, model, optimizer, window, ctx)
+        run.save(config, {**state, "ema": None if ema is None else ema.state_dict()})
 
     iteration = start
     with progress_bar(
@@ -562,6 +676,8 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
             loss.backward()
             ctx.average_gradients(model.parameters())
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             seconds += time.perf_counter() - t0
             window.add(loss=loss.item(), n=1)
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
@@ -586,7 +702,7 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
 
     summary = _summary(config, ctx, run, iteration, None, seconds)
     t1 = time.perf_counter()
-    model.eval()
+    model = (ema.model if ema is not None else model).eval()  # the weights evaluated and sampled
     result = _evaluate(model, data, config, ctx.device)
     final = {
         "iteration": iteration,
@@ -657,7 +773,7 @@ def _load(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, FlowTrainConfig, 
     config = FlowTrainConfig.from_dict(state["config"])
     data = FlowData(config, training=False)
     model = build_model(config, data)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(evaluation_weights(state))
     model.eval()
     return model, config, data, int(state["iteration"])
 

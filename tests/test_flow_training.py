@@ -1,0 +1,137 @@
+"""The flow task's training loop: the moving average of the weights (its closed form, its checkpoint
+and an exact resume after a kill) and the minibatch OT coupling as the loop applies it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import neuralode.training.flow as flow
+from neuralode.training.config import ConfigError
+from neuralode.training.flow import FlowTrainConfig, WeightEMA, evaluation_weights, load_flow_checkpoint, train_flow
+
+TINY = dict(
+    hidden_dims=(16, 16),
+    batch_size=32,
+    test_samples=200,
+    table_samples=32,
+    table_steps=(1,),
+    table_tolerances=(1e-2,),
+    tol=1e-3,
+    log_every=5,
+    checkpoint_every=10,
+    checkpoint_seconds=0.0,
+    progress=False,
+    plot=False,
+)
+
+
+def test_weight_ema_is_the_normalised_exponential_mean_of_the_iterates():
+    torch.manual_seed(0)
+    model, beta = nn.Linear(3, 2).double(), 0.9
+    ema = WeightEMA(model, beta)
+    iterates = []
+    for _ in range(7):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        iterates.append([p.detach().clone() for p in model.parameters()])
+        ema.update(model)
+        k = len(iterates)
+        weights = [beta ** (k - j) * (1 - beta) / (1 - beta**k) for j in range(1, k + 1)]
+        assert sum(weights) == pytest.approx(1.0)
+        for i, avg in enumerate(ema.model.parameters()):
+            expected = sum(w * it[i] for w, it in zip(weights, iterates))
+            torch.testing.assert_close(avg, expected, rtol=1e-12, atol=1e-12)
+    assert ema.updates == 7
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    with pytest.raises(ValueError, match="decay must be a float in"):
+        WeightEMA(model, 1.0)
+
+
+def _weights(state: dict, key: str) -> dict[str, torch.Tensor]:
+    return state[key]["model"] if key == "ema" else state[key]
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_average(tmp_path, monkeypatch):
+    settings = dict(TINY, iterations=30, seed=4, ema=0.999)
+    reference = train_flow(FlowTrainConfig(out=tmp_path / "ref", **settings))
+    assert reference["final"] is not None
+
+    real_loss, calls = flow.cfm_loss, []
+
+    def dies_at_step_25(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 25:
+            raise RuntimeError("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "cfm_loss", dies_at_step_25)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_flow(FlowTrainConfig(out=tmp_path / "run", **settings))
+    monkeypatch.setattr(flow, "cfm_loss", real_loss)
+    saved = load_flow_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["iteration"] == 20 and saved["ema"]["updates"] == 20
+    train_flow(FlowTrainConfig(out=tmp_path / "run", resume=True, **settings))
+
+    a = load_flow_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    b = load_flow_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 30
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 30 and a["ema"]["decay"] == 0.999
+    for key in ("model", "ema"):
+        for name, value in _weights(b, key).items():
+            assert torch.equal(_weights(a, key)[name], value), (key, name)
+    # The average is what is evaluated, and it is not the trained weights.
+    assert evaluation_weights(a) == a["ema"]["model"]
+    assert not torch.equal(a["ema"]["model"]["out.weight"], a["model"]["out.weight"])
+
+
+def test_ema_zero_evaluates_the_trained_weights_and_a_changed_decay_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train_flow(FlowTrainConfig(out=out, **dict(TINY, iterations=10, ema=0.0)))
+    state = load_flow_checkpoint(out / "checkpoint.pt")
+    assert state["ema"] is None and evaluation_weights(state) == state["model"]
+
+    other = tmp_path / "other"
+    train_flow(FlowTrainConfig(out=other, **dict(TINY, iterations=10, ema=0.99)))
+    with pytest.raises(ConfigError, match=r"decay 0\.99 and this run asks for 0\.9; resume with --ema 0\.99"):
+        train_flow(FlowTrainConfig(out=other, resume=True, **dict(TINY, iterations=20, ema=0.9)))
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), "0.9"])
+def test_bad_ema_names_the_setting(bad):
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be a decay in \[0, 1\)"):
+        FlowTrainConfig(ema=bad)
+
+
+class _Recorder(nn.Module):
+    """A zero velocity field that keeps the points it was evaluated at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return torch.zeros_like(x)
+
+
+def test_the_ot_coupling_pairs_a_permutation_of_the_noise_of_least_total_cost():
+    """At t = 0 on the linear path the field sees the noise as cfm_loss paired it with the data: a
+    permutation of the batch's noise whose summed squared distance is scipy's optimum."""
+    from scipy.optimize import linear_sum_assignment
+
+    g = torch.Generator().manual_seed(5)
+    x0, x1 = torch.randn(40, 2, generator=g, dtype=torch.float64), torch.randn(40, 2, generator=g, dtype=torch.float64)
+    x1[:20] += 3.0  # two clusters of data: the optimal pairing is far from the identity
+    model = _Recorder()
+    flow.cfm_loss(model, x1, coupling="ot", x0=x0, t=torch.zeros(40, dtype=torch.float64))
+    paired = model.seen[0]
+    # A permutation of the rows of x0 (each used once).
+    match = torch.cdist(paired, x0).argmin(1)
+    assert torch.equal(paired, x0[match]) and sorted(match.tolist()) == list(range(40))
+    cost = torch.cdist(x1, x0).square().numpy()
+    rows, cols = linear_sum_assignment(cost)
+    assert ((paired - x1) ** 2).sum().item() == pytest.approx(cost[rows, cols].sum(), rel=1e-12)
+    assert ((paired - x1) ** 2).sum().item() < ((x0 - x1) ** 2).sum().item()
