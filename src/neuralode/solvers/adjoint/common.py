@@ -165,6 +165,9 @@ class AdjointConfig:
     interpolate: bool
     """Whether the backward solve reads ``y(t)`` from the forward solve's dense output (the interpolating
     adjoint) instead of re-solving it backwards (the backsolve)."""
+    quadrature_nodes: int = 0
+    """Gauss–Legendre nodes per backward step of the Gauss adjoint (``adjoint_options["quadrature"]``; it
+    interpolates too, so ``interpolate`` is ``True``), 0 for the other adjoints."""
     dense: DenseOutput | None = None
     """The forward solve's kept interpolant, read by the interpolating adjoint; set (by
     :func:`dataclasses.replace`) once the forward solve has run, ``None`` for the backsolve."""
