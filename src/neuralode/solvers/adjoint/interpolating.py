@@ -160,6 +160,7 @@ def backward_dynamics(
                 yv = y.requires_grad_(True)
                 f = f_flat(tt, yv)
                 inputs = (yv, *params)
+            vjps: tuple[torch.Tensor | None, ...]
             if f.requires_grad:
                 # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint.backsolve's docstring).
                 vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
@@ -213,6 +214,7 @@ def interpolating_backward(
     tdt = time_dtype(ys.dtype)
     implicit = cfg.backward_method.capabilities.implicit
     extra = {"nfe": 0}
+    assert cfg.dense is not None, "the interpolating adjoint's forward solve keeps its dense output"
     augmented, jacobian = backward_dynamics(func, flat, params, cfg.dense, acc_dtype, extra)
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
