@@ -52,7 +52,9 @@ Design choices:
   stiff dissipative system, so there the default is the interpolating adjoint
   (:mod:`~neuralode.solvers.adjoint.interpolating`; ``adjoint_options={"interpolate": True | False}``
   chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
-  and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
+  and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it; or, with
+  ``adjoint_options={"quadrature": True}``, the Gauss adjoint (:mod:`~neuralode.solvers.adjoint.gauss`),
+  which integrates ``a`` alone and sums ``dL/dθ`` by quadrature over the backward steps.
 
 This module holds the entry points (:func:`solve_adjoint`, :func:`odeint_adjoint`), the checks and parsing
 of the adjoint arguments, the backsolve adjoint and the events' adjoint. The arguments are checked once,
@@ -542,6 +544,12 @@ def solve_adjoint(
             implicit, without events; refused with events, ``per_sample`` and ``method="scipy"``);
             ``False`` the backsolve (the default for explicit methods). With an implicit method
             the interpolating mode forms the backward Jacobian itself (no ``jacobian`` option).
+            Its ``"quadrature"``: ``True`` selects the Gauss adjoint
+            (:mod:`~neuralode.solvers.adjoint.gauss`): interpolating as above, but the backward solve
+            integrates ``a`` alone and ``dL/dθ`` is a Gauss–Legendre quadrature over its steps
+            (``"quadrature_nodes"``: nodes per step, default ``ceil(order / 2)`` of ``adjoint_method``);
+            refused where the interpolating mode is, and with ``interpolate=False``. A ``"norm"`` in
+            torchdiffeq's form then sees zeros for ``adj_params``; ``"augmented_norm"`` is called on ``(a,)``.
         adjoint_params: tensors to differentiate with respect to; required when ``func`` is not
             an ``nn.Module``. Tensors that do not require grad are skipped; unused ones get zeros.
             Parameters of event functions and resets get their gradients through autograd

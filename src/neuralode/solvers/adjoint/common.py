@@ -1,11 +1,11 @@
 """What the adjoints share, below all of them: the configuration record, the sweep over output intervals,
 the backward-work flag and the refusal of double backward.
 
-``backsolve`` (the adjoint entry points and the backsolve adjoint) imports ``interpolating`` and
-``per_sample``; those two import only this module from the package's adjoint, so the imports of
-``adjoint/`` run one way:
+``backsolve`` (the adjoint entry points and the backsolve adjoint) imports ``gauss``, ``interpolating`` and
+``per_sample``; ``gauss`` imports ``interpolating``, and those two and ``per_sample`` import nothing else
+from the package's adjoint but this module, so the imports of ``adjoint/`` run one way:
 
-    backsolve  ->  interpolating, per_sample  ->  common
+    backsolve  ->  gauss  ->  interpolating  ->  common;   backsolve  ->  per_sample  ->  common
 
 :class:`AdjointConfig` is built once per ``odeint_adjoint`` call, after every argument has been checked,
 and read by the backward solves; a stage that needs a variant (the forward solve's dense output for the
