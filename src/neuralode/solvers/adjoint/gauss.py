@@ -21,11 +21,14 @@ Cost. Every evaluation of the backward dynamics is a vector-Jacobian product wit
 (autograd computes no ``∂f/∂θ``), and the backward state has ``m`` entries instead of ``m + P``. In their place
 come ``s`` evaluations of ``f`` per accepted step and one backward pass through those ``s`` graphs with respect
 to ``θ`` (``torch.autograd.grad`` on the ``s`` outputs at once: the exact sum of the ``s`` products, one call).
-An explicit method's step costs about as much either way (dopri5: six products with respect to ``(y, θ)``
-against six with respect to ``y`` plus three with respect to ``θ``); the gain is for an implicit backward
-method, whose Jacobian ``-Jᵀ`` is ``m × m`` here and ``(m + P) × (m + P)`` in the interpolating adjoint (its
-LU factorisation per step falls from ``O((m + P)³)`` to ``O(m³)``), and for many parameters with few steps.
-``benchmarks/bench_adjoint.py`` (section "gauss") measures both.
+An explicit method's step then costs more, not less: dopri5's six products with respect to ``(y, θ)``
+become six with respect to ``y`` plus three (or more) evaluations with their backward to ``θ``, and for a
+dense layer the ``θ`` part of a product costs no more than the ``y`` part (MLP 32→128→128→32 with dopri5:
+1.2–1.4× the backsolve's and the interpolating adjoint's time). The gain is for an implicit backward method,
+whose Jacobian ``-Jᵀ`` is ``m × m`` here and ``(m + P) × (m + P)`` in the interpolating adjoint (its LU
+factorisation per step falls from ``O((m + P)³)`` to ``O(m³)``): 0.36× the interpolating adjoint's time on a
+stiff neural ODE with 4 states and 576 parameters (rodas5p), a tie on Robertson's 3 rates
+(``benchmarks/bench_gauss_adjoint.py``, ``benchmarks/results/adjoint.md``).
 
 Number of nodes. The ``s``-point Gauss–Legendre rule integrates polynomials of degree ``2s - 1`` exactly
 (Gauss 1814; e.g. Davis & Rabinowitz, "Methods of Numerical Integration", 2nd ed., section 2.7), so on a
