@@ -191,6 +191,13 @@ class DenseOutput:
             out._pieces.append((t0, h, interp))
         return out
 
+    def steps(self) -> list[tuple[float, float, float, Callable[[list[float]], list[torch.Tensor]]]]:
+        """Every step as ``(t0, t1, h, interp)`` in time order: the step starts at ``t0`` with size ``h``,
+        ``interp(thetas)`` evaluates it at ``t0 + theta h``, and it serves up to ``t1`` (the next step's start,
+        or ``t_end`` for the last), so the steps tile ``[t_start, t_end]``."""
+        ends = [t0 for t0, _, _ in self._pieces[1:]] + [self.t_end]
+        return [(t0, t1, h, interp) for (t0, h, interp), t1 in zip(self._pieces, ends)]
+
     def piece(self, t: float) -> tuple[float, float, Callable[[list[float]], list[torch.Tensor]]]:
         """``(t_start, h, interp)`` of the step whose interpolant serves time ``t`` (the first step
         for times at or before the start; at a step end, the step that ends there)."""

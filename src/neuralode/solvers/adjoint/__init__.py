@@ -1,7 +1,9 @@
 """Gradients by the adjoint method: ``backsolve`` (:func:`~neuralode.solvers.adjoint.backsolve.odeint_adjoint`,
 the adjoint system solved backwards with the state re-integrated alongside, and the events' adjoint),
 ``interpolating`` (the backward solve reads the forward solution from its dense output instead: the stiff
-methods' default), ``per_sample`` (one backward solve landing on every sample's output times, for
+methods' default), ``gauss`` (interpolating too, the backward solve integrating ``a`` alone and ``dL/dθ``
+summed by Gauss–Legendre quadrature over its steps, for ``adjoint_options={"quadrature": True}``), ``per_sample`` (one backward solve landing on every sample's output times, for
 ``options={"per_sample": True}``) and, below the three, ``common`` (the configuration record
 :class:`~neuralode.solvers.adjoint.common.AdjointConfig`, the sweep over output intervals, the backward-work
-flag). ``backsolve`` imports ``interpolating`` and ``per_sample``; they import ``common``, never ``backsolve``."""
+flag). ``backsolve`` imports ``gauss``, ``interpolating`` and ``per_sample``; ``gauss`` imports ``interpolating``;
+they import ``common``, never ``backsolve``."""

@@ -52,7 +52,9 @@ Design choices:
   stiff dissipative system, so there the default is the interpolating adjoint
   (:mod:`~neuralode.solvers.adjoint.interpolating`; ``adjoint_options={"interpolate": True | False}``
   chooses either way): the forward solve keeps its dense output (memory ``O(steps × stages)``)
-  and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it.
+  and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it; or, with
+  ``adjoint_options={"quadrature": True}``, the Gauss adjoint (:mod:`~neuralode.solvers.adjoint.gauss`),
+  which integrates ``a`` alone and sums ``dL/dθ`` by quadrature over the backward steps.
 
 This module holds the entry points (:func:`solve_adjoint`, :func:`odeint_adjoint`), the checks and parsing
 of the adjoint arguments, the backsolve adjoint and the events' adjoint. The arguments are checked once,
@@ -97,6 +99,7 @@ from .common import (
     refuse_double_backward,
     sweep_intervals,
 )
+from .gauss import gauss_backward, resolve_quadrature, split_quadrature
 from .interpolating import interpolating_backward
 from .per_sample import solve_adjoint_per_sample
 
@@ -205,10 +208,14 @@ class _AdjointSolve(torch.autograd.Function):
                 "torch.autograd.detect_anomaly() names the operation."
             )
         if cfg.dense is not None:
-            refuse_double_backward("interpolating adjoint (adjoint_options['interpolate']=True)")
+            if cfg.quadrature_nodes:
+                refuse_double_backward("Gauss adjoint (adjoint_options['quadrature']=True)")
+            else:
+                refuse_double_backward("interpolating adjoint (adjoint_options['interpolate']=True)")
 
             need_t = ctx.needs_input_grad[3]
-            a, t_grad, g_params = interpolating_backward(cfg, t, ys, grad_ys, need_t)
+            backward = gauss_backward if cfg.quadrature_nodes else interpolating_backward
+            a, t_grad, g_params = backward(cfg, t, ys, grad_ys, need_t)
             g_params = tuple(
                 (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
                 for g, p in zip(g_params, cfg.params)
@@ -542,6 +549,12 @@ def solve_adjoint(
             implicit, without events; refused with events, ``per_sample`` and ``method="scipy"``);
             ``False`` the backsolve (the default for explicit methods). With an implicit method
             the interpolating mode forms the backward Jacobian itself (no ``jacobian`` option).
+            Its ``"quadrature"``: ``True`` selects the Gauss adjoint
+            (:mod:`~neuralode.solvers.adjoint.gauss`): interpolating as above, but the backward solve
+            integrates ``a`` alone and ``dL/dθ`` is a Gauss–Legendre quadrature over its steps
+            (``"quadrature_nodes"``: nodes per step, default ``ceil(order / 2)`` of ``adjoint_method``);
+            refused where the interpolating mode is, and with ``interpolate=False``. A ``"norm"`` in
+            torchdiffeq's form then sees zeros for ``adj_params``; ``"augmented_norm"`` is called on ``(a,)``.
         adjoint_params: tensors to differentiate with respect to; required when ``func`` is not
             an ``nn.Module``. Tensors that do not require grad are skipped; unused ones get zeros.
             Parameters of event functions and resets get their gradients through autograd
@@ -557,6 +570,12 @@ def solve_adjoint(
     adjoint_options = options_dict(adjoint_options, adjoint_method or method, "adjoint_options")
     refuse_checkpoints(options, adjoint_options)
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
+        adjoint_options, quadrature = split_quadrature(adjoint_options)
+        if quadrature is not None:
+            raise ValueError(
+                "adjoint_options['quadrature']=True is not supported with options['per_sample']; leave it out "
+                "(the per-sample adjoint re-solves y backwards)."
+            )
         adjoint_options, interpolate = _split_interpolate(adjoint_options)
         if interpolate:
             raise ValueError(
@@ -637,8 +656,10 @@ def _solve_adjoint(
     adjoint_method = method if adjoint_method is None else adjoint_method
     backward = resolve(adjoint_method)
     check_step_callbacks(func, backward, adjoint=True)
+    adjoint_options, quadrature = split_quadrature(adjoint_options)
     parsed = parse_adjoint_options(options, adjoint_options)
-    interpolate = _resolve_interpolate(parsed.interpolate, forward, backward, parts, events)
+    nodes = resolve_quadrature(quadrature, parsed.interpolate, forward, backward, parts, events)
+    interpolate = bool(nodes) or _resolve_interpolate(parsed.interpolate, forward, backward, parts, events)
     adjoint_rtol, adjoint_atol = (
         _adjoint_tolerance(
             name if value is None else f"adjoint_{name}",
@@ -651,10 +672,10 @@ def _solve_adjoint(
     )
     backward_options = _backward_options(parsed, _takes_norm(backward), flat, interpolate)
     if interpolate:
-        # The backward state is (a, *gθ), without y: y's tolerance entry goes, and a user Jacobian of f
-        # does not apply (:mod:`~neuralode.solvers.adjoint.interpolating` forms the backward one itself).
+        # The backward state is (a, *gθ), without y ((a,) for the Gauss adjoint): y's tolerance entry goes,
+        # and a user Jacobian of f does not apply (the backward one is formed by the adjoint itself).
         adjoint_rtol, adjoint_atol = (
-            tol[1:] if isinstance(tol, tuple) else tol for tol in (adjoint_rtol, adjoint_atol)
+            tol[1 : 2 if nodes else None] if isinstance(tol, tuple) else tol for tol in (adjoint_rtol, adjoint_atol)
         )
         backward_options = _without_jacobian(backward_options, backward, parsed.given)
     _check_backward_options(backward_options, adjoint_method, parsed.given)
@@ -674,6 +695,7 @@ def _solve_adjoint(
         backward_options=backward_options,
         adjoint_stats=SolverStats(),
         interpolate=interpolate,
+        quadrature_nodes=nodes,
     )
     y0_flat = flat.flatten(y0)
     if not events:

@@ -1,11 +1,11 @@
 """What the adjoints share, below all of them: the configuration record, the sweep over output intervals,
 the backward-work flag and the refusal of double backward.
 
-``backsolve`` (the adjoint entry points and the backsolve adjoint) imports ``interpolating`` and
-``per_sample``; those two import only this module from the package's adjoint, so the imports of
-``adjoint/`` run one way:
+``backsolve`` (the adjoint entry points and the backsolve adjoint) imports ``gauss``, ``interpolating`` and
+``per_sample``; ``gauss`` imports ``interpolating``, and those two and ``per_sample`` import nothing else
+from the package's adjoint but this module, so the imports of ``adjoint/`` run one way:
 
-    backsolve  ->  interpolating, per_sample  ->  common
+    backsolve  ->  gauss  ->  interpolating  ->  common;   backsolve  ->  per_sample  ->  common
 
 :class:`AdjointConfig` is built once per ``odeint_adjoint`` call, after every argument has been checked,
 and read by the backward solves; a stage that needs a variant (the forward solve's dense output for the
@@ -165,6 +165,9 @@ class AdjointConfig:
     interpolate: bool
     """Whether the backward solve reads ``y(t)`` from the forward solve's dense output (the interpolating
     adjoint) instead of re-solving it backwards (the backsolve)."""
+    quadrature_nodes: int = 0
+    """Gauss–Legendre nodes per backward step of the Gauss adjoint (``adjoint_options["quadrature"]``; it
+    interpolates too, so ``interpolate`` is ``True``), 0 for the other adjoints."""
     dense: DenseOutput | None = None
     """The forward solve's kept interpolant, read by the interpolating adjoint; set (by
     :func:`dataclasses.replace`) once the forward solve has run, ``None`` for the backsolve."""

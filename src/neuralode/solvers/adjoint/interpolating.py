@@ -70,6 +70,8 @@ output intervals it shares with the backsolve comes from :mod:`~neuralode.solver
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..api import solve
@@ -100,6 +102,25 @@ def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
     return (ym2 - yp2 + 8.0 * (yp1 - ym1)) / (12.0 * d * h)
 
 
+def forward_state(flat: Flat, dense: DenseOutput) -> Callable[[float], torch.Tensor]:
+    """``y(s)`` from the forward solve's kept interpolant ``dense``, flat and detached, for any time ``s`` a
+    backward stage asks for.
+
+    A stage may sit beyond its step (kvaerno5 has a node c = 1.23); on the last backward step that is beyond
+    the forward span, where ``y`` is the nearest forward step's polynomial extrapolated, not ``y(t0)`` held
+    (which cost kvaerno5's gradients 2e-5 at rtol 1e-8). Rounding of the backward clock lands there too.
+    """
+    span = sorted((dense.t_start, dense.t_end))
+
+    def y_at(s: float) -> torch.Tensor:
+        if span[0] <= s <= span[1]:
+            return flat.flatten(dense(torch.tensor(s, dtype=torch.float64))).detach()
+        t0, h, interp = dense.piece(s)
+        return interp([(s - t0) / h])[0].detach()
+
+    return y_at
+
+
 def backward_dynamics(
     func,
     flat: Flat,
@@ -116,20 +137,13 @@ def backward_dynamics(
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flat.flatten(func(tt, flat.unflatten(y)))
 
-    span = sorted((dense.t_start, dense.t_end))
-
     def clock(tt: torch.Tensor) -> float:
         return float(tt.detach())
 
+    state_at = forward_state(flat, dense)
+
     def y_at(tt: torch.Tensor) -> torch.Tensor:
-        # A stage may sit beyond its step (kvaerno5 has a node c = 1.23); on the last backward step that is beyond
-        # the forward span, where y is the nearest forward step's polynomial extrapolated, not y(t0) held (which
-        # cost kvaerno5's gradients 2e-5 at rtol 1e-8). Rounding of the backward clock lands there too.
-        s = clock(tt)
-        if span[0] <= s <= span[1]:
-            return flat.flatten(dense(torch.tensor(s, dtype=torch.float64))).detach()
-        t0, h, interp = dense.piece(s)
-        return interp([(s - t0) / h])[0].detach()
+        return state_at(clock(tt))
 
     def augmented(tt: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         a = state[0]
@@ -146,12 +160,11 @@ def backward_dynamics(
                 yv = y.requires_grad_(True)
                 f = f_flat(tt, yv)
                 inputs = (yv, *params)
+            vjps: tuple[torch.Tensor | None, ...]
             if f.requires_grad:
                 # retain_graph: the path to a parameter may be shared (neuralode.solvers.adjoint.backsolve's docstring).
                 # allow_unused: an input f does not depend on gets None (the stubs say Tensor)
-                vjps: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
-                    f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe
-                )
+                vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True, retain_graph=True, create_graph=probe)
             else:
                 vjps = (None,) * (1 + len(params))
         vjp_params = tuple(
@@ -202,7 +215,7 @@ def interpolating_backward(
     tdt = time_dtype(ys.dtype)
     implicit = cfg.backward_method.capabilities.implicit
     extra = {"nfe": 0}
-    assert cfg.dense is not None  # the backsolve's Function calls this only once it has kept the dense output
+    assert cfg.dense is not None, "the interpolating adjoint's forward solve keeps its dense output"
     augmented, jacobian = backward_dynamics(func, flat, params, cfg.dense, acc_dtype, extra)
 
     def f_flat(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

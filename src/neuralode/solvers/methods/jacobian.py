@@ -177,6 +177,10 @@ def _evaluate_with_time_tangent(func, tt: torch.Tensor, yv: torch.Tensor):
     try:
         with fwAD.dual_level():
             td = fwAD.make_dual(tt.detach(), torch.ones_like(tt))
+            if fwAD.unpack_dual(td).tangent is None:
+                # Forward AD is switched off (PyTorch does so inside an autograd.Function's forward, where
+                # odeint_adjoint's forward solve runs): every tangent would read as "func ignores t".
+                raise RuntimeError("forward-mode AD is disabled here")
             out = func(td, yv)
             if not isinstance(out, torch.Tensor):
                 return out, None, None
