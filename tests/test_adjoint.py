@@ -477,7 +477,10 @@ def test_bad_norm_raises():
     func = mlp(2, 4)
     y0 = torch.ones(2, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    message = "adjoint_options['norm'] must be 'seminorm' (default), 'full' or a callable; got 'l2'."
+    message = (
+        "adjoint_options['norm'] must be 'seminorm' (the default), 'full' (the default of the interpolating "
+        "adjoint with an implicit method) or a callable; got 'l2'."
+    )
     with raises_exactly(ValueError, message) as info:
         odeint_adjoint(
             lambda s, y: func(y), y0, t, adjoint_params=tuple(func.parameters()), adjoint_options={"norm": "l2"}

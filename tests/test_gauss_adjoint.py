@@ -139,11 +139,13 @@ def test_stiff_gradients_match_backprop(method):
     assert rel(stiff_gradients(method, {"quadrature": True}), ref) < 1e-8
 
 
-def test_stiff_gradients_near_the_interpolating_adjoint():
-    """The interpolating adjoint samples y at its backward stages only and misses part of the same transient
-    (measured: 1.9e-3 from backpropagation here), so the two agree to that."""
-    gauss = stiff_gradients("rodas5p", {"quadrature": True})
-    assert rel(gauss, stiff_gradients("rodas5p", {"interpolate": True})) < 1e-2
+def test_stiff_interpolating_adjoint_keeps_its_quadrature_in_the_error_norm():
+    """The interpolating adjoint samples y at its backward stages only. With the seminorm nothing in the
+    error control sees y's transient inside a long backward step (measured: 1.9e-3 from backpropagation
+    here); its default norm includes the dL/dθ quadrature, whose error estimate does (measured: 3.8e-11)."""
+    ref = stiff_gradients("rodas5p", "backprop")
+    assert rel(stiff_gradients("rodas5p", {"interpolate": True}), ref) < 1e-8
+    assert rel(stiff_gradients("rodas5p", {"interpolate": True, "norm": "seminorm"}), ref) > 1e-4
 
 
 def test_stiff_backward_jacobian_is_m_by_m():

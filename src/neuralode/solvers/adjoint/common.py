@@ -101,10 +101,12 @@ class AdjointOptions:
     parses its own (its norm is always the seminorm).
     """
 
-    norm: Literal["seminorm", "full"] | Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
-    """``"norm"``: ``"seminorm"`` (default: the parameter-gradient quadratures are left out of the error
-    norm), ``"full"`` (the solver's norm over the whole augmented state) or a norm written for
-    torchdiffeq's adjoint, called on ``(t, y, adj_y, *adj_params)``. Unused when ``augmented_norm`` is set."""
+    norm: Literal["seminorm", "full"] | Callable[[tuple[torch.Tensor, ...]], torch.Tensor] | None
+    """``"norm"``: ``"seminorm"`` (the parameter-gradient quadratures are left out of the error norm),
+    ``"full"`` (the solver's norm over the whole augmented state), a norm written for torchdiffeq's adjoint,
+    called on ``(t, y, adj_y, *adj_params)``, or ``None`` when not given: the seminorm, except the full norm
+    for the interpolating adjoint with an implicit method (see ``_backward_options`` in ``backsolve``).
+    Unused when ``augmented_norm`` is set."""
     augmented_norm: Callable[[tuple[torch.Tensor, ...]], torch.Tensor] | None
     """``"augmented_norm"``: a norm called on the backward solve's own state ``(y, a, *gθ)``, or ``None``."""
     interpolate: bool | None
@@ -280,8 +282,8 @@ def step_after_jump(next_step: float, jump: torch.Tensor, implicit: bool) -> flo
     loss at 10 output times, dopri5, 20 + 0 (140) against 11 + 0 (77), rodas5p 20 + 0 (210)
     against 11 + 0 (111) (the price of the implicit rule on a non-stiff problem); a linear system
     with a decaying mode of rate 20 weighted in the loss, 101 + 20 (766) against 100 + 1 (627);
-    Van der Pol (mu = 5, 10) within 2.5% either way; Robertson with rodas5p (3 output intervals)
-    365 + 6 (3695) against 365 + 12 (3735). The gradient errors against backpropagation agree
+    Van der Pol (mu = 5, 10) within 2.5% either way; Robertson with rodas5p (3 output intervals,
+    the seminorm) 365 + 6 (3695) against 365 + 12 (3735). The gradient errors against backpropagation agree
     within 15% (MLP, linear, Robertson) or within a factor of 2.1 either way (Van der Pol).
     """
     return math.nan if implicit and bool(jump.ne(0).any()) else next_step

@@ -352,7 +352,7 @@ def gauss_backward(
         options["jacobian"] = jacobian
     parsed = cfg.adjoint_options
     norm = options.get("norm")
-    if norm is not None and parsed.augmented_norm is None and not isinstance(parsed.norm, str):
+    if norm is not None and parsed.augmented_norm is None and callable(parsed.norm):
         # A norm in torchdiffeq's form is built on the interpolating adjoint's state (a, *gθ) and hands the user
         # (t, y, adj_y, *adj_params); the parameter gradients are not integrated here, so they enter as zeros.
         zeros = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)

@@ -47,7 +47,8 @@ steps on [1, 100] against the forward's 65 + 0; with ``ẏ_I``, 136 + 13.
 Why the backward solve still takes about three times the forward's steps (Robertson, rates and
 ``y0`` differentiated, loss ``Σ (1, 1e4, 1) · y(t_i)`` at t = 1e-2, 1, 100; forward 124 + 4 steps;
 backward before the fix above 464 + 46 steps, 5427 evaluations; now 364 + 17, 3762, all with the
-``"pi"`` controller; with the stiff default ``"pi_gustafsson"`` 365 + 6, 3695 against 125 + 4): at each output
+``"pi"`` controller and the seminorm; with the stiff default ``"pi_gustafsson"`` 365 + 6, 3695 against 125 + 4,
+and 386 + 2, 3877 with this adjoint's default full norm): at each output
 time ``a`` jumps by ``∂L/∂y(t_i)``, which has a component along the fast modes (a perturbation of
 ``y₂`` relaxes onto the slow manifold at the fast rate |λ| ≈ 2e3 to 4e3). Backwards that component decays at
 the same rate, ``a₂`` from 1e4 to its O(1) slow value, and relative error control follows the
