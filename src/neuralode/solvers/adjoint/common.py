@@ -265,6 +265,32 @@ def interval_options(options: dict, adaptive: bool, next_step: float) -> dict:
     return options
 
 
+def sweep_reading_dense(
+    times: list[float],
+    grad_ys: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    acc_dtype: torch.dtype,
+    t: torch.Tensor,
+    need_t: bool,
+    f_at,
+    stats,
+    solve_interval,
+    implicit: bool,
+    extra: dict[str, int],
+):
+    """:func:`sweep_intervals` for the adjoints that read ``y`` from the forward solve's dense output (the
+    interpolating and Gauss adjoints): the parameter gradients start at zero in ``acc_dtype``, the sweep
+    runs marked as an adjoint's backward pass (``in_adjoint_backward()``), and the evaluations their
+    dynamics count apart (``extra["nfe"]``) are added to ``stats`` however the sweep ends."""
+    g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
+    token = IN_BACKWARD.set(True)
+    try:
+        return sweep_intervals(times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, implicit)
+    finally:
+        IN_BACKWARD.reset(token)
+        stats.nfe += extra["nfe"]
+
+
 def step_after_jump(next_step: float, jump: torch.Tensor, implicit: bool) -> float:
     """The step to carry into the next output interval, given the jump ``∂L/∂y(t_i)`` of ``a`` there.
 

@@ -65,7 +65,7 @@ from ..methods.base import Method
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
 from ..solution import DenseOutput, SolverStats
-from .common import IN_BACKWARD, AdjointConfig, Flat, interval_options, sweep_intervals
+from .common import AdjointConfig, Flat, interval_options, sweep_reading_dense
 from .interpolating import dense_rate, forward_state
 
 MAX_NODES = 16
@@ -381,16 +381,9 @@ def gauss_backward(
         )
         return sol.ys[0][-1], g_params, sol.stats
 
-    g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
-    token = IN_BACKWARD.set(True)
-    try:
-        a, t_grad, g_params = sweep_intervals(
-            times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, implicit
-        )
-    finally:
-        IN_BACKWARD.reset(token)
-        stats.nfe += extra["nfe"]
-    return a, t_grad, g_params
+    return sweep_reading_dense(
+        times, grad_ys, params, acc_dtype, t, need_t, f_at, stats, solve_interval, implicit, extra
+    )
 
 
 def _with_zero_params(

@@ -79,7 +79,7 @@ from ..api import solve
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
 from ..solution import DenseOutput
-from .common import IN_BACKWARD, AdjointConfig, Flat, interval_options, sweep_intervals
+from .common import AdjointConfig, Flat, interval_options, sweep_reading_dense
 
 
 def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
@@ -244,13 +244,6 @@ def interpolating_backward(
         )
         return sol.ys[0][-1], tuple(g[-1] for g in sol.ys[1:]), sol.stats
 
-    g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
-    token = IN_BACKWARD.set(True)
-    try:
-        a, t_grad, g_params = sweep_intervals(
-            times, grad_ys, g_params, t, need_t, f_at, stats, solve_interval, implicit
-        )
-    finally:
-        IN_BACKWARD.reset(token)
-        stats.nfe += extra["nfe"]
-    return a, t_grad, g_params
+    return sweep_reading_dense(
+        times, grad_ys, params, acc_dtype, t, need_t, f_at, stats, solve_interval, implicit, extra
+    )
