@@ -17,7 +17,7 @@ from neuralode import METHODS, solve
 from neuralode.solvers.control.controller import BatchStepSizeController, ControllerState, StepSizeController
 from neuralode.solvers.methods.interpolants import ContinuousExtension, Hermite
 from neuralode.solvers.per_sample import PerSampleStats
-from tests.registry import interpolant, methods, order
+from tests.registry import interpolant, methods, order, per_sample_methods_matching_the_joint_loop
 
 F64 = torch.float64
 B = 6
@@ -472,22 +472,7 @@ def test_batch_equals_each_sample_alone_on_its_own_clock(method):
             assert int(one.stats.nfe[0]) <= int(sol.stats.nfe[i])
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="dopri8_13m: the per-sample clock's outputs inside a step differ from the joint loop's by "
-                "~1e-9 relative (its step ends agree to rounding), more than the grouping of the stage sums explains",
-            ),
-        )
-        if n == "dopri8_13m"
-        else n
-        for n in PER_SAMPLE
-    ],
-)
+@pytest.mark.parametrize("method", per_sample_methods_matching_the_joint_loop())
 def test_one_sample_on_its_own_clock_takes_the_joint_loops_steps(method):
     # A batch of one on the per-sample clock and the joint loop share the tableau's stage order, the
     # controller's formulas and the interpolants' weights; only the grouping of the per-row stage

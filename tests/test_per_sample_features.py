@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from neuralode import Event, solve
-from tests.registry import methods, order
+from tests.registry import order, per_sample_methods_matching_the_joint_loop
 
 F64 = torch.float64
 PS = {"per_sample": True}
@@ -516,22 +516,7 @@ def test_adjoint_with_events_some_samples_without_any():
 # Dense output per sample: each sample's interpolant over its own steps.
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="dopri8_13m: the per-sample clock's outputs inside a step differ from the joint loop's by "
-                "~1e-9 relative (its step ends agree to rounding)",
-            ),
-        )
-        if n == "dopri8_13m"
-        else n
-        for n in methods("per_sample")
-    ],
-)
+@pytest.mark.parametrize("method", per_sample_methods_matching_the_joint_loop())
 def test_dense_output_per_sample_equals_solo_dense_outputs(method):
     # Every per-sample method, so every interpolant kind: dense (dopri5), dense with extra stages (dopri8),
     # Hermite (bosh3: FSAL; adaptive_heun: not).
