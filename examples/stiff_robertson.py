@@ -1,6 +1,6 @@
 """A stiff Neural ODE: learn Robertson's chemical kinetics with a small MLP, trained through rodas5p.
 
-    python examples/stiff_robertson.py [--quick] [--iters N] [--adjoint] [--out DIR]
+    python examples/stiff_robertson.py [--quick] [--iters N] [--adjoint | --gauss] [--out DIR]
     NEURALODE_QUICK=1 python examples/stiff_robertson.py          (the same as --quick; what CI runs)
 
 Robertson's problem (three species, rate constants 0.04, 3e7 and 1e4) is the classic stiff chemical system:
@@ -89,12 +89,16 @@ def fit_error(model, t, y_true, scale, method: str = "rodas5p") -> float:
     return float((((y_hat - y_true) / scale) ** 2).mean().sqrt())
 
 
-def predict(model, t, y0, scale, adjoint: bool = False, method: str = "rodas5p"):
+def predict(model, t, y0, scale, adjoint: bool = False, method: str = "rodas5p", gauss: bool = False):
     """The Neural ODE's states at ``t``; ``adjoint=True`` differentiates it by the interpolating adjoint
-    (``method`` backwards too, ``y(t)`` from the forward dense output) instead of backpropagation."""
+    (``method`` backwards too, ``y(t)`` from the forward dense output) instead of backpropagation, and
+    ``gauss=True`` by the Gauss adjoint: ``a(t)`` alone backwards (a 3 × 3 Jacobian instead of one over
+    the 3 states and every parameter), ``dL/dθ`` by Gauss-Legendre quadrature over its steps."""
     kw = dict(rtol=1e-5, atol=1e-7 * scale, method=method, options={"max_num_steps": 5000})
-    if adjoint:
-        return odeint_adjoint(model, y0, t, adjoint_method=method, **kw)
+    if adjoint or gauss:
+        return odeint_adjoint(
+            model, y0, t, adjoint_method=method, adjoint_options={"quadrature": True} if gauss else None, **kw
+        )
     return odeint(model, y0, t, **kw)
 
 
@@ -129,6 +133,11 @@ def main(argv=None) -> int:
         help="gradients by the interpolating adjoint (the method backwards) instead of backpropagation",
     )
     parser.add_argument(
+        "--gauss",
+        action="store_true",
+        help="gradients by the Gauss adjoint (adjoint_options={'quadrature': True}) instead of backpropagation",
+    )
+    parser.add_argument(
         "--method",
         choices=("rodas5p", "radau5", "radau9", "radau13", "kvaerno5"),
         default="rodas5p",
@@ -151,7 +160,7 @@ def main(argv=None) -> int:
     for it in range(1, iters + 1):
         opt.zero_grad()
         try:
-            y_hat = predict(model, t, y_true[0], scale, adjoint=args.adjoint, method=args.method)
+            y_hat = predict(model, t, y_true[0], scale, adjoint=args.adjoint, method=args.method, gauss=args.gauss)
         except SolverError as e:  # the learned dynamics became too stiff or blew up: shrink the step
             for group in opt.param_groups:
                 group["lr"] *= 0.5
