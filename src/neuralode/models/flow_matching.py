@@ -71,7 +71,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -424,7 +424,7 @@ def sample(
             options=options,
         )
     seconds = time.perf_counter() - t0
-    ys = cast(torch.Tensor, sol.ys).reshape(len(grid), x0.shape[0], *shape)  # a tensor y0 gives tensor ys
+    ys = sol.ys.reshape(len(grid), x0.shape[0], *shape)
     return SampleResult(ys[-1], int(sol.stats.nfe), seconds, ys if times is not None else None)
 
 

@@ -353,6 +353,43 @@ def refuse_with_checkpoints(events, forward: bool) -> None:
         )
 
 
+# The Solution's states follow y0's layout: a tensor for a tensor, a tuple for a tuple.
+@overload
+def solve(
+    func: Func,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    events: Sequence[Event] | Event | None = ...,
+) -> Solution[torch.Tensor]: ...
+@overload
+def solve(
+    func: Func,
+    y0: tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    events: Sequence[Event] | Event | None = ...,
+) -> Solution[tuple[torch.Tensor, ...]]: ...
+@overload
+def solve(
+    func: Func,
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor | tuple = ...,
+    atol: float | torch.Tensor | tuple = ...,
+    method: str | None = ...,
+    options: dict | Options | None = ...,
+    events: Sequence[Event] | Event | None = ...,
+) -> Solution[TensorOrTuple]: ...
 def solve(
     func: Func,
     y0: TensorOrTuple,
@@ -363,7 +400,7 @@ def solve(
     method: str | None = DEFAULT_METHOD,
     options: dict | Options | None = None,
     events: Sequence[Event] | Event | None = None,
-) -> Solution:
+) -> Solution[TensorOrTuple]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and report the solution at the times ``t``.
 
     Args:

@@ -8,11 +8,14 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
+
+Y_co = TypeVar("Y_co", bound=TensorOrTuple, covariant=True)
+"""The type of a solution's states: ``torch.Tensor`` for a tensor ``y0``, a tuple of tensors for a tuple."""
 
 
 @dataclass
@@ -231,7 +234,7 @@ class DenseOutput:
 
 
 @dataclass(frozen=True)
-class Solution:
+class Solution(Generic[Y_co]):
     """The result of :func:`~neuralode.solvers.api.solve`.
 
     Attributes:
@@ -250,20 +253,20 @@ class Solution:
     """
 
     ts: torch.Tensor
-    ys: TensorOrTuple
+    ys: Y_co
     stats: SolverStats | PerSampleStats
     method: str
     adjoint_stats: SolverStats | PerSampleStats | None = None
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
     # a DenseOutput, or with options['per_sample'] a PerSampleDense: either is called on the times
-    dense: Callable[[torch.Tensor], TensorOrTuple] | None = field(default=None, repr=False)
+    dense: Callable[[torch.Tensor], Y_co] | None = field(default=None, repr=False)
 
     @property
     def terminated(self) -> bool:
         """Whether a terminal event ended the solve."""
         return bool(self.events) and self.events[-1].terminal
 
-    def evaluate(self, t: torch.Tensor) -> TensorOrTuple:
+    def evaluate(self, t: torch.Tensor) -> Y_co:
         """The solution at any times of the solved span, from the kept dense output.
 
         Args:
@@ -282,7 +285,7 @@ class Solution:
             )
         return self.dense(t)
 
-    def __call__(self, t: torch.Tensor) -> TensorOrTuple:
+    def __call__(self, t: torch.Tensor) -> Y_co:
         """``solution(t)`` is ``solution.evaluate(t)``: what torchdiffeq's ``odeint_dense`` returns."""
         return self.evaluate(t)
 
