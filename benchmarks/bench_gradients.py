@@ -171,9 +171,7 @@ def odenet_problem(quick: bool) -> Callable[[torch.dtype, float | None, bool], P
         weight = torch.randn(n, channels, 6, 6, generator=generator, dtype=dtype)
         t = torch.tensor([0.0, 1.0], dtype=dtype)
         tol = rtol or 1e-3
-        return Problem(
-            func, y0, t, lambda ys: (ys[-1] * weight).mean(), dict(rtol=tol, atol=tol, method="dopri5")
-        )
+        return Problem(func, y0, t, lambda ys: (ys[-1] * weight).mean(), dict(rtol=tol, atol=tol, method="dopri5"))
 
     return make
 
@@ -451,7 +449,9 @@ def big_mlp_rows(quick: bool, reps: int) -> tuple[str, list[list[str]], list[str
                 rows.append([f"{batch}", name, x.error, "", "", "", ""])
                 continue
             g_ref = gauss.grad
-            diff = _sci(float((x.grad - g_ref).norm() / g_ref.norm())) if g_ref is not None and x.grad is not None else "—"
+            diff = (
+                _sci(float((x.grad - g_ref).norm() / g_ref.norm())) if g_ref is not None and x.grad is not None else "—"
+            )
             rows.append(
                 [
                     f"{batch}",
@@ -506,7 +506,15 @@ def main(argv: list[str] | None = None) -> Path:
         f"{label}. Gauss ÷ mode: the Gauss adjoint's time over the mode's in the same repetition (below 1: "
         "Gauss is faster). Grad vs Gauss: relative 2-norm difference of the gradients.\n\n"
         + markdown_table(
-            ["batch", "mode", "Gauss ÷ this mode [range]", "time ÷ backprop's [range]", "median time", "NFE fwd + bwd", "grad vs Gauss"],
+            [
+                "batch",
+                "mode",
+                "Gauss ÷ this mode [range]",
+                "time ÷ backprop's [range]",
+                "median time",
+                "NFE fwd + bwd",
+                "grad vs Gauss",
+            ],
             rows,
             "llrrrrr",
         )
