@@ -77,7 +77,6 @@ from .loop import (
     too_many_steps,
 )
 from .methods.interpolants import StepInterpolant
-from .methods.interpolation import continuous_extension_rows
 from .methods.stepper import StepResult
 from .methods.tableau import ButcherTableau
 from .options import (
@@ -212,16 +211,16 @@ def _arange(n: int, device) -> torch.Tensor:
     return hit
 
 
-def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows):
-    """The output times inside one accepted step of every sample, for a ``"dense"`` tableau.
+def dense_outputs(interp: StepInterpolant, times, t, t1, h, y_end, i_out, n_new, m, rows):
+    """The output times inside one accepted step of every sample, for an interpolant with a windowed form.
 
     Sample ``i`` has outputs ``i_out[i] .. i_out[i] + n_new[i] - 1`` in its step ``[t_i, t1_i]``.
     They are laid out as a ``(B, m)`` window (``m = max n_new``), so the whole batch is one
-    fixed-shape pass, with no per-output index arithmetic: the continuous extension
-    ``y0 + h sum_i b_i(θ) k_i`` (:func:`~neuralode.solvers.methods.interpolation.continuous_extension_rows`,
-    the host clock's weights ``b_i(θ)`` at every window entry, then one batched product with each
-    sample's stacked stages). An output that coincides with the step's end takes ``y_end`` exactly
-    (the scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
+    fixed-shape pass, with no per-output index arithmetic: the step interpolant's
+    :meth:`~neuralode.solvers.methods.interpolants.StepInterpolant.at_window` (for a continuous extension
+    ``y0 + h sum_i b_i(θ) k_i``: the host clock's weights ``b_i(θ)`` at every window entry, then one batched
+    product with each sample's stacked stages). An output that coincides with the step's end takes ``y_end``
+    exactly (the scalar loop's rule). Window entries past a sample's ``n_new`` are dropped by one mask.
 
     Returns: output indices ``(K,)``, original samples ``(K,)``, states ``(K, N)``.
     """
@@ -233,7 +232,7 @@ def dense_outputs(tableau, times, t, t1, h, y0, y_end, k, i_out, n_new, m, rows)
     at_end = tau == t1[:, None]
     # Rows without outputs (h = 0 for finished samples) are masked out below: their θ is unused.
     theta = torch.where(at_end, 1.0, (tau - t[:, None]) / h[:, None])
-    ys = continuous_extension_rows(y0, torch.stack(k, 1), h, tableau.dense, theta)  # (B, m, N)
+    ys = interp.at_window(theta)  # (B, m, N)
     ys = torch.where(at_end[:, :, None], y_end[:, None, :], ys)
     return j[valid], rows[:, None].expand(-1, m)[valid], ys[valid]
 
@@ -574,7 +573,7 @@ class SampleClock:
         m_new = int(n_new.max()) if interp.windowed else 0
         if m_new and (m_new * len(rows) <= DENSE_WINDOW * k_new or m_new * self.y.numel() <= DENSE_ELEMENTS):
             # Every output time of every sample inside this step as a (B, m) window per sample.
-            j, b, y_out = dense_outputs(self.tableau, times, t, t1, h, self.y, y_end, step.k, i_out, n_new, m_new, rows)
+            j, b, y_out = dense_outputs(interp, times, t, t1, h, y_end, i_out, n_new, m_new, rows)
         else:
             # Every output time of every sample inside this step, from one interpolant pass.
             sel = torch.repeat_interleave(torch.arange(len(rows), device=self.dev), n_new)  # (K,)

@@ -172,6 +172,11 @@ class StepInterpolant:
         end state exactly)."""
         raise NotImplementedError(f"{type(self).__name__} has no per-sample form")
 
+    def at_window(self, theta: torch.Tensor) -> torch.Tensor:
+        """States ``(B, m, N)`` of every row of a per-sample step at a ``(B, m)`` window of ``θ`` (float64), in one
+        pass; for the kinds with ``windowed = True``. The caller handles ``θ = 1`` (the end state)."""
+        raise NotImplementedError(f"{type(self).__name__} has no windowed per-sample form")
+
     def _extra_stages(self) -> tuple[torch.Tensor, ...]:
         """The step's stages followed by the continuous extension's extra ones, evaluated once; one that is
         ``f(t1, y1)`` (``tableau.end_stage``, dopri8_13m's) also serves as ``f1``, the next step's first stage."""
@@ -242,6 +247,9 @@ class ContinuousExtension(StepInterpolant):
         y0, y1, h = self.y0[rows], self.step.y1[rows], self.h[rows]
         out = continuous_extension_rows(y0, torch.stack(self.step.k, 1)[rows], h, self.tableau.dense, theta)
         return torch.where((theta == 1.0)[:, None], y1, out)
+
+    def at_window(self, theta: torch.Tensor) -> torch.Tensor:
+        return continuous_extension_rows(self.y0, torch.stack(self.step.k, 1), self.h, self.tableau.dense, theta)
 
 
 class ExtendedContinuousExtension(StepInterpolant):
