@@ -764,3 +764,23 @@ def test_dense_output_per_sample_refuses_an_empty_set_of_times():
     sol = solve(_vdp(mu), y0, torch.tensor([0.0, 1.0], dtype=F64), options={"per_sample": True, "dense": True})
     with pytest.raises(ValueError, match=r"needs at least one time; got t of shape \(2, 0\)"):
         sol.evaluate(torch.zeros(2, 0, dtype=F64))
+
+
+# The event-function checks both clocks share (events.core.check_event_value, non_finite_event).
+def test_per_sample_event_function_returning_nan_in_one_sample_is_refused_naming_it():
+    y0 = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+
+    def g(t, y):  # sample 1's value is NaN: its crossing is undefined, so it could never fire
+        return torch.where(torch.arange(2)[:, None] == 1, float("nan"), y - 0.5)
+
+    with pytest.raises(ValueError, match=r"events\[0\].*non-finite.*sample 1"):
+        solve(lambda t, y: -y, y0, t, options={"per_sample": True}, events=[Event(g)])
+
+
+def test_per_sample_event_function_returning_bool_is_refused_as_on_the_host_clock():
+    y0 = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    for options in ({"per_sample": True}, None):
+        with pytest.raises(TypeError, match=r"events\[0\].*real-valued.*torch.bool"):
+            solve(lambda t, y: -y, y0, t, options=options, events=[Event(lambda t, y: y > 0.5)])

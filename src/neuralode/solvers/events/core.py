@@ -133,6 +133,34 @@ def check_events(events: object, name: str = "events") -> tuple[Event, ...]:
     return tuple(events)
 
 
+def check_event_value(i: int, g: object) -> torch.Size:
+    """The shape of ``events[i].fn``'s value ``g``, checked: a real-valued, non-empty tensor (both clocks)."""
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"events[{i}].fn(t, y) must return a torch.Tensor; got {_type_name(g)}.")
+    if not (g.is_floating_point() or g.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"events[{i}].fn(t, y) must return a real-valued tensor; got dtype {g.dtype}.")
+    if g.numel() == 0:
+        raise ValueError(f"events[{i}].fn(t, y) returned an empty tensor; it must return at least one value.")
+    return g.shape
+
+
+def non_finite_event(i: int, where: str) -> ValueError:
+    """The error for an event function that returned NaN or infinity (a crossing of it is undefined)."""
+    return ValueError(
+        f"events[{i}].fn(t, y) returned a non-finite value at {where}; "
+        "an event function must be finite wherever the solution goes."
+    )
+
+
+def crossing(direction: float, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
+    """The elements whose event function crosses from ``g0`` to ``g1`` in ``direction``: rising, from
+    ``g < 0`` to ``g >= 0`` (``direction > 0``), falling, from ``g > 0`` to ``g <= 0`` (``< 0``), or either (``0``).
+    Elementwise, so the same rule serves one state and a batch of samples."""
+    rising = (g0 < 0) & (g1 >= 0)
+    falling = (g0 > 0) & (g1 <= 0)
+    return rising if direction > 0 else falling if direction < 0 else rising | falling
+
+
 class Located:
     """One located crossing within a step: where (``theta``), which event and which element."""
 
@@ -173,7 +201,7 @@ class EventSet:
         with torch.no_grad():
             g = self.events[i].fn(self.time(t), self.unflatten(y))
         if self.shapes[i] is None:
-            self.shapes[i] = self._check(i, g)
+            self.shapes[i] = check_event_value(i, g)
         return g.detach().reshape(-1)  # a view made under no_grad may still require grad
 
     def values(self, t: float, y: torch.Tensor) -> list[torch.Tensor]:
@@ -181,10 +209,7 @@ class EventSet:
         gs = [self.value(i, t, y) for i in range(len(self.events))]
         for i, g in enumerate(gs):
             if not bool(torch.isfinite(g).all()):
-                raise ValueError(
-                    f"events[{i}].fn(t, y) returned a non-finite value at t={t:.8g}; "
-                    "an event function must be finite wherever the solution goes."
-                )
+                raise non_finite_event(i, f"t={t:.8g}")
         return gs
 
     def guard(self, t: float, h: float) -> float:
@@ -225,15 +250,6 @@ class EventSet:
         later = self.values(t + direction * delta, y_later)
         return [torch.where(m, gl, g) for g, gl, m in zip(gs, later, on_root)], delta
 
-    def _check(self, i: int, g: object) -> torch.Size:
-        if not isinstance(g, torch.Tensor):
-            raise TypeError(f"events[{i}].fn(t, y) must return a torch.Tensor; got {_type_name(g)}.")
-        if not (g.is_floating_point() or g.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"events[{i}].fn(t, y) must return a real-valued tensor; got dtype {g.dtype}.")
-        if g.numel() == 0:
-            raise ValueError(f"events[{i}].fn(t, y) returned an empty tensor; it must return at least one value.")
-        return g.shape
-
     def coincident(self, index: int, g0: list[torch.Tensor], t: float, y: torch.Tensor) -> int | None:
         """Another event that cuts steps and has crossed (or reached its root) by ``(t, y)``, where
         event ``index`` fired over a step that started with the values ``g0``; ``None`` if none.
@@ -250,10 +266,7 @@ class EventSet:
 
     def crossed(self, i: int, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
         """Bool mask of the elements of event ``i`` that cross over a step, in its direction."""
-        rising = (g0 < 0) & (g1 >= 0)
-        falling = (g0 > 0) & (g1 <= 0)
-        d = self.events[i].direction
-        return rising if d > 0 else falling if d < 0 else rising | falling
+        return crossing(self.events[i].direction, g0, g1)
 
     def locate(
         self,

@@ -50,9 +50,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import _type_name
 from ..solution import EventRecord
-from .core import Event
+from .core import Event, check_event_value, crossing, non_finite_event
 
 BISECTIONS = 60
 
@@ -82,15 +81,19 @@ class PerSampleEvents:
         for k, e in enumerate(self.events):
             with torch.no_grad():
                 g = e.fn(tt, self.unflatten(y))
-            if not isinstance(g, torch.Tensor):
-                raise TypeError(f"events[{k}].fn(t, y) must return a torch.Tensor; got {_type_name(g)}.")
+            check_event_value(k, g)
             if g.dim() == 0 or g.shape[0] != y.shape[0]:
                 raise ValueError(
                     f"events[{k}].fn(t, y) must return a tensor whose first dimension is the batch ({y.shape[0]}) "
                     f"with options['per_sample']; got shape {tuple(g.shape)}."
                 )
+            g = g.detach().reshape(g.shape[0], -1).double()
+            finite = torch.isfinite(g).all(1)
+            if not bool(finite.all()):
+                i = int((~finite).nonzero()[0, 0])
+                raise non_finite_event(k, f"t={float(t[i]):.8g} in sample {i}")
             shapes.append(g.shape[1:])
-            out.append(g.reshape(g.shape[0], -1).double())
+            out.append(g)
         if self.shapes is None:
             self.shapes = shapes
         return out
@@ -106,8 +109,7 @@ class PerSampleEvents:
         (see :meth:`leave_zero`) only those watched by ``theta (B,)``."""
         out = []
         for e, a, b in zip(self.events, g0, g1):
-            rising, falling = (a < 0) & (b >= 0), (a > 0) & (b <= 0)
-            out.append(rising if e.direction > 0 else falling if e.direction < 0 else rising | falling)
+            out.append(crossing(e.direction, a, b))
         if starts is None:
             return out
         assert theta is not None  # the callers pass starts with the theta that watches them
