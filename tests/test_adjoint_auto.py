@@ -144,6 +144,11 @@ def test_the_backprop_estimate_matches_what_backprop_saves():
         assert choice.steps == (steps, "grid")
         measured = peak_saved_bytes(lambda: odeint(func, y0, T, method="rk4", options={"step_size": 1 / steps}))
         assert abs(choice.estimated_bytes["backprop"] - measured) < 0.05 * measured
+    # adaptive: the steps and evaluations per step of the probe
+    choice = choose_adjoint(func, y0, T, rtol=1e-5, atol=1e-5)
+    assert choice.steps is not None and choice.steps[1] == "probe"
+    measured = peak_saved_bytes(lambda: odeint(func, y0, T, rtol=1e-5, atol=1e-5))
+    assert abs(choice.estimated_bytes["backprop"] - measured) < 0.05 * measured
 
 
 def rk4(steps):
@@ -164,8 +169,9 @@ def test_auto_takes_backprop_when_it_fits_and_recursive_checkpointing_when_the_s
     small = many.estimated_bytes["checkpoints"] - 1
     tiny = choose_adjoint(func, y0, T, **rk4(100), memory_budget=small)
     assert tiny.mode == "backsolve"
-    assert choose_adjoint(func, y0, T, **rk4(1000), memory_budget=small).estimated_bytes["backsolve"] == (
-        tiny.estimated_bytes["backsolve"]
+    assert (
+        choose_adjoint(func, y0, T, **rk4(1000), memory_budget=small).estimated_bytes["backsolve"]
+        == (tiny.estimated_bytes["backsolve"])
     )
     # the checkpoints estimate follows K = 2 + ceil(log2 n)
     e_b = many.estimated_bytes["checkpoint"] - 100 * y0.numel() * 8
@@ -248,7 +254,9 @@ def test_event_mode_takes_the_modes_that_handle_events():
         for a, b in zip(by_name, by_call):
             assert torch.equal(a, b)
     for mode in ("gauss", "auto"):
-        with pytest.raises(ValueError, match="adjoint must be one of 'backprop', 'checkpoint', 'backsolve' with event_fn"):
+        with pytest.raises(
+            ValueError, match="adjoint must be one of 'backprop', 'checkpoint', 'backsolve' with event_fn"
+        ):
             odeint(func, y0, t, event_fn=event_fn, adjoint=mode)
 
 
@@ -273,4 +281,3 @@ def test_bad_modes_and_budgets_are_refused_naming_the_argument():
         solve(lambda t, y: -y, y0, T, adjoint="backsolve")
     with pytest.raises(ValueError, match="adjoint='gauss' reads y"):
         solve(func, y0, T, adjoint="gauss", events=[neuralode.Event(lambda t, y: t - 0.5)])
-
