@@ -281,3 +281,22 @@ def test_bad_modes_and_budgets_are_refused_naming_the_argument():
         solve(lambda t, y: -y, y0, T, adjoint="backsolve")
     with pytest.raises(ValueError, match="adjoint='gauss' reads y"):
         solve(func, y0, T, adjoint="gauss", events=[neuralode.Event(lambda t, y: t - 0.5)])
+
+
+def test_auto_with_per_sample_or_events_keeps_to_the_modes_that_handle_them():
+    func, y0 = Field(), y0_of(3, 2)
+    t_rows = torch.stack([T[:2] * (1 + 0.5 * i) for i in range(y0.shape[0])])  # (B, T): each sample its own times
+    kw = dict(rtol=1e-5, atol=1e-5, options={"per_sample": True})
+    sol = solve(func, y0, t_rows, **kw, adjoint="auto", memory_budget=1)
+    assert sol.adjoint_choice is not None and sol.adjoint_choice.mode == "backsolve"
+    auto = gradients(lambda y: solve(func, y, t_rows, **kw, adjoint="auto", memory_budget=1).ys, func, y0)
+    direct = gradients(lambda y: neuralode.solve_adjoint(func, y, t_rows, **kw).ys, func, y0)
+    for a, b in zip(auto, direct):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"adjoint='gauss' does not support options\['per_sample'\]"):
+        solve(func, y0, t_rows, **kw, adjoint="gauss")
+    events = [neuralode.Event(lambda t, y: y[0, 0] - 5.0)]
+    explicit = choose_adjoint(func, y0, T, events=events, memory_budget=1)
+    assert explicit.mode == "backsolve"  # recursive checkpointing refuses events
+    implicit = choose_adjoint(func, y0_of(3, 1), T[:2], rtol=1e-4, method="rodas5p", events=events, memory_budget=1)
+    assert implicit.mode == "checkpoint" and "events" in implicit.reason

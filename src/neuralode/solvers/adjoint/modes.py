@@ -76,7 +76,7 @@ from ..options import (
     time_dtype,
 )
 from ..solution import AdjointChoice, Solution, TensorOrTuple
-from .backsolve import _solve_adjoint, odeint_adjoint
+from .backsolve import _solve_adjoint, odeint_adjoint, solve_adjoint
 from .recursive import auto_budget
 
 __all__ = ["GAUSS_RATIO", "MEMORY_FRACTION", "MODES", "choose_adjoint", "default_memory_budget", "eval_bytes"]
@@ -157,8 +157,10 @@ def _nbytes(parts: Sequence[torch.Tensor]) -> int:
     return sum(p.numel() * p.element_size() for p in parts)
 
 
-def eval_bytes(func: Func, y0: TensorOrTuple, t0: float = 0.0) -> int:
+def eval_bytes(func: Func, y0: TensorOrTuple, t0: float | torch.Tensor = 0.0) -> int:
     """Bytes one evaluation ``func(t0, y0)`` saves for backward, measured once per ``func``, state layout and device.
+
+    ``t0``: a time, or the ``(B,)`` times a per-sample solve passes ``func``.
 
     ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor autograd saves during the evaluation (``y0``
     taking the place of a stage's state, as a fresh tensor that requires grad); a storage saved several times
@@ -190,7 +192,7 @@ def eval_bytes(func: Func, y0: TensorOrTuple, t0: float = 0.0) -> int:
 
     leaves = tuple(p.detach().requires_grad_(p.is_floating_point() or p.is_complex()) for p in parts)
     y = leaves if isinstance(y0, tuple) else leaves[0]
-    tt = torch.tensor(t0, dtype=time_dtype(parts[0].dtype), device=parts[0].device)
+    tt = torch.as_tensor(t0).detach().to(dtype=time_dtype(parts[0].dtype), device=parts[0].device)
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         func(tt, y)
     cache[key] = sum(saved.values())
@@ -314,8 +316,7 @@ def choose_adjoint(
     S = _nbytes(parts)
     w = parts[0].element_size()
     T = t.shape[-1]
-    t0 = float(t.reshape(-1)[0]) if not per_sample else 0.0
-    b = eval_bytes(func, y0, t0)
+    b = eval_bytes(func, y0, t[:, 0] if per_sample and t.dim() == 2 else float(t.reshape(-1)[0]))
     n, e, source = expected_steps(
         func, y0, t, rtol=rtol, atol=atol, method=m_method, options=options, events=event_list
     )
@@ -429,9 +430,11 @@ def _run_mode(
             "adjoint='backsolve' (or 'backprop', 'checkpoint') with events."
         )
     if isinstance(options, dict) and options.get("per_sample", False) is not False:
+        if mode == "backsolve":  # the per-sample adjoint re-solves y backwards: a backsolve adjoint
+            return solve_adjoint(func, y0, t, options=options, **kw)
         raise ValueError(
-            f"adjoint={mode!r} does not support options['per_sample']; use odeint_adjoint/solve_adjoint for the "
-            "per-sample adjoint, or adjoint='backprop'."
+            f"adjoint={mode!r} does not support options['per_sample'] (the per-sample adjoint re-solves y "
+            "backwards); use adjoint='backsolve' or 'backprop'."
         )
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
