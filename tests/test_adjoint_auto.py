@@ -215,6 +215,25 @@ def test_auto_without_a_module_keeps_to_per_step_checkpointing():
     choice = choose_adjoint(plain, y0_of(), T, memory_budget=1)
     assert choice.mode == "checkpoint" and "not a torch.nn.Module" in choice.reason
     assert choice.params == 0
+    # the parameters it closes over get backprop's gradient
+    auto = gradients(lambda y: odeint(plain, y, T, adjoint="auto", memory_budget=1), func, y0_of())
+    backprop = gradients(lambda y: odeint(plain, y, T), func, y0_of())
+    assert rel(auto, backprop) < 1e-13
+
+
+def test_a_tuple_state_is_measured_and_solved():
+    func = Field(2, 8)
+
+    def pair(t, y):
+        dy = func(t, torch.cat(y, dim=-1))
+        return dy[..., :1], dy[..., 1:]
+
+    y0 = (y0_of(2, 4)[:, :1].contiguous(), y0_of(2, 4)[:, 1:].contiguous())
+    # the same saved tensors, and the weights the Linear layers save: a plain function has no parameters to leave out
+    weights = (func.l1.weight.numel() + func.l2.weight.numel()) * 8
+    assert modes.eval_bytes(pair, y0) == modes.eval_bytes(func, y0_of(2, 4)) + weights
+    sol = solve(pair, y0, T, adjoint="auto", memory_budget=1)
+    assert sol.adjoint_choice is not None and sol.adjoint_choice.mode == "checkpoint" and isinstance(sol.ys, tuple)
 
 
 def test_adaptive_steps_come_from_a_probe_then_from_the_previous_solve():

@@ -43,6 +43,17 @@ step for an implicit method). Then, in order:
    and the backward stages), the continuous gradient to the tolerance. When not even that fits, it is still the
    smallest, and the reason says so.
 
+The estimates, in bytes, with ``s = ⌈e⌉`` stages, ``w`` bytes per element and ``D = n (s + 1) S`` the forward
+interpolants (each step's stages and ends):
+
+* ``"backprop"``: ``n e b`` (``+ n m² w`` for an implicit method);
+* ``"checkpoint"``: ``n S + e b`` (each step's input state; one step's graph while it is recomputed);
+* ``"checkpoints"``: ``2 K S + e b``;
+* ``"backsolve"``: ``T S + b + (s + 2)(2 S + P w)`` (the outputs; one evaluation's graph during a vector-Jacobian
+  product; the backward stages of ``(y, a, gθ)``);
+* ``"interpolating"``: ``D + T S + b + (s + 2)(S + P w)`` (``+ (m + P)² w``, its Jacobian, for an implicit method);
+* ``"gauss"``: ``D + T S + b + (s + 2) S + P w`` (``+ m² w`` for an implicit method).
+
 The choice is returned as an :class:`~neuralode.solvers.solution.AdjointChoice` (mode, reason, the estimates)
 and kept in ``Solution.adjoint_choice``. The estimates count what autograd keeps, not the allocator's
 overhead or the working memory of the forward pass; a budget below the free memory leaves room for both.
@@ -165,7 +176,8 @@ def eval_bytes(func: Func, y0: TensorOrTuple, t0: float | torch.Tensor = 0.0) ->
     ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor autograd saves during the evaluation (``y0``
     taking the place of a stage's state, as a fresh tensor that requires grad); a storage saved several times
     counts once, and the parameters and buffers of a ``torch.nn.Module`` not at all (every evaluation shares
-    them). ``func`` is evaluated once (a counter in it counts one evaluation more).
+    them; a plain function's closed-over weights count once). ``func`` is evaluated once (a counter in it counts one
+    evaluation more).
     """
     parts = _check_state(y0)
     key = (tuple(tuple(p.shape) for p in parts), parts[0].dtype, str(parts[0].device))
@@ -328,8 +340,8 @@ def choose_adjoint(
         "checkpoint": int(n * S + e * b),
         "checkpoints": int(2 * auto_budget(max(n, 1)) * S + e * b),
         "backsolve": int(T * S + b + (stages + 2) * (2 * S + P * w)),
-        "interpolating": int(dense + T * S + b + (stages + 2) * (S + P * w) + (implicit * (m + P) ** 2 * w)),
-        "gauss": int(dense + T * S + b + (stages + 2) * S + P * w + (implicit * m * m * w)),
+        "interpolating": int(dense + T * S + b + (stages + 2) * (S + P * w) + ((m + P) ** 2 * w if implicit else 0)),
+        "gauss": int(dense + T * S + b + (stages + 2) * S + P * w + (m * m * w if implicit else 0)),
     }
     figures = f"{n} steps ({source}) × {e:.3g} evaluations × {_fmt(b)} saved each"
 
