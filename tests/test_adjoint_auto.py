@@ -109,6 +109,15 @@ def test_the_default_call_evaluates_func_only_for_the_solve():
     assert func.calls == 1 + 2 * sol.stats.nfe
 
 
+def test_auto_without_autograd_measures_nothing():
+    func, y0 = Field(), y0_of()
+    with torch.no_grad():
+        sol = solve(func, y0, T, adjoint="auto")
+    assert func.calls == sol.stats.nfe
+    assert sol.adjoint_choice is not None and sol.adjoint_choice.mode == "backprop"
+    assert torch.equal(sol.ys, solve(func, y0, T).ys)
+
+
 def test_eval_bytes_counts_what_one_evaluation_saves():
     """Linear saves its input, tanh its output (which the second Linear saves again: one storage); the
     parameters are shared by every evaluation and left out."""

@@ -43,6 +43,9 @@ step for an implicit method). Then, in order:
    and the backward stages), the continuous gradient to the tolerance. When not even that fits, it is still the
    smallest, and the reason says so.
 
+Under ``torch.no_grad()`` nothing is differentiated: ``"auto"`` solves as ``"backprop"`` would (no graph is
+recorded), without measuring or probing.
+
 The estimates, in bytes, with ``s = ⌈e⌉`` stages, ``w`` bytes per element and ``D = n (s + 1) S`` the forward
 interpolants (each step's stages and ends):
 
@@ -490,7 +493,10 @@ def solve_with_mode(
         return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, events=events)
     options = options_dict(options, method)
     _refuse_mode_options(mode, options)
-    if mode == "auto":
+    if mode == "auto" and not torch.is_grad_enabled():
+        # Nothing is recorded, so nothing is differentiated: no measurement, no probe.
+        choice = AdjointChoice("backprop", "autograd is not recording (torch.no_grad()): no gradient to take.")
+    elif mode == "auto":
         choice = choose_adjoint(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options, events=events, memory_budget=budget
         )
