@@ -23,13 +23,14 @@ bytes one evaluation of ``func`` saves for backward (measured once per ``func``,
 of a module are left out: every evaluation shares them); ``n``, the expected accepted steps, and ``e``, the
 evaluations per step (a fixed-grid explicit Runge-Kutta method: the grid's steps and the tableau's stages;
 otherwise the counts of the previous ``"auto"`` solve of the same ``func``, method, state layout, span and
-tolerances, or on the first one a probe: the same solve without autograd, one forward solve's time, once);
-``m`` and ``P``, the elements of the state and of the parameters that require grad; ``S`` the state's bytes;
+tolerances, or on the first one a probe: the same solve without autograd, one forward solve's time, once;
+``b`` and the counts are kept per ``func`` object, so a ``lambda`` made anew at each call is measured and probed
+at each call); ``m`` and ``P``, the elements of the state and of the parameters that require grad; ``S`` the state's bytes;
 ``T`` the output times; and the budget ``B``. Backpropagation holds ``n e b`` (plus an ``m × m`` Jacobian per
 step for an implicit method). Then, in order:
 
-1. ``"backprop"`` when ``n e b <= B``: it is the fastest mode (the adjoints and checkpointing take 1.7 to 2.9
-   times its time, ``docs/how-to/choose-gradient-mode.md``).
+1. ``"backprop"`` when ``n e b <= B``: it is the fastest mode (the adjoints and checkpointing took 1.7 to 2.9
+   times its time on the rk4 MLPs of ``docs/how-to/choose-gradient-mode.md``).
 2. ``func`` not a ``torch.nn.Module``: ``"checkpoint"`` (the adjoints and ``"checkpoints"`` differentiate
    ``func.parameters()``, and a plain function's closed-over tensors would get no gradient).
 3. An implicit method (a stiff problem; the backsolve adjoint is unstable there), without events,
