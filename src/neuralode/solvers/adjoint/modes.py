@@ -183,7 +183,11 @@ def eval_bytes(func: Func, y0: TensorOrTuple, t0: float | torch.Tensor = 0.0) ->
     them; a plain function's closed-over weights count once). ``func`` is evaluated once (a counter in it counts one
     evaluation more).
     """
-    parts = _check_state(y0)
+    return _eval_bytes(func, y0, _check_state(y0), t0)
+
+
+def _eval_bytes(func: Func, y0: TensorOrTuple, parts: tuple[torch.Tensor, ...], t0: float | torch.Tensor) -> int:
+    """:func:`eval_bytes` with the state's ``parts`` checked already."""
     key = (tuple(tuple(p.shape) for p in parts), parts[0].dtype, str(parts[0].device))
     try:
         cache = _EVAL_BYTES.setdefault(func, {})
@@ -248,10 +252,11 @@ def expected_steps(
     method: Method,
     options: dict | None,
     events: tuple[Event, ...],
+    parts: tuple[torch.Tensor, ...],
 ) -> tuple[int, float, str]:
     """``(n, e, source)``: the expected accepted steps, evaluations per step, and where they come from
-    (``"grid"``, ``"previous solve"`` or ``"probe"``; the module docstring says when each is used)."""
-    parts = _check_state(y0)
+    (``"grid"``, ``"previous solve"`` or ``"probe"``; the module docstring says when each is used). ``parts``: the
+    state's tensors, checked."""
     per_sample = isinstance(options, dict) and options.get("per_sample", False) is not False
     tableau = method.explicit_tableau
     if not method.capabilities.adaptive and tableau is not None and not per_sample:
@@ -332,9 +337,9 @@ def choose_adjoint(
     S = _nbytes(parts)
     w = parts[0].element_size()
     T = t.shape[-1]
-    b = eval_bytes(func, y0, t[:, 0] if per_sample and t.dim() == 2 else float(t.reshape(-1)[0]))
+    b = _eval_bytes(func, y0, parts, t[:, 0] if per_sample and t.dim() == 2 else float(t.reshape(-1)[0]))
     n, e, source = expected_steps(
-        func, y0, t, rtol=rtol, atol=atol, method=m_method, options=options, events=event_list
+        func, y0, t, rtol=rtol, atol=atol, method=m_method, options=options, events=event_list, parts=parts
     )
     implicit = m_method.capabilities.implicit
     stages = math.ceil(e)
@@ -505,7 +510,8 @@ def solve_with_mode(
         choice = AdjointChoice(mode, f"adjoint={mode!r} was asked for.")
     sol = _run_mode(choice.mode, func, y0, t, rtol=rtol, atol=atol, method=method, options=options, events=events)
     if mode == "auto" and choice.steps is not None and choice.steps[1] != "grid":
-        _remember(func, _steps_key(resolve(method), _check_state(y0), t, rtol, atol), sol)
+        parts = y0 if isinstance(y0, tuple) else (y0,)  # checked by the solve
+        _remember(func, _steps_key(resolve(method), parts, t, rtol, atol), sol)
     return dataclasses.replace(sol, adjoint_choice=choice)
 
 
