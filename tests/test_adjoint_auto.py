@@ -17,8 +17,6 @@ from neuralode import choose_adjoint, odeint, odeint_adjoint, solve
 from neuralode.solvers.adjoint import modes
 from neuralode.solvers.adjoint.recursive import auto_budget
 
-torch.set_default_dtype(torch.float64)
-
 
 class Field(torch.nn.Module):
     """``dy/dt = W2 tanh(W1 y + b1) + b2``, with a counter of evaluations."""
@@ -26,8 +24,8 @@ class Field(torch.nn.Module):
     def __init__(self, m: int = 3, hidden: int = 8, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.l1 = torch.nn.Linear(m, hidden)
-        self.l2 = torch.nn.Linear(hidden, m)
+        self.l1 = torch.nn.Linear(m, hidden, dtype=torch.float64)
+        self.l2 = torch.nn.Linear(hidden, m, dtype=torch.float64)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
@@ -39,10 +37,10 @@ class Field(torch.nn.Module):
 
 
 def y0_of(m: int = 3, batch: int = 4) -> torch.Tensor:
-    return torch.linspace(-1, 1, batch * m).reshape(batch, m)
+    return torch.linspace(-1, 1, batch * m, dtype=torch.float64).reshape(batch, m)
 
 
-T = torch.linspace(0.0, 1.0, 4)
+T = torch.linspace(0.0, 1.0, 4, dtype=torch.float64)
 
 
 def gradients(run, func, y0):
@@ -129,8 +127,8 @@ def test_eval_bytes_counts_what_one_evaluation_saves():
 
 
 def peak_saved_bytes(run) -> int:
-    """The most bytes autograd holds at once over ``run()`` (each storage once), as benchmarks/results/adjoint.md
-    measures memory for backward."""
+    """The bytes autograd saves over ``run()``, each storage once (what backprop holds when backward starts: a
+    forward pass frees none of them), as benchmarks/results/adjoint.md counts memory for backward."""
     alive: dict[int, int] = {}
     peak = 0
 
@@ -272,7 +270,7 @@ def test_event_mode_takes_the_modes_that_handle_events():
     def event_fn(t, y):
         return t - 0.5
 
-    t = torch.tensor([0.0, 1.0])
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     for mode, direct in (
         ("backsolve", lambda y: odeint_adjoint(func, y, t, event_fn=event_fn)),
         ("checkpoint", lambda y: odeint(func, y, t, event_fn=event_fn, options={"checkpoint": True})),
