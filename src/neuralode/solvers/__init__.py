@@ -5,6 +5,7 @@ Imports torch only; knows nothing of layers, models, data, plotting or the CLI.
 
 from .adjoint.backsolve import odeint_adjoint, solve_adjoint
 from .adjoint.common import in_adjoint_backward
+from .adjoint.modes import choose_adjoint
 from .api import METHODS, odeint, odeint_dense, odeint_event, solve
 from .errors import SolverError
 from .events.core import Event
@@ -24,10 +25,11 @@ from .options import (
     Stops,
 )
 from .problem import Perturb
-from .solution import EventRecord, PerSampleStats, Solution, SolverStats
+from .solution import AdjointChoice, EventRecord, PerSampleStats, Solution, SolverStats
 
 __all__ = [
     "AdamsSettings",
+    "AdjointChoice",
     "Execution",
     "FixedGrid",
     "ImplicitSettings",
@@ -41,6 +43,7 @@ __all__ = [
     "AdaptiveOptions",
     "ButcherTableau",
     "Capabilities",
+    "choose_adjoint",
     "Method",
     "Perturb",
     "Event",

@@ -353,6 +353,27 @@ def refuse_with_checkpoints(events, forward: bool) -> None:
         )
 
 
+class _GradientModes:
+    """Where ``solve(..., adjoint=...)`` and ``odeint(..., adjoint=...)`` send every mode but backpropagation.
+
+    The modes are run by :mod:`~neuralode.solvers.adjoint.modes`, which is built on this module (the adjoints
+    call :func:`solve` for their forward and backward solves); it installs its two entry points here when
+    ``neuralode.solvers`` is imported, so the dependency runs one way and the default solve never looks at them.
+    """
+
+    solve: Callable[..., Solution] | None = None  # (adjoint, memory_budget, func, y0, t, **solve's keywords)
+    odeint_event: Callable[..., Any] | None = None  # the same for torchdiffeq's event mode (event_fn=)
+
+
+GRADIENT_MODES = _GradientModes()
+
+
+def _gradient_modes() -> _GradientModes:
+    if GRADIENT_MODES.solve is None or GRADIENT_MODES.odeint_event is None:  # neuralode.solvers imports them
+        raise RuntimeError("neuralode.solvers.adjoint.modes is not imported; import neuralode first.")
+    return GRADIENT_MODES
+
+
 # The Solution's states follow y0's layout: a tensor for a tensor, a tuple for a tuple.
 @overload
 def solve(
@@ -365,6 +386,8 @@ def solve(
     method: str | None = ...,
     options: dict | Options | None = ...,
     events: Sequence[Event] | Event | None = ...,
+    adjoint: str = ...,
+    memory_budget: float | None = ...,
 ) -> Solution[torch.Tensor]: ...
 @overload
 def solve(
@@ -377,6 +400,8 @@ def solve(
     method: str | None = ...,
     options: dict | Options | None = ...,
     events: Sequence[Event] | Event | None = ...,
+    adjoint: str = ...,
+    memory_budget: float | None = ...,
 ) -> Solution[tuple[torch.Tensor, ...]]: ...
 @overload
 def solve(
@@ -389,6 +414,8 @@ def solve(
     method: str | None = ...,
     options: dict | Options | None = ...,
     events: Sequence[Event] | Event | None = ...,
+    adjoint: str = ...,
+    memory_budget: float | None = ...,
 ) -> Solution[TensorOrTuple]: ...
 def solve(
     func: Func,
@@ -400,6 +427,8 @@ def solve(
     method: str | None = DEFAULT_METHOD,
     options: dict | Options | None = None,
     events: Sequence[Event] | Event | None = None,
+    adjoint: str = "backprop",
+    memory_budget: float | None = None,
 ) -> Solution[TensorOrTuple]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and report the solution at the times ``t``.
 
@@ -429,10 +458,21 @@ def solve(
         events: :class:`~neuralode.solvers.events.core.Event` objects to watch. Located events are
             listed in ``Solution.events``; a terminal one ends the solve and the output times
             after it are left out (``Solution.ts`` is shortened to the times reached).
+        adjoint: how the solve is differentiated (:mod:`~neuralode.solvers.adjoint.modes`):
+            ``"backprop"`` (the default: backpropagation through the solver), ``"checkpoint"``
+            (``options={"checkpoint": True}``), ``"checkpoints"`` (``options={"checkpoints": "auto"}``),
+            ``"backsolve"``, ``"interpolating"``, ``"gauss"`` (the adjoints of :func:`~neuralode.solve_adjoint`,
+            the backward solve taking the forward method, tolerances and options), or ``"auto"``: one of
+            these chosen from the problem's size and ``memory_budget``
+            (:func:`~neuralode.solvers.adjoint.modes.choose_adjoint`). The adjoints differentiate
+            ``func.parameters()``, so they need ``func`` to be a ``torch.nn.Module``.
+        memory_budget: bytes that ``adjoint="auto"`` may hold for backward (a number >= 1); default
+            half the free memory of the state's device (ignored by the other modes, but checked).
 
     Returns:
         A :class:`Solution` whose ``ys`` has shape ``(len(ts), *y0.shape)`` (a tuple for tuple
-        states) and whose ``stats`` count evaluations and steps.
+        states) and whose ``stats`` count evaluations and steps; with ``adjoint=`` other than
+        ``"backprop"``, ``adjoint_choice`` says which mode ran and why.
 
     Raises:
         TypeError, ValueError: for malformed arguments; the message names the argument. Also
@@ -442,6 +482,12 @@ def solve(
             steps, state-resetting events accumulating at a finite time), reporting ``t``,
             ``dt`` and the step count.
     """
+    if adjoint != "backprop" or memory_budget is not None:
+        run = _gradient_modes().solve
+        assert run is not None  # _gradient_modes checks it
+        return run(
+            adjoint, memory_budget, func, y0, t, rtol=rtol, atol=atol, method=method, options=options, events=events
+        )
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_type_name(func)}.")
     parts = _check_state(y0)
@@ -556,6 +602,8 @@ def odeint(
     method: str | None = ...,
     options: dict | Options | None = ...,
     event_fn: None = None,
+    adjoint: str = ...,
+    memory_budget: float | None = ...,
 ) -> torch.Tensor: ...
 @overload
 def odeint(
@@ -568,6 +616,8 @@ def odeint(
     method: str | None = ...,
     options: dict | Options | None = ...,
     event_fn: None = None,
+    adjoint: str = ...,
+    memory_budget: float | None = ...,
 ) -> tuple[torch.Tensor, ...]: ...
 @overload
 def odeint(
@@ -580,6 +630,8 @@ def odeint(
     method: str | None = ...,
     options: dict | Options | None = ...,
     event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor],
+    adjoint: str = ...,
+    memory_budget: float | None = ...,
 ) -> tuple[torch.Tensor, TensorOrTuple]: ...
 def odeint(
     func: Func,
@@ -591,6 +643,8 @@ def odeint(
     method: str | None = DEFAULT_METHOD,
     options: dict | Options | None = None,
     event_fn: Callable[[torch.Tensor, TensorOrTuple], torch.Tensor] | None = None,
+    adjoint: str = "backprop",
+    memory_budget: float | None = None,
 ) -> TensorOrTuple | tuple[torch.Tensor, TensorOrTuple]:
     """Solve an ODE and return the states at the times ``t``: a drop-in for torchdiffeq's ``odeint``.
 
@@ -608,9 +662,29 @@ def odeint(
     respect to ``t0`` and parameters of ``event_fn``. A search whose event never comes stops after
     ``options['max_num_steps']`` steps (default ``EVENT_MAX_STEPS`` = 2,000 in event mode) with a
     :class:`SolverError` saying that no event was found by the time reached.
+
+    ``adjoint`` and ``memory_budget`` choose the gradient mode as for :func:`solve` (default ``"backprop"``,
+    torchdiffeq's); in event mode ``"backprop"``, ``"checkpoint"`` and ``"backsolve"`` (the modes that handle
+    events) are accepted.
     """
     if event_fn is None:
-        return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys
+        return solve(
+            func,
+            y0,
+            t,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+            adjoint=adjoint,
+            memory_budget=memory_budget,
+        ).ys
+    if adjoint != "backprop" or memory_budget is not None:
+        run_event = _gradient_modes().odeint_event
+        assert run_event is not None  # _gradient_modes checks it
+        return run_event(
+            adjoint, memory_budget, func, y0, t, event_fn, rtol=rtol, atol=atol, method=method, options=options
+        )
     m, opts, times, events = event_mode(func, y0, t, method, options, event_fn)
     sol = _run(func, y0, t, times, rtol=rtol, atol=atol, method=m, opts=opts, events=events)
     return _event_result(sol, t, y0)

@@ -234,6 +234,35 @@ class DenseOutput:
 
 
 @dataclass(frozen=True)
+class AdjointChoice:
+    """The gradient mode of a solve called with ``adjoint=`` (:func:`~neuralode.solvers.adjoint.modes.choose_adjoint`
+    returns it for ``adjoint="auto"``), and why.
+
+    Attributes:
+        mode: the mode that runs: ``"backprop"``, ``"checkpoint"``, ``"checkpoints"``, ``"backsolve"``,
+            ``"interpolating"`` or ``"gauss"``.
+        reason: one sentence naming the rule that chose it, with the figures it compared.
+        estimated_bytes: the memory each mode would hold for backward, in bytes, by mode name (the estimates of
+            :mod:`~neuralode.solvers.adjoint.modes`); empty when the mode was asked for by name.
+        memory_budget: the budget the estimates were compared with, in bytes (``None`` when asked for by name).
+        steps: the expected number of accepted steps, and how it was found (``"grid"``, ``"previous solve"``,
+            ``"probe"``); ``None`` when asked for by name.
+        eval_bytes: bytes one evaluation of ``func`` saves for backward (measured at ``(t[0], y0)``).
+        params: ``P``, the elements of ``func.parameters()`` that require grad (0 for a plain function).
+        state: ``m``, the elements of the state.
+    """
+
+    mode: str
+    reason: str
+    estimated_bytes: dict[str, int] = field(default_factory=dict)
+    memory_budget: int | None = None
+    steps: tuple[int, str] | None = None
+    eval_bytes: int | None = None
+    params: int | None = None
+    state: int | None = None
+
+
+@dataclass(frozen=True)
 class Solution(Generic[Y_co]):
     """The result of :func:`~neuralode.solvers.api.solve`.
 
@@ -250,6 +279,8 @@ class Solution(Generic[Y_co]):
             backward (adjoint) solves, filled in when gradients are computed; ``None`` otherwise.
         events: the located events in time order (:class:`EventRecord`); empty without events.
         dense: the kept interpolants when the solve ran with ``options={"dense": True}``.
+        adjoint_choice: for a solve called with ``adjoint=`` other than ``"backprop"``, the gradient mode that ran
+            and why (:class:`AdjointChoice`; with ``adjoint="auto"`` the rule's figures); ``None`` otherwise.
     """
 
     ts: torch.Tensor
@@ -260,6 +291,7 @@ class Solution(Generic[Y_co]):
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
     # a DenseOutput, or with options['per_sample'] a PerSampleDense: either is called on the times
     dense: Callable[[torch.Tensor], Y_co] | None = field(default=None, repr=False)
+    adjoint_choice: AdjointChoice | None = None
 
     @property
     def terminated(self) -> bool:

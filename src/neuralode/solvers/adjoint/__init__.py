@@ -6,4 +6,5 @@ summed by Gauss–Legendre quadrature over its steps, for ``adjoint_options={"qu
 ``options={"per_sample": True}``) and, below the three, ``common`` (the configuration record
 :class:`~neuralode.solvers.adjoint.common.AdjointConfig`, the sweep over output intervals, the backward-work
 flag). ``backsolve`` imports ``gauss``, ``interpolating`` and ``per_sample``; ``gauss`` imports ``interpolating``;
-they import ``common``, never ``backsolve``."""
+they import ``common``, never ``backsolve``. Above them all, ``modes`` runs ``solve(..., adjoint=...)`` (every mode
+by name, and ``adjoint="auto"``'s choice), installing its entry points in the api, which never imports it."""

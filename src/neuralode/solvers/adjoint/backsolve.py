@@ -99,7 +99,7 @@ from .common import (
     refuse_double_backward,
     sweep_intervals,
 )
-from .gauss import gauss_backward, resolve_quadrature, split_quadrature
+from .gauss import QuadratureRequest, gauss_backward, resolve_quadrature, split_quadrature
 from .interpolating import interpolating_backward
 from .per_sample import solve_adjoint_per_sample
 
@@ -667,8 +667,12 @@ def _solve_adjoint(
     adjoint_options,
     adjoint_params,
     events,
+    mode: Literal["backsolve", "interpolating", "gauss"] | None = None,
 ) -> Solution:
-    """:func:`solve_adjoint` on checked ``times`` (the last may be ``±inf`` in event mode)."""
+    """:func:`solve_adjoint` on checked ``times`` (the last may be ``±inf`` in event mode). ``mode``: the adjoint
+    that ``solve(..., adjoint=mode)`` asks for, as ``adjoint_options`` ``{"interpolate": False}``,
+    ``{"interpolate": True}`` or ``{"quadrature": True}`` would, the backward options left at their default
+    (the forward ``options``); ``None``: as ``adjoint_options`` says."""
     is_tuple = isinstance(y0, tuple)
     parts = _check_state(y0)
     forward = resolve(method)
@@ -680,6 +684,9 @@ def _solve_adjoint(
     check_step_callbacks(func, backward, adjoint=True)
     adjoint_options, quadrature = split_quadrature(adjoint_options)
     parsed = parse_adjoint_options(options, adjoint_options)
+    if mode is not None:
+        parsed = dataclasses.replace(parsed, interpolate=mode != "backsolve")
+        quadrature = QuadratureRequest(None) if mode == "gauss" else None
     nodes = resolve_quadrature(quadrature, parsed.interpolate, forward, backward, parts, events)
     interpolate = bool(nodes) or _resolve_interpolate(parsed.interpolate, forward, backward, parts, events)
     adjoint_rtol, adjoint_atol = (
