@@ -85,13 +85,14 @@ def auto_budget(n: int) -> int:
 
 
 class RecordingClock(HostClock):
-    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping at most ``⌈budget/2⌉``
-    checkpoints ``step index -> (y, f0 or None)`` with the online doubling rule of the module docstring
-    (``budget="auto"``: the budget follows the step count, :func:`auto_budget`).
+    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping checkpoints
+    ``step index -> (y, f0 or None)``: on a fixed grid (the steps known in advance) revolve's first-sweep
+    checkpoints (:func:`first_sweep`), else at most ``⌈budget/2⌉`` by the online doubling rule of the module
+    docstring (``budget="auto"``: the budget follows the step count, :func:`auto_budget`).
     Outputs reached without a step (a stop within rounding of the clock's time) are noted as copies of the
     state they were reached at (``arrivals``: output index -> state index)."""
 
-    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak")
+    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak", "planned")
 
     def __init__(self, *args, budget: int | str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,6 +103,12 @@ class RecordingClock(HostClock):
         self.budget = auto_budget(1) if isinstance(budget, str) else budget
         self.spacing, self.fresh, self.peak = 1, None, 0
         self.arrivals: dict[int, int] = {}
+        # A fixed grid takes one step per stop (a stop within rounding of the clock's time is reached without
+        # one, so the count is an upper bound): revolve's first-sweep checkpoints for that many steps.
+        self.planned: frozenset[int] | None = None
+        if not self.adaptive:
+            n = len(self.stops)
+            self.planned = first_sweep(n, auto_budget(n) if self.auto else self.budget)
 
     def plan(self) -> bool:
         n = len(self.ys)
@@ -137,8 +144,14 @@ class RecordingClock(HostClock):
         )
         if self.auto:
             self.budget = auto_budget(k + 1)
-        if k % self.spacing == 0:
-            store = self.store
+        store = self.store
+        if self.planned is not None:
+            # len(store) < budget: never more than the budget of the steps taken so far, which the final
+            # budget is at least (it binds only where fewer steps were taken than planned).
+            if k in self.planned and len(store) < self.budget:
+                store[k] = (self.y, None if self.fresh else self.f0)
+                self.peak = max(self.peak, len(store))
+        elif k % self.spacing == 0:
             if len(store) >= (self.budget + 1) // 2:
                 self.spacing *= 2
                 self.store = store = {i: s for i, s in store.items() if i % self.spacing == 0}
@@ -152,12 +165,30 @@ class RecordingClock(HostClock):
         self.fresh = None
 
     def replay(self, take, rec: StepRecord, y: torch.Tensor, f0: torch.Tensor | None):
-        """Take the recorded step ``rec`` again from ``(y, f0)`` with the host clock's own phases (attempt,
-        interpolant, outputs, move), so with the same arithmetic. Returns the end state, the derivative the
-        next step reuses (``None`` where it evaluates its own) and the outputs the step fills."""
-        self.t, self.h, self.dt_abs, self.remaining = rec.t, rec.h, rec.dt_abs, rec.remaining
+        """Take the recorded step ``rec`` again from ``(y, f0)`` with the host clock's own arithmetic. Returns
+        the end state, the derivative the next step reuses (``None`` where it evaluates its own) and the
+        outputs the step fills.
+
+        A step whose stages all lie inside it (no jump of ``func`` at its end, no ``perturb``) and that fills
+        no output strictly inside it builds no interpolant: it is the stepper's call alone, made here as
+        :meth:`HostClock.attempt` makes it, its output (where it ends on one) is its end state and the next
+        step reuses its last stage when the method is FSAL (:meth:`HostClock.interpolant`,
+        :meth:`HostClock.move`). Any other step goes through the clock's phases (attempt, interpolant,
+        outputs, move)."""
+        t, h, i_out = rec.t, rec.h, rec.i_out
+        t1 = rec.t_stop if rec.lands else t + h
+        times, n_out = self.times, self.n_out
+        inside = i_out < n_out and times[i_out] != t1 and (times[i_out] - t1) * self.direction < 0
+        if not (rec.jump_here or self.perturb or inside):
+            problem = self.problem
+            if self.stage_c is not None:
+                problem.step_times(t, h, self.stage_c)
+            _, step = take(rec.f0_side, t, y, None if rec.fresh else f0, h, problem, None)
+            y1 = step.y1
+            return y1, step.k[-1] if self.fsal else None, [y1] if i_out < n_out and times[i_out] == t1 else []
+        self.t, self.h, self.dt_abs, self.remaining = t, h, rec.dt_abs, rec.remaining
         self.lands, self.t_stop, self.jump_here = rec.lands, rec.t_stop, rec.jump_here
-        self.f0_side, self.i_out = rec.f0_side, rec.i_out
+        self.f0_side, self.i_out = rec.f0_side, i_out
         self.y, self.f0 = y, None if rec.fresh else f0
         self.ys, self.out_steps = [], []
         f0, step = HostClock.attempt(self, take)
@@ -170,12 +201,31 @@ class RecordingClock(HostClock):
 
 def split(length: int, slots: int) -> int:
     """Where revolve sets its next checkpoint in ``length >= 2`` steps with ``slots >= 2`` (the start's
-    included): ``C(slots + r - 1, slots)`` steps in, ``r`` the fewest sweeps with ``C(slots + r, slots) >=
-    length``; the rest, ``<= C(slots - 1 + r, slots - 1)``, is reversed with one slot fewer."""
+    included), so that reversing them re-runs the fewest steps.
+
+    With ``β(c, r) = C(c + r, c)`` the most steps ``c`` slots reverse advancing over each step at most ``r``
+    times, and ``r`` the fewest sweeps with ``β(slots, r) >= length``, the fewest steps advanced is
+    ``r · length - β(slots + 1, r - 1)`` (Griewank and Walther 2000, Proposition 1). A split ``m`` reaches it when
+    the part after it, reversed with one slot fewer, needs no more than ``r`` sweeps (``length - m <=
+    β(slots - 1, r)``) and the part before it, whose first sweep is the advance to ``m``, no more than ``r - 1``
+    (``m <= β(slots, r - 1)``); the least such ``m`` that is at least ``β(slots, r - 2)`` is taken (checked
+    against an exhaustive search over every split of up to 400 steps and 8 slots: the same counts)."""
     r = 1
     while math.comb(slots + r, slots) < length:
         r += 1
-    return min(math.comb(slots + r - 1, slots), length - 1)
+    return min(math.comb(slots + r - 1, slots), length - math.comb(slots + r - 2, slots - 1), length - 1)
+
+
+def first_sweep(n: int, budget: int) -> frozenset[int]:
+    """The checkpoints revolve sets while it first sweeps ``n`` steps known in advance with ``budget`` slots:
+    ``0``, then :func:`split` steps further with one slot fewer each time. Stored by the forward pass (which
+    sweeps the steps anyway), they make :func:`schedule` run revolve's whole plan."""
+    out, a, slots = [0], 0, budget
+    while n - a > 1 and slots > 1:
+        a += split(n - a, slots)
+        slots -= 1
+        out.append(a)
+    return frozenset(out)
 
 
 class Counter:
