@@ -328,6 +328,10 @@ class _RecursiveCheckpoint(torch.autograd.Function):
             gy = gy + grad_out[j]
         adj: dict[str, Any] = {"y": gy, "f": None}
         g_params: list[torch.Tensor | None] = [None] * len(params)
+        # A parameter's gradient is summed over the steps last first, ((g_n + g_{n-1}) + ...) + g_1: the second
+        # term makes a tensor of this pass's own (``owned``), into which the later ones are added in place
+        # (the same sums, without a tensor per step; the first term may be a buffer autograd shares).
+        owned = [False] * len(params)
 
         def advance(k: int, state):
             with torch.no_grad():
@@ -362,7 +366,12 @@ class _RecursiveCheckpoint(torch.autograd.Function):
             for i, g in enumerate(grads[len(inputs) - len(params) :]):
                 if g is not None:
                     before = g_params[i]
-                    g_params[i] = g if before is None else before + g
+                    if before is None:
+                        g_params[i] = g
+                    elif owned[i]:
+                        before.add_(g)
+                    else:
+                        g_params[i], owned[i] = before + g, True
             clock.ys = []
 
         count = schedule(run, advance, back)
