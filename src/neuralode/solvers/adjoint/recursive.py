@@ -11,33 +11,46 @@ states), and differentiates them one at a time.
 
 **Forward.** The solve runs on the host clock with autograd off, on :class:`RecordingClock`, which logs every
 accepted step (its time, step, the stop it lands on, the side of ``func`` and the first output it fills) and
-stores a *checkpoint* (the state at a step's start and the derivative the step reuses from the one before,
-FSAL) at the steps ``0, s, 2s, ...``. When ``F = ⌈K/2⌉`` are stored, every other one is dropped and the
-spacing ``s`` doubles, so the forward pass holds at most ``F`` states and the segments between checkpoints are
-at most ``s <= 2n/F`` steps long (a geometric schedule, decided online: the number of steps ``n`` is not known
-in advance, so neither are revolve's offline positions).
+stores *checkpoints* (the state at a step's start and the derivative the step reuses from the one before,
+FSAL). Where they are stored depends on whether the number of steps ``n`` is known before the solve:
 
-Why half the budget: the backward pass reverses the segments last first, and while it reverses segment ``j``
-the checkpoints of segments ``0 .. j-1`` are still held. Had the forward pass kept all ``K``, the last
-segment would be left one slot, and one slot reverses ``L`` steps in ``L (L + 1) / 2`` re-runs (each step is
-reached again from the segment's start); with ``K = 4`` and a few thousand steps that is hundreds of re-runs
-per step. Keeping ``⌈K/2⌉`` leaves every segment at least ``⌊K/2⌋ + 1`` slots, and the binomial rule below
-then re-runs each step about as often as revolve would with the whole budget and ``n`` known
+* On a fixed grid it is (one step per grid point), so the forward pass stores the checkpoints revolve sets
+  in its first sweep (:func:`first_sweep`): step ``0``, then :func:`split` steps further with one slot fewer
+  each time, up to ``K`` of them. The backward pass then runs revolve's whole plan, and re-runs within a
+  few steps of its fewest (revolve's own first sweep holds the last segment's states as it goes, which a
+  forward pass that runs to the end without a graph does not).
+* On an adaptive solve it is not, so the checkpoints are thinned online: one at the steps
+  ``0, s, 2s, ...``; when ``F = ⌈K/2⌉`` are stored, every other one is dropped and the spacing ``s``
+  doubles, so the forward pass holds at most ``F`` states and the segments between checkpoints are at most
+  ``s <= 2n/F`` steps long (a geometric schedule).
+
+Why half the budget online: the backward pass reverses the segments last first, and while it reverses
+segment ``j`` the checkpoints of segments ``0 .. j-1`` are still held. Had the forward pass kept all ``K``,
+the last segment would be left one slot, and one slot reverses ``L`` steps in ``L (L + 1) / 2`` re-runs (each
+step is reached again from the segment's start); with ``K = 4`` and a few thousand steps that is hundreds of
+re-runs per step. Keeping ``⌈K/2⌉`` leaves every segment at least ``⌊K/2⌋ + 1`` slots, and the binomial rule
+below then re-runs each step about as often as revolve would with the whole budget and ``n`` known
 (``benchmarks/bench_checkpoints.py`` tabulates both).
 
 ``checkpoints="auto"`` sets the budget from the step count as the solve goes: ``K = 2 + ⌈log₂ n⌉`` after
 ``n`` accepted steps, so that a solve of ``n`` steps stores at most ``2 + ⌈log₂ n⌉`` states; each step is
-then re-run a number of times that grows like ``log n / log log n`` (revolve's bound with ``K ~ log₂ n``).
+then re-run a number of times that grows like ``log n / log log n`` (revolve's bound with ``K ~ log₂ n``). On
+a fixed grid the first-sweep plan is made for ``K = 2 + ⌈log₂ N⌉``, ``N`` the grid's steps, and a checkpoint is
+stored only while fewer than the budget of the steps taken so far are held, so the bound holds when fewer
+steps are taken than planned (a grid point within rounding of the one before is reached without a step)
+and whenever the plan sets its checkpoints ahead of the step count's budget (just past a power of two).
 
-**Backward.** The segments are reversed last to first; segment ``j`` (of ``m <= F``) may use the ``K - j``
-slots that the checkpoints of the segments after it have freed, its own included. A segment of ``L`` steps
-with ``c`` slots is reversed by revolve's binomial rule: with ``r`` the least number of sweeps such that
-``C(c + r, c) >= L``, a checkpoint is set ``C(c + r - 1, c)`` steps in (advancing to it without a graph),
-the part after it is reversed with ``c - 1`` slots and the part before with ``c`` (each step is then advanced
-over at most ``r`` times). With one slot the steps are reached by advancing from the segment's start, last
-first. Reversing one step re-runs it with a graph from its stored input (state, and the FSAL derivative when
-it was reused) and applies ``torch.autograd.grad`` to its end state, its FSAL derivative and the outputs it
-filled, against the adjoints carried from the step after it; parameter gradients are summed over the steps.
+**Backward.** The segments are reversed last to first; segment ``j`` may use the ``K - j`` slots that the
+checkpoints of the segments after it have freed, its own included. A segment of ``L`` steps with ``c`` slots
+is reversed by revolve's binomial rule: with ``r`` the least number of sweeps such that ``C(c + r, c) >= L``,
+a checkpoint is set :func:`split` steps in (advancing to it without a graph), the part after it is reversed
+with ``c - 1`` slots and the part before with ``c`` (each step is then advanced over at most ``r`` times, and
+the steps advanced are revolve's fewest). With one slot the steps are reached by advancing from the segment's
+start, last first. Reversing one step re-runs it with a graph from its stored input (state, and the FSAL
+derivative when it was reused) and applies ``torch.autograd.grad`` to its end state, its FSAL derivative and
+the outputs it filled, against the adjoints carried from the step after it; parameter gradients are summed
+over the steps, last first. Which steps are re-run, and how often, changes nothing in the gradients: every
+step is re-run from the same state with the same arithmetic and differentiated alone, in the same order.
 
 Gradients flow to ``y0``, ``t`` (through the solve's start and outputs, as without the option) and
 ``func.parameters()`` (``func`` must be a ``torch.nn.Module``, as torchdiffeq's ``odeint_adjoint`` asks
@@ -201,15 +214,15 @@ class RecordingClock(HostClock):
 
 def split(length: int, slots: int) -> int:
     """Where revolve sets its next checkpoint in ``length >= 2`` steps with ``slots >= 2`` (the start's
-    included), so that reversing them re-runs the fewest steps.
+    included), so that reversing them advances over the fewest steps.
 
-    With ``β(c, r) = C(c + r, c)`` the most steps ``c`` slots reverse advancing over each step at most ``r``
-    times, and ``r`` the fewest sweeps with ``β(slots, r) >= length``, the fewest steps advanced is
-    ``r · length - β(slots + 1, r - 1)`` (Griewank and Walther 2000, Proposition 1). A split ``m`` reaches it when
-    the part after it, reversed with one slot fewer, needs no more than ``r`` sweeps (``length - m <=
-    β(slots - 1, r)``) and the part before it, whose first sweep is the advance to ``m``, no more than ``r - 1``
-    (``m <= β(slots, r - 1)``); the least such ``m`` that is at least ``β(slots, r - 2)`` is taken (checked
-    against an exhaustive search over every split of up to 400 steps and 8 slots: the same counts)."""
+    With ``β(c, r) = C(c + r, c)``, the most steps ``c`` slots reverse advancing over each at most ``r`` times,
+    and ``r`` the fewest sweeps with ``β(slots, r) >= length``, the fewest steps advanced is
+    ``r · length - β(slots + 1, r - 1)`` (Griewank and Walther 2000). The split is the last one that reaches it:
+    ``β(slots, r - 1)`` steps in (the part before it is then reversed in ``r - 1`` sweeps), or fewer, so that the
+    part after it, reversed with one slot fewer, keeps at least ``β(slots - 1, r - 1)`` steps. (Checked against an
+    exhaustive search over every split of up to 400 steps and 8 slots. Always ``β(slots, r - 1)`` is not optimal
+    with few slots: 4 steps with 2 slots then advance over 5 steps instead of 4.)"""
     r = 1
     while math.comb(slots + r, slots) < length:
         r += 1
