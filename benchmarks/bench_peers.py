@@ -606,7 +606,7 @@ def mlp_backward() -> Workload:
             "the forward evaluations without a graph, then one vector-Jacobian product per backward evaluation.",
             'The modes that do not keep the whole graph: `options={"checkpoints": "auto"}` (at most 2 + ⌈log₂ n⌉ '
             "stored states, the backward pass re-running the steps between them: exact gradients of the computed "
-            'solve, as diffrax\'s default `RecursiveCheckpointAdjoint`), `options={"checkpoint": True}` (each step\'s '
+            "solve, as diffrax's default `RecursiveCheckpointAdjoint`), `options={\"checkpoint\": True}` (each step's "
             "input state kept, its stages recomputed in the backward pass), the backsolve adjoint (`odeint_adjoint`, "
             'seminorm) and the Gauss adjoint (`odeint_adjoint(..., adjoint_options={"quadrature": True})`). For '
             "the two checkpointing modes the backward count is of the re-run steps' evaluations.",
