@@ -131,7 +131,7 @@ def test_a_fixed_grid_recomputes_what_revolve_does_knowing_n(budget, n):
     # A fixed grid's steps are known in advance: the forward pass stores revolve's first-sweep checkpoints and
     # the backward pass re-runs within 1 % of revolve's fewest steps (the forward pass does not hold the last
     # segment's states as revolve's first sweep does, a few steps more). Thinning the checkpoints online re-ran
-    # 5-18 % more here (4.6 % for K = 3, n = 300).
+    # 5-18 % more here (K = 3 at 300 steps to K = 4 at 1,000).
     stats = planned(budget, n)
     k = recursive.auto_budget(n) if budget == "auto" else budget
     fewest = n + fewest_advances(n, k) - (n - 1)  # each step differentiated once, plus the advances
