@@ -5,10 +5,12 @@ Three parts, written to ``benchmarks/results/checkpoints.md``:
 
 1. **The schedule** (exact counts, no timing): for a solve of ``n`` rk4 steps, the most states stored
    (``Solution.stats.max_stored_states``) and the steps the backward pass re-runs per step
-   (``n_recomputed_steps / n``), read from the plan the forward pass reports. Beside them, the same counts for
-   revolve run offline with the whole budget and ``n`` known in advance (:func:`recursive.reverse` from the
-   start), and for the rule the forward pass used before it kept half the budget (its checkpoints filled the
-   whole budget, simulated here with the module's own :func:`recursive.schedule`).
+   (``n_recomputed_steps / n``), read from the plan the forward pass reports (on this fixed grid the steps are
+   known in advance, so the forward pass stores revolve's first-sweep checkpoints). Beside them, revolve's
+   fewest (Griewank and Walther 2000: ``r n - C(K + r, r - 1)`` steps advanced, less the ``n - 1`` of the first
+   sweep, which is the forward pass's own, plus the ``n`` re-runs that differentiate the steps), and the counts
+   of an adaptive solve of the same ``n`` steps, whose forward pass thins ``⌈K/2⌉`` checkpoints online
+   (simulated with the module's own :func:`recursive.schedule`).
 2. **Peak memory**: bytes allocated by the process above the level before the call, sampled by glibc's
    ``mallinfo2`` at every evaluation of the dynamics and at the end (PyTorch's CPU tensors are allocated with
    ``malloc``); given in bytes and in states' worth (the state is ``batch × dim`` floats).
@@ -23,6 +25,7 @@ and the parameters.
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 import time
 from pathlib import Path
@@ -122,8 +125,6 @@ def schedule_rows(ns: list[int], budgets: list[int | str]) -> list[list[str]]:
             stats = solve(func, y0, t, method="rk4", options={"step_size": 1.0 / n, "checkpoints": k}).stats
             assert stats.n_accepted == n
             budget = recursive.auto_budget(n) if k == "auto" else k
-            offline = recursive.Counter(1)
-            recursive.reverse(0, n, None, budget, lambda i, s: s, lambda i, s: None, offline)
             rows.append(
                 [
                     str(k) if k != "auto" else '"auto"',
@@ -131,21 +132,33 @@ def schedule_rows(ns: list[int], budgets: list[int | str]) -> list[list[str]]:
                     str(budget),
                     str(stats.max_stored_states),
                     f"{stats.n_recomputed_steps / n:.2f}",
-                    f"{offline.recomputed / n:.2f}",
-                    f"{whole_budget_rule(n, budget) / n:.2f}",
+                    f"{fewest(n, budget) / n:.2f}",
+                    f"{online_rule(n, budget) / n:.2f}",
                 ]
             )
     return rows
 
 
-def whole_budget_rule(n: int, budget: int) -> int:
-    """Steps re-run when the forward pass keeps checkpoints until the whole budget is full (the rule before
-    it kept half), planned with the module's own :func:`recursive.schedule`."""
+def fewest(n: int, budget: int) -> int:
+    """Revolve's fewest re-runs for ``n`` steps known in advance and ``budget`` slots, the start's included,
+    with the forward pass as its first sweep: ``r n - C(budget + r, r - 1) - (n - 1)`` steps advanced (``r`` the
+    fewest sweeps with ``C(budget + r, budget) >= n``) plus ``n`` re-runs with a graph."""
+    r = 0
+    while math.comb(budget + r, budget) < n:
+        r += 1
+    advanced = r * n - math.comb(budget + r, r - 1) if r else 0
+    return advanced - (n - 1) + n
+
+
+def online_rule(n: int, budget: int) -> int:
+    """Steps re-run when the steps are not known in advance (an adaptive solve): the forward pass thins its
+    checkpoints online, keeping at most ``⌈budget/2⌉`` (:class:`recursive.RecordingClock`), planned with the
+    module's own :func:`recursive.schedule`."""
     store: dict[int, None] = {}
     spacing = 1
     for k in range(n):
         if k % spacing == 0:
-            if len(store) == budget:
+            if len(store) >= (budget + 1) // 2:
                 spacing *= 2
                 store = {i: None for i in store if i % spacing == 0}
             if k % spacing == 0:
@@ -210,10 +223,11 @@ def main(argv=None) -> int:
     ]
     sections = [
         "## 1. The schedule\n\nStates stored and steps re-run per step, from `Solution.stats` (the plan the "
-        "forward pass reports, which the backward pass runs: `tests/test_checkpoints_budget.py`). *offline*: "
-        "revolve with the whole budget and `n` known in advance; *whole-budget forward*: the forward pass "
-        "keeping checkpoints until all `K` are held (the rule replaced by keeping `⌈K/2⌉`), planned by the same "
-        "backward recursion.\n\n"
+        "forward pass reports, which the backward pass runs: `tests/test_checkpoints_budget.py`); on this fixed "
+        "grid the forward pass stores revolve's first-sweep checkpoints. *revolve's fewest*: Griewank and "
+        "Walther's minimum for `n` known in advance, the forward pass being its first sweep; *adaptive (online)*: "
+        "the same `n` steps with the checkpoints an adaptive solve's forward pass keeps, `⌈K/2⌉` thinned online "
+        "(its steps are not known in advance), planned by the same backward recursion.\n\n"
         + markdown_table(
             [
                 "checkpoints",
@@ -221,8 +235,8 @@ def main(argv=None) -> int:
                 "budget K",
                 "most states stored",
                 "re-run per step",
-                "offline",
-                "whole-budget forward",
+                "revolve's fewest",
+                "adaptive (online)",
             ],
             sched,
         )

@@ -11,33 +11,46 @@ states), and differentiates them one at a time.
 
 **Forward.** The solve runs on the host clock with autograd off, on :class:`RecordingClock`, which logs every
 accepted step (its time, step, the stop it lands on, the side of ``func`` and the first output it fills) and
-stores a *checkpoint* (the state at a step's start and the derivative the step reuses from the one before,
-FSAL) at the steps ``0, s, 2s, ...``. When ``F = ⌈K/2⌉`` are stored, every other one is dropped and the
-spacing ``s`` doubles, so the forward pass holds at most ``F`` states and the segments between checkpoints are
-at most ``s <= 2n/F`` steps long (a geometric schedule, decided online: the number of steps ``n`` is not known
-in advance, so neither are revolve's offline positions).
+stores *checkpoints* (the state at a step's start and the derivative the step reuses from the one before,
+FSAL). Where they are stored depends on whether the number of steps ``n`` is known before the solve:
 
-Why half the budget: the backward pass reverses the segments last first, and while it reverses segment ``j``
-the checkpoints of segments ``0 .. j-1`` are still held. Had the forward pass kept all ``K``, the last
-segment would be left one slot, and one slot reverses ``L`` steps in ``L (L + 1) / 2`` re-runs (each step is
-reached again from the segment's start); with ``K = 4`` and a few thousand steps that is hundreds of re-runs
-per step. Keeping ``⌈K/2⌉`` leaves every segment at least ``⌊K/2⌋ + 1`` slots, and the binomial rule below
-then re-runs each step about as often as revolve would with the whole budget and ``n`` known
+* On a fixed grid it is (one step per grid point), so the forward pass stores the checkpoints revolve sets
+  in its first sweep (:func:`first_sweep`): step ``0``, then :func:`split` steps further with one slot fewer
+  each time, up to ``K`` of them. The backward pass then runs revolve's whole plan, and re-runs within a
+  few steps of its fewest (revolve's own first sweep holds the last segment's states as it goes, which a
+  forward pass that runs to the end without a graph does not).
+* On an adaptive solve it is not, so the checkpoints are thinned online: one at the steps
+  ``0, s, 2s, ...``; when ``F = ⌈K/2⌉`` are stored, every other one is dropped and the spacing ``s``
+  doubles, so the forward pass holds at most ``F`` states and the segments between checkpoints are at most
+  ``s <= 2n/F`` steps long (a geometric schedule).
+
+Why half the budget online: the backward pass reverses the segments last first, and while it reverses
+segment ``j`` the checkpoints of segments ``0 .. j-1`` are still held. Had the forward pass kept all ``K``,
+the last segment would be left one slot, and one slot reverses ``L`` steps in ``L (L + 1) / 2`` re-runs (each
+step is reached again from the segment's start); with ``K = 4`` and a few thousand steps that is hundreds of
+re-runs per step. Keeping ``⌈K/2⌉`` leaves every segment at least ``⌊K/2⌋ + 1`` slots, and the binomial rule
+below then re-runs each step about as often as revolve would with the whole budget and ``n`` known
 (``benchmarks/bench_checkpoints.py`` tabulates both).
 
 ``checkpoints="auto"`` sets the budget from the step count as the solve goes: ``K = 2 + ⌈log₂ n⌉`` after
 ``n`` accepted steps, so that a solve of ``n`` steps stores at most ``2 + ⌈log₂ n⌉`` states; each step is
-then re-run a number of times that grows like ``log n / log log n`` (revolve's bound with ``K ~ log₂ n``).
+then re-run a number of times that grows like ``log n / log log n`` (revolve's bound with ``K ~ log₂ n``). On
+a fixed grid the first-sweep plan is made for ``K = 2 + ⌈log₂ N⌉``, ``N`` the grid's steps, and a checkpoint is
+stored only while fewer than the budget of the steps taken so far are held, so the bound holds when fewer
+steps are taken than planned (a grid point within rounding of the one before is reached without a step)
+and whenever the plan sets its checkpoints ahead of the step count's budget (just past a power of two).
 
-**Backward.** The segments are reversed last to first; segment ``j`` (of ``m <= F``) may use the ``K - j``
-slots that the checkpoints of the segments after it have freed, its own included. A segment of ``L`` steps
-with ``c`` slots is reversed by revolve's binomial rule: with ``r`` the least number of sweeps such that
-``C(c + r, c) >= L``, a checkpoint is set ``C(c + r - 1, c)`` steps in (advancing to it without a graph),
-the part after it is reversed with ``c - 1`` slots and the part before with ``c`` (each step is then advanced
-over at most ``r`` times). With one slot the steps are reached by advancing from the segment's start, last
-first. Reversing one step re-runs it with a graph from its stored input (state, and the FSAL derivative when
-it was reused) and applies ``torch.autograd.grad`` to its end state, its FSAL derivative and the outputs it
-filled, against the adjoints carried from the step after it; parameter gradients are summed over the steps.
+**Backward.** The segments are reversed last to first; segment ``j`` may use the ``K - j`` slots that the
+checkpoints of the segments after it have freed, its own included. A segment of ``L`` steps with ``c`` slots
+is reversed by revolve's binomial rule: with ``r`` the least number of sweeps such that ``C(c + r, c) >= L``,
+a checkpoint is set :func:`split` steps in (advancing to it without a graph), the part after it is reversed
+with ``c - 1`` slots and the part before with ``c`` (each step is then advanced over at most ``r`` times, and
+the steps advanced are revolve's fewest). With one slot the steps are reached by advancing from the segment's
+start, last first. Reversing one step re-runs it with a graph from its stored input (state, and the FSAL
+derivative when it was reused) and applies ``torch.autograd.grad`` to its end state, its FSAL derivative and
+the outputs it filled, against the adjoints carried from the step after it; parameter gradients are summed
+over the steps, last first. Which steps are re-run, and how often, changes nothing in the gradients: every
+step is re-run from the same state with the same arithmetic and differentiated alone, in the same order.
 
 Gradients flow to ``y0``, ``t`` (through the solve's start and outputs, as without the option) and
 ``func.parameters()`` (``func`` must be a ``torch.nn.Module``, as torchdiffeq's ``odeint_adjoint`` asks
@@ -85,13 +98,14 @@ def auto_budget(n: int) -> int:
 
 
 class RecordingClock(HostClock):
-    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping at most ``⌈budget/2⌉``
-    checkpoints ``step index -> (y, f0 or None)`` with the online doubling rule of the module docstring
-    (``budget="auto"``: the budget follows the step count, :func:`auto_budget`).
+    """The host clock, logging each accepted step (:class:`StepRecord`) and keeping checkpoints
+    ``step index -> (y, f0 or None)``: on a fixed grid (the steps known in advance) revolve's first-sweep
+    checkpoints (:func:`first_sweep`), else at most ``⌈budget/2⌉`` by the online doubling rule of the module
+    docstring (``budget="auto"``: the budget follows the step count, :func:`auto_budget`).
     Outputs reached without a step (a stop within rounding of the clock's time) are noted as copies of the
     state they were reached at (``arrivals``: output index -> state index)."""
 
-    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak")
+    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak", "planned")
 
     def __init__(self, *args, budget: int | str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,6 +116,12 @@ class RecordingClock(HostClock):
         self.budget = auto_budget(1) if isinstance(budget, str) else budget
         self.spacing, self.fresh, self.peak = 1, None, 0
         self.arrivals: dict[int, int] = {}
+        # A fixed grid takes one step per stop (a stop within rounding of the clock's time is reached without
+        # one, so the count is an upper bound): revolve's first-sweep checkpoints for that many steps.
+        self.planned: frozenset[int] | None = None
+        if not self.adaptive:
+            n = len(self.stops)
+            self.planned = first_sweep(n, auto_budget(n) if self.auto else self.budget)
 
     def plan(self) -> bool:
         n = len(self.ys)
@@ -137,8 +157,14 @@ class RecordingClock(HostClock):
         )
         if self.auto:
             self.budget = auto_budget(k + 1)
-        if k % self.spacing == 0:
-            store = self.store
+        store = self.store
+        if self.planned is not None:
+            # len(store) < budget: never more than the budget of the steps taken so far, which the final
+            # budget is at least (it binds only where fewer steps were taken than planned).
+            if k in self.planned and len(store) < self.budget:
+                store[k] = (self.y, None if self.fresh else self.f0)
+                self.peak = max(self.peak, len(store))
+        elif k % self.spacing == 0:
             if len(store) >= (self.budget + 1) // 2:
                 self.spacing *= 2
                 self.store = store = {i: s for i, s in store.items() if i % self.spacing == 0}
@@ -152,12 +178,30 @@ class RecordingClock(HostClock):
         self.fresh = None
 
     def replay(self, take, rec: StepRecord, y: torch.Tensor, f0: torch.Tensor | None):
-        """Take the recorded step ``rec`` again from ``(y, f0)`` with the host clock's own phases (attempt,
-        interpolant, outputs, move), so with the same arithmetic. Returns the end state, the derivative the
-        next step reuses (``None`` where it evaluates its own) and the outputs the step fills."""
-        self.t, self.h, self.dt_abs, self.remaining = rec.t, rec.h, rec.dt_abs, rec.remaining
+        """Take the recorded step ``rec`` again from ``(y, f0)`` with the host clock's own arithmetic. Returns
+        the end state, the derivative the next step reuses (``None`` where it evaluates its own) and the
+        outputs the step fills.
+
+        A step whose stages all lie inside it (no jump of ``func`` at its end, no ``perturb``) and that fills
+        no output strictly inside it builds no interpolant: it is the stepper's call alone, made here as
+        :meth:`HostClock.attempt` makes it, its output (where it ends on one) is its end state and the next
+        step reuses its last stage when the method is FSAL (:meth:`HostClock.interpolant`,
+        :meth:`HostClock.move`). Any other step goes through the clock's phases (attempt, interpolant,
+        outputs, move)."""
+        t, h, i_out = rec.t, rec.h, rec.i_out
+        t1 = rec.t_stop if rec.lands else t + h
+        times, n_out = self.times, self.n_out
+        inside = i_out < n_out and times[i_out] != t1 and (times[i_out] - t1) * self.direction < 0
+        if not (rec.jump_here or self.perturb or inside):
+            problem = self.problem
+            if self.stage_c is not None:
+                problem.step_times(t, h, self.stage_c)
+            _, step = take(rec.f0_side, t, y, None if rec.fresh else f0, h, problem, None)
+            y1 = step.y1
+            return y1, step.k[-1] if self.fsal else None, [y1] if i_out < n_out and times[i_out] == t1 else []
+        self.t, self.h, self.dt_abs, self.remaining = t, h, rec.dt_abs, rec.remaining
         self.lands, self.t_stop, self.jump_here = rec.lands, rec.t_stop, rec.jump_here
-        self.f0_side, self.i_out = rec.f0_side, rec.i_out
+        self.f0_side, self.i_out = rec.f0_side, i_out
         self.y, self.f0 = y, None if rec.fresh else f0
         self.ys, self.out_steps = [], []
         f0, step = HostClock.attempt(self, take)
@@ -170,12 +214,31 @@ class RecordingClock(HostClock):
 
 def split(length: int, slots: int) -> int:
     """Where revolve sets its next checkpoint in ``length >= 2`` steps with ``slots >= 2`` (the start's
-    included): ``C(slots + r - 1, slots)`` steps in, ``r`` the fewest sweeps with ``C(slots + r, slots) >=
-    length``; the rest, ``<= C(slots - 1 + r, slots - 1)``, is reversed with one slot fewer."""
+    included), so that reversing them advances over the fewest steps.
+
+    With ``β(c, r) = C(c + r, c)``, the most steps ``c`` slots reverse advancing over each at most ``r`` times,
+    and ``r`` the fewest sweeps with ``β(slots, r) >= length``, the fewest steps advanced is
+    ``r · length - β(slots + 1, r - 1)`` (Griewank and Walther 2000). The split is the last one that reaches it:
+    ``β(slots, r - 1)`` steps in (the part before it is then reversed in ``r - 1`` sweeps), or fewer, so that the
+    part after it, reversed with one slot fewer, keeps at least ``β(slots - 1, r - 1)`` steps. (Checked against an
+    exhaustive search over every split of up to 400 steps and 8 slots. Always ``β(slots, r - 1)`` is not optimal
+    with few slots: 4 steps with 2 slots then advance over 5 steps instead of 4.)"""
     r = 1
     while math.comb(slots + r, slots) < length:
         r += 1
-    return min(math.comb(slots + r - 1, slots), length - 1)
+    return min(math.comb(slots + r - 1, slots), length - math.comb(slots + r - 2, slots - 1), length - 1)
+
+
+def first_sweep(n: int, budget: int) -> frozenset[int]:
+    """The checkpoints revolve sets while it first sweeps ``n`` steps known in advance with ``budget`` slots:
+    ``0``, then :func:`split` steps further with one slot fewer each time. Stored by the forward pass (which
+    sweeps the steps anyway), they make :func:`schedule` run revolve's whole plan."""
+    out, a, slots = [0], 0, budget
+    while n - a > 1 and slots > 1:
+        a += split(n - a, slots)
+        slots -= 1
+        out.append(a)
+    return frozenset(out)
 
 
 class Counter:
@@ -278,6 +341,10 @@ class _RecursiveCheckpoint(torch.autograd.Function):
             gy = gy + grad_out[j]
         adj: dict[str, Any] = {"y": gy, "f": None}
         g_params: list[torch.Tensor | None] = [None] * len(params)
+        # A parameter's gradient is summed over the steps last first, ((g_n + g_{n-1}) + ...) + g_1: the second
+        # term makes a tensor of this pass's own (``owned``), into which the later ones are added in place
+        # (the same sums, without a tensor per step; the first term may be a buffer autograd shares).
+        owned = [False] * len(params)
 
         def advance(k: int, state):
             with torch.no_grad():
@@ -312,7 +379,12 @@ class _RecursiveCheckpoint(torch.autograd.Function):
             for i, g in enumerate(grads[len(inputs) - len(params) :]):
                 if g is not None:
                     before = g_params[i]
-                    g_params[i] = g if before is None else before + g
+                    if before is None:
+                        g_params[i] = g
+                    elif owned[i]:
+                        before.add_(g)
+                    else:
+                        g_params[i], owned[i] = before + g, True
             clock.ys = []
 
         count = schedule(run, advance, back)
