@@ -118,6 +118,12 @@ FIGURE_NAMES = ("samples.png", "trajectories.png", "quality_vs_nfe.png")
 #: The fixed-step methods of the sampling table (each at every ``table_steps``); dopri5 follows at ``table_tolerances``.
 TABLE_METHODS = ("euler", "midpoint", "rk4")
 _FIGURES = ("loss", "n")
+#: The figures of a fine-tune interval: the mean NLL (nats) of the training batches and the forward NFE.
+_MLE_FIGURES = ("nll", "nfe_forward", "n")
+#: Fine-tune defaults (2-D data), chosen on 8 gaussians: see the module docstring.
+MLE_FINETUNE_2D = 0
+MLE_LR = 3e-4
+MLE_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,17 @@ class FlowTrainConfig(RunConfig):
         None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR"
     )
     reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
+    mle_finetune: int | None = setting(
+        None,
+        "maximum-likelihood fine-tune iterations after flow matching (default: "
+        f"{MLE_FINETUNE_2D} on 2-D data, 0 on images)",
+        metavar="ITERS",
+    )
+    mle_lr: float = setting(MLE_LR, "Adam learning rate of the fine-tune, cosine-decayed to 0 over --mle-finetune")
+    mle_tol: float = setting(MLE_TOL, "dopri5 rtol = atol of the fine-tune's likelihood solves", metavar="TOL")
+    mle_adjoint: bool = setting(
+        False, "fine-tune gradients by the adjoint method (else backpropagation through the solver)"
+    )
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
     def __post_init__(self) -> None:
@@ -230,6 +247,10 @@ class FlowTrainConfig(RunConfig):
         self.check_choice("activation", MLP_ACTIVATIONS)
         self.check_ints("time_features", minimum=0)
         self.check_ints("iterations", "batch_size", "channels", "test_samples", "table_samples", "reflow_pairs")
+        self.check_ints("mle_finetune", minimum=0, optional=True)
+        self.check_numbers("mle_lr")
+        if not (isinstance(self.mle_tol, (int, float)) and not isinstance(self.mle_tol, bool) and 0 < self.mle_tol < 1):
+            self.fail("mle_tol", "a tolerance in (0, 1)")
         self.check_ints("threads", optional=True)
         self.check_numbers("lr", "tol")
         self.check_numbers("sigma", positive=False)
@@ -257,12 +278,39 @@ class FlowTrainConfig(RunConfig):
                 f"FlowTrainConfig.coupling must be 'independent' with reflow_from: reflow trains on the "
                 f"teacher's noise-sample pairs as drawn; got {self.coupling!r}.",
             )
+        if self.mle_finetune and self.ema > 0:
+            raise ConfigError(
+                "ema",
+                f"FlowTrainConfig.ema must be 0 with a maximum-likelihood fine-tune (mle_finetune="
+                f"{self.mle_finetune}): the fine-tuned weights are the ones evaluated, and an average "
+                f"reaching back over the flow-matching iterates would undo the fine-tune; got ema={self.ema!r}. "
+                f"Pass --mle-finetune 0 to keep the average, or --ema 0.",
+            )
+        if self.mle_finetune and self.reflow_from is not None:
+            raise ConfigError(
+                "mle_finetune",
+                f"FlowTrainConfig.mle_finetune must be 0 with reflow_from: reflow straightens the teacher's "
+                f"paths, which a likelihood fine-tune does not keep straight; got {self.mle_finetune!r}. "
+                f"Pass --mle-finetune 0.",
+            )
         if self.conditional and self.dataset not in IMAGE_DATASETS:
             raise ConfigError(
                 "conditional",
                 f"FlowTrainConfig.conditional needs labelled data ({', '.join(IMAGE_DATASETS)}); "
                 f"dataset {self.dataset!r} has no labels.",
             )
+
+    @property
+    def finetune_iterations(self) -> int:
+        """The maximum-likelihood fine-tune's iterations: ``mle_finetune``, or when ``None`` the
+        default: :data:`MLE_FINETUNE_2D` on 2-D data; 0 on images (the likelihood's divergence is
+        Hutchinson's there and one solve costs far more than a flow-matching step), for a reflow
+        (whose straight paths it would bend) and with a weight average (``ema > 0``, which would
+        reach back over the flow-matching iterates)."""
+        if self.mle_finetune is not None:
+            return self.mle_finetune
+        auto = self.dataset not in IMAGE_DATASETS and self.reflow_from is None and self.ema == 0
+        return MLE_FINETUNE_2D if auto else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,8 +661,14 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
         model.load_state_dict(data.teacher.state_dict())
     model = model.to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    window = Sums(*_FIGURES)
-    start, seconds = restore_iteration_state(checkpoint, model, optimizer, window, ctx)
+    fm_window, mle_window = Sums(*_FIGURES), Sums(*_MLE_FIGURES)
+    finetune = config.finetune_iterations
+    total = config.iterations + finetune
+    if checkpoint is not None:
+        _check_finetune_resume(checkpoint, config)
+    # The checkpoint holds the logging window of the phase it was saved in.
+    in_mle = checkpoint is not None and int(checkpoint["iteration"]) > config.iterations
+    start, seconds = restore_iteration_state(checkpoint, model, optimizer, mle_window if in_mle else fm_window, ctx)
     ema = WeightEMA(model, float(config.ema)) if config.ema > 0 else None
     if ema is not None and checkpoint is not None and checkpoint.get("ema") is not None:
         try:
@@ -627,51 +681,75 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     if checkpoint is not None:
         run.note(f"Resuming {run.path} from its checkpoint at iteration {start}.")
     run.plan(
-        config.iterations,
+        total,
         start,
         f"flow matching on {config.dataset} ({config.coupling} coupling, {config.path} path), "
-        f"batch {config.batch_size}",
+        f"batch {config.batch_size}" + (f", then {finetune} of maximum-likelihood fine-tune" if finetune else ""),
     )
+    divergence = _divergence(config, data.dim)
 
-    def save(iteration: int) -> None:
+    def save(iteration: int, window: Sums) -> None:
         state = iteration_state(iteration, seconds, model, optimizer, window, ctx)
         run.save(config, {**state, "ema": None if ema is None else ema.state_dict()})
 
     iteration = start
     with progress_bar(
-        config.iterations,
+        total,
         f"flow {config.dataset} ({config.coupling})",
         enabled=config.progress and ctx.is_main,
         unit="it",
         initial=start,
     ) as bar:
-        for iteration in range(start + 1, config.iterations + 1):
+        for iteration in range(start + 1, total + 1):
             t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
+            mle = iteration > config.iterations
+            window = mle_window if mle else fm_window
             # Every draw over the global batch, then this rank's rows (see the module docstring).
             x1, labels, x0 = data.batch(iteration, config.batch_size)
-            g = step_generator(config.seed, iteration, stream=3)
-            x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
-            t = torch.rand(x1.shape[0], generator=g)
-            if labels is not None and config.conditional:
-                labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(
-                    ctx.device
+            if mle:
+                if iteration == config.iterations + 1:
+                    # Adam's moment estimates of the regression loss do not describe the likelihood's
+                    # gradients: the fine-tune starts with fresh ones (a resume restores them after this).
+                    optimizer.state.clear()
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(config.mle_lr, iteration - config.iterations - 1, finetune)
+                y = labels[rows].to(ctx.device) if labels is not None and config.conditional else None
+                logp, nfe = log_prob(
+                    model,
+                    x1[rows].to(ctx.device),
+                    labels=y,
+                    divergence=divergence,
+                    noise=config.noise,
+                    rtol=config.mle_tol,
+                    atol=config.mle_tol,
+                    adjoint=config.mle_adjoint,
+                    return_nfe=True,
                 )
+                loss = -logp.mean()
             else:
-                labels = None
-            eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
-            loss = cfm_loss(
-                model,
-                x1[rows].to(ctx.device),
-                path=config.path,
-                coupling=config.coupling,
-                sigma=config.sigma,
-                labels=labels,
-                x0=x0[rows].to(ctx.device),
-                t=t[rows].to(ctx.device),
-                noise=eps,
-            )
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
+                g = step_generator(config.seed, iteration, stream=3)
+                x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
+                t = torch.rand(x1.shape[0], generator=g)
+                if labels is not None and config.conditional:
+                    labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[
+                        rows
+                    ].to(ctx.device)
+                else:
+                    labels = None
+                eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
+                loss = cfm_loss(
+                    model,
+                    x1[rows].to(ctx.device),
+                    path=config.path,
+                    coupling=config.coupling,
+                    sigma=config.sigma,
+                    labels=labels,
+                    x0=x0[rows].to(ctx.device),
+                    t=t[rows].to(ctx.device),
+                    noise=eps,
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_gradients(model.parameters())
@@ -679,23 +757,29 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
             if ema is not None:
                 ema.update(model)
             seconds += time.perf_counter() - t0
-            window.add(loss=loss.item(), n=1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if mle:
+                window.add(nll=loss.item(), nfe_forward=nfe, n=1)
+                bar.set_postfix(nll=f"{loss.item():.4f}", nfe=nfe, refresh=False)
+            else:
+                window.add(loss=loss.item(), n=1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             bar.update()
-            if iteration % config.log_every == 0 or iteration == config.iterations:
+            if iteration % config.log_every == 0 or iteration in (config.iterations, total):
                 totals = window.totals(ctx)
-                record = {
-                    "iteration": iteration,
-                    "loss": totals["loss"] / totals["n"],
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": seconds,
-                }
+                record: dict[str, Any] = {"iteration": iteration}
+                if mle:
+                    record.update(
+                        phase="mle", nll=totals["nll"] / totals["n"], nfe_forward=totals["nfe_forward"] / totals["n"]
+                    )
+                else:
+                    record["loss"] = totals["loss"] / totals["n"]
+                record.update(lr=optimizer.param_groups[0]["lr"], seconds=seconds)
                 history.append(record)
                 run.append(record)
                 window.reset()
             signum, due = ctx.any_signal(stop.signum), run.after_step(iteration)
-            if signum or due or iteration == config.iterations:
-                save(iteration)
+            if signum or due or iteration in (config.iterations, total):
+                save(iteration, window)
             if signum:
                 run.note_stopped(stop.name, f"iteration {iteration}", resume_hint("flow", config.out, ctx))
                 return _summary(config, ctx, run, iteration, stop.name or "SIGTERM", seconds)
@@ -727,6 +811,20 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
             )
         ]
     return summary
+
+
+def _check_finetune_resume(checkpoint: Mapping[str, Any], config: FlowTrainConfig) -> None:
+    """A checkpoint saved inside the fine-tune numbers its iterations after the saved run's flow-matching
+    ones: the resumed run must keep ``iterations`` (``mle_finetune`` may change)."""
+    saved = int(checkpoint["config"]["iterations"])
+    if int(checkpoint["iteration"]) > saved and config.iterations != saved:
+        raise ConfigError(
+            "iterations",
+            f"FlowTrainConfig.iterations must stay {saved} on resume: the checkpoint is at iteration "
+            f"{checkpoint['iteration']}, inside the maximum-likelihood fine-tune that follows the run's {saved} "
+            f"flow-matching iterations; got {config.iterations}. Resume with --iterations {saved} "
+            f"(raise --mle-finetune to fine-tune longer).",
+        )
 
 
 def _evaluate(
