@@ -42,7 +42,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, markdown_table, setup, time_pair, write_markdown
 from neuralode.datasets.toy2d import sample_toy
-from neuralode.models.flow_matching import UNetVelocity, cfm_loss, sample, wasserstein2
+from neuralode.models.flow_matching import UNetVelocity, cfm_loss, log_prob, sample, wasserstein2
 from neuralode.training.cnf import CNFTrainConfig, load_cnf_checkpoint, train_cnf
 from neuralode.training.cnf import build_model as build_cnf_model
 from neuralode.training.cnf import evaluate_nll as cnf_evaluate_nll
@@ -115,6 +115,14 @@ W2_ROWS = (
     ("euler", 100, None),
     ("dopri5", None, 1e-5),
 )
+
+#: Maximum-likelihood fine-tunes of the default OT-CFM run (``--mle-finetune``), each resumed from a copy
+#: of that run's final checkpoint: ``(iterations, Adam rate, dopri5 tolerance of the training solves)``.
+FINETUNES = (
+    (300, 1e-3, 1e-2),
+    (300, 1e-3, 1e-3),
+)
+FINETUNE_HEADING = "## Maximum-likelihood fine-tune (OT-CFM, 8 gaussians)"
 
 
 def eight_gaussians_nll(x: torch.Tensor) -> float:
@@ -345,6 +353,130 @@ def _mnist_step_seconds(channels: int, batch: int, steps: int = 3) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+def _finetuned(base: Path, runs: Path, iterations: int, lr: float, tol: float, reuse: bool) -> tuple[Path, dict]:
+    """The finished run ``base`` continued by ``iterations`` of maximum-likelihood fine-tune (a resume of a
+    copy of its folder with ``--mle-finetune``): the copy's folder and final metrics line."""
+    out = runs / f"{base.name}_mle{iterations}_lr{lr:g}_tol{tol:g}"
+    if reuse and _final(out) is not None:
+        print(f"{out.name}: reusing the finished run", flush=True)
+        return out, _final(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns("*.lock", "*.png"))
+    saved = load_flow_checkpoint(out / "checkpoint.pt")["config"]
+    settings = {**saved, "out": str(out), "resume": True, "mle_finetune": iterations, "mle_lr": lr, "mle_tol": tol}
+    train_flow(FlowTrainConfig.from_dict(settings))
+    final = _final(out)
+    print(f"{out.name}: test NLL {final['test_nll']:.4f}, train {final['seconds']:.0f} s", flush=True)
+    return out, final
+
+
+def _finetune_step_ratio(runs: Path, run: Path) -> tuple[float, float, float]:
+    """One step of the default CNF (its checkpoint in ``runs``) against one fine-tune step of the flow in
+    ``run`` (its final weights, its batch, its ``mle_tol``), alternated in this process: ``(CNF / fine-tune
+    step time, CNF seconds, fine-tune seconds)``."""
+    cnf = build_cnf_model(CNFTrainConfig())
+    cnf.load_state_dict(load_cnf_checkpoint(runs / "cnf_8gaussians" / "checkpoint.pt")["model"])
+    model, config, _ = _load_flow(run)
+    model.train()
+    opt_c, opt_f = torch.optim.Adam(cnf.parameters(), 1e-9), torch.optim.Adam(model.parameters(), 1e-9)
+    x = sample_toy("8gaussians", CNFTrainConfig().batch_size, seed=1)
+    xf = sample_toy("8gaussians", config.batch_size, seed=1)
+
+    def cnf_step() -> None:
+        loss = -cnf.log_prob(x).mean()
+        opt_c.zero_grad()
+        loss.backward()
+        opt_c.step()
+
+    def finetune_step() -> None:
+        loss = -log_prob(model, xf, rtol=config.mle_tol, atol=config.mle_tol, adjoint=config.mle_adjoint).mean()
+        opt_f.zero_grad()
+        loss.backward()
+        opt_f.step()
+
+    timing = time_pair(cnf_step, finetune_step, pairs=4, warmup=1, per_side=True)
+    return timing.ratio, timing.ours_s, timing.peer_s
+
+
+def _finetune_section(args, quick: dict) -> str:
+    """Train (or reuse) the default OT-CFM run and its fine-tunes (:data:`FINETUNES`), and the CNF's step
+    time against each phase's: the ``flows.md`` section on the maximum-likelihood fine-tune."""
+    small = dict(table_samples=64, table_steps=(1,), table_tolerances=(1e-2,), plot=False)
+    base = _flow(
+        "ot_nll_8gaussians",
+        args.runs,
+        args.reuse,
+        dataset="8gaussians",
+        coupling="ot",
+        mle_finetune=0,
+        **quick,
+        **small,
+    )
+    if _final(args.runs / "cnf_8gaussians") is None:
+        raise SystemExit(f"the fine-tune section needs a finished CNF run in {args.runs / 'cnf_8gaussians'}")
+    test_x = FlowData(base["config"], training=False).test(base["test_samples"])[0]
+    cnf_nll, _, cnf_at = _cnf_rescored(args.runs, test_x)
+    cnf_iters = CNFTrainConfig().iterations
+    r_fm, cnf_s, fm_s, _, cnf_nfe = _step_ratio(args.runs)
+    fm_iters = base["iteration"]
+    rows = [
+        [
+            "OT-CFM at its defaults, no fine-tune",
+            f"{base['test_nll']:.4f}",
+            "—",
+            f"{fm_s * 1e3:.1f} ms (1/{r_fm:.1f})",
+            f"1/{r_fm * cnf_iters / fm_iters:.1f}",
+            f"{base['test_nll'] - cnf_nll:+.4f}",
+        ]
+    ]
+    for iterations, lr, tol in FINETUNES:
+        n = max(2, iterations // 20) if args.quick else iterations
+        run, final = _finetuned(args.runs / "ot_nll_8gaussians", args.runs, n, lr, tol, args.reuse)
+        r_ft, _, ft_s = _finetune_step_ratio(args.runs, run)
+        fraction = fm_iters / (r_fm * cnf_iters) + n / (r_ft * cnf_iters)  # of the CNF's training time
+        rows.append(
+            [
+                f"+ {n} fine-tune iterations, Adam at {lr:g} cosine-decayed, dopri5 at {tol:g}, backprop",
+                f"{final['test_nll']:.4f}",
+                f"{ft_s * 1e3:.0f} ms (1/{r_ft:.1f})",
+                f"{fm_s * 1e3:.1f} ms (1/{r_fm:.1f})",
+                f"1/{1 / fraction:.1f}",
+                f"{final['test_nll'] - cnf_nll:+.4f}",
+            ]
+        )
+    return (
+        f"{FINETUNE_HEADING}\n\n"
+        "`neuralode train flow --mle-finetune N`: after the flow-matching iterations, N iterations of maximum "
+        "likelihood on the same velocity field (exact divergence, dopri5 at `--mle-tol`, gradients by "
+        "backpropagation through the solver, a fresh Adam at `--mle-lr` cosine-decayed to 0, the flow's batch). "
+        f"Each row resumes a copy of the default OT-CFM run ({fm_iters} iterations) with the fine-tune; test NLL on "
+        f"the same {base['test_samples']} held-out points as above (dopri5 at 1e-5), where the CNF (its checkpoint at "
+        f"iteration {cnf_at}, re-scored) scores **{cnf_nll:.4f}**. Step times: medians of steps alternated in one "
+        f"process with a CNF step ({cnf_s * 1e3:.0f} ms, {cnf_nfe} evaluations), the fraction in brackets; the total "
+        f"is the flow's training time over the CNF's ({cnf_iters} CNF steps against {fm_iters} flow-matching steps "
+        "and the fine-tune's). Target: an NLL ≤ the CNF's in ≤ 1/5 of its time.\n\n"
+        + markdown_table(
+            ["run", "test NLL (nats)", "fine-tune step", "flow-matching step", "total time / CNF's", "NLL − CNF's"],
+            rows,
+        )
+    )
+
+
+def _replace_section(previous: str, heading: str, section: str, after: str) -> str:
+    """``previous`` (a ``flows.md``) with the section under ``heading`` replaced by ``section``, or ``section``
+    inserted before the section that follows the one under ``after``."""
+    parts = previous.rstrip("\n").split("\n## ")
+    head, sections = parts[0], ["## " + p for p in parts[1:]]
+    titles = [p.splitlines()[0] for p in sections]
+    if heading in titles:
+        sections[titles.index(heading)] = section
+    else:
+        where = titles.index(after) + 1 if after in titles else len(sections)
+        sections.insert(where, section)
+    return "\n\n".join([head.rstrip("\n"), *(p.rstrip("\n") for p in sections)]) + "\n"
+
+
 def _kept_section(previous: str, marker: str, heading: str, extra: str = "") -> str:
     """The text of ``previous`` (a former ``flows.md``) from the line starting with ``marker`` to the next
     ``## `` heading, under ``heading``, marked as not rerun (``--keep-ablation`` / ``--keep-images``)."""
@@ -386,11 +518,28 @@ def main(argv=None) -> int:
         action="store_true",
         help="do not rerun the digits run and the MNIST step: copy their section from the present flows.md in --out",
     )
+    parser.add_argument(
+        "--only-finetune",
+        action="store_true",
+        help="run only the maximum-likelihood fine-tune comparison (needs the CNF run in --runs) and replace its "
+        "section of the present flows.md, leaving the others as they are",
+    )
     args = parser.parse_args(argv)
     setup(0)
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     quick = dict(iterations=100, test_samples=1000) if args.quick else {}
+    if args.only_finetune:
+        path = args.out / "flows.md"
+        section = _finetune_section(args, quick)
+        previous = path.read_text() if path.is_file() else "# Flow matching\n"
+        path.write_text(
+            _replace_section(
+                previous, FINETUNE_HEADING, section, "## 8 gaussians: flow matching against maximum likelihood"
+            )
+        )
+        print(f"wrote the fine-tune section of {path}")
+        return 0
     table = dict(table_samples=200 if args.quick else TABLE_SAMPLES, table_steps=STEPS, table_tolerances=TOLERANCES)
     defaults = FlowTrainConfig()
 
