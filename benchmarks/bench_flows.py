@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -471,7 +472,9 @@ def _finetune_section(args, quick: dict) -> str:
         f"process with CNF steps ({cnf_nfe} evaluations; the CNF's own time of those pairs follows 'vs', the "
         "fraction of it in brackets: the machine's load moves both sides alike); the total is the flow's training "
         f"time over the CNF's ({cnf_iters} CNF steps against {fm_iters} flow-matching steps and the fine-tune's). "
-        "Target: an NLL ≤ the CNF's in ≤ 1/5 of its time.\n\n"
+        "Target: an NLL ≤ the CNF's in ≤ 1/5 of its time. Load average (1/5/15 min) when this section was "
+        + "/".join(f"{v:.2f}" for v in os.getloadavg())
+        + " (2 cores, one torch thread per process).\n\n"
         + markdown_table(
             ["run", "test NLL (nats)", "fine-tune step", "flow-matching step", "total time / CNF's", "NLL − CNF's"],
             rows,

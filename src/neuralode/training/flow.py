@@ -47,12 +47,12 @@ cosine-decayed to 0 over the ``N`` iterations, the batches drawn as the flow-mat
 iterations are numbered after the flow-matching ones (``iterations + 1`` …), its ``metrics.jsonl``
 lines carry ``"phase": "mle"``, ``nll`` (the training batches' mean, nats) and ``nfe_forward``, its
 checkpoints resume exactly inside the phase, and the training ``seconds`` count both phases. A
-fine-tune step solves the ODE: 3-6× cheaper than a CNF step (a looser tolerance, no adjoint solve)
-but 4-5× dearer than a flow-matching step. On 8 gaussians 300 of them lower the default OT-CFM
-run's held-out NLL from 2.862 to 2.853-2.855 and 1000 to about 2.850, against the CNF's 2.848, while
-300 already take the training time past the 1/5 of the CNF's that the flow is allowed
-(``benchmarks/results/flows.md``, "Maximum-likelihood fine-tune"): the gap narrows without closing
-in that budget, so the fine-tune is off by default (``mle_finetune=0``). It is refused with a weight
+fine-tune step solves the ODE: 3-4× cheaper than a CNF step (a looser tolerance, no adjoint solve)
+but 4-6× dearer than a flow-matching step. On 8 gaussians 300 of them lower the default OT-CFM
+run's held-out NLL from 2.862 to 2.853-2.855 and 1000 to 2.8485, 0.0002 above the CNF's 2.8483,
+at half the CNF's training time, while 300 already take it past the 1/5 of the CNF's that the flow
+is allowed (``benchmarks/results/flows.md``, "Maximum-likelihood fine-tune"): the gap closes only
+beyond that budget, so the fine-tune is off by default (``mle_finetune=0``). It is refused with a weight
 average (``ema > 0``: the average would reach back over the flow-matching iterates) and with a
 reflow (whose straightened paths it would bend).
 
