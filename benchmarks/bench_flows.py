@@ -423,7 +423,7 @@ def _finetune_step_ratio(runs: Path, run: Path) -> tuple[float, float, float]:
         loss.backward()
         opt_f.step()
 
-    timing = time_pair(cnf_step, finetune_step, pairs=4, warmup=1, per_side=True)
+    timing = time_pair(cnf_step, finetune_step, pairs=8, warmup=1, per_side=True)
     return timing.ratio, timing.ours_s, timing.peer_s
 
 
@@ -515,7 +515,7 @@ def _finetune_verdict(rows: list[list[str]], cnf_nll: float) -> str:
             base_nll, batch = nll, row[0].split(",")[1].strip()
             continue
         out.append(
-            f"- {batch}, {row[0].split(',')[0].lstrip('+ ')}: NLL {nll:.4f} "
+            f"- {batch}, {', '.join(row[0].split(', ')[:2]).lstrip('+ ')}: NLL {nll:.4f} "
             f"({'≤' if nll <= cnf_nll else '>'} the CNF's {cnf_nll:.4f}: {'met' if nll <= cnf_nll else 'not met'}), "
             f"{base_nll - nll:.4f} nats below OT-CFM alone; time {row[4]} of the CNF's "
             f"({'met' if fraction <= 0.2 else 'not met'})."
