@@ -3,7 +3,7 @@
 Writes ``benchmarks/results/flows.md`` and ``flows_w2_nfe.png`` (+ the runs' sample figures).
 
     python benchmarks/bench_flows.py [--quick] [--runs DIR] [--reuse] [--digits-iterations N]
-                                     [--keep-ablation] [--keep-images]
+                                     [--keep-ablation] [--keep-images] [--keep-finetune | --only-finetune]
 
 Sections (targets from the flow-matching issue):
 
@@ -17,6 +17,9 @@ Sections (targets from the flow-matching issue):
    decide the targets over several independent draws of noise and held-out points (mean ±
    standard error), since one draw of 1000 points moves W2 by a few hundredths. Target: OT and
    reflow reach the W2 of 100 Euler steps of the independent coupling in ≤ 10 evaluations.
+   Then the OT-CFM run continued by maximum-likelihood fine-tunes (``--mle-finetune``, at batch 256
+   and 128), each with its step time against the CNF's (``--only-finetune``: this part alone, its
+   section replaced in the present ``flows.md``; ``--keep-finetune``: copied, not rerun).
 3. The OT-CFM ablation (``--keep-ablation``: copied from the present ``flows.md``, not rerun).
 4. Images: the 8x8 digits, bits/dim and a samples grid after a stated budget; the time of a
    MNIST training step, to size a MNIST run (``--keep-images``: copied, not rerun).
@@ -579,6 +582,11 @@ def main(argv=None) -> int:
         help="do not rerun the digits run and the MNIST step: copy their section from the present flows.md in --out",
     )
     parser.add_argument(
+        "--keep-finetune",
+        action="store_true",
+        help="do not rerun the maximum-likelihood fine-tune comparison: copy its section from the present flows.md",
+    )
+    parser.add_argument(
         "--only-finetune",
         action="store_true",
         help="run only the maximum-likelihood fine-tune comparison (needs the CNF run in --runs) and replace its "
@@ -594,9 +602,7 @@ def main(argv=None) -> int:
         section = _finetune_section(args, quick)
         previous = path.read_text() if path.is_file() else "# Flow matching\n"
         path.write_text(
-            _replace_section(
-                previous, FINETUNE_HEADING, section, "## 8 gaussians: flow matching against maximum likelihood"
-            )
+            _replace_section(previous, FINETUNE_HEADING, section, "## Weight average (OT-CFM, 8 gaussians)")
         )
         print(f"wrote the fine-tune section of {path}")
         return 0
@@ -907,6 +913,11 @@ def main(argv=None) -> int:
         f"and a window of about {1 / (1 - ema_decay):.0f} steps reaches back to higher rates: the default is no "
         "average (`--ema 0`). It is the tool for a constant rate or a run stopped early."
     )
+    # 1b. The maximum-likelihood fine-tune after flow matching (needs the CNF run for its NLL and step time).
+    if args.keep_finetune:
+        sections.append(_kept_section(previous, FINETUNE_HEADING, ""))
+    elif cnf is not None:
+        sections.append(_finetune_section(args, quick))
     sections.append(ablation_section)
 
     # 4. Images.
