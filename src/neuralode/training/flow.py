@@ -52,12 +52,12 @@ but 4-12× dearer than a flow-matching step. On 8 gaussians (``benchmarks/result
 "Maximum-likelihood fine-tune"; the CNF scores 2.8483 there) the default OT-CFM run (2.862) gets
 to 2.853 with 300 fine-tune iterations and to 2.8485 with 1000, but past the 1/5 of the CNF's
 training time that the flow is allowed. At batch 128 flow matching scores the same (2.862) at a
-quarter of the cost, which leaves room for 800 fine-tune iterations at 2e-3: 2.8482 in about 1/5.1
-of the CNF's time on the benchmark's seed, but 0.003-0.005 nats above the CNF on two other seeds.
-The gap is within the run-to-run spread there, not closed, so the fine-tune is off by default
-(``mle_finetune=0``) and ``--batch-size 128 --mle-finetune 800`` is the recipe to ask for. It is
-refused with a weight average (``ema > 0``: the average would reach back over the flow-matching
-iterates) and with a reflow (whose straightened paths it would bend).
+quarter of the cost, which leaves room for 800 fine-tune iterations at 2e-3: 2.8482 against the
+CNF's 2.8483, in 1/4.8-1/5.2 of the CNF's time (three timings: the budget's edge), on the
+benchmark's seed, but 0.003-0.004 nats above CNFs trained with two other seeds. The gap is within
+the run-to-run spread, not reliably closed, so the fine-tune is off by default (``mle_finetune=0``)
+and ``--batch-size 128 --mle-finetune 800`` is the recipe to ask for. It is refused with a weight
+average (``ema > 0``: the average would reach back over the flow-matching iterates) and with a reflow (whose straightened paths it would bend).
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
