@@ -57,7 +57,8 @@ CNF's 2.8483, in 1/4.8-1/5.2 of the CNF's time (three timings: the budget's edge
 benchmark's seed, but 0.003-0.004 nats above CNFs trained with two other seeds. The gap is within
 the run-to-run spread, not reliably closed, so the fine-tune is off by default (``mle_finetune=0``)
 and ``--batch-size 128 --mle-finetune 800`` is the recipe to ask for. It is refused with a weight
-average (``ema > 0``: the average would reach back over the flow-matching iterates) and with a reflow (whose straightened paths it would bend).
+average (``ema > 0``: the average would reach back over the flow-matching iterates) and with a
+reflow (whose straightened paths it would bend).
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
