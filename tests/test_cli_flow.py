@@ -157,6 +157,21 @@ def test_train_eval_plot_on_a_tiny_budget(tmp_path, capsys):
         assert Path(p).read_bytes()[:8] == PNG_SIGNATURE and Path(p).stat().st_size > 5_000
 
 
+def test_mle_finetune_flag_trains_after_flow_matching_and_plots_its_nll(tmp_path, capsys):
+    out = tmp_path / "flow"
+    argv = ["train", "flow", "--iterations", "4", "--mle-finetune", "3", "--mle-tol", "1e-2", "--log-every", "2"]
+    assert main([*argv, *TINY, "--test-samples", "50", "--no-plot", "--out", str(out)]) == 0
+    assert "7 iterations in " in capsys.readouterr().out
+    lines = _lines(out / "metrics.jsonl")
+    assert [(r["iteration"], r.get("phase")) for r in lines[:-1]] == [(2, None), (4, None), (6, "mle"), (7, "mle")]
+    assert json.loads((out / "config.json").read_text())["config"]["mle_finetune"] == 3
+    # The learning curves show the fine-tune's NLL in a panel of its own.
+    from neuralode.training.figures import draw_run
+
+    labels = [ax.get_ylabel() for ax in draw_run(out).axes]
+    assert labels[:2] == ["flow-matching loss (mean squared velocity error)", "fine-tune NLL (nats per sample)"]
+
+
 def test_conditional_digits_on_the_vp_path_report_bits_per_dim(tmp_path, capsys):
     out = tmp_path / "digits"
     assert (
@@ -279,6 +294,14 @@ def test_sigint_then_resume_retraces_the_uninterrupted_run(tmp_path):
         (
             ["--reflow-from", "runs/x"],
             "argument --coupling: FlowTrainConfig.coupling must be 'independent' with reflow_from",
+        ),
+        (
+            ["--mle-finetune", "10", "--ema", "0.999"],
+            "argument --ema: FlowTrainConfig.ema must be 0 with a maximum-likelihood fine-tune (mle_finetune=10)",
+        ),
+        (
+            ["--mle-tol", "2"],
+            "argument --mle-tol: FlowTrainConfig.mle_tol must be a tolerance in (0, 1); got 2.0.",
         ),
         (
             ["--label-dropout", "1.5"],

@@ -3,6 +3,8 @@ and an exact resume after a kill) and the minibatch OT coupling as the loop appl
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -135,3 +137,86 @@ def test_the_ot_coupling_pairs_a_permutation_of_the_noise_of_least_total_cost():
     rows, cols = linear_sum_assignment(cost)
     assert ((paired - x1) ** 2).sum().item() == pytest.approx(cost[rows, cols].sum(), rel=1e-12)
     assert ((paired - x1) ** 2).sum().item() < ((x0 - x1) ** 2).sum().item()
+
+
+# The maximum-likelihood fine-tune after flow matching.
+
+FINETUNE = dict(TINY, iterations=8, mle_finetune=8, log_every=3, checkpoint_every=4, mle_tol=1e-2, test_samples=100)
+
+
+def test_the_fine_tune_follows_flow_matching_and_logs_its_likelihood(tmp_path):
+    out = tmp_path / "run"
+    summary = train_flow(FlowTrainConfig(out=out, **FINETUNE))
+    assert summary["iterations_completed"] == 16
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    training, final = lines[:-1], lines[-1]
+    # Flow-matching lines at 3, 6 and the phase's end (8); fine-tune lines at 9, 12, 15 and the end (16).
+    assert [r["iteration"] for r in training] == [3, 6, 8, 9, 12, 15, 16]
+    assert all("loss" in r and "phase" not in r for r in training[:3])
+    for r in training[3:]:
+        assert r["phase"] == "mle" and "loss" not in r and r["nfe_forward"] >= 6  # dopri5: 6 per accepted step
+        assert 0 < r["nll"] < 10
+    # The fine-tune's rate restarts at mle_lr and decays to 0 over its own iterations.
+    assert training[3]["lr"] == pytest.approx(flow.cosine_lr(flow.MLE_LR, 0, 8))
+    assert training[-1]["lr"] == pytest.approx(flow.cosine_lr(flow.MLE_LR, 7, 8))
+    assert final["final"] and final["iteration"] == 16 and final["seconds"] >= training[-1]["seconds"]
+    # Without the fine-tune, the same seed gives the flow-matching weights of iteration 8: the fine-tune moved them.
+    plain = train_flow(FlowTrainConfig(out=tmp_path / "plain", **dict(FINETUNE, mle_finetune=0)))
+    assert plain["iterations_completed"] == 8
+    a, b = (load_flow_checkpoint(p / "checkpoint.pt")["model"] for p in (out, tmp_path / "plain"))
+    assert not torch.equal(a["out.weight"], b["out.weight"])
+
+
+@pytest.mark.parametrize("die_at", [1, 6])
+def test_a_run_killed_inside_the_fine_tune_resumes_exactly(tmp_path, monkeypatch, die_at):
+    """Killed at the fine-tune's first step (the checkpoint is the flow-matching phase's last) or at its
+    sixth (a checkpoint inside the fine-tune, with its own Adam moments): the resumed run ends with the
+    uninterrupted run's weights, bit for bit."""
+    reference = train_flow(FlowTrainConfig(out=tmp_path / "ref", **FINETUNE))
+    assert reference["final"] is not None
+    real, calls = flow.log_prob, []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == die_at:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "log_prob", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_flow(FlowTrainConfig(out=tmp_path / "run", **FINETUNE))
+    monkeypatch.setattr(flow, "log_prob", real)
+    saved = load_flow_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["iteration"] == (8 if die_at == 1 else 12)
+    train_flow(FlowTrainConfig(out=tmp_path / "run", resume=True, **FINETUNE))
+    a = load_flow_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    b = load_flow_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 16
+    for name, value in b["model"].items():
+        assert torch.equal(a["model"][name], value), name
+    ra, rb = (
+        [json.loads(s) for s in (tmp_path / p / "metrics.jsonl").read_text().splitlines()] for p in ("run", "ref")
+    )
+    drop = ("seconds", "eval_seconds", "sampling")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rb
+    ]
+    # Inside the fine-tune the flow-matching iteration count is fixed: it numbers the fine-tune's steps.
+    if die_at == 6:
+        with pytest.raises(ConfigError, match=r"iterations must stay 8 on resume.*--iterations 8"):
+            train_flow(FlowTrainConfig(out=tmp_path / "ref", resume=True, **dict(FINETUNE, iterations=10)))
+
+
+def test_fine_tune_settings_are_checked():
+    assert FlowTrainConfig().mle_finetune == 0  # off by default: see the module docstring
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be 0 with a maximum-likelihood fine-tune"):
+        FlowTrainConfig(mle_finetune=5, ema=0.999)
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_finetune must be 0 with reflow_from"):
+        FlowTrainConfig(mle_finetune=5, coupling="independent", reflow_from="runs/x")
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_finetune must be an integer of at least 0"):
+        FlowTrainConfig(mle_finetune=-1)
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_tol must be a tolerance in \(0, 1\)"):
+            FlowTrainConfig(mle_tol=bad)
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_lr must be a positive finite number"):
+        FlowTrainConfig(mle_lr=0.0)

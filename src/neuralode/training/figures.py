@@ -88,6 +88,9 @@ def _flow_panels(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple
         ("flow-matching loss (mean squared velocity error)", [("training", *_series(lines, "iteration", "loss"))]),
         ("learning rate", [("Adam", *_series(lines, "iteration", "lr"))]),
     ]
+    mle = [r for r in lines if r.get("phase") == "mle"]
+    if mle:  # the maximum-likelihood fine-tune that follows flow matching
+        panels.insert(1, ("fine-tune NLL (nats per sample)", [("training batches", *_series(mle, "iteration", "nll"))]))
     score = f", test NLL {final['test_nll']:.3f} nats" if final else ""
     what = f"{config.get('dataset', '?')}, {config.get('coupling', '?')} coupling"
     return panels, "iteration", f"Flow matching on {what}: iteration {records[-1].get('iteration', '?')}{score}"
