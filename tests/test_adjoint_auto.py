@@ -289,8 +289,10 @@ def test_event_mode_takes_the_modes_that_handle_events():
 def test_bad_modes_and_budgets_are_refused_naming_the_argument():
     func, y0 = Field(), y0_of()
     listing = "'backprop', 'checkpoint', 'checkpoints', 'backsolve', 'interpolating', 'gauss', 'auto'"
-    with pytest.raises(ValueError, match=f"adjoint must be one of {listing}; got 'adjiont'"):
+    with pytest.raises(ValueError, match=f"adjoint must be one of {listing}; got 'adjiont'.$"):
         solve(func, y0, T, adjoint="adjiont")
+    with pytest.raises(ValueError, match="got 'checkpiont'. Did you mean 'checkpoint'?"):
+        solve(func, y0, T, adjoint="checkpiont")
     with pytest.raises(TypeError, match="adjoint must be one of .*; got NoneType"):
         odeint(func, y0, T, adjoint=None)  # type: ignore[arg-type]
     for bad in (0, 0.5, -3, math.inf, math.nan):

@@ -88,6 +88,7 @@ from ..options import (
     _fixed_grid,
     _parse_options,
     _type_name,
+    suggest,
     time_dtype,
 )
 from ..solution import AdjointChoice, Solution, TensorOrTuple
@@ -123,8 +124,10 @@ def check_mode(adjoint: Any, allowed: Sequence[str] = MODES, where: str = "") ->
     if adjoint not in allowed:
         hint = ""
         if adjoint in MODES:
-            hint = f" ({adjoint!r} does not handle events; use solve(..., events=[Event(...)]) for it)"
-        raise ValueError(f"adjoint must be one of {', '.join(map(repr, allowed))}{where}; got {adjoint!r}{hint}.")
+            hint = f" {adjoint!r} does not handle this event mode; use solve(..., events=[Event(...)]) for it."
+        else:
+            hint = suggest(adjoint, allowed)
+        raise ValueError(f"adjoint must be one of {', '.join(map(repr, allowed))}{where}; got {adjoint!r}.{hint}")
     return adjoint
 
 
