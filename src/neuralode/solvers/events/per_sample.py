@@ -87,12 +87,12 @@ class PerSampleEvents:
                     f"events[{k}].fn(t, y) must return a tensor whose first dimension is the batch ({y.shape[0]}) "
                     f"with options['per_sample']; got shape {tuple(g.shape)}."
                 )
+            shapes.append(g.shape[1:])  # the shape of one sample's values (element indices unravel into it)
             g = g.detach().reshape(g.shape[0], -1).double()
             finite = torch.isfinite(g).all(1)
             if not bool(finite.all()):
                 i = int((~finite).nonzero()[0, 0])
                 raise non_finite_event(k, f"t={float(t[i]):.8g} in sample {i}")
-            shapes.append(g.shape[1:])
             out.append(g)
         if self.shapes is None:
             self.shapes = shapes
