@@ -8,6 +8,7 @@ and the backward pass must re-run what the plan in Solution.stats says.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -262,3 +263,37 @@ def test_odeint_adjoint_refuses_checkpoints():
         odeint_adjoint(
             lambda t, y: net(y), y0, t, adjoint_options={"checkpoints": 4}, adjoint_params=tuple(net.parameters())
         )
+
+
+class _GradInside(torch.nn.Module):
+    """A field that differentiates inside itself, as a CNF's exact trace does."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2, dtype=torch.float64)
+
+    def forward(self, t, z):
+        with torch.enable_grad():
+            z = z if z.requires_grad else z.requires_grad_(True)
+            o = torch.tanh(self.lin(z))
+            return o + torch.autograd.grad(o.sum(), z, create_graph=True)[0]
+
+
+def test_per_step_checkpoint_warns_when_func_differentiates_inside_itself_and_keeps_the_gradient():
+    torch.manual_seed(0)
+    func, t = _GradInside(), torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    opts = {"step_size": 0.25}
+    with pytest.warns(UserWarning, match=r"options\['checkpoint'\]: func differentiates inside itself.*'checkpoints'"):
+        ys = odeint(func, y0, t, method="rk4", options={**opts, "checkpoint": True})
+    (g,) = torch.autograd.grad(ys.square().sum(), y0)
+    (ref,) = torch.autograd.grad(odeint(func, y0, t, method="rk4", options=opts).square().sum(), y0)
+    torch.testing.assert_close(g, ref, rtol=1e-12, atol=0)
+
+
+def test_per_step_checkpoint_of_a_plain_field_does_not_warn():
+    func = torch.nn.Linear(2, 2, dtype=torch.float64)
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(lambda t, y: func(y), y0, torch.linspace(0.0, 1.0, 3, dtype=torch.float64), options={"checkpoint": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -43,17 +44,44 @@ class FunctionStepper(Stepper):
 
 class CheckpointedStepper(Stepper):
     """``inner``'s steps run under ``torch.utils.checkpoint``: backward keeps only each step's inputs and
-    recomputes its stages (the evaluation of ``f0`` included)."""
+    recomputes its stages (the evaluation of ``f0`` included).
 
-    __slots__ = ("inner",)
+    A ``func`` that differentiates inside itself (``torch.autograd.grad`` in its forward pass, as a continuous
+    normalizing flow's exact trace does) reads tensors the checkpoint has not kept, and PyTorch's (non-reentrant)
+    checkpoint then re-runs the step so far to serve each such read, during the forward pass: several times the
+    evaluations, and more memory than backpropagation. The gradient stays right; the stepper notices the re-runs
+    (the step's function entered more than once in one forward call) and warns once, naming the option that
+    does not have this cost, ``options={"checkpoints": "auto"}``, which runs the forward pass without a graph.
+    """
+
+    __slots__ = ("inner", "entered", "warned")
 
     def __init__(self, inner: Stepper):
         self.inner = inner
+        self.entered = 0
+        self.warned = False
+
+    def _counted(self, *args):
+        self.entered += 1
+        return self.inner(*args)
 
     def __call__(self, side, t, y, f0, h, stage, memory=None):
         from torch.utils.checkpoint import checkpoint as run_checkpointed
 
-        return run_checkpointed(self.inner, side, t, y, f0, h, stage, memory, use_reentrant=False)
+        self.entered = 0
+        out = run_checkpointed(self._counted, side, t, y, f0, h, stage, memory, use_reentrant=False)
+        if self.entered > 1 and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"options['checkpoint']: func differentiates inside itself (torch.autograd.grad in its forward "
+                f"pass, e.g. an exact divergence), so torch.utils.checkpoint re-ran a step {self.entered - 1} "
+                f"more time(s) during the forward pass to serve it: more evaluations and memory than without "
+                f"checkpointing. options={{'checkpoints': 'auto'}} (adjoint='checkpoints') gives the same "
+                f"gradient without this cost.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return out
 
     def settle(self, accepted: bool) -> None:
         self.inner.settle(accepted)
