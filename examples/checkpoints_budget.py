@@ -8,8 +8,10 @@ Walther's revolve; diffrax's ``RecursiveCheckpointAdjoint``), with backpropagati
 
 The script first checks that claim on the untrained model: the gradient with ``checkpoints=K``
 against plain backpropagation through the same solve (their largest relative difference), and the
-stored states and recomputed steps the solve reports (``Solution.stats``). Then it trains with the
-budget and prints the loss before and after. ``--out`` receives ``metrics.json``.
+stored states and recomputed steps the solve reports (``Solution.stats``). Then it lets
+``adjoint="auto"`` choose the mode for two memory budgets (one that holds backpropagation's graph, one a quarter
+of it) and prints each choice with its reason (``Solution.adjoint_choice``). Then it trains with the budget and
+prints the loss before and after. ``--out`` receives ``metrics.json``.
 
     python examples/checkpoints_budget.py [--steps 400] [--checkpoints 8] [--iterations 60] [--out checkpoints_out]
 """
@@ -75,6 +77,21 @@ def main(argv=None) -> dict:
         f"{stats.n_recomputed_steps} steps recomputed in the backward pass; gradient vs backprop: {rel:.2e} relative"
     )
 
+    # adjoint="auto": the mode chosen from the measured bytes per evaluation, the steps and the memory budget.
+    options = {"step_size": float(t[-1] - t[0]) / args.steps}
+    backprop_bytes = neuralode.choose_adjoint(field, y0, t, method="rk4", options=options).estimated_bytes["backprop"]
+    choices = {}
+    for budget in (4 * backprop_bytes, backprop_bytes // 4):
+        field.zero_grad()
+        sol = neuralode.solve(field, y0, t, method="rk4", options=options, adjoint="auto", memory_budget=budget)
+        ((sol.ys - target) ** 2).mean().backward()
+        g_auto = [p.grad.clone() for p in field.parameters()]
+        auto_rel = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g_auto, g_backprop))
+        choice = sol.adjoint_choice
+        assert choice is not None
+        choices[choice.mode] = auto_rel
+        print(f'adjoint="auto", memory_budget={budget} bytes: {choice.mode} ({choice.reason})')
+
     optimizer = torch.optim.Adam(field.parameters(), lr=1e-2)
     for _ in range(args.iterations):
         optimizer.zero_grad()
@@ -91,6 +108,7 @@ def main(argv=None) -> dict:
         "max_stored_states": int(stats.max_stored_states),
         "n_recomputed_steps": int(stats.n_recomputed_steps),
         "gradient_relative_difference": rel,
+        "auto_modes": choices,  # mode chosen -> its gradient's relative difference from backprop's
         "loss_before": loss0,
         "loss_after": loss_end,
     }

@@ -165,3 +165,7 @@ def test_checkpoints_budget_stores_at_most_k_states_and_trains(tmp_path):
     assert metrics["gradient_relative_difference"] < 1e-10  # backpropagation's gradient
     assert metrics["loss_after"] < 0.7 * metrics["loss_before"]
     assert "steps recomputed in the backward pass" in proc.stdout
+    # adjoint="auto": backprop within a budget four times its estimate, recursive checkpointing in a quarter of it,
+    # each with backpropagation's gradient.
+    assert set(metrics["auto_modes"]) == {"backprop", "checkpoints"}
+    assert all(err < 1e-10 for err in metrics["auto_modes"].values())
