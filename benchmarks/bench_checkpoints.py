@@ -8,9 +8,10 @@ Three parts, written to ``benchmarks/results/checkpoints.md``:
    (``n_recomputed_steps / n``), read from the plan the forward pass reports (on this fixed grid the steps are
    known in advance, so the forward pass stores revolve's first-sweep checkpoints). Beside them, revolve's
    fewest (Griewank and Walther 2000: ``r n - C(K + r, r - 1)`` steps advanced, less the ``n - 1`` of the first
-   sweep, which is the forward pass's own, plus the ``n`` re-runs that differentiate the steps), and the counts
-   of an adaptive solve of the same ``n`` steps, whose forward pass thins ``⌈K/2⌉`` checkpoints online
-   (simulated with the module's own :func:`recursive.schedule`).
+   sweep, which is the forward pass's own, plus the ``n - 1`` re-runs that differentiate the steps before the
+   last, which the first sweep tapes), and the counts of an adaptive solve of the same ``n`` steps, whose
+   forward pass thins up to ``K`` checkpoints online and whose backward pass keeps the subset that re-runs
+   fewest (simulated with the module's own :func:`recursive.keep_checkpoints` and :func:`recursive.schedule`).
 2. **Peak memory**: bytes allocated by the process above the level before the call, sampled by glibc's
    ``mallinfo2`` at every evaluation of the dynamics and at the end (PyTorch's CPU tensors are allocated with
    ``malloc``); given in bytes and in states' worth (the state is ``batch × dim`` floats).
@@ -141,30 +142,32 @@ def schedule_rows(ns: list[int], budgets: list[int | str]) -> list[list[str]]:
 
 def fewest(n: int, budget: int) -> int:
     """Revolve's fewest re-runs for ``n`` steps known in advance and ``budget`` slots, the start's included,
-    with the forward pass as its first sweep: ``r n - C(budget + r, r - 1) - (n - 1)`` steps advanced (``r`` the
-    fewest sweeps with ``C(budget + r, budget) >= n``) plus ``n`` re-runs with a graph."""
+    with the forward pass as its first sweep, which tapes the last step: ``r n - C(budget + r, r - 1) - (n - 1)``
+    steps advanced (``r`` the fewest sweeps with ``C(budget + r, budget) >= n``) plus ``n - 1`` re-runs with a
+    graph."""
     r = 0
     while math.comb(budget + r, budget) < n:
         r += 1
     advanced = r * n - math.comb(budget + r, r - 1) if r else 0
-    return advanced - (n - 1) + n
+    return advanced - (n - 1) + n - 1
 
 
 def online_rule(n: int, budget: int) -> int:
     """Steps re-run when the steps are not known in advance (an adaptive solve): the forward pass thins its
-    checkpoints online, keeping at most ``⌈budget/2⌉`` (:class:`recursive.RecordingClock`), planned with the
+    checkpoints online, holding at most ``budget`` (:class:`recursive.RecordingClock`; the last step is taped,
+    not stored), the backward pass keeps the subset :func:`recursive.keep_checkpoints` picks, planned with the
     module's own :func:`recursive.schedule`."""
-    store: dict[int, None] = {}
+    store: list[int] = []
     spacing = 1
-    for k in range(n):
+    for k in range(n - 1):
         if k % spacing == 0:
-            if len(store) >= (budget + 1) // 2:
+            if len(store) >= budget:
                 spacing *= 2
-                store = {i: None for i in store if i % spacing == 0}
+                store = [i for i in store if i % spacing == 0]
             if k % spacing == 0:
-                store[k] = None
-
-    plan = SimpleNamespace(store=store, log=[None] * n, budget=budget)
+                store.append(k)
+    kept = recursive.keep_checkpoints(store, n - 1, budget)
+    plan = SimpleNamespace(store=dict.fromkeys(kept), n_replayed=n - 1, budget=budget)
     return recursive.schedule(plan, lambda i, s: s, lambda i, s: None).recomputed
 
 

@@ -45,8 +45,8 @@ class SolverStats:
             Rosenbrock method; a batch of blocks counts once).
         n_linear_solves: linear solves with a factored iteration matrix (one per stage).
         n_recomputed_steps: with ``options={"checkpoints": K}``, the steps the backward pass will re-run (each
-            step at least once, to differentiate it; more with a small ``K``), as planned by the forward pass;
-            0 otherwise.
+            step but the last, which the forward pass takes with its graph, at least once, to differentiate it;
+            more with a small ``K``), as planned by the forward pass; 0 otherwise.
         max_stored_states: with ``options={"checkpoints": K}``, the most checkpoints (a state and the
             derivative its step reuses) held at once in the forward and the planned backward pass, at most
             ``K``; 0 otherwise.

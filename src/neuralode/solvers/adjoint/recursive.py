@@ -16,21 +16,33 @@ FSAL). Where they are stored depends on whether the number of steps ``n`` is kno
 
 * On a fixed grid it is (one step per grid point), so the forward pass stores the checkpoints revolve sets
   in its first sweep (:func:`first_sweep`): step ``0``, then :func:`split` steps further with one slot fewer
-  each time, up to ``K`` of them. The backward pass then runs revolve's whole plan, and re-runs within a
-  few steps of its fewest (revolve's own first sweep holds the last segment's states as it goes, which a
-  forward pass that runs to the end without a graph does not).
+  each time, up to ``K`` of them. With the last step taped (below), the backward pass then runs revolve's
+  whole plan and re-runs its fewest steps (``tests/test_checkpoints_budget.py`` checks the count).
 * On an adaptive solve it is not, so the checkpoints are thinned online: one at the steps
-  ``0, s, 2s, ...``; when ``F = ⌈K/2⌉`` are stored, every other one is dropped and the spacing ``s``
-  doubles, so the forward pass holds at most ``F`` states and the segments between checkpoints are at most
-  ``s <= 2n/F`` steps long (a geometric schedule).
+  ``0, s, 2s, ...``; when ``K`` are stored, every other one is dropped and the spacing ``s`` doubles, so the
+  forward pass holds at most ``K`` states and the segments between checkpoints are at most ``s <= 2n/K``
+  steps long (a geometric schedule).
 
-Why half the budget online: the backward pass reverses the segments last first, and while it reverses
-segment ``j`` the checkpoints of segments ``0 .. j-1`` are still held. Had the forward pass kept all ``K``,
-the last segment would be left one slot, and one slot reverses ``L`` steps in ``L (L + 1) / 2`` re-runs (each
-step is reached again from the segment's start); with ``K = 4`` and a few thousand steps that is hundreds of
-re-runs per step. Keeping ``⌈K/2⌉`` leaves every segment at least ``⌊K/2⌋ + 1`` slots, and the binomial rule
-below then re-runs each step about as often as revolve would with the whole budget and ``n`` known
-(``benchmarks/bench_checkpoints.py`` tabulates both).
+**Which checkpoints the backward pass keeps.** It reverses the segments last first, and while it reverses
+segment ``j`` the checkpoints of segments ``0 .. j-1`` are still held, so segment ``j`` has ``K - j`` slots.
+Keeping every stored checkpoint can leave the last segment one slot, and one slot reverses ``L`` steps in
+``L (L + 1) / 2`` re-runs (each step is reached again from the segment's start); dropping some gives the
+later segments slots. When the forward pass ends, :func:`keep_checkpoints` picks, of the states it holds, the
+subset (with step ``0``) whose reversal re-runs the fewest steps, by dynamic programming over the subsets and
+the binomial rule's exact count (:func:`reversal_cost`). A solve of at most ``K`` steps keeps every state
+and re-runs each step once; a long adaptive one keeps about half of them (thinning online to ``⌈K/2⌉`` and
+keeping them all is one of the subsets searched, so the choice re-runs no more than that). On a fixed grid
+the search keeps the first-sweep checkpoints whole, revolve's plan (``benchmarks/bench_checkpoints.py``
+tabulates both against revolve's fewest with ``n`` known).
+
+**The last step is taped.** The forward pass takes each attempt at the step that lands on the last time with
+autograd recording, from inputs of its own that require grad (revolve's first sweep ends the same way), and
+keeps the accepted one's graph (:class:`Tape`). The backward pass differentiates it first, from that graph,
+and re-runs only the steps before it: one step fewer, which is a third of the re-runs of a three-step solve.
+A second backward pass (``retain_graph=True``) finds that graph used up and re-runs the step from its
+inputs. (An attempt retried after a rejection, whose first stage was evaluated afresh from the state, is not
+taped: its first stage is then held as a value, while its gradient must flow through the state; the backward
+pass re-runs that step.)
 
 ``checkpoints="auto"`` sets the budget from the step count as the solve goes: ``K = 2 + ⌈log₂ n⌉`` after
 ``n`` accepted steps, so that a solve of ``n`` steps stores at most ``2 + ⌈log₂ n⌉`` states; each step is
@@ -50,7 +62,8 @@ start, last first. Reversing one step re-runs it with a graph from its stored in
 derivative when it was reused) and applies ``torch.autograd.grad`` to its end state, its FSAL derivative and
 the outputs it filled, against the adjoints carried from the step after it; parameter gradients are summed
 over the steps, last first. Which steps are re-run, and how often, changes nothing in the gradients: every
-step is re-run from the same state with the same arithmetic and differentiated alone, in the same order.
+step is differentiated alone, in the same order, from the same state with the same arithmetic (the taped last
+step on the forward pass's own graph of it).
 
 Gradients flow to ``y0``, ``t`` (through the solve's start and outputs, as without the option) and
 ``func.parameters()`` (``func`` must be a ``torch.nn.Module``, as torchdiffeq's ``odeint_adjoint`` asks
@@ -60,6 +73,7 @@ backward pass's schedule, planned in the forward pass by the same recursion (:fu
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -105,10 +119,13 @@ class RecordingClock(HostClock):
     Outputs reached without a step (a stop within rounding of the clock's time) are noted as copies of the
     state they were reached at (``arrivals``: output index -> state index)."""
 
-    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak", "planned")
+    __slots__ = ("log", "store", "spacing", "budget", "auto", "fresh", "arrivals", "peak", "planned", "tape", "taping")
 
     def __init__(self, *args, budget: int | str, **kwargs):
         super().__init__(*args, **kwargs)
+        # The last step's inputs and graph (:class:`Tape`), recorded as the forward pass takes it.
+        self.tape: Tape | None = None
+        self.taping: tuple[torch.Tensor, torch.Tensor | None, int] | None = None
         self.log: list[StepRecord] = []
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.fresh: bool | None  # whether the next step's f0 is evaluated (None: not yet attempted)
@@ -135,10 +152,39 @@ class RecordingClock(HostClock):
     def attempt(self, take):
         if self.fresh is None:  # the first attempt from this point: is its f0 carried or evaluated?
             self.fresh = self.f0 is None
+        if self.lands and self.i_stop == len(self.stops) - 1 and not (self.fresh and self.f0 is not None):
+            # (Not a step retried after a rejection that evaluated its first stage afresh: that stage is a function
+            # of y, which the backward pass differentiates through, so such a step is re-run there.)
+            # An attempt at the last step: taken with its graph, from inputs of its own (revolve's last step of
+            # the first sweep is taped, so the backward pass need not re-run it).
+            y = self.y.detach().requires_grad_()
+            f = None if self.f0 is None else self.f0.detach().requires_grad_()
+            self.y, self.f0, self.taping = y, f, (y, f, len(self.ys))
+            torch.set_grad_enabled(True)
         return super().attempt(take)
+
+    def untape(self) -> None:
+        """Back to the forward pass's mode without a graph (an attempt at the last step refused or rejected)."""
+        if self.taping is not None:
+            torch.set_grad_enabled(False)
+            self.taping = None
+
+    def release(self) -> None:
+        """Drop the clock's references into the last step's graph once the forward pass is over (the tape holds
+        what the backward pass needs, and gives it up there)."""
+        self.y = self.y.detach()
+        if self.f0 is not None:
+            self.f0 = self.f0.detach()
+        self.f1 = self.ev_interp = None
+        self.ys = []
+
+    def refuse(self, controller, f0, shrink) -> None:
+        self.untape()
+        super().refuse(controller, f0, shrink)
 
     def keep(self, accept, f0, step, dt_next, control) -> bool:
         if not super().keep(accept, f0, step, dt_next, control):
+            self.untape()
             return False
         k = len(self.log)
         self.log.append(
@@ -158,14 +204,16 @@ class RecordingClock(HostClock):
         if self.auto:
             self.budget = auto_budget(k + 1)
         store = self.store
-        if self.planned is not None:
+        if self.taping is not None:
+            pass  # the last step: the tape holds its inputs
+        elif self.planned is not None:
             # len(store) < budget: never more than the budget of the steps taken so far, which the final
             # budget is at least (it binds only where fewer steps were taken than planned).
             if k in self.planned and len(store) < self.budget:
                 store[k] = (self.y, None if self.fresh else self.f0)
                 self.peak = max(self.peak, len(store))
         elif k % self.spacing == 0:
-            if len(store) >= (self.budget + 1) // 2:
+            if len(store) >= self.budget:
                 self.spacing *= 2
                 self.store = store = {i: s for i, s in store.items() if i % self.spacing == 0}
             if k % self.spacing == 0:
@@ -176,6 +224,10 @@ class RecordingClock(HostClock):
     def move(self, f0, step, accept, dt_next, control, cut) -> None:
         super().move(f0, step, accept, dt_next, control, cut)
         self.fresh = None
+        if self.taping is not None:
+            y, f, first_out = self.taping
+            self.tape = Tape(len(self.log) - 1, y, f, step.y1, self.ys[first_out:])
+            self.untape()
 
     def replay(self, take, rec: StepRecord, y: torch.Tensor, f0: torch.Tensor | None):
         """Take the recorded step ``rec`` again from ``(y, f0)`` with the host clock's own arithmetic. Returns
@@ -212,6 +264,18 @@ class RecordingClock(HostClock):
         return step.y1, self.f0, self.ys
 
 
+@dataclass
+class Tape:
+    """The last step as the forward pass took it, with its graph: step ``k`` from the inputs ``y`` (and ``f``, the
+    derivative it reused, or ``None``) that require grad, to ``y1`` and the ``outputs`` it filled."""
+
+    k: int
+    y: torch.Tensor
+    f: torch.Tensor | None
+    y1: torch.Tensor
+    outputs: list[torch.Tensor] | None  # None once a backward pass has used the graph up
+
+
 def split(length: int, slots: int) -> int:
     """Where revolve sets its next checkpoint in ``length >= 2`` steps with ``slots >= 2`` (the start's
     included), so that reversing them advances over the fewest steps.
@@ -239,6 +303,52 @@ def first_sweep(n: int, budget: int) -> frozenset[int]:
         slots -= 1
         out.append(a)
     return frozenset(out)
+
+
+@functools.cache
+def reversal_cost(length: int, slots: int) -> int:
+    """The steps :func:`reverse` re-runs (advanced, and the one differentiated each) to reverse ``length`` steps
+    from a held state with ``slots`` slots, the start's included."""
+    if length <= 1:
+        return length
+    if slots < 2:
+        return length * (length + 1) // 2  # from the start to each step, last first
+    m = split(length, slots)
+    return m + reversal_cost(length - m, slots - 1) + reversal_cost(m, slots)
+
+
+def keep_checkpoints(positions: list[int], n: int, budget: int) -> list[int]:
+    """The checkpoints to keep for the backward pass: of the steps ``positions`` (sorted, ``0`` first) whose
+    states the forward pass holds after ``n`` steps, the subset with ``0`` whose reversal re-runs the fewest steps
+    (:func:`reversal_cost`), fewest kept on a tie.
+
+    Segment ``j`` (from the ``j``-th kept checkpoint to the next, or to ``n``) is reversed with the ``budget - j``
+    slots left while the ``j`` before it are held, so a checkpoint is worth keeping only where the slots it takes
+    from the segments before it cost less than the re-runs it saves: every state held when ``n <= budget``
+    (each step then re-run once, to differentiate it), fewer where a long last segment needs the slots."""
+    m = len(positions)
+    if m <= 1:
+        return list(positions)
+
+    @functools.cache
+    def best(i: int, j: int) -> tuple[int, int, int]:
+        """``(re-runs, kept, next)`` from ``positions[i]``, the ``j``-th checkpoint kept, to the end; ``next`` is
+        the next kept index (``m``: none)."""
+        slots = budget - j
+        out = (reversal_cost(n - positions[i], slots), 1, m)
+        if slots > 1:
+            for i2 in range(i + 1, m):
+                cost, kept, _ = best(i2, j + 1)
+                cand = (reversal_cost(positions[i2] - positions[i], slots) + cost, kept + 1, i2)
+                if cand[:2] < out[:2]:
+                    out = cand
+        return out
+
+    kept, i = [], 0
+    while i < m:
+        kept.append(positions[i])
+        i = best(i, len(kept) - 1)[2]
+    return kept
 
 
 class Counter:
@@ -280,9 +390,10 @@ def reverse(a: int, b: int, state: Any, slots: int, advance, back, count: Counte
 
 def schedule(run: Run, advance, back) -> Counter:
     """Reverse every segment, last first, segment ``j`` with the ``budget - j`` slots left to it; with
-    ``advance``/``back`` that do nothing it is the plan."""
+    ``advance``/``back`` that do nothing it is the plan. The last step, when the forward pass taped it, is
+    differentiated before (and not re-run): the segments end at ``run.n_replayed``."""
     starts = sorted(run.store)
-    ends = starts[1:] + [len(run.log)]
+    ends = starts[1:] + [run.n_replayed]
     count = Counter(len(starts))
     for j in range(len(starts) - 1, -1, -1):
         reverse(starts[j], ends[j], run.store.get(starts[j]), run.budget - j, advance, back, count)
@@ -306,6 +417,8 @@ class Run:
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.budget = clock.budget
         self.n_outputs = 0
+        self.tape: Tape | None = None
+        self.n_replayed = 0  # the steps the backward pass reverses by re-running them: all but a taped last one
 
 
 class _RecursiveCheckpoint(torch.autograd.Function):
@@ -314,11 +427,22 @@ class _RecursiveCheckpoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run: Run, y0: torch.Tensor, f0: torch.Tensor, *params: torch.Tensor):
         clock = run.clock
-        integrate(clock, run.make_stepper(), run.controller, run.error)
-        run.log, run.store, run.budget = clock.log, clock.store, clock.budget
+        try:
+            integrate(clock, run.make_stepper(), run.controller, run.error)
+        finally:
+            clock.untape()  # the mode of Function.forward (without a graph), whatever stopped the solve
+        run.log, run.budget = clock.log, clock.budget
+        n = len(clock.log)
+        run.tape = clock.tape if clock.tape is not None and clock.tape.k == n - 1 else None
+        run.n_replayed = n - 1 if run.tape is not None else n
+        kept = keep_checkpoints([k for k in sorted(clock.store) if k < run.n_replayed], run.n_replayed, clock.budget)
+        run.store = {k: clock.store[k] for k in kept}
+        clock.store, clock.tape = {}, None
         run.n_outputs = len(clock.ys)
         ctx.run = run
-        return torch.stack(clock.ys[1:])
+        out = torch.stack(clock.ys[1:])
+        clock.release()
+        return out
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
@@ -352,12 +476,21 @@ class _RecursiveCheckpoint(torch.autograd.Function):
             return (y1, f1)
 
         def back(k: int, state):
+            """Re-run step ``k`` from ``state`` with a graph and differentiate it."""
             rec = log[k]
             y_in, f_in = state
             with torch.enable_grad():
                 y = y_in.detach().requires_grad_()
                 f = None if (rec.fresh or f_in is None) else f_in.detach().requires_grad_()
                 y1, f1, outs = clock.replay(take, rec, y, f)
+            pull(k, y, f, y1, f1, outs)
+
+        def pull(k: int, y: torch.Tensor, f: torch.Tensor | None, y1: torch.Tensor, f1, outs) -> None:
+            """The adjoints at step ``k``'s start from those at its end: ``autograd.grad`` of its graph from the
+            inputs ``y`` (and ``f``) to its end state ``y1``, the derivative ``f1`` the next step reuses and the
+            outputs ``outs`` it filled."""
+            rec = log[k]
+            with torch.enable_grad():
                 roots, cot = [y1], [adj["y"]]
                 if f1 is not None and adj["f"] is not None:
                     roots.append(f1)
@@ -368,12 +501,12 @@ class _RecursiveCheckpoint(torch.autograd.Function):
                 pairs = [(r, c) for r, c in zip(roots, cot) if r.requires_grad]
                 inputs = [y] + ([f] if f is not None else []) + list(params)
                 grads = torch.autograd.grad([r for r, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True)
-            gy = grads[0] if grads[0] is not None else torch.zeros_like(y_in)
+            gy = grads[0] if grads[0] is not None else torch.zeros_like(y)
             for j in arrivals.get(k, ()):
                 gy = gy + grad_out[j]
             adj["y"] = gy
             if f is not None:
-                adj["f"] = grads[1] if grads[1] is not None else torch.zeros_like(f_in)
+                adj["f"] = grads[1] if grads[1] is not None else torch.zeros_like(f)
             else:
                 adj["f"] = None
             for i, g in enumerate(grads[len(inputs) - len(params) :]):
@@ -387,9 +520,17 @@ class _RecursiveCheckpoint(torch.autograd.Function):
                         g_params[i], owned[i] = before + g, True
             clock.ys = []
 
+        tape, extra = run.tape, 0
+        if tape is not None:
+            if tape.outputs is not None:  # the first backward pass: the forward pass's graph, used up here
+                pull(tape.k, tape.y, tape.f, tape.y1, None, tape.outputs)
+                tape.y1, tape.outputs = tape.y, None
+            else:  # a later one (retain_graph): that graph is freed, the step is re-run from its inputs
+                back(tape.k, (tape.y, tape.f))
+                extra = 1
         count = schedule(run, advance, back)
         LAST_BACKWARD.clear()
-        LAST_BACKWARD.update(n_recomputed_steps=count.recomputed, max_stored_states=count.peak)
+        LAST_BACKWARD.update(n_recomputed_steps=count.recomputed + extra, max_stored_states=count.peak)
         g_f0 = adj["f"] if log and not log[0].fresh else None
         return (None, adj["y"], g_f0, *g_params)
 
