@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -158,14 +158,20 @@ class PerSampleStats:
         return 1.0 - float(self.nfe.sum()) / self.rows_evaluated
 
 
-def _tensors(obj: object, depth: int = 0) -> Iterator[torch.Tensor]:
-    """The tensors in ``obj``: itself, or those in a tuple or list (a NamedTuple such as a step's result, an
-    Adams history), three levels deep."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif depth < 3 and isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _tensors(item, depth + 1)
+def _add_storages(sizes: dict[tuple[int, int], int], objs: tuple[object, ...]) -> None:
+    """``sizes[(device, storage)] = storage bytes`` for the tensors in ``objs``, and in the tuples and lists in
+    them (a NamedTuple such as a step's result, an Adams history); anything else is passed over."""
+    stack = list(objs)
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            try:
+                storage = x.untyped_storage()
+                sizes[(x.get_device(), storage.data_ptr())] = storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own (a wrapper subclass)
+                sizes[(-2, id(x))] = x.nelement() * x.element_size()
+        elif isinstance(x, (tuple, list)):
+            stack.extend(x)
 
 
 class HeldStorages:
@@ -181,29 +187,21 @@ class HeldStorages:
     __slots__ = ("_bytes", "peak", "carried")
 
     def __init__(self, carried: Callable[[], int] | None = None) -> None:
-        self._bytes: dict[tuple[str, int], int] = {}
+        self._bytes: dict[tuple[int, int], int] = {}
         self.peak = 0
         self.carried = carried
 
-    @staticmethod
-    def _key(x: torch.Tensor) -> tuple[tuple[str, int], int]:
-        try:
-            storage = x.untyped_storage()
-            return (str(x.device), storage.data_ptr()), storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own (a wrapper subclass)
-            return ("id", id(x)), x.nelement() * x.element_size()
-
     def add(self, *objs: object) -> None:
         """Hold the tensors in ``objs``; notes the new total."""
-        for x in _tensors(objs):
-            key, size = self._key(x)
-            self._bytes[key] = size
+        _add_storages(self._bytes, objs)
         self.note()
 
     def discard(self, *objs: object) -> None:
         """No longer hold the tensors in ``objs``."""
-        for x in _tensors(objs):
-            self._bytes.pop(self._key(x)[0], None)
+        gone: dict[tuple[int, int], int] = {}
+        _add_storages(gone, objs)
+        for key in gone:
+            self._bytes.pop(key, None)
 
     @property
     def nbytes(self) -> int:
@@ -266,24 +264,23 @@ class BackwardRecord:
 
 def storage_bytes(*objs: object) -> int:
     """Bytes of the distinct storages of the tensors in ``objs`` (as :class:`HeldStorages` counts them)."""
-    held = HeldStorages()
-    held.add(*objs)
-    return held.nbytes
+    sizes: dict[tuple[int, int], int] = {}
+    _add_storages(sizes, objs)
+    return sum(sizes.values())
 
 
-def dense_tensors(dense: DenseOutput) -> list[torch.Tensor]:
-    """The tensors a dense output keeps: those its step interpolants hold (start and end states, stages,
-    error estimates, the derivatives evaluated on first use). Interpolants that are not
-    :class:`~neuralode.solvers.methods.interpolants.StepInterpolant` objects (compiled chunks' closures)
-    are not seen."""
-    out: list[torch.Tensor] = []
-    for _, _, interp in dense._pieces:
-        for cls in type(interp).__mro__:
-            for name in getattr(cls, "__slots__", ()):
-                value = getattr(interp, name, None)
-                if not callable(value) or isinstance(value, torch.Tensor):
-                    out.extend(_tensors(value))
-    return out
+# What a step interpolant (methods/interpolants.py, StepInterpolant) holds tensors in: its start state and
+# derivative, the step's result (end state, error estimates, stages), the end derivative and the extended stages
+# once evaluated.
+_INTERPOLANT_TENSORS = ("y0", "f0", "step", "f1", "k")
+
+
+def dense_tensors(dense: DenseOutput) -> list[object]:
+    """What a dense output keeps, for :func:`storage_bytes`: the tensors its step interpolants hold (start and
+    end states, stages, error estimates, the derivatives evaluated on first use). Interpolants that are not
+    :class:`~neuralode.solvers.methods.interpolants.StepInterpolant` objects (compiled chunks' closures) are
+    not seen."""
+    return [getattr(interp, name, None) for _, _, interp in dense._pieces for name in _INTERPOLANT_TENSORS]
 
 
 @dataclass(frozen=True)
@@ -428,8 +425,17 @@ class Solution(Generic[Y_co]):
         stats: function evaluations and step counts (:class:`PerSampleStats`, with ``(B,)`` counters, for a
             solve with ``options={"per_sample": True}``).
         method: the name of the method used.
-        adjoint_stats: for :func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint`, the counters of the
-            backward (adjoint) solves, filled in when gradients are computed; ``None`` otherwise.
+        adjoint_stats: the counters of the backward passes of a gradient mode that runs its own, filled in as
+            ``backward`` runs (:class:`SolverStats`: backward evaluations of ``func``, steps re-run, bytes held):
+            the adjoints (:func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint`, ``adjoint="backsolve"``,
+            ``"interpolating"``, ``"gauss"``; a :class:`PerSampleStats` for the per-sample adjoint), recursive
+            checkpointing (``options={"checkpoints": K}``) and per-step checkpointing
+            (``options={"checkpoint": True}``, whose re-runs ``torch.utils.checkpoint`` makes: for the methods that
+            checkpoint their steps, the explicit ones and Rosenbrock's; with ``method="auto"`` its rodas5p steps).
+            ``None`` for backpropagation, whose backward pass is autograd's through the recorded solve (its memory
+            is what ``adjoint="auto"`` estimates, ``adjoint_choice.estimated_bytes["backprop"]``), and for methods
+            that accept ``options["checkpoint"]`` without checkpointing their steps (the ESDIRK, Radau and fixed
+            implicit methods).
         events: the located events in time order (:class:`EventRecord`); empty without events.
         dense: the kept interpolants when the solve ran with ``options={"dense": True}``.
         adjoint_choice: for a solve called with ``adjoint=`` other than ``"backprop"``, the gradient mode that ran
