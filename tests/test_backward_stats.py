@@ -105,7 +105,8 @@ def test_recomputed_steps_are_the_forward_plan(method, options):
     sol = solve(func, y0_(), T, method=method, rtol=1e-6, atol=1e-8, options=options)
     plan = sol.stats.n_recomputed_steps
     if options.get("checkpoint"):
-        assert plan == sol.stats.n_accepted  # each accepted step re-run once
+        # each accepted step re-run once, and the rejected attempts whose evaluated f(t, y) the retry reuses
+        assert sol.stats.n_accepted <= plan <= sol.stats.n_steps
     else:
         assert plan > sol.stats.n_accepted  # a binding budget re-runs steps more than once
     counted = backward_counted(func, sol.ys.pow(2).sum())
@@ -114,6 +115,33 @@ def test_recomputed_steps_are_the_forward_plan(method, options):
     assert stats.nfe == counted
     if method == "rodas5p":  # the re-run Rosenbrock steps form their Jacobians again
         assert stats.n_jac_evals == plan
+
+
+class Decay(torch.nn.Module):
+    """A field with a switch at ``t = 0.5``, on which rodas5p rejects steps."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(3, 3, generator=gen, dtype=F64) / 3)
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return torch.tanh(y) @ self.w - 0.1 * y * (t > 0.5)
+
+
+def test_checkpoint_plan_counts_the_rejected_steps_backward_re_runs():
+    # A rejected rodas5p attempt evaluates f(t, y) itself; the retry reuses it, an output of the attempt's
+    # checkpoint, so backward re-runs the attempt too (and stops once f is formed again).
+    func = Decay()
+    y0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=F64, requires_grad=True)
+    sol = solve(func, y0, T, method="rodas5p", options={"checkpoint": True})
+    assert sol.stats.n_rejected > 0
+    plan = sol.stats.n_recomputed_steps
+    assert plan > sol.stats.n_accepted
+    counted = backward_counted(func, sol.ys.pow(2).sum())
+    assert sol.adjoint_stats.n_recomputed_steps == plan and sol.adjoint_stats.nfe == counted
 
 
 @pytest.mark.parametrize(("method", "step"), [("rk4", 0.05), ("rk4", 0.0125), ("dopri5", None)])

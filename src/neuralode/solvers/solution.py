@@ -51,7 +51,8 @@ class SolverStats:
         n_recomputed_steps: in ``Solution.stats``: with ``options={"checkpoints": K}``, the steps the backward
             pass will re-run (each step at least once, to differentiate it; more with a small ``K``), as planned
             by the forward pass; with ``options={"checkpoint": True}``, the steps taken under checkpointing
-            (accepted steps; each is re-run once by a backward pass that reaches it); 0 otherwise. In
+            that a backward pass reaching them re-runs, once each: the accepted steps, and the rejected attempts
+            whose evaluated ``f(t, y)`` the retry reuses (:class:`BackwardRecord`); 0 otherwise. In
             ``Solution.adjoint_stats``: the steps the backward passes re-ran, counted as they run.
         max_stored_states: with ``options={"checkpoints": K}``, the most checkpoints (a state and the
             derivative its step reuses) held at once in the forward and the planned backward pass, at most
@@ -223,26 +224,35 @@ class BackwardRecord:
     For per-step checkpointing (``options={"checkpoint": True}``) it is shared by the solve's checkpointed
     steppers: each attempt names its inputs (:meth:`attempt`), the loop's verdict keeps an accepted one's
     (:meth:`settle`: the step will be re-run by backward, counted in the forward counters' ``n_recomputed_steps``
-    as the plan), and each re-run in backward is counted as it runs (:meth:`rerun`).
+    as the plan), and each re-run in backward is counted as it runs (:meth:`rerun`). A rejected attempt that
+    evaluated its first derivative itself is re-run too: the loop retries from the same point reusing that
+    derivative, an output of the attempt's checkpoint (``torch.utils.checkpoint`` stops that re-run once the
+    derivative is formed again); its inputs are the retry's.
     """
 
-    __slots__ = ("stats", "held", "pending")
+    __slots__ = ("stats", "held", "pending", "evaluates_f0")
 
     def __init__(self, stats: SolverStats | None = None) -> None:
         self.stats = SolverStats() if stats is None else stats
         self.held = HeldStorages()
         self.pending: tuple[object, ...] | None = None
+        self.evaluates_f0 = False
 
-    def attempt(self, *inputs: object) -> None:
-        """The inputs of the step just attempted under checkpointing (tensors, ``None``, tuples of tensors)."""
-        self.pending = inputs
+    def attempt(self, f0: torch.Tensor | None, *inputs: object) -> None:
+        """The first derivative the step just attempted under checkpointing was given (``None``: it evaluates
+        it) and its other inputs (tensors, ``None``, tuples of tensors)."""
+        self.pending = (f0, *inputs)
+        self.evaluates_f0 = f0 is None
 
     def settle(self, accepted: bool, counted: SolverStats) -> None:
         """The loop's verdict on the last attempt: an accepted step's inputs are held until backward re-runs
-        it, and ``counted`` (the forward counters) plans that re-run."""
-        if accepted and self.pending is not None:
-            self.held.add(*self.pending)
-            counted.n_recomputed_steps += 1
+        it, and ``counted`` (the forward counters) plans that re-run; so is a rejected one's whose evaluated
+        derivative the retry reuses."""
+        if self.pending is not None:
+            if accepted:
+                self.held.add(*self.pending)
+            if accepted or self.evaluates_f0:
+                counted.n_recomputed_steps += 1
         self.pending = None
 
     def rerun(self, counted: SolverStats, step: Callable[..., Any], *args: Any) -> Any:

@@ -81,7 +81,7 @@ class CheckpointedStepper(Stepper):
         from torch.utils.checkpoint import checkpoint as run_checkpointed
 
         self.entered = 0
-        self.record.attempt(y, f0, memory)
+        self.record.attempt(f0, y, memory)
         self.forwarding = True
         try:
             out = run_checkpointed(self._counted, side, t, y, f0, h, stage, memory, use_reentrant=False)

@@ -418,7 +418,7 @@ class CheckpointedRosenbrockStepper(RosenbrockStepper):
         from torch.utils.checkpoint import checkpoint as run_checkpointed
 
         flags = (self.state.checked, self.state.time_dependent)
-        self.record.attempt(y, f0)
+        self.record.attempt(f0, y)
         self.forwarding = True
         try:
             return run_checkpointed(self._step, t, y, f0, h, flags, use_reentrant=False)
