@@ -334,7 +334,9 @@ def _run(
     # ``stats`` whenever they run again, and with options['checkpoint'] backward re-runs every step
     # (measured: dopri5 38 evaluations forward, 74 after backward; rk4 40 -> 79; rodas5p's
     # Jacobians 16 -> 24), which would make the statistics describe forward plus recomputation.
-    return Solution(ts, ys_out, dataclasses.replace(stats), method.name, None, tuple(result.events), dense)
+    # options['checkpoint'] and ['checkpoints'] run backward passes of their own, counted apart (set by them).
+    backward = problem.backward.stats if problem.backward is not None else None
+    return Solution(ts, ys_out, dataclasses.replace(stats), method.name, backward, tuple(result.events), dense)
 
 
 def refuse_with_checkpoints(events, forward: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .options import _check_func, _type_name, time_dtype
-from .solution import SolverStats, TensorOrTuple
+from .solution import BackwardRecord, SolverStats, TensorOrTuple
 
 _ARRAY_CODES = {torch.float32: "f", torch.float64: "d"}  # array typecodes of the CPU time dtypes
 
@@ -185,6 +185,9 @@ class _Problem:
         # callback_reject_step), each None when func has none (given: as check_step_callbacks found them).
         self.callbacks = tuple(getattr(func, name, None) for name in CALLBACK_NAMES) if callbacks is None else callbacks
         self.watch = True  # check func's input for in-place changes (set by first_call)
+        # The backward passes of the solve's own (checkpointing): set by the mode that runs one, its counters
+        # returned as Solution.adjoint_stats; None for backpropagation.
+        self.backward: BackwardRecord | None = None
 
     def cache_times(self, values: list[float]) -> None:
         """Create the time tensors of known evaluation times at once (one tensor, unbound),

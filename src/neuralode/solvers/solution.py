@@ -8,7 +8,7 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 
@@ -20,12 +20,16 @@ Y_co = TypeVar("Y_co", bound=TensorOrTuple, covariant=True)
 
 @dataclass
 class SolverStats:
-    """Counters of one solve.
+    """Counters of one solve, or of the backward passes of a gradient mode that runs its own.
 
-    They count the work of the solve call itself, as it returns: evaluations made afterwards
-    (backward re-running the steps of a solve with ``options={"checkpoint": True}``, a dense
-    output evaluated later) are not added. The adjoint's backward solve is counted apart, in
-    ``Solution.adjoint_stats``.
+    ``Solution.stats`` count the work of the solve call itself, as it returns: evaluations made afterwards
+    (backward re-running the steps of a solve with ``options={"checkpoint": True}``, a dense output
+    evaluated later) are not added. A gradient mode with a backward pass of its own (the adjoints, both
+    checkpointings) counts that pass apart, in ``Solution.adjoint_stats``: there ``nfe`` counts the
+    evaluations of ``func`` made during backward, ``n_accepted``/``n_rejected`` the backward solve's steps
+    (the adjoints), ``n_recomputed_steps`` the forward steps re-run (the checkpointings) and ``held_bytes``
+    the memory held for the backward pass. Counters add up over backward passes (a second ``backward`` of a
+    retained graph adds its work); ``held_bytes`` is the most over them.
 
     Attributes:
         nfe: evaluations of ``func`` (including the initial-step heuristic's one).
@@ -44,12 +48,27 @@ class SolverStats:
         n_factorizations: LU factorisations of the iteration matrix (one per step attempt of a
             Rosenbrock method; a batch of blocks counts once).
         n_linear_solves: linear solves with a factored iteration matrix (one per stage).
-        n_recomputed_steps: with ``options={"checkpoints": K}``, the steps the backward pass will re-run (each
-            step but the last, which the forward pass takes with its graph, at least once, to differentiate it;
-            more with a small ``K``), as planned by the forward pass; 0 otherwise.
+        n_recomputed_steps: in ``Solution.stats``: with ``options={"checkpoints": K}``, the steps the backward
+            pass will re-run (each step but the last, which the forward pass takes with its graph, at least once,
+            to differentiate it; more with a small ``K``), as planned by the forward pass; with ``options={"checkpoint": True}``, the steps taken under checkpointing
+            that a backward pass reaching them re-runs, once each: the accepted steps, and the rejected attempts
+            whose evaluated ``f(t, y)`` the retry reuses (:class:`BackwardRecord`); 0 otherwise. In
+            ``Solution.adjoint_stats``: the steps the backward passes re-ran, counted as they run.
         max_stored_states: with ``options={"checkpoints": K}``, the most checkpoints (a state and the
             derivative its step reuses) held at once in the forward and the planned backward pass, at most
             ``K``; 0 otherwise.
+        held_bytes: in ``Solution.adjoint_stats``: the most bytes of tensors the gradient mode itself held for
+            its backward pass at one time (:class:`HeldStorages`: each storage once, at its full size). What
+            it counts, by mode: per-step checkpointing, the inputs of every checkpointed step (state, reused
+            derivative, multistep history); recursive checkpointing, the stored checkpoints (states and reused
+            derivatives) and the adjoints it carries from step to step (of the state, of the reused derivative,
+            the parameter-gradient sums); the backsolve adjoint, the saved outputs and the backward state
+            ``(y, a, *gθ)``; the interpolating adjoint, the saved outputs, the forward solve's dense-output
+            tables and ``(a, *gθ)``; the Gauss adjoint, the same with ``a`` and the parameter-gradient sums, and
+            the dense output of the backward interval being summed. Not counted: the transient graph of the one
+            step (or evaluation) being differentiated, and the backward solver's own stages, which autograd and
+            the solver free step by step (``AdjointChoice.eval_bytes`` estimates one evaluation's graph). 0 in
+            ``Solution.stats``.
     """
 
     nfe: int = 0
@@ -65,6 +84,7 @@ class SolverStats:
     n_linear_solves: int = 0
     n_recomputed_steps: int = 0
     max_stored_states: int = 0
+    held_bytes: int = 0
 
     @property
     def n_steps(self) -> int:
@@ -82,6 +102,11 @@ class PerSampleStats:
     ``n_rejected``, ``last_step`` and ``next_step`` are sample ``i``'s own, as are ``n_event_evals``
     and ``n_events``. It is a record of its own rather than a :class:`SolverStats`, whose counters are
     numbers: code that reads a solve's statistics as numbers is not handed tensors unawares.
+
+    As ``Solution.adjoint_stats`` of the per-sample adjoint, the counters of its backward solve (``nfe[i]``
+    the evaluations made for sample ``i``), added up over backward passes, and ``held_bytes``, as for
+    :class:`SolverStats`: the saved outputs (and event times and states), the backward state ``[y, a]`` and
+    the parameter-gradient sums.
 
     Attributes:
         rows_evaluated: rows of the state passed to ``func`` in total (``sum`` of the batch size
@@ -102,6 +127,7 @@ class PerSampleStats:
     n_linear_solves: int = 0
     n_recomputed_steps: int = 0
     max_stored_states: int = 0
+    held_bytes: int = 0
     rows_evaluated: int = 0
     calls: int = 0
 
@@ -131,6 +157,140 @@ class PerSampleStats:
         if self.rows_evaluated == 0:
             return 0.0
         return 1.0 - float(self.nfe.sum()) / self.rows_evaluated
+
+
+def _add_storages(sizes: dict[tuple[int, int], int], objs: tuple[object, ...]) -> None:
+    """``sizes[(device, storage)] = storage bytes`` for the tensors in ``objs``, and in the tuples and lists in
+    them (a NamedTuple such as a step's result, an Adams history); anything else is passed over."""
+    stack = list(objs)
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            try:
+                storage = x.untyped_storage()
+                sizes[(x.get_device(), storage.data_ptr())] = storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own (a wrapper subclass)
+                sizes[(-2, id(x))] = x.nelement() * x.element_size()
+        elif isinstance(x, (tuple, list)):
+            stack.extend(x)
+
+
+class HeldStorages:
+    """The storages of the tensors a gradient mode holds for its backward pass, each counted once at its full
+    size (``untyped_storage().nbytes()``: a view keeps its whole storage alive), with the most bytes held.
+
+    Plain arithmetic on tensors the mode already holds: no allocator sampling, no hooks. ``add`` and
+    ``discard`` take tensors, ``None`` or tuples and lists of them; :attr:`peak` is the most :attr:`nbytes`
+    plus ``carried()`` seen at a call of :meth:`note` (which ``add`` makes). ``carried``: the bytes of what
+    the mode holds apart, replaced as it goes (the adjoints it carries from step to step).
+    """
+
+    __slots__ = ("_bytes", "peak", "carried")
+
+    def __init__(self, carried: Callable[[], int] | None = None) -> None:
+        self._bytes: dict[tuple[int, int], int] = {}
+        self.peak = 0
+        self.carried = carried
+
+    def add(self, *objs: object) -> None:
+        """Hold the tensors in ``objs``; notes the new total."""
+        _add_storages(self._bytes, objs)
+        self.note()
+
+    def discard(self, *objs: object) -> None:
+        """No longer hold the tensors in ``objs``."""
+        gone: dict[tuple[int, int], int] = {}
+        _add_storages(gone, objs)
+        for key in gone:
+            self._bytes.pop(key, None)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return sum(self._bytes.values())
+
+    def note(self, extra: int = 0) -> int:
+        """Note the bytes held now, with ``carried()`` and ``extra`` (held apart for a while, e.g. one backward
+        interval's dense output), in :attr:`peak`; returns that sum."""
+        now = self.nbytes + extra + (self.carried() if self.carried is not None else 0)
+        self.peak = max(self.peak, now)
+        return now
+
+
+class BackwardRecord:
+    """The backward passes of a solve whose gradient mode runs one of its own, as ``Solution.adjoint_stats``
+    shows them (:attr:`stats`), with the storages held for them (:attr:`held`).
+
+    For per-step checkpointing (``options={"checkpoint": True}``) it is shared by the solve's checkpointed
+    steppers: each attempt names its inputs (:meth:`attempt`), the loop's verdict keeps an accepted one's
+    (:meth:`settle`: the step will be re-run by backward, counted in the forward counters' ``n_recomputed_steps``
+    as the plan), and each re-run in backward is counted as it runs (:meth:`rerun`). A rejected attempt that
+    evaluated its first derivative itself is re-run too: the loop retries from the same point reusing that
+    derivative, an output of the attempt's checkpoint (``torch.utils.checkpoint`` stops that re-run once the
+    derivative is formed again); its inputs are the retry's.
+    """
+
+    __slots__ = ("stats", "held", "pending", "evaluates_f0")
+
+    def __init__(self, stats: SolverStats | None = None) -> None:
+        self.stats = SolverStats() if stats is None else stats
+        self.held = HeldStorages()
+        self.pending: tuple[object, ...] | None = None
+        self.evaluates_f0 = False
+
+    def attempt(self, f0: torch.Tensor | None, *inputs: object) -> None:
+        """The first derivative the step just attempted under checkpointing was given (``None``: it evaluates
+        it) and its other inputs (tensors, ``None``, tuples of tensors)."""
+        self.pending = (f0, *inputs)
+        self.evaluates_f0 = f0 is None
+
+    def settle(self, accepted: bool, counted: SolverStats) -> None:
+        """The loop's verdict on the last attempt: an accepted step's inputs are held until backward re-runs
+        it, and ``counted`` (the forward counters) plans that re-run; so is a rejected one's whose evaluated
+        derivative the retry reuses."""
+        if self.pending is not None:
+            if accepted:
+                self.held.add(*self.pending)
+            if accepted or self.evaluates_f0:
+                counted.n_recomputed_steps += 1
+        self.pending = None
+
+    def rerun(self, counted: SolverStats, step: Callable[..., Any], *args: Any) -> Any:
+        """``step(*args)`` re-run by backward: the work ``counted`` (the counters the step's evaluations go to)
+        grows by is added to :attr:`stats`, with one recomputed step, and the inputs held, all of them
+        still there when the first step is re-run, to ``held_bytes``."""
+        out = self.stats
+        out.held_bytes = max(out.held_bytes, self.held.nbytes)
+        nfe, jac, lu, lin = counted.nfe, counted.n_jac_evals, counted.n_factorizations, counted.n_linear_solves
+        try:
+            return step(*args)
+        finally:  # a re-run torch.utils.checkpoint stops once it has what backward needs counts as one
+            out.nfe += counted.nfe - nfe
+            out.n_jac_evals += counted.n_jac_evals - jac
+            out.n_factorizations += counted.n_factorizations - lu
+            out.n_linear_solves += counted.n_linear_solves - lin
+            out.n_recomputed_steps += 1
+
+
+def storage_bytes(*objs: object) -> int:
+    """Bytes of the distinct storages of the tensors in ``objs`` (as :class:`HeldStorages` counts them)."""
+    sizes: dict[tuple[int, int], int] = {}
+    _add_storages(sizes, objs)
+    return sum(sizes.values())
+
+
+# What a step interpolant (methods/interpolants.py, StepInterpolant) holds tensors in: its start state and
+# derivative, the step's result (end state, error estimates, stages), the end derivative and the extended stages
+# once evaluated.
+_INTERPOLANT_TENSORS = ("y0", "f0", "step", "f1", "k")
+
+
+def dense_tensors(dense: DenseOutput) -> list[object]:
+    """What a dense output keeps, for :func:`storage_bytes`: the tensors its step interpolants hold (start and
+    end states, stages, error estimates, the derivatives evaluated on first use). Interpolants that are not
+    :class:`~neuralode.solvers.methods.interpolants.StepInterpolant` objects (compiled chunks' closures) are
+    not seen."""
+    return [getattr(interp, name, None) for _, _, interp in dense._pieces for name in _INTERPOLANT_TENSORS]
 
 
 @dataclass(frozen=True)
@@ -275,8 +435,17 @@ class Solution(Generic[Y_co]):
         stats: function evaluations and step counts (:class:`PerSampleStats`, with ``(B,)`` counters, for a
             solve with ``options={"per_sample": True}``).
         method: the name of the method used.
-        adjoint_stats: for :func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint`, the counters of the
-            backward (adjoint) solves, filled in when gradients are computed; ``None`` otherwise.
+        adjoint_stats: the counters of the backward passes of a gradient mode that runs its own, filled in as
+            ``backward`` runs (:class:`SolverStats`: backward evaluations of ``func``, steps re-run, bytes held):
+            the adjoints (:func:`~neuralode.solvers.adjoint.backsolve.solve_adjoint`, ``adjoint="backsolve"``,
+            ``"interpolating"``, ``"gauss"``; a :class:`PerSampleStats` for the per-sample adjoint), recursive
+            checkpointing (``options={"checkpoints": K}``) and per-step checkpointing
+            (``options={"checkpoint": True}``, whose re-runs ``torch.utils.checkpoint`` makes: for the methods that
+            checkpoint their steps, the explicit ones and Rosenbrock's; with ``method="auto"`` its rodas5p steps).
+            ``None`` for backpropagation, whose backward pass is autograd's through the recorded solve (its memory
+            is what ``adjoint="auto"`` estimates, ``adjoint_choice.estimated_bytes["backprop"]``), and for methods
+            that accept ``options["checkpoint"]`` without checkpointing their steps (the ESDIRK, Radau and fixed
+            implicit methods).
         events: the located events in time order (:class:`EventRecord`); empty without events.
         dense: the kept interpolants when the solve ran with ``options={"dense": True}``.
         adjoint_choice: for a solve called with ``adjoint=`` other than ``"backprop"``, the gradient mode that ran

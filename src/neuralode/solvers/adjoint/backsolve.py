@@ -88,7 +88,7 @@ from ..options import (
     time_dtype,
 )
 from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
-from ..solution import DenseOutput, Solution, SolverStats, TensorOrTuple
+from ..solution import DenseOutput, HeldStorages, Solution, SolverStats, TensorOrTuple, dense_tensors, storage_bytes
 from .common import (
     IN_BACKWARD,
     AdjointConfig,
@@ -215,7 +215,12 @@ class _AdjointSolve(torch.autograd.Function):
 
             need_t = ctx.needs_input_grad[3]
             backward = gauss_backward if cfg.quadrature_nodes else interpolating_backward
-            a, t_grad, g_params = backward(cfg, t, ys, grad_ys, need_t)
+            # Held for this pass: the saved outputs and the forward solve's dense-output tables, then the
+            # backward state each interval carries (noted by the interval solves).
+            held = HeldStorages()
+            held.add(t, ys, dense_tensors(cfg.dense))
+            a, t_grad, g_params = backward(cfg, t, ys, grad_ys, need_t, held)
+            cfg.adjoint_stats.held_bytes = max(cfg.adjoint_stats.held_bytes, held.peak)
             g_params = tuple(
                 (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
                 for g, p in zip(g_params, cfg.params)
@@ -288,6 +293,10 @@ class _AdjointSolve(torch.autograd.Function):
         adaptive = cfg.backward_method.capabilities.adaptive
         need_t = ctx.needs_input_grad[3]
 
+        # Held for this pass: the saved outputs, then the backward state (y, a, *gθ) each interval returns.
+        held = HeldStorages()
+        held.add(t, ys)
+
         def solve_interval(i, span, a, g_params, first_step):
             sol = solve(
                 augmented,
@@ -298,6 +307,7 @@ class _AdjointSolve(torch.autograd.Function):
                 method=cfg.adjoint_method,
                 options=interval_options(cfg.backward_options, adaptive, first_step),
             )
+            held.note(storage_bytes(sol.ys))
             return sol.ys[1][-1], tuple(g[-1] for g in sol.ys[2:]), sol.stats
 
         g_params = tuple(torch.zeros_like(p, dtype=acc_dtype) for p in params)
@@ -308,6 +318,7 @@ class _AdjointSolve(torch.autograd.Function):
             )
         finally:
             IN_BACKWARD.reset(token)
+        stats.held_bytes = max(stats.held_bytes, held.peak)
         g_params = tuple(
             (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
             for g, p in zip(g_params, params)

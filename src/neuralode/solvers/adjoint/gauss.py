@@ -64,7 +64,7 @@ from ..api import solve
 from ..methods.base import Method
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
-from ..solution import DenseOutput, SolverStats
+from ..solution import DenseOutput, HeldStorages, SolverStats, dense_tensors, storage_bytes
 from .common import AdjointConfig, Flat, interval_options, sweep_reading_dense
 from .interpolating import dense_rate, forward_state
 
@@ -324,10 +324,12 @@ def accumulate_quadrature(
 
 
 def gauss_backward(
-    cfg: AdjointConfig, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool
+    cfg: AdjointConfig, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool, held: HeldStorages
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
     """``(a(t_0), dL/dt or None, dL/dθ)`` by the Gauss adjoint, from the kept forward dense output ``cfg.dense``
-    with ``cfg.quadrature_nodes`` nodes per backward step (see the module docstring)."""
+    with ``cfg.quadrature_nodes`` nodes per backward step (see the module docstring). Each interval notes in
+    ``held`` its backward state ``(a,)``, its dense output (read by the quadrature) and the parameter-gradient
+    sums."""
     flat, func, params, stats = cfg.flat, cfg.func, cfg.params, cfg.adjoint_stats
     dense = cfg.dense
     assert dense is not None, "the Gauss adjoint's forward solve keeps its dense output"
@@ -376,9 +378,11 @@ def gauss_backward(
         )
         assert isinstance(sol.dense, DenseOutput)  # options["dense"] is set above, on the one clock
         assert isinstance(sol.stats, SolverStats)
+        backward_dense = sol.dense.hermite()
         g_params = accumulate_quadrature(
-            f_flat, y_at, breaks, sol.dense.hermite(), params, g_params, cfg.quadrature_nodes, tdt, extra
+            f_flat, y_at, breaks, backward_dense, params, g_params, cfg.quadrature_nodes, tdt, extra
         )
+        held.note(storage_bytes(sol.ys, dense_tensors(backward_dense), g_params))
         return sol.ys[0][-1], g_params, sol.stats
 
     return sweep_reading_dense(

@@ -78,7 +78,7 @@ import torch
 from ..api import solve
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
-from ..solution import DenseOutput
+from ..solution import DenseOutput, HeldStorages, storage_bytes
 from .common import AdjointConfig, Flat, interval_options, sweep_reading_dense
 
 
@@ -204,9 +204,10 @@ def backward_dynamics(
 
 
 def interpolating_backward(
-    cfg: AdjointConfig, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool
+    cfg: AdjointConfig, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool, held: HeldStorages
 ) -> tuple:
-    """``(a(t_0), dL/dt or None, dL/dθ)`` from the kept forward dense output ``cfg.dense``."""
+    """``(a(t_0), dL/dt or None, dL/dθ)`` from the kept forward dense output ``cfg.dense``; the backward state
+    ``(a, *gθ)`` each interval returns is noted in ``held``."""
     flat = cfg.flat
     func = cfg.func
     params = cfg.params
@@ -242,6 +243,7 @@ def interpolating_backward(
             method=cfg.adjoint_method,
             options=interval_options(options, adaptive, first_step),
         )
+        held.note(storage_bytes(sol.ys))
         return sol.ys[0][-1], tuple(g[-1] for g in sol.ys[1:]), sol.stats
 
     return sweep_reading_dense(

@@ -61,7 +61,7 @@ from ..per_sample import (
     solve_per_sample,
 )
 from ..problem import check_step_callbacks
-from ..solution import Solution
+from ..solution import Solution, storage_bytes
 from .common import IN_BACKWARD, differentiated_params, refuse_double_backward
 
 
@@ -182,18 +182,20 @@ class _PerSampleAdjoint(torch.autograd.Function):
             return torch.where(mask[:, None], new, z)
 
         a_end = _backward_solve(
-            cfg, aug, lambda: torch.cat([ys[-1], grad_ys[-1]], 1), times, N, dtype, stats, quad, jump
+            cfg, aug, lambda: torch.cat([ys[-1], grad_ys[-1]], 1), times, N, dtype, stats, quad, jump, (ys,)
         )
         return (None, None, a_end + grad_ys[0], *quad.grads)
 
 
 def _backward_solve(
-    cfg: PerSampleAdjointConfig, aug, start, grid: torch.Tensor, N: int, dtype, stats, quad, jump
+    cfg: PerSampleAdjointConfig, aug, start, grid: torch.Tensor, N: int, dtype, stats, quad, jump, saved: tuple
 ) -> torch.Tensor:
     """One per-sample backward solve of ``z = [y, a]`` over ``grid (B, L)`` reversed, landing on every stop
     (``jump`` restarts ``y`` and adds ``∂L/∂y`` to ``a`` there), from ``z = start()``; returns ``a`` at the
     start of each sample's span, before the first output's own ``∂L/∂y``. Everything, the start state
-    included, runs as backward work (``in_adjoint_backward``); the backward step is kept for the next call."""
+    included, runs as backward work (``in_adjoint_backward``); the backward step is kept for the next call.
+    ``stats.held_bytes``: the tensors ``saved`` for backward, the backward state ``z`` (the states at the stops
+    the solve returns) and the parameter-gradient sums."""
     token = IN_BACKWARD.set(True)
     try:
         z0 = start()
@@ -216,6 +218,7 @@ def _backward_solve(
     finally:
         IN_BACKWARD.reset(token)
     stats.next_step = out.next_dt
+    stats.held_bytes = max(stats.held_bytes, storage_bytes(saved, z0, out.ys, quad.grads))
     return out.ys[-1][:, N:]
 
 
@@ -520,5 +523,5 @@ class _PerSampleEventAdjoint(torch.autograd.Function):
                 z_last,
             )
 
-        a_end = _backward_solve(cfg, aug, start, grid, N, dtype, stats, quad, jump)
+        a_end = _backward_solve(cfg, aug, start, grid, N, dtype, stats, quad, jump, (ys, t_ev, y_ev))
         return (None, None, None, a_end + grad_ys[0], *quad.grads)

@@ -81,7 +81,7 @@ from typing import Any, cast
 import torch
 
 from ..loop import HostClock, integrate
-from ..solution import LoopResult
+from ..solution import BackwardRecord, HeldStorages, LoopResult, SolverStats, storage_bytes
 
 # The counters of the last backward pass run (a test hook: they must equal the plan in Solution.stats).
 LAST_BACKWARD: dict[str, int] = {}
@@ -353,10 +353,25 @@ def keep_checkpoints(positions: list[int], n: int, budget: int) -> list[int]:
 
 class Counter:
     """The backward pass's bookkeeping: steps re-run and stored states (the forward checkpoints still
-    held plus those set inside a segment), with their peak."""
+    held plus those set inside a segment), with their peak; and, when the pass runs (not when it is
+    planned), the storages of the states held (``ledger``)."""
 
-    def __init__(self, held: int):
+    def __init__(self, held: int, ledger: HeldStorages | None = None):
         self.recomputed, self.held, self.peak = 0, held, held
+        self.ledger = ledger
+
+    def hold(self, state: Any) -> None:
+        """One more stored state, ``state``."""
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+        if self.ledger is not None:
+            self.ledger.add(state)
+
+    def release(self, state: Any) -> None:
+        """``state`` is no longer stored."""
+        self.held -= 1
+        if self.ledger is not None:
+            self.ledger.discard(state)
 
 
 def reverse(a: int, b: int, state: Any, slots: int, advance, back, count: Counter) -> None:
@@ -374,10 +389,9 @@ def reverse(a: int, b: int, state: Any, slots: int, advance, back, count: Counte
             for k in range(a, m):
                 s = advance(k, s)
             count.recomputed += m - a
-            count.held += 1
-            count.peak = max(count.peak, count.held)
+            count.hold(s)
             reverse(m, b, s, slots - 1, advance, back, count)
-            count.held -= 1
+            count.release(s)
             b = m
         else:
             s = state
@@ -388,16 +402,25 @@ def reverse(a: int, b: int, state: Any, slots: int, advance, back, count: Counte
             b -= 1
 
 
-def schedule(run: Run, advance, back) -> Counter:
+def schedule(run: Run, advance, back, ledger: HeldStorages | None = None, free: bool = False) -> Counter:
     """Reverse every segment, last first, segment ``j`` with the ``budget - j`` slots left to it; with
     ``advance``/``back`` that do nothing it is the plan. The last step, when the forward pass taped it, is
-    differentiated before (and not re-run): the segments end at ``run.n_replayed``."""
+    differentiated before (and not re-run): the segments end at ``run.n_replayed``. ``ledger``: the storages
+    held, the forward checkpoints first. ``free``: drop each forward checkpoint but the first from ``run.store``
+    once its segment is reversed, so that the states held are those the plan counts (:meth:`Run.restore` sets
+    them again for another pass)."""
     starts = sorted(run.store)
     ends = starts[1:] + [run.n_replayed]
-    count = Counter(len(starts))
+    count = Counter(len(starts), ledger)
+    if ledger is not None:
+        ledger.add(*run.store.values())
     for j in range(len(starts) - 1, -1, -1):
-        reverse(starts[j], ends[j], run.store.get(starts[j]), run.budget - j, advance, back, count)
-        count.held -= 1
+        state = run.store.get(starts[j])
+        reverse(starts[j], ends[j], state, run.budget - j, advance, back, count)
+        dropped = free and j > 0
+        if dropped:
+            del run.store[starts[j]]
+        count.release(state if dropped else None)  # the ledger keeps what the store still holds
     return count
 
 
@@ -415,10 +438,28 @@ class Run:
         )
         self.log: list[StepRecord] = []
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.starts: list[int] = []  # the steps the forward pass stored checkpoints at
         self.budget = clock.budget
         self.n_outputs = 0
         self.tape: Tape | None = None
         self.n_replayed = 0  # the steps the backward pass reverses by re-running them: all but a taped last one
+        # The backward passes' counters (Solution.adjoint_stats), added to as each pass runs.
+        self.backward_stats = SolverStats()
+
+    def restore(self, advance) -> int:
+        """Set the forward checkpoints a previous backward pass dropped (``schedule(..., free=True)``) again,
+        advancing from the first with ``advance(k, state) -> state`` (the same arithmetic, so the same states);
+        returns the steps advanced (0 when none was dropped)."""
+        missing = [k for k in self.starts if k not in self.store]
+        if not missing:
+            return 0
+        first = self.starts[0]
+        state = self.store[first]
+        for k in range(first, missing[-1]):
+            state = advance(k, state)
+            if k + 1 in missing:
+                self.store[k + 1] = state
+        return missing[-1] - first
 
 
 class _RecursiveCheckpoint(torch.autograd.Function):
@@ -437,6 +478,7 @@ class _RecursiveCheckpoint(torch.autograd.Function):
         run.n_replayed = n - 1 if run.tape is not None else n
         kept = keep_checkpoints([k for k in sorted(clock.store) if k < run.n_replayed], run.n_replayed, clock.budget)
         run.store = {k: clock.store[k] for k in kept}
+        run.starts = kept
         clock.store, clock.tape = {}, None
         run.n_outputs = len(clock.ys)
         ctx.run = run
@@ -455,6 +497,10 @@ class _RecursiveCheckpoint(torch.autograd.Function):
         run: Run = ctx.run
         clock, log, params = run.clock, run.log, run.params
         take = run.make_stepper()
+        # The evaluations of func made by this pass: the forward solve's counter (Solution.stats has its copy)
+        # goes on counting the re-run steps' evaluations.
+        counted = clock.problem.stats
+        nfe_before = counted.nfe
         grad_out = {j: grad_ys[j - 1] for j in range(1, run.n_outputs)}
         arrivals: dict[int, list[int]] = {}
         for j, k in clock.arrivals.items():
@@ -473,7 +519,15 @@ class _RecursiveCheckpoint(torch.autograd.Function):
         def advance(k: int, state):
             with torch.no_grad():
                 y1, f1, _ = clock.replay(take, log[k], *state)
-            return (y1, f1)
+            # The derivative is kept only where the next step reuses it, as the forward pass stores it.
+            return (y1, None if k + 1 < len(log) and log[k + 1].fresh else f1)
+
+        def carried() -> int:
+            """Bytes of the adjoints carried from step to step: of the state, of the reused derivative, and the
+            parameter-gradient sums."""
+            return storage_bytes(adj["y"], adj["f"], *g_params)
+
+        ledger = HeldStorages(carried)
 
         def back(k: int, state):
             """Re-run step ``k`` from ``state`` with a graph and differentiate it."""
@@ -519,18 +573,28 @@ class _RecursiveCheckpoint(torch.autograd.Function):
                     else:
                         g_params[i], owned[i] = before + g, True
             clock.ys = []
+            ledger.note()
 
+        restored = run.restore(advance)
         tape, extra = run.tape, 0
         if tape is not None:
             if tape.outputs is not None:  # the first backward pass: the forward pass's graph, used up here
+                ledger.add((tape.y, tape.f))
                 pull(tape.k, tape.y, tape.f, tape.y1, None, tape.outputs)
                 tape.y1, tape.outputs = tape.y, None
             else:  # a later one (retain_graph): that graph is freed, the step is re-run from its inputs
+                ledger.add((tape.y, tape.f))
                 back(tape.k, (tape.y, tape.f))
                 extra = 1
-        count = schedule(run, advance, back)
+            ledger.discard((tape.y, tape.f))
+        count = schedule(run, advance, back, ledger, free=True)
         LAST_BACKWARD.clear()
         LAST_BACKWARD.update(n_recomputed_steps=count.recomputed + extra, max_stored_states=count.peak)
+        out = run.backward_stats
+        out.nfe += counted.nfe - nfe_before
+        out.n_recomputed_steps += restored + extra + count.recomputed
+        out.max_stored_states = max(out.max_stored_states, count.peak)
+        out.held_bytes = max(out.held_bytes, ledger.peak)
         g_f0 = adj["f"] if log and not log[0].fresh else None
         return (None, adj["y"], g_f0, *g_params)
 
@@ -573,7 +637,8 @@ def solve_recursive(
 ) -> LoopResult:
     """The host clock's solve (as :func:`~neuralode.solvers.loop.solve_joint`, without events, dense output or
     fast paths) as one autograd node that stores at most ``opts.checkpoints`` states. Fills
-    ``stats.n_recomputed_steps`` and ``stats.max_stored_states`` with the backward pass's plan."""
+    ``stats.n_recomputed_steps`` and ``stats.max_stored_states`` with the backward pass's plan, and sets
+    ``problem.backward`` to the record of the counters the backward passes fill (``Solution.adjoint_stats``)."""
     params = module_params(func)
     clock = RecordingClock(
         problem,
@@ -598,7 +663,9 @@ def solve_recursive(
     run = Run(clock, make_stepper, controller, error, params)
     out = _RecursiveCheckpoint.apply(run, y0, f0, *params)
     result = clock.result()
+    clock.ys = []  # the outputs are returned (stacked): the clock need not keep them for the backward pass
     plan = schedule(run, lambda k, state: None, lambda k, state: None)
     stats.n_recomputed_steps = plan.recomputed
     stats.max_stored_states = max(clock.peak, plan.peak)
+    problem.backward = BackwardRecord(run.backward_stats)
     return LoopResult([y0, *out.unbind(0)], result.out_steps, [], False)

@@ -204,6 +204,8 @@ class AutoStepper(ImplicitStepper):
 
     def _settle(self, accepted: bool) -> None:
         st = self.state
+        if st.attempt is not None and st.attempt[3]:  # a rodas5p step: its stepper keeps what checkpointing needs
+            self.stiff_stepper.settle(accepted)
         st.accepted = st.attempt if accepted else None
         st.attempt = None
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from ..options import AdamsOptions, AdaptiveOptions, FixedOptions
+from ..solution import BackwardRecord
 from .adams import AdamsMethod
 from .base import Capabilities, Method
 from .interpolants import StepInterpolant, explicit_interpolant, fixed_grid_interpolant
@@ -52,24 +53,40 @@ class CheckpointedStepper(Stepper):
     evaluations, and more memory than backpropagation. The gradient stays right; the stepper notices the re-runs
     (the step's function entered more than once in one forward call) and warns once, naming the option that
     does not have this cost, ``options={"checkpoints": "auto"}``, which runs the forward pass without a graph.
+
+    The backward pass is counted in the solve's :class:`~neuralode.solvers.solution.BackwardRecord`
+    (``Solution.adjoint_stats``): a call of the step outside the forward call is backward's re-run; an accepted
+    step's inputs (state, reused derivative, the Adams history) are what the checkpoint keeps for it.
     """
 
-    __slots__ = ("inner", "entered", "warned")
+    __slots__ = ("inner", "entered", "warned", "problem", "record", "forwarding")
 
-    def __init__(self, inner: Stepper):
+    def __init__(self, inner: Stepper, problem):
         self.inner = inner
         self.entered = 0
         self.warned = False
+        self.problem = problem
+        if problem.backward is None:
+            problem.backward = BackwardRecord()
+        self.record: BackwardRecord = problem.backward
+        self.forwarding = False
 
     def _counted(self, *args):
         self.entered += 1
-        return self.inner(*args)
+        if self.forwarding:
+            return self.inner(*args)
+        return self.record.rerun(self.problem.stats, self.inner, *args)
 
     def __call__(self, side, t, y, f0, h, stage, memory=None):
         from torch.utils.checkpoint import checkpoint as run_checkpointed
 
         self.entered = 0
-        out = run_checkpointed(self._counted, side, t, y, f0, h, stage, memory, use_reentrant=False)
+        self.record.attempt(f0, y, memory)
+        self.forwarding = True
+        try:
+            out = run_checkpointed(self._counted, side, t, y, f0, h, stage, memory, use_reentrant=False)
+        finally:
+            self.forwarding = False
         if self.entered > 1 and not self.warned:
             self.warned = True
             warnings.warn(
@@ -84,12 +101,13 @@ class CheckpointedStepper(Stepper):
         return out
 
     def settle(self, accepted: bool) -> None:
+        self.record.settle(accepted, self.problem.stats)
         self.inner.settle(accepted)
 
 
-def checkpointed(stepper: Stepper, checkpoint: bool) -> Stepper:
-    """``stepper``, under gradient checkpointing when asked for and autograd is recording."""
-    return CheckpointedStepper(stepper) if checkpoint and torch.is_grad_enabled() else stepper
+def checkpointed(stepper: Stepper, checkpoint: bool, problem) -> Stepper:
+    """``stepper`` (of ``problem``), under gradient checkpointing when asked for and autograd is recording."""
+    return CheckpointedStepper(stepper, problem) if checkpoint and torch.is_grad_enabled() else stepper
 
 
 class ExplicitRK(Method):
@@ -122,7 +140,7 @@ class ExplicitRK(Method):
 
             backend = "inductor" if opts.execution.compile is True else opts.execution.compile
             return FunctionStepper(compiled_stepper(problem, self.tableau, backend, problem.stats))
-        return checkpointed(RKStepper(problem, self.tableau), checkpoint)
+        return checkpointed(RKStepper(problem, self.tableau), checkpoint, problem)
 
     def interpolant(self, opts) -> type[StepInterpolant]:
         if not self.capabilities.adaptive:
@@ -162,7 +180,7 @@ class Adams(Method):
         return SimpleNamespace(max_order=adams.max_order, max_iters=adams.max_iters, rtol=rtol, atol=atol)
 
     def stepper(self, problem, *, opts, config=None, error=None, checkpoint: bool = False) -> Stepper:
-        return checkpointed(AdamsStepper(problem, self.tableau, config), checkpoint)
+        return checkpointed(AdamsStepper(problem, self.tableau, config), checkpoint, problem)
 
     def interpolant(self, opts) -> type[StepInterpolant]:
         return fixed_grid_interpolant(opts.output.interp)

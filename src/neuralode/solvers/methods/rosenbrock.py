@@ -45,6 +45,7 @@ from functools import cache
 import torch
 
 from ..errors import SolverError
+from ..solution import BackwardRecord
 from .jacobian import (
     ImplicitStepper,
     Linearisation,
@@ -400,14 +401,41 @@ class RosenbrockStepper(ImplicitStepper):
 class CheckpointedRosenbrockStepper(RosenbrockStepper):
     """:class:`RosenbrockStepper` with each step under ``torch.utils.checkpoint``: backward keeps the step's inputs
     and recomputes it. The recomputation takes the forward's branches (the coupling check of the first Jacobian,
-    ``df/dt`` by forward mode or not), which the record has moved on from by then, so they are passed in."""
+    ``df/dt`` by forward mode or not), which the record has moved on from by then, so they are passed in.
+
+    The backward pass is counted as :class:`~neuralode.solvers.methods.explicit.CheckpointedStepper` counts it,
+    in the solve's :class:`~neuralode.solvers.solution.BackwardRecord` (``Solution.adjoint_stats``)."""
+
+    def __init__(self, func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None):
+        super().__init__(func, tab, checkpoint, opts, problem, error)
+        if problem.backward is None:
+            problem.backward = BackwardRecord()
+        self.record: BackwardRecord = problem.backward
+        self.forwarding = False
 
     def step(self, t: float, y: torch.Tensor, f0, h: float, flags=None):
         """The step under checkpointing; ``flags`` is not used: the record's own are passed to the recomputation."""
         from torch.utils.checkpoint import checkpoint as run_checkpointed
 
         flags = (self.state.checked, self.state.time_dependent)
-        return run_checkpointed(RosenbrockStepper.step, self, t, y, f0, h, flags, use_reentrant=False)
+        self.record.attempt(f0, y)
+        self.forwarding = True
+        try:
+            return run_checkpointed(self._step, t, y, f0, h, flags, use_reentrant=False)
+        finally:
+            self.forwarding = False
+
+    def _step(self, t: float, y: torch.Tensor, f0, h: float, flags):
+        """The step, or outside the forward call backward's re-run of it, counted."""
+        if self.forwarding:
+            return RosenbrockStepper.step(self, t, y, f0, h, flags)
+        return self.record.rerun(self.stats, RosenbrockStepper.step, self, t, y, f0, h, flags)
+
+    def settle(self, accepted: bool) -> None:
+        # Every attempt's verdict, its own or one delegated to a stepper for another stage function (which
+        # named its inputs in the same record).
+        self.record.settle(accepted, self.stats)
+        super().settle(accepted)
 
 
 def rosenbrock_stepper(func, tab: RosenbrockTableau, checkpoint: bool, opts, problem, error=None) -> RosenbrockStepper:
