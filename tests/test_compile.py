@@ -262,3 +262,56 @@ def test_chunked_many_graphs_in_one_process():
     for k in range(2, 12):
         comp = solve(forced, y0, t, method="euler", options={"step_size": 0.1, "compile": "eager", "compile_steps": k})
         assert (comp.ys - eager.ys).abs().max() < 1e-14
+
+
+class CountingField(torch.nn.Module):
+    """The commonest Neural-ODE func of all: a module that counts its calls (``self.nfe += 1``)."""
+
+    def __init__(self, item: bool = False):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2, dtype=F64)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[0.5, -1.2], [0.8, 0.3]]))
+            self.lin.bias.copy_(torch.tensor([0.1, -0.2]))
+        self.nfe = 0
+        self.item = item
+
+    def forward(self, t, y):
+        self.nfe += 1
+        out = torch.tanh(self.lin(y))
+        if self.item and float(y.abs().max().item()) > 100.0:  # data-dependent Python: untraceable
+            out = out * 0.5
+        return out
+
+
+@pytest.mark.parametrize("method,options", [("rk4", {"step_size": 0.05, "compile_steps": 2}), ("dopri5", {})])
+def test_a_module_counting_its_calls_compiles_once_and_counts_right(method, options):
+    # dynamo guards on a module's int attribute by value: every call recompiled, and past its recompile limit
+    # (8) fullgraph=True failed; 30 chunks, or 20-odd adaptive steps, are past it.
+    func = CountingField()
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 0.2]], dtype=F64)
+    t = torch.linspace(0, 3, 3, dtype=F64)
+    eager = solve(func, y0, t, method=method, rtol=1e-9, atol=1e-9, options=options)
+    func.nfe = 0
+    comp = solve(func, y0, t, method=method, rtol=1e-9, atol=1e-9, options={**options, "compile": BACKEND})
+    assert comp.stats.n_accepted == eager.stats.n_accepted > 12
+    assert func.nfe == comp.stats.nfe  # (chunks evaluate f at the start afresh: one more than eager's)
+    torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,options", [("rk4", {"step_size": 0.1}), ("dopri5", {})])
+def test_an_untraceable_func_warns_once_and_runs_eagerly(method, options):
+    # .item() and a branch on its value: torch.compile(fullgraph=True) cannot trace it. The solve warns, naming
+    # dynamo's reason, and takes the same steps eagerly: the eager answer, and no evaluation counted twice.
+    func = CountingField(item=True)
+    y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    eager = solve(func, y0, t, method=method, options=options)
+    func.nfe = 0
+    with pytest.warns(RuntimeWarning, match=r"could not compile .*UserError.*data-dependent"):
+        comp = solve(func, y0, t, method=method, options={**options, "compile": BACKEND})
+    assert func.nfe == comp.stats.nfe and comp.stats.n_accepted == eager.stats.n_accepted
+    torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    func.nfe = 0
+    again = solve(func, y0, t, method=method, options={**options, "compile": BACKEND})  # eager from the start
+    assert func.nfe == again.stats.nfe and torch.equal(again.ys, comp.ys)

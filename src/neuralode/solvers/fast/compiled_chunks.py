@@ -212,7 +212,7 @@ def integrate_chunked(
         else:
             raw = func
         entry = per_func[key + (K, grad)] = _Compiled(
-            compile_graph(_make_chunk(raw, tableau, K), backend, problem.device, grad)
+            compile_graph(_make_chunk(raw, tableau, K), backend, problem.device, grad, what=f"a chunk of {K} steps")
         )
     fn = entry.fn
     chunks = []

@@ -19,8 +19,19 @@ pays the compilation (``Solution.stats.compile_s`` reports it). Autograd works t
 the compiled step (``torch.compile`` traces the backward too), and so do the adjoint (its
 backward solve runs eagerly: its dynamics are a vector-Jacobian product, which ``fullgraph``
 tracing does not take) and events (located on the interpolants, outside the compiled step). ``func`` must be traceable by ``torch.compile``
-without graph breaks, since ``fullgraph=True`` turns a break into an error; steps that must see
+without graph breaks (``fullgraph=True`` turns a break into an error); steps that must see
 one side of a discontinuity (``jump_t``, ``perturb``) run eagerly.
+
+**What cannot be compiled runs eagerly** (:class:`CompiledGraph`). A ``func`` that ``torch.compile`` cannot trace
+(``.item()`` or a branch on a tensor's value, numpy, a host synchronisation), or that keeps recompiling, makes the
+solve warn once, naming dynamo's reason, and take that graph's steps eagerly from then on: the same steps, the
+same answer to rounding, never a crash. A failed compilation runs none of ``func``, so side effects such as a call
+counter are not doubled. The commonest such ``func`` is a module that counts its calls (``self.nfe += 1``, as
+torchdiffeq's examples do): dynamo guards on an ``int`` attribute of a module by value, so every call would
+recompile until its recompile limit; the first calls of each graph are compiled with
+``allow_unspec_int_on_nn_module``, under which an ``int`` attribute that changes becomes a graph input on the
+first recompilation (an ``int`` that never changes stays a constant), so such a module compiles twice and its
+count stays right (dynamo applies the increments of the traced calls after each graph).
 
 Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
 training loop that solves with the same module every iteration compiles once.
@@ -127,7 +138,65 @@ def fresh_code(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-def compile_graph(fn: Callable, backend: str, device: torch.device, grad: bool, tune: bool = True) -> Callable:
+# The calls of a compiled graph made with allow_unspec_int_on_nn_module (CompiledGraph): the first compiles the
+# graph, the second recompiles it where an int attribute of a module changed (now as a graph input), the third
+# leaves a margin; later calls skip the configuration patch (about 20 µs a call).
+WARM_CALLS = 3
+
+
+def compile_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions with which ``torch.compile`` says it cannot compile a function: dynamo's (tracing,
+    unsupported code, data-dependent control flow, the backend's failures) and its recompile limit."""
+    import torch._dynamo.exc as dynamo_exc
+
+    return (dynamo_exc.TorchDynamoException, dynamo_exc.FailOnRecompileLimitHit)
+
+
+class CompiledGraph:
+    """A ``torch.compile(fullgraph=True)`` graph of ``eager``, called in its place, and ``eager`` itself once the
+    graph cannot be compiled (``failed``: dynamo's reason).
+
+    The first :data:`WARM_CALLS` calls run under ``allow_unspec_int_on_nn_module`` (see the module docstring).
+    A call that raises one of :func:`compile_errors` has run none of ``eager``'s code: the wrapper warns once,
+    naming the reason, and runs ``eager`` on the same arguments, then on every later call."""
+
+    __slots__ = ("compiled", "eager", "calls", "failed", "what")
+
+    def __init__(self, compiled: Callable, eager: Callable, what: str):
+        self.compiled, self.eager, self.what = compiled, eager, what
+        self.calls = 0
+        self.failed: str | None = None
+
+    def __call__(self, *args):
+        if self.failed is not None:
+            return self.eager(*args)
+        try:
+            if self.calls < WARM_CALLS:
+                self.calls += 1
+                import torch._dynamo.config as dynamo_config
+
+                with dynamo_config.patch(allow_unspec_int_on_nn_module=True):
+                    return self.compiled(*args)
+            return self.compiled(*args)
+        except compile_errors() as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            self.failed = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            import warnings
+
+            warnings.warn(
+                f"options['compile']: torch.compile could not compile {self.what} ({self.failed[:300]}); it runs "
+                "eagerly instead, with the same steps. Common causes: .item(), numpy or a branch on a tensor's value "
+                "inside func, or a func that changes a float attribute on every call (each value recompiles). "
+                "Drop options['compile'] to silence this.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.eager(*args)
+
+
+def compile_graph(
+    fn: Callable, backend: str, device: torch.device, grad: bool, tune: bool = True, what: str = "the step"
+) -> CompiledGraph:
     """``torch.compile(fullgraph=True)`` of ``fn`` with a code object of its own (:func:`fresh_code`),
     with :func:`inductor_options` when ``tune``.
 
@@ -136,9 +205,10 @@ def compile_graph(fn: Callable, backend: str, device: torch.device, grad: bool, 
     here sees one set of input shapes (the callers' caches are keyed by them), so no
     recompilation could mark a dimension dynamic.
     """
-    return torch.compile(
+    compiled = torch.compile(
         fresh_code(fn), fullgraph=True, backend=backend, **(inductor_options(backend, device, grad) if tune else {})
     )
+    return CompiledGraph(compiled, fn, what)
 
 
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
