@@ -297,6 +297,11 @@ def test_a_module_counting_its_calls_compiles_once_and_counts_right(method, opti
     assert comp.stats.n_accepted == eager.stats.n_accepted > 12
     assert func.nfe == comp.stats.nfe  # (chunks evaluate f at the start afresh: one more than eager's)
     torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    # The counter becomes a graph input on the first recompilation: a graph or two, then none in later solves.
+    assert 1 <= comp.stats.n_compiles <= 3
+    func.nfe = 0
+    again = solve(func, y0, t, method=method, rtol=1e-9, atol=1e-9, options={**options, "compile": BACKEND})
+    assert again.stats.n_compiles == 0 and func.nfe == again.stats.nfe
 
 
 @pytest.mark.parametrize("method,options", [("rk4", {"step_size": 0.1}), ("dopri5", {})])

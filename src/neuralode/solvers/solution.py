@@ -43,6 +43,9 @@ class SolverStats:
         n_events: events located (terminal and non-terminal).
         compile_s: seconds the first call of a compiled step took (``options={"compile": ...}``),
             compilation included; 0 when nothing was compiled in this solve.
+        n_compiles: graphs ``torch.compile`` compiled during this solve (``options={"compile": ...}``): first
+            compilations and recompilations (a guard that failed: a new dtype, a changing ``int`` attribute of
+            ``func``); 0 when every graph came from the cache of an earlier solve.
         n_jac_evals: Jacobians ``df/dy`` formed (implicit methods; a batch of per-sample blocks
             counts once). Each autograd Jacobian also counts one evaluation of ``func`` in ``nfe``.
         n_factorizations: LU factorisations of the iteration matrix (one per step attempt of a
@@ -79,6 +82,7 @@ class SolverStats:
     n_event_evals: int = 0
     n_events: int = 0
     compile_s: float = 0.0
+    n_compiles: int = 0
     n_jac_evals: int = 0
     n_factorizations: int = 0
     n_linear_solves: int = 0
@@ -122,6 +126,7 @@ class PerSampleStats:
     n_event_evals: torch.Tensor
     n_events: torch.Tensor
     compile_s: float = 0.0
+    n_compiles: int = 0
     n_jac_evals: int = 0
     n_factorizations: int = 0
     n_linear_solves: int = 0

@@ -65,7 +65,7 @@ from typing import NamedTuple
 import torch
 
 from ..grid import TIME_EPS
-from ..methods.compiled import compile_graph, rk_stages
+from ..methods.compiled import CompiledGraph, compile_graph, rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import LoopResult
@@ -96,7 +96,7 @@ class _Compiled:
 
     __slots__ = ("fn", "called")
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: CompiledGraph):
         self.fn, self.called = fn, False
 
 
@@ -215,6 +215,7 @@ def integrate_chunked(
             compile_graph(_make_chunk(raw, tableau, K), backend, problem.device, grad, what=f"a chunk of {K} steps")
         )
     fn = entry.fn
+    compiles_before = fn.compiles
     chunks = []
     y = y0
     for i in range(n_chunks):
@@ -228,6 +229,7 @@ def integrate_chunked(
         chunks.append(out)
         if i + 1 < n_chunks:
             y = out[K - 1]
+    stats.n_compiles += fn.compiles - compiles_before
     c = tableau.c
     stats.nfe += n_chunks * K * len(c)
     stats.n_accepted += n

@@ -28,10 +28,10 @@ solve warn once, naming dynamo's reason, and take that graph's steps eagerly fro
 same answer to rounding, never a crash. A failed compilation runs none of ``func``, so side effects such as a call
 counter are not doubled. The commonest such ``func`` is a module that counts its calls (``self.nfe += 1``, as
 torchdiffeq's examples do): dynamo guards on an ``int`` attribute of a module by value, so every call would
-recompile until its recompile limit; the first calls of each graph are compiled with
-``allow_unspec_int_on_nn_module``, under which an ``int`` attribute that changes becomes a graph input on the
-first recompilation (an ``int`` that never changes stays a constant), so such a module compiles twice and its
-count stays right (dynamo applies the increments of the traced calls after each graph).
+recompile until its recompile limit; every graph is called with ``allow_unspec_int_on_nn_module``, under which an
+``int`` attribute that changes becomes a graph input on the first recompilation (an ``int`` that never changes
+stays a constant), so such a module compiles a graph or two more, not one per call, and its count stays right
+(dynamo applies the increments of the traced calls after each graph).
 
 Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
 training loop that solves with the same module every iteration compiles once.
@@ -138,12 +138,6 @@ def fresh_code(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-# The calls of a compiled graph made with allow_unspec_int_on_nn_module (CompiledGraph): the first compiles the
-# graph, the second recompiles it where an int attribute of a module changed (now as a graph input), the third
-# leaves a margin; later calls skip the configuration patch (about 20 µs a call).
-WARM_CALLS = 3
-
-
 def compile_errors() -> tuple[type[BaseException], ...]:
     """The exceptions with which ``torch.compile`` says it cannot compile a function: dynamo's (tracing,
     unsupported code, data-dependent control flow, the backend's failures) and its recompile limit."""
@@ -156,29 +150,35 @@ class CompiledGraph:
     """A ``torch.compile(fullgraph=True)`` graph of ``eager``, called in its place, and ``eager`` itself once the
     graph cannot be compiled (``failed``: dynamo's reason).
 
-    The first :data:`WARM_CALLS` calls run under ``allow_unspec_int_on_nn_module`` (see the module docstring).
-    A call that raises one of :func:`compile_errors` has run none of ``eager``'s code: the wrapper warns once,
+    Every call runs under ``allow_unspec_int_on_nn_module`` (see the module docstring), set for the call and
+    restored after it. A call that raises one of :func:`compile_errors` has run none of ``eager``'s code: the wrapper warns once,
     naming the reason, and runs ``eager`` on the same arguments, then on every later call."""
 
-    __slots__ = ("compiled", "eager", "calls", "failed", "what")
+    __slots__ = ("compiled", "eager", "failed", "what", "compiles")
 
     def __init__(self, compiled: Callable, eager: Callable, what: str):
         self.compiled, self.eager, self.what = compiled, eager, what
-        self.calls = 0
         self.failed: str | None = None
+        self.compiles = 0  # graphs dynamo compiled in its calls (first compilations and recompilations)
 
     def __call__(self, *args):
         if self.failed is not None:
             return self.eager(*args)
-        try:
-            if self.calls < WARM_CALLS:
-                self.calls += 1
-                import torch._dynamo.config as dynamo_config
+        import torch._dynamo.config as dynamo_config
+        from torch._dynamo.utils import counters
 
-                with dynamo_config.patch(allow_unspec_int_on_nn_module=True):
-                    return self.compiled(*args)
-            return self.compiled(*args)
+        graphs = counters["stats"]
+        before = graphs["unique_graphs"]
+        # Set for the call rather than patched (a patch costs about 20 µs, this about 5): dynamo reads it whenever
+        # the call compiles, which may be any call (a guard failing).
+        unspec = dynamo_config.allow_unspec_int_on_nn_module
+        try:
+            dynamo_config.allow_unspec_int_on_nn_module = True
+            out = self.compiled(*args)
+            self.compiles += graphs["unique_graphs"] - before
+            return out
         except compile_errors() as exc:
+            dynamo_config.allow_unspec_int_on_nn_module = unspec
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             self.failed = f"{type(exc).__name__}: {lines[0] if lines else ''}"
             import warnings
@@ -192,6 +192,8 @@ class CompiledGraph:
                 stacklevel=2,
             )
             return self.eager(*args)
+        finally:
+            dynamo_config.allow_unspec_int_on_nn_module = unspec
 
 
 def compile_graph(
@@ -253,13 +255,16 @@ def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> C
         if stage is not problem:  # a step that must see one side of a discontinuity: eager
             return f0, rk_step(stage, t, y, f0, h, tableau)
         th = torch.tensor((t, h), dtype=t_dtype, device=device)
+        graph = compiled[0]
+        before = graph.compiles
         if not compiled[1]:
             start = time.perf_counter()
-            out = compiled[0](th, y, f0)
+            out = graph(th, y, f0)
             stats.compile_s = time.perf_counter() - start
             compiled[1] = True
         else:
-            out = compiled[0](th, y, f0)
+            out = graph(th, y, f0)
+        stats.n_compiles += graph.compiles - before
         stats.nfe += n_new
         y1, y_err, y_err_aux, k = out
         return f0, StepResult(y1, y_err, k, y_err_aux)
