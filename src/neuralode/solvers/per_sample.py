@@ -273,8 +273,8 @@ class SampleClock:
         B T dev fb tableau opts stats interpolant_type compact quad on_land ev records t_dtype dense_out direction
         fresh_f0 fsal finite_f0 min_step max_step max_num_steps dfactor zeros_l sign step_t_asc
         rows times ascending t t_end y f0 dt control done i_out n_acc n_rej n_calls last stats_rows next_dt
-        pieces_i pieces_b pieces_y first_attempt g0 g1 guard reset_times
-        active tol_rows calls_before h dt_abs lands t_stop remaining n_steps accept rejected t1 y_end
+        pieces_i pieces_b pieces_y first_attempt f0_carried g0 g1 guard reset_times
+        active tol_rows calls_before h dt_abs lands t_stop remaining n_steps accept rejected t1 y_end interp
         """.split()
     )  # the solve's settings; the batch's state between attempts; the attempt being made
 
@@ -349,6 +349,9 @@ class SampleClock:
             [y0],
         )
         self.first_attempt = True
+        # Whether self.f0 holds f(t, y) of every row where the method evaluates its first stage afresh (fresh_f0):
+        # after an attempt whose interpolant evaluated f(t + h, y1) (move).
+        self.f0_carried = False
         # Output times reached by t1: a binary search in each row, increasing once times sign.
         self.sign = sign = 1.0 if direction > 0 else -1.0
         self.ascending = (times * sign).contiguous()
@@ -478,7 +481,7 @@ class SampleClock:
         if self.quad is not None:
             self.quad.begin()
         f0 = self.f0
-        if self.quad is not None or (self.fresh_f0 and not self.first_attempt):
+        if self.quad is not None or (self.fresh_f0 and not self.first_attempt and not self.f0_carried):
             f0 = None  # evaluated by the step (with quad: after begin(), so the attempt's calls are its stages)
         self.first_attempt = False
         f0, step = take(0, self.t, self.y, f0, self.h, self.fb, None)
@@ -533,7 +536,8 @@ class SampleClock:
         self.y_end = step.y1
         f1 = step.k[-1] if self.fsal else None
         fb = self.fb
-        return self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t_h, 0, fb)
+        self.interp = interp = self.interpolant_type(fb, self.tableau, t, self.y, f0, h, step, f1, t_h, 0, fb)
+        return interp
 
     def events(self, step: StepResult, interp: StepInterpolant):
         """Each crossing sample's step cut at its first event (located on its interpolant); returns
@@ -641,6 +645,23 @@ class SampleClock:
         self.y = y = torch.where(acc, y_end, self.y)
         if not self.fresh_f0:
             self.f0 = torch.where(acc, step.k[-1], f0)
+        else:
+            # A method without FSAL evaluates its first stage afresh, but a rejected row keeps its f0, and where
+            # the interpolant evaluated f(t + h, y1) for the outputs inside the step (or its extra stages include
+            # it), that is the next step's first stage of every accepted row: the host clock's reuse. Not after an
+            # event (a cut row restarts at the event) nor where an accepted row landed on a stop (its end is
+            # t_stop, not t + h, and may be a jump of func).
+            f1 = self.interp.f1
+            self.f0_carried = (
+                self.quad is None
+                and cut is None
+                and events is None
+                and self.on_land is None
+                and (f1 is not None or not bool(accept.any()))
+                and not bool((accept & self.lands).any())
+            )
+            if self.f0_carried:
+                self.f0 = f0 if f1 is None else torch.where(acc, f1, f0)
         self.t = t = torch.where(accept, t1, self.t)
         if events is not None:
             # cast: with events, events() set both for this step (g0 since the start)
