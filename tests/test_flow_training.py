@@ -207,6 +207,23 @@ def test_a_run_killed_inside_the_fine_tune_resumes_exactly(tmp_path, monkeypatch
             train_flow(FlowTrainConfig(out=tmp_path / "ref", resume=True, **dict(FINETUNE, iterations=10)))
 
 
+def test_a_fixed_step_fine_tune_solves_with_its_steps(tmp_path, monkeypatch):
+    # --mle-method midpoint --mle-steps 3: every fine-tune step passes the method and the steps to
+    # log_prob, which evaluates the field twice per midpoint step (6 evaluations a solve).
+    real, seen = flow.log_prob, []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("method", "dopri5"), kwargs.get("steps")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "log_prob", spy)
+    out = tmp_path / "run"
+    train_flow(FlowTrainConfig(out=out, **dict(FINETUNE, mle_finetune=3, mle_method="midpoint", mle_steps=3)))
+    assert seen[:3] == [("midpoint", 3)] * 3 and set(seen[3:]) == {("dopri5", None)}  # then the evaluation's
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nfe_forward"] for r in lines if r.get("phase") == "mle"] == [6, 6]
+
+
 def test_fine_tune_settings_are_checked():
     assert FlowTrainConfig().mle_finetune == 0  # off by default: see the module docstring
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be 0 with a maximum-likelihood fine-tune"):
@@ -220,3 +237,7 @@ def test_fine_tune_settings_are_checked():
             FlowTrainConfig(mle_tol=bad)
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_lr must be a positive finite number"):
         FlowTrainConfig(mle_lr=0.0)
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_method must be one of dopri5, midpoint, rk4, euler"):
+        FlowTrainConfig(mle_method="rk45")
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_steps must be a positive integer"):
+        FlowTrainConfig(mle_steps=0)

@@ -150,6 +150,8 @@ _MLE_FIGURES = ("nll", "nfe_forward", "n")
 #: 0.001 nats of each other, 2e-3 ahead at batch 128; dopri5 at 1e-3 gained more per second than at 1e-2).
 MLE_LR = 2e-3
 MLE_TOL = 1e-3
+#: Solvers of the fine-tune's likelihood: adaptive dopri5, or a fixed-step method (``mle_steps`` steps).
+MLE_METHODS = ("dopri5", "midpoint", "rk4", "euler")
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ class FlowTrainConfig(RunConfig):
         mle_finetune: iterations of maximum-likelihood fine-tune after the ``iterations`` of flow
             matching (0: none; see the module docstring).
         mle_lr: Adam's initial rate in the fine-tune, cosine-decayed to 0 over its iterations.
+        mle_method: the solver of the fine-tune's likelihood: ``"dopri5"`` at ``mle_tol``, or
+            ``"midpoint"``, ``"rk4"``, ``"euler"`` with ``mle_steps`` equal steps.
+        mle_steps: steps of a fixed-step ``mle_method``.
         mle_tol: rtol = atol of dopri5 in the fine-tune's likelihood solves.
         mle_adjoint: fine-tune gradients by the adjoint method instead of backpropagation through
             the solver.
@@ -262,6 +267,12 @@ class FlowTrainConfig(RunConfig):
         metavar="ITERS",
     )
     mle_lr: float = setting(MLE_LR, "Adam learning rate of the fine-tune, cosine-decayed to 0 over --mle-finetune")
+    mle_method: str = setting(
+        "dopri5",
+        "solver of the fine-tune's likelihood: dopri5 at --mle-tol, or a fixed-step method with --mle-steps steps",
+        choices=MLE_METHODS,
+    )
+    mle_steps: int = setting(4, "equal steps of a fixed-step --mle-method over the flow's unit time", metavar="N")
     mle_tol: float = setting(MLE_TOL, "dopri5 rtol = atol of the fine-tune's likelihood solves", metavar="TOL")
     mle_adjoint: bool = setting(
         False, "fine-tune gradients by the adjoint method (else backpropagation through the solver)"
@@ -279,6 +290,8 @@ class FlowTrainConfig(RunConfig):
         self.check_ints("time_features", minimum=0)
         self.check_ints("iterations", "batch_size", "channels", "test_samples", "table_samples", "reflow_pairs")
         self.check_ints("mle_finetune", minimum=0)
+        self.check_choice("mle_method", MLE_METHODS)
+        self.check_ints("mle_steps")
         self.check_numbers("mle_lr")
         if not (isinstance(self.mle_tol, (int, float)) and not isinstance(self.mle_tol, bool) and 0 < self.mle_tol < 1):
             self.fail("mle_tol", "a tolerance in (0, 1)")
@@ -739,6 +752,8 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
                     labels=y,
                     divergence=divergence,
                     noise=config.noise,
+                    method=config.mle_method,
+                    steps=None if config.mle_method == "dopri5" else config.mle_steps,
                     rtol=config.mle_tol,
                     atol=config.mle_tol,
                     adjoint=config.mle_adjoint,
