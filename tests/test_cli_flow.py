@@ -304,6 +304,10 @@ def test_sigint_then_resume_retraces_the_uninterrupted_run(tmp_path):
             "argument --mle-tol: FlowTrainConfig.mle_tol must be a tolerance in (0, 1); got 2.0.",
         ),
         (
+            ["--mle-steps", "0"],
+            "argument --mle-steps: FlowTrainConfig.mle_steps must be a positive integer; got 0.",
+        ),
+        (
             ["--label-dropout", "1.5"],
             "argument --label-dropout: FlowTrainConfig.label_dropout must be a non-negative finite "
             "number of at most 1.0; got 1.5.",
