@@ -224,6 +224,31 @@ def test_a_fixed_step_fine_tune_solves_with_its_steps(tmp_path, monkeypatch):
     assert [r["nfe_forward"] for r in lines if r.get("phase") == "mle"] == [6, 6]
 
 
+def test_the_fine_tune_can_add_the_weighted_flow_matching_loss(tmp_path, monkeypatch):
+    # mle_fm_weight: each fine-tune step also takes the flow-matching loss of its own batch; the logged
+    # nll stays the likelihood alone (iteration 9, the first fine-tune step, starts from the same
+    # weights with and without it: the same nll; the update then differs).
+    real, calls = flow.cfm_loss, []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "cfm_loss", spy)
+    runs = {}
+    for weight in (0.0, 0.5):
+        calls.clear()
+        out = tmp_path / f"w{weight}"
+        train_flow(FlowTrainConfig(out=out, **dict(FINETUNE, mle_finetune=4, mle_fm_weight=weight)))
+        assert len(calls) == 8 + (4 if weight else 0)
+        lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[weight] = {r["iteration"]: r for r in lines if r.get("phase") == "mle"}
+    assert runs[0.5][9]["nll"] == runs[0.0][9]["nll"]
+    assert runs[0.5][12]["nll"] != runs[0.0][12]["nll"]
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_fm_weight must be a non-negative finite number"):
+        FlowTrainConfig(mle_fm_weight=-1.0)
+
+
 def test_fine_tune_settings_are_checked():
     assert FlowTrainConfig().mle_finetune == 0  # off by default: see the module docstring
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be 0 with a maximum-likelihood fine-tune"):

@@ -203,6 +203,8 @@ class FlowTrainConfig(RunConfig):
             ``"midpoint"``, ``"rk4"``, ``"euler"`` with ``mle_steps`` equal steps.
         mle_steps: steps of a fixed-step ``mle_method``.
         mle_tol: rtol = atol of dopri5 in the fine-tune's likelihood solves.
+        mle_fm_weight: weight ``λ`` of the flow-matching loss in the fine-tune's objective
+            ``−mean log p + λ · cfm_loss`` (0: the likelihood alone).
         mle_adjoint: fine-tune gradients by the adjoint method instead of backpropagation through
             the solver.
         threads: ``torch.set_num_threads`` for the run (``None``: leave it).
@@ -284,6 +286,11 @@ class FlowTrainConfig(RunConfig):
     )
     mle_steps: int = setting(4, "equal steps of a fixed-step --mle-method over the flow's unit time", metavar="N")
     mle_tol: float = setting(MLE_TOL, "dopri5 rtol = atol of the fine-tune's likelihood solves", metavar="TOL")
+    mle_fm_weight: float = setting(
+        0.0,
+        "weight of the flow-matching loss added to the fine-tune's negative log-likelihood (0: the likelihood alone)",
+        metavar="W",
+    )
     mle_adjoint: bool = setting(
         False, "fine-tune gradients by the adjoint method (else backpropagation through the solver)"
     )
@@ -302,6 +309,7 @@ class FlowTrainConfig(RunConfig):
         self.check_ints("mle_finetune", minimum=0)
         self.check_choice("mle_method", MLE_METHODS)
         self.check_ints("mle_steps")
+        self.check_numbers("mle_fm_weight", positive=False)
         self.check_numbers("mle_lr")
         if not (isinstance(self.mle_tol, (int, float)) and not isinstance(self.mle_tol, bool) and 0 < self.mle_tol < 1):
             self.fail("mle_tol", "a tolerance in (0, 1)")
@@ -730,6 +738,33 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     )
     divergence = _divergence(config, data.dim)
 
+    def flow_matching_loss(
+        iteration: int, x1: torch.Tensor, labels: torch.Tensor | None, x0: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The flow-matching loss of iteration ``iteration``'s global batch (this rank's rows): its
+        noise, times, label dropout and path noise drawn from the iteration's own stream."""
+        g = step_generator(config.seed, iteration, stream=3)
+        x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
+        t = torch.rand(x1.shape[0], generator=g)
+        if labels is not None and config.conditional:
+            labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(
+                ctx.device
+            )
+        else:
+            labels = None
+        eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
+        return cfm_loss(
+            model,
+            x1[rows].to(ctx.device),
+            path=config.path,
+            coupling=config.coupling,
+            sigma=config.sigma,
+            labels=labels,
+            x0=x0[rows].to(ctx.device),
+            t=t[rows].to(ctx.device),
+            noise=eps,
+        )
+
     def save(iteration: int, window: Sums) -> None:
         state = iteration_state(iteration, seconds, model, optimizer, window, ctx)
         run.save(config, {**state, "ema": None if ema is None else ema.state_dict()})
@@ -769,31 +804,14 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
                     adjoint=config.mle_adjoint,
                     return_nfe=True,
                 )
-                loss = -logp.mean()
+                nll = -logp.mean()
+                loss = nll
+                if config.mle_fm_weight > 0:
+                    loss = nll + config.mle_fm_weight * flow_matching_loss(iteration, x1, labels, x0)
             else:
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
-                g = step_generator(config.seed, iteration, stream=3)
-                x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
-                t = torch.rand(x1.shape[0], generator=g)
-                if labels is not None and config.conditional:
-                    labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[
-                        rows
-                    ].to(ctx.device)
-                else:
-                    labels = None
-                eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
-                loss = cfm_loss(
-                    model,
-                    x1[rows].to(ctx.device),
-                    path=config.path,
-                    coupling=config.coupling,
-                    sigma=config.sigma,
-                    labels=labels,
-                    x0=x0[rows].to(ctx.device),
-                    t=t[rows].to(ctx.device),
-                    noise=eps,
-                )
+                loss = flow_matching_loss(iteration, x1, labels, x0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_gradients(model.parameters())
@@ -802,8 +820,8 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
                 ema.update(model)
             seconds += time.perf_counter() - t0
             if mle:
-                window.add(nll=loss.item(), nfe_forward=nfe, n=1)
-                bar.set_postfix(nll=f"{loss.item():.4f}", nfe=nfe, refresh=False)
+                window.add(nll=nll.item(), nfe_forward=nfe, n=1)
+                bar.set_postfix(nll=f"{nll.item():.4f}", nfe=nfe, refresh=False)
             else:
                 window.add(loss=loss.item(), n=1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
