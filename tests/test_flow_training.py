@@ -26,6 +26,7 @@ TINY = dict(
     checkpoint_seconds=0.0,
     progress=False,
     plot=False,
+    mle_finetune=0,
 )
 
 
@@ -154,7 +155,7 @@ def test_the_fine_tune_follows_flow_matching_and_logs_its_likelihood(tmp_path):
     assert [r["iteration"] for r in training] == [3, 6, 8, 9, 12, 15, 16]
     assert all("loss" in r and "phase" not in r for r in training[:3])
     for r in training[3:]:
-        assert r["phase"] == "mle" and "loss" not in r and r["nfe_forward"] >= 6  # dopri5: 6 per accepted step
+        assert r["phase"] == "mle" and "loss" not in r and r["nfe_forward"] == 8  # the default: 4 midpoint steps
         assert 0 < r["nll"] < 10
     # The fine-tune's rate restarts at mle_lr and decays to 0 over its own iterations.
     assert training[3]["lr"] == pytest.approx(flow.cosine_lr(flow.MLE_LR, 0, 8))
@@ -250,7 +251,22 @@ def test_the_fine_tune_can_add_the_weighted_flow_matching_loss(tmp_path, monkeyp
 
 
 def test_fine_tune_settings_are_checked():
-    assert FlowTrainConfig().mle_finetune == 0  # off by default: see the module docstring
+    # The defaults depend on the data (the module docstring, "Defaults for 2-D data").
+    toy = FlowTrainConfig()
+    assert (toy.iterations, toy.batch_size, toy.mle_finetune, toy.mle_method, toy.mle_fm_weight) == (
+        1500,
+        128,
+        2000,
+        "midpoint",
+        1.0,
+    )
+    digits = FlowTrainConfig(dataset="digits")
+    assert (digits.iterations, digits.batch_size, digits.mle_finetune) == (2500, 256, 0)
+    for no_finetune in (dict(ema=0.999), dict(coupling="independent", reflow_from="runs/x"), dict(mle_finetune=0)):
+        config = FlowTrainConfig(**no_finetune)
+        assert (config.iterations, config.mle_finetune) == (2500, 0), no_finetune
+    assert FlowTrainConfig(mle_finetune=800).iterations == 1500
+    assert FlowTrainConfig(iterations=40, batch_size=64).to_dict()["batch_size"] == 64
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be 0 with a maximum-likelihood fine-tune"):
         FlowTrainConfig(mle_finetune=5, ema=0.999)
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_finetune must be 0 with reflow_from"):

@@ -233,8 +233,15 @@ class FlowTrainConfig(RunConfig):
     coupling: str = setting("ot", "how noise is paired with data in a batch", choices=COUPLINGS)
     path: str = setting("linear", "probability path: linear (rectified flow) or variance preserving", choices=PATHS)
     sigma: float = setting(0.0, "Gaussian width around the conditional path", metavar="S")
-    iterations: int = setting(2500, "training iterations (raise it on --resume to train longer)", metavar="N")
-    batch_size: int = setting(256, "samples per iteration, over all processes", metavar="N")
+    iterations: int = setting(  # None: resolved from the dataset in __post_init__
+        None,
+        "flow-matching iterations (default: 1500 on 2-D data with a fine-tune, else 2500; raise it on --resume "
+        "to train longer)",
+        metavar="N",
+    )
+    batch_size: int = setting(  # None: resolved from the dataset in __post_init__
+        None, "samples per iteration, over all processes (default: 128 on 2-D data, 256 on images)", metavar="N"
+    )
     lr: float = setting(3e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
     ema: float = setting(
         0.0,
@@ -273,21 +280,22 @@ class FlowTrainConfig(RunConfig):
         None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR"
     )
     reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
-    mle_finetune: int = setting(
-        0,
-        "iterations of maximum-likelihood fine-tune after flow matching (exact likelihood through the solver; 0: none)",
+    mle_finetune: int = setting(  # None: resolved from the dataset in __post_init__
+        None,
+        "iterations of maximum-likelihood fine-tune after flow matching (exact likelihood through the solver; 0: "
+        "none; default: 2000 on 2-D data, 0 on images, with --ema or with --reflow-from)",
         metavar="ITERS",
     )
     mle_lr: float = setting(MLE_LR, "Adam learning rate of the fine-tune, cosine-decayed to 0 over --mle-finetune")
     mle_method: str = setting(
-        "dopri5",
+        "midpoint",
         "solver of the fine-tune's likelihood: dopri5 at --mle-tol, or a fixed-step method with --mle-steps steps",
         choices=MLE_METHODS,
     )
     mle_steps: int = setting(4, "equal steps of a fixed-step --mle-method over the flow's unit time", metavar="N")
     mle_tol: float = setting(MLE_TOL, "dopri5 rtol = atol of the fine-tune's likelihood solves", metavar="TOL")
     mle_fm_weight: float = setting(
-        0.0,
+        1.0,
         "weight of the flow-matching loss added to the fine-tune's negative log-likelihood (0: the likelihood alone)",
         metavar="W",
     )
@@ -299,6 +307,15 @@ class FlowTrainConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("dataset", FLOW_DATASETS)
+        # The defaults that depend on the data (see the module docstring, "Defaults for 2-D data").
+        toy = self.dataset not in IMAGE_DATASETS
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 128 if toy else 256)
+        if self.mle_finetune is None:
+            finetune = toy and self.reflow_from is None and not (isinstance(self.ema, (int, float)) and self.ema > 0)
+            object.__setattr__(self, "mle_finetune", 2000 if finetune else 0)
+        if self.iterations is None:
+            object.__setattr__(self, "iterations", 1500 if toy and self.mle_finetune else 2500)
         self.check_choice("coupling", COUPLINGS)
         self.check_choice("path", PATHS)
         self.check_choice("divergence", ("auto", *DIVERGENCES))
