@@ -70,7 +70,7 @@ TOLERANCES = (1e-2, 1e-3, 1e-5)
 TABLE_SAMPLES = 1000
 
 #: Settings of the task's first defaults that the ablation keeps fixed (batch 256, no weight average).
-_FIRST = dict(batch_size=256, ema=0.0)
+_FIRST = dict(batch_size=256, ema=0.0, mle_finetune=0)
 #: The OT-CFM ablation on 8 gaussians, one change at a time from the flow task's first defaults
 #: (128-128-128 SiLU MLP with 8 sinusoidal features of t up to frequency 1000, Adam at 1e-3, 2000
 #: iterations) to the present ones; every run is scored on the same held-out points.
@@ -396,7 +396,16 @@ def _finetuned(base: Path, runs: Path, iterations: int, lr: float, tol: float, r
         shutil.rmtree(out)
     shutil.copytree(base, out, ignore=shutil.ignore_patterns("*.lock", "*.png"))
     saved = load_flow_checkpoint(out / "checkpoint.pt")["config"]
-    settings = {**saved, "out": str(out), "resume": True, "mle_finetune": iterations, "mle_lr": lr, "mle_tol": tol}
+    settings = {
+        **saved,
+        "out": str(out),
+        "resume": True,
+        "mle_finetune": iterations,
+        "mle_lr": lr,
+        "mle_tol": tol,
+        "mle_method": "dopri5",
+        "mle_fm_weight": 0.0,
+    }
     train_flow(FlowTrainConfig.from_dict(settings))
     final = _final(out)
     print(f"{out.name}: test NLL {final['test_nll']:.4f}, train {final['seconds']:.0f} s", flush=True)
@@ -405,8 +414,8 @@ def _finetuned(base: Path, runs: Path, iterations: int, lr: float, tol: float, r
 
 def _finetune_step_ratio(runs: Path, run: Path) -> tuple[float, float, float]:
     """One step of the default CNF (its checkpoint in ``runs``) against one fine-tune step of the flow in
-    ``run`` (its final weights, its batch, its ``mle_tol``), alternated in this process: ``(CNF / fine-tune
-    step time, CNF seconds, fine-tune seconds)``."""
+    ``run`` (its final weights, its batch, its fine-tune's solver and flow-matching weight), alternated in
+    this process: ``(CNF / fine-tune step time, CNF seconds, fine-tune seconds)``."""
     cnf = build_cnf_model(CNFTrainConfig())
     cnf.load_state_dict(load_cnf_checkpoint(runs / "cnf_8gaussians" / "checkpoint.pt")["model"])
     model, config, _ = _load_flow(run)
@@ -421,8 +430,20 @@ def _finetune_step_ratio(runs: Path, run: Path) -> tuple[float, float, float]:
         loss.backward()
         opt_c.step()
 
+    steps = None if config.mle_method == "dopri5" else config.mle_steps
+
     def finetune_step() -> None:
-        loss = -log_prob(model, xf, rtol=config.mle_tol, atol=config.mle_tol, adjoint=config.mle_adjoint).mean()
+        loss = -log_prob(
+            model,
+            xf,
+            method=config.mle_method,
+            steps=steps,
+            rtol=config.mle_tol,
+            atol=config.mle_tol,
+            adjoint=config.mle_adjoint,
+        ).mean()
+        if config.mle_fm_weight > 0:
+            loss = loss + config.mle_fm_weight * cfm_loss(model, xf, coupling=config.coupling)
         opt_f.zero_grad()
         loss.backward()
         opt_f.step()
@@ -611,9 +632,10 @@ def main(argv=None) -> int:
     defaults = FlowTrainConfig()
 
     # The flows first, the CNF last: with --reuse it may be a run still training in --runs.
-    ot = _flow("ot_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="ot", **quick, **table)
+    short = dict(quick, mle_finetune=50) if args.quick else {}  # the default fine-tune, shortened
+    ot = _flow("ot_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="ot", **short, **table)
     ind = _flow(
-        "independent_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="independent", **quick, **table
+        "independent_8gaussians", args.runs, args.reuse, dataset="8gaussians", coupling="independent", **short, **table
     )
     reflow = _flow(
         "reflow_8gaussians",
@@ -688,7 +710,11 @@ def main(argv=None) -> int:
 
     # 1. OT-CFM against the max-likelihood CNF, both with their defaults.
     cnf_iters = CNFTrainConfig().iterations
-    implied = ratio * cnf_iters / ot["iteration"]  # CNF training time / OT-CFM training time at the defaults
+    fm_iters = ot["config"].iterations
+    ft_iters = ot["iteration"] - fm_iters  # the default fine-tune's iterations
+    r_ft, cnf_ft_s, ft_s = _finetune_step_ratio(args.runs, args.runs / "ot_8gaussians") if ft_iters else (1, 0, 0)
+    fraction = fm_iters / (ratio * cnf_iters) + ft_iters / (r_ft * cnf_iters)  # of the CNF's training time
+    implied = 1 / fraction  # CNF training time / OT-CFM training time at the defaults
     # The CNF's own final line scored its test set; re-score its checkpoint on the flow's points so that
     # both NLLs are means over the very same held-out points.
     rescored = _cnf_rescored(args.runs, test_x) if cnf is not None else None
@@ -728,8 +754,12 @@ def main(argv=None) -> int:
         "## 8 gaussians: flow matching against maximum likelihood\n\n"
         f"Both with their defaults. Flow: `VelocityMLP` {'-'.join(map(str, defaults.hidden_dims))} ({defaults.activation}, t as an "
         f"input beside x, {defaults.time_features} sinusoidal features), linear path, sigma {defaults.sigma:g}, "
-        f"Adam at {defaults.lr:g} cosine-decayed, batch {defaults.batch_size}, {ot['iteration']} iterations; no ODE is "
-        f"solved in training. CNF: as in `cnf.md` (concat-MLP 64-64-64, exact trace, dopri5 at 1e-5, adjoint, "
+        f"Adam at {defaults.lr:g} cosine-decayed, batch {defaults.batch_size}, {fm_iters} iterations of flow matching "
+        f"(no ODE solved), then {ft_iters} of maximum likelihood with the flow-matching loss added at weight "
+        f"{defaults.mle_fm_weight:g} (`--mle-finetune`; the likelihood by {defaults.mle_steps} {defaults.mle_method} "
+        f"steps, exact divergence, backpropagation; a fresh Adam at {defaults.mle_lr:g} cosine-decayed). The "
+        "I-CFM run has the same defaults; the reflow run has no fine-tune (2500 iterations of flow matching). "
+        "CNF: as in `cnf.md` (concat-MLP 64-64-64, exact trace, dopri5 at 1e-5, adjoint, "
         f"{cnf_iters} iterations). Test NLL on {ot['test_samples']} fresh samples (flow: exact divergence, dopri5 at "
         f"rtol = atol = {defaults.tol:g}). Train time is the training loop's wall time (evaluation excluded), one torch "
         "thread, on a 2-core machine shared with other jobs (load average above): wall times of runs made at different "
@@ -737,11 +767,18 @@ def main(argv=None) -> int:
         f"I-CFM flow trained {reflow['iteration']} more iterations on {FlowTrainConfig().reflow_pairs} of its own "
         "noise-sample pairs (its time excludes the I-CFM run it starts from).\n\n"
         + markdown_table(["model", "test NLL (nats)", "train time", "iterations", "NFE per test batch (dopri5)"], rows)
-        + "\n\n**Training cost, measured in one process** (alternating steps, median of 8 pairs): one CNF step "
+        + "\n\n**Training cost, measured in one process** (alternating steps, median of 8 pairs each): one CNF step "
         f"(forward + adjoint, {cnf_nfe} evaluations, CNF at iteration {cnf_at}) takes {cnf_step_s * 1e3:.0f} ms, one OT-CFM "
-        f"step (Hungarian assignment of {defaults.batch_size} pairs included) {flow_step_s * 1e3:.1f} ms: **{ratio:.0f}×**. At the defaults "
-        f"({cnf_iters} CNF iterations, {ot['iteration']} OT-CFM iterations) OT-CFM trains in **1/{implied:.1f}** of the "
-        "CNF's time.\n\n"
+        f"step (Hungarian assignment of {defaults.batch_size} pairs included) {flow_step_s * 1e3:.1f} ms: **{ratio:.0f}×**"
+        + (
+            f"; one fine-tune step (the run's final weights; {defaults.mle_steps} {defaults.mle_method} steps, "
+            f"{2 * defaults.mle_steps if defaults.mle_method == 'midpoint' else '—'} evaluations, and the flow-matching "
+            f"loss of the batch) {ft_s * 1e3:.1f} ms against {cnf_ft_s * 1e3:.0f} ms for the CNF's: **{r_ft:.1f}×**"
+            if ft_iters
+            else ""
+        )
+        + f". At the defaults ({cnf_iters} CNF iterations; {fm_iters} flow-matching and {ft_iters} fine-tune "
+        f"iterations) OT-CFM trains in **1/{implied:.1f}** of the CNF's time.\n\n"
         f"Target: OT-CFM reaches a test NLL ≤ the CNF's "
         + (
             f"({ot['test_nll']:.3f} against {cnf_nll:.3f}: **{'met' if nll_ok else 'not met'}**)"
@@ -908,8 +945,9 @@ def main(argv=None) -> int:
         "## Weight average (OT-CFM, 8 gaussians)\n\n"
         f"`--ema {ema_decay}` (a bias-corrected exponential moving average of the weights, evaluated and sampled in "
         "their place; `WeightEMA`) on the default OT-CFM run: the average does not change the training "
-        f"trajectory, so the run's trained weights score {ema_trained_nll:.4f} nats (the default run: "
-        f"{ot['test_nll']:.4f}) and its average **{ema_run['test_nll']:.4f}** on the same held-out points. With the "
+        f"trajectory, so the run's trained weights score {ema_trained_nll:.4f} nats and its average "
+        f"**{ema_run['test_nll']:.4f}** on the same held-out points (a weight average turns the default fine-tune "
+        f"off: this run is {ema_run['iteration']} iterations of flow matching alone). With the "
         "learning rate cosine-decayed to 0 the last iterate is already an average over the final low-rate steps, "
         f"and a window of about {1 / (1 - ema_decay):.0f} steps reaches back to higher rates: the default is no "
         "average (`--ema 0`). It is the tool for a constant rate or a run stopped early."

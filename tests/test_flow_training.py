@@ -254,7 +254,7 @@ def test_fine_tune_settings_are_checked():
     # The defaults depend on the data (the module docstring, "Defaults for 2-D data").
     toy = FlowTrainConfig()
     assert (toy.iterations, toy.batch_size, toy.mle_finetune, toy.mle_method, toy.mle_fm_weight) == (
-        1500,
+        1000,
         128,
         2000,
         "midpoint",
@@ -265,7 +265,7 @@ def test_fine_tune_settings_are_checked():
     for no_finetune in (dict(ema=0.999), dict(coupling="independent", reflow_from="runs/x"), dict(mle_finetune=0)):
         config = FlowTrainConfig(**no_finetune)
         assert (config.iterations, config.mle_finetune) == (2500, 0), no_finetune
-    assert FlowTrainConfig(mle_finetune=800).iterations == 1500
+    assert FlowTrainConfig(mle_finetune=800).iterations == 1000
     assert FlowTrainConfig(iterations=40, batch_size=64).to_dict()["batch_size"] == 64
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be 0 with a maximum-likelihood fine-tune"):
         FlowTrainConfig(mle_finetune=5, ema=0.999)

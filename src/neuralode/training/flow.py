@@ -235,7 +235,7 @@ class FlowTrainConfig(RunConfig):
     sigma: float = setting(0.0, "Gaussian width around the conditional path", metavar="S")
     iterations: int = setting(  # None: resolved from the dataset in __post_init__
         None,
-        "flow-matching iterations (default: 1500 on 2-D data with a fine-tune, else 2500; raise it on --resume "
+        "flow-matching iterations (default: 1000 on 2-D data with a fine-tune, else 2500; raise it on --resume "
         "to train longer)",
         metavar="N",
     )
@@ -315,7 +315,7 @@ class FlowTrainConfig(RunConfig):
             finetune = toy and self.reflow_from is None and not (isinstance(self.ema, (int, float)) and self.ema > 0)
             object.__setattr__(self, "mle_finetune", 2000 if finetune else 0)
         if self.iterations is None:
-            object.__setattr__(self, "iterations", 1500 if toy and self.mle_finetune else 2500)
+            object.__setattr__(self, "iterations", 1000 if toy and self.mle_finetune else 2500)
         self.check_choice("coupling", COUPLINGS)
         self.check_choice("path", PATHS)
         self.check_choice("divergence", ("auto", *DIVERGENCES))
