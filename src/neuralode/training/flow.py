@@ -26,49 +26,47 @@ decay to 0 the last iterate is already averaged over its final low-rate steps, w
 about ``1 / (1 − β)`` steps reaches back to higher rates: on 8 gaussians ``β = 0.999`` on top of the
 cosine schedule does not lower the test NLL (``benchmarks/results/flows.md``, "Weight average").
 
-**Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation in
-``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh MLP taking ``t`` as an
-input, no sinusoidal features of ``t``: those made the fitted field oscillate in ``t`` and cost
-about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed over 2500 iterations: an OT-CFM step
-solves no ODE, so it costs 1/14 to 1/16 of a CNF step (``benchmarks/results/flows.md``, "Training
-cost"; the Hungarian assignment of the batch is most of it), and 2500 of them take under 1/5 of the
-CNF's 1000 iterations, the time the flow-matching benchmark allows, with a margin for that ratio's
-variation from one measurement to the next.
+**Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation and
+the fine-tune sections of ``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh
+MLP taking ``t`` as an input, no sinusoidal features of ``t``: those made the fitted field oscillate
+in ``t`` and cost about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed; with the OT coupling, batch 128
+(the OT assignment costs O(n³): a step at 256 costs about four times one at 128 and trains no
+better), 500 iterations of flow matching and then 2000 of the maximum-likelihood fine-tune below.
+``iterations``, ``batch_size`` and ``mle_finetune`` default to ``None``, resolved in
+``__post_init__``: flow matching alone (2500 iterations at batch 256, no fine-tune) on images, with
+the independent coupling (its curved paths are what 4 midpoint steps integrate badly: the default
+fine-tune took I-CFM on 8 gaussians to a test NLL of 11.4), with a weight average, a reflow or
+``mle_finetune=0``; an explicit ``mle_finetune`` on 2-D data keeps the short schedule. On 8 gaussians this run scores 2.8454, 2.8643 and 2.8380
+nats on the held-out points of seeds 0, 1 and 2, where CNFs trained at their defaults with the same
+seeds score 2.8483, 2.8662 and 2.8399, in about 1/5.3 of the CNF's training time (step times
+alternated in one process: ``benchmarks/results/flows.md``, "Training cost"). Flow matching alone
+(2500 iterations) stays about 0.014 nats above the CNF however long, wide or averaged the run.
 
 **Maximum-likelihood fine-tune** (``mle_finetune=N``, ``--mle-finetune N``): the flow-matching loss
-is a regression onto conditional velocities, not the likelihood the test NLL scores, and on 8
-gaussians its optimum stays about 0.01 nats above the max-likelihood CNF however long, wide or
-averaged the run (``benchmarks/results/flows.md``). After the ``iterations`` of flow matching the
-run can take ``N`` more of maximum likelihood on the same field: the loss is the mean of
-``−log p_1(x)`` over the batch by :func:`~neuralode.models.flow_matching.log_prob` (the divergence the
-evaluation uses, dopri5 at ``mle_tol``, gradients by backpropagation through the solver, or by the
-adjoint with ``mle_adjoint``), Adam restarted with fresh moment estimates at ``mle_lr``
-cosine-decayed to 0 over the ``N`` iterations, the batches drawn as the flow-matching ones are. Its
-iterations are numbered after the flow-matching ones (``iterations + 1`` …), its ``metrics.jsonl``
-lines carry ``"phase": "mle"``, ``nll`` (the training batches' mean, nats) and ``nfe_forward``, its
-checkpoints resume exactly inside the phase, and the training ``seconds`` count both phases. A
-fine-tune step solves the ODE: 3-5× cheaper than a CNF step (a looser tolerance, no adjoint solve)
-but 4-12× dearer than a flow-matching step. On 8 gaussians (``benchmarks/results/flows.md``,
-"Maximum-likelihood fine-tune"; the CNF scores 2.8483 there) the default OT-CFM run (2.862) gets
-to 2.853 with 300 fine-tune iterations and to 2.8485 with 1000, but past the 1/5 of the CNF's
-training time that the flow is allowed. At batch 128 flow matching scores the same (2.862) at a
-quarter of the cost, which leaves room for 800 fine-tune iterations at 2e-3: 2.8482 against the
-CNF's 2.8483, in 1/4.8-1/5.2 of the CNF's time (three timings: the budget's edge), on the
-benchmark's seed, but 0.003-0.004 nats above CNFs trained with two other seeds. The gap is within
-the run-to-run spread, not reliably closed, so the fine-tune is off by default (``mle_finetune=0``)
-and ``--batch-size 128 --mle-finetune 800`` is the recipe to ask for. It is refused with a weight
-average (``ema > 0``: the average would reach back over the flow-matching iterates) and with a
-reflow (whose straightened paths it would bend).
+is a regression onto conditional velocities, not the likelihood the test NLL scores. After the
+``iterations`` of flow matching the run takes ``N`` more on the same field whose loss is the mean of
+``−log p_1(x)`` over the batch by :func:`~neuralode.models.flow_matching.log_prob` (exact divergence,
+gradients by backpropagation through the solver, or by the adjoint with ``mle_adjoint``) plus
+``mle_fm_weight`` times the flow-matching loss of the same batch, Adam restarted with fresh moment
+estimates at ``mle_lr`` cosine-decayed to 0 over the ``N`` iterations, the batches drawn as the
+flow-matching ones are. Its iterations are numbered after the flow-matching ones
+(``iterations + 1`` …), its ``metrics.jsonl`` lines carry ``"phase": "mle"``, ``nll`` (the training
+batches' mean negative log-likelihood, nats, without the flow-matching term) and ``nfe_forward``, its
+checkpoints resume exactly inside the phase, and the training ``seconds`` count both phases. It is
+refused with a weight average (``ema > 0``: the average would reach back over the flow-matching
+iterates) and with a reflow (whose straightened paths it would bend).
 
-``mle_method`` / ``mle_steps`` solve the fine-tune's likelihood with a fixed-step method instead of
-dopri5 (``"midpoint"`` at 4 steps: 8 evaluations a solve, against about 20 of dopri5 at 1e-3, a
-third of the step's cost). A fixed-step likelihood is not the flow's own: nothing bounds its error,
-and the fine-tune is free to grow that error in its favour. On 8 gaussians 4 midpoint steps put the
-flow-matching field's NLL 0.012 nats low; 2500 fine-tune iterations on them (seed 2) end 0.13 nats
-low, the test NLL rising to 2.859 where 2000 gave 2.843, and rk4 at 2 steps diverged (8.7 nats).
-Adding the flow-matching loss to the likelihood (the field kept near its regression target) held
-the midpoint run at 2.842, still above the CNF of that seed, and the pair costs more than the
-1/5 budget allows (``benchmarks/results/flows.md``). dopri5 stays the default.
+The likelihood is solved by ``mle_method`` with ``mle_steps`` equal steps (default: 4 midpoint
+steps, 8 evaluations), or by dopri5 at ``mle_tol`` (``mle_method="dopri5"``: about 20 evaluations at
+1e-3, a step about 2.5 times dearer). A fixed-step likelihood is not the flow's own: nothing bounds
+its error, and a fine-tune on it alone learns to grow that error in its favour. On 8 gaussians 4
+midpoint steps put the flow-matching field's NLL 0.012 nats low; 2500 fine-tune iterations on the
+likelihood alone (seed 2) ended 0.13 nats low, the test NLL rising to 2.859 where 2000 had given
+2.843, and rk4 at 2 steps diverged (8.7 nats). The flow-matching term (``mle_fm_weight=1``) keeps
+the field near its regression target, where the 4-step rule is accurate: the same 2500 iterations
+with it gave 2.842, and it is what lets the cheap solver take the 2000 iterations of the default,
+which dopri5 at 1e-3 could not within 1/5 of the CNF's time (800 of them gave 2.8482, 2.8705 and
+2.8429 on seeds 0, 1 and 2).
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
@@ -233,14 +231,16 @@ class FlowTrainConfig(RunConfig):
     coupling: str = setting("ot", "how noise is paired with data in a batch", choices=COUPLINGS)
     path: str = setting("linear", "probability path: linear (rectified flow) or variance preserving", choices=PATHS)
     sigma: float = setting(0.0, "Gaussian width around the conditional path", metavar="S")
-    iterations: int = setting(  # None: resolved from the dataset in __post_init__
+    iterations: int = setting(  # None: resolved in __post_init__
         None,
-        "flow-matching iterations (default: 1000 on 2-D data with a fine-tune, else 2500; raise it on --resume "
+        "flow-matching iterations (default: 500 on 2-D data with a fine-tune, else 2500; raise it on --resume "
         "to train longer)",
         metavar="N",
     )
-    batch_size: int = setting(  # None: resolved from the dataset in __post_init__
-        None, "samples per iteration, over all processes (default: 128 on 2-D data, 256 on images)", metavar="N"
+    batch_size: int = setting(  # None: resolved in __post_init__
+        None,
+        "samples per iteration, over all processes (default: 128 on 2-D data with a fine-tune, else 256)",
+        metavar="N",
     )
     lr: float = setting(3e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
     ema: float = setting(
@@ -280,10 +280,10 @@ class FlowTrainConfig(RunConfig):
         None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR"
     )
     reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
-    mle_finetune: int = setting(  # None: resolved from the dataset in __post_init__
+    mle_finetune: int = setting(  # None: resolved in __post_init__
         None,
         "iterations of maximum-likelihood fine-tune after flow matching (exact likelihood through the solver; 0: "
-        "none; default: 2000 on 2-D data, 0 on images, with --ema or with --reflow-from)",
+        "none; default: 2000 with the OT coupling on 2-D data without --ema or --reflow-from, else 0)",
         metavar="ITERS",
     )
     mle_lr: float = setting(MLE_LR, "Adam learning rate of the fine-tune, cosine-decayed to 0 over --mle-finetune")
@@ -309,13 +309,15 @@ class FlowTrainConfig(RunConfig):
         self.check_choice("dataset", FLOW_DATASETS)
         # The defaults that depend on the data (see the module docstring, "Defaults for 2-D data").
         toy = self.dataset not in IMAGE_DATASETS
-        if self.batch_size is None:
-            object.__setattr__(self, "batch_size", 128 if toy else 256)
         if self.mle_finetune is None:
-            finetune = toy and self.reflow_from is None and not (isinstance(self.ema, (int, float)) and self.ema > 0)
-            object.__setattr__(self, "mle_finetune", 2000 if finetune else 0)
+            averaged = isinstance(self.ema, (int, float)) and self.ema > 0
+            recipe = toy and self.coupling == "ot" and self.reflow_from is None and not averaged
+            object.__setattr__(self, "mle_finetune", 2000 if recipe else 0)
+        short = toy and isinstance(self.mle_finetune, int) and self.mle_finetune > 0
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 128 if short else 256)
         if self.iterations is None:
-            object.__setattr__(self, "iterations", 1000 if toy and self.mle_finetune else 2500)
+            object.__setattr__(self, "iterations", 500 if short else 2500)
         self.check_choice("coupling", COUPLINGS)
         self.check_choice("path", PATHS)
         self.check_choice("divergence", ("auto", *DIVERGENCES))
