@@ -29,18 +29,19 @@ cosine schedule does not lower the test NLL (``benchmarks/results/flows.md``, "W
 **Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation and
 the fine-tune sections of ``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh
 MLP taking ``t`` as an input, no sinusoidal features of ``t``: those made the fitted field oscillate
-in ``t`` and cost about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed; with the OT coupling, batch 128
-(the OT assignment costs O(n³): a step at 256 costs about four times one at 128 and trains no
-better), 500 iterations of flow matching and then 2000 of the maximum-likelihood fine-tune below.
+in ``t`` and cost about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed; with the OT
+coupling, batch 128 (the OT assignment costs O(n³): a step at 256 costs about four times one at
+128 and trains no better), 500 iterations of flow matching and then 2000 of the maximum-likelihood fine-tune below.
 ``iterations``, ``batch_size`` and ``mle_finetune`` default to ``None``, resolved in
 ``__post_init__``: flow matching alone (2500 iterations at batch 256, no fine-tune) on images, with
 the independent coupling (its curved paths are what 4 midpoint steps integrate badly: the default
 fine-tune took I-CFM on 8 gaussians to a test NLL of 11.4), with a weight average, a reflow or
-``mle_finetune=0``; an explicit ``mle_finetune`` on 2-D data keeps the short schedule. On 8 gaussians this run scores 2.8454, 2.8643 and 2.8380
-nats on the held-out points of seeds 0, 1 and 2, where CNFs trained at their defaults with the same
-seeds score 2.8483, 2.8662 and 2.8399, in about 1/5.3 of the CNF's training time (step times
-alternated in one process: ``benchmarks/results/flows.md``, "Training cost"). Flow matching alone
-(2500 iterations) stays about 0.014 nats above the CNF however long, wide or averaged the run.
+``mle_finetune=0``; an explicit ``mle_finetune`` on 2-D data keeps the short schedule. On 8
+gaussians the OT run scores 2.8454, 2.8643 and 2.8380 nats on the held-out points of seeds 0, 1
+and 2, where CNFs trained at their defaults with the same seeds score 2.8483, 2.8662 and 2.8399,
+in about 1/5.3 of the CNF's training time (step times alternated in one process:
+``benchmarks/results/flows.md``, "Training cost"). Flow matching alone (2500 iterations) stays
+about 0.014 nats above the CNF however long, wide or averaged the run.
 
 **Maximum-likelihood fine-tune** (``mle_finetune=N``, ``--mle-finetune N``): the flow-matching loss
 is a regression onto conditional velocities, not the likelihood the test NLL scores. After the
@@ -171,8 +172,10 @@ class FlowTrainConfig(RunConfig):
         coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport).
         path: ``"linear"`` (rectified flow) or ``"vp"`` (variance preserving).
         sigma: Gaussian width around the conditional path (0: none).
-        iterations: optimisation steps (a resumed run may raise it).
-        batch_size: samples per step over all processes (the OT coupling needs 2 per process).
+        iterations: flow-matching steps (a resumed run may raise it); ``None``: 500 on 2-D data
+            with a fine-tune, else 2500 (the module docstring, "Defaults for 2-D data").
+        batch_size: samples per step over all processes (the OT coupling needs 2 per process);
+            ``None``: 128 on 2-D data with a fine-tune, else 256.
         lr: Adam's initial rate, cosine-decayed to 0 over ``iterations``.
         ema: decay ``β`` of the exponential moving average of the weights that is evaluated and
             sampled (:class:`WeightEMA`); 0: the trained weights themselves.
@@ -195,7 +198,8 @@ class FlowTrainConfig(RunConfig):
         reflow_from: a trained flow run whose noise-sample pairs this run trains on (reflow).
         reflow_pairs: how many pairs.
         mle_finetune: iterations of maximum-likelihood fine-tune after the ``iterations`` of flow
-            matching (0: none; see the module docstring).
+            matching (0: none; see the module docstring); ``None``: 2000 with the OT coupling on
+            2-D data without a weight average or a reflow, else 0.
         mle_lr: Adam's initial rate in the fine-tune, cosine-decayed to 0 over its iterations.
         mle_method: the solver of the fine-tune's likelihood: ``"dopri5"`` at ``mle_tol``, or
             ``"midpoint"``, ``"rk4"``, ``"euler"`` with ``mle_steps`` equal steps.
