@@ -256,7 +256,7 @@ def test_fine_tune_settings_are_checked():
     assert (toy.iterations, toy.batch_size, toy.mle_finetune, toy.mle_method, toy.mle_fm_weight) == (
         500,
         128,
-        2000,
+        1800,
         "midpoint",
         1.0,
     )

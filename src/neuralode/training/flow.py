@@ -31,15 +31,15 @@ the fine-tune sections of ``benchmarks/results/flows.md``): the CNF's state size
 MLP taking ``t`` as an input, no sinusoidal features of ``t``: those made the fitted field oscillate
 in ``t`` and cost about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed; with the OT
 coupling, batch 128 (the OT assignment costs O(n³): a step at 256 costs about four times one at
-128 and trains no better), 500 iterations of flow matching and then 2000 of the maximum-likelihood fine-tune below.
+128 and trains no better), 500 iterations of flow matching and then 1800 of the maximum-likelihood fine-tune below.
 ``iterations``, ``batch_size`` and ``mle_finetune`` default to ``None``, resolved in
 ``__post_init__``: flow matching alone (2500 iterations at batch 256, no fine-tune) on images, with
 the independent coupling (its curved paths are what 4 midpoint steps integrate badly: the default
 fine-tune took I-CFM on 8 gaussians to a test NLL of 11.4), with a weight average, a reflow or
 ``mle_finetune=0``; an explicit ``mle_finetune`` on 2-D data keeps the short schedule. On 8
-gaussians the OT run scores 2.8454, 2.8643 and 2.8380 nats on the held-out points of seeds 0, 1
+gaussians the OT run scores 2.8459, 2.8645 and 2.8380 nats on the held-out points of seeds 0, 1
 and 2, where CNFs trained at their defaults with the same seeds score 2.8483, 2.8662 and 2.8399,
-in about 1/5.3 of the CNF's training time (step times alternated in one process:
+in about 1/5.4 of the CNF's training time (step times alternated in one process:
 ``benchmarks/results/flows.md``, "Training cost"). Flow matching alone (2500 iterations) stays
 about 0.014 nats above the CNF however long, wide or averaged the run.
 
@@ -65,7 +65,7 @@ midpoint steps put the flow-matching field's NLL 0.012 nats low; 2500 fine-tune 
 likelihood alone (seed 2) ended 0.13 nats low, the test NLL rising to 2.859 where 2000 had given
 2.843, and rk4 at 2 steps diverged (8.7 nats). The flow-matching term (``mle_fm_weight=1``) keeps
 the field near its regression target, where the 4-step rule is accurate: the same 2500 iterations
-with it gave 2.842, and it is what lets the cheap solver take the 2000 iterations of the default,
+with it gave 2.842, and it is what lets the cheap solver take the 1800 iterations of the default,
 which dopri5 at 1e-3 could not within 1/5 of the CNF's time (800 of them gave 2.8482, 2.8705 and
 2.8429 on seeds 0, 1 and 2).
 
@@ -198,7 +198,7 @@ class FlowTrainConfig(RunConfig):
         reflow_from: a trained flow run whose noise-sample pairs this run trains on (reflow).
         reflow_pairs: how many pairs.
         mle_finetune: iterations of maximum-likelihood fine-tune after the ``iterations`` of flow
-            matching (0: none; see the module docstring); ``None``: 2000 with the OT coupling on
+            matching (0: none; see the module docstring); ``None``: 1800 with the OT coupling on
             2-D data without a weight average or a reflow, else 0.
         mle_lr: Adam's initial rate in the fine-tune, cosine-decayed to 0 over its iterations.
         mle_method: the solver of the fine-tune's likelihood: ``"dopri5"`` at ``mle_tol``, or
@@ -287,7 +287,7 @@ class FlowTrainConfig(RunConfig):
     mle_finetune: int = setting(  # None: resolved in __post_init__
         None,
         "iterations of maximum-likelihood fine-tune after flow matching (exact likelihood through the solver; 0: "
-        "none; default: 2000 with the OT coupling on 2-D data without --ema or --reflow-from, else 0)",
+        "none; default: 1800 with the OT coupling on 2-D data without --ema or --reflow-from, else 0)",
         metavar="ITERS",
     )
     mle_lr: float = setting(MLE_LR, "Adam learning rate of the fine-tune, cosine-decayed to 0 over --mle-finetune")
@@ -316,7 +316,7 @@ class FlowTrainConfig(RunConfig):
         if self.mle_finetune is None:
             averaged = isinstance(self.ema, (int, float)) and self.ema > 0
             recipe = toy and self.coupling == "ot" and self.reflow_from is None and not averaged
-            object.__setattr__(self, "mle_finetune", 2000 if recipe else 0)
+            object.__setattr__(self, "mle_finetune", 1800 if recipe else 0)
         short = toy and isinstance(self.mle_finetune, int) and self.mle_finetune > 0
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", 128 if short else 256)
