@@ -181,10 +181,10 @@ FINETUNE_NOTES_2 = (
     "1/11.8, by dopri5 at 1e-3 1/6.2. The Hungarian assignment (scipy's `linear_sum_assignment` on a float64 cost "
     "matrix) takes 0.9 ms of an OT-CFM step at batch 128 (float32 costs: the same; building the matrix 0.3 ms) "
     "and 25 ms at 256, most of that step: nothing left to gain at 128 from the cost matrix. The call itself is "
-    "uneven at 128: scipy copies the 128 KiB matrix, the size of glibc's default mmap threshold, and every "
-    "other call takes about 9.7 ms instead of 1.8 ms (noise against 8-gaussians data; 1.7 ms each with "
-    "`MALLOC_MMAP_THRESHOLD_=1000000 MALLOC_TRIM_THRESHOLD_=100000000` in the environment, and 127 or 129 rows "
-    "do not alternate): an effect of the C library's allocator, left alone here."
+    "uneven at 127-128 rows (a float64 cost matrix of about 128 KiB, glibc's default mmap threshold): every other "
+    "call takes about 9.7 ms instead of 1.8 ms (noise against 8-gaussians data; 129 rows do not alternate, and "
+    "with `MALLOC_MMAP_THRESHOLD_=1000000 MALLOC_TRIM_THRESHOLD_=100000000` in the environment every call takes "
+    "1.7 ms): an effect of the C library's allocator, measured here and left alone."
 )
 FINETUNE_HEADING = "## Maximum-likelihood fine-tune (OT-CFM, 8 gaussians)"
 
