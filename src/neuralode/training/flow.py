@@ -39,8 +39,8 @@ fine-tune took I-CFM on 8 gaussians to a test NLL of 11.4), with a weight averag
 ``mle_finetune=0``; an explicit ``mle_finetune`` on 2-D data keeps the short schedule. On 8
 gaussians the OT run scores 2.8459, 2.8645 and 2.8380 nats on the held-out points of seeds 0, 1
 and 2, where CNFs trained at their defaults with the same seeds score 2.8483, 2.8662 and 2.8399,
-in about 1/5.4 of the CNF's training time (step times alternated in one process:
-``benchmarks/results/flows.md``, "Training cost"). Flow matching alone (2500 iterations) stays
+in 1/5.4 to 1/6.2 of the CNF's training time (two timings of the steps alternated in one
+process: ``benchmarks/results/flows.md``, "Training cost" and the fine-tune notes). Flow matching alone (2500 iterations) stays
 about 0.014 nats above the CNF however long, wide or averaged the run.
 
 **Maximum-likelihood fine-tune** (``mle_finetune=N``, ``--mle-finetune N``): the flow-matching loss
