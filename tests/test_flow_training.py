@@ -250,6 +250,15 @@ def test_the_fine_tune_can_add_the_weighted_flow_matching_loss(tmp_path, monkeyp
         FlowTrainConfig(mle_fm_weight=-1.0)
 
 
+def test_a_config_saved_before_the_fine_tune_solver_settings_reads_back_as_it_ran():
+    saved = FlowTrainConfig(mle_finetune=800, batch_size=128).to_dict()
+    for key in ("mle_method", "mle_fm_weight"):
+        del saved[key]
+    config = FlowTrainConfig.from_dict(saved)
+    assert (config.mle_method, config.mle_fm_weight, config.mle_finetune) == ("dopri5", 0.0, 800)
+    assert FlowTrainConfig.from_dict(FlowTrainConfig().to_dict()) == FlowTrainConfig()
+
+
 def test_fine_tune_settings_are_checked():
     # The defaults depend on the data (the module docstring, "Defaults for 2-D data").
     toy = FlowTrainConfig()

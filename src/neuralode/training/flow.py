@@ -308,6 +308,15 @@ class FlowTrainConfig(RunConfig):
     )
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> Any:
+        """As :meth:`RunConfig.from_dict`; a config saved before ``mle_method`` and ``mle_fm_weight``
+        existed fine-tuned by dopri5 on the likelihood alone, and reads back so (a resumed fine-tune
+        continues as it began)."""
+        if "mle_finetune" in d and "mle_method" not in d:
+            d = {**d, "mle_method": "dopri5", "mle_fm_weight": 0.0}
+        return super().from_dict(d, **overrides)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("dataset", FLOW_DATASETS)
