@@ -192,7 +192,8 @@ SEEDS_NOTE = (
     "seed, on that seed's held-out points; not rerun by this script): seed 1 2.8645 against 2.8662, seed 2 2.8380 "
     "against 2.8399; with seed 0 above, the flow is 0.0020 nats below the CNFs on average. The flow-matching and "
     "fine-tune step ratios move from one timing to the next: an earlier run of this script measured 1/53 and "
-    "1/10.2, which put the same schedule at 1/5.4 of the CNF's time."
+    "1/10.2, which put the same schedule at 1/5.4 of the CNF's time, and two "
+    "later timings with these functions 1/6.2 and 1/6.0 (load 1.5-2)."
 )
 FINETUNE_HEADING = "## Maximum-likelihood fine-tune (OT-CFM, 8 gaussians)"
 
