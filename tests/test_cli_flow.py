@@ -21,6 +21,8 @@ from neuralode.training.flow import load_flow_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = [
+    "--mle-finetune",  # flow matching alone: the fine-tune has tests of its own
+    "0",
     "--hidden-dims",
     "16",
     "16",
@@ -160,7 +162,7 @@ def test_train_eval_plot_on_a_tiny_budget(tmp_path, capsys):
 def test_mle_finetune_flag_trains_after_flow_matching_and_plots_its_nll(tmp_path, capsys):
     out = tmp_path / "flow"
     argv = ["train", "flow", "--iterations", "4", "--mle-finetune", "3", "--mle-tol", "1e-2", "--log-every", "2"]
-    assert main([*argv, *TINY, "--test-samples", "50", "--no-plot", "--out", str(out)]) == 0
+    assert main([*argv, *TINY, "--mle-finetune", "3", "--test-samples", "50", "--no-plot", "--out", str(out)]) == 0
     assert "7 iterations in " in capsys.readouterr().out
     lines = _lines(out / "metrics.jsonl")
     assert [(r["iteration"], r.get("phase")) for r in lines[:-1]] == [(2, None), (4, None), (6, "mle"), (7, "mle")]
@@ -302,6 +304,10 @@ def test_sigint_then_resume_retraces_the_uninterrupted_run(tmp_path):
         (
             ["--mle-tol", "2"],
             "argument --mle-tol: FlowTrainConfig.mle_tol must be a tolerance in (0, 1); got 2.0.",
+        ),
+        (
+            ["--mle-steps", "0"],
+            "argument --mle-steps: FlowTrainConfig.mle_steps must be a positive integer; got 0.",
         ),
         (
             ["--label-dropout", "1.5"],

@@ -142,6 +142,8 @@ def test_two_process_flow_matches_one_process(tmp_path):
         "flow",
         "--coupling",
         "independent",
+        "--mle-finetune",
+        "0",
         "--iterations",
         "4",
         "--batch-size",

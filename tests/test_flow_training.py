@@ -26,6 +26,7 @@ TINY = dict(
     checkpoint_seconds=0.0,
     progress=False,
     plot=False,
+    mle_finetune=0,
 )
 
 
@@ -154,7 +155,7 @@ def test_the_fine_tune_follows_flow_matching_and_logs_its_likelihood(tmp_path):
     assert [r["iteration"] for r in training] == [3, 6, 8, 9, 12, 15, 16]
     assert all("loss" in r and "phase" not in r for r in training[:3])
     for r in training[3:]:
-        assert r["phase"] == "mle" and "loss" not in r and r["nfe_forward"] >= 6  # dopri5: 6 per accepted step
+        assert r["phase"] == "mle" and "loss" not in r and r["nfe_forward"] == 8  # the default: 4 midpoint steps
         assert 0 < r["nll"] < 10
     # The fine-tune's rate restarts at mle_lr and decays to 0 over its own iterations.
     assert training[3]["lr"] == pytest.approx(flow.cosine_lr(flow.MLE_LR, 0, 8))
@@ -207,8 +208,81 @@ def test_a_run_killed_inside_the_fine_tune_resumes_exactly(tmp_path, monkeypatch
             train_flow(FlowTrainConfig(out=tmp_path / "ref", resume=True, **dict(FINETUNE, iterations=10)))
 
 
+def test_a_fixed_step_fine_tune_solves_with_its_steps(tmp_path, monkeypatch):
+    # --mle-method midpoint --mle-steps 3: every fine-tune step passes the method and the steps to
+    # log_prob, which evaluates the field twice per midpoint step (6 evaluations a solve).
+    real, seen = flow.log_prob, []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("method", "dopri5"), kwargs.get("steps")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "log_prob", spy)
+    out = tmp_path / "run"
+    train_flow(FlowTrainConfig(out=out, **dict(FINETUNE, mle_finetune=3, mle_method="midpoint", mle_steps=3)))
+    assert seen[:3] == [("midpoint", 3)] * 3 and set(seen[3:]) == {("dopri5", None)}  # then the evaluation's
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nfe_forward"] for r in lines if r.get("phase") == "mle"] == [6, 6]
+
+
+def test_the_fine_tune_can_add_the_weighted_flow_matching_loss(tmp_path, monkeypatch):
+    # mle_fm_weight: each fine-tune step also takes the flow-matching loss of its own batch; the logged
+    # nll stays the likelihood alone (iteration 9, the first fine-tune step, starts from the same
+    # weights with and without it: the same nll; the update then differs).
+    real, calls = flow.cfm_loss, []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "cfm_loss", spy)
+    runs = {}
+    for weight in (0.0, 0.5):
+        calls.clear()
+        out = tmp_path / f"w{weight}"
+        train_flow(FlowTrainConfig(out=out, **dict(FINETUNE, mle_finetune=4, mle_fm_weight=weight)))
+        assert len(calls) == 8 + (4 if weight else 0)
+        lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[weight] = {r["iteration"]: r for r in lines if r.get("phase") == "mle"}
+    assert runs[0.5][9]["nll"] == runs[0.0][9]["nll"]
+    assert runs[0.5][12]["nll"] != runs[0.0][12]["nll"]
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_fm_weight must be a non-negative finite number"):
+        FlowTrainConfig(mle_fm_weight=-1.0)
+
+
+def test_a_config_saved_before_the_fine_tune_solver_settings_reads_back_as_it_ran():
+    saved = FlowTrainConfig(mle_finetune=800, batch_size=128).to_dict()
+    for key in ("mle_method", "mle_fm_weight"):
+        del saved[key]
+    config = FlowTrainConfig.from_dict(saved)
+    assert (config.mle_method, config.mle_fm_weight, config.mle_finetune) == ("dopri5", 0.0, 800)
+    assert FlowTrainConfig.from_dict(FlowTrainConfig().to_dict()) == FlowTrainConfig()
+
+
 def test_fine_tune_settings_are_checked():
-    assert FlowTrainConfig().mle_finetune == 0  # off by default: see the module docstring
+    # The defaults depend on the data (the module docstring, "Defaults for 2-D data").
+    toy = FlowTrainConfig()
+    assert (toy.iterations, toy.batch_size, toy.mle_finetune, toy.mle_method, toy.mle_fm_weight) == (
+        500,
+        128,
+        1800,
+        "midpoint",
+        1.0,
+    )
+    digits = FlowTrainConfig(dataset="digits")
+    assert (digits.iterations, digits.batch_size, digits.mle_finetune) == (2500, 256, 0)
+    # Flow matching alone, as on images: the independent coupling (its curved paths are what a 4-step
+    # likelihood gets wrong), a weight average, a reflow, or asked for.
+    for no_finetune in (
+        dict(coupling="independent"),
+        dict(ema=0.999),
+        dict(coupling="independent", reflow_from="runs/x"),
+        dict(mle_finetune=0),
+    ):
+        config = FlowTrainConfig(**no_finetune)
+        assert (config.iterations, config.batch_size, config.mle_finetune) == (2500, 256, 0), no_finetune
+    assert FlowTrainConfig(mle_finetune=800).iterations == 500
+    assert FlowTrainConfig(iterations=40, batch_size=64).to_dict()["batch_size"] == 64
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.ema must be 0 with a maximum-likelihood fine-tune"):
         FlowTrainConfig(mle_finetune=5, ema=0.999)
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_finetune must be 0 with reflow_from"):
@@ -220,3 +294,7 @@ def test_fine_tune_settings_are_checked():
             FlowTrainConfig(mle_tol=bad)
     with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_lr must be a positive finite number"):
         FlowTrainConfig(mle_lr=0.0)
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_method must be one of dopri5, midpoint, rk4, euler"):
+        FlowTrainConfig(mle_method="rk45")
+    with pytest.raises(ConfigError, match=r"FlowTrainConfig\.mle_steps must be a positive integer"):
+        FlowTrainConfig(mle_steps=0)

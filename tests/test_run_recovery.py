@@ -89,6 +89,8 @@ TINY = {
         "--no-plot",
     ],
     "flow": [
+        "--mle-finetune",
+        "0",
         "--iterations",
         "6",
         "--batch-size",

@@ -92,7 +92,8 @@ def _other_value(cls, f):
     elif kind is Path:
         value = Path("/tmp/some/where")
     elif kind is int:
-        value = (default or 0) + 1 if f.name not in ("train_subset", "test_subset") else 500
+        # A default of None is resolved from other settings (the flow task's data-dependent ones): 3 is valid.
+        value = (default if default is not None else 2) + 1 if f.name not in ("train_subset", "test_subset") else 500
     elif kind is float:
         value = default / 2 if default else 0.5
     else:

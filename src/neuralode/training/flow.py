@@ -26,39 +26,48 @@ decay to 0 the last iterate is already averaged over its final low-rate steps, w
 about ``1 / (1 − β)`` steps reaches back to higher rates: on 8 gaussians ``β = 0.999`` on top of the
 cosine schedule does not lower the test NLL (``benchmarks/results/flows.md``, "Weight average").
 
-**Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation in
-``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh MLP taking ``t`` as an
-input, no sinusoidal features of ``t``: those made the fitted field oscillate in ``t`` and cost
-about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed over 2500 iterations: an OT-CFM step
-solves no ODE, so it costs 1/14 to 1/16 of a CNF step (``benchmarks/results/flows.md``, "Training
-cost"; the Hungarian assignment of the batch is most of it), and 2500 of them take under 1/5 of the
-CNF's 1000 iterations, the time the flow-matching benchmark allows, with a margin for that ratio's
-variation from one measurement to the next.
+**Defaults for 2-D data**, chosen on 8 gaussians against the max-likelihood CNF (the ablation and
+the fine-tune sections of ``benchmarks/results/flows.md``): the CNF's state size (a 64-64-64 tanh
+MLP taking ``t`` as an input, no sinusoidal features of ``t``: those made the fitted field oscillate
+in ``t`` and cost about 0.2 nats of test NLL), Adam at 3e-3 cosine-decayed; with the OT
+coupling, batch 128 (the OT assignment costs O(n³): a step at 256 costs about four times one at
+128 and trains no better), 500 iterations of flow matching and then 1800 of the maximum-likelihood fine-tune below.
+``iterations``, ``batch_size`` and ``mle_finetune`` default to ``None``, resolved in
+``__post_init__``: flow matching alone (2500 iterations at batch 256, no fine-tune) on images, with
+the independent coupling (its curved paths are what 4 midpoint steps integrate badly: the default
+fine-tune took I-CFM on 8 gaussians to a test NLL of 11.4), with a weight average, a reflow or
+``mle_finetune=0``; an explicit ``mle_finetune`` on 2-D data keeps the short schedule. On 8
+gaussians the OT run scores 2.8459, 2.8645 and 2.8380 nats on the held-out points of seeds 0, 1
+and 2, where CNFs trained at their defaults with the same seeds score 2.8483, 2.8662 and 2.8399,
+in 1/5.4 to 1/6.2 of the CNF's training time (two timings of the steps alternated in one
+process: ``benchmarks/results/flows.md``, "Training cost" and the fine-tune notes). Flow matching alone (2500 iterations) stays
+about 0.014 nats above the CNF however long, wide or averaged the run.
 
 **Maximum-likelihood fine-tune** (``mle_finetune=N``, ``--mle-finetune N``): the flow-matching loss
-is a regression onto conditional velocities, not the likelihood the test NLL scores, and on 8
-gaussians its optimum stays about 0.01 nats above the max-likelihood CNF however long, wide or
-averaged the run (``benchmarks/results/flows.md``). After the ``iterations`` of flow matching the
-run can take ``N`` more of maximum likelihood on the same field: the loss is the mean of
-``−log p_1(x)`` over the batch by :func:`~neuralode.models.flow_matching.log_prob` (the divergence the
-evaluation uses, dopri5 at ``mle_tol``, gradients by backpropagation through the solver, or by the
-adjoint with ``mle_adjoint``), Adam restarted with fresh moment estimates at ``mle_lr``
-cosine-decayed to 0 over the ``N`` iterations, the batches drawn as the flow-matching ones are. Its
-iterations are numbered after the flow-matching ones (``iterations + 1`` …), its ``metrics.jsonl``
-lines carry ``"phase": "mle"``, ``nll`` (the training batches' mean, nats) and ``nfe_forward``, its
-checkpoints resume exactly inside the phase, and the training ``seconds`` count both phases. A
-fine-tune step solves the ODE: 3-5× cheaper than a CNF step (a looser tolerance, no adjoint solve)
-but 4-12× dearer than a flow-matching step. On 8 gaussians (``benchmarks/results/flows.md``,
-"Maximum-likelihood fine-tune"; the CNF scores 2.8483 there) the default OT-CFM run (2.862) gets
-to 2.853 with 300 fine-tune iterations and to 2.8485 with 1000, but past the 1/5 of the CNF's
-training time that the flow is allowed. At batch 128 flow matching scores the same (2.862) at a
-quarter of the cost, which leaves room for 800 fine-tune iterations at 2e-3: 2.8482 against the
-CNF's 2.8483, in 1/4.8-1/5.2 of the CNF's time (three timings: the budget's edge), on the
-benchmark's seed, but 0.003-0.004 nats above CNFs trained with two other seeds. The gap is within
-the run-to-run spread, not reliably closed, so the fine-tune is off by default (``mle_finetune=0``)
-and ``--batch-size 128 --mle-finetune 800`` is the recipe to ask for. It is refused with a weight
-average (``ema > 0``: the average would reach back over the flow-matching iterates) and with a
-reflow (whose straightened paths it would bend).
+is a regression onto conditional velocities, not the likelihood the test NLL scores. After the
+``iterations`` of flow matching the run takes ``N`` more on the same field whose loss is the mean of
+``−log p_1(x)`` over the batch by :func:`~neuralode.models.flow_matching.log_prob` (exact divergence,
+gradients by backpropagation through the solver, or by the adjoint with ``mle_adjoint``) plus
+``mle_fm_weight`` times the flow-matching loss of the same batch, Adam restarted with fresh moment
+estimates at ``mle_lr`` cosine-decayed to 0 over the ``N`` iterations, the batches drawn as the
+flow-matching ones are. Its iterations are numbered after the flow-matching ones
+(``iterations + 1`` …), its ``metrics.jsonl`` lines carry ``"phase": "mle"``, ``nll`` (the training
+batches' mean negative log-likelihood, nats, without the flow-matching term) and ``nfe_forward``, its
+checkpoints resume exactly inside the phase, and the training ``seconds`` count both phases. It is
+refused with a weight average (``ema > 0``: the average would reach back over the flow-matching
+iterates) and with a reflow (whose straightened paths it would bend).
+
+The likelihood is solved by ``mle_method`` with ``mle_steps`` equal steps (default: 4 midpoint
+steps, 8 evaluations), or by dopri5 at ``mle_tol`` (``mle_method="dopri5"``: about 20 evaluations at
+1e-3, a step about 2.5 times dearer). A fixed-step likelihood is not the flow's own: nothing bounds
+its error, and a fine-tune on it alone learns to grow that error in its favour. On 8 gaussians 4
+midpoint steps put the flow-matching field's NLL 0.012 nats low; 2500 fine-tune iterations on the
+likelihood alone (seed 2) ended 0.13 nats low, the test NLL rising to 2.859 where 2000 had given
+2.843, and rk4 at 2 steps diverged (8.7 nats). The flow-matching term (``mle_fm_weight=1``) keeps
+the field near its regression target, where the 4-step rule is accurate: the same 2500 iterations
+with it gave 2.842, and it is what lets the cheap solver take the 1800 iterations of the default,
+which dopri5 at 1e-3 could not within 1/5 of the CNF's time (800 of them gave 2.8482, 2.8705 and
+2.8429 on seeds 0, 1 and 2).
 
 **Data.** Toy densities are drawn on the fly (:mod:`neuralode.datasets.toy2d`); ``digits``
 (scikit-learn's 8x8, 17 levels) and ``mnist`` (28x28, 256 levels) are dequantised uniformly and
@@ -150,6 +159,8 @@ _MLE_FIGURES = ("nll", "nfe_forward", "n")
 #: 0.001 nats of each other, 2e-3 ahead at batch 128; dopri5 at 1e-3 gained more per second than at 1e-2).
 MLE_LR = 2e-3
 MLE_TOL = 1e-3
+#: Solvers of the fine-tune's likelihood: adaptive dopri5, or a fixed-step method (``mle_steps`` steps).
+MLE_METHODS = ("dopri5", "midpoint", "rk4", "euler")
 
 
 @dataclass(frozen=True)
@@ -161,8 +172,10 @@ class FlowTrainConfig(RunConfig):
         coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport).
         path: ``"linear"`` (rectified flow) or ``"vp"`` (variance preserving).
         sigma: Gaussian width around the conditional path (0: none).
-        iterations: optimisation steps (a resumed run may raise it).
-        batch_size: samples per step over all processes (the OT coupling needs 2 per process).
+        iterations: flow-matching steps (a resumed run may raise it); ``None``: 500 on 2-D data
+            with a fine-tune, else 2500 (the module docstring, "Defaults for 2-D data").
+        batch_size: samples per step over all processes (the OT coupling needs 2 per process);
+            ``None``: 128 on 2-D data with a fine-tune, else 256.
         lr: Adam's initial rate, cosine-decayed to 0 over ``iterations``.
         ema: decay ``β`` of the exponential moving average of the weights that is evaluated and
             sampled (:class:`WeightEMA`); 0: the trained weights themselves.
@@ -185,9 +198,15 @@ class FlowTrainConfig(RunConfig):
         reflow_from: a trained flow run whose noise-sample pairs this run trains on (reflow).
         reflow_pairs: how many pairs.
         mle_finetune: iterations of maximum-likelihood fine-tune after the ``iterations`` of flow
-            matching (0: none; see the module docstring).
+            matching (0: none; see the module docstring); ``None``: 1800 with the OT coupling on
+            2-D data without a weight average or a reflow, else 0.
         mle_lr: Adam's initial rate in the fine-tune, cosine-decayed to 0 over its iterations.
+        mle_method: the solver of the fine-tune's likelihood: ``"dopri5"`` at ``mle_tol``, or
+            ``"midpoint"``, ``"rk4"``, ``"euler"`` with ``mle_steps`` equal steps.
+        mle_steps: steps of a fixed-step ``mle_method``.
         mle_tol: rtol = atol of dopri5 in the fine-tune's likelihood solves.
+        mle_fm_weight: weight ``λ`` of the flow-matching loss in the fine-tune's objective
+            ``−mean log p + λ · cfm_loss`` (0: the likelihood alone).
         mle_adjoint: fine-tune gradients by the adjoint method instead of backpropagation through
             the solver.
         threads: ``torch.set_num_threads`` for the run (``None``: leave it).
@@ -216,8 +235,17 @@ class FlowTrainConfig(RunConfig):
     coupling: str = setting("ot", "how noise is paired with data in a batch", choices=COUPLINGS)
     path: str = setting("linear", "probability path: linear (rectified flow) or variance preserving", choices=PATHS)
     sigma: float = setting(0.0, "Gaussian width around the conditional path", metavar="S")
-    iterations: int = setting(2500, "training iterations (raise it on --resume to train longer)", metavar="N")
-    batch_size: int = setting(256, "samples per iteration, over all processes", metavar="N")
+    iterations: int = setting(  # None: resolved in __post_init__
+        None,
+        "flow-matching iterations (default: 500 on 2-D data with a fine-tune, else 2500; raise it on --resume "
+        "to train longer)",
+        metavar="N",
+    )
+    batch_size: int = setting(  # None: resolved in __post_init__
+        None,
+        "samples per iteration, over all processes (default: 128 on 2-D data with a fine-tune, else 256)",
+        metavar="N",
+    )
     lr: float = setting(3e-3, "Adam learning rate, cosine-decayed to 0 over --iterations")
     ema: float = setting(
         0.0,
@@ -256,21 +284,53 @@ class FlowTrainConfig(RunConfig):
         None, "reflow: train on noise-sample pairs of the flow in this run folder", metavar="RUN_DIR"
     )
     reflow_pairs: int = setting(20000, "noise-sample pairs drawn from the --reflow-from flow", metavar="N")
-    mle_finetune: int = setting(
-        0,
-        "iterations of maximum-likelihood fine-tune after flow matching (exact likelihood through the solver; 0: none)",
+    mle_finetune: int = setting(  # None: resolved in __post_init__
+        None,
+        "iterations of maximum-likelihood fine-tune after flow matching (exact likelihood through the solver; 0: "
+        "none; default: 1800 with the OT coupling on 2-D data without --ema or --reflow-from, else 0)",
         metavar="ITERS",
     )
     mle_lr: float = setting(MLE_LR, "Adam learning rate of the fine-tune, cosine-decayed to 0 over --mle-finetune")
+    mle_method: str = setting(
+        "midpoint",
+        "solver of the fine-tune's likelihood: dopri5 at --mle-tol, or a fixed-step method with --mle-steps steps",
+        choices=MLE_METHODS,
+    )
+    mle_steps: int = setting(4, "equal steps of a fixed-step --mle-method over the flow's unit time", metavar="N")
     mle_tol: float = setting(MLE_TOL, "dopri5 rtol = atol of the fine-tune's likelihood solves", metavar="TOL")
+    mle_fm_weight: float = setting(
+        1.0,
+        "weight of the flow-matching loss added to the fine-tune's negative log-likelihood (0: the likelihood alone)",
+        metavar="W",
+    )
     mle_adjoint: bool = setting(
         False, "fine-tune gradients by the adjoint method (else backpropagation through the solver)"
     )
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> Any:
+        """As :meth:`RunConfig.from_dict`; a config saved before ``mle_method`` and ``mle_fm_weight``
+        existed fine-tuned by dopri5 on the likelihood alone, and reads back so (a resumed fine-tune
+        continues as it began)."""
+        if "mle_finetune" in d and "mle_method" not in d:
+            d = {**d, "mle_method": "dopri5", "mle_fm_weight": 0.0}
+        return super().from_dict(d, **overrides)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("dataset", FLOW_DATASETS)
+        # The defaults that depend on the data (see the module docstring, "Defaults for 2-D data").
+        toy = self.dataset not in IMAGE_DATASETS
+        if self.mle_finetune is None:
+            averaged = isinstance(self.ema, (int, float)) and self.ema > 0
+            recipe = toy and self.coupling == "ot" and self.reflow_from is None and not averaged
+            object.__setattr__(self, "mle_finetune", 1800 if recipe else 0)
+        short = toy and isinstance(self.mle_finetune, int) and self.mle_finetune > 0
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 128 if short else 256)
+        if self.iterations is None:
+            object.__setattr__(self, "iterations", 500 if short else 2500)
         self.check_choice("coupling", COUPLINGS)
         self.check_choice("path", PATHS)
         self.check_choice("divergence", ("auto", *DIVERGENCES))
@@ -279,6 +339,9 @@ class FlowTrainConfig(RunConfig):
         self.check_ints("time_features", minimum=0)
         self.check_ints("iterations", "batch_size", "channels", "test_samples", "table_samples", "reflow_pairs")
         self.check_ints("mle_finetune", minimum=0)
+        self.check_choice("mle_method", MLE_METHODS)
+        self.check_ints("mle_steps")
+        self.check_numbers("mle_fm_weight", positive=False)
         self.check_numbers("mle_lr")
         if not (isinstance(self.mle_tol, (int, float)) and not isinstance(self.mle_tol, bool) and 0 < self.mle_tol < 1):
             self.fail("mle_tol", "a tolerance in (0, 1)")
@@ -707,6 +770,33 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
     )
     divergence = _divergence(config, data.dim)
 
+    def flow_matching_loss(
+        iteration: int, x1: torch.Tensor, labels: torch.Tensor | None, x0: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The flow-matching loss of iteration ``iteration``'s global batch (this rank's rows): its
+        noise, times, label dropout and path noise drawn from the iteration's own stream."""
+        g = step_generator(config.seed, iteration, stream=3)
+        x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
+        t = torch.rand(x1.shape[0], generator=g)
+        if labels is not None and config.conditional:
+            labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[rows].to(
+                ctx.device
+            )
+        else:
+            labels = None
+        eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
+        return cfm_loss(
+            model,
+            x1[rows].to(ctx.device),
+            path=config.path,
+            coupling=config.coupling,
+            sigma=config.sigma,
+            labels=labels,
+            x0=x0[rows].to(ctx.device),
+            t=t[rows].to(ctx.device),
+            noise=eps,
+        )
+
     def save(iteration: int, window: Sums) -> None:
         state = iteration_state(iteration, seconds, model, optimizer, window, ctx)
         run.save(config, {**state, "ema": None if ema is None else ema.state_dict()})
@@ -739,36 +829,21 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
                     labels=y,
                     divergence=divergence,
                     noise=config.noise,
+                    method=config.mle_method,
+                    steps=None if config.mle_method == "dopri5" else config.mle_steps,
                     rtol=config.mle_tol,
                     atol=config.mle_tol,
                     adjoint=config.mle_adjoint,
                     return_nfe=True,
                 )
-                loss = -logp.mean()
+                nll = -logp.mean()
+                loss = nll
+                if config.mle_fm_weight > 0:
+                    loss = nll + config.mle_fm_weight * flow_matching_loss(iteration, x1, labels, x0)
             else:
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(config.lr, iteration - 1, config.iterations)
-                g = step_generator(config.seed, iteration, stream=3)
-                x0 = torch.randn(x1.shape, generator=g) if x0 is None else x0
-                t = torch.rand(x1.shape[0], generator=g)
-                if labels is not None and config.conditional:
-                    labels = torch.where(torch.rand(x1.shape[0], generator=g) < config.label_dropout, -1, labels)[
-                        rows
-                    ].to(ctx.device)
-                else:
-                    labels = None
-                eps = torch.randn(x1.shape, generator=g)[rows].to(ctx.device) if config.sigma > 0 else None
-                loss = cfm_loss(
-                    model,
-                    x1[rows].to(ctx.device),
-                    path=config.path,
-                    coupling=config.coupling,
-                    sigma=config.sigma,
-                    labels=labels,
-                    x0=x0[rows].to(ctx.device),
-                    t=t[rows].to(ctx.device),
-                    noise=eps,
-                )
+                loss = flow_matching_loss(iteration, x1, labels, x0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_gradients(model.parameters())
@@ -777,8 +852,8 @@ def _train(config: FlowTrainConfig, ctx: Dist, run: RunDir, stop: StopFlag) -> d
                 ema.update(model)
             seconds += time.perf_counter() - t0
             if mle:
-                window.add(nll=loss.item(), nfe_forward=nfe, n=1)
-                bar.set_postfix(nll=f"{loss.item():.4f}", nfe=nfe, refresh=False)
+                window.add(nll=nll.item(), nfe_forward=nfe, n=1)
+                bar.set_postfix(nll=f"{nll.item():.4f}", nfe=nfe, refresh=False)
             else:
                 window.add(loss=loss.item(), n=1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
