@@ -254,9 +254,20 @@ def test_a_config_saved_before_the_fine_tune_solver_settings_reads_back_as_it_ra
     saved = FlowTrainConfig(mle_finetune=800, batch_size=128).to_dict()
     for key in ("mle_method", "mle_fm_weight"):
         del saved[key]
-    config = FlowTrainConfig.from_dict(saved)
+    config = FlowTrainConfig.from_saved(saved)
     assert (config.mle_method, config.mle_fm_weight, config.mle_finetune) == ("dopri5", 0.0, 800)
-    assert FlowTrainConfig.from_dict(FlowTrainConfig().to_dict()) == FlowTrainConfig()
+    # Saved before the fine-tune existed: it ran none, whatever today's default for 2-D data.
+    older = FlowTrainConfig(mle_finetune=0, iterations=2500, batch_size=256).to_dict()
+    for key in ("mle_finetune", "mle_lr", "mle_tol", "mle_adjoint", "mle_method", "mle_steps", "mle_fm_weight"):
+        del older[key]
+    config = FlowTrainConfig.from_saved(older)
+    assert (config.mle_finetune, config.iterations, config.batch_size) == (0, 2500, 256)
+    assert FlowTrainConfig.from_saved(FlowTrainConfig().to_dict()) == FlowTrainConfig()
+    # Settings given afresh (the command line's) are not a saved config: an explicit fine-tune takes today's
+    # solver, as FlowTrainConfig(mle_finetune=800) does.
+    given = FlowTrainConfig.from_dict({"mle_finetune": 800})
+    assert given == FlowTrainConfig(mle_finetune=800)
+    assert (given.mle_method, given.mle_fm_weight) == ("midpoint", 1.0)
 
 
 def test_fine_tune_settings_are_checked():

@@ -429,7 +429,7 @@ def evaluate(run_dir: str | os.PathLike[str], *, test_samples: int | None = None
     state, _, note = load_run_checkpoint(run_dir, "cnf")
     if note:
         print(note, file=sys.stderr)
-    config = CNFTrainConfig.from_dict(state["config"])
+    config = CNFTrainConfig.from_saved(state["config"])
     model = build_model(config)
     model.load_state_dict(state["model"])
     n = test_samples or config.test_samples

@@ -171,6 +171,19 @@ class RunConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
 
+    @classmethod
+    def from_saved(cls: type[_Config], d: Mapping[str, Any]) -> _Config:
+        """A config a run saved (``config.json``, a checkpoint's), read back as that run ran: :meth:`from_dict`
+        after :meth:`upgrade` has given the settings its version of the package did not have the values that
+        version used (not today's defaults, which may differ)."""
+        return cls.from_dict(cls.upgrade(d))
+
+    @classmethod
+    def upgrade(cls, d: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``d`` (a saved config) with the settings added since it was saved set as its run used them; a task
+        whose defaults changed overrides this."""
+        return d
+
 
 def resume_differences(saved: Mapping[str, Any], config: RunConfig) -> list[str]:
     """``"name: saved X, now Y"`` for each :attr:`RunConfig.RESUME_KEEP` field that differs."""
@@ -194,7 +207,7 @@ def merge_for_resume(
         ``(config, changes)``: the merged config (with ``resume=True``) and ``"name: old -> new"``
         for each given setting that differs from the saved one.
     """
-    base = cls.from_dict(saved)
+    base = cls.from_saved(saved)
     merged = cls.from_dict({**base.to_dict(), **given, "resume": True})
     before, after = base.to_dict(), merged.to_dict()
     changes = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in given if k != "resume" and before.get(k) != after.get(k)]

@@ -309,13 +309,15 @@ class FlowTrainConfig(RunConfig):
     threads: int | None = setting(1, "torch threads for the run (one is fastest for the 2-D models)", metavar="N")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> Any:
-        """As :meth:`RunConfig.from_dict`; a config saved before ``mle_method`` and ``mle_fm_weight``
-        existed fine-tuned by dopri5 on the likelihood alone, and reads back so (a resumed fine-tune
-        continues as it began)."""
-        if "mle_finetune" in d and "mle_method" not in d:
+    def upgrade(cls, d: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A config saved before the fine-tune existed ran none (``mle_finetune=0``, not today's default for 2-D
+        data); one saved before ``mle_method`` and ``mle_fm_weight`` existed fine-tuned by dopri5 on the likelihood
+        alone. Either resumes, evaluates and reflows as it ran."""
+        if "mle_finetune" not in d:
+            d = {**d, "mle_finetune": 0}
+        if "mle_method" not in d:
             d = {**d, "mle_method": "dopri5", "mle_fm_weight": 0.0}
-        return super().from_dict(d, **overrides)
+        return d
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -524,7 +526,7 @@ class FlowData:
             state = load_flow_checkpoint(path)
         except CheckpointError as exc:
             raise ConfigError("reflow_from", str(exc)) from None
-        saved = FlowTrainConfig.from_dict(state["config"])
+        saved = FlowTrainConfig.from_saved(state["config"])
         shape = {
             k: (getattr(saved, k), getattr(config, k))
             for k in ("dataset", "hidden_dims", "activation", "time_features", "channels", "conditional")
@@ -962,7 +964,7 @@ def _summary(
 
 def _load(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, FlowTrainConfig, FlowData, int]:
     state = load_flow_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
-    config = FlowTrainConfig.from_dict(state["config"])
+    config = FlowTrainConfig.from_saved(state["config"])
     data = FlowData(config, training=False)
     model = build_model(config, data)
     model.load_state_dict(evaluation_weights(state))

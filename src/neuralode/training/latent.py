@@ -173,7 +173,7 @@ def _load_run(run_dir: str | os.PathLike[str]) -> tuple[LatentTrainConfig, dict[
     state, _, note = load_run_checkpoint(run_dir, "latent")
     if note:
         print(note, file=sys.stderr)
-    config = LatentTrainConfig.from_dict(state["config"])
+    config = LatentTrainConfig.from_saved(state["config"])
     model, rnn = build_models(config)
     model.load_state_dict(state["model"])
     rnn.load_state_dict(state["rnn"])

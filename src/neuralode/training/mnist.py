@@ -610,7 +610,7 @@ def epoch_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def read_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     """The :class:`TrainConfig` saved in ``RUN_DIR/config.json``."""
-    return TrainConfig.from_dict(read_run_config(run_dir))
+    return TrainConfig.from_saved(read_run_config(run_dir))
 
 
 def evaluate(
@@ -647,7 +647,7 @@ def evaluate(
     checkpoint, path, note = load_run_checkpoint(run_dir, "mnist")
     if note:
         print(note, file=sys.stderr)
-    config = saved = TrainConfig.from_dict(checkpoint["config"])
+    config = saved = TrainConfig.from_saved(checkpoint["config"])
     dev = pick_device(device)
     subset = None if full_test_set else (test_subset if test_subset is not None else config.test_subset)
     test_set = mnist_dataset(data_dir if data_dir is not None else config.data_dir, train=False, subset=subset)
