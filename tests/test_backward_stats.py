@@ -250,3 +250,17 @@ def test_held_storages_count_each_storage_once_at_its_size():
     held.add(x, other)
     held.discard(view)  # the storage of x goes
     assert held.nbytes == 12 and held.peak == 80 + 12 + 5
+
+
+@pytest.mark.parametrize("mode", ["backsolve", "interpolating", "gauss"])
+def test_the_adjoints_parameter_gradients_own_their_storage(mode):
+    # The backward solve's state is one stacked tensor, so the parameter gradients it ends with are views of it;
+    # kept as p.grad, each would hold every parameter's gradient at both ends of the last interval (the first
+    # weight's storage was 5x its own size). They are returned in storages of their own.
+    func = Field()
+    y0 = y0_()
+    sol = solve(func, y0, T, rtol=1e-6, atol=1e-8, adjoint=mode)
+    sol.ys.pow(2).sum().backward()
+    for p in func.parameters():
+        assert p.grad is not None
+        assert p.grad.untyped_storage().nbytes() == p.grad.nbytes, p.shape

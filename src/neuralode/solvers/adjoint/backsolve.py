@@ -222,7 +222,7 @@ class _AdjointSolve(torch.autograd.Function):
             a, t_grad, g_params = backward(cfg, t, ys, grad_ys, need_t, held)
             cfg.adjoint_stats.held_bytes = max(cfg.adjoint_stats.held_bytes, held.peak)
             g_params = tuple(
-                (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
+                compact((torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype))
                 for g, p in zip(g_params, cfg.params)
             )
             return (None, None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
@@ -320,10 +320,18 @@ class _AdjointSolve(torch.autograd.Function):
             IN_BACKWARD.reset(token)
         stats.held_bytes = max(stats.held_bytes, held.peak)
         g_params = tuple(
-            (torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype)
+            compact((torch.real(g) if g.is_complex() and not p.is_complex() else g).to(p.dtype))
             for g, p in zip(g_params, params)
         )
         return (None, None, a, t_grad.to(t.dtype) if need_t else None, *g_params)
+
+
+def compact(g: torch.Tensor) -> torch.Tensor:
+    """``g`` in a storage of its own where it is a view into a larger one. The backward solve's state is one
+    stacked tensor per output time (``(y, a, *gθ)`` at both ends of the interval), so the parameter gradients it
+    returns are views of that stack; autograd would keep such a view as ``p.grad`` as it is, and with it the whole
+    stack (every parameter's gradient at both ends: about twice their bytes) for as long as the gradients live."""
+    return g.clone() if g.untyped_storage().nbytes() > g.nbytes else g
 
 
 def _adjoint_tolerance(name: str, tol: Any, n_params: int, parts: tuple[torch.Tensor, ...], is_tuple: bool):
