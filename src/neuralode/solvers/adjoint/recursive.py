@@ -662,8 +662,7 @@ def solve_recursive(
 
     run = Run(clock, make_stepper, controller, error, params)
     out = _RecursiveCheckpoint.apply(run, y0, f0, *params)
-    result = clock.result()
-    clock.ys = []  # the outputs are returned (stacked): the clock need not keep them for the backward pass
+    result = clock.result()  # (the forward pass released the clock's outputs: they are returned stacked)
     plan = schedule(run, lambda k, state: None, lambda k, state: None)
     stats.n_recomputed_steps = plan.recomputed
     stats.max_stored_states = max(clock.peak, plan.peak)

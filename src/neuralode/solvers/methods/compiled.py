@@ -154,31 +154,31 @@ class CompiledGraph:
     restored after it. A call that raises one of :func:`compile_errors` has run none of ``eager``'s code: the wrapper warns once,
     naming the reason, and runs ``eager`` on the same arguments, then on every later call."""
 
-    __slots__ = ("compiled", "eager", "failed", "what", "compiles")
+    __slots__ = ("compiled", "eager", "failed", "what", "compiles", "_config", "_graphs")
 
     def __init__(self, compiled: Callable, eager: Callable, what: str):
+        import torch._dynamo.config as dynamo_config
+        from torch._dynamo.utils import counters
+
         self.compiled, self.eager, self.what = compiled, eager, what
         self.failed: str | None = None
         self.compiles = 0  # graphs dynamo compiled in its calls (first compilations and recompilations)
+        self._config, self._graphs = dynamo_config, counters["stats"]  # read around every call
 
     def __call__(self, *args):
         if self.failed is not None:
             return self.eager(*args)
-        import torch._dynamo.config as dynamo_config
-        from torch._dynamo.utils import counters
-
-        graphs = counters["stats"]
+        config, graphs = self._config, self._graphs
         before = graphs["unique_graphs"]
         # Set for the call rather than patched (a patch costs about 20 µs, this about 5): dynamo reads it whenever
         # the call compiles, which may be any call (a guard failing).
-        unspec = dynamo_config.allow_unspec_int_on_nn_module
+        unspec = config.allow_unspec_int_on_nn_module
         try:
-            dynamo_config.allow_unspec_int_on_nn_module = True
+            config.allow_unspec_int_on_nn_module = True
             out = self.compiled(*args)
             self.compiles += graphs["unique_graphs"] - before
             return out
         except compile_errors() as exc:
-            dynamo_config.allow_unspec_int_on_nn_module = unspec
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             self.failed = f"{type(exc).__name__}: {lines[0] if lines else ''}"
             import warnings
@@ -193,7 +193,7 @@ class CompiledGraph:
             )
             return self.eager(*args)
         finally:
-            dynamo_config.allow_unspec_int_on_nn_module = unspec
+            config.allow_unspec_int_on_nn_module = unspec
 
 
 def compile_graph(
