@@ -660,15 +660,25 @@ class VelocityMLP(nn.Module):
         self.embed = nn.Embedding(num_classes + 1, widths[1]) if num_classes else None
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        tt = _times(t, x)
-        h = torch.cat([x, tt.unsqueeze(1)] + ([_fourier(tt, self.time_features)] if self.time_features else []), 1)
+        h = self._input(t, x)
         for i, layer in enumerate(self.hidden):
-            h = layer(h)
-            if i == 0 and self.embed is not None:
-                assert self.num_classes is not None  # the embedding exists only for a conditional field
-                h = h + self.embed(_label_index(labels, x.shape[0], self.num_classes, x.device))
-            h = self.act(h)
+            h = self.act(self._pre(i, layer, h, labels, x))
         return self.out(h)
+
+    def _input(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: ``x``, ``t`` and its Fourier features."""
+        tt = _times(t, x)
+        return torch.cat([x, tt.unsqueeze(1)] + ([_fourier(tt, self.time_features)] if self.time_features else []), 1)
+
+    def _pre(
+        self, i: int, layer: nn.Module, h: torch.Tensor, labels: torch.Tensor | None, x: torch.Tensor
+    ) -> torch.Tensor:
+        """Hidden layer ``i``'s pre-activation from its input ``h`` (the first adds the label embedding)."""
+        pre = layer(h)
+        if i == 0 and self.embed is not None:
+            assert self.num_classes is not None  # the embedding exists only for a conditional field
+            pre = pre + self.embed(_label_index(labels, x.shape[0], self.num_classes, x.device))
+        return pre
 
     def velocity_and_divergence(
         self, t: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None = None
@@ -688,15 +698,11 @@ class VelocityMLP(nn.Module):
         Returns:
             ``(v, div)``: shapes ``(batch, D)`` and ``(batch,)``.
         """
-        tt = _times(t, x)
-        h = torch.cat([x, tt.unsqueeze(1)] + ([_fourier(tt, self.time_features)] if self.time_features else []), 1)
+        h = self._input(t, x)
         dim = x.shape[1]
         tangent: torch.Tensor | None = None  # (D, batch, width): ∂h/∂x_k for each input direction k
         for i, layer in enumerate(self.hidden):
-            pre = layer(h)
-            if i == 0 and self.embed is not None:
-                assert self.num_classes is not None  # the embedding exists only for a conditional field
-                pre = pre + self.embed(_label_index(labels, x.shape[0], self.num_classes, x.device))
+            pre = self._pre(i, layer, h, labels, x)
             h = self.act(pre)
             weight = cast(torch.Tensor, layer.weight)
             if self.activation == "tanh":
