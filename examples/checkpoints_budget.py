@@ -8,7 +8,8 @@ Walther's revolve; diffrax's ``RecursiveCheckpointAdjoint``), with backpropagati
 
 The script first checks that claim on the untrained model: the gradient with ``checkpoints=K``
 against plain backpropagation through the same solve (their largest relative difference), and the
-stored states and recomputed steps the solve reports (``Solution.stats``). Then it lets
+stored states and recomputed steps the solve reports (``Solution.stats``), with what its backward pass did
+(``Solution.adjoint_stats``: steps re-run, evaluations, the most bytes held). Then it lets
 ``adjoint="auto"`` choose the mode for two memory budgets (one that holds backpropagation's graph, one a quarter
 of it) and prints each choice with its reason (``Solution.adjoint_choice``). Then it trains with the budget and
 prints the loss before and after. ``--out`` receives ``metrics.json``.
@@ -67,14 +68,20 @@ def main(argv=None) -> dict:
         sol = solve(field, y0, t, args.steps, checkpoints)
         loss = ((sol.ys - target) ** 2).mean()
         loss.backward()
-        return loss.item(), [p.grad.clone() for p in field.parameters()], sol.stats
+        return loss.item(), [p.grad.clone() for p in field.parameters()], sol
 
     _, g_backprop, _ = loss_and_grads(None)
-    loss0, g_budget, stats = loss_and_grads(args.checkpoints)
+    loss0, g_budget, sol = loss_and_grads(args.checkpoints)
+    stats, backward = sol.stats, sol.adjoint_stats  # the forward pass's plan; what the backward pass did
+    assert backward is not None
     rel = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-300)) for a, b in zip(g_budget, g_backprop))
     print(
         f"rk4, {args.steps} steps, checkpoints={args.checkpoints}: at most {stats.max_stored_states} states stored, "
         f"{stats.n_recomputed_steps} steps recomputed in the backward pass; gradient vs backprop: {rel:.2e} relative"
+    )
+    print(
+        f"backward pass: {backward.n_recomputed_steps} steps re-run, {backward.nfe} evaluations of func, "
+        f"at most {backward.held_bytes} bytes held (checkpoints and the adjoints carried between steps)"
     )
 
     # adjoint="auto": the mode chosen from the measured bytes per evaluation, the steps and the memory budget.
@@ -107,6 +114,11 @@ def main(argv=None) -> dict:
         "checkpoints": args.checkpoints,
         "max_stored_states": int(stats.max_stored_states),
         "n_recomputed_steps": int(stats.n_recomputed_steps),
+        "backward_recomputed_steps": int(backward.n_recomputed_steps),
+        "backward_nfe": int(backward.nfe),
+        "backward_held_bytes": int(backward.held_bytes),
+        "state_bytes": y0.nelement() * y0.element_size(),
+        "parameter_bytes": sum(p.nelement() * p.element_size() for p in field.parameters()),
         "gradient_relative_difference": rel,
         "auto_modes": choices,  # mode chosen -> its gradient's relative difference from backprop's
         "loss_before": loss0,

@@ -162,6 +162,16 @@ def test_checkpoints_budget_stores_at_most_k_states_and_trains(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["max_stored_states"] <= metrics["checkpoints"] == 8
     assert metrics["n_recomputed_steps"] > metrics["steps"]  # the budget is paid for in recomputation
+    # The backward pass re-ran the planned steps, each rk4 step evaluating at least its 3 stages after the first
+    # (the first is carried where the step before evaluated f at its end for an output), and held its K
+    # checkpoints and the parameter-gradient sums, with a few states' worth of adjoints carried between steps.
+    assert metrics["backward_recomputed_steps"] == metrics["n_recomputed_steps"]
+    assert (
+        3 * metrics["backward_recomputed_steps"] <= metrics["backward_nfe"] <= 4 * metrics["backward_recomputed_steps"]
+    )
+    s, p, k = metrics["state_bytes"], metrics["parameter_bytes"], metrics["checkpoints"]
+    assert k * s + p <= metrics["backward_held_bytes"] <= (k + 4) * s + 2 * p
+    assert "steps re-run" in proc.stdout
     assert metrics["gradient_relative_difference"] < 1e-10  # backpropagation's gradient
     assert metrics["loss_after"] < 0.7 * metrics["loss_before"]
     assert "steps recomputed in the backward pass" in proc.stdout
