@@ -279,8 +279,10 @@ def _run(
             else:
                 # A fast path first where the solve needs none of the loop's decisions (fast.choose); the
                 # loop takes what it leaves: the whole solve, or the rest from where it stopped.
-                path = fast.choose(problem, method, opts, stops, event_set, dense, error, config)
-                result, handover = fast.run(path, problem, y_solve, f0, times, stops, method, opts, stats)
+                path = fast.choose(problem, method, opts, stops, event_set, dense, error, config, f0)
+                result, handover = fast.run(
+                    path, problem, y_solve, f0, times, stops, method, opts, stats, dt0=dt0, error=error
+                )
                 if result is None:
                     result = solve_joint(
                         problem, y_solve, f0, times, events=event_set, dense=dense, handover=handover, **clock

@@ -39,8 +39,10 @@ a scalar form (one time) and a vectorised one (a time per sample): :mod:`~neural
 :mod:`~neuralode.solvers.events.per_sample`.
 
 Before the loop, the api may run a fast path of :mod:`neuralode.solvers.fast` (a plain fixed grid stepped
-without the loop's bookkeeping, or compiled chunks of steps under ``options["compile"]``), which either
-finishes the solve or hands the host clock its end state (``handover``); this module imports none of them.
+without the loop's bookkeeping, compiled chunks of steps under ``options["compile"]``, or an adaptive solve's
+run of steps compiled with its clock on the device), which either finishes the solve or hands the host clock
+its end state (``handover``, with the step to try and the controller's memory where the fast path had them);
+this module imports none of them.
 Methods with a driver of their own (``capabilities.own_driver``: ``scipy_solver``) do not use the loop.
 
 Shape: diffrax's ``_integrate.py`` (one loop over a state; solver, controller and interpolation called, never
@@ -395,6 +397,8 @@ class HostClock:
             # A fast path took the steps this far (same arithmetic, so the same states): go on from there.
             self.ys, self.out_steps, self.i_out = handover.ys, handover.out_steps, handover.i_out
             self.t, self.y, self.f0, self.i_stop = handover.t, handover.y, handover.f0, handover.i_stop
+            if handover.dt is not None:
+                self.dt, self.control = handover.dt, handover.control
         self.last_ratio = 0.0
         self.terminal = False
 

@@ -197,12 +197,15 @@ class Execution:
             ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and error
             estimate, as one ``torch.compile(fullgraph=True)`` graph (see
             :mod:`neuralode.solvers.methods.compiled` for when that pays). Default ``False``.
-        compile_steps: with ``compile`` on a fixed grid, at most how many consecutive grid steps one
-            compiled call takes (default 32; ``1``: one step per call; see
-            :mod:`neuralode.solvers.fast.compiled_chunks`). The chunk size is chosen to keep
-            ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least. Solves with
-            events, step callbacks, ``perturb``, ``dense`` or ``interp="cubic"`` take one compiled
-            step per call. Fixed-step methods only.
+        compile_steps: with ``compile``, at most how many step attempts one compiled call takes (default 32;
+            ``1``: one step per call). On a fixed grid, consecutive grid steps unrolled into one graph (see
+            :mod:`neuralode.solvers.fast.compiled_chunks`; the chunk size is chosen to keep
+            ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least). For an adaptive
+            first-same-as-last method with a continuous extension (``dopri5``, ``tsit5``) solving without autograd,
+            a ``while_loop`` of attempts whose clock is on the device, the host reading one flag per call (see
+            :mod:`neuralode.solvers.fast.device_run`). Solves these cannot take (events, step callbacks,
+            ``perturb``, ``dense``, ``interp="cubic"``, ``step_t``/``jump_t``, ``min_step``, a custom
+            ``norm``, autograd recording) take one compiled step per call.
         per_sample: ``True``: the first dimension of the state is a batch of independent samples,
             each with its own time, step size and error control; ``t`` may be ``(B, T)`` and ``func``
             receives ``t`` of shape ``(B,)`` (see :mod:`neuralode.solvers.per_sample`). ``"compact"``:
@@ -522,7 +525,8 @@ class AdaptiveOptions(Options):
     with a :class:`StepControl` and no method record. Keys: ``first_step``, ``min_step``, ``max_step``,
     ``max_num_steps``, ``step_t``, ``jump_t``, ``norm``, ``safety``, ``ifactor``, ``dfactor``,
     ``controller``, ``checkpoint``, ``checkpoints``, ``dense``, ``perturb``, ``dtype``, ``compile``,
-    ``stiffness``, ``per_sample``, ``at_min_step``; each is documented on the record that holds it."""
+    ``compile_steps``, ``stiffness``, ``per_sample``, ``at_min_step``; each is documented on the record that holds
+    it."""
 
     control: StepControl = field(default_factory=StepControl)
     stops: Stops = field(default_factory=Stops)
@@ -532,8 +536,8 @@ class AdaptiveOptions(Options):
     default_controller = "pi"
     KEYS: ClassVar[tuple[str, ...]] = (
         "first_step", "min_step", "max_step", "max_num_steps", "step_t", "jump_t", "norm", "safety", "ifactor",
-        "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "stiffness",
-        "per_sample", "at_min_step",
+        "dfactor", "controller", "checkpoint", "checkpoints", "dense", "perturb", "dtype", "compile", "compile_steps",
+        "stiffness", "per_sample", "at_min_step",
     )  # fmt: skip
 
 
@@ -1058,13 +1062,13 @@ def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
         m = o["max_num_steps"]
         if not (isinstance(m, int) and not isinstance(m, bool) and m > 0):
             raise ValueError(f"options['max_num_steps'] must be a positive integer; got {m!r}.")
+    if "compile_steps" in o:
+        m = o["compile_steps"]
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(
+                f"options['compile_steps'] must be a positive integer (steps per compiled call); got {m!r}."
+            )
     if issubclass(kind, FixedOptions):
-        if "compile_steps" in o:
-            m = o["compile_steps"]
-            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-                raise ValueError(
-                    f"options['compile_steps'] must be a positive integer (steps per compiled call); got {m!r}."
-                )
         if o.get("step_size") is not None:
             o["step_size"] = _positive("step_size", o["step_size"])
         if o.get("grid_constructor") is not None:

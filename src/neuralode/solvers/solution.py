@@ -521,3 +521,5 @@ class Handover(NamedTuple):
     i_out: int  # index of the next output time; ys holds the states up to it
     ys: list[torch.Tensor]  # flat states at the output times reached, y0 first
     out_steps: list[tuple[float, int]]  # (step size, accepted steps) that produced each output
+    dt: float | None = None  # the step to try next (the device run's controller's), else the api's first step
+    control: Any = None  # the controller's memory there (a ControllerState of floats), else a fresh one

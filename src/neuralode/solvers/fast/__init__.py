@@ -10,6 +10,12 @@ bookkeeping is pure overhead, and two drivers skip it:
 * :mod:`.compiled_chunks`, under ``options={"compile": ...}``: ``compile_steps`` whole steps per
   ``torch.compile`` call.
 
+An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
+``compile``, without autograd, for ``dopri5`` and ``tsit5``) keeps the clock on the device and compiles up to
+``compile_steps`` attempts as one ``while_loop``, handing the solve to the host clock (:class:`Handover`, with the
+step and the controller's memory) where the host clock decides something the run does not (an error, the
+stiffness watch).
+
 Under ``compile`` a solve the chunks cannot take still runs in the loop, whose stepper is then the
 method's compiled step (:func:`~neuralode.solvers.methods.compiled.compiled_stepper`, one compiled step per call, built by
 :meth:`~neuralode.solvers.methods.explicit.ExplicitRK.stepper`).
@@ -28,17 +34,19 @@ import math
 import torch
 
 from ..solution import Handover, LoopResult
-from . import compiled_chunks, fixed_grid
+from . import compiled_chunks, device_run, fixed_grid
 
 LOOP = "loop"  # the host clock with the method's own stepper
 FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
 CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
 COMPILED = "compiled"  # the host clock stepping with the method's compiled step
+DEVICE = "device"  # the whole run compiled, its clock on the device; the loop with compiled steps if it stops early
 
 
-def choose(problem, method, opts, stops, events, dense, error, method_config) -> str:
-    """Which driver takes the solve: :data:`CHUNKS` or :data:`COMPILED` under ``options["compile"]``
-    (chunks where :func:`.compiled_chunks.can_chunk` allows), :data:`FIXED_GRID` for a fixed-grid
+def choose(problem, method, opts, stops, events, dense, error, method_config, f0=None) -> str:
+    """Which driver takes the solve: :data:`CHUNKS`, :data:`DEVICE` or :data:`COMPILED` under ``options["compile"]``
+    (chunks where :func:`.compiled_chunks.can_chunk` allows, the device run where :func:`.device_run.applies`),
+    :data:`FIXED_GRID` for a fixed-grid
     explicit Runge-Kutta solve with nothing to watch between steps (:func:`.fixed_grid.applies`:
     no error control, events, step callbacks, dense output, ``perturb``, method state,
     checkpointing under autograd; a plain tensor state and a finite grid), else :data:`LOOP`.
@@ -52,6 +60,8 @@ def choose(problem, method, opts, stops, events, dense, error, method_config) ->
     if opts.execution.compile:
         if compiled_chunks.can_chunk(problem, method, opts, stops, events, dense, error):
             return CHUNKS
+        if device_run.applies(problem, method, opts, stops, events, dense, error, f0):
+            return DEVICE
         return COMPILED
     on_step = problem.callbacks[0]
     perturb = bool(opts.stops.perturb) and error is None  # as the loop reads it
@@ -60,7 +70,7 @@ def choose(problem, method, opts, stops, events, dense, error, method_config) ->
     return LOOP
 
 
-def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, stats):
+def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, stats, dt0=math.inf, error=None):
     """Run the fast path ``path`` (:func:`choose`'s answer) from ``(times[0], y0)``, ``f0`` the
     derivative there (``None``: not evaluated yet).
 
@@ -73,9 +83,14 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
       from ``(times[0], y0, f0)``.
 
     ``stats`` is updated in place, as the loop would have: evaluations, accepted steps, the last
-    step and, for a finished solve, ``next_step`` (``inf``, the constant controller's proposal).
+    step and, for a finished solve, ``next_step`` (``inf``, the constant controller's proposal; the
+    controller's proposal on the device run). ``dt0`` and ``error``, the first step and the error norm,
+    are read by the device run alone.
     """
     tableau = method.tableau
+    if path == DEVICE:
+        # (None, None): the loop takes the whole solve, with the method's compiled step
+        return device_run.integrate_on_device(problem, y0, f0, times, stops, method, opts, stats, dt0, error)
     if path == CHUNKS:
         backend = "inductor" if opts.execution.compile is True else opts.execution.compile
         result = compiled_chunks.integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)

@@ -1,0 +1,155 @@
+"""The device run (``options={"compile": True}`` on an adaptive solve without autograd) against the eager solve,
+one compiled step per call (``compile_steps=1``) and diffrax, on workloads (b), (c) and (e) of ``bench_peers.py``.
+
+Each line alternates the variants in one process (one thread for torch and XLA) and reports the median of the
+per-pair ratios with its interquartile range, the NFE and the accepted / rejected steps. Compilation is
+excluded from the timings and reported apart: the first call in this process (cold: inductor's start-up and an
+empty cache for this graph, unless an earlier run of this script filled the on-disk cache) and the first call of
+a second process started afterwards (warm: inductor's on-disk caches filled by this one).
+
+Run from the repository root (needs the ``bench`` extra)::
+
+    .venv/bin/python benchmarks/bench_device_run.py            # writes benchmarks/results/device_run.md
+    .venv/bin/python benchmarks/bench_device_run.py --pairs 11 --out /tmp/x.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import benchmarks.bench_peers as peers  # noqa: E402  (sets up one-thread JAX before importing it)
+import neuralode  # noqa: E402
+from benchmarks.common import machine_markdown  # noqa: E402
+
+VARIANTS = {
+    "eager": {},
+    "compiled step (compile_steps=1)": {"compile": True, "compile_steps": 1},
+    "device run (compile=True)": {"compile": True},
+}
+
+
+def setup(key: str):
+    """``(func, y0, t, solve keywords, diffrax workload)`` of workload ``key``; the workload is ``None`` when
+    ``peers`` is False."""
+    if key in ("b", "c"):
+        method = "dopri5" if key == "b" else "tsit5"
+        func, y0, t = peers._mlp_setup()
+        return func, y0, t, dict(rtol=1e-6, atol=1e-6, method=method), lambda: peers.mlp_forward(method)
+    torch.manual_seed(2)
+    func = peers.VanDerPol()
+    y0 = torch.rand(256, 2) * 4 - 2
+    t = torch.linspace(0.0, 10.0, 200)
+    return func, y0, t, dict(rtol=1e-5, atol=1e-5, method="dopri5"), peers.van_der_pol
+
+
+def solver(func, y0, t, kw, options):
+    def run():
+        with torch.no_grad():
+            return neuralode.solve(func, y0, t, options=options, **kw)
+
+    return run
+
+
+def first_call(key: str) -> float:
+    """Seconds of the first device-run solve of workload ``key`` in this process."""
+    func, y0, t, kw, _ = setup(key)
+    start = time.perf_counter()
+    solver(func, y0, t, kw, VARIANTS["device run (compile=True)"])()
+    return time.perf_counter() - start
+
+
+def _iqr(xs: list[float]) -> str:
+    q = statistics.quantiles(xs, n=4)
+    return f"{statistics.median(xs):.2f}× [{q[0]:.2f}–{q[2]:.2f}]"
+
+
+def measure(key: str, pairs: int) -> list[str]:
+    func, y0, t, kw, workload = setup(key)
+    w = workload()
+    fns = {name: solver(func, y0, t, kw, opts) for name, opts in VARIANTS.items()}
+    reference = fns["eager"]()
+    rows, cold = [], {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        sol = fn()
+        cold[name] = time.perf_counter() - start
+        dy = (sol.ys - reference.ys).abs().max().item()
+        rows.append((name, sol.stats.nfe, sol.stats.n_accepted, sol.stats.n_rejected, dy))
+    fns["diffrax"] = w.peers["diffrax"]
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(pairs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    warm = float(
+        subprocess.run(
+            [sys.executable, __file__, "--first-call", key], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    )
+    lines = []
+    for name, nfe, acc, rej, dy in rows:
+        over_dfx = [a / b for a, b in zip(times[name], times["diffrax"])]
+        over_eager = [a / b for a, b in zip(times[name], times["eager"])]
+        compile_cell = "–" if name == "eager" else f"{cold[name]:.1f} s"
+        warm_cell = f"{warm:.1f} s" if name.startswith("device") else "–"
+        lines.append(
+            f"| ({key}) | {name} | {_iqr(over_dfx)} | {_iqr(over_eager)} | "
+            f"{statistics.median(times[name]) * 1e3:.2f} ms | {statistics.median(times['diffrax']) * 1e3:.2f} ms | "
+            f"{nfe} ({acc} + {rej}) | {dy:.1e} | {compile_cell} | {warm_cell} |"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pairs", type=int, default=41)
+    p.add_argument("--only", default="bce", help="workload keys among b, c, e")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_run.md")
+    p.add_argument("--first-call", dest="first_call", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.first_call:
+        print(f"{first_call(args.first_call):.3f}")
+        return 0
+    start = time.perf_counter()
+    table = []
+    for key in args.only:
+        table += measure(key, args.pairs)
+        print("\n".join(table[-3:]), flush=True)
+    text = [
+        "# The device run: an adaptive solve's run of steps as one compiled graph",
+        "",
+        f"Generated by `python benchmarks/bench_device_run.py` in {time.perf_counter() - start:.0f} s; float32, "
+        "`torch.no_grad()`, one thread (torch and XLA), inductor on the CPU. Workloads (b), (c), (e) of "
+        "`bench_peers.py` (same weights, states and tolerances). Ratios are medians of alternating pairs in one "
+        f"process, interquartile range in brackets ({args.pairs} pairs); the millisecond columns are medians, "
+        "for scale only. NFE: evaluations (accepted + rejected steps). max |Δy|: against the eager solve. "
+        "Compile: the first call in this process (cold, unless an earlier run filled inductor's on-disk "
+        "cache) and the first call of a second process started afterwards (warm).",
+        "",
+        machine_markdown(),
+        "",
+        "| workload | neuralode | / diffrax [IQR] | / eager [IQR] | neuralode | diffrax | NFE | max abs Δy | "
+        "first call | warm first call |",
+        "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: |",
+        *table,
+        "",
+    ]
+    args.out.write_text("\n".join(text))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""Adaptive solves under ``options={"compile": ...}``: the whole run of steps as one compiled graph, its clock on
+the device.
+
+The host clock keeps time in Python floats and reads every step's error ratio back to decide; under
+``compile`` its step is one compiled graph per attempt (:func:`~neuralode.solvers.methods.compiled.compiled_stepper`),
+so a solve still returns to Python, synchronises and pays the graph's call overhead once per attempt. Here the
+*clock* is on the device as well: time, step size, the controller's memory, the output index and the counters
+are 0-dim tensors, every decision a ``torch.where``, and ``compile_steps`` attempts run inside one
+``torch._higher_order_ops.while_loop`` compiled with ``torch.compile(fullgraph=True)``. The host reads one flag
+per call (is the solve over?), so a solve of ``n`` attempts synchronises ``ceil(n / compile_steps)`` times.
+
+What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop.HostClock`), on tensors:
+
+* plan: the step is clipped to ``max_step`` and, where ``1.1 |h|`` reaches the last output time, stretched or
+  shrunk to land on it; a last stop within rounding of ``t`` is arrived at without a step;
+* attempt: the method's stages (:func:`~neuralode.solvers.methods.compiled.rk_stages`, the compiled step's own
+  code) with the stage times formed in float64 as the host clock forms them;
+* judge: the RMS error ratio of :class:`~neuralode.solvers.control.norms._ErrorNorm` and the controller's formulas
+  of :class:`~neuralode.solvers.control.controller.BatchStepSizeController` on 0-dim tensors (the per-sample
+  clock's arithmetic, equal to the host clock's to rounding);
+* outputs: the output times inside an accepted step are filled from the method's continuous extension, at most
+  ``M`` (:func:`window`) per attempt, by one ``(M, s) @ (s, N)`` product written into a preallocated
+  ``(T + M, N)`` buffer. A step holding more than ``M`` output times is taken again from the same state with
+  the same step (the same numbers) for the next ``M``, its stages evaluated anew (counted in ``stats.nfe``).
+
+It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
+first-same-as-last method with a continuous extension (``dopri5``, ``tsit5``), autograd off, a plain float32 or
+float64 state (a tensor or a tuple), the default RMS norm, ``min_step=0``, no ``step_t``/``jump_t``, events,
+dense output, step callbacks, ``perturb`` or stiffness watch, and a finite last time. Anything the host clock
+would stop on (a non-finite step, an underflowing step, the step budget) ends the run with a code, and the solve
+is run again by the loop with the compiled step, which raises the host clock's own error. A ``func`` that
+``torch.compile`` cannot capture inside a ``while_loop`` (a side effect such as a call counter, ``.item()``)
+makes the solve warn once and go to that same loop, for this func and these settings from then on.
+
+The outputs equal the host clock's to rounding (inductor fuses and reorders the arithmetic), with the same
+accepted and rejected steps wherever no error ratio falls within rounding of the acceptance threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from ..control.controller import BatchStepSizeController, ControllerState
+from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
+from ..grid import TIME_EPS
+from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages
+from ..methods.interpolation import _horner
+from ..methods.stepper import _plan
+from ..methods.tableau import ButcherTableau
+from ..solution import Handover, LoopResult
+
+# The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
+# non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start.
+RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH = 0, 1, 2, 3, 4, 5
+
+_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
+
+
+def window(n_out: int) -> int:
+    """``M``, the output times one attempt fills at most: every one of a short output grid, else 8 (a step holding
+    more is taken again for the next 8; on the Van der Pol benchmark's 200 outputs no step holds more than 4)."""
+    return max(1, min(n_out - 1, 8))
+
+
+def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor | None) -> bool:
+    """Whether the device run takes this solve (see the module docstring)."""
+    tableau = method.explicit_tableau
+    ctl = opts.control
+    return (
+        method.capabilities.adaptive
+        and tableau is not None
+        and tableau.fsal
+        and tableau.dense is not None
+        and tableau.b_err is not None
+        and tableau.b_err_aux is None
+        and tableau.c_extra is None
+        and error is not None
+        and ctl.norm is None
+        and opts.compile_steps > 1
+        and not torch.is_grad_enabled()
+        and f0 is not None
+        and not f0.requires_grad
+        and problem.dtype in (torch.float32, torch.float64)
+        and not events
+        and dense is None
+        and len(stops) == 1
+        and math.isfinite(stops[0])
+        and not opts.stops.perturb
+        and not opts.stops.jump_t
+        and opts.min_step == 0.0
+        and opts.at_min_step != "accept"
+        and all(cb is None for cb in problem.callbacks)
+        and not problem.pass_perturb
+    )
+
+
+class _Settings(NamedTuple):
+    """What a run's graph is built for (its cache key, with the func): constants of its arithmetic."""
+
+    tableau_name: str
+    backend: str
+    shapes: tuple
+    is_tuple: bool
+    dtype: torch.dtype
+    device: str
+    n_out: int
+    m: int
+    k_steps: int
+    direction: float
+    controller: tuple
+    max_step: float
+    max_num_steps: int
+    watch_from: int
+
+
+def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
+    """The run: ``run(carry, times, rtol, atol) -> carry`` taking up to ``s.k_steps`` attempts."""
+    plan = _plan(tableau)
+    c = tableau.c
+    dense = tableau.dense
+    assert dense is not None  # applies() takes methods with a continuous extension only
+    n_dense = len(dense)
+    P = [tuple(float(x) for x in row) for row in dense]
+    inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
+    direction, M, T = s.direction, s.m, s.n_out
+    controller = BatchStepSizeController(*s.controller)
+    max_step, max_num_steps, watch_from = s.max_step, s.max_num_steps, s.watch_from
+    n_new = tableau.stages - 1
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        if len(sizes) == 1:
+            return torch.linalg.vector_norm(x).double() * inv_sqrt_n[0]
+        parts = torch.split(x, sizes)
+        return torch.stack([torch.linalg.vector_norm(p) * f for p, f in zip(parts, inv_sqrt_n)]).max().double()
+
+    def weighted(coeffs, k, dt):
+        (j0, c0), rest = coeffs[0], coeffs[1:]
+        out = k[j0] * (c0 * dt)
+        for j, cj in rest:
+            out = out + k[j] * (cj * dt)
+        return out
+
+    def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns):
+        return (n < s.k_steps) & (status == RUNNING) & (i_out < T)
+
+    def make_body(times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
+        # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
+        t_end = times[T - 1].clone()
+        columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))
+
+        def body(
+            n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns
+        ):
+            # Plan (HostClock.plan): clip to max_step, land on the last time within a 10% stretch.
+            dt_abs = h.abs().clamp(max=max_step)
+            remaining = (t_end - t).abs()
+            lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
+            dt_abs = torch.where(lands, remaining, dt_abs)
+            hh = direction * dt_abs
+            tiny = (dt_abs <= 4 * TIME_EPS * t.abs()) | (dt_abs == 0.0)
+            arrive = tiny & lands
+            fail = torch.where(
+                ~torch.isfinite(h),
+                BAD_STEP,
+                torch.where(
+                    tiny & ~lands,
+                    UNDERFLOW,
+                    torch.where(
+                        n_acc + n_rej >= max_num_steps, BUDGET, torch.where(n_acc + n_rej >= watch_from, WATCH, RUNNING)
+                    ),
+                ),
+            )
+            # Attempt: the stages, with their times formed in float64 as the host clock forms them.
+            y1, k = rk_stages(raw, plan, y, f0, hh, lambda i: (t + c[i] * hh).to(t_dtype))
+            y_err = weighted(plan.b_err, k, hh.to(y.dtype))
+            scale = torch.maximum(y.abs() * rtol + atol, y1.abs() * rtol + atol)
+            ratio = norm(y_err / scale)
+            fail = torch.where((fail == RUNNING) & ~torch.isfinite(ratio) & ~torch.isfinite(f0).all(), NON_FINITE, fail)
+            accept, h_next, (pr_n, ar_n, pd_n) = controller.adapt(
+                ControllerState(prev_ratio, after_reject, prev_dt), hh, ratio
+            )
+            ok = fail == RUNNING
+            stepped = ok & ~arrive  # an attempt made (its evaluations count)
+            accept = stepped & accept
+            # Outputs in the accepted step (or at the stop arrived at): the next M output times at most.
+            t1 = torch.where(lands, t_end, t + hh)
+            idx = i_out + torch.arange(M, device=times.device)
+            tau = times[idx]
+            inside = (tau - t1) * direction <= 0
+            theta = torch.where(tau == t1, torch.ones_like(tau), (tau - t) / torch.where(hh == 0, 1.0, hh))
+            W = _horner(columns, theta[:, None]).to(y.dtype)  # (M, s): b_i(theta) of each output time
+            stages = torch.stack(k[:n_dense]).reshape(n_dense, -1)
+            flat = y.reshape(1, -1)
+            vals = torch.where(arrive, flat, flat + (W @ stages) * hh.to(y.dtype)).view(M, *y.shape)
+            fill = inside & (accept | (ok & arrive))
+            more = fill[M - 1] & ((times[(i_out + M).view(1)][0] - t1) * direction <= 0)  # > M outputs: this step again
+            mask = fill.view(M, *([1] * y.dim()))
+            ys = ys.index_put((idx,), torch.where(mask, vals, ys[idx]))
+            moved = (accept | (ok & arrive)) & ~more
+            n_acc_new = n_acc + (accept & ~more).long()
+            hs = hs.index_put((idx,), torch.where(fill, hh, hs[idx]))
+            ns = ns.index_put((idx,), torch.where(fill, n_acc_new, ns[idx]))
+            i_out = i_out + fill.long().sum()
+            # The next state: moved to the step's end; a rejected attempt retries with the controller's step;
+            # a step with more outputs keeps everything but the output index.
+            t = torch.where(moved, t1, t)
+            y = torch.where(moved & ~arrive, y1, y)
+            f0 = torch.where(moved & ~arrive, k[-1], f0)
+            decided = stepped & ~more
+            h = torch.where(decided, h_next, torch.where(more, hh, h))
+            prev_ratio = torch.where(decided, pr_n, prev_ratio)
+            after_reject = torch.where(decided, ar_n, after_reject)
+            prev_dt = torch.where(decided, pd_n, prev_dt)
+            last_h = torch.where(accept & ~more, hh, last_h)
+            n_rej = n_rej + (stepped & ~accept).long()
+            return (
+                n + 1,
+                t,
+                h,
+                y,
+                f0,
+                prev_ratio,
+                after_reject,
+                prev_dt,
+                i_out,
+                n_acc_new,
+                n_rej,
+                n_att + stepped.long(),
+                fail,
+                last_h,
+                ys,
+                hs,
+                ns,
+            )
+
+        return body
+
+    def run(carry: tuple, times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> tuple:
+        from torch._higher_order_ops import while_loop
+
+        return tuple(while_loop(cond, make_body(times, rtol, atol), carry))
+
+    return run, n_new
+
+
+def integrate_on_device(
+    problem, y0, f0, times, stops, method, opts, stats, dt0: float, error
+) -> tuple[LoopResult | None, Handover | None]:
+    """Run the solve on the device clock (:func:`applies` said it may). Returns ``(result, None)`` for a finished
+    solve; ``(None, handover)`` where the run stopped on what the host clock decides (an error, the stiffness
+    watch): the host clock goes on from there; ``(None, None)`` where the loop takes the whole solve (the run
+    could not be compiled)."""
+    backend = "inductor" if opts.execution.compile is True else opts.execution.compile
+    tableau = method.explicit_tableau
+    ctl = opts.control
+    k = min(method.order, method.error_order) + 1
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    T = len(times)
+    M = window(T)
+    settings = _Settings(
+        tableau.name,
+        backend,
+        tuple(tuple(sh) for sh in problem.shapes),
+        problem.is_tuple,
+        problem.dtype,
+        str(problem.device),
+        T,
+        M,
+        opts.compile_steps,
+        direction,
+        (ctl.controller, ctl.safety, ctl.ifactor, ctl.dfactor, k),
+        float(opts.max_step),
+        int(opts.max_num_steps),
+        # The host clock watches for stiffness from this many attempts on (HostClock.watch_from): the run hands
+        # the solve over there.
+        MIN_STEPS_FOR_ERROR - 2 * STIFF_STEPS if StiffnessDetector.for_solve(method, opts) is not None else 2**62,
+    )
+    func = problem.func
+    try:
+        per_func = _CACHE.setdefault(func, {})
+    except TypeError:  # not weak-referenceable: compile for this solve only
+        per_func = {}
+    entry = per_func.get(settings)
+    if entry is None:
+        if problem.is_tuple:
+
+            def raw(tt, y):
+                return problem.flatten(func(tt, problem.unflatten(y)))
+        else:
+            raw = func
+        run, n_new = _make_run(raw, tableau, list(problem.sizes), settings, problem.t_dtype)
+        compiled = torch.compile(
+            fresh_code(run), fullgraph=True, backend=backend, **inductor_options(backend, problem.device, False)
+        )
+        entry = per_func[settings] = {"compiled": compiled, "n_new": n_new, "failed": None}
+    timed = "called" not in entry  # the first call of a new graph: its time is the compilation's
+    entry["called"] = True
+    if entry["failed"] is not None:
+        return None, None
+
+    dev, dt = problem.device, problem.dtype
+    f64 = dict(dtype=torch.float64, device=dev)
+    pad = torch.full((M,), direction * math.inf, **f64)
+    times_t = torch.cat([torch.tensor(times, **f64), pad])
+    rtol = error._as_operand(error.rtol, y0.new_empty(()))
+    atol = error._as_operand(error.atol, y0.new_empty(()))
+
+    def zero() -> torch.Tensor:  # a counter of its own: the loop's carried tensors must not alias
+        return torch.zeros((), dtype=torch.long, device=dev)
+
+    ys = torch.zeros((T + M, *y0.shape), dtype=dt, device=dev)
+    ys[0] = y0
+    carry = (
+        zero(),
+        torch.tensor(times[0], **f64),
+        torch.tensor(dt0, **f64),
+        y0,
+        f0,
+        torch.ones((), **f64),
+        torch.zeros((), dtype=torch.bool, device=dev),
+        torch.full((), math.nan, **f64),
+        torch.ones((), dtype=torch.long, device=dev),
+        zero(),
+        zero(),
+        zero(),
+        zero(),
+        torch.full((), math.nan, **f64),
+        ys,
+        torch.zeros((T + M,), **f64),
+        torch.zeros((T + M,), dtype=torch.long, device=dev),
+    )
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]
+    start = time.perf_counter()
+    first = True
+    status, i_out = RUNNING, 1
+    while True:
+        before = graphs["unique_graphs"]
+        unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
+        try:
+            # An int attribute that changes (a call counter) becomes an input rather than a recompilation (as in
+            # CompiledGraph); the tableau's coefficients stay constants of the graph: runs of several methods
+            # share this module's code, and a float that differs between two compilations of the same code
+            # would otherwise become a graph input, which the while_loop's body cannot lower.
+            dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
+            out = entry["compiled"](carry, times_t, rtol, atol)
+        except compile_errors() as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            entry["failed"] = reason
+            warnings.warn(
+                f"options['compile']: torch.compile could not compile the solve's run of steps as one graph "
+                f"({reason[:300]}); the solve compiles one step at a time instead, with the same steps. Common "
+                "causes: a func with side effects (a call counter), .item() or a branch on a tensor's value. "
+                "options['compile_steps']=1 asks for one compiled step at a time directly.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return None, None
+        finally:
+            dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = unspec, floats
+        stats.n_compiles += graphs["unique_graphs"] - before
+        if first and timed:
+            stats.compile_s = time.perf_counter() - start
+        first = False
+        carry = (zero(), *out[1:])
+        status, i_out = int(out[12]), int(out[8])
+        if status != RUNNING or i_out >= T:
+            break
+    n_acc, n_rej, n_att = int(out[9]), int(out[10]), int(out[11])
+    stats.n_accepted += n_acc
+    stats.n_rejected += n_rej
+    stats.nfe += n_att * entry["n_new"]
+    if n_acc:
+        stats.last_step = float(out[13])
+    hs, ns = out[15][1:i_out].tolist(), out[16][1:i_out].tolist()
+    ys_out = list(out[14][:i_out].unbind(0))
+    if status == RUNNING:
+        stats.next_step = float(out[2])
+        return LoopResult(ys_out, list(zip(hs, ns)), [], False), None
+    # The host clock goes on from here: it raises its own error for the attempt the run stopped at, or watches
+    # for stiffness from here on.
+    control = ControllerState(float(out[5]), bool(out[6]), float(out[7]))
+    return None, Handover(float(out[1]), out[3], out[4], 0, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control)

@@ -1,0 +1,191 @@
+"""options={"compile": ...} on an adaptive solve without autograd: the whole run of steps as one compiled
+``while_loop`` with its clock on the device (neuralode.solvers.fast.device_run). It must give the host clock's
+steps and, to rounding, its outputs; read the host once per ``compile_steps`` attempts; take a step holding more
+output times than its window again; hand the solve to the host clock for its errors and its stiffness watch;
+and fall back, with one warning, where the run cannot be captured. The "eager" backend traces the run with
+dynamo (the while_loop, its aliasing rules) without generating code, and "aot_eager" adds AOT autograd's
+functionalisation; inductor itself is timed in benchmarks/bench_device_run.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralode import SolverError, solve
+from neuralode.solvers.fast import device_run
+
+F64 = torch.float64
+
+
+def vdp(t, y):
+    x, v = y[..., 0], y[..., 1]
+    return torch.stack([v, 2.0 * (1 - x**2) * v - x], -1)
+
+
+def _pair(func, y0, t, method="dopri5", backend="eager", **kw):
+    options = kw.pop("options", {})
+    with torch.no_grad():
+        eager = solve(func, y0, t, method=method, options=options, **kw)
+        run = solve(func, y0, t, method=method, options={**options, "compile": backend}, **kw)
+    return eager, run
+
+
+def _same_steps(a, b):
+    assert (a.stats.nfe, a.stats.n_accepted, a.stats.n_rejected) == (
+        b.stats.nfe,
+        b.stats.n_accepted,
+        b.stats.n_rejected,
+    )
+
+
+@pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager")])
+def test_the_run_gives_the_host_clocks_steps_and_outputs(method, backend, monkeypatch):
+    used = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: used.append(1) or real(*a, **k))
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    eager, run = _pair(vdp, y0, t, method, backend, rtol=1e-8, atol=1e-8)
+    assert used == [1]
+    _same_steps(eager, run)
+    assert run.stats.n_rejected > 0 or method != "dopri5"  # rejections are decided on the device too
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    # The controller evaluates its formulas in log space (the per-sample clock's arithmetic): the steps agree to
+    # rounding, compounded over the solve.
+    assert run.stats.last_step == pytest.approx(eager.stats.last_step, rel=1e-8)
+    assert run.stats.next_step == pytest.approx(eager.stats.next_step, rel=1e-6)
+    assert run.stats.n_compiles >= 1 and run.stats.compile_s > 0
+
+
+def test_backwards_in_time_float32_and_a_tuple_state():
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    t = torch.linspace(2, 0, 5)
+    eager, run = _pair(vdp, y0, t, rtol=1e-5, atol=1e-5)
+    _same_steps(eager, run)
+    torch.testing.assert_close(run.ys, eager.ys, rtol=1e-5, atol=1e-5)
+
+    def split(t, y):
+        x, v = y
+        return v, 2.0 * (1 - x**2) * v - x
+
+    y0t = (torch.tensor([2.0, 1.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64))
+    eager, run = _pair(split, y0t, torch.linspace(0, 2, 4, dtype=F64), rtol=1e-9, atol=1e-9)
+    _same_steps(eager, run)
+    for a, b in zip(run.ys, eager.ys):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_step_holding_more_outputs_than_its_window_is_taken_again():
+    # 41 output times in [0, 1] and steps of about 0.5: every step holds more than the window's 8, so the run
+    # takes it again from the same state, with the same step, for the next 8.
+    def decay(t, y):
+        return -0.5 * y
+
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    t = torch.linspace(0, 1, 41, dtype=F64)
+    eager, run = _pair(decay, y0, t, rtol=1e-4, atol=1e-6)
+    assert (eager.stats.n_accepted, eager.stats.n_rejected) == (run.stats.n_accepted, run.stats.n_rejected)
+    assert run.stats.nfe > eager.stats.nfe  # the steps taken again are evaluated again, and counted
+    torch.testing.assert_close(run.ys, eager.ys, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(run.ys, y0 * torch.exp(-0.5 * t)[:, None], rtol=1e-4, atol=1e-6)
+
+
+def test_max_step_and_one_read_per_run_of_compile_steps():
+    reads = {"n": 0}
+    real_int = torch.Tensor.__int__
+
+    def counting(self):
+        reads["n"] += 1
+        return real_int(self)
+
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    eager, run = _pair(vdp, y0, t, rtol=1e-6, atol=1e-6, options={"max_step": 0.05, "compile_steps": 16})
+    _same_steps(eager, run)
+    assert eager.stats.n_accepted >= 60
+    torch.testing.assert_close(run.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    torch.Tensor.__int__ = counting  # type: ignore[method-assign]
+    try:
+        with torch.no_grad():
+            solve(vdp, y0, t, rtol=1e-6, atol=1e-6, options={"max_step": 0.05, "compile_steps": 16, "compile": "eager"})
+    finally:
+        torch.Tensor.__int__ = real_int  # type: ignore[method-assign]
+    attempts = run.stats.n_accepted + run.stats.n_rejected
+    calls = math.ceil(attempts / 16)
+    # Two reads per call (the status and the output index), three after the last (the counters).
+    assert reads["n"] <= 2 * calls + 3
+
+
+def test_errors_and_the_stiffness_watch_are_the_host_clocks():
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    for options in ({}, {"compile": "eager"}):
+        with torch.no_grad(), pytest.raises(SolverError, match="max_num_steps=5"):
+            solve(vdp, y0, t, rtol=1e-6, atol=1e-6, options={**options, "max_num_steps": 5})
+
+    # Van der Pol at mu = 1e4 (test_stiffness.py): the run hands the solve to the host clock where its stiffness
+    # watch starts, and the host clock stops it as stiff at the same step as without compile.
+    def stiff(t, y):
+        return torch.stack([y[1], 1e4 * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    messages = []
+    for options in ({}, {"compile": "eager"}):
+        with torch.no_grad(), pytest.raises(SolverError, match="The problem is stiff") as info:
+            solve(
+                stiff,
+                torch.tensor([2.0, 0.0], dtype=F64),
+                torch.tensor([0.0, 3e4], dtype=F64),
+                rtol=1e-6,
+                atol=1e-8,
+                options=options,
+            )
+        messages.append((info.value.n_steps, str(info.value).split(" for ")[0]))
+    assert messages[0] == messages[1]
+
+
+def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps():
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nfe = 0
+
+        def forward(self, t, y):
+            self.nfe += 1  # a side effect inside the loop's body: while_loop cannot capture it
+            return vdp(t, y)
+
+    func = Counting()
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.linspace(0, 2, 3, dtype=F64)
+    with torch.no_grad():
+        eager = solve(func, y0, t, rtol=1e-8, atol=1e-8)
+        func.nfe = 0
+        with pytest.warns(RuntimeWarning, match="run of steps as one graph"):
+            run = solve(func, y0, t, rtol=1e-8, atol=1e-8, options={"compile": "eager"})
+        assert func.nfe == run.stats.nfe
+        _same_steps(eager, run)
+        torch.testing.assert_close(run.ys, eager.ys, rtol=1e-12, atol=1e-12)
+        func.nfe = 0
+        again = solve(func, y0, t, rtol=1e-8, atol=1e-8, options={"compile": "eager"})  # no second warning
+    assert func.nfe == again.stats.nfe
+
+
+def test_which_solves_take_the_run(monkeypatch):
+    used = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: used.append(1) or real(*a, **k))
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    cases = [
+        dict(method="dopri5", options={"compile": "eager", "compile_steps": 1}),  # one compiled step per call
+        dict(method="bosh3", options={"compile": "eager"}),  # no continuous extension
+        dict(method="dopri5", options={"compile": "eager", "step_t": [0.5]}),
+        dict(method="dopri5", options={"compile": "eager", "min_step": 1e-6}),
+    ]
+    with torch.no_grad():
+        for kw in cases:
+            solve(vdp, y0, t, **kw)
+    w = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    solve(lambda t, y: -w * y, y0, t, options={"compile": "eager"})  # autograd records: the compiled step
+    assert used == []
