@@ -69,6 +69,13 @@ def window(n_out: int) -> int:
     return max(1, min(n_out - 1, 8))
 
 
+def buffer_rows(n_out: int, m: int) -> int:
+    """``R``, the output rows one compiled call fills at most (then it returns them to the host): the loop carries
+    its output buffer from attempt to attempt, copying it each time, so it holds 32 rows, not every output time
+    (Van der Pol's 200 outputs: 12.7 ms a solve with all 200, 9.1 ms with 2)."""
+    return max(m, min(n_out, 32))
+
+
 def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor | None) -> bool:
     """Whether the device run takes this solve (see the module docstring)."""
     tableau = method.explicit_tableau
@@ -112,6 +119,7 @@ class _Settings(NamedTuple):
     device: str
     n_out: int
     m: int
+    rows: int
     k_steps: int
     direction: float
     controller: tuple
@@ -129,7 +137,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
     n_dense = len(dense)
     P = [tuple(float(x) for x in row) for row in dense]
     inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
-    direction, M, T = s.direction, s.m, s.n_out
+    direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     controller = BatchStepSizeController(*s.controller)
     max_step, max_num_steps, watch_from = s.max_step, s.max_num_steps, s.watch_from
     n_new = tableau.stages - 1
@@ -147,10 +155,15 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             out = out + k[j] * (cj * dt)
         return out
 
-    def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns):
-        return (n < s.k_steps) & (status == RUNNING) & (i_out < T)
+    def make_body(times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor):
+        """The loop's condition and body; ``i_start``: the output index at the call's start, the output buffer's
+        first row."""
 
-    def make_body(times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
+        def cond(
+            n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns
+        ):
+            return (n < s.k_steps) & (status == RUNNING) & (i_out < T) & (i_out - i_start < R)
+
         # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
         t_end = times[T - 1].clone()
         columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))
@@ -202,7 +215,8 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             fill = inside & (accept | (ok & arrive))
             more = fill[M - 1] & ((times[(i_out + M).view(1)][0] - t1) * direction <= 0)  # > M outputs: this step again
             mask = fill.view(M, *([1] * y.dim()))
-            ys = ys.index_put((idx,), torch.where(mask, vals, ys[idx]))
+            rows = idx - i_start
+            ys = ys.index_put((rows,), torch.where(mask, vals, ys[rows]))
             moved = (accept | (ok & arrive)) & ~more
             n_acc_new = n_acc + (accept & ~more).long()
             hs = hs.index_put((idx,), torch.where(fill, hh, hs[idx]))
@@ -240,12 +254,13 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
                 ns,
             )
 
-        return body
+        return cond, body
 
-    def run(carry: tuple, times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> tuple:
+    def run(carry: tuple, times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor) -> tuple:
         from torch._higher_order_ops import while_loop
 
-        return tuple(while_loop(cond, make_body(times, rtol, atol), carry))
+        cond, body = make_body(times, rtol, atol, i_start)
+        return tuple(while_loop(cond, body, carry))
 
     return run, n_new
 
@@ -264,6 +279,7 @@ def integrate_on_device(
     direction = 1.0 if times[-1] > times[0] else -1.0
     T = len(times)
     M = window(T)
+    R = buffer_rows(T, M)
     settings = _Settings(
         tableau.name,
         backend,
@@ -273,6 +289,7 @@ def integrate_on_device(
         str(problem.device),
         T,
         M,
+        R,
         opts.compile_steps,
         direction,
         (ctl.controller, ctl.safety, ctl.ifactor, ctl.dfactor, k),
@@ -315,8 +332,9 @@ def integrate_on_device(
     def zero() -> torch.Tensor:  # a counter of its own: the loop's carried tensors must not alias
         return torch.zeros((), dtype=torch.long, device=dev)
 
-    ys = torch.zeros((T + M, *y0.shape), dtype=dt, device=dev)
-    ys[0] = y0
+    def buffer() -> torch.Tensor:  # the outputs of one call: R rows, and M more for the last step's window
+        return torch.zeros((R + M, *y0.shape), dtype=dt, device=dev)
+
     carry = (
         zero(),
         torch.tensor(times[0], **f64),
@@ -332,7 +350,7 @@ def integrate_on_device(
         zero(),
         zero(),
         torch.full((), math.nan, **f64),
-        ys,
+        buffer(),
         torch.zeros((T + M,), **f64),
         torch.zeros((T + M,), dtype=torch.long, device=dev),
     )
@@ -343,6 +361,7 @@ def integrate_on_device(
     start = time.perf_counter()
     first = True
     status, i_out = RUNNING, 1
+    ys_out = [y0]
     while True:
         before = graphs["unique_graphs"]
         unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
@@ -352,7 +371,8 @@ def integrate_on_device(
             # share this module's code, and a float that differs between two compilations of the same code
             # would otherwise become a graph input, which the while_loop's body cannot lower.
             dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
-            out = entry["compiled"](carry, times_t, rtol, atol)
+            i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
+            out = entry["compiled"](carry, times_t, rtol, atol, i_start)
         except compile_errors() as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
@@ -372,8 +392,10 @@ def integrate_on_device(
         if first and timed:
             stats.compile_s = time.perf_counter() - start
         first = False
-        carry = (zero(), *out[1:])
-        status, i_out = int(out[12]), int(out[8])
+        status, i_reached = int(out[12]), int(out[8])
+        ys_out.extend(out[14][: i_reached - i_out].unbind(0))
+        i_out = i_reached
+        carry = (zero(), *out[1:14], buffer(), *out[15:])
         if status != RUNNING or i_out >= T:
             break
     n_acc, n_rej, n_att = int(out[9]), int(out[10]), int(out[11])
@@ -383,7 +405,6 @@ def integrate_on_device(
     if n_acc:
         stats.last_step = float(out[13])
     hs, ns = out[15][1:i_out].tolist(), out[16][1:i_out].tolist()
-    ys_out = list(out[14][:i_out].unbind(0))
     if status == RUNNING:
         stats.next_step = float(out[2])
         return LoopResult(ys_out, list(zip(hs, ns)), [], False), None
