@@ -40,7 +40,7 @@ def _same_steps(a, b):
     )
 
 
-@pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager")])
+@pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager"), ("bosh3", "eager")])
 def test_the_run_gives_the_host_clocks_steps_and_outputs(method, backend, monkeypatch):
     used = []
     real = device_run.integrate_on_device
@@ -179,7 +179,7 @@ def test_which_solves_take_the_run(monkeypatch):
     t = torch.linspace(0, 1, 3, dtype=F64)
     cases = [
         dict(method="dopri5", options={"compile": "eager", "compile_steps": 1}),  # one compiled step per call
-        dict(method="bosh3", options={"compile": "eager"}),  # no continuous extension
+        dict(method="fehlberg2", options={"compile": "eager"}),  # not first-same-as-last
         dict(method="dopri5", options={"compile": "eager", "step_t": [0.5]}),
         dict(method="dopri5", options={"compile": "eager", "min_step": 1e-6}),
     ]

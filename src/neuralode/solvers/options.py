@@ -201,7 +201,7 @@ class Execution:
             ``1``: one step per call). On a fixed grid, consecutive grid steps unrolled into one graph (see
             :mod:`neuralode.solvers.fast.compiled_chunks`; the chunk size is chosen to keep
             ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least). For an adaptive
-            first-same-as-last method with a continuous extension (``dopri5``, ``tsit5``) solving without autograd,
+            first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``) solving without autograd,
             a ``while_loop`` of attempts whose clock is on the device, the host reading one flag per call (see
             :mod:`neuralode.solvers.fast.device_run`). Solves these cannot take (events, step callbacks,
             ``perturb``, ``dense``, ``interp="cubic"``, ``step_t``/``jump_t``, ``min_step``, a custom

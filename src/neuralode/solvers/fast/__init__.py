@@ -11,7 +11,7 @@ bookkeeping is pure overhead, and two drivers skip it:
   ``torch.compile`` call.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
-``compile``, without autograd, for ``dopri5`` and ``tsit5``) keeps the clock on the device and compiles up to
+``compile``, without autograd, for ``dopri5``, ``tsit5`` and ``bosh3``) keeps the clock on the device and compiles up to
 ``compile_steps`` attempts as one ``while_loop``, handing the solve to the host clock (:class:`Handover`, with the
 step and the controller's memory) where the host clock decides something the run does not (an error, the
 stiffness watch).

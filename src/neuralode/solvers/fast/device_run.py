@@ -18,19 +18,31 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 * judge: the RMS error ratio of :class:`~neuralode.solvers.control.norms._ErrorNorm` and the controller's formulas
   of :class:`~neuralode.solvers.control.controller.BatchStepSizeController` on 0-dim tensors (the per-sample
   clock's arithmetic, equal to the host clock's to rounding);
-* outputs: the output times inside an accepted step are filled from the method's continuous extension, at most
-  ``M`` (:func:`window`) per attempt, by one ``(M, s) @ (s, N)`` product written into a preallocated
-  ``(T + M, N)`` buffer. A step holding more than ``M`` output times is taken again from the same state with
-  the same step (the same numbers) for the next ``M``, its stages evaluated anew (counted in ``stats.nfe``).
+* outputs: the output times inside an accepted step are filled from the method's interpolant (its continuous
+  extension, or the cubic Hermite polynomial with the last stage as ``f(t1, y1)``), at most ``M`` (:func:`window`)
+  per attempt, by one ``(M, s) @ (s, N)`` product written into the call's output buffer of ``R + M`` rows
+  (:func:`buffer_rows`; a call returns when ``R`` are filled). A step holding more than ``M`` output times is
+  taken again from the same state with the same step (the same numbers) for the next ``M``, its stages evaluated
+  anew (counted in ``stats.nfe``).
 
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
-first-same-as-last method with a continuous extension (``dopri5``, ``tsit5``), autograd off, a plain float32 or
-float64 state (a tensor or a tuple), the default RMS norm, ``min_step=0``, no ``step_t``/``jump_t``, events,
-dense output, step callbacks, ``perturb`` or stiffness watch, and a finite last time. Anything the host clock
-would stop on (a non-finite step, an underflowing step, the step budget) ends the run with a code, and the solve
-is run again by the loop with the compiled step, which raises the host clock's own error. A ``func`` that
-``torch.compile`` cannot capture inside a ``while_loop`` (a side effect such as a call counter, ``.item()``)
-makes the solve warn once and go to that same loop, for this func and these settings from then on.
+first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
+(``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple), the
+default RMS norm, ``min_step=0``, ``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step
+callbacks or ``perturb``, and a finite last time. Where the host clock would decide something the run does not
+(a non-finite step, an underflowing one, the step budget, a non-finite derivative; from the attempt at which the
+host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
+(:class:`~neuralode.solvers.solution.Handover`, with its step and the controller's memory): the host clock
+takes that attempt, raising its own error or watching from there. A ``func`` that ``torch.compile`` cannot
+capture inside a ``while_loop`` (a side effect such as a call counter, ``.item()``) makes the solve warn once and
+run in the loop with one compiled step per call, for this func and these settings from then on.
+
+Autograd: the run is taken only while autograd is off. In torch 2.13 ``while_loop`` under ``torch.compile``
+records a backward that differentiates the last iteration alone (five iterations of ``y = w y`` from ``y = 2``,
+``w = 0.5``: ``dy/dw`` came out 0.125 where it is 0.625), so a solve that records autograd keeps the compiled
+step, whose backward is right. Nor do inductor's on-disk caches take a graph with a ``while_loop`` in this
+torch (AOT autograd's cache: "Unsupported call_function target while_loop"), so a new process compiles the run
+again (``benchmarks/results/device_run.md`` times both).
 
 The outputs equal the host clock's to rounding (inductor fuses and reorders the arithmetic), with the same
 accepted and rejected steps wherever no error ratio falls within rounding of the acceptance threshold.
@@ -51,7 +63,8 @@ from ..control.controller import BatchStepSizeController, ControllerState
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
 from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages
-from ..methods.interpolation import _horner
+from ..methods.interpolants import ContinuousExtension, Hermite
+from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import Handover, LoopResult
@@ -84,7 +97,7 @@ def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor
         method.capabilities.adaptive
         and tableau is not None
         and tableau.fsal
-        and tableau.dense is not None
+        and method.interpolant(opts) in (ContinuousExtension, Hermite)
         and tableau.b_err is not None
         and tableau.b_err_aux is None
         and tableau.c_extra is None
@@ -132,10 +145,11 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
     """The run: ``run(carry, times, rtol, atol) -> carry`` taking up to ``s.k_steps`` attempts."""
     plan = _plan(tableau)
     c = tableau.c
+    # The interpolant of the outputs inside a step: the method's continuous extension, or (bosh3) the cubic Hermite
+    # polynomial through (y0, f0) and (y1, f1), f1 the step's last stage (first same as last).
     dense = tableau.dense
-    assert dense is not None  # applies() takes methods with a continuous extension only
-    n_dense = len(dense)
-    P = [tuple(float(x) for x in row) for row in dense]
+    n_dense = 0 if dense is None else len(dense)
+    P = [] if dense is None else [tuple(float(x) for x in row) for row in dense]
     inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     controller = BatchStepSizeController(*s.controller)
@@ -166,7 +180,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
 
         # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
         t_end = times[T - 1].clone()
-        columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))
+        columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))  # (s,) each
 
         def body(
             n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns
@@ -208,10 +222,15 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             tau = times[idx]
             inside = (tau - t1) * direction <= 0
             theta = torch.where(tau == t1, torch.ones_like(tau), (tau - t) / torch.where(hh == 0, 1.0, hh))
-            W = _horner(columns, theta[:, None]).to(y.dtype)  # (M, s): b_i(theta) of each output time
-            stages = torch.stack(k[:n_dense]).reshape(n_dense, -1)
             flat = y.reshape(1, -1)
-            vals = torch.where(arrive, flat, flat + (W @ stages) * hh.to(y.dtype)).view(M, *y.shape)
+            if n_dense:
+                W = _horner(columns, theta[:, None]).to(y.dtype)  # (M, s): b_i(theta) of each output time
+                stages = torch.stack(k[:n_dense]).reshape(n_dense, -1)
+                inner = flat + (W @ stages) * hh.to(y.dtype)
+            else:  # interpolation.hermite_many's weights and basis
+                W = torch.stack(_hermite_weights(theta, hh), 1).to(y.dtype)  # (M, 3)
+                inner = flat + W @ torch.stack([y1 - y, f0, k[-1]]).reshape(3, -1)
+            vals = torch.where(arrive, flat, inner).view(M, *y.shape)
             fill = inside & (accept | (ok & arrive))
             more = fill[M - 1] & ((times[(i_out + M).view(1)][0] - t1) * direction <= 0)  # > M outputs: this step again
             mask = fill.view(M, *([1] * y.dim()))

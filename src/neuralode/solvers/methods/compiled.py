@@ -37,8 +37,8 @@ Compiled steps are cached per ``func`` object (weakly), method, backend and stat
 training loop that solves with the same module every iteration compiles once.
 
 Fixed-step methods on a grid compile ``options["compile_steps"]`` consecutive steps as one graph
-instead (:mod:`neuralode.solvers.fast.compiled_chunks`), and an adaptive ``dopri5``/``tsit5`` solve without
-autograd runs its whole run of steps as one compiled ``while_loop`` (:mod:`neuralode.solvers.fast.device_run`);
+instead (:mod:`neuralode.solvers.fast.compiled_chunks`), and an adaptive ``dopri5``/``tsit5``/``bosh3`` solve
+without autograd runs its whole run of steps as one compiled ``while_loop`` (:mod:`neuralode.solvers.fast.device_run`);
 the single compiled step here serves the other adaptive solves, ``compile_steps=1``, and the fixed-grid solves
 that chunks do not take (events, step callbacks, ``perturb``, ``dense``, cubic interpolation).
 """
