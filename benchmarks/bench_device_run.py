@@ -1,5 +1,7 @@
 """The device run (``options={"compile": True}`` on an adaptive solve without autograd) against the eager solve,
-one compiled step per call (``compile_steps=1``) and diffrax, on workloads (b), (c) and (e) of ``bench_peers.py``.
+one compiled step per call (``compile_steps=1``) and diffrax, on workloads (b), (c) and (e) of ``bench_peers.py``,
+and (e) with a clock per sample (``per_sample``: eager and the per-sample device run; diffrax's (e) is ``vmap``-ped,
+so its clock is per sample too).
 
 Each line alternates the variants in one process (one thread for torch and XLA) and reports the median of the
 per-pair ratios with its interquartile range, the NFE and the accepted / rejected steps. Compilation is
@@ -38,9 +40,14 @@ VARIANTS = {
 }
 
 
+PER_SAMPLE = {
+    "eager, per sample": {"per_sample": True},
+    "device run, per sample": {"per_sample": True, "compile": True},
+}
+
+
 def setup(key: str):
-    """``(func, y0, t, solve keywords, diffrax workload)`` of workload ``key``; the workload is ``None`` when
-    ``peers`` is False."""
+    """``(func, y0, t, solve keywords, the bench_peers workload maker)`` of workload ``key`` (``p``: (e))."""
     if key in ("b", "c"):
         method = "dopri5" if key == "b" else "tsit5"
         func, y0, t = peers._mlp_setup()
@@ -64,7 +71,8 @@ def first_call(key: str) -> float:
     """Seconds of the first device-run solve of workload ``key`` in this process."""
     func, y0, t, kw, _ = setup(key)
     start = time.perf_counter()
-    solver(func, y0, t, kw, VARIANTS["device run (compile=True)"])()
+    opts = PER_SAMPLE["device run, per sample"] if key == "p" else VARIANTS["device run (compile=True)"]
+    solver(func, y0, t, kw, opts)()
     return time.perf_counter() - start
 
 
@@ -76,15 +84,21 @@ def _iqr(xs: list[float]) -> str:
 def measure(key: str, pairs: int) -> list[str]:
     func, y0, t, kw, workload = setup(key)
     w = workload()
-    fns = {name: solver(func, y0, t, kw, opts) for name, opts in VARIANTS.items()}
-    reference = fns["eager"]()
+    variants = PER_SAMPLE if key == "p" else VARIANTS
+    fns = {name: solver(func, y0, t, kw, opts) for name, opts in variants.items()}
+    eager = next(iter(fns))
+    reference = fns[eager]()
     rows, cold = [], {}
     for name, fn in fns.items():
         start = time.perf_counter()
         sol = fn()
         cold[name] = time.perf_counter() - start
         dy = (sol.ys - reference.ys).abs().max().item()
-        rows.append((name, sol.stats.nfe, sol.stats.n_accepted, sol.stats.n_rejected, dy))
+        counts = [
+            int(x.sum()) if isinstance(x, torch.Tensor) else x
+            for x in (sol.stats.nfe, sol.stats.n_accepted, sol.stats.n_rejected)
+        ]
+        rows.append((name, *counts, dy))
     fns["diffrax"] = w.peers["diffrax"]
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(pairs):
@@ -100,11 +114,11 @@ def measure(key: str, pairs: int) -> list[str]:
     lines = []
     for name, nfe, acc, rej, dy in rows:
         over_dfx = [a / b for a, b in zip(times[name], times["diffrax"])]
-        over_eager = [a / b for a, b in zip(times[name], times["eager"])]
-        compile_cell = "–" if name == "eager" else f"{cold[name]:.1f} s"
+        over_eager = [a / b for a, b in zip(times[name], times[eager])]
+        compile_cell = "–" if name == eager else f"{cold[name]:.1f} s"
         warm_cell = f"{warm:.1f} s" if name.startswith("device") else "–"
         lines.append(
-            f"| ({key}) | {name} | {_iqr(over_dfx)} | {_iqr(over_eager)} | "
+            f"| ({'e' if key == 'p' else key}) | {name} | {_iqr(over_dfx)} | {_iqr(over_eager)} | "
             f"{statistics.median(times[name]) * 1e3:.2f} ms | {statistics.median(times['diffrax']) * 1e3:.2f} ms | "
             f"{nfe} ({acc} + {rej}) | {dy:.1e} | {compile_cell} | {warm_cell} |"
         )
@@ -114,7 +128,7 @@ def measure(key: str, pairs: int) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=41)
-    p.add_argument("--only", default="bce", help="workload keys among b, c, e")
+    p.add_argument("--only", default="bcep", help="workload keys among b, c, e, p ((e) per sample)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_run.md")
     p.add_argument("--first-call", dest="first_call", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -134,7 +148,8 @@ def main(argv=None) -> int:
         "`torch.no_grad()`, one thread (torch and XLA), inductor on the CPU. Workloads (b), (c), (e) of "
         "`bench_peers.py` (same weights, states and tolerances). Ratios are medians of alternating pairs in one "
         f"process, interquartile range in brackets ({args.pairs} pairs); the millisecond columns are medians, "
-        "for scale only. NFE: evaluations (accepted + rejected steps). max |Δy|: against the eager solve. "
+        "for scale only. NFE: evaluations (accepted + rejected steps; per sample, summed over the samples). max |Δy|: "
+        "against the eager solve (per sample: the eager per-sample solve). "
         "Compile: the first call in this process (cold, unless an earlier run filled inductor's on-disk "
         "cache) and the first call of a second process started afterwards (warm).",
         "",

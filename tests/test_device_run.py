@@ -189,3 +189,98 @@ def test_which_solves_take_the_run(monkeypatch):
     w = torch.tensor(1.0, dtype=F64, requires_grad=True)
     solve(lambda t, y: -w * y, y0, t, options={"compile": "eager"})  # autograd records: the compiled step
     assert used == []
+
+
+# The per-sample clock on the device: options={"per_sample": True, "compile": ...}.
+
+
+def _pair_per_sample(func, y0, t, method="dopri5", backend="eager", **kw):
+    options = kw.pop("options", {})
+    with torch.no_grad():
+        eager = solve(func, y0, t, method=method, options={**options, "per_sample": True}, **kw)
+        run = solve(func, y0, t, method=method, options={**options, "per_sample": True, "compile": backend}, **kw)
+    return eager, run
+
+
+def _same_steps_per_sample(a, b):
+    for name in ("nfe", "n_accepted", "n_rejected"):
+        assert torch.equal(getattr(a.stats, name), getattr(b.stats, name)), name
+    assert a.stats.calls == b.stats.calls
+
+
+@pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager"), ("bosh3", "eager")])
+def test_per_sample_run_gives_each_samples_steps_and_outputs(method, backend):
+    torch.manual_seed(0)
+    y0 = torch.rand(12, 2, dtype=F64) * 4 - 2
+    # Each sample its own output times (B, T), 41 of them: more than a call's 32 rows and steps holding more
+    # than the window's 8 (retaken per sample).
+    t = torch.linspace(0, 4, 41, dtype=F64)[None, :] * torch.linspace(0.5, 1.0, 12, dtype=F64)[:, None]
+    eager, run = _pair_per_sample(vdp, y0, t, method, backend, rtol=1e-7, atol=1e-7)
+    if method != "bosh3":  # bosh3's cubic Hermite outputs are few per step here: no step is taken again
+        _same_steps_per_sample(eager, run)
+    assert torch.equal(eager.stats.n_accepted, run.stats.n_accepted)
+    assert torch.equal(eager.stats.n_rejected, run.stats.n_rejected)
+    assert int(run.stats.n_rejected.sum()) > 0 or method != "dopri5"
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    torch.testing.assert_close(run.stats.last_step, eager.stats.last_step, rtol=1e-6, atol=0)
+    torch.testing.assert_close(run.stats.next_step, eager.stats.next_step, rtol=1e-6, atol=0)
+
+
+def test_per_sample_run_float32_tuple_state_and_backwards():
+    def rotation(t, y):  # stable in both directions of time
+        x, v = y
+        return v, -x - 0.1 * v
+
+    y0 = (torch.tensor([2.0, 1.0, -1.5]), torch.tensor([0.0, 1.0, 0.5]))
+    eager, run = _pair_per_sample(rotation, y0, torch.linspace(3, 0, 7), rtol=1e-5, atol=1e-5)
+    assert torch.equal(eager.stats.n_accepted, run.stats.n_accepted)
+    for a, b in zip(run.ys, eager.ys):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_per_sample_run_refuses_what_it_cannot_compile_and_leaves_errors_to_the_clock():
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    compiled = {"per_sample": True, "compile": "eager"}
+    with pytest.raises(ValueError, match="not with autograd records"):
+        solve(vdp, y0, t, options=compiled)  # autograd on: no compiled per-sample step to fall back on
+    with torch.no_grad():
+        for extra, what in (
+            ({"dense": True}, "dense"),
+            ({"per_sample": "compact"}, "compact"),
+            ({"step_t": [0.5]}, "step_t"),
+        ):
+            with pytest.raises(ValueError, match=what):
+                solve(vdp, y0, t, options={**compiled, **extra})
+        with pytest.raises(ValueError, match="method='bosh3'|'fehlberg2'"):
+            solve(vdp, y0, t, method="fehlberg2", options=compiled)
+        # The step budget: the run stops and the per-sample clock raises its own error, naming the sample.
+        messages = []
+        for options in ({"per_sample": True}, compiled):
+            with pytest.raises(SolverError, match="max_num_steps=4") as info:
+                solve(vdp, y0, t, rtol=1e-9, atol=1e-9, options={**options, "max_num_steps": 4})
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+
+
+def test_per_sample_run_of_a_func_it_cannot_capture_warns_and_runs_the_clock():
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nfe = 0
+
+        def forward(self, t, y):
+            self.nfe += 1
+            return vdp(t, y)
+
+    func = Counting()
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 2, 3, dtype=F64)
+    with torch.no_grad():
+        eager = solve(func, y0, t, options={"per_sample": True})
+        func.nfe = 0
+        with pytest.warns(RuntimeWarning, match="run of steps as one graph.*runs eagerly"):
+            run = solve(func, y0, t, options={"per_sample": True, "compile": "eager"})
+    assert func.nfe == run.stats.calls == eager.stats.calls
+    _same_steps_per_sample(eager, run)
+    assert torch.equal(run.ys, eager.ys)

@@ -203,7 +203,7 @@ class Execution:
             ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least). For an adaptive
             first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``) solving without autograd,
             a ``while_loop`` of attempts whose clock is on the device, the host reading one flag per call (see
-            :mod:`neuralode.solvers.fast.device_run`). Solves these cannot take (events, step callbacks,
+            :mod:`neuralode.solvers.fast.device_run`); with ``per_sample`` too, each sample's clock on the device. Solves these cannot take (events, step callbacks,
             ``perturb``, ``dense``, ``interp="cubic"``, ``step_t``/``jump_t``, ``min_step``, a custom
             ``norm``, autograd recording) take one compiled step per call.
         per_sample: ``True``: the first dimension of the state is a batch of independent samples,
@@ -211,7 +211,8 @@ class Execution:
             receives ``t`` of shape ``(B,)`` (see :mod:`neuralode.solvers.per_sample`). ``"compact"``:
             the same, and finished samples are dropped from the batch passed to ``func`` when fewer
             than half are active (``func`` must then accept any batch size). ``False`` (default): one
-            clock. Explicit adaptive methods only.
+            clock. Explicit adaptive methods only. With ``compile`` (``dopri5``, ``tsit5``, ``bosh3``, autograd
+            off), the per-sample clock's run of steps is compiled (see ``compile_steps``).
         dtype: the dtype time is carried in (torchdiffeq's ``dtype``; ``torch.float32`` for devices
             without float64, such as Apple's MPS). neuralode carries time as Python floats on the
             host, so no float64 tensor reaches the device either way; the option is checked and
@@ -1136,8 +1137,6 @@ def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
                 f"options['per_sample'] works with the explicit adaptive methods (dopri5, tsit5, dopri8, bosh3, ...); "
                 f"{method.name!r} is not one. Solve with one clock, or pick an explicit method."
             )
-        if o.get("compile", False):
-            raise ValueError("options['per_sample'] and options['compile'] cannot be combined yet; choose one.")
         if o.get("at_min_step", "error") == "accept":
             raise ValueError(
                 "options['at_min_step']='accept' is not available with options['per_sample']; lower min_step or "

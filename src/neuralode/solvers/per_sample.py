@@ -54,10 +54,19 @@ resets of one element of one event accumulating at a finite time in a sample (Ze
 another event that resets or ends, in one sample (``coincident_resets_error``); both name the sample.
 
 Time is float64 throughout, as on the host clock.
+
+Under ``options={"compile": ...}`` (``dopri5``, ``tsit5``, ``bosh3``, autograd off) the same attempt runs compiled
+with the clock on the device, ``compile_steps`` attempts per ``while_loop``
+(:func:`~neuralode.solvers.fast.device_run.integrate_per_sample_on_device`): each sample's steps, counts and, to
+rounding, outputs are this clock's. There is no compiled per-sample step to fall back on, so a per-sample solve
+that run cannot take (autograd recording, events, dense output, ``compact``, ``step_t``, ``min_step``, a custom
+norm) is refused under ``compile``; where the run stops on an error, or ``func`` cannot be captured, this clock
+runs the solve eagerly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
@@ -67,6 +76,7 @@ import torch
 from . import loop
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
+from .fast import device_run
 from .grid import TIME_EPS
 from .loop import (
     check_accumulation,
@@ -905,6 +915,37 @@ def check_options(opts) -> None:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
 
 
+def _compiled_run(
+    fb, layout, y0, out, times, direction, method, opts, norm, stats, events
+) -> tuple[LoopOut | None, torch.Tensor]:
+    """``options={"compile": ...}`` with ``per_sample``: the run of steps compiled with the clock on the device
+    (:func:`~neuralode.solvers.fast.device_run.integrate_per_sample_on_device`), or ``None`` where the clock must
+    run the solve (an error to raise, or a ``func`` the run cannot capture); with the first steps it took.
+
+    Raises:
+        ValueError: a solve the compiled per-sample run cannot take, naming what stands in the way.
+    """
+    reason = device_run.per_sample_refusal(method, opts, events)
+    if reason is not None:
+        raise ValueError(
+            "options['compile'] with options['per_sample'] compiles the whole run of steps of dopri5, tsit5 or bosh3 "
+            f"without autograd; not with {reason}. Drop options['compile'] for this solve."
+        )
+    B = times.shape[0]
+    y, f0 = layout.flatten(y0), layout.flatten(out)
+    t0 = times[:, 0]
+    if opts.first_step is not None:
+        dt0 = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=t0.device)
+    else:  # SampleClock's first step, its evaluations counted for every sample
+        fb.rows, fb.active = torch.arange(B, device=t0.device), torch.ones(B, dtype=torch.bool, device=t0.device)
+        dt0 = direction * initial_step(fb, t0, y, f0, direction, method.tableau.order, norm.scaled)
+        fb.active = None
+    result = device_run.integrate_per_sample_on_device(
+        fb, y, f0, times, direction, method, opts, norm, stats, dt0, layout.unflatten
+    )
+    return (None if result is None else LoopOut(*result)), dt0
+
+
 def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, method, opts, events=()) -> Solution:
     """:func:`~neuralode.solvers.api.solve` with ``options={"per_sample": True}`` (or ``"compact"``).
 
@@ -960,6 +1001,15 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
         from .per_sample_dense import PerSampleDense
 
         dense = PerSampleDense(B, direction, layout.unflatten, times[:, 0])
+    dt0 = None
+    if opts.execution.compile:
+        result, dt0 = _compiled_run(fb, layout, y0, out, times, direction, method, opts, norm, stats, events)
+        if result is not None:
+            stats.next_step = result.next_dt
+            return Solution(t, layout.unflatten(result.ys), stats, tableau.name)
+        # The clock runs the solve (its own error to raise, or a func the run could not capture), eagerly: it has no
+        # compiled step.
+        opts = dataclasses.replace(opts, execution=dataclasses.replace(opts.execution, compile=False))
     result = integrate(
         fb,
         layout.flatten(y0),
@@ -976,6 +1026,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
         t_dtype=t.dtype,
         step_t=opts.step_t,
         dense=dense,
+        dt0=dt0,
     )
     stats.next_step = result.next_dt
     if event_set is not None:

@@ -76,16 +76,79 @@ RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH = 0, 1, 2, 3, 4, 5
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
+def _weighted(coeffs, k, dt):
+    """``sum_j coeffs_j dt k_j`` over the nonzero ``(j, coeff_j)`` pairs (the error estimate, as the compiled step
+    forms it)."""
+    (j0, c0), rest = coeffs[0], coeffs[1:]
+    out = k[j0] * (c0 * dt)
+    for j, cj in rest:
+        out = out + k[j] * (cj * dt)
+    return out
+
+
+def _graph(func, key, backend: str, device: torch.device, make: Callable) -> dict:
+    """The compiled run for ``func`` and ``key`` (cached weakly per func): ``make()`` gives the run and the
+    evaluations per attempt. The entry also records whether the graph has run and why it cannot compile."""
+    try:
+        per_func = _CACHE.setdefault(func, {})
+    except TypeError:  # not weak-referenceable: compile for this solve only
+        per_func = {}
+    entry = per_func.get(key)
+    if entry is None:
+        run, n_new = make()
+        compiled = torch.compile(
+            fresh_code(run), fullgraph=True, backend=backend, **inductor_options(backend, device, False)
+        )
+        entry = per_func[key] = {"compiled": compiled, "n_new": n_new, "failed": None, "ran": False}
+    return entry
+
+
+def _call(entry: dict, args: tuple, stats, instead: str):
+    """One call of a run's graph: its outputs, or ``None`` where dynamo cannot compile it (warned once, and the
+    entry remembers it). Counts the graphs compiled (``stats.n_compiles``) and times the graph's first call
+    (``stats.compile_s``)."""
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]
+    before, start = graphs["unique_graphs"], time.perf_counter()
+    unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
+    try:
+        # An int attribute that changes (a call counter) becomes an input rather than a recompilation (as in
+        # CompiledGraph); the tableau's coefficients stay constants of the graph: runs of several methods
+        # share this module's code, and a float that differs between two compilations of the same code
+        # would otherwise become a graph input, which the while_loop's body cannot lower.
+        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
+        out = entry["compiled"](*args)
+    except compile_errors() as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        entry["failed"] = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        warnings.warn(
+            f"options['compile']: torch.compile could not compile the solve's run of steps as one graph "
+            f"({entry['failed'][:300]}); {instead}, with the same steps. Common causes: a func with side effects "
+            "(a call counter), .item() or a branch on a tensor's value.",
+            RuntimeWarning,
+            stacklevel=6,
+        )
+        return None
+    finally:
+        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = unspec, floats
+    stats.n_compiles += graphs["unique_graphs"] - before
+    if not entry["ran"]:
+        stats.compile_s = time.perf_counter() - start
+        entry["ran"] = True
+    return out
+
+
 def window(n_out: int) -> int:
     """``M``, the output times one attempt fills at most: every one of a short output grid, else 8 (a step holding
-    more is taken again for the next 8; on the Van der Pol benchmark's 200 outputs no step holds more than 4)."""
+    more is taken again for the next 8). Each attempt forms ``M`` outputs whether or not they fall in its step."""
     return max(1, min(n_out - 1, 8))
 
 
 def buffer_rows(n_out: int, m: int) -> int:
     """``R``, the output rows one compiled call fills at most (then it returns them to the host): the loop carries
-    its output buffer from attempt to attempt, copying it each time, so it holds 32 rows, not every output time
-    (Van der Pol's 200 outputs: 12.7 ms a solve with all 200, 9.1 ms with 2)."""
+    its output buffer from attempt to attempt, copying it each time, so it holds 32 rows, not every output time."""
     return max(m, min(n_out, 32))
 
 
@@ -162,13 +225,6 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
         parts = torch.split(x, sizes)
         return torch.stack([torch.linalg.vector_norm(p) * f for p, f in zip(parts, inv_sqrt_n)]).max().double()
 
-    def weighted(coeffs, k, dt):
-        (j0, c0), rest = coeffs[0], coeffs[1:]
-        out = k[j0] * (c0 * dt)
-        for j, cj in rest:
-            out = out + k[j] * (cj * dt)
-        return out
-
     def make_body(times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor):
         """The loop's condition and body; ``i_start``: the output index at the call's start, the output buffer's
         first row."""
@@ -206,7 +262,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             )
             # Attempt: the stages, with their times formed in float64 as the host clock forms them.
             y1, k = rk_stages(raw, plan, y, f0, hh, lambda i: (t + c[i] * hh).to(t_dtype))
-            y_err = weighted(plan.b_err, k, hh.to(y.dtype))
+            y_err = _weighted(plan.b_err, k, hh.to(y.dtype))
             scale = torch.maximum(y.abs() * rtol + atol, y1.abs() * rtol + atol)
             ratio = norm(y_err / scale)
             fail = torch.where((fail == RUNNING) & ~torch.isfinite(ratio) & ~torch.isfinite(f0).all(), NON_FINITE, fail)
@@ -319,25 +375,17 @@ def integrate_on_device(
         MIN_STEPS_FOR_ERROR - 2 * STIFF_STEPS if StiffnessDetector.for_solve(method, opts) is not None else 2**62,
     )
     func = problem.func
-    try:
-        per_func = _CACHE.setdefault(func, {})
-    except TypeError:  # not weak-referenceable: compile for this solve only
-        per_func = {}
-    entry = per_func.get(settings)
-    if entry is None:
+
+    def make():
         if problem.is_tuple:
 
             def raw(tt, y):
                 return problem.flatten(func(tt, problem.unflatten(y)))
         else:
             raw = func
-        run, n_new = _make_run(raw, tableau, list(problem.sizes), settings, problem.t_dtype)
-        compiled = torch.compile(
-            fresh_code(run), fullgraph=True, backend=backend, **inductor_options(backend, problem.device, False)
-        )
-        entry = per_func[settings] = {"compiled": compiled, "n_new": n_new, "failed": None}
-    timed = "called" not in entry  # the first call of a new graph: its time is the compilation's
-    entry["called"] = True
+        return _make_run(raw, tableau, list(problem.sizes), settings, problem.t_dtype)
+
+    entry = _graph(func, settings, backend, problem.device, make)
     if entry["failed"] is not None:
         return None, None
 
@@ -373,44 +421,18 @@ def integrate_on_device(
         torch.zeros((T + M,), **f64),
         torch.zeros((T + M,), dtype=torch.long, device=dev),
     )
-    import torch._dynamo.config as dynamo_config
-    from torch._dynamo.utils import counters
-
-    graphs = counters["stats"]
-    start = time.perf_counter()
-    first = True
     status, i_out = RUNNING, 1
     ys_out = [y0]
     while True:
-        before = graphs["unique_graphs"]
-        unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
-        try:
-            # An int attribute that changes (a call counter) becomes an input rather than a recompilation (as in
-            # CompiledGraph); the tableau's coefficients stay constants of the graph: runs of several methods
-            # share this module's code, and a float that differs between two compilations of the same code
-            # would otherwise become a graph input, which the while_loop's body cannot lower.
-            dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
-            i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
-            out = entry["compiled"](carry, times_t, rtol, atol, i_start)
-        except compile_errors() as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-            entry["failed"] = reason
-            warnings.warn(
-                f"options['compile']: torch.compile could not compile the solve's run of steps as one graph "
-                f"({reason[:300]}); the solve compiles one step at a time instead, with the same steps. Common "
-                "causes: a func with side effects (a call counter), .item() or a branch on a tensor's value. "
-                "options['compile_steps']=1 asks for one compiled step at a time directly.",
-                RuntimeWarning,
-                stacklevel=5,
-            )
+        i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
+        out = _call(
+            entry,
+            (carry, times_t, rtol, atol, i_start),
+            stats,
+            "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)",
+        )
+        if out is None:
             return None, None
-        finally:
-            dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = unspec, floats
-        stats.n_compiles += graphs["unique_graphs"] - before
-        if first and timed:
-            stats.compile_s = time.perf_counter() - start
-        first = False
         status, i_reached = int(out[12]), int(out[8])
         ys_out.extend(out[14][: i_reached - i_out].unbind(0))
         i_out = i_reached
@@ -431,3 +453,258 @@ def integrate_on_device(
     # for stiffness from here on.
     control = ControllerState(float(out[5]), bool(out[6]), float(out[7]))
     return None, Handover(float(out[1]), out[3], out[4], 0, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control)
+
+
+# --------------------------------------------------------------------------------------------
+# The per-sample clock on the device.
+
+
+def per_sample_refusal(method, opts, events) -> str | None:
+    """Why the per-sample device run cannot take a ``per_sample`` solve under ``compile`` (there is no per-sample
+    compiled step to fall back on, so the api refuses the solve with this reason), or ``None``."""
+    tableau = method.explicit_tableau
+    if torch.is_grad_enabled():
+        return "autograd records (run the solve under torch.no_grad(): the run is compiled for inference)"
+    if not (
+        tableau is not None
+        and tableau.fsal
+        and method.interpolant(opts) in (ContinuousExtension, Hermite)
+        and tableau.b_err is not None
+        and tableau.b_err_aux is None
+        and tableau.c_extra is None
+    ):
+        return f"method={method.name!r} (dopri5, tsit5 and bosh3 are compiled per sample)"
+    for what, present in (
+        ("events", bool(events)),
+        ("options['dense']", opts.output.dense),
+        ("options['per_sample']='compact'", opts.per_sample == "compact"),
+        ("options['norm']", opts.control.norm is not None),
+        ("options['step_t']", bool(opts.stops.step_t)),
+        ("options['min_step']", opts.min_step > 0),
+        ("options['compile_steps']=1 (per sample, the whole run is compiled or nothing)", opts.compile_steps == 1),
+    ):
+        if present:
+            return what
+    return None
+
+
+def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
+    """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0) -> carry``, the per-sample clock's
+    attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
+    plan = _plan(tableau)
+    c = tableau.c
+    dense = tableau.dense
+    n_dense = 0 if dense is None else len(dense)
+    P = [] if dense is None else [tuple(float(x) for x in row) for row in dense]
+    inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
+    direction, M, T, R = s.direction, s.m, s.n_out, s.rows
+    controller = BatchStepSizeController(*s.controller)
+    max_step, max_num_steps, dfactor = s.max_step, s.max_num_steps, s.controller[3]
+
+    def row_norm(x: torch.Tensor) -> torch.Tensor:  # RMSNorm.norm: (B, N) -> (B,) float64
+        if len(sizes) == 1:
+            return torch.linalg.vector_norm(x, dim=1).double() * inv_sqrt_n[0]
+        parts = torch.split(x, sizes, dim=1)
+        return torch.stack([torch.linalg.vector_norm(p, dim=1).double() * f for p, f in zip(parts, inv_sqrt_n)]).amax(0)
+
+    def make_body(times, rtol, atol, i_start, finite_f0):
+        t_end = times[:, T - 1].clone()
+        columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))
+        B = times.shape[0]
+        window = torch.arange(M, device=times.device)
+        batch = torch.arange(B, device=times.device)[:, None].expand(B, M)
+
+        def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
+            return (n < s.k_steps) & (status == RUNNING) & (i_out < T).any() & (i_out - i_start < R).all()
+
+        def body(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
+            # Plan (SampleClock.plan): each sample's step clipped, stretched to land on its last time.
+            active = i_out < T
+            dt_abs = h.abs().clamp(max=max_step)
+            remaining = (t_end - t).abs()
+            lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
+            dt_abs = torch.where(lands, remaining, dt_abs)
+            tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
+            arrive = active & tiny & lands
+            fail = torch.where((active & ((tiny & ~lands) | (n_acc + n_rej >= max_num_steps))).any(), BUDGET, RUNNING)
+            arriving = arrive.any()  # a round where samples arrive without a step: no sample steps (as the clock)
+            hh = torch.where(active, dt_abs, 0.0) * direction
+            # Attempt.
+            col = hh[:, None]
+            y1, k = rk_stages(raw, plan, y, f0, col, lambda i: (t + c[i] * hh).to(t_dtype))
+            y_err = _weighted(plan.b_err, k, col.to(y.dtype))
+            ratio = row_norm(y_err / (torch.maximum(y.abs(), y1.abs()) * rtol + atol))
+            ratio = torch.where(active, ratio, 0.0)
+            bad = ~torch.isfinite(ratio)
+            stuck = active & bad & (dt_abs * dfactor <= 4 * TIME_EPS * t.abs())
+            fail = torch.where((fail == RUNNING) & ((bad.any() & ~finite_f0) | stuck.any()), NON_FINITE, fail)
+            accept, h_next, (pr_n, ar_n, pd_n) = controller.adapt(
+                ControllerState(prev_ratio, after_reject, prev_dt), hh, ratio
+            )
+            ok = fail == RUNNING
+            stepping = ok & ~arriving
+            accept = accept & active & stepping
+            rejected = active & ~accept & stepping
+            # Outputs: each sample's next M output times inside its accepted step (or up to its last time, for
+            # a sample arriving at it).
+            t1 = torch.where(lands, t_end, t + hh)
+            idx = i_out[:, None] + window  # (B, M)
+            tau = times.gather(1, idx)
+            at_end = tau == t1[:, None]
+            theta = torch.where(at_end, 1.0, (tau - t[:, None]) / torch.where(hh == 0, 1.0, hh)[:, None])
+            if n_dense:
+                W = _horner(columns, theta[..., None]).to(y.dtype)  # (B, M, s)
+                inner = y[:, None, :] + torch.bmm(W, torch.stack(k[:n_dense], 1)) * hh.to(y.dtype)[:, None, None]
+            else:
+                h01, h10, h11 = (w.to(y.dtype)[..., None] for w in _hermite_weights(theta, hh[:, None]))
+                inner = y[:, None, :] + h01 * (y1 - y)[:, None, :] + h10 * f0[:, None, :] + h11 * k[-1][:, None, :]
+            inner = torch.where(at_end[..., None], y1[:, None, :], inner)
+            vals = torch.where(arrive[:, None, None], y[:, None, :], inner)
+            reach = torch.where(arrive, t_end, t1)
+            fill = ((tau - reach[:, None]) * direction <= 0) & torch.where(arriving, arrive, accept)[:, None] & ok
+            beyond = times.gather(1, (i_out + M).clamp(max=T + M - 1)[:, None])[:, 0]
+            more = fill[:, M - 1] & ((beyond - reach) * direction <= 0)  # > M outputs: again, from the same state
+            rows = idx - i_start[:, None]
+            ys = ys.index_put((batch, rows), torch.where(fill[..., None], vals, ys[batch, rows]))
+            i_out = i_out + fill.long().sum(1)
+            moved = accept & ~more
+            t = torch.where(moved, t1, torch.where(arrive & ok, t_end, t))
+            y = torch.where(moved[:, None], y1, y)
+            f0 = torch.where(moved[:, None], k[-1], f0)
+            decided = stepping & active & ~more
+            h = torch.where(decided, h_next, h)
+            # The controller's memory moves on for every sample in a round of steps (the clock's rule; a finished
+            # sample's is not read again), except where the step is taken again for more outputs.
+            remember = stepping & ~more
+            prev_ratio = torch.where(remember, pr_n, prev_ratio)
+            after_reject = torch.where(remember, ar_n, after_reject)
+            prev_dt = torch.where(remember, pd_n, prev_dt)
+            last = torch.where(moved, hh, last)
+            return (
+                n + 1,
+                t,
+                h,
+                y,
+                f0,
+                prev_ratio,
+                after_reject,
+                prev_dt,
+                i_out,
+                n_acc + moved.long(),
+                n_rej + (rejected & ~more).long(),
+                n_att + (stepping & active).long(),
+                fail,
+                last,
+                ys,
+            )
+
+        return cond, body
+
+    def run(carry, times, rtol, atol, i_start, finite_f0) -> tuple:
+        from torch._higher_order_ops import while_loop
+
+        cond, body = make_body(times, rtol, atol, i_start, finite_f0)
+        return tuple(while_loop(cond, body, carry))
+
+    return run, tableau.stages - 1
+
+
+def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, norm, stats, dt0, unflatten):
+    """A ``per_sample`` solve on the device (:func:`per_sample_refusal` said it may): ``(ys (T, B, N), next_dt (B,))``
+    as :func:`~neuralode.solvers.per_sample.integrate` returns them, or ``None`` where the run stopped on what the
+    per-sample clock raises an error for, or could not be compiled (the caller then runs the clock)."""
+    backend = "inductor" if opts.execution.compile is True else opts.execution.compile
+    tableau = method.explicit_tableau
+    ctl = opts.control
+    k = min(method.order, method.error_order) + 1
+    B, T = times.shape
+    M = window(T)
+    R = buffer_rows(T, M)
+    settings = _Settings(
+        tableau.name + "/per_sample",
+        backend,
+        (tuple(y0.shape),),
+        False,
+        y0.dtype,
+        str(y0.device),
+        T,
+        M,
+        R,
+        opts.compile_steps,
+        direction,
+        (ctl.controller, ctl.safety, ctl.ifactor, ctl.dfactor, k),
+        float(opts.max_step),
+        int(opts.max_num_steps),
+        0,
+    )
+    func = fb.func
+
+    def make():
+        layout, dtype = fb.layout, fb.dtype
+
+        def raw(tt, y):
+            return layout.flatten(func(tt.to(dtype), layout.unflatten(y)))
+
+        return _make_sample_run(raw, tableau, list(norm.sizes), settings, y0.dtype)
+
+    entry = _graph(func, (settings, tuple(norm.sizes)), backend, y0.device, make)
+    if entry["failed"] is not None:
+        return None
+    dev, dt = y0.device, y0.dtype
+    f64 = dict(dtype=torch.float64, device=dev)
+    pad = torch.full((B, M), direction * math.inf, **f64)
+    times_t = torch.cat([times.to(**f64), pad], 1)
+    rtol = norm.rtol if isinstance(norm.rtol, torch.Tensor) else torch.tensor(norm.rtol, dtype=dt, device=dev)
+    atol = norm.atol if isinstance(norm.atol, torch.Tensor) else torch.tensor(norm.atol, dtype=dt, device=dev)
+    finite_f0 = torch.isfinite(f0).all()
+    zeros = lambda: torch.zeros(B, dtype=torch.long, device=dev)  # noqa: E731  (separate, unaliased counters)
+
+    def buffer() -> torch.Tensor:
+        return torch.zeros((B, R + M, y0.shape[1]), dtype=dt, device=dev)
+
+    carry = (
+        torch.zeros((), dtype=torch.long, device=dev),
+        times[:, 0].to(**f64).clone(),
+        dt0.to(**f64).clone(),
+        y0,
+        f0,
+        torch.ones(B, **f64),
+        torch.zeros(B, dtype=torch.bool, device=dev),
+        torch.full((B,), math.nan, **f64),
+        torch.ones(B, dtype=torch.long, device=dev),
+        zeros(),
+        zeros(),
+        zeros(),
+        torch.zeros((), dtype=torch.long, device=dev),
+        stats.last_step.to(**f64).clone(),
+        buffer(),
+    )
+    # Every row of a call's buffer is written to where it would go (sample b's row r to output i_out[b] + r):
+    # rows past what the call reached land on outputs a later call writes again, or past the last (dropped).
+    ys = torch.zeros((T + R + M, B, y0.shape[1]), dtype=dt, device=dev)
+    ys[0] = y0
+    i_out = torch.ones(B, dtype=torch.long, device=dev)
+    r = torch.arange(R + M, device=dev)[None, :]
+    b_idx = torch.arange(B, device=dev)[:, None].expand(B, R + M)
+    while True:
+        out = _call(
+            entry, (carry, times_t, rtol, atol, i_out.clone(), finite_f0), stats, "the solve runs eagerly instead"
+        )
+        if out is None:
+            return None
+        if int(out[12]) != RUNNING:
+            return None  # the per-sample clock runs the solve and raises its own error
+        # This call's outputs: sample b's rows i_out[b] .. out[8][b] - 1 are rows 0.. of its buffer.
+        ys.index_put_((i_out[:, None] + r, b_idx), out[14])
+        i_out = out[8]
+        carry = (torch.zeros((), dtype=torch.long, device=dev), *out[1:14], buffer())
+        if bool((i_out >= T).all()):
+            break
+    stats.n_accepted += out[9]
+    stats.n_rejected += out[10]
+    stats.nfe += out[11] * entry["n_new"]
+    calls = int(out[11].max()) * entry["n_new"]  # calls of func on the batch: the most attempts of a sample
+    stats.calls += calls
+    stats.rows_evaluated += calls * B
+    stats.last_step.copy_(out[13])
+    return ys[:T], out[2].clone()
