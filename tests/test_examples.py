@@ -179,3 +179,25 @@ def test_checkpoints_budget_stores_at_most_k_states_and_trains(tmp_path):
     # each with backpropagation's gradient.
     assert set(metrics["auto_modes"]) == {"backprop", "checkpoints"}
     assert all(err < 1e-10 for err in metrics["auto_modes"].values())
+
+
+def test_compiled_solve_takes_the_eager_steps_joint_and_per_sample(tmp_path):
+    # The eager backend traces the compiled run (while_loop and all) without generating code: the same steps
+    # and answers as the eager solves, quickly; inductor's speed is benchmarks/results/device_run.md's.
+    out = tmp_path / "compiled"
+    run_example("compiled_solve.py", "--batch", "8", "--repeats", "1", "--backend", "eager", "--out", str(out))
+    ways = json.loads((out / "metrics.json").read_text())["ways"]
+    assert (out / "compiled_solve_times.png").stat().st_size > 10_000
+    assert (ways["compiled"]["accepted"], ways["compiled"]["rejected"]) == (
+        ways["eager"]["accepted"],
+        ways["eager"]["rejected"],
+    )
+    # Per sample the run groups a stage sum as the compiled step does (y + sum_l k_l (a_jl dt)), the eager
+    # per-sample clock as y + dt sum_l a_jl k_l: in float32 an error ratio within rounding of 1 may fall either
+    # side, so a sample may take a step more or less (float64: equal, tests/test_device_run.py).
+    eager, compiled = ways["eager, per sample"], ways["compiled, per sample"]
+    assert abs(compiled["accepted"] - eager["accepted"]) <= 0.01 * eager["accepted"]
+    assert abs(compiled["rejected"] - eager["rejected"]) <= 0.05 * eager["rejected"] + 2
+    for way in ("compiled", "compiled, per sample"):
+        assert ways[way]["max_abs_diff_from_eager"] < 1e-3  # float32 over 10 time units
+        assert ways[way]["compile_s"] > 0

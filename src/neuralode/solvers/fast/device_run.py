@@ -204,18 +204,21 @@ class _Settings(NamedTuple):
     watch_from: int
 
 
-def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
-    """The run: ``run(carry, times, rtol, atol) -> carry`` taking up to ``s.k_steps`` attempts."""
-    plan = _plan(tableau)
-    c = tableau.c
-    # The interpolant of the outputs inside a step: the method's continuous extension, or (bosh3) the cubic Hermite
-    # polynomial through (y0, f0) and (y1, f1), f1 the step's last stage (first same as last).
+def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
+    """What both runs read of the method and the solve: the stage plan, the stage times ``c``, the interpolant's
+    polynomial (the continuous extension's ``P``, ``n_dense`` rows; none for the cubic Hermite polynomial through
+    ``(y0, f0)`` and ``(y1, f1)``, ``f1`` the step's last stage), the RMS factors and the controller."""
     dense = tableau.dense
     n_dense = 0 if dense is None else len(dense)
     P = [] if dense is None else [tuple(float(x) for x in row) for row in dense]
     inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
+    return _plan(tableau), tableau.c, n_dense, P, inv_sqrt_n, BatchStepSizeController(*s.controller)
+
+
+def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
+    """The run: ``run(carry, times, rtol, atol) -> carry`` taking up to ``s.k_steps`` attempts."""
+    plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
-    controller = BatchStepSizeController(*s.controller)
     max_step, max_num_steps, watch_from = s.max_step, s.max_num_steps, s.watch_from
     n_new = tableau.stages - 1
 
@@ -491,14 +494,8 @@ def per_sample_refusal(method, opts, events) -> str | None:
 def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
     """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0) -> carry``, the per-sample clock's
     attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
-    plan = _plan(tableau)
-    c = tableau.c
-    dense = tableau.dense
-    n_dense = 0 if dense is None else len(dense)
-    P = [] if dense is None else [tuple(float(x) for x in row) for row in dense]
-    inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
+    plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
-    controller = BatchStepSizeController(*s.controller)
     max_step, max_num_steps, dfactor = s.max_step, s.max_num_steps, s.controller[3]
 
     def row_norm(x: torch.Tensor) -> torch.Tensor:  # RMSNorm.norm: (B, N) -> (B,) float64
