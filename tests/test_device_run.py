@@ -254,6 +254,9 @@ def test_per_sample_run_refuses_what_it_cannot_compile_and_leaves_errors_to_the_
                 solve(vdp, y0, t, options={**compiled, **extra})
         with pytest.raises(ValueError, match="method='bosh3'|'fehlberg2'"):
             solve(vdp, y0, t, method="fehlberg2", options=compiled)
+        with torch.autograd.forward_ad.dual_level(), pytest.raises(ValueError, match="forward-mode"):
+            dual = torch.autograd.forward_ad.make_dual(y0, torch.ones_like(y0))
+            solve(vdp, dual, t, options=compiled)
         # The step budget: the run stops and the per-sample clock raises its own error, naming the sample.
         messages = []
         for options in ({"per_sample": True}, compiled):

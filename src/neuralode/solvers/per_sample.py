@@ -940,9 +940,7 @@ def _compiled_run(
         fb.rows, fb.active = torch.arange(B, device=t0.device), torch.ones(B, dtype=torch.bool, device=t0.device)
         dt0 = direction * initial_step(fb, t0, y, f0, direction, method.tableau.order, norm.scaled)
         fb.active = None
-    result = device_run.integrate_per_sample_on_device(
-        fb, y, f0, times, direction, method, opts, norm, stats, dt0, layout.unflatten
-    )
+    result = device_run.integrate_per_sample_on_device(fb, y, f0, times, direction, method, opts, norm, stats, dt0)
     return (None if result is None else LoopOut(*result)), dt0
 
 

@@ -511,7 +511,9 @@ class Handover(NamedTuple):
 
     The lean fixed grid (:func:`~neuralode.solvers.fast.fixed_grid.run`) stops at a step within
     rounding of its start, which the loop takes by its own rule; the loop then starts from exactly
-    this state, so the solve's states are those of the loop alone.
+    this state, so the solve's states are those of the loop alone. The device run
+    (:mod:`~neuralode.solvers.fast.device_run`) stops before an attempt the host clock decides (an error to
+    raise, the stiffness watch) and hands over its step and the controller's memory too.
     """
 
     t: float  # the time reached

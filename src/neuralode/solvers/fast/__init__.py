@@ -40,7 +40,7 @@ LOOP = "loop"  # the host clock with the method's own stepper
 FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
 CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
 COMPILED = "compiled"  # the host clock stepping with the method's compiled step
-DEVICE = "device"  # the whole run compiled, its clock on the device; the loop with compiled steps if it stops early
+DEVICE = "device"  # the run compiled, its clock on the device; the host clock from where it stops short, if it does
 
 
 def choose(problem, method, opts, stops, events, dense, error, method_config, f0=None) -> str:
@@ -89,7 +89,9 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
     """
     tableau = method.tableau
     if path == DEVICE:
-        # (None, None): the loop takes the whole solve, with the method's compiled step
+        # (result, None): finished; (None, handover): the host clock goes on from where the run stopped (an error
+        # to raise, the stiffness watch); (None, None): the run could not compile, the loop takes the whole solve
+        # with the method's compiled step.
         return device_run.integrate_on_device(problem, y0, f0, times, stops, method, opts, stats, dt0, error)
     if path == CHUNKS:
         backend = "inductor" if opts.execution.compile is True else opts.execution.compile

@@ -468,6 +468,8 @@ def per_sample_refusal(method, opts, events) -> str | None:
     tableau = method.explicit_tableau
     if torch.is_grad_enabled():
         return "autograd records (run the solve under torch.no_grad(): the run is compiled for inference)"
+    if torch._C._functorch.maybe_current_level() is not None or torch.autograd.forward_ad._current_level >= 0:
+        return "forward-mode derivatives (the compiled run would drop their tangents)"
     if not (
         tableau is not None
         and tableau.fsal
@@ -606,7 +608,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
     return run, tableau.stages - 1
 
 
-def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, norm, stats, dt0, unflatten):
+def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, norm, stats, dt0):
     """A ``per_sample`` solve on the device (:func:`per_sample_refusal` said it may): ``(ys (T, B, N), next_dt (B,))``
     as :func:`~neuralode.solvers.per_sample.integrate` returns them, or ``None`` where the run stopped on what the
     per-sample clock raises an error for, or could not be compiled (the caller then runs the clock)."""
