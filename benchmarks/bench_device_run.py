@@ -144,8 +144,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     table = []
     for key in args.only:
-        table += measure(key, args.pairs)
-        print("\n".join(table[-3:]), flush=True)
+        rows = measure(key, args.pairs)
+        table += rows
+        print("\n".join(rows), flush=True)
     text = [
         "# The device run: an adaptive solve's run of steps as one compiled graph",
         "",
