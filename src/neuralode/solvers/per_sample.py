@@ -925,14 +925,14 @@ def _compiled_run(
     Raises:
         ValueError: a solve the compiled per-sample run cannot take, naming what stands in the way.
     """
-    reason = device_run.per_sample_refusal(method, opts, events)
+    y, f0 = layout.flatten(y0), layout.flatten(out)
+    reason = device_run.per_sample_refusal(method, opts, events, y.device)
     if reason is not None:
         raise ValueError(
             "options['compile'] with options['per_sample'] compiles the whole run of steps of dopri5, tsit5 or bosh3 "
             f"without autograd; not with {reason}. Drop options['compile'] for this solve."
         )
     B = times.shape[0]
-    y, f0 = layout.flatten(y0), layout.flatten(out)
     t0 = times[:, 0]
     if opts.first_step is not None:
         dt0 = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=t0.device)

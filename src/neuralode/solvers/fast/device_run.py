@@ -27,8 +27,8 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
-(``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple), the
-default RMS norm, ``min_step=0``, ``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step
+(``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
+CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm, ``min_step=0``, ``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step
 callbacks or ``perturb``, and a finite last time. Where the host clock would decide something the run does not
 (a non-finite step, an underflowing one, the step budget, a non-finite derivative; from the attempt at which the
 host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
@@ -171,6 +171,7 @@ def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor
         and f0 is not None
         and not f0.requires_grad
         and problem.dtype in (torch.float32, torch.float64)
+        and problem.device.type == "cpu"
         and not events
         and dense is None
         and len(stops) == 1
@@ -462,7 +463,7 @@ def integrate_on_device(
 # The per-sample clock on the device.
 
 
-def per_sample_refusal(method, opts, events) -> str | None:
+def per_sample_refusal(method, opts, events, device: torch.device) -> str | None:
     """Why the per-sample device run cannot take a ``per_sample`` solve under ``compile`` (there is no per-sample
     compiled step to fall back on, so the api refuses the solve with this reason), or ``None``."""
     tableau = method.explicit_tableau
@@ -470,6 +471,8 @@ def per_sample_refusal(method, opts, events) -> str | None:
         return "autograd records (run the solve under torch.no_grad(): the run is compiled for inference)"
     if torch._C._functorch.maybe_current_level() is not None or torch.autograd.forward_ad._current_level >= 0:
         return "forward-mode derivatives (the compiled run would drop their tangents)"
+    if device.type != "cpu":
+        return f"a state on {device} (the run has been checked on the CPU only so far)"
     if not (
         tableau is not None
         and tableau.fsal
