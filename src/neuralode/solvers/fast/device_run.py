@@ -245,6 +245,9 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
         def body(
             n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns
         ):
+            # The float carries are (1,) tensors: dynamo would make 0-dim float inputs of the loop symbolic floats,
+            # and restart its analysis to specialise them (a few seconds of every first call).
+            t, h, prev_ratio, prev_dt, last_h = t[0], h[0], prev_ratio[0], prev_dt[0], last_h[0]
             # Plan (HostClock.plan): clip to max_step, land on the last time within a 10% stretch.
             dt_abs = h.abs().clamp(max=max_step)
             remaining = (t_end - t).abs()
@@ -315,19 +318,19 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             n_rej = n_rej + (stepped & ~accept).long()
             return (
                 n + 1,
-                t,
-                h,
+                t.reshape(1),
+                h.reshape(1),
                 y,
                 f0,
-                prev_ratio,
+                prev_ratio.reshape(1),
                 after_reject,
-                prev_dt,
+                prev_dt.reshape(1),
                 i_out,
                 n_acc_new,
                 n_rej,
                 n_att + stepped.long(),
                 fail,
-                last_h,
+                last_h.reshape(1),
                 ys,
                 hs,
                 ns,
@@ -408,19 +411,19 @@ def integrate_on_device(
 
     carry = (
         zero(),
-        torch.tensor(times[0], **f64),
-        torch.tensor(dt0, **f64),
+        torch.tensor([times[0]], **f64),
+        torch.tensor([dt0], **f64),
         y0,
         f0,
-        torch.ones((), **f64),
+        torch.ones(1, **f64),
         torch.zeros((), dtype=torch.bool, device=dev),
-        torch.full((), math.nan, **f64),
+        torch.full((1,), math.nan, **f64),
         torch.ones((), dtype=torch.long, device=dev),
         zero(),
         zero(),
         zero(),
         zero(),
-        torch.full((), math.nan, **f64),
+        torch.full((1,), math.nan, **f64),
         buffer(),
         torch.zeros((T + M,), **f64),
         torch.zeros((T + M,), dtype=torch.long, device=dev),
