@@ -5,7 +5,7 @@ The host clock keeps time in Python floats and reads every step's error ratio ba
 ``compile`` its step is one compiled graph per attempt (:func:`~neuralode.solvers.methods.compiled.compiled_stepper`),
 so a solve still returns to Python, synchronises and pays the graph's call overhead once per attempt. Here the
 *clock* is on the device as well: time, step size, the controller's memory, the output index and the counters
-are 0-dim tensors, every decision a ``torch.where``, and ``compile_steps`` attempts run inside one
+are tensors of one element, every decision a ``torch.where``, and ``compile_steps`` attempts run inside one
 ``torch._higher_order_ops.while_loop`` compiled with ``torch.compile(fullgraph=True)``. The host reads one flag
 per call (is the solve over?), so a solve of ``n`` attempts synchronises ``ceil(n / compile_steps)`` times.
 
@@ -28,8 +28,9 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
-CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm, ``min_step=0``, ``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step
-callbacks or ``perturb``, and a finite last time. Where the host clock would decide something the run does not
+CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm, ``min_step=0``,
+``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step callbacks or ``perturb``, and a
+finite last time. Where the host clock would decide something the run does not
 (a non-finite step, an underflowing one, the step budget, a non-finite derivative; from the attempt at which the
 host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
 (:class:`~neuralode.solvers.solution.Handover`, with its step and the controller's memory): the host clock
@@ -46,6 +47,13 @@ again (``benchmarks/results/device_run.md`` times both).
 
 The outputs equal the host clock's to rounding (inductor fuses and reorders the arithmetic), with the same
 accepted and rejected steps wherever no error ratio falls within rounding of the acceptance threshold.
+
+Per sample (:func:`integrate_per_sample_on_device`, ``options={"per_sample": True, "compile": ...}``) the same
+run keeps each sample's clock: the per-sample clock's attempt
+(:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, each sample's next ``M`` output times
+(its own, for ``(B, T)`` times) filled from its own step, a round in which some sample arrives at its last time
+without a step taken by no sample (the clock's rule). It stops on the errors the per-sample clock raises, which
+then solves again from the start and raises them; :func:`per_sample_refusal` names what it does not take.
 """
 
 from __future__ import annotations
