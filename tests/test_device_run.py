@@ -92,30 +92,24 @@ def test_a_step_holding_more_outputs_than_its_window_is_taken_again():
     torch.testing.assert_close(run.ys, y0 * torch.exp(-0.5 * t)[:, None], rtol=1e-4, atol=1e-6)
 
 
-def test_max_step_and_one_read_per_run_of_compile_steps():
-    reads = {"n": 0}
-    real_int = torch.Tensor.__int__
-
-    def counting(self):
-        reads["n"] += 1
-        return real_int(self)
-
+def test_max_step_and_one_return_to_python_per_compile_steps_attempts(monkeypatch):
     y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
     t = torch.tensor([0.0, 3.0], dtype=F64)
     eager, run = _pair(vdp, y0, t, rtol=1e-6, atol=1e-6, options={"max_step": 0.05, "compile_steps": 16})
     _same_steps(eager, run)
     assert eager.stats.n_accepted >= 60
     torch.testing.assert_close(run.ys, eager.ys, rtol=1e-12, atol=1e-12)
-    torch.Tensor.__int__ = counting  # type: ignore[method-assign]
-    try:
-        with torch.no_grad():
-            solve(vdp, y0, t, rtol=1e-6, atol=1e-6, options={"max_step": 0.05, "compile_steps": 16, "compile": "eager"})
-    finally:
-        torch.Tensor.__int__ = real_int  # type: ignore[method-assign]
-    attempts = run.stats.n_accepted + run.stats.n_rejected
-    calls = math.ceil(attempts / 16)
-    # Two reads per call (the status and the output index), three after the last (the counters).
-    assert reads["n"] <= 2 * calls + 3
+    # Each call of the compiled run takes 16 attempts (the last fewer), then neuralode's code reads the status and
+    # the output index: ceil(attempts / 16) calls.
+    calls = []
+    real = device_run._call
+    monkeypatch.setattr(device_run, "_call", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        sol = solve(
+            vdp, y0, t, rtol=1e-6, atol=1e-6, options={"max_step": 0.05, "compile_steps": 16, "compile": "eager"}
+        )
+    attempts = sol.stats.n_accepted + sol.stats.n_rejected
+    assert len(calls) == math.ceil(attempts / 16)
 
 
 def test_errors_and_the_stiffness_watch_are_the_host_clocks():
@@ -216,10 +210,7 @@ def test_per_sample_run_gives_each_samples_steps_and_outputs(method, backend):
     # than the window's 8 (retaken per sample).
     t = torch.linspace(0, 4, 41, dtype=F64)[None, :] * torch.linspace(0.5, 1.0, 12, dtype=F64)[:, None]
     eager, run = _pair_per_sample(vdp, y0, t, method, backend, rtol=1e-7, atol=1e-7)
-    if method != "bosh3":  # bosh3's cubic Hermite outputs are few per step here: no step is taken again
-        _same_steps_per_sample(eager, run)
-    assert torch.equal(eager.stats.n_accepted, run.stats.n_accepted)
-    assert torch.equal(eager.stats.n_rejected, run.stats.n_rejected)
+    _same_steps_per_sample(eager, run)
     assert int(run.stats.n_rejected.sum()) > 0 or method != "dopri5"
     assert (run.ys - eager.ys).abs().max() < 1e-12
     torch.testing.assert_close(run.stats.last_step, eager.stats.last_step, rtol=1e-6, atol=0)

@@ -196,13 +196,14 @@ class Execution:
         compile: ``True`` (or a ``torch.compile`` backend name: ``"inductor"``, the default when
             ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and error
             estimate, as one ``torch.compile(fullgraph=True)`` graph (see
-            :mod:`neuralode.solvers.methods.compiled` for when that pays). Default ``False``.
+            :mod:`neuralode.solvers.methods.compiled` for when that pays), or several steps as one graph where
+            ``compile_steps`` says so. Default ``False``.
         compile_steps: with ``compile``, at most how many step attempts one compiled call takes (default 32;
             ``1``: one step per call). On a fixed grid, consecutive grid steps unrolled into one graph (see
             :mod:`neuralode.solvers.fast.compiled_chunks`; the chunk size is chosen to keep
             ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least). For an adaptive
             first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``) solving without autograd,
-            a ``while_loop`` of attempts whose clock is on the device, the host reading one flag per call (see
+            a ``while_loop`` of attempts whose clock is on the device, returning to Python once per call (see
             :mod:`neuralode.solvers.fast.device_run`); with ``per_sample`` too, each sample's clock on the device.
             Solves these cannot take (events, step callbacks, ``perturb``, ``dense``, ``interp="cubic"``,
             ``step_t``/``jump_t``, ``min_step``, a custom ``norm``, autograd recording) take one compiled step

@@ -334,11 +334,9 @@ class SampleClock:
             self.finite_f0 = f0 is None or torch.isfinite(f0).all()
         if dt0 is not None:
             dt = dt0.to(torch.float64).clone()
-        elif opts.first_step is not None:
-            dt = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=dev)
         else:
             assert f0 is not None  # evaluated above whenever no dt0 is given
-            dt = direction * initial_step(fb, t, y, f0, direction, tableau.order, norm.scaled)
+            dt = first_steps(fb, t, y, f0, direction, tableau.order, opts.first_step, norm)
         self.dt = dt
         control = opts.control  # read once: the loop's per-step tests use these numbers
         self.min_step, self.max_step = control.min_step, control.max_step
@@ -915,6 +913,14 @@ def check_options(opts) -> None:
             raise ValueError(f"options['{name}'] is not supported with options['per_sample'] yet; drop one of them.")
 
 
+def first_steps(fb, t, y, f0, direction: float, order: int, first_step: float | None, norm) -> torch.Tensor:
+    """Each sample's first step, signed, ``(B,)`` float64: ``options['first_step']``, else Hairer's heuristic per
+    sample (:func:`~neuralode.solvers.control.controller.initial_step`, one evaluation of the batch)."""
+    if first_step is not None:
+        return torch.full((t.shape[0],), direction * first_step, dtype=torch.float64, device=t.device)
+    return direction * initial_step(fb, t, y, f0, direction, order, norm.scaled)
+
+
 def _compiled_run(
     fb, layout, y0, out, times, direction, method, opts, norm, stats, events
 ) -> tuple[LoopOut | None, torch.Tensor]:
@@ -932,14 +938,11 @@ def _compiled_run(
             "options['compile'] with options['per_sample'] compiles the whole run of steps of dopri5, tsit5 or bosh3 "
             f"without autograd; not with {reason}. Drop options['compile'] for this solve."
         )
-    B = times.shape[0]
-    t0 = times[:, 0]
-    if opts.first_step is not None:
-        dt0 = torch.full((B,), direction * opts.first_step, dtype=torch.float64, device=t0.device)
-    else:  # SampleClock's first step, its evaluations counted for every sample
-        fb.rows, fb.active = torch.arange(B, device=t0.device), torch.ones(B, dtype=torch.bool, device=t0.device)
-        dt0 = direction * initial_step(fb, t0, y, f0, direction, method.tableau.order, norm.scaled)
-        fb.active = None
+    B, t0 = times.shape[0], times[:, 0]
+    # SampleClock's first steps, their evaluations counted for every sample as the clock counts them.
+    fb.rows, fb.active = torch.arange(B, device=t0.device), torch.ones(B, dtype=torch.bool, device=t0.device)
+    dt0 = first_steps(fb, t0, y, f0, direction, method.tableau.order, opts.first_step, norm)
+    fb.active = None
     result = device_run.integrate_per_sample_on_device(fb, y, f0, times, direction, method, opts, norm, stats, dt0)
     return (None if result is None else LoopOut(*result)), dt0
 

@@ -6,8 +6,11 @@ The host clock keeps time in Python floats and reads every step's error ratio ba
 so a solve still returns to Python, synchronises and pays the graph's call overhead once per attempt. Here the
 *clock* is on the device as well: time, step size, the controller's memory, the output index and the counters
 are tensors of one element, every decision a ``torch.where``, and ``compile_steps`` attempts run inside one
-``torch._higher_order_ops.while_loop`` compiled with ``torch.compile(fullgraph=True)``. The host reads one flag
-per call (is the solve over?), so a solve of ``n`` attempts synchronises ``ceil(n / compile_steps)`` times.
+``torch._higher_order_ops.while_loop`` compiled with ``torch.compile(fullgraph=True)``: a solve of ``n`` attempts
+returns to neuralode's Python ``ceil(n / compile_steps)`` times, which reads two numbers (is the solve over, how
+many outputs came). Inside the graph, inductor's ``while_loop`` in torch 2.13 still tests its condition in the
+generated Python wrapper after every iteration (``while should_loop:``): free on the CPU, where the run is used,
+but a host synchronisation per attempt on a GPU, which is one reason the run is not taken there yet.
 
 What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop.HostClock`), on tensors:
 
@@ -68,9 +71,10 @@ from typing import NamedTuple
 import torch
 
 from ..control.controller import BatchStepSizeController, ControllerState
+from ..control.norms import RMSNorm, inverse_sqrt_sizes
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
-from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages
+from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages, weighted
 from ..methods.interpolants import ContinuousExtension, Hermite
 from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
@@ -82,16 +86,6 @@ from ..solution import Handover, LoopResult
 RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH = 0, 1, 2, 3, 4, 5
 
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
-
-
-def _weighted(coeffs, k, dt):
-    """``sum_j coeffs_j dt k_j`` over the nonzero ``(j, coeff_j)`` pairs (the error estimate, as the compiled step
-    forms it)."""
-    (j0, c0), rest = coeffs[0], coeffs[1:]
-    out = k[j0] * (c0 * dt)
-    for j, cj in rest:
-        out = out + k[j] * (cj * dt)
-    return out
 
 
 def _graph(func, key, backend: str, device: torch.device, make: Callable) -> dict:
@@ -160,10 +154,11 @@ def buffer_rows(n_out: int, m: int) -> int:
     return max(m, min(n_out, 32))
 
 
-def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor | None) -> bool:
-    """Whether the device run takes this solve (see the module docstring)."""
+def takes_method(method, opts) -> bool:
+    """Whether the run's attempt is the method's: an adaptive explicit first-same-as-last method with one error
+    estimate, whose outputs come from its continuous extension or a cubic Hermite polynomial (dopri5, tsit5,
+    bosh3)."""
     tableau = method.explicit_tableau
-    ctl = opts.control
     return (
         method.capabilities.adaptive
         and tableau is not None
@@ -172,12 +167,19 @@ def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor
         and tableau.b_err is not None
         and tableau.b_err_aux is None
         and tableau.c_extra is None
+    )
+
+
+def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor | None) -> bool:
+    """Whether the device run takes this solve (see the module docstring). Autograd off means no graph reaches
+    the solve: ``f0`` was evaluated without one."""
+    return (
+        takes_method(method, opts)
         and error is not None
-        and ctl.norm is None
+        and opts.control.norm is None
         and opts.compile_steps > 1
         and not torch.is_grad_enabled()
         and f0 is not None
-        and not f0.requires_grad
         and problem.dtype in (torch.float32, torch.float64)
         and problem.device.type == "cpu"
         and not events
@@ -220,12 +222,12 @@ def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
     dense = tableau.dense
     n_dense = 0 if dense is None else len(dense)
     P = [] if dense is None else [tuple(float(x) for x in row) for row in dense]
-    inv_sqrt_n = [1.0 / math.sqrt(max(n, 1)) for n in sizes]
-    return _plan(tableau), tableau.c, n_dense, P, inv_sqrt_n, BatchStepSizeController(*s.controller)
+    return _plan(tableau), tableau.c, n_dense, P, inverse_sqrt_sizes(sizes), BatchStepSizeController(*s.controller)
 
 
 def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
-    """The run: ``run(carry, times, rtol, atol) -> carry`` taking up to ``s.k_steps`` attempts."""
+    """The run: ``run(carry, times, rtol, atol, i_start) -> carry`` taking up to ``s.k_steps`` attempts, its
+    outputs written from row 0 of the carried buffer for output ``i_start`` on."""
     plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, watch_from = s.max_step, s.max_num_steps, s.watch_from
@@ -277,7 +279,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             )
             # Attempt: the stages, with their times formed in float64 as the host clock forms them.
             y1, k = rk_stages(raw, plan, y, f0, hh, lambda i: (t + c[i] * hh).to(t_dtype))
-            y_err = _weighted(plan.b_err, k, hh.to(y.dtype))
+            y_err = weighted(plan.b_err, k, hh.to(y.dtype))
             scale = torch.maximum(y.abs() * rtol + atol, y1.abs() * rtol + atol)
             ratio = norm(y_err / scale)
             fail = torch.where((fail == RUNNING) & ~torch.isfinite(ratio) & ~torch.isfinite(f0).all(), NON_FINITE, fail)
@@ -477,21 +479,13 @@ def integrate_on_device(
 def per_sample_refusal(method, opts, events, device: torch.device) -> str | None:
     """Why the per-sample device run cannot take a ``per_sample`` solve under ``compile`` (there is no per-sample
     compiled step to fall back on, so the api refuses the solve with this reason), or ``None``."""
-    tableau = method.explicit_tableau
     if torch.is_grad_enabled():
         return "autograd records (run the solve under torch.no_grad(): the run is compiled for inference)"
     if torch._C._functorch.maybe_current_level() is not None or torch.autograd.forward_ad._current_level >= 0:
         return "forward-mode derivatives (the compiled run would drop their tangents)"
     if device.type != "cpu":
         return f"a state on {device} (the run has been checked on the CPU only so far)"
-    if not (
-        tableau is not None
-        and tableau.fsal
-        and method.interpolant(opts) in (ContinuousExtension, Hermite)
-        and tableau.b_err is not None
-        and tableau.b_err_aux is None
-        and tableau.c_extra is None
-    ):
+    if not takes_method(method, opts):
         return f"method={method.name!r} (dopri5, tsit5 and bosh3 are compiled per sample)"
     for what, present in (
         ("events", bool(events)),
@@ -510,15 +504,11 @@ def per_sample_refusal(method, opts, events, device: torch.device) -> str | None
 def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
     """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0) -> carry``, the per-sample clock's
     attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
-    plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
+    plan, c, n_dense, P, _, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, dfactor = s.max_step, s.max_num_steps, s.controller[3]
 
-    def row_norm(x: torch.Tensor) -> torch.Tensor:  # RMSNorm.norm: (B, N) -> (B,) float64
-        if len(sizes) == 1:
-            return torch.linalg.vector_norm(x, dim=1).double() * inv_sqrt_n[0]
-        parts = torch.split(x, sizes, dim=1)
-        return torch.stack([torch.linalg.vector_norm(p, dim=1).double() * f for p, f in zip(parts, inv_sqrt_n)]).amax(0)
+    row_norm = RMSNorm(sizes, None, None).norm  # the per-sample clock's RMS of each row, (B, N) -> (B,) float64
 
     def make_body(times, rtol, atol, i_start, finite_f0):
         t_end = times[:, T - 1].clone()
@@ -545,7 +535,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
             # Attempt.
             col = hh[:, None]
             y1, k = rk_stages(raw, plan, y, f0, col, lambda i: (t + c[i] * hh).to(t_dtype))
-            y_err = _weighted(plan.b_err, k, col.to(y.dtype))
+            y_err = weighted(plan.b_err, k, col.to(y.dtype))
             ratio = row_norm(y_err / (torch.maximum(y.abs(), y1.abs()) * rtol + atol))
             ratio = torch.where(active, ratio, 0.0)
             bad = ~torch.isfinite(ratio)

@@ -80,18 +80,21 @@ def rk_stages(
     return y1, k
 
 
+def weighted(coeffs, k, dt):
+    """``sum_j k_j (coeff_j dt)`` over the nonzero ``(j, coeff_j)`` pairs, written for tracing (the error estimates
+    of the compiled step and of the device run)."""
+    (j0, c0), rest = coeffs[0], coeffs[1:]
+    out = k[j0] * (c0 * dt)
+    for j, cj in rest:
+        out = out + k[j] * (cj * dt)
+    return out
+
+
 def _make_step(raw: Callable, tableau: ButcherTableau, half: bool) -> Callable:
     """A pure step ``(th, y0, f0) -> (y1, y_err, y_err_aux, k)``, where ``th = [t0, dt]`` is one
     tensor (one host-to-device copy per step instead of two)."""
     plan = _plan(tableau)
     c = tableau.c
-
-    def weighted(coeffs, k, dt):
-        (j0, c0), rest = coeffs[0], coeffs[1:]
-        out = k[j0] * (c0 * dt)
-        for j, cj in rest:
-            out = out + k[j] * (cj * dt)
-        return out
 
     def step(th: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor):
         t0, dt = th[0], th[1]
