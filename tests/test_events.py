@@ -376,6 +376,43 @@ def test_evaluate_errors():
     dense = odeint_dense(func, torch.ones(2, dtype=F64), 0.0, 1.0)
     with pytest.raises(ValueError, match=r"t = 1.5 lies outside the solved span \[0.0, 1.0\]"):
         dense(torch.tensor([0.5, 1.5], dtype=F64))
+    with pytest.raises(ValueError, match=r"takes t of shape \(\) or \(K,\); got \(2, 2\)"):
+        dense(torch.zeros(2, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"needs at least one time; got t of shape \(0,\)"):
+        dense(torch.zeros(0, dtype=F64))  # was a RuntimeError from torch.stack
+    with pytest.raises(TypeError, match=r"floating-point tensor of times, of shape \(\) or \(K,\); got list"):
+        dense([0.5])
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_dense_lookup_rule_is_the_same_on_both_clocks(per_sample):
+    # One rule (dense.PieceTable) for both clocks: a time within rounding of the span's end is served
+    # (as the per-sample clock always did), a time at an event with a reset reads the state before the
+    # reset, a time at a step's end reads that step's end state exactly.
+    def func(t, y):
+        return torch.stack([y[..., 1], -9.81 * torch.ones_like(y[..., 0])], -1)
+
+    bounce = Event(
+        lambda t, y: y[..., 0],
+        direction=-1,
+        terminal=False,
+        reset=lambda t, y: y * torch.tensor([1.0, -0.8], dtype=F64),
+    )
+    y0 = torch.tensor([[1.0, 0.0]], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    options = {"dense": True, "per_sample": per_sample}
+    sol = solve(func, y0 if per_sample else y0[0], t, rtol=1e-9, atol=1e-9, events=[bounce], options=options)
+    end = torch.tensor(math.nextafter(1.0, 2.0), dtype=F64)
+    assert torch.equal(sol.evaluate(end), sol.ys[-1])
+    t_e = sol.events[0].t.to(F64)
+    before = sol.evaluate(t_e)
+    assert (
+        abs(float(before[..., 0].abs().max())) < 1e-9 and float(before[..., 1].max()) < -4.0
+    )  # falling: before the reset
+    after = sol.evaluate(torch.tensor(float(t_e) + 1e-9, dtype=F64))
+    assert float(after[..., 1].min()) > 3.0  # rising: after the reset
+    with pytest.raises(ValueError, match=r"lies outside the solved span"):
+        sol.evaluate(torch.tensor(1.0 + 1e-9, dtype=F64))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_the_solvers_import_nothing_above_them():
 # (the Method protocol, the families, their steppers and coefficient records) and step-size control know nothing
 # of the drivers above them (the loops, the fast paths, events, adjoints, the api); events nothing of the drivers.
 SOLVERS = "neuralode.solvers"
-DRIVERS = tuple(f"{SOLVERS}.{m}" for m in ("loop", "per_sample", "per_sample_dense", "fast", "adjoint", "api"))
+DRIVERS = tuple(f"{SOLVERS}.{m}" for m in ("loop", "per_sample", "fast", "adjoint", "api"))
 LAYERS = {
     f"{SOLVERS}.methods": DRIVERS + (f"{SOLVERS}.events",),
     f"{SOLVERS}.control": DRIVERS + (f"{SOLVERS}.events",),

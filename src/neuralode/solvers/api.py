@@ -37,6 +37,7 @@ from . import fast
 from .adjoint.recursive import solve_recursive
 from .control.controller import ConstantController, StepSizeController, initial_step
 from .control.norms import _ErrorNorm, _PrimalErrorNorm
+from .dense import DenseOutput
 from .errors import SolverError
 from .events.core import Event, EventSet, check_events
 from .grid import InfiniteGrid
@@ -62,7 +63,7 @@ from .options import (
     refuse_records,
 )
 from .problem import _Problem, check_step_callbacks
-from .solution import DenseOutput, Solution, SolverStats, TensorOrTuple
+from .solution import Solution, SolverStats, TensorOrTuple
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "MethodRegistry", "method_names", "odeint", "solve"]
 # Most stage times of a fixed grid created at once as tensors (see _Problem.cache_times).

@@ -61,14 +61,15 @@ import torch
 
 from .control.controller import ControllerState
 from .control.norms import _ErrorNorm
+from .control.stepping import at_step_floor, plan_step
 from .control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
+from .dense import DenseOutput
 from .errors import SolverError
 from .events.core import EventSet, apply_reset, attach_event_gradient, unravel
-from .grid import TIME_EPS
 from .methods.interpolants import StepInterpolant
 from .methods.stepper import Stepper, StepResult
 from .problem import _Problem
-from .solution import DenseOutput, EventRecord, Handover, LoopResult, SolverStats
+from .solution import EventRecord, Handover, LoopResult, SolverStats
 
 # The event values of a solve without events: none (shared, never mutated).
 _NO_VALUES: list[torch.Tensor] = []
@@ -445,14 +446,9 @@ class HostClock:
                 "The error estimate or the initial-step heuristic produced NaN or inf; check func for NaN/inf "
                 "and the tolerances.",
             )
-        max_step = self.max_step
-        dt_abs = max(min(abs(self.dt), max_step), self.min_step)
-        remaining = abs(t_stop - t)
-        lands = min(1.1 * dt_abs, max_step) >= remaining
-        if lands:
-            dt_abs = remaining
+        dt_abs, remaining, lands, below = plan_step(self.dt, t, t_stop, self.min_step, self.max_step)
         h = direction * dt_abs
-        if dt_abs <= 4 * TIME_EPS * abs(t) or dt_abs == 0.0:
+        if below:
             if lands:
                 # The stop is within rounding of t: arrive without a step.
                 times, n_out = self.times, self.n_out
@@ -521,9 +517,7 @@ class HostClock:
         error: ``options['at_min_step']='accept'``; by default such a step is an error (:meth:`keep`)."""
         min_step = self.min_step
         self.at_floor = at_floor = (
-            not accept
-            and min_step > 0
-            and (self.dt_abs <= min_step or min(1.1 * min_step, self.max_step) >= self.remaining)
+            not accept and min_step > 0 and at_step_floor(self.dt_abs, self.remaining, min_step, self.max_step)
         )
         if at_floor and self.accept_at_min:
             accept = True

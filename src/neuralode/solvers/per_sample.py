@@ -33,7 +33,7 @@ that error, as the host clock's own outputs do when its first step changes by 1e
 
 The clock itself does the arithmetic of time vectorised: the landing rule (the host clock's 10% stretch onto
 a stop), output times inside each sample's step, events per sample (:mod:`~neuralode.solvers.events.per_sample`),
-the dense-output record (:mod:`~neuralode.solvers.per_sample_dense`) and the counters.
+the dense-output record (:mod:`~neuralode.solvers.dense`, shared with the host clock) and the counters.
 
 ``func`` is called once per stage on the whole batch with ``t`` a tensor of shape ``(B,)`` in the
 state's dtype (row ``i`` of the state is at time ``t[i]``); a ``func`` that ignores ``t`` is
@@ -76,6 +76,8 @@ import torch
 from . import loop
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
+from .control.stepping import at_step_floor, plan_step
+from .dense import PerSampleDense
 from .fast import device_run
 from .grid import TIME_EPS
 from .loop import (
@@ -428,18 +430,12 @@ class SampleClock:
         self.fb.rows = rows
         self.tol_rows = rows if self.compact else None
         self.calls_before = self.stats.calls
-        min_step, max_step = self.min_step, self.max_step
-        dt_abs = self.dt.abs().clamp(min=min_step, max=max_step)
         t_end = self.t_end
         t_stop = t_end if self.step_t_asc is None else next_step_t(self.step_t_asc, t, t_end, self.sign)
-        remaining = (t_stop - t).abs()
-        # Stretch a step by up to 10% to land on the last time (the host clock's rule).
-        lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
-        dt_abs = torch.where(lands, remaining, dt_abs)
+        dt_abs, remaining, lands, tiny = plan_step(self.dt, t, t_stop, self.min_step, self.max_step)
         n_steps = self.n_acc + self.n_rej
         # A step below rounding of t (dt_abs = 0 included), or the step budget spent: rare, so one
         # fused test decides whether the two are told apart.
-        tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
         any_tiny = any_too_many = False
         if bool((active & (tiny | (n_steps >= self.max_num_steps))).any()):
             tiny = active & tiny
@@ -524,7 +520,7 @@ class SampleClock:
                 raise non_finite("state", float(t[i]), float(h[i]), int(n_steps[i]), int(rows[i]))
         min_step, max_step = self.min_step, self.max_step
         if min_step > 0 and bool(
-            (at_floor := rejected & ((dt_abs <= min_step) | (min(1.1 * min_step, max_step) >= self.remaining))).any()
+            (at_floor := rejected & at_step_floor(dt_abs, self.remaining, min_step, max_step)).any()
         ):
             i = int(at_floor.nonzero()[0])
             raise rejected_at_min_step(
@@ -755,7 +751,7 @@ def integrate(
             recorded times.
         step_t: times every sample's steps land on where they lie inside its span
             (:func:`next_step_t`); landing on one is not a stop for ``on_land``.
-        dense: a :class:`~neuralode.solvers.per_sample_dense.PerSampleDense` keeping every
+        dense: a :class:`~neuralode.solvers.dense.PerSampleDense` keeping every
             accepted step's interpolant.
 
     Returns:
@@ -999,8 +995,6 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
         event_set = PerSampleEvents(events, layout.unflatten, layout.flatten, parts[0].dtype)
     dense = None
     if opts.dense:
-        from .per_sample_dense import PerSampleDense
-
         dense = PerSampleDense(B, direction, layout.unflatten, times[:, 0])
     dt0 = None
     if opts.execution.compile:

@@ -1,10 +1,9 @@
-"""What a solve returns: :class:`Solution`, its counters :class:`SolverStats`, event records and
-the dense output that :meth:`Solution.evaluate` reads; and what the drivers hand the api
+"""What a solve returns: :class:`Solution`, its counters :class:`SolverStats` and event records
+(the dense output that :meth:`Solution.evaluate` reads is :mod:`~neuralode.solvers.dense`'s); and what the drivers hand the api
 (:class:`LoopResult`) or one another (:class:`Handover`, a fast path's end state for the loop)."""
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -284,20 +283,6 @@ def storage_bytes(*objs: object) -> int:
     return sum(sizes.values())
 
 
-# What a step interpolant (methods/interpolants.py, StepInterpolant) holds tensors in: its start state and
-# derivative, the step's result (end state, error estimates, stages), the end derivative and the extended stages
-# once evaluated.
-_INTERPOLANT_TENSORS = ("y0", "f0", "step", "f1", "k")
-
-
-def dense_tensors(dense: DenseOutput) -> list[object]:
-    """What a dense output keeps, for :func:`storage_bytes`: the tensors its step interpolants hold (start and
-    end states, stages, error estimates, the derivatives evaluated on first use). Interpolants that are not
-    :class:`~neuralode.solvers.methods.interpolants.StepInterpolant` objects (compiled chunks' closures) are
-    not seen."""
-    return [getattr(interp, name, None) for _, _, interp in dense._pieces for name in _INTERPOLANT_TENSORS]
-
-
 @dataclass(frozen=True)
 class EventRecord:
     """One occurrence of an event during a solve.
@@ -317,85 +302,6 @@ class EventRecord:
     index: int
     element: tuple[int, ...]
     terminal: bool
-
-
-class DenseOutput:
-    """The interpolants of every accepted step of a solve, in time order.
-
-    Each piece covers ``[t_start, t_start + h]`` and evaluates the step's interpolant
-    (``interp(thetas) -> list of flat states``). Pieces meet at step ends; at an event with a
-    reset the state jumps, and a time exactly at the event reads the state before the reset.
-    """
-
-    def __init__(self, direction: float, unflatten: Callable[[torch.Tensor], TensorOrTuple], t_start: float):
-        self.direction = direction
-        self.unflatten = unflatten
-        self.t_start = t_start
-        self.t_end = t_start
-        self._starts: list[float] = []  # direction * step start, increasing
-        self._pieces: list[tuple[float, float, Callable]] = []
-
-    def add(self, t0: float, h: float, interp: Callable[[list[float]], list[torch.Tensor]], t_end: float) -> None:
-        """Add a step from ``t0`` of size ``h`` whose interpolant serves up to ``t_end`` (the
-        step's end, or the event it was cut at)."""
-        self._starts.append(self.direction * t0)
-        self._pieces.append((t0, h, interp))
-        self.t_end = t_end
-
-    def hermite(self) -> DenseOutput:
-        """The same pieces with every linear one (a fixed grid's default ``interp``) as a cubic Hermite
-        interpolant of its step, ``f(t1, y1)`` taken from the next piece's first stage when the two meet
-        at a plain step end (else evaluated on first use). The interpolating adjoint reads ``y(t)`` at
-        the backward stages' times: linear interpolation would hold its gradients to second order
-        (measured: gl6 at step 0.02, 1.3e-4 from backpropagation, falling as h^2), cubic Hermite
-        interpolation to fourth."""
-        out = DenseOutput(self.direction, self.unflatten, self.t_start)
-        out.t_end, out._starts = self.t_end, list(self._starts)
-        pieces = self._pieces
-        for i, (t0, h, interp) in enumerate(pieces):
-            smooth = getattr(interp, "smooth", None)  # a StepInterpolant (compiled chunks keep other callables)
-            if smooth is not None:
-                interp = smooth(pieces[i + 1][2] if i + 1 < len(pieces) else None)
-            out._pieces.append((t0, h, interp))
-        return out
-
-    def steps(self) -> list[tuple[float, float, float, Callable[[list[float]], list[torch.Tensor]]]]:
-        """Every step as ``(t0, t1, h, interp)`` in time order: the step starts at ``t0`` with size ``h``,
-        ``interp(thetas)`` evaluates it at ``t0 + theta h``, and it serves up to ``t1`` (the next step's start,
-        or ``t_end`` for the last), so the steps tile ``[t_start, t_end]``."""
-        ends = [t0 for t0, _, _ in self._pieces[1:]] + [self.t_end]
-        return [(t0, t1, h, interp) for (t0, h, interp), t1 in zip(self._pieces, ends)]
-
-    def piece(self, t: float) -> tuple[float, float, Callable[[list[float]], list[torch.Tensor]]]:
-        """``(t_start, h, interp)`` of the step whose interpolant serves time ``t`` (the first step
-        for times at or before the start; at a step end, the step that ends there)."""
-        return self._pieces[max(bisect.bisect_left(self._starts, self.direction * t) - 1, 0)]
-
-    def __call__(self, t: torch.Tensor) -> TensorOrTuple:
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() > 1:
-            raise TypeError(
-                f"Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor of times; got {t!r}."
-                if not isinstance(t, torch.Tensor)
-                else f"Solution.evaluate(t) takes a 0-dim or 1-D floating-point tensor; got dtype {t.dtype}, shape {tuple(t.shape)}."
-            )
-        times = t.detach().reshape(-1).to("cpu", torch.float64).tolist()
-        lo, hi = sorted((self.t_start, self.t_end))
-        out = []
-        for ti in times:
-            if not (lo <= ti <= hi) or not self._pieces:
-                raise ValueError(
-                    f"Solution.evaluate: t = {ti!r} lies outside the solved span [{self.t_start!r}, {self.t_end!r}]."
-                )
-            t0, h, interp = self.piece(ti)
-            theta = 0.0 if h == 0 else (ti - t0) / h
-            out.append(interp([min(max(theta, 0.0), 1.0)])[0])
-        stacked = torch.stack(out)
-        if t.dim() == 0:
-            return self.unflatten(stacked[0])
-        if isinstance(self.unflatten(stacked[0]), tuple):
-            cols = [self.unflatten(row) for row in stacked]
-            return tuple(torch.stack(c) for c in zip(*cols))
-        return stacked
 
 
 @dataclass(frozen=True)
@@ -463,7 +369,7 @@ class Solution(Generic[Y_co]):
     method: str
     adjoint_stats: SolverStats | PerSampleStats | None = None
     events: tuple[EventRecord, ...] = field(default_factory=tuple)
-    # a DenseOutput, or with options['per_sample'] a PerSampleDense: either is called on the times
+    # a dense.DenseOutput, or with options['per_sample'] a dense.PerSampleDense: either is called on the times
     dense: Callable[[torch.Tensor], Y_co] | None = field(default=None, repr=False)
     adjoint_choice: AdjointChoice | None = None
 
@@ -475,14 +381,21 @@ class Solution(Generic[Y_co]):
     def evaluate(self, t: torch.Tensor) -> Y_co:
         """The solution at any times of the solved span, from the kept dense output.
 
+        Each time is served by the interpolant of the step that contains it (at a step's end, the step
+        that ends there; at an event with a reset, the state before the reset): the rule of
+        :class:`~neuralode.solvers.dense.PieceTable`, the same on both clocks.
+
         Args:
             t: a 0-dim tensor (returns one state) or a 1-D tensor of times (returns states
-                stacked along a new first dimension).
+                stacked along a new first dimension). With ``options["per_sample"]`` a 0-dim ``t``
+                gives every sample at that time, a ``(K,)`` one ``(K, B, ...)``, and a ``(B, K)`` one
+                each sample at its own times.
 
         Raises:
             ValueError: when the solve did not keep its dense output (solve with
                 ``options={"dense": True}`` or use :func:`~neuralode.solvers.api.odeint_dense`),
-                or a time lies outside the solved span.
+                or a time lies outside the solved span (beyond the rounding of its ends).
+            TypeError: ``t`` is not a floating-point tensor.
         """
         if self.dense is None:
             raise ValueError(

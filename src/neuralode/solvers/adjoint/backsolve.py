@@ -74,6 +74,7 @@ import torch
 
 from ..api import _event_result, _run, event_mode, no_events, options_dict, solve, with_event_budget
 from ..control.norms import seminorm, seminorm_a
+from ..dense import DenseOutput, dense_tensors
 from ..events.core import Event, apply_reset, attach_event_gradient, check_events, ravel
 from ..methods.base import Method
 from ..methods.registry import resolve
@@ -88,7 +89,7 @@ from ..options import (
     time_dtype,
 )
 from ..problem import _Problem, adjoint_step_callbacks, check_step_callbacks
-from ..solution import DenseOutput, HeldStorages, Solution, SolverStats, TensorOrTuple, dense_tensors, storage_bytes
+from ..solution import HeldStorages, Solution, SolverStats, TensorOrTuple, storage_bytes
 from .common import (
     IN_BACKWARD,
     AdjointConfig,

@@ -23,9 +23,10 @@ from typing import Any, Literal, cast
 
 import torch
 
+from ..dense import DenseOutput
 from ..methods.base import Method
 from ..options import _type_name
-from ..solution import DenseOutput, SolverStats, TensorOrTuple
+from ..solution import SolverStats, TensorOrTuple
 
 IN_BACKWARD: ContextVar[bool] = ContextVar("neuralode_adjoint_backward", default=False)
 """True while an adjoint backward solve runs (set by each adjoint around its backward sweep)."""

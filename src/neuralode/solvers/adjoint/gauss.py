@@ -14,7 +14,7 @@ and accumulates, over every accepted step ``[t_a, t_b]`` of that backward solve,
 
 with ``(x_k, w_k)`` the ``s``-point Gauss–Legendre rule on ``[0, 1]`` (:func:`gauss_legendre`). ``a(τ_k)`` is
 the backward step's own interpolant (the backward solve runs with ``options={"dense": True}``; its
-:class:`~neuralode.solvers.solution.DenseOutput` lists the accepted steps, :meth:`DenseOutput.steps`), ``y(τ_k)``
+:class:`~neuralode.solvers.dense.DenseOutput` lists the accepted steps, :meth:`DenseOutput.steps`), ``y(τ_k)``
 the forward's. So the loop is not touched: the steps are post-processed once each output interval is solved.
 
 Cost. Every evaluation of the backward dynamics is a vector-Jacobian product with respect to ``y`` alone
@@ -61,10 +61,11 @@ from typing import Any
 import torch
 
 from ..api import solve
+from ..dense import DenseOutput, dense_tensors
 from ..methods.base import Method
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
-from ..solution import DenseOutput, HeldStorages, SolverStats, dense_tensors, storage_bytes
+from ..solution import HeldStorages, SolverStats, storage_bytes
 from .common import AdjointConfig, Flat, interval_options, sweep_reading_dense
 from .interpolating import dense_rate, forward_state
 

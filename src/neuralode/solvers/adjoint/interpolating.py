@@ -76,15 +76,16 @@ from collections.abc import Callable
 import torch
 
 from ..api import solve
+from ..dense import DenseOutput
 from ..options import time_dtype
 from ..problem import adjoint_step_callbacks
-from ..solution import DenseOutput, HeldStorages, storage_bytes
+from ..solution import HeldStorages, storage_bytes
 from .common import AdjointConfig, Flat, interval_options, sweep_reading_dense
 
 
 def dense_rate(dense, s: float, dtype: torch.dtype) -> torch.Tensor:
     """``dy_I/dt`` at time ``s`` of the forward solve's kept interpolant ``dense``
-    (:class:`~neuralode.solvers.solution.DenseOutput`), in the solver's flat layout; ``dtype``
+    (:class:`~neuralode.solvers.dense.DenseOutput`), in the solver's flat layout; ``dtype``
     is the state's.
 
     The derivative of the interpolating polynomial of the forward step that serves ``s`` (the

@@ -65,9 +65,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple
 
 import torch
+
+from .stepping import ClockOps, FloatOps, R, TensorOps
 
 CONTROLLERS = ("pi", "i", "gustafsson", "pi_gustafsson")
 
@@ -268,57 +270,6 @@ class BatchStepSizeController:
         return dt * factor, ControllerState(state.prev_ratio, torch.ones_like(state.after_reject), state.prev_dt)
 
 
-# A norm (and so a step) is a Python float on the scalar clock and a ``(B,)`` tensor per sample.
-_R = TypeVar("_R", float, torch.Tensor)
-
-
-class _ClockOps(Protocol[_R]):
-    """The arithmetic :func:`initial_step` needs on one clock's numbers (implemented by the classes
-    :class:`_FloatOps` and :class:`_TensorOps` themselves)."""
-
-    def where(self, cond: Any, a: _R | float, b: _R | float) -> _R: ...
-
-    def maximum(self, a: _R, b: _R) -> _R: ...
-
-    def minimum(self, a: _R, b: _R) -> _R: ...
-
-    def floor(self, x: _R, lo: float) -> _R: ...
-
-    def euler(self, y0: torch.Tensor, f0: torch.Tensor, h: _R) -> torch.Tensor: ...
-
-
-class _FloatOps:
-    """The scalar clock's arithmetic for :func:`initial_step`: Python floats, torch for the state."""
-
-    where = staticmethod(lambda cond, a, b: a if cond else b)
-    maximum = staticmethod(max)
-    minimum = staticmethod(min)
-    floor = staticmethod(max)  # max(x, lo): a NaN x stays NaN, as with clamp
-
-    @staticmethod
-    def euler(y0: torch.Tensor, f0: torch.Tensor, h: float) -> torch.Tensor:
-        return torch.add(y0, f0, alpha=h)
-
-
-class _TensorOps:
-    """The per-sample clock's arithmetic for :func:`initial_step`: ``(B,)`` float64 tensors, one entry per
-    row of a ``(B, N)`` state."""
-
-    maximum = staticmethod(torch.maximum)
-    minimum = staticmethod(torch.minimum)
-    floor = staticmethod(lambda x, lo: x.clamp(min=lo))
-
-    @staticmethod
-    def where(cond: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
-        # A def rather than ``staticmethod(torch.where)``: the stubs' overloads of ``torch.where``
-        # would collapse to the first (one-argument) one.
-        return torch.where(cond, a, b)
-
-    @staticmethod
-    def euler(y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return y0 + h.to(y0.dtype)[:, None] * f0
-
-
 def initial_step(
     func: Callable,
     t0,
@@ -354,12 +305,12 @@ def initial_step(
         d0 = scaled_norm(y0, y0)
         d1 = scaled_norm(f0, y0)
     if isinstance(d0, torch.Tensor):
-        return _first_step(_TensorOps, func, t0, y0, f0, direction, order, scaled_norm, d0, d1)
-    return _first_step(_FloatOps, func, t0, y0, f0, direction, order, scaled_norm, d0, d1)
+        return _first_step(TensorOps, func, t0, y0, f0, direction, order, scaled_norm, d0, d1)
+    return _first_step(FloatOps, func, t0, y0, f0, direction, order, scaled_norm, d0, d1)
 
 
 def _first_step(
-    ops: _ClockOps[_R],
+    ops: ClockOps[R],
     func: Callable,
     t0,
     y0: torch.Tensor,
@@ -367,9 +318,9 @@ def _first_step(
     direction: float,
     order: int,
     scaled_norm: Callable,
-    d0: _R,
-    d1: _R,
-) -> _R:
+    d0: R,
+    d1: R,
+) -> R:
     """:func:`initial_step` after the two norms ``d0``, ``d1``, in the arithmetic ``ops`` of their clock."""
     # d1 is floored only so that the branch not taken cannot divide by zero (both are evaluated
     # on tensors); where h0 = 0.01 d0 / d1 is taken, d1 >= 1e-5.

@@ -53,7 +53,7 @@ def choose(problem, method, opts, stops, events, dense, error, method_config, f0
 
     The arguments are those the loop is given: the adapted ``problem``, the ``method``, its
     parsed ``opts``, the ``stops``, the :class:`~neuralode.solvers.events.core.EventSet` (or ``None``),
-    the :class:`~neuralode.solvers.solution.DenseOutput` (or ``None``), the error norm (``None`` on
+    the :class:`~neuralode.solvers.dense.DenseOutput` (or ``None``), the error norm (``None`` on
     a fixed grid) and ``method_config`` (an Adams method's, else ``None``). Called where the solve
     runs, under the same autograd mode: checkpointing matters only while autograd records.
     """

@@ -72,6 +72,7 @@ import torch
 
 from ..control.controller import BatchStepSizeController, ControllerState
 from ..control.norms import RMSNorm, inverse_sqrt_sizes
+from ..control.stepping import plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
 from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages, weighted
@@ -258,13 +259,9 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             # The float carries are (1,) tensors: dynamo would make 0-dim float inputs of the loop symbolic floats,
             # and restart its analysis to specialise them (a few seconds of every first call).
             t, h, prev_ratio, prev_dt, last_h = t[0], h[0], prev_ratio[0], prev_dt[0], last_h[0]
-            # Plan (HostClock.plan): clip to max_step, land on the last time within a 10% stretch.
-            dt_abs = h.abs().clamp(max=max_step)
-            remaining = (t_end - t).abs()
-            lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
-            dt_abs = torch.where(lands, remaining, dt_abs)
+            # Plan (the clocks' rule, control.stepping): clip to max_step, land on the last time within a 10% stretch.
+            dt_abs, _, lands, tiny = plan_step(h, t, t_end, 0.0, max_step)
             hh = direction * dt_abs
-            tiny = (dt_abs <= 4 * TIME_EPS * t.abs()) | (dt_abs == 0.0)
             arrive = tiny & lands
             fail = torch.where(
                 ~torch.isfinite(h),
@@ -523,11 +520,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
         def body(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
             # Plan (SampleClock.plan): each sample's step clipped, stretched to land on its last time.
             active = i_out < T
-            dt_abs = h.abs().clamp(max=max_step)
-            remaining = (t_end - t).abs()
-            lands = (1.1 * dt_abs).clamp(max=max_step) >= remaining
-            dt_abs = torch.where(lands, remaining, dt_abs)
-            tiny = dt_abs <= t.abs() * (4 * TIME_EPS)
+            dt_abs, _, lands, tiny = plan_step(h, t, t_end, 0.0, max_step)
             arrive = active & tiny & lands
             fail = torch.where((active & ((tiny & ~lands) | (n_acc + n_rej >= max_num_steps))).any(), BUDGET, RUNNING)
             arriving = arrive.any()  # a round where samples arrive without a step: no sample steps (as the clock)
