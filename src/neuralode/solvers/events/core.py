@@ -161,6 +161,77 @@ def crossing(direction: float, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tens
     return rising if direction > 0 else falling if direction < 0 else rising | falling
 
 
+def leave_zero(
+    g_at: Callable[[torch.Tensor], torch.Tensor],
+    lo: torch.Tensor,
+    g_hi: torch.Tensor,
+    watch: torch.Tensor,
+    tol: torch.Tensor | None = None,
+    iters: int = 60,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where elements that are zero at ``θ = lo`` first leave zero, by bisection on ``[lo, 1]``: both clocks' rule.
+
+    One element per entry: ``g_at(θ)`` gives each entry's value at its own ``θ`` (the host clock: one element of
+    one event, ``(1,)``; the per-sample clock: one element column over the rows, ``(B,)``), zero at ``lo`` and
+    ``g_hi`` (nonzero) at ``θ = 1``. Only the entries in ``watch`` move. The bracket keeps ``g(lo) = 0`` and
+    ``g(hi) != 0``; it is halved until it is no wider than ``tol`` where ``tol`` is given (the host clock: the
+    time resolution of the state's dtype, one host read a halving), else ``iters`` times (the per-sample clock:
+    60 halvings, below float64's resolution of ``θ``, without reading the device). Returns ``(hi, g(hi))``: where
+    each element is watched from, and the value whose sign it takes there.
+    """
+    hi = torch.ones_like(lo)
+    g_hi = g_hi.clone()
+    n = 0
+    while (n < iters) if tol is None else bool((watch & (hi - lo > tol)).any()):
+        move = watch if tol is None else watch & (hi - lo > tol)
+        mid = torch.where(move, 0.5 * (lo + hi), hi)
+        g_mid = g_at(mid)
+        zero = g_mid == 0
+        lo = torch.where(move & zero, mid, lo)
+        hi = torch.where(move & ~zero, mid, hi)
+        g_hi = torch.where(move & ~zero, g_mid, g_hi)
+        n += 1
+    return hi, g_hi
+
+
+def event_time_shift(
+    select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    t: torch.Tensor,
+    y: torch.Tensor,
+    rate: Callable[[], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The implicit-function correction of located event times, both clocks (module docstring).
+
+    ``select(t, y)`` is the fired element's event value ``g``: 0-dim on the host clock, one per row ``(B,)`` on
+    the per-sample clock (row ``i`` depending on row ``i`` of ``y`` alone). ``t`` (0-dim or ``(B,)``, in the dtype
+    the event function takes) and ``y`` (the state there, with the solve's graph) are where it was located;
+    ``rate()`` gives ``f_e = f(t, y)`` without a graph; it is called only when ``g`` has a graph. Returns ``None``
+    when it has none (nothing to differentiate), else ``(δ, ġ, f_e)``: ``ġ = ∂g/∂t + Re <∂g/∂y, f>`` per entry,
+    and ``δ = -(g - stop_grad(g)) / ġ``, value 0 and the gradient ``dt*``, divided by 1 where ``ġ`` is zero or not
+    finite (a tangential event, which the caller refuses where an event fired).
+    """
+    g = select(t, y)
+    if not g.requires_grad:
+        return None
+    with torch.no_grad():
+        f_e = rate()
+    with torch.enable_grad():
+        td = t.detach().requires_grad_(True)
+        yd = y.detach().requires_grad_(True)
+        dg_dt, dg_dy = torch.autograd.grad(select(td, yd).sum(), (td, yd), allow_unused=True)
+    # d/dt g(t, y(t)) = ∂g/∂t + Re <∂g/∂y, f>: autograd's gradient with respect to a complex y is
+    # the conjugate Wirtinger one, so the real part of conj(grad) * f is the derivative along f.
+    if dg_dy is None:
+        gdot = torch.zeros(g.shape, dtype=td.dtype, device=y.device)
+    else:
+        along = torch.real(dg_dy.conj() * f_e)
+        gdot = along.sum() if g.dim() == 0 else along.reshape(g.shape[0], -1).sum(1)
+    if dg_dt is not None:
+        gdot = gdot + dg_dt.to(gdot.dtype)
+    ok = torch.isfinite(gdot) & (gdot != 0)
+    return -(g - g.detach()) / torch.where(ok, gdot, torch.ones_like(gdot)), gdot, f_e
+
+
 class Located:
     """One located crossing within a step: where (``theta``), which event and which element."""
 
@@ -321,18 +392,18 @@ class EventSet:
             return g0, None
         g0 = g0.clone()
         starts = torch.zeros(g0.shape, dtype=torch.float64, device=g0.device)
-        tol = self._tol(t, h)
+        tol = torch.tensor([self._tol(t, h)], dtype=torch.float64)
+        on = torch.ones(1, dtype=torch.bool)
         for j in torch.nonzero(idle).flatten().tolist():
-            lo, hi, g_hi = theta0, 1.0, g1[j]  # g_j(lo) = 0, g_j(hi) != 0
-            while hi - lo > tol:
-                mid = 0.5 * (lo + hi)
+
+            def g_at(theta: torch.Tensor, j: int = j) -> torch.Tensor:
+                mid = float(theta)
                 with torch.no_grad():
-                    g_mid = self.value(i, t + mid * h, interp([mid])[0])[j]
-                if g_mid == 0:
-                    lo = mid
-                else:
-                    hi, g_hi = mid, g_mid
-            g0[j], starts[j] = g_hi, hi
+                    return self.value(i, t + mid * h, interp([mid])[0])[j : j + 1]
+
+            lo = torch.tensor([theta0], dtype=torch.float64)
+            hi, g_hi = leave_zero(g_at, lo, g1[j : j + 1], on, tol)
+            g0[j], starts[j] = g_hi[0], hi[0]
         return g0, starts
 
     def _root(
@@ -445,24 +516,14 @@ def attach_event_gradient(
     t_const = torch.tensor(t_e, dtype=t_dtype, device=y_e.device)
     if not torch.is_grad_enabled():
         return t_const, y_e
-    g = event.fn(time(t_e), unflatten(y_e)).reshape(-1)[element]
-    if not g.requires_grad:
+
+    def select(t_in: torch.Tensor, y_in: torch.Tensor) -> torch.Tensor:
+        return event.fn(t_in, unflatten(y_in)).reshape(-1)[element]
+
+    shift = event_time_shift(select, time(t_e), y_e, lambda: f(t_e, y_e.detach()))
+    if shift is None:  # g has no graph: nothing to differentiate
         return t_const, y_e
-    with torch.no_grad():
-        f_e = f(t_e, y_e.detach())
-    with torch.enable_grad():
-        td = time(t_e).requires_grad_(True)
-        yd = y_e.detach().requires_grad_(True)
-        gd = event.fn(td, unflatten(yd)).reshape(-1)[element]
-        dg_dt, dg_dy = torch.autograd.grad(gd, (td, yd), allow_unused=True)
-    # d/dt g(t, y(t)) = ∂g/∂t + Re <∂g/∂y, f>: autograd's gradient with respect to a complex y is
-    # the conjugate Wirtinger one, so the real part of conj(grad) * f is the derivative along f.
-    if dg_dy is not None:
-        gdot = torch.real(dg_dy.conj() * f_e).sum()
-    else:
-        gdot = torch.zeros((), dtype=td.dtype, device=y_e.device)
-    if dg_dt is not None:
-        gdot = gdot + dg_dt
+    dt_e, gdot, f_e = shift
     gdot_v = float(gdot)
     if gdot_v == 0.0 or not math.isfinite(gdot_v):
         raise ValueError(
@@ -471,7 +532,6 @@ def attach_event_gradient(
             "function that is zero on a stretch of time is flat where the zeros begin: return a tensor without a "
             "graph there (torch.zeros_like(t)), and the event time there carries no gradient."
         )
-    dt_e = -(g - g.detach()) / gdot  # value 0, gradient dt*/dθ
     t_star = t_const + dt_e.to(t_dtype)
     y_star = y_e + f_e * dt_e.to(y_e.dtype)
     return t_star, y_star

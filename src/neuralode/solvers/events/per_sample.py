@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from ..solution import EventRecord
-from .core import Event, check_event_value, crossing, non_finite_event
+from .core import Event, check_event_value, crossing, event_time_shift, leave_zero, non_finite_event
 
 BISECTIONS = 60
 
@@ -141,14 +141,11 @@ class PerSampleEvents:
             columns = ((a == 0) & (b != 0) & idle[:, None]).any(0).nonzero().flatten().tolist()
             for e in columns:
                 m = idle & (a[:, e] == 0) & (b[:, e] != 0)
-                lo, hi, g_hi = theta0.clone(), torch.ones_like(t), b[:, e].clone()  # g(lo) = 0, g(hi) != 0
-                for _ in range(BISECTIONS):
-                    mid = torch.where(m, 0.5 * (lo + hi), hi)
-                    g_mid = self.values(t + mid * h, interp.at_rows(rows, mid))[k][:, e]
-                    zero = g_mid == 0
-                    lo = torch.where(m & zero, mid, lo)
-                    hi = torch.where(m & ~zero, mid, hi)
-                    g_hi = torch.where(m & ~zero, g_mid, g_hi)
+
+                def g_at(mid: torch.Tensor, k: int = k, e: int = e) -> torch.Tensor:
+                    return self.values(t + mid * h, interp.at_rows(rows, mid))[k][:, e]
+
+                hi, g_hi = leave_zero(g_at, theta0.clone(), b[:, e], m, iters=BISECTIONS)
                 a[:, e] = torch.where(m, g_hi, a[:, e])
                 start[:, e] = torch.where(m, hi, start[:, e])
             g_out.append(a)
@@ -217,7 +214,6 @@ class PerSampleEvents:
         """
         if not torch.is_grad_enabled():
             return None
-        tt = t_e.to(self.dtype)
 
         def selected(t_in, y_in):
             """Each row's fired element of its event, ``(B,)`` (0 on rows without an event)."""
@@ -231,18 +227,10 @@ class PerSampleEvents:
                 out = torch.where(m, g.gather(1, element[:, None]).squeeze(1).to(out.dtype), out)
             return out
 
-        g = selected(tt, y_e)
-        if not g.requires_grad:
+        shift = event_time_shift(selected, t_e.to(self.dtype), y_e, lambda: fb(t_e, y_e.detach()))
+        if shift is None:
             return None
-        with torch.no_grad():
-            f_e = fb(t_e, y_e.detach())
-        with torch.enable_grad():
-            td = tt.detach().requires_grad_(True)
-            yd = y_e.detach().requires_grad_(True)
-            dg_dt, dg_dy = torch.autograd.grad(selected(td, yd).sum(), (td, yd), allow_unused=True)
-        gdot = torch.zeros_like(g.detach()) if dg_dy is None else (dg_dy * f_e).sum(1)
-        if dg_dt is not None:
-            gdot = gdot + dg_dt.to(gdot.dtype)
+        delta, gdot, f_e = shift
         bad = cross & ~(torch.isfinite(gdot) & (gdot != 0))
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
@@ -252,5 +240,4 @@ class PerSampleEvents:
                 "transversally, or detach what it depends on (an event function that is zero on a stretch of time "
                 "is flat where the zeros begin)."
             )
-        delta = -(g - g.detach()) / torch.where(cross, gdot, torch.ones_like(gdot))
         return torch.where(cross, delta, torch.zeros_like(delta)), f_e
