@@ -61,7 +61,7 @@ import torch
 
 from .control.controller import ControllerState
 from .control.norms import _ErrorNorm
-from .control.stepping import at_step_floor, plan_step
+from .control.stepping import at_step_floor, output_theta, plan_step
 from .control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from .dense import DenseOutput
 from .errors import SolverError
@@ -642,7 +642,7 @@ class HostClock:
         thetas = []
         while i_out < n_out and (times[i_out] - t_piece) * direction <= 0:
             tau = times[i_out]
-            thetas.append(1.0 if tau == t1 else (tau - t) / h)
+            thetas.append(output_theta(tau, t, t1, h))
             self.out_steps.append((h, self.stats.n_accepted))
             i_out += 1
         self.i_out = i_out

@@ -76,7 +76,7 @@ import torch
 from . import loop
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
-from .control.stepping import at_step_floor, plan_step
+from .control.stepping import at_step_floor, output_theta, plan_step
 from .dense import PerSampleDense
 from .fast import device_run
 from .grid import TIME_EPS
@@ -243,7 +243,7 @@ def dense_outputs(interp: StepInterpolant, times, t, t1, h, y_end, i_out, n_new,
     tau = times.gather(1, j.clamp(max=T - 1))
     at_end = tau == t1[:, None]
     # Rows without outputs (h = 0 for finished samples) are masked out below: their θ is unused.
-    theta = torch.where(at_end, 1.0, (tau - t[:, None]) / h[:, None])
+    theta = output_theta(tau, t[:, None], t1[:, None], h[:, None])
     ys = interp.at_window(theta)  # (B, m, N)
     ys = torch.where(at_end[:, :, None], y_end[:, None, :], ys)
     return j[valid], rows[:, None].expand(-1, m)[valid], ys[valid]
@@ -590,7 +590,7 @@ class SampleClock:
             tau = times[sel, j]
             at_end = tau == t1[sel]
             # Only accepted samples have outputs here, and their h is nonzero.
-            theta = torch.where(at_end, 1.0, (tau - t[sel]) / h[sel])
+            theta = output_theta(tau, t[sel], t1[sel], h[sel])
             if bool(at_end.all()):
                 y_out = y_end[sel]
             else:

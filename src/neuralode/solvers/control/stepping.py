@@ -18,7 +18,10 @@ The rules (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4; torchdiffeq 0.2.5 
 - a step at or below ``4 eps |t|`` (``eps`` of float64, the clock's time) cannot move ``t``: where
   the stop is that close the clock arrives without a step, otherwise the step has underflowed;
 - a rejected step is final when no smaller one may follow: it was taken at ``min_step``, or it was
-  stretched to land on a stop that a step of ``min_step`` would land on too.
+  stretched to land on a stop that a step of ``min_step`` would land on too;
+- an output time ``τ`` inside an accepted step ``[t, t1]`` of size ``h`` is read from the step's
+  interpolant at ``θ = (τ - t) / h``, except that an output time equal to the step's end is the end state
+  itself (``θ = 1``), so outputs at step ends are the solution's own states, not interpolated.
 """
 
 from __future__ import annotations
@@ -129,3 +132,10 @@ def at_step_floor(dt_abs: R, remaining: R, min_step: float, max_step: float) -> 
     or it was stretched to land on a stop ``remaining`` away that a step of ``min_step`` would land on
     too (its retry would be this very step). Only meaningful with ``min_step > 0``."""
     return (dt_abs <= min_step) | (min(1.1 * min_step, max_step) >= remaining)
+
+
+def output_theta(tau: R, t: R, t1: R, h: R) -> R:
+    """Where an output time ``tau`` lies in the accepted step ``[t, t1]`` of size ``h``: ``θ = (τ - t) / h``, and
+    exactly 1 at the step's end (module docstring). Floats, or tensors that broadcast (the per-sample clock's
+    ``(B, m)`` windows of output times against ``(B, 1)`` steps)."""
+    return ops_for(tau).where(tau == t1, 1.0, (tau - t) / h)

@@ -72,7 +72,7 @@ import torch
 
 from ..control.controller import BatchStepSizeController, ControllerState
 from ..control.norms import RMSNorm, inverse_sqrt_sizes
-from ..control.stepping import plan_step
+from ..control.stepping import output_theta, plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
 from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages, weighted
@@ -291,7 +291,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             idx = i_out + torch.arange(M, device=times.device)
             tau = times[idx]
             inside = (tau - t1) * direction <= 0
-            theta = torch.where(tau == t1, torch.ones_like(tau), (tau - t) / torch.where(hh == 0, 1.0, hh))
+            theta = output_theta(tau, t, t1, torch.where(hh == 0, 1.0, hh))
             flat = y.reshape(1, -1)
             if n_dense:
                 W = _horner(columns, theta[:, None]).to(y.dtype)  # (M, s): b_i(theta) of each output time
@@ -547,7 +547,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
             idx = i_out[:, None] + window  # (B, M)
             tau = times.gather(1, idx)
             at_end = tau == t1[:, None]
-            theta = torch.where(at_end, 1.0, (tau - t[:, None]) / torch.where(hh == 0, 1.0, hh)[:, None])
+            theta = output_theta(tau, t[:, None], t1[:, None], torch.where(hh == 0, 1.0, hh)[:, None])
             if n_dense:
                 W = _horner(columns, theta[..., None]).to(y.dtype)  # (B, M, s)
                 inner = y[:, None, :] + torch.bmm(W, torch.stack(k[:n_dense], 1)) * hh.to(y.dtype)[:, None, None]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from ..control.stepping import output_theta
 from ..grid import TIME_EPS
 from ..methods.interpolants import StepInterpolant
 from ..methods.stepper import StepResult, step_plan
@@ -176,7 +177,7 @@ def run(
                 thetas = []
                 while i_out < n_out and (times[i_out] - t1) * direction <= 0:
                     tau = times[i_out]
-                    thetas.append(1.0 if tau == t1 else (tau - t) / h)
+                    thetas.append(output_theta(tau, t, t1, h))
                     out_steps.append((h, stats.n_accepted + n_steps))
                     i_out += 1
                 ys.extend(interp(thetas))
