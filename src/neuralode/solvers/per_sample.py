@@ -78,6 +78,7 @@ from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
 from .control.stepping import at_step_floor, output_theta, plan_step
 from .dense import PerSampleDense
+from .events.core import unravel
 from .fast import device_run
 from .grid import TIME_EPS
 from .loop import (
@@ -829,16 +830,12 @@ def _after_events(
         element = int(torch.argmax(fired[k][i].long()))
         if events.events[k].reset is not None and not events.events[k].terminal:
             reset.append((i, k, element))
-        index, shape = [], events.shapes[k]
-        for n in reversed(shape):
-            index.append(element % n)
-            element //= n
         records.append(
             PerSampleEventRecord(
                 torch.tensor(float(t1[i]), dtype=t_dtype) + (0 if grad is None else grad[0][i].to(t_dtype)),
                 _row(events.unflatten(y_star[i : i + 1])),
                 k,
-                tuple(reversed(index)),
+                unravel(element, events.shapes[k]),
                 events.events[k].terminal,
                 int(rows[i]),
             )
