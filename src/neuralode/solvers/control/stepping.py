@@ -26,7 +26,7 @@ The rules (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4; torchdiffeq 0.2.5 
 
 from __future__ import annotations
 
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -96,35 +96,21 @@ def ops_for(x: object) -> ClockOps[Any]:
     return TensorOps if isinstance(x, torch.Tensor) else FloatOps
 
 
-class StepPlan(NamedTuple, Generic[R]):
-    """The next step of a clock, clipped (:func:`plan_step`).
-
-    Attributes:
-        dt_abs: the step's size, ``|h|``.
-        remaining: the distance from ``t`` to the next stop.
-        lands: whether the step ends on the stop (then ``dt_abs == remaining``).
-        below: whether ``dt_abs`` is at or below the resolution of time at ``t`` (a step that
-            cannot move ``t``; 0 included).
-    """
-
-    dt_abs: R
-    remaining: R
-    lands: Any
-    below: Any
-
-
-def plan_step(dt: R, t: R, t_stop: R, min_step: float, max_step: float) -> StepPlan[R]:
+def plan_step(dt: R, t: R, t_stop: R, min_step: float, max_step: float) -> tuple[R, R, Any, Any]:
     """The step a clock at ``t`` takes towards ``t_stop`` when its controller proposes ``dt`` (module docstring).
 
-    ``min_step <= max_step`` (the options check it). A float ``dt`` gives the scalar clock's plan in
-    floats, a ``(B,)`` tensor one plan per sample; a NaN step stays NaN (each clock reports it).
+    Returns ``(dt_abs, remaining, lands, below)``: the step's size ``|h|``; the distance from ``t`` to the stop;
+    whether the step ends on the stop (then ``dt_abs == remaining``); whether ``dt_abs`` is at or below the
+    resolution of time at ``t`` (a step that cannot move ``t``; 0 included). ``min_step <= max_step`` (the
+    options check it). A float ``dt`` gives the scalar clock's plan in floats (a plain tuple: this runs once
+    per attempt), a ``(B,)`` tensor one plan per sample; a NaN step stays NaN (each clock reports it).
     """
     ops = ops_for(dt)
     dt_abs = ops.floor(ops.cap(ops.abs(dt), max_step), min_step)
     remaining = ops.abs(t_stop - t)
     lands = ops.cap(1.1 * dt_abs, max_step) >= remaining
     dt_abs = ops.where(lands, remaining, dt_abs)
-    return StepPlan(dt_abs, remaining, lands, dt_abs <= 4 * TIME_EPS * ops.abs(t))
+    return dt_abs, remaining, lands, dt_abs <= 4 * TIME_EPS * ops.abs(t)
 
 
 def at_step_floor(dt_abs: R, remaining: R, min_step: float, max_step: float) -> Any:
