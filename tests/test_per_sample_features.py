@@ -764,6 +764,8 @@ def test_dense_output_per_sample_refuses_an_empty_set_of_times():
     sol = solve(_vdp(mu), y0, torch.tensor([0.0, 1.0], dtype=F64), options={"per_sample": True, "dense": True})
     with pytest.raises(ValueError, match=r"needs at least one time; got t of shape \(2, 0\)"):
         sol.evaluate(torch.zeros(2, 0, dtype=F64))
+    with pytest.raises(ValueError, match=r"needs at least one time; got t of shape \(0,\)"):
+        sol.evaluate(torch.zeros(0, dtype=F64))  # was a RuntimeError from a reshape
 
 
 # The event-function checks both clocks share (events.core.check_event_value, non_finite_event).
