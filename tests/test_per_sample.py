@@ -90,13 +90,16 @@ def test_without_fsal_the_next_first_stage_is_the_interpolants_end_derivative(me
     # here made 1.0-1.4 % more evaluations than each sample's solo solve, dopri8_13m 7-10 % more.
     mu, y0 = mus(), y0s()
     t = torch.linspace(0, 6, 61, dtype=F64)
-    kw = dict(rtol=1e-6, atol=1e-8, method=method)
+    # adaptive_heun (second order) at 1e-5: a quarter of the steps it takes at 1e-6.
+    kw = dict(rtol=1e-5 if method == "adaptive_heun" else 1e-6, atol=1e-6 if method == "adaptive_heun" else 1e-8)
+    kw["method"] = method
     sol = solve(vdp_batch(mu), y0, t, options={"per_sample": True}, **kw)
     solo_stats = [solve(vdp_batch(mu[i : i + 1]), y0[i : i + 1], t, **kw).stats for i in range(B)]
     for i, st in enumerate(solo_stats):
         assert (int(sol.stats.n_accepted[i]), int(sol.stats.n_rejected[i])) == (st.n_accepted, st.n_rejected)
-        if method == "adaptive_heun":  # Hermite: the same evaluations as the solo solve
-            assert int(sol.stats.nfe[i]) == st.nfe
+        if method == "adaptive_heun":  # Hermite: the solo solve's evaluations (+1 at most for each rejected step,
+            # where the batched call the other rows needed evaluated the rejected row too), against 1.0-1.4 % more before
+            assert st.nfe <= int(sol.stats.nfe[i]) <= st.nfe + st.n_rejected
         else:  # a batched step evaluates the extra stages for every row where any row has an output inside it
             assert st.nfe <= int(sol.stats.nfe[i]) <= 1.03 * st.nfe
     ref, _ = solo(mu, y0, t, **kw)
