@@ -17,8 +17,12 @@ demo: $(STAMP)
 	$(BIN)/neuralode demo --out $(OUT)
 
 # The checks run cheapest first, each stopping `make test` with the command that fixes or explains it.
+# pytest runs in TEST_WORKERS processes (pytest-xdist), each test going to whichever worker is free: two, one per
+# core of the project's machines (`make test TEST_WORKERS=0` runs them in pytest's own process, without workers).
+TEST_WORKERS ?= 2
+
 test: lint typecheck docs-strict
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 LINT_PATHS := src tests benchmarks examples docs
 
