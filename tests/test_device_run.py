@@ -139,6 +139,36 @@ def test_errors_and_the_stiffness_watch_are_the_host_clocks():
     assert messages[0] == messages[1]
 
 
+def test_min_step_is_the_host_clocks_and_a_rejection_at_it_hands_over(monkeypatch):
+    handed = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: handed.append(real(*a, **k)) or handed[-1])
+    # min_step holds every step of the run (the shared rule, control.stepping.plan_step): the same steps as the
+    # eager solve, which with this floor start longer than the tiny first step asked for.
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    free, _ = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8, options={"first_step": 1e-6})
+    handed.clear()
+    eager, run = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8, options={"first_step": 1e-6, "min_step": 1e-2})
+    assert eager.stats.n_accepted < free.stats.n_accepted
+    _same_steps(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    assert len(handed) == 1 and handed[0][0] is not None  # the run took the whole solve
+    # A step rejected at min_step: the run hands the attempt to the host clock, which raises its own error...
+    messages = []
+    for options in ({}, {"compile": "eager"}):
+        with torch.no_grad(), pytest.raises(SolverError, match="rejected at the minimum step size") as info:
+            solve(vdp, y0, t, rtol=1e-10, atol=1e-10, options={**options, "min_step": 0.1})
+        messages.append((str(info.value), info.value.n_steps))
+    assert messages[0] == messages[1]
+    assert handed[-1][0] is None and handed[-1][1] is not None  # a Handover
+    # ... or, with at_min_step="accept", accepts it with its warning and goes on.
+    with pytest.warns(RuntimeWarning, match="at_min_step"):
+        eager, run = _pair(vdp, y0, t, rtol=1e-10, atol=1e-10, options={"min_step": 0.1, "at_min_step": "accept"})
+    _same_steps(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+
+
 def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps():
     class Counting(torch.nn.Module):
         def __init__(self):
@@ -175,7 +205,6 @@ def test_which_solves_take_the_run(monkeypatch):
         dict(method="dopri5", options={"compile": "eager", "compile_steps": 1}),  # one compiled step per call
         dict(method="fehlberg2", options={"compile": "eager"}),  # not first-same-as-last
         dict(method="dopri5", options={"compile": "eager", "step_t": [0.5]}),
-        dict(method="dopri5", options={"compile": "eager", "min_step": 1e-6}),
     ]
     with torch.no_grad():
         for kw in cases:
@@ -248,6 +277,19 @@ def test_per_sample_run_refuses_what_it_cannot_compile_and_leaves_errors_to_the_
         with torch.autograd.forward_ad.dual_level(), pytest.raises(ValueError, match="forward-mode"):
             dual = torch.autograd.forward_ad.make_dual(y0, torch.ones_like(y0))
             solve(vdp, dual, t, options=compiled)
+        # min_step: each sample's steps held by it as on the clock, and a rejection at it raised by the clock.
+        floor = {"first_step": 1e-6, "min_step": 1e-2}
+        free, _ = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8, options={"first_step": 1e-6})
+        eager, run = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8, options=floor)
+        assert bool((eager.stats.n_accepted < free.stats.n_accepted).all())
+        _same_steps_per_sample(eager, run)
+        assert (run.ys - eager.ys).abs().max() < 1e-12
+        messages = []
+        for options in ({"per_sample": True}, compiled):
+            with pytest.raises(SolverError, match="rejected at the minimum step size") as info:
+                solve(vdp, y0, t, rtol=1e-10, atol=1e-10, options={**options, "min_step": 0.1})
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
         # The step budget: the run stops and the per-sample clock raises its own error, naming the sample.
         messages = []
         for options in ({"per_sample": True}, compiled):

@@ -14,8 +14,9 @@ but a host synchronisation per attempt on a GPU, which is one reason the run is 
 
 What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop.HostClock`), on tensors:
 
-* plan: the step is clipped to ``max_step`` and, where ``1.1 |h|`` reaches the last output time, stretched or
-  shrunk to land on it; a last stop within rounding of ``t`` is arrived at without a step;
+* plan: the step is clipped to ``[min_step, max_step]`` and, where ``1.1 |h|`` reaches the last output time,
+  stretched or shrunk to land on it; a last stop within rounding of ``t`` is arrived at without a step (the rules
+  of :mod:`~neuralode.solvers.control.stepping`, which both clocks use);
 * attempt: the method's stages (:func:`~neuralode.solvers.methods.compiled.rk_stages`, the compiled step's own
   code) with the stage times formed in float64 as the host clock forms them;
 * judge: the RMS error ratio of :class:`~neuralode.solvers.control.norms._ErrorNorm` and the controller's formulas
@@ -31,11 +32,12 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
-CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm, ``min_step=0``,
+CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm,
 ``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step callbacks or ``perturb``, and a
 finite last time. Where the host clock would decide something the run does not
-(a non-finite step, an underflowing one, the step budget, a non-finite derivative; from the attempt at which the
-host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
+(a non-finite step, an underflowing one, the step budget, a non-finite derivative, a rejection at ``min_step``
+that the host clock refuses or, with ``at_min_step="accept"``, accepts with its warning; from the attempt at which
+the host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
 (:class:`~neuralode.solvers.solution.Handover`, with its step and the controller's memory): the host clock
 takes that attempt, raising its own error or watching from there. A ``func`` that ``torch.compile`` cannot
 capture inside a ``while_loop`` (a side effect such as a call counter, ``.item()``) makes the solve warn once and
@@ -72,7 +74,7 @@ import torch
 
 from ..control.controller import BatchStepSizeController, ControllerState
 from ..control.norms import RMSNorm, inverse_sqrt_sizes
-from ..control.stepping import output_theta, plan_step
+from ..control.stepping import at_step_floor, output_theta, plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
 from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages, weighted
@@ -83,8 +85,9 @@ from ..methods.tableau import ButcherTableau
 from ..solution import Handover, LoopResult
 
 # The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
-# non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start.
-RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH = 0, 1, 2, 3, 4, 5
+# non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start, a
+# step rejected where no smaller one may follow (min_step).
+RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH, AT_FLOOR = 0, 1, 2, 3, 4, 5, 6
 
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
@@ -189,8 +192,6 @@ def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor
         and math.isfinite(stops[0])
         and not opts.stops.perturb
         and not opts.stops.jump_t
-        and opts.min_step == 0.0
-        and opts.at_min_step != "accept"
         and all(cb is None for cb in problem.callbacks)
         and not problem.pass_perturb
     )
@@ -214,6 +215,7 @@ class _Settings(NamedTuple):
     max_step: float
     max_num_steps: int
     watch_from: int
+    min_step: float
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
@@ -231,7 +233,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
     outputs written from row 0 of the carried buffer for output ``i_start`` on."""
     plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
-    max_step, max_num_steps, watch_from = s.max_step, s.max_num_steps, s.watch_from
+    max_step, max_num_steps, watch_from, min_step = s.max_step, s.max_num_steps, s.watch_from, s.min_step
     n_new = tableau.stages - 1
 
     def norm(x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +262,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             # and restart its analysis to specialise them (a few seconds of every first call).
             t, h, prev_ratio, prev_dt, last_h = t[0], h[0], prev_ratio[0], prev_dt[0], last_h[0]
             # Plan (the clocks' rule, control.stepping): clip to max_step, land on the last time within a 10% stretch.
-            dt_abs, _, lands, tiny = plan_step(h, t, t_end, 0.0, max_step)
+            dt_abs, remaining, lands, tiny = plan_step(h, t, t_end, min_step, max_step)
             hh = direction * dt_abs
             arrive = tiny & lands
             fail = torch.where(
@@ -283,6 +285,9 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             accept, h_next, (pr_n, ar_n, pd_n) = controller.adapt(
                 ControllerState(prev_ratio, after_reject, prev_dt), hh, ratio
             )
+            if min_step > 0:  # a rejection no smaller step may follow: the host clock raises, or accepts it
+                floor = ~arrive & ~accept & at_step_floor(dt_abs, remaining, min_step, max_step)
+                fail = torch.where((fail == RUNNING) & floor, AT_FLOOR, fail)
             ok = fail == RUNNING
             stepped = ok & ~arrive  # an attempt made (its evaluations count)
             accept = stepped & accept
@@ -387,6 +392,7 @@ def integrate_on_device(
         # The host clock watches for stiffness from this many attempts on (HostClock.watch_from): the run hands
         # the solve over there.
         MIN_STEPS_FOR_ERROR - 2 * STIFF_STEPS if StiffnessDetector.for_solve(method, opts) is not None else 2**62,
+        float(opts.min_step),
     )
     func = problem.func
 
@@ -490,7 +496,6 @@ def per_sample_refusal(method, opts, events, device: torch.device) -> str | None
         ("options['per_sample']='compact'", opts.per_sample == "compact"),
         ("options['norm']", opts.control.norm is not None),
         ("options['step_t']", bool(opts.stops.step_t)),
-        ("options['min_step']", opts.min_step > 0),
         ("options['compile_steps']=1 (per sample, the whole run is compiled or nothing)", opts.compile_steps == 1),
     ):
         if present:
@@ -503,7 +508,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
     attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
     plan, c, n_dense, P, _, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
-    max_step, max_num_steps, dfactor = s.max_step, s.max_num_steps, s.controller[3]
+    max_step, max_num_steps, dfactor, min_step = s.max_step, s.max_num_steps, s.controller[3], s.min_step
 
     row_norm = RMSNorm(sizes, None, None).norm  # the per-sample clock's RMS of each row, (B, N) -> (B,) float64
 
@@ -520,7 +525,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
         def body(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
             # Plan (SampleClock.plan): each sample's step clipped, stretched to land on its last time.
             active = i_out < T
-            dt_abs, _, lands, tiny = plan_step(h, t, t_end, 0.0, max_step)
+            dt_abs, remaining, lands, tiny = plan_step(h, t, t_end, min_step, max_step)
             arrive = active & tiny & lands
             fail = torch.where((active & ((tiny & ~lands) | (n_acc + n_rej >= max_num_steps))).any(), BUDGET, RUNNING)
             arriving = arrive.any()  # a round where samples arrive without a step: no sample steps (as the clock)
@@ -537,6 +542,9 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
             accept, h_next, (pr_n, ar_n, pd_n) = controller.adapt(
                 ControllerState(prev_ratio, after_reject, prev_dt), hh, ratio
             )
+            if min_step > 0:  # a rejection no smaller step may follow: the per-sample clock raises its error
+                floor = active & ~accept & at_step_floor(dt_abs, remaining, min_step, max_step)
+                fail = torch.where((fail == RUNNING) & ~arriving & floor.any(), AT_FLOOR, fail)
             ok = fail == RUNNING
             stepping = ok & ~arriving
             accept = accept & active & stepping
@@ -632,6 +640,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         float(opts.max_step),
         int(opts.max_num_steps),
         0,
+        float(opts.min_step),
     )
     func = fb.func
 
