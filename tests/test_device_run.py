@@ -169,6 +169,38 @@ def test_min_step_is_the_host_clocks_and_a_rejection_at_it_hands_over(monkeypatc
     assert (run.ys - eager.ys).abs().max() < 1e-12
 
 
+def test_step_t_stops_are_landed_on_as_the_host_clock_lands_on_them(monkeypatch):
+    handed = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: handed.append(real(*a, **k)) or handed[-1])
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    # Stops between output times, on one (1.5), and one a hair after another stop (rounding: arrived at without
+    # a step); more than one call's worth of attempts (compile_steps=8).
+    step_t = [0.77, 1.5, 1.9, 1.9 + 1e-15, 2.31]
+    options = {"step_t": step_t, "compile_steps": 8}
+    free, _ = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8)
+    handed.clear()
+    eager, run = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8, options=options)
+    assert eager.stats.n_accepted > free.stats.n_accepted  # the stops cut steps
+    assert len(handed) == 1 and handed[0][0] is not None
+    _same_steps(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    # Backwards in time, and a handover after some stops (the step budget): the host clock goes on from the
+    # stop the run reached and raises the same error.
+    back = torch.linspace(3, 0, 7, dtype=F64)
+    eager, run = _pair(vdp, y0, back, rtol=1e-8, atol=1e-8, options=options)
+    _same_steps(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    messages = []
+    for extra in ({}, {"compile": "eager"}):
+        with torch.no_grad(), pytest.raises(SolverError, match="max_num_steps=40") as info:
+            solve(vdp, y0, t, rtol=1e-8, atol=1e-8, options={**options, **extra, "max_num_steps": 40})
+        messages.append((str(info.value), info.value.n_steps))
+    assert messages[0] == messages[1]
+    assert handed[-1][0] is None and handed[-1][1].i_stop >= 1
+
+
 def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps():
     class Counting(torch.nn.Module):
         def __init__(self):
@@ -204,7 +236,7 @@ def test_which_solves_take_the_run(monkeypatch):
     cases = [
         dict(method="dopri5", options={"compile": "eager", "compile_steps": 1}),  # one compiled step per call
         dict(method="fehlberg2", options={"compile": "eager"}),  # not first-same-as-last
-        dict(method="dopri5", options={"compile": "eager", "step_t": [0.5]}),
+        dict(method="dopri5", options={"compile": "eager", "jump_t": [0.5]}),  # f's side changes at a jump
     ]
     with torch.no_grad():
         for kw in cases:

@@ -14,9 +14,9 @@ but a host synchronisation per attempt on a GPU, which is one reason the run is 
 
 What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop.HostClock`), on tensors:
 
-* plan: the step is clipped to ``[min_step, max_step]`` and, where ``1.1 |h|`` reaches the last output time,
-  stretched or shrunk to land on it; a last stop within rounding of ``t`` is arrived at without a step (the rules
-  of :mod:`~neuralode.solvers.control.stepping`, which both clocks use);
+* plan: the step is clipped to ``[min_step, max_step]`` and, where ``1.1 |h|`` reaches the next stop (a ``step_t``
+  time, then the last output time), stretched or shrunk to land on it; a stop within rounding of ``t`` is arrived
+  at without a step (the rules of :mod:`~neuralode.solvers.control.stepping`, which both clocks use);
 * attempt: the method's stages (:func:`~neuralode.solvers.methods.compiled.rk_stages`, the compiled step's own
   code) with the stage times formed in float64 as the host clock forms them;
 * judge: the RMS error ratio of :class:`~neuralode.solvers.control.norms._ErrorNorm` and the controller's formulas
@@ -33,9 +33,9 @@ It takes the solves whose steps need no decision the loop makes on the host (:fu
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
 CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm,
-``compile_steps > 1``, no ``step_t``/``jump_t``, events, dense output, step callbacks or ``perturb``, and a
-finite last time. Where the host clock would decide something the run does not
-(a non-finite step, an underflowing one, the step budget, a non-finite derivative, a rejection at ``min_step``
+``compile_steps > 1``, no ``jump_t``, events, dense output, step callbacks or ``perturb``, and finite stops (the
+per-sample run takes no ``step_t`` yet). Where the host clock would decide something the run does not (a
+non-finite step, an underflowing one, the step budget, a non-finite derivative, a rejection at ``min_step``
 that the host clock refuses or, with ``at_min_step="accept"``, accepts with its warning; from the attempt at which
 the host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
 (:class:`~neuralode.solvers.solution.Handover`, with its step and the controller's memory): the host clock
@@ -188,8 +188,8 @@ def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor
         and problem.device.type == "cpu"
         and not events
         and dense is None
-        and len(stops) == 1
-        and math.isfinite(stops[0])
+        and isinstance(stops, list)
+        and all(math.isfinite(s) for s in stops)
         and not opts.stops.perturb
         and not opts.stops.jump_t
         and all(cb is None for cb in problem.callbacks)
@@ -216,6 +216,7 @@ class _Settings(NamedTuple):
     max_num_steps: int
     watch_from: int
     min_step: float
+    n_stops: int = 1
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
@@ -234,6 +235,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
     plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, watch_from, min_step = s.max_step, s.max_num_steps, s.watch_from, s.min_step
+    n_stops = s.n_stops
     n_new = tableau.stages - 1
 
     def norm(x: torch.Tensor) -> torch.Tensor:
@@ -242,27 +244,64 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
         parts = torch.split(x, sizes)
         return torch.stack([torch.linalg.vector_norm(p) * f for p, f in zip(parts, inv_sqrt_n)]).max().double()
 
-    def make_body(times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor):
-        """The loop's condition and body; ``i_start``: the output index at the call's start, the output buffer's
-        first row."""
+    def make_body(
+        times: torch.Tensor, stops: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor
+    ):
+        """The loop's condition and body; ``stops``: the times steps land on (``step_t``, then the last time);
+        ``i_start``: the output index at the call's start, the output buffer's first row."""
 
         def cond(
-            n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns
+            n,
+            t,
+            h,
+            y,
+            f0,
+            prev_ratio,
+            after_reject,
+            prev_dt,
+            i_out,
+            n_acc,
+            n_rej,
+            n_att,
+            status,
+            last_h,
+            ys,
+            hs,
+            ns,
+            i_stop,
         ):
             return (n < s.k_steps) & (status == RUNNING) & (i_out < T) & (i_out - i_start < R)
 
         # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
-        t_end = times[T - 1].clone()
         columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))  # (s,) each
 
         def body(
-            n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last_h, ys, hs, ns
+            n,
+            t,
+            h,
+            y,
+            f0,
+            prev_ratio,
+            after_reject,
+            prev_dt,
+            i_out,
+            n_acc,
+            n_rej,
+            n_att,
+            status,
+            last_h,
+            ys,
+            hs,
+            ns,
+            i_stop,
         ):
             # The float carries are (1,) tensors: dynamo would make 0-dim float inputs of the loop symbolic floats,
             # and restart its analysis to specialise them (a few seconds of every first call).
             t, h, prev_ratio, prev_dt, last_h = t[0], h[0], prev_ratio[0], prev_dt[0], last_h[0]
-            # Plan (the clocks' rule, control.stepping): clip to max_step, land on the last time within a 10% stretch.
-            dt_abs, remaining, lands, tiny = plan_step(h, t, t_end, min_step, max_step)
+            # Plan (the clocks' rule, control.stepping): clip to [min_step, max_step], land on the next stop within a
+            # 10% stretch.
+            t_stop = stops[i_stop.clamp(max=n_stops - 1).view(1)][0]
+            dt_abs, remaining, lands, tiny = plan_step(h, t, t_stop, min_step, max_step)
             hh = direction * dt_abs
             arrive = tiny & lands
             fail = torch.where(
@@ -292,7 +331,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             stepped = ok & ~arrive  # an attempt made (its evaluations count)
             accept = stepped & accept
             # Outputs in the accepted step (or at the stop arrived at): the next M output times at most.
-            t1 = torch.where(lands, t_end, t + hh)
+            t1 = torch.where(lands, t_stop, t + hh)
             idx = i_out + torch.arange(M, device=times.device)
             tau = times[idx]
             inside = (tau - t1) * direction <= 0
@@ -328,6 +367,7 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
             prev_dt = torch.where(decided, pd_n, prev_dt)
             last_h = torch.where(accept & ~more, hh, last_h)
             n_rej = n_rej + (stepped & ~accept).long()
+            i_stop = i_stop + (moved & lands).long()
             return (
                 n + 1,
                 t.reshape(1),
@@ -346,14 +386,17 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
                 ys,
                 hs,
                 ns,
+                i_stop,
             )
 
         return cond, body
 
-    def run(carry: tuple, times: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor) -> tuple:
+    def run(
+        carry: tuple, times: torch.Tensor, stops: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start
+    ) -> tuple:
         from torch._higher_order_ops import while_loop
 
-        cond, body = make_body(times, rtol, atol, i_start)
+        cond, body = make_body(times, stops, rtol, atol, i_start)
         return tuple(while_loop(cond, body, carry))
 
     return run, n_new
@@ -393,6 +436,7 @@ def integrate_on_device(
         # the solve over there.
         MIN_STEPS_FOR_ERROR - 2 * STIFF_STEPS if StiffnessDetector.for_solve(method, opts) is not None else 2**62,
         float(opts.min_step),
+        len(stops),
     )
     func = problem.func
 
@@ -413,6 +457,7 @@ def integrate_on_device(
     f64 = dict(dtype=torch.float64, device=dev)
     pad = torch.full((M,), direction * math.inf, **f64)
     times_t = torch.cat([torch.tensor(times, **f64), pad])
+    stops_t = torch.tensor(stops, **f64)
     rtol = error._as_operand(error.rtol, y0.new_empty(()))
     atol = error._as_operand(error.atol, y0.new_empty(()))
 
@@ -440,6 +485,7 @@ def integrate_on_device(
         buffer(),
         torch.zeros((T + M,), **f64),
         torch.zeros((T + M,), dtype=torch.long, device=dev),
+        zero(),
     )
     status, i_out = RUNNING, 1
     ys_out = [y0]
@@ -447,7 +493,7 @@ def integrate_on_device(
         i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
         out = _call(
             entry,
-            (carry, times_t, rtol, atol, i_start),
+            (carry, times_t, stops_t, rtol, atol, i_start),
             stats,
             "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)",
         )
@@ -472,7 +518,10 @@ def integrate_on_device(
     # The host clock goes on from here: it raises its own error for the attempt the run stopped at, or watches
     # for stiffness from here on.
     control = ControllerState(float(out[5]), bool(out[6]), float(out[7]))
-    return None, Handover(float(out[1]), out[3], out[4], 0, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control)
+    i_stop = int(out[17])
+    return None, Handover(
+        float(out[1]), out[3], out[4], i_stop, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control
+    )
 
 
 # --------------------------------------------------------------------------------------------
