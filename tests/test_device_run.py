@@ -278,6 +278,23 @@ def test_per_sample_run_gives_each_samples_steps_and_outputs(method, backend):
     torch.testing.assert_close(run.stats.next_step, eager.stats.next_step, rtol=1e-6, atol=0)
 
 
+def test_per_sample_run_lands_each_sample_on_the_step_t_inside_its_span():
+    # Each sample's own span (some stops lie outside it, one beyond every span); the next stop of each sample is
+    # the shared rule's (control.stepping.next_step_t), in the graph as on the clock.
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.5, -1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)[None, :] * torch.tensor([1.0, 0.7, 1.2], dtype=F64)[:, None]
+    options = {"step_t": [0.77, 1.5, 1.9, 2.31, 3.3], "compile_steps": 8}
+    free, _ = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8)
+    eager, run = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8, options=options)
+    assert bool((eager.stats.n_accepted > free.stats.n_accepted).all())  # the stops cut every sample's steps
+    _same_steps_per_sample(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    back = torch.flip(t, [1])
+    eager, run = _pair_per_sample(vdp, y0, back, rtol=1e-8, atol=1e-8, options=options)
+    _same_steps_per_sample(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+
+
 def test_per_sample_run_float32_tuple_state_and_backwards():
     def rotation(t, y):  # stable in both directions of time
         x, v = y
@@ -300,7 +317,7 @@ def test_per_sample_run_refuses_what_it_cannot_compile_and_leaves_errors_to_the_
         for extra, what in (
             ({"dense": True}, "dense"),
             ({"per_sample": "compact"}, "compact"),
-            ({"step_t": [0.5]}, "step_t"),
+            ({"jump_t": [0.5]}, "jump_t"),
         ):
             with pytest.raises(ValueError, match=what):
                 solve(vdp, y0, t, options={**compiled, **extra})

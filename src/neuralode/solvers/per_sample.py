@@ -59,7 +59,7 @@ Under ``options={"compile": ...}`` (``dopri5``, ``tsit5``, ``bosh3``, autograd o
 with the clock on the device, ``compile_steps`` attempts per ``while_loop``
 (:func:`~neuralode.solvers.fast.device_run.integrate_per_sample_on_device`): each sample's steps, counts and, to
 rounding, outputs are this clock's. There is no compiled per-sample step to fall back on, so a per-sample solve
-that run cannot take (autograd recording, events, dense output, ``compact``, ``step_t``, a custom
+that run cannot take (autograd recording, events, dense output, ``compact``, a custom
 norm) is refused under ``compile``; where the run stops on an error, or ``func`` cannot be captured, this clock
 runs the solve eagerly.
 """
@@ -76,7 +76,7 @@ import torch
 from . import loop
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
-from .control.stepping import at_step_floor, output_theta, plan_step
+from .control.stepping import at_step_floor, next_step_t, output_theta, plan_step
 from .dense import PerSampleDense
 from .events.core import unravel
 from .fast import device_run
@@ -751,7 +751,7 @@ def integrate(
             the list its :class:`PerSampleEventRecord` s are appended to, and the dtype of the
             recorded times.
         step_t: times every sample's steps land on where they lie inside its span
-            (:func:`next_step_t`); landing on one is not a stop for ``on_land``.
+            (:func:`~neuralode.solvers.control.stepping.next_step_t`); landing on one is not a stop for ``on_land``.
         dense: a :class:`~neuralode.solvers.dense.PerSampleDense` keeping every
             accepted step's interpolant.
 
@@ -881,22 +881,6 @@ def _next_stop(on_land, landed, i_out, rows, y, times, t_end):
         y = on_land(jump, i_out, rows, y)
     t_next = times.gather(1, i_out.clamp(max=T - 1)[:, None]).squeeze(1)
     return y, torch.where(landed, t_next, t_end)
-
-
-def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, sign: float) -> torch.Tensor:
-    """Each sample's next stop: the first ``step_t`` after ``t_i`` and before ``t_end_i``, else ``t_end_i``.
-
-    ``step_t_asc`` holds ``sign * step_t`` ascending. A ``step_t`` within ``8 eps |t_i|`` after
-    ``t_i`` counts as reached (a step that short is below time's resolution), so a step to a
-    ``step_t`` is never one of rounding size, and arriving within rounding of a stop happens only
-    at ``t_end``. The host clock's rule otherwise: the step is clipped to the stop and stretched
-    by up to 10% to land on it.
-    """
-    key = (t * sign + 8 * TIME_EPS * t.abs()).contiguous()
-    k = torch.searchsorted(step_t_asc, key, right=True)  # (B,) first stop beyond t
-    nxt = step_t_asc[k.clamp(max=len(step_t_asc) - 1)] * sign
-    before = (k < len(step_t_asc)) & ((nxt - t_end) * sign < 0)
-    return torch.where(before, nxt, t_end)
 
 
 def check_options(opts) -> None:

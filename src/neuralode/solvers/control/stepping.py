@@ -125,3 +125,19 @@ def output_theta(tau: R, t: R, t1: R, h: R) -> R:
     exactly 1 at the step's end (module docstring). Floats, or tensors that broadcast (the per-sample clock's
     ``(B, m)`` windows of output times against ``(B, 1)`` steps)."""
     return ops_for(tau).where(tau == t1, 1.0, (tau - t) / h)
+
+
+def next_step_t(step_t_asc: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor, sign: float) -> torch.Tensor:
+    """Each sample's next stop: the first ``step_t`` after ``t_i`` and before ``t_end_i``, else ``t_end_i``.
+
+    ``step_t_asc`` holds ``sign * step_t`` ascending. A ``step_t`` within ``8 eps |t_i|`` after
+    ``t_i`` counts as reached (a step that short is below time's resolution), so a step to a
+    ``step_t`` is never one of rounding size, and arriving within rounding of a stop happens only
+    at ``t_end``. The host clock's rule otherwise: the step is clipped to the stop and stretched
+    by up to 10% to land on it.
+    """
+    key = (t * sign + 8 * TIME_EPS * t.abs()).contiguous()
+    k = torch.searchsorted(step_t_asc, key, right=True)  # (B,) first stop beyond t
+    nxt = step_t_asc[k.clamp(max=len(step_t_asc) - 1)] * sign
+    before = (k < len(step_t_asc)) & ((nxt - t_end) * sign < 0)
+    return torch.where(before, nxt, t_end)

@@ -33,8 +33,7 @@ It takes the solves whose steps need no decision the loop makes on the host (:fu
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
 CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm,
-``compile_steps > 1``, no ``jump_t``, events, dense output, step callbacks or ``perturb``, and finite stops (the
-per-sample run takes no ``step_t`` yet). Where the host clock would decide something the run does not (a
+``compile_steps > 1``, no ``jump_t``, events, dense output, step callbacks or ``perturb``, and finite stops. Where the host clock would decide something the run does not (a
 non-finite step, an underflowing one, the step budget, a non-finite derivative, a rejection at ``min_step``
 that the host clock refuses or, with ``at_min_step="accept"``, accepts with its warning; from the attempt at which
 the host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
@@ -74,7 +73,7 @@ import torch
 
 from ..control.controller import BatchStepSizeController, ControllerState
 from ..control.norms import RMSNorm, inverse_sqrt_sizes
-from ..control.stepping import at_step_floor, output_theta, plan_step
+from ..control.stepping import at_step_floor, next_step_t, output_theta, plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
 from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages, weighted
@@ -217,6 +216,7 @@ class _Settings(NamedTuple):
     watch_from: int
     min_step: float
     n_stops: int = 1
+    step_t: tuple[float, ...] = ()  # per sample: direction * step_t, ascending (control.stepping.next_step_t)
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
@@ -544,7 +544,6 @@ def per_sample_refusal(method, opts, events, device: torch.device) -> str | None
         ("options['dense']", opts.output.dense),
         ("options['per_sample']='compact'", opts.per_sample == "compact"),
         ("options['norm']", opts.control.norm is not None),
-        ("options['step_t']", bool(opts.stops.step_t)),
         ("options['compile_steps']=1 (per sample, the whole run is compiled or nothing)", opts.compile_steps == 1),
     ):
         if present:
@@ -563,6 +562,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
 
     def make_body(times, rtol, atol, i_start, finite_f0):
         t_end = times[:, T - 1].clone()
+        step_t_asc = torch.tensor(s.step_t, dtype=torch.float64, device=times.device) if s.step_t else None
         columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))
         B = times.shape[0]
         window = torch.arange(M, device=times.device)
@@ -574,7 +574,10 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
         def body(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
             # Plan (SampleClock.plan): each sample's step clipped, stretched to land on its last time.
             active = i_out < T
-            dt_abs, remaining, lands, tiny = plan_step(h, t, t_end, min_step, max_step)
+            # The next stop: the first step_t inside the sample's span, else its last time (a step_t within
+            # rounding after t counts as passed, so a sample arrives without a step only at its last time).
+            t_stop = t_end if step_t_asc is None else next_step_t(step_t_asc, t, t_end, direction)
+            dt_abs, remaining, lands, tiny = plan_step(h, t, t_stop, min_step, max_step)
             arrive = active & tiny & lands
             fail = torch.where((active & ((tiny & ~lands) | (n_acc + n_rej >= max_num_steps))).any(), BUDGET, RUNNING)
             arriving = arrive.any()  # a round where samples arrive without a step: no sample steps (as the clock)
@@ -600,7 +603,7 @@ def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s
             rejected = active & ~accept & stepping
             # Outputs: each sample's next M output times inside its accepted step (or up to its last time, for
             # a sample arriving at it).
-            t1 = torch.where(lands, t_end, t + hh)
+            t1 = torch.where(lands, t_stop, t + hh)
             idx = i_out[:, None] + window  # (B, M)
             tau = times.gather(1, idx)
             at_end = tau == t1[:, None]
@@ -690,6 +693,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         int(opts.max_num_steps),
         0,
         float(opts.min_step),
+        step_t=tuple(sorted(x * direction for x in opts.stops.step_t)),
     )
     func = fb.func
 
