@@ -90,7 +90,6 @@ class PieceTable:
         dev = t_start.device
         tau = t.detach().to(dev, torch.float64).reshape(-1 if t.dim() < 2 else B, t.shape[-1] if t.dim() else 1)
         tau = tau.expand(B, -1) if tau.shape[0] != B else tau  # (B, K)
-        K = tau.shape[1]
         lo, hi = torch.minimum(t_start, t_end), torch.maximum(t_start, t_end)
         # A sample whose last step ended within rounding of its last time arrived there without a
         # step: the span reaches the last time up to that rounding.
@@ -108,17 +107,20 @@ class PieceTable:
         # Each query's piece: the last of its sample's pieces starting strictly before it (the
         # first piece for a time at the sample's start), so a time exactly at an event reads the
         # piece that ends there: the state before the reset.
-        d = self.direction
-        piece = torch.zeros(B * K, dtype=torch.long, device=dev)
-        for i in range(B):
-            lo_i, n_i = int(first[i]), int(counts[i])
-            if n_i == 0:
-                raise ValueError(
-                    f"Solution.evaluate: sample {i} took no step (its span is the single time "
-                    f"{float(t_start[i])!r}), so it has no dense output to read."
-                )
-            pos = torch.searchsorted(key[lo_i : lo_i + n_i], (tau[i] * d).contiguous(), right=False) - 1
-            piece[i * K : (i + 1) * K] = lo_i + pos.clamp(0, n_i - 1)
+        empty = (counts == 0).nonzero()
+        if empty.numel():
+            i = int(empty[0, 0])
+            raise ValueError(
+                f"Solution.evaluate: sample {i} took no step (its span is the single time "
+                f"{float(t_start[i])!r}), so it has no dense output to read."
+            )
+        # Every sample's keys as one row of a (B, most pieces) table padded with +inf, searched at once.
+        n = key.numel()
+        sample = torch.repeat_interleave(torch.arange(B, device=dev), counts)
+        keys = torch.full((B, int(counts.max())), torch.inf, dtype=key.dtype, device=dev)
+        keys[sample, torch.arange(n, device=dev) - first[sample]] = key
+        pos = torch.searchsorted(keys, (tau * self.direction).contiguous(), right=False) - 1  # (B, K)
+        piece = (first[:, None] + torch.minimum(pos.clamp(min=0), (counts - 1)[:, None])).reshape(-1)
         q, hp = tau.reshape(-1), h[piece]
         theta = torch.where(
             hp == 0, torch.zeros_like(q), (q - t0[piece]) / torch.where(hp == 0, torch.ones_like(hp), hp)
