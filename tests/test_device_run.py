@@ -201,6 +201,32 @@ def test_step_t_stops_are_landed_on_as_the_host_clock_lands_on_them(monkeypatch)
     assert handed[-1][0] is None and handed[-1][1].i_stop >= 1
 
 
+def test_a_custom_norm_is_called_in_the_graph_on_both_runs(monkeypatch):
+    used = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    rms, _ = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8)
+    used.clear()
+    eager, run = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8, options={"norm": lambda x: x.abs().max()})
+    assert len(used) == 1 and used[0][0] is not None  # the run took the solve
+    assert eager.stats.n_accepted != rms.stats.n_accepted  # the max norm chooses other steps than the RMS
+    _same_steps(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    # Per sample: the norm returns one value per row (UserNorm's contract), in the graph as on the clock.
+    row_max = {"norm": lambda x: x.abs().flatten(1).amax(1)}
+    free, _ = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8)
+    eager, run = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8, options=row_max)
+    assert not torch.equal(eager.stats.n_accepted, free.stats.n_accepted)
+    _same_steps_per_sample(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12
+    # A norm that gives more than one number: refused as without compile (the first step's norms find it).
+    for options in ({}, {"compile": "eager"}):
+        with torch.no_grad(), pytest.raises(ValueError, match=r"options\['norm'\]"):
+            solve(vdp, y0, t, options={**options, "norm": lambda x: x.abs()})
+
+
 def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps():
     class Counting(torch.nn.Module):
         def __init__(self):

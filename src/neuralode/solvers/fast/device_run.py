@@ -19,7 +19,8 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
   at without a step (the rules of :mod:`~neuralode.solvers.control.stepping`, which both clocks use);
 * attempt: the method's stages (:func:`~neuralode.solvers.methods.compiled.rk_stages`, the compiled step's own
   code) with the stage times formed in float64 as the host clock forms them;
-* judge: the RMS error ratio of :class:`~neuralode.solvers.control.norms._ErrorNorm` and the controller's formulas
+* judge: the RMS error ratio of :class:`~neuralode.solvers.control.norms._ErrorNorm` (or the user's
+  ``options['norm']``, called in the graph) and the controller's formulas
   of :class:`~neuralode.solvers.control.controller.BatchStepSizeController` on 0-dim tensors (the per-sample
   clock's arithmetic, equal to the host clock's to rounding);
 * outputs: the output times inside an accepted step are filled from the method's interpolant (its continuous
@@ -32,7 +33,7 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
-CPU (no GPU has run it yet: on another device the compiled step serves), the default RMS norm,
+CPU (no GPU has run it yet: on another device the compiled step serves),
 ``compile_steps > 1``, no ``jump_t``, events, dense output, step callbacks or ``perturb``, and finite stops. Where the host clock would decide something the run does not (a
 non-finite step, an underflowing one, the step budget, a non-finite derivative, a rejection at ``min_step``
 that the host clock refuses or, with ``at_min_step="accept"``, accepts with its warning; from the attempt at which
@@ -72,7 +73,7 @@ from typing import NamedTuple
 import torch
 
 from ..control.controller import BatchStepSizeController, ControllerState
-from ..control.norms import RMSNorm, inverse_sqrt_sizes
+from ..control.norms import RMSNorm, UserNorm, inverse_sqrt_sizes
 from ..control.stepping import at_step_floor, next_step_t, output_theta, plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
@@ -179,7 +180,6 @@ def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor
     return (
         takes_method(method, opts)
         and error is not None
-        and opts.control.norm is None
         and opts.compile_steps > 1
         and not torch.is_grad_enabled()
         and f0 is not None
@@ -217,6 +217,7 @@ class _Settings(NamedTuple):
     min_step: float
     n_stops: int = 1
     step_t: tuple[float, ...] = ()  # per sample: direction * step_t, ascending (control.stepping.next_step_t)
+    norm: object = None  # options['norm'] (the graph calls it), or None for the RMS norm
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
@@ -229,9 +230,18 @@ def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
     return _plan(tableau), tableau.c, n_dense, P, inverse_sqrt_sizes(sizes), BatchStepSizeController(*s.controller)
 
 
-def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
-    """The run: ``run(carry, times, rtol, atol, i_start) -> carry`` taking up to ``s.k_steps`` attempts, its
-    outputs written from row 0 of the carried buffer for output ``i_start`` on."""
+def _make_run(
+    raw: Callable,
+    tableau: ButcherTableau,
+    sizes: list[int],
+    s: _Settings,
+    t_dtype: torch.dtype,
+    unflatten: Callable = lambda x: x,
+):
+    """The run: ``run(carry, times, stops, rtol, atol, i_start) -> carry`` taking up to ``s.k_steps`` attempts, its
+    outputs written from row 0 of the carried buffer for output ``i_start`` on. A user's ``options['norm']``
+    (``s.norm``) is called in the graph on the scaled error in the state's structure (``unflatten``), as the host
+    clock calls it; it must give one number."""
     plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, watch_from, min_step = s.max_step, s.max_num_steps, s.watch_from, s.min_step
@@ -239,6 +249,12 @@ def _make_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Sett
     n_new = tableau.stages - 1
 
     def norm(x: torch.Tensor) -> torch.Tensor:
+        if s.norm is not None:
+            value = s.norm(unflatten(x))  # type: ignore[operator]
+            if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.is_complex():
+                # Known when the graph is traced: the run is not compiled, and the host clock raises its error.
+                raise TypeError("options['norm'] must return one real number")
+            return value.reshape(()).double()
         if len(sizes) == 1:
             return torch.linalg.vector_norm(x).double() * inv_sqrt_n[0]
         parts = torch.split(x, sizes)
@@ -437,6 +453,7 @@ def integrate_on_device(
         MIN_STEPS_FOR_ERROR - 2 * STIFF_STEPS if StiffnessDetector.for_solve(method, opts) is not None else 2**62,
         float(opts.min_step),
         len(stops),
+        norm=opts.control.norm,
     )
     func = problem.func
 
@@ -447,7 +464,7 @@ def integrate_on_device(
                 return problem.flatten(func(tt, problem.unflatten(y)))
         else:
             raw = func
-        return _make_run(raw, tableau, list(problem.sizes), settings, problem.t_dtype)
+        return _make_run(raw, tableau, list(problem.sizes), settings, problem.t_dtype, problem.unflatten)
 
     entry = _graph(func, settings, backend, problem.device, make)
     if entry["failed"] is not None:
@@ -543,7 +560,6 @@ def per_sample_refusal(method, opts, events, device: torch.device) -> str | None
         ("events", bool(events)),
         ("options['dense']", opts.output.dense),
         ("options['per_sample']='compact'", opts.per_sample == "compact"),
-        ("options['norm']", opts.control.norm is not None),
         ("options['compile_steps']=1 (per sample, the whole run is compiled or nothing)", opts.compile_steps == 1),
     ):
         if present:
@@ -551,14 +567,25 @@ def per_sample_refusal(method, opts, events, device: torch.device) -> str | None
     return None
 
 
-def _make_sample_run(raw: Callable, tableau: ButcherTableau, sizes: list[int], s: _Settings, t_dtype: torch.dtype):
+def _make_sample_run(
+    raw: Callable,
+    tableau: ButcherTableau,
+    sizes: list[int],
+    s: _Settings,
+    t_dtype: torch.dtype,
+    unflatten: Callable = lambda x: x,
+):
     """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0) -> carry``, the per-sample clock's
     attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
     plan, c, n_dense, P, _, controller = _constants(tableau, sizes, s)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, dfactor, min_step = s.max_step, s.max_num_steps, s.controller[3], s.min_step
 
-    row_norm = RMSNorm(sizes, None, None).norm  # the per-sample clock's RMS of each row, (B, N) -> (B,) float64
+    # The per-sample clock's norm of each row, (B, N) -> (B,) float64: the RMS, or the user's (UserNorm, which
+    # checks the (B,) shape of its value while the graph is traced).
+    row_norm = (
+        RMSNorm(sizes, None, None).norm if s.norm is None else UserNorm(sizes, None, None, s.norm, unflatten).norm
+    )
 
     def make_body(times, rtol, atol, i_start, finite_f0):
         t_end = times[:, T - 1].clone()
@@ -694,6 +721,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         0,
         float(opts.min_step),
         step_t=tuple(sorted(x * direction for x in opts.stops.step_t)),
+        norm=opts.control.norm,
     )
     func = fb.func
 
@@ -703,7 +731,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         def raw(tt, y):
             return layout.flatten(func(tt.to(dtype), layout.unflatten(y)))
 
-        return _make_sample_run(raw, tableau, list(norm.sizes), settings, y0.dtype)
+        return _make_sample_run(raw, tableau, list(norm.sizes), settings, y0.dtype, layout.unflatten)
 
     entry = _graph(func, (settings, tuple(norm.sizes)), backend, y0.device, make)
     if entry["failed"] is not None:
