@@ -392,8 +392,9 @@ class EventSet:
             return g0, None
         g0 = g0.clone()
         starts = torch.zeros(g0.shape, dtype=torch.float64, device=g0.device)
-        tol = torch.tensor([self._tol(t, h)], dtype=torch.float64)
-        on = torch.ones(1, dtype=torch.bool)
+        dev = g0.device  # the bracket lives beside the event values it is compared with
+        tol = torch.tensor([self._tol(t, h)], dtype=torch.float64, device=dev)
+        on = torch.ones(1, dtype=torch.bool, device=dev)
         for j in torch.nonzero(idle).flatten().tolist():
 
             def g_at(theta: torch.Tensor, j: int = j) -> torch.Tensor:
@@ -401,7 +402,7 @@ class EventSet:
                 with torch.no_grad():
                     return self.value(i, t + mid * h, interp([mid])[0])[j : j + 1]
 
-            lo = torch.tensor([theta0], dtype=torch.float64)
+            lo = torch.tensor([theta0], dtype=torch.float64, device=dev)
             hi, g_hi = leave_zero(g_at, lo, g1[j : j + 1], on, tol)
             g0[j], starts[j] = g_hi[0], hi[0]
         return g0, starts
