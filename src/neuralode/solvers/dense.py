@@ -104,9 +104,6 @@ class PieceTable:
         key, t0, h, first, counts = self._table()
         if key.numel() == 0:
             raise ValueError("Solution.evaluate: the solve took no step, so there is no dense output to read.")
-        # Each query's piece: the last of its sample's pieces starting strictly before it (the
-        # first piece for a time at the sample's start), so a time exactly at an event reads the
-        # piece that ends there: the state before the reset.
         empty = (counts == 0).nonzero()
         if empty.numel():
             i = int(empty[0, 0])
@@ -114,7 +111,10 @@ class PieceTable:
                 f"Solution.evaluate: sample {i} took no step (its span is the single time "
                 f"{float(t_start[i])!r}), so it has no dense output to read."
             )
-        # Every sample's keys as one row of a (B, most pieces) table padded with +inf, searched at once.
+        # Each query's piece: the last of its sample's pieces starting strictly before it (the
+        # first piece for a time at the sample's start), so a time exactly at an event reads the
+        # piece that ends there: the state before the reset. Every sample's keys form one row of a
+        # (B, most pieces) table padded with +inf, searched at once.
         n = key.numel()
         sample = torch.repeat_interleave(torch.arange(B, device=dev), counts)
         keys = torch.full((B, int(counts.max())), torch.inf, dtype=key.dtype, device=dev)
