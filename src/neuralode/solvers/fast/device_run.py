@@ -266,26 +266,7 @@ def _make_run(
         """The loop's condition and body; ``stops``: the times steps land on (``step_t``, then the last time);
         ``i_start``: the output index at the call's start, the output buffer's first row."""
 
-        def cond(
-            n,
-            t,
-            h,
-            y,
-            f0,
-            prev_ratio,
-            after_reject,
-            prev_dt,
-            i_out,
-            n_acc,
-            n_rej,
-            n_att,
-            status,
-            last_h,
-            ys,
-            hs,
-            ns,
-            i_stop,
-        ):
+        def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, *rest):
             return (n < s.k_steps) & (status == RUNNING) & (i_out < T) & (i_out - i_start < R)
 
         # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
