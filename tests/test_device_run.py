@@ -32,6 +32,16 @@ def _pair(func, y0, t, method="dopri5", backend="eager", **kw):
     return eager, run
 
 
+@pytest.fixture
+def handed(monkeypatch):
+    """What each call of the joint device run returned: ``(LoopResult, None)`` for a solve it finished,
+    ``(None, Handover)`` where it handed the solve to the host clock, ``(None, None)`` where it was not compiled."""
+    out = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: out.append(real(*a, **k)) or out[-1])
+    return out
+
+
 def _same_steps(a, b):
     assert (a.stats.nfe, a.stats.n_accepted, a.stats.n_rejected) == (
         b.stats.nfe,
@@ -41,14 +51,11 @@ def _same_steps(a, b):
 
 
 @pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager"), ("bosh3", "eager")])
-def test_the_run_gives_the_host_clocks_steps_and_outputs(method, backend, monkeypatch):
-    used = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: used.append(1) or real(*a, **k))
+def test_the_run_gives_the_host_clocks_steps_and_outputs(method, backend, handed):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 3, 7, dtype=F64)
     eager, run = _pair(vdp, y0, t, method, backend, rtol=1e-8, atol=1e-8)
-    assert used == [1]
+    assert len(handed) == 1 and handed[0][0] is not None
     _same_steps(eager, run)
     assert run.stats.n_rejected > 0 or method != "dopri5"  # rejections are decided on the device too
     assert (run.ys - eager.ys).abs().max() < 1e-12
@@ -139,10 +146,7 @@ def test_errors_and_the_stiffness_watch_are_the_host_clocks():
     assert messages[0] == messages[1]
 
 
-def test_min_step_is_the_host_clocks_and_a_rejection_at_it_hands_over(monkeypatch):
-    handed = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: handed.append(real(*a, **k)) or handed[-1])
+def test_min_step_is_the_host_clocks_and_a_rejection_at_it_hands_over(handed):
     # min_step holds every step of the run (the shared rule, control.stepping.plan_step): the same steps as the
     # eager solve, which with this floor start longer than the tiny first step asked for.
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
@@ -169,10 +173,7 @@ def test_min_step_is_the_host_clocks_and_a_rejection_at_it_hands_over(monkeypatc
     assert (run.ys - eager.ys).abs().max() < 1e-12
 
 
-def test_step_t_stops_are_landed_on_as_the_host_clock_lands_on_them(monkeypatch):
-    handed = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: handed.append(real(*a, **k)) or handed[-1])
+def test_step_t_stops_are_landed_on_as_the_host_clock_lands_on_them(handed):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 3, 7, dtype=F64)
     # Stops between output times, on one (1.5), and one a hair after another stop (rounding: arrived at without
@@ -201,16 +202,13 @@ def test_step_t_stops_are_landed_on_as_the_host_clock_lands_on_them(monkeypatch)
     assert handed[-1][0] is None and handed[-1][1].i_stop >= 1
 
 
-def test_a_custom_norm_is_called_in_the_graph_on_both_runs(monkeypatch):
-    used = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+def test_a_custom_norm_is_called_in_the_graph_on_both_runs(handed):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 3, 7, dtype=F64)
     rms, _ = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8)
-    used.clear()
+    handed.clear()
     eager, run = _pair(vdp, y0, t, rtol=1e-8, atol=1e-8, options={"norm": lambda x: x.abs().max()})
-    assert len(used) == 1 and used[0][0] is not None  # the run took the solve
+    assert len(handed) == 1 and handed[0][0] is not None  # the run took the solve
     assert eager.stats.n_accepted != rms.stats.n_accepted  # the max norm chooses other steps than the RMS
     _same_steps(eager, run)
     assert (run.ys - eager.ys).abs().max() < 1e-12
@@ -253,10 +251,7 @@ def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps():
     assert func.nfe == again.stats.nfe
 
 
-def test_which_solves_take_the_run(monkeypatch):
-    used = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: used.append(1) or real(*a, **k))
+def test_which_solves_take_the_run(handed):
     y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
     t = torch.linspace(0, 1, 3, dtype=F64)
     cases = [
@@ -269,7 +264,7 @@ def test_which_solves_take_the_run(monkeypatch):
             solve(vdp, y0, t, **kw)
     w = torch.tensor(1.0, dtype=F64, requires_grad=True)
     solve(lambda t, y: -w * y, y0, t, options={"compile": "eager"})  # autograd records: the compiled step
-    assert used == []
+    assert handed == []
 
 
 # The per-sample clock on the device: options={"per_sample": True, "compile": ...}.
