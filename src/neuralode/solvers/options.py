@@ -206,8 +206,8 @@ class Execution:
             a ``while_loop`` of attempts whose clock is on the device, returning to Python once per call (see
             :mod:`neuralode.solvers.fast.device_run`); with ``per_sample`` too, each sample's clock on the device.
             Solves these cannot take (events, step callbacks, ``perturb``, ``dense``, ``interp="cubic"``,
-            ``step_t``/``jump_t``, ``min_step``, a custom ``norm``, autograd recording) take one compiled step
-            per call; with ``per_sample``, which has no compiled step, they are refused.
+            ``jump_t``, autograd recording) take one compiled step per call; with ``per_sample``, which has no
+            compiled step, they are refused (and so is ``per_sample="compact"``).
         per_sample: ``True``: the first dimension of the state is a batch of independent samples,
             each with its own time, step size and error control; ``t`` may be ``(B, T)`` and ``func``
             receives ``t`` of shape ``(B,)`` (see :mod:`neuralode.solvers.per_sample`). ``"compact"``:

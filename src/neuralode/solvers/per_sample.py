@@ -59,8 +59,8 @@ Under ``options={"compile": ...}`` (``dopri5``, ``tsit5``, ``bosh3``, autograd o
 with the clock on the device, ``compile_steps`` attempts per ``while_loop``
 (:func:`~neuralode.solvers.fast.device_run.integrate_per_sample_on_device`): each sample's steps, counts and, to
 rounding, outputs are this clock's. There is no compiled per-sample step to fall back on, so a per-sample solve
-that run cannot take (autograd recording, events, dense output, ``compact``) is refused under ``compile``; where the run stops on an error, or ``func`` cannot be captured, this clock
-runs the solve eagerly.
+that run cannot take (autograd recording, events, dense output, ``compact``) is refused under ``compile``; where
+the run stops on an error, or ``func`` cannot be captured, this clock runs the solve eagerly.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def _make_run(
     sizes: list[int],
     s: _Settings,
     t_dtype: torch.dtype,
-    unflatten: Callable = lambda x: x,
+    unflatten: Callable,
 ):
     """The run: ``run(carry, times, stops, rtol, atol, i_start) -> carry`` taking up to ``s.k_steps`` attempts, its
     outputs written from row 0 of the carried buffer for output ``i_start`` on. A user's ``options['norm']``
@@ -554,7 +554,7 @@ def _make_sample_run(
     sizes: list[int],
     s: _Settings,
     t_dtype: torch.dtype,
-    unflatten: Callable = lambda x: x,
+    unflatten: Callable,
 ):
     """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0) -> carry``, the per-sample clock's
     attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
