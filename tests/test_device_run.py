@@ -50,6 +50,29 @@ def _same_steps(a, b):
     )
 
 
+def _same_error(match, *options_pair, **kw):
+    """The error each of the two ``options`` raises for ``solve(vdp, **kw)``, which must be the same: the message and
+    the step count where it was raised."""
+    raised = []
+    for options in options_pair:
+        with torch.no_grad(), pytest.raises(SolverError, match=match) as info:
+            solve(vdp, **kw, options=options)
+        raised.append((str(info.value), info.value.n_steps))
+    assert raised[0] == raised[1]
+
+
+class CountingVdp(torch.nn.Module):
+    """Van der Pol with a call counter: a side effect inside the loop's body, which while_loop cannot capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return vdp(t, y)
+
+
 @pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager"), ("bosh3", "eager")])
 def test_the_run_gives_the_host_clocks_steps_and_outputs(method, backend, handed):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
@@ -159,12 +182,10 @@ def test_min_step_is_the_host_clocks_and_a_rejection_at_it_hands_over(handed):
     assert (run.ys - eager.ys).abs().max() < 1e-12
     assert len(handed) == 1 and handed[0][0] is not None  # the run took the whole solve
     # A step rejected at min_step: the run hands the attempt to the host clock, which raises its own error...
-    messages = []
-    for options in ({}, {"compile": "eager"}):
-        with torch.no_grad(), pytest.raises(SolverError, match="rejected at the minimum step size") as info:
-            solve(vdp, y0, t, rtol=1e-10, atol=1e-10, options={**options, "min_step": 0.1})
-        messages.append((str(info.value), info.value.n_steps))
-    assert messages[0] == messages[1]
+    floor = {"min_step": 0.1}
+    _same_error(
+        "rejected at the minimum step size", floor, {**floor, "compile": "eager"}, y0=y0, t=t, rtol=1e-10, atol=1e-10
+    )
     assert handed[-1][0] is None and handed[-1][1] is not None  # a Handover
     # ... or, with at_min_step="accept", accepts it with its warning and goes on.
     with pytest.warns(RuntimeWarning, match="at_min_step"):
@@ -193,12 +214,8 @@ def test_step_t_stops_are_landed_on_as_the_host_clock_lands_on_them(handed):
     eager, run = _pair(vdp, y0, back, rtol=1e-8, atol=1e-8, options=options)
     _same_steps(eager, run)
     assert (run.ys - eager.ys).abs().max() < 1e-12
-    messages = []
-    for extra in ({}, {"compile": "eager"}):
-        with torch.no_grad(), pytest.raises(SolverError, match="max_num_steps=40") as info:
-            solve(vdp, y0, t, rtol=1e-8, atol=1e-8, options={**options, **extra, "max_num_steps": 40})
-        messages.append((str(info.value), info.value.n_steps))
-    assert messages[0] == messages[1]
+    budget = {**options, "max_num_steps": 40}
+    _same_error("max_num_steps=40", budget, {**budget, "compile": "eager"}, y0=y0, t=t, rtol=1e-8, atol=1e-8)
     assert handed[-1][0] is None and handed[-1][1].i_stop >= 1
 
 
@@ -226,16 +243,7 @@ def test_a_custom_norm_is_called_in_the_graph_on_both_runs(handed):
 
 
 def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps():
-    class Counting(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.nfe = 0
-
-        def forward(self, t, y):
-            self.nfe += 1  # a side effect inside the loop's body: while_loop cannot capture it
-            return vdp(t, y)
-
-    func = Counting()
+    func = CountingVdp()
     y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
     t = torch.linspace(0, 2, 3, dtype=F64)
     with torch.no_grad():
@@ -354,32 +362,17 @@ def test_per_sample_run_refuses_what_it_cannot_compile_and_leaves_errors_to_the_
         assert bool((eager.stats.n_accepted < free.stats.n_accepted).all())
         _same_steps_per_sample(eager, run)
         assert (run.ys - eager.ys).abs().max() < 1e-12
-        messages = []
-        for options in ({"per_sample": True}, compiled):
-            with pytest.raises(SolverError, match="rejected at the minimum step size") as info:
-                solve(vdp, y0, t, rtol=1e-10, atol=1e-10, options={**options, "min_step": 0.1})
-            messages.append(str(info.value))
-        assert messages[0] == messages[1]
+        floor = {"per_sample": True, "min_step": 0.1}
+        _same_error(
+            "rejected at the minimum step size", floor, {**compiled, **floor}, y0=y0, t=t, rtol=1e-10, atol=1e-10
+        )
         # The step budget: the run stops and the per-sample clock raises its own error, naming the sample.
-        messages = []
-        for options in ({"per_sample": True}, compiled):
-            with pytest.raises(SolverError, match="max_num_steps=4") as info:
-                solve(vdp, y0, t, rtol=1e-9, atol=1e-9, options={**options, "max_num_steps": 4})
-            messages.append(str(info.value))
-        assert messages[0] == messages[1]
+        budget = {"per_sample": True, "max_num_steps": 4}
+        _same_error("max_num_steps=4", budget, {**compiled, **budget}, y0=y0, t=t, rtol=1e-9, atol=1e-9)
 
 
 def test_per_sample_run_of_a_func_it_cannot_capture_warns_and_runs_the_clock():
-    class Counting(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.nfe = 0
-
-        def forward(self, t, y):
-            self.nfe += 1
-            return vdp(t, y)
-
-    func = Counting()
+    func = CountingVdp()
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 2, 3, dtype=F64)
     with torch.no_grad():
