@@ -7,9 +7,12 @@ compiled, with one clock for the batch and with a clock per sample (``per_sample
 (time, step size, the controller's memory, the output index) lives on the device
 (:mod:`neuralode.solvers.fast.device_run`). The script prints, for each way, the first call (which compiles),
 the median of the later calls, the accepted and rejected steps and the largest difference from the eager solve,
-and writes ``metrics.json`` and ``compiled_solve_times.png`` to ``--out``.
+and writes ``metrics.json`` and ``compiled_solve_times.png`` to ``--out``. ``--step-t`` gives times every step
+must land on (a forcing that switches there, say) and ``--min-step`` a floor for the step size: the compiled
+runs keep both, with the eager clocks' steps.
 
     python examples/compiled_solve.py [--batch 256] [--repeats 10] [--backend inductor] [--out compiled_out]
+                                      [--step-t 2.5 5.0] [--min-step 1e-4]
 
 ``--backend eager`` traces the run without generating code (quick, for a smoke run; not faster).
 """
@@ -38,19 +41,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=10, help="timed solves after the first (default 10)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--out", type=Path, default=Path("compiled_out"), help="output folder")
+    parser.add_argument("--step-t", type=float, nargs="*", default=[], help="times every step lands on")
+    parser.add_argument("--min-step", type=float, default=0.0, help="the smallest step size (default 0)")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         parser.error("--batch and --repeats must be positive")
+    if args.min_step < 0:
+        parser.error("--min-step must be 0 or positive")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     torch.manual_seed(2)
     y0 = torch.rand(args.batch, 2) * 4 - 2
     t = torch.linspace(0.0, 10.0, 200)
+    stops = {"step_t": args.step_t, "min_step": args.min_step}
     ways = {
-        "eager": {},
-        "compiled": {"compile": args.backend},
-        "eager, per sample": {"per_sample": True},
-        "compiled, per sample": {"per_sample": True, "compile": args.backend},
+        "eager": stops,
+        "compiled": {**stops, "compile": args.backend},
+        "eager, per sample": {**stops, "per_sample": True},
+        "compiled, per sample": {**stops, "per_sample": True, "compile": args.backend},
     }
     results: dict[str, dict] = {}
     solutions = {}
@@ -104,7 +112,13 @@ def main(argv=None) -> dict:
     fig.tight_layout()
     fig.savefig(args.out / "compiled_solve_times.png", dpi=120)
     plt.close(fig)
-    metrics = {"batch": args.batch, "backend": args.backend, "ways": results}
+    metrics = {
+        "batch": args.batch,
+        "backend": args.backend,
+        "step_t": args.step_t,
+        "min_step": args.min_step,
+        "ways": results,
+    }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

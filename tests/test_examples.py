@@ -185,8 +185,12 @@ def test_compiled_solve_takes_the_eager_steps_joint_and_per_sample(tmp_path):
     # The eager backend traces the compiled run (while_loop and all) without generating code: the same steps
     # and answers as the eager solves, quickly; inductor's speed is benchmarks/results/device_run.md's.
     out = tmp_path / "compiled"
-    run_example("compiled_solve.py", "--batch", "8", "--repeats", "1", "--backend", "eager", "--out", str(out))
-    ways = json.loads((out / "metrics.json").read_text())["ways"]
+    # With step_t stops and a min_step floor, which the compiled runs keep as the clocks do.
+    args = ["--batch", "8", "--repeats", "1", "--backend", "eager", "--out", str(out), "--step-t", "2.5", "5.0"]
+    run_example("compiled_solve.py", *args, "--min-step", "1e-4")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step_t"] == [2.5, 5.0] and metrics["min_step"] == 1e-4
+    ways = metrics["ways"]
     assert (out / "compiled_solve_times.png").stat().st_size > 10_000
     assert (ways["compiled"]["accepted"], ways["compiled"]["rejected"]) == (
         ways["eager"]["accepted"],
