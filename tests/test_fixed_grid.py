@@ -242,8 +242,8 @@ def test_the_api_runs_the_path_that_fast_choose_names(monkeypatch):
 
 
 def test_a_sliver_step_under_compile_leaves_the_solve_to_the_loop_with_compiled_steps(monkeypatch):
-    """The compiled chunks refuse a grid with a step within rounding of its start: the loop takes the
-    whole solve, stepping with the method's compiled step."""
+    """The compiled grid run (autograd off) and the compiled chunks (autograd on) refuse a grid with a step
+    within rounding of its start: the loop takes the whole solve, stepping with the method's compiled step."""
     chosen = spy_on_choose(monkeypatch)
     built = eager_for_compiled(monkeypatch)
     t1 = 0.5
@@ -255,8 +255,10 @@ def test_a_sliver_step_under_compile_leaves_the_solve_to_the_loop_with_compiled_
     with torch.no_grad():
         eager = solve(func, y0, t, method="rk4", options=opts)
         compiled = solve(func, y0, t, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4})
-    assert chosen == [fast.FIXED_GRID, fast.CHUNKS]
-    assert len(built) == 1  # the chunks handed the solve to the loop with the compiled step
-    assert compiled.stats.n_accepted == eager.stats.n_accepted == 4  # the sliver is not a step
-    assert compiled.stats.nfe == eager.stats.nfe
-    assert torch.equal(compiled.ys, eager.ys)
+    recorded = solve(func, y0, t, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4})
+    assert chosen == [fast.FIXED_GRID, fast.GRID_RUN, fast.CHUNKS]
+    assert len(built) == 2  # each handed the solve to the loop with the compiled step
+    for sol in (compiled, recorded):
+        assert sol.stats.n_accepted == eager.stats.n_accepted == 4  # the sliver is not a step
+        assert sol.stats.nfe == eager.stats.nfe
+        assert torch.equal(sol.ys.detach(), eager.ys)

@@ -199,9 +199,13 @@ class Execution:
             :mod:`neuralode.solvers.methods.compiled` for when that pays), or several steps as one graph where
             ``compile_steps`` says so. Default ``False``.
         compile_steps: with ``compile``, at most how many step attempts one compiled call takes (default 32;
-            ``1``: one step per call). On a fixed grid, consecutive grid steps unrolled into one graph (see
-            :mod:`neuralode.solvers.fast.compiled_chunks`; the chunk size is chosen to keep
-            ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last chunk least). For an adaptive
+            ``1``: one step per call). On a fixed grid without autograd on the CPU, any value above 1 selects the
+            grid run, one step as the body of a compiled ``while_loop`` whose calls take as many steps as its
+            output buffer allows (a fixed grid decides nothing between steps; see
+            :mod:`neuralode.solvers.fast.grid_run`); on a fixed grid recording autograd (or off the CPU),
+            consecutive grid steps unrolled into one graph (see :mod:`neuralode.solvers.fast.compiled_chunks`;
+            the chunk size is chosen to keep ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last
+            chunk least). For an adaptive
             first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``) solving without autograd,
             a ``while_loop`` of attempts whose clock is on the device, returning to Python once per call (see
             :mod:`neuralode.solvers.fast.device_run`); with ``per_sample`` too, each sample's clock on the device.

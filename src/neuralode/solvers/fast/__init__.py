@@ -7,8 +7,10 @@ bookkeeping is pure overhead, and two drivers skip it:
 
 * :mod:`.fixed_grid`, the lean fixed grid: the explicit Runge-Kutta arithmetic of each step in one
   tight eager loop, the same operations in the same order as the loop's stepper, so the same bits;
-* :mod:`.compiled_chunks`, under ``options={"compile": ...}``: ``compile_steps`` whole steps per
-  ``torch.compile`` call.
+* :mod:`.grid_run`, under ``options={"compile": ...}`` without autograd on the CPU: the grid's steps as one
+  compiled ``while_loop`` whose body is one step, up to ``compile_steps`` steps per call;
+* :mod:`.compiled_chunks`, under ``options={"compile": ...}`` otherwise (autograd recording, another device):
+  ``compile_steps`` whole steps unrolled into one ``torch.compile`` graph.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
 ``compile``, without autograd, for ``dopri5``, ``tsit5`` and ``bosh3``) keeps the clock on the device and compiles up to
@@ -34,18 +36,20 @@ import math
 import torch
 
 from ..solution import Handover, LoopResult
-from . import compiled_chunks, device_run, fixed_grid
+from . import compiled_chunks, device_run, fixed_grid, grid_run
 
 LOOP = "loop"  # the host clock with the method's own stepper
 FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
 CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
+GRID_RUN = "grid_run"  # the grid's steps as a compiled while_loop; the loop with compiled steps where it cannot
 COMPILED = "compiled"  # the host clock stepping with the method's compiled step
 DEVICE = "device"  # the run compiled, its clock on the device; the host clock from where it stops short, if it does
 
 
 def choose(problem, method, opts, stops, events, dense, error, method_config, f0=None) -> str:
-    """Which driver takes the solve: :data:`CHUNKS`, :data:`DEVICE` or :data:`COMPILED` under ``options["compile"]``
-    (chunks where :func:`.compiled_chunks.can_chunk` allows, the device run where :func:`.device_run.applies`),
+    """Which driver takes the solve: :data:`GRID_RUN`, :data:`CHUNKS`, :data:`DEVICE` or :data:`COMPILED` under
+    ``options["compile"]`` (on a fixed grid the compiled grid run where :func:`.grid_run.applies`, else chunks where
+    :func:`.compiled_chunks.can_chunk` allows; the device run where :func:`.device_run.applies`),
     :data:`FIXED_GRID` for a fixed-grid
     explicit Runge-Kutta solve with nothing to watch between steps (:func:`.fixed_grid.applies`:
     no error control, events, step callbacks, dense output, ``perturb``, method state,
@@ -59,7 +63,7 @@ def choose(problem, method, opts, stops, events, dense, error, method_config, f0
     """
     if opts.execution.compile:
         if compiled_chunks.can_chunk(problem, method, opts, stops, events, dense, error):
-            return CHUNKS
+            return GRID_RUN if grid_run.applies(problem, method, opts, stops, events, dense, error) else CHUNKS
         if device_run.applies(problem, method, opts, stops, events, dense, error, f0):
             return DEVICE
         return COMPILED
@@ -93,6 +97,11 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
         # to raise, the stiffness watch); (None, None): the run could not compile, the loop takes the whole solve
         # with the method's compiled step.
         return device_run.integrate_on_device(problem, y0, f0, times, stops, method, opts, stats, dt0, error)
+    if path == GRID_RUN:
+        backend = "inductor" if opts.execution.compile is True else opts.execution.compile
+        # None: a step within rounding of its start, or a run that cannot be compiled: the loop, with the method's
+        # compiled step (COMPILED).
+        return grid_run.integrate_grid(problem, y0, times, stops, tableau, opts, backend, stats), None
     if path == CHUNKS:
         backend = "inductor" if opts.execution.compile is True else opts.execution.compile
         result = compiled_chunks.integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)

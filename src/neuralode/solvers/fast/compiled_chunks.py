@@ -1,4 +1,6 @@
-"""Fixed-grid solves under ``options={"compile": ...}``: ``K`` whole steps per compiled call.
+"""Fixed-grid solves under ``options={"compile": ...}`` that record autograd (or run off the CPU): ``K`` whole
+steps per compiled call. Without autograd on the CPU the grid run (:mod:`.grid_run`) takes them instead: one
+step as the body of a compiled ``while_loop``, which compiles in seconds whatever the grid and makes fewer calls.
 
 A compiled single step (:mod:`neuralode.solvers.methods.compiled`) still returns to Python after every
 step, and on a small network (an MLP 2→16→2 on a batch of 8) that round trip, the loop's
@@ -130,7 +132,7 @@ def chunk_size(n: int, k_max: int) -> int:
     return k_min
 
 
-def _grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> _GridPlan | None:
+def grid_plan(grid: list[float], tableau: ButcherTableau, k_max: int, problem) -> _GridPlan | None:
     """The chunks' input tensors for ``grid``; ``None`` when a step is within rounding of its
     start time (the eager loop arrives there without a step)."""
     hs = [b - a for a, b in zip(grid, grid[1:])]
@@ -197,7 +199,7 @@ def integrate_chunked(
     if last is not None and last[0] == grid:
         plan = last[1]
     else:
-        plan = _grid_plan(grid, tableau, opts.execution.compile_steps, problem)
+        plan = grid_plan(grid, tableau, opts.execution.compile_steps, problem)
         if plan is None:
             return None
         per_func[key] = (grid, plan)
@@ -239,18 +241,35 @@ def integrate_chunked(
     def state(j: int) -> torch.Tensor:  # the state at grid point j (0: y0)
         return y0 if j == 0 else chunks[(j - 1) // K][(j - 1) % K]
 
+    ys, out_steps = grid_outputs(grid, hs, times, state)
+    return LoopResult(ys, out_steps, [], False)
+
+
+def output_points(grid: list[float], times: list[float]) -> list[tuple[int, float | None]]:
+    """For each output time after the first, the grid point ``j >= 1`` whose step ends at or after it and where it
+    lies in that step: ``None`` on the grid point itself, else ``θ`` in ``(0, 1)`` from grid point ``j - 1``."""
+    t0, n = grid[0], len(grid) - 1
     direction = 1.0 if grid[-1] > t0 else -1.0
     keys = [direction * g for g in grid]
-    ys = [y0]
-    out_steps: list[tuple[float, int]] = []
+    out: list[tuple[int, float | None]] = []
     for tau in times[1:]:
         j = bisect.bisect_left(keys, direction * tau)  # grid[j-1] < tau <= grid[j]
         j = max(1, min(j, n))
-        if tau == grid[j]:
+        out.append((j, None if tau == grid[j] else (tau - grid[j - 1]) / (grid[j] - grid[j - 1])))
+    return out
+
+
+def grid_outputs(grid: list[float], hs: list[float], times: list[float], state: Callable[[int], torch.Tensor]):
+    """The outputs of a fixed-grid solve from its grid states (``state(j)``, ``j = 0`` the initial state): a grid
+    point's own state, or the linear interpolant of the eager path (``options["interp"] = "linear"``) between the
+    two grid states around an output time. Returns ``(ys, out_steps)`` as :class:`LoopResult` holds them."""
+    ys = [state(0)]
+    out_steps: list[tuple[float, int]] = []
+    for j, theta in output_points(grid, times):
+        if theta is None:
             ys.append(state(j))
         else:
-            theta = (tau - grid[j - 1]) / hs[j - 1]
             y_a, y_b = state(j - 1), state(j)
             ys.append(torch.add(y_a, y_b - y_a, alpha=theta))
         out_steps.append((hs[j - 1], j))
-    return LoopResult(ys, out_steps, [], False)
+    return ys, out_steps
