@@ -202,6 +202,8 @@ def test_compiled_solve_takes_the_eager_steps_joint_and_per_sample(tmp_path):
     eager, compiled = ways["eager, per sample"], ways["compiled, per sample"]
     assert abs(compiled["accepted"] - eager["accepted"]) <= 0.01 * eager["accepted"]
     assert abs(compiled["rejected"] - eager["rejected"]) <= 0.05 * eager["rejected"] + 2
-    for way in ("compiled", "compiled, per sample"):
+    # The fixed grid's compiled run takes the eager grid's steps (and one evaluation more, which is not reported).
+    assert ways["compiled, rk4 grid"]["accepted"] == ways["eager, rk4 grid"]["accepted"] == 1000
+    for way in ("compiled", "compiled, per sample", "compiled, rk4 grid"):
         assert ways[way]["max_abs_diff_from_eager"] < 1e-3  # float32 over 10 time units
         assert ways[way]["compile_s"] > 0
