@@ -1,7 +1,10 @@
 """The device run (``options={"compile": True}`` on an adaptive solve without autograd) against the eager solve,
 one compiled step per call (``compile_steps=1``) and diffrax, on workloads (b), (c) and (e) of ``bench_peers.py``,
 and (e) with a clock per sample (``per_sample``: eager and the per-sample device run; diffrax's (e) is ``vmap``-ped,
-so its clock is per sample too).
+so its clock is per sample too); and the fixed grid's compiled run (:mod:`neuralode.solvers.fast.grid_run`) on
+workload (a), beside the compiled chunks it replaces without autograd (``fast.compiled_chunks``, which a solve
+recording autograd still takes: timed here with autograd on and no parameter requiring grad, so no graph is
+built).
 
 Each line alternates the variants in one process (one thread for torch and XLA) and reports the median of the
 per-pair ratios with its interquartile range, the NFE and the accepted / rejected steps. Compilation is
@@ -48,8 +51,24 @@ PER_SAMPLE = {
 }
 
 
+# Workload (a), a fixed grid: the compiled grid run with the default compile_steps and with the whole grid in one call,
+# and the compiled chunks (autograd on).
+FIXED = {
+    "eager": {},
+    "compiled step (compile_steps=1)": {"compile": True, "compile_steps": 1},
+    "compiled chunks (compile_steps=32, autograd on)": {"compile": True, "grad": True},
+    "grid run (compile=True)": {"compile": True},
+    "grid run (compile_steps=200)": {"compile": True, "compile_steps": 200},
+}
+
+
 def setup(key: str):
     """``(func, y0, t, solve keywords, the bench_peers workload maker)`` of workload ``key`` (``p``: (e))."""
+    if key == "a":  # bench_peers.tiny_midpoint's func and state
+        torch.manual_seed(0)
+        func = peers.MLPField([2, 16, 2])
+        y0 = torch.randn(8, 2)
+        return func, y0, torch.tensor([0.0, 1.0]), dict(method="midpoint"), peers.tiny_midpoint
     if key in ("b", "c"):
         method = "dopri5" if key == "b" else "tsit5"
         func, y0, t = peers._mlp_setup()
@@ -62,18 +81,29 @@ def setup(key: str):
 
 
 def solver(func, y0, t, kw, options):
+    options = dict(options)
+    grad = options.pop("grad", False)
+    if kw["method"] == "midpoint":
+        options["step_size"] = 1.0 / 200
+    if grad:
+        func.requires_grad_(False)  # autograd on, no graph: the chunks' forward alone
+
     def run():
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return neuralode.solve(func, y0, t, options=options, **kw)
 
     return run
+
+
+def variants(key: str) -> dict:
+    return PER_SAMPLE if key == "p" else FIXED if key == "a" else VARIANTS
 
 
 def first_call(key: str) -> float:
     """Seconds of the first device-run solve of workload ``key`` in this process."""
     func, y0, t, kw, _ = setup(key)
     start = time.perf_counter()
-    opts = PER_SAMPLE["device run, per sample"] if key == "p" else VARIANTS["device run (compile=True)"]
+    opts = [opts for name, opts in variants(key).items() if name.startswith(("device run", "grid run"))][0]
     solver(func, y0, t, kw, opts)()
     return time.perf_counter() - start
 
@@ -86,8 +116,7 @@ def _iqr(xs: list[float]) -> str:
 def measure(key: str, pairs: int) -> list[str]:
     func, y0, t, kw, workload = setup(key)
     w = workload()
-    variants = PER_SAMPLE if key == "p" else VARIANTS
-    fns = {name: solver(func, y0, t, kw, opts) for name, opts in variants.items()}
+    fns = {name: solver(func, y0, t, kw, opts) for name, opts in variants(key).items()}
     eager = next(iter(fns))
     reference = fns[eager]()
     rows, cold = [], {}
@@ -118,7 +147,7 @@ def measure(key: str, pairs: int) -> list[str]:
         over_dfx = [a / b for a, b in zip(times[name], times["diffrax"])]
         over_eager = [a / b for a, b in zip(times[name], times[eager])]
         compile_cell = "–" if name == eager else f"{cold[name]:.1f} s"
-        warm_cell = f"{warm:.1f} s" if name.startswith("device") else "–"
+        warm_cell = f"{warm:.1f} s" if name == next(n for n in fns if n.startswith(("device", "grid"))) else "–"
         lines.append(
             f"| ({'e' if key == 'p' else key}) | {name} | {_iqr(over_dfx)} | {_iqr(over_eager)} | "
             f"{statistics.median(times[name]) * 1e3:.2f} ms | {statistics.median(times['diffrax']) * 1e3:.2f} ms | "
@@ -130,7 +159,7 @@ def measure(key: str, pairs: int) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=41)
-    p.add_argument("--only", default="bcep", help="workload keys among b, c, e, p ((e) per sample)")
+    p.add_argument("--only", default="abcep", help="workload keys among a, b, c, e, p ((e) per sample)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_run.md")
     p.add_argument("--first-call", dest="first_call", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -148,11 +177,12 @@ def main(argv=None) -> int:
         table += rows
         print("\n".join(rows), flush=True)
     text = [
-        "# The device run: an adaptive solve's run of steps as one compiled graph",
+        "# The device run: a solve's run of steps as one compiled graph",
         "",
         f"Generated by `python benchmarks/bench_device_run.py` in {time.perf_counter() - start:.0f} s; float32, "
-        "`torch.no_grad()`, one thread (torch and XLA), inductor on the CPU. Workloads (b), (c), (e) of "
-        "`bench_peers.py` (same weights, states and tolerances). Ratios are medians of alternating pairs in one "
+        "`torch.no_grad()` (but the chunks' row), one thread (torch and XLA), inductor on the CPU. Workloads (a), (b), "
+        "(c), (e) of `bench_peers.py` (same weights, states and tolerances; (a), a fixed grid, takes the grid run "
+        "of `fast/grid_run.py`, the others the adaptive device run of `fast/device_run.py`). Ratios are medians of alternating pairs in one "
         f"process, interquartile range in brackets ({args.pairs} pairs); the millisecond columns are medians, "
         "for scale only. NFE: evaluations (accepted + rejected steps; per sample, summed over the samples). max |Δy|: "
         "against the eager solve (per sample: the eager per-sample solve). "
