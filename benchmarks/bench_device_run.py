@@ -99,13 +99,32 @@ def variants(key: str) -> dict:
     return PER_SAMPLE if key == "p" else FIXED if key == "a" else VARIANTS
 
 
-def first_call(key: str) -> float:
-    """Seconds of the first device-run solve of workload ``key`` in this process."""
+def first_call(key: str, name: str | None = None) -> float:
+    """Seconds of the first solve of workload ``key`` in this process, with the variant ``name`` (by default the
+    device or grid run)."""
     func, y0, t, kw, _ = setup(key)
     start = time.perf_counter()
-    opts = [opts for name, opts in variants(key).items() if name.startswith(("device run", "grid run"))][0]
-    solver(func, y0, t, kw, opts)()
+    if name is None:
+        name = next(n for n in variants(key) if n.startswith(("device run", "grid run")))
+    solver(func, y0, t, kw, variants(key)[name])()
     return time.perf_counter() - start
+
+
+def cold_first_call(key: str, name: str) -> float:
+    """Seconds of the first solve of ``key`` with the variant ``name`` in a new process whose inductor cache is
+    empty (a temporary ``TORCHINDUCTOR_CACHE_DIR``): inductor's start-up and the whole compilation."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        out = subprocess.run(
+            [sys.executable, __file__, "--first-call", key, "--variant", name],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache},
+        ).stdout.split()
+    return float(out[-1])
 
 
 def _iqr(xs: list[float]) -> str:
@@ -162,12 +181,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="abcep", help="workload keys among a, b, c, e, p ((e) per sample)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_run.md")
     p.add_argument("--first-call", dest="first_call", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.first_call:
         from torch._dynamo.utils import counters
 
-        seconds = first_call(args.first_call)
+        seconds = first_call(args.first_call, args.variant)
         print(f"{counters['aot_autograd']['autograd_cache_bypass']} {seconds:.3f}")
         return 0
     start = time.perf_counter()
@@ -176,6 +196,11 @@ def main(argv=None) -> int:
         rows = measure(key, args.pairs)
         table += rows
         print("\n".join(rows), flush=True)
+    cold = []
+    if "a" in args.only:
+        for name in ("grid run (compile=True)", "compiled chunks (compile_steps=32, autograd on)"):
+            cold.append(f"{name.split(' (')[0]} {cold_first_call('a', name):.1f} s")
+        print(cold, flush=True)
     text = [
         "# The device run: a solve's run of steps as one compiled graph",
         "",
@@ -201,6 +226,18 @@ def main(argv=None) -> int:
         f"- The warm processes' first calls compile again: AOT autograd's cache refused {BYPASSED} graphs in them "
         '(torch 2.13 logs "Bypassing autograd cache due to: Unsupported call_function target while_loop"), and '
         "inductor's FX graph cache the same; what a second process reuses is inductor's compiled kernels.",
+        *(
+            [
+                "- The first calls above may find kernels that an earlier run of this script left in inductor's "
+                "on-disk cache. In a new process with an empty cache (a temporary `TORCHINDUCTOR_CACHE_DIR`), "
+                f"(a)'s first call took: {', '.join(cold)}.",
+                "- (a)'s chunks ran with autograd on (as a training solve takes them) and no parameter requiring "
+                "grad, so no graph was built: their forward alone. The grid run's NFE counts each step's own first "
+                "stage (one evaluation more than eager), the chunks' also their 7 padded steps.",
+            ]
+            if cold
+            else []
+        ),
         "- Per sample in float32 the run's counts may differ from the eager per-sample solve's where rounding moves "
         "an error ratio across 1 (the NFE column); in float64 `tests/test_device_run.py` finds every sample's "
         "counts equal.",
