@@ -107,6 +107,25 @@ def test_backwards_in_time_float32_and_a_tuple_state():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_tuple_states_of_other_shapes_compile_in_one_process(handed):
+    # dynamo remembers a function's shapes by its code's place, which every run's graph shares: a second tuple
+    # state of other shapes makes them dynamic, and the state's layout (torch.Size objects) then reached the
+    # while_loop as an input it refuses, so the run fell back with a warning. The layout is plain ints now.
+    class Split(torch.nn.Module):
+        def forward(self, t, y):
+            out = vdp(t, torch.cat(y, -1))
+            return out[..., :1], out[..., 1:]
+
+    t = torch.linspace(0, 2, 4, dtype=F64)
+    for batch in (2, 3):
+        y0 = (torch.linspace(0.5, 2.0, batch, dtype=F64)[:, None], torch.zeros(batch, 1, dtype=F64))
+        eager, run = _pair(Split(), y0, t, rtol=1e-9, atol=1e-9)
+        _same_steps(eager, run)
+        for a, b in zip(run.ys, eager.ys):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert len(handed) == 2 and all(result is not None for result, _ in handed)
+
+
 def test_a_step_holding_more_outputs_than_its_window_is_taken_again():
     # 41 output times in [0, 1] and steps of about 0.5: every step holds more than the window's 8, so the run
     # takes it again from the same state, with the same step, for the next 8.

@@ -171,7 +171,7 @@ class _Problem:
         self.stats = stats
         self.dtype = parts[0].dtype
         self.device = parts[0].device
-        self.shapes = [p.shape for p in parts]
+        self.shapes = [tuple(p.shape) for p in parts]  # plain ints: a compiled run lifts them as such
         self.sizes = [p.numel() for p in parts]
         self.times: dict[float, torch.Tensor] = {}
         self.t_dtype = time_dtype(self.dtype)  # the dtype of the time func receives

@@ -65,7 +65,7 @@ class Flat:
 
     def __init__(self, parts: tuple[torch.Tensor, ...], is_tuple: bool):
         self.is_tuple = is_tuple
-        self.shapes = [p.shape for p in parts]
+        self.shapes = [tuple(p.shape) for p in parts]  # plain ints: a compiled run lifts them as such
         self.sizes = [p.numel() for p in parts]
 
     def flatten(self, y: TensorOrTuple) -> torch.Tensor:
@@ -324,6 +324,8 @@ def add_interval_stats(stats, part) -> float:
     stats.n_jac_evals += part.n_jac_evals
     stats.n_factorizations += part.n_factorizations
     stats.n_linear_solves += part.n_linear_solves
+    stats.n_compiles += part.n_compiles  # a compiled backward solve (adjoint/traced.py)
+    stats.compile_s += part.compile_s
     stats.last_step = part.last_step
     stats.next_step = part.next_step
     return part.next_step
