@@ -55,6 +55,12 @@ Design choices:
   and the backward solve integrates only ``(a, *gθ)`` with ``y(t)`` read from it; or, with
   ``adjoint_options={"quadrature": True}``, the Gauss adjoint (:mod:`~neuralode.solvers.adjoint.gauss`),
   which integrates ``a`` alone and sums ``dL/dθ`` by quadrature over the backward steps.
+* Under ``options={"compile": ...}`` (and no ``adjoint_options``, which would say the backward solve's own
+  options) the backward solves are compiled as the forward one is, where their dynamics can be written with
+  ``torch.func.vjp`` (:mod:`~neuralode.solvers.adjoint.traced`: ``func`` a ``torch.nn.Module`` differentiated
+  with respect to its own parameters, no adjoint step callbacks, no ``create_graph``): each interval's backward
+  solve then takes the device run (an adaptive ``dopri5``/``tsit5``/``bosh3`` backward method) or the
+  compiled step. Elsewhere the backward solve keeps the eager dynamics, without ``compile``.
 
 This module holds the entry points (:func:`solve_adjoint`, :func:`odeint_adjoint`), the checks and parsing
 of the adjoint arguments, the backsolve adjoint and the events' adjoint. The arguments are checked once,
@@ -103,6 +109,7 @@ from .common import (
 from .gauss import QuadratureRequest, gauss_backward, resolve_quadrature, split_quadrature
 from .interpolating import interpolating_backward
 from .per_sample import solve_adjoint_per_sample
+from .traced import traced_dynamics
 
 
 class _Reattach(torch.autograd.Function):
@@ -282,8 +289,19 @@ class _AdjointSolve(torch.autograd.Function):
 
         # torchdiffeq's adjoint callbacks: func.callback_step_adjoint etc. are called during the
         # backward solve as the forward callbacks are during the forward one.
-        for name, callback in adjoint_step_callbacks(func, cfg.backward_method):
+        callbacks = adjoint_step_callbacks(func, cfg.backward_method)
+        for name, callback in callbacks:
             setattr(augmented, name, callback)
+        dynamics, backward_options = augmented, cfg.backward_options
+        forward_compile = {k: v for k, v in (cfg.options or {}).items() if k in ("compile", "compile_steps")}
+        if forward_compile.get("compile") and not cfg.adjoint_options.given and not graph and not callbacks:
+            # A compiled forward solve (options["compile"]) compiles the backward one too, where its dynamics can be
+            # written in a form torch.compile captures (adjoint/traced.py): func a module, the tensors differentiated
+            # its parameters. Otherwise (or with adjoint_options given, which say the backward's options) the
+            # backward solve is as the options say, with the eager dynamics.
+            traced = traced_dynamics(func, params, flat)
+            if traced is not None:
+                dynamics, backward_options = traced, {**backward_options, **forward_compile}
 
         def f_at(i: int) -> torch.Tensor:
             if differentiable:  # dL/dt_i's own dependence on t_i, y_i and θ is recorded
@@ -300,13 +318,13 @@ class _AdjointSolve(torch.autograd.Function):
 
         def solve_interval(i, span, a, g_params, first_step):
             sol = solve(
-                augmented,
+                dynamics,
                 (ys[i], a, *g_params),
                 span,
                 rtol=cfg.adjoint_rtol,
                 atol=cfg.adjoint_atol,
                 method=cfg.adjoint_method,
-                options=interval_options(cfg.backward_options, adaptive, first_step),
+                options=interval_options(backward_options, adaptive, first_step),
             )
             held.note(storage_bytes(sol.ys))
             return sol.ys[1][-1], tuple(g[-1] for g in sol.ys[2:]), sol.stats
@@ -422,8 +440,9 @@ def parse_adjoint_options(options: dict | None, adjoint_options: dict | None) ->
     solver, interpolate = _split_interpolate(adjoint_options)
     given = solver is not None
     if solver is None:
-        # The backward solve's dynamics are a vector-Jacobian product, which torch.compile does
-        # not trace in one graph: a compiled forward keeps an eager backward unless asked.
+        # The backward solve's eager dynamics form a vector-Jacobian product with torch.autograd.grad, which
+        # torch.compile does not trace in one graph: compile is left out here, and the backward pass adds it back
+        # where it can write the dynamics in a traceable form (adjoint/traced.py).
         solver = {k: v for k, v in (options or {}).items() if k not in ("norm", "compile", "compile_steps")}
     elif not isinstance(solver, dict):
         raise TypeError(f"adjoint_options must be a dict or None; got {_type_name(solver)}.")
