@@ -175,10 +175,72 @@ def measure(key: str, pairs: int) -> list[str]:
     return lines
 
 
+# Forward + backward of mean(ys²) (gradients of y0 and the weights): (d) is bench_peers' workload (MLP
+# 32→128→128→32, batch 256, dopri5 1e-6, 10 outputs) against diffrax's default RecursiveCheckpointAdjoint; (t) the
+# tiny MLP 2→16→2, batch 8, the same solve, where the evaluations are cheap and the loop's own work decides.
+GRADIENTS = {
+    "backprop": (neuralode.odeint, {}),
+    "adjoint": (neuralode.odeint_adjoint, {}),
+    "adjoint, compile=True": (neuralode.odeint_adjoint, {"compile": True}),
+}
+
+
+def gradient_setup(key: str):
+    if key == "d":
+        func, y0, t = peers._mlp_setup()
+    else:
+        torch.manual_seed(0)
+        func, y0, t = peers.MLPField([2, 16, 2]), torch.randn(8, 2), torch.linspace(0.0, 1.0, 10)
+    y0g = y0.clone().requires_grad_(True)
+    params = list(func.parameters())
+
+    def step(solver, options):
+        def run():
+            for x in (y0g, *params):
+                x.grad = None
+            ys = solver(func, y0g, t, rtol=1e-6, atol=1e-6, method="dopri5", options=options)
+            ys.pow(2).mean().backward()
+            return torch.cat([x.grad.reshape(-1) for x in (y0g, *params)])
+
+        return run
+
+    return {name: step(solver, options) for name, (solver, options) in GRADIENTS.items()}
+
+
+def measure_gradients(key: str, pairs: int) -> list[str]:
+    fns = gradient_setup(key)
+    reference = fns["adjoint"]()
+    first, diffs = {}, {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        g = fn()
+        first[name] = time.perf_counter() - start
+        diffs[name] = ((g - reference).abs().max() / reference.abs().max()).item()
+    if key == "d":
+        fns["diffrax"] = peers.mlp_backward().peers["diffrax"]
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(pairs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    lines = []
+    for name in GRADIENTS:
+        over_dfx = _iqr([a / b for a, b in zip(times[name], times["diffrax"])]) if key == "d" else "–"
+        over_adj = _iqr([a / b for a, b in zip(times[name], times["adjoint"])])
+        dfx_ms = f"{statistics.median(times['diffrax']) * 1e3:.2f} ms" if key == "d" else "–"
+        lines.append(
+            f"| ({key}) | {name} | {over_dfx} | {over_adj} | {statistics.median(times[name]) * 1e3:.2f} ms | "
+            f"{dfx_ms} | {diffs[name]:.1e} | {first[name]:.1f} s |"
+        )
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=41)
     p.add_argument("--only", default="abcep", help="workload keys among a, b, c, e, p ((e) per sample)")
+    p.add_argument("--gradients", default="dt", help="gradient workloads among d (bench_peers' (d)) and t (tiny MLP)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_run.md")
     p.add_argument("--first-call", dest="first_call", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
@@ -195,6 +257,11 @@ def main(argv=None) -> int:
     for key in args.only:
         rows = measure(key, args.pairs)
         table += rows
+        print("\n".join(rows), flush=True)
+    gradient_rows = []
+    for key in args.gradients:
+        rows = measure_gradients(key, args.pairs)
+        gradient_rows += rows
         print("\n".join(rows), flush=True)
     cold = []
     if "a" in args.only:
@@ -221,6 +288,26 @@ def main(argv=None) -> int:
         "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: |",
         *table,
         "",
+        *(
+            [
+                "Gradients: forward + backward of mean(ys²), with respect to y0 and the weights, dopri5 at "
+                "rtol = atol = 1e-6, 10 outputs on [0, 1], float32; (d) is `bench_peers.py`'s (d) (diffrax: its "
+                "default `RecursiveCheckpointAdjoint`), (t) the tiny MLP 2→16→2, batch 8. `adjoint, compile=True`: "
+                "`odeint_adjoint` with `options={'compile': True}`, whose forward solve takes the device run and "
+                "whose backward solves (one per output interval) take it too, their dynamics written with "
+                "`torch.func.vjp` (`solvers/adjoint/traced.py`). max rel Δgrad: the largest difference from the "
+                "eager adjoint's gradient over its largest entry. First call: this process's first solve and "
+                "backward pass with that variant.",
+                "",
+                "| workload | neuralode | / diffrax [IQR] | / eager adjoint [IQR] | neuralode | diffrax | "
+                "max rel Δgrad | first call |",
+                "| --- | --- | --: | --: | --: | --: | --: | --: |",
+                *gradient_rows,
+                "",
+            ]
+            if gradient_rows
+            else []
+        ),
         "Notes:",
         "",
         f"- The warm processes' first calls compile again: AOT autograd's cache refused {BYPASSED} graphs in them "
