@@ -58,7 +58,7 @@ def _make(module: torch.nn.Module, names: tuple[str, ...], flat) -> Callable:
         def f(y_: torch.Tensor, *p: torch.Tensor) -> torch.Tensor:
             return flat.flatten(torch.func.functional_call(module, dict(zip(names, p)), (tt, flat.unflatten(y_))))
 
-        fy, pull = torch.func.vjp(f, y, *ps)
+        fy, pull = torch.func.vjp(f, y, *ps)[:2]  # (no auxiliary output: has_aux is off)
         vjps = pull(-a)
         # The quadratures are carried in the state's dtype, as the eager dynamics carry them.
         return (fy, vjps[0], *(g.to(a.dtype) for g in vjps[1:]))
