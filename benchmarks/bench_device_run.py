@@ -86,7 +86,13 @@ def solver(func, y0, t, kw, options):
     if kw["method"] == "midpoint":
         options["step_size"] = 1.0 / 200
     if grad:
-        func.requires_grad_(False)  # autograd on, no graph: the chunks' forward alone
+        # Autograd on and no graph built (no parameter requiring grad): the chunks' forward alone. A plain function
+        # around the module, as the grid run takes a module under autograd and leaves plain functions to the chunks.
+        func.requires_grad_(False)
+        module = func
+
+        def func(t, y):
+            return module(t, y)
 
     def run():
         with torch.set_grad_enabled(grad):
@@ -132,6 +138,17 @@ def _iqr(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f}× [{q[0]:.2f}–{q[2]:.2f}]"
 
 
+def alternate(fns: dict, pairs: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` in ``pairs`` rounds, calling them in turn within each round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(pairs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def measure(key: str, pairs: int) -> list[str]:
     func, y0, t, kw, workload = setup(key)
     w = workload()
@@ -150,12 +167,7 @@ def measure(key: str, pairs: int) -> list[str]:
         ]
         rows.append((name, *counts, dy))
     fns["diffrax"] = w.peers["diffrax"]
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(pairs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(fns, pairs)
     bypassed, warm_s = subprocess.run(
         [sys.executable, __file__, "--first-call", key], capture_output=True, text=True, check=True
     ).stdout.split()[-2:]
@@ -177,12 +189,21 @@ def measure(key: str, pairs: int) -> list[str]:
 
 # Forward + backward of mean(ys²) (gradients of y0 and the weights): (d) is bench_peers' workload (MLP
 # 32→128→128→32, batch 256, dopri5 1e-6, 10 outputs) against diffrax's default RecursiveCheckpointAdjoint; (t) the
-# tiny MLP 2→16→2, batch 8, the same solve, where the evaluations are cheap and the loop's own work decides.
+# tiny MLP 2→16→2, batch 8, the same solve, where the evaluations are cheap and the loop's own work decides; (a) the
+# tiny MLP on (a)'s grid (midpoint, 200 steps), backpropagation through the grid run. The first variant of each is
+# the one the others are compared with.
 GRADIENTS = {
-    "backprop": (neuralode.odeint, {}),
-    "adjoint": (neuralode.odeint_adjoint, {}),
-    "adjoint, compile=True": (neuralode.odeint_adjoint, {"compile": True}),
+    "d": {
+        "adjoint": (neuralode.odeint_adjoint, {}),
+        "backprop": (neuralode.odeint, {}),
+        "adjoint, compile=True": (neuralode.odeint_adjoint, {"compile": True}),
+    },
+    "a": {
+        "backprop": (neuralode.odeint, {"step_size": 1.0 / 200}),
+        "backprop, compile=True (grid run)": (neuralode.odeint, {"step_size": 1.0 / 200, "compile": True}),
+    },
 }
+GRADIENTS["t"] = GRADIENTS["d"]
 
 
 def gradient_setup(key: str):
@@ -190,7 +211,9 @@ def gradient_setup(key: str):
         func, y0, t = peers._mlp_setup()
     else:
         torch.manual_seed(0)
-        func, y0, t = peers.MLPField([2, 16, 2]), torch.randn(8, 2), torch.linspace(0.0, 1.0, 10)
+        func, y0 = peers.MLPField([2, 16, 2]), torch.randn(8, 2)
+        t = torch.tensor([0.0, 1.0]) if key == "a" else torch.linspace(0.0, 1.0, 10)
+    method = "midpoint" if key == "a" else "dopri5"
     y0g = y0.clone().requires_grad_(True)
     params = list(func.parameters())
 
@@ -198,18 +221,19 @@ def gradient_setup(key: str):
         def run():
             for x in (y0g, *params):
                 x.grad = None
-            ys = solver(func, y0g, t, rtol=1e-6, atol=1e-6, method="dopri5", options=options)
+            ys = solver(func, y0g, t, rtol=1e-6, atol=1e-6, method=method, options=options)
             ys.pow(2).mean().backward()
             return torch.cat([x.grad.reshape(-1) for x in (y0g, *params)])
 
         return run
 
-    return {name: step(solver, options) for name, (solver, options) in GRADIENTS.items()}
+    return {name: step(solver, options) for name, (solver, options) in GRADIENTS[key].items()}
 
 
 def measure_gradients(key: str, pairs: int) -> list[str]:
     fns = gradient_setup(key)
-    reference = fns["adjoint"]()
+    base = next(iter(fns))
+    reference = fns[base]()
     first, diffs = {}, {}
     for name, fn in fns.items():
         start = time.perf_counter()
@@ -218,19 +242,14 @@ def measure_gradients(key: str, pairs: int) -> list[str]:
         diffs[name] = ((g - reference).abs().max() / reference.abs().max()).item()
     if key == "d":
         fns["diffrax"] = peers.mlp_backward().peers["diffrax"]
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(pairs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(fns, pairs)
     lines = []
-    for name in GRADIENTS:
+    for name in GRADIENTS[key]:
         over_dfx = _iqr([a / b for a, b in zip(times[name], times["diffrax"])]) if key == "d" else "–"
-        over_adj = _iqr([a / b for a, b in zip(times[name], times["adjoint"])])
+        over_base = _iqr([a / b for a, b in zip(times[name], times[base])])
         dfx_ms = f"{statistics.median(times['diffrax']) * 1e3:.2f} ms" if key == "d" else "–"
         lines.append(
-            f"| ({key}) | {name} | {over_dfx} | {over_adj} | {statistics.median(times[name]) * 1e3:.2f} ms | "
+            f"| ({key}) | {name} | {over_dfx} | {over_base} | {statistics.median(times[name]) * 1e3:.2f} ms | "
             f"{dfx_ms} | {diffs[name]:.1e} | {first[name]:.1f} s |"
         )
     return lines
@@ -240,7 +259,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=41)
     p.add_argument("--only", default="abcep", help="workload keys among a, b, c, e, p ((e) per sample)")
-    p.add_argument("--gradients", default="dt", help="gradient workloads among d (bench_peers' (d)) and t (tiny MLP)")
+    p.add_argument(
+        "--gradients", default="dta", help="gradient workloads among d (bench_peers' (d)), t (tiny MLP), a (its grid)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_run.md")
     p.add_argument("--first-call", dest="first_call", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
@@ -290,16 +311,18 @@ def main(argv=None) -> int:
         "",
         *(
             [
-                "Gradients: forward + backward of mean(ys²), with respect to y0 and the weights, dopri5 at "
-                "rtol = atol = 1e-6, 10 outputs on [0, 1], float32; (d) is `bench_peers.py`'s (d) (diffrax: its "
-                "default `RecursiveCheckpointAdjoint`), (t) the tiny MLP 2→16→2, batch 8. `adjoint, compile=True`: "
-                "`odeint_adjoint` with `options={'compile': True}`, whose forward solve takes the device run and "
-                "whose backward solves (one per output interval) take it too, their dynamics written with "
-                "`torch.func.vjp` (`solvers/adjoint/traced.py`). max rel Δgrad: the largest difference from the "
-                "eager adjoint's gradient over its largest entry. First call: this process's first solve and "
-                "backward pass with that variant.",
+                "Gradients: forward + backward of mean(ys²), with respect to y0 and the weights, float32; (d) is "
+                "`bench_peers.py`'s (d) (dopri5 at rtol = atol = 1e-6, 10 outputs on [0, 1]; diffrax: its default "
+                "`RecursiveCheckpointAdjoint`), (t) the tiny MLP 2→16→2, batch 8, the same solve, (a) the tiny MLP "
+                "on (a)'s grid (midpoint, 200 steps, outputs at 0 and 1). `adjoint, compile=True`: `odeint_adjoint` "
+                "with `options={'compile': True}`, whose forward solve takes the device run and whose backward solves "
+                "(one per output interval) take it too, their dynamics written with `torch.func.vjp` "
+                "(`solvers/adjoint/traced.py`). `backprop, compile=True (grid run)`: the grid run keeps every grid "
+                "state and its backward pass is a compiled reverse run of each step's `torch.func.vjp`. max rel "
+                "Δgrad: the largest difference from the first row's gradient over its largest entry. First call: "
+                "this process's first solve and backward pass with that variant.",
                 "",
-                "| workload | neuralode | / diffrax [IQR] | / eager adjoint [IQR] | neuralode | diffrax | "
+                "| workload | neuralode | / diffrax [IQR] | / first row [IQR] | neuralode | diffrax | "
                 "max rel Δgrad | first call |",
                 "| --- | --- | --: | --: | --: | --: | --: | --: |",
                 *gradient_rows,

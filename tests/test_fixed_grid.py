@@ -242,7 +242,7 @@ def test_the_api_runs_the_path_that_fast_choose_names(monkeypatch):
 
 
 def test_a_sliver_step_under_compile_leaves_the_solve_to_the_loop_with_compiled_steps(monkeypatch):
-    """The compiled grid run (autograd off) and the compiled chunks (autograd on) refuse a grid with a step
+    """The compiled grid run and the compiled chunks (a plain function under autograd) refuse a grid with a step
     within rounding of its start: the loop takes the whole solve, stepping with the method's compiled step."""
     chosen = spy_on_choose(monkeypatch)
     built = eager_for_compiled(monkeypatch)
@@ -255,7 +255,10 @@ def test_a_sliver_step_under_compile_leaves_the_solve_to_the_loop_with_compiled_
     with torch.no_grad():
         eager = solve(func, y0, t, method="rk4", options=opts)
         compiled = solve(func, y0, t, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4})
-    recorded = solve(func, y0, t, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4})
+    # (A plain function: under autograd the grid run takes modules, the chunks plain functions.)
+    recorded = solve(
+        lambda t, y: func(t, y), y0, t, method="rk4", options={**opts, "compile": "eager", "compile_steps": 4}
+    )
     assert chosen == [fast.FIXED_GRID, fast.GRID_RUN, fast.CHUNKS]
     assert len(built) == 2  # each handed the solve to the loop with the compiled step
     for sol in (compiled, recorded):

@@ -1,12 +1,15 @@
-"""options={"compile": ...} on a fixed grid without autograd: the grid's steps as one compiled ``while_loop``
+"""options={"compile": ...} on a fixed grid: the grid's steps as one compiled ``while_loop``
 (neuralode.solvers.fast.grid_run). It must give the eager grid's states and outputs to rounding and its counts
 (one evaluation more: each step evaluates its own first stage), return to Python only when its buffer is full or
-after CALL_STEPS steps, recompile once for a grid of another length, leave autograd to the chunks and a sliver step
-to the loop, and fall back with one warning where it cannot capture ``func``. The "eager" backend traces the run
-with dynamo without generating code, "aot_eager" adds AOT autograd's functionalisation; inductor itself is timed
-in benchmarks/bench_device_run.py."""
+after CALL_STEPS steps, recompile once for a grid of another length, leave a sliver step to the loop and what it
+cannot capture to the chunks (with one warning); and under autograd give backpropagation's gradients through a
+compiled reverse run, leaving to the chunks a gradient that reaches a tensor that is not a parameter of func. The
+"eager" backend traces the run with dynamo without generating code, "aot_eager" adds AOT autograd's
+functionalisation; inductor itself is timed in benchmarks/bench_device_run.py."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -33,13 +36,14 @@ def taken(monkeypatch):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The ``(i0, i1, base)`` of every compiled call the grid run makes."""
+    """The ``(i0, i1, base)`` of every compiled call of the grid run's forward pass."""
     out = []
     real = grid_run._call
 
-    def spy(entry, args, *rest):
-        out.append(tuple(int(a) for a in args[4:]))
-        return real(entry, args, *rest)
+    def spy(entry, args, stats, instead):
+        if "backward" not in instead:
+            out.append(tuple(int(a) for a in args[4:]))
+        return real(entry, args, stats, instead)
 
     monkeypatch.setattr(grid_run, "_call", spy)
     return out
@@ -169,17 +173,152 @@ class Counting(torch.nn.Module):
         return forced(t, y)
 
 
-def test_a_func_the_run_cannot_capture_warns_once_and_compiles_steps(taken):
+def test_a_func_the_run_cannot_capture_warns_once_and_runs_in_chunks(monkeypatch, calls):
+    # The commonest Neural-ODE func, a module counting its calls: the while_loop cannot hold the side effect, the
+    # chunks can (the counter becomes a graph input), so they take the solve, and the count stays right.
+    chunked = []
+    real = grid_run.integrate_chunked
+    monkeypatch.setattr(grid_run, "integrate_chunked", lambda *a, **k: chunked.append(1) or real(*a, **k))
     func = Counting()
     y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
     t = torch.tensor([0.0, 0.45, 1.0], dtype=F64)
     with torch.no_grad():
         eager = solve(func, y0, t, method="rk4", options={"step_size": 0.1})
         func.nfe = 0
-        with pytest.warns(RuntimeWarning, match="run of steps as one graph.*one step at a time"):
+        with pytest.warns(RuntimeWarning, match="run of steps as one graph.*compiled chunks"):
             run = solve(func, y0, t, method="rk4", options={"step_size": 0.1, "compile": "eager"})
-        assert func.nfe == run.stats.nfe == eager.stats.nfe and run.stats.n_accepted == 10
+        assert func.nfe == run.stats.nfe and run.stats.n_accepted == 10
         assert (run.ys - eager.ys).abs().max() < 1e-14
         func.nfe = 0
         again = solve(func, y0, t, method="rk4", options={"step_size": 0.1, "compile": "eager"})  # no warning
-    assert taken == [None, None] and func.nfe == again.stats.nfe and torch.equal(again.ys, run.ys)
+    assert chunked == [1, 1] and len(calls) == 1  # the run was tried once, then left to the chunks
+    assert func.nfe == again.stats.nfe and torch.equal(again.ys, run.ys)
+
+
+def test_under_autograd_the_chunks_take_what_the_run_cannot_capture():
+    # The counting module again, with a parameter requiring grad: the chunks take the solve under the caller's
+    # autograd mode, so the gradient reaches the parameter (and the count stays right).
+    class CountingLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2, dtype=F64)
+            self.nfe = 0
+
+        def forward(self, t, y):
+            self.nfe += 1
+            return torch.tanh(self.lin(y))
+
+    func = CountingLinear()
+    y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    t = torch.tensor([0.0, 0.45, 1.0], dtype=F64)
+    grads = []
+    for options in ({"step_size": 0.1}, {"step_size": 0.1, "compile": "eager"}):
+        func.nfe = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the run's fallback, tested above
+            sol = solve(func, y0, t, method="rk4", options=options)
+        assert sol.ys.requires_grad and func.nfe == sol.stats.nfe
+        grads.append(torch.autograd.grad(sol.ys.pow(2).sum(), tuple(func.parameters())))
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-13
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a = torch.nn.Linear(2, 6, dtype=F64)
+        self.b = torch.nn.Linear(6, 2, dtype=F64)
+        self.frozen = torch.nn.Linear(2, 2, dtype=F64).requires_grad_(False)
+
+    def forward(self, t, y):
+        return self.b(torch.tanh(self.a(y) * torch.cos(t))) + 0.1 * self.frozen(y)
+
+
+def _gradients(func, y0, t, options, loss=lambda ys: (ys[1:] ** 2).sum(), **kw):
+    y0 = tuple(p.clone().requires_grad_() for p in y0) if isinstance(y0, tuple) else y0.clone().requires_grad_()
+    sol = solve(func, y0, t, method="rk4", options=options, **kw)
+    ys = sol.ys if isinstance(sol.ys, tuple) else (sol.ys,)
+    inputs = (*(y0 if isinstance(y0, tuple) else (y0,)), *(p for p in func.parameters() if p.requires_grad))
+    return torch.autograd.grad(sum(loss(y) for y in ys), inputs), sol
+
+
+def test_backpropagation_through_the_run_gives_the_eager_gradients(monkeypatch, calls):
+    # Autograd records: the run keeps every grid state, and the backward pass is a compiled reverse run of
+    # torch.func.vjp of each step. The gradients of y0 and the trainable parameters (not the frozen ones) equal
+    # backpropagation through the eager grid; outputs between grid points included.
+    chunked = []
+    real = grid_run.integrate_chunked
+    monkeypatch.setattr(grid_run, "integrate_chunked", lambda *a, **k: chunked.append(1) or real(*a, **k))
+    func = Net()
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 0.8]], dtype=F64)
+    t = torch.tensor([0.0, 0.25, 0.5, 0.73, 1.0], dtype=F64)
+    eager, _ = _gradients(func, y0, t, {"step_size": 0.1})
+    for backend in ("eager", "aot_eager"):
+        run, sol = _gradients(func, y0, t, {"step_size": 0.1, "compile": backend})
+        assert not chunked and sol.stats.n_accepted == 10
+        for a, b in zip(eager, run):
+            assert (a - b).abs().max() <= 1e-12 * (1 + a.abs().max())
+
+    # A tuple state, backwards in time.
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, t, y):
+            out = self.net(t, torch.cat(y, -1))
+            return out[..., :1], out[..., 1:]
+
+    pair = Pair()
+    y0t = (torch.tensor([[0.4], [1.0]], dtype=F64), torch.tensor([[-0.2], [0.6]], dtype=F64))
+    tb = torch.tensor([1.0, 0.6, 0.0], dtype=F64)
+    eager, _ = _gradients(pair, y0t, tb, {"step_size": 0.2})
+    run, _ = _gradients(pair, y0t, tb, {"step_size": 0.2, "compile": "eager"})
+    assert not chunked
+    for a, b in zip(eager, run):
+        assert (a - b).abs().max() <= 1e-12 * (1 + a.abs().max())
+
+
+def test_a_gradient_the_run_cannot_take_goes_to_the_chunks(monkeypatch):
+    chunked = []
+    real = grid_run.integrate_chunked
+    monkeypatch.setattr(grid_run, "integrate_chunked", lambda *a, **k: chunked.append(1) or real(*a, **k))
+    w = torch.tensor(0.7, dtype=F64, requires_grad=True)
+
+    class Scaled(torch.nn.Module):  # a tensor requiring grad that is not a parameter of the module
+        def __init__(self):
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, t, y):
+            return w * self.net(t, y)
+
+    func = Scaled()
+    y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    ys_e = solve(func, y0, t, method="rk4", options={"step_size": 0.1}).ys
+    ys_r = solve(func, y0, t, method="rk4", options={"step_size": 0.1, "compile": "aot_eager"}).ys
+    assert chunked == [1]
+    (ge,), (gr,) = torch.autograd.grad(ys_e.sum(), w), torch.autograd.grad(ys_r.sum(), w)
+    assert (ge - gr).abs() < 1e-12
+
+
+def test_the_backward_run_falls_back_to_eager_and_refuses_create_graph(monkeypatch):
+    func = Net()
+    y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    eager, _ = _gradients(func, y0, t, {"step_size": 0.1})
+    real = grid_run._call
+
+    def refuse_backward(entry, args, stats, instead):  # the backward graph cannot be compiled
+        return None if "backward" in instead else real(entry, args, stats, instead)
+
+    monkeypatch.setattr(grid_run, "_call", refuse_backward)
+    run, _ = _gradients(func, y0, t, {"step_size": 0.1, "compile": "eager"})
+    for a, b in zip(eager, run):
+        assert (a - b).abs().max() <= 1e-12 * (1 + a.abs().max())
+    y0g = y0.clone().requires_grad_()
+    ys = solve(func, y0g, t, method="rk4", options={"step_size": 0.1, "compile": "eager"}).ys
+    with pytest.raises(ValueError, match="create_graph=True is not supported through a compiled fixed-grid solve"):
+        torch.autograd.grad(ys.sum(), y0g, create_graph=True)

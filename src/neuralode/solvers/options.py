@@ -199,11 +199,11 @@ class Execution:
             :mod:`neuralode.solvers.methods.compiled` for when that pays), or several steps as one graph where
             ``compile_steps`` says so. Default ``False``.
         compile_steps: with ``compile``, at most how many step attempts one compiled call takes (default 32;
-            ``1``: one step per call). On a fixed grid without autograd on the CPU, any value above 1 selects the
-            grid run, one step as the body of a compiled ``while_loop`` whose calls take as many steps as its
-            output buffer allows (a fixed grid decides nothing between steps; see
-            :mod:`neuralode.solvers.fast.grid_run`); on a fixed grid recording autograd (or off the CPU),
-            consecutive grid steps unrolled into one graph (see :mod:`neuralode.solvers.fast.compiled_chunks`;
+            ``1``: one step per call). On a fixed grid on the CPU, any value above 1 selects the grid run, one
+            step as the body of a compiled ``while_loop`` whose calls take as many steps as its output buffer
+            allows (a fixed grid decides nothing between steps), backpropagation through a module's parameters
+            included (see :mod:`neuralode.solvers.fast.grid_run`); on a fixed grid the run does not take (off the
+            CPU, a plain function under autograd), consecutive grid steps unrolled into one graph (see :mod:`neuralode.solvers.fast.compiled_chunks`;
             the chunk size is chosen to keep ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last
             chunk least). For an adaptive
             first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``) solving without autograd,

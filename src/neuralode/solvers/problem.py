@@ -218,6 +218,18 @@ class _Problem:
             return y
         return tuple(p.view(s) for p, s in zip(torch.split(y, self.sizes), self.shapes))
 
+    def flat_func(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``func`` on the flat state, uncounted and unchecked: what a compiled graph traces (its evaluations are
+        counted by the graph's caller)."""
+        func = self.func
+        if not self.is_tuple:
+            return func
+
+        def raw(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.flatten(func(tt, self.unflatten(y)))
+
+        return raw
+
     def call_back(self, callback: Callable, t: float, y: torch.Tensor, h: float) -> None:
         """A step callback as torchdiffeq calls it: ``(t0, y0, dt)`` with tensors, ``dt = |h|``."""
         callback(self.time(t), self.unflatten(y), self.time(abs(h)))

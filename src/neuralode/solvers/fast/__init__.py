@@ -7,10 +7,12 @@ bookkeeping is pure overhead, and two drivers skip it:
 
 * :mod:`.fixed_grid`, the lean fixed grid: the explicit Runge-Kutta arithmetic of each step in one
   tight eager loop, the same operations in the same order as the loop's stepper, so the same bits;
-* :mod:`.grid_run`, under ``options={"compile": ...}`` without autograd on the CPU: the grid's steps as one
-  compiled ``while_loop`` whose body is one step, up to ``compile_steps`` steps per call;
-* :mod:`.compiled_chunks`, under ``options={"compile": ...}`` otherwise (autograd recording, another device):
-  ``compile_steps`` whole steps unrolled into one ``torch.compile`` graph.
+* :mod:`.grid_run`, under ``options={"compile": ...}`` on the CPU: the grid's steps as one compiled
+  ``while_loop`` whose body is one step (and, where autograd records through a module's parameters, a compiled
+  reverse run of each step's vector-Jacobian product as its backward pass);
+* :mod:`.compiled_chunks`, under ``options={"compile": ...}`` otherwise (another device, a plain function under
+  autograd, a ``func`` the ``while_loop`` cannot capture): ``compile_steps`` whole steps unrolled into one
+  ``torch.compile`` graph.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
 ``compile``, without autograd, for ``dopri5``, ``tsit5`` and ``bosh3``) keeps the clock on the device and compiles up to
@@ -99,8 +101,8 @@ def run(path: str, problem, y0, f0, times: list[float], stops, method, opts, sta
         return device_run.integrate_on_device(problem, y0, f0, times, stops, method, opts, stats, dt0, error)
     if path == GRID_RUN:
         backend = "inductor" if opts.execution.compile is True else opts.execution.compile
-        # None: a step within rounding of its start, or a run that cannot be compiled: the loop, with the method's
-        # compiled step (COMPILED).
+        # None: a step within rounding of its start: the loop, with the method's compiled step (COMPILED). (A run
+        # that cannot be compiled, or a gradient it cannot take, goes to the chunks inside.)
         return grid_run.integrate_grid(problem, y0, times, stops, tableau, opts, backend, stats), None
     if path == CHUNKS:
         backend = "inductor" if opts.execution.compile is True else opts.execution.compile

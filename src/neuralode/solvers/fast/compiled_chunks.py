@@ -1,6 +1,7 @@
-"""Fixed-grid solves under ``options={"compile": ...}`` that record autograd (or run off the CPU): ``K`` whole
-steps per compiled call. Without autograd on the CPU the grid run (:mod:`.grid_run`) takes them instead: one
-step as the body of a compiled ``while_loop``, which compiles in seconds whatever the grid and makes fewer calls.
+"""Fixed-grid solves under ``options={"compile": ...}`` that the grid run (:mod:`.grid_run`: one step as the body of
+a compiled ``while_loop``, which compiles in seconds whatever the grid and makes fewer calls) does not take: off the
+CPU, a plain function (not a module) under autograd, a gradient reaching a tensor that is not a parameter of
+``func``, a ``func`` the ``while_loop`` cannot capture (a call counter): ``K`` whole steps per compiled call.
 
 A compiled single step (:mod:`neuralode.solvers.methods.compiled`) still returns to Python after every
 step, and on a small network (an MLP 2→16→2 on a batch of 8) that round trip, the loop's
@@ -207,12 +208,7 @@ def integrate_chunked(
     grad = torch.is_grad_enabled()
     entry = per_func.get(key + (K, grad))
     if entry is None:
-        if problem.is_tuple:
-
-            def raw(tt, y):
-                return problem.flatten(func(tt, problem.unflatten(y)))
-        else:
-            raw = func
+        raw = problem.flat_func()
         entry = per_func[key + (K, grad)] = _Compiled(
             compile_graph(_make_chunk(raw, tableau, K), backend, problem.device, grad, what=f"a chunk of {K} steps")
         )

@@ -92,9 +92,12 @@ RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH, AT_FLOOR = 0, 1, 2, 3, 
 _CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
-def _graph(func, key, backend: str, device: torch.device, make: Callable) -> dict:
+def _graph(func, key, backend: str, device: torch.device, make: Callable, tune: bool = True) -> dict:
     """The compiled run for ``func`` and ``key`` (cached weakly per func): ``make()`` gives the run and the
-    evaluations per attempt. The entry also records whether the graph has run and why it cannot compile."""
+    evaluations per attempt. The entry also records whether the graph has run and why it cannot compile.
+    ``tune=False``: without inductor's GEMM autotuning (``cpp_wrapper`` alone on the CPU), which fails on a graph
+    holding ``torch.func.vjp`` inside a ``while_loop`` in torch 2.13 ("'FakeTensor' object has no attribute
+    'get_dtype'", the grid run's backward)."""
     try:
         per_func = _CACHE.setdefault(func, {})
     except TypeError:  # not weak-referenceable: compile for this solve only
@@ -102,9 +105,10 @@ def _graph(func, key, backend: str, device: torch.device, make: Callable) -> dic
     entry = per_func.get(key)
     if entry is None:
         run, n_new = make()
-        compiled = torch.compile(
-            fresh_code(run), fullgraph=True, backend=backend, **inductor_options(backend, device, False)
-        )
+        options = inductor_options(backend, device, False)
+        if not tune and "options" in options:
+            options = {"options": {k: v for k, v in options["options"].items() if not k.startswith("max_autotune")}}
+        compiled = torch.compile(fresh_code(run), fullgraph=True, backend=backend, **options)
         entry = per_func[key] = {"compiled": compiled, "n_new": n_new, "failed": None, "ran": False}
     return entry
 
@@ -439,13 +443,9 @@ def integrate_on_device(
     func = problem.func
 
     def make():
-        if problem.is_tuple:
-
-            def raw(tt, y):
-                return problem.flatten(func(tt, problem.unflatten(y)))
-        else:
-            raw = func
-        return _make_run(raw, tableau, list(problem.sizes), settings, problem.t_dtype, problem.unflatten)
+        return _make_run(
+            problem.flat_func(), tableau, list(problem.sizes), settings, problem.t_dtype, problem.unflatten
+        )
 
     entry = _graph(func, settings, backend, problem.device, make)
     if entry["failed"] is not None:

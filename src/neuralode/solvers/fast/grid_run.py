@@ -1,5 +1,5 @@
-"""Fixed-grid solves under ``options={"compile": ...}`` without autograd: the grid's steps as one compiled
-``while_loop``.
+"""Fixed-grid solves under ``options={"compile": ...}``: the grid's steps as one compiled ``while_loop``, and, where
+autograd records, a compiled reverse run as their backward pass.
 
 A fixed grid decides nothing between its steps, so its steps need not be unrolled to be traced
 (:mod:`.compiled_chunks` unrolls ``compile_steps`` of them into one graph, whose compilation grows with ``K``:
@@ -22,19 +22,34 @@ A solve of ``n`` steps whose outputs need ``m`` grid states makes about ``max(n 
 graph is the same for every call and every grid (a grid of another length recompiles it once, as dynamo's dynamic
 shapes then make it; ``Solution.stats.n_compiles`` counts it).
 
+Backpropagation. ``while_loop``'s own backward in torch 2.13 differentiates its last iteration alone
+(:mod:`.device_run`), so it is not used. Where autograd records, the run keeps every grid state (the forward
+pass above, all states needed) and the solve is one autograd node (:class:`_Backprop`) whose backward pass is a
+second compiled ``while_loop`` (:func:`_make_back`), over the steps last first: the cotangent of each step's end
+state (from the outputs, plus what the step after it passed back) is pulled back through the step by
+``torch.func.vjp`` at the kept state, with ``func``'s parameters passed by name through
+``torch.func.functional_call``, and the parameters' gradients are summed over the steps. That needs the tensors a
+gradient may reach to be named: ``func`` must be a ``torch.nn.Module`` whose parameters that require grad are all
+that one evaluation's graph reaches (:func:`differentiated`, one evaluation at the start, counted in
+``stats.nfe``); otherwise (a plain function, a tensor captured from outside) the chunks take the solve, whose
+backward autograd traces. The gradients are backpropagation's through the same steps, to rounding; memory is the
+grid's states (as ``options={"checkpoint": True}``), not every stage's. A second derivative (``create_graph``) is
+refused: the backward run records no graph. The backward graph is compiled without inductor's GEMM autotuning,
+which fails on ``torch.func.vjp`` inside a ``while_loop`` in this torch.
+
 Exactness and counts: as the chunks, the states equal the eager solve's to rounding (inductor may fuse a
 multiply-add), output times between grid points take the eager path's linear interpolant between the two grid
 states, and each step evaluates its own first stage in the graph: ``stats.nfe`` is the eager solve's plus one
-(the input check's evaluation is not reused). No step is padded.
+(the input check's evaluation is not reused; plus one more for :func:`differentiated` where autograd is on). No
+step is padded.
 
 It takes what the chunks take (:func:`.compiled_chunks.can_chunk`: an explicit Runge-Kutta method on a finite
 grid, ``interp="linear"``, no events, step callbacks, ``perturb`` or dense output, ``compile_steps > 1``), on the
-CPU (no GPU has run it yet), in float32 or float64, while autograd is off: ``while_loop``'s backward in torch 2.13
-differentiates its last iteration alone (:mod:`.device_run`), so a solve that records autograd takes the chunks,
-whose backward is right. A grid with a step within rounding of its start time, which the eager loop arrives at
-without a step, runs in the loop with one compiled step per call, as does a ``func`` that ``torch.compile``
-cannot capture inside a ``while_loop`` (a call counter, ``.item()``): that solve warns once, naming dynamo's
-reason, and the func and settings take the loop from then on.
+CPU (no GPU has run it yet), in float32 or float64, not in forward mode. A grid with a step within rounding of
+its start time, which the eager loop arrives at without a step, runs in the loop with one compiled step per call.
+A ``func`` that ``torch.compile`` cannot capture inside a ``while_loop`` (a call counter, ``.item()``) makes the
+solve warn once, naming dynamo's reason, and the chunks take it (they take a call counter: it becomes a graph
+input), for this func and these settings from then on.
 """
 
 from __future__ import annotations
@@ -50,7 +65,7 @@ from ..methods.compiled import rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import LoopResult
-from .compiled_chunks import can_chunk, grid_outputs, grid_plan, output_points
+from .compiled_chunks import can_chunk, grid_outputs, grid_plan, integrate_chunked, output_points
 from .device_run import _call, _graph
 
 # The bytes of grid states one call's buffer holds (see buffer_rows), and the most steps one call takes.
@@ -61,10 +76,13 @@ _PLANS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def applies(problem, method, opts, stops, events, dense, error) -> bool:
-    """Whether the compiled grid run takes this solve (see the module docstring)."""
+    """Whether the compiled grid run takes this solve (see the module docstring): what the chunks take, on the CPU
+    in float32 or float64, without autograd or with ``func`` a ``torch.nn.Module`` (whose gradients
+    :func:`differentiated` then checks), not in forward mode."""
     return (
         can_chunk(problem, method, opts, stops, events, dense, error)
-        and not torch.is_grad_enabled()
+        and (not torch.is_grad_enabled() or isinstance(problem.func, torch.nn.Module))
+        and not problem.forward_mode
         and problem.dtype in (torch.float32, torch.float64)
         and problem.device.type == "cpu"
     )
@@ -104,10 +122,126 @@ def _make_run(raw: Callable, tableau: ButcherTableau, rows: int):
     return run
 
 
+def _leaves(out: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors autograd accumulates gradients into from ``out``'s graph."""
+    leaves, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def differentiated(problem, y0: torch.Tensor, t0: float, stats) -> tuple[tuple[str, ...], tuple] | None:
+    """Where autograd records: the names and tensors of the parameters of ``func`` (a ``torch.nn.Module``) that
+    require grad, when every tensor a gradient can reach through ``func`` is one of them (checked on the graph of
+    one evaluation at ``(t0, y0)``, counted in ``stats.nfe``); ``((), ())`` when no gradient reaches the solve
+    (``y0`` and ``func`` need none); ``None`` where the backward run cannot take it (a tensor reached that is not a
+    parameter: the chunks, whose backward autograd traces, take the solve)."""
+    func = problem.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    with torch.enable_grad():
+        probe = problem.flat_func()(torch.tensor(t0, dtype=problem.t_dtype, device=problem.device), y0.detach())
+    stats.nfe += 1
+    leaves = _leaves(probe) if probe.requires_grad else []
+    if not leaves and not y0.requires_grad:
+        return (), ()
+    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
+    ids = {id(p) for _, p in named}
+    if any(id(v) not in ids for v in leaves):
+        return None
+    return tuple(name for name, _ in named), tuple(p for _, p in named)
+
+
+def _make_back(problem, names: tuple[str, ...], tableau: ButcherTableau):
+    """``back(ys, ts, hs, cot, i_last, *params) -> (a, *g)``: backpropagation through steps ``i_last .. 0`` of the
+    grid, last first. ``ys[k]`` is the state step ``k`` starts from and ``cot[k]`` the cotangent of the state it
+    ends on; each step is differentiated by ``torch.func.vjp`` of the step (its stages, with ``func``'s
+    parameters passed by name through ``torch.func.functional_call``) at ``ys[k]``. Returns the cotangent of the
+    first state and the parameters' gradients, summed over the steps."""
+    plan = _plan(tableau)
+    module = problem.func
+
+    def step(tn: torch.Tensor, h: torch.Tensor, y: torch.Tensor, *p: torch.Tensor) -> torch.Tensor:
+        values = dict(zip(names, p))
+
+        def raw(tt, yy):
+            out = torch.func.functional_call(module, values, (tt, problem.unflatten(yy)))
+            return problem.flatten(out) if problem.is_tuple else out
+
+        return rk_stages(raw, plan, y, raw(tn[0], y), h, lambda s: tn[s])[0]
+
+    def back(ys, ts, hs, cot, i_last, *params):
+        from torch._higher_order_ops import while_loop
+
+        def cond(i, a, *g):
+            return i >= 0
+
+        def body(i, a, *g):
+            j = i.reshape(1)
+            a = a + cot.index_select(0, j)[0]
+            tn, h, y = ts.index_select(0, j)[0], hs.index_select(0, j)[0], ys.index_select(0, j)[0]
+            pull = torch.func.vjp(lambda y_, *p: step(tn, h, y_, *p), y, *params)[1]
+            grads = pull(a)
+            return (i - 1, grads[0], *(x + d for x, d in zip(g, grads[1:])))
+
+        zeros = (torch.zeros_like(ys[0]), *(torch.zeros_like(p) for p in params))
+        return tuple(while_loop(cond, body, (i_last.clone(), *zeros))[1:])
+
+    return back
+
+
+class _Backprop(torch.autograd.Function):
+    """The grid run's states as one autograd node: forward, the states the compiled run computed (given); backward,
+    the compiled reverse run (:func:`_make_back`)."""
+
+    @staticmethod
+    def forward(ctx, job: dict, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.job = job
+        ctx.save_for_backward(y0, job["states"])
+        return job["states"]
+
+    @staticmethod
+    def backward(ctx, cot: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "create_graph=True is not supported through a compiled fixed-grid solve (options['compile']): its "
+                "backward pass is a compiled run that records no graph, so a second derivative would be wrong. Solve "
+                "without options['compile'] for second derivatives."
+            )
+        y0, states = ctx.saved_tensors
+        job = ctx.job
+        ys = torch.cat([y0.detach()[None], states[:-1]])
+        args = (ys, job["ts"], job["hs"], cot, torch.tensor(states.shape[0] - 1, device=y0.device), *job["params"])
+        out = _call(job["entry"], args, job["stats"], "its backward pass runs eagerly instead")
+        if out is None:
+            out = job["back"](*args)  # the same loop, run by while_loop's eager implementation
+        return (None, out[0] if ctx.needs_input_grad[1] else None, *out[1:])
+
+
 def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, backend: str, stats):
     """The fixed-grid solve as compiled runs of steps (:func:`applies` said it may): its :class:`LoopResult`, or
-    ``None`` where the loop takes the whole solve (a step within rounding of its start, or a run that cannot be
-    compiled)."""
+    ``None`` where the loop takes the whole solve (a step within rounding of its start). Where the run cannot be
+    compiled, or autograd records a gradient it cannot take (:func:`differentiated`), the compiled chunks take
+    the solve (:func:`.compiled_chunks.integrate_chunked`)."""
+
+    def chunks():
+        return integrate_chunked(problem, y0, times, stops, tableau, opts, backend, stats)
+
+    diff: tuple[tuple[str, ...], tuple] | None = ((), ())
+    if torch.is_grad_enabled():
+        diff = differentiated(problem, y0, times[0], stats)
+        if diff is None:
+            return chunks()
+    assert diff is not None
+    names, params = diff
+    record = bool(params) or y0.requires_grad  # backpropagation through the run: every grid state is kept
     grid = [times[0]] + list(stops)
     func = problem.func
     shapes = tuple(tuple(s) for s in problem.shapes)
@@ -118,7 +252,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
         plans = _PLANS.setdefault(func, {})
     except TypeError:  # not weak-referenceable: plan for this solve only
         plans = {}
-    last = plans.get(key)  # (grid, times, plan, need, slot) of the last solve: a training loop reuses its grid
+    last = plans.get((key, record))  # (grid, times, plan, need, slot) of the last solve: a training loop reuses it
     if last is not None and last[0] == grid and last[1] == times:
         _, _, plan, need, slot = last
     else:
@@ -126,59 +260,74 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
         plan = grid_plan(grid, tableau, n_steps, problem)
         if plan is None:
             return None
-        # The grid states the outputs need (the state at an output's grid point, or at both ends of its step).
-        wanted = {j - d for j, theta in output_points(grid, times) for d in ((0,) if theta is None else (0, 1))}
-        need = sorted(wanted - {0})
+        if record:
+            need = list(range(1, n_steps + 1))
+        else:
+            # The grid states the outputs need (the state at an output's grid point, or at both ends of its step).
+            wanted = {j - d for j, theta in output_points(grid, times) for d in ((0,) if theta is None else (0, 1))}
+            need = sorted(wanted - {0})
         where = [-1] * n_steps
         for r, j in enumerate(need):
             where[j - 1] = r  # the state at grid point j is step j - 1's end
         slot = torch.tensor(where, dtype=torch.long, device=problem.device)
-        plans[key] = (grid, list(times), plan, need, slot)
+        plans[(key, record)] = (grid, list(times), plan, need, slot)
 
     def make():
-        if problem.is_tuple:
-
-            def raw(tt, y):
-                return problem.flatten(func(tt, problem.unflatten(y)))
-        else:
-            raw = func
-        return _make_run(raw, tableau, R), tableau.stages
+        return _make_run(problem.flat_func(), tableau, R), tableau.stages
 
     entry = _graph(func, key, backend, problem.device, make)
     if entry["failed"] is not None:
-        return None
+        return chunks()
     n = plan.n
     ts, hs_t = plan.ts[0], plan.hs_t[0]  # one "chunk": the whole grid
     states: dict[int, torch.Tensor] = {0: y0}
-    y, i0, base = y0, 0, 0
+    y, i0, base = y0.detach(), 0, 0
 
     def index(i: int) -> torch.Tensor:
         return torch.tensor(i, dtype=torch.long, device=problem.device)
 
-    while i0 < n:
-        i1 = min(n, i0 + CALL_STEPS)
-        if base + R < len(need):
-            i1 = min(i1, need[base + R - 1])  # the last state this call's buffer can hold
-        out = _call(
-            entry,
-            (y, ts, hs_t, slot, index(i0), index(i1), index(base)),
-            stats,
-            "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)",
-        )
-        if out is None:
-            # Not compiled (at the first call; a later one only where dynamo recompiles and then fails): the loop
-            # takes the whole solve. The calls before had no effect but their states (a func with side effects
-            # cannot be captured in a while_loop), so nothing is counted twice.
-            return None
-        y, buf = out
-        filled = bisect.bisect_right(need, i1) - base
-        for r in range(filled):
-            states[need[base + r]] = buf[r]
-        base += filled
-        i0 = i1
+    with torch.no_grad():
+        while i0 < n:
+            i1 = min(n, i0 + CALL_STEPS)
+            if base + R < len(need):
+                i1 = min(i1, need[base + R - 1])  # the last state this call's buffer can hold
+            out = _call(
+                entry,
+                (y, ts, hs_t, slot, index(i0), index(i1), index(base)),
+                stats,
+                "the solve runs in compiled chunks of compile_steps steps instead",
+            )
+            if out is None:
+                break
+            y, buf = out
+            filled = bisect.bisect_right(need, i1) - base
+            for r in range(filled):
+                states[need[base + r]] = buf[r]
+            base += filled
+            i0 = i1
+    if i0 < n:
+        # Not compiled (at the first call; a later one only where dynamo recompiles and then fails): the chunks take
+        # the whole solve, under the caller's autograd mode. The calls before had no effect but their states (a func
+        # with side effects cannot be captured in a while_loop), so nothing is counted twice.
+        return chunks()
     stats.nfe += n * entry["n_new"]
     stats.n_accepted += n
     stats.last_step = plan.hs[-1]
     stats.next_step = math.inf  # what the constant controller proposes after every step
-    ys, out_steps = grid_outputs(grid, plan.hs, times, states.__getitem__)
+    if record:
+        back_key = ("grid back", *key[1:], names)
+        job = {
+            "states": torch.stack([states[j] for j in range(1, n + 1)]),
+            "ts": ts,
+            "hs": hs_t,
+            "params": params,
+            "stats": stats,
+            "back": _make_back(problem, names, tableau),
+        }
+        job["entry"] = _graph(func, back_key, backend, problem.device, lambda: (job["back"], 0), tune=False)
+        stacked = _Backprop.apply(job, y0, *params)
+        rows = stacked.unbind(0)
+        ys, out_steps = grid_outputs(grid, plan.hs, times, lambda j: y0 if j == 0 else rows[j - 1])
+    else:
+        ys, out_steps = grid_outputs(grid, plan.hs, times, states.__getitem__)
     return LoopResult(ys, out_steps, [], False)

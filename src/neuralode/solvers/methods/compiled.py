@@ -36,9 +36,9 @@ stays a constant), so such a module compiles a graph or two more, not one per ca
 Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
 training loop that solves with the same module every iteration compiles once.
 
-Fixed-step methods on a grid run their steps as one compiled ``while_loop`` without autograd on the CPU
-(:mod:`neuralode.solvers.fast.grid_run`) and compile ``options["compile_steps"]`` consecutive steps as one graph
-otherwise (:mod:`neuralode.solvers.fast.compiled_chunks`), and an adaptive ``dopri5``/``tsit5``/``bosh3`` solve
+Fixed-step methods on a grid run their steps as one compiled ``while_loop`` on the CPU
+(:mod:`neuralode.solvers.fast.grid_run`, backpropagation included where ``func`` is a module) and compile
+``options["compile_steps"]`` consecutive steps as one graph otherwise (:mod:`neuralode.solvers.fast.compiled_chunks`), and an adaptive ``dopri5``/``tsit5``/``bosh3`` solve
 without autograd runs its whole run of steps as one compiled ``while_loop`` (:mod:`neuralode.solvers.fast.device_run`);
 the single compiled step here serves the other adaptive solves, ``compile_steps=1``, and the fixed-grid solves
 that those do not take (events, step callbacks, ``perturb``, ``dense``, cubic interpolation).
