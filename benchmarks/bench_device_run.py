@@ -108,6 +108,11 @@ def variants(key: str) -> dict:
 def first_call(key: str, name: str | None = None) -> float:
     """Seconds of the first solve of workload ``key`` in this process, with the variant ``name`` (by default the
     device or grid run)."""
+    if name is not None and name in GRADIENTS.get(key, {}):  # a training step: forward and backward
+        step = gradient_setup(key)[name]
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
     func, y0, t, kw, _ = setup(key)
     start = time.perf_counter()
     if name is None:
@@ -288,6 +293,10 @@ def main(argv=None) -> int:
     if "a" in args.only:
         for name in ("grid run (compile=True)", "compiled chunks (compile_steps=32, autograd on)"):
             cold.append(f"{name.split(' (')[0]} {cold_first_call('a', name):.1f} s")
+        cold.append(
+            f"a training step through the grid run (forward and backward) "
+            f"{cold_first_call('a', 'backprop, compile=True (grid run)'):.1f} s"
+        )
         print(cold, flush=True)
     text = [
         "# The device run: a solve's run of steps as one compiled graph",
@@ -341,8 +350,9 @@ def main(argv=None) -> int:
                 "- The first calls above may find kernels that an earlier run of this script left in inductor's "
                 "on-disk cache. In a new process with an empty cache (a temporary `TORCHINDUCTOR_CACHE_DIR`), "
                 f"(a)'s first call took: {', '.join(cold)}.",
-                "- (a)'s chunks ran with autograd on (as a training solve takes them) and no parameter requiring "
-                "grad, so no graph was built: their forward alone. The grid run's NFE counts each step's own first "
+                "- (a)'s chunks ran with autograd on and no parameter requiring grad (so no graph was built: their "
+                "forward alone), the module wrapped in a plain function (the grid run takes a module under autograd, "
+                "the chunks a plain function). The grid run's NFE counts each step's own first "
                 "stage (one evaluation more than eager), the chunks' also their 7 padded steps.",
             ]
             if cold
