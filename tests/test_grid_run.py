@@ -322,3 +322,9 @@ def test_the_backward_run_falls_back_to_eager_and_refuses_create_graph(monkeypat
     ys = solve(func, y0g, t, method="rk4", options={"step_size": 0.1, "compile": "eager"}).ys
     with pytest.raises(ValueError, match="create_graph=True is not supported through a compiled fixed-grid solve"):
         torch.autograd.grad(ys.sum(), y0g, create_graph=True)
+    # A parameter changed in place before the backward pass: refused, as autograd refuses a saved tensor changed.
+    ys = solve(func, y0g, t, method="rk4", options={"step_size": 0.1, "compile": "eager"}).ys
+    with torch.no_grad():
+        func.a.weight.mul_(1.01)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        ys.sum().backward()

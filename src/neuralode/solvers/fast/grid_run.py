@@ -217,6 +217,13 @@ class _Backprop(torch.autograd.Function):
             )
         y0, states = ctx.saved_tensors
         job = ctx.job
+        if [p._version for p in job["params"]] != job["versions"]:
+            # What autograd raises for a tensor it saved: the steps would be differentiated at the new values.
+            raise RuntimeError(
+                "A parameter of func was modified in place (an optimizer step, say) between a compiled fixed-grid "
+                "solve and its backward pass: its gradient would be taken at the new values. Call backward() before "
+                "changing the parameters."
+            )
         ys = torch.cat([y0.detach()[None], states[:-1]])
         args = (ys, job["ts"], job["hs"], cot, torch.tensor(states.shape[0] - 1, device=y0.device), *job["params"])
         out = _call(job["entry"], args, job["stats"], "its backward pass runs eagerly instead")
@@ -321,6 +328,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
             "ts": ts,
             "hs": hs_t,
             "params": params,
+            "versions": [p._version for p in params],
             "stats": stats,
             "back": _make_back(problem, names, tableau),
         }
