@@ -3,7 +3,7 @@ needs none of the loop's decisions between steps.
 
 A fixed grid with no error control decides nothing between its steps: every step is accepted and
 ends on the next grid point. When nothing else watches the steps either, the loop's per-step
-bookkeeping is pure overhead, and two drivers skip it:
+bookkeeping is pure overhead, and three drivers skip it:
 
 * :mod:`.fixed_grid`, the lean fixed grid: the explicit Runge-Kutta arithmetic of each step in one
   tight eager loop, the same operations in the same order as the loop's stepper, so the same bits;
@@ -43,7 +43,7 @@ from . import compiled_chunks, device_run, fixed_grid, grid_run
 LOOP = "loop"  # the host clock with the method's own stepper
 FIXED_GRID = "fixed_grid"  # the lean fixed grid, then the loop from where it stopped (if it stopped early)
 CHUNKS = "chunks"  # compiled chunks of steps; the loop with compiled steps if the grid has a sliver step
-GRID_RUN = "grid_run"  # the grid's steps as a compiled while_loop; the loop with compiled steps where it cannot
+GRID_RUN = "grid_run"  # the grid's steps as a compiled while_loop; the chunks where it cannot (the loop: a sliver)
 COMPILED = "compiled"  # the host clock stepping with the method's compiled step
 DEVICE = "device"  # the run compiled, its clock on the device; the host clock from where it stops short, if it does
 
