@@ -41,7 +41,9 @@ Exactness and counts: as the chunks, the states equal the eager solve's to round
 multiply-add), output times between grid points take the eager path's linear interpolant between the two grid
 states, and each step evaluates its own first stage in the graph: ``stats.nfe`` is the eager solve's plus one
 (the input check's evaluation is not reused; plus one more for :func:`differentiated` where autograd is on). No
-step is padded.
+step is padded. Under autograd the backward pass is counted in ``Solution.adjoint_stats`` (its evaluations, the
+steps it re-runs, the graphs it compiles), as the checkpointed modes count theirs, and the forward counters'
+``n_recomputed_steps`` is its plan (every step).
 
 It takes what the chunks take (:func:`.compiled_chunks.can_chunk`: an explicit Runge-Kutta method on a finite
 grid, ``interp="linear"``, no events, step callbacks, ``perturb`` or dense output, ``compile_steps > 1``), on the
@@ -64,7 +66,7 @@ import torch
 from ..methods.compiled import rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
-from ..solution import LoopResult
+from ..solution import BackwardRecord, LoopResult
 from .compiled_chunks import can_chunk, grid_outputs, grid_plan, integrate_chunked, output_points
 from .device_run import _call, _graph
 
@@ -225,10 +227,14 @@ class _Backprop(torch.autograd.Function):
                 "changing the parameters."
             )
         ys = torch.cat([y0.detach()[None], states[:-1]])
-        args = (ys, job["ts"], job["hs"], cot, torch.tensor(states.shape[0] - 1, device=y0.device), *job["params"])
-        out = _call(job["entry"], args, job["stats"], "its backward pass runs eagerly instead")
+        n = states.shape[0]
+        args = (ys, job["ts"], job["hs"], cot, torch.tensor(n - 1, device=y0.device), *job["params"])
+        stats = job["stats"]  # Solution.adjoint_stats
+        out = _call(job["entry"], args, stats, "its backward pass runs eagerly instead")
         if out is None:
-            out = job["back"](*args)  # the same loop, run by while_loop's eager implementation
+            out = job["make_back"]()(*args)  # the same loop, run by while_loop's eager implementation
+        stats.nfe += n * job["stages"]  # each step's stages, evaluated again inside its vjp
+        stats.n_recomputed_steps += n
         return (None, out[0] if ctx.needs_input_grad[1] else None, *out[1:])
 
 
@@ -322,17 +328,26 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
     stats.last_step = plan.hs[-1]
     stats.next_step = math.inf  # what the constant controller proposes after every step
     if record:
-        back_key = ("grid back", *key[1:], names)
+        # The backward pass's counters (Solution.adjoint_stats): it re-runs every step, as the plan says here.
+        problem.backward = BackwardRecord()
+        stats.n_recomputed_steps += n
+
+        def make_back():
+            return _make_back(problem, names, tableau)
+
         job = {
             "states": torch.stack([states[j] for j in range(1, n + 1)]),
             "ts": ts,
             "hs": hs_t,
             "params": params,
             "versions": [p._version for p in params],
-            "stats": stats,
-            "back": _make_back(problem, names, tableau),
+            "stats": problem.backward.stats,
+            "stages": tableau.stages,
+            "make_back": make_back,
+            "entry": _graph(
+                func, ("grid back", *key[1:], names), backend, problem.device, lambda: (make_back(), 0), tune=False
+            ),
         }
-        job["entry"] = _graph(func, back_key, backend, problem.device, lambda: (job["back"], 0), tune=False)
         stacked = _Backprop.apply(job, y0, *params)
         rows = stacked.unbind(0)
         ys, out_steps = grid_outputs(grid, plan.hs, times, lambda j: y0 if j == 0 else rows[j - 1])
