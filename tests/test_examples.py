@@ -207,3 +207,24 @@ def test_compiled_solve_takes_the_eager_steps_joint_and_per_sample(tmp_path):
     for way in ("compiled", "compiled, per sample", "compiled, rk4 grid"):
         assert ways[way]["max_abs_diff_from_eager"] < 1e-3  # float32 over 10 time units
         assert ways[way]["compile_s"] > 0
+
+
+def test_compiled_training_gives_the_eager_gradients_and_losses(tmp_path):
+    # The eager backend traces both compiled runs (the grid run and its reverse run; the adjoint's forward and
+    # backward device runs) without generating code: the gradients and the whole training must be the eager ones'
+    # to float32 rounding; inductor's speed is benchmarks/results/device_run.md's.
+    out = tmp_path / "ct"
+    proc = run_example(
+        "compiled_training.py", "--steps", "40", "--iterations", "5", "--backend", "eager", "--out", str(out)
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    ways = metrics["ways"]
+    assert (out / "compiled_training.png").stat().st_size > 10_000
+    for way in ("backprop, rk4 grid", "adjoint, dopri5"):
+        eager, compiled = ways[way], ways[way + ", compiled"]
+        assert compiled["gradient_relative_difference"] < 1e-5
+        assert compiled["first_step_s"] > 0 and compiled["compiles"] >= 2  # forward and backward runs compiled
+        for a, b in zip(eager["losses"], compiled["losses"]):
+            assert abs(a - b) <= 1e-4 * a
+        assert eager["losses"][-1] < 0.5 * eager["losses"][0]  # it trains
+    assert "x the eager speed per training step" in proc.stdout
