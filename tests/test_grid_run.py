@@ -56,7 +56,7 @@ def _pair(y0, t, options, method="rk4", backend="eager", func=forced):
     return eager, run
 
 
-def _same(eager, run, tol, n_new):
+def _same(eager, run, tol, n_steps):
     assert run.stats.nfe == eager.stats.nfe + 1  # each step evaluates its own first stage: f(t0, y0) once more
     assert run.stats.n_accepted == eager.stats.n_accepted
     assert run.stats.last_step == eager.stats.last_step and run.stats.next_step == eager.stats.next_step
@@ -65,7 +65,7 @@ def _same(eager, run, tol, n_new):
     ):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert (a - b).abs().max() <= tol
-    assert n_new == eager.stats.n_accepted
+    assert n_steps == eager.stats.n_accepted
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
