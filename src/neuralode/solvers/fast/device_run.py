@@ -77,7 +77,7 @@ from ..control.norms import RMSNorm, UserNorm, inverse_sqrt_sizes
 from ..control.stepping import at_step_floor, next_step_t, output_theta, plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
-from ..methods.compiled import compile_errors, fresh_code, inductor_options, rk_stages, weighted
+from ..methods.compiled import compile_errors, compiled_fn, fresh_code, inductor_options, rk_stages, weighted
 from ..methods.interpolants import ContinuousExtension, Hermite
 from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
@@ -105,10 +105,10 @@ def _graph(func, key, backend: str, device: torch.device, make: Callable, tune: 
     entry = per_func.get(key)
     if entry is None:
         run, n_new = make()
-        options = inductor_options(backend, device, False)
-        if not tune and "options" in options:
-            options = {"options": {k: v for k, v in options["options"].items() if not k.startswith("max_autotune")}}
-        compiled = torch.compile(fresh_code(run), fullgraph=True, backend=backend, **options)
+        options = inductor_options(backend, device, False).get("options")
+        if not tune and options:
+            options = {k: v for k, v in options.items() if not k.startswith("max_autotune")}
+        compiled = compiled_fn(fresh_code(run), backend, options)
         entry = per_func[key] = {"compiled": compiled, "n_new": n_new, "failed": None, "ran": False}
     return entry
 

@@ -9,10 +9,12 @@ for.
 
 When it pays is a measurement, not a rule (``benchmarks/bench_compile.py``; its figures against
 the eager solve are in ``benchmarks/results/compile.md``, "Adaptive steps"): compilation removes
-the per-operation dispatch of a step whose operations are small, and gains nothing where matrix
-products dominate the step, where it can be slower than eager (inductor's vectorised ``tanh`` is
-slower than ATen's). Compiling the step with the chunks' CPU configuration (``TUNE_STEP``,
-``cpp_wrapper`` and GEMM autotuning) did not pay there, so it is off. What a compiled step
+the per-operation dispatch of a step whose operations are small, and gains little where matrix
+products dominate the step. Compiling the step with the chunks' CPU configuration (``TUNE_STEP``,
+``cpp_wrapper`` and GEMM autotuning) did not pay there, so it is off. Every graph compiled with inductor
+(:func:`compiled_fn`) evaluates a float32 ``tanh`` as a rational function within 7 units in the last place
+(:mod:`~neuralode.solvers.methods.fast_tanh`, as XLA does), several times cheaper than ATen's SLEEF ``tanh``,
+which inductor's generated code would otherwise call. What a compiled step
 leaves in Python per step is the loop around it: the error norm and its one host
 synchronisation, the controller, the dense output and dynamo's call overhead. The first call
 pays the compilation (``Solution.stats.compile_s`` reports it). Autograd works through
@@ -201,6 +203,44 @@ class CompiledGraph:
             config.allow_unspec_int_on_nn_module = unspec
 
 
+# Whether float32 tanh in neuralode's inductor graphs is the rational function of fast_tanh (see compiled_fn).
+FAST_TANH = True
+
+
+def compiled_fn(fn: Callable, backend: str, options: dict | None = None) -> Callable:
+    """``torch.compile(fn, fullgraph=True, backend=backend)`` with inductor ``options``; for inductor, with the
+    float32 ``tanh`` of :mod:`~neuralode.solvers.methods.fast_tanh` (while :data:`FAST_TANH`).
+
+    The inductor backend is ``torch.compile``'s own (the same configuration, ``mode`` and options), given
+    :func:`~neuralode.solvers.methods.fast_tanh.decompositions` and compiled without AOT autograd's on-disk
+    cache, whose key does not include the decompositions: it could otherwise hand a graph compiled with ATen's
+    ``tanh`` to this backend, or this backend's graph to a user's ``torch.compile`` of the same code. Inductor's
+    own graph cache, keyed by the decomposed graph, still serves a second process.
+    """
+    if backend == "inductor" and FAST_TANH:
+        return torch.compile(fn, fullgraph=True, backend=_RationalTanhInductor(None, options, None))
+    return torch.compile(fn, fullgraph=True, backend=backend, options=options or None)
+
+
+class _RationalTanhInductor(torch._TorchCompileInductorWrapper):
+    """``torch.compile``'s inductor backend with :func:`~neuralode.solvers.methods.fast_tanh.decompositions`."""
+
+    def __call__(self, model_, inputs_, *, config_patches=None):
+        import torch._functorch.config as functorch_config
+        from torch._inductor.compile_fx import compile_fx
+
+        from .fast_tanh import decompositions
+
+        with functorch_config.patch(enable_autograd_cache=False):
+            return compile_fx(
+                model_,
+                inputs_,
+                config_patches={**self.config, **(config_patches or {})},
+                decompositions=decompositions(),
+                compile_region_name=self.name,
+            )
+
+
 def compile_graph(
     fn: Callable, backend: str, device: torch.device, grad: bool, tune: bool = True, what: str = "the step"
 ) -> CompiledGraph:
@@ -212,10 +252,8 @@ def compile_graph(
     here sees one set of input shapes (the callers' caches are keyed by them), so no
     recompilation could mark a dimension dynamic.
     """
-    compiled = torch.compile(
-        fresh_code(fn), fullgraph=True, backend=backend, **(inductor_options(backend, device, grad) if tune else {})
-    )
-    return CompiledGraph(compiled, fn, what)
+    options = inductor_options(backend, device, grad).get("options") if tune else None
+    return CompiledGraph(compiled_fn(fresh_code(fn), backend, options), fn, what)
 
 
 def compiled_stepper(problem, tableau: ButcherTableau, backend: str, stats) -> Callable:
