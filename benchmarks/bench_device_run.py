@@ -236,26 +236,14 @@ GRADIENTS["o"] = {
 }
 
 
-class UncountedConvBlock(torch.nn.Module):
-    """The ODE-Net's block (``ConvODEFunc(64)``) called without its evaluation counter, a side effect that the
-    grid run's ``while_loop`` cannot hold (the counting block itself takes the chunks)."""
-
-    def __init__(self):
-        super().__init__()
-        from neuralode.models.classifiers import ConvODEFunc
-
-        self.block = ConvODEFunc(64)
-
-    def forward(self, t, y):
-        return torch.nn.Module.__call__(self.block, t, y)
-
-
 def gradient_setup(key: str):
     if key == "d":
         func, y0, t = peers._mlp_setup()
     elif key == "o":  # the MNIST ODE-Net's block on a batch of 32 of its (64, 6, 6) features, rk4 with 4 steps
         torch.manual_seed(0)
-        func, y0, t = UncountedConvBlock(), torch.randn(32, 64, 6, 6), torch.tensor([0.0, 1.0])
+        from neuralode.models.classifiers import ConvODEFunc
+
+        func, y0, t = ConvODEFunc(64), torch.randn(32, 64, 6, 6), torch.tensor([0.0, 1.0])
     else:
         torch.manual_seed(0)
         func, y0 = peers.MLPField([2, 16, 2]), torch.randn(8, 2)
@@ -373,7 +361,7 @@ def main(argv=None) -> int:
                 "`bench_peers.py`'s (d) (dopri5 at rtol = atol = 1e-6, 10 outputs on [0, 1]; diffrax: its default "
                 "`RecursiveCheckpointAdjoint`), (t) the tiny MLP 2→16→2, batch 8, the same solve, (a) the tiny MLP "
                 "on (a)'s grid (midpoint, 200 steps, outputs at 0 and 1), (o) the MNIST ODE-Net's block "
-                "(`ConvODEFunc(64)`, without its evaluation counter) on a batch of 32 of its (64, 6, 6) features, "
+                "(`ConvODEFunc(64)`, an `ODEFunc`: the solver counts its evaluations for it) on a batch of 32 of its (64, 6, 6) features, "
                 "rk4 with 4 steps. `adjoint, compile=True`: `odeint_adjoint` "
                 "with `options={'compile': True}`, whose forward solve takes the device run and whose backward solves "
                 "(one per output interval) take it too, their dynamics written with `torch.func.vjp` "

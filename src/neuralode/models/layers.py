@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -24,19 +25,40 @@ class ODEFunc(nn.Module):
 
     Every call is counted: ``nfe_forward`` during ordinary solves (and backprop through them),
     ``nfe_backward`` during the backward solve of the adjoint method. ``reset_nfe()`` zeroes both.
+
+    The count is a side effect that a compiled ``while_loop`` cannot hold, so a ``func`` that counts its own calls
+    could not run inside neuralode's compiled runs of steps (``options={"compile": ...}``). An ``ODEFunc`` lets the
+    solver count for it (the protocol of :func:`neuralode.solvers.counting.counted_by_solver`): the solver suspends
+    the counting (:meth:`suspend_counting`) while its compiled graphs run, then adds the evaluations they made
+    (:meth:`count_calls`), so the counters stay right and the module compiles once.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.nfe_forward = 0
         self.nfe_backward = 0
+        self._counting = True
 
     def __call__(self, t, y):
-        if in_adjoint_backward():
-            self.nfe_backward += 1
-        else:
-            self.nfe_forward += 1
+        if self._counting:
+            self.count_calls(1)
         return super().__call__(t, y)
+
+    def count_calls(self, n: int) -> None:
+        """Add ``n`` evaluations: to ``nfe_backward`` inside the adjoint's backward solve, else to ``nfe_forward``."""
+        if in_adjoint_backward():
+            self.nfe_backward += n
+        else:
+            self.nfe_forward += n
+
+    @contextlib.contextmanager
+    def suspend_counting(self) -> Iterator[None]:
+        """Calls inside the block are not counted (the solver counts them with :meth:`count_calls`)."""
+        saved, self._counting = self._counting, False
+        try:
+            yield
+        finally:
+            self._counting = saved
 
     def reset_nfe(self) -> None:
         """Set both counters to zero."""

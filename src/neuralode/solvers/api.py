@@ -37,6 +37,7 @@ from . import fast
 from .adjoint.recursive import solve_recursive
 from .control.controller import ConstantController, StepSizeController, initial_step
 from .control.norms import _ErrorNorm, _PrimalErrorNorm
+from .counting import counted_by_solver
 from .dense import DenseOutput
 from .errors import SolverError
 from .events.core import Event, EventSet, check_events
@@ -260,8 +261,15 @@ def _run(
         event_set = EventSet(events, problem.time, problem.unflatten, stats, torch.finfo(problem.t_dtype).eps)
     dense = DenseOutput(direction, problem.unflatten, t0) if opts.output.dense else None
     config = method.step_config(opts, rtol_v, atol_v)
+    # Under compile, a func that counts its own calls and lets the solver count them (counting.py) is counted from
+    # stats.nfe: its count is a side effect a compiled graph cannot hold.
+    counted = (
+        counted_by_solver(func, lambda: stats.nfe)
+        if opts.execution.compile and not recursive
+        else contextlib.nullcontext()
+    )
     try:
-        with torch.enable_grad() if forward else contextlib.nullcontext():
+        with torch.enable_grad() if forward else contextlib.nullcontext(), counted:
             # What the host clock's drivers take besides the state.
             clock = dict(
                 method=method,

@@ -76,6 +76,7 @@ from . import loop
 from .control.controller import BatchStepSizeController, initial_step
 from .control.norms import RMSNorm, UserNorm
 from .control.stepping import at_step_floor, next_step_t, output_theta, plan_step
+from .counting import counted_by_solver
 from .dense import PerSampleDense
 from .events.core import unravel
 from .fast import device_run
@@ -919,7 +920,8 @@ def _compiled_run(
     fb.rows, fb.active = torch.arange(B, device=t0.device), torch.ones(B, dtype=torch.bool, device=t0.device)
     dt0 = first_steps(fb, t0, y, f0, direction, method.tableau.order, opts.first_step, norm)
     fb.active = None
-    result = device_run.integrate_per_sample_on_device(fb, y, f0, times, direction, method, opts, norm, stats, dt0)
+    with counted_by_solver(fb.func, lambda: stats.calls):
+        result = device_run.integrate_per_sample_on_device(fb, y, f0, times, direction, method, opts, norm, stats, dt0)
     return (None if result is None else LoopOut(*result)), dt0
 
 

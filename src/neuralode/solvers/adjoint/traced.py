@@ -63,4 +63,9 @@ def _make(module: torch.nn.Module, names: tuple[str, ...], flat) -> Callable:
         # The quadratures are carried in the state's dtype, as the eager dynamics carry them.
         return (fy, vjps[0], *(g.to(a.dtype) for g in vjps[1:]))
 
+    # A module that counts its calls and lets the solver count them (counting.counted_by_solver): one evaluation of
+    # the dynamics is one call of the module, as in the eager backward dynamics.
+    for name in ("suspend_counting", "count_calls"):
+        if callable(getattr(module, name, None)):
+            setattr(dynamics, name, getattr(module, name))
     return dynamics

@@ -41,7 +41,9 @@ the host clock starts watching for stiffness), the run stops before that attempt
 (:class:`~neuralode.solvers.solution.Handover`, with its step and the controller's memory): the host clock
 takes that attempt, raising its own error or watching from there. A ``func`` that ``torch.compile`` cannot
 capture inside a ``while_loop`` (a side effect such as a call counter, ``.item()``) makes the solve warn once and
-run in the loop with one compiled step per call, for this func and these settings from then on.
+run in the loop with one compiled step per call, for this func and these settings from then on; a ``func`` that
+counts its calls and lets the solver count them (:mod:`neuralode.solvers.counting`, as
+:class:`neuralode.models.ODEFunc` does) runs in the run, its counting suspended by the api around the solve.
 
 Autograd: the run is taken only while autograd is off. In torch 2.13 ``while_loop`` under ``torch.compile``
 records a backward that differentiates the last iteration alone (five iterations of ``y = w y`` from ``y = 2``,

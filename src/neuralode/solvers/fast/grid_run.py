@@ -51,7 +51,9 @@ CPU (no GPU has run it yet), in float32 or float64, not in forward mode. A grid 
 its start time, which the eager loop arrives at without a step, runs in the loop with one compiled step per call.
 A ``func`` that ``torch.compile`` cannot capture inside a ``while_loop`` (a call counter, ``.item()``) makes the
 solve warn once, naming dynamo's reason, and the chunks take it (they take a call counter: it becomes a graph
-input), for this func and these settings from then on.
+input), for this func and these settings from then on. A ``func`` that counts its calls and lets the solver count
+them (:mod:`neuralode.solvers.counting`, as :class:`neuralode.models.ODEFunc` does) runs in the run, forward and
+backward: the api suspends its counting around the solve, and the backward pass around its reverse run.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..counting import counted_by_solver
 from ..methods.compiled import rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
@@ -230,10 +233,11 @@ class _Backprop(torch.autograd.Function):
         n = states.shape[0]
         args = (ys, job["ts"], job["hs"], cot, torch.tensor(n - 1, device=y0.device), *job["params"])
         stats = job["stats"]  # Solution.adjoint_stats
-        out = _call(job["entry"], args, stats, "its backward pass runs eagerly instead")
-        if out is None:
-            out = job["make_back"]()(*args)  # the same loop, run by while_loop's eager implementation
-        stats.nfe += n * job["stages"]  # each step's stages, evaluated again inside its vjp
+        with counted_by_solver(job["func"], lambda: stats.nfe):
+            out = _call(job["entry"], args, stats, "its backward pass runs eagerly instead")
+            if out is None:
+                out = job["make_back"]()(*args)  # the same loop, run by while_loop's eager implementation
+            stats.nfe += n * job["stages"]  # each step's stages, evaluated again inside its vjp
         stats.n_recomputed_steps += n
         return (None, out[0] if ctx.needs_input_grad[1] else None, *out[1:])
 
@@ -336,6 +340,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
             return _make_back(problem, names, tableau)
 
         job = {
+            "func": func,
             "states": torch.stack([states[j] for j in range(1, n + 1)]),
             "ts": ts,
             "hs": hs_t,

@@ -33,7 +33,9 @@ torchdiffeq's examples do): dynamo guards on an ``int`` attribute of a module by
 recompile until its recompile limit; every graph is called with ``allow_unspec_int_on_nn_module``, under which an
 ``int`` attribute that changes becomes a graph input on the first recompilation (an ``int`` that never changes
 stays a constant), so such a module compiles a graph or two more, not one per call, and its count stays right
-(dynamo applies the increments of the traced calls after each graph).
+(dynamo applies the increments of the traced calls after each graph). A ``func`` that lets the solver count its
+calls (:mod:`neuralode.solvers.counting`, :class:`neuralode.models.ODEFunc`) is called with its counting
+suspended under ``compile``, so its graphs hold no side effect, and is given ``stats.nfe`` after the solve.
 
 Compiled steps are cached per ``func`` object (weakly), method, backend and state layout, so a
 training loop that solves with the same module every iteration compiles once.
