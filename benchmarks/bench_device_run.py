@@ -65,6 +65,7 @@ FIXED = {
     "compiled chunks (compile_steps=32, autograd on)": {"compile": True, "grad": True},
     "grid run (compile=True)": {"compile": True},
     "grid run (compile_steps=200)": {"compile": True, "compile_steps": 200},
+    "grid run, ATen matmul (SMALL_MATMUL=False)": {"compile": True, "aten_mm": True},
 }
 
 
@@ -87,22 +88,30 @@ def setup(key: str):
 
 
 @contextlib.contextmanager
-def tanh_of(aten: bool):
-    """Compile with ATen's float32 tanh (``aten``) or the rational one, whatever the default."""
-    saved = compiled.FAST_TANH
-    compiled.FAST_TANH = not aten
+def aten_ops(options: dict):
+    """Compile with ATen's float32 tanh where ``options['aten_tanh']``, and inductor's own matrix products where
+    ``options['aten_mm']`` (instead of methods/fast_tanh.py and methods/small_matmul.py), whatever the defaults."""
+    saved = compiled.FAST_TANH, compiled.SMALL_MATMUL
+    compiled.FAST_TANH = not options.get("aten_tanh", False)
+    compiled.SMALL_MATMUL = not options.get("aten_mm", False)
     try:
         yield
     finally:
-        compiled.FAST_TANH = saved
+        compiled.FAST_TANH, compiled.SMALL_MATMUL = saved
+
+
+def _aten_flags(options: dict) -> tuple[dict, dict]:
+    """``(solve options, the aten_* flags)``."""
+    flags = {k: options[k] for k in ("aten_tanh", "aten_mm") if k in options}
+    return {k: v for k, v in options.items() if k not in flags}, flags
 
 
 def solver(func, y0, t, kw, options):
     options = dict(options)
     grad = options.pop("grad", False)
-    aten = options.pop("aten_tanh", False)
-    if aten:
-        func = copy.deepcopy(func)
+    options, flags = _aten_flags(options)
+    if flags:
+        func = copy.deepcopy(func)  # graphs are cached per func
     if kw["method"] == "midpoint":
         options["step_size"] = 1.0 / 200
     if grad:
@@ -115,7 +124,7 @@ def solver(func, y0, t, kw, options):
             return module(t, y)
 
     def run():
-        with torch.set_grad_enabled(grad), tanh_of(aten):
+        with torch.set_grad_enabled(grad), aten_ops(flags):
             return neuralode.solve(func, y0, t, options=options, **kw)
 
     return run
@@ -227,9 +236,16 @@ GRADIENTS = {
     "a": {
         "backprop": (neuralode.odeint, {"step_size": 1.0 / 200}),
         "backprop, compile=True (grid run)": (neuralode.odeint, {"step_size": 1.0 / 200, "compile": True}),
+        "backprop, compile=True (grid run), ATen matmul": (
+            neuralode.odeint,
+            {"step_size": 1.0 / 200, "compile": True, "aten_mm": True},
+        ),
     },
 }
-GRADIENTS["t"] = GRADIENTS["d"]
+GRADIENTS["t"] = {
+    **{k: v for k, v in GRADIENTS["d"].items() if "ATen" not in k},
+    "adjoint, compile=True, ATen matmul": (neuralode.odeint_adjoint, {"compile": True, "aten_mm": True}),
+}
 GRADIENTS["o"] = {
     "backprop": (neuralode.odeint, {"step_size": 0.25}),
     "backprop, compile=True (grid run)": (neuralode.odeint, {"step_size": 0.25, "compile": True}),
@@ -252,15 +268,14 @@ def gradient_setup(key: str):
     y0g = y0.clone().requires_grad_(True)
 
     def step(solver, options):
-        options = dict(options)
-        aten = options.pop("aten_tanh", False)
-        f = copy.deepcopy(func) if aten else func  # graphs are cached per func
+        options, flags = _aten_flags(options)
+        f = copy.deepcopy(func) if flags else func  # graphs are cached per func
         ps = list(f.parameters())
 
         def run():
             for x in (y0g, *ps):
                 x.grad = None
-            with tanh_of(aten):
+            with aten_ops(flags):
                 ys = solver(f, y0g, t, rtol=1e-6, atol=1e-6, method=method, options=options)
                 ys.pow(2).mean().backward()
             return torch.cat([x.grad.reshape(-1) for x in (y0g, *ps)])
@@ -402,7 +417,9 @@ def main(argv=None) -> int:
         "- Every graph compiled with inductor evaluates a float32 `tanh` as the rational function of "
         "`solvers/methods/fast_tanh.py` (within 7 units in the last place; ATen's costs several times more, "
         "`tanh.md`); the rows marked ATen tanh compile with ATen's (`compiled.FAST_TANH = False`) on a copy of "
-        "the func. On (b) and (c) the error estimates at rtol = atol = 1e-6 in float32 lie within a few units in "
+        "the func; likewise the rows marked ATen matmul compile inductor's own matrix products (`compiled.SMALL_MATMUL = "
+        "False`) where the others decompose the small ones into generated loops (`solvers/methods/small_matmul.py`). "
+        "On (b) and (c) the error estimates at rtol = atol = 1e-6 in float32 lie within a few units in "
         "the last place of the state, so a change of rounding can add a step (the NFE column).",
         "- Per sample in float32 the run's counts may differ from the eager per-sample solve's where rounding moves "
         "an error ratio across 1 (the NFE column); in float64 `tests/test_device_run.py` finds every sample's "

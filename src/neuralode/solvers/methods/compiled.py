@@ -205,40 +205,49 @@ class CompiledGraph:
             config.allow_unspec_int_on_nn_module = unspec
 
 
-# Whether float32 tanh in neuralode's inductor graphs is the rational function of fast_tanh (see compiled_fn).
+# What neuralode's inductor graphs decompose (see compiled_fn): float32 tanh into the rational function of
+# fast_tanh, small matrix products into generated loops (small_matmul).
 FAST_TANH = True
+SMALL_MATMUL = True
 
 
 def compiled_fn(fn: Callable, backend: str, options: dict | None = None) -> Callable:
     """``torch.compile(fn, fullgraph=True, backend=backend)`` with inductor ``options``; for inductor, with the
-    float32 ``tanh`` of :mod:`~neuralode.solvers.methods.fast_tanh` (while :data:`FAST_TANH`).
+    float32 ``tanh`` of :mod:`~neuralode.solvers.methods.fast_tanh` (while :data:`FAST_TANH`) and the small
+    matrix products of :mod:`~neuralode.solvers.methods.small_matmul` (while :data:`SMALL_MATMUL`).
 
     The inductor backend is ``torch.compile``'s own (the same configuration, ``mode`` and options), given
-    :func:`~neuralode.solvers.methods.fast_tanh.decompositions` and compiled without AOT autograd's on-disk
-    cache, whose key does not include the decompositions: it could otherwise hand a graph compiled with ATen's
-    ``tanh`` to this backend, or this backend's graph to a user's ``torch.compile`` of the same code. Inductor's
-    own graph cache, keyed by the decomposed graph, still serves a second process.
+    inductor's decomposition table with these added and compiled without AOT autograd's on-disk cache, whose
+    key does not include the decompositions: it could otherwise hand a graph compiled without them to this
+    backend, or this backend's graph to a user's ``torch.compile`` of the same code. Inductor's own graph cache,
+    keyed by the decomposed graph, still serves a second process. The flags are read when a graph is compiled.
     """
-    if backend == "inductor" and FAST_TANH:
-        return torch.compile(fn, fullgraph=True, backend=_RationalTanhInductor(None, options, None))
+    if backend == "inductor" and (FAST_TANH or SMALL_MATMUL):
+        return torch.compile(fn, fullgraph=True, backend=_DecomposingInductor(None, options, None))
     return torch.compile(fn, fullgraph=True, backend=backend, options=options or None)
 
 
-class _RationalTanhInductor(torch._TorchCompileInductorWrapper):
-    """``torch.compile``'s inductor backend with :func:`~neuralode.solvers.methods.fast_tanh.decompositions`."""
+class _DecomposingInductor(torch._TorchCompileInductorWrapper):
+    """``torch.compile``'s inductor backend with the decompositions of :func:`compiled_fn`."""
 
     def __call__(self, model_, inputs_, *, config_patches=None):
         import torch._functorch.config as functorch_config
         from torch._inductor.compile_fx import compile_fx
+        from torch._inductor.decomposition import select_decomp_table
 
-        from .fast_tanh import decompositions
+        from . import fast_tanh, small_matmul
 
+        table = {
+            **select_decomp_table(),
+            **(fast_tanh.decompositions() if FAST_TANH else {}),
+            **(small_matmul.decompositions() if SMALL_MATMUL else {}),
+        }
         with functorch_config.patch(enable_autograd_cache=False):
             return compile_fx(
                 model_,
                 inputs_,
                 config_patches={**self.config, **(config_patches or {})},
-                decompositions=decompositions(),
+                decompositions=table,
                 compile_region_name=self.name,
             )
 

@@ -57,7 +57,5 @@ def _tanh(x: torch.Tensor):
 
 
 def decompositions() -> dict:
-    """Inductor's decomposition table with ``aten.tanh`` on float32 replaced (:func:`rational_tanh`)."""
-    from torch._inductor.decomposition import select_decomp_table
-
-    return {**select_decomp_table(), torch.ops.aten.tanh.default: _tanh}
+    """``aten.tanh`` on float32 (:func:`rational_tanh`)."""
+    return {torch.ops.aten.tanh.default: _tanh}
