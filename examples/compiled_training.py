@@ -10,6 +10,11 @@ trajectories, trained two ways, each eagerly and compiled, from the same initial
   steps as one compiled ``while_loop``, the backward dynamics written with ``torch.func.vjp``
   (:mod:`neuralode.solvers.adjoint.traced`).
 
+The field is a :class:`neuralode.models.ODEFunc`, which counts its evaluations; compiled, its counting is
+suspended inside the compiled runs and the solver adds its counts (:mod:`neuralode.solvers.counting`), so the
+script also checks, for the first training step of each way, that the field counted as many evaluations as the
+solve and its backward pass report.
+
 The script first compares each compiled gradient with the eager one on the untrained model (their largest
 relative difference), then trains each way with Adam for ``--iterations`` steps, and prints, per way, the loss
 before and after, the first step's time (which compiles) and the median of the later ones. It writes
@@ -31,11 +36,12 @@ from pathlib import Path
 import torch
 
 import neuralode
+from neuralode.models import ODEFunc
 
 A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
 
 
-class Field(torch.nn.Module):
+class Field(ODEFunc):
     def __init__(self):
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
@@ -102,14 +108,19 @@ def main(argv=None) -> dict:
             entry["gradient_relative_difference"] = float((g - reference).abs().max() / reference.abs().max())
         optimizer = torch.optim.Adam(field.parameters(), lr=1e-2)
         losses, times = [], []
-        for _ in range(args.iterations):
+        for i in range(args.iterations):
+            field.reset_nfe()
             start = time.perf_counter()
             optimizer.zero_grad()
-            loss = loss_of(solve(field, mode, kw, compiled))
+            sol = solve(field, mode, kw, compiled)
+            loss = loss_of(sol)
             loss.backward()
             optimizer.step()
             times.append(time.perf_counter() - start)
             losses.append(float(loss))
+            if i == 0:  # evaluations: as the field counted them, and as the solve and its backward pass report
+                entry["field_nfe"] = field.nfe_forward + field.nfe_backward
+                entry["solver_nfe"] = sol.stats.nfe + (sol.adjoint_stats.nfe if sol.adjoint_stats else 0)
         entry.update(losses=losses, median_step_ms=1e3 * statistics.median(times[1:]))
         results[name] = entry
 
@@ -124,6 +135,8 @@ def main(argv=None) -> dict:
     for way in ("backprop, rk4 grid", "adjoint, dopri5"):
         speed = results[way]["median_step_ms"] / results[way + ", compiled"]["median_step_ms"]
         print(f"{way}, compiled: {speed:.1f}x the eager speed per training step")
+    for name, r in results.items():
+        print(f"{name}: the field counted {r['field_nfe']} evaluations, the solver {r['solver_nfe']}")
 
     import matplotlib
 

@@ -227,4 +227,6 @@ def test_compiled_training_gives_the_eager_gradients_and_losses(tmp_path):
         for a, b in zip(eager["losses"], compiled["losses"]):
             assert abs(a - b) <= 1e-4 * a
         assert eager["losses"][-1] < 0.5 * eager["losses"][0]  # it trains
+        for entry in (eager, compiled):  # the ODEFunc's own count, compiled or not, is the solver's
+            assert entry["field_nfe"] == entry["solver_nfe"] > 0
     assert "x the eager speed per training step" in proc.stdout
