@@ -262,12 +262,8 @@ def _run(
     dense = DenseOutput(direction, problem.unflatten, t0) if opts.output.dense else None
     config = method.step_config(opts, rtol_v, atol_v)
     # Under compile, a func that counts its own calls and lets the solver count them (counting.py) is counted from
-    # stats.nfe: its count is a side effect a compiled graph cannot hold.
-    counted = (
-        counted_by_solver(func, lambda: stats.nfe)
-        if opts.execution.compile and not recursive
-        else contextlib.nullcontext()
-    )
+    # stats.nfe: its count is a side effect a compiled graph cannot hold. (compile with checkpoints is refused.)
+    counted = counted_by_solver(func, lambda: stats.nfe) if opts.execution.compile else contextlib.nullcontext()
     try:
         with torch.enable_grad() if forward else contextlib.nullcontext(), counted:
             # What the host clock's drivers take besides the state.
