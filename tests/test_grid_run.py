@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from neuralode import Event, solve
-from neuralode.solvers.fast import grid_run
+from neuralode.solvers.fast import backprop, grid_run
 
 F64 = torch.float64
 
@@ -38,14 +38,14 @@ def taken(monkeypatch):
 def calls(monkeypatch):
     """The ``(i0, i1, base)`` of every compiled call of the grid run's forward pass."""
     out = []
-    real = grid_run._call
+    real = grid_run.call
 
     def spy(entry, args, stats, instead):
         if "backward" not in instead:
             out.append(tuple(int(a) for a in args[4:]))
         return real(entry, args, stats, instead)
 
-    monkeypatch.setattr(grid_run, "_call", spy)
+    monkeypatch.setattr(grid_run, "call", spy)
     return out
 
 
@@ -318,12 +318,12 @@ def test_the_backward_run_falls_back_to_eager_and_refuses_create_graph(monkeypat
     y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
     eager, _ = _gradients(func, y0, t, {"step_size": 0.1})
-    real = grid_run._call
+    real = backprop.call
 
     def refuse_backward(entry, args, stats, instead):  # the backward graph cannot be compiled
         return None if "backward" in instead else real(entry, args, stats, instead)
 
-    monkeypatch.setattr(grid_run, "_call", refuse_backward)
+    monkeypatch.setattr(backprop, "call", refuse_backward)
     run, _ = _gradients(func, y0, t, {"step_size": 0.1, "compile": "eager"})
     for a, b in zip(eager, run):
         assert (a - b).abs().max() <= 1e-12 * (1 + a.abs().max())

@@ -66,9 +66,6 @@ then solves again from the start and raises them; :func:`per_sample_refusal` nam
 from __future__ import annotations
 
 import math
-import time
-import warnings
-import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -79,77 +76,18 @@ from ..control.norms import RMSNorm, UserNorm, inverse_sqrt_sizes
 from ..control.stepping import at_step_floor, next_step_t, output_theta, plan_step
 from ..control.stiffness import MIN_STEPS_FOR_ERROR, STIFF_STEPS, StiffnessDetector
 from ..grid import TIME_EPS
-from ..methods.compiled import compile_errors, compiled_fn, fresh_code, inductor_options, rk_stages, weighted
+from ..methods.compiled import rk_stages, weighted
 from ..methods.interpolants import ContinuousExtension, Hermite
 from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import Handover, LoopResult
+from .graphs import call, graph
 
 # The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
 # non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start, a
 # step rejected where no smaller one may follow (min_step).
 RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH, AT_FLOOR = 0, 1, 2, 3, 4, 5, 6
-
-_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
-
-
-def _graph(func, key, backend: str, device: torch.device, make: Callable, tune: bool = True) -> dict:
-    """The compiled run for ``func`` and ``key`` (cached weakly per func): ``make()`` gives the run and the
-    evaluations per attempt. The entry also records whether the graph has run and why it cannot compile.
-    ``tune=False``: without inductor's GEMM autotuning (``cpp_wrapper`` alone on the CPU), which fails on a graph
-    holding ``torch.func.vjp`` inside a ``while_loop`` in torch 2.13 ("'FakeTensor' object has no attribute
-    'get_dtype'", the grid run's backward)."""
-    try:
-        per_func = _CACHE.setdefault(func, {})
-    except TypeError:  # not weak-referenceable: compile for this solve only
-        per_func = {}
-    entry = per_func.get(key)
-    if entry is None:
-        run, n_new = make()
-        options = inductor_options(backend, device, False).get("options")
-        if not tune and options:
-            options = {k: v for k, v in options.items() if not k.startswith("max_autotune")}
-        compiled = compiled_fn(fresh_code(run), backend, options)
-        entry = per_func[key] = {"compiled": compiled, "n_new": n_new, "failed": None, "ran": False}
-    return entry
-
-
-def _call(entry: dict, args: tuple, stats, instead: str):
-    """One call of a run's graph: its outputs, or ``None`` where dynamo cannot compile it (warned once, and the
-    entry remembers it). Counts the graphs compiled (``stats.n_compiles``) and times the graph's first call
-    (``stats.compile_s``)."""
-    import torch._dynamo.config as dynamo_config
-    from torch._dynamo.utils import counters
-
-    graphs = counters["stats"]
-    before, start = graphs["unique_graphs"], time.perf_counter()
-    unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
-    try:
-        # An int attribute that changes (a call counter) becomes an input rather than a recompilation (as in
-        # CompiledGraph); the tableau's coefficients stay constants of the graph: runs of several methods
-        # share this module's code, and a float that differs between two compilations of the same code
-        # would otherwise become a graph input, which the while_loop's body cannot lower.
-        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
-        out = entry["compiled"](*args)
-    except compile_errors() as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        entry["failed"] = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-        warnings.warn(
-            f"options['compile']: torch.compile could not compile the solve's run of steps as one graph "
-            f"({entry['failed'][:300]}); {instead}, with the same steps. Common causes: a func with side effects "
-            "(a call counter), .item() or a branch on a tensor's value.",
-            RuntimeWarning,
-            stacklevel=6,
-        )
-        return None
-    finally:
-        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = unspec, floats
-    stats.n_compiles += graphs["unique_graphs"] - before
-    if not entry["ran"]:
-        stats.compile_s = time.perf_counter() - start
-        entry["ran"] = True
-    return out
 
 
 def window(n_out: int) -> int:
@@ -224,6 +162,7 @@ class _Settings(NamedTuple):
     n_stops: int = 1
     step_t: tuple[float, ...] = ()  # per sample: direction * step_t, ascending (control.stepping.next_step_t)
     norm: object = None  # options['norm'] (the graph calls it), or None for the RMS norm
+    record: int = 0  # under autograd: the accepted steps one call records (device_backprop), else 0
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
@@ -253,6 +192,7 @@ def _make_run(
     max_step, max_num_steps, watch_from, min_step = s.max_step, s.max_num_steps, s.watch_from, s.min_step
     n_stops = s.n_stops
     n_new = tableau.stages - 1
+    S = s.record
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         if s.norm is not None:
@@ -267,13 +207,20 @@ def _make_run(
         return torch.stack([torch.linalg.vector_norm(p) * f for p, f in zip(parts, inv_sqrt_n)]).max().double()
 
     def make_body(
-        times: torch.Tensor, stops: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start: torch.Tensor
+        times: torch.Tensor,
+        stops: torch.Tensor,
+        rtol: torch.Tensor,
+        atol: torch.Tensor,
+        i_start: torch.Tensor,
+        k_start: torch.Tensor | None,
     ):
         """The loop's condition and body; ``stops``: the times steps land on (``step_t``, then the last time);
-        ``i_start``: the output index at the call's start, the output buffer's first row."""
+        ``i_start``: the output index at the call's start, the output buffer's first row; ``k_start``: the
+        accepted steps at the call's start, where it records them (``s.record``)."""
 
         def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, *rest):
-            return (n < s.k_steps) & (status == RUNNING) & (i_out < T) & (i_out - i_start < R)
+            go = (n < s.k_steps) & (status == RUNNING) & (i_out < T) & (i_out - i_start < R)
+            return go & (n_acc - k_start < S) if S else go
 
         # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
         columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))  # (s,) each
@@ -297,6 +244,7 @@ def _make_run(
             hs,
             ns,
             i_stop,
+            *record,
         ):
             # The float carries are (1,) tensors: dynamo would make 0-dim float inputs of the loop symbolic floats,
             # and restart its analysis to specialise them (a few seconds of every first call).
@@ -368,6 +316,8 @@ def _make_run(
             prev_ratio = torch.where(decided, pr_n, prev_ratio)
             after_reject = torch.where(decided, ar_n, after_reject)
             prev_dt = torch.where(decided, pd_n, prev_dt)
+            if S:  # under autograd: the step taken (its start, size and state), and each output's step and theta
+                record = _record(record, accept & ~more, n_acc - k_start, t, hh, y, idx, fill, n_acc, arrive, theta)
             last_h = torch.where(accept & ~more, hh, last_h)
             n_rej = n_rej + (stepped & ~accept).long()
             i_stop = i_stop + (moved & lands).long()
@@ -390,19 +340,42 @@ def _make_run(
                 hs,
                 ns,
                 i_stop,
+                *record,
             )
 
         return cond, body
 
     def run(
-        carry: tuple, times: torch.Tensor, stops: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor, i_start
+        carry: tuple,
+        times: torch.Tensor,
+        stops: torch.Tensor,
+        rtol: torch.Tensor,
+        atol: torch.Tensor,
+        i_start: torch.Tensor,
+        k_start: torch.Tensor | None = None,
     ) -> tuple:
         from torch._higher_order_ops import while_loop
 
-        cond, body = make_body(times, stops, rtol, atol, i_start)
+        cond, body = make_body(times, stops, rtol, atol, i_start, k_start)
         return tuple(while_loop(cond, body, carry))
 
     return run, n_new
+
+
+def _record(record: tuple, taken, row, t, hh, y, idx, fill, n_acc, arrive, theta) -> tuple:
+    """One attempt's record for backpropagation (``_Settings.record``): where the step is ``taken``, its start
+    time and size (``(S + 1, 2)`` float64) and start state (``(S + 1, N)``) into row ``row`` of the call's buffers
+    (the scratch row ``S`` otherwise); for the outputs it fills (``idx``, ``fill``), the state their step starts
+    from (``n_acc``, the accepted steps before it) and their ``theta`` in it (0 for a stop arrived at without a
+    step: the output is that state)."""
+    th_buf, y_buf, ks, thetas = record
+    S = y_buf.shape[0] - 1
+    slot = torch.where(taken, row, S).view(1)
+    th_buf = th_buf.index_copy(0, slot, torch.stack([t, hh]).view(1, 2))
+    y_buf = y_buf.index_copy(0, slot, y.unsqueeze(0))
+    ks = ks.index_put((idx,), torch.where(fill, n_acc, ks[idx]))
+    thetas = thetas.index_put((idx,), torch.where(fill, torch.where(arrive, 0.0, theta), thetas[idx]))
+    return th_buf, y_buf, ks, thetas
 
 
 def integrate_on_device(
@@ -449,7 +422,7 @@ def integrate_on_device(
             problem.flat_func(), tableau, list(problem.sizes), settings, problem.t_dtype, problem.unflatten
         )
 
-    entry = _graph(func, settings, backend, problem.device, make)
+    entry = graph(func, settings, backend, problem.device, make)
     if entry["failed"] is not None:
         return None, None
 
@@ -491,7 +464,7 @@ def integrate_on_device(
     ys_out = [y0]
     while True:
         i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
-        out = _call(
+        out = call(
             entry,
             (carry, times_t, stops_t, rtol, atol, i_start),
             stats,
@@ -716,7 +689,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
 
         return _make_sample_run(raw, tableau, list(norm.sizes), settings, y0.dtype, layout.unflatten)
 
-    entry = _graph(func, (settings, tuple(norm.sizes)), backend, y0.device, make)
+    entry = graph(func, (settings, tuple(norm.sizes)), backend, y0.device, make)
     if entry["failed"] is not None:
         return None
     dev, dt = y0.device, y0.dtype
@@ -756,7 +729,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
     r = torch.arange(R + M, device=dev)[None, :]
     b_idx = torch.arange(B, device=dev)[:, None].expand(B, R + M)
     while True:
-        out = _call(
+        out = call(
             entry, (carry, times_t, rtol, atol, i_out.clone(), finite_f0), stats, "the solve runs eagerly instead"
         )
         if out is None:

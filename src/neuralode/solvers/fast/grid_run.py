@@ -25,7 +25,7 @@ shapes then make it; ``Solution.stats.n_compiles`` counts it).
 Backpropagation. ``while_loop``'s own backward in torch 2.13 differentiates its last iteration alone
 (:mod:`.device_run`), so it is not used. Where autograd records, the run keeps every grid state (the forward
 pass above, all states needed) and the solve is one autograd node (:class:`_Backprop`) whose backward pass is a
-second compiled ``while_loop`` (:func:`_make_back`), over the steps last first: the cotangent of each step's end
+second compiled ``while_loop`` (:func:`.backprop.make_back`), over the steps last first: the cotangent of each step's end
 state (from the outputs, plus what the step after it passed back) is pulled back through the step by
 ``torch.func.vjp`` at the kept state, with ``func``'s parameters passed by name through
 ``torch.func.functional_call``, and the parameters' gradients are summed over the steps. That needs the tensors a
@@ -65,13 +65,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..counting import counted_by_solver
 from ..methods.compiled import rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import BackwardRecord, LoopResult
+from .backprop import check_backward, differentiated, make_back, reverse
 from .compiled_chunks import can_chunk, grid_outputs, grid_plan, integrate_chunked, output_points
-from .device_run import _call, _graph
+from .graphs import call, graph
 
 # The bytes of grid states one call's buffer holds (see buffer_rows), and the most steps one call takes.
 ROW_BYTES = 64 * 1024
@@ -127,84 +127,9 @@ def _make_run(raw: Callable, tableau: ButcherTableau, rows: int):
     return run
 
 
-def _leaves(out: torch.Tensor) -> list[torch.Tensor]:
-    """The tensors autograd accumulates gradients into from ``out``'s graph."""
-    leaves, seen, stack = [], set(), [out.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        variable = getattr(fn, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            leaves.append(variable)
-        stack.extend(f for f, _ in fn.next_functions)
-    return leaves
-
-
-def differentiated(problem, y0: torch.Tensor, t0: float, stats) -> tuple[tuple[str, ...], tuple] | None:
-    """Where autograd records: the names and tensors of the parameters of ``func`` (a ``torch.nn.Module``) that
-    require grad, when every tensor a gradient can reach through ``func`` is one of them (checked on the graph of
-    one evaluation at ``(t0, y0)``, counted in ``stats.nfe``); ``((), ())`` when no gradient reaches the solve
-    (``y0`` and ``func`` need none); ``None`` where the backward run cannot take it (a tensor reached that is not a
-    parameter: the chunks, whose backward autograd traces, take the solve)."""
-    func = problem.func
-    if not isinstance(func, torch.nn.Module):
-        return None
-    with torch.enable_grad():
-        probe = problem.flat_func()(torch.tensor(t0, dtype=problem.t_dtype, device=problem.device), y0.detach())
-    stats.nfe += 1
-    leaves = _leaves(probe) if probe.requires_grad else []
-    if not leaves and not y0.requires_grad:
-        return (), ()
-    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
-    ids = {id(p) for _, p in named}
-    if any(id(v) not in ids for v in leaves):
-        return None
-    return tuple(name for name, _ in named), tuple(p for _, p in named)
-
-
-def _make_back(problem, names: tuple[str, ...], tableau: ButcherTableau):
-    """``back(ys, ts, hs, cot, i_last, *params) -> (a, *g)``: backpropagation through steps ``i_last .. 0`` of the
-    grid, last first. ``ys[k]`` is the state step ``k`` starts from and ``cot[k]`` the cotangent of the state it
-    ends on; each step is differentiated by ``torch.func.vjp`` of the step (its stages, with ``func``'s
-    parameters passed by name through ``torch.func.functional_call``) at ``ys[k]``. Returns the cotangent of the
-    first state and the parameters' gradients, summed over the steps."""
-    plan = _plan(tableau)
-    module = problem.func
-
-    def step(tn: torch.Tensor, h: torch.Tensor, y: torch.Tensor, *p: torch.Tensor) -> torch.Tensor:
-        values = dict(zip(names, p))
-
-        def raw(tt, yy):
-            out = torch.func.functional_call(module, values, (tt, problem.unflatten(yy)))
-            return problem.flatten(out) if problem.is_tuple else out
-
-        return rk_stages(raw, plan, y, raw(tn[0], y), h, lambda s: tn[s])[0]
-
-    def back(ys, ts, hs, cot, i_last, *params):
-        from torch._higher_order_ops import while_loop
-
-        def cond(i, a, *g):
-            return i >= 0
-
-        def body(i, a, *g):
-            j = i.reshape(1)
-            a = a + cot.index_select(0, j)[0]
-            tn, h, y = ts.index_select(0, j)[0], hs.index_select(0, j)[0], ys.index_select(0, j)[0]
-            pull = torch.func.vjp(lambda y_, *p: step(tn, h, y_, *p), y, *params)[1]
-            grads = pull(a)
-            return (i - 1, grads[0], *(x + d for x, d in zip(g, grads[1:])))
-
-        zeros = (torch.zeros_like(ys[0]), *(torch.zeros_like(p) for p in params))
-        return tuple(while_loop(cond, body, (i_last.clone(), *zeros))[1:])
-
-    return back
-
-
 class _Backprop(torch.autograd.Function):
     """The grid run's states as one autograd node: forward, the states the compiled run computed (given); backward,
-    the compiled reverse run (:func:`_make_back`)."""
+    the compiled reverse run (:func:`.backprop.make_back`)."""
 
     @staticmethod
     def forward(ctx, job: dict, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -214,31 +139,12 @@ class _Backprop(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, cot: torch.Tensor):
-        if torch.is_grad_enabled():
-            raise ValueError(
-                "create_graph=True is not supported through a compiled fixed-grid solve (options['compile']): its "
-                "backward pass is a compiled run that records no graph, so a second derivative would be wrong. Solve "
-                "without options['compile'] for second derivatives."
-            )
+        check_backward(ctx.job, "fixed-grid solve")
         y0, states = ctx.saved_tensors
         job = ctx.job
-        if [p._version for p in job["params"]] != job["versions"]:
-            # What autograd raises for a tensor it saved: the steps would be differentiated at the new values.
-            raise RuntimeError(
-                "A parameter of func was modified in place (an optimizer step, say) between a compiled fixed-grid "
-                "solve and its backward pass: its gradient would be taken at the new values. Call backward() before "
-                "changing the parameters."
-            )
         ys = torch.cat([y0.detach()[None], states[:-1]])
         n = states.shape[0]
-        args = (ys, job["ts"], job["hs"], cot, torch.tensor(n - 1, device=y0.device), *job["params"])
-        stats = job["stats"]  # Solution.adjoint_stats
-        with counted_by_solver(job["func"], lambda: stats.nfe):
-            out = _call(job["entry"], args, stats, "its backward pass runs eagerly instead")
-            if out is None:
-                out = job["make_back"]()(*args)  # the same loop, run by while_loop's eager implementation
-            stats.nfe += n * job["stages"]  # each step's stages, evaluated again inside its vjp
-        stats.n_recomputed_steps += n
+        out = reverse(job, (ys, job["ts"], job["hs"], cot, torch.tensor(n - 1, device=y0.device), *job["params"]), n)
         return (None, out[0] if ctx.needs_input_grad[1] else None, *out[1:])
 
 
@@ -292,7 +198,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
     def make():
         return _make_run(problem.flat_func(), tableau, R), tableau.stages
 
-    entry = _graph(func, key, backend, problem.device, make)
+    entry = graph(func, key, backend, problem.device, make)
     if entry["failed"] is not None:
         return chunks()
     n = plan.n
@@ -308,7 +214,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
             i1 = min(n, i0 + CALL_STEPS)
             if base + R < len(need):
                 i1 = min(i1, need[base + R - 1])  # the last state this call's buffer can hold
-            out = _call(
+            out = call(
                 entry,
                 (y, ts, hs_t, slot, index(i0), index(i1), index(base)),
                 stats,
@@ -336,8 +242,8 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
         problem.backward = BackwardRecord()
         stats.n_recomputed_steps += n
 
-        def make_back():
-            return _make_back(problem, names, tableau)
+        def backward_run():
+            return make_back(problem, names, tableau)
 
         job = {
             "func": func,
@@ -348,9 +254,9 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
             "versions": [p._version for p in params],
             "stats": problem.backward.stats,
             "stages": tableau.stages,
-            "make_back": make_back,
-            "entry": _graph(
-                func, ("grid back", *key[1:], names), backend, problem.device, lambda: (make_back(), 0), tune=False
+            "make_back": backward_run,
+            "entry": graph(
+                func, ("grid back", *key[1:], names), backend, problem.device, lambda: (backward_run(), 0), tune=False
             ),
         }
         stacked = _Backprop.apply(job, y0, *params)
