@@ -230,6 +230,7 @@ GRADIENTS = {
     "d": {
         "adjoint": (neuralode.odeint_adjoint, {}),
         "backprop": (neuralode.odeint, {}),
+        "backprop, compile=True (device run)": (neuralode.odeint, {"compile": True}),
         "adjoint, compile=True": (neuralode.odeint_adjoint, {"compile": True}),
         "adjoint, compile=True, ATen tanh": (neuralode.odeint_adjoint, {"compile": True, "aten_tanh": True}),
     },

@@ -210,8 +210,8 @@ def test_compiled_solve_takes_the_eager_steps_joint_and_per_sample(tmp_path):
 
 
 def test_compiled_training_gives_the_eager_gradients_and_losses(tmp_path):
-    # The eager backend traces both compiled runs (the grid run and its reverse run; the adjoint's forward and
-    # backward device runs) without generating code: the gradients and the whole training must be the eager ones'
+    # The eager backend traces the compiled runs (the grid run and its reverse run; the device run and its reverse
+    # run; the adjoint's forward and backward device runs) without generating code: the gradients and the whole training must be the eager ones'
     # to float32 rounding; inductor's speed is benchmarks/results/device_run.md's.
     out = tmp_path / "ct"
     proc = run_example(
@@ -220,7 +220,7 @@ def test_compiled_training_gives_the_eager_gradients_and_losses(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     ways = metrics["ways"]
     assert (out / "compiled_training.png").stat().st_size > 10_000
-    for way in ("backprop, rk4 grid", "adjoint, dopri5"):
+    for way in ("backprop, rk4 grid", "backprop, dopri5", "adjoint, dopri5"):
         eager, compiled = ways[way], ways[way + ", compiled"]
         assert compiled["gradient_relative_difference"] < 1e-5
         assert compiled["first_step_s"] > 0 and compiled["compiles"] >= 2  # forward and backward runs compiled

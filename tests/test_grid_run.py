@@ -260,6 +260,7 @@ def test_backpropagation_through_the_run_gives_the_eager_gradients(monkeypatch, 
         # The backward pass, counted apart: every step re-run (its 4 stages inside its vjp), its graph compiled.
         back = sol.adjoint_stats
         assert (back.nfe, back.n_recomputed_steps, back.n_compiles) == (40, 10, 1)
+        assert back.held_bytes == 10 * y0.numel() * 8  # the grid states kept: one per step
         for a, b in zip(eager, run):
             assert (a - b).abs().max() <= 1e-12 * (1 + a.abs().max())
 

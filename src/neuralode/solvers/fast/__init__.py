@@ -15,7 +15,8 @@ bookkeeping is pure overhead, and three drivers skip it:
   ``torch.compile`` graph.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
-``compile``, without autograd, for ``dopri5``, ``tsit5`` and ``bosh3``) keeps the clock on the device and compiles up to
+``compile``, for ``dopri5``, ``tsit5`` and ``bosh3``; under autograd with a compiled reverse run as its backward
+pass, :mod:`.backprop`) keeps the clock on the device and compiles up to
 ``compile_steps`` attempts as one ``while_loop``, handing the solve to the host clock (:class:`Handover`, with the
 step and the controller's memory) where the host clock decides something the run does not (an error, the
 stiffness watch).

@@ -2,7 +2,8 @@
 vector-Jacobian product as the backward pass.
 
 ``while_loop``'s own backward in torch 2.13 differentiates its last iteration alone (:mod:`.device_run`), so the
-runs record autograd as one node each (:class:`.grid_run._Backprop` for a fixed grid). The forward run keeps the state every step starts from; the backward pass is a second compiled
+runs record autograd as one node each (:class:`.grid_run._Backprop` for a fixed grid, :class:`AdaptiveBackprop` for
+the device clock). The forward run keeps the state every step starts from; the backward pass is a second compiled
 ``while_loop`` (:func:`make_back`) over the steps, last first: the cotangent of a step's end state (from the
 outputs, plus what the step after it passed back), and of its stages where outputs were interpolated from them,
 is pulled back through the step by ``torch.func.vjp`` at the kept state, with ``func``'s parameters passed by name
@@ -22,6 +23,7 @@ import torch
 
 from ..counting import counted_by_solver
 from ..methods.compiled import rk_stages
+from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from .graphs import call
@@ -137,3 +139,73 @@ def reverse(job: dict, args: tuple, n: int) -> tuple:
         stats.nfe += n * job["stages"]  # each step's stages, evaluated again inside its vjp
     stats.n_recomputed_steps += n
     return out
+
+
+def hold(record, states: torch.Tensor) -> None:
+    """Count the kept states in ``Solution.adjoint_stats.held_bytes`` (``record``, the solve's
+    :class:`~neuralode.solvers.solution.BackwardRecord`)."""
+    record.held.add(states)
+    record.stats.held_bytes = max(record.stats.held_bytes, record.held.peak)
+
+
+def output_cotangents(job: dict, cot: torch.Tensor, n: int, y_dtype: torch.dtype):
+    """The cotangents of the device run's outputs moved onto what they were formed from: ``(states, stages)``,
+    ``(n + 1, N)`` for the states ``y_0 .. y_n`` and ``(n, s, N)`` for each step's stages.
+
+    Output ``i`` lies in the step from state ``ks[i]`` at ``thetas[i]`` (0: a stop arrived at without a step, the
+    output is that state). The run formed it as ``y_k + h sum_j b_j(theta) k_j`` (a continuous extension) or
+    ``y_k + w_0 (y_(k+1) - y_k) + w_1 k_0 + w_2 k_last`` (the cubic Hermite polynomial), with the weights in float64
+    cast to the state's dtype: the same weights carry the cotangents back, each a linear map."""
+    ks, thetas, hs = job["ks"], job["thetas"], job["hs"]
+    s, N = job["stages"], cot.shape[1]
+    states = cot.new_zeros((n + 1, N))
+    stage_cot = cot.new_zeros((max(n, 1), s, N))
+    states.index_add_(0, ks, cot)
+    inside = (thetas != 0) & (ks < n)
+    if bool(inside.any()):
+        k_in, c_in, theta = ks[inside], cot[inside], thetas[inside]
+        h = hs[k_in]
+        dense = job["dense"]
+        if dense is not None:  # y_k + h sum_j b_j(theta) k_j
+            columns = tuple(torch.tensor(col, dtype=torch.float64, device=cot.device) for col in zip(*dense))
+            W = _horner(columns, theta[:, None]).to(y_dtype)  # (K, n_dense)
+            gamma = (W * h[:, None].to(y_dtype))[:, :, None] * c_in[:, None, :]
+            stage_cot[:, : len(dense)].index_add_(0, k_in, gamma)
+        else:  # y_k + w0 (y_(k+1) - y_k) + w1 k_0 + w2 k_last
+            w0, w1, w2 = (w.to(y_dtype)[:, None] for w in _hermite_weights(theta, h))
+            states.index_add_(0, k_in, -w0 * c_in)
+            states.index_add_(0, k_in + 1, w0 * c_in)
+            stage_cot[:, 0].index_add_(0, k_in, w1 * c_in)
+            stage_cot[:, s - 1].index_add_(0, k_in, w2 * c_in)
+    return states, stage_cot
+
+
+class AdaptiveBackprop(torch.autograd.Function):
+    """The device run under autograd as one node: forward, what the run computed (given in ``job``): the outputs it
+    filled, and the state and derivative it ended on (the host clock goes on from them where the run handed the
+    solve over); backward, the compiled reverse run over the accepted steps (:func:`make_back` with ``stages``)."""
+
+    @staticmethod
+    def forward(ctx, job: dict, y0: torch.Tensor, f0: torch.Tensor, *params: torch.Tensor):
+        ctx.job = job
+        ctx.save_for_backward(y0)
+        return job["outputs"], job["y_last"], job["f_last"]
+
+    @staticmethod
+    def backward(ctx, cot_out: torch.Tensor, cot_y: torch.Tensor, cot_f: torch.Tensor):
+        job = ctx.job
+        check_backward(job, "adaptive solve")
+        (y0,) = ctx.saved_tensors
+        n, shape = job["n"], y0.shape
+        states, stage_cot = output_cotangents(job, cot_out.reshape(cot_out.shape[0], -1), n, y0.dtype)
+        states[n] += cot_y.reshape(-1)
+        if not n:  # no step taken: the outputs are y0, and the derivative handed over is f0
+            grads = (torch.zeros_like(p) for p in job["params"])
+            return (None, states[0].view(shape), cot_f, *grads)
+        stage_cot[n - 1, -1] += cot_f.reshape(-1)  # the derivative handed over: the last step's last stage
+        cot = (states[1:].view(n, *shape), stage_cot.view(n, job["stages"], *shape))
+        out = reverse(
+            job, (job["ys"], job["ts"], job["hs"], cot, torch.tensor(n - 1, device=y0.device), *job["params"]), n
+        )
+        a = out[0] + states[0].view(shape)
+        return (None, a if ctx.needs_input_grad[1] else None, None, *out[1:])

@@ -32,9 +32,10 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
-(``dopri5``, ``tsit5``, ``bosh3``), autograd off, a plain float32 or float64 state (a tensor or a tuple) on the
-CPU (no GPU has run it yet: on another device the compiled step serves),
-``compile_steps > 1``, no ``jump_t``, events, dense output, step callbacks or ``perturb``, and finite stops. Where the host clock would decide something the run does not (a
+(``dopri5``, ``tsit5``, ``bosh3``), autograd off or ``func`` a ``torch.nn.Module`` (below), not in forward mode, a
+plain float32 or float64 state (a tensor or a tuple) on the CPU (no GPU has run it yet: on another device the
+compiled step serves), ``compile_steps > 1``, no ``jump_t``, events, dense output, step callbacks or ``perturb``,
+and finite stops. Where the host clock would decide something the run does not (a
 non-finite step, an underflowing one, the step budget, a non-finite derivative, a rejection at ``min_step``
 that the host clock refuses or, with ``at_min_step="accept"``, accepts with its warning; from the attempt at which
 the host clock starts watching for stiffness), the run stops before that attempt and hands the solve over
@@ -45,10 +46,18 @@ run in the loop with one compiled step per call, for this func and these setting
 counts its calls and lets the solver count them (:mod:`neuralode.solvers.counting`, as
 :class:`neuralode.models.ODEFunc` does) runs in the run, its counting suspended by the api around the solve.
 
-Autograd: the run is taken only while autograd is off. In torch 2.13 ``while_loop`` under ``torch.compile``
-records a backward that differentiates the last iteration alone (five iterations of ``y = w y`` from ``y = 2``,
-``w = 0.5``: ``dy/dw`` came out 0.125 where it is 0.625), so a solve that records autograd keeps the compiled
-step, whose backward is right. Nor do inductor's on-disk caches take a graph with a ``while_loop`` in this
+Autograd. In torch 2.13 ``while_loop`` under ``torch.compile`` records a backward that differentiates the last
+iteration alone (five iterations of ``y = w y`` from ``y = 2``, ``w = 0.5``: ``dy/dw`` came out 0.125 where it is
+0.625), so the run itself records no graph. Where autograd records a gradient through the solve, the run also
+records each accepted step (its start time, size and state, ``_Settings.record`` of them per call, a call
+returning when they are filled) and each output's step and ``theta``, and the solve becomes one autograd node
+(:class:`~neuralode.solvers.fast.backprop.AdaptiveBackprop`) whose backward pass is a compiled reverse run over
+the accepted steps: backpropagation through the host clock's solve with the same steps, whose step sizes are
+constants as the host clock's Python floats are. That needs ``func`` to be a ``torch.nn.Module`` whose
+parameters are all a gradient reaches (:func:`~neuralode.solvers.fast.backprop.differentiated`, one evaluation,
+counted in ``stats.nfe``); otherwise the compiled step's loop takes the solve and autograd traces it. Where the
+run hands the solve to the host clock, the node's outputs include the state and derivative it hands over, so the
+host clock's steps after it record their graph from there. Nor do inductor's on-disk caches take a graph with a ``while_loop`` in this
 torch (AOT autograd's cache: "Unsupported call_function target while_loop"), so a new process compiles the run
 again (``benchmarks/results/device_run.md`` times both).
 
@@ -81,8 +90,10 @@ from ..methods.interpolants import ContinuousExtension, Hermite
 from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
-from ..solution import Handover, LoopResult
+from ..solution import BackwardRecord, Handover, LoopResult
+from .backprop import AdaptiveBackprop, differentiated, hold, make_back
 from .graphs import call, graph
+from .grid_run import buffer_rows as grid_buffer_rows
 
 # The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
 # non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start, a
@@ -119,13 +130,14 @@ def takes_method(method, opts) -> bool:
 
 
 def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor | None) -> bool:
-    """Whether the device run takes this solve (see the module docstring). Autograd off means no graph reaches
-    the solve: ``f0`` was evaluated without one."""
+    """Whether the device run takes this solve (see the module docstring): under autograd only for a
+    ``torch.nn.Module`` ``func`` (:func:`integrate_on_device` then checks what a gradient reaches)."""
     return (
         takes_method(method, opts)
         and error is not None
         and opts.compile_steps > 1
-        and not torch.is_grad_enabled()
+        and (not torch.is_grad_enabled() or isinstance(problem.func, torch.nn.Module))
+        and not problem.forward_mode
         and f0 is not None
         and problem.dtype in (torch.float32, torch.float64)
         and problem.device.type == "cpu"
@@ -306,6 +318,8 @@ def _make_run(
             hs = hs.index_put((idx,), torch.where(fill, hh, hs[idx]))
             ns = ns.index_put((idx,), torch.where(fill, n_acc_new, ns[idx]))
             i_out = i_out + fill.long().sum()
+            if S:  # under autograd: the step taken (its start, size and state), and each output's step and theta
+                record = _record(record, accept & ~more, n_acc - k_start, t, hh, y, idx, fill, n_acc, arrive, theta)
             # The next state: moved to the step's end; a rejected attempt retries with the controller's step;
             # a step with more outputs keeps everything but the output index.
             t = torch.where(moved, t1, t)
@@ -316,8 +330,6 @@ def _make_run(
             prev_ratio = torch.where(decided, pr_n, prev_ratio)
             after_reject = torch.where(decided, ar_n, after_reject)
             prev_dt = torch.where(decided, pd_n, prev_dt)
-            if S:  # under autograd: the step taken (its start, size and state), and each output's step and theta
-                record = _record(record, accept & ~more, n_acc - k_start, t, hh, y, idx, fill, n_acc, arrive, theta)
             last_h = torch.where(accept & ~more, hh, last_h)
             n_rej = n_rej + (stepped & ~accept).long()
             i_stop = i_stop + (moved & lands).long()
@@ -387,6 +399,15 @@ def integrate_on_device(
     could not be compiled)."""
     backend = "inductor" if opts.execution.compile is True else opts.execution.compile
     tableau = method.explicit_tableau
+    names: tuple[str, ...] = ()
+    params: tuple = ()
+    if torch.is_grad_enabled():
+        diff = differentiated(problem, y0, times[0], stats)
+        if diff is None:  # a gradient reaches a tensor that is not a parameter of func: the compiled step's loop
+            return None, None
+        names, params = diff
+    # Backpropagation through the run: it records each accepted step (S per call), AdaptiveBackprop differentiates.
+    S = grid_buffer_rows(y0.numel() * y0.element_size()) if params or y0.requires_grad else 0
     ctl = opts.control
     k = min(method.order, method.error_order) + 1
     direction = 1.0 if times[-1] > times[0] else -1.0
@@ -414,6 +435,7 @@ def integrate_on_device(
         float(opts.min_step),
         len(stops),
         norm=opts.control.norm,
+        record=S,
     )
     func = problem.func
 
@@ -440,12 +462,12 @@ def integrate_on_device(
     def buffer() -> torch.Tensor:  # the outputs of one call: R rows, and M more for the last step's window
         return torch.zeros((R + M, *y0.shape), dtype=dt, device=dev)
 
-    carry = (
+    carry: tuple[torch.Tensor, ...] = (
         zero(),
         torch.tensor([times[0]], **f64),
         torch.tensor([dt0], **f64),
-        y0,
-        f0,
+        y0.detach(),
+        f0.detach(),
         torch.ones(1, **f64),
         torch.zeros((), dtype=torch.bool, device=dev),
         torch.full((1,), math.nan, **f64),
@@ -460,22 +482,35 @@ def integrate_on_device(
         torch.zeros((T + M,), dtype=torch.long, device=dev),
         zero(),
     )
-    status, i_out = RUNNING, 1
+
+    def steps() -> tuple:  # one call's record of its accepted steps: (t, h) and the state, S rows and a scratch row
+        return torch.zeros((S + 1, 2), **f64), torch.zeros((S + 1, *y0.shape), dtype=dt, device=dev)
+
+    if S:  # and each output's step and theta, over the whole solve
+        carry += (*steps(), torch.zeros((T + M,), dtype=torch.long, device=dev), torch.zeros((T + M,), **f64))
+    status, i_out, k_start = RUNNING, 1, 0
     ys_out = [y0]
+    taken: list[tuple[torch.Tensor, torch.Tensor]] = []
     while True:
         i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
-        out = call(
-            entry,
-            (carry, times_t, stops_t, rtol, atol, i_start),
-            stats,
-            "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)",
-        )
+        args: tuple = (carry, times_t, stops_t, rtol, atol, i_start)
+        if S:
+            args += (torch.tensor(k_start, dtype=torch.long, device=dev),)
+        with torch.no_grad():
+            out = call(
+                entry, args, stats, "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)"
+            )
         if out is None:
             return None, None
         status, i_reached = int(out[12]), int(out[8])
         ys_out.extend(out[14][: i_reached - i_out].unbind(0))
         i_out = i_reached
-        carry = (zero(), *out[1:14], buffer(), *out[15:])
+        carry = (zero(), *out[1:14], buffer(), *out[15:18])
+        if S:
+            k_reached = int(out[9])
+            taken.append((out[18][: k_reached - k_start], out[19][: k_reached - k_start]))
+            k_start = k_reached
+            carry += (*steps(), *out[20:22])
         if status != RUNNING or i_out >= T:
             break
     n_acc, n_rej, n_att = int(out[9]), int(out[10]), int(out[11])
@@ -485,6 +520,13 @@ def integrate_on_device(
     if n_acc:
         stats.last_step = float(out[13])
     hs, ns = out[15][1:i_out].tolist(), out[16][1:i_out].tolist()
+    y_last, f_last = out[3], out[4]
+    if S:
+        problem.backward = BackwardRecord()
+        ys_out, y_last, f_last = _recorded(
+            problem, tableau, y0, f0, ys_out, y_last, f_last, taken, out, i_out, names, params, backend, settings
+        )
+        stats.n_recomputed_steps += n_acc
     if status == RUNNING:
         stats.next_step = float(out[2])
         return LoopResult(ys_out, list(zip(hs, ns)), [], False), None
@@ -493,8 +535,51 @@ def integrate_on_device(
     control = ControllerState(float(out[5]), bool(out[6]), float(out[7]))
     i_stop = int(out[17])
     return None, Handover(
-        float(out[1]), out[3], out[4], i_stop, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control
+        float(out[1]), y_last, f_last, i_stop, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control
     )
+
+
+def _recorded(problem, tableau, y0, f0, ys_out, y_last, f_last, taken, out, i_out, names, params, backend, settings):
+    """The run's outputs, and the state and derivative it ended on, as outputs of one autograd node
+    (:class:`.backprop.AdaptiveBackprop`) whose backward pass is the compiled reverse run over the accepted steps."""
+    th = torch.cat([x for x, _ in taken])
+    n = th.shape[0]
+    c = torch.tensor(tableau.c, dtype=torch.float64, device=y0.device)
+    hs = th[:, 1]
+
+    def backward_run():
+        return make_back(problem, names, tableau, stages=True)
+
+    job = {
+        "func": problem.func,
+        "n": n,
+        "ys": torch.cat([y for _, y in taken]),
+        # The stage times as the run formed them: t + c_i h in float64, then the time's dtype.
+        "ts": (th[:, :1] + c * hs[:, None]).to(problem.t_dtype),
+        "hs": hs,
+        "ks": out[20][1:i_out].clone(),
+        "thetas": out[21][1:i_out].clone(),
+        "dense": None if tableau.dense is None else tuple(tuple(float(x) for x in row) for row in tableau.dense),
+        "stages": tableau.stages,
+        "params": params,
+        "versions": [p._version for p in params],
+        "stats": problem.backward.stats,
+        "make_back": backward_run,
+        "entry": graph(
+            problem.func,
+            ("adaptive back", settings, names),
+            backend,
+            problem.device,
+            lambda: (backward_run(), 0),
+            tune=False,
+        ),
+        "outputs": torch.stack(ys_out[1:]) if len(ys_out) > 1 else y0.new_empty((0, *y0.shape)),
+        "y_last": y_last.clone() if n == 0 else y_last,
+        "f_last": f_last.clone() if n == 0 else f_last,
+    }
+    hold(problem.backward, job["ys"])
+    outputs, y_last, f_last = AdaptiveBackprop.apply(job, y0, f0, *params)
+    return [y0, *outputs.unbind(0)], y_last, f_last
 
 
 # --------------------------------------------------------------------------------------------

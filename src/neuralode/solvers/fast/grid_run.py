@@ -69,7 +69,7 @@ from ..methods.compiled import rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import BackwardRecord, LoopResult
-from .backprop import check_backward, differentiated, make_back, reverse
+from .backprop import check_backward, differentiated, hold, make_back, reverse
 from .compiled_chunks import can_chunk, grid_outputs, grid_plan, integrate_chunked, output_points
 from .graphs import call, graph
 
@@ -259,6 +259,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
                 func, ("grid back", *key[1:], names), backend, problem.device, lambda: (backward_run(), 0), tune=False
             ),
         }
+        hold(problem.backward, job["states"])
         stacked = _Backprop.apply(job, y0, *params)
         rows = stacked.unbind(0)
         ys, out_steps = grid_outputs(grid, plan.hs, times, lambda j: y0 if j == 0 else rows[j - 1])
