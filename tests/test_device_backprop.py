@@ -206,3 +206,90 @@ def test_a_counting_field_counts_what_the_solve_and_its_backward_pass_report():
     sol.ys.sum().backward()
     assert func.nfe_forward == sol.stats.nfe + sol.adjoint_stats.nfe
     assert y0.grad is not None and all(p.grad is not None for p in func.parameters())
+
+
+# Per sample: options={"per_sample": True, "compile": ...} under autograd. The run records each round in which some
+# sample's step was accepted; the backward pass pulls the cotangents back through each round, whose samples that
+# did not move keep their state (y_next = where(moved, y1, y)).
+
+
+class SampleField(Field):
+    def forward(self, t, y):  # t: (B,)
+        return self.b(torch.tanh(self.a(y))) * (1 + 0.1 * t[:, None])
+
+
+@pytest.mark.parametrize("method,backend", [("dopri5", "aot_eager"), ("tsit5", "eager"), ("bosh3", "eager")])
+def test_per_sample_gradients_are_backprop_through_each_samples_steps(method, backend):
+    func = SampleField()
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 0.8], [-1.2, 0.1], [2.0, 1.0]], dtype=F64)
+    t = torch.tensor([0.0, 0.3, 0.35, 1.1, 2.0], dtype=F64)
+    per_row = torch.stack([t * (1 + 0.3 * i) for i in range(4)])  # (B, T) times: each sample its own
+    for times in (t, per_row, torch.linspace(0.0, 2.0, 30, dtype=F64)):  # the last: more outputs than the window
+        options = {"per_sample": True}
+        eager, g_eager = _gradients(func, y0, times, options, method, rtol=1e-8, atol=1e-8)
+        run, g_run = _gradients(func, y0, times, {**options, "compile": backend}, method, rtol=1e-8, atol=1e-8)
+        assert torch.equal(run.stats.n_accepted, eager.stats.n_accepted)
+        assert torch.equal(run.stats.n_rejected, eager.stats.n_rejected)
+        torch.testing.assert_close(run.ys, eager.ys, rtol=1e-12, atol=1e-12)
+        _close(g_eager, g_run, 1e-10)
+        # One round per accepted step of the sample with the most (they step together), each re-run in backward.
+        back = run.adjoint_stats
+        assert back.n_recomputed_steps == int(eager.stats.n_accepted.max())
+        assert back.calls == back.n_recomputed_steps * {"dopri5": 7, "tsit5": 7, "bosh3": 4}[method]
+        assert back.held_bytes == back.n_recomputed_steps * y0.numel() * 8
+
+
+def test_per_sample_backprop_float32_a_tuple_state_and_what_it_refuses():
+    func = SampleField(dtype=torch.float32)
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 0.8], [-1.2, 0.1]])
+    t = torch.linspace(1.0, -1.0, 9)  # backwards in time
+    options = {"per_sample": True}
+    eager, g_eager = _gradients(func, y0, t, options, rtol=1e-5, atol=1e-6)
+    run, g_run = _gradients(func, y0, t, {**options, "compile": "eager"}, rtol=1e-5, atol=1e-6)
+    assert torch.equal(run.stats.n_accepted, eager.stats.n_accepted)
+    _close(g_eager, g_run, 1e-5)
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = SampleField()
+            self.w = torch.nn.Parameter(torch.tensor([0.5, -0.3], dtype=F64))
+
+        def forward(self, t, y):
+            x, v = y
+            return self.f(t, x) + v[:, None] * self.w, -(x**2).sum(1) * 0.1 - v
+
+    pair = Pair()
+    x0, v0 = torch.tensor([[1.0, -0.5], [0.2, 0.1]], dtype=F64), torch.tensor([0.5, -1.0], dtype=F64)
+    grads = []
+    for extra in ({}, {"compile": "eager"}):
+        x, v = x0.clone().requires_grad_(), v0.clone().requires_grad_()
+        xs, vs = solve(
+            pair,
+            (x, v),
+            torch.linspace(0.0, 1.5, 7, dtype=F64),
+            rtol=1e-8,
+            atol=1e-8,
+            options={"per_sample": True, **extra},
+        ).ys
+        grads.append(torch.autograd.grad(xs.sin().sum() + vs.sum(), [x, v, *pair.parameters()]))
+    _close(grads[0], grads[1], 1e-10)
+
+    # A tensor captured from outside the module's parameters: refused, naming it (no per-sample compiled step).
+    w = torch.tensor(0.7, dtype=F64, requires_grad=True)
+
+    class Captured(torch.nn.Module):
+        def forward(self, t, y):
+            return -w * y
+
+    y64 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    with pytest.raises(ValueError, match="reaches a tensor that is not one of them"):
+        solve(Captured(), y64, torch.tensor([0.0, 1.0], dtype=F64), options={"per_sample": True, "compile": "eager"})
+    ys = solve(
+        func.double(),
+        y64.requires_grad_(),
+        torch.tensor([0.0, 1.0], dtype=F64),
+        options={"per_sample": True, "compile": "eager"},
+    ).ys
+    with pytest.raises(ValueError, match="create_graph=True is not supported through a compiled per-sample"):
+        torch.autograd.grad(ys.sum(), y64, create_graph=True)

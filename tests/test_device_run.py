@@ -9,6 +9,7 @@ functionalisation; inductor itself is timed in benchmarks/bench_device_run.py.""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -359,8 +360,10 @@ def test_per_sample_run_refuses_what_it_cannot_compile_and_leaves_errors_to_the_
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
     t = torch.linspace(0, 1, 3, dtype=F64)
     compiled = {"per_sample": True, "compile": "eager"}
-    with pytest.raises(ValueError, match="not with autograd records"):
-        solve(vdp, y0, t, options=compiled)  # autograd on: no compiled per-sample step to fall back on
+    with pytest.raises(ValueError, match="not with autograd recording through a func that is not a torch.nn.Module"):
+        solve(
+            vdp, y0, t, options=compiled
+        )  # autograd on, a plain function: no compiled per-sample step to fall back on
     with torch.no_grad():
         for extra, what in (
             ({"dense": True}, "dense"),
@@ -402,3 +405,16 @@ def test_per_sample_run_of_a_func_it_cannot_capture_warns_and_runs_the_clock():
     assert func.nfe == run.stats.calls == eager.stats.calls
     _same_steps_per_sample(eager, run)
     assert torch.equal(run.ys, eager.ys)
+
+
+def test_per_sample_run_of_one_sample_compiles():
+    # A batch of one: the first column of the (1, T) times has stride T, which a plain clone keeps; the loop's
+    # carried time must have the strides its body makes (while_loop compares them), or the run fell back to the
+    # clock with a warning.
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.linspace(0, 1, 3, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        eager, run = _pair_per_sample(vdp, y0, t, rtol=1e-8, atol=1e-8)
+    _same_steps_per_sample(eager, run)
+    assert (run.ys - eager.ys).abs().max() < 1e-12

@@ -206,19 +206,22 @@ class Execution:
             CPU, a plain function under autograd), consecutive grid steps unrolled into one graph (see :mod:`neuralode.solvers.fast.compiled_chunks`;
             the chunk size is chosen to keep ``ceil(n / compile_steps)`` calls for ``n`` steps and pad the last
             chunk least). For an adaptive
-            first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``) solving without autograd,
+            first-same-as-last method (``dopri5``, ``tsit5``, ``bosh3``),
             a ``while_loop`` of attempts whose clock is on the device, returning to Python once per call (see
-            :mod:`neuralode.solvers.fast.device_run`); with ``per_sample`` too, each sample's clock on the device.
-            Solves these cannot take (events, step callbacks, ``perturb``, ``dense``, ``interp="cubic"``,
-            ``jump_t``, autograd recording) take one compiled step per call; with ``per_sample``, which has no
-            compiled step, they are refused (and so is ``per_sample="compact"``).
+            :mod:`neuralode.solvers.fast.device_run`), and under autograd, for a ``torch.nn.Module`` ``func``, a
+            compiled reverse run over its accepted steps as the backward pass (:mod:`neuralode.solvers.fast.backprop`);
+            with ``per_sample`` too, each sample's clock on the device. Solves these cannot take (events, step
+            callbacks, ``perturb``, ``dense``, ``interp="cubic"``, ``jump_t``, autograd recording through a plain
+            function or a tensor outside the module's parameters) take one compiled step per call; with
+            ``per_sample``, which has no compiled step, they are refused (and so is ``per_sample="compact"``).
         per_sample: ``True``: the first dimension of the state is a batch of independent samples,
             each with its own time, step size and error control; ``t`` may be ``(B, T)`` and ``func``
             receives ``t`` of shape ``(B,)`` (see :mod:`neuralode.solvers.per_sample`). ``"compact"``:
             the same, and finished samples are dropped from the batch passed to ``func`` when fewer
             than half are active (``func`` must then accept any batch size). ``False`` (default): one
-            clock. Explicit adaptive methods only. With ``compile`` (``dopri5``, ``tsit5``, ``bosh3``, autograd
-            off), the per-sample clock's run of steps is compiled (see ``compile_steps``).
+            clock. Explicit adaptive methods only. With ``compile`` (``dopri5``, ``tsit5``, ``bosh3``; under
+            autograd, ``func`` a ``torch.nn.Module``), the per-sample clock's run of steps is compiled (see
+            ``compile_steps``).
         dtype: the dtype time is carried in (torchdiffeq's ``dtype``; ``torch.float32`` for devices
             without float64, such as Apple's MPS). neuralode carries time as Python floats on the
             host, so no float64 tensor reaches the device either way; the option is checked and

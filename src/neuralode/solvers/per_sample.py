@@ -55,12 +55,15 @@ another event that resets or ends, in one sample (``coincident_resets_error``); 
 
 Time is float64 throughout, as on the host clock.
 
-Under ``options={"compile": ...}`` (``dopri5``, ``tsit5``, ``bosh3``, autograd off) the same attempt runs compiled
-with the clock on the device, ``compile_steps`` attempts per ``while_loop``
+Under ``options={"compile": ...}`` (``dopri5``, ``tsit5``, ``bosh3``) the same attempt runs compiled with the clock
+on the device, ``compile_steps`` attempts per ``while_loop``
 (:func:`~neuralode.solvers.fast.device_run.integrate_per_sample_on_device`): each sample's steps, counts and, to
-rounding, outputs are this clock's. There is no compiled per-sample step to fall back on, so a per-sample solve
-that run cannot take (autograd recording, events, dense output, ``compact``) is refused under ``compile``; where
-the run stops on an error, or ``func`` cannot be captured, this clock runs the solve eagerly.
+rounding, outputs are this clock's; under autograd, with a compiled reverse run over its rounds of steps as the
+backward pass (:class:`~neuralode.solvers.fast.backprop.SampleBackprop`, ``func`` a ``torch.nn.Module``). There is
+no compiled per-sample step to fall back on, so a per-sample solve that run cannot take (autograd recording
+through a plain function or a tensor outside the module's parameters, events, dense output, ``compact``) is
+refused under ``compile``; where the run stops on an error, or ``func`` cannot be captured, this clock runs the
+solve eagerly.
 """
 
 from __future__ import annotations
@@ -267,6 +270,7 @@ class Quadrature(Protocol):
 class LoopOut(NamedTuple):
     ys: torch.Tensor  # (T, B, N)
     next_dt: torch.Tensor  # (B,) signed
+    backward: PerSampleStats | None = None  # the compiled run's backward pass's counters, where autograd records
 
 
 class SampleClock:
@@ -909,11 +913,11 @@ def _compiled_run(
         ValueError: a solve the compiled per-sample run cannot take, naming what stands in the way.
     """
     y, f0 = layout.flatten(y0), layout.flatten(out)
-    reason = device_run.per_sample_refusal(method, opts, events, y.device)
+    reason = device_run.per_sample_refusal(fb.func, method, opts, events, y.device)
     if reason is not None:
         raise ValueError(
-            "options['compile'] with options['per_sample'] compiles the whole run of steps of dopri5, tsit5 or bosh3 "
-            f"without autograd; not with {reason}. Drop options['compile'] for this solve."
+            "options['compile'] with options['per_sample'] compiles the whole run of steps of dopri5, tsit5 or bosh3; "
+            f"not with {reason}. Drop options['compile'] for this solve."
         )
     B, t0 = times.shape[0], times[:, 0]
     # SampleClock's first steps, their evaluations counted for every sample as the clock counts them.
@@ -983,7 +987,7 @@ def solve_per_sample(func, y0: TensorOrTuple, t: torch.Tensor, *, rtol, atol, me
         result, dt0 = _compiled_run(fb, layout, y0, out, times, direction, method, opts, norm, stats, events)
         if result is not None:
             stats.next_step = result.next_dt
-            return Solution(t, layout.unflatten(result.ys), stats, tableau.name)
+            return Solution(t, layout.unflatten(result.ys), stats, tableau.name, result.backward)
         # The clock runs the solve (its own error to raise, or a func the run could not capture), eagerly: it has no
         # compiled step.
         opts = dataclasses.replace(opts, execution=dataclasses.replace(opts.execution, compile=False))

@@ -69,7 +69,13 @@ run keeps each sample's clock: the per-sample clock's attempt
 (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, each sample's next ``M`` output times
 (its own, for ``(B, T)`` times) filled from its own step, a round in which some sample arrives at its last time
 without a step taken by no sample (the clock's rule). It stops on the errors the per-sample clock raises, which
-then solves again from the start and raises them; :func:`per_sample_refusal` names what it does not take.
+then solves again from the start and raises them; :func:`per_sample_refusal` names what it does not take. Under
+autograd it records each round in which some sample's step was accepted (each sample's start, step and state, and
+whether it moved: a step taken again for more outputs does not), and the backward pass pulls the cotangents back
+through each round as the eager per-sample clock's graph does (``y_next = where(moved, y1, y)``, the whole batch
+evaluated in every round; :class:`~neuralode.solvers.fast.backprop.SampleBackprop`), its counters in
+``Solution.adjoint_stats`` (a :class:`~neuralode.solvers.solution.PerSampleStats`). A gradient that reaches a tensor
+outside ``func``'s parameters is refused: there is no compiled per-sample step to fall back on.
 """
 
 from __future__ import annotations
@@ -91,7 +97,18 @@ from ..methods.interpolation import _hermite_weights, _horner
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import BackwardRecord, Handover, LoopResult
-from .backprop import AdaptiveBackprop, differentiated, hold, make_back
+from .backprop import (
+    ADAPTIVE,
+    PER_SAMPLE,
+    AdaptiveBackprop,
+    SampleBackprop,
+    differentiated,
+    hold,
+    make_back,
+    module_field,
+    problem_field,
+    reached_parameters,
+)
 from .graphs import call, graph
 from .grid_run import buffer_rows as grid_buffer_rows
 
@@ -374,6 +391,13 @@ def _make_run(
     return run, n_new
 
 
+def _dense_copy(x: torch.Tensor) -> torch.Tensor:
+    """A copy with contiguous strides. The loop's carried tensors must keep their strides from one iteration to the
+    next (``while_loop`` compares them), and the body makes contiguous ones; ``clone`` would keep a view's strides,
+    even along dimensions of size 1 (the first column of a ``(1, T)`` tensor has stride ``T``)."""
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 def _record(record: tuple, taken, row, t, hh, y, idx, fill, n_acc, arrive, theta) -> tuple:
     """One attempt's record for backpropagation (``_Settings.record``): where the step is ``taken``, its start
     time and size (``(S + 1, 2)`` float64) and start state (``(S + 1, N)``) into row ``row`` of the call's buffers
@@ -388,6 +412,26 @@ def _record(record: tuple, taken, row, t, hh, y, idx, fill, n_acc, arrive, theta
     ks = ks.index_put((idx,), torch.where(fill, n_acc, ks[idx]))
     thetas = thetas.index_put((idx,), torch.where(fill, torch.where(arrive, 0.0, theta), thetas[idx]))
     return th_buf, y_buf, ks, thetas
+
+
+def _record_round(rec: tuple, taken, k_start, t, hh, y, moved, batch, idx, fill, arrive, theta) -> tuple:
+    """One round's record for backpropagation per sample (``_Settings.record``), where some sample's step was
+    ``taken`` (accepted): each sample's start time and step (``(S + 1, 2, B)`` float64), state (``(S + 1, B, N)``) and
+    whether it moved (a step taken again for more outputs did not) into row ``n_rec - k_start`` of the call's
+    buffers (the scratch row ``S`` otherwise); for the outputs filled (``(B, M)`` ``idx``, ``fill``), the round
+    whose step they lie in (``n_rec``; for a sample arriving at its last time, its state then) and their ``theta``
+    (0 arriving: the output is that state; 1 at the step's end: ``y1``)."""
+    n_rec, th_buf, y_buf, mv_buf, ks, thetas = rec
+    S = y_buf.shape[0] - 1
+    slot = torch.where(taken, n_rec - k_start, S).view(1)
+    th_buf = th_buf.index_copy(0, slot, torch.stack([t, hh]).unsqueeze(0))
+    y_buf = y_buf.index_copy(0, slot, y.unsqueeze(0))
+    mv_buf = mv_buf.index_copy(0, slot, moved.unsqueeze(0))
+    ks = ks.index_put((batch, idx), torch.where(fill, n_rec, ks[batch, idx]))
+    thetas = thetas.index_put(
+        (batch, idx), torch.where(fill, torch.where(arrive[:, None], 0.0, theta), thetas[batch, idx])
+    )
+    return n_rec + taken.long(), th_buf, y_buf, mv_buf, ks, thetas
 
 
 def integrate_on_device(
@@ -466,8 +510,8 @@ def integrate_on_device(
         zero(),
         torch.tensor([times[0]], **f64),
         torch.tensor([dt0], **f64),
-        y0.detach(),
-        f0.detach(),
+        _dense_copy(y0.detach()),
+        _dense_copy(f0.detach()),
         torch.ones(1, **f64),
         torch.zeros((), dtype=torch.bool, device=dev),
         torch.full((1,), math.nan, **f64),
@@ -548,18 +592,17 @@ def _recorded(problem, tableau, y0, f0, ys_out, y_last, f_last, taken, out, i_ou
     hs = th[:, 1]
 
     def backward_run():
-        return make_back(problem, names, tableau, stages=True)
+        return make_back(problem_field(problem, names), tableau, ADAPTIVE)
 
     job = {
         "func": problem.func,
         "n": n,
         "ys": torch.cat([y for _, y in taken]),
         # The stage times as the run formed them: t + c_i h in float64, then the time's dtype.
-        "ts": (th[:, :1] + c * hs[:, None]).to(problem.t_dtype),
-        "hs": hs,
-        "ks": out[20][1:i_out].clone(),
-        "thetas": out[21][1:i_out].clone(),
-        "dense": None if tableau.dense is None else tuple(tuple(float(x) for x in row) for row in tableau.dense),
+        "steps": ((th[:, :1] + c * hs[:, None]).to(problem.t_dtype), hs),
+        "ks": out[20][1:i_out].clone()[None],
+        "thetas": out[21][1:i_out].clone()[None],
+        "dense": _dense_rows(tableau),
         "stages": tableau.stages,
         "params": params,
         "versions": [p._version for p in params],
@@ -586,11 +629,14 @@ def _recorded(problem, tableau, y0, f0, ys_out, y_last, f_last, taken, out, i_ou
 # The per-sample clock on the device.
 
 
-def per_sample_refusal(method, opts, events, device: torch.device) -> str | None:
+def per_sample_refusal(func, method, opts, events, device: torch.device) -> str | None:
     """Why the per-sample device run cannot take a ``per_sample`` solve under ``compile`` (there is no per-sample
     compiled step to fall back on, so the api refuses the solve with this reason), or ``None``."""
-    if torch.is_grad_enabled():
-        return "autograd records (run the solve under torch.no_grad(): the run is compiled for inference)"
+    if torch.is_grad_enabled() and not isinstance(func, torch.nn.Module):
+        return (
+            "autograd recording through a func that is not a torch.nn.Module (the compiled run's backward pass "
+            "differentiates a module's parameters by name; run the solve under torch.no_grad() for inference)"
+        )
     if torch._C._functorch.maybe_current_level() is not None or torch.autograd.forward_ad._current_level >= 0:
         return "forward-mode derivatives (the compiled run would drop their tangents)"
     if device.type != "cpu":
@@ -616,9 +662,12 @@ def _make_sample_run(
     t_dtype: torch.dtype,
     unflatten: Callable,
 ):
-    """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0) -> carry``, the per-sample clock's
-    attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps`` times."""
+    """The per-sample run: ``run(carry, times, rtol, atol, i_start, finite_f0[, k_start]) -> carry``, the per-sample
+    clock's attempt (:class:`~neuralode.solvers.per_sample.SampleClock`) on ``(B,)`` tensors, up to ``s.k_steps``
+    times; with ``s.record``, each round in which some sample's step was accepted is recorded (:func:`_record_round`)
+    and a call returns when ``s.record`` rounds are, ``k_start`` the rounds recorded before it."""
     plan, c, n_dense, P, _, controller = _constants(tableau, sizes, s)
+    S = s.record
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, dfactor, min_step = s.max_step, s.max_num_steps, s.controller[3], s.min_step
 
@@ -628,7 +677,7 @@ def _make_sample_run(
         RMSNorm(sizes, None, None).norm if s.norm is None else UserNorm(sizes, None, None, s.norm, unflatten).norm
     )
 
-    def make_body(times, rtol, atol, i_start, finite_f0):
+    def make_body(times, rtol, atol, i_start, finite_f0, k_start):
         t_end = times[:, T - 1].clone()
         step_t_asc = torch.tensor(s.step_t, dtype=torch.float64, device=times.device) if s.step_t else None
         columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))
@@ -636,10 +685,11 @@ def _make_sample_run(
         window = torch.arange(M, device=times.device)
         batch = torch.arange(B, device=times.device)[:, None].expand(B, M)
 
-        def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
-            return (n < s.k_steps) & (status == RUNNING) & (i_out < T).any() & (i_out - i_start < R).all()
+        def cond(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys, *rec):
+            go = (n < s.k_steps) & (status == RUNNING) & (i_out < T).any() & (i_out - i_start < R).all()
+            return go & (rec[0] - k_start < S) if S else go
 
-        def body(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys):
+        def body(n, t, h, y, f0, prev_ratio, after_reject, prev_dt, i_out, n_acc, n_rej, n_att, status, last, ys, *rec):
             # Plan (SampleClock.plan): each sample's step clipped, stretched to land on its last time.
             active = i_out < T
             # The next stop: the first step_t inside the sample's span, else its last time (a step_t within
@@ -690,8 +740,10 @@ def _make_sample_run(
             more = fill[:, M - 1] & ((beyond - reach) * direction <= 0)  # > M outputs: again, from the same state
             rows = idx - i_start[:, None]
             ys = ys.index_put((batch, rows), torch.where(fill[..., None], vals, ys[batch, rows]))
-            i_out = i_out + fill.long().sum(1)
             moved = accept & ~more
+            if S:  # under autograd: the round (each sample's start, step, state, and whether it moved), the outputs
+                rec = _record_round(rec, accept.any(), k_start, t, hh, y, moved, batch, idx, fill, arrive, theta)
+            i_out = i_out + fill.long().sum(1)
             t = torch.where(moved, t1, torch.where(arrive & ok, t_end, t))
             y = torch.where(moved[:, None], y1, y)
             f0 = torch.where(moved[:, None], k[-1], f0)
@@ -720,28 +772,57 @@ def _make_sample_run(
                 fail,
                 last,
                 ys,
+                *rec,
             )
 
         return cond, body
 
-    def run(carry, times, rtol, atol, i_start, finite_f0) -> tuple:
+    def run(carry, times, rtol, atol, i_start, finite_f0, k_start=None) -> tuple:
         from torch._higher_order_ops import while_loop
 
-        cond, body = make_body(times, rtol, atol, i_start, finite_f0)
+        cond, body = make_body(times, rtol, atol, i_start, finite_f0, k_start)
         return tuple(while_loop(cond, body, carry))
 
     return run, tableau.stages - 1
 
 
 def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, norm, stats, dt0):
-    """A ``per_sample`` solve on the device (:func:`per_sample_refusal` said it may): ``(ys (T, B, N), next_dt (B,))``
-    as :func:`~neuralode.solvers.per_sample.integrate` returns them, or ``None`` where the run stopped on what the
-    per-sample clock raises an error for, or could not be compiled (the caller then runs the clock)."""
+    """A ``per_sample`` solve on the device (:func:`per_sample_refusal` said it may): ``(ys (T, B, N), next_dt (B,),
+    backward)`` as :func:`~neuralode.solvers.per_sample.integrate` returns them (``backward``: the backward pass's
+    counters where autograd records through the run, else ``None``), or ``None`` where the run stopped on what the
+    per-sample clock raises an error for, or could not be compiled (the caller then runs the clock).
+
+    Raises:
+        ValueError: autograd records a gradient that reaches a tensor other than ``func``'s parameters, which the
+            run's backward pass cannot name (there is no compiled per-sample step to fall back on).
+    """
     backend = "inductor" if opts.execution.compile is True else opts.execution.compile
     tableau = method.explicit_tableau
     ctl = opts.control
     k = min(method.order, method.error_order) + 1
     B, T = times.shape
+    func, layout, t_dtype = fb.func, fb.layout, fb.dtype
+
+    def raw(tt, y):
+        return layout.flatten(func(tt.to(t_dtype), layout.unflatten(y)))
+
+    names: tuple[str, ...] = ()
+    params: tuple = ()
+    if torch.is_grad_enabled():
+        diff = reached_parameters(func, lambda: raw(times[:, 0], y0.detach()), y0.requires_grad)
+        stats.nfe += 1
+        stats.calls += 1
+        stats.rows_evaluated += B
+        if diff is None:
+            raise ValueError(
+                "options['compile'] with options['per_sample'] under autograd differentiates the compiled run through "
+                "func's parameters, but a gradient through func reaches a tensor that is not one of them (a tensor "
+                "captured from outside). Make it a parameter or buffer of the module, or drop options['compile'] "
+                "for this solve."
+            )
+        names, params = diff
+    # Backpropagation through the run: it records each round of steps (S per call), SampleBackprop differentiates.
+    S = grid_buffer_rows(y0.numel() * y0.element_size()) if params or y0.requires_grad else 0
     M = window(T)
     R = buffer_rows(T, M)
     settings = _Settings(
@@ -763,15 +844,10 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         float(opts.min_step),
         step_t=tuple(sorted(x * direction for x in opts.stops.step_t)),
         norm=opts.control.norm,
+        record=S,
     )
-    func = fb.func
 
     def make():
-        layout, dtype = fb.layout, fb.dtype
-
-        def raw(tt, y):
-            return layout.flatten(func(tt.to(dtype), layout.unflatten(y)))
-
         return _make_sample_run(raw, tableau, list(norm.sizes), settings, y0.dtype, layout.unflatten)
 
     entry = graph(func, (settings, tuple(norm.sizes)), backend, y0.device, make)
@@ -789,12 +865,12 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
     def buffer() -> torch.Tensor:
         return torch.zeros((B, R + M, y0.shape[1]), dtype=dt, device=dev)
 
-    carry = (
+    carry: tuple[torch.Tensor, ...] = (
         torch.zeros((), dtype=torch.long, device=dev),
-        times[:, 0].to(**f64).clone(),
-        dt0.to(**f64).clone(),
-        y0,
-        f0,
+        _dense_copy(times[:, 0].to(**f64)),
+        _dense_copy(dt0.detach().to(**f64)),
+        _dense_copy(y0.detach()),
+        _dense_copy(f0.detach()),
         torch.ones(B, **f64),
         torch.zeros(B, dtype=torch.bool, device=dev),
         torch.full((B,), math.nan, **f64),
@@ -806,17 +882,32 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         stats.last_step.to(**f64).clone(),
         buffer(),
     )
+
+    def rounds() -> tuple:  # one call's record of its rounds: (t, h), the state and who moved, S rows and a scratch row
+        return (
+            torch.zeros((S + 1, 2, B), **f64),
+            torch.zeros((S + 1, *y0.shape), dtype=dt, device=dev),
+            torch.zeros((S + 1, B), dtype=torch.bool, device=dev),
+        )
+
+    if S:  # and each output's round and theta, over the whole solve
+        ks0, th0 = torch.zeros((B, T + M), dtype=torch.long, device=dev), torch.zeros((B, T + M), **f64)
+        carry += (torch.zeros((), dtype=torch.long, device=dev), *rounds(), ks0, th0)
+    k_start = 0
+    taken: list[tuple[torch.Tensor, ...]] = []
     # Every row of a call's buffer is written to where it would go (sample b's row r to output i_out[b] + r):
     # rows past what the call reached land on outputs a later call writes again, or past the last (dropped).
     ys = torch.zeros((T + R + M, B, y0.shape[1]), dtype=dt, device=dev)
-    ys[0] = y0
+    ys[0] = y0.detach()
     i_out = torch.ones(B, dtype=torch.long, device=dev)
     r = torch.arange(R + M, device=dev)[None, :]
     b_idx = torch.arange(B, device=dev)[:, None].expand(B, R + M)
     while True:
-        out = call(
-            entry, (carry, times_t, rtol, atol, i_out.clone(), finite_f0), stats, "the solve runs eagerly instead"
-        )
+        args: tuple = (carry, times_t, rtol, atol, i_out.clone(), finite_f0)
+        if S:
+            args += (torch.tensor(k_start, dtype=torch.long, device=dev),)
+        with torch.no_grad():
+            out = call(entry, args, stats, "the solve runs eagerly instead")
         if out is None:
             return None
         if int(out[12]) != RUNNING:
@@ -825,6 +916,11 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         ys.index_put_((i_out[:, None] + r, b_idx), out[14])
         i_out = out[8]
         carry = (torch.zeros((), dtype=torch.long, device=dev), *out[1:14], buffer())
+        if S:
+            k_reached = int(out[15])
+            taken.append(tuple(x[: k_reached - k_start] for x in out[16:19]))
+            k_start = k_reached
+            carry += (out[15], *rounds(), out[19], out[20])
         if bool((i_out >= T).all()):
             break
     stats.n_accepted += out[9]
@@ -834,4 +930,41 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
     stats.calls += calls
     stats.rows_evaluated += calls * B
     stats.last_step.copy_(out[13])
-    return ys[:T], out[2].clone()
+    if not S:
+        return ys[:T], out[2].clone(), None
+    backward = type(stats).zeros(B, dev)  # Solution.adjoint_stats: the backward pass's counters
+    job = {
+        "func": func,
+        "ys": torch.cat([x[1] for x in taken]),
+        "steps": _round_steps(taken, tableau, t_dtype),
+        "ks": out[19][:, 1:T].clone(),
+        "thetas": out[20][:, 1:T].clone(),
+        "dense": _dense_rows(tableau),
+        "stages": tableau.stages,
+        "params": params,
+        "versions": [p._version for p in params],
+        "stats": backward,
+        "outputs": ys[1:T].clone(),
+    }
+    field = module_field(func, names, layout.flatten, layout.unflatten, t_dtype)
+    job["make_back"] = lambda: make_back(field, tableau, PER_SAMPLE)
+    key = ("per-sample back", settings, tuple(norm.sizes), names)
+    job["entry"] = graph(func, key, backend, dev, lambda: (job["make_back"](), 0), tune=False)
+    hold(BackwardRecord(backward), job["ys"])
+    outputs = SampleBackprop.apply(job, y0, *params)
+    return torch.cat([y0[None], outputs]), out[2].clone(), backward
+
+
+def _round_steps(taken: list[tuple[torch.Tensor, ...]], tableau: ButcherTableau, t_dtype: torch.dtype) -> tuple:
+    """The recorded rounds' ``(ts, hs, moved)`` for the reverse run: each sample's stage times ``t + c_i h`` formed
+    in float64 and cast to the time's dtype, as the run formed them (``(n, s, B)``), its steps (``(n, B)`` float64)
+    and who moved (``(n, B)``)."""
+    th = torch.cat([x[0] for x in taken])  # (n, 2, B)
+    c = torch.tensor(tableau.c, dtype=torch.float64, device=th.device)
+    ts = (th[:, :1, :] + c[None, :, None] * th[:, 1:2, :]).to(t_dtype)
+    return ts, th[:, 1], torch.cat([x[2] for x in taken])
+
+
+def _dense_rows(tableau: ButcherTableau) -> tuple | None:
+    """The continuous extension's polynomial as floats (``None``: the cubic Hermite polynomial)."""
+    return None if tableau.dense is None else tuple(tuple(float(x) for x in row) for row in tableau.dense)

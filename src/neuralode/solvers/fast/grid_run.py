@@ -69,7 +69,7 @@ from ..methods.compiled import rk_stages
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import BackwardRecord, LoopResult
-from .backprop import check_backward, differentiated, hold, make_back, reverse
+from .backprop import check_backward, differentiated, hold, make_back, problem_field, reverse
 from .compiled_chunks import can_chunk, grid_outputs, grid_plan, integrate_chunked, output_points
 from .graphs import call, graph
 
@@ -144,7 +144,7 @@ class _Backprop(torch.autograd.Function):
         job = ctx.job
         ys = torch.cat([y0.detach()[None], states[:-1]])
         n = states.shape[0]
-        out = reverse(job, (ys, job["ts"], job["hs"], cot, torch.tensor(n - 1, device=y0.device), *job["params"]), n)
+        out = reverse(job, (ys, (job["ts"], job["hs"]), cot, torch.tensor(n - 1, device=y0.device), *job["params"]), n)
         return (None, out[0] if ctx.needs_input_grad[1] else None, *out[1:])
 
 
@@ -243,7 +243,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
         stats.n_recomputed_steps += n
 
         def backward_run():
-            return make_back(problem, names, tableau)
+            return make_back(problem_field(problem, names), tableau)
 
         job = {
             "func": func,
