@@ -109,7 +109,7 @@ from .backprop import (
     problem_field,
     reached_parameters,
 )
-from .graphs import call, graph
+from .graphs import call, dynamo_settings, graph
 from .grid_run import buffer_rows as grid_buffer_rows
 
 # The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
@@ -535,28 +535,28 @@ def integrate_on_device(
     status, i_out, k_start = RUNNING, 1, 0
     ys_out = [y0]
     taken: list[tuple[torch.Tensor, torch.Tensor]] = []
-    while True:
-        i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
-        args: tuple = (carry, times_t, stops_t, rtol, atol, i_start)
-        if S:
-            args += (torch.tensor(k_start, dtype=torch.long, device=dev),)
-        with torch.no_grad():
+    with dynamo_settings(), torch.no_grad():  # the configuration set once for the solve's calls
+        while True:
+            i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
+            args: tuple = (carry, times_t, stops_t, rtol, atol, i_start)
+            if S:
+                args += (torch.tensor(k_start, dtype=torch.long, device=dev),)
             out = call(
                 entry, args, stats, "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)"
             )
-        if out is None:
-            return None, None
-        status, i_reached = int(out[12]), int(out[8])
-        ys_out.extend(out[14][: i_reached - i_out].unbind(0))
-        i_out = i_reached
-        carry = (zero(), *out[1:14], buffer(), *out[15:18])
-        if S:
-            k_reached = int(out[9])
-            taken.append((out[18][: k_reached - k_start], out[19][: k_reached - k_start]))
-            k_start = k_reached
-            carry += (*steps(), *out[20:22])
-        if status != RUNNING or i_out >= T:
-            break
+            if out is None:
+                return None, None
+            status, i_reached = int(out[12]), int(out[8])
+            ys_out.extend(out[14][: i_reached - i_out].unbind(0))
+            i_out = i_reached
+            carry = (zero(), *out[1:14], buffer(), *out[15:18])
+            if S:
+                k_reached = int(out[9])
+                taken.append((out[18][: k_reached - k_start], out[19][: k_reached - k_start]))
+                k_start = k_reached
+                carry += (*steps(), *out[20:22])
+            if status != RUNNING or i_out >= T:
+                break
     n_acc, n_rej, n_att = int(out[9]), int(out[10]), int(out[11])
     stats.n_accepted += n_acc
     stats.n_rejected += n_rej
@@ -906,7 +906,7 @@ def integrate_per_sample_on_device(fb, y0, f0, times, direction, method, opts, n
         args: tuple = (carry, times_t, rtol, atol, i_out.clone(), finite_f0)
         if S:
             args += (torch.tensor(k_start, dtype=torch.long, device=dev),)
-        with torch.no_grad():
+        with dynamo_settings(), torch.no_grad():
             out = call(entry, args, stats, "the solve runs eagerly instead")
         if out is None:
             return None

@@ -3,10 +3,11 @@ fallback the caller names where dynamo cannot compile them (a warning, once)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -36,23 +37,44 @@ def graph(func, key, backend: str, device: torch.device, make: Callable, tune: b
     return entry
 
 
+_SET = [0]  # how many dynamo_settings blocks are open
+
+
+@contextlib.contextmanager
+def dynamo_settings() -> Iterator[None]:
+    """The dynamo configuration the runs are traced under, set for the block (a solve's calls open it once: setting
+    torch's configuration costs ~40 µs a call, a third of a call that takes no step).
+
+    An int attribute that changes (a call counter) becomes an input rather than a recompilation (as in
+    CompiledGraph); the tableau's coefficients stay constants of the graph: runs of several methods share this
+    module's code, and a float that differs between two compilations of the same code would otherwise become a
+    graph input, which the while_loop's body cannot lower."""
+    if _SET[0]:
+        yield
+        return
+    import torch._dynamo.config as dynamo_config
+
+    unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
+    dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
+    _SET[0] += 1
+    try:
+        yield
+    finally:
+        _SET[0] -= 1
+        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = unspec, floats
+
+
 def call(entry: dict, args: tuple, stats, instead: str):
     """One call of a run's graph: its outputs, or ``None`` where dynamo cannot compile it (warned once, and the
     entry remembers it). Counts the graphs compiled (``stats.n_compiles``) and times the graph's first call
-    (``stats.compile_s``)."""
-    import torch._dynamo.config as dynamo_config
+    (``stats.compile_s``). Under :func:`dynamo_settings` (opened here unless the caller holds it open)."""
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]
     before, start = graphs["unique_graphs"], time.perf_counter()
-    unspec, floats = dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float
     try:
-        # An int attribute that changes (a call counter) becomes an input rather than a recompilation (as in
-        # CompiledGraph); the tableau's coefficients stay constants of the graph: runs of several methods
-        # share this module's code, and a float that differs between two compilations of the same code
-        # would otherwise become a graph input, which the while_loop's body cannot lower.
-        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = True, True
-        out = entry["compiled"](*args)
+        with dynamo_settings():
+            out = entry["compiled"](*args)
     except compile_errors() as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         entry["failed"] = f"{type(exc).__name__}: {lines[0] if lines else ''}"
@@ -64,8 +86,6 @@ def call(entry: dict, args: tuple, stats, instead: str):
             stacklevel=6,
         )
         return None
-    finally:
-        dynamo_config.allow_unspec_int_on_nn_module, dynamo_config.specialize_float = unspec, floats
     stats.n_compiles += graphs["unique_graphs"] - before
     if not entry["ran"]:
         stats.compile_s = time.perf_counter() - start

@@ -71,7 +71,7 @@ from ..methods.tableau import ButcherTableau
 from ..solution import BackwardRecord, LoopResult
 from .backprop import check_backward, differentiated, hold, make_back, problem_field, reverse
 from .compiled_chunks import can_chunk, grid_outputs, grid_plan, integrate_chunked, output_points
-from .graphs import call, graph
+from .graphs import call, dynamo_settings, graph
 
 # The bytes of grid states one call's buffer holds (see buffer_rows), and the most steps one call takes.
 ROW_BYTES = 64 * 1024
@@ -209,7 +209,7 @@ def integrate_grid(problem, y0, times, stops, tableau: ButcherTableau, opts, bac
     def index(i: int) -> torch.Tensor:
         return torch.tensor(i, dtype=torch.long, device=problem.device)
 
-    with torch.no_grad():
+    with dynamo_settings(), torch.no_grad():  # the configuration set once for the solve's calls
         while i0 < n:
             i1 = min(n, i0 + CALL_STEPS)
             if base + R < len(need):
