@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 import benchmarks.bench_peers as peers  # noqa: E402  (sets up one-thread JAX before importing it)
 import neuralode  # noqa: E402
-from benchmarks.common import machine_markdown  # noqa: E402
+from benchmarks.common import alternate, iqr_text, machine_markdown  # noqa: E402
 from neuralode.solvers.methods import compiled  # noqa: E402
 
 VARIANTS = {
@@ -167,22 +167,6 @@ def cold_first_call(key: str, name: str) -> float:
     return float(out[-1])
 
 
-def _iqr(xs: list[float]) -> str:
-    q = statistics.quantiles(xs, n=4)
-    return f"{statistics.median(xs):.2f}× [{q[0]:.2f}–{q[2]:.2f}]"
-
-
-def alternate(fns: dict, pairs: int) -> dict[str, list[float]]:
-    """Seconds of each of ``fns`` in ``pairs`` rounds, calling them in turn within each round."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(pairs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def measure(key: str, pairs: int) -> list[str]:
     func, y0, t, kw, workload = setup(key)
     w = workload()
@@ -214,7 +198,7 @@ def measure(key: str, pairs: int) -> list[str]:
         compile_cell = "–" if name == eager else f"{cold[name]:.1f} s"
         warm_cell = f"{warm:.1f} s" if name == next(n for n in fns if n.startswith(("device", "grid"))) else "–"
         lines.append(
-            f"| ({'e' if key == 'p' else key}) | {name} | {_iqr(over_dfx)} | {_iqr(over_eager)} | "
+            f"| ({'e' if key == 'p' else key}) | {name} | {iqr_text(over_dfx)} | {iqr_text(over_eager)} | "
             f"{statistics.median(times[name]) * 1e3:.2f} ms | {statistics.median(times['diffrax']) * 1e3:.2f} ms | "
             f"{nfe} ({acc} + {rej}) | {dy:.1e} | {compile_cell} | {warm_cell} |"
         )
@@ -301,8 +285,8 @@ def measure_gradients(key: str, pairs: int) -> list[str]:
     times = alternate(fns, pairs)
     lines = []
     for name in GRADIENTS[key]:
-        over_dfx = _iqr([a / b for a, b in zip(times[name], times["diffrax"])]) if key == "d" else "–"
-        over_base = _iqr([a / b for a, b in zip(times[name], times[base])])
+        over_dfx = iqr_text([a / b for a, b in zip(times[name], times["diffrax"])]) if key == "d" else "–"
+        over_base = iqr_text([a / b for a, b in zip(times[name], times[base])])
         dfx_ms = f"{statistics.median(times['diffrax']) * 1e3:.2f} ms" if key == "d" else "–"
         lines.append(
             f"| ({key}) | {name} | {over_dfx} | {over_base} | {statistics.median(times[name]) * 1e3:.2f} ms | "

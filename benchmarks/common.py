@@ -137,6 +137,24 @@ class PairTiming:
         return f"{self.ratio:.2f}× [{self.ratio_q1:.2f}–{self.ratio_q3:.2f}]"
 
 
+def iqr_text(ratios: Sequence[float]) -> str:
+    """``0.42× [0.41–0.44]``: the median of ``ratios`` and their interquartile range."""
+    q = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.2f}× [{q[0]:.2f}–{q[2]:.2f}]"
+
+
+def alternate(fns: dict[str, Callable[[], Any]], pairs: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` in ``pairs`` rounds, calling them in turn within each round (one call a sample:
+    for solves of milliseconds and more)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(pairs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def _sample(fn: Callable[[], Any], number: int) -> float:
     start = time.perf_counter()
     for _ in range(number):

@@ -10,7 +10,21 @@ the same arithmetic whatever order the tests run in.
 
 import os
 
+import pytest
 import torch
 
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def handed(monkeypatch):
+    """What each call of the joint device run (``neuralode.solvers.fast.device_run.integrate_on_device``) returned:
+    ``(LoopResult, None)`` for a solve it finished, ``(None, Handover)`` where it handed the solve to the host clock,
+    ``(None, None)`` where it was not compiled."""
+    from neuralode.solvers.fast import device_run
+
+    out = []
+    real = device_run.integrate_on_device
+    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: out.append(real(*a, **k)) or out[-1])
+    return out

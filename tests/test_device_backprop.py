@@ -15,7 +15,6 @@ import torch
 
 from neuralode import solve
 from neuralode.models import ODEFunc
-from neuralode.solvers.fast import device_run
 
 F64 = torch.float64
 
@@ -34,15 +33,6 @@ class Field(torch.nn.Module):
 
     def forward(self, t, y):
         return self.b(torch.tanh(self.a(y))) * (1 + 0.1 * t)
-
-
-@pytest.fixture
-def handed(monkeypatch):
-    """What each call of the joint device run returned (see tests/test_device_run.py)."""
-    out = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: out.append(real(*a, **k)) or out[-1])
-    return out
 
 
 def _gradients(func, y0, t, options, method="dopri5", weights=None, **kw):

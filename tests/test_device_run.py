@@ -33,16 +33,6 @@ def _pair(func, y0, t, method="dopri5", backend="eager", **kw):
     return eager, run
 
 
-@pytest.fixture
-def handed(monkeypatch):
-    """What each call of the joint device run returned: ``(LoopResult, None)`` for a solve it finished,
-    ``(None, Handover)`` where it handed the solve to the host clock, ``(None, None)`` where it was not compiled."""
-    out = []
-    real = device_run.integrate_on_device
-    monkeypatch.setattr(device_run, "integrate_on_device", lambda *a, **k: out.append(real(*a, **k)) or out[-1])
-    return out
-
-
 def _same_steps(a, b):
     assert (a.stats.nfe, a.stats.n_accepted, a.stats.n_rejected) == (
         b.stats.nfe,

@@ -197,7 +197,9 @@ class Execution:
             ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and error
             estimate, as one ``torch.compile(fullgraph=True)`` graph (see
             :mod:`neuralode.solvers.methods.compiled` for when that pays), or several steps as one graph where
-            ``compile_steps`` says so. Default ``False``.
+            ``compile_steps`` says so; ``rodas5p``'s whole run of steps without autograd (see
+            :mod:`neuralode.solvers.fast.device_run`; the other implicit and multistep methods refuse it).
+            Default ``False``.
         compile_steps: with ``compile``, at most how many step attempts one compiled call takes (default 32;
             ``1``: one step per call). On a fixed grid on the CPU, any value above 1 selects the grid run, one
             step as the body of a compiled ``while_loop`` whose calls take as many steps as its output buffer
@@ -1063,8 +1065,8 @@ def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
             )
         if comp and not method.capabilities.compile:
             raise ValueError(
-                f"options['compile'] compiles explicit Runge-Kutta steps; {method.name!r} is not one "
-                "(a multistep or implicit method)."
+                f"options['compile'] compiles explicit Runge-Kutta methods and rodas5p's run of steps; {method.name!r} "
+                "is not one of them (a multistep or implicit method)."
             )
         if comp and o.get("checkpoint"):
             raise ValueError("options['compile'] and options['checkpoint'] cannot be combined; choose one.")

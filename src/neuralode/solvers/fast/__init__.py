@@ -15,8 +15,9 @@ bookkeeping is pure overhead, and three drivers skip it:
   ``torch.compile`` graph.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
-``compile``, for ``dopri5``, ``tsit5`` and ``bosh3``; under autograd with a compiled reverse run as its backward
-pass, :mod:`.backprop`) keeps the clock on the device and compiles up to
+``compile``, for ``dopri5``, ``tsit5``, ``bosh3`` and, without autograd, ``rodas5p``; for the first three under
+autograd with a compiled reverse run as its backward pass, :mod:`.backprop`) keeps the clock on the device and
+compiles up to
 ``compile_steps`` attempts as one ``while_loop``, handing the solve to the host clock (:class:`Handover`, with the
 step and the controller's memory) where the host clock decides something the run does not (an error, the
 stiffness watch).
@@ -35,9 +36,11 @@ is a record of :mod:`~neuralode.solvers.solution` (:class:`~neuralode.solvers.so
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
+from ..methods.rosenbrock_tableaus import RosenbrockTableau
 from ..solution import Handover, LoopResult
 from . import compiled_chunks, device_run, fixed_grid, grid_run
 
@@ -69,6 +72,17 @@ def choose(problem, method, opts, stops, events, dense, error, method_config, f0
             return GRID_RUN if grid_run.applies(problem, method, opts, stops, events, dense, error) else CHUNKS
         if device_run.applies(problem, method, opts, stops, events, dense, error, f0):
             return DEVICE
+        if isinstance(method.tableau, RosenbrockTableau):  # no compiled Rosenbrock step: the eager loop, said once
+            reason = device_run.rosenbrock_refusal(problem, method, opts) or (
+                "events, dense output, step callbacks, perturb, jump_t or non-finite output times"
+            )
+            warnings.warn(
+                f"options['compile']: the compiled run of {method.name} does not take this solve ({reason}); it "
+                "runs eagerly.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return LOOP
         return COMPILED
     on_step = problem.callbacks[0]
     perturb = bool(opts.stops.perturb) and error is None  # as the loop reads it

@@ -30,7 +30,14 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
   taken again from the same state with the same step (the same numbers) for the next ``M``, its stages evaluated
   anew (counted in ``stats.nfe``).
 
-It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): an explicit
+The method's part of an attempt is a kernel: :class:`_RKKernel` (the explicit methods' stages, error estimate and
+interpolant) or :class:`_RosenbrockKernel` (``rodas5p``: the Jacobian and ``df/dt`` by ``torch.func.jacrev`` from
+one evaluation, ``I / (h gamma) - J`` factored by LAPACK, its ``s`` solves and its own dense output; a singular
+matrix hands the attempt to the host clock, which raises). The host clock keeps a Rosenbrock Jacobian for the retry
+after a rejection; the run forms it again, so its ``nfe`` and ``n_jac_evals`` count one more per rejection.
+
+It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): ``rodas5p`` on the
+whole state as one system without autograd (:func:`rosenbrock_refusal`), or an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off or ``func`` a ``torch.nn.Module`` (below), not in forward mode, a
 plain float32 or float64 state (a tensor or a tuple) on the CPU (no GPU has run it yet: on another device the
@@ -94,6 +101,7 @@ from ..grid import TIME_EPS
 from ..methods.compiled import rk_stages, weighted
 from ..methods.interpolants import ContinuousExtension, Hermite
 from ..methods.interpolation import _hermite_weights, _horner
+from ..methods.rosenbrock_tableaus import RosenbrockTableau
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
 from ..solution import BackwardRecord, Handover, LoopResult
@@ -115,7 +123,7 @@ from .grid_run import buffer_rows as grid_buffer_rows
 # The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
 # non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start, a
 # step rejected where no smaller one may follow (min_step).
-RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH, AT_FLOOR = 0, 1, 2, 3, 4, 5, 6
+RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH, AT_FLOOR, SINGULAR = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 def window(n_out: int) -> int:
@@ -146,11 +154,33 @@ def takes_method(method, opts) -> bool:
     )
 
 
+def rosenbrock_refusal(problem, method, opts) -> str | None:
+    """Why the run cannot take a Rosenbrock method's solve under ``compile`` (``None``: it can, for what
+    :func:`applies` checks besides): it compiles ``rodas5p`` (not first-same-as-last, its own dense output) on the
+    whole state as one system, its Jacobian by autograd, without autograd recording."""
+    from ..methods.interpolants import RosenbrockInterpolant
+    from ..methods.rosenbrock import resolve_batch_dims
+
+    tab = method.tableau
+    if tab.fsal or not tab.dense or method.interpolant(opts) is not RosenbrockInterpolant:
+        return f"method={method.name!r} (the run compiles rodas5p)"
+    if torch.is_grad_enabled():
+        return "autograd recording (the run is compiled for solves under torch.no_grad())"
+    if callable(opts.method.jacobian):
+        return "a jacobian callable (options['jacobian'])"
+    if resolve_batch_dims(opts, problem) != 0:
+        return "a batch of independent systems (batch_dims > 0: per-system Jacobians; pass batch_dims=0 for one system)"
+    if problem.device.type != "cpu":
+        return f"a state on {problem.device} (the run has been checked on the CPU only so far)"
+    return None
+
+
 def applies(problem, method, opts, stops, events, dense, error, f0: torch.Tensor | None) -> bool:
     """Whether the device run takes this solve (see the module docstring): under autograd only for a
     ``torch.nn.Module`` ``func`` (:func:`integrate_on_device` then checks what a gradient reaches)."""
+    rosenbrock = isinstance(method.tableau, RosenbrockTableau)
     return (
-        takes_method(method, opts)
+        (takes_method(method, opts) if not rosenbrock else rosenbrock_refusal(problem, method, opts) is None)
         and error is not None
         and opts.compile_steps > 1
         and (not torch.is_grad_enabled() or isinstance(problem.func, torch.nn.Module))
@@ -204,6 +234,114 @@ def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
     return _plan(tableau), tableau.c, n_dense, P, inverse_sqrt_sizes(sizes), BatchStepSizeController(*s.controller)
 
 
+class _RKKernel:
+    """An explicit first-same-as-last Runge-Kutta method's attempt and interpolant for the joint run (the compiled
+    step's own arithmetic, :func:`~neuralode.solvers.methods.compiled.rk_stages`)."""
+
+    def __init__(self, raw: Callable, tableau: ButcherTableau, t_dtype: torch.dtype, device: torch.device):
+        self.raw, self.plan, self.c, self.t_dtype = raw, _plan(tableau), tableau.c, t_dtype
+        dense = tableau.dense
+        self.n_dense = 0 if dense is None else len(dense)
+        # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
+        self.columns = tuple(
+            torch.tensor(col, dtype=torch.float64, device=device) for col in zip(*(dense or ()))
+        )  # (s,) each
+
+    def attempt(self, t, y, f0, hh):
+        """``(y1, y_err, f(t1, y1), the stages, None)``: no iteration matrix to be singular."""
+        c, t_dtype = self.c, self.t_dtype
+        y1, k = rk_stages(self.raw, self.plan, y, f0, hh, lambda i: (t + c[i] * hh).to(t_dtype))
+        return y1, weighted(self.plan.b_err, k, hh.to(y.dtype)), k[-1], k, None
+
+    def interpolate(self, theta, y, y1, f0, k, hh):
+        """The outputs at ``theta`` (``(M,)``) in the step: ``(M, N)``, the continuous extension's
+        ``y + h sum_i b_i(theta) k_i``, or the cubic Hermite polynomial's (interpolation.hermite_many's weights)."""
+        flat = y.reshape(1, -1)
+        if self.n_dense:
+            W = _horner(self.columns, theta[:, None]).to(y.dtype)  # (M, s): b_i(theta) of each output time
+            stages = torch.stack(k[: self.n_dense]).reshape(self.n_dense, -1)
+            return flat + (W @ stages) * hh.to(y.dtype)
+        W = torch.stack(_hermite_weights(theta, hh), 1).to(y.dtype)  # (M, 3)
+        return flat + W @ torch.stack([y1 - y, f0, k[-1]]).reshape(3, -1)
+
+
+class _RosenbrockKernel:
+    """A Rosenbrock method's attempt and dense output for the joint run: the equations of
+    :func:`~neuralode.solvers.methods.rosenbrock.rosenbrock_step` on the whole state as one system
+    (``batch_dims = 0``). Each attempt forms ``J = df/dy`` and ``df/dt`` at ``(t, y)`` from one evaluation
+    (``torch.func.jacrev``, which also gives ``f(t, y)``, the first stage), factors ``I / (h gamma) - J`` with
+    LAPACK (``lu_factor_ex``; a zero pivot makes the run hand the attempt to the host clock, which raises its
+    error) and makes its ``s`` solves with ``lu_solve``. The host clock keeps ``J`` for the retry after a
+    rejection; here a retry forms it again, the same values (the statistics count what the run does)."""
+
+    def __init__(self, raw: Callable, tab, t_dtype: torch.dtype, device: torch.device):
+        self.raw, self.tab, self.t_dtype = raw, tab, t_dtype
+
+        def nz(row):
+            return tuple((j, float(x)) for j, x in enumerate(row) if x != 0.0)
+
+        self.a, self.C = tuple(nz(r) for r in tab.a), tuple(nz(r) for r in tab.C)
+        self.m, self.m_err = nz(tab.m), nz(tab.m_err)
+        # rosenbrock_dense's theta^r coefficients of each u_i, by Horner's rule from the highest power
+        self.dense_rows = tuple(
+            torch.tensor(row, dtype=torch.float64, device=device) for row in tab.dense
+        )  # (s,) per r
+
+    def attempt(self, t, y, f0, hh):
+        tab, dtype = self.tab, y.dtype
+        shape, N = y.shape, y.numel()
+        tt = t.to(self.t_dtype)
+
+        def f_both(t_, y_):
+            out = self.raw(t_, y_).reshape(-1)
+            return out, out
+
+        (J_t, J_y), f = torch.func.jacrev(f_both, argnums=(0, 1), has_aux=True)(tt, y)
+        J, f_t = J_y.reshape(N, N), J_t.reshape(N).to(dtype)
+        h = hh.to(dtype)
+        W = torch.eye(N, dtype=dtype, device=y.device) * (1.0 / (hh * tab.gamma)).to(dtype) - J
+        LU, pivots, info = torch.linalg.lu_factor_ex(W)
+        y0 = y.reshape(N)
+        u: list[torch.Tensor] = []
+        y1 = y0
+        for i in range(tab.stages):
+            if i == 0:
+                fi = f
+            else:
+                yi = y0
+                for j, a in self.a[i]:
+                    yi = yi + u[j] * a
+                fi = self.raw((t + tab.c[i] * hh).to(self.t_dtype), yi.view(shape)).reshape(N)
+            rhs = fi
+            if self.C[i]:
+                (j0, c0), *rest = self.C[i]
+                acc = u[j0] * c0
+                for j, cj in rest:
+                    acc = acc + u[j] * cj
+                rhs = rhs + acc * (1.0 / h)
+            if tab.d[i] != 0.0:
+                rhs = rhs + f_t * (h * tab.d[i])
+            u.append(torch.linalg.lu_solve(LU, pivots, rhs[:, None])[:, 0])
+        for j, mj in self.m:
+            y1 = y1 + u[j] * mj
+        (j0, e0), *rest = self.m_err
+        y_err = u[j0] * e0
+        for j, e in rest:
+            y_err = y_err + u[j] * e
+        return y1.view(shape), y_err.view(shape), f0, torch.stack(u), info != 0
+
+    def interpolate(self, theta, y, y1, f0, U, hh):
+        """rosenbrock_dense at each ``theta``: ``y + theta (y1 - y) + theta (1 - theta) sum_i (sum_r dense[r][i]
+        theta^r) u_i``."""
+        th = theta[:, None]
+        poly = 0.0
+        for row in reversed(self.dense_rows):
+            poly = poly * th + row
+        W = (th * (1.0 - th) * poly).to(y.dtype)  # (M, s)
+        flat, d = y.reshape(1, -1), (y1 - y).reshape(1, -1)
+        return flat + theta[:, None].to(y.dtype) * d + W @ U
+
+
 def _make_run(
     raw: Callable,
     tableau: ButcherTableau,
@@ -216,12 +354,24 @@ def _make_run(
     outputs written from row 0 of the carried buffer for output ``i_start`` on. A user's ``options['norm']``
     (``s.norm``) is called in the graph on the scaled error in the state's structure (``unflatten``), as the host
     clock calls it; it must give one number."""
-    plan, c, n_dense, P, inv_sqrt_n, controller = _constants(tableau, sizes, s)
+    inv_sqrt_n = inverse_sqrt_sizes(sizes)
+    controller = BatchStepSizeController(*s.controller)
     direction, M, T, R = s.direction, s.m, s.n_out, s.rows
     max_step, max_num_steps, watch_from, min_step = s.max_step, s.max_num_steps, s.watch_from, s.min_step
     n_stops = s.n_stops
-    n_new = tableau.stages - 1
     S = s.record
+    if isinstance(tableau, ButcherTableau):
+
+        def make_kernel(device):
+            return _RKKernel(raw, tableau, t_dtype, device)
+
+        n_new = tableau.stages - 1
+    else:
+
+        def make_kernel(device):
+            return _RosenbrockKernel(raw, tableau, t_dtype, device)
+
+        n_new = tableau.stages  # its s - 1 stages, and the evaluation its Jacobian is formed from
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         if s.norm is not None:
@@ -251,8 +401,7 @@ def _make_run(
             go = (n < s.k_steps) & (status == RUNNING) & (i_out < T) & (i_out - i_start < R)
             return go & (n_acc - k_start < S) if S else go
 
-        # Inputs of the loop's body must not alias one another (while_loop's rule): copies, not views.
-        columns = tuple(torch.tensor(col, dtype=torch.float64, device=times.device) for col in zip(*P))  # (s,) each
+        kernel = make_kernel(times.device)
 
         def body(
             n,
@@ -296,8 +445,7 @@ def _make_run(
                 ),
             )
             # Attempt: the stages, with their times formed in float64 as the host clock forms them.
-            y1, k = rk_stages(raw, plan, y, f0, hh, lambda i: (t + c[i] * hh).to(t_dtype))
-            y_err = weighted(plan.b_err, k, hh.to(y.dtype))
+            y1, y_err, f_next, stages, singular = kernel.attempt(t, y, f0, hh)
             scale = torch.maximum(y.abs() * rtol + atol, y1.abs() * rtol + atol)
             ratio = norm(y_err / scale)
             fail = torch.where((fail == RUNNING) & ~torch.isfinite(ratio) & ~torch.isfinite(f0).all(), NON_FINITE, fail)
@@ -307,6 +455,8 @@ def _make_run(
             if min_step > 0:  # a rejection no smaller step may follow: the host clock raises, or accepts it
                 floor = ~arrive & ~accept & at_step_floor(dt_abs, remaining, min_step, max_step)
                 fail = torch.where((fail == RUNNING) & floor, AT_FLOOR, fail)
+            if singular is not None:  # I / (h gamma) - J singular: the host clock raises its error for this attempt
+                fail = torch.where((fail == RUNNING) & ~arrive & singular, SINGULAR, fail)
             ok = fail == RUNNING
             stepped = ok & ~arrive  # an attempt made (its evaluations count)
             accept = stepped & accept
@@ -317,13 +467,7 @@ def _make_run(
             inside = (tau - t1) * direction <= 0
             theta = output_theta(tau, t, t1, torch.where(hh == 0, 1.0, hh))
             flat = y.reshape(1, -1)
-            if n_dense:
-                W = _horner(columns, theta[:, None]).to(y.dtype)  # (M, s): b_i(theta) of each output time
-                stages = torch.stack(k[:n_dense]).reshape(n_dense, -1)
-                inner = flat + (W @ stages) * hh.to(y.dtype)
-            else:  # interpolation.hermite_many's weights and basis
-                W = torch.stack(_hermite_weights(theta, hh), 1).to(y.dtype)  # (M, 3)
-                inner = flat + W @ torch.stack([y1 - y, f0, k[-1]]).reshape(3, -1)
+            inner = kernel.interpolate(theta, y, y1, f0, stages, hh)
             vals = torch.where(arrive, flat, inner).view(M, *y.shape)
             fill = inside & (accept | (ok & arrive))
             more = fill[M - 1] & ((times[(i_out + M).view(1)][0] - t1) * direction <= 0)  # > M outputs: this step again
@@ -341,7 +485,7 @@ def _make_run(
             # a step with more outputs keeps everything but the output index.
             t = torch.where(moved, t1, t)
             y = torch.where(moved & ~arrive, y1, y)
-            f0 = torch.where(moved & ~arrive, k[-1], f0)
+            f0 = torch.where(moved & ~arrive, f_next, f0)
             decided = stepped & ~more
             h = torch.where(decided, h_next, torch.where(more, hh, h))
             prev_ratio = torch.where(decided, pr_n, prev_ratio)
@@ -442,7 +586,8 @@ def integrate_on_device(
     watch): the host clock goes on from there; ``(None, None)`` where the loop takes the whole solve (the run
     could not be compiled)."""
     backend = "inductor" if opts.execution.compile is True else opts.execution.compile
-    tableau = method.explicit_tableau
+    tableau = method.explicit_tableau or method.tableau  # a ButcherTableau, or rodas5p's RosenbrockTableau
+    rosenbrock = isinstance(tableau, RosenbrockTableau)
     names: tuple[str, ...] = ()
     params: tuple = ()
     if torch.is_grad_enabled():
@@ -535,15 +680,18 @@ def integrate_on_device(
     status, i_out, k_start = RUNNING, 1, 0
     ys_out = [y0]
     taken: list[tuple[torch.Tensor, torch.Tensor]] = []
+    instead = (
+        "the solve runs eagerly instead"  # there is no compiled Rosenbrock step
+        if rosenbrock
+        else "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)"
+    )
     with dynamo_settings(), torch.no_grad():  # the configuration set once for the solve's calls
         while True:
             i_start = torch.tensor(i_out, dtype=torch.long, device=dev)
             args: tuple = (carry, times_t, stops_t, rtol, atol, i_start)
             if S:
                 args += (torch.tensor(k_start, dtype=torch.long, device=dev),)
-            out = call(
-                entry, args, stats, "the solve compiles one step at a time instead (as options['compile_steps']=1 asks)"
-            )
+            out = call(entry, args, stats, instead)
             if out is None:
                 return None, None
             status, i_reached = int(out[12]), int(out[8])
@@ -561,6 +709,10 @@ def integrate_on_device(
     stats.n_accepted += n_acc
     stats.n_rejected += n_rej
     stats.nfe += n_att * entry["n_new"]
+    if rosenbrock:  # each attempt forms its Jacobian, factors its iteration matrix, and solves once per stage
+        stats.n_jac_evals += n_att
+        stats.n_factorizations += n_att
+        stats.n_linear_solves += n_att * tableau.stages
     if n_acc:
         stats.last_step = float(out[13])
     hs, ns = out[15][1:i_out].tolist(), out[16][1:i_out].tolist()
@@ -578,8 +730,10 @@ def integrate_on_device(
     # for stiffness from here on.
     control = ControllerState(float(out[5]), bool(out[6]), float(out[7]))
     i_stop = int(out[17])
+    # (A Rosenbrock run's carried derivative is not f(t, y): its attempts evaluate their own; the host clock does.)
+    f_handed = None if rosenbrock else f_last
     return None, Handover(
-        float(out[1]), y_last, f_last, i_stop, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control
+        float(out[1]), y_last, f_handed, i_stop, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control
     )
 
 

@@ -9,6 +9,8 @@ factorisations and polynomial in a named record, told of every decision by ``set
 
 from __future__ import annotations
 
+import dataclasses
+
 from .auto import AutoSwitching, make_auto_stepper
 from .base import Capabilities, Method
 from .esdirk import ESDIRKTableau
@@ -40,7 +42,9 @@ class Rosenbrock(Method):
     (:class:`~neuralode.solvers.methods.rosenbrock_tableaus.RosenbrockTableau`)."""
 
     tableau: RosenbrockTableau
-    capabilities = STIFF
+    # options['compile']: rodas5p's run of steps compiled without autograd (fast/device_run.py); elsewhere the
+    # solve runs eagerly, with a warning naming why.
+    capabilities = dataclasses.replace(STIFF, compile=True)
     options_type = ImplicitOptions
 
     def __init__(self, tableau: RosenbrockTableau):
