@@ -36,8 +36,9 @@ one evaluation, ``I / (h gamma) - J`` factored by LAPACK, its ``s`` solves and i
 matrix hands the attempt to the host clock, which raises). The host clock keeps a Rosenbrock Jacobian for the retry
 after a rejection; the run forms it again, so its ``nfe`` and ``n_jac_evals`` count one more per rejection.
 
-It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): ``rodas5p`` on the
-whole state as one system without autograd (:func:`rosenbrock_refusal`), or an explicit
+It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): ``rodas5p`` without
+autograd (:func:`rosenbrock_refusal`; a batch of independent systems with per-system Jacobian blocks, the host
+clock's first Jacobian formed before the run to check their independence), or an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off or ``func`` a ``torch.nn.Module`` (below), not in forward mode, a
 plain float32 or float64 state (a tensor or a tuple) on the CPU (no GPU has run it yet: on another device the
@@ -101,6 +102,7 @@ from ..grid import TIME_EPS
 from ..methods.compiled import rk_stages, weighted
 from ..methods.interpolants import ContinuousExtension, Hermite
 from ..methods.interpolation import _hermite_weights, _horner
+from ..methods.jacobian import batch_shape
 from ..methods.rosenbrock_tableaus import RosenbrockTableau
 from ..methods.stepper import _plan
 from ..methods.tableau import ButcherTableau
@@ -122,7 +124,7 @@ from .grid_run import buffer_rows as grid_buffer_rows
 
 # The run's status codes (one int64 0-dim tensor): running, or why it handed the solve to the host clock: a
 # non-finite step, an underflowing one, the step budget, a non-finite derivative, the stiffness watch's start, a
-# step rejected where no smaller one may follow (min_step).
+# step rejected where no smaller one may follow (min_step), a singular iteration matrix (a Rosenbrock attempt).
 RUNNING, BAD_STEP, UNDERFLOW, BUDGET, NON_FINITE, WATCH, AT_FLOOR, SINGULAR = 0, 1, 2, 3, 4, 5, 6, 7
 
 
@@ -156,10 +158,9 @@ def takes_method(method, opts) -> bool:
 
 def rosenbrock_refusal(problem, method, opts) -> str | None:
     """Why the run cannot take a Rosenbrock method's solve under ``compile`` (``None``: it can, for what
-    :func:`applies` checks besides): it compiles ``rodas5p`` (not first-same-as-last, its own dense output) on the
-    whole state as one system, its Jacobian by autograd, without autograd recording."""
+    :func:`applies` checks besides): it compiles ``rodas5p`` (not first-same-as-last, its own dense output), its
+    Jacobian by autograd, without autograd recording."""
     from ..methods.interpolants import RosenbrockInterpolant
-    from ..methods.rosenbrock import resolve_batch_dims
 
     tab = method.tableau
     if tab.fsal or not tab.dense or method.interpolant(opts) is not RosenbrockInterpolant:
@@ -168,8 +169,6 @@ def rosenbrock_refusal(problem, method, opts) -> str | None:
         return "autograd recording (the run is compiled for solves under torch.no_grad())"
     if callable(opts.method.jacobian):
         return "a jacobian callable (options['jacobian'])"
-    if resolve_batch_dims(opts, problem) != 0:
-        return "a batch of independent systems (batch_dims > 0: per-system Jacobians; pass batch_dims=0 for one system)"
     if problem.device.type != "cpu":
         return f"a state on {problem.device} (the run has been checked on the CPU only so far)"
     return None
@@ -222,6 +221,7 @@ class _Settings(NamedTuple):
     step_t: tuple[float, ...] = ()  # per sample: direction * step_t, ascending (control.stepping.next_step_t)
     norm: object = None  # options['norm'] (the graph calls it), or None for the RMS norm
     record: int = 0  # under autograd: the accepted steps one call records (device_backprop), else 0
+    stiff: tuple = ()  # a Rosenbrock run's (batch_dims, whether func depends on t where batch_dims > 0)
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
@@ -267,15 +267,21 @@ class _RKKernel:
 
 class _RosenbrockKernel:
     """A Rosenbrock method's attempt and dense output for the joint run: the equations of
-    :func:`~neuralode.solvers.methods.rosenbrock.rosenbrock_step` on the whole state as one system
-    (``batch_dims = 0``). Each attempt forms ``J = df/dy`` and ``df/dt`` at ``(t, y)`` from one evaluation
-    (``torch.func.jacrev``, which also gives ``f(t, y)``, the first stage), factors ``I / (h gamma) - J`` with
-    LAPACK (``lu_factor_ex``; a zero pivot makes the run hand the attempt to the host clock, which raises its
-    error) and makes its ``s`` solves with ``lu_solve``. The host clock keeps ``J`` for the retry after a
-    rejection; here a retry forms it again, the same values (the statistics count what the run does)."""
+    :func:`~neuralode.solvers.methods.rosenbrock.rosenbrock_step`, the state seen as ``B`` independent systems of
+    ``n`` unknowns (``batch_dims``; ``B = 1`` for 0). Each attempt forms ``J = df/dy`` at ``(t, y)`` from one
+    evaluation, which also gives ``f(t, y)``, the first stage: for one system ``torch.func.jacrev``, which gives
+    ``df/dt`` too; for ``B`` systems the ``(B, n, n)`` blocks, row ``j`` of every block from one vector-Jacobian
+    product with ``e_j`` in each system, and ``df/dt`` per system by forward mode where ``func`` depends on ``t``
+    (``time_dependent``). It factors ``I / (h gamma) - J`` with LAPACK (``lu_factor_ex``, batched; a zero pivot makes
+    the run hand the attempt to the host clock, which raises its error) and makes its ``s`` solves with
+    ``lu_solve``. The host clock keeps ``J`` for the retry after a rejection; here a retry forms it again, the same
+    values (the statistics count what the run does)."""
 
-    def __init__(self, raw: Callable, tab, t_dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, raw: Callable, tab, t_dtype: torch.dtype, device: torch.device, batch_dims: int, time_dependent: bool
+    ):
         self.raw, self.tab, self.t_dtype = raw, tab, t_dtype
+        self.batch_dims, self.time_dependent = batch_dims, time_dependent
 
         def nz(row):
             return tuple((j, float(x)) for j, x in enumerate(row) if x != 0.0)
@@ -296,10 +302,24 @@ class _RosenbrockKernel:
             out = self.raw(t_, y_).reshape(-1)
             return out, out
 
-        (J_t, J_y), f = torch.func.jacrev(f_both, argnums=(0, 1), has_aux=True)(tt, y)
-        J, f_t = J_y.reshape(N, N), J_t.reshape(N).to(dtype)
+        if self.batch_dims == 0:  # one system: J (1, N, N) and df/dt from one reverse pass
+            (J_t, J_y), f = torch.func.jacrev(f_both, argnums=(0, 1), has_aux=True)(tt, y)
+            B, n = 1, N
+            J, f_t = J_y.reshape(1, N, N), J_t.reshape(N).to(dtype)
+        else:  # independent systems: row j of every block from one vector-Jacobian product with e_j in each system
+            B, n = batch_shape(shape, self.batch_dims)
+            f, pull = torch.func.vjp(lambda y_: self.raw(tt, y_).reshape(B, n), y)
+            basis = torch.eye(n, dtype=dtype, device=y.device)[:, None, :].expand(n, B, n)
+            J = torch.vmap(pull)(basis)[0].reshape(n, B, n).transpose(0, 1)  # (B, n, n): J[b, j] = df_bj / dy_b
+            f = f.reshape(N)
+            # df/dt per system by forward mode (one evaluation more), where func depends on t
+            f_t = (
+                torch.func.jvp(lambda t_: self.raw(t_, y), (tt,), (torch.ones_like(tt),))[1].reshape(N).to(dtype)
+                if self.time_dependent
+                else torch.zeros(N, dtype=dtype, device=y.device)
+            )
         h = hh.to(dtype)
-        W = torch.eye(N, dtype=dtype, device=y.device) * (1.0 / (hh * tab.gamma)).to(dtype) - J
+        W = torch.eye(n, dtype=dtype, device=y.device) * (1.0 / (hh * tab.gamma)).to(dtype) - J
         LU, pivots, info = torch.linalg.lu_factor_ex(W)
         y0 = y.reshape(N)
         u: list[torch.Tensor] = []
@@ -321,14 +341,14 @@ class _RosenbrockKernel:
                 rhs = rhs + acc * (1.0 / h)
             if tab.d[i] != 0.0:
                 rhs = rhs + f_t * (h * tab.d[i])
-            u.append(torch.linalg.lu_solve(LU, pivots, rhs[:, None])[:, 0])
+            u.append(torch.linalg.lu_solve(LU, pivots, rhs.view(B, n, 1)).reshape(N))
         for j, mj in self.m:
             y1 = y1 + u[j] * mj
         (j0, e0), *rest = self.m_err
         y_err = u[j0] * e0
         for j, e in rest:
             y_err = y_err + u[j] * e
-        return y1.view(shape), y_err.view(shape), f0, torch.stack(u), info != 0
+        return y1.view(shape), y_err.view(shape), f0, torch.stack(u), (info != 0).any()
 
     def interpolate(self, theta, y, y1, f0, U, hh):
         """rosenbrock_dense at each ``theta``: ``y + theta (y1 - y) + theta (1 - theta) sum_i (sum_r dense[r][i]
@@ -369,7 +389,7 @@ def _make_run(
     else:
 
         def make_kernel(device):
-            return _RosenbrockKernel(raw, tableau, t_dtype, device)
+            return _RosenbrockKernel(raw, tableau, t_dtype, device, *s.stiff)
 
         n_new = tableau.stages  # its s - 1 stages, and the evaluation its Jacobian is formed from
 
@@ -535,6 +555,24 @@ def _make_run(
     return run, n_new
 
 
+def _stiff_settings(problem, y0: torch.Tensor, t0: float, opts) -> tuple[int, bool]:
+    """A Rosenbrock run's ``(batch_dims, time_dependent)``. For independent systems (``batch_dims > 0``) the host
+    clock's first Jacobian is formed here, as the eager solve forms it (one evaluation, counted): it checks that the
+    systems do not depend on each other (raising its error where they do) and shows whether ``func`` depends on
+    ``t``, for which the run then adds a forward-mode pass per Jacobian."""
+    from ..methods.jacobian import autograd_linearisation, counted_flat_func
+    from ..methods.rosenbrock import resolve_batch_dims
+
+    batch_dims = resolve_batch_dims(opts, problem)
+    if batch_dims == 0:
+        return 0, True
+    tt = torch.tensor(t0, dtype=problem.t_dtype, device=problem.device)
+    f_tensor = counted_flat_func(problem)
+    lin = autograd_linearisation(f_tensor, tt, y0, batch_dims, check_coupling=True, create_graph=False)
+    problem.stats.n_jac_evals += 1
+    return batch_dims, lin.f_t is not None
+
+
 def _dense_copy(x: torch.Tensor) -> torch.Tensor:
     """A copy with contiguous strides. The loop's carried tensors must keep their strides from one iteration to the
     next (``while_loop`` compares them), and the body makes contiguous ones; ``clone`` would keep a view's strides,
@@ -625,6 +663,7 @@ def integrate_on_device(
         len(stops),
         norm=opts.control.norm,
         record=S,
+        stiff=_stiff_settings(problem, y0, times[0], opts) if rosenbrock else (),
     )
     func = problem.func
 
