@@ -209,6 +209,21 @@ def test_compiled_solve_takes_the_eager_steps_joint_and_per_sample(tmp_path):
         assert ways[way]["compile_s"] > 0
 
 
+def test_compiled_stiff_takes_the_eager_steps_one_system_and_a_batch(tmp_path):
+    # The eager backend traces rodas5p's compiled run (jacrev, LAPACK's factorisation and solves inside the
+    # while_loop) without generating code: the eager solves' steps and answers; inductor's speed is
+    # benchmarks/results/stiff_compiled.md's.
+    out = tmp_path / "stiff"
+    proc = run_example("compiled_stiff.py", "--batch", "4", "--repeats", "1", "--backend", "eager", "--out", str(out))
+    ways = json.loads((out / "metrics.json").read_text())["ways"]
+    assert (out / "compiled_stiff.png").stat().st_size > 10_000
+    for way in ("compiled", "compiled, batch"):
+        assert ways[way]["same_steps"] and ways[way]["accepted"] > 100
+        assert ways[way]["max_rel_diff_from_eager"] < 1e-6
+    assert ways["scipy Radau"]["accepted"] > 100
+    assert "x scipy Radau's time" in proc.stdout
+
+
 def test_compiled_training_gives_the_eager_gradients_and_losses(tmp_path):
     # The eager backend traces the compiled runs (the grid run and its reverse run; the device run and its reverse
     # run; the adjoint's forward and backward device runs) without generating code: the gradients and the whole training must be the eager ones'
