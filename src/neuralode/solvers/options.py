@@ -197,7 +197,8 @@ class Execution:
             ``True``, ``"aot_eager"``, ``"eager"``) runs each Runge-Kutta step, stages and error
             estimate, as one ``torch.compile(fullgraph=True)`` graph (see
             :mod:`neuralode.solvers.methods.compiled` for when that pays), or several steps as one graph where
-            ``compile_steps`` says so; ``rodas5p``'s whole run of steps without autograd (see
+            ``compile_steps`` says so; the Rosenbrock methods' (``rodas5p``, ``rosenbrock23``) whole run of steps without
+            autograd (see
             :mod:`neuralode.solvers.fast.device_run`; the other implicit and multistep methods refuse it).
             Default ``False``.
         compile_steps: with ``compile``, at most how many step attempts one compiled call takes (default 32;
@@ -1065,7 +1066,7 @@ def _parse_options(options: Any, method: Any) -> ParsedOptions | Any:
             )
         if comp and not method.capabilities.compile:
             raise ValueError(
-                f"options['compile'] compiles explicit Runge-Kutta methods and rodas5p's run of steps; {method.name!r} "
+                f"options['compile'] compiles explicit Runge-Kutta and Rosenbrock methods' steps; {method.name!r} "
                 "is not one of them (a multistep or implicit method)."
             )
         if comp and o.get("checkpoint"):

@@ -15,7 +15,7 @@ bookkeeping is pure overhead, and three drivers skip it:
   ``torch.compile`` graph.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
-``compile``, for ``dopri5``, ``tsit5``, ``bosh3`` and, without autograd, ``rodas5p``; for the first three under
+``compile``, for ``dopri5``, ``tsit5``, ``bosh3`` and, without autograd, ``rodas5p`` and ``rosenbrock23``; for the first three under
 autograd with a compiled reverse run as its backward pass, :mod:`.backprop`) keeps the clock on the device and
 compiles up to
 ``compile_steps`` attempts as one ``while_loop``, handing the solve to the host clock (:class:`Handover`, with the

@@ -31,13 +31,13 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
   anew (counted in ``stats.nfe``).
 
 The method's part of an attempt is a kernel: :class:`_RKKernel` (the explicit methods' stages, error estimate and
-interpolant) or :class:`_RosenbrockKernel` (``rodas5p``: the Jacobian and ``df/dt`` by ``torch.func.jacrev`` from
+interpolant) or :class:`_RosenbrockKernel` (``rodas5p``, ``rosenbrock23``: the Jacobian and ``df/dt`` by ``torch.func.jacrev`` from
 one evaluation, ``I / (h gamma) - J`` factored by LAPACK, its ``s`` solves and its own dense output; a singular
 matrix hands the attempt to the host clock, which raises). The host clock keeps a Rosenbrock Jacobian for the retry
 after a rejection; the run forms it again, so its ``nfe`` and ``n_jac_evals`` count one more per rejection.
 
-It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): ``rodas5p`` without
-autograd (:func:`rosenbrock_refusal`; a batch of independent systems with per-system Jacobian blocks, the host
+It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): a Rosenbrock method
+without autograd (:func:`rosenbrock_refusal`; a batch of independent systems with per-system Jacobian blocks, the host
 clock's first Jacobian formed before the run to check their independence), or an explicit
 first-same-as-last method whose outputs come from its continuous extension or a cubic Hermite polynomial
 (``dopri5``, ``tsit5``, ``bosh3``), autograd off or ``func`` a ``torch.nn.Module`` (below), not in forward mode, a
@@ -158,13 +158,13 @@ def takes_method(method, opts) -> bool:
 
 def rosenbrock_refusal(problem, method, opts) -> str | None:
     """Why the run cannot take a Rosenbrock method's solve under ``compile`` (``None``: it can, for what
-    :func:`applies` checks besides): it compiles ``rodas5p`` (not first-same-as-last, its own dense output), its
-    Jacobian by autograd, without autograd recording."""
+    :func:`applies` checks besides): it compiles the Rosenbrock methods with their own dense output (``rodas5p``,
+    ``rosenbrock23``), their Jacobian by autograd, without autograd recording."""
     from ..methods.interpolants import RosenbrockInterpolant
 
     tab = method.tableau
-    if tab.fsal or not tab.dense or method.interpolant(opts) is not RosenbrockInterpolant:
-        return f"method={method.name!r} (the run compiles rodas5p)"
+    if not tab.dense or method.interpolant(opts) is not RosenbrockInterpolant:
+        return f"method={method.name!r} (the run compiles rodas5p and rosenbrock23)"
     if torch.is_grad_enabled():
         return "autograd recording (the run is compiled for solves under torch.no_grad())"
     if callable(opts.method.jacobian):
@@ -323,7 +323,7 @@ class _RosenbrockKernel:
         LU, pivots, info = torch.linalg.lu_factor_ex(W)
         y0 = y.reshape(N)
         u: list[torch.Tensor] = []
-        y1 = y0
+        y1 = f_last = y0
         for i in range(tab.stages):
             if i == 0:
                 fi = f
@@ -332,6 +332,8 @@ class _RosenbrockKernel:
                 for j, a in self.a[i]:
                     yi = yi + u[j] * a
                 fi = self.raw((t + tab.c[i] * hh).to(self.t_dtype), yi.view(shape)).reshape(N)
+                if tab.fsal and i == tab.stages - 1:  # rosenbrock23: y1 is the last stage's state, f there its f
+                    y1, f_last = yi, fi
             rhs = fi
             if self.C[i]:
                 (j0, c0), *rest = self.C[i]
@@ -342,13 +344,15 @@ class _RosenbrockKernel:
             if tab.d[i] != 0.0:
                 rhs = rhs + f_t * (h * tab.d[i])
             u.append(torch.linalg.lu_solve(LU, pivots, rhs.view(B, n, 1)).reshape(N))
-        for j, mj in self.m:
-            y1 = y1 + u[j] * mj
+        if not tab.fsal:
+            for j, mj in self.m:
+                y1 = y1 + u[j] * mj
         (j0, e0), *rest = self.m_err
         y_err = u[j0] * e0
         for j, e in rest:
             y_err = y_err + u[j] * e
-        return y1.view(shape), y_err.view(shape), f0, torch.stack(u), (info != 0).any()
+        f_next = f_last.view(shape) if tab.fsal else f0  # carried, and handed over (first-same-as-last only)
+        return y1.view(shape), y_err.view(shape), f_next, torch.stack(u), (info != 0).any()
 
     def interpolate(self, theta, y, y1, f0, U, hh):
         """rosenbrock_dense at each ``theta``: ``y + theta (y1 - y) + theta (1 - theta) sum_i (sum_r dense[r][i]
@@ -769,8 +773,8 @@ def integrate_on_device(
     # for stiffness from here on.
     control = ControllerState(float(out[5]), bool(out[6]), float(out[7]))
     i_stop = int(out[17])
-    # (A Rosenbrock run's carried derivative is not f(t, y): its attempts evaluate their own; the host clock does.)
-    f_handed = None if rosenbrock else f_last
+    # (rodas5p's carried derivative is not f(t, y): its attempts evaluate their own; the host clock does.)
+    f_handed = None if rosenbrock and not tableau.fsal else f_last
     return None, Handover(
         float(out[1]), y_last, f_handed, i_stop, i_out, ys_out, list(zip(hs, ns)), float(out[2]), control
     )

@@ -42,7 +42,7 @@ class Rosenbrock(Method):
     (:class:`~neuralode.solvers.methods.rosenbrock_tableaus.RosenbrockTableau`)."""
 
     tableau: RosenbrockTableau
-    # options['compile']: rodas5p's run of steps compiled without autograd (fast/device_run.py); elsewhere the
+    # options['compile']: the run of steps compiled without autograd (fast/device_run.py); elsewhere the
     # solve runs eagerly, with a warning naming why.
     capabilities = dataclasses.replace(STIFF, compile=True)
     options_type = ImplicitOptions
