@@ -15,12 +15,12 @@ bookkeeping is pure overhead, and three drivers skip it:
   ``torch.compile`` graph.
 
 An adaptive solve decides between its steps, but those decisions are arithmetic: :mod:`.device_run` (under
-``compile``, for ``dopri5``, ``tsit5``, ``bosh3`` and, without autograd, ``rodas5p`` and ``rosenbrock23``; for the first three under
-autograd with a compiled reverse run as its backward pass, :mod:`.backprop`) keeps the clock on the device and
-compiles up to
-``compile_steps`` attempts as one ``while_loop``, handing the solve to the host clock (:class:`Handover`, with the
-step and the controller's memory) where the host clock decides something the run does not (an error, the
-stiffness watch).
+``compile``, for ``dopri5``, ``tsit5``, ``bosh3`` and, without autograd, ``rodas5p`` and ``rosenbrock23``; for
+the first three under autograd with a compiled reverse run as its backward pass, :mod:`.backprop`) keeps the
+clock on the device and compiles up to ``compile_steps`` attempts as one ``while_loop``, handing the solve to the
+host clock (:class:`Handover`, with the step and the controller's memory) where the host clock decides something
+the run does not (an error, the stiffness watch). A Rosenbrock solve the run does not take runs in the loop
+eagerly, with a warning naming why (there is no compiled Rosenbrock step).
 
 Under ``compile`` a solve the chunks cannot take still runs in the loop, whose stepper is then the
 method's compiled step (:func:`~neuralode.solvers.methods.compiled.compiled_stepper`, one compiled step per call, built by
