@@ -94,7 +94,8 @@ def module_field(module: torch.nn.Module, names: tuple[str, ...], flatten: Calla
 
 
 def problem_field(problem, names: tuple[str, ...]) -> Callable:
-    """:func:`module_field` for a joint solve's ``func`` on its flat state (:class:`~neuralode.solvers.problem._Problem`)."""
+    """:func:`module_field` for a joint solve's ``func`` on its flat state
+    (:class:`~neuralode.solvers.problem._Problem`)."""
     return module_field(problem.func, names, problem.flatten if problem.is_tuple else _same, problem.unflatten)
 
 

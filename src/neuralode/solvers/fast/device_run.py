@@ -31,9 +31,9 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
   anew (counted in ``stats.nfe``).
 
 The method's part of an attempt is a kernel: :class:`_RKKernel` (the explicit methods' stages, error estimate and
-interpolant) or :class:`_RosenbrockKernel` (``rodas5p``, ``rosenbrock23``: the Jacobian and ``df/dt`` by ``torch.func.jacrev`` from
-one evaluation, ``I / (h gamma) - J`` factored by LAPACK, its ``s`` solves and its own dense output; a singular
-matrix hands the attempt to the host clock, which raises). The host clock keeps a Rosenbrock Jacobian for the retry
+interpolant) or :class:`_RosenbrockKernel` (``rodas5p``, ``rosenbrock23``: the Jacobian and ``df/dt`` by
+``torch.func.jacrev`` from one evaluation, ``I / (h gamma) - J`` factored by LAPACK, its ``s`` solves and its own
+dense output; a singular matrix hands the attempt to the host clock, which raises). The host clock keeps a Rosenbrock Jacobian for the retry
 after a rejection; the run forms it again, so its ``nfe`` and ``n_jac_evals`` count one more per rejection.
 
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): a Rosenbrock method
@@ -65,9 +65,9 @@ constants as the host clock's Python floats are. That needs ``func`` to be a ``t
 parameters are all a gradient reaches (:func:`~neuralode.solvers.fast.backprop.differentiated`, one evaluation,
 counted in ``stats.nfe``); otherwise the compiled step's loop takes the solve and autograd traces it. Where the
 run hands the solve to the host clock, the node's outputs include the state and derivative it hands over, so the
-host clock's steps after it record their graph from there. Nor do inductor's on-disk caches take a graph with a ``while_loop`` in this
-torch (AOT autograd's cache: "Unsupported call_function target while_loop"), so a new process compiles the run
-again (``benchmarks/results/device_run.md`` times both).
+host clock's steps after it record their graph from there. Nor do inductor's on-disk caches take a graph with a
+``while_loop`` in this torch (AOT autograd's cache: "Unsupported call_function target while_loop"), so a new process
+compiles the run again (``benchmarks/results/device_run.md`` times both).
 
 The outputs equal the host clock's to rounding (inductor fuses and reorders the arithmetic), with the same
 accepted and rejected steps wherever no error ratio falls within rounding of the acceptance threshold.

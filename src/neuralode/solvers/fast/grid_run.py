@@ -25,8 +25,8 @@ shapes then make it; ``Solution.stats.n_compiles`` counts it).
 Backpropagation. ``while_loop``'s own backward in torch 2.13 differentiates its last iteration alone
 (:mod:`.device_run`), so it is not used. Where autograd records, the run keeps every grid state (the forward
 pass above, all states needed) and the solve is one autograd node (:class:`_Backprop`) whose backward pass is a
-second compiled ``while_loop`` (:func:`.backprop.make_back`), over the steps last first: the cotangent of each step's end
-state (from the outputs, plus what the step after it passed back) is pulled back through the step by
+second compiled ``while_loop`` (:func:`.backprop.make_back`), over the steps last first: the cotangent of each step's
+end state (from the outputs, plus what the step after it passed back) is pulled back through the step by
 ``torch.func.vjp`` at the kept state, with ``func``'s parameters passed by name through
 ``torch.func.functional_call``, and the parameters' gradients are summed over the steps. That needs the tensors a
 gradient may reach to be named: ``func`` must be a ``torch.nn.Module`` whose parameters that require grad are all
