@@ -33,8 +33,9 @@ What an attempt does, in the host clock's order (:class:`~neuralode.solvers.loop
 The method's part of an attempt is a kernel: :class:`_RKKernel` (the explicit methods' stages, error estimate and
 interpolant) or :class:`_RosenbrockKernel` (``rodas5p``, ``rosenbrock23``: the Jacobian and ``df/dt`` by
 ``torch.func.jacrev`` from one evaluation, ``I / (h gamma) - J`` factored by LAPACK, its ``s`` solves and its own
-dense output; a singular matrix hands the attempt to the host clock, which raises). The host clock keeps a Rosenbrock Jacobian for the retry
-after a rejection; the run forms it again, so its ``nfe`` and ``n_jac_evals`` count one more per rejection.
+dense output; a singular matrix hands the attempt to the host clock, which raises). The host clock keeps a
+Rosenbrock Jacobian for the retry after a rejection; the run forms it again, so its ``nfe`` and ``n_jac_evals``
+count one more per rejection.
 
 It takes the solves whose steps need no decision the loop makes on the host (:func:`applies`): a Rosenbrock method
 without autograd (:func:`rosenbrock_refusal`; a batch of independent systems with per-system Jacobian blocks, the host
