@@ -44,6 +44,33 @@ def _gradients(func, y0, t, options, method="dopri5", weights=None, **kw):
     return sol, torch.autograd.grad(loss, [y, *func.parameters()])
 
 
+class Pair(torch.nn.Module):
+    """A tuple state of two shapes, ``(x (B, 2), v (B,))``, around a field of ``x``."""
+
+    def __init__(self, field: torch.nn.Module):
+        super().__init__()
+        self.f = field
+        self.w = torch.nn.Parameter(torch.tensor([0.5, -0.3], dtype=F64))
+
+    def forward(self, t, y):
+        x, v = y
+        return self.f(t, x) + v[:, None] * self.w, -(x**2).sum(1) * 0.1 - v
+
+
+def _pair_gradients(field, options_pair, n_out: int) -> list:
+    """The gradients, in ``x0``, ``v0`` and the parameters, of a loss on a :class:`Pair` solve with each options."""
+    pair = Pair(field)
+    x0, v0 = torch.tensor([[1.0, -0.5], [0.2, 0.1]], dtype=F64), torch.tensor([0.5, -1.0], dtype=F64)
+    t = torch.linspace(0.0, 1.5, n_out, dtype=F64)
+    grads = []
+    for options in options_pair:
+        x, v = x0.clone().requires_grad_(), v0.clone().requires_grad_()
+        xs, vs = solve(pair, (x, v), t, rtol=1e-8, atol=1e-8, options=options).ys
+        loss = xs.sin().sum() + (vs * torch.arange(float(n_out), dtype=F64)[:, None]).sum()
+        grads.append(torch.autograd.grad(loss, [x, v, *pair.parameters()]))
+    return grads
+
+
 def _close(a_list, b_list, rel):
     for a, b in zip(a_list, b_list):
         assert (a - b).abs().max() <= rel * (1 + a.abs().max()), (a - b).abs().max()
@@ -83,25 +110,7 @@ def test_many_outputs_per_step_backwards_in_time_a_tuple_state_and_float32(hande
     assert (run.stats.n_accepted, run.stats.n_rejected) == (eager.stats.n_accepted, eager.stats.n_rejected)
     _close(g_eager, g_run, 1e-5)
 
-    class Pair(torch.nn.Module):  # a tuple state of two shapes
-        def __init__(self):
-            super().__init__()
-            self.f = Field()
-            self.w = torch.nn.Parameter(torch.tensor([0.5, -0.3], dtype=F64))
-
-        def forward(self, t, y):
-            x, v = y
-            return self.f(t, x) + v[:, None] * self.w, -(x**2).sum(1) * 0.1 - v
-
-    pair = Pair()
-    x0, v0 = torch.tensor([[1.0, -0.5], [0.2, 0.1]], dtype=F64), torch.tensor([0.5, -1.0], dtype=F64)
-    t = torch.linspace(0.0, 1.5, 13, dtype=F64)
-    grads = []
-    for options in ({}, {"compile": "eager"}):
-        x, v = x0.clone().requires_grad_(), v0.clone().requires_grad_()
-        xs, vs = solve(pair, (x, v), t, rtol=1e-8, atol=1e-8, options=options).ys
-        loss = (xs.sin()).sum() + (vs * torch.arange(13.0, dtype=F64)[:, None]).sum()
-        grads.append(torch.autograd.grad(loss, [x, v, *pair.parameters()]))
+    grads = _pair_gradients(Field(), ({}, {"compile": "eager"}), 13)  # a tuple state of two shapes
     assert handed[-1][0] is not None
     _close(grads[0], grads[1], 1e-10)
 
@@ -239,30 +248,8 @@ def test_per_sample_backprop_float32_a_tuple_state_and_what_it_refuses():
     assert torch.equal(run.stats.n_accepted, eager.stats.n_accepted)
     _close(g_eager, g_run, 1e-5)
 
-    class Pair(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = SampleField()
-            self.w = torch.nn.Parameter(torch.tensor([0.5, -0.3], dtype=F64))
-
-        def forward(self, t, y):
-            x, v = y
-            return self.f(t, x) + v[:, None] * self.w, -(x**2).sum(1) * 0.1 - v
-
-    pair = Pair()
-    x0, v0 = torch.tensor([[1.0, -0.5], [0.2, 0.1]], dtype=F64), torch.tensor([0.5, -1.0], dtype=F64)
-    grads = []
-    for extra in ({}, {"compile": "eager"}):
-        x, v = x0.clone().requires_grad_(), v0.clone().requires_grad_()
-        xs, vs = solve(
-            pair,
-            (x, v),
-            torch.linspace(0.0, 1.5, 7, dtype=F64),
-            rtol=1e-8,
-            atol=1e-8,
-            options={"per_sample": True, **extra},
-        ).ys
-        grads.append(torch.autograd.grad(xs.sin().sum() + vs.sum(), [x, v, *pair.parameters()]))
+    per_sample = {"per_sample": True}
+    grads = _pair_gradients(SampleField(), (per_sample, {**per_sample, "compile": "eager"}), 7)
     _close(grads[0], grads[1], 1e-10)
 
     # A tensor captured from outside the module's parameters: refused, naming it (no per-sample compiled step).
