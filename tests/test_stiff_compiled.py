@@ -1,4 +1,4 @@
-"""options={"compile": ...} with rodas5p: the run of steps compiled with the clock on the device
+"""options={"compile": ...} with rodas5p and rosenbrock23: the run of steps compiled with the clock on the device
 (neuralode.solvers.fast.device_run, its Rosenbrock kernel): each attempt forms the Jacobian and df/dt by
 torch.func.jacrev, factors I/(h gamma) - J with LAPACK and makes its solves, inside one compiled while_loop. It
 must take the host clock's accepted and rejected steps, give its outputs to rounding, hand a singular iteration
