@@ -226,7 +226,8 @@ class _Settings(NamedTuple):
 
 
 def _constants(tableau: ButcherTableau, sizes: list[int], s: _Settings):
-    """What both runs read of the method and the solve: the stage plan, the stage times ``c``, the interpolant's
+    """What the per-sample run reads of the method and the solve (the joint run's :class:`_RKKernel` reads the same
+    of the method): the stage plan, the stage times ``c``, the interpolant's
     polynomial (the continuous extension's ``P``, ``n_dense`` rows; none for the cubic Hermite polynomial through
     ``(y0, f0)`` and ``(y1, f1)``, ``f1`` the step's last stage), the RMS factors and the controller."""
     dense = tableau.dense
@@ -317,7 +318,7 @@ class _RosenbrockKernel:
             f_t = (
                 torch.func.jvp(lambda t_: self.raw(t_, y), (tt,), (torch.ones_like(tt),))[1].reshape(N).to(dtype)
                 if self.time_dependent
-                else torch.zeros(N, dtype=dtype, device=y.device)
+                else None  # the stages add no h d_i f_t term, as on the host clock
             )
         h = hh.to(dtype)
         W = torch.eye(n, dtype=dtype, device=y.device) * (1.0 / (hh * tab.gamma)).to(dtype) - J
@@ -342,7 +343,7 @@ class _RosenbrockKernel:
                 for j, cj in rest:
                     acc = acc + u[j] * cj
                 rhs = rhs + acc * (1.0 / h)
-            if tab.d[i] != 0.0:
+            if f_t is not None and tab.d[i] != 0.0:
                 rhs = rhs + f_t * (h * tab.d[i])
             u.append(torch.linalg.lu_solve(LU, pivots, rhs.view(B, n, 1)).reshape(N))
         if not tab.fsal:
